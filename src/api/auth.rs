@@ -1,0 +1,36 @@
+//! Bearer API keys. Every handler that reads tenant data takes [`MerchantAuth`], and every query it
+//! makes filters by that merchant: another merchant's object is simply not found.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+
+use crate::merchant::{authenticate, Role};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// A request authenticated with a merchant key.
+#[derive(Debug, Clone)]
+pub struct MerchantAuth {
+    pub merchant_id: String,
+}
+
+impl FromRequestParts<AppState> for MerchantAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(ApiError::unauthorized)?;
+        let principal = authenticate(&state.pool, token).await.map_err(ApiError::internal)?.ok_or_else(ApiError::unauthorized)?;
+        match (principal.role, principal.merchant_id) {
+            (Role::Merchant, Some(merchant_id)) => Ok(Self { merchant_id }),
+            _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key is not a merchant key")),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The HTTP API: JSON under `/v1`, bearer keys, errors as `{"error":{"code","message"}}`.
+
+pub mod auth;
+pub mod balances;
+pub mod error;
+pub mod health;
+pub mod invoices;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::clock::Clock;
+use crate::invoice::{AssetCatalog, InvoicePolicy};
+use crate::ledger::Ledger;
+use crate::rates::RateSource;
+
+pub use error::ApiError;
+
+/// Largest request body accepted unless configured otherwise.
+pub const BODY_LIMIT_BYTES_DEFAULT: usize = 64 * 1024;
+/// Longest a request may take unless configured otherwise.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub ledger: Arc<Ledger>,
+    pub catalog: Arc<AssetCatalog>,
+    pub rates: Arc<dyn RateSource>,
+    pub policy: Arc<InvoicePolicy>,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self { body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT, request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT }
+    }
+}
+
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    Router::new()
+        .route("/v1/invoices", post(invoices::create))
+        .route("/v1/invoices/{id}", get(invoices::show))
+        .route("/v1/balances", get(balances::show))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(limits.request_timeout_ms),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,287 @@
+//! The daemon's configuration: `config.toml`, environment overrides, and one file per chain
+//! in `chains/`.
+//!
+//! Loading is: read the TOML → apply environment overrides ([`env`]) → type it with every
+//! key path tracked → check each section → load `chains/*.toml` from `chains.dir` (relative
+//! to the configuration file's directory) → apply the `[chains.<name>]` overrides.
+//!
+//! Invariants of a [`Config`]:
+//! - Unknown keys are errors everywhere (`deny_unknown_fields`): a misspelt limit is never
+//!   silently replaced by nothing.
+//! - No value is a float: amounts and rates are decimal strings parsed into exact types.
+//! - Every error names the file and the key path, and the environment variable when one set
+//!   the value ([`ConfigError`]).
+//! - [`Config::chains`] holds exactly the enabled chains: those with a `[chains.<name>]`
+//!   table whose `enabled` is not false. Each has at least one RPC endpoint: the table's
+//!   `rpc` when given, else the chain file's.
+//! - An override for a chain without a chain file is an error, not ignored.
+//! - Secrets (the database password, RPC keys) never appear in `Debug` output.
+
+mod chain;
+mod de;
+mod env;
+mod error;
+mod policy;
+mod sections;
+mod url;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use alloy_primitives::Address;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use crate::money::{AssetId, ChainId, Rate};
+
+pub use chain::{
+    ChainKind, ChainSpec, FinalityTag, NativeAsset, RpcUrl, TokenSpec, BLOCK_TIME_MS_MAX,
+    CHAIN_FILES_MAX, CONFIG_FILE_BYTES_MAX, DECIMALS_MAX, REORG_DEPTH_MAX_LIMIT, RPC_ENDPOINTS_MAX,
+    TOKENS_MAX,
+};
+pub use env::{ENV_CONFIG_PATH, ENV_DATABASE_URL, ENV_PREFIX, ENV_SEPARATOR};
+pub use error::{ConfigError, InvalidKey, Result};
+pub use policy::{ConfirmationPolicy, ConfirmationTier, CONFIRMATIONS_MAX};
+pub use sections::{
+    DatabaseConfig, InvoicesConfig, LogConfig, LogFormat, RateFeed, RatesConfig, ServerConfig,
+};
+
+/// Where chain files are looked for when `[chains] dir` is not given.
+pub const CHAINS_DIR_DEFAULT: &str = "chains";
+
+/// The loaded configuration; see the module docs for its invariants.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub invoices: InvoicesConfig,
+    pub rates: RatesConfig,
+    pub log: LogConfig,
+    chains_dir: PathBuf,
+    chains: Vec<ChainSpec>,
+}
+
+/// What the configuration knows about one asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetInfo {
+    /// Name of the chain it lives on ("polygon").
+    pub chain: String,
+    pub symbol: String,
+    pub decimals: u8,
+    /// The token contract; `None` for the chain's native coin.
+    pub token_address: Option<Address>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: ServerConfig,
+    database: DatabaseConfig,
+    invoices: InvoicesConfig,
+    rates: sections::RatesFile,
+    #[serde(default)]
+    chains: ChainsFile,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+/// `[chains]`: `dir` plus one `[chains.<name>]` table per chain to enable.
+#[derive(Default)]
+struct ChainsFile {
+    dir: Option<String>,
+    overrides: BTreeMap<String, ChainOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainOverride {
+    enabled: Option<bool>,
+    rpc: Option<Vec<String>>,
+}
+
+// By hand because `dir` sits beside the per-chain tables, and `#[serde(flatten)]` would
+// lose both `deny_unknown_fields` and the key paths of errors inside the tables.
+impl<'de> Deserialize<'de> for ChainsFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct ChainsVisitor;
+
+        impl<'de> Visitor<'de> for ChainsVisitor {
+            type Value = ChainsFile;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table with `dir` and one table per chain")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<ChainsFile, A::Error> {
+                let mut chains = ChainsFile::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "dir" {
+                        chains.dir = Some(map.next_value()?);
+                    } else {
+                        let table = map.next_value()?;
+                        chains.overrides.insert(key, table);
+                    }
+                }
+                Ok(chains)
+            }
+        }
+
+        deserializer.deserialize_map(ChainsVisitor)
+    }
+}
+
+impl Config {
+    /// Loads `path` with the process environment's overrides, then the chain files.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = chain::read_file(path)?;
+        let env = env::from_process()?;
+        Self::from_str_with_env(&text, path, &env)
+    }
+
+    /// Loads configuration `text` as if read from `file_name` (which names it in errors and
+    /// locates `chains.dir`), with `env` as the environment. Never reads the process
+    /// environment, so tests can run in parallel.
+    pub fn from_str_with_env(
+        text: &str,
+        file_name: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config> {
+        let file = file_name.display().to_string();
+        let mut document = de::parse_document(text, &file)?;
+        let overrides = env::apply(&mut document, env)?;
+        // Without overrides the text is the document, and typing the text keeps positions.
+        let raw: ConfigFile = if overrides.is_empty() {
+            de::from_text(text, &file)?
+        } else {
+            de::from_document(document, &file, &overrides)?
+        };
+        let fail = |section| in_section(&file, &overrides, section);
+
+        let server = raw.server.check().map_err(fail("server"))?;
+        let database = raw.database.check().map_err(fail("database"))?;
+        let invoices = raw.invoices.check().map_err(fail("invoices"))?;
+        let rates = raw.rates.check().map_err(fail("rates"))?;
+        let log = raw.log.check().map_err(fail("log"))?;
+
+        let base = file_name.parent().unwrap_or_else(|| Path::new(""));
+        let chains_dir = base.join(raw.chains.dir.as_deref().unwrap_or(CHAINS_DIR_DEFAULT));
+        let known = chain::load_dir(&chains_dir)?;
+        let chains = select_chains(known, raw.chains.overrides).map_err(fail("chains"))?;
+
+        Ok(Config {
+            server,
+            database,
+            invoices,
+            rates,
+            log,
+            chains_dir,
+            chains,
+        })
+    }
+
+    /// The enabled chains, sorted by name, each with its effective RPC endpoints.
+    pub fn chains(&self) -> &[ChainSpec] {
+        &self.chains
+    }
+
+    /// An enabled chain by name ("polygon").
+    pub fn chain(&self, name: &str) -> Option<&ChainSpec> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    /// An enabled chain by CAIP-2 id.
+    pub fn chain_by_id(&self, id: &ChainId) -> Option<&ChainSpec> {
+        self.chains.iter().find(|c| c.caip2 == *id)
+    }
+
+    /// Symbol and decimals of a native coin or token of an enabled chain.
+    pub fn asset(&self, id: &AssetId) -> Option<AssetInfo> {
+        let chain = self.chain_by_id(id.chain())?;
+        if chain.native_asset_id() == *id {
+            return Some(AssetInfo {
+                chain: chain.name.clone(),
+                symbol: chain.native.symbol.clone(),
+                decimals: chain.native.decimals,
+                token_address: None,
+            });
+        }
+        chain
+            .tokens
+            .iter()
+            .find(|t| t.asset_id() == *id)
+            .map(|token| AssetInfo {
+                chain: chain.name.clone(),
+                symbol: token.symbol.clone(),
+                decimals: token.decimals,
+                token_address: Some(token.address),
+            })
+    }
+
+    /// The fixed price of one `base_symbol` in `quote_code` ("BTC", "USD").
+    pub fn fixed_rate(&self, base_symbol: &str, quote_code: &str) -> Option<Rate> {
+        self.rates.fixed_rate(base_symbol, quote_code)
+    }
+
+    /// The directory the chain files were read from.
+    pub fn chains_dir(&self) -> &Path {
+        &self.chains_dir
+    }
+}
+
+/// Turns a section's check error into a `ConfigError` naming the file and the variable.
+fn in_section<'a>(
+    file: &'a str,
+    overrides: &'a env::Overrides,
+    section: &'a str,
+) -> impl FnOnce(InvalidKey) -> ConfigError + 'a {
+    move |problem| de::invalid(file, problem.under(section), Some(overrides))
+}
+
+/// Keeps the chains that have an enabled override, with the override's endpoints.
+/// Error keys are relative to `[chains]`.
+fn select_chains(
+    known: Vec<ChainSpec>,
+    overrides: BTreeMap<String, ChainOverride>,
+) -> std::result::Result<Vec<ChainSpec>, InvalidKey> {
+    if let Some(name) = overrides
+        .keys()
+        .find(|name| !known.iter().any(|c| c.name == **name))
+    {
+        let names: Vec<&str> = known.iter().map(|c| c.name.as_str()).collect();
+        return Err(InvalidKey::new(
+            name.as_str(),
+            format!(
+                "unknown chain {name:?}: no chain file {name}.toml; known chains: {}",
+                names.join(", ")
+            ),
+        ));
+    }
+    let mut enabled = Vec::new();
+    for mut spec in known {
+        let Some(table) = overrides.get(&spec.name) else {
+            continue;
+        };
+        if let Some(rpc) = &table.rpc {
+            spec.rpc = chain::check_rpc(spec.kind, rpc)
+                .map_err(|e| e.under(&format!("{}.rpc", spec.name)))?;
+        }
+        if table.enabled == Some(false) {
+            continue;
+        }
+        if spec.rpc.is_empty() {
+            return Err(InvalidKey::new(
+                format!("{}.rpc", spec.name),
+                "an enabled chain needs at least one endpoint, here or in its chain file",
+            ));
+        }
+        enabled.push(spec);
+    }
+    Ok(enabled)
+}

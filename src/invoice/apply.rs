@@ -1,0 +1,273 @@
+//! Applying an observed payment to its invoice.
+//!
+//! Everything happens on the caller's transaction, so the watcher's cursor commits with it: the
+//! payment row (keyed by `tx_ref`, unique), the ledger entry once the payment meets its confirmation
+//! policy (keyed by `payment:{tx_ref}`), the invoice's new status and the outbox row announcing it.
+//! Replaying the same observation changes nothing; a payment is never dropped: one that arrives after
+//! the invoice expired, to a closed invoice, or in an asset the invoice did not quote is credited to
+//! the merchant's unapplied balance for review.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, Row};
+
+use crate::ids::new_id;
+use crate::ledger::{AccountCode, Ledger, NewEntry};
+use crate::money::{mul_div, Amount, AssetId, ChainId, Rounding};
+
+use super::error::{InvoiceError, Result};
+use super::model::{load_view, parse_amount, progress_of, row_to_invoice, InvoiceRow, INVOICE_COLUMNS};
+use super::status::{evaluate, InvoiceStatus};
+
+/// A payment as a watcher (or the card rail) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedPayment {
+    pub invoice_id: String,
+    pub chain: ChainId,
+    pub asset: AssetId,
+    /// Unique per credited output: `{caip2}:{txid}:{vout}` or `{caip2}:{tx hash}:{log index}`.
+    pub tx_ref: String,
+    pub address: Option<String>,
+    pub amount: Amount,
+    pub confirmations: u32,
+    /// What the chain's policy demands for this payment's value.
+    pub confirmations_required: u32,
+}
+
+/// What applying an observation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    pub payment_id: String,
+    pub invoice_status: InvoiceStatus,
+    /// Whether this call posted the payment's ledger entry.
+    pub credited: bool,
+    pub applied_to: &'static str,
+}
+
+/// Why a payment is held as unapplied instead of counting toward its invoice.
+fn unapplied_reason(invoice: &InvoiceRow, asset_quoted: bool, now: DateTime<Utc>) -> Option<&'static str> {
+    if !asset_quoted {
+        Some("asset_not_quoted")
+    } else if !invoice.status.accepts_payments() {
+        Some(match invoice.status {
+            InvoiceStatus::Expired => "invoice_expired",
+            InvoiceStatus::Void => "invoice_void",
+            _ => "invoice_refunded",
+        })
+    } else if now >= invoice.expires_at {
+        Some("late")
+    } else {
+        None
+    }
+}
+
+/// Records `payment` on the caller's transaction `tx`. See the module docs.
+pub async fn apply_payment(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    payment: &ObservedPayment,
+    now: DateTime<Utc>,
+) -> Result<Applied> {
+    if payment.amount.is_zero() {
+        return Err(InvoiceError::Invalid { field: "amount", reason: "a payment of zero is not a payment".to_owned() });
+    }
+    // Lock the invoice first: every writer of an invoice's payments takes this lock before any
+    // ledger lock, so the order is the same for all.
+    let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
+        .bind(&payment.invoice_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })?;
+    let invoice = row_to_invoice(&row)?;
+    let asset = payment.asset.to_string();
+
+    let existing = sqlx::query(
+        "SELECT id, invoice_id, asset, amount_minor::text AS amount_minor, status, applied_to \
+         FROM payments WHERE tx_ref = $1 FOR UPDATE",
+    )
+    .bind(&payment.tx_ref)
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    let confirmations = i32::try_from(payment.confirmations).unwrap_or(i32::MAX);
+    let required = i32::try_from(payment.confirmations_required).unwrap_or(i32::MAX);
+    let (payment_id, status, applied_to) = match existing {
+        Some(found) => {
+            let stored_amount = parse_amount("amount_minor", &found.try_get::<String, _>("amount_minor")?)?;
+            let stored_invoice: String = found.try_get("invoice_id")?;
+            let stored_asset: String = found.try_get("asset")?;
+            if stored_amount != payment.amount || stored_invoice != payment.invoice_id || stored_asset != asset {
+                return Err(InvoiceError::PaymentMismatch {
+                    tx_ref: payment.tx_ref.clone(),
+                    stored: format!("{stored_amount} {stored_asset} to {stored_invoice}"),
+                    reported: format!("{} {asset} to {}", payment.amount, payment.invoice_id),
+                });
+            }
+            let id: String = found.try_get("id")?;
+            let mut status: String = found.try_get("status")?;
+            if status == "orphaned" {
+                // Back in the canonical chain after a reorg: seen again, credited again only once.
+                status = "seen".to_owned();
+            }
+            sqlx::query(
+                "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5 \
+                 WHERE id = $1",
+            )
+            .bind(&id)
+            .bind(confirmations)
+            .bind(required)
+            .bind(&status)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            (id, status, found.try_get::<String, _>("applied_to")?)
+        }
+        None => {
+            let option = sqlx::query("SELECT amount_minor::text AS amount_minor FROM payment_options WHERE invoice_id = $1 AND asset = $2")
+                .bind(&invoice.id)
+                .bind(&asset)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let reason = unapplied_reason(&invoice, option.is_some(), now);
+            let value = match (&option, reason) {
+                (Some(o), None) => {
+                    let quoted = parse_amount("amount_minor", &o.try_get::<String, _>("amount_minor")?)?;
+                    // The share of the invoice this payment covers, at the locked quote.
+                    mul_div(payment.amount, invoice.amount_minor, quoted, Rounding::Down).map_err(|e| {
+                        InvoiceError::Invalid { field: "amount", reason: format!("cannot be valued: {e}") }
+                    })?
+                }
+                _ => Amount::ZERO,
+            };
+            let id = new_id("pay");
+            let applied_to = if reason.is_some() { "unapplied" } else { "invoice" };
+            sqlx::query(
+                "INSERT INTO payments (id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount_minor, \
+                                       value_minor, confirmations, confirmations_required, status, applied_to, \
+                                       unapplied_reason, seen_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, 'seen', $12, $13, $14, $14)",
+            )
+            .bind(&id)
+            .bind(&invoice.merchant_id)
+            .bind(&invoice.id)
+            .bind(payment.chain.to_string())
+            .bind(&asset)
+            .bind(&payment.tx_ref)
+            .bind(&payment.address)
+            .bind(payment.amount.to_string())
+            .bind(value.to_string())
+            .bind(confirmations)
+            .bind(required)
+            .bind(applied_to)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            (id, "seen".to_owned(), applied_to.to_owned())
+        }
+    };
+
+    let mut credited = false;
+    if status == "seen" && payment.confirmations >= payment.confirmations_required {
+        let credit_account = if applied_to == "invoice" {
+            AccountCode::merchant(&invoice.merchant_id)
+        } else {
+            AccountCode::unapplied(&invoice.merchant_id)
+        };
+        let entry = NewEntry::new(format!("payment:{}", payment.tx_ref), "payment")
+            .memo(format!("{} {}", invoice.id, payment_id))
+            .debit(AccountCode::chain_assets(&payment.chain), asset.clone(), payment.amount)
+            .credit(credit_account, asset.clone(), payment.amount);
+        let posted = ledger.post(&mut *tx, &entry).await?;
+        credited = posted.created;
+        sqlx::query(
+            "UPDATE payments SET status = 'confirmed', ledger_entry_id = $2, confirmed_at = $3, updated_at = $3 \
+             WHERE id = $1",
+        )
+        .bind(&payment_id)
+        .bind(posted.entry_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if applied_to == "unapplied" && credited {
+            let view = load_view(&mut *tx, None, &invoice.id).await?;
+            crate::webhook::emit(&mut *tx, &invoice.merchant_id, "invoice.payment_late", &invoice.id, &view, now)
+                .await?;
+        }
+    }
+
+    let invoice_status = settle_status(tx, &invoice, now).await?;
+    Ok(Applied {
+        payment_id,
+        invoice_status,
+        credited,
+        applied_to: if applied_to == "invoice" { "invoice" } else { "unapplied" },
+    })
+}
+
+/// Marks a payment whose block left the canonical chain. A payment not yet credited goes back to
+/// unconfirmed accounting (its value no longer counts); a credited one is reversed by a new ledger
+/// entry and raised as an alert, since the confirmation policy should have made that impossible.
+pub async fn orphan_payment(tx: &mut PgConnection, ledger: &Ledger, tx_ref: &str, now: DateTime<Utc>) -> Result<InvoiceStatus> {
+    let found = sqlx::query("SELECT id, invoice_id, status, ledger_entry_id FROM payments WHERE tx_ref = $1")
+        .bind(tx_ref)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| InvoiceError::NotFound { id: tx_ref.to_owned() })?;
+    let invoice_id: String = found.try_get("invoice_id")?;
+    let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
+        .bind(&invoice_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let invoice = row_to_invoice(&row)?;
+    let payment_id: String = found.try_get("id")?;
+    let status: String = found.try_get("status")?;
+    match status.as_str() {
+        "seen" => {
+            sqlx::query("UPDATE payments SET status = 'orphaned', confirmations = 0, updated_at = $2 WHERE id = $1")
+                .bind(&payment_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        "confirmed" => {
+            let entry_id: Option<i64> = found.try_get("ledger_entry_id")?;
+            if let Some(entry_id) = entry_id {
+                ledger
+                    .reverse(&mut *tx, entry_id, &format!("reorg:{tx_ref}:{entry_id}"), "credited block orphaned")
+                    .await?;
+            }
+            tracing::error!(target: "invoice", tx_ref, invoice = %invoice.id,
+                "credited payment orphaned by a reorg deeper than its confirmation policy; credit reversed");
+            sqlx::query("UPDATE payments SET status = 'reversed', confirmations = 0, updated_at = $2 WHERE id = $1")
+                .bind(&payment_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        _ => {}
+    }
+    settle_status(tx, &invoice, now).await
+}
+
+/// Recomputes an invoice's status from its payments and, when it changed, stores it and writes the
+/// event. The invoice row must already be locked by the caller.
+pub(crate) async fn settle_status(tx: &mut PgConnection, invoice: &InvoiceRow, now: DateTime<Utc>) -> Result<InvoiceStatus> {
+    let progress = progress_of(tx, invoice, now).await?;
+    let next = evaluate(invoice.status, &progress);
+    if next != invoice.status {
+        sqlx::query(
+            "UPDATE invoices SET status = $2, updated_at = $3, \
+                    paid_at = CASE WHEN $2 IN ('paid', 'overpaid') THEN coalesce(paid_at, $3) ELSE paid_at END \
+             WHERE id = $1",
+        )
+        .bind(&invoice.id)
+        .bind(next.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let view = load_view(&mut *tx, None, &invoice.id).await?;
+        crate::webhook::emit(&mut *tx, &invoice.merchant_id, &next.event_type(), &invoice.id, &view, now).await?;
+    }
+    Ok(next)
+}

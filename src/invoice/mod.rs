@@ -1,0 +1,18 @@
+//! Invoices: quotes at a locked rate, the status state machine, and the application of observed
+//! payments to invoices and the ledger in one transaction.
+
+pub mod apply;
+pub mod catalog;
+pub mod create;
+pub mod error;
+pub mod expire;
+pub mod model;
+pub mod status;
+
+pub use apply::{apply_payment, orphan_payment, Applied, ObservedPayment};
+pub use catalog::{AssetCatalog, CatalogAsset};
+pub use create::{create_invoice, CreateInvoice, InvoicePolicy};
+pub use error::{InvoiceError, Result};
+pub use expire::{expire_due, refresh};
+pub use model::{load_view, InvoiceView, PaymentOptionView, PaymentView};
+pub use status::{evaluate, InvoiceStatus, Progress};

@@ -1,0 +1,214 @@
+//! The invoice state machine, pure.
+//!
+//! ```text
+//! open ──seen──▶ processing ──confirmed ≥ due──▶ paid ──more confirmed──▶ overpaid
+//!   │  ◀─orphaned─┘   └──confirmed > due──────────────────────────────▶ overpaid
+//!   └──expires_at passed, nothing pending──▶ expired
+//! open/processing ──merchant──▶ void;  paid/overpaid ──refund──▶ refunded
+//! ```
+//! Paid and overpaid are never left for expired or open: a mined payment never sends an invoice
+//! back. Whether enough arrived is judged in the invoice's currency at the quote locked when the
+//! invoice was created, with the invoice's underpayment tolerance.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::{Amount, BPS_WHOLE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    Open,
+    Processing,
+    Paid,
+    Overpaid,
+    Expired,
+    Refunded,
+    Void,
+}
+
+impl InvoiceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Processing => "processing",
+            Self::Paid => "paid",
+            Self::Overpaid => "overpaid",
+            Self::Expired => "expired",
+            Self::Refunded => "refunded",
+            Self::Void => "void",
+        }
+    }
+
+    /// Whether a new payment can still count toward this invoice.
+    pub fn accepts_payments(self) -> bool {
+        matches!(self, Self::Open | Self::Processing | Self::Paid | Self::Overpaid)
+    }
+
+    /// The webhook event that announces entering this status.
+    pub fn event_type(self) -> String {
+        format!("invoice.{}", self.as_str())
+    }
+}
+
+impl fmt::Display for InvoiceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for InvoiceStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "open" => Self::Open,
+            "processing" => Self::Processing,
+            "paid" => Self::Paid,
+            "overpaid" => Self::Overpaid,
+            "expired" => Self::Expired,
+            "refunded" => Self::Refunded,
+            "void" => Self::Void,
+            other => return Err(format!("unknown invoice status {other:?}")),
+        })
+    }
+}
+
+/// What has arrived for an invoice, valued in its currency's minor units at the locked quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub due: Amount,
+    pub tolerance_bps: u32,
+    /// Value of payments that met their confirmation policy.
+    pub confirmed: Amount,
+    /// Value of payments seen but not yet confirmed.
+    pub pending: Amount,
+    /// Whether `expires_at` has passed.
+    pub expired: bool,
+}
+
+impl Progress {
+    /// The least confirmed value that counts as paid: `due` less the tolerance, rounded in the
+    /// merchant's favour (the tolerance is rounded down).
+    pub fn paid_threshold(&self) -> Amount {
+        let tolerance_bps = self.tolerance_bps.min(BPS_WHOLE);
+        let slack = crate::money::mul_div(
+            self.due,
+            Amount::from_u64(u64::from(tolerance_bps)),
+            Amount::from_u64(u64::from(BPS_WHOLE)),
+            crate::money::Rounding::Down,
+        )
+        .unwrap_or(Amount::ZERO);
+        self.due.saturating_sub(slack)
+    }
+
+    /// What is still missing for the invoice to be paid, in full (tolerance not subtracted).
+    pub fn remaining(&self) -> Amount {
+        self.due.saturating_sub(self.confirmed)
+    }
+}
+
+/// The status an invoice moves to, given where it is and what has arrived.
+pub fn evaluate(current: InvoiceStatus, progress: &Progress) -> InvoiceStatus {
+    use InvoiceStatus::*;
+    match current {
+        Expired | Refunded | Void | Overpaid => current,
+        Paid => {
+            if progress.confirmed > progress.due {
+                Overpaid
+            } else {
+                Paid
+            }
+        }
+        Open | Processing => {
+            if progress.confirmed >= progress.paid_threshold() {
+                if progress.confirmed > progress.due {
+                    Overpaid
+                } else {
+                    Paid
+                }
+            } else if !progress.pending.is_zero() {
+                Processing
+            } else if progress.expired {
+                Expired
+            } else {
+                Open
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InvoiceStatus::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn progress(due: u64, confirmed: u64, pending: u64, expired: bool) -> Progress {
+        Progress {
+            due: Amount::from_u64(due),
+            tolerance_bps: 0,
+            confirmed: Amount::from_u64(confirmed),
+            pending: Amount::from_u64(pending),
+            expired,
+        }
+    }
+
+    #[test]
+    fn lifecycle() {
+        assert_eq!(evaluate(Open, &progress(100, 0, 0, false)), Open);
+        assert_eq!(evaluate(Open, &progress(100, 0, 100, false)), Processing);
+        assert_eq!(evaluate(Processing, &progress(100, 100, 0, false)), Paid);
+        assert_eq!(evaluate(Processing, &progress(100, 101, 0, false)), Overpaid);
+        assert_eq!(evaluate(Paid, &progress(100, 150, 0, true)), Overpaid);
+        assert_eq!(evaluate(Open, &progress(100, 0, 0, true)), Expired);
+        // Partial payment, time over: expired keeps the partial amount (the caller keeps the rows).
+        assert_eq!(evaluate(Open, &progress(100, 40, 0, true)), Expired);
+        // A payment seen in time keeps the invoice processing past expiry until it confirms.
+        assert_eq!(evaluate(Processing, &progress(100, 0, 100, true)), Processing);
+        // An orphaned payment sends processing back to open.
+        assert_eq!(evaluate(Processing, &progress(100, 0, 0, false)), Open);
+    }
+
+    #[test]
+    fn tolerance_accepts_small_shortfalls_only() {
+        let mut p = progress(10_000, 9_950, 0, false);
+        p.tolerance_bps = 50; // 0.5 %
+        assert_eq!(evaluate(Open, &p), Paid);
+        p.confirmed = Amount::from_u64(9_949);
+        assert_eq!(evaluate(Open, &p), Open);
+    }
+
+    fn any_status() -> impl Strategy<Value = InvoiceStatus> {
+        prop_oneof![
+            Just(Open),
+            Just(Processing),
+            Just(Paid),
+            Just(Overpaid),
+            Just(Expired),
+            Just(Refunded),
+            Just(Void)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn paid_is_never_left_for_an_earlier_state(
+            start in any_status(), due in 1u64..1_000_000, confirmed in 0u64..2_000_000,
+            pending in 0u64..2_000_000, expired: bool,
+        ) {
+            let next = evaluate(start, &progress(due, confirmed, pending, expired));
+            if matches!(start, Paid | Overpaid) {
+                prop_assert!(matches!(next, Paid | Overpaid));
+            }
+            if matches!(start, Expired | Refunded | Void) {
+                prop_assert_eq!(next, start);
+            }
+            if matches!(next, Paid | Overpaid) && matches!(start, Open | Processing) {
+                prop_assert!(confirmed >= due);
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Errors of the ledger. Variants carry the failing key; `is_retryable` says whether trying the same
+//! entry again can succeed.
+
+use thiserror::Error;
+
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error("invalid account code {code:?}")]
+    InvalidAccount { code: String },
+    #[error("entry {key:?} is invalid: {reason}")]
+    InvalidEntry { key: String, reason: String },
+    #[error("entry {key:?} does not balance in asset {asset}")]
+    Unbalanced { key: String, asset: String },
+    #[error("idempotency key {key:?} was already used for a different entry")]
+    IdempotencyConflict { key: String },
+    #[error("entry {key:?} refused: {message}")]
+    InsufficientBalance { key: String, message: String },
+    #[error("journal entry {entry_id} not found")]
+    EntryNotFound { entry_id: i64 },
+    #[error("journal entry {entry_id} was already reversed")]
+    AlreadyReversed { entry_id: i64 },
+    #[error("amount {value:?} read from the database is not a valid amount")]
+    CorruptAmount { value: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl LedgerError {
+    /// Serialization failures, deadlocks and lost connections may succeed when retried; invalid or
+    /// refused entries never will.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+            }
+            Self::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            _ => false,
+        }
+    }
+}

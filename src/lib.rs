@@ -1,0 +1,15 @@
+//! payrail: a payment daemon. Watchers observe chains, payments are matched to invoices, a
+//! double-entry ledger in PostgreSQL is credited exactly once, and merchants read it all over HTTP.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+
+pub mod db;
+pub mod ids;
+pub mod invoice;
+pub mod ledger;
+pub mod merchant;
+pub mod money;
+pub mod rates;
+pub mod webhook;

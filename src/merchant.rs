@@ -1,0 +1,125 @@
+//! Merchants and API keys.
+//!
+//! A key is shown once, at creation: `pr_<key id>_<secret>`. Only SHA-256 of the secret is stored;
+//! the key id finds the row and the digests are compared in constant time.
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+
+use crate::ids::new_id;
+
+const SECRET_LEN: usize = 40;
+const SECRET_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+/// Longest name a merchant may have.
+pub const MERCHANT_NAME_LEN_MAX: usize = 200;
+
+#[derive(Debug, Error)]
+pub enum MerchantError {
+    #[error("merchant name must be 1..={MERCHANT_NAME_LEN_MAX} characters")]
+    InvalidName,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Merchant,
+    Creator,
+    Finance,
+    Admin,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "merchant" => Self::Merchant,
+            "creator" => Self::Creator,
+            "finance" => Self::Finance,
+            "admin" => Self::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// Who a request speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    pub role: Role,
+    pub merchant_id: Option<String>,
+}
+
+/// A merchant and the one-time plaintext of its first API key.
+#[derive(Debug, Clone)]
+pub struct NewMerchant {
+    pub merchant_id: String,
+    pub api_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+pub async fn create_merchant(pool: &PgPool, name: &str) -> Result<NewMerchant, MerchantError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MERCHANT_NAME_LEN_MAX {
+        return Err(MerchantError::InvalidName);
+    }
+    let merchant_id = new_id("mer");
+    let mut tx = pool.begin().await?;
+    let created_at: DateTime<Utc> =
+        sqlx::query_scalar("INSERT INTO merchants (id, name) VALUES ($1, $2) RETURNING created_at")
+            .bind(&merchant_id)
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+    let api_key = issue_key(&mut tx, "merchant", Some(&merchant_id)).await?;
+    tx.commit().await?;
+    Ok(NewMerchant { merchant_id, api_key, created_at })
+}
+
+async fn issue_key(conn: &mut sqlx::PgConnection, role: &str, merchant_id: Option<&str>) -> Result<String, sqlx::Error> {
+    let key_id = new_id("key");
+    let secret: String = {
+        let mut rng = rand::thread_rng();
+        (0..SECRET_LEN).map(|_| char::from(SECRET_ALPHABET[rng.gen_range(0..SECRET_ALPHABET.len())])).collect()
+    };
+    sqlx::query("INSERT INTO api_keys (id, merchant_id, role, secret_hash) VALUES ($1, $2, $3, $4)")
+        .bind(&key_id)
+        .bind(merchant_id)
+        .bind(role)
+        .bind(&digest(&secret)[..])
+        .execute(conn)
+        .await?;
+    let public = key_id.trim_start_matches("key_");
+    Ok(format!("pr_{public}_{secret}"))
+}
+
+/// Resolves a bearer token to its principal; `None` for anything unknown, revoked or malformed.
+pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Principal>, sqlx::Error> {
+    let Some((public, secret)) = token.strip_prefix("pr_").and_then(|rest| rest.split_once('_')) else {
+        return Ok(None);
+    };
+    let key_id = format!("key_{public}");
+    if !crate::ids::is_id(&key_id, "key") || secret.len() != SECRET_LEN {
+        return Ok(None);
+    }
+    let row: Option<(Vec<u8>, String, Option<String>)> = sqlx::query_as(
+        "SELECT secret_hash, role, merchant_id FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(&key_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((stored, role, merchant_id)) = row else {
+        return Ok(None);
+    };
+    if !bool::from(stored.as_slice().ct_eq(&digest(secret)[..])) {
+        return Ok(None);
+    }
+    Ok(Role::parse(&role).map(|role| Principal { key_id, role, merchant_id }))
+}

@@ -1,0 +1,43 @@
+//! The outbox writer.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::ids::new_id;
+
+/// The envelope every event is delivered in.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxEvent<T: Serialize> {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub created_at: DateTime<Utc>,
+    pub data: T,
+}
+
+/// Writes one event on `conn`, which must be the transaction that makes the change.
+pub async fn emit<T: Serialize>(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    event_type: &str,
+    object_id: &str,
+    data: T,
+    now: DateTime<Utc>,
+) -> Result<String, sqlx::Error> {
+    let event = OutboxEvent { id: new_id("evt"), event_type: event_type.to_owned(), created_at: now, data };
+    let payload = serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, merchant_id, event_type, object_id, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&event.id)
+    .bind(merchant_id)
+    .bind(event_type)
+    .bind(object_id)
+    .bind(payload)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(event.id)
+}
