@@ -36,3 +36,33 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// Creates the database named in `url` when it does not exist yet (connecting to the server's
+/// `postgres` database to do so). For the dev stack and first runs; production creates its
+/// database ahead of time.
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let options: PgConnectOptions = url.parse().map_err(DbError::Url)?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+        .connect_with(options.database("postgres"))
+        .await
+        .map_err(DbError::Connect)?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&admin)
+        .await
+        .map_err(DbError::Connect)?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&admin).await {
+            Ok(_) => {}
+            // Another process created it in between.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
+            Err(error) => return Err(DbError::Connect(error)),
+        }
+    }
+    admin.close().await;
+    Ok(())
+}

@@ -2,10 +2,12 @@
 //! double-entry ledger in PostgreSQL is credited exactly once, and merchants read it all over HTTP.
 
 pub mod api;
+pub mod app;
 pub mod clock;
 pub mod config;
 
 pub mod db;
+pub mod devnet;
 pub mod ids;
 pub mod invoice;
 pub mod ledger;

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
-use crate::money::{Amount, Fiat};
+use crate::money::{mul_div, Amount, Fiat, Rounding};
 
 use super::error::{InvoiceError, Result};
 use super::status::{InvoiceStatus, Progress};
@@ -109,21 +109,44 @@ pub(crate) fn row_to_invoice(row: &sqlx::postgres::PgRow) -> Result<InvoiceRow> 
 pub(crate) const INVOICE_COLUMNS: &str = "id, merchant_id, status, currency, amount_minor::text AS amount_minor, \
      underpayment_tolerance_bps, order_id, metadata, expires_at, created_at, updated_at, paid_at";
 
-/// Sums the value of an invoice's applied payments: confirmed and still pending.
-pub(crate) async fn progress_of(conn: &mut PgConnection, invoice: &InvoiceRow, now: DateTime<Utc>) -> Result<Progress> {
-    let row = sqlx::query(
-        "SELECT coalesce(sum(value_minor) FILTER (WHERE status = 'confirmed'), 0)::text AS confirmed, \
-                coalesce(sum(value_minor) FILTER (WHERE status = 'seen'), 0)::text AS pending \
-         FROM payments WHERE invoice_id = $1 AND applied_to = 'invoice'",
+/// Values an invoice's applied payments in its currency at the locked quotes: confirmed and still
+/// pending. Amounts are summed per asset before converting, so several payments in one asset that
+/// add up to the quote are worth exactly the invoice amount (rounding each payment down would lose a
+/// minor unit per payment).
+pub(crate) async fn valuation(conn: &mut PgConnection, invoice_id: &str, due: Amount) -> Result<(Amount, Amount)> {
+    let rows = sqlx::query(
+        "SELECT o.amount_minor::text AS quoted, \
+                coalesce(sum(p.amount_minor) FILTER (WHERE p.status = 'confirmed'), 0)::text AS confirmed, \
+                coalesce(sum(p.amount_minor) FILTER (WHERE p.status = 'seen'), 0)::text AS pending \
+         FROM payments p JOIN payment_options o ON o.invoice_id = p.invoice_id AND o.asset = p.asset \
+         WHERE p.invoice_id = $1 AND p.applied_to = 'invoice' GROUP BY o.asset, o.amount_minor",
     )
-    .bind(&invoice.id)
-    .fetch_one(&mut *conn)
+    .bind(invoice_id)
+    .fetch_all(&mut *conn)
     .await?;
+    let mut confirmed = Amount::ZERO;
+    let mut pending = Amount::ZERO;
+    for row in rows {
+        let quoted = parse_amount("amount_minor", &row.try_get::<String, _>("quoted")?)?;
+        for (column, total) in [("confirmed", &mut confirmed), ("pending", &mut pending)] {
+            let paid = parse_amount("amount_minor", &row.try_get::<String, _>(column)?)?;
+            let value = mul_div(paid, due, quoted, Rounding::Down)
+                .map_err(|_| InvoiceError::Corrupt { column: "amount_minor", value: paid.to_string() })?;
+            *total = total
+                .checked_add(value)
+                .ok_or(InvoiceError::Corrupt { column: "amount_minor", value: value.to_string() })?;
+        }
+    }
+    Ok((confirmed, pending))
+}
+
+pub(crate) async fn progress_of(conn: &mut PgConnection, invoice: &InvoiceRow, now: DateTime<Utc>) -> Result<Progress> {
+    let (confirmed, pending) = valuation(conn, &invoice.id, invoice.amount_minor).await?;
     Ok(Progress {
         due: invoice.amount_minor,
         tolerance_bps: invoice.tolerance_bps,
-        confirmed: parse_amount("value_minor", &row.try_get::<String, _>("confirmed")?)?,
-        pending: parse_amount("value_minor", &row.try_get::<String, _>("pending")?)?,
+        confirmed,
+        pending,
         expired: now >= invoice.expires_at,
     })
 }
@@ -177,17 +200,11 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     .fetch_all(&mut *conn)
     .await?;
     let mut payments = Vec::with_capacity(payment_rows.len());
-    let mut confirmed = Amount::ZERO;
     for p in &payment_rows {
         let amount = parse_amount("amount_minor", &p.try_get::<String, _>("amount_minor")?)?;
         let value = parse_amount("value_minor", &p.try_get::<String, _>("value_minor")?)?;
         let status: String = p.try_get("status")?;
         let applied_to: String = p.try_get("applied_to")?;
-        if status == "confirmed" && applied_to == "invoice" {
-            confirmed = confirmed
-                .checked_add(value)
-                .ok_or(InvoiceError::Corrupt { column: "value_minor", value: value.to_string() })?;
-        }
         let decimals: Option<i16> = p.try_get("decimals")?;
         payments.push(PaymentView {
             id: p.try_get("id")?,
@@ -211,6 +228,7 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
         });
     }
 
+    let (confirmed, _pending) = valuation(conn, &invoice.id, invoice.amount_minor).await?;
     Ok(InvoiceView {
         id: invoice.id.clone(),
         object: "invoice",

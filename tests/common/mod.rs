@@ -15,3 +15,31 @@ pub fn amount(v: u64) -> Amount {
 pub fn transfer(key: &str, from: AccountCode, to: AccountCode, asset: &str, value: u64) -> NewEntry {
     NewEntry::new(key, "test").debit(from, asset, amount(value)).credit(to, asset, amount(value))
 }
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use payrail::api::AppState;
+use payrail::clock::ManualClock;
+use payrail::config::Config;
+use sqlx::PgPool;
+
+/// The shipped configuration (`config.toml` and `chains/`), as the daemon loads it.
+pub fn repo_config() -> Config {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.toml"), &path, &[]).expect("config loads")
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).single().expect("valid time")
+}
+
+/// Application state over `pool` with a clock that only moves when the test says so.
+pub fn state_with_clock(pool: PgPool) -> (AppState, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    (payrail::app::state(&repo_config(), pool, clock.clone()), clock)
+}
+
+pub const USDC_POLYGON: &str = "eip155:137/erc20:0x3c499c542cef5e3811e1192ce70d8cc03d5c3359";
+pub const USDT_POLYGON: &str = "eip155:137/erc20:0xc2132d05d31c914a87c6611c10748aeb04b58e8f";
+pub const BTC: &str = "bip122:000000000019d6689c085ae165831e93/slip44:0";

@@ -1,0 +1,109 @@
+//! Wiring: from a loaded [`Config`] and a pool to the running HTTP server and background jobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, HttpLimits};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, RateFeed};
+use crate::invoice::{AssetCatalog, CatalogAsset, InvoicePolicy};
+use crate::ledger::Ledger;
+use crate::rates::FixedFeed;
+
+/// How often open invoices are checked for expiry.
+pub const EXPIRE_INTERVAL_MS: u64 = 5_000;
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("http server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Every asset of every enabled chain, in configuration order.
+pub fn catalog(config: &Config) -> AssetCatalog {
+    let mut assets = Vec::new();
+    for chain in config.chains() {
+        assets.push(CatalogAsset {
+            asset: chain.native_asset_id(),
+            symbol: chain.native.symbol.clone(),
+            decimals: chain.native.decimals,
+        });
+        for token in &chain.tokens {
+            assets.push(CatalogAsset { asset: token.asset_id(), symbol: token.symbol.clone(), decimals: token.decimals });
+        }
+    }
+    AssetCatalog::new(assets)
+}
+
+pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
+    let rates = match config.rates.feed {
+        RateFeed::Fixed => FixedFeed::new(
+            config
+                .rates
+                .fixed_rates()
+                .map(|(base, quote, rate)| ((base.to_owned(), quote.code().to_owned()), rate.clone())),
+        ),
+    };
+    AppState {
+        ledger: Arc::new(Ledger::new(pool.clone())),
+        pool,
+        catalog: Arc::new(catalog(config)),
+        rates: Arc::new(rates),
+        policy: Arc::new(InvoicePolicy {
+            expires_in_s_default: config.invoices.expires_in_s_default,
+            expires_in_s_max: config.invoices.expires_in_s_max,
+            amount_max_major: config.invoices.amount_max_whole(),
+            underpayment_tolerance_bps: config.invoices.underpayment_tolerance_bps,
+        }),
+        clock,
+    }
+}
+
+pub fn limits(config: &Config) -> HttpLimits {
+    HttpLimits {
+        body_limit_bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(api::BODY_LIMIT_BYTES_DEFAULT),
+        request_timeout_ms: config.server.request_timeout_ms,
+    }
+}
+
+/// Binds the listening socket (port 0 picks a free port).
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr, source })
+}
+
+/// Serves on `listener` until `shutdown` resolves, running the expiry job beside.
+pub async fn serve(
+    config: &Config,
+    pool: PgPool,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let addr = listener.local_addr().map_err(AppError::Serve)?;
+    let state = state(config, pool.clone(), Arc::new(SystemClock));
+    let expiry = tokio::spawn(expire_loop(pool, state.clock.clone()));
+    tracing::info!(target: "api", %addr, "listening");
+    let result = axum::serve(listener, api::router(state, limits(config)))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(AppError::Serve);
+    expiry.abort();
+    result
+}
+
+async fn expire_loop(pool: PgPool, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(EXPIRE_INTERVAL_MS));
+    loop {
+        tick.tick().await;
+        match crate::invoice::expire_due(&pool, clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(target: "invoice", expired = n, "invoices expired"),
+            Err(error) => tracing::warn!(target: "invoice", %error, "expiry pass failed; retrying next tick"),
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The local development stack. Development only: production points payrail at its own
+//! PostgreSQL and real chain endpoints.
+
+pub mod postgres;
+
+pub use postgres::{EphemeralPostgres, PostgresError};

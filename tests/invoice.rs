@@ -1,0 +1,395 @@
+//! Invoices against a real PostgreSQL: quotes, the state machine as payments arrive, the ledger
+//! entries and outbox rows each step writes, and what happens to late, odd and replayed payments.
+
+mod common;
+
+use chrono::Duration;
+use common::{amount, state_with_clock, t0, BTC, USDC_POLYGON, USDT_POLYGON};
+use payrail::api::AppState;
+use payrail::clock::Clock;
+use payrail::invoice::{
+    apply_payment, create_invoice, expire_due, load_view, orphan_payment, CreateInvoice, InvoiceError, InvoiceStatus,
+    InvoiceView, ObservedPayment,
+};
+use payrail::ledger::{AccountCode, SignedAmount};
+use payrail::merchant::create_merchant;
+use sqlx::PgPool;
+
+fn request(amount: &str, accepted: &[&str]) -> CreateInvoice {
+    CreateInvoice {
+        amount: amount.to_owned(),
+        currency: "USD".to_owned(),
+        accepted: Some(accepted.iter().map(|s| (*s).to_owned()).collect()),
+        expires_in: Some(900),
+        order_id: None,
+        metadata: None,
+    }
+}
+
+async fn new_invoice(state: &AppState, merchant: &str, amount: &str, accepted: &[&str]) -> InvoiceView {
+    let (view, created) = create_invoice(
+        &state.pool,
+        &state.catalog,
+        state.rates.as_ref(),
+        &state.policy,
+        merchant,
+        &request(amount, accepted),
+        None,
+        state.clock.now(),
+    )
+    .await
+    .expect("invoice created");
+    assert!(created);
+    view
+}
+
+fn observed(invoice: &InvoiceView, asset: &str, tx: &str, value: u128, confirmations: u32) -> ObservedPayment {
+    let asset: payrail::money::AssetId = asset.parse().expect("asset");
+    ObservedPayment {
+        invoice_id: invoice.id.clone(),
+        chain: asset.chain().clone(),
+        tx_ref: format!("{}:{tx}:0", asset.chain()),
+        asset,
+        address: None,
+        amount: payrail::money::Amount::from_u128(value),
+        confirmations,
+        confirmations_required: 2,
+    }
+}
+
+async fn apply(state: &AppState, payment: &ObservedPayment) -> Result<payrail::invoice::Applied, InvoiceError> {
+    let mut tx = state.pool.begin().await.expect("begin");
+    let applied = apply_payment(&mut tx, &state.ledger, payment, state.clock.now()).await?;
+    tx.commit().await.expect("commit");
+    Ok(applied)
+}
+
+async fn view(state: &AppState, id: &str) -> InvoiceView {
+    let mut conn = state.pool.acquire().await.expect("conn");
+    load_view(&mut conn, None, id).await.expect("view")
+}
+
+async fn balance(state: &AppState, account: &AccountCode, asset: &str) -> SignedAmount {
+    let mut conn = state.pool.acquire().await.expect("conn");
+    state.ledger.balance(&mut conn, account, asset).await.expect("balance")
+}
+
+async fn events(pool: &PgPool, invoice_id: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT event_type FROM outbox WHERE object_id = $1 ORDER BY id")
+        .bind(invoice_id)
+        .fetch_all(pool)
+        .await
+        .expect("events")
+}
+
+#[sqlx::test]
+async fn payer_due_rounds_up_at_the_locked_rate(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool);
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[BTC, USDC_POLYGON]).await;
+    assert_eq!(invoice.status, InvoiceStatus::Open);
+    assert_eq!(invoice.amount_minor, "2500");
+    // 25 USD at 65000 USD/BTC is 38461.54 sats: the payer owes 38462.
+    let btc = &invoice.payment_options[0];
+    assert_eq!((btc.amount_minor.as_str(), btc.amount.as_str(), btc.rate.as_str()), ("38462", "0.00038462", "65000"));
+    let usdc = &invoice.payment_options[1];
+    assert_eq!((usdc.amount_minor.as_str(), usdc.amount.as_str()), ("25000000", "25.000000"));
+    assert!(usdc.address.is_none());
+    assert_eq!(invoice.expires_at, t0() + Duration::seconds(900));
+}
+
+#[sqlx::test]
+async fn seen_then_confirmed_payment_pays_and_credits_once(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+
+    let seen = apply(&state, &observed(&invoice, USDC_POLYGON, "0xaa", 25_000_000, 0)).await.expect("seen");
+    assert_eq!(seen.invoice_status, InvoiceStatus::Processing);
+    assert!(!seen.credited);
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::ZERO);
+
+    let one = apply(&state, &observed(&invoice, USDC_POLYGON, "0xaa", 25_000_000, 1)).await.expect("1 conf");
+    assert_eq!((one.invoice_status, one.credited), (InvoiceStatus::Processing, false));
+
+    let paid = apply(&state, &observed(&invoice, USDC_POLYGON, "0xaa", 25_000_000, 2)).await.expect("2 conf");
+    assert_eq!((paid.invoice_status, paid.credited), (InvoiceStatus::Paid, true));
+    assert_eq!(paid.payment_id, seen.payment_id);
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    let chain = AccountCode::chain_assets(&"eip155:137".parse().expect("chain"));
+    assert_eq!(balance(&state, &chain, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+
+    // The watcher replays the block after a restart: nothing changes.
+    let replay = apply(&state, &observed(&invoice, USDC_POLYGON, "0xaa", 25_000_000, 5)).await.expect("replay");
+    assert_eq!((replay.invoice_status, replay.credited), (InvoiceStatus::Paid, false));
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&pool).await.expect("n");
+    assert_eq!(entries, 1);
+
+    let shown = view(&state, &invoice.id).await;
+    assert_eq!((shown.amount_paid.as_str(), shown.amount_remaining.as_str()), ("25.00", "0.00"));
+    assert_eq!(shown.payments.len(), 1);
+    assert_eq!(shown.payments[0].confirmations, 5);
+    assert_eq!(shown.payments[0].status, "confirmed");
+    assert!(shown.paid_at.is_some());
+    assert_eq!(events(&pool, &invoice.id).await, ["invoice.created", "invoice.processing", "invoice.paid"]);
+}
+
+#[sqlx::test]
+async fn a_replay_reporting_another_amount_is_refused_and_changes_nothing(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    apply(&state, &observed(&invoice, USDC_POLYGON, "0xaa", 1_000_000, 0)).await.expect("seen");
+    let err = apply(&state, &observed(&invoice, USDC_POLYGON, "0xaa", 2_000_000, 3)).await.expect_err("mismatch");
+    assert!(matches!(err, InvoiceError::PaymentMismatch { .. }), "{err:?}");
+    let shown = view(&state, &invoice.id).await;
+    assert_eq!(shown.payments[0].amount_minor, "1000000");
+    assert_eq!(shown.payments[0].status, "seen");
+}
+
+#[sqlx::test]
+async fn underpaid_invoice_expires_and_keeps_the_partial_amount(pool: PgPool) {
+    let (state, clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let partial = apply(&state, &observed(&invoice, USDC_POLYGON, "0x01", 10_000_000, 2)).await.expect("partial");
+    assert_eq!(partial.invoice_status, InvoiceStatus::Open);
+    let shown = view(&state, &invoice.id).await;
+    assert_eq!((shown.amount_paid.as_str(), shown.amount_remaining.as_str()), ("10.00", "15.00"));
+
+    clock.advance(Duration::seconds(899));
+    assert_eq!(expire_due(&state.pool, clock.now()).await.expect("expiry"), 0);
+    clock.advance(Duration::seconds(1));
+    assert_eq!(expire_due(&state.pool, clock.now()).await.expect("expiry"), 1);
+    let shown = view(&state, &invoice.id).await;
+    assert_eq!(shown.status, InvoiceStatus::Expired);
+    assert_eq!(shown.amount_paid, "10.00");
+    // The partial payment stays credited to the merchant.
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(10_000_000)));
+    assert_eq!(events(&pool, &invoice.id).await, ["invoice.created", "invoice.expired"]);
+}
+
+#[sqlx::test]
+async fn a_payment_seen_in_time_is_waited_for_past_expiry(pool: PgPool) {
+    let (state, clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    apply(&state, &observed(&invoice, USDC_POLYGON, "0x01", 25_000_000, 0)).await.expect("seen");
+    clock.advance(Duration::hours(2));
+    assert_eq!(expire_due(&state.pool, clock.now()).await.expect("expiry"), 0);
+    let paid = apply(&state, &observed(&invoice, USDC_POLYGON, "0x01", 25_000_000, 2)).await.expect("confirmed");
+    assert_eq!(paid.invoice_status, InvoiceStatus::Paid);
+    assert_eq!(paid.applied_to, "invoice");
+}
+
+#[sqlx::test]
+async fn two_payments_add_up_and_surplus_makes_it_overpaid(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON, USDT_POLYGON]).await;
+    let first = apply(&state, &observed(&invoice, USDC_POLYGON, "0x01", 20_000_000, 2)).await.expect("first");
+    assert_eq!(first.invoice_status, InvoiceStatus::Open);
+    // The rest arrives in another quoted asset: judged in USD at the locked quotes.
+    let second = apply(&state, &observed(&invoice, USDT_POLYGON, "0x02", 5_000_000, 2)).await.expect("second");
+    assert_eq!(second.invoice_status, InvoiceStatus::Paid);
+    let third = apply(&state, &observed(&invoice, USDC_POLYGON, "0x03", 1_000_000, 2)).await.expect("third");
+    assert_eq!(third.invoice_status, InvoiceStatus::Overpaid);
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(21_000_000)));
+    assert_eq!(balance(&state, &merchant_account, USDT_POLYGON).await, SignedAmount::positive(amount(5_000_000)));
+    assert_eq!(events(&pool, &invoice.id).await, ["invoice.created", "invoice.paid", "invoice.overpaid"]);
+}
+
+#[sqlx::test]
+async fn one_satoshi_short_is_not_paid_without_tolerance(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[BTC]).await;
+    let short = apply(&state, &observed(&invoice, BTC, "ab", 38_461, 2)).await.expect("short");
+    assert_eq!(short.invoice_status, InvoiceStatus::Open);
+    let rest = apply(&state, &observed(&invoice, BTC, "cd", 1, 2)).await.expect("rest");
+    assert_eq!(rest.invoice_status, InvoiceStatus::Paid);
+}
+
+#[sqlx::test]
+async fn late_payment_goes_to_unapplied_and_is_never_dropped(pool: PgPool) {
+    let (state, clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    clock.advance(Duration::seconds(901));
+    expire_due(&state.pool, clock.now()).await.expect("expiry");
+    let late = apply(&state, &observed(&invoice, USDC_POLYGON, "0x09", 25_000_000, 0)).await.expect("late seen");
+    assert_eq!((late.invoice_status, late.applied_to), (InvoiceStatus::Expired, "unapplied"));
+    let credited = apply(&state, &observed(&invoice, USDC_POLYGON, "0x09", 25_000_000, 3)).await.expect("late confirmed");
+    assert!(credited.credited);
+    assert_eq!(credited.invoice_status, InvoiceStatus::Expired);
+    let unapplied = AccountCode::unapplied(&merchant.merchant_id);
+    assert_eq!(balance(&state, &unapplied, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    assert_eq!(balance(&state, &AccountCode::merchant(&merchant.merchant_id), USDC_POLYGON).await, SignedAmount::ZERO);
+    let shown = view(&state, &invoice.id).await;
+    assert_eq!(shown.payments[0].unapplied_reason.as_deref(), Some("invoice_expired"));
+    assert_eq!(shown.amount_paid, "0.00");
+    assert_eq!(events(&pool, &invoice.id).await, ["invoice.created", "invoice.expired", "invoice.payment_late"]);
+}
+
+#[sqlx::test]
+async fn payment_after_expiry_time_but_before_the_expiry_job_is_late_too(pool: PgPool) {
+    let (state, clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    clock.advance(Duration::seconds(1000));
+    let late = apply(&state, &observed(&invoice, USDC_POLYGON, "0x09", 25_000_000, 2)).await.expect("late");
+    assert_eq!((late.applied_to, late.invoice_status), ("unapplied", InvoiceStatus::Expired));
+    let shown = view(&state, &invoice.id).await;
+    assert_eq!(shown.payments[0].unapplied_reason.as_deref(), Some("late"));
+}
+
+#[sqlx::test]
+async fn an_unquoted_asset_is_held_as_unapplied(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let odd = apply(&state, &observed(&invoice, USDT_POLYGON, "0x05", 25_000_000, 2)).await.expect("odd asset");
+    assert_eq!((odd.applied_to, odd.invoice_status, odd.credited), ("unapplied", InvoiceStatus::Open, true));
+    let unapplied = AccountCode::unapplied(&merchant.merchant_id);
+    assert_eq!(balance(&state, &unapplied, USDT_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    assert_eq!(view(&state, &invoice.id).await.payments[0].unapplied_reason.as_deref(), Some("asset_not_quoted"));
+}
+
+#[sqlx::test]
+async fn orphaned_unconfirmed_payment_returns_invoice_to_open_and_can_come_back(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let payment = observed(&invoice, USDC_POLYGON, "0x0f", 25_000_000, 1);
+    apply(&state, &payment).await.expect("seen");
+    let mut tx = state.pool.begin().await.expect("begin");
+    let status = orphan_payment(&mut tx, &state.ledger, &payment.tx_ref, state.clock.now()).await.expect("orphan");
+    tx.commit().await.expect("commit");
+    assert_eq!(status, InvoiceStatus::Open);
+    assert_eq!(view(&state, &invoice.id).await.payments[0].status, "orphaned");
+    // Mined again on the new branch, then confirmed: credited once.
+    let back = apply(&state, &ObservedPayment { confirmations: 0, ..payment.clone() }).await.expect("back");
+    assert_eq!(back.invoice_status, InvoiceStatus::Processing);
+    let paid = apply(&state, &ObservedPayment { confirmations: 2, ..payment.clone() }).await.expect("paid");
+    assert_eq!((paid.invoice_status, paid.credited), (InvoiceStatus::Paid, true));
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    assert_eq!(
+        events(&pool, &invoice.id).await,
+        ["invoice.created", "invoice.processing", "invoice.open", "invoice.processing", "invoice.paid"]
+    );
+}
+
+#[sqlx::test]
+async fn orphaned_credited_payment_is_reversed_and_status_stays_paid(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let payment = observed(&invoice, USDC_POLYGON, "0x0e", 25_000_000, 2);
+    apply(&state, &payment).await.expect("paid");
+    let mut tx = state.pool.begin().await.expect("begin");
+    let status = orphan_payment(&mut tx, &state.ledger, &payment.tx_ref, state.clock.now()).await.expect("orphan");
+    tx.commit().await.expect("commit");
+    assert_eq!(status, InvoiceStatus::Paid);
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::ZERO);
+    let reversals: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries WHERE reverses_entry_id IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .expect("n");
+    assert_eq!(reversals, 1);
+    assert_eq!(view(&state, &invoice.id).await.payments[0].status, "reversed");
+}
+
+#[sqlx::test]
+async fn a_crash_before_commit_leaves_no_trace(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let payment = observed(&invoice, USDC_POLYGON, "0x0d", 25_000_000, 2);
+    {
+        let mut tx = state.pool.begin().await.expect("begin");
+        let applied = apply_payment(&mut tx, &state.ledger, &payment, state.clock.now()).await.expect("applied");
+        assert_eq!(applied.invoice_status, InvoiceStatus::Paid);
+        // Dropped without commit: the process died here.
+    }
+    for table in ["payments", "journal_entries", "postings"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&pool).await.expect("n");
+        assert_eq!(n, 0, "{table}");
+    }
+    assert_eq!(view(&state, &invoice.id).await.status, InvoiceStatus::Open);
+    assert_eq!(events(&pool, &invoice.id).await, ["invoice.created"]);
+    // The replay after restart credits exactly once.
+    let applied = apply(&state, &payment).await.expect("replayed");
+    assert!(applied.credited);
+    assert_eq!(applied.invoice_status, InvoiceStatus::Paid);
+}
+
+#[sqlx::test]
+async fn idempotency_key_returns_the_first_invoice_or_refuses_another_body(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let create = |req: CreateInvoice| {
+        let state = state.clone();
+        let merchant_id = merchant.merchant_id.clone();
+        async move {
+            create_invoice(
+                &state.pool,
+                &state.catalog,
+                state.rates.as_ref(),
+                &state.policy,
+                &merchant_id,
+                &req,
+                Some("order-42"),
+                state.clock.now(),
+            )
+            .await
+        }
+    };
+    let (first, created) = create(request("10.00", &[BTC])).await.expect("first");
+    assert!(created);
+    let (again, created) = create(request("10.00", &[BTC])).await.expect("again");
+    assert!(!created);
+    assert_eq!(first.id, again.id);
+    let err = create(request("11.00", &[BTC])).await.expect_err("other body");
+    assert!(matches!(err, InvoiceError::IdempotencyConflict { .. }));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices").fetch_one(&pool).await.expect("n");
+    assert_eq!(n, 1);
+}
+
+#[sqlx::test]
+async fn bad_requests_are_refused_with_the_field_named(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let try_create = |req: CreateInvoice| {
+        let state = state.clone();
+        let merchant_id = merchant.merchant_id.clone();
+        async move {
+            create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, &merchant_id, &req, None, state.clock.now())
+                .await
+        }
+    };
+    for (amount, field) in [("0", "amount"), ("-1", "amount"), ("1.001", "amount"), ("1e3", "amount"), ("", "amount"), ("1000000.01", "amount")] {
+        match try_create(request(amount, &[BTC])).await {
+            Err(InvoiceError::Invalid { field: f, .. }) => assert_eq!(f, field, "{amount}"),
+            other => panic!("{amount}: {other:?}"),
+        }
+    }
+    let mut eur_less = request("1.00", &[BTC]);
+    eur_less.currency = "usd".to_owned();
+    assert!(matches!(try_create(eur_less).await, Err(InvoiceError::UnsupportedCurrency { .. })));
+    assert!(matches!(
+        try_create(request("1.00", &["eip155:1/erc20:0x0000000000000000000000000000000000000001"])).await,
+        Err(InvoiceError::UnsupportedAsset { .. })
+    ));
+    assert!(matches!(try_create(request("1.00", &[BTC, BTC])).await, Err(InvoiceError::Invalid { field: "accepted", .. })));
+    let mut short = request("1.00", &[BTC]);
+    short.expires_in = Some(5);
+    assert!(matches!(try_create(short).await, Err(InvoiceError::Invalid { field: "expires_in", .. })));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices").fetch_one(&pool).await.expect("n");
+    assert_eq!(n, 0);
+}
