@@ -1,0 +1,265 @@
+//! The HTTP API over a real socket: status codes, error bodies, tenant isolation, idempotency.
+
+mod common;
+
+use common::{state_with_clock, BTC, USDC_POLYGON};
+use payrail::api::{router, AppState, HttpLimits};
+use payrail::merchant::create_merchant;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    state: AppState,
+}
+
+async fn start(pool: PgPool) -> Server {
+    let (state, _clock) = state_with_clock(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let limits = HttpLimits { body_limit_bytes: 4096, ..HttpLimits::default() };
+    let app = router(state.clone(), limits);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server { base, client: reqwest::Client::new(), state }
+}
+
+impl Server {
+    async fn merchant(&self) -> (String, String) {
+        let m = create_merchant(&self.state.pool, "Shop").await.expect("merchant");
+        (m.merchant_id, m.api_key)
+    }
+
+    async fn post(&self, key: &str, body: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/v1/invoices", self.base))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        (status, response.json().await.expect("json body"))
+    }
+
+    async fn get(&self, key: Option<&str>, path: &str) -> (StatusCode, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        (status, response.json().await.expect("json body"))
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+#[sqlx::test]
+async fn create_then_get_returns_the_invoice(pool: PgPool) {
+    let server = start(pool).await;
+    let (merchant_id, key) = server.merchant().await;
+    let body = json!({"amount":"25.00","currency":"USD","accepted":[BTC, USDC_POLYGON],"order_id":"A-1","metadata":{"cart":7}});
+    let (status, created) = server.post(&key, &body.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id");
+    assert!(id.starts_with("inv_"));
+    assert_eq!(created["status"], "open");
+    assert_eq!(created["merchant_id"], merchant_id.as_str());
+    assert_eq!(created["amount"], "25.00");
+    assert_eq!(created["metadata"]["cart"], 7);
+    assert_eq!(created["payments"], json!([]));
+    let options = created["payment_options"].as_array().expect("options");
+    assert_eq!(options.len(), 2);
+    assert_eq!(options[0]["asset"], BTC);
+    assert_eq!(options[0]["amount"], "0.00038462");
+    assert_eq!(options[0]["amount_minor"], "38462");
+    assert_eq!(options[0]["rate"], "65000");
+    assert_eq!(options[0]["address"], Value::Null);
+    assert_eq!(options[1]["chain"], "eip155:137");
+
+    let (status, fetched) = server.get(Some(&key), &format!("/v1/invoices/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fetched["id"], created["id"]);
+    assert_eq!(fetched["payment_options"], created["payment_options"]);
+}
+
+#[sqlx::test]
+async fn without_accepted_every_priced_asset_is_offered(pool: PgPool) {
+    let server = start(pool).await;
+    let (_, key) = server.merchant().await;
+    let (status, created) = server.post(&key, r#"{"amount":"5","currency":"EUR"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let options = created["payment_options"].as_array().expect("options");
+    // Six chains: four natives with a EUR rate (BTC, ETH on three chains, POL, BNB) and their tokens.
+    assert!(options.len() >= 15, "{}", options.len());
+    assert!(options.iter().all(|o| o["amount_minor"].as_str().is_some_and(|a| a != "0")));
+    assert_eq!(created["amount"], "5.00");
+}
+
+#[sqlx::test]
+async fn a_merchant_never_sees_another_merchants_invoice(pool: PgPool) {
+    let server = start(pool).await;
+    let (_, alice) = server.merchant().await;
+    let (_, bob) = server.merchant().await;
+    let (_, created) = server.post(&alice, r#"{"amount":"1.00","currency":"USD"}"#).await;
+    let path = format!("/v1/invoices/{}", created["id"].as_str().expect("id"));
+    let (status, body) = server.get(Some(&bob), &path).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, _) = server.get(Some(&alice), &path).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.get(Some(&alice), "/v1/invoices/inv_doesnotexist0000000000").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = server.get(Some(&alice), "/v1/invoices/../../etc").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[sqlx::test]
+async fn missing_wrong_or_forged_keys_are_unauthorized(pool: PgPool) {
+    let server = start(pool).await;
+    let (_, key) = server.merchant().await;
+    let (status, body) = server.get(None, "/v1/balances").await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    // Right key id, wrong secret.
+    let (prefix, secret) = key.rsplit_once('_').expect("key shape");
+    let forged = format!("{prefix}_{}", "A".repeat(secret.len()));
+    for bad in [forged.as_str(), "pr_x_y", "nonsense", ""] {
+        let (status, body) = server.get(Some(bad), "/v1/balances").await;
+        assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{bad}");
+    }
+    let (status, _) = server.get(Some(&key), "/v1/balances").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[sqlx::test]
+async fn malformed_and_invalid_bodies_get_clear_4xx_never_500(pool: PgPool) {
+    let server = start(pool.clone()).await;
+    let (_, key) = server.merchant().await;
+    let cases: &[(&str, StatusCode, &str)] = &[
+        ("{bad json", StatusCode::BAD_REQUEST, "invalid_json"),
+        ("", StatusCode::BAD_REQUEST, "invalid_json"),
+        ("[]", StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (r#"{"amount":25,"currency":"USD"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (r#"{"currency":"USD"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (r#"{"amount":"1","currency":"USD","surprise":1}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (r#"{"amount":"-5.00","currency":"USD"}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (r#"{"amount":"0","currency":"USD"}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (r#"{"amount":"1.005","currency":"USD"}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (r#"{"amount":"1e9","currency":"USD"}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (r#"{"amount":"NaN","currency":"USD"}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (
+            r#"{"amount":"99999999999999999999999999999999999999999999999999999999999999999999999999999999","currency":"USD"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "parameter_invalid",
+        ),
+        (r#"{"amount":"1000000.01","currency":"USD"}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (r#"{"amount":"5","currency":"XYZ"}"#, StatusCode::UNPROCESSABLE_ENTITY, "currency_unsupported"),
+        (r#"{"amount":"5","currency":"USD","accepted":["nonsense"]}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (r#"{"amount":"5","currency":"USD","accepted":[]}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (
+            r#"{"amount":"5","currency":"USD","accepted":["eip155:1/erc20:0x0000000000000000000000000000000000000001"]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "asset_unsupported",
+        ),
+        (r#"{"amount":"5","currency":"JPY"}"#, StatusCode::UNPROCESSABLE_ENTITY, "rate_unavailable"),
+        (r#"{"amount":"5","currency":"USD","expires_in":1}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+        (r#"{"amount":"5","currency":"USD","expires_in":-1}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (r#"{"amount":"5","currency":"USD","metadata":[1]}"#, StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"),
+    ];
+    for (body, want_status, want_code) in cases {
+        let (status, response) = server.post(&key, body).await;
+        assert_eq!((status, code(&response)), (*want_status, *want_code), "{body} -> {response}");
+        assert!(response["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let big = format!(r#"{{"amount":"5","currency":"USD","metadata":{{"x":"{}"}}}}"#, "a".repeat(8000));
+    let (status, response) = server.post(&key, &big).await;
+    assert_eq!((status, code(&response)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    let response = server
+        .client
+        .post(format!("{}/v1/invoices", server.base))
+        .bearer_auth(&key)
+        .body(r#"{"amount":"5","currency":"USD"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices").fetch_one(&pool).await.expect("n");
+    assert_eq!(n, 0, "no refused request created an invoice");
+}
+
+#[sqlx::test]
+async fn idempotency_key_header_replays_or_conflicts(pool: PgPool) {
+    let server = start(pool).await;
+    let (_, key) = server.merchant().await;
+    let send = |body: &'static str| {
+        server
+            .client
+            .post(format!("{}/v1/invoices", server.base))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "cart-9")
+            .body(body)
+            .send()
+    };
+    let first = send(r#"{"amount":"9.99","currency":"USD"}"#).await.expect("first");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.expect("json");
+    let again = send(r#"{"amount":"9.99","currency":"USD"}"#).await.expect("again");
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(first["id"], again["id"]);
+    let other = send(r#"{"amount":"10.00","currency":"USD"}"#).await.expect("other");
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    let other: Value = other.json().await.expect("json");
+    assert_eq!(code(&other), "idempotency_conflict");
+}
+
+#[sqlx::test]
+async fn balances_show_credited_payments_in_asset_units(pool: PgPool) {
+    let server = start(pool).await;
+    let (merchant_id, key) = server.merchant().await;
+    let (_, created) = server.post(&key, &json!({"amount":"25.00","currency":"USD","accepted":[USDC_POLYGON]}).to_string()).await;
+    let asset: payrail::money::AssetId = USDC_POLYGON.parse().expect("asset");
+    let payment = payrail::invoice::ObservedPayment {
+        invoice_id: created["id"].as_str().expect("id").to_owned(),
+        chain: asset.chain().clone(),
+        asset,
+        tx_ref: "eip155:137:0xfeed:0".to_owned(),
+        address: None,
+        amount: payrail::money::Amount::from_u64(25_000_000),
+        confirmations: 3,
+        confirmations_required: 3,
+    };
+    let mut tx = server.state.pool.begin().await.expect("begin");
+    payrail::invoice::apply_payment(&mut tx, &server.state.ledger, &payment, server.state.clock.now())
+        .await
+        .expect("apply");
+    tx.commit().await.expect("commit");
+    let (status, balances) = server.get(Some(&key), "/v1/balances").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(balances["merchant_id"], merchant_id.as_str());
+    assert_eq!(balances["available"], json!([{"asset": USDC_POLYGON, "amount": "25.000000", "amount_minor": "25000000"}]));
+    assert_eq!(balances["unapplied"], json!([]));
+    let (_, shown) = server.get(Some(&key), &format!("/v1/invoices/{}", payment.invoice_id)).await;
+    assert_eq!(shown["status"], "paid");
+    assert_eq!(shown["payments"][0]["amount"], "25.000000");
+}
+
+#[sqlx::test]
+async fn health_and_readiness(pool: PgPool) {
+    let server = start(pool).await;
+    let (status, body) = server.get(None, "/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!((status, body["database"].as_str()), (StatusCode::OK, Some("ok")));
+    server.state.pool.close().await;
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!((status, body["database"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unreachable")));
+    let (status, body) = server.get(None, "/nope").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+}
