@@ -1,7 +1,9 @@
 -- The double-entry ledger. The database, not only the daemon, enforces its invariants:
 --   * journal entries and postings are append-only (UPDATE, DELETE and TRUNCATE are refused);
---   * per entry and asset the postings sum to zero (checked at commit by a deferred constraint trigger);
---   * postings are added only in the transaction that created their entry;
+--   * per entry and asset the postings sum to zero (checked once per entry at commit by a deferred
+--     constraint trigger);
+--   * postings are added only in the transaction that created their entry (a composite foreign key on
+--     the entry's transaction id) and never after that entry's check has run;
 --   * balance rows change only through postings, in the same transaction, and accounts that may not go
 --     negative are guarded by a CHECK on their balance rows.
 -- Sign convention: a posting's amount is positive for a debit and negative for a credit. Balances are
@@ -15,12 +17,12 @@ CREATE TABLE accounts (
                           AND code ~ '^(assets|liabilities|equity|revenue|expenses)(:[A-Za-z0-9_./-]+)+$'),
     normal_side    TEXT NOT NULL CHECK (normal_side IN ('debit', 'credit')),
     non_negative   BOOLEAN NOT NULL,
-    -- Hot accounts (a chain's asset account, platform revenue) spread their balance over several rows so
-    -- concurrent writers do not queue on one row lock. Guarded accounts keep one row: the CHECK must see
-    -- the whole balance.
+    -- Every account spreads its balance over several rows so concurrent writers do not queue on one
+    -- row lock held until commit. An account's balance is the sum of its rows. For guarded accounts each
+    -- row is itself kept non-negative: a credit lands on any one row, a debit locks all of the account's
+    -- rows (in shard order) and draws them down one by one.
     balance_shards SMALLINT NOT NULL DEFAULT 1 CHECK (balance_shards BETWEEN 1 AND 64),
-    created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
-    CHECK (NOT non_negative OR balance_shards = 1)
+    created_at     TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
 CREATE TABLE journal_entries (
@@ -32,15 +34,20 @@ CREATE TABLE journal_entries (
     memo              TEXT CHECK (length(memo) <= 1000),
     reverses_entry_id BIGINT UNIQUE REFERENCES journal_entries (id),
     tx                XID8 NOT NULL DEFAULT pg_current_xact_id(),
-    created_at        TIMESTAMPTZ NOT NULL DEFAULT now()
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (id, tx)
 );
 
 CREATE TABLE postings (
     id         BIGSERIAL PRIMARY KEY,
-    entry_id   BIGINT NOT NULL REFERENCES journal_entries (id),
+    entry_id   BIGINT NOT NULL,
+    -- Set by the posting trigger to the inserting transaction; the foreign key then only matches an
+    -- entry created by that same transaction.
+    entry_tx   XID8 NOT NULL,
     account_id BIGINT NOT NULL REFERENCES accounts (id),
     asset      TEXT NOT NULL CHECK (length(asset) BETWEEN 1 AND 200),
-    amount     NUMERIC(78, 0) NOT NULL CHECK (amount <> 0)
+    amount     NUMERIC(78, 0) NOT NULL CHECK (amount <> 0),
+    FOREIGN KEY (entry_id, entry_tx) REFERENCES journal_entries (id, tx)
 );
 CREATE INDEX postings_entry_idx ON postings (entry_id);
 CREATE INDEX postings_account_idx ON postings (account_id, asset);
@@ -87,37 +94,59 @@ CREATE TRIGGER balances_only_from_postings BEFORE INSERT OR UPDATE OR DELETE ON 
 CREATE TRIGGER balances_no_truncate BEFORE TRUNCATE ON balances
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_direct_balance_write();
 
--- Every posting moves its account's balance row in the same statement. Rows are inserted in
--- (account_id, asset) order by the daemon, so balance row locks are always taken in one order.
+-- Every posting moves its account's balance in the same statement. Rows are inserted in
+-- (account_id, asset) order by the daemon, and within an account rows are locked in shard order, so
+-- balance row locks are always taken in one global order.
 CREATE FUNCTION ledger_apply_posting() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    acc      RECORD;
-    delta    NUMERIC;
-    shard_no SMALLINT;
-    current  NUMERIC;
+    acc       RECORD;
+    delta     NUMERIC;
+    remaining NUMERIC;
+    total        NUMERIC;
+    shard_list   SMALLINT[];
+    balance_list NUMERIC[];
 BEGIN
+    -- After this transaction's entries were checked, no posting may slip in (SET CONSTRAINTS … IMMEDIATE
+    -- would otherwise let one through unchecked).
+    IF current_setting('payrail.entries_checked', true) = 'on' THEN
+        RAISE EXCEPTION 'journal entry % is closed: postings are added only with the entry', NEW.entry_id
+            USING ERRCODE = 'PRL01';
+    END IF;
+    NEW.entry_tx := pg_current_xact_id();
     SELECT code, normal_side, non_negative, balance_shards INTO acc
         FROM accounts WHERE id = NEW.account_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'posting to unknown account id %', NEW.account_id USING ERRCODE = 'PRL05';
     END IF;
     delta := CASE WHEN acc.normal_side = 'debit' THEN NEW.amount ELSE -NEW.amount END;
-    shard_no := CASE WHEN acc.balance_shards = 1 THEN 0 ELSE pg_backend_pid() % acc.balance_shards END;
-    -- A guarded account that is being drawn down gets a readable error naming it; the CHECK on the
-    -- balance row stays as the backstop. (An upsert cannot serve here: the CHECK would judge the
-    -- negative delta as if it were the new row.)
     IF acc.non_negative AND delta < 0 THEN
-        SELECT balance INTO current FROM balances
-            WHERE account_id = NEW.account_id AND asset = NEW.asset AND shard = 0 FOR UPDATE;
-        IF current IS NULL OR current + delta < 0 THEN
+        -- Draw a guarded account down: lock all its rows in shard order, check the total, then take the
+        -- amount out row by row so that every row stays non-negative. (An upsert cannot serve here: the
+        -- CHECK would judge the negative delta as if it were the new row.)
+        SELECT array_agg(shard ORDER BY shard), array_agg(balance ORDER BY shard), sum(balance)
+            INTO shard_list, balance_list, total
+            FROM (
+                SELECT shard, balance FROM balances
+                WHERE account_id = NEW.account_id AND asset = NEW.asset
+                ORDER BY shard FOR UPDATE
+            ) locked;
+        IF total IS NULL OR total + delta < 0 THEN
             RAISE EXCEPTION 'account % would go negative in asset %', acc.code, NEW.asset
                 USING ERRCODE = 'PRL04';
         END IF;
-        UPDATE balances SET balance = balance + delta
-            WHERE account_id = NEW.account_id AND asset = NEW.asset AND shard = 0;
+        -- Only the rows locked above are touched: a row another writer added since is left alone.
+        remaining := -delta;
+        FOR i IN 1 .. array_length(shard_list, 1) LOOP
+            EXIT WHEN remaining = 0;
+            CONTINUE WHEN balance_list[i] <= 0;
+            UPDATE balances SET balance = balance - least(balance_list[i], remaining)
+                WHERE account_id = NEW.account_id AND asset = NEW.asset AND shard = shard_list[i];
+            remaining := remaining - least(balance_list[i], remaining);
+        END LOOP;
     ELSE
+        -- A random row: writers spread over the rows whatever connection they come from.
         INSERT INTO balances AS b (account_id, asset, shard, balance, non_negative)
-            VALUES (NEW.account_id, NEW.asset, shard_no, delta, acc.non_negative)
+            VALUES (NEW.account_id, NEW.asset, floor(random() * acc.balance_shards)::smallint, delta, acc.non_negative)
             ON CONFLICT (account_id, asset, shard) DO UPDATE SET balance = b.balance + EXCLUDED.balance;
     END IF;
     RETURN NEW;
@@ -126,46 +155,29 @@ $$;
 CREATE TRIGGER postings_apply BEFORE INSERT ON postings
     FOR EACH ROW EXECUTE FUNCTION ledger_apply_posting();
 
--- Checked at commit, once per posting inserted, so no posting escapes the check: its entry must have
--- been created in this transaction, and the entry's postings must sum to zero per asset.
+-- Checked once per entry when the transaction commits: it has at least two postings and they sum to
+-- zero per asset. Postings of an entry can only be inserted by the transaction that created it (the
+-- foreign key above) and only before this check runs (the posting trigger), so no posting escapes it.
 CREATE FUNCTION ledger_check_entry() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    entry_tx XID8;
-    bad      TEXT;
-    n        BIGINT;
+    bad TEXT;
+    n   BIGINT;
 BEGIN
-    SELECT tx INTO entry_tx FROM journal_entries WHERE id = NEW.entry_id;
-    IF entry_tx IS DISTINCT FROM pg_current_xact_id() THEN
-        RAISE EXCEPTION 'journal entry % is closed: postings are added only with the entry', NEW.entry_id
-            USING ERRCODE = 'PRL01';
-    END IF;
-    SELECT count(*) INTO n FROM postings WHERE entry_id = NEW.entry_id;
+    PERFORM set_config('payrail.entries_checked', 'on', true);
+    SELECT count(*) INTO n FROM postings WHERE entry_id = NEW.id;
     IF n < 2 THEN
-        RAISE EXCEPTION 'journal entry % has % posting(s); at least 2 are needed', NEW.entry_id, n
+        RAISE EXCEPTION 'journal entry % has % posting(s); at least 2 are needed', NEW.id, n
             USING ERRCODE = 'PRL02';
     END IF;
-    SELECT asset INTO bad FROM postings WHERE entry_id = NEW.entry_id
+    SELECT asset INTO bad FROM postings WHERE entry_id = NEW.id
         GROUP BY asset HAVING sum(amount) <> 0 LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'journal entry % does not balance in asset %', NEW.entry_id, bad
+        RAISE EXCEPTION 'journal entry % does not balance in asset %', NEW.id, bad
             USING ERRCODE = 'PRL02';
     END IF;
     RETURN NULL;
 END
 $$;
-CREATE CONSTRAINT TRIGGER postings_balanced AFTER INSERT ON postings
+CREATE CONSTRAINT TRIGGER journal_entries_balanced AFTER INSERT ON journal_entries
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION ledger_check_entry();
-
--- An entry without postings is refused at commit too.
-CREATE FUNCTION ledger_check_entry_has_postings() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM postings WHERE entry_id = NEW.id) THEN
-        RAISE EXCEPTION 'journal entry % has no postings', NEW.id USING ERRCODE = 'PRL02';
-    END IF;
-    RETURN NULL;
-END
-$$;
-CREATE CONSTRAINT TRIGGER journal_entries_have_postings AFTER INSERT ON journal_entries
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION ledger_check_entry_has_postings();

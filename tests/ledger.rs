@@ -107,8 +107,8 @@ async fn database_refuses_update_delete_and_truncate_of_ledger_rows(pool: PgPool
 async fn database_refuses_an_unbalanced_entry_written_by_hand(pool: PgPool) {
     let ledger = Ledger::new(pool.clone());
     let mut conn = pool.acquire().await.expect("conn");
-    let a = ledger.account_id(&mut conn, &chain_account()).await.expect("account");
-    let b = ledger.account_id(&mut conn, &AccountCode::platform_fees()).await.expect("account");
+    let a = ledger.account_id(&mut conn, &chain_account(), true).await.expect("account");
+    let b = ledger.account_id(&mut conn, &AccountCode::platform_fees(), true).await.expect("account");
     drop(conn);
     let mut tx = pool.begin().await.expect("begin");
     let id: i64 = sqlx::query_scalar(
@@ -142,10 +142,11 @@ async fn postings_cannot_be_added_to_a_committed_entry(pool: PgPool) {
     let ledger = Ledger::new(pool.clone());
     let posted = ledger.post_now(&transfer("k", chain_account(), AccountCode::platform_fees(), USD, 7)).await.expect("post");
     let mut conn = pool.acquire().await.expect("conn");
-    let a = ledger.account_id(&mut conn, &chain_account()).await.expect("account");
-    let b = ledger.account_id(&mut conn, &AccountCode::platform_fees()).await.expect("account");
+    let a = ledger.account_id(&mut conn, &chain_account(), true).await.expect("account");
+    let b = ledger.account_id(&mut conn, &AccountCode::platform_fees(), true).await.expect("account");
     drop(conn);
-    // Even a balanced pair is refused: a committed entry is closed.
+    // Even a balanced pair is refused: a committed entry is closed (its transaction id no longer
+    // matches the posting's, so the foreign key finds no entry).
     let err = sqlx::query("INSERT INTO postings (entry_id, account_id, asset, amount) VALUES ($1, $2, 'iso4217:USD', 1), ($1, $3, 'iso4217:USD', -1)")
         .bind(posted.entry_id)
         .bind(a)
@@ -153,6 +154,31 @@ async fn postings_cannot_be_added_to_a_committed_entry(pool: PgPool) {
         .execute(&pool)
         .await
         .expect_err("closed entry");
+    let db = err.as_database_error().expect("database error");
+    assert_eq!(db.constraint(), Some("postings_entry_id_entry_tx_fkey"), "{err}");
+
+    // Within one transaction, a posting after the entries were checked is refused too.
+    let mut tx = pool.begin().await.expect("begin");
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO journal_entries (idempotency_key, fingerprint, kind) VALUES ('late', decode(repeat('00', 32), 'hex'), 'raw') RETURNING id",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("entry");
+    sqlx::query("INSERT INTO postings (entry_id, account_id, asset, amount) VALUES ($1, $2, 'iso4217:USD', 1), ($1, $3, 'iso4217:USD', -1)")
+        .bind(id)
+        .bind(a)
+        .bind(b)
+        .execute(&mut *tx)
+        .await
+        .expect("balanced postings");
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE").execute(&mut *tx).await.expect("entry checked now");
+    let err = sqlx::query("INSERT INTO postings (entry_id, account_id, asset, amount) VALUES ($1, $2, 'iso4217:USD', 5)")
+        .bind(id)
+        .bind(a)
+        .execute(&mut *tx)
+        .await
+        .expect_err("posting after the check");
     assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("PRL01"), "{err}");
 }
 

@@ -15,8 +15,8 @@ use super::error::LedgerError;
 
 /// Longest account code accepted (the database's CHECK agrees).
 pub const ACCOUNT_CODE_LEN_MAX: usize = 256;
-/// How many balance rows an unguarded hot account is spread over.
-pub const BALANCE_SHARDS_HOT: i16 = 16;
+/// How many balance rows an account is spread over, so concurrent writers rarely meet on one lock.
+pub const BALANCE_SHARDS: i16 = 16;
 
 /// The five account types of double-entry bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,13 +102,10 @@ impl AccountCode {
         self.0.starts_with("liabilities:")
     }
 
-    /// Unguarded accounts touched by every payment are spread over several balance rows.
+    /// Every account is spread over several balance rows; a guarded account keeps each row
+    /// non-negative, so the guard holds for their sum.
     pub fn balance_shards(&self) -> i16 {
-        if self.is_non_negative() {
-            1
-        } else {
-            BALANCE_SHARDS_HOT
-        }
+        BALANCE_SHARDS
     }
 }
 
@@ -175,8 +172,7 @@ mod tests {
         assert!(!AccountCode::platform_fees().is_non_negative());
         assert!(AccountCode::network_fees().account_type().is_debit_normal());
         assert!(!AccountCode::merchant("m").account_type().is_debit_normal());
-        assert_eq!(AccountCode::merchant("m").balance_shards(), 1);
-        assert_eq!(AccountCode::platform_fees().balance_shards(), BALANCE_SHARDS_HOT);
+        assert_eq!(AccountCode::platform_fees().balance_shards(), BALANCE_SHARDS);
     }
 
     #[test]
