@@ -498,7 +498,7 @@ async fn run_ledger(target: &Target, chart: &Arc<Chart>, scenario: Scenario, con
     {
         let mut conn = pool.acquire().await?;
         for account in chart.all() {
-            ledger.account_id(&mut conn, account).await?;
+            ledger.account_id(&mut conn, account, true).await?;
         }
     }
     let tag = scenario.tag();
@@ -809,7 +809,7 @@ async fn prepare_accounts(pool: &PgPool, posted: &mut Posted) -> Result<Chart> {
     {
         let mut conn = pool.acquire().await?;
         for account in chart.all() {
-            ledger.account_id(&mut conn, account).await?;
+            ledger.account_id(&mut conn, account, true).await?;
         }
     }
     let rows = sqlx::query("SELECT id, code FROM accounts").fetch_all(pool).await?;

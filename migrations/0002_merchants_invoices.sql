@@ -56,9 +56,6 @@ CREATE TABLE payment_options (
     position     SMALLINT NOT NULL,
     PRIMARY KEY (invoice_id, asset)
 );
--- A deposit address belongs to one invoice, ever.
-CREATE UNIQUE INDEX payment_options_address_idx ON payment_options (chain, lower(address))
-    WHERE address IS NOT NULL;
 
 -- Every observed payment, whether it applies to its invoice or is held as unapplied for review.
 -- tx_ref is the credit's idempotency key (an outpoint, or chain + tx + log index): one output or log is

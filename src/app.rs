@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState, HttpLimits};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, RateFeed};
-use crate::invoice::{AssetCatalog, CatalogAsset, InvoicePolicy};
+use crate::invoice::{AssetCatalog, CatalogAsset, DepositScheme, InvoicePolicy};
 use crate::ledger::Ledger;
 use crate::rates::FixedFeed;
 
@@ -29,13 +29,20 @@ pub enum AppError {
 pub fn catalog(config: &Config) -> AssetCatalog {
     let mut assets = Vec::new();
     for chain in config.chains() {
+        let deposit = chain.forwarder_factory.map(DepositScheme::create2_forwarder);
         assets.push(CatalogAsset {
             asset: chain.native_asset_id(),
             symbol: chain.native.symbol.clone(),
             decimals: chain.native.decimals,
+            deposit,
         });
         for token in &chain.tokens {
-            assets.push(CatalogAsset { asset: token.asset_id(), symbol: token.symbol.clone(), decimals: token.decimals });
+            assets.push(CatalogAsset {
+                asset: token.asset_id(),
+                symbol: token.symbol.clone(),
+                decimals: token.decimals,
+                deposit,
+            });
         }
     }
     AssetCatalog::new(assets)

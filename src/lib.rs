@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod chain;
 pub mod clock;
 pub mod config;
 

@@ -234,6 +234,7 @@ async fn balances_show_credited_payments_in_asset_units(pool: PgPool) {
         amount: payrail::money::Amount::from_u64(25_000_000),
         confirmations: 3,
         confirmations_required: 3,
+        block: None,
     };
     let mut tx = server.state.pool.begin().await.expect("begin");
     payrail::invoice::apply_payment(&mut tx, &server.state.ledger, &payment, server.state.clock.now())

@@ -54,6 +54,7 @@ fn observed(invoice: &InvoiceView, asset: &str, tx: &str, value: u128, confirmat
         amount: payrail::money::Amount::from_u128(value),
         confirmations,
         confirmations_required: 2,
+        block: None,
     }
 }
 

@@ -106,6 +106,16 @@ impl FinalityTag {
 pub struct RpcUrl(String);
 
 impl RpcUrl {
+    /// An endpoint given outside the configuration files (the dev stack, tests).
+    pub fn new(text: &str) -> std::result::Result<Self, String> {
+        match text.split_once("://") {
+            Some((scheme, rest)) if !rest.is_empty() && matches!(scheme, "http" | "https" | "ws" | "wss" | "tcp" | "ssl") => {
+                Ok(Self(text.to_owned()))
+            }
+            _ => Err(format!("{} is not an endpoint URL", url::redact_endpoint(text))),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -170,6 +180,12 @@ pub struct ChainSpec {
     pub tokens: Vec<TokenSpec>,
     /// Effective endpoints: the configuration's override if any, else the chain file's.
     pub rpc: Vec<RpcUrl>,
+    /// EVM: the `ForwarderFactory` that owns the invoices' deposit addresses on this chain.
+    pub forwarder_factory: Option<Address>,
+    /// EVM: the `PayoutBatcher` that pays creators on this chain.
+    pub payout_batcher: Option<Address>,
+    /// First block a new watcher scans; without it, a new watcher starts at the tip.
+    pub start_block: Option<u64>,
 }
 
 impl ChainSpec {
@@ -426,6 +442,9 @@ impl ChainFile {
             reorg_depth_max: self.reorg_depth_max,
             tokens,
             rpc,
+            forwarder_factory: None,
+            payout_batcher: None,
+            start_block: None,
         })
     }
 

@@ -101,6 +101,11 @@ struct ChainsFile {
 struct ChainOverride {
     enabled: Option<bool>,
     rpc: Option<Vec<String>>,
+    /// Token contracts by symbol, replacing the chain file's addresses (a dev chain's test tokens).
+    tokens: Option<BTreeMap<String, String>>,
+    forwarder_factory: Option<String>,
+    payout_batcher: Option<String>,
+    start_block: Option<u64>,
 }
 
 // By hand because `dir` sits beside the per-chain tables, and `#[serde(flatten)]` would
@@ -272,6 +277,30 @@ fn select_chains(
             spec.rpc = chain::check_rpc(spec.kind, rpc)
                 .map_err(|e| e.under(&format!("{}.rpc", spec.name)))?;
         }
+        if let Some(tokens) = &table.tokens {
+            for (symbol, address) in tokens {
+                let key = format!("{}.tokens.{symbol}", spec.name);
+                let address = chain::parse_token_address(address).map_err(|e| InvalidKey::new(key.clone(), e))?;
+                let chain_id = spec.caip2.clone();
+                let token = spec
+                    .tokens
+                    .iter_mut()
+                    .find(|t| t.symbol == *symbol)
+                    .ok_or_else(|| InvalidKey::new(key.clone(), format!("no token {symbol:?} in the chain file")))?;
+                token.address = address;
+                token.chain = chain_id;
+            }
+        }
+        for (field, value, slot) in [
+            ("forwarder_factory", &table.forwarder_factory, &mut spec.forwarder_factory),
+            ("payout_batcher", &table.payout_batcher, &mut spec.payout_batcher),
+        ] {
+            if let Some(text) = value {
+                let key = format!("{}.{field}", spec.name);
+                *slot = Some(chain::parse_token_address(text).map_err(|e| InvalidKey::new(key, e))?);
+            }
+        }
+        spec.start_block = table.start_block;
         if table.enabled == Some(false) {
             continue;
         }

@@ -209,9 +209,19 @@ fn every_chain_file_has_the_right_ids_and_native_coin() {
     }
 }
 
+/// The shipped configuration without the dev stack's token overrides: the chain files as written.
+fn mainnet() -> Config {
+    let text: String = repo_config_text()
+        .lines()
+        .filter(|line| !line.starts_with("tokens = "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    Config::from_str_with_env(&text, &repo_config_path(), &[]).unwrap_or_else(|e| panic!("chain files load: {e}"))
+}
+
 #[test]
 fn every_token_has_its_mainnet_address_and_decimals() {
-    let config = shipped();
+    let config = mainnet();
     // (chain, [(symbol, EIP-55 address, decimals)])
     type Expected<'a> = [(&'a str, [(&'a str, &'a str, u8); 3]); 5];
     let expected: Expected = [
@@ -281,6 +291,20 @@ fn every_token_has_its_mainnet_address_and_decimals() {
 }
 
 #[test]
+fn dev_stack_replaces_token_contracts_with_its_test_tokens() {
+    let config = shipped();
+    let polygon = config.chain("polygon").expect("polygon");
+    let usdc = polygon.token("USDC").expect("usdc");
+    assert_eq!(
+        usdc.address,
+        Address::parse_checksummed("0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512", None).expect("address")
+    );
+    assert_eq!(usdc.decimals, 6, "decimals stay the chain file's");
+    assert!(polygon.forwarder_factory.is_some() && polygon.payout_batcher.is_some());
+    assert_eq!(polygon.start_block, Some(0));
+}
+
+#[test]
 fn shipped_confirmation_policies_grow_with_value() {
     let config = shipped();
     let usd = |dollars: u64| Amount::from_u64(dollars * 100);
@@ -303,7 +327,7 @@ fn shipped_confirmation_policies_grow_with_value() {
 
 #[test]
 fn assets_resolve_to_symbol_and_decimals() {
-    let config = shipped();
+    let config = mainnet();
     let polygon = ChainId::from_str("eip155:137").expect("chain id");
     let usdc = AssetId::from_str("eip155:137/erc20:0x3c499c542cef5e3811e1192ce70d8cc03d5c3359")
         .expect("asset id");

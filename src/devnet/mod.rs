@@ -1,6 +1,7 @@
 //! The local development stack. Development only: production points payrail at its own
 //! PostgreSQL and real chain endpoints.
 
+pub mod anvil;
 pub mod postgres;
 
 pub use postgres::{EphemeralPostgres, PostgresError};

@@ -32,6 +32,15 @@ pub struct ObservedPayment {
     pub confirmations: u32,
     /// What the chain's policy demands for this payment's value.
     pub confirmations_required: u32,
+    /// The block that holds it (`None` for a mempool payment).
+    pub block: Option<BlockRef>,
+}
+
+/// A block by height and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRef {
+    pub height: u64,
+    pub hash: String,
 }
 
 /// What applying an observation did.
@@ -90,6 +99,8 @@ pub async fn apply_payment(
     .await?;
 
     let confirmations = i32::try_from(payment.confirmations).unwrap_or(i32::MAX);
+    let block_height = payment.block.as_ref().and_then(|b| i64::try_from(b.height).ok());
+    let block_hash = payment.block.as_ref().map(|b| b.hash.as_str());
     let required = i32::try_from(payment.confirmations_required).unwrap_or(i32::MAX);
     let (payment_id, status, applied_to) = match existing {
         Some(found) => {
@@ -110,7 +121,8 @@ pub async fn apply_payment(
                 status = "seen".to_owned();
             }
             sqlx::query(
-                "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5 \
+                "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
+                        block_height = $6, block_hash = $7 \
                  WHERE id = $1",
             )
             .bind(&id)
@@ -118,6 +130,8 @@ pub async fn apply_payment(
             .bind(required)
             .bind(&status)
             .bind(now)
+            .bind(block_height)
+            .bind(block_hash)
             .execute(&mut *tx)
             .await?;
             (id, status, found.try_get::<String, _>("applied_to")?)
@@ -144,8 +158,8 @@ pub async fn apply_payment(
             sqlx::query(
                 "INSERT INTO payments (id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount_minor, \
                                        value_minor, confirmations, confirmations_required, status, applied_to, \
-                                       unapplied_reason, seen_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, 'seen', $12, $13, $14, $14)",
+                                       unapplied_reason, seen_at, updated_at, block_height, block_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, 'seen', $12, $13, $14, $14, $15, $16)",
             )
             .bind(&id)
             .bind(&invoice.merchant_id)
@@ -161,6 +175,8 @@ pub async fn apply_payment(
             .bind(applied_to)
             .bind(reason)
             .bind(now)
+            .bind(block_height)
+            .bind(block_hash)
             .execute(&mut *tx)
             .await?;
             (id, "seen".to_owned(), applied_to.to_owned())
@@ -224,7 +240,10 @@ pub async fn orphan_payment(tx: &mut PgConnection, ledger: &Ledger, tx_ref: &str
     let status: String = found.try_get("status")?;
     match status.as_str() {
         "seen" => {
-            sqlx::query("UPDATE payments SET status = 'orphaned', confirmations = 0, updated_at = $2 WHERE id = $1")
+            sqlx::query(
+                "UPDATE payments SET status = 'orphaned', confirmations = 0, block_height = NULL, block_hash = NULL, \
+                 updated_at = $2 WHERE id = $1",
+            )
                 .bind(&payment_id)
                 .bind(now)
                 .execute(&mut *tx)
@@ -239,7 +258,10 @@ pub async fn orphan_payment(tx: &mut PgConnection, ledger: &Ledger, tx_ref: &str
             }
             tracing::error!(target: "invoice", tx_ref, invoice = %invoice.id,
                 "credited payment orphaned by a reorg deeper than its confirmation policy; credit reversed");
-            sqlx::query("UPDATE payments SET status = 'reversed', confirmations = 0, updated_at = $2 WHERE id = $1")
+            sqlx::query(
+                "UPDATE payments SET status = 'reversed', confirmations = 0, block_height = NULL, block_hash = NULL, \
+                 updated_at = $2 WHERE id = $1",
+            )
                 .bind(&payment_id)
                 .bind(now)
                 .execute(&mut *tx)

@@ -1,13 +1,40 @@
 //! The assets invoices can be paid in: every native coin and token of the configured chains, with
 //! the symbol that prices it and its decimals.
 
+use alloy_primitives::Address;
+
 use crate::money::{AssetId, ChainId};
+
+/// How a chain gives an invoice its deposit address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepositScheme {
+    /// CREATE2 forwarders of a `ForwarderFactory`; the address is computed, nothing is deployed.
+    Create2Forwarder { factory: Address, implementation: Address },
+}
+
+impl DepositScheme {
+    /// The forwarder scheme of `factory`: its implementation is the first contract it created
+    /// (contract nonces start at 1).
+    pub fn create2_forwarder(factory: Address) -> Self {
+        Self::Create2Forwarder { factory, implementation: factory.create(1) }
+    }
+
+    pub fn address_for(&self, invoice_id: &str) -> String {
+        match self {
+            Self::Create2Forwarder { factory, implementation } => {
+                crate::chain::evm::deposit_address(*factory, *implementation, invoice_id).to_checksum(None)
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogAsset {
     pub asset: AssetId,
     pub symbol: String,
     pub decimals: u8,
+    /// `None` while no rail derives addresses for this chain.
+    pub deposit: Option<DepositScheme>,
 }
 
 impl CatalogAsset {

@@ -58,6 +58,7 @@ pub struct CreateInvoice {
 
 struct PricedOption {
     asset: AssetId,
+    deposit: Option<super::catalog::DepositScheme>,
     symbol: String,
     decimals: u8,
     amount: Amount,
@@ -132,14 +133,14 @@ fn quote(
                     asset: asset.to_string(),
                     reason: e.to_string(),
                 })?;
-                options.push(priced(entry.asset.clone(), &entry.symbol, entry.decimals, amount, currency, q)?);
+                options.push(priced(entry, amount, currency, q)?);
             }
         }
         None => {
             // Every asset that can be priced now; one dead rate does not stop the others.
             for entry in catalog.all() {
                 if let Ok(q) = rates.quote(&entry.symbol, currency, now) {
-                    options.push(priced(entry.asset.clone(), &entry.symbol, entry.decimals, amount, currency, q)?);
+                    options.push(priced(entry, amount, currency, q)?);
                 }
             }
             if options.is_empty() {
@@ -154,20 +155,14 @@ fn quote(
     Ok((currency, amount, options, lifetime))
 }
 
-fn priced(
-    asset: AssetId,
-    symbol: &str,
-    decimals: u8,
-    amount: Amount,
-    currency: Fiat,
-    q: crate::rates::Quote,
-) -> Result<PricedOption> {
-    let due = fiat_to_asset(amount, currency, &q.rate, decimals, Rounding::Up)
-        .map_err(|e| invalid("amount", format!("cannot be priced in {asset}: {e}")))?;
+fn priced(entry: &super::catalog::CatalogAsset, amount: Amount, currency: Fiat, q: crate::rates::Quote) -> Result<PricedOption> {
+    let due = fiat_to_asset(amount, currency, &q.rate, entry.decimals, Rounding::Up)
+        .map_err(|e| invalid("amount", format!("cannot be priced in {}: {e}", entry.asset)))?;
     Ok(PricedOption {
-        asset,
-        symbol: symbol.to_owned(),
-        decimals,
+        asset: entry.asset.clone(),
+        deposit: entry.deposit,
+        symbol: entry.symbol.clone(),
+        decimals: entry.decimals,
         amount: due,
         rate: q.rate.to_string(),
         source: q.source,
@@ -239,8 +234,8 @@ pub async fn create_invoice(
     for (position, option) in options.iter().enumerate() {
         sqlx::query(
             "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
-                                          rate_at, position) \
-             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10)",
+                                          rate_at, position, address) \
+             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, $11)",
         )
         .bind(&id)
         .bind(option.asset.to_string())
@@ -252,8 +247,24 @@ pub async fn create_invoice(
         .bind(&option.source)
         .bind(option.at)
         .bind(i16::try_from(position).unwrap_or(i16::MAX))
+        .bind(option.deposit.map(|scheme| scheme.address_for(&id)))
         .execute(&mut *tx)
         .await?;
+    }
+    let mut deposits: Vec<(String, String)> = options
+        .iter()
+        .filter_map(|o| o.deposit.map(|scheme| (o.asset.chain().to_string(), scheme.address_for(&id).to_lowercase())))
+        .collect();
+    deposits.sort();
+    deposits.dedup();
+    for (chain, address) in deposits {
+        // The primary key refuses an address that already belongs to another invoice.
+        sqlx::query("INSERT INTO deposit_addresses (chain, address, invoice_id) VALUES ($1, $2, $3)")
+            .bind(chain)
+            .bind(address)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
     }
     let view = load_view(&mut tx, Some(merchant_id), &id).await?;
     crate::webhook::emit(&mut tx, merchant_id, "invoice.created", &id, &view, now).await?;

@@ -9,8 +9,8 @@ pub mod expire;
 pub mod model;
 pub mod status;
 
-pub use apply::{apply_payment, orphan_payment, Applied, ObservedPayment};
-pub use catalog::{AssetCatalog, CatalogAsset};
+pub use apply::{apply_payment, orphan_payment, Applied, BlockRef, ObservedPayment};
+pub use catalog::{AssetCatalog, CatalogAsset, DepositScheme};
 pub use create::{create_invoice, CreateInvoice, InvoicePolicy};
 pub use error::{InvoiceError, Result};
 pub use expire::{expire_due, refresh};

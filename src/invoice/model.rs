@@ -18,6 +18,8 @@ pub struct PaymentOptionView {
     pub decimals: u8,
     /// Null until a rail derives the deposit address.
     pub address: Option<String>,
+    /// A payment request a wallet understands (EIP-681 on EVM chains); null without an address.
+    pub uri: Option<String>,
     /// Decimal string in whole asset units.
     pub amount: String,
     /// Integer string in the asset's smallest unit.
@@ -175,12 +177,19 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     for o in &options {
         let decimals = decimals_of(o.try_get("decimals")?)?;
         let amount = parse_amount("amount_minor", &o.try_get::<String, _>("amount_minor")?)?;
+        let asset: String = o.try_get("asset")?;
+        let address: Option<String> = o.try_get("address")?;
+        let uri = match (asset.parse::<crate::money::AssetId>(), address.as_deref().map(str::parse::<alloy_primitives::Address>)) {
+            (Ok(asset), Some(Ok(deposit))) => crate::chain::evm::payment_uri(&asset, &deposit, amount),
+            _ => None,
+        };
         payment_options.push(PaymentOptionView {
-            asset: o.try_get("asset")?,
+            uri,
+            asset,
             chain: o.try_get("chain")?,
             symbol: o.try_get("symbol")?,
             decimals,
-            address: o.try_get("address")?,
+            address,
             amount: amount.to_decimal_string(decimals),
             amount_minor: amount.to_string(),
             rate: o.try_get("rate")?,

@@ -40,6 +40,7 @@ pub fn state_with_clock(pool: PgPool) -> (AppState, Arc<ManualClock>) {
     (payrail::app::state(&repo_config(), pool, clock.clone()), clock)
 }
 
-pub const USDC_POLYGON: &str = "eip155:137/erc20:0x3c499c542cef5e3811e1192ce70d8cc03d5c3359";
-pub const USDT_POLYGON: &str = "eip155:137/erc20:0xc2132d05d31c914a87c6611c10748aeb04b58e8f";
+/// The dev stack's test tokens (config.toml replaces the mainnet contracts with them).
+pub const USDC_POLYGON: &str = "eip155:137/erc20:0xe7f1725e7734ce288f8367e1bb143e90bb3f0512";
+pub const USDT_POLYGON: &str = "eip155:137/erc20:0x9fe46736679d2d9a65f0992f2272de9f3c7fa6e0";
 pub const BTC: &str = "bip122:000000000019d6689c085ae165831e93/slip44:0";

@@ -1,0 +1,14 @@
+//! The EVM rail: deposit addresses from the `ForwarderFactory`, and the watcher shared by every EVM
+//! chain (Ethereum, Polygon, BSC, Arbitrum, Optimism), generic over the chain's configuration.
+
+pub mod address;
+pub mod contracts;
+pub mod uri;
+
+pub use address::{deposit_address, deposit_salt};
+pub use uri::payment_uri;
+pub mod rpc;
+pub mod watcher;
+
+pub use rpc::EvmRpc;
+pub use watcher::{EvmWatcher, Tick, WatchError};

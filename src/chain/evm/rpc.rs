@@ -1,0 +1,218 @@
+//! The one module that talks to EVM nodes: several endpoints per chain with failover. Each call
+//! tries the endpoint that last worked, then the others; the watcher backs off between failed ticks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::network::{Ethereum, TransactionResponse};
+use alloy::consensus::Transaction as _;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::{Filter, Log};
+use alloy::sol;
+use alloy::sol_types::SolEvent;
+use thiserror::Error;
+
+use crate::chain::cursor::ChainBlock;
+use crate::config::RpcUrl;
+
+sol! {
+    /// The ERC-20 transfer event.
+    event Transfer(address indexed from, address indexed to, uint256 value);
+}
+
+/// Longest a single RPC call may take before the next endpoint is tried.
+pub const RPC_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, Error)]
+pub enum RpcError {
+    #[error("no EVM endpoint configured")]
+    NoEndpoint,
+    #[error("invalid endpoint {endpoint}: {message}")]
+    Endpoint { endpoint: String, message: String },
+    /// Every endpoint failed; retrying later makes sense.
+    #[error("{call} failed on every endpoint; last error from {endpoint}: {message}")]
+    Unavailable { call: &'static str, endpoint: String, message: String },
+    #[error("block {height} not found")]
+    MissingBlock { height: u64 },
+}
+
+/// A block with what the watcher needs of it: its identity and its top-level value transfers.
+#[derive(Debug, Clone)]
+pub struct EvmBlock {
+    pub block: ChainBlock,
+    pub transfers: Vec<NativeTransfer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeTransfer {
+    pub tx_hash: B256,
+    pub to: Address,
+    pub value: U256,
+}
+
+/// An ERC-20 `Transfer` log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenTransfer {
+    pub token: Address,
+    pub to: Address,
+    pub value: U256,
+    pub tx_hash: B256,
+    pub log_index: u64,
+    pub block_height: u64,
+    pub block_hash: B256,
+}
+
+#[derive(Debug)]
+pub struct EvmRpc {
+    endpoints: Vec<(String, RootProvider<Ethereum>)>,
+    preferred: AtomicUsize,
+}
+
+impl EvmRpc {
+    pub fn new(urls: &[RpcUrl]) -> Result<Self, RpcError> {
+        if urls.is_empty() {
+            return Err(RpcError::NoEndpoint);
+        }
+        let mut endpoints = Vec::with_capacity(urls.len());
+        for url in urls {
+            let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
+                .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
+            endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
+        }
+        Ok(Self { endpoints, preferred: AtomicUsize::new(0) })
+    }
+
+    /// Runs `op` against the endpoints in turn, starting with the one that last worked.
+    async fn call<T, F, Fut>(&self, call: &'static str, op: F) -> Result<T, RpcError>
+    where
+        F: Fn(RootProvider<Ethereum>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let n = self.endpoints.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        let mut last = (String::new(), String::new());
+        for i in 0..n {
+            let index = (start + i) % n;
+            let (label, provider) = &self.endpoints[index];
+            match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), op(provider.clone())).await {
+                Ok(Ok(value)) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(message)) => last = (label.clone(), message),
+                Err(_) => last = (label.clone(), format!("timed out after {RPC_TIMEOUT_MS} ms")),
+            }
+            tracing::warn!(target: "watcher::evm", endpoint = %last.0, call, error = %last.1, "rpc call failed");
+        }
+        Err(RpcError::Unavailable { call, endpoint: last.0, message: last.1 })
+    }
+
+    pub async fn chain_id(&self) -> Result<u64, RpcError> {
+        self.call("eth_chainId", |p| async move { p.get_chain_id().await.map_err(|e| e.to_string()) }).await
+    }
+
+    pub async fn tip(&self) -> Result<u64, RpcError> {
+        self.call("eth_blockNumber", |p| async move { p.get_block_number().await.map_err(|e| e.to_string()) }).await
+    }
+
+    /// The block at `height` with its top-level native transfers.
+    pub async fn block(&self, height: u64) -> Result<EvmBlock, RpcError> {
+        let block = self
+            .call("eth_getBlockByNumber", |p| async move {
+                p.get_block_by_number(BlockNumberOrTag::Number(height)).full().await.map_err(|e| e.to_string())
+            })
+            .await?
+            .ok_or(RpcError::MissingBlock { height })?;
+        let transfers = block
+            .transactions
+            .txns()
+            .filter_map(|tx| {
+                let to = tx.to()?;
+                let value = tx.value();
+                (!value.is_zero()).then(|| NativeTransfer { tx_hash: tx.tx_hash(), to, value })
+            })
+            .collect();
+        Ok(EvmBlock {
+            block: ChainBlock {
+                height: block.header.number,
+                hash: format!("{:#x}", block.header.hash),
+                parent_hash: format!("{:#x}", block.header.parent_hash),
+            },
+            transfers,
+        })
+    }
+
+    /// Only the hash of the block at `height` (for finding a fork point).
+    pub async fn block_hash(&self, height: u64) -> Result<String, RpcError> {
+        let block = self
+            .call("eth_getBlockByNumber", |p| async move {
+                p.get_block_by_number(BlockNumberOrTag::Number(height)).await.map_err(|e| e.to_string())
+            })
+            .await?
+            .ok_or(RpcError::MissingBlock { height })?;
+        Ok(format!("{:#x}", block.header.hash))
+    }
+
+    /// `Transfer` logs of `tokens` to any of `to` in `[from, to_block]`.
+    pub async fn token_transfers(
+        &self,
+        from: u64,
+        to_block: u64,
+        tokens: &[Address],
+        to: &[Address],
+    ) -> Result<Vec<TokenTransfer>, RpcError> {
+        if tokens.is_empty() || to.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recipients: Vec<B256> = to.iter().map(|a| a.into_word()).collect();
+        let filter = Filter::new()
+            .from_block(from)
+            .to_block(to_block)
+            .address(tokens.to_vec())
+            .event_signature(Transfer::SIGNATURE_HASH)
+            .topic2(recipients);
+        let logs: Vec<Log> = self
+            .call("eth_getLogs", |p| {
+                let filter = filter.clone();
+                async move { p.get_logs(&filter).await.map_err(|e| e.to_string()) }
+            })
+            .await?;
+        let mut transfers = Vec::with_capacity(logs.len());
+        for log in logs {
+            if log.removed {
+                continue;
+            }
+            let (Some(tx_hash), Some(log_index), Some(block_height), Some(block_hash)) =
+                (log.transaction_hash, log.log_index, log.block_number, log.block_hash)
+            else {
+                continue;
+            };
+            let Ok(decoded) = log.log_decode::<Transfer>() else {
+                continue;
+            };
+            let event = decoded.inner.data;
+            transfers.push(TokenTransfer {
+                token: decoded.inner.address,
+                to: event.to,
+                value: event.value,
+                tx_hash,
+                log_index,
+                block_height,
+                block_hash,
+            });
+        }
+        Ok(transfers)
+    }
+
+    /// Whether a mined transaction succeeded (a reverted one moved no value).
+    pub async fn succeeded(&self, tx_hash: B256) -> Result<bool, RpcError> {
+        let receipt = self
+            .call("eth_getTransactionReceipt", |p| async move {
+                p.get_transaction_receipt(tx_hash).await.map_err(|e| e.to_string())
+            })
+            .await?;
+        Ok(receipt.is_some_and(|r| r.status()))
+    }
+}

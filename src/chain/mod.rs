@@ -1,0 +1,14 @@
+//! Chain watchers: one task per configured chain turns what the chain says into observed payments.
+//!
+//! Every watcher follows one discipline. A batch of blocks is processed in one database transaction
+//! that writes the observed payments, the ledger entries they cause, the outbox rows and the chain
+//! cursor together, so a crash at any point replays without double-crediting and without losing a
+//! payment. Recent block hashes are kept; a parent-hash mismatch rolls back to the fork point and
+//! orphans the payments of the dropped blocks. A reorg deeper than the stored window stops the
+//! watcher with an alert: it is never guessed at.
+
+pub mod cursor;
+pub mod evm;
+pub mod pricing;
+
+pub use cursor::{ChainBlock, Cursor};

@@ -1,0 +1,186 @@
+//! Local EVM chains for the dev stack and tests: one `anvil` per chain with the chain's real id,
+//! on loopback, with `--prune-history` (without it anvil keeps every block's state on disk), and
+//! payrail's contracts and test tokens deployed from the first default account in a fixed order so
+//! that their addresses are the same on every chain and every run.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use thiserror::Error;
+use tokio::process::{Child, Command};
+
+use crate::chain::evm::contracts::{ForwarderFactory, PayoutBatcher, TestToken, TestUSDT};
+
+/// anvil's well-known first default key: it deploys, operates the factory and pays gas. Development
+/// only; it is public knowledge.
+pub const DEV_DEPLOYER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+/// anvil's second default account: the dev treasury that sweeps land in.
+pub const DEV_TREASURY: Address = alloy::primitives::address!("70997970C51812dc3A010C7d01b50e0d17dc79C8");
+/// anvil's third default key: a payer with test funds.
+pub const DEV_PAYER_KEY: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+/// How long anvil may take to answer after start.
+pub const START_TIMEOUT_MS: u64 = 20_000;
+
+/// Where `scripts/tools` installs anvil unless `PAYRAIL_ANVIL` names the binary.
+const TOOLS_ANVIL: &str = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil";
+
+#[derive(Debug, Error)]
+pub enum AnvilError {
+    #[error("anvil not found: run scripts/tools (or set PAYRAIL_ANVIL to its path)")]
+    NotFound,
+    #[error("cannot start anvil: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("anvil on port {port} did not answer within {START_TIMEOUT_MS} ms")]
+    Timeout { port: u16 },
+    #[error("deploying {contract} failed: {message}")]
+    Deploy { contract: &'static str, message: String },
+}
+
+/// The contracts of a dev chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevContracts {
+    pub forwarder_factory: Address,
+    pub usdc: Address,
+    pub usdt: Address,
+    pub dai: Address,
+    pub payout_batcher: Address,
+}
+
+/// A running anvil, killed when dropped.
+#[derive(Debug)]
+pub struct Anvil {
+    child: Child,
+    port: u16,
+    chain_id: u64,
+}
+
+pub fn anvil_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("PAYRAIL_ANVIL") {
+        return Some(PathBuf::from(path));
+    }
+    let tools = std::env::var("PAYRAIL_TOOLS_DIR").unwrap_or_else(|_| "/var/tmp/payrail-tools".to_owned());
+    let installed = PathBuf::from(tools).join(TOOLS_ANVIL);
+    if installed.exists() {
+        return Some(installed);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("anvil")).find(|p| p.exists()))
+}
+
+impl Anvil {
+    /// Starts anvil for `chain_id` on 127.0.0.1:`port` (0 picks a free port). Without
+    /// `block_time_s` every transaction is mined at once in its own block.
+    pub async fn start(chain_id: u64, port: u16, block_time_s: Option<u64>) -> Result<Self, AnvilError> {
+        let binary = anvil_binary().ok_or(AnvilError::NotFound)?;
+        let port = if port == 0 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(AnvilError::Spawn)?;
+            listener.local_addr().map_err(AnvilError::Spawn)?.port()
+        } else {
+            port
+        };
+        let mut command = Command::new(binary);
+        command
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", &chain_id.to_string()])
+            .args(["--prune-history", "--silent"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(seconds) = block_time_s {
+            command.args(["--block-time", &seconds.to_string()]);
+        }
+        let child = command.spawn().map_err(AnvilError::Spawn)?;
+        let anvil = Self { child, port, chain_id };
+        let provider = ProviderBuilder::new().connect_http(anvil.url_parsed());
+        let started = Instant::now();
+        loop {
+            if provider.get_chain_id().await.is_ok() {
+                return Ok(anvil);
+            }
+            if started.elapsed() > Duration::from_millis(START_TIMEOUT_MS) {
+                return Err(AnvilError::Timeout { port });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn url_parsed(&self) -> alloy::transports::http::reqwest::Url {
+        // A loopback URL built from a port number always parses.
+        alloy::transports::http::reqwest::Url::parse(&self.url()).expect("loopback url is valid")
+    }
+
+    /// Stops anvil now.
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn deploy_error(contract: &'static str) -> impl Fn(alloy::contract::Error) -> AnvilError {
+    move |e| AnvilError::Deploy { contract, message: e.to_string() }
+}
+
+/// Deploys the factory, the three test tokens and the payout batcher from the first default
+/// account, in that order (so at its nonces 0 to 4), and funds the dev payer with test tokens.
+pub async fn deploy_dev_contracts(url: &str) -> Result<DevContracts, AnvilError> {
+    let signer: PrivateKeySigner = DEV_DEPLOYER_KEY.parse().map_err(|e: alloy::signers::local::LocalSignerError| {
+        AnvilError::Deploy { contract: "deployer key", message: e.to_string() }
+    })?;
+    let deployer = signer.address();
+    let url = alloy::transports::http::reqwest::Url::parse(url)
+        .map_err(|e| AnvilError::Deploy { contract: "endpoint", message: e.to_string() })?;
+    let provider = ProviderBuilder::new().wallet(EthereumWallet::from(signer)).connect_http(url);
+    let factory = ForwarderFactory::deploy(&provider, deployer, DEV_TREASURY).await.map_err(deploy_error("ForwarderFactory"))?;
+    let usdc = TestToken::deploy(&provider, "USD Coin (test)".to_owned(), "USDC".to_owned(), 6)
+        .await
+        .map_err(deploy_error("USDC"))?;
+    let usdt = TestUSDT::deploy(&provider).await.map_err(deploy_error("USDT"))?;
+    let dai = TestToken::deploy(&provider, "Dai (test)".to_owned(), "DAI".to_owned(), 18)
+        .await
+        .map_err(deploy_error("DAI"))?;
+    let batcher = PayoutBatcher::deploy(&provider, deployer).await.map_err(deploy_error("PayoutBatcher"))?;
+    let payer: PrivateKeySigner = DEV_PAYER_KEY.parse().map_err(|e: alloy::signers::local::LocalSignerError| {
+        AnvilError::Deploy { contract: "payer key", message: e.to_string() }
+    })?;
+    let million = U256::from(1_000_000u64);
+    for (token, decimals) in [(*usdc.address(), 6u32), (*dai.address(), 18)] {
+        TestToken::new(token, &provider)
+            .mint(payer.address(), million * U256::from(10u64).pow(U256::from(decimals)))
+            .send()
+            .await
+            .map_err(deploy_error("mint"))?
+            .get_receipt()
+            .await
+            .map_err(|e| AnvilError::Deploy { contract: "mint", message: e.to_string() })?;
+    }
+    usdt.mint(payer.address(), million * U256::from(1_000_000u64))
+        .send()
+        .await
+        .map_err(deploy_error("mint"))?
+        .get_receipt()
+        .await
+        .map_err(|e| AnvilError::Deploy { contract: "mint", message: e.to_string() })?;
+    Ok(DevContracts {
+        forwarder_factory: *factory.address(),
+        usdc: *usdc.address(),
+        usdt: *usdt.address(),
+        dai: *dai.address(),
+        payout_batcher: *batcher.address(),
+    })
+}

@@ -1,0 +1,273 @@
+//! The EVM rail against a real anvil: deposit addresses, payments in native coin and tokens,
+//! confirmations, reorgs, and a reorg deeper than the watcher's window.
+
+mod common;
+
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use common::state_with_clock;
+use payrail::api::AppState;
+use payrail::chain::evm::contracts::{ForwarderFactory, TestToken, TestUSDT};
+use payrail::chain::evm::{EvmWatcher, Tick, WatchError};
+use payrail::config::{ChainSpec, RpcUrl};
+use payrail::devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
+use payrail::invoice::{create_invoice, load_view, CreateInvoice, InvoiceStatus, InvoiceView};
+use payrail::ledger::{AccountCode, SignedAmount};
+use payrail::merchant::create_merchant;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+struct Rig {
+    anvil: Anvil,
+    state: AppState,
+    spec: ChainSpec,
+    merchant_id: String,
+}
+
+async fn rpc(anvil: &Anvil, method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let response: Value =
+        reqwest::Client::new().post(anvil.url()).json(&body).send().await.expect("rpc").json().await.expect("json");
+    assert!(response.get("error").is_none(), "{method}: {response}");
+    response["result"].clone()
+}
+
+async fn mine(anvil: &Anvil, blocks: u64) {
+    rpc(anvil, "anvil_mine", json!([format!("{blocks:#x}")])).await;
+}
+
+/// anvil for Polygon (chain 137) with the dev contracts, and the shipped polygon configuration
+/// pointed at it.
+async fn rig(pool: PgPool) -> Rig {
+    let anvil = Anvil::start(137, 0, None).await.expect("anvil starts (scripts/tools installs it)");
+    let contracts = deploy_dev_contracts(&anvil.url()).await.expect("contracts deploy");
+    let (state, _clock) = state_with_clock(pool);
+    let config = common::repo_config();
+    let mut spec = config.chain("polygon").expect("polygon configured").clone();
+    // The dev configuration's addresses are the deterministic ones the deployment produces.
+    assert_eq!(spec.forwarder_factory, Some(contracts.forwarder_factory));
+    assert_eq!(spec.token("USDC").map(|t| t.address), Some(contracts.usdc));
+    assert_eq!(spec.token("USDT").map(|t| t.address), Some(contracts.usdt));
+    assert_eq!(spec.token("DAI").map(|t| t.address), Some(contracts.dai));
+    assert_eq!(spec.payout_batcher, Some(contracts.payout_batcher));
+    spec.rpc = vec![RpcUrl::new(&anvil.url()).expect("url")];
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    Rig { anvil, state, spec, merchant_id: merchant.merchant_id }
+}
+
+impl Rig {
+    fn watcher(&self) -> EvmWatcher {
+        EvmWatcher::new(
+            self.spec.clone(),
+            self.state.pool.clone(),
+            self.state.ledger.clone(),
+            self.state.rates.clone(),
+            self.state.clock.clone(),
+        )
+        .expect("watcher")
+    }
+
+    async fn invoice(&self, amount: &str, accepted: &[String]) -> InvoiceView {
+        let request = CreateInvoice {
+            amount: amount.to_owned(),
+            currency: "USD".to_owned(),
+            accepted: Some(accepted.to_vec()),
+            expires_in: Some(3600),
+            order_id: None,
+            metadata: None,
+        };
+        let (view, _) = create_invoice(
+            &self.state.pool,
+            &self.state.catalog,
+            self.state.rates.as_ref(),
+            &self.state.policy,
+            &self.merchant_id,
+            &request,
+            None,
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("invoice");
+        view
+    }
+
+    async fn view(&self, id: &str) -> InvoiceView {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        load_view(&mut conn, None, id).await.expect("view")
+    }
+
+    async fn balance(&self, asset: &str) -> SignedAmount {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        self.state.ledger.balance(&mut conn, &AccountCode::merchant(&self.merchant_id), asset).await.expect("balance")
+    }
+
+    fn asset(&self, symbol: &str) -> String {
+        match self.spec.token(symbol) {
+            Some(token) => token.asset_id().to_string(),
+            None => self.spec.native_asset_id().to_string(),
+        }
+    }
+
+    /// Runs the watcher until it has nothing left to do.
+    async fn catch_up(&self, watcher: &EvmWatcher) {
+        for _ in 0..50 {
+            if let Tick::Idle { .. } = watcher.tick().await.expect("tick") {
+                return;
+            }
+        }
+        panic!("watcher did not catch up");
+    }
+}
+
+fn payer() -> PrivateKeySigner {
+    DEV_PAYER_KEY.parse().expect("payer key")
+}
+
+/// Pays `amount` smallest units of `symbol` (or native coin) to `to`; returns the tx hash.
+async fn pay(rig: &Rig, symbol: &str, to: Address, amount: U256) -> alloy::primitives::B256 {
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer())).connect_http(url);
+    let pending = match (symbol, rig.spec.token(symbol)) {
+        ("USDT", Some(token)) => TestUSDT::new(token.address, &provider).transfer(to, amount).send().await.expect("send"),
+        (_, Some(token)) => TestToken::new(token.address, &provider).transfer(to, amount).send().await.expect("send"),
+        (_, None) => provider.send_transaction(TransactionRequest::default().to(to).value(amount)).await.expect("send"),
+    };
+    pending.get_receipt().await.expect("mined").transaction_hash
+}
+
+fn deposit_of(invoice: &InvoiceView) -> Address {
+    invoice.payment_options[0].address.as_deref().expect("deposit address").parse().expect("address")
+}
+
+#[sqlx::test]
+async fn deposit_address_matches_the_factory_on_chain(pool: PgPool) {
+    let rig = rig(pool).await;
+    let invoice = rig.invoice("10.00", &[rig.asset("USDC")]).await;
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    let provider = ProviderBuilder::new().connect_http(url);
+    let factory = ForwarderFactory::new(rig.spec.forwarder_factory.expect("factory"), &provider);
+    let predicted = factory.predict(payrail::chain::evm::deposit_salt(&invoice.id)).call().await.expect("predict");
+    assert_eq!(deposit_of(&invoice), predicted);
+    let option = &invoice.payment_options[0];
+    let uri = option.uri.as_deref().expect("EIP-681 uri");
+    assert!(uri.starts_with("ethereum:0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512@137/transfer?address="), "{uri}");
+    assert!(uri.ends_with("&uint256=10000000"), "{uri}");
+}
+
+#[sqlx::test]
+async fn payments_in_native_coin_and_every_token_reach_paid_with_ledger_entries(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    watcher.check_chain_id().await.expect("chain id");
+    rig.catch_up(&watcher).await;
+    for symbol in ["USDC", "USDT", "DAI", "POL"] {
+        let asset = rig.asset(symbol);
+        let invoice = rig.invoice("25.00", &[asset.clone()]).await;
+        let due: U256 = invoice.payment_options[0].amount_minor.parse().expect("amount");
+        pay(&rig, symbol, deposit_of(&invoice), due).await;
+        rig.catch_up(&watcher).await;
+        let seen = rig.view(&invoice.id).await;
+        assert_eq!(seen.status, InvoiceStatus::Processing, "{symbol}");
+        assert_eq!(seen.payments.len(), 1, "{symbol}");
+        let required = seen.payments[0].confirmations_required;
+        assert!(required > 1, "{symbol}: polygon needs several confirmations");
+        assert_eq!(rig.balance(&asset).await, SignedAmount::ZERO, "{symbol} credited before confirmation");
+        mine(&rig.anvil, u64::from(required)).await;
+        rig.catch_up(&watcher).await;
+        let paid = rig.view(&invoice.id).await;
+        assert_eq!(paid.status, InvoiceStatus::Paid, "{symbol}");
+        assert_eq!(paid.payments[0].status, "confirmed");
+        assert_eq!(paid.payments[0].amount_minor, invoice.payment_options[0].amount_minor);
+        let due_amount: payrail::money::Amount = invoice.payment_options[0].amount_minor.parse().expect("amount");
+        assert_eq!(rig.balance(&asset).await, SignedAmount::positive(due_amount), "{symbol}");
+    }
+    // Replaying every block from scratch changes nothing: credits are keyed by transaction and log.
+    sqlx::query("DELETE FROM chain_cursors").execute(&rig.state.pool).await.expect("reset cursor");
+    rig.catch_up(&watcher).await;
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&rig.state.pool).await.expect("n");
+    assert_eq!(entries, 4);
+}
+
+#[sqlx::test]
+async fn a_reorg_orphans_an_unconfirmed_payment_and_its_return_is_counted_once(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    let asset = rig.asset("USDC");
+    let invoice = rig.invoice("5.00", &[asset.clone()]).await;
+    let snapshot = rpc(&rig.anvil, "evm_snapshot", json!([])).await;
+    let tx = pay(&rig, "USDC", deposit_of(&invoice), U256::from(5_000_000u64)).await;
+    let raw = rpc(&rig.anvil, "eth_getRawTransactionByHash", json!([tx])).await;
+    mine(&rig.anvil, 2).await;
+    rig.catch_up(&watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Processing);
+
+    // The block with the payment is replaced by a longer branch without it.
+    rpc(&rig.anvil, "evm_revert", json!([snapshot])).await;
+    mine(&rig.anvil, 5).await;
+    let tick = watcher.tick().await.expect("tick");
+    assert!(matches!(tick, Tick::Reorged { orphaned: 1, .. }), "{tick:?}");
+    rig.catch_up(&watcher).await;
+    let orphaned = rig.view(&invoice.id).await;
+    assert_eq!(orphaned.status, InvoiceStatus::Open);
+    assert_eq!(orphaned.payments[0].status, "orphaned");
+
+    // The same transaction is mined again on the new branch: seen again, then credited once.
+    let hash = rpc(&rig.anvil, "eth_sendRawTransaction", json!([raw])).await;
+    assert_eq!(hash, json!(tx), "the same transaction");
+    for _ in 0..100 {
+        if !rpc(&rig.anvil, "eth_getTransactionReceipt", json!([hash])).await.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    rig.catch_up(&watcher).await;
+    let back = rig.view(&invoice.id).await;
+    assert_eq!(back.status, InvoiceStatus::Processing);
+    assert_eq!(back.payments.len(), 1, "the same transfer is one payment");
+    mine(&rig.anvil, u64::from(back.payments[0].confirmations_required)).await;
+    rig.catch_up(&watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
+    assert_eq!(rig.balance(&asset).await, SignedAmount::positive(payrail::money::Amount::from_u64(5_000_000)));
+}
+
+#[sqlx::test]
+async fn a_reorg_deeper_than_the_window_stops_the_watcher(pool: PgPool) {
+    let mut rig = rig(pool).await;
+    rig.spec.reorg_depth_max = 3;
+    let watcher = rig.watcher();
+    let snapshot = rpc(&rig.anvil, "evm_snapshot", json!([])).await;
+    mine(&rig.anvil, 10).await;
+    rig.catch_up(&watcher).await;
+    rpc(&rig.anvil, "evm_revert", json!([snapshot])).await;
+    // A different branch: a transaction changes the blocks' contents, then it grows longer.
+    pay(&rig, "POL", Address::repeat_byte(0x11), U256::from(1u64)).await;
+    mine(&rig.anvil, 12).await;
+    match watcher.tick().await {
+        Err(error @ WatchError::ReorgTooDeep { .. }) => assert!(!error.is_retryable()),
+        other => panic!("expected the watcher to stop, got {other:?}"),
+    }
+}
+
+#[sqlx::test]
+async fn an_endpoint_of_another_chain_is_refused(pool: PgPool) {
+    let mut rig = rig(pool).await;
+    rig.spec.caip2 = "eip155:1".parse().expect("chain");
+    let error = rig.watcher().check_chain_id().await.expect_err("wrong chain");
+    assert!(matches!(error, WatchError::WrongChain { expected: 1, actual: 137, .. }), "{error:?}");
+}
+
+#[sqlx::test]
+async fn a_dead_endpoint_is_a_retryable_error_and_failover_uses_the_next(pool: PgPool) {
+    let mut rig = rig(pool).await;
+    let live = rig.spec.rpc.clone();
+    rig.spec.rpc = vec![RpcUrl::new("http://127.0.0.1:9").expect("url")];
+    let error = rig.watcher().tick().await.expect_err("dead endpoint");
+    assert!(error.is_retryable(), "{error:?}");
+    rig.spec.rpc = vec![RpcUrl::new("http://127.0.0.1:9").expect("url"), live[0].clone()];
+    assert!(rig.watcher().tick().await.is_ok());
+}
