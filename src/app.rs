@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, HttpLimits};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, RateFeed};
+use crate::chain::evm::EvmWatcher;
+use crate::config::{ChainKind, Config, RateFeed};
 use crate::invoice::{AssetCatalog, CatalogAsset, DepositScheme, InvoicePolicy};
 use crate::ledger::Ledger;
 use crate::rates::FixedFeed;
@@ -84,7 +85,9 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr, source })
 }
 
-/// Serves on `listener` until `shutdown` resolves, running the expiry job beside.
+/// Serves on `listener` until `shutdown` resolves, with the background jobs beside: the expiry
+/// job and one watcher per EVM chain that has a forwarder factory (no factory, no deposit
+/// addresses to watch).
 pub async fn serve(
     config: &Config,
     pool: PgPool,
@@ -93,12 +96,35 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     let addr = listener.local_addr().map_err(AppError::Serve)?;
     let state = state(config, pool.clone(), Arc::new(SystemClock));
-    let expiry = tokio::spawn(expire_loop(pool, state.clock.clone()));
-    tracing::info!(target: "api", %addr, "listening");
+    let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut watchers = Vec::new();
+    for chain in config.chains() {
+        if chain.kind != ChainKind::Evm || chain.forwarder_factory.is_none() {
+            continue;
+        }
+        match EvmWatcher::new(chain.clone(), pool.clone(), state.ledger.clone(), state.rates.clone(), state.clock.clone()) {
+            Ok(watcher) => {
+                let stop = stop_rx.clone();
+                let name = chain.name.clone();
+                watchers.push(tokio::spawn(async move {
+                    if let Err(error) = watcher.run(stop).await {
+                        tracing::error!(target: "watcher::evm", chain = %name, %error, "watcher stopped; payments on this chain are not being followed");
+                    }
+                }));
+            }
+            Err(error) => tracing::error!(target: "watcher::evm", chain = %chain.name, %error, "watcher not started"),
+        }
+    }
+    tracing::info!(target: "api", %addr, watchers = watchers.len(), "listening");
     let result = axum::serve(listener, api::router(state, limits(config)))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(AppError::Serve);
+    let _ = stop_tx.send(true);
+    for watcher in watchers {
+        let _ = watcher.await;
+    }
     expiry.abort();
     result
 }

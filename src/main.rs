@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use payrail::config::{Config, LogFormat};
+use payrail::config::{ChainKind, Config, LogFormat};
 use payrail::{app, db, devnet, merchant};
 
 #[derive(Debug, Parser)]
@@ -42,6 +42,28 @@ enum Command {
         /// Address to serve on (overrides server.listen; port 0 picks a free one).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Do not start the local chains (anvil per EVM chain); the API still runs.
+        #[arg(long)]
+        no_chains: bool,
+    },
+    /// Pay an invoice on the dev stack from the funded dev payer account, as a customer's wallet
+    /// would: reads the invoice over the API and sends the quoted amount to its deposit address.
+    Pay {
+        /// The API's base URL, as `payrail dev` prints it.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// The merchant's API key.
+        #[arg(long, env = "PAYRAIL_API_KEY")]
+        key: String,
+        /// The invoice to pay (`inv_…`).
+        #[arg(long)]
+        invoice: String,
+        /// The CAIP-19 asset to pay in (one of the invoice's payment options).
+        #[arg(long)]
+        asset: String,
+        /// Pay this many smallest units instead of the quoted amount (to try under- and overpayment).
+        #[arg(long)]
+        amount_minor: Option<String>,
     },
     /// Manage merchants.
     Merchants {
@@ -128,12 +150,74 @@ async fn main() -> Result<()> {
             println!("api_key:     {}", created.api_key);
             println!("(the API key is shown only this once; store it now)");
         }
-        Command::Dev { listen } => dev(config, listen).await?,
+        Command::Dev { listen, no_chains } => dev(config, listen, no_chains).await?,
+        Command::Pay { api, key, invoice, asset, amount_minor } => {
+            let client = alloy::transports::http::reqwest::Client::new();
+            let view: serde_json::Value = client
+                .get(format!("{}/v1/invoices/{invoice}", api.trim_end_matches('/')))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .context("reading the invoice")?
+                .error_for_status()
+                .context("reading the invoice")?
+                .json()
+                .await?;
+            let option = view["payment_options"]
+                .as_array()
+                .and_then(|options| options.iter().find(|o| o["asset"] == asset.as_str()))
+                .with_context(|| format!("{invoice} has no payment option in {asset}"))?;
+            let to: alloy::primitives::Address = option["address"]
+                .as_str()
+                .context("that option has no deposit address")?
+                .parse()?;
+            let amount: alloy::primitives::U256 =
+                amount_minor.as_deref().or(option["amount_minor"].as_str()).context("no amount")?.parse()?;
+            let hash = devnet::pay::pay(&config, &asset.parse()?, to, amount).await?;
+            println!("sent {amount} of {asset} to {to} in {hash}");
+        }
     }
     Ok(())
 }
 
-async fn dev(config: Config, listen: Option<SocketAddr>) -> Result<()> {
+/// Starts one anvil per enabled EVM chain of the configuration, on the port its `rpc` names, and
+/// deploys the dev contracts; the configuration's contract addresses must be the ones deployed.
+async fn dev_chains(config: &Config) -> Result<Vec<devnet::anvil::Anvil>> {
+    let mut chains = Vec::new();
+    for chain in config.chains() {
+        if chain.kind != ChainKind::Evm || chain.forwarder_factory.is_none() {
+            continue;
+        }
+        let url = chain.rpc.first().map(|u| u.as_str().to_owned()).unwrap_or_default();
+        let port: u16 = url
+            .strip_prefix("http://127.0.0.1:")
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .with_context(|| format!("{}: the dev stack runs anvil on http://127.0.0.1:<port>, not {url}", chain.name))?;
+        let chain_id = chain.caip2.evm_chain_id().unwrap_or_default();
+        let anvil = devnet::anvil::Anvil::start(chain_id, port, None)
+            .await
+            .with_context(|| format!("starting anvil for {}", chain.name))?;
+        let deployed = devnet::anvil::deploy_dev_contracts(&anvil.url())
+            .await
+            .with_context(|| format!("deploying contracts on {}", chain.name))?;
+        if Some(deployed.forwarder_factory) != chain.forwarder_factory {
+            anyhow::bail!(
+                "{}: the forwarder factory was deployed at {}, config.toml says {:?}",
+                chain.name,
+                deployed.forwarder_factory,
+                chain.forwarder_factory
+            );
+        }
+        anvil.set_interval_mining(1).await?;
+        chains.push((chain.name.clone(), anvil));
+    }
+    for (name, anvil) in &chains {
+        println!("  {name:<10} {} (chain id {})", anvil.url(), anvil.chain_id());
+    }
+    Ok(chains.into_iter().map(|(_, anvil)| anvil).collect())
+}
+
+async fn dev(config: Config, listen: Option<SocketAddr>, no_chains: bool) -> Result<()> {
     // DATABASE_URL wins; without it the stack brings its own throw-away cluster.
     let (url, mut cluster) = match std::env::var("DATABASE_URL") {
         Ok(url) => (url, None),
@@ -145,6 +229,8 @@ async fn dev(config: Config, listen: Option<SocketAddr>) -> Result<()> {
         }
     };
     let result = async {
+        println!("payrail dev stack is starting");
+        let _chains = if no_chains { Vec::new() } else { dev_chains(&config).await? };
         db::ensure_database(&url).await?;
         let pool = db::connect(&url, config.database.pool_max).await?;
         db::migrate(&pool).await?;

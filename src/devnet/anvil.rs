@@ -126,6 +126,16 @@ impl Anvil {
         alloy::transports::http::reqwest::Url::parse(&self.url()).expect("loopback url is valid")
     }
 
+    /// From now on, mine a block every `seconds` (confirmations keep coming without traffic).
+    pub async fn set_interval_mining(&self, seconds: u64) -> Result<(), AnvilError> {
+        let provider = ProviderBuilder::new().connect_http(self.url_parsed());
+        provider
+            .raw_request::<_, serde_json::Value>("evm_setIntervalMining".into(), (seconds,))
+            .await
+            .map(|_| ())
+            .map_err(|e| AnvilError::Deploy { contract: "interval mining", message: e.to_string() })
+    }
+
     /// Stops anvil now.
     pub async fn stop(&mut self) {
         let _ = self.child.kill().await;

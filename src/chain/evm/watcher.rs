@@ -156,6 +156,9 @@ impl EvmWatcher {
         let poll = Duration::from_millis(self.chain.block_time_ms.clamp(100, 15_000));
         let mut backoff_ms = 0u64;
         loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
             match self.tick().await {
                 Ok(Tick::Advanced { from, to, payments }) => {
                     backoff_ms = 0;
