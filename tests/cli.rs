@@ -140,6 +140,33 @@ async fn dev_stack_runs_on_its_own_postgres_and_its_curl_line_creates_an_invoice
     assert_eq!(fetched["amount"], "25.00");
     assert_eq!(fetched["status"], "open");
 
+    // Pay it in ETH on the dev Ethereum chain, as the README shows, and watch it become paid.
+    let eth = "eip155:1/slip44:60";
+    let out = payrail()
+        .args(["pay", "--api", &base, "--key", &key, "--invoice", id, "--asset", eth])
+        .output()
+        .expect("payrail pay");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let started = Instant::now();
+    loop {
+        let shown: serde_json::Value = client
+            .get(format!("{base}/v1/invoices/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if shown["status"] == "paid" {
+            assert_eq!(shown["payments"][0]["asset"], eth);
+            assert_eq!(shown["payments"][0]["status"], "confirmed");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "not paid: {shown}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
     let started = Instant::now();

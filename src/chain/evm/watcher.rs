@@ -35,6 +35,8 @@ pub const ADDRESSES_PER_LOG_QUERY_MAX: usize = 500;
 pub const WATCH_AFTER_EXPIRY_S: i64 = 7 * 24 * 3600;
 /// Longest pause between failed ticks.
 pub const BACKOFF_MS_MAX: u64 = 30_000;
+/// Longest pause between polls of the tip.
+pub const POLL_INTERVAL_MS_MAX: u64 = 2_000;
 
 #[derive(Debug, Error)]
 pub enum WatchError {
@@ -153,7 +155,8 @@ impl EvmWatcher {
         }
         self.check_chain_id().await?;
         tracing::info!(target: "watcher::evm", chain = %self.chain.name, "watching");
-        let poll = Duration::from_millis(self.chain.block_time_ms.clamp(100, 15_000));
+        // Polling the tip is one cheap call: poll faster than blocks come so confirmations show promptly.
+        let poll = Duration::from_millis(self.chain.block_time_ms.clamp(250, POLL_INTERVAL_MS_MAX));
         let mut backoff_ms = 0u64;
         loop {
             if *shutdown.borrow() {
