@@ -9,11 +9,23 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, HttpLimits};
 use crate::clock::{Clock, SystemClock};
-use crate::chain::evm::EvmWatcher;
+use crate::chain::evm::{EvmWatcher, Sweeper};
 use crate::config::{ChainKind, Config, RateFeed};
 use crate::invoice::{AssetCatalog, CatalogAsset, DepositScheme, InvoicePolicy};
 use crate::ledger::Ledger;
 use crate::rates::FixedFeed;
+
+/// The hot wallet's key: `PAYRAIL_HOT_WALLET_KEY`, or the file named by `PAYRAIL_HOT_WALLET_KEY_FILE`.
+/// Without it nothing is swept (deposits stay at their forwarder addresses, safe and credited).
+pub fn hot_wallet_key_from_env() -> Result<Option<String>, std::io::Error> {
+    if let Ok(key) = std::env::var("PAYRAIL_HOT_WALLET_KEY") {
+        return Ok(Some(key));
+    }
+    match std::env::var("PAYRAIL_HOT_WALLET_KEY_FILE") {
+        Ok(path) => std::fs::read_to_string(path).map(|k| Some(k.trim().to_owned())),
+        Err(_) => Ok(None),
+    }
+}
 
 /// How often open invoices are checked for expiry.
 pub const EXPIRE_INTERVAL_MS: u64 = 5_000;
@@ -88,10 +100,13 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
 /// Serves on `listener` until `shutdown` resolves, with the background jobs beside: the expiry
 /// job and one watcher per EVM chain that has a forwarder factory (no factory, no deposit
 /// addresses to watch).
+///
+/// With a hot wallet key, a sweeper per EVM chain moves confirmed deposits to the treasury.
 pub async fn serve(
     config: &Config,
     pool: PgPool,
     listener: TcpListener,
+    hot_wallet_key: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let addr = listener.local_addr().map_err(AppError::Serve)?;
@@ -114,6 +129,12 @@ pub async fn serve(
                 }));
             }
             Err(error) => tracing::error!(target: "watcher::evm", chain = %chain.name, %error, "watcher not started"),
+        }
+        if let Some(key) = &hot_wallet_key {
+            match Sweeper::new(chain.clone(), key, pool.clone(), state.ledger.clone()) {
+                Ok(sweeper) => watchers.push(tokio::spawn(sweeper.run(stop_rx.clone()))),
+                Err(error) => tracing::error!(target: "sweeper", chain = %chain.name, %error, "sweeper not started"),
+            }
         }
     }
     tracing::info!(target: "api", %addr, watchers = watchers.len(), "listening");

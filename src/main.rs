@@ -135,7 +135,8 @@ async fn main() -> Result<()> {
                 db::migrate(&pool).await?;
             }
             let listener = app::bind(config.server.listen).await?;
-            app::serve(&config, pool, listener, shutdown_signal()).await?;
+            let hot_wallet_key = app::hot_wallet_key_from_env().context("reading the hot wallet key")?;
+            app::serve(&config, pool, listener, hot_wallet_key, shutdown_signal()).await?;
         }
         Command::Migrate => {
             db::ensure_database(&config.database.url).await?;
@@ -253,7 +254,9 @@ async fn dev(config: Config, listen: Option<SocketAddr>, no_chains: bool) -> Res
         println!("  curl -s {base}/v1/invoices/<id> -H 'Authorization: Bearer {}'", demo.api_key);
         println!();
         println!("Ctrl-C stops the stack.");
-        app::serve(&config, pool, listener, shutdown_signal()).await?;
+        // The dev chains' deployer operates the factory: it pays the sweeps' gas.
+        let hot_wallet_key = (!no_chains).then(|| devnet::anvil::DEV_DEPLOYER_KEY.to_owned());
+        app::serve(&config, pool, listener, hot_wallet_key, shutdown_signal()).await?;
         anyhow::Ok(())
     }
     .await;

@@ -271,3 +271,51 @@ async fn a_dead_endpoint_is_a_retryable_error_and_failover_uses_the_next(pool: P
     rig.spec.rpc = vec![RpcUrl::new("http://127.0.0.1:9").expect("url"), live[0].clone()];
     assert!(rig.watcher().tick().await.is_ok());
 }
+
+#[sqlx::test]
+async fn confirmed_deposits_are_swept_to_the_treasury_and_gas_is_booked(pool: PgPool) {
+    use payrail::chain::evm::Sweeper;
+    use payrail::devnet::anvil::{DEV_DEPLOYER_KEY, DEV_TREASURY};
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    let sweeper = Sweeper::new(rig.spec.clone(), DEV_DEPLOYER_KEY, rig.state.pool.clone(), rig.state.ledger.clone())
+        .expect("sweeper");
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    let provider = ProviderBuilder::new().connect_http(url);
+    let usdc = TestToken::new(rig.spec.token("USDC").expect("usdc").address, &provider);
+    let treasury_before = usdc.balanceOf(DEV_TREASURY).call().await.expect("balance");
+
+    let paid = rig.invoice("7.00", &[rig.asset("USDC")]).await;
+    let waiting = rig.invoice("3.00", &[rig.asset("USDC")]).await;
+    pay(&rig, "USDC", deposit_of(&paid), U256::from(7_000_000u64)).await;
+    mine(&rig.anvil, 40).await;
+    pay(&rig, "USDC", deposit_of(&waiting), U256::from(3_000_000u64)).await;
+    rig.catch_up(&watcher).await;
+    assert_eq!(rig.view(&paid.id).await.status, InvoiceStatus::Paid);
+    assert_eq!(rig.view(&waiting.id).await.status, InvoiceStatus::Processing);
+
+    let pass = sweeper.pass().await.expect("sweep");
+    assert_eq!((pass.confirmed, pass.failed), (1, 0), "only the confirmed deposit is swept");
+    let treasury_after = usdc.balanceOf(DEV_TREASURY).call().await.expect("balance");
+    assert_eq!(treasury_after - treasury_before, U256::from(7_000_000u64));
+    assert_eq!(usdc.balanceOf(deposit_of(&paid)).call().await.expect("balance"), U256::ZERO);
+    assert_eq!(usdc.balanceOf(deposit_of(&waiting)).call().await.expect("balance"), U256::from(3_000_000u64));
+    let code = provider.get_code_at(deposit_of(&paid)).await.expect("code");
+    assert!(!code.is_empty(), "the forwarder was deployed by the sweep");
+
+    let mut conn = rig.state.pool.acquire().await.expect("conn");
+    let fees = rig.state.ledger.balance(&mut conn, &AccountCode::network_fees(), &rig.asset("POL")).await.expect("fees");
+    assert!(!fees.is_negative() && fees != SignedAmount::ZERO, "gas booked: {fees}");
+    let swept: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE sweep_id IS NOT NULL")
+        .fetch_one(&rig.state.pool)
+        .await
+        .expect("n");
+    assert_eq!(swept, 1);
+    // Nothing left to do: a second pass sends nothing.
+    assert_eq!(sweeper.pass().await.expect("again"), payrail::chain::evm::SweepPass::default());
+    // Once the waiting deposit confirms, it is swept too.
+    mine(&rig.anvil, 40).await;
+    rig.catch_up(&watcher).await;
+    assert_eq!(sweeper.pass().await.expect("third").confirmed, 1);
+    assert_eq!(usdc.balanceOf(DEV_TREASURY).call().await.expect("balance") - treasury_before, U256::from(10_000_000u64));
+}

@@ -8,7 +8,9 @@ pub mod uri;
 pub use address::{deposit_address, deposit_salt};
 pub use uri::payment_uri;
 pub mod rpc;
+pub mod sweep;
 pub mod watcher;
 
 pub use rpc::EvmRpc;
+pub use sweep::{SweepError, SweepPass, Sweeper};
 pub use watcher::{EvmWatcher, Tick, WatchError};
