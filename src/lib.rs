@@ -13,6 +13,7 @@ pub mod ids;
 pub mod invoice;
 pub mod ledger;
 pub mod merchant;
+pub mod metrics;
 pub mod money;
 pub mod rates;
 pub mod webhook;

@@ -261,6 +261,10 @@ async fn health_and_readiness(pool: PgPool) {
     server.state.pool.close().await;
     let (status, body) = server.get(None, "/readyz").await;
     assert_eq!((status, body["database"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unreachable")));
+    let metrics = server.client.get(format!("{}/metrics", server.base)).send().await.expect("metrics");
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.expect("text");
+    assert!(text.is_empty() || text.contains("# TYPE "), "{text}");
     let (status, body) = server.get(None, "/nope").await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
 }

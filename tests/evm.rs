@@ -319,3 +319,45 @@ async fn confirmed_deposits_are_swept_to_the_treasury_and_gas_is_booked(pool: Pg
     assert_eq!(sweeper.pass().await.expect("third").confirmed, 1);
     assert_eq!(usdc.balanceOf(DEV_TREASURY).call().await.expect("balance") - treasury_before, U256::from(10_000_000u64));
 }
+
+/// Native coin sent by a contract (an internal transfer) is found by the balance check.
+#[sqlx::test]
+async fn native_coin_sent_by_a_contract_is_found_by_the_balance_check(pool: PgPool) {
+    use payrail::chain::evm::contracts::PayoutBatcher;
+    use payrail::devnet::anvil::DEV_DEPLOYER_KEY;
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    let asset = rig.asset("POL");
+    let invoice = rig.invoice("1.00", &[asset.clone()]).await;
+    let due: U256 = invoice.payment_options[0].amount_minor.parse().expect("amount");
+    // The payout batcher pays the deposit address from inside a contract call.
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    let deployer: PrivateKeySigner = DEV_DEPLOYER_KEY.parse().expect("key");
+    let provider = ProviderBuilder::new().wallet(EthereumWallet::from(deployer)).connect_http(url);
+    let batcher = PayoutBatcher::new(rig.spec.payout_batcher.expect("batcher"), &provider);
+    batcher
+        .payout(alloy::primitives::B256::repeat_byte(7), Address::ZERO, vec![deposit_of(&invoice)], vec![due])
+        .value(due)
+        .send()
+        .await
+        .expect("send")
+        .get_receipt()
+        .await
+        .expect("mined");
+    // The first idle tick runs the balance check.
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    let seen = rig.view(&invoice.id).await;
+    assert_eq!(seen.status, InvoiceStatus::Processing);
+    assert_eq!(seen.payments.len(), 1);
+    assert_eq!(seen.payments[0].amount_minor, invoice.payment_options[0].amount_minor);
+    assert!(seen.payments[0].tx_ref.contains(":balance:"));
+    mine(&rig.anvil, u64::from(seen.payments[0].confirmations_required)).await;
+    rig.catch_up(&watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
+    // Checking again finds nothing new: the payment explains the balance.
+    let again = rig.watcher();
+    rig.catch_up(&again).await;
+    assert_eq!(rig.view(&invoice.id).await.payments.len(), 1);
+}

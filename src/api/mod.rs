@@ -58,6 +58,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/balances", get(balances::show))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(

@@ -206,6 +206,40 @@ impl EvmRpc {
         Ok(transfers)
     }
 
+    /// [`Self::token_transfers`], halving the block range whenever the node refuses it as too large
+    /// or too many results (common provider limits), down to single blocks.
+    pub async fn token_transfers_split(
+        &self,
+        from: u64,
+        to_block: u64,
+        tokens: &[Address],
+        to: &[Address],
+    ) -> Result<Vec<TokenTransfer>, RpcError> {
+        let mut ranges = vec![(from, to_block)];
+        let mut found = Vec::new();
+        while let Some((a, b)) = ranges.pop() {
+            match self.token_transfers(a, b, tokens, to).await {
+                Ok(mut transfers) => found.append(&mut transfers),
+                Err(RpcError::Unavailable { message, .. }) if b > a && is_range_limit(&message) => {
+                    let mid = a + (b - a) / 2;
+                    tracing::debug!(target: "watcher::evm", from = a, to = b, "eth_getLogs range refused; splitting");
+                    ranges.push((mid + 1, b));
+                    ranges.push((a, mid));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(found)
+    }
+
+    /// The native balance of `address` at block `height`.
+    pub async fn balance_at(&self, address: Address, height: u64) -> Result<U256, RpcError> {
+        self.call("eth_getBalance", |p| async move {
+            p.get_balance(address).block_id(alloy::eips::BlockId::number(height)).await.map_err(|e| e.to_string())
+        })
+        .await
+    }
+
     /// Whether a mined transaction succeeded (a reverted one moved no value).
     pub async fn succeeded(&self, tx_hash: B256) -> Result<bool, RpcError> {
         let receipt = self
@@ -214,5 +248,22 @@ impl EvmRpc {
             })
             .await?;
         Ok(receipt.is_some_and(|r| r.status()))
+    }
+}
+
+/// Whether a node's error says the `eth_getLogs` range or result set was too large.
+fn is_range_limit(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["too many", "range", "limit", "exceed", "response size", "10000 results"].iter().any(|hint| message.contains(hint))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn provider_limit_messages_are_recognised() {
+        assert!(super::is_range_limit("query returned more than 10000 results"));
+        assert!(super::is_range_limit("Block range is too large"));
+        assert!(super::is_range_limit("eth_getLogs is limited to a 2000 range"));
+        assert!(!super::is_range_limit("connection refused"));
     }
 }

@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::config::ChainSpec;
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
+use crate::metrics;
 use crate::money::{Amount, AssetId};
 use crate::rates::RateSource;
 
@@ -35,6 +36,8 @@ pub const ADDRESSES_PER_LOG_QUERY_MAX: usize = 500;
 pub const WATCH_AFTER_EXPIRY_S: i64 = 7 * 24 * 3600;
 /// Longest pause between failed ticks.
 pub const BACKOFF_MS_MAX: u64 = 30_000;
+/// How often, when caught up, deposit balances are compared with the payments seen.
+pub const BALANCE_CHECK_INTERVAL_MS: u64 = 30_000;
 /// Longest pause between polls of the tip.
 pub const POLL_INTERVAL_MS_MAX: u64 = 2_000;
 
@@ -73,7 +76,7 @@ impl WatchError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tick {
     /// Blocks `from..=to` were processed.
-    Advanced { from: u64, to: u64, payments: usize },
+    Advanced { from: u64, to: u64, payments: usize, tip: u64 },
     /// No new block; confirmations were refreshed.
     Idle { tip: u64 },
     /// The stored chain forked below the cursor; the cursor went back to `fork_height`.
@@ -98,6 +101,7 @@ pub struct EvmWatcher {
     clock: Arc<dyn Clock>,
     native: AssetInfo,
     tokens: HashMap<Address, AssetInfo>,
+    last_balance_check: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl EvmWatcher {
@@ -119,7 +123,18 @@ impl EvmWatcher {
             .iter()
             .map(|t| (t.address, AssetInfo { asset: t.asset_id(), symbol: t.symbol.clone(), decimals: t.decimals }))
             .collect();
-        Ok(Self { caip2: chain.caip2.to_string(), chain, rpc, pool, ledger, rates, clock, native, tokens })
+        Ok(Self {
+            caip2: chain.caip2.to_string(),
+            chain,
+            rpc,
+            pool,
+            ledger,
+            rates,
+            clock,
+            native,
+            tokens,
+            last_balance_check: std::sync::Mutex::new(None),
+        })
     }
 
     pub fn chain(&self) -> &ChainSpec {
@@ -163,9 +178,10 @@ impl EvmWatcher {
                 return Ok(());
             }
             match self.tick().await {
-                Ok(Tick::Advanced { from, to, payments }) => {
+                Ok(Tick::Advanced { from, to, payments, tip }) => {
                     backoff_ms = 0;
-                    tracing::info!(target: "watcher::evm", chain = %self.chain.name, from, to, payments, "blocks processed");
+                    let behind = tip.saturating_sub(to);
+                    tracing::info!(target: "watcher::evm", chain = %self.chain.name, from, to, tip, behind, payments, "blocks processed");
                     continue;
                 }
                 Ok(Tick::Reorged { fork_height, orphaned }) => {
@@ -193,6 +209,21 @@ impl EvmWatcher {
 
     /// One step; see the module docs.
     pub async fn tick(&self) -> Result<Tick, WatchError> {
+        let result = self.step().await;
+        let chain = [("chain", self.caip2.as_str())];
+        match &result {
+            Ok(Tick::Advanced { payments, .. }) => {
+                metrics::count("payrail_observed_payments_total", "Payments observed by the chain watchers.", &chain, i64::try_from(*payments).unwrap_or(i64::MAX));
+            }
+            Ok(Tick::Reorged { .. }) => metrics::count("payrail_chain_reorgs_total", "Reorgs the chain watchers unwound.", &chain, 1),
+            Ok(Tick::Idle { .. }) => {}
+            Err(WatchError::Rpc(_)) => metrics::count("payrail_rpc_errors_total", "Failed RPC rounds (every endpoint failed).", &chain, 1),
+            Err(_) => metrics::count("payrail_watcher_errors_total", "Failed watcher ticks.", &chain, 1),
+        }
+        result
+    }
+
+    async fn step(&self) -> Result<Tick, WatchError> {
         let tip = self.rpc.tip().await?;
         let stored = {
             let mut conn = self.pool.acquire().await?;
@@ -218,10 +249,22 @@ impl EvmWatcher {
             if !cursor.hash.is_empty() && (cursor.height > tip || self.rpc.block_hash(cursor.height).await? != cursor.hash) {
                 return self.unwind(&cursor).await;
             }
-            self.commit(Vec::new(), &[], tip, None).await?;
+            let due = {
+                let mut last = self.last_balance_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let due = last.is_none_or(|at| at.elapsed() >= Duration::from_millis(BALANCE_CHECK_INTERVAL_MS));
+                if due {
+                    *last = Some(std::time::Instant::now());
+                }
+                due
+            };
+            let found = if due { self.balance_observations(&cursor, tip).await? } else { Vec::new() };
+            self.commit(found, &[], tip, None).await?;
             return Ok(Tick::Idle { tip });
         }
         let end = tip.min(start + BLOCKS_PER_TICK_MAX - 1);
+        let chain = [("chain", self.caip2.as_str())];
+        metrics::gauge("payrail_chain_tip_height", "Latest block height the node reports.", &chain, i64::try_from(tip).unwrap_or(i64::MAX));
+        metrics::gauge("payrail_chain_head_lag_blocks", "Blocks between the node's tip and the watcher's cursor.", &chain, i64::try_from(tip - cursor.height).unwrap_or(i64::MAX));
         let blocks = self.fetch_blocks(start, end).await?;
         if let Some(first) = blocks.first() {
             if !cursor.hash.is_empty() && first.block.parent_hash != cursor.hash {
@@ -239,7 +282,8 @@ impl EvmWatcher {
         let chain_blocks: Vec<ChainBlock> = blocks.iter().map(|b| b.block.clone()).collect();
         self.commit(observations, &chain_blocks, tip, chain_blocks.last().map(|b| Cursor { height: b.height, hash: b.hash.clone() }))
             .await?;
-        Ok(Tick::Advanced { from: start, to: end, payments })
+        metrics::gauge("payrail_chain_cursor_height", "Last block the watcher processed.", &chain, i64::try_from(end).unwrap_or(i64::MAX));
+        Ok(Tick::Advanced { from: start, to: end, payments, tip })
     }
 
     async fn fetch_blocks(&self, from: u64, to: u64) -> Result<Vec<EvmBlock>, WatchError> {
@@ -310,7 +354,7 @@ impl EvmWatcher {
         let tokens: Vec<Address> = self.tokens.keys().copied().collect();
         let addresses: Vec<Address> = watched.keys().copied().collect();
         for chunk in addresses.chunks(ADDRESSES_PER_LOG_QUERY_MAX) {
-            for transfer in self.rpc.token_transfers(first.block.height, last.block.height, &tokens, chunk).await? {
+            for transfer in self.rpc.token_transfers_split(first.block.height, last.block.height, &tokens, chunk).await? {
                 let block_hash = format!("{:#x}", transfer.block_hash);
                 if hash_at.get(&transfer.block_height) != Some(&block_hash.as_str()) {
                     // The log comes from another branch than the blocks just fetched.
@@ -365,6 +409,56 @@ impl EvmWatcher {
             ),
             block: Some(BlockRef { height: block.height, hash: block.hash.clone() }),
         }
+    }
+
+    /// Native coin that reached a deposit address without a top-level transfer (sent by a contract)
+    /// shows only in the address's balance. Compares each watched address's balance at the cursor
+    /// with the native payments known there (not yet swept) and reports the difference as a payment
+    /// at the cursor's block. Addresses with a sweep in flight are skipped.
+    async fn balance_observations(&self, cursor: &Cursor, tip: u64) -> Result<Vec<ObservedPayment>, WatchError> {
+        if cursor.hash.is_empty() {
+            return Ok(Vec::new());
+        }
+        let watched = self.watched_addresses().await?;
+        if watched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known_rows = sqlx::query(
+            "SELECT lower(address) AS address, sum(amount_minor)::text AS known FROM payments \
+             WHERE chain = $1 AND asset = $2 AND status IN ('seen', 'confirmed') AND sweep_id IS NULL AND address IS NOT NULL \
+             GROUP BY lower(address)",
+        )
+        .bind(&self.caip2)
+        .bind(self.native.asset.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut known: HashMap<String, Amount> = HashMap::new();
+        for row in known_rows {
+            let text: String = row.try_get("known")?;
+            if let Ok(amount) = text.parse() {
+                known.insert(row.try_get("address")?, amount);
+            }
+        }
+        let sweeping: Vec<String> =
+            sqlx::query_scalar("SELECT address FROM sweeps WHERE chain = $1 AND status IN ('pending', 'sent')")
+                .bind(&self.caip2)
+                .fetch_all(&self.pool)
+                .await?;
+        let block = ChainBlock { height: cursor.height, hash: cursor.hash.clone(), parent_hash: String::new() };
+        let mut found = Vec::new();
+        for (address, invoice_id) in &watched {
+            let key = format!("{address:#x}");
+            if sweeping.contains(&key) {
+                continue;
+            }
+            let balance = Amount::from_u256(self.rpc.balance_at(*address, cursor.height).await?);
+            let seen = known.get(&key).copied().unwrap_or(Amount::ZERO);
+            if let Some(unexplained) = balance.checked_sub(seen).filter(|a| !a.is_zero()) {
+                let tx_ref = format!("{}:balance:{key}:{}", self.caip2, cursor.height);
+                found.push(self.observation(invoice_id, &self.native, tx_ref, *address, unexplained.as_u256(), &block, tip));
+            }
+        }
+        Ok(found)
     }
 
     /// Payments seen earlier and still waiting for confirmations, as fresh observations at `tip`.
