@@ -361,3 +361,25 @@ async fn native_coin_sent_by_a_contract_is_found_by_the_balance_check(pool: PgPo
     rig.catch_up(&again).await;
     assert_eq!(rig.view(&invoice.id).await.payments.len(), 1);
 }
+
+/// A large payment needs more confirmations than the finalized tag lags; a finalized block is
+/// final, so the payment confirms when its block is finalized.
+#[sqlx::test]
+async fn a_finalized_block_confirms_a_payment_before_its_count_is_reached(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    let invoice = rig.invoice("20000.00", &[rig.asset("USDC")]).await;
+    pay(&rig, "USDC", deposit_of(&invoice), U256::from(20_000_000_000u64)).await;
+    rig.catch_up(&watcher).await;
+    let required = rig.view(&invoice.id).await.payments[0].confirmations_required;
+    assert!(required > 70, "polygon's large-payment tier: {required}");
+    // anvil reports `finalized` 64 blocks below the tip.
+    mine(&rig.anvil, 70).await;
+    rig.catch_up(&watcher).await;
+    let shown = rig.view(&invoice.id).await;
+    assert_eq!(shown.status, InvoiceStatus::Paid);
+    assert!(shown.payments[0].confirmations < required);
+    let metrics = payrail::metrics::render();
+    assert!(metrics.contains("payrail_chain_head_lag_blocks{chain=\"eip155:137\"}"), "{metrics}");
+}

@@ -144,6 +144,17 @@ impl EvmRpc {
         })
     }
 
+    /// The height of the chain's `finalized` block; `None` where the node does not serve the tag.
+    pub async fn finalized(&self) -> Option<u64> {
+        self.call("eth_getBlockByNumber", |p| async move {
+            p.get_block_by_number(BlockNumberOrTag::Finalized).await.map_err(|e| e.to_string())
+        })
+        .await
+        .ok()
+        .flatten()
+        .map(|block| block.header.number)
+    }
+
     /// Only the hash of the block at `height` (for finding a fork point).
     pub async fn block_hash(&self, height: u64) -> Result<String, RpcError> {
         let block = self

@@ -19,7 +19,7 @@ use crate::chain::cursor::{self, ChainBlock, Cursor};
 use crate::chain::evm::rpc::{EvmBlock, EvmRpc, RpcError};
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
-use crate::config::ChainSpec;
+use crate::config::{ChainSpec, FinalityTag};
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -81,6 +81,14 @@ pub enum Tick {
     Idle { tip: u64 },
     /// The stored chain forked below the cursor; the cursor went back to `fork_height`.
     Reorged { fork_height: u64, orphaned: usize },
+}
+
+/// Where the chain's head stands during a tick.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    tip: u64,
+    /// The `finalized` block's height, on chains that expose the tag.
+    finalized: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +233,8 @@ impl EvmWatcher {
 
     async fn step(&self) -> Result<Tick, WatchError> {
         let tip = self.rpc.tip().await?;
+        let finalized = if self.chain.has_finality_tag(FinalityTag::Finalized) { self.rpc.finalized().await } else { None };
+        let head = Head { tip, finalized };
         let stored = {
             let mut conn = self.pool.acquire().await?;
             cursor::load(&mut conn, &self.caip2).await?
@@ -257,8 +267,8 @@ impl EvmWatcher {
                 }
                 due
             };
-            let found = if due { self.balance_observations(&cursor, tip).await? } else { Vec::new() };
-            self.commit(found, &[], tip, None).await?;
+            let found = if due { self.balance_observations(&cursor, head).await? } else { Vec::new() };
+            self.commit(found, &[], head, None).await?;
             return Ok(Tick::Idle { tip });
         }
         let end = tip.min(start + BLOCKS_PER_TICK_MAX - 1);
@@ -277,10 +287,10 @@ impl EvmWatcher {
             }
         }
         let watched = self.watched_addresses().await?;
-        let observations = self.observe(&blocks, &watched, tip).await?;
+        let observations = self.observe(&blocks, &watched, head).await?;
         let payments = observations.len();
         let chain_blocks: Vec<ChainBlock> = blocks.iter().map(|b| b.block.clone()).collect();
-        self.commit(observations, &chain_blocks, tip, chain_blocks.last().map(|b| Cursor { height: b.height, hash: b.hash.clone() }))
+        self.commit(observations, &chain_blocks, head, chain_blocks.last().map(|b| Cursor { height: b.height, hash: b.hash.clone() }))
             .await?;
         metrics::gauge("payrail_chain_cursor_height", "Last block the watcher processed.", &chain, i64::try_from(end).unwrap_or(i64::MAX));
         Ok(Tick::Advanced { from: start, to: end, payments, tip })
@@ -322,7 +332,7 @@ impl EvmWatcher {
         &self,
         blocks: &[EvmBlock],
         watched: &HashMap<Address, String>,
-        tip: u64,
+        head: Head,
     ) -> Result<Vec<ObservedPayment>, WatchError> {
         let mut observations = Vec::new();
         if watched.is_empty() {
@@ -347,7 +357,7 @@ impl EvmWatcher {
                     transfer.to,
                     transfer.value,
                     &block.block,
-                    tip,
+                    head,
                 ));
             }
         }
@@ -371,7 +381,7 @@ impl EvmWatcher {
                     transfer.to,
                     transfer.value,
                     &block,
-                    tip,
+                    head,
                 ));
             }
         }
@@ -387,10 +397,22 @@ impl EvmWatcher {
         to: Address,
         value: alloy::primitives::U256,
         block: &ChainBlock,
-        tip: u64,
+        head: Head,
     ) -> ObservedPayment {
         let amount = Amount::from_u256(value);
-        let confirmations = u32::try_from(tip.saturating_sub(block.height) + 1).unwrap_or(u32::MAX);
+        let confirmations = u32::try_from(head.tip.saturating_sub(block.height) + 1).unwrap_or(u32::MAX);
+        let mut required = confirmations_required(
+            &self.chain.confirmations,
+            self.rates.as_ref(),
+            &info.symbol,
+            info.decimals,
+            amount,
+            self.clock.now(),
+        );
+        // A block the chain itself calls finalized cannot be reorged: counting is no longer needed.
+        if head.finalized.is_some_and(|f| block.height <= f) {
+            required = required.min(confirmations);
+        }
         ObservedPayment {
             invoice_id: invoice_id.to_owned(),
             chain: self.chain.caip2.clone(),
@@ -399,14 +421,7 @@ impl EvmWatcher {
             address: Some(to.to_checksum(None)),
             amount,
             confirmations,
-            confirmations_required: confirmations_required(
-                &self.chain.confirmations,
-                self.rates.as_ref(),
-                &info.symbol,
-                info.decimals,
-                amount,
-                self.clock.now(),
-            ),
+            confirmations_required: required,
             block: Some(BlockRef { height: block.height, hash: block.hash.clone() }),
         }
     }
@@ -415,7 +430,7 @@ impl EvmWatcher {
     /// shows only in the address's balance. Compares each watched address's balance at the cursor
     /// with the native payments known there (not yet swept) and reports the difference as a payment
     /// at the cursor's block. Addresses with a sweep in flight are skipped.
-    async fn balance_observations(&self, cursor: &Cursor, tip: u64) -> Result<Vec<ObservedPayment>, WatchError> {
+    async fn balance_observations(&self, cursor: &Cursor, head: Head) -> Result<Vec<ObservedPayment>, WatchError> {
         if cursor.hash.is_empty() {
             return Ok(Vec::new());
         }
@@ -455,14 +470,14 @@ impl EvmWatcher {
             let seen = known.get(&key).copied().unwrap_or(Amount::ZERO);
             if let Some(unexplained) = balance.checked_sub(seen).filter(|a| !a.is_zero()) {
                 let tx_ref = format!("{}:balance:{key}:{}", self.caip2, cursor.height);
-                found.push(self.observation(invoice_id, &self.native, tx_ref, *address, unexplained.as_u256(), &block, tip));
+                found.push(self.observation(invoice_id, &self.native, tx_ref, *address, unexplained.as_u256(), &block, head));
             }
         }
         Ok(found)
     }
 
     /// Payments seen earlier and still waiting for confirmations, as fresh observations at `tip`.
-    async fn pending(&self, conn: &mut sqlx::PgConnection, tip: u64) -> Result<Vec<ObservedPayment>, WatchError> {
+    async fn pending(&self, conn: &mut sqlx::PgConnection, head: Head) -> Result<Vec<ObservedPayment>, WatchError> {
         let rows = sqlx::query(
             "SELECT invoice_id, asset, tx_ref, address, amount_minor::text AS amount, block_height, block_hash \
              FROM payments WHERE chain = $1 AND status = 'seen' AND block_height IS NOT NULL",
@@ -489,7 +504,7 @@ impl EvmWatcher {
             let address: Option<String> = row.try_get("address")?;
             let to = address.as_deref().and_then(|a| a.parse::<Address>().ok()).unwrap_or_default();
             let mut observation =
-                self.observation(&row.try_get::<String, _>("invoice_id")?, &info, row.try_get("tx_ref")?, to, amount.as_u256(), &block, tip);
+                self.observation(&row.try_get::<String, _>("invoice_id")?, &info, row.try_get("tx_ref")?, to, amount.as_u256(), &block, head);
             observation.address = address;
             pending.push(observation);
         }
@@ -503,11 +518,11 @@ impl EvmWatcher {
         &self,
         observations: Vec<ObservedPayment>,
         blocks: &[ChainBlock],
-        tip: u64,
+        head: Head,
         cursor: Option<Cursor>,
     ) -> Result<(), WatchError> {
         let mut tx = self.pool.begin().await?;
-        let mut all = self.pending(&mut tx, tip).await?;
+        let mut all = self.pending(&mut tx, head).await?;
         all.retain(|p| !observations.iter().any(|o| o.tx_ref == p.tx_ref));
         all.extend(observations);
         all.sort_by(|a, b| (&a.invoice_id, &a.tx_ref).cmp(&(&b.invoice_id, &b.tx_ref)));
