@@ -198,7 +198,7 @@ async fn dev_chains(config: &Config) -> Result<Vec<devnet::anvil::Anvil>> {
         let anvil = devnet::anvil::Anvil::start(chain_id, port, None)
             .await
             .with_context(|| format!("starting anvil for {}", chain.name))?;
-        let deployed = devnet::anvil::deploy_dev_contracts(&anvil.url())
+        let deployed = devnet::anvil::deploy_dev_contracts_with(&anvil.url(), devnet::anvil::DevTokenDecimals::of(chain))
             .await
             .with_context(|| format!("deploying contracts on {}", chain.name))?;
         if Some(deployed.forwarder_factory) != chain.forwarder_factory {

@@ -14,7 +14,7 @@ use payrail::api::AppState;
 use payrail::chain::evm::contracts::{ForwarderFactory, TestToken, TestUSDT};
 use payrail::chain::evm::{EvmWatcher, Tick, WatchError};
 use payrail::config::{ChainSpec, RpcUrl};
-use payrail::devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
+use payrail::devnet::anvil::{deploy_dev_contracts_with, Anvil, DevTokenDecimals, DEV_PAYER_KEY};
 use payrail::invoice::{create_invoice, load_view, CreateInvoice, InvoiceStatus, InvoiceView};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
@@ -43,11 +43,18 @@ async fn mine(anvil: &Anvil, blocks: u64) {
 /// anvil for Polygon (chain 137) with the dev contracts, and the shipped polygon configuration
 /// pointed at it.
 async fn rig(pool: PgPool) -> Rig {
-    let anvil = Anvil::start(137, 0, None).await.expect("anvil starts (scripts/tools installs it)");
-    let contracts = deploy_dev_contracts(&anvil.url()).await.expect("contracts deploy");
-    let (state, _clock) = state_with_clock(pool);
+    rig_for(pool, "polygon").await
+}
+
+/// anvil for the named chain, with its real chain id, the dev contracts, and the shipped
+/// configuration of that chain pointed at it.
+async fn rig_for(pool: PgPool, name: &str) -> Rig {
     let config = common::repo_config();
-    let mut spec = config.chain("polygon").expect("polygon configured").clone();
+    let mut spec = config.chain(name).expect("chain configured").clone();
+    let chain_id = spec.caip2.evm_chain_id().expect("an EVM chain");
+    let anvil = Anvil::start(chain_id, 0, None).await.expect("anvil starts (scripts/tools installs it)");
+    let contracts = deploy_dev_contracts_with(&anvil.url(), DevTokenDecimals::of(&spec)).await.expect("contracts deploy");
+    let (state, _clock) = state_with_clock(pool);
     // The dev configuration's addresses are the deterministic ones the deployment produces.
     assert_eq!(spec.forwarder_factory, Some(contracts.forwarder_factory));
     assert_eq!(spec.token("USDC").map(|t| t.address), Some(contracts.usdc));
@@ -161,21 +168,45 @@ async fn deposit_address_matches_the_factory_on_chain(pool: PgPool) {
 #[sqlx::test]
 async fn payments_in_native_coin_and_every_token_reach_paid_with_ledger_entries(pool: PgPool) {
     let rig = rig(pool).await;
+    pay_every_asset(&rig).await;
+    // Replaying every block from scratch changes nothing: credits are keyed by transaction and log.
+    sqlx::query("DELETE FROM chain_cursors").execute(&rig.state.pool).await.expect("reset cursor");
+    rig.catch_up(&rig.watcher()).await;
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&rig.state.pool).await.expect("n");
+    assert_eq!(entries, 4);
+}
+
+/// The same watcher code, configured for each of the other EVM chains, with their real chain ids.
+#[sqlx::test]
+async fn every_evm_chain_is_watched_with_its_own_configuration(pool: PgPool) {
+    for name in ["ethereum", "bsc", "arbitrum", "optimism"] {
+        let rig = rig_for(pool.clone(), name).await;
+        pay_every_asset(&rig).await;
+    }
+    let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices WHERE status = 'paid'").fetch_one(&pool).await.expect("n");
+    assert_eq!(paid, 16);
+}
+
+/// Pays one invoice in each of the chain's tokens and its native coin, and checks each one through
+/// seen, confirmed and credited.
+async fn pay_every_asset(rig: &Rig) {
     let watcher = rig.watcher();
     watcher.check_chain_id().await.expect("chain id");
     rig.catch_up(&watcher).await;
-    for symbol in ["USDC", "USDT", "DAI", "POL"] {
+    let native = rig.spec.native.symbol.clone();
+    for symbol in ["USDC", "USDT", "DAI", native.as_str()] {
         let asset = rig.asset(symbol);
         let invoice = rig.invoice("25.00", &[asset.clone()]).await;
         let due: U256 = invoice.payment_options[0].amount_minor.parse().expect("amount");
         pay(&rig, symbol, deposit_of(&invoice), due).await;
         rig.catch_up(&watcher).await;
         let seen = rig.view(&invoice.id).await;
-        assert_eq!(seen.status, InvoiceStatus::Processing, "{symbol}");
         assert_eq!(seen.payments.len(), 1, "{symbol}");
         let required = seen.payments[0].confirmations_required;
-        assert!(required > 1, "{symbol}: polygon needs several confirmations");
-        assert_eq!(rig.balance(&asset).await, SignedAmount::ZERO, "{symbol} credited before confirmation");
+        if required > 1 {
+            assert_eq!(seen.status, InvoiceStatus::Processing, "{symbol}");
+            assert_eq!(rig.balance(&asset).await, SignedAmount::ZERO, "{symbol} credited before confirmation");
+        }
         mine(&rig.anvil, u64::from(required)).await;
         rig.catch_up(&watcher).await;
         let paid = rig.view(&invoice.id).await;
@@ -185,11 +216,6 @@ async fn payments_in_native_coin_and_every_token_reach_paid_with_ledger_entries(
         let due_amount: payrail::money::Amount = invoice.payment_options[0].amount_minor.parse().expect("amount");
         assert_eq!(rig.balance(&asset).await, SignedAmount::positive(due_amount), "{symbol}");
     }
-    // Replaying every block from scratch changes nothing: credits are keyed by transaction and log.
-    sqlx::query("DELETE FROM chain_cursors").execute(&rig.state.pool).await.expect("reset cursor");
-    rig.catch_up(&watcher).await;
-    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&rig.state.pool).await.expect("n");
-    assert_eq!(entries, 4);
 }
 
 #[sqlx::test]

@@ -146,9 +146,35 @@ fn deploy_error(contract: &'static str) -> impl Fn(alloy::contract::Error) -> An
     move |e| AnvilError::Deploy { contract, message: e.to_string() }
 }
 
-/// Deploys the factory, the three test tokens and the payout batcher from the first default
-/// account, in that order (so at its nonces 0 to 4), and funds the dev payer with test tokens.
+/// The test tokens' decimals, as the chain's real tokens have them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevTokenDecimals {
+    pub usdc: u8,
+    pub usdt: u8,
+    pub dai: u8,
+}
+
+impl DevTokenDecimals {
+    /// Ethereum, Polygon, Arbitrum and Optimism: USDC and USDT have 6 decimals, DAI 18.
+    pub const COMMON: Self = Self { usdc: 6, usdt: 6, dai: 18 };
+
+    /// The decimals of the chain's configured tokens (18 for all three on BSC).
+    pub fn of(chain: &crate::config::ChainSpec) -> Self {
+        let decimals = |symbol: &str, default: u8| chain.token(symbol).map_or(default, |t| t.decimals);
+        Self { usdc: decimals("USDC", 6), usdt: decimals("USDT", 6), dai: decimals("DAI", 18) }
+    }
+}
+
+/// [`deploy_dev_contracts_with`] for the common token decimals.
 pub async fn deploy_dev_contracts(url: &str) -> Result<DevContracts, AnvilError> {
+    deploy_dev_contracts_with(url, DevTokenDecimals::COMMON).await
+}
+
+/// Deploys the factory, the three test tokens and the payout batcher from the first default
+/// account, in that order (so at its nonces 0 to 4), and funds the dev payer with a million of each
+/// token. A 6-decimal USDT returns nothing from `transfer`, like mainnet USDT; an 18-decimal one (BSC)
+/// is a standard token, like BSC's.
+pub async fn deploy_dev_contracts_with(url: &str, decimals: DevTokenDecimals) -> Result<DevContracts, AnvilError> {
     let signer: PrivateKeySigner = DEV_DEPLOYER_KEY.parse().map_err(|e: alloy::signers::local::LocalSignerError| {
         AnvilError::Deploy { contract: "deployer key", message: e.to_string() }
     })?;
@@ -157,11 +183,18 @@ pub async fn deploy_dev_contracts(url: &str) -> Result<DevContracts, AnvilError>
         .map_err(|e| AnvilError::Deploy { contract: "endpoint", message: e.to_string() })?;
     let provider = ProviderBuilder::new().wallet(EthereumWallet::from(signer)).connect_http(url);
     let factory = ForwarderFactory::deploy(&provider, deployer, DEV_TREASURY).await.map_err(deploy_error("ForwarderFactory"))?;
-    let usdc = TestToken::deploy(&provider, "USD Coin (test)".to_owned(), "USDC".to_owned(), 6)
+    let usdc = TestToken::deploy(&provider, "USD Coin (test)".to_owned(), "USDC".to_owned(), decimals.usdc)
         .await
         .map_err(deploy_error("USDC"))?;
-    let usdt = TestUSDT::deploy(&provider).await.map_err(deploy_error("USDT"))?;
-    let dai = TestToken::deploy(&provider, "Dai (test)".to_owned(), "DAI".to_owned(), 18)
+    let usdt = if decimals.usdt == 6 {
+        *TestUSDT::deploy(&provider).await.map_err(deploy_error("USDT"))?.address()
+    } else {
+        *TestToken::deploy(&provider, "Tether USD (test)".to_owned(), "USDT".to_owned(), decimals.usdt)
+            .await
+            .map_err(deploy_error("USDT"))?
+            .address()
+    };
+    let dai = TestToken::deploy(&provider, "Dai (test)".to_owned(), "DAI".to_owned(), decimals.dai)
         .await
         .map_err(deploy_error("DAI"))?;
     let batcher = PayoutBatcher::deploy(&provider, deployer).await.map_err(deploy_error("PayoutBatcher"))?;
@@ -169,7 +202,8 @@ pub async fn deploy_dev_contracts(url: &str) -> Result<DevContracts, AnvilError>
         AnvilError::Deploy { contract: "payer key", message: e.to_string() }
     })?;
     let million = U256::from(1_000_000u64);
-    for (token, decimals) in [(*usdc.address(), 6u32), (*dai.address(), 18)] {
+    for (token, decimals) in [(*usdc.address(), decimals.usdc), (usdt, decimals.usdt), (*dai.address(), decimals.dai)] {
+        // `mint` has the same signature on both test token contracts.
         TestToken::new(token, &provider)
             .mint(payer.address(), million * U256::from(10u64).pow(U256::from(decimals)))
             .send()
@@ -179,17 +213,10 @@ pub async fn deploy_dev_contracts(url: &str) -> Result<DevContracts, AnvilError>
             .await
             .map_err(|e| AnvilError::Deploy { contract: "mint", message: e.to_string() })?;
     }
-    usdt.mint(payer.address(), million * U256::from(1_000_000u64))
-        .send()
-        .await
-        .map_err(deploy_error("mint"))?
-        .get_receipt()
-        .await
-        .map_err(|e| AnvilError::Deploy { contract: "mint", message: e.to_string() })?;
     Ok(DevContracts {
         forwarder_factory: *factory.address(),
         usdc: *usdc.address(),
-        usdt: *usdt.address(),
+        usdt,
         dai: *dai.address(),
         payout_batcher: *batcher.address(),
     })
