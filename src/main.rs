@@ -82,7 +82,7 @@ enum MerchantsCommand {
     },
 }
 
-fn load_config(path: &PathBuf) -> Result<Config> {
+fn load_config(path: &std::path::Path) -> Result<Config> {
     Config::load(path).with_context(|| format!("cannot load configuration from {}", path.display()))
 }
 

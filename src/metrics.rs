@@ -10,10 +10,12 @@ enum Kind {
     Gauge,
 }
 
+/// One metric: its kind, its help text, and its value per label set.
+type Series = (Option<Kind>, &'static str, BTreeMap<String, i64>);
+
 #[derive(Debug, Default)]
 struct Registry {
-    /// name → (kind, help, labels → value)
-    series: BTreeMap<&'static str, (Option<Kind>, &'static str, BTreeMap<String, i64>)>,
+    series: BTreeMap<&'static str, Series>,
 }
 
 fn registry() -> &'static Mutex<Registry> {

@@ -196,9 +196,9 @@ async fn pay_every_asset(rig: &Rig) {
     let native = rig.spec.native.symbol.clone();
     for symbol in ["USDC", "USDT", "DAI", native.as_str()] {
         let asset = rig.asset(symbol);
-        let invoice = rig.invoice("25.00", &[asset.clone()]).await;
+        let invoice = rig.invoice("25.00", std::slice::from_ref(&asset)).await;
         let due: U256 = invoice.payment_options[0].amount_minor.parse().expect("amount");
-        pay(&rig, symbol, deposit_of(&invoice), due).await;
+        pay(rig, symbol, deposit_of(&invoice), due).await;
         rig.catch_up(&watcher).await;
         let seen = rig.view(&invoice.id).await;
         assert_eq!(seen.payments.len(), 1, "{symbol}");
@@ -224,7 +224,7 @@ async fn a_reorg_orphans_an_unconfirmed_payment_and_its_return_is_counted_once(p
     let watcher = rig.watcher();
     rig.catch_up(&watcher).await;
     let asset = rig.asset("USDC");
-    let invoice = rig.invoice("5.00", &[asset.clone()]).await;
+    let invoice = rig.invoice("5.00", std::slice::from_ref(&asset)).await;
     let snapshot = rpc(&rig.anvil, "evm_snapshot", json!([])).await;
     let tx = pay(&rig, "USDC", deposit_of(&invoice), U256::from(5_000_000u64)).await;
     let raw = rpc(&rig.anvil, "eth_getRawTransactionByHash", json!([tx])).await;
@@ -355,7 +355,7 @@ async fn native_coin_sent_by_a_contract_is_found_by_the_balance_check(pool: PgPo
     let watcher = rig.watcher();
     rig.catch_up(&watcher).await;
     let asset = rig.asset("POL");
-    let invoice = rig.invoice("1.00", &[asset.clone()]).await;
+    let invoice = rig.invoice("1.00", std::slice::from_ref(&asset)).await;
     let due: U256 = invoice.payment_options[0].amount_minor.parse().expect("amount");
     // The payout batcher pays the deposit address from inside a contract call.
     let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");

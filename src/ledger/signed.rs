@@ -37,7 +37,7 @@ impl SignedAmount {
         (!self.negative).then_some(self.magnitude)
     }
 
-    pub fn neg(self) -> Self {
+    pub fn negated(self) -> Self {
         if self.negative {
             Self::positive(self.magnitude)
         } else {
@@ -103,6 +103,6 @@ mod tests {
         assert_eq!(s("-5").checked_add(s("-5")), Some(s("-10")));
         assert_eq!(s("-0"), SignedAmount::ZERO);
         assert_eq!(s("-12").to_string(), "-12");
-        assert_eq!(s("-12").neg(), s("12"));
+        assert_eq!(s("-12").negated(), s("12"));
     }
 }
