@@ -82,6 +82,7 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
             underpayment_tolerance_bps: config.invoices.underpayment_tolerance_bps,
         }),
         clock,
+        limiter: Arc::new(crate::api::limit::RateLimiter::default()),
     }
 }
 

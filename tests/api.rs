@@ -268,3 +268,106 @@ async fn health_and_readiness(pool: PgPool) {
     let (status, body) = server.get(None, "/nope").await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
 }
+
+#[sqlx::test]
+async fn list_filters_and_paginates_only_the_merchants_invoices(pool: PgPool) {
+    let server = start(pool).await;
+    let (_, key) = server.merchant().await;
+    let (_, other) = server.merchant().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, created) =
+            server.post(&key, &json!({"amount": format!("{}.00", i + 1), "currency": "USD", "order_id": format!("o-{}", i % 2)}).to_string()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        ids.push(created["id"].as_str().expect("id").to_owned());
+    }
+    server.post(&other, r#"{"amount":"1","currency":"USD"}"#).await;
+    let (status, page) = server.get(Some(&key), "/v1/invoices?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["object"], "list");
+    assert_eq!(page["has_more"], true);
+    let first: Vec<&str> = page["data"].as_array().expect("data").iter().map(|i| i["id"].as_str().expect("id")).collect();
+    assert_eq!(first.len(), 2);
+    let (_, rest) = server.get(Some(&key), &format!("/v1/invoices?limit=10&starting_after={}", first[1])).await;
+    let rest: Vec<&str> = rest["data"].as_array().expect("data").iter().map(|i| i["id"].as_str().expect("id")).collect();
+    assert_eq!(rest.len(), 3);
+    let mut all: Vec<&str> = first.iter().chain(rest.iter()).copied().collect();
+    all.sort_unstable();
+    let mut mine: Vec<&str> = ids.iter().map(String::as_str).collect();
+    mine.sort_unstable();
+    assert_eq!(all, mine, "every invoice once, none of the other merchant's");
+    let (_, filtered) = server.get(Some(&key), "/v1/invoices?order_id=o-1").await;
+    assert_eq!(filtered["data"].as_array().expect("data").len(), 2);
+    let (_, open) = server.get(Some(&key), "/v1/invoices?status=open").await;
+    assert_eq!(open["data"].as_array().expect("data").len(), 5);
+    let (_, none) = server.get(Some(&key), "/v1/invoices?created_to=2000-01-01T00:00:00Z").await;
+    assert_eq!(none["data"].as_array().expect("data").len(), 0);
+    for bad in ["limit=0", "limit=101", "status=sold", "created_from=yesterday", "unknown=1", "starting_after=inv_nope00000000000000000"] {
+        let (status, body) = server.get(Some(&key), &format!("/v1/invoices?{bad}")).await;
+        assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"), "{bad}: {body}");
+    }
+}
+
+#[sqlx::test]
+async fn void_cancels_an_unpaid_invoice_and_refuses_a_paid_one(pool: PgPool) {
+    let server = start(pool).await;
+    let (_, key) = server.merchant().await;
+    let (_, other) = server.merchant().await;
+    let (_, created) = server.post(&key, &json!({"amount":"5.00","currency":"USD","accepted":[USDC_POLYGON]}).to_string()).await;
+    let id = created["id"].as_str().expect("id");
+    let void = |key: String, id: String| {
+        let client = server.client.clone();
+        let url = format!("{}/v1/invoices/{id}/void", server.base);
+        async move {
+            let response = client.post(url).bearer_auth(key).send().await.expect("request");
+            let status = response.status();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, body) = void(other.clone(), id.to_owned()).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = void(key.clone(), id.to_owned()).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("void")));
+    let (status, body) = void(key.clone(), id.to_owned()).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("void")), "voiding twice is harmless");
+
+    let (_, paid) = server.post(&key, &json!({"amount":"5.00","currency":"USD","accepted":[USDC_POLYGON]}).to_string()).await;
+    let asset: payrail::money::AssetId = USDC_POLYGON.parse().expect("asset");
+    let payment = payrail::invoice::ObservedPayment {
+        invoice_id: paid["id"].as_str().expect("id").to_owned(),
+        chain: asset.chain().clone(),
+        asset,
+        tx_ref: "eip155:137:0xbeef:0".to_owned(),
+        address: None,
+        amount: payrail::money::Amount::from_u64(5_000_000),
+        confirmations: 1,
+        confirmations_required: 1,
+        block: None,
+    };
+    let mut tx = server.state.pool.begin().await.expect("begin");
+    payrail::invoice::apply_payment(&mut tx, &server.state.ledger, &payment, server.state.clock.now()).await.expect("apply");
+    tx.commit().await.expect("commit");
+    let (status, body) = void(key.clone(), payment.invoice_id.clone()).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "invoice_state"));
+}
+
+#[sqlx::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after(pool: PgPool) {
+    let server = start(pool).await;
+    let (_, key) = server.merchant().await;
+    let (_, other) = server.merchant().await;
+    let mut limited = None;
+    for _ in 0..(payrail::api::limit::BURST_DEFAULT * 3) {
+        let response = server.client.get(format!("{}/v1/balances", server.base)).bearer_auth(&key).send().await.expect("request");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let response = limited.expect("the key was limited");
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(code(&body), "rate_limited");
+    let (status, _) = server.get(Some(&other), "/v1/balances").await;
+    assert_eq!(status, StatusCode::OK, "another key is unaffected");
+}

@@ -28,6 +28,11 @@ impl FromRequestParts<AppState> for MerchantAuth {
             .map(str::trim)
             .ok_or_else(ApiError::unauthorized)?;
         let principal = authenticate(&state.pool, token).await.map_err(ApiError::internal)?.ok_or_else(ApiError::unauthorized)?;
+        if let Err(wait) = state.limiter.check(&principal.key_id, std::time::Instant::now()) {
+            let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key");
+            error.retry_after_s = Some(wait.as_secs().max(1));
+            return Err(error);
+        }
         match (principal.role, principal.merchant_id) {
             (Role::Merchant, Some(merchant_id)) => Ok(Self { merchant_id }),
             _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key is not a merchant key")),

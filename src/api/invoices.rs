@@ -1,11 +1,11 @@
 //! `POST /v1/invoices`, `GET /v1/invoices/{id}`.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
-use crate::invoice::{self, CreateInvoice, InvoiceView};
+use crate::invoice::{self, CreateInvoice, InvoicePage, InvoiceView, ListFilter};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
@@ -50,4 +50,64 @@ pub async fn show(
     invoice::refresh(&state.pool, &id, state.clock.now()).await?;
     let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
     Ok(Json(invoice::load_view(&mut conn, Some(&auth.merchant_id), &id).await?))
+}
+
+/// Query of `GET /v1/invoices`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub order_id: Option<String>,
+    /// RFC 3339; invoices created at or after.
+    pub created_from: Option<String>,
+    /// RFC 3339; invoices created before.
+    pub created_to: Option<String>,
+    pub starting_after: Option<String>,
+    pub limit: Option<i64>,
+}
+
+fn time_param(field: &'static str, value: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    value
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&chrono::Utc)).map_err(|_| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{field}: expected an RFC 3339 time"))
+            })
+        })
+        .transpose()
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<InvoicePage>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("status: {e}")))?;
+    let filter = ListFilter {
+        status,
+        order_id: query.order_id,
+        created_from: time_param("created_from", query.created_from.as_deref())?,
+        created_to: time_param("created_to", query.created_to.as_deref())?,
+        starting_after: query.starting_after,
+        limit: query.limit,
+    };
+    let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
+    Ok(Json(invoice::list_invoices(&mut conn, &auth.merchant_id, &filter).await?))
+}
+
+pub async fn void(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+) -> Result<Json<InvoiceView>, ApiError> {
+    if !crate::ids::is_id(&id, "inv") {
+        return Err(ApiError::not_found("invoice"));
+    }
+    Ok(Json(invoice::void_invoice(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?))
 }

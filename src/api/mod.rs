@@ -5,6 +5,7 @@ pub mod balances;
 pub mod error;
 pub mod health;
 pub mod invoices;
+pub mod limit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub rates: Arc<dyn RateSource>,
     pub policy: Arc<InvoicePolicy>,
     pub clock: Arc<dyn Clock>,
+    pub limiter: Arc<limit::RateLimiter>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +55,9 @@ impl Default for HttpLimits {
 
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
     Router::new()
-        .route("/v1/invoices", post(invoices::create))
+        .route("/v1/invoices", post(invoices::create).get(invoices::list))
         .route("/v1/invoices/{id}", get(invoices::show))
+        .route("/v1/invoices/{id}/void", post(invoices::void))
         .route("/v1/balances", get(balances::show))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -6,8 +6,10 @@ pub mod catalog;
 pub mod create;
 pub mod error;
 pub mod expire;
+pub mod list;
 pub mod model;
 pub mod status;
+pub mod void;
 
 pub use apply::{apply_payment, orphan_payment, Applied, BlockRef, ObservedPayment};
 pub use catalog::{AssetCatalog, CatalogAsset, DepositScheme};
@@ -15,4 +17,6 @@ pub use create::{create_invoice, CreateInvoice, InvoicePolicy};
 pub use error::{InvoiceError, Result};
 pub use expire::{expire_due, refresh};
 pub use model::{load_view, InvoiceView, PaymentOptionView, PaymentView};
+pub use list::{list_invoices, InvoicePage, ListFilter, LIST_LIMIT_MAX};
 pub use status::{evaluate, InvoiceStatus, Progress};
+pub use void::void_invoice;
