@@ -210,13 +210,42 @@ async fn idempotency_key_header_replays_or_conflicts(pool: PgPool) {
     assert_eq!(first.status(), StatusCode::CREATED);
     let first: Value = first.json().await.expect("json");
     let again = send(r#"{"amount":"9.99","currency":"USD"}"#).await.expect("again");
-    assert_eq!(again.status(), StatusCode::OK);
+    // The same response, replayed: same status, same body.
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
     let again: Value = again.json().await.expect("json");
-    assert_eq!(first["id"], again["id"]);
+    assert_eq!(first, again);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices").fetch_one(&server.state.pool).await.expect("n");
+    assert_eq!(count, 1);
     let other = send(r#"{"amount":"10.00","currency":"USD"}"#).await.expect("other");
     assert_eq!(other.status(), StatusCode::CONFLICT);
     let other: Value = other.json().await.expect("json");
     assert_eq!(code(&other), "idempotency_conflict");
+    // The same key on another POST route is another request: refused too.
+    let void = server
+        .client
+        .post(format!("{}/v1/invoices/{}/void", server.base, first["id"].as_str().expect("id")))
+        .bearer_auth(&key)
+        .header("idempotency-key", "cart-9")
+        .send()
+        .await
+        .expect("void");
+    assert_eq!(void.status(), StatusCode::CONFLICT);
+    // A failed request is stored too and replays its error.
+    let bad = || {
+        server
+            .client
+            .post(format!("{}/v1/invoices", server.base))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "bad-1")
+            .body(r#"{"amount":"-1","currency":"USD"}"#)
+            .send()
+    };
+    assert_eq!(bad().await.expect("bad").status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let replay = bad().await.expect("bad again");
+    assert_eq!(replay.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(replay.headers().get("idempotent-replayed").is_some());
 }
 
 #[sqlx::test]

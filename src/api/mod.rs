@@ -4,6 +4,7 @@ pub mod auth;
 pub mod balances;
 pub mod error;
 pub mod health;
+pub mod idempotency;
 pub mod invoices;
 pub mod limit;
 
@@ -63,6 +64,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
