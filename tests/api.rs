@@ -400,3 +400,42 @@ async fn a_key_over_its_rate_gets_429_with_retry_after(pool: PgPool) {
     let (status, _) = server.get(Some(&other), "/v1/balances").await;
     assert_eq!(status, StatusCode::OK, "another key is unaffected");
 }
+
+/// The OpenAPI document lists every route the router serves, and every documented route is served.
+#[sqlx::test]
+async fn openapi_document_matches_the_router(pool: PgPool) {
+    let server = start(pool).await;
+    let (_, key) = server.merchant().await;
+    let doc: Value = server.client.get(format!("{}/openapi.json", server.base)).send().await.expect("doc").json().await.expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{doc}");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().expect("item").keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    for (method, path) in &documented {
+        let concrete = path.replace("{id}", "inv_000000000000000000000000");
+        let request = server.client.request(method.parse().expect("method"), format!("{}{concrete}", server.base)).bearer_auth(&key);
+        let request = if method == "POST" { request.header("content-type", "application/json").body("{}") } else { request };
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let body = response.text().await.expect("body");
+        assert!(!body.contains("route not found"), "{method} {path} is documented but not served: {status} {body}");
+    }
+    let served = [
+        ("POST", "/v1/invoices"),
+        ("GET", "/v1/invoices"),
+        ("GET", "/v1/invoices/{id}"),
+        ("POST", "/v1/invoices/{id}/void"),
+        ("GET", "/v1/balances"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    ];
+    for (method, path) in served {
+        assert!(documented.iter().any(|(m, p)| m == method && p == path), "{method} {path} is served but not documented");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["InvoiceView"].is_object());
+}

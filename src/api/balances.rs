@@ -11,7 +11,7 @@ use super::auth::MerchantAuth;
 use super::error::ApiError;
 use super::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BalanceLine {
     pub asset: String,
     /// Decimal string in whole units, when the asset's decimals are known.
@@ -19,8 +19,9 @@ pub struct BalanceLine {
     pub amount_minor: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Balances {
+    #[schema(value_type = String, example = "balances")]
     pub object: &'static str,
     pub merchant_id: String,
     /// Credited from paid invoices.
@@ -29,6 +30,8 @@ pub struct Balances {
     pub unapplied: Vec<BalanceLine>,
 }
 
+#[utoipa::path(get, path = "/v1/balances", tag = "balances", security(("bearer" = [])),
+    responses((status = 200, body = Balances), (status = 401, body = super::openapi::ErrorBody)))]
 pub async fn show(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<Balances>, ApiError> {
     let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
     let lines = |rows: Vec<(String, crate::ledger::SignedAmount)>| -> Vec<BalanceLine> {

@@ -11,6 +11,15 @@ use super::auth::MerchantAuth;
 use super::error::ApiError;
 use super::AppState;
 
+#[utoipa::path(post, path = "/v1/invoices", tag = "invoices", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the first response")),
+    request_body = CreateInvoice,
+    responses(
+        (status = 201, body = InvoiceView), (status = 200, body = InvoiceView, description = "an earlier invoice under the same Idempotency-Key"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody), (status = 413, body = super::openapi::ErrorBody),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -39,6 +48,9 @@ pub async fn create(
     Ok((status, Json(view)))
 }
 
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "invoices", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the invoice id, inv_…")),
+    responses((status = 200, body = InvoiceView), (status = 401, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -53,7 +65,8 @@ pub async fn show(
 }
 
 /// Query of `GET /v1/invoices`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub status: Option<String>,
@@ -76,6 +89,8 @@ fn time_param(field: &'static str, value: Option<&str>) -> Result<Option<chrono:
         .transpose()
 }
 
+#[utoipa::path(get, path = "/v1/invoices", tag = "invoices", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = InvoicePage), (status = 401, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -101,6 +116,10 @@ pub async fn list(
     Ok(Json(invoice::list_invoices(&mut conn, &auth.merchant_id, &filter).await?))
 }
 
+#[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the invoice id, inv_…")),
+    responses((status = 200, body = InvoiceView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody)))]
 pub async fn void(
     State(state): State<AppState>,
     auth: MerchantAuth,

@@ -37,7 +37,7 @@ pub struct InvoicePolicy {
 }
 
 /// The body of `POST /v1/invoices`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvoice {
     /// Decimal string in the currency's major unit: `"25.00"`.
@@ -53,6 +53,7 @@ pub struct CreateInvoice {
     #[serde(default)]
     pub order_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 

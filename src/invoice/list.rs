@@ -23,8 +23,9 @@ pub struct ListFilter {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct InvoicePage {
+    #[schema(value_type = String, example = "list")]
     pub object: &'static str,
     pub data: Vec<InvoiceView>,
     pub has_more: bool,

@@ -10,7 +10,7 @@ use crate::money::{mul_div, Amount, Fiat, Rounding};
 use super::error::{InvoiceError, Result};
 use super::status::{InvoiceStatus, Progress};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PaymentOptionView {
     pub asset: String,
     pub chain: String,
@@ -30,7 +30,7 @@ pub struct PaymentOptionView {
     pub rate_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PaymentView {
     pub id: String,
     pub asset: String,
@@ -50,9 +50,10 @@ pub struct PaymentView {
     pub confirmed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InvoiceView {
     pub id: String,
+    #[schema(value_type = String, example = "invoice")]
     pub object: &'static str,
     pub merchant_id: String,
     pub status: InvoiceStatus,
@@ -65,6 +66,7 @@ pub struct InvoiceView {
     pub amount_remaining: String,
     pub underpayment_tolerance_bps: u32,
     pub order_id: Option<String>,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
