@@ -63,12 +63,15 @@ pub fn catalog(config: &Config) -> AssetCatalog {
 
 pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
     let rates = match config.rates.feed {
-        RateFeed::Fixed => FixedFeed::new(
+        RateFeed::Fixed => crate::rates::ConfiguredRates::Fixed(FixedFeed::new(
             config
                 .rates
                 .fixed_rates()
                 .map(|(base, quote, rate)| ((base.to_owned(), quote.code().to_owned()), rate.clone())),
-        ),
+        )),
+        RateFeed::Live | RateFeed::File => {
+            crate::rates::ConfiguredRates::Aggregated(crate::rates::AggregatedRates::from_config(&config.rates, clock.clone()))
+        }
     };
     AppState {
         ledger: Arc::new(Ledger::new(pool.clone())),
@@ -115,6 +118,10 @@ pub async fn serve(
     let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
+    watchers.push(tokio::spawn(crate::webhook::run_dispatcher(pool.clone(), state.clock.clone(), stop_rx.clone())));
+    if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
+        watchers.push(task);
+    }
     for chain in config.chains() {
         if chain.kind != ChainKind::Evm || chain.forwarder_factory.is_none() {
             continue;

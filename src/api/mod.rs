@@ -2,12 +2,14 @@
 
 pub mod auth;
 pub mod balances;
+pub mod checkout;
 pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod invoices;
 pub mod limit;
 pub mod openapi;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +63,14 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/invoices/{id}", get(invoices::show))
         .route("/v1/invoices/{id}/void", post(invoices::void))
         .route("/v1/balances", get(balances::show))
+        .route("/pay/{id}", get(checkout::page))
+        .route("/pay/{id}/status", get(checkout::status))
+        .route("/v1/webhook_endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
+        .route("/v1/webhook_endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
+        .route("/v1/events", get(webhooks::list_events))
+        .route("/v1/events/{id}", get(webhooks::show_event))
+        .route("/v1/events/{id}/deliveries", get(webhooks::event_deliveries))
+        .route("/v1/events/{id}/replay", post(webhooks::replay_event))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(|| async { crate::metrics::render() }))

@@ -40,6 +40,8 @@ impl Modify for BearerAuth {
         super::balances::show,
         super::health::healthz,
         super::health::readyz,
+        super::checkout::page,
+        super::checkout::status,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)

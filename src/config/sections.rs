@@ -6,6 +6,13 @@
 //! - `invoices.expires_in_s_default <= invoices.expires_in_s_max`.
 //! - Fixed rates are keyed by an upper-case asset symbol and an ISO 4217 currency, and are
 //!   strictly positive (the `Rate` type refuses zero).
+//! - The table of the selected rate feed exists (`[rates.live]` for `feed = "live"`,
+//!   `[rates.file]` for `"file"`), and a table that is present is checked even when another
+//!   feed is selected, so switching feeds cannot surface an old mistake.
+//! - A live feed can price every pair it tracks: each pair is listed by at least `quorum` of
+//!   the configured sources, `max_age_ms >= refresh_interval_ms` (rates do not expire between
+//!   two refreshes), and `timeout_ms <= refresh_interval_ms` (rounds do not pile up).
+//! - Base URLs of the rate sources never appear in `Debug` output beyond scheme and host.
 //! - The database URL's password never appears in `Debug` output.
 //!
 //! Check errors carry keys relative to their section; the loader puts the section in front.
@@ -17,9 +24,11 @@ use std::net::SocketAddr;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::money::{Amount, Fiat, Rate};
+use std::path::PathBuf;
 
-use super::chain::{is_valid_symbol, SYMBOL_LEN_MAX};
+use crate::money::{Amount, Fiat, Rate};
+use crate::rates::{LiveSource, Pair};
+
 use super::error::InvalidKey;
 use super::url;
 
@@ -37,6 +46,31 @@ pub const UNDERPAYMENT_TOLERANCE_BPS_LIMIT: u32 = 1_000;
 pub const FIXED_RATES_MAX: usize = 1024;
 /// Longest log filter.
 pub const LOG_FILTER_LEN_MAX: usize = 1024;
+/// Shortest interval between two polls of the rate feeds: feeds are polled, not hammered.
+pub const RATES_REFRESH_INTERVAL_MS_MIN: u64 = 1_000;
+/// Longest interval between two polls of the rate feeds: 1 hour.
+pub const RATES_REFRESH_INTERVAL_MS_LIMIT: u64 = 3_600_000;
+/// Oldest rate that may still be used: 1 hour.
+pub const RATES_MAX_AGE_MS_LIMIT: u64 = 3_600_000;
+/// Longest timeout of one feed request.
+pub const RATES_TIMEOUT_MS_LIMIT: u64 = 60_000;
+/// Widest outlier band: 50 %. Wider, and nothing is an outlier.
+pub const RATES_OUTLIER_BPS_LIMIT: u32 = 5_000;
+/// Widest depeg band: 20 %.
+pub const RATES_DEPEG_BPS_LIMIT: u32 = 2_000;
+/// Most pairs a live feed tracks.
+pub const RATES_PAIRS_MAX: usize = 256;
+/// Longest path of the rates file.
+pub const RATES_FILE_PATH_LEN_MAX: usize = 4096;
+/// `[rates.live]` defaults.
+pub const RATES_LIVE_REFRESH_INTERVAL_MS_DEFAULT: u64 = 30_000;
+pub const RATES_LIVE_MAX_AGE_MS_DEFAULT: u64 = 120_000;
+pub const RATES_LIVE_QUORUM_DEFAULT: u32 = 2;
+pub const RATES_OUTLIER_BPS_DEFAULT: u32 = 200;
+pub const RATES_DEPEG_BPS_DEFAULT: u32 = 100;
+/// `[rates.file]` defaults.
+pub const RATES_FILE_REFRESH_INTERVAL_MS_DEFAULT: u64 = 5_000;
+pub const RATES_FILE_MAX_AGE_MS_DEFAULT: u64 = 60_000;
 
 /// `[server]`: the HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -193,6 +227,10 @@ impl InvoicesConfig {
 pub enum RateFeed {
     /// The `[rates.fixed]` table: for development and tests only.
     Fixed,
+    /// Exchange APIs, aggregated: the `[rates.live]` table.
+    Live,
+    /// A JSON file of pairs, re-read at every refresh: the `[rates.file]` table; development.
+    File,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +239,69 @@ pub(crate) struct RatesFile {
     feed: RateFeed,
     #[serde(default)]
     fixed: BTreeMap<String, Rate>,
+    #[serde(default)]
+    live: Option<LiveFile>,
+    #[serde(default)]
+    file: Option<FileFeedFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveFile {
+    sources: Vec<LiveSource>,
+    pairs: Vec<String>,
+    #[serde(default = "live_refresh_interval_ms_default")]
+    refresh_interval_ms: u64,
+    #[serde(default = "live_max_age_ms_default")]
+    max_age_ms: u64,
+    #[serde(default = "live_quorum_default")]
+    quorum: u32,
+    #[serde(default = "outlier_bps_default")]
+    outlier_bps: u32,
+    #[serde(default = "depeg_bps_default")]
+    depeg_bps: u32,
+    #[serde(default = "timeout_ms_default")]
+    timeout_ms: u64,
+    /// Per source: `base_url = { kraken = "http://127.0.0.1:9000" }`.
+    #[serde(default)]
+    base_url: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFeedFile {
+    path: String,
+    #[serde(default = "file_refresh_interval_ms_default")]
+    refresh_interval_ms: u64,
+    #[serde(default = "file_max_age_ms_default")]
+    max_age_ms: u64,
+    #[serde(default = "depeg_bps_default")]
+    depeg_bps: u32,
+}
+
+fn live_refresh_interval_ms_default() -> u64 {
+    RATES_LIVE_REFRESH_INTERVAL_MS_DEFAULT
+}
+fn live_max_age_ms_default() -> u64 {
+    RATES_LIVE_MAX_AGE_MS_DEFAULT
+}
+fn live_quorum_default() -> u32 {
+    RATES_LIVE_QUORUM_DEFAULT
+}
+fn outlier_bps_default() -> u32 {
+    RATES_OUTLIER_BPS_DEFAULT
+}
+fn depeg_bps_default() -> u32 {
+    RATES_DEPEG_BPS_DEFAULT
+}
+fn timeout_ms_default() -> u64 {
+    crate::rates::FEED_TIMEOUT_MS_DEFAULT
+}
+fn file_refresh_interval_ms_default() -> u64 {
+    RATES_FILE_REFRESH_INTERVAL_MS_DEFAULT
+}
+fn file_max_age_ms_default() -> u64 {
+    RATES_FILE_MAX_AGE_MS_DEFAULT
 }
 
 /// `[rates]`.
@@ -208,6 +309,64 @@ pub(crate) struct RatesFile {
 pub struct RatesConfig {
     pub feed: RateFeed,
     fixed: BTreeMap<(String, Fiat), Rate>,
+    live: Option<LiveRatesConfig>,
+    file: Option<FileRatesConfig>,
+}
+
+/// `[rates.live]`: exchange APIs polled every `refresh_interval_ms`, aggregated per pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LiveRatesConfig {
+    /// The sources, in the order given, without duplicates.
+    pub sources: Vec<LiveSource>,
+    /// The pairs asked of them, without duplicates.
+    pub pairs: Vec<Pair>,
+    pub refresh_interval_ms: u64,
+    /// Oldest quote of a source still counted.
+    pub max_age_ms: u64,
+    /// Fewest fresh, agreeing sources a rate is built from.
+    pub quorum: u32,
+    /// Sources further than this from the median are dropped (basis points of the median).
+    pub outlier_bps: u32,
+    /// USDC, USDT and DAI priced in USD further than this from 1 are refused.
+    pub depeg_bps: u32,
+    /// Timeout of one request to a source.
+    pub timeout_ms: u64,
+    base_url: BTreeMap<LiveSource, String>,
+}
+
+impl LiveRatesConfig {
+    /// The base URL configured for `source`; `None` means its real host.
+    pub fn base_url(&self, source: LiveSource) -> Option<&str> {
+        self.base_url.get(&source).map(String::as_str)
+    }
+}
+
+impl fmt::Debug for LiveRatesConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let base_url: BTreeMap<&str, String> =
+            self.base_url.iter().map(|(source, url)| (source.name(), url::redact_endpoint(url))).collect();
+        f.debug_struct("LiveRatesConfig")
+            .field("sources", &self.sources)
+            .field("pairs", &self.pairs.iter().map(Pair::to_string).collect::<Vec<_>>())
+            .field("refresh_interval_ms", &self.refresh_interval_ms)
+            .field("max_age_ms", &self.max_age_ms)
+            .field("quorum", &self.quorum)
+            .field("outlier_bps", &self.outlier_bps)
+            .field("depeg_bps", &self.depeg_bps)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("base_url", &base_url)
+            .finish()
+    }
+}
+
+/// `[rates.file]`: a JSON file of `"BASE/QUOTE": "decimal"` pairs, for development.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRatesConfig {
+    /// As written; a relative path is relative to the daemon's working directory.
+    pub path: PathBuf,
+    pub refresh_interval_ms: u64,
+    pub max_age_ms: u64,
+    pub depeg_bps: u32,
 }
 
 impl RatesConfig {
@@ -222,6 +381,16 @@ impl RatesConfig {
         self.fixed
             .iter()
             .map(|((base, quote), rate)| (base.as_str(), *quote, rate))
+    }
+
+    /// `[rates.live]`; always there when `feed` is `live`.
+    pub fn live(&self) -> Option<&LiveRatesConfig> {
+        self.live.as_ref()
+    }
+
+    /// `[rates.file]`; always there when `feed` is `file`.
+    pub fn file(&self) -> Option<&FileRatesConfig> {
+        self.file.as_ref()
     }
 }
 
@@ -239,6 +408,12 @@ impl RatesFile {
                 "feed \"fixed\" needs at least one rate",
             ));
         }
+        if self.feed == RateFeed::Live && self.live.is_none() {
+            return Err(InvalidKey::new("live", "feed \"live\" needs a [rates.live] table"));
+        }
+        if self.feed == RateFeed::File && self.file.is_none() {
+            return Err(InvalidKey::new("file", "feed \"file\" needs a [rates.file] table"));
+        }
         let mut fixed = BTreeMap::new();
         for (pair, rate) in self.fixed {
             let key = format!("fixed.{pair}");
@@ -246,27 +421,172 @@ impl RatesFile {
                 parse_pair(&pair).map_err(|message| InvalidKey::new(&key, message))?;
             fixed.insert((base, quote), rate);
         }
+        let live = self.live.map(|live| live.check().map_err(|e| e.under("live"))).transpose()?;
+        let file = self.file.map(|file| file.check().map_err(|e| e.under("file"))).transpose()?;
         Ok(RatesConfig {
             feed: self.feed,
             fixed,
+            live,
+            file,
+        })
+    }
+}
+
+/// `interval_ms` in `RATES_REFRESH_INTERVAL_MS_MIN..=RATES_REFRESH_INTERVAL_MS_LIMIT`, and
+/// `max_age_ms` from it up to `RATES_MAX_AGE_MS_LIMIT`.
+fn check_refresh(interval_ms: u64, max_age_ms: u64) -> Result<(), InvalidKey> {
+    if !(RATES_REFRESH_INTERVAL_MS_MIN..=RATES_REFRESH_INTERVAL_MS_LIMIT).contains(&interval_ms) {
+        return Err(InvalidKey::new(
+            "refresh_interval_ms",
+            format!(
+                "{interval_ms} is out of range: expected {RATES_REFRESH_INTERVAL_MS_MIN} to \
+                 {RATES_REFRESH_INTERVAL_MS_LIMIT}"
+            ),
+        ));
+    }
+    if !(interval_ms..=RATES_MAX_AGE_MS_LIMIT).contains(&max_age_ms) {
+        return Err(InvalidKey::new(
+            "max_age_ms",
+            format!(
+                "{max_age_ms} is out of range: expected refresh_interval_ms ({interval_ms}) to \
+                 {RATES_MAX_AGE_MS_LIMIT}, so rates do not expire between two refreshes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn bps_in_range(key: &str, value: u32, max: u32) -> Result<(), InvalidKey> {
+    in_range(key, u64::from(value), u64::from(max))
+}
+
+impl LiveFile {
+    /// Keys relative to `[rates.live]`.
+    fn check(self) -> Result<LiveRatesConfig, InvalidKey> {
+        if self.sources.is_empty() {
+            return Err(InvalidKey::new(
+                "sources",
+                "expected at least one of \"coinbase\", \"kraken\", \"binance\", \"coingecko\"",
+            ));
+        }
+        for (index, source) in self.sources.iter().enumerate() {
+            if self.sources[..index].contains(source) {
+                return Err(InvalidKey::new(format!("sources[{index}]"), format!("{source} is listed twice")));
+            }
+        }
+        if self.pairs.is_empty() || self.pairs.len() > RATES_PAIRS_MAX {
+            return Err(InvalidKey::new(
+                "pairs",
+                format!("{} pairs: expected 1 to {RATES_PAIRS_MAX}, e.g. [\"BTC/USD\"]", self.pairs.len()),
+            ));
+        }
+        let mut pairs: Vec<Pair> = Vec::with_capacity(self.pairs.len());
+        for (index, text) in self.pairs.iter().enumerate() {
+            let key = format!("pairs[{index}]");
+            let pair: Pair = text.parse().map_err(|e: crate::rates::PairError| InvalidKey::new(&key, e.to_string()))?;
+            if pairs.contains(&pair) {
+                return Err(InvalidKey::new(key, format!("{pair} is listed twice")));
+            }
+            pairs.push(pair);
+        }
+        check_refresh(self.refresh_interval_ms, self.max_age_ms)?;
+        if !(1..=self.refresh_interval_ms.min(RATES_TIMEOUT_MS_LIMIT)).contains(&self.timeout_ms) {
+            return Err(InvalidKey::new(
+                "timeout_ms",
+                format!(
+                    "{} is out of range: expected 1 to {}, at most refresh_interval_ms and {RATES_TIMEOUT_MS_LIMIT}",
+                    self.timeout_ms,
+                    self.refresh_interval_ms.min(RATES_TIMEOUT_MS_LIMIT)
+                ),
+            ));
+        }
+        let sources_len = u32::try_from(self.sources.len()).unwrap_or(u32::MAX);
+        if !(1..=sources_len).contains(&self.quorum) {
+            return Err(InvalidKey::new(
+                "quorum",
+                format!("{} is out of range: expected 1 to the number of sources ({sources_len})", self.quorum),
+            ));
+        }
+        bps_in_range("outlier_bps", self.outlier_bps, RATES_OUTLIER_BPS_LIMIT)?;
+        bps_in_range("depeg_bps", self.depeg_bps, RATES_DEPEG_BPS_LIMIT)?;
+        let mut base_url = BTreeMap::new();
+        for (name, value) in self.base_url {
+            let key = format!("base_url.{name}");
+            let source = LiveSource::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+                InvalidKey::new(&key, format!("unknown source {name:?}: expected coinbase, kraken, binance or coingecko"))
+            })?;
+            if !self.sources.contains(&source) {
+                return Err(InvalidKey::new(&key, format!("{name} is not in sources")));
+            }
+            url::check(&value, &["http", "https"], false).map_err(|message| InvalidKey::new(&key, message))?;
+            if value.contains(['?', '#']) {
+                return Err(InvalidKey::new(&key, "a base url has no query or fragment"));
+            }
+            base_url.insert(source, value);
+        }
+        // Binance prices USD through USDT markets, which count only while USDT/USD is pegged.
+        let usdt_usd = Pair { base: "USDT".to_owned(), quote: Fiat::USD };
+        let binance_used = self.sources.contains(&LiveSource::Binance)
+            && pairs.iter().any(|pair| LiveSource::Binance.supports(pair));
+        if binance_used && !pairs.contains(&usdt_usd) {
+            return Err(InvalidKey::new(
+                "pairs",
+                "binance prices USD through its USDT markets: add \"USDT/USD\" so that USDT's peg is checked",
+            ));
+        }
+        for (index, pair) in pairs.iter().enumerate() {
+            let able: Vec<&str> =
+                self.sources.iter().filter(|source| source.supports(pair)).map(|source| source.name()).collect();
+            if u32::try_from(able.len()).unwrap_or(u32::MAX) < self.quorum {
+                return Err(InvalidKey::new(
+                    format!("pairs[{index}]"),
+                    format!(
+                        "{pair} is listed by {} of the sources ({}), fewer than the quorum of {}",
+                        able.len(),
+                        if able.is_empty() { "none".to_owned() } else { able.join(", ") },
+                        self.quorum
+                    ),
+                ));
+            }
+        }
+        Ok(LiveRatesConfig {
+            sources: self.sources,
+            pairs,
+            refresh_interval_ms: self.refresh_interval_ms,
+            max_age_ms: self.max_age_ms,
+            quorum: self.quorum,
+            outlier_bps: self.outlier_bps,
+            depeg_bps: self.depeg_bps,
+            timeout_ms: self.timeout_ms,
+            base_url,
+        })
+    }
+}
+
+impl FileFeedFile {
+    /// Keys relative to `[rates.file]`.
+    fn check(self) -> Result<FileRatesConfig, InvalidKey> {
+        if self.path.trim().is_empty() || self.path.len() > RATES_FILE_PATH_LEN_MAX {
+            return Err(InvalidKey::new(
+                "path",
+                format!("expected the path of a JSON file of pairs, 1 to {RATES_FILE_PATH_LEN_MAX} characters"),
+            ));
+        }
+        check_refresh(self.refresh_interval_ms, self.max_age_ms)?;
+        bps_in_range("depeg_bps", self.depeg_bps, RATES_DEPEG_BPS_LIMIT)?;
+        Ok(FileRatesConfig {
+            path: PathBuf::from(self.path),
+            refresh_interval_ms: self.refresh_interval_ms,
+            max_age_ms: self.max_age_ms,
+            depeg_bps: self.depeg_bps,
         })
     }
 }
 
 /// `"BTC/USD"` → ("BTC", USD).
 fn parse_pair(pair: &str) -> Result<(String, Fiat), String> {
-    let expected = || {
-        format!(
-            "{pair:?} is not a pair: expected \"BASE/QUOTE\" with an upper-case asset symbol of 1 to \
-             {SYMBOL_LEN_MAX} characters and an ISO 4217 code, e.g. \"BTC/USD\""
-        )
-    };
-    let (base, quote) = pair.split_once('/').ok_or_else(expected)?;
-    if !is_valid_symbol(base) {
-        return Err(expected());
-    }
-    let quote: Fiat = quote.parse().map_err(|e| format!("{pair:?}: {e}"))?;
-    Ok((base.to_owned(), quote))
+    let pair: Pair = pair.parse().map_err(|e: crate::rates::PairError| e.to_string())?;
+    Ok((pair.base, pair.quote))
 }
 
 /// Log output format.

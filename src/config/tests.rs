@@ -842,3 +842,176 @@ fn the_chains_directory_is_relative_to_the_config_file() {
     assert_eq!(config.chains_dir(), fixture.path("networks"));
     assert_eq!(config.chains().len(), 6);
 }
+
+// --- rate feeds ------------------------------------------------------------------------------
+
+/// The commented-out example table `header` of the shipped config.toml, uncommented.
+fn commented_example(header: &str) -> String {
+    let text = repo_config_text();
+    let start = text
+        .find(&format!("# {header}\n"))
+        .unwrap_or_else(|| panic!("config.toml has a commented {header} example"));
+    let block = &text[start..];
+    let end = block.find("\n\n").unwrap_or(block.len());
+    block[..end]
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A fixture whose config.toml selects `feed` and ends with `table`.
+fn with_rates_table(feed: &str, table: &str) -> Fixture {
+    let fixture = Fixture::new();
+    fixture.edit("config.toml", "feed = \"fixed\"", &format!("feed = \"{feed}\""));
+    let text = std::fs::read_to_string(fixture.path("config.toml")).expect("config");
+    fixture.write("config.toml", &format!("{text}\n{table}\n"));
+    fixture
+}
+
+const LIVE_MINIMAL: &str = "[rates.live]\nsources = [\"coinbase\", \"kraken\", \"coingecko\"]\npairs = [\"BTC/USD\", \"USDC/USD\"]";
+
+#[test]
+fn the_commented_live_example_is_valid() {
+    let fixture = with_rates_table("live", &commented_example("[rates.live]"));
+    let config = fixture.load().unwrap_or_else(|e| panic!("live example loads: {e}"));
+    assert_eq!(config.rates.feed, RateFeed::Live);
+    let live = config.rates.live().expect("[rates.live]");
+    assert_eq!(live.sources, crate::rates::LiveSource::ALL);
+    let pairs: Vec<String> = live.pairs.iter().map(ToString::to_string).collect();
+    assert_eq!(pairs.len(), 13);
+    assert_eq!((pairs[0].as_str(), pairs[12].as_str()), ("BTC/USD", "DAI/EUR"));
+    assert_eq!(
+        (live.refresh_interval_ms, live.max_age_ms, live.quorum, live.outlier_bps, live.depeg_bps, live.timeout_ms),
+        (30_000, 120_000, 2, 200, 100, 5_000)
+    );
+    assert_eq!(live.base_url(crate::rates::LiveSource::CoinGecko), Some("https://api.coingecko.com"));
+    assert_eq!(live.base_url(crate::rates::LiveSource::Kraken), None);
+    assert!(config.rates.file().is_none());
+    // The fixed table stays loaded beside it.
+    assert_eq!(config.fixed_rate("BTC", "USD"), Rate::from_str("65000").ok());
+}
+
+#[test]
+fn the_commented_file_example_is_valid() {
+    let fixture = with_rates_table("file", &commented_example("[rates.file]"));
+    let config = fixture.load().unwrap_or_else(|e| panic!("file example loads: {e}"));
+    assert_eq!(config.rates.feed, RateFeed::File);
+    let file = config.rates.file().expect("[rates.file]");
+    assert_eq!(
+        (file.path.as_path(), file.refresh_interval_ms, file.max_age_ms, file.depeg_bps),
+        (Path::new("rates.json"), 5_000, 60_000, 100)
+    );
+}
+
+#[test]
+fn live_and_file_tables_have_defaults() {
+    let config = with_rates_table("live", LIVE_MINIMAL).load().expect("loads");
+    let live = config.rates.live().expect("[rates.live]");
+    assert_eq!(
+        (live.refresh_interval_ms, live.max_age_ms, live.quorum, live.outlier_bps, live.depeg_bps, live.timeout_ms),
+        (
+            sections::RATES_LIVE_REFRESH_INTERVAL_MS_DEFAULT,
+            sections::RATES_LIVE_MAX_AGE_MS_DEFAULT,
+            sections::RATES_LIVE_QUORUM_DEFAULT,
+            sections::RATES_OUTLIER_BPS_DEFAULT,
+            sections::RATES_DEPEG_BPS_DEFAULT,
+            crate::rates::FEED_TIMEOUT_MS_DEFAULT
+        )
+    );
+    let config = with_rates_table("file", "[rates.file]\npath = \"dev/rates.json\"").load().expect("loads");
+    let file = config.rates.file().expect("[rates.file]");
+    assert_eq!(
+        (file.refresh_interval_ms, file.max_age_ms),
+        (sections::RATES_FILE_REFRESH_INTERVAL_MS_DEFAULT, sections::RATES_FILE_MAX_AGE_MS_DEFAULT)
+    );
+}
+
+#[test]
+fn rate_feed_errors_name_file_and_key() {
+    let live = |extra: &str| format!("{LIVE_MINIMAL}\n{extra}");
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        ("live", "[rates.live]\nsources = []\npairs = [\"BTC/USD\"]".to_owned(), &["key rates.live.sources:", "at least one"]),
+        (
+            "live",
+            "[rates.live]\nsources = [\"coinbase\", \"krakn\"]\npairs = [\"BTC/USD\"]".to_owned(),
+            &["key rates.live.sources[1]", "unknown variant `krakn`"],
+        ),
+        (
+            "live",
+            "[rates.live]\nsources = [\"coinbase\", \"kraken\", \"coinbase\"]\npairs = [\"BTC/USD\"]".to_owned(),
+            &["key rates.live.sources[2]", "coinbase is listed twice"],
+        ),
+        ("live", "[rates.live]\nsources = [\"coinbase\", \"kraken\"]\npairs = []".to_owned(), &["key rates.live.pairs:", "expected 1 to"]),
+        (
+            "live",
+            "[rates.live]\nsources = [\"coinbase\", \"kraken\"]\npairs = [\"BTC/USD\", \"BTCUSD\"]".to_owned(),
+            &["key rates.live.pairs[1]", "BASE/QUOTE"],
+        ),
+        (
+            "live",
+            "[rates.live]\nsources = [\"coinbase\", \"kraken\"]\npairs = [\"BTC/USD\", \"BTC/USD\"]".to_owned(),
+            &["key rates.live.pairs[1]", "BTC/USD is listed twice"],
+        ),
+        (
+            "live",
+            "[rates.live]\nsources = [\"coinbase\", \"kraken\", \"coingecko\"]\npairs = [\"BTC/USD\", \"BNB/EUR\"]".to_owned(),
+            &["key rates.live.pairs[1]", "BNB/EUR is listed by 1 of the sources (coingecko), fewer than the quorum of 2"],
+        ),
+        (
+            "live",
+            "[rates.live]\nsources = [\"coinbase\", \"binance\"]\npairs = [\"BTC/USD\"]".to_owned(),
+            &["key rates.live.pairs:", "add \"USDT/USD\""],
+        ),
+        ("live", live("quorum = 4"), &["key rates.live.quorum", "expected 1 to the number of sources (3)"]),
+        ("live", live("quorum = 0"), &["key rates.live.quorum", "out of range"]),
+        ("live", live("quorum = \"2\""), &["key rates.live.quorum", "invalid type: string \"2\""]),
+        ("live", live("max_age_ms = 10000"), &["key rates.live.max_age_ms", "do not expire between two refreshes"]),
+        ("live", live("refresh_interval_ms = 10"), &["key rates.live.refresh_interval_ms", "expected 1000 to 3600000"]),
+        ("live", live("timeout_ms = 45000"), &["key rates.live.timeout_ms", "at most refresh_interval_ms"]),
+        ("live", live("outlier_bps = 0"), &["key rates.live.outlier_bps", "out of range"]),
+        ("live", live("depeg_bps = 5000"), &["key rates.live.depeg_bps", "expected 1 to 2000"]),
+        ("live", live("quorom = 2"), &["key rates.live.quorom", "unknown field `quorom`"]),
+        ("live", live("base_url = { kraken = \"ftp://127.0.0.1:9000\" }"), &["key rates.live.base_url.kraken", "http://"]),
+        ("live", live("base_url = { binance = \"http://127.0.0.1:9000\" }"), &["key rates.live.base_url.binance", "not in sources"]),
+        ("live", live("base_url = { bitstamp = \"http://127.0.0.1:9000\" }"), &["key rates.live.base_url.bitstamp", "unknown source"]),
+        ("live", live("base_url = { kraken = \"http://127.0.0.1:9000/?x=1\" }"), &["key rates.live.base_url.kraken", "no query"]),
+        ("live", String::new(), &["key rates.live:", "feed \"live\" needs a [rates.live] table"]),
+        ("file", String::new(), &["key rates.file:", "feed \"file\" needs a [rates.file] table"]),
+        ("file", "[rates.file]\npath = \"\"".to_owned(), &["key rates.file.path", "JSON file of pairs"]),
+        ("file", "[rates.file]\npath = \"r.json\"\nrefresh_interval_ms = 500".to_owned(), &["key rates.file.refresh_interval_ms"]),
+        ("websocket", String::new(), &["key rates.feed", "unknown variant `websocket`"]),
+        // A table that is present is checked whatever the feed.
+        ("fixed", live("quorum = 9"), &["key rates.live.quorum"]),
+    ];
+    for (feed, table, expected) in cases {
+        let message = with_rates_table(feed, &table).error();
+        assert_contains(&message, &["config.toml"]);
+        assert_contains(&message, expected);
+    }
+}
+
+#[test]
+fn rate_feed_overrides_name_the_variable() {
+    let fixture = with_rates_table("fixed", LIVE_MINIMAL);
+    let config = fixture.load_with(&[("PAYRAIL_RATES__FEED", "live"), ("PAYRAIL_RATES__LIVE__QUORUM", "3")]).expect("loads");
+    assert_eq!(config.rates.feed, RateFeed::Live);
+    assert_eq!(config.rates.live().map(|live| live.quorum), Some(3));
+    assert_contains(
+        &fixture.error_with(&[("PAYRAIL_RATES__LIVE__QUORUM", "5")]),
+        &["config.toml: key rates.live.quorum (set by PAYRAIL_RATES__LIVE__QUORUM)", "out of range"],
+    );
+}
+
+#[test]
+fn rate_source_urls_are_redacted_in_debug_output() {
+    let fixture = with_rates_table("live", &format!("{LIVE_MINIMAL}\nbase_url = {{ coingecko = \"https://pro-api.coingecko.com/SECRETKEY\" }}"));
+    let config = fixture.load().expect("loads");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("SECRETKEY"), "{debug}");
+    assert_contains(&debug, &["https://pro-api.coingecko.com/***"]);
+    assert_eq!(
+        config.rates.live().and_then(|live| live.base_url(crate::rates::LiveSource::CoinGecko)),
+        Some("https://pro-api.coingecko.com/SECRETKEY")
+    );
+}

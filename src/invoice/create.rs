@@ -65,6 +65,7 @@ struct PricedOption {
     amount: Amount,
     rate: String,
     source: String,
+    sources: serde_json::Value,
     at: DateTime<Utc>,
 }
 
@@ -166,6 +167,7 @@ fn priced(entry: &super::catalog::CatalogAsset, amount: Amount, currency: Fiat, 
         decimals: entry.decimals,
         amount: due,
         rate: q.rate.to_string(),
+        sources: q.sources_json(),
         source: q.source,
         at: q.at,
     })
@@ -235,8 +237,8 @@ pub async fn create_invoice(
     for (position, option) in options.iter().enumerate() {
         sqlx::query(
             "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
-                                          rate_at, position, address) \
-             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, $11)",
+                                          rate_at, position, address, rate_sources) \
+             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&id)
         .bind(option.asset.to_string())
@@ -249,6 +251,7 @@ pub async fn create_invoice(
         .bind(option.at)
         .bind(i16::try_from(position).unwrap_or(i16::MAX))
         .bind(option.deposit.map(|scheme| scheme.address_for(&id)))
+        .bind(&option.sources)
         .execute(&mut *tx)
         .await?;
     }

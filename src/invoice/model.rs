@@ -28,6 +28,9 @@ pub struct PaymentOptionView {
     pub rate: String,
     pub rate_source: String,
     pub rate_at: DateTime<Utc>,
+    /// Each source's rate and time behind the locked rate.
+    #[schema(value_type = Vec<Object>)]
+    pub rate_sources: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -169,7 +172,7 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     let minor_units = invoice.currency.minor_units();
 
     let options = sqlx::query(
-        "SELECT asset, chain, decimals, amount_minor::text AS amount_minor, rate, rate_source, rate_at, address, symbol \
+        "SELECT asset, chain, decimals, amount_minor::text AS amount_minor, rate, rate_source, rate_at, address, symbol, rate_sources \
          FROM payment_options WHERE invoice_id = $1 ORDER BY position",
     )
     .bind(id)
@@ -197,6 +200,7 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
             rate: o.try_get("rate")?,
             rate_source: o.try_get("rate_source")?,
             rate_at: o.try_get("rate_at")?,
+            rate_sources: o.try_get("rate_sources")?,
         });
     }
 

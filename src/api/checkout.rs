@@ -1,0 +1,564 @@
+//! The hosted checkout page: `GET /pay/{id}` (HTML) and `GET /pay/{id}/status` (JSON).
+//!
+//! Invariants:
+//! - Both routes are public: the invoice id (about 124 random bits) is the capability. Neither shows
+//!   anything the merchant keeps private (no merchant id, order id or metadata).
+//! - The page works without JavaScript for everything a payer needs to pay: the choice of option
+//!   (`?asset=<CAIP-19>`), the deposit address, the exact amount and the QR code. A small inline
+//!   script adds copy buttons, the countdown and the live status.
+//! - Every value put into the page is HTML-escaped (`page::esc`); the Content-Security-Policy
+//!   allows no external resource and only this response's nonce-tagged script and style.
+//! - Amounts stay exact. What is still due in an asset comes from the invoice's locked quote,
+//!   `ceil(remaining_fiat × option.amount_minor / invoice.amount_minor)`: rounded up, so a payer who
+//!   sends it is never short.
+
+mod page;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::invoice::{self, InvoiceError, InvoiceStatus, InvoiceView, PaymentOptionView, PaymentView};
+use crate::money::{mul_div, Amount, Fiat, Rounding};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// `?asset=<CAIP-19>`: the payment option to show. Other parameters (tracking tags) are ignored.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CheckoutQuery {
+    /// The CAIP-19 asset of the payment option to show, e.g. `eip155:1/slip44:60`.
+    pub asset: Option<String>,
+}
+
+/// What the payer sees: the invoice's status, with `underpaid` told apart from `open`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PayerState {
+    Open,
+    /// A payment was seen and waits for its confirmations.
+    Processing,
+    Paid,
+    Overpaid,
+    Expired,
+    /// Open, with confirmed value below the amount due.
+    Underpaid,
+    Void,
+    Refunded,
+}
+
+impl PayerState {
+    fn of(status: InvoiceStatus, paid: Amount) -> Self {
+        match status {
+            InvoiceStatus::Open if !paid.is_zero() => Self::Underpaid,
+            InvoiceStatus::Open => Self::Open,
+            InvoiceStatus::Processing => Self::Processing,
+            InvoiceStatus::Paid => Self::Paid,
+            InvoiceStatus::Overpaid => Self::Overpaid,
+            InvoiceStatus::Expired => Self::Expired,
+            InvoiceStatus::Void => Self::Void,
+            InvoiceStatus::Refunded => Self::Refunded,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Processing => "processing",
+            Self::Paid => "paid",
+            Self::Overpaid => "overpaid",
+            Self::Expired => "expired",
+            Self::Underpaid => "underpaid",
+            Self::Void => "void",
+            Self::Refunded => "refunded",
+        }
+    }
+
+    /// Whether the payer may still send (the address and QR code are shown).
+    fn takes_payment(self) -> bool {
+        matches!(self, Self::Open | Self::Underpaid | Self::Processing)
+    }
+}
+
+/// `GET /pay/{id}/status`: the public face of an invoice, polled by the page.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CheckoutStatus {
+    pub id: String,
+    pub status: InvoiceStatus,
+    /// `status`, with `underpaid` for an open invoice that received part of its amount.
+    pub state: PayerState,
+    /// A short title and a sentence for the payer, in the selected option's asset.
+    pub headline: String,
+    pub message: String,
+    pub amount: String,
+    pub currency: String,
+    pub amount_paid: String,
+    pub amount_remaining: String,
+    pub expires_at: DateTime<Utc>,
+    /// The server's clock, so a countdown does not depend on the payer's.
+    pub now: DateTime<Utc>,
+    pub payment_options: Vec<OptionDue>,
+    pub payments: Vec<PublicPayment>,
+}
+
+/// What one payment option asks for, whole and what is left of it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OptionDue {
+    pub asset: String,
+    pub symbol: String,
+    pub amount: String,
+    pub amount_minor: String,
+    /// `amount_remaining` of the invoice in this asset at the locked quote, rounded up.
+    pub amount_remaining: String,
+    pub amount_remaining_minor: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PublicPayment {
+    pub asset: String,
+    /// The asset's symbol when the invoice quoted it.
+    pub symbol: Option<String>,
+    pub amount: String,
+    pub confirmations: u32,
+    pub confirmations_required: u32,
+    /// `seen` (waiting for confirmations), `confirmed`, `orphaned` or `reversed`.
+    pub status: String,
+    /// The payment in one line for the payer, e.g. `0.5 ETH: 1/3 confirmations`.
+    pub summary: String,
+}
+
+#[derive(Debug)]
+enum CheckoutError {
+    NotFound,
+    Internal(String),
+}
+
+impl From<InvoiceError> for CheckoutError {
+    fn from(error: InvoiceError) -> Self {
+        match error {
+            InvoiceError::NotFound { .. } => Self::NotFound,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for CheckoutError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> CheckoutError {
+    CheckoutError::Internal(format!("{what} {value:?} cannot be read"))
+}
+
+/// An invoice as the checkout shows it, with its amounts parsed.
+#[derive(Debug)]
+struct Checkout {
+    view: InvoiceView,
+    merchant_name: String,
+    fiat: Fiat,
+    /// The invoice amount, in the currency's minor units.
+    due: Amount,
+    /// Confirmed value received, in the currency's minor units at the locked quote.
+    paid: Amount,
+    remaining: Amount,
+    state: PayerState,
+    now: DateTime<Utc>,
+}
+
+impl Checkout {
+    async fn load(state: &AppState, id: &str) -> Result<Self, CheckoutError> {
+        if !crate::ids::is_id(id, "inv") {
+            return Err(CheckoutError::NotFound);
+        }
+        let now = state.clock.now();
+        invoice::refresh(&state.pool, id, now).await?;
+        let mut conn = state.pool.acquire().await?;
+        let view = invoice::load_view(&mut conn, None, id).await?;
+        let merchant_name: String = sqlx::query("SELECT name FROM merchants WHERE id = $1")
+            .bind(&view.merchant_id)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("name")?;
+        let fiat: Fiat = view.currency.parse().map_err(|_| corrupt("currency", &view.currency))?;
+        let due: Amount = view.amount_minor.parse().map_err(|_| corrupt("amount_minor", &view.amount_minor))?;
+        let paid = Amount::parse_decimal(&view.amount_paid, fiat.minor_units())
+            .map_err(|_| corrupt("amount_paid", &view.amount_paid))?;
+        Ok(Self {
+            state: PayerState::of(view.status, paid),
+            remaining: due.saturating_sub(paid),
+            view,
+            merchant_name,
+            fiat,
+            due,
+            paid,
+            now,
+        })
+    }
+
+    fn fiat_text(&self, amount: Amount) -> String {
+        format!("{} {}", amount.to_decimal_string(self.fiat.minor_units()), self.fiat.code())
+    }
+
+    /// The option named by `asked`, else the first one a payer can pay (it has an address), else
+    /// the first.
+    fn select(&self, asked: Option<&str>) -> Option<&PaymentOptionView> {
+        let options = &self.view.payment_options;
+        asked
+            .and_then(|asset| options.iter().find(|o| o.asset == asset))
+            .or_else(|| options.iter().find(|o| o.address.is_some()))
+            .or_else(|| options.first())
+    }
+
+    /// What is still due in `option`'s asset at the locked quote, rounded up.
+    fn remaining_in(&self, option: &PaymentOptionView) -> Result<Amount, CheckoutError> {
+        let quoted: Amount = option.amount_minor.parse().map_err(|_| corrupt("amount_minor", &option.amount_minor))?;
+        mul_div(self.remaining, quoted, self.due, Rounding::Up)
+            .map_err(|e| CheckoutError::Internal(format!("remaining amount of {}: {e}", option.asset)))
+    }
+
+    /// What the payer should send in `option` now: the whole quote, or once part of the invoice
+    /// is paid, what is left of it.
+    fn to_send(&self, option: &PaymentOptionView) -> Result<Amount, CheckoutError> {
+        if self.state == PayerState::Underpaid {
+            self.remaining_in(option)
+        } else {
+            option.amount_minor.parse().map_err(|_| corrupt("amount_minor", &option.amount_minor))
+        }
+    }
+
+    /// The newest payment that counts toward the invoice and waits for confirmations.
+    fn newest_pending(&self) -> Option<&PaymentView> {
+        self.view.payments.iter().rev().find(|p| p.status == "seen" && p.applied_to == "invoice")
+    }
+
+    fn symbol_of(&self, asset: &str) -> Option<&str> {
+        self.view.payment_options.iter().find(|o| o.asset == asset).map(|o| o.symbol.as_str())
+    }
+
+    /// A title and a sentence that tell the payer where things stand and what to do.
+    fn describe(&self, option: Option<&PaymentOptionView>) -> Result<(String, String), CheckoutError> {
+        let pay_in = |option: &PaymentOptionView, amount: Amount| {
+            format!("{} {} on {}", amount.to_decimal_string(option.decimals), option.symbol, chain_name(&option.chain))
+        };
+        Ok(match self.state {
+            PayerState::Open => (
+                "Awaiting payment".to_owned(),
+                match option {
+                    Some(o) if o.address.is_some() => format!(
+                        "Send exactly {} to the address below. This page updates by itself once the payment is seen.",
+                        pay_in(o, self.to_send(o)?)
+                    ),
+                    Some(o) => format!("Paying in {} is not available yet: choose another option.", option_label(o)),
+                    None => "This invoice offers no way to pay yet.".to_owned(),
+                },
+            ),
+            PayerState::Underpaid => {
+                let mut message = format!(
+                    "{} received, {} still due",
+                    self.fiat_text(self.paid),
+                    self.fiat_text(self.remaining)
+                );
+                match option {
+                    Some(o) if o.address.is_some() => message.push_str(&format!(
+                        ": send {} more to the same address.",
+                        pay_in(o, self.remaining_in(o)?)
+                    )),
+                    Some(o) => message.push_str(&format!(
+                        " ({} {}).",
+                        self.remaining_in(o)?.to_decimal_string(o.decimals),
+                        o.symbol
+                    )),
+                    None => message.push('.'),
+                }
+                ("Partly paid".to_owned(), message)
+            }
+            PayerState::Processing => (
+                "Payment seen, confirming".to_owned(),
+                match self.newest_pending() {
+                    Some(p) => format!(
+                        "Confirmations: {}/{}. Nothing more to do: this page updates by itself.",
+                        p.confirmations.min(p.confirmations_required),
+                        p.confirmations_required
+                    ),
+                    None => "Waiting for confirmations. This page updates by itself.".to_owned(),
+                },
+            ),
+            PayerState::Paid => (
+                "Paid".to_owned(),
+                format!("{} received. Thank you, you can close this page.", self.fiat_text(self.paid)),
+            ),
+            PayerState::Overpaid => (
+                "Paid, more than due".to_owned(),
+                format!(
+                    "{} received for {} due. The merchant holds the extra {}: contact them about it.",
+                    self.fiat_text(self.paid),
+                    self.fiat_text(self.due),
+                    self.fiat_text(self.paid.saturating_sub(self.due))
+                ),
+            ),
+            PayerState::Expired => {
+                let mut message =
+                    "This invoice expired before it was paid. Do not send anything to its address.".to_owned();
+                if !self.paid.is_zero() {
+                    message.push_str(&format!(
+                        " The {} received is kept for the merchant: contact them about it.",
+                        self.fiat_text(self.paid)
+                    ));
+                }
+                ("Expired".to_owned(), message)
+            }
+            PayerState::Void => (
+                "Cancelled".to_owned(),
+                "The merchant cancelled this invoice. Do not send anything to its address.".to_owned(),
+            ),
+            PayerState::Refunded => ("Refunded".to_owned(), "This invoice was paid and then refunded.".to_owned()),
+        })
+    }
+
+    fn status(&self, asked: Option<&str>) -> Result<CheckoutStatus, CheckoutError> {
+        let (headline, message) = self.describe(self.select(asked))?;
+        let mut payment_options = Vec::with_capacity(self.view.payment_options.len());
+        for o in &self.view.payment_options {
+            let remaining = self.remaining_in(o)?;
+            payment_options.push(OptionDue {
+                asset: o.asset.clone(),
+                symbol: o.symbol.clone(),
+                amount: o.amount.clone(),
+                amount_minor: o.amount_minor.clone(),
+                amount_remaining: remaining.to_decimal_string(o.decimals),
+                amount_remaining_minor: remaining.to_string(),
+            });
+        }
+        let view = &self.view;
+        Ok(CheckoutStatus {
+            id: view.id.clone(),
+            status: view.status,
+            state: self.state,
+            headline,
+            message,
+            amount: view.amount.clone(),
+            currency: view.currency.clone(),
+            amount_paid: view.amount_paid.clone(),
+            amount_remaining: view.amount_remaining.clone(),
+            expires_at: view.expires_at,
+            now: self.now,
+            payment_options,
+            payments: view
+                .payments
+                .iter()
+                .map(|p| {
+                    let symbol = self.symbol_of(&p.asset).map(str::to_owned);
+                    PublicPayment {
+                        summary: payment_line(p, symbol.as_deref()),
+                        asset: p.asset.clone(),
+                        symbol,
+                        amount: p.amount.clone(),
+                        confirmations: p.confirmations,
+                        confirmations_required: p.confirmations_required,
+                        status: p.status.clone(),
+                    }
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A chain's everyday name; the CAIP-2 id for chains without one here.
+pub fn chain_name(caip2: &str) -> &str {
+    match caip2 {
+        "eip155:1" => "Ethereum",
+        "eip155:10" => "Optimism",
+        "eip155:56" => "BNB Smart Chain",
+        "eip155:137" => "Polygon",
+        "eip155:42161" => "Arbitrum One",
+        "bip122:000000000019d6689c085ae165831e93" => "Bitcoin",
+        "bip122:000000000933ea01ad0ee984209779ba" => "Bitcoin testnet",
+        "bip122:0f9188f13cb7b2c71f2a335e3a4fc328" => "Bitcoin regtest",
+        other => other,
+    }
+}
+
+/// "USDC on Polygon".
+pub fn option_label(option: &PaymentOptionView) -> String {
+    format!("{} on {}", option.symbol, chain_name(&option.chain))
+}
+
+/// A payment as one line: amount, and where it stands.
+fn payment_line(payment: &PaymentView, symbol: Option<&str>) -> String {
+    let state = match payment.status.as_str() {
+        "seen" => format!(
+            "{}/{} confirmations",
+            payment.confirmations.min(payment.confirmations_required),
+            payment.confirmations_required
+        ),
+        "confirmed" => "confirmed".to_owned(),
+        "orphaned" => "dropped by a chain reorganisation, waiting for it to be mined again".to_owned(),
+        "reversed" => "reversed".to_owned(),
+        other => other.to_owned(),
+    };
+    format!("{} {}: {state}", payment.amount, symbol.unwrap_or(&payment.asset))
+}
+
+/// The headers every checkout response carries; `csp` is the Content-Security-Policy.
+fn harden(mut response: Response, csp: &str) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(csp) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Nothing but this response's own script and style, and requests back to this origin.
+fn page_csp(nonce: &str) -> String {
+    format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src data:; \
+         connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    )
+}
+
+const JSON_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+fn html(status: StatusCode, nonce: &str, body: String) -> Response {
+    harden((status, Html(body)).into_response(), &page_csp(nonce))
+}
+
+fn new_nonce() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// `GET /pay/{id}`: the checkout page. Unknown and ill-formed ids get a 404 page.
+#[utoipa::path(get, path = "/pay/{id}", tag = "checkout",
+    params(("id" = String, Path, description = "the invoice id, inv_…"), CheckoutQuery),
+    responses(
+        (status = 200, description = "the checkout page", content_type = "text/html", body = String),
+        (status = 404, description = "no such invoice", content_type = "text/html", body = String)))]
+pub async fn page(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<CheckoutQuery>, QueryRejection>,
+) -> Response {
+    let nonce = new_nonce();
+    let Ok(Path(id)) = id else {
+        return html(StatusCode::NOT_FOUND, &nonce, page::not_found(&nonce));
+    };
+    let asked = query.ok().and_then(|Query(q)| q.asset);
+    let rendered = match Checkout::load(&state, &id).await {
+        Ok(checkout) => render(&checkout, asked.as_deref(), &nonce),
+        Err(error) => Err(error),
+    };
+    match rendered {
+        Ok(body) => html(StatusCode::OK, &nonce, body),
+        Err(CheckoutError::NotFound) => html(StatusCode::NOT_FOUND, &nonce, page::not_found(&nonce)),
+        Err(CheckoutError::Internal(error)) => {
+            tracing::error!(target: "api", invoice = %id, %error, "checkout page failed");
+            html(StatusCode::INTERNAL_SERVER_ERROR, &nonce, page::failed(&nonce))
+        }
+    }
+}
+
+/// `GET /pay/{id}/status`: see [`CheckoutStatus`]. `?asset=` words the message for that option.
+#[utoipa::path(get, path = "/pay/{id}/status", tag = "checkout",
+    params(("id" = String, Path, description = "the invoice id, inv_…"), CheckoutQuery),
+    responses((status = 200, body = CheckoutStatus), (status = 404, body = super::openapi::ErrorBody)))]
+pub async fn status(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<CheckoutQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Path(id)) = id else {
+        return harden(ApiError::not_found("invoice").into_response(), JSON_CSP);
+    };
+    let asked = query.ok().and_then(|Query(q)| q.asset);
+    let result = match Checkout::load(&state, &id).await {
+        Ok(checkout) => checkout.status(asked.as_deref()),
+        Err(error) => Err(error),
+    };
+    let response = match result {
+        Ok(status) => Json(status).into_response(),
+        Err(CheckoutError::NotFound) => ApiError::not_found("invoice").into_response(),
+        Err(CheckoutError::Internal(error)) => ApiError::internal(format!("checkout status of {id}: {error}")).into_response(),
+    };
+    harden(response, JSON_CSP)
+}
+
+/// The page for `checkout` with the option `asked` for selected.
+fn render(checkout: &Checkout, asked: Option<&str>, nonce: &str) -> Result<String, CheckoutError> {
+    let selected = checkout.select(asked);
+    let status = checkout.status(selected.map(|o| o.asset.as_str()))?;
+    let pay = match selected {
+        Some(option) => {
+            let amount = checkout.to_send(option)?;
+            let uri = match (&option.address, option.asset.parse::<crate::money::AssetId>()) {
+                (Some(address), Ok(asset)) if amount.to_string() != option.amount_minor => address
+                    .parse::<alloy_primitives::Address>()
+                    .ok()
+                    .and_then(|deposit| crate::chain::evm::payment_uri(&asset, &deposit, amount)),
+                _ => option.uri.clone(),
+            };
+            Some(page::Pay { option, amount, uri })
+        }
+        None => None,
+    };
+    let payments: Vec<String> = status.payments.iter().map(|p| p.summary.clone()).collect();
+    Ok(page::checkout(&page::Model {
+        nonce,
+        id: &checkout.view.id,
+        merchant_name: &checkout.merchant_name,
+        total: &checkout.view.amount,
+        currency: checkout.fiat.code(),
+        state: checkout.state,
+        takes_payment: checkout.state.takes_payment(),
+        headline: &status.headline,
+        message: &status.message,
+        expires_at: checkout.view.expires_at,
+        now: checkout.now,
+        options: &checkout.view.payment_options,
+        pay,
+        payments: &payments,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underpaid_is_open_with_something_confirmed() {
+        assert_eq!(PayerState::of(InvoiceStatus::Open, Amount::ZERO), PayerState::Open);
+        assert_eq!(PayerState::of(InvoiceStatus::Open, Amount::from_u64(1)), PayerState::Underpaid);
+        assert_eq!(PayerState::of(InvoiceStatus::Processing, Amount::from_u64(1)), PayerState::Processing);
+        assert_eq!(PayerState::of(InvoiceStatus::Expired, Amount::from_u64(1)), PayerState::Expired);
+    }
+
+    #[test]
+    fn routes_are_described_for_the_openapi_document() {
+        use utoipa::OpenApi;
+        #[derive(OpenApi)]
+        #[openapi(paths(page, status))]
+        struct Doc;
+        let doc = serde_json::to_value(Doc::openapi()).expect("serializes");
+        assert!(doc["paths"]["/pay/{id}"]["get"].is_object(), "{doc}");
+        let ok = &doc["paths"]["/pay/{id}/status"]["get"]["responses"]["200"];
+        assert!(ok["content"]["application/json"].is_object(), "{doc}");
+        let params = doc["paths"]["/pay/{id}/status"]["get"]["parameters"].to_string();
+        assert!(params.contains("\"asset\"") && params.contains("\"id\""), "{params}");
+    }
+
+    #[test]
+    fn chains_have_names() {
+        assert_eq!(chain_name("eip155:137"), "Polygon");
+        assert_eq!(chain_name("eip155:999"), "eip155:999");
+    }
+}

@@ -1,0 +1,114 @@
+// The checkout page's live parts: copy buttons, choosing an option without a button press, the
+// countdown to expiry and the status, polled from /pay/{id}/status. Everything here only adds to
+// the server-rendered page, which is complete without it. Text goes in through textContent only.
+(() => {
+  "use strict";
+  const root = document.getElementById("checkout");
+  if (!root) return;
+  const POLL_MS = 3000;
+  const POLL_MS_PAID = 15000; // paid can still become overpaid
+  const FINAL = new Set(["overpaid", "expired", "void", "refunded"]);
+  const TAKES_PAYMENT = new Set(["open", "underpaid"]);
+  const data = root.dataset;
+  const byId = (id) => document.getElementById(id);
+  // The server's clock minus this one, so the countdown does not trust the payer's clock.
+  const skewMs = Date.parse(data.now) - Date.now();
+  const expiresAt = Date.parse(data.expiresAt);
+  let state = data.state;
+
+  for (const button of document.querySelectorAll("button[data-copy]")) {
+    const label = button.textContent;
+    button.hidden = false;
+    button.addEventListener("click", async () => {
+      const ok = await copy(button.dataset.copy);
+      button.textContent = ok ? "Copied" : "Select and copy";
+      setTimeout(() => { button.textContent = label; }, 1500);
+    });
+  }
+
+  async function copy(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch (_) {
+      // Not a secure context, or no permission: the old way.
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.className = "offscreen";
+      document.body.appendChild(area);
+      area.select();
+      let ok = false;
+      try { ok = document.execCommand("copy"); } catch (_) { ok = false; }
+      area.remove();
+      return ok;
+    }
+  }
+
+  const select = byId("asset");
+  if (select && select.form) {
+    const submit = byId("choose-submit");
+    if (submit) submit.hidden = true;
+    select.addEventListener("change", () => select.form.submit());
+  }
+
+  const countdown = byId("countdown");
+  let expiryPolled = false;
+  function two(n) { return String(n).padStart(2, "0"); }
+  function tick() {
+    const left = Math.max(0, Math.floor((expiresAt - (Date.now() + skewMs)) / 1000));
+    if (countdown) {
+      const h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
+      countdown.textContent = left > 0
+        ? "Expires in " + (h > 0 ? h + ":" + two(m) : String(m)) + ":" + two(s)
+        : "Time is up";
+    }
+    if (left === 0 && !expiryPolled) {
+      expiryPolled = true;
+      poll();
+    }
+  }
+  tick();
+  const ticker = setInterval(tick, 1000);
+
+  function show(status) {
+    if (status.state !== state) {
+      root.classList.remove("state-" + state);
+      root.classList.add("state-" + status.state);
+      state = status.state;
+      data.state = state;
+    }
+    byId("status-headline").textContent = status.headline;
+    byId("status-message").textContent = status.message;
+    const list = byId("payment-list");
+    if (list) {
+      list.replaceChildren(...status.payments.map((p) => {
+        const item = document.createElement("li");
+        item.textContent = p.summary;
+        return item;
+      }));
+      byId("payments").hidden = status.payments.length === 0;
+    }
+    if (FINAL.has(state)) clearInterval(ticker);
+    // The amount to send (and so the QR code) changes when part of the invoice is paid: the page
+    // shows it as rendered by the server.
+    const option = status.payment_options.find((o) => o.asset === data.asset);
+    if (option && TAKES_PAYMENT.has(state)) {
+      const due = state === "underpaid" ? option.amount_remaining_minor : option.amount_minor;
+      if (due !== data.amountMinor) location.reload();
+    }
+  }
+
+  let timer = null;
+  async function poll() {
+    clearTimeout(timer);
+    try {
+      const response = await fetch(data.statusUrl, { cache: "no-store", headers: { accept: "application/json" } });
+      if (response.ok) show(await response.json());
+    } catch (_) {
+      // Offline for a moment: the next poll tries again.
+    }
+    if (!FINAL.has(state)) timer = setTimeout(poll, state === "paid" ? POLL_MS_PAID : POLL_MS);
+  }
+  timer = setTimeout(poll, POLL_MS);
+})();

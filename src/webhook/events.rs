@@ -1,0 +1,248 @@
+//! Reading events and their delivery log, and replaying an event. Every query filters by the
+//! merchant: another merchant's event is not found.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use crate::ids::{is_id, new_id};
+
+use super::error::{Result, WebhookError};
+
+/// Events per page unless asked otherwise.
+pub const PAGE_LIMIT_DEFAULT: u32 = 20;
+/// Most events per page.
+pub const PAGE_LIMIT_MAX: u32 = 100;
+/// Most deliveries shown for one event (the most recent ones).
+pub const DELIVERY_LOG_LIMIT: i64 = 100;
+
+/// A page of events, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventPage {
+    pub object: &'static str,
+    /// Each event exactly as delivered: `{"id","type","created_at","data"}`.
+    pub data: Vec<Value>,
+    pub has_more: bool,
+}
+
+/// One HTTP attempt of a delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub attempted_at: DateTime<Utc>,
+    /// Null when no response came.
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// The first bytes of the response body.
+    pub response_excerpt: Option<String>,
+    /// `delivered`, `retry`, `failed` or `abandoned`.
+    pub outcome: String,
+}
+
+/// An event's way to one endpoint, with its attempts.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    pub object: &'static str,
+    pub event_id: String,
+    pub endpoint_id: String,
+    /// `pending`, `delivered`, `failed`, `abandoned`, `superseded` or `canceled`.
+    pub status: String,
+    /// Whether it was asked for through the replay endpoint.
+    pub replay: bool,
+    pub attempt_count: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// The merchant's events, newest first: at most `limit` (1..=[`PAGE_LIMIT_MAX`]), after the event
+/// `starting_after` when given.
+pub async fn list_events(
+    pool: &PgPool,
+    merchant_id: &str,
+    limit: u32,
+    starting_after: Option<&str>,
+) -> Result<EventPage> {
+    if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
+        return Err(WebhookError::Invalid { field: "limit", reason: format!("must be 1..={PAGE_LIMIT_MAX}") });
+    }
+    let cursor = match starting_after {
+        None => None,
+        Some(event_id) => {
+            let not_found = || WebhookError::Invalid { field: "starting_after", reason: "no such event".to_owned() };
+            if !is_id(event_id, "evt") {
+                return Err(not_found());
+            }
+            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE event_id = $1 AND merchant_id = $2")
+                .bind(event_id)
+                .bind(merchant_id)
+                .fetch_optional(pool)
+                .await?;
+            Some(id.ok_or_else(not_found)?)
+        }
+    };
+    let mut data: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM outbox WHERE merchant_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(merchant_id)
+    .bind(cursor)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    let has_more = data.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(EventPage { object: "list", data, has_more })
+}
+
+/// One of the merchant's events, as delivered.
+pub async fn get_event(pool: &PgPool, merchant_id: &str, event_id: &str) -> Result<Value> {
+    let not_found = || WebhookError::EventNotFound { id: event_id.to_owned() };
+    if !is_id(event_id, "evt") {
+        return Err(not_found());
+    }
+    sqlx::query_scalar("SELECT payload FROM outbox WHERE event_id = $1 AND merchant_id = $2")
+        .bind(event_id)
+        .bind(merchant_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(not_found)
+}
+
+async fn outbox_row(pool: &PgPool, merchant_id: &str, event_id: &str) -> Result<(i64, String, String)> {
+    let not_found = || WebhookError::EventNotFound { id: event_id.to_owned() };
+    if !is_id(event_id, "evt") {
+        return Err(not_found());
+    }
+    let row = sqlx::query("SELECT id, event_type, object_id FROM outbox WHERE event_id = $1 AND merchant_id = $2")
+        .bind(event_id)
+        .bind(merchant_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((row.try_get("id")?, row.try_get("event_type")?, row.try_get("object_id")?))
+}
+
+/// The delivery log of one of the merchant's events: its most recent [`DELIVERY_LOG_LIMIT`]
+/// deliveries in the order they were made, each with every attempt.
+pub async fn deliveries(pool: &PgPool, merchant_id: &str, event_id: &str) -> Result<Vec<DeliveryView>> {
+    let (outbox_id, _, _) = outbox_row(pool, merchant_id, event_id).await?;
+    let rows = sqlx::query(
+        "SELECT * FROM ( \
+             SELECT id, delivery_id, endpoint_id, status, replay, attempts, next_attempt_at, created_at, completed_at \
+             FROM webhook_deliveries WHERE outbox_id = $1 ORDER BY id DESC LIMIT $2) recent \
+         ORDER BY id",
+    )
+    .bind(outbox_id)
+    .bind(DELIVERY_LOG_LIMIT)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.try_get("id")).collect::<std::result::Result<_, _>>()?;
+    let attempt_rows = sqlx::query(
+        "SELECT delivery_id, attempt, attempted_at, status_code, error, duration_ms, response_excerpt, outcome \
+         FROM webhook_attempts WHERE delivery_id = ANY ($1) ORDER BY delivery_id, attempt",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let mut views = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        let attempts = attempt_rows
+            .iter()
+            .filter(|a| a.try_get::<i64, _>("delivery_id").is_ok_and(|d| d == id))
+            .map(attempt_view)
+            .collect::<Result<Vec<_>>>()?;
+        views.push(DeliveryView {
+            id: row.try_get("delivery_id")?,
+            object: "webhook_delivery",
+            event_id: event_id.to_owned(),
+            endpoint_id: row.try_get("endpoint_id")?,
+            status: row.try_get("status")?,
+            replay: row.try_get("replay")?,
+            attempt_count: count("attempts", row.try_get("attempts")?)?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+            created_at: row.try_get("created_at")?,
+            completed_at: row.try_get("completed_at")?,
+            attempts,
+        });
+    }
+    Ok(views)
+}
+
+fn count(column: &'static str, value: i32) -> Result<u32> {
+    u32::try_from(value).map_err(|_| WebhookError::Corrupt { column, value: value.to_string() })
+}
+
+fn attempt_view(row: &sqlx::postgres::PgRow) -> Result<AttemptView> {
+    let status_code: Option<i32> = row.try_get("status_code")?;
+    let duration_ms: i64 = row.try_get("duration_ms")?;
+    Ok(AttemptView {
+        attempt: count("attempt", row.try_get("attempt")?)?,
+        attempted_at: row.try_get("attempted_at")?,
+        status_code: status_code
+            .map(|s| u16::try_from(s).map_err(|_| WebhookError::Corrupt { column: "status_code", value: s.to_string() }))
+            .transpose()?,
+        error: row.try_get("error")?,
+        duration_ms: u64::try_from(duration_ms)
+            .map_err(|_| WebhookError::Corrupt { column: "duration_ms", value: duration_ms.to_string() })?,
+        response_excerpt: row.try_get("response_excerpt")?,
+        outcome: row.try_get("outcome")?,
+    })
+}
+
+/// Queues the event again for each of the merchant's endpoints that takes its type, due `now`
+/// (behind whatever the endpoint already has pending). An endpoint that still has this event
+/// pending gets no second copy. Returns the new deliveries.
+pub async fn replay(pool: &PgPool, merchant_id: &str, event_id: &str, now: DateTime<Utc>) -> Result<Vec<DeliveryView>> {
+    let (outbox_id, event_type, object_id) = outbox_row(pool, merchant_id, event_id).await?;
+    let mut tx = pool.begin().await?;
+    let endpoints: Vec<String> = sqlx::query_scalar(
+        "SELECT e.id FROM webhook_endpoints e \
+         WHERE e.merchant_id = $1 AND e.deleted_at IS NULL AND (e.events IS NULL OR $2 = ANY (e.events)) \
+           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d \
+                           WHERE d.endpoint_id = e.id AND d.outbox_id = $3 AND d.status = 'pending') \
+         ORDER BY e.created_at, e.id \
+         FOR UPDATE OF e",
+    )
+    .bind(merchant_id)
+    .bind(&event_type)
+    .bind(outbox_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut views = Vec::with_capacity(endpoints.len());
+    for endpoint_id in endpoints {
+        let delivery_id = new_id("whd");
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (delivery_id, endpoint_id, outbox_id, object_id, replay, status, \
+                                             next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, true, 'pending', $5, $5)",
+        )
+        .bind(&delivery_id)
+        .bind(&endpoint_id)
+        .bind(outbox_id)
+        .bind(&object_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        views.push(DeliveryView {
+            id: delivery_id,
+            object: "webhook_delivery",
+            event_id: event_id.to_owned(),
+            endpoint_id,
+            status: "pending".to_owned(),
+            replay: true,
+            attempt_count: 0,
+            next_attempt_at: Some(now),
+            created_at: now,
+            completed_at: None,
+            attempts: Vec::new(),
+        });
+    }
+    tx.commit().await?;
+    tracing::info!(target: "webhook", event = %event_id, merchant = %merchant_id, deliveries = views.len(), "event replayed");
+    Ok(views)
+}

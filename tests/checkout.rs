@@ -1,0 +1,562 @@
+//! The hosted checkout page and its public status, over a real socket without an API key; and the
+//! page in headless Chromium, paid on the dev stack (`payrail dev`) with `payrail pay`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{state_with_clock, BTC, USDC_POLYGON};
+use payrail::api::{router, AppState, HttpLimits};
+use payrail::clock::ManualClock;
+use payrail::invoice::{apply_payment, ObservedPayment};
+use payrail::merchant::create_merchant;
+use payrail::money::{Amount, AssetId};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const ETH: &str = "eip155:1/slip44:60";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    state: AppState,
+    clock: Arc<ManualClock>,
+    key: String,
+}
+
+async fn start(pool: PgPool, merchant_name: &str) -> Server {
+    let (state, clock) = state_with_clock(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(state.clone(), HttpLimits::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let merchant = create_merchant(&state.pool, merchant_name).await.expect("merchant");
+    Server { base, client: reqwest::Client::new(), state, clock, key: merchant.api_key }
+}
+
+/// A response read whole: status, headers and body.
+struct Page {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+impl Server {
+    /// Creates an invoice through the merchant API (the only call here with a key).
+    async fn invoice(&self, body: Value) -> Value {
+        let response = self
+            .client
+            .post(format!("{}/v1/invoices", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.expect("json")
+    }
+
+    /// A public GET: no Authorization header.
+    async fn get(&self, path: &str) -> Page {
+        let response = self.client.get(format!("{}{path}", self.base)).send().await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        Page { status, headers, body: response.text().await.expect("body") }
+    }
+
+    async fn status(&self, id: &str) -> Value {
+        let page = self.get(&format!("/pay/{id}/status")).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert!(page.header("content-type").starts_with("application/json"));
+        serde_json::from_str(&page.body).expect("status json")
+    }
+
+    async fn pay(&self, invoice: &str, asset: &str, tx: &str, amount: Amount, confirmations: u32) {
+        let asset: AssetId = asset.parse().expect("asset");
+        let payment = ObservedPayment {
+            invoice_id: invoice.to_owned(),
+            chain: asset.chain().clone(),
+            asset,
+            tx_ref: format!("eip155:1:{tx}:native"),
+            address: None,
+            amount,
+            confirmations,
+            confirmations_required: 3,
+            block: None,
+        };
+        let mut db = self.state.pool.begin().await.expect("begin");
+        apply_payment(&mut db, &self.state.ledger, &payment, self.state.clock.now()).await.expect("apply");
+        db.commit().await.expect("commit");
+    }
+}
+
+fn option<'a>(invoice: &'a Value, asset: &str) -> &'a Value {
+    invoice["payment_options"]
+        .as_array()
+        .and_then(|options| options.iter().find(|o| o["asset"] == asset))
+        .unwrap_or_else(|| panic!("no {asset} option in {invoice}"))
+}
+
+fn minor(value: &Value) -> u128 {
+    value.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not an integer string: {value}"))
+}
+
+/// `minor` units with `decimals` decimals, as the API writes them.
+fn decimal(minor: u128, decimals: u32) -> String {
+    let scale = 10u128.pow(decimals);
+    if decimals == 0 {
+        minor.to_string()
+    } else {
+        format!("{}.{:0width$}", minor / scale, minor % scale, width = decimals as usize)
+    }
+}
+
+#[sqlx::test]
+async fn page_shows_the_escaped_merchant_address_exact_amount_and_qr_code(pool: PgPool) {
+    let server = start(pool, "<script>alert('x')</script> & Sons").await;
+    let invoice = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH, USDC_POLYGON, BTC],"order_id":"A-7"})).await;
+    let id = invoice["id"].as_str().expect("id");
+    let eth = option(&invoice, ETH);
+
+    let page = server.get(&format!("/pay/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.header("content-type").starts_with("text/html"), "{}", page.header("content-type"));
+    let body = &page.body;
+    assert!(body.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; Sons"), "{body}");
+    assert!(!body.contains("<script>alert"), "merchant name not escaped");
+    assert!(body.contains("25.00 <span class=\"currency\">USD</span>"));
+    // The first option with an address is selected: ETH on Ethereum.
+    assert!(body.contains(&format!("<option value=\"{ETH}\" selected>ETH on Ethereum</option>")), "{body}");
+    assert!(body.contains("USDC on Polygon"));
+    assert!(body.contains("BTC on Bitcoin (not available yet)"));
+    let address = eth["address"].as_str().expect("address");
+    assert!(body.contains(&format!("<code id=\"pay-address\">{address}</code>")));
+    let amount = eth["amount"].as_str().expect("amount");
+    assert_eq!(amount, "0.008333333333333334");
+    assert!(body.contains(&format!("<code id=\"pay-amount\">{amount}</code>")));
+    assert!(body.contains(&format!("data-copy=\"{amount}\"")));
+    assert!(body.contains("<div class=\"qr\" id=\"qr\"><svg class=\"qr-code\""), "no inline QR code");
+    let uri = eth["uri"].as_str().expect("uri");
+    assert!(body.contains(&format!("href=\"{uri}\"")), "no wallet link to {uri}");
+    assert!(body.contains("Awaiting payment"));
+    // What stays private to the merchant is not on the page.
+    assert!(!body.contains("A-7") && !body.contains("mer_"), "private fields leaked");
+
+    // Security headers; the page's script and style carry the policy's nonce.
+    let csp = page.header("content-security-policy");
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let nonce = csp
+        .split("script-src 'nonce-")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("no script nonce in {csp}"));
+    assert!(nonce.len() >= 16);
+    assert!(body.contains(&format!("<script nonce=\"{nonce}\">")));
+    assert!(body.contains(&format!("<style nonce=\"{nonce}\">")));
+    assert!(!body.contains(" style=\""), "inline style attributes would be refused by the policy");
+    assert!(!body.contains(" src=") && !body.contains("href=\"http"), "external resource on the page");
+    assert_eq!(page.header("x-content-type-options"), "nosniff");
+    assert_eq!(page.header("referrer-policy"), "no-referrer");
+    assert_eq!(page.header("cache-control"), "no-store");
+    // A new nonce for every response.
+    let again = server.get(&format!("/pay/{id}")).await;
+    assert_ne!(again.header("content-security-policy"), csp);
+}
+
+#[sqlx::test]
+async fn asset_parameter_selects_the_option(pool: PgPool) {
+    let server = start(pool, "Shop").await;
+    let invoice = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH, USDC_POLYGON, BTC]})).await;
+    let id = invoice["id"].as_str().expect("id");
+    let usdc = option(&invoice, USDC_POLYGON);
+
+    let page = server.get(&format!("/pay/{id}?asset={USDC_POLYGON}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(&format!("<option value=\"{USDC_POLYGON}\" selected>USDC on Polygon</option>")));
+    assert!(!page.body.contains(&format!("<option value=\"{ETH}\" selected>")));
+    assert!(page.body.contains("<code id=\"pay-amount\">25.000000</code>"));
+    assert!(page.body.contains(&format!("<code id=\"pay-address\">{}</code>", usdc["address"].as_str().expect("address"))));
+    assert!(page.body.contains("To this address on Polygon"));
+    let uri = usdc["uri"].as_str().expect("uri");
+    assert!(uri.contains('&'));
+    assert!(page.body.contains(&format!("href=\"{}\"", uri.replace('&', "&amp;"))), "the wallet link is not escaped");
+    assert!(page.body.contains("<svg class=\"qr-code\""));
+
+    // Bitcoin has no deposit address yet: no QR code, a clear note.
+    let page = server.get(&format!("/pay/{id}?asset={BTC}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(&format!("<option value=\"{BTC}\" selected>")));
+    assert!(page.body.contains("Paying in BTC on Bitcoin is not available yet"));
+    assert!(!page.body.contains("<svg"));
+
+    // An asset the invoice does not offer falls back to the first payable option.
+    let page = server.get(&format!("/pay/{id}?asset=eip155:1/erc20:0x0000000000000000000000000000000000000001")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(&format!("<option value=\"{ETH}\" selected>")));
+}
+
+#[sqlx::test]
+async fn status_tracks_a_payment_through_its_confirmations(pool: PgPool) {
+    let server = start(pool, "Shop").await;
+    let invoice = server
+        .invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH],"order_id":"secret-order","metadata":{"customer":"c-42"}}))
+        .await;
+    let id = invoice["id"].as_str().expect("id");
+    let due = Amount::from_u128(minor(&option(&invoice, ETH)["amount_minor"]));
+
+    let status = server.status(id).await;
+    assert_eq!(status["status"], "open");
+    assert_eq!(status["state"], "open");
+    assert_eq!(status["amount"], "25.00");
+    assert_eq!(status["currency"], "USD");
+    assert_eq!(status["amount_paid"], "0.00");
+    assert_eq!(status["amount_remaining"], "25.00");
+    assert_eq!(status["expires_at"], invoice["expires_at"]);
+    assert_eq!(status["payments"], json!([]));
+    let text = status.to_string();
+    for private in ["merchant_id", "order_id", "metadata", "secret-order", "c-42", "mer_"] {
+        assert!(!text.contains(private), "{private} in {text}");
+    }
+
+    server.pay(id, ETH, "0xaa", due, 1).await;
+    let status = server.status(id).await;
+    assert_eq!(status["status"], "processing");
+    assert_eq!(status["state"], "processing");
+    let payment = &status["payments"][0];
+    assert_eq!(payment["asset"], ETH);
+    assert_eq!(payment["amount"], "0.008333333333333334");
+    assert_eq!((payment["confirmations"].as_u64(), payment["confirmations_required"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(payment["status"], "seen");
+    assert!(status["message"].as_str().expect("message").contains("Confirmations: 1/3"), "{status}");
+    let page = server.get(&format!("/pay/{id}")).await;
+    assert!(page.body.contains("class=\"checkout state-processing\""));
+    assert!(page.body.contains("Confirmations: 1/3"));
+    assert!(page.body.contains("<li>0.008333333333333334 ETH: 1/3 confirmations</li>"));
+
+    server.pay(id, ETH, "0xaa", due, 2).await;
+    assert!(server.status(id).await["message"].as_str().expect("message").contains("Confirmations: 2/3"));
+
+    server.pay(id, ETH, "0xaa", due, 3).await;
+    let status = server.status(id).await;
+    assert_eq!(status["status"], "paid");
+    assert_eq!(status["state"], "paid");
+    assert_eq!(status["headline"], "Paid");
+    assert_eq!(status["amount_paid"], "25.00");
+    assert_eq!(status["amount_remaining"], "0.00");
+    assert_eq!(status["payments"][0]["status"], "confirmed");
+    let page = server.get(&format!("/pay/{id}")).await;
+    assert!(page.body.contains("class=\"checkout state-paid\""));
+    assert!(page.body.contains("<h1 id=\"status-headline\">Paid</h1>"));
+    // Paid: the address is no longer offered.
+    assert!(!page.body.contains("id=\"pay-address\"") && !page.body.contains("<svg"));
+
+    // Paid twice: overpaid, with the surplus named.
+    server.pay(id, ETH, "0xbb", due, 3).await;
+    let status = server.status(id).await;
+    assert_eq!(status["state"], "overpaid");
+    assert_eq!(status["amount_paid"], "50.00");
+    assert!(status["message"].as_str().expect("message").contains("extra 25.00 USD"), "{status}");
+}
+
+#[sqlx::test]
+async fn underpaid_shows_what_remains_in_fiat_and_in_the_asset(pool: PgPool) {
+    let server = start(pool, "Shop").await;
+    let invoice = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH, USDC_POLYGON]})).await;
+    let id = invoice["id"].as_str().expect("id");
+    let eth = option(&invoice, ETH);
+    let quoted = minor(&eth["amount_minor"]);
+    let invoice_minor = minor(&invoice["amount_minor"]);
+
+    // 0.004 ETH of 0.008333333333333334 confirmed: worth floor(4e15 × 2500 / quoted) cents.
+    let sent: u128 = 4_000_000_000_000_000;
+    server.pay(id, ETH, "0xcc", Amount::from_u128(sent), 3).await;
+    let paid_cents = sent * invoice_minor / quoted;
+    let remaining_cents = invoice_minor - paid_cents;
+    assert_eq!((paid_cents, remaining_cents), (1199, 1301));
+    // remaining_asset = ceil(remaining_fiat × option.amount_minor / invoice.amount_minor)
+    let remaining_eth = (remaining_cents * quoted).div_ceil(invoice_minor);
+    let remaining_usdc = (remaining_cents * minor(&option(&invoice, USDC_POLYGON)["amount_minor"])).div_ceil(invoice_minor);
+    assert_eq!(decimal(remaining_eth, 18), "0.004336666666666668");
+    assert_eq!(decimal(remaining_usdc, 6), "13.010000");
+
+    let status = server.page_status(id, ETH).await;
+    assert_eq!(status["status"], "open");
+    assert_eq!(status["state"], "underpaid");
+    assert_eq!(status["amount_paid"], "11.99");
+    assert_eq!(status["amount_remaining"], "13.01");
+    assert_eq!(status["headline"], "Partly paid");
+    let message = status["message"].as_str().expect("message");
+    assert!(message.contains("11.99 USD received, 13.01 USD still due"), "{message}");
+    assert!(message.contains("send 0.004336666666666668 ETH on Ethereum more"), "{message}");
+    let options = status["payment_options"].as_array().expect("options");
+    assert_eq!(options[0]["asset"], ETH);
+    assert_eq!(options[0]["amount_remaining"], "0.004336666666666668");
+    assert_eq!(minor(&options[0]["amount_remaining_minor"]), remaining_eth);
+    assert_eq!(options[1]["amount_remaining"], "13.010000");
+
+    // The page asks for the remainder, and its QR code and wallet link carry it.
+    let page = server.get(&format!("/pay/{id}?asset={ETH}")).await;
+    assert!(page.body.contains("class=\"checkout state-underpaid\""));
+    assert!(page.body.contains("<code id=\"pay-amount\">0.004336666666666668</code>"), "{}", page.body);
+    assert!(page.body.contains(&format!("?value={remaining_eth}\"")), "wallet link not for the remainder");
+    let page = server.get(&format!("/pay/{id}?asset={USDC_POLYGON}")).await;
+    assert!(page.body.contains("<code id=\"pay-amount\">13.010000</code>"));
+    assert!(page.body.contains("send 13.010000 USDC on Polygon more"));
+    assert!(page.body.contains(&format!("data-amount-minor=\"{remaining_usdc}\"")));
+}
+
+impl Server {
+    async fn page_status(&self, id: &str, asset: &str) -> Value {
+        let page = self.get(&format!("/pay/{id}/status?asset={asset}")).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        serde_json::from_str(&page.body).expect("json")
+    }
+}
+
+#[sqlx::test]
+async fn expired_and_void_invoices_offer_no_address(pool: PgPool) {
+    let server = start(pool, "Shop").await;
+    let expiring = server.invoice(json!({"amount":"10.00","currency":"USD","accepted":[ETH],"expires_in":900})).await;
+    let id = expiring["id"].as_str().expect("id");
+    server.clock.advance(chrono::Duration::seconds(901));
+    let status = server.status(id).await;
+    assert_eq!((status["status"].as_str(), status["state"].as_str()), (Some("expired"), Some("expired")));
+    let page = server.get(&format!("/pay/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("<h1 id=\"status-headline\">Expired</h1>"));
+    assert!(page.body.contains("Do not send anything"));
+    assert!(!page.body.contains("id=\"pay-address\""));
+
+    let voided = server.invoice(json!({"amount":"10.00","currency":"USD","accepted":[ETH]})).await;
+    let id = voided["id"].as_str().expect("id");
+    let response = server
+        .client
+        .post(format!("{}/v1/invoices/{id}/void", server.base))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .expect("void");
+    assert_eq!(response.status(), StatusCode::OK);
+    let status = server.status(id).await;
+    assert_eq!(status["state"], "void");
+    let page = server.get(&format!("/pay/{id}")).await;
+    assert!(page.body.contains("<h1 id=\"status-headline\">Cancelled</h1>"));
+    assert!(!page.body.contains("id=\"pay-address\""));
+}
+
+#[sqlx::test]
+async fn unknown_and_ill_formed_ids_are_not_found(pool: PgPool) {
+    let server = start(pool, "Shop").await;
+    for id in ["inv_000000000000000000000000", "inv_x", "nope", "%3Cscript%3E", "mer_000000000000000000000000"] {
+        let page = server.get(&format!("/pay/{id}")).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{id}");
+        assert!(page.header("content-type").starts_with("text/html"));
+        assert!(page.body.contains("Invoice not found"));
+        assert!(!page.body.contains("<script"), "{id}: {}", page.body);
+        assert!(page.header("content-security-policy").contains("default-src 'none'"));
+        let status = server.get(&format!("/pay/{id}/status")).await;
+        assert_eq!(status.status, StatusCode::NOT_FOUND, "{id}");
+        let body: Value = serde_json::from_str(&status.body).expect("json");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+}
+
+#[sqlx::test]
+async fn no_api_key_is_needed_and_a_bad_one_is_ignored(pool: PgPool) {
+    let server = start(pool, "Shop").await;
+    let invoice = server.invoice(json!({"amount":"5.00","currency":"USD","accepted":[ETH]})).await;
+    let id = invoice["id"].as_str().expect("id");
+    // The merchant API refuses a request without a key; the checkout does not ask for one.
+    assert_eq!(server.get(&format!("/v1/invoices/{id}")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(server.get(&format!("/pay/{id}")).await.status, StatusCode::OK);
+    assert_eq!(server.get(&format!("/pay/{id}/status")).await.status, StatusCode::OK);
+    let response = server
+        .client
+        .get(format!("{}/pay/{id}/status", server.base))
+        .bearer_auth("pr_not_a_key")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+}
+
+// ---- the page in Chromium, on the dev stack ----
+
+const BIN: &str = env!("CARGO_BIN_EXE_payrail");
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A line for the test log even when the harness captures output: skips and screenshot paths
+/// must be seen in CI's log.
+fn tell(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// `PAYRAIL_CHROMIUM`, else a Chromium on the PATH (Debian's `chromium`).
+fn chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PAYRAIL_CHROMIUM") {
+        let path = PathBuf::from(path);
+        assert!(path.exists(), "PAYRAIL_CHROMIUM names {}, which does not exist", path.display());
+        return Some(path);
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
+        .find(|p| p.exists())
+}
+
+/// Installs playwright-core outside the repository; returns the directory holding its node_modules.
+fn browser_modules() -> PathBuf {
+    let out = Command::new(repo().join("tests/browser/install"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/browser/install");
+    assert!(out.status.success(), "tests/browser/install failed");
+    let dir = String::from_utf8_lossy(&out.stdout).lines().last().map(str::trim).unwrap_or("").to_owned();
+    assert!(!dir.is_empty(), "tests/browser/install printed no directory");
+    PathBuf::from(dir)
+}
+
+/// A running `payrail dev`, stopped with SIGINT when dropped.
+struct DevStack {
+    child: std::process::Child,
+    base: String,
+    key: String,
+}
+
+impl DevStack {
+    async fn start() -> Self {
+        let mut child = Command::new(BIN)
+            .current_dir(repo())
+            .env("RUST_LOG", "warn")
+            .args(["dev", "--listen", "127.0.0.1:0"])
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn payrail dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut seen = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let done = line.starts_with("Ctrl-C");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            seen
+        });
+        let mut stack = DevStack { child, base: String::new(), key: String::new() };
+        let lines = tokio::time::timeout(Duration::from_secs(120), lines).await.expect("dev stack starts").expect("reader");
+        let field = |label: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("{label} in {}", lines.join("\n")))
+        };
+        stack.base = field("api:");
+        stack.key = field("api key:");
+        stack
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn chromium_shows_the_page_and_sees_it_paid_on_the_dev_stack() {
+    let Some(chromium) = chromium() else {
+        tell(
+            "SKIPPED chromium_shows_the_page_and_sees_it_paid_on_the_dev_stack: no Chromium \
+             (set PAYRAIL_CHROMIUM or install Debian's chromium; scripts/test does both)",
+        );
+        return;
+    };
+    let modules = browser_modules();
+    let stack = DevStack::start().await;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/v1/invoices", stack.base))
+        .bearer_auth(&stack.key)
+        .json(&json!({"amount":"25.00","currency":"USD"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("no id in {created}")).to_owned();
+
+    let shots = repo().join("target");
+    std::fs::create_dir_all(&shots).expect("target dir");
+    let script = repo().join("tests/browser/checkout.mjs");
+    let mut node = tokio::process::Command::new("node");
+    node.arg(&script)
+        .current_dir(repo())
+        .env("PAYRAIL_CHROMIUM", &chromium)
+        .env("PAYRAIL_BROWSER_MODULES", &modules)
+        .env("PAYRAIL_API", &stack.base)
+        .env("PAYRAIL_API_KEY", &stack.key)
+        .env("PAYRAIL_INVOICE", &id)
+        .env("PAYRAIL_BIN", BIN)
+        .env("PAYRAIL_SCREENSHOT_DIR", &shots)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(240), node.output()).await.expect("browser test finishes").expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Screenshot paths and progress, for whoever reads the log.
+    for line in stdout.lines() {
+        tell(&format!("checkout.mjs> {line}"));
+    }
+    assert!(out.status.success(), "checkout.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("checkout.mjs: paid"));
+    for name in ["open", "paid"] {
+        let shot = shots.join(format!("checkout-{name}.png"));
+        let bytes = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", shot.display());
+    }
+
+    // The merchant API agrees.
+    let shown: Value = client
+        .get(format!("{}/v1/invoices/{id}", stack.base))
+        .bearer_auth(&stack.key)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(shown["status"], "paid", "{shown}");
+    drop(stack);
+}
