@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::AppState;
 
 #[utoipa::path(post, path = "/v1/invoices", tag = "invoices", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the first response")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, pattern = "^[!-~]+$", description = "retries with the same key and body get the first response")),
     request_body = CreateInvoice,
     responses(
         (status = 201, body = InvoiceView), (status = 200, body = InvoiceView, description = "an earlier invoice under the same Idempotency-Key"),

@@ -29,6 +29,19 @@ impl Modify for BearerAuth {
     }
 }
 
+/// `GET /metrics`, served by the router with [`crate::metrics::render`]; described here.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format: per chain tip, cursor and head lag, payments, reorgs, errors",
+        content_type = "text/plain", body = String)))]
+#[allow(dead_code)]
+fn metrics() {}
+
+/// `GET /openapi.json`, served by the router with [`document`]; described here.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document, OpenAPI 3.1", body = Object)))]
+#[allow(dead_code)]
+fn openapi_json() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "payrail", description = "Invoices, payments and balances of a payrail daemon."),
@@ -42,6 +55,15 @@ impl Modify for BearerAuth {
         super::health::readyz,
         super::checkout::page,
         super::checkout::status,
+        super::webhooks::create_endpoint,
+        super::webhooks::list_endpoints,
+        super::webhooks::delete_endpoint,
+        super::webhooks::list_events,
+        super::webhooks::show_event,
+        super::webhooks::event_deliveries,
+        super::webhooks::replay_event,
+        metrics,
+        openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)

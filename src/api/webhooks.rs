@@ -10,11 +10,12 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::webhook::events::PAGE_LIMIT_DEFAULT;
+use crate::webhook::events::{Event, PAGE_LIMIT_DEFAULT};
 use crate::webhook::{self, DeliveryView, EndpointSecret, EndpointView, EventPage, WebhookError};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use super::AppState;
 
 impl From<WebhookError> for ApiError {
@@ -31,20 +32,25 @@ impl From<WebhookError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// Where to POST events: `https`, or `http` to a loopback host; at most 2048 bytes.
+    #[schema(example = "https://hooks.example.com/payrail")]
     pub url: String,
     /// Event types to receive; absent or `["*"]` for all.
+    #[schema(example = json!(["invoice.paid", "invoice.expired"]))]
     pub events: Option<Vec<String>>,
 }
 
 /// The endpoint and, this once, its signing secret (masked in `Debug`, shown in the JSON).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedEndpointBody {
     #[serde(flatten)]
     pub endpoint: EndpointView,
+    /// The key that signs this endpoint's deliveries (`Payrail-Signature`). Shown only here.
     #[serde(serialize_with = "expose_secret")]
+    #[schema(value_type = String)]
     pub secret: EndpointSecret,
 }
 
@@ -52,20 +58,37 @@ fn expose_secret<S: serde::Serializer>(secret: &EndpointSecret, serializer: S) -
     serializer.serialize_str(secret.expose())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct List<T> {
+    #[schema(value_type = String, example = "list")]
     pub object: &'static str,
     pub data: Vec<T>,
     pub has_more: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub id: String,
+    #[schema(value_type = String, example = "webhook_endpoint")]
     pub object: &'static str,
     pub deleted: bool,
 }
 
+#[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, pattern = "^[!-~]+$",
+        description = "retries with the same key and body get the first response")),
+    request_body = CreateEndpoint,
+    responses(
+        (status = 201, body = CreatedEndpointBody, description = "the endpoint, with its signing secret (shown only this once)"),
+        (status = 400, body = ErrorBody, description = "invalid_json, or parameter_invalid for a bad Idempotency-Key"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 409, body = ErrorBody, description = "idempotency_conflict: the key was used for another request, or is in use"),
+        (status = 413, body = ErrorBody, description = "body_too_large"),
+        (status = 415, body = ErrorBody, description = "unsupported_media_type: the body is not application/json"),
+        (status = 422, body = ErrorBody, description = "invalid_request, parameter_invalid (a field), endpoint_limit_reached"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many requests for this API key",
+            headers(("Retry-After" = u64, description = "seconds to wait")))))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -84,6 +107,12 @@ pub async fn create_endpoint(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+#[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks", security(("bearer" = [])),
+    responses((status = 200, body = List<EndpointView>, description = "the merchant's endpoints, newest first"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many requests for this API key",
+            headers(("Retry-After" = u64, description = "seconds to wait")))))]
 pub async fn list_endpoints(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -92,6 +121,14 @@ pub async fn list_endpoints(
     Ok(Json(List { object: "list", data, has_more: false }))
 }
 
+#[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the endpoint id, we_…")),
+    responses((status = 200, body = Deleted, description = "deleted: nothing more is sent to it"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 404, body = ErrorBody, description = "not_found: no such webhook endpoint for this merchant"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many requests for this API key",
+            headers(("Retry-After" = u64, description = "seconds to wait")))))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -104,13 +141,25 @@ pub async fn delete_endpoint(
     Ok(Json(Deleted { id, object: "webhook_endpoint", deleted: true }))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListEvents {
+    /// Events per page, 1–100 (20 when absent).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// An event id (`evt_…`): the page starts after it.
     pub starting_after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])), params(ListEvents),
+    responses((status = 200, body = EventPage, description = "the merchant's events, newest first"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 422, body = ErrorBody, description = "parameter_invalid: a query parameter is invalid"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many requests for this API key",
+            headers(("Retry-After" = u64, description = "seconds to wait")))))]
 pub async fn list_events(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -124,6 +173,14 @@ pub async fn list_events(
     Ok(Json(page))
 }
 
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the event id, evt_…")),
+    responses((status = 200, body = Event, description = "the event, exactly as delivered"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 404, body = ErrorBody, description = "not_found: no such event for this merchant"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many requests for this API key",
+            headers(("Retry-After" = u64, description = "seconds to wait")))))]
 pub async fn show_event(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -132,6 +189,14 @@ pub async fn show_event(
     Ok(Json(webhook::get_event(&state.pool, &auth.merchant_id, &id).await?))
 }
 
+#[utoipa::path(get, path = "/v1/events/{id}/deliveries", tag = "events", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the event id, evt_…")),
+    responses((status = 200, body = List<DeliveryView>, description = "the event's most recent deliveries, oldest first, each with its attempts"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 404, body = ErrorBody, description = "not_found: no such event for this merchant"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many requests for this API key",
+            headers(("Retry-After" = u64, description = "seconds to wait")))))]
 pub async fn event_deliveries(
     State(state): State<AppState>,
     auth: MerchantAuth,
@@ -141,6 +206,21 @@ pub async fn event_deliveries(
     Ok(Json(List { object: "list", data, has_more: false }))
 }
 
+#[utoipa::path(post, path = "/v1/events/{id}/replay", tag = "events", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the event id, evt_…"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, pattern = "^[!-~]+$",
+            description = "retries with the same key get the first response")),
+    responses(
+        (status = 202, body = List<DeliveryView>,
+            description = "the deliveries queued: one per endpoint that takes the event's type and has none of it pending"),
+        (status = 400, body = ErrorBody, description = "parameter_invalid: a bad Idempotency-Key"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 404, body = ErrorBody, description = "not_found: no such event for this merchant"),
+        (status = 409, body = ErrorBody, description = "idempotency_conflict: the key was used for another request, or is in use"),
+        (status = 413, body = ErrorBody, description = "body_too_large"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many requests for this API key",
+            headers(("Retry-After" = u64, description = "seconds to wait")))))]
 pub async fn replay_event(
     State(state): State<AppState>,
     auth: MerchantAuth,

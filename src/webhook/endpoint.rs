@@ -36,9 +36,11 @@ pub const EVENT_TYPES: &[&str] = &[
 ];
 
 /// An endpoint as the API shows it. The secret is not part of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EndpointView {
+    /// `we_…`
     pub id: String,
+    #[schema(value_type = String, example = "webhook_endpoint")]
     pub object: &'static str,
     pub url: String,
     /// The subscribed event types, or `["*"]` for all.

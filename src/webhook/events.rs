@@ -18,16 +18,37 @@ pub const PAGE_LIMIT_MAX: u32 = 100;
 pub const DELIVERY_LOG_LIMIT: i64 = 100;
 
 /// A page of events, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventPage {
+    #[schema(value_type = String, example = "list")]
     pub object: &'static str,
     /// Each event exactly as delivered: `{"id","type","created_at","data"}`.
+    #[schema(value_type = Vec<Event>)]
     pub data: Vec<Value>,
     pub has_more: bool,
 }
 
+/// An event, exactly as it is delivered to endpoints and shown by `GET /v1/events` (the payload
+/// [`super::emit`] stores).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Event {
+    /// `evt_…`
+    #[schema(example = "evt_mqcc3ii6gqt7yxt2zb4ajw1o")]
+    pub id: String,
+    /// The event type, as endpoints subscribe to it: `invoice.created`, `invoice.paid`,
+    /// `invoice.payment_late`, …
+    #[serde(rename = "type")]
+    #[schema(example = "invoice.paid")]
+    pub event_type: String,
+    pub created_at: DateTime<Utc>,
+    /// The object the event is about, as the API shows it at the event's time: for `invoice.*`
+    /// events, the invoice (`InvoiceView`).
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
 /// One HTTP attempt of a delivery.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: u32,
     pub attempted_at: DateTime<Utc>,
@@ -42,9 +63,11 @@ pub struct AttemptView {
 }
 
 /// An event's way to one endpoint, with its attempts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
+    /// `whd_…`
     pub id: String,
+    #[schema(value_type = String, example = "webhook_delivery")]
     pub object: &'static str,
     pub event_id: String,
     pub endpoint_id: String,
