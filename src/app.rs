@@ -86,6 +86,19 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
         }),
         clock,
         limiter: Arc::new(crate::api::limit::RateLimiter::default()),
+        card: card_rail(config),
+        rail_health: crate::chain::health::shared(),
+    }
+}
+
+/// The card rail when Stripe is configured; a rail that cannot be built is logged and left off.
+pub fn card_rail(config: &Config) -> Option<Arc<crate::stripe::CardRail>> {
+    match crate::stripe::CardRail::from_config(config) {
+        Ok(rail) => rail.map(Arc::new),
+        Err(error) => {
+            tracing::error!(target: "stripe", %error, "card payments not started");
+            None
+        }
     }
 }
 

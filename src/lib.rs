@@ -16,4 +16,5 @@ pub mod merchant;
 pub mod metrics;
 pub mod money;
 pub mod rates;
+pub mod stripe;
 pub mod webhook;

@@ -203,6 +203,16 @@ impl Checkout {
         })
     }
 
+    /// What the card panel needs (see `super::stripe::with_card`).
+    fn card_offer(&self) -> super::stripe::CardOffer<'_> {
+        super::stripe::CardOffer {
+            invoice_id: &self.view.id,
+            takes_payment: matches!(self.state, PayerState::Open | PayerState::Underpaid),
+            remaining_text: self.fiat_text(self.remaining),
+            options: &self.view.payment_options,
+        }
+    }
+
     fn fiat_text(&self, amount: Amount) -> String {
         format!("{} {}", amount.to_decimal_string(self.fiat.minor_units()), self.fiat.code())
     }
@@ -455,7 +465,10 @@ pub async fn page(
     };
     let asked = query.ok().and_then(|Query(q)| q.asset);
     let rendered = match Checkout::load(&state, &id).await {
-        Ok(checkout) => render(&checkout, asked.as_deref(), &nonce),
+        Ok(checkout) => match render(&checkout, asked.as_deref(), &nonce) {
+            Ok(body) => Ok(super::stripe::with_card(&state, &checkout.card_offer(), body).await),
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error),
     };
     match rendered {

@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod invoices;
 pub mod limit;
 pub mod openapi;
+pub mod stripe;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -43,6 +44,10 @@ pub struct AppState {
     pub policy: Arc<InvoicePolicy>,
     pub clock: Arc<dyn Clock>,
     pub limiter: Arc<limit::RateLimiter>,
+    /// The card rail, when Stripe is configured.
+    pub card: Option<Arc<crate::stripe::CardRail>>,
+    /// Each chain rail's health, as its watcher reports it.
+    pub rail_health: Arc<crate::chain::health::RailHealth>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +67,9 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/invoices", post(invoices::create).get(invoices::list))
         .route("/v1/invoices/{id}", get(invoices::show))
         .route("/v1/invoices/{id}/void", post(invoices::void))
+        .route("/v1/invoices/{id}/refunds", post(stripe::refund))
+        .route("/v1/stripe/webhook", post(stripe::webhook))
+        .route("/pay/{id}/card", post(stripe::pay_by_card))
         .route("/v1/balances", get(balances::show))
         .route("/pay/{id}", get(checkout::page))
         .route("/pay/{id}/status", get(checkout::status))

@@ -9,6 +9,7 @@
 
 pub mod cursor;
 pub mod evm;
+pub mod health;
 pub mod pricing;
 
 pub use cursor::{ChainBlock, Cursor};

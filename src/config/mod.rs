@@ -47,7 +47,8 @@ pub use env::{ENV_CONFIG_PATH, ENV_DATABASE_URL, ENV_PREFIX, ENV_SEPARATOR};
 pub use error::{ConfigError, InvalidKey, Result};
 pub use policy::{ConfirmationPolicy, ConfirmationTier, CONFIRMATIONS_MAX};
 pub use sections::{
-    DatabaseConfig, InvoicesConfig, LogConfig, LogFormat, RateFeed, RatesConfig, ServerConfig,
+    CardCheckout, DatabaseConfig, InvoicesConfig, LogConfig, LogFormat, RateFeed, RatesConfig, SecretString,
+    ServerConfig, StripeConfig, ENV_STRIPE_SECRET_KEY, ENV_STRIPE_WEBHOOK_SECRET,
 };
 
 /// Where chain files are looked for when `[chains] dir` is not given.
@@ -61,6 +62,8 @@ pub struct Config {
     pub invoices: InvoicesConfig,
     pub rates: RatesConfig,
     pub log: LogConfig,
+    /// The card rail; disabled unless the environment holds its secrets.
+    pub stripe: StripeConfig,
     chains_dir: PathBuf,
     chains: Vec<ChainSpec>,
 }
@@ -87,6 +90,8 @@ struct ConfigFile {
     chains: ChainsFile,
     #[serde(default)]
     log: LogConfig,
+    #[serde(default)]
+    stripe: sections::StripeFile,
 }
 
 /// `[chains]`: `dir` plus one `[chains.<name>]` table per chain to enable.
@@ -146,7 +151,13 @@ impl Config {
     /// Loads `path` with the process environment's overrides, then the chain files.
     pub fn load(path: &Path) -> Result<Config> {
         let text = chain::read_file(path)?;
-        let env = env::from_process()?;
+        let mut env = env::from_process()?;
+        // The card rail's secrets live in the environment only, under names that are not overrides.
+        for var in [ENV_STRIPE_SECRET_KEY, ENV_STRIPE_WEBHOOK_SECRET] {
+            if let Ok(value) = std::env::var(var) {
+                env.push((var.to_owned(), value));
+            }
+        }
         Self::from_str_with_env(&text, path, &env)
     }
 
@@ -174,6 +185,11 @@ impl Config {
         let invoices = raw.invoices.check().map_err(fail("invoices"))?;
         let rates = raw.rates.check().map_err(fail("rates"))?;
         let log = raw.log.check().map_err(fail("log"))?;
+        let secret = |name: &str| env.iter().find(|(var, _)| var == name).map(|(_, value)| value.as_str());
+        let stripe = raw
+            .stripe
+            .check(secret(ENV_STRIPE_SECRET_KEY), secret(ENV_STRIPE_WEBHOOK_SECRET))
+            .map_err(fail("stripe"))?;
 
         let base = file_name.parent().unwrap_or_else(|| Path::new(""));
         let chains_dir = base.join(raw.chains.dir.as_deref().unwrap_or(CHAINS_DIR_DEFAULT));
@@ -186,6 +202,7 @@ impl Config {
             invoices,
             rates,
             log,
+            stripe,
             chains_dir,
             chains,
         })

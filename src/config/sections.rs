@@ -636,6 +636,215 @@ impl Default for LogConfig {
     }
 }
 
+/// The environment variable that holds Stripe's secret API key (never the file).
+pub const ENV_STRIPE_SECRET_KEY: &str = "PAYRAIL_STRIPE_SECRET_KEY";
+/// The environment variable that holds the signing secret of Stripe's webhook endpoint.
+pub const ENV_STRIPE_WEBHOOK_SECRET: &str = "PAYRAIL_STRIPE_WEBHOOK_SECRET";
+/// Stripe's API, unless `[stripe] api_base` says otherwise (localstripe in tests).
+pub const STRIPE_API_BASE_DEFAULT: &str = "https://api.stripe.com";
+/// How far a webhook's signed timestamp may stray from our clock (Stripe's own libraries use 300 s).
+pub const STRIPE_WEBHOOK_TOLERANCE_S_DEFAULT: u64 = 300;
+/// Widest webhook tolerance: 1 hour. Wider, and a captured delivery stays replayable for too long.
+pub const STRIPE_WEBHOOK_TOLERANCE_S_LIMIT: u64 = 3_600;
+/// Timeout of one call to Stripe's API.
+pub const STRIPE_TIMEOUT_MS_DEFAULT: u64 = 20_000;
+pub const STRIPE_TIMEOUT_MS_LIMIT: u64 = 120_000;
+/// Longest secret accepted from the environment.
+pub const STRIPE_SECRET_LEN_MAX: usize = 512;
+
+/// How the checkout page takes a card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CardCheckout {
+    /// `test_cards` with a test-mode key (`sk_test_…`), `session` otherwise.
+    #[default]
+    Auto,
+    /// A Stripe Checkout Session: the payer enters the card on Stripe's own page.
+    Session,
+    /// Stripe's test payment methods (`pm_card_visa`, …) confirmed by the daemon: test mode only,
+    /// no card number ever reaches payrail.
+    TestCards,
+}
+
+/// A secret read from the environment. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, for the one place that sends or uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// `[stripe]`: the card rail. Every key is optional; the rail is on when the environment holds a
+/// secret key, and then needs the webhook secret too.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StripeFile {
+    api_base: Option<String>,
+    webhook_tolerance_s: Option<u64>,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    checkout: CardCheckout,
+    /// Present only to be refused with a pointer to the environment.
+    secret_key: Option<de::IgnoredAny>,
+    webhook_secret: Option<de::IgnoredAny>,
+}
+
+/// The checked `[stripe]` section.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StripeConfig {
+    /// Base URL of Stripe's API, without a trailing slash.
+    pub api_base: String,
+    pub webhook_tolerance_s: u64,
+    pub timeout_ms: u64,
+    /// `Auto` resolved against the key's mode.
+    pub checkout: CardCheckout,
+    secret_key: Option<SecretString>,
+    webhook_secret: Option<SecretString>,
+}
+
+impl StripeConfig {
+    /// Whether the card rail is configured.
+    pub fn enabled(&self) -> bool {
+        self.secret_key.is_some()
+    }
+
+    pub fn secret_key(&self) -> Option<&SecretString> {
+        self.secret_key.as_ref()
+    }
+
+    pub fn webhook_secret(&self) -> Option<&SecretString> {
+        self.webhook_secret.as_ref()
+    }
+
+    /// Whether the key is a test-mode key (no real money moves).
+    pub fn test_mode(&self) -> bool {
+        self.secret_key.as_ref().is_some_and(|k| is_test_key(k.expose()))
+    }
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        Self {
+            api_base: STRIPE_API_BASE_DEFAULT.to_owned(),
+            webhook_tolerance_s: STRIPE_WEBHOOK_TOLERANCE_S_DEFAULT,
+            timeout_ms: STRIPE_TIMEOUT_MS_DEFAULT,
+            checkout: CardCheckout::Session,
+            secret_key: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+impl fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("api_base", &url::redact_endpoint(&self.api_base))
+            .field("webhook_tolerance_s", &self.webhook_tolerance_s)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("checkout", &self.checkout)
+            .field("secret_key", &self.secret_key)
+            .field("webhook_secret", &self.webhook_secret)
+            .finish()
+    }
+}
+
+fn is_test_key(key: &str) -> bool {
+    key.starts_with("sk_test_") || key.starts_with("rk_test_")
+}
+
+/// A secret from the environment: printable ASCII without spaces, with one of `prefixes`.
+fn check_secret(key: &str, var: &str, value: &str, prefixes: &[&str]) -> Result<SecretString, InvalidKey> {
+    let printable = value.bytes().all(|b| b.is_ascii_graphic());
+    if value.is_empty() || value.len() > STRIPE_SECRET_LEN_MAX || !printable {
+        return Err(InvalidKey::new(
+            key,
+            format!("{var} must be 1 to {STRIPE_SECRET_LEN_MAX} printable characters without spaces"),
+        ));
+    }
+    if !prefixes.iter().any(|p| value.starts_with(p)) {
+        // The value is a secret: the message names the expected shape, never the value.
+        return Err(InvalidKey::new(key, format!("{var} must start with {}", prefixes.join(" or "))));
+    }
+    Ok(SecretString::new(value))
+}
+
+impl StripeFile {
+    /// Keys relative to `[stripe]`. The secrets come from the environment, never from the file.
+    pub(crate) fn check(self, secret_key: Option<&str>, webhook_secret: Option<&str>) -> Result<StripeConfig, InvalidKey> {
+        if self.secret_key.is_some() {
+            return Err(InvalidKey::new(
+                "secret_key",
+                format!("secrets are not read from the file: set {ENV_STRIPE_SECRET_KEY} in the environment"),
+            ));
+        }
+        if self.webhook_secret.is_some() {
+            return Err(InvalidKey::new(
+                "webhook_secret",
+                format!("secrets are not read from the file: set {ENV_STRIPE_WEBHOOK_SECRET} in the environment"),
+            ));
+        }
+        let mut api_base = self.api_base.unwrap_or_else(|| STRIPE_API_BASE_DEFAULT.to_owned());
+        url::check(&api_base, &["http", "https"], false).map_err(|message| InvalidKey::new("api_base", message))?;
+        if api_base.contains(['?', '#']) {
+            return Err(InvalidKey::new("api_base", "a base url has no query or fragment"));
+        }
+        while api_base.ends_with('/') {
+            api_base.pop();
+        }
+        let webhook_tolerance_s = self.webhook_tolerance_s.unwrap_or(STRIPE_WEBHOOK_TOLERANCE_S_DEFAULT);
+        in_range("webhook_tolerance_s", webhook_tolerance_s, STRIPE_WEBHOOK_TOLERANCE_S_LIMIT)?;
+        let timeout_ms = self.timeout_ms.unwrap_or(STRIPE_TIMEOUT_MS_DEFAULT);
+        in_range("timeout_ms", timeout_ms, STRIPE_TIMEOUT_MS_LIMIT)?;
+        let secret_key = secret_key
+            .map(|v| check_secret("secret_key", ENV_STRIPE_SECRET_KEY, v, &["sk_", "rk_"]))
+            .transpose()?;
+        let webhook_secret = webhook_secret
+            .map(|v| check_secret("webhook_secret", ENV_STRIPE_WEBHOOK_SECRET, v, &["whsec_"]))
+            .transpose()?;
+        match (&secret_key, &webhook_secret) {
+            (Some(_), None) => {
+                return Err(InvalidKey::new(
+                    "webhook_secret",
+                    format!(
+                        "{ENV_STRIPE_SECRET_KEY} is set but {ENV_STRIPE_WEBHOOK_SECRET} is not: without it no card \
+                         payment could ever be confirmed"
+                    ),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(InvalidKey::new(
+                    "secret_key",
+                    format!("{ENV_STRIPE_WEBHOOK_SECRET} is set but {ENV_STRIPE_SECRET_KEY} is not"),
+                ))
+            }
+            _ => {}
+        }
+        let test_mode = secret_key.as_ref().is_some_and(|k| is_test_key(k.expose()));
+        let checkout = match self.checkout {
+            CardCheckout::Auto if test_mode => CardCheckout::TestCards,
+            CardCheckout::Auto => CardCheckout::Session,
+            CardCheckout::TestCards if secret_key.is_some() && !test_mode => {
+                return Err(InvalidKey::new("checkout", "\"test_cards\" needs a test-mode key (sk_test_…)"))
+            }
+            other => other,
+        };
+        Ok(StripeConfig { api_base, webhook_tolerance_s, timeout_ms, checkout, secret_key, webhook_secret })
+    }
+}
+
 /// `value` in `1..=max`, else an error under `key`.
 fn in_range(key: &str, value: u64, max: u64) -> Result<(), InvalidKey> {
     if !(1..=max).contains(&value) {
@@ -687,6 +896,59 @@ mod tests {
         let message = db.check().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.starts_with("key url:"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    fn stripe(text: &str, key: Option<&str>, hook: Option<&str>) -> Result<StripeConfig, InvalidKey> {
+        let file: StripeFile = toml::from_str(text).map_err(|e| InvalidKey::new("toml", e.to_string()))?;
+        file.check(key, hook)
+    }
+
+    #[test]
+    fn stripe_is_off_without_a_key_and_defaults_are_stripe() {
+        let config = stripe("", None, None).expect("empty section");
+        assert!(!config.enabled());
+        assert_eq!(config.api_base, STRIPE_API_BASE_DEFAULT);
+        assert_eq!(config.webhook_tolerance_s, STRIPE_WEBHOOK_TOLERANCE_S_DEFAULT);
+        assert_eq!(config.checkout, CardCheckout::Session);
+    }
+
+    #[test]
+    fn stripe_secrets_come_from_the_environment_only() {
+        let config = stripe("api_base = \"http://127.0.0.1:8420/\"\n", Some("sk_test_abc"), Some("whsec_def"))
+            .expect("configured");
+        assert!(config.enabled() && config.test_mode());
+        assert_eq!(config.api_base, "http://127.0.0.1:8420");
+        assert_eq!(config.checkout, CardCheckout::TestCards);
+        assert_eq!(config.secret_key().map(SecretString::expose), Some("sk_test_abc"));
+        for text in ["secret_key = \"sk_test_x\"\n", "webhook_secret = \"whsec_x\"\n"] {
+            let error = stripe(text, None, None).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("not read from the file") && error.contains("PAYRAIL_STRIPE_"), "{error}");
+            assert!(!error.contains("sk_test_x") && !error.contains("whsec_x"), "{error}");
+        }
+    }
+
+    #[test]
+    fn stripe_secrets_are_never_shown() {
+        let config = stripe("", Some("sk_live_hunter2"), Some("whsec_hunter3")).expect("configured");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("hunter3"), "{debug}");
+        assert_eq!(config.checkout, CardCheckout::Session);
+        let error = stripe("", Some("pk_live_hunter2"), Some("whsec_x")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("sk_") && !error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn stripe_refuses_half_a_configuration_and_test_cards_in_live_mode() {
+        assert_eq!(stripe("", Some("sk_test_a"), None).err().map(|e| e.key), Some("webhook_secret".to_owned()));
+        assert_eq!(stripe("", None, Some("whsec_a")).err().map(|e| e.key), Some("secret_key".to_owned()));
+        assert_eq!(
+            stripe("checkout = \"test_cards\"\n", Some("sk_live_a"), Some("whsec_a")).err().map(|e| e.key),
+            Some("checkout".to_owned())
+        );
+        assert_eq!(stripe("webhook_tolerance_s = 0\n", None, None).err().map(|e| e.key), Some("webhook_tolerance_s".to_owned()));
+        assert_eq!(stripe("api_base = \"ftp://x\"\n", None, None).err().map(|e| e.key), Some("api_base".to_owned()));
+        assert!(stripe("bogus = 1\n", None, None).is_err());
+        assert_eq!(stripe("checkout = \"session\"\n", Some("sk_test_a"), Some("whsec_a")).map(|c| c.checkout).ok(), Some(CardCheckout::Session));
     }
 
     #[test]

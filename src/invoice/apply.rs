@@ -13,7 +13,7 @@ use sqlx::{PgConnection, Row};
 
 use crate::ids::new_id;
 use crate::ledger::{AccountCode, Ledger, NewEntry};
-use crate::money::{mul_div, Amount, AssetId, ChainId, Rounding};
+use crate::money::{mul_div, Amount, AssetId, ChainId, Fiat, Rounding};
 
 use super::error::{InvoiceError, Result};
 use super::model::{load_view, parse_amount, progress_of, row_to_invoice, InvoiceRow, INVOICE_COLUMNS};
@@ -70,6 +70,44 @@ fn unapplied_reason(invoice: &InvoiceRow, asset_quoted: bool, now: DateTime<Utc>
     }
 }
 
+/// A card payment as the card rail reports it: a Stripe PaymentIntent that succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardPayment {
+    pub invoice_id: String,
+    /// The PaymentIntent (`pi_…`); the payment's `tx_ref` is `stripe:{payment_intent_id}`.
+    pub payment_intent_id: String,
+    /// The currency Stripe charged in; a currency other than the invoice's is held as unapplied.
+    pub currency: Fiat,
+    /// In the currency's minor units (cents).
+    pub amount: Amount,
+}
+
+/// The `chain` column of card payments and of the card option: cards settle at Stripe, not on a chain.
+pub const CARD_RAIL: &str = "stripe";
+/// Where the price of the card option comes from: the invoice's own currency, at par.
+pub const CARD_RATE_SOURCE: &str = "par";
+
+impl CardPayment {
+    pub fn tx_ref(&self) -> String {
+        format!("{CARD_RAIL}:{}", self.payment_intent_id)
+    }
+}
+
+/// What every rail's payment becomes before it is applied: identifiers as stored, and the asset
+/// account the ledger debits.
+struct Credit<'a> {
+    invoice_id: &'a str,
+    chain: String,
+    asset: String,
+    tx_ref: &'a str,
+    address: Option<&'a str>,
+    amount: Amount,
+    confirmations: u32,
+    confirmations_required: u32,
+    block: Option<&'a BlockRef>,
+    debit_account: AccountCode,
+}
+
 /// Records `payment` on the caller's transaction `tx`. See the module docs.
 pub async fn apply_payment(
     tx: &mut PgConnection,
@@ -77,30 +115,100 @@ pub async fn apply_payment(
     payment: &ObservedPayment,
     now: DateTime<Utc>,
 ) -> Result<Applied> {
-    if payment.amount.is_zero() {
-        return Err(InvoiceError::Invalid { field: "amount", reason: "a payment of zero is not a payment".to_owned() });
-    }
-    // Lock the invoice first: every writer of an invoice's payments takes this lock before any
-    // ledger lock, so the order is the same for all.
+    let credit = Credit {
+        invoice_id: &payment.invoice_id,
+        chain: payment.chain.to_string(),
+        asset: payment.asset.to_string(),
+        tx_ref: &payment.tx_ref,
+        address: payment.address.as_deref(),
+        amount: payment.amount,
+        confirmations: payment.confirmations,
+        confirmations_required: payment.confirmations_required,
+        block: payment.block.as_ref(),
+        debit_account: AccountCode::chain_assets(&payment.chain),
+    };
+    apply_credit(tx, ledger, &credit, now).await
+}
+
+/// Records a card payment on `tx`, exactly as [`apply_payment`] records a chain payment, with two
+/// differences: the asset is the fiat currency itself (`iso4217:USD`) and the ledger debits
+/// `assets:stripe:{currency}`; and a card payment is final when Stripe reports it, so it is
+/// credited at once. The card option (the invoice's own amount, at par) is added to the invoice
+/// the first time a card payment in its currency arrives, so the payment counts toward it.
+pub async fn apply_card_payment(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    payment: &CardPayment,
+    now: DateTime<Utc>,
+) -> Result<Applied> {
+    let asset = payment.currency.ledger_asset();
+    // Lock the invoice before its options change: the same order as every other writer.
     let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
         .bind(&payment.invoice_id)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })?;
     let invoice = row_to_invoice(&row)?;
-    let asset = payment.asset.to_string();
+    if invoice.currency == payment.currency {
+        sqlx::query(
+            "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
+                                          rate_at, position, address) \
+             SELECT $1, $2, $3, $4, $5, $6::numeric, '1', $7, $8, coalesce(max(position) + 1, 0), NULL \
+             FROM payment_options WHERE invoice_id = $1 \
+             ON CONFLICT (invoice_id, asset) DO NOTHING",
+        )
+        .bind(&invoice.id)
+        .bind(&asset)
+        .bind(CARD_RAIL)
+        .bind(payment.currency.code())
+        .bind(i16::from(payment.currency.minor_units()))
+        .bind(invoice.amount_minor.to_string())
+        .bind(CARD_RATE_SOURCE)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let tx_ref = payment.tx_ref();
+    let credit = Credit {
+        invoice_id: &payment.invoice_id,
+        chain: CARD_RAIL.to_owned(),
+        asset,
+        tx_ref: &tx_ref,
+        address: None,
+        amount: payment.amount,
+        confirmations: 1,
+        confirmations_required: 1,
+        block: None,
+        debit_account: AccountCode::stripe(payment.currency),
+    };
+    apply_credit(tx, ledger, &credit, now).await
+}
+
+async fn apply_credit(tx: &mut PgConnection, ledger: &Ledger, payment: &Credit<'_>, now: DateTime<Utc>) -> Result<Applied> {
+    if payment.amount.is_zero() {
+        return Err(InvoiceError::Invalid { field: "amount", reason: "a payment of zero is not a payment".to_owned() });
+    }
+    // Lock the invoice first: every writer of an invoice's payments takes this lock before any
+    // ledger lock, so the order is the same for all.
+    let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
+        .bind(payment.invoice_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.to_owned() })?;
+    let invoice = row_to_invoice(&row)?;
+    let asset = payment.asset.clone();
 
     let existing = sqlx::query(
         "SELECT id, invoice_id, asset, amount_minor::text AS amount_minor, status, applied_to \
          FROM payments WHERE tx_ref = $1 FOR UPDATE",
     )
-    .bind(&payment.tx_ref)
+    .bind(payment.tx_ref)
     .fetch_optional(&mut *tx)
     .await?;
 
     let confirmations = i32::try_from(payment.confirmations).unwrap_or(i32::MAX);
-    let block_height = payment.block.as_ref().and_then(|b| i64::try_from(b.height).ok());
-    let block_hash = payment.block.as_ref().map(|b| b.hash.as_str());
+    let block_height = payment.block.and_then(|b| i64::try_from(b.height).ok());
+    let block_hash = payment.block.map(|b| b.hash.as_str());
     let required = i32::try_from(payment.confirmations_required).unwrap_or(i32::MAX);
     let (payment_id, status, applied_to) = match existing {
         Some(found) => {
@@ -109,7 +217,7 @@ pub async fn apply_payment(
             let stored_asset: String = found.try_get("asset")?;
             if stored_amount != payment.amount || stored_invoice != payment.invoice_id || stored_asset != asset {
                 return Err(InvoiceError::PaymentMismatch {
-                    tx_ref: payment.tx_ref.clone(),
+                    tx_ref: payment.tx_ref.to_owned(),
                     stored: format!("{stored_amount} {stored_asset} to {stored_invoice}"),
                     reported: format!("{} {asset} to {}", payment.amount, payment.invoice_id),
                 });
@@ -164,10 +272,10 @@ pub async fn apply_payment(
             .bind(&id)
             .bind(&invoice.merchant_id)
             .bind(&invoice.id)
-            .bind(payment.chain.to_string())
+            .bind(&payment.chain)
             .bind(&asset)
-            .bind(&payment.tx_ref)
-            .bind(&payment.address)
+            .bind(payment.tx_ref)
+            .bind(payment.address)
             .bind(payment.amount.to_string())
             .bind(value.to_string())
             .bind(confirmations)
@@ -192,7 +300,7 @@ pub async fn apply_payment(
         };
         let entry = NewEntry::new(format!("payment:{}", payment.tx_ref), "payment")
             .memo(format!("{} {}", invoice.id, payment_id))
-            .debit(AccountCode::chain_assets(&payment.chain), asset.clone(), payment.amount)
+            .debit(payment.debit_account.clone(), asset.clone(), payment.amount)
             .credit(credit_account, asset.clone(), payment.amount);
         let posted = ledger.post(&mut *tx, &entry).await?;
         credited = posted.created;

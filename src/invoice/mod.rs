@@ -8,15 +8,20 @@ pub mod error;
 pub mod expire;
 pub mod list;
 pub mod model;
+pub mod refund;
 pub mod status;
 pub mod void;
 
-pub use apply::{apply_payment, orphan_payment, Applied, BlockRef, ObservedPayment};
+pub use apply::{
+    apply_card_payment, apply_payment, orphan_payment, Applied, BlockRef, CardPayment, ObservedPayment, CARD_RAIL,
+    CARD_RATE_SOURCE,
+};
 pub use catalog::{AssetCatalog, CatalogAsset, DepositScheme};
 pub use create::{create_invoice, CreateInvoice, InvoicePolicy};
 pub use error::{InvoiceError, Result};
 pub use expire::{expire_due, refresh};
 pub use model::{load_view, InvoiceView, PaymentOptionView, PaymentView};
+pub use refund::mark_refunded;
 pub use list::{list_invoices, InvoicePage, ListFilter, LIST_LIMIT_MAX};
 pub use status::{evaluate, InvoiceStatus, Progress};
 pub use void::void_invoice;

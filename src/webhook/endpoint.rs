@@ -31,6 +31,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "invoice.overpaid",
     "invoice.expired",
     "invoice.refunded",
+    "invoice.partially_refunded",
+    "invoice.disputed",
+    "invoice.dispute_won",
     "invoice.void",
     "invoice.payment_late",
 ];

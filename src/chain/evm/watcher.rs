@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::chain::cursor::{self, ChainBlock, Cursor};
 use crate::chain::evm::rpc::{EvmBlock, EvmRpc, RpcError};
+use crate::chain::health::TickReport;
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag};
@@ -27,9 +28,9 @@ use crate::money::{Amount, AssetId};
 use crate::rates::RateSource;
 
 /// Most blocks fetched and processed in one tick (and one database transaction).
-pub const BLOCKS_PER_TICK_MAX: u64 = 100;
+pub const BLOCKS_PER_TICK_MAX: u64 = 500;
 /// Blocks fetched concurrently.
-pub const BLOCK_FETCHES_CONCURRENT_MAX: usize = 8;
+pub const BLOCK_FETCHES_CONCURRENT_MAX: usize = 16;
 /// Deposit addresses per `eth_getLogs` call.
 pub const ADDRESSES_PER_LOG_QUERY_MAX: usize = 500;
 /// How long after expiry an invoice's addresses are still watched, for late payments.
@@ -39,7 +40,7 @@ pub const BACKOFF_MS_MAX: u64 = 30_000;
 /// How often, when caught up, deposit balances are compared with the payments seen.
 pub const BALANCE_CHECK_INTERVAL_MS: u64 = 30_000;
 /// Longest pause between polls of the tip.
-pub const POLL_INTERVAL_MS_MAX: u64 = 2_000;
+pub const POLL_INTERVAL_MS_MAX: u64 = 500;
 
 #[derive(Debug, Error)]
 pub enum WatchError {
@@ -228,6 +229,12 @@ impl EvmWatcher {
             Err(WatchError::Rpc(_)) => metrics::count("payrail_rpc_errors_total", "Failed RPC rounds (every endpoint failed).", &chain, 1),
             Err(_) => metrics::count("payrail_watcher_errors_total", "Failed watcher ticks.", &chain, 1),
         }
+        let report = match &result {
+            Ok(Tick::Advanced { to, tip, .. }) => TickReport::Followed { head_lag_blocks: tip.saturating_sub(*to) },
+            Ok(Tick::Idle { .. } | Tick::Reorged { .. }) => TickReport::Followed { head_lag_blocks: 0 },
+            Err(_) => TickReport::Failed,
+        };
+        crate::chain::health::shared().report(&self.caip2, report, self.clock.now());
         result
     }
 
@@ -461,12 +468,27 @@ impl EvmWatcher {
                 .await?;
         let block = ChainBlock { height: cursor.height, hash: cursor.hash.clone(), parent_hash: String::new() };
         let mut found = Vec::new();
-        for (address, invoice_id) in &watched {
+        // Balances are read concurrently: one round trip per address would stall the watcher on a
+        // distant endpoint.
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let candidates: Vec<(Address, String)> = watched
+            .iter()
+            .filter(|(address, _)| !sweeping.contains(&format!("{address:#x}")))
+            .map(|(address, invoice_id)| (*address, invoice_id.clone()))
+            .collect();
+        let height = cursor.height;
+        let rpc = &self.rpc;
+        let balances: Vec<(Address, String, alloy::primitives::U256)> = stream::iter(candidates)
+            .map(|(address, invoice_id)| async move {
+                rpc.balance_at(address, height).await.map(|b| (address, invoice_id, b))
+            })
+            .buffered(BLOCK_FETCHES_CONCURRENT_MAX)
+            .try_collect()
+            .await?;
+        for (address, invoice_id, balance) in balances {
+            let (address, invoice_id) = (&address, &invoice_id);
             let key = format!("{address:#x}");
-            if sweeping.contains(&key) {
-                continue;
-            }
-            let balance = Amount::from_u256(self.rpc.balance_at(*address, cursor.height).await?);
+            let balance = Amount::from_u256(balance);
             let seen = known.get(&key).copied().unwrap_or(Amount::ZERO);
             if let Some(unexplained) = balance.checked_sub(seen).filter(|a| !a.is_zero()) {
                 let tx_ref = format!("{}:balance:{key}:{}", self.caip2, cursor.height);

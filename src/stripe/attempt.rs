@@ -1,0 +1,312 @@
+//! Starting a card payment for an invoice: one attempt, one PaymentIntent or Checkout Session.
+//!
+//! The attempt row is written (status `creating`) and committed before Stripe is called, and the
+//! idempotency key sent is `payrail:{invoice}:card:{attempt}`: a call retried after a lost answer
+//! gets Stripe's first answer back instead of a second PaymentIntent. A unique index allows one
+//! attempt per invoice under way or succeeded at a time, so a form sent twice cannot charge twice.
+//! Nothing here credits anything: the money counts when the verified webhook says it succeeded.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use crate::ids::new_id;
+use crate::invoice::{self, InvoiceStatus};
+use crate::money::{Amount, Fiat};
+
+use super::client::{stripe_amount, stripe_currency, NewCheckoutSession, NewPaymentIntent, PaymentIntent};
+use super::error::{Result, StripeError};
+use super::{CardRail, METADATA_ATTEMPT_ID, METADATA_INVOICE_ID};
+
+/// Stripe's test PaymentMethods offered on the checkout page in test mode, with what they do. No
+/// card number is ever typed into payrail. (Stripe's 3-D Secure test card needs Stripe's own page.)
+pub const TEST_CARDS: &[(&str, &str)] = &[
+    ("pm_card_visa", "Visa ending 4242 (succeeds)"),
+    ("pm_card_chargeCustomerFail", "Visa ending 0341 (declined)"),
+];
+/// An attempt still `creating` after this long got no answer from Stripe and is given up.
+pub const CREATING_WAIT_S: i64 = 60;
+/// Longest PaymentMethod id accepted.
+pub const PAYMENT_METHOD_LEN_MAX: usize = 100;
+
+/// One try at paying an invoice by card, as the page and the API show it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AttemptView {
+    /// `ca_…`
+    pub id: String,
+    pub invoice_id: String,
+    pub attempt: i32,
+    /// `payment_intent` or `checkout_session`.
+    pub kind: String,
+    /// `creating`, `open` (a session waits on Stripe's page), or the PaymentIntent's status
+    /// (`requires_action`, `processing`, `succeeded`, …), or `failed`.
+    pub status: String,
+    pub payment_intent: Option<String>,
+    /// Where to send the payer (Checkout Session).
+    pub checkout_url: Option<String>,
+    pub currency: String,
+    /// In the currency's minor units.
+    pub amount_minor: String,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+const ATTEMPT_COLUMNS: &str = "id, invoice_id, attempt, kind, status, payment_intent_id, checkout_url, currency, \
+     amount_minor::text AS amount_minor, failure_code, failure_message, created_at";
+
+fn view_of(row: &sqlx::postgres::PgRow) -> Result<AttemptView> {
+    Ok(AttemptView {
+        id: row.try_get("id")?,
+        invoice_id: row.try_get("invoice_id")?,
+        attempt: row.try_get("attempt")?,
+        kind: row.try_get("kind")?,
+        status: row.try_get("status")?,
+        payment_intent: row.try_get("payment_intent_id")?,
+        checkout_url: row.try_get("checkout_url")?,
+        currency: row.try_get("currency")?,
+        amount_minor: row.try_get("amount_minor")?,
+        failure_code: row.try_get("failure_code")?,
+        failure_message: row.try_get("failure_message")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The newest attempt of an invoice, for the checkout page.
+pub async fn latest(pool: &PgPool, invoice_id: &str) -> Result<Option<AttemptView>> {
+    let row = sqlx::query(&format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM card_attempts WHERE invoice_id = $1 ORDER BY attempt DESC LIMIT 1"
+    ))
+    .bind(invoice_id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(view_of).transpose()
+}
+
+/// Whether `id` can be a Stripe PaymentMethod id.
+pub fn is_payment_method(id: &str) -> bool {
+    id.len() <= PAYMENT_METHOD_LEN_MAX
+        && id.strip_prefix("pm_").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
+/// The PaymentIntent status an attempt takes.
+pub(crate) fn status_of(payment_intent: &PaymentIntent) -> &'static str {
+    match payment_intent.status.as_str() {
+        "succeeded" => "succeeded",
+        "requires_action" => "requires_action",
+        "requires_confirmation" => "requires_confirmation",
+        "canceled" => "canceled",
+        // Declined: Stripe puts the PaymentIntent back to wait for another method.
+        "requires_payment_method" if payment_intent.last_payment_error.is_some() => "failed",
+        "requires_payment_method" => "requires_payment_method",
+        _ => "processing",
+    }
+}
+
+/// Starts paying `invoice_id` by card for what is still due. With test cards, `payment_method`
+/// (a `pm_…` test PaymentMethod) is confirmed at once; with sessions the answer carries the
+/// Checkout URL to send the payer to. See the module docs.
+pub async fn start(
+    rail: &CardRail,
+    pool: &PgPool,
+    invoice_id: &str,
+    payment_method: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<AttemptView> {
+    let unavailable = |reason: &str| StripeError::CardUnavailable { invoice_id: invoice_id.to_owned(), reason: reason.to_owned() };
+    let session = !rail.uses_test_cards();
+    let payment_method = if session {
+        None
+    } else {
+        match payment_method {
+            Some(m) if is_payment_method(m) => Some(m.to_owned()),
+            _ => return Err(unavailable("choose a test card (a pm_… test payment method)")),
+        }
+    };
+
+    // 1. The attempt, committed before Stripe hears of it.
+    let mut tx = pool.begin().await?;
+    let found = sqlx::query("SELECT id FROM invoices WHERE id = $1 FOR UPDATE").bind(invoice_id).fetch_optional(&mut *tx).await?;
+    if found.is_none() {
+        return Err(invoice::InvoiceError::NotFound { id: invoice_id.to_owned() }.into());
+    }
+    let view = invoice::load_view(&mut tx, None, invoice_id).await?;
+    if view.status != InvoiceStatus::Open {
+        return Err(unavailable(match view.status {
+            InvoiceStatus::Processing => "a payment is already confirming",
+            InvoiceStatus::Paid | InvoiceStatus::Overpaid => "it is paid",
+            _ => "it no longer takes payments",
+        }));
+    }
+    if now >= view.expires_at {
+        return Err(unavailable("it expired"));
+    }
+    let fiat: Fiat = view.currency.parse().map_err(|_| unavailable("its currency is not known"))?;
+    let remaining = Amount::parse_decimal(&view.amount_remaining, fiat.minor_units()).map_err(|_| unavailable("its amount cannot be read"))?;
+    let amount = stripe_amount(fiat, remaining).ok_or_else(|| unavailable("Stripe cannot charge this amount in this currency"))?;
+
+    let live = sqlx::query(&format!(
+        "SELECT {ATTEMPT_COLUMNS}, updated_at FROM card_attempts WHERE invoice_id = $1 \
+         AND status IN ('creating', 'open', 'processing', 'succeeded') FOR UPDATE"
+    ))
+    .bind(invoice_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = live {
+        let existing = view_of(&row)?;
+        let updated_at: DateTime<Utc> = row.try_get("updated_at")?;
+        match existing.status.as_str() {
+            // The payer came back from Stripe's page without paying: the same session still works.
+            "open" if session && existing.amount_minor == amount.to_string() => {
+                tx.commit().await?;
+                return Ok(existing);
+            }
+            "open" => {
+                sqlx::query("UPDATE card_attempts SET status = 'canceled', updated_at = $2 WHERE id = $1")
+                    .bind(&existing.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            "creating" if (now - updated_at).num_seconds() > CREATING_WAIT_S => {
+                // Stripe never answered. If it did create the PaymentIntent after all, its webhook
+                // still credits the invoice; this attempt is only no longer waited for.
+                sqlx::query(
+                    "UPDATE card_attempts SET status = 'failed', failure_code = 'no_answer', \
+                     failure_message = 'Stripe did not answer in time', updated_at = $2 WHERE id = $1",
+                )
+                .bind(&existing.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            _ => return Err(StripeError::AttemptInProgress { invoice_id: invoice_id.to_owned() }),
+        }
+    }
+    let number: i32 = sqlx::query_scalar("SELECT coalesce(max(attempt), 0) + 1 FROM card_attempts WHERE invoice_id = $1")
+        .bind(invoice_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let attempt_id = new_id("ca");
+    let idempotency_key = format!("payrail:{invoice_id}:card:{number}");
+    sqlx::query(
+        "INSERT INTO card_attempts (id, invoice_id, attempt, idempotency_key, kind, payment_method, currency, amount_minor, \
+                                    status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, 'creating', $9, $9)",
+    )
+    .bind(&attempt_id)
+    .bind(invoice_id)
+    .bind(number)
+    .bind(&idempotency_key)
+    .bind(if session { "checkout_session" } else { "payment_intent" })
+    .bind(&payment_method)
+    .bind(fiat.code())
+    .bind(amount.to_string())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    // 2. Stripe.
+    let metadata = BTreeMap::from([
+        (METADATA_INVOICE_ID.to_owned(), invoice_id.to_owned()),
+        (METADATA_ATTEMPT_ID.to_owned(), attempt_id.clone()),
+    ]);
+    let outcome = if session {
+        let page = format!("{}/pay/{invoice_id}", rail.public_url);
+        let seconds_left = (view.expires_at - now).num_seconds();
+        let request = NewCheckoutSession {
+            amount,
+            currency: stripe_currency(fiat),
+            product_name: format!("Invoice {invoice_id}"),
+            invoice_id: invoice_id.to_owned(),
+            metadata,
+            success_url: page.clone(),
+            cancel_url: page,
+            // Stripe takes 30 minutes to 24 hours; within that, the session ends with the invoice.
+            expires_at: (1_800..=86_400).contains(&seconds_left).then(|| view.expires_at.timestamp()),
+        };
+        rail.client.create_checkout_session(&request, &idempotency_key).await.map(|s| Update {
+            status: "open",
+            payment_intent: s.payment_intent,
+            session: Some(s.id),
+            url: s.url,
+            failure: None,
+        })
+    } else {
+        let request = NewPaymentIntent { amount, currency: stripe_currency(fiat), metadata, payment_method };
+        rail.client.create_payment_intent(&request, &idempotency_key).await.map(|pi| Update {
+            status: status_of(&pi),
+            failure: pi.last_payment_error.as_ref().map(|e| (e.code.clone(), e.message.clone().unwrap_or_default())),
+            payment_intent: Some(pi.id),
+            session: None,
+            url: None,
+        })
+    };
+    let update = match outcome {
+        Ok(update) => update,
+        // Stripe refused (a declined card is a 402): the attempt failed, nothing was charged.
+        Err(StripeError::Api { status, code, decline_code, message, payment_intent, .. }) if (400..500).contains(&status) => {
+            tracing::info!(target: "stripe", invoice = invoice_id, attempt = %attempt_id, status, ?code, ?decline_code, "card attempt refused");
+            Update {
+                status: "failed",
+                payment_intent: payment_intent.map(|pi| pi.id),
+                session: None,
+                url: None,
+                failure: Some((decline_code.or(code), message)),
+            }
+        }
+        // No answer or Stripe's own failure: the attempt stays `creating` until given up.
+        Err(error) => {
+            tracing::warn!(target: "stripe", invoice = invoice_id, attempt = %attempt_id, %error, "card attempt got no answer");
+            return Err(error);
+        }
+    };
+
+    // 3. What Stripe said.
+    let (failure_code, failure_message) = match update.failure {
+        Some((code, message)) => (code, Some(message.chars().take(1000).collect::<String>())),
+        None => (None, None),
+    };
+    let row = sqlx::query(&format!(
+        "UPDATE card_attempts SET status = CASE WHEN status = 'creating' THEN $2 ELSE status END, \
+                payment_intent_id = coalesce(payment_intent_id, $3), checkout_session_id = $4, checkout_url = $5, \
+                failure_code = coalesce(failure_code, $6), failure_message = coalesce(failure_message, $7), updated_at = $8 \
+         WHERE id = $1 RETURNING {ATTEMPT_COLUMNS}"
+    ))
+    .bind(&attempt_id)
+    .bind(update.status)
+    .bind(&update.payment_intent)
+    .bind(&update.session)
+    .bind(&update.url)
+    .bind(&failure_code)
+    .bind(&failure_message)
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    view_of(&row)
+}
+
+struct Update {
+    status: &'static str,
+    payment_intent: Option<String>,
+    session: Option<String>,
+    url: Option<String>,
+    failure: Option<(Option<String>, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payment_method_ids_are_checked() {
+        assert!(is_payment_method("pm_card_visa"));
+        assert!(is_payment_method("pm_1NfAkE"));
+        for bad in ["", "pm_", "card_123", "pm_x y", "pm_<script>"] {
+            assert!(!is_payment_method(bad), "{bad}");
+        }
+    }
+}

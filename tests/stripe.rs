@@ -1,0 +1,661 @@
+//! The card rail against localstripe (a fake stateful Stripe, PyPI) and against Stripe event
+//! payloads in `tests/fixtures/stripe/` for what localstripe lacks (refund webhooks, disputes,
+//! Checkout Sessions), signed here with the configured webhook secret.
+//!
+//! localstripe comes from `PAYRAIL_LOCALSTRIPE_URL` (scripts/test starts one); without it, each test
+//! binary starts its own through `scripts/localstripe run`, which exits with this process. Every
+//! test registers its own webhook at localstripe (`POST /_config/webhooks/{id}`) with its own secret,
+//! so deliveries meant for other tests arrive signed with another secret and are refused there.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use payrail::api::{router, AppState, HttpLimits};
+use payrail::chain::health::{RailHealth, TickReport, FAILED_TICKS_MAX};
+use payrail::clock::{Clock, SystemClock};
+use payrail::config::Config;
+use payrail::ledger::AccountCode;
+use payrail::merchant::create_merchant;
+use payrail::money::Fiat;
+use payrail::stripe::client::NewPaymentIntent;
+use payrail::stripe::StripeClient;
+use payrail::webhook::EndpointSecret;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const USD: &str = "iso4217:USD";
+
+// ---------------------------------------------------------------------------------------------
+// localstripe
+
+struct Localstripe {
+    url: String,
+    _child: Option<Mutex<Child>>,
+}
+
+fn localstripe() -> &'static str {
+    static INSTANCE: OnceLock<Localstripe> = OnceLock::new();
+    &INSTANCE
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("PAYRAIL_LOCALSTRIPE_URL") {
+                return Localstripe { url: url.trim_end_matches('/').to_owned(), _child: None };
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/localstripe");
+            Command::new(&script).arg("install").status().expect("scripts/localstripe install");
+            let child = Command::new(&script)
+                .args(["run", &port.to_string()])
+                .env("PAYRAIL_LOCALSTRIPE_EXIT_ON_EOF", "1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("scripts/localstripe run");
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "localstripe did not start on {url}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Localstripe { url, _child: Some(Mutex::new(child)) }
+        })
+        .url
+}
+
+/// A `POST` to localstripe with a form body, answered as JSON (errors included).
+async fn ls_post(path: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", localstripe()))
+        .basic_auth("sk_test_payrail", Some(""))
+        .form(form)
+        .send()
+        .await
+        .expect("localstripe answers");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn random_suffix() -> String {
+    payrail::ids::new_id("x").trim_start_matches("x_").to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon under test: the shipped configuration with the card rail pointed at localstripe.
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    state: AppState,
+    key: String,
+    merchant_id: String,
+    secret: String,
+}
+
+fn config(secret: &str) -> Config {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let env = [
+        ("PAYRAIL_STRIPE_SECRET_KEY", "sk_test_payrail"),
+        ("PAYRAIL_STRIPE_WEBHOOK_SECRET", secret),
+        ("PAYRAIL_STRIPE__API_BASE", localstripe()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.toml"), &path, &env).expect("config loads")
+}
+
+async fn start(pool: PgPool) -> Server {
+    let secret = format!("whsec_{}", random_suffix());
+    let config = config(&secret);
+    let mut state = payrail::app::state(&config, pool, Arc::new(SystemClock));
+    // A health map of this test's own, so other tests' rails cannot move its checkout page.
+    state.rail_health = Arc::new(RailHealth::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(state.clone(), HttpLimits::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let merchant = create_merchant(&state.pool, "Card Shop").await.expect("merchant");
+    Server {
+        base,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+        state,
+        key: merchant.api_key,
+        merchant_id: merchant.merchant_id,
+        secret,
+    }
+}
+
+impl Server {
+    /// Has localstripe deliver its events to this server, signed with this server's secret.
+    async fn subscribe(&self) {
+        let url = format!("{}/v1/stripe/webhook", self.base);
+        let id = format!("/_config/webhooks/{}", random_suffix());
+        let (status, body) = ls_post(&id, &[("url", &url), ("secret", &self.secret)]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    async fn invoice(&self, amount: &str) -> String {
+        let response = self
+            .client
+            .post(format!("{}/v1/invoices", self.base))
+            .bearer_auth(&self.key)
+            .json(&json!({ "amount": amount, "currency": "USD" }))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let invoice: Value = response.json().await.expect("json");
+        invoice["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn show(&self, id: &str) -> Value {
+        self.client
+            .get(format!("{}/v1/invoices/{id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("show")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// `POST /pay/{id}/card` as a script would (JSON answer).
+    async fn pay_by_card(&self, id: &str, payment_method: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/pay/{id}/card", self.base))
+            .header("accept", "application/json")
+            .form(&[("payment_method", payment_method)])
+            .send()
+            .await
+            .expect("card");
+        let status = response.status();
+        (status, response.json().await.expect("json"))
+    }
+
+    async fn refund(&self, id: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/v1/invoices/{id}/refunds", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("refund");
+        let status = response.status();
+        (status, response.json().await.expect("json"))
+    }
+
+    /// Delivers `body` to the webhook with `header` as its `Stripe-Signature`.
+    async fn deliver(&self, body: &str, header: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/v1/stripe/webhook", self.base))
+            .header("content-type", "application/json; charset=utf-8")
+            .body(body.to_owned());
+        if let Some(header) = header {
+            request = request.header("Stripe-Signature", header);
+        }
+        let response = request.send().await.expect("deliver");
+        let status = response.status();
+        (status, response.json().await.expect("json"))
+    }
+
+    /// Signs `body` as Stripe does, with this server's secret, at `t`.
+    fn sign(&self, body: &str, t: i64) -> String {
+        payrail::webhook::sign(&EndpointSecret::from_stored(self.secret.clone()), t, body.as_bytes())
+    }
+
+    async fn deliver_signed(&self, body: &str) -> (StatusCode, Value) {
+        let header = self.sign(body, SystemClock.now().timestamp());
+        self.deliver(body, Some(&header)).await
+    }
+
+    async fn wait_status(&self, id: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let invoice = self.show(id).await;
+            if invoice["status"] == want {
+                return invoice;
+            }
+            assert!(Instant::now() < deadline, "invoice never became {want}: {invoice}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn balance(&self, account: &AccountCode) -> String {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        self.state.ledger.balance(&mut conn, account, USD).await.expect("balance").to_string()
+    }
+
+    async fn balances(&self) -> (String, String) {
+        (self.balance(&AccountCode::stripe(Fiat::USD)).await, self.balance(&AccountCode::merchant(&self.merchant_id)).await)
+    }
+
+    /// This test's events of a type: localstripe also delivers other tests' events (signed for
+    /// this server too), which name invoices this database does not have.
+    async fn events(&self, event_type: &str) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT id, status FROM stripe_events WHERE event_type = $1 \
+             AND (invoice_id IS NULL OR invoice_id IN (SELECT id FROM invoices)) AND status <> 'review' \
+             ORDER BY stripe_created_at, received_at",
+        )
+            .bind(event_type)
+            .fetch_all(&self.state.pool)
+            .await
+            .expect("events")
+    }
+}
+
+/// A fixture with its placeholders filled in and, optionally, ids replaced.
+fn fixture(name: &str, invoice_id: &str, replace: &[(&str, &str)]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stripe").join(format!("{name}.json"));
+    let mut text = std::fs::read_to_string(&path).expect("fixture").replace("{{invoice_id}}", invoice_id);
+    for (from, to) in replace {
+        text = text.replace(from, to);
+    }
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// localstripe: create, confirm, succeed, decline, 3-D Secure, refund; signed deliveries.
+
+#[sqlx::test]
+async fn a_test_card_pays_the_invoice_through_a_verified_webhook_and_refunds_reverse_the_ledger(pool: PgPool) {
+    let server = start(pool).await;
+    server.subscribe().await;
+    let id = server.invoice("25.00").await;
+
+    let (status, attempt) = server.pay_by_card(&id, "pm_card_visa").await;
+    assert_eq!(status, StatusCode::CREATED, "{attempt}");
+    assert_eq!(attempt["status"], "succeeded", "{attempt}");
+    assert_eq!(attempt["amount_minor"], "2500");
+    let pi = attempt["payment_intent"].as_str().expect("payment intent").to_owned();
+
+    // Paid only once localstripe's signed payment_intent.succeeded arrived.
+    let invoice = server.wait_status(&id, "paid").await;
+    assert_eq!(invoice["amount_paid"], "25.00");
+    let card = invoice["payments"].as_array().and_then(|p| p.first()).cloned().expect("payment");
+    assert_eq!(card["tx_ref"], format!("stripe:{pi}"));
+    assert_eq!(card["asset"], USD);
+    assert_eq!(card["chain"], "stripe");
+    assert_eq!(server.balances().await, ("2500".to_owned(), "2500".to_owned()));
+    assert_eq!(server.events("payment_intent.succeeded").await.len(), 1);
+    // A second card payment of a paid invoice is refused.
+    let (status, again) = server.pay_by_card(&id, "pm_card_visa").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+
+    // Partial refund through Stripe's refunds API: the ledger reverses exactly 10.00. (No `reason`:
+    // localstripe refuses the parameter Stripe accepts.)
+    let (status, error) = server.refund(&id, json!({ "amount": "10.00", "reason": "because" })).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("parameter_invalid")));
+    let (status, refund) = server.refund(&id, json!({ "amount": "10.00" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{refund}");
+    assert_eq!(refund["amount"], "10.00");
+    assert_eq!(refund["refunds"][0]["status"], "succeeded");
+    assert!(refund["refunds"][0]["stripe_refund"].as_str().is_some_and(|r| r.starts_with("re_")), "{refund}");
+    assert_eq!(refund["invoice"]["status"], "paid");
+    assert_eq!(server.balances().await, ("1500".to_owned(), "1500".to_owned()));
+    let (_, charge) = ls_get(&format!("/v1/payment_intents/{pi}")).await;
+    assert_eq!(charge["latest_charge"]["amount_refunded"], 1000, "stripe holds the same refund: {charge}");
+
+    // More than is left is refused; the rest refunds the invoice.
+    let (status, error) = server.refund(&id, json!({ "amount": "15.01" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "refund_refused");
+    let (status, refund) = server.refund(&id, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{refund}");
+    assert_eq!(refund["amount"], "15.00");
+    assert_eq!(refund["invoice"]["status"], "refunded");
+    assert_eq!(server.balances().await, ("0".to_owned(), "0".to_owned()));
+    let (status, _) = server.refund(&id, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox WHERE object_id = $1 ORDER BY id")
+        .bind(&id)
+        .fetch_all(&server.state.pool)
+        .await
+        .expect("outbox");
+    assert_eq!(kinds, ["invoice.created", "invoice.paid", "invoice.partially_refunded", "invoice.refunded"]);
+}
+
+async fn ls_get(path: &str) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", localstripe()))
+        .basic_auth("sk_test_payrail", Some(""))
+        .send()
+        .await
+        .expect("localstripe answers");
+    let status = response.status();
+    (status, response.json().await.expect("json"))
+}
+
+#[sqlx::test]
+async fn a_declined_card_is_recorded_and_another_card_can_pay(pool: PgPool) {
+    let server = start(pool).await;
+    server.subscribe().await;
+    let id = server.invoice("12.34").await;
+
+    let (status, attempt) = server.pay_by_card(&id, "pm_card_chargeCustomerFail").await;
+    assert_eq!(status, StatusCode::CREATED, "{attempt}");
+    assert_eq!(attempt["status"], "failed", "{attempt}");
+    assert_eq!(attempt["failure_code"], "card_declined");
+    assert!(attempt["failure_message"].as_str().is_some_and(|m| m.contains("declined")), "{attempt}");
+
+    // localstripe's payment_intent.payment_failed is recorded against the attempt.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.events("payment_intent.payment_failed").await.is_empty() {
+        assert!(Instant::now() < deadline, "no payment_failed event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.events("payment_intent.payment_failed").await[0].1, "processed");
+    let pi: Option<String> = sqlx::query_scalar("SELECT payment_intent_id FROM card_attempts WHERE invoice_id = $1 AND attempt = 1")
+        .bind(&id)
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("attempt");
+    assert!(pi.is_some_and(|p| p.starts_with("pi_")), "the webhook names the declined payment intent");
+    assert_eq!(server.show(&id).await["status"], "open");
+    assert_eq!(server.balances().await, ("0".to_owned(), "0".to_owned()));
+
+    // The page says so, and offers the card again.
+    let page = server.client.get(format!("{}/pay/{id}", server.base)).send().await.expect("page").text().await.expect("html");
+    assert!(page.contains("id=\"card-last\" data-status=\"failed\""), "{page}");
+    assert!(page.contains("id=\"card-form\""), "{page}");
+
+    let (_, attempt) = server.pay_by_card(&id, "pm_card_visa").await;
+    assert_eq!(attempt["status"], "succeeded", "{attempt}");
+    assert_eq!(attempt["attempt"], 2);
+    server.wait_status(&id, "paid").await;
+    assert_eq!(server.balances().await, ("1234".to_owned(), "1234".to_owned()));
+}
+
+#[sqlx::test]
+async fn three_d_secure_cards_require_action_and_pay_nothing(pool: PgPool) {
+    let server = start(pool).await;
+    let id = server.invoice("5.00").await;
+    let (status, method) = ls_post(
+        "/v1/payment_methods",
+        &[("type", "card"), ("card[number]", "4000000000003220"), ("card[exp_month]", "12"), ("card[exp_year]", "2030"), ("card[cvc]", "123")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{method}");
+    let (status, attempt) = server.pay_by_card(&id, method["id"].as_str().expect("pm")).await;
+    assert_eq!(status, StatusCode::CREATED, "{attempt}");
+    assert_eq!(attempt["status"], "requires_action", "{attempt}");
+    assert_eq!(server.show(&id).await["status"], "open");
+    let page = server.client.get(format!("{}/pay/{id}", server.base)).send().await.expect("page").text().await.expect("html");
+    assert!(page.contains("3-D Secure"), "{page}");
+}
+
+#[sqlx::test]
+async fn the_client_creates_confirms_and_refunds_payment_intents(pool: PgPool) {
+    let server = start(pool).await;
+    let rail = server.state.card.clone().expect("card rail configured");
+    let client: &StripeClient = &rail.client;
+    let metadata = [("invoice_id".to_owned(), "inv_client".to_owned())].into();
+    // Created without a method: waits for one.
+    let waiting = client
+        .create_payment_intent(&NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata, payment_method: None }, "k1")
+        .await
+        .expect("created");
+    assert_eq!(waiting.status, "requires_payment_method");
+    assert_eq!(waiting.metadata.get("invoice_id").map(String::as_str), Some("inv_client"));
+    // Created and confirmed in one call.
+    let paid = client
+        .create_payment_intent(
+            &NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata: Default::default(), payment_method: Some("pm_card_visa".to_owned()) },
+            "k2",
+        )
+        .await
+        .expect("confirmed");
+    assert_eq!(paid.status, "succeeded");
+    let charge_id = paid.charge_id().expect("charge");
+    let refund = client
+        .create_refund(
+            &payrail::stripe::client::NewRefund { payment_intent: paid.id.clone(), amount: 300, reason: None, metadata: Default::default() },
+            "k3",
+        )
+        .await
+        .expect("refund");
+    assert_eq!(refund.amount, 300);
+    assert_eq!(client.charge(&charge_id).await.expect("charge").amount_refunded, 300);
+    // A declined card is a 402 with Stripe's code.
+    let declined = client
+        .create_payment_intent(
+            &NewPaymentIntent {
+                amount: 700,
+                currency: "usd".to_owned(),
+                metadata: Default::default(),
+                payment_method: Some("pm_card_chargeCustomerFail".to_owned()),
+            },
+            "k4",
+        )
+        .await;
+    match declined {
+        Err(payrail::stripe::StripeError::Api { status, code, .. }) => {
+            assert_eq!(status, 402);
+            assert_eq!(code.as_deref(), Some("card_declined"));
+        }
+        other => panic!("expected a decline, got {other:?}"),
+    }
+    // Ids never reach a path unchecked.
+    assert!(client.charge("../v1/customers").await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The webhook's defences, with payloads signed here.
+
+#[sqlx::test]
+async fn forged_stale_unsigned_and_replayed_webhooks_are_refused(pool: PgPool) {
+    let server = start(pool).await;
+    let id = server.invoice("25.00").await;
+    let body = fixture("payment_intent.succeeded", &id, &[]);
+    let now = SystemClock.now().timestamp();
+
+    let (status, error) = server.deliver(&body, None).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("signature_invalid")));
+    let forged = payrail::webhook::sign(&EndpointSecret::from_stored("whsec_not_the_secret".to_owned()), now, body.as_bytes());
+    let (status, error) = server.deliver(&body, Some(&forged)).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("signature_invalid")));
+    // A body changed after signing.
+    let signed = server.sign(&body, now);
+    let (status, _) = server.deliver(&body.replace("2500", "250000"), Some(&signed)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let stale = server.sign(&body, now - 301);
+    let (status, error) = server.deliver(&body, Some(&stale)).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("signature_stale")));
+    assert_eq!(server.show(&id).await["status"], "open", "nothing refused was applied");
+    assert!(server.events("payment_intent.succeeded").await.is_empty(), "nothing refused was stored");
+
+    // Several v1 signatures (a secret being rolled): one match is enough.
+    let header = format!("t={now},v1={},{}", "ab".repeat(32), signed.split_once(',').expect("t,v1").1);
+    let (status, answer) = server.deliver(&body, Some(&header)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "processed");
+    assert_eq!(server.show(&id).await["status"], "paid");
+
+    // The same delivery again is a replay; the same event re-signed later is Stripe retrying.
+    let (status, error) = server.deliver(&body, Some(&header)).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("event_replayed")));
+    let (status, answer) = server.deliver(&body, Some(&server.sign(&body, now + 1))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["status"], "duplicate");
+    assert_eq!(server.balances().await, ("2500".to_owned(), "2500".to_owned()), "credited once");
+    let deliveries: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_event_deliveries").fetch_one(&server.state.pool).await.expect("n");
+    assert_eq!(deliveries, 2);
+}
+
+#[sqlx::test]
+async fn refund_and_dispute_events_reverse_the_right_amounts(pool: PgPool) {
+    let server = start(pool).await;
+    let id = server.invoice("25.00").await;
+    let (status, _) = server.deliver_signed(&fixture("payment_intent.succeeded", &id, &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.balances().await, ("2500".to_owned(), "2500".to_owned()));
+
+    // charge.refunded: 10.00 of 25.00 refunded (Stripe's cumulative amount_refunded).
+    let refunded = fixture("charge.refunded", &id, &[]);
+    let (_, answer) = server.deliver_signed(&refunded).await;
+    assert_eq!(answer["status"], "processed", "{answer}");
+    assert_eq!(server.balances().await, ("1500".to_owned(), "1500".to_owned()));
+    assert_eq!(server.show(&id).await["status"], "paid");
+    // A second, older-looking report of the same total under another event id changes nothing.
+    let again = fixture("charge.refunded", &id, &[("evt_3PqYbLJt8u5wVq3K0Rf4aB7c", "evt_3PqYbLJt8u5wVq3K0Rf4aB7d")]);
+    let (_, answer) = server.deliver_signed(&again).await;
+    assert_eq!(answer["status"], "processed");
+    assert_eq!(server.balances().await, ("1500".to_owned(), "1500".to_owned()));
+
+    // A dispute of 15.00 takes the rest: the invoice's money is all back with the payer.
+    let (_, answer) = server.deliver_signed(&fixture("charge.dispute.created", &id, &[])).await;
+    assert_eq!(answer["status"], "processed", "{answer}");
+    assert_eq!(server.balances().await, ("0".to_owned(), "0".to_owned()));
+    assert_eq!(server.show(&id).await["status"], "refunded");
+
+    // Won: the 15.00 comes back to the merchant.
+    let (_, answer) = server.deliver_signed(&fixture("charge.dispute.closed", &id, &[])).await;
+    assert_eq!(answer["status"], "processed", "{answer}");
+    assert_eq!(server.balances().await, ("1500".to_owned(), "1500".to_owned()));
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT e.kind FROM journal_entries e WHERE e.idempotency_key LIKE 'card_%' ORDER BY e.id",
+    )
+    .fetch_all(&server.state.pool)
+    .await
+    .expect("entries");
+    assert_eq!(kinds, ["refund", "dispute", "dispute_won"]);
+}
+
+#[sqlx::test]
+async fn out_of_order_events_end_in_the_same_ledger(pool: PgPool) {
+    let server = start(pool).await;
+    let id = server.invoice("25.00").await;
+    // The refund overtakes its payment: it waits.
+    let (_, answer) = server.deliver_signed(&fixture("charge.refunded", &id, &[])).await;
+    assert_eq!(answer["status"], "deferred", "{answer}");
+    assert_eq!(server.balances().await, ("0".to_owned(), "0".to_owned()));
+    // A newer refund report (15.00 in all) also overtakes it.
+    let newer = fixture(
+        "charge.refunded",
+        &id,
+        &[("evt_3PqYbLJt8u5wVq3K0Rf4aB7c", "evt_3PqYbLJt8u5wVq3K0Rf4aB8z"), ("\"amount_refunded\": 1000", "\"amount_refunded\": 1500"), ("1724170207", "1724170300")],
+    );
+    let (_, answer) = server.deliver_signed(&newer).await;
+    assert_eq!(answer["status"], "deferred");
+    // The payment arrives: credited, then both refunds applied in Stripe's order.
+    let (_, answer) = server.deliver_signed(&fixture("payment_intent.succeeded", &id, &[])).await;
+    assert_eq!(answer["status"], "processed");
+    assert_eq!(server.balances().await, ("1000".to_owned(), "1000".to_owned()));
+    let statuses: Vec<String> = server.events("charge.refunded").await.into_iter().map(|(_, s)| s).collect();
+    assert_eq!(statuses, ["processed", "processed"]);
+    // The older report delivered once more (a Stripe retry, re-signed later) changes nothing.
+    let older = fixture("charge.refunded", &id, &[]);
+    let (_, answer) = server.deliver(&older, Some(&server.sign(&older, SystemClock.now().timestamp() + 2))).await;
+    assert_eq!(answer["status"], "duplicate");
+    assert_eq!(server.balances().await, ("1000".to_owned(), "1000".to_owned()));
+}
+
+#[sqlx::test]
+async fn events_for_unknown_invoices_are_kept_for_review(pool: PgPool) {
+    let server = start(pool).await;
+    let body = fixture("payment_intent.succeeded", "inv_000000000000000000000000", &[]);
+    let (status, answer) = server.deliver_signed(&body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["status"], "review");
+    let (status, note): (String, String) = sqlx::query_as("SELECT status, note FROM stripe_events WHERE id = $1")
+        .bind("evt_3PqYbLJt8u5wVq3K0nJ2xX1a")
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("stored");
+    assert_eq!(status, "review");
+    assert!(note.contains("unknown invoice"), "{note}");
+    assert_eq!(server.balances().await, ("0".to_owned(), "0".to_owned()));
+}
+
+#[sqlx::test]
+async fn a_paid_checkout_session_credits_the_invoice_once(pool: PgPool) {
+    let server = start(pool).await;
+    let id = server.invoice("25.00").await;
+    let (_, answer) = server.deliver_signed(&fixture("checkout.session.completed", &id, &[])).await;
+    assert_eq!(answer["status"], "processed", "{answer}");
+    assert_eq!(server.show(&id).await["status"], "paid");
+    // Its PaymentIntent's own success event is the same payment.
+    let succeeded = fixture(
+        "payment_intent.succeeded",
+        &id,
+        &[("pi_3PqYbLJt8u5wVq3K0bcR1Lq2", "pi_3PqYcPJt8u5wVq3K1Hn6Ck2E")],
+    );
+    let (_, answer) = server.deliver_signed(&succeeded).await;
+    assert_eq!(answer["status"], "processed");
+    assert_eq!(server.balances().await, ("2500".to_owned(), "2500".to_owned()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Automatic fallback on the checkout page.
+
+#[sqlx::test]
+async fn card_comes_first_with_a_reason_when_every_chain_rail_is_unhealthy(pool: PgPool) {
+    let server = start(pool).await;
+    let id = server.invoice("25.00").await;
+    let page = |server: &Server| {
+        let url = format!("{}/pay/{id}", server.base);
+        let client = server.client.clone();
+        async move { client.get(url).send().await.expect("page").text().await.expect("html") }
+    };
+    // Healthy (or not yet reported) chains: card after the chain options, no reason given.
+    let html = page(&server).await;
+    let card = html.find("id=\"card\"").expect("card panel");
+    let chains = html.find("id=\"pay\"").expect("chain panel");
+    assert!(chains < card, "card after the chains");
+    assert!(!html.contains("card-fallback"));
+    assert!(html.contains("pm_card_visa"), "test cards offered in test mode");
+
+    // Every chain with a deposit address fails: card first, and why.
+    let invoice = server.show(&id).await;
+    let now = SystemClock.now();
+    for option in invoice["payment_options"].as_array().expect("options") {
+        if option["address"].is_string() {
+            let chain = option["chain"].as_str().expect("chain");
+            for _ in 0..FAILED_TICKS_MAX {
+                server.state.rail_health.report(chain, TickReport::Failed, now);
+            }
+        }
+    }
+    let html = page(&server).await;
+    let card = html.find("id=\"card\"").expect("card panel");
+    let chains = html.find("id=\"pay\"").expect("chain panel");
+    assert!(card < chains, "card first");
+    assert!(html.contains("id=\"card-fallback\"") && html.contains("Ethereum: its nodes are not answering"), "{html}");
+    let metrics = server.client.get(format!("{}/metrics", server.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("payrail_rail_healthy{rail=\"eip155:1\"} 0"), "{metrics}");
+    assert!(metrics.contains("payrail_rail_healthy{rail=\"card\"} 1"), "{metrics}");
+
+    // One chain recovers: back to the usual order.
+    server.state.rail_health.report("eip155:137", TickReport::Followed { head_lag_blocks: 1 }, now);
+    let html = page(&server).await;
+    assert!(html.find("id=\"pay\"").expect("chains") < html.find("id=\"card\"").expect("card"));
+
+    // The browser form: a redirect back to the page, which then shows the payment on its way.
+    let response = server
+        .client
+        .post(format!("{}/pay/{id}/card", server.base))
+        .form(&[("payment_method", "pm_card_visa")])
+        .send()
+        .await
+        .expect("form");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers().get("location").and_then(|v| v.to_str().ok()), Some(format!("/pay/{id}").as_str()));
+}
+
+#[sqlx::test]
+async fn without_stripe_the_card_routes_are_absent(pool: PgPool) {
+    let (state, _clock) = common::state_with_clock(pool);
+    assert!(state.card.is_none());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router(state, HttpLimits::default())).await });
+    let response = reqwest::Client::new().post(format!("{base}/v1/stripe/webhook")).body("{}").send().await.expect("post");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
