@@ -27,6 +27,16 @@ pub fn hot_wallet_key_from_env() -> Result<Option<String>, std::io::Error> {
     }
 }
 
+/// Which background jobs `serve` runs beside the API (the expiry job, the webhook dispatcher and
+/// the rate refresher always run).
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    /// With a key, a sweeper per EVM chain moves confirmed deposits to the treasury.
+    pub hot_wallet_key: Option<String>,
+    /// Whether to run a watcher per EVM chain.
+    pub watch_chains: bool,
+}
+
 /// How often open invoices are checked for expiry.
 pub const EXPIRE_INTERVAL_MS: u64 = 5_000;
 
@@ -123,9 +133,10 @@ pub async fn serve(
     config: &Config,
     pool: PgPool,
     listener: TcpListener,
-    hot_wallet_key: Option<String>,
+    jobs: Jobs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    let Jobs { hot_wallet_key, watch_chains } = jobs;
     let addr = listener.local_addr().map_err(AppError::Serve)?;
     let state = state(config, pool.clone(), Arc::new(SystemClock));
     let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
@@ -135,7 +146,7 @@ pub async fn serve(
     if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
         watchers.push(task);
     }
-    for chain in config.chains() {
+    for chain in config.chains().iter().filter(|_| watch_chains) {
         if chain.kind != ChainKind::Evm || chain.forwarder_factory.is_none() {
             continue;
         }

@@ -45,6 +45,10 @@ enum Command {
         /// Do not start the local chains (anvil per EVM chain); the API still runs.
         #[arg(long)]
         no_chains: bool,
+        /// Do not start localstripe for card payments (it starts when Stripe is not configured and
+        /// `scripts/localstripe` is at hand).
+        #[arg(long)]
+        no_card: bool,
     },
     /// Pay an invoice on the dev stack from the funded dev payer account, as a customer's wallet
     /// would: reads the invoice over the API and sends the quoted amount to its deposit address.
@@ -121,9 +125,51 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// The dev stack's card rail: localstripe on a free loopback port, with test secrets, started before
+/// the configuration is read (the secrets come from the environment) and stopped with the process
+/// (it exits when its standard input closes).
+fn dev_localstripe() -> Result<Option<(std::process::Child, String)>> {
+    let script = std::path::Path::new("scripts/localstripe");
+    if std::env::var_os("PAYRAIL_STRIPE_SECRET_KEY").is_some() || !script.exists() {
+        return Ok(None);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let status = std::process::Command::new(script).arg("install").status()?;
+    anyhow::ensure!(status.success(), "scripts/localstripe install failed");
+    let child = std::process::Command::new(script)
+        .args(["run", &port.to_string()])
+        .env("PAYRAIL_LOCALSTRIPE_EXIT_ON_EOF", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(started.elapsed() < std::time::Duration::from_secs(30), "localstripe did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    // Test secrets for a fake server; read by the configuration just below, in this one thread.
+    std::env::set_var("PAYRAIL_STRIPE_SECRET_KEY", DEV_STRIPE_KEY);
+    std::env::set_var("PAYRAIL_STRIPE_WEBHOOK_SECRET", DEV_STRIPE_WEBHOOK_SECRET);
+    std::env::set_var("PAYRAIL_STRIPE__API_BASE", &url);
+    Ok(Some((child, url)))
+}
+
+const DEV_STRIPE_KEY: &str = "sk_test_payrail_dev";
+const DEV_STRIPE_WEBHOOK_SECRET: &str = "whsec_payrail_dev";
+
+fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Before the runtime's threads exist: the dev stack may set environment variables.
+    let card = match &cli.command {
+        Command::Dev { no_card: false, .. } => dev_localstripe()?,
+        _ => None,
+    };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli, card))
+}
+
+async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()> {
     let config = load_config(&cli.config)?;
     init_tracing(Some(&config));
     match cli.command {
@@ -136,7 +182,7 @@ async fn main() -> Result<()> {
             }
             let listener = app::bind(config.server.listen).await?;
             let hot_wallet_key = app::hot_wallet_key_from_env().context("reading the hot wallet key")?;
-            app::serve(&config, pool, listener, hot_wallet_key, shutdown_signal()).await?;
+            app::serve(&config, pool, listener, app::Jobs { hot_wallet_key, watch_chains: true }, shutdown_signal()).await?;
         }
         Command::Migrate => {
             db::ensure_database(&config.database.url).await?;
@@ -151,7 +197,7 @@ async fn main() -> Result<()> {
             println!("api_key:     {}", created.api_key);
             println!("(the API key is shown only this once; store it now)");
         }
-        Command::Dev { listen, no_chains } => dev(config, listen, no_chains).await?,
+        Command::Dev { listen, no_chains, .. } => dev(config, listen, no_chains, card).await?,
         Command::Pay { api, key, invoice, asset, amount_minor } => {
             let client = alloy::transports::http::reqwest::Client::new();
             let view: serde_json::Value = client
@@ -218,7 +264,12 @@ async fn dev_chains(config: &Config) -> Result<Vec<devnet::anvil::Anvil>> {
     Ok(chains.into_iter().map(|(_, anvil)| anvil).collect())
 }
 
-async fn dev(config: Config, listen: Option<SocketAddr>, no_chains: bool) -> Result<()> {
+async fn dev(
+    config: Config,
+    listen: Option<SocketAddr>,
+    no_chains: bool,
+    card: Option<(std::process::Child, String)>,
+) -> Result<()> {
     // DATABASE_URL wins; without it the stack brings its own throw-away cluster.
     let (url, mut cluster) = match std::env::var("DATABASE_URL") {
         Ok(url) => (url, None),
@@ -238,6 +289,17 @@ async fn dev(config: Config, listen: Option<SocketAddr>, no_chains: bool) -> Res
         let demo = merchant::create_merchant(&pool, "Demo merchant").await?;
         let listener = app::bind(listen.unwrap_or(config.server.listen)).await?;
         let base = format!("http://{}", listener.local_addr()?);
+        if let Some((_, localstripe)) = &card {
+            // localstripe delivers its signed events to the daemon, like Stripe would.
+            reqwest::Client::new()
+                .post(format!("{localstripe}/_config/webhooks/payrail"))
+                .form(&[("url", format!("{base}/v1/stripe/webhook")), ("secret", DEV_STRIPE_WEBHOOK_SECRET.to_owned())])
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .context("registering the dev webhook at localstripe")?;
+            println!("  card:      localstripe at {localstripe} (test cards on the checkout page)");
+        }
         let database = if cluster.is_some() { format!("{url} (ephemeral, removed on exit)") } else { url.clone() };
         println!("payrail dev stack is up");
         println!("  database:  {database}");
@@ -256,7 +318,8 @@ async fn dev(config: Config, listen: Option<SocketAddr>, no_chains: bool) -> Res
         println!("Ctrl-C stops the stack.");
         // The dev chains' deployer operates the factory: it pays the sweeps' gas.
         let hot_wallet_key = (!no_chains).then(|| devnet::anvil::DEV_DEPLOYER_KEY.to_owned());
-        app::serve(&config, pool, listener, hot_wallet_key, shutdown_signal()).await?;
+        let jobs = app::Jobs { hot_wallet_key, watch_chains: !no_chains };
+        app::serve(&config, pool, listener, jobs, shutdown_signal()).await?;
         anyhow::Ok(())
     }
     .await;

@@ -110,6 +110,8 @@ async fn dev_stack_runs_on_its_own_postgres_and_its_curl_line_creates_an_invoice
     let key = field("api key:");
     let database = field("database:");
     assert!(database.contains("ephemeral"), "{database}");
+    // The card rail comes up on localstripe with the stack.
+    assert!(lines.iter().any(|l| l.trim_start().starts_with("card:") && l.contains("localstripe")), "{text}");
     let curl = lines.iter().find(|l| l.trim_start().starts_with("curl -s -X POST")).expect("curl line");
     // The curl line's JSON body, sent as the curl line would send it.
     let body = curl.split("-d '").nth(1).and_then(|rest| rest.strip_suffix('\'')).expect("curl body");

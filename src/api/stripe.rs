@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::invoice::{self, PaymentOptionView, CARD_RAIL};
 use crate::money::{Amount, Fiat};
 use crate::stripe::webhook::ReceiveError;
-use crate::stripe::{self, AttemptView, Received, Refusal, RefundRequest, RefundsView, StripeError, TEST_CARDS};
+use crate::stripe::{self, CardAttemptView, Received, Refusal, RefundRequest, RefundsView, StripeError, TEST_CARDS};
 
 use super::auth::MerchantAuth;
 use super::checkout::chain_name;
@@ -160,7 +160,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
     params(("id" = String, Path, description = "the invoice id, inv_…")),
     request_body(content = CardForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 201, body = AttemptView, description = "with Accept: application/json"),
+        (status = 201, body = CardAttemptView, description = "with Accept: application/json"),
         (status = 303, description = "back to the checkout page, or on to Stripe's"),
         (status = 404, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody),
         (status = 503, body = super::openapi::ErrorBody)))]
@@ -224,7 +224,7 @@ fn esc(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-fn attempt_line(attempt: &AttemptView) -> Option<String> {
+fn attempt_line(attempt: &CardAttemptView) -> Option<String> {
     let detail = attempt.failure_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
     Some(match attempt.status.as_str() {
         "succeeded" => "Your card payment went through. This page updates by itself once it is confirmed.".to_owned(),

@@ -33,7 +33,7 @@ pub const PAYMENT_METHOD_LEN_MAX: usize = 100;
 
 /// One try at paying an invoice by card, as the page and the API show it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct AttemptView {
+pub struct CardAttemptView {
     /// `ca_…`
     pub id: String,
     pub invoice_id: String,
@@ -57,8 +57,8 @@ pub struct AttemptView {
 const ATTEMPT_COLUMNS: &str = "id, invoice_id, attempt, kind, status, payment_intent_id, checkout_url, currency, \
      amount_minor::text AS amount_minor, failure_code, failure_message, created_at";
 
-fn view_of(row: &sqlx::postgres::PgRow) -> Result<AttemptView> {
-    Ok(AttemptView {
+fn view_of(row: &sqlx::postgres::PgRow) -> Result<CardAttemptView> {
+    Ok(CardAttemptView {
         id: row.try_get("id")?,
         invoice_id: row.try_get("invoice_id")?,
         attempt: row.try_get("attempt")?,
@@ -75,7 +75,7 @@ fn view_of(row: &sqlx::postgres::PgRow) -> Result<AttemptView> {
 }
 
 /// The newest attempt of an invoice, for the checkout page.
-pub async fn latest(pool: &PgPool, invoice_id: &str) -> Result<Option<AttemptView>> {
+pub async fn latest(pool: &PgPool, invoice_id: &str) -> Result<Option<CardAttemptView>> {
     let row = sqlx::query(&format!(
         "SELECT {ATTEMPT_COLUMNS} FROM card_attempts WHERE invoice_id = $1 ORDER BY attempt DESC LIMIT 1"
     ))
@@ -114,7 +114,7 @@ pub async fn start(
     invoice_id: &str,
     payment_method: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<AttemptView> {
+) -> Result<CardAttemptView> {
     let unavailable = |reason: &str| StripeError::CardUnavailable { invoice_id: invoice_id.to_owned(), reason: reason.to_owned() };
     let session = !rail.uses_test_cards();
     let payment_method = if session {

@@ -26,7 +26,7 @@ pub mod returns;
 pub mod reversal;
 pub mod webhook;
 
-pub use attempt::{start as start_card_payment, AttemptView, TEST_CARDS};
+pub use attempt::{start as start_card_payment, CardAttemptView, TEST_CARDS};
 pub use client::{StripeClient, STRIPE_API_VERSION};
 pub use error::{Result, StripeError};
 pub use refund::{refund_invoice, RefundRequest, RefundView, RefundsView};

@@ -177,7 +177,22 @@ impl EvmWatcher {
                 _ = shutdown.changed() => return Ok(()),
             }
         }
-        self.check_chain_id().await?;
+        // A node that is down at start is waited for; one that serves another chain is refused.
+        let mut backoff_ms = 0u64;
+        loop {
+            match self.check_chain_id().await {
+                Ok(()) => break,
+                Err(error) if error.is_retryable() => {
+                    backoff_ms = (backoff_ms * 2).clamp(1_000, BACKOFF_MS_MAX);
+                    tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, backoff_ms, "node not reachable; waiting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
         tracing::info!(target: "watcher::evm", chain = %self.chain.name, "watching");
         // Polling the tip is one cheap call: poll faster than blocks come so confirmations show promptly.
         let poll = Duration::from_millis(self.chain.block_time_ms.clamp(250, POLL_INTERVAL_MS_MAX));
