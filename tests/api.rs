@@ -287,6 +287,7 @@ async fn health_and_readiness(pool: PgPool) {
     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (status, body) = server.get(None, "/readyz").await;
     assert_eq!((status, body["database"].as_str()), (StatusCode::OK, Some("ok")));
+    assert!(body["rails"].is_object(), "{body}");
     server.state.pool.close().await;
     let (status, body) = server.get(None, "/readyz").await;
     assert_eq!((status, body["database"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unreachable")));
