@@ -186,6 +186,29 @@ pub struct Dispatcher {
     config: DispatchConfig,
 }
 
+/// Resolves endpoint host names and keeps only addresses an endpoint may use (public ones, and
+/// loopback for the dev stack), at the moment of connecting: a name that resolves to an internal
+/// address, even after the endpoint was accepted, reaches nothing inside.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<std::net::SocketAddr> =
+                found.into_iter().filter(|addr| super::endpoint::check_ip(addr.ip()).is_ok()).collect();
+            if allowed.is_empty() {
+                let refused: Box<dyn std::error::Error + Send + Sync> =
+                    format!("{host} resolves only to internal addresses").into();
+                return Err(refused);
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 impl Dispatcher {
     pub fn new(pool: PgPool, clock: Arc<dyn Clock>, config: DispatchConfig) -> Result<Self> {
         let client = reqwest::Client::builder()
@@ -193,6 +216,7 @@ impl Dispatcher {
             .connect_timeout(StdDuration::from_millis(config.connect_timeout_ms.min(config.timeout_ms)))
             // A redirect is an answer like any other non-2xx: the endpoint's URL is what the merchant set.
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(PublicOnly))
             .build()
             .map_err(WebhookError::Client)?;
         Ok(Self { pool, clock, client, config })
@@ -667,5 +691,24 @@ mod tests {
         }
         assert_eq!(report.attempts(), 4);
         assert!(report.busy());
+    }
+}
+
+#[cfg(test)]
+mod resolver_tests {
+    use std::str::FromStr;
+
+    use reqwest::dns::{Name, Resolve};
+
+    use super::PublicOnly;
+
+    #[tokio::test]
+    async fn names_resolving_to_internal_addresses_reach_nothing() {
+        let internal = PublicOnly.resolve(Name::from_str("10.1.2.3").expect("name")).await;
+        assert!(internal.is_err(), "a private address is refused");
+        let metadata = PublicOnly.resolve(Name::from_str("169.254.169.254").expect("name")).await;
+        assert!(metadata.is_err(), "a link-local (metadata service) address is refused");
+        let loopback = PublicOnly.resolve(Name::from_str("127.0.0.1").expect("name")).await.expect("loopback allowed");
+        assert!(loopback.into_iter().all(|a| a.ip().is_loopback()));
     }
 }

@@ -93,7 +93,7 @@ pub fn validate_url(raw: &str) -> Result<Url> {
 }
 
 /// Whether `ip` is loopback; an error for addresses an endpoint may not use.
-fn check_ip(ip: IpAddr) -> Result<bool> {
+pub(crate) fn check_ip(ip: IpAddr) -> Result<bool> {
     let refused = match ip {
         IpAddr::V4(v4) => is_internal_v4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
