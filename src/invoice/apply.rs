@@ -143,11 +143,15 @@ pub async fn apply_card_payment(
 ) -> Result<Applied> {
     let asset = payment.currency.ledger_asset();
     // Lock the invoice before its options change: the same order as every other writer.
-    let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
-        .bind(&payment.invoice_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })?;
+    let row = sqlx::query(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(&payment.invoice_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| InvoiceError::NotFound {
+        id: payment.invoice_id.clone(),
+    })?;
     let invoice = row_to_invoice(&row)?;
     if invoice.currency == payment.currency {
         sqlx::query(
@@ -184,22 +188,35 @@ pub async fn apply_card_payment(
     apply_credit(tx, ledger, &credit, now).await
 }
 
-async fn apply_credit(tx: &mut PgConnection, ledger: &Ledger, payment: &Credit<'_>, now: DateTime<Utc>) -> Result<Applied> {
+async fn apply_credit(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    payment: &Credit<'_>,
+    now: DateTime<Utc>,
+) -> Result<Applied> {
     if payment.amount.is_zero() {
-        return Err(InvoiceError::Invalid { field: "amount", reason: "a payment of zero is not a payment".to_owned() });
+        return Err(InvoiceError::Invalid {
+            field: "amount",
+            reason: "a payment of zero is not a payment".to_owned(),
+        });
     }
     // Lock the invoice first: every writer of an invoice's payments takes this lock before any
     // ledger lock, so the order is the same for all.
-    let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
-        .bind(payment.invoice_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.to_owned() })?;
+    let row = sqlx::query(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(payment.invoice_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| InvoiceError::NotFound {
+        id: payment.invoice_id.to_owned(),
+    })?;
     let invoice = row_to_invoice(&row)?;
     let asset = payment.asset.clone();
 
     let existing = sqlx::query(
-        "SELECT id, invoice_id, asset, amount_minor::text AS amount_minor, status, applied_to \
+        "SELECT id, invoice_id, asset, amount_minor::text AS amount_minor, status, applied_to, \
+                confirmations, confirmations_required, block_hash \
          FROM payments WHERE tx_ref = $1 FOR UPDATE",
     )
     .bind(payment.tx_ref)
@@ -210,6 +227,9 @@ async fn apply_credit(tx: &mut PgConnection, ledger: &Ledger, payment: &Credit<'
     let block_height = payment.block.and_then(|b| i64::try_from(b.height).ok());
     let block_hash = payment.block.map(|b| b.hash.as_str());
     let required = i32::try_from(payment.confirmations_required).unwrap_or(i32::MAX);
+    // Whether anything about an already known payment changed; an unchanged replay (a watcher
+    // refreshing a payment that is still waiting) writes nothing and cannot move the invoice.
+    let mut unchanged = false;
     let (payment_id, status, applied_to) = match existing {
         Some(found) => {
             let stored_amount = parse_amount("amount_minor", &found.try_get::<String, _>("amount_minor")?)?;
@@ -223,12 +243,18 @@ async fn apply_credit(tx: &mut PgConnection, ledger: &Ledger, payment: &Credit<'
                 });
             }
             let id: String = found.try_get("id")?;
-            let mut status: String = found.try_get("status")?;
+            let stored_status: String = found.try_get("status")?;
+            let mut status = stored_status.clone();
             if status == "orphaned" {
                 // Back in the canonical chain after a reorg: seen again, credited again only once.
                 status = "seen".to_owned();
             }
-            sqlx::query(
+            unchanged = status == stored_status
+                && found.try_get::<i32, _>("confirmations")? == confirmations
+                && found.try_get::<i32, _>("confirmations_required")? == required
+                && found.try_get::<Option<String>, _>("block_hash")?.as_deref() == block_hash;
+            if !unchanged {
+                sqlx::query(
                 "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
                         block_height = $6, block_hash = $7 \
                  WHERE id = $1",
@@ -242,21 +268,27 @@ async fn apply_credit(tx: &mut PgConnection, ledger: &Ledger, payment: &Credit<'
             .bind(block_hash)
             .execute(&mut *tx)
             .await?;
+            }
             (id, status, found.try_get::<String, _>("applied_to")?)
         }
         None => {
-            let option = sqlx::query("SELECT amount_minor::text AS amount_minor FROM payment_options WHERE invoice_id = $1 AND asset = $2")
-                .bind(&invoice.id)
-                .bind(&asset)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let option = sqlx::query(
+                "SELECT amount_minor::text AS amount_minor FROM payment_options WHERE invoice_id = $1 AND asset = $2",
+            )
+            .bind(&invoice.id)
+            .bind(&asset)
+            .fetch_optional(&mut *tx)
+            .await?;
             let reason = unapplied_reason(&invoice, option.is_some(), now);
             let value = match (&option, reason) {
                 (Some(o), None) => {
                     let quoted = parse_amount("amount_minor", &o.try_get::<String, _>("amount_minor")?)?;
                     // The share of the invoice this payment covers, at the locked quote.
                     mul_div(payment.amount, invoice.amount_minor, quoted, Rounding::Down).map_err(|e| {
-                        InvoiceError::Invalid { field: "amount", reason: format!("cannot be valued: {e}") }
+                        InvoiceError::Invalid {
+                            field: "amount",
+                            reason: format!("cannot be valued: {e}"),
+                        }
                     })?
                 }
                 _ => Amount::ZERO,
@@ -315,34 +347,59 @@ async fn apply_credit(tx: &mut PgConnection, ledger: &Ledger, payment: &Credit<'
         .await?;
         if applied_to == "unapplied" && credited {
             let view = load_view(&mut *tx, None, &invoice.id).await?;
-            crate::webhook::emit(&mut *tx, &invoice.merchant_id, "invoice.payment_late", &invoice.id, &view, now)
-                .await?;
+            crate::webhook::emit(
+                &mut *tx,
+                &invoice.merchant_id,
+                "invoice.payment_late",
+                &invoice.id,
+                &view,
+                now,
+            )
+            .await?;
         }
     }
 
-    let invoice_status = settle_status(tx, &invoice, now).await?;
+    // A payment still waiting, unchanged, on an invoice already waiting for it cannot change its
+    // status (expiry waits for pending payments): skip the valuation.
+    let settled = unchanged && !credited && status == "seen" && invoice.status == InvoiceStatus::Processing;
+    let invoice_status = if settled {
+        invoice.status
+    } else {
+        settle_status(tx, &invoice, now).await?
+    };
     Ok(Applied {
         payment_id,
         invoice_status,
         credited,
-        applied_to: if applied_to == "invoice" { "invoice" } else { "unapplied" },
+        applied_to: if applied_to == "invoice" {
+            "invoice"
+        } else {
+            "unapplied"
+        },
     })
 }
 
 /// Marks a payment whose block left the canonical chain. A payment not yet credited goes back to
 /// unconfirmed accounting (its value no longer counts); a credited one is reversed by a new ledger
 /// entry and raised as an alert, since the confirmation policy should have made that impossible.
-pub async fn orphan_payment(tx: &mut PgConnection, ledger: &Ledger, tx_ref: &str, now: DateTime<Utc>) -> Result<InvoiceStatus> {
+pub async fn orphan_payment(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    tx_ref: &str,
+    now: DateTime<Utc>,
+) -> Result<InvoiceStatus> {
     let found = sqlx::query("SELECT id, invoice_id, status, ledger_entry_id FROM payments WHERE tx_ref = $1")
         .bind(tx_ref)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| InvoiceError::NotFound { id: tx_ref.to_owned() })?;
     let invoice_id: String = found.try_get("invoice_id")?;
-    let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
-        .bind(&invoice_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(&invoice_id)
+    .fetch_one(&mut *tx)
+    .await?;
     let invoice = row_to_invoice(&row)?;
     let payment_id: String = found.try_get("id")?;
     let status: String = found.try_get("status")?;
@@ -352,16 +409,21 @@ pub async fn orphan_payment(tx: &mut PgConnection, ledger: &Ledger, tx_ref: &str
                 "UPDATE payments SET status = 'orphaned', confirmations = 0, block_height = NULL, block_hash = NULL, \
                  updated_at = $2 WHERE id = $1",
             )
-                .bind(&payment_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            .bind(&payment_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         "confirmed" => {
             let entry_id: Option<i64> = found.try_get("ledger_entry_id")?;
             if let Some(entry_id) = entry_id {
                 ledger
-                    .reverse(&mut *tx, entry_id, &format!("reorg:{tx_ref}:{entry_id}"), "credited block orphaned")
+                    .reverse(
+                        &mut *tx,
+                        entry_id,
+                        &format!("reorg:{tx_ref}:{entry_id}"),
+                        "credited block orphaned",
+                    )
                     .await?;
             }
             tracing::error!(target: "invoice", tx_ref, invoice = %invoice.id,
@@ -370,10 +432,10 @@ pub async fn orphan_payment(tx: &mut PgConnection, ledger: &Ledger, tx_ref: &str
                 "UPDATE payments SET status = 'reversed', confirmations = 0, block_height = NULL, block_hash = NULL, \
                  updated_at = $2 WHERE id = $1",
             )
-                .bind(&payment_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            .bind(&payment_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         _ => {}
     }
@@ -382,7 +444,11 @@ pub async fn orphan_payment(tx: &mut PgConnection, ledger: &Ledger, tx_ref: &str
 
 /// Recomputes an invoice's status from its payments and, when it changed, stores it and writes the
 /// event. The invoice row must already be locked by the caller.
-pub(crate) async fn settle_status(tx: &mut PgConnection, invoice: &InvoiceRow, now: DateTime<Utc>) -> Result<InvoiceStatus> {
+pub(crate) async fn settle_status(
+    tx: &mut PgConnection,
+    invoice: &InvoiceRow,
+    now: DateTime<Utc>,
+) -> Result<InvoiceStatus> {
     let progress = progress_of(tx, invoice, now).await?;
     let next = evaluate(invoice.status, &progress);
     if next != invoice.status {
@@ -397,7 +463,15 @@ pub(crate) async fn settle_status(tx: &mut PgConnection, invoice: &InvoiceRow, n
         .execute(&mut *tx)
         .await?;
         let view = load_view(&mut *tx, None, &invoice.id).await?;
-        crate::webhook::emit(&mut *tx, &invoice.merchant_id, &next.event_type(), &invoice.id, &view, now).await?;
+        crate::webhook::emit(
+            &mut *tx,
+            &invoice.merchant_id,
+            &next.event_type(),
+            &invoice.id,
+            &view,
+            now,
+        )
+        .await?;
     }
     Ok(next)
 }
