@@ -230,6 +230,7 @@ async fn apply_credit(
     // Whether anything about an already known payment changed; an unchanged replay (a watcher
     // refreshing a payment that is still waiting) writes nothing and cannot move the invoice.
     let mut unchanged = false;
+    let mut pre_posted: Option<crate::ledger::Posted> = None;
     let (payment_id, status, applied_to) = match existing {
         Some(found) => {
             let stored_amount = parse_amount("amount_minor", &found.try_get::<String, _>("amount_minor")?)?;
@@ -295,11 +296,18 @@ async fn apply_credit(
             };
             let id = new_id("pay");
             let applied_to = if reason.is_some() { "unapplied" } else { "invoice" };
+            // Confirmed at first sight (a watcher catching up): credit first, then write the row
+            // as confirmed — one statement less than inserting it as seen and updating it.
+            if payment.confirmations >= payment.confirmations_required {
+                pre_posted = Some(post_credit(tx, ledger, payment, &invoice, &id, applied_to).await?);
+            }
+            let row_status = if pre_posted.is_some() { "confirmed" } else { "seen" };
             sqlx::query(
                 "INSERT INTO payments (id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount_minor, \
                                        value_minor, confirmations, confirmations_required, status, applied_to, \
-                                       unapplied_reason, seen_at, updated_at, block_height, block_hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, 'seen', $12, $13, $14, $14, $15, $16)",
+                                       unapplied_reason, seen_at, updated_at, block_height, block_hash, \
+                                       ledger_entry_id, confirmed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, $17, $12, $13, $14, $14, $15, $16, $18, $19)",
             )
             .bind(&id)
             .bind(&invoice.merchant_id)
@@ -317,51 +325,46 @@ async fn apply_credit(
             .bind(now)
             .bind(block_height)
             .bind(block_hash)
+            .bind(row_status)
+            .bind(pre_posted.map(|p| p.entry_id))
+            .bind(pre_posted.map(|_| now))
             .execute(&mut *tx)
             .await?;
-            (id, "seen".to_owned(), applied_to.to_owned())
+            let row_status = if pre_posted.is_some() { "confirmed" } else { "seen" };
+            (id, row_status.to_owned(), applied_to.to_owned())
         }
     };
 
     let mut credited = false;
-    if status == "seen" && payment.confirmations >= payment.confirmations_required {
-        let credit_account = if applied_to == "invoice" {
-            AccountCode::merchant(&invoice.merchant_id)
-        } else {
-            AccountCode::unapplied(&invoice.merchant_id)
-        };
-        let entry = NewEntry::new(format!("payment:{}", payment.tx_ref), "payment")
-            .memo(format!("{} {}", invoice.id, payment_id))
-            .debit(payment.debit_account.clone(), asset.clone(), payment.amount)
-            .credit(credit_account, asset.clone(), payment.amount);
-        let posted = ledger.post(&mut *tx, &entry).await?;
+    let posted = match pre_posted {
+        Some(posted) => Some(posted),
+        None if status == "seen" && payment.confirmations >= payment.confirmations_required => {
+            let posted = post_credit(tx, ledger, payment, &invoice, &payment_id, &applied_to).await?;
+            sqlx::query(
+                "UPDATE payments SET status = 'confirmed', ledger_entry_id = $2, confirmed_at = $3, updated_at = $3 \
+                 WHERE id = $1",
+            )
+            .bind(&payment_id)
+            .bind(posted.entry_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            Some(posted)
+        }
+        None => None,
+    };
+    if let Some(posted) = posted {
         credited = posted.created;
-        sqlx::query(
-            "UPDATE payments SET status = 'confirmed', ledger_entry_id = $2, confirmed_at = $3, updated_at = $3 \
-             WHERE id = $1",
-        )
-        .bind(&payment_id)
-        .bind(posted.entry_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         if applied_to == "unapplied" && credited {
             let view = load_view(&mut *tx, None, &invoice.id).await?;
-            crate::webhook::emit(
-                &mut *tx,
-                &invoice.merchant_id,
-                "invoice.payment_late",
-                &invoice.id,
-                &view,
-                now,
-            )
-            .await?;
+            crate::webhook::emit(&mut *tx, &invoice.merchant_id, "invoice.payment_late", &invoice.id, &view, now)
+                .await?;
         }
     }
 
     // A payment still waiting, unchanged, on an invoice already waiting for it cannot change its
     // status (expiry waits for pending payments): skip the valuation.
-    let settled = unchanged && !credited && status == "seen" && invoice.status == InvoiceStatus::Processing;
+    let settled = unchanged && posted.is_none() && status == "seen" && invoice.status == InvoiceStatus::Processing;
     let invoice_status = if settled {
         invoice.status
     } else {
@@ -377,6 +380,28 @@ async fn apply_credit(
             "unapplied"
         },
     })
+}
+
+/// Posts a payment's credit: the rail's asset account against the merchant (or, for a payment held
+/// for review, the merchant's unapplied balance). Keyed by the payment's `tx_ref`: posted once.
+async fn post_credit(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    payment: &Credit<'_>,
+    invoice: &InvoiceRow,
+    payment_id: &str,
+    applied_to: &str,
+) -> Result<crate::ledger::Posted> {
+    let credit_account = if applied_to == "invoice" {
+        AccountCode::merchant(&invoice.merchant_id)
+    } else {
+        AccountCode::unapplied(&invoice.merchant_id)
+    };
+    let entry = NewEntry::new(format!("payment:{}", payment.tx_ref), "payment")
+        .memo(format!("{} {payment_id}", invoice.id))
+        .debit(payment.debit_account.clone(), payment.asset.clone(), payment.amount)
+        .credit(credit_account, payment.asset.clone(), payment.amount);
+    Ok(ledger.post(&mut *tx, &entry).await?)
 }
 
 /// Marks a payment whose block left the canonical chain. A payment not yet credited goes back to
