@@ -6,6 +6,7 @@ pub mod app;
 pub mod chain;
 pub mod clock;
 pub mod config;
+pub mod creator;
 
 pub mod db;
 pub mod devnet;

@@ -51,6 +51,8 @@ pub struct Principal {
     pub key_id: String,
     pub role: Role,
     pub merchant_id: Option<String>,
+    /// The one creator a `creator` key speaks for.
+    pub creator_id: Option<String>,
 }
 
 /// A merchant and the one-time plaintext of its first API key.
@@ -83,6 +85,27 @@ pub async fn create_merchant(pool: &PgPool, name: &str) -> Result<NewMerchant, M
     Ok(NewMerchant { merchant_id, api_key, created_at })
 }
 
+/// Issues the API key of a creator (role `creator`, scoped to `creator_id`) on the caller's
+/// transaction; returns its one-time plaintext.
+pub async fn issue_creator_key(
+    conn: &mut sqlx::PgConnection,
+    merchant_id: &str,
+    creator_id: &str,
+) -> Result<String, sqlx::Error> {
+    let key = issue_key(&mut *conn, "creator", Some(merchant_id)).await?;
+    let key_id = key_id_of(&key).unwrap_or_default();
+    sqlx::query("UPDATE api_keys SET creator_id = $2 WHERE id = $1")
+        .bind(key_id)
+        .bind(creator_id)
+        .execute(conn)
+        .await?;
+    Ok(key)
+}
+
+fn key_id_of(token: &str) -> Option<String> {
+    token.strip_prefix("pr_").and_then(|rest| rest.split_once('_')).map(|(public, _)| format!("key_{public}"))
+}
+
 async fn issue_key(conn: &mut sqlx::PgConnection, role: &str, merchant_id: Option<&str>) -> Result<String, sqlx::Error> {
     let key_id = new_id("key");
     let secret: String = {
@@ -109,17 +132,19 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Principal
     if !crate::ids::is_id(&key_id, "key") || secret.len() != SECRET_LEN {
         return Ok(None);
     }
-    let row: Option<(Vec<u8>, String, Option<String>)> = sqlx::query_as(
-        "SELECT secret_hash, role, merchant_id FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
+    // secret digest, role, merchant, creator
+    type KeyRow = (Vec<u8>, String, Option<String>, Option<String>);
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT secret_hash, role, merchant_id, creator_id FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(&key_id)
     .fetch_optional(pool)
     .await?;
-    let Some((stored, role, merchant_id)) = row else {
+    let Some((stored, role, merchant_id, creator_id)) = row else {
         return Ok(None);
     };
     if !bool::from(stored.as_slice().ct_eq(&digest(secret)[..])) {
         return Ok(None);
     }
-    Ok(Role::parse(&role).map(|role| Principal { key_id, role, merchant_id }))
+    Ok(Role::parse(&role).map(|role| Principal { key_id, role, merchant_id, creator_id }))
 }

@@ -1,11 +1,12 @@
-//! Bearer API keys. Every handler that reads tenant data takes [`MerchantAuth`], and every query it
-//! makes filters by that merchant: another merchant's object is simply not found.
+//! Bearer API keys. Every handler that reads tenant data takes [`MerchantAuth`] (or, for a
+//! creator's own routes, [`CreatorAuth`]), and every query it makes filters by that merchant or
+//! creator: another tenant's object is simply not found.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 
-use crate::merchant::{authenticate, Role};
+use crate::merchant::{authenticate, Principal, Role};
 
 use super::error::ApiError;
 use super::AppState;
@@ -20,22 +21,47 @@ impl FromRequestParts<AppState> for MerchantAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(ApiError::unauthorized)?;
-        let principal = authenticate(&state.pool, token).await.map_err(ApiError::internal)?.ok_or_else(ApiError::unauthorized)?;
-        if let Err(wait) = state.limiter.check(&principal.key_id, std::time::Instant::now()) {
-            let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key");
-            error.retry_after_s = Some(wait.as_secs().max(1));
-            return Err(error);
-        }
+        let principal = principal(parts, state).await?;
         match (principal.role, principal.merchant_id) {
             (Role::Merchant, Some(merchant_id)) => Ok(Self { merchant_id }),
             _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key is not a merchant key")),
         }
     }
+}
+
+/// A request authenticated with a creator key: it sees that one creator only.
+#[derive(Debug, Clone)]
+pub struct CreatorAuth {
+    pub merchant_id: String,
+    pub creator_id: String,
+}
+
+impl FromRequestParts<AppState> for CreatorAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let principal = principal(parts, state).await?;
+        match (principal.role, principal.merchant_id, principal.creator_id) {
+            (Role::Creator, Some(merchant_id), Some(creator_id)) => Ok(Self { merchant_id, creator_id }),
+            _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key is not a creator key")),
+        }
+    }
+}
+
+/// The key's principal, after the per-key rate limit.
+async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    let principal = authenticate(&state.pool, token).await.map_err(ApiError::internal)?.ok_or_else(ApiError::unauthorized)?;
+    if let Err(wait) = state.limiter.check(&principal.key_id, std::time::Instant::now()) {
+        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key");
+        error.retry_after_s = Some(wait.as_secs().max(1));
+        return Err(error);
+    }
+    Ok(principal)
 }

@@ -5,15 +5,66 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
-use crate::invoice::{self, CreateInvoice, InvoicePage, InvoiceView, ListFilter};
+use crate::invoice::{self, CreateInvoice, CreatorShare, InvoicePage, InvoiceView, ListFilter, Splits};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
 use super::AppState;
 
+/// Body of `POST /v1/invoices`: the invoice, and optionally its revenue split. Without `splits`
+/// and `platform_fee_bps`, the merchant's rule for the longest matching `order_id` prefix (else its
+/// default rule, else none) is copied onto the invoice.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInvoiceBody {
+    /// Decimal string in the currency's major unit: `"25.00"`.
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// CAIP-19 ids; every configured asset with a rate when absent.
+    #[serde(default)]
+    pub accepted: Option<Vec<String>>,
+    /// Seconds until the quotes expire.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub order_id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// Creators and their basis points of every payment; with `platform_fee_bps` at most 10000.
+    #[serde(default)]
+    pub splits: Option<Vec<CreatorShare>>,
+    /// The platform's fee in basis points of every payment.
+    #[serde(default)]
+    pub platform_fee_bps: Option<u32>,
+}
+
+impl CreateInvoiceBody {
+    fn into_parts(self) -> (CreateInvoice, Option<Splits>) {
+        let splits = if self.splits.is_some() || self.platform_fee_bps.is_some() {
+            Some(Splits {
+                splits: self.splits.unwrap_or_default(),
+                platform_fee_bps: self.platform_fee_bps.unwrap_or(0),
+            })
+        } else {
+            None
+        };
+        let request = CreateInvoice {
+            amount: self.amount,
+            currency: self.currency,
+            accepted: self.accepted,
+            expires_in: self.expires_in,
+            order_id: self.order_id,
+            metadata: self.metadata,
+        };
+        (request, splits)
+    }
+}
+
 #[utoipa::path(post, path = "/v1/invoices", tag = "invoices", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, pattern = "^[!-~]+$", description = "retries with the same key and body get the first response")),
-    request_body = CreateInvoice,
+    request_body = CreateInvoiceBody,
     responses(
         (status = 201, body = InvoiceView), (status = 200, body = InvoiceView, description = "an earlier invoice under the same Idempotency-Key"),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
@@ -24,22 +75,24 @@ pub async fn create(
     State(state): State<AppState>,
     auth: MerchantAuth,
     headers: HeaderMap,
-    body: Result<Json<CreateInvoice>, JsonRejection>,
+    body: Result<Json<CreateInvoiceBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<InvoiceView>), ApiError> {
-    let Json(request) = body?;
+    let Json(body) = body?;
+    let (request, splits) = body.into_parts();
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", "Idempotency-Key must be visible ASCII")
         })?),
     };
-    let (view, created) = invoice::create_invoice(
+    let (view, created) = invoice::create_invoice_with_splits(
         &state.pool,
         &state.catalog,
         state.rates.as_ref(),
         &state.policy,
         &auth.merchant_id,
         &request,
+        splits.as_ref(),
         key,
         state.clock.now(),
     )

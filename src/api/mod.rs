@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod balances;
 pub mod checkout;
+pub mod creators;
 pub mod error;
 pub mod health;
 pub mod idempotency;
@@ -71,6 +72,11 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/stripe/webhook", post(stripe::webhook))
         .route("/pay/{id}/card", post(stripe::pay_by_card))
         .route("/v1/balances", get(balances::show))
+        .route("/v1/creators", post(creators::create).get(creators::list))
+        .route("/v1/creators/me", get(creators::me))
+        .route("/v1/creators/me/statement", get(creators::statement))
+        .route("/v1/creators/{id}", get(creators::show))
+        .route("/v1/split_rules", get(creators::get_split_rules).put(creators::put_split_rules))
         .route("/pay/{id}", get(checkout::page))
         .route("/pay/{id}/status", get(checkout::status))
         .route("/v1/webhook_endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))

@@ -382,8 +382,9 @@ async fn apply_credit(
     })
 }
 
-/// Posts a payment's credit: the rail's asset account against the merchant (or, for a payment held
-/// for review, the merchant's unapplied balance). Keyed by the payment's `tx_ref`: posted once.
+/// Posts a payment's credit: the rail's asset account against the merchant, its creators and the
+/// platform per the invoice's split (or, for a payment held for review, the merchant's unapplied
+/// balance, unsplit). One entry, keyed by the payment's `tx_ref`: posted once.
 async fn post_credit(
     tx: &mut PgConnection,
     ledger: &Ledger,
@@ -392,15 +393,19 @@ async fn post_credit(
     payment_id: &str,
     applied_to: &str,
 ) -> Result<crate::ledger::Posted> {
-    let credit_account = if applied_to == "invoice" {
-        AccountCode::merchant(&invoice.merchant_id)
+    // A payment held for review is not split: it is not yet known to be revenue of the invoice.
+    let credits = if applied_to == "invoice" {
+        let splits = super::split::load_for_invoice(&mut *tx, &invoice.id).await?;
+        super::split::split_postings(AccountCode::merchant(&invoice.merchant_id), payment.amount, &splits)?
     } else {
-        AccountCode::unapplied(&invoice.merchant_id)
+        vec![(AccountCode::unapplied(&invoice.merchant_id), payment.amount)]
     };
-    let entry = NewEntry::new(format!("payment:{}", payment.tx_ref), "payment")
+    let mut entry = NewEntry::new(format!("payment:{}", payment.tx_ref), "payment")
         .memo(format!("{} {payment_id}", invoice.id))
-        .debit(payment.debit_account.clone(), payment.asset.clone(), payment.amount)
-        .credit(credit_account, payment.asset.clone(), payment.amount);
+        .debit(payment.debit_account.clone(), payment.asset.clone(), payment.amount);
+    for (account, amount) in credits {
+        entry = entry.credit(account, payment.asset.clone(), amount);
+    }
     Ok(ledger.post(&mut *tx, &entry).await?)
 }
 

@@ -16,6 +16,7 @@ use crate::rates::RateSource;
 use super::catalog::AssetCatalog;
 use super::error::{InvoiceError, Result};
 use super::model::{load_view, InvoiceView};
+use super::split::{check_creators, matching_rule, store_on_invoice, Splits};
 
 /// Most assets one invoice may accept.
 pub const ACCEPTED_ASSETS_MAX: usize = 64;
@@ -173,14 +174,18 @@ fn priced(entry: &super::catalog::CatalogAsset, amount: Amount, currency: Fiat, 
     })
 }
 
-fn fingerprint(request: &CreateInvoice) -> Vec<u8> {
+fn fingerprint(request: &CreateInvoice, splits: Option<&Splits>) -> Vec<u8> {
     // serde_json writes struct fields in declaration order and object keys sorted, so equal
-    // requests serialize equally.
-    let canonical = serde_json::to_vec(request).unwrap_or_default();
+    // requests serialize equally. A request without splits hashes as it always has.
+    let mut canonical = serde_json::to_vec(request).unwrap_or_default();
+    if let Some(splits) = splits {
+        canonical.extend_from_slice(&serde_json::to_vec(splits).unwrap_or_default());
+    }
     Sha256::digest(&canonical).to_vec()
 }
 
 /// Creates an invoice for `merchant_id`. Returns the invoice and whether this call created it.
+/// The revenue split is the merchant's matching rule, if any (see [`create_invoice_with_splits`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn create_invoice(
     pool: &PgPool,
@@ -192,12 +197,33 @@ pub async fn create_invoice(
     idempotency_key: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(InvoiceView, bool)> {
+    create_invoice_with_splits(pool, catalog, rates, policy, merchant_id, request, None, idempotency_key, now).await
+}
+
+/// Creates an invoice as [`create_invoice`] does, with the revenue split `splits` when given;
+/// otherwise the merchant's rule for the longest matching `order_id` prefix, else its default rule,
+/// else none, is copied onto the invoice, so a later rule edit never changes this invoice.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_invoice_with_splits(
+    pool: &PgPool,
+    catalog: &AssetCatalog,
+    rates: &dyn RateSource,
+    policy: &InvoicePolicy,
+    merchant_id: &str,
+    request: &CreateInvoice,
+    splits: Option<&Splits>,
+    idempotency_key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(InvoiceView, bool)> {
+    if let Some(splits) = splits {
+        splits.validate()?;
+    }
     if let Some(key) = idempotency_key {
         if key.is_empty() || key.len() > 256 {
             return Err(invalid("Idempotency-Key", "must be 1..=256 bytes"));
         }
     }
-    let request_fingerprint = fingerprint(request);
+    let request_fingerprint = fingerprint(request, splits);
     if let Some(key) = idempotency_key {
         if let Some(existing) = find_by_idempotency_key(pool, merchant_id, key, &request_fingerprint).await? {
             return Ok((existing, false));
@@ -233,6 +259,16 @@ pub async fn create_invoice(
             .await?
             .map(|view| (view, false))
             .ok_or_else(|| InvoiceError::IdempotencyConflict { key: key.to_owned() });
+    }
+    let split = match splits {
+        Some(given) => {
+            check_creators(&mut tx, merchant_id, given).await?;
+            Some(given.clone())
+        }
+        None => matching_rule(&mut tx, merchant_id, request.order_id.as_deref()).await?,
+    };
+    if let Some(split) = split.filter(|s| !s.is_empty()) {
+        store_on_invoice(&mut tx, merchant_id, &id, &split).await?;
     }
     for (position, option) in options.iter().enumerate() {
         sqlx::query(

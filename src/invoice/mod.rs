@@ -9,6 +9,7 @@ pub mod expire;
 pub mod list;
 pub mod model;
 pub mod refund;
+pub mod split;
 pub mod status;
 pub mod void;
 
@@ -17,7 +18,8 @@ pub use apply::{
     CARD_RATE_SOURCE,
 };
 pub use catalog::{AssetCatalog, CatalogAsset, DepositScheme};
-pub use create::{create_invoice, CreateInvoice, InvoicePolicy};
+pub use create::{create_invoice, create_invoice_with_splits, CreateInvoice, InvoicePolicy};
+pub use split::{CreatorShare, Splits};
 pub use error::{InvoiceError, Result};
 pub use expire::{expire_due, refresh};
 pub use model::{load_view, InvoiceView, PaymentOptionView, PaymentView};

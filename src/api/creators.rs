@@ -1,0 +1,151 @@
+//! Creators (merchant key): `POST /v1/creators`, `GET /v1/creators`, `PUT`/`GET /v1/split_rules`.
+//! A creator's own view (creator key): `GET /v1/creators/me`, `GET /v1/creators/me/statement`.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+
+use crate::creator::{self, CreateCreator, CreatorAccount, CreatorError, CreatorView, NewCreator, SplitRules, StatementLine};
+
+use super::auth::{CreatorAuth, MerchantAuth};
+use super::error::ApiError;
+use super::AppState;
+
+impl From<CreatorError> for ApiError {
+    fn from(error: CreatorError) -> Self {
+        match error {
+            CreatorError::Invalid { field, reason } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{field}: {reason}"))
+            }
+            CreatorError::NotFound { .. } => Self::not_found("creator"),
+            CreatorError::Ledger(_) | CreatorError::Database(_) => Self::internal(error),
+        }
+    }
+}
+
+/// `GET /v1/creators`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CreatorList {
+    pub data: Vec<CreatorView>,
+}
+
+#[utoipa::path(post, path = "/v1/creators", tag = "creators", security(("bearer" = [])),
+    request_body = CreateCreator,
+    responses((status = 201, body = NewCreator, description = "the creator and its API key, shown once"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    body: Result<Json<CreateCreator>, JsonRejection>,
+) -> Result<(StatusCode, Json<NewCreator>), ApiError> {
+    let Json(request) = body?;
+    let created = creator::create_creator(&state.pool, &auth.merchant_id, &request).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/v1/creators", tag = "creators", security(("bearer" = [])),
+    responses((status = 200, body = CreatorList), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<CreatorList>, ApiError> {
+    Ok(Json(CreatorList { data: creator::list_creators(&state.pool, &auth.merchant_id).await? }))
+}
+
+#[utoipa::path(get, path = "/v1/creators/{id}", tag = "creators", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the creator id, cr_…")),
+    responses((status = 200, body = CreatorView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+) -> Result<Json<CreatorView>, ApiError> {
+    if !crate::ids::is_id(&id, "cr") {
+        return Err(ApiError::not_found("creator"));
+    }
+    Ok(Json(creator::get_creator(&state.pool, &auth.merchant_id, &id).await?))
+}
+
+#[utoipa::path(put, path = "/v1/split_rules", tag = "creators", security(("bearer" = [])),
+    request_body = SplitRules,
+    responses((status = 200, body = SplitRules, description = "the rules now in force; existing invoices keep theirs"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn put_split_rules(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    body: Result<Json<SplitRules>, JsonRejection>,
+) -> Result<Json<SplitRules>, ApiError> {
+    let Json(rules) = body?;
+    Ok(Json(creator::set_split_rules(&state.pool, &auth.merchant_id, &rules).await?))
+}
+
+#[utoipa::path(get, path = "/v1/split_rules", tag = "creators", security(("bearer" = [])),
+    responses((status = 200, body = SplitRules), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody)))]
+pub async fn get_split_rules(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<SplitRules>, ApiError> {
+    let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
+    Ok(Json(creator::split_rules(&mut conn, &auth.merchant_id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/creators/me", tag = "creators", security(("bearer" = [])),
+    responses((status = 200, body = CreatorAccount), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody)))]
+pub async fn me(State(state): State<AppState>, auth: CreatorAuth) -> Result<Json<CreatorAccount>, ApiError> {
+    Ok(Json(creator::creator_account(&state.pool, &state.ledger, &auth.creator_id).await?))
+}
+
+/// Query of `GET /v1/creators/me/statement`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatementQuery {
+    /// RFC 3339; postings at or after.
+    pub from: Option<String>,
+    /// RFC 3339; postings before.
+    pub to: Option<String>,
+    /// `json` (the default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// `GET /v1/creators/me/statement` as JSON.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Statement {
+    pub creator_id: String,
+    pub data: Vec<StatementLine>,
+}
+
+fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{name} must be RFC 3339"))
+            })
+        })
+        .transpose()
+}
+
+#[utoipa::path(get, path = "/v1/creators/me/statement", tag = "creators", security(("bearer" = [])),
+    params(StatementQuery),
+    responses((status = 200, body = Statement, description = "JSON, or with format=csv text/csv with the same columns"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn statement(
+    State(state): State<AppState>,
+    auth: CreatorAuth,
+    query: Result<Query<StatementQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
+    let from = time_param("from", query.from.as_deref())?;
+    let to = time_param("to", query.to.as_deref())?;
+    let lines = creator::statement(&state.pool, &auth.creator_id, from, to).await?;
+    match query.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(Statement { creator_id: auth.creator_id, data: lines }).into_response()),
+        "csv" => Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], creator::statement_csv(&lines)).into_response()),
+        _ => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "format must be json or csv")),
+    }
+}

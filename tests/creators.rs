@@ -1,0 +1,442 @@
+//! Revenue splits against a real PostgreSQL and a real socket: the one entry a paid invoice writes
+//! credits the merchant, its creators, the platform fee and the rounding dust exactly; rules are
+//! chosen by the longest `order_id` prefix and fixed on the invoice when it is created; payments
+//! held for review are not split; invalid splits are refused.
+
+mod common;
+
+use common::{state_with_clock, USDC_POLYGON, USDT_POLYGON};
+use payrail::api::{router, AppState, HttpLimits};
+use payrail::invoice::{apply_payment, create_invoice, CreateInvoice, InvoiceView, ObservedPayment};
+use payrail::ledger::{AccountCode, SignedAmount};
+use payrail::merchant::create_merchant;
+use payrail::money::Amount;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    state: AppState,
+}
+
+async fn start(pool: PgPool) -> Server {
+    let (state, _clock) = state_with_clock(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(state.clone(), HttpLimits::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server { base, client: reqwest::Client::new(), state }
+}
+
+impl Server {
+    async fn post_invoice(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/v1/invoices", self.base))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        (status, response.json().await.expect("json body"))
+    }
+
+    async fn invoice(&self, id: &str) -> InvoiceView {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        payrail::invoice::load_view(&mut conn, None, id).await.expect("view")
+    }
+
+    async fn balance(&self, account: &AccountCode, asset: &str) -> SignedAmount {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        self.state.ledger.balance(&mut conn, account, asset).await.expect("balance")
+    }
+
+    /// Pays `value` of `asset` to `invoice`, confirmed at first sight.
+    async fn pay(&self, invoice: &InvoiceView, asset: &str, tx: &str, value: u128) -> payrail::invoice::Applied {
+        let asset: payrail::money::AssetId = asset.parse().expect("asset");
+        let payment = ObservedPayment {
+            invoice_id: invoice.id.clone(),
+            chain: asset.chain().clone(),
+            tx_ref: format!("{}:{tx}:0", asset.chain()),
+            asset,
+            address: None,
+            amount: Amount::from_u128(value),
+            confirmations: 2,
+            confirmations_required: 2,
+            block: None,
+        };
+        let mut tx = self.state.pool.begin().await.expect("begin");
+        let applied = apply_payment(&mut tx, &self.state.ledger, &payment, self.state.clock.now()).await.expect("apply");
+        tx.commit().await.expect("commit");
+        applied
+    }
+
+    /// The postings of the payment entry `tx`, as (account, signed amount).
+    async fn entry(&self, asset: &str, tx: &str) -> Vec<(String, SignedAmount)> {
+        let asset: payrail::money::AssetId = asset.parse().expect("asset");
+        let key = format!("payment:{}:{tx}:0", asset.chain());
+        let id: i64 = sqlx::query_scalar("SELECT id FROM journal_entries WHERE idempotency_key = $1")
+            .bind(&key)
+            .fetch_one(&self.state.pool)
+            .await
+            .expect("entry id");
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        let entry = self.state.ledger.entry(&mut conn, id).await.expect("entry");
+        entry.postings.iter().map(|p| (p.account.to_string(), p.signed_amount())).collect()
+    }
+}
+
+fn positive(v: u64) -> SignedAmount {
+    SignedAmount::positive(Amount::from_u64(v))
+}
+
+/// A credit posting of `v` (credits are stored negative).
+fn credit(v: u64) -> SignedAmount {
+    SignedAmount::negative(Amount::from_u64(v))
+}
+
+async fn creator(pool: &PgPool, merchant_id: &str, name: &str) -> String {
+    let id = payrail::ids::new_id("cr");
+    sqlx::query("INSERT INTO creators (id, merchant_id, name) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(merchant_id)
+        .bind(name)
+        .execute(pool)
+        .await
+        .expect("creator");
+    id
+}
+
+async fn set_rule(pool: &PgPool, merchant_id: &str, prefix: &str, shares: &[(&str, i32)], fee: i32) {
+    sqlx::query("DELETE FROM split_rules WHERE merchant_id = $1 AND order_id_prefix = $2")
+        .bind(merchant_id)
+        .bind(prefix)
+        .execute(pool)
+        .await
+        .expect("delete rule");
+    sqlx::query("INSERT INTO split_rules (merchant_id, order_id_prefix, platform_fee_bps) VALUES ($1, $2, $3)")
+        .bind(merchant_id)
+        .bind(prefix)
+        .bind(fee)
+        .execute(pool)
+        .await
+        .expect("rule");
+    for (position, (creator, bps)) in shares.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO split_rule_shares (merchant_id, order_id_prefix, creator_id, bps, position) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(merchant_id)
+        .bind(prefix)
+        .bind(creator)
+        .bind(bps)
+        .bind(i16::try_from(position).expect("position"))
+        .execute(pool)
+        .await
+        .expect("share");
+    }
+}
+
+async fn invoice_with_order(server: &Server, merchant_id: &str, order_id: &str) -> InvoiceView {
+    let request = CreateInvoice {
+        amount: "25.00".to_owned(),
+        currency: "USD".to_owned(),
+        accepted: Some(vec![USDC_POLYGON.to_owned()]),
+        expires_in: Some(900),
+        order_id: Some(order_id.to_owned()),
+        metadata: None,
+    };
+    let state = &server.state;
+    create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, merchant_id, &request, None, state.clock.now())
+        .await
+        .expect("invoice")
+        .0
+}
+
+#[sqlx::test]
+async fn seventy_thirty_with_platform_fee_credits_everyone_exactly(pool: PgPool) {
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let cr = creator(&pool, &merchant.merchant_id, "Ada").await;
+    let body = json!({"amount":"25.00","currency":"USD","accepted":[USDC_POLYGON],
+                      "splits":[{"creator": cr, "bps": 3000}], "platform_fee_bps": 200});
+    let (status, created) = server.post_invoice(&merchant.api_key, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let invoice = server.invoice(created["id"].as_str().expect("id")).await;
+
+    // 25 USDC even: 30% to the creator, 2% to the platform, 68% to the merchant, no dust.
+    let applied = server.pay(&invoice, USDC_POLYGON, "0xa1", 25_000_000).await;
+    assert!(applied.credited);
+    let postings = server.entry(USDC_POLYGON, "0xa1").await;
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id).to_string();
+    let creator_account = AccountCode::creator(&cr).to_string();
+    let find = |postings: &[(String, SignedAmount)], account: &str| {
+        postings.iter().find(|(a, _)| a == account).map(|(_, v)| *v)
+    };
+    assert_eq!(find(&postings, &creator_account), Some(credit(7_500_000)));
+    assert_eq!(find(&postings, "revenue:platform_fees"), Some(credit(500_000)));
+    assert_eq!(find(&postings, &merchant_account), Some(credit(17_000_000)));
+    assert_eq!(find(&postings, "revenue:rounding"), None);
+    assert_eq!(postings.len(), 4);
+    let sum = postings.iter().try_fold(SignedAmount::ZERO, |acc, (_, v)| acc.checked_add(*v)).expect("sum");
+    assert_eq!(sum, SignedAmount::ZERO);
+
+    // An amount that does not divide evenly: 25000333 × 3000 / 10000 = 7500099.9 → 7500099;
+    // × 200 / 10000 = 500006.66 → 500006; the allocated 3200 bps are 8000106.56 → 8000106, so one
+    // unit of dust goes to rounding and the merchant gets 25000333 − 8000106 = 17000227.
+    let (_, second) = server.post_invoice(&merchant.api_key, body).await;
+    let second = server.invoice(second["id"].as_str().expect("id")).await;
+    server.pay(&second, USDC_POLYGON, "0xa2", 25_000_333).await;
+    let postings = server.entry(USDC_POLYGON, "0xa2").await;
+    assert_eq!(find(&postings, &creator_account), Some(credit(7_500_099)));
+    assert_eq!(find(&postings, "revenue:platform_fees"), Some(credit(500_006)));
+    assert_eq!(find(&postings, "revenue:rounding"), Some(credit(1)));
+    assert_eq!(find(&postings, &merchant_account), Some(credit(17_000_227)));
+    let sum = postings.iter().try_fold(SignedAmount::ZERO, |acc, (_, v)| acc.checked_add(*v)).expect("sum");
+    assert_eq!(sum, SignedAmount::ZERO);
+
+    // Balances add up over both entries.
+    assert_eq!(server.balance(&AccountCode::creator(&cr), USDC_POLYGON).await, positive(15_000_099));
+    assert_eq!(server.balance(&AccountCode::merchant(&merchant.merchant_id), USDC_POLYGON).await, positive(34_000_227));
+    assert_eq!(server.balance(&AccountCode::platform_fees(), USDC_POLYGON).await, positive(1_000_006));
+    assert_eq!(server.balance(&AccountCode::rounding(), USDC_POLYGON).await, positive(1));
+}
+
+#[sqlx::test]
+async fn longest_prefix_rule_wins_and_is_fixed_at_creation(pool: PgPool) {
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let (a, b) = (creator(&pool, &merchant.merchant_id, "A").await, creator(&pool, &merchant.merchant_id, "B").await);
+    set_rule(&pool, &merchant.merchant_id, "", &[(&a, 1000)], 0).await;
+    set_rule(&pool, &merchant.merchant_id, "vip-", &[(&b, 4000)], 100).await;
+    set_rule(&pool, &merchant.merchant_id, "vip-gold-", &[(&b, 5000)], 100).await;
+
+    let gold = invoice_with_order(&server, &merchant.merchant_id, "vip-gold-7").await;
+    let plain = invoice_with_order(&server, &merchant.merchant_id, "order-7").await;
+    // The rule changes after the invoices exist: they keep the split they were created with.
+    set_rule(&pool, &merchant.merchant_id, "vip-gold-", &[(&a, 9000)], 0).await;
+    set_rule(&pool, &merchant.merchant_id, "", &[(&b, 9000)], 0).await;
+
+    server.pay(&gold, USDC_POLYGON, "0xb1", 10_000_000).await;
+    server.pay(&plain, USDC_POLYGON, "0xb2", 10_000_000).await;
+    assert_eq!(server.balance(&AccountCode::creator(&b), USDC_POLYGON).await, positive(5_000_000));
+    assert_eq!(server.balance(&AccountCode::creator(&a), USDC_POLYGON).await, positive(1_000_000));
+    assert_eq!(server.balance(&AccountCode::platform_fees(), USDC_POLYGON).await, positive(100_000));
+    assert_eq!(
+        server.balance(&AccountCode::merchant(&merchant.merchant_id), USDC_POLYGON).await,
+        positive(4_900_000 + 9_000_000)
+    );
+}
+
+#[sqlx::test]
+async fn an_unapplied_payment_is_not_split(pool: PgPool) {
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let cr = creator(&pool, &merchant.merchant_id, "Ada").await;
+    let body = json!({"amount":"25.00","currency":"USD","accepted":[USDC_POLYGON],
+                      "splits":[{"creator": cr, "bps": 7000}], "platform_fee_bps": 200});
+    let (status, created) = server.post_invoice(&merchant.api_key, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let invoice = server.invoice(created["id"].as_str().expect("id")).await;
+    // USDT was not quoted: the payment is held for review, whole.
+    let applied = server.pay(&invoice, USDT_POLYGON, "0xc1", 25_000_000).await;
+    assert_eq!(applied.applied_to, "unapplied");
+    let postings = server.entry(USDT_POLYGON, "0xc1").await;
+    assert_eq!(postings.len(), 2);
+    assert_eq!(
+        server.balance(&AccountCode::unapplied(&merchant.merchant_id), USDT_POLYGON).await,
+        positive(25_000_000)
+    );
+    assert_eq!(server.balance(&AccountCode::creator(&cr), USDT_POLYGON).await, SignedAmount::ZERO);
+    assert_eq!(server.balance(&AccountCode::platform_fees(), USDT_POLYGON).await, SignedAmount::ZERO);
+}
+
+#[sqlx::test]
+async fn invalid_splits_are_refused(pool: PgPool) {
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let other = create_merchant(&pool, "Other").await.expect("merchant");
+    let mine = creator(&pool, &merchant.merchant_id, "Mine").await;
+    let theirs = creator(&pool, &other.merchant_id, "Theirs").await;
+    let base = |splits: Value, fee: u32| {
+        json!({"amount":"25.00","currency":"USD","accepted":[USDC_POLYGON],"splits": splits, "platform_fee_bps": fee})
+    };
+    for body in [
+        base(json!([{"creator": mine, "bps": 9900}]), 200),
+        base(json!([{"creator": mine, "bps": 0}]), 0),
+        base(json!([{"creator": mine, "bps": 100}, {"creator": mine, "bps": 100}]), 0),
+        base(json!([{"creator": "cr_nope", "bps": 100}]), 0),
+        base(json!([{"creator": theirs, "bps": 100}]), 0),
+        base(json!([]), 10_001),
+    ] {
+        let (status, response) = server.post_invoice(&merchant.api_key, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {response}");
+        assert_eq!(response["error"]["code"], "parameter_invalid", "{response}");
+    }
+    let invoices: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices").fetch_one(&pool).await.expect("count");
+    assert_eq!(invoices, 0);
+}
+
+impl Server {
+    async fn send(&self, method: reqwest::Method, key: &str, path: &str, body: Option<Value>) -> (StatusCode, String) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        (status, response.text().await.expect("body"))
+    }
+
+    async fn json(&self, method: reqwest::Method, key: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (status, text) = self.send(method, key, path, body).await;
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("json body: {text}")))
+    }
+}
+
+const POLYGON_ADDRESS: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+
+#[sqlx::test]
+async fn creators_rules_balances_and_statements_through_the_api(pool: PgPool) {
+    use reqwest::Method;
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let key = merchant.api_key.as_str();
+
+    // Lower-case addresses are accepted and stored checksummed.
+    let (status, created) = server
+        .json(Method::POST, key, "/v1/creators",
+            Some(json!({"name":"Ada","payout_addresses":{"eip155:137": POLYGON_ADDRESS.to_lowercase()}})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let cr = created["id"].as_str().expect("id").to_owned();
+    assert!(cr.starts_with("cr_"));
+    assert_eq!(created["payout_addresses"]["eip155:137"], POLYGON_ADDRESS);
+    let creator_key = created["api_key"].as_str().expect("key").to_owned();
+    let (status, list) = server.json(Method::GET, key, "/v1/creators", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1));
+    assert!(list["data"][0].get("api_key").is_none(), "the key is shown once: {list}");
+
+    let rules = json!({"default": {"splits":[{"creator": cr, "bps": 3000}], "platform_fee_bps": 200}, "prefixes": []});
+    let (status, stored) = server.json(Method::PUT, key, "/v1/split_rules", Some(rules.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    let (_, fetched) = server.json(Method::GET, key, "/v1/split_rules", None).await;
+    assert_eq!(fetched, rules);
+
+    let (_, created) = server
+        .post_invoice(key, json!({"amount":"25.00","currency":"USD","accepted":[USDC_POLYGON]}))
+        .await;
+    let invoice = server.invoice(created["id"].as_str().expect("id")).await;
+    // Seen, not yet confirmed: pending; then confirmed: available.
+    let asset: payrail::money::AssetId = USDC_POLYGON.parse().expect("asset");
+    let seen = ObservedPayment {
+        invoice_id: invoice.id.clone(),
+        chain: asset.chain().clone(),
+        tx_ref: format!("{}:0xd1:0", asset.chain()),
+        asset,
+        address: None,
+        amount: Amount::from_u64(25_000_001),
+        confirmations: 0,
+        confirmations_required: 2,
+        block: None,
+    };
+    let mut tx = pool.begin().await.expect("begin");
+    apply_payment(&mut tx, &server.state.ledger, &seen, server.state.clock.now()).await.expect("seen");
+    tx.commit().await.expect("commit");
+    let (status, me) = server.json(Method::GET, &creator_key, "/v1/creators/me", None).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["id"], cr.as_str());
+    assert_eq!(me["balances"], json!([{"asset": USDC_POLYGON, "available_minor": "0", "pending_minor": "7500000"}]));
+    server.pay(&invoice, USDC_POLYGON, "0xd1", 25_000_001).await;
+    let (_, me) = server.json(Method::GET, &creator_key, "/v1/creators/me", None).await;
+    assert_eq!(me["balances"], json!([{"asset": USDC_POLYGON, "available_minor": "7500000", "pending_minor": "0"}]));
+
+    let (status, csv) = server
+        .send(Method::GET, &creator_key, "/v1/creators/me/statement?format=csv&from=2000-01-01T00:00:00Z", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "entry_id,at,kind,asset,amount_minor,invoice_id");
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[1].ends_with(&format!(",payment,{USDC_POLYGON},7500000,{}", invoice.id)), "{csv}");
+    let (_, empty) = server
+        .json(Method::GET, &creator_key, "/v1/creators/me/statement?to=2000-01-01T00:00:00Z", None)
+        .await;
+    assert_eq!(empty["data"], json!([]));
+}
+
+#[sqlx::test]
+async fn merchant_and_creator_keys_stay_in_their_lanes(pool: PgPool) {
+    use reqwest::Method;
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let other = create_merchant(&pool, "Other").await.expect("merchant");
+    let (_, created) = server.json(Method::POST, &merchant.api_key, "/v1/creators", Some(json!({"name":"Ada"}))).await;
+    let creator_key = created["api_key"].as_str().expect("key").to_owned();
+    let (_, theirs) = server.json(Method::POST, &other.api_key, "/v1/creators", Some(json!({"name":"Bob"}))).await;
+    let theirs = theirs["id"].as_str().expect("id").to_owned();
+
+    let (status, _) = server.send(Method::GET, &merchant.api_key, "/v1/creators/me", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server.send(Method::GET, &merchant.api_key, "/v1/creators/me/statement", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for (method, path) in [(Method::GET, "/v1/creators"), (Method::GET, "/v1/split_rules"), (Method::GET, "/v1/invoices")] {
+        let (status, _) = server.send(method, &creator_key, path, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    // Another merchant's creator cannot be named in a rule or an invoice, and is not listed.
+    let (status, body) = server
+        .json(Method::PUT, &merchant.api_key, "/v1/split_rules",
+            Some(json!({"default": {"splits":[{"creator": theirs, "bps": 100}]}})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("not found")), "{body}");
+    let (_, list) = server.json(Method::GET, &merchant.api_key, "/v1/creators", None).await;
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1));
+    let (status, body) = server.json(Method::GET, &merchant.api_key, &format!("/v1/creators/{theirs}"), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{body}");
+    let mine = created["id"].as_str().expect("id");
+    let (status, body) = server.json(Method::GET, &merchant.api_key, &format!("/v1/creators/{mine}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], "Ada");
+    let (status, _) = server.send(Method::GET, &creator_key, &format!("/v1/creators/{mine}"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test]
+async fn bad_addresses_and_bps_sums_are_refused(pool: PgPool) {
+    use reqwest::Method;
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let key = merchant.api_key.as_str();
+    // One letter's case flipped: the EIP-55 checksum catches it.
+    let bad_checksum = POLYGON_ADDRESS.replacen('a', "A", 1);
+    for addresses in [
+        json!({"eip155:137": bad_checksum}),
+        json!({"eip155:137": "0x1234"}),
+        json!({"eip155:137": "5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"}),
+        json!({"eip155:137": "0x0000000000000000000000000000000000000000"}),
+        json!({"not a chain": POLYGON_ADDRESS}),
+    ] {
+        let (status, body) =
+            server.json(Method::POST, key, "/v1/creators", Some(json!({"name":"Ada","payout_addresses": addresses}))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{addresses} → {body}");
+        assert_eq!(body["error"]["code"], "parameter_invalid");
+    }
+    let (_, created) = server.json(Method::POST, key, "/v1/creators", Some(json!({"name":"Ada"}))).await;
+    let cr = created["id"].as_str().expect("id").to_owned();
+    for rules in [
+        json!({"default": {"splits":[{"creator": cr, "bps": 9900}], "platform_fee_bps": 101}}),
+        json!({"prefixes": [{"order_id_prefix": "a-", "splits":[{"creator": cr, "bps": 10001}]}]}),
+        json!({"prefixes": [{"order_id_prefix": "", "splits":[]}]}),
+    ] {
+        let (status, body) = server.json(Method::PUT, key, "/v1/split_rules", Some(rules.clone())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{rules} → {body}");
+    }
+    let (_, fetched) = server.json(Method::GET, key, "/v1/split_rules", None).await;
+    assert_eq!(fetched, json!({"default": null, "prefixes": []}));
+}
