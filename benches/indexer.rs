@@ -42,6 +42,9 @@
 //!
 //! Run with `cargo bench --bench indexer`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -187,48 +190,12 @@ async fn bench(settings: Settings) -> Result<()> {
         .execute(&admin)
         .await
         .with_context(|| format!("cannot create database {database}"))?;
-    let target = url_with_database(&settings.url, &database)?;
+    let target = support::url_with_database(&settings.url, &database)?;
 
-    // The run is its own task so that a panic in it still reaches the cleanup below; Ctrl-C stops
-    // it the same way (and dropping it kills anvil and the peers).
-    let mut run = tokio::spawn(run(settings, target));
-    let interrupted = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let outcome = tokio::select! {
-        joined = &mut run => joined.map_err(|e| anyhow!("the benchmark panicked: {e}")).and_then(|r| r),
-        () = interrupted => {
-            run.abort();
-            // The join can only report the abort just requested.
-            let _ = run.await;
-            Err(anyhow!("interrupted"))
-        }
-    };
-
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .with_context(|| format!("cannot drop database {database}; drop it by hand"));
-    admin.close().await;
-    match (outcome, dropped) {
-        (Ok(()), dropped) => dropped.map(|_| ()),
-        (Err(error), Ok(_)) => Err(error),
-        (Err(error), Err(drop_error)) => {
-            eprintln!("error: {drop_error:#}");
-            Err(error)
-        }
-    }
+    // Dropping the run kills anvil and the peers.
+    support::run_then_drop(admin, &database, run(settings, target)).await
 }
 
-/// `url` with its database replaced by `database`, keeping credentials and parameters.
-fn url_with_database(url: &str, database: &str) -> Result<String> {
-    let authority_start = url.find("://").map(|i| i + 3).context("DATABASE_URL has no scheme")?;
-    let (head, query) = url.split_at(url[authority_start..].find('?').map_or(url.len(), |i| authority_start + i));
-    let authority_end = head[authority_start..].find('/').map_or(head.len(), |i| authority_start + i);
-    Ok(format!("{}/{database}{query}", &head[..authority_end]))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Arithmetic and formatting, in integers.

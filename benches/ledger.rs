@@ -36,6 +36,9 @@
 //!
 //! Run with `cargo bench --bench ledger`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -147,40 +150,9 @@ async fn bench(config: Config) -> Result<()> {
 
     let target = Target {
         options: admin_options.database(&database),
-        url: url_with_database(&config.url, &database)?,
+        url: support::url_with_database(&config.url, &database)?,
     };
-    // The run is its own task so that a panic in it still reaches the cleanup below; Ctrl-C stops
-    // it the same way.
-    let mut run = tokio::spawn(run(config, target));
-    let interrupted = async {
-        // Without a signal handler the run simply cannot be interrupted this way.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let outcome = tokio::select! {
-        joined = &mut run => joined.map_err(|e| anyhow!("the benchmark panicked: {e}")).and_then(|r| r),
-        () = interrupted => {
-            run.abort();
-            // The join can only report the abort just requested.
-            let _ = run.await;
-            Err(anyhow!("interrupted"))
-        }
-    };
-
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .with_context(|| format!("cannot drop database {database}; drop it by hand"));
-    admin.close().await;
-    match (outcome, dropped) {
-        (Ok(()), dropped) => dropped.map(|_| ()),
-        (Err(error), Ok(_)) => Err(error),
-        (Err(error), Err(drop_error)) => {
-            eprintln!("error: {drop_error:#}");
-            Err(error)
-        }
-    }
+    support::run_then_drop(admin, &database, run(config, target)).await
 }
 
 /// Settings read from the environment.
@@ -234,13 +206,6 @@ impl Target {
     }
 }
 
-/// `url` with its database replaced by `database`, keeping credentials and parameters.
-fn url_with_database(url: &str, database: &str) -> Result<String> {
-    let authority_start = url.find("://").map(|i| i + 3).context("DATABASE_URL has no scheme")?;
-    let (head, query) = url.split_at(url[authority_start..].find('?').map_or(url.len(), |i| authority_start + i));
-    let authority_end = head[authority_start..].find('/').map_or(head.len(), |i| authority_start + i);
-    Ok(format!("{}/{database}{query}", &head[..authority_end]))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accounts {

@@ -433,17 +433,9 @@ pub async fn orphan_payment(
     let invoice = row_to_invoice(&row)?;
     let payment_id: String = found.try_get("id")?;
     let status: String = found.try_get("status")?;
+    let mut orphaned_as: Option<&str> = None;
     match status.as_str() {
-        "seen" => {
-            sqlx::query(
-                "UPDATE payments SET status = 'orphaned', confirmations = 0, block_height = NULL, block_hash = NULL, \
-                 updated_at = $2 WHERE id = $1",
-            )
-            .bind(&payment_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        "seen" => orphaned_as = Some("orphaned"),
         "confirmed" => {
             let entry_id: Option<i64> = found.try_get("ledger_entry_id")?;
             if let Some(entry_id) = entry_id {
@@ -458,16 +450,21 @@ pub async fn orphan_payment(
             }
             tracing::error!(target: "invoice", tx_ref, invoice = %invoice.id,
                 "credited payment orphaned by a reorg deeper than its confirmation policy; credit reversed");
-            sqlx::query(
-                "UPDATE payments SET status = 'reversed', confirmations = 0, block_height = NULL, block_hash = NULL, \
-                 updated_at = $2 WHERE id = $1",
-            )
-            .bind(&payment_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            orphaned_as = Some("reversed");
         }
         _ => {}
+    }
+    // An uncredited payment simply stops counting; a credited one is marked reversed.
+    if let Some(new_status) = orphaned_as {
+        sqlx::query(
+            "UPDATE payments SET status = $3, confirmations = 0, block_height = NULL, block_hash = NULL, \
+             updated_at = $2 WHERE id = $1",
+        )
+        .bind(&payment_id)
+        .bind(now)
+        .bind(new_status)
+        .execute(&mut *tx)
+        .await?;
     }
     settle_status(tx, &invoice, now).await
 }

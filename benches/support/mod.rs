@@ -1,0 +1,53 @@
+//! What both benchmarks share: running in a throw-away database that is dropped afterwards, even
+//! when the run fails, panics or is interrupted.
+
+use std::future::Future;
+
+use anyhow::{anyhow, Context, Result};
+use sqlx::PgPool;
+
+/// `url` with its database replaced by `database`, keeping credentials and parameters.
+pub fn url_with_database(url: &str, database: &str) -> Result<String> {
+    let authority_start = url.find("://").map(|i| i + 3).context("DATABASE_URL has no scheme")?;
+    let (head, query) = url.split_at(url[authority_start..].find('?').map_or(url.len(), |i| authority_start + i));
+    let authority_end = head[authority_start..].find('/').map_or(head.len(), |i| authority_start + i);
+    Ok(format!("{}/{database}{query}", &head[..authority_end]))
+}
+
+/// Runs `run` (already bound to `database`) as its own task, so that a panic in it still reaches the
+/// cleanup; Ctrl-C stops it the same way. Then drops `database` through `admin` and closes `admin`.
+pub async fn run_then_drop(
+    admin: PgPool,
+    database: &str,
+    run: impl Future<Output = Result<()>> + Send + 'static,
+) -> Result<()> {
+    let mut run = tokio::spawn(run);
+    let interrupted = async {
+        // Without a signal handler the run simply cannot be interrupted this way.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let outcome = tokio::select! {
+        joined = &mut run => joined.map_err(|e| anyhow!("the benchmark panicked: {e}")).and_then(|r| r),
+        () = interrupted => {
+            run.abort();
+            // The join can only report the abort just requested.
+            let _ = run.await;
+            Err(anyhow!("interrupted"))
+        }
+    };
+    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .with_context(|| format!("cannot drop database {database}; drop it by hand"));
+    admin.close().await;
+    match (outcome, dropped) {
+        (Ok(()), dropped) => dropped.map(|_| ()),
+        (Err(error), Ok(_)) => Err(error),
+        (Err(error), Err(drop_error)) => {
+            eprintln!("error: {drop_error:#}");
+            Err(error)
+        }
+    }
+}
