@@ -83,11 +83,16 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
             crate::rates::ConfiguredRates::Aggregated(crate::rates::AggregatedRates::from_config(&config.rates, clock.clone()))
         }
     };
+    let ledger = Arc::new(Ledger::new(pool.clone()));
+    let rates: Arc<dyn crate::rates::RateSource> = Arc::new(rates);
+    let payouts = crate::payout::PayoutService::new(config, pool.clone(), ledger.clone(), rates.clone(), clock.clone())
+        .map(Arc::new);
     AppState {
-        ledger: Arc::new(Ledger::new(pool.clone())),
+        ledger,
         pool,
         catalog: Arc::new(catalog(config)),
-        rates: Arc::new(rates),
+        rates,
+        payouts,
         policy: Arc::new(InvoicePolicy {
             expires_in_s_default: config.invoices.expires_in_s_default,
             expires_in_s_max: config.invoices.expires_in_s_max,
@@ -168,6 +173,26 @@ pub async fn serve(
                 Err(error) => tracing::error!(target: "sweeper", chain = %chain.name, %error, "sweeper not started"),
             }
         }
+    }
+    if let (Some(key), Some(service)) = (&hot_wallet_key, &state.payouts) {
+        let senders: Vec<crate::payout::PayoutSender> = service
+            .chains()
+            .iter()
+            .filter_map(|chain| {
+                crate::payout::PayoutSender::new(
+                    chain.clone(),
+                    key,
+                    pool.clone(),
+                    state.ledger.clone(),
+                    config.payouts.clone(),
+                    state.clock.clone(),
+                )
+                .map_err(|error| tracing::error!(target: "payout", chain = %chain.name, %error, "payouts not started"))
+                .ok()
+            })
+            .collect();
+        service.set_executor_running(true);
+        watchers.push(tokio::spawn(crate::payout::run_executor(service.clone(), senders, stop_rx.clone())));
     }
     tracing::info!(target: "api", %addr, watchers = watchers.len(), "listening");
     let result = axum::serve(listener, api::router(state, limits(config)))

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod merchant;
 pub mod metrics;
 pub mod money;
+pub mod payout;
 pub mod rates;
 pub mod stripe;
 pub mod webhook;

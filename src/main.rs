@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use payrail::config::{ChainKind, Config, LogFormat};
-use payrail::{app, db, devnet, merchant};
+use payrail::{app, db, devnet, merchant, payout};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,6 +74,47 @@ enum Command {
         #[command(subcommand)]
         command: MerchantsCommand,
     },
+    /// Creator payouts through the PayoutBatcher contract.
+    Payouts {
+        #[command(subcommand)]
+        command: PayoutsCommand,
+    },
+    /// Platform API keys (finance, admin).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PayoutsCommand {
+    /// Pay creators now: write a batch per chain and asset for every creator above the threshold,
+    /// then, with the hot wallet key (PAYRAIL_HOT_WALLET_KEY or PAYRAIL_HOT_WALLET_KEY_FILE), send
+    /// the open batches and wait until each is confirmed or failed.
+    Run {
+        /// Only this chain (name or CAIP-2 id).
+        #[arg(long)]
+        chain: Option<String>,
+        /// Only this asset (CAIP-19).
+        #[arg(long)]
+        asset: Option<String>,
+        /// Only write the batches; the daemon's payout executor sends them.
+        #[arg(long)]
+        no_send: bool,
+        /// Stop waiting after this many seconds; open batches are then left to the daemon.
+        #[arg(long, default_value_t = 900)]
+        wait_s: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a platform-wide API key and print it (shown only this once).
+    Create {
+        /// `finance` or `admin`.
+        #[arg(long)]
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +125,64 @@ enum MerchantsCommand {
         #[arg(long)]
         name: String,
     },
+}
+
+/// `payrail payouts run`: one run, then (holding the executor lock) drives every open batch to a
+/// final state. Exits non-zero when a batch failed or is still open at the deadline.
+async fn payouts_run(config: &Config, chain: Option<String>, asset: Option<String>, no_send: bool, wait_s: u64) -> Result<()> {
+    let pool = db::connect(&config.database.url, 4)
+        .await
+        .with_context(|| format!("database {}", config.database.url_redacted()))?;
+    let state = app::state(config, pool.clone(), std::sync::Arc::new(payrail::clock::SystemClock));
+    let service = state.payouts.clone().context("no enabled chain has a payout_batcher")?;
+    let key = if no_send { None } else { app::hot_wallet_key_from_env().context("reading the hot wallet key")? };
+    // One executor only: take its lock before writing, so this process may send what it writes.
+    let lock = match &key {
+        Some(_) => payout::try_lock_executor(&pool).await?,
+        None => None,
+    };
+    let summary = service.run(&payout::RunRequest { chain, asset }).await?;
+    println!("run {}: {} batch(es)", summary.run_id, summary.created.len());
+    for batch in &summary.created {
+        println!("  {} {} {} total {} to {} creator(s)", batch.id, batch.chain, batch.asset, batch.total_minor, batch.recipients);
+    }
+    for skipped in &summary.skipped {
+        println!("  skipped {} {} {}: {:?}", skipped.creator_id, skipped.asset, skipped.amount_minor, skipped.reason);
+    }
+    let Some(key) = key else {
+        println!("not sending (no hot wallet key, or --no-send): the daemon's payout executor sends open batches");
+        return Ok(());
+    };
+    if lock.is_none() {
+        println!("another payrail process is the payout executor: it sends these batches");
+        return Ok(());
+    }
+    let mut senders = Vec::new();
+    for chain in service.chains() {
+        senders.push(payout::PayoutSender::new(
+            chain.clone(),
+            &key,
+            pool.clone(),
+            state.ledger.clone(),
+            config.payouts.clone(),
+            state.clock.clone(),
+        )?);
+    }
+    let open: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM payout_batches WHERE status IN ('created', 'sent') ORDER BY created_at, id")
+            .fetch_all(&pool)
+            .await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+    let poll = std::time::Duration::from_millis(config.payouts.poll_interval_ms.min(1_000));
+    payout::drive(&pool, &senders, &open, poll, deadline, |id, progress| println!("  {id}: {progress:?}")).await?;
+    let mut failed = 0;
+    for id in &open {
+        let view = payout::store::view(&pool, id).await?;
+        println!("{} {} {}", view.id, view.status, view.tx_hash.as_deref().unwrap_or("-"));
+        failed += usize::from(view.status != "confirmed");
+    }
+    anyhow::ensure!(failed == 0, "{failed} payout batch(es) failed or are still open");
+    Ok(())
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config> {
@@ -189,6 +288,16 @@ async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()
             let pool = db::connect(&config.database.url, 2).await?;
             db::migrate(&pool).await?;
             println!("migrations applied to {}", config.database.url_redacted());
+        }
+        Command::Payouts { command: PayoutsCommand::Run { chain, asset, no_send, wait_s } } => {
+            payouts_run(&config, chain, asset, no_send, wait_s).await?;
+        }
+        Command::Keys { command: KeysCommand::Create { role } } => {
+            let role = merchant::Role::parse(&role).context("role must be finance or admin")?;
+            let pool = db::connect(&config.database.url, 2).await?;
+            let key = merchant::create_platform_key(&pool, role).await?;
+            println!("api_key: {key}");
+            println!("(the API key is shown only this once; store it now)");
         }
         Command::Merchants { command: MerchantsCommand::Create { name } } => {
             let pool = db::connect(&config.database.url, 2).await?;

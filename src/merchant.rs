@@ -21,6 +21,8 @@ pub const MERCHANT_NAME_LEN_MAX: usize = 200;
 pub enum MerchantError {
     #[error("merchant name must be 1..={MERCHANT_NAME_LEN_MAX} characters")]
     InvalidName,
+    #[error("a platform key is a finance or admin key")]
+    NotPlatformRole,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -34,7 +36,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "merchant" => Self::Merchant,
             "creator" => Self::Creator,
@@ -100,6 +102,19 @@ pub async fn issue_creator_key(
         .execute(conn)
         .await?;
     Ok(key)
+}
+
+/// Issues a platform-wide key (`finance` or `admin`: no merchant) and returns its one-time
+/// plaintext. Such keys run payouts and read across merchants, so only an operator with database
+/// access can make one.
+pub async fn create_platform_key(pool: &PgPool, role: Role) -> Result<String, MerchantError> {
+    let role = match role {
+        Role::Finance => "finance",
+        Role::Admin => "admin",
+        Role::Merchant | Role::Creator => return Err(MerchantError::NotPlatformRole),
+    };
+    let mut conn = pool.acquire().await?;
+    Ok(issue_key(&mut conn, role, None).await?)
 }
 
 fn key_id_of(token: &str) -> Option<String> {

@@ -48,6 +48,24 @@ impl FromRequestParts<AppState> for CreatorAuth {
     }
 }
 
+/// A request authenticated with a finance or admin key: platform-wide operations (payouts).
+#[derive(Debug, Clone)]
+pub struct FinanceAuth {
+    pub key_id: String,
+}
+
+impl FromRequestParts<AppState> for FinanceAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let principal = principal(parts, state).await?;
+        match principal.role {
+            Role::Finance | Role::Admin => Ok(Self { key_id: principal.key_id }),
+            _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key is not a finance or admin key")),
+        }
+    }
+}
+
 /// The key's principal, after the per-key rate limit.
 async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let token = parts

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod invoices;
 pub mod limit;
 pub mod openapi;
+pub mod payouts;
 pub mod stripe;
 pub mod webhooks;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub card: Option<Arc<crate::stripe::CardRail>>,
     /// Each chain rail's health, as its watcher reports it.
     pub rail_health: Arc<crate::chain::health::RailHealth>,
+    /// Creator payouts, when an enabled chain has a payout batcher.
+    pub payouts: Option<Arc<crate::payout::PayoutService>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +78,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/creators", post(creators::create).get(creators::list))
         .route("/v1/creators/me", get(creators::me))
         .route("/v1/creators/me/statement", get(creators::statement))
+        .route("/v1/creators/me/payouts", get(payouts::mine))
+        .route("/v1/payouts/run", post(payouts::run))
+        .route("/v1/payouts", get(payouts::list))
+        .route("/v1/payouts/{id}", get(payouts::show))
         .route("/v1/creators/{id}", get(creators::show))
         .route("/v1/split_rules", get(creators::get_split_rules).put(creators::put_split_rules))
         .route("/pay/{id}", get(checkout::page))

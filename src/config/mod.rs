@@ -21,6 +21,7 @@ mod chain;
 mod de;
 mod env;
 mod error;
+mod payouts;
 mod policy;
 mod sections;
 mod url;
@@ -46,6 +47,7 @@ pub use chain::{
 pub use env::{ENV_CONFIG_PATH, ENV_DATABASE_URL, ENV_PREFIX, ENV_SEPARATOR};
 pub use error::{ConfigError, InvalidKey, Result};
 pub use policy::{ConfirmationPolicy, ConfirmationTier, CONFIRMATIONS_MAX};
+pub use payouts::{PayoutsConfig, FEE_BUMP_BPS_MIN, RECIPIENTS_PER_BATCH_LIMIT};
 pub use sections::{
     CardCheckout, DatabaseConfig, InvoicesConfig, LogConfig, LogFormat, RateFeed, RatesConfig, SecretString,
     ServerConfig, StripeConfig, ENV_STRIPE_SECRET_KEY, ENV_STRIPE_WEBHOOK_SECRET,
@@ -64,6 +66,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The card rail; disabled unless the environment holds its secrets.
     pub stripe: StripeConfig,
+    /// Creator payouts: schedule, threshold and transaction limits.
+    pub payouts: PayoutsConfig,
     chains_dir: PathBuf,
     chains: Vec<ChainSpec>,
 }
@@ -92,6 +96,8 @@ struct ConfigFile {
     log: LogConfig,
     #[serde(default)]
     stripe: sections::StripeFile,
+    #[serde(default)]
+    payouts: PayoutsConfig,
 }
 
 /// `[chains]`: `dir` plus one `[chains.<name>]` table per chain to enable.
@@ -190,6 +196,7 @@ impl Config {
             .stripe
             .check(secret(ENV_STRIPE_SECRET_KEY), secret(ENV_STRIPE_WEBHOOK_SECRET))
             .map_err(fail("stripe"))?;
+        let payouts = raw.payouts.check().map_err(fail("payouts"))?;
 
         let base = file_name.parent().unwrap_or_else(|| Path::new(""));
         let chains_dir = base.join(raw.chains.dir.as_deref().unwrap_or(CHAINS_DIR_DEFAULT));
@@ -203,6 +210,7 @@ impl Config {
             rates,
             log,
             stripe,
+            payouts,
             chains_dir,
             chains,
         })

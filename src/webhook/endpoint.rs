@@ -36,6 +36,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "invoice.dispute_won",
     "invoice.void",
     "invoice.payment_late",
+    "payout.created",
+    "payout.sent",
+    "payout.confirmed",
+    "payout.failed",
 ];
 
 /// An endpoint as the API shows it. The secret is not part of it.

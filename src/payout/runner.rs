@@ -1,0 +1,383 @@
+//! Payout runs (which creators, which batches) and the executor that drives open batches.
+//!
+//! A run only writes: batches, items, the ledger entries moving balances to `payouts_in_flight`.
+//! Runs are serialized by a transaction-scoped advisory lock, and a run takes a creator's whole
+//! balance, so two runs at once cannot pay a balance twice. Sending is the executor's job: exactly
+//! one process holds the executor's advisory lock (a `payrail serve` replica or `payrail payouts
+//! run`), so there is one payout executor, never two signing beside each other.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::network::Ethereum;
+use alloy::primitives::Address;
+use alloy::providers::{Provider, RootProvider};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+
+use crate::clock::Clock;
+use crate::config::{ChainKind, ChainSpec, Config, PayoutsConfig};
+use crate::ledger::Ledger;
+use crate::money::{asset_to_fiat, Fiat, Rounding};
+use crate::rates::RateSource;
+
+use super::error::{PayoutError, Result};
+use super::plan::{plan, recipients_per_batch, Candidate, SkipReason};
+use super::sender::{batcher_balance, PayoutSender, Progress, RPC_TIMEOUT_MS};
+use super::store::{self, PayoutView};
+
+/// The advisory lock the one payout executor holds.
+const EXECUTOR_LOCK: &str = "payrail.payouts.executor";
+
+/// `POST /v1/payouts/run` and `payrail payouts run`: everything, or one chain and/or asset.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// A chain by name (`polygon`) or CAIP-2 id; all payable chains when absent.
+    pub chain: Option<String>,
+    /// One CAIP-19 asset; every asset of the chosen chains when absent.
+    pub asset: Option<String>,
+}
+
+/// A creator balance a run left where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SkippedView {
+    pub creator_id: String,
+    pub chain: String,
+    pub asset: String,
+    pub amount_minor: String,
+    pub reason: SkipReason,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    pub run_id: String,
+    /// The batches written by this run, each now `created` and waiting for the executor.
+    pub created: Vec<PayoutView>,
+    pub skipped: Vec<SkippedView>,
+}
+
+/// One payable asset of a chain.
+#[derive(Debug, Clone)]
+struct PayableAsset {
+    asset: String,
+    symbol: String,
+    decimals: u8,
+    token: Address,
+}
+
+fn payable_assets(chain: &ChainSpec) -> Vec<PayableAsset> {
+    let mut out = vec![PayableAsset {
+        asset: chain.native_asset_id().to_string(),
+        symbol: chain.native.symbol.clone(),
+        decimals: chain.native.decimals,
+        token: Address::ZERO,
+    }];
+    out.extend(chain.tokens.iter().map(|t| PayableAsset {
+        asset: t.asset_id().to_string(),
+        symbol: t.symbol.clone(),
+        decimals: t.decimals,
+        token: t.address,
+    }));
+    out
+}
+
+/// The first endpoint of `chain` that answers with the right chain id.
+pub async fn connect(chain: &ChainSpec) -> Result<RootProvider<Ethereum>> {
+    let expected = chain.caip2.evm_chain_id();
+    let mut last = String::from("no endpoint configured");
+    for url in &chain.rpc {
+        let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
+            .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: format!("{url}: {e}") })?;
+        let provider = RootProvider::<Ethereum>::new_http(parsed);
+        match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), provider.get_chain_id()).await {
+            Ok(Ok(id)) if Some(id) == expected => return Ok(provider),
+            Ok(Ok(id)) => last = format!("{url} serves chain {id}"),
+            Ok(Err(e)) => last = format!("{url}: {e}"),
+            Err(_) => last = format!("{url}: timed out"),
+        }
+    }
+    Err(PayoutError::Rpc { chain: chain.name.clone(), message: last })
+}
+
+/// Plans and writes payout runs; shared by the API, the CLI and the schedule.
+#[derive(Debug)]
+pub struct PayoutService {
+    chains: Vec<ChainSpec>,
+    pool: PgPool,
+    ledger: Arc<Ledger>,
+    rates: Arc<dyn RateSource>,
+    config: PayoutsConfig,
+    clock: Arc<dyn Clock>,
+    executor_running: AtomicBool,
+}
+
+impl PayoutService {
+    /// `None` when no enabled chain has a payout batcher.
+    pub fn new(
+        config: &Config,
+        pool: PgPool,
+        ledger: Arc<Ledger>,
+        rates: Arc<dyn RateSource>,
+        clock: Arc<dyn Clock>,
+    ) -> Option<Self> {
+        Self::with_chains(config.chains().to_vec(), config.payouts.clone(), pool, ledger, rates, clock)
+    }
+
+    /// As [`PayoutService::new`], over the given chains (those of kind EVM with a batcher count).
+    pub fn with_chains(
+        chains: Vec<ChainSpec>,
+        config: PayoutsConfig,
+        pool: PgPool,
+        ledger: Arc<Ledger>,
+        rates: Arc<dyn RateSource>,
+        clock: Arc<dyn Clock>,
+    ) -> Option<Self> {
+        let chains: Vec<ChainSpec> =
+            chains.into_iter().filter(|c| c.kind == ChainKind::Evm && c.payout_batcher.is_some()).collect();
+        (!chains.is_empty()).then(|| Self { chains, pool, ledger, rates, config, clock, executor_running: AtomicBool::new(false) })
+    }
+
+    pub fn chains(&self) -> &[ChainSpec] {
+        &self.chains
+    }
+
+    pub fn config(&self) -> &PayoutsConfig {
+        &self.config
+    }
+
+    /// Whether an executor in this process sends what runs create.
+    pub fn executor_running(&self) -> bool {
+        self.executor_running.load(Ordering::Relaxed)
+    }
+
+    pub fn set_executor_running(&self, running: bool) {
+        self.executor_running.store(running, Ordering::Relaxed);
+    }
+
+    fn chosen(&self, request: &RunRequest) -> Result<Vec<&ChainSpec>> {
+        let chains: Vec<&ChainSpec> = match &request.chain {
+            Some(wanted) => {
+                let found = self.chains.iter().find(|c| &c.name == wanted || &c.caip2.to_string() == wanted);
+                vec![found.ok_or_else(|| PayoutError::ChainNotPayable { chain: wanted.clone() })?]
+            }
+            None => self.chains.iter().collect(),
+        };
+        if let Some(asset) = &request.asset {
+            let holds = |c: &&ChainSpec| payable_assets(c).iter().any(|a| &a.asset == asset);
+            let chains: Vec<&ChainSpec> = chains.into_iter().filter(holds).collect();
+            if chains.is_empty() {
+                return Err(PayoutError::AssetNotPayable {
+                    chain: request.chain.clone().unwrap_or_else(|| "any".to_owned()),
+                    asset: asset.clone(),
+                });
+            }
+            return Ok(chains);
+        }
+        Ok(chains)
+    }
+
+    /// Whether `candidate`'s balance of `asset` is worth a payout now.
+    fn eligible(&self, asset: &PayableAsset, candidate: &Candidate, now: DateTime<Utc>) -> std::result::Result<(), SkipReason> {
+        let usd = Fiat::USD;
+        let quote = self.rates.quote(&asset.symbol, usd, now).map_err(|_| SkipReason::NoRate)?;
+        let value = asset_to_fiat(candidate.amount, asset.decimals, &quote.rate, usd, Rounding::Down)
+            .map_err(|_| SkipReason::NoRate)?;
+        if value >= self.config.threshold_usd_cents {
+            Ok(())
+        } else {
+            Err(SkipReason::BelowThreshold)
+        }
+    }
+
+    /// Writes the batches of one run: per chain and asset, every creator above the threshold, as
+    /// far as the batcher's funds go, in batches within the recipient and gas bounds.
+    pub async fn run(&self, request: &RunRequest) -> Result<RunSummary> {
+        let run_id = store::new_run_id();
+        let mut summary = RunSummary { run_id: run_id.clone(), created: Vec::new(), skipped: Vec::new() };
+        for chain in self.chosen(request)? {
+            let (created, skipped) = self.run_chain(&run_id, chain, request.asset.as_deref()).await?;
+            summary.created.extend(created);
+            summary.skipped.extend(skipped);
+        }
+        if !summary.created.is_empty() {
+            tracing::info!(target: "payout", run = %run_id, batches = summary.created.len(), skipped = summary.skipped.len(), "payout run");
+        }
+        Ok(summary)
+    }
+
+    async fn run_chain(&self, run_id: &str, chain: &ChainSpec, only: Option<&str>) -> Result<(Vec<PayoutView>, Vec<SkippedView>)> {
+        let batcher = chain.payout_batcher.ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.name.clone() })?;
+        let assets: Vec<PayableAsset> =
+            payable_assets(chain).into_iter().filter(|a| only.is_none_or(|wanted| wanted == a.asset)).collect();
+        // Funds are read before the transaction: no lock is held across a network call. A balance
+        // read low only pays less now; one read high makes the contract refuse and the batch fail.
+        let provider = connect(chain).await?;
+        let mut funds = Vec::with_capacity(assets.len());
+        for asset in &assets {
+            let balance = batcher_balance(&provider, batcher, asset.token)
+                .await
+                .map_err(|message| PayoutError::Rpc { chain: chain.name.clone(), message })?;
+            funds.push(balance);
+        }
+        let now = self.clock.now();
+        let recipients_max = recipients_per_batch(self.config.recipients_per_batch_max, self.config.gas_per_batch_max);
+        let mut tx = self.pool.begin().await?;
+        store::lock_runs(&mut tx).await?;
+        let mut created = Vec::new();
+        let mut skipped = Vec::new();
+        for (asset, balance) in assets.iter().zip(funds) {
+            let candidates = store::candidates(&mut tx, &chain.caip2, &asset.asset).await?;
+            if candidates.is_empty() {
+                continue;
+            }
+            let promised = store::promised(&mut tx, &chain.caip2, &asset.asset).await?;
+            let available = balance.saturating_sub(promised);
+            let planned = plan(candidates, |c| self.eligible(asset, c, now), available, recipients_max);
+            for batch in &planned.batches {
+                created.push(
+                    store::create_batch(&mut tx, &self.ledger, run_id, &chain.caip2, &asset.asset, asset.token, batcher, batch, now)
+                        .await?,
+                );
+            }
+            skipped.extend(planned.skipped.into_iter().map(|(c, reason)| SkippedView {
+                creator_id: c.creator_id,
+                chain: chain.caip2.to_string(),
+                asset: asset.asset.clone(),
+                amount_minor: c.amount.to_string(),
+                reason,
+            }));
+        }
+        tx.commit().await?;
+        Ok((created, skipped))
+    }
+
+    /// Runs each chain whose schedule is due; a chain's schedule is stored, so restarts and
+    /// replicas keep one rhythm.
+    pub async fn run_due(&self) -> Result<Vec<PayoutView>> {
+        if self.config.interval_s == 0 {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now();
+        let interval = chrono::Duration::seconds(i64::try_from(self.config.interval_s).unwrap_or(i64::MAX));
+        let mut created = Vec::new();
+        for chain in &self.chains {
+            let last = store::last_scheduled_run(&self.pool, &chain.caip2).await?;
+            if last.is_some_and(|at| now - at < interval) {
+                continue;
+            }
+            let request = RunRequest { chain: Some(chain.name.clone()), asset: None };
+            created.extend(self.run(&request).await?.created);
+            let mut conn = self.pool.acquire().await?;
+            store::mark_scheduled_run(&mut conn, &chain.caip2, now).await?;
+        }
+        Ok(created)
+    }
+}
+
+/// The held executor lock; dropping the connection releases it.
+pub struct ExecutorLock {
+    _conn: PoolConnection<Postgres>,
+}
+
+/// Takes the executor lock if no other process holds it.
+pub async fn try_lock_executor(pool: &PgPool) -> Result<Option<ExecutorLock>> {
+    let mut conn = pool.acquire().await?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))").bind(EXECUTOR_LOCK).fetch_one(&mut *conn).await?;
+    Ok(locked.then_some(ExecutorLock { _conn: conn }))
+}
+
+/// One pass over every open batch of `sender`'s chain.
+pub async fn advance_open(pool: &PgPool, sender: &PayoutSender) -> Result<Vec<(String, Progress)>> {
+    let mut out = Vec::new();
+    for batch in store::open_batches(pool, &sender.chain().caip2).await? {
+        match sender.advance(&batch).await {
+            Ok(progress) => out.push((batch.id, progress)),
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(target: "payout", batch = %batch.id, %error, "payout not advanced; retrying");
+            }
+            Err(error) => {
+                tracing::error!(target: "payout", batch = %batch.id, %error, "payout needs attention");
+                store::note(pool, &batch.id, Some(&error.to_string()), None).await?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The executor inside `payrail serve`: waits for the lock, then runs the schedule and advances
+/// open batches every `poll_interval_ms` until `shutdown` fires.
+pub async fn run_executor(
+    service: Arc<PayoutService>,
+    senders: Vec<PayoutSender>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    service.set_executor_running(true);
+    let pool = service.pool.clone();
+    let poll = Duration::from_millis(service.config.poll_interval_ms);
+    let _lock = loop {
+        match try_lock_executor(&pool).await {
+            Ok(Some(lock)) => break lock,
+            Ok(None) => {}
+            Err(error) => tracing::warn!(target: "payout", %error, "executor lock not taken; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
+        }
+    };
+    tracing::info!(target: "payout", chains = senders.len(), "payout executor running");
+    loop {
+        if let Err(error) = service.run_due().await {
+            tracing::warn!(target: "payout", %error, "scheduled payout run failed; retrying");
+        }
+        for sender in &senders {
+            if let Err(error) = advance_open(&pool, sender).await {
+                tracing::warn!(target: "payout", chain = %sender.chain().name, %error, "payout pass failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Advances the given batches until each is final or `deadline` passes; returns the last progress
+/// of each. Used by `payrail payouts run` while it holds the executor lock.
+pub async fn drive(
+    pool: &PgPool,
+    senders: &[PayoutSender],
+    batch_ids: &[String],
+    poll: Duration,
+    deadline: std::time::Instant,
+    mut on_progress: impl FnMut(&str, &Progress),
+) -> Result<Vec<(String, Progress)>> {
+    let mut last: std::collections::BTreeMap<String, Progress> = std::collections::BTreeMap::new();
+    loop {
+        for sender in senders {
+            for (id, progress) in advance_open(pool, sender).await? {
+                if batch_ids.contains(&id) {
+                    if last.get(&id) != Some(&progress) {
+                        on_progress(&id, &progress);
+                    }
+                    last.insert(id, progress);
+                }
+            }
+        }
+        // A batch that is no longer open was finished (possibly by an earlier pass).
+        let open: Vec<String> = sqlx::query_scalar("SELECT id FROM payout_batches WHERE id = ANY($1) AND status IN ('created', 'sent')")
+            .bind(batch_ids)
+            .fetch_all(pool)
+            .await?;
+        if open.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(batch_ids.iter().map(|id| (id.clone(), last.get(id).cloned().unwrap_or(Progress::Waiting("open".to_owned())))).collect());
+        }
+        tokio::time::sleep(poll).await;
+    }
+}

@@ -1,0 +1,519 @@
+//! Sends payout batches through `PayoutBatcher.payout` from the hot wallet and follows them to a
+//! final state. The only payout code that talks to an EVM node.
+//!
+//! Each call to [`PayoutSender::advance`] looks at the chain first and acts second, so it is safe
+//! to call again after a crash at any point:
+//! 1. a receipt of any stored transaction of the batch → judge it (reverted: fail and return the
+//!    balances; success: check its `PayoutSent` events against the batch, wait for the chain's
+//!    confirmations or its `finalized` block, then settle);
+//! 2. the contract says the batch id is paid but no receipt is known yet → wait, never resend;
+//! 3. a stored transaction not mined yet → broadcast the same bytes again, or after
+//!    `replace_after_s` sign a replacement with the same nonce and higher fees (within the caps);
+//!    if the nonce was taken by another transaction, the batch was dropped: fail, return balances;
+//! 4. nothing stored yet → estimate gas (a refusal by the contract fails the batch), price it
+//!    (EIP-1559, capped), take a nonce, sign, **store the signed bytes**, then broadcast.
+
+use std::sync::Arc;
+
+use alloy::eips::eip2718::Encodable2718;
+use alloy::eips::BlockNumberOrTag;
+use alloy::network::{Ethereum, EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolCall;
+use chrono::Duration as ChronoDuration;
+use sqlx::PgPool;
+
+use crate::chain::evm::contracts::PayoutBatcher;
+use crate::clock::Clock;
+use crate::config::{ChainSpec, FinalityTag, PayoutsConfig};
+use crate::ledger::Ledger;
+use crate::money::Amount;
+
+use super::error::{PayoutError, Result};
+use super::store::{self, Attempt, BatchRow, Mined};
+
+/// Gas estimates are raised by this much (percent) before signing: state can change between the
+/// estimate and the block.
+pub const GAS_HEADROOM_PERCENT: u64 = 20;
+/// How long one node call may take.
+pub const RPC_TIMEOUT_MS: u64 = 10_000;
+
+/// Where a batch stands after [`PayoutSender::advance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing sent: the reason (fees above the cap, nonce refused, …).
+    Waiting(String),
+    /// A transaction is out and not mined yet.
+    Pending { tx_hash: B256, replaced: bool },
+    /// Mined, not deep enough yet.
+    Mined { tx_hash: B256, confirmations: u64, required: u64 },
+    Confirmed { tx_hash: B256 },
+    Failed(String),
+}
+
+impl Progress {
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Confirmed { .. } | Self::Failed(_))
+    }
+}
+
+pub struct PayoutSender {
+    chain: ChainSpec,
+    signer: PrivateKeySigner,
+    wallet: EthereumWallet,
+    endpoints: Vec<(String, RootProvider<Ethereum>)>,
+    pool: PgPool,
+    ledger: Arc<Ledger>,
+    config: PayoutsConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for PayoutSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The signer is left out on purpose: nothing about the key is ever printed.
+        f.debug_struct("PayoutSender").field("chain", &self.chain.name).field("sender", &self.signer.address()).finish()
+    }
+}
+
+fn to_u256(amount: Amount) -> U256 {
+    amount.as_u256()
+}
+
+fn u128_of(amount: Amount) -> u128 {
+    u128::try_from(amount.as_u256()).unwrap_or(u128::MAX)
+}
+
+/// `value` raised by `bps` basis points, rounded up (a replacement must strictly exceed).
+fn bumped(value: u128, bps: u32) -> u128 {
+    let raised = value.saturating_mul(10_000 + u128::from(bps));
+    raised.div_ceil(10_000).max(value.saturating_add(1))
+}
+
+/// The refusals a node gives when it will never mine this transaction as sent.
+fn is_definitive_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["nonce too low", "underpriced", "insufficient funds", "exceeds block gas limit", "intrinsic gas too low", "invalid"]
+        .iter()
+        .any(|needle| m.contains(needle))
+}
+
+fn is_already_known(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("already known") || m.contains("already imported") || m.contains("known transaction")
+}
+
+impl PayoutSender {
+    /// `hot_wallet_key` is a hex private key; it is never logged.
+    pub fn new(
+        chain: ChainSpec,
+        hot_wallet_key: &str,
+        pool: PgPool,
+        ledger: Arc<Ledger>,
+        config: PayoutsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        if chain.payout_batcher.is_none() {
+            return Err(PayoutError::ChainNotPayable { chain: chain.name.clone() });
+        }
+        let signer: PrivateKeySigner = hot_wallet_key.trim().parse().map_err(|_| PayoutError::Key)?;
+        let mut endpoints = Vec::with_capacity(chain.rpc.len());
+        for url in &chain.rpc {
+            let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
+                .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: format!("{url}: {e}") })?;
+            endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
+        }
+        Ok(Self { wallet: EthereumWallet::from(signer.clone()), signer, chain, endpoints, pool, ledger, config, clock })
+    }
+
+    /// The hot wallet's address: it pays the gas and must be an operator of the batcher.
+    pub fn address(&self) -> Address {
+        self.signer.address()
+    }
+
+    pub fn chain(&self) -> &ChainSpec {
+        &self.chain
+    }
+
+    fn rpc_error(&self, message: impl std::fmt::Display) -> PayoutError {
+        PayoutError::Rpc { chain: self.chain.name.clone(), message: message.to_string() }
+    }
+
+    /// The first endpoint that answers and serves this chain.
+    async fn provider(&self) -> Result<RootProvider<Ethereum>> {
+        let expected = self.chain.caip2.evm_chain_id();
+        let mut last = String::from("no endpoint configured");
+        for (label, provider) in &self.endpoints {
+            let answer =
+                tokio::time::timeout(std::time::Duration::from_millis(RPC_TIMEOUT_MS), provider.get_chain_id()).await;
+            match answer {
+                Ok(Ok(id)) if Some(id) == expected => return Ok(provider.clone()),
+                Ok(Ok(id)) => last = format!("{label} serves chain {id}, not {}", self.chain.caip2),
+                Ok(Err(e)) => last = format!("{label}: {e}"),
+                Err(_) => last = format!("{label}: timed out after {RPC_TIMEOUT_MS} ms"),
+            }
+            tracing::warn!(target: "payout", chain = %self.chain.name, error = %last, "endpoint unusable for payouts");
+        }
+        Err(self.rpc_error(last))
+    }
+
+    /// What the batcher holds of `token` (zero address: the native coin).
+    pub async fn batcher_balance(&self, token: Address) -> Result<Amount> {
+        let batcher = self.chain.payout_batcher.ok_or_else(|| PayoutError::ChainNotPayable { chain: self.chain.name.clone() })?;
+        let provider = self.provider().await?;
+        batcher_balance(&provider, batcher, token).await.map_err(|e| self.rpc_error(e))
+    }
+
+    /// Moves one batch as far as the chain allows now; see the module docs for the order of checks.
+    pub async fn advance(&self, batch: &BatchRow) -> Result<Progress> {
+        let provider = self.provider().await?;
+        let attempts = store::attempts(&self.pool, &batch.id).await?;
+        if let Some(receipt) = self.any_receipt(&provider, &attempts).await? {
+            return self.on_receipt(&provider, batch, &receipt).await;
+        }
+        let contract = PayoutBatcher::new(batch.batcher, &provider);
+        let paid = contract.isBatchPaid(batch.batch_key).call().await.map_err(|e| self.rpc_error(e))?;
+        if paid {
+            let note = "paid on chain; waiting for the receipt of its transaction";
+            store::note(&self.pool, &batch.id, Some(note), None).await?;
+            return Ok(Progress::Waiting(note.to_owned()));
+        }
+        match attempts.last() {
+            Some(last) => self.follow_up(&provider, batch, &attempts, last).await,
+            None => self.send(&provider, batch, None).await,
+        }
+    }
+
+    async fn any_receipt(&self, provider: &RootProvider<Ethereum>, attempts: &[Attempt]) -> Result<Option<TransactionReceipt>> {
+        for attempt in attempts.iter().rev() {
+            let receipt = provider.get_transaction_receipt(attempt.tx_hash).await.map_err(|e| self.rpc_error(e))?;
+            if receipt.is_some() {
+                return Ok(receipt);
+            }
+        }
+        Ok(None)
+    }
+
+    /// A transaction is out and unmined: rebroadcast, replace, or give the batch up as dropped.
+    async fn follow_up(
+        &self,
+        provider: &RootProvider<Ethereum>,
+        batch: &BatchRow,
+        attempts: &[Attempt],
+        last: &Attempt,
+    ) -> Result<Progress> {
+        let mined_nonce = provider.get_transaction_count(last.sender).latest().await.map_err(|e| self.rpc_error(e))?;
+        if mined_nonce > last.nonce {
+            // The nonce is used. Look once more, now that the nonce is known to be mined: a receipt
+            // of ours may have appeared between the first look and the nonce query.
+            if let Some(receipt) = self.any_receipt(provider, attempts).await? {
+                return self.on_receipt(provider, batch, &receipt).await;
+            }
+            let reason = format!("dropped: nonce {} was used by another transaction of {:#x}", last.nonce, last.sender);
+            return self.fail(batch, &reason, None).await;
+        }
+        let age = self.clock.now() - last.created_at;
+        let replace_after = ChronoDuration::seconds(i64::try_from(self.config.replace_after_s).unwrap_or(i64::MAX));
+        if age >= replace_after {
+            match self.send(provider, batch, Some(last)).await {
+                Ok(Progress::Waiting(reason)) => {
+                    tracing::warn!(target: "payout", batch = %batch.id, %reason, "stuck payout not replaced");
+                }
+                other => return other,
+            }
+        }
+        // Not time to replace (or not allowed to): make sure the transaction is still out there.
+        self.broadcast(&last.raw_tx).await;
+        Ok(Progress::Pending { tx_hash: last.tx_hash, replaced: attempts.len() > 1 })
+    }
+
+    /// Signs the batch's first transaction and stores it without broadcasting it: the state a crash
+    /// between signing and sending leaves. [`PayoutSender::advance`] then sends the same bytes.
+    pub async fn sign_only(&self, batch: &BatchRow) -> Result<Option<Attempt>> {
+        let provider = self.provider().await?;
+        match self.prepare(&provider, batch, None).await? {
+            Prepared::Signed(attempt) => Ok(Some(attempt)),
+            Prepared::Final(_) => Ok(None),
+        }
+    }
+
+    /// Estimates, prices, signs and stores a transaction; or says why there is none.
+    async fn prepare(&self, provider: &RootProvider<Ethereum>, batch: &BatchRow, replacing: Option<&Attempt>) -> Result<Prepared> {
+        let recipients: Vec<Address> = batch.items.iter().map(|i| i.address).collect();
+        let amounts: Vec<U256> = batch.items.iter().map(|i| to_u256(i.amount)).collect();
+        let input = PayoutBatcher::payoutCall { batchId: batch.batch_key, token: batch.token, recipients, amounts }.abi_encode();
+        let sender = self.address();
+        let request = TransactionRequest::default().with_from(sender).with_to(batch.batcher).with_input(input);
+        let gas_limit = match replacing {
+            Some(previous) => previous.gas_limit,
+            None => match provider.estimate_gas(request.clone()).await {
+                Ok(gas) => gas.saturating_add(gas.saturating_mul(GAS_HEADROOM_PERCENT) / 100),
+                Err(error) => {
+                    let message = error.to_string();
+                    if error.is_error_resp() && message.to_ascii_lowercase().contains("revert") {
+                        // The contract refuses the batch as it stands (funds, operator role, ...).
+                        return self.fail(batch, &format!("refused by the batcher: {message}"), None).await.map(Prepared::Final);
+                    }
+                    return Err(self.rpc_error(message));
+                }
+            },
+        };
+        if gas_limit > self.config.gas_per_batch_max {
+            let reason = format!("needs {gas_limit} gas, more than gas_per_batch_max {}", self.config.gas_per_batch_max);
+            return self.fail(batch, &reason, None).await.map(Prepared::Final);
+        }
+        let fee_cap = u128_of(self.config.max_fee_per_gas_wei_max);
+        let tip_cap = u128_of(self.config.priority_fee_per_gas_wei_max);
+        let estimate = provider.estimate_eip1559_fees().await.map_err(|e| self.rpc_error(e))?;
+        let mut tip = estimate.max_priority_fee_per_gas.min(tip_cap);
+        let mut max_fee = estimate.max_fee_per_gas;
+        if let Some(previous) = replacing {
+            tip = tip.max(bumped(previous.max_priority_fee_per_gas, self.config.fee_bump_bps));
+            max_fee = max_fee.max(bumped(previous.max_fee_per_gas, self.config.fee_bump_bps));
+            if tip > tip_cap || max_fee > fee_cap {
+                let reason = format!("a replacement would exceed the fee caps (max fee {max_fee} wei, tip {tip} wei)");
+                store::note(&self.pool, &batch.id, Some(&reason), None).await?;
+                return Ok(Prepared::Final(Progress::Waiting(reason)));
+            }
+        } else if max_fee > fee_cap {
+            let base_fee = provider
+                .get_block_by_number(BlockNumberOrTag::Latest)
+                .await
+                .map_err(|e| self.rpc_error(e))?
+                .and_then(|block| block.header.base_fee_per_gas)
+                .map_or(0, u128::from);
+            if base_fee.saturating_add(tip) > fee_cap {
+                let reason = format!("base fee {base_fee} wei is above max_fee_per_gas_wei_max {fee_cap}");
+                store::note(&self.pool, &batch.id, Some(&reason), None).await?;
+                return Ok(Prepared::Final(Progress::Waiting(reason)));
+            }
+            max_fee = fee_cap;
+        }
+        let max_fee = max_fee.max(tip);
+        let nonce = match replacing {
+            Some(previous) => previous.nonce,
+            None => {
+                let pending =
+                    provider.get_transaction_count(sender).pending().await.map_err(|e| self.rpc_error(e))?;
+                let ours = store::highest_open_nonce(&self.pool, &self.chain.caip2, sender).await?;
+                ours.map_or(pending, |n| pending.max(n + 1))
+            }
+        };
+        let chain_id = self.chain.caip2.evm_chain_id().ok_or_else(|| PayoutError::ChainNotPayable { chain: self.chain.name.clone() })?;
+        let request = request
+            .with_nonce(nonce)
+            .with_gas_limit(gas_limit)
+            .with_max_fee_per_gas(max_fee)
+            .with_max_priority_fee_per_gas(tip)
+            .with_chain_id(chain_id);
+        let envelope = request
+            .build(&self.wallet)
+            .await
+            .map_err(|e| PayoutError::Send { id: batch.id.clone(), message: format!("signing: {e}") })?;
+        let attempt = Attempt {
+            tx_hash: *envelope.tx_hash(),
+            sender,
+            nonce,
+            gas_limit,
+            max_fee_per_gas: max_fee,
+            max_priority_fee_per_gas: tip,
+            raw_tx: envelope.encoded_2718(),
+            created_at: self.clock.now(),
+        };
+        // Stored before it leaves: after a crash these bytes are found and sent again, never a
+        // second, different payout transaction with a fresh nonce.
+        store::record_attempt(&self.pool, &batch.id, &attempt, self.clock.now()).await?;
+        Ok(Prepared::Signed(attempt))
+    }
+
+    /// Signs and sends the batch's transaction, or a replacement of `replacing` with the same nonce.
+    async fn send(&self, provider: &RootProvider<Ethereum>, batch: &BatchRow, replacing: Option<&Attempt>) -> Result<Progress> {
+        let attempt = match self.prepare(provider, batch, replacing).await? {
+            Prepared::Signed(attempt) => attempt,
+            Prepared::Final(progress) => return Ok(progress),
+        };
+        match self.broadcast(&attempt.raw_tx).await {
+            Broadcast::Refused(message) => {
+                store::forget_attempt(&self.pool, attempt.tx_hash).await?;
+                let reason = format!("transaction refused by every endpoint: {message}");
+                store::note(&self.pool, &batch.id, Some(&reason), None).await?;
+                Ok(Progress::Waiting(reason))
+            }
+            Broadcast::Accepted | Broadcast::Unknown => {
+                store::note(&self.pool, &batch.id, None, None).await?;
+                tracing::info!(target: "payout", batch = %batch.id, tx = %attempt.tx_hash, nonce = attempt.nonce, max_fee = attempt.max_fee_per_gas, tip = attempt.max_priority_fee_per_gas,
+                    replacement = replacing.is_some(), "payout transaction sent");
+                Ok(Progress::Pending { tx_hash: attempt.tx_hash, replaced: replacing.is_some() })
+            }
+        }
+    }
+
+    /// Sends the signed bytes to every endpoint.
+    async fn broadcast(&self, raw: &[u8]) -> Broadcast {
+        let mut refused = None;
+        let mut unknown = false;
+        for (label, provider) in &self.endpoints {
+            let sent =
+                tokio::time::timeout(std::time::Duration::from_millis(RPC_TIMEOUT_MS), provider.send_raw_transaction(raw)).await;
+            match sent {
+                Ok(Ok(_)) => return Broadcast::Accepted,
+                Ok(Err(error)) => {
+                    let message = error.to_string();
+                    if is_already_known(&message) {
+                        return Broadcast::Accepted;
+                    }
+                    if error.is_error_resp() && is_definitive_refusal(&message) {
+                        refused = Some(format!("{label}: {message}"));
+                    } else {
+                        unknown = true;
+                    }
+                }
+                Err(_) => unknown = true,
+            }
+        }
+        match refused {
+            Some(message) if !unknown => Broadcast::Refused(message),
+            _ => Broadcast::Unknown,
+        }
+    }
+
+    fn confirmations_required(&self) -> u64 {
+        u64::from(self.chain.confirmations.confirmations_max())
+    }
+
+    async fn on_receipt(
+        &self,
+        provider: &RootProvider<Ethereum>,
+        batch: &BatchRow,
+        receipt: &TransactionReceipt,
+    ) -> Result<Progress> {
+        let tx_hash = receipt.transaction_hash;
+        let (Some(block_number), Some(block_hash)) = (receipt.block_number, receipt.block_hash) else {
+            return Ok(Progress::Pending { tx_hash, replaced: false });
+        };
+        let gas_fee = Amount::from_u256(U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price));
+        let mined = Mined { tx_hash, block_number, block_hash, gas_fee };
+        if !receipt.status() {
+            return self.fail(batch, &format!("transaction {tx_hash:#x} reverted"), Some(&mined)).await;
+        }
+        self.check_events(batch, receipt)?;
+        let tip = provider.get_block_number().await.map_err(|e| self.rpc_error(e))?;
+        let confirmations = tip.saturating_sub(block_number) + 1;
+        let required = self.confirmations_required();
+        let finalized = if self.chain.has_finality_tag(FinalityTag::Finalized) && confirmations < required {
+            provider
+                .get_block_by_number(BlockNumberOrTag::Finalized)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|block| block.header.number >= block_number)
+        } else {
+            false
+        };
+        if confirmations < required && !finalized {
+            store::note(&self.pool, &batch.id, None, Some(&mined)).await?;
+            return Ok(Progress::Mined { tx_hash, confirmations, required });
+        }
+        // Deep enough; make sure the block is still the chain's before booking it.
+        let canonical = provider
+            .get_block_by_number(BlockNumberOrTag::Number(block_number))
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .is_some_and(|block| block.header.hash == block_hash);
+        if !canonical {
+            return Ok(Progress::Pending { tx_hash, replaced: false });
+        }
+        let native = self.chain.native_asset_id().to_string();
+        store::settle(&self.pool, &self.ledger, batch, &self.chain.caip2, &native, &mined, self.clock.now()).await?;
+        tracing::info!(target: "payout", batch = %batch.id, tx = %tx_hash, block = block_number, "payout confirmed");
+        crate::metrics::count("payrail_payouts_total", "Payout batches finished, by status", &[("chain", &self.chain.name), ("status", "confirmed")], 1);
+        Ok(Progress::Confirmed { tx_hash })
+    }
+
+    /// The mined transaction must pay exactly the batch: same recipients, token and amounts.
+    fn check_events(&self, batch: &BatchRow, receipt: &TransactionReceipt) -> Result<()> {
+        let paid: Vec<(Address, Address, U256)> = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|log| log.address() == batch.batcher)
+            .filter_map(|log| log.log_decode::<PayoutBatcher::PayoutSent>().ok())
+            .filter(|event| event.inner.data.batchId == batch.batch_key)
+            .map(|event| (event.inner.data.recipient, event.inner.data.token, event.inner.data.amount))
+            .collect();
+        let expected: Vec<(Address, Address, U256)> =
+            batch.items.iter().map(|i| (i.address, batch.token, to_u256(i.amount))).collect();
+        if paid != expected {
+            let error = PayoutError::ReceiptMismatch {
+                id: batch.id.clone(),
+                tx_hash: format!("{:#x}", receipt.transaction_hash),
+                message: format!("{} PayoutSent events, {} items expected", paid.len(), expected.len()),
+            };
+            tracing::error!(target: "payout", batch = %batch.id, %error, "payout transaction does not match its batch");
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn fail(&self, batch: &BatchRow, reason: &str, mined: Option<&Mined>) -> Result<Progress> {
+        let native = self.chain.native_asset_id().to_string();
+        store::fail(&self.pool, &self.ledger, batch, &self.chain.caip2, &native, reason, mined, self.clock.now()).await?;
+        tracing::warn!(target: "payout", batch = %batch.id, %reason, "payout failed; balances returned to the creators");
+        crate::metrics::count("payrail_payouts_total", "Payout batches finished, by status", &[("chain", &self.chain.name), ("status", "failed")], 1);
+        Ok(Progress::Failed(reason.to_owned()))
+    }
+}
+
+enum Prepared {
+    Signed(Attempt),
+    /// No transaction: the batch failed or must wait.
+    Final(Progress),
+}
+
+enum Broadcast {
+    Accepted,
+    /// Every endpoint refused it for a reason that will not change.
+    Refused(String),
+    /// No endpoint said yes, but at least one gave no clear answer: it may be out there.
+    Unknown,
+}
+
+alloy::sol! {
+    #[sol(rpc)]
+    interface BalanceOf {
+        function balanceOf(address owner) external view returns (uint256);
+    }
+}
+
+/// The batcher's balance of `token` (zero address: the native coin).
+pub async fn batcher_balance(provider: &RootProvider<Ethereum>, batcher: Address, token: Address) -> std::result::Result<Amount, String> {
+    let value = if token == Address::ZERO {
+        provider.get_balance(batcher).await.map_err(|e| e.to_string())?
+    } else {
+        BalanceOf::new(token, provider).balanceOf(batcher).call().await.map_err(|e| e.to_string())?
+    };
+    Ok(Amount::from_u256(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements_raise_fees_strictly() {
+        assert_eq!(bumped(1_000, 1_250), 1_125);
+        assert_eq!(bumped(1, 1_000), 2);
+        assert_eq!(bumped(0, 1_000), 1);
+        assert_eq!(bumped(u128::MAX, 1_000), u128::MAX);
+    }
+
+    #[test]
+    fn refusals_are_told_apart_from_doubt() {
+        assert!(is_definitive_refusal("nonce too low: next nonce 5, tx nonce 4"));
+        assert!(is_definitive_refusal("replacement transaction underpriced"));
+        assert!(!is_definitive_refusal("connection reset by peer"));
+        assert!(is_already_known("already known"));
+    }
+}

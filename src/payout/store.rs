@@ -1,0 +1,645 @@
+//! Payout batches in PostgreSQL, and the ledger entries and outbox rows that go with each change.
+//!
+//! Every state change of a batch commits in one transaction with its ledger entry and its outbox
+//! rows: created (creators → `payouts_in_flight`), sent (the first signed transaction stored),
+//! confirmed (`payouts_in_flight` → the chain's asset account, gas → `expenses:network_fees`) or
+//! failed (`payouts_in_flight` → back to each creator). Confirming and failing only move a batch that
+//! is still open, and their entries carry idempotency keys, so doing either twice changes nothing.
+
+use alloy_primitives::{Address, B256};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::ids::new_id;
+use crate::ledger::{AccountCode, Ledger, NewEntry};
+use crate::money::{Amount, ChainId};
+use crate::webhook::emit;
+
+use super::error::{PayoutError, Result};
+use super::plan::{Candidate, PlannedBatch};
+
+/// Most payouts listed on one page.
+pub const LIST_LIMIT_MAX: i64 = 100;
+
+/// A batch, as the API and webhooks show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PayoutView {
+    /// `po_…`
+    pub id: String,
+    pub run_id: String,
+    /// CAIP-2.
+    pub chain: String,
+    /// CAIP-19.
+    pub asset: String,
+    /// `created` → `sent` → `confirmed`, or `failed` (balances returned to the creators).
+    pub status: String,
+    /// Sum of all items of the batch, in the asset's smallest unit.
+    pub total_minor: String,
+    pub recipients: i32,
+    /// The bytes32 id the contract refuses to pay twice.
+    pub batch_key: String,
+    /// The mined transaction, once there is one.
+    pub tx_hash: Option<String>,
+    pub block_number: Option<i64>,
+    /// Gas the transaction burnt, in the chain's native smallest unit.
+    pub gas_fee_minor: Option<String>,
+    /// Why the batch waits or failed.
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The creators paid; in a merchant's webhook, only that merchant's creators.
+    pub items: Vec<PayoutItemView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PayoutItemView {
+    pub creator_id: String,
+    pub merchant_id: String,
+    pub address: String,
+    pub amount_minor: String,
+}
+
+/// One payout as the creator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct CreatorPayoutView {
+    pub payout_id: String,
+    pub chain: String,
+    pub asset: String,
+    pub address: String,
+    pub amount_minor: String,
+    pub status: String,
+    pub tx_hash: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An open batch, as the executor needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRow {
+    pub id: String,
+    pub chain: String,
+    pub asset: String,
+    pub token: Address,
+    pub batcher: Address,
+    pub batch_key: B256,
+    pub status: String,
+    pub total: Amount,
+    pub items: Vec<ItemRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemRow {
+    pub creator_id: String,
+    pub merchant_id: String,
+    pub address: Address,
+    pub amount: Amount,
+}
+
+/// A signed transaction of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub tx_hash: B256,
+    pub sender: Address,
+    pub nonce: u64,
+    pub gas_limit: u64,
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+    pub raw_tx: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where the paying transaction was mined and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mined {
+    pub tx_hash: B256,
+    pub block_number: u64,
+    pub block_hash: B256,
+    pub gas_fee: Amount,
+}
+
+fn corrupt(value: impl Into<String>) -> PayoutError {
+    PayoutError::Corrupt { value: value.into() }
+}
+
+fn amount(text: &str) -> Result<Amount> {
+    Amount::parse_decimal(text, 0).map_err(|_| corrupt(text))
+}
+
+fn address(text: &str) -> Result<Address> {
+    text.parse().map_err(|_| corrupt(text))
+}
+
+fn i64_of(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The bytes32 a batch is paid under: derived from the batch id, so it is fixed when the batch is.
+pub fn batch_key(batch_id: &str) -> B256 {
+    alloy_primitives::keccak256(format!("payrail.payout:{batch_id}").as_bytes())
+}
+
+/// Creators of every merchant with a positive balance in `asset` and a payout address on `chain`.
+pub async fn candidates(conn: &mut PgConnection, chain: &ChainId, asset: &str) -> Result<Vec<Candidate>> {
+    let rows = sqlx::query(
+        "SELECT c.id, c.merchant_id, a.address, sum(b.balance)::text AS balance \
+         FROM creators c \
+         JOIN creator_payout_addresses a ON a.creator_id = c.id AND a.chain = $1 \
+         JOIN accounts acc ON acc.code = 'liabilities:creator:' || c.id \
+         JOIN balances b ON b.account_id = acc.id AND b.asset = $2 \
+         GROUP BY c.id, c.merchant_id, a.address HAVING sum(b.balance) > 0 ORDER BY c.id",
+    )
+    .bind(chain.to_string())
+    .bind(asset)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Candidate {
+                creator_id: row.try_get("id")?,
+                merchant_id: row.try_get("merchant_id")?,
+                address: address(&row.try_get::<String, _>("address")?)?,
+                amount: amount(&row.try_get::<String, _>("balance")?)?,
+            })
+        })
+        .collect()
+}
+
+/// What open batches of `asset` on `chain` will still take from the batcher's balance.
+pub async fn promised(conn: &mut PgConnection, chain: &ChainId, asset: &str) -> Result<Amount> {
+    let text: Option<String> = sqlx::query_scalar(
+        "SELECT sum(total_minor)::text FROM payout_batches WHERE chain = $1 AND asset = $2 AND status IN ('created', 'sent')",
+    )
+    .bind(chain.to_string())
+    .bind(asset)
+    .fetch_one(conn)
+    .await?;
+    text.map_or(Ok(Amount::ZERO), |t| amount(&t))
+}
+
+/// Serializes payout runs across replicas for the rest of the caller's transaction.
+pub async fn lock_runs(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('payrail.payouts.run'))").execute(conn).await?;
+    Ok(())
+}
+
+/// Writes a planned batch, its items, the entry moving the creators' balances to
+/// `payouts_in_flight`, and `payout.created` for each merchant involved, on the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_batch(
+    conn: &mut PgConnection,
+    ledger: &Ledger,
+    run_id: &str,
+    chain: &ChainId,
+    asset: &str,
+    token: Address,
+    batcher: Address,
+    planned: &PlannedBatch,
+    now: DateTime<Utc>,
+) -> Result<PayoutView> {
+    let id = new_id("po");
+    let key = batch_key(&id);
+    sqlx::query(
+        "INSERT INTO payout_batches (id, run_id, chain, asset, token, batcher, batch_key, status, total_minor, recipients, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'created', $8::numeric, $9, $10, $10)",
+    )
+    .bind(&id)
+    .bind(run_id)
+    .bind(chain.to_string())
+    .bind(asset)
+    .bind(format!("{token:#x}"))
+    .bind(format!("{batcher:#x}"))
+    .bind(format!("{key:#x}"))
+    .bind(planned.total.to_string())
+    .bind(i32::try_from(planned.items.len()).unwrap_or(i32::MAX))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let mut entry = NewEntry::new(format!("payout:{id}"), "payout").memo(format!("payout {id}"));
+    for (position, item) in planned.items.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO payout_items (batch_id, position, creator_id, merchant_id, address, amount_minor) \
+             VALUES ($1, $2, $3, $4, $5, $6::numeric)",
+        )
+        .bind(&id)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(&item.creator_id)
+        .bind(&item.merchant_id)
+        .bind(item.address.to_checksum(None))
+        .bind(item.amount.to_string())
+        .execute(&mut *conn)
+        .await?;
+        entry = entry.debit(AccountCode::creator(&item.creator_id), asset, item.amount);
+    }
+    entry = entry.credit(AccountCode::payouts_in_flight(), asset, planned.total);
+    // A balance that shrank since it was read (it cannot: runs are serialized and only payouts
+    // debit a creator) would be refused here by the ledger's guard, and nothing would commit.
+    ledger.post(&mut *conn, &entry).await?;
+    let view = view_on(&mut *conn, &id).await?.ok_or_else(|| PayoutError::NotFound { id: id.clone() })?;
+    announce(&mut *conn, &view, "payout.created", now).await?;
+    Ok(view)
+}
+
+/// One event per merchant whose creators the batch pays, showing only that merchant's items.
+async fn announce(conn: &mut PgConnection, view: &PayoutView, event_type: &str, now: DateTime<Utc>) -> Result<()> {
+    let mut merchants: Vec<&str> = view.items.iter().map(|i| i.merchant_id.as_str()).collect();
+    merchants.sort_unstable();
+    merchants.dedup();
+    for merchant in merchants {
+        let mut data = view.clone();
+        data.items.retain(|i| i.merchant_id == merchant);
+        emit(&mut *conn, merchant, event_type, &view.id, &data, now).await?;
+    }
+    Ok(())
+}
+
+const VIEW_COLUMNS: &str = "id, run_id, chain, asset, status, total_minor::text AS total, recipients, batch_key, tx_hash, \
+     block_number, gas_fee_minor::text AS gas_fee, error, created_at, sent_at, finished_at";
+
+fn view_of(row: &sqlx::postgres::PgRow, items: Vec<PayoutItemView>) -> Result<PayoutView> {
+    Ok(PayoutView {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        chain: row.try_get("chain")?,
+        asset: row.try_get("asset")?,
+        status: row.try_get("status")?,
+        total_minor: row.try_get("total")?,
+        recipients: row.try_get("recipients")?,
+        batch_key: row.try_get("batch_key")?,
+        tx_hash: row.try_get("tx_hash")?,
+        block_number: row.try_get("block_number")?,
+        gas_fee_minor: row.try_get("gas_fee")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        sent_at: row.try_get("sent_at")?,
+        finished_at: row.try_get("finished_at")?,
+        items,
+    })
+}
+
+async fn item_views(conn: &mut PgConnection, id: &str) -> Result<Vec<PayoutItemView>> {
+    let rows = sqlx::query(
+        "SELECT creator_id, merchant_id, address, amount_minor::text AS amount FROM payout_items \
+         WHERE batch_id = $1 ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(PayoutItemView {
+                creator_id: row.try_get("creator_id")?,
+                merchant_id: row.try_get("merchant_id")?,
+                address: row.try_get("address")?,
+                amount_minor: row.try_get("amount")?,
+            })
+        })
+        .collect()
+}
+
+async fn view_on(conn: &mut PgConnection, id: &str) -> Result<Option<PayoutView>> {
+    let row = sqlx::query(&format!("SELECT {VIEW_COLUMNS} FROM payout_batches WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => {
+            let items = item_views(&mut *conn, id).await?;
+            Ok(Some(view_of(&row, items)?))
+        }
+        None => Ok(None),
+    }
+}
+
+pub async fn view(pool: &PgPool, id: &str) -> Result<PayoutView> {
+    let mut conn = pool.acquire().await?;
+    view_on(&mut conn, id).await?.ok_or_else(|| PayoutError::NotFound { id: id.to_owned() })
+}
+
+/// Batches newest first, optionally only those created before `before` (a `po_…` id) and of one
+/// status.
+pub async fn list(pool: &PgPool, limit: i64, before: Option<&str>, status: Option<&str>) -> Result<Vec<PayoutView>> {
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {VIEW_COLUMNS} FROM payout_batches b \
+         WHERE ($2::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM payout_batches WHERE id = $2)) \
+           AND ($3::text IS NULL OR b.status = $3) \
+         ORDER BY b.created_at DESC, b.id DESC LIMIT $1"
+    ))
+    .bind(limit.clamp(1, LIST_LIMIT_MAX))
+    .bind(before)
+    .bind(status)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let items = item_views(&mut conn, &id).await?;
+        out.push(view_of(row, items)?);
+    }
+    Ok(out)
+}
+
+/// A creator's payouts, newest first.
+pub async fn creator_payouts(pool: &PgPool, creator_id: &str, limit: i64) -> Result<Vec<CreatorPayoutView>> {
+    let rows = sqlx::query(
+        "SELECT b.id, b.chain, b.asset, i.address, i.amount_minor::text AS amount, b.status, b.tx_hash, b.created_at, \
+                b.finished_at \
+         FROM payout_items i JOIN payout_batches b ON b.id = i.batch_id \
+         WHERE i.creator_id = $1 ORDER BY b.created_at DESC, b.id DESC LIMIT $2",
+    )
+    .bind(creator_id)
+    .bind(limit.clamp(1, LIST_LIMIT_MAX))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(CreatorPayoutView {
+                payout_id: row.try_get("id")?,
+                chain: row.try_get("chain")?,
+                asset: row.try_get("asset")?,
+                address: row.try_get("address")?,
+                amount_minor: row.try_get("amount")?,
+                status: row.try_get("status")?,
+                tx_hash: row.try_get("tx_hash")?,
+                created_at: row.try_get("created_at")?,
+                finished_at: row.try_get("finished_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The open batches of a chain, oldest first.
+pub async fn open_batches(pool: &PgPool, chain: &ChainId) -> Result<Vec<BatchRow>> {
+    let rows = sqlx::query(
+        "SELECT id, chain, asset, token, batcher, batch_key, status, total_minor::text AS total FROM payout_batches \
+         WHERE chain = $1 AND status IN ('created', 'sent') ORDER BY created_at, id",
+    )
+    .bind(chain.to_string())
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let key: String = row.try_get("batch_key")?;
+        let items = sqlx::query(
+            "SELECT creator_id, merchant_id, address, amount_minor::text AS amount FROM payout_items \
+             WHERE batch_id = $1 ORDER BY position",
+        )
+        .bind(&id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ItemRow {
+                creator_id: r.try_get("creator_id")?,
+                merchant_id: r.try_get("merchant_id")?,
+                address: address(&r.try_get::<String, _>("address")?)?,
+                amount: amount(&r.try_get::<String, _>("amount")?)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        out.push(BatchRow {
+            chain: row.try_get("chain")?,
+            asset: row.try_get("asset")?,
+            token: address(&row.try_get::<String, _>("token")?)?,
+            batcher: address(&row.try_get::<String, _>("batcher")?)?,
+            batch_key: key.parse().map_err(|_| corrupt(key.clone()))?,
+            status: row.try_get("status")?,
+            total: amount(&row.try_get::<String, _>("total")?)?,
+            id,
+            items,
+        });
+    }
+    Ok(out)
+}
+
+/// The batch's signed transactions, oldest first.
+pub async fn attempts(pool: &PgPool, batch_id: &str) -> Result<Vec<Attempt>> {
+    let rows = sqlx::query(
+        "SELECT tx_hash, sender, nonce, gas_limit, max_fee_per_gas::text AS max_fee, \
+                max_priority_fee_per_gas::text AS tip, raw_tx, created_at \
+         FROM payout_attempts WHERE batch_id = $1 ORDER BY created_at, tx_hash",
+    )
+    .bind(batch_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let hash: String = row.try_get("tx_hash")?;
+            let fee = |column: &str| -> Result<u128> {
+                let text: String = row.try_get(column)?;
+                text.parse().map_err(|_| corrupt(text))
+            };
+            Ok(Attempt {
+                tx_hash: hash.parse().map_err(|_| corrupt(hash.clone()))?,
+                sender: address(&row.try_get::<String, _>("sender")?)?,
+                nonce: u64::try_from(row.try_get::<i64, _>("nonce")?).map_err(|_| corrupt("nonce"))?,
+                gas_limit: u64::try_from(row.try_get::<i64, _>("gas_limit")?).map_err(|_| corrupt("gas_limit"))?,
+                max_fee_per_gas: fee("max_fee")?,
+                max_priority_fee_per_gas: fee("tip")?,
+                raw_tx: row.try_get("raw_tx")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The highest nonce `sender` used in a batch that is still open on `chain`, so a new batch does
+/// not take a nonce a pending payout holds.
+pub async fn highest_open_nonce(pool: &PgPool, chain: &ChainId, sender: Address) -> Result<Option<u64>> {
+    let nonce: Option<i64> = sqlx::query_scalar(
+        "SELECT max(a.nonce) FROM payout_attempts a JOIN payout_batches b ON b.id = a.batch_id \
+         WHERE b.chain = $1 AND b.status IN ('created', 'sent') AND a.sender = $2",
+    )
+    .bind(chain.to_string())
+    .bind(format!("{sender:#x}"))
+    .fetch_one(pool)
+    .await?;
+    Ok(nonce.and_then(|n| u64::try_from(n).ok()))
+}
+
+/// Stores a signed transaction before it is broadcast; the first one moves the batch to `sent`
+/// and announces `payout.sent`.
+pub async fn record_attempt(pool: &PgPool, batch_id: &str, attempt: &Attempt, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO payout_attempts (batch_id, tx_hash, sender, nonce, gas_limit, max_fee_per_gas, \
+         max_priority_fee_per_gas, raw_tx, created_at) VALUES ($1, $2, $3, $4, $5, $6::numeric, $7::numeric, $8, $9)",
+    )
+    .bind(batch_id)
+    .bind(format!("{:#x}", attempt.tx_hash))
+    .bind(format!("{:#x}", attempt.sender))
+    .bind(i64_of(attempt.nonce))
+    .bind(i64_of(attempt.gas_limit))
+    .bind(attempt.max_fee_per_gas.to_string())
+    .bind(attempt.max_priority_fee_per_gas.to_string())
+    .bind(&attempt.raw_tx)
+    .bind(attempt.created_at)
+    .execute(&mut *tx)
+    .await?;
+    let moved = sqlx::query(
+        "UPDATE payout_batches SET status = 'sent', sent_at = $2, updated_at = $2, error = NULL \
+         WHERE id = $1 AND status = 'created'",
+    )
+    .bind(batch_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 1 {
+        if let Some(view) = view_on(&mut tx, batch_id).await? {
+            announce(&mut tx, &view, "payout.sent", now).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Forgets a transaction every node refused: it can never be mined.
+pub async fn forget_attempt(pool: &PgPool, tx_hash: B256) -> Result<()> {
+    sqlx::query("DELETE FROM payout_attempts WHERE tx_hash = $1").bind(format!("{tx_hash:#x}")).execute(pool).await?;
+    Ok(())
+}
+
+/// Notes why an open batch waits (or clears the note), and where its transaction was mined so far.
+pub async fn note(pool: &PgPool, batch_id: &str, error: Option<&str>, mined: Option<&Mined>) -> Result<()> {
+    sqlx::query(
+        "UPDATE payout_batches SET error = $2, tx_hash = COALESCE($3, tx_hash), block_number = COALESCE($4, block_number), \
+         updated_at = now() WHERE id = $1 AND status IN ('created', 'sent')",
+    )
+    .bind(batch_id)
+    .bind(error)
+    .bind(mined.map(|m| format!("{:#x}", m.tx_hash)))
+    .bind(mined.map(|m| i64_of(m.block_number)))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The gas entry of a mined transaction: the hot wallet's native coin burnt, booked once per batch.
+fn gas_entry(batch_id: &str, chain: &ChainId, native_asset: &str, mined: &Mined) -> Option<NewEntry> {
+    (!mined.gas_fee.is_zero()).then(|| {
+        NewEntry::new(format!("payout-gas:{batch_id}"), "network_fee")
+            .memo(format!("payout {batch_id} {:#x}", mined.tx_hash))
+            .debit(AccountCode::network_fees(), native_asset, mined.gas_fee)
+            .credit(AccountCode::chain_assets(chain), native_asset, mined.gas_fee)
+    })
+}
+
+/// Moves an open batch to a final status; `false` if it was already final (nothing is written).
+async fn finish(
+    conn: &mut PgConnection,
+    batch_id: &str,
+    status: &str,
+    mined: Option<&Mined>,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE payout_batches SET status = $2, tx_hash = COALESCE($3, tx_hash), block_number = COALESCE($4, block_number), \
+         block_hash = COALESCE($5, block_hash), gas_fee_minor = $6::numeric, error = $7, finished_at = $8, updated_at = $8 \
+         WHERE id = $1 AND status IN ('created', 'sent')",
+    )
+    .bind(batch_id)
+    .bind(status)
+    .bind(mined.map(|m| format!("{:#x}", m.tx_hash)))
+    .bind(mined.map(|m| i64_of(m.block_number)))
+    .bind(mined.map(|m| format!("{:#x}", m.block_hash)))
+    .bind(mined.map(|m| m.gas_fee.to_string()))
+    .bind(error)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
+/// The batch was paid on chain and is deep enough: the funds left the chain's asset account.
+pub async fn settle(
+    pool: &PgPool,
+    ledger: &Ledger,
+    batch: &BatchRow,
+    chain: &ChainId,
+    native_asset: &str,
+    mined: &Mined,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    if !finish(&mut tx, &batch.id, "confirmed", Some(mined), None, now).await? {
+        return Ok(false);
+    }
+    let entry = NewEntry::new(format!("payout-settle:{}", batch.id), "payout_settled")
+        .memo(format!("payout {} {:#x}", batch.id, mined.tx_hash))
+        .debit(AccountCode::payouts_in_flight(), batch.asset.as_str(), batch.total)
+        .credit(AccountCode::chain_assets(chain), batch.asset.as_str(), batch.total);
+    ledger.post(&mut tx, &entry).await?;
+    if let Some(gas) = gas_entry(&batch.id, chain, native_asset, mined) {
+        ledger.post(&mut tx, &gas).await?;
+    }
+    if let Some(view) = view_on(&mut tx, &batch.id).await? {
+        announce(&mut tx, &view, "payout.confirmed", now).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The batch was not paid and never will be under this id: every creator gets its amount back.
+/// `mined` is a reverted transaction whose gas was still burnt.
+#[allow(clippy::too_many_arguments)]
+pub async fn fail(
+    pool: &PgPool,
+    ledger: &Ledger,
+    batch: &BatchRow,
+    chain: &ChainId,
+    native_asset: &str,
+    reason: &str,
+    mined: Option<&Mined>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    if !finish(&mut tx, &batch.id, "failed", mined, Some(reason), now).await? {
+        return Ok(false);
+    }
+    let mut entry = NewEntry::new(format!("payout-return:{}", batch.id), "payout_returned")
+        .memo(format!("payout {} failed: {reason}", batch.id))
+        .debit(AccountCode::payouts_in_flight(), batch.asset.as_str(), batch.total);
+    for item in &batch.items {
+        entry = entry.credit(AccountCode::creator(&item.creator_id), batch.asset.as_str(), item.amount);
+    }
+    ledger.post(&mut tx, &entry).await?;
+    if let Some(gas) = mined.and_then(|m| gas_entry(&batch.id, chain, native_asset, m)) {
+        ledger.post(&mut tx, &gas).await?;
+    }
+    if let Some(view) = view_on(&mut tx, &batch.id).await? {
+        announce(&mut tx, &view, "payout.failed", now).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// When the schedule last ran payouts on `chain`.
+pub async fn last_scheduled_run(pool: &PgPool, chain: &ChainId) -> Result<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar("SELECT last_run_at FROM payout_schedule WHERE chain = $1")
+        .bind(chain.to_string())
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub async fn mark_scheduled_run(conn: &mut PgConnection, chain: &ChainId, at: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO payout_schedule (chain, last_run_at) VALUES ($1, $2) \
+         ON CONFLICT (chain) DO UPDATE SET last_run_at = EXCLUDED.last_run_at",
+    )
+    .bind(chain.to_string())
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A fresh run id.
+pub fn new_run_id() -> String {
+    new_id("run")
+}
