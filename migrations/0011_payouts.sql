@@ -48,6 +48,8 @@ CREATE INDEX payout_items_creator_idx ON payout_items (creator_id, batch_id);
 
 -- Every transaction signed for a batch; replacements of a stuck one share its nonce.
 CREATE TABLE payout_attempts (
+    -- Signing order: a replacement always comes after what it replaces.
+    seq                      BIGSERIAL NOT NULL UNIQUE,
     batch_id                 TEXT NOT NULL REFERENCES payout_batches (id),
     tx_hash                  TEXT NOT NULL UNIQUE CHECK (tx_hash ~ '^0x[0-9a-f]{64}$'),
     sender                   TEXT NOT NULL,

@@ -52,7 +52,11 @@ pub enum AppError {
 pub fn catalog(config: &Config) -> AssetCatalog {
     let mut assets = Vec::new();
     for chain in config.chains() {
-        let deposit = chain.forwarder_factory.map(DepositScheme::create2_forwarder);
+        let deposit = match chain.kind {
+            // Bitcoin addresses come from each merchant's descriptor, allocated per invoice.
+            ChainKind::Bitcoin => crate::chain::bitcoin::network_of(&chain.caip2).map(|_| DepositScheme::Bitcoin),
+            ChainKind::Evm => chain.forwarder_factory.map(DepositScheme::create2_forwarder),
+        };
         assets.push(CatalogAsset {
             asset: chain.native_asset_id(),
             symbol: chain.native.symbol.clone(),
@@ -130,8 +134,8 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
 }
 
 /// Serves on `listener` until `shutdown` resolves, with the background jobs beside: the expiry
-/// job and one watcher per EVM chain that has a forwarder factory (no factory, no deposit
-/// addresses to watch).
+/// job, one watcher per Bitcoin chain, and one watcher per EVM chain that has a forwarder factory
+/// (no factory, no deposit addresses to watch).
 ///
 /// With a hot wallet key, a sweeper per EVM chain moves confirmed deposits to the treasury.
 pub async fn serve(
@@ -150,6 +154,21 @@ pub async fn serve(
     watchers.push(tokio::spawn(crate::webhook::run_dispatcher(pool.clone(), state.clock.clone(), stop_rx.clone())));
     if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
         watchers.push(task);
+    }
+    for chain in config.chains().iter().filter(|c| watch_chains && c.kind == ChainKind::Bitcoin) {
+        // One Bitcoin watcher per Bitcoin chain: addresses come from merchants' descriptors.
+        match crate::chain::bitcoin::BitcoinWatcher::new(chain.clone(), pool.clone(), state.ledger.clone(), state.rates.clone(), state.clock.clone()) {
+            Ok(watcher) => {
+                let stop = stop_rx.clone();
+                let name = chain.name.clone();
+                watchers.push(tokio::spawn(async move {
+                    if let Err(error) = watcher.run(stop).await {
+                        tracing::error!(target: "watcher::bitcoin", chain = %name, %error, "watcher stopped; payments on this chain are not being followed");
+                    }
+                }));
+            }
+            Err(error) => tracing::error!(target: "watcher::bitcoin", chain = %chain.name, %error, "watcher not started"),
+        }
     }
     for chain in config.chains().iter().filter(|_| watch_chains) {
         if chain.kind != ChainKind::Evm || chain.forwarder_factory.is_none() {

@@ -69,6 +69,17 @@ enum Command {
         #[arg(long)]
         amount_minor: Option<String>,
     },
+    /// Run payrail's own Bitcoin regtest node (development only): a fresh regtest chain in memory,
+    /// a funded wallet, and an Electrum protocol server with `regtest.*` control methods
+    /// (mine, send, bump, replace, reorg, tip). A restart is a new chain.
+    Regtest {
+        /// Address of the Electrum server.
+        #[arg(long, default_value = "127.0.0.1:50001")]
+        listen: SocketAddr,
+        /// Mine a block every N seconds (without it, blocks are mined on request only).
+        #[arg(long)]
+        mine_every_secs: Option<u64>,
+    },
     /// Manage merchants.
     Merchants {
         #[command(subcommand)]
@@ -307,6 +318,7 @@ async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()
             println!("(the API key is shown only this once; store it now)");
         }
         Command::Dev { listen, no_chains, .. } => dev(config, listen, no_chains, card).await?,
+        Command::Regtest { listen, mine_every_secs } => regtest(listen, mine_every_secs).await?,
         Command::Pay { api, key, invoice, asset, amount_minor } => {
             let client = alloy::transports::http::reqwest::Client::new();
             let view: serde_json::Value = client
@@ -323,6 +335,13 @@ async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()
                 .as_array()
                 .and_then(|options| options.iter().find(|o| o["asset"] == asset.as_str()))
                 .with_context(|| format!("{invoice} has no payment option in {asset}"))?;
+            if asset.starts_with("bip122:") {
+                let to = option["address"].as_str().context("that option has no deposit address (set a descriptor: PUT /v1/merchants/me/bitcoin)")?;
+                let sats: u64 = amount_minor.as_deref().or(option["amount_minor"].as_str()).context("no amount")?.parse()?;
+                let txid = devnet::pay::pay_bitcoin(&config, &asset.parse()?, to, sats).await?;
+                println!("sent {sats} sat of {asset} to {to} in {txid}");
+                return Ok(());
+            }
             let to: alloy::primitives::Address = option["address"]
                 .as_str()
                 .context("that option has no deposit address")?
@@ -335,6 +354,45 @@ async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()
     }
     Ok(())
 }
+
+/// `payrail regtest`: the regtest node and its Electrum server until Ctrl-C.
+async fn regtest(listen: SocketAddr, mine_every_secs: Option<u64>) -> Result<()> {
+    let mine_interval = mine_every_secs.filter(|s| *s > 0).map(std::time::Duration::from_secs);
+    let node = devnet::regtest::RegtestNode::start(devnet::regtest::RegtestConfig { listen, mine_interval })
+        .await
+        .context("starting the regtest node")?;
+    let (height, hash) = node.tip().await;
+    let (p2wpkh, p2tr) = node.node().wallet_addresses().await;
+    println!("payrail regtest node is up (development only: a new chain at every start)");
+    println!("  electrum:  {}", node.electrum_url());
+    println!("  chain:     {} (tip {height} {hash})", devnet::regtest::REGTEST_CAIP2);
+    println!("  wallet:    {p2wpkh} {p2tr}");
+    println!("  control:   regtest.mine, regtest.send, regtest.bump, regtest.replace, regtest.reorg, regtest.tip");
+    println!("Ctrl-C stops it.");
+    shutdown_signal().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// The dev stack's Bitcoin chain: payrail's regtest node on the address of the bitcoin chain's
+/// `rpc` (`tcp://127.0.0.1:<port>`), mining a block every 10 s.
+async fn dev_bitcoin(config: &Config) -> Result<Option<devnet::regtest::RegtestHandle>> {
+    let Some(chain) = config.chains().iter().find(|c| c.kind == ChainKind::Bitcoin) else {
+        return Ok(None);
+    };
+    let url = chain.rpc.first().map(|u| u.as_str().to_owned()).unwrap_or_default();
+    let listen = devnet::regtest::socket_addr_from_url(&url)
+        .with_context(|| format!("{}: the dev stack runs its regtest node on tcp://127.0.0.1:<port>, not {url}", chain.name))?;
+    let mine_interval = Some(std::time::Duration::from_secs(DEV_BITCOIN_BLOCK_INTERVAL_S));
+    let node = devnet::regtest::RegtestNode::start(devnet::regtest::RegtestConfig { listen, mine_interval })
+        .await
+        .with_context(|| format!("starting the regtest node for {}", chain.name))?;
+    println!("  {:<10} {} (regtest, a block every {DEV_BITCOIN_BLOCK_INTERVAL_S} s)", chain.name, node.electrum_url());
+    Ok(Some(node))
+}
+
+/// How often the dev stack's regtest node mines.
+const DEV_BITCOIN_BLOCK_INTERVAL_S: u64 = 10;
 
 /// Starts one anvil per enabled EVM chain of the configuration, on the port its `rpc` names, and
 /// deploys the dev contracts; the configuration's contract addresses must be the ones deployed.
@@ -364,6 +422,9 @@ async fn dev_chains(config: &Config) -> Result<Vec<devnet::anvil::Anvil>> {
                 chain.forwarder_factory
             );
         }
+        devnet::anvil::fund_dev_batcher(&anvil.url(), &deployed, devnet::anvil::DevTokenDecimals::of(chain))
+            .await
+            .with_context(|| format!("funding the payout batcher on {}", chain.name))?;
         anvil.set_interval_mining(1).await?;
         chains.push((chain.name.clone(), anvil));
     }
@@ -392,10 +453,12 @@ async fn dev(
     let result = async {
         println!("payrail dev stack is starting");
         let _chains = if no_chains { Vec::new() } else { dev_chains(&config).await? };
+        let _bitcoin = if no_chains { None } else { dev_bitcoin(&config).await? };
         db::ensure_database(&url).await?;
         let pool = db::connect(&url, config.database.pool_max).await?;
         db::migrate(&pool).await?;
         let demo = merchant::create_merchant(&pool, "Demo merchant").await?;
+        let finance_key = merchant::create_platform_key(&pool, merchant::Role::Finance).await?;
         let listener = app::bind(listen.unwrap_or(config.server.listen)).await?;
         let base = format!("http://{}", listener.local_addr()?);
         if let Some((_, localstripe)) = &card {
@@ -415,6 +478,7 @@ async fn dev(
         println!("  api:       {base}");
         println!("  merchant:  {}", demo.merchant_id);
         println!("  api key:   {}", demo.api_key);
+        println!("  finance:   {finance_key} (runs payouts: POST {base}/v1/payouts/run)");
         println!();
         println!("Create an invoice:");
         println!(

@@ -434,6 +434,8 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/v1/invoices/{id}"),
         ("POST", "/v1/invoices/{id}/void"),
         ("GET", "/v1/balances"),
+        ("PUT", "/v1/merchants/me/bitcoin"),
+        ("GET", "/v1/merchants/me/bitcoin"),
         ("POST", "/v1/creators"),
         ("GET", "/v1/creators"),
         ("GET", "/v1/creators/{id}"),

@@ -24,7 +24,8 @@ use payrail::rates::{
 };
 use sqlx::PgPool;
 
-const BTC: &str = "bip122:000000000019d6689c085ae165831e93/slip44:0";
+/// Bitcoin on the dev stack: config.toml follows regtest.
+const BTC: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0";
 /// The dev stack's USDC on Polygon (config.toml replaces the mainnet contract with it).
 const USDC_POLYGON: &str = "eip155:137/erc20:0xe7f1725e7734ce288f8367e1bb143e90bb3f0512";
 

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod balances;
+pub mod bitcoin;
 pub mod checkout;
 pub mod creators;
 pub mod error;
@@ -75,6 +76,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/stripe/webhook", post(stripe::webhook))
         .route("/pay/{id}/card", post(stripe::pay_by_card))
         .route("/v1/balances", get(balances::show))
+        .route("/v1/merchants/me/bitcoin", get(bitcoin::get_descriptor).put(bitcoin::put_descriptor))
         .route("/v1/creators", post(creators::create).get(creators::list))
         .route("/v1/creators/me", get(creators::me))
         .route("/v1/creators/me/statement", get(creators::statement))

@@ -51,6 +51,8 @@ fn openapi_json() {}
         super::invoices::show,
         super::invoices::void,
         super::balances::show,
+        super::bitcoin::put_descriptor,
+        super::bitcoin::get_descriptor,
         super::creators::create,
         super::creators::list,
         super::creators::show,

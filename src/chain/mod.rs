@@ -7,6 +7,7 @@
 //! orphans the payments of the dropped blocks. A reorg deeper than the stored window stops the
 //! watcher with an alert: it is never guessed at.
 
+pub mod bitcoin;
 pub mod cursor;
 pub mod evm;
 pub mod health;

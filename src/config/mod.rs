@@ -117,6 +117,9 @@ struct ChainOverride {
     forwarder_factory: Option<String>,
     payout_batcher: Option<String>,
     start_block: Option<u64>,
+    /// Bitcoin only: the network to follow instead of the chain file's (`regtest` for the dev
+    /// stack); it replaces the chain's CAIP-2 id with that network's.
+    network: Option<String>,
 }
 
 // By hand because `dir` sits beside the per-chain tables, and `#[serde(flatten)]` would
@@ -274,6 +277,18 @@ fn in_section<'a>(
     move |problem| de::invalid(file, problem.under(section), Some(overrides))
 }
 
+/// The CAIP-2 id of a Bitcoin network by the name `network = "…"` gives it.
+fn bitcoin_network_id(name: &str) -> Option<ChainId> {
+    Some(match name {
+        "mainnet" => ChainId::bitcoin_mainnet(),
+        "testnet" => ChainId::bitcoin_testnet(),
+        "testnet4" => ChainId::bitcoin_testnet4(),
+        "signet" => ChainId::bitcoin_signet(),
+        "regtest" => ChainId::bitcoin_regtest(),
+        _ => return None,
+    })
+}
+
 /// Keeps the chains that have an enabled override, with the override's endpoints.
 /// Error keys are relative to `[chains]`.
 fn select_chains(
@@ -326,6 +341,16 @@ fn select_chains(
             }
         }
         spec.start_block = table.start_block;
+        if let Some(network) = &table.network {
+            let key = format!("{}.network", spec.name);
+            if spec.kind != ChainKind::Bitcoin {
+                return Err(InvalidKey::new(key, "only bitcoin chains have a network to choose"));
+            }
+            let caip2 = bitcoin_network_id(network)
+                .ok_or_else(|| InvalidKey::new(key, format!("{network:?} is not one of mainnet, testnet, testnet4, signet, regtest")))?;
+            spec.native.chain = caip2.clone();
+            spec.caip2 = caip2;
+        }
         if table.enabled == Some(false) {
             continue;
         }

@@ -159,7 +159,8 @@ fn every_chain_file_has_the_right_ids_and_native_coin() {
     let expected = [
         (
             "bitcoin",
-            "bip122:000000000019d6689c085ae165831e93",
+            // config.toml follows regtest (`network = "regtest"`); chains/bitcoin.toml is mainnet.
+            "bip122:0f9188f13cb7b2c71f2a335e3a4fc328",
             ChainKind::Bitcoin,
             "BTC",
             8,
@@ -351,7 +352,7 @@ fn assets_resolve_to_symbol_and_decimals() {
         ("POL", 18, None)
     );
     let btc =
-        AssetId::from_str("bip122:000000000019d6689c085ae165831e93/slip44:0").expect("asset id");
+        AssetId::from_str("bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0").expect("asset id");
     assert_eq!(
         config.asset(&btc).map(|a| (a.symbol, a.decimals)),
         Some(("BTC".to_owned(), 8))

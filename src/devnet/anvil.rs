@@ -166,6 +166,39 @@ impl DevTokenDecimals {
 }
 
 /// [`deploy_dev_contracts_with`] for the common token decimals.
+/// Funds the payout batcher as a treasury would: a million of each test token (minted) and 1,000 of
+/// the native coin (from the deployer), so creator payouts work on the dev stack out of the box.
+pub async fn fund_dev_batcher(url: &str, contracts: &DevContracts, decimals: DevTokenDecimals) -> Result<(), AnvilError> {
+    let signer: PrivateKeySigner = DEV_DEPLOYER_KEY.parse().map_err(|e: alloy::signers::local::LocalSignerError| {
+        AnvilError::Deploy { contract: "deployer key", message: e.to_string() }
+    })?;
+    let url = alloy::transports::http::reqwest::Url::parse(url)
+        .map_err(|e| AnvilError::Deploy { contract: "endpoint", message: e.to_string() })?;
+    let provider = ProviderBuilder::new().wallet(EthereumWallet::from(signer)).connect_http(url);
+    let million = U256::from(1_000_000u64);
+    for (token, decimals) in [(contracts.usdc, decimals.usdc), (contracts.usdt, decimals.usdt), (contracts.dai, decimals.dai)] {
+        TestToken::new(token, &provider)
+            .mint(contracts.payout_batcher, million * U256::from(10u64).pow(U256::from(decimals)))
+            .send()
+            .await
+            .map_err(deploy_error("mint"))?
+            .get_receipt()
+            .await
+            .map_err(|e| AnvilError::Deploy { contract: "mint", message: e.to_string() })?;
+    }
+    let native = alloy::rpc::types::TransactionRequest::default()
+        .to(contracts.payout_batcher)
+        .value(U256::from(1_000u64) * U256::from(10u64).pow(U256::from(18u64)));
+    provider
+        .send_transaction(native)
+        .await
+        .map_err(|e| AnvilError::Deploy { contract: "fund batcher", message: e.to_string() })?
+        .get_receipt()
+        .await
+        .map_err(|e| AnvilError::Deploy { contract: "fund batcher", message: e.to_string() })?;
+    Ok(())
+}
+
 pub async fn deploy_dev_contracts(url: &str) -> Result<DevContracts, AnvilError> {
     deploy_dev_contracts_with(url, DevTokenDecimals::COMMON).await
 }

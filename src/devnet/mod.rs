@@ -4,5 +4,6 @@
 pub mod anvil;
 pub mod pay;
 pub mod postgres;
+pub mod regtest;
 
 pub use postgres::{EphemeralPostgres, PostgresError};

@@ -48,3 +48,23 @@ pub async fn pay(config: &Config, asset: &AssetId, to: Address, amount: U256) ->
     let receipt = pending.get_receipt().await.map_err(|e| PayError::Send(e.to_string()))?;
     Ok(format!("{:#x}", receipt.transaction_hash))
 }
+
+/// Sends `amount_sats` to the Bitcoin address `to` from the regtest node's wallet (the node behind
+/// the chain's first endpoint), signalling replace-by-fee; returns the txid. The payment shows as
+/// processing at once and confirms with the node's next blocks.
+pub async fn pay_bitcoin(config: &Config, asset: &AssetId, to: &str, amount_sats: u64) -> Result<String, PayError> {
+    let chain = config
+        .chain_by_id(asset.chain())
+        .ok_or_else(|| PayError::UnknownChain { chain: asset.chain().to_string() })?;
+    let network = crate::chain::bitcoin::network_of(&chain.caip2)
+        .ok_or_else(|| PayError::Invalid(format!("{} is not a Bitcoin network", chain.caip2)))?;
+    let address = crate::chain::bitcoin::descriptor::parse_address(to, network)
+        .ok_or_else(|| PayError::Invalid(format!("{to} is not an address of {}", chain.name)))?;
+    let url = chain.rpc.first().ok_or_else(|| PayError::Invalid(format!("{} has no endpoint", chain.name)))?;
+    let node = super::regtest::RegtestControl::connect_url(url.as_str()).await.map_err(|e| PayError::Send(e.to_string()))?;
+    let txid = node
+        .send(&address, bitcoin::Amount::from_sat(amount_sats), true)
+        .await
+        .map_err(|e| PayError::Send(e.to_string()))?;
+    Ok(txid.to_string())
+}

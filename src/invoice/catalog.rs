@@ -10,6 +10,10 @@ use crate::money::{AssetId, ChainId};
 pub enum DepositScheme {
     /// CREATE2 forwarders of a `ForwarderFactory`; the address is computed, nothing is deployed.
     Create2Forwarder { factory: Address, implementation: Address },
+    /// The next child index of the merchant's watch-only descriptor, allocated in the invoice's
+    /// transaction ([`crate::chain::bitcoin::allocate`]); a merchant without a descriptor on the
+    /// chain is not offered the chain's coin.
+    Bitcoin,
 }
 
 impl DepositScheme {
@@ -19,11 +23,14 @@ impl DepositScheme {
         Self::Create2Forwarder { factory, implementation: factory.create(1) }
     }
 
-    pub fn address_for(&self, invoice_id: &str) -> String {
+    /// The deposit address computed from the invoice id alone; `None` for schemes that allocate
+    /// addresses in the database.
+    pub fn address_for(&self, invoice_id: &str) -> Option<String> {
         match self {
             Self::Create2Forwarder { factory, implementation } => {
-                crate::chain::evm::deposit_address(*factory, *implementation, invoice_id).to_checksum(None)
+                Some(crate::chain::evm::deposit_address(*factory, *implementation, invoice_id).to_checksum(None))
             }
+            Self::Bitcoin => None,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::ids::new_id;
 use crate::money::{fiat_to_asset, Amount, AmountError, AssetId, Fiat, Rounding};
 use crate::rates::RateSource;
 
-use super::catalog::AssetCatalog;
+use super::catalog::{AssetCatalog, DepositScheme};
 use super::error::{InvoiceError, Result};
 use super::model::{load_view, InvoiceView};
 use super::split::{check_creators, matching_rule, store_on_invoice, Splits};
@@ -270,7 +270,37 @@ pub async fn create_invoice_with_splits(
     if let Some(split) = split.filter(|s| !s.is_empty()) {
         store_on_invoice(&mut tx, merchant_id, &id, &split).await?;
     }
-    for (position, option) in options.iter().enumerate() {
+    // Deposit addresses: computed (CREATE2 forwarders) or allocated here, on this transaction
+    // (Bitcoin descriptors). Without a descriptor the merchant is not offered Bitcoin: dropped from
+    // a default list, kept without an address when asked for by name.
+    let mut offered: Vec<(&PricedOption, Option<String>)> = Vec::with_capacity(options.len());
+    for option in &options {
+        let address = match option.deposit {
+            Some(DepositScheme::Bitcoin) => {
+                let allocated = crate::chain::bitcoin::allocate(&mut tx, merchant_id, option.asset.chain(), &id)
+                    .await
+                    .map_err(|e| match e {
+                        crate::chain::bitcoin::AllocationError::Database(e) => InvoiceError::Database(e),
+                        other => InvoiceError::Corrupt { column: "bitcoin_descriptors", value: other.to_string() },
+                    })?;
+                match allocated {
+                    Some(allocation) => Some(allocation.address),
+                    None if request.accepted.is_none() => continue,
+                    None => None,
+                }
+            }
+            Some(scheme) => scheme.address_for(&id),
+            None => None,
+        };
+        offered.push((option, address));
+    }
+    if offered.is_empty() {
+        return Err(InvoiceError::RateUnavailable {
+            asset: "*".to_owned(),
+            reason: format!("no asset this merchant can receive can be priced in {}", currency.code()),
+        });
+    }
+    for (position, (option, address)) in offered.iter().enumerate() {
         sqlx::query(
             "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
                                           rate_at, position, address, rate_sources) \
@@ -286,14 +316,14 @@ pub async fn create_invoice_with_splits(
         .bind(&option.source)
         .bind(option.at)
         .bind(i16::try_from(position).unwrap_or(i16::MAX))
-        .bind(option.deposit.map(|scheme| scheme.address_for(&id)))
+        .bind(address.as_deref())
         .bind(&option.sources)
         .execute(&mut *tx)
         .await?;
     }
-    let mut deposits: Vec<(String, String)> = options
+    let mut deposits: Vec<(String, String)> = offered
         .iter()
-        .filter_map(|o| o.deposit.map(|scheme| (o.asset.chain().to_string(), scheme.address_for(&id).to_lowercase())))
+        .filter_map(|(o, address)| address.as_ref().map(|a| (o.asset.chain().to_string(), a.to_lowercase())))
         .collect();
     deposits.sort();
     deposits.dedup();

@@ -18,7 +18,7 @@ pub struct PaymentOptionView {
     pub decimals: u8,
     /// Null until a rail derives the deposit address.
     pub address: Option<String>,
-    /// A payment request a wallet understands (EIP-681 on EVM chains); null without an address.
+    /// A payment request a wallet understands (EIP-681 on EVM chains, BIP21 on Bitcoin); null without an address.
     pub uri: Option<String>,
     /// Decimal string in whole asset units.
     pub amount: String,
@@ -179,13 +179,27 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     .fetch_all(&mut *conn)
     .await?;
     let mut payment_options = Vec::with_capacity(options.len());
+    let mut merchant_name: Option<String> = None;
     for o in &options {
         let decimals = decimals_of(o.try_get("decimals")?)?;
         let amount = parse_amount("amount_minor", &o.try_get::<String, _>("amount_minor")?)?;
         let asset: String = o.try_get("asset")?;
         let address: Option<String> = o.try_get("address")?;
-        let uri = match (asset.parse::<crate::money::AssetId>(), address.as_deref().map(str::parse::<alloy_primitives::Address>)) {
-            (Ok(asset), Some(Ok(deposit))) => crate::chain::evm::payment_uri(&asset, &deposit, amount),
+        let uri = match (asset.parse::<crate::money::AssetId>(), address.as_deref()) {
+            (Ok(parsed), Some(deposit)) if parsed.chain().is_bip122() && parsed.is_native() => {
+                // BIP21, labelled with the merchant's name so the wallet shows who is paid.
+                if merchant_name.is_none() {
+                    merchant_name = sqlx::query_scalar("SELECT name FROM merchants WHERE id = $1")
+                        .bind(&invoice.merchant_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                }
+                Some(crate::chain::bitcoin::payment_uri(deposit, amount, merchant_name.as_deref(), Some(&format!("Invoice {}", invoice.id))))
+            }
+            (Ok(parsed), Some(deposit)) => deposit
+                .parse::<alloy_primitives::Address>()
+                .ok()
+                .and_then(|deposit| crate::chain::evm::payment_uri(&parsed, &deposit, amount)),
             _ => None,
         };
         payment_options.push(PaymentOptionView {

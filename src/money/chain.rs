@@ -91,6 +91,11 @@ impl ChainId {
         Self::bip122("000000000933ea01ad0ee984209779ba")
     }
 
+    /// Bitcoin testnet4 (BIP94).
+    pub fn bitcoin_testnet4() -> ChainId {
+        Self::bip122("00000000da84f2bafbbc53dee25a72ae")
+    }
+
     /// Bitcoin signet (the default public signet).
     pub fn bitcoin_signet() -> ChainId {
         Self::bip122("00000008819873e925422c1ff0f99f7c")

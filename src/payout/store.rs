@@ -415,12 +415,12 @@ pub async fn open_batches(pool: &PgPool, chain: &ChainId) -> Result<Vec<BatchRow
     Ok(out)
 }
 
-/// The batch's signed transactions, oldest first.
+/// The batch's signed transactions, in the order they were signed.
 pub async fn attempts(pool: &PgPool, batch_id: &str) -> Result<Vec<Attempt>> {
     let rows = sqlx::query(
         "SELECT tx_hash, sender, nonce, gas_limit, max_fee_per_gas::text AS max_fee, \
                 max_priority_fee_per_gas::text AS tip, raw_tx, created_at \
-         FROM payout_attempts WHERE batch_id = $1 ORDER BY created_at, tx_hash",
+         FROM payout_attempts WHERE batch_id = $1 ORDER BY seq",
     )
     .bind(batch_id)
     .fetch_all(pool)

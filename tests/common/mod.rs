@@ -43,4 +43,5 @@ pub fn state_with_clock(pool: PgPool) -> (AppState, Arc<ManualClock>) {
 /// The dev stack's test tokens (config.toml replaces the mainnet contracts with them).
 pub const USDC_POLYGON: &str = "eip155:137/erc20:0xe7f1725e7734ce288f8367e1bb143e90bb3f0512";
 pub const USDT_POLYGON: &str = "eip155:137/erc20:0x9fe46736679d2d9a65f0992f2272de9f3c7fa6e0";
-pub const BTC: &str = "bip122:000000000019d6689c085ae165831e93/slip44:0";
+/// Bitcoin on the dev stack: config.toml follows regtest.
+pub const BTC: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0";

@@ -1,0 +1,553 @@
+//! The Bitcoin rail against payrail's regtest node over real sockets: descriptors and address
+//! allocation, BIP21 requests, payments from the mempool to paid, under- and overpayment, late
+//! payments, reorgs, replace-by-fee, and a daemon killed while it follows the chain.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
+use bitcoin::{Address, Amount as Sats, Network, NetworkKind};
+use common::state_with_clock;
+use payrail::api::{router, AppState, HttpLimits};
+use payrail::chain::bitcoin::allocate::SetDescriptor;
+use payrail::chain::bitcoin::{set_descriptor, AllocationError, BitcoinWatcher, Pass};
+use payrail::clock::{Clock, ManualClock};
+use payrail::config::{ChainSpec, RpcUrl};
+use payrail::devnet::regtest::{RegtestConfig, RegtestHandle, RegtestNode};
+use payrail::invoice::{create_invoice, load_view, CreateInvoice, InvoiceStatus, InvoiceView};
+use payrail::ledger::{AccountCode, SignedAmount};
+use payrail::merchant::create_merchant;
+use payrail::money::Amount;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const REGTEST: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328";
+const BTC: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0";
+
+/// A BIP84 receive descriptor on a test network key made from `seed`.
+fn tpub_descriptor(seed: u8) -> String {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let root = Xpriv::new_master(NetworkKind::Test, &[seed; 32]).expect("root");
+    let path: DerivationPath = "m/84'/1'/0'".parse().expect("path");
+    let tpub = Xpub::from_priv(&secp, &root.derive_priv(&secp, &path).expect("derive"));
+    format!("wpkh([{}/84h/1h/0h]{tpub}/0/*)", root.fingerprint(&secp))
+}
+
+struct Rig {
+    node: RegtestHandle,
+    state: AppState,
+    clock: Arc<ManualClock>,
+    spec: ChainSpec,
+    merchant_id: String,
+    api_key: String,
+}
+
+async fn start_node() -> RegtestHandle {
+    RegtestNode::start(RegtestConfig { listen: "127.0.0.1:0".parse().expect("addr"), mine_interval: None })
+        .await
+        .expect("regtest node starts")
+}
+
+async fn rig(pool: PgPool) -> Rig {
+    let node = start_node().await;
+    let config = common::repo_config();
+    let mut spec = config.chain("bitcoin").expect("bitcoin configured").clone();
+    assert_eq!(spec.caip2.to_string(), REGTEST, "the dev stack follows regtest");
+    spec.rpc = vec![RpcUrl::new(&node.electrum_url()).expect("url")];
+    let (state, clock) = state_with_clock(pool);
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    set_descriptor(
+        &state.pool,
+        &merchant.merchant_id,
+        &spec.caip2,
+        &SetDescriptor { descriptor: tpub_descriptor(1), gap_limit: None },
+    )
+    .await
+    .expect("descriptor");
+    Rig { node, state, clock, spec, merchant_id: merchant.merchant_id, api_key: merchant.api_key }
+}
+
+fn request(amount: &str, accepted: Option<&[&str]>) -> CreateInvoice {
+    CreateInvoice {
+        amount: amount.to_owned(),
+        currency: "USD".to_owned(),
+        accepted: accepted.map(|list| list.iter().map(|a| (*a).to_owned()).collect()),
+        expires_in: Some(3600),
+        order_id: None,
+        metadata: None,
+    }
+}
+
+impl Rig {
+    fn watcher(&self) -> BitcoinWatcher {
+        BitcoinWatcher::new(
+            self.spec.clone(),
+            self.state.pool.clone(),
+            self.state.ledger.clone(),
+            self.state.rates.clone(),
+            self.state.clock.clone(),
+        )
+        .expect("watcher")
+    }
+
+    async fn invoice_for(&self, merchant_id: &str, amount: &str) -> InvoiceView {
+        let (view, _) = create_invoice(
+            &self.state.pool,
+            &self.state.catalog,
+            self.state.rates.as_ref(),
+            &self.state.policy,
+            merchant_id,
+            &request(amount, Some(&[BTC])),
+            None,
+            self.clock.now(),
+        )
+        .await
+        .expect("invoice");
+        view
+    }
+
+    async fn invoice(&self, amount: &str) -> InvoiceView {
+        self.invoice_for(&self.merchant_id, amount).await
+    }
+
+    async fn view(&self, id: &str) -> InvoiceView {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        load_view(&mut conn, None, id).await.expect("view")
+    }
+
+    async fn balance(&self, account: &AccountCode) -> SignedAmount {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        self.state.ledger.balance(&mut conn, account, BTC).await.expect("balance")
+    }
+
+    async fn entries(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&self.state.pool).await.expect("count")
+    }
+
+    /// Runs passes until the watcher has read the scripts at the tip.
+    async fn sync(&self, watcher: &BitcoinWatcher) -> Pass {
+        for _ in 0..20 {
+            if let pass @ (Pass::Synced { .. } | Pass::Reorged { .. }) = watcher.pass().await.expect("pass") {
+                return pass;
+            }
+        }
+        panic!("watcher did not reach the tip");
+    }
+}
+
+fn deposit(invoice: &InvoiceView) -> Address {
+    let text = invoice.payment_options[0].address.as_deref().expect("deposit address");
+    text.parse::<Address<bitcoin::address::NetworkUnchecked>>().expect("address").require_network(Network::Regtest).expect("regtest")
+}
+
+fn due(invoice: &InvoiceView) -> u64 {
+    invoice.payment_options[0].amount_minor.parse().expect("sats")
+}
+
+#[sqlx::test]
+async fn descriptors_are_set_and_checked_over_the_api(pool: PgPool) {
+    let rig = rig(pool).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}/v1/merchants/me/bitcoin", listener.local_addr().expect("addr"));
+    let app = router(rig.state.clone(), HttpLimits::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    let other = create_merchant(&rig.state.pool, "Other").await.expect("merchant");
+    let put = |key: String, body: Value| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let response = client.put(&base).bearer_auth(key).json(&body).send().await.expect("put");
+            let status = response.status();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+
+    let status = client.get(&base).bearer_auth(&other.api_key).send().await.expect("get").status();
+    assert_eq!(status, StatusCode::NOT_FOUND, "no descriptor yet");
+    let text = tpub_descriptor(9);
+    let (status, body) = put(other.api_key.clone(), json!({"descriptor": text, "gap_limit": 5})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["chain"], REGTEST);
+    assert_eq!(body["gap_limit"], 5);
+    assert_eq!(body["next_index"], 0);
+    assert!(body["descriptor"].as_str().is_some_and(|d| d.contains('#')), "canonical text with checksum: {body}");
+    assert!(body["first_address"].as_str().is_some_and(|a| a.starts_with("bcrt1q")), "{body}");
+    let fetched: Value = client.get(&base).bearer_auth(&other.api_key).send().await.expect("get").json().await.expect("json");
+    assert_eq!(fetched["descriptor"], body["descriptor"]);
+
+    let canonical = body["descriptor"].as_str().expect("descriptor").to_owned();
+    let (without, checksum) = canonical.split_once('#').expect("checksum");
+    let damaged = format!("{without}#{}", if checksum.starts_with('q') { checksum.replacen('q', "p", 1) } else { format!("q{}", &checksum[1..]) });
+    let mainnet = "tr(xpub6BgBgsespWvERF3LHQu6CnqdvfEvtMcQjYrcRzx53QJjSxarj2afYWcLteoGVky7D3UKDP9QyrLprQ3VCECoY49yfdDEHGCtMMj92pReUsQ/0/*)";
+    let secret = "tr(tprv8ZgxMBicQKsPd7Uf69XL1XwhmjHopUGep8GuEiJDZmbQz6o58LninorQAfcKZWARbtRtfnLcJ5MQ2AtHcQJCCRUcMRvmDUjyEmNUWwx8UbK/0/*)";
+    for (body, code) in [
+        (json!({"descriptor": damaged}), "descriptor_checksum"),
+        (json!({"descriptor": secret}), "descriptor_private_key"),
+        (json!({"descriptor": without.replace("/0/*", "/0/7")}), "descriptor_not_ranged"),
+        (json!({"descriptor": mainnet}), "descriptor_network"),
+        (json!({"descriptor": "wpkh(not a key/0/*)"}), "descriptor_invalid"),
+        (json!({"descriptor": without, "gap_limit": 0}), "parameter_invalid"),
+    ] {
+        let (status, answer) = put(rig.api_key.clone(), body.clone()).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(code)), "{body}: {answer}");
+        assert!(!answer.to_string().contains("tprv8Zgx"), "a private key is never echoed: {answer}");
+    }
+    // One descriptor, one merchant.
+    let (status, answer) = put(rig.api_key.clone(), json!({"descriptor": without})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("descriptor_in_use")), "{answer}");
+}
+
+#[sqlx::test]
+async fn every_invoice_gets_a_fresh_index_even_concurrently_and_none_is_ever_reused(pool: PgPool) {
+    let rig = rig(pool).await;
+    let mut addresses = Vec::new();
+    for _ in 0..25 {
+        addresses.push(rig.invoice("10.00").await.payment_options[0].address.clone().expect("address"));
+    }
+    // Concurrent invoices: the descriptor row lock hands out distinct indexes.
+    let concurrent = futures::future::join_all((0..20).map(|_| rig.invoice("10.00"))).await;
+    addresses.extend(concurrent.iter().map(|v| v.payment_options[0].address.clone().expect("address")));
+    let mut distinct = addresses.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 45, "an address was given twice");
+    let indexes: Vec<i64> = sqlx::query_scalar("SELECT child_index FROM bitcoin_addresses ORDER BY child_index")
+        .fetch_all(&rig.state.pool)
+        .await
+        .expect("indexes");
+    assert_eq!(indexes, (0..45).collect::<Vec<i64>>());
+
+    // Another descriptor, then the first one again: it goes on from where it was.
+    let chain = rig.spec.caip2.clone();
+    set_descriptor(&rig.state.pool, &rig.merchant_id, &chain, &SetDescriptor { descriptor: tpub_descriptor(2), gap_limit: None })
+        .await
+        .expect("second");
+    let second = rig.invoice("10.00").await;
+    let settings = set_descriptor(&rig.state.pool, &rig.merchant_id, &chain, &SetDescriptor { descriptor: tpub_descriptor(1), gap_limit: Some(50) })
+        .await
+        .expect("first again");
+    assert_eq!(settings.next_index, 45);
+    let again = rig.invoice("10.00").await;
+    let address = again.payment_options[0].address.clone().expect("address");
+    assert!(!addresses.contains(&address) && second.payment_options[0].address.as_deref() != Some(address.as_str()));
+    let index: i64 = sqlx::query_scalar("SELECT child_index FROM bitcoin_addresses WHERE invoice_id = $1")
+        .bind(&again.id)
+        .fetch_one(&rig.state.pool)
+        .await
+        .expect("index");
+    assert_eq!(index, 45);
+
+    // The same keys for another merchant are refused.
+    let other = create_merchant(&rig.state.pool, "Other").await.expect("merchant");
+    let refused = set_descriptor(&rig.state.pool, &other.merchant_id, &chain, &SetDescriptor { descriptor: tpub_descriptor(1), gap_limit: None }).await;
+    assert!(matches!(refused, Err(AllocationError::InUse { .. })), "{refused:?}");
+}
+
+#[sqlx::test]
+async fn a_merchant_without_descriptor_is_not_offered_bitcoin_and_the_gap_limit_warns(pool: PgPool) {
+    let rig = rig(pool).await;
+    let plain = create_merchant(&rig.state.pool, "Plain").await.expect("merchant");
+    let (default_list, _) = create_invoice(
+        &rig.state.pool,
+        &rig.state.catalog,
+        rig.state.rates.as_ref(),
+        &rig.state.policy,
+        &plain.merchant_id,
+        &request("10.00", None),
+        None,
+        rig.clock.now(),
+    )
+    .await
+    .expect("invoice");
+    assert!(!default_list.payment_options.is_empty());
+    assert!(default_list.payment_options.iter().all(|o| o.asset != BTC), "bitcoin offered without a descriptor");
+    let by_name = rig.invoice_for(&plain.merchant_id, "10.00").await;
+    assert_eq!(by_name.payment_options[0].asset, BTC);
+    assert_eq!((by_name.payment_options[0].address.as_deref(), by_name.payment_options[0].uri.as_deref()), (None, None));
+
+    // A small gap limit: unused addresses beyond it are still new ones, and the merchant is told.
+    let chain = rig.spec.caip2.clone();
+    set_descriptor(&rig.state.pool, &rig.merchant_id, &chain, &SetDescriptor { descriptor: tpub_descriptor(1), gap_limit: Some(3) })
+        .await
+        .expect("gap limit");
+    for _ in 0..4 {
+        rig.invoice("10.00").await;
+    }
+    let mut conn = rig.state.pool.acquire().await.expect("conn");
+    let settings = payrail::chain::bitcoin::bitcoin_settings(&mut conn, &rig.merchant_id, &chain).await.expect("settings").expect("set");
+    assert_eq!((settings.next_index, settings.unused_addresses, settings.gap_limit_reached), (4, 4, true));
+    assert!(payrail::metrics::render().contains("payrail_bitcoin_gap_limit_reached_total"));
+}
+
+#[sqlx::test]
+async fn a_mempool_payment_is_processing_then_paid_once_confirmed(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    watcher.check_chain().await.expect("regtest genesis");
+    rig.sync(&watcher).await;
+    let invoice = rig.invoice("25.00").await;
+    let address = deposit(&invoice);
+    // 25 USD at 65000 USD/BTC: 38461.54 sats, rounded up for the payer.
+    assert_eq!(due(&invoice), 38_462);
+    let uri = invoice.payment_options[0].uri.as_deref().expect("BIP21 uri");
+    assert_eq!(uri, format!("bitcoin:{address}?amount=0.00038462&label=Shop&message=Invoice%20{}", invoice.id));
+
+    let txid = rig.node.send(&address, Sats::from_sat(38_462), true).await.expect("send");
+    rig.sync(&watcher).await;
+    let seen = rig.view(&invoice.id).await;
+    assert_eq!(seen.status, InvoiceStatus::Processing, "a mempool payment is processing");
+    assert_eq!(seen.payments.len(), 1);
+    let payment = &seen.payments[0];
+    assert_eq!((payment.confirmations, payment.confirmations_required, payment.status.as_str()), (0, 1, "seen"));
+    assert!(payment.tx_ref.starts_with(&format!("{REGTEST}:{txid}:")), "{}", payment.tx_ref);
+    assert_eq!(rig.balance(&AccountCode::merchant(&rig.merchant_id)).await, SignedAmount::ZERO, "never credited at 0 conf");
+
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    let paid = rig.view(&invoice.id).await;
+    assert_eq!(paid.status, InvoiceStatus::Paid);
+    assert_eq!((paid.payments[0].confirmations, paid.payments[0].status.as_str()), (1, "confirmed"));
+    let sats = SignedAmount::positive(Amount::from_u64(38_462));
+    assert_eq!(rig.balance(&AccountCode::merchant(&rig.merchant_id)).await, sats);
+    let chain_assets = rig.balance(&AccountCode::chain_assets(&rig.spec.caip2)).await;
+    assert!(chain_assets.is_negative() || chain_assets == sats, "the chain's asset account carries the other side: {chain_assets}");
+    assert_eq!(rig.entries().await, 1);
+
+    // More blocks and passes, and a watcher replaying from scratch, credit nothing more.
+    rig.node.mine(3).await.expect("mine");
+    rig.sync(&watcher).await;
+    sqlx::query("DELETE FROM chain_cursors").execute(&rig.state.pool).await.expect("reset");
+    let fresh = rig.watcher();
+    rig.sync(&fresh).await;
+    assert_eq!(rig.entries().await, 1);
+    assert_eq!(rig.view(&invoice.id).await.payments[0].status, "confirmed");
+    let metrics = payrail::metrics::render();
+    assert!(metrics.contains(&format!("payrail_chain_tip_height{{chain=\"{REGTEST}\"}}")), "{metrics}");
+}
+
+#[sqlx::test]
+async fn under_over_split_and_late_payments(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.sync(&watcher).await;
+    let under = rig.invoice("25.00").await;
+    let over = rig.invoice("25.00").await;
+    let split = rig.invoice("25.00").await;
+    let late = rig.invoice("25.00").await;
+    rig.node.send(&deposit(&under), Sats::from_sat(20_000), true).await.expect("under");
+    rig.node.send(&deposit(&over), Sats::from_sat(50_000), true).await.expect("over");
+    rig.node.send(&deposit(&split), Sats::from_sat(20_000), true).await.expect("split 1");
+    rig.node.send(&deposit(&split), Sats::from_sat(18_462), false).await.expect("split 2");
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    assert_eq!(rig.view(&under.id).await.status, InvoiceStatus::Open, "too little stays open");
+    assert_eq!(rig.view(&over.id).await.status, InvoiceStatus::Overpaid);
+    let split_view = rig.view(&split.id).await;
+    assert_eq!(split_view.status, InvoiceStatus::Paid, "two payments to one address add up");
+    assert_eq!(split_view.payments.len(), 2);
+
+    // After expiry the under-paid invoice keeps what came; a late payment is held for review.
+    rig.clock.advance(chrono::Duration::seconds(3_601));
+    payrail::invoice::expire_due(&rig.state.pool, rig.clock.now()).await.expect("expire");
+    assert_eq!(rig.view(&under.id).await.status, InvoiceStatus::Expired);
+    rig.node.send(&deposit(&late), Sats::from_sat(38_462), true).await.expect("late");
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    let late_view = rig.view(&late.id).await;
+    assert_eq!(late_view.status, InvoiceStatus::Expired, "a late payment does not pay the invoice");
+    assert_eq!(late_view.payments[0].applied_to, "unapplied");
+    assert_eq!(
+        rig.balance(&AccountCode::unapplied(&rig.merchant_id)).await,
+        SignedAmount::positive(Amount::from_u64(38_462))
+    );
+    assert_eq!(
+        rig.balance(&AccountCode::merchant(&rig.merchant_id)).await,
+        SignedAmount::positive(Amount::from_u64(20_000 + 50_000 + 20_000 + 18_462))
+    );
+    assert_eq!(rig.entries().await, 5, "one entry per output");
+}
+
+#[sqlx::test]
+async fn a_reorg_returns_a_payment_to_the_mempool_and_it_is_credited_once(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.sync(&watcher).await;
+    // 5000 USD needs 3 confirmations on this chain.
+    let invoice = rig.invoice("5000.00").await;
+    rig.node.send(&deposit(&invoice), Sats::from_sat(due(&invoice)), true).await.expect("send");
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    let mined = rig.view(&invoice.id).await;
+    assert_eq!((mined.status, mined.payments[0].confirmations, mined.payments[0].confirmations_required), (InvoiceStatus::Processing, 1, 3));
+
+    // The block is replaced by a longer branch without the transaction: back to the mempool.
+    rig.node.reorg(1, 2, false).await.expect("reorg");
+    let pass = rig.sync(&watcher).await;
+    assert!(matches!(pass, Pass::Reorged { .. }), "{pass:?}");
+    let back = rig.view(&invoice.id).await;
+    assert_eq!(back.status, InvoiceStatus::Processing);
+    assert_eq!((back.payments.len(), back.payments[0].confirmations, back.payments[0].status.as_str()), (1, 0, "seen"));
+
+    // Mined again on the new branch: confirmed and credited once.
+    rig.node.mine(3).await.expect("mine");
+    rig.sync(&watcher).await;
+    let paid = rig.view(&invoice.id).await;
+    assert_eq!(paid.status, InvoiceStatus::Paid);
+    assert_eq!(paid.payments.len(), 1);
+    assert_eq!(rig.entries().await, 1);
+    assert_eq!(rig.balance(&AccountCode::merchant(&rig.merchant_id)).await, SignedAmount::positive(Amount::from_u64(due(&invoice))));
+}
+
+#[sqlx::test]
+async fn a_credited_payment_whose_block_is_orphaned_is_reversed(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.sync(&watcher).await;
+    let invoice = rig.invoice("25.00").await;
+    rig.node.send(&deposit(&invoice), Sats::from_sat(38_462), true).await.expect("send");
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
+    rig.node.reorg(1, 2, false).await.expect("reorg");
+    let pass = rig.sync(&watcher).await;
+    assert!(matches!(pass, Pass::Reorged { orphaned: 1, .. }), "{pass:?}");
+    let view = rig.view(&invoice.id).await;
+    assert_eq!(view.payments[0].status, "reversed");
+    assert_eq!(rig.balance(&AccountCode::merchant(&rig.merchant_id)).await, SignedAmount::ZERO, "the credit is reversed");
+    assert_eq!(rig.entries().await, 2, "the credit and its reversal");
+}
+
+#[sqlx::test]
+async fn a_replaced_mempool_payment_is_dropped(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.sync(&watcher).await;
+    let invoice = rig.invoice("25.00").await;
+    let txid = rig.node.send(&deposit(&invoice), Sats::from_sat(38_462), true).await.expect("send");
+    rig.sync(&watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Processing);
+
+    // The payer double-spends it to themselves with a higher fee (BIP125).
+    let (elsewhere, _) = rig.node.node().wallet_addresses().await;
+    rig.node.replace(txid, &elsewhere, Sats::from_sat(38_462)).await.expect("replace");
+    let pass = rig.sync(&watcher).await;
+    assert!(matches!(pass, Pass::Synced { orphaned: 1, .. }), "{pass:?}");
+    rig.node.mine(2).await.expect("mine");
+    rig.sync(&watcher).await;
+    let view = rig.view(&invoice.id).await;
+    assert_eq!(view.status, InvoiceStatus::Open, "the replaced payment no longer counts");
+    assert_eq!(view.payments[0].status, "orphaned");
+    assert_eq!(rig.entries().await, 0, "nothing was credited");
+
+    // A fee bump of a payment keeps paying the invoice: the new transaction is the payment.
+    let bumped_invoice = rig.invoice("25.00").await;
+    let first = rig.node.send(&deposit(&bumped_invoice), Sats::from_sat(38_462), true).await.expect("send");
+    rig.sync(&watcher).await;
+    rig.node.bump(first, Sats::from_sat(500)).await.expect("bump");
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    let bumped = rig.view(&bumped_invoice.id).await;
+    assert_eq!(bumped.status, InvoiceStatus::Paid);
+    assert_eq!(bumped.payments.iter().filter(|p| p.status == "confirmed").count(), 1);
+    assert_eq!(rig.entries().await, 1);
+}
+
+#[sqlx::test]
+async fn a_server_of_another_chain_is_refused_and_a_dead_one_fails_over(pool: PgPool) {
+    let mut rig = rig(pool).await;
+    let live = rig.spec.rpc.clone();
+    rig.spec.rpc = vec![RpcUrl::new("tcp://127.0.0.1:9").expect("url"), live[0].clone()];
+    let watcher = rig.watcher();
+    watcher.check_chain().await.expect("the dead endpoint is skipped");
+    rig.sync(&watcher).await;
+    rig.spec.rpc = vec![RpcUrl::new("tcp://127.0.0.1:9").expect("url")];
+    let error = rig.watcher().pass().await.expect_err("dead");
+    assert!(error.is_retryable(), "{error}");
+    rig.spec.rpc = live;
+    rig.spec.caip2 = payrail::money::ChainId::bitcoin_testnet();
+    let error = rig.watcher().check_chain().await.expect_err("wrong chain");
+    assert!(!error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("genesis"), "{error}");
+}
+
+fn database_url(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (base, _) = admin.rsplit_once('/').expect("url with a database");
+    format!("{base}/{}", options.get_database().expect("test database"))
+}
+
+fn daemon(database: &str, node: &RegtestHandle) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrail"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("serve")
+        .env("DATABASE_URL", database)
+        .env("PAYRAIL_SERVER__LISTEN", "127.0.0.1:0")
+        .env("PAYRAIL_CHAINS__BITCOIN__RPC", format!("[\"{}\"]", node.electrum_url()))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for other in ["ETHEREUM", "POLYGON", "BSC", "ARBITRUM", "OPTIMISM"] {
+        command.env(format!("PAYRAIL_CHAINS__{other}__ENABLED"), "false");
+    }
+    command.spawn().expect("start payrail serve")
+}
+
+#[sqlx::test]
+async fn killing_the_daemon_during_payments_loses_and_duplicates_nothing(pool: PgPool) {
+    const INVOICES: usize = 5;
+    let rig = rig(pool.clone()).await;
+    let mut invoices = Vec::new();
+    for _ in 0..INVOICES {
+        let (view, _) = create_invoice(
+            &pool,
+            &rig.state.catalog,
+            rig.state.rates.as_ref(),
+            &rig.state.policy,
+            &rig.merchant_id,
+            &request("12.34", Some(&[BTC])),
+            None,
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("invoice");
+        invoices.push(view);
+    }
+    let database = database_url(&pool);
+    let mut child = daemon(&database, &rig.node);
+    for (i, invoice) in invoices.iter().enumerate() {
+        rig.node.send(&deposit(invoice), Sats::from_sat(due(invoice)), true).await.expect("send");
+        if i % 2 == 1 {
+            rig.node.mine(1).await.expect("mine");
+        }
+        // Let the daemon work for a varying moment, then kill it without warning.
+        tokio::time::sleep(Duration::from_millis(300 + 250 * (i as u64 % 4))).await;
+        child.kill().await.expect("SIGKILL");
+        child = daemon(&database, &rig.node);
+    }
+    rig.node.mine(2).await.expect("mine");
+    let started = Instant::now();
+    loop {
+        let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices WHERE status = 'paid'").fetch_one(&pool).await.expect("count");
+        if paid == INVOICES as i64 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "only {paid} of {INVOICES} invoices paid");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    child.kill().await.expect("stop");
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&pool).await.expect("n");
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&pool).await.expect("n");
+    assert_eq!((payments, entries), (INVOICES as i64, INVOICES as i64), "one payment and one credit per output");
+    let total: u64 = invoices.iter().map(due).sum();
+    assert_eq!(rig.balance(&AccountCode::merchant(&rig.merchant_id)).await, SignedAmount::positive(Amount::from_u64(total)));
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'invoice.paid'").fetch_one(&pool).await.expect("n");
+    assert_eq!(events, INVOICES as i64, "one invoice.paid event per invoice");
+}
