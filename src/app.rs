@@ -91,12 +91,14 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
     let rates: Arc<dyn crate::rates::RateSource> = Arc::new(rates);
     let payouts = crate::payout::PayoutService::new(config, pool.clone(), ledger.clone(), rates.clone(), clock.clone())
         .map(Arc::new);
+    let reconciler = Arc::new(crate::reconcile::Reconciler::new(pool.clone(), config.chains().to_vec()));
     AppState {
         ledger,
         pool,
         catalog: Arc::new(catalog(config)),
         rates,
         payouts,
+        reconciler,
         policy: Arc::new(InvoicePolicy {
             expires_in_s_default: config.invoices.expires_in_s_default,
             expires_in_s_max: config.invoices.expires_in_s_max,

@@ -429,19 +429,22 @@ pub async fn statement(
         .collect()
 }
 
-/// The statement as CSV: a header, then one line per posting. No field can hold a comma or quote.
+/// The statement as CSV (RFC 4180, see [`crate::csv`]): a header, then one record per posting.
 pub fn statement_csv(lines: &[StatementLine]) -> String {
-    let mut out = String::from("entry_id,at,kind,asset,amount_minor,invoice_id\n");
+    let mut out = String::new();
+    crate::csv::push_record(&mut out, ["entry_id", "at", "kind", "asset", "amount_minor", "invoice_id"]);
     for line in lines {
-        out.push_str(&format!(
-            "{},{},{},{},{},{}\n",
-            line.entry_id,
-            line.at.to_rfc3339(),
-            line.kind,
-            line.asset,
-            line.amount_minor,
-            line.invoice_id.as_deref().unwrap_or("")
-        ));
+        crate::csv::push_record(
+            &mut out,
+            [
+                line.entry_id.to_string().as_str(),
+                line.at.to_rfc3339().as_str(),
+                line.kind.as_str(),
+                line.asset.as_str(),
+                line.amount_minor.as_str(),
+                line.invoice_id.as_deref().unwrap_or(""),
+            ],
+        );
     }
     out
 }

@@ -7,6 +7,7 @@ pub mod chain;
 pub mod clock;
 pub mod config;
 pub mod creator;
+pub mod csv;
 
 pub mod db;
 pub mod devnet;
@@ -18,5 +19,6 @@ pub mod metrics;
 pub mod money;
 pub mod payout;
 pub mod rates;
+pub mod reconcile;
 pub mod stripe;
 pub mod webhook;

@@ -90,6 +90,25 @@ enum Command {
         #[command(subcommand)]
         command: PayoutsCommand,
     },
+    /// Re-read a chain's block range and compare it with the ledger: deposits, payouts, sweeps.
+    /// Exits with status 1 when anything does not match, so it can run from cron.
+    Reconcile {
+        /// The chain, by name or CAIP-2 id.
+        #[arg(long, required_unless_present = "resume")]
+        chain: Option<String>,
+        /// First block of the range.
+        #[arg(long, default_value_t = 0)]
+        from_block: u64,
+        /// Last block of the range (the chain's tip when absent).
+        #[arg(long)]
+        to_block: Option<u64>,
+        /// Continue an interrupted run (`rec_…`) where it stopped.
+        #[arg(long, conflicts_with = "chain")]
+        resume: Option<String>,
+        /// `json` (the report) or `csv` (one row per item).
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
     /// Platform API keys (finance, admin).
     Keys {
         #[command(subcommand)]
@@ -136,6 +155,54 @@ enum MerchantsCommand {
         #[arg(long)]
         name: String,
     },
+}
+
+/// `payrail reconcile`: a run (or the rest of one) with a progress bar on stderr; the report on
+/// stdout. Returns whether everything matched.
+async fn reconcile(
+    config: &Config,
+    chain: Option<String>,
+    from_block: u64,
+    to_block: Option<u64>,
+    resume: Option<String>,
+    format: &str,
+) -> Result<bool> {
+    anyhow::ensure!(format == "json" || format == "csv", "--format must be json or csv");
+    let pool = db::connect(&config.database.url, 4)
+        .await
+        .with_context(|| format!("database {}", config.database.url_redacted()))?;
+    let reconciler = payrail::reconcile::Reconciler::new(pool, config.chains().to_vec());
+    let id = match (resume, chain) {
+        (Some(id), _) => id,
+        (None, Some(chain)) => reconciler.start(&chain, from_block, to_block).await?,
+        (None, None) => anyhow::bail!("--chain or --resume is required"),
+    };
+    eprintln!("reconciliation {id} (resume with --resume {id})");
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} blocks {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = reconciler
+        .complete(&id, &|p: payrail::reconcile::ScanProgress| {
+            bar.set_length(p.to_block - p.from_block + 1);
+            bar.set_position(p.scanned_to - p.from_block + 1);
+        })
+        .await?;
+    bar.finish_and_clear();
+    if format == "csv" {
+        print!("{}", payrail::reconcile::compare::items_csv(&report));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    eprintln!(
+        "{}: {} item(s), {} difference(s); {}",
+        report.run_id,
+        report.items.len(),
+        report.differences,
+        if report.ok { "everything matches" } else { "NOT reconciled" }
+    );
+    Ok(report.ok)
 }
 
 /// `payrail payouts run`: one run, then (holding the executor lock) drives every open batch to a
@@ -299,6 +366,12 @@ async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()
             let pool = db::connect(&config.database.url, 2).await?;
             db::migrate(&pool).await?;
             println!("migrations applied to {}", config.database.url_redacted());
+        }
+        Command::Reconcile { chain, from_block, to_block, resume, format } => {
+            let ok = reconcile(&config, chain, from_block, to_block, resume, &format).await?;
+            if !ok {
+                std::process::exit(1);
+            }
         }
         Command::Payouts { command: PayoutsCommand::Run { chain, asset, no_send, wait_s } } => {
             payouts_run(&config, chain, asset, no_send, wait_s).await?;

@@ -15,13 +15,14 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
+use common::evm::Chain;
 use common::state_with_clock;
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::{PayoutBatcher, TestToken};
 use payrail::chain::evm::{EvmWatcher, Tick};
-use payrail::config::{ChainSpec, PayoutsConfig, RpcUrl};
+use payrail::config::PayoutsConfig;
 use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
-use payrail::devnet::anvil::{deploy_dev_contracts_with, Anvil, DevContracts, DevTokenDecimals, DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
+use payrail::devnet::anvil::{DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
 use payrail::invoice::{create_invoice, load_view, CreateInvoice, InvoiceStatus};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
@@ -29,72 +30,6 @@ use payrail::money::Amount;
 use payrail::payout::{store, PayoutSender, PayoutService, Progress, RunRequest, SkipReason};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-
-struct Chain {
-    anvil: Anvil,
-    spec: ChainSpec,
-    contracts: DevContracts,
-}
-
-impl Chain {
-    async fn start(name: &str) -> Chain {
-        let config = common::repo_config();
-        let mut spec = config.chain(name).expect("chain configured").clone();
-        let chain_id = spec.caip2.evm_chain_id().expect("an EVM chain");
-        let anvil = Anvil::start(chain_id, 0, None).await.expect("anvil starts");
-        let contracts = deploy_dev_contracts_with(&anvil.url(), DevTokenDecimals::of(&spec)).await.expect("contracts");
-        assert_eq!(spec.payout_batcher, Some(contracts.payout_batcher));
-        spec.rpc = vec![RpcUrl::new(&anvil.url()).expect("url")];
-        Chain { anvil, spec, contracts }
-    }
-
-    fn url(&self) -> alloy::transports::http::reqwest::Url {
-        alloy::transports::http::reqwest::Url::parse(&self.anvil.url()).expect("url")
-    }
-
-    fn usdc(&self) -> String {
-        self.spec.token("USDC").expect("USDC").asset_id().to_string()
-    }
-
-    async fn rpc(&self, method: &str, params: Value) -> Value {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        let response: Value =
-            reqwest::Client::new().post(self.anvil.url()).json(&body).send().await.expect("rpc").json().await.expect("json");
-        assert!(response.get("error").is_none(), "{method}: {response}");
-        response["result"].clone()
-    }
-
-    async fn mine(&self, blocks: u64) {
-        self.rpc("anvil_mine", json!([format!("{blocks:#x}")])).await;
-    }
-
-    /// The treasury's part: the payer moves `amount` USDC units into the batcher.
-    async fn fund_batcher(&self, amount: u64) {
-        let payer: PrivateKeySigner = DEV_PAYER_KEY.parse().expect("key");
-        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer)).connect_http(self.url());
-        TestToken::new(self.contracts.usdc, &provider)
-            .transfer(self.contracts.payout_batcher, U256::from(amount))
-            .send()
-            .await
-            .expect("send")
-            .get_receipt()
-            .await
-            .expect("mined");
-    }
-
-    async fn usdc_of(&self, owner: Address) -> U256 {
-        let provider = ProviderBuilder::new().connect_http(self.url());
-        TestToken::new(self.contracts.usdc, &provider).balanceOf(owner).call().await.expect("balance")
-    }
-
-    /// `PayoutSent` events of the batcher: (batch id, recipient, amount).
-    async fn payout_events(&self) -> Vec<(alloy::primitives::B256, Address, U256)> {
-        let provider = ProviderBuilder::new().connect_http(self.url());
-        let batcher = PayoutBatcher::new(self.contracts.payout_batcher, &provider);
-        let logs = batcher.PayoutSent_filter().from_block(0).query().await.expect("logs");
-        logs.into_iter().map(|(event, _)| (event.batchId, event.recipient, event.amount)).collect()
-    }
-}
 
 struct Rig {
     state: AppState,

@@ -9,9 +9,11 @@ pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod invoices;
+pub mod ledger;
 pub mod limit;
 pub mod openapi;
 pub mod payouts;
+pub mod reconciliation;
 pub mod stripe;
 pub mod webhooks;
 
@@ -53,6 +55,8 @@ pub struct AppState {
     pub rail_health: Arc<crate::chain::health::RailHealth>,
     /// Creator payouts, when an enabled chain has a payout batcher.
     pub payouts: Option<Arc<crate::payout::PayoutService>>,
+    /// Reconciliation of the configured chains against the ledger.
+    pub reconciler: Arc<crate::reconcile::Reconciler>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +88,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/payouts/run", post(payouts::run))
         .route("/v1/payouts", get(payouts::list))
         .route("/v1/payouts/{id}", get(payouts::show))
+        .route("/v1/reconciliation", post(reconciliation::run).get(reconciliation::list))
+        .route("/v1/reconciliation/{id}", get(reconciliation::show))
+        .route("/v1/ledger/entries", get(ledger::entries))
+        .route("/v1/ledger/trial_balance", get(ledger::trial_balance))
         .route("/v1/creators/{id}", get(creators::show))
         .route("/v1/split_rules", get(creators::get_split_rules).put(creators::put_split_rules))
         .route("/pay/{id}", get(checkout::page))

@@ -8,6 +8,7 @@
 pub mod account;
 pub mod entry;
 pub mod error;
+pub mod export;
 pub mod signed;
 pub mod store;
 

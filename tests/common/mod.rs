@@ -2,6 +2,8 @@
 //! migrations applied, on the PostgreSQL named by `DATABASE_URL`.
 #![allow(dead_code)]
 
+pub mod evm;
+
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::money::Amount;
 

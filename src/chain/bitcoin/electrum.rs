@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bitcoin::block::Header;
 use bitcoin::{BlockHash, ScriptBuf, Transaction, Txid};
-use electrum_client::{Client, ConfigBuilder, ElectrumApi, GetHistoryRes};
+use electrum_client::{Client, ConfigBuilder, ElectrumApi, GetBalanceRes, GetHistoryRes};
 use thiserror::Error;
 
 use crate::config::RpcUrl;
@@ -271,6 +271,49 @@ impl Electrum {
                 }
             }
             all.extend(transactions);
+        }
+        Ok(all)
+    }
+
+    /// The transaction `txid`, or `None` when the server answers that it does not know it (an
+    /// error response from a server that did answer; a failed connection is an error). Checked to
+    /// hash to `txid`.
+    pub async fn transaction_if_known(&self, txid: Txid) -> Result<Option<Transaction>> {
+        let transaction = self
+            .call("transaction", move |client| match client.transaction_get(&txid) {
+                Ok(transaction) => Ok(Some(transaction)),
+                Err(electrum_client::Error::Protocol(_)) => Ok(None),
+                Err(error) => Err(error),
+            })
+            .await?;
+        if let Some(transaction) = &transaction {
+            if transaction.compute_txid() != txid {
+                return Err(ElectrumError::BadAnswer {
+                    endpoint: self.endpoint_in_use(),
+                    what: "transaction does not hash to the txid asked for",
+                    key: txid.to_string(),
+                });
+            }
+        }
+        Ok(transaction)
+    }
+
+    /// The balance of each script, in order: confirmed sats and the mempool's signed effect.
+    pub async fn balances(&self, scripts: &[ScriptBuf]) -> Result<Vec<GetBalanceRes>> {
+        let mut all = Vec::with_capacity(scripts.len());
+        for chunk in scripts.chunks(SCRIPTS_PER_BATCH_MAX) {
+            let chunk: Vec<ScriptBuf> = chunk.to_vec();
+            let expected = chunk.len();
+            let balances =
+                self.call("script balances", move |client| client.batch_script_get_balance(chunk.iter().map(|s| s.as_script()))).await?;
+            if balances.len() != expected {
+                return Err(ElectrumError::BadAnswer {
+                    endpoint: self.endpoint_in_use(),
+                    what: "wrong number of balances",
+                    key: format!("{} of {expected}", balances.len()),
+                });
+            }
+            all.extend(balances);
         }
         Ok(all)
     }

@@ -1,0 +1,115 @@
+//! Reconciliation (finance and admin keys): `POST /v1/reconciliation` runs one, `GET
+//! /v1/reconciliation` lists the stored runs, `GET /v1/reconciliation/{id}` shows a report as JSON
+//! or CSV (one row per item).
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::reconcile::store::{self, RunSummary};
+use crate::reconcile::{compare, ReconcileError, Report};
+
+use super::auth::FinanceAuth;
+use super::error::ApiError;
+use super::AppState;
+
+/// Most blocks one request may reconcile; longer ranges run from the command line, which resumes.
+pub const API_RANGE_BLOCKS_MAX: u64 = 100_000;
+
+impl From<ReconcileError> for ApiError {
+    fn from(error: ReconcileError) -> Self {
+        match error {
+            ReconcileError::UnknownChain { .. } | ReconcileError::Unsupported { .. } | ReconcileError::Range { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", error.to_string())
+            }
+            ReconcileError::NotFound { .. } => Self::not_found("reconciliation"),
+            ReconcileError::Chain { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", error.to_string()),
+            _ => Self::internal(error),
+        }
+    }
+}
+
+/// Body of `POST /v1/reconciliation`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// A chain by name or CAIP-2 id.
+    pub chain: String,
+    pub from_block: u64,
+    /// The chain's tip when absent.
+    pub to_block: Option<u64>,
+}
+
+/// `GET /v1/reconciliation`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RunList {
+    pub data: Vec<RunSummary>,
+}
+
+/// Query of `GET /v1/reconciliation/{id}`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// `json` (the default) or `csv`.
+    pub format: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/reconciliation", tag = "finance", security(("bearer" = [])),
+    request_body = RunRequest,
+    responses((status = 201, body = Report, description = "the stored report; `ok` is false when anything does not match"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody),
+        (status = 503, body = super::openapi::ErrorBody)))]
+pub async fn run(
+    State(state): State<AppState>,
+    _auth: FinanceAuth,
+    body: Result<Json<RunRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Report>), ApiError> {
+    let Json(request) = body?;
+    if let Some(to) = request.to_block {
+        if to >= request.from_block && to - request.from_block >= API_RANGE_BLOCKS_MAX {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "parameter_invalid",
+                format!("at most {API_RANGE_BLOCKS_MAX} blocks per request; use `payrail reconcile` for longer ranges"),
+            ));
+        }
+    }
+    let id = state.reconciler.start(&request.chain, request.from_block, request.to_block).await?;
+    let report = state.reconciler.complete(&id, &|_| {}).await?;
+    Ok((StatusCode::CREATED, Json(report)))
+}
+
+#[utoipa::path(get, path = "/v1/reconciliation", tag = "finance", security(("bearer" = [])),
+    responses((status = 200, body = RunList, description = "stored runs, newest first"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, _auth: FinanceAuth) -> Result<Json<RunList>, ApiError> {
+    Ok(Json(RunList { data: store::list(&state.pool, store::LIST_LIMIT_MAX).await? }))
+}
+
+#[utoipa::path(get, path = "/v1/reconciliation/{id}", tag = "finance", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the run id, rec_…"), ReportQuery),
+    responses((status = 200, body = Report, description = "JSON, or with format=csv one row per item"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    _auth: FinanceAuth,
+    Path(id): Path<String>,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
+    if !crate::ids::is_id(&id, "rec") {
+        return Err(ApiError::not_found("reconciliation"));
+    }
+    let report = store::report(&state.pool, &id).await?;
+    match query.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(report).into_response()),
+        "csv" => Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], compare::items_csv(&report)).into_response()),
+        _ => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "format must be json or csv")),
+    }
+}

@@ -1,0 +1,426 @@
+//! Ledger exports over a real socket and a real PostgreSQL: `GET /v1/ledger/entries` and
+//! `GET /v1/ledger/trial_balance` — filters, pagination, the trial balance at a moment, CSV and who
+//! may read them.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use common::{amount, state_with_clock, transfer, USD, USDC_POLYGON};
+use payrail::api::{router, AppState, HttpLimits};
+use payrail::ledger::export::{self, EntryFilter};
+use payrail::ledger::{AccountCode, NewEntry, SignedAmount};
+use payrail::merchant::{create_merchant, create_platform_key, Role};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+const MEMO_WITH_COMMA_AND_QUOTE: &str = "inv_1, \"rush\" order";
+const MEMO_WITH_LINE_BREAK: &str = "first line\r\nsecond line";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    state: AppState,
+    finance: String,
+}
+
+async fn start(pool: PgPool) -> Server {
+    let (state, _clock) = state_with_clock(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(state.clone(), HttpLimits::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let finance = create_platform_key(&state.pool, Role::Finance).await.expect("finance key");
+    Server { base, client: reqwest::Client::new(), state, finance }
+}
+
+impl Server {
+    async fn send(&self, key: Option<&str>, path: &str) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.expect("request")
+    }
+
+    async fn json(&self, key: Option<&str>, path: &str) -> (StatusCode, Value) {
+        let response = self.send(key, path).await;
+        let status = response.status();
+        (status, response.json().await.expect("json body"))
+    }
+
+    /// A finance GET that must succeed.
+    async fn ok(&self, path: &str) -> Value {
+        let (status, body) = self.json(Some(&self.finance), path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body
+    }
+
+    /// The ids of a page of entries, and its cursor.
+    async fn page(&self, path: &str) -> (Vec<i64>, Option<i64>) {
+        let body = self.ok(path).await;
+        let ids = body["data"].as_array().expect("data").iter().map(|e| e["id"].as_i64().expect("id")).collect();
+        (ids, body["next_before"].as_i64())
+    }
+}
+
+fn chain() -> AccountCode {
+    AccountCode::chain_assets(&"eip155:137".parse().expect("caip-2"))
+}
+
+fn stripe_usd() -> AccountCode {
+    "assets:stripe:usd".parse().expect("account code")
+}
+
+/// The entries of the scenario, oldest first, with the time each was created.
+struct Posted {
+    ids: [i64; 4],
+    created_at: [DateTime<Utc>; 4],
+}
+
+/// Four entries, each in its own transaction, a few milliseconds apart:
+/// 1. a USDC payment to merchant `mer_a` (memo with a comma and a quote);
+/// 2. a USDC payment split between creator `cr_x` and the platform fee;
+/// 3. a USD card payment to `mer_a` (memo with a line break);
+/// 4. the reversal of 1.
+async fn post_scenario(server: &Server) -> Posted {
+    let ledger = &server.state.ledger;
+    let mut conn = server.state.pool.acquire().await.expect("conn");
+    let first = NewEntry::new("pay-1", "payment")
+        .memo(MEMO_WITH_COMMA_AND_QUOTE)
+        .debit(chain(), USDC_POLYGON, amount(10_000))
+        .credit(AccountCode::merchant("mer_a"), USDC_POLYGON, amount(10_000));
+    let split = NewEntry::new("pay-2", "payment")
+        .debit(chain(), USDC_POLYGON, amount(5_000))
+        .credit(AccountCode::creator("cr_x"), USDC_POLYGON, amount(4_000))
+        .credit(AccountCode::platform_fees(), USDC_POLYGON, amount(1_000));
+    let card = transfer("card-1", stripe_usd(), AccountCode::merchant("mer_a"), USD, 2_500).memo(MEMO_WITH_LINE_BREAK);
+    let mut ids = [0; 4];
+    for (i, entry) in [first, split, card].iter().enumerate() {
+        ids[i] = ledger.post(&mut conn, entry).await.expect("post").entry_id;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ids[3] = ledger
+        .reverse(&mut conn, ids[0], "pay-1-reversal", "sent to the wrong merchant")
+        .await
+        .expect("reverse")
+        .entry_id;
+    let mut created_at = [DateTime::<Utc>::MIN_UTC; 4];
+    for (i, id) in ids.iter().enumerate() {
+        created_at[i] = sqlx::query_scalar("SELECT created_at FROM journal_entries WHERE id = $1")
+            .bind(id)
+            .fetch_one(&server.state.pool)
+            .await
+            .expect("created_at");
+    }
+    assert!(created_at.windows(2).all(|w| w[0] < w[1]), "entries were created one after the other");
+    Posted { ids, created_at }
+}
+
+/// `2026-01-01T12:00:00.123456Z` with its `+`/`:` escaped for a query string.
+fn q(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).replace(':', "%3A").replace('+', "%2B")
+}
+
+#[sqlx::test]
+async fn entries_are_filtered_and_paginated_newest_first(pool: PgPool) {
+    let server = start(pool).await;
+    let Posted { ids: [e1, e2, e3, e4], created_at } = post_scenario(&server).await;
+
+    let all = server.ok("/v1/ledger/entries").await;
+    let data = all["data"].as_array().expect("data");
+    assert_eq!(data.iter().map(|e| e["id"].as_i64()).collect::<Vec<_>>(), [Some(e4), Some(e3), Some(e2), Some(e1)]);
+    assert_eq!(all["next_before"], Value::Null);
+    let first = &data[3];
+    assert_eq!(first["idempotency_key"], "pay-1");
+    assert_eq!(first["kind"], "payment");
+    assert_eq!(first["memo"], MEMO_WITH_COMMA_AND_QUOTE);
+    assert_eq!(first["reverses_entry_id"], Value::Null);
+    // Debits positive, credits negative, as stored.
+    assert_eq!(
+        first["postings"],
+        serde_json::json!([
+            {"account": chain().as_str(), "asset": USDC_POLYGON, "amount_minor": "10000"},
+            {"account": "liabilities:merchant:mer_a", "asset": USDC_POLYGON, "amount_minor": "-10000"},
+        ])
+    );
+    let created: DateTime<Utc> = first["created_at"].as_str().expect("created_at").parse().expect("rfc 3339");
+    assert_eq!(created, created_at[0]);
+    let reversal = &data[0];
+    assert_eq!((reversal["kind"].as_str(), reversal["reverses_entry_id"].as_i64()), (Some("reversal"), Some(e1)));
+    let merchant_side = reversal["postings"]
+        .as_array()
+        .expect("postings")
+        .iter()
+        .find(|p| p["account"] == "liabilities:merchant:mer_a");
+    assert_eq!(
+        merchant_side.map(|p| &p["amount_minor"]),
+        Some(&Value::from("10000")),
+        "the reversal debits the merchant"
+    );
+
+    // Filters select whole entries: the split keeps all three postings when filtered by the creator.
+    let by_creator = server.ok("/v1/ledger/entries?account=liabilities:creator:cr_x").await;
+    assert_eq!(by_creator["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(by_creator["data"][0]["postings"].as_array().map(Vec::len), Some(3));
+    for (query, expected) in [
+        ("kind=payment", vec![e2, e1]),
+        ("kind=reversal", vec![e4]),
+        ("kind=nothing", vec![]),
+        ("account=liabilities:creator:cr_x", vec![e2]),
+        ("account=liabilities:creator:", vec![e2]),
+        ("account=liabilities:", vec![e4, e3, e2, e1]),
+        ("account=revenue:", vec![e2]),
+        ("account=liabilities:merchant:mer_a", vec![e4, e3, e1]),
+        ("account=liabilities:merchant:mer", vec![]),
+        ("asset=iso4217:USD", vec![e3]),
+        (format!("asset={}", USDC_POLYGON.replace(':', "%3A").replace('/', "%2F")).as_str(), vec![e4, e2, e1]),
+        (format!("account=liabilities:merchant:mer_a&asset={USDC_POLYGON}").as_str(), vec![e4, e1]),
+        ("account=assets:stripe:usd&asset=iso4217:XXX", vec![]),
+        (format!("from={}", q(created_at[1])).as_str(), vec![e4, e3, e2]),
+        (format!("to={}", q(created_at[1])).as_str(), vec![e1]),
+        (format!("from={}&to={}", q(created_at[1]), q(created_at[2])).as_str(), vec![e2]),
+        (format!("from={}&kind=payment", q(created_at[1])).as_str(), vec![e2]),
+    ] {
+        let (ids, _) = server.page(&format!("/v1/ledger/entries?{query}")).await;
+        assert_eq!(ids, expected, "{query}");
+    }
+
+    // Pages of two, following next_before to the end.
+    let (page, next) = server.page("/v1/ledger/entries?limit=2").await;
+    assert_eq!((page, next), (vec![e4, e3], Some(e3)));
+    let (page, next) = server.page(&format!("/v1/ledger/entries?limit=2&before={e3}")).await;
+    assert_eq!((page, next), (vec![e2, e1], Some(e1)));
+    let (page, next) = server.page(&format!("/v1/ledger/entries?limit=2&before={e1}")).await;
+    assert_eq!((page, next), (vec![], None));
+    let (page, next) = server.page(&format!("/v1/ledger/entries?limit=3&before={e4}")).await;
+    assert_eq!((page, next), (vec![e3, e2, e1], Some(e1)));
+    let (page, next) = server.page("/v1/ledger/entries?limit=500&kind=payment").await;
+    assert_eq!((page, next), (vec![e2, e1], None));
+
+    // The library call gives the same as the route.
+    let filter = EntryFilter { kind: Some("payment".to_owned()), limit: 1, ..EntryFilter::default() };
+    let page = export::entries(&server.state.pool, &filter).await.expect("entries");
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [e2]);
+    assert_eq!(export::next_before(&page, filter.limit), Some(e2));
+}
+
+/// Every line's debits, credits and balance, by (account, asset).
+fn lines(body: &Value) -> BTreeMap<(String, String), (String, String, String, String)> {
+    body["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().expect(k).to_owned();
+            ((s("account"), s("asset")), (s("account_type"), s("debit_minor"), s("credit_minor"), s("balance_minor")))
+        })
+        .collect()
+}
+
+fn line(account_type: &str, debit: &str, credit: &str, balance: &str) -> (String, String, String, String) {
+    (account_type.to_owned(), debit.to_owned(), credit.to_owned(), balance.to_owned())
+}
+
+fn key(account: &str, asset: &str) -> (String, String) {
+    (account.to_owned(), asset.to_owned())
+}
+
+#[sqlx::test]
+async fn trial_balance_at_a_moment_balances_per_asset(pool: PgPool) {
+    let server = start(pool).await;
+    let Posted { created_at, .. } = post_scenario(&server).await;
+    let chain = chain();
+    let chain = chain.as_str();
+
+    // Before the first entry: nothing.
+    let before = created_at[0] - chrono::Duration::microseconds(1);
+    let body = server.ok(&format!("/v1/ledger/trial_balance?at={}", q(before))).await;
+    assert_eq!(
+        (body["lines"].as_array().map(Vec::len), body["assets"].as_array().map(Vec::len)),
+        (Some(0), Some(0)),
+        "{body}"
+    );
+
+    // At the first entry's time: that entry only (`at` is inclusive).
+    let body = server.ok(&format!("/v1/ledger/trial_balance?at={}", q(created_at[0]))).await;
+    let at: DateTime<Utc> = body["at"].as_str().expect("at").parse().expect("rfc 3339");
+    assert_eq!(at, created_at[0]);
+    assert_eq!(
+        lines(&body),
+        BTreeMap::from([
+            (key(chain, USDC_POLYGON), line("assets", "10000", "0", "10000")),
+            (key("liabilities:merchant:mer_a", USDC_POLYGON), line("liabilities", "0", "10000", "10000")),
+        ])
+    );
+    assert_eq!(
+        body["assets"],
+        serde_json::json!([{"asset": USDC_POLYGON, "debit_minor": "10000", "credit_minor": "10000", "balanced": true}])
+    );
+
+    // After the split, before the card payment.
+    let body = server.ok(&format!("/v1/ledger/trial_balance?at={}", q(created_at[1]))).await;
+    let got = lines(&body);
+    assert_eq!(got.len(), 4, "{body}");
+    assert_eq!(got[&key("revenue:platform_fees", USDC_POLYGON)], line("revenue", "0", "1000", "1000"));
+    assert_eq!(got[&key("liabilities:creator:cr_x", USDC_POLYGON)], line("liabilities", "0", "4000", "4000"));
+
+    // Now: every entry, the reversal included; each line agrees with the balance rows.
+    let body = server.ok("/v1/ledger/trial_balance").await;
+    assert_eq!(body["at"], Value::Null);
+    let got = lines(&body);
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            (key(chain, USDC_POLYGON), line("assets", "15000", "10000", "5000")),
+            (key("assets:stripe:usd", USD), line("assets", "2500", "0", "2500")),
+            (key("liabilities:creator:cr_x", USDC_POLYGON), line("liabilities", "0", "4000", "4000")),
+            (key("liabilities:merchant:mer_a", USD), line("liabilities", "0", "2500", "2500")),
+            (key("liabilities:merchant:mer_a", USDC_POLYGON), line("liabilities", "10000", "10000", "0")),
+            (key("revenue:platform_fees", USDC_POLYGON), line("revenue", "0", "1000", "1000")),
+        ])
+    );
+    let mut conn = server.state.pool.acquire().await.expect("conn");
+    for ((account, asset), (_, _, _, balance)) in &got {
+        let code: AccountCode = account.parse().expect("account code");
+        let stored = server.state.ledger.balance(&mut conn, &code, asset).await.expect("balance");
+        assert_eq!(&stored.to_string(), balance, "{account} {asset}");
+    }
+    assert_eq!(
+        body["assets"],
+        serde_json::json!([
+            {"asset": USDC_POLYGON, "debit_minor": "25000", "credit_minor": "25000", "balanced": true},
+            {"asset": USD, "debit_minor": "2500", "credit_minor": "2500", "balanced": true},
+        ])
+    );
+    // Debits equal credits per asset, summed here from the lines too.
+    let mut net: BTreeMap<&str, SignedAmount> = BTreeMap::new();
+    for ((_, asset), (_, debit, credit, _)) in &got {
+        let debit: SignedAmount = debit.parse().expect("debit");
+        let credit: SignedAmount = credit.parse().expect("credit");
+        let sum = net.entry(asset.as_str()).or_insert(SignedAmount::ZERO);
+        *sum = sum.checked_add(debit).and_then(|s| s.checked_add(credit.negated())).expect("no overflow");
+    }
+    assert!(net.values().all(|n| *n == SignedAmount::ZERO), "{net:?}");
+
+    // The library call reads the same.
+    let direct = export::trial_balance(&server.state.pool, None).await.expect("trial balance");
+    assert!(direct.balanced());
+    assert_eq!(direct.lines.len(), got.len());
+}
+
+/// A minimal RFC 4180 reader: records of fields, quotes undone.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let mut record = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        let field = record.last_mut().expect("one field at least");
+        match (quoted, c) {
+            (false, '"') if field.is_empty() => quoted = true,
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (false, ',') => record.push(String::new()),
+            (false, '\r') if chars.peek() == Some(&'\n') => {
+                chars.next();
+                records.push(std::mem::replace(&mut record, vec![String::new()]));
+            }
+            (_, c) => field.push(c),
+        }
+    }
+    assert_eq!(record, vec![String::new()], "the last record ends with CRLF");
+    records
+}
+
+#[sqlx::test]
+async fn csv_exports_quote_memos_and_count_rows(pool: PgPool) {
+    let server = start(pool).await;
+    let Posted { ids: [e1, _, e3, e4], .. } = post_scenario(&server).await;
+
+    let response = server.send(Some(&server.finance), "/v1/ledger/entries?format=csv").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
+    assert!(response.headers().get("x-next-before").is_none());
+    let text = response.text().await.expect("text");
+    assert!(text.contains(",\"inv_1, \"\"rush\"\" order\"\r\n"), "{text}");
+    let records = parse_csv(&text);
+    assert_eq!(records.len(), 1 + 2 + 2 + 3 + 2, "one header and a record per posting: {text}");
+    assert_eq!(
+        records[0],
+        ["entry_id", "created_at", "idempotency_key", "kind", "account", "asset", "amount_minor", "memo"]
+    );
+    assert!(records.iter().all(|r| r.len() == 8), "{records:?}");
+    let of = |id: i64| records.iter().filter(move |r| r[0] == id.to_string());
+    assert!(of(e1).all(|r| r[7] == MEMO_WITH_COMMA_AND_QUOTE && r[3] == "payment"), "{records:?}");
+    assert!(of(e3).all(|r| r[7] == MEMO_WITH_LINE_BREAK), "{records:?}");
+    assert_eq!(
+        of(e1).map(|r| (r[4].as_str(), r[6].as_str())).collect::<Vec<_>>(),
+        [(chain().as_str(), "10000"), ("liabilities:merchant:mer_a", "-10000")]
+    );
+    assert_eq!(records[1][0], e4.to_string(), "newest first");
+
+    // A CSV page carries its cursor in a header.
+    let response = server.send(Some(&server.finance), "/v1/ledger/entries?format=csv&limit=1").await;
+    assert_eq!(response.headers()["x-next-before"], e4.to_string());
+    assert_eq!(parse_csv(&response.text().await.expect("text")).len(), 1 + 2);
+
+    let response = server.send(Some(&server.finance), "/v1/ledger/trial_balance?format=csv").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
+    let records = parse_csv(&response.text().await.expect("text"));
+    assert_eq!(records.len(), 1 + 6, "{records:?}");
+    assert_eq!(records[0], ["account", "account_type", "asset", "debit_minor", "credit_minor", "balance_minor"]);
+    assert!(records.contains(
+        &["revenue:platform_fees", "revenue", USDC_POLYGON, "0", "1000", "1000"].map(str::to_owned).to_vec()
+    ));
+}
+
+#[sqlx::test]
+async fn only_finance_and_admin_keys_read_exports_and_bad_queries_are_refused(pool: PgPool) {
+    let server = start(pool).await;
+    post_scenario(&server).await;
+    let merchant = create_merchant(&server.state.pool, "Shop").await.expect("merchant").api_key;
+    let admin = create_platform_key(&server.state.pool, Role::Admin).await.expect("admin key");
+    for path in ["/v1/ledger/entries", "/v1/ledger/trial_balance", "/v1/ledger/entries?format=csv"] {
+        let (status, body) = server.json(None, path).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+            "{path}"
+        );
+        let (status, body) = server.json(Some(&merchant), path).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{path}");
+        let response = server.send(Some(&admin), path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+
+    for (path, status) in [
+        ("/v1/ledger/entries?limit=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?limit=501", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?before=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?from=yesterday", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?to=2026-13-01T00:00:00Z", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?account=cash:", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?account=liabilities", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?account=liabilities:%25", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?asset=", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?kind=", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?format=xml", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/trial_balance?at=now", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/trial_balance?format=xlsx", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?limit=ten", StatusCode::BAD_REQUEST),
+        ("/v1/ledger/entries?before=entry_1", StatusCode::BAD_REQUEST),
+        ("/v1/ledger/entries?merchant=mer_a", StatusCode::BAD_REQUEST),
+        ("/v1/ledger/trial_balance?account=revenue:", StatusCode::BAD_REQUEST),
+    ] {
+        let (got, body) = server.json(Some(&server.finance), path).await;
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some("parameter_invalid")), "{path}: {body}");
+    }
+}
