@@ -124,8 +124,8 @@ pub struct NewCreator {
 
 pub async fn create_creator(pool: &PgPool, merchant_id: &str, request: &CreateCreator) -> Result<NewCreator> {
     let name = request.name.trim();
-    if name.is_empty() || name.chars().count() > CREATOR_NAME_LEN_MAX {
-        return Err(invalid("name", format!("must be 1..={CREATOR_NAME_LEN_MAX} characters")));
+    if name.is_empty() || name.chars().count() > CREATOR_NAME_LEN_MAX || name.chars().any(char::is_control) {
+        return Err(invalid("name", format!("must be 1..={CREATOR_NAME_LEN_MAX} characters, none of them control characters")));
     }
     if request.payout_addresses.len() > PAYOUT_ADDRESSES_MAX {
         return Err(invalid("payout_addresses", format!("at most {PAYOUT_ADDRESSES_MAX}")));
@@ -244,8 +244,14 @@ pub async fn set_split_rules(pool: &PgPool, merchant_id: &str, rules: &SplitRule
         all.push((String::new(), default.clone()));
     }
     for rule in &rules.prefixes {
-        if rule.order_id_prefix.is_empty() || rule.order_id_prefix.len() > crate::invoice::create::ORDER_ID_LEN_MAX {
-            return Err(invalid("order_id_prefix", "must be 1..=200 bytes (the default rule has no prefix)"));
+        if rule.order_id_prefix.is_empty()
+            || rule.order_id_prefix.len() > crate::invoice::create::ORDER_ID_LEN_MAX
+            || rule.order_id_prefix.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "order_id_prefix",
+                "must be 1..=200 bytes without control characters (the default rule has no prefix)",
+            ));
         }
         if all.iter().any(|(p, _)| *p == rule.order_id_prefix) {
             return Err(invalid("order_id_prefix", format!("{:?} is given twice", rule.order_id_prefix)));

@@ -420,6 +420,16 @@ async fn a_credited_payment_whose_block_is_orphaned_is_reversed(pool: PgPool) {
     assert_eq!(view.payments[0].status, "reversed");
     assert_eq!(rig.balance(&AccountCode::merchant(&rig.merchant_id)).await, SignedAmount::ZERO, "the credit is reversed");
     assert_eq!(rig.entries().await, 2, "the credit and its reversal");
+    // Mined again: credited again, once.
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    rig.sync(&watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
+    assert_eq!(rig.entries().await, 3, "the credit, its reversal and the new credit");
+    assert_eq!(
+        rig.balance(&AccountCode::merchant(&rig.merchant_id)).await,
+        SignedAmount::positive(Amount::from_u64(due(&invoice)))
+    );
 }
 
 #[sqlx::test]

@@ -433,10 +433,22 @@ async fn bad_addresses_and_bps_sums_are_refused(pool: PgPool) {
         json!({"default": {"splits":[{"creator": cr, "bps": 9900}], "platform_fee_bps": 101}}),
         json!({"prefixes": [{"order_id_prefix": "a-", "splits":[{"creator": cr, "bps": 10001}]}]}),
         json!({"prefixes": [{"order_id_prefix": "", "splits":[]}]}),
+        json!({"prefixes": [{"order_id_prefix": "a\u{0}", "splits":[]}]}),
     ] {
         let (status, body) = server.json(Method::PUT, key, "/v1/split_rules", Some(rules.clone())).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{rules} → {body}");
     }
     let (_, fetched) = server.json(Method::GET, key, "/v1/split_rules", None).await;
     assert_eq!(fetched, json!({"default": null, "prefixes": []}));
+    // PostgreSQL cannot store NUL in text: such input is refused up front, never a 500.
+    let (status, body) = server.json(Method::POST, key, "/v1/creators", Some(json!({"name":"A\u{0}da"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    for invoice in [
+        json!({"amount":"5.00","currency":"USD","order_id":"o\u{0}"}),
+        json!({"amount":"5.00","currency":"USD","metadata":{"k":"v\u{0}"}}),
+        json!({"amount":"5.00","currency":"USD","metadata":{"k\u{0}":"v"}}),
+    ] {
+        let (status, body) = server.post_invoice(key, invoice.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{invoice} → {body}");
+    }
 }

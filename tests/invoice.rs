@@ -306,6 +306,21 @@ async fn orphaned_credited_payment_is_reversed_and_status_stays_paid(pool: PgPoo
         .expect("n");
     assert_eq!(reversals, 1);
     assert_eq!(view(&state, &invoice.id).await.payments[0].status, "reversed");
+    // Mined again in the new branch: seen, then credited again, once.
+    let waiting = ObservedPayment { confirmations: 0, ..payment.clone() };
+    apply(&state, &waiting).await.expect("seen again");
+    assert_eq!(view(&state, &invoice.id).await.payments[0].status, "seen");
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::ZERO);
+    for _ in 0..2 {
+        apply(&state, &payment).await.expect("confirmed again");
+    }
+    assert_eq!(view(&state, &invoice.id).await.payments[0].status, "confirmed");
+    assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    let keys: Vec<String> = sqlx::query_scalar("SELECT idempotency_key FROM journal_entries WHERE kind = 'payment' ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("keys");
+    assert_eq!(keys, [format!("payment:{}", payment.tx_ref), format!("payment:{}#2", payment.tx_ref)]);
 }
 
 #[sqlx::test]

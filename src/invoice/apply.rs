@@ -246,8 +246,9 @@ async fn apply_credit(
             let id: String = found.try_get("id")?;
             let stored_status: String = found.try_get("status")?;
             let mut status = stored_status.clone();
-            if status == "orphaned" {
-                // Back in the canonical chain after a reorg: seen again, credited again only once.
+            if status == "orphaned" || status == "reversed" {
+                // Back in the canonical chain after a reorg: seen again. A credit that was reversed
+                // when its block left the chain is posted again once it is confirmed again.
                 status = "seen".to_owned();
             }
             unchanged = status == stored_status
@@ -299,7 +300,7 @@ async fn apply_credit(
             // Confirmed at first sight (a watcher catching up): credit first, then write the row
             // as confirmed — one statement less than inserting it as seen and updating it.
             if payment.confirmations >= payment.confirmations_required {
-                pre_posted = Some(post_credit(tx, ledger, payment, &invoice, &id, applied_to).await?);
+                pre_posted = Some(post_credit(tx, ledger, payment, &invoice, &id, applied_to, false).await?);
             }
             let row_status = if pre_posted.is_some() { "confirmed" } else { "seen" };
             sqlx::query(
@@ -339,7 +340,8 @@ async fn apply_credit(
     let posted = match pre_posted {
         Some(posted) => Some(posted),
         None if status == "seen" && payment.confirmations >= payment.confirmations_required => {
-            let posted = post_credit(tx, ledger, payment, &invoice, &payment_id, &applied_to).await?;
+            // A payment that waited may have been credited and reversed by a reorg before.
+            let posted = post_credit(tx, ledger, payment, &invoice, &payment_id, &applied_to, true).await?;
             sqlx::query(
                 "UPDATE payments SET status = 'confirmed', ledger_entry_id = $2, confirmed_at = $3, updated_at = $3 \
                  WHERE id = $1",
@@ -392,6 +394,7 @@ async fn post_credit(
     invoice: &InvoiceRow,
     payment_id: &str,
     applied_to: &str,
+    may_follow_reversal: bool,
 ) -> Result<crate::ledger::Posted> {
     // A payment held for review is not split: it is not yet known to be revenue of the invoice.
     let credits = if applied_to == "invoice" {
@@ -400,13 +403,44 @@ async fn post_credit(
     } else {
         vec![(AccountCode::unapplied(&invoice.merchant_id), payment.amount)]
     };
-    let mut entry = NewEntry::new(format!("payment:{}", payment.tx_ref), "payment")
+    let mut entry = NewEntry::new(credit_key(&mut *tx, payment.tx_ref, may_follow_reversal).await?, "payment")
         .memo(format!("{} {payment_id}", invoice.id))
         .debit(payment.debit_account.clone(), payment.asset.clone(), payment.amount);
     for (account, amount) in credits {
         entry = entry.credit(account, payment.asset.clone(), amount);
     }
     Ok(ledger.post(&mut *tx, &entry).await?)
+}
+
+/// Most times one payment can be credited, reversed by a reorg and credited again.
+pub const RECREDITS_MAX: u32 = 100;
+
+/// The ledger key of a payment's credit: `payment:{tx_ref}`, or `payment:{tx_ref}#{n}` for the n-th
+/// credit of a payment whose earlier credits were reversed when their blocks left the chain. Each
+/// generation is posted once and reversed at most once (reversals are keyed by the entry).
+async fn credit_key(tx: &mut PgConnection, tx_ref: &str, may_follow_reversal: bool) -> Result<String> {
+    let base = format!("payment:{tx_ref}");
+    if !may_follow_reversal {
+        return Ok(base);
+    }
+    for generation in 1..=RECREDITS_MAX {
+        let key = if generation == 1 { base.clone() } else { format!("{base}#{generation}") };
+        // Exact keys only, so the unique index answers.
+        let state: Option<bool> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM journal_entries r WHERE r.reverses_entry_id = e.id) \
+             FROM journal_entries e WHERE e.idempotency_key = $1",
+        )
+        .bind(&key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match state {
+            // Taken and reversed: the next generation.
+            Some(true) => continue,
+            // Free, or posted and standing (a replay finds it).
+            None | Some(false) => return Ok(key),
+        }
+    }
+    Err(InvoiceError::Invalid { field: "tx_ref", reason: format!("{tx_ref} was reversed more than {RECREDITS_MAX} times") })
 }
 
 /// Marks a payment whose block left the canonical chain. A payment not yet credited goes back to

@@ -106,16 +106,21 @@ fn quote(
         ));
     }
     if let Some(order_id) = &request.order_id {
-        if order_id.is_empty() || order_id.len() > ORDER_ID_LEN_MAX {
-            return Err(invalid("order_id", format!("must be 1..={ORDER_ID_LEN_MAX} bytes")));
+        if order_id.is_empty() || order_id.len() > ORDER_ID_LEN_MAX || order_id.chars().any(char::is_control) {
+            return Err(invalid("order_id", format!("must be 1..={ORDER_ID_LEN_MAX} bytes without control characters")));
         }
     }
     if let Some(metadata) = &request.metadata {
         if !metadata.is_object() {
             return Err(invalid("metadata", "must be a JSON object"));
         }
-        if metadata.to_string().len() > METADATA_BYTES_MAX {
+        let serialized = metadata.to_string();
+        if serialized.len() > METADATA_BYTES_MAX {
             return Err(invalid("metadata", format!("must be at most {METADATA_BYTES_MAX} bytes")));
+        }
+        // PostgreSQL's jsonb cannot hold the NUL character.
+        if serialized.contains("\\u0000") {
+            return Err(invalid("metadata", "must not contain the NUL character (\\u0000)"));
         }
     }
 

@@ -45,7 +45,9 @@ pub async fn movements(conn: &mut PgConnection, chain: &ChainId, since: DateTime
             .map_err(|_| ReconcileError::Corrupt { value: text.clone() })?;
         let batch_key: Option<String> = row.try_get("batch_key")?;
         let (kind, reference) = if key.starts_with(&deposit_prefix) {
-            (ItemKind::Deposit, key["payment:".len()..].to_owned())
+            // A credit posted again after a reorg reversed the first one carries `#n`.
+            let reference = &key["payment:".len()..];
+            (ItemKind::Deposit, reference.split_once('#').map_or(reference, |(r, _)| r).to_owned())
         } else if let Some(batch_key) = batch_key {
             (ItemKind::Payout, batch_key)
         } else {
