@@ -105,6 +105,12 @@ enum Command {
         /// Continue an interrupted run (`rec_…`) where it stopped.
         #[arg(long, conflicts_with = "chain")]
         resume: Option<String>,
+        /// With `--chain stripe`: RFC 3339, charges created at or after.
+        #[arg(long)]
+        from_time: Option<chrono::DateTime<chrono::Utc>>,
+        /// With `--chain stripe`: RFC 3339, charges created before (now when absent).
+        #[arg(long)]
+        to_time: Option<chrono::DateTime<chrono::Utc>>,
         /// `json` (the report) or `csv` (one row per item).
         #[arg(long, default_value = "json")]
         format: String,
@@ -190,10 +196,35 @@ async fn reconcile(
         })
         .await?;
     bar.finish_and_clear();
+    print_report(&report, format)?;
+    Ok(report.ok)
+}
+
+/// `payrail reconcile --chain stripe`: the card processor's charges and refunds of a time range
+/// against the ledger. Returns whether everything matched.
+async fn reconcile_stripe(
+    config: &Config,
+    from_time: Option<chrono::DateTime<chrono::Utc>>,
+    to_time: Option<chrono::DateTime<chrono::Utc>>,
+    format: &str,
+) -> Result<bool> {
+    anyhow::ensure!(format == "json" || format == "csv", "--format must be json or csv");
+    let from = from_time.context("--chain stripe needs --from-time (RFC 3339)")?;
+    let to = to_time.unwrap_or_else(chrono::Utc::now);
+    let card = app::card_rail(config).context("Stripe is not configured (PAYRAIL_STRIPE_SECRET_KEY)")?;
+    let pool = db::connect(&config.database.url, 4)
+        .await
+        .with_context(|| format!("database {}", config.database.url_redacted()))?;
+    let report = payrail::reconcile::stripe::reconcile_stripe(&pool, &card.client, from, to).await?;
+    print_report(&report, format)?;
+    Ok(report.ok)
+}
+
+fn print_report(report: &payrail::reconcile::Report, format: &str) -> Result<()> {
     if format == "csv" {
-        print!("{}", payrail::reconcile::compare::items_csv(&report));
+        print!("{}", payrail::reconcile::compare::items_csv(report));
     } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     }
     eprintln!(
         "{}: {} item(s), {} difference(s); {}",
@@ -202,7 +233,7 @@ async fn reconcile(
         report.differences,
         if report.ok { "everything matches" } else { "NOT reconciled" }
     );
-    Ok(report.ok)
+    Ok(())
 }
 
 /// `payrail payouts run`: one run, then (holding the executor lock) drives every open batch to a
@@ -367,8 +398,12 @@ async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()
             db::migrate(&pool).await?;
             println!("migrations applied to {}", config.database.url_redacted());
         }
-        Command::Reconcile { chain, from_block, to_block, resume, format } => {
-            let ok = reconcile(&config, chain, from_block, to_block, resume, &format).await?;
+        Command::Reconcile { chain, from_block, to_block, resume, from_time, to_time, format } => {
+            let ok = if chain.as_deref() == Some("stripe") {
+                reconcile_stripe(&config, from_time, to_time, &format).await?
+            } else {
+                reconcile(&config, chain, from_block, to_block, resume, &format).await?
+            };
             if !ok {
                 std::process::exit(1);
             }
@@ -532,6 +567,19 @@ async fn dev(
         db::migrate(&pool).await?;
         let demo = merchant::create_merchant(&pool, "Demo merchant").await?;
         let finance_key = merchant::create_platform_key(&pool, merchant::Role::Finance).await?;
+        // The demo merchant takes BTC on regtest with a watch-only descriptor of a public dev seed.
+        if let Some(chain) = config.chains().iter().find(|c| c.kind == ChainKind::Bitcoin && !no_chains) {
+            if let Some(network) = payrail::chain::bitcoin::network_of(&chain.caip2).filter(|n| *n != bitcoin::Network::Bitcoin) {
+                let descriptor = devnet::merchant::dev_bitcoin_descriptor(network)?;
+                payrail::chain::bitcoin::set_descriptor(
+                    &pool,
+                    &demo.merchant_id,
+                    &chain.caip2,
+                    &payrail::chain::bitcoin::SetDescriptor { descriptor, gap_limit: None },
+                )
+                .await?;
+            }
+        }
         let listener = app::bind(listen.unwrap_or(config.server.listen)).await?;
         let base = format!("http://{}", listener.local_addr()?);
         if let Some((_, localstripe)) = &card {

@@ -109,7 +109,7 @@ impl Rig {
     }
 }
 
-fn items<'a>(report: &'a Report, category: Category) -> Vec<&'a Item> {
+fn items(report: &Report, category: Category) -> Vec<&Item> {
     report.items.iter().filter(|i| i.category == category).collect()
 }
 

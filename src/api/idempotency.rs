@@ -16,6 +16,9 @@ use super::error::ApiError;
 use super::AppState;
 
 /// Longest key accepted.
+/// A stored key: the request's hash, and the response once there is one.
+type StoredKey = (Vec<u8>, Option<i16>, Option<Vec<u8>>);
+
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 256;
 /// Largest response stored for replay.
 pub const STORED_RESPONSE_BYTES_MAX: usize = 1024 * 1024;
@@ -139,7 +142,7 @@ async fn claim(state: &AppState, scope: &str, key: &str, request_hash: &[u8]) ->
     if inserted.rows_affected() == 1 {
         return Ok(Claim::Fresh);
     }
-    let row: Option<(Vec<u8>, Option<i16>, Option<Vec<u8>>)> = sqlx::query_as(
+    let row: Option<StoredKey> = sqlx::query_as(
         "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
     )
     .bind(scope)

@@ -26,20 +26,29 @@ impl From<ReconcileError> for ApiError {
             }
             ReconcileError::NotFound { .. } => Self::not_found("reconciliation"),
             ReconcileError::Chain { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", error.to_string()),
+            ReconcileError::Processor { retryable: true, .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "processor_unavailable", error.to_string())
+            }
             _ => Self::internal(error),
         }
     }
 }
 
-/// Body of `POST /v1/reconciliation`.
+/// Body of `POST /v1/reconciliation`: a chain and a block range, or `"chain":"stripe"` and a time
+/// range.
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
-    /// A chain by name or CAIP-2 id.
+    /// A chain by name or CAIP-2 id, or `stripe` for card payments.
     pub chain: String,
-    pub from_block: u64,
-    /// The chain's tip when absent.
+    /// Chains: the first block (0 when absent).
+    pub from_block: Option<u64>,
+    /// Chains: the last block; the chain's tip when absent.
     pub to_block: Option<u64>,
+    /// Stripe: RFC 3339, charges created at or after.
+    pub from_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stripe: RFC 3339, charges created before.
+    pub to_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// `GET /v1/reconciliation`.
@@ -61,16 +70,27 @@ pub struct ReportQuery {
     request_body = RunRequest,
     responses((status = 201, body = Report, description = "the stored report; `ok` is false when anything does not match"),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody),
-        (status = 503, body = super::openapi::ErrorBody)))]
+        (status = 403, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     _auth: FinanceAuth,
     body: Result<Json<RunRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Report>), ApiError> {
     let Json(request) = body?;
+    if request.chain == "stripe" {
+        let card = state.card.as_ref().ok_or_else(|| {
+            ApiError::new(StatusCode::CONFLICT, "card_unavailable", "Stripe is not configured on this daemon")
+        })?;
+        let (Some(from), Some(to)) = (request.from_time, request.to_time) else {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "stripe needs from_time and to_time"));
+        };
+        let report = crate::reconcile::stripe::reconcile_stripe(&state.pool, &card.client, from, to).await?;
+        return Ok((StatusCode::CREATED, Json(report)));
+    }
+    let from_block = request.from_block.unwrap_or(0);
     if let Some(to) = request.to_block {
-        if to >= request.from_block && to - request.from_block >= API_RANGE_BLOCKS_MAX {
+        if to >= from_block && to - from_block >= API_RANGE_BLOCKS_MAX {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "parameter_invalid",
@@ -78,7 +98,7 @@ pub async fn run(
             ));
         }
     }
-    let id = state.reconciler.start(&request.chain, request.from_block, request.to_block).await?;
+    let id = state.reconciler.start(&request.chain, from_block, request.to_block).await?;
     let report = state.reconciler.complete(&id, &|_| {}).await?;
     Ok((StatusCode::CREATED, Json(report)))
 }

@@ -132,7 +132,7 @@ fn shipped_configuration_is_the_loopback_dev_stack() {
     assert_eq!(config.invoices.underpayment_tolerance_bps, 0);
     assert_eq!(config.rates.feed, RateFeed::Fixed);
     assert_eq!(config.log.format, LogFormat::Text);
-    assert_eq!(config.log.filter, "info");
+    assert_eq!(config.log.filter, "info,electrum_client=warn");
     assert_eq!(config.chains_dir(), Path::new(REPO).join("chains"));
 
     let endpoints: Vec<(&str, Vec<&str>)> = config

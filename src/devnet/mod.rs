@@ -2,6 +2,7 @@
 //! PostgreSQL and real chain endpoints.
 
 pub mod anvil;
+pub mod merchant;
 pub mod pay;
 pub mod postgres;
 pub mod regtest;

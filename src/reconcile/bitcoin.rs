@@ -199,6 +199,9 @@ impl BitcoinReader {
     /// Every output mined in `[from, to]` that pays one of `addresses` (payrail's deposit
     /// addresses on this chain).
     pub async fn read(&self, from: u64, to: u64, addresses: &[String]) -> Result<Vec<ChainObservation>> {
+        if from > to {
+            return Err(ReconcileError::Range { message: format!("from_block {from} is after to_block {to}") });
+        }
         let histories = self.histories(addresses).await?;
         let candidates: Vec<(u64, Txid)> =
             histories.mined.range(from..=to).flat_map(|(height, txids)| txids.iter().map(move |txid| (*height, *txid))).collect();

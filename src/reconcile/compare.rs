@@ -78,8 +78,8 @@ fn signed_difference(a: Amount, b: Amount) -> String {
     }
 }
 
-/// Per-asset sums of money in (deposits, manual entries) and out (payouts). Unswept items restate a
-/// matched deposit and are not counted again.
+/// Per-asset sums of money in (deposits, charges, manual entries) and out (payouts, refunds).
+/// Unswept items restate a matched deposit and are not counted again.
 pub fn totals(items: &[Item]) -> Vec<AssetTotals> {
     #[derive(Default)]
     struct Sums {
@@ -94,7 +94,7 @@ pub fn totals(items: &[Item]) -> Vec<AssetTotals> {
         let chain = parse(item.chain_amount_minor.as_ref());
         let ledger = parse(item.ledger_amount_minor.as_ref());
         // Sums of U256 amounts of one range; saturating keeps a corrupt value from panicking.
-        if item.kind == ItemKind::Payout {
+        if matches!(item.kind, ItemKind::Payout | ItemKind::Refund) {
             sums.chain_out = sums.chain_out.checked_add(chain).unwrap_or(Amount::MAX);
             sums.ledger_out = sums.ledger_out.checked_add(ledger).unwrap_or(Amount::MAX);
         } else {

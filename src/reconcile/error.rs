@@ -18,13 +18,20 @@ pub enum ReconcileError {
     Chain { chain: String, message: String },
     #[error("value {value:?} read from the database is invalid")]
     Corrupt { value: String },
+    /// The card processor failed or refused a read; `retryable` says whether a later try may work.
+    #[error("{processor}: {message}")]
+    Processor { processor: &'static str, message: String, retryable: bool },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
 
 impl ReconcileError {
-    /// Node and database troubles pass; a bad range or chain will not.
+    /// Node, processor and database troubles pass; a bad range or chain will not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Chain { .. } | Self::Database(_))
+        match self {
+            Self::Chain { .. } | Self::Database(_) => true,
+            Self::Processor { retryable, .. } => *retryable,
+            _ => false,
+        }
     }
 }

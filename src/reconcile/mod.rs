@@ -7,6 +7,9 @@
 //! lands in one category — matched, missing in the ledger, missing on chain, amount mismatch,
 //! orphaned, unswept — and per-asset totals of money in and out must agree for a healthy system.
 //! Scans run in chunks that commit with the run's progress, so a long run resumes where it stopped.
+//!
+//! Sources: EVM chains ([`evm`]) and Bitcoin ([`bitcoin`]) through [`Reconciler`] by block range;
+//! the card processor ([`stripe`]) through [`reconcile_stripe`] by time range.
 
 pub mod bitcoin;
 pub mod compare;
@@ -16,8 +19,10 @@ pub mod ledger_side;
 pub mod model;
 pub mod run;
 pub mod store;
+pub mod stripe;
 
 pub use bitcoin::BitcoinReader;
 pub use error::{ReconcileError, Result};
 pub use model::{AssetTotals, Category, ChainObservation, Item, ItemKind, LedgerMovement, Report};
 pub use run::{Reconciler, ScanProgress, CHUNK_BLOCKS};
+pub use stripe::reconcile_stripe;

@@ -22,6 +22,8 @@ pub const STRIPE_API_VERSION: &str = "2024-06-20";
 pub const RESPONSE_BYTES_MAX: usize = 1024 * 1024;
 /// How many times a call that never reached Stripe (connection refused) is tried again.
 pub const CONNECT_RETRIES_MAX: u32 = 2;
+/// Most objects one page of a list answer holds (Stripe's own cap).
+pub const LIST_PAGE_LIMIT_MAX: u32 = 100;
 
 /// A form body: `key=value` pairs, nested keys written as Stripe expects (`metadata[invoice_id]`).
 pub type Form = Vec<(String, String)>;
@@ -123,13 +125,76 @@ impl PaymentIntent {
 pub struct Charge {
     pub id: String,
     pub amount: u64,
+    /// What was captured; older versions and localstripe leave it out (then `amount`, once captured).
+    #[serde(default)]
+    pub amount_captured: Option<u64>,
     #[serde(default)]
     pub amount_refunded: u64,
     pub currency: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: i64,
+    /// `succeeded`, `pending` or `failed`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// `false` for an authorisation not (yet) captured: no money moved.
+    #[serde(default)]
+    pub captured: Option<bool>,
     #[serde(default, deserialize_with = "id_or_object")]
     pub payment_intent: Option<String>,
     #[serde(default, deserialize_with = "metadata")]
     pub metadata: BTreeMap<String, String>,
+}
+
+impl Charge {
+    /// Whether money moved: the charge succeeded and was captured.
+    pub fn is_settled(&self) -> bool {
+        self.status.as_deref() == Some("succeeded") && self.captured != Some(false)
+    }
+
+    /// What the payer was charged: `amount_captured`, else `amount`.
+    pub fn captured_amount(&self) -> u64 {
+        self.amount_captured.filter(|a| *a > 0).unwrap_or(self.amount)
+    }
+}
+
+/// One page of a list answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Page<T> {
+    #[serde(default = "Vec::new")]
+    pub data: Vec<T>,
+    #[serde(default)]
+    pub has_more: bool,
+}
+
+/// Which charges `GET /v1/charges` lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeQuery {
+    /// Created after this (unix seconds, exclusive): `created[gt]`.
+    pub created_gt: i64,
+    /// Created before this (unix seconds, exclusive): `created[lt]`. Stripe takes both bounds;
+    /// localstripe takes only one and answers 400 to both.
+    pub created_lt: Option<i64>,
+    /// Page size, at most [`LIST_PAGE_LIMIT_MAX`].
+    pub limit: u32,
+    /// The last charge of the previous page.
+    pub starting_after: Option<String>,
+}
+
+impl ChargeQuery {
+    pub fn query(&self) -> Result<Vec<(&'static str, String)>> {
+        let mut query = vec![
+            ("created[gt]", self.created_gt.to_string()),
+            ("limit", self.limit.clamp(1, LIST_PAGE_LIMIT_MAX).to_string()),
+        ];
+        if let Some(lt) = self.created_lt {
+            query.push(("created[lt]", lt.to_string()));
+        }
+        if let Some(after) = &self.starting_after {
+            query.push(("starting_after", path_segment(after)?.to_owned()));
+        }
+        Ok(query)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -349,6 +414,11 @@ impl StripeClient {
         self.get(&format!("/v1/charges/{}", path_segment(id)?)).await
     }
 
+    /// `GET /v1/charges`: one page of the charges `query` names.
+    pub async fn list_charges(&self, query: &ChargeQuery) -> Result<Page<Charge>> {
+        self.get_with_query("/v1/charges", &query.query()?).await
+    }
+
     async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, form: &Form, idempotency_key: Option<&str>) -> Result<T> {
         let endpoint = format!("POST {path}");
         let mut tries = 0;
@@ -375,10 +445,15 @@ impl StripeClient {
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.get_with_query(path, &[]).await
+    }
+
+    async fn get_with_query<T: serde::de::DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
         let endpoint = format!("GET {path}");
         let response = self
             .http
             .get(format!("{}{path}", self.api_base))
+            .query(query)
             .bearer_auth(self.secret_key.expose())
             .header("Stripe-Version", STRIPE_API_VERSION)
             .send()
@@ -508,6 +583,34 @@ mod tests {
         assert_eq!(stripe_amount(Fiat::USD, Amount::ZERO), None);
         let isk: Fiat = "ISK".parse().expect("iso 4217");
         assert_eq!(stripe_amount(isk, Amount::from_u64(100)), None);
+    }
+
+    #[test]
+    fn charge_queries_are_bounded_and_read_leniently() {
+        let query = ChargeQuery { created_gt: 1_700_000_000, created_lt: Some(1_700_000_600), limit: 500, starting_after: Some("ch_1".to_owned()) };
+        let pairs = query.query().expect("query");
+        assert_eq!(
+            pairs,
+            [
+                ("created[gt]", "1700000000".to_owned()),
+                ("limit", "100".to_owned()),
+                ("created[lt]", "1700000600".to_owned()),
+                ("starting_after", "ch_1".to_owned()),
+            ]
+        );
+        let bad = ChargeQuery { starting_after: Some("ch_1&limit=1".to_owned()), ..query };
+        assert!(bad.query().is_err());
+        let page: Page<Charge> = serde_json::from_value(serde_json::json!({
+            "object": "list", "has_more": true,
+            "data": [{"id": "ch_1", "amount": 2500, "amount_refunded": 1000, "currency": "usd", "created": 1_700_000_001,
+                      "status": "succeeded", "captured": true, "payment_intent": {"id": "pi_1"}},
+                     {"id": "ch_2", "amount": 700, "currency": "usd", "status": "succeeded", "captured": false}]
+        }))
+        .expect("reads");
+        assert!(page.has_more);
+        assert_eq!(page.data[0].payment_intent.as_deref(), Some("pi_1"));
+        assert!(page.data[0].is_settled() && !page.data[1].is_settled(), "an uncaptured charge moved no money");
+        assert_eq!(page.data[0].captured_amount(), 2500);
     }
 
     #[test]
