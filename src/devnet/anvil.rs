@@ -175,17 +175,8 @@ pub async fn fund_dev_batcher(url: &str, contracts: &DevContracts, decimals: Dev
     let url = alloy::transports::http::reqwest::Url::parse(url)
         .map_err(|e| AnvilError::Deploy { contract: "endpoint", message: e.to_string() })?;
     let provider = ProviderBuilder::new().wallet(EthereumWallet::from(signer)).connect_http(url);
-    let million = U256::from(1_000_000u64);
-    for (token, decimals) in [(contracts.usdc, decimals.usdc), (contracts.usdt, decimals.usdt), (contracts.dai, decimals.dai)] {
-        TestToken::new(token, &provider)
-            .mint(contracts.payout_batcher, million * U256::from(10u64).pow(U256::from(decimals)))
-            .send()
-            .await
-            .map_err(deploy_error("mint"))?
-            .get_receipt()
-            .await
-            .map_err(|e| AnvilError::Deploy { contract: "mint", message: e.to_string() })?;
-    }
+    let tokens = [(contracts.usdc, decimals.usdc), (contracts.usdt, decimals.usdt), (contracts.dai, decimals.dai)];
+    mint_a_million_each(&provider, tokens, contracts.payout_batcher).await?;
     let native = alloy::rpc::types::TransactionRequest::default()
         .to(contracts.payout_batcher)
         .value(U256::from(1_000u64) * U256::from(10u64).pow(U256::from(18u64)));
@@ -196,6 +187,23 @@ pub async fn fund_dev_batcher(url: &str, contracts: &DevContracts, decimals: Dev
         .get_receipt()
         .await
         .map_err(|e| AnvilError::Deploy { contract: "fund batcher", message: e.to_string() })?;
+    Ok(())
+}
+
+/// Mints a million whole units of each `(token, decimals)` to `to`. `mint` has the same signature on
+/// both test token contracts.
+async fn mint_a_million_each<P: Provider>(provider: &P, tokens: [(Address, u8); 3], to: Address) -> Result<(), AnvilError> {
+    let million = U256::from(1_000_000u64);
+    for (token, decimals) in tokens {
+        TestToken::new(token, provider)
+            .mint(to, million * U256::from(10u64).pow(U256::from(decimals)))
+            .send()
+            .await
+            .map_err(deploy_error("mint"))?
+            .get_receipt()
+            .await
+            .map_err(|e| AnvilError::Deploy { contract: "mint", message: e.to_string() })?;
+    }
     Ok(())
 }
 
@@ -234,18 +242,8 @@ pub async fn deploy_dev_contracts_with(url: &str, decimals: DevTokenDecimals) ->
     let payer: PrivateKeySigner = DEV_PAYER_KEY.parse().map_err(|e: alloy::signers::local::LocalSignerError| {
         AnvilError::Deploy { contract: "payer key", message: e.to_string() }
     })?;
-    let million = U256::from(1_000_000u64);
-    for (token, decimals) in [(*usdc.address(), decimals.usdc), (usdt, decimals.usdt), (*dai.address(), decimals.dai)] {
-        // `mint` has the same signature on both test token contracts.
-        TestToken::new(token, &provider)
-            .mint(payer.address(), million * U256::from(10u64).pow(U256::from(decimals)))
-            .send()
-            .await
-            .map_err(deploy_error("mint"))?
-            .get_receipt()
-            .await
-            .map_err(|e| AnvilError::Deploy { contract: "mint", message: e.to_string() })?;
-    }
+    let tokens = [(*usdc.address(), decimals.usdc), (usdt, decimals.usdt), (*dai.address(), decimals.dai)];
+    mint_a_million_each(&provider, tokens, payer.address()).await?;
     Ok(DevContracts {
         forwarder_factory: *factory.address(),
         usdc: *usdc.address(),

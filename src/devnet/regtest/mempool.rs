@@ -288,25 +288,12 @@ pub fn verify_signatures<C: Verification>(tx: &Transaction, prevouts: &[TxOut], 
 #[cfg(test)]
 mod tests {
     use bitcoin::hashes::Hash;
-    use bitcoin::{Address, Amount, Network, OutPoint, ScriptBuf, Sequence, TxIn, TxOut, Witness};
+    use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, TxIn, TxOut, Witness};
 
     use super::super::node::NodeState;
+    use super::super::test_support::{started, stranger, NOW};
     use super::super::wallet::Coin;
     use super::*;
-
-    const NOW: u32 = 1_700_000_000;
-
-    fn started() -> NodeState {
-        let mut state = NodeState::new().expect("state");
-        state.mine(101, NOW).expect("mined");
-        state
-    }
-
-    fn stranger() -> Address {
-        let secp = Secp256k1::new();
-        let (_, public) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
-        Address::p2wpkh(&CompressedPublicKey(public), Network::Regtest)
-    }
 
     fn pay(state: &NodeState, coin: Coin, value: Amount, rbf: bool) -> Transaction {
         let out = TxOut { value, script_pubkey: stranger().script_pubkey() };

@@ -26,6 +26,32 @@ pub mod mempool;
 pub mod node;
 pub mod wallet;
 
+/// Shared fixtures of the node's unit tests.
+#[cfg(test)]
+mod test_support {
+    use bitcoin::key::Secp256k1;
+    use bitcoin::{Address, CompressedPublicKey, Network};
+
+    use super::node::NodeState;
+
+    /// A fixed block time.
+    pub const NOW: u32 = 1_700_000_000;
+
+    /// A node whose wallet has mature coins.
+    pub fn started() -> NodeState {
+        let mut state = NodeState::new().expect("state");
+        state.mine(101, NOW).expect("mined");
+        state
+    }
+
+    /// An address nobody in the test holds the key of.
+    pub fn stranger() -> Address {
+        let secp = Secp256k1::new();
+        let (_, public) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
+        Address::p2wpkh(&CompressedPublicKey(public), Network::Regtest)
+    }
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -412,25 +412,9 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use bitcoin::key::Secp256k1;
-    use bitcoin::{CompressedPublicKey, Network};
-
     use super::super::chain::{regtest_target, COINBASE_OUTPUTS};
+    use super::super::test_support::{started, stranger, NOW};
     use super::*;
-
-    const NOW: u32 = 1_700_000_000;
-
-    fn started() -> NodeState {
-        let mut state = NodeState::new().expect("state");
-        state.mine(101, NOW).expect("mined");
-        state
-    }
-
-    fn stranger() -> Address {
-        let secp = Secp256k1::new();
-        let (_, public) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
-        Address::p2wpkh(&CompressedPublicKey(public), Network::Regtest)
-    }
 
     #[test]
     fn start_leaves_mature_coinbase_with_the_wallet() {
