@@ -4,20 +4,17 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
-use bitcoin::{Address, Amount as Sats, Network, NetworkKind};
-use common::state_with_clock;
-use payrail::api::{router, AppState, HttpLimits};
+use bitcoin::Amount as Sats;
+use common::bitcoin::{deposit, due, rig, tpub_descriptor, REGTEST};
+use common::{create_invoice_at, database_url, invoice_at, invoice_request, BTC};
 use payrail::chain::bitcoin::allocate::SetDescriptor;
-use payrail::chain::bitcoin::{set_descriptor, AllocationError, BitcoinWatcher, Pass};
-use payrail::clock::{Clock, ManualClock};
-use payrail::config::{ChainSpec, RpcUrl};
-use payrail::devnet::regtest::{RegtestConfig, RegtestHandle, RegtestNode};
-use payrail::invoice::{create_invoice, load_view, CreateInvoice, InvoiceStatus, InvoiceView};
+use payrail::chain::bitcoin::{set_descriptor, AllocationError, Pass};
+use payrail::clock::Clock;
+use payrail::config::RpcUrl;
+use payrail::devnet::regtest::RegtestHandle;
+use payrail::invoice::InvoiceStatus;
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
 use payrail::money::Amount;
@@ -25,136 +22,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-const REGTEST: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328";
-const BTC: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0";
-
-/// A BIP84 receive descriptor on a test network key made from `seed`.
-fn tpub_descriptor(seed: u8) -> String {
-    let secp = bitcoin::secp256k1::Secp256k1::new();
-    let root = Xpriv::new_master(NetworkKind::Test, &[seed; 32]).expect("root");
-    let path: DerivationPath = "m/84'/1'/0'".parse().expect("path");
-    let tpub = Xpub::from_priv(&secp, &root.derive_priv(&secp, &path).expect("derive"));
-    format!("wpkh([{}/84h/1h/0h]{tpub}/0/*)", root.fingerprint(&secp))
-}
-
-struct Rig {
-    node: RegtestHandle,
-    state: AppState,
-    clock: Arc<ManualClock>,
-    spec: ChainSpec,
-    merchant_id: String,
-    api_key: String,
-}
-
-async fn start_node() -> RegtestHandle {
-    RegtestNode::start(RegtestConfig { listen: "127.0.0.1:0".parse().expect("addr"), mine_interval: None })
-        .await
-        .expect("regtest node starts")
-}
-
-async fn rig(pool: PgPool) -> Rig {
-    let node = start_node().await;
-    let config = common::repo_config();
-    let mut spec = config.chain("bitcoin").expect("bitcoin configured").clone();
-    assert_eq!(spec.caip2.to_string(), REGTEST, "the dev stack follows regtest");
-    spec.rpc = vec![RpcUrl::new(&node.electrum_url()).expect("url")];
-    let (state, clock) = state_with_clock(pool);
-    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
-    set_descriptor(
-        &state.pool,
-        &merchant.merchant_id,
-        &spec.caip2,
-        &SetDescriptor { descriptor: tpub_descriptor(1), gap_limit: None },
-    )
-    .await
-    .expect("descriptor");
-    Rig { node, state, clock, spec, merchant_id: merchant.merchant_id, api_key: merchant.api_key }
-}
-
-fn request(amount: &str, accepted: Option<&[&str]>) -> CreateInvoice {
-    CreateInvoice {
-        amount: amount.to_owned(),
-        currency: "USD".to_owned(),
-        accepted: accepted.map(|list| list.iter().map(|a| (*a).to_owned()).collect()),
-        expires_in: Some(3600),
-        order_id: None,
-        metadata: None,
-    }
-}
-
-impl Rig {
-    fn watcher(&self) -> BitcoinWatcher {
-        BitcoinWatcher::new(
-            self.spec.clone(),
-            self.state.pool.clone(),
-            self.state.ledger.clone(),
-            self.state.rates.clone(),
-            self.state.clock.clone(),
-        )
-        .expect("watcher")
-    }
-
-    async fn invoice_for(&self, merchant_id: &str, amount: &str) -> InvoiceView {
-        let (view, _) = create_invoice(
-            &self.state.pool,
-            &self.state.catalog,
-            self.state.rates.as_ref(),
-            &self.state.policy,
-            merchant_id,
-            &request(amount, Some(&[BTC])),
-            None,
-            self.clock.now(),
-        )
-        .await
-        .expect("invoice");
-        view
-    }
-
-    async fn invoice(&self, amount: &str) -> InvoiceView {
-        self.invoice_for(&self.merchant_id, amount).await
-    }
-
-    async fn view(&self, id: &str) -> InvoiceView {
-        let mut conn = self.state.pool.acquire().await.expect("conn");
-        load_view(&mut conn, None, id).await.expect("view")
-    }
-
-    async fn balance(&self, account: &AccountCode) -> SignedAmount {
-        let mut conn = self.state.pool.acquire().await.expect("conn");
-        self.state.ledger.balance(&mut conn, account, BTC).await.expect("balance")
-    }
-
-    async fn entries(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&self.state.pool).await.expect("count")
-    }
-
-    /// Runs passes until the watcher has read the scripts at the tip.
-    async fn sync(&self, watcher: &BitcoinWatcher) -> Pass {
-        for _ in 0..20 {
-            if let pass @ (Pass::Synced { .. } | Pass::Reorged { .. }) = watcher.pass().await.expect("pass") {
-                return pass;
-            }
-        }
-        panic!("watcher did not reach the tip");
-    }
-}
-
-fn deposit(invoice: &InvoiceView) -> Address {
-    let text = invoice.payment_options[0].address.as_deref().expect("deposit address");
-    text.parse::<Address<bitcoin::address::NetworkUnchecked>>().expect("address").require_network(Network::Regtest).expect("regtest")
-}
-
-fn due(invoice: &InvoiceView) -> u64 {
-    invoice.payment_options[0].amount_minor.parse().expect("sats")
-}
-
 #[sqlx::test]
 async fn descriptors_are_set_and_checked_over_the_api(pool: PgPool) {
     let rig = rig(pool).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}/v1/merchants/me/bitcoin", listener.local_addr().expect("addr"));
-    let app = router(rig.state.clone(), HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = format!("{}/v1/merchants/me/bitcoin", common::serve(&rig.state).await);
     let client = reqwest::Client::new();
     let other = create_merchant(&rig.state.pool, "Other").await.expect("merchant");
     let put = |key: String, body: Value| {
@@ -252,18 +123,7 @@ async fn every_invoice_gets_a_fresh_index_even_concurrently_and_none_is_ever_reu
 async fn a_merchant_without_descriptor_is_not_offered_bitcoin_and_the_gap_limit_warns(pool: PgPool) {
     let rig = rig(pool).await;
     let plain = create_merchant(&rig.state.pool, "Plain").await.expect("merchant");
-    let (default_list, _) = create_invoice(
-        &rig.state.pool,
-        &rig.state.catalog,
-        rig.state.rates.as_ref(),
-        &rig.state.policy,
-        &plain.merchant_id,
-        &request("10.00", None),
-        None,
-        rig.clock.now(),
-    )
-    .await
-    .expect("invoice");
+    let default_list = create_invoice_at(&rig.state, &plain.merchant_id, &invoice_request("10.00", None), rig.clock.now()).await;
     assert!(!default_list.payment_options.is_empty());
     assert!(default_list.payment_options.iter().all(|o| o.asset != BTC), "bitcoin offered without a descriptor");
     let by_name = rig.invoice_for(&plain.merchant_id, "10.00").await;
@@ -333,8 +193,7 @@ async fn a_mempool_payment_is_processing_then_paid_once_confirmed(pool: PgPool) 
 #[sqlx::test]
 async fn under_over_split_and_late_payments(pool: PgPool) {
     let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.sync(&watcher).await;
+    let watcher = rig.synced_watcher().await;
     let under = rig.invoice("25.00").await;
     let over = rig.invoice("25.00").await;
     let split = rig.invoice("25.00").await;
@@ -355,9 +214,7 @@ async fn under_over_split_and_late_payments(pool: PgPool) {
     rig.clock.advance(chrono::Duration::seconds(3_601));
     payrail::invoice::expire_due(&rig.state.pool, rig.clock.now()).await.expect("expire");
     assert_eq!(rig.view(&under.id).await.status, InvoiceStatus::Expired);
-    rig.node.send(&deposit(&late), Sats::from_sat(38_462), true).await.expect("late");
-    rig.node.mine(1).await.expect("mine");
-    rig.sync(&watcher).await;
+    rig.pay_and_mine(&watcher, &late, 38_462).await;
     let late_view = rig.view(&late.id).await;
     assert_eq!(late_view.status, InvoiceStatus::Expired, "a late payment does not pay the invoice");
     assert_eq!(late_view.payments[0].applied_to, "unapplied");
@@ -375,13 +232,10 @@ async fn under_over_split_and_late_payments(pool: PgPool) {
 #[sqlx::test]
 async fn a_reorg_returns_a_payment_to_the_mempool_and_it_is_credited_once(pool: PgPool) {
     let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.sync(&watcher).await;
+    let watcher = rig.synced_watcher().await;
     // 5000 USD needs 3 confirmations on this chain.
     let invoice = rig.invoice("5000.00").await;
-    rig.node.send(&deposit(&invoice), Sats::from_sat(due(&invoice)), true).await.expect("send");
-    rig.node.mine(1).await.expect("mine");
-    rig.sync(&watcher).await;
+    rig.pay_and_mine(&watcher, &invoice, due(&invoice)).await;
     let mined = rig.view(&invoice.id).await;
     assert_eq!((mined.status, mined.payments[0].confirmations, mined.payments[0].confirmations_required), (InvoiceStatus::Processing, 1, 3));
 
@@ -406,12 +260,9 @@ async fn a_reorg_returns_a_payment_to_the_mempool_and_it_is_credited_once(pool: 
 #[sqlx::test]
 async fn a_credited_payment_whose_block_is_orphaned_is_reversed(pool: PgPool) {
     let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.sync(&watcher).await;
+    let watcher = rig.synced_watcher().await;
     let invoice = rig.invoice("25.00").await;
-    rig.node.send(&deposit(&invoice), Sats::from_sat(38_462), true).await.expect("send");
-    rig.node.mine(1).await.expect("mine");
-    rig.sync(&watcher).await;
+    rig.pay_and_mine(&watcher, &invoice, 38_462).await;
     assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
     rig.node.reorg(1, 2, false).await.expect("reorg");
     let pass = rig.sync(&watcher).await;
@@ -435,8 +286,7 @@ async fn a_credited_payment_whose_block_is_orphaned_is_reversed(pool: PgPool) {
 #[sqlx::test]
 async fn a_replaced_mempool_payment_is_dropped(pool: PgPool) {
     let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.sync(&watcher).await;
+    let watcher = rig.synced_watcher().await;
     let invoice = rig.invoice("25.00").await;
     let txid = rig.node.send(&deposit(&invoice), Sats::from_sat(38_462), true).await.expect("send");
     rig.sync(&watcher).await;
@@ -485,29 +335,8 @@ async fn a_server_of_another_chain_is_refused_and_a_dead_one_fails_over(pool: Pg
     assert!(error.to_string().contains("genesis"), "{error}");
 }
 
-fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let (base, _) = admin.rsplit_once('/').expect("url with a database");
-    format!("{base}/{}", options.get_database().expect("test database"))
-}
-
 fn daemon(database: &str, node: &RegtestHandle) -> tokio::process::Child {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrail"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("serve")
-        .env("DATABASE_URL", database)
-        .env("PAYRAIL_SERVER__LISTEN", "127.0.0.1:0")
-        .env("PAYRAIL_CHAINS__BITCOIN__RPC", format!("[\"{}\"]", node.electrum_url()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for other in ["ETHEREUM", "POLYGON", "BSC", "ARBITRUM", "OPTIMISM"] {
-        command.env(format!("PAYRAIL_CHAINS__{other}__ENABLED"), "false");
-    }
-    command.spawn().expect("start payrail serve")
+    common::daemon(database, "BITCOIN", &node.electrum_url())
 }
 
 #[sqlx::test]
@@ -516,19 +345,7 @@ async fn killing_the_daemon_during_payments_loses_and_duplicates_nothing(pool: P
     let rig = rig(pool.clone()).await;
     let mut invoices = Vec::new();
     for _ in 0..INVOICES {
-        let (view, _) = create_invoice(
-            &pool,
-            &rig.state.catalog,
-            rig.state.rates.as_ref(),
-            &rig.state.policy,
-            &rig.merchant_id,
-            &request("12.34", Some(&[BTC])),
-            None,
-            chrono::Utc::now(),
-        )
-        .await
-        .expect("invoice");
-        invoices.push(view);
+        invoices.push(invoice_at(&rig.state, &rig.merchant_id, "12.34", &[BTC], chrono::Utc::now()).await);
     }
     let database = database_url(&pool);
     let mut child = daemon(&database, &rig.node);

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use alloy::network::EthereumWallet;
@@ -12,38 +11,16 @@ use alloy::providers::ProviderBuilder;
 use alloy::signers::local::PrivateKeySigner;
 use payrail::chain::evm::contracts::TestToken;
 use payrail::devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
-use payrail::invoice::{create_invoice, CreateInvoice};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const INVOICES: usize = 6;
 
-fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let (base, _) = admin.rsplit_once('/').expect("url with a database");
-    format!("{base}/{}", options.get_database().expect("test database"))
-}
-
 fn daemon(database: &str, anvil: &Anvil) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_payrail"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("serve")
-        .env("DATABASE_URL", database)
-        .env("PAYRAIL_SERVER__LISTEN", "127.0.0.1:0")
-        .env("PAYRAIL_CHAINS__POLYGON__RPC", format!("[\"{}\"]", anvil.url()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for other in ["BITCOIN", "ETHEREUM", "BSC", "ARBITRUM", "OPTIMISM"] {
-        command.env(format!("PAYRAIL_CHAINS__{other}__ENABLED"), "false");
-    }
-    command.spawn().expect("start payrail serve")
+    common::daemon(database, "POLYGON", &anvil.url())
 }
 
 async fn mine(anvil: &Anvil, blocks: u64) {
@@ -60,25 +37,14 @@ async fn killing_the_daemon_anywhere_loses_and_duplicates_nothing(pool: PgPool) 
     let usdc = format!("eip155:137/erc20:{:#x}", contracts.usdc);
     let mut invoices = Vec::new();
     for _ in 0..INVOICES {
-        let request = CreateInvoice {
-            amount: "12.34".to_owned(),
-            currency: "USD".to_owned(),
-            accepted: Some(vec![usdc.clone()]),
-            expires_in: Some(3600),
-            order_id: None,
-            metadata: None,
-        };
-        let (view, _) = create_invoice(&pool, &state.catalog, state.rates.as_ref(), &state.policy, &merchant.merchant_id, &request, None, chrono::Utc::now())
-            .await
-            .expect("invoice");
-        invoices.push(view);
+        invoices.push(common::invoice_at(&state, &merchant.merchant_id, "12.34", &[&usdc], chrono::Utc::now()).await);
     }
     let url = alloy::transports::http::reqwest::Url::parse(&anvil.url()).expect("url");
     let payer: PrivateKeySigner = DEV_PAYER_KEY.parse().expect("key");
     let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer)).connect_http(url);
     let token = TestToken::new(contracts.usdc, &provider);
 
-    let database = database_url(&pool);
+    let database = common::database_url(&pool);
     let mut child = daemon(&database, &anvil);
     let mut kills = 0;
     for (i, invoice) in invoices.iter().enumerate() {

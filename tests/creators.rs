@@ -6,8 +6,8 @@
 mod common;
 
 use common::{state_with_clock, USDC_POLYGON, USDT_POLYGON};
-use payrail::api::{router, AppState, HttpLimits};
-use payrail::invoice::{apply_payment, create_invoice, CreateInvoice, InvoiceView, ObservedPayment};
+use payrail::api::AppState;
+use payrail::invoice::{apply_payment, CreateInvoice, InvoiceView, ObservedPayment};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
 use payrail::money::Amount;
@@ -23,10 +23,7 @@ struct Server {
 
 async fn start(pool: PgPool) -> Server {
     let (state, _clock) = state_with_clock(pool);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = router(state.clone(), HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = common::serve(&state).await;
     Server { base, client: reqwest::Client::new(), state }
 }
 
@@ -142,18 +139,11 @@ async fn set_rule(pool: &PgPool, merchant_id: &str, prefix: &str, shares: &[(&st
 
 async fn invoice_with_order(server: &Server, merchant_id: &str, order_id: &str) -> InvoiceView {
     let request = CreateInvoice {
-        amount: "25.00".to_owned(),
-        currency: "USD".to_owned(),
-        accepted: Some(vec![USDC_POLYGON.to_owned()]),
         expires_in: Some(900),
         order_id: Some(order_id.to_owned()),
-        metadata: None,
+        ..common::invoice_request("25.00", Some(&[USDC_POLYGON]))
     };
-    let state = &server.state;
-    create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, merchant_id, &request, None, state.clock.now())
-        .await
-        .expect("invoice")
-        .0
+    common::create_invoice_at(&server.state, merchant_id, &request, server.state.clock.now()).await
 }
 
 #[sqlx::test]
@@ -330,6 +320,8 @@ async fn creators_rules_balances_and_statements_through_the_api(pool: PgPool) {
     let (_, created) = server
         .post_invoice(key, json!({"amount":"25.00","currency":"USD","accepted":[USDC_POLYGON]}))
         .await;
+    // The invoice shows the split it was created with.
+    assert_eq!(created["split"], json!({"splits":[{"creator": cr, "bps": 3000}], "platform_fee_bps": 200}), "{created}");
     let invoice = server.invoice(created["id"].as_str().expect("id")).await;
     // Seen, not yet confirmed: pending; then confirmed: available.
     let asset: payrail::money::AssetId = USDC_POLYGON.parse().expect("asset");

@@ -15,7 +15,7 @@ use payrail::chain::evm::contracts::{ForwarderFactory, TestToken, TestUSDT};
 use payrail::chain::evm::{EvmWatcher, Tick, WatchError};
 use payrail::config::{ChainSpec, RpcUrl};
 use payrail::devnet::anvil::{deploy_dev_contracts_with, Anvil, DevTokenDecimals, DEV_PAYER_KEY};
-use payrail::invoice::{create_invoice, load_view, CreateInvoice, InvoiceStatus, InvoiceView};
+use payrail::invoice::{load_view, InvoiceStatus, InvoiceView};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
 use serde_json::{json, Value};
@@ -79,27 +79,8 @@ impl Rig {
     }
 
     async fn invoice(&self, amount: &str, accepted: &[String]) -> InvoiceView {
-        let request = CreateInvoice {
-            amount: amount.to_owned(),
-            currency: "USD".to_owned(),
-            accepted: Some(accepted.to_vec()),
-            expires_in: Some(3600),
-            order_id: None,
-            metadata: None,
-        };
-        let (view, _) = create_invoice(
-            &self.state.pool,
-            &self.state.catalog,
-            self.state.rates.as_ref(),
-            &self.state.policy,
-            &self.merchant_id,
-            &request,
-            None,
-            chrono::Utc::now(),
-        )
-        .await
-        .expect("invoice");
-        view
+        let accepted: Vec<&str> = accepted.iter().map(String::as_str).collect();
+        common::invoice_at(&self.state, &self.merchant_id, amount, &accepted, chrono::Utc::now()).await
     }
 
     async fn view(&self, id: &str) -> InvoiceView {

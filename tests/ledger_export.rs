@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use common::{amount, state_with_clock, transfer, USD, USDC_POLYGON};
-use payrail::api::{router, AppState, HttpLimits};
+use payrail::api::AppState;
 use payrail::ledger::export::{self, EntryFilter};
 use payrail::ledger::{AccountCode, NewEntry, SignedAmount};
 use payrail::merchant::{create_merchant, create_platform_key, Role};
@@ -28,10 +28,7 @@ struct Server {
 
 async fn start(pool: PgPool) -> Server {
     let (state, _clock) = state_with_clock(pool);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = router(state.clone(), HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = common::serve(&state).await;
     let finance = create_platform_key(&state.pool, Role::Finance).await.expect("finance key");
     Server { base, client: reqwest::Client::new(), state, finance }
 }

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use payrail::chain::evm::{EvmWatcher, Tick};
 use payrail::config::PayoutsConfig;
 use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
 use payrail::devnet::anvil::{DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
-use payrail::invoice::{create_invoice, load_view, CreateInvoice, InvoiceStatus};
+use payrail::invoice::{load_view, InvoiceStatus};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
 use payrail::money::Amount;
@@ -117,27 +116,7 @@ impl Rig {
     }
 
     async fn invoice(&self, asset: &str, amount: &str) -> String {
-        let request = CreateInvoice {
-            amount: amount.to_owned(),
-            currency: "USD".to_owned(),
-            accepted: Some(vec![asset.to_owned()]),
-            expires_in: Some(3600),
-            order_id: None,
-            metadata: None,
-        };
-        let (view, _) = create_invoice(
-            &self.state.pool,
-            &self.state.catalog,
-            self.state.rates.as_ref(),
-            &self.state.policy,
-            &self.merchant_id,
-            &request,
-            None,
-            self.state.clock.now(),
-        )
-        .await
-        .expect("invoice");
-        view.id
+        common::invoice(&self.state, &self.merchant_id, amount, &[asset]).await.id
     }
 }
 
@@ -431,31 +410,13 @@ async fn fees_above_the_cap_make_the_batch_wait(pool: PgPool) {
     assert!(store::attempts(&rig.state.pool, &batch_id).await.expect("attempts").is_empty());
 }
 
-fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let (base, _) = admin.rsplit_once('/').expect("url with a database");
-    format!("{base}/{}", options.get_database().expect("test database"))
-}
-
 fn payouts_run(database: &str, chain: &Chain) -> tokio::process::Child {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrail"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["payouts", "run", "--chain", "polygon", "--wait-s", "60"])
-        .env("DATABASE_URL", database)
+    common::payrail_on(database, &["payouts", "run", "--chain", "polygon", "--wait-s", "60"], "POLYGON", &chain.anvil.url())
         .env("PAYRAIL_HOT_WALLET_KEY", DEV_DEPLOYER_KEY)
         .env("PAYRAIL_PAYOUTS__THRESHOLD_USD", "1")
         .env("PAYRAIL_PAYOUTS__POLL_INTERVAL_MS", "100")
-        .env("PAYRAIL_CHAINS__POLYGON__RPC", format!("[\"{}\"]", chain.anvil.url()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for other in ["BITCOIN", "ETHEREUM", "BSC", "ARBITRUM", "OPTIMISM"] {
-        command.env(format!("PAYRAIL_CHAINS__{other}__ENABLED"), "false");
-    }
-    command.spawn().expect("start payrail payouts run")
+        .spawn()
+        .expect("start payrail payouts run")
 }
 
 /// `payrail payouts run` killed with SIGKILL at arbitrary moments, with blocks being mined beside
@@ -465,7 +426,7 @@ async fn killing_payouts_run_anywhere_pays_each_creator_once(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
     let rig = rig(pool.clone(), &[&polygon]).await;
     polygon.fund_batcher(1_000_000_000).await;
-    let database = database_url(&pool);
+    let database = common::database_url(&pool);
     let miner = {
         let url = polygon.anvil.url();
         tokio::spawn(async move {
@@ -520,10 +481,7 @@ async fn payouts_over_http(pool: PgPool) {
     rig.paid_invoice(&polygon, 20_000_000).await;
     let service = Arc::new(rig.service(&[&polygon], config()));
     rig.state.payouts = Some(service.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = payrail::api::router(rig.state.clone(), payrail::api::HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = common::serve(&rig.state).await;
     let client = reqwest::Client::new();
     let finance = payrail::merchant::create_platform_key(&rig.state.pool, payrail::merchant::Role::Finance).await.expect("key");
     let creator_key = rig.creators[0].2.clone();

@@ -16,7 +16,7 @@ use payrail::chain::evm::{EvmWatcher, Sweeper, Tick};
 use payrail::config::PayoutsConfig;
 use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
 use payrail::devnet::anvil::DEV_DEPLOYER_KEY;
-use payrail::invoice::{create_invoice, load_view, CreateInvoice, InvoiceStatus};
+use payrail::invoice::{load_view, InvoiceStatus};
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::merchant::create_merchant;
 use payrail::money::Amount;
@@ -58,26 +58,7 @@ impl Rig {
 
     /// An invoice of `amount` USD payable in `asset`; its deposit address and the amount due.
     async fn invoice(&self, asset: &str, amount: &str) -> (String, Address, String) {
-        let request = CreateInvoice {
-            amount: amount.to_owned(),
-            currency: "USD".to_owned(),
-            accepted: Some(vec![asset.to_owned()]),
-            expires_in: Some(3600),
-            order_id: None,
-            metadata: None,
-        };
-        let (view, _) = create_invoice(
-            &self.state.pool,
-            &self.state.catalog,
-            self.state.rates.as_ref(),
-            &self.state.policy,
-            &self.merchant_id,
-            &request,
-            None,
-            self.state.clock.now(),
-        )
-        .await
-        .expect("invoice");
+        let view = common::invoice(&self.state, &self.merchant_id, amount, &[asset]).await;
         let option = &view.payment_options[0];
         let address = option.address.as_deref().expect("address").parse().expect("address");
         (view.id.clone(), address, option.amount_minor.clone())
@@ -113,22 +94,10 @@ fn items(report: &Report, category: Category) -> Vec<&Item> {
     report.items.iter().filter(|i| i.category == category).collect()
 }
 
-fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let (base, _) = admin.rsplit_once('/').expect("url with a database");
-    format!("{base}/{}", options.get_database().expect("test database"))
-}
-
 /// `payrail reconcile --chain polygon --format csv` against the test database and anvil.
 async fn cli(pool: &PgPool, chain: &Chain) -> (i32, String) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrail"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["reconcile", "--chain", "polygon", "--format", "csv"])
-        .env("DATABASE_URL", database_url(pool))
-        .env("PAYRAIL_CHAINS__POLYGON__RPC", format!("[\"{}\"]", chain.anvil.url()))
-        .env("RUST_LOG", "warn");
+    let mut command = common::payrail(&common::database_url(pool), &["reconcile", "--chain", "polygon", "--format", "csv"]);
+    command.env("PAYRAIL_CHAINS__POLYGON__RPC", format!("[\"{}\"]", chain.anvil.url()));
     let output = command.output().await.expect("payrail reconcile");
     (output.status.code().unwrap_or(-1), String::from_utf8(output.stdout).expect("utf-8"))
 }
@@ -211,10 +180,7 @@ async fn a_clean_history_reconciles_with_zero_differences(pool: PgPool) {
 
     // Over HTTP, for finance keys only; runs are kept.
     rig.state.reconciler = Arc::new(rig.reconciler());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = payrail::api::router(rig.state.clone(), payrail::api::HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = common::serve(&rig.state).await;
     let client = reqwest::Client::new();
     let finance = payrail::merchant::create_platform_key(&pool, payrail::merchant::Role::Finance).await.expect("key");
     let merchant_key = payrail::merchant::create_merchant(&pool, "Other").await.expect("merchant").api_key;

@@ -5,111 +5,21 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
-use bitcoin::{Address, Amount as Sats, Network, NetworkKind};
-use common::state_with_clock;
-use payrail::api::AppState;
-use payrail::chain::bitcoin::allocate::SetDescriptor;
-use payrail::chain::bitcoin::{set_descriptor, BitcoinWatcher, Pass};
-use payrail::clock::{Clock, ManualClock};
-use payrail::config::{ChainSpec, RpcUrl};
-use payrail::devnet::regtest::{RegtestConfig, RegtestHandle, RegtestNode};
-use payrail::invoice::{create_invoice, CreateInvoice, InvoiceView};
+use bitcoin::Amount as Sats;
+use common::bitcoin::{deposit, rig, Rig, REGTEST};
+use common::BTC;
 use payrail::ledger::{AccountCode, NewEntry};
-use payrail::merchant::create_merchant;
 use payrail::money::Amount;
 use payrail::reconcile::{BitcoinReader, Category, ItemKind, Reconciler, Report};
 use sqlx::PgPool;
 
-const REGTEST: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328";
-const BTC: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0";
-
-/// A BIP84 receive descriptor on a test network key made from `seed`.
-fn tpub_descriptor(seed: u8) -> String {
-    let secp = bitcoin::secp256k1::Secp256k1::new();
-    let root = Xpriv::new_master(NetworkKind::Test, &[seed; 32]).expect("root");
-    let path: DerivationPath = "m/84'/1'/0'".parse().expect("path");
-    let tpub = Xpub::from_priv(&secp, &root.derive_priv(&secp, &path).expect("derive"));
-    format!("wpkh([{}/84h/1h/0h]{tpub}/0/*)", root.fingerprint(&secp))
-}
-
-struct Rig {
-    node: RegtestHandle,
-    state: AppState,
-    clock: Arc<ManualClock>,
-    spec: ChainSpec,
-    merchant_id: String,
-}
-
-async fn rig(pool: PgPool) -> Rig {
-    let node = RegtestNode::start(RegtestConfig { listen: "127.0.0.1:0".parse().expect("addr"), mine_interval: None })
-        .await
-        .expect("regtest node starts");
-    let config = common::repo_config();
-    let mut spec = config.chain("bitcoin").expect("bitcoin configured").clone();
-    assert_eq!(spec.caip2.to_string(), REGTEST, "the dev stack follows regtest");
-    spec.rpc = vec![RpcUrl::new(&node.electrum_url()).expect("url")];
-    let (state, clock) = state_with_clock(pool);
-    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
-    set_descriptor(&state.pool, &merchant.merchant_id, &spec.caip2, &SetDescriptor { descriptor: tpub_descriptor(1), gap_limit: None })
-        .await
-        .expect("descriptor");
-    Rig { node, state, clock, spec, merchant_id: merchant.merchant_id }
-}
-
 impl Rig {
-    fn watcher(&self) -> BitcoinWatcher {
-        BitcoinWatcher::new(self.spec.clone(), self.state.pool.clone(), self.state.ledger.clone(), self.state.rates.clone(), self.state.clock.clone())
-            .expect("watcher")
-    }
-
-    async fn invoice(&self, amount: &str) -> InvoiceView {
-        let request = CreateInvoice {
-            amount: amount.to_owned(),
-            currency: "USD".to_owned(),
-            accepted: Some(vec![BTC.to_owned()]),
-            expires_in: Some(3600),
-            order_id: None,
-            metadata: None,
-        };
-        let (view, _) = create_invoice(
-            &self.state.pool,
-            &self.state.catalog,
-            self.state.rates.as_ref(),
-            &self.state.policy,
-            &self.merchant_id,
-            &request,
-            None,
-            self.clock.now(),
-        )
-        .await
-        .expect("invoice");
-        view
-    }
-
-    /// Runs passes until the watcher has read the scripts at the tip.
-    async fn sync(&self, watcher: &BitcoinWatcher) -> Pass {
-        for _ in 0..20 {
-            if let pass @ (Pass::Synced { .. } | Pass::Reorged { .. }) = watcher.pass().await.expect("pass") {
-                return pass;
-            }
-        }
-        panic!("watcher did not reach the tip");
-    }
-
     /// A whole reconciliation from block 1 (its time is the node's start, before any entry of the
     /// test) to the tip.
     async fn reconcile(&self) -> Report {
         let reconciler = Reconciler::new(self.state.pool.clone(), vec![self.spec.clone()]);
         reconciler.run("bitcoin", 1, None, &|_| {}).await.expect("reconciliation")
     }
-}
-
-fn deposit(invoice: &InvoiceView) -> Address {
-    let text = invoice.payment_options[0].address.as_deref().expect("deposit address");
-    text.parse::<Address<bitcoin::address::NetworkUnchecked>>().expect("address").require_network(Network::Regtest).expect("regtest")
 }
 
 fn categories(report: &Report) -> Vec<(Category, ItemKind)> {
@@ -124,8 +34,7 @@ fn totals_of(report: &Report) -> (String, String, String) {
 #[sqlx::test]
 async fn a_clean_range_matches_every_output(pool: PgPool) {
     let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.sync(&watcher).await;
+    let watcher = rig.synced_watcher().await;
     let one = rig.invoice("25.00").await;
     let split = rig.invoice("25.00").await;
     let over = rig.invoice("25.00").await;
@@ -173,12 +82,9 @@ async fn a_clean_range_matches_every_output(pool: PgPool) {
 #[sqlx::test]
 async fn a_payment_the_watcher_never_saw_is_missing_in_the_ledger(pool: PgPool) {
     let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.sync(&watcher).await;
+    let watcher = rig.synced_watcher().await;
     let seen = rig.invoice("25.00").await;
-    rig.node.send(&deposit(&seen), Sats::from_sat(38_462), true).await.expect("seen");
-    rig.node.mine(1).await.expect("mine");
-    rig.sync(&watcher).await;
+    rig.pay_and_mine(&watcher, &seen, 38_462).await;
     // Paid and mined while the watcher was not looking.
     let unseen = rig.invoice("25.00").await;
     let txid = rig.node.send(&deposit(&unseen), Sats::from_sat(41_000), true).await.expect("unseen");
@@ -200,8 +106,7 @@ async fn a_payment_the_watcher_never_saw_is_missing_in_the_ledger(pool: PgPool) 
 #[sqlx::test]
 async fn a_credit_whose_block_was_orphaned_is_reported(pool: PgPool) {
     let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.sync(&watcher).await;
+    let watcher = rig.synced_watcher().await;
     let invoice = rig.invoice("25.00").await;
     let txid = rig.node.send(&deposit(&invoice), Sats::from_sat(38_462), true).await.expect("send");
     let mined = rig.node.mine(1).await.expect("mine");
@@ -228,12 +133,9 @@ async fn a_credit_whose_block_was_orphaned_is_reported(pool: PgPool) {
 #[sqlx::test]
 async fn a_manual_entry_on_the_chain_account_is_missing_on_chain(pool: PgPool) {
     let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.sync(&watcher).await;
+    let watcher = rig.synced_watcher().await;
     let invoice = rig.invoice("25.00").await;
-    rig.node.send(&deposit(&invoice), Sats::from_sat(38_462), true).await.expect("send");
-    rig.node.mine(1).await.expect("mine");
-    rig.sync(&watcher).await;
+    rig.pay_and_mine(&watcher, &invoice, 38_462).await;
     let manual = NewEntry::new("adjustment:btc-1", "adjustment")
         .debit(AccountCode::chain_assets(&rig.spec.caip2), BTC, Amount::from_u64(5_000))
         .credit(AccountCode::merchant(&rig.merchant_id), BTC, Amount::from_u64(5_000));

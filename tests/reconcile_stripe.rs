@@ -9,17 +9,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use payrail::api::{router, AppState, HttpLimits};
-use payrail::chain::health::RailHealth;
-use payrail::clock::SystemClock;
-use payrail::config::Config;
+use common::stripe::{random_suffix, start, Server};
+use common::USD;
 use payrail::ledger::{AccountCode, NewEntry};
-use payrail::merchant::create_merchant;
 use payrail::money::{Amount, Fiat};
 use payrail::reconcile::{reconcile_stripe, Category, ItemKind, Report};
 use payrail::stripe::client::NewPaymentIntent;
@@ -27,42 +22,6 @@ use payrail::stripe::StripeClient;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-
-const USD: &str = "iso4217:USD";
-
-struct Localstripe {
-    url: String,
-    _child: Option<Mutex<Child>>,
-}
-
-fn localstripe() -> &'static str {
-    static INSTANCE: OnceLock<Localstripe> = OnceLock::new();
-    &INSTANCE
-        .get_or_init(|| {
-            if let Ok(url) = std::env::var("PAYRAIL_LOCALSTRIPE_URL") {
-                return Localstripe { url: url.trim_end_matches('/').to_owned(), _child: None };
-            }
-            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/localstripe");
-            Command::new(&script).arg("install").status().expect("scripts/localstripe install");
-            let child = Command::new(&script)
-                .args(["run", &port.to_string()])
-                .env("PAYRAIL_LOCALSTRIPE_EXIT_ON_EOF", "1")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("scripts/localstripe run");
-            let url = format!("http://127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "localstripe did not start on {url}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Localstripe { url, _child: Some(Mutex::new(child)) }
-        })
-        .url
-}
 
 /// One test's range at a time.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -82,107 +41,23 @@ async fn range_end() -> DateTime<Utc> {
     end
 }
 
-fn random_suffix() -> String {
-    payrail::ids::new_id("x").trim_start_matches("x_").to_owned()
-}
-
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    state: AppState,
-    key: String,
-    merchant_id: String,
-    secret: String,
-}
-
-fn config(secret: &str) -> Config {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let env = [
-        ("PAYRAIL_STRIPE_SECRET_KEY", "sk_test_payrail"),
-        ("PAYRAIL_STRIPE_WEBHOOK_SECRET", secret),
-        ("PAYRAIL_STRIPE__API_BASE", localstripe()),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()));
-    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.toml"), &path, &env).expect("config loads")
-}
-
-async fn start(pool: PgPool) -> Server {
-    let secret = format!("whsec_{}", random_suffix());
-    let config = config(&secret);
-    let mut state = payrail::app::state(&config, pool, Arc::new(SystemClock));
-    state.rail_health = Arc::new(RailHealth::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = router(state.clone(), HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let merchant = create_merchant(&state.pool, "Card Shop").await.expect("merchant");
-    Server {
-        base,
-        http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
-        state,
-        key: merchant.api_key,
-        merchant_id: merchant.merchant_id,
-        secret,
-    }
-}
-
 impl Server {
     fn stripe(&self) -> StripeClient {
         self.state.card.as_ref().expect("card rail configured").client.clone()
     }
 
-    /// Has localstripe deliver its events to this server, signed with this server's secret.
-    async fn subscribe(&self) {
-        let url = format!("{}/v1/stripe/webhook", self.base);
-        let response = reqwest::Client::new()
-            .post(format!("{}/_config/webhooks/{}", localstripe(), random_suffix()))
-            .basic_auth("sk_test_payrail", Some(""))
-            .form(&[("url", url.as_str()), ("secret", self.secret.as_str())])
-            .send()
-            .await
-            .expect("localstripe answers");
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.key).json(&body).send().await.expect("post");
+        let response = self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.key).json(&body).send().await.expect("post");
         let status = response.status();
         (status, response.json().await.expect("json"))
     }
 
-    async fn invoice(&self, amount: &str) -> String {
-        let (status, invoice) = self.post("/v1/invoices", json!({ "amount": amount, "currency": "USD" })).await;
-        assert_eq!(status, StatusCode::CREATED, "{invoice}");
-        invoice["id"].as_str().expect("id").to_owned()
-    }
-
     /// Pays `invoice` with a test card through the checkout page; returns the PaymentIntent.
-    async fn pay_by_card(&self, invoice: &str) -> String {
-        let response = self
-            .http
-            .post(format!("{}/pay/{invoice}/card", self.base))
-            .header("accept", "application/json")
-            .form(&[("payment_method", "pm_card_visa")])
-            .send()
-            .await
-            .expect("card");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let attempt: Value = response.json().await.expect("json");
+    async fn pay_with_test_card(&self, invoice: &str) -> String {
+        let (status, attempt) = self.pay_by_card(invoice, "pm_card_visa").await;
+        assert_eq!(status, StatusCode::CREATED);
         assert_eq!(attempt["status"], "succeeded", "{attempt}");
         attempt["payment_intent"].as_str().expect("payment intent").to_owned()
-    }
-
-    async fn wait_status(&self, invoice: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let view: Value =
-                self.http.get(format!("{}/v1/invoices/{invoice}", self.base)).bearer_auth(&self.key).send().await.expect("show").json().await.expect("json");
-            if view["status"] == want {
-                return;
-            }
-            assert!(Instant::now() < deadline, "invoice never became {want}: {view}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     async fn reconcile(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Report {
@@ -202,7 +77,7 @@ async fn a_card_payment_and_a_partial_refund_reconcile_clean(pool: PgPool) {
     server.subscribe().await;
     let from = fresh_second().await;
     let invoice = server.invoice("25.00").await;
-    let pi = server.pay_by_card(&invoice).await;
+    let pi = server.pay_with_test_card(&invoice).await;
     server.wait_status(&invoice, "paid").await;
     let (status, refund) = server.post(&format!("/v1/invoices/{invoice}/refunds"), json!({ "amount": "10.00" })).await;
     assert_eq!(status, StatusCode::CREATED, "{refund}");

@@ -9,16 +9,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use payrail::api::{router, AppState, HttpLimits};
-use payrail::chain::health::{RailHealth, TickReport, FAILED_TICKS_MAX};
+use common::stripe::{localstripe, ls_post, start, Server};
+use common::USD;
+use payrail::chain::health::{TickReport, FAILED_TICKS_MAX};
 use payrail::clock::{Clock, SystemClock};
-use payrail::config::Config;
 use payrail::ledger::AccountCode;
-use payrail::merchant::create_merchant;
 use payrail::money::Fiat;
 use payrail::stripe::client::NewPaymentIntent;
 use payrail::stripe::StripeClient;
@@ -27,156 +24,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-const USD: &str = "iso4217:USD";
-
-// ---------------------------------------------------------------------------------------------
-// localstripe
-
-struct Localstripe {
-    url: String,
-    _child: Option<Mutex<Child>>,
-}
-
-fn localstripe() -> &'static str {
-    static INSTANCE: OnceLock<Localstripe> = OnceLock::new();
-    &INSTANCE
-        .get_or_init(|| {
-            if let Ok(url) = std::env::var("PAYRAIL_LOCALSTRIPE_URL") {
-                return Localstripe { url: url.trim_end_matches('/').to_owned(), _child: None };
-            }
-            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/localstripe");
-            Command::new(&script).arg("install").status().expect("scripts/localstripe install");
-            let child = Command::new(&script)
-                .args(["run", &port.to_string()])
-                .env("PAYRAIL_LOCALSTRIPE_EXIT_ON_EOF", "1")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("scripts/localstripe run");
-            let url = format!("http://127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "localstripe did not start on {url}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Localstripe { url, _child: Some(Mutex::new(child)) }
-        })
-        .url
-}
-
-/// A `POST` to localstripe with a form body, answered as JSON (errors included).
-async fn ls_post(path: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", localstripe()))
-        .basic_auth("sk_test_payrail", Some(""))
-        .form(form)
-        .send()
-        .await
-        .expect("localstripe answers");
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-fn random_suffix() -> String {
-    payrail::ids::new_id("x").trim_start_matches("x_").to_owned()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The daemon under test: the shipped configuration with the card rail pointed at localstripe.
-
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    state: AppState,
-    key: String,
-    merchant_id: String,
-    secret: String,
-}
-
-fn config(secret: &str) -> Config {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let env = [
-        ("PAYRAIL_STRIPE_SECRET_KEY", "sk_test_payrail"),
-        ("PAYRAIL_STRIPE_WEBHOOK_SECRET", secret),
-        ("PAYRAIL_STRIPE__API_BASE", localstripe()),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()));
-    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.toml"), &path, &env).expect("config loads")
-}
-
-async fn start(pool: PgPool) -> Server {
-    let secret = format!("whsec_{}", random_suffix());
-    let config = config(&secret);
-    let mut state = payrail::app::state(&config, pool, Arc::new(SystemClock));
-    // A health map of this test's own, so other tests' rails cannot move its checkout page.
-    state.rail_health = Arc::new(RailHealth::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = router(state.clone(), HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let merchant = create_merchant(&state.pool, "Card Shop").await.expect("merchant");
-    Server {
-        base,
-        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
-        state,
-        key: merchant.api_key,
-        merchant_id: merchant.merchant_id,
-        secret,
-    }
-}
-
 impl Server {
-    /// Has localstripe deliver its events to this server, signed with this server's secret.
-    async fn subscribe(&self) {
-        let url = format!("{}/v1/stripe/webhook", self.base);
-        let id = format!("/_config/webhooks/{}", random_suffix());
-        let (status, body) = ls_post(&id, &[("url", &url), ("secret", &self.secret)]).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-
-    async fn invoice(&self, amount: &str) -> String {
-        let response = self
-            .client
-            .post(format!("{}/v1/invoices", self.base))
-            .bearer_auth(&self.key)
-            .json(&json!({ "amount": amount, "currency": "USD" }))
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let invoice: Value = response.json().await.expect("json");
-        invoice["id"].as_str().expect("id").to_owned()
-    }
-
-    async fn show(&self, id: &str) -> Value {
-        self.client
-            .get(format!("{}/v1/invoices/{id}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .expect("show")
-            .json()
-            .await
-            .expect("json")
-    }
-
-    /// `POST /pay/{id}/card` as a script would (JSON answer).
-    async fn pay_by_card(&self, id: &str, payment_method: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(format!("{}/pay/{id}/card", self.base))
-            .header("accept", "application/json")
-            .form(&[("payment_method", payment_method)])
-            .send()
-            .await
-            .expect("card");
-        let status = response.status();
-        (status, response.json().await.expect("json"))
-    }
-
     async fn refund(&self, id: &str, body: Value) -> (StatusCode, Value) {
         let response = self
             .client
@@ -213,18 +61,6 @@ impl Server {
     async fn deliver_signed(&self, body: &str) -> (StatusCode, Value) {
         let header = self.sign(body, SystemClock.now().timestamp());
         self.deliver(body, Some(&header)).await
-    }
-
-    async fn wait_status(&self, id: &str, want: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let invoice = self.show(id).await;
-            if invoice["status"] == want {
-                return invoice;
-            }
-            assert!(Instant::now() < deadline, "invoice never became {want}: {invoice}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     async fn balance(&self, account: &AccountCode) -> String {
@@ -653,9 +489,7 @@ async fn card_comes_first_with_a_reason_when_every_chain_rail_is_unhealthy(pool:
 async fn without_stripe_the_card_routes_are_absent(pool: PgPool) {
     let (state, _clock) = common::state_with_clock(pool);
     assert!(state.card.is_none());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, router(state, HttpLimits::default())).await });
+    let base = common::serve(&state).await;
     let response = reqwest::Client::new().post(format!("{base}/v1/stripe/webhook")).body("{}").send().await.expect("post");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }

@@ -2,8 +2,9 @@
 //! tests that need a real EVM node.
 
 use alloy::network::EthereumWallet;
-use alloy::primitives::{Address, U256};
-use alloy::providers::ProviderBuilder;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use payrail::chain::evm::contracts::{PayoutBatcher, TestToken};
 use payrail::config::{ChainSpec, RpcUrl};
@@ -50,16 +51,7 @@ impl Chain {
 
     /// The treasury's part: the payer moves `amount` USDC units into the batcher.
     pub async fn fund_batcher(&self, amount: u64) {
-        let payer: PrivateKeySigner = DEV_PAYER_KEY.parse().expect("key");
-        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer)).connect_http(self.url());
-        TestToken::new(self.contracts.usdc, &provider)
-            .transfer(self.contracts.payout_batcher, U256::from(amount))
-            .send()
-            .await
-            .expect("send")
-            .get_receipt()
-            .await
-            .expect("mined");
+        self.pay_usdc(self.contracts.payout_batcher, amount).await;
     }
 
     pub async fn usdc_of(&self, owner: Address) -> U256 {
@@ -68,7 +60,7 @@ impl Chain {
     }
 
     /// `PayoutSent` events of the batcher: (batch id, recipient, amount).
-    pub async fn payout_events(&self) -> Vec<(alloy::primitives::B256, Address, U256)> {
+    pub async fn payout_events(&self) -> Vec<(B256, Address, U256)> {
         let provider = ProviderBuilder::new().connect_http(self.url());
         let batcher = PayoutBatcher::new(self.contracts.payout_batcher, &provider);
         let logs = batcher.PayoutSent_filter().from_block(0).query().await.expect("logs");
@@ -76,32 +68,21 @@ impl Chain {
     }
 
     /// The dev payer sends `amount` USDC units to `to`; returns the transaction hash.
-    pub async fn pay_usdc(&self, to: Address, amount: u64) -> alloy::primitives::B256 {
-        let payer: PrivateKeySigner = DEV_PAYER_KEY.parse().expect("key");
-        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer)).connect_http(self.url());
-        TestToken::new(self.contracts.usdc, &provider)
-            .transfer(to, U256::from(amount))
-            .send()
-            .await
-            .expect("send")
-            .get_receipt()
-            .await
-            .expect("mined")
-            .transaction_hash
+    pub async fn pay_usdc(&self, to: Address, amount: u64) -> B256 {
+        let provider = ProviderBuilder::new().connect_http(self.url());
+        let transfer = TestToken::new(self.contracts.usdc, &provider).transfer(to, U256::from(amount)).into_transaction_request();
+        self.payer_sends(transfer).await
     }
 
     /// The dev payer sends `amount` wei of the native coin to `to`.
-    pub async fn pay_native(&self, to: Address, amount: U256) -> alloy::primitives::B256 {
-        use alloy::providers::Provider;
+    pub async fn pay_native(&self, to: Address, amount: U256) -> B256 {
+        self.payer_sends(TransactionRequest::default().to(to).value(amount)).await
+    }
+
+    /// The dev payer signs and sends `tx`; returns its hash once mined.
+    async fn payer_sends(&self, tx: TransactionRequest) -> B256 {
         let payer: PrivateKeySigner = DEV_PAYER_KEY.parse().expect("key");
         let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer)).connect_http(self.url());
-        provider
-            .send_transaction(alloy::rpc::types::TransactionRequest::default().to(to).value(amount))
-            .await
-            .expect("send")
-            .get_receipt()
-            .await
-            .expect("mined")
-            .transaction_hash
+        provider.send_transaction(tx).await.expect("send").get_receipt().await.expect("mined").transaction_hash
     }
 }

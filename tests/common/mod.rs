@@ -2,7 +2,9 @@
 //! migrations applied, on the PostgreSQL named by `DATABASE_URL`.
 #![allow(dead_code)]
 
+pub mod bitcoin;
 pub mod evm;
+pub mod stripe;
 
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::money::Amount;
@@ -21,9 +23,10 @@ pub fn transfer(key: &str, from: AccountCode, to: AccountCode, asset: &str, valu
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use payrail::api::AppState;
+use payrail::api::{router, AppState, HttpLimits};
 use payrail::clock::ManualClock;
 use payrail::config::Config;
+use payrail::invoice::{create_invoice, CreateInvoice, InvoiceView};
 use sqlx::PgPool;
 
 /// The shipped configuration (`config.toml` and `chains/`), as the daemon loads it.
@@ -47,3 +50,85 @@ pub const USDC_POLYGON: &str = "eip155:137/erc20:0xe7f1725e7734ce288f8367e1bb143
 pub const USDT_POLYGON: &str = "eip155:137/erc20:0x9fe46736679d2d9a65f0992f2272de9f3c7fa6e0";
 /// Bitcoin on the dev stack: config.toml follows regtest.
 pub const BTC: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0";
+
+/// A request for `amount` USD payable in `accepted` (the merchant's defaults when `None`), open for
+/// an hour.
+pub fn invoice_request(amount: &str, accepted: Option<&[&str]>) -> CreateInvoice {
+    CreateInvoice {
+        amount: amount.to_owned(),
+        currency: "USD".to_owned(),
+        accepted: accepted.map(|list| list.iter().map(|a| (*a).to_owned()).collect()),
+        expires_in: Some(3600),
+        order_id: None,
+        metadata: None,
+    }
+}
+
+/// Creates `request` for `merchant_id` as of `now`.
+pub async fn create_invoice_at(state: &AppState, merchant_id: &str, request: &CreateInvoice, now: DateTime<Utc>) -> InvoiceView {
+    let (view, _) =
+        create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, merchant_id, request, None, now)
+            .await
+            .expect("invoice");
+    view
+}
+
+/// An invoice of `amount` USD payable in `accepted`, created as of `now`.
+pub async fn invoice_at(state: &AppState, merchant_id: &str, amount: &str, accepted: &[&str], now: DateTime<Utc>) -> InvoiceView {
+    create_invoice_at(state, merchant_id, &invoice_request(amount, Some(accepted)), now).await
+}
+
+/// An invoice of `amount` USD payable in `accepted`, created at the state's clock.
+pub async fn invoice(state: &AppState, merchant_id: &str, amount: &str, accepted: &[&str]) -> InvoiceView {
+    invoice_at(state, merchant_id, amount, accepted, state.clock.now()).await
+}
+
+/// Serves payrail's API over `state` on a free local port; returns its base URL.
+pub async fn serve(state: &AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(state.clone(), HttpLimits::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// The URL of the test database behind `pool`, for a `payrail` process.
+pub fn database_url(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (base, _) = admin.rsplit_once('/').expect("url with a database");
+    format!("{base}/{}", options.get_database().expect("test database"))
+}
+
+/// `payrail <args>` from the repository root against `database`, logging warnings only.
+pub fn payrail(database: &str, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrail"));
+    command.current_dir(env!("CARGO_MANIFEST_DIR")).args(args).env("DATABASE_URL", database).env("RUST_LOG", "warn");
+    command
+}
+
+/// The configured chains, by the names their environment overrides use.
+const CHAINS: [&str; 6] = ["BITCOIN", "ETHEREUM", "POLYGON", "BSC", "ARBITRUM", "OPTIMISM"];
+
+/// `payrail <args>` as a background process following only `chain` (its name in environment
+/// overrides, e.g. `POLYGON`) at `rpc`: the other chains disabled, stdout quiet, killed on drop.
+pub fn payrail_on(database: &str, args: &[&str], chain: &str, rpc: &str) -> tokio::process::Command {
+    let mut command = payrail(database, args);
+    command
+        .env(format!("PAYRAIL_CHAINS__{chain}__RPC"), format!("[\"{rpc}\"]"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    for other in CHAINS.into_iter().filter(|other| *other != chain) {
+        command.env(format!("PAYRAIL_CHAINS__{other}__ENABLED"), "false");
+    }
+    command
+}
+
+/// `payrail serve` on a free port, following only `chain` at `rpc`.
+pub fn daemon(database: &str, chain: &str, rpc: &str) -> tokio::process::Child {
+    payrail_on(database, &["serve"], chain, rpc)
+        .env("PAYRAIL_SERVER__LISTEN", "127.0.0.1:0")
+        .spawn()
+        .expect("start payrail serve")
+}
