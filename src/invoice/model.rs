@@ -77,6 +77,9 @@ pub struct InvoiceView {
     pub paid_at: Option<DateTime<Utc>>,
     pub payment_options: Vec<PaymentOptionView>,
     pub payments: Vec<PaymentView>,
+    /// How confirmed payments are shared: creators' basis points and the platform fee, fixed when
+    /// the invoice was created.
+    pub split: super::split::Splits,
 }
 
 /// The invoice row with its amounts parsed.
@@ -258,6 +261,7 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     }
 
     let (confirmed, _pending) = valuation(conn, &invoice.id, invoice.amount_minor).await?;
+    let split = super::split::load_for_invoice(&mut *conn, &invoice.id).await?;
     Ok(InvoiceView {
         id: invoice.id.clone(),
         object: "invoice",
@@ -277,6 +281,7 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
         paid_at: row.try_get("paid_at")?,
         payment_options,
         payments,
+        split,
     })
 }
 
