@@ -99,6 +99,7 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
         rates,
         payouts,
         reconciler,
+        webhooks_allow_loopback: config.webhooks.allow_loopback,
         policy: Arc::new(InvoicePolicy {
             expires_in_s_default: config.invoices.expires_in_s_default,
             expires_in_s_max: config.invoices.expires_in_s_max,
@@ -153,7 +154,12 @@ pub async fn serve(
     let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
-    watchers.push(tokio::spawn(crate::webhook::run_dispatcher(pool.clone(), state.clock.clone(), stop_rx.clone())));
+    watchers.push(tokio::spawn(crate::webhook::run_dispatcher(
+        pool.clone(),
+        state.clock.clone(),
+        config.webhooks.allow_loopback,
+        stop_rx.clone(),
+    )));
     if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
         watchers.push(task);
     }

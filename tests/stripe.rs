@@ -493,3 +493,205 @@ async fn without_stripe_the_card_routes_are_absent(pool: PgPool) {
     let response = reqwest::Client::new().post(format!("{base}/v1/stripe/webhook")).body("{}").send().await.expect("post");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Card payments on split invoices: one entry credits every party, refunds take each share back.
+
+use payrail::ledger::SignedAmount;
+
+/// A credit posting of `v` cents (credits are stored negative).
+fn credit(v: u64) -> SignedAmount {
+    SignedAmount::negative(payrail::money::Amount::from_u64(v))
+}
+
+/// A debit posting of `v` cents.
+fn debit(v: u64) -> SignedAmount {
+    SignedAmount::positive(payrail::money::Amount::from_u64(v))
+}
+
+impl Server {
+    /// A creator of this server's merchant; its id.
+    async fn creator(&self, name: &str) -> String {
+        let request = payrail::creator::CreateCreator { name: name.to_owned(), payout_addresses: Default::default() };
+        payrail::creator::create_creator(&self.state.pool, &self.merchant_id, &request).await.expect("creator").creator.id
+    }
+
+    /// An invoice of `amount` USD with `extra` merged into the request body; its id.
+    async fn invoice_with(&self, amount: &str, extra: Value) -> String {
+        let mut body = json!({ "amount": amount, "currency": "USD" });
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let response =
+            self.client.post(format!("{}/v1/invoices", self.base)).bearer_auth(&self.key).json(&body).send().await.expect("create");
+        let status = response.status();
+        let invoice: Value = response.json().await.expect("json");
+        assert_eq!(status, StatusCode::CREATED, "{invoice}");
+        invoice["id"].as_str().expect("id").to_owned()
+    }
+
+    /// The postings of the entry under `key`, as (account, signed amount), in `iso4217:USD` only.
+    async fn postings_of(&self, key: &str) -> Vec<(String, SignedAmount)> {
+        let id: i64 = sqlx::query_scalar("SELECT id FROM journal_entries WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_one(&self.state.pool)
+            .await
+            .unwrap_or_else(|e| panic!("entry {key}: {e}"));
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        let entry = self.state.ledger.entry(&mut conn, id).await.expect("entry");
+        assert!(entry.postings.iter().all(|p| p.asset == USD), "{entry:?}");
+        entry.postings.iter().map(|p| (p.account.to_string(), p.signed_amount())).collect()
+    }
+
+    /// Every ledger entry of the card payment `pi` (its credit and its refunds), each checked to
+    /// sum to zero; their keys, oldest first.
+    async fn assert_entries_balance(&self, pi: &str) -> Vec<String> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT idempotency_key FROM journal_entries WHERE idempotency_key = $1 OR idempotency_key LIKE $2 ORDER BY id",
+        )
+        .bind(format!("payment:stripe:{pi}"))
+        .bind(format!("card_refund:{pi}:%"))
+        .fetch_all(&self.state.pool)
+        .await
+        .expect("entries");
+        for key in &keys {
+            let postings = self.postings_of(key).await;
+            let sum = postings.iter().try_fold(SignedAmount::ZERO, |acc, (_, v)| acc.checked_add(*v)).expect("sum");
+            assert_eq!(sum, SignedAmount::ZERO, "{key} does not balance: {postings:?}");
+        }
+        keys
+    }
+
+    /// Balances (stripe, creator, platform fees, rounding, merchant) in cents.
+    async fn split_balances(&self, creator: &str) -> [String; 5] {
+        [
+            self.balance(&AccountCode::stripe(Fiat::USD)).await,
+            self.balance(&AccountCode::creator(creator)).await,
+            self.balance(&AccountCode::platform_fees()).await,
+            self.balance(&AccountCode::rounding()).await,
+            self.balance(&AccountCode::merchant(&self.merchant_id)).await,
+        ]
+    }
+}
+
+fn find(postings: &[(String, SignedAmount)], account: &str) -> Option<SignedAmount> {
+    postings.iter().find(|(a, _)| a == account).map(|(_, v)| *v)
+}
+
+fn cents(values: [u64; 5]) -> [String; 5] {
+    values.map(|v| v.to_string())
+}
+
+#[sqlx::test]
+async fn a_card_payment_on_a_split_invoice_credits_every_party_and_refunds_reverse_each_share(pool: PgPool) {
+    let server = start(pool).await;
+    server.subscribe().await;
+    let cr = server.creator("Ada").await;
+    // The merchant's default rule, copied onto the invoice when it is created: 70% to the creator,
+    // 5% platform fee.
+    let rules = payrail::creator::SplitRules {
+        default: Some(payrail::invoice::Splits {
+            splits: vec![payrail::invoice::CreatorShare { creator: cr.clone(), bps: 7000 }],
+            platform_fee_bps: 500,
+        }),
+        prefixes: vec![],
+    };
+    payrail::creator::set_split_rules(&server.state.pool, &server.merchant_id, &rules).await.expect("rules");
+    let id = server.invoice_with("33.39", json!({})).await;
+    assert_eq!(server.show(&id).await["split"], json!({"splits":[{"creator": cr, "bps": 7000}], "platform_fee_bps": 500}));
+
+    let (status, attempt) = server.pay_by_card(&id, "pm_card_visa").await;
+    assert_eq!(status, StatusCode::CREATED, "{attempt}");
+    assert_eq!(attempt["status"], "succeeded", "{attempt}");
+    assert_eq!(attempt["amount_minor"], "3339");
+    let pi = attempt["payment_intent"].as_str().expect("payment intent").to_owned();
+    server.wait_status(&id, "paid").await;
+
+    // One entry. 3339 × 7000 / 10000 = 2337.3 → 2337 to the creator; × 500 / 10000 = 166.95 → 166
+    // to the platform; the allocated 7500 bps are 2504.25 → 2504, so 2504 − 2337 − 166 = 1 cent of
+    // dust goes to rounding and the merchant gets 3339 − 2504 = 835.
+    let creator_account = AccountCode::creator(&cr).to_string();
+    let merchant_account = AccountCode::merchant(&server.merchant_id).to_string();
+    let stripe_account = AccountCode::stripe(Fiat::USD).to_string();
+    let postings = server.postings_of(&format!("payment:stripe:{pi}")).await;
+    assert_eq!(postings.len(), 5, "{postings:?}");
+    assert_eq!(find(&postings, &stripe_account), Some(debit(3339)));
+    assert_eq!(find(&postings, &creator_account), Some(credit(2337)));
+    assert_eq!(find(&postings, "revenue:platform_fees"), Some(credit(166)));
+    assert_eq!(find(&postings, "revenue:rounding"), Some(credit(1)));
+    assert_eq!(find(&postings, &merchant_account), Some(credit(835)));
+    assert_eq!(server.assert_entries_balance(&pi).await.len(), 1);
+    assert_eq!(server.split_balances(&cr).await, cents([3339, 2337, 166, 1, 835]));
+
+    // A partial refund of 10.00 — more than the merchant's own 8.35 — takes each share back in
+    // proportion: per posting floor(amount × 1000 / 3339): creator 699, platform 49, rounding 0,
+    // merchant 250; the side must give back floor(3339 × 1000 / 3339) = 1000, so the 2 cents of
+    // dust go to the largest credit of the entry, the creator's: 701.
+    let (status, refund) = server.refund(&id, json!({ "amount": "10.00" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{refund}");
+    assert_eq!(refund["amount"], "10.00");
+    assert_eq!(refund["refunds"][0]["status"], "succeeded", "{refund}");
+    assert_eq!(refund["invoice"]["status"], "paid");
+    let postings = server.postings_of(&format!("card_refund:{pi}:1000")).await;
+    assert_eq!(find(&postings, &stripe_account), Some(credit(1000)));
+    assert_eq!(find(&postings, &creator_account), Some(debit(701)));
+    assert_eq!(find(&postings, "revenue:platform_fees"), Some(debit(49)));
+    assert_eq!(find(&postings, "revenue:rounding"), None);
+    assert_eq!(find(&postings, &merchant_account), Some(debit(250)));
+    assert_eq!(server.assert_entries_balance(&pi).await.len(), 2);
+    assert_eq!(server.split_balances(&cr).await, cents([2339, 1636, 117, 1, 585]));
+    let (_, charge) = ls_get(&format!("/v1/payment_intents/{pi}")).await;
+    assert_eq!(charge["latest_charge"]["amount_refunded"], 1000, "{charge}");
+
+    // The rest: every split account back to zero, to the cent.
+    let (status, refund) = server.refund(&id, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{refund}");
+    assert_eq!(refund["amount"], "23.39");
+    assert_eq!(refund["invoice"]["status"], "refunded");
+    let postings = server.postings_of(&format!("card_refund:{pi}:3339")).await;
+    assert_eq!(find(&postings, &stripe_account), Some(credit(2339)));
+    assert_eq!(find(&postings, &creator_account), Some(debit(1636)));
+    assert_eq!(find(&postings, "revenue:platform_fees"), Some(debit(117)));
+    assert_eq!(find(&postings, "revenue:rounding"), Some(debit(1)));
+    assert_eq!(find(&postings, &merchant_account), Some(debit(585)));
+    assert_eq!(server.assert_entries_balance(&pi).await.len(), 3);
+    assert_eq!(server.split_balances(&cr).await, cents([0, 0, 0, 0, 0]));
+}
+
+#[sqlx::test]
+async fn refund_webhooks_on_a_split_invoice_reverse_each_share_and_end_at_zero(pool: PgPool) {
+    let server = start(pool).await;
+    let cr = server.creator("Ada").await;
+    let id = server
+        .invoice_with("25.00", json!({ "splits": [{ "creator": cr, "bps": 7000 }], "platform_fee_bps": 500 }))
+        .await;
+    let (_, answer) = server.deliver_signed(&fixture("payment_intent.succeeded", &id, &[])).await;
+    assert_eq!(answer["status"], "processed", "{answer}");
+    let pi = "pi_3PqYbLJt8u5wVq3K0bcR1Lq2";
+    // 2500: creator 1750, platform 125, no dust, merchant 625.
+    assert_eq!(server.split_balances(&cr).await, cents([2500, 1750, 125, 0, 625]));
+
+    // Stripe reports 10.01 refunded: creator floor(1750 × 1001 / 2500) = 700, platform 50,
+    // merchant 250, and the 1 cent left of floor(2500 × 1001 / 2500) = 1001 goes to the creator.
+    let partial = fixture("charge.refunded", &id, &[("\"amount_refunded\": 1000", "\"amount_refunded\": 1001")]);
+    let (_, answer) = server.deliver_signed(&partial).await;
+    assert_eq!(answer["status"], "processed", "{answer}");
+    assert_eq!(server.split_balances(&cr).await, cents([1499, 1049, 75, 0, 375]));
+    assert_eq!(server.show(&id).await["status"], "paid");
+
+    // Then all of it.
+    let full = fixture(
+        "charge.refunded",
+        &id,
+        &[
+            ("evt_3PqYbLJt8u5wVq3K0Rf4aB7c", "evt_3PqYbLJt8u5wVq3K0Rf4aB9z"),
+            ("\"amount_refunded\": 1000", "\"amount_refunded\": 2500"),
+            ("1724170207", "1724170400"),
+        ],
+    );
+    let (_, answer) = server.deliver_signed(&full).await;
+    assert_eq!(answer["status"], "processed", "{answer}");
+    assert_eq!(server.split_balances(&cr).await, cents([0, 0, 0, 0, 0]));
+    assert_eq!(server.show(&id).await["status"], "refunded");
+    assert_eq!(server.assert_entries_balance(pi).await.len(), 3);
+}

@@ -172,12 +172,23 @@ struct Merchant {
 }
 
 async fn start(pool: PgPool) -> Harness {
-    let (state, clock) = state_with_clock(pool.clone());
+    start_with(pool, true).await
+}
+
+/// A harness whose daemon allows loopback endpoints or, like production, does not.
+async fn start_with(pool: PgPool, allow_loopback: bool) -> Harness {
+    let (mut state, clock) = state_with_clock(pool.clone());
+    state.webhooks_allow_loopback = allow_loopback;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let app = router(state.clone(), HttpLimits::default());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let config = DispatchConfig { timeout_ms: TIMEOUT_MS, connect_timeout_ms: TIMEOUT_MS, ..DispatchConfig::default() };
+    let config = DispatchConfig {
+        timeout_ms: TIMEOUT_MS,
+        connect_timeout_ms: TIMEOUT_MS,
+        allow_loopback,
+        ..DispatchConfig::default()
+    };
     let dispatcher = Dispatcher::new(pool, clock.clone(), config).expect("dispatcher");
     Harness { base, client: reqwest::Client::new(), state, clock, dispatcher }
 }
@@ -291,6 +302,22 @@ impl Harness {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// Off the dev stack (`[webhooks] allow_loopback = false`, the default), an endpoint on the
+/// daemon's own host is refused: a merchant cannot make it call local services.
+#[sqlx::test]
+async fn loopback_endpoints_are_refused_unless_allowed(pool: PgPool) {
+    let h = start_with(pool, false).await;
+    let m = h.merchant().await;
+    for url in ["http://127.0.0.1:5432/", "https://localhost/hook", "https://[::1]/"] {
+        let (status, body) = h.call(Method::POST, &m.key, "/v1/webhook_endpoints", Some(json!({ "url": url }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "parameter_invalid", "{body}");
+    }
+    let (status, body) =
+        h.call(Method::POST, &m.key, "/v1/webhook_endpoints", Some(json!({ "url": "https://hooks.example.com/x" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
 
 #[sqlx::test]
 async fn a_paid_invoice_reaches_a_receiver_that_verifies_the_signature(pool: PgPool) {
@@ -836,7 +863,7 @@ async fn the_dispatcher_loop_holds_the_advisory_lock_and_delivers(pool: PgPool) 
     rx.trust(&secret);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let clock: Arc<dyn Clock> = h.clock.clone();
-    let task = tokio::spawn(payrail::webhook::run_dispatcher(pool.clone(), clock, stopped));
+    let task = tokio::spawn(payrail::webhook::run_dispatcher(pool.clone(), clock, true, stopped));
     h.invoice(&m).await;
     let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
     while rx.hits().is_empty() && std::time::Instant::now() < deadline {

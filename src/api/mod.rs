@@ -57,6 +57,8 @@ pub struct AppState {
     pub payouts: Option<Arc<crate::payout::PayoutService>>,
     /// Reconciliation of the configured chains against the ledger.
     pub reconciler: Arc<crate::reconcile::Reconciler>,
+    /// Whether webhook endpoints may be on loopback hosts (`[webhooks] allow_loopback`).
+    pub webhooks_allow_loopback: bool,
 }
 
 #[derive(Debug, Clone, Copy)]

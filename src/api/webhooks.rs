@@ -101,6 +101,7 @@ pub async fn create_endpoint(
         &request.url,
         request.events.as_deref(),
         state.clock.now(),
+        state.webhooks_allow_loopback,
     )
     .await?;
     let body = CreatedEndpointBody { secret: created.secret, endpoint: created.endpoint };

@@ -25,6 +25,7 @@ mod payouts;
 mod policy;
 mod sections;
 mod url;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub use chain::{
 pub use env::{ENV_CONFIG_PATH, ENV_DATABASE_URL, ENV_PREFIX, ENV_SEPARATOR};
 pub use error::{ConfigError, InvalidKey, Result};
 pub use policy::{ConfirmationPolicy, ConfirmationTier, CONFIRMATIONS_MAX};
+pub use webhooks::WebhooksConfig;
 pub use payouts::{PayoutsConfig, FEE_BUMP_BPS_MIN, RECIPIENTS_PER_BATCH_LIMIT};
 pub use sections::{
     CardCheckout, DatabaseConfig, InvoicesConfig, LogConfig, LogFormat, RateFeed, RatesConfig, SecretString,
@@ -68,6 +70,8 @@ pub struct Config {
     pub stripe: StripeConfig,
     /// Creator payouts: schedule, threshold and transaction limits.
     pub payouts: PayoutsConfig,
+    /// Outbound webhooks.
+    pub webhooks: WebhooksConfig,
     chains_dir: PathBuf,
     chains: Vec<ChainSpec>,
 }
@@ -98,6 +102,8 @@ struct ConfigFile {
     stripe: sections::StripeFile,
     #[serde(default)]
     payouts: PayoutsConfig,
+    #[serde(default)]
+    webhooks: WebhooksConfig,
 }
 
 /// `[chains]`: `dir` plus one `[chains.<name>]` table per chain to enable.
@@ -214,6 +220,7 @@ impl Config {
             log,
             stripe,
             payouts,
+            webhooks: raw.webhooks,
             chains_dir,
             chains,
         })

@@ -133,6 +133,9 @@ fn shipped_configuration_is_the_loopback_dev_stack() {
     assert_eq!(config.rates.feed, RateFeed::Fixed);
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.log.filter, "info,electrum_client=warn");
+    // The dev stack's webhook receivers are on loopback; production leaves this off.
+    assert!(config.webhooks.allow_loopback);
+    assert!(!super::WebhooksConfig::default().allow_loopback);
     assert_eq!(config.chains_dir(), Path::new(REPO).join("chains"));
 
     let endpoints: Vec<(&str, Vec<&str>)> = config

@@ -17,12 +17,13 @@ use sqlx::{PgPool, Row};
 
 use crate::ids::new_id;
 use crate::invoice::{self, InvoiceStatus, InvoiceView};
-use crate::ledger::{AccountCode, Ledger};
+use crate::ledger::{AccountCode, Ledger, Side};
 use crate::money::{Amount, Fiat};
 
 use super::client::{stripe_amount, NewRefund};
 use super::error::{Result, StripeError};
 use super::returns;
+use super::reversal::reversal_delta;
 use super::{CardRail, METADATA_INVOICE_ID};
 
 /// The reasons Stripe knows.
@@ -144,23 +145,6 @@ pub async fn refund_invoice(
             fiat.code()
         )));
     }
-    // The merchant's side of the reversal must be covered: a refund is never made that the ledger
-    // would then refuse.
-    let asset = fiat.ledger_asset();
-    let owed = ledger.balance(&mut tx, &AccountCode::merchant(merchant_id), &asset).await?;
-    let applied_here: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM payments WHERE invoice_id = $1 AND applied_to = 'invoice' AND tx_ref LIKE 'stripe:%'",
-    )
-    .bind(invoice_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if applied_here > 0 && (owed.is_negative() || owed.magnitude() < wanted) {
-        return Err(refused(format!(
-            "the merchant's {} balance ({}) does not cover the refund",
-            fiat.code(),
-            owed.magnitude().to_decimal_string(fiat.minor_units())
-        )));
-    }
     let mut left = wanted;
     let mut planned = Vec::new();
     for payment in &payments {
@@ -197,6 +181,36 @@ pub async fn refund_invoice(
             payment_id: payment.payment_id.clone(),
             amount: part,
         });
+    }
+    // Every guarded account the reversals take from must cover its part of them: the merchant's
+    // share, each creator's (a split payment credited them too) or the unapplied balance. A refund
+    // is never made that the ledger would then refuse.
+    let asset = fiat.ledger_asset();
+    let mut taken: BTreeMap<AccountCode, Amount> = BTreeMap::new();
+    for plan in &planned {
+        let Some(payment) = payments.iter().find(|p| p.payment_intent_id == plan.payment_intent_id) else { continue };
+        let pending = pending_by_payment.get(&payment.payment_intent_id).copied().unwrap_or(Amount::ZERO);
+        let before = payment.returned().checked_add(pending).unwrap_or(Amount::MAX);
+        let after = before.checked_add(plan.amount).unwrap_or(Amount::MAX);
+        let original = ledger.entry(&mut tx, payment.ledger_entry_id).await?;
+        for posting in reversal_delta(&original.postings, before, after, payment.amount) {
+            if posting.side == Side::Debit && posting.asset == asset && posting.account.is_non_negative() {
+                let sum = taken.entry(posting.account).or_insert(Amount::ZERO);
+                *sum = sum.checked_add(posting.amount).unwrap_or(Amount::MAX);
+            }
+        }
+    }
+    for (account, amount) in &taken {
+        let owed = ledger.balance(&mut tx, account, &asset).await?;
+        if owed.is_negative() || owed.magnitude() < *amount {
+            let whose = if *account == AccountCode::merchant(merchant_id) { "the merchant's".to_owned() } else { account.to_string() };
+            return Err(refused(format!(
+                "{whose} {} balance ({}) does not cover its share of the refund ({})",
+                fiat.code(),
+                owed.magnitude().to_decimal_string(fiat.minor_units()),
+                amount.to_decimal_string(fiat.minor_units())
+            )));
+        }
     }
     tx.commit().await?;
 

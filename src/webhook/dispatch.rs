@@ -75,6 +75,8 @@ pub struct DispatchConfig {
     pub endpoints_per_pass: usize,
     pub deliveries_per_endpoint_per_pass: usize,
     pub concurrency: usize,
+    /// Deliver to loopback addresses (the dev stack and tests only).
+    pub allow_loopback: bool,
 }
 
 impl Default for DispatchConfig {
@@ -87,6 +89,7 @@ impl Default for DispatchConfig {
             endpoints_per_pass: ENDPOINTS_PER_PASS_DEFAULT,
             deliveries_per_endpoint_per_pass: DELIVERIES_PER_ENDPOINT_PER_PASS_DEFAULT,
             concurrency: CONCURRENCY_DEFAULT,
+            allow_loopback: false,
         }
     }
 }
@@ -187,17 +190,20 @@ pub struct Dispatcher {
 }
 
 /// Resolves endpoint host names and keeps only addresses an endpoint may use (public ones, and
-/// loopback for the dev stack), at the moment of connecting: a name that resolves to an internal
-/// address, even after the endpoint was accepted, reaches nothing inside.
-struct PublicOnly;
+/// loopback when allowed for the dev stack), at the moment of connecting: a name that resolves to
+/// an internal address, even after the endpoint was accepted, reaches nothing inside.
+struct PublicOnly {
+    allow_loopback: bool,
+}
 
 impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
+        let allow_loopback = self.allow_loopback;
         Box::pin(async move {
             let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<std::net::SocketAddr> =
-                found.into_iter().filter(|addr| super::endpoint::check_ip(addr.ip()).is_ok()).collect();
+                found.into_iter().filter(|addr| super::endpoint::check_ip(addr.ip(), allow_loopback).is_ok()).collect();
             if allowed.is_empty() {
                 let refused: Box<dyn std::error::Error + Send + Sync> =
                     format!("{host} resolves only to internal addresses").into();
@@ -216,7 +222,7 @@ impl Dispatcher {
             .connect_timeout(StdDuration::from_millis(config.connect_timeout_ms.min(config.timeout_ms)))
             // A redirect is an answer like any other non-2xx: the endpoint's URL is what the merchant set.
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PublicOnly))
+            .dns_resolver(Arc::new(PublicOnly { allow_loopback: config.allow_loopback }))
             .build()
             .map_err(WebhookError::Client)?;
         Ok(Self { pool, clock, client, config })
@@ -634,8 +640,14 @@ async fn release(mut lock: sqlx::PgConnection) {
 
 /// The dispatcher of `payrail serve`, with the default limits: runs until `shutdown` turns true.
 /// Errors are logged; it never panics and never returns early while it can still work.
-pub async fn run_dispatcher(pool: PgPool, clock: Arc<dyn Clock>, shutdown: tokio::sync::watch::Receiver<bool>) {
-    let dispatcher = match Dispatcher::new(pool, clock, DispatchConfig::default()) {
+pub async fn run_dispatcher(
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    allow_loopback: bool,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let config = DispatchConfig { allow_loopback, ..DispatchConfig::default() };
+    let dispatcher = match Dispatcher::new(pool, clock, config) {
         Ok(dispatcher) => dispatcher,
         Err(error) => {
             tracing::error!(target: "webhook", %error, "webhook dispatcher not started; events stay in the outbox");
@@ -704,11 +716,14 @@ mod resolver_tests {
 
     #[tokio::test]
     async fn names_resolving_to_internal_addresses_reach_nothing() {
-        let internal = PublicOnly.resolve(Name::from_str("10.1.2.3").expect("name")).await;
+        let dev = PublicOnly { allow_loopback: true };
+        let internal = dev.resolve(Name::from_str("10.1.2.3").expect("name")).await;
         assert!(internal.is_err(), "a private address is refused");
-        let metadata = PublicOnly.resolve(Name::from_str("169.254.169.254").expect("name")).await;
+        let metadata = dev.resolve(Name::from_str("169.254.169.254").expect("name")).await;
         assert!(metadata.is_err(), "a link-local (metadata service) address is refused");
-        let loopback = PublicOnly.resolve(Name::from_str("127.0.0.1").expect("name")).await.expect("loopback allowed");
+        let loopback = dev.resolve(Name::from_str("127.0.0.1").expect("name")).await.expect("loopback allowed");
         assert!(loopback.into_iter().all(|a| a.ip().is_loopback()));
+        let production = PublicOnly { allow_loopback: false };
+        assert!(production.resolve(Name::from_str("localhost").expect("name")).await.is_err(), "loopback refused");
     }
 }

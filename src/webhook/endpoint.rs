@@ -66,11 +66,12 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> WebhookError {
     WebhookError::Invalid { field, reason: reason.into() }
 }
 
-/// Checks and normalizes an endpoint URL: `https`, or `http` to a loopback host (the dev stack and
-/// tests); a host name or a public IP address; no credentials in the URL; at most
-/// [`URL_LEN_MAX`] bytes. A literal private, link-local or unspecified address is refused, so an
-/// endpoint cannot point the dispatcher at the operator's internal network.
-pub fn validate_url(raw: &str) -> Result<Url> {
+/// Checks and normalizes an endpoint URL: `https`, or `http` to a loopback host when
+/// `allow_loopback` (the dev stack and tests); a host name or a public IP address; no credentials in
+/// the URL; at most [`URL_LEN_MAX`] bytes. A literal private, link-local or unspecified address is
+/// refused, and loopback unless allowed, so an endpoint cannot point the dispatcher at the
+/// operator's own host or internal network.
+pub fn validate_url(raw: &str, allow_loopback: bool) -> Result<Url> {
     if raw.is_empty() || raw.len() > URL_LEN_MAX {
         return Err(invalid("url", format!("must be 1..={URL_LEN_MAX} bytes")));
     }
@@ -78,9 +79,12 @@ pub fn validate_url(raw: &str) -> Result<Url> {
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("url", "must name a host"))?;
     // An IPv6 literal comes bracketed; IPv4 literals are already in dotted form after parsing.
     let loopback = match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-        Ok(ip) => check_ip(ip)?,
+        Ok(ip) => check_ip(ip, allow_loopback)?,
         Err(_) => host.eq_ignore_ascii_case("localhost"),
     };
+    if loopback && !allow_loopback {
+        return Err(invalid("url", format!("{host} is this daemon's own host")));
+    }
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}
@@ -96,16 +100,17 @@ pub fn validate_url(raw: &str) -> Result<Url> {
     Ok(url)
 }
 
-/// Whether `ip` is loopback; an error for addresses an endpoint may not use.
-pub(crate) fn check_ip(ip: IpAddr) -> Result<bool> {
+/// Whether `ip` is loopback; an error for addresses an endpoint may not use (loopback too, unless
+/// `allow_loopback`).
+pub(crate) fn check_ip(ip: IpAddr, allow_loopback: bool) -> Result<bool> {
     let refused = match ip {
         IpAddr::V4(v4) => is_internal_v4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => return check_ip(IpAddr::V4(v4)),
+            Some(v4) => return check_ip(IpAddr::V4(v4), allow_loopback),
             None => is_internal_v6(v6),
         },
     };
-    if refused {
+    if refused || (ip.is_loopback() && !allow_loopback) {
         return Err(invalid("url", format!("address {ip} is not reachable from the internet")));
     }
     Ok(ip.is_loopback())
@@ -176,8 +181,9 @@ pub async fn create_endpoint(
     url: &str,
     events: Option<&[String]>,
     now: DateTime<Utc>,
+    allow_loopback: bool,
 ) -> Result<CreatedEndpoint> {
-    let url = validate_url(url)?;
+    let url = validate_url(url, allow_loopback)?;
     let events = validate_events(events)?;
     let mut tx = pool.begin().await?;
     // Serializes endpoint creation per merchant, so the limit holds under concurrent requests.
@@ -275,8 +281,13 @@ mod tests {
             "http://[::1]:8080/",
             "https://8.8.8.8/hook",
         ] {
-            assert!(validate_url(ok).is_ok(), "{ok}");
+            assert!(validate_url(ok, true).is_ok(), "{ok}");
         }
+        // In production loopback is this daemon's own host: refused.
+        for own in ["http://127.0.0.1:9000/hook", "http://localhost/hook", "https://[::1]:8080/", "https://127.0.0.2/"] {
+            assert!(matches!(validate_url(own, false), Err(WebhookError::Invalid { field: "url", .. })), "{own}");
+        }
+        assert!(validate_url("https://hooks.example.com/payrail", false).is_ok());
         let too_long = format!("https://example.com/{}", "a".repeat(URL_LEN_MAX));
         for bad in [
             "",
@@ -295,7 +306,7 @@ mod tests {
             "http://8.8.8.8/hook",
             too_long.as_str(),
         ] {
-            assert!(matches!(validate_url(bad), Err(WebhookError::Invalid { field: "url", .. })), "{bad}");
+            assert!(matches!(validate_url(bad, true), Err(WebhookError::Invalid { field: "url", .. })), "{bad}");
         }
     }
 
