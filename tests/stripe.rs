@@ -695,3 +695,33 @@ async fn refund_webhooks_on_a_split_invoice_reverse_each_share_and_end_at_zero(p
     assert_eq!(server.show(&id).await["status"], "refunded");
     assert_eq!(server.assert_entries_balance(pi).await.len(), 3);
 }
+
+#[sqlx::test]
+async fn a_refund_is_refused_when_a_creator_no_longer_holds_its_share(pool: PgPool) {
+    let server = start(pool).await;
+    server.subscribe().await;
+    let cr = server.creator("Ada").await;
+    let id = server
+        .invoice_with("33.39", json!({ "splits": [{ "creator": cr, "bps": 7000 }], "platform_fee_bps": 500 }))
+        .await;
+    let (_, attempt) = server.pay_by_card(&id, "pm_card_visa").await;
+    assert_eq!(attempt["status"], "succeeded", "{attempt}");
+    let pi = attempt["payment_intent"].as_str().expect("payment intent").to_owned();
+    server.wait_status(&id, "paid").await;
+    // The creator's 23.37 leaves its account (paid out): 0.37 is left, less than its 7.01 share of a
+    // 10.00 refund, which the ledger would refuse. Refused before Stripe is asked.
+    let paid_out = common::transfer("creator-paid-out", AccountCode::creator(&cr), AccountCode::stripe(Fiat::USD), USD, 2300);
+    server.state.ledger.post_now(&paid_out).await.expect("paid out");
+    let (status, error) = server.refund(&id, json!({ "amount": "10.00" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "refund_refused");
+    assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains(&cr) && m.contains("(7.01)")), "{error}");
+    let (_, charge) = ls_get(&format!("/v1/payment_intents/{pi}")).await;
+    assert_eq!(charge["latest_charge"]["amount_refunded"], 0, "{charge}");
+    // What the creator still covers goes through: 0.50 takes floor(2337 × 50 / 3339) = 34, plus the
+    // 2 cents of dust (the creator's is the largest credit) = 0.36 of its 0.37.
+    let (status, refund) = server.refund(&id, json!({ "amount": "0.50" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{refund}");
+    assert_eq!(server.balance(&AccountCode::creator(&cr)).await, "1");
+    server.assert_entries_balance(&pi).await;
+}

@@ -3,8 +3,9 @@
 //! A refund or a dispute takes back `returned` of a payment of `whole`: each posting of the
 //! payment's entry is taken back in proportion. Per asset and side, the amount taken back is
 //! `floor(side total × returned / whole)`; each posting gets `floor(amount × returned / whole)` and
-//! the rounding dust goes to the largest posting of its side (the merchant's share, before a
-//! creator's or the platform's), so both sides stay equal and the entry balances.
+//! the rounding dust goes to the largest posting of its side (usually the merchant's share; on an
+//! invoice whose creators take more than the merchant, the largest creator's), so both sides stay
+//! equal and the entry balances.
 //!
 //! Shares are always computed for the cumulative amount returned, and an entry posts the change
 //! from the previous cumulative amount. So a payment refunded in several parts is reversed, in
