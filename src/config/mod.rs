@@ -49,7 +49,7 @@ pub use env::{ENV_CONFIG_PATH, ENV_DATABASE_URL, ENV_PREFIX, ENV_SEPARATOR};
 pub use error::{ConfigError, InvalidKey, Result};
 pub use policy::{ConfirmationPolicy, ConfirmationTier, CONFIRMATIONS_MAX};
 pub use webhooks::WebhooksConfig;
-pub use payouts::{PayoutsConfig, FEE_BUMP_BPS_MIN, RECIPIENTS_PER_BATCH_LIMIT};
+pub use payouts::{FeeCaps, PayoutsConfig, FEE_BUMP_BPS_MIN, RECIPIENTS_PER_BATCH_LIMIT};
 pub use sections::{
     CardCheckout, DatabaseConfig, InvoicesConfig, LogConfig, LogFormat, RateFeed, RatesConfig, SecretString,
     ServerConfig, StripeConfig, ENV_STRIPE_SECRET_KEY, ENV_STRIPE_WEBHOOK_SECRET,

@@ -3,6 +3,8 @@
 //! Fee caps are wei amounts written as decimal strings (they do not fit every integer TOML reader);
 //! a cap is a hard limit: a batch waits rather than pay more gas than the operator allowed.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer};
 
 use crate::money::Amount;
@@ -39,6 +41,19 @@ pub struct PayoutsConfig {
     pub fee_bump_bps: u32,
     /// How often open batches are advanced.
     pub poll_interval_ms: u64,
+    /// Fee caps of one chain (by name), replacing the two above there: gas prices differ by orders
+    /// of magnitude between chains (Polygon refuses tips under 25 gwei; BSC runs at a few).
+    pub chains: BTreeMap<String, FeeCaps>,
+}
+
+/// `[payouts.chains.<name>]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeeCaps {
+    #[serde(deserialize_with = "wei")]
+    pub max_fee_per_gas_wei_max: Amount,
+    #[serde(deserialize_with = "wei")]
+    pub priority_fee_per_gas_wei_max: Amount,
 }
 
 impl Default for PayoutsConfig {
@@ -53,6 +68,7 @@ impl Default for PayoutsConfig {
             replace_after_s: 180,
             fee_bump_bps: 1_250,
             poll_interval_ms: 2_000,
+            chains: BTreeMap::new(),
         }
     }
 }
@@ -80,11 +96,9 @@ impl PayoutsConfig {
         if self.gas_per_batch_max < 100_000 {
             return Err(InvalidKey::new("gas_per_batch_max", "expected at least 100000 gas"));
         }
-        if self.max_fee_per_gas_wei_max.is_zero() {
-            return Err(InvalidKey::new("max_fee_per_gas_wei_max", "expected more than 0 wei"));
-        }
-        if self.priority_fee_per_gas_wei_max > self.max_fee_per_gas_wei_max {
-            return Err(InvalidKey::new("priority_fee_per_gas_wei_max", "must not exceed max_fee_per_gas_wei_max"));
+        check_caps(&self.caps_default(), "")?;
+        for (chain, caps) in &self.chains {
+            check_caps(caps, &format!("chains.{chain}."))?;
         }
         if !(FEE_BUMP_BPS_MIN..=10_000).contains(&self.fee_bump_bps) {
             return Err(InvalidKey::new(
@@ -96,6 +110,33 @@ impl PayoutsConfig {
             return Err(InvalidKey::new("poll_interval_ms", "expected more than 0"));
         }
         Ok(self)
+    }
+}
+
+fn check_caps(caps: &FeeCaps, prefix: &str) -> Result<(), InvalidKey> {
+    if caps.max_fee_per_gas_wei_max.is_zero() {
+        return Err(InvalidKey::new(format!("{prefix}max_fee_per_gas_wei_max"), "expected more than 0 wei"));
+    }
+    if caps.priority_fee_per_gas_wei_max > caps.max_fee_per_gas_wei_max {
+        return Err(InvalidKey::new(
+            format!("{prefix}priority_fee_per_gas_wei_max"),
+            "must not exceed max_fee_per_gas_wei_max",
+        ));
+    }
+    Ok(())
+}
+
+impl PayoutsConfig {
+    fn caps_default(&self) -> FeeCaps {
+        FeeCaps {
+            max_fee_per_gas_wei_max: self.max_fee_per_gas_wei_max,
+            priority_fee_per_gas_wei_max: self.priority_fee_per_gas_wei_max,
+        }
+    }
+
+    /// The fee caps on the chain named `chain`: its own table, else the defaults.
+    pub fn fee_caps(&self, chain: &str) -> FeeCaps {
+        self.chains.get(chain).cloned().unwrap_or_else(|| self.caps_default())
     }
 }
 
@@ -123,5 +164,16 @@ mod tests {
         assert!(parse("max_fee_per_gas_wei_max = \"1.5\"").is_err());
         assert!(parse("priority_fee_per_gas_wei_max = \"9\"\nmax_fee_per_gas_wei_max = \"8\"").is_err());
         assert!(parse("unknown = 1").is_err());
+        assert!(parse("[chains.polygon]\nmax_fee_per_gas_wei_max = \"8\"\npriority_fee_per_gas_wei_max = \"9\"").is_err());
+    }
+
+    #[test]
+    fn a_chain_may_have_its_own_fee_caps() {
+        let config = parse(
+            "[chains.polygon]\nmax_fee_per_gas_wei_max = \"2000000000000\"\npriority_fee_per_gas_wei_max = \"200000000000\"",
+        )
+        .expect("valid");
+        assert_eq!(config.fee_caps("polygon").priority_fee_per_gas_wei_max, Amount::from_u64(200_000_000_000));
+        assert_eq!(config.fee_caps("bsc"), config.caps_default());
     }
 }

@@ -264,8 +264,9 @@ impl PayoutSender {
             let reason = format!("needs {gas_limit} gas, more than gas_per_batch_max {}", self.config.gas_per_batch_max);
             return self.fail(batch, &reason, None).await.map(Prepared::Final);
         }
-        let fee_cap = u128_of(self.config.max_fee_per_gas_wei_max);
-        let tip_cap = u128_of(self.config.priority_fee_per_gas_wei_max);
+        let caps = self.config.fee_caps(&self.chain.name);
+        let fee_cap = u128_of(caps.max_fee_per_gas_wei_max);
+        let tip_cap = u128_of(caps.priority_fee_per_gas_wei_max);
         let estimate = provider.estimate_eip1559_fees().await.map_err(|e| self.rpc_error(e))?;
         let mut tip = estimate.max_priority_fee_per_gas.min(tip_cap);
         let mut max_fee = estimate.max_fee_per_gas;
