@@ -25,6 +25,9 @@ CREATE TABLE payout_batches (
     gas_fee_minor  NUMERIC(78, 0) CHECK (gas_fee_minor >= 0),
     -- Why the batch waits or failed, for people.
     error          TEXT,
+    -- The tip when the batch's nonce was first seen used by another transaction: the batch counts as
+    -- dropped only once that is as deep as a payout must be to settle.
+    nonce_lost_at  BIGINT,
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     sent_at        TIMESTAMPTZ,

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy::network::EthereumWallet;
+use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
 use alloy::primitives::{Address, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
@@ -271,6 +271,66 @@ async fn micro_earnings_stay_until_they_add_up(pool: PgPool) {
     assert_eq!(summary.created[0].total_minor, "10500000");
     assert_eq!(summary.skipped.len(), 1);
     assert_eq!(rig.balance(&AccountCode::creator(&rig.creators[1].0), &polygon.usdc()).await, SignedAmount::positive(Amount::from_u64(3_000_000)));
+}
+
+/// Two transactions for one batch got out (two executors after a lost lock): one pays, the other
+/// reverts with `BatchAlreadyPaid`. The paying receipt wins and the batch settles; the reverted one
+/// never returns the balances (which would pay the creators twice).
+#[sqlx::test]
+async fn a_reverted_second_transaction_does_not_fail_a_paid_batch(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let rig = rig(pool, &[&polygon]).await;
+    polygon.fund_batcher(100_000_000).await;
+    rig.paid_invoice(&polygon, 20_000_000).await;
+    let batch_id = rig.service(&[&polygon], config()).run(&RunRequest::default()).await.expect("run").created[0].id.clone();
+    let sender = rig.sender(&polygon, config());
+    let batch = store::open_batches(&rig.state.pool, &polygon.spec.caip2).await.expect("open").remove(0);
+    let Progress::Pending { .. } = sender.advance(&batch).await.expect("send") else { panic!("not sent") };
+    // A second executor signed its own transaction for the same batch (the next nonce), stored it
+    // and sent it.
+    let hot: PrivateKeySigner = DEV_DEPLOYER_KEY.parse().expect("key");
+    let provider = ProviderBuilder::new().connect_http(polygon.url());
+    let nonce = provider.get_transaction_count(hot.address()).pending().await.expect("nonce");
+    let call = PayoutBatcher::payoutCall {
+        batchId: batch.batch_key,
+        token: batch.token,
+        recipients: batch.items.iter().map(|i| i.address).collect(),
+        amounts: batch.items.iter().map(|i| i.amount.as_u256()).collect(),
+    };
+    let envelope = TransactionRequest::default()
+        .with_from(hot.address())
+        .with_to(batch.batcher)
+        .with_input(alloy::sol_types::SolCall::abi_encode(&call))
+        .with_nonce(nonce)
+        .with_gas_limit(400_000)
+        .with_max_fee_per_gas(100_000_000_000)
+        .with_max_priority_fee_per_gas(1_000_000_000)
+        .with_chain_id(137)
+        .build(&EthereumWallet::from(hot.clone()))
+        .await
+        .expect("signed");
+    let raw = alloy::eips::eip2718::Encodable2718::encoded_2718(&envelope);
+    let second = store::Attempt {
+        tx_hash: *envelope.tx_hash(),
+        sender: hot.address(),
+        nonce,
+        gas_limit: 400_000,
+        max_fee_per_gas: 100_000_000_000,
+        max_priority_fee_per_gas: 1_000_000_000,
+        raw_tx: raw.clone(),
+        created_at: rig.state.clock.now(),
+    };
+    store::record_attempt(&rig.state.pool, &batch.id, &second, rig.state.clock.now()).await.expect("stored");
+    let receipt = provider.send_raw_transaction(&raw).await.expect("sent").get_receipt().await.expect("mined");
+    assert!(!receipt.status(), "the contract refuses a paid batch id");
+    let progress = drive_to_end(&polygon, &rig, &sender, &batch_id).await;
+    assert!(matches!(progress, Progress::Confirmed { .. }), "{progress:?}");
+    let usdc = polygon.usdc();
+    assert_eq!(rig.balance(&AccountCode::payouts_in_flight(), &usdc).await, SignedAmount::ZERO);
+    for (id, _, _) in &rig.creators {
+        assert_eq!(rig.balance(&AccountCode::creator(id), &usdc).await, SignedAmount::ZERO, "paid once, not returned");
+    }
+    assert_eq!(polygon.payout_events().await.len(), 2);
 }
 
 /// A crash after the transaction was signed and stored but before it was broadcast: the next pass

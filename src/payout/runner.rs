@@ -271,7 +271,14 @@ impl PayoutService {
                 continue;
             }
             let request = RunRequest { chain: Some(chain.name.clone()), asset: None };
-            created.extend(self.run(&request).await?.created);
+            // One chain's trouble (a dead endpoint) must not hold up the others' schedules.
+            match self.run(&request).await {
+                Ok(summary) => created.extend(summary.created),
+                Err(error) => {
+                    tracing::warn!(target: "payout", chain = %chain.name, %error, "scheduled payout run failed; retrying");
+                    continue;
+                }
+            }
             let mut conn = self.pool.acquire().await?;
             store::mark_scheduled_run(&mut conn, &chain.caip2, now).await?;
         }

@@ -40,6 +40,10 @@ use super::store::{self, Attempt, BatchRow, Mined};
 pub const GAS_HEADROOM_PERCENT: u64 = 20;
 /// How long one node call may take.
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
+/// How far back a batch's `BatchPaid` event is looked for when no stored attempt has a receipt.
+pub const BATCH_PAID_SEARCH_BLOCKS: u64 = 50_000;
+/// Blocks per `eth_getLogs` call (common providers refuse more than 2,000).
+pub const LOG_RANGE_BLOCKS: u64 = 2_000;
 
 /// Where a batch stands after [`PayoutSender::advance`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +180,11 @@ impl PayoutSender {
         let contract = PayoutBatcher::new(batch.batcher, &provider);
         let paid = contract.isBatchPaid(batch.batch_key).call().await.map_err(|e| self.rpc_error(e))?;
         if paid {
+            // Paid by a transaction none of the stored attempts names (or whose receipt this node
+            // does not have yet): find it by its `BatchPaid` event; never send again.
+            if let Some(receipt) = self.paying_receipt(&provider, batch).await? {
+                return self.on_receipt(&provider, batch, &receipt).await;
+            }
             let note = "paid on chain; waiting for the receipt of its transaction";
             store::note(&self.pool, &batch.id, Some(note), None).await?;
             return Ok(Progress::Waiting(note.to_owned()));
@@ -186,14 +195,44 @@ impl PayoutSender {
         }
     }
 
+    /// A receipt of any stored attempt; a successful one wins over a reverted one (a batch paid by
+    /// one transaction makes any other of its transactions revert with `BatchAlreadyPaid`).
     async fn any_receipt(&self, provider: &RootProvider<Ethereum>, attempts: &[Attempt]) -> Result<Option<TransactionReceipt>> {
+        let mut reverted = None;
         for attempt in attempts.iter().rev() {
             let receipt = provider.get_transaction_receipt(attempt.tx_hash).await.map_err(|e| self.rpc_error(e))?;
-            if receipt.is_some() {
-                return Ok(receipt);
+            match receipt {
+                Some(r) if r.status() => return Ok(Some(r)),
+                Some(r) => reverted = reverted.or(Some(r)),
+                None => {}
             }
         }
-        Ok(None)
+        Ok(reverted)
+    }
+
+    /// The receipt of the transaction whose `BatchPaid` event names this batch, searched over the
+    /// recent `BATCH_PAID_SEARCH_BLOCKS` blocks.
+    async fn paying_receipt(&self, provider: &RootProvider<Ethereum>, batch: &BatchRow) -> Result<Option<TransactionReceipt>> {
+        let tip = provider.get_block_number().await.map_err(|e| self.rpc_error(e))?;
+        let mut end = tip;
+        let floor = tip.saturating_sub(BATCH_PAID_SEARCH_BLOCKS);
+        loop {
+            let start = end.saturating_sub(LOG_RANGE_BLOCKS - 1).max(floor);
+            let filter = alloy::rpc::types::Filter::new()
+                .address(batch.batcher)
+                .event_signature(<PayoutBatcher::BatchPaid as alloy::sol_types::SolEvent>::SIGNATURE_HASH)
+                .topic1(batch.batch_key)
+                .from_block(start)
+                .to_block(end);
+            let logs = provider.get_logs(&filter).await.map_err(|e| self.rpc_error(e))?;
+            if let Some(hash) = logs.iter().find_map(|log| log.transaction_hash) {
+                return provider.get_transaction_receipt(hash).await.map_err(|e| self.rpc_error(e));
+            }
+            if start <= floor {
+                return Ok(None);
+            }
+            end = start - 1;
+        }
     }
 
     /// A transaction is out and unmined: rebroadcast, replace, or give the batch up as dropped.
@@ -211,8 +250,24 @@ impl PayoutSender {
             if let Some(receipt) = self.any_receipt(provider, attempts).await? {
                 return self.on_receipt(provider, batch, &receipt).await;
             }
+            // A reorg could still take the other transaction back and mine ours: the batch counts as
+            // dropped only once the loss is as deep as a payout must be to settle.
+            let tip = provider.get_block_number().await.map_err(|e| self.rpc_error(e))?;
+            let Some(lost_at) = batch.nonce_lost_at else {
+                store::mark_nonce_lost(&self.pool, &batch.id, Some(tip)).await?;
+                let note = format!("nonce {} was used by another transaction; waiting until that is final", last.nonce);
+                store::note(&self.pool, &batch.id, Some(&note), None).await?;
+                return Ok(Progress::Waiting(note));
+            };
+            if tip.saturating_sub(lost_at) + 1 < self.confirmations_required() {
+                return Ok(Progress::Waiting(format!("nonce {} lost at block {lost_at}; waiting until that is final", last.nonce)));
+            }
             let reason = format!("dropped: nonce {} was used by another transaction of {:#x}", last.nonce, last.sender);
             return self.fail(batch, &reason, None).await;
+        }
+        if batch.nonce_lost_at.is_some() {
+            // The other transaction was reorged away: ours can be mined again.
+            store::mark_nonce_lost(&self.pool, &batch.id, None).await?;
         }
         let age = self.clock.now() - last.created_at;
         let replace_after = ChronoDuration::seconds(i64::try_from(self.config.replace_after_s).unwrap_or(i64::MAX));
@@ -260,7 +315,7 @@ impl PayoutSender {
                 }
             },
         };
-        if gas_limit > self.config.gas_per_batch_max {
+        if replacing.is_none() && gas_limit > self.config.gas_per_batch_max {
             let reason = format!("needs {gas_limit} gas, more than gas_per_batch_max {}", self.config.gas_per_batch_max);
             return self.fail(batch, &reason, None).await.map(Prepared::Final);
         }
@@ -271,10 +326,14 @@ impl PayoutSender {
         let mut tip = estimate.max_priority_fee_per_gas.min(tip_cap);
         let mut max_fee = estimate.max_fee_per_gas;
         if let Some(previous) = replacing {
-            tip = tip.max(bumped(previous.max_priority_fee_per_gas, self.config.fee_bump_bps));
-            max_fee = max_fee.max(bumped(previous.max_fee_per_gas, self.config.fee_bump_bps));
-            if tip > tip_cap || max_fee > fee_cap {
-                let reason = format!("a replacement would exceed the fee caps (max fee {max_fee} wei, tip {tip} wei)");
+            // A valid replacement needs both fees raised by the bump; above that, follow the
+            // market up to the caps.
+            let tip_min = bumped(previous.max_priority_fee_per_gas, self.config.fee_bump_bps);
+            let fee_min = bumped(previous.max_fee_per_gas, self.config.fee_bump_bps);
+            tip = tip.max(tip_min).min(tip_cap);
+            max_fee = max_fee.max(fee_min).min(fee_cap);
+            if tip < tip_min || max_fee < fee_min {
+                let reason = format!("a replacement would exceed the fee caps (max fee {fee_min} wei, tip {tip_min} wei)");
                 store::note(&self.pool, &batch.id, Some(&reason), None).await?;
                 return Ok(Prepared::Final(Progress::Waiting(reason)));
             }
@@ -396,13 +455,20 @@ impl PayoutSender {
         };
         let gas_fee = Amount::from_u256(U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price));
         let mined = Mined { tx_hash, block_number, block_hash, gas_fee };
-        if !receipt.status() {
-            return self.fail(batch, &format!("transaction {tx_hash:#x} reverted"), Some(&mined)).await;
-        }
-        self.check_events(batch, receipt)?;
         let tip = provider.get_block_number().await.map_err(|e| self.rpc_error(e))?;
         let confirmations = tip.saturating_sub(block_number) + 1;
         let required = self.confirmations_required();
+        if !receipt.status() {
+            // A reverted transaction in a block a reorg can still take back may be mined again,
+            // in another order, and succeed: the batch fails only once the revert is as deep as a
+            // payout must be to settle.
+            if confirmations < required {
+                store::note(&self.pool, &batch.id, Some("its transaction reverted; waiting until that is final"), None).await?;
+                return Ok(Progress::Mined { tx_hash, confirmations, required });
+            }
+            return self.fail(batch, &format!("transaction {tx_hash:#x} reverted"), Some(&mined)).await;
+        }
+        self.check_events(batch, receipt)?;
         let finalized = if self.chain.has_finality_tag(FinalityTag::Finalized) && confirmations < required {
             provider
                 .get_block_by_number(BlockNumberOrTag::Finalized)
@@ -458,7 +524,21 @@ impl PayoutSender {
         Ok(())
     }
 
+    /// Gives the batch up and returns the balances — unless the contract says the batch id was paid,
+    /// whatever this node told us about receipts and nonces: then it waits for the paying receipt.
     async fn fail(&self, batch: &BatchRow, reason: &str, mined: Option<&Mined>) -> Result<Progress> {
+        let provider = self.provider().await?;
+        let paid = PayoutBatcher::new(batch.batcher, &provider)
+            .isBatchPaid(batch.batch_key)
+            .call()
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        if paid {
+            let note = format!("not failed ({reason}): the contract says this batch is paid");
+            tracing::error!(target: "payout", batch = %batch.id, %reason, "batch looked failed but is paid on chain");
+            store::note(&self.pool, &batch.id, Some(&note), None).await?;
+            return Ok(Progress::Waiting(note));
+        }
         let native = self.chain.native_asset_id().to_string();
         store::fail(&self.pool, &self.ledger, batch, &self.chain.caip2, &native, reason, mined, self.clock.now()).await?;
         tracing::warn!(target: "payout", batch = %batch.id, %reason, "payout failed; balances returned to the creators");

@@ -87,6 +87,8 @@ pub struct BatchRow {
     pub status: String,
     pub total: Amount,
     pub items: Vec<ItemRow>,
+    /// The tip when its nonce was first seen taken by another transaction.
+    pub nonce_lost_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,7 +375,8 @@ pub async fn creator_payouts(pool: &PgPool, creator_id: &str, limit: i64) -> Res
 /// The open batches of a chain, oldest first.
 pub async fn open_batches(pool: &PgPool, chain: &ChainId) -> Result<Vec<BatchRow>> {
     let rows = sqlx::query(
-        "SELECT id, chain, asset, token, batcher, batch_key, status, total_minor::text AS total FROM payout_batches \
+        "SELECT id, chain, asset, token, batcher, batch_key, status, total_minor::text AS total, nonce_lost_at \
+         FROM payout_batches \
          WHERE chain = $1 AND status IN ('created', 'sent') ORDER BY created_at, id",
     )
     .bind(chain.to_string())
@@ -408,6 +411,7 @@ pub async fn open_batches(pool: &PgPool, chain: &ChainId) -> Result<Vec<BatchRow
             batch_key: key.parse().map_err(|_| corrupt(key.clone()))?,
             status: row.try_get("status")?,
             total: amount(&row.try_get::<String, _>("total")?)?,
+            nonce_lost_at: row.try_get::<Option<i64>, _>("nonce_lost_at")?.and_then(|h| u64::try_from(h).ok()),
             id,
             items,
         });
@@ -497,6 +501,19 @@ pub async fn record_attempt(pool: &PgPool, batch_id: &str, attempt: &Attempt, no
     Ok(())
 }
 
+/// Records (or, with `None`, clears) when the batch's nonce was first seen used by another
+/// transaction.
+pub async fn mark_nonce_lost(pool: &PgPool, batch_id: &str, tip: Option<u64>) -> Result<()> {
+    sqlx::query(
+        "UPDATE payout_batches SET nonce_lost_at = $2, updated_at = now() WHERE id = $1 AND status IN ('created', 'sent')",
+    )
+    .bind(batch_id)
+    .bind(tip.map(i64_of))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Forgets a transaction every node refused: it can never be mined.
 pub async fn forget_attempt(pool: &PgPool, tx_hash: B256) -> Result<()> {
     sqlx::query("DELETE FROM payout_attempts WHERE tx_hash = $1").bind(format!("{tx_hash:#x}")).execute(pool).await?;
@@ -538,8 +555,8 @@ async fn finish(
     now: DateTime<Utc>,
 ) -> Result<bool> {
     let moved = sqlx::query(
-        "UPDATE payout_batches SET status = $2, tx_hash = COALESCE($3, tx_hash), block_number = COALESCE($4, block_number), \
-         block_hash = COALESCE($5, block_hash), gas_fee_minor = $6::numeric, error = $7, finished_at = $8, updated_at = $8 \
+        "UPDATE payout_batches SET status = $2, tx_hash = $3, block_number = $4, \
+         block_hash = $5, gas_fee_minor = $6::numeric, error = $7, finished_at = $8, updated_at = $8 \
          WHERE id = $1 AND status IN ('created', 'sent')",
     )
     .bind(batch_id)

@@ -15,6 +15,8 @@ use super::model::{ItemKind, LedgerMovement};
 pub struct Booked {
     pub movement: LedgerMovement,
     pub created_at: DateTime<Utc>,
+    /// For a payout: the block its batch was recorded as mined in.
+    pub mined_in: Option<u64>,
 }
 
 /// Entries on `assets:chain:{chain}` booked at or after `since` that are not reversals and were not
@@ -22,7 +24,8 @@ pub struct Booked {
 /// wallet's costs, not money of customers.
 pub async fn movements(conn: &mut PgConnection, chain: &ChainId, since: DateTime<Utc>) -> Result<Vec<Booked>> {
     let rows = sqlx::query(
-        "SELECT e.id, e.idempotency_key, e.created_at, p.asset, p.amount::text AS amount, b.batch_key \
+        "SELECT e.id, e.idempotency_key, e.created_at, p.asset, p.amount::text AS amount, b.batch_key, \
+                b.block_number AS batch_block \
          FROM journal_entries e \
          JOIN postings p ON p.entry_id = e.id \
          JOIN accounts a ON a.id = p.account_id AND a.code = $1 \
@@ -63,6 +66,7 @@ pub async fn movements(conn: &mut PgConnection, chain: &ChainId, since: DateTime
                 amount: magnitude,
             },
             created_at: row.try_get("created_at")?,
+            mined_in: row.try_get::<Option<i64>, _>("batch_block")?.and_then(|b| u64::try_from(b).ok()),
         });
     }
     Ok(out)

@@ -207,6 +207,8 @@ impl Reconciler {
         let mut conn = self.pool.acquire().await?;
         let booked = ledger_side::movements(&mut conn, &spec.caip2, starts - Duration::seconds(CLOCK_SKEW_S)).await?;
         let booked_at: BTreeMap<i64, DateTime<Utc>> = booked.iter().map(|b| (b.movement.entry_id, b.created_at)).collect();
+        let mined_in: BTreeMap<i64, u64> =
+            booked.iter().filter_map(|b| b.mined_in.map(|m| (b.movement.entry_id, m))).collect();
         let in_window = |entry_id: i64| booked_at.get(&entry_id).is_some_and(|at| *at >= starts && *at < ends);
         let (sweeps, observations): (Vec<ChainObservation>, Vec<ChainObservation>) =
             observations.into_iter().partition(|o| o.kind == ItemKind::Sweep);
@@ -232,7 +234,11 @@ impl Reconciler {
                                     Some(unexplained(&movement, Category::MissingOnChain, "the deposit address's balance did not grow by it"))
                                 }
                             }
-                            _ => None,
+                            Some(_) => None,
+                            None if in_window(movement.entry_id) => {
+                                Some(unexplained(&movement, Category::MissingOnChain, "no payment record for this balance credit"))
+                            }
+                            None => None,
                         }
                     } else {
                         let tx_hash = tx_ref.strip_prefix(&format!("{caip2}:")).and_then(|rest| rest.split(':').next()).unwrap_or("");
@@ -266,6 +272,20 @@ impl Reconciler {
                             },
                         }
                     }
+                }
+                // A payout belongs to the range its batch was mined in (settlement comes
+                // confirmations later, possibly past the range's end).
+                ItemKind::Payout if mined_in.contains_key(&movement.entry_id) => {
+                    let block = mined_in.get(&movement.entry_id).copied().unwrap_or(0);
+                    range.contains(&block).then(|| {
+                        let mut item = unexplained(
+                            &movement,
+                            Category::MissingOnChain,
+                            format!("settled as mined in block {block}, no PayoutSent events there"),
+                        );
+                        item.block_number = Some(block);
+                        item
+                    })
                 }
                 ItemKind::Payout | ItemKind::Manual | ItemKind::Sweep | ItemKind::Charge | ItemKind::Refund => {
                     in_window(movement.entry_id).then(|| {
