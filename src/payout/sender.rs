@@ -27,6 +27,7 @@ use chrono::Duration as ChronoDuration;
 use sqlx::PgPool;
 
 use crate::chain::evm::contracts::PayoutBatcher;
+use crate::chain::evm::nonce::SignerLock;
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag, PayoutsConfig};
 use crate::ledger::Ledger;
@@ -390,11 +391,18 @@ impl PayoutSender {
 
     /// Signs and sends the batch's transaction, or a replacement of `replacing` with the same nonce.
     async fn send(&self, provider: &RootProvider<Ethereum>, batch: &BatchRow, replacing: Option<&Attempt>) -> Result<Progress> {
+        // From picking the nonce to broadcasting, no other signer of this wallet on this chain.
+        let signer = SignerLock::acquire(&self.pool, &self.chain.caip2.to_string(), self.address()).await?;
         let attempt = match self.prepare(provider, batch, replacing).await? {
             Prepared::Signed(attempt) => attempt,
-            Prepared::Final(progress) => return Ok(progress),
+            Prepared::Final(progress) => {
+                signer.release().await?;
+                return Ok(progress);
+            }
         };
-        match self.broadcast(&attempt.raw_tx).await {
+        let broadcast = self.broadcast(&attempt.raw_tx).await;
+        signer.release().await?;
+        match broadcast {
             Broadcast::Refused(message) => {
                 store::forget_attempt(&self.pool, attempt.tx_hash).await?;
                 let reason = format!("transaction refused by every endpoint: {message}");

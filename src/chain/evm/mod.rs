@@ -7,6 +7,7 @@ pub mod uri;
 
 pub use address::{deposit_address, deposit_salt};
 pub use uri::payment_uri;
+pub mod nonce;
 pub mod rpc;
 pub mod sweep;
 pub mod watcher;

@@ -20,6 +20,7 @@ use thiserror::Error;
 
 use crate::chain::evm::contracts::ForwarderFactory;
 use crate::chain::evm::deposit_salt;
+use crate::chain::evm::nonce::SignerLock;
 use crate::config::ChainSpec;
 use crate::ids::new_id;
 use crate::ledger::{AccountCode, Ledger, LedgerError, NewEntry};
@@ -169,11 +170,13 @@ impl Sweeper {
             None => {
                 // Never sent, or sent and dropped: send now. Sweeping twice moves nothing twice.
                 let factory = ForwarderFactory::new(self.factory, &provider);
+                let signer = SignerLock::acquire(&self.pool, &self.caip2, self.signer.address()).await?;
                 let pending = factory
                     .sweep(deposit_salt(invoice_id), self.tokens.clone())
                     .send()
                     .await
                     .map_err(|e| send_error(e.to_string()))?;
+                signer.release().await?;
                 let hash = format!("{:#x}", pending.tx_hash());
                 sqlx::query("UPDATE sweeps SET status = 'sent', tx_hash = $2, updated_at = now() WHERE id = $1")
                     .bind(sweep_id)
