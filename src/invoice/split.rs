@@ -154,28 +154,28 @@ pub async fn store_on_invoice(conn: &mut PgConnection, merchant_id: &str, invoic
     Ok(())
 }
 
-/// The split stored on an invoice (empty when it has none).
+/// The split stored on an invoice (empty when it has none), in one query: it is read for every
+/// credited payment and every invoice view.
 pub async fn load_for_invoice(conn: &mut PgConnection, invoice_id: &str) -> Result<Splits> {
-    let platform_fee_bps: i32 = sqlx::query_scalar("SELECT platform_fee_bps FROM invoices WHERE id = $1")
-        .bind(invoice_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    let rows = sqlx::query("SELECT creator_id, bps FROM invoice_splits WHERE invoice_id = $1 ORDER BY position")
-        .bind(invoice_id)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(Splits {
-        splits: rows
-            .iter()
-            .map(|r| {
-                Ok(CreatorShare {
-                    creator: r.try_get("creator_id")?,
-                    bps: bps_of("invoice_splits.bps", r.try_get("bps")?)?,
-                })
-            })
-            .collect::<Result<_>>()?,
-        platform_fee_bps: bps_of("invoices.platform_fee_bps", platform_fee_bps)?,
-    })
+    let rows = sqlx::query(
+        "SELECT i.platform_fee_bps, s.creator_id, s.bps FROM invoices i \
+         LEFT JOIN invoice_splits s ON s.invoice_id = i.id WHERE i.id = $1 ORDER BY s.position",
+    )
+    .bind(invoice_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let platform_fee_bps: i32 = match rows.first() {
+        Some(row) => row.try_get("platform_fee_bps")?,
+        None => return Err(sqlx::Error::RowNotFound.into()),
+    };
+    let mut splits = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(creator) = row.try_get::<Option<String>, _>("creator_id")? {
+            let bps: i32 = row.try_get("bps")?;
+            splits.push(CreatorShare { creator, bps: bps_of("invoice_splits.bps", bps)? });
+        }
+    }
+    Ok(Splits { splits, platform_fee_bps: bps_of("invoices.platform_fee_bps", platform_fee_bps)? })
 }
 
 /// The credit side of a payment of `amount` under `splits`: (account, amount) pairs, zero amounts

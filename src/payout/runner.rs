@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use alloy::network::Ethereum;
 use alloy::primitives::Address;
-use alloy::providers::{Provider, RootProvider};
+use alloy::providers::RootProvider;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::pool::PoolConnection;
@@ -21,12 +21,12 @@ use sqlx::{PgPool, Postgres};
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec, Config, PayoutsConfig};
 use crate::ledger::Ledger;
-use crate::money::{asset_to_fiat, Fiat, Rounding};
+use crate::money::{asset_to_fiat, Amount, Fiat, Rounding};
 use crate::rates::RateSource;
 
 use super::error::{PayoutError, Result};
 use super::plan::{plan, recipients_per_batch, Candidate, SkipReason};
-use super::sender::{batcher_balance, PayoutSender, Progress, RPC_TIMEOUT_MS};
+use super::sender::{PayoutSender, Progress};
 use super::store::{self, PayoutView};
 
 /// The advisory lock the one payout executor holds.
@@ -87,21 +87,10 @@ fn payable_assets(chain: &ChainSpec) -> Vec<PayableAsset> {
 }
 
 /// The first endpoint of `chain` that answers with the right chain id.
-pub async fn connect(chain: &ChainSpec) -> Result<RootProvider<Ethereum>> {
-    let expected = chain.caip2.evm_chain_id();
-    let mut last = String::from("no endpoint configured");
-    for url in &chain.rpc {
-        let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
-            .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: format!("{url}: {e}") })?;
-        let provider = RootProvider::<Ethereum>::new_http(parsed);
-        match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), provider.get_chain_id()).await {
-            Ok(Ok(id)) if Some(id) == expected => return Ok(provider),
-            Ok(Ok(id)) => last = format!("{url} serves chain {id}"),
-            Ok(Err(e)) => last = format!("{url}: {e}"),
-            Err(_) => last = format!("{url}: timed out"),
-        }
-    }
-    Err(PayoutError::Rpc { chain: chain.name.clone(), message: last })
+async fn connect(chain: &ChainSpec) -> Result<RootProvider<Ethereum>> {
+    crate::chain::evm::rpc::connect_checked(&chain.rpc, chain.caip2.evm_chain_id())
+        .await
+        .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })
 }
 
 /// Plans and writes payout runs; shared by the API, the CLI and the schedule.
@@ -219,10 +208,10 @@ impl PayoutService {
         let provider = connect(chain).await?;
         let mut funds = Vec::with_capacity(assets.len());
         for asset in &assets {
-            let balance = batcher_balance(&provider, batcher, asset.token)
+            let balance = crate::chain::evm::rpc::balance_of(&provider, batcher, asset.token)
                 .await
                 .map_err(|message| PayoutError::Rpc { chain: chain.name.clone(), message })?;
-            funds.push(balance);
+            funds.push(Amount::from_u256(balance));
         }
         let now = self.clock.now();
         let recipients_max = recipients_per_batch(self.config.recipients_per_batch_max, self.config.gas_per_batch_max);

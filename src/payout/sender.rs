@@ -148,27 +148,9 @@ impl PayoutSender {
 
     /// The first endpoint that answers and serves this chain.
     async fn provider(&self) -> Result<RootProvider<Ethereum>> {
-        let expected = self.chain.caip2.evm_chain_id();
-        let mut last = String::from("no endpoint configured");
-        for (label, provider) in &self.endpoints {
-            let answer =
-                tokio::time::timeout(std::time::Duration::from_millis(RPC_TIMEOUT_MS), provider.get_chain_id()).await;
-            match answer {
-                Ok(Ok(id)) if Some(id) == expected => return Ok(provider.clone()),
-                Ok(Ok(id)) => last = format!("{label} serves chain {id}, not {}", self.chain.caip2),
-                Ok(Err(e)) => last = format!("{label}: {e}"),
-                Err(_) => last = format!("{label}: timed out after {RPC_TIMEOUT_MS} ms"),
-            }
-            tracing::warn!(target: "payout", chain = %self.chain.name, error = %last, "endpoint unusable for payouts");
-        }
-        Err(self.rpc_error(last))
-    }
-
-    /// What the batcher holds of `token` (zero address: the native coin).
-    pub async fn batcher_balance(&self, token: Address) -> Result<Amount> {
-        let batcher = self.chain.payout_batcher.ok_or_else(|| PayoutError::ChainNotPayable { chain: self.chain.name.clone() })?;
-        let provider = self.provider().await?;
-        batcher_balance(&provider, batcher, token).await.map_err(|e| self.rpc_error(e))
+        crate::chain::evm::rpc::connect_checked(&self.chain.rpc, self.chain.caip2.evm_chain_id())
+            .await
+            .map_err(|e| self.rpc_error(e))
     }
 
     /// Moves one batch as far as the chain allows now; see the module docs for the order of checks.
@@ -264,7 +246,7 @@ impl PayoutSender {
                 return Ok(Progress::Waiting(format!("nonce {} lost at block {lost_at}; waiting until that is final", last.nonce)));
             }
             let reason = format!("dropped: nonce {} was used by another transaction of {:#x}", last.nonce, last.sender);
-            return self.fail(batch, &reason, None).await;
+            return self.fail(provider, batch, &reason, None).await;
         }
         if batch.nonce_lost_at.is_some() {
             // The other transaction was reorged away: ours can be mined again.
@@ -310,7 +292,7 @@ impl PayoutSender {
                     let message = error.to_string();
                     if error.is_error_resp() && message.to_ascii_lowercase().contains("revert") {
                         // The contract refuses the batch as it stands (funds, operator role, ...).
-                        return self.fail(batch, &format!("refused by the batcher: {message}"), None).await.map(Prepared::Final);
+                        return self.fail(provider, batch, &format!("refused by the batcher: {message}"), None).await.map(Prepared::Final);
                     }
                     return Err(self.rpc_error(message));
                 }
@@ -318,7 +300,7 @@ impl PayoutSender {
         };
         if replacing.is_none() && gas_limit > self.config.gas_per_batch_max {
             let reason = format!("needs {gas_limit} gas, more than gas_per_batch_max {}", self.config.gas_per_batch_max);
-            return self.fail(batch, &reason, None).await.map(Prepared::Final);
+            return self.fail(provider, batch, &reason, None).await.map(Prepared::Final);
         }
         let caps = self.config.fee_caps(&self.chain.name);
         let fee_cap = u128_of(caps.max_fee_per_gas_wei_max);
@@ -474,7 +456,7 @@ impl PayoutSender {
                 store::note(&self.pool, &batch.id, Some("its transaction reverted; waiting until that is final"), None).await?;
                 return Ok(Progress::Mined { tx_hash, confirmations, required });
             }
-            return self.fail(batch, &format!("transaction {tx_hash:#x} reverted"), Some(&mined)).await;
+            return self.fail(provider, batch, &format!("transaction {tx_hash:#x} reverted"), Some(&mined)).await;
         }
         self.check_events(batch, receipt)?;
         let finalized = if self.chain.has_finality_tag(FinalityTag::Finalized) && confirmations < required {
@@ -534,9 +516,14 @@ impl PayoutSender {
 
     /// Gives the batch up and returns the balances — unless the contract says the batch id was paid,
     /// whatever this node told us about receipts and nonces: then it waits for the paying receipt.
-    async fn fail(&self, batch: &BatchRow, reason: &str, mined: Option<&Mined>) -> Result<Progress> {
-        let provider = self.provider().await?;
-        let paid = PayoutBatcher::new(batch.batcher, &provider)
+    async fn fail(
+        &self,
+        provider: &RootProvider<Ethereum>,
+        batch: &BatchRow,
+        reason: &str,
+        mined: Option<&Mined>,
+    ) -> Result<Progress> {
+        let paid = PayoutBatcher::new(batch.batcher, provider)
             .isBatchPaid(batch.batch_key)
             .call()
             .await
@@ -567,23 +554,6 @@ enum Broadcast {
     Refused(String),
     /// No endpoint said yes, but at least one gave no clear answer: it may be out there.
     Unknown,
-}
-
-alloy::sol! {
-    #[sol(rpc)]
-    interface BalanceOf {
-        function balanceOf(address owner) external view returns (uint256);
-    }
-}
-
-/// The batcher's balance of `token` (zero address: the native coin).
-pub async fn batcher_balance(provider: &RootProvider<Ethereum>, batcher: Address, token: Address) -> std::result::Result<Amount, String> {
-    let value = if token == Address::ZERO {
-        provider.get_balance(batcher).await.map_err(|e| e.to_string())?
-    } else {
-        BalanceOf::new(token, provider).balanceOf(batcher).call().await.map_err(|e| e.to_string())?
-    };
-    Ok(Amount::from_u256(value))
 }
 
 #[cfg(test)]

@@ -38,7 +38,9 @@ pub struct EvmReader {
 impl EvmReader {
     pub async fn connect(spec: &ChainSpec) -> Result<Self> {
         let rpc = EvmRpc::new(&spec.rpc).map_err(|e| chain_error(spec, e))?;
-        let provider = crate::payout::runner::connect(spec).await.map_err(|e| chain_error(spec, e))?;
+        let provider = crate::chain::evm::rpc::connect_checked(&spec.rpc, spec.caip2.evm_chain_id())
+            .await
+            .map_err(|e| chain_error(spec, e))?;
         Ok(Self { spec: spec.clone(), rpc, provider })
     }
 
@@ -81,11 +83,10 @@ impl EvmReader {
     /// What `address` holds of `asset` now (native coin or a configured token).
     pub async fn holding(&self, address: Address, asset: &str) -> Result<Amount> {
         let token = self.spec.tokens.iter().find(|t| t.asset_id().to_string() == asset).map(|t| t.address);
-        let value = match token {
-            Some(token) => crate::payout::sender::batcher_balance(&self.provider, address, token).await,
-            None => crate::payout::sender::batcher_balance(&self.provider, address, Address::ZERO).await,
-        };
-        value.map_err(|e| self.error(e))
+        crate::chain::evm::rpc::balance_of(&self.provider, address, token.unwrap_or(Address::ZERO))
+            .await
+            .map(Amount::from_u256)
+            .map_err(|e| self.error(e))
     }
 
     fn asset_of(&self, token: Address) -> String {

@@ -22,6 +22,13 @@ sol! {
     event Transfer(address indexed from, address indexed to, uint256 value);
 }
 
+sol! {
+    #[sol(rpc)]
+    interface BalanceOf {
+        function balanceOf(address owner) external view returns (uint256);
+    }
+}
+
 /// Longest a single RPC call may take before the next endpoint is tried.
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
 
@@ -267,6 +274,36 @@ fn is_range_limit(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     ["too many", "range", "limit", "exceed", "response size", "10000 results"].iter().any(|hint| message.contains(hint))
 }
+
+/// The first of `urls` that answers and serves chain `chain_id`, for callers that make their own
+/// calls on one provider (signing and sending, logs of a contract, contract reads).
+pub async fn connect_checked(urls: &[RpcUrl], chain_id: Option<u64>) -> Result<RootProvider<Ethereum>, RpcError> {
+    let mut last = (String::new(), String::from("no endpoint configured"));
+    for url in urls {
+        let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
+            .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
+        let provider = RootProvider::<Ethereum>::new_http(parsed);
+        last.0 = url.to_string();
+        match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), provider.get_chain_id()).await {
+            Ok(Ok(id)) if Some(id) == chain_id => return Ok(provider),
+            Ok(Ok(id)) => last.1 = format!("serves chain {id}"),
+            Ok(Err(e)) => last.1 = e.to_string(),
+            Err(_) => last.1 = format!("timed out after {RPC_TIMEOUT_MS} ms"),
+        }
+        tracing::warn!(target: "evm", endpoint = %last.0, error = %last.1, "endpoint unusable");
+    }
+    Err(RpcError::Unavailable { call: "eth_chainId", endpoint: last.0, message: last.1 })
+}
+
+/// What `owner` holds of `token` (the zero address: the native coin), in smallest units.
+pub async fn balance_of(provider: &RootProvider<Ethereum>, owner: Address, token: Address) -> Result<U256, String> {
+    if token == Address::ZERO {
+        provider.get_balance(owner).await.map_err(|e| e.to_string())
+    } else {
+        BalanceOf::new(token, provider).balanceOf(owner).call().await.map_err(|e| e.to_string())
+    }
+}
+
 
 #[cfg(test)]
 mod tests {
