@@ -448,7 +448,7 @@ async fn run(settings: Settings, database_url: String) -> Result<()> {
     let node = Node::new(anvil.url());
     let client = node.call("web3_clientVersion", json!([])).await?;
     let contracts = deploy_dev_contracts(&anvil.url()).await?;
-    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
     let config = Config::load(&config_path).with_context(|| format!("cannot load {}", config_path.display()))?;
     let mut spec = config.chain("polygon").context("polygon is not configured")?.clone();
     let usdc_spec = spec.token("USDC").context("polygon has no USDC")?.clone();

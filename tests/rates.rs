@@ -436,8 +436,8 @@ async fn binance_counts_for_usd_only_while_usdt_is_pegged() {
 async fn the_live_feed_from_config_refreshes_in_the_background() {
     let coinbase = coinbase_server().await;
     let kraken = kraken_server().await;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let text = std::fs::read_to_string(&path).expect("config.toml").replacen("feed = \"fixed\"", "feed = \"live\"", 1);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
+    let text = std::fs::read_to_string(&path).expect("config.dev.toml").replacen("feed = \"fixed\"", "feed = \"live\"", 1);
     let text = format!(
         "{text}\n[rates.live]\nsources = [\"coinbase\", \"kraken\"]\npairs = [\"BTC/USD\", \"USDC/USD\"]\n\
          refresh_interval_ms = 1000\nmax_age_ms = 60000\nquorum = 2\ntimeout_ms = 1000\n\
@@ -470,8 +470,8 @@ async fn the_file_feed_is_ready_at_once_and_reread_on_refresh() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("rates.json");
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rates/file/rates.json"), &file).expect("copy");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let text = std::fs::read_to_string(&path).expect("config.toml").replacen("feed = \"fixed\"", "feed = \"file\"", 1);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
+    let text = std::fs::read_to_string(&path).expect("config.dev.toml").replacen("feed = \"fixed\"", "feed = \"file\"", 1);
     let text = format!("{text}\n[rates.file]\npath = {:?}\n", file.display().to_string());
     let config = Config::from_str_with_env(&text, &path, &[]).expect("config loads");
     let clock = Arc::new(ManualClock::new(t0()));
@@ -489,8 +489,8 @@ async fn the_file_feed_is_ready_at_once_and_reread_on_refresh() {
 // --- invoices priced through aggregated rates -----------------------------------------------------
 
 fn repo_config() -> Config {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.toml"), &path, &[]).expect("config loads")
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
+    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.dev.toml"), &path, &[]).expect("config loads")
 }
 
 fn invoice_policy(config: &Config) -> InvoicePolicy {

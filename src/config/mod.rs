@@ -76,6 +76,20 @@ pub struct Config {
     chains: Vec<ChainSpec>,
 }
 
+/// A setting meant for the local dev stack only: its key as written, and why production must not
+/// run with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevSetting {
+    pub key: String,
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for DevSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.key, self.why)
+    }
+}
+
 /// What the configuration knows about one asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetInfo {
@@ -224,6 +238,38 @@ impl Config {
             chains_dir,
             chains,
         })
+    }
+
+    /// Settings that belong to the local dev stack and would be unsafe in production, each named
+    /// by its key with the reason. `payrail serve` refuses to start with any of them unless told
+    /// `--allow-dev-settings`.
+    pub fn dev_only_settings(&self) -> Vec<DevSetting> {
+        let mut found = Vec::new();
+        if self.webhooks.allow_loopback {
+            found.push(DevSetting {
+                key: "webhooks.allow_loopback = true".to_owned(),
+                why: "merchants could make the daemon call services on its own host",
+            });
+        }
+        if self.rates.feed == RateFeed::Fixed {
+            found.push(DevSetting { key: "rates.feed = \"fixed\"".to_owned(), why: "invoices would be priced from a fixed table" });
+        }
+        if self.rates.feed == RateFeed::File {
+            found.push(DevSetting { key: "rates.feed = \"file\"".to_owned(), why: "invoices would be priced from a local file" });
+        }
+        for chain in self.chains.iter().filter(|c| c.caip2 == ChainId::bitcoin_regtest()) {
+            found.push(DevSetting {
+                key: format!("chains.{}.network = \"regtest\"", chain.name),
+                why: "regtest coins have no value",
+            });
+        }
+        if !self.stripe.api_base.starts_with("https://") {
+            found.push(DevSetting {
+                key: "stripe.api_base (not https)".to_owned(),
+                why: "card payments would go to a server that is not Stripe's",
+            });
+        }
+        found
     }
 
     /// The enabled chains, sorted by name, each with its effective RPC endpoints.

@@ -81,6 +81,14 @@ pub struct ServerConfig {
     pub public_url: String,
     pub body_limit_bytes: u64,
     pub request_timeout_ms: u64,
+    /// Serve `/metrics` on this address only, not on `listen` (keep it off the public listener).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Behind a reverse proxy: the header holding the client's address (`x-real-ip`, or
+    /// `x-forwarded-for`, whose last entry counts), for per-address rate limits. Without it the
+    /// peer's address is the client's.
+    #[serde(default)]
+    pub client_ip_header: Option<String>,
 }
 
 impl ServerConfig {
@@ -101,6 +109,14 @@ impl ServerConfig {
             self.request_timeout_ms,
             REQUEST_TIMEOUT_MS_LIMIT,
         )?;
+        if let Some(name) = &self.client_ip_header {
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(InvalidKey::new("client_ip_header", "not an HTTP header name"));
+            }
+        }
+        if self.metrics_listen.is_some_and(|addr| addr == self.listen) {
+            return Err(InvalidKey::new("metrics_listen", "must differ from listen"));
+        }
         Ok(self)
     }
 }

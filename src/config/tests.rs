@@ -1,4 +1,4 @@
-//! Tests against the shipped `config.toml` and `chains/`, and against broken copies of them
+//! Tests against the shipped `config.dev.toml`, `config.toml` and `chains/`, and against broken copies of them
 //! in temporary directories.
 
 use std::path::{Path, PathBuf};
@@ -12,11 +12,11 @@ use crate::money::{Amount, Fiat};
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 fn repo_config_path() -> PathBuf {
-    Path::new(REPO).join("config.toml")
+    Path::new(REPO).join("config.dev.toml")
 }
 
 fn repo_config_text() -> String {
-    std::fs::read_to_string(repo_config_path()).expect("config.toml is readable")
+    std::fs::read_to_string(repo_config_path()).expect("config.dev.toml is readable")
 }
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -137,6 +137,12 @@ fn shipped_configuration_is_the_loopback_dev_stack() {
     assert!(config.webhooks.allow_loopback);
     assert!(!super::WebhooksConfig::default().allow_loopback);
     assert_eq!(config.chains_dir(), Path::new(REPO).join("chains"));
+    // Every dev-only setting of the dev stack is named, so `serve` can refuse it.
+    let dev: Vec<String> = config.dev_only_settings().into_iter().map(|s| s.key).collect();
+    assert_eq!(
+        dev,
+        ["webhooks.allow_loopback = true", "rates.feed = \"fixed\"", "chains.bitcoin.network = \"regtest\""],
+    );
 
     let endpoints: Vec<(&str, Vec<&str>)> = config
         .chains()
@@ -1018,4 +1024,20 @@ fn rate_source_urls_are_redacted_in_debug_output() {
         config.rates.live().and_then(|live| live.base_url(crate::rates::LiveSource::CoinGecko)),
         Some("https://pro-api.coingecko.com/SECRETKEY")
     );
+}
+
+#[test]
+fn the_shipped_production_config_is_safe() {
+    let path = Path::new(REPO).join("config.toml");
+    let text = std::fs::read_to_string(&path).expect("config.toml is readable");
+    let config = Config::from_str_with_env(&text, &path, &[]).expect("config.toml loads");
+    assert_eq!(config.dev_only_settings(), vec![], "config.toml must carry no dev-only setting");
+    assert!(!config.webhooks.allow_loopback);
+    assert_eq!(config.rates.feed, RateFeed::Live);
+    assert!(config.chains().is_empty(), "no chain is followed until the operator enables it");
+    // A Stripe API base that is not https is a dev-only setting too.
+    let env = [("PAYRAIL_STRIPE__API_BASE".to_owned(), "http://127.0.0.1:8420".to_owned())];
+    let config = Config::from_str_with_env(&text, &path, &env).expect("loads");
+    let keys: Vec<String> = config.dev_only_settings().into_iter().map(|s| s.key).collect();
+    assert_eq!(keys, ["stripe.api_base (not https)"]);
 }

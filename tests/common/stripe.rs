@@ -83,14 +83,14 @@ pub struct Server {
 /// The shipped configuration with the card rail pointed at localstripe and `secret` as the webhook
 /// secret.
 pub fn config(secret: &str) -> Config {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
     let env = [
         ("PAYRAIL_STRIPE_SECRET_KEY", "sk_test_payrail"),
         ("PAYRAIL_STRIPE_WEBHOOK_SECRET", secret),
         ("PAYRAIL_STRIPE__API_BASE", localstripe()),
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()));
-    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.toml"), &path, &env).expect("config loads")
+    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.dev.toml"), &path, &env).expect("config loads")
 }
 
 pub async fn start(pool: PgPool) -> Server {
