@@ -108,6 +108,9 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
         }),
         clock,
         limiter: Arc::new(crate::api::limit::RateLimiter::default()),
+        ip_limiter: Arc::new(crate::api::limit::IpLimiter::new(
+            config.server.client_ip_header.as_deref().and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok()),
+        )),
         card: card_rail(config),
         rail_health: crate::chain::health::shared(),
     }
@@ -128,6 +131,7 @@ pub fn limits(config: &Config) -> HttpLimits {
     HttpLimits {
         body_limit_bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(api::BODY_LIMIT_BYTES_DEFAULT),
         request_timeout_ms: config.server.request_timeout_ms,
+        serve_metrics: config.server.metrics_listen.is_none(),
     }
 }
 
@@ -221,11 +225,27 @@ pub async fn serve(
         service.set_executor_running(true);
         watchers.push(tokio::spawn(crate::payout::run_executor(service.clone(), senders, stop_rx.clone())));
     }
+    let metrics_server = match config.server.metrics_listen {
+        Some(metrics_addr) => {
+            let metrics_listener = bind(metrics_addr).await?;
+            tracing::info!(target: "api", %metrics_addr, "serving /metrics");
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let serving = axum::serve(metrics_listener, api::metrics_router())
+                    .with_graceful_shutdown(async move { let _ = stop.wait_for(|stopped| *stopped).await; });
+                if let Err(error) = serving.await {
+                    tracing::error!(target: "api", %error, "metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(target: "api", %addr, watchers = watchers.len(), "listening");
-    let result = axum::serve(listener, api::router(state, limits(config)))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(AppError::Serve);
+    let app = api::router(state, limits(config)).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(AppError::Serve);
+    if let Some(task) = metrics_server {
+        watchers.push(task);
+    }
     let _ = stop_tx.send(true);
     for watcher in watchers {
         let _ = watcher.await;
@@ -234,10 +254,22 @@ pub async fn serve(
     result
 }
 
+/// Every how many expiry ticks stored idempotent responses past their window are purged.
+pub const PURGE_EVERY_TICKS: u64 = 60;
+
 async fn expire_loop(pool: PgPool, clock: Arc<dyn Clock>) {
     let mut tick = tokio::time::interval(Duration::from_millis(EXPIRE_INTERVAL_MS));
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        if ticks % PURGE_EVERY_TICKS == 0 {
+            match crate::api::idempotency::purge_expired(&pool, clock.now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(target: "api", purged = n, "expired idempotency keys purged"),
+                Err(error) => tracing::warn!(target: "api", %error, "idempotency purge failed; retrying later"),
+            }
+        }
+        ticks = ticks.wrapping_add(1);
         match crate::invoice::expire_due(&pool, clock.now()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(target: "invoice", expired = n, "invoices expired"),

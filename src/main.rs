@@ -19,9 +19,11 @@ use payrail::{app, db, devnet, merchant, payout};
                   and prints an API key and a curl line that creates an invoice."
 )]
 struct Cli {
-    /// Configuration file; chain files are read from `chains.dir` relative to it.
-    #[arg(long, global = true, env = "PAYRAIL_CONFIG", default_value = "config.toml")]
-    config: PathBuf,
+    /// Configuration file; chain files are read from `chains.dir` relative to it. Default:
+    /// `config.dev.toml` for the dev stack's commands (`dev`, `pay`, `regtest`), `config.toml`
+    /// for everything else.
+    #[arg(long, global = true, env = "PAYRAIL_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,6 +35,11 @@ enum Command {
         /// Do not apply pending database migrations at start.
         #[arg(long)]
         no_migrate: bool,
+        /// Start even with settings meant for the local dev stack only (webhooks to loopback,
+        /// fixed or file rates, Bitcoin regtest, a Stripe API that is not https). Without it such
+        /// a configuration is refused, naming each setting.
+        #[arg(long)]
+        allow_dev_settings: bool,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -115,7 +122,7 @@ enum Command {
         #[arg(long, default_value = "json")]
         format: String,
     },
-    /// Platform API keys (finance, admin).
+    /// API keys: create platform keys (finance, admin); revoke any key.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -150,6 +157,11 @@ enum KeysCommand {
         /// `finance` or `admin`.
         #[arg(long)]
         role: String,
+    },
+    /// Revoke a key (`key_…`, any role) at once: every replica refuses it from its next request.
+    Revoke {
+        /// The key id, `key_…` (the middle part of `pr_<id>_<secret>` with `key_` in front).
+        id: String,
     },
 }
 
@@ -378,10 +390,27 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()> {
-    let config = load_config(&cli.config)?;
+    let config_path = cli.config.clone().unwrap_or_else(|| {
+        // The dev stack's own commands read its configuration; everything else production's.
+        let dev_stack = matches!(cli.command, Command::Dev { .. } | Command::Pay { .. } | Command::Regtest { .. });
+        PathBuf::from(if dev_stack { "config.dev.toml" } else { "config.toml" })
+    });
+    let config = load_config(&config_path)?;
     init_tracing(Some(&config));
     match cli.command {
-        Command::Serve { no_migrate } => {
+        Command::Serve { no_migrate, allow_dev_settings } => {
+            let dev_settings = config.dev_only_settings();
+            if !dev_settings.is_empty() {
+                let list = dev_settings.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n");
+                if !allow_dev_settings {
+                    anyhow::bail!(
+                        "{} has settings meant for the local dev stack only:\n{list}\n\
+                         change them, or pass --allow-dev-settings to run with them anyway",
+                        config_path.display()
+                    );
+                }
+                tracing::warn!(target: "config", settings = %list.trim(), "running with dev-only settings (--allow-dev-settings)");
+            }
             let pool = db::connect(&config.database.url, config.database.pool_max)
                 .await
                 .with_context(|| format!("database {}", config.database.url_redacted()))?;
@@ -417,6 +446,13 @@ async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()
             let key = merchant::create_platform_key(&pool, role).await?;
             println!("api_key: {key}");
             println!("(the API key is shown only this once; store it now)");
+        }
+        Command::Keys { command: KeysCommand::Revoke { id } } => {
+            let pool = db::connect(&config.database.url, 2).await?;
+            if !merchant::keys::revoke_any(&pool, &id, chrono::Utc::now()).await? {
+                anyhow::bail!("no API key {id}");
+            }
+            println!("revoked: {id}");
         }
         Command::Merchants { command: MerchantsCommand::Create { name } } => {
             let pool = db::connect(&config.database.url, 2).await?;
@@ -524,7 +560,7 @@ async fn dev_chains(config: &Config) -> Result<Vec<devnet::anvil::Anvil>> {
             .with_context(|| format!("deploying contracts on {}", chain.name))?;
         if Some(deployed.forwarder_factory) != chain.forwarder_factory {
             anyhow::bail!(
-                "{}: the forwarder factory was deployed at {}, config.toml says {:?}",
+                "{}: the forwarder factory was deployed at {}, the configuration says {:?}",
                 chain.name,
                 deployed.forwarder_factory,
                 chain.forwarder_factory

@@ -21,7 +21,7 @@ async fn start(pool: PgPool) -> Server {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let limits = HttpLimits { body_limit_bytes: 4096, ..HttpLimits::default() };
     let app = router(state.clone(), limits);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await });
     Server { base, client: reqwest::Client::new(), state }
 }
 
@@ -468,6 +468,12 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("POST", "/v1/invoices/{id}/refunds"),
         ("POST", "/v1/stripe/webhook"),
         ("POST", "/pay/{id}/card"),
+        ("POST", "/v1/api_keys"),
+        ("GET", "/v1/api_keys"),
+        ("GET", "/v1/api_keys/{id}"),
+        ("DELETE", "/v1/api_keys/{id}"),
+        ("POST", "/v1/api_keys/{id}/rotate"),
+        ("POST", "/v1/merchants"),
     ];
     for (method, path) in served {
         assert!(documented.iter().any(|(m, p)| m == method && p == path), "{method} {path} is served but not documented");
@@ -477,4 +483,10 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["InvoiceView"].is_object());
+    // Every operation says it may be rate limited.
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("operations") {
+            assert!(operation["responses"]["429"].is_object(), "{method} {path} does not document 429");
+        }
+    }
 }

@@ -44,6 +44,22 @@ fn a_bad_config_file_is_named_with_its_key() {
     assert!(err.contains("broken.toml") && err.contains("database.pool_max"), "{err}");
 }
 
+#[test]
+fn serve_refuses_dev_only_settings_and_names_them() {
+    let out = payrail().args(["--config", "config.dev.toml", "serve"]).output().expect("run");
+    assert!(!out.status.success(), "serve started with the dev configuration");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for setting in ["webhooks.allow_loopback = true", "rates.feed = \"fixed\"", "chains.bitcoin.network = \"regtest\"", "--allow-dev-settings"] {
+        assert!(err.contains(setting), "{setting} not named in:\n{err}");
+    }
+    // One dev-only setting on top of the production configuration is named alone.
+    let out = payrail().args(["serve"]).env("PAYRAIL_WEBHOOKS__ALLOW_LOOPBACK", "true").output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.toml") && err.contains("webhooks.allow_loopback = true"), "{err}");
+    assert!(!err.contains("rates.feed"), "{err}");
+}
+
 fn admin_url() -> String {
     std::env::var("DATABASE_URL").expect("DATABASE_URL must point at a PostgreSQL server")
 }
@@ -68,7 +84,7 @@ async fn migrate_then_create_a_merchant_whose_key_authenticates() {
     let merchant_id = field("merchant_id:");
     let api_key = field("api_key:");
     let pool = sqlx::PgPool::connect(&url).await.expect("pool");
-    let principal = payrail::merchant::authenticate(&pool, &api_key).await.expect("query").expect("key authenticates");
+    let principal = payrail::merchant::authenticate(&pool, &api_key, chrono::Utc::now()).await.expect("query").expect("key authenticates");
     assert_eq!(principal.merchant_id.as_deref(), Some(merchant_id.as_str()));
     let stored: String = sqlx::query_scalar("SELECT name FROM merchants WHERE id = $1").bind(&merchant_id).fetch_one(&pool).await.expect("row");
     assert_eq!(stored, "Corner Shop");

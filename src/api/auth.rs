@@ -4,7 +4,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 
 use crate::merchant::{authenticate, Principal, Role};
 
@@ -66,20 +66,59 @@ impl FromRequestParts<AppState> for FinanceAuth {
     }
 }
 
-/// The key's principal, after the per-key rate limit.
+/// A request authenticated with an admin key: creates merchants.
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    pub key_id: String,
+}
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let principal = principal(parts, state).await?;
+        match principal.role {
+            Role::Admin => Ok(Self { key_id: principal.key_id }),
+            _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key is not an admin key")),
+        }
+    }
+}
+
+/// A principal already authenticated for this request (by the idempotency layer, which must know
+/// who speaks before it may replay anything): handlers reuse it instead of asking again.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Methods a read-only key may use.
+fn reads_only(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The key's principal, after the per-key rate limit; a read-only key is refused for anything
+/// but reading.
 async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let token = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
-    let principal = authenticate(&state.pool, token).await.map_err(ApiError::internal)?.ok_or_else(ApiError::unauthorized)?;
+    let principal = match parts.extensions.get::<Authenticated>() {
+        Some(Authenticated(principal)) => principal.clone(),
+        None => {
+            let token = bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+            authenticate(&state.pool, token, state.clock.now())
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or_else(ApiError::unauthorized)?
+        }
+    };
     if let Err(wait) = state.limiter.check(&principal.key_id, std::time::Instant::now()) {
         let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key");
         error.retry_after_s = Some(wait.as_secs().max(1));
         return Err(error);
+    }
+    if principal.read_only && !reads_only(&parts.method) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "read_only_key", "this API key is read-only: it can only make GET requests"));
     }
     Ok(principal)
 }

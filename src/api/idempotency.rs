@@ -2,16 +2,27 @@
 //! method, path and body gets that response again (same status, same body) without running the
 //! request twice; a different request under the same key gets 409. A request still running under
 //! the key gets 409 too, so two concurrent retries cannot both run. A 5xx is not stored: the
-//! client may retry it. Keys are scoped to the API key that sent them and kept for
-//! [`IDEMPOTENCY_KEY_TTL_H`] hours.
+//! client may retry it. Keys are kept for [`IDEMPOTENCY_KEY_TTL_H`] hours, then purged.
+//!
+//! Security invariants:
+//! - The caller is authenticated *before* the store is read: a request whose bearer token does not
+//!   verify never reaches the store (it goes on to the handler, which answers 401), and a stored
+//!   response is scoped to the authenticated key's id, so only the key that made it can replay it.
+//! - One-time secrets are never stored: before a response is kept, every string shaped like a
+//!   secret payrail issues (an API key `pr_…_…`, a webhook signing secret `whsec_…`) is replaced
+//!   by `null`, so a replay answers with the object and its secret redacted.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
+use serde_json::Value;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use crate::merchant::authenticate;
+
+use super::auth::{bearer, Authenticated};
 use super::error::ApiError;
 use super::AppState;
 
@@ -27,24 +38,27 @@ pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
 /// How long a key is remembered.
 pub const IDEMPOTENCY_KEY_TTL_H: i64 = 24;
 
-/// The API key id in a bearer token, without touching the database (a malformed token is left to
-/// authentication to refuse).
-fn scope_of(request: &Request) -> Option<String> {
-    let token = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-    let (public, _) = token.strip_prefix("pr_")?.split_once('_')?;
-    Some(format!("key_{public}"))
-}
+/// Rows purged per statement by [`purge_expired`], so one purge never holds locks for long.
+pub const PURGE_BATCH_MAX: i64 = 10_000;
 
-pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn middleware(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }
     let Some(key) = request.headers().get("idempotency-key").cloned() else {
         return next.run(request).await;
     };
-    let Some(scope) = scope_of(&request) else {
+    let Some(token) = bearer(request.headers()) else {
         return next.run(request).await;
     };
+    // Authenticate first: an unverified caller must learn nothing from the store.
+    let principal = match authenticate(&state.pool, token, state.clock.now()).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => return next.run(request).await,
+        Err(error) => return ApiError::internal(error).into_response(),
+    };
+    let scope = principal.key_id.clone();
+    request.extensions_mut().insert(Authenticated(principal));
     let key = match key.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_LEN_MAX => k.to_owned(),
         _ => {
@@ -104,7 +118,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
     .bind(&scope)
     .bind(&key)
     .bind(i16::try_from(parts.status.as_u16()).unwrap_or(500))
-    .bind(bytes.as_ref())
+    .bind(redact(&bytes))
     .execute(&state.pool)
     .await
     {
@@ -171,5 +185,91 @@ async fn forget(state: &AppState, scope: &str, key: &str) {
         .await
     {
         tracing::warn!(target: "api", %error, "idempotency key not released");
+    }
+}
+
+/// The response as it may be stored: every secret-shaped string replaced by `null`. A body that
+/// is not JSON is stored as an empty JSON object rather than risk keeping a secret in it (every
+/// response of the API is JSON).
+fn redact(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(mut value) => {
+            if !redact_value(&mut value) {
+                return body.to_vec();
+            }
+            serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec())
+        }
+        Err(_) => b"{}".to_vec(),
+    }
+}
+
+/// Replaces secrets in place; `true` when anything was replaced.
+fn redact_value(value: &mut Value) -> bool {
+    match value {
+        Value::String(s) if is_secret(s) => {
+            *value = Value::Null;
+            true
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |any, item| redact_value(item) | any),
+        Value::Object(fields) => fields.values_mut().fold(false, |any, item| redact_value(item) | any),
+        _ => false,
+    }
+}
+
+/// Whether `s` has the shape of a one-time secret payrail issues: an API key
+/// (`pr_<key id>_<secret>`) or a webhook signing secret (`whsec_…`).
+fn is_secret(s: &str) -> bool {
+    if s.starts_with(crate::webhook::secret::SECRET_PREFIX) {
+        return true;
+    }
+    s.strip_prefix("pr_")
+        .and_then(|rest| rest.split_once('_'))
+        .is_some_and(|(public, secret)| !public.is_empty() && public.bytes().all(|b| b.is_ascii_alphanumeric()) && secret.len() >= 16)
+}
+
+/// Forgets keys older than the replay window, in batches of [`PURGE_BATCH_MAX`]; returns how many.
+pub async fn purge_expired(pool: &sqlx::PgPool, now: chrono::DateTime<chrono::Utc>) -> Result<u64, sqlx::Error> {
+    let cutoff = now - chrono::Duration::hours(IDEMPOTENCY_KEY_TTL_H);
+    let mut purged = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE ctid IN \
+               (SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(PURGE_BATCH_MAX)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        purged += done;
+        if done < u64::try_from(PURGE_BATCH_MAX).unwrap_or(u64::MAX) {
+            return Ok(purged);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_before_storing_and_nothing_else() {
+        let body = serde_json::json!({
+            "id": "we_0123456789abcdef",
+            "secret": "whsec_0123456789abcdefghijklmnopqrstuvwxyzABCD",
+            "nested": [{"api_key": "pr_0123456789abcdef_0123456789abcdefghijklmnopqrstuvwxyzABCD"}],
+            "url": "https://example.com/pr_x",
+            "metadata": {"order": "pr_1"},
+        });
+        let stored: Value = serde_json::from_slice(&redact(&serde_json::to_vec(&body).expect("json"))).expect("json");
+        assert_eq!(stored["secret"], Value::Null);
+        assert_eq!(stored["nested"][0]["api_key"], Value::Null);
+        assert_eq!(stored["id"], body["id"]);
+        assert_eq!(stored["url"], body["url"]);
+        assert_eq!(stored["metadata"], body["metadata"]);
+        // Not JSON: nothing of it is kept.
+        assert_eq!(redact(b"whsec_plain"), b"{}".to_vec());
+        // Nothing secret: stored byte for byte.
+        assert_eq!(redact(br#"{"a": 1}"#), br#"{"a": 1}"#.to_vec());
     }
 }

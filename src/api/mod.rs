@@ -9,8 +9,10 @@ pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod invoices;
+pub mod keys;
 pub mod ledger;
 pub mod limit;
+pub mod merchants;
 pub mod openapi;
 pub mod payouts;
 pub mod reconciliation;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub policy: Arc<InvoicePolicy>,
     pub clock: Arc<dyn Clock>,
     pub limiter: Arc<limit::RateLimiter>,
+    /// Per-address limits for public routes and refused keys.
+    pub ip_limiter: Arc<limit::IpLimiter>,
     /// The card rail, when Stripe is configured.
     pub card: Option<Arc<crate::stripe::CardRail>>,
     /// Each chain rail's health, as its watcher reports it.
@@ -65,16 +69,32 @@ pub struct AppState {
 pub struct HttpLimits {
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
+    /// Whether `/metrics` is served here (off when `[server] metrics_listen` gives it a listener
+    /// of its own: see [`metrics_router`]).
+    pub serve_metrics: bool,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self { body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT, request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT }
+        Self { body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT, request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT, serve_metrics: true }
     }
 }
 
-pub fn router(state: AppState, limits: HttpLimits) -> Router {
+/// `/metrics` alone, for `[server] metrics_listen`.
+pub fn metrics_router() -> Router {
     Router::new()
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .fallback(|| async { ApiError::not_found("route") })
+}
+
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let router = Router::new();
+    let router = if limits.serve_metrics {
+        router.route("/metrics", get(|| async { crate::metrics::render() }))
+    } else {
+        router
+    };
+    router
         .route("/v1/invoices", post(invoices::create).get(invoices::list))
         .route("/v1/invoices/{id}", get(invoices::show))
         .route("/v1/invoices/{id}/void", post(invoices::void))
@@ -104,12 +124,16 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/events/{id}", get(webhooks::show_event))
         .route("/v1/events/{id}/deliveries", get(webhooks::event_deliveries))
         .route("/v1/events/{id}/replay", post(webhooks::replay_event))
+        .route("/v1/api_keys", post(keys::create).get(keys::list))
+        .route("/v1/api_keys/{id}", get(keys::show).delete(keys::revoke))
+        .route("/v1/api_keys/{id}/rotate", post(keys::rotate))
+        .route("/v1/merchants", post(merchants::create))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(|| async { crate::metrics::render() }))
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

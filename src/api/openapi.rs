@@ -29,6 +29,37 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Every operation may answer 429: per API key, and per client address for public routes and for
+/// addresses whose requests were refused as unauthenticated (see `limit`). Operations whose
+/// annotations do not say so get it here.
+struct RateLimited;
+
+impl Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let response = ResponseBuilder::new()
+            .description("rate_limited: too many requests for this API key or from this address")
+            .header("Retry-After", HeaderBuilder::new().schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Integer).build())).description(Some("seconds to wait")).build())
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation.responses.responses.entry("429".to_owned()).or_insert_with(|| response.clone().into());
+            }
+        }
+    }
+}
+
 /// `GET /metrics`, served by the router with [`crate::metrics::render`]; described here.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format: per chain tip, cursor and head lag, payments, reorgs, errors",
@@ -80,6 +111,12 @@ fn openapi_json() {}
         super::webhooks::show_event,
         super::webhooks::event_deliveries,
         super::webhooks::replay_event,
+        super::keys::create,
+        super::keys::list,
+        super::keys::show,
+        super::keys::revoke,
+        super::keys::rotate,
+        super::merchants::create,
         super::stripe::webhook,
         super::stripe::refund,
         super::stripe::pay_by_card,
@@ -87,7 +124,7 @@ fn openapi_json() {}
         openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &RateLimited)
 )]
 pub struct ApiDoc;
 

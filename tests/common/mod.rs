@@ -29,10 +29,10 @@ use payrail::config::Config;
 use payrail::invoice::{create_invoice, CreateInvoice, InvoiceView};
 use sqlx::PgPool;
 
-/// The shipped configuration (`config.toml` and `chains/`), as the daemon loads it.
+/// The shipped configuration (`config.dev.toml` and `chains/`), as the daemon loads it.
 pub fn repo_config() -> Config {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.toml"), &path, &[]).expect("config loads")
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
+    Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.dev.toml"), &path, &[]).expect("config loads")
 }
 
 pub fn t0() -> DateTime<Utc> {
@@ -45,10 +45,10 @@ pub fn state_with_clock(pool: PgPool) -> (AppState, Arc<ManualClock>) {
     (payrail::app::state(&repo_config(), pool, clock.clone()), clock)
 }
 
-/// The dev stack's test tokens (config.toml replaces the mainnet contracts with them).
+/// The dev stack's test tokens (config.dev.toml replaces the mainnet contracts with them).
 pub const USDC_POLYGON: &str = "eip155:137/erc20:0xe7f1725e7734ce288f8367e1bb143e90bb3f0512";
 pub const USDT_POLYGON: &str = "eip155:137/erc20:0x9fe46736679d2d9a65f0992f2272de9f3c7fa6e0";
-/// Bitcoin on the dev stack: config.toml follows regtest.
+/// Bitcoin on the dev stack: config.dev.toml follows regtest.
 pub const BTC: &str = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0";
 
 /// A request for `amount` USD payable in `accepted` (the merchant's defaults when `None`), open for
@@ -88,7 +88,7 @@ pub async fn serve(state: &AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let app = router(state.clone(), HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await });
     base
 }
 
@@ -103,7 +103,12 @@ pub fn database_url(pool: &PgPool) -> String {
 /// `payrail <args>` from the repository root against `database`, logging warnings only.
 pub fn payrail(database: &str, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrail"));
-    command.current_dir(env!("CARGO_MANIFEST_DIR")).args(args).env("DATABASE_URL", database).env("RUST_LOG", "warn");
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .env("PAYRAIL_CONFIG", "config.dev.toml")
+        .env("DATABASE_URL", database)
+        .env("RUST_LOG", "warn");
     command
 }
 
@@ -125,9 +130,10 @@ pub fn payrail_on(database: &str, args: &[&str], chain: &str, rpc: &str) -> toki
     command
 }
 
-/// `payrail serve` on a free port, following only `chain` at `rpc`.
+/// `payrail serve` with the dev stack's configuration on a free port, following only `chain` at
+/// `rpc`.
 pub fn daemon(database: &str, chain: &str, rpc: &str) -> tokio::process::Child {
-    payrail_on(database, &["serve"], chain, rpc)
+    payrail_on(database, &["serve", "--allow-dev-settings"], chain, rpc)
         .env("PAYRAIL_SERVER__LISTEN", "127.0.0.1:0")
         .spawn()
         .expect("start payrail serve")

@@ -17,6 +17,8 @@ const SECRET_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK
 /// Longest name a merchant may have.
 pub const MERCHANT_NAME_LEN_MAX: usize = 200;
 
+pub mod keys;
+
 #[derive(Debug, Error)]
 pub enum MerchantError {
     #[error("merchant name must be 1..={MERCHANT_NAME_LEN_MAX} characters")]
@@ -55,6 +57,8 @@ pub struct Principal {
     pub merchant_id: Option<String>,
     /// The one creator a `creator` key speaks for.
     pub creator_id: Option<String>,
+    /// A read-only key may only read (GET): it cannot create, change or delete anything.
+    pub read_only: bool,
 }
 
 /// A merchant and the one-time plaintext of its first API key.
@@ -122,24 +126,53 @@ fn key_id_of(token: &str) -> Option<String> {
 }
 
 async fn issue_key(conn: &mut sqlx::PgConnection, role: &str, merchant_id: Option<&str>) -> Result<String, sqlx::Error> {
+    let spec = KeySpec { role, merchant_id, creator_id: None, name: None, read_only: false };
+    Ok(insert_key(conn, &spec).await?.1)
+}
+
+/// What a new key is: its role and tenant, and what the merchant said of it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeySpec<'a> {
+    pub role: &'a str,
+    pub merchant_id: Option<&'a str>,
+    pub creator_id: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub read_only: bool,
+}
+
+/// Inserts a key with a fresh secret; returns its id and its one-time plaintext.
+pub(crate) async fn insert_key(conn: &mut sqlx::PgConnection, spec: &KeySpec<'_>) -> Result<(String, String), sqlx::Error> {
     let key_id = new_id("key");
     let secret: String = {
         let mut rng = rand::thread_rng();
         (0..SECRET_LEN).map(|_| char::from(SECRET_ALPHABET[rng.gen_range(0..SECRET_ALPHABET.len())])).collect()
     };
-    sqlx::query("INSERT INTO api_keys (id, merchant_id, role, secret_hash) VALUES ($1, $2, $3, $4)")
-        .bind(&key_id)
-        .bind(merchant_id)
-        .bind(role)
-        .bind(&digest(&secret)[..])
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, merchant_id, role, secret_hash, creator_id, name, read_only) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&key_id)
+    .bind(spec.merchant_id)
+    .bind(spec.role)
+    .bind(&digest(&secret)[..])
+    .bind(spec.creator_id)
+    .bind(spec.name)
+    .bind(spec.read_only)
+    .execute(conn)
+    .await?;
     let public = key_id.trim_start_matches("key_");
-    Ok(format!("pr_{public}_{secret}"))
+    let plaintext = format!("pr_{public}_{secret}");
+    Ok((key_id, plaintext))
 }
 
-/// Resolves a bearer token to its principal; `None` for anything unknown, revoked or malformed.
-pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Principal>, sqlx::Error> {
+/// How stale `last_used_at` may get before an authenticated request refreshes it: one write per key
+/// and minute at most, not one per request.
+pub const LAST_USED_REFRESH_S: i64 = 60;
+
+/// Resolves a bearer token to its principal at `now`; `None` for anything unknown, revoked,
+/// expired (a rotated key past its grace period) or malformed. Nothing is cached: a revocation
+/// takes effect at the next request on every replica.
+pub async fn authenticate(pool: &PgPool, token: &str, now: DateTime<Utc>) -> Result<Option<Principal>, sqlx::Error> {
     let Some((public, secret)) = token.strip_prefix("pr_").and_then(|rest| rest.split_once('_')) else {
         return Ok(None);
     };
@@ -147,19 +180,30 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Principal
     if !crate::ids::is_id(&key_id, "key") || secret.len() != SECRET_LEN {
         return Ok(None);
     }
-    // secret digest, role, merchant, creator
-    type KeyRow = (Vec<u8>, String, Option<String>, Option<String>);
+    // secret digest, role, merchant, creator, read-only, expiry, last use
+    type KeyRow = (Vec<u8>, String, Option<String>, Option<String>, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
     let row: Option<KeyRow> = sqlx::query_as(
-        "SELECT secret_hash, role, merchant_id, creator_id FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
+        "SELECT secret_hash, role, merchant_id, creator_id, read_only, expires_at, last_used_at \
+           FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(&key_id)
     .fetch_optional(pool)
     .await?;
-    let Some((stored, role, merchant_id, creator_id)) = row else {
+    let Some((stored, role, merchant_id, creator_id, read_only, expires_at, last_used_at)) = row else {
         return Ok(None);
     };
     if !bool::from(stored.as_slice().ct_eq(&digest(secret)[..])) {
         return Ok(None);
     }
-    Ok(Role::parse(&role).map(|role| Principal { key_id, role, merchant_id, creator_id }))
+    if expires_at.is_some_and(|at| at <= now) {
+        return Ok(None);
+    }
+    if last_used_at.is_none_or(|at| now - at >= chrono::Duration::seconds(LAST_USED_REFRESH_S)) {
+        sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)")
+            .bind(&key_id)
+            .bind(now)
+            .execute(pool)
+            .await?;
+    }
+    Ok(Role::parse(&role).map(|role| Principal { key_id, role, merchant_id, creator_id, read_only }))
 }

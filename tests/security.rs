@@ -1,0 +1,327 @@
+//! Security properties over a real socket and a real database: idempotent replays only for the
+//! authenticated key that made them and never with a one-time secret, stored responses without
+//! secrets, the API key lifecycle (create, list, read-only, revoke, rotate with a grace period),
+//! admin-created merchants, and per-address limits for what no key pays for.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use common::{serve, state_with_clock};
+use payrail::api::limit::IpLimiter;
+use payrail::api::AppState;
+use payrail::clock::ManualClock;
+use payrail::merchant::{create_merchant, create_platform_key, Role};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+struct Rig {
+    base: String,
+    client: reqwest::Client,
+    state: AppState,
+    clock: Arc<ManualClock>,
+    merchant_id: String,
+    key: String,
+}
+
+async fn rig_with(pool: PgPool, adjust: impl FnOnce(&mut AppState)) -> Rig {
+    let (mut state, clock) = state_with_clock(pool);
+    adjust(&mut state);
+    let base = serve(&state).await;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    Rig { base, client: reqwest::Client::new(), state, clock, merchant_id: merchant.merchant_id, key: merchant.api_key }
+}
+
+async fn rig(pool: PgPool) -> Rig {
+    rig_with(pool, |_| {}).await
+}
+
+impl Rig {
+    async fn send(&self, method: reqwest::Method, key: Option<&str>, path: &str, body: Option<Value>, idem: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(idem) = idem {
+            request = request.header("idempotency-key", idem);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn post(&self, key: &str, path: &str, body: Value, idem: Option<&str>) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, Some(key), path, Some(body), idem).await
+    }
+
+    async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, Some(key), path, None, None).await
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+/// The key id inside a key's plaintext (`pr_<id>_<secret>` → `key_<id>`).
+fn key_id(key: &str) -> String {
+    let rest = key.strip_prefix("pr_").expect("pr_ prefix");
+    format!("key_{}", rest.split_once('_').expect("two parts").0)
+}
+
+/// The same key id with a wrong secret of the right length.
+fn forged(key: &str) -> String {
+    let rest = key.strip_prefix("pr_").expect("pr_ prefix");
+    let (public, secret) = rest.split_once('_').expect("two parts");
+    format!("pr_{public}_{}", "x".repeat(secret.len()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotent replay.
+
+#[sqlx::test]
+async fn a_replay_needs_the_key_that_made_it_and_never_shows_a_secret_again(pool: PgPool) {
+    let rig = rig(pool).await;
+    let body = json!({"url": "https://hooks.example.com/payrail"});
+    let (status, created) = rig.post(&rig.key, "/v1/webhook_endpoints", body.clone(), Some("hook-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["secret"].as_str().expect("secret shown at creation").to_owned();
+    assert!(secret.starts_with("whsec_"));
+
+    // The key's public id with a wrong secret: 401, and the stored response is not reached.
+    let (status, answer) = rig.post(&forged(&rig.key), "/v1/webhook_endpoints", body.clone(), Some("hook-1")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(!answer.to_string().contains(&secret), "the secret leaked to a forged key: {answer}");
+
+    // Another merchant's valid key under the same Idempotency-Key runs its own request.
+    let other = create_merchant(&rig.state.pool, "Other").await.expect("merchant");
+    let (status, theirs) = rig.post(&other.api_key, "/v1/webhook_endpoints", body.clone(), Some("hook-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{theirs}");
+    assert_ne!(theirs["id"], created["id"]);
+    assert_ne!(theirs["secret"], created["secret"]);
+
+    // The key that made it gets the same object back, with the secret redacted.
+    let (status, replayed) = rig.post(&rig.key, "/v1/webhook_endpoints", body, Some("hook-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{replayed}");
+    assert_eq!(replayed["id"], created["id"]);
+    assert_eq!(replayed["url"], created["url"]);
+    assert_eq!(replayed["secret"], Value::Null, "a replay never shows the secret: {replayed}");
+
+    // Nothing secret is stored.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT response_body FROM idempotency_keys WHERE response_body IS NOT NULL")
+        .fetch_all(&rig.state.pool)
+        .await
+        .expect("stored");
+    assert_eq!(stored.len(), 2);
+    for body in stored {
+        let text = String::from_utf8(body).expect("utf-8");
+        assert!(!text.contains("whsec_"), "a signing secret is stored: {text}");
+    }
+}
+
+#[sqlx::test]
+async fn a_replayed_creator_creation_does_not_give_out_a_working_key(pool: PgPool) {
+    let rig = rig(pool).await;
+    let body = json!({"name": "Writer"});
+    let (status, created) = rig.post(&rig.key, "/v1/creators", body.clone(), Some("cr-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let creator_key = created["api_key"].as_str().expect("the creator's key, once").to_owned();
+    let (status, replayed) = rig.post(&rig.key, "/v1/creators", body.clone(), Some("cr-1")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(replayed["api_key"], Value::Null, "{replayed}");
+    // A forged token with the merchant key's id gets nothing.
+    let (status, answer) = rig.post(&forged(&rig.key), "/v1/creators", body, Some("cr-1")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!answer.to_string().contains(&creator_key[..20]));
+}
+
+#[sqlx::test]
+async fn stored_responses_are_purged_after_the_replay_window(pool: PgPool) {
+    let rig = rig(pool).await;
+    let (status, _) = rig.post(&rig.key, "/v1/webhook_endpoints", json!({"url": "https://h.example.com/a"}), Some("old")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let now = payrail::clock::Clock::now(rig.clock.as_ref());
+    // Still inside the window: kept.
+    assert_eq!(payrail::api::idempotency::purge_expired(&rig.state.pool, now).await.expect("purge"), 0);
+    let later = now + Duration::hours(payrail::api::idempotency::IDEMPOTENCY_KEY_TTL_H) + Duration::seconds(1);
+    assert_eq!(payrail::api::idempotency::purge_expired(&rig.state.pool, later).await.expect("purge"), 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys").fetch_one(&rig.state.pool).await.expect("count");
+    assert_eq!(left, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys.
+
+#[sqlx::test]
+async fn a_merchant_creates_lists_and_revokes_keys(pool: PgPool) {
+    let rig = rig(pool).await;
+    let (status, created) = rig.post(&rig.key, "/v1/api_keys", json!({"name": "ci"}), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let second = created["secret"].as_str().expect("secret").to_owned();
+    assert_eq!(created["name"], "ci");
+    assert_eq!(created["read_only"], false);
+    assert_eq!(key_id(&second), created["id"].as_str().expect("id"));
+
+    // The new key works; the list shows both keys and never a secret.
+    let (status, _) = rig.get(&second, "/v1/invoices").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, list) = rig.get(&rig.key, "/v1/api_keys").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["data"].as_array().expect("data").iter().filter_map(|k| k["id"].as_str()).collect();
+    assert!(ids.contains(&key_id(&rig.key).as_str()) && ids.contains(&key_id(&second).as_str()), "{list}");
+    assert!(!list.to_string().contains(&second[20..]), "a listing shows no secret: {list}");
+    assert!(list["data"].as_array().expect("data").iter().all(|k| k.get("secret").is_none()));
+    let used = list["data"].as_array().expect("data").iter().find(|k| k["id"] == created["id"]).expect("listed");
+    assert!(used["last_used_at"].is_string(), "the new key's use is recorded: {used}");
+
+    // Another merchant cannot see or revoke it.
+    let other = create_merchant(&rig.state.pool, "Other").await.expect("merchant");
+    let path = format!("/v1/api_keys/{}", created["id"].as_str().expect("id"));
+    let (status, _) = rig.get(&other.api_key, &path).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = rig.send(reqwest::Method::DELETE, Some(&other.api_key), &path, None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = rig.get(&second, "/v1/invoices").await;
+    assert_eq!(status, StatusCode::OK, "still valid after another merchant's attempt");
+
+    // Revoked: refused from the next request on.
+    let (status, revoked) = rig.send(reqwest::Method::DELETE, Some(&rig.key), &path, None, None).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revoked_at"].is_string());
+    let (status, answer) = rig.get(&second, "/v1/invoices").await;
+    assert_eq!((status, code(&answer)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+}
+
+#[sqlx::test]
+async fn a_read_only_key_reads_and_cannot_write(pool: PgPool) {
+    let rig = rig(pool).await;
+    let (status, created) = rig.post(&rig.key, "/v1/api_keys", json!({"read_only": true}), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let reader = created["secret"].as_str().expect("secret").to_owned();
+    assert_eq!(created["read_only"], true);
+
+    let (status, _) = rig.get(&reader, "/v1/invoices").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = rig.get(&reader, "/v1/balances").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = rig.post(&reader, "/v1/invoices", json!({"amount": "1.00", "currency": "USD"}), None).await;
+    assert_eq!((status, code(&answer)), (StatusCode::FORBIDDEN, "read_only_key"), "{answer}");
+    let (status, answer) = rig.post(&reader, "/v1/api_keys", json!({}), None).await;
+    assert_eq!((status, code(&answer)), (StatusCode::FORBIDDEN, "read_only_key"), "a reader cannot make a writer");
+    let (status, answer) = rig
+        .send(reqwest::Method::PUT, Some(&reader), "/v1/split_rules", Some(json!({"rules": []})), None)
+        .await;
+    assert_eq!((status, code(&answer)), (StatusCode::FORBIDDEN, "read_only_key"), "{answer}");
+    let path = format!("/v1/api_keys/{}", key_id(&rig.key));
+    let (status, answer) = rig.send(reqwest::Method::DELETE, Some(&reader), &path, None, None).await;
+    assert_eq!((status, code(&answer)), (StatusCode::FORBIDDEN, "read_only_key"));
+    let invoices: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices").fetch_one(&rig.state.pool).await.expect("count");
+    assert_eq!(invoices, 0, "nothing was written");
+}
+
+#[sqlx::test]
+async fn a_rotated_key_works_for_its_grace_period_only(pool: PgPool) {
+    let rig = rig(pool).await;
+    let path = format!("/v1/api_keys/{}/rotate", key_id(&rig.key));
+    let (status, answer) = rig.post(&rig.key, &path, json!({"grace_period_s": 86_401}), None).await;
+    assert_eq!((status, code(&answer)), (StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"), "at most 24 h");
+
+    let (status, rotated) = rig.post(&rig.key, &path, json!({"grace_period_s": 600}), Some("rot-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    let new_key = rotated["secret"].as_str().expect("secret").to_owned();
+    // Both work inside the grace period.
+    assert_eq!(rig.get(&rig.key, "/v1/invoices").await.0, StatusCode::OK);
+    assert_eq!(rig.get(&new_key, "/v1/invoices").await.0, StatusCode::OK);
+    let (_, old) = rig.get(&new_key, &format!("/v1/api_keys/{}", key_id(&rig.key))).await;
+    assert_eq!(old["rotated_to"], rotated["id"]);
+    assert!(old["expires_at"].is_string(), "{old}");
+    // A second rotation of the old key is refused.
+    let (status, answer) = rig.post(&new_key, &path, json!({}), None).await;
+    assert_eq!((status, code(&answer)), (StatusCode::CONFLICT, "api_key_inactive"));
+
+    // After it, only the new key works.
+    rig.clock.advance(Duration::seconds(601));
+    let (status, _) = rig.get(&rig.key, "/v1/invoices").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(rig.get(&new_key, "/v1/invoices").await.0, StatusCode::OK);
+    // Even the old key's replay of its own rotation is refused now: it no longer authenticates.
+    let (status, answer) = rig.post(&rig.key, &path, json!({"grace_period_s": 600}), Some("rot-1")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+
+    // Grace 0 revokes at once.
+    let path = format!("/v1/api_keys/{}/rotate", key_id(&new_key));
+    let (status, third) = rig.post(&new_key, &path, json!({"grace_period_s": 0}), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{third}");
+    assert_eq!(rig.get(&new_key, "/v1/invoices").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(rig.get(third["secret"].as_str().expect("secret"), "/v1/invoices").await.0, StatusCode::OK);
+}
+
+#[sqlx::test]
+async fn an_admin_key_creates_merchants_and_nothing_else_can(pool: PgPool) {
+    let rig = rig(pool).await;
+    let admin = create_platform_key(&rig.state.pool, Role::Admin).await.expect("admin");
+    let finance = create_platform_key(&rig.state.pool, Role::Finance).await.expect("finance");
+    for key in [&rig.key, &finance] {
+        let (status, answer) = rig.post(key, "/v1/merchants", json!({"name": "Nope"}), None).await;
+        assert_eq!((status, code(&answer)), (StatusCode::FORBIDDEN, "forbidden"), "{answer}");
+    }
+    let (status, answer) = rig.post(&admin, "/v1/merchants", json!({"name": ""}), None).await;
+    assert_eq!((status, code(&answer)), (StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"));
+    let (status, created) = rig.post(&admin, "/v1/merchants", json!({"name": "  New Shop "}), Some("m-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["name"], "New Shop");
+    let key = created["api_key"].as_str().expect("key").to_owned();
+    let (status, _) = rig.get(&key, "/v1/invoices").await;
+    assert_eq!(status, StatusCode::OK, "the new merchant's key works");
+    let (_, replayed) = rig.post(&admin, "/v1/merchants", json!({"name": "  New Shop "}), Some("m-1")).await;
+    assert_eq!(replayed["id"], created["id"]);
+    assert_eq!(replayed["api_key"], Value::Null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-address limits.
+
+#[sqlx::test]
+async fn an_address_that_keeps_failing_authentication_is_slowed_down(pool: PgPool) {
+    let rig = rig_with(pool, |state| state.ip_limiter = Arc::new(IpLimiter::with_limits(None, (100, 100), (1, 3)))).await;
+    let bad = forged(&rig.key);
+    for _ in 0..3 {
+        let (status, _) = rig.get(&bad, "/v1/invoices").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Dry: the next bearer request from this address is refused before any key is looked up,
+    // with Retry-After, even with a valid key.
+    let response = rig.client.get(format!("{}/v1/invoices", rig.base)).bearer_auth(&bad).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, answer) = rig.get(&rig.key, "/v1/invoices").await;
+    assert_eq!((status, code(&answer)), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    // A token comes back with time.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (status, _) = rig.get(&rig.key, "/v1/invoices").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[sqlx::test]
+async fn public_routes_take_a_token_per_request_from_the_address(pool: PgPool) {
+    let rig = rig_with(pool, |state| state.ip_limiter = Arc::new(IpLimiter::with_limits(None, (1, 2), (1, 20)))).await;
+    let invoice = common::invoice(&rig.state, &rig.merchant_id, "5.00", &[common::USDC_POLYGON]).await;
+    let status_path = format!("{}/pay/{}/status", rig.base, invoice.id);
+    for _ in 0..2 {
+        assert_eq!(rig.client.get(&status_path).send().await.expect("status").status(), StatusCode::OK);
+    }
+    let response = rig.client.get(&status_path).send().await.expect("status");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let response = rig.client.post(format!("{}/pay/{}/card", rig.base, invoice.id)).form(&[("payment_method", "pm_card_visa")]).send().await.expect("card");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "the card form shares the address's bucket");
+    // Keyed requests are not charged to the address.
+    let (status, _) = rig.get(&rig.key, "/v1/invoices").await;
+    assert_eq!(status, StatusCode::OK);
+}
