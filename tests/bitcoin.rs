@@ -68,9 +68,12 @@ async fn descriptors_are_set_and_checked_over_the_api(pool: PgPool) {
         assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(code)), "{body}: {answer}");
         assert!(!answer.to_string().contains("tprv8Zgx"), "a private key is never echoed: {answer}");
     }
-    // One descriptor, one merchant.
+    // One descriptor, one merchant: refused as unusable, without revealing that another merchant
+    // registered it.
     let (status, answer) = put(rig.api_key.clone(), json!({"descriptor": without})).await;
-    assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("descriptor_in_use")), "{answer}");
+    assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("descriptor_invalid")), "{answer}");
+    let text = answer.to_string();
+    assert!(!text.contains("merchant") && !text.contains("in use") && !text.contains("bcrt1"), "{answer}");
 }
 
 #[sqlx::test]

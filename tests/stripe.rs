@@ -169,6 +169,60 @@ async fn ls_get(path: &str) -> (StatusCode, Value) {
     (status, response.json().await.expect("json"))
 }
 
+/// Writes `n` failed card attempts of invoice `id`, the last one `age_s` seconds ago.
+async fn failed_attempts(server: &Server, id: &str, n: i32, age_s: i64) {
+    for number in 1..=n {
+        sqlx::query(
+            "INSERT INTO card_attempts (id, invoice_id, attempt, idempotency_key, kind, currency, amount_minor, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'payment_intent', 'USD', 1234, 'failed', now() - make_interval(secs => $5), now())",
+        )
+        .bind(payrail::ids::new_id("ca"))
+        .bind(id)
+        .bind(number)
+        .bind(format!("payrail:{id}:card:{number}"))
+        .bind(age_s as f64 + f64::from(n - number))
+        .execute(&server.state.pool)
+        .await
+        .expect("attempt");
+    }
+}
+
+#[sqlx::test]
+async fn card_attempts_on_one_invoice_are_capped_and_cooled_down(pool: PgPool) {
+    let server = start(pool).await;
+    // Three attempts back to back are fine; a fourth right after waits, with Retry-After.
+    let id = server.invoice("12.34").await;
+    failed_attempts(&server, &id, 3, 0).await;
+    let response = server
+        .client
+        .post(format!("{}/pay/{id}/card", server.base))
+        .header("accept", "application/json")
+        .form(&[("payment_method", "pm_card_chargeCustomerFail")])
+        .send()
+        .await
+        .expect("card");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=30).contains(&wait), "{wait}");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "card_attempt_cooldown", "{body}");
+    // Once the cooldown has passed, the next attempt goes to the processor.
+    sqlx::query("UPDATE card_attempts SET created_at = created_at - interval '31 seconds' WHERE invoice_id = $1")
+        .bind(&id)
+        .execute(&server.state.pool)
+        .await
+        .expect("age");
+    let (status, attempt) = server.pay_by_card(&id, "pm_card_chargeCustomerFail").await;
+    assert_eq!(status, StatusCode::CREATED, "{attempt}");
+    assert_eq!(attempt["attempt"], 4);
+
+    // Ten attempts is the most an invoice may have, however long ago they were.
+    let id = server.invoice("12.34").await;
+    failed_attempts(&server, &id, 10, 3600).await;
+    let (status, body) = server.pay_by_card(&id, "pm_card_visa").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("card_attempts_exhausted")), "{body}");
+}
+
 #[sqlx::test]
 async fn a_declined_card_is_recorded_and_another_card_can_pay(pool: PgPool) {
     let server = start(pool).await;
@@ -414,7 +468,32 @@ async fn events_for_unknown_invoices_are_kept_for_review(pool: PgPool) {
 async fn a_paid_checkout_session_credits_the_invoice_once(pool: PgPool) {
     let server = start(pool).await;
     let id = server.invoice("25.00").await;
+    // A session payrail did not start (no stored attempt matches its metadata) credits nothing,
+    // even though its client_reference_id names the invoice.
     let (_, answer) = server.deliver_signed(&fixture("checkout.session.completed", &id, &[])).await;
+    assert_eq!(answer["status"], "review", "{answer}");
+    assert_eq!(server.show(&id).await["status"], "open");
+    let foreign = fixture(
+        "checkout.session.completed",
+        &id,
+        &[("\"payrail_attempt_id\": \"ca_0000000000000000000000000\"", "\"x\": \"y\""), ("evt_", "evt_2")],
+    );
+    let (_, answer) = server.deliver_signed(&foreign).await;
+    assert_eq!(answer["status"], "review", "{answer}");
+    assert_eq!(server.show(&id).await["status"], "open");
+
+    // payrail's own Checkout attempt, as `attempt::start` stores it before calling Stripe.
+    sqlx::query(
+        "INSERT INTO card_attempts (id, invoice_id, attempt, idempotency_key, kind, currency, amount_minor, status, created_at, updated_at) \
+         VALUES ('ca_0000000000000000000000000', $1, 1, $2, 'checkout_session', 'USD', 2500, 'open', now(), now())",
+    )
+    .bind(&id)
+    .bind(format!("payrail:{id}:card:1"))
+    .execute(&server.state.pool)
+    .await
+    .expect("attempt");
+    let ours = fixture("checkout.session.completed", &id, &[("evt_", "evt_3")]);
+    let (_, answer) = server.deliver_signed(&ours).await;
     assert_eq!(answer["status"], "processed", "{answer}");
     assert_eq!(server.show(&id).await["status"], "paid");
     // Its PaymentIntent's own success event is the same payment.

@@ -22,7 +22,11 @@ impl From<AllocationError> for ApiError {
             AllocationError::Descriptor(e) => Self::new(unprocessable, e.code(), e.to_string()),
             AllocationError::GapLimit { .. } => Self::new(unprocessable, "parameter_invalid", format!("gap_limit: {error}")),
             AllocationError::UnknownChain { .. } => Self::new(unprocessable, "chain_unsupported", error.to_string()),
-            AllocationError::InUse { .. } => Self::new(StatusCode::CONFLICT, "descriptor_in_use", error.to_string()),
+            // Answered as any unusable descriptor, without saying why: that another merchant
+            // registered these keys is theirs to know, not the caller's.
+            AllocationError::InUse { .. } => {
+                Self::new(unprocessable, "descriptor_invalid", "descriptor: cannot be used for deposit addresses")
+            }
             AllocationError::Exhausted { .. } | AllocationError::Corrupt { .. } | AllocationError::Database(_) => {
                 Self::internal(error)
             }
@@ -64,9 +68,8 @@ fn chain_of(state: &AppState, query: &ChainQuery) -> Result<ChainId, ApiError> {
     responses((status = 200, body = BitcoinSettings, description = "the descriptor now in force; new invoices derive from it"),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
         (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
-        (status = 409, body = super::openapi::ErrorBody, description = "descriptor_in_use: another merchant set it"),
         (status = 422, body = super::openapi::ErrorBody,
-            description = "descriptor_invalid, descriptor_checksum, descriptor_private_key, descriptor_not_ranged, descriptor_unsupported, descriptor_network, parameter_invalid")))]
+            description = "descriptor_invalid (also for keys that cannot be used here, without saying why), descriptor_checksum, descriptor_private_key, descriptor_not_ranged, descriptor_unsupported, descriptor_network, parameter_invalid")))]
 pub async fn put_descriptor(
     State(state): State<AppState>,
     auth: MerchantAuth,

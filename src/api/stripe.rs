@@ -36,6 +36,14 @@ impl From<StripeError> for ApiError {
             NotConfigured => Self::new(StatusCode::CONFLICT, "card_unavailable", "card payments are not configured"),
             CardUnavailable { .. } => Self::new(StatusCode::CONFLICT, "card_unavailable", error.to_string()),
             AttemptInProgress { .. } => Self::new(StatusCode::CONFLICT, "card_in_progress", error.to_string()),
+            AttemptsExhausted { .. } => Self::new(StatusCode::CONFLICT, "card_attempts_exhausted", format!(
+                "{error}; pay with a chain rail instead"
+            )),
+            AttemptCooldown { wait_s, .. } => {
+                let mut api = Self::new(StatusCode::TOO_MANY_REQUESTS, "card_attempt_cooldown", error.to_string());
+                api.retry_after_s = Some(wait_s.max(1));
+                api
+            }
             NothingToRefund { .. } => Self::new(StatusCode::CONFLICT, "refund_unavailable", format!(
                 "{error}: only card payments are refunded through the API"
             )),

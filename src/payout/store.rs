@@ -34,8 +34,10 @@ pub struct PayoutView {
     pub asset: String,
     /// `created` → `sent` → `confirmed`, or `failed` (balances returned to the creators).
     pub status: String,
-    /// Sum of all items of the batch, in the asset's smallest unit.
+    /// Sum of the items, in the asset's smallest unit: of the whole batch for finance keys, of
+    /// the merchant's own items in a merchant's webhook.
     pub total_minor: String,
+    /// Items counted as `total_minor` is.
     pub recipients: i32,
     /// The bytes32 id the contract refuses to pay twice.
     pub batch_key: String,
@@ -249,11 +251,22 @@ async fn announce(conn: &mut PgConnection, view: &PayoutView, event_type: &str, 
     merchants.sort_unstable();
     merchants.dedup();
     for merchant in merchants {
-        let mut data = view.clone();
-        data.items.retain(|i| i.merchant_id == merchant);
+        let data = merchant_share(view, merchant)?;
         emit(&mut *conn, merchant, event_type, &view.id, &data, now).await?;
     }
     Ok(())
+}
+
+/// A batch as one of its merchants may see it: only that merchant's items, and the total and
+/// recipient count of those items — never what the batch pays other merchants' creators.
+fn merchant_share(view: &PayoutView, merchant: &str) -> Result<PayoutView> {
+    let mut data = view.clone();
+    data.items.retain(|i| i.merchant_id == merchant);
+    let amounts = data.items.iter().map(|i| amount(&i.amount_minor)).collect::<Result<Vec<_>>>()?;
+    let total = Amount::checked_sum(amounts).ok_or_else(|| PayoutError::Corrupt { value: format!("total of {}", view.id) })?;
+    data.total_minor = total.to_string();
+    data.recipients = i32::try_from(data.items.len()).map_err(|_| PayoutError::Corrupt { value: format!("items of {}", view.id) })?;
+    Ok(data)
 }
 
 const VIEW_COLUMNS: &str = "id, run_id, chain, asset, status, total_minor::text AS total, recipients, batch_key, tx_hash, \
@@ -659,4 +672,45 @@ pub async fn mark_scheduled_run(conn: &mut PgConnection, chain: &ChainId, at: Da
 /// A fresh run id.
 pub fn new_run_id() -> String {
     new_id("run")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(creator: &str, merchant: &str, amount: &str) -> PayoutItemView {
+        PayoutItemView {
+            creator_id: creator.to_owned(),
+            merchant_id: merchant.to_owned(),
+            address: "0x0000000000000000000000000000000000000001".to_owned(),
+            amount_minor: amount.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_merchant_sees_only_its_own_share_of_a_batch() {
+        let view = PayoutView {
+            id: "po_1".to_owned(),
+            run_id: "run_1".to_owned(),
+            chain: "eip155:137".to_owned(),
+            asset: "eip155:137/erc20:0x01".to_owned(),
+            status: "created".to_owned(),
+            total_minor: "1000123".to_owned(),
+            recipients: 3,
+            batch_key: "0x00".to_owned(),
+            tx_hash: None,
+            block_number: None,
+            gas_fee_minor: None,
+            error: None,
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+            sent_at: None,
+            finished_at: None,
+            items: vec![item("cr_a", "mer_a", "100"), item("cr_b", "mer_b", "1000000"), item("cr_c", "mer_a", "23")],
+        };
+        let a = merchant_share(&view, "mer_a").expect("share");
+        assert_eq!((a.total_minor.as_str(), a.recipients, a.items.len()), ("123", 2, 2));
+        assert!(a.items.iter().all(|i| i.merchant_id == "mer_a"));
+        let b = merchant_share(&view, "mer_b").expect("share");
+        assert_eq!((b.total_minor.as_str(), b.recipients), ("1000000", 1));
+    }
 }

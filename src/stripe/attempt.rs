@@ -28,6 +28,14 @@ pub const TEST_CARDS: &[(&str, &str)] = &[
 ];
 /// An attempt still `creating` after this long got no answer from Stripe and is given up.
 pub const CREATING_WAIT_S: i64 = 60;
+/// Most card attempts one invoice may have: beyond this, card testing rather than a payer is the
+/// likely cause, and the invoice is paid on a chain rail or not at all.
+pub const ATTEMPTS_PER_INVOICE_MAX: i64 = 10;
+/// Attempts an invoice may make back to back; each one after them waits
+/// [`ATTEMPT_COOLDOWN_S`] after the one before.
+pub const ATTEMPTS_WITHOUT_COOLDOWN: i64 = 3;
+/// The wait between attempts past [`ATTEMPTS_WITHOUT_COOLDOWN`].
+pub const ATTEMPT_COOLDOWN_S: i64 = 30;
 /// Longest PaymentMethod id accepted.
 pub const PAYMENT_METHOD_LEN_MAX: usize = 100;
 
@@ -183,6 +191,20 @@ pub async fn start(
                 .await?;
             }
             _ => return Err(StripeError::AttemptInProgress { invoice_id: invoice_id.to_owned() }),
+        }
+    }
+    let (made, last_at): (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT count(*), max(created_at) FROM card_attempts WHERE invoice_id = $1")
+            .bind(invoice_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if made >= ATTEMPTS_PER_INVOICE_MAX {
+        return Err(StripeError::AttemptsExhausted { invoice_id: invoice_id.to_owned(), attempts: made });
+    }
+    if let Some(last_at) = last_at.filter(|_| made >= ATTEMPTS_WITHOUT_COOLDOWN) {
+        let wait_s = ATTEMPT_COOLDOWN_S - (now - last_at).num_seconds();
+        if wait_s > 0 {
+            return Err(StripeError::AttemptCooldown { invoice_id: invoice_id.to_owned(), wait_s: wait_s.unsigned_abs() });
         }
     }
     let number: i32 = sqlx::query_scalar("SELECT coalesce(max(attempt), 0) + 1 FROM card_attempts WHERE invoice_id = $1")

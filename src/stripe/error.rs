@@ -34,6 +34,10 @@ pub enum StripeError {
     CardUnavailable { invoice_id: String, reason: String },
     #[error("a card payment of invoice {invoice_id} is already under way or done")]
     AttemptInProgress { invoice_id: String },
+    #[error("invoice {invoice_id} has had {attempts} card attempts, the most it may have")]
+    AttemptsExhausted { invoice_id: String, attempts: i64 },
+    #[error("invoice {invoice_id} takes its next card attempt in {wait_s} s")]
+    AttemptCooldown { invoice_id: String, wait_s: u64 },
     #[error("invoice {invoice_id} has no card payment to refund")]
     NothingToRefund { invoice_id: String },
     #[error("refund of invoice {invoice_id} refused: {reason}")]

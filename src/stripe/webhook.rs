@@ -261,6 +261,14 @@ async fn act(tx: &mut PgConnection, ledger: &Ledger, event: &CardEvent, now: Dat
             let (Some(pi), Some(currency), Some(amount)) = (&session.payment_intent, &session.currency, session.amount_total) else {
                 return Ok(Outcome::review("paid session without a payment intent, currency or amount"));
             };
+            // Only a session payrail started credits an invoice: its metadata must name one of
+            // payrail's own Checkout attempts of that invoice (a `client_reference_id` alone is
+            // something anyone with the Stripe account's dashboard could set).
+            if !session_is_ours(tx, session).await? {
+                return Ok(Outcome::review(
+                    "checkout session not started by payrail (its metadata names no stored card attempt of the invoice); not credited",
+                ));
+            }
             let charged = Charged {
                 invoice_id: event.invoice_id(),
                 payment_intent_id: pi,
@@ -286,6 +294,26 @@ async fn act(tx: &mut PgConnection, ledger: &Ledger, event: &CardEvent, now: Dat
         }),
         CardEvent::Other => Ok(Outcome::ignored("not a type the card rail acts on")),
     }
+}
+
+/// Whether a Checkout Session's metadata names a stored Checkout attempt of the invoice it names
+/// (and, once the session id is stored, that very session).
+async fn session_is_ours(tx: &mut PgConnection, session: &super::client::CheckoutSession) -> Result<bool, StripeError> {
+    let (Some(attempt_id), Some(invoice_id)) =
+        (session.metadata.get(METADATA_ATTEMPT_ID), session.metadata.get(super::METADATA_INVOICE_ID))
+    else {
+        return Ok(false);
+    };
+    let ours: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM card_attempts WHERE id = $1 AND invoice_id = $2 AND kind = 'checkout_session' \
+                          AND (checkout_session_id IS NULL OR checkout_session_id = $3))",
+    )
+    .bind(attempt_id)
+    .bind(invoice_id)
+    .bind(&session.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(ours)
 }
 
 /// Another attempt of the same invoice that is under way or succeeded: at most one may be (a unique
