@@ -893,3 +893,120 @@ async fn the_dispatcher_loop_holds_the_advisory_lock_and_delivers(pool: PgPool) 
     tokio::time::timeout(StdDuration::from_secs(10), task).await.expect("stops promptly").expect("task");
     assert!(try_lock().await, "the lock is released at shutdown");
 }
+
+/// A receiver that holds every request until the test releases it, then answers 200.
+struct HangingReceiver {
+    url: String,
+    hits: Arc<Mutex<Vec<String>>>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+async fn hanging_receiver() -> HangingReceiver {
+    let hits: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let seen = hits.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap| {
+            let (seen, mut released) = (seen.clone(), released.clone());
+            async move {
+                let event = headers.get("payrail-event-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                seen.lock().expect("hits").push(event);
+                let _ = released.wait_for(|go| *go).await;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    HangingReceiver { url, hits, release }
+}
+
+/// Waits until `done` holds, polling; panics with `what` if it never does (a bound against a hung
+/// test, far above how long the work takes).
+async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(60);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+}
+
+async fn statuses(pool: &PgPool, endpoint_id: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT status FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id")
+        .bind(endpoint_id)
+        .fetch_all(pool)
+        .await
+        .expect("statuses")
+}
+
+/// One merchant's endpoint that never answers delays only itself: while its first delivery hangs,
+/// the running dispatcher goes on fanning out and delivering another merchant's events, and does not
+/// send the hanging endpoint its next event (one delivery in flight per endpoint, in order).
+#[sqlx::test]
+async fn a_hanging_endpoint_delays_only_itself(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let slow_merchant = h.merchant().await;
+    let fast_merchant = h.merchant().await;
+    let slow = hanging_receiver().await;
+    let fast = receiver(&[]).await;
+    let (slow_id, _) = h.endpoint(&slow_merchant, &slow.url).await;
+    let (fast_id, fast_secret) = h.endpoint(&fast_merchant, &fast.url).await;
+    fast.trust(&fast_secret);
+
+    // Attempts here never time out on their own: only the release ends the hanging one.
+    let config = DispatchConfig {
+        timeout_ms: 600_000,
+        connect_timeout_ms: 600_000,
+        poll_interval_ms: 20,
+        allow_loopback: true,
+        ..DispatchConfig::default()
+    };
+    let dispatcher = Dispatcher::new(pool.clone(), h.clock.clone(), config).expect("dispatcher");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { dispatcher.run(stopped).await });
+
+    h.invoice(&slow_merchant).await;
+    wait_until("the slow endpoint receives its first event", || async { slow.hits.lock().expect("hits").len() == 1 })
+        .await;
+    // Written while the slow endpoint's attempt hangs.
+    h.invoice(&slow_merchant).await;
+    for _ in 0..3 {
+        h.invoice(&fast_merchant).await;
+    }
+    wait_until("the fast endpoint's three deliveries complete", || async {
+        statuses(&pool, &fast_id).await == ["delivered", "delivered", "delivered"]
+    })
+    .await;
+    assert_eq!(fast.hits().len(), 3);
+    assert!(fast.hits().iter().all(|hit| hit.signature_ok));
+    // Still hanging on its first delivery: not sent again, and its second is held back.
+    assert_eq!(slow.hits.lock().expect("hits").len(), 1);
+    assert_eq!(statuses(&pool, &slow_id).await, ["pending", "pending"]);
+    let attempted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1",
+    )
+    .bind(&slow_id)
+    .fetch_one(&pool)
+    .await
+    .expect("attempts");
+    assert_eq!(attempted, 0, "the hanging attempt is not finished, so not logged");
+
+    slow.release.send(true).expect("release");
+    wait_until("the slow endpoint's deliveries complete once released", || async {
+        statuses(&pool, &slow_id).await == ["delivered", "delivered"]
+    })
+    .await;
+    let slow_events: Vec<String> = slow.hits.lock().expect("hits").clone();
+    let events = h.events(&slow_merchant).await;
+    let in_order: Vec<String> = events.iter().rev().map(|e| e["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(slow_events, in_order, "each event once, oldest first");
+
+    stop.send(true).expect("stop");
+    task.await.expect("task").expect("dispatcher");
+}

@@ -6,24 +6,38 @@
 //!    type), in outbox order, in one transaction with the mark on the outbox rows;
 //! 2. supersede: a pending delivery that has already failed and whose object has a newer event for
 //!    the same endpoint is not retried (`superseded`);
-//! 3. send: for up to `endpoints_per_pass` endpoints whose oldest pending delivery is due, that
-//!    delivery is attempted (at most `concurrency` endpoints at once); an endpoint goes on with its
-//!    next delivery after a success or a final failure, up to `deliveries_per_endpoint_per_pass`, and
+//! 3. send: for up to `endpoints_per_pass` endpoints whose oldest pending delivery is due and that
+//!    have no delivery in flight, a delivery task is spawned (at most `concurrency` tasks at once,
+//!    over all endpoints); the task attempts the endpoint's oldest pending delivery and goes on with
+//!    the next one after a success or a final failure, up to `deliveries_per_endpoint_per_pass`, and
 //!    stops at a retry, so a pending older delivery always holds back the newer ones.
+//!
+//! Isolation: an endpoint has at most one delivery in flight (one task; that is also what keeps its
+//! order), and each attempt ends at `timeout_ms`. The loop ([`Dispatcher::run`]) does not wait for
+//! its tasks before the next pass, so a slow endpoint holds one concurrency slot and delays only its
+//! own queue; every other endpoint, of any merchant, is served by the passes that follow.
+//! [`Dispatcher::dispatch_once`] is a pass that waits for the tasks it started (tests, tools).
+//!
+//! Crash safety: a delivery moves on only in the transaction that logs its attempt, guarded by its
+//! attempt count, so a task that dies mid-attempt (crash, lost lock, shutdown) leaves the delivery
+//! pending as it was, to be sent again: at least once, never recorded twice.
 //!
 //! Every attempt is written to `webhook_attempts`. Time comes from the [`Clock`], so backoff is
 //! tested by moving a manual clock. [`Dispatcher::run`] holds a PostgreSQL advisory lock so that one
-//! replica dispatches, and calls a pass every `poll_interval_ms` (at once again after a busy pass).
+//! replica dispatches, and calls a pass every `poll_interval_ms`, at once again after a busy pass or
+//! when a delivery task ends (its endpoint may have more due).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
-use futures::StreamExt;
 use rand::Rng;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Row};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinSet};
 
 use crate::clock::Clock;
 use crate::ids::new_id;
@@ -52,7 +66,7 @@ pub const SUPERSEDE_BATCH: i64 = 1_000;
 pub const ENDPOINTS_PER_PASS_DEFAULT: usize = 200;
 /// Deliveries one endpoint gets per pass, one after the other.
 pub const DELIVERIES_PER_ENDPOINT_PER_PASS_DEFAULT: usize = 20;
-/// Endpoints sent to at the same time.
+/// Endpoints sent to at the same time, over all merchants: the global cap on delivery tasks.
 pub const CONCURRENCY_DEFAULT: usize = 16;
 /// Bytes of a response body kept in the delivery log.
 pub const RESPONSE_EXCERPT_BYTES_MAX: usize = 1024;
@@ -73,7 +87,9 @@ pub struct DispatchConfig {
     pub poll_interval_ms: u64,
     pub fanout_batch: usize,
     pub endpoints_per_pass: usize,
+    /// Deliveries one endpoint's task sends, one after the other, before it gives its slot back.
     pub deliveries_per_endpoint_per_pass: usize,
+    /// Delivery tasks at once (one per endpoint at most).
     pub concurrency: usize,
     /// Deliver to loopback addresses (the dev stack and tests only).
     pub allow_loopback: bool,
@@ -108,6 +124,8 @@ pub struct PassReport {
     pub abandoned: u64,
     /// Endpoints whose pass ended in an error (logged).
     pub errors: u64,
+    /// Delivery tasks started (one per endpoint served).
+    pub endpoints_started: u64,
 }
 
 impl PassReport {
@@ -117,7 +135,24 @@ impl PassReport {
     }
 
     fn busy(&self) -> bool {
-        self.events_fanned_out > 0 || self.superseded > 0 || self.attempts() > 0
+        self.events_fanned_out > 0 || self.superseded > 0 || self.attempts() > 0 || self.endpoints_started > 0
+    }
+
+    /// Counts what a finished delivery task did; a failed or panicked task is logged and counted
+    /// as an error (its delivery stays pending and is picked again).
+    fn absorb(&mut self, joined: std::result::Result<(String, Result<Vec<Outcome>>), JoinError>) {
+        match joined {
+            Ok((_, Ok(outcomes))) => outcomes.into_iter().for_each(|o| self.add(o)),
+            Ok((endpoint_id, Err(error))) => {
+                self.errors += 1;
+                tracing::warn!(target: "webhook", endpoint = %endpoint_id, %error, "dispatching to endpoint failed; retrying next pass");
+            }
+            Err(error) if error.is_cancelled() => {}
+            Err(error) => {
+                self.errors += 1;
+                tracing::error!(target: "webhook", %error, "a delivery task panicked; its delivery stays pending");
+            }
+        }
     }
 
     fn add(&mut self, outcome: Outcome) {
@@ -181,12 +216,46 @@ struct Response {
     retry_after: Option<Duration>,
 }
 
+/// What a delivery task returns: its endpoint and what each attempt came to.
+type TaskResult = (String, Result<Vec<Outcome>>);
+
+/// Clones share the in-flight set and the concurrency slots, so every clone respects the same
+/// limits.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     pool: PgPool,
     clock: Arc<dyn Clock>,
     client: reqwest::Client,
     config: DispatchConfig,
+    /// Endpoints with a delivery task running: not picked again until it ends.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// The global cap on delivery tasks (`concurrency` permits).
+    slots: Arc<Semaphore>,
+}
+
+/// An endpoint's place in the in-flight set, given back when dropped: whether the task ends, fails,
+/// panics or is aborted, the endpoint becomes pickable again.
+struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    endpoint_id: String,
+}
+
+impl InFlight {
+    /// Claims `endpoint_id`; `None` when a task already has it.
+    fn claim(set: &Arc<Mutex<HashSet<String>>>, endpoint_id: &str) -> Option<Self> {
+        // A poisoned set only means a task panicked while holding the lock; the set is still whole.
+        let mut guard = set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard
+            .insert(endpoint_id.to_owned())
+            .then(|| Self { set: Arc::clone(set), endpoint_id: endpoint_id.to_owned() })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut guard = self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.remove(&self.endpoint_id);
+    }
 }
 
 /// Resolves endpoint host names and keeps only addresses an endpoint may use (public ones, and
@@ -225,40 +294,55 @@ impl Dispatcher {
             .dns_resolver(Arc::new(PublicOnly { allow_loopback: config.allow_loopback }))
             .build()
             .map_err(WebhookError::Client)?;
-        Ok(Self { pool, clock, client, config })
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        Ok(Self { pool, clock, client, config, in_flight: Arc::default(), slots })
     }
 
     pub fn config(&self) -> &DispatchConfig {
         &self.config
     }
 
-    /// One pass; see the module docs. The work is picked at the clock's time when the pass starts;
-    /// each attempt reads the clock again when it starts, for its signature and its schedule, so a
-    /// long pass never sends stale timestamps. An error of one endpoint is logged and counted in the
-    /// report; an error of the fan-out or of the queries that pick the work is returned.
+    /// One pass that waits for the delivery tasks it started; see the module docs. The work is
+    /// picked at the clock's time when the pass starts; each attempt reads the clock again when it
+    /// starts, for its signature and its schedule, so a long pass never sends stale timestamps. An
+    /// error of one endpoint is logged and counted in the report; an error of the fan-out or of the
+    /// queries that pick the work is returned.
     pub async fn dispatch_once(&self) -> Result<PassReport> {
+        let mut running = JoinSet::new();
+        let started = self.pass(&mut running, None).await;
+        let mut report = PassReport::default();
+        while let Some(joined) = running.join_next().await {
+            report.absorb(joined);
+        }
+        let started = started?;
+        report.events_fanned_out = started.events_fanned_out;
+        report.deliveries_created = started.deliveries_created;
+        report.superseded = started.superseded;
+        report.endpoints_started = started.endpoints_started;
+        Ok(report)
+    }
+
+    /// Fans out, supersedes, and spawns a delivery task into `running` for each due endpoint that
+    /// has none in flight, as far as free slots allow; returns without waiting for them. `stop`,
+    /// when it turns true, makes the tasks stop after their current attempt.
+    async fn pass(&self, running: &mut JoinSet<TaskResult>, stop: Option<watch::Receiver<bool>>) -> Result<PassReport> {
         let now = self.clock.now();
         let mut report = PassReport::default();
         let (events, created) = self.fan_out(now).await?;
         report.events_fanned_out = events;
         report.deliveries_created = created;
         report.superseded = self.supersede(now).await?;
-        let endpoints = self.due_endpoints(now).await?;
-        let results: Vec<(String, Result<Vec<Outcome>>)> = futures::stream::iter(endpoints)
-            .map(|endpoint_id| async move {
-                let result = self.drain_endpoint(&endpoint_id, now).await;
-                (endpoint_id, result)
-            })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .collect()
-            .await;
-        for (endpoint_id, result) in results {
-            match result {
-                Ok(outcomes) => outcomes.into_iter().for_each(|o| report.add(o)),
-                Err(error) => {
-                    report.errors += 1;
-                    tracing::warn!(target: "webhook", endpoint = %endpoint_id, %error, "dispatching to endpoint failed; retrying next pass");
-                }
+        let free = self.slots.available_permits().min(self.config.endpoints_per_pass.max(1));
+        if free > 0 {
+            let busy: Vec<String> = {
+                let set = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                set.iter().cloned().collect()
+            };
+            for endpoint_id in self.due_endpoints(now, free, &busy).await? {
+                let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else { break };
+                let Some(claim) = InFlight::claim(&self.in_flight, &endpoint_id) else { continue };
+                running.spawn(self.clone().deliver_task(endpoint_id, now, permit, claim, stop.clone()));
+                report.endpoints_started += 1;
             }
         }
         let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
@@ -266,6 +350,20 @@ impl Dispatcher {
             .await?;
         metrics::gauge("payrail_webhook_backlog", "Webhook deliveries waiting to be delivered.", &[], backlog);
         Ok(report)
+    }
+
+    /// One endpoint's delivery task: holds a concurrency slot and the endpoint's in-flight claim
+    /// until it ends, so the endpoint is never sent to twice at once.
+    async fn deliver_task(
+        self,
+        endpoint_id: String,
+        now: DateTime<Utc>,
+        _permit: OwnedSemaphorePermit,
+        _claim: InFlight,
+        stop: Option<watch::Receiver<bool>>,
+    ) -> TaskResult {
+        let result = self.drain_endpoint(&endpoint_id, now, stop.as_ref()).await;
+        (endpoint_id, result)
     }
 
     /// Turns up to `fanout_batch` new outbox events into deliveries. Returns (events, deliveries).
@@ -352,26 +450,37 @@ impl Dispatcher {
         Ok(u64::try_from(rows.len()).unwrap_or(u64::MAX))
     }
 
-    /// Endpoints whose oldest pending delivery is due, the longest waiting first.
-    async fn due_endpoints(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
+    /// Up to `limit` endpoints whose oldest pending delivery is due, the longest waiting first,
+    /// leaving out those in `busy` (a delivery in flight).
+    async fn due_endpoints(&self, now: DateTime<Utc>, limit: usize, busy: &[String]) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT e.id FROM webhook_endpoints e \
              CROSS JOIN LATERAL ( \
                  SELECT d.id, d.next_attempt_at FROM webhook_deliveries d \
                  WHERE d.endpoint_id = e.id AND d.status = 'pending' ORDER BY d.id LIMIT 1) head \
-             WHERE e.deleted_at IS NULL AND head.next_attempt_at <= $1 \
+             WHERE e.deleted_at IS NULL AND head.next_attempt_at <= $1 AND NOT (e.id = ANY ($3)) \
              ORDER BY head.next_attempt_at, head.id LIMIT $2",
         )
         .bind(now)
-        .bind(i64::try_from(self.config.endpoints_per_pass.max(1)).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX))
+        .bind(busy)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    /// Sends the endpoint's due deliveries in queue order until one is to be retried later.
-    async fn drain_endpoint(&self, endpoint_id: &str, now: DateTime<Utc>) -> Result<Vec<Outcome>> {
+    /// Sends the endpoint's due deliveries in queue order until one is to be retried later, or
+    /// `stop` turns true (checked between attempts, so shutdown waits for one attempt at most).
+    async fn drain_endpoint(
+        &self,
+        endpoint_id: &str,
+        now: DateTime<Utc>,
+        stop: Option<&watch::Receiver<bool>>,
+    ) -> Result<Vec<Outcome>> {
         let mut outcomes = Vec::new();
         for _ in 0..self.config.deliveries_per_endpoint_per_pass.max(1) {
+            if stop.is_some_and(|stop| *stop.borrow()) {
+                break;
+            }
             let Some(due) = self.head_if_due(endpoint_id, now).await? else { break };
             let outcome = self.attempt(&due, self.clock.now().max(now)).await?;
             outcomes.push(outcome);
@@ -560,42 +669,74 @@ impl Dispatcher {
 
     /// Dispatches until `shutdown` turns true (or its sender is dropped), while holding the
     /// advisory lock: other replicas wait for it and take over when this one's session ends.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    /// Delivery tasks run beside the passes; at shutdown each ends after its current attempt and is
+    /// waited for before the lock is released, so no other replica sends beside them.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let poll = StdDuration::from_millis(self.config.poll_interval_ms.max(1));
+        let mut running: JoinSet<TaskResult> = JoinSet::new();
         loop {
             let Some(mut lock) = self.acquire_lock(&mut shutdown).await? else { return Ok(()) };
             tracing::info!(target: "webhook", "dispatching webhooks");
+            let mut report = PassReport::default();
             loop {
                 if *shutdown.borrow() {
+                    self.finish(&mut running, &mut report).await;
                     release(lock).await;
                     return Ok(());
                 }
                 // The lock lives as long as its session: a broken connection means another replica
-                // may hold it now, so this one goes back to waiting.
+                // may hold it now, so this one stops sending (an attempt cut short is sent again by
+                // the new holder) and goes back to waiting.
                 if let Err(error) = sqlx::query("SELECT 1").execute(&mut lock).await {
                     tracing::warn!(target: "webhook", %error, "lost the dispatcher lock's connection; waiting for the lock again");
+                    running.abort_all();
+                    while let Some(joined) = running.join_next().await {
+                        report.absorb(joined);
+                    }
                     break;
                 }
-                let busy = match self.dispatch_once().await {
-                    Ok(report) => {
-                        if report.busy() {
-                            tracing::debug!(target: "webhook", ?report, "dispatch pass");
-                        }
-                        report.busy()
-                    }
+                let busy = match self.pass(&mut running, Some(shutdown.clone())).await {
+                    Ok(pass) => pass.busy(),
                     Err(error) => {
                         tracing::warn!(target: "webhook", %error, "dispatch pass failed; retrying");
                         false
                     }
                 };
+                while let Some(joined) = running.try_join_next() {
+                    report.absorb(joined);
+                }
+                if report.busy() {
+                    tracing::debug!(target: "webhook", ?report, "deliveries finished");
+                    report = PassReport::default();
+                }
                 if busy {
                     continue;
                 }
+                // A task that ends frees its endpoint, which may have more due: look again at once.
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.changed() => {}
+                    Some(joined) = running.join_next(), if !running.is_empty() => report.absorb(joined),
                 }
             }
+        }
+    }
+
+    /// Lets the running tasks end after their current attempt (they see `shutdown`), waiting at most
+    /// about one attempt's timeout; whatever is still running then is aborted, its delivery left
+    /// pending as it was.
+    async fn finish(&self, running: &mut JoinSet<TaskResult>, report: &mut PassReport) {
+        let grace = StdDuration::from_millis(self.config.timeout_ms.saturating_mul(2).max(1_000));
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(joined) = running.join_next().await {
+                report.absorb(joined);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(target: "webhook", tasks = running.len(), "delivery tasks still running at shutdown; aborted, their deliveries stay pending");
+            running.abort_all();
+            while running.join_next().await.is_some() {}
         }
     }
 
