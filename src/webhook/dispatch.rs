@@ -22,7 +22,9 @@
 //! attempt count, so a task that dies mid-attempt (crash, lost lock, shutdown) leaves the delivery
 //! pending as it was, to be sent again: at least once, never recorded twice.
 //!
-//! Every attempt is written to `webhook_attempts`. Time comes from the [`Clock`], so backoff is
+//! Every attempt is written to `webhook_attempts` with its status code, duration and, when it failed,
+//! a coarse [`ErrorClass`] only: the merchant reads that log, and the response body or a raw
+//! connection error would be a read-back of whatever the URL reaches. Time comes from the [`Clock`], so backoff is
 //! tested by moving a manual clock. [`Dispatcher::run`] holds a PostgreSQL advisory lock so that one
 //! replica dispatches, and calls a pass every `poll_interval_ms`, at once again after a busy pass or
 //! when a delivery task ends (its endpoint may have more due).
@@ -44,6 +46,7 @@ use crate::ids::new_id;
 use crate::metrics;
 
 use super::error::{Result, WebhookError};
+use super::failure::{AddressRefused, ErrorClass, ResolveFailed};
 use super::retry::{classify, next_attempt, Next, Verdict, BACKOFF_JITTER_PERMILLE_MAX};
 use super::secret::EndpointSecret;
 use super::signature::{sign, SIGNATURE_HEADER};
@@ -68,9 +71,7 @@ pub const ENDPOINTS_PER_PASS_DEFAULT: usize = 200;
 pub const DELIVERIES_PER_ENDPOINT_PER_PASS_DEFAULT: usize = 20;
 /// Endpoints sent to at the same time, over all merchants: the global cap on delivery tasks.
 pub const CONCURRENCY_DEFAULT: usize = 16;
-/// Bytes of a response body kept in the delivery log.
-pub const RESPONSE_EXCERPT_BYTES_MAX: usize = 1024;
-/// Characters of an error kept in the delivery log.
+/// Characters of an error's details written to the daemon's (debug) log.
 pub const ERROR_TEXT_CHARS_MAX: usize = 500;
 /// The largest event body sent; a bigger one is a bug upstream and is failed, not sent.
 pub const EVENT_BODY_BYTES_MAX: usize = 256 * 1024;
@@ -207,12 +208,12 @@ struct Due {
     body: String,
 }
 
-/// What came back from one HTTP attempt.
+/// What came back from one HTTP attempt. The response body is never read: nothing of it is kept.
 struct Response {
     status: Option<u16>,
-    error: Option<String>,
+    /// Set when no 2xx came.
+    error: Option<ErrorClass>,
     duration_ms: i64,
-    excerpt: Option<String>,
     retry_after: Option<Duration>,
 }
 
@@ -270,13 +271,14 @@ impl reqwest::dns::Resolve for PublicOnly {
         let host = name.as_str().to_owned();
         let allow_loopback = self.allow_loopback;
         Box::pin(async move {
-            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(found) => found.collect(),
+                Err(error) => return Err(Box::new(ResolveFailed(error)) as Box<dyn std::error::Error + Send + Sync>),
+            };
             let allowed: Vec<std::net::SocketAddr> =
                 found.into_iter().filter(|addr| super::endpoint::check_ip(addr.ip(), allow_loopback).is_ok()).collect();
             if allowed.is_empty() {
-                let refused: Box<dyn std::error::Error + Send + Sync> =
-                    format!("{host} resolves only to internal addresses").into();
-                return Err(refused);
+                return Err(Box::new(AddressRefused) as Box<dyn std::error::Error + Send + Sync>);
             }
             let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
             Ok(addrs)
@@ -284,16 +286,22 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
+/// The HTTP client that sends deliveries: bounded in time, no redirects, and every host name
+/// resolved through [`PublicOnly`].
+pub(crate) fn delivery_client(config: &DispatchConfig) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(StdDuration::from_millis(config.timeout_ms))
+        .connect_timeout(StdDuration::from_millis(config.connect_timeout_ms.min(config.timeout_ms)))
+        // A redirect is an answer like any other non-2xx: the endpoint's URL is what the merchant set.
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(PublicOnly { allow_loopback: config.allow_loopback }))
+        .build()
+        .map_err(WebhookError::Client)
+}
+
 impl Dispatcher {
     pub fn new(pool: PgPool, clock: Arc<dyn Clock>, config: DispatchConfig) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(StdDuration::from_millis(config.timeout_ms))
-            .connect_timeout(StdDuration::from_millis(config.connect_timeout_ms.min(config.timeout_ms)))
-            // A redirect is an answer like any other non-2xx: the endpoint's URL is what the merchant set.
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PublicOnly { allow_loopback: config.allow_loopback }))
-            .build()
-            .map_err(WebhookError::Client)?;
+        let client = delivery_client(&config)?;
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Ok(Self { pool, clock, client, config, in_flight: Arc::default(), slots })
     }
@@ -526,13 +534,9 @@ impl Dispatcher {
     /// Sends `due` once and records the attempt.
     async fn attempt(&self, due: &Due, now: DateTime<Utc>) -> Result<Outcome> {
         let response = if due.body.len() > EVENT_BODY_BYTES_MAX {
-            Response {
-                status: None,
-                error: Some(format!("event body of {} bytes exceeds {EVENT_BODY_BYTES_MAX}; not sent", due.body.len())),
-                duration_ms: 0,
-                excerpt: None,
-                retry_after: None,
-            }
+            tracing::error!(target: "webhook", delivery = %due.delivery_id, event = %due.event_id, bytes = due.body.len(),
+                max = EVENT_BODY_BYTES_MAX, "event body too large; not sent");
+            Response { status: None, error: Some(ErrorClass::BodyTooLarge), duration_ms: 0, retry_after: None }
         } else {
             self.send(due, now).await
         };
@@ -556,7 +560,7 @@ impl Dispatcher {
             .await;
         let elapsed = |started: Instant| i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         match sent {
-            Ok(mut response) => {
+            Ok(response) => {
                 let status = response.status().as_u16();
                 let retry_after = response
                     .headers()
@@ -565,30 +569,19 @@ impl Dispatcher {
                     .and_then(|v| v.trim().parse::<i64>().ok())
                     .filter(|s| *s > 0)
                     .map(Duration::seconds);
-                let duration_ms = elapsed(started);
-                let mut body = Vec::new();
-                // Only the first bytes are kept; a body that stalls or breaks costs the excerpt, not the verdict.
-                while body.len() < RESPONSE_EXCERPT_BYTES_MAX {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
                 Response {
                     status: Some(status),
-                    error: None,
-                    duration_ms,
-                    excerpt: (!body.is_empty()).then(|| excerpt(&body)),
+                    error: (!response.status().is_success()).then_some(ErrorClass::HttpStatus),
+                    duration_ms: elapsed(started),
                     retry_after,
                 }
             }
-            Err(error) => Response {
-                status: None,
-                error: Some(describe(error, self.config.timeout_ms)),
-                duration_ms: elapsed(started),
-                excerpt: None,
-                retry_after: None,
-            },
+            Err(error) => {
+                let class = ErrorClass::of_request(&error);
+                tracing::debug!(target: "webhook", delivery = %due.delivery_id, endpoint = %due.endpoint_id, %class,
+                    details = %describe(error), "delivery attempt got no response");
+                Response { status: None, error: Some(class), duration_ms: elapsed(started), retry_after: None }
+            }
         }
     }
 
@@ -628,17 +621,15 @@ impl Dispatcher {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, error, duration_ms, \
-                                           response_excerpt, outcome) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, error, duration_ms, outcome) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(due.id)
         .bind(attempt)
         .bind(now)
         .bind(status_code)
-        .bind(&response.error)
+        .bind(response.error.map(ErrorClass::as_str))
         .bind(response.duration_ms.max(0))
-        .bind(&response.excerpt)
         .bind(outcome.as_str())
         .execute(&mut *tx)
         .await?;
@@ -658,11 +649,11 @@ impl Dispatcher {
                 tracing::debug!(target: "webhook", %delivery, %endpoint, %event, status = ?response.status, attempt, "delivered")
             }
             Outcome::Retrying => tracing::warn!(target: "webhook", %delivery, %endpoint, %event, status = ?response.status,
-                error = ?response.error, attempt, next_attempt_at = ?next, "delivery attempt failed; will retry"),
+                error = ?response.error.map(ErrorClass::as_str), attempt, next_attempt_at = ?next, "delivery attempt failed; will retry"),
             Outcome::Failed => tracing::warn!(target: "webhook", %delivery, %endpoint, %event, status = ?response.status,
-                error = ?response.error, attempt, "delivery refused by the endpoint; not retried"),
+                error = ?response.error.map(ErrorClass::as_str), attempt, "delivery refused by the endpoint; not retried"),
             Outcome::Abandoned => tracing::warn!(target: "webhook", %delivery, %endpoint, %event, status = ?response.status,
-                error = ?response.error, attempt, "delivery abandoned after its retry window"),
+                error = ?response.error.map(ErrorClass::as_str), attempt, "delivery abandoned after its retry window"),
         }
         Ok(outcome)
     }
@@ -800,21 +791,11 @@ pub async fn run_dispatcher(
     }
 }
 
-/// A response body excerpt that PostgreSQL text can hold: at most `RESPONSE_EXCERPT_BYTES_MAX`
-/// bytes read, invalid UTF-8 replaced, NUL removed.
-fn excerpt(bytes: &[u8]) -> String {
-    let bytes = &bytes[..bytes.len().min(RESPONSE_EXCERPT_BYTES_MAX)];
-    String::from_utf8_lossy(bytes).chars().filter(|c| *c != '\0').take(RESPONSE_EXCERPT_BYTES_MAX).collect()
-}
-
-/// An error for the log: what failed, without the URL (it may carry a merchant's token).
-fn describe(error: reqwest::Error, timeout_ms: u64) -> String {
-    if error.is_timeout() {
-        return format!("timed out after {timeout_ms} ms");
-    }
-    let kind = if error.is_connect() { "connect" } else { "request" };
+/// An error's details for the daemon's debug log: what failed, without the URL (it may carry a
+/// merchant's token). Never stored where a merchant can read it.
+fn describe(error: reqwest::Error) -> String {
     let error = error.without_url();
-    let mut text = format!("{kind}: {error}");
+    let mut text = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
@@ -827,13 +808,6 @@ fn describe(error: reqwest::Error, timeout_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn excerpts_are_bounded_and_storable() {
-        let long = vec![b'a'; RESPONSE_EXCERPT_BYTES_MAX * 3];
-        assert_eq!(excerpt(&long).len(), RESPONSE_EXCERPT_BYTES_MAX);
-        assert_eq!(excerpt(b"ok\0\xff!"), "ok\u{fffd}!");
-    }
 
     #[test]
     fn reports_count_attempts() {
@@ -851,6 +825,8 @@ mod tests {
 mod resolver_tests {
     use std::str::FromStr;
 
+    use crate::webhook::failure::ErrorClass;
+
     use reqwest::dns::{Name, Resolve};
 
     use super::PublicOnly;
@@ -866,5 +842,15 @@ mod resolver_tests {
         assert!(loopback.into_iter().all(|a| a.ip().is_loopback()));
         let production = PublicOnly { allow_loopback: false };
         assert!(production.resolve(Name::from_str("localhost").expect("name")).await.is_err(), "loopback refused");
+    }
+
+    #[tokio::test]
+    async fn refused_and_unresolvable_hosts_have_their_classes() {
+        let config = super::DispatchConfig { timeout_ms: 10_000, ..super::DispatchConfig::default() };
+        let client = super::delivery_client(&config).expect("client");
+        let refused = client.post("http://localhost:9/hook").send().await.expect_err("loopback is refused");
+        assert_eq!(ErrorClass::of_request(&refused), ErrorClass::RefusedAddress, "{refused:?}");
+        let unknown = client.post("http://no-such-host.invalid/hook").send().await.expect_err("no such host");
+        assert_eq!(ErrorClass::of_request(&unknown), ErrorClass::Dns, "{unknown:?}");
     }
 }
