@@ -286,10 +286,13 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// The HTTP client that sends deliveries: bounded in time, no redirects, and every host name
-/// resolved through [`PublicOnly`].
+/// The HTTP client that sends deliveries: bounded in time, no redirects, every host name resolved
+/// through [`PublicOnly`], and no proxy. A proxy from the environment (`HTTPS_PROXY`, `ALL_PROXY`, …)
+/// would resolve and connect to the endpoint's host itself, past the address filter, and could
+/// reach whatever the proxy reaches; so deliveries always connect directly.
 pub(crate) fn delivery_client(config: &DispatchConfig) -> Result<reqwest::Client> {
     reqwest::Client::builder()
+        .no_proxy()
         .timeout(StdDuration::from_millis(config.timeout_ms))
         .connect_timeout(StdDuration::from_millis(config.connect_timeout_ms.min(config.timeout_ms)))
         // A redirect is an answer like any other non-2xx: the endpoint's URL is what the merchant set.
