@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use chrono::Utc;
 use payrail::clock::{Clock, SystemClock};
 use payrail::merchant::create_merchant;
+use payrail::secrets::{SecretsAtRest, SecretsKey};
 use payrail::webhook::{create_endpoint, emit, DispatchConfig, Dispatcher};
 use sqlx::PgPool;
 
@@ -46,7 +47,8 @@ async fn deliveries_ignore_proxy_environment_variables(pool: PgPool) {
 
     let now = Utc::now();
     let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
-    create_endpoint(&pool, &merchant.merchant_id, &url, None, now, true).await.expect("endpoint");
+    let secrets = SecretsAtRest::Sealed(Arc::new(SecretsKey::generate()));
+    create_endpoint(&pool, &merchant.merchant_id, &url, None, now, true, &secrets).await.expect("endpoint");
     let mut tx = pool.begin().await.expect("begin");
     let event_id = emit(&mut *tx, &merchant.merchant_id, "invoice.created", "inv_proxy", serde_json::json!({}), now)
         .await
@@ -55,7 +57,7 @@ async fn deliveries_ignore_proxy_environment_variables(pool: PgPool) {
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config = DispatchConfig { allow_loopback: true, ..DispatchConfig::default() };
-    let dispatcher = Dispatcher::new(pool, clock, config).expect("dispatcher");
+    let dispatcher = Dispatcher::new(pool, clock, config, secrets).expect("dispatcher");
     let report = dispatcher.dispatch_once().await.expect("pass");
     assert_eq!((report.delivered, report.retrying), (1, 0), "{report:?}");
     assert_eq!(*hits.lock().expect("hits"), [event_id]);

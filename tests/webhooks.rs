@@ -189,7 +189,7 @@ async fn start_with(pool: PgPool, allow_loopback: bool) -> Harness {
         allow_loopback,
         ..DispatchConfig::default()
     };
-    let dispatcher = Dispatcher::new(pool, clock.clone(), config).expect("dispatcher");
+    let dispatcher = Dispatcher::new(pool, clock.clone(), config, state.webhook_secrets.clone()).expect("dispatcher");
     Harness { base, client: reqwest::Client::new(), state, clock, dispatcher }
 }
 
@@ -819,9 +819,9 @@ async fn endpoint_creation_is_validated_and_bounded(pool: PgPool) {
     let (status, body) =
         h.call(Method::POST, &m.key, "/v1/webhook_endpoints", Some(json!({"url": "https://hooks.example.com/x"}))).await;
     assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "endpoint_limit_reached"), "{body}");
-    let secrets: Vec<String> =
-        sqlx::query_scalar("SELECT secret FROM webhook_endpoints").fetch_all(&pool).await.expect("secrets");
-    let unique: std::collections::HashSet<&String> = secrets.iter().collect();
+    let secrets: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT secret_sealed FROM webhook_endpoints").fetch_all(&pool).await.expect("secrets");
+    let unique: std::collections::HashSet<&Vec<u8>> = secrets.iter().collect();
     assert_eq!(unique.len(), secrets.len(), "every endpoint has its own secret");
 }
 
@@ -866,7 +866,8 @@ async fn the_dispatcher_loop_holds_the_advisory_lock_and_delivers(pool: PgPool) 
     rx.trust(&secret);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let clock: Arc<dyn Clock> = h.clock.clone();
-    let task = tokio::spawn(payrail::webhook::run_dispatcher(pool.clone(), clock, true, stopped));
+    let secrets = h.state.webhook_secrets.clone();
+    let task = tokio::spawn(payrail::webhook::run_dispatcher(pool.clone(), clock, true, secrets, stopped));
     h.invoice(&m).await;
     let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
     while rx.hits().is_empty() && std::time::Instant::now() < deadline {
@@ -970,7 +971,8 @@ async fn a_hanging_endpoint_delays_only_itself(pool: PgPool) {
         allow_loopback: true,
         ..DispatchConfig::default()
     };
-    let dispatcher = Dispatcher::new(pool.clone(), h.clock.clone(), config).expect("dispatcher");
+    let dispatcher =
+        Dispatcher::new(pool.clone(), h.clock.clone(), config, h.state.webhook_secrets.clone()).expect("dispatcher");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move { dispatcher.run(stopped).await });
 
@@ -1126,4 +1128,108 @@ async fn the_migration_clears_logged_bodies_and_raw_errors(pool: PgPool) {
         .execute(&pool)
         .await;
     assert!(raw.is_err(), "only a class can be stored");
+}
+
+/// The signing secret is stored sealed: the row holds neither the secret nor any part of it, and
+/// deliveries are still signed with the secret the API returned.
+#[sqlx::test]
+async fn signing_secrets_are_stored_sealed(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    let rx = receiver(&[]).await;
+    let (endpoint_id, secret) = h.endpoint(&m, &rx.url).await;
+    rx.trust(&secret);
+    let (plaintext, sealed): (Option<String>, Vec<u8>) =
+        sqlx::query_as("SELECT secret, secret_sealed FROM webhook_endpoints WHERE id = $1")
+            .bind(&endpoint_id)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert_eq!(plaintext, None);
+    let random = &secret.as_bytes()["whsec_".len()..];
+    assert!(!sealed.windows(8).any(|w| random.windows(8).any(|r| r == w)), "no part of the secret is stored");
+    let row_text: String = sqlx::query_scalar("SELECT row_to_json(e)::text FROM webhook_endpoints e WHERE id = $1")
+        .bind(&endpoint_id)
+        .fetch_one(&pool)
+        .await
+        .expect("row text");
+    assert!(!row_text.contains(&secret[6..]), "{row_text}");
+
+    h.invoice(&m).await;
+    assert_eq!(h.pass().await.delivered, 1);
+    assert!(rx.hits()[0].signature_ok, "signed with the secret the API returned");
+}
+
+/// A sealed secret is bound to its endpoint: copied into another endpoint's row it does not open,
+/// and that endpoint's delivery waits (logged as an error) rather than being signed with it.
+#[sqlx::test]
+async fn a_sealed_secret_moved_to_another_endpoint_does_not_open(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    let rx = receiver(&[]).await;
+    let (first, _) = h.endpoint(&m, "https://hooks.example.com/first").await;
+    let (second, _) = h.endpoint(&m, &rx.url).await;
+    sqlx::query("UPDATE webhook_endpoints SET secret_sealed = (SELECT secret_sealed FROM webhook_endpoints WHERE id = $1) WHERE id = $2")
+        .bind(&first)
+        .bind(&second)
+        .execute(&pool)
+        .await
+        .expect("move");
+    sqlx::query("UPDATE webhook_endpoints SET deleted_at = now() WHERE id = $1").bind(&first).execute(&pool).await.expect("delete");
+    h.invoice(&m).await;
+    let report = h.pass().await;
+    assert_eq!((report.errors, report.attempts()), (1, 0), "{report:?}");
+    assert!(rx.hits().is_empty());
+    let status: String = sqlx::query_scalar("SELECT status FROM webhook_deliveries WHERE endpoint_id = $1")
+        .bind(&second)
+        .fetch_one(&pool)
+        .await
+        .expect("status");
+    assert_eq!(status, "pending");
+}
+
+/// With a key, start-up seals the secrets stored in plaintext before (by a development setup, or
+/// before sealing existed), and deliveries still sign with the same secret. Without a key the
+/// daemon refuses plaintext unless allowed, and never runs without the key that sealed what is there.
+#[sqlx::test]
+async fn start_up_seals_plaintext_secrets_and_requires_a_key(pool: PgPool) {
+    use payrail::app::{webhook_secrets, AppError};
+    use payrail::secrets::SecretsAtRest;
+
+    assert!(matches!(webhook_secrets(&pool, None, false).await, Err(AppError::SecretsKeyRequired)));
+    let plaintext = webhook_secrets(&pool, None, true).await.expect("plaintext allowed");
+    assert!(matches!(plaintext, SecretsAtRest::Plaintext));
+
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    let merchant_id: String = sqlx::query_scalar("SELECT id FROM merchants").fetch_one(&pool).await.expect("merchant");
+    let rx = receiver(&[]).await;
+    let created = payrail::webhook::create_endpoint(&pool, &merchant_id, &rx.url, None, h.clock.now(), true, &plaintext)
+        .await
+        .expect("endpoint");
+    let secret = created.secret.expose().to_owned();
+    rx.trust(&secret);
+    let stored: Option<String> = sqlx::query_scalar("SELECT secret FROM webhook_endpoints").fetch_one(&pool).await.expect("row");
+    assert_eq!(stored.as_deref(), Some(secret.as_str()), "stored in plaintext while allowed");
+
+    let key = payrail::secrets::SecretsKey::generate();
+    let sealed = webhook_secrets(&pool, Some(key), false).await.expect("sealed");
+    let (plain, sealed_bytes): (Option<String>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT secret, secret_sealed FROM webhook_endpoints").fetch_one(&pool).await.expect("row");
+    assert_eq!(plain, None);
+    assert!(sealed_bytes.is_some());
+
+    // Sealed rows and no key: refused even where plaintext is allowed.
+    assert!(matches!(webhook_secrets(&pool, None, true).await, Err(AppError::SealedWithoutKey { count: 1 })));
+
+    let dispatcher = Dispatcher::new(
+        pool.clone(),
+        h.clock.clone(),
+        DispatchConfig { allow_loopback: true, ..DispatchConfig::default() },
+        sealed,
+    )
+    .expect("dispatcher");
+    h.invoice(&m).await;
+    assert_eq!(dispatcher.dispatch_once().await.expect("pass").delivered, 1);
+    assert!(rx.hits()[0].signature_ok, "signed with the secret from before sealing");
 }

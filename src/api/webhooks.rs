@@ -27,7 +27,7 @@ impl From<WebhookError> for ApiError {
             TooManyEndpoints { .. } => Self::new(unprocessable, "endpoint_limit_reached", error.to_string()),
             EndpointNotFound { .. } => Self::not_found("webhook endpoint"),
             EventNotFound { .. } => Self::not_found("event"),
-            Client(_) | Corrupt { .. } | Database(_) => Self::internal(error),
+            Client(_) | Corrupt { .. } | Secret { .. } | SecretsKeyMissing { .. } | Database(_) => Self::internal(error),
         }
     }
 }
@@ -102,6 +102,7 @@ pub async fn create_endpoint(
         request.events.as_deref(),
         state.clock.now(),
         state.webhooks_allow_loopback,
+        &state.webhook_secrets,
     )
     .await?;
     let body = CreatedEndpointBody { secret: created.secret, endpoint: created.endpoint };

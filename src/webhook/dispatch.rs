@@ -44,6 +44,7 @@ use tokio::task::{JoinError, JoinSet};
 use crate::clock::Clock;
 use crate::ids::new_id;
 use crate::metrics;
+use crate::secrets::SecretsAtRest;
 
 use super::error::{Result, WebhookError};
 use super::failure::{AddressRefused, ErrorClass, ResolveFailed};
@@ -228,6 +229,8 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     client: reqwest::Client,
     config: DispatchConfig,
+    /// How endpoint secrets are stored, to read them back for signing.
+    secrets: SecretsAtRest,
     /// Endpoints with a delivery task running: not picked again until it ends.
     in_flight: Arc<Mutex<HashSet<String>>>,
     /// The global cap on delivery tasks (`concurrency` permits).
@@ -303,10 +306,11 @@ pub(crate) fn delivery_client(config: &DispatchConfig) -> Result<reqwest::Client
 }
 
 impl Dispatcher {
-    pub fn new(pool: PgPool, clock: Arc<dyn Clock>, config: DispatchConfig) -> Result<Self> {
+    /// A dispatcher that reads endpoint secrets as `secrets` stores them.
+    pub fn new(pool: PgPool, clock: Arc<dyn Clock>, config: DispatchConfig, secrets: SecretsAtRest) -> Result<Self> {
         let client = delivery_client(&config)?;
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        Ok(Self { pool, clock, client, config, in_flight: Arc::default(), slots })
+        Ok(Self { pool, clock, client, config, secrets, in_flight: Arc::default(), slots })
     }
 
     pub fn config(&self) -> &DispatchConfig {
@@ -506,7 +510,7 @@ impl Dispatcher {
     async fn head_if_due(&self, endpoint_id: &str, now: DateTime<Utc>) -> Result<Option<Due>> {
         let row = sqlx::query(
             "SELECT d.id, d.delivery_id, d.attempts, d.first_attempt_at, d.next_attempt_at, \
-                    e.url, e.secret, o.event_id, o.payload::text AS body \
+                    e.url, e.secret, e.secret_sealed, o.event_id, o.payload::text AS body \
              FROM webhook_deliveries d \
              JOIN webhook_endpoints e ON e.id = d.endpoint_id \
              JOIN outbox o ON o.id = d.outbox_id \
@@ -528,7 +532,12 @@ impl Dispatcher {
             attempts: row.try_get("attempts")?,
             first_attempt_at: row.try_get("first_attempt_at")?,
             url: row.try_get("url")?,
-            secret: EndpointSecret::from_stored(row.try_get("secret")?),
+            secret: super::endpoint::stored_secret(
+                &self.secrets,
+                endpoint_id,
+                row.try_get("secret")?,
+                row.try_get("secret_sealed")?,
+            )?,
             event_id: row.try_get("event_id")?,
             body: row.try_get("body")?,
         }))
@@ -779,10 +788,11 @@ pub async fn run_dispatcher(
     pool: PgPool,
     clock: Arc<dyn Clock>,
     allow_loopback: bool,
+    secrets: SecretsAtRest,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let config = DispatchConfig { allow_loopback, ..DispatchConfig::default() };
-    let dispatcher = match Dispatcher::new(pool, clock, config) {
+    let dispatcher = match Dispatcher::new(pool, clock, config, secrets) {
         Ok(dispatcher) => dispatcher,
         Err(error) => {
             tracing::error!(target: "webhook", %error, "webhook dispatcher not started; events stay in the outbox");

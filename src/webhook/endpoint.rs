@@ -1,5 +1,9 @@
 //! Webhook endpoints: where a merchant wants its events sent, which types, and the secret they are
 //! signed with. Every query filters by the merchant: another merchant's endpoint is not found.
+//!
+//! The secret is stored sealed under the secrets key, bound to the endpoint id
+//! (`secret_sealed`), or in plaintext (`secret`) only where the configuration allows it; see
+//! [`crate::secrets`]. [`seal_plaintext_secrets`] moves plaintext rows to the sealed form.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -9,6 +13,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 
 use crate::ids::new_id;
+use crate::secrets::{SecretsAtRest, SecretsKey};
 
 use super::error::{Result, WebhookError};
 use super::secret::EndpointSecret;
@@ -288,7 +293,8 @@ fn view(id: String, url: String, events: Option<Vec<String>>, created_at: DateTi
     }
 }
 
-/// Registers an endpoint. It receives the events created from `now` on.
+/// Registers an endpoint. It receives the events created from `now` on. Its secret is stored as
+/// `secrets` says: sealed under the key, or in plaintext where allowed.
 pub async fn create_endpoint(
     pool: &PgPool,
     merchant_id: &str,
@@ -296,6 +302,7 @@ pub async fn create_endpoint(
     events: Option<&[String]>,
     now: DateTime<Utc>,
     allow_loopback: bool,
+    secrets: &SecretsAtRest,
 ) -> Result<CreatedEndpoint> {
     let url = validate_url(url, allow_loopback)?;
     let events = validate_events(events)?;
@@ -321,20 +328,91 @@ pub async fn create_endpoint(
     }
     let id = new_id("we");
     let secret = EndpointSecret::generate();
+    let (plaintext, sealed) = match secrets.key() {
+        Some(key) => (None, Some(seal(key, &id, &secret)?)),
+        None => (Some(secret.expose()), None),
+    };
     sqlx::query(
-        "INSERT INTO webhook_endpoints (id, merchant_id, url, events, secret, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO webhook_endpoints (id, merchant_id, url, events, secret, secret_sealed, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&id)
     .bind(merchant_id)
     .bind(url.as_str())
     .bind(&events)
-    .bind(secret.expose())
+    .bind(plaintext)
+    .bind(sealed)
     .bind(now)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     tracing::info!(target: "webhook", endpoint = %id, merchant = %merchant_id, "webhook endpoint created");
     Ok(CreatedEndpoint { endpoint: view(id, url.to_string(), events, now), secret })
+}
+
+fn seal(key: &SecretsKey, endpoint_id: &str, secret: &EndpointSecret) -> Result<Vec<u8>> {
+    key.seal_str(secret.expose(), endpoint_id.as_bytes())
+        .map_err(|source| WebhookError::Secret { endpoint_id: endpoint_id.to_owned(), source })
+}
+
+/// An endpoint's secret from its stored columns: opened with the key when sealed (the endpoint id
+/// is the context, so a sealed secret copied to another row does not open), as is when plaintext.
+pub(crate) fn stored_secret(
+    secrets: &SecretsAtRest,
+    endpoint_id: &str,
+    plaintext: Option<String>,
+    sealed: Option<Vec<u8>>,
+) -> Result<EndpointSecret> {
+    match (sealed, plaintext) {
+        (Some(sealed), _) => {
+            let key = secrets.key().ok_or_else(|| WebhookError::SecretsKeyMissing { endpoint_id: endpoint_id.to_owned() })?;
+            let opened = key
+                .open_str(&sealed, endpoint_id.as_bytes())
+                .map_err(|source| WebhookError::Secret { endpoint_id: endpoint_id.to_owned(), source })?;
+            Ok(EndpointSecret::from_stored(opened))
+        }
+        (None, Some(plaintext)) => Ok(EndpointSecret::from_stored(plaintext)),
+        (None, None) => Err(WebhookError::Corrupt { column: "webhook_endpoints.secret", value: endpoint_id.to_owned() }),
+    }
+}
+
+/// Rows sealed per transaction by [`seal_plaintext_secrets`].
+pub const SEAL_BATCH: i64 = 500;
+
+/// Seals every endpoint secret still stored in plaintext (deleted endpoints too), in batches, each
+/// row in place: the plaintext column is cleared in the same update. Returns how many were sealed.
+/// Run at start-up whenever a key is configured; with nothing left in plaintext it is one query.
+pub async fn seal_plaintext_secrets(pool: &PgPool, key: &SecretsKey) -> Result<u64> {
+    let mut sealed_total = 0u64;
+    loop {
+        let mut tx = pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, secret FROM webhook_endpoints WHERE secret IS NOT NULL ORDER BY id LIMIT $1 FOR UPDATE",
+        )
+        .bind(SEAL_BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(sealed_total);
+        }
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let secret = EndpointSecret::from_stored(row.try_get("secret")?);
+            let sealed = seal(key, &id, &secret)?;
+            sqlx::query("UPDATE webhook_endpoints SET secret = NULL, secret_sealed = $2 WHERE id = $1")
+                .bind(&id)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        sealed_total += u64::try_from(rows.len()).unwrap_or(u64::MAX);
+    }
+}
+
+/// How many endpoint secrets are stored sealed (they cannot be used without the key).
+pub async fn count_sealed_secrets(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints WHERE secret_sealed IS NOT NULL").fetch_one(pool).await?)
 }
 
 /// The merchant's endpoints that are not deleted, newest first (at most
