@@ -50,7 +50,7 @@ async fn deliveries_ignore_proxy_environment_variables(pool: PgPool) {
     let secrets = SecretsAtRest::Sealed(Arc::new(SecretsKey::generate()));
     create_endpoint(&pool, &merchant.merchant_id, &url, None, now, true, &secrets).await.expect("endpoint");
     let mut tx = pool.begin().await.expect("begin");
-    let event_id = emit(&mut *tx, &merchant.merchant_id, "invoice.created", "inv_proxy", serde_json::json!({}), now)
+    let event_id = emit(&mut tx, &merchant.merchant_id, "invoice.created", "inv_proxy", serde_json::json!({}), now)
         .await
         .expect("event");
     tx.commit().await.expect("commit");

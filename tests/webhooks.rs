@@ -1233,3 +1233,25 @@ async fn start_up_seals_plaintext_secrets_and_requires_a_key(pool: PgPool) {
     assert_eq!(dispatcher.dispatch_once().await.expect("pass").delivered, 1);
     assert!(rx.hits()[0].signature_ok, "signed with the secret from before sealing");
 }
+
+/// An endpoint's task stops starting attempts once its time budget is spent and gives its slot
+/// back; the endpoint's next delivery goes out in a later pass, still in order.
+#[sqlx::test]
+async fn a_task_past_its_time_budget_gives_its_slot_back(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    let rx = receiver(&[]).await;
+    let (_, secret) = h.endpoint(&m, &rx.url).await;
+    rx.trust(&secret);
+    h.invoice(&m).await;
+    h.invoice(&m).await;
+    let config = DispatchConfig { allow_loopback: true, endpoint_time_budget_ms: 0, ..DispatchConfig::default() };
+    let dispatcher = Dispatcher::new(pool, h.clock.clone(), config, h.state.webhook_secrets.clone()).expect("dispatcher");
+    let first = dispatcher.dispatch_once().await.expect("pass");
+    assert_eq!((first.endpoints_started, first.delivered), (1, 1), "{first:?}");
+    let second = dispatcher.dispatch_once().await.expect("pass");
+    assert_eq!((second.endpoints_started, second.delivered), (1, 1), "{second:?}");
+    let events: Vec<String> = h.events(&m).await.iter().rev().map(|e| e["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(rx.event_ids(), events, "oldest first");
+    assert_eq!(dispatcher.dispatch_once().await.expect("pass").attempts(), 0);
+}

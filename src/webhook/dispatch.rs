@@ -70,6 +70,10 @@ pub const SUPERSEDE_BATCH: i64 = 1_000;
 pub const ENDPOINTS_PER_PASS_DEFAULT: usize = 200;
 /// Deliveries one endpoint gets per pass, one after the other.
 pub const DELIVERIES_PER_ENDPOINT_PER_PASS_DEFAULT: usize = 20;
+/// How long one endpoint's delivery task may go on starting attempts before it gives its slot
+/// back (the attempt under way finishes): a slow endpoint with a long queue takes its turn like the
+/// others instead of holding a slot for `deliveries_per_endpoint_per_pass` slow attempts.
+pub const ENDPOINT_TIME_BUDGET_MS_DEFAULT: u64 = DELIVERY_TIMEOUT_MS_DEFAULT;
 /// Endpoints sent to at the same time, over all merchants: the global cap on delivery tasks.
 pub const CONCURRENCY_DEFAULT: usize = 16;
 /// Characters of an error's details written to the daemon's (debug) log.
@@ -91,6 +95,9 @@ pub struct DispatchConfig {
     pub endpoints_per_pass: usize,
     /// Deliveries one endpoint's task sends, one after the other, before it gives its slot back.
     pub deliveries_per_endpoint_per_pass: usize,
+    /// How long one endpoint's task starts new attempts (see [`ENDPOINT_TIME_BUDGET_MS_DEFAULT`]);
+    /// 0 allows one attempt per task.
+    pub endpoint_time_budget_ms: u64,
     /// Delivery tasks at once (one per endpoint at most).
     pub concurrency: usize,
     /// Deliver to loopback addresses (the dev stack and tests only).
@@ -106,6 +113,7 @@ impl Default for DispatchConfig {
             fanout_batch: FANOUT_BATCH_DEFAULT,
             endpoints_per_pass: ENDPOINTS_PER_PASS_DEFAULT,
             deliveries_per_endpoint_per_pass: DELIVERIES_PER_ENDPOINT_PER_PASS_DEFAULT,
+            endpoint_time_budget_ms: ENDPOINT_TIME_BUDGET_MS_DEFAULT,
             concurrency: CONCURRENCY_DEFAULT,
             allow_loopback: false,
         }
@@ -483,8 +491,9 @@ impl Dispatcher {
         .await?)
     }
 
-    /// Sends the endpoint's due deliveries in queue order until one is to be retried later, or
-    /// `stop` turns true (checked between attempts, so shutdown waits for one attempt at most).
+    /// Sends the endpoint's due deliveries in queue order until one is to be retried later, the
+    /// task's time budget is spent, or `stop` turns true (all checked between attempts, so shutdown
+    /// waits for one attempt at most).
     async fn drain_endpoint(
         &self,
         endpoint_id: &str,
@@ -492,8 +501,10 @@ impl Dispatcher {
         stop: Option<&watch::Receiver<bool>>,
     ) -> Result<Vec<Outcome>> {
         let mut outcomes = Vec::new();
+        let started = Instant::now();
+        let budget = StdDuration::from_millis(self.config.endpoint_time_budget_ms);
         for _ in 0..self.config.deliveries_per_endpoint_per_pass.max(1) {
-            if stop.is_some_and(|stop| *stop.borrow()) {
+            if stop.is_some_and(|stop| *stop.borrow()) || (!outcomes.is_empty() && started.elapsed() >= budget) {
                 break;
             }
             let Some(due) = self.head_if_due(endpoint_id, now).await? else { break };
