@@ -1255,3 +1255,13 @@ async fn a_task_past_its_time_budget_gives_its_slot_back(pool: PgPool) {
     assert_eq!(rx.event_ids(), events, "oldest first");
     assert_eq!(dispatcher.dispatch_once().await.expect("pass").attempts(), 0);
 }
+
+/// The loop also stops when its shutdown sender is gone: nothing could ever tell it to stop again.
+#[sqlx::test]
+async fn the_dispatcher_loop_stops_when_its_shutdown_sender_is_dropped(pool: PgPool) {
+    let h = start(pool).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    drop(stop);
+    let ended = tokio::time::timeout(StdDuration::from_secs(60), h.dispatcher.run(stopped)).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+}

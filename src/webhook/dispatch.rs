@@ -144,23 +144,32 @@ impl PassReport {
         self.delivered + self.retrying + self.failed + self.abandoned
     }
 
+    /// Whether the pass changed anything, so that another may find more at once. Starting tasks
+    /// does not count: what they do is judged when they end.
     fn busy(&self) -> bool {
-        self.events_fanned_out > 0 || self.superseded > 0 || self.attempts() > 0 || self.endpoints_started > 0
+        self.events_fanned_out > 0 || self.superseded > 0 || self.attempts() > 0
     }
 
     /// Counts what a finished delivery task did; a failed or panicked task is logged and counted
-    /// as an error (its delivery stays pending and is picked again).
-    fn absorb(&mut self, joined: std::result::Result<(String, Result<Vec<Outcome>>), JoinError>) {
+    /// as an error (its delivery stays pending and is picked again). Returns whether the task made
+    /// an attempt.
+    fn absorb(&mut self, joined: std::result::Result<(String, Result<Vec<Outcome>>), JoinError>) -> bool {
         match joined {
-            Ok((_, Ok(outcomes))) => outcomes.into_iter().for_each(|o| self.add(o)),
+            Ok((_, Ok(outcomes))) => {
+                let attempted = !outcomes.is_empty();
+                outcomes.into_iter().for_each(|o| self.add(o));
+                attempted
+            }
             Ok((endpoint_id, Err(error))) => {
                 self.errors += 1;
                 tracing::warn!(target: "webhook", endpoint = %endpoint_id, %error, "dispatching to endpoint failed; retrying next pass");
+                false
             }
-            Err(error) if error.is_cancelled() => {}
+            Err(error) if error.is_cancelled() => false,
             Err(error) => {
                 self.errors += 1;
                 tracing::error!(target: "webhook", %error, "a delivery task panicked; its delivery stays pending");
+                false
             }
         }
     }
@@ -504,7 +513,7 @@ impl Dispatcher {
         let started = Instant::now();
         let budget = StdDuration::from_millis(self.config.endpoint_time_budget_ms);
         for _ in 0..self.config.deliveries_per_endpoint_per_pass.max(1) {
-            if stop.is_some_and(|stop| *stop.borrow()) || (!outcomes.is_empty() && started.elapsed() >= budget) {
+            if stop.is_some_and(stopping) || (!outcomes.is_empty() && started.elapsed() >= budget) {
                 break;
             }
             let Some(due) = self.head_if_due(endpoint_id, now).await? else { break };
@@ -693,7 +702,7 @@ impl Dispatcher {
             tracing::info!(target: "webhook", "dispatching webhooks");
             let mut report = PassReport::default();
             loop {
-                if *shutdown.borrow() {
+                if stopping(&shutdown) {
                     self.finish(&mut running, &mut report).await;
                     release(lock).await;
                     return Ok(());
@@ -709,7 +718,7 @@ impl Dispatcher {
                     }
                     break;
                 }
-                let busy = match self.pass(&mut running, Some(shutdown.clone())).await {
+                let mut busy = match self.pass(&mut running, Some(shutdown.clone())).await {
                     Ok(pass) => pass.busy(),
                     Err(error) => {
                         tracing::warn!(target: "webhook", %error, "dispatch pass failed; retrying");
@@ -717,7 +726,7 @@ impl Dispatcher {
                     }
                 };
                 while let Some(joined) = running.try_join_next() {
-                    report.absorb(joined);
+                    busy |= report.absorb(joined);
                 }
                 if report.busy() {
                     tracing::debug!(target: "webhook", ?report, "deliveries finished");
@@ -726,11 +735,20 @@ impl Dispatcher {
                 if busy {
                     continue;
                 }
-                // A task that ends frees its endpoint, which may have more due: look again at once.
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = shutdown.changed() => {}
-                    Some(joined) = running.join_next(), if !running.is_empty() => report.absorb(joined),
+                // A task that ends after an attempt frees its endpoint, which may have more due: look
+                // again at once. One that attempted nothing (an error) waits for the poll, so a
+                // failing endpoint is not picked again in a tight loop.
+                let deadline = tokio::time::Instant::now() + poll;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        _ = shutdown.changed() => break,
+                        Some(joined) = running.join_next(), if !running.is_empty() => {
+                            if report.absorb(joined) {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -761,7 +779,7 @@ impl Dispatcher {
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<sqlx::PgConnection>> {
         loop {
-            if *shutdown.borrow() {
+            if stopping(shutdown) {
                 return Ok(None);
             }
             let attempt: std::result::Result<Option<sqlx::PgConnection>, sqlx::Error> = async {
@@ -785,6 +803,12 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Whether to stop: `shutdown` turned true, or its sender is gone (nothing could ever say stop
+/// again, and `changed` would return at once forever).
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
 /// Releases the lock and closes its connection.
