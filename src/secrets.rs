@@ -119,7 +119,14 @@ impl SecretsKey {
     /// named by [`SECRETS_KEY_FILE_ENV`] (setting both is refused, so there is no doubt which one
     /// is in use).
     pub fn from_env() -> Result<Option<Self>> {
-        let inline = std::env::var(SECRETS_KEY_ENV).ok().map(SecretString::from);
+        let inline = match std::env::var(SECRETS_KEY_ENV) {
+            Ok(text) => Some(SecretString::from(text)),
+            Err(std::env::VarError::NotPresent) => None,
+            // Set but unreadable: the operator meant to give a key, so this is not "no key".
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(SecretsError::KeyInvalid { var: SECRETS_KEY_ENV, reason: "not UTF-8".to_owned() })
+            }
+        };
         let file = std::env::var_os(SECRETS_KEY_FILE_ENV).map(PathBuf::from);
         match (inline, file) {
             (Some(_), Some(_)) => Err(SecretsError::KeyAmbiguous),
