@@ -381,6 +381,9 @@ impl Dispatcher {
             .fetch_one(&self.pool)
             .await?;
         metrics::gauge("payrail_webhook_backlog", "Webhook deliveries waiting to be delivered.", &[], backlog);
+        let in_flight = i64::try_from(self.config.concurrency.max(1).saturating_sub(self.slots.available_permits()))
+            .unwrap_or(i64::MAX);
+        metrics::gauge("payrail_webhook_endpoints_in_flight", "Webhook endpoints with a delivery under way.", &[], in_flight);
         Ok(report)
     }
 
