@@ -460,7 +460,9 @@ async fn run(settings: Settings, database_url: String) -> Result<()> {
 
     let pool = payrail::db::connect(&database_url, 8).await?;
     payrail::db::migrate(&pool).await?;
-    let state = payrail::app::state(&config, pool.clone(), Arc::new(SystemClock));
+    // The bench creates no webhook endpoints; their secrets would be sealed under a throw-away key.
+    let secrets = payrail::secrets::SecretsAtRest::Sealed(Arc::new(payrail::secrets::SecretsKey::generate()));
+    let state = payrail::app::state(&config, pool.clone(), Arc::new(SystemClock), secrets);
     let merchant = create_merchant(&pool, "Indexer bench").await?;
     let rig = Rig {
         anvil,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -14,15 +15,18 @@ use crate::config::{ChainKind, Config, RateFeed};
 use crate::invoice::{AssetCatalog, CatalogAsset, DepositScheme, InvoicePolicy};
 use crate::ledger::Ledger;
 use crate::rates::FixedFeed;
+use crate::secrets::{SecretsAtRest, SecretsKey};
 
 /// The hot wallet's key: `PAYRAIL_HOT_WALLET_KEY`, or the file named by `PAYRAIL_HOT_WALLET_KEY_FILE`.
 /// Without it nothing is swept (deposits stay at their forwarder addresses, safe and credited).
-pub fn hot_wallet_key_from_env() -> Result<Option<String>, std::io::Error> {
+/// Held as a [`SecretString`] so that no `Debug` of a struct holding it prints it; it is exposed
+/// only where a signer is built from it.
+pub fn hot_wallet_key_from_env() -> Result<Option<SecretString>, std::io::Error> {
     if let Ok(key) = std::env::var("PAYRAIL_HOT_WALLET_KEY") {
-        return Ok(Some(key));
+        return Ok(Some(SecretString::from(key)));
     }
     match std::env::var("PAYRAIL_HOT_WALLET_KEY_FILE") {
-        Ok(path) => std::fs::read_to_string(path).map(|k| Some(k.trim().to_owned())),
+        Ok(path) => std::fs::read_to_string(path).map(|k| Some(SecretString::from(k.trim().to_owned()))),
         Err(_) => Ok(None),
     }
 }
@@ -31,8 +35,9 @@ pub fn hot_wallet_key_from_env() -> Result<Option<String>, std::io::Error> {
 /// the rate refresher always run).
 #[derive(Debug, Clone)]
 pub struct Jobs {
-    /// With a key, a sweeper per EVM chain moves confirmed deposits to the treasury.
-    pub hot_wallet_key: Option<String>,
+    /// With a key, a sweeper per EVM chain moves confirmed deposits to the treasury. Masked in
+    /// `Debug`.
+    pub hot_wallet_key: Option<SecretString>,
     /// Whether to run a watcher per EVM chain.
     pub watch_chains: bool,
 }
@@ -46,6 +51,51 @@ pub enum AppError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("http server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(
+        "no secrets key: set {} or {} (32 bytes, hex or base64) to keep webhook signing secrets \
+         sealed, or allow plaintext for development with [webhooks] allow_plaintext_secrets = true",
+        crate::secrets::SECRETS_KEY_ENV,
+        crate::secrets::SECRETS_KEY_FILE_ENV
+    )]
+    SecretsKeyRequired,
+    #[error(
+        "{count} webhook signing secrets are sealed, but no secrets key is configured: set {} or {} \
+         to the key that sealed them",
+        crate::secrets::SECRETS_KEY_ENV,
+        crate::secrets::SECRETS_KEY_FILE_ENV
+    )]
+    SealedWithoutKey { count: i64 },
+    #[error("cannot bring webhook signing secrets in line with the secrets key: {0}")]
+    Secrets(#[source] crate::webhook::WebhookError),
+}
+
+/// Decides how webhook signing secrets are kept, before anything serves, and brings the stored
+/// ones in line: with a key, every secret still in plaintext is sealed now (so adding a key to a
+/// running installation needs nothing else); without one, plaintext is used only when
+/// `allow_plaintext` (development), and never while sealed secrets exist that nothing could open.
+pub async fn webhook_secrets(
+    pool: &PgPool,
+    key: Option<SecretsKey>,
+    allow_plaintext: bool,
+) -> Result<SecretsAtRest, AppError> {
+    match key {
+        Some(key) => {
+            let sealed = crate::webhook::endpoint::seal_plaintext_secrets(pool, &key).await.map_err(AppError::Secrets)?;
+            if sealed > 0 {
+                tracing::info!(target: "webhook", sealed, "sealed webhook signing secrets that were stored in plaintext");
+            }
+            Ok(SecretsAtRest::Sealed(Arc::new(key)))
+        }
+        None if allow_plaintext => {
+            let count = crate::webhook::endpoint::count_sealed_secrets(pool).await.map_err(AppError::Secrets)?;
+            if count > 0 {
+                return Err(AppError::SealedWithoutKey { count });
+            }
+            tracing::warn!(target: "webhook", "no secrets key: webhook signing secrets are stored in plaintext (development only)");
+            Ok(SecretsAtRest::Plaintext)
+        }
+        None => Err(AppError::SecretsKeyRequired),
+    }
 }
 
 /// Every asset of every enabled chain, in configuration order.
@@ -75,7 +125,9 @@ pub fn catalog(config: &Config) -> AssetCatalog {
     AssetCatalog::new(assets)
 }
 
-pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
+/// The API's state. `webhook_secrets` says how new endpoint secrets are stored ([`webhook_secrets`]
+/// decides it for the daemon).
+pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secrets: SecretsAtRest) -> AppState {
     let rates = match config.rates.feed {
         RateFeed::Fixed => crate::rates::ConfiguredRates::Fixed(FixedFeed::new(
             config
@@ -100,6 +152,7 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>) -> AppState {
         payouts,
         reconciler,
         webhooks_allow_loopback: config.webhooks.allow_loopback,
+        webhook_secrets,
         policy: Arc::new(InvoicePolicy {
             expires_in_s_default: config.invoices.expires_in_s_default,
             expires_in_s_max: config.invoices.expires_in_s_max,
@@ -145,16 +198,18 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
 /// (no factory, no deposit addresses to watch).
 ///
 /// With a hot wallet key, a sweeper per EVM chain moves confirmed deposits to the treasury.
+/// `webhook_secrets` is how endpoint secrets are stored (see [`webhook_secrets`]).
 pub async fn serve(
     config: &Config,
     pool: PgPool,
     listener: TcpListener,
     jobs: Jobs,
+    webhook_secrets: SecretsAtRest,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let Jobs { hot_wallet_key, watch_chains } = jobs;
     let addr = listener.local_addr().map_err(AppError::Serve)?;
-    let state = state(config, pool.clone(), Arc::new(SystemClock));
+    let state = state(config, pool.clone(), Arc::new(SystemClock), webhook_secrets);
     let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
@@ -162,6 +217,7 @@ pub async fn serve(
         pool.clone(),
         state.clock.clone(),
         config.webhooks.allow_loopback,
+        state.webhook_secrets.clone(),
         stop_rx.clone(),
     )));
     if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
@@ -199,7 +255,7 @@ pub async fn serve(
             Err(error) => tracing::error!(target: "watcher::evm", chain = %chain.name, %error, "watcher not started"),
         }
         if let Some(key) = &hot_wallet_key {
-            match Sweeper::new(chain.clone(), key, pool.clone(), state.ledger.clone()) {
+            match Sweeper::new(chain.clone(), key.expose_secret(), pool.clone(), state.ledger.clone()) {
                 Ok(sweeper) => watchers.push(tokio::spawn(sweeper.run(stop_rx.clone()))),
                 Err(error) => tracing::error!(target: "sweeper", chain = %chain.name, %error, "sweeper not started"),
             }
@@ -212,7 +268,7 @@ pub async fn serve(
             .filter_map(|chain| {
                 crate::payout::PayoutSender::new(
                     chain.clone(),
-                    key,
+                    key.expose_secret(),
                     pool.clone(),
                     state.ledger.clone(),
                     config.payouts.clone(),
@@ -275,5 +331,20 @@ async fn expire_loop(pool: PgPool, clock: Arc<dyn Clock>) {
             Ok(n) => tracing::info!(target: "invoice", expired = n, "invoices expired"),
             Err(error) => tracing::warn!(target: "invoice", %error, "expiry pass failed; retrying next tick"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hot_wallet_key_is_not_in_debug_output() {
+        let key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+        let jobs = Jobs { hot_wallet_key: Some(SecretString::from(key.to_owned())), watch_chains: true };
+        let shown = format!("{jobs:?} {jobs:#?}");
+        assert!(!shown.contains(key), "{shown}");
+        assert!(!shown.contains(&key[2..12]), "{shown}");
+        assert_eq!(jobs.hot_wallet_key.as_ref().map(|k| k.expose_secret()), Some(key));
     }
 }

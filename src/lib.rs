@@ -20,5 +20,6 @@ pub mod money;
 pub mod payout;
 pub mod rates;
 pub mod reconcile;
+pub mod secrets;
 pub mod stripe;
 pub mod webhook;

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use payrail::config::{ChainKind, Config, LogFormat};
+use payrail::secrets::{SecretsAtRest, SecretsKey};
 use payrail::{app, db, devnet, merchant, payout};
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -254,7 +256,12 @@ async fn payouts_run(config: &Config, chain: Option<String>, asset: Option<Strin
     let pool = db::connect(&config.database.url, 4)
         .await
         .with_context(|| format!("database {}", config.database.url_redacted()))?;
-    let state = app::state(config, pool.clone(), std::sync::Arc::new(payrail::clock::SystemClock));
+    // This command writes no webhook secrets; the state only needs to say how they would be kept.
+    let secrets = match SecretsKey::from_env()? {
+        Some(key) => SecretsAtRest::Sealed(std::sync::Arc::new(key)),
+        None => SecretsAtRest::Plaintext,
+    };
+    let state = app::state(config, pool.clone(), std::sync::Arc::new(payrail::clock::SystemClock), secrets);
     let service = state.payouts.clone().context("no enabled chain has a payout_batcher")?;
     let key = if no_send { None } else { app::hot_wallet_key_from_env().context("reading the hot wallet key")? };
     // One executor only: take its lock before writing, so this process may send what it writes.
@@ -282,7 +289,7 @@ async fn payouts_run(config: &Config, chain: Option<String>, asset: Option<Strin
     for chain in service.chains() {
         senders.push(payout::PayoutSender::new(
             chain.clone(),
-            &key,
+            key.expose_secret(),
             pool.clone(),
             state.ledger.clone(),
             config.payouts.clone(),
@@ -417,9 +424,12 @@ async fn run(cli: Cli, card: Option<(std::process::Child, String)>) -> Result<()
             if !no_migrate {
                 db::migrate(&pool).await?;
             }
+            let key = SecretsKey::from_env()?;
+            let secrets = app::webhook_secrets(&pool, key, config.webhooks.allow_plaintext_secrets).await?;
             let listener = app::bind(config.server.listen).await?;
             let hot_wallet_key = app::hot_wallet_key_from_env().context("reading the hot wallet key")?;
-            app::serve(&config, pool, listener, app::Jobs { hot_wallet_key, watch_chains: true }, shutdown_signal()).await?;
+            let jobs = app::Jobs { hot_wallet_key, watch_chains: true };
+            app::serve(&config, pool, listener, jobs, secrets, shutdown_signal()).await?;
         }
         Command::Migrate => {
             db::ensure_database(&config.database.url).await?;
@@ -601,6 +611,9 @@ async fn dev(
         db::ensure_database(&url).await?;
         let pool = db::connect(&url, config.database.pool_max).await?;
         db::migrate(&pool).await?;
+        // The dev stack seals webhook secrets when a key is configured and keeps them in plaintext
+        // otherwise: a key made up here would not open them on the next run against the same database.
+        let secrets = app::webhook_secrets(&pool, SecretsKey::from_env()?, true).await?;
         let demo = merchant::create_merchant(&pool, "Demo merchant").await?;
         let finance_key = merchant::create_platform_key(&pool, merchant::Role::Finance).await?;
         // The demo merchant takes BTC on regtest with a watch-only descriptor of a public dev seed.
@@ -647,9 +660,9 @@ async fn dev(
         println!();
         println!("Ctrl-C stops the stack.");
         // The dev chains' deployer operates the factory: it pays the sweeps' gas.
-        let hot_wallet_key = (!no_chains).then(|| devnet::anvil::DEV_DEPLOYER_KEY.to_owned());
+        let hot_wallet_key = (!no_chains).then(|| SecretString::from(devnet::anvil::DEV_DEPLOYER_KEY));
         let jobs = app::Jobs { hot_wallet_key, watch_chains: !no_chains };
-        app::serve(&config, pool, listener, jobs, shutdown_signal()).await?;
+        app::serve(&config, pool, listener, jobs, secrets, shutdown_signal()).await?;
         anyhow::Ok(())
     }
     .await;

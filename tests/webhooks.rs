@@ -189,7 +189,7 @@ async fn start_with(pool: PgPool, allow_loopback: bool) -> Harness {
         allow_loopback,
         ..DispatchConfig::default()
     };
-    let dispatcher = Dispatcher::new(pool, clock.clone(), config).expect("dispatcher");
+    let dispatcher = Dispatcher::new(pool, clock.clone(), config, state.webhook_secrets.clone()).expect("dispatcher");
     Harness { base, client: reqwest::Client::new(), state, clock, dispatcher }
 }
 
@@ -367,7 +367,8 @@ async fn a_paid_invoice_reaches_a_receiver_that_verifies_the_signature(pool: PgP
     assert_eq!(attempts[0]["attempt"], 1);
     assert_eq!(attempts[0]["status_code"], 200);
     assert_eq!(attempts[0]["outcome"], "delivered");
-    assert_eq!(attempts[0]["response_excerpt"], "receiver says 200");
+    assert_eq!(attempts[0]["error"], Value::Null);
+    assert!(attempts[0].get("response_excerpt").is_none(), "{}", attempts[0]);
     assert!(attempts[0]["duration_ms"].as_u64().is_some());
 
     // Nothing more to do: a second pass sends nothing again.
@@ -485,7 +486,7 @@ async fn a_timeout_is_retried(pool: PgPool) {
     let attempt = &delivery["attempts"][0];
     assert_eq!(attempt["status_code"], Value::Null);
     assert_eq!(attempt["outcome"], "retry");
-    assert!(attempt["error"].as_str().is_some_and(|e| e.contains("timed out")), "{attempt}");
+    assert_eq!(attempt["error"], "timeout", "{attempt}");
     assert!(attempt["duration_ms"].as_u64().is_some_and(|ms| ms >= TIMEOUT_MS - 50), "{attempt}");
 
     h.advance_to(time(&delivery["next_attempt_at"]));
@@ -509,9 +510,11 @@ async fn a_connection_refused_is_retried(pool: PgPool) {
     assert_eq!(h.pass().await.retrying, 1);
     let delivery = h.delivery(&m, &event_id, &endpoint_id).await;
     assert_eq!(delivery["status"], "pending");
-    let error = delivery["attempts"][0]["error"].as_str().expect("error");
-    assert!(error.starts_with("connect"), "{error}");
-    assert!(!error.contains("http://"), "no URL in the log: {error}");
+    // Only the class: no raw error (which would tell a merchant what listens where).
+    assert_eq!(delivery["attempts"][0]["error"], "connect", "{delivery}");
+    let stored: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT error FROM webhook_attempts").fetch_all(&h.state.pool).await.expect("errors");
+    assert_eq!(stored, [Some("connect".to_owned())]);
 }
 
 #[sqlx::test]
@@ -816,9 +819,9 @@ async fn endpoint_creation_is_validated_and_bounded(pool: PgPool) {
     let (status, body) =
         h.call(Method::POST, &m.key, "/v1/webhook_endpoints", Some(json!({"url": "https://hooks.example.com/x"}))).await;
     assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "endpoint_limit_reached"), "{body}");
-    let secrets: Vec<String> =
-        sqlx::query_scalar("SELECT secret FROM webhook_endpoints").fetch_all(&pool).await.expect("secrets");
-    let unique: std::collections::HashSet<&String> = secrets.iter().collect();
+    let secrets: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT secret_sealed FROM webhook_endpoints").fetch_all(&pool).await.expect("secrets");
+    let unique: std::collections::HashSet<&Vec<u8>> = secrets.iter().collect();
     assert_eq!(unique.len(), secrets.len(), "every endpoint has its own secret");
 }
 
@@ -863,7 +866,8 @@ async fn the_dispatcher_loop_holds_the_advisory_lock_and_delivers(pool: PgPool) 
     rx.trust(&secret);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let clock: Arc<dyn Clock> = h.clock.clone();
-    let task = tokio::spawn(payrail::webhook::run_dispatcher(pool.clone(), clock, true, stopped));
+    let secrets = h.state.webhook_secrets.clone();
+    let task = tokio::spawn(payrail::webhook::run_dispatcher(pool.clone(), clock, true, secrets, stopped));
     h.invoice(&m).await;
     let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
     while rx.hits().is_empty() && std::time::Instant::now() < deadline {
@@ -892,4 +896,372 @@ async fn the_dispatcher_loop_holds_the_advisory_lock_and_delivers(pool: PgPool) 
     stop.send(true).expect("stop");
     tokio::time::timeout(StdDuration::from_secs(10), task).await.expect("stops promptly").expect("task");
     assert!(try_lock().await, "the lock is released at shutdown");
+}
+
+/// A receiver that holds every request until the test releases it, then answers 200.
+struct HangingReceiver {
+    url: String,
+    hits: Arc<Mutex<Vec<String>>>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+async fn hanging_receiver() -> HangingReceiver {
+    let hits: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let seen = hits.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap| {
+            let (seen, mut released) = (seen.clone(), released.clone());
+            async move {
+                let event = headers.get("payrail-event-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                seen.lock().expect("hits").push(event);
+                let _ = released.wait_for(|go| *go).await;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    HangingReceiver { url, hits, release }
+}
+
+/// Waits until `done` holds, polling; panics with `what` if it never does (a bound against a hung
+/// test, far above how long the work takes).
+async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(60);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+}
+
+async fn statuses(pool: &PgPool, endpoint_id: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT status FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id")
+        .bind(endpoint_id)
+        .fetch_all(pool)
+        .await
+        .expect("statuses")
+}
+
+/// One merchant's endpoint that never answers delays only itself: while its first delivery hangs,
+/// the running dispatcher goes on fanning out and delivering another merchant's events, and does not
+/// send the hanging endpoint its next event (one delivery in flight per endpoint, in order).
+#[sqlx::test]
+async fn a_hanging_endpoint_delays_only_itself(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let slow_merchant = h.merchant().await;
+    let fast_merchant = h.merchant().await;
+    let slow = hanging_receiver().await;
+    let fast = receiver(&[]).await;
+    let (slow_id, _) = h.endpoint(&slow_merchant, &slow.url).await;
+    let (fast_id, fast_secret) = h.endpoint(&fast_merchant, &fast.url).await;
+    fast.trust(&fast_secret);
+
+    // Attempts here never time out on their own: only the release ends the hanging one.
+    let config = DispatchConfig {
+        timeout_ms: 600_000,
+        connect_timeout_ms: 600_000,
+        poll_interval_ms: 20,
+        allow_loopback: true,
+        ..DispatchConfig::default()
+    };
+    let dispatcher =
+        Dispatcher::new(pool.clone(), h.clock.clone(), config, h.state.webhook_secrets.clone()).expect("dispatcher");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { dispatcher.run(stopped).await });
+
+    h.invoice(&slow_merchant).await;
+    wait_until("the slow endpoint receives its first event", || async { slow.hits.lock().expect("hits").len() == 1 })
+        .await;
+    // Written while the slow endpoint's attempt hangs.
+    h.invoice(&slow_merchant).await;
+    for _ in 0..3 {
+        h.invoice(&fast_merchant).await;
+    }
+    wait_until("the fast endpoint's three deliveries complete", || async {
+        statuses(&pool, &fast_id).await == ["delivered", "delivered", "delivered"]
+    })
+    .await;
+    assert_eq!(fast.hits().len(), 3);
+    assert!(fast.hits().iter().all(|hit| hit.signature_ok));
+    // Still hanging on its first delivery: not sent again, and its second is held back.
+    assert_eq!(slow.hits.lock().expect("hits").len(), 1);
+    assert_eq!(statuses(&pool, &slow_id).await, ["pending", "pending"]);
+    let attempted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1",
+    )
+    .bind(&slow_id)
+    .fetch_one(&pool)
+    .await
+    .expect("attempts");
+    assert_eq!(attempted, 0, "the hanging attempt is not finished, so not logged");
+
+    slow.release.send(true).expect("release");
+    wait_until("the slow endpoint's deliveries complete once released", || async {
+        statuses(&pool, &slow_id).await == ["delivered", "delivered"]
+    })
+    .await;
+    let slow_events: Vec<String> = slow.hits.lock().expect("hits").clone();
+    let events = h.events(&slow_merchant).await;
+    let in_order: Vec<String> = events.iter().rev().map(|e| e["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(slow_events, in_order, "each event once, oldest first");
+
+    stop.send(true).expect("stop");
+    task.await.expect("task").expect("dispatcher");
+}
+
+/// The delivery log keeps nothing of what an endpoint answers beyond its status code: a merchant
+/// could otherwise point an endpoint at an internal service and read its answers back.
+#[sqlx::test]
+async fn the_delivery_log_shows_no_response_body(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    const LEAK: &str = "internal-admin-token=sk_live_4eC39HqLyjWDarjtT1zdp7dc";
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, LEAK) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (endpoint_id, _) = h.endpoint(&m, &url).await;
+    h.invoice(&m).await;
+    let event_id = h.event_id(&m, "invoice.created").await;
+    assert_eq!(h.pass().await.retrying, 1);
+
+    let (status, log) = h.get(&m.key, &format!("/v1/events/{event_id}/deliveries")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!log.to_string().contains("sk_live"), "{log}");
+    let attempt = &h.delivery(&m, &event_id, &endpoint_id).await["attempts"][0];
+    assert_eq!((attempt["status_code"].as_u64(), attempt["error"].as_str()), (Some(500), Some("http_status")));
+    let keys: Vec<&String> = attempt.as_object().expect("attempt").keys().collect();
+    assert_eq!(keys, ["attempt", "attempted_at", "duration_ms", "error", "outcome", "status_code"]);
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'webhook_attempts' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("columns");
+    assert!(!columns.iter().any(|c| c.contains("excerpt") || c.contains("body")), "{columns:?}");
+}
+
+/// An `https` endpoint whose server does not speak TLS fails as `tls`, nothing more.
+#[sqlx::test]
+async fn a_tls_failure_is_logged_as_its_class_only(pool: PgPool) {
+    let h = start(pool).await;
+    let m = h.merchant().await;
+    let plain = receiver(&[]).await;
+    let url = plain.url.replacen("http://", "https://", 1);
+    let (endpoint_id, _) = h.endpoint(&m, &url).await;
+    h.invoice(&m).await;
+    let event_id = h.event_id(&m, "invoice.created").await;
+    assert_eq!(h.pass().await.retrying, 1);
+    let attempt = &h.delivery(&m, &event_id, &endpoint_id).await["attempts"][0];
+    assert_eq!((attempt["status_code"].clone(), attempt["error"].clone()), (Value::Null, json!("tls")), "{attempt}");
+}
+
+/// The migration that drops the response excerpt clears what was logged before it: old attempts
+/// keep their status code and get an error class in place of their raw error text.
+#[sqlx::test(migrations = false)]
+async fn the_migration_clears_logged_bodies_and_raw_errors(pool: PgPool) {
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            payrail::db::MIGRATOR.migrations.iter().filter(|m| m.version < 14).cloned().collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.expect("migrations before 0014");
+    sqlx::raw_sql(
+        "INSERT INTO merchants (id, name) VALUES ('mer_0000000000000001', 'Shop'); \
+         INSERT INTO webhook_endpoints (id, merchant_id, url, secret, created_at) VALUES \
+             ('we_0000000000000001', 'mer_0000000000000001', 'https://hooks.example.com/', \
+              'whsec_0123456789abcdefghijklmnopqrstuvwxyzABCD', now()); \
+         INSERT INTO outbox (event_id, merchant_id, event_type, object_id, payload) VALUES \
+             ('evt_0000000000000001', 'mer_0000000000000001', 'invoice.created', 'inv_1', '{}'); \
+         INSERT INTO webhook_deliveries (delivery_id, endpoint_id, outbox_id, object_id, status, attempts, \
+                                         first_attempt_at, completed_at, created_at) \
+             SELECT 'whd_0000000000000001', 'we_0000000000000001', id, 'inv_1', 'failed', 5, now(), now(), now() FROM outbox; \
+         INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, error, duration_ms, response_excerpt, outcome) \
+             SELECT d.id, a.n, now(), a.code, a.error, 1, a.excerpt, 'retry' FROM webhook_deliveries d, (VALUES \
+                 (1, 500, NULL, 'root:x:0:0:root:/root:/bin/bash'), \
+                 (2, NULL, 'connect: tcp connect error: Connection refused (os error 111)', NULL), \
+                 (3, NULL, 'timed out after 10000 ms', NULL), \
+                 (4, NULL, 'request: client error (Connect): hooks.internal resolves only to internal addresses', NULL), \
+                 (5, 200, NULL, 'ok')) AS a(n, code, error, excerpt);",
+    )
+    .execute(&pool)
+    .await
+    .expect("old rows");
+    payrail::db::MIGRATOR.run(&pool).await.expect("all migrations");
+    let rows: Vec<(i32, Option<i32>, Option<String>)> =
+        sqlx::query_as("SELECT attempt, status_code, error FROM webhook_attempts ORDER BY attempt")
+            .fetch_all(&pool)
+            .await
+            .expect("attempts");
+    let class = |c: &str| Some(c.to_owned());
+    assert_eq!(
+        rows,
+        [
+            (1, Some(500), class("http_status")),
+            (2, None, class("connect")),
+            (3, None, class("timeout")),
+            (4, None, class("refused_address")),
+            (5, Some(200), None),
+        ]
+    );
+    let has_excerpt: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+                        WHERE table_name = 'webhook_attempts' AND column_name = 'response_excerpt')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("columns");
+    assert!(!has_excerpt);
+    let raw = sqlx::query("INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, error, duration_ms, outcome) \
+                           SELECT id, 6, now(), 'connect: refused', 1, 'retry' FROM webhook_deliveries")
+        .execute(&pool)
+        .await;
+    assert!(raw.is_err(), "only a class can be stored");
+}
+
+/// The signing secret is stored sealed: the row holds neither the secret nor any part of it, and
+/// deliveries are still signed with the secret the API returned.
+#[sqlx::test]
+async fn signing_secrets_are_stored_sealed(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    let rx = receiver(&[]).await;
+    let (endpoint_id, secret) = h.endpoint(&m, &rx.url).await;
+    rx.trust(&secret);
+    let (plaintext, sealed): (Option<String>, Vec<u8>) =
+        sqlx::query_as("SELECT secret, secret_sealed FROM webhook_endpoints WHERE id = $1")
+            .bind(&endpoint_id)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert_eq!(plaintext, None);
+    let random = &secret.as_bytes()["whsec_".len()..];
+    assert!(!sealed.windows(8).any(|w| random.windows(8).any(|r| r == w)), "no part of the secret is stored");
+    let row_text: String = sqlx::query_scalar("SELECT row_to_json(e)::text FROM webhook_endpoints e WHERE id = $1")
+        .bind(&endpoint_id)
+        .fetch_one(&pool)
+        .await
+        .expect("row text");
+    assert!(!row_text.contains(&secret[6..]), "{row_text}");
+
+    h.invoice(&m).await;
+    assert_eq!(h.pass().await.delivered, 1);
+    assert!(rx.hits()[0].signature_ok, "signed with the secret the API returned");
+}
+
+/// A sealed secret is bound to its endpoint: copied into another endpoint's row it does not open,
+/// and that endpoint's delivery waits (logged as an error) rather than being signed with it.
+#[sqlx::test]
+async fn a_sealed_secret_moved_to_another_endpoint_does_not_open(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    let rx = receiver(&[]).await;
+    let (first, _) = h.endpoint(&m, "https://hooks.example.com/first").await;
+    let (second, _) = h.endpoint(&m, &rx.url).await;
+    sqlx::query("UPDATE webhook_endpoints SET secret_sealed = (SELECT secret_sealed FROM webhook_endpoints WHERE id = $1) WHERE id = $2")
+        .bind(&first)
+        .bind(&second)
+        .execute(&pool)
+        .await
+        .expect("move");
+    sqlx::query("UPDATE webhook_endpoints SET deleted_at = now() WHERE id = $1").bind(&first).execute(&pool).await.expect("delete");
+    h.invoice(&m).await;
+    let report = h.pass().await;
+    assert_eq!((report.errors, report.attempts()), (1, 0), "{report:?}");
+    assert!(rx.hits().is_empty());
+    let status: String = sqlx::query_scalar("SELECT status FROM webhook_deliveries WHERE endpoint_id = $1")
+        .bind(&second)
+        .fetch_one(&pool)
+        .await
+        .expect("status");
+    assert_eq!(status, "pending");
+}
+
+/// With a key, start-up seals the secrets stored in plaintext before (by a development setup, or
+/// before sealing existed), and deliveries still sign with the same secret. Without a key the
+/// daemon refuses plaintext unless allowed, and never runs without the key that sealed what is there.
+#[sqlx::test]
+async fn start_up_seals_plaintext_secrets_and_requires_a_key(pool: PgPool) {
+    use payrail::app::{webhook_secrets, AppError};
+    use payrail::secrets::SecretsAtRest;
+
+    assert!(matches!(webhook_secrets(&pool, None, false).await, Err(AppError::SecretsKeyRequired)));
+    let plaintext = webhook_secrets(&pool, None, true).await.expect("plaintext allowed");
+    assert!(matches!(plaintext, SecretsAtRest::Plaintext));
+
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    let merchant_id: String = sqlx::query_scalar("SELECT id FROM merchants").fetch_one(&pool).await.expect("merchant");
+    let rx = receiver(&[]).await;
+    let created = payrail::webhook::create_endpoint(&pool, &merchant_id, &rx.url, None, h.clock.now(), true, &plaintext)
+        .await
+        .expect("endpoint");
+    let secret = created.secret.expose().to_owned();
+    rx.trust(&secret);
+    let stored: Option<String> = sqlx::query_scalar("SELECT secret FROM webhook_endpoints").fetch_one(&pool).await.expect("row");
+    assert_eq!(stored.as_deref(), Some(secret.as_str()), "stored in plaintext while allowed");
+
+    let key = payrail::secrets::SecretsKey::generate();
+    let sealed = webhook_secrets(&pool, Some(key), false).await.expect("sealed");
+    let (plain, sealed_bytes): (Option<String>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT secret, secret_sealed FROM webhook_endpoints").fetch_one(&pool).await.expect("row");
+    assert_eq!(plain, None);
+    assert!(sealed_bytes.is_some());
+
+    // Sealed rows and no key: refused even where plaintext is allowed.
+    assert!(matches!(webhook_secrets(&pool, None, true).await, Err(AppError::SealedWithoutKey { count: 1 })));
+
+    let dispatcher = Dispatcher::new(
+        pool.clone(),
+        h.clock.clone(),
+        DispatchConfig { allow_loopback: true, ..DispatchConfig::default() },
+        sealed,
+    )
+    .expect("dispatcher");
+    h.invoice(&m).await;
+    assert_eq!(dispatcher.dispatch_once().await.expect("pass").delivered, 1);
+    assert!(rx.hits()[0].signature_ok, "signed with the secret from before sealing");
+}
+
+/// An endpoint's task stops starting attempts once its time budget is spent and gives its slot
+/// back; the endpoint's next delivery goes out in a later pass, still in order.
+#[sqlx::test]
+async fn a_task_past_its_time_budget_gives_its_slot_back(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    let m = h.merchant().await;
+    let rx = receiver(&[]).await;
+    let (_, secret) = h.endpoint(&m, &rx.url).await;
+    rx.trust(&secret);
+    h.invoice(&m).await;
+    h.invoice(&m).await;
+    let config = DispatchConfig { allow_loopback: true, endpoint_time_budget_ms: 0, ..DispatchConfig::default() };
+    let dispatcher = Dispatcher::new(pool, h.clock.clone(), config, h.state.webhook_secrets.clone()).expect("dispatcher");
+    let first = dispatcher.dispatch_once().await.expect("pass");
+    assert_eq!((first.endpoints_started, first.delivered), (1, 1), "{first:?}");
+    let second = dispatcher.dispatch_once().await.expect("pass");
+    assert_eq!((second.endpoints_started, second.delivered), (1, 1), "{second:?}");
+    let events: Vec<String> = h.events(&m).await.iter().rev().map(|e| e["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(rx.event_ids(), events, "oldest first");
+    assert_eq!(dispatcher.dispatch_once().await.expect("pass").attempts(), 0);
+}
+
+/// The loop also stops when its shutdown sender is gone: nothing could ever tell it to stop again.
+#[sqlx::test]
+async fn the_dispatcher_loop_stops_when_its_shutdown_sender_is_dropped(pool: PgPool) {
+    let h = start(pool).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    drop(stop);
+    let ended = tokio::time::timeout(StdDuration::from_secs(60), h.dispatcher.run(stopped)).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
 }

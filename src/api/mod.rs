@@ -63,6 +63,9 @@ pub struct AppState {
     pub reconciler: Arc<crate::reconcile::Reconciler>,
     /// Whether webhook endpoints may be on loopback hosts (`[webhooks] allow_loopback`).
     pub webhooks_allow_loopback: bool,
+    /// How new endpoints' signing secrets are stored: sealed under the secrets key, or in
+    /// plaintext where the configuration allows it.
+    pub webhook_secrets: crate::secrets::SecretsAtRest,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -27,7 +27,7 @@ impl From<WebhookError> for ApiError {
             TooManyEndpoints { .. } => Self::new(unprocessable, "endpoint_limit_reached", error.to_string()),
             EndpointNotFound { .. } => Self::not_found("webhook endpoint"),
             EventNotFound { .. } => Self::not_found("event"),
-            Client(_) | Corrupt { .. } | Database(_) => Self::internal(error),
+            Client(_) | Corrupt { .. } | Secret { .. } | SecretsKeyMissing { .. } | Database(_) => Self::internal(error),
         }
     }
 }
@@ -102,6 +102,7 @@ pub async fn create_endpoint(
         request.events.as_deref(),
         state.clock.now(),
         state.webhooks_allow_loopback,
+        &state.webhook_secrets,
     )
     .await?;
     let body = CreatedEndpointBody { secret: created.secret, endpoint: created.endpoint };
@@ -192,7 +193,7 @@ pub async fn show_event(
 
 #[utoipa::path(get, path = "/v1/events/{id}/deliveries", tag = "events", security(("bearer" = [])),
     params(("id" = String, Path, description = "the event id, evt_…")),
-    responses((status = 200, body = List<DeliveryView>, description = "the event's most recent deliveries, oldest first, each with its attempts"),
+    responses((status = 200, body = List<DeliveryView>, description = "the event's most recent deliveries, oldest first, each with its attempts: status code, duration and an error class; nothing of the response body or of the raw error"),
         (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
         (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
         (status = 404, body = ErrorBody, description = "not_found: no such event for this merchant"),
@@ -229,4 +230,22 @@ pub async fn replay_event(
 ) -> Result<(StatusCode, Json<List<DeliveryView>>), ApiError> {
     let data = webhook::replay(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?;
     Ok((StatusCode::ACCEPTED, Json(List { object: "list", data, has_more: false })))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    /// The document shows what the delivery log keeps: an error class from a closed set, and no
+    /// response body.
+    #[test]
+    fn the_documented_attempt_has_an_error_class_and_no_body() {
+        let doc: Value = serde_json::to_value(super::super::openapi::document()).expect("document");
+        let schemas = &doc["components"]["schemas"];
+        let attempt = &schemas["AttemptView"]["properties"];
+        assert!(attempt.get("response_excerpt").is_none(), "{attempt}");
+        assert!(attempt["error"].to_string().contains("ErrorClass"), "{}", attempt["error"]);
+        let classes = json!(["timeout", "connect", "tls", "dns", "refused_address", "http_status", "body_too_large", "other"]);
+        assert_eq!(schemas["ErrorClass"]["enum"], classes, "{}", schemas["ErrorClass"]);
+    }
 }

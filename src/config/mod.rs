@@ -251,6 +251,12 @@ impl Config {
                 why: "merchants could make the daemon call services on its own host",
             });
         }
+        if self.webhooks.allow_plaintext_secrets {
+            found.push(DevSetting {
+                key: "webhooks.allow_plaintext_secrets = true".to_owned(),
+                why: "endpoint signing secrets would be stored unsealed",
+            });
+        }
         if self.rates.feed == RateFeed::Fixed {
             found.push(DevSetting { key: "rates.feed = \"fixed\"".to_owned(), why: "invoices would be priced from a fixed table" });
         }

@@ -136,6 +136,9 @@ fn shipped_configuration_is_the_loopback_dev_stack() {
     // The dev stack's webhook receivers are on loopback; production leaves this off.
     assert!(config.webhooks.allow_loopback);
     assert!(!super::WebhooksConfig::default().allow_loopback);
+    // Plaintext signing secrets are never the default, not even in the shipped configuration.
+    assert!(!config.webhooks.allow_plaintext_secrets);
+    assert!(!super::WebhooksConfig::default().allow_plaintext_secrets);
     assert_eq!(config.chains_dir(), Path::new(REPO).join("chains"));
     // Every dev-only setting of the dev stack is named, so `serve` can refuse it.
     let dev: Vec<String> = config.dev_only_settings().into_iter().map(|s| s.key).collect();

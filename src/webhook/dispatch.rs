@@ -6,30 +6,48 @@
 //!    type), in outbox order, in one transaction with the mark on the outbox rows;
 //! 2. supersede: a pending delivery that has already failed and whose object has a newer event for
 //!    the same endpoint is not retried (`superseded`);
-//! 3. send: for up to `endpoints_per_pass` endpoints whose oldest pending delivery is due, that
-//!    delivery is attempted (at most `concurrency` endpoints at once); an endpoint goes on with its
-//!    next delivery after a success or a final failure, up to `deliveries_per_endpoint_per_pass`, and
+//! 3. send: for up to `endpoints_per_pass` endpoints whose oldest pending delivery is due and that
+//!    have no delivery in flight, a delivery task is spawned (at most `concurrency` tasks at once,
+//!    over all endpoints); the task attempts the endpoint's oldest pending delivery and goes on with
+//!    the next one after a success or a final failure, up to `deliveries_per_endpoint_per_pass`, and
 //!    stops at a retry, so a pending older delivery always holds back the newer ones.
 //!
-//! Every attempt is written to `webhook_attempts`. Time comes from the [`Clock`], so backoff is
+//! Isolation: an endpoint has at most one delivery in flight (one task; that is also what keeps its
+//! order), and each attempt ends at `timeout_ms`. The loop ([`Dispatcher::run`]) does not wait for
+//! its tasks before the next pass, so a slow endpoint holds one concurrency slot and delays only its
+//! own queue; every other endpoint, of any merchant, is served by the passes that follow.
+//! [`Dispatcher::dispatch_once`] is a pass that waits for the tasks it started (tests, tools).
+//!
+//! Crash safety: a delivery moves on only in the transaction that logs its attempt, guarded by its
+//! attempt count, so a task that dies mid-attempt (crash, lost lock, shutdown) leaves the delivery
+//! pending as it was, to be sent again: at least once, never recorded twice.
+//!
+//! Every attempt is written to `webhook_attempts` with its status code, duration and, when it failed,
+//! a coarse [`ErrorClass`] only: the merchant reads that log, and the response body or a raw
+//! connection error would be a read-back of whatever the URL reaches. Time comes from the [`Clock`], so backoff is
 //! tested by moving a manual clock. [`Dispatcher::run`] holds a PostgreSQL advisory lock so that one
-//! replica dispatches, and calls a pass every `poll_interval_ms` (at once again after a busy pass).
+//! replica dispatches, and calls a pass every `poll_interval_ms`, at once again after a busy pass or
+//! when a delivery task ends (its endpoint may have more due).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
-use futures::StreamExt;
 use rand::Rng;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Row};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinSet};
 
 use crate::clock::Clock;
 use crate::ids::new_id;
 use crate::metrics;
+use crate::secrets::SecretsAtRest;
 
 use super::error::{Result, WebhookError};
+use super::failure::{AddressRefused, ErrorClass, ResolveFailed};
 use super::retry::{classify, next_attempt, Next, Verdict, BACKOFF_JITTER_PERMILLE_MAX};
 use super::secret::EndpointSecret;
 use super::signature::{sign, SIGNATURE_HEADER};
@@ -52,11 +70,13 @@ pub const SUPERSEDE_BATCH: i64 = 1_000;
 pub const ENDPOINTS_PER_PASS_DEFAULT: usize = 200;
 /// Deliveries one endpoint gets per pass, one after the other.
 pub const DELIVERIES_PER_ENDPOINT_PER_PASS_DEFAULT: usize = 20;
-/// Endpoints sent to at the same time.
+/// How long one endpoint's delivery task may go on starting attempts before it gives its slot
+/// back (the attempt under way finishes): a slow endpoint with a long queue takes its turn like the
+/// others instead of holding a slot for `deliveries_per_endpoint_per_pass` slow attempts.
+pub const ENDPOINT_TIME_BUDGET_MS_DEFAULT: u64 = DELIVERY_TIMEOUT_MS_DEFAULT;
+/// Endpoints sent to at the same time, over all merchants: the global cap on delivery tasks.
 pub const CONCURRENCY_DEFAULT: usize = 16;
-/// Bytes of a response body kept in the delivery log.
-pub const RESPONSE_EXCERPT_BYTES_MAX: usize = 1024;
-/// Characters of an error kept in the delivery log.
+/// Characters of an error's details written to the daemon's (debug) log.
 pub const ERROR_TEXT_CHARS_MAX: usize = 500;
 /// The largest event body sent; a bigger one is a bug upstream and is failed, not sent.
 pub const EVENT_BODY_BYTES_MAX: usize = 256 * 1024;
@@ -73,7 +93,12 @@ pub struct DispatchConfig {
     pub poll_interval_ms: u64,
     pub fanout_batch: usize,
     pub endpoints_per_pass: usize,
+    /// Deliveries one endpoint's task sends, one after the other, before it gives its slot back.
     pub deliveries_per_endpoint_per_pass: usize,
+    /// How long one endpoint's task starts new attempts (see [`ENDPOINT_TIME_BUDGET_MS_DEFAULT`]);
+    /// 0 allows one attempt per task.
+    pub endpoint_time_budget_ms: u64,
+    /// Delivery tasks at once (one per endpoint at most).
     pub concurrency: usize,
     /// Deliver to loopback addresses (the dev stack and tests only).
     pub allow_loopback: bool,
@@ -88,6 +113,7 @@ impl Default for DispatchConfig {
             fanout_batch: FANOUT_BATCH_DEFAULT,
             endpoints_per_pass: ENDPOINTS_PER_PASS_DEFAULT,
             deliveries_per_endpoint_per_pass: DELIVERIES_PER_ENDPOINT_PER_PASS_DEFAULT,
+            endpoint_time_budget_ms: ENDPOINT_TIME_BUDGET_MS_DEFAULT,
             concurrency: CONCURRENCY_DEFAULT,
             allow_loopback: false,
         }
@@ -108,6 +134,8 @@ pub struct PassReport {
     pub abandoned: u64,
     /// Endpoints whose pass ended in an error (logged).
     pub errors: u64,
+    /// Delivery tasks started (one per endpoint served).
+    pub endpoints_started: u64,
 }
 
 impl PassReport {
@@ -116,8 +144,34 @@ impl PassReport {
         self.delivered + self.retrying + self.failed + self.abandoned
     }
 
+    /// Whether the pass changed anything, so that another may find more at once. Starting tasks
+    /// does not count: what they do is judged when they end.
     fn busy(&self) -> bool {
         self.events_fanned_out > 0 || self.superseded > 0 || self.attempts() > 0
+    }
+
+    /// Counts what a finished delivery task did; a failed or panicked task is logged and counted
+    /// as an error (its delivery stays pending and is picked again). Returns whether the task made
+    /// an attempt.
+    fn absorb(&mut self, joined: std::result::Result<(String, Result<Vec<Outcome>>), JoinError>) -> bool {
+        match joined {
+            Ok((_, Ok(outcomes))) => {
+                let attempted = !outcomes.is_empty();
+                outcomes.into_iter().for_each(|o| self.add(o));
+                attempted
+            }
+            Ok((endpoint_id, Err(error))) => {
+                self.errors += 1;
+                tracing::warn!(target: "webhook", endpoint = %endpoint_id, %error, "dispatching to endpoint failed; retrying next pass");
+                false
+            }
+            Err(error) if error.is_cancelled() => false,
+            Err(error) => {
+                self.errors += 1;
+                tracing::error!(target: "webhook", %error, "a delivery task panicked; its delivery stays pending");
+                false
+            }
+        }
     }
 
     fn add(&mut self, outcome: Outcome) {
@@ -172,21 +226,57 @@ struct Due {
     body: String,
 }
 
-/// What came back from one HTTP attempt.
+/// What came back from one HTTP attempt. The response body is never read: nothing of it is kept.
 struct Response {
     status: Option<u16>,
-    error: Option<String>,
+    /// Set when no 2xx came.
+    error: Option<ErrorClass>,
     duration_ms: i64,
-    excerpt: Option<String>,
     retry_after: Option<Duration>,
 }
 
+/// What a delivery task returns: its endpoint and what each attempt came to.
+type TaskResult = (String, Result<Vec<Outcome>>);
+
+/// Clones share the in-flight set and the concurrency slots, so every clone respects the same
+/// limits.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     pool: PgPool,
     clock: Arc<dyn Clock>,
     client: reqwest::Client,
     config: DispatchConfig,
+    /// How endpoint secrets are stored, to read them back for signing.
+    secrets: SecretsAtRest,
+    /// Endpoints with a delivery task running: not picked again until it ends.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// The global cap on delivery tasks (`concurrency` permits).
+    slots: Arc<Semaphore>,
+}
+
+/// An endpoint's place in the in-flight set, given back when dropped: whether the task ends, fails,
+/// panics or is aborted, the endpoint becomes pickable again.
+struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    endpoint_id: String,
+}
+
+impl InFlight {
+    /// Claims `endpoint_id`; `None` when a task already has it.
+    fn claim(set: &Arc<Mutex<HashSet<String>>>, endpoint_id: &str) -> Option<Self> {
+        // A poisoned set only means a task panicked while holding the lock; the set is still whole.
+        let mut guard = set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard
+            .insert(endpoint_id.to_owned())
+            .then(|| Self { set: Arc::clone(set), endpoint_id: endpoint_id.to_owned() })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut guard = self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.remove(&self.endpoint_id);
+    }
 }
 
 /// Resolves endpoint host names and keeps only addresses an endpoint may use (public ones, and
@@ -201,13 +291,14 @@ impl reqwest::dns::Resolve for PublicOnly {
         let host = name.as_str().to_owned();
         let allow_loopback = self.allow_loopback;
         Box::pin(async move {
-            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(found) => found.collect(),
+                Err(error) => return Err(Box::new(ResolveFailed(error)) as Box<dyn std::error::Error + Send + Sync>),
+            };
             let allowed: Vec<std::net::SocketAddr> =
                 found.into_iter().filter(|addr| super::endpoint::check_ip(addr.ip(), allow_loopback).is_ok()).collect();
             if allowed.is_empty() {
-                let refused: Box<dyn std::error::Error + Send + Sync> =
-                    format!("{host} resolves only to internal addresses").into();
-                return Err(refused);
+                return Err(Box::new(AddressRefused) as Box<dyn std::error::Error + Send + Sync>);
             }
             let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
             Ok(addrs)
@@ -215,57 +306,99 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
+/// The HTTP client that sends deliveries: bounded in time, no redirects, every host name resolved
+/// through [`PublicOnly`], and no proxy. A proxy from the environment (`HTTPS_PROXY`, `ALL_PROXY`, …)
+/// would resolve and connect to the endpoint's host itself, past the address filter, and could
+/// reach whatever the proxy reaches; so deliveries always connect directly.
+pub(crate) fn delivery_client(config: &DispatchConfig) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(StdDuration::from_millis(config.timeout_ms))
+        .connect_timeout(StdDuration::from_millis(config.connect_timeout_ms.min(config.timeout_ms)))
+        // A redirect is an answer like any other non-2xx: the endpoint's URL is what the merchant set.
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(PublicOnly { allow_loopback: config.allow_loopback }))
+        .build()
+        .map_err(WebhookError::Client)
+}
+
 impl Dispatcher {
-    pub fn new(pool: PgPool, clock: Arc<dyn Clock>, config: DispatchConfig) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(StdDuration::from_millis(config.timeout_ms))
-            .connect_timeout(StdDuration::from_millis(config.connect_timeout_ms.min(config.timeout_ms)))
-            // A redirect is an answer like any other non-2xx: the endpoint's URL is what the merchant set.
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PublicOnly { allow_loopback: config.allow_loopback }))
-            .build()
-            .map_err(WebhookError::Client)?;
-        Ok(Self { pool, clock, client, config })
+    /// A dispatcher that reads endpoint secrets as `secrets` stores them.
+    pub fn new(pool: PgPool, clock: Arc<dyn Clock>, config: DispatchConfig, secrets: SecretsAtRest) -> Result<Self> {
+        let client = delivery_client(&config)?;
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        Ok(Self { pool, clock, client, config, secrets, in_flight: Arc::default(), slots })
     }
 
     pub fn config(&self) -> &DispatchConfig {
         &self.config
     }
 
-    /// One pass; see the module docs. The work is picked at the clock's time when the pass starts;
-    /// each attempt reads the clock again when it starts, for its signature and its schedule, so a
-    /// long pass never sends stale timestamps. An error of one endpoint is logged and counted in the
-    /// report; an error of the fan-out or of the queries that pick the work is returned.
+    /// One pass that waits for the delivery tasks it started; see the module docs. The work is
+    /// picked at the clock's time when the pass starts; each attempt reads the clock again when it
+    /// starts, for its signature and its schedule, so a long pass never sends stale timestamps. An
+    /// error of one endpoint is logged and counted in the report; an error of the fan-out or of the
+    /// queries that pick the work is returned.
     pub async fn dispatch_once(&self) -> Result<PassReport> {
+        let mut running = JoinSet::new();
+        let started = self.pass(&mut running, None).await;
+        let mut report = PassReport::default();
+        while let Some(joined) = running.join_next().await {
+            report.absorb(joined);
+        }
+        let started = started?;
+        report.events_fanned_out = started.events_fanned_out;
+        report.deliveries_created = started.deliveries_created;
+        report.superseded = started.superseded;
+        report.endpoints_started = started.endpoints_started;
+        Ok(report)
+    }
+
+    /// Fans out, supersedes, and spawns a delivery task into `running` for each due endpoint that
+    /// has none in flight, as far as free slots allow; returns without waiting for them. `stop`,
+    /// when it turns true, makes the tasks stop after their current attempt.
+    async fn pass(&self, running: &mut JoinSet<TaskResult>, stop: Option<watch::Receiver<bool>>) -> Result<PassReport> {
         let now = self.clock.now();
         let mut report = PassReport::default();
         let (events, created) = self.fan_out(now).await?;
         report.events_fanned_out = events;
         report.deliveries_created = created;
         report.superseded = self.supersede(now).await?;
-        let endpoints = self.due_endpoints(now).await?;
-        let results: Vec<(String, Result<Vec<Outcome>>)> = futures::stream::iter(endpoints)
-            .map(|endpoint_id| async move {
-                let result = self.drain_endpoint(&endpoint_id, now).await;
-                (endpoint_id, result)
-            })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .collect()
-            .await;
-        for (endpoint_id, result) in results {
-            match result {
-                Ok(outcomes) => outcomes.into_iter().for_each(|o| report.add(o)),
-                Err(error) => {
-                    report.errors += 1;
-                    tracing::warn!(target: "webhook", endpoint = %endpoint_id, %error, "dispatching to endpoint failed; retrying next pass");
-                }
+        let free = self.slots.available_permits().min(self.config.endpoints_per_pass.max(1));
+        if free > 0 {
+            let busy: Vec<String> = {
+                let set = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                set.iter().cloned().collect()
+            };
+            for endpoint_id in self.due_endpoints(now, free, &busy).await? {
+                let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else { break };
+                let Some(claim) = InFlight::claim(&self.in_flight, &endpoint_id) else { continue };
+                running.spawn(self.clone().deliver_task(endpoint_id, now, permit, claim, stop.clone()));
+                report.endpoints_started += 1;
             }
         }
         let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
             .fetch_one(&self.pool)
             .await?;
         metrics::gauge("payrail_webhook_backlog", "Webhook deliveries waiting to be delivered.", &[], backlog);
+        let in_flight = i64::try_from(self.config.concurrency.max(1).saturating_sub(self.slots.available_permits()))
+            .unwrap_or(i64::MAX);
+        metrics::gauge("payrail_webhook_endpoints_in_flight", "Webhook endpoints with a delivery under way.", &[], in_flight);
         Ok(report)
+    }
+
+    /// One endpoint's delivery task: holds a concurrency slot and the endpoint's in-flight claim
+    /// until it ends, so the endpoint is never sent to twice at once.
+    async fn deliver_task(
+        self,
+        endpoint_id: String,
+        now: DateTime<Utc>,
+        _permit: OwnedSemaphorePermit,
+        _claim: InFlight,
+        stop: Option<watch::Receiver<bool>>,
+    ) -> TaskResult {
+        let result = self.drain_endpoint(&endpoint_id, now, stop.as_ref()).await;
+        (endpoint_id, result)
     }
 
     /// Turns up to `fanout_batch` new outbox events into deliveries. Returns (events, deliveries).
@@ -352,26 +485,40 @@ impl Dispatcher {
         Ok(u64::try_from(rows.len()).unwrap_or(u64::MAX))
     }
 
-    /// Endpoints whose oldest pending delivery is due, the longest waiting first.
-    async fn due_endpoints(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
+    /// Up to `limit` endpoints whose oldest pending delivery is due, the longest waiting first,
+    /// leaving out those in `busy` (a delivery in flight).
+    async fn due_endpoints(&self, now: DateTime<Utc>, limit: usize, busy: &[String]) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT e.id FROM webhook_endpoints e \
              CROSS JOIN LATERAL ( \
                  SELECT d.id, d.next_attempt_at FROM webhook_deliveries d \
                  WHERE d.endpoint_id = e.id AND d.status = 'pending' ORDER BY d.id LIMIT 1) head \
-             WHERE e.deleted_at IS NULL AND head.next_attempt_at <= $1 \
+             WHERE e.deleted_at IS NULL AND head.next_attempt_at <= $1 AND NOT (e.id = ANY ($3)) \
              ORDER BY head.next_attempt_at, head.id LIMIT $2",
         )
         .bind(now)
-        .bind(i64::try_from(self.config.endpoints_per_pass.max(1)).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX))
+        .bind(busy)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    /// Sends the endpoint's due deliveries in queue order until one is to be retried later.
-    async fn drain_endpoint(&self, endpoint_id: &str, now: DateTime<Utc>) -> Result<Vec<Outcome>> {
+    /// Sends the endpoint's due deliveries in queue order until one is to be retried later, the
+    /// task's time budget is spent, or `stop` turns true (all checked between attempts, so shutdown
+    /// waits for one attempt at most).
+    async fn drain_endpoint(
+        &self,
+        endpoint_id: &str,
+        now: DateTime<Utc>,
+        stop: Option<&watch::Receiver<bool>>,
+    ) -> Result<Vec<Outcome>> {
         let mut outcomes = Vec::new();
+        let started = Instant::now();
+        let budget = StdDuration::from_millis(self.config.endpoint_time_budget_ms);
         for _ in 0..self.config.deliveries_per_endpoint_per_pass.max(1) {
+            if stop.is_some_and(stopping) || (!outcomes.is_empty() && started.elapsed() >= budget) {
+                break;
+            }
             let Some(due) = self.head_if_due(endpoint_id, now).await? else { break };
             let outcome = self.attempt(&due, self.clock.now().max(now)).await?;
             outcomes.push(outcome);
@@ -386,7 +533,7 @@ impl Dispatcher {
     async fn head_if_due(&self, endpoint_id: &str, now: DateTime<Utc>) -> Result<Option<Due>> {
         let row = sqlx::query(
             "SELECT d.id, d.delivery_id, d.attempts, d.first_attempt_at, d.next_attempt_at, \
-                    e.url, e.secret, o.event_id, o.payload::text AS body \
+                    e.url, e.secret, e.secret_sealed, o.event_id, o.payload::text AS body \
              FROM webhook_deliveries d \
              JOIN webhook_endpoints e ON e.id = d.endpoint_id \
              JOIN outbox o ON o.id = d.outbox_id \
@@ -408,7 +555,12 @@ impl Dispatcher {
             attempts: row.try_get("attempts")?,
             first_attempt_at: row.try_get("first_attempt_at")?,
             url: row.try_get("url")?,
-            secret: EndpointSecret::from_stored(row.try_get("secret")?),
+            secret: super::endpoint::stored_secret(
+                &self.secrets,
+                endpoint_id,
+                row.try_get("secret")?,
+                row.try_get("secret_sealed")?,
+            )?,
             event_id: row.try_get("event_id")?,
             body: row.try_get("body")?,
         }))
@@ -417,13 +569,9 @@ impl Dispatcher {
     /// Sends `due` once and records the attempt.
     async fn attempt(&self, due: &Due, now: DateTime<Utc>) -> Result<Outcome> {
         let response = if due.body.len() > EVENT_BODY_BYTES_MAX {
-            Response {
-                status: None,
-                error: Some(format!("event body of {} bytes exceeds {EVENT_BODY_BYTES_MAX}; not sent", due.body.len())),
-                duration_ms: 0,
-                excerpt: None,
-                retry_after: None,
-            }
+            tracing::error!(target: "webhook", delivery = %due.delivery_id, event = %due.event_id, bytes = due.body.len(),
+                max = EVENT_BODY_BYTES_MAX, "event body too large; not sent");
+            Response { status: None, error: Some(ErrorClass::BodyTooLarge), duration_ms: 0, retry_after: None }
         } else {
             self.send(due, now).await
         };
@@ -447,7 +595,7 @@ impl Dispatcher {
             .await;
         let elapsed = |started: Instant| i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         match sent {
-            Ok(mut response) => {
+            Ok(response) => {
                 let status = response.status().as_u16();
                 let retry_after = response
                     .headers()
@@ -456,30 +604,19 @@ impl Dispatcher {
                     .and_then(|v| v.trim().parse::<i64>().ok())
                     .filter(|s| *s > 0)
                     .map(Duration::seconds);
-                let duration_ms = elapsed(started);
-                let mut body = Vec::new();
-                // Only the first bytes are kept; a body that stalls or breaks costs the excerpt, not the verdict.
-                while body.len() < RESPONSE_EXCERPT_BYTES_MAX {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
                 Response {
                     status: Some(status),
-                    error: None,
-                    duration_ms,
-                    excerpt: (!body.is_empty()).then(|| excerpt(&body)),
+                    error: (!response.status().is_success()).then_some(ErrorClass::HttpStatus),
+                    duration_ms: elapsed(started),
                     retry_after,
                 }
             }
-            Err(error) => Response {
-                status: None,
-                error: Some(describe(error, self.config.timeout_ms)),
-                duration_ms: elapsed(started),
-                excerpt: None,
-                retry_after: None,
-            },
+            Err(error) => {
+                let class = ErrorClass::of_request(&error);
+                tracing::debug!(target: "webhook", delivery = %due.delivery_id, endpoint = %due.endpoint_id, %class,
+                    details = %describe(error), "delivery attempt got no response");
+                Response { status: None, error: Some(class), duration_ms: elapsed(started), retry_after: None }
+            }
         }
     }
 
@@ -519,17 +656,15 @@ impl Dispatcher {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, error, duration_ms, \
-                                           response_excerpt, outcome) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, error, duration_ms, outcome) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(due.id)
         .bind(attempt)
         .bind(now)
         .bind(status_code)
-        .bind(&response.error)
+        .bind(response.error.map(ErrorClass::as_str))
         .bind(response.duration_ms.max(0))
-        .bind(&response.excerpt)
         .bind(outcome.as_str())
         .execute(&mut *tx)
         .await?;
@@ -549,53 +684,94 @@ impl Dispatcher {
                 tracing::debug!(target: "webhook", %delivery, %endpoint, %event, status = ?response.status, attempt, "delivered")
             }
             Outcome::Retrying => tracing::warn!(target: "webhook", %delivery, %endpoint, %event, status = ?response.status,
-                error = ?response.error, attempt, next_attempt_at = ?next, "delivery attempt failed; will retry"),
+                error = ?response.error.map(ErrorClass::as_str), attempt, next_attempt_at = ?next, "delivery attempt failed; will retry"),
             Outcome::Failed => tracing::warn!(target: "webhook", %delivery, %endpoint, %event, status = ?response.status,
-                error = ?response.error, attempt, "delivery refused by the endpoint; not retried"),
+                error = ?response.error.map(ErrorClass::as_str), attempt, "delivery refused by the endpoint; not retried"),
             Outcome::Abandoned => tracing::warn!(target: "webhook", %delivery, %endpoint, %event, status = ?response.status,
-                error = ?response.error, attempt, "delivery abandoned after its retry window"),
+                error = ?response.error.map(ErrorClass::as_str), attempt, "delivery abandoned after its retry window"),
         }
         Ok(outcome)
     }
 
     /// Dispatches until `shutdown` turns true (or its sender is dropped), while holding the
     /// advisory lock: other replicas wait for it and take over when this one's session ends.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    /// Delivery tasks run beside the passes; at shutdown each ends after its current attempt and is
+    /// waited for before the lock is released, so no other replica sends beside them.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let poll = StdDuration::from_millis(self.config.poll_interval_ms.max(1));
+        let mut running: JoinSet<TaskResult> = JoinSet::new();
         loop {
             let Some(mut lock) = self.acquire_lock(&mut shutdown).await? else { return Ok(()) };
             tracing::info!(target: "webhook", "dispatching webhooks");
+            let mut report = PassReport::default();
             loop {
-                if *shutdown.borrow() {
+                if stopping(&shutdown) {
+                    self.finish(&mut running, &mut report).await;
                     release(lock).await;
                     return Ok(());
                 }
                 // The lock lives as long as its session: a broken connection means another replica
-                // may hold it now, so this one goes back to waiting.
+                // may hold it now, so this one stops sending (an attempt cut short is sent again by
+                // the new holder) and goes back to waiting.
                 if let Err(error) = sqlx::query("SELECT 1").execute(&mut lock).await {
                     tracing::warn!(target: "webhook", %error, "lost the dispatcher lock's connection; waiting for the lock again");
+                    running.abort_all();
+                    while let Some(joined) = running.join_next().await {
+                        report.absorb(joined);
+                    }
                     break;
                 }
-                let busy = match self.dispatch_once().await {
-                    Ok(report) => {
-                        if report.busy() {
-                            tracing::debug!(target: "webhook", ?report, "dispatch pass");
-                        }
-                        report.busy()
-                    }
+                let mut busy = match self.pass(&mut running, Some(shutdown.clone())).await {
+                    Ok(pass) => pass.busy(),
                     Err(error) => {
                         tracing::warn!(target: "webhook", %error, "dispatch pass failed; retrying");
                         false
                     }
                 };
+                while let Some(joined) = running.try_join_next() {
+                    busy |= report.absorb(joined);
+                }
+                if report.busy() {
+                    tracing::debug!(target: "webhook", ?report, "deliveries finished");
+                    report = PassReport::default();
+                }
                 if busy {
                     continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = shutdown.changed() => {}
+                // A task that ends after an attempt frees its endpoint, which may have more due: look
+                // again at once. One that attempted nothing (an error) waits for the poll, so a
+                // failing endpoint is not picked again in a tight loop.
+                let deadline = tokio::time::Instant::now() + poll;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        _ = shutdown.changed() => break,
+                        Some(joined) = running.join_next(), if !running.is_empty() => {
+                            if report.absorb(joined) {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Lets the running tasks end after their current attempt (they see `shutdown`), waiting at most
+    /// about one attempt's timeout; whatever is still running then is aborted, its delivery left
+    /// pending as it was.
+    async fn finish(&self, running: &mut JoinSet<TaskResult>, report: &mut PassReport) {
+        let grace = StdDuration::from_millis(self.config.timeout_ms.saturating_mul(2).max(1_000));
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(joined) = running.join_next().await {
+                report.absorb(joined);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(target: "webhook", tasks = running.len(), "delivery tasks still running at shutdown; aborted, their deliveries stay pending");
+            running.abort_all();
+            while running.join_next().await.is_some() {}
         }
     }
 
@@ -606,7 +782,7 @@ impl Dispatcher {
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<sqlx::PgConnection>> {
         loop {
-            if *shutdown.borrow() {
+            if stopping(shutdown) {
                 return Ok(None);
             }
             let attempt: std::result::Result<Option<sqlx::PgConnection>, sqlx::Error> = async {
@@ -632,6 +808,12 @@ impl Dispatcher {
     }
 }
 
+/// Whether to stop: `shutdown` turned true, or its sender is gone (nothing could ever say stop
+/// again, and `changed` would return at once forever).
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
 /// Releases the lock and closes its connection.
 async fn release(mut lock: sqlx::PgConnection) {
     let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))").bind(LOCK_NAME).execute(&mut lock).await;
@@ -644,10 +826,11 @@ pub async fn run_dispatcher(
     pool: PgPool,
     clock: Arc<dyn Clock>,
     allow_loopback: bool,
+    secrets: SecretsAtRest,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let config = DispatchConfig { allow_loopback, ..DispatchConfig::default() };
-    let dispatcher = match Dispatcher::new(pool, clock, config) {
+    let dispatcher = match Dispatcher::new(pool, clock, config, secrets) {
         Ok(dispatcher) => dispatcher,
         Err(error) => {
             tracing::error!(target: "webhook", %error, "webhook dispatcher not started; events stay in the outbox");
@@ -659,21 +842,11 @@ pub async fn run_dispatcher(
     }
 }
 
-/// A response body excerpt that PostgreSQL text can hold: at most `RESPONSE_EXCERPT_BYTES_MAX`
-/// bytes read, invalid UTF-8 replaced, NUL removed.
-fn excerpt(bytes: &[u8]) -> String {
-    let bytes = &bytes[..bytes.len().min(RESPONSE_EXCERPT_BYTES_MAX)];
-    String::from_utf8_lossy(bytes).chars().filter(|c| *c != '\0').take(RESPONSE_EXCERPT_BYTES_MAX).collect()
-}
-
-/// An error for the log: what failed, without the URL (it may carry a merchant's token).
-fn describe(error: reqwest::Error, timeout_ms: u64) -> String {
-    if error.is_timeout() {
-        return format!("timed out after {timeout_ms} ms");
-    }
-    let kind = if error.is_connect() { "connect" } else { "request" };
+/// An error's details for the daemon's debug log: what failed, without the URL (it may carry a
+/// merchant's token). Never stored where a merchant can read it.
+fn describe(error: reqwest::Error) -> String {
     let error = error.without_url();
-    let mut text = format!("{kind}: {error}");
+    let mut text = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
@@ -686,13 +859,6 @@ fn describe(error: reqwest::Error, timeout_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn excerpts_are_bounded_and_storable() {
-        let long = vec![b'a'; RESPONSE_EXCERPT_BYTES_MAX * 3];
-        assert_eq!(excerpt(&long).len(), RESPONSE_EXCERPT_BYTES_MAX);
-        assert_eq!(excerpt(b"ok\0\xff!"), "ok\u{fffd}!");
-    }
 
     #[test]
     fn reports_count_attempts() {
@@ -710,6 +876,8 @@ mod tests {
 mod resolver_tests {
     use std::str::FromStr;
 
+    use crate::webhook::failure::ErrorClass;
+
     use reqwest::dns::{Name, Resolve};
 
     use super::PublicOnly;
@@ -725,5 +893,15 @@ mod resolver_tests {
         assert!(loopback.into_iter().all(|a| a.ip().is_loopback()));
         let production = PublicOnly { allow_loopback: false };
         assert!(production.resolve(Name::from_str("localhost").expect("name")).await.is_err(), "loopback refused");
+    }
+
+    #[tokio::test]
+    async fn refused_and_unresolvable_hosts_have_their_classes() {
+        let config = super::DispatchConfig { timeout_ms: 10_000, ..super::DispatchConfig::default() };
+        let client = super::delivery_client(&config).expect("client");
+        let refused = client.post("http://localhost:9/hook").send().await.expect_err("loopback is refused");
+        assert_eq!(ErrorClass::of_request(&refused), ErrorClass::RefusedAddress, "{refused:?}");
+        let unknown = client.post("http://no-such-host.invalid/hook").send().await.expect_err("no such host");
+        assert_eq!(ErrorClass::of_request(&unknown), ErrorClass::Dns, "{unknown:?}");
     }
 }

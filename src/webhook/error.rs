@@ -18,6 +18,10 @@ pub enum WebhookError {
     Client(#[source] reqwest::Error),
     #[error("stored value {value:?} in {column} is not valid")]
     Corrupt { column: &'static str, value: String },
+    #[error("signing secret of endpoint {endpoint_id}: {source}")]
+    Secret { endpoint_id: String, source: crate::secrets::SecretsError },
+    #[error("signing secret of endpoint {endpoint_id} is sealed, but no secrets key is configured")]
+    SecretsKeyMissing { endpoint_id: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -9,6 +9,7 @@ use sqlx::{PgPool, Row};
 use crate::ids::{is_id, new_id};
 
 use super::error::{Result, WebhookError};
+use super::failure::ErrorClass;
 
 /// Events per page unless asked otherwise.
 pub const PAGE_LIMIT_DEFAULT: u32 = 20;
@@ -54,10 +55,12 @@ pub struct AttemptView {
     pub attempted_at: DateTime<Utc>,
     /// Null when no response came.
     pub status_code: Option<u16>,
-    pub error: Option<String>,
+    /// Why the attempt failed, as a class only (null when it got a 2xx): `timeout`, `connect`,
+    /// `tls`, `dns`, `refused_address` (the host resolves only to addresses endpoints may not use),
+    /// `http_status` (see `status_code`), `body_too_large` (not sent) or `other`. Nothing of the
+    /// response body or of the raw error is kept.
+    pub error: Option<ErrorClass>,
     pub duration_ms: u64,
-    /// The first bytes of the response body.
-    pub response_excerpt: Option<String>,
     /// `delivered`, `retry`, `failed` or `abandoned`.
     pub outcome: String,
 }
@@ -165,7 +168,7 @@ pub async fn deliveries(pool: &PgPool, merchant_id: &str, event_id: &str) -> Res
     .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.try_get("id")).collect::<std::result::Result<_, _>>()?;
     let attempt_rows = sqlx::query(
-        "SELECT delivery_id, attempt, attempted_at, status_code, error, duration_ms, response_excerpt, outcome \
+        "SELECT delivery_id, attempt, attempted_at, status_code, error, duration_ms, outcome \
          FROM webhook_attempts WHERE delivery_id = ANY ($1) ORDER BY delivery_id, attempt",
     )
     .bind(&ids)
@@ -200,6 +203,12 @@ fn count(column: &'static str, value: i32) -> Result<u32> {
     u32::try_from(value).map_err(|_| WebhookError::Corrupt { column, value: value.to_string() })
 }
 
+fn error_class(stored: Option<String>) -> Result<Option<ErrorClass>> {
+    stored
+        .map(|text| ErrorClass::parse(&text).ok_or(WebhookError::Corrupt { column: "webhook_attempts.error", value: text }))
+        .transpose()
+}
+
 fn attempt_view(row: &sqlx::postgres::PgRow) -> Result<AttemptView> {
     let status_code: Option<i32> = row.try_get("status_code")?;
     let duration_ms: i64 = row.try_get("duration_ms")?;
@@ -209,10 +218,9 @@ fn attempt_view(row: &sqlx::postgres::PgRow) -> Result<AttemptView> {
         status_code: status_code
             .map(|s| u16::try_from(s).map_err(|_| WebhookError::Corrupt { column: "status_code", value: s.to_string() }))
             .transpose()?,
-        error: row.try_get("error")?,
+        error: error_class(row.try_get("error")?)?,
         duration_ms: u64::try_from(duration_ms)
             .map_err(|_| WebhookError::Corrupt { column: "duration_ms", value: duration_ms.to_string() })?,
-        response_excerpt: row.try_get("response_excerpt")?,
         outcome: row.try_get("outcome")?,
     })
 }

@@ -39,11 +39,21 @@ pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).single().expect("valid time")
 }
 
-/// Application state over `pool` with a clock that only moves when the test says so.
+/// Application state over `pool` with a clock that only moves when the test says so. Webhook
+/// secrets are sealed, as in production, under a key made for the test.
 pub fn state_with_clock(pool: PgPool) -> (AppState, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(t0()));
-    (payrail::app::state(&repo_config(), pool, clock.clone()), clock)
+    (payrail::app::state(&repo_config(), pool, clock.clone(), test_secrets()), clock)
 }
+
+/// Webhook secrets sealed under a fresh random key.
+pub fn test_secrets() -> payrail::secrets::SecretsAtRest {
+    payrail::secrets::SecretsAtRest::Sealed(Arc::new(payrail::secrets::SecretsKey::generate()))
+}
+
+/// The secrets key `payrail` processes in tests are given (`PAYRAIL_SECRETS_KEY`), as `payrail serve`
+/// requires one.
+pub const TEST_SECRETS_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// The dev stack's test tokens (config.dev.toml replaces the mainnet contracts with them).
 pub const USDC_POLYGON: &str = "eip155:137/erc20:0xe7f1725e7734ce288f8367e1bb143e90bb3f0512";
@@ -108,7 +118,9 @@ pub fn payrail(database: &str, args: &[&str]) -> tokio::process::Command {
         .args(args)
         .env("PAYRAIL_CONFIG", "config.dev.toml")
         .env("DATABASE_URL", database)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .env(payrail::secrets::SECRETS_KEY_ENV, TEST_SECRETS_KEY_HEX)
+        .env_remove(payrail::secrets::SECRETS_KEY_FILE_ENV);
     command
 }
 

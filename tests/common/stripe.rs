@@ -96,7 +96,7 @@ pub fn config(secret: &str) -> Config {
 pub async fn start(pool: PgPool) -> Server {
     let secret = format!("whsec_{}", random_suffix());
     let config = config(&secret);
-    let mut state = payrail::app::state(&config, pool, Arc::new(SystemClock));
+    let mut state = payrail::app::state(&config, pool, Arc::new(SystemClock), super::test_secrets());
     // A health map of this test's own, so other tests' rails cannot move its checkout page.
     state.rail_health = Arc::new(RailHealth::new());
     let base = super::serve(&state).await;
