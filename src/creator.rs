@@ -168,17 +168,50 @@ pub async fn create_creator(pool: &PgPool, merchant_id: &str, request: &CreateCr
     })
 }
 
-/// The merchant's creators, oldest first.
-pub async fn list_creators(pool: &PgPool, merchant_id: &str) -> Result<Vec<CreatorView>> {
-    let rows = sqlx::query("SELECT id, name, created_at FROM creators WHERE merchant_id = $1 ORDER BY created_at, id")
-        .bind(merchant_id)
-        .fetch_all(pool)
-        .await?;
-    let addresses = sqlx::query(
-        "SELECT a.creator_id, a.chain, a.address FROM creator_payout_addresses a \
-         JOIN creators c ON c.id = a.creator_id WHERE c.merchant_id = $1",
+/// Most creators in one page of a listing.
+pub const CREATORS_PAGE_LIMIT_MAX: i64 = 100;
+/// Most statement lines in one page.
+pub const STATEMENT_PAGE_LIMIT_MAX: i64 = 1_000;
+
+/// The merchant's creators, oldest first: at most `limit`, after the creator `starting_after`.
+/// Returns the page and whether more follow.
+pub async fn list_creators(
+    pool: &PgPool,
+    merchant_id: &str,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> Result<(Vec<CreatorView>, bool)> {
+    query_creators(pool, merchant_id, None, limit.clamp(1, CREATORS_PAGE_LIMIT_MAX), starting_after).await
+}
+
+/// The merchant's creators (only `only`, when given), oldest first, a page of `limit`.
+async fn query_creators(
+    pool: &PgPool,
+    merchant_id: &str,
+    only: Option<&str>,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> Result<(Vec<CreatorView>, bool)> {
+    let mut rows = sqlx::query(
+        "SELECT id, name, created_at FROM creators WHERE merchant_id = $1 \
+           AND ($2::text IS NULL OR (created_at, id) > \
+                (SELECT created_at, id FROM creators WHERE id = $2 AND merchant_id = $1)) \
+           AND ($4::text IS NULL OR id = $4) \
+         ORDER BY created_at, id LIMIT $3",
     )
     .bind(merchant_id)
+    .bind(starting_after)
+    .bind(limit + 1)
+    .bind(only)
+    .fetch_all(pool)
+    .await?;
+    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let ids: Vec<String> = rows.iter().map(|row| row.try_get("id")).collect::<std::result::Result<_, _>>()?;
+    let addresses = sqlx::query(
+        "SELECT a.creator_id, a.chain, a.address FROM creator_payout_addresses a WHERE a.creator_id = ANY($1)",
+    )
+    .bind(&ids)
     .fetch_all(pool)
     .await?;
     let mut by_creator: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -199,15 +232,17 @@ pub async fn list_creators(pool: &PgPool, merchant_id: &str) -> Result<Vec<Creat
                 created_at: row.try_get("created_at")?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .map(|page| (page, has_more))
 }
 
 /// One of the merchant's creators; `NotFound` for any other (another merchant's looks the same).
 pub async fn get_creator(pool: &PgPool, merchant_id: &str, creator_id: &str) -> Result<CreatorView> {
-    list_creators(pool, merchant_id)
+    query_creators(pool, merchant_id, Some(creator_id), 1, None)
         .await?
+        .0
         .into_iter()
-        .find(|c| c.id == creator_id)
+        .next()
         .ok_or_else(|| CreatorError::NotFound { id: creator_id.to_owned() })
 }
 
@@ -397,27 +432,47 @@ pub struct StatementLine {
     pub invoice_id: Option<String>,
 }
 
-/// The creator's postings with `from <= time < to`, oldest first.
-pub async fn statement(
-    pool: &PgPool,
-    creator_id: &str,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-) -> Result<Vec<StatementLine>> {
+/// Which lines of a statement: `from <= time < to`, after the entry `starting_after`, at most
+/// `limit` lines (a page never splits an entry's lines unless one entry alone exceeds it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatementRange {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub starting_after: Option<i64>,
+    pub limit: i64,
+}
+
+/// A page of the creator's postings, oldest first, and whether more follow.
+pub async fn statement(pool: &PgPool, creator_id: &str, range: StatementRange) -> Result<(Vec<StatementLine>, bool)> {
+    let limit = range.limit.clamp(1, STATEMENT_PAGE_LIMIT_MAX);
     // Postings are stored debit-positive; a creator's account is credit-normal, so the sign flips.
-    let rows = sqlx::query(
+    let mut rows = sqlx::query(
         "SELECT e.id, e.created_at, e.kind, p.asset, (-p.amount)::text AS amount, e.memo \
          FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries e ON e.id = p.entry_id \
          WHERE a.code = $1 AND ($2::timestamptz IS NULL OR e.created_at >= $2) \
                AND ($3::timestamptz IS NULL OR e.created_at < $3) \
-         ORDER BY e.created_at, e.id, p.id",
+               AND ($4::bigint IS NULL OR (e.created_at, e.id) > (SELECT created_at, id FROM journal_entries WHERE id = $4)) \
+         ORDER BY e.created_at, e.id, p.id LIMIT $5",
     )
     .bind(AccountCode::creator(creator_id).as_str())
-    .bind(from)
-    .bind(to)
+    .bind(range.from)
+    .bind(range.to)
+    .bind(range.starting_after)
+    .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    rows.iter()
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let has_more = rows.len() > limit;
+    if has_more {
+        // End the page on an entry boundary, so `starting_after` (an entry) skips nothing.
+        let next: i64 = rows[limit].try_get("id")?;
+        let mut end = limit;
+        while end > 0 && rows[end - 1].try_get::<i64, _>("id")? == next {
+            end -= 1;
+        }
+        rows.truncate(if end == 0 { limit } else { end });
+    }
+    let lines: Result<Vec<StatementLine>> = rows.iter()
         .map(|row| {
             let memo: Option<String> = row.try_get("memo")?;
             Ok(StatementLine {
@@ -432,7 +487,8 @@ pub async fn statement(
                     .map(str::to_owned),
             })
         })
-        .collect()
+        .collect();
+    Ok((lines?, has_more))
 }
 
 /// The statement as CSV (RFC 4180, see [`crate::csv`]): a header, then one record per posting.

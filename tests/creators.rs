@@ -444,3 +444,41 @@ async fn bad_addresses_and_bps_sums_are_refused(pool: PgPool) {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{invoice} → {body}");
     }
 }
+
+#[sqlx::test]
+async fn creator_lists_and_statements_come_in_pages(pool: PgPool) {
+    use reqwest::Method;
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let key = merchant.api_key.as_str();
+    let mut ids = Vec::new();
+    let mut creator_key = String::new();
+    for name in ["A", "B", "C"] {
+        let (_, created) = server.json(Method::POST, key, "/v1/creators", Some(json!({"name": name}))).await;
+        ids.push(created["id"].as_str().expect("id").to_owned());
+        creator_key = created["api_key"].as_str().expect("key").to_owned();
+    }
+    let (status, first) = server.json(Method::GET, key, "/v1/creators?limit=2", None).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let page: Vec<&str> = first["data"].as_array().expect("data").iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!((page, first["has_more"].as_bool()), (vec![ids[0].as_str(), ids[1].as_str()], Some(true)));
+    let (_, second) = server.json(Method::GET, key, &format!("/v1/creators?limit=2&starting_after={}", ids[1]), None).await;
+    let page: Vec<&str> = second["data"].as_array().expect("data").iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!((page, second["has_more"].as_bool()), (vec![ids[2].as_str()], Some(false)));
+    let (status, _) = server.send(Method::GET, key, "/v1/creators?limit=101", None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Three credits to the last creator: a statement of pages of two.
+    for n in 1..=3u64 {
+        let chain: payrail::money::ChainId = "eip155:137".parse().expect("chain");
+        let entry = common::transfer(&format!("page-{n}"), AccountCode::chain_assets(&chain), AccountCode::creator(&ids[2]), USDC_POLYGON, n);
+        server.state.ledger.post_now(&entry).await.expect("post");
+    }
+    let (_, first) = server.json(Method::GET, &creator_key, "/v1/creators/me/statement?limit=2", None).await;
+    let amounts: Vec<&str> = first["data"].as_array().expect("data").iter().filter_map(|l| l["amount_minor"].as_str()).collect();
+    assert_eq!((amounts, first["has_more"].as_bool()), (vec!["1", "2"], Some(true)), "{first}");
+    let last = first["data"][1]["entry_id"].as_i64().expect("entry id");
+    let (_, second) = server.json(Method::GET, &creator_key, &format!("/v1/creators/me/statement?limit=2&starting_after={last}"), None).await;
+    let amounts: Vec<&str> = second["data"].as_array().expect("data").iter().filter_map(|l| l["amount_minor"].as_str()).collect();
+    assert_eq!((amounts, second["has_more"].as_bool()), (vec!["3"], Some(false)), "{second}");
+}

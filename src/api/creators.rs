@@ -30,6 +30,29 @@ impl From<CreatorError> for ApiError {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct CreatorList {
     pub data: Vec<CreatorView>,
+    /// More creators follow: ask again with `starting_after` = the last id.
+    pub has_more: bool,
+}
+
+/// Query of `GET /v1/creators`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListCreators {
+    /// Creators per page, 1–100 (100 when absent).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// A creator id (`cr_…`): the page starts after it.
+    pub starting_after: Option<String>,
+}
+
+fn page_limit(limit: Option<u32>, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.map_or(max, i64::from);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("limit: must be 1..={max}")))
+    }
 }
 
 #[utoipa::path(post, path = "/v1/creators", tag = "creators", security(("bearer" = [])),
@@ -47,11 +70,20 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[utoipa::path(get, path = "/v1/creators", tag = "creators", security(("bearer" = [])),
-    responses((status = 200, body = CreatorList), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<CreatorList>, ApiError> {
-    Ok(Json(CreatorList { data: creator::list_creators(&state.pool, &auth.merchant_id).await? }))
+#[utoipa::path(get, path = "/v1/creators", tag = "creators", security(("bearer" = [])), params(ListCreators),
+    responses((status = 200, body = CreatorList, description = "the merchant's creators, oldest first"),
+        (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<ListCreators>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CreatorList>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
+    let limit = page_limit(query.limit, creator::CREATORS_PAGE_LIMIT_MAX)?;
+    let (data, has_more) = creator::list_creators(&state.pool, &auth.merchant_id, limit, query.starting_after.as_deref()).await?;
+    Ok(Json(CreatorList { data, has_more }))
 }
 
 #[utoipa::path(get, path = "/v1/creators/{id}", tag = "creators", security(("bearer" = [])),
@@ -109,6 +141,11 @@ pub struct StatementQuery {
     pub to: Option<String>,
     /// `json` (the default) or `csv`.
     pub format: Option<String>,
+    /// Lines per page, 1–1000 (1000 when absent).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// An entry id (`entry_id` of a line): the page starts after that entry.
+    pub starting_after: Option<i64>,
 }
 
 /// `GET /v1/creators/me/statement` as JSON.
@@ -116,6 +153,9 @@ pub struct StatementQuery {
 pub struct Statement {
     pub creator_id: String,
     pub data: Vec<StatementLine>,
+    /// More lines follow: ask again with `starting_after` = the last line's `entry_id` (in CSV,
+    /// the `Payrail-Has-More: true` header says so).
+    pub has_more: bool,
 }
 
 fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -142,10 +182,16 @@ pub async fn statement(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
     let from = time_param("from", query.from.as_deref())?;
     let to = time_param("to", query.to.as_deref())?;
-    let lines = creator::statement(&state.pool, &auth.creator_id, from, to).await?;
+    let limit = page_limit(query.limit, creator::STATEMENT_PAGE_LIMIT_MAX)?;
+    let range = creator::StatementRange { from, to, starting_after: query.starting_after, limit };
+    let (lines, has_more) = creator::statement(&state.pool, &auth.creator_id, range).await?;
     match query.format.as_deref().unwrap_or("json") {
-        "json" => Ok(Json(Statement { creator_id: auth.creator_id, data: lines }).into_response()),
-        "csv" => Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], creator::statement_csv(&lines)).into_response()),
+        "json" => Ok(Json(Statement { creator_id: auth.creator_id, data: lines, has_more }).into_response()),
+        "csv" => Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::HeaderName::from_static("payrail-has-more"), if has_more { "true" } else { "false" })],
+            creator::statement_csv(&lines),
+        )
+            .into_response()),
         _ => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "format must be json or csv")),
     }
 }
