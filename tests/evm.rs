@@ -390,3 +390,56 @@ async fn a_finalized_block_confirms_a_payment_before_its_count_is_reached(pool: 
     let metrics = payrail::metrics::render();
     assert!(metrics.contains("payrail_chain_head_lag_blocks{chain=\"eip155:137\"}"), "{metrics}");
 }
+
+/// The session that holds `lock`'s advisory lock in this test's database, if any.
+async fn lock_holder(pool: &PgPool, lock: &str) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ((classid::bigint << 32) | objid::bigint) = hashtext($1)::bigint",
+    )
+    .bind(lock)
+    .fetch_optional(pool)
+    .await
+    .expect("pg_locks")
+}
+
+async fn wait_for_holder(pool: &PgPool, lock: &str, not: Option<i32>) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(pid) = lock_holder(pool, lock).await.filter(|pid| Some(*pid) != not) {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "nobody took {lock}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A database restart ends the lock's session: the running watcher notices before its next tick,
+/// takes the lock again on a new session and goes on following the chain.
+#[sqlx::test]
+async fn a_watcher_whose_lock_session_ends_takes_the_lock_again_and_keeps_watching(pool: PgPool) {
+    let rig = rig(pool.clone()).await;
+    let lock = format!("payrail.watch.{}", rig.spec.caip2);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(rig.watcher().run(stopped));
+    let first = wait_for_holder(&pool, &lock, None).await;
+
+    let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)").bind(first).fetch_one(&pool).await.expect("terminate");
+    assert!(done);
+    let second = wait_for_holder(&pool, &lock, Some(first)).await;
+    assert_ne!(first, second);
+    assert!(!task.is_finished(), "the watcher did not stop");
+
+    let invoice = rig.invoice("4.00", &[rig.asset("USDC")]).await;
+    pay(&rig, "USDC", deposit_of(&invoice), U256::from(4_000_000u64)).await;
+    mine(&rig.anvil, 40).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rig.view(&invoice.id).await.status != InvoiceStatus::Paid {
+        assert!(std::time::Instant::now() < deadline, "the watcher follows the chain after taking the lock again");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(true).expect("stop");
+    tokio::time::timeout(std::time::Duration::from_secs(10), task).await.expect("stops").expect("task").expect("clean stop");
+    assert_eq!(lock_holder(&pool, &lock).await, None, "the lock is released at shutdown");
+}

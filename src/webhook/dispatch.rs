@@ -22,10 +22,10 @@ use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use rand::Rng;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgPool, Row};
 
 use crate::clock::Clock;
+use crate::db::leader::JobLock;
 use crate::ids::new_id;
 use crate::metrics;
 
@@ -559,21 +559,21 @@ impl Dispatcher {
     }
 
     /// Dispatches until `shutdown` turns true (or its sender is dropped), while holding the
-    /// advisory lock: other replicas wait for it and take over when this one's session ends.
+    /// advisory lock: other replicas wait for it and take over when this one's session ends. The
+    /// lock is checked before every pass; a lost one sends this replica back to waiting.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
         let poll = StdDuration::from_millis(self.config.poll_interval_ms.max(1));
+        let lock = JobLock::new(self.pool.clone(), LOCK_NAME).retry_every(StdDuration::from_millis(LOCK_RETRY_MS));
         loop {
-            let Some(mut lock) = self.acquire_lock(&mut shutdown).await? else { return Ok(()) };
+            let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
             tracing::info!(target: "webhook", "dispatching webhooks");
             loop {
                 if *shutdown.borrow() {
-                    release(lock).await;
+                    leadership.release().await;
                     return Ok(());
                 }
-                // The lock lives as long as its session: a broken connection means another replica
-                // may hold it now, so this one goes back to waiting.
-                if let Err(error) = sqlx::query("SELECT 1").execute(&mut lock).await {
-                    tracing::warn!(target: "webhook", %error, "lost the dispatcher lock's connection; waiting for the lock again");
+                if let Err(error) = leadership.ensure_held().await {
+                    tracing::warn!(target: "webhook", %error, "lost the dispatcher lock; waiting for it again");
                     break;
                 }
                 let busy = match self.dispatch_once().await {
@@ -598,44 +598,6 @@ impl Dispatcher {
             }
         }
     }
-
-    /// Waits for the advisory lock on a connection of its own (detached from the pool, so the lock
-    /// dies with it). `None` when shut down first.
-    async fn acquire_lock(
-        &self,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<Option<sqlx::PgConnection>> {
-        loop {
-            if *shutdown.borrow() {
-                return Ok(None);
-            }
-            let attempt: std::result::Result<Option<sqlx::PgConnection>, sqlx::Error> = async {
-                let conn: PoolConnection<Postgres> = self.pool.acquire().await?;
-                let mut conn = conn.detach();
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                    .bind(LOCK_NAME)
-                    .fetch_one(&mut conn)
-                    .await?;
-                Ok(locked.then_some(conn))
-            }
-            .await;
-            match attempt {
-                Ok(Some(conn)) => return Ok(Some(conn)),
-                Ok(None) => {}
-                Err(error) => tracing::warn!(target: "webhook", %error, "cannot try the dispatcher lock; retrying"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(StdDuration::from_millis(LOCK_RETRY_MS)) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
-    }
-}
-
-/// Releases the lock and closes its connection.
-async fn release(mut lock: sqlx::PgConnection) {
-    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))").bind(LOCK_NAME).execute(&mut lock).await;
-    let _ = sqlx::Connection::close(lock).await;
 }
 
 /// The dispatcher of `payrail serve`, with the default limits: runs until `shutdown` turns true.

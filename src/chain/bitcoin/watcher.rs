@@ -33,6 +33,7 @@ use crate::chain::health::TickReport;
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec};
+use crate::db::leader::{JobLock, LeaderError, Leadership};
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -81,12 +82,20 @@ impl WatchError {
         match self {
             Self::Electrum(e) => e.is_retryable(),
             Self::Inconsistent { .. } => true,
-            Self::Database(e) => !matches!(e, sqlx::Error::Database(db) if !matches!(db.code().as_deref(), Some("40P01" | "40001"))),
+            Self::Database(e) => crate::db::is_transient(e) || !matches!(e, sqlx::Error::Database(_)),
             Self::Invoice(InvoiceError::Database(_)) => true,
             Self::Invoice(InvoiceError::Ledger(e)) => e.is_retryable(),
             _ => false,
         }
     }
+}
+
+/// Why following the chain ended without an error.
+#[derive(Debug)]
+enum Followed {
+    Shutdown,
+    /// The lock's session ended: another replica may follow the chain now.
+    LockLost(LeaderError),
 }
 
 /// What a pass did.
@@ -171,22 +180,34 @@ impl BitcoinWatcher {
     }
 
     /// Runs until `shutdown` fires or the chain cannot be followed safely. Only one replica
-    /// watches a chain: the others wait on the chain's advisory lock.
+    /// watches a chain: the others wait on the chain's advisory lock. A watcher whose lock's session
+    /// ends (a database restart) stops writing at once and waits for the lock again.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), WatchError> {
-        let mut lock_conn = self.pool.acquire().await?;
+        let lock = JobLock::new(self.pool.clone(), format!("payrail.watch.{}", self.caip2));
         loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(format!("payrail.watch.{}", self.caip2))
-                .fetch_one(&mut *lock_conn)
-                .await?;
-            if locked {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = shutdown.changed() => return Ok(()),
+            let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
+            match self.follow(&mut leadership, &mut shutdown).await {
+                Ok(Followed::Shutdown) => {
+                    leadership.release().await;
+                    return Ok(());
+                }
+                Ok(Followed::LockLost(error)) => {
+                    tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
+                }
+                Err(error) => {
+                    leadership.release().await;
+                    return Err(error);
+                }
             }
         }
+    }
+
+    /// Follows the chain while `leadership` holds: checked before every pass.
+    async fn follow(
+        &self,
+        leadership: &mut Leadership,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Followed, WatchError> {
         // A server that is down at start is waited for; one of another chain is refused.
         let mut backoff_ms = 0u64;
         loop {
@@ -198,7 +219,7 @@ impl BitcoinWatcher {
                     tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, backoff_ms, "electrum not reachable; waiting");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                        _ = shutdown.changed() => return Ok(()),
+                        _ = shutdown.changed() => return Ok(Followed::Shutdown),
                     }
                 }
                 Err(error) => {
@@ -213,7 +234,7 @@ impl BitcoinWatcher {
         let mut last_pass: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
-                return Ok(());
+                return Ok(Followed::Shutdown);
             }
             // The cheap poll decides whether a pass is due: a new tip, a notification, or the
             // periodic re-check.
@@ -226,6 +247,10 @@ impl BitcoinWatcher {
                 Err(_) => true,
             };
             if due {
+                // Before writing: a lock whose session ended may be another replica's by now.
+                if let Err(error) = leadership.ensure_held().await {
+                    return Ok(Followed::LockLost(error));
+                }
                 match self.pass().await {
                     Ok(pass) => {
                         backoff_ms = 0;
@@ -258,7 +283,7 @@ impl BitcoinWatcher {
             let pause = Duration::from_millis(if backoff_ms > 0 { backoff_ms } else { TIP_POLL_INTERVAL_MS });
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return Ok(Followed::Shutdown),
             }
         }
     }

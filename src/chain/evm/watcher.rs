@@ -21,6 +21,7 @@ use crate::chain::health::TickReport;
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag};
+use crate::db::leader::{JobLock, LeaderError, Leadership};
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -65,7 +66,7 @@ impl WatchError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Rpc(_) | Self::Inconsistent { .. } => true,
-            Self::Database(e) => !matches!(e, sqlx::Error::Database(db) if !matches!(db.code().as_deref(), Some("40P01" | "40001"))),
+            Self::Database(e) => crate::db::is_transient(e) || !matches!(e, sqlx::Error::Database(_)),
             Self::Invoice(InvoiceError::Database(_)) => true,
             Self::Invoice(InvoiceError::Ledger(e)) => e.is_retryable(),
             _ => false,
@@ -82,6 +83,14 @@ pub enum Tick {
     Idle { tip: u64 },
     /// The stored chain forked below the cursor; the cursor went back to `fork_height`.
     Reorged { fork_height: u64, orphaned: usize },
+}
+
+/// Why following the chain ended without an error.
+#[derive(Debug)]
+enum Followed {
+    Shutdown,
+    /// The lock's session ended: another replica may follow the chain now.
+    LockLost(LeaderError),
 }
 
 /// Where the chain's head stands during a tick.
@@ -161,22 +170,35 @@ impl EvmWatcher {
     }
 
     /// Runs until `shutdown` fires or the chain cannot be followed safely. Only one replica
-    /// watches a chain: the others wait on the chain's advisory lock.
+    /// watches a chain: the others wait on the chain's advisory lock. A watcher whose lock's session
+    /// ends (a database restart) stops writing at once and waits for the lock again.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), WatchError> {
-        let mut lock_conn = self.pool.acquire().await?;
+        let lock = JobLock::new(self.pool.clone(), format!("payrail.watch.{}", self.caip2));
         loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(format!("payrail.watch.{}", self.caip2))
-                .fetch_one(&mut *lock_conn)
-                .await?;
-            if locked {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = shutdown.changed() => return Ok(()),
+            let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
+            let outcome = self.follow(&mut leadership, &mut shutdown).await;
+            match outcome {
+                Ok(Followed::Shutdown) => {
+                    leadership.release().await;
+                    return Ok(());
+                }
+                Ok(Followed::LockLost(error)) => {
+                    tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
+                }
+                Err(error) => {
+                    leadership.release().await;
+                    return Err(error);
+                }
             }
         }
+    }
+
+    /// Follows the chain while `leadership` holds: checked before every tick.
+    async fn follow(
+        &self,
+        leadership: &mut Leadership,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Followed, WatchError> {
         // A node that is down at start is waited for; one that serves another chain is refused.
         let mut backoff_ms = 0u64;
         loop {
@@ -187,10 +209,13 @@ impl EvmWatcher {
                     tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, backoff_ms, "node not reachable; waiting");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                        _ = shutdown.changed() => return Ok(()),
+                        _ = shutdown.changed() => return Ok(Followed::Shutdown),
                     }
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    tracing::error!(target: "watcher::evm", chain = %self.chain.name, %error, "watcher stopped");
+                    return Err(error);
+                }
             }
         }
         tracing::info!(target: "watcher::evm", chain = %self.chain.name, "watching");
@@ -199,7 +224,10 @@ impl EvmWatcher {
         let mut backoff_ms = 0u64;
         loop {
             if *shutdown.borrow() {
-                return Ok(());
+                return Ok(Followed::Shutdown);
+            }
+            if let Err(error) = leadership.ensure_held().await {
+                return Ok(Followed::LockLost(error));
             }
             match self.tick().await {
                 Ok(Tick::Advanced { from, to, payments, tip }) => {
@@ -226,7 +254,7 @@ impl EvmWatcher {
             let pause = if backoff_ms > 0 { Duration::from_millis(backoff_ms) } else { poll };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return Ok(Followed::Shutdown),
             }
         }
     }

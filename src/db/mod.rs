@@ -1,4 +1,7 @@
-//! The PostgreSQL pool and the embedded migrations.
+//! The PostgreSQL pool, the embedded migrations, and the advisory locks that keep each background
+//! job on one replica ([`leader`]).
+
+pub mod leader;
 
 use std::time::Duration;
 
@@ -65,4 +68,26 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     }
     admin.close().await;
     Ok(())
+}
+
+/// Whether `error` may go away by itself: a lost or refused connection (a restart, a failover, a
+/// full server), a pool that had no connection in time, a serialization failure or a deadlock.
+/// Constraint violations and other refusals are not: retrying them repeats the same answer.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_code(&code)),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// SQLSTATEs worth a retry: class 08 (connection exception), 40001 (serialization failure),
+/// 40P01 (deadlock), 53300 (too many connections), 57P01..57P03 (shutdown, crash, starting up).
+fn is_transient_code(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03")
 }
