@@ -295,6 +295,68 @@ pub async fn connect_checked(urls: &[RpcUrl], chain_id: Option<u64>) -> Result<R
     Err(RpcError::Unavailable { call: "eth_chainId", endpoint: last.0, message: last.1 })
 }
 
+/// The refusals a node gives when it will never mine a transaction as sent.
+fn is_definitive_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["nonce too low", "underpriced", "insufficient funds", "exceeds block gas limit", "intrinsic gas too low", "invalid"]
+        .iter()
+        .any(|needle| m.contains(needle))
+}
+
+fn is_already_known(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("already known") || m.contains("already imported") || m.contains("known transaction")
+}
+
+/// What the endpoints said to a signed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broadcast {
+    Accepted,
+    /// Every endpoint refused it for a reason that will not change.
+    Refused(String),
+    /// No endpoint said yes, but at least one gave no clear answer: it may be out there.
+    Unknown,
+}
+
+/// One provider per configured endpoint, labelled by its URL, for sending to all of them.
+pub fn providers(urls: &[RpcUrl]) -> Result<Vec<(String, RootProvider<Ethereum>)>, RpcError> {
+    let mut endpoints = Vec::with_capacity(urls.len());
+    for url in urls {
+        let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
+            .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
+        endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
+    }
+    Ok(endpoints)
+}
+
+/// Sends signed transaction bytes to every endpoint until one accepts them (or already has them).
+pub async fn broadcast_raw(endpoints: &[(String, RootProvider<Ethereum>)], raw: &[u8]) -> Broadcast {
+    let mut refused = None;
+    let mut unknown = false;
+    for (label, provider) in endpoints {
+        let sent = tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), provider.send_raw_transaction(raw)).await;
+        match sent {
+            Ok(Ok(_)) => return Broadcast::Accepted,
+            Ok(Err(error)) => {
+                let message = error.to_string();
+                if is_already_known(&message) {
+                    return Broadcast::Accepted;
+                }
+                if error.is_error_resp() && is_definitive_refusal(&message) {
+                    refused = Some(format!("{label}: {message}"));
+                } else {
+                    unknown = true;
+                }
+            }
+            Err(_) => unknown = true,
+        }
+    }
+    match refused {
+        Some(message) if !unknown => Broadcast::Refused(message),
+        _ => Broadcast::Unknown,
+    }
+}
+
 /// What `owner` holds of `token` (the zero address: the native coin), in smallest units.
 pub async fn balance_of(provider: &RootProvider<Ethereum>, owner: Address, token: Address) -> Result<U256, String> {
     if token == Address::ZERO {
@@ -307,6 +369,14 @@ pub async fn balance_of(provider: &RootProvider<Ethereum>, owner: Address, token
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusals_are_told_apart_from_doubt() {
+        assert!(is_definitive_refusal("nonce too low: next nonce 5, tx nonce 4"));
+        assert!(is_definitive_refusal("replacement transaction underpriced"));
+        assert!(!is_definitive_refusal("connection reset by peer"));
+        assert!(is_already_known("already known"));
+    }
+
     #[test]
     fn provider_limit_messages_are_recognised() {
         assert!(super::is_range_limit("query returned more than 10000 results"));
