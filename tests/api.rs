@@ -288,6 +288,22 @@ async fn health_and_readiness(pool: PgPool) {
     let (status, body) = server.get(None, "/readyz").await;
     assert_eq!((status, body["database"].as_str()), (StatusCode::OK, Some("ok")));
     assert!(body["rails"].is_object(), "{body}");
+
+    // A halted watcher takes the replica out of rotation at once, naming the rail and why.
+    let now = server.state.clock.now();
+    server.state.rail_health.halt("eip155:42161", now);
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["unhealthy_rails"], json!(["eip155:42161"]));
+    assert_eq!(body["rails"]["eip155:42161"]["problem"], "its watcher stopped and needs an operator");
+    assert_eq!(body["database"], "ok");
+    let metrics = server.client.get(format!("{}/metrics", server.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("payrail_rail_healthy{rail=\"eip155:42161\"} 0"), "{metrics}");
+    // A watcher follows the chain again: ready.
+    server.state.rail_health.follow("eip155:42161", 60_000, now);
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!((status, body["unhealthy_rails"].clone()), (StatusCode::OK, json!([])), "{body}");
+
     server.state.pool.close().await;
     let (status, body) = server.get(None, "/readyz").await;
     assert_eq!((status, body["database"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unreachable")));
@@ -477,4 +493,37 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["InvoiceView"].is_object());
+}
+
+/// With the database unreachable (here: the pool's only connection taken), requests get 503
+/// `database_unavailable` with `Retry-After` after the short acquire timeout, not a 500.
+#[sqlx::test]
+async fn an_unreachable_database_answers_503_with_retry_after(pool: PgPool) {
+    let (_, key) = {
+        let server = start(pool.clone()).await;
+        server.merchant().await
+    };
+    let small = payrail::db::connect_with((*pool.connect_options()).clone(), 1).await.expect("pool");
+    let server = start(small.clone()).await;
+    let held = small.acquire().await.expect("the only connection");
+    let started = std::time::Instant::now();
+    let response = server
+        .client
+        .get(format!("{}/v1/invoices/inv_0000000000000000", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    let waited = started.elapsed();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(code(&body), "database_unavailable");
+    assert!(
+        waited < std::time::Duration::from_millis(payrail::db::POOL_ACQUIRE_TIMEOUT_MS + 1_500),
+        "answered after the acquire timeout, not later: {waited:?}"
+    );
+    drop(held);
+    let (status, _) = server.get(Some(&key), "/v1/invoices/inv_0000000000000000").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "served again once the database answers");
 }

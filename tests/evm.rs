@@ -594,3 +594,15 @@ async fn two_sweepers_on_one_chain_sweep_each_deposit_once(pool: PgPool) {
     stop_second.send(true).expect("stop");
     tokio::time::timeout(std::time::Duration::from_secs(70), second_task).await.expect("stops").expect("task");
 }
+
+/// A watcher that stops for good marks its rail unhealthy at once (not after minutes of silence).
+#[sqlx::test]
+async fn a_watcher_that_stops_marks_its_rail_unhealthy_at_once(pool: PgPool) {
+    let mut rig = rig(pool).await;
+    rig.spec.caip2 = "eip155:1".parse().expect("chain");
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), rig.watcher().run(stopped)).await.expect("stops");
+    assert!(matches!(outcome, Err(WatchError::WrongChain { .. })), "{outcome:?}");
+    let health = payrail::chain::health::shared();
+    assert_eq!(health.problem("eip155:1", rig.state.clock.now()), Some("its watcher stopped and needs an operator"));
+}

@@ -75,7 +75,7 @@ async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiErro
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(ApiError::unauthorized)?;
-    let principal = authenticate(&state.pool, token).await.map_err(ApiError::internal)?.ok_or_else(ApiError::unauthorized)?;
+    let principal = authenticate(&state.pool, token).await.map_err(ApiError::database)?.ok_or_else(ApiError::unauthorized)?;
     if let Err(wait) = state.limiter.check(&principal.key_id, std::time::Instant::now()) {
         let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key");
         error.retry_after_s = Some(wait.as_secs().max(1));

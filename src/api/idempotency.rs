@@ -80,7 +80,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         Ok(Claim::Conflict(message)) => {
             return ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message).into_response();
         }
-        Err(error) => return ApiError::internal(error).into_response(),
+        Err(error) => return ApiError::database(error).into_response(),
     }
 
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;

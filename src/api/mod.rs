@@ -106,7 +106,14 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/events/{id}/replay", post(webhooks::replay_event))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .route(
+            "/metrics",
+            get(|axum::extract::State(state): axum::extract::State<AppState>| async move {
+                // Rail health is judged at the time of the scrape, not the last report.
+                state.rail_health.refresh_metrics(state.clock.now());
+                crate::metrics::render()
+            }),
+        )
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::middleware))

@@ -195,6 +195,7 @@ impl BitcoinWatcher {
                     tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
                 }
                 Err(error) => {
+                    crate::chain::health::shared().halt(&self.caip2, self.clock.now());
                     leadership.release().await;
                     return Err(error);
                 }
@@ -229,6 +230,12 @@ impl BitcoinWatcher {
             }
         }
         tracing::info!(target: "watcher::bitcoin", chain = %self.chain.name, "watching");
+        let stall_ms = crate::chain::health::stall_after_ms(
+            self.chain.block_time_ms,
+            crate::chain::health::TIP_STALL_BLOCK_TIMES_BITCOIN,
+            TIP_POLL_INTERVAL_MS,
+        );
+        crate::chain::health::shared().follow(&self.caip2, stall_ms, self.clock.now());
         let mut backoff_ms = 0u64;
         let mut last_tip: Option<bitcoin::BlockHash> = None;
         let mut last_pass: Option<Instant> = None;
@@ -310,6 +317,9 @@ impl BitcoinWatcher {
             Ok(_) => TickReport::Followed { head_lag_blocks: 0 },
             Err(_) => TickReport::Failed,
         };
+        if let Ok(Pass::CatchingUp { tip, .. } | Pass::Synced { tip, .. } | Pass::Reorged { tip, .. }) = &result {
+            crate::chain::health::shared().tip(&self.caip2, *tip, self.clock.now());
+        }
         self.report(report);
         result
     }

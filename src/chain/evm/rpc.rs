@@ -366,9 +366,10 @@ pub async fn balance_of(provider: &RootProvider<Ethereum>, owner: Address, token
     }
 }
 
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn refusals_are_told_apart_from_doubt() {
         assert!(is_definitive_refusal("nonce too low: next nonce 5, tx nonce 4"));

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::chain::cursor::{self, ChainBlock, Cursor};
 use crate::chain::evm::rpc::{EvmBlock, EvmRpc, RpcError};
-use crate::chain::health::TickReport;
+use crate::chain::health::{self, TickReport};
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag};
@@ -186,6 +186,7 @@ impl EvmWatcher {
                     tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
                 }
                 Err(error) => {
+                    crate::chain::health::shared().halt(&self.caip2, self.clock.now());
                     leadership.release().await;
                     return Err(error);
                 }
@@ -220,7 +221,10 @@ impl EvmWatcher {
         }
         tracing::info!(target: "watcher::evm", chain = %self.chain.name, "watching");
         // Polling the tip is one cheap call: poll faster than blocks come so confirmations show promptly.
-        let poll = Duration::from_millis(self.chain.block_time_ms.clamp(250, POLL_INTERVAL_MS_MAX));
+        let poll_ms = self.chain.block_time_ms.clamp(250, POLL_INTERVAL_MS_MAX);
+        let poll = Duration::from_millis(poll_ms);
+        let stall_ms = health::stall_after_ms(self.chain.block_time_ms, health::TIP_STALL_BLOCK_TIMES_EVM, poll_ms);
+        health::shared().follow(&self.caip2, stall_ms, self.clock.now());
         let mut backoff_ms = 0u64;
         loop {
             if *shutdown.borrow() {
@@ -277,7 +281,11 @@ impl EvmWatcher {
             Ok(Tick::Idle { .. } | Tick::Reorged { .. }) => TickReport::Followed { head_lag_blocks: 0 },
             Err(_) => TickReport::Failed,
         };
-        crate::chain::health::shared().report(&self.caip2, report, self.clock.now());
+        let now = self.clock.now();
+        if let Ok(Tick::Advanced { tip, .. } | Tick::Idle { tip }) = &result {
+            health::shared().tip(&self.caip2, *tip, now);
+        }
+        health::shared().report(&self.caip2, report, now);
         result
     }
 
