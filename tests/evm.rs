@@ -606,3 +606,25 @@ async fn a_watcher_that_stops_marks_its_rail_unhealthy_at_once(pool: PgPool) {
     let health = payrail::chain::health::shared();
     assert_eq!(health.problem("eip155:1", rig.state.clock.now()), Some("its watcher stopped and needs an operator"));
 }
+
+/// anvil runs with `--prune-history` and keeps only the newest state: a balance at an older block is
+/// told apart as pruned state (which the watcher's balance check skips with a logged reason instead of
+/// failing its tick), while the newest block's balance is read.
+#[sqlx::test]
+async fn a_balance_at_a_pruned_block_is_told_apart_from_a_failing_node(pool: PgPool) {
+    let rig = rig(pool).await;
+    let rpc = payrail::chain::evm::EvmRpc::new(&rig.spec.rpc).expect("rpc");
+    let payer_address = payer().address();
+    mine(&rig.anvil, 5).await;
+    let tip = rpc.tip().await.expect("tip");
+    let now = rpc.balance_at(payer_address, tip).await.expect("the newest state is kept");
+    assert!(now > U256::ZERO);
+    match rpc.balance_at(payer_address, tip - 3).await {
+        Err(payrail::chain::evm::rpc::RpcError::StateUnavailable { height, .. }) => assert_eq!(height, tip - 3),
+        other => panic!("expected pruned state, got {other:?}"),
+    }
+    // The watcher, caught up with its balance check due, still ticks cleanly.
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    assert!(matches!(watcher.tick().await, Ok(Tick::Idle { .. })));
+}

@@ -43,6 +43,10 @@ pub enum RpcError {
     Unavailable { call: &'static str, endpoint: String, message: String },
     #[error("block {height} not found")]
     MissingBlock { height: u64 },
+    /// Every endpoint keeps no state for that block (pruned history: anvil `--prune-history`, a
+    /// full node past its state window).
+    #[error("no endpoint keeps the state of block {height}: {message}")]
+    StateUnavailable { height: u64, message: String },
 }
 
 /// A block with what the watcher needs of it: its identity and its top-level value transfers.
@@ -250,12 +254,20 @@ impl EvmRpc {
         Ok(found)
     }
 
-    /// The native balance of `address` at block `height`.
+    /// The native balance of `address` at block `height`; [`RpcError::StateUnavailable`] when the
+    /// nodes keep no state that old.
     pub async fn balance_at(&self, address: Address, height: u64) -> Result<U256, RpcError> {
-        self.call("eth_getBalance", |p| async move {
-            p.get_balance(address).block_id(alloy::eips::BlockId::number(height)).await.map_err(|e| e.to_string())
-        })
-        .await
+        let result = self
+            .call("eth_getBalance", |p| async move {
+                p.get_balance(address).block_id(alloy::eips::BlockId::number(height)).await.map_err(|e| e.to_string())
+            })
+            .await;
+        match result {
+            Err(RpcError::Unavailable { message, .. }) if is_state_pruned(&message) => {
+                Err(RpcError::StateUnavailable { height, message })
+            }
+            other => other,
+        }
     }
 
     /// Whether a mined transaction succeeded (a reverted one moved no value).
@@ -267,6 +279,14 @@ impl EvmRpc {
             .await?;
         Ok(receipt.is_some_and(|r| r.status()))
     }
+}
+
+/// Whether a node's error says it keeps no state for the block asked about.
+fn is_state_pruned(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["blockoutofrange", "missing trie node", "pruned", "historical state", "state not available", "state is not available"]
+        .iter()
+        .any(|hint| message.contains(hint))
 }
 
 /// Whether a node's error says the `eth_getLogs` range or result set was too large.
@@ -376,6 +396,13 @@ mod tests {
         assert!(is_definitive_refusal("replacement transaction underpriced"));
         assert!(!is_definitive_refusal("connection reset by peer"));
         assert!(is_already_known("already known"));
+    }
+
+    #[test]
+    fn pruned_state_refusals_are_recognised() {
+        assert!(is_state_pruned("server returned an error response: error code -32602: BlockOutOfRangeError: block height is 261 but requested was 5"));
+        assert!(is_state_pruned("missing trie node 0xabc (path ) state 0xabc is not available"));
+        assert!(!is_state_pruned("connection refused"));
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub struct EvmWatcher {
     native: AssetInfo,
     tokens: HashMap<Address, AssetInfo>,
     last_balance_check: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether the node's pruned history was already reported (once per watcher).
+    pruned_state_logged: std::sync::atomic::AtomicBool,
 }
 
 impl EvmWatcher {
@@ -152,6 +154,7 @@ impl EvmWatcher {
             native,
             tokens,
             last_balance_check: std::sync::Mutex::new(None),
+            pruned_state_logged: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -529,13 +532,29 @@ impl EvmWatcher {
             .collect();
         let height = cursor.height;
         let rpc = &self.rpc;
-        let balances: Vec<(Address, String, alloy::primitives::U256)> = stream::iter(candidates)
+        let read: Result<Vec<(Address, String, alloy::primitives::U256)>, RpcError> = stream::iter(candidates)
             .map(|(address, invoice_id)| async move {
                 rpc.balance_at(address, height).await.map(|b| (address, invoice_id, b))
             })
             .buffered(BLOCK_FETCHES_CONCURRENT_MAX)
             .try_collect()
-            .await?;
+            .await;
+        let balances = match read {
+            Ok(balances) => balances,
+            // The node keeps only the newest state (pruned history) and moved past the cursor while
+            // the balances were read. Reading `latest` instead could count a transfer of a block the
+            // watcher has not processed yet, twice; so this check is skipped, and tried again at the
+            // next idle tick, when the cursor is at the tip again.
+            Err(RpcError::StateUnavailable { height, message }) => {
+                if !self.pruned_state_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(target: "watcher::evm", chain = %self.chain.name, height, %message,
+                        "the node keeps no state for older blocks; the balance check runs only while the watcher is at the node's tip");
+                }
+                *self.last_balance_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                return Ok(Vec::new());
+            }
+            Err(error) => return Err(error.into()),
+        };
         for (address, invoice_id, balance) in balances {
             let (address, invoice_id) = (&address, &invoice_id);
             let key = format!("{address:#x}");
