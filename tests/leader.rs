@@ -1,6 +1,8 @@
 //! One replica per job: the advisory lock of a background job against a real PostgreSQL whose
 //! sessions end under it, as they do when the server restarts.
 
+mod common;
+
 use std::time::Duration;
 
 use payrail::db::leader::{JobLock, LeaderError};
@@ -88,4 +90,46 @@ async fn acquiring_ends_at_shutdown_and_release_frees_the_lock(pool: PgPool) {
     assert!(outcome.is_none(), "a shut-down contender takes nothing");
     holder.release().await;
     assert!(lock.try_acquire().await.expect("try").is_some(), "a released lock is free");
+}
+
+/// The session holding `lock` in this test's database, other than `not`, once there is one.
+async fn holder(pool: &PgPool, lock: &str, not: Option<i32>) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND ((classid::bigint << 32) | objid::bigint) = hashtext($1)::bigint",
+        )
+        .bind(lock)
+        .fetch_optional(pool)
+        .await
+        .expect("pg_locks");
+        if let Some(pid) = pid.filter(|pid| Some(*pid) != not) {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "nobody holds {lock}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The payout executor notices its lock's session ended (a database restart) and takes the lock
+/// again, instead of going on signing without it while another replica takes it.
+#[sqlx::test]
+async fn the_payout_executor_takes_its_lock_again_after_its_session_ends(pool: PgPool) {
+    const EXECUTOR: &str = "payrail.payouts.executor";
+    let (state, _clock) = common::state_with_clock(pool.clone());
+    let service = state.payouts.clone().expect("the dev configuration pays out");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(payrail::payout::run_executor(service, Vec::new(), stopped));
+    let first = holder(&pool, EXECUTOR, None).await;
+    terminate(&pool, first).await;
+    let second = holder(&pool, EXECUTOR, Some(first)).await;
+    assert_ne!(first, second);
+    assert!(!task.is_finished());
+    // While the executor holds it, nobody else can take it.
+    assert!(payrail::payout::try_lock_executor(&pool).await.expect("try").is_none());
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), task).await.expect("stops").expect("task");
+    assert!(payrail::payout::try_lock_executor(&pool).await.expect("try").is_some(), "released at shutdown");
 }
