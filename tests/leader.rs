@@ -24,8 +24,15 @@ async fn a_holder_notices_its_lost_session_and_a_contender_takes_the_lock(pool: 
     let mut holder = lock.try_acquire().await.expect("try").expect("free lock taken");
     holder.ensure_held().await.expect("held while the session lives");
     assert!(lock.try_acquire().await.expect("try").is_none(), "a second contender is refused while the holder lives");
+    let fence = holder.fence();
+    let mut writer = pool.begin().await.expect("a writing transaction");
+    fence.check(&mut writer).await.expect("writes pass the fence while the lock is held");
 
     terminate(&pool, holder.backend_pid()).await;
+
+    let fenced = fence.check(&mut writer).await.expect_err("a write after the session ended is refused");
+    assert!(matches!(fenced, LeaderError::Lost { .. }), "{fenced:?}");
+    drop(writer);
 
     let lost = holder.ensure_held().await.expect_err("the check fails once the session is gone");
     assert!(matches!(lost, LeaderError::Lost { .. }), "{lost:?}");

@@ -10,6 +10,9 @@
 //!   holds the lock; a job calls it before each pass (watcher tick, executor step, dispatcher pass,
 //!   sweep pass) and, on [`LeaderError::Lost`], drops its leadership and goes back to
 //!   [`JobLock::acquire`];
+//! - a job whose work between two checks is long (a watcher fetching blocks) also checks, inside
+//!   the transaction that writes, that the lock's session still holds it ([`Fence::check`]): a
+//!   session that died after the pass's check cannot let that pass commit;
 //! - errors while acquiring (the server restarting, a full pool) are logged and retried with
 //!   backoff; they never end the job.
 
@@ -29,6 +32,11 @@ pub const LOCK_CHECK_TIMEOUT_MS: u64 = 5_000;
 /// into `classid` (high half) and `objid` (low half), `objsubid` 1).
 const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
      AND pid = pg_backend_pid() AND objsubid = 1 \
+     AND ((classid::bigint << 32) | objid::bigint) = hashtext($1)::bigint)";
+
+/// The same check from another session: the session `$2` holds the lock.
+const HELD_BY_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND pid = $2 AND objsubid = 1 \
      AND ((classid::bigint << 32) | objid::bigint) = hashtext($1)::bigint)";
 
 #[derive(Debug, Error)]
@@ -158,9 +166,39 @@ impl Leadership {
         }
     }
 
+    /// What a writing transaction checks so that it commits only while this lock is held.
+    pub fn fence(&self) -> Fence {
+        Fence { name: self.name.clone(), backend_pid: self.backend_pid }
+    }
+
     /// Releases the lock and closes its session (best effort: a dead session released it already).
     pub async fn release(mut self) {
         let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))").bind(&self.name).execute(&mut self.conn).await;
         let _ = self.conn.close().await;
+    }
+}
+
+/// A held lock, as a writing transaction on another connection checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    name: String,
+    backend_pid: i32,
+}
+
+impl Fence {
+    /// Fails with [`LeaderError::Lost`] unless the lock's session still holds the lock. Called inside
+    /// the transaction that writes, before it commits.
+    pub async fn check(&self, conn: &mut PgConnection) -> Result<(), LeaderError> {
+        let held: bool = sqlx::query_scalar(HELD_BY_SQL)
+            .bind(&self.name)
+            .bind(self.backend_pid)
+            .fetch_one(conn)
+            .await
+            .map_err(|source| LeaderError::Database { name: self.name.clone(), source })?;
+        if held {
+            Ok(())
+        } else {
+            Err(LeaderError::Lost { name: self.name.clone(), reason: format!("session {} no longer holds it", self.backend_pid) })
+        }
     }
 }

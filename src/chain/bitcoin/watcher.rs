@@ -33,7 +33,7 @@ use crate::chain::health::TickReport;
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec};
-use crate::db::leader::{JobLock, LeaderError, Leadership};
+use crate::db::leader::{Fence, JobLock, LeaderError, Leadership};
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -62,6 +62,9 @@ pub enum WatchError {
     Electrum(#[from] ElectrumError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The chain's lock was lost before this write: another replica may follow the chain now.
+    #[error(transparent)]
+    LockLost(#[from] LeaderError),
     #[error(transparent)]
     Invoice(#[from] InvoiceError),
     #[error("chain {name} ({caip2}) is not a Bitcoin network payrail knows")]
@@ -131,6 +134,8 @@ pub struct BitcoinWatcher {
     ledger: Arc<Ledger>,
     rates: Arc<dyn RateSource>,
     clock: Arc<dyn Clock>,
+    /// The chain lock that writes must still be held under (`None`: not run under a lock, in tests).
+    fence: Mutex<Option<Fence>>,
     transactions: Mutex<HashMap<Txid, Arc<Transaction>>>,
 }
 
@@ -166,6 +171,7 @@ impl BitcoinWatcher {
             ledger,
             rates,
             clock,
+            fence: Mutex::new(None),
             transactions: Mutex::new(HashMap::new()),
         })
     }
@@ -209,6 +215,7 @@ impl BitcoinWatcher {
         leadership: &mut Leadership,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<Followed, WatchError> {
+        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(leadership.fence());
         // A server that is down at start is waited for; one of another chain is refused.
         let mut backoff_ms = 0u64;
         loop {
@@ -277,6 +284,7 @@ impl BitcoinWatcher {
                         }
                         last_tip = self.electrum.tip().await.ok().map(|t| t.hash);
                     }
+                    Err(WatchError::LockLost(error)) => return Ok(Followed::LockLost(error)),
                     Err(error) if error.is_retryable() => {
                         backoff_ms = (backoff_ms * 2).clamp(500, BACKOFF_MS_MAX);
                         tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, backoff_ms, "pass failed; retrying");
@@ -293,6 +301,17 @@ impl BitcoinWatcher {
                 _ = shutdown.changed() => return Ok(Followed::Shutdown),
             }
         }
+    }
+
+    /// A transaction for a write of this watcher: when it runs under the chain's lock, the lock's
+    /// session must still hold it (checked inside the transaction, before anything is written).
+    async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, WatchError> {
+        let fence = self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            fence.check(&mut tx).await?;
+        }
+        Ok(tx)
     }
 
     fn report(&self, report: TickReport) {
@@ -338,7 +357,7 @@ impl BitcoinWatcher {
             let first = self.chain.start_block.unwrap_or(tip.height).min(tip.height);
             let header = self.header_at(first).await?;
             let block = chain_block(first, &header);
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_fenced().await?;
             cursor::remember(&mut tx, &self.caip2, std::slice::from_ref(&block), self.window()).await?;
             cursor::save(&mut tx, &self.caip2, &Cursor { height: block.height, hash: block.hash.clone() }).await?;
             tx.commit().await?;
@@ -598,7 +617,7 @@ impl BitcoinWatcher {
         blocks: &[ChainBlock],
         new_cursor: &Cursor,
     ) -> Result<usize, WatchError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_fenced().await?;
         let observed: HashSet<&str> = observations.iter().map(|o| o.tx_ref.as_str()).collect();
         let known = sqlx::query(
             "SELECT tx_ref, invoice_id, address, status, block_height, block_hash FROM payments \

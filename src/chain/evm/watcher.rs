@@ -8,7 +8,7 @@
 //! `{caip2}:{tx}:{log index}` (tokens) or `{caip2}:{tx}:native`, so nothing is credited twice.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::Address;
@@ -21,7 +21,7 @@ use crate::chain::health::{self, TickReport};
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag};
-use crate::db::leader::{JobLock, LeaderError, Leadership};
+use crate::db::leader::{Fence, JobLock, LeaderError, Leadership};
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -49,6 +49,9 @@ pub enum WatchError {
     Rpc(#[from] RpcError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The chain's lock was lost before this write: another replica may follow the chain now.
+    #[error(transparent)]
+    LockLost(#[from] LeaderError),
     #[error(transparent)]
     Invoice(#[from] InvoiceError),
     #[error("endpoint serves chain id {actual}, configured chain {name} is {expected}")]
@@ -117,6 +120,8 @@ pub struct EvmWatcher {
     ledger: Arc<Ledger>,
     rates: Arc<dyn RateSource>,
     clock: Arc<dyn Clock>,
+    /// The chain lock that writes must still be held under (`None`: not run under a lock, in tests).
+    fence: Mutex<Option<Fence>>,
     native: AssetInfo,
     tokens: HashMap<Address, AssetInfo>,
     last_balance_check: std::sync::Mutex<Option<std::time::Instant>>,
@@ -151,6 +156,7 @@ impl EvmWatcher {
             ledger,
             rates,
             clock,
+            fence: Mutex::new(None),
             native,
             tokens,
             last_balance_check: std::sync::Mutex::new(None),
@@ -203,6 +209,7 @@ impl EvmWatcher {
         leadership: &mut Leadership,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<Followed, WatchError> {
+        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(leadership.fence());
         // A node that is down at start is waited for; one that serves another chain is refused.
         let mut backoff_ms = 0u64;
         loop {
@@ -249,6 +256,7 @@ impl EvmWatcher {
                     continue;
                 }
                 Ok(Tick::Idle { .. }) => backoff_ms = 0,
+                Err(WatchError::LockLost(error)) => return Ok(Followed::LockLost(error)),
                 Err(error) if error.is_retryable() => {
                     backoff_ms = (backoff_ms * 2).clamp(500, BACKOFF_MS_MAX);
                     tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, backoff_ms, "tick failed; retrying");
@@ -264,6 +272,17 @@ impl EvmWatcher {
                 _ = shutdown.changed() => return Ok(Followed::Shutdown),
             }
         }
+    }
+
+    /// A transaction for a write of this watcher: when it runs under the chain's lock, the lock's
+    /// session must still hold it (checked inside the transaction, before anything is written).
+    async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, WatchError> {
+        let fence = self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            fence.check(&mut tx).await?;
+        }
+        Ok(tx)
     }
 
     /// One step; see the module docs.
@@ -613,7 +632,7 @@ impl EvmWatcher {
         head: Head,
         cursor: Option<Cursor>,
     ) -> Result<(), WatchError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_fenced().await?;
         let mut all = self.pending(&mut tx, head).await?;
         all.retain(|p| !observations.iter().any(|o| o.tx_ref == p.tx_ref));
         all.extend(observations);
@@ -657,7 +676,7 @@ impl EvmWatcher {
                 window: u64::from(self.chain.reorg_depth_max),
             });
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_fenced().await?;
         let orphans: Vec<String> = sqlx::query_scalar(
             "SELECT tx_ref FROM payments WHERE chain = $1 AND block_height > $2 AND status IN ('seen', 'confirmed') \
              ORDER BY invoice_id, tx_ref",
