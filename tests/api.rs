@@ -527,3 +527,46 @@ async fn an_unreachable_database_answers_503_with_retry_after(pool: PgPool) {
     let (status, _) = server.get(Some(&key), "/v1/invoices/inv_0000000000000000").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "served again once the database answers");
 }
+
+/// A node whose tip stops advancing while the chain's block time says it should makes the rail
+/// unhealthy and the replica unready within the allowance (two block times and two polls).
+#[sqlx::test]
+async fn a_frozen_node_makes_the_replica_unready(pool: PgPool) {
+    use payrail::chain::health::{stall_after_ms, RailHealth, TickReport, TIP_STALL_BLOCK_TIMES_EVM};
+    use payrail::clock::Clock;
+    let (mut state, clock) = state_with_clock(pool);
+    // A registry of this test's own, so other tests' rails do not show here.
+    state.rail_health = std::sync::Arc::new(RailHealth::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(state.clone(), HttpLimits::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = Server { base, client: reqwest::Client::new(), state: state.clone() };
+
+    let chain = "eip155:137";
+    let poll_ms = 500;
+    let stall_ms = stall_after_ms(2_000, TIP_STALL_BLOCK_TIMES_EVM, poll_ms);
+    let health = state.rail_health.clone();
+    health.follow(chain, stall_ms, clock.now());
+    health.tip(chain, 100, clock.now());
+    // The watcher polls and reports; the tip stays at 100.
+    let mut waited_ms = 0;
+    while waited_ms < stall_ms {
+        clock.advance(chrono::Duration::milliseconds(i64::try_from(poll_ms).expect("ms")));
+        waited_ms += poll_ms;
+        health.tip(chain, 100, clock.now());
+        health.report(chain, TickReport::Followed { head_lag_blocks: 0 }, clock.now());
+    }
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "within the allowance: {body}");
+    clock.advance(chrono::Duration::milliseconds(i64::try_from(poll_ms).expect("ms")));
+    health.tip(chain, 100, clock.now());
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["unhealthy_rails"], json!([chain]));
+    assert_eq!(body["rails"][chain]["problem"], "its node's tip is not advancing");
+    // A new block: ready again.
+    health.tip(chain, 101, clock.now());
+    let (status, _) = server.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+}
