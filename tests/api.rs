@@ -299,6 +299,7 @@ async fn health_and_readiness(pool: PgPool) {
     assert_eq!(body["database"], "ok");
     let metrics = server.client.get(format!("{}/metrics", server.base)).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("payrail_rail_healthy{rail=\"eip155:42161\"} 0"), "{metrics}");
+    assert!(metrics.contains("payrail_rail_halted{rail=\"eip155:42161\"} 1"), "{metrics}");
     // A watcher follows the chain again: ready.
     server.state.rail_health.follow("eip155:42161", 60_000, now);
     let (status, body) = server.get(None, "/readyz").await;

@@ -168,10 +168,26 @@ impl RailHealth {
         set_healthy_gauge(chain, &health, now);
     }
 
-    /// Recomputes `payrail_rail_healthy` of every known chain at `now` (before `/metrics` renders).
+    /// Recomputes `payrail_rail_healthy` of every known chain at `now` (before `/metrics` renders),
+    /// with the age of its last report and of its node's tip, so frozen tip and lag gauges show as
+    /// old rather than current.
     pub fn refresh_metrics(&self, now: DateTime<Utc>) {
         for (chain, health, _) in self.snapshot(now) {
             set_healthy_gauge(&chain, &health, now);
+            let labels = [("rail", chain.as_str())];
+            metrics::gauge(
+                "payrail_rail_report_age_seconds",
+                "Seconds since the rail's watcher last reported, per chain.",
+                &labels,
+                (now - health.reported_at).num_seconds().max(0),
+            );
+            metrics::gauge(
+                "payrail_rail_tip_age_seconds",
+                "Seconds since the chain's tip last advanced, as its watcher saw it.",
+                &labels,
+                (now - health.tip_advanced_at).num_seconds().max(0),
+            );
+            metrics::gauge("payrail_rail_halted", "Whether the rail's watcher stopped for good (1) or not (0).", &labels, i64::from(health.halted));
         }
     }
 
