@@ -628,3 +628,47 @@ async fn a_balance_at_a_pruned_block_is_told_apart_from_a_failing_node(pool: PgP
     rig.catch_up(&watcher).await;
     assert!(matches!(watcher.tick().await, Ok(Tick::Idle { .. })));
 }
+
+/// A reorg below the window halts the running watcher: the rail is unhealthy at once, and the
+/// watcher keeps the chain's lock until shutdown so that no other replica follows the chain past
+/// the fork blindly (and halts in turn).
+#[sqlx::test]
+async fn a_halted_watcher_holds_the_chains_lock_until_shutdown(pool: PgPool) {
+    let mut rig = rig_for(pool.clone(), "optimism").await;
+    rig.spec.reorg_depth_max = 3;
+    let caip2 = rig.spec.caip2.to_string();
+    let lock = format!("payrail.watch.{caip2}");
+    let snapshot = rpc(&rig.anvil, "evm_snapshot", json!([])).await;
+    mine(&rig.anvil, 10).await;
+    let tip = payrail::chain::evm::EvmRpc::new(&rig.spec.rpc).expect("rpc").tip().await.expect("tip");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(rig.watcher().run(stopped));
+    let holder = wait_for_holder(&pool, &lock, None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut conn = pool.acquire().await.expect("conn");
+        let cursor = payrail::chain::cursor::load(&mut conn, &caip2).await.expect("cursor");
+        if cursor.is_some_and(|c| c.height == tip) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the watcher catches up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    rpc(&rig.anvil, "evm_revert", json!([snapshot])).await;
+    pay(&rig, "ETH", Address::repeat_byte(0x11), U256::from(1u64)).await;
+    mine(&rig.anvil, 12).await;
+
+    let health = payrail::chain::health::shared();
+    while health.problem(&caip2, rig.state.clock.now()) != Some("its watcher stopped and needs an operator") {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(20), "the rail shows the halt");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "a halted watcher waits for shutdown");
+    assert_eq!(lock_holder(&pool, &lock).await, Some(holder), "and keeps the chain's lock");
+
+    stop.send(true).expect("stop");
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), task).await.expect("stops").expect("task");
+    assert!(matches!(outcome, Err(WatchError::ReorgTooDeep { .. })), "{outcome:?}");
+    assert_eq!(lock_holder(&pool, &lock).await, None, "released at shutdown");
+}

@@ -202,6 +202,13 @@ impl BitcoinWatcher {
                 }
                 Err(error) => {
                     crate::chain::health::shared().halt(&self.caip2, self.clock.now());
+                    if matches!(error, WatchError::ReorgTooDeep { .. }) {
+                        // The chain, not this replica, is the trouble: another replica taking the
+                        // lock would meet the same fork and halt too (taking its replica out of
+                        // rotation as well). Hold the lock until shutdown; an operator decides.
+                        tracing::error!(target: "watcher::bitcoin", chain = %self.chain.name, "watcher halted; holding the chain's lock until shutdown");
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                    }
                     leadership.release().await;
                     return Err(error);
                 }
