@@ -571,3 +571,18 @@ async fn a_frozen_node_makes_the_replica_unready(pool: PgPool) {
     let (status, _) = server.get(None, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// The public checkout status answers 503 with `Retry-After` too while the database is unreachable.
+#[sqlx::test]
+async fn the_checkout_status_answers_503_while_the_database_is_unreachable(pool: PgPool) {
+    let small = payrail::db::connect_with((*pool.connect_options()).clone(), 1).await.expect("pool");
+    let server = start(small.clone()).await;
+    let held = small.acquire().await.expect("the only connection");
+    let response =
+        server.client.get(format!("{}/pay/inv_0000000000000000/status", server.base)).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(code(&body), "database_unavailable");
+    drop(held);
+}
