@@ -168,6 +168,22 @@ impl RailHealth {
         set_healthy_gauge(chain, &health, now);
     }
 
+    /// This process no longer follows `chain` (its watcher lost the chain's lock to another replica,
+    /// or stopped at shutdown): the rail is unknown here again, not silent, so this replica is not
+    /// judged by a chain another replica follows.
+    pub fn forget(&self, chain: &str) {
+        self.chains.lock().unwrap_or_else(PoisonError::into_inner).remove(chain);
+        for name in [
+            "payrail_rail_healthy",
+            "payrail_rail_failed_ticks",
+            "payrail_rail_report_age_seconds",
+            "payrail_rail_tip_age_seconds",
+            "payrail_rail_halted",
+        ] {
+            metrics::forget(name, &[("rail", chain)]);
+        }
+    }
+
     /// Recomputes `payrail_rail_healthy` of every known chain at `now` (before `/metrics` renders),
     /// with the age of its last report and of its node's tip, so frozen tip and lag gauges show as
     /// old rather than current.
@@ -258,6 +274,10 @@ mod tests {
         assert_eq!(health.problem("eip155:10", t(0)), Some("its watcher stopped and needs an operator"));
         health.follow("eip155:10", 10_000, t(1));
         assert_eq!(health.problem("eip155:10", t(1)), None);
+        // Another replica took the chain: unknown here, not silent.
+        health.forget("eip155:10");
+        assert_eq!(health.problem("eip155:10", t(1_000)), None);
+        assert!(health.get("eip155:10").is_none());
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl BitcoinWatcher {
                     return Ok(());
                 }
                 Ok(Followed::LockLost(error)) => {
+                    crate::chain::health::shared().forget(&self.caip2);
                     tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
                 }
                 Err(error) => {

@@ -192,6 +192,7 @@ impl EvmWatcher {
                     return Ok(());
                 }
                 Ok(Followed::LockLost(error)) => {
+                    crate::chain::health::shared().forget(&self.caip2);
                     tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
                 }
                 Err(error) => {
