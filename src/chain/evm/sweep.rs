@@ -305,7 +305,9 @@ impl Sweeper {
             if taken <= nonce {
                 // Not mined, and its nonce is still free: the same bytes again, never a new sweep.
                 if let Broadcast::Refused(message) = broadcast_raw(&self.endpoints, raw).await {
+                    // Kept as it is (a wallet short of gas is funded later); the next pass tries again.
                     tracing::warn!(target: "sweeper", chain = %self.chain.name, sweep = %sweep.id, tx = %hash, %message, "stored sweep refused");
+                    return Ok(());
                 }
                 return self.await_receipt(provider, &sweep.id, hash, pass).await;
             }
