@@ -286,8 +286,9 @@ pub async fn serve(
             let metrics_listener = bind(metrics_addr).await?;
             tracing::info!(target: "api", %metrics_addr, "serving /metrics");
             let mut stop = stop_rx.clone();
+            let metrics_app = api::metrics_router(state.clone());
             Some(tokio::spawn(async move {
-                let serving = axum::serve(metrics_listener, api::metrics_router())
+                let serving = axum::serve(metrics_listener, metrics_app)
                     .with_graceful_shutdown(async move { let _ = stop.wait_for(|stopped| *stopped).await; });
                 if let Err(error) = serving.await {
                     tracing::error!(target: "api", %error, "metrics listener failed");

@@ -265,7 +265,7 @@ async fn payouts_run(config: &Config, chain: Option<String>, asset: Option<Strin
     let service = state.payouts.clone().context("no enabled chain has a payout_batcher")?;
     let key = if no_send { None } else { app::hot_wallet_key_from_env().context("reading the hot wallet key")? };
     // One executor only: take its lock before writing, so this process may send what it writes.
-    let lock = match &key {
+    let mut lock = match &key {
         Some(_) => payout::try_lock_executor(&pool).await?,
         None => None,
     };
@@ -281,10 +281,10 @@ async fn payouts_run(config: &Config, chain: Option<String>, asset: Option<Strin
         println!("not sending (no hot wallet key, or --no-send): the daemon's payout executor sends open batches");
         return Ok(());
     };
-    if lock.is_none() {
+    let Some(leadership) = lock.as_mut() else {
         println!("another payrail process is the payout executor: it sends these batches");
         return Ok(());
-    }
+    };
     let mut senders = Vec::new();
     for chain in service.chains() {
         senders.push(payout::PayoutSender::new(
@@ -302,7 +302,7 @@ async fn payouts_run(config: &Config, chain: Option<String>, asset: Option<Strin
             .await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
     let poll = std::time::Duration::from_millis(config.payouts.poll_interval_ms.min(1_000));
-    payout::drive(&pool, &senders, &open, poll, deadline, |id, progress| println!("  {id}: {progress:?}")).await?;
+    payout::drive(&pool, leadership, &senders, &open, poll, deadline, |id, progress| println!("  {id}: {progress:?}")).await?;
     let mut failed = 0;
     for id in &open {
         let view = payout::store::view(&pool, id).await?;

@@ -47,6 +47,14 @@ pub fn count(name: &'static str, help: &'static str, pairs: &[(&str, &str)], by:
     update(name, help, Kind::Counter, pairs, |v| *v = v.saturating_add(by));
 }
 
+/// Removes one label set of a metric: what it measured is no longer this process's to report.
+pub fn forget(name: &'static str, pairs: &[(&str, &str)]) {
+    let mut registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(entry) = registry.series.get_mut(name) {
+        entry.2.remove(&labels(pairs));
+    }
+}
+
 /// The text exposition of every series.
 pub fn render() -> String {
     let registry = registry().lock().unwrap_or_else(PoisonError::into_inner);

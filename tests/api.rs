@@ -288,6 +288,23 @@ async fn health_and_readiness(pool: PgPool) {
     let (status, body) = server.get(None, "/readyz").await;
     assert_eq!((status, body["database"].as_str()), (StatusCode::OK, Some("ok")));
     assert!(body["rails"].is_object(), "{body}");
+
+    // A halted watcher takes the replica out of rotation at once, naming the rail and why.
+    let now = server.state.clock.now();
+    server.state.rail_health.halt("eip155:42161", now);
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["unhealthy_rails"], json!(["eip155:42161"]));
+    assert_eq!(body["rails"]["eip155:42161"]["problem"], "its watcher stopped and needs an operator");
+    assert_eq!(body["database"], "ok");
+    let metrics = server.client.get(format!("{}/metrics", server.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("payrail_rail_healthy{rail=\"eip155:42161\"} 0"), "{metrics}");
+    assert!(metrics.contains("payrail_rail_halted{rail=\"eip155:42161\"} 1"), "{metrics}");
+    // A watcher follows the chain again: ready.
+    server.state.rail_health.follow("eip155:42161", 60_000, now);
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!((status, body["unhealthy_rails"].clone()), (StatusCode::OK, json!([])), "{body}");
+
     server.state.pool.close().await;
     let (status, body) = server.get(None, "/readyz").await;
     assert_eq!((status, body["database"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unreachable")));
@@ -489,4 +506,95 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
             assert!(operation["responses"]["429"].is_object(), "{method} {path} does not document 429");
         }
     }
+}
+
+/// With the database unreachable (here: the pool's only connection taken), requests get 503
+/// `database_unavailable` with `Retry-After` after the short acquire timeout, not a 500.
+#[sqlx::test]
+async fn an_unreachable_database_answers_503_with_retry_after(pool: PgPool) {
+    let (_, key) = {
+        let server = start(pool.clone()).await;
+        server.merchant().await
+    };
+    let small = payrail::db::connect_with((*pool.connect_options()).clone(), 1).await.expect("pool");
+    let server = start(small.clone()).await;
+    let held = small.acquire().await.expect("the only connection");
+    let started = std::time::Instant::now();
+    let response = server
+        .client
+        .get(format!("{}/v1/invoices/inv_0000000000000000", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    let waited = started.elapsed();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(code(&body), "database_unavailable");
+    assert!(
+        waited < std::time::Duration::from_millis(payrail::db::POOL_ACQUIRE_TIMEOUT_MS + 1_500),
+        "answered after the acquire timeout, not later: {waited:?}"
+    );
+    drop(held);
+    let (status, _) = server.get(Some(&key), "/v1/invoices/inv_0000000000000000").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "served again once the database answers");
+}
+
+/// A node whose tip stops advancing while the chain's block time says it should makes the rail
+/// unhealthy and the replica unready within the allowance (two block times and two polls).
+#[sqlx::test]
+async fn a_frozen_node_makes_the_replica_unready(pool: PgPool) {
+    use payrail::chain::health::{stall_after_ms, RailHealth, TickReport, TIP_STALL_BLOCK_TIMES_EVM};
+    use payrail::clock::Clock;
+    let (mut state, clock) = state_with_clock(pool);
+    // A registry of this test's own, so other tests' rails do not show here.
+    state.rail_health = std::sync::Arc::new(RailHealth::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = router(state.clone(), HttpLimits::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = Server { base, client: reqwest::Client::new(), state: state.clone() };
+
+    let chain = "eip155:137";
+    let poll_ms = 500;
+    let stall_ms = stall_after_ms(2_000, TIP_STALL_BLOCK_TIMES_EVM, poll_ms);
+    let health = state.rail_health.clone();
+    health.follow(chain, stall_ms, clock.now());
+    health.tip(chain, 100, clock.now());
+    // The watcher polls and reports; the tip stays at 100.
+    let mut waited_ms = 0;
+    while waited_ms < stall_ms {
+        clock.advance(chrono::Duration::milliseconds(i64::try_from(poll_ms).expect("ms")));
+        waited_ms += poll_ms;
+        health.tip(chain, 100, clock.now());
+        health.report(chain, TickReport::Followed { head_lag_blocks: 0 }, clock.now());
+    }
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "within the allowance: {body}");
+    clock.advance(chrono::Duration::milliseconds(i64::try_from(poll_ms).expect("ms")));
+    health.tip(chain, 100, clock.now());
+    let (status, body) = server.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["unhealthy_rails"], json!([chain]));
+    assert_eq!(body["rails"][chain]["problem"], "its node's tip is not advancing");
+    // A new block: ready again.
+    health.tip(chain, 101, clock.now());
+    let (status, _) = server.get(None, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// The public checkout status answers 503 with `Retry-After` too while the database is unreachable.
+#[sqlx::test]
+async fn the_checkout_status_answers_503_while_the_database_is_unreachable(pool: PgPool) {
+    let small = payrail::db::connect_with((*pool.connect_options()).clone(), 1).await.expect("pool");
+    let server = start(small.clone()).await;
+    let held = small.acquire().await.expect("the only connection");
+    let response =
+        server.client.get(format!("{}/pay/inv_0000000000000000/status", server.base)).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(code(&body), "database_unavailable");
+    drop(held);
 }

@@ -381,3 +381,53 @@ async fn killing_the_daemon_during_payments_loses_and_duplicates_nothing(pool: P
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'invoice.paid'").fetch_one(&pool).await.expect("n");
     assert_eq!(events, INVOICES as i64, "one invoice.paid event per invoice");
 }
+
+/// A database restart ends the Bitcoin watcher's lock session: it stops writing, takes the lock
+/// again on a new session and goes on following the chain.
+#[sqlx::test]
+async fn a_bitcoin_watcher_whose_lock_session_ends_takes_the_lock_again(pool: PgPool) {
+    let rig = rig(pool.clone()).await;
+    let lock = format!("payrail.watch.{}", rig.spec.caip2);
+    let holder = |not: Option<i32>| {
+        let pool = pool.clone();
+        let lock = lock.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let pid: Option<i32> = sqlx::query_scalar(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                     AND ((classid::bigint << 32) | objid::bigint) = hashtext($1)::bigint",
+                )
+                .bind(&lock)
+                .fetch_optional(&pool)
+                .await
+                .expect("pg_locks");
+                if let Some(pid) = pid.filter(|pid| Some(*pid) != not) {
+                    return pid;
+                }
+                assert!(Instant::now() < deadline, "nobody took {lock}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(rig.watcher().run(stopped));
+    let first = holder(None).await;
+    let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)").bind(first).fetch_one(&pool).await.expect("terminate");
+    assert!(done);
+    let second = holder(Some(first)).await;
+    assert_ne!(first, second);
+    assert!(!task.is_finished(), "the watcher did not stop");
+
+    let invoice = rig.invoice("25.00").await;
+    rig.node.send(&deposit(&invoice), Sats::from_sat(due(&invoice)), false).await.expect("send");
+    rig.node.mine(3).await.expect("mine");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rig.view(&invoice.id).await.status != InvoiceStatus::Paid {
+        assert!(Instant::now() < deadline, "the watcher follows the chain after taking the lock again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("task").expect("clean stop");
+}

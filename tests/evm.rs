@@ -390,3 +390,285 @@ async fn a_finalized_block_confirms_a_payment_before_its_count_is_reached(pool: 
     let metrics = payrail::metrics::render();
     assert!(metrics.contains("payrail_chain_head_lag_blocks{chain=\"eip155:137\"}"), "{metrics}");
 }
+
+/// The session that holds `lock`'s advisory lock in this test's database, if any.
+async fn lock_holder(pool: &PgPool, lock: &str) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ((classid::bigint << 32) | objid::bigint) = hashtext($1)::bigint",
+    )
+    .bind(lock)
+    .fetch_optional(pool)
+    .await
+    .expect("pg_locks")
+}
+
+async fn wait_for_holder(pool: &PgPool, lock: &str, not: Option<i32>) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(pid) = lock_holder(pool, lock).await.filter(|pid| Some(*pid) != not) {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "nobody took {lock}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A database restart ends the lock's session: the running watcher notices before its next tick,
+/// takes the lock again on a new session and goes on following the chain.
+#[sqlx::test]
+async fn a_watcher_whose_lock_session_ends_takes_the_lock_again_and_keeps_watching(pool: PgPool) {
+    let rig = rig(pool.clone()).await;
+    let lock = format!("payrail.watch.{}", rig.spec.caip2);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(rig.watcher().run(stopped));
+    let first = wait_for_holder(&pool, &lock, None).await;
+
+    let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)").bind(first).fetch_one(&pool).await.expect("terminate");
+    assert!(done);
+    let second = wait_for_holder(&pool, &lock, Some(first)).await;
+    assert_ne!(first, second);
+    assert!(!task.is_finished(), "the watcher did not stop");
+
+    let invoice = rig.invoice("4.00", &[rig.asset("USDC")]).await;
+    pay(&rig, "USDC", deposit_of(&invoice), U256::from(4_000_000u64)).await;
+    mine(&rig.anvil, 40).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rig.view(&invoice.id).await.status != InvoiceStatus::Paid {
+        assert!(std::time::Instant::now() < deadline, "the watcher follows the chain after taking the lock again");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(true).expect("stop");
+    tokio::time::timeout(std::time::Duration::from_secs(10), task).await.expect("stops").expect("task").expect("clean stop");
+    assert_eq!(lock_holder(&pool, &lock).await, None, "the lock is released at shutdown");
+}
+
+/// A paid USDC invoice whose deposit is confirmed and ready to sweep.
+async fn confirmed_usdc_deposit(rig: &Rig, watcher: &EvmWatcher, amount: u64) -> InvoiceView {
+    let invoice = rig.invoice(&format!("{}.00", amount / 1_000_000), &[rig.asset("USDC")]).await;
+    pay(rig, "USDC", deposit_of(&invoice), U256::from(amount)).await;
+    mine(&rig.anvil, 40).await;
+    rig.catch_up(watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
+    invoice
+}
+
+/// The `Swept` events of the factory for `invoice`'s forwarder.
+async fn swept_events(rig: &Rig, invoice: &InvoiceView) -> usize {
+    use alloy::sol_types::SolEvent;
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    let provider = ProviderBuilder::new().connect_http(url);
+    let filter = alloy::rpc::types::Filter::new()
+        .address(rig.spec.forwarder_factory.expect("factory"))
+        .event_signature(ForwarderFactory::Swept::SIGNATURE_HASH)
+        .topic1(payrail::chain::evm::deposit_salt(&invoice.id))
+        .from_block(0u64);
+    provider.get_logs(&filter).await.expect("logs").len()
+}
+
+fn sweeper_of(rig: &Rig) -> payrail::chain::evm::Sweeper {
+    payrail::chain::evm::Sweeper::new(rig.spec.clone(), payrail::devnet::anvil::DEV_DEPLOYER_KEY, rig.state.pool.clone(), rig.state.ledger.clone())
+        .expect("sweeper")
+}
+
+async fn hot_wallet_nonce(rig: &Rig) -> u64 {
+    let key: PrivateKeySigner = payrail::devnet::anvil::DEV_DEPLOYER_KEY.parse().expect("key");
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    ProviderBuilder::new().connect_http(url).get_transaction_count(key.address()).await.expect("nonce")
+}
+
+async fn usdc_of(rig: &Rig, owner: Address) -> U256 {
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    let provider = ProviderBuilder::new().connect_http(url);
+    TestToken::new(rig.spec.token("USDC").expect("usdc").address, &provider).balanceOf(owner).call().await.expect("balance")
+}
+
+/// A crash between storing a sweep's signed transaction and broadcasting it: after the restart the
+/// same bytes are sent and the sweep completes once.
+#[sqlx::test]
+async fn a_sweep_signed_but_not_broadcast_is_completed_once_after_a_restart(pool: PgPool) {
+    use payrail::devnet::anvil::DEV_TREASURY;
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    let invoice = confirmed_usdc_deposit(&rig, &watcher, 7_000_000).await;
+    let treasury_before = usdc_of(&rig, DEV_TREASURY).await;
+    let nonce_before = hot_wallet_nonce(&rig).await;
+
+    assert_eq!(sweeper_of(&rig).sign_only().await.expect("sign"), 1);
+    let (status, stored_hash, raw): (String, String, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT status, tx_hash, raw_tx FROM sweeps").fetch_one(&rig.state.pool).await.expect("sweep");
+    assert_eq!(status, "sent");
+    assert!(raw.is_some_and(|r| !r.is_empty()), "the signed bytes are stored before broadcasting");
+    assert_eq!(usdc_of(&rig, deposit_of(&invoice)).await, U256::from(7_000_000u64), "nothing was sent");
+
+    // The restarted daemon: a new sweeper over the same database.
+    let pass = sweeper_of(&rig).pass().await.expect("pass");
+    assert_eq!((pass.confirmed, pass.failed), (1, 0));
+    assert_eq!(usdc_of(&rig, DEV_TREASURY).await - treasury_before, U256::from(7_000_000u64));
+    let (status, hash): (String, String) =
+        sqlx::query_as("SELECT status, tx_hash FROM sweeps").fetch_one(&rig.state.pool).await.expect("sweep");
+    assert_eq!((status.as_str(), hash.as_str()), ("confirmed", stored_hash.as_str()), "the stored transaction was the one mined");
+    assert_eq!(swept_events(&rig, &invoice).await, 1);
+    assert_eq!(hot_wallet_nonce(&rig).await, nonce_before + 1, "one sweep transaction, not two");
+    assert_eq!(sweeper_of(&rig).pass().await.expect("again"), payrail::chain::evm::SweepPass::default());
+    let sweeps: i64 = sqlx::query_scalar("SELECT count(*) FROM sweeps").fetch_one(&rig.state.pool).await.expect("n");
+    assert_eq!(sweeps, 1);
+}
+
+/// A sweep mined by a transaction the store never learned of (sent before its hash was written) is
+/// found by its `Swept` event; no second sweep is sent.
+#[sqlx::test]
+async fn a_sweep_mined_without_a_stored_hash_is_found_by_its_swept_event(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    let invoice = confirmed_usdc_deposit(&rig, &watcher, 5_000_000).await;
+    let nonce_before = hot_wallet_nonce(&rig).await;
+    sweeper_of(&rig).sign_only().await.expect("sign");
+    let (hash, raw): (String, Vec<u8>) =
+        sqlx::query_as("SELECT tx_hash, raw_tx FROM sweeps").fetch_one(&rig.state.pool).await.expect("sweep");
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    ProviderBuilder::new().connect_http(url).send_raw_transaction(&raw).await.expect("sent").get_receipt().await.expect("mined");
+    sqlx::query("UPDATE sweeps SET status = 'pending', tx_hash = NULL, sender = NULL, nonce = NULL, raw_tx = NULL")
+        .execute(&rig.state.pool)
+        .await
+        .expect("lose the hash");
+
+    let pass = sweeper_of(&rig).pass().await.expect("pass");
+    assert_eq!(pass.confirmed, 1);
+    let (status, found): (String, String) =
+        sqlx::query_as("SELECT status, tx_hash FROM sweeps").fetch_one(&rig.state.pool).await.expect("sweep");
+    assert_eq!((status.as_str(), found.as_str()), ("confirmed", hash.as_str()));
+    assert_eq!(hot_wallet_nonce(&rig).await, nonce_before + 1, "no second sweep was sent");
+    assert_eq!(swept_events(&rig, &invoice).await, 1);
+}
+
+/// Sweepers on two replicas: one holds the chain's sweep lock and sweeps each deposit once; when it
+/// stops, the other takes over.
+#[sqlx::test]
+async fn two_sweepers_on_one_chain_sweep_each_deposit_once(pool: PgPool) {
+    let rig = rig(pool.clone()).await;
+    let watcher = rig.watcher();
+    let mut invoices = Vec::new();
+    for amount in [1_000_000u64, 2_000_000, 3_000_000] {
+        invoices.push(confirmed_usdc_deposit(&rig, &watcher, amount).await);
+    }
+    let nonce_before = hot_wallet_nonce(&rig).await;
+    let every = std::time::Duration::from_millis(100);
+    let first = sweeper_of(&rig).every(every);
+    let lock = first.lock_name();
+    let (stop_first, first_stopped) = tokio::sync::watch::channel(false);
+    let first_task = tokio::spawn(first.run(first_stopped));
+    let holder = wait_for_holder(&pool, &lock, None).await;
+    let (stop_second, second_stopped) = tokio::sync::watch::channel(false);
+    let second_task = tokio::spawn(sweeper_of(&rig).every(every).run(second_stopped));
+
+    let confirmed = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sweeps WHERE status = 'confirmed'").fetch_one(&pool).await.expect("n");
+        n
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while confirmed().await < 3 {
+        assert!(std::time::Instant::now() < deadline, "deposits swept");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(lock_holder(&pool, &lock).await, Some(holder), "one sweeper holds the lock throughout");
+    let sweeps: i64 = sqlx::query_scalar("SELECT count(*) FROM sweeps").fetch_one(&pool).await.expect("n");
+    assert_eq!(sweeps, 3, "one sweep per deposit");
+    for invoice in &invoices {
+        assert_eq!(swept_events(&rig, invoice).await, 1);
+    }
+    assert_eq!(hot_wallet_nonce(&rig).await, nonce_before + 3, "three sweep transactions");
+
+    // The holder stops; the other replica's sweeper takes the lock and sweeps what comes next.
+    stop_first.send(true).expect("stop");
+    tokio::time::timeout(std::time::Duration::from_secs(10), first_task).await.expect("stops").expect("task");
+    wait_for_holder(&pool, &lock, Some(holder)).await;
+    let later = confirmed_usdc_deposit(&rig, &watcher, 4_000_000).await;
+    while confirmed().await < 4 {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(30), "the standby sweeps");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(swept_events(&rig, &later).await, 1);
+    stop_second.send(true).expect("stop");
+    tokio::time::timeout(std::time::Duration::from_secs(70), second_task).await.expect("stops").expect("task");
+}
+
+/// A watcher that stops for good marks its rail unhealthy at once (not after minutes of silence).
+#[sqlx::test]
+async fn a_watcher_that_stops_marks_its_rail_unhealthy_at_once(pool: PgPool) {
+    let mut rig = rig(pool).await;
+    rig.spec.caip2 = "eip155:1".parse().expect("chain");
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), rig.watcher().run(stopped)).await.expect("stops");
+    assert!(matches!(outcome, Err(WatchError::WrongChain { .. })), "{outcome:?}");
+    let health = payrail::chain::health::shared();
+    assert_eq!(health.problem("eip155:1", rig.state.clock.now()), Some("its watcher stopped and needs an operator"));
+}
+
+/// anvil runs with `--prune-history` and keeps only the newest state: a balance at an older block is
+/// told apart as pruned state (which the watcher's balance check skips with a logged reason instead of
+/// failing its tick), while the newest block's balance is read.
+#[sqlx::test]
+async fn a_balance_at_a_pruned_block_is_told_apart_from_a_failing_node(pool: PgPool) {
+    let rig = rig(pool).await;
+    let rpc = payrail::chain::evm::EvmRpc::new(&rig.spec.rpc).expect("rpc");
+    let payer_address = payer().address();
+    mine(&rig.anvil, 5).await;
+    let tip = rpc.tip().await.expect("tip");
+    let now = rpc.balance_at(payer_address, tip).await.expect("the newest state is kept");
+    assert!(now > U256::ZERO);
+    match rpc.balance_at(payer_address, tip - 3).await {
+        Err(payrail::chain::evm::rpc::RpcError::StateUnavailable { height, .. }) => assert_eq!(height, tip - 3),
+        other => panic!("expected pruned state, got {other:?}"),
+    }
+    // The watcher, caught up with its balance check due, still ticks cleanly.
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    assert!(matches!(watcher.tick().await, Ok(Tick::Idle { .. })));
+}
+
+/// A reorg below the window halts the running watcher: the rail is unhealthy at once, and the
+/// watcher keeps the chain's lock until shutdown so that no other replica follows the chain past
+/// the fork blindly (and halts in turn).
+#[sqlx::test]
+async fn a_halted_watcher_holds_the_chains_lock_until_shutdown(pool: PgPool) {
+    let mut rig = rig_for(pool.clone(), "optimism").await;
+    rig.spec.reorg_depth_max = 3;
+    let caip2 = rig.spec.caip2.to_string();
+    let lock = format!("payrail.watch.{caip2}");
+    let snapshot = rpc(&rig.anvil, "evm_snapshot", json!([])).await;
+    mine(&rig.anvil, 10).await;
+    let tip = payrail::chain::evm::EvmRpc::new(&rig.spec.rpc).expect("rpc").tip().await.expect("tip");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(rig.watcher().run(stopped));
+    let holder = wait_for_holder(&pool, &lock, None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut conn = pool.acquire().await.expect("conn");
+        let cursor = payrail::chain::cursor::load(&mut conn, &caip2).await.expect("cursor");
+        if cursor.is_some_and(|c| c.height == tip) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the watcher catches up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    rpc(&rig.anvil, "evm_revert", json!([snapshot])).await;
+    pay(&rig, "ETH", Address::repeat_byte(0x11), U256::from(1u64)).await;
+    mine(&rig.anvil, 12).await;
+
+    let health = payrail::chain::health::shared();
+    while health.problem(&caip2, rig.state.clock.now()) != Some("its watcher stopped and needs an operator") {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(20), "the rail shows the halt");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "a halted watcher waits for shutdown");
+    assert_eq!(lock_holder(&pool, &lock).await, Some(holder), "and keeps the chain's lock");
+
+    stop.send(true).expect("stop");
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), task).await.expect("stops").expect("task");
+    assert!(matches!(outcome, Err(WatchError::ReorgTooDeep { .. })), "{outcome:?}");
+    assert_eq!(lock_holder(&pool, &lock).await, None, "released at shutdown");
+}

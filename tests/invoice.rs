@@ -288,7 +288,7 @@ async fn orphaned_unconfirmed_payment_returns_invoice_to_open_and_can_come_back(
 }
 
 #[sqlx::test]
-async fn orphaned_credited_payment_is_reversed_and_status_stays_paid(pool: PgPool) {
+async fn orphaned_credited_payment_is_reversed_announced_and_the_invoice_is_open_again(pool: PgPool) {
     let (state, _clock) = state_with_clock(pool.clone());
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
@@ -297,7 +297,21 @@ async fn orphaned_credited_payment_is_reversed_and_status_stays_paid(pool: PgPoo
     let mut tx = state.pool.begin().await.expect("begin");
     let status = orphan_payment(&mut tx, &state.ledger, &payment.tx_ref, state.clock.now()).await.expect("orphan");
     tx.commit().await.expect("commit");
-    assert_eq!(status, InvoiceStatus::Paid);
+    // Nothing else counts: the invoice says so instead of claiming to be paid by nothing.
+    assert_eq!(status, InvoiceStatus::Open);
+    let shown = view(&state, &invoice.id).await;
+    assert_eq!((shown.status, shown.amount_paid.as_str(), shown.paid_at), (InvoiceStatus::Open, "0.00", None));
+    assert_eq!(
+        events(&pool, &invoice.id).await,
+        ["invoice.created", "invoice.paid", "invoice.open", "invoice.payment_reversed"],
+        "announced in the same transaction as the reversal"
+    );
+    let orphaned: Vec<(String, String)> =
+        sqlx::query_as("SELECT object_id, payload->'data'->>'status' FROM outbox WHERE event_type = 'payment.orphaned'")
+            .fetch_all(&pool)
+            .await
+            .expect("payment events");
+    assert_eq!(orphaned, [(shown.payments[0].id.clone(), "reversed".to_owned())]);
     let merchant_account = AccountCode::merchant(&merchant.merchant_id);
     assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::ZERO);
     let reversals: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries WHERE reverses_entry_id IS NOT NULL")
@@ -315,6 +329,12 @@ async fn orphaned_credited_payment_is_reversed_and_status_stays_paid(pool: PgPoo
         apply(&state, &payment).await.expect("confirmed again");
     }
     assert_eq!(view(&state, &invoice.id).await.payments[0].status, "confirmed");
+    assert_eq!(view(&state, &invoice.id).await.status, InvoiceStatus::Paid);
+    assert_eq!(
+        events(&pool, &invoice.id).await,
+        ["invoice.created", "invoice.paid", "invoice.open", "invoice.payment_reversed", "invoice.processing", "invoice.paid"],
+        "paid again is announced again"
+    );
     assert_eq!(balance(&state, &merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
     let keys: Vec<String> = sqlx::query_scalar("SELECT idempotency_key FROM journal_entries WHERE kind = 'payment' ORDER BY id")
         .fetch_all(&pool)
@@ -410,4 +430,26 @@ async fn bad_requests_are_refused_with_the_field_named(pool: PgPool) {
     assert!(matches!(try_create(short).await, Err(InvoiceError::Invalid { field: "expires_in", .. })));
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices").fetch_one(&pool).await.expect("n");
     assert_eq!(n, 0);
+}
+
+/// Past its expiry, a paid invoice whose only payment was reorged away is expired; the payment mined
+/// again pays it again (it was the invoice's own payment, not a late one).
+#[sqlx::test]
+async fn a_reversed_payment_past_expiry_expires_the_invoice_until_it_is_mined_again(pool: PgPool) {
+    let (state, clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let payment = observed(&invoice, USDC_POLYGON, "0x0d", 25_000_000, 2);
+    apply(&state, &payment).await.expect("paid");
+    clock.advance(chrono::Duration::days(2));
+    let mut tx = state.pool.begin().await.expect("begin");
+    let status = orphan_payment(&mut tx, &state.ledger, &payment.tx_ref, state.clock.now()).await.expect("orphan");
+    tx.commit().await.expect("commit");
+    assert_eq!(status, InvoiceStatus::Expired);
+    let again = apply(&state, &payment).await.expect("mined again");
+    assert_eq!((again.invoice_status, again.credited, again.applied_to), (InvoiceStatus::Paid, true, "invoice"));
+    assert_eq!(
+        events(&pool, &invoice.id).await,
+        ["invoice.created", "invoice.paid", "invoice.expired", "invoice.payment_reversed", "invoice.paid"]
+    );
 }

@@ -108,7 +108,7 @@ async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiErro
             let token = bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
             authenticate(&state.pool, token, state.clock.now())
                 .await
-                .map_err(ApiError::internal)?
+                .map_err(ApiError::database)?
                 .ok_or_else(ApiError::unauthorized)?
         }
     };

@@ -33,7 +33,7 @@ pub struct Balances {
 #[utoipa::path(get, path = "/v1/balances", tag = "balances", security(("bearer" = [])),
     responses((status = 200, body = Balances), (status = 401, body = super::openapi::ErrorBody)))]
 pub async fn show(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<Balances>, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     let lines = |rows: Vec<(String, crate::ledger::SignedAmount)>| -> Vec<BalanceLine> {
         rows.into_iter()
             .map(|(asset, balance)| {
@@ -55,12 +55,12 @@ pub async fn show(State(state): State<AppState>, auth: MerchantAuth) -> Result<J
         .ledger
         .balances(&mut conn, &AccountCode::merchant(&auth.merchant_id))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::ledger)?;
     let unapplied = state
         .ledger
         .balances(&mut conn, &AccountCode::unapplied(&auth.merchant_id))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::ledger)?;
     Ok(Json(Balances {
         object: "balances",
         merchant_id: auth.merchant_id.clone(),

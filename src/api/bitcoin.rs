@@ -94,7 +94,7 @@ pub async fn get_descriptor(
     Query(query): Query<ChainQuery>,
 ) -> Result<Json<BitcoinSettings>, ApiError> {
     let chain = chain_of(&state, &query)?;
-    let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     bitcoin_settings(&mut conn, &auth.merchant_id, &chain)
         .await?
         .map(Json)

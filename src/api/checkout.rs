@@ -136,6 +136,8 @@ pub struct PublicPayment {
 #[derive(Debug)]
 enum CheckoutError {
     NotFound,
+    /// The database cannot be reached right now: 503 with `Retry-After`.
+    Unavailable(sqlx::Error),
     Internal(String),
 }
 
@@ -143,6 +145,7 @@ impl From<InvoiceError> for CheckoutError {
     fn from(error: InvoiceError) -> Self {
         match error {
             InvoiceError::NotFound { .. } => Self::NotFound,
+            InvoiceError::Database(error) => error.into(),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -150,7 +153,11 @@ impl From<InvoiceError> for CheckoutError {
 
 impl From<sqlx::Error> for CheckoutError {
     fn from(error: sqlx::Error) -> Self {
-        Self::Internal(error.to_string())
+        if crate::db::is_unavailable(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Internal(error.to_string())
+        }
     }
 }
 
@@ -474,6 +481,15 @@ pub async fn page(
     match rendered {
         Ok(body) => html(StatusCode::OK, &nonce, body),
         Err(CheckoutError::NotFound) => html(StatusCode::NOT_FOUND, &nonce, page::not_found(&nonce)),
+        Err(CheckoutError::Unavailable(error)) => {
+            tracing::warn!(target: "api", invoice = %id, %error, "checkout page: database unavailable");
+            let mut response = html(StatusCode::SERVICE_UNAVAILABLE, &nonce, page::failed(&nonce));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(super::error::DATABASE_RETRY_AFTER_S),
+            );
+            response
+        }
         Err(CheckoutError::Internal(error)) => {
             tracing::error!(target: "api", invoice = %id, %error, "checkout page failed");
             html(StatusCode::INTERNAL_SERVER_ERROR, &nonce, page::failed(&nonce))
@@ -484,7 +500,8 @@ pub async fn page(
 /// `GET /pay/{id}/status`: see [`CheckoutStatus`]. `?asset=` words the message for that option.
 #[utoipa::path(get, path = "/pay/{id}/status", tag = "checkout",
     params(("id" = String, Path, description = "the invoice id, inv_…"), CheckoutQuery),
-    responses((status = 200, body = CheckoutStatus), (status = 404, body = super::openapi::ErrorBody)))]
+    responses((status = 200, body = CheckoutStatus), (status = 404, body = super::openapi::ErrorBody),
+        (status = 503, description = "the database is unavailable (`database_unavailable`, with `Retry-After`)", body = super::openapi::ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -501,6 +518,7 @@ pub async fn status(
     let response = match result {
         Ok(status) => Json(status).into_response(),
         Err(CheckoutError::NotFound) => ApiError::not_found("invoice").into_response(),
+        Err(CheckoutError::Unavailable(error)) => ApiError::database(error).into_response(),
         Err(CheckoutError::Internal(error)) => ApiError::internal(format!("checkout status of {id}: {error}")).into_response(),
     };
     harden(response, JSON_CSP)

@@ -21,7 +21,8 @@ impl From<CreatorError> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{field}: {reason}"))
             }
             CreatorError::NotFound { .. } => Self::not_found("creator"),
-            CreatorError::Ledger(_) | CreatorError::Database(_) => Self::internal(error),
+            CreatorError::Database(error) => Self::database(error),
+            CreatorError::Ledger(error) => Self::ledger(error),
         }
     }
 }
@@ -119,7 +120,7 @@ pub async fn put_split_rules(
     responses((status = 200, body = SplitRules), (status = 401, body = super::openapi::ErrorBody),
         (status = 403, body = super::openapi::ErrorBody)))]
 pub async fn get_split_rules(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<SplitRules>, ApiError> {
-    let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     Ok(Json(creator::split_rules(&mut conn, &auth.merchant_id).await?))
 }
 

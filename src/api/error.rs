@@ -9,12 +9,15 @@ use serde_json::json;
 
 use crate::invoice::InvoiceError;
 
+/// Seconds a client is told to wait while the database is unavailable.
+pub const DATABASE_RETRY_AFTER_S: u64 = 2;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds to send as `Retry-After` (429).
+    /// Seconds to send as `Retry-After` (429, 503).
     pub retry_after_s: Option<u64>,
 }
 
@@ -29,6 +32,29 @@ impl ApiError {
 
     pub fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
+    }
+
+    /// A database error: 503 `database_unavailable` with `Retry-After` when the database cannot be
+    /// reached (a restart, a full pool), so clients retry instead of giving up; anything else is
+    /// internal.
+    pub fn database(error: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&error) {
+            tracing::warn!(target: "api", %error, "database unavailable");
+            let mut unavailable =
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the database is unavailable; retry shortly");
+            unavailable.retry_after_s = Some(DATABASE_RETRY_AFTER_S);
+            unavailable
+        } else {
+            Self::internal(error)
+        }
+    }
+
+    /// A ledger error: as [`ApiError::database`] for its database errors, else internal.
+    pub fn ledger(error: crate::ledger::LedgerError) -> Self {
+        match error {
+            crate::ledger::LedgerError::Database(error) => Self::database(error),
+            other => Self::internal(other),
+        }
     }
 
     pub fn internal(error: impl std::fmt::Display) -> Self {
@@ -82,7 +108,9 @@ impl From<InvoiceError> for ApiError {
             RateUnavailable { .. } => Self::new(unprocessable, "rate_unavailable", error.to_string()),
             IdempotencyConflict { .. } => Self::new(StatusCode::CONFLICT, "idempotency_conflict", error.to_string()),
             WrongState { .. } => Self::new(StatusCode::CONFLICT, "invoice_state", error.to_string()),
-            PaymentMismatch { .. } | Corrupt { .. } | Ledger(_) | Database(_) => Self::internal(error),
+            Database(error) => Self::database(error),
+            Ledger(error) => Self::ledger(error),
+            PaymentMismatch { .. } | Corrupt { .. } => Self::internal(error),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Liveness and readiness. `/readyz` answers 503 while the database cannot be reached, so a load
-//! balancer stops sending traffic to a replica that could not serve it.
+//! Liveness and readiness. `/readyz` answers 503 while the database cannot be reached, and while
+//! any rail this replica follows is unhealthy (its watcher halted, its nodes fail, its node's tip is
+//! frozen, it lags or it is silent), naming those rails: a load balancer then takes the replica out
+//! of rotation and an operator sees why. Rails followed by another replica are not judged here.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,26 +16,36 @@ pub async fn healthz() -> Json<Value> {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "the database answers"), (status = 503, description = "the database is unreachable")))]
+    responses(
+        (status = 200, description = "the database answers and every rail this replica follows is healthy"),
+        (status = 503, description = "the database is unreachable, or a rail is unhealthy: `unhealthy_rails` names them and `rails` says why")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    // Each rail's health is shown; a rail that is down does not make the replica unready (the API
-    // and the other rails still serve), the database does.
     let now = state.clock.now();
     let mut rails = serde_json::Map::new();
-    for (chain, _, problem) in crate::chain::health::shared().snapshot(now) {
+    let mut unhealthy = Vec::new();
+    for (chain, _, problem) in state.rail_health.snapshot(now) {
+        if problem.is_some() {
+            unhealthy.push(chain.clone());
+        }
         rails.insert(chain, json!({ "healthy": problem.is_none(), "problem": problem }));
     }
     if state.card.is_some() {
         rails.insert("card".to_owned(), json!({ "healthy": true, "problem": null }));
     }
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
-        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready", "database": "ok", "rails": rails }))),
+    let database = match sqlx::query("SELECT 1").execute(&state.pool).await {
+        Ok(_) => "ok",
         Err(error) => {
             tracing::warn!(target: "api", %error, "database not reachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "database": "unreachable", "rails": rails })),
-            )
+            "unreachable"
         }
-    }
+    };
+    let ready = database == "ok" && unhealthy.is_empty();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "database": database,
+        "unhealthy_rails": unhealthy,
+        "rails": rails,
+    });
+    (status, Json(body))
 }

@@ -55,7 +55,7 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
     let principal = match authenticate(&state.pool, token, state.clock.now()).await {
         Ok(Some(principal)) => principal,
         Ok(None) => return next.run(request).await,
-        Err(error) => return ApiError::internal(error).into_response(),
+        Err(error) => return ApiError::database(error).into_response(),
     };
     let scope = principal.key_id.clone();
     request.extensions_mut().insert(Authenticated(principal));
@@ -94,7 +94,7 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
         Ok(Claim::Conflict(message)) => {
             return ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message).into_response();
         }
-        Err(error) => return ApiError::internal(error).into_response(),
+        Err(error) => return ApiError::database(error).into_response(),
     }
 
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;

@@ -113,7 +113,7 @@ pub async fn show(
         return Err(ApiError::not_found("invoice"));
     }
     invoice::refresh(&state.pool, &id, state.clock.now()).await?;
-    let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     Ok(Json(invoice::load_view(&mut conn, Some(&auth.merchant_id), &id).await?))
 }
 
@@ -165,7 +165,7 @@ pub async fn list(
         starting_after: query.starting_after,
         limit: query.limit,
     };
-    let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     Ok(Json(invoice::list_invoices(&mut conn, &auth.merchant_id, &filter).await?))
 }
 

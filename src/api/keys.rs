@@ -25,7 +25,7 @@ impl From<KeyError> for ApiError {
             KeyError::NotFound { .. } => Self::not_found("api key"),
             KeyError::Inactive { .. } => Self::new(StatusCode::CONFLICT, "api_key_inactive", error.to_string()),
             KeyError::TooManyKeys => Self::new(unprocessable, "api_key_limit_reached", error.to_string()),
-            KeyError::Database(_) => Self::internal(error),
+            KeyError::Database(error) => Self::database(error),
         }
     }
 }

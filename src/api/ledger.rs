@@ -26,9 +26,8 @@ impl From<ExportError> for ApiError {
             ExportError::Invalid { field, reason } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{field}: {reason}"))
             }
-            ExportError::CorruptAmount { .. } | ExportError::CorruptAccount { .. } | ExportError::Database(_) => {
-                Self::internal(error)
-            }
+            ExportError::Database(error) => Self::database(error),
+            ExportError::CorruptAmount { .. } | ExportError::CorruptAccount { .. } => Self::internal(error),
         }
     }
 }

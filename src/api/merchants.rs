@@ -18,7 +18,8 @@ impl From<MerchantError> for ApiError {
     fn from(error: MerchantError) -> Self {
         match error {
             MerchantError::InvalidName => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("name: {error}")),
-            MerchantError::NotPlatformRole | MerchantError::Database(_) => Self::internal(error),
+            MerchantError::Database(error) => Self::database(error),
+            MerchantError::NotPlatformRole => Self::internal(error),
         }
     }
 }

@@ -84,16 +84,20 @@ impl Default for HttpLimits {
 }
 
 /// `/metrics` alone, for `[server] metrics_listen`.
-pub fn metrics_router() -> Router {
-    Router::new()
-        .route("/metrics", get(|| async { crate::metrics::render() }))
-        .fallback(|| async { ApiError::not_found("route") })
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(metrics)).fallback(|| async { ApiError::not_found("route") }).with_state(state)
+}
+
+/// `GET /metrics`: rail health is judged at the time of the scrape, not the last report.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+    state.rail_health.refresh_metrics(state.clock.now());
+    crate::metrics::render()
 }
 
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
     let router = Router::new();
     let router = if limits.serve_metrics {
-        router.route("/metrics", get(|| async { crate::metrics::render() }))
+        router.route("/metrics", get(metrics))
     } else {
         router
     };

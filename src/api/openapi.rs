@@ -12,7 +12,9 @@ pub struct ErrorBody {
 
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `invalid_json`, `parameter_invalid`, `not_found`, …
+    /// Stable, machine-readable: `invalid_json`, `parameter_invalid`, `not_found`, …;
+    /// `database_unavailable` (503, with `Retry-After`) on any route while the database cannot be
+    /// reached: retry after the given seconds.
     pub code: String,
     pub message: String,
 }

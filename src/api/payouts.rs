@@ -20,6 +20,8 @@ impl From<PayoutError> for ApiError {
             }
             PayoutError::NotFound { .. } => Self::not_found("payout"),
             PayoutError::Rpc { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", error.to_string()),
+            PayoutError::Database(error) => Self::database(error),
+            PayoutError::Ledger(error) => Self::ledger(error),
             _ => Self::internal(error),
         }
     }

@@ -56,7 +56,9 @@ impl From<StripeError> for ApiError {
                 tracing::warn!(target: "stripe", %error, "stripe unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "stripe_unavailable", "the card processor did not answer; try again")
             }
-            Decode { .. } | Ledger(_) | Database(_) => Self::internal(error),
+            Database(error) => Self::database(error),
+            Ledger(error) => Self::ledger(error),
+            Decode { .. } => Self::internal(error),
         }
     }
 }
@@ -131,7 +133,7 @@ pub async fn refund(
     if !crate::ids::is_id(&id, "inv") {
         return Err(ApiError::not_found("invoice"));
     }
-    let mut conn = state.pool.acquire().await.map_err(ApiError::internal)?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     let view = invoice::load_view(&mut conn, Some(&auth.merchant_id), &id).await?;
     drop(conn);
     let rail = state.card.as_deref().ok_or(StripeError::NothingToRefund { invoice_id: id.clone() })?;

@@ -27,7 +27,8 @@ impl From<WebhookError> for ApiError {
             TooManyEndpoints { .. } => Self::new(unprocessable, "endpoint_limit_reached", error.to_string()),
             EndpointNotFound { .. } => Self::not_found("webhook endpoint"),
             EventNotFound { .. } => Self::not_found("event"),
-            Client(_) | Corrupt { .. } | Secret { .. } | SecretsKeyMissing { .. } | Database(_) => Self::internal(error),
+            Database(error) => Self::database(error),
+            Client(_) | Corrupt { .. } | Secret { .. } | SecretsKeyMissing { .. } => Self::internal(error),
         }
     }
 }

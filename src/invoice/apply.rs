@@ -17,7 +17,7 @@ use crate::money::{mul_div, Amount, AssetId, ChainId, Fiat, Rounding};
 
 use super::error::{InvoiceError, Result};
 use super::model::{load_view, parse_amount, progress_of, row_to_invoice, InvoiceRow, INVOICE_COLUMNS};
-use super::status::{evaluate, InvoiceStatus};
+use super::status::{after_reversal, evaluate, InvoiceStatus};
 
 /// A payment as a watcher (or the card rail) reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -488,19 +488,37 @@ pub async fn orphan_payment(
         }
         _ => {}
     }
-    // An uncredited payment simply stops counting; a credited one is marked reversed.
-    if let Some(new_status) = orphaned_as {
-        sqlx::query(
-            "UPDATE payments SET status = $3, confirmations = 0, block_height = NULL, block_hash = NULL, \
-             updated_at = $2 WHERE id = $1",
-        )
-        .bind(&payment_id)
-        .bind(now)
-        .bind(new_status)
-        .execute(&mut *tx)
-        .await?;
+    // An uncredited payment simply stops counting; a credited one is marked reversed. Either is
+    // announced (`payment.orphaned`), with the payment as it now stands.
+    let Some(new_status) = orphaned_as else {
+        return settle_status(tx, &invoice, now).await;
+    };
+    sqlx::query(
+        "UPDATE payments SET status = $3, confirmations = 0, block_height = NULL, block_hash = NULL, \
+         updated_at = $2 WHERE id = $1",
+    )
+    .bind(&payment_id)
+    .bind(now)
+    .bind(new_status)
+    .execute(&mut *tx)
+    .await?;
+    let view = load_view(&mut *tx, None, &invoice.id).await?;
+    if let Some(payment) = view.payments.iter().find(|p| p.id == payment_id) {
+        crate::webhook::emit(&mut *tx, &invoice.merchant_id, "payment.orphaned", &payment_id, payment, now).await?;
     }
-    settle_status(tx, &invoice, now).await
+    if new_status != "reversed" {
+        return settle_status(tx, &invoice, now).await;
+    }
+    // A credit taken back: a paid invoice no longer claims to be paid by it (see
+    // `status::after_reversal`), and the merchant is told in the same transaction.
+    let next = settle_status_by(tx, &invoice, now, |current, progress| match current {
+        InvoiceStatus::Paid | InvoiceStatus::Overpaid => after_reversal(progress),
+        _ => evaluate(current, progress),
+    })
+    .await?;
+    let view = load_view(&mut *tx, None, &invoice.id).await?;
+    crate::webhook::emit(&mut *tx, &invoice.merchant_id, "invoice.payment_reversed", &invoice.id, &view, now).await?;
+    Ok(next)
 }
 
 /// Recomputes an invoice's status from its payments and, when it changed, stores it and writes the
@@ -510,12 +528,24 @@ pub(crate) async fn settle_status(
     invoice: &InvoiceRow,
     now: DateTime<Utc>,
 ) -> Result<InvoiceStatus> {
+    settle_status_by(tx, invoice, now, evaluate).await
+}
+
+/// As [`settle_status`], with the transition rule given.
+async fn settle_status_by(
+    tx: &mut PgConnection,
+    invoice: &InvoiceRow,
+    now: DateTime<Utc>,
+    rule: impl Fn(InvoiceStatus, &super::status::Progress) -> InvoiceStatus,
+) -> Result<InvoiceStatus> {
     let progress = progress_of(tx, invoice, now).await?;
-    let next = evaluate(invoice.status, &progress);
+    let next = rule(invoice.status, &progress);
     if next != invoice.status {
+        // Leaving paid after a reversal clears `paid_at`; paid again sets it anew.
         sqlx::query(
             "UPDATE invoices SET status = $2, updated_at = $3, \
-                    paid_at = CASE WHEN $2 IN ('paid', 'overpaid') THEN coalesce(paid_at, $3) ELSE paid_at END \
+                    paid_at = CASE WHEN $2 IN ('paid', 'overpaid') THEN coalesce(paid_at, $3) \
+                                   WHEN $2 IN ('open', 'processing', 'expired') THEN NULL ELSE paid_at END \
              WHERE id = $1",
         )
         .bind(&invoice.id)

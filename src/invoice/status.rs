@@ -6,8 +6,13 @@
 //!   └──expires_at passed, nothing pending──▶ expired
 //! open/processing ──merchant──▶ void;  paid/overpaid ──refund──▶ refunded
 //! ```
-//! Paid and overpaid are never left for expired or open: a mined payment never sends an invoice
-//! back. Whether enough arrived is judged in the invoice's currency at the quote locked when the
+//! Paid and overpaid are never left for expired or open by [`evaluate`]: a mined payment never sends
+//! an invoice back. The one way back is [`after_reversal`]: a credited payment whose block left the
+//! chain (a reorg deeper than the confirmation policy) no longer counts, and the invoice says what
+//! still counts — `processing` if another payment is on its way, `open` (or `expired` past its
+//! expiry) if nothing is. An expired invoice whose own payment is mined again after such a reorg
+//! becomes paid again (new payments to an expired invoice are unapplied, so only a payment the
+//! invoice counted before can do this). Whether enough arrived is judged in the invoice's currency at the quote locked when the
 //! invoice was created, with the invoice's underpayment tolerance.
 
 use std::fmt;
@@ -114,7 +119,21 @@ impl Progress {
 pub fn evaluate(current: InvoiceStatus, progress: &Progress) -> InvoiceStatus {
     use InvoiceStatus::*;
     match current {
-        Expired | Refunded | Void | Overpaid => current,
+        Refunded | Void | Overpaid => current,
+        // Only a payment the invoice counted before (reversed by a reorg, now back) adds here.
+        Expired => {
+            if progress.confirmed >= progress.paid_threshold() {
+                if progress.confirmed > progress.due {
+                    Overpaid
+                } else {
+                    Paid
+                }
+            } else if !progress.pending.is_zero() {
+                Processing
+            } else {
+                Expired
+            }
+        }
         Paid => {
             if progress.confirmed > progress.due {
                 Overpaid
@@ -138,6 +157,12 @@ pub fn evaluate(current: InvoiceStatus, progress: &Progress) -> InvoiceStatus {
             }
         }
     }
+}
+
+/// The status of a paid invoice after one of its credited payments was reversed (its block left
+/// the chain): what the remaining payments say, judged as if from `open`.
+pub fn after_reversal(progress: &Progress) -> InvoiceStatus {
+    evaluate(InvoiceStatus::Open, progress)
 }
 
 #[cfg(test)]
@@ -170,6 +195,19 @@ mod tests {
         assert_eq!(evaluate(Processing, &progress(100, 0, 100, true)), Processing);
         // An orphaned payment sends processing back to open.
         assert_eq!(evaluate(Processing, &progress(100, 0, 0, false)), Open);
+        // An expired invoice stays expired unless its own reorged payment comes back.
+        assert_eq!(evaluate(Expired, &progress(100, 40, 0, true)), Expired);
+        assert_eq!(evaluate(Expired, &progress(100, 0, 100, true)), Processing);
+        assert_eq!(evaluate(Expired, &progress(100, 100, 0, true)), Paid);
+    }
+
+    #[test]
+    fn a_reversed_credit_leaves_paid_for_what_still_counts() {
+        assert_eq!(after_reversal(&progress(100, 0, 0, false)), Open);
+        assert_eq!(after_reversal(&progress(100, 0, 0, true)), Expired);
+        assert_eq!(after_reversal(&progress(100, 0, 50, true)), Processing);
+        assert_eq!(after_reversal(&progress(100, 60, 0, false)), Open, "a partial payment alone is not paid");
+        assert_eq!(after_reversal(&progress(100, 100, 0, false)), Paid, "another payment still covers it");
     }
 
     #[test]
@@ -203,8 +241,14 @@ mod tests {
             if matches!(start, Paid | Overpaid) {
                 prop_assert!(matches!(next, Paid | Overpaid));
             }
-            if matches!(start, Expired | Refunded | Void) {
+            if matches!(start, Refunded | Void) {
                 prop_assert_eq!(next, start);
+            }
+            if start == Expired {
+                prop_assert!(matches!(next, Expired | Processing | Paid | Overpaid));
+                if matches!(next, Paid | Overpaid) {
+                    prop_assert!(confirmed >= due);
+                }
             }
             if matches!(next, Paid | Overpaid) && matches!(start, Open | Processing) {
                 prop_assert!(confirmed >= due);

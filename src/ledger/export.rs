@@ -53,8 +53,7 @@ impl ExportError {
     /// corrupt rows never will.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Database(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("40001" | "40P01")),
-            Self::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            Self::Database(e) => crate::db::is_transient(e),
             _ => false,
         }
     }

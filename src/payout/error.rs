@@ -28,6 +28,9 @@ pub enum PayoutError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The executor's lock: not taken, or its session ended (another process may execute now).
+    #[error(transparent)]
+    Leader(#[from] crate::db::leader::LeaderError),
 }
 
 impl PayoutError {

@@ -15,11 +15,11 @@ use alloy::primitives::Address;
 use alloy::providers::RootProvider;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec, Config, PayoutsConfig};
+use crate::db::leader::{JobLock, Leadership};
 use crate::ledger::Ledger;
 use crate::money::{asset_to_fiat, Amount, Fiat, Rounding};
 use crate::rates::RateSource;
@@ -275,17 +275,14 @@ impl PayoutService {
     }
 }
 
-/// The held executor lock; dropping the connection releases it.
-pub struct ExecutorLock {
-    _conn: PoolConnection<Postgres>,
+/// The executor's lock, for `payrail serve` and `payrail payouts run` alike.
+pub fn executor_lock(pool: &PgPool) -> JobLock {
+    JobLock::new(pool.clone(), EXECUTOR_LOCK)
 }
 
 /// Takes the executor lock if no other process holds it.
-pub async fn try_lock_executor(pool: &PgPool) -> Result<Option<ExecutorLock>> {
-    let mut conn = pool.acquire().await?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))").bind(EXECUTOR_LOCK).fetch_one(&mut *conn).await?;
-    Ok(locked.then_some(ExecutorLock { _conn: conn }))
+pub async fn try_lock_executor(pool: &PgPool) -> Result<Option<Leadership>> {
+    Ok(executor_lock(pool).try_acquire().await?)
 }
 
 /// One pass over every open batch of `sender`'s chain.
@@ -307,7 +304,9 @@ pub async fn advance_open(pool: &PgPool, sender: &PayoutSender) -> Result<Vec<(S
 }
 
 /// The executor inside `payrail serve`: waits for the lock, then runs the schedule and advances
-/// open batches every `poll_interval_ms` until `shutdown` fires.
+/// open batches every `poll_interval_ms` until `shutdown` fires. The lock is checked before every
+/// step; when its session ends (a database restart) the executor stops and waits for it again, so
+/// two executors never sign beside each other.
 pub async fn run_executor(
     service: Arc<PayoutService>,
     senders: Vec<PayoutSender>,
@@ -316,38 +315,50 @@ pub async fn run_executor(
     service.set_executor_running(true);
     let pool = service.pool.clone();
     let poll = Duration::from_millis(service.config.poll_interval_ms);
-    let _lock = loop {
-        match try_lock_executor(&pool).await {
-            Ok(Some(lock)) => break lock,
-            Ok(None) => {}
-            Err(error) => tracing::warn!(target: "payout", %error, "executor lock not taken; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.changed() => return,
-        }
-    };
-    tracing::info!(target: "payout", chains = senders.len(), "payout executor running");
+    let lock = executor_lock(&pool);
     loop {
-        if let Err(error) = service.run_due().await {
-            tracing::warn!(target: "payout", %error, "scheduled payout run failed; retrying");
-        }
-        for sender in &senders {
-            if let Err(error) = advance_open(&pool, sender).await {
-                tracing::warn!(target: "payout", chain = %sender.chain().name, %error, "payout pass failed; retrying");
+        let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return };
+        tracing::info!(target: "payout", chains = senders.len(), "payout executor running");
+        loop {
+            if *shutdown.borrow() {
+                leadership.release().await;
+                return;
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = shutdown.changed() => return,
+            if let Err(error) = step_executor(&service, &senders, &mut leadership).await {
+                tracing::warn!(target: "payout", %error, "lost the executor lock; waiting for it again");
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => {}
+            }
         }
     }
 }
 
+/// One executor step: the schedule, then every chain's open batches, each only while the lock is
+/// still held. Errors of the work itself are logged and retried on the next step; only a lost lock
+/// is returned.
+async fn step_executor(service: &PayoutService, senders: &[PayoutSender], leadership: &mut Leadership) -> Result<()> {
+    leadership.ensure_held().await?;
+    if let Err(error) = service.run_due().await {
+        tracing::warn!(target: "payout", %error, "scheduled payout run failed; retrying");
+    }
+    for sender in senders {
+        leadership.ensure_held().await?;
+        if let Err(error) = advance_open(&service.pool, sender).await {
+            tracing::warn!(target: "payout", chain = %sender.chain().name, %error, "payout pass failed; retrying");
+        }
+    }
+    Ok(())
+}
+
 /// Advances the given batches until each is final or `deadline` passes; returns the last progress
-/// of each. Used by `payrail payouts run` while it holds the executor lock.
+/// of each. Used by `payrail payouts run` while it holds the executor lock (`leadership`, checked
+/// before every pass: a lost lock ends the drive with [`PayoutError::Leader`]).
 pub async fn drive(
     pool: &PgPool,
+    leadership: &mut Leadership,
     senders: &[PayoutSender],
     batch_ids: &[String],
     poll: Duration,
@@ -357,6 +368,7 @@ pub async fn drive(
     let mut last: std::collections::BTreeMap<String, Progress> = std::collections::BTreeMap::new();
     loop {
         for sender in senders {
+            leadership.ensure_held().await?;
             for (id, progress) in advance_open(pool, sender).await? {
                 if batch_ids.contains(&id) {
                     if last.get(&id) != Some(&progress) {

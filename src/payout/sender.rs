@@ -28,6 +28,7 @@ use sqlx::PgPool;
 
 use crate::chain::evm::contracts::PayoutBatcher;
 use crate::chain::evm::nonce::SignerLock;
+use crate::chain::evm::rpc::{broadcast_raw, Broadcast};
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag, PayoutsConfig};
 use crate::ledger::Ledger;
@@ -95,19 +96,6 @@ fn u128_of(amount: Amount) -> u128 {
 fn bumped(value: u128, bps: u32) -> u128 {
     let raised = value.saturating_mul(10_000 + u128::from(bps));
     raised.div_ceil(10_000).max(value.saturating_add(1))
-}
-
-/// The refusals a node gives when it will never mine this transaction as sent.
-fn is_definitive_refusal(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    ["nonce too low", "underpriced", "insufficient funds", "exceeds block gas limit", "intrinsic gas too low", "invalid"]
-        .iter()
-        .any(|needle| m.contains(needle))
-}
-
-fn is_already_known(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("already known") || m.contains("already imported") || m.contains("known transaction")
 }
 
 impl PayoutSender {
@@ -402,31 +390,7 @@ impl PayoutSender {
 
     /// Sends the signed bytes to every endpoint.
     async fn broadcast(&self, raw: &[u8]) -> Broadcast {
-        let mut refused = None;
-        let mut unknown = false;
-        for (label, provider) in &self.endpoints {
-            let sent =
-                tokio::time::timeout(std::time::Duration::from_millis(RPC_TIMEOUT_MS), provider.send_raw_transaction(raw)).await;
-            match sent {
-                Ok(Ok(_)) => return Broadcast::Accepted,
-                Ok(Err(error)) => {
-                    let message = error.to_string();
-                    if is_already_known(&message) {
-                        return Broadcast::Accepted;
-                    }
-                    if error.is_error_resp() && is_definitive_refusal(&message) {
-                        refused = Some(format!("{label}: {message}"));
-                    } else {
-                        unknown = true;
-                    }
-                }
-                Err(_) => unknown = true,
-            }
-        }
-        match refused {
-            Some(message) if !unknown => Broadcast::Refused(message),
-            _ => Broadcast::Unknown,
-        }
+        broadcast_raw(&self.endpoints, raw).await
     }
 
     fn confirmations_required(&self) -> u64 {
@@ -548,14 +512,6 @@ enum Prepared {
     Final(Progress),
 }
 
-enum Broadcast {
-    Accepted,
-    /// Every endpoint refused it for a reason that will not change.
-    Refused(String),
-    /// No endpoint said yes, but at least one gave no clear answer: it may be out there.
-    Unknown,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,13 +522,5 @@ mod tests {
         assert_eq!(bumped(1, 1_000), 2);
         assert_eq!(bumped(0, 1_000), 1);
         assert_eq!(bumped(u128::MAX, 1_000), u128::MAX);
-    }
-
-    #[test]
-    fn refusals_are_told_apart_from_doubt() {
-        assert!(is_definitive_refusal("nonce too low: next nonce 5, tx nonce 4"));
-        assert!(is_definitive_refusal("replacement transaction underpriced"));
-        assert!(!is_definitive_refusal("connection reset by peer"));
-        assert!(is_already_known("already known"));
     }
 }

@@ -463,18 +463,10 @@ pub async fn attempts(pool: &PgPool, batch_id: &str) -> Result<Vec<Attempt>> {
         .collect()
 }
 
-/// The highest nonce `sender` used in a batch that is still open on `chain`, so a new batch does
-/// not take a nonce a pending payout holds.
+/// The highest nonce `sender` holds in a batch or sweep still open on `chain`, so a new batch does
+/// not take a nonce a stored transaction holds.
 pub async fn highest_open_nonce(pool: &PgPool, chain: &ChainId, sender: Address) -> Result<Option<u64>> {
-    let nonce: Option<i64> = sqlx::query_scalar(
-        "SELECT max(a.nonce) FROM payout_attempts a JOIN payout_batches b ON b.id = a.batch_id \
-         WHERE b.chain = $1 AND b.status IN ('created', 'sent') AND a.sender = $2",
-    )
-    .bind(chain.to_string())
-    .bind(format!("{sender:#x}"))
-    .fetch_one(pool)
-    .await?;
-    Ok(nonce.and_then(|n| u64::try_from(n).ok()))
+    Ok(crate::chain::evm::nonce::highest_stored_nonce(pool, &chain.to_string(), sender).await?)
 }
 
 /// Stores a signed transaction before it is broadcast; the first one moves the batch to `sent`

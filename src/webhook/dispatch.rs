@@ -36,12 +36,12 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgPool, Row};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::clock::Clock;
+use crate::db::leader::JobLock;
 use crate::ids::new_id;
 use crate::metrics;
 use crate::secrets::SecretsAtRest;
@@ -694,27 +694,27 @@ impl Dispatcher {
     }
 
     /// Dispatches until `shutdown` turns true (or its sender is dropped), while holding the
-    /// advisory lock: other replicas wait for it and take over when this one's session ends.
-    /// Delivery tasks run beside the passes; at shutdown each ends after its current attempt and is
-    /// waited for before the lock is released, so no other replica sends beside them.
+    /// advisory lock: other replicas wait for it and take over when this one's session ends. The
+    /// lock is checked before every pass; a lost one aborts the delivery tasks (an attempt cut short
+    /// is sent again by the new holder) and sends this replica back to waiting. Delivery tasks run
+    /// beside the passes; at shutdown each ends after its current attempt and is waited for before
+    /// the lock is released, so no other replica sends beside them.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let poll = StdDuration::from_millis(self.config.poll_interval_ms.max(1));
         let mut running: JoinSet<TaskResult> = JoinSet::new();
+        let lock = JobLock::new(self.pool.clone(), LOCK_NAME).retry_every(StdDuration::from_millis(LOCK_RETRY_MS));
         loop {
-            let Some(mut lock) = self.acquire_lock(&mut shutdown).await? else { return Ok(()) };
+            let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
             tracing::info!(target: "webhook", "dispatching webhooks");
             let mut report = PassReport::default();
             loop {
                 if stopping(&shutdown) {
                     self.finish(&mut running, &mut report).await;
-                    release(lock).await;
+                    leadership.release().await;
                     return Ok(());
                 }
-                // The lock lives as long as its session: a broken connection means another replica
-                // may hold it now, so this one stops sending (an attempt cut short is sent again by
-                // the new holder) and goes back to waiting.
-                if let Err(error) = sqlx::query("SELECT 1").execute(&mut lock).await {
-                    tracing::warn!(target: "webhook", %error, "lost the dispatcher lock's connection; waiting for the lock again");
+                if let Err(error) = leadership.ensure_held().await {
+                    tracing::warn!(target: "webhook", %error, "lost the dispatcher lock; waiting for it again");
                     running.abort_all();
                     while let Some(joined) = running.join_next().await {
                         report.absorb(joined);
@@ -774,50 +774,12 @@ impl Dispatcher {
             while running.join_next().await.is_some() {}
         }
     }
-
-    /// Waits for the advisory lock on a connection of its own (detached from the pool, so the lock
-    /// dies with it). `None` when shut down first.
-    async fn acquire_lock(
-        &self,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<Option<sqlx::PgConnection>> {
-        loop {
-            if stopping(shutdown) {
-                return Ok(None);
-            }
-            let attempt: std::result::Result<Option<sqlx::PgConnection>, sqlx::Error> = async {
-                let conn: PoolConnection<Postgres> = self.pool.acquire().await?;
-                let mut conn = conn.detach();
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                    .bind(LOCK_NAME)
-                    .fetch_one(&mut conn)
-                    .await?;
-                Ok(locked.then_some(conn))
-            }
-            .await;
-            match attempt {
-                Ok(Some(conn)) => return Ok(Some(conn)),
-                Ok(None) => {}
-                Err(error) => tracing::warn!(target: "webhook", %error, "cannot try the dispatcher lock; retrying"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(StdDuration::from_millis(LOCK_RETRY_MS)) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
-    }
 }
 
 /// Whether to stop: `shutdown` turned true, or its sender is gone (nothing could ever say stop
 /// again, and `changed` would return at once forever).
 fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow() || shutdown.has_changed().is_err()
-}
-
-/// Releases the lock and closes its connection.
-async fn release(mut lock: sqlx::PgConnection) {
-    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))").bind(LOCK_NAME).execute(&mut lock).await;
-    let _ = sqlx::Connection::close(lock).await;
 }
 
 /// The dispatcher of `payrail serve`, with the default limits: runs until `shutdown` turns true.

@@ -41,6 +41,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "invoice.dispute_won",
     "invoice.void",
     "invoice.payment_late",
+    "invoice.payment_reversed",
+    "payment.orphaned",
     "payout.created",
     "payout.sent",
     "payout.confirmed",

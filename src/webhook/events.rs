@@ -37,13 +37,13 @@ pub struct Event {
     #[schema(example = "evt_mqcc3ii6gqt7yxt2zb4ajw1o")]
     pub id: String,
     /// The event type, as endpoints subscribe to it: `invoice.created`, `invoice.paid`,
-    /// `invoice.payment_late`, …
+    /// `invoice.payment_late`, `invoice.payment_reversed`, `payment.orphaned`, …
     #[serde(rename = "type")]
     #[schema(example = "invoice.paid")]
     pub event_type: String,
     pub created_at: DateTime<Utc>,
     /// The object the event is about, as the API shows it at the event's time: for `invoice.*`
-    /// events, the invoice (`InvoiceView`).
+    /// events, the invoice (`InvoiceView`); for `payment.*` events, the payment (`PaymentView`).
     #[schema(value_type = Object)]
     pub data: Value,
 }

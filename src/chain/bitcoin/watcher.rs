@@ -33,6 +33,7 @@ use crate::chain::health::TickReport;
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec};
+use crate::db::leader::{Fence, JobLock, LeaderError, Leadership};
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -61,6 +62,9 @@ pub enum WatchError {
     Electrum(#[from] ElectrumError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The chain's lock was lost before this write: another replica may follow the chain now.
+    #[error(transparent)]
+    LockLost(#[from] LeaderError),
     #[error(transparent)]
     Invoice(#[from] InvoiceError),
     #[error("chain {name} ({caip2}) is not a Bitcoin network payrail knows")]
@@ -81,12 +85,20 @@ impl WatchError {
         match self {
             Self::Electrum(e) => e.is_retryable(),
             Self::Inconsistent { .. } => true,
-            Self::Database(e) => !matches!(e, sqlx::Error::Database(db) if !matches!(db.code().as_deref(), Some("40P01" | "40001"))),
+            Self::Database(e) => crate::db::is_transient(e) || !matches!(e, sqlx::Error::Database(_)),
             Self::Invoice(InvoiceError::Database(_)) => true,
             Self::Invoice(InvoiceError::Ledger(e)) => e.is_retryable(),
             _ => false,
         }
     }
+}
+
+/// Why following the chain ended without an error.
+#[derive(Debug)]
+enum Followed {
+    Shutdown,
+    /// The lock's session ended: another replica may follow the chain now.
+    LockLost(LeaderError),
 }
 
 /// What a pass did.
@@ -122,6 +134,8 @@ pub struct BitcoinWatcher {
     ledger: Arc<Ledger>,
     rates: Arc<dyn RateSource>,
     clock: Arc<dyn Clock>,
+    /// The chain lock that writes must still be held under (`None`: not run under a lock, in tests).
+    fence: Mutex<Option<Fence>>,
     transactions: Mutex<HashMap<Txid, Arc<Transaction>>>,
 }
 
@@ -157,6 +171,7 @@ impl BitcoinWatcher {
             ledger,
             rates,
             clock,
+            fence: Mutex::new(None),
             transactions: Mutex::new(HashMap::new()),
         })
     }
@@ -171,22 +186,44 @@ impl BitcoinWatcher {
     }
 
     /// Runs until `shutdown` fires or the chain cannot be followed safely. Only one replica
-    /// watches a chain: the others wait on the chain's advisory lock.
+    /// watches a chain: the others wait on the chain's advisory lock. A watcher whose lock's session
+    /// ends (a database restart) stops writing at once and waits for the lock again.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), WatchError> {
-        let mut lock_conn = self.pool.acquire().await?;
+        let lock = JobLock::new(self.pool.clone(), format!("payrail.watch.{}", self.caip2));
         loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(format!("payrail.watch.{}", self.caip2))
-                .fetch_one(&mut *lock_conn)
-                .await?;
-            if locked {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = shutdown.changed() => return Ok(()),
+            let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
+            match self.follow(&mut leadership, &mut shutdown).await {
+                Ok(Followed::Shutdown) => {
+                    leadership.release().await;
+                    return Ok(());
+                }
+                Ok(Followed::LockLost(error)) => {
+                    crate::chain::health::shared().forget(&self.caip2);
+                    tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
+                }
+                Err(error) => {
+                    crate::chain::health::shared().halt(&self.caip2, self.clock.now());
+                    if matches!(error, WatchError::ReorgTooDeep { .. }) {
+                        // The chain, not this replica, is the trouble: another replica taking the
+                        // lock would meet the same fork and halt too (taking its replica out of
+                        // rotation as well). Hold the lock until shutdown; an operator decides.
+                        tracing::error!(target: "watcher::bitcoin", chain = %self.chain.name, "watcher halted; holding the chain's lock until shutdown");
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                    }
+                    leadership.release().await;
+                    return Err(error);
+                }
             }
         }
+    }
+
+    /// Follows the chain while `leadership` holds: checked before every pass.
+    async fn follow(
+        &self,
+        leadership: &mut Leadership,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Followed, WatchError> {
+        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(leadership.fence());
         // A server that is down at start is waited for; one of another chain is refused.
         let mut backoff_ms = 0u64;
         loop {
@@ -198,7 +235,7 @@ impl BitcoinWatcher {
                     tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, backoff_ms, "electrum not reachable; waiting");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                        _ = shutdown.changed() => return Ok(()),
+                        _ = shutdown.changed() => return Ok(Followed::Shutdown),
                     }
                 }
                 Err(error) => {
@@ -208,12 +245,18 @@ impl BitcoinWatcher {
             }
         }
         tracing::info!(target: "watcher::bitcoin", chain = %self.chain.name, "watching");
+        let stall_ms = crate::chain::health::stall_after_ms(
+            self.chain.block_time_ms,
+            crate::chain::health::TIP_STALL_BLOCK_TIMES_BITCOIN,
+            TIP_POLL_INTERVAL_MS,
+        );
+        crate::chain::health::shared().follow(&self.caip2, stall_ms, self.clock.now());
         let mut backoff_ms = 0u64;
         let mut last_tip: Option<bitcoin::BlockHash> = None;
         let mut last_pass: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
-                return Ok(());
+                return Ok(Followed::Shutdown);
             }
             // The cheap poll decides whether a pass is due: a new tip, a notification, or the
             // periodic re-check.
@@ -226,6 +269,10 @@ impl BitcoinWatcher {
                 Err(_) => true,
             };
             if due {
+                // Before writing: a lock whose session ended may be another replica's by now.
+                if let Err(error) = leadership.ensure_held().await {
+                    return Ok(Followed::LockLost(error));
+                }
                 match self.pass().await {
                     Ok(pass) => {
                         backoff_ms = 0;
@@ -245,6 +292,7 @@ impl BitcoinWatcher {
                         }
                         last_tip = self.electrum.tip().await.ok().map(|t| t.hash);
                     }
+                    Err(WatchError::LockLost(error)) => return Ok(Followed::LockLost(error)),
                     Err(error) if error.is_retryable() => {
                         backoff_ms = (backoff_ms * 2).clamp(500, BACKOFF_MS_MAX);
                         tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, backoff_ms, "pass failed; retrying");
@@ -258,9 +306,20 @@ impl BitcoinWatcher {
             let pause = Duration::from_millis(if backoff_ms > 0 { backoff_ms } else { TIP_POLL_INTERVAL_MS });
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return Ok(Followed::Shutdown),
             }
         }
+    }
+
+    /// A transaction for a write of this watcher: when it runs under the chain's lock, the lock's
+    /// session must still hold it (checked inside the transaction, before anything is written).
+    async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, WatchError> {
+        let fence = self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            fence.check(&mut tx).await?;
+        }
+        Ok(tx)
     }
 
     fn report(&self, report: TickReport) {
@@ -285,6 +344,9 @@ impl BitcoinWatcher {
             Ok(_) => TickReport::Followed { head_lag_blocks: 0 },
             Err(_) => TickReport::Failed,
         };
+        if let Ok(Pass::CatchingUp { tip, .. } | Pass::Synced { tip, .. } | Pass::Reorged { tip, .. }) = &result {
+            crate::chain::health::shared().tip(&self.caip2, *tip, self.clock.now());
+        }
         self.report(report);
         result
     }
@@ -303,7 +365,7 @@ impl BitcoinWatcher {
             let first = self.chain.start_block.unwrap_or(tip.height).min(tip.height);
             let header = self.header_at(first).await?;
             let block = chain_block(first, &header);
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_fenced().await?;
             cursor::remember(&mut tx, &self.caip2, std::slice::from_ref(&block), self.window()).await?;
             cursor::save(&mut tx, &self.caip2, &Cursor { height: block.height, hash: block.hash.clone() }).await?;
             tx.commit().await?;
@@ -563,7 +625,7 @@ impl BitcoinWatcher {
         blocks: &[ChainBlock],
         new_cursor: &Cursor,
     ) -> Result<usize, WatchError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_fenced().await?;
         let observed: HashSet<&str> = observations.iter().map(|o| o.tx_ref.as_str()).collect();
         let known = sqlx::query(
             "SELECT tx_ref, invoice_id, address, status, block_height, block_hash FROM payments \

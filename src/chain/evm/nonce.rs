@@ -26,3 +26,23 @@ impl SignerLock {
         self.tx.commit().await
     }
 }
+
+/// The highest nonce of a transaction `sender` signed on `chain` that is stored and not final yet
+/// (an open payout batch's attempts, an open sweep's transaction). Such a transaction may not
+/// have reached any node, so the node's pending count does not know its nonce: the next one signed
+/// must come after it.
+pub async fn highest_stored_nonce(pool: &PgPool, chain: &str, sender: Address) -> Result<Option<u64>, sqlx::Error> {
+    let nonce: Option<i64> = sqlx::query_scalar(
+        "SELECT max(n) FROM ( \
+           SELECT a.nonce AS n FROM payout_attempts a JOIN payout_batches b ON b.id = a.batch_id \
+            WHERE b.chain = $1 AND b.status IN ('created', 'sent') AND a.sender = $2 \
+           UNION ALL \
+           SELECT nonce FROM sweeps WHERE chain = $1 AND status IN ('pending', 'sent') AND sender = $2 \
+         ) stored",
+    )
+    .bind(chain)
+    .bind(format!("{sender:#x}"))
+    .fetch_one(pool)
+    .await?;
+    Ok(nonce.and_then(|n| u64::try_from(n).ok()))
+}

@@ -43,6 +43,10 @@ pub enum RpcError {
     Unavailable { call: &'static str, endpoint: String, message: String },
     #[error("block {height} not found")]
     MissingBlock { height: u64 },
+    /// Every endpoint keeps no state for that block (pruned history: anvil `--prune-history`, a
+    /// full node past its state window).
+    #[error("no endpoint keeps the state of block {height}: {message}")]
+    StateUnavailable { height: u64, message: String },
 }
 
 /// A block with what the watcher needs of it: its identity and its top-level value transfers.
@@ -250,12 +254,20 @@ impl EvmRpc {
         Ok(found)
     }
 
-    /// The native balance of `address` at block `height`.
+    /// The native balance of `address` at block `height`; [`RpcError::StateUnavailable`] when the
+    /// nodes keep no state that old.
     pub async fn balance_at(&self, address: Address, height: u64) -> Result<U256, RpcError> {
-        self.call("eth_getBalance", |p| async move {
-            p.get_balance(address).block_id(alloy::eips::BlockId::number(height)).await.map_err(|e| e.to_string())
-        })
-        .await
+        let result = self
+            .call("eth_getBalance", |p| async move {
+                p.get_balance(address).block_id(alloy::eips::BlockId::number(height)).await.map_err(|e| e.to_string())
+            })
+            .await;
+        match result {
+            Err(RpcError::Unavailable { message, .. }) if is_state_pruned(&message) => {
+                Err(RpcError::StateUnavailable { height, message })
+            }
+            other => other,
+        }
     }
 
     /// Whether a mined transaction succeeded (a reverted one moved no value).
@@ -267,6 +279,14 @@ impl EvmRpc {
             .await?;
         Ok(receipt.is_some_and(|r| r.status()))
     }
+}
+
+/// Whether a node's error says it keeps no state for the block asked about.
+fn is_state_pruned(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["blockoutofrange", "missing trie node", "pruned", "historical state", "state not available", "state is not available"]
+        .iter()
+        .any(|hint| message.contains(hint))
 }
 
 /// Whether a node's error says the `eth_getLogs` range or result set was too large.
@@ -295,6 +315,68 @@ pub async fn connect_checked(urls: &[RpcUrl], chain_id: Option<u64>) -> Result<R
     Err(RpcError::Unavailable { call: "eth_chainId", endpoint: last.0, message: last.1 })
 }
 
+/// The refusals a node gives when it will never mine a transaction as sent.
+fn is_definitive_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["nonce too low", "underpriced", "insufficient funds", "exceeds block gas limit", "intrinsic gas too low", "invalid"]
+        .iter()
+        .any(|needle| m.contains(needle))
+}
+
+fn is_already_known(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("already known") || m.contains("already imported") || m.contains("known transaction")
+}
+
+/// What the endpoints said to a signed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broadcast {
+    Accepted,
+    /// Every endpoint refused it for a reason that will not change.
+    Refused(String),
+    /// No endpoint said yes, but at least one gave no clear answer: it may be out there.
+    Unknown,
+}
+
+/// One provider per configured endpoint, labelled by its URL, for sending to all of them.
+pub fn providers(urls: &[RpcUrl]) -> Result<Vec<(String, RootProvider<Ethereum>)>, RpcError> {
+    let mut endpoints = Vec::with_capacity(urls.len());
+    for url in urls {
+        let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
+            .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
+        endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
+    }
+    Ok(endpoints)
+}
+
+/// Sends signed transaction bytes to every endpoint until one accepts them (or already has them).
+pub async fn broadcast_raw(endpoints: &[(String, RootProvider<Ethereum>)], raw: &[u8]) -> Broadcast {
+    let mut refused = None;
+    let mut unknown = false;
+    for (label, provider) in endpoints {
+        let sent = tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), provider.send_raw_transaction(raw)).await;
+        match sent {
+            Ok(Ok(_)) => return Broadcast::Accepted,
+            Ok(Err(error)) => {
+                let message = error.to_string();
+                if is_already_known(&message) {
+                    return Broadcast::Accepted;
+                }
+                if error.is_error_resp() && is_definitive_refusal(&message) {
+                    refused = Some(format!("{label}: {message}"));
+                } else {
+                    unknown = true;
+                }
+            }
+            Err(_) => unknown = true,
+        }
+    }
+    match refused {
+        Some(message) if !unknown => Broadcast::Refused(message),
+        _ => Broadcast::Unknown,
+    }
+}
+
 /// What `owner` holds of `token` (the zero address: the native coin), in smallest units.
 pub async fn balance_of(provider: &RootProvider<Ethereum>, owner: Address, token: Address) -> Result<U256, String> {
     if token == Address::ZERO {
@@ -304,9 +386,25 @@ pub async fn balance_of(provider: &RootProvider<Ethereum>, owner: Address, token
     }
 }
 
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_told_apart_from_doubt() {
+        assert!(is_definitive_refusal("nonce too low: next nonce 5, tx nonce 4"));
+        assert!(is_definitive_refusal("replacement transaction underpriced"));
+        assert!(!is_definitive_refusal("connection reset by peer"));
+        assert!(is_already_known("already known"));
+    }
+
+    #[test]
+    fn pruned_state_refusals_are_recognised() {
+        assert!(is_state_pruned("server returned an error response: error code -32602: BlockOutOfRangeError: block height is 261 but requested was 5"));
+        assert!(is_state_pruned("missing trie node 0xabc (path ) state 0xabc is not available"));
+        assert!(!is_state_pruned("connection refused"));
+    }
+
     #[test]
     fn provider_limit_messages_are_recognised() {
         assert!(super::is_range_limit("query returned more than 10000 results"));

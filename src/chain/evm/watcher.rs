@@ -8,7 +8,7 @@
 //! `{caip2}:{tx}:{log index}` (tokens) or `{caip2}:{tx}:native`, so nothing is credited twice.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::Address;
@@ -17,10 +17,11 @@ use thiserror::Error;
 
 use crate::chain::cursor::{self, ChainBlock, Cursor};
 use crate::chain::evm::rpc::{EvmBlock, EvmRpc, RpcError};
-use crate::chain::health::TickReport;
+use crate::chain::health::{self, TickReport};
 use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag};
+use crate::db::leader::{Fence, JobLock, LeaderError, Leadership};
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -48,6 +49,9 @@ pub enum WatchError {
     Rpc(#[from] RpcError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The chain's lock was lost before this write: another replica may follow the chain now.
+    #[error(transparent)]
+    LockLost(#[from] LeaderError),
     #[error(transparent)]
     Invoice(#[from] InvoiceError),
     #[error("endpoint serves chain id {actual}, configured chain {name} is {expected}")]
@@ -65,7 +69,7 @@ impl WatchError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Rpc(_) | Self::Inconsistent { .. } => true,
-            Self::Database(e) => !matches!(e, sqlx::Error::Database(db) if !matches!(db.code().as_deref(), Some("40P01" | "40001"))),
+            Self::Database(e) => crate::db::is_transient(e) || !matches!(e, sqlx::Error::Database(_)),
             Self::Invoice(InvoiceError::Database(_)) => true,
             Self::Invoice(InvoiceError::Ledger(e)) => e.is_retryable(),
             _ => false,
@@ -82,6 +86,14 @@ pub enum Tick {
     Idle { tip: u64 },
     /// The stored chain forked below the cursor; the cursor went back to `fork_height`.
     Reorged { fork_height: u64, orphaned: usize },
+}
+
+/// Why following the chain ended without an error.
+#[derive(Debug)]
+enum Followed {
+    Shutdown,
+    /// The lock's session ended: another replica may follow the chain now.
+    LockLost(LeaderError),
 }
 
 /// Where the chain's head stands during a tick.
@@ -108,9 +120,13 @@ pub struct EvmWatcher {
     ledger: Arc<Ledger>,
     rates: Arc<dyn RateSource>,
     clock: Arc<dyn Clock>,
+    /// The chain lock that writes must still be held under (`None`: not run under a lock, in tests).
+    fence: Mutex<Option<Fence>>,
     native: AssetInfo,
     tokens: HashMap<Address, AssetInfo>,
     last_balance_check: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether the node's pruned history was already reported (once per watcher).
+    pruned_state_logged: std::sync::atomic::AtomicBool,
 }
 
 impl EvmWatcher {
@@ -140,9 +156,11 @@ impl EvmWatcher {
             ledger,
             rates,
             clock,
+            fence: Mutex::new(None),
             native,
             tokens,
             last_balance_check: std::sync::Mutex::new(None),
+            pruned_state_logged: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -161,22 +179,45 @@ impl EvmWatcher {
     }
 
     /// Runs until `shutdown` fires or the chain cannot be followed safely. Only one replica
-    /// watches a chain: the others wait on the chain's advisory lock.
+    /// watches a chain: the others wait on the chain's advisory lock. A watcher whose lock's session
+    /// ends (a database restart) stops writing at once and waits for the lock again.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), WatchError> {
-        let mut lock_conn = self.pool.acquire().await?;
+        let lock = JobLock::new(self.pool.clone(), format!("payrail.watch.{}", self.caip2));
         loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(format!("payrail.watch.{}", self.caip2))
-                .fetch_one(&mut *lock_conn)
-                .await?;
-            if locked {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = shutdown.changed() => return Ok(()),
+            let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
+            let outcome = self.follow(&mut leadership, &mut shutdown).await;
+            match outcome {
+                Ok(Followed::Shutdown) => {
+                    leadership.release().await;
+                    return Ok(());
+                }
+                Ok(Followed::LockLost(error)) => {
+                    crate::chain::health::shared().forget(&self.caip2);
+                    tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
+                }
+                Err(error) => {
+                    crate::chain::health::shared().halt(&self.caip2, self.clock.now());
+                    if matches!(error, WatchError::ReorgTooDeep { .. }) {
+                        // The chain, not this replica, is the trouble: another replica taking the
+                        // lock would meet the same fork and halt too (taking its replica out of
+                        // rotation as well). Hold the lock until shutdown; an operator decides.
+                        tracing::error!(target: "watcher::evm", chain = %self.chain.name, "watcher halted; holding the chain's lock until shutdown");
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                    }
+                    leadership.release().await;
+                    return Err(error);
+                }
             }
         }
+    }
+
+    /// Follows the chain while `leadership` holds: checked before every tick.
+    async fn follow(
+        &self,
+        leadership: &mut Leadership,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Followed, WatchError> {
+        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(leadership.fence());
         // A node that is down at start is waited for; one that serves another chain is refused.
         let mut backoff_ms = 0u64;
         loop {
@@ -187,19 +228,28 @@ impl EvmWatcher {
                     tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, backoff_ms, "node not reachable; waiting");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                        _ = shutdown.changed() => return Ok(()),
+                        _ = shutdown.changed() => return Ok(Followed::Shutdown),
                     }
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    tracing::error!(target: "watcher::evm", chain = %self.chain.name, %error, "watcher stopped");
+                    return Err(error);
+                }
             }
         }
         tracing::info!(target: "watcher::evm", chain = %self.chain.name, "watching");
         // Polling the tip is one cheap call: poll faster than blocks come so confirmations show promptly.
-        let poll = Duration::from_millis(self.chain.block_time_ms.clamp(250, POLL_INTERVAL_MS_MAX));
+        let poll_ms = self.chain.block_time_ms.clamp(250, POLL_INTERVAL_MS_MAX);
+        let poll = Duration::from_millis(poll_ms);
+        let stall_ms = health::stall_after_ms(self.chain.block_time_ms, health::TIP_STALL_BLOCK_TIMES_EVM, poll_ms);
+        health::shared().follow(&self.caip2, stall_ms, self.clock.now());
         let mut backoff_ms = 0u64;
         loop {
             if *shutdown.borrow() {
-                return Ok(());
+                return Ok(Followed::Shutdown);
+            }
+            if let Err(error) = leadership.ensure_held().await {
+                return Ok(Followed::LockLost(error));
             }
             match self.tick().await {
                 Ok(Tick::Advanced { from, to, payments, tip }) => {
@@ -214,6 +264,7 @@ impl EvmWatcher {
                     continue;
                 }
                 Ok(Tick::Idle { .. }) => backoff_ms = 0,
+                Err(WatchError::LockLost(error)) => return Ok(Followed::LockLost(error)),
                 Err(error) if error.is_retryable() => {
                     backoff_ms = (backoff_ms * 2).clamp(500, BACKOFF_MS_MAX);
                     tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, backoff_ms, "tick failed; retrying");
@@ -226,9 +277,20 @@ impl EvmWatcher {
             let pause = if backoff_ms > 0 { Duration::from_millis(backoff_ms) } else { poll };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return Ok(Followed::Shutdown),
             }
         }
+    }
+
+    /// A transaction for a write of this watcher: when it runs under the chain's lock, the lock's
+    /// session must still hold it (checked inside the transaction, before anything is written).
+    async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, WatchError> {
+        let fence = self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            fence.check(&mut tx).await?;
+        }
+        Ok(tx)
     }
 
     /// One step; see the module docs.
@@ -249,7 +311,11 @@ impl EvmWatcher {
             Ok(Tick::Idle { .. } | Tick::Reorged { .. }) => TickReport::Followed { head_lag_blocks: 0 },
             Err(_) => TickReport::Failed,
         };
-        crate::chain::health::shared().report(&self.caip2, report, self.clock.now());
+        let now = self.clock.now();
+        if let Ok(Tick::Advanced { tip, .. } | Tick::Idle { tip }) = &result {
+            health::shared().tip(&self.caip2, *tip, now);
+        }
+        health::shared().report(&self.caip2, report, now);
         result
     }
 
@@ -493,13 +559,29 @@ impl EvmWatcher {
             .collect();
         let height = cursor.height;
         let rpc = &self.rpc;
-        let balances: Vec<(Address, String, alloy::primitives::U256)> = stream::iter(candidates)
+        let read: Result<Vec<(Address, String, alloy::primitives::U256)>, RpcError> = stream::iter(candidates)
             .map(|(address, invoice_id)| async move {
                 rpc.balance_at(address, height).await.map(|b| (address, invoice_id, b))
             })
             .buffered(BLOCK_FETCHES_CONCURRENT_MAX)
             .try_collect()
-            .await?;
+            .await;
+        let balances = match read {
+            Ok(balances) => balances,
+            // The node keeps only the newest state (pruned history) and moved past the cursor while
+            // the balances were read. Reading `latest` instead could count a transfer of a block the
+            // watcher has not processed yet, twice; so this check is skipped, and tried again at the
+            // next idle tick, when the cursor is at the tip again.
+            Err(RpcError::StateUnavailable { height, message }) => {
+                if !self.pruned_state_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(target: "watcher::evm", chain = %self.chain.name, height, %message,
+                        "the node keeps no state for older blocks; the balance check runs only while the watcher is at the node's tip");
+                }
+                *self.last_balance_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                return Ok(Vec::new());
+            }
+            Err(error) => return Err(error.into()),
+        };
         for (address, invoice_id, balance) in balances {
             let (address, invoice_id) = (&address, &invoice_id);
             let key = format!("{address:#x}");
@@ -558,7 +640,7 @@ impl EvmWatcher {
         head: Head,
         cursor: Option<Cursor>,
     ) -> Result<(), WatchError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_fenced().await?;
         let mut all = self.pending(&mut tx, head).await?;
         all.retain(|p| !observations.iter().any(|o| o.tx_ref == p.tx_ref));
         all.extend(observations);
@@ -602,7 +684,7 @@ impl EvmWatcher {
                 window: u64::from(self.chain.reorg_depth_max),
             });
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_fenced().await?;
         let orphans: Vec<String> = sqlx::query_scalar(
             "SELECT tx_ref FROM payments WHERE chain = $1 AND block_height > $2 AND status IN ('seen', 'confirmed') \
              ORDER BY invoice_id, tx_ref",

@@ -1,4 +1,7 @@
-//! The PostgreSQL pool and the embedded migrations.
+//! The PostgreSQL pool, the embedded migrations, and the advisory locks that keep each background
+//! job on one replica ([`leader`]).
+
+pub mod leader;
 
 use std::time::Duration;
 
@@ -8,8 +11,9 @@ use thiserror::Error;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// How long a request waits for a pooled connection before giving up.
-pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
+/// How long a request waits for a pooled connection before giving up: short, so that with the
+/// database down the API answers 503 promptly instead of holding every client.
+pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 2_000;
 
 #[derive(Debug, Error)]
 pub enum DbError {
@@ -23,6 +27,12 @@ pub enum DbError {
 
 pub async fn connect(url: &str, pool_max: u32) -> Result<PgPool, DbError> {
     let options: PgConnectOptions = url.parse().map_err(DbError::Url)?;
+    connect_with(options, pool_max).await
+}
+
+/// The daemon's pool over `options`: at most `pool_max` connections, a request waits at most
+/// [`POOL_ACQUIRE_TIMEOUT_MS`] for one.
+pub async fn connect_with(options: PgConnectOptions, pool_max: u32) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
         .max_connections(pool_max)
         .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
@@ -65,4 +75,29 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     }
     admin.close().await;
     Ok(())
+}
+
+/// Whether `error` says the database cannot be reached right now: a lost or refused connection (a
+/// restart, a failover, a full server), or a pool that had no connection in time.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "53300" | "57P01" | "57P02" | "57P03")
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// Whether `error` may go away by itself: the database is unavailable ([`is_unavailable`]), or a
+/// serialization failure (40001) or deadlock (40P01) lost a race. Constraint violations and other
+/// refusals are not: retrying them repeats the same answer.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    is_unavailable(error)
+        || matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }

@@ -1,0 +1,204 @@
+//! One replica per background job: a PostgreSQL session advisory lock, held on a connection of the
+//! job's own and checked before every write pass.
+//!
+//! A session lock lives exactly as long as its connection. When PostgreSQL restarts (or the
+//! connection breaks, or an operator runs `pg_terminate_backend`), the lock is gone and another
+//! replica may take it at once; the job that held it learns this only by looking. So:
+//! - the lock is taken on a connection detached from the pool (the pool never hands it to anyone
+//!   else, and dropping it ends the session and the lock);
+//! - [`Leadership::ensure_held`] asks the server, on that connection, whether this session still
+//!   holds the lock; a job calls it before each pass (watcher tick, executor step, dispatcher pass,
+//!   sweep pass) and, on [`LeaderError::Lost`], drops its leadership and goes back to
+//!   [`JobLock::acquire`];
+//! - a job whose work between two checks is long (a watcher fetching blocks) also checks, inside
+//!   the transaction that writes, that the lock's session still holds it ([`Fence::check`]): a
+//!   session that died after the pass's check cannot let that pass commit;
+//! - errors while acquiring (the server restarting, a full pool) are logged and retried with
+//!   backoff; they never end the job.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
+use thiserror::Error;
+
+/// How often a replica without the lock tries to take it, unless configured otherwise.
+pub const LOCK_RETRY_MS_DEFAULT: u64 = 5_000;
+/// Longest pause between attempts that failed with an error (the server is down).
+pub const LOCK_ERROR_BACKOFF_MS_MAX: u64 = 30_000;
+/// How long the check of a held lock may take before the lock counts as lost.
+pub const LOCK_CHECK_TIMEOUT_MS: u64 = 5_000;
+
+/// The check: this session holds the advisory lock keyed by `hashtext($1)` (a 64-bit key is split
+/// into `classid` (high half) and `objid` (low half), `objsubid` 1).
+const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND pid = pg_backend_pid() AND objsubid = 1 \
+     AND ((classid::bigint << 32) | objid::bigint) = hashtext($1)::bigint)";
+
+/// The same check from another session: the session `$2` holds the lock.
+const HELD_BY_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND pid = $2 AND objsubid = 1 \
+     AND ((classid::bigint << 32) | objid::bigint) = hashtext($1)::bigint)";
+
+#[derive(Debug, Error)]
+pub enum LeaderError {
+    /// The lock's session ended or no longer holds it: another replica may hold it now.
+    #[error("lock {name} lost: {reason}")]
+    Lost { name: String, reason: String },
+    /// Trying the lock failed; the next attempt may succeed.
+    #[error("lock {name}: {source}")]
+    Database {
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// A named job's lock, for taking it (again and again, as sessions come and go).
+#[derive(Debug, Clone)]
+pub struct JobLock {
+    pool: PgPool,
+    name: String,
+    retry: Duration,
+}
+
+impl JobLock {
+    pub fn new(pool: PgPool, name: impl Into<String>) -> Self {
+        Self { pool, name: name.into(), retry: Duration::from_millis(LOCK_RETRY_MS_DEFAULT) }
+    }
+
+    /// How often to try while another replica holds the lock (also the first pause after an error).
+    #[must_use]
+    pub fn retry_every(mut self, retry: Duration) -> Self {
+        self.retry = retry.max(Duration::from_millis(1));
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One attempt: `Some` when this process now holds the lock, `None` when another session does.
+    pub async fn try_acquire(&self) -> Result<Option<Leadership>, LeaderError> {
+        let database = |source| LeaderError::Database { name: self.name.clone(), source };
+        let mut conn = self.pool.acquire().await.map_err(database)?.detach();
+        let row: Result<(bool, i32), sqlx::Error> =
+            sqlx::query_as("SELECT pg_try_advisory_lock(hashtext($1)), pg_backend_pid()")
+                .bind(&self.name)
+                .fetch_one(&mut conn)
+                .await;
+        match row {
+            Ok((true, backend_pid)) => Ok(Some(Leadership { conn, name: self.name.clone(), backend_pid })),
+            Ok((false, _)) => {
+                let _ = conn.close().await;
+                Ok(None)
+            }
+            Err(source) => Err(database(source)),
+        }
+    }
+
+    /// Waits for the lock: tries every `retry` while another session holds it, backs off (up to
+    /// [`LOCK_ERROR_BACKOFF_MS_MAX`]) while trying fails. `None` once `shutdown` turns true.
+    pub async fn acquire(&self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Option<Leadership> {
+        let mut backoff: Option<Duration> = None;
+        loop {
+            if *shutdown.borrow() {
+                return None;
+            }
+            let pause = match self.try_acquire().await {
+                Ok(Some(leadership)) => {
+                    tracing::info!(target: "leader", lock = %self.name, pid = leadership.backend_pid, "lock taken");
+                    return Some(leadership);
+                }
+                Ok(None) => {
+                    backoff = None;
+                    self.retry
+                }
+                Err(error) => {
+                    let next = backoff.map_or(self.retry, |b| b.saturating_mul(2));
+                    let next = next.min(Duration::from_millis(LOCK_ERROR_BACKOFF_MS_MAX).max(self.retry));
+                    backoff = Some(next);
+                    tracing::warn!(target: "leader", %error, backoff_ms = u64::try_from(next.as_millis()).unwrap_or(u64::MAX), "cannot try the lock; retrying");
+                    next
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // The sender is gone: nobody can ask for a stop any more, so none comes.
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The held lock. Dropping it closes the session, which releases the lock.
+#[derive(Debug)]
+pub struct Leadership {
+    conn: PgConnection,
+    name: String,
+    backend_pid: i32,
+}
+
+impl Leadership {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server process of the session that holds the lock.
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// Asks the server whether this session still holds the lock. Any failure (a dead connection,
+    /// no answer within [`LOCK_CHECK_TIMEOUT_MS`]) counts as lost: the caller must stop writing and
+    /// take the lock again before its next pass.
+    pub async fn ensure_held(&mut self) -> Result<(), LeaderError> {
+        let lost = |reason: String| LeaderError::Lost { name: self.name.clone(), reason };
+        let check = sqlx::query_scalar::<_, bool>(HELD_SQL).bind(&self.name).fetch_one(&mut self.conn);
+        match tokio::time::timeout(Duration::from_millis(LOCK_CHECK_TIMEOUT_MS), check).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(lost("the session no longer holds it".to_owned())),
+            Ok(Err(error)) => Err(lost(error.to_string())),
+            Err(_) => Err(lost(format!("no answer within {LOCK_CHECK_TIMEOUT_MS} ms"))),
+        }
+    }
+
+    /// What a writing transaction checks so that it commits only while this lock is held.
+    pub fn fence(&self) -> Fence {
+        Fence { name: self.name.clone(), backend_pid: self.backend_pid }
+    }
+
+    /// Releases the lock and closes its session (best effort: a dead session released it already).
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))").bind(&self.name).execute(&mut self.conn).await;
+        let _ = self.conn.close().await;
+    }
+}
+
+/// A held lock, as a writing transaction on another connection checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    name: String,
+    backend_pid: i32,
+}
+
+impl Fence {
+    /// Fails with [`LeaderError::Lost`] unless the lock's session still holds the lock. Called inside
+    /// the transaction that writes, before it commits.
+    pub async fn check(&self, conn: &mut PgConnection) -> Result<(), LeaderError> {
+        let held: bool = sqlx::query_scalar(HELD_BY_SQL)
+            .bind(&self.name)
+            .bind(self.backend_pid)
+            .fetch_one(conn)
+            .await
+            .map_err(|source| LeaderError::Database { name: self.name.clone(), source })?;
+        if held {
+            Ok(())
+        } else {
+            Err(LeaderError::Lost { name: self.name.clone(), reason: format!("session {} no longer holds it", self.backend_pid) })
+        }
+    }
+}
