@@ -118,7 +118,8 @@ pub struct CreatorView {
 pub struct NewCreator {
     #[serde(flatten)]
     pub creator: CreatorView,
-    /// Shown once; only its digest is stored.
+    /// Shown once; only its digest is stored. An idempotent replay of the creation answers `null`.
+    #[schema(value_type = Option<String>)]
     pub api_key: String,
 }
 

@@ -467,6 +467,8 @@ async fn creator_lists_and_statements_come_in_pages(pool: PgPool) {
     assert_eq!((page, second["has_more"].as_bool()), (vec![ids[2].as_str()], Some(false)));
     let (status, _) = server.send(Method::GET, key, "/v1/creators?limit=101", None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = server.send(Method::GET, key, "/v1/creators?starting_after=O%00%C2%92", None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a cursor that is not a creator id");
 
     // Three credits to the last creator: a statement of pages of two.
     for n in 1..=3u64 {

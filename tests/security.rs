@@ -177,6 +177,9 @@ async fn a_merchant_creates_lists_and_revokes_keys(pool: PgPool) {
     assert!(ids.contains(&key_id(&rig.key).as_str()) && ids.contains(&key_id(&second).as_str()), "{list}");
     assert!(!list.to_string().contains(&second[20..]), "a listing shows no secret: {list}");
     assert!(list["data"].as_array().expect("data").iter().all(|k| k.get("secret").is_none()));
+    // A cursor that is not a key id is refused before it reaches the database.
+    let (status, answer) = rig.get(&rig.key, "/v1/api_keys?starting_after=O%00x").await;
+    assert_eq!((status, code(&answer)), (StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"), "{answer}");
     let used = list["data"].as_array().expect("data").iter().find(|k| k["id"] == created["id"]).expect("listed");
     assert!(used["last_used_at"].is_string(), "the new key's use is recorded: {used}");
 
@@ -324,4 +327,48 @@ async fn public_routes_take_a_token_per_request_from_the_address(pool: PgPool) {
     // Keyed requests are not charged to the address.
     let (status, _) = rig.get(&rig.key, "/v1/invoices").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// /metrics on its own listener.
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[sqlx::test]
+async fn metrics_can_leave_the_api_listener_for_their_own(pool: PgPool) {
+    let database = common::database_url(&pool);
+    let (api, metrics) = (free_port(), free_port());
+    let mut command = common::payrail(&database, &["serve", "--allow-dev-settings"]);
+    command
+        .env("PAYRAIL_SERVER__LISTEN", format!("127.0.0.1:{api}"))
+        .env("PAYRAIL_SERVER__METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for chain in ["BITCOIN", "ETHEREUM", "POLYGON", "BSC", "ARBITRUM", "OPTIMISM"] {
+        command.env(format!("PAYRAIL_CHAINS__{chain}__ENABLED"), "false");
+    }
+    let mut daemon = command.spawn().expect("payrail serve");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("http://127.0.0.1:{api}/healthz")).send().await {
+            if response.status() == StatusCode::OK {
+                break;
+            }
+        }
+        assert!(daemon.try_wait().expect("wait").is_none(), "payrail serve exited");
+        assert!(std::time::Instant::now() < deadline, "payrail serve did not come up");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let on_api = client.get(format!("http://127.0.0.1:{api}/metrics")).send().await.expect("api");
+    assert_eq!(on_api.status(), StatusCode::NOT_FOUND, "/metrics is not on the API listener");
+    let on_metrics = client.get(format!("http://127.0.0.1:{metrics}/metrics")).send().await.expect("metrics");
+    assert_eq!(on_metrics.status(), StatusCode::OK);
+    let text = on_metrics.text().await.expect("text");
+    assert!(text.is_empty() || text.starts_with("# HELP"), "Prometheus text: {text}");
+    let other = client.get(format!("http://127.0.0.1:{metrics}/v1/invoices")).send().await.expect("metrics");
+    assert_eq!(other.status(), StatusCode::NOT_FOUND, "the metrics listener serves nothing else");
+    daemon.kill().await.expect("kill");
 }

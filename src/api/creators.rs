@@ -47,14 +47,7 @@ pub struct ListCreators {
     pub starting_after: Option<String>,
 }
 
-fn page_limit(limit: Option<u32>, max: i64) -> Result<i64, ApiError> {
-    let limit = limit.map_or(max, i64::from);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("limit: must be 1..={max}")))
-    }
-}
+use super::page_limit;
 
 #[utoipa::path(post, path = "/v1/creators", tag = "creators", security(("bearer" = [])),
     request_body = CreateCreator,
@@ -83,7 +76,8 @@ pub async fn list(
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
     let limit = page_limit(query.limit, creator::CREATORS_PAGE_LIMIT_MAX)?;
-    let (data, has_more) = creator::list_creators(&state.pool, &auth.merchant_id, limit, query.starting_after.as_deref()).await?;
+    let starting_after = super::cursor(query.starting_after.as_deref(), "cr")?;
+    let (data, has_more) = creator::list_creators(&state.pool, &auth.merchant_id, limit, starting_after).await?;
     Ok(Json(CreatorList { data, has_more }))
 }
 

@@ -95,11 +95,9 @@ pub async fn list(
 ) -> Result<Json<List<KeyView>>, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
-    let limit = query.limit.map_or(KEYS_PAGE_LIMIT_MAX, i64::from);
-    if !(1..=KEYS_PAGE_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "limit: must be 1..=100"));
-    }
-    let (data, has_more) = keys::list(&state.pool, &auth.merchant_id, limit, query.starting_after.as_deref()).await?;
+    let limit = super::page_limit(query.limit, KEYS_PAGE_LIMIT_MAX)?;
+    let starting_after = super::cursor(query.starting_after.as_deref(), "key")?;
+    let (data, has_more) = keys::list(&state.pool, &auth.merchant_id, limit, starting_after).await?;
     Ok(Json(List { object: "list", data, has_more }))
 }
 

@@ -41,6 +41,7 @@ pub struct CreatedMerchant {
     pub name: String,
     pub created_at: DateTime<Utc>,
     /// The merchant's first API key. Shown only here: an idempotent replay answers with null.
+    #[schema(value_type = Option<String>)]
     pub api_key: String,
 }
 

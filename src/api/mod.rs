@@ -83,6 +83,33 @@ impl Default for HttpLimits {
     }
 }
 
+/// A page size from a `limit` query parameter: `max` when absent, refused outside `1..=max`.
+pub(crate) fn page_limit(limit: Option<u32>, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.map_or(max, i64::from);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "parameter_invalid",
+            format!("limit: must be 1..={max}"),
+        ))
+    }
+}
+
+/// A `starting_after` cursor: absent, or an id with `prefix` (anything else is refused before it
+/// reaches a query).
+pub(crate) fn cursor<'a>(starting_after: Option<&'a str>, prefix: &str) -> Result<Option<&'a str>, ApiError> {
+    match starting_after {
+        Some(id) if !crate::ids::is_id(id, prefix) => Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "parameter_invalid",
+            format!("starting_after: must be an id {prefix}_…"),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// `/metrics` alone, for `[server] metrics_listen`.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new().route("/metrics", get(metrics)).fallback(|| async { ApiError::not_found("route") }).with_state(state)

@@ -49,9 +49,10 @@ pub struct CreateEndpoint {
 pub struct CreatedEndpointBody {
     #[serde(flatten)]
     pub endpoint: EndpointView,
-    /// The key that signs this endpoint's deliveries (`Payrail-Signature`). Shown only here.
+    /// The key that signs this endpoint's deliveries (`Payrail-Signature`). Shown only here: an
+    /// idempotent replay of the creation answers `null`.
     #[serde(serialize_with = "expose_secret")]
-    #[schema(value_type = String)]
+    #[schema(value_type = Option<String>)]
     pub secret: EndpointSecret,
 }
 

@@ -72,6 +72,7 @@ pub struct NewKey {
     pub key: KeyView,
     /// The key itself (`Authorization: Bearer <secret>`). Shown only in this response: an
     /// idempotent replay of the request answers with `null` here.
+    #[schema(value_type = Option<String>)]
     pub secret: String,
 }
 
