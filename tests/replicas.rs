@@ -1,0 +1,183 @@
+//! Jobs spread over replicas: several "replicas" in one process, each with its own pool, registry
+//! and share, running the same dummy jobs through the real job locks against a real PostgreSQL.
+//! Who holds what is read from `pg_locks`, never from the replicas' own counts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use payrail::db::leader::JobLock;
+use payrail::db::replicas::{Registry, Share};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+const JOBS: usize = 6;
+const RETRY: Duration = Duration::from_millis(100);
+const HEARTBEAT: Duration = Duration::from_millis(200);
+const YIELD_EVERY: Duration = Duration::from_millis(300);
+const WAIT_MAX: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn job_names() -> Vec<String> {
+    (0..JOBS).map(|n| format!("payrail.test.spread.{n}")).collect()
+}
+
+struct Replica {
+    name: String,
+    id: String,
+    pool: PgPool,
+    share: Share,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A dummy job as the daemon's jobs run: acquire, check before each pass, give a surplus lock up.
+async fn dummy_job(lock: JobLock, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return };
+        loop {
+            if *shutdown.borrow() {
+                leadership.release().await;
+                return;
+            }
+            match leadership.ensure_held().await {
+                Ok(()) => {}
+                Err(error) if error.is_surplus() => {
+                    leadership.release().await;
+                    break;
+                }
+                Err(_) => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+async fn start(base: &PgPool, name: &str) -> Replica {
+    let options: PgConnectOptions = (*base.connect_options()).clone().application_name(name);
+    let pool = PgPoolOptions::new().max_connections(16).connect_with(options).await.expect("replica pool");
+    let share = Share::with_pacing(JOBS, YIELD_EVERY, WAIT_MAX);
+    let mut registry = Registry::new(pool.clone(), share.clone()).heartbeat_every(HEARTBEAT);
+    registry.beat().await.expect("registered");
+    let id = registry.id().to_owned();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = vec![tokio::spawn(registry.run(stopped.clone()))];
+    for job in job_names() {
+        let lock = JobLock::new(pool.clone(), job).retry_every(RETRY).spread(Some(share.clone()));
+        tasks.push(tokio::spawn(dummy_job(lock, stopped.clone())));
+    }
+    Replica { name: name.to_owned(), id, pool, share, stop, tasks }
+}
+
+impl Replica {
+    /// A crash: the process's tasks vanish mid-flight and its sessions end.
+    async fn kill(self, admin: &PgPool) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        sqlx::query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&self.name)
+            .execute(admin)
+            .await
+            .expect("terminate the replica's sessions");
+        self.pool.close().await;
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(DEADLINE, task).await;
+        }
+        self.pool.close().await;
+    }
+}
+
+/// How many of the test's job locks each replica (by application name) holds, from `pg_locks`.
+async fn holders(admin: &PgPool) -> BTreeMap<String, usize> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND ((l.classid::bigint << 32) | l.objid::bigint) IN (SELECT hashtext(j)::bigint FROM unnest($1::text[]) j) \
+         GROUP BY a.application_name",
+    )
+    .bind(job_names())
+    .fetch_all(admin)
+    .await
+    .expect("pg_locks");
+    rows.into_iter().map(|(name, n)| (name, usize::try_from(n).expect("a count"))).collect()
+}
+
+/// Polls until the locks are held as `want` (replica name → count), or fails at the deadline.
+async fn until_held(admin: &PgPool, want: &[(&str, usize)], within: Duration) {
+    let want: BTreeMap<String, usize> = want.iter().map(|(name, n)| ((*name).to_owned(), *n)).collect();
+    let deadline = Instant::now() + within;
+    loop {
+        let now = holders(admin).await;
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "locks held {now:?}, wanted {want:?} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test]
+async fn two_replicas_split_the_jobs_take_over_from_a_dead_one_and_split_again(admin: PgPool) {
+    let a = start(&admin, "replica-a").await;
+    until_held(&admin, &[("replica-a", JOBS)], DEADLINE).await;
+    assert_eq!(a.share.held(), JOBS, "alone, a replica runs every job");
+
+    let b = start(&admin, "replica-b").await;
+    until_held(&admin, &[("replica-a", 3), ("replica-b", 3)], DEADLINE).await;
+    // Settled: nothing moves any more (no thrash), every job stays held.
+    for _ in 0..10 {
+        tokio::time::sleep(YIELD_EVERY).await;
+        assert_eq!(holders(&admin).await, BTreeMap::from([("replica-a".to_owned(), 3), ("replica-b".to_owned(), 3)]));
+    }
+    assert_eq!((a.share.live(), b.share.live()), (2, 2));
+
+    // A replica dies: its sessions end, the survivor takes every job.
+    let dead = a.id.clone();
+    a.kill(&admin).await;
+    until_held(&admin, &[("replica-b", JOBS)], Duration::from_secs(10)).await;
+
+    // A new replica comes: the survivor hands the surplus over, one lock at a time.
+    let c = start(&admin, "replica-c").await;
+    until_held(&admin, &[("replica-b", 3), ("replica-c", 3)], DEADLINE).await;
+
+    c.stop().await;
+    until_held(&admin, &[("replica-b", JOBS)], Duration::from_secs(10)).await;
+    b.stop().await;
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM replicas").fetch_all(&admin).await.expect("replicas");
+    assert_eq!(left, vec![dead], "replicas that stop leave the registry; a dead one's row stays, not counted");
+}
+
+#[sqlx::test]
+async fn a_replica_that_stops_heartbeating_but_keeps_its_sessions_is_not_counted(admin: PgPool) {
+    // A lone registry whose row is old: a hung process keeps its lock but is not live.
+    let share = Share::new(JOBS);
+    let mut hung = Registry::new(admin.clone(), share.clone());
+    hung.beat().await.expect("registered");
+    let other = Share::new(JOBS);
+    let mut registry = Registry::new(admin.clone(), other.clone());
+    registry.beat().await.expect("registered");
+    assert_eq!(other.live(), 2, "a fresh peer with its lock counts");
+    assert!(other.peer_wants(), "a peer holding nothing is short of its share");
+    sqlx::query("UPDATE replicas SET heartbeat_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(hung.id())
+        .execute(&admin)
+        .await
+        .expect("age the heartbeat");
+    registry.beat().await.expect("beat");
+    assert_eq!(other.live(), 1, "a stale heartbeat is not live");
+    assert!(!other.peer_wants());
+    hung.deregister().await;
+    registry.deregister().await;
+}
