@@ -12,6 +12,7 @@ use crate::api::{self, AppState, HttpLimits};
 use crate::clock::{Clock, SystemClock};
 use crate::chain::evm::{EvmWatcher, Sweeper};
 use crate::config::{ChainKind, Config, RateFeed};
+use crate::db::replicas::{Registry, Share};
 use crate::invoice::{AssetCatalog, CatalogAsset, DepositScheme, InvoicePolicy};
 use crate::ledger::Ledger;
 use crate::rates::FixedFeed;
@@ -213,23 +214,29 @@ pub async fn serve(
     let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
-    watchers.push(tokio::spawn(crate::webhook::run_dispatcher(
+    if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
+        watchers.push(task);
+    }
+    // Every job below holds an advisory lock; the replica takes its fair share of them (see
+    // `db::replicas`). The jobs are counted before any starts, so none acquires against a wrong total.
+    let share = Share::new(0);
+    let mut jobs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
+    jobs.push(Box::pin(crate::webhook::run_dispatcher(
         pool.clone(),
         state.clock.clone(),
         config.webhooks.allow_loopback,
         state.webhook_secrets.clone(),
+        Some(share.clone()),
         stop_rx.clone(),
     )));
-    if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
-        watchers.push(task);
-    }
     for chain in config.chains().iter().filter(|c| watch_chains && c.kind == ChainKind::Bitcoin) {
         // One Bitcoin watcher per Bitcoin chain: addresses come from merchants' descriptors.
         match crate::chain::bitcoin::BitcoinWatcher::new(chain.clone(), pool.clone(), state.ledger.clone(), state.rates.clone(), state.clock.clone()) {
             Ok(watcher) => {
+                let watcher = watcher.spread(Some(share.clone()));
                 let stop = stop_rx.clone();
                 let name = chain.name.clone();
-                watchers.push(tokio::spawn(async move {
+                jobs.push(Box::pin(async move {
                     if let Err(error) = watcher.run(stop).await {
                         tracing::error!(target: "watcher::bitcoin", chain = %name, %error, "watcher stopped; payments on this chain are not being followed");
                     }
@@ -244,9 +251,10 @@ pub async fn serve(
         }
         match EvmWatcher::new(chain.clone(), pool.clone(), state.ledger.clone(), state.rates.clone(), state.clock.clone()) {
             Ok(watcher) => {
+                let watcher = watcher.spread(Some(share.clone()));
                 let stop = stop_rx.clone();
                 let name = chain.name.clone();
-                watchers.push(tokio::spawn(async move {
+                jobs.push(Box::pin(async move {
                     if let Err(error) = watcher.run(stop).await {
                         tracing::error!(target: "watcher::evm", chain = %name, %error, "watcher stopped; payments on this chain are not being followed");
                     }
@@ -256,7 +264,7 @@ pub async fn serve(
         }
         if let Some(key) = &hot_wallet_key {
             match Sweeper::new(chain.clone(), key.expose_secret(), pool.clone(), state.ledger.clone()) {
-                Ok(sweeper) => watchers.push(tokio::spawn(sweeper.run(stop_rx.clone()))),
+                Ok(sweeper) => jobs.push(Box::pin(sweeper.spread(Some(share.clone())).run(stop_rx.clone()))),
                 Err(error) => tracing::error!(target: "sweeper", chain = %chain.name, %error, "sweeper not started"),
             }
         }
@@ -279,7 +287,21 @@ pub async fn serve(
             })
             .collect();
         service.set_executor_running(true);
-        watchers.push(tokio::spawn(crate::payout::run_executor(service.clone(), senders, stop_rx.clone())));
+        jobs.push(Box::pin(crate::payout::run_executor(service.clone(), senders, Some(share.clone()), stop_rx.clone())));
+    }
+    share.set_jobs(jobs.len());
+    // Registered (and the peers counted) before the jobs start, so a replica joining a running
+    // cluster does not reach past its share first.
+    let mut registry = Registry::new(pool.clone(), share.clone());
+    if let Err(error) = registry.beat().await {
+        tracing::warn!(target: "replicas", %error, "cannot register this replica yet; retrying");
+    }
+    tracing::info!(target: "replicas", replica = registry.id(), jobs = share.jobs(), live = share.live(), fair_share = share.fair(), "replica registered");
+    // The registry leaves (and frees its peers' shares) only after the jobs have released their locks.
+    let (registry_stop, registry_stopped) = tokio::sync::watch::channel(false);
+    let registry_task = tokio::spawn(registry.run(registry_stopped));
+    for job in jobs {
+        watchers.push(tokio::spawn(job));
     }
     let metrics_server = match config.server.metrics_listen {
         Some(metrics_addr) => {
@@ -307,6 +329,8 @@ pub async fn serve(
     for watcher in watchers {
         let _ = watcher.await;
     }
+    let _ = registry_stop.send(true);
+    let _ = registry_task.await;
     expiry.abort();
     result
 }
