@@ -296,6 +296,7 @@ pub async fn serve(
     if let Err(error) = registry.beat().await {
         tracing::warn!(target: "replicas", %error, "cannot register this replica yet; retrying");
     }
+    share.report();
     tracing::info!(target: "replicas", replica = registry.id(), jobs = share.jobs(), live = share.live(), fair_share = share.fair(), "replica registered");
     // The registry leaves (and frees its peers' shares) only after the jobs have released their locks.
     let (registry_stop, registry_stopped) = tokio::sync::watch::channel(false);

@@ -146,6 +146,12 @@ impl Share {
         crate::metrics::gauge(GAUGE_LIVE, GAUGE_LIVE_HELP, &[], i64::try_from(live).unwrap_or(i64::MAX));
     }
 
+    /// Sets the gauges to what the share holds now (before any lock changes hands).
+    pub fn report(&self) {
+        report_held(self.held());
+        crate::metrics::gauge(GAUGE_LIVE, GAUGE_LIVE_HELP, &[], i64::try_from(self.live()).unwrap_or(i64::MAX));
+    }
+
     /// How long a job refused by the share waits before trying anyway.
     pub fn wait_max(&self) -> Duration {
         self.state.wait_max
