@@ -2,6 +2,8 @@
 //! and share, running the same dummy jobs through the real job locks against a real PostgreSQL.
 //! Who holds what is read from `pg_locks`, never from the replicas' own counts.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -180,4 +182,55 @@ async fn a_replica_that_stops_heartbeating_but_keeps_its_sessions_is_not_counted
     assert!(!other.peer_wants());
     hung.deregister().await;
     registry.deregister().await;
+}
+
+/// The real jobs give a surplus lock up between passes: a replica holding the webhook dispatcher and
+/// the payout executor, told a peer is short of its share, hands one over and keeps the other.
+#[sqlx::test]
+async fn the_dispatcher_and_the_payout_executor_hand_a_surplus_lock_over(pool: PgPool) {
+    const DISPATCH: &str = payrail::webhook::dispatch::LOCK_NAME;
+    const EXECUTOR: &str = "payrail.payouts.executor";
+    let (state, _clock) = common::state_with_clock(pool.clone());
+    let service = state.payouts.clone().expect("the dev configuration pays out");
+    let share = Share::with_pacing(2, YIELD_EVERY, WAIT_MAX);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let dispatcher = tokio::spawn(payrail::webhook::run_dispatcher(
+        pool.clone(),
+        state.clock.clone(),
+        true,
+        state.webhook_secrets.clone(),
+        Some(share.clone()),
+        stopped.clone(),
+    ));
+    let executor = tokio::spawn(payrail::payout::run_executor(service, Vec::new(), Some(share.clone()), stopped));
+    let deadline = Instant::now() + DEADLINE;
+    while share.held() < 2 {
+        assert!(Instant::now() < deadline, "alone, the replica takes both locks");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A peer appears with nothing: the fair share is one each.
+    share.observe(2, true);
+    let deadline = Instant::now() + DEADLINE;
+    let (peer, kept) = 'taken: loop {
+        for (name, other) in [(DISPATCH, EXECUTOR), (EXECUTOR, DISPATCH)] {
+            if let Some(peer) = JobLock::new(pool.clone(), name).try_acquire().await.expect("try") {
+                break 'taken (peer, other);
+            }
+        }
+        assert!(Instant::now() < deadline, "one of the two locks is given up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Settled: the replica keeps its share, the other lock, and takes nothing back.
+    for _ in 0..5 {
+        tokio::time::sleep(YIELD_EVERY).await;
+        assert_eq!(share.held(), 1);
+        assert!(JobLock::new(pool.clone(), kept).try_acquire().await.expect("try").is_none(), "{kept} stays held");
+    }
+    stop.send(true).expect("stop");
+    for task in [dispatcher, executor] {
+        tokio::time::timeout(DEADLINE, task).await.expect("stops").expect("task");
+    }
+    assert_eq!(share.held(), 0, "every lock released at shutdown");
+    peer.release().await;
 }
