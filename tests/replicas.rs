@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use payrail::db::leader::JobLock;
-use payrail::db::replicas::{Registry, Share};
+use payrail::db::replicas::{Registry, Share, CLASS_SERVICE, CLASS_SWEEP, CLASS_WATCH};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -61,8 +61,8 @@ async fn dummy_job(lock: JobLock, mut shutdown: tokio::sync::watch::Receiver<boo
 async fn start(base: &PgPool, name: &str) -> Replica {
     let options: PgConnectOptions = (*base.connect_options()).clone().application_name(name);
     let pool = PgPoolOptions::new().max_connections(16).connect_with(options).await.expect("replica pool");
-    let share = Share::with_pacing(JOBS, YIELD_EVERY, WAIT_MAX);
-    let mut registry = Registry::new(pool.clone(), share.clone()).heartbeat_every(HEARTBEAT);
+    let share = Share::with_pacing(CLASS_WATCH, JOBS, YIELD_EVERY, WAIT_MAX);
+    let mut registry = Registry::new(pool.clone(), vec![share.clone()]).heartbeat_every(HEARTBEAT);
     registry.beat().await.expect("registered");
     let id = registry.id().to_owned();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -162,16 +162,20 @@ async fn two_replicas_split_the_jobs_take_over_from_a_dead_one_and_split_again(a
 }
 
 #[sqlx::test]
-async fn a_replica_that_stops_heartbeating_but_keeps_its_sessions_is_not_counted(admin: PgPool) {
-    // A lone registry whose row is old: a hung process keeps its lock but is not live.
-    let share = Share::new(JOBS);
-    let mut hung = Registry::new(admin.clone(), share.clone());
+async fn a_replica_is_counted_while_its_heartbeat_is_fresh_and_per_class_it_runs(admin: PgPool) {
+    // A replica whose heartbeat is old is not live, even holding its lock (a hung process keeps its
+    // sessions); a class a peer does not run is not shared with it.
+    let share = Share::new(CLASS_WATCH, JOBS);
+    let mut hung = Registry::new(admin.clone(), vec![share.clone()]);
     hung.beat().await.expect("registered");
-    let other = Share::new(JOBS);
-    let mut registry = Registry::new(admin.clone(), other.clone());
+    let other = Share::new(CLASS_WATCH, JOBS);
+    let sweeps = Share::new(CLASS_SWEEP, 3);
+    let mut registry = Registry::new(admin.clone(), vec![other.clone(), sweeps.clone()]);
     registry.beat().await.expect("registered");
     assert_eq!(other.live(), 2, "a fresh peer with its lock counts");
     assert!(other.peer_wants(), "a peer holding nothing is short of its share");
+    assert_eq!((sweeps.live(), sweeps.fair()), (1, 3), "classes are shared among the replicas that run them");
+    assert!(!sweeps.peer_wants());
     sqlx::query("UPDATE replicas SET heartbeat_at = now() - interval '1 hour' WHERE id = $1")
         .bind(hung.id())
         .execute(&admin)
@@ -192,7 +196,7 @@ async fn the_dispatcher_and_the_payout_executor_hand_a_surplus_lock_over(pool: P
     const EXECUTOR: &str = "payrail.payouts.executor";
     let (state, _clock) = common::state_with_clock(pool.clone());
     let service = state.payouts.clone().expect("the dev configuration pays out");
-    let share = Share::with_pacing(2, YIELD_EVERY, WAIT_MAX);
+    let share = Share::with_pacing(CLASS_SERVICE, 2, YIELD_EVERY, WAIT_MAX);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let dispatcher = tokio::spawn(payrail::webhook::run_dispatcher(
         pool.clone(),

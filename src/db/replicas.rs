@@ -7,8 +7,12 @@
 //! lock leaves `pg_locks`), and one that hangs drops out when its heartbeat goes stale
 //! ([`HEARTBEAT_STALE_MS`]).
 //!
-//! The per-process [`Share`] counts the job locks this replica holds and knows how many jobs it
-//! runs and how many replicas live. Invariants:
+//! Jobs come in classes ([`CLASS_WATCH`]: chain watchers, [`CLASS_SWEEP`]: sweepers,
+//! [`CLASS_SERVICE`]: the webhook dispatcher and the payout executor), each spread on its own, so
+//! that two replicas with six chains follow three chains each rather than one taking the light jobs
+//! and fewer chains. The per-process [`Share`] of a class counts the locks of that class this
+//! replica holds and knows how many jobs of the class it runs and how many live replicas run the
+//! class. Invariants:
 //! - the job's advisory lock stays the one source of truth: the share only decides whether a job
 //!   *tries* a lock and whether it *gives one up*; two holders of one job are impossible whatever
 //!   the share believes;
@@ -41,6 +45,12 @@ pub const REPLICA_ROW_RETENTION_S: i64 = 86_400;
 pub const SHARE_YIELD_MS_DEFAULT: u64 = 5_000;
 /// A job refused by the share for this long tries its lock anyway.
 pub const SHARE_WAIT_MS_MAX: u64 = 30_000;
+/// The class of the chain watchers.
+pub const CLASS_WATCH: &str = "watch";
+/// The class of the sweepers.
+pub const CLASS_SWEEP: &str = "sweep";
+/// The class of the one-per-deployment services: the webhook dispatcher and the payout executor.
+pub const CLASS_SERVICE: &str = "service";
 /// The prefix of a replica's own advisory lock.
 pub const REPLICA_LOCK_PREFIX: &str = "payrail.replica.";
 
@@ -73,6 +83,7 @@ pub enum ReplicaError {
 
 #[derive(Debug)]
 struct ShareState {
+    class: String,
     jobs: AtomicUsize,
     held: AtomicUsize,
     live: AtomicUsize,
@@ -82,24 +93,25 @@ struct ShareState {
     wait_max: Duration,
 }
 
-/// This process's part of the cluster's jobs; cloned into every [`crate::db::leader::JobLock`] of
-/// the replica.
+/// This process's part of the cluster's jobs of one class; cloned into every
+/// [`crate::db::leader::JobLock`] of that class.
 #[derive(Debug, Clone)]
 pub struct Share {
     state: Arc<ShareState>,
 }
 
 impl Share {
-    /// A share of `jobs` lock-guarded jobs, alone until the registry counts peers.
-    pub fn new(jobs: usize) -> Self {
-        Self::with_pacing(jobs, Duration::from_millis(SHARE_YIELD_MS_DEFAULT), Duration::from_millis(SHARE_WAIT_MS_MAX))
+    /// A share of `jobs` lock-guarded jobs of `class`, alone until the registry counts peers.
+    pub fn new(class: &str, jobs: usize) -> Self {
+        Self::with_pacing(class, jobs, Duration::from_millis(SHARE_YIELD_MS_DEFAULT), Duration::from_millis(SHARE_WAIT_MS_MAX))
     }
 
     /// As [`Share::new`], giving up at most one surplus lock per `yield_every` and trying a lock
     /// anyway after `wait_max` of refusals.
-    pub fn with_pacing(jobs: usize, yield_every: Duration, wait_max: Duration) -> Self {
+    pub fn with_pacing(class: &str, jobs: usize, yield_every: Duration, wait_max: Duration) -> Self {
         Self {
             state: Arc::new(ShareState {
+                class: class.to_owned(),
                 jobs: AtomicUsize::new(jobs),
                 held: AtomicUsize::new(0),
                 live: AtomicUsize::new(1),
@@ -111,8 +123,17 @@ impl Share {
         }
     }
 
+    pub fn class(&self) -> &str {
+        &self.state.class
+    }
+
     pub fn set_jobs(&self, jobs: usize) {
         self.state.jobs.store(jobs, Ordering::SeqCst);
+    }
+
+    /// One more job of this class runs in this replica.
+    pub fn add_job(&self) {
+        self.state.jobs.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn jobs(&self) -> usize {
@@ -124,7 +145,7 @@ impl Share {
         self.state.held.load(Ordering::SeqCst)
     }
 
-    /// Live replicas, this one included.
+    /// Live replicas that run jobs of this class, this one included.
     pub fn live(&self) -> usize {
         self.state.live.load(Ordering::SeqCst).max(1)
     }
@@ -138,18 +159,16 @@ impl Share {
         self.state.peer_wants.load(Ordering::SeqCst)
     }
 
-    /// What the registry counted: `live` replicas (this one included) and whether a peer wants more.
+    /// What the registry counted: `live` replicas running this class (this one included) and
+    /// whether one of them is short of its share.
     pub fn observe(&self, live: usize, peer_wants: bool) {
-        let live = live.max(1);
-        self.state.live.store(live, Ordering::SeqCst);
+        self.state.live.store(live.max(1), Ordering::SeqCst);
         self.state.peer_wants.store(peer_wants, Ordering::SeqCst);
-        crate::metrics::gauge(GAUGE_LIVE, GAUGE_LIVE_HELP, &[], i64::try_from(live).unwrap_or(i64::MAX));
     }
 
-    /// Sets the gauges to what the share holds now (before any lock changes hands).
+    /// Sets the gauge to what the share holds now (before any lock changes hands).
     pub fn report(&self) {
-        report_held(self.held());
-        crate::metrics::gauge(GAUGE_LIVE, GAUGE_LIVE_HELP, &[], i64::try_from(self.live()).unwrap_or(i64::MAX));
+        self.report_held(self.held());
     }
 
     /// How long a job refused by the share waits before trying anyway.
@@ -183,8 +202,12 @@ impl Share {
     }
 
     fn slot_taken(&self, held: usize) -> ShareSlot {
-        report_held(held);
+        self.report_held(held);
         ShareSlot { share: self.clone() }
+    }
+
+    fn report_held(&self, held: usize) {
+        crate::metrics::gauge(GAUGE_HELD, GAUGE_HELD_HELP, &[("class", self.class())], i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     /// Whether a job of this replica should give up its lock now: this replica holds more than its
@@ -203,9 +226,6 @@ impl Share {
     }
 }
 
-fn report_held(held: usize) {
-    crate::metrics::gauge(GAUGE_HELD, GAUGE_HELD_HELP, &[], i64::try_from(held).unwrap_or(i64::MAX));
-}
 
 /// One counted lock of a [`Share`]; the count drops with it (the lock released, lost or never taken).
 #[derive(Debug)]
@@ -222,7 +242,7 @@ impl ShareSlot {
 impl Drop for ShareSlot {
     fn drop(&mut self) {
         let before = self.share.state.held.fetch_sub(1, Ordering::SeqCst);
-        report_held(before.saturating_sub(1));
+        self.share.report_held(before.saturating_sub(1));
     }
 }
 
@@ -232,28 +252,29 @@ pub fn replica_lock_name(id: &str) -> String {
 }
 
 /// Live peers of `$1`: a fresh heartbeat and their replica lock held (in this database).
-const PEERS_SQL: &str = "SELECT r.jobs, r.locks_held FROM replicas r \
-     WHERE r.id <> $1 AND r.heartbeat_at > now() - make_interval(secs => $2) \
+const PEERS_SQL: &str = "SELECT r.id FROM replicas r \
+     WHERE r.id <> $1 AND r.heartbeat_at > now() - make_interval(secs => $2::bigint) \
        AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
            AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($3 || r.id)::bigint)";
 
-/// This replica's entry in the `replicas` table, kept fresh by [`Registry::run`].
+/// This replica's entry in the `replicas` table and its shares, kept fresh by [`Registry::run`].
 #[derive(Debug)]
 pub struct Registry {
     pool: PgPool,
     id: String,
-    share: Share,
+    shares: Vec<Share>,
     heartbeat: Duration,
     /// The session holding the replica lock, on which the heartbeat is written.
     conn: Option<PgConnection>,
 }
 
 impl Registry {
-    /// A registry for a new replica with a fresh id (`rep_` and 16 hex digits).
-    pub fn new(pool: PgPool, share: Share) -> Self {
+    /// A registry for a new replica with a fresh id (`rep_` and 16 hex digits), keeping `shares`
+    /// (one per class) in step with the peers.
+    pub fn new(pool: PgPool, shares: Vec<Share>) -> Self {
         let id = format!("rep_{:016x}", rand::random::<u64>());
-        Self { pool, id, share, heartbeat: Duration::from_millis(HEARTBEAT_MS_DEFAULT), conn: None }
+        Self { pool, id, shares, heartbeat: Duration::from_millis(HEARTBEAT_MS_DEFAULT), conn: None }
     }
 
     #[must_use]
@@ -266,12 +287,8 @@ impl Registry {
         &self.id
     }
 
-    pub fn share(&self) -> &Share {
-        &self.share
-    }
-
     /// One heartbeat: (re)takes the replica lock on a session of its own when there is none,
-    /// writes the row, then counts the live peers into the share.
+    /// writes the rows, then counts the live peers into the shares.
     pub async fn beat(&mut self) -> Result<(), ReplicaError> {
         let result = self.write_and_count().await;
         if result.is_err() {
@@ -299,41 +316,59 @@ impl Registry {
                 self.conn.insert(conn)
             }
         };
-        let jobs = i32::try_from(self.share.jobs()).unwrap_or(i32::MAX);
-        let held = i32::try_from(self.share.held()).unwrap_or(i32::MAX);
-        sqlx::query(
-            "INSERT INTO replicas (id, jobs, locks_held) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), jobs = $2, locks_held = $3",
-        )
-        .bind(&self.id)
-        .bind(jobs)
-        .bind(held)
-        .execute(&mut *conn)
-        .await
-        .map_err(database)?;
-        sqlx::query("DELETE FROM replicas WHERE heartbeat_at < now() - make_interval(secs => $1)")
-            .bind(REPLICA_ROW_RETENTION_S as f64)
-            .execute(&mut *conn)
+        let mut tx = conn.begin().await.map_err(database)?;
+        sqlx::query("INSERT INTO replicas (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()")
+            .bind(&self.id)
+            .execute(&mut *tx)
             .await
             .map_err(database)?;
-        let stale_s = Duration::from_millis(HEARTBEAT_STALE_MS).as_secs_f64();
-        let peers = sqlx::query(PEERS_SQL)
+        for share in &self.shares {
+            sqlx::query(
+                "INSERT INTO replica_shares (replica_id, class, jobs, locks_held) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (replica_id, class) DO UPDATE SET jobs = $3, locks_held = $4",
+            )
+            .bind(&self.id)
+            .bind(share.class())
+            .bind(i32::try_from(share.jobs()).unwrap_or(i32::MAX))
+            .bind(i32::try_from(share.held()).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(database)?;
+        }
+        sqlx::query("DELETE FROM replicas WHERE heartbeat_at < now() - make_interval(secs => $1::bigint)")
+            .bind(REPLICA_ROW_RETENTION_S)
+            .execute(&mut *tx)
+            .await
+            .map_err(database)?;
+        tx.commit().await.map_err(database)?;
+        let stale_s = i64::try_from(Duration::from_millis(HEARTBEAT_STALE_MS).as_secs()).unwrap_or(i64::MAX);
+        let peers: Vec<String> = sqlx::query_scalar(PEERS_SQL)
             .bind(&self.id)
             .bind(stale_s)
             .bind(REPLICA_LOCK_PREFIX)
             .fetch_all(&mut *conn)
             .await
             .map_err(database)?;
-        let live = peers.len() + 1;
-        let mut peer_wants = false;
-        for peer in &peers {
-            let jobs: i32 = peer.try_get("jobs").map_err(database)?;
-            let held: i32 = peer.try_get("locks_held").map_err(database)?;
-            let jobs = usize::try_from(jobs).unwrap_or(0);
-            let held = usize::try_from(held).unwrap_or(0);
-            peer_wants |= wants_more(jobs, held, live);
+        let rows = sqlx::query("SELECT class, jobs, locks_held FROM replica_shares WHERE replica_id = ANY($1) AND jobs > 0")
+            .bind(&peers)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(database)?;
+        let mut by_class: std::collections::HashMap<String, Vec<(usize, usize)>> = std::collections::HashMap::new();
+        for row in rows {
+            let class: String = row.try_get("class").map_err(database)?;
+            let jobs: i32 = row.try_get("jobs").map_err(database)?;
+            let held: i32 = row.try_get("locks_held").map_err(database)?;
+            by_class.entry(class).or_default().push((usize::try_from(jobs).unwrap_or(0), usize::try_from(held).unwrap_or(0)));
         }
-        self.share.observe(live, peer_wants);
+        for share in &self.shares {
+            let peers = by_class.get(share.class()).map(Vec::as_slice).unwrap_or_default();
+            let live = peers.len() + 1;
+            let peer_wants = peers.iter().any(|(jobs, held)| wants_more(*jobs, *held, live));
+            share.observe(live, peer_wants);
+        }
+        let live = i64::try_from(peers.len() + 1).unwrap_or(i64::MAX);
+        crate::metrics::gauge(GAUGE_LIVE, GAUGE_LIVE_HELP, &[], live);
         Ok(())
     }
 
@@ -403,7 +438,7 @@ mod tests {
 
     #[test]
     fn the_share_caps_reservations_while_a_peer_wants_more() {
-        let share = Share::with_pacing(6, Duration::from_secs(3600), Duration::from_secs(3600));
+        let share = Share::with_pacing(CLASS_WATCH, 6, Duration::from_secs(3600), Duration::from_secs(3600));
         share.observe(2, true);
         let slots: Vec<ShareSlot> = std::iter::from_fn(|| share.reserve()).take(10).collect();
         assert_eq!(slots.len(), 3, "a fair share of 6 jobs over 2 replicas");
