@@ -249,13 +249,11 @@ impl BitcoinWatcher {
                     self.report(TickReport::Failed);
                     backoff_ms = (backoff_ms * 2).clamp(1_000, BACKOFF_MS_MAX);
                     tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, backoff_ms, "electrum not reachable; waiting");
-                    // Waiting holds the lock too: check it (a lost one, or one to hand over) before each wait.
-                    if let Err(error) = leadership.ensure_held().await {
-                        return Ok(Followed::LockLost(error));
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                        _ = shutdown.changed() => return Ok(Followed::Shutdown),
+                    // Waiting holds the lock too: it is checked (a lost one, or one to hand over) while waiting.
+                    match leadership.wait_holding(Duration::from_millis(backoff_ms), shutdown).await {
+                        Ok(false) => {}
+                        Ok(true) => return Ok(Followed::Shutdown),
+                        Err(error) => return Ok(Followed::LockLost(error)),
                     }
                 }
                 Err(error) => {
