@@ -238,3 +238,94 @@ async fn the_dispatcher_and_the_payout_executor_hand_a_surplus_lock_over(pool: P
     assert_eq!(share.held(), 0, "every lock released at shutdown");
     peer.release().await;
 }
+
+/// The dev configuration's six chains with no node behind them: the watchers wait for their nodes,
+/// holding their chains' locks, which is all this test looks at.
+fn six_chains_without_nodes() -> payrail::config::Config {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
+    let mut text = std::fs::read_to_string(&path).expect("config.dev.toml");
+    for port in ["18545", "18546", "18547", "18548", "18549", "50001"] {
+        text = text.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:1");
+    }
+    payrail::config::Config::from_str_with_env(&text, &path, &[]).expect("config loads")
+}
+
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// `payrail serve` in this process, on its own pool named `name`.
+async fn serve(base: &PgPool, config: &payrail::config::Config, name: &str) -> Serving {
+    let options: PgConnectOptions = (*base.connect_options()).clone().application_name(name);
+    let pool = payrail::db::connect_with(options, 16).await.expect("replica pool");
+    let listener = payrail::app::bind("127.0.0.1:0".parse().expect("address")).await.expect("listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = config.clone();
+    let task = tokio::spawn(async move {
+        let jobs = payrail::app::Jobs { hot_wallet_key: None, watch_chains: true };
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        payrail::app::serve(&config, pool.clone(), listener, jobs, common::test_secrets(), shutdown).await.expect("serves");
+        pool.close().await;
+    });
+    Serving { stop, task }
+}
+
+impl Serving {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(60), self.task).await.expect("stops").expect("task");
+    }
+}
+
+/// Chain watchers' locks held per replica (by application name), from `pg_locks`.
+async fn watching(admin: &PgPool, locks: &[String]) -> BTreeMap<String, usize> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND ((l.classid::bigint << 32) | l.objid::bigint) IN (SELECT hashtext(j)::bigint FROM unnest($1::text[]) j) \
+         GROUP BY a.application_name",
+    )
+    .bind(locks)
+    .fetch_all(admin)
+    .await
+    .expect("pg_locks");
+    rows.into_iter().map(|(name, n)| (name, usize::try_from(n).expect("a count"))).collect()
+}
+
+async fn until_watching(admin: &PgPool, locks: &[String], want: &[(&str, usize)], within: Duration) {
+    let want: BTreeMap<String, usize> = want.iter().map(|(name, n)| ((*name).to_owned(), *n)).collect();
+    let deadline = Instant::now() + within;
+    loop {
+        let now = watching(admin, locks).await;
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "chain locks held {now:?}, wanted {want:?} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The figure of the design: two replicas and six chains follow three each; one stops and the other
+/// follows all six within seconds; it comes back and they are three and three again.
+#[sqlx::test]
+async fn two_serving_replicas_follow_three_of_six_chains_each(admin: PgPool) {
+    let config = six_chains_without_nodes();
+    let locks: Vec<String> = config.chains().iter().map(|chain| format!("payrail.watch.{}", chain.caip2)).collect();
+    assert_eq!(locks.len(), 6, "the dev configuration has six chains");
+    let a = serve(&admin, &config, "serve-a").await;
+    until_watching(&admin, &locks, &[("serve-a", 6)], Duration::from_secs(30)).await;
+    let b = serve(&admin, &config, "serve-b").await;
+    until_watching(&admin, &locks, &[("serve-a", 3), ("serve-b", 3)], Duration::from_secs(60)).await;
+
+    a.stop().await;
+    until_watching(&admin, &locks, &[("serve-b", 6)], Duration::from_secs(10)).await;
+
+    let a = serve(&admin, &config, "serve-a").await;
+    until_watching(&admin, &locks, &[("serve-a", 3), ("serve-b", 3)], Duration::from_secs(60)).await;
+    a.stop().await;
+    b.stop().await;
+}
