@@ -12,6 +12,7 @@ use crate::api::{self, AppState, HttpLimits};
 use crate::clock::{Clock, SystemClock};
 use crate::chain::evm::{EvmWatcher, Sweeper};
 use crate::config::{ChainKind, Config, RateFeed};
+use crate::db::replicas::{Registry, Share, CLASS_SERVICE, CLASS_SWEEP, CLASS_WATCH};
 use crate::invoice::{AssetCatalog, CatalogAsset, DepositScheme, InvoicePolicy};
 use crate::ledger::Ledger;
 use crate::rates::FixedFeed;
@@ -213,23 +214,34 @@ pub async fn serve(
     let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
-    watchers.push(tokio::spawn(crate::webhook::run_dispatcher(
+    if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
+        watchers.push(task);
+    }
+    // Every job below holds an advisory lock; the replica takes its fair share of each class of them
+    // (see `db::replicas`). The jobs are counted before any starts, so none acquires against a wrong
+    // total.
+    let watch_share = Share::new(CLASS_WATCH, 0);
+    let sweep_share = Share::new(CLASS_SWEEP, 0);
+    let service_share = Share::new(CLASS_SERVICE, 0);
+    let mut jobs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
+    jobs.push(Box::pin(crate::webhook::run_dispatcher(
         pool.clone(),
         state.clock.clone(),
         config.webhooks.allow_loopback,
         state.webhook_secrets.clone(),
+        Some(service_share.clone()),
         stop_rx.clone(),
     )));
-    if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
-        watchers.push(task);
-    }
+    service_share.add_job();
     for chain in config.chains().iter().filter(|c| watch_chains && c.kind == ChainKind::Bitcoin) {
         // One Bitcoin watcher per Bitcoin chain: addresses come from merchants' descriptors.
         match crate::chain::bitcoin::BitcoinWatcher::new(chain.clone(), pool.clone(), state.ledger.clone(), state.rates.clone(), state.clock.clone()) {
             Ok(watcher) => {
+                watch_share.add_job();
+                let watcher = watcher.spread(Some(watch_share.clone()));
                 let stop = stop_rx.clone();
                 let name = chain.name.clone();
-                watchers.push(tokio::spawn(async move {
+                jobs.push(Box::pin(async move {
                     if let Err(error) = watcher.run(stop).await {
                         tracing::error!(target: "watcher::bitcoin", chain = %name, %error, "watcher stopped; payments on this chain are not being followed");
                     }
@@ -244,9 +256,11 @@ pub async fn serve(
         }
         match EvmWatcher::new(chain.clone(), pool.clone(), state.ledger.clone(), state.rates.clone(), state.clock.clone()) {
             Ok(watcher) => {
+                watch_share.add_job();
+                let watcher = watcher.spread(Some(watch_share.clone()));
                 let stop = stop_rx.clone();
                 let name = chain.name.clone();
-                watchers.push(tokio::spawn(async move {
+                jobs.push(Box::pin(async move {
                     if let Err(error) = watcher.run(stop).await {
                         tracing::error!(target: "watcher::evm", chain = %name, %error, "watcher stopped; payments on this chain are not being followed");
                     }
@@ -256,7 +270,10 @@ pub async fn serve(
         }
         if let Some(key) = &hot_wallet_key {
             match Sweeper::new(chain.clone(), key.expose_secret(), pool.clone(), state.ledger.clone()) {
-                Ok(sweeper) => watchers.push(tokio::spawn(sweeper.run(stop_rx.clone()))),
+                Ok(sweeper) => {
+                    sweep_share.add_job();
+                    jobs.push(Box::pin(sweeper.spread(Some(sweep_share.clone())).run(stop_rx.clone())));
+                }
                 Err(error) => tracing::error!(target: "sweeper", chain = %chain.name, %error, "sweeper not started"),
             }
         }
@@ -279,7 +296,25 @@ pub async fn serve(
             })
             .collect();
         service.set_executor_running(true);
-        watchers.push(tokio::spawn(crate::payout::run_executor(service.clone(), senders, stop_rx.clone())));
+        service_share.add_job();
+        jobs.push(Box::pin(crate::payout::run_executor(service.clone(), senders, Some(service_share.clone()), stop_rx.clone())));
+    }
+    // Registered (and the peers counted) before the jobs start, so a replica joining a running
+    // cluster does not reach past its share first.
+    let shares = vec![watch_share, sweep_share, service_share];
+    let mut registry = Registry::new(pool.clone(), shares.clone());
+    if let Err(error) = registry.beat().await {
+        tracing::warn!(target: "replicas", %error, "cannot register this replica yet; retrying");
+    }
+    for share in &shares {
+        share.report();
+        tracing::info!(target: "replicas", replica = registry.id(), class = share.class(), jobs = share.jobs(), live = share.live(), fair_share = share.fair(), "replica registered");
+    }
+    // The registry leaves (and frees its peers' shares) only after the jobs have released their locks.
+    let (registry_stop, registry_stopped) = tokio::sync::watch::channel(false);
+    let registry_task = tokio::spawn(registry.run(registry_stopped));
+    for job in jobs {
+        watchers.push(tokio::spawn(job));
     }
     let metrics_server = match config.server.metrics_listen {
         Some(metrics_addr) => {
@@ -307,6 +342,8 @@ pub async fn serve(
     for watcher in watchers {
         let _ = watcher.await;
     }
+    let _ = registry_stop.send(true);
+    let _ = registry_task.await;
     expiry.abort();
     result
 }

@@ -128,7 +128,7 @@ async fn the_payout_executor_takes_its_lock_again_after_its_session_ends(pool: P
     let (state, _clock) = common::state_with_clock(pool.clone());
     let service = state.payouts.clone().expect("the dev configuration pays out");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(payrail::payout::run_executor(service, Vec::new(), stopped));
+    let task = tokio::spawn(payrail::payout::run_executor(service, Vec::new(), None, stopped));
     let first = holder(&pool, EXECUTOR, None).await;
     terminate(&pool, first).await;
     let second = holder(&pool, EXECUTOR, Some(first)).await;

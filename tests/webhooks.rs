@@ -867,7 +867,7 @@ async fn the_dispatcher_loop_holds_the_advisory_lock_and_delivers(pool: PgPool) 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let clock: Arc<dyn Clock> = h.clock.clone();
     let secrets = h.state.webhook_secrets.clone();
-    let task = tokio::spawn(payrail::webhook::run_dispatcher(pool.clone(), clock, true, secrets, stopped));
+    let task = tokio::spawn(payrail::webhook::run_dispatcher(pool.clone(), clock, true, secrets, None, stopped));
     h.invoice(&m).await;
     let deadline = std::time::Instant::now() + StdDuration::from_secs(15);
     while rx.hits().is_empty() && std::time::Instant::now() < deadline {

@@ -14,12 +14,19 @@
 //!   the transaction that writes, that the lock's session still holds it ([`Fence::check`]): a
 //!   session that died after the pass's check cannot let that pass commit;
 //! - errors while acquiring (the server restarting, a full pool) are logged and retried with
-//!   backoff; they never end the job.
+//!   backoff; they never end the job;
+//! - a lock built with [`JobLock::spread`] also follows the replica's [`Share`]: it is tried only
+//!   while the replica is below its fair share (or nobody else wants it), and a job of a replica
+//!   above its share while a peer is short of its own is told, at its next
+//!   [`Leadership::ensure_held`], to give its lock up ([`LeaderError::Surplus`]). The share only
+//!   decides when to try and when to let go; the advisory lock alone decides who holds a job.
 
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use thiserror::Error;
+
+use crate::db::replicas::{Share, ShareSlot};
 
 /// How often a replica without the lock tries to take it, unless configured otherwise.
 pub const LOCK_RETRY_MS_DEFAULT: u64 = 5_000;
@@ -44,6 +51,10 @@ pub enum LeaderError {
     /// The lock's session ended or no longer holds it: another replica may hold it now.
     #[error("lock {name} lost: {reason}")]
     Lost { name: String, reason: String },
+    /// The lock is held, but this replica holds more than its fair share while a peer is short of
+    /// its own: the job should finish its pass, [`Leadership::release`] the lock and acquire again.
+    #[error("lock {name} given up: this replica holds {held} locks, its fair share is {fair}")]
+    Surplus { name: String, held: usize, fair: usize },
     /// Trying the lock failed; the next attempt may succeed.
     #[error("lock {name}: {source}")]
     Database {
@@ -53,17 +64,32 @@ pub enum LeaderError {
     },
 }
 
+impl LeaderError {
+    /// Whether the lock is to be given up to another replica (still held: release it).
+    pub fn is_surplus(&self) -> bool {
+        matches!(self, Self::Surplus { .. })
+    }
+}
+
 /// A named job's lock, for taking it (again and again, as sessions come and go).
 #[derive(Debug, Clone)]
 pub struct JobLock {
     pool: PgPool,
     name: String,
     retry: Duration,
+    share: Option<Share>,
 }
 
 impl JobLock {
     pub fn new(pool: PgPool, name: impl Into<String>) -> Self {
-        Self { pool, name: name.into(), retry: Duration::from_millis(LOCK_RETRY_MS_DEFAULT) }
+        Self { pool, name: name.into(), retry: Duration::from_millis(LOCK_RETRY_MS_DEFAULT), share: None }
+    }
+
+    /// Counts this lock in the replica's `share` (`None`: taken whenever free, as a lone process does).
+    #[must_use]
+    pub fn spread(mut self, share: Option<Share>) -> Self {
+        self.share = share;
+        self
     }
 
     /// How often to try while another replica holds the lock (also the first pause after an error).
@@ -78,7 +104,13 @@ impl JobLock {
     }
 
     /// One attempt: `Some` when this process now holds the lock, `None` when another session does.
+    /// Not limited by the share (a held lock still counts in it).
     pub async fn try_acquire(&self) -> Result<Option<Leadership>, LeaderError> {
+        let slot = self.share.as_ref().map(Share::reserve_anyway);
+        self.attempt(slot).await
+    }
+
+    async fn attempt(&self, slot: Option<ShareSlot>) -> Result<Option<Leadership>, LeaderError> {
         let database = |source| LeaderError::Database { name: self.name.clone(), source };
         let mut conn = self.pool.acquire().await.map_err(database)?.detach();
         let row: Result<(bool, i32), sqlx::Error> =
@@ -87,7 +119,7 @@ impl JobLock {
                 .fetch_one(&mut conn)
                 .await;
         match row {
-            Ok((true, backend_pid)) => Ok(Some(Leadership { conn, name: self.name.clone(), backend_pid })),
+            Ok((true, backend_pid)) => Ok(Some(Leadership { conn, name: self.name.clone(), backend_pid, slot })),
             Ok((false, _)) => {
                 let _ = conn.close().await;
                 Ok(None)
@@ -96,15 +128,38 @@ impl JobLock {
         }
     }
 
-    /// Waits for the lock: tries every `retry` while another session holds it, backs off (up to
-    /// [`LOCK_ERROR_BACKOFF_MS_MAX`]) while trying fails. `None` once `shutdown` turns true.
+    /// A place in the share for one more lock, if this attempt may be made: below the fair share,
+    /// nobody else wanting more, or refused since `refused_since` for longer than the share's wait.
+    fn place(&self, refused_since: &mut Option<std::time::Instant>) -> Result<Option<ShareSlot>, ()> {
+        let Some(share) = &self.share else { return Ok(None) };
+        if let Some(slot) = share.reserve() {
+            *refused_since = None;
+            return Ok(Some(slot));
+        }
+        let since = *refused_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= share.wait_max() {
+            // A peer says it wants more but has not taken this lock: do not leave the job unrun.
+            *refused_since = None;
+            return Ok(Some(share.reserve_anyway()));
+        }
+        Err(())
+    }
+
+    /// Waits for the lock: tries every `retry` while another session holds it (or while the
+    /// replica's share says not to), backs off (up to [`LOCK_ERROR_BACKOFF_MS_MAX`]) while trying
+    /// fails. `None` once `shutdown` turns true.
     pub async fn acquire(&self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Option<Leadership> {
         let mut backoff: Option<Duration> = None;
+        let mut refused_since = None;
         loop {
             if *shutdown.borrow() {
                 return None;
             }
-            let pause = match self.try_acquire().await {
+            let attempt = match self.place(&mut refused_since) {
+                Ok(slot) => self.attempt(slot).await,
+                Err(()) => Ok(None),
+            };
+            let pause = match attempt {
                 Ok(Some(leadership)) => {
                     tracing::info!(target: "leader", lock = %self.name, pid = leadership.backend_pid, "lock taken");
                     return Some(leadership);
@@ -140,6 +195,8 @@ pub struct Leadership {
     conn: PgConnection,
     name: String,
     backend_pid: i32,
+    /// This lock's place in the replica's share (counted out when the leadership ends).
+    slot: Option<ShareSlot>,
 }
 
 impl Leadership {
@@ -154,8 +211,15 @@ impl Leadership {
 
     /// Asks the server whether this session still holds the lock. Any failure (a dead connection,
     /// no answer within [`LOCK_CHECK_TIMEOUT_MS`]) counts as lost: the caller must stop writing and
-    /// take the lock again before its next pass.
+    /// take the lock again before its next pass. A spread lock of a replica above its fair share
+    /// while a peer is short of its own answers [`LeaderError::Surplus`] (one lock per interval):
+    /// the caller releases it and acquires again.
     pub async fn ensure_held(&mut self) -> Result<(), LeaderError> {
+        if let Some(share) = self.slot.as_ref().map(ShareSlot::share) {
+            if share.should_yield() {
+                return Err(LeaderError::Surplus { name: self.name.clone(), held: share.held(), fair: share.fair() });
+            }
+        }
         let lost = |reason: String| LeaderError::Lost { name: self.name.clone(), reason };
         let check = sqlx::query_scalar::<_, bool>(HELD_SQL).bind(&self.name).fetch_one(&mut self.conn);
         match tokio::time::timeout(Duration::from_millis(LOCK_CHECK_TIMEOUT_MS), check).await {
@@ -163,6 +227,28 @@ impl Leadership {
             Ok(Ok(false)) => Err(lost("the session no longer holds it".to_owned())),
             Ok(Err(error)) => Err(lost(error.to_string())),
             Err(_) => Err(lost(format!("no answer within {LOCK_CHECK_TIMEOUT_MS} ms"))),
+        }
+    }
+
+    /// Waits `pause`, or until `shutdown` changes (`Ok(true)`), checking the lock first and then at
+    /// least every [`LOCK_RETRY_MS_DEFAULT`]: a job that waits long (for a node that is down) still
+    /// notices a lost lock, or hands a surplus one over, in time.
+    pub async fn wait_holding(
+        &mut self,
+        pause: Duration,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, LeaderError> {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            self.ensure_held().await?;
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(Duration::from_millis(LOCK_RETRY_MS_DEFAULT))) => {}
+                _ = shutdown.changed() => return Ok(true),
+            }
         }
     }
 

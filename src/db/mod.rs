@@ -2,6 +2,7 @@
 //! job on one replica ([`leader`]).
 
 pub mod leader;
+pub mod replicas;
 
 use std::time::Duration;
 

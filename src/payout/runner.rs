@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec, Config, PayoutsConfig};
 use crate::db::leader::{JobLock, Leadership};
+use crate::db::replicas::Share;
 use crate::ledger::Ledger;
 use crate::money::{asset_to_fiat, Amount, Fiat, Rounding};
 use crate::rates::RateSource;
@@ -306,16 +307,18 @@ pub async fn advance_open(pool: &PgPool, sender: &PayoutSender) -> Result<Vec<(S
 /// The executor inside `payrail serve`: waits for the lock, then runs the schedule and advances
 /// open batches every `poll_interval_ms` until `shutdown` fires. The lock is checked before every
 /// step; when its session ends (a database restart) the executor stops and waits for it again, so
-/// two executors never sign beside each other.
+/// two executors never sign beside each other. With a `share`, the lock counts in the replica's
+/// share of the jobs and is handed over, between steps, to a replica with fewer.
 pub async fn run_executor(
     service: Arc<PayoutService>,
     senders: Vec<PayoutSender>,
+    share: Option<Share>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     service.set_executor_running(true);
     let pool = service.pool.clone();
     let poll = Duration::from_millis(service.config.poll_interval_ms);
-    let lock = executor_lock(&pool);
+    let lock = executor_lock(&pool).spread(share);
     loop {
         let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return };
         tracing::info!(target: "payout", chains = senders.len(), "payout executor running");
@@ -324,9 +327,17 @@ pub async fn run_executor(
                 leadership.release().await;
                 return;
             }
-            if let Err(error) = step_executor(&service, &senders, &mut leadership).await {
-                tracing::warn!(target: "payout", %error, "lost the executor lock; waiting for it again");
-                break;
+            match step_executor(&service, &senders, &mut leadership).await {
+                Ok(()) => {}
+                Err(PayoutError::Leader(error)) if error.is_surplus() => {
+                    tracing::info!(target: "payout", %error, "handing the executor to a replica with fewer jobs");
+                    leadership.release().await;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(target: "payout", %error, "lost the executor lock; waiting for it again");
+                    break;
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}

@@ -42,6 +42,7 @@ use tokio::task::{JoinError, JoinSet};
 
 use crate::clock::Clock;
 use crate::db::leader::JobLock;
+use crate::db::replicas::Share;
 use crate::ids::new_id;
 use crate::metrics;
 use crate::secrets::SecretsAtRest;
@@ -252,6 +253,8 @@ pub struct Dispatcher {
     in_flight: Arc<Mutex<HashSet<String>>>,
     /// The global cap on delivery tasks (`concurrency` permits).
     slots: Arc<Semaphore>,
+    /// The replica's share of the job locks (`None`: the dispatcher lock is taken whenever free).
+    share: Option<Share>,
 }
 
 /// An endpoint's place in the in-flight set, given back when dropped: whether the task ends, fails,
@@ -327,7 +330,14 @@ impl Dispatcher {
     pub fn new(pool: PgPool, clock: Arc<dyn Clock>, config: DispatchConfig, secrets: SecretsAtRest) -> Result<Self> {
         let client = delivery_client(&config)?;
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        Ok(Self { pool, clock, client, config, secrets, in_flight: Arc::default(), slots })
+        Ok(Self { pool, clock, client, config, secrets, in_flight: Arc::default(), slots, share: None })
+    }
+
+    /// Counts the dispatcher's lock in the replica's `share` (see [`crate::db::replicas`]).
+    #[must_use]
+    pub fn spread(mut self, share: Option<Share>) -> Self {
+        self.share = share;
+        self
     }
 
     pub fn config(&self) -> &DispatchConfig {
@@ -702,7 +712,9 @@ impl Dispatcher {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let poll = StdDuration::from_millis(self.config.poll_interval_ms.max(1));
         let mut running: JoinSet<TaskResult> = JoinSet::new();
-        let lock = JobLock::new(self.pool.clone(), LOCK_NAME).retry_every(StdDuration::from_millis(LOCK_RETRY_MS));
+        let lock = JobLock::new(self.pool.clone(), LOCK_NAME)
+            .retry_every(StdDuration::from_millis(LOCK_RETRY_MS))
+            .spread(self.share.clone());
         loop {
             let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
             tracing::info!(target: "webhook", "dispatching webhooks");
@@ -714,6 +726,13 @@ impl Dispatcher {
                     return Ok(());
                 }
                 if let Err(error) = leadership.ensure_held().await {
+                    if error.is_surplus() {
+                        // Still held: let the running attempts end before another replica takes over.
+                        tracing::info!(target: "webhook", %error, "handing dispatch to a replica with fewer jobs");
+                        self.finish(&mut running, &mut report).await;
+                        leadership.release().await;
+                        break;
+                    }
                     tracing::warn!(target: "webhook", %error, "lost the dispatcher lock; waiting for it again");
                     running.abort_all();
                     while let Some(joined) = running.join_next().await {
@@ -789,11 +808,12 @@ pub async fn run_dispatcher(
     clock: Arc<dyn Clock>,
     allow_loopback: bool,
     secrets: SecretsAtRest,
+    share: Option<Share>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let config = DispatchConfig { allow_loopback, ..DispatchConfig::default() };
     let dispatcher = match Dispatcher::new(pool, clock, config, secrets) {
-        Ok(dispatcher) => dispatcher,
+        Ok(dispatcher) => dispatcher.spread(share),
         Err(error) => {
             tracing::error!(target: "webhook", %error, "webhook dispatcher not started; events stay in the outbox");
             return;

@@ -34,6 +34,7 @@ use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec};
 use crate::db::leader::{Fence, JobLock, LeaderError, Leadership};
+use crate::db::replicas::Share;
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -137,6 +138,8 @@ pub struct BitcoinWatcher {
     /// The chain lock that writes must still be held under (`None`: not run under a lock, in tests).
     fence: Mutex<Option<Fence>>,
     transactions: Mutex<HashMap<Txid, Arc<Transaction>>>,
+    /// The replica's share of the job locks (`None`: the chain's lock is taken whenever free).
+    share: Option<Share>,
 }
 
 impl std::fmt::Debug for BitcoinWatcher {
@@ -173,7 +176,15 @@ impl BitcoinWatcher {
             clock,
             fence: Mutex::new(None),
             transactions: Mutex::new(HashMap::new()),
+            share: None,
         })
+    }
+
+    /// Counts the job's lock in the replica's `share` (see [`crate::db::replicas`]).
+    #[must_use]
+    pub fn spread(mut self, share: Option<Share>) -> Self {
+        self.share = share;
+        self
     }
 
     pub fn chain(&self) -> &ChainSpec {
@@ -189,7 +200,7 @@ impl BitcoinWatcher {
     /// watches a chain: the others wait on the chain's advisory lock. A watcher whose lock's session
     /// ends (a database restart) stops writing at once and waits for the lock again.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), WatchError> {
-        let lock = JobLock::new(self.pool.clone(), format!("payrail.watch.{}", self.caip2));
+        let lock = JobLock::new(self.pool.clone(), format!("payrail.watch.{}", self.caip2)).spread(self.share.clone());
         loop {
             let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
             match self.follow(&mut leadership, &mut shutdown).await {
@@ -199,7 +210,12 @@ impl BitcoinWatcher {
                 }
                 Ok(Followed::LockLost(error)) => {
                     crate::chain::health::shared().forget(&self.caip2);
-                    tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
+                    if error.is_surplus() {
+                        tracing::info!(target: "watcher::bitcoin", chain = %self.chain.name, %error, "handing the chain to a replica with fewer jobs");
+                        leadership.release().await;
+                    } else {
+                        tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
+                    }
                 }
                 Err(error) => {
                     crate::chain::health::shared().halt(&self.caip2, self.clock.now());
@@ -233,9 +249,11 @@ impl BitcoinWatcher {
                     self.report(TickReport::Failed);
                     backoff_ms = (backoff_ms * 2).clamp(1_000, BACKOFF_MS_MAX);
                     tracing::warn!(target: "watcher::bitcoin", chain = %self.chain.name, %error, backoff_ms, "electrum not reachable; waiting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                        _ = shutdown.changed() => return Ok(Followed::Shutdown),
+                    // Waiting holds the lock too: it is checked (a lost one, or one to hand over) while waiting.
+                    match leadership.wait_holding(Duration::from_millis(backoff_ms), shutdown).await {
+                        Ok(false) => {}
+                        Ok(true) => return Ok(Followed::Shutdown),
+                        Err(error) => return Ok(Followed::LockLost(error)),
                     }
                 }
                 Err(error) => {

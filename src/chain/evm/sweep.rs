@@ -37,7 +37,8 @@ use crate::chain::evm::deposit_salt;
 use crate::chain::evm::nonce::{highest_stored_nonce, SignerLock};
 use crate::chain::evm::rpc::{broadcast_raw, connect_checked, providers, Broadcast};
 use crate::config::ChainSpec;
-use crate::db::leader::JobLock;
+use crate::db::leader::{JobLock, LOCK_RETRY_MS_DEFAULT};
+use crate::db::replicas::Share;
 use crate::ids::new_id;
 use crate::ledger::{AccountCode, Ledger, LedgerError, NewEntry};
 use crate::money::Amount;
@@ -111,6 +112,8 @@ pub struct Sweeper {
     pool: PgPool,
     ledger: Arc<Ledger>,
     interval: Duration,
+    /// The replica's share of the job locks (`None`: the sweep lock is taken whenever free).
+    share: Option<Share>,
 }
 
 impl std::fmt::Debug for Sweeper {
@@ -141,10 +144,19 @@ impl Sweeper {
             pool,
             ledger,
             interval: Duration::from_millis(SWEEP_INTERVAL_MS),
+            share: None,
         })
     }
 
-    /// Passes (and attempts at the lock) every `interval` instead of [`SWEEP_INTERVAL_MS`].
+    /// Counts the job's lock in the replica's `share` (see [`crate::db::replicas`]).
+    #[must_use]
+    pub fn spread(mut self, share: Option<Share>) -> Self {
+        self.share = share;
+        self
+    }
+
+    /// Passes every `interval` instead of [`SWEEP_INTERVAL_MS`] (and attempts at the lock as often, if
+    /// that is more often than every [`LOCK_RETRY_MS_DEFAULT`]).
     #[must_use]
     pub fn every(mut self, interval: Duration) -> Self {
         self.interval = interval;
@@ -159,7 +171,10 @@ impl Sweeper {
     /// Sweeps until `shutdown` fires, while holding the chain's sweep lock: other replicas' sweepers
     /// wait, and take over when this one's session ends.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let lock = JobLock::new(self.pool.clone(), self.lock_name()).retry_every(self.interval);
+        // Tried at least every LOCK_RETRY_MS_DEFAULT whatever the sweep interval: the sweeps of a
+        // dead replica's chain are taken over within seconds.
+        let retry = self.interval.min(Duration::from_millis(LOCK_RETRY_MS_DEFAULT));
+        let lock = JobLock::new(self.pool.clone(), self.lock_name()).retry_every(retry).spread(self.share.clone());
         loop {
             let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return };
             tracing::info!(target: "sweeper", chain = %self.chain.name, "sweeping");
@@ -169,7 +184,12 @@ impl Sweeper {
                     return;
                 }
                 if let Err(error) = leadership.ensure_held().await {
-                    tracing::warn!(target: "sweeper", chain = %self.chain.name, %error, "lost the sweep lock; waiting for it again");
+                    if error.is_surplus() {
+                        tracing::info!(target: "sweeper", chain = %self.chain.name, %error, "handing sweeps to a replica with fewer jobs");
+                        leadership.release().await;
+                    } else {
+                        tracing::warn!(target: "sweeper", chain = %self.chain.name, %error, "lost the sweep lock; waiting for it again");
+                    }
                     break;
                 }
                 match self.pass().await {

@@ -22,6 +22,7 @@ use crate::chain::pricing::confirmations_required;
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag};
 use crate::db::leader::{Fence, JobLock, LeaderError, Leadership};
+use crate::db::replicas::Share;
 use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError, ObservedPayment};
 use crate::ledger::Ledger;
 use crate::metrics;
@@ -127,6 +128,8 @@ pub struct EvmWatcher {
     last_balance_check: std::sync::Mutex<Option<std::time::Instant>>,
     /// Whether the node's pruned history was already reported (once per watcher).
     pruned_state_logged: std::sync::atomic::AtomicBool,
+    /// The replica's share of the job locks (`None`: the chain's lock is taken whenever free).
+    share: Option<Share>,
 }
 
 impl EvmWatcher {
@@ -161,7 +164,15 @@ impl EvmWatcher {
             tokens,
             last_balance_check: std::sync::Mutex::new(None),
             pruned_state_logged: std::sync::atomic::AtomicBool::new(false),
+            share: None,
         })
+    }
+
+    /// Counts the job's lock in the replica's `share` (see [`crate::db::replicas`]).
+    #[must_use]
+    pub fn spread(mut self, share: Option<Share>) -> Self {
+        self.share = share;
+        self
     }
 
     pub fn chain(&self) -> &ChainSpec {
@@ -182,7 +193,7 @@ impl EvmWatcher {
     /// watches a chain: the others wait on the chain's advisory lock. A watcher whose lock's session
     /// ends (a database restart) stops writing at once and waits for the lock again.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), WatchError> {
-        let lock = JobLock::new(self.pool.clone(), format!("payrail.watch.{}", self.caip2));
+        let lock = JobLock::new(self.pool.clone(), format!("payrail.watch.{}", self.caip2)).spread(self.share.clone());
         loop {
             let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
             let outcome = self.follow(&mut leadership, &mut shutdown).await;
@@ -193,7 +204,12 @@ impl EvmWatcher {
                 }
                 Ok(Followed::LockLost(error)) => {
                     crate::chain::health::shared().forget(&self.caip2);
-                    tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
+                    if error.is_surplus() {
+                        tracing::info!(target: "watcher::evm", chain = %self.chain.name, %error, "handing the chain to a replica with fewer jobs");
+                        leadership.release().await;
+                    } else {
+                        tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, "lost the chain's lock; waiting for it again");
+                    }
                 }
                 Err(error) => {
                     crate::chain::health::shared().halt(&self.caip2, self.clock.now());
@@ -226,9 +242,11 @@ impl EvmWatcher {
                 Err(error) if error.is_retryable() => {
                     backoff_ms = (backoff_ms * 2).clamp(1_000, BACKOFF_MS_MAX);
                     tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %error, backoff_ms, "node not reachable; waiting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                        _ = shutdown.changed() => return Ok(Followed::Shutdown),
+                    // Waiting holds the lock too: it is checked (a lost one, or one to hand over) while waiting.
+                    match leadership.wait_holding(Duration::from_millis(backoff_ms), shutdown).await {
+                        Ok(false) => {}
+                        Ok(true) => return Ok(Followed::Shutdown),
+                        Err(error) => return Ok(Followed::LockLost(error)),
                     }
                 }
                 Err(error) => {
