@@ -1,0 +1,176 @@
+//! The named scenarios, in the order the table lists them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use payrail::merchant::create_merchant;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use crate::rig::{self, Db, Invoice, Payer, Replica, Rng};
+use crate::{Profile, Row};
+
+type Run = fn(Profile) -> Pin<Box<dyn Future<Output = Result<Row>>>>;
+
+pub const ALL: &[(&str, Run)] = &[
+    ("kill9-payments", |p| Box::pin(kill9_payments(p))),
+];
+
+/// How long a scenario may wait for its last invoices to be paid once the faults stop.
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+/// How long a daemon may take to answer after a start.
+const READY_MAX: Duration = Duration::from_secs(60);
+/// How long recovery may take before it counts as never recovered.
+const RECOVERY_MAX: Duration = Duration::from_secs(60);
+
+struct Load {
+    invoices: usize,
+    /// The payments are spread over this long, so the faults land among them.
+    spread: Duration,
+}
+
+impl Load {
+    fn of(profile: Profile) -> Self {
+        match profile {
+            Profile::Short => Self { invoices: 30, spread: Duration::from_secs(40) },
+            Profile::Full => Self { invoices: 200, spread: Duration::from_secs(180) },
+        }
+    }
+
+    fn describe(&self, replicas: usize) -> String {
+        format!("{} invoices / {} s, {replicas} replica{}", self.invoices, self.spread.as_secs(), if replicas == 1 { "" } else { "s" })
+    }
+}
+
+async fn wait_ready(base: &str) -> Result<()> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while started.elapsed() < READY_MAX {
+        if let Ok(r) = client.get(format!("{base}/healthz")).timeout(Duration::from_secs(2)).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{base} not ready within {READY_MAX:?}")
+}
+
+/// Creates and pays `load.invoices` invoices through `bases`, paced over `load.spread`.
+async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) -> Result<Vec<(Invoice, String)>> {
+    let pace = load.spread / u32::try_from(load.invoices.max(1))?;
+    let mut sent = Vec::with_capacity(load.invoices);
+    for i in 0..load.invoices {
+        let started = Instant::now();
+        let (asset, amount) = rig::asset_and_amount(i);
+        let invoice = rig::create_invoice(bases, api_key, &format!("chaos-{i}"), &amount, asset, READY_MAX)
+            .await
+            .with_context(|| format!("invoice {i}"))?;
+        let hash = payer.pay(&invoice).await.with_context(|| format!("paying {}", invoice.id))?;
+        sent.push((invoice, hash));
+        tokio::time::sleep(pace.saturating_sub(started.elapsed())).await;
+    }
+    Ok(sent)
+}
+
+/// Polls until the watcher's cursor reaches `target`; the time it took, or `None` past the limit.
+async fn until_cursor(pool: &PgPool, target: u64, since: Instant) -> Option<Duration> {
+    while since.elapsed() < RECOVERY_MAX {
+        if matches!(rig::cursor(pool).await, Ok(Some(h)) if h >= target) {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn recovery_max(recoveries: &[Option<Duration>]) -> Option<Duration> {
+    // A fault never recovered from counts as the limit itself.
+    recoveries.iter().map(|r| r.unwrap_or(RECOVERY_MAX)).max()
+}
+
+/// One daemon, SIGKILLed and restarted every few seconds while invoices are created and paid.
+async fn kill9_payments(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let logs = rig::log_dir("kill9-payments")?;
+    let db = Db::create("kill9-payments").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    let bases = vec![replica.base()];
+    let replica = Arc::new(Mutex::new(replica));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = {
+        let replica = replica.clone();
+        let pool = db.pool.clone();
+        let anvil_url = anvil.url();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+            let mut monitors = Vec::new();
+            let mut kills = 0u32;
+            // Bounded: at most one kill per 2 s of a 10-minute run.
+            while kills < 300 {
+                tokio::select! {
+                    _ = tokio::time::sleep(rng.millis_between(2_000, 5_000)) => {}
+                    _ = stop.changed() => break,
+                }
+                let mut r = replica.lock().await;
+                r.kill9().await?;
+                let restarted = Instant::now();
+                r.start()?;
+                kills += 1;
+                // A block the killed process never saw: recovered once the new one has followed
+                // the chain past it.
+                rig::mine(&anvil_url, 1).await?;
+                let tip = rig::tip(&anvil_url).await?;
+                let pool = pool.clone();
+                monitors.push(tokio::spawn(async move { until_cursor(&pool, tip, restarted).await }));
+            }
+            let mut recoveries = Vec::new();
+            for m in monitors {
+                recoveries.push(m.await?);
+            }
+            anyhow::Ok((kills, recoveries))
+        })
+    };
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (kills, recoveries) = killer.await??;
+    let sent = sent?;
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    let crashed = replica.lock().await.exited();
+    replica.lock().await.kill9().await?;
+    if let Some(status) = crashed {
+        eprintln!("chaos: the daemon exited on its own: {status}");
+    }
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let row = Row {
+        scenario: "kill9-payments",
+        load: load.describe(1),
+        faults: format!("{kills} x SIGKILL (every 2-5 s)"),
+        payments: sent.len(),
+        lost,
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        elapsed: started.elapsed(),
+    };
+    if !row.failed() {
+        db.drop_database().await?;
+    }
+    Ok(row)
+}
