@@ -17,6 +17,7 @@ type Run = fn(Profile) -> Pin<Box<dyn Future<Output = Result<Row>>>>;
 
 pub const ALL: &[(&str, Run)] = &[
     ("kill9-payments", |p| Box::pin(kill9_payments(p))),
+    ("replicas-leader-kill", |p| Box::pin(replicas_leader_kill(p))),
 ];
 
 /// How long a scenario may wait for its last invoices to be paid once the faults stop.
@@ -161,6 +162,124 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
         scenario: "kill9-payments",
         load: load.describe(1),
         faults: format!("{kills} x SIGKILL (every 2-5 s)"),
+        payments: sent.len(),
+        lost,
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        elapsed: started.elapsed(),
+    };
+    if !row.failed() {
+        db.drop_database().await?;
+    }
+    Ok(row)
+}
+
+/// The replica (by `application_name`) whose session holds the Polygon watcher's lock.
+async fn watch_lock_holder(pool: &PgPool) -> Result<Option<String>> {
+    let holder = sqlx::query_scalar(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)::bigint",
+    )
+    .bind(rig::WATCH_LOCK)
+    .fetch_optional(pool)
+    .await?;
+    Ok(holder)
+}
+
+/// Two (short) or three (full) replicas on one database; the one holding the watcher's lock is
+/// SIGKILLed again and again while payments flow.
+async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let replica_count = match profile {
+        Profile::Short => 2,
+        Profile::Full => 3,
+    };
+    let logs = rig::log_dir("replicas-leader-kill")?;
+    let db = Db::create("replicas-leader-kill").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let mut replicas = Vec::new();
+    for i in 1..=replica_count {
+        let mut r = Replica::new(&format!("chaos-r{i}"), &db, &anvil, &logs)?;
+        r.start()?;
+        replicas.push(r);
+    }
+    for r in &replicas {
+        wait_ready(&r.base()).await?;
+    }
+    let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
+    let replicas = Arc::new(Mutex::new(replicas));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = {
+        let replicas = replicas.clone();
+        let pool = db.pool.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
+            let mut recoveries = Vec::new();
+            let mut kills = 0u32;
+            while kills < 300 {
+                tokio::select! {
+                    _ = tokio::time::sleep(rng.millis_between(3_000, 6_000)) => {}
+                    _ = stop.changed() => break,
+                }
+                let Some(holder) = watch_lock_holder(&pool).await? else {
+                    // Nobody holds it yet (a takeover still under way): try again next round.
+                    continue;
+                };
+                let mut all = replicas.lock().await;
+                let Some(victim) = all.iter_mut().find(|r| r.name == holder) else {
+                    anyhow::bail!("the lock is held by {holder:?}, which is no replica of this run");
+                };
+                victim.kill9().await?;
+                let killed = Instant::now();
+                kills += 1;
+                let mut recovered = None;
+                while killed.elapsed() < RECOVERY_MAX {
+                    match watch_lock_holder(&pool).await? {
+                        Some(h) if h != holder => {
+                            recovered = Some(killed.elapsed());
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                recoveries.push(recovered);
+                // Back as a standby, as a supervisor would restart it.
+                if let Some(victim) = all.iter_mut().find(|r| r.name == holder) {
+                    victim.start()?;
+                }
+            }
+            anyhow::Ok((kills, recoveries))
+        })
+    };
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (kills, recoveries) = killer.await??;
+    let sent = sent?;
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    for r in replicas.lock().await.iter_mut() {
+        if let Some(status) = r.exited() {
+            eprintln!("chaos: {} exited on its own: {status}", r.name);
+        }
+        r.kill9().await?;
+    }
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let row = Row {
+        scenario: "replicas-leader-kill",
+        load: load.describe(replica_count),
+        faults: format!("{kills} x SIGKILL of the watcher's leader (every 3-6 s)"),
         payments: sent.len(),
         lost,
         doubled,
