@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::network::EthereumWallet;
@@ -354,4 +355,91 @@ impl Rng {
     pub fn millis_between(&mut self, low_ms: u64, high_ms: u64) -> Duration {
         Duration::from_millis(low_ms + self.below(high_ms.saturating_sub(low_ms) + 1))
     }
+}
+
+/// A webhook receiver on loopback that answers 200 to everything and counts deliveries by the
+/// `Payrail-Event-Id` header.
+pub struct Receiver {
+    pub url: String,
+    deliveries: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Result<Self> {
+        let deliveries: Arc<std::sync::Mutex<BTreeMap<String, u32>>> = Arc::default();
+        let seen = deliveries.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let id = headers
+                        .get(payrail::webhook::dispatch::EVENT_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("(none)")
+                        .to_owned();
+                    if let Ok(mut seen) = seen.lock() {
+                        *seen.entry(id).or_default() += 1;
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { url, deliveries, server })
+    }
+
+    /// Deliveries so far, by event id.
+    pub fn deliveries(&self) -> BTreeMap<String, u32> {
+        self.deliveries.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Registers `url` for every event type of the merchant behind `api_key`.
+pub async fn register_endpoint(base: &str, api_key: &str, url: &str) -> Result<()> {
+    let reply = reqwest::Client::new()
+        .post(format!("{base}/v1/webhook_endpoints"))
+        .bearer_auth(api_key)
+        .timeout(Duration::from_millis(API_TIMEOUT_MS))
+        .json(&json!({"url": url, "events": ["*"]}))
+        .send()
+        .await?;
+    if !reply.status().is_success() {
+        bail!("webhook endpoint refused: {} {}", reply.status(), reply.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Events the receiver should have had: every outbox event except those whose delivery the
+/// dispatcher superseded by a newer event about the same object (by design).
+pub async fn expected_events(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT o.event_id FROM outbox o WHERE NOT EXISTS \
+         (SELECT 1 FROM webhook_deliveries d WHERE d.outbox_id = o.id AND d.status = 'superseded') ORDER BY o.id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Invoices among `ids` without an `invoice.paid` event in the outbox.
+pub async fn invoices_without_paid_event(pool: &PgPool, ids: &[String]) -> Result<usize> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM unnest($1::text[]) AS i(id) WHERE NOT EXISTS \
+         (SELECT 1 FROM outbox o WHERE o.object_id = i.id AND o.event_type = 'invoice.paid')",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await?;
+    Ok(usize::try_from(n)?)
 }

@@ -18,6 +18,7 @@ type Run = fn(Profile) -> Pin<Box<dyn Future<Output = Result<Row>>>>;
 pub const ALL: &[(&str, Run)] = &[
     ("kill9-payments", |p| Box::pin(kill9_payments(p))),
     ("replicas-leader-kill", |p| Box::pin(replicas_leader_kill(p))),
+    ("kill9-webhooks", |p| Box::pin(kill9_webhooks(p))),
 ];
 
 /// How long a scenario may wait for its last invoices to be paid once the faults stop.
@@ -93,6 +94,45 @@ fn recovery_max(recoveries: &[Option<Duration>]) -> Option<Duration> {
     recoveries.iter().map(|r| r.unwrap_or(RECOVERY_MAX)).max()
 }
 
+/// SIGKILLs `replica` every 2-5 s and restarts it at once, until `stop` flips. Returns the kills and,
+/// per restart, how long the new process took to follow the chain past a block mined after it
+/// started (`None`: not within [`RECOVERY_MAX`]).
+fn spawn_restarting_killer(
+    replica: Arc<Mutex<Replica>>,
+    pool: PgPool,
+    anvil_url: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(u32, Vec<Option<Duration>>)>> {
+    tokio::spawn(async move {
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+        let mut monitors = Vec::new();
+        let mut kills = 0u32;
+        // Bounded: at most one kill per 2 s of a 10-minute run.
+        while kills < 300 {
+            tokio::select! {
+                _ = tokio::time::sleep(rng.millis_between(2_000, 5_000)) => {}
+                _ = stop.changed() => break,
+            }
+            let mut r = replica.lock().await;
+            r.kill9().await?;
+            let restarted = Instant::now();
+            r.start()?;
+            kills += 1;
+            // A block the killed process never saw: recovered once the new one has followed the
+            // chain past it.
+            rig::mine(&anvil_url, 1).await?;
+            let tip = rig::tip(&anvil_url).await?;
+            let pool = pool.clone();
+            monitors.push(tokio::spawn(async move { until_cursor(&pool, tip, restarted).await }));
+        }
+        let mut recoveries = Vec::new();
+        for m in monitors {
+            recoveries.push(m.await?);
+        }
+        Ok((kills, recoveries))
+    })
+}
+
 /// One daemon, SIGKILLed and restarted every few seconds while invoices are created and paid.
 async fn kill9_payments(profile: Profile) -> Result<Row> {
     let started = Instant::now();
@@ -110,40 +150,7 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
-    let killer = {
-        let replica = replica.clone();
-        let pool = db.pool.clone();
-        let anvil_url = anvil.url();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
-            let mut monitors = Vec::new();
-            let mut kills = 0u32;
-            // Bounded: at most one kill per 2 s of a 10-minute run.
-            while kills < 300 {
-                tokio::select! {
-                    _ = tokio::time::sleep(rng.millis_between(2_000, 5_000)) => {}
-                    _ = stop.changed() => break,
-                }
-                let mut r = replica.lock().await;
-                r.kill9().await?;
-                let restarted = Instant::now();
-                r.start()?;
-                kills += 1;
-                // A block the killed process never saw: recovered once the new one has followed
-                // the chain past it.
-                rig::mine(&anvil_url, 1).await?;
-                let tip = rig::tip(&anvil_url).await?;
-                let pool = pool.clone();
-                monitors.push(tokio::spawn(async move { until_cursor(&pool, tip, restarted).await }));
-            }
-            let mut recoveries = Vec::new();
-            for m in monitors {
-                recoveries.push(m.await?);
-            }
-            anyhow::Ok((kills, recoveries))
-        })
-    };
+    let killer = spawn_restarting_killer(replica.clone(), db.pool.clone(), anvil.url(), stop_rx.clone());
 
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
@@ -284,6 +291,74 @@ async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
         lost,
         doubled,
         duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        elapsed: started.elapsed(),
+    };
+    if !row.failed() {
+        db.drop_database().await?;
+    }
+    Ok(row)
+}
+
+/// One daemon with a merchant webhook endpoint on loopback, SIGKILLed and restarted every few
+/// seconds while invoices are paid and their events delivered. Delivery is at least once: an event
+/// never delivered is lost; one delivered twice is a duplicate, reported apart.
+async fn kill9_webhooks(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let logs = rig::log_dir("kill9-webhooks")?;
+    let db = Db::create("kill9-webhooks").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let receiver = rig::Receiver::start().await?;
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    rig::register_endpoint(&replica.base(), &merchant.api_key, &receiver.url).await?;
+    let bases = vec![replica.base()];
+    let replica = Arc::new(Mutex::new(replica));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = spawn_restarting_killer(replica.clone(), db.pool.clone(), anvil.url(), stop_rx.clone());
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (kills, recoveries) = killer.await??;
+    let sent = sent?;
+    let ids: Vec<String> = sent.iter().map(|(i, _)| i.id.clone()).collect();
+    let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    // Let the dispatcher drain what the kills interrupted.
+    let draining = Instant::now();
+    let undelivered = loop {
+        let delivered = receiver.deliveries();
+        let missing = rig::expected_events(&db.pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
+        if missing == 0 || draining.elapsed() > SETTLE_MAX {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let crashed = replica.lock().await.exited();
+    replica.lock().await.kill9().await?;
+    if let Some(status) = crashed {
+        eprintln!("chaos: the daemon exited on its own: {status}");
+    }
+    let delivered = receiver.deliveries();
+    let duplicates: u32 = delivered.values().map(|n| n.saturating_sub(1)).sum();
+    let lost = unpaid + undelivered + rig::invoices_without_paid_event(&db.pool, &ids).await?;
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let row = Row {
+        scenario: "kill9-webhooks",
+        load: format!("{}, {} events", load.describe(1), delivered.len()),
+        faults: format!("{kills} x SIGKILL (every 2-5 s)"),
+        payments: sent.len(),
+        lost,
+        doubled,
+        duplicates: Some(usize::try_from(duplicates)?),
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
         elapsed: started.elapsed(),
