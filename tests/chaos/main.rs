@@ -39,6 +39,8 @@ pub struct Row {
     pub duplicates: Option<usize>,
     pub recovery_max: Option<Duration>,
     pub reconcile_clean: bool,
+    /// What the scenario saw that is neither a loss nor a double but needs a look.
+    pub notes: String,
     pub elapsed: Duration,
 }
 
@@ -49,7 +51,7 @@ impl Row {
 }
 
 fn print_table(rows: &[Row]) {
-    let header = ["scenario", "load", "faults injected", "payments", "lost", "doubled", "recovery max", "reconcile clean", "took"];
+    let header = ["scenario", "load", "faults injected", "payments", "lost", "doubled", "recovery max", "reconcile clean", "took", "notes"];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -66,6 +68,7 @@ fn print_table(rows: &[Row]) {
                 r.recovery_max.map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis())),
                 if r.reconcile_clean { "y" } else { "n" }.to_owned(),
                 format!("{} s", r.elapsed.as_secs()),
+                r.notes.clone(),
             ]
         })
         .collect();
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
                         duplicates: None,
                         recovery_max: None,
                         reconcile_clean: false,
+                        notes: String::new(),
                         elapsed: Duration::ZERO,
                     });
                 }

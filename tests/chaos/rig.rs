@@ -179,19 +179,34 @@ pub struct Invoice {
     pub amount: U256,
 }
 
+/// How long a key answered "still running" is retried before the client gives up on it. The daemon
+/// that claimed it was killed (the harness knows); the key stays claimed until it expires.
+const STUCK_KEY_PATIENCE: Duration = Duration::from_secs(5);
+
+/// An invoice created over the API, and how many Idempotency-Keys the client had to abandon on the
+/// way (claimed by a killed process, answered 409 "still running" since).
+pub struct Created {
+    pub invoice: Invoice,
+    pub stuck_keys: u32,
+}
+
 /// Creates an invoice over the API of any of `bases`, retrying (with one idempotency key) while
-/// the daemons are down, for at most `patience`.
-pub async fn create_invoice(bases: &[String], api_key: &str, key: &str, amount_usd: &str, asset: &str, patience: Duration) -> Result<Invoice> {
+/// the daemons are down, for at most `patience`. A key left claimed by a killed process is given
+/// up after [`STUCK_KEY_PATIENCE`] for a fresh one, as a merchant's client would have to.
+pub async fn create_invoice(bases: &[String], api_key: &str, key: &str, amount_usd: &str, asset: &str, patience: Duration) -> Result<Created> {
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut attempt = 0usize;
+    let mut stuck_keys = 0u32;
+    let mut key = key.to_owned();
+    let mut stuck_since: Option<Instant> = None;
     loop {
         let base = &bases[attempt % bases.len()];
         attempt += 1;
         let reply = client
             .post(format!("{base}/v1/invoices"))
             .bearer_auth(api_key)
-            .header("Idempotency-Key", key)
+            .header("Idempotency-Key", &key)
             .timeout(Duration::from_millis(API_TIMEOUT_MS))
             .json(&json!({"amount": amount_usd, "currency": "USD", "accepted": [asset], "expires_in": 3600}))
             .send()
@@ -203,12 +218,26 @@ pub async fn create_invoice(bases: &[String], api_key: &str, key: &str, amount_u
                     .as_array()
                     .and_then(|o| o.iter().find(|o| o["asset"] == asset))
                     .context("payment option")?;
-                return Ok(Invoice {
+                let invoice = Invoice {
                     id: view["id"].as_str().context("id")?.to_owned(),
                     asset: asset.to_owned(),
                     address: option["address"].as_str().context("address")?.parse()?,
                     amount: option["amount_minor"].as_str().context("amount")?.parse()?,
-                });
+                };
+                return Ok(Created { invoice, stuck_keys });
+            }
+            Ok(r) if r.status().as_u16() == 409 => {
+                let body = r.text().await.unwrap_or_default();
+                if !body.contains("still running") {
+                    bail!("invoice refused: 409 {body}");
+                }
+                let since = *stuck_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > STUCK_KEY_PATIENCE {
+                    eprintln!("chaos: Idempotency-Key {key} still claimed {STUCK_KEY_PATIENCE:?} after a kill; using a new key");
+                    stuck_keys += 1;
+                    key = format!("{key}-retry");
+                    stuck_since = None;
+                }
             }
             Ok(r) if r.status().is_client_error() && r.status().as_u16() != 408 && r.status().as_u16() != 429 => {
                 bail!("invoice refused: {} {}", r.status(), r.text().await.unwrap_or_default());

@@ -62,20 +62,24 @@ async fn wait_ready(base: &str) -> Result<()> {
 }
 
 /// Creates and pays `load.invoices` invoices through `bases`, paced over `load.spread`.
-async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) -> Result<Vec<(Invoice, String)>> {
+/// Also returns how many Idempotency-Keys had to be abandoned (see [`rig::create_invoice`]).
+async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) -> Result<(Vec<(Invoice, String)>, u32)> {
     let pace = load.spread / u32::try_from(load.invoices.max(1))?;
     let mut sent = Vec::with_capacity(load.invoices);
+    let mut stuck_keys = 0;
     for i in 0..load.invoices {
         let started = Instant::now();
         let (asset, amount) = rig::asset_and_amount(i);
-        let invoice = rig::create_invoice(bases, api_key, &format!("chaos-{i}"), &amount, asset, READY_MAX)
+        let created = rig::create_invoice(bases, api_key, &format!("chaos-{i}"), &amount, asset, READY_MAX)
             .await
             .with_context(|| format!("invoice {i}"))?;
+        stuck_keys += created.stuck_keys;
+        let invoice = created.invoice;
         let hash = payer.pay(&invoice).await.with_context(|| format!("paying {}", invoice.id))?;
         sent.push((invoice, hash));
         tokio::time::sleep(pace.saturating_sub(started.elapsed())).await;
     }
-    Ok(sent)
+    Ok((sent, stuck_keys))
 }
 
 /// Polls until the watcher's cursor reaches `target`; the time it took, or `None` past the limit.
@@ -87,6 +91,14 @@ async fn until_cursor(pool: &PgPool, target: u64, since: Instant) -> Option<Dura
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     None
+}
+
+fn notes(stuck_keys: u32) -> String {
+    if stuck_keys == 0 {
+        String::new()
+    } else {
+        format!("{stuck_keys} Idempotency-Key(s) left claimed by a killed process")
+    }
 }
 
 fn recovery_max(recoveries: &[Option<Duration>]) -> Option<Duration> {
@@ -155,7 +167,7 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
     let (kills, recoveries) = killer.await??;
-    let sent = sent?;
+    let (sent, stuck_keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
     let crashed = replica.lock().await.exited();
@@ -175,6 +187,7 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        notes: notes(stuck_keys),
         elapsed: started.elapsed(),
     };
     if !row.failed() {
@@ -272,7 +285,7 @@ async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
     let (kills, recoveries) = killer.await??;
-    let sent = sent?;
+    let (sent, stuck_keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
     for r in replicas.lock().await.iter_mut() {
@@ -293,6 +306,7 @@ async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        notes: notes(stuck_keys),
         elapsed: started.elapsed(),
     };
     if !row.failed() {
@@ -327,7 +341,7 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
     let (kills, recoveries) = killer.await??;
-    let sent = sent?;
+    let (sent, stuck_keys) = sent?;
     let ids: Vec<String> = sent.iter().map(|(i, _)| i.id.clone()).collect();
     let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
@@ -361,6 +375,7 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
         duplicates: Some(usize::try_from(duplicates)?),
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        notes: notes(stuck_keys),
         elapsed: started.elapsed(),
     };
     if !row.failed() {
