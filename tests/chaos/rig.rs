@@ -96,6 +96,7 @@ impl Replica {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = common::payrail_on(&self.database_url, &["serve", "--allow-dev-settings"], "POLYGON", &self.rpc)
             .env("PAYRAIL_SERVER__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("PAYRAIL_SERVER__REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
             .stderr(log)
             .spawn()
             .context("starting payrail serve")?;
@@ -179,20 +180,25 @@ pub struct Invoice {
     pub amount: U256,
 }
 
-/// How long a key answered "still running" is retried before the client gives up on it. The daemon
-/// that claimed it was killed (the harness knows); the key stays claimed until it expires.
-const STUCK_KEY_PATIENCE: Duration = Duration::from_secs(5);
+/// The replicas' request timeout: short, so that a key a killed process left claimed is taken over
+/// soon (after the timeout and the daemon's 5 s margin).
+const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// How long a key answered "still running" is retried before the client gives up on it: longer
+/// than the daemon keeps an unanswered claim.
+const STUCK_KEY_PATIENCE: Duration = Duration::from_secs(15);
 
-/// An invoice created over the API, and how many Idempotency-Keys the client had to abandon on the
-/// way (claimed by a killed process, answered 409 "still running" since).
+/// An invoice created over the API; how many Idempotency-Keys the client had to abandon on the
+/// way (still answered 409 "still running" after [`STUCK_KEY_PATIENCE`]) and how many it waited
+/// for (claimed by a killed process, then taken over).
 pub struct Created {
     pub invoice: Invoice,
     pub stuck_keys: u32,
+    pub waited_keys: u32,
 }
 
 /// Creates an invoice over the API of any of `bases`, retrying (with one idempotency key) while
-/// the daemons are down, for at most `patience`. A key left claimed by a killed process is given
-/// up after [`STUCK_KEY_PATIENCE`] for a fresh one, as a merchant's client would have to.
+/// the daemons are down, for at most `patience`. A key left claimed by a killed process is retried
+/// until the daemon lets it be taken over, or given up after [`STUCK_KEY_PATIENCE`] for a fresh one.
 pub async fn create_invoice(bases: &[String], api_key: &str, key: &str, amount_usd: &str, asset: &str, patience: Duration) -> Result<Created> {
     let client = reqwest::Client::new();
     let started = Instant::now();
@@ -200,6 +206,7 @@ pub async fn create_invoice(bases: &[String], api_key: &str, key: &str, amount_u
     let mut stuck_keys = 0u32;
     let mut key = key.to_owned();
     let mut stuck_since: Option<Instant> = None;
+    let mut waited = false;
     loop {
         let base = &bases[attempt % bases.len()];
         attempt += 1;
@@ -224,13 +231,14 @@ pub async fn create_invoice(bases: &[String], api_key: &str, key: &str, amount_u
                     address: option["address"].as_str().context("address")?.parse()?,
                     amount: option["amount_minor"].as_str().context("amount")?.parse()?,
                 };
-                return Ok(Created { invoice, stuck_keys });
+                return Ok(Created { invoice, stuck_keys, waited_keys: u32::from(waited) });
             }
             Ok(r) if r.status().as_u16() == 409 => {
                 let body = r.text().await.unwrap_or_default();
                 if !body.contains("still running") {
                     bail!("invoice refused: 409 {body}");
                 }
+                waited = true;
                 let since = *stuck_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > STUCK_KEY_PATIENCE {
                     eprintln!("chaos: Idempotency-Key {key} still claimed {STUCK_KEY_PATIENCE:?} after a kill; using a new key");

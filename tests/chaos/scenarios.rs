@@ -62,24 +62,25 @@ async fn wait_ready(base: &str) -> Result<()> {
 }
 
 /// Creates and pays `load.invoices` invoices through `bases`, paced over `load.spread`.
-/// Also returns how many Idempotency-Keys had to be abandoned (see [`rig::create_invoice`]).
-async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) -> Result<(Vec<(Invoice, String)>, u32)> {
+/// Also returns the Idempotency-Keys that had to be waited for or abandoned (see [`rig::create_invoice`]).
+async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) -> Result<(Vec<(Invoice, String)>, KeyWaits)> {
     let pace = load.spread / u32::try_from(load.invoices.max(1))?;
     let mut sent = Vec::with_capacity(load.invoices);
-    let mut stuck_keys = 0;
+    let mut keys = KeyWaits::default();
     for i in 0..load.invoices {
         let started = Instant::now();
         let (asset, amount) = rig::asset_and_amount(i);
         let created = rig::create_invoice(bases, api_key, &format!("chaos-{i}"), &amount, asset, READY_MAX)
             .await
             .with_context(|| format!("invoice {i}"))?;
-        stuck_keys += created.stuck_keys;
+        keys.stuck += created.stuck_keys;
+        keys.waited += created.waited_keys;
         let invoice = created.invoice;
         let hash = payer.pay(&invoice).await.with_context(|| format!("paying {}", invoice.id))?;
         sent.push((invoice, hash));
         tokio::time::sleep(pace.saturating_sub(started.elapsed())).await;
     }
-    Ok((sent, stuck_keys))
+    Ok((sent, keys))
 }
 
 /// Polls until the watcher's cursor reaches `target`; the time it took, or `None` past the limit.
@@ -93,12 +94,22 @@ async fn until_cursor(pool: &PgPool, target: u64, since: Instant) -> Option<Dura
     None
 }
 
-fn notes(stuck_keys: u32) -> String {
-    if stuck_keys == 0 {
-        String::new()
-    } else {
-        format!("{stuck_keys} Idempotency-Key(s) left claimed by a killed process")
+/// Idempotency-Keys a killed process left claimed: waited for until taken over, or given up.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyWaits {
+    waited: u32,
+    stuck: u32,
+}
+
+fn notes(keys: KeyWaits) -> String {
+    let mut notes = Vec::new();
+    if keys.waited > 0 {
+        notes.push(format!("{} Idempotency-Key(s) claimed by a killed process, retried until taken over", keys.waited - keys.stuck.min(keys.waited)));
     }
+    if keys.stuck > 0 {
+        notes.push(format!("{} key(s) never released", keys.stuck));
+    }
+    notes.join("; ")
 }
 
 fn recovery_max(recoveries: &[Option<Duration>]) -> Option<Duration> {
@@ -167,7 +178,7 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
     let (kills, recoveries) = killer.await??;
-    let (sent, stuck_keys) = sent?;
+    let (sent, keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
     let crashed = replica.lock().await.exited();
@@ -187,7 +198,7 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
-        notes: notes(stuck_keys),
+        notes: notes(keys),
         elapsed: started.elapsed(),
     };
     if !row.failed() {
@@ -285,7 +296,7 @@ async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
     let (kills, recoveries) = killer.await??;
-    let (sent, stuck_keys) = sent?;
+    let (sent, keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
     for r in replicas.lock().await.iter_mut() {
@@ -306,7 +317,7 @@ async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
-        notes: notes(stuck_keys),
+        notes: notes(keys),
         elapsed: started.elapsed(),
     };
     if !row.failed() {
@@ -341,7 +352,7 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
     let (kills, recoveries) = killer.await??;
-    let (sent, stuck_keys) = sent?;
+    let (sent, keys) = sent?;
     let ids: Vec<String> = sent.iter().map(|(i, _)| i.id.clone()).collect();
     let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
@@ -375,7 +386,7 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
         duplicates: Some(usize::try_from(duplicates)?),
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
-        notes: notes(stuck_keys),
+        notes: notes(keys),
         elapsed: started.elapsed(),
     };
     if !row.failed() {
