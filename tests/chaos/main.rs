@@ -96,6 +96,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let only: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    if let Some(unknown) = only.iter().find(|o| !scenarios::ALL.iter().any(|(name, _)| *name == o.as_str())) {
+        let names: Vec<&str> = scenarios::ALL.iter().map(|(name, _)| *name).collect();
+        eprintln!("chaos: no scenario {unknown:?} (there are: {})", names.join(", "));
+        return ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let rows = runtime.block_on(async {
         let mut rows = Vec::new();
