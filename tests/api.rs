@@ -598,3 +598,61 @@ async fn the_checkout_status_answers_503_while_the_database_is_unreachable(pool:
     assert_eq!(code(&body), "database_unavailable");
     drop(held);
 }
+
+/// A claim left by a request that never answered (its process was killed, or the timeout cut it)
+/// is "still running" only as long as a request may run; then a retry takes it over.
+#[sqlx::test]
+async fn an_abandoned_idempotency_claim_is_taken_over_after_the_request_timeout(pool: PgPool) {
+    use sha2::{Digest, Sha256};
+    let server = start(pool).await;
+    let (merchant_id, key) = server.merchant().await;
+    let body = r#"{"amount":"9.99","currency":"USD"}"#;
+    let scope: String = sqlx::query_scalar("SELECT id FROM api_keys WHERE merchant_id = $1")
+        .bind(&merchant_id)
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("key id");
+    let mut hasher = Sha256::new();
+    hasher.update(b"POST\0/v1/invoices\0");
+    hasher.update(body.as_bytes());
+    let now = server.state.clock.now();
+    // What a process killed mid-request leaves: the claim, no response.
+    sqlx::query("INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, 'order-7', $2, $3)")
+        .bind(&scope)
+        .bind(hasher.finalize().to_vec())
+        .bind(now)
+        .execute(&server.state.pool)
+        .await
+        .expect("claim");
+    let send = || {
+        server
+            .client
+            .post(format!("{}/v1/invoices", server.base))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "order-7")
+            .body(body)
+            .send()
+    };
+    let running = send().await.expect("retry");
+    assert_eq!(running.status(), StatusCode::CONFLICT, "a fresh claim may still be running");
+    let running: Value = running.json().await.expect("json");
+    assert_eq!(code(&running), "idempotency_conflict");
+
+    // Older than the request timeout and the margin: nothing can still be running under it.
+    let in_flight_max = payrail::api::idempotency::in_flight_max(HttpLimits::default().request_timeout_ms);
+    sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE key = 'order-7'")
+        .bind(now - in_flight_max - chrono::Duration::seconds(1))
+        .execute(&server.state.pool)
+        .await
+        .expect("age the claim");
+    let retried = send().await.expect("retry");
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    let retried: Value = retried.json().await.expect("json");
+    let again = send().await.expect("again");
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(again.json::<Value>().await.expect("json"), retried, "the taken-over request's response is stored");
+    let invoices: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices").fetch_one(&server.state.pool).await.expect("n");
+    assert_eq!(invoices, 1);
+}

@@ -4,6 +4,10 @@
 //! the key gets 409 too, so two concurrent retries cannot both run. A 5xx is not stored: the
 //! client may retry it. Keys are kept for [`IDEMPOTENCY_KEY_TTL_H`] hours, then purged.
 //!
+//! A claim that never got its response (the process was killed, or the request timeout cut the
+//! request) is abandoned once it is older than any request may run ([`in_flight_max`]): the next
+//! retry takes it over instead of being told "still running" until the key expires.
+//!
 //! Security invariants:
 //! - The caller is authenticated *before* the store is read: a request whose bearer token does not
 //!   verify never reaches the store (it goes on to the handler, which answers 401), and a stored
@@ -38,10 +42,24 @@ pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
 /// How long a key is remembered.
 pub const IDEMPOTENCY_KEY_TTL_H: i64 = 24;
 
+/// Added to the request timeout before an unanswered claim counts as abandoned.
+pub const IN_FLIGHT_MARGIN_MS: u64 = 5_000;
+
+/// How long a claim without a response may be "still running": the request timeout (the timeout
+/// layer ends every request by then) plus [`IN_FLIGHT_MARGIN_MS`].
+pub fn in_flight_max(request_timeout_ms: u64) -> chrono::Duration {
+    let ms = request_timeout_ms.saturating_add(IN_FLIGHT_MARGIN_MS);
+    chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 /// Rows purged per statement by [`purge_expired`], so one purge never holds locks for long.
 pub const PURGE_BATCH_MAX: i64 = 10_000;
 
-pub async fn middleware(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn middleware(
+    State((state, in_flight_max)): State<(AppState, chrono::Duration)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }
@@ -83,7 +101,7 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
     hasher.update(&bytes);
     let request_hash = hasher.finalize().to_vec();
 
-    match claim(&state, &scope, &key, &request_hash).await {
+    match claim(&state, &scope, &key, &request_hash, in_flight_max).await {
         Ok(Claim::Fresh) => {}
         Ok(Claim::Replay(status, body)) => {
             let mut response = (status, body).into_response();
@@ -134,7 +152,13 @@ enum Claim {
     Conflict(&'static str),
 }
 
-async fn claim(state: &AppState, scope: &str, key: &str, request_hash: &[u8]) -> Result<Claim, sqlx::Error> {
+async fn claim(
+    state: &AppState,
+    scope: &str,
+    key: &str,
+    request_hash: &[u8],
+    in_flight_max: chrono::Duration,
+) -> Result<Claim, sqlx::Error> {
     let now = state.clock.now();
     // Expired keys are forgotten first, so a key may be reused after its time.
     sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3")
@@ -154,6 +178,23 @@ async fn claim(state: &AppState, scope: &str, key: &str, request_hash: &[u8]) ->
     .execute(&state.pool)
     .await?;
     if inserted.rows_affected() == 1 {
+        return Ok(Claim::Fresh);
+    }
+    // The same request, claimed longer ago than any request may run and never answered: the
+    // process that claimed it died or its request was cut. One retry takes the claim over.
+    let taken_over = sqlx::query(
+        "UPDATE idempotency_keys SET created_at = $4 WHERE scope = $1 AND key = $2 AND request_hash = $3 \
+         AND status_code IS NULL AND created_at < $5",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(request_hash)
+    .bind(now)
+    .bind(now - in_flight_max)
+    .execute(&state.pool)
+    .await?;
+    if taken_over.rows_affected() == 1 {
+        tracing::info!(target: "api", scope, "an abandoned Idempotency-Key claim was taken over");
         return Ok(Claim::Fresh);
     }
     let row: Option<StoredKey> = sqlx::query_as(

@@ -166,7 +166,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), idempotency::in_flight_max(limits.request_timeout_ms)),
+            idempotency::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(

@@ -1,0 +1,482 @@
+//! The parts a scenario runs against: a fresh database, an anvil with the dev contracts, `payrail
+//! serve` processes on fixed loopback ports (so a restarted one answers where the killed one did),
+//! a payer, a miner, and the checks that read the outcome back from the database.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{bail, Context, Result};
+use payrail::chain::evm::contracts::TestToken;
+use payrail::devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::process::Child;
+
+use crate::common;
+
+pub const POLYGON: &str = "eip155:137";
+pub const POL: &str = "eip155:137/slip44:966";
+/// The watcher's job lock for Polygon (`chain::evm::watcher`).
+pub const WATCH_LOCK: &str = "payrail.watch.eip155:137";
+/// How long one API call may take before it counts as failed (the daemon may be down).
+const API_TIMEOUT_MS: u64 = 3_000;
+
+/// A database of its own for one scenario, migrated; dropped by [`Db::drop_database`].
+pub struct Db {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    admin: PgPool,
+}
+
+impl Db {
+    pub async fn create(scenario: &str) -> Result<Self> {
+        let admin_url = std::env::var("DATABASE_URL").context("DATABASE_URL")?;
+        let admin = PgPool::connect(&admin_url).await.context("connecting to DATABASE_URL")?;
+        let name = format!("payrail_chaos_{}_{}", scenario.replace('-', "_"), std::process::id());
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
+        let (base, _) = admin_url.rsplit_once('/').context("DATABASE_URL names a database")?;
+        let url = format!("{base}/{name}");
+        let pool = PgPool::connect(&url).await?;
+        payrail::db::migrate(&pool).await?;
+        Ok(Self { name, url, pool, admin })
+    }
+
+    pub async fn drop_database(self) -> Result<()> {
+        self.pool.close().await;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&self.admin).await?;
+        Ok(())
+    }
+}
+
+/// A free loopback port (bound and released at once).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// One `payrail serve` replica: its port and PostgreSQL `application_name` stay the same across
+/// restarts, so the API address and the lock holder's identity are stable.
+pub struct Replica {
+    pub name: String,
+    pub port: u16,
+    database_url: String,
+    rpc: String,
+    log: PathBuf,
+    child: Option<Child>,
+    pub starts: u32,
+}
+
+impl Replica {
+    pub fn new(name: &str, db: &Db, anvil: &Anvil, log_dir: &std::path::Path) -> Result<Self> {
+        Ok(Self {
+            name: name.to_owned(),
+            port: free_port()?,
+            database_url: format!("{}?application_name={name}", db.url),
+            rpc: anvil.url(),
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            starts: 0,
+        })
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = common::payrail_on(&self.database_url, &["serve", "--allow-dev-settings"], "POLYGON", &self.rpc)
+            .env("PAYRAIL_SERVER__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("PAYRAIL_SERVER__REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
+            .stderr(log)
+            .spawn()
+            .context("starting payrail serve")?;
+        self.child = Some(child);
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub async fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.context("SIGKILL")?;
+        }
+        Ok(())
+    }
+
+    /// Whether the process exited on its own (a crash the scenario did not cause).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+/// An anvil with Polygon's chain id and the dev contracts, mining only on request and per
+/// transaction.
+pub async fn polygon_anvil() -> Result<(Anvil, Address)> {
+    let anvil = Anvil::start(137, 0, None).await.context("anvil")?;
+    let contracts = deploy_dev_contracts(&anvil.url()).await.context("dev contracts")?;
+    Ok((anvil, contracts.usdc))
+}
+
+pub async fn rpc(anvil_url: &str, method: &str, params: Value) -> Result<Value> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let reply: Value = reqwest::Client::new()
+        .post(anvil_url)
+        .timeout(Duration::from_millis(API_TIMEOUT_MS))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    if let Some(error) = reply.get("error") {
+        bail!("{method}: {error}");
+    }
+    Ok(reply["result"].clone())
+}
+
+pub async fn mine(anvil_url: &str, blocks: u64) -> Result<()> {
+    rpc(anvil_url, "anvil_mine", json!([format!("{blocks:#x}")])).await.map(|_| ())
+}
+
+pub async fn tip(anvil_url: &str) -> Result<u64> {
+    let hex = rpc(anvil_url, "eth_blockNumber", json!([])).await?;
+    let hex = hex.as_str().context("block number")?;
+    Ok(u64::from_str_radix(hex.trim_start_matches("0x"), 16)?)
+}
+
+pub async fn cursor(pool: &PgPool) -> Result<Option<u64>> {
+    let height: Option<i64> =
+        sqlx::query_scalar("SELECT height FROM chain_cursors WHERE chain = $1").bind(POLYGON).fetch_optional(pool).await?;
+    Ok(height.and_then(|h| u64::try_from(h).ok()))
+}
+
+/// Mines `blocks_per_tick` every `tick` until `stop` flips, so confirmations keep accruing.
+pub fn spawn_miner(anvil_url: String, tick: Duration, blocks_per_tick: u64, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => { let _ = mine(&anvil_url, blocks_per_tick).await; }
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
+/// An invoice as the payer needs it.
+#[derive(Debug, Clone)]
+pub struct Invoice {
+    pub id: String,
+    pub asset: String,
+    pub address: Address,
+    pub amount: U256,
+}
+
+/// The replicas' request timeout: short, so that a key a killed process left claimed is taken over
+/// soon (after the timeout and the daemon's 5 s margin).
+const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// How long a key answered "still running" is retried before the client gives up on it: longer
+/// than the daemon keeps an unanswered claim.
+const STUCK_KEY_PATIENCE: Duration = Duration::from_secs(15);
+
+/// An invoice created over the API; how many Idempotency-Keys the client had to abandon on the
+/// way (still answered 409 "still running" after [`STUCK_KEY_PATIENCE`]) and how many it waited
+/// for (claimed by a killed process, then taken over).
+pub struct Created {
+    pub invoice: Invoice,
+    pub stuck_keys: u32,
+    pub waited_keys: u32,
+}
+
+/// Creates an invoice over the API of any of `bases`, retrying (with one idempotency key) while
+/// the daemons are down, for at most `patience`. A key left claimed by a killed process is retried
+/// until the daemon lets it be taken over, or given up after [`STUCK_KEY_PATIENCE`] for a fresh one.
+pub async fn create_invoice(bases: &[String], api_key: &str, key: &str, amount_usd: &str, asset: &str, patience: Duration) -> Result<Created> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut attempt = 0usize;
+    let mut stuck_keys = 0u32;
+    let mut key = key.to_owned();
+    let mut stuck_since: Option<Instant> = None;
+    let mut waited = false;
+    loop {
+        let base = &bases[attempt % bases.len()];
+        attempt += 1;
+        let reply = client
+            .post(format!("{base}/v1/invoices"))
+            .bearer_auth(api_key)
+            .header("Idempotency-Key", &key)
+            .timeout(Duration::from_millis(API_TIMEOUT_MS))
+            .json(&json!({"amount": amount_usd, "currency": "USD", "accepted": [asset], "expires_in": 3600}))
+            .send()
+            .await;
+        match reply {
+            Ok(r) if r.status().is_success() => {
+                let view: Value = r.json().await?;
+                let option = view["payment_options"]
+                    .as_array()
+                    .and_then(|o| o.iter().find(|o| o["asset"] == asset))
+                    .context("payment option")?;
+                let invoice = Invoice {
+                    id: view["id"].as_str().context("id")?.to_owned(),
+                    asset: asset.to_owned(),
+                    address: option["address"].as_str().context("address")?.parse()?,
+                    amount: option["amount_minor"].as_str().context("amount")?.parse()?,
+                };
+                return Ok(Created { invoice, stuck_keys, waited_keys: u32::from(waited) });
+            }
+            Ok(r) if r.status().as_u16() == 409 => {
+                let body = r.text().await.unwrap_or_default();
+                if !body.contains("still running") {
+                    bail!("invoice refused: 409 {body}");
+                }
+                waited = true;
+                let since = *stuck_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > STUCK_KEY_PATIENCE {
+                    eprintln!("chaos: Idempotency-Key {key} still claimed {STUCK_KEY_PATIENCE:?} after a kill; using a new key");
+                    stuck_keys += 1;
+                    key = format!("{key}-retry");
+                    stuck_since = None;
+                }
+            }
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 408 && r.status().as_u16() != 429 => {
+                bail!("invoice refused: {} {}", r.status(), r.text().await.unwrap_or_default());
+            }
+            _ => {}
+        }
+        if started.elapsed() > patience {
+            bail!("no replica answered POST /v1/invoices within {patience:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The funded dev payer on one anvil.
+pub struct Payer {
+    url: alloy::transports::http::reqwest::Url,
+    usdc: Address,
+}
+
+impl Payer {
+    pub fn new(anvil: &Anvil, usdc: Address) -> Result<Self> {
+        Ok(Self { url: anvil.url().parse()?, usdc })
+    }
+
+    /// Pays `invoice` in full; returns the transaction hash once mined.
+    pub async fn pay(&self, invoice: &Invoice) -> Result<String> {
+        let signer: PrivateKeySigner = DEV_PAYER_KEY.parse()?;
+        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(signer)).connect_http(self.url.clone());
+        let pending = if invoice.asset == POL {
+            provider.send_transaction(TransactionRequest::default().to(invoice.address).value(invoice.amount)).await?
+        } else {
+            TestToken::new(self.usdc, &provider).transfer(invoice.address, invoice.amount).send().await?
+        };
+        let receipt = tokio::time::timeout(Duration::from_secs(30), pending.get_receipt()).await??;
+        if !receipt.status() {
+            bail!("payment to {} reverted", invoice.id);
+        }
+        Ok(format!("{:#x}", receipt.transaction_hash))
+    }
+}
+
+/// Alternates USDC and native POL, with varying fiat amounts under the lowest confirmation tier.
+pub fn asset_and_amount(i: usize) -> (&'static str, String) {
+    let asset = if i % 2 == 0 { common::USDC_POLYGON } else { POL };
+    (asset, format!("{}.{:02}", 1 + i % 9, (i * 37) % 100))
+}
+
+/// Waits until every invoice is `paid` (or `deadline` passes); returns how many are not.
+pub async fn wait_paid(pool: &PgPool, anvil_url: &str, invoices: &[Invoice], deadline: Duration) -> Result<usize> {
+    let ids: Vec<String> = invoices.iter().map(|i| i.id.clone()).collect();
+    let started = Instant::now();
+    loop {
+        let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices WHERE id = ANY($1) AND status = 'paid'")
+            .bind(&ids)
+            .fetch_one(pool)
+            .await?;
+        let unpaid = ids.len() - usize::try_from(paid)?;
+        if unpaid == 0 || started.elapsed() > deadline {
+            return Ok(unpaid);
+        }
+        mine(anvil_url, 4).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Transfers credited more than once: per sent transaction, more than one payment row or more than
+/// one `payment` ledger entry; and, per asset, confirmed payments summing to more than was sent.
+pub async fn doubled(pool: &PgPool, sent: &[(Invoice, String)]) -> Result<usize> {
+    let mut doubled = 0;
+    for (_, hash) in sent {
+        let pattern = format!("%{}%", hash.to_lowercase());
+        let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE lower(tx_ref) LIKE $1 AND status = 'confirmed'")
+            .bind(&pattern)
+            .fetch_one(pool)
+            .await?;
+        let entries: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM journal_entries e WHERE e.kind = 'payment' AND lower(e.idempotency_key) LIKE $1 \
+             AND NOT EXISTS (SELECT 1 FROM journal_entries r WHERE r.reverses_entry_id = e.id)",
+        )
+        .bind(&pattern)
+        .fetch_one(pool)
+        .await?;
+        if payments > 1 || entries > 1 {
+            doubled += 1;
+        }
+    }
+    // Payments the watcher found by other means (balance checks) count too: the confirmed total
+    // per asset may not exceed what was sent.
+    let mut sent_per_asset: BTreeMap<String, U256> = BTreeMap::new();
+    for (invoice, _) in sent {
+        let total = sent_per_asset.entry(invoice.asset.to_lowercase()).or_default();
+        *total = total.checked_add(invoice.amount).context("sum overflows")?;
+    }
+    let confirmed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT lower(asset), sum(amount_minor)::text FROM payments WHERE status = 'confirmed' GROUP BY lower(asset)",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (asset, total) in confirmed {
+        let total: U256 = total.parse()?;
+        let expected = sent_per_asset.get(&asset).copied().unwrap_or_default();
+        if total > expected {
+            eprintln!("chaos: {asset}: confirmed {total} > sent {expected}");
+            doubled += 1;
+        }
+    }
+    Ok(doubled)
+}
+
+/// `payrail reconcile --chain polygon` over the whole chain; true when it reports everything matched.
+pub async fn reconcile_clean(db: &Db, anvil: &Anvil, log_dir: &std::path::Path) -> Result<bool> {
+    let out = common::payrail_on(&db.url, &["reconcile", "--chain", "polygon"], "POLYGON", &anvil.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out).await.context("reconcile took over 120 s")??;
+    std::fs::write(log_dir.join("reconcile.json"), &out.stdout)?;
+    std::fs::write(log_dir.join("reconcile.err"), &out.stderr)?;
+    Ok(out.status.success())
+}
+
+/// A fresh directory for a scenario's logs, under the target directory or the system's temp.
+pub fn log_dir(scenario: &str) -> Result<PathBuf> {
+    let root = std::env::var_os("CHAOS_LOG_DIR").map_or_else(|| std::env::temp_dir().join("payrail-chaos"), PathBuf::from);
+    let dir = root.join(scenario);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Seeded pseudo-random numbers (xorshift): the same run faults at the same moments.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+    pub fn millis_between(&mut self, low_ms: u64, high_ms: u64) -> Duration {
+        Duration::from_millis(low_ms + self.below(high_ms.saturating_sub(low_ms) + 1))
+    }
+}
+
+/// A webhook receiver on loopback that answers 200 to everything and counts deliveries by the
+/// `Payrail-Event-Id` header.
+pub struct Receiver {
+    pub url: String,
+    deliveries: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Result<Self> {
+        let deliveries: Arc<std::sync::Mutex<BTreeMap<String, u32>>> = Arc::default();
+        let seen = deliveries.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let id = headers
+                        .get(payrail::webhook::dispatch::EVENT_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("(none)")
+                        .to_owned();
+                    if let Ok(mut seen) = seen.lock() {
+                        *seen.entry(id).or_default() += 1;
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { url, deliveries, server })
+    }
+
+    /// Deliveries so far, by event id.
+    pub fn deliveries(&self) -> BTreeMap<String, u32> {
+        self.deliveries.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Registers `url` for every event type of the merchant behind `api_key`.
+pub async fn register_endpoint(base: &str, api_key: &str, url: &str) -> Result<()> {
+    let reply = reqwest::Client::new()
+        .post(format!("{base}/v1/webhook_endpoints"))
+        .bearer_auth(api_key)
+        .timeout(Duration::from_millis(API_TIMEOUT_MS))
+        .json(&json!({"url": url, "events": ["*"]}))
+        .send()
+        .await?;
+    if !reply.status().is_success() {
+        bail!("webhook endpoint refused: {} {}", reply.status(), reply.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Events the receiver should have had: every outbox event except those whose delivery the
+/// dispatcher superseded by a newer event about the same object (by design).
+pub async fn expected_events(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT o.event_id FROM outbox o WHERE NOT EXISTS \
+         (SELECT 1 FROM webhook_deliveries d WHERE d.outbox_id = o.id AND d.status = 'superseded') ORDER BY o.id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Invoices among `ids` without an `invoice.paid` event in the outbox.
+pub async fn invoices_without_paid_event(pool: &PgPool, ids: &[String]) -> Result<usize> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM unnest($1::text[]) AS i(id) WHERE NOT EXISTS \
+         (SELECT 1 FROM outbox o WHERE o.object_id = i.id AND o.event_type = 'invoice.paid')",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await?;
+    Ok(usize::try_from(n)?)
+}

@@ -1,0 +1,396 @@
+//! The named scenarios, in the order the table lists them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use payrail::merchant::create_merchant;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use crate::rig::{self, Db, Invoice, Payer, Replica, Rng};
+use crate::{Profile, Row};
+
+type Run = fn(Profile) -> Pin<Box<dyn Future<Output = Result<Row>>>>;
+
+pub const ALL: &[(&str, Run)] = &[
+    ("kill9-payments", |p| Box::pin(kill9_payments(p))),
+    ("replicas-leader-kill", |p| Box::pin(replicas_leader_kill(p))),
+    ("kill9-webhooks", |p| Box::pin(kill9_webhooks(p))),
+];
+
+/// How long a scenario may wait for its last invoices to be paid once the faults stop.
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+/// How long a daemon may take to answer after a start.
+const READY_MAX: Duration = Duration::from_secs(60);
+/// How long recovery may take before it counts as never recovered.
+const RECOVERY_MAX: Duration = Duration::from_secs(60);
+
+struct Load {
+    invoices: usize,
+    /// The payments are spread over this long, so the faults land among them.
+    spread: Duration,
+}
+
+impl Load {
+    fn of(profile: Profile) -> Self {
+        match profile {
+            Profile::Short => Self { invoices: 30, spread: Duration::from_secs(40) },
+            Profile::Full => Self { invoices: 200, spread: Duration::from_secs(180) },
+        }
+    }
+
+    fn describe(&self, replicas: usize) -> String {
+        format!("{} invoices / {} s, {replicas} replica{}", self.invoices, self.spread.as_secs(), if replicas == 1 { "" } else { "s" })
+    }
+}
+
+async fn wait_ready(base: &str) -> Result<()> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while started.elapsed() < READY_MAX {
+        if let Ok(r) = client.get(format!("{base}/healthz")).timeout(Duration::from_secs(2)).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{base} not ready within {READY_MAX:?}")
+}
+
+/// Creates and pays `load.invoices` invoices through `bases`, paced over `load.spread`.
+/// Also returns the Idempotency-Keys that had to be waited for or abandoned (see [`rig::create_invoice`]).
+async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) -> Result<(Vec<(Invoice, String)>, KeyWaits)> {
+    let pace = load.spread / u32::try_from(load.invoices.max(1))?;
+    let mut sent = Vec::with_capacity(load.invoices);
+    let mut keys = KeyWaits::default();
+    for i in 0..load.invoices {
+        let started = Instant::now();
+        let (asset, amount) = rig::asset_and_amount(i);
+        let created = rig::create_invoice(bases, api_key, &format!("chaos-{i}"), &amount, asset, READY_MAX)
+            .await
+            .with_context(|| format!("invoice {i}"))?;
+        keys.stuck += created.stuck_keys;
+        keys.waited += created.waited_keys;
+        let invoice = created.invoice;
+        let hash = payer.pay(&invoice).await.with_context(|| format!("paying {}", invoice.id))?;
+        sent.push((invoice, hash));
+        tokio::time::sleep(pace.saturating_sub(started.elapsed())).await;
+    }
+    Ok((sent, keys))
+}
+
+/// Polls until the watcher's cursor reaches `target`; the time it took, or `None` past the limit.
+async fn until_cursor(pool: &PgPool, target: u64, since: Instant) -> Option<Duration> {
+    while since.elapsed() < RECOVERY_MAX {
+        if matches!(rig::cursor(pool).await, Ok(Some(h)) if h >= target) {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Idempotency-Keys a killed process left claimed: waited for until taken over, or given up.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyWaits {
+    waited: u32,
+    stuck: u32,
+}
+
+fn notes(keys: KeyWaits) -> String {
+    let mut notes = Vec::new();
+    if keys.waited > 0 {
+        notes.push(format!("{} Idempotency-Key(s) claimed by a killed process, retried until taken over", keys.waited - keys.stuck.min(keys.waited)));
+    }
+    if keys.stuck > 0 {
+        notes.push(format!("{} key(s) never released", keys.stuck));
+    }
+    notes.join("; ")
+}
+
+fn recovery_max(recoveries: &[Option<Duration>]) -> Option<Duration> {
+    // A fault never recovered from counts as the limit itself.
+    recoveries.iter().map(|r| r.unwrap_or(RECOVERY_MAX)).max()
+}
+
+/// SIGKILLs `replica` every 2-5 s and restarts it at once, until `stop` flips. Returns the kills and,
+/// per restart, how long the new process took to follow the chain past a block mined after it
+/// started (`None`: not within [`RECOVERY_MAX`]).
+fn spawn_restarting_killer(
+    replica: Arc<Mutex<Replica>>,
+    pool: PgPool,
+    anvil_url: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(u32, Vec<Option<Duration>>)>> {
+    tokio::spawn(async move {
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+        let mut monitors = Vec::new();
+        let mut kills = 0u32;
+        // Bounded: at most one kill per 2 s of a 10-minute run.
+        while kills < 300 {
+            tokio::select! {
+                _ = tokio::time::sleep(rng.millis_between(2_000, 5_000)) => {}
+                _ = stop.changed() => break,
+            }
+            let mut r = replica.lock().await;
+            r.kill9().await?;
+            let restarted = Instant::now();
+            r.start()?;
+            kills += 1;
+            // A block the killed process never saw: recovered once the new one has followed the
+            // chain past it.
+            rig::mine(&anvil_url, 1).await?;
+            let tip = rig::tip(&anvil_url).await?;
+            let pool = pool.clone();
+            monitors.push(tokio::spawn(async move { until_cursor(&pool, tip, restarted).await }));
+        }
+        let mut recoveries = Vec::new();
+        for m in monitors {
+            recoveries.push(m.await?);
+        }
+        Ok((kills, recoveries))
+    })
+}
+
+/// One daemon, SIGKILLed and restarted every few seconds while invoices are created and paid.
+async fn kill9_payments(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let logs = rig::log_dir("kill9-payments")?;
+    let db = Db::create("kill9-payments").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    let bases = vec![replica.base()];
+    let replica = Arc::new(Mutex::new(replica));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = spawn_restarting_killer(replica.clone(), db.pool.clone(), anvil.url(), stop_rx.clone());
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (kills, recoveries) = killer.await??;
+    let (sent, keys) = sent?;
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    let crashed = replica.lock().await.exited();
+    replica.lock().await.kill9().await?;
+    if let Some(status) = crashed {
+        eprintln!("chaos: the daemon exited on its own: {status}");
+    }
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let row = Row {
+        scenario: "kill9-payments",
+        load: load.describe(1),
+        faults: format!("{kills} x SIGKILL (every 2-5 s)"),
+        payments: sent.len(),
+        lost,
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        notes: notes(keys),
+        elapsed: started.elapsed(),
+    };
+    if !row.failed() {
+        db.drop_database().await?;
+    }
+    Ok(row)
+}
+
+/// The replica (by `application_name`) whose session holds the Polygon watcher's lock.
+async fn watch_lock_holder(pool: &PgPool) -> Result<Option<String>> {
+    let holder = sqlx::query_scalar(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)::bigint",
+    )
+    .bind(rig::WATCH_LOCK)
+    .fetch_optional(pool)
+    .await?;
+    Ok(holder)
+}
+
+/// Two (short) or three (full) replicas on one database; the one holding the watcher's lock is
+/// SIGKILLed again and again while payments flow.
+async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let replica_count = match profile {
+        Profile::Short => 2,
+        Profile::Full => 3,
+    };
+    let logs = rig::log_dir("replicas-leader-kill")?;
+    let db = Db::create("replicas-leader-kill").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let mut replicas = Vec::new();
+    for i in 1..=replica_count {
+        let mut r = Replica::new(&format!("chaos-r{i}"), &db, &anvil, &logs)?;
+        r.start()?;
+        replicas.push(r);
+    }
+    for r in &replicas {
+        wait_ready(&r.base()).await?;
+    }
+    let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
+    let replicas = Arc::new(Mutex::new(replicas));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = {
+        let replicas = replicas.clone();
+        let pool = db.pool.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
+            let mut recoveries = Vec::new();
+            let mut kills = 0u32;
+            while kills < 300 {
+                tokio::select! {
+                    _ = tokio::time::sleep(rng.millis_between(3_000, 6_000)) => {}
+                    _ = stop.changed() => break,
+                }
+                let Some(holder) = watch_lock_holder(&pool).await? else {
+                    // Nobody holds it yet (a takeover still under way): try again next round.
+                    continue;
+                };
+                let mut all = replicas.lock().await;
+                let Some(victim) = all.iter_mut().find(|r| r.name == holder) else {
+                    anyhow::bail!("the lock is held by {holder:?}, which is no replica of this run");
+                };
+                victim.kill9().await?;
+                let killed = Instant::now();
+                kills += 1;
+                let mut recovered = None;
+                while killed.elapsed() < RECOVERY_MAX {
+                    match watch_lock_holder(&pool).await? {
+                        Some(h) if h != holder => {
+                            recovered = Some(killed.elapsed());
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                recoveries.push(recovered);
+                // Back as a standby, as a supervisor would restart it.
+                if let Some(victim) = all.iter_mut().find(|r| r.name == holder) {
+                    victim.start()?;
+                }
+            }
+            anyhow::Ok((kills, recoveries))
+        })
+    };
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (kills, recoveries) = killer.await??;
+    let (sent, keys) = sent?;
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    for r in replicas.lock().await.iter_mut() {
+        if let Some(status) = r.exited() {
+            eprintln!("chaos: {} exited on its own: {status}", r.name);
+        }
+        r.kill9().await?;
+    }
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let row = Row {
+        scenario: "replicas-leader-kill",
+        load: load.describe(replica_count),
+        faults: format!("{kills} x SIGKILL of the watcher's leader (every 3-6 s)"),
+        payments: sent.len(),
+        lost,
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        notes: notes(keys),
+        elapsed: started.elapsed(),
+    };
+    if !row.failed() {
+        db.drop_database().await?;
+    }
+    Ok(row)
+}
+
+/// One daemon with a merchant webhook endpoint on loopback, SIGKILLed and restarted every few
+/// seconds while invoices are paid and their events delivered. Delivery is at least once: an event
+/// never delivered is lost; one delivered twice is a duplicate, reported apart.
+async fn kill9_webhooks(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let logs = rig::log_dir("kill9-webhooks")?;
+    let db = Db::create("kill9-webhooks").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let receiver = rig::Receiver::start().await?;
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    rig::register_endpoint(&replica.base(), &merchant.api_key, &receiver.url).await?;
+    let bases = vec![replica.base()];
+    let replica = Arc::new(Mutex::new(replica));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = spawn_restarting_killer(replica.clone(), db.pool.clone(), anvil.url(), stop_rx.clone());
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (kills, recoveries) = killer.await??;
+    let (sent, keys) = sent?;
+    let ids: Vec<String> = sent.iter().map(|(i, _)| i.id.clone()).collect();
+    let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    // Let the dispatcher drain what the kills interrupted.
+    let draining = Instant::now();
+    let undelivered = loop {
+        let delivered = receiver.deliveries();
+        let missing = rig::expected_events(&db.pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
+        if missing == 0 || draining.elapsed() > SETTLE_MAX {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let crashed = replica.lock().await.exited();
+    replica.lock().await.kill9().await?;
+    if let Some(status) = crashed {
+        eprintln!("chaos: the daemon exited on its own: {status}");
+    }
+    let delivered = receiver.deliveries();
+    let duplicates: u32 = delivered.values().map(|n| n.saturating_sub(1)).sum();
+    let lost = unpaid + undelivered + rig::invoices_without_paid_event(&db.pool, &ids).await?;
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let row = Row {
+        scenario: "kill9-webhooks",
+        load: format!("{}, {} events", load.describe(1), delivered.len()),
+        faults: format!("{kills} x SIGKILL (every 2-5 s)"),
+        payments: sent.len(),
+        lost,
+        doubled,
+        duplicates: Some(usize::try_from(duplicates)?),
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        notes: notes(keys),
+        elapsed: started.elapsed(),
+    };
+    if !row.failed() {
+        db.drop_database().await?;
+    }
+    Ok(row)
+}
