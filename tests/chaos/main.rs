@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let started = std::time::Instant::now();
     let rows = runtime.block_on(async {
         let mut rows = Vec::new();
         for (name, run) in scenarios::ALL {
@@ -135,6 +136,10 @@ fn main() -> ExitCode {
         rows
     });
     print_table(&rows);
+    // The closing line test runners print: scenarios that held, and those that did not.
+    let failed = rows.iter().filter(|row| row.failed()).count();
+    println!("chaos: {profile:?} profile took {} s", started.elapsed().as_secs());
+    println!("chaos: {} passed, {failed} failed", rows.len() - failed);
     if rows.iter().any(Row::failed) {
         ExitCode::FAILURE
     } else {
