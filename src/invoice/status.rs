@@ -115,6 +115,15 @@ impl Progress {
     }
 }
 
+/// A paid invoice's status: overpaid when more than was due has been confirmed.
+fn settled(progress: &Progress) -> InvoiceStatus {
+    if progress.confirmed > progress.due {
+        InvoiceStatus::Overpaid
+    } else {
+        InvoiceStatus::Paid
+    }
+}
+
 /// The status an invoice moves to, given where it is and what has arrived.
 pub fn evaluate(current: InvoiceStatus, progress: &Progress) -> InvoiceStatus {
     use InvoiceStatus::*;
@@ -123,31 +132,17 @@ pub fn evaluate(current: InvoiceStatus, progress: &Progress) -> InvoiceStatus {
         // Only a payment the invoice counted before (reversed by a reorg, now back) adds here.
         Expired => {
             if progress.confirmed >= progress.paid_threshold() {
-                if progress.confirmed > progress.due {
-                    Overpaid
-                } else {
-                    Paid
-                }
+                settled(progress)
             } else if !progress.pending.is_zero() {
                 Processing
             } else {
                 Expired
             }
         }
-        Paid => {
-            if progress.confirmed > progress.due {
-                Overpaid
-            } else {
-                Paid
-            }
-        }
+        Paid => settled(progress),
         Open | Processing => {
             if progress.confirmed >= progress.paid_threshold() {
-                if progress.confirmed > progress.due {
-                    Overpaid
-                } else {
-                    Paid
-                }
+                settled(progress)
             } else if !progress.pending.is_zero() {
                 Processing
             } else if progress.expired {

@@ -201,10 +201,7 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
         notes: notes(keys),
         elapsed: started.elapsed(),
     };
-    if !row.failed() {
-        db.drop_database().await?;
-    }
-    Ok(row)
+    finish(db, row).await
 }
 
 /// The replica (by `application_name`) whose session holds the Polygon watcher's lock.
@@ -320,10 +317,7 @@ async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
         notes: notes(keys),
         elapsed: started.elapsed(),
     };
-    if !row.failed() {
-        db.drop_database().await?;
-    }
-    Ok(row)
+    finish(db, row).await
 }
 
 /// One daemon with a merchant webhook endpoint on loopback, SIGKILLed and restarted every few
@@ -389,6 +383,11 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
         notes: notes(keys),
         elapsed: started.elapsed(),
     };
+    finish(db, row).await
+}
+
+/// A scenario's row, its database dropped when it passed and kept for inspection when it failed.
+async fn finish(db: Db, row: Row) -> Result<Row> {
     if !row.failed() {
         db.drop_database().await?;
     }
