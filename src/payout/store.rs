@@ -385,6 +385,14 @@ pub async fn creator_payouts(pool: &PgPool, creator_id: &str, limit: i64) -> Res
         .collect()
 }
 
+/// The ids of every open batch (created or sent) on any chain, oldest first: what a payout run
+/// started from the command line waits for.
+pub async fn open_batch_ids(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT id FROM payout_batches WHERE status IN ('created', 'sent') ORDER BY created_at, id")
+        .fetch_all(pool)
+        .await?)
+}
+
 /// The open batches of a chain, oldest first.
 pub async fn open_batches(pool: &PgPool, chain: &ChainId) -> Result<Vec<BatchRow>> {
     let rows = sqlx::query(
