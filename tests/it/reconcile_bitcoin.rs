@@ -3,11 +3,10 @@
 //! range, a payment the watcher never saw, a credit whose block was orphaned, and a manual entry on
 //! the chain's asset account.
 
-mod common;
 
 use bitcoin::Amount as Sats;
-use common::bitcoin::{deposit, rig, Rig, REGTEST};
-use common::BTC;
+use crate::common::bitcoin::{deposit, rig, Rig, REGTEST};
+use crate::common::BTC;
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::money::Amount;
 use payrail::reconcile::{BitcoinReader, Category, ItemKind, Reconciler, Report};

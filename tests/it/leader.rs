@@ -1,7 +1,7 @@
 //! One replica per job: the advisory lock of a background job against a real PostgreSQL whose
 //! sessions end under it, as they do when the server restarts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

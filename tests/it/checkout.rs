@@ -1,7 +1,6 @@
 //! The hosted checkout page and its public status, over a real socket without an API key; and the
 //! page in headless Chromium, paid on the dev stack (`payrail dev`) with `payrail pay`.
 
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{state_with_clock, BTC, USDC_POLYGON};
+use crate::common::{state_with_clock, BTC, USDC_POLYGON};
 use payrail::api::{router, AppState, HttpLimits};
 use payrail::clock::ManualClock;
 use payrail::invoice::{apply_payment, ObservedPayment};

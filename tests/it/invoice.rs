@@ -1,10 +1,9 @@
 //! Invoices against a real PostgreSQL: quotes, the state machine as payments arrive, the ledger
 //! entries and outbox rows each step writes, and what happens to late, odd and replayed payments.
 
-mod common;
 
 use chrono::Duration;
-use common::{amount, state_with_clock, t0, BTC, USDC_POLYGON, USDT_POLYGON};
+use crate::common::{amount, state_with_clock, t0, BTC, USDC_POLYGON, USDT_POLYGON};
 use payrail::api::AppState;
 use payrail::clock::Clock;
 use payrail::invoice::{

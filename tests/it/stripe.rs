@@ -7,12 +7,12 @@
 //! test registers its own webhook at localstripe (`POST /_config/webhooks/{id}`) with its own secret,
 //! so deliveries meant for other tests arrive signed with another secret and are refused there.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::stripe::{localstripe, ls_post, start, Server};
-use common::USD;
+use crate::common::stripe::{localstripe, ls_post, start, Server};
+use crate::common::USD;
 use payrail::chain::health::{TickReport, FAILED_TICKS_MAX};
 use payrail::clock::{Clock, SystemClock};
 use payrail::ledger::AccountCode;

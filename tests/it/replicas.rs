@@ -2,7 +2,7 @@
 //! and share, running the same dummy jobs through the real job locks against a real PostgreSQL.
 //! Who holds what is read from `pg_locks`, never from the replicas' own counts.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -7,13 +7,12 @@
 //! the previous test's range ended, and ends it before letting the next one in. (Other binaries
 //! paying through the same localstripe at the same moment would show up in the ranges too.)
 
-mod common;
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use common::stripe::{random_suffix, start, Server};
-use common::USD;
+use crate::common::stripe::{random_suffix, start, Server};
+use crate::common::USD;
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::money::{Amount, Fiat};
 use payrail::reconcile::{reconcile_stripe, Category, ItemKind, Report};

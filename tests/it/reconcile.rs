@@ -4,13 +4,13 @@
 //! the database, a credited block orphaned — shows up in its own category with its amount; an
 //! interrupted run resumes; the command line exits non-zero on differences and writes CSV.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
 use alloy::primitives::{Address, U256};
-use common::evm::Chain;
-use common::state_with_clock;
+use crate::common::evm::Chain;
+use crate::common::state_with_clock;
 use payrail::api::AppState;
 use payrail::chain::evm::{EvmWatcher, Sweeper, Tick};
 use payrail::config::PayoutsConfig;

@@ -1,7 +1,7 @@
 //! The EVM rail against a real anvil: deposit addresses, payments in native coin and tokens,
 //! confirmations, reorgs, and a reorg deeper than the watcher's window.
 
-mod common;
+use crate::common;
 
 
 use alloy::network::EthereumWallet;
@@ -9,7 +9,7 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
-use common::state_with_clock;
+use crate::common::state_with_clock;
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::{ForwarderFactory, TestToken, TestUSDT};
 use payrail::chain::evm::{EvmWatcher, Tick, WatchError};

@@ -1,11 +1,10 @@
 //! The ledger against a real PostgreSQL: the database refuses what the ledger forbids.
 
-mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{amount, transfer, USD};
+use crate::common::{amount, transfer, USD};
 use payrail::ledger::{AccountCode, Ledger, LedgerError, NewEntry, SignedAmount};
 use sqlx::{PgPool, Row};
 

@@ -1,8 +1,7 @@
 //! The HTTP API over a real socket: status codes, error bodies, tenant isolation, idempotency.
 
-mod common;
 
-use common::{state_with_clock, BTC, USDC_POLYGON};
+use crate::common::{state_with_clock, BTC, USDC_POLYGON};
 use payrail::api::{router, AppState, HttpLimits};
 use payrail::merchant::create_merchant;
 use reqwest::StatusCode;

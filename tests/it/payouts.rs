@@ -4,7 +4,7 @@
 //! a stuck transaction replaced, a batch the contract refuses, a dropped transaction, fees above the
 //! cap, and `payrail payouts run` killed at arbitrary moments.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +14,8 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
-use common::evm::Chain;
-use common::state_with_clock;
+use crate::common::evm::Chain;
+use crate::common::state_with_clock;
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::{PayoutBatcher, TestToken};
 use payrail::chain::evm::{EvmWatcher, Tick};

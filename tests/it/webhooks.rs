@@ -2,7 +2,6 @@
 //! secret the API returned, retries with growing backoff on a manual clock, no retry on 4xx, timeouts,
 //! per-endpoint ordering, superseded events, tenant isolation, deletion, the events API and replay.
 
-mod common;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -11,7 +10,7 @@ use std::time::Duration as StdDuration;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Duration, Utc};
-use common::{state_with_clock, USDC_POLYGON};
+use crate::common::{state_with_clock, USDC_POLYGON};
 use hmac::{Hmac, Mac};
 use payrail::api::{router, AppState, HttpLimits};
 use payrail::clock::{Clock, ManualClock};

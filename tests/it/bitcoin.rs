@@ -2,13 +2,13 @@
 //! allocation, BIP21 requests, payments from the mempool to paid, under- and overpayment, late
 //! payments, reorgs, replace-by-fee, and a daemon killed while it follows the chain.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use bitcoin::Amount as Sats;
-use common::bitcoin::{deposit, due, rig, tpub_descriptor, REGTEST};
-use common::{create_invoice_at, database_url, invoice_at, invoice_request, BTC};
+use crate::common::bitcoin::{deposit, due, rig, tpub_descriptor, REGTEST};
+use crate::common::{create_invoice_at, database_url, invoice_at, invoice_request, BTC};
 use payrail::chain::bitcoin::allocate::SetDescriptor;
 use payrail::chain::bitcoin::{set_descriptor, AllocationError, Pass};
 use payrail::clock::Clock;

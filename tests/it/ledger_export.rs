@@ -2,12 +2,12 @@
 //! `GET /v1/ledger/trial_balance` — filters, pagination, the trial balance at a moment, CSV and who
 //! may read them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use common::{amount, state_with_clock, transfer, USD, USDC_POLYGON};
+use crate::common::{amount, state_with_clock, transfer, USD, USDC_POLYGON};
 use payrail::api::AppState;
 use payrail::ledger::export::{self, EntryFilter};
 use payrail::ledger::{AccountCode, NewEntry, SignedAmount};

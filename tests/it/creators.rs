@@ -3,9 +3,9 @@
 //! chosen by the longest `order_id` prefix and fixed on the invoice when it is created; payments
 //! held for review are not split; invalid splits are refused.
 
-mod common;
+use crate::common;
 
-use common::{state_with_clock, USDC_POLYGON, USDT_POLYGON};
+use crate::common::{state_with_clock, USDC_POLYGON, USDT_POLYGON};
 use payrail::api::AppState;
 use payrail::invoice::{apply_payment, CreateInvoice, InvoiceView, ObservedPayment};
 use payrail::ledger::{AccountCode, SignedAmount};

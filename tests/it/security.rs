@@ -3,12 +3,12 @@
 //! secrets, the API key lifecycle (create, list, read-only, revoke, rotate with a grace period),
 //! admin-created merchants, and per-address limits for what no key pays for.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
 use chrono::Duration;
-use common::{serve, state_with_clock};
+use crate::common::{serve, state_with_clock};
 use payrail::api::limit::IpLimiter;
 use payrail::api::AppState;
 use payrail::clock::ManualClock;

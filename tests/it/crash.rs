@@ -1,7 +1,7 @@
 //! Kill the daemon with SIGKILL at arbitrary moments while it follows a chain, restart it, and check
 //! that no payment was lost and none was credited twice.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

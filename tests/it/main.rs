@@ -1,0 +1,30 @@
+//! payrail's integration tests, in one binary: each module drives the real parts — PostgreSQL,
+//! anvil, the regtest Electrum node, localstripe, the `payrail` binary — over real sockets. One
+//! binary links the library once instead of once per file. Run one area with a filter:
+//! `cargo test --test it evm::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod api;
+mod bitcoin;
+mod checkout;
+mod cli;
+mod contracts;
+mod crash;
+mod creators;
+mod evm;
+mod invoice;
+mod leader;
+mod ledger;
+mod ledger_export;
+mod payouts;
+mod rates;
+mod reconcile;
+mod reconcile_bitcoin;
+mod reconcile_stripe;
+mod regtest;
+mod replicas;
+mod security;
+mod stripe;
+mod webhooks;
