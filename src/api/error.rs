@@ -110,7 +110,7 @@ impl From<InvoiceError> for ApiError {
             WrongState { .. } => Self::new(StatusCode::CONFLICT, "invoice_state", error.to_string()),
             Database(error) => Self::database(error),
             Ledger(error) => Self::ledger(error),
-            PaymentMismatch { .. } | Corrupt { .. } => Self::internal(error),
+            PaymentMismatch { .. } | Corrupt { .. } | Plan(_) => Self::internal(error),
         }
     }
 }

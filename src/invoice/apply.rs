@@ -1,4 +1,5 @@
-//! Applying an observed payment to its invoice.
+//! Applying an observed payment to its invoice: the entry points the rails call. Each loads what the
+//! plan needs ([`super::store`]), plans the change ([`super::plan`]) and writes it ([`super::store::apply`]).
 //!
 //! Everything happens on the caller's transaction, so the watcher's cursor commits with it: the
 //! payment row (keyed by `tx_ref`, unique), the ledger entry once the payment meets its confirmation
@@ -9,15 +10,16 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 
-use crate::ids::new_id;
-use crate::ledger::{AccountCode, Ledger, NewEntry};
-use crate::money::{mul_div, Amount, AssetId, ChainId, Fiat, Rounding};
+use crate::ledger::Ledger;
+use crate::money::{Amount, AssetId, ChainId, Fiat};
 
 use super::error::{InvoiceError, Result};
-use super::model::{load_view, parse_amount, progress_of, row_to_invoice, InvoiceRow, INVOICE_COLUMNS};
-use super::status::{after_reversal, evaluate, InvoiceStatus};
+use super::plan::{self, AppliedTo, Observation, Rail, Record, CARD_RAIL, CARD_RATE_SOURCE};
+pub use super::plan::BlockRef;
+use super::status::InvoiceStatus;
+use super::store;
 
 /// A payment as a watcher (or the card rail) reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +38,6 @@ pub struct ObservedPayment {
     pub block: Option<BlockRef>,
 }
 
-/// A block by height and hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockRef {
-    pub height: u64,
-    pub hash: String,
-}
-
 /// What applying an observation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Applied {
@@ -50,24 +45,7 @@ pub struct Applied {
     pub invoice_status: InvoiceStatus,
     /// Whether this call posted the payment's ledger entry.
     pub credited: bool,
-    pub applied_to: &'static str,
-}
-
-/// Why a payment is held as unapplied instead of counting toward its invoice.
-fn unapplied_reason(invoice: &InvoiceRow, asset_quoted: bool, now: DateTime<Utc>) -> Option<&'static str> {
-    if !asset_quoted {
-        Some("asset_not_quoted")
-    } else if !invoice.status.accepts_payments() {
-        Some(match invoice.status {
-            InvoiceStatus::Expired => "invoice_expired",
-            InvoiceStatus::Void => "invoice_void",
-            _ => "invoice_refunded",
-        })
-    } else if now >= invoice.expires_at {
-        Some("late")
-    } else {
-        None
-    }
+    pub applied_to: AppliedTo,
 }
 
 /// A card payment as the card rail reports it: a Stripe PaymentIntent that succeeded.
@@ -82,30 +60,10 @@ pub struct CardPayment {
     pub amount: Amount,
 }
 
-/// The `chain` column of card payments and of the card option: cards settle at Stripe, not on a chain.
-pub const CARD_RAIL: &str = "stripe";
-/// Where the price of the card option comes from: the invoice's own currency, at par.
-pub const CARD_RATE_SOURCE: &str = "par";
-
 impl CardPayment {
     pub fn tx_ref(&self) -> String {
         format!("{CARD_RAIL}:{}", self.payment_intent_id)
     }
-}
-
-/// What every rail's payment becomes before it is applied: identifiers as stored, and the asset
-/// account the ledger debits.
-struct Credit<'a> {
-    invoice_id: &'a str,
-    chain: String,
-    asset: String,
-    tx_ref: &'a str,
-    address: Option<&'a str>,
-    amount: Amount,
-    confirmations: u32,
-    confirmations_required: u32,
-    block: Option<&'a BlockRef>,
-    debit_account: AccountCode,
 }
 
 /// Records `payment` on the caller's transaction `tx`. See the module docs.
@@ -115,19 +73,24 @@ pub async fn apply_payment(
     payment: &ObservedPayment,
     now: DateTime<Utc>,
 ) -> Result<Applied> {
-    let credit = Credit {
-        invoice_id: &payment.invoice_id,
-        chain: payment.chain.to_string(),
+    let observation = Observation {
+        invoice_id: payment.invoice_id.clone(),
+        rail: Rail::Chain(payment.chain.clone()),
         asset: payment.asset.to_string(),
-        tx_ref: &payment.tx_ref,
-        address: payment.address.as_deref(),
+        tx_ref: payment.tx_ref.clone(),
+        address: payment.address.clone(),
         amount: payment.amount,
         confirmations: payment.confirmations,
         confirmations_required: payment.confirmations_required,
-        block: payment.block.as_ref(),
-        debit_account: AccountCode::chain_assets(&payment.chain),
+        block: payment.block.clone(),
     };
-    apply_credit(tx, ledger, &credit, now).await
+    observation.validate()?;
+    // Lock the invoice first: every writer of an invoice's payments takes this lock before any
+    // ledger lock, so the order is the same for all.
+    let invoice = store::lock_invoice(&mut *tx, &payment.invoice_id)
+        .await?
+        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })?;
+    apply_observation(tx, ledger, &invoice, &observation, now).await
 }
 
 /// Records a card payment on `tx`, exactly as [`apply_payment`] records a chain payment, with two
@@ -143,16 +106,9 @@ pub async fn apply_card_payment(
 ) -> Result<Applied> {
     let asset = payment.currency.ledger_asset();
     // Lock the invoice before its options change: the same order as every other writer.
-    let row = sqlx::query(&format!(
-        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(&payment.invoice_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| InvoiceError::NotFound {
-        id: payment.invoice_id.clone(),
-    })?;
-    let invoice = row_to_invoice(&row)?;
+    let invoice = store::lock_invoice(&mut *tx, &payment.invoice_id)
+        .await?
+        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })?;
     if invoice.currency == payment.currency {
         sqlx::query(
             "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
@@ -172,275 +128,51 @@ pub async fn apply_card_payment(
         .execute(&mut *tx)
         .await?;
     }
-    let tx_ref = payment.tx_ref();
-    let credit = Credit {
-        invoice_id: &payment.invoice_id,
-        chain: CARD_RAIL.to_owned(),
+    let observation = Observation {
+        invoice_id: payment.invoice_id.clone(),
+        rail: Rail::Card(payment.currency),
         asset,
-        tx_ref: &tx_ref,
+        tx_ref: payment.tx_ref(),
         address: None,
         amount: payment.amount,
         confirmations: 1,
         confirmations_required: 1,
         block: None,
-        debit_account: AccountCode::stripe(payment.currency),
     };
-    apply_credit(tx, ledger, &credit, now).await
+    observation.validate()?;
+    apply_observation(tx, ledger, &invoice, &observation, now).await
 }
 
-async fn apply_credit(
+/// Loads what the plan needs for `observation` on the locked `invoice`, plans and writes.
+async fn apply_observation(
     tx: &mut PgConnection,
     ledger: &Ledger,
-    payment: &Credit<'_>,
+    invoice: &super::model::InvoiceRow,
+    observation: &Observation,
     now: DateTime<Utc>,
 ) -> Result<Applied> {
-    if payment.amount.is_zero() {
-        return Err(InvoiceError::Invalid {
-            field: "amount",
-            reason: "a payment of zero is not a payment".to_owned(),
-        });
-    }
-    // Lock the invoice first: every writer of an invoice's payments takes this lock before any
-    // ledger lock, so the order is the same for all.
-    let row = sqlx::query(&format!(
-        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(payment.invoice_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| InvoiceError::NotFound {
-        id: payment.invoice_id.to_owned(),
-    })?;
-    let invoice = row_to_invoice(&row)?;
-    let asset = payment.asset.clone();
-
-    let existing = sqlx::query(
-        "SELECT id, invoice_id, asset, amount_minor::text AS amount_minor, status, applied_to, \
-                confirmations, confirmations_required, block_hash \
-         FROM payments WHERE tx_ref = $1 FOR UPDATE",
-    )
-    .bind(payment.tx_ref)
-    .fetch_optional(&mut *tx)
-    .await?;
-
-    let confirmations = i32::try_from(payment.confirmations).unwrap_or(i32::MAX);
-    let block_height = payment.block.and_then(|b| i64::try_from(b.height).ok());
-    let block_hash = payment.block.map(|b| b.hash.as_str());
-    let required = i32::try_from(payment.confirmations_required).unwrap_or(i32::MAX);
-    // Whether anything about an already known payment changed; an unchanged replay (a watcher
-    // refreshing a payment that is still waiting) writes nothing and cannot move the invoice.
-    let mut unchanged = false;
-    let mut pre_posted: Option<crate::ledger::Posted> = None;
-    let (payment_id, status, applied_to) = match existing {
-        Some(found) => {
-            let stored_amount = parse_amount("amount_minor", &found.try_get::<String, _>("amount_minor")?)?;
-            let stored_invoice: String = found.try_get("invoice_id")?;
-            let stored_asset: String = found.try_get("asset")?;
-            if stored_amount != payment.amount || stored_invoice != payment.invoice_id || stored_asset != asset {
-                return Err(InvoiceError::PaymentMismatch {
-                    tx_ref: payment.tx_ref.to_owned(),
-                    stored: format!("{stored_amount} {stored_asset} to {stored_invoice}"),
-                    reported: format!("{} {asset} to {}", payment.amount, payment.invoice_id),
-                });
-            }
-            let id: String = found.try_get("id")?;
-            let stored_status: String = found.try_get("status")?;
-            let mut status = stored_status.clone();
-            if status == "orphaned" || status == "reversed" {
-                // Back in the canonical chain after a reorg: seen again. A credit that was reversed
-                // when its block left the chain is posted again once it is confirmed again.
-                status = "seen".to_owned();
-            }
-            unchanged = status == stored_status
-                && found.try_get::<i32, _>("confirmations")? == confirmations
-                && found.try_get::<i32, _>("confirmations_required")? == required
-                && found.try_get::<Option<String>, _>("block_hash")?.as_deref() == block_hash;
-            if !unchanged {
-                sqlx::query(
-                "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
-                        block_height = $6, block_hash = $7 \
-                 WHERE id = $1",
-            )
-            .bind(&id)
-            .bind(confirmations)
-            .bind(required)
-            .bind(&status)
-            .bind(now)
-            .bind(block_height)
-            .bind(block_hash)
-            .execute(&mut *tx)
-            .await?;
-            }
-            (id, status, found.try_get::<String, _>("applied_to")?)
-        }
-        None => {
-            let option = sqlx::query(
-                "SELECT amount_minor::text AS amount_minor FROM payment_options WHERE invoice_id = $1 AND asset = $2",
-            )
-            .bind(&invoice.id)
-            .bind(&asset)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let reason = unapplied_reason(&invoice, option.is_some(), now);
-            let value = match (&option, reason) {
-                (Some(o), None) => {
-                    let quoted = parse_amount("amount_minor", &o.try_get::<String, _>("amount_minor")?)?;
-                    // The share of the invoice this payment covers, at the locked quote.
-                    mul_div(payment.amount, invoice.amount_minor, quoted, Rounding::Down).map_err(|e| {
-                        InvoiceError::Invalid {
-                            field: "amount",
-                            reason: format!("cannot be valued: {e}"),
-                        }
-                    })?
-                }
-                _ => Amount::ZERO,
-            };
-            let id = new_id("pay");
-            let applied_to = if reason.is_some() { "unapplied" } else { "invoice" };
-            // Confirmed at first sight (a watcher catching up): credit first, then write the row
-            // as confirmed — one statement less than inserting it as seen and updating it.
-            if payment.confirmations >= payment.confirmations_required {
-                pre_posted = Some(post_credit(tx, ledger, payment, &invoice, &id, applied_to, false).await?);
-            }
-            let row_status = if pre_posted.is_some() { "confirmed" } else { "seen" };
-            sqlx::query(
-                "INSERT INTO payments (id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount_minor, \
-                                       value_minor, confirmations, confirmations_required, status, applied_to, \
-                                       unapplied_reason, seen_at, updated_at, block_height, block_hash, \
-                                       ledger_entry_id, confirmed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, $17, $12, $13, $14, $14, $15, $16, $18, $19)",
-            )
-            .bind(&id)
-            .bind(&invoice.merchant_id)
-            .bind(&invoice.id)
-            .bind(&payment.chain)
-            .bind(&asset)
-            .bind(payment.tx_ref)
-            .bind(payment.address)
-            .bind(payment.amount.to_string())
-            .bind(value.to_string())
-            .bind(confirmations)
-            .bind(required)
-            .bind(applied_to)
-            .bind(reason)
-            .bind(now)
-            .bind(block_height)
-            .bind(block_hash)
-            .bind(row_status)
-            .bind(pre_posted.map(|p| p.entry_id))
-            .bind(pre_posted.map(|_| now))
-            .execute(&mut *tx)
-            .await?;
-            let row_status = if pre_posted.is_some() { "confirmed" } else { "seen" };
-            (id, row_status.to_owned(), applied_to.to_owned())
-        }
-    };
-
-    let mut credited = false;
-    let posted = match pre_posted {
-        Some(posted) => Some(posted),
-        None if status == "seen" && payment.confirmations >= payment.confirmations_required => {
-            // A payment that waited may have been credited and reversed by a reorg before.
-            let posted = post_credit(tx, ledger, payment, &invoice, &payment_id, &applied_to, true).await?;
-            sqlx::query(
-                "UPDATE payments SET status = 'confirmed', ledger_entry_id = $2, confirmed_at = $3, updated_at = $3 \
-                 WHERE id = $1",
-            )
-            .bind(&payment_id)
-            .bind(posted.entry_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            Some(posted)
-        }
-        None => None,
-    };
-    if let Some(posted) = posted {
-        credited = posted.created;
-        if applied_to == "unapplied" && credited {
-            let view = load_view(&mut *tx, None, &invoice.id).await?;
-            crate::webhook::emit(&mut *tx, &invoice.merchant_id, "invoice.payment_late", &invoice.id, &view, now)
-                .await?;
-        }
-    }
-
-    // A payment still waiting, unchanged, on an invoice already waiting for it cannot change its
-    // status (expiry waits for pending payments): skip the valuation.
-    let settled = unchanged && posted.is_none() && status == "seen" && invoice.status == InvoiceStatus::Processing;
-    let invoice_status = if settled {
-        invoice.status
-    } else {
-        settle_status(tx, &invoice, now).await?
-    };
-    Ok(Applied {
-        payment_id,
-        invoice_status,
-        credited,
-        applied_to: if applied_to == "invoice" {
-            "invoice"
-        } else {
-            "unapplied"
-        },
-    })
-}
-
-/// Posts a payment's credit: the rail's asset account against the merchant, its creators and the
-/// platform per the invoice's split (or, for a payment held for review, the merchant's unapplied
-/// balance, unsplit). One entry, keyed by the payment's `tx_ref`: posted once.
-async fn post_credit(
-    tx: &mut PgConnection,
-    ledger: &Ledger,
-    payment: &Credit<'_>,
-    invoice: &InvoiceRow,
-    payment_id: &str,
-    applied_to: &str,
-    may_follow_reversal: bool,
-) -> Result<crate::ledger::Posted> {
-    // A payment held for review is not split: it is not yet known to be revenue of the invoice.
-    let credits = if applied_to == "invoice" {
+    let mut stored = store::load_payment(&mut *tx, &observation.tx_ref, true).await?;
+    let needs = plan::needs(invoice, stored.as_ref(), observation, now);
+    let mut quote = if needs.quote { Some(store::load_quote(&mut *tx, &invoice.id).await?) } else { None };
+    if needs.splits {
         let splits = super::split::load_for_invoice(&mut *tx, &invoice.id).await?;
-        super::split::split_postings(AccountCode::merchant(&invoice.merchant_id), payment.amount, &splits)?
-    } else {
-        vec![(AccountCode::unapplied(&invoice.merchant_id), payment.amount)]
+        quote.get_or_insert_with(Default::default).splits = Some(splits);
+    }
+    if let Some(stored) = stored.as_mut().filter(|_| needs.credit_history) {
+        stored.credits_reversed = Some(store::credits_reversed(&mut *tx, &observation.tx_ref).await?);
+    }
+    let record = match stored {
+        Some(stored) => Record::Stored(stored),
+        None => Record::Unseen { id: crate::ids::new_id("pay") },
     };
-    let mut entry = NewEntry::new(credit_key(&mut *tx, payment.tx_ref, may_follow_reversal).await?, "payment")
-        .memo(format!("{} {payment_id}", invoice.id))
-        .debit(payment.debit_account.clone(), payment.asset.clone(), payment.amount);
-    for (account, amount) in credits {
-        entry = entry.credit(account, payment.asset.clone(), amount);
-    }
-    Ok(ledger.post(&mut *tx, &entry).await?)
-}
-
-/// Most times one payment can be credited, reversed by a reorg and credited again.
-pub const RECREDITS_MAX: u32 = 100;
-
-/// The ledger key of a payment's credit: `payment:{tx_ref}`, or `payment:{tx_ref}#{n}` for the n-th
-/// credit of a payment whose earlier credits were reversed when their blocks left the chain. Each
-/// generation is posted once and reversed at most once (reversals are keyed by the entry).
-async fn credit_key(tx: &mut PgConnection, tx_ref: &str, may_follow_reversal: bool) -> Result<String> {
-    let base = format!("payment:{tx_ref}");
-    if !may_follow_reversal {
-        return Ok(base);
-    }
-    for generation in 1..=RECREDITS_MAX {
-        let key = if generation == 1 { base.clone() } else { format!("{base}#{generation}") };
-        // Exact keys only, so the unique index answers.
-        let state: Option<bool> = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM journal_entries r WHERE r.reverses_entry_id = e.id) \
-             FROM journal_entries e WHERE e.idempotency_key = $1",
-        )
-        .bind(&key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match state {
-            // Taken and reversed: the next generation.
-            Some(true) => continue,
-            // Free, or posted and standing (a replay finds it).
-            None | Some(false) => return Ok(key),
-        }
-    }
-    Err(InvoiceError::Invalid { field: "tx_ref", reason: format!("{tx_ref} was reversed more than {RECREDITS_MAX} times") })
+    let change = plan::plan_payment(invoice, &record, observation, quote.as_ref(), now)?;
+    let written = store::apply(tx, ledger, &change, now).await?;
+    Ok(Applied {
+        payment_id: change.payment_id,
+        invoice_status: change.invoice.to,
+        credited: written.credited,
+        applied_to: change.applied_to,
+    })
 }
 
 /// Marks a payment whose block left the canonical chain. A payment not yet credited goes back to
@@ -452,117 +184,12 @@ pub async fn orphan_payment(
     tx_ref: &str,
     now: DateTime<Utc>,
 ) -> Result<InvoiceStatus> {
-    let found = sqlx::query("SELECT id, invoice_id, status, ledger_entry_id FROM payments WHERE tx_ref = $1")
-        .bind(tx_ref)
-        .fetch_optional(&mut *tx)
+    let stored = store::load_payment(&mut *tx, tx_ref, false)
         .await?
         .ok_or_else(|| InvoiceError::NotFound { id: tx_ref.to_owned() })?;
-    let invoice_id: String = found.try_get("invoice_id")?;
-    let row = sqlx::query(&format!(
-        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(&invoice_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let invoice = row_to_invoice(&row)?;
-    let payment_id: String = found.try_get("id")?;
-    let status: String = found.try_get("status")?;
-    let mut orphaned_as: Option<&str> = None;
-    match status.as_str() {
-        "seen" => orphaned_as = Some("orphaned"),
-        "confirmed" => {
-            let entry_id: Option<i64> = found.try_get("ledger_entry_id")?;
-            if let Some(entry_id) = entry_id {
-                ledger
-                    .reverse(
-                        &mut *tx,
-                        entry_id,
-                        &format!("reorg:{tx_ref}:{entry_id}"),
-                        "credited block orphaned",
-                    )
-                    .await?;
-            }
-            tracing::error!(target: "invoice", tx_ref, invoice = %invoice.id,
-                "credited payment orphaned by a reorg deeper than its confirmation policy; credit reversed");
-            orphaned_as = Some("reversed");
-        }
-        _ => {}
-    }
-    // An uncredited payment simply stops counting; a credited one is marked reversed. Either is
-    // announced (`payment.orphaned`), with the payment as it now stands.
-    let Some(new_status) = orphaned_as else {
-        return settle_status(tx, &invoice, now).await;
-    };
-    sqlx::query(
-        "UPDATE payments SET status = $3, confirmations = 0, block_height = NULL, block_hash = NULL, \
-         updated_at = $2 WHERE id = $1",
-    )
-    .bind(&payment_id)
-    .bind(now)
-    .bind(new_status)
-    .execute(&mut *tx)
-    .await?;
-    let view = load_view(&mut *tx, None, &invoice.id).await?;
-    if let Some(payment) = view.payments.iter().find(|p| p.id == payment_id) {
-        crate::webhook::emit(&mut *tx, &invoice.merchant_id, "payment.orphaned", &payment_id, payment, now).await?;
-    }
-    if new_status != "reversed" {
-        return settle_status(tx, &invoice, now).await;
-    }
-    // A credit taken back: a paid invoice no longer claims to be paid by it (see
-    // `status::after_reversal`), and the merchant is told in the same transaction.
-    let next = settle_status_by(tx, &invoice, now, |current, progress| match current {
-        InvoiceStatus::Paid | InvoiceStatus::Overpaid => after_reversal(progress),
-        _ => evaluate(current, progress),
-    })
-    .await?;
-    let view = load_view(&mut *tx, None, &invoice.id).await?;
-    crate::webhook::emit(&mut *tx, &invoice.merchant_id, "invoice.payment_reversed", &invoice.id, &view, now).await?;
-    Ok(next)
-}
-
-/// Recomputes an invoice's status from its payments and, when it changed, stores it and writes the
-/// event. The invoice row must already be locked by the caller.
-pub(crate) async fn settle_status(
-    tx: &mut PgConnection,
-    invoice: &InvoiceRow,
-    now: DateTime<Utc>,
-) -> Result<InvoiceStatus> {
-    settle_status_by(tx, invoice, now, evaluate).await
-}
-
-/// As [`settle_status`], with the transition rule given.
-async fn settle_status_by(
-    tx: &mut PgConnection,
-    invoice: &InvoiceRow,
-    now: DateTime<Utc>,
-    rule: impl Fn(InvoiceStatus, &super::status::Progress) -> InvoiceStatus,
-) -> Result<InvoiceStatus> {
-    let progress = progress_of(tx, invoice, now).await?;
-    let next = rule(invoice.status, &progress);
-    if next != invoice.status {
-        // Leaving paid after a reversal clears `paid_at`; paid again sets it anew.
-        sqlx::query(
-            "UPDATE invoices SET status = $2, updated_at = $3, \
-                    paid_at = CASE WHEN $2 IN ('paid', 'overpaid') THEN coalesce(paid_at, $3) \
-                                   WHEN $2 IN ('open', 'processing', 'expired') THEN NULL ELSE paid_at END \
-             WHERE id = $1",
-        )
-        .bind(&invoice.id)
-        .bind(next.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let view = load_view(&mut *tx, None, &invoice.id).await?;
-        crate::webhook::emit(
-            &mut *tx,
-            &invoice.merchant_id,
-            &next.event_type(),
-            &invoice.id,
-            &view,
-            now,
-        )
-        .await?;
-    }
-    Ok(next)
+    let invoice = store::lock_invoice(&mut *tx, &stored.invoice_id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    let quote = store::load_quote(&mut *tx, &invoice.id).await?;
+    let change = plan::plan_orphan(&invoice, &stored, &quote, now)?;
+    store::apply(tx, ledger, &change, now).await?;
+    Ok(change.invoice.to)
 }

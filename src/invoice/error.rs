@@ -4,6 +4,8 @@ use thiserror::Error;
 
 use crate::ledger::LedgerError;
 
+use super::plan::PlanError;
+
 pub type Result<T, E = InvoiceError> = std::result::Result<T, E>;
 
 #[derive(Debug, Error)]
@@ -26,8 +28,23 @@ pub enum InvoiceError {
     WrongState { id: String, status: String, action: &'static str },
     #[error("stored value {value:?} in {column} is not valid")]
     Corrupt { column: &'static str, value: String },
+    /// A plan's facts were not loaded as it asked: a programming error.
+    #[error(transparent)]
+    Plan(PlanError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+/// A plan's errors keep the variants (and messages) the invoice module has always reported.
+impl From<PlanError> for InvoiceError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::Invalid { field, reason } => Self::Invalid { field, reason },
+            PlanError::Mismatch { tx_ref, stored, reported } => Self::PaymentMismatch { tx_ref, stored, reported },
+            PlanError::Corrupt { column, value } => Self::Corrupt { column, value },
+            other @ PlanError::NotLoaded { .. } => Self::Plan(other),
+        }
+    }
 }

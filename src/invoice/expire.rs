@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::apply::settle_status;
+use super::store::settle_status;
 use super::error::Result;
 use super::model::{row_to_invoice, INVOICE_COLUMNS};
 

@@ -1,5 +1,6 @@
 //! Invoices: quotes at a locked rate, the status state machine, and the application of observed
-//! payments to invoices and the ledger in one transaction.
+//! payments to invoices and the ledger in one transaction — decided by the pure payment core
+//! ([`plan`]), written by its store ([`store`]), entered through [`apply`].
 
 pub mod apply;
 pub mod catalog;
@@ -8,15 +9,15 @@ pub mod error;
 pub mod expire;
 pub mod list;
 pub mod model;
+pub mod plan;
 pub mod refund;
 pub mod split;
 pub mod status;
+pub mod store;
 pub mod void;
 
-pub use apply::{
-    apply_card_payment, apply_payment, orphan_payment, Applied, BlockRef, CardPayment, ObservedPayment, CARD_RAIL,
-    CARD_RATE_SOURCE,
-};
+pub use apply::{apply_card_payment, apply_payment, orphan_payment, Applied, BlockRef, CardPayment, ObservedPayment};
+pub use plan::{plan_orphan, plan_payment, AppliedTo, PaymentChange, PaymentStatus, UnappliedReason, CARD_RAIL, CARD_RATE_SOURCE};
 pub use catalog::{AssetCatalog, CatalogAsset, DepositScheme};
 pub use create::{create_invoice, create_invoice_with_splits, CreateInvoice, InvoicePolicy};
 pub use split::{CreatorShare, Splits};

@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
-use crate::money::{mul_div, Amount, Fiat, Rounding};
+use crate::money::{Amount, Fiat};
 
 use super::error::{InvoiceError, Result};
-use super::status::{InvoiceStatus, Progress};
+use super::status::InvoiceStatus;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PaymentOptionView {
@@ -120,45 +120,9 @@ pub(crate) const INVOICE_COLUMNS: &str = "id, merchant_id, status, currency, amo
      underpayment_tolerance_bps, order_id, metadata, expires_at, created_at, updated_at, paid_at";
 
 /// Values an invoice's applied payments in its currency at the locked quotes: confirmed and still
-/// pending. Amounts are summed per asset before converting, so several payments in one asset that
-/// add up to the quote are worth exactly the invoice amount (rounding each payment down would lose a
-/// minor unit per payment).
+/// pending (see [`super::plan::Quote::valuation`]).
 pub(crate) async fn valuation(conn: &mut PgConnection, invoice_id: &str, due: Amount) -> Result<(Amount, Amount)> {
-    let rows = sqlx::query(
-        "SELECT o.amount_minor::text AS quoted, \
-                coalesce(sum(p.amount_minor) FILTER (WHERE p.status = 'confirmed'), 0)::text AS confirmed, \
-                coalesce(sum(p.amount_minor) FILTER (WHERE p.status = 'seen'), 0)::text AS pending \
-         FROM payments p JOIN payment_options o ON o.invoice_id = p.invoice_id AND o.asset = p.asset \
-         WHERE p.invoice_id = $1 AND p.applied_to = 'invoice' GROUP BY o.asset, o.amount_minor",
-    )
-    .bind(invoice_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut confirmed = Amount::ZERO;
-    let mut pending = Amount::ZERO;
-    for row in rows {
-        let quoted = parse_amount("amount_minor", &row.try_get::<String, _>("quoted")?)?;
-        for (column, total) in [("confirmed", &mut confirmed), ("pending", &mut pending)] {
-            let paid = parse_amount("amount_minor", &row.try_get::<String, _>(column)?)?;
-            let value = mul_div(paid, due, quoted, Rounding::Down)
-                .map_err(|_| InvoiceError::Corrupt { column: "amount_minor", value: paid.to_string() })?;
-            *total = total
-                .checked_add(value)
-                .ok_or(InvoiceError::Corrupt { column: "amount_minor", value: value.to_string() })?;
-        }
-    }
-    Ok((confirmed, pending))
-}
-
-pub(crate) async fn progress_of(conn: &mut PgConnection, invoice: &InvoiceRow, now: DateTime<Utc>) -> Result<Progress> {
-    let (confirmed, pending) = valuation(conn, &invoice.id, invoice.amount_minor).await?;
-    Ok(Progress {
-        due: invoice.amount_minor,
-        tolerance_bps: invoice.tolerance_bps,
-        confirmed,
-        pending,
-        expired: now >= invoice.expires_at,
-    })
+    Ok(super::store::load_quote(conn, invoice_id).await?.valuation(due)?)
 }
 
 /// Loads the whole view of an invoice. With `merchant_id`, another merchant's invoice is not found.

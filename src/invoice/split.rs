@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
 
 use crate::ledger::AccountCode;
-use crate::money::{split_bps, Amount, BPS_WHOLE};
+use crate::money::{split_bps, Amount, ConvertError, BPS_WHOLE};
 
 use super::error::{InvoiceError, Result};
 
@@ -182,13 +182,12 @@ pub async fn load_for_invoice(conn: &mut PgConnection, invoice_id: &str) -> Resu
 /// left out, summing to `amount` exactly. Creators and the platform get floor(amount × bps / 10000);
 /// `revenue:rounding` gets the dust between the allocated part, floor(amount × Σbps / 10000), and
 /// the sum of those shares; the merchant gets the rest.
-pub fn split_postings(merchant: AccountCode, amount: Amount, splits: &Splits) -> Result<Vec<(AccountCode, Amount)>> {
-    let invalid = |e: crate::money::ConvertError| InvoiceError::Invalid { field: "splits", reason: e.to_string() };
+pub fn split_postings(merchant: AccountCode, amount: Amount, splits: &Splits) -> Result<Vec<(AccountCode, Amount)>, ConvertError> {
     let mut bps: Vec<u32> = splits.splits.iter().map(|s| s.bps).collect();
     bps.push(splits.platform_fee_bps);
-    let shares = split_bps(amount, &bps).map_err(invalid)?;
+    let shares = split_bps(amount, &bps)?;
     let allocated_bps: u32 = bps.iter().sum();
-    let allocated = split_bps(amount, &[allocated_bps]).map_err(invalid)?;
+    let allocated = split_bps(amount, &[allocated_bps])?;
     let allocated_total = allocated.shares.first().copied().unwrap_or(Amount::ZERO);
     let shares_total = Amount::checked_sum(shares.shares.iter().copied()).unwrap_or(Amount::ZERO);
     let dust = allocated_total.checked_sub(shares_total).unwrap_or(Amount::ZERO);

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 
 use super::error::{InvoiceError, Result};
 use super::model::{load_view, row_to_invoice, InvoiceView, INVOICE_COLUMNS};
+use super::plan::PaymentStatus;
 use super::status::InvoiceStatus;
 
 pub async fn void_invoice(pool: &PgPool, merchant_id: &str, id: &str, now: DateTime<Utc>) -> Result<InvoiceView> {
@@ -21,9 +22,11 @@ pub async fn void_invoice(pool: &PgPool, merchant_id: &str, id: &str, now: DateT
         InvoiceStatus::Void => {}
         InvoiceStatus::Open => {
             let payments: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM payments WHERE invoice_id = $1 AND status IN ('seen', 'confirmed')",
+                "SELECT count(*) FROM payments WHERE invoice_id = $1 AND status IN ($2, $3)",
             )
             .bind(id)
+            .bind(PaymentStatus::Seen.as_str())
+            .bind(PaymentStatus::Confirmed.as_str())
             .fetch_one(&mut *tx)
             .await?;
             if payments > 0 {

@@ -7,7 +7,7 @@ use crate::common;
 
 use crate::common::{state_with_clock, USDC_POLYGON, USDT_POLYGON};
 use payrail::api::AppState;
-use payrail::invoice::{apply_payment, CreateInvoice, InvoiceView, ObservedPayment};
+use payrail::invoice::{apply_payment, AppliedTo, CreateInvoice, InvoiceView, ObservedPayment};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
 use payrail::money::Amount;
@@ -233,7 +233,7 @@ async fn an_unapplied_payment_is_not_split(pool: PgPool) {
     let invoice = server.invoice(created["id"].as_str().expect("id")).await;
     // USDT was not quoted: the payment is held for review, whole.
     let applied = server.pay(&invoice, USDT_POLYGON, "0xc1", 25_000_000).await;
-    assert_eq!(applied.applied_to, "unapplied");
+    assert_eq!(applied.applied_to, AppliedTo::Unapplied);
     let postings = server.entry(USDT_POLYGON, "0xc1").await;
     assert_eq!(postings.len(), 2);
     assert_eq!(

@@ -7,7 +7,7 @@ use crate::common::{amount, state_with_clock, t0, BTC, USDC_POLYGON, USDT_POLYGO
 use payrail::api::AppState;
 use payrail::clock::Clock;
 use payrail::invoice::{
-    apply_payment, create_invoice, expire_due, load_view, orphan_payment, CreateInvoice, InvoiceError, InvoiceStatus,
+    apply_payment, create_invoice, AppliedTo, expire_due, load_view, orphan_payment, CreateInvoice, InvoiceError, InvoiceStatus,
     InvoiceView, ObservedPayment,
 };
 use payrail::ledger::{AccountCode, SignedAmount};
@@ -184,7 +184,7 @@ async fn a_payment_seen_in_time_is_waited_for_past_expiry(pool: PgPool) {
     assert_eq!(expire_due(&state.pool, clock.now()).await.expect("expiry"), 0);
     let paid = apply(&state, &observed(&invoice, USDC_POLYGON, "0x01", 25_000_000, 2)).await.expect("confirmed");
     assert_eq!(paid.invoice_status, InvoiceStatus::Paid);
-    assert_eq!(paid.applied_to, "invoice");
+    assert_eq!(paid.applied_to, AppliedTo::Invoice);
 }
 
 #[sqlx::test]
@@ -224,7 +224,7 @@ async fn late_payment_goes_to_unapplied_and_is_never_dropped(pool: PgPool) {
     clock.advance(Duration::seconds(901));
     expire_due(&state.pool, clock.now()).await.expect("expiry");
     let late = apply(&state, &observed(&invoice, USDC_POLYGON, "0x09", 25_000_000, 0)).await.expect("late seen");
-    assert_eq!((late.invoice_status, late.applied_to), (InvoiceStatus::Expired, "unapplied"));
+    assert_eq!((late.invoice_status, late.applied_to), (InvoiceStatus::Expired, AppliedTo::Unapplied));
     let credited = apply(&state, &observed(&invoice, USDC_POLYGON, "0x09", 25_000_000, 3)).await.expect("late confirmed");
     assert!(credited.credited);
     assert_eq!(credited.invoice_status, InvoiceStatus::Expired);
@@ -244,7 +244,7 @@ async fn payment_after_expiry_time_but_before_the_expiry_job_is_late_too(pool: P
     let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
     clock.advance(Duration::seconds(1000));
     let late = apply(&state, &observed(&invoice, USDC_POLYGON, "0x09", 25_000_000, 2)).await.expect("late");
-    assert_eq!((late.applied_to, late.invoice_status), ("unapplied", InvoiceStatus::Expired));
+    assert_eq!((late.applied_to, late.invoice_status), (AppliedTo::Unapplied, InvoiceStatus::Expired));
     let shown = view(&state, &invoice.id).await;
     assert_eq!(shown.payments[0].unapplied_reason.as_deref(), Some("late"));
 }
@@ -255,7 +255,7 @@ async fn an_unquoted_asset_is_held_as_unapplied(pool: PgPool) {
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
     let odd = apply(&state, &observed(&invoice, USDT_POLYGON, "0x05", 25_000_000, 2)).await.expect("odd asset");
-    assert_eq!((odd.applied_to, odd.invoice_status, odd.credited), ("unapplied", InvoiceStatus::Open, true));
+    assert_eq!((odd.applied_to, odd.invoice_status, odd.credited), (AppliedTo::Unapplied, InvoiceStatus::Open, true));
     let unapplied = AccountCode::unapplied(&merchant.merchant_id);
     assert_eq!(balance(&state, &unapplied, USDT_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
     assert_eq!(view(&state, &invoice.id).await.payments[0].unapplied_reason.as_deref(), Some("asset_not_quoted"));
@@ -446,7 +446,7 @@ async fn a_reversed_payment_past_expiry_expires_the_invoice_until_it_is_mined_ag
     tx.commit().await.expect("commit");
     assert_eq!(status, InvoiceStatus::Expired);
     let again = apply(&state, &payment).await.expect("mined again");
-    assert_eq!((again.invoice_status, again.credited, again.applied_to), (InvoiceStatus::Paid, true, "invoice"));
+    assert_eq!((again.invoice_status, again.credited, again.applied_to), (InvoiceStatus::Paid, true, AppliedTo::Invoice));
     assert_eq!(
         events(&pool, &invoice.id).await,
         ["invoice.created", "invoice.paid", "invoice.expired", "invoice.payment_reversed", "invoice.paid"]
