@@ -41,6 +41,7 @@
 //! (default `/var/tmp/payrail-bench-venv`).
 //!
 //! Run with `cargo bench --bench indexer`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::as_conversions, reason = "test and benchmark code: a failure is a loud stop")]
 
 #[path = "support/mod.rs"]
 mod support;

@@ -35,6 +35,7 @@
 //! After the ledger scenarios every balance is checked against the sum of its postings.
 //!
 //! Run with `cargo bench --bench ledger`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::as_conversions, reason = "test and benchmark code: a failure is a loud stop")]
 
 #[path = "support/mod.rs"]
 mod support;

@@ -2,6 +2,7 @@
 //! host names itself, past the resolver that keeps deliveries off internal addresses, so deliveries
 //! always connect directly. Its own test binary: it sets process-wide environment variables, which no
 //! other test may see.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::as_conversions, reason = "test and benchmark code: a failure is a loud stop")]
 
 use std::sync::{Arc, Mutex};
 

@@ -182,8 +182,9 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    let has_more = rows.len() as i64 > limit;
-    Ok((rows.into_iter().take(limit as usize).map(view).collect(), has_more))
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let has_more = rows.len() > limit;
+    Ok((rows.into_iter().take(limit).map(view).collect(), has_more))
 }
 
 /// One of the merchant's keys.

@@ -183,8 +183,10 @@ pub fn split_bps(total: Amount, bps: &[u32]) -> Result<Split, ConvertError> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    #[allow(clippy::expect_used, reason = "an invariant of the shares, proven above")]
     let allocated = Amount::checked_sum(shares.iter().copied())
         .expect("floored shares of at most 10000 bps in total sum to at most the total");
+    #[allow(clippy::expect_used, reason = "an invariant of the shares, proven above")]
     let remainder = total
         .checked_sub(allocated)
         .expect("floored shares of at most 10000 bps in total sum to at most the total");

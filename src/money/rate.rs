@@ -99,6 +99,7 @@ impl Ord for Rate {
     /// By value: cross-multiplies to a common scale in 512 bits, which cannot overflow
     /// (a 256-bit mantissa times `10^36` needs at most 376 bits).
     fn cmp(&self, other: &Self) -> Ordering {
+        #[allow(clippy::expect_used, reason = "both bounds are checked where a Rate is built")]
         let lift = |rate: &Rate, to_scale: u8| {
             let factor = decimal::pow10_u512(u32::from(to_scale - rate.scale))
                 .expect("10^36 fits in 512 bits and scales never exceed 36");
@@ -153,6 +154,7 @@ impl FromStr for Rate {
         if mantissa.is_zero() {
             return Err(RateError::Zero { input: input() });
         }
+        #[allow(clippy::expect_used, reason = "the length was checked just above")]
         let scale = u8::try_from(frac.len()).expect("checked against RATE_SCALE_MAX above");
         Ok(Rate { mantissa, scale })
     }

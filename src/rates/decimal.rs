@@ -117,6 +117,7 @@ pub fn midpoint(a: &Rate, b: &Rate) -> Option<Rate> {
 }
 
 /// The rate 1.
+#[allow(clippy::expect_used, reason = "a constant that is valid by inspection")]
 pub fn one() -> Rate {
     Rate::new(U256::from(1u8), 0).expect("1 is positive and has no fractional digits")
 }

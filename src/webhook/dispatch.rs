@@ -296,12 +296,16 @@ impl reqwest::dns::Resolve for PublicOnly {
         Box::pin(async move {
             let found: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
                 Ok(found) => found.collect(),
-                Err(error) => return Err(Box::new(ResolveFailed(error)) as Box<dyn std::error::Error + Send + Sync>),
+                Err(error) => {
+                    let error: Box<dyn std::error::Error + Send + Sync> = Box::new(ResolveFailed(error));
+                    return Err(error);
+                }
             };
             let allowed: Vec<std::net::SocketAddr> =
                 found.into_iter().filter(|addr| super::endpoint::check_ip(addr.ip(), allow_loopback).is_ok()).collect();
             if allowed.is_empty() {
-                return Err(Box::new(AddressRefused) as Box<dyn std::error::Error + Send + Sync>);
+                let error: Box<dyn std::error::Error + Send + Sync> = Box::new(AddressRefused);
+                return Err(error);
             }
             let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
             Ok(addrs)

@@ -18,6 +18,7 @@ pub const SIGNATURE_TOLERANCE_S_DEFAULT: i64 = 300;
 
 type HmacSha256 = Hmac<Sha256>;
 
+#[allow(clippy::expect_used, reason = "HMAC takes a key of any length")]
 fn mac(secret: &EndpointSecret, timestamp: i64, body: &[u8]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
         .expect("HMAC accepts keys of any length, so new_from_slice cannot fail");

@@ -9,6 +9,7 @@
 //! - reconcile: `payrail reconcile --chain polygon` over the whole chain exits 0.
 //!
 //! Not part of `cargo test`: without `--short` or `--full` it prints how to run it and exits 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::as_conversions, reason = "test and benchmark code: a failure is a loud stop")]
 
 #[path = "../common/mod.rs"]
 mod common;

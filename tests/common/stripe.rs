@@ -22,6 +22,11 @@ struct Localstripe {
     _child: Option<Mutex<Child>>,
 }
 
+/// localstripe's charges are one history shared by every test: a test that reads all charges of a
+/// time range (reconciliation) holds this for writing, so no other test creates charges meanwhile;
+/// every other test's [`Server`] holds it for reading.
+pub static HISTORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// The base URL of localstripe, started on first use unless `PAYRAIL_LOCALSTRIPE_URL` names one.
 pub fn localstripe() -> &'static str {
     static INSTANCE: OnceLock<Localstripe> = OnceLock::new();
@@ -78,6 +83,7 @@ pub struct Server {
     pub key: String,
     pub merchant_id: String,
     pub secret: String,
+    _history: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
 }
 
 /// The shipped configuration with the card rail pointed at localstripe and `secret` as the webhook
@@ -93,7 +99,16 @@ pub fn config(secret: &str) -> Config {
     Config::from_str_with_env(&std::fs::read_to_string(&path).expect("config.dev.toml"), &path, &env).expect("config loads")
 }
 
+/// The daemon under test, sharing localstripe's history with other tests (see [`HISTORY`]).
 pub async fn start(pool: PgPool) -> Server {
+    let history = HISTORY.read().await;
+    let mut server = start_exclusive(pool).await;
+    server._history = Some(history);
+    server
+}
+
+/// The daemon under test, for a caller that already holds [`HISTORY`] for writing.
+pub async fn start_exclusive(pool: PgPool) -> Server {
     let secret = format!("whsec_{}", random_suffix());
     let config = config(&secret);
     let mut state = payrail::app::state(&config, pool, Arc::new(SystemClock), super::test_secrets());
@@ -108,6 +123,7 @@ pub async fn start(pool: PgPool) -> Server {
         key: merchant.api_key,
         merchant_id: merchant.merchant_id,
         secret,
+        _history: None,
     }
 }
 

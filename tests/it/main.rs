@@ -2,6 +2,7 @@
 //! anvil, the regtest Electrum node, localstripe, the `payrail` binary — over real sockets. One
 //! binary links the library once instead of once per file. Run one area with a filter:
 //! `cargo test --test it evm::`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::as_conversions, reason = "test and benchmark code: a failure is a loud stop")]
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -3,15 +3,16 @@
 //!
 //! localstripe comes from `PAYRAIL_LOCALSTRIPE_URL`, else this binary starts its own through
 //! `scripts/localstripe run`. A reconciliation lists every charge of its time range, whoever made
-//! it, so the tests here take turns: each holds a lock, starts its range on a fresh second after
-//! the previous test's range ended, and ends it before letting the next one in. (Other binaries
-//! paying through the same localstripe at the same moment would show up in the ranges too.)
+//! it, so the tests here take turns: each holds `HISTORY` for writing (no other test of this binary
+//! creates charges meanwhile), starts its range on a fresh second after the previous test's range
+//! ended, and ends it before letting the next one in. (Another process paying through the same
+//! localstripe at the same moment would show up in the ranges too.)
 
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use crate::common::stripe::{random_suffix, start, Server};
+use crate::common::stripe::{random_suffix, start_exclusive as start, Server, HISTORY};
 use crate::common::USD;
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::money::{Amount, Fiat};
@@ -21,9 +22,6 @@ use payrail::stripe::StripeClient;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-
-/// One test's range at a time.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Waits for the next whole second and returns it: nothing of an earlier test is created in it.
 async fn fresh_second() -> DateTime<Utc> {
@@ -71,7 +69,7 @@ fn usd_totals(report: &Report) -> [String; 4] {
 
 #[sqlx::test]
 async fn a_card_payment_and_a_partial_refund_reconcile_clean(pool: PgPool) {
-    let _turn = TURN.lock().await;
+    let _turn = HISTORY.write().await;
     let server = start(pool).await;
     server.subscribe().await;
     let from = fresh_second().await;
@@ -101,7 +99,7 @@ async fn a_card_payment_and_a_partial_refund_reconcile_clean(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_ledger_card_credit_with_no_charge_is_missing_at_the_processor(pool: PgPool) {
-    let _turn = TURN.lock().await;
+    let _turn = HISTORY.write().await;
     let server = start(pool).await;
     let from = fresh_second().await;
     let stripe_usd = AccountCode::stripe(Fiat::USD);
@@ -131,7 +129,7 @@ async fn a_ledger_card_credit_with_no_charge_is_missing_at_the_processor(pool: P
 
 #[sqlx::test]
 async fn a_charge_the_ledger_never_credited_is_missing_in_the_ledger(pool: PgPool) {
-    let _turn = TURN.lock().await;
+    let _turn = HISTORY.write().await;
     let server = start(pool).await;
     // Not subscribed: the webhook never arrives, so nothing is credited.
     let from = fresh_second().await;

@@ -174,13 +174,13 @@ async fn failed_attempts(server: &Server, id: &str, n: i32, age_s: i64) {
     for number in 1..=n {
         sqlx::query(
             "INSERT INTO card_attempts (id, invoice_id, attempt, idempotency_key, kind, currency, amount_minor, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'payment_intent', 'USD', 1234, 'failed', now() - make_interval(secs => $5), now())",
+             VALUES ($1, $2, $3, $4, 'payment_intent', 'USD', 1234, 'failed', now() - $5 * interval '1 second', now())",
         )
         .bind(payrail::ids::new_id("ca"))
         .bind(id)
         .bind(number)
         .bind(format!("payrail:{id}:card:{number}"))
-        .bind(age_s as f64 + f64::from(n - number))
+        .bind(age_s + i64::from(n - number))
         .execute(&server.state.pool)
         .await
         .expect("attempt");

@@ -411,7 +411,7 @@ impl BitcoinWatcher {
             fork = Some(found);
         }
         let new_blocks: Vec<ChainBlock> =
-            headers.iter().enumerate().skip(1).map(|(offset, h)| chain_block(base.height + offset as u64, h)).collect();
+            headers.iter().enumerate().skip(1).map(|(offset, h)| chain_block(base.height + u64::try_from(offset).unwrap_or_default(), h)).collect();
         let end = new_blocks.last().map_or(base.height, |b| b.height);
         let new_cursor = Cursor { height: end, hash: new_blocks.last().map_or(base.hash.clone(), |b| b.hash.clone()) };
 
