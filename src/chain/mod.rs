@@ -10,7 +10,14 @@
 pub mod bitcoin;
 pub mod cursor;
 pub mod evm;
+pub mod follower;
 pub mod health;
 pub mod pricing;
+pub mod reorg;
+pub mod source;
+pub mod store;
+pub mod summary;
 
 pub use cursor::{ChainBlock, Cursor};
+pub use follower::{ChainEvent, FollowError, Follower};
+pub use source::ChainSource;

@@ -345,28 +345,6 @@ impl Leadership {
         }
     }
 
-    /// Waits `pause`, or until `shutdown` changes (`Ok(true)`), checking the lock first and then at
-    /// least every [`LOCK_RETRY_MS_DEFAULT`]: a job that waits long (for a node that is down) still
-    /// notices a lost lock, or hands a surplus one over, in time.
-    pub async fn wait_holding(
-        &mut self,
-        pause: Duration,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<bool, LeaderError> {
-        let until = tokio::time::Instant::now() + pause;
-        loop {
-            self.ensure_held().await?;
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(left.min(Duration::from_millis(LOCK_RETRY_MS_DEFAULT))) => {}
-                _ = shutdown.changed() => return Ok(true),
-            }
-        }
-    }
-
     /// Waits `pause` (less when shutdown is asked for), checking the lock at least every
     /// [`LOCK_RETRY_MS_DEFAULT`] but not at the start: the caller checked it just before.
     async fn pause(&mut self, pause: Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), LeaderError> {
