@@ -121,6 +121,7 @@ impl<H> ChainEvent<H> {
     }
 }
 
+#[derive(Debug)]
 pub struct Follower<S: ChainSource> {
     source: S,
     chain: ChainSpec,
@@ -135,12 +136,6 @@ pub struct Follower<S: ChainSource> {
     share: Option<Share>,
     events: broadcast::Sender<ChainEvent<S::Hash>>,
     summary: Mutex<Summary>,
-}
-
-impl<S: ChainSource> std::fmt::Debug for Follower<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Follower").field("chain", &self.chain.name).field("caip2", &self.caip2).finish()
-    }
 }
 
 fn height_i64(height: u64) -> i64 {
@@ -180,10 +175,6 @@ impl<S: ChainSource> Follower<S> {
 
     pub fn chain(&self) -> &ChainSpec {
         &self.chain
-    }
-
-    pub fn source(&self) -> &S {
-        &self.source
     }
 
     /// Every event a step commits from now on.
@@ -412,7 +403,7 @@ impl<S: ChainSource> Follower<S> {
                             confirmations = observation.confirmations, required = observation.confirmations_required, "payment seen");
                     }
                     if applied.credited {
-                        tracing::info!(target: "watcher", chain = %self.chain.name, %tx_ref, %invoice, %amount, applied_to = applied.applied_to, "payment confirmed");
+                        tracing::info!(target: "watcher", chain = %self.chain.name, %tx_ref, %invoice, %amount, "payment confirmed");
                     }
                 }
                 Action::Orphan { tx_ref, invoice_id } => {

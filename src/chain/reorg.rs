@@ -108,197 +108,140 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::invoice::BlockRef;
-    use crate::money::{AssetId, ChainId};
+    use crate::money::ChainId;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    const WINDOW: usize = 6;
+    const WINDOW: u64 = 6;
 
-    /// A chain: hashes by height (index), and the payments each block holds.
-    #[derive(Debug, Clone)]
-    struct Chain {
-        blocks: Vec<(u64, Vec<String>)>,
+    /// A chain by height: each block's (unique) hash and the payments it holds.
+    type Chain = Vec<(u64, Vec<String>)>;
+
+    fn observation(tx_ref: &str, height: u64, hash: String, tip: u64, required: u32) -> ObservedPayment {
+        ObservedPayment {
+            invoice_id: format!("inv_{tx_ref}"),
+            chain: ChainId::bitcoin_regtest(),
+            asset: "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0".parse().expect("asset"),
+            tx_ref: tx_ref.to_owned(),
+            address: Some(format!("addr_{tx_ref}")),
+            amount: Amount::from_u64(1),
+            confirmations: u32::try_from(tip + 1 - height).unwrap_or(u32::MAX),
+            confirmations_required: required,
+            block: Some(BlockRef { height, hash }),
+        }
     }
 
-    fn hash_of(chain: &Chain, height: usize) -> u64 {
-        chain.blocks[height].0
-    }
-
-    /// What the ledger would hold: credits minus reversals per payment, and its status.
+    /// The follower's state as the database holds it.
     #[derive(Debug, Default)]
     struct Store {
-        confirmed: BTreeMap<String, (u64, String)>,
-        seen: BTreeMap<String, (u64, String)>,
+        /// Payments seen or confirmed: their block, and whether credited.
+        payments: BTreeMap<String, ((u64, String), bool)>,
+        /// Credits minus reversals, per payment.
         net_credits: BTreeMap<String, i64>,
         window: BTreeMap<u64, u64>,
         cursor: Option<(u64, u64)>,
     }
 
-    fn observation(tx_ref: &str, height: u64, hash: u64, tip: u64, required: u32) -> ObservedPayment {
-        ObservedPayment {
-            invoice_id: format!("inv_{tx_ref}"),
-            chain: ChainId::bitcoin_regtest(),
-            asset: "bip122:0f9188f13cb7b2c71f2a335e3a4fc328/slip44:0".parse::<AssetId>().expect("asset"),
-            tx_ref: tx_ref.to_owned(),
-            address: Some(format!("addr_{tx_ref}")),
-            amount: Amount::from_u64(1),
-            confirmations: u32::try_from(tip - height + 1).unwrap_or(u32::MAX),
-            confirmations_required: required,
-            block: Some(BlockRef { height, hash: hash.to_string() }),
-        }
-    }
-
     impl Store {
         fn tracked(&self) -> Vec<Tracked> {
-            let one = |tx_ref: &String, block: &(u64, String), confirmed| Tracked {
+            let one = |(tx_ref, (block, confirmed)): (&String, &((u64, String), bool))| Tracked {
                 tx_ref: tx_ref.clone(),
                 invoice_id: format!("inv_{tx_ref}"),
                 asset: String::new(),
                 amount: Amount::from_u64(1),
                 address: Some(format!("addr_{tx_ref}")),
-                confirmed,
+                confirmed: *confirmed,
                 block: Some(block.clone()),
             };
-            let mut all: Vec<Tracked> = self.confirmed.iter().map(|(t, b)| one(t, b, true)).collect();
-            all.extend(self.seen.iter().map(|(t, b)| one(t, b, false)));
-            all
+            self.payments.iter().map(one).collect()
         }
 
+        /// What `apply_payment` and `orphan_payment` do to credits.
         fn apply(&mut self, actions: Vec<Action>) {
             for action in actions {
                 match action {
                     Action::Apply(o) => {
                         let block = o.block.as_ref().map(|b| (b.height, b.hash.clone())).expect("mined");
-                        if o.confirmations >= o.confirmations_required {
-                            if self.confirmed.insert(o.tx_ref.clone(), block).is_none() {
-                                *self.net_credits.entry(o.tx_ref.clone()).or_default() += 1;
-                            }
-                            self.seen.remove(&o.tx_ref);
-                        } else if !self.confirmed.contains_key(&o.tx_ref) {
-                            self.seen.insert(o.tx_ref.clone(), block);
+                        let was = self.payments.get(&o.tx_ref).is_some_and(|p| p.1);
+                        let credited = was || o.confirmations >= o.confirmations_required;
+                        if credited && !was {
+                            *self.net_credits.entry(o.tx_ref.clone()).or_default() += 1;
                         }
+                        self.payments.insert(o.tx_ref.clone(), (block, credited));
                     }
                     Action::Orphan { tx_ref, .. } => {
-                        if self.confirmed.remove(&tx_ref).is_some() {
-                            *self.net_credits.entry(tx_ref.clone()).or_default() -= 1;
+                        if self.payments.remove(&tx_ref).is_some_and(|p| p.1) {
+                            *self.net_credits.entry(tx_ref).or_default() -= 1;
                         }
-                        self.seen.remove(&tx_ref);
                     }
                 }
             }
         }
     }
 
-    /// One follower step against `chain`, with the decisions the follower makes: fork detection
-    /// through [`fork_point`], payments through [`plan`]. `rescans`: the source reads every watched
-    /// address at the tip (Bitcoin) rather than each block once (EVM).
-    fn step(store: &mut Store, chain: &Chain, batch: usize, required: u32, rescans: bool) -> bool {
-        let tip = (chain.blocks.len() - 1) as u64;
-        // A source that rescans reads every address at the node's tip, whatever the cursor.
-        let observe_all = || {
-            let mut payments = Vec::new();
-            for height in 0..=tip {
-                for tx_ref in &chain.blocks[height as usize].1 {
-                    payments.push(observation(tx_ref, height, hash_of(chain, height as usize), tip, required));
-                }
-            }
-            let complete = chain.blocks.iter().flat_map(|(_, p)| p.iter().map(|t| format!("addr_{t}"))).collect();
-            Observed { payments, complete }
+    /// One step with the follower's decisions: the fork through [`fork_point`], the payments
+    /// through [`plan`]. `rescans`: the source reads every address at the tip (Bitcoin), else each
+    /// block once (EVM). Returns whether the step was idle at the tip.
+    fn step(store: &mut Store, chain: &Chain, batch: u64, required: u32, rescans: bool) -> bool {
+        let tip = chain.len() as u64 - 1;
+        let hash = |h: u64| chain.get(h as usize).map(|b| b.0);
+        let seen = |heights: std::ops::RangeInclusive<u64>| -> Vec<ObservedPayment> {
+            heights.flat_map(|h| chain[h as usize].1.iter().map(move |t| observation(t, h, chain[h as usize].0.to_string(), tip, required))).collect()
         };
-        let refresh = |t: &Tracked| {
-            let (height, hash) = t.block.clone().expect("mined");
-            let mut o = observation(&t.tx_ref, height, 0, tip, required);
-            o.block = Some(BlockRef { height, hash });
-            Some(o)
+        let everything = || Observed {
+            payments: seen(0..=tip),
+            complete: chain.iter().flat_map(|b| b.1.iter().map(|t| format!("addr_{t}"))).collect(),
         };
-        let canonical = |h: u64| chain.blocks.get(h as usize).map(|b| b.0);
-        let unwind = |store: &mut Store, at: u64| {
-            let stored: Vec<Block<u64>> =
-                store.window.iter().rev().map(|(h, hash)| Block { height: *h, hash: *hash, parent: 0 }).collect();
-            let hashes: Vec<Option<u64>> = stored.iter().map(|b| canonical(b.height)).collect();
-            let fork = fork_point(&stored, &hashes).unwrap_or_else(|| panic!("reorg below the window at {at}"));
-            let observed = if rescans { observe_all() } else { Observed::default() };
-            let actions = plan(&store.tracked(), Some(fork.height), observed, fork.height, refresh);
-            store.apply(actions);
+        let refresh = |t: &Tracked| t.block.clone().map(|(h, block)| observation(&t.tx_ref, h, block, tip, required));
+        if store.cursor.is_some_and(|(h, at)| hash(h) != Some(at)) {
+            let stored: Vec<Block<u64>> = store.window.iter().rev().map(|(h, b)| Block { height: *h, hash: *b, parent: 0 }).collect();
+            let canonical: Vec<Option<u64>> = stored.iter().map(|b| hash(b.height)).collect();
+            let fork = fork_point(&stored, &canonical).expect("a reorg within the window");
+            let observed = if rescans { everything() } else { Observed::default() };
+            store.apply(plan(&store.tracked(), Some(fork.height), observed, fork.height, refresh));
             store.window.retain(|h, _| *h <= fork.height);
             store.cursor = Some((fork.height, fork.hash));
-        };
+            return false;
+        }
         let from = store.cursor.map_or(0, |(h, _)| h + 1);
-        if from > tip {
-            let (height, hash) = store.cursor.expect("cursor");
-            if canonical(height) != Some(hash) {
-                unwind(store, height);
-                return false;
-            }
-            let observed = if rescans { observe_all() } else { Observed::default() };
-            let actions = plan(&store.tracked(), None, observed, height, refresh);
-            store.apply(actions);
-            return true;
-        }
-        let to = tip.min(from + batch as u64 - 1);
-        if let Some((height, hash)) = store.cursor {
-            if canonical(height) != Some(hash) {
-                unwind(store, height);
-                return false;
-            }
-        }
-        let observed = if rescans && to == tip {
-            observe_all()
-        } else if rescans {
-            Observed::default()
-        } else {
-            let mut payments = Vec::new();
-            for height in from..=to {
-                for tx_ref in &chain.blocks[height as usize].1 {
-                    payments.push(observation(tx_ref, height, hash_of(chain, height as usize), tip, required));
-                }
-            }
-            Observed { payments, complete: HashSet::new() }
+        let idle = from > tip;
+        let to = if idle { from - 1 } else { tip.min(from + batch - 1) };
+        let observed = match (rescans, to == tip) {
+            (true, true) => everything(),
+            (true, false) => Observed::default(),
+            (false, _) => Observed { payments: seen(from..=to), complete: HashSet::new() },
         };
-        let actions = plan(&store.tracked(), None, observed, to, refresh);
-        store.apply(actions);
-        for height in from..=to {
-            store.window.insert(height, hash_of(chain, height as usize));
-        }
-        store.window.retain(|h, _| *h + WINDOW as u64 >= to);
-        store.cursor = Some((to, hash_of(chain, to as usize)));
-        false
+        store.apply(plan(&store.tracked(), None, observed, to, refresh));
+        store.window.extend((from..=to).map(|h| (h, chain[h as usize].0)));
+        store.window.retain(|h, _| *h + WINDOW >= to);
+        store.cursor = Some((to, chain[to as usize].0));
+        idle
     }
 
-    fn follow(store: &mut Store, chain: &Chain, batch: usize, required: u32, rescans: bool) {
-        for _ in 0..1_000 {
-            if step(store, chain, batch, required, rescans) {
-                return;
-            }
-        }
-        panic!("the follower does not reach the tip");
-    }
-
-    /// A reorg: the last `depth` blocks replaced by `grow` blocks holding some of their payments
-    /// again (`keep`) and new ones.
+    /// Replaces the last `depth` blocks with at least as many new ones, holding the dropped
+    /// payments that `keep` picks again, and new payments.
     fn reorg(chain: &mut Chain, depth: usize, grow: usize, keep: &[bool], next: &mut u64) {
-        let depth = depth.min(chain.blocks.len() - 1);
-        let dropped: Vec<String> = chain.blocks.split_off(chain.blocks.len() - depth).into_iter().flat_map(|b| b.1).collect();
-        let mut kept: Vec<String> = dropped.into_iter().zip(keep.iter().cycle()).filter(|(_, k)| **k).map(|(t, _)| t).collect();
-        for i in 0..grow.max(depth) {
+        let dropped = chain.split_off(chain.len() - depth.min(chain.len() - 1));
+        let count = grow.max(dropped.len());
+        let mut kept: Vec<String> =
+            dropped.into_iter().flat_map(|b| b.1).zip(keep.iter().cycle()).filter(|(_, k)| **k).map(|(t, _)| t).collect();
+        for i in 0..count {
             *next += 1;
-            let mut payments = Vec::new();
-            if i % 2 == 0 {
-                payments.extend(kept.pop());
-            }
+            let mut payments: Vec<String> = if i % 2 == 0 { kept.pop().into_iter().collect() } else { Vec::new() };
             if i % 3 == 0 {
                 payments.push(format!("tx{next}"));
             }
-            chain.blocks.push((*next, payments));
+            chain.push((*next, payments));
         }
-        chain.blocks.last_mut().expect("grown").1.extend(kept);
+        if let Some(last) = chain.last_mut() {
+            last.1.extend(kept);
+        }
     }
 
     fn extend(chain: &mut Chain, blocks: usize, with_payments: bool, next: &mut u64) {
         for i in 0..blocks {
             *next += 1;
-            let payments = if with_payments && i % 2 == 0 { vec![format!("tx{next}")] } else { Vec::new() };
-            chain.blocks.push((*next, payments));
+            chain.push((*next, if with_payments && i % 2 == 0 { vec![format!("tx{next}")] } else { Vec::new() }));
         }
     }
 
@@ -306,45 +249,34 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Random chains, random reorgs no deeper than the window: once the follower has caught up
-        /// and the payments are deep enough, the credited payments are exactly those on the final
-        /// best chain, each credited once (net of reversals).
+        /// and every payment is deep enough, the credited payments are exactly those on the final
+        /// best chain, each in its block there and credited once net of reversals.
         #[test]
         fn credits_match_the_final_best_chain(
             length in 1usize..20,
-            rounds in proptest::collection::vec((0usize..=WINDOW, 0usize..4, proptest::collection::vec(any::<bool>(), 1..4), 0usize..5), 0..6),
-            batch in 1usize..8,
+            rounds in prop::collection::vec((0..=WINDOW as usize, 0usize..4, prop::collection::vec(any::<bool>(), 1..4), 0usize..5), 0..6),
+            batch in 1u64..8,
             required in 1u32..4,
             rescans in any::<bool>(),
         ) {
-            let mut next = 0u64;
-            let mut chain = Chain { blocks: vec![(0, Vec::new())] };
+            let (mut next, mut chain, mut store) = (0, vec![(0, Vec::new())], Store::default());
             extend(&mut chain, length, true, &mut next);
-            let mut store = Store::default();
-            follow(&mut store, &chain, batch, required, rescans);
+            let follow = |store: &mut Store, chain: &Chain| (0..1_000).any(|_| step(store, chain, batch, required, rescans));
+            prop_assert!(follow(&mut store, &chain));
             for (depth, grow, keep, more) in rounds {
                 reorg(&mut chain, depth, grow, &keep, &mut next);
                 extend(&mut chain, more, true, &mut next);
-                follow(&mut store, &chain, batch, required, rescans);
+                prop_assert!(follow(&mut store, &chain));
             }
-            // Deep enough for every payment to meet the policy.
             extend(&mut chain, required as usize, false, &mut next);
-            follow(&mut store, &chain, batch, required, rescans);
-
-            let on_chain: BTreeMap<String, u64> = chain
-                .blocks
-                .iter()
-                .flat_map(|(hash, payments)| payments.iter().map(move |t| (t.clone(), *hash)))
-                .collect();
-            let credited: Vec<&String> = store.confirmed.keys().collect();
-            prop_assert_eq!(credited, on_chain.keys().collect::<Vec<_>>());
-            for (tx_ref, hash) in &on_chain {
-                prop_assert_eq!(store.net_credits.get(tx_ref).copied(), Some(1), "{} credited once", tx_ref);
-                prop_assert_eq!(store.confirmed.get(tx_ref).map(|b| b.1.clone()), Some(hash.to_string()), "{} in its block", tx_ref);
-            }
+            prop_assert!(follow(&mut store, &chain));
+            let on_chain: BTreeMap<String, String> =
+                chain.iter().flat_map(|(hash, p)| p.iter().map(move |t| (t.clone(), hash.to_string()))).collect();
+            let credited: BTreeMap<String, String> =
+                store.payments.iter().filter(|(_, (_, c))| *c).map(|(t, ((_, hash), _))| (t.clone(), hash.clone())).collect();
+            prop_assert_eq!(&credited, &on_chain);
             for (tx_ref, net) in &store.net_credits {
-                if !on_chain.contains_key(tx_ref) {
-                    prop_assert_eq!(*net, 0, "{} is not on the chain and holds no credit", tx_ref);
-                }
+                prop_assert_eq!(*net, i64::from(on_chain.contains_key(tx_ref)), "{} credited once if on the chain, else not at all", tx_ref);
             }
         }
     }
@@ -368,7 +300,7 @@ mod tests {
             confirmed: true,
             block: Some((5, "x".to_owned())),
         }];
-        let mut again = observation("t", 4, 7, 6, 1);
+        let mut again = observation("t", 4, "7".to_owned(), 6, 1);
         again.invoice_id = "i".to_owned();
         let actions = plan(&tracked, Some(3), Observed { payments: vec![again], complete: HashSet::new() }, 3, |_| None);
         assert_eq!(actions, vec![Action::Orphan { invoice_id: "i".to_owned(), tx_ref: "t".to_owned() }]);

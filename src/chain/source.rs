@@ -133,7 +133,7 @@ pub struct Observed {
 pub type FetchedBlocks<S> = Vec<Fetched<<S as ChainSource>::Hash, <S as ChainSource>::Body>>;
 
 /// One chain family's access to its chain. See the module docs.
-pub trait ChainSource: Send + Sync + Sized + 'static {
+pub trait ChainSource: std::fmt::Debug + Send + Sync + Sized + 'static {
     type Hash: BlockHash;
     type Body: Send + Sync;
 
@@ -179,16 +179,11 @@ pub struct Found {
 /// Turns found payments into observations: confirmations counted from the head, and the
 /// confirmations the chain's policy asks for the payment's value (at least one: an unconfirmed
 /// transaction can be replaced; none beyond the chain's own `finalized` block).
+#[derive(Debug)]
 pub struct Pricing {
     spec: ChainSpec,
     rates: Arc<dyn RateSource>,
     clock: Arc<dyn Clock>,
-}
-
-impl std::fmt::Debug for Pricing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pricing").field("chain", &self.spec.name).finish()
-    }
 }
 
 impl Pricing {

@@ -42,6 +42,7 @@ pub const TRANSACTION_CACHE_MAX: usize = 50_000;
 /// The follower of a Bitcoin chain.
 pub type BitcoinWatcher = Follower<BitcoinSource>;
 
+#[derive(Debug)]
 pub struct BitcoinSource {
     chain: ChainSpec,
     caip2: String,
@@ -49,12 +50,6 @@ pub struct BitcoinSource {
     asset: AssetId,
     electrum: Electrum,
     transactions: Mutex<HashMap<Txid, Arc<Transaction>>>,
-}
-
-impl std::fmt::Debug for BitcoinSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BitcoinSource").field("chain", &self.chain.name).field("caip2", &self.caip2).finish()
-    }
 }
 
 impl ChainSource for BitcoinSource {
