@@ -22,7 +22,7 @@ use thiserror::Error;
 use tokio::sync::broadcast;
 
 use crate::chain::bitcoin::electrum::ElectrumError;
-use crate::chain::cursor::{self, ChainBlock, Cursor};
+use crate::chain::cursor;
 use crate::chain::evm::rpc::RpcError;
 use crate::chain::health::{self, TickReport};
 use crate::clock::Clock;
@@ -35,7 +35,7 @@ use crate::metrics;
 use crate::rates::RateSource;
 
 use super::reorg::{self, Action, Tracked};
-use super::source::{Block, BlockHash, BlockId, ChainSource, Fetched, Found, Head, Observed, Pricing, Scan, ScanKind};
+use super::source::{Block, BlockId, ChainSource, Fetched, Found, Head, Observed, Pricing, Scan, ScanKind};
 use super::{store, summary::Summary};
 
 /// Longest pause between failed steps.
@@ -70,8 +70,6 @@ pub enum FollowError {
     Inconsistent { height: u64 },
     #[error("{count} watched addresses on {chain}, more than {WATCHED_ADDRESSES_MAX}")]
     TooManyAddresses { chain: String, count: usize },
-    #[error("stored block hash {hash:?} at height {height} on {chain} is not a block hash of the chain")]
-    CorruptHash { chain: String, height: u64, hash: String },
     /// No stored block is on the node's chain any more: stop and alert, never guess.
     #[error("reorg deeper than the {window}-block window below height {height} on {chain}: watcher stopped")]
     ReorgTooDeep { chain: String, height: u64, window: u64 },
@@ -243,28 +241,17 @@ impl<S: ChainSource> Follower<S> {
         u64::from(self.chain.reorg_depth_max)
     }
 
-    fn typed(&self, height: u64, hash: &str) -> Result<S::Hash, FollowError> {
-        S::Hash::from_stored(hash).ok_or_else(|| FollowError::CorruptHash { chain: self.chain.name.clone(), height, hash: hash.to_owned() })
-    }
-
     /// The stored window, newest first.
     async fn stored_window(&self) -> Result<Vec<Block<S::Hash>>, FollowError> {
         let mut conn = self.pool.acquire().await?;
-        let stored = cursor::recent(&mut conn, &self.caip2).await?;
-        stored
-            .iter()
-            .map(|b| Ok(Block { height: b.height, hash: self.typed(b.height, &b.hash)?, parent: self.typed(b.height, &b.parent_hash)? }))
-            .collect()
+        Ok(cursor::recent(&mut conn, &self.caip2).await?)
     }
 
     /// The cursor, or where a new follower starts: below its first block (or below the tip).
     async fn cursor(&self, tip: u64) -> Result<Option<BlockId<S::Hash>>, FollowError> {
-        let stored = {
-            let mut conn = self.pool.acquire().await?;
-            cursor::load(&mut conn, &self.caip2).await?
-        };
-        if let Some(at) = stored {
-            return Ok(Some(BlockId { height: at.height, hash: self.typed(at.height, &at.hash)? }));
+        let stored = cursor::load(&mut *self.pool.acquire().await?, &self.caip2).await?;
+        if stored.is_some() {
+            return Ok(stored);
         }
         let first = self.chain.start_block.unwrap_or(tip).min(tip);
         if first == 0 {
@@ -418,12 +405,9 @@ impl<S: ChainSource> Follower<S> {
             cursor::forget_above(&mut tx, &self.caip2, fork).await?;
         }
         if fork.is_some() || !blocks.is_empty() {
-            let stored: Vec<ChainBlock> = blocks
-                .iter()
-                .map(|b| ChainBlock { height: b.block.height, hash: b.block.hash.to_stored(), parent_hash: b.block.parent.to_stored() })
-                .collect();
+            let stored: Vec<Block<S::Hash>> = blocks.iter().map(|b| b.block).collect();
             cursor::remember(&mut tx, &self.caip2, &stored, self.window()).await?;
-            cursor::save(&mut tx, &self.caip2, &Cursor { height: cursor.height, hash: cursor.hash.to_stored() }).await?;
+            cursor::save(&mut tx, &self.caip2, &cursor).await?;
         }
         tx.commit().await?;
         Ok((payments, orphaned))

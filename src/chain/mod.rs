@@ -18,6 +18,5 @@ pub mod source;
 pub mod store;
 pub mod summary;
 
-pub use cursor::{ChainBlock, Cursor};
 pub use follower::{ChainEvent, FollowError, Follower};
 pub use source::ChainSource;

@@ -648,7 +648,7 @@ async fn a_halted_watcher_holds_the_chains_lock_until_shutdown(pool: PgPool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let mut conn = pool.acquire().await.expect("conn");
-        let cursor = payrail::chain::cursor::load(&mut conn, &caip2).await.expect("cursor");
+        let cursor = payrail::chain::cursor::load::<alloy::primitives::B256>(&mut conn, &caip2).await.expect("cursor");
         if cursor.is_some_and(|c| c.height == tip) {
             break;
         }
