@@ -209,17 +209,15 @@ impl<S: ChainSource> Follower<S> {
         let now = self.clock.now();
         match result {
             Ok(event) => {
-                let (payments, reorged) = match event {
-                    ChainEvent::Committed { payments, .. } => (*payments, false),
-                    _ => (0, true),
-                };
-                metrics::count("payrail_observed_payments_total", "Payments observed by the chain watchers.", &chain, i64::try_from(payments).unwrap_or(i64::MAX));
-                if reorged {
-                    metrics::count("payrail_chain_reorgs_total", "Reorgs the chain watchers unwound.", &chain, 1);
-                }
                 let lag = match event {
-                    ChainEvent::Committed { to, tip, .. } => tip.saturating_sub(*to),
-                    _ => 0,
+                    ChainEvent::Committed { to, tip, payments, .. } => {
+                        metrics::count("payrail_observed_payments_total", "Payments observed by the chain watchers.", &chain, i64::try_from(*payments).unwrap_or(i64::MAX));
+                        tip.saturating_sub(*to)
+                    }
+                    _ => {
+                        metrics::count("payrail_chain_reorgs_total", "Reorgs the chain watchers unwound.", &chain, 1);
+                        0
+                    }
                 };
                 health::shared().tip(&self.caip2, event.tip(), now);
                 health::shared().report(&self.caip2, TickReport::Followed { head_lag_blocks: lag }, now);

@@ -318,10 +318,7 @@ pub async fn run_executor(
     service.set_executor_running(true);
     let lock = executor_lock(&service.pool).spread(share);
     let poll = Duration::from_millis(service.config.poll_interval_ms);
-    match lock.hold(&mut Executor { service, senders, poll }, &mut shutdown).await {
-        Ok(()) => {}
-        Err(never) => match never {},
-    }
+    let Ok(()) = lock.hold(&mut Executor { service, senders, poll }, &mut shutdown).await;
 }
 
 /// The executor while it holds its lock.

@@ -714,10 +714,8 @@ impl Dispatcher {
             .retry_every(StdDuration::from_millis(LOCK_RETRY_MS))
             .spread(self.share.clone());
         let mut job = Dispatching { dispatcher: self, running: JoinSet::new(), report: PassReport::default() };
-        match lock.hold(&mut job, &mut shutdown).await {
-            Ok(()) => Ok(()),
-            Err(never) => match never {},
-        }
+        let Ok(()) = lock.hold(&mut job, &mut shutdown).await;
+        Ok(())
     }
 
     /// Lets the running tasks end after their current attempt (they see `shutdown`), waiting at most

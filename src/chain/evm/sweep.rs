@@ -175,10 +175,7 @@ impl Sweeper {
         // dead replica's chain are taken over within seconds.
         let retry = self.interval.min(Duration::from_millis(LOCK_RETRY_MS_DEFAULT));
         let lock = JobLock::new(self.pool.clone(), self.lock_name()).retry_every(retry).spread(self.share.clone());
-        match lock.hold(&mut self, &mut shutdown).await {
-            Ok(()) => {}
-            Err(never) => match never {},
-        }
+        let Ok(()) = lock.hold(&mut self, &mut shutdown).await;
     }
 
     fn rpc_error(&self, message: impl std::fmt::Display) -> SweepError {
