@@ -12,7 +12,7 @@
 //!    transfers each watched address got and their total.
 //! 2. payrail's catch-up: an [`EvmWatcher`] with the shipped polygon configuration (`rpc` replaced
 //!    by the anvil, `start_block` the first block of the range) ticking until it reports
-//!    [`Tick::Idle`], that last tick included. Afterwards the `payments` table must hold exactly
+//!    an idle [`ChainEvent::Committed`], that last tick included. Afterwards the `payments` table must hold exactly
 //!    the watched transfers (count and sum per invoice), or the run fails.
 //! 3. ethereum-etl (`ethereumetl export_token_transfers -b 100 -w 2`, to a CSV file) and cryo (its
 //!    Python wheel, `cryo.collect("erc20_transfers", …)`), from the virtual environment that
@@ -59,7 +59,8 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::TestToken;
-use payrail::chain::evm::{EvmRpc, EvmWatcher, Tick};
+use payrail::chain::evm::{EvmRpc, EvmWatcher};
+use payrail::chain::ChainEvent;
 use payrail::clock::SystemClock;
 use payrail::config::{ChainSpec, Config, RpcUrl};
 use payrail::devnet::anvil::{deploy_dev_contracts, Anvil, DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
@@ -677,7 +678,7 @@ async fn catch_up(rig: &Rig, range: &Range) -> Result<CatchUp> {
     let mut spec = rig.spec.clone();
     spec.start_block = Some(range.first);
     let watcher = rig.watcher(&spec)?;
-    watcher.check_chain_id().await?;
+    watcher.check_chain().await?;
     let tick_cap = range.blocks() / TICK_BLOCKS + 10;
     let mut tick_us: Vec<u64> = Vec::new();
     let mut seen = 0usize;
@@ -685,18 +686,18 @@ async fn catch_up(rig: &Rig, range: &Range) -> Result<CatchUp> {
     let started = Instant::now();
     loop {
         let tick_started = Instant::now();
-        let tick = watcher.tick().await?;
+        let tick = watcher.step().await?;
         tick_us.push(micros(tick_started.elapsed()));
         match tick {
-            Tick::Advanced { from, to, payments, .. } => {
-                seen += payments;
-                processed += to - from + 1;
-            }
-            Tick::Idle { tip } => {
+            ChainEvent::Committed { tip, .. } if tick.is_idle() => {
                 ensure!(tip == range.last, "the watcher went idle at tip {tip}, the range ends at {}", range.last);
                 break;
             }
-            Tick::Reorged { fork_height, orphaned } => {
+            ChainEvent::Committed { from, to, payments, .. } => {
+                seen += payments;
+                processed += to - from + 1;
+            }
+            ChainEvent::Reorged { fork_height, orphaned, .. } | ChainEvent::Reverted { fork_height, orphaned, .. } => {
                 bail!("unexpected reorg to {fork_height} ({orphaned} payments orphaned) on a chain nobody rewrites")
             }
         }
@@ -1075,10 +1076,10 @@ async fn breakdown(rig: &Rig, range: &Range, catch_up_us: u64) -> Result<()> {
     let watcher = rig.watcher(&bare)?;
     let started = Instant::now();
     loop {
-        match watcher.tick().await? {
-            Tick::Advanced { payments, .. } => ensure!(payments == 0, "payments seen with nothing watched"),
-            Tick::Idle { .. } => break,
-            Tick::Reorged { .. } => bail!("unexpected reorg"),
+        match watcher.step().await? {
+            step if step.is_idle() => break,
+            ChainEvent::Committed { payments, .. } => ensure!(payments == 0, "payments seen with nothing watched"),
+            ChainEvent::Reorged { .. } | ChainEvent::Reverted { .. } => bail!("unexpected reorg"),
         }
         ensure!(started.elapsed() < Duration::from_secs(600), "the bare catch-up did not finish");
     }

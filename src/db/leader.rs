@@ -189,6 +189,121 @@ impl JobLock {
     }
 }
 
+/// What a pass of a [`HeldJob`] asks for next.
+#[derive(Debug)]
+pub enum Next {
+    /// The next pass at once (the lock is checked first, as before every pass).
+    Now,
+    /// The next pass after this pause (cut short by shutdown). A long pause still checks the lock
+    /// every [`LOCK_RETRY_MS_DEFAULT`], so a lost lock, or one to hand over, is noticed in time.
+    After(Duration),
+    /// The pass found the lock lost, or to be handed over ([`LeaderError::Surplus`]).
+    Lost(LeaderError),
+}
+
+/// How a job's hold on its lock ended; the job tidies up before a held lock is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shutdown was asked for; the lock is released next.
+    Shutdown,
+    /// This replica holds more than its share; the lock is released next, for a peer.
+    HandedOver,
+    /// The lock's session ended: another replica may hold the job already, so nothing more may be
+    /// written for it.
+    Lost,
+}
+
+/// A background job that works in passes while this replica holds the job's lock: a chain
+/// follower, a sweeper, the payout executor, the webhook dispatcher. [`JobLock::hold`] owns the
+/// acquire / check / hand-over / release loop so that each job only says what one pass does.
+pub trait HeldJob: Send {
+    type Error: std::fmt::Display + Send;
+
+    /// The lock was just taken (again).
+    fn started(&mut self, _leadership: &Leadership) {}
+
+    /// One pass; the lock was found held just before. An error ends the job (a job that can retry
+    /// by itself answers [`Next::After`] instead).
+    fn pass(
+        &mut self,
+        leadership: &mut Leadership,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = Result<Next, Self::Error>> + Send;
+
+    /// The hold ended; called before a lock still held is released.
+    fn ended(&mut self, _ended: Ended) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Whether a job that failed for good keeps its lock until shutdown: when the trouble is the
+    /// job's input rather than this replica, a peer taking the lock would fail the same way.
+    fn keeps_lock_after(&self, _error: &Self::Error) -> bool {
+        false
+    }
+}
+
+/// Whether a job should stop: `shutdown` turned true, or its sender is gone (nothing could ever
+/// say stop again, and `changed` would return at once forever).
+pub fn stopping(shutdown: &tokio::sync::watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+impl JobLock {
+    /// Runs `job` in passes while this replica holds the lock, taking the lock again whenever it
+    /// was lost or handed over, until shutdown (`Ok`) or until a pass fails (`Err`, the lock released,
+    /// or kept until shutdown when [`HeldJob::keeps_lock_after`] says so).
+    pub async fn hold<J: HeldJob>(&self, job: &mut J, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), J::Error> {
+        loop {
+            let Some(mut leadership) = self.acquire(shutdown).await else { return Ok(()) };
+            job.started(&leadership);
+            let ended = loop {
+                if stopping(shutdown) {
+                    break Ended::Shutdown;
+                }
+                let next = match leadership.ensure_held().await {
+                    Err(error) => Next::Lost(error),
+                    Ok(()) => match job.pass(&mut leadership, shutdown).await {
+                        Ok(next) => next,
+                        Err(error) => {
+                            tracing::error!(target: "leader", lock = %self.name, %error, "job stopped");
+                            if job.keeps_lock_after(&error) {
+                                tracing::error!(target: "leader", lock = %self.name, "job halted; holding its lock until shutdown");
+                                let _ = shutdown.wait_for(|stop| *stop).await;
+                            }
+                            leadership.release().await;
+                            return Err(error);
+                        }
+                    },
+                };
+                let lost = match next {
+                    Next::Now => continue,
+                    Next::After(pause) => match leadership.pause(pause, shutdown).await {
+                        Ok(()) => continue,
+                        Err(error) => error,
+                    },
+                    Next::Lost(error) => error,
+                };
+                if lost.is_surplus() {
+                    tracing::info!(target: "leader", lock = %self.name, error = %lost, "handing the job to a replica with fewer jobs");
+                    break Ended::HandedOver;
+                }
+                tracing::warn!(target: "leader", lock = %self.name, error = %lost, "lost the lock; waiting for it again");
+                break Ended::Lost;
+            };
+            job.ended(ended).await;
+            match ended {
+                Ended::Shutdown => {
+                    leadership.release().await;
+                    return Ok(());
+                }
+                Ended::HandedOver => leadership.release().await,
+                // The session is gone: dropping it is all that is left.
+                Ended::Lost => drop(leadership),
+            }
+        }
+    }
+}
+
 /// The held lock. Dropping it closes the session, which releases the lock.
 #[derive(Debug)]
 pub struct Leadership {
@@ -230,24 +345,21 @@ impl Leadership {
         }
     }
 
-    /// Waits `pause`, or until `shutdown` changes (`Ok(true)`), checking the lock first and then at
-    /// least every [`LOCK_RETRY_MS_DEFAULT`]: a job that waits long (for a node that is down) still
-    /// notices a lost lock, or hands a surplus one over, in time.
-    pub async fn wait_holding(
-        &mut self,
-        pause: Duration,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<bool, LeaderError> {
+    /// Waits `pause` (less when shutdown is asked for), checking the lock at least every
+    /// [`LOCK_RETRY_MS_DEFAULT`] but not at the start: the caller checked it just before.
+    async fn pause(&mut self, pause: Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), LeaderError> {
         let until = tokio::time::Instant::now() + pause;
         loop {
-            self.ensure_held().await?;
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return Ok(false);
+                return Ok(());
             }
             tokio::select! {
                 _ = tokio::time::sleep(left.min(Duration::from_millis(LOCK_RETRY_MS_DEFAULT))) => {}
-                _ = shutdown.changed() => return Ok(true),
+                _ = shutdown.changed() => return Ok(()),
+            }
+            if tokio::time::Instant::now() < until {
+                self.ensure_held().await?;
             }
         }
     }

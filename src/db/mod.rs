@@ -102,3 +102,10 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     is_unavailable(error)
         || matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
+
+/// Whether a job that met `error` may just try again at its next pass: the error is transient
+/// ([`is_transient`]), or it arose on this side of the connection (decoding, the pool) rather
+/// than as the server refusing the statement. A refusal repeats itself: retrying it only hides it.
+pub fn is_retryable(error: &sqlx::Error) -> bool {
+    is_transient(error) || !matches!(error, sqlx::Error::Database(_))
+}

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec, Config, PayoutsConfig};
-use crate::db::leader::{JobLock, Leadership};
+use crate::db::leader::{HeldJob, JobLock, Leadership, Next};
 use crate::db::replicas::Share;
 use crate::ledger::Ledger;
 use crate::money::{asset_to_fiat, Amount, Fiat, Rounding};
@@ -316,52 +316,41 @@ pub async fn run_executor(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     service.set_executor_running(true);
-    let pool = service.pool.clone();
+    let lock = executor_lock(&service.pool).spread(share);
     let poll = Duration::from_millis(service.config.poll_interval_ms);
-    let lock = executor_lock(&pool).spread(share);
-    loop {
-        let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return };
-        tracing::info!(target: "payout", chains = senders.len(), "payout executor running");
-        loop {
-            if *shutdown.borrow() {
-                leadership.release().await;
-                return;
-            }
-            match step_executor(&service, &senders, &mut leadership).await {
-                Ok(()) => {}
-                Err(PayoutError::Leader(error)) if error.is_surplus() => {
-                    tracing::info!(target: "payout", %error, "handing the executor to a replica with fewer jobs");
-                    leadership.release().await;
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(target: "payout", %error, "lost the executor lock; waiting for it again");
-                    break;
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
-    }
+    let Ok(()) = lock.hold(&mut Executor { service, senders, poll }, &mut shutdown).await;
 }
 
-/// One executor step: the schedule, then every chain's open batches, each only while the lock is
-/// still held. Errors of the work itself are logged and retried on the next step; only a lost lock
-/// is returned.
-async fn step_executor(service: &PayoutService, senders: &[PayoutSender], leadership: &mut Leadership) -> Result<()> {
-    leadership.ensure_held().await?;
-    if let Err(error) = service.run_due().await {
-        tracing::warn!(target: "payout", %error, "scheduled payout run failed; retrying");
+/// The executor while it holds its lock.
+struct Executor {
+    service: Arc<PayoutService>,
+    senders: Vec<PayoutSender>,
+    poll: Duration,
+}
+
+impl HeldJob for Executor {
+    type Error = std::convert::Infallible;
+
+    fn started(&mut self, _leadership: &Leadership) {
+        tracing::info!(target: "payout", chains = self.senders.len(), "payout executor running");
     }
-    for sender in senders {
-        leadership.ensure_held().await?;
-        if let Err(error) = advance_open(&service.pool, sender).await {
-            tracing::warn!(target: "payout", chain = %sender.chain().name, %error, "payout pass failed; retrying");
+
+    /// The schedule, then every chain's open batches, each only while the lock is still held.
+    /// Errors of the work itself are logged and retried at the next pass.
+    async fn pass(&mut self, leadership: &mut Leadership, _shutdown: &mut tokio::sync::watch::Receiver<bool>) -> std::result::Result<Next, Self::Error> {
+        if let Err(error) = self.service.run_due().await {
+            tracing::warn!(target: "payout", %error, "scheduled payout run failed; retrying");
         }
+        for sender in &self.senders {
+            if let Err(error) = leadership.ensure_held().await {
+                return Ok(Next::Lost(error));
+            }
+            if let Err(error) = advance_open(&self.service.pool, sender).await {
+                tracing::warn!(target: "payout", chain = %sender.chain().name, %error, "payout pass failed; retrying");
+            }
+        }
+        Ok(Next::After(self.poll))
     }
-    Ok(())
 }
 
 /// Advances the given batches until each is final or `deadline` passes; returns the last progress

@@ -41,7 +41,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::clock::Clock;
-use crate::db::leader::JobLock;
+use crate::db::leader::{stopping, Ended, HeldJob, JobLock, Leadership, Next as LockNext};
 use crate::db::replicas::Share;
 use crate::ids::new_id;
 use crate::metrics;
@@ -714,70 +714,12 @@ impl Dispatcher {
     /// beside the passes; at shutdown each ends after its current attempt and is waited for before
     /// the lock is released, so no other replica sends beside them.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-        let poll = StdDuration::from_millis(self.config.poll_interval_ms.max(1));
-        let mut running: JoinSet<TaskResult> = JoinSet::new();
         let lock = JobLock::new(self.pool.clone(), LOCK_NAME)
             .retry_every(StdDuration::from_millis(LOCK_RETRY_MS))
             .spread(self.share.clone());
-        loop {
-            let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return Ok(()) };
-            tracing::info!(target: "webhook", "dispatching webhooks");
-            let mut report = PassReport::default();
-            loop {
-                if stopping(&shutdown) {
-                    self.finish(&mut running, &mut report).await;
-                    leadership.release().await;
-                    return Ok(());
-                }
-                if let Err(error) = leadership.ensure_held().await {
-                    if error.is_surplus() {
-                        // Still held: let the running attempts end before another replica takes over.
-                        tracing::info!(target: "webhook", %error, "handing dispatch to a replica with fewer jobs");
-                        self.finish(&mut running, &mut report).await;
-                        leadership.release().await;
-                        break;
-                    }
-                    tracing::warn!(target: "webhook", %error, "lost the dispatcher lock; waiting for it again");
-                    running.abort_all();
-                    while let Some(joined) = running.join_next().await {
-                        report.absorb(joined);
-                    }
-                    break;
-                }
-                let mut busy = match self.pass(&mut running, Some(shutdown.clone())).await {
-                    Ok(pass) => pass.busy(),
-                    Err(error) => {
-                        tracing::warn!(target: "webhook", %error, "dispatch pass failed; retrying");
-                        false
-                    }
-                };
-                while let Some(joined) = running.try_join_next() {
-                    busy |= report.absorb(joined);
-                }
-                if report.busy() {
-                    tracing::debug!(target: "webhook", ?report, "deliveries finished");
-                    report = PassReport::default();
-                }
-                if busy {
-                    continue;
-                }
-                // A task that ends after an attempt frees its endpoint, which may have more due: look
-                // again at once. One that attempted nothing (an error) waits for the poll, so a
-                // failing endpoint is not picked again in a tight loop.
-                let deadline = tokio::time::Instant::now() + poll;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        _ = shutdown.changed() => break,
-                        Some(joined) = running.join_next(), if !running.is_empty() => {
-                            if report.absorb(joined) {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let mut job = Dispatching { dispatcher: self, running: JoinSet::new(), report: PassReport::default() };
+        let Ok(()) = lock.hold(&mut job, &mut shutdown).await;
+        Ok(())
     }
 
     /// Lets the running tasks end after their current attempt (they see `shutdown`), waiting at most
@@ -799,10 +741,72 @@ impl Dispatcher {
     }
 }
 
-/// Whether to stop: `shutdown` turned true, or its sender is gone (nothing could ever say stop
-/// again, and `changed` would return at once forever).
-fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
-    *shutdown.borrow() || shutdown.has_changed().is_err()
+/// The dispatcher while it holds its lock: delivery tasks run beside the passes.
+struct Dispatching<'a> {
+    dispatcher: &'a Dispatcher,
+    running: JoinSet<TaskResult>,
+    report: PassReport,
+}
+
+impl HeldJob for Dispatching<'_> {
+    type Error = std::convert::Infallible;
+
+    fn started(&mut self, _leadership: &Leadership) {
+        tracing::info!(target: "webhook", "dispatching webhooks");
+        self.report = PassReport::default();
+    }
+
+    /// One pass, then a wait for the poll interval or for a task that frees its endpoint.
+    async fn pass(&mut self, _leadership: &mut Leadership, shutdown: &mut watch::Receiver<bool>) -> std::result::Result<LockNext, Self::Error> {
+        let poll = StdDuration::from_millis(self.dispatcher.config.poll_interval_ms.max(1));
+        let mut busy = match self.dispatcher.pass(&mut self.running, Some(shutdown.clone())).await {
+            Ok(pass) => pass.busy(),
+            Err(error) => {
+                tracing::warn!(target: "webhook", %error, "dispatch pass failed; retrying");
+                false
+            }
+        };
+        while let Some(joined) = self.running.try_join_next() {
+            busy |= self.report.absorb(joined);
+        }
+        if self.report.busy() {
+            tracing::debug!(target: "webhook", report = ?self.report, "deliveries finished");
+            self.report = PassReport::default();
+        }
+        if busy {
+            return Ok(LockNext::Now);
+        }
+        // A task that ends after an attempt frees its endpoint, which may have more due: look
+        // again at once. One that attempted nothing (an error) waits for the poll, so a failing
+        // endpoint is not picked again in a tight loop.
+        let deadline = tokio::time::Instant::now() + poll;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.changed() => break,
+                Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
+                    if self.report.absorb(joined) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(LockNext::Now)
+    }
+
+    /// At shutdown or a hand-over the running attempts end before the lock is released (no other
+    /// replica sends beside them); a lost lock aborts them (an attempt cut short is sent again by
+    /// the new holder).
+    async fn ended(&mut self, ended: Ended) {
+        if ended == Ended::Lost {
+            self.running.abort_all();
+            while let Some(joined) = self.running.join_next().await {
+                self.report.absorb(joined);
+            }
+        } else {
+            self.dispatcher.finish(&mut self.running, &mut self.report).await;
+        }
+    }
 }
 
 /// The dispatcher of `payrail serve`, with the default limits: runs until `shutdown` turns true.

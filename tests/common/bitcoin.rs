@@ -7,7 +7,8 @@ use bitcoin::bip32::{DerivationPath, Xpriv, Xpub};
 use bitcoin::{Address, Amount as Sats, Network, NetworkKind, Txid};
 use payrail::api::AppState;
 use payrail::chain::bitcoin::allocate::SetDescriptor;
-use payrail::chain::bitcoin::{set_descriptor, BitcoinWatcher, Pass};
+use payrail::chain::bitcoin::{set_descriptor, BitcoinWatcher};
+use payrail::chain::ChainEvent;
 use payrail::clock::ManualClock;
 use payrail::config::{ChainSpec, RpcUrl};
 use payrail::devnet::regtest::{RegtestConfig, RegtestHandle, RegtestNode};
@@ -108,11 +109,12 @@ impl Rig {
         sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&self.state.pool).await.expect("count")
     }
 
-    /// Runs passes until the watcher has read the scripts at the tip.
-    pub async fn sync(&self, watcher: &BitcoinWatcher) -> Pass {
+    /// Runs steps until the watcher has read the scripts at the tip, or unwound a reorg.
+    pub async fn sync(&self, watcher: &BitcoinWatcher) -> ChainEvent<bitcoin::BlockHash> {
         for _ in 0..20 {
-            if let pass @ (Pass::Synced { .. } | Pass::Reorged { .. }) = watcher.pass().await.expect("pass") {
-                return pass;
+            let step = watcher.step().await.expect("step");
+            if step.at_tip() || matches!(step, ChainEvent::Reorged { .. } | ChainEvent::Reverted { .. }) {
+                return step;
             }
         }
         panic!("watcher did not reach the tip");

@@ -10,7 +10,8 @@ use bitcoin::Amount as Sats;
 use crate::common::bitcoin::{deposit, due, rig, tpub_descriptor, REGTEST};
 use crate::common::{create_invoice_at, database_url, invoice_at, invoice_request, BTC};
 use payrail::chain::bitcoin::allocate::SetDescriptor;
-use payrail::chain::bitcoin::{set_descriptor, AllocationError, Pass};
+use payrail::chain::bitcoin::{set_descriptor, AllocationError};
+use payrail::chain::ChainEvent;
 use payrail::clock::Clock;
 use payrail::config::RpcUrl;
 use payrail::devnet::regtest::RegtestHandle;
@@ -245,7 +246,7 @@ async fn a_reorg_returns_a_payment_to_the_mempool_and_it_is_credited_once(pool: 
     // The block is replaced by a longer branch without the transaction: back to the mempool.
     rig.node.reorg(1, 2, false).await.expect("reorg");
     let pass = rig.sync(&watcher).await;
-    assert!(matches!(pass, Pass::Reorged { .. }), "{pass:?}");
+    assert!(matches!(pass, ChainEvent::Reorged { .. }), "{pass:?}");
     let back = rig.view(&invoice.id).await;
     assert_eq!(back.status, InvoiceStatus::Processing);
     assert_eq!((back.payments.len(), back.payments[0].confirmations, back.payments[0].status.as_str()), (1, 0, "seen"));
@@ -269,7 +270,7 @@ async fn a_credited_payment_whose_block_is_orphaned_is_reversed(pool: PgPool) {
     assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
     rig.node.reorg(1, 2, false).await.expect("reorg");
     let pass = rig.sync(&watcher).await;
-    assert!(matches!(pass, Pass::Reorged { orphaned: 1, .. }), "{pass:?}");
+    assert!(matches!(pass, ChainEvent::Reorged { orphaned: 1, .. }), "{pass:?}");
     let view = rig.view(&invoice.id).await;
     assert_eq!(view.payments[0].status, "reversed");
     assert_eq!(rig.balance(&AccountCode::merchant(&rig.merchant_id)).await, SignedAmount::ZERO, "the credit is reversed");
@@ -299,7 +300,7 @@ async fn a_replaced_mempool_payment_is_dropped(pool: PgPool) {
     let (elsewhere, _) = rig.node.node().wallet_addresses().await;
     rig.node.replace(txid, &elsewhere, Sats::from_sat(38_462)).await.expect("replace");
     let pass = rig.sync(&watcher).await;
-    assert!(matches!(pass, Pass::Synced { orphaned: 1, .. }), "{pass:?}");
+    assert!(matches!(pass, ChainEvent::Committed { orphaned: 1, .. }), "{pass:?}");
     rig.node.mine(2).await.expect("mine");
     rig.sync(&watcher).await;
     let view = rig.view(&invoice.id).await;
@@ -329,7 +330,7 @@ async fn a_server_of_another_chain_is_refused_and_a_dead_one_fails_over(pool: Pg
     watcher.check_chain().await.expect("the dead endpoint is skipped");
     rig.sync(&watcher).await;
     rig.spec.rpc = vec![RpcUrl::new("tcp://127.0.0.1:9").expect("url")];
-    let error = rig.watcher().pass().await.expect_err("dead");
+    let error = rig.watcher().step().await.expect_err("dead");
     assert!(error.is_retryable(), "{error}");
     rig.spec.rpc = live;
     rig.spec.caip2 = payrail::money::ChainId::bitcoin_testnet();

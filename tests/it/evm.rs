@@ -12,7 +12,8 @@ use alloy::signers::local::PrivateKeySigner;
 use crate::common::state_with_clock;
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::{ForwarderFactory, TestToken, TestUSDT};
-use payrail::chain::evm::{EvmWatcher, Tick, WatchError};
+use payrail::chain::evm::{EvmWatcher, WatchError};
+use payrail::chain::ChainEvent;
 use payrail::config::{ChainSpec, RpcUrl};
 use payrail::devnet::anvil::{deploy_dev_contracts_with, Anvil, DevTokenDecimals, DEV_PAYER_KEY};
 use payrail::invoice::{load_view, InvoiceStatus, InvoiceView};
@@ -103,7 +104,7 @@ impl Rig {
     /// Runs the watcher until it has nothing left to do.
     async fn catch_up(&self, watcher: &EvmWatcher) {
         for _ in 0..50 {
-            if let Tick::Idle { .. } = watcher.tick().await.expect("tick") {
+            if watcher.step().await.expect("step").is_idle() {
                 return;
             }
         }
@@ -172,7 +173,7 @@ async fn every_evm_chain_is_watched_with_its_own_configuration(pool: PgPool) {
 /// seen, confirmed and credited.
 async fn pay_every_asset(rig: &Rig) {
     let watcher = rig.watcher();
-    watcher.check_chain_id().await.expect("chain id");
+    watcher.check_chain().await.expect("chain id");
     rig.catch_up(&watcher).await;
     let native = rig.spec.native.symbol.clone();
     for symbol in ["USDC", "USDT", "DAI", native.as_str()] {
@@ -216,8 +217,8 @@ async fn a_reorg_orphans_an_unconfirmed_payment_and_its_return_is_counted_once(p
     // The block with the payment is replaced by a longer branch without it.
     rpc(&rig.anvil, "evm_revert", json!([snapshot])).await;
     mine(&rig.anvil, 5).await;
-    let tick = watcher.tick().await.expect("tick");
-    assert!(matches!(tick, Tick::Reorged { orphaned: 1, .. }), "{tick:?}");
+    let step = watcher.step().await.expect("step");
+    assert!(matches!(step, ChainEvent::Reorged { orphaned: 1, .. }), "{step:?}");
     rig.catch_up(&watcher).await;
     let orphaned = rig.view(&invoice.id).await;
     assert_eq!(orphaned.status, InvoiceStatus::Open);
@@ -254,7 +255,7 @@ async fn a_reorg_deeper_than_the_window_stops_the_watcher(pool: PgPool) {
     // A different branch: a transaction changes the blocks' contents, then it grows longer.
     pay(&rig, "POL", Address::repeat_byte(0x11), U256::from(1u64)).await;
     mine(&rig.anvil, 12).await;
-    match watcher.tick().await {
+    match watcher.step().await {
         Err(error @ WatchError::ReorgTooDeep { .. }) => assert!(!error.is_retryable()),
         other => panic!("expected the watcher to stop, got {other:?}"),
     }
@@ -264,7 +265,7 @@ async fn a_reorg_deeper_than_the_window_stops_the_watcher(pool: PgPool) {
 async fn an_endpoint_of_another_chain_is_refused(pool: PgPool) {
     let mut rig = rig(pool).await;
     rig.spec.caip2 = "eip155:1".parse().expect("chain");
-    let error = rig.watcher().check_chain_id().await.expect_err("wrong chain");
+    let error = rig.watcher().check_chain().await.expect_err("wrong chain");
     assert!(matches!(error, WatchError::WrongChain { expected: 1, actual: 137, .. }), "{error:?}");
 }
 
@@ -273,10 +274,10 @@ async fn a_dead_endpoint_is_a_retryable_error_and_failover_uses_the_next(pool: P
     let mut rig = rig(pool).await;
     let live = rig.spec.rpc.clone();
     rig.spec.rpc = vec![RpcUrl::new("http://127.0.0.1:9").expect("url")];
-    let error = rig.watcher().tick().await.expect_err("dead endpoint");
+    let error = rig.watcher().step().await.expect_err("dead endpoint");
     assert!(error.is_retryable(), "{error:?}");
     rig.spec.rpc = vec![RpcUrl::new("http://127.0.0.1:9").expect("url"), live[0].clone()];
-    assert!(rig.watcher().tick().await.is_ok());
+    assert!(rig.watcher().step().await.is_ok());
 }
 
 #[sqlx::test]
@@ -626,7 +627,7 @@ async fn a_balance_at_a_pruned_block_is_told_apart_from_a_failing_node(pool: PgP
     // The watcher, caught up with its balance check due, still ticks cleanly.
     let watcher = rig.watcher();
     rig.catch_up(&watcher).await;
-    assert!(matches!(watcher.tick().await, Ok(Tick::Idle { .. })));
+    assert!(watcher.step().await.is_ok_and(|step| step.is_idle()));
 }
 
 /// A reorg below the window halts the running watcher: the rail is unhealthy at once, and the
@@ -647,7 +648,7 @@ async fn a_halted_watcher_holds_the_chains_lock_until_shutdown(pool: PgPool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let mut conn = pool.acquire().await.expect("conn");
-        let cursor = payrail::chain::cursor::load(&mut conn, &caip2).await.expect("cursor");
+        let cursor = payrail::chain::cursor::load::<alloy::primitives::B256>(&mut conn, &caip2).await.expect("cursor");
         if cursor.is_some_and(|c| c.height == tip) {
             break;
         }

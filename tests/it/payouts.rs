@@ -18,7 +18,7 @@ use crate::common::evm::Chain;
 use crate::common::state_with_clock;
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::{PayoutBatcher, TestToken};
-use payrail::chain::evm::{EvmWatcher, Tick};
+use payrail::chain::evm::EvmWatcher;
 use payrail::config::PayoutsConfig;
 use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
 use payrail::devnet::anvil::{DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
@@ -180,7 +180,7 @@ async fn invoices_paid_on_two_chains_pay_two_creators_in_one_transaction_per_cha
             .expect("mined");
         chain.mine(u64::from(chain.spec.confirmations.confirmations_max())).await;
         for _ in 0..50 {
-            if let Tick::Idle { .. } = watcher.tick().await.expect("tick") {
+            if watcher.step().await.expect("step").is_idle() {
                 break;
             }
         }

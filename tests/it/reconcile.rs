@@ -12,7 +12,7 @@ use alloy::primitives::{Address, U256};
 use crate::common::evm::Chain;
 use crate::common::state_with_clock;
 use payrail::api::AppState;
-use payrail::chain::evm::{EvmWatcher, Sweeper, Tick};
+use payrail::chain::evm::{EvmWatcher, Sweeper};
 use payrail::config::PayoutsConfig;
 use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
 use payrail::devnet::anvil::DEV_DEPLOYER_KEY;
@@ -68,7 +68,7 @@ impl Rig {
     async fn confirm(&self) {
         self.chain.mine(u64::from(self.chain.spec.confirmations.confirmations_max())).await;
         for _ in 0..50 {
-            if let Tick::Idle { .. } = self.watcher.tick().await.expect("tick") {
+            if self.watcher.step().await.expect("step").is_idle() {
                 return;
             }
         }

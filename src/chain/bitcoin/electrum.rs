@@ -145,6 +145,9 @@ impl Electrum {
             .map_err(|e| ElectrumError::Task(e.to_string()))?;
             match outcome {
                 Ok((client, value)) => {
+                    if offset > 0 {
+                        tracing::info!(target: "watcher::bitcoin", chain = %self.chain, %endpoint, operation, "failed over to the next endpoint");
+                    }
                     *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((index, client));
                     return Ok(value);
                 }

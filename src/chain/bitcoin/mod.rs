@@ -19,4 +19,7 @@ pub use allocate::{
 };
 pub use descriptor::{network_of, DescriptorError, WatchDescriptor};
 pub use uri::payment_uri;
-pub use watcher::{BitcoinWatcher, Pass, WatchError};
+pub use watcher::{BitcoinSource, BitcoinWatcher};
+
+/// What the Bitcoin follower fails with (one error for every chain family).
+pub type WatchError = crate::chain::follower::FollowError;

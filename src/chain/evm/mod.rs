@@ -14,4 +14,7 @@ pub mod watcher;
 
 pub use rpc::EvmRpc;
 pub use sweep::{SweepError, SweepPass, Sweeper};
-pub use watcher::{EvmWatcher, Tick, WatchError};
+pub use watcher::{EvmSource, EvmWatcher};
+
+/// What the EVM follower fails with (one error for every chain family).
+pub type WatchError = crate::chain::follower::FollowError;

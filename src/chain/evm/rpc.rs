@@ -14,7 +14,7 @@ use alloy::sol;
 use alloy::sol_types::SolEvent;
 use thiserror::Error;
 
-use crate::chain::cursor::ChainBlock;
+use crate::chain::source::Block;
 use crate::config::RpcUrl;
 
 sol! {
@@ -52,7 +52,7 @@ pub enum RpcError {
 /// A block with what the watcher needs of it: its identity and its top-level value transfers.
 #[derive(Debug, Clone)]
 pub struct EvmBlock {
-    pub block: ChainBlock,
+    pub block: Block<B256>,
     pub transfers: Vec<NativeTransfer>,
 }
 
@@ -109,6 +109,9 @@ impl EvmRpc {
             let (label, provider) = &self.endpoints[index];
             match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), op(provider.clone())).await {
                 Ok(Ok(value)) => {
+                    if index != start {
+                        tracing::info!(target: "watcher::evm", endpoint = %label, call, "failed over to the next endpoint");
+                    }
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(value);
                 }
@@ -146,11 +149,7 @@ impl EvmRpc {
             })
             .collect();
         Ok(EvmBlock {
-            block: ChainBlock {
-                height: block.header.number,
-                hash: format!("{:#x}", block.header.hash),
-                parent_hash: format!("{:#x}", block.header.parent_hash),
-            },
+            block: Block { height: block.header.number, hash: block.header.hash, parent: block.header.parent_hash },
             transfers,
         })
     }
@@ -167,14 +166,14 @@ impl EvmRpc {
     }
 
     /// Only the hash of the block at `height` (for finding a fork point).
-    pub async fn block_hash(&self, height: u64) -> Result<String, RpcError> {
+    pub async fn block_hash(&self, height: u64) -> Result<B256, RpcError> {
         let block = self
             .call("eth_getBlockByNumber", |p| async move {
                 p.get_block_by_number(BlockNumberOrTag::Number(height)).await.map_err(|e| e.to_string())
             })
             .await?
             .ok_or(RpcError::MissingBlock { height })?;
-        Ok(format!("{:#x}", block.header.hash))
+        Ok(block.header.hash)
     }
 
     /// `Transfer` logs of `tokens` to any of `to` in `[from, to_block]`.

@@ -37,7 +37,7 @@ use crate::chain::evm::deposit_salt;
 use crate::chain::evm::nonce::{highest_stored_nonce, SignerLock};
 use crate::chain::evm::rpc::{broadcast_raw, connect_checked, providers, Broadcast};
 use crate::config::ChainSpec;
-use crate::db::leader::{JobLock, LOCK_RETRY_MS_DEFAULT};
+use crate::db::leader::{HeldJob, JobLock, Leadership, Next, LOCK_RETRY_MS_DEFAULT};
 use crate::db::replicas::Share;
 use crate::ids::new_id;
 use crate::ledger::{AccountCode, Ledger, LedgerError, NewEntry};
@@ -170,41 +170,12 @@ impl Sweeper {
 
     /// Sweeps until `shutdown` fires, while holding the chain's sweep lock: other replicas' sweepers
     /// wait, and take over when this one's session ends.
-    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         // Tried at least every LOCK_RETRY_MS_DEFAULT whatever the sweep interval: the sweeps of a
         // dead replica's chain are taken over within seconds.
         let retry = self.interval.min(Duration::from_millis(LOCK_RETRY_MS_DEFAULT));
         let lock = JobLock::new(self.pool.clone(), self.lock_name()).retry_every(retry).spread(self.share.clone());
-        loop {
-            let Some(mut leadership) = lock.acquire(&mut shutdown).await else { return };
-            tracing::info!(target: "sweeper", chain = %self.chain.name, "sweeping");
-            loop {
-                if *shutdown.borrow() {
-                    leadership.release().await;
-                    return;
-                }
-                if let Err(error) = leadership.ensure_held().await {
-                    if error.is_surplus() {
-                        tracing::info!(target: "sweeper", chain = %self.chain.name, %error, "handing sweeps to a replica with fewer jobs");
-                        leadership.release().await;
-                    } else {
-                        tracing::warn!(target: "sweeper", chain = %self.chain.name, %error, "lost the sweep lock; waiting for it again");
-                    }
-                    break;
-                }
-                match self.pass().await {
-                    Ok(pass) if pass.confirmed + pass.failed > 0 => {
-                        tracing::info!(target: "sweeper", chain = %self.chain.name, confirmed = pass.confirmed, failed = pass.failed, "sweep pass");
-                    }
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(target: "sweeper", chain = %self.chain.name, %error, "sweep pass failed; retrying"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(self.interval) => {}
-                    _ = shutdown.changed() => {}
-                }
-            }
-        }
+        let Ok(()) = lock.hold(&mut self, &mut shutdown).await;
     }
 
     fn rpc_error(&self, message: impl std::fmt::Display) -> SweepError {
@@ -513,5 +484,25 @@ impl Sweeper {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// A failed sweep pass is retried at the next one: the sweeper never stops by itself.
+impl HeldJob for Sweeper {
+    type Error = std::convert::Infallible;
+
+    fn started(&mut self, _leadership: &Leadership) {
+        tracing::info!(target: "sweeper", chain = %self.chain.name, "sweeping");
+    }
+
+    async fn pass(&mut self, _leadership: &mut Leadership, _shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Result<Next, Self::Error> {
+        match Sweeper::pass(self).await {
+            Ok(pass) if pass.confirmed + pass.failed > 0 => {
+                tracing::info!(target: "sweeper", chain = %self.chain.name, confirmed = pass.confirmed, failed = pass.failed, "sweep pass");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(target: "sweeper", chain = %self.chain.name, %error, "sweep pass failed; retrying"),
+        }
+        Ok(Next::After(self.interval))
     }
 }
