@@ -59,7 +59,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::TestToken;
-use payrail::chain::evm::{EvmRpc, EvmWatcher};
+use payrail::chain::evm::{EvmClient, EvmWatcher};
 use payrail::chain::ChainEvent;
 use payrail::clock::SystemClock;
 use payrail::config::{ChainSpec, Config, RpcUrl};
@@ -1019,7 +1019,7 @@ async fn cryo(rig: &Rig, range: &Range, venv: &Path, scratch: &Path) -> Result<P
 async fn breakdown(rig: &Rig, range: &Range, catch_up_us: u64) -> Result<()> {
     println!();
     println!("4. where payrail's catch-up time goes: the watcher's RPC patterns replayed alone over the range");
-    let rpc = EvmRpc::new(&rig.spec.rpc)?;
+    let rpc = EvmClient::for_chain(&rig.spec)?;
     let heights = range.first..=range.last;
     let blocks = range.blocks();
 

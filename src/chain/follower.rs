@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 
 use crate::chain::bitcoin::electrum::ElectrumError;
 use crate::chain::cursor;
-use crate::chain::evm::rpc::RpcError;
+use crate::chain::evm::client::RpcError;
 use crate::chain::health::{self, TickReport};
 use crate::clock::Clock;
 use crate::config::ChainSpec;

@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::network::Ethereum;
 use alloy::primitives::Address;
-use alloy::providers::RootProvider;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use crate::chain::evm::EvmClient;
 use crate::clock::Clock;
 use crate::config::{ChainKind, ChainSpec, Config, PayoutsConfig};
 use crate::db::leader::{HeldJob, JobLock, Leadership, Next};
@@ -87,11 +86,9 @@ fn payable_assets(chain: &ChainSpec) -> Vec<PayableAsset> {
     out
 }
 
-/// The first endpoint of `chain` that answers with the right chain id.
-async fn connect(chain: &ChainSpec) -> Result<RootProvider<Ethereum>> {
-    crate::chain::evm::rpc::connect_checked(&chain.rpc, chain.caip2.evm_chain_id())
-        .await
-        .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })
+/// The node client of `chain`.
+fn connect(chain: &ChainSpec) -> Result<EvmClient> {
+    EvmClient::for_chain(chain).map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })
 }
 
 /// Plans and writes payout runs; shared by the API, the CLI and the schedule.
@@ -206,12 +203,13 @@ impl PayoutService {
             payable_assets(chain).into_iter().filter(|a| only.is_none_or(|wanted| wanted == a.asset)).collect();
         // Funds are read before the transaction: no lock is held across a network call. A balance
         // read low only pays less now; one read high makes the contract refuse and the batch fail.
-        let provider = connect(chain).await?;
+        let client = connect(chain)?;
         let mut funds = Vec::with_capacity(assets.len());
         for asset in &assets {
-            let balance = crate::chain::evm::rpc::balance_of(&provider, batcher, asset.token)
+            let balance = client
+                .balance_of(batcher, asset.token)
                 .await
-                .map_err(|message| PayoutError::Rpc { chain: chain.name.clone(), message })?;
+                .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })?;
             funds.push(Amount::from_u256(balance));
         }
         let now = self.clock.now();

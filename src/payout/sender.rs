@@ -28,7 +28,7 @@ use sqlx::PgPool;
 
 use crate::chain::evm::contracts::PayoutBatcher;
 use crate::chain::evm::nonce::SignerLock;
-use crate::chain::evm::rpc::{broadcast_raw, Broadcast};
+use crate::chain::evm::client::{Broadcast, EvmClient};
 use crate::clock::Clock;
 use crate::config::{ChainSpec, FinalityTag, PayoutsConfig};
 use crate::ledger::Ledger;
@@ -70,7 +70,7 @@ pub struct PayoutSender {
     chain: ChainSpec,
     signer: PrivateKeySigner,
     wallet: EthereumWallet,
-    endpoints: Vec<(String, RootProvider<Ethereum>)>,
+    client: EvmClient,
     pool: PgPool,
     ledger: Arc<Ledger>,
     config: PayoutsConfig,
@@ -112,13 +112,8 @@ impl PayoutSender {
             return Err(PayoutError::ChainNotPayable { chain: chain.name.clone() });
         }
         let signer: PrivateKeySigner = hot_wallet_key.trim().parse().map_err(|_| PayoutError::Key)?;
-        let mut endpoints = Vec::with_capacity(chain.rpc.len());
-        for url in &chain.rpc {
-            let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
-                .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: format!("{url}: {e}") })?;
-            endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
-        }
-        Ok(Self { wallet: EthereumWallet::from(signer.clone()), signer, chain, endpoints, pool, ledger, config, clock })
+        let client = EvmClient::for_chain(&chain).map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })?;
+        Ok(Self { wallet: EthereumWallet::from(signer.clone()), signer, chain, client, pool, ledger, config, clock })
     }
 
     /// The hot wallet's address: it pays the gas and must be an operator of the batcher.
@@ -136,9 +131,7 @@ impl PayoutSender {
 
     /// The first endpoint that answers and serves this chain.
     async fn provider(&self) -> Result<RootProvider<Ethereum>> {
-        crate::chain::evm::rpc::connect_checked(&self.chain.rpc, self.chain.caip2.evm_chain_id())
-            .await
-            .map_err(|e| self.rpc_error(e))
+        self.client.provider().await.map_err(|e| self.rpc_error(e))
     }
 
     /// Moves one batch as far as the chain allows now; see the module docs for the order of checks.
@@ -390,7 +383,7 @@ impl PayoutSender {
 
     /// Sends the signed bytes to every endpoint.
     async fn broadcast(&self, raw: &[u8]) -> Broadcast {
-        broadcast_raw(&self.endpoints, raw).await
+        self.client.broadcast_raw(raw).await
     }
 
     fn confirmations_required(&self) -> u64 {

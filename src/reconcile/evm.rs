@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::chain::evm::contracts::{ForwarderFactory, PayoutBatcher};
-use crate::chain::evm::EvmRpc;
+use crate::chain::evm::EvmClient;
 use crate::config::ChainSpec;
 use crate::money::Amount;
 
@@ -31,16 +31,14 @@ pub const LOG_RANGE_MAX: u64 = 2_000;
 /// The chain's answers the comparison needs.
 pub struct EvmReader {
     spec: ChainSpec,
-    rpc: EvmRpc,
+    rpc: EvmClient,
     provider: RootProvider<Ethereum>,
 }
 
 impl EvmReader {
     pub async fn connect(spec: &ChainSpec) -> Result<Self> {
-        let rpc = EvmRpc::new(&spec.rpc).map_err(|e| chain_error(spec, e))?;
-        let provider = crate::chain::evm::rpc::connect_checked(&spec.rpc, spec.caip2.evm_chain_id())
-            .await
-            .map_err(|e| chain_error(spec, e))?;
+        let rpc = EvmClient::for_chain(spec).map_err(|e| chain_error(spec, e))?;
+        let provider = rpc.provider().await.map_err(|e| chain_error(spec, e))?;
         Ok(Self { spec: spec.clone(), rpc, provider })
     }
 
@@ -83,7 +81,8 @@ impl EvmReader {
     /// What `address` holds of `asset` now (native coin or a configured token).
     pub async fn holding(&self, address: Address, asset: &str) -> Result<Amount> {
         let token = self.spec.tokens.iter().find(|t| t.asset_id().to_string() == asset).map(|t| t.address);
-        crate::chain::evm::rpc::balance_of(&self.provider, address, token.unwrap_or(Address::ZERO))
+        self.rpc
+            .balance_of(address, token.unwrap_or(Address::ZERO))
             .await
             .map(Amount::from_u256)
             .map_err(|e| self.error(e))

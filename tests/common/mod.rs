@@ -11,6 +11,10 @@ use payrail::money::Amount;
 
 pub const USD: &str = "iso4217:USD";
 
+/// `payrail dev` runs its chains on the fixed ports of `config.dev.toml` (anvil on 18545–18549,
+/// the regtest node on 50001): tests that start it take turns.
+pub static DEV_STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub fn amount(v: u64) -> Amount {
     Amount::from_u64(v)
 }

@@ -496,6 +496,7 @@ impl Drop for DevStack {
 
 #[tokio::test]
 async fn chromium_shows_the_page_and_sees_it_paid_on_the_dev_stack() {
+    let _dev_stack = crate::common::DEV_STACK.lock().await;
     let Some(chromium) = chromium() else {
         tell(
             "SKIPPED chromium_shows_the_page_and_sees_it_paid_on_the_dev_stack: no Chromium \

@@ -97,6 +97,7 @@ async fn migrate_then_create_a_merchant_whose_key_authenticates() {
 /// and stops it with SIGINT.
 #[tokio::test]
 async fn dev_stack_runs_on_its_own_postgres_and_its_curl_line_creates_an_invoice() {
+    let _dev_stack = crate::common::DEV_STACK.lock().await;
     let mut child = payrail()
         .args(["dev", "--listen", "127.0.0.1:0"])
         .env_remove("DATABASE_URL")

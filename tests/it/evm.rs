@@ -12,6 +12,7 @@ use alloy::signers::local::PrivateKeySigner;
 use crate::common::state_with_clock;
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::{ForwarderFactory, TestToken, TestUSDT};
+use payrail::chain::evm::EvmClient;
 use payrail::chain::evm::{EvmWatcher, WatchError};
 use payrail::chain::ChainEvent;
 use payrail::config::{ChainSpec, RpcUrl};
@@ -267,6 +268,28 @@ async fn an_endpoint_of_another_chain_is_refused(pool: PgPool) {
     rig.spec.caip2 = "eip155:1".parse().expect("chain");
     let error = rig.watcher().check_chain().await.expect_err("wrong chain");
     assert!(matches!(error, WatchError::WrongChain { expected: 1, actual: 137, .. }), "{error:?}");
+}
+
+/// The one node client every EVM job uses: a dead endpoint is skipped, an endpoint serving another
+/// chain is never handed out, reads fail over.
+#[sqlx::test]
+async fn the_evm_client_fails_over_and_hands_out_only_endpoints_of_its_chain(pool: PgPool) {
+    let rig = rig(pool).await;
+    let dead = RpcUrl::new("http://127.0.0.1:9").expect("url");
+    let live = rig.spec.rpc[0].clone();
+    let client = EvmClient::new(&[dead.clone(), live.clone()], Some(137)).expect("client");
+    let provider = client.provider().await.expect("the live endpoint");
+    assert_eq!(provider.get_chain_id().await.expect("chain id"), 137);
+    let payer = DEV_PAYER_KEY.parse::<PrivateKeySigner>().expect("key").address();
+    let usdc = rig.spec.token("USDC").expect("usdc").address;
+    let on_chain = TestToken::new(usdc, &provider).balanceOf(payer).call().await.expect("balanceOf");
+    assert!(!on_chain.is_zero(), "the dev payer holds test USDC");
+    assert_eq!(client.balance_of(payer, usdc).await.expect("through failover"), on_chain);
+    assert_eq!(client.balance_of(payer, Address::ZERO).await.expect("native"), provider.get_balance(payer).await.expect("balance"));
+
+    let other_chain = EvmClient::new(&[dead, live], Some(1)).expect("client");
+    let error = other_chain.provider().await.expect_err("only chain 137 is served");
+    assert!(error.to_string().contains("serves chain 137"), "{error}");
 }
 
 #[sqlx::test]
@@ -614,14 +637,14 @@ async fn a_watcher_that_stops_marks_its_rail_unhealthy_at_once(pool: PgPool) {
 #[sqlx::test]
 async fn a_balance_at_a_pruned_block_is_told_apart_from_a_failing_node(pool: PgPool) {
     let rig = rig(pool).await;
-    let rpc = payrail::chain::evm::EvmRpc::new(&rig.spec.rpc).expect("rpc");
+    let rpc = EvmClient::for_chain(&rig.spec).expect("rpc");
     let payer_address = payer().address();
     mine(&rig.anvil, 5).await;
     let tip = rpc.tip().await.expect("tip");
     let now = rpc.balance_at(payer_address, tip).await.expect("the newest state is kept");
     assert!(now > U256::ZERO);
     match rpc.balance_at(payer_address, tip - 3).await {
-        Err(payrail::chain::evm::rpc::RpcError::StateUnavailable { height, .. }) => assert_eq!(height, tip - 3),
+        Err(payrail::chain::evm::client::RpcError::StateUnavailable { height, .. }) => assert_eq!(height, tip - 3),
         other => panic!("expected pruned state, got {other:?}"),
     }
     // The watcher, caught up with its balance check due, still ticks cleanly.
@@ -641,7 +664,7 @@ async fn a_halted_watcher_holds_the_chains_lock_until_shutdown(pool: PgPool) {
     let lock = format!("payrail.watch.{caip2}");
     let snapshot = rpc(&rig.anvil, "evm_snapshot", json!([])).await;
     mine(&rig.anvil, 10).await;
-    let tip = payrail::chain::evm::EvmRpc::new(&rig.spec.rpc).expect("rpc").tip().await.expect("tip");
+    let tip = EvmClient::for_chain(&rig.spec).expect("rpc").tip().await.expect("tip");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(rig.watcher().run(stopped));
     let holder = wait_for_holder(&pool, &lock, None).await;

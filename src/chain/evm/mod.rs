@@ -8,11 +8,11 @@ pub mod uri;
 pub use address::{deposit_address, deposit_salt};
 pub use uri::payment_uri;
 pub mod nonce;
-pub mod rpc;
+pub mod client;
 pub mod sweep;
 pub mod watcher;
 
-pub use rpc::EvmRpc;
+pub use client::EvmClient;
 pub use sweep::{SweepError, SweepPass, Sweeper};
 pub use watcher::{EvmSource, EvmWatcher};
 

@@ -35,7 +35,7 @@ use thiserror::Error;
 use crate::chain::evm::contracts::ForwarderFactory;
 use crate::chain::evm::deposit_salt;
 use crate::chain::evm::nonce::{highest_stored_nonce, SignerLock};
-use crate::chain::evm::rpc::{broadcast_raw, connect_checked, providers, Broadcast};
+use crate::chain::evm::client::{Broadcast, EvmClient};
 use crate::config::ChainSpec;
 use crate::db::leader::{HeldJob, JobLock, Leadership, Next, LOCK_RETRY_MS_DEFAULT};
 use crate::db::replicas::Share;
@@ -108,7 +108,7 @@ pub struct Sweeper {
     tokens: Vec<Address>,
     signer: PrivateKeySigner,
     wallet: EthereumWallet,
-    endpoints: Vec<(String, RootProvider<Ethereum>)>,
+    client: EvmClient,
     pool: PgPool,
     ledger: Arc<Ledger>,
     interval: Duration,
@@ -128,10 +128,7 @@ impl Sweeper {
     pub fn new(chain: ChainSpec, hot_wallet_key: &str, pool: PgPool, ledger: Arc<Ledger>) -> Result<Self, SweepError> {
         let factory = chain.forwarder_factory.ok_or_else(|| SweepError::NoFactory { chain: chain.name.clone() })?;
         let signer: PrivateKeySigner = hot_wallet_key.trim().parse().map_err(|_| SweepError::Key)?;
-        let endpoints = providers(&chain.rpc).map_err(|e| SweepError::Endpoint(e.to_string()))?;
-        if endpoints.is_empty() {
-            return Err(SweepError::Endpoint("none configured".to_owned()));
-        }
+        let client = EvmClient::for_chain(&chain).map_err(|e| SweepError::Endpoint(e.to_string()))?;
         let tokens = chain.tokens.iter().map(|t| t.address).collect();
         Ok(Self {
             caip2: chain.caip2.to_string(),
@@ -140,7 +137,7 @@ impl Sweeper {
             tokens,
             wallet: EthereumWallet::from(signer.clone()),
             signer,
-            endpoints,
+            client,
             pool,
             ledger,
             interval: Duration::from_millis(SWEEP_INTERVAL_MS),
@@ -184,7 +181,7 @@ impl Sweeper {
 
     /// The first endpoint that answers and serves this chain.
     async fn provider(&self) -> Result<RootProvider<Ethereum>, SweepError> {
-        connect_checked(&self.chain.rpc, self.chain.caip2.evm_chain_id()).await.map_err(|e| self.rpc_error(e))
+        self.client.provider().await.map_err(|e| self.rpc_error(e))
     }
 
     /// One pass: resume open sweeps, then sweep every address whose deposits are all confirmed.
@@ -295,7 +292,7 @@ impl Sweeper {
             let taken = provider.get_transaction_count(self.signer.address()).latest().await.map_err(|e| self.rpc_error(e))?;
             if taken <= nonce {
                 // Not mined, and its nonce is still free: the same bytes again, never a new sweep.
-                if let Broadcast::Refused(message) = broadcast_raw(&self.endpoints, raw).await {
+                if let Broadcast::Refused(message) = self.client.broadcast_raw(raw).await {
                     // Kept as it is (a wallet short of gas is funded later); the next pass tries again.
                     tracing::warn!(target: "sweeper", chain = %self.chain.name, sweep = %sweep.id, tx = %hash, %message, "stored sweep refused");
                     return Ok(());
@@ -372,7 +369,7 @@ impl Sweeper {
             lock.release().await?;
             return Ok(());
         }
-        let outcome = broadcast_raw(&self.endpoints, &raw).await;
+        let outcome = self.client.broadcast_raw(&raw).await;
         lock.release().await?;
         if let Broadcast::Refused(message) = outcome {
             // Refused for good by every endpoint: forget the bytes, the next pass signs anew.

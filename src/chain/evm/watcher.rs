@@ -16,7 +16,7 @@ use alloy::primitives::{Address, B256, U256};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use sqlx::{PgPool, Row};
 
-use crate::chain::evm::rpc::{EvmRpc, NativeTransfer, RpcError};
+use crate::chain::evm::client::{EvmClient, NativeTransfer, RpcError};
 use crate::chain::follower::{FollowError, Follower};
 use crate::chain::health::TIP_STALL_BLOCK_TIMES_EVM;
 use crate::chain::source::{BlockHash, BlockId, ChainSource, Fetched, Found, Head, Observed, Scan, ScanKind};
@@ -42,7 +42,7 @@ pub type EvmWatcher = Follower<EvmSource>;
 pub struct EvmSource {
     chain: ChainSpec,
     caip2: String,
-    rpc: EvmRpc,
+    rpc: EvmClient,
     /// For the balance check: the native payments recorded and the sweeps in flight.
     pool: PgPool,
     native: AssetId,
@@ -63,7 +63,7 @@ impl ChainSource for EvmSource {
 
     fn connect(spec: &ChainSpec, pool: &PgPool) -> Result<Self, FollowError> {
         Ok(Self {
-            rpc: EvmRpc::new(&spec.rpc)?,
+            rpc: EvmClient::for_chain(spec)?,
             caip2: spec.caip2.to_string(),
             native: spec.native_asset_id(),
             tokens: spec.tokens.iter().map(|t| (t.address, t.asset_id())).collect(),

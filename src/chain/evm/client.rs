@@ -1,5 +1,7 @@
-//! The one module that talks to EVM nodes: several endpoints per chain with failover. Each call
-//! tries the endpoint that last worked, then the others; the watcher backs off between failed ticks.
+//! The one module that talks to EVM nodes. One [`EvmClient`] per chain serves the watcher, the
+//! sweeper, the payout executor and reconciliation alike: several endpoints with failover (each
+//! call tries the endpoint that last worked, then the others), the chain id checked before an
+//! endpoint is handed out for a caller's own calls, and signed transactions sent to every endpoint.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,7 +17,7 @@ use alloy::sol_types::SolEvent;
 use thiserror::Error;
 
 use crate::chain::source::Block;
-use crate::config::RpcUrl;
+use crate::config::{ChainSpec, RpcUrl};
 
 sol! {
     /// The ERC-20 transfer event.
@@ -75,14 +77,22 @@ pub struct TokenTransfer {
     pub block_hash: B256,
 }
 
+/// A chain's EVM endpoints, labelled by URL, with the one that last worked preferred.
 #[derive(Debug)]
-pub struct EvmRpc {
+pub struct EvmClient {
     endpoints: Vec<(String, RootProvider<Ethereum>)>,
     preferred: AtomicUsize,
+    /// The chain id every endpoint must serve (`None`: not checked).
+    chain_id: Option<u64>,
 }
 
-impl EvmRpc {
-    pub fn new(urls: &[RpcUrl]) -> Result<Self, RpcError> {
+impl EvmClient {
+    /// The client of `chain`'s configured endpoints, expecting its CAIP-2 chain id.
+    pub fn for_chain(chain: &ChainSpec) -> Result<Self, RpcError> {
+        Self::new(&chain.rpc, chain.caip2.evm_chain_id())
+    }
+
+    pub fn new(urls: &[RpcUrl], chain_id: Option<u64>) -> Result<Self, RpcError> {
         if urls.is_empty() {
             return Err(RpcError::NoEndpoint);
         }
@@ -92,7 +102,21 @@ impl EvmRpc {
                 .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
             endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
         }
-        Ok(Self { endpoints, preferred: AtomicUsize::new(0) })
+        Ok(Self { endpoints, preferred: AtomicUsize::new(0), chain_id })
+    }
+
+    /// An endpoint that answers and serves this chain, the one that last worked first, for callers
+    /// that make several calls on one node (signing and sending, receipts, contract reads).
+    pub async fn provider(&self) -> Result<RootProvider<Ethereum>, RpcError> {
+        let expected = self.chain_id;
+        self.call("eth_chainId", |p| async move {
+            match p.get_chain_id().await {
+                Ok(id) if expected.is_none_or(|want| want == id) => Ok(p),
+                Ok(id) => Err(format!("serves chain {id}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
     }
 
     /// Runs `op` against the endpoints in turn, starting with the one that last worked.
@@ -110,7 +134,7 @@ impl EvmRpc {
             match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), op(provider.clone())).await {
                 Ok(Ok(value)) => {
                     if index != start {
-                        tracing::info!(target: "watcher::evm", endpoint = %label, call, "failed over to the next endpoint");
+                        tracing::info!(target: "evm", endpoint = %label, call, "failed over to the next endpoint");
                     }
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(value);
@@ -118,7 +142,7 @@ impl EvmRpc {
                 Ok(Err(message)) => last = (label.clone(), message),
                 Err(_) => last = (label.clone(), format!("timed out after {RPC_TIMEOUT_MS} ms")),
             }
-            tracing::warn!(target: "watcher::evm", endpoint = %last.0, call, error = %last.1, "rpc call failed");
+            tracing::warn!(target: "evm", endpoint = %last.0, call, error = %last.1, "rpc call failed");
         }
         Err(RpcError::Unavailable { call, endpoint: last.0, message: last.1 })
     }
@@ -294,26 +318,6 @@ fn is_range_limit(message: &str) -> bool {
     ["too many", "range", "limit", "exceed", "response size", "10000 results"].iter().any(|hint| message.contains(hint))
 }
 
-/// The first of `urls` that answers and serves chain `chain_id`, for callers that make their own
-/// calls on one provider (signing and sending, logs of a contract, contract reads).
-pub async fn connect_checked(urls: &[RpcUrl], chain_id: Option<u64>) -> Result<RootProvider<Ethereum>, RpcError> {
-    let mut last = (String::new(), String::from("no endpoint configured"));
-    for url in urls {
-        let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
-            .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
-        let provider = RootProvider::<Ethereum>::new_http(parsed);
-        last.0 = url.to_string();
-        match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), provider.get_chain_id()).await {
-            Ok(Ok(id)) if Some(id) == chain_id => return Ok(provider),
-            Ok(Ok(id)) => last.1 = format!("serves chain {id}"),
-            Ok(Err(e)) => last.1 = e.to_string(),
-            Err(_) => last.1 = format!("timed out after {RPC_TIMEOUT_MS} ms"),
-        }
-        tracing::warn!(target: "evm", endpoint = %last.0, error = %last.1, "endpoint unusable");
-    }
-    Err(RpcError::Unavailable { call: "eth_chainId", endpoint: last.0, message: last.1 })
-}
-
 /// The refusals a node gives when it will never mine a transaction as sent.
 fn is_definitive_refusal(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
@@ -337,19 +341,8 @@ pub enum Broadcast {
     Unknown,
 }
 
-/// One provider per configured endpoint, labelled by its URL, for sending to all of them.
-pub fn providers(urls: &[RpcUrl]) -> Result<Vec<(String, RootProvider<Ethereum>)>, RpcError> {
-    let mut endpoints = Vec::with_capacity(urls.len());
-    for url in urls {
-        let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
-            .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
-        endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
-    }
-    Ok(endpoints)
-}
-
 /// Sends signed transaction bytes to every endpoint until one accepts them (or already has them).
-pub async fn broadcast_raw(endpoints: &[(String, RootProvider<Ethereum>)], raw: &[u8]) -> Broadcast {
+async fn broadcast_to(endpoints: &[(String, RootProvider<Ethereum>)], raw: &[u8]) -> Broadcast {
     let mut refused = None;
     let mut unknown = false;
     for (label, provider) in endpoints {
@@ -376,12 +369,24 @@ pub async fn broadcast_raw(endpoints: &[(String, RootProvider<Ethereum>)], raw: 
     }
 }
 
-/// What `owner` holds of `token` (the zero address: the native coin), in smallest units.
-pub async fn balance_of(provider: &RootProvider<Ethereum>, owner: Address, token: Address) -> Result<U256, String> {
-    if token == Address::ZERO {
-        provider.get_balance(owner).await.map_err(|e| e.to_string())
-    } else {
-        BalanceOf::new(token, provider).balanceOf(owner).call().await.map_err(|e| e.to_string())
+impl EvmClient {
+    /// Sends signed transaction bytes to every endpoint until one accepts them (or already has
+    /// them): a transaction known to more nodes is mined sooner, and one dead node cannot hide it.
+    pub async fn broadcast_raw(&self, raw: &[u8]) -> Broadcast {
+        broadcast_to(&self.endpoints, raw).await
+    }
+
+    /// What `owner` holds of `token` (the zero address: the native coin) at the latest block, in
+    /// smallest units.
+    pub async fn balance_of(&self, owner: Address, token: Address) -> Result<U256, RpcError> {
+        self.call("balanceOf", |p| async move {
+            if token == Address::ZERO {
+                p.get_balance(owner).await.map_err(|e| e.to_string())
+            } else {
+                BalanceOf::new(token, &p).balanceOf(owner).call().await.map_err(|e| e.to_string())
+            }
+        })
+        .await
     }
 }
 
