@@ -22,8 +22,8 @@ use super::plan::{Candidate, PlannedBatch};
 /// Most payouts listed on one page.
 pub const LIST_LIMIT_MAX: i64 = 100;
 
-/// A batch, as the API and webhooks show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// A batch, as the API and webhooks show it; read from `payout_batches` by column name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct PayoutView {
     /// `po_…`
     pub id: String,
@@ -52,10 +52,11 @@ pub struct PayoutView {
     pub sent_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// The creators paid; in a merchant's webhook, only that merchant's creators.
+    #[sqlx(skip)]
     pub items: Vec<PayoutItemView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct PayoutItemView {
     pub creator_id: String,
     pub merchant_id: String,
@@ -64,7 +65,7 @@ pub struct PayoutItemView {
 }
 
 /// One payout as the creator sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct CreatorPayoutView {
     pub payout_id: String,
     pub chain: String,
@@ -269,59 +270,28 @@ fn merchant_share(view: &PayoutView, merchant: &str) -> Result<PayoutView> {
     Ok(data)
 }
 
-const VIEW_COLUMNS: &str = "id, run_id, chain, asset, status, total_minor::text AS total, recipients, batch_key, tx_hash, \
-     block_number, gas_fee_minor::text AS gas_fee, error, created_at, sent_at, finished_at";
-
-fn view_of(row: &sqlx::postgres::PgRow, items: Vec<PayoutItemView>) -> Result<PayoutView> {
-    Ok(PayoutView {
-        id: row.try_get("id")?,
-        run_id: row.try_get("run_id")?,
-        chain: row.try_get("chain")?,
-        asset: row.try_get("asset")?,
-        status: row.try_get("status")?,
-        total_minor: row.try_get("total")?,
-        recipients: row.try_get("recipients")?,
-        batch_key: row.try_get("batch_key")?,
-        tx_hash: row.try_get("tx_hash")?,
-        block_number: row.try_get("block_number")?,
-        gas_fee_minor: row.try_get("gas_fee")?,
-        error: row.try_get("error")?,
-        created_at: row.try_get("created_at")?,
-        sent_at: row.try_get("sent_at")?,
-        finished_at: row.try_get("finished_at")?,
-        items,
-    })
-}
+const VIEW_COLUMNS: &str = "id, run_id, chain, asset, status, total_minor::text AS total_minor, recipients, batch_key, \
+     tx_hash, block_number, gas_fee_minor::text AS gas_fee_minor, error, created_at, sent_at, finished_at";
 
 async fn item_views(conn: &mut PgConnection, id: &str) -> Result<Vec<PayoutItemView>> {
-    let rows = sqlx::query(
-        "SELECT creator_id, merchant_id, address, amount_minor::text AS amount FROM payout_items \
+    Ok(sqlx::query_as(
+        "SELECT creator_id, merchant_id, address, amount_minor::text AS amount_minor FROM payout_items \
          WHERE batch_id = $1 ORDER BY position",
     )
     .bind(id)
     .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(PayoutItemView {
-                creator_id: row.try_get("creator_id")?,
-                merchant_id: row.try_get("merchant_id")?,
-                address: row.try_get("address")?,
-                amount_minor: row.try_get("amount")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 async fn view_on(conn: &mut PgConnection, id: &str) -> Result<Option<PayoutView>> {
-    let row = sqlx::query(&format!("SELECT {VIEW_COLUMNS} FROM payout_batches WHERE id = $1"))
+    let view: Option<PayoutView> = sqlx::query_as(&format!("SELECT {VIEW_COLUMNS} FROM payout_batches WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-    match row {
-        Some(row) => {
-            let items = item_views(&mut *conn, id).await?;
-            Ok(Some(view_of(&row, items)?))
+    match view {
+        Some(mut view) => {
+            view.items = item_views(&mut *conn, id).await?;
+            Ok(Some(view))
         }
         None => Ok(None),
     }
@@ -336,7 +306,7 @@ pub async fn view(pool: &PgPool, id: &str) -> Result<PayoutView> {
 /// status.
 pub async fn list(pool: &PgPool, limit: i64, before: Option<&str>, status: Option<&str>) -> Result<Vec<PayoutView>> {
     let mut conn = pool.acquire().await?;
-    let rows = sqlx::query(&format!(
+    let mut views: Vec<PayoutView> = sqlx::query_as(&format!(
         "SELECT {VIEW_COLUMNS} FROM payout_batches b \
          WHERE ($2::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM payout_batches WHERE id = $2)) \
            AND ($3::text IS NULL OR b.status = $3) \
@@ -347,42 +317,24 @@ pub async fn list(pool: &PgPool, limit: i64, before: Option<&str>, status: Optio
     .bind(status)
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = row.try_get("id")?;
-        let items = item_views(&mut conn, &id).await?;
-        out.push(view_of(row, items)?);
+    for view in &mut views {
+        view.items = item_views(&mut conn, &view.id).await?;
     }
-    Ok(out)
+    Ok(views)
 }
 
 /// A creator's payouts, newest first.
 pub async fn creator_payouts(pool: &PgPool, creator_id: &str, limit: i64) -> Result<Vec<CreatorPayoutView>> {
-    let rows = sqlx::query(
-        "SELECT b.id, b.chain, b.asset, i.address, i.amount_minor::text AS amount, b.status, b.tx_hash, b.created_at, \
-                b.finished_at \
+    Ok(sqlx::query_as(
+        "SELECT b.id AS payout_id, b.chain, b.asset, i.address, i.amount_minor::text AS amount_minor, b.status, b.tx_hash, \
+                b.created_at, b.finished_at \
          FROM payout_items i JOIN payout_batches b ON b.id = i.batch_id \
          WHERE i.creator_id = $1 ORDER BY b.created_at DESC, b.id DESC LIMIT $2",
     )
     .bind(creator_id)
     .bind(limit.clamp(1, LIST_LIMIT_MAX))
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(CreatorPayoutView {
-                payout_id: row.try_get("id")?,
-                chain: row.try_get("chain")?,
-                asset: row.try_get("asset")?,
-                address: row.try_get("address")?,
-                amount_minor: row.try_get("amount")?,
-                status: row.try_get("status")?,
-                tx_hash: row.try_get("tx_hash")?,
-                created_at: row.try_get("created_at")?,
-                finished_at: row.try_get("finished_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// The ids of every open batch (created or sent) on any chain, oldest first: what a payout run

@@ -12,8 +12,8 @@ use super::model::{ChainObservation, ItemKind, Report};
 /// Most runs listed on one page.
 pub const LIST_LIMIT_MAX: i64 = 100;
 
-/// A run as the history lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+/// A run as the history lists it; read from `reconciliation_runs` by column name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct RunSummary {
     pub id: String,
     /// CAIP-2 chain id, or `stripe`.
@@ -154,29 +154,13 @@ pub async fn finish(pool: &PgPool, report: &Report) -> Result<()> {
 }
 
 pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<RunSummary>> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT id, source, from_block, to_block, scanned_to, status, ok, differences, created_at, finished_at \
          FROM reconciliation_runs ORDER BY created_at DESC, id DESC LIMIT $1",
     )
     .bind(limit.clamp(1, LIST_LIMIT_MAX))
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(RunSummary {
-                id: r.try_get("id")?,
-                source: r.try_get("source")?,
-                from_block: r.try_get("from_block")?,
-                to_block: r.try_get("to_block")?,
-                scanned_to: r.try_get("scanned_to")?,
-                status: r.try_get("status")?,
-                ok: r.try_get("ok")?,
-                differences: r.try_get("differences")?,
-                created_at: r.try_get("created_at")?,
-                finished_at: r.try_get("finished_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 pub async fn report(pool: &PgPool, id: &str) -> Result<Report> {
