@@ -280,19 +280,10 @@ pub async fn serve(
     }
     if let (Some(key), Some(service)) = (&hot_wallet_key, &state.payouts) {
         let senders: Vec<crate::payout::PayoutSender> = service
-            .chains()
-            .iter()
-            .filter_map(|chain| {
-                crate::payout::PayoutSender::new(
-                    chain.clone(),
-                    key.expose_secret(),
-                    pool.clone(),
-                    state.ledger.clone(),
-                    config.payouts.clone(),
-                    state.clock.clone(),
-                )
-                .map_err(|error| tracing::error!(target: "payout", chain = %chain.name, %error, "payouts not started"))
-                .ok()
+            .senders(key.expose_secret())
+            .into_iter()
+            .filter_map(|(chain, sender)| {
+                sender.map_err(|error| tracing::error!(target: "payout", %chain, %error, "payouts not started")).ok()
             })
             .collect();
         service.set_executor_running(true);

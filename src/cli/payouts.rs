@@ -65,15 +65,8 @@ pub async fn run(config: &Config, command: Command) -> Result<()> {
         return Ok(());
     };
     let mut senders = Vec::new();
-    for chain in service.chains() {
-        senders.push(payout::PayoutSender::new(
-            chain.clone(),
-            key.expose_secret(),
-            pool.clone(),
-            state.ledger.clone(),
-            config.payouts.clone(),
-            state.clock.clone(),
-        )?);
+    for (_, sender) in service.senders(key.expose_secret()) {
+        senders.push(sender?);
     }
     let open = payout::store::open_batch_ids(&pool).await?;
     let deadline = Instant::now() + Duration::from_secs(wait_s);

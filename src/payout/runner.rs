@@ -104,6 +104,26 @@ pub struct PayoutService {
 }
 
 impl PayoutService {
+    /// One sender per payable chain, signing with `hot_wallet_key` (never logged), sharing this
+    /// service's database, ledger, settings and clock; a chain whose sender cannot be built is
+    /// returned as its error, for the caller to skip or refuse.
+    pub fn senders(&self, hot_wallet_key: &str) -> Vec<(String, Result<PayoutSender>)> {
+        self.chains
+            .iter()
+            .map(|chain| {
+                let sender = PayoutSender::new(
+                    chain.clone(),
+                    hot_wallet_key,
+                    self.pool.clone(),
+                    self.ledger.clone(),
+                    self.config.clone(),
+                    self.clock.clone(),
+                );
+                (chain.name.clone(), sender)
+            })
+            .collect()
+    }
+
     /// `None` when no enabled chain has a payout batcher.
     pub fn new(
         config: &Config,

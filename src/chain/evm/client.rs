@@ -304,31 +304,30 @@ impl EvmClient {
     }
 }
 
+/// Whether a node's error message mentions any of `hints` (nodes and providers word the same
+/// refusal differently, so errors are told apart by what they say).
+fn mentions_any(message: &str, hints: &[&str]) -> bool {
+    let message = message.to_ascii_lowercase();
+    hints.iter().any(|hint| message.contains(hint))
+}
+
 /// Whether a node's error says it keeps no state for the block asked about.
 fn is_state_pruned(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    ["blockoutofrange", "missing trie node", "pruned", "historical state", "state not available", "state is not available"]
-        .iter()
-        .any(|hint| message.contains(hint))
+    mentions_any(message, &["blockoutofrange", "missing trie node", "pruned", "historical state", "state not available", "state is not available"])
 }
 
 /// Whether a node's error says the `eth_getLogs` range or result set was too large.
 fn is_range_limit(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    ["too many", "range", "limit", "exceed", "response size", "10000 results"].iter().any(|hint| message.contains(hint))
+    mentions_any(message, &["too many", "range", "limit", "exceed", "response size", "10000 results"])
 }
 
 /// The refusals a node gives when it will never mine a transaction as sent.
 fn is_definitive_refusal(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    ["nonce too low", "underpriced", "insufficient funds", "exceeds block gas limit", "intrinsic gas too low", "invalid"]
-        .iter()
-        .any(|needle| m.contains(needle))
+    mentions_any(message, &["nonce too low", "underpriced", "insufficient funds", "exceeds block gas limit", "intrinsic gas too low", "invalid"])
 }
 
 fn is_already_known(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("already known") || m.contains("already imported") || m.contains("known transaction")
+    mentions_any(message, &["already known", "already imported", "known transaction"])
 }
 
 /// What the endpoints said to a signed transaction.
