@@ -63,7 +63,7 @@ use payrail::chain::evm::{EvmClient, EvmWatcher};
 use payrail::chain::ChainEvent;
 use payrail::clock::SystemClock;
 use payrail::config::{ChainSpec, Config, RpcUrl};
-use payrail::devnet::anvil::{deploy_dev_contracts, Anvil, DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
+use payrail_devnet::anvil::{deploy_dev_contracts, Anvil, DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
 use payrail::invoice::{create_invoice, CreateInvoice, InvoiceView};
 use payrail::merchant::create_merchant;
 use serde_json::{json, Value};

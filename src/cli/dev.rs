@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use anyhow::{Context, Result};
 use payrail::config::{ChainKind, Config};
 use payrail::secrets::SecretsKey;
-use payrail::{app, db, devnet, merchant};
+use payrail::{app, db, merchant};
+use payrail_devnet as devnet;
 use secrecy::SecretString;
 
 #[derive(Debug, clap::Args)]
@@ -149,11 +150,11 @@ pub async fn run(config: Config, args: Args, card: Option<Localstripe>) -> Resul
         if let Some(chain) = config.chains().iter().find(|c| c.kind == ChainKind::Bitcoin && !no_chains) {
             if let Some(network) = payrail::chain::bitcoin::network_of(&chain.caip2).filter(|n| *n != bitcoin::Network::Bitcoin) {
                 let descriptor = devnet::merchant::dev_bitcoin_descriptor(network)?;
-                payrail::chain::bitcoin::set_descriptor(
+                payrail::merchant::bitcoin::set_descriptor(
                     &pool,
                     &demo.merchant_id,
                     &chain.caip2,
-                    &payrail::chain::bitcoin::SetDescriptor { descriptor, gap_limit: None },
+                    &payrail::merchant::bitcoin::SetDescriptor { descriptor, gap_limit: None },
                 )
                 .await?;
             }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use payrail::config::Config;
-use payrail::devnet;
+use payrail_devnet as devnet;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -14,7 +14,7 @@ use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context, Result};
 use payrail::chain::evm::contracts::TestToken;
-use payrail::devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
+use payrail_devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::process::Child;

@@ -8,7 +8,7 @@ use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use payrail::chain::evm::contracts::{PayoutBatcher, TestToken};
 use payrail::config::{ChainSpec, RpcUrl};
-use payrail::devnet::anvil::{deploy_dev_contracts_with, Anvil, DevContracts, DevTokenDecimals, DEV_PAYER_KEY};
+use payrail_devnet::anvil::{deploy_dev_contracts_with, Anvil, DevContracts, DevTokenDecimals, DEV_PAYER_KEY};
 use serde_json::{json, Value};
 
 pub struct Chain {

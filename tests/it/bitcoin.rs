@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 use bitcoin::Amount as Sats;
 use crate::common::bitcoin::{deposit, due, rig, tpub_descriptor, REGTEST};
 use crate::common::{create_invoice_at, database_url, invoice_at, invoice_request, BTC};
-use payrail::chain::bitcoin::allocate::SetDescriptor;
-use payrail::chain::bitcoin::{set_descriptor, AllocationError};
+use payrail::merchant::bitcoin::{set_descriptor, AllocationError, SetDescriptor};
 use payrail::chain::ChainEvent;
 use payrail::clock::Clock;
 use payrail::config::RpcUrl;
-use payrail::devnet::regtest::RegtestHandle;
+use payrail_devnet::regtest::RegtestHandle;
 use payrail::invoice::InvoiceStatus;
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
@@ -143,7 +142,7 @@ async fn a_merchant_without_descriptor_is_not_offered_bitcoin_and_the_gap_limit_
         rig.invoice("10.00").await;
     }
     let mut conn = rig.state.pool.acquire().await.expect("conn");
-    let settings = payrail::chain::bitcoin::bitcoin_settings(&mut conn, &rig.merchant_id, &chain).await.expect("settings").expect("set");
+    let settings = payrail::merchant::bitcoin::bitcoin_settings(&mut conn, &rig.merchant_id, &chain).await.expect("settings").expect("set");
     assert_eq!((settings.next_index, settings.unused_addresses, settings.gap_limit_reached), (4, 4, true));
     assert!(payrail::metrics::render().contains("payrail_bitcoin_gap_limit_reached_total"));
 }

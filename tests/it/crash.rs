@@ -10,7 +10,7 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::ProviderBuilder;
 use alloy::signers::local::PrivateKeySigner;
 use payrail::chain::evm::contracts::TestToken;
-use payrail::devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
+use payrail_devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
 use serde_json::json;

@@ -16,7 +16,7 @@ use payrail::chain::evm::EvmClient;
 use payrail::chain::evm::{EvmWatcher, WatchError};
 use payrail::chain::ChainEvent;
 use payrail::config::{ChainSpec, RpcUrl};
-use payrail::devnet::anvil::{deploy_dev_contracts_with, Anvil, DevTokenDecimals, DEV_PAYER_KEY};
+use payrail_devnet::anvil::{deploy_dev_contracts_with, Anvil, DevTokenDecimals, DEV_PAYER_KEY};
 use payrail::invoice::{load_view, InvoiceStatus, InvoiceView};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
@@ -306,7 +306,7 @@ async fn a_dead_endpoint_is_a_retryable_error_and_failover_uses_the_next(pool: P
 #[sqlx::test]
 async fn confirmed_deposits_are_swept_to_the_treasury_and_gas_is_booked(pool: PgPool) {
     use payrail::chain::evm::Sweeper;
-    use payrail::devnet::anvil::{DEV_DEPLOYER_KEY, DEV_TREASURY};
+    use payrail_devnet::anvil::{DEV_DEPLOYER_KEY, DEV_TREASURY};
     let rig = rig(pool).await;
     let watcher = rig.watcher();
     let sweeper = Sweeper::new(rig.spec.clone(), DEV_DEPLOYER_KEY, rig.state.pool.clone(), rig.state.ledger.clone())
@@ -355,7 +355,7 @@ async fn confirmed_deposits_are_swept_to_the_treasury_and_gas_is_booked(pool: Pg
 #[sqlx::test]
 async fn native_coin_sent_by_a_contract_is_found_by_the_balance_check(pool: PgPool) {
     use payrail::chain::evm::contracts::PayoutBatcher;
-    use payrail::devnet::anvil::DEV_DEPLOYER_KEY;
+    use payrail_devnet::anvil::DEV_DEPLOYER_KEY;
     let rig = rig(pool).await;
     let watcher = rig.watcher();
     rig.catch_up(&watcher).await;
@@ -492,12 +492,12 @@ async fn swept_events(rig: &Rig, invoice: &InvoiceView) -> usize {
 }
 
 fn sweeper_of(rig: &Rig) -> payrail::chain::evm::Sweeper {
-    payrail::chain::evm::Sweeper::new(rig.spec.clone(), payrail::devnet::anvil::DEV_DEPLOYER_KEY, rig.state.pool.clone(), rig.state.ledger.clone())
+    payrail::chain::evm::Sweeper::new(rig.spec.clone(), payrail_devnet::anvil::DEV_DEPLOYER_KEY, rig.state.pool.clone(), rig.state.ledger.clone())
         .expect("sweeper")
 }
 
 async fn hot_wallet_nonce(rig: &Rig) -> u64 {
-    let key: PrivateKeySigner = payrail::devnet::anvil::DEV_DEPLOYER_KEY.parse().expect("key");
+    let key: PrivateKeySigner = payrail_devnet::anvil::DEV_DEPLOYER_KEY.parse().expect("key");
     let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
     ProviderBuilder::new().connect_http(url).get_transaction_count(key.address()).await.expect("nonce")
 }
@@ -512,7 +512,7 @@ async fn usdc_of(rig: &Rig, owner: Address) -> U256 {
 /// same bytes are sent and the sweep completes once.
 #[sqlx::test]
 async fn a_sweep_signed_but_not_broadcast_is_completed_once_after_a_restart(pool: PgPool) {
-    use payrail::devnet::anvil::DEV_TREASURY;
+    use payrail_devnet::anvil::DEV_TREASURY;
     let rig = rig(pool).await;
     let watcher = rig.watcher();
     let invoice = confirmed_usdc_deposit(&rig, &watcher, 7_000_000).await;

@@ -21,7 +21,7 @@ use payrail::chain::evm::contracts::{PayoutBatcher, TestToken};
 use payrail::chain::evm::EvmWatcher;
 use payrail::config::PayoutsConfig;
 use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
-use payrail::devnet::anvil::{DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
+use payrail_devnet::anvil::{DEV_DEPLOYER_KEY, DEV_PAYER_KEY};
 use payrail::invoice::{load_view, InvoiceStatus};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;

@@ -15,7 +15,7 @@ use payrail::api::AppState;
 use payrail::chain::evm::{EvmWatcher, Sweeper};
 use payrail::config::PayoutsConfig;
 use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
-use payrail::devnet::anvil::DEV_DEPLOYER_KEY;
+use payrail_devnet::anvil::DEV_DEPLOYER_KEY;
 use payrail::invoice::{load_view, InvoiceStatus};
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::merchant::create_merchant;

@@ -17,7 +17,7 @@ use bitcoin::{
     TxOut, Txid, Witness,
 };
 use electrum_client::{Client, ElectrumApi};
-use payrail::devnet::regtest::{RegtestConfig, RegtestControl, RegtestHandle, RegtestNode, REGTEST_CAIP2};
+use payrail_devnet::regtest::{RegtestConfig, RegtestControl, RegtestHandle, RegtestNode, REGTEST_CAIP2};
 use serde_json::{json, Value};
 
 struct Harness {

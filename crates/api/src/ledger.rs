@@ -1,0 +1,175 @@
+//! Ledger exports for finance and admin keys: `GET /v1/ledger/entries` and
+//! `GET /v1/ledger/trial_balance`, as JSON or CSV. Read-only; see [`payrail_store::ledger::export`] for the
+//! sign convention and what each export reads.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+
+use payrail_store::ledger::export::{self, AccountFilter, EntryExport, EntryFilter, ExportError, TrialBalance};
+
+use super::auth::FinanceAuth;
+use super::error::ApiError;
+use super::AppState;
+
+/// The response header that carries the next page's cursor of a CSV page of entries.
+pub const NEXT_BEFORE_HEADER: &str = "x-next-before";
+
+const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
+
+impl From<ExportError> for ApiError {
+    fn from(error: ExportError) -> Self {
+        match error {
+            ExportError::Invalid { field, reason } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{field}: {reason}"))
+            }
+            ExportError::Database(error) => Self::database(error),
+            ExportError::CorruptAmount { .. } | ExportError::CorruptAccount { .. } => Self::internal(error),
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", message)
+}
+
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", rejection.body_text())
+}
+
+fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| invalid(format!("{name} must be RFC 3339")))
+        })
+        .transpose()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+}
+
+fn format_param(value: Option<&str>) -> Result<Format, ApiError> {
+    match value.unwrap_or("json") {
+        "json" => Ok(Format::Json),
+        "csv" => Ok(Format::Csv),
+        _ => Err(invalid("format must be json or csv")),
+    }
+}
+
+/// Query of `GET /v1/ledger/entries`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesQuery {
+    /// RFC 3339; entries created at or after.
+    pub from: Option<String>,
+    /// RFC 3339; entries created before.
+    pub to: Option<String>,
+    /// An account code (`liabilities:creator:cr_…`), or a prefix ending in `:` (`liabilities:creator:`):
+    /// entries with a posting to it.
+    pub account: Option<String>,
+    /// A CAIP-19 asset: entries with a posting in it (with `account`, the same posting).
+    pub asset: Option<String>,
+    /// The entry kind: `payment`, `payout`, `reversal`, …
+    pub kind: Option<String>,
+    /// 1 to 500; 100 when absent.
+    pub limit: Option<i64>,
+    /// A journal entry id: entries with a smaller id (the `next_before` of the previous page).
+    pub before: Option<i64>,
+    /// `json` (the default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// A page of journal entries, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EntryList {
+    pub data: Vec<EntryExport>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/ledger/entries", tag = "ledger", security(("bearer" = [])),
+    params(EntriesQuery),
+    responses((status = 200, body = EntryList,
+            description = "JSON; with format=csv, text/csv with one record per posting \
+                (entry_id, created_at, idempotency_key, kind, account, asset, amount_minor, memo), \
+                the next page's cursor in X-Next-Before",
+            headers(("X-Next-Before" = i64, description = "with format=csv: pass as before for the next page"))),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn entries(
+    State(state): State<AppState>,
+    _auth: FinanceAuth,
+    query: Result<Query<EntriesQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let format = format_param(query.format.as_deref())?;
+    let filter = EntryFilter {
+        from: time_param("from", query.from.as_deref())?,
+        to: time_param("to", query.to.as_deref())?,
+        account: query.account.as_deref().map(AccountFilter::parse).transpose()?,
+        asset: query.asset,
+        kind: query.kind,
+        limit: query.limit.unwrap_or(export::ENTRIES_LIMIT_DEFAULT),
+        before: query.before,
+    };
+    let data = export::entries(&state.pool, &filter).await?;
+    let next_before = export::next_before(&data, filter.limit);
+    match format {
+        Format::Json => Ok(Json(EntryList { data, next_before }).into_response()),
+        Format::Csv => {
+            let mut response = ([(header::CONTENT_TYPE, CSV_CONTENT_TYPE)], export::entries_csv(&data)).into_response();
+            if let Some(id) = next_before {
+                response.headers_mut().insert(NEXT_BEFORE_HEADER, HeaderValue::from(id));
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// Query of `GET /v1/ledger/trial_balance`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TrialBalanceQuery {
+    /// RFC 3339; entries created at or before. Every entry when absent.
+    pub at: Option<String>,
+    /// `json` (the default) or `csv`.
+    pub format: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/ledger/trial_balance", tag = "ledger", security(("bearer" = [])),
+    params(TrialBalanceQuery),
+    responses((status = 200, body = TrialBalance,
+            description = "JSON with the per-asset check; with format=csv, text/csv with one record per \
+                account and asset (account, account_type, asset, debit_minor, credit_minor, balance_minor)"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn trial_balance(
+    State(state): State<AppState>,
+    _auth: FinanceAuth,
+    query: Result<Query<TrialBalanceQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let format = format_param(query.format.as_deref())?;
+    let at = time_param("at", query.at.as_deref())?;
+    let balance = export::trial_balance(&state.pool, at).await?;
+    if !balance.balanced() {
+        // The database refuses unbalanced entries, so this is a broken invariant, not a client error.
+        tracing::error!(target: "api::ledger", ?at, "trial balance does not balance");
+    }
+    match format {
+        Format::Json => Ok(Json(balance).into_response()),
+        Format::Csv => {
+            Ok(([(header::CONTENT_TYPE, CSV_CONTENT_TYPE)], export::trial_balance_csv(&balance)).into_response())
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The HTTP API: JSON under `/v1`, bearer keys, errors as `{"error":{"code","message"}}`.
+
+use payrail_chains as chain;
+use payrail_core::{clock, ids, metrics, money};
+use payrail_payments::{creator, invoice, merchant, webhook};
+use payrail_payouts as payout;
+use payrail_rates as rates;
+use payrail_reconcile as reconcile;
+use payrail_store::{db, secrets};
+
+pub mod auth;
+pub mod balances;
+pub mod bitcoin;
+pub mod checkout;
+pub mod creators;
+pub mod error;
+pub mod health;
+pub mod idempotency;
+pub mod invoices;
+pub mod keys;
+pub mod ledger;
+pub mod limit;
+pub mod merchants;
+pub mod openapi;
+pub mod payouts;
+pub mod reconciliation;
+pub mod stripe;
+pub mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::clock::Clock;
+use crate::invoice::{AssetCatalog, InvoicePolicy};
+use payrail_store::ledger::Ledger;
+use crate::rates::RateSource;
+
+pub use error::ApiError;
+
+/// Largest request body accepted unless configured otherwise.
+pub const BODY_LIMIT_BYTES_DEFAULT: usize = 64 * 1024;
+/// Longest a request may take unless configured otherwise.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub ledger: Arc<Ledger>,
+    pub catalog: Arc<AssetCatalog>,
+    pub rates: Arc<dyn RateSource>,
+    pub policy: Arc<InvoicePolicy>,
+    pub clock: Arc<dyn Clock>,
+    pub limiter: Arc<limit::RateLimiter>,
+    /// Per-address limits for public routes and refused keys.
+    pub ip_limiter: Arc<limit::IpLimiter>,
+    /// The card rail, when Stripe is configured.
+    pub card: Option<Arc<payrail_stripe::CardRail>>,
+    /// Each chain rail's health, as its watcher reports it.
+    pub rail_health: Arc<crate::chain::health::RailHealth>,
+    /// Creator payouts, when an enabled chain has a payout batcher.
+    pub payouts: Option<Arc<crate::payout::PayoutService>>,
+    /// Reconciliation of the configured chains against the ledger.
+    pub reconciler: Arc<crate::reconcile::Reconciler>,
+    /// Whether webhook endpoints may be on loopback hosts (`[webhooks] allow_loopback`).
+    pub webhooks_allow_loopback: bool,
+    /// How new endpoints' signing secrets are stored: sealed under the secrets key, or in
+    /// plaintext where the configuration allows it.
+    pub webhook_secrets: crate::secrets::SecretsAtRest,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    /// Whether `/metrics` is served here (off when `[server] metrics_listen` gives it a listener
+    /// of its own: see [`metrics_router`]).
+    pub serve_metrics: bool,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self { body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT, request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT, serve_metrics: true }
+    }
+}
+
+/// A page size from a `limit` query parameter: `max` when absent, refused outside `1..=max`.
+pub(crate) fn page_limit(limit: Option<u32>, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.map_or(max, i64::from);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "parameter_invalid",
+            format!("limit: must be 1..={max}"),
+        ))
+    }
+}
+
+/// A `starting_after` cursor: absent, or an id with `prefix` (anything else is refused before it
+/// reaches a query).
+pub(crate) fn cursor<'a>(starting_after: Option<&'a str>, prefix: &str) -> Result<Option<&'a str>, ApiError> {
+    match starting_after {
+        Some(id) if !crate::ids::is_id(id, prefix) => Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "parameter_invalid",
+            format!("starting_after: must be an id {prefix}_…"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// `/metrics` alone, for `[server] metrics_listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(metrics)).fallback(|| async { ApiError::not_found("route") }).with_state(state)
+}
+
+/// `GET /metrics`: rail health is judged at the time of the scrape, not the last report.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+    state.rail_health.refresh_metrics(state.clock.now());
+    crate::metrics::render()
+}
+
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let router = Router::new();
+    let router = if limits.serve_metrics {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router
+        .route("/v1/invoices", post(invoices::create).get(invoices::list))
+        .route("/v1/invoices/{id}", get(invoices::show))
+        .route("/v1/invoices/{id}/void", post(invoices::void))
+        .route("/v1/invoices/{id}/refunds", post(stripe::refund))
+        .route("/v1/stripe/webhook", post(stripe::webhook))
+        .route("/pay/{id}/card", post(stripe::pay_by_card))
+        .route("/v1/balances", get(balances::show))
+        .route("/v1/merchants/me/bitcoin", get(bitcoin::get_descriptor).put(bitcoin::put_descriptor))
+        .route("/v1/creators", post(creators::create).get(creators::list))
+        .route("/v1/creators/me", get(creators::me))
+        .route("/v1/creators/me/statement", get(creators::statement))
+        .route("/v1/creators/me/payouts", get(payouts::mine))
+        .route("/v1/payouts/run", post(payouts::run))
+        .route("/v1/payouts", get(payouts::list))
+        .route("/v1/payouts/{id}", get(payouts::show))
+        .route("/v1/reconciliation", post(reconciliation::run).get(reconciliation::list))
+        .route("/v1/reconciliation/{id}", get(reconciliation::show))
+        .route("/v1/ledger/entries", get(ledger::entries))
+        .route("/v1/ledger/trial_balance", get(ledger::trial_balance))
+        .route("/v1/creators/{id}", get(creators::show))
+        .route("/v1/split_rules", get(creators::get_split_rules).put(creators::put_split_rules))
+        .route("/pay/{id}", get(checkout::page))
+        .route("/pay/{id}/status", get(checkout::status))
+        .route("/v1/webhook_endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
+        .route("/v1/webhook_endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
+        .route("/v1/events", get(webhooks::list_events))
+        .route("/v1/events/{id}", get(webhooks::show_event))
+        .route("/v1/events/{id}/deliveries", get(webhooks::event_deliveries))
+        .route("/v1/events/{id}/replay", post(webhooks::replay_event))
+        .route("/v1/api_keys", post(keys::create).get(keys::list))
+        .route("/v1/api_keys/{id}", get(keys::show).delete(keys::revoke))
+        .route("/v1/api_keys/{id}/rotate", post(keys::rotate))
+        .route("/v1/merchants", post(merchants::create))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), idempotency::in_flight_max(limits.request_timeout_ms)),
+            idempotency::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit::middleware))
+        .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(limits.request_timeout_ms),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

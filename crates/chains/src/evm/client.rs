@@ -1,0 +1,418 @@
+//! The one module that talks to EVM nodes. One [`EvmClient`] per chain serves the watcher, the
+//! sweeper, the payout executor and reconciliation alike: several endpoints with failover (each
+//! call tries the endpoint that last worked, then the others), the chain id checked before an
+//! endpoint is handed out for a caller's own calls, and signed transactions sent to every endpoint.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::network::{Ethereum, TransactionResponse};
+use alloy::consensus::Transaction as _;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::{Filter, Log};
+use alloy::sol;
+use alloy::sol_types::SolEvent;
+use thiserror::Error;
+
+use crate::source::Block;
+use crate::config::{ChainSpec, RpcUrl};
+
+sol! {
+    /// The ERC-20 transfer event.
+    event Transfer(address indexed from, address indexed to, uint256 value);
+}
+
+sol! {
+    #[sol(rpc)]
+    interface BalanceOf {
+        function balanceOf(address owner) external view returns (uint256);
+    }
+}
+
+/// Longest a single RPC call may take before the next endpoint is tried.
+pub const RPC_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, Error)]
+pub enum RpcError {
+    #[error("no EVM endpoint configured")]
+    NoEndpoint,
+    #[error("invalid endpoint {endpoint}: {message}")]
+    Endpoint { endpoint: String, message: String },
+    /// Every endpoint failed; retrying later makes sense.
+    #[error("{call} failed on every endpoint; last error from {endpoint}: {message}")]
+    Unavailable { call: &'static str, endpoint: String, message: String },
+    #[error("block {height} not found")]
+    MissingBlock { height: u64 },
+    /// Every endpoint keeps no state for that block (pruned history: anvil `--prune-history`, a
+    /// full node past its state window).
+    #[error("no endpoint keeps the state of block {height}: {message}")]
+    StateUnavailable { height: u64, message: String },
+}
+
+/// A block with what the watcher needs of it: its identity and its top-level value transfers.
+#[derive(Debug, Clone)]
+pub struct EvmBlock {
+    pub block: Block<B256>,
+    pub transfers: Vec<NativeTransfer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeTransfer {
+    pub tx_hash: B256,
+    pub to: Address,
+    pub value: U256,
+}
+
+/// An ERC-20 `Transfer` log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenTransfer {
+    pub token: Address,
+    pub to: Address,
+    pub value: U256,
+    pub tx_hash: B256,
+    pub log_index: u64,
+    pub block_height: u64,
+    pub block_hash: B256,
+}
+
+/// A chain's EVM endpoints, labelled by URL, with the one that last worked preferred.
+#[derive(Debug)]
+pub struct EvmClient {
+    endpoints: Vec<(String, RootProvider<Ethereum>)>,
+    preferred: AtomicUsize,
+    /// The chain id every endpoint must serve (`None`: not checked).
+    chain_id: Option<u64>,
+}
+
+impl EvmClient {
+    /// The client of `chain`'s configured endpoints, expecting its CAIP-2 chain id.
+    pub fn for_chain(chain: &ChainSpec) -> Result<Self, RpcError> {
+        Self::new(&chain.rpc, chain.caip2.evm_chain_id())
+    }
+
+    pub fn new(urls: &[RpcUrl], chain_id: Option<u64>) -> Result<Self, RpcError> {
+        if urls.is_empty() {
+            return Err(RpcError::NoEndpoint);
+        }
+        let mut endpoints = Vec::with_capacity(urls.len());
+        for url in urls {
+            let parsed = alloy::transports::http::reqwest::Url::parse(url.as_str())
+                .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
+            endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
+        }
+        Ok(Self { endpoints, preferred: AtomicUsize::new(0), chain_id })
+    }
+
+    /// An endpoint that answers and serves this chain, the one that last worked first, for callers
+    /// that make several calls on one node (signing and sending, receipts, contract reads).
+    pub async fn provider(&self) -> Result<RootProvider<Ethereum>, RpcError> {
+        let expected = self.chain_id;
+        self.call("eth_chainId", |p| async move {
+            match p.get_chain_id().await {
+                Ok(id) if expected.is_none_or(|want| want == id) => Ok(p),
+                Ok(id) => Err(format!("serves chain {id}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+    }
+
+    /// Runs `op` against the endpoints in turn, starting with the one that last worked.
+    async fn call<T, F, Fut>(&self, call: &'static str, op: F) -> Result<T, RpcError>
+    where
+        F: Fn(RootProvider<Ethereum>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let n = self.endpoints.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        let mut last = (String::new(), String::new());
+        for i in 0..n {
+            let index = (start + i) % n;
+            let (label, provider) = &self.endpoints[index];
+            match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), op(provider.clone())).await {
+                Ok(Ok(value)) => {
+                    if index != start {
+                        tracing::info!(target: "evm", endpoint = %label, call, "failed over to the next endpoint");
+                    }
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(message)) => last = (label.clone(), message),
+                Err(_) => last = (label.clone(), format!("timed out after {RPC_TIMEOUT_MS} ms")),
+            }
+            tracing::warn!(target: "evm", endpoint = %last.0, call, error = %last.1, "rpc call failed");
+        }
+        Err(RpcError::Unavailable { call, endpoint: last.0, message: last.1 })
+    }
+
+    pub async fn chain_id(&self) -> Result<u64, RpcError> {
+        self.call("eth_chainId", |p| async move { p.get_chain_id().await.map_err(|e| e.to_string()) }).await
+    }
+
+    pub async fn tip(&self) -> Result<u64, RpcError> {
+        self.call("eth_blockNumber", |p| async move { p.get_block_number().await.map_err(|e| e.to_string()) }).await
+    }
+
+    /// The block at `height` with its top-level native transfers.
+    pub async fn block(&self, height: u64) -> Result<EvmBlock, RpcError> {
+        let block = self
+            .call("eth_getBlockByNumber", |p| async move {
+                p.get_block_by_number(BlockNumberOrTag::Number(height)).full().await.map_err(|e| e.to_string())
+            })
+            .await?
+            .ok_or(RpcError::MissingBlock { height })?;
+        let transfers = block
+            .transactions
+            .txns()
+            .filter_map(|tx| {
+                let to = tx.to()?;
+                let value = tx.value();
+                (!value.is_zero()).then(|| NativeTransfer { tx_hash: tx.tx_hash(), to, value })
+            })
+            .collect();
+        Ok(EvmBlock {
+            block: Block { height: block.header.number, hash: block.header.hash, parent: block.header.parent_hash },
+            transfers,
+        })
+    }
+
+    /// The height of the chain's `finalized` block; `None` where the node does not serve the tag.
+    pub async fn finalized(&self) -> Option<u64> {
+        self.call("eth_getBlockByNumber", |p| async move {
+            p.get_block_by_number(BlockNumberOrTag::Finalized).await.map_err(|e| e.to_string())
+        })
+        .await
+        .ok()
+        .flatten()
+        .map(|block| block.header.number)
+    }
+
+    /// Only the hash of the block at `height` (for finding a fork point).
+    pub async fn block_hash(&self, height: u64) -> Result<B256, RpcError> {
+        let block = self
+            .call("eth_getBlockByNumber", |p| async move {
+                p.get_block_by_number(BlockNumberOrTag::Number(height)).await.map_err(|e| e.to_string())
+            })
+            .await?
+            .ok_or(RpcError::MissingBlock { height })?;
+        Ok(block.header.hash)
+    }
+
+    /// `Transfer` logs of `tokens` to any of `to` in `[from, to_block]`.
+    pub async fn token_transfers(
+        &self,
+        from: u64,
+        to_block: u64,
+        tokens: &[Address],
+        to: &[Address],
+    ) -> Result<Vec<TokenTransfer>, RpcError> {
+        if tokens.is_empty() || to.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recipients: Vec<B256> = to.iter().map(|a| a.into_word()).collect();
+        let filter = Filter::new()
+            .from_block(from)
+            .to_block(to_block)
+            .address(tokens.to_vec())
+            .event_signature(Transfer::SIGNATURE_HASH)
+            .topic2(recipients);
+        let logs: Vec<Log> = self
+            .call("eth_getLogs", |p| {
+                let filter = filter.clone();
+                async move { p.get_logs(&filter).await.map_err(|e| e.to_string()) }
+            })
+            .await?;
+        let mut transfers = Vec::with_capacity(logs.len());
+        for log in logs {
+            if log.removed {
+                continue;
+            }
+            let (Some(tx_hash), Some(log_index), Some(block_height), Some(block_hash)) =
+                (log.transaction_hash, log.log_index, log.block_number, log.block_hash)
+            else {
+                continue;
+            };
+            let Ok(decoded) = log.log_decode::<Transfer>() else {
+                continue;
+            };
+            let event = decoded.inner.data;
+            transfers.push(TokenTransfer {
+                token: decoded.inner.address,
+                to: event.to,
+                value: event.value,
+                tx_hash,
+                log_index,
+                block_height,
+                block_hash,
+            });
+        }
+        Ok(transfers)
+    }
+
+    /// [`Self::token_transfers`], halving the block range whenever the node refuses it as too large
+    /// or too many results (common provider limits), down to single blocks.
+    pub async fn token_transfers_split(
+        &self,
+        from: u64,
+        to_block: u64,
+        tokens: &[Address],
+        to: &[Address],
+    ) -> Result<Vec<TokenTransfer>, RpcError> {
+        let mut ranges = vec![(from, to_block)];
+        let mut found = Vec::new();
+        while let Some((a, b)) = ranges.pop() {
+            match self.token_transfers(a, b, tokens, to).await {
+                Ok(mut transfers) => found.append(&mut transfers),
+                Err(RpcError::Unavailable { message, .. }) if b > a && is_range_limit(&message) => {
+                    let mid = a + (b - a) / 2;
+                    tracing::debug!(target: "watcher::evm", from = a, to = b, "eth_getLogs range refused; splitting");
+                    ranges.push((mid + 1, b));
+                    ranges.push((a, mid));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(found)
+    }
+
+    /// The native balance of `address` at block `height`; [`RpcError::StateUnavailable`] when the
+    /// nodes keep no state that old.
+    pub async fn balance_at(&self, address: Address, height: u64) -> Result<U256, RpcError> {
+        let result = self
+            .call("eth_getBalance", |p| async move {
+                p.get_balance(address).block_id(alloy::eips::BlockId::number(height)).await.map_err(|e| e.to_string())
+            })
+            .await;
+        match result {
+            Err(RpcError::Unavailable { message, .. }) if is_state_pruned(&message) => {
+                Err(RpcError::StateUnavailable { height, message })
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a mined transaction succeeded (a reverted one moved no value).
+    pub async fn succeeded(&self, tx_hash: B256) -> Result<bool, RpcError> {
+        let receipt = self
+            .call("eth_getTransactionReceipt", |p| async move {
+                p.get_transaction_receipt(tx_hash).await.map_err(|e| e.to_string())
+            })
+            .await?;
+        Ok(receipt.is_some_and(|r| r.status()))
+    }
+}
+
+/// Whether a node's error message mentions any of `hints` (nodes and providers word the same
+/// refusal differently, so errors are told apart by what they say).
+fn mentions_any(message: &str, hints: &[&str]) -> bool {
+    let message = message.to_ascii_lowercase();
+    hints.iter().any(|hint| message.contains(hint))
+}
+
+/// Whether a node's error says it keeps no state for the block asked about.
+fn is_state_pruned(message: &str) -> bool {
+    mentions_any(message, &["blockoutofrange", "missing trie node", "pruned", "historical state", "state not available", "state is not available"])
+}
+
+/// Whether a node's error says the `eth_getLogs` range or result set was too large.
+fn is_range_limit(message: &str) -> bool {
+    mentions_any(message, &["too many", "range", "limit", "exceed", "response size", "10000 results"])
+}
+
+/// The refusals a node gives when it will never mine a transaction as sent.
+fn is_definitive_refusal(message: &str) -> bool {
+    mentions_any(message, &["nonce too low", "underpriced", "insufficient funds", "exceeds block gas limit", "intrinsic gas too low", "invalid"])
+}
+
+fn is_already_known(message: &str) -> bool {
+    mentions_any(message, &["already known", "already imported", "known transaction"])
+}
+
+/// What the endpoints said to a signed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broadcast {
+    Accepted,
+    /// Every endpoint refused it for a reason that will not change.
+    Refused(String),
+    /// No endpoint said yes, but at least one gave no clear answer: it may be out there.
+    Unknown,
+}
+
+/// Sends signed transaction bytes to every endpoint until one accepts them (or already has them).
+async fn broadcast_to(endpoints: &[(String, RootProvider<Ethereum>)], raw: &[u8]) -> Broadcast {
+    let mut refused = None;
+    let mut unknown = false;
+    for (label, provider) in endpoints {
+        let sent = tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), provider.send_raw_transaction(raw)).await;
+        match sent {
+            Ok(Ok(_)) => return Broadcast::Accepted,
+            Ok(Err(error)) => {
+                let message = error.to_string();
+                if is_already_known(&message) {
+                    return Broadcast::Accepted;
+                }
+                if error.is_error_resp() && is_definitive_refusal(&message) {
+                    refused = Some(format!("{label}: {message}"));
+                } else {
+                    unknown = true;
+                }
+            }
+            Err(_) => unknown = true,
+        }
+    }
+    match refused {
+        Some(message) if !unknown => Broadcast::Refused(message),
+        _ => Broadcast::Unknown,
+    }
+}
+
+impl EvmClient {
+    /// Sends signed transaction bytes to every endpoint until one accepts them (or already has
+    /// them): a transaction known to more nodes is mined sooner, and one dead node cannot hide it.
+    pub async fn broadcast_raw(&self, raw: &[u8]) -> Broadcast {
+        broadcast_to(&self.endpoints, raw).await
+    }
+
+    /// What `owner` holds of `token` (the zero address: the native coin) at the latest block, in
+    /// smallest units.
+    pub async fn balance_of(&self, owner: Address, token: Address) -> Result<U256, RpcError> {
+        self.call("balanceOf", |p| async move {
+            if token == Address::ZERO {
+                p.get_balance(owner).await.map_err(|e| e.to_string())
+            } else {
+                BalanceOf::new(token, &p).balanceOf(owner).call().await.map_err(|e| e.to_string())
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_told_apart_from_doubt() {
+        assert!(is_definitive_refusal("nonce too low: next nonce 5, tx nonce 4"));
+        assert!(is_definitive_refusal("replacement transaction underpriced"));
+        assert!(!is_definitive_refusal("connection reset by peer"));
+        assert!(is_already_known("already known"));
+    }
+
+    #[test]
+    fn pruned_state_refusals_are_recognised() {
+        assert!(is_state_pruned("server returned an error response: error code -32602: BlockOutOfRangeError: block height is 261 but requested was 5"));
+        assert!(is_state_pruned("missing trie node 0xabc (path ) state 0xabc is not available"));
+        assert!(!is_state_pruned("connection refused"));
+    }
+
+    #[test]
+    fn provider_limit_messages_are_recognised() {
+        assert!(super::is_range_limit("query returned more than 10000 results"));
+        assert!(super::is_range_limit("Block range is too large"));
+        assert!(super::is_range_limit("eth_getLogs is limited to a 2000 range"));
+        assert!(!super::is_range_limit("connection refused"));
+    }
+}

@@ -1,0 +1,180 @@
+//! Applying an observed payment to its invoice: the entry points the rails call. Each loads what the
+//! plan needs ([`super::store`]), plans the change ([`super::plan`]) and writes it ([`super::store::apply`]).
+//!
+//! Everything happens on the caller's transaction, so the watcher's cursor commits with it: the
+//! payment row (keyed by `tx_ref`, unique), the ledger entry once the payment meets its confirmation
+//! policy (keyed by `payment:{tx_ref}`), the invoice's new status and the outbox row announcing it.
+//! Replaying the same observation changes nothing; a payment is never dropped: one that arrives after
+//! the invoice expired, to a closed invoice, or in an asset the invoice did not quote is credited to
+//! the merchant's unapplied balance for review.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::ledger::Ledger;
+use crate::money::{Amount, Fiat};
+
+use super::error::{InvoiceError, Result};
+use super::plan::{self, AppliedTo, Observation, Rail, Record, CARD_RAIL, CARD_RATE_SOURCE};
+pub use super::plan::BlockRef;
+pub use payrail_core::payment::ObservedPayment;
+use super::status::InvoiceStatus;
+use super::store;
+
+
+/// What applying an observation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    pub payment_id: String,
+    pub invoice_status: InvoiceStatus,
+    /// Whether this call posted the payment's ledger entry.
+    pub credited: bool,
+    pub applied_to: AppliedTo,
+}
+
+/// A card payment as the card rail reports it: a Stripe PaymentIntent that succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardPayment {
+    pub invoice_id: String,
+    /// The PaymentIntent (`pi_…`); the payment's `tx_ref` is `stripe:{payment_intent_id}`.
+    pub payment_intent_id: String,
+    /// The currency Stripe charged in; a currency other than the invoice's is held as unapplied.
+    pub currency: Fiat,
+    /// In the currency's minor units (cents).
+    pub amount: Amount,
+}
+
+impl CardPayment {
+    pub fn tx_ref(&self) -> String {
+        format!("{CARD_RAIL}:{}", self.payment_intent_id)
+    }
+}
+
+/// Records `payment` on the caller's transaction `tx`. See the module docs.
+pub async fn apply_payment(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    payment: &ObservedPayment,
+    now: DateTime<Utc>,
+) -> Result<Applied> {
+    let observation = Observation {
+        invoice_id: payment.invoice_id.clone(),
+        rail: Rail::Chain(payment.chain.clone()),
+        asset: payment.asset.to_string(),
+        tx_ref: payment.tx_ref.clone(),
+        address: payment.address.clone(),
+        amount: payment.amount,
+        confirmations: payment.confirmations,
+        confirmations_required: payment.confirmations_required,
+        block: payment.block.clone(),
+    };
+    observation.validate()?;
+    // Lock the invoice first: every writer of an invoice's payments takes this lock before any
+    // ledger lock, so the order is the same for all.
+    let invoice = store::lock_invoice(&mut *tx, &payment.invoice_id)
+        .await?
+        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })?;
+    apply_observation(tx, ledger, &invoice, &observation, now).await
+}
+
+/// Records a card payment on `tx`, exactly as [`apply_payment`] records a chain payment, with two
+/// differences: the asset is the fiat currency itself (`iso4217:USD`) and the ledger debits
+/// `assets:stripe:{currency}`; and a card payment is final when Stripe reports it, so it is
+/// credited at once. The card option (the invoice's own amount, at par) is added to the invoice
+/// the first time a card payment in its currency arrives, so the payment counts toward it.
+pub async fn apply_card_payment(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    payment: &CardPayment,
+    now: DateTime<Utc>,
+) -> Result<Applied> {
+    let asset = payment.currency.ledger_asset();
+    // Lock the invoice before its options change: the same order as every other writer.
+    let invoice = store::lock_invoice(&mut *tx, &payment.invoice_id)
+        .await?
+        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })?;
+    if invoice.currency == payment.currency {
+        sqlx::query(
+            "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
+                                          rate_at, position, address) \
+             SELECT $1, $2, $3, $4, $5, $6::numeric, '1', $7, $8, coalesce(max(position) + 1, 0), NULL \
+             FROM payment_options WHERE invoice_id = $1 \
+             ON CONFLICT (invoice_id, asset) DO NOTHING",
+        )
+        .bind(&invoice.id)
+        .bind(&asset)
+        .bind(CARD_RAIL)
+        .bind(payment.currency.code())
+        .bind(i16::from(payment.currency.minor_units()))
+        .bind(invoice.amount_minor.to_string())
+        .bind(CARD_RATE_SOURCE)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let observation = Observation {
+        invoice_id: payment.invoice_id.clone(),
+        rail: Rail::Card(payment.currency),
+        asset,
+        tx_ref: payment.tx_ref(),
+        address: None,
+        amount: payment.amount,
+        confirmations: 1,
+        confirmations_required: 1,
+        block: None,
+    };
+    observation.validate()?;
+    apply_observation(tx, ledger, &invoice, &observation, now).await
+}
+
+/// Loads what the plan needs for `observation` on the locked `invoice`, plans and writes.
+async fn apply_observation(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    invoice: &super::model::InvoiceRow,
+    observation: &Observation,
+    now: DateTime<Utc>,
+) -> Result<Applied> {
+    let mut stored = store::load_payment(&mut *tx, &observation.tx_ref, true).await?;
+    let needs = plan::needs(invoice, stored.as_ref(), observation, now);
+    let mut quote = if needs.quote { Some(store::load_quote(&mut *tx, &invoice.id).await?) } else { None };
+    if needs.splits {
+        let splits = super::split::load_for_invoice(&mut *tx, &invoice.id).await?;
+        quote.get_or_insert_with(Default::default).splits = Some(splits);
+    }
+    if let Some(stored) = stored.as_mut().filter(|_| needs.credit_history) {
+        stored.credits_reversed = Some(store::credits_reversed(&mut *tx, &observation.tx_ref).await?);
+    }
+    let record = match stored {
+        Some(stored) => Record::Stored(stored),
+        None => Record::Unseen { id: crate::ids::new_id("pay") },
+    };
+    let change = plan::plan_payment(invoice, &record, observation, quote.as_ref(), now)?;
+    let written = store::apply(tx, ledger, &change, now).await?;
+    Ok(Applied {
+        payment_id: change.payment_id,
+        invoice_status: change.invoice.to,
+        credited: written.credited,
+        applied_to: change.applied_to,
+    })
+}
+
+/// Marks a payment whose block left the canonical chain. A payment not yet credited goes back to
+/// unconfirmed accounting (its value no longer counts); a credited one is reversed by a new ledger
+/// entry and raised as an alert, since the confirmation policy should have made that impossible.
+pub async fn orphan_payment(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    tx_ref: &str,
+    now: DateTime<Utc>,
+) -> Result<InvoiceStatus> {
+    let stored = store::load_payment(&mut *tx, tx_ref, false)
+        .await?
+        .ok_or_else(|| InvoiceError::NotFound { id: tx_ref.to_owned() })?;
+    let invoice = store::lock_invoice(&mut *tx, &stored.invoice_id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    let quote = store::load_quote(&mut *tx, &invoice.id).await?;
+    let change = plan::plan_orphan(&invoice, &stored, &quote, now)?;
+    store::apply(tx, ledger, &change, now).await?;
+    Ok(change.invoice.to)
+}

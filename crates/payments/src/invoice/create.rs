@@ -1,0 +1,371 @@
+//! Creating an invoice: validate the request, quote every accepted asset at a locked rate, store it.
+//!
+//! The asset amount a payer owes rounds up to the asset's smallest unit, so the merchant is never
+//! short. A retry with the same `Idempotency-Key` and the same body returns the first invoice; the
+//! same key with another body is refused.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::ids::new_id;
+use crate::money::{fiat_to_asset, Amount, AmountError, AssetId, Fiat, Rounding};
+use crate::rates::RateSource;
+
+use super::catalog::{AssetCatalog, DepositScheme};
+use super::error::{InvoiceError, Result};
+use super::model::{load_view, InvoiceView};
+use super::split::{check_creators, matching_rule, store_on_invoice, Splits};
+
+/// Most assets one invoice may accept.
+pub const ACCEPTED_ASSETS_MAX: usize = 64;
+/// Longest `order_id`.
+pub const ORDER_ID_LEN_MAX: usize = 200;
+/// Largest `metadata` object, serialized.
+pub const METADATA_BYTES_MAX: usize = 16 * 1024;
+/// Shortest lifetime an invoice may be given.
+pub const EXPIRES_IN_S_MIN: u64 = 60;
+
+/// Limits and defaults from the configuration.
+#[derive(Debug, Clone)]
+pub struct InvoicePolicy {
+    pub expires_in_s_default: u64,
+    pub expires_in_s_max: u64,
+    /// Largest invoice amount, in whole units of its currency.
+    pub amount_max_major: Amount,
+    pub underpayment_tolerance_bps: u32,
+}
+
+/// The body of `POST /v1/invoices`.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInvoice {
+    /// Decimal string in the currency's major unit: `"25.00"`.
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// CAIP-19 ids; every configured asset with a rate when absent.
+    #[serde(default)]
+    pub accepted: Option<Vec<String>>,
+    /// Seconds until the quotes expire.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub order_id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+struct PricedOption {
+    asset: AssetId,
+    deposit: Option<super::catalog::DepositScheme>,
+    symbol: String,
+    decimals: u8,
+    amount: Amount,
+    rate: String,
+    source: String,
+    sources: serde_json::Value,
+    at: DateTime<Utc>,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvoiceError {
+    InvoiceError::Invalid { field, reason: reason.into() }
+}
+
+/// Checks the request and prices it. Pure apart from reading rates.
+fn quote(
+    request: &CreateInvoice,
+    policy: &InvoicePolicy,
+    catalog: &AssetCatalog,
+    rates: &dyn RateSource,
+    now: DateTime<Utc>,
+) -> Result<(Fiat, Amount, Vec<PricedOption>, Duration)> {
+    let currency: Fiat =
+        request.currency.parse().map_err(|_| InvoiceError::UnsupportedCurrency { code: request.currency.clone() })?;
+    let amount = Amount::parse_decimal(&request.amount, currency.minor_units()).map_err(|e| match e {
+        AmountError::TooPrecise { .. } => {
+            invalid("amount", format!("{} allows {} decimal places", currency.code(), currency.minor_units()))
+        }
+        _ => invalid("amount", "must be a positive decimal string such as \"25.00\""),
+    })?;
+    if amount.is_zero() {
+        return Err(invalid("amount", "must be greater than zero"));
+    }
+    let amount_max = Amount::parse_decimal(&policy.amount_max_major.to_string(), currency.minor_units())
+        .map_err(|_| invalid("amount", "exceeds the maximum"))?;
+    if amount > amount_max {
+        return Err(invalid("amount", format!("exceeds the maximum of {} {}", policy.amount_max_major, currency.code())));
+    }
+    let expires_in = request.expires_in.unwrap_or(policy.expires_in_s_default);
+    if !(EXPIRES_IN_S_MIN..=policy.expires_in_s_max).contains(&expires_in) {
+        return Err(invalid(
+            "expires_in",
+            format!("must be between {EXPIRES_IN_S_MIN} and {} seconds", policy.expires_in_s_max),
+        ));
+    }
+    if let Some(order_id) = &request.order_id {
+        if order_id.is_empty() || order_id.len() > ORDER_ID_LEN_MAX || order_id.chars().any(char::is_control) {
+            return Err(invalid("order_id", format!("must be 1..={ORDER_ID_LEN_MAX} bytes without control characters")));
+        }
+    }
+    if let Some(metadata) = &request.metadata {
+        if !metadata.is_object() {
+            return Err(invalid("metadata", "must be a JSON object"));
+        }
+        let serialized = metadata.to_string();
+        if serialized.len() > METADATA_BYTES_MAX {
+            return Err(invalid("metadata", format!("must be at most {METADATA_BYTES_MAX} bytes")));
+        }
+        // PostgreSQL's jsonb cannot hold the NUL character.
+        if serialized.contains("\\u0000") {
+            return Err(invalid("metadata", "must not contain the NUL character (\\u0000)"));
+        }
+    }
+
+    let mut options = Vec::new();
+    match &request.accepted {
+        Some(list) => {
+            if list.is_empty() || list.len() > ACCEPTED_ASSETS_MAX {
+                return Err(invalid("accepted", format!("must list 1..={ACCEPTED_ASSETS_MAX} assets")));
+            }
+            for text in list {
+                let asset: AssetId = text.parse().map_err(|e| invalid("accepted", format!("{text:?}: {e}")))?;
+                if options.iter().any(|o: &PricedOption| o.asset == asset) {
+                    return Err(invalid("accepted", format!("{asset} is listed twice")));
+                }
+                let entry =
+                    catalog.get(&asset).ok_or_else(|| InvoiceError::UnsupportedAsset { asset: asset.to_string() })?;
+                let q = rates.quote(&entry.symbol, currency, now).map_err(|e| InvoiceError::RateUnavailable {
+                    asset: asset.to_string(),
+                    reason: e.to_string(),
+                })?;
+                options.push(priced(entry, amount, currency, q)?);
+            }
+        }
+        None => {
+            // Every asset that can be priced now; one dead rate does not stop the others.
+            for entry in catalog.all() {
+                if let Ok(q) = rates.quote(&entry.symbol, currency, now) {
+                    options.push(priced(entry, amount, currency, q)?);
+                }
+            }
+            if options.is_empty() {
+                return Err(InvoiceError::RateUnavailable {
+                    asset: "*".to_owned(),
+                    reason: format!("no asset can be priced in {}", currency.code()),
+                });
+            }
+        }
+    }
+    let lifetime = Duration::seconds(i64::try_from(expires_in).map_err(|_| invalid("expires_in", "too large"))?);
+    Ok((currency, amount, options, lifetime))
+}
+
+fn priced(entry: &super::catalog::CatalogAsset, amount: Amount, currency: Fiat, q: crate::rates::Quote) -> Result<PricedOption> {
+    let due = fiat_to_asset(amount, currency, &q.rate, entry.decimals, Rounding::Up)
+        .map_err(|e| invalid("amount", format!("cannot be priced in {}: {e}", entry.asset)))?;
+    Ok(PricedOption {
+        asset: entry.asset.clone(),
+        deposit: entry.deposit,
+        symbol: entry.symbol.clone(),
+        decimals: entry.decimals,
+        amount: due,
+        rate: q.rate.to_string(),
+        sources: q.sources_json(),
+        source: q.source,
+        at: q.at,
+    })
+}
+
+fn fingerprint(request: &CreateInvoice, splits: Option<&Splits>) -> Vec<u8> {
+    // serde_json writes struct fields in declaration order and object keys sorted, so equal
+    // requests serialize equally. A request without splits hashes as it always has.
+    let mut canonical = serde_json::to_vec(request).unwrap_or_default();
+    if let Some(splits) = splits {
+        canonical.extend_from_slice(&serde_json::to_vec(splits).unwrap_or_default());
+    }
+    Sha256::digest(&canonical).to_vec()
+}
+
+/// Creates an invoice for `merchant_id`. Returns the invoice and whether this call created it.
+/// The revenue split is the merchant's matching rule, if any (see [`create_invoice_with_splits`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn create_invoice(
+    pool: &PgPool,
+    catalog: &AssetCatalog,
+    rates: &dyn RateSource,
+    policy: &InvoicePolicy,
+    merchant_id: &str,
+    request: &CreateInvoice,
+    idempotency_key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(InvoiceView, bool)> {
+    create_invoice_with_splits(pool, catalog, rates, policy, merchant_id, request, None, idempotency_key, now).await
+}
+
+/// Creates an invoice as [`create_invoice`] does, with the revenue split `splits` when given;
+/// otherwise the merchant's rule for the longest matching `order_id` prefix, else its default rule,
+/// else none, is copied onto the invoice, so a later rule edit never changes this invoice.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_invoice_with_splits(
+    pool: &PgPool,
+    catalog: &AssetCatalog,
+    rates: &dyn RateSource,
+    policy: &InvoicePolicy,
+    merchant_id: &str,
+    request: &CreateInvoice,
+    splits: Option<&Splits>,
+    idempotency_key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(InvoiceView, bool)> {
+    if let Some(splits) = splits {
+        splits.validate()?;
+    }
+    if let Some(key) = idempotency_key {
+        if key.is_empty() || key.len() > 256 {
+            return Err(invalid("Idempotency-Key", "must be 1..=256 bytes"));
+        }
+    }
+    let request_fingerprint = fingerprint(request, splits);
+    if let Some(key) = idempotency_key {
+        if let Some(existing) = find_by_idempotency_key(pool, merchant_id, key, &request_fingerprint).await? {
+            return Ok((existing, false));
+        }
+    }
+    let (currency, amount, options, lifetime) = quote(request, policy, catalog, rates, now)?;
+    let id = new_id("inv");
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO invoices (id, merchant_id, status, currency, amount_minor, underpayment_tolerance_bps, order_id, \
+                               metadata, idempotency_key, request_fingerprint, expires_at, created_at, updated_at) \
+         VALUES ($1, $2, 'open', $3, $4::numeric, $5, $6, $7, $8, $9, $10, $11, $11) \
+         ON CONFLICT (merchant_id, idempotency_key) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(merchant_id)
+    .bind(currency.code())
+    .bind(amount.to_string())
+    .bind(i32::try_from(policy.underpayment_tolerance_bps.min(10_000)).unwrap_or(0))
+    .bind(&request.order_id)
+    .bind(request.metadata.clone().unwrap_or_else(|| serde_json::json!({})))
+    .bind(idempotency_key)
+    .bind(&request_fingerprint)
+    .bind(now + lifetime)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        // A concurrent request with the same key won the race.
+        tx.rollback().await?;
+        let key = idempotency_key.unwrap_or_default();
+        return find_by_idempotency_key(pool, merchant_id, key, &request_fingerprint)
+            .await?
+            .map(|view| (view, false))
+            .ok_or_else(|| InvoiceError::IdempotencyConflict { key: key.to_owned() });
+    }
+    let split = match splits {
+        Some(given) => {
+            check_creators(&mut tx, merchant_id, given).await?;
+            Some(given.clone())
+        }
+        None => matching_rule(&mut tx, merchant_id, request.order_id.as_deref()).await?,
+    };
+    if let Some(split) = split.filter(|s| !s.is_empty()) {
+        store_on_invoice(&mut tx, merchant_id, &id, &split).await?;
+    }
+    // Deposit addresses: computed (CREATE2 forwarders) or allocated here, on this transaction
+    // (Bitcoin descriptors). Without a descriptor the merchant is not offered Bitcoin: dropped from
+    // a default list, kept without an address when asked for by name.
+    let mut offered: Vec<(&PricedOption, Option<String>)> = Vec::with_capacity(options.len());
+    for option in &options {
+        let address = match option.deposit {
+            Some(DepositScheme::Bitcoin) => {
+                let allocated = crate::merchant::bitcoin::allocate(&mut tx, merchant_id, option.asset.chain(), &id)
+                    .await
+                    .map_err(|e| match e {
+                        crate::merchant::bitcoin::AllocationError::Database(e) => InvoiceError::Database(e),
+                        other => InvoiceError::Corrupt { column: "bitcoin_descriptors", value: other.to_string() },
+                    })?;
+                match allocated {
+                    Some(allocation) => Some(allocation.address),
+                    None if request.accepted.is_none() => continue,
+                    None => None,
+                }
+            }
+            Some(scheme) => scheme.address_for(&id),
+            None => None,
+        };
+        offered.push((option, address));
+    }
+    if offered.is_empty() {
+        return Err(InvoiceError::RateUnavailable {
+            asset: "*".to_owned(),
+            reason: format!("no asset this merchant can receive can be priced in {}", currency.code()),
+        });
+    }
+    for (position, (option, address)) in offered.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
+                                          rate_at, position, address, rate_sources) \
+             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&id)
+        .bind(option.asset.to_string())
+        .bind(option.asset.chain().to_string())
+        .bind(&option.symbol)
+        .bind(i16::from(option.decimals))
+        .bind(option.amount.to_string())
+        .bind(&option.rate)
+        .bind(&option.source)
+        .bind(option.at)
+        .bind(i16::try_from(position).unwrap_or(i16::MAX))
+        .bind(address.as_deref())
+        .bind(&option.sources)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut deposits: Vec<(String, String)> = offered
+        .iter()
+        .filter_map(|(o, address)| address.as_ref().map(|a| (o.asset.chain().to_string(), a.to_lowercase())))
+        .collect();
+    deposits.sort();
+    deposits.dedup();
+    for (chain, address) in deposits {
+        // The primary key refuses an address that already belongs to another invoice.
+        sqlx::query("INSERT INTO deposit_addresses (chain, address, invoice_id) VALUES ($1, $2, $3)")
+            .bind(chain)
+            .bind(address)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let view = load_view(&mut tx, Some(merchant_id), &id).await?;
+    crate::webhook::emit(&mut tx, merchant_id, "invoice.created", &id, &view, now).await?;
+    tx.commit().await?;
+    Ok((view, true))
+}
+
+async fn find_by_idempotency_key(
+    pool: &PgPool,
+    merchant_id: &str,
+    key: &str,
+    request_fingerprint: &[u8],
+) -> Result<Option<InvoiceView>> {
+    let found: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT id, request_fingerprint FROM invoices WHERE merchant_id = $1 AND idempotency_key = $2",
+    )
+    .bind(merchant_id)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    match found {
+        None => Ok(None),
+        Some((id, stored)) if stored.as_deref() == Some(request_fingerprint) => {
+            let mut conn = pool.acquire().await?;
+            Ok(Some(load_view(&mut conn, Some(merchant_id), &id).await?))
+        }
+        Some(_) => Err(InvoiceError::IdempotencyConflict { key: key.to_owned() }),
+    }
+}

@@ -1,0 +1,56 @@
+//! Errors of the invoice module. Variants carry the failing key.
+
+use thiserror::Error;
+
+use crate::ledger::LedgerError;
+
+use super::plan::PlanError;
+
+pub type Result<T, E = InvoiceError> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum InvoiceError {
+    #[error("invoice {id} not found")]
+    NotFound { id: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("currency {code:?} is not supported")]
+    UnsupportedCurrency { code: String },
+    #[error("asset {asset} is not accepted here")]
+    UnsupportedAsset { asset: String },
+    #[error("no rate for {asset}: {reason}")]
+    RateUnavailable { asset: String, reason: String },
+    #[error("idempotency key {key:?} was used for a different request")]
+    IdempotencyConflict { key: String },
+    #[error("payment {tx_ref} was seen before with {stored}, now reported with {reported}")]
+    PaymentMismatch { tx_ref: String, stored: String, reported: String },
+    #[error("invoice {id} is {status} and cannot be {action}")]
+    WrongState { id: String, status: String, action: &'static str },
+    #[error("stored value {value:?} in {column} is not valid")]
+    Corrupt { column: &'static str, value: String },
+    /// A plan's facts were not loaded as it asked: a programming error.
+    #[error(transparent)]
+    Plan(PlanError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<payrail_core::payment::split::SplitInvalid> for InvoiceError {
+    fn from(error: payrail_core::payment::split::SplitInvalid) -> Self {
+        Self::Invalid { field: "splits", reason: error.0 }
+    }
+}
+
+/// A plan's errors keep the variants (and messages) the invoice module has always reported.
+impl From<PlanError> for InvoiceError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::Invalid { field, reason } => Self::Invalid { field, reason },
+            PlanError::Mismatch { tx_ref, stored, reported } => Self::PaymentMismatch { tx_ref, stored, reported },
+            PlanError::Corrupt { column, value } => Self::Corrupt { column, value },
+            other @ PlanError::NotLoaded { .. } => Self::Plan(other),
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Invoices: quotes at a locked rate, the status state machine, and the application of observed
+//! payments to invoices and the ledger in one transaction — decided by the pure payment core
+//! ([`plan`]), written by its store ([`store`]), entered through [`apply`].
+
+pub mod apply;
+pub use payrail_core::payment::{plan, status};
+pub mod catalog;
+pub mod create;
+pub mod error;
+pub mod expire;
+pub mod list;
+pub mod model;
+pub mod refund;
+pub mod split;
+pub mod store;
+pub mod void;
+
+pub use apply::{apply_card_payment, apply_payment, orphan_payment, Applied, BlockRef, CardPayment, ObservedPayment};
+pub use plan::{plan_orphan, plan_payment, AppliedTo, PaymentChange, PaymentStatus, UnappliedReason, CARD_RAIL, CARD_RATE_SOURCE};
+pub use catalog::{AssetCatalog, CatalogAsset, DepositScheme};
+pub use create::{create_invoice, create_invoice_with_splits, CreateInvoice, InvoicePolicy};
+pub use split::{CreatorShare, Splits};
+pub use error::{InvoiceError, Result};
+pub use expire::{expire_due, refresh};
+pub use model::{load_view, InvoiceView, PaymentOptionView, PaymentView};
+pub use refund::mark_refunded;
+pub use list::{list_invoices, InvoicePage, ListFilter, LIST_LIMIT_MAX};
+pub use status::{evaluate, InvoiceStatus, Progress};
+pub use void::void_invoice;

@@ -1,0 +1,122 @@
+//! Revenue splits: which creators share in an invoice's payments, and the platform's fee.
+//!
+//! A split is fixed on the invoice when it is created — given with the request, or copied from the
+//! merchant's rule for the longest matching `order_id` prefix, else the merchant's default rule —
+//! so editing a rule never changes how an existing invoice is credited. When a payment applied to
+//! the invoice is credited, [`split_postings`] turns the split into the postings of that one entry:
+//! each creator and the platform get their share rounded down, the rounding dust of the allocated
+//! part goes to `revenue:rounding`, and the merchant gets the rest.
+
+use sqlx::{PgConnection, Row};
+
+use crate::money::BPS_WHOLE;
+
+use super::error::{InvoiceError, Result};
+pub use payrail_core::payment::split::{split_postings, CreatorShare, SplitInvalid, Splits, SPLIT_CREATORS_MAX};
+
+/// Checks that every creator of `splits` belongs to `merchant_id`.
+pub async fn check_creators(conn: &mut PgConnection, merchant_id: &str, splits: &Splits) -> Result<()> {
+    for share in &splits.splits {
+        let found: Option<String> = sqlx::query_scalar("SELECT id FROM creators WHERE id = $1 AND merchant_id = $2")
+            .bind(&share.creator)
+            .bind(merchant_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if found.is_none() {
+            return Err(InvoiceError::Invalid {
+                field: "splits",
+                reason: format!("creator {} not found", share.creator),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The merchant's rule for `order_id`: the longest matching prefix, else the default (prefix '').
+pub async fn matching_rule(conn: &mut PgConnection, merchant_id: &str, order_id: Option<&str>) -> Result<Option<Splits>> {
+    let order_id = order_id.unwrap_or("");
+    let prefix: Option<(String, i32)> = sqlx::query_as(
+        "SELECT order_id_prefix, platform_fee_bps FROM split_rules \
+         WHERE merchant_id = $1 AND left($2, length(order_id_prefix)) = order_id_prefix \
+         ORDER BY length(order_id_prefix) DESC LIMIT 1",
+    )
+    .bind(merchant_id)
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((prefix, platform_fee_bps)) = prefix else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT creator_id, bps FROM split_rule_shares WHERE merchant_id = $1 AND order_id_prefix = $2 ORDER BY position",
+    )
+    .bind(merchant_id)
+    .bind(&prefix)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(Splits {
+        splits: rows
+            .iter()
+            .map(|r| {
+                Ok(CreatorShare {
+                    creator: r.try_get("creator_id")?,
+                    bps: bps_of("split_rule_shares.bps", r.try_get("bps")?)?,
+                })
+            })
+            .collect::<Result<_>>()?,
+        platform_fee_bps: bps_of("split_rules.platform_fee_bps", platform_fee_bps)?,
+    }))
+}
+
+fn bps_of(column: &'static str, value: i32) -> Result<u32> {
+    u32::try_from(value)
+        .ok()
+        .filter(|b| *b <= BPS_WHOLE)
+        .ok_or(InvoiceError::Corrupt { column, value: value.to_string() })
+}
+
+/// Stores `splits` on a new invoice.
+pub async fn store_on_invoice(conn: &mut PgConnection, merchant_id: &str, invoice_id: &str, splits: &Splits) -> Result<()> {
+    sqlx::query("UPDATE invoices SET platform_fee_bps = $2 WHERE id = $1")
+        .bind(invoice_id)
+        .bind(i32::try_from(splits.platform_fee_bps).unwrap_or(i32::MAX))
+        .execute(&mut *conn)
+        .await?;
+    for (position, share) in splits.splits.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO invoice_splits (invoice_id, merchant_id, creator_id, bps, position) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(invoice_id)
+        .bind(merchant_id)
+        .bind(&share.creator)
+        .bind(i32::try_from(share.bps).unwrap_or(i32::MAX))
+        .bind(i16::try_from(position).unwrap_or(i16::MAX))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The split stored on an invoice (empty when it has none), in one query: it is read for every
+/// credited payment and every invoice view.
+pub async fn load_for_invoice(conn: &mut PgConnection, invoice_id: &str) -> Result<Splits> {
+    let rows = sqlx::query(
+        "SELECT i.platform_fee_bps, s.creator_id, s.bps FROM invoices i \
+         LEFT JOIN invoice_splits s ON s.invoice_id = i.id WHERE i.id = $1 ORDER BY s.position",
+    )
+    .bind(invoice_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let platform_fee_bps: i32 = match rows.first() {
+        Some(row) => row.try_get("platform_fee_bps")?,
+        None => return Err(sqlx::Error::RowNotFound.into()),
+    };
+    let mut splits = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(creator) = row.try_get::<Option<String>, _>("creator_id")? {
+            let bps: i32 = row.try_get("bps")?;
+            splits.push(CreatorShare { creator, bps: bps_of("invoice_splits.bps", bps)? });
+        }
+    }
+    Ok(Splits { splits, platform_fee_bps: bps_of("invoices.platform_fee_bps", platform_fee_bps)? })
+}
