@@ -9,7 +9,7 @@ use alloy_primitives::Address;
 use super::*;
 use crate::money::{Amount, Fiat};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn repo_config_path() -> PathBuf {
     Path::new(REPO).join("config.dev.toml")
