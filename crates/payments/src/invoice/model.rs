@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, Row};
+use sqlx::{FromRow, PgConnection};
 
 use crate::money::Amount;
 
@@ -92,18 +92,75 @@ fn to_u32(column: &'static str, value: i32) -> Result<u32> {
     u32::try_from(value).map_err(|_| InvoiceError::Corrupt { column, value: value.to_string() })
 }
 
+/// An `invoices` row as [`INVOICE_COLUMNS`] selects it.
+#[derive(sqlx::FromRow)]
+struct InvoiceRecord {
+    id: String,
+    merchant_id: String,
+    status: String,
+    currency: String,
+    amount_minor: String,
+    underpayment_tolerance_bps: i32,
+    order_id: Option<String>,
+    metadata: serde_json::Value,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    paid_at: Option<DateTime<Utc>>,
+}
+
+impl InvoiceRecord {
+    fn invoice(&self) -> Result<InvoiceRow> {
+        let corrupt = |column, value: &str| InvoiceError::Corrupt { column, value: value.to_owned() };
+        Ok(InvoiceRow {
+            id: self.id.clone(),
+            merchant_id: self.merchant_id.clone(),
+            status: self.status.parse().map_err(|_| corrupt("status", &self.status))?,
+            currency: self.currency.parse().map_err(|_| corrupt("currency", &self.currency))?,
+            amount_minor: parse_amount("amount_minor", &self.amount_minor)?,
+            tolerance_bps: to_u32("underpayment_tolerance_bps", self.underpayment_tolerance_bps)?,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
 pub(crate) fn row_to_invoice(row: &sqlx::postgres::PgRow) -> Result<InvoiceRow> {
-    let status: String = row.try_get("status")?;
-    let currency: String = row.try_get("currency")?;
-    Ok(InvoiceRow {
-        id: row.try_get("id")?,
-        merchant_id: row.try_get("merchant_id")?,
-        status: status.parse().map_err(|_| InvoiceError::Corrupt { column: "status", value: status.clone() })?,
-        currency: currency.parse().map_err(|_| InvoiceError::Corrupt { column: "currency", value: currency.clone() })?,
-        amount_minor: parse_amount("amount_minor", &row.try_get::<String, _>("amount_minor")?)?,
-        tolerance_bps: to_u32("underpayment_tolerance_bps", row.try_get("underpayment_tolerance_bps")?)?,
-        expires_at: row.try_get("expires_at")?,
-    })
+    InvoiceRecord::from_row(row)?.invoice()
+}
+
+/// A `payment_options` row as [`load_view`] selects it.
+#[derive(sqlx::FromRow)]
+struct OptionRecord {
+    asset: String,
+    chain: String,
+    decimals: i16,
+    amount_minor: String,
+    rate: String,
+    rate_source: String,
+    rate_at: DateTime<Utc>,
+    address: Option<String>,
+    symbol: String,
+    rate_sources: serde_json::Value,
+}
+
+/// A `payments` row, with its option's decimals, as [`load_view`] selects it.
+#[derive(sqlx::FromRow)]
+struct PaymentRecord {
+    id: String,
+    asset: String,
+    chain: String,
+    tx_ref: String,
+    address: Option<String>,
+    amount_minor: String,
+    value_minor: String,
+    confirmations: i32,
+    confirmations_required: i32,
+    status: String,
+    applied_to: String,
+    unapplied_reason: Option<String>,
+    seen_at: DateTime<Utc>,
+    confirmed_at: Option<DateTime<Utc>>,
+    decimals: Option<i16>,
 }
 
 pub(crate) const INVOICE_COLUMNS: &str = "id, merchant_id, status, currency, amount_minor::text AS amount_minor, \
@@ -117,7 +174,7 @@ pub(crate) async fn valuation(conn: &mut PgConnection, invoice_id: &str, due: Am
 
 /// Loads the whole view of an invoice. With `merchant_id`, another merchant's invoice is not found.
 pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &str) -> Result<InvoiceView> {
-    let row = sqlx::query(&format!(
+    let record: InvoiceRecord = sqlx::query_as(&format!(
         "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 AND ($2::text IS NULL OR merchant_id = $2)"
     ))
     .bind(id)
@@ -125,10 +182,10 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| InvoiceError::NotFound { id: id.to_owned() })?;
-    let invoice = row_to_invoice(&row)?;
+    let invoice = record.invoice()?;
     let minor_units = invoice.currency.minor_units();
 
-    let options = sqlx::query(
+    let options: Vec<OptionRecord> = sqlx::query_as(
         "SELECT asset, chain, decimals, amount_minor::text AS amount_minor, rate, rate_source, rate_at, address, symbol, rate_sources \
          FROM payment_options WHERE invoice_id = $1 ORDER BY position",
     )
@@ -137,12 +194,10 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     .await?;
     let mut payment_options = Vec::with_capacity(options.len());
     let mut merchant_name: Option<String> = None;
-    for o in &options {
-        let decimals = decimals_of(o.try_get("decimals")?)?;
-        let amount = parse_amount("amount_minor", &o.try_get::<String, _>("amount_minor")?)?;
-        let asset: String = o.try_get("asset")?;
-        let address: Option<String> = o.try_get("address")?;
-        let uri = match (asset.parse::<crate::money::AssetId>(), address.as_deref()) {
+    for o in options {
+        let decimals = decimals_of(o.decimals)?;
+        let amount = parse_amount("amount_minor", &o.amount_minor)?;
+        let uri = match (o.asset.parse::<crate::money::AssetId>(), o.address.as_deref()) {
             (Ok(parsed), Some(deposit)) if parsed.chain().is_bip122() && parsed.is_native() => {
                 // BIP21, labelled with the merchant's name so the wallet shows who is paid.
                 if merchant_name.is_none() {
@@ -161,21 +216,21 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
         };
         payment_options.push(PaymentOptionView {
             uri,
-            asset,
-            chain: o.try_get("chain")?,
-            symbol: o.try_get("symbol")?,
+            asset: o.asset,
+            chain: o.chain,
+            symbol: o.symbol,
             decimals,
-            address,
+            address: o.address,
             amount: amount.to_decimal_string(decimals),
             amount_minor: amount.to_string(),
-            rate: o.try_get("rate")?,
-            rate_source: o.try_get("rate_source")?,
-            rate_at: o.try_get("rate_at")?,
-            rate_sources: o.try_get("rate_sources")?,
+            rate: o.rate,
+            rate_source: o.rate_source,
+            rate_at: o.rate_at,
+            rate_sources: o.rate_sources,
         });
     }
 
-    let payment_rows = sqlx::query(
+    let payment_rows: Vec<PaymentRecord> = sqlx::query_as(
         "SELECT p.id, p.asset, p.chain, p.tx_ref, p.address, p.amount_minor::text AS amount_minor, \
                 p.value_minor::text AS value_minor, p.confirmations, p.confirmations_required, p.status, \
                 p.applied_to, p.unapplied_reason, p.seen_at, p.confirmed_at, o.decimals \
@@ -186,40 +241,37 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     .fetch_all(&mut *conn)
     .await?;
     let mut payments = Vec::with_capacity(payment_rows.len());
-    for p in &payment_rows {
-        let amount = parse_amount("amount_minor", &p.try_get::<String, _>("amount_minor")?)?;
-        let value = parse_amount("value_minor", &p.try_get::<String, _>("value_minor")?)?;
-        let status: String = p.try_get("status")?;
-        let applied_to: String = p.try_get("applied_to")?;
-        let decimals: Option<i16> = p.try_get("decimals")?;
+    for p in payment_rows {
+        let amount = parse_amount("amount_minor", &p.amount_minor)?;
+        let value = parse_amount("value_minor", &p.value_minor)?;
         payments.push(PaymentView {
-            id: p.try_get("id")?,
-            asset: p.try_get("asset")?,
-            chain: p.try_get("chain")?,
-            tx_ref: p.try_get("tx_ref")?,
-            address: p.try_get("address")?,
-            amount: match decimals {
+            id: p.id,
+            asset: p.asset,
+            chain: p.chain,
+            tx_ref: p.tx_ref,
+            address: p.address,
+            amount: match p.decimals {
                 Some(d) => amount.to_decimal_string(decimals_of(d)?),
                 None => amount.to_string(),
             },
             amount_minor: amount.to_string(),
             value_minor: value.to_string(),
-            confirmations: to_u32("confirmations", p.try_get("confirmations")?)?,
-            confirmations_required: to_u32("confirmations_required", p.try_get("confirmations_required")?)?,
-            status,
-            applied_to,
-            unapplied_reason: p.try_get("unapplied_reason")?,
-            seen_at: p.try_get("seen_at")?,
-            confirmed_at: p.try_get("confirmed_at")?,
+            confirmations: to_u32("confirmations", p.confirmations)?,
+            confirmations_required: to_u32("confirmations_required", p.confirmations_required)?,
+            status: p.status,
+            applied_to: p.applied_to,
+            unapplied_reason: p.unapplied_reason,
+            seen_at: p.seen_at,
+            confirmed_at: p.confirmed_at,
         });
     }
 
     let (confirmed, _pending) = valuation(conn, &invoice.id, invoice.amount_minor).await?;
     let split = super::split::load_for_invoice(&mut *conn, &invoice.id).await?;
     Ok(InvoiceView {
-        id: invoice.id.clone(),
+        id: record.id,
         object: "invoice",
-        merchant_id: invoice.merchant_id.clone(),
+        merchant_id: record.merchant_id,
         status: invoice.status,
         currency: invoice.currency.code().to_owned(),
         amount: invoice.amount_minor.to_decimal_string(minor_units),
@@ -227,12 +279,12 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
         amount_paid: confirmed.to_decimal_string(minor_units),
         amount_remaining: invoice.amount_minor.saturating_sub(confirmed).to_decimal_string(minor_units),
         underpayment_tolerance_bps: invoice.tolerance_bps,
-        order_id: row.try_get("order_id")?,
-        metadata: row.try_get("metadata")?,
+        order_id: record.order_id,
+        metadata: record.metadata,
         expires_at: invoice.expires_at,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        paid_at: row.try_get("paid_at")?,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        paid_at: record.paid_at,
         payment_options,
         payments,
         split,

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::ids::{is_id, new_id};
 
@@ -143,20 +143,45 @@ async fn outbox_row(pool: &PgPool, merchant_id: &str, event_id: &str) -> Result<
     if !is_id(event_id, "evt") {
         return Err(not_found());
     }
-    let row = sqlx::query("SELECT id, event_type, object_id FROM outbox WHERE event_id = $1 AND merchant_id = $2")
+    sqlx::query_as("SELECT id, event_type, object_id FROM outbox WHERE event_id = $1 AND merchant_id = $2")
         .bind(event_id)
         .bind(merchant_id)
         .fetch_optional(pool)
         .await?
-        .ok_or_else(not_found)?;
-    Ok((row.try_get("id")?, row.try_get("event_type")?, row.try_get("object_id")?))
+        .ok_or_else(not_found)
+}
+
+/// A `webhook_deliveries` row as [`deliveries`] selects it.
+#[derive(sqlx::FromRow)]
+struct DeliveryRecord {
+    id: i64,
+    delivery_id: String,
+    endpoint_id: String,
+    status: String,
+    replay: bool,
+    attempts: i32,
+    next_attempt_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+/// A `webhook_attempts` row.
+#[derive(sqlx::FromRow)]
+struct AttemptRecord {
+    delivery_id: i64,
+    attempt: i32,
+    attempted_at: DateTime<Utc>,
+    status_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: i64,
+    outcome: String,
 }
 
 /// The delivery log of one of the merchant's events: its most recent [`DELIVERY_LOG_LIMIT`]
 /// deliveries in the order they were made, each with every attempt.
 pub async fn deliveries(pool: &PgPool, merchant_id: &str, event_id: &str) -> Result<Vec<DeliveryView>> {
     let (outbox_id, _, _) = outbox_row(pool, merchant_id, event_id).await?;
-    let rows = sqlx::query(
+    let rows: Vec<DeliveryRecord> = sqlx::query_as(
         "SELECT * FROM ( \
              SELECT id, delivery_id, endpoint_id, status, replay, attempts, next_attempt_at, created_at, completed_at \
              FROM webhook_deliveries WHERE outbox_id = $1 ORDER BY id DESC LIMIT $2) recent \
@@ -166,8 +191,8 @@ pub async fn deliveries(pool: &PgPool, merchant_id: &str, event_id: &str) -> Res
     .bind(DELIVERY_LOG_LIMIT)
     .fetch_all(pool)
     .await?;
-    let ids: Vec<i64> = rows.iter().map(|r| r.try_get("id")).collect::<std::result::Result<_, _>>()?;
-    let attempt_rows = sqlx::query(
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let attempt_rows: Vec<AttemptRecord> = sqlx::query_as(
         "SELECT delivery_id, attempt, attempted_at, status_code, error, duration_ms, outcome \
          FROM webhook_attempts WHERE delivery_id = ANY ($1) ORDER BY delivery_id, attempt",
     )
@@ -175,24 +200,20 @@ pub async fn deliveries(pool: &PgPool, merchant_id: &str, event_id: &str) -> Res
     .fetch_all(pool)
     .await?;
     let mut views = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: i64 = row.try_get("id")?;
-        let attempts = attempt_rows
-            .iter()
-            .filter(|a| a.try_get::<i64, _>("delivery_id").is_ok_and(|d| d == id))
-            .map(attempt_view)
-            .collect::<Result<Vec<_>>>()?;
+    for row in rows {
+        let attempts =
+            attempt_rows.iter().filter(|a| a.delivery_id == row.id).map(attempt_view).collect::<Result<Vec<_>>>()?;
         views.push(DeliveryView {
-            id: row.try_get("delivery_id")?,
+            id: row.delivery_id,
             object: "webhook_delivery",
             event_id: event_id.to_owned(),
-            endpoint_id: row.try_get("endpoint_id")?,
-            status: row.try_get("status")?,
-            replay: row.try_get("replay")?,
-            attempt_count: count("attempts", row.try_get("attempts")?)?,
-            next_attempt_at: row.try_get("next_attempt_at")?,
-            created_at: row.try_get("created_at")?,
-            completed_at: row.try_get("completed_at")?,
+            endpoint_id: row.endpoint_id,
+            status: row.status,
+            replay: row.replay,
+            attempt_count: count("attempts", row.attempts)?,
+            next_attempt_at: row.next_attempt_at,
+            created_at: row.created_at,
+            completed_at: row.completed_at,
             attempts,
         });
     }
@@ -209,19 +230,18 @@ fn error_class(stored: Option<String>) -> Result<Option<ErrorClass>> {
         .transpose()
 }
 
-fn attempt_view(row: &sqlx::postgres::PgRow) -> Result<AttemptView> {
-    let status_code: Option<i32> = row.try_get("status_code")?;
-    let duration_ms: i64 = row.try_get("duration_ms")?;
+fn attempt_view(row: &AttemptRecord) -> Result<AttemptView> {
+    let corrupt = |column, value: String| WebhookError::Corrupt { column, value };
     Ok(AttemptView {
-        attempt: count("attempt", row.try_get("attempt")?)?,
-        attempted_at: row.try_get("attempted_at")?,
-        status_code: status_code
-            .map(|s| u16::try_from(s).map_err(|_| WebhookError::Corrupt { column: "status_code", value: s.to_string() }))
+        attempt: count("attempt", row.attempt)?,
+        attempted_at: row.attempted_at,
+        status_code: row
+            .status_code
+            .map(|s| u16::try_from(s).map_err(|_| corrupt("status_code", s.to_string())))
             .transpose()?,
-        error: error_class(row.try_get("error")?)?,
-        duration_ms: u64::try_from(duration_ms)
-            .map_err(|_| WebhookError::Corrupt { column: "duration_ms", value: duration_ms.to_string() })?,
-        outcome: row.try_get("outcome")?,
+        error: error_class(row.error.clone())?,
+        duration_ms: u64::try_from(row.duration_ms).map_err(|_| corrupt("duration_ms", row.duration_ms.to_string()))?,
+        outcome: row.outcome.clone(),
     })
 }
 
