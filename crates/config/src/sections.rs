@@ -111,7 +111,7 @@ impl ServerConfig {
             REQUEST_TIMEOUT_MS_LIMIT,
         )?;
         if let Some(name) = &self.client_ip_header {
-            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(InvalidKey::new("client_ip_header", "not an HTTP header name"));
             }
         }

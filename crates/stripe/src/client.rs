@@ -397,10 +397,6 @@ impl StripeClient {
         self.get(&format!("/v1/payment_intents/{}", path_segment(id)?)).await
     }
 
-    pub async fn cancel_payment_intent(&self, id: &str, idempotency_key: &str) -> Result<PaymentIntent> {
-        self.post(&format!("/v1/payment_intents/{}/cancel", path_segment(id)?), &Vec::new(), Some(idempotency_key)).await
-    }
-
     /// `POST /v1/checkout/sessions` (Stripe only: localstripe has no Checkout Sessions).
     pub async fn create_checkout_session(&self, request: &NewCheckoutSession, idempotency_key: &str) -> Result<CheckoutSession> {
         self.post("/v1/checkout/sessions", &request.form(), Some(idempotency_key)).await

@@ -134,13 +134,6 @@ impl NewEntry {
         Ok(())
     }
 
-    /// Postings in the order the database locks balance rows: by account, then asset.
-    pub fn postings_in_lock_order(&self) -> Vec<&Posting> {
-        let mut postings: Vec<&Posting> = self.postings.iter().collect();
-        postings.sort_by(|a, b| (&a.account, &a.asset, a.side).cmp(&(&b.account, &b.asset, b.side)));
-        postings
-    }
-
     /// SHA-256 of kind, reversed entry and the postings in canonical order. The memo is descriptive
     /// and left out.
     pub fn fingerprint(&self) -> [u8; 32] {

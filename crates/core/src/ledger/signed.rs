@@ -32,11 +32,6 @@ impl SignedAmount {
         self.magnitude
     }
 
-    /// The amount when it is not negative.
-    pub fn to_amount(&self) -> Option<Amount> {
-        (!self.negative).then_some(self.magnitude)
-    }
-
     pub fn negated(self) -> Self {
         if self.negative {
             Self::positive(self.magnitude)

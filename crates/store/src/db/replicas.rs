@@ -127,10 +127,6 @@ impl Share {
         &self.state.class
     }
 
-    pub fn set_jobs(&self, jobs: usize) {
-        self.state.jobs.store(jobs, Ordering::SeqCst);
-    }
-
     /// One more job of this class runs in this replica.
     pub fn add_job(&self) {
         self.state.jobs.fetch_add(1, Ordering::SeqCst);
