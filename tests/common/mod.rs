@@ -106,6 +106,80 @@ pub async fn serve(state: &AppState) -> String {
     base
 }
 
+/// payrail's API served over a real socket on the test's database, with a clock the test moves.
+/// Test files wrap it (and deref to it) when they need a merchant or a key of their own.
+pub struct Server {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub clock: Arc<ManualClock>,
+}
+
+impl Server {
+    pub async fn start(pool: PgPool) -> Self {
+        Self::start_with(pool, |_| {}).await
+    }
+
+    /// Starts after `adjust` changed the state (a limit, a rail).
+    pub async fn start_with(pool: PgPool, adjust: impl FnOnce(&mut AppState)) -> Self {
+        let (mut state, clock) = state_with_clock(pool);
+        adjust(&mut state);
+        let base = serve(&state).await;
+        Server { base, client: reqwest::Client::new(), state, clock }
+    }
+
+    /// A request to `path`, with `key` as the bearer token when given.
+    pub fn request(&self, method: reqwest::Method, key: Option<&str>, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// Sends a request and reads the answer: its status, and its body as JSON (a body that is not
+    /// JSON comes back as a JSON string).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        key: Option<&str>,
+        path: &str,
+        body: Option<serde_json::Value>,
+        idempotency_key: Option<&str>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self.request(method, key, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(idempotency_key) = idempotency_key {
+            request = request.header("idempotency-key", idempotency_key);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(reqwest::Method::GET, Some(key), path, None, None).await
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: serde_json::Value, idempotency_key: Option<&str>) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(reqwest::Method::POST, Some(key), path, Some(body), idempotency_key).await
+    }
+
+    /// The invoice as the API shows it, read from the database.
+    pub async fn invoice_view(&self, id: &str) -> InvoiceView {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        payrail::invoice::load_view(&mut conn, None, id).await.expect("view")
+    }
+
+    pub async fn balance(&self, account: &AccountCode, asset: &str) -> payrail::ledger::SignedAmount {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        self.state.ledger.balance(&mut conn, account, asset).await.expect("balance")
+    }
+}
+
 /// The URL of the test database behind `pool`, for a `payrail` process.
 pub fn database_url(pool: &PgPool) -> String {
     let options = pool.connect_options();

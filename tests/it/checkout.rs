@@ -5,12 +5,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{state_with_clock, BTC, USDC_POLYGON};
-use payrail::api::{router, AppState, HttpLimits};
-use payrail::clock::ManualClock;
+use crate::common::{Server, BTC, USDC_POLYGON};
 use payrail::invoice::{apply_payment, ObservedPayment};
 use payrail::merchant::create_merchant;
 use payrail::money::{Amount, AssetId};
@@ -20,22 +17,24 @@ use sqlx::PgPool;
 
 const ETH: &str = "eip155:1/slip44:60";
 
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    state: AppState,
-    clock: Arc<ManualClock>,
+/// The server and one merchant's key.
+struct Rig {
+    server: Server,
     key: String,
 }
 
-async fn start(pool: PgPool, merchant_name: &str) -> Server {
-    let (state, clock) = state_with_clock(pool);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = router(state.clone(), HttpLimits::default());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let merchant = create_merchant(&state.pool, merchant_name).await.expect("merchant");
-    Server { base, client: reqwest::Client::new(), state, clock, key: merchant.api_key }
+impl std::ops::Deref for Rig {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+async fn start(pool: PgPool, merchant_name: &str) -> Rig {
+    let server = Server::start(pool).await;
+    let merchant = create_merchant(&server.state.pool, merchant_name).await.expect("merchant");
+    Rig { server, key: merchant.api_key }
 }
 
 /// A response read whole: status, headers and body.
@@ -51,31 +50,24 @@ impl Page {
     }
 }
 
-impl Server {
+impl Rig {
     /// Creates an invoice through the merchant API (the only call here with a key).
     async fn invoice(&self, body: Value) -> Value {
-        let response = self
-            .client
-            .post(format!("{}/v1/invoices", self.base))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        response.json().await.expect("json")
+        let (status, created) = self.post(&self.key, "/v1/invoices", body, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created
     }
 
     /// A public GET: no Authorization header.
-    async fn get(&self, path: &str) -> Page {
-        let response = self.client.get(format!("{}{path}", self.base)).send().await.expect("request");
+    async fn page(&self, path: &str) -> Page {
+        let response = self.request(reqwest::Method::GET, None, path).send().await.expect("request");
         let status = response.status();
         let headers = response.headers().clone();
         Page { status, headers, body: response.text().await.expect("body") }
     }
 
     async fn status(&self, id: &str) -> Value {
-        let page = self.get(&format!("/pay/{id}/status")).await;
+        let page = self.page(&format!("/pay/{id}/status")).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
         assert!(page.header("content-type").starts_with("application/json"));
         serde_json::from_str(&page.body).expect("status json")
@@ -128,7 +120,7 @@ async fn page_shows_the_escaped_merchant_address_exact_amount_and_qr_code(pool: 
     let id = invoice["id"].as_str().expect("id");
     let eth = option(&invoice, ETH);
 
-    let page = server.get(&format!("/pay/{id}")).await;
+    let page = server.page(&format!("/pay/{id}")).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.header("content-type").starts_with("text/html"), "{}", page.header("content-type"));
     let body = &page.body;
@@ -170,7 +162,7 @@ async fn page_shows_the_escaped_merchant_address_exact_amount_and_qr_code(pool: 
     assert_eq!(page.header("referrer-policy"), "no-referrer");
     assert_eq!(page.header("cache-control"), "no-store");
     // A new nonce for every response.
-    let again = server.get(&format!("/pay/{id}")).await;
+    let again = server.page(&format!("/pay/{id}")).await;
     assert_ne!(again.header("content-security-policy"), csp);
 }
 
@@ -181,7 +173,7 @@ async fn asset_parameter_selects_the_option(pool: PgPool) {
     let id = invoice["id"].as_str().expect("id");
     let usdc = option(&invoice, USDC_POLYGON);
 
-    let page = server.get(&format!("/pay/{id}?asset={USDC_POLYGON}")).await;
+    let page = server.page(&format!("/pay/{id}?asset={USDC_POLYGON}")).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(&format!("<option value=\"{USDC_POLYGON}\" selected>USDC on Polygon</option>")));
     assert!(!page.body.contains(&format!("<option value=\"{ETH}\" selected>")));
@@ -194,14 +186,14 @@ async fn asset_parameter_selects_the_option(pool: PgPool) {
     assert!(page.body.contains("<svg class=\"qr-code\""));
 
     // Bitcoin has no deposit address yet: no QR code, a clear note.
-    let page = server.get(&format!("/pay/{id}?asset={BTC}")).await;
+    let page = server.page(&format!("/pay/{id}?asset={BTC}")).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(&format!("<option value=\"{BTC}\" selected>")));
     assert!(page.body.contains("Paying in BTC on Bitcoin regtest is not available yet"));
     assert!(!page.body.contains("<svg"));
 
     // An asset the invoice does not offer falls back to the first payable option.
-    let page = server.get(&format!("/pay/{id}?asset=eip155:1/erc20:0x0000000000000000000000000000000000000001")).await;
+    let page = server.page(&format!("/pay/{id}?asset=eip155:1/erc20:0x0000000000000000000000000000000000000001")).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(&format!("<option value=\"{ETH}\" selected>")));
 }
@@ -239,7 +231,7 @@ async fn status_tracks_a_payment_through_its_confirmations(pool: PgPool) {
     assert_eq!((payment["confirmations"].as_u64(), payment["confirmations_required"].as_u64()), (Some(1), Some(3)));
     assert_eq!(payment["status"], "seen");
     assert!(status["message"].as_str().expect("message").contains("Confirmations: 1/3"), "{status}");
-    let page = server.get(&format!("/pay/{id}")).await;
+    let page = server.page(&format!("/pay/{id}")).await;
     assert!(page.body.contains("class=\"checkout state-processing\""));
     assert!(page.body.contains("Confirmations: 1/3"));
     assert!(page.body.contains("<li>0.008333333333333334 ETH: 1/3 confirmations</li>"));
@@ -255,7 +247,7 @@ async fn status_tracks_a_payment_through_its_confirmations(pool: PgPool) {
     assert_eq!(status["amount_paid"], "25.00");
     assert_eq!(status["amount_remaining"], "0.00");
     assert_eq!(status["payments"][0]["status"], "confirmed");
-    let page = server.get(&format!("/pay/{id}")).await;
+    let page = server.page(&format!("/pay/{id}")).await;
     assert!(page.body.contains("class=\"checkout state-paid\""));
     assert!(page.body.contains("<h1 id=\"status-headline\">Paid</h1>"));
     // Paid: the address is no longer offered.
@@ -306,19 +298,19 @@ async fn underpaid_shows_what_remains_in_fiat_and_in_the_asset(pool: PgPool) {
     assert_eq!(options[1]["amount_remaining"], "13.010000");
 
     // The page asks for the remainder, and its QR code and wallet link carry it.
-    let page = server.get(&format!("/pay/{id}?asset={ETH}")).await;
+    let page = server.page(&format!("/pay/{id}?asset={ETH}")).await;
     assert!(page.body.contains("class=\"checkout state-underpaid\""));
     assert!(page.body.contains("<code id=\"pay-amount\">0.004336666666666668</code>"), "{}", page.body);
     assert!(page.body.contains(&format!("?value={remaining_eth}\"")), "wallet link not for the remainder");
-    let page = server.get(&format!("/pay/{id}?asset={USDC_POLYGON}")).await;
+    let page = server.page(&format!("/pay/{id}?asset={USDC_POLYGON}")).await;
     assert!(page.body.contains("<code id=\"pay-amount\">13.010000</code>"));
     assert!(page.body.contains("send 13.010000 USDC on Polygon more"));
     assert!(page.body.contains(&format!("data-amount-minor=\"{remaining_usdc}\"")));
 }
 
-impl Server {
+impl Rig {
     async fn page_status(&self, id: &str, asset: &str) -> Value {
-        let page = self.get(&format!("/pay/{id}/status?asset={asset}")).await;
+        let page = self.page(&format!("/pay/{id}/status?asset={asset}")).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
         serde_json::from_str(&page.body).expect("json")
     }
@@ -332,7 +324,7 @@ async fn expired_and_void_invoices_offer_no_address(pool: PgPool) {
     server.clock.advance(chrono::Duration::seconds(901));
     let status = server.status(id).await;
     assert_eq!((status["status"].as_str(), status["state"].as_str()), (Some("expired"), Some("expired")));
-    let page = server.get(&format!("/pay/{id}")).await;
+    let page = server.page(&format!("/pay/{id}")).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("<h1 id=\"status-headline\">Expired</h1>"));
     assert!(page.body.contains("Do not send anything"));
@@ -350,7 +342,7 @@ async fn expired_and_void_invoices_offer_no_address(pool: PgPool) {
     assert_eq!(response.status(), StatusCode::OK);
     let status = server.status(id).await;
     assert_eq!(status["state"], "void");
-    let page = server.get(&format!("/pay/{id}")).await;
+    let page = server.page(&format!("/pay/{id}")).await;
     assert!(page.body.contains("<h1 id=\"status-headline\">Cancelled</h1>"));
     assert!(!page.body.contains("id=\"pay-address\""));
 }
@@ -359,13 +351,13 @@ async fn expired_and_void_invoices_offer_no_address(pool: PgPool) {
 async fn unknown_and_ill_formed_ids_are_not_found(pool: PgPool) {
     let server = start(pool, "Shop").await;
     for id in ["inv_000000000000000000000000", "inv_x", "nope", "%3Cscript%3E", "mer_000000000000000000000000"] {
-        let page = server.get(&format!("/pay/{id}")).await;
+        let page = server.page(&format!("/pay/{id}")).await;
         assert_eq!(page.status, StatusCode::NOT_FOUND, "{id}");
         assert!(page.header("content-type").starts_with("text/html"));
         assert!(page.body.contains("Invoice not found"));
         assert!(!page.body.contains("<script"), "{id}: {}", page.body);
         assert!(page.header("content-security-policy").contains("default-src 'none'"));
-        let status = server.get(&format!("/pay/{id}/status")).await;
+        let status = server.page(&format!("/pay/{id}/status")).await;
         assert_eq!(status.status, StatusCode::NOT_FOUND, "{id}");
         let body: Value = serde_json::from_str(&status.body).expect("json");
         assert_eq!(body["error"]["code"], "not_found");
@@ -378,9 +370,9 @@ async fn no_api_key_is_needed_and_a_bad_one_is_ignored(pool: PgPool) {
     let invoice = server.invoice(json!({"amount":"5.00","currency":"USD","accepted":[ETH]})).await;
     let id = invoice["id"].as_str().expect("id");
     // The merchant API refuses a request without a key; the checkout does not ask for one.
-    assert_eq!(server.get(&format!("/v1/invoices/{id}")).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(server.get(&format!("/pay/{id}")).await.status, StatusCode::OK);
-    assert_eq!(server.get(&format!("/pay/{id}/status")).await.status, StatusCode::OK);
+    assert_eq!(server.page(&format!("/v1/invoices/{id}")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(server.page(&format!("/pay/{id}")).await.status, StatusCode::OK);
+    assert_eq!(server.page(&format!("/pay/{id}/status")).await.status, StatusCode::OK);
     let response = server
         .client
         .get(format!("{}/pay/{id}/status", server.base))

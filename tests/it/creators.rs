@@ -5,8 +5,7 @@
 
 use crate::common;
 
-use crate::common::{state_with_clock, USDC_POLYGON, USDT_POLYGON};
-use payrail::api::AppState;
+use crate::common::{Server, USDC_POLYGON, USDT_POLYGON};
 use payrail::invoice::{apply_payment, AppliedTo, CreateInvoice, InvoiceView, ObservedPayment};
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
@@ -15,40 +14,24 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    state: AppState,
+/// The server, with what these tests do to it.
+struct Rig(Server);
+
+impl std::ops::Deref for Rig {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.0
+    }
 }
 
-async fn start(pool: PgPool) -> Server {
-    let (state, _clock) = state_with_clock(pool);
-    let base = common::serve(&state).await;
-    Server { base, client: reqwest::Client::new(), state }
+async fn start(pool: PgPool) -> Rig {
+    Rig(Server::start(pool).await)
 }
 
-impl Server {
+impl Rig {
     async fn post_invoice(&self, key: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(format!("{}/v1/invoices", self.base))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = response.status();
-        (status, response.json().await.expect("json body"))
-    }
-
-    async fn invoice(&self, id: &str) -> InvoiceView {
-        let mut conn = self.state.pool.acquire().await.expect("conn");
-        payrail::invoice::load_view(&mut conn, None, id).await.expect("view")
-    }
-
-    async fn balance(&self, account: &AccountCode, asset: &str) -> SignedAmount {
-        let mut conn = self.state.pool.acquire().await.expect("conn");
-        self.state.ledger.balance(&mut conn, account, asset).await.expect("balance")
+        self.post(key, "/v1/invoices", body, None).await
     }
 
     /// Pays `value` of `asset` to `invoice`, confirmed at first sight.
@@ -137,7 +120,7 @@ async fn set_rule(pool: &PgPool, merchant_id: &str, prefix: &str, shares: &[(&st
     }
 }
 
-async fn invoice_with_order(server: &Server, merchant_id: &str, order_id: &str) -> InvoiceView {
+async fn invoice_with_order(server: &Rig, merchant_id: &str, order_id: &str) -> InvoiceView {
     let request = CreateInvoice {
         expires_in: Some(900),
         order_id: Some(order_id.to_owned()),
@@ -155,7 +138,7 @@ async fn seventy_thirty_with_platform_fee_credits_everyone_exactly(pool: PgPool)
                       "splits":[{"creator": cr, "bps": 3000}], "platform_fee_bps": 200});
     let (status, created) = server.post_invoice(&merchant.api_key, body.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let invoice = server.invoice(created["id"].as_str().expect("id")).await;
+    let invoice = server.invoice_view(created["id"].as_str().expect("id")).await;
 
     // 25 USDC even: 30% to the creator, 2% to the platform, 68% to the merchant, no dust.
     let applied = server.pay(&invoice, USDC_POLYGON, "0xa1", 25_000_000).await;
@@ -178,7 +161,7 @@ async fn seventy_thirty_with_platform_fee_credits_everyone_exactly(pool: PgPool)
     // × 200 / 10000 = 500006.66 → 500006; the allocated 3200 bps are 8000106.56 → 8000106, so one
     // unit of dust goes to rounding and the merchant gets 25000333 − 8000106 = 17000227.
     let (_, second) = server.post_invoice(&merchant.api_key, body).await;
-    let second = server.invoice(second["id"].as_str().expect("id")).await;
+    let second = server.invoice_view(second["id"].as_str().expect("id")).await;
     server.pay(&second, USDC_POLYGON, "0xa2", 25_000_333).await;
     let postings = server.entry(USDC_POLYGON, "0xa2").await;
     assert_eq!(find(&postings, &creator_account), Some(credit(7_500_099)));
@@ -230,7 +213,7 @@ async fn an_unapplied_payment_is_not_split(pool: PgPool) {
                       "splits":[{"creator": cr, "bps": 7000}], "platform_fee_bps": 200});
     let (status, created) = server.post_invoice(&merchant.api_key, body).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let invoice = server.invoice(created["id"].as_str().expect("id")).await;
+    let invoice = server.invoice_view(created["id"].as_str().expect("id")).await;
     // USDT was not quoted: the payment is held for review, whole.
     let applied = server.pay(&invoice, USDT_POLYGON, "0xc1", 25_000_000).await;
     assert_eq!(applied.applied_to, AppliedTo::Unapplied);
@@ -270,9 +253,10 @@ async fn invalid_splits_are_refused(pool: PgPool) {
     assert_eq!(invoices, 0);
 }
 
-impl Server {
-    async fn send(&self, method: reqwest::Method, key: &str, path: &str, body: Option<Value>) -> (StatusCode, String) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+impl Rig {
+    /// The answer's status and body as text (CSV statements, refusals).
+    async fn text(&self, method: reqwest::Method, key: &str, path: &str, body: Option<Value>) -> (StatusCode, String) {
+        let mut request = self.request(method, Some(key), path);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -282,7 +266,7 @@ impl Server {
     }
 
     async fn json(&self, method: reqwest::Method, key: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let (status, text) = self.send(method, key, path, body).await;
+        let (status, text) = self.text(method, key, path, body).await;
         (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("json body: {text}")))
     }
 }
@@ -322,7 +306,7 @@ async fn creators_rules_balances_and_statements_through_the_api(pool: PgPool) {
         .await;
     // The invoice shows the split it was created with.
     assert_eq!(created["split"], json!({"splits":[{"creator": cr, "bps": 3000}], "platform_fee_bps": 200}), "{created}");
-    let invoice = server.invoice(created["id"].as_str().expect("id")).await;
+    let invoice = server.invoice_view(created["id"].as_str().expect("id")).await;
     // Seen, not yet confirmed: pending; then confirmed: available.
     let asset: payrail::money::AssetId = USDC_POLYGON.parse().expect("asset");
     let seen = ObservedPayment {
@@ -348,7 +332,7 @@ async fn creators_rules_balances_and_statements_through_the_api(pool: PgPool) {
     assert_eq!(me["balances"], json!([{"asset": USDC_POLYGON, "available_minor": "7500000", "pending_minor": "0"}]));
 
     let (status, csv) = server
-        .send(Method::GET, &creator_key, "/v1/creators/me/statement?format=csv&from=2000-01-01T00:00:00Z", None)
+        .text(Method::GET, &creator_key, "/v1/creators/me/statement?format=csv&from=2000-01-01T00:00:00Z", None)
         .await;
     assert_eq!(status, StatusCode::OK, "{csv}");
     let lines: Vec<&str> = csv.lines().collect();
@@ -372,12 +356,12 @@ async fn merchant_and_creator_keys_stay_in_their_lanes(pool: PgPool) {
     let (_, theirs) = server.json(Method::POST, &other.api_key, "/v1/creators", Some(json!({"name":"Bob"}))).await;
     let theirs = theirs["id"].as_str().expect("id").to_owned();
 
-    let (status, _) = server.send(Method::GET, &merchant.api_key, "/v1/creators/me", None).await;
+    let (status, _) = server.text(Method::GET, &merchant.api_key, "/v1/creators/me", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = server.send(Method::GET, &merchant.api_key, "/v1/creators/me/statement", None).await;
+    let (status, _) = server.text(Method::GET, &merchant.api_key, "/v1/creators/me/statement", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     for (method, path) in [(Method::GET, "/v1/creators"), (Method::GET, "/v1/split_rules"), (Method::GET, "/v1/invoices")] {
-        let (status, _) = server.send(method, &creator_key, path, None).await;
+        let (status, _) = server.text(method, &creator_key, path, None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
     // Another merchant's creator cannot be named in a rule or an invoice, and is not listed.
@@ -395,7 +379,7 @@ async fn merchant_and_creator_keys_stay_in_their_lanes(pool: PgPool) {
     let (status, body) = server.json(Method::GET, &merchant.api_key, &format!("/v1/creators/{mine}"), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["name"], "Ada");
-    let (status, _) = server.send(Method::GET, &creator_key, &format!("/v1/creators/{mine}"), None).await;
+    let (status, _) = server.text(Method::GET, &creator_key, &format!("/v1/creators/{mine}"), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
@@ -465,9 +449,9 @@ async fn creator_lists_and_statements_come_in_pages(pool: PgPool) {
     let (_, second) = server.json(Method::GET, key, &format!("/v1/creators?limit=2&starting_after={}", ids[1]), None).await;
     let page: Vec<&str> = second["data"].as_array().expect("data").iter().filter_map(|c| c["id"].as_str()).collect();
     assert_eq!((page, second["has_more"].as_bool()), (vec![ids[2].as_str()], Some(false)));
-    let (status, _) = server.send(Method::GET, key, "/v1/creators?limit=101", None).await;
+    let (status, _) = server.text(Method::GET, key, "/v1/creators?limit=101", None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let (status, _) = server.send(Method::GET, key, "/v1/creators?starting_after=O%00%C2%92", None).await;
+    let (status, _) = server.text(Method::GET, key, "/v1/creators?starting_after=O%00%C2%92", None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a cursor that is not a creator id");
 
     // Three credits to the last creator: a statement of pages of two.

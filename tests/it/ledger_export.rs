@@ -2,13 +2,11 @@
 //! `GET /v1/ledger/trial_balance` — filters, pagination, the trial balance at a moment, CSV and who
 //! may read them.
 
-use crate::common;
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use crate::common::{amount, state_with_clock, transfer, USD, USDC_POLYGON};
-use payrail::api::AppState;
+use crate::common::{amount, transfer, Server, USD, USDC_POLYGON};
 use payrail::ledger::export::{self, EntryFilter};
 use payrail::ledger::{AccountCode, NewEntry, SignedAmount};
 use payrail::merchant::{create_merchant, create_platform_key, Role};
@@ -19,33 +17,33 @@ use sqlx::PgPool;
 const MEMO_WITH_COMMA_AND_QUOTE: &str = "inv_1, \"rush\" order";
 const MEMO_WITH_LINE_BREAK: &str = "first line\r\nsecond line";
 
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    state: AppState,
+/// The server and a finance key.
+struct Rig {
+    server: Server,
     finance: String,
 }
 
-async fn start(pool: PgPool) -> Server {
-    let (state, _clock) = state_with_clock(pool);
-    let base = common::serve(&state).await;
-    let finance = create_platform_key(&state.pool, Role::Finance).await.expect("finance key");
-    Server { base, client: reqwest::Client::new(), state, finance }
+impl std::ops::Deref for Rig {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
 }
 
-impl Server {
-    async fn send(&self, key: Option<&str>, path: &str) -> reqwest::Response {
-        let mut request = self.client.get(format!("{}{path}", self.base));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        request.send().await.expect("request")
+async fn start(pool: PgPool) -> Rig {
+    let server = Server::start(pool).await;
+    let finance = create_platform_key(&server.state.pool, Role::Finance).await.expect("finance key");
+    Rig { server, finance }
+}
+
+impl Rig {
+    async fn raw(&self, key: Option<&str>, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, key, path).send().await.expect("request")
     }
 
     async fn json(&self, key: Option<&str>, path: &str) -> (StatusCode, Value) {
-        let response = self.send(key, path).await;
-        let status = response.status();
-        (status, response.json().await.expect("json body"))
+        self.send(reqwest::Method::GET, key, path, None, None).await
     }
 
     /// A finance GET that must succeed.
@@ -82,7 +80,7 @@ struct Posted {
 /// 2. a USDC payment split between creator `cr_x` and the platform fee;
 /// 3. a USD card payment to `mer_a` (memo with a line break);
 /// 4. the reversal of 1.
-async fn post_scenario(server: &Server) -> Posted {
+async fn post_scenario(server: &Rig) -> Posted {
     let ledger = &server.state.ledger;
     let mut conn = server.state.pool.acquire().await.expect("conn");
     let first = NewEntry::new("pay-1", "payment")
@@ -340,7 +338,7 @@ async fn csv_exports_quote_memos_and_count_rows(pool: PgPool) {
     let server = start(pool).await;
     let Posted { ids: [e1, _, e3, e4], .. } = post_scenario(&server).await;
 
-    let response = server.send(Some(&server.finance), "/v1/ledger/entries?format=csv").await;
+    let response = server.raw(Some(&server.finance), "/v1/ledger/entries?format=csv").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
     assert!(response.headers().get("x-next-before").is_none());
@@ -363,11 +361,11 @@ async fn csv_exports_quote_memos_and_count_rows(pool: PgPool) {
     assert_eq!(records[1][0], e4.to_string(), "newest first");
 
     // A CSV page carries its cursor in a header.
-    let response = server.send(Some(&server.finance), "/v1/ledger/entries?format=csv&limit=1").await;
+    let response = server.raw(Some(&server.finance), "/v1/ledger/entries?format=csv&limit=1").await;
     assert_eq!(response.headers()["x-next-before"], e4.to_string());
     assert_eq!(parse_csv(&response.text().await.expect("text")).len(), 1 + 2);
 
-    let response = server.send(Some(&server.finance), "/v1/ledger/trial_balance?format=csv").await;
+    let response = server.raw(Some(&server.finance), "/v1/ledger/trial_balance?format=csv").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
     let records = parse_csv(&response.text().await.expect("text"));
@@ -393,7 +391,7 @@ async fn only_finance_and_admin_keys_read_exports_and_bad_queries_are_refused(po
         );
         let (status, body) = server.json(Some(&merchant), path).await;
         assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{path}");
-        let response = server.send(Some(&admin), path).await;
+        let response = server.raw(Some(&admin), path).await;
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
 

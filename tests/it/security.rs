@@ -5,64 +5,40 @@
 
 use crate::common;
 
+use chrono::Duration;
 use std::sync::Arc;
 
-use chrono::Duration;
-use crate::common::{serve, state_with_clock};
+use crate::common::Server;
 use payrail::api::limit::IpLimiter;
 use payrail::api::AppState;
-use payrail::clock::ManualClock;
 use payrail::merchant::{create_merchant, create_platform_key, Role};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+/// The server and one merchant with its key.
 struct Rig {
-    base: String,
-    client: reqwest::Client,
-    state: AppState,
-    clock: Arc<ManualClock>,
+    server: Server,
     merchant_id: String,
     key: String,
 }
 
+impl std::ops::Deref for Rig {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
 async fn rig_with(pool: PgPool, adjust: impl FnOnce(&mut AppState)) -> Rig {
-    let (mut state, clock) = state_with_clock(pool);
-    adjust(&mut state);
-    let base = serve(&state).await;
-    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
-    Rig { base, client: reqwest::Client::new(), state, clock, merchant_id: merchant.merchant_id, key: merchant.api_key }
+    let server = Server::start_with(pool, adjust).await;
+    let merchant = create_merchant(&server.state.pool, "Shop").await.expect("merchant");
+    Rig { server, merchant_id: merchant.merchant_id, key: merchant.api_key }
 }
 
 async fn rig(pool: PgPool) -> Rig {
     rig_with(pool, |_| {}).await
-}
-
-impl Rig {
-    async fn send(&self, method: reqwest::Method, key: Option<&str>, path: &str, body: Option<Value>, idem: Option<&str>) -> (StatusCode, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        if let Some(idem) = idem {
-            request = request.header("idempotency-key", idem);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn post(&self, key: &str, path: &str, body: Value, idem: Option<&str>) -> (StatusCode, Value) {
-        self.send(reqwest::Method::POST, Some(key), path, Some(body), idem).await
-    }
-
-    async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::GET, Some(key), path, None, None).await
-    }
 }
 
 fn code(body: &Value) -> &str {
