@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::invoice::{self, InvoiceError, InvoiceStatus, InvoiceView, PaymentOptionView, PaymentView};
+use crate::invoice::{self, InvoiceError, InvoiceStatus, InvoiceView, PaymentOptionView, PaymentStatus, PaymentView};
 use crate::money::{mul_div, Amount, Fiat, Rounding};
 
 use super::error::ApiError;
@@ -410,16 +410,15 @@ pub fn option_label(option: &PaymentOptionView) -> String {
 
 /// A payment as one line: amount, and where it stands.
 fn payment_line(payment: &PaymentView, symbol: Option<&str>) -> String {
-    let state = match payment.status.as_str() {
-        "seen" => format!(
+    let state = match payment.status.parse() {
+        Ok(PaymentStatus::Seen) => format!(
             "{}/{} confirmations",
             payment.confirmations.min(payment.confirmations_required),
             payment.confirmations_required
         ),
-        "confirmed" => "confirmed".to_owned(),
-        "orphaned" => "dropped by a chain reorganisation, waiting for it to be mined again".to_owned(),
-        "reversed" => "reversed".to_owned(),
-        other => other.to_owned(),
+        Ok(PaymentStatus::Orphaned) => "dropped by a chain reorganisation, waiting for it to be mined again".to_owned(),
+        Ok(status @ (PaymentStatus::Confirmed | PaymentStatus::Reversed)) => status.to_string(),
+        Err(_) => payment.status.clone(),
     };
     format!("{} {}: {state}", payment.amount, symbol.unwrap_or(&payment.asset))
 }

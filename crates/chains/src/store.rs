@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 
+use crate::invoice::PaymentStatus;
+
 use super::reorg::Tracked;
 use super::source::Watched;
 
@@ -55,7 +57,7 @@ pub async fn tracked(
             asset: row.try_get("asset")?,
             amount,
             address: row.try_get("address")?,
-            confirmed: row.try_get::<String, _>("status")? == "confirmed",
+            confirmed: row.try_get::<String, _>("status")? == PaymentStatus::Confirmed.as_str(),
             block: height.zip(hash).map(|(h, b)| (u64::try_from(h).unwrap_or(0), b)),
         });
     }
