@@ -468,3 +468,74 @@ async fn creator_lists_and_statements_come_in_pages(pool: PgPool) {
     let amounts: Vec<&str> = second["data"].as_array().expect("data").iter().filter_map(|l| l["amount_minor"].as_str()).collect();
     assert_eq!((amounts, second["has_more"].as_bool()), (vec!["3"], Some(false)), "{second}");
 }
+
+/// A merchant's balance transactions: the net of a split payment on its available balance, a payment
+/// in an asset the invoice did not quote on its unapplied balance, pages that end on an entry, CSV
+/// with the account column, and nobody else's postings.
+#[sqlx::test]
+async fn a_merchant_reads_its_own_postings_as_balance_transactions(pool: PgPool) {
+    use reqwest::Method;
+    let server = start(pool.clone()).await;
+    let merchant = create_merchant(&pool, "Shop").await.expect("merchant");
+    let other = create_merchant(&pool, "Other").await.expect("other");
+    let key = merchant.api_key.as_str();
+    let cr = creator(&pool, &merchant.merchant_id, "Ada").await;
+    let body = json!({"amount":"25.00","currency":"USD","accepted":[USDC_POLYGON],
+                      "splits":[{"creator": cr, "bps": 3000}], "platform_fee_bps": 200});
+    let (status, created) = server.post_invoice(key, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let invoice = server.invoice_view(created["id"].as_str().expect("id")).await;
+    server.pay(&invoice, USDC_POLYGON, "0xb1", 25_000_000).await;
+    // USDT was not quoted: held on the unapplied balance, unsplit.
+    server.pay(&invoice, USDT_POLYGON, "0xb2", 3_000_000).await;
+
+    let (status, page) = server.json(Method::GET, key, "/v1/balance_transactions", None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["has_more"], false);
+    let lines = page["data"].as_array().expect("data");
+    assert_eq!(lines.len(), 2, "{page}");
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id).to_string();
+    let unapplied_account = AccountCode::unapplied(&merchant.merchant_id).to_string();
+    assert_eq!(
+        (lines[0]["kind"].as_str(), lines[0]["account"].as_str(), lines[0]["asset"].as_str(), lines[0]["amount_minor"].as_str()),
+        (Some("payment"), Some(merchant_account.as_str()), Some(USDC_POLYGON), Some("17000000"))
+    );
+    assert_eq!(
+        (lines[1]["account"].as_str(), lines[1]["asset"].as_str(), lines[1]["amount_minor"].as_str()),
+        (Some(unapplied_account.as_str()), Some(USDT_POLYGON), Some("3000000"))
+    );
+    assert_eq!(lines[0]["invoice_id"], json!(invoice.id));
+    assert_eq!(lines[1]["invoice_id"], json!(invoice.id));
+
+    // One line a page: the first page says more follow, the cursor gives the second and the end.
+    let (_, first) = server.json(Method::GET, key, "/v1/balance_transactions?limit=1", None).await;
+    assert_eq!(first["has_more"], true);
+    let after = first["data"][0]["entry_id"].as_i64().expect("entry id");
+    let (_, second) =
+        server.json(Method::GET, key, &format!("/v1/balance_transactions?limit=1&starting_after={after}"), None).await;
+    assert_eq!(second["data"][0]["account"].as_str(), Some(unapplied_account.as_str()));
+    assert_eq!(second["has_more"], false);
+
+    let (status, csv) = server.text(Method::GET, key, "/v1/balance_transactions?format=csv", None).await;
+    assert_eq!(status, StatusCode::OK, "{csv}");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "entry_id,at,kind,account,asset,amount_minor,invoice_id");
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[1].ends_with(&format!(",payment,{merchant_account},{USDC_POLYGON},17000000,{}", invoice.id)), "{csv}");
+
+    // Another merchant sees none of it; a creator key and a bad query are refused.
+    let (status, theirs) = server.json(Method::GET, &other.api_key, "/v1/balance_transactions", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(theirs["data"], json!([]));
+    let mut conn = pool.acquire().await.expect("conn");
+    let creator_key = payrail::merchant::issue_creator_key(&mut conn, &merchant.merchant_id, &cr).await.expect("creator key");
+    let (status, _) = server.text(Method::GET, &creator_key, "/v1/balance_transactions", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for query in ["format=xml", "from=yesterday", "limit=0", "limit=1001"] {
+        let (status, body) = server.json(Method::GET, key, &format!("/v1/balance_transactions?{query}"), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "parameter_invalid");
+    }
+    let (status, _) = server.text(Method::GET, key, "/v1/balance_transactions?surprise=1", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -1,14 +1,18 @@
-//! `GET /v1/balances`: what the platform owes the merchant, per asset, and what it holds for review.
+//! `GET /v1/balances`: what the platform owes the merchant, per asset, and what it holds for review;
+//! `GET /v1/balance_transactions`: every posting that moved those balances.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use payrail_store::ledger::AccountCode;
+use payrail_store::ledger::{AccountCode, StatementLine};
 use crate::money::{AssetId, Fiat};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
+use super::statements::{self, StatementQuery};
 use super::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -75,4 +79,41 @@ fn decimals_of(state: &AppState, asset: &str) -> Option<u8> {
     }
     let id: AssetId = asset.parse().ok()?;
     state.catalog.get(&id).map(|a| a.decimals)
+}
+
+/// `GET /v1/balance_transactions` as JSON.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BalanceTransactions {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub merchant_id: String,
+    /// Oldest first. `account` is the merchant's available balance
+    /// (`liabilities:merchant:{id}`) or its unapplied balance (`liabilities:unapplied:{id}`).
+    pub data: Vec<StatementLine>,
+    /// More lines follow: ask again with `starting_after` = the last line's `entry_id` (in CSV,
+    /// the `Payrail-Has-More: true` header says so).
+    pub has_more: bool,
+}
+
+#[utoipa::path(get, path = "/v1/balance_transactions", tag = "balances", security(("bearer" = [])),
+    params(StatementQuery),
+    responses((status = 200, body = BalanceTransactions,
+            description = "JSON, or with format=csv text/csv: entry_id,at,kind,account,asset,amount_minor,invoice_id"),
+        (status = 400, body = super::openapi::ErrorBody, description = "parameter_invalid: the query is malformed"),
+        (status = 401, body = super::openapi::ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = super::openapi::ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 422, body = super::openapi::ErrorBody, description = "parameter_invalid: a time, limit or format is invalid")))]
+pub async fn transactions(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<StatementQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let asked = statements::asked(query)?;
+    let accounts = [AccountCode::merchant(&auth.merchant_id), AccountCode::unapplied(&auth.merchant_id)];
+    let (lines, has_more) =
+        payrail_store::ledger::statement(&state.pool, &accounts, asked.range).await.map_err(ApiError::ledger)?;
+    if asked.csv {
+        return Ok(statements::csv_page(payrail_store::ledger::statement_csv(&lines, true), has_more));
+    }
+    Ok(Json(BalanceTransactions { object: "list", merchant_id: auth.merchant_id, data: lines, has_more }).into_response())
 }

@@ -1,16 +1,16 @@
 //! Creators (merchant key): `POST /v1/creators`, `GET /v1/creators`, `PUT`/`GET /v1/split_rules`.
 //! A creator's own view (creator key): `GET /v1/creators/me`, `GET /v1/creators/me/statement`.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 
 use crate::creator::{self, CreateCreator, CreatorAccount, CreatorError, CreatorView, NewCreator, SplitRules, StatementLine};
 
 use super::auth::{CreatorAuth, MerchantAuth};
+use super::statements::{self, StatementQuery};
 use super::error::ApiError;
 use super::AppState;
 
@@ -125,24 +125,6 @@ pub async fn me(State(state): State<AppState>, auth: CreatorAuth) -> Result<Json
     Ok(Json(creator::creator_account(&state.pool, &state.ledger, &auth.creator_id).await?))
 }
 
-/// Query of `GET /v1/creators/me/statement`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct StatementQuery {
-    /// RFC 3339; postings at or after.
-    pub from: Option<String>,
-    /// RFC 3339; postings before.
-    pub to: Option<String>,
-    /// `json` (the default) or `csv`.
-    pub format: Option<String>,
-    /// Lines per page, 1–1000 (1000 when absent).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u32>,
-    /// An entry id (`entry_id` of a line): the page starts after that entry.
-    pub starting_after: Option<i64>,
-}
-
 /// `GET /v1/creators/me/statement` as JSON.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Statement {
@@ -153,15 +135,6 @@ pub struct Statement {
     pub has_more: bool,
 }
 
-fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    value
-        .map(|v| {
-            DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc)).map_err(|_| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{name} must be RFC 3339"))
-            })
-        })
-        .transpose()
-}
 
 #[utoipa::path(get, path = "/v1/creators/me/statement", tag = "creators", security(("bearer" = [])),
     params(StatementQuery),
@@ -171,22 +144,12 @@ fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, 
 pub async fn statement(
     State(state): State<AppState>,
     auth: CreatorAuth,
-    query: Result<Query<StatementQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<StatementQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
-    let from = time_param("from", query.from.as_deref())?;
-    let to = time_param("to", query.to.as_deref())?;
-    let limit = page_limit(query.limit, creator::STATEMENT_PAGE_LIMIT_MAX)?;
-    let range = creator::StatementRange { from, to, starting_after: query.starting_after, limit };
-    let (lines, has_more) = creator::statement(&state.pool, &auth.creator_id, range).await?;
-    match query.format.as_deref().unwrap_or("json") {
-        "json" => Ok(Json(Statement { creator_id: auth.creator_id, data: lines, has_more }).into_response()),
-        "csv" => Ok((
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::HeaderName::from_static("payrail-has-more"), if has_more { "true" } else { "false" })],
-            creator::statement_csv(&lines),
-        )
-            .into_response()),
-        _ => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "format must be json or csv")),
+    let asked = statements::asked(query)?;
+    let (lines, has_more) = creator::statement(&state.pool, &auth.creator_id, asked.range).await?;
+    if asked.csv {
+        return Ok(statements::csv_page(creator::statement_csv(&lines), has_more));
     }
+    Ok(Json(Statement { creator_id: auth.creator_id, data: lines, has_more }).into_response())
 }

@@ -132,15 +132,6 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-fn time_param(field: &'static str, value: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-    value
-        .map(|v| {
-            chrono::DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&chrono::Utc)).map_err(|_| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{field}: expected an RFC 3339 time"))
-            })
-        })
-        .transpose()
-}
 
 #[utoipa::path(get, path = "/v1/invoices", tag = "invoices", security(("bearer" = [])), params(ListQuery),
     responses((status = 200, body = InvoicePage), (status = 401, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
@@ -160,8 +151,8 @@ pub async fn list(
     let filter = ListFilter {
         status,
         order_id: query.order_id,
-        created_from: time_param("created_from", query.created_from.as_deref())?,
-        created_to: time_param("created_to", query.created_to.as_deref())?,
+        created_from: super::time_param("created_from", query.created_from.as_deref())?,
+        created_to: super::time_param("created_to", query.created_to.as_deref())?,
         starting_after: query.starting_after,
         limit: query.limit,
     };

@@ -7,7 +7,6 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 
 use payrail_store::ledger::export::{self, AccountFilter, EntryExport, EntryFilter, ExportError, TrialBalance};
 
@@ -40,15 +39,6 @@ fn bad_query(rejection: QueryRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", rejection.body_text())
 }
 
-fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    value
-        .map(|v| {
-            DateTime::parse_from_rfc3339(v)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| invalid(format!("{name} must be RFC 3339")))
-        })
-        .transpose()
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -113,8 +103,8 @@ pub async fn entries(
     let Query(query) = query.map_err(bad_query)?;
     let format = format_param(query.format.as_deref())?;
     let filter = EntryFilter {
-        from: time_param("from", query.from.as_deref())?,
-        to: time_param("to", query.to.as_deref())?,
+        from: super::time_param("from", query.from.as_deref())?,
+        to: super::time_param("to", query.to.as_deref())?,
         account: query.account.as_deref().map(AccountFilter::parse).transpose()?,
         asset: query.asset,
         kind: query.kind,
@@ -160,7 +150,7 @@ pub async fn trial_balance(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
     let format = format_param(query.format.as_deref())?;
-    let at = time_param("at", query.at.as_deref())?;
+    let at = super::time_param("at", query.at.as_deref())?;
     let balance = export::trial_balance(&state.pool, at).await?;
     if !balance.balanced() {
         // The database refuses unbalanced entries, so this is a broken invariant, not a client error.

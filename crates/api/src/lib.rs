@@ -24,6 +24,7 @@ pub mod merchants;
 pub mod openapi;
 pub mod payouts;
 pub mod reconciliation;
+pub mod statements;
 pub mod stripe;
 pub mod webhooks;
 
@@ -105,6 +106,21 @@ pub(crate) fn page_limit(limit: Option<u32>, max: i64) -> Result<i64, ApiError> 
     }
 }
 
+/// An RFC 3339 time from a query parameter, refused (422 `parameter_invalid`) when it is not one.
+pub(crate) fn time_param(name: &str, value: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    value
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&chrono::Utc)).map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "parameter_invalid",
+                    format!("{name}: expected an RFC 3339 time"),
+                )
+            })
+        })
+        .transpose()
+}
+
 /// A `starting_after` cursor: absent, or an id with `prefix` (anything else is refused before it
 /// reaches a query).
 pub(crate) fn cursor<'a>(starting_after: Option<&'a str>, prefix: &str) -> Result<Option<&'a str>, ApiError> {
@@ -144,6 +160,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/stripe/webhook", post(stripe::webhook))
         .route("/pay/{id}/card", post(stripe::pay_by_card))
         .route("/v1/balances", get(balances::show))
+        .route("/v1/balance_transactions", get(balances::transactions))
         .route("/v1/merchants/me/bitcoin", get(bitcoin::get_descriptor).put(bitcoin::put_descriptor))
         .route("/v1/creators", post(creators::create).get(creators::list))
         .route("/v1/creators/me", get(creators::me))

@@ -84,6 +84,7 @@ fn openapi_json() {}
         super::invoices::show,
         super::invoices::void,
         super::balances::show,
+        super::balances::transactions,
         super::bitcoin::put_descriptor,
         super::bitcoin::get_descriptor,
         super::creators::create,

@@ -171,9 +171,6 @@ pub async fn create_creator(pool: &PgPool, merchant_id: &str, request: &CreateCr
 
 /// Most creators in one page of a listing.
 pub const CREATORS_PAGE_LIMIT_MAX: i64 = 100;
-/// Most statement lines in one page.
-pub const STATEMENT_PAGE_LIMIT_MAX: i64 = 1_000;
-
 /// The merchant's creators, oldest first: at most `limit`, after the creator `starting_after`.
 /// Returns the page and whether more follow.
 pub async fn list_creators(
@@ -420,94 +417,15 @@ pub async fn creator_account(pool: &PgPool, ledger: &Ledger, creator_id: &str) -
     })
 }
 
-/// One line of a creator's statement: a posting to `liabilities:creator:{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct StatementLine {
-    pub entry_id: i64,
-    pub at: DateTime<Utc>,
-    pub kind: String,
-    pub asset: String,
-    /// Signed, in the asset's smallest unit: positive credits the creator.
-    pub amount_minor: String,
-    /// The invoice the payment paid, when the entry names one.
-    pub invoice_id: Option<String>,
-}
+pub use crate::ledger::{StatementLine, StatementRange, STATEMENT_PAGE_LIMIT_MAX};
 
-/// Which lines of a statement: `from <= time < to`, after the entry `starting_after`, at most
-/// `limit` lines (a page never splits an entry's lines unless one entry alone exceeds it).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StatementRange {
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub starting_after: Option<i64>,
-    pub limit: i64,
-}
-
-/// A page of the creator's postings, oldest first, and whether more follow.
+/// A page of the creator's postings (`liabilities:creator:{id}`), oldest first, and whether more
+/// follow.
 pub async fn statement(pool: &PgPool, creator_id: &str, range: StatementRange) -> Result<(Vec<StatementLine>, bool)> {
-    let limit = range.limit.clamp(1, STATEMENT_PAGE_LIMIT_MAX);
-    // Postings are stored debit-positive; a creator's account is credit-normal, so the sign flips.
-    let mut rows = sqlx::query(
-        "SELECT e.id, e.created_at, e.kind, p.asset, (-p.amount)::text AS amount, e.memo \
-         FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries e ON e.id = p.entry_id \
-         WHERE a.code = $1 AND ($2::timestamptz IS NULL OR e.created_at >= $2) \
-               AND ($3::timestamptz IS NULL OR e.created_at < $3) \
-               AND ($4::bigint IS NULL OR (e.created_at, e.id) > (SELECT created_at, id FROM journal_entries WHERE id = $4)) \
-         ORDER BY e.created_at, e.id, p.id LIMIT $5",
-    )
-    .bind(AccountCode::creator(creator_id).as_str())
-    .bind(range.from)
-    .bind(range.to)
-    .bind(range.starting_after)
-    .bind(limit + 1)
-    .fetch_all(pool)
-    .await?;
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let has_more = rows.len() > limit;
-    if has_more {
-        // End the page on an entry boundary, so `starting_after` (an entry) skips nothing.
-        let next: i64 = rows[limit].try_get("id")?;
-        let mut end = limit;
-        while end > 0 && rows[end - 1].try_get::<i64, _>("id")? == next {
-            end -= 1;
-        }
-        rows.truncate(if end == 0 { limit } else { end });
-    }
-    let lines: Result<Vec<StatementLine>> = rows.iter()
-        .map(|row| {
-            let memo: Option<String> = row.try_get("memo")?;
-            Ok(StatementLine {
-                entry_id: row.try_get("id")?,
-                at: row.try_get("created_at")?,
-                kind: row.try_get("kind")?,
-                asset: row.try_get("asset")?,
-                amount_minor: row.try_get("amount")?,
-                invoice_id: memo
-                    .as_deref()
-                    .and_then(|m| m.split_whitespace().find(|w| crate::ids::is_id(w, "inv")))
-                    .map(str::to_owned),
-            })
-        })
-        .collect();
-    Ok((lines?, has_more))
+    Ok(crate::ledger::statement(pool, &[AccountCode::creator(creator_id)], range).await?)
 }
 
-/// The statement as CSV (RFC 4180, see [`crate::csv`]): a header, then one record per posting.
+/// The statement as CSV: `entry_id,at,kind,asset,amount_minor,invoice_id`.
 pub fn statement_csv(lines: &[StatementLine]) -> String {
-    let mut out = String::new();
-    crate::csv::push_record(&mut out, ["entry_id", "at", "kind", "asset", "amount_minor", "invoice_id"]);
-    for line in lines {
-        crate::csv::push_record(
-            &mut out,
-            [
-                line.entry_id.to_string().as_str(),
-                line.at.to_rfc3339().as_str(),
-                line.kind.as_str(),
-                line.asset.as_str(),
-                line.amount_minor.as_str(),
-                line.invoice_id.as_deref().unwrap_or(""),
-            ],
-        );
-    }
-    out
+    crate::ledger::statement_csv(lines, false)
 }

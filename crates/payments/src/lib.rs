@@ -7,6 +7,6 @@ pub mod invoice;
 pub mod merchant;
 pub mod webhook;
 
-use payrail_core::{chain, clock, csv, ids, metrics, money};
+use payrail_core::{chain, clock, ids, metrics, money};
 use payrail_rates as rates;
 use payrail_store::{db, ledger, secrets};

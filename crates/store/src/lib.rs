@@ -5,4 +5,4 @@ pub mod db;
 pub mod ledger;
 pub mod secrets;
 
-use payrail_core::{csv, metrics};
+use payrail_core::{csv, ids, metrics};

@@ -7,9 +7,11 @@
 
 pub mod error;
 pub mod export;
+pub mod statement;
 pub mod store;
 
 pub use error::{LedgerError, Result};
+pub use statement::{statement, statement_csv, StatementLine, StatementRange, STATEMENT_PAGE_LIMIT_MAX};
 pub use payrail_core::ledger::{
     account, entry, signed, AccountCode, AccountType, EntryError, NewEntry, Posting, Side, SignedAmount,
     POSTINGS_PER_ENTRY_MAX,
