@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use alloy_primitives::Address;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use thiserror::Error;
 
 use crate::ids::new_id;
@@ -190,7 +190,7 @@ async fn query_creators(
     limit: i64,
     starting_after: Option<&str>,
 ) -> Result<(Vec<CreatorView>, bool)> {
-    let mut rows = sqlx::query(
+    let mut rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT id, name, created_at FROM creators WHERE merchant_id = $1 \
            AND ($2::text IS NULL OR (created_at, id) > \
                 (SELECT created_at, id FROM creators WHERE id = $2 AND merchant_id = $1)) \
@@ -205,33 +205,28 @@ async fn query_creators(
     .await?;
     let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let ids: Vec<String> = rows.iter().map(|row| row.try_get("id")).collect::<std::result::Result<_, _>>()?;
-    let addresses = sqlx::query(
+    let ids: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
+    let addresses: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT a.creator_id, a.chain, a.address FROM creator_payout_addresses a WHERE a.creator_id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(pool)
     .await?;
     let mut by_creator: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for row in &addresses {
-        by_creator
-            .entry(row.try_get("creator_id")?)
-            .or_default()
-            .insert(row.try_get("chain")?, row.try_get("address")?);
+    for (creator_id, chain, address) in addresses {
+        by_creator.entry(creator_id).or_default().insert(chain, address);
     }
-    rows.iter()
-        .map(|row| {
-            let id: String = row.try_get("id")?;
-            Ok(CreatorView {
-                payout_addresses: by_creator.remove(&id).unwrap_or_default(),
-                id,
-                merchant_id: merchant_id.to_owned(),
-                name: row.try_get("name")?,
-                created_at: row.try_get("created_at")?,
-            })
+    let page = rows
+        .into_iter()
+        .map(|(id, name, created_at)| CreatorView {
+            payout_addresses: by_creator.remove(&id).unwrap_or_default(),
+            id,
+            merchant_id: merchant_id.to_owned(),
+            name,
+            created_at,
         })
-        .collect::<Result<Vec<_>>>()
-        .map(|page| (page, has_more))
+        .collect();
+    Ok((page, has_more))
 }
 
 /// One of the merchant's creators; `NotFound` for any other (another merchant's looks the same).
@@ -327,13 +322,13 @@ pub async fn set_split_rules(pool: &PgPool, merchant_id: &str, rules: &SplitRule
 }
 
 pub async fn split_rules(conn: &mut PgConnection, merchant_id: &str) -> Result<SplitRules> {
-    let rules = sqlx::query(
+    let rules: Vec<(String, i32)> = sqlx::query_as(
         "SELECT order_id_prefix, platform_fee_bps FROM split_rules WHERE merchant_id = $1 ORDER BY order_id_prefix",
     )
     .bind(merchant_id)
     .fetch_all(&mut *conn)
     .await?;
-    let shares = sqlx::query(
+    let shares: Vec<(String, String, i32)> = sqlx::query_as(
         "SELECT order_id_prefix, creator_id, bps FROM split_rule_shares WHERE merchant_id = $1 \
          ORDER BY order_id_prefix, position",
     )
@@ -344,15 +339,14 @@ pub async fn split_rules(conn: &mut PgConnection, merchant_id: &str) -> Result<S
         u32::try_from(v).map_err(|_| invalid("split_rules", format!("stored {column} {v} is not valid")))
     };
     let mut out = SplitRules::default();
-    for rule in &rules {
-        let prefix: String = rule.try_get("order_id_prefix")?;
+    for (prefix, fee) in rules {
         let mut splits = Vec::new();
-        for share in shares.iter() {
-            if share.try_get::<String, _>("order_id_prefix")? == prefix {
-                splits.push(CreatorShare { creator: share.try_get("creator_id")?, bps: bps(share.try_get("bps")?, "bps")? });
+        for (share_prefix, creator, share_bps) in &shares {
+            if *share_prefix == prefix {
+                splits.push(CreatorShare { creator: creator.clone(), bps: bps(*share_bps, "bps")? });
             }
         }
-        let platform_fee_bps = bps(rule.try_get("platform_fee_bps")?, "platform_fee_bps")?;
+        let platform_fee_bps = bps(fee, "platform_fee_bps")?;
         if prefix.is_empty() {
             out.default = Some(Splits { splits, platform_fee_bps });
         } else {
@@ -383,7 +377,7 @@ pub struct CreatorAccount {
 
 pub async fn creator_account(pool: &PgPool, ledger: &Ledger, creator_id: &str) -> Result<CreatorAccount> {
     let mut conn = pool.acquire().await?;
-    let row = sqlx::query("SELECT merchant_id, name FROM creators WHERE id = $1")
+    let (merchant_id, name): (String, String) = sqlx::query_as("SELECT merchant_id, name FROM creators WHERE id = $1")
         .bind(creator_id)
         .fetch_optional(&mut *conn)
         .await?
@@ -393,7 +387,7 @@ pub async fn creator_account(pool: &PgPool, ledger: &Ledger, creator_id: &str) -
         lines.insert(asset, (balance.to_string(), "0".to_owned()));
     }
     // Rounded down per payment, as the credit will be.
-    let pending = sqlx::query(
+    let pending: Vec<(String, String)> = sqlx::query_as(
         "SELECT p.asset, sum(floor(p.amount_minor * s.bps / 10000))::text AS pending \
          FROM payments p JOIN invoice_splits s ON s.invoice_id = p.invoice_id AND s.creator_id = $1 \
          WHERE p.status = 'seen' AND p.applied_to = 'invoice' GROUP BY p.asset",
@@ -401,15 +395,13 @@ pub async fn creator_account(pool: &PgPool, ledger: &Ledger, creator_id: &str) -
     .bind(creator_id)
     .fetch_all(&mut *conn)
     .await?;
-    for row in &pending {
-        let asset: String = row.try_get("asset")?;
-        let value: String = row.try_get("pending")?;
+    for (asset, value) in pending {
         lines.entry(asset).or_insert_with(|| ("0".to_owned(), "0".to_owned())).1 = value;
     }
     Ok(CreatorAccount {
         id: creator_id.to_owned(),
-        merchant_id: row.try_get("merchant_id")?,
-        name: row.try_get("name")?,
+        merchant_id,
+        name,
         balances: lines
             .into_iter()
             .map(|(asset, (available_minor, pending_minor))| CreatorBalance { asset, available_minor, pending_minor })

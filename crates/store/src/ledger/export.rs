@@ -17,7 +17,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use thiserror::Error;
 
 use crate::csv;
@@ -215,11 +215,44 @@ JOIN accounts a ON a.id = p.account_id
 ORDER BY page.id DESC, p.id
 "#;
 
+/// One posting of [`ENTRIES_SQL`], with its entry.
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    id: i64,
+    idempotency_key: String,
+    kind: String,
+    memo: Option<String>,
+    created_at: DateTime<Utc>,
+    reverses_entry_id: Option<i64>,
+    code: String,
+    asset: String,
+    amount: String,
+}
+
+/// A trial balance line of [`TRIAL_BALANCE_SQL`].
+#[derive(sqlx::FromRow)]
+struct LineRow {
+    code: String,
+    asset: String,
+    debit: String,
+    credit: String,
+    balance: String,
+}
+
+/// An asset's totals of [`ASSET_TOTALS_SQL`].
+#[derive(sqlx::FromRow)]
+struct AssetRow {
+    asset: String,
+    debit: String,
+    credit: String,
+    balanced: bool,
+}
+
 /// A page of journal entries, newest first, each with all of its postings.
 pub async fn entries(pool: &PgPool, filter: &EntryFilter) -> Result<Vec<EntryExport>> {
     filter.validate()?;
     let account = filter.account.as_ref();
-    let rows = sqlx::query(ENTRIES_SQL)
+    let rows: Vec<EntryRow> = sqlx::query_as(ENTRIES_SQL)
         .bind(filter.from)
         .bind(filter.to)
         .bind(filter.kind.as_deref())
@@ -232,19 +265,17 @@ pub async fn entries(pool: &PgPool, filter: &EntryFilter) -> Result<Vec<EntryExp
         .await?;
     let mut out: Vec<EntryExport> = Vec::new();
     for row in rows {
-        let id: i64 = row.try_get("id")?;
-        let account: String = row.try_get("code")?;
-        let amount_minor = checked_amount(&account, row.try_get("amount")?)?;
-        let posting = PostingExport { account, asset: row.try_get("asset")?, amount_minor };
+        let amount_minor = checked_amount(&row.code, row.amount)?;
+        let posting = PostingExport { account: row.code, asset: row.asset, amount_minor };
         match out.last_mut() {
-            Some(entry) if entry.id == id => entry.postings.push(posting),
+            Some(entry) if entry.id == row.id => entry.postings.push(posting),
             _ => out.push(EntryExport {
-                id,
-                idempotency_key: row.try_get("idempotency_key")?,
-                kind: row.try_get("kind")?,
-                memo: row.try_get("memo")?,
-                created_at: row.try_get("created_at")?,
-                reverses_entry_id: row.try_get("reverses_entry_id")?,
+                id: row.id,
+                idempotency_key: row.idempotency_key,
+                kind: row.kind,
+                memo: row.memo,
+                created_at: row.created_at,
+                reverses_entry_id: row.reverses_entry_id,
                 postings: vec![posting],
             }),
         }
@@ -347,31 +378,30 @@ ORDER BY p.asset
 pub async fn trial_balance(pool: &PgPool, at: Option<DateTime<Utc>>) -> Result<TrialBalance> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    let line_rows = sqlx::query(TRIAL_BALANCE_SQL).bind(at).fetch_all(&mut *tx).await?;
-    let asset_rows = sqlx::query(ASSET_TOTALS_SQL).bind(at).fetch_all(&mut *tx).await?;
+    let line_rows: Vec<LineRow> = sqlx::query_as(TRIAL_BALANCE_SQL).bind(at).fetch_all(&mut *tx).await?;
+    let asset_rows: Vec<AssetRow> = sqlx::query_as(ASSET_TOTALS_SQL).bind(at).fetch_all(&mut *tx).await?;
     tx.commit().await?;
 
     let mut lines = Vec::with_capacity(line_rows.len());
     for row in line_rows {
-        let account: String = row.try_get("code")?;
+        let account = row.code;
         let code: AccountCode = account.parse().map_err(|_| ExportError::CorruptAccount { code: account.clone() })?;
         lines.push(TrialBalanceLine {
             account_type: account_type_name(code.account_type()).to_owned(),
-            asset: row.try_get("asset")?,
-            debit_minor: checked_amount(&account, row.try_get("debit")?)?,
-            credit_minor: checked_amount(&account, row.try_get("credit")?)?,
-            balance_minor: checked_amount(&account, row.try_get("balance")?)?,
+            asset: row.asset,
+            debit_minor: checked_amount(&account, row.debit)?,
+            credit_minor: checked_amount(&account, row.credit)?,
+            balance_minor: checked_amount(&account, row.balance)?,
             account,
         });
     }
     let mut assets = Vec::with_capacity(asset_rows.len());
     for row in asset_rows {
-        let asset: String = row.try_get("asset")?;
         assets.push(AssetTotals {
-            debit_minor: checked_amount("*", row.try_get("debit")?)?,
-            credit_minor: checked_amount("*", row.try_get("credit")?)?,
-            balanced: row.try_get("balanced")?,
-            asset,
+            debit_minor: checked_amount("*", row.debit)?,
+            credit_minor: checked_amount("*", row.credit)?,
+            balanced: row.balanced,
+            asset: row.asset,
         });
     }
     Ok(TrialBalance { at, lines, assets })
