@@ -450,6 +450,7 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/v1/invoices/{id}"),
         ("POST", "/v1/invoices/{id}/void"),
         ("GET", "/v1/balances"),
+        ("GET", "/v1/balance_transactions"),
         ("PUT", "/v1/merchants/me/bitcoin"),
         ("GET", "/v1/merchants/me/bitcoin"),
         ("POST", "/v1/creators"),
