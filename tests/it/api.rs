@@ -451,6 +451,7 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("POST", "/v1/invoices/{id}/void"),
         ("GET", "/v1/balances"),
         ("GET", "/v1/balance_transactions"),
+        ("GET", "/v1/unapplied"),
         ("PUT", "/v1/merchants/me/bitcoin"),
         ("GET", "/v1/merchants/me/bitcoin"),
         ("POST", "/v1/creators"),

@@ -452,3 +452,61 @@ async fn a_reversed_payment_past_expiry_expires_the_invoice_until_it_is_mined_ag
         ["invoice.created", "invoice.paid", "invoice.expired", "invoice.payment_reversed", "invoice.paid"]
     );
 }
+
+/// `GET /v1/unapplied` lists what is held for review and is still money — a late payment to an
+/// expired invoice, a pending payment in an asset the invoice did not quote — oldest first, in
+/// pages; never an applied payment, nor another merchant's.
+#[sqlx::test]
+async fn unapplied_payments_are_listed_for_their_merchant_only(pool: PgPool) {
+    let server = crate::common::Server::start(pool.clone()).await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let other = create_merchant(&state.pool, "Other").await.expect("other");
+    let expired = new_invoice(state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    server.clock.advance(Duration::seconds(901));
+    expire_due(&state.pool, server.clock.now()).await.expect("expiry");
+    apply(state, &observed(&expired, USDC_POLYGON, "0x11", 25_000_000, 2)).await.expect("late");
+    server.clock.advance(Duration::seconds(1));
+    let open = new_invoice(state, &merchant.merchant_id, "10.00", &[USDC_POLYGON]).await;
+    apply(state, &observed(&open, USDT_POLYGON, "0x12", 4_000_000, 0)).await.expect("unquoted asset");
+    server.clock.advance(Duration::seconds(1));
+    apply(state, &observed(&open, USDC_POLYGON, "0x13", 10_000_000, 2)).await.expect("applied");
+
+    let (status, page) = server.get(&merchant.api_key, "/v1/unapplied").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+    let items = page["data"].as_array().expect("data");
+    let summary: Vec<(&str, &str, &str, &str, &str)> = items
+        .iter()
+        .map(|p| {
+            let field = |name: &str| p[name].as_str().unwrap_or("<missing>");
+            (field("invoice_id"), field("asset"), field("amount_minor"), field("status"), field("reason"))
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (expired.id.as_str(), USDC_POLYGON, "25000000", "confirmed", "invoice_expired"),
+            (open.id.as_str(), USDT_POLYGON, "4000000", "seen", "asset_not_quoted"),
+        ]
+    );
+    assert_eq!(page["has_more"], false);
+
+    let (_, first) = server.get(&merchant.api_key, "/v1/unapplied?limit=1").await;
+    assert_eq!(first["has_more"], true);
+    let after = first["data"][0]["id"].as_str().expect("id");
+    let (_, second) = server.get(&merchant.api_key, &format!("/v1/unapplied?limit=1&starting_after={after}")).await;
+    assert_eq!(second["data"][0]["asset"], USDT_POLYGON);
+    assert_eq!(second["has_more"], false);
+
+    let (status, theirs) = server.get(&other.api_key, "/v1/unapplied").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(theirs["data"], serde_json::json!([]));
+    // Another merchant cannot page through this one's payments.
+    let (status, body) = server.get(&other.api_key, &format!("/v1/unapplied?starting_after={after}")).await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    for query in ["limit=0", "limit=101", "starting_after=inv_1", "surprise=1"] {
+        let (status, body) = server.get(&merchant.api_key, &format!("/v1/unapplied?{query}")).await;
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "parameter_invalid", "{query}");
+    }
+}

@@ -160,6 +160,37 @@ pub async fn list(
     Ok(Json(invoice::list_invoices(&mut conn, &auth.merchant_id, &filter).await?))
 }
 
+/// Query of `GET /v1/unapplied`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UnappliedQuery {
+    /// A payment id (`pay_…`): the page starts after it.
+    pub starting_after: Option<String>,
+    /// Payments per page, 1–100 (100 when absent).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/unapplied", tag = "invoices", security(("bearer" = [])), params(UnappliedQuery),
+    responses((status = 200, body = invoice::UnappliedPage,
+            description = "the payments held on the merchant's unapplied balance that are still money, oldest first"),
+        (status = 401, body = super::openapi::ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = super::openapi::ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 422, body = super::openapi::ErrorBody, description = "parameter_invalid: a query parameter is invalid")))]
+pub async fn unapplied(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<UnappliedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<invoice::UnappliedPage>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
+    let limit = super::page_limit(query.limit, invoice::UNAPPLIED_LIMIT_MAX)?;
+    let starting_after = super::cursor(query.starting_after.as_deref(), "pay")?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
+    Ok(Json(invoice::list_unapplied(&mut conn, &auth.merchant_id, limit, starting_after).await?))
+}
+
 #[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", security(("bearer" = [])),
     params(("id" = String, Path, description = "the invoice id, inv_…")),
     responses((status = 200, body = InvoiceView), (status = 401, body = super::openapi::ErrorBody),

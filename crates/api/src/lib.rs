@@ -161,6 +161,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/pay/{id}/card", post(stripe::pay_by_card))
         .route("/v1/balances", get(balances::show))
         .route("/v1/balance_transactions", get(balances::transactions))
+        .route("/v1/unapplied", get(invoices::unapplied))
         .route("/v1/merchants/me/bitcoin", get(bitcoin::get_descriptor).put(bitcoin::put_descriptor))
         .route("/v1/creators", post(creators::create).get(creators::list))
         .route("/v1/creators/me", get(creators::me))

@@ -85,6 +85,7 @@ fn openapi_json() {}
         super::invoices::void,
         super::balances::show,
         super::balances::transactions,
+        super::invoices::unapplied,
         super::bitcoin::put_descriptor,
         super::bitcoin::get_descriptor,
         super::creators::create,

@@ -13,6 +13,7 @@ pub mod model;
 pub mod refund;
 pub mod split;
 pub mod store;
+pub mod unapplied;
 pub mod void;
 
 pub use apply::{apply_card_payment, apply_payment, orphan_payment, Applied, BlockRef, CardPayment, ObservedPayment};
@@ -26,4 +27,5 @@ pub use model::{load_view, InvoiceView, PaymentOptionView, PaymentView};
 pub use refund::mark_refunded;
 pub use list::{list_invoices, InvoicePage, ListFilter, LIST_LIMIT_MAX};
 pub use status::{evaluate, InvoiceStatus, Progress};
+pub use unapplied::{list_unapplied, UnappliedPage, UnappliedPayment, UNAPPLIED_LIMIT_MAX};
 pub use void::void_invoice;

@@ -1,0 +1,126 @@
+//! Unapplied funds: the payments held on a merchant's unapplied balance for review — late, to a
+//! closed invoice, or in an asset the invoice did not quote — that are still money (seen or
+//! confirmed; an orphaned or reversed one is not). A late payment is never lost: it is listed here.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use super::error::{InvoiceError, Result};
+use super::plan::{PaymentStatus, UnappliedReason};
+
+/// Most payments in one page.
+pub const UNAPPLIED_LIMIT_MAX: i64 = 100;
+
+/// One payment held for review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UnappliedPayment {
+    /// `pay_…`
+    pub id: String,
+    /// The invoice it was sent for.
+    pub invoice_id: String,
+    pub chain: String,
+    pub asset: String,
+    pub tx_ref: String,
+    /// The deposit address it reached (none for card payments).
+    pub address: Option<String>,
+    /// In the asset's smallest unit.
+    pub amount_minor: String,
+    /// `seen` (not yet at its confirmation policy: pending) or `confirmed` (on the unapplied balance).
+    #[schema(value_type = String)]
+    pub status: PaymentStatus,
+    /// `asset_not_quoted`, `invoice_expired`, `invoice_void`, `invoice_refunded` or `late`.
+    #[schema(value_type = String)]
+    pub reason: UnappliedReason,
+    pub seen_at: DateTime<Utc>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+}
+
+/// A page of unapplied payments.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UnappliedPage {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<UnappliedPayment>,
+    /// More follow: ask again with `starting_after` = the last payment's id.
+    pub has_more: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct UnappliedRow {
+    id: String,
+    invoice_id: String,
+    chain: String,
+    asset: String,
+    tx_ref: String,
+    address: Option<String>,
+    amount_minor: String,
+    status: String,
+    unapplied_reason: Option<String>,
+    seen_at: DateTime<Utc>,
+    confirmed_at: Option<DateTime<Utc>>,
+}
+
+impl UnappliedRow {
+    fn payment(self) -> Result<UnappliedPayment> {
+        let corrupt = |column, value: &str| InvoiceError::Corrupt { column, value: value.to_owned() };
+        let reason = self.unapplied_reason.as_deref().unwrap_or_default();
+        Ok(UnappliedPayment {
+            status: self.status.parse().map_err(|_| corrupt("status", &self.status))?,
+            reason: reason.parse().map_err(|_| corrupt("unapplied_reason", reason))?,
+            id: self.id,
+            invoice_id: self.invoice_id,
+            chain: self.chain,
+            asset: self.asset,
+            tx_ref: self.tx_ref,
+            address: self.address,
+            amount_minor: self.amount_minor,
+            seen_at: self.seen_at,
+            confirmed_at: self.confirmed_at,
+        })
+    }
+}
+
+/// The merchant's unapplied payments, oldest first: at most `limit` (1..=[`UNAPPLIED_LIMIT_MAX`]),
+/// after the payment `starting_after` when given (another merchant's id is refused as unknown).
+pub async fn list_unapplied(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> Result<UnappliedPage> {
+    if !(1..=UNAPPLIED_LIMIT_MAX).contains(&limit) {
+        return Err(InvoiceError::Invalid { field: "limit", reason: format!("must be 1..={UNAPPLIED_LIMIT_MAX}") });
+    }
+    let cursor: Option<(DateTime<Utc>, String)> = match starting_after {
+        None => None,
+        Some(id) => Some(
+            sqlx::query_as("SELECT seen_at, id FROM payments WHERE id = $1 AND merchant_id = $2")
+                .bind(id)
+                .bind(merchant_id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| InvoiceError::Invalid { field: "starting_after", reason: format!("no payment {id}") })?,
+        ),
+    };
+    let mut rows: Vec<UnappliedRow> = sqlx::query_as(
+        "SELECT id, invoice_id, chain, asset, tx_ref, address, amount_minor::text AS amount_minor, status, \
+                unapplied_reason, seen_at, confirmed_at \
+         FROM payments WHERE merchant_id = $1 AND applied_to = $2 AND status IN ($3, $4) \
+           AND ($5::timestamptz IS NULL OR (seen_at, id) > ($5, $6)) \
+         ORDER BY seen_at, id LIMIT $7",
+    )
+    .bind(merchant_id)
+    .bind(super::plan::AppliedTo::Unapplied.as_str())
+    .bind(PaymentStatus::Seen.as_str())
+    .bind(PaymentStatus::Confirmed.as_str())
+    .bind(cursor.as_ref().map(|c| c.0))
+    .bind(cursor.as_ref().map(|c| c.1.as_str()))
+    .bind(limit + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let data = rows.into_iter().map(UnappliedRow::payment).collect::<Result<Vec<_>>>()?;
+    Ok(UnappliedPage { object: "list", data, has_more })
+}
