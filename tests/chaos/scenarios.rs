@@ -17,6 +17,7 @@ type Run = fn(Profile) -> Pin<Box<dyn Future<Output = Result<Row>>>>;
 
 pub const ALL: &[(&str, Run)] = &[
     ("kill9-payments", |p| Box::pin(kill9_payments(p))),
+    ("kill9-catchup", |p| Box::pin(kill9_catchup(p))),
     ("replicas-leader-kill", |p| Box::pin(replicas_leader_kill(p))),
     ("kill9-webhooks", |p| Box::pin(kill9_webhooks(p))),
 ];
@@ -199,6 +200,102 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
         notes: notes(keys),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+/// How long a daemon far behind may take to reach the tip, kills included.
+const CATCHUP_MAX: Duration = Duration::from_secs(600);
+
+/// The daemon is stopped while every invoice is paid and the chain runs far ahead; restarted, it is
+/// SIGKILLed again and again while it catches up, then left to finish. Every payment must be
+/// credited once, whatever step each kill interrupted.
+async fn kill9_catchup(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let (behind, kills_max) = match profile {
+        Profile::Short => (6_000u64, 8u32),
+        Profile::Full => (40_000, 30),
+    };
+    let logs = rig::log_dir("kill9-catchup")?;
+    let db = Db::create("kill9-catchup").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    let bases = vec![replica.base()];
+    let mut invoices = Vec::with_capacity(load.invoices);
+    let mut keys = KeyWaits::default();
+    for i in 0..load.invoices {
+        let (asset, amount) = rig::asset_and_amount(i);
+        let created = rig::create_invoice(&bases, &merchant.api_key, &format!("chaos-{i}"), &amount, asset, READY_MAX)
+            .await
+            .with_context(|| format!("invoice {i}"))?;
+        keys.stuck += created.stuck_keys;
+        keys.waited += created.waited_keys;
+        invoices.push(created.invoice);
+    }
+    // Down while everything is paid, the payments spread over the blocks it will have to read.
+    replica.kill9().await?;
+    let gap = behind / u64::try_from(invoices.len().max(1))?;
+    let mut sent = Vec::with_capacity(invoices.len());
+    for invoice in invoices {
+        let hash = payer.pay(&invoice).await.with_context(|| format!("paying {}", invoice.id))?;
+        sent.push((invoice, hash));
+        // In steps a node answers within the harness's RPC timeout.
+        for step in (0..gap).step_by(100) {
+            rig::mine(&anvil.url(), (gap - step).min(100)).await?;
+        }
+    }
+    let tip = rig::tip(&anvil.url()).await?;
+
+    let catchup = Instant::now();
+    replica.start()?;
+    let mut rng = Rng::new(0x6a09_e667_f3bc_c908);
+    let mut kills = 0u32;
+    while kills < kills_max {
+        tokio::time::sleep(rng.millis_between(300, 1_000)).await;
+        if matches!(rig::cursor(&db.pool).await?, Some(h) if h >= tip) {
+            break;
+        }
+        replica.kill9().await?;
+        replica.start()?;
+        kills += 1;
+    }
+    let mut caught_up = None;
+    while catchup.elapsed() < CATCHUP_MAX {
+        if matches!(rig::cursor(&db.pool).await?, Some(h) if h >= tip) {
+            caught_up = Some(catchup.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    if let Some(status) = replica.exited() {
+        eprintln!("chaos: the daemon exited on its own: {status}");
+    }
+    replica.kill9().await?;
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut notes = vec![match caught_up {
+        Some(took) => format!("reached the tip {} blocks on in {:.1} s", tip, took.as_secs_f64()),
+        None => format!("did not reach block {tip} within {} s", CATCHUP_MAX.as_secs()),
+    }];
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "kill9-catchup",
+        load: format!("{} invoices paid while down, {behind} blocks behind, 1 replica", sent.len()),
+        faults: format!("{kills} x SIGKILL during catch-up (every 0.3-1 s)"),
+        payments: sent.len(),
+        lost,
+        doubled,
+        duplicates: None,
+        recovery_max: Some(caught_up.unwrap_or(CATCHUP_MAX)),
+        reconcile_clean: clean,
+        notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
     finish(db, row).await
