@@ -13,7 +13,8 @@ use crate::common::state_with_clock;
 use payrail::api::AppState;
 use payrail::chain::evm::contracts::{ForwarderFactory, TestToken, TestUSDT};
 use payrail::chain::evm::EvmClient;
-use payrail::chain::evm::{EvmWatcher, WatchError};
+use payrail::chain::evm::EvmWatcher;
+use payrail::chain::FollowError;
 use payrail::chain::ChainEvent;
 use payrail::config::{ChainSpec, RpcUrl};
 use payrail_devnet::anvil::{deploy_dev_contracts_with, Anvil, DevTokenDecimals, DEV_PAYER_KEY};
@@ -257,7 +258,7 @@ async fn a_reorg_deeper_than_the_window_stops_the_watcher(pool: PgPool) {
     pay(&rig, "POL", Address::repeat_byte(0x11), U256::from(1u64)).await;
     mine(&rig.anvil, 12).await;
     match watcher.step().await {
-        Err(error @ WatchError::ReorgTooDeep { .. }) => assert!(!error.is_retryable()),
+        Err(error @ FollowError::ReorgTooDeep { .. }) => assert!(!error.is_retryable()),
         other => panic!("expected the watcher to stop, got {other:?}"),
     }
 }
@@ -267,7 +268,7 @@ async fn an_endpoint_of_another_chain_is_refused(pool: PgPool) {
     let mut rig = rig(pool).await;
     rig.spec.caip2 = "eip155:1".parse().expect("chain");
     let error = rig.watcher().check_chain().await.expect_err("wrong chain");
-    assert!(matches!(error, WatchError::WrongChain { expected: 1, actual: 137, .. }), "{error:?}");
+    assert!(matches!(error, FollowError::WrongChain { expected: 1, actual: 137, .. }), "{error:?}");
 }
 
 /// The one node client every EVM job uses: a dead endpoint is skipped, an endpoint serving another
@@ -626,7 +627,7 @@ async fn a_watcher_that_stops_marks_its_rail_unhealthy_at_once(pool: PgPool) {
     rig.spec.caip2 = "eip155:1".parse().expect("chain");
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), rig.watcher().run(stopped)).await.expect("stops");
-    assert!(matches!(outcome, Err(WatchError::WrongChain { .. })), "{outcome:?}");
+    assert!(matches!(outcome, Err(FollowError::WrongChain { .. })), "{outcome:?}");
     let health = payrail::chain::health::shared();
     assert_eq!(health.problem("eip155:1", rig.state.clock.now()), Some("its watcher stopped and needs an operator"));
 }
@@ -693,6 +694,6 @@ async fn a_halted_watcher_holds_the_chains_lock_until_shutdown(pool: PgPool) {
 
     stop.send(true).expect("stop");
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), task).await.expect("stops").expect("task");
-    assert!(matches!(outcome, Err(WatchError::ReorgTooDeep { .. })), "{outcome:?}");
+    assert!(matches!(outcome, Err(FollowError::ReorgTooDeep { .. })), "{outcome:?}");
     assert_eq!(lock_holder(&pool, &lock).await, None, "released at shutdown");
 }

@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -17,7 +17,6 @@ use super::AppState;
 /// The response header that carries the next page's cursor of a CSV page of entries.
 pub const NEXT_BEFORE_HEADER: &str = "x-next-before";
 
-const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 
 impl From<ExportError> for ApiError {
     fn from(error: ExportError) -> Self {
@@ -116,7 +115,7 @@ pub async fn entries(
     match format {
         Format::Json => Ok(Json(EntryList { data, next_before }).into_response()),
         Format::Csv => {
-            let mut response = ([(header::CONTENT_TYPE, CSV_CONTENT_TYPE)], export::entries_csv(&data)).into_response();
+            let mut response = super::csv_response(export::entries_csv(&data));
             if let Some(id) = next_before {
                 response.headers_mut().insert(NEXT_BEFORE_HEADER, HeaderValue::from(id));
             }
@@ -159,7 +158,7 @@ pub async fn trial_balance(
     match format {
         Format::Json => Ok(Json(balance).into_response()),
         Format::Csv => {
-            Ok(([(header::CONTENT_TYPE, CSV_CONTENT_TYPE)], export::trial_balance_csv(&balance)).into_response())
+            Ok(super::csv_response(export::trial_balance_csv(&balance)))
         }
     }
 }

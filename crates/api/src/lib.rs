@@ -106,6 +106,12 @@ pub(crate) fn page_limit(limit: Option<u32>, max: i64) -> Result<i64, ApiError> 
     }
 }
 
+/// A CSV body (RFC 4180, UTF-8) as every `format=csv` answer sends it.
+pub(crate) fn csv_response(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
+}
+
 /// An RFC 3339 time from a query parameter, refused (422 `parameter_invalid`) when it is not one.
 pub(crate) fn time_param(name: &str, value: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     value

@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -129,7 +129,7 @@ pub async fn show(
     let report = store::report(&state.pool, &id).await?;
     match query.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(report).into_response()),
-        "csv" => Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], compare::items_csv(&report)).into_response()),
+        "csv" => Ok(super::csv_response(compare::items_csv(&report))),
         _ => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "format must be json or csv")),
     }
 }

@@ -3,8 +3,8 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
 
 use payrail_store::ledger::{StatementRange, STATEMENT_PAGE_LIMIT_MAX};
 
@@ -54,12 +54,9 @@ pub fn asked(query: Result<Query<StatementQuery>, QueryRejection>) -> Result<Ask
 
 /// A CSV page; `Payrail-Has-More: true` says another page follows.
 pub fn csv_page(body: String, has_more: bool) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::HeaderName::from_static("payrail-has-more"), if has_more { "true" } else { "false" }),
-        ],
-        body,
-    )
-        .into_response()
+    let mut response = super::csv_response(body);
+    response
+        .headers_mut()
+        .insert(HeaderName::from_static("payrail-has-more"), HeaderValue::from_static(if has_more { "true" } else { "false" }));
+    response
 }

@@ -4,15 +4,12 @@
 //! Invariants:
 //! - payrail holds no Bitcoin private key: descriptors with one are refused.
 //! - Every invoice gets a fresh child index of its merchant's descriptor, allocated in the
-//!   invoice's own transaction; an index (and its address) is never reused or recycled.
-//! - Only [`electrum`] talks to Electrum servers; everything else here is pure or talks to
-//!   PostgreSQL.
+//!   invoice's own transaction (`payrail_payments::merchant::bitcoin`); an index (and its address)
+//!   is never reused or recycled.
+//! - Only [`electrum`] talks to Electrum servers.
 
 pub mod electrum;
 pub mod watcher;
 
 pub use payrail_core::chain::bitcoin::{descriptor, network_of, payment_uri, uri, DescriptorError, WatchDescriptor};
 pub use watcher::{BitcoinSource, BitcoinWatcher};
-
-/// What the Bitcoin follower fails with (one error for every chain family).
-pub type WatchError = crate::follower::FollowError;
