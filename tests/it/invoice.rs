@@ -510,3 +510,260 @@ async fn unapplied_payments_are_listed_for_their_merchant_only(pool: PgPool) {
         assert_eq!(body["error"]["code"], "parameter_invalid", "{query}");
     }
 }
+
+fn held_payment_id(view: &InvoiceView) -> String {
+    let held = view.payments.iter().find(|p| p.applied_to == "unapplied" && p.status == "confirmed");
+    held.map(|p| p.id.clone()).expect("a confirmed held payment")
+}
+
+async fn trial_balance_is_zero(pool: &PgPool) {
+    let unbalanced: Vec<(String, String)> =
+        sqlx::query_as("SELECT asset, sum(amount)::text FROM postings GROUP BY asset HAVING sum(amount) <> 0")
+            .fetch_all(pool)
+            .await
+            .expect("trial balance");
+    assert_eq!(unbalanced, [], "every asset's postings sum to zero");
+}
+
+/// A late payment is applied by its merchant, over the API: to its own expired invoice, which it
+/// pays, through a reversal of its held credit and the next generation of its `payment:` credit; a
+/// second application is refused, as are a pending payment, another merchant's and an unknown one.
+#[sqlx::test]
+async fn a_late_payment_applied_to_its_own_expired_invoice_pays_it(pool: PgPool) {
+    let server = crate::common::Server::start(pool.clone()).await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let other = create_merchant(&state.pool, "Other").await.expect("other");
+    let invoice = new_invoice(state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    server.clock.advance(Duration::seconds(901));
+    expire_due(&state.pool, server.clock.now()).await.expect("expiry");
+    let late = observed(&invoice, USDC_POLYGON, "0x21", 25_000_000, 2);
+    apply(state, &late).await.expect("late");
+    apply(state, &observed(&invoice, USDC_POLYGON, "0x22", 1_000_000, 0)).await.expect("late, pending");
+    let shown = view(state, &invoice.id).await;
+    let held = held_payment_id(&shown);
+    let pending = shown.payments.iter().find(|p| p.status == "seen").map(|p| p.id.clone()).expect("pending");
+
+    let path = format!("/v1/unapplied/{held}/apply");
+    let (status, body) = server.post(&other.api_key, &path, serde_json::json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::NOT_FOUND, Some("not_found")), "{body}");
+    let (status, body) =
+        server.post(&merchant.api_key, &format!("/v1/unapplied/{pending}/apply"), serde_json::json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("payment_not_confirmed")));
+
+    let (status, body) = server.post(&merchant.api_key, &path, serde_json::json!({}), None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!((body["id"].as_str(), body["status"].as_str()), (Some(invoice.id.as_str()), Some("paid")));
+    assert_eq!(body["amount_paid"], "25.00");
+    let applied = body["payments"].as_array().expect("payments").iter().find(|p| p["id"] == held.as_str()).expect("held");
+    assert_eq!((applied["applied_to"].as_str(), applied["unapplied_reason"].as_str()), (Some("invoice"), Some("invoice_expired")));
+    assert_eq!(applied["applied_invoice_id"], serde_json::Value::Null);
+
+    let (status, body) = server.post(&merchant.api_key, &path, serde_json::json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("payment_not_unapplied")));
+    for (path, body) in [
+        (format!("/v1/unapplied/pay_{}/apply", "0".repeat(20)), serde_json::json!({})),
+        ("/v1/unapplied/nope/apply".to_owned(), serde_json::json!({})),
+        (path.clone(), serde_json::json!({"invoice": 7})),
+    ] {
+        let (status, answer) = server.post(&merchant.api_key, &path, body, None).await;
+        assert!(status.is_client_error() && status != reqwest::StatusCode::CONFLICT, "{path}: {status} {answer}");
+    }
+
+    let unapplied = AccountCode::unapplied(&merchant.merchant_id);
+    assert_eq!(server.balance(&unapplied, USDC_POLYGON).await, SignedAmount::ZERO);
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    assert_eq!(server.balance(&merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    let keys: Vec<String> = sqlx::query_scalar("SELECT idempotency_key FROM journal_entries ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("keys");
+    let standing = keys.iter().filter(|k| k.starts_with("payment:")).cloned().collect::<Vec<_>>();
+    assert_eq!(standing, [format!("payment:{}", late.tx_ref), format!("payment:{}#2", late.tx_ref)]);
+    assert_eq!(
+        events(&pool, &invoice.id).await,
+        ["invoice.created", "invoice.expired", "invoice.payment_late", "invoice.payment_applied", "invoice.paid"]
+    );
+    // The watcher reports the payment again as it gathers confirmations: nothing moves.
+    apply(state, &observed(&invoice, USDC_POLYGON, "0x21", 25_000_000, 9)).await.expect("again");
+    assert_eq!(server.balance(&merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    let (_, page) = server.get(&merchant.api_key, "/v1/unapplied").await;
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1), "only the pending one is still held: {page}");
+    trial_balance_is_zero(&pool).await;
+}
+
+/// A late payment applied to a new invoice of the same merchant counts there: the new invoice is
+/// paid and lists it, the old one stays expired. A reorg that takes its block later reverses the
+/// credit on the new invoice; mined again, it is credited to the new invoice again.
+#[sqlx::test]
+async fn a_late_payment_applied_to_a_new_invoice_counts_there_through_a_reorg(pool: PgPool) {
+    let server = crate::common::Server::start(pool.clone()).await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let other = create_merchant(&state.pool, "Other").await.expect("other");
+    let expired = new_invoice(state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    server.clock.advance(Duration::seconds(901));
+    expire_due(&state.pool, server.clock.now()).await.expect("expiry");
+    let late = observed(&expired, USDC_POLYGON, "0x31", 25_000_000, 2);
+    apply(state, &late).await.expect("late");
+    let held = held_payment_id(&view(state, &expired.id).await);
+    let fresh = new_invoice(state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let theirs = new_invoice(state, &other.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let in_tether = new_invoice(state, &merchant.merchant_id, "25.00", &[USDT_POLYGON]).await;
+    let path = format!("/v1/unapplied/{held}/apply");
+
+    let (status, body) = server.post(&merchant.api_key, &path, serde_json::json!({"invoice": theirs.id}), None).await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "another merchant's invoice: {body}");
+    let (status, body) = server.post(&merchant.api_key, &path, serde_json::json!({"invoice": in_tether.id}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("asset_not_quoted")), "{body}");
+    let (status, body) = server.post(&merchant.api_key, &path, serde_json::json!({"invoice": fresh.id}), None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!((body["id"].as_str(), body["status"].as_str()), (Some(fresh.id.as_str()), Some("paid")));
+    assert_eq!(body["payments"][0]["applied_invoice_id"].as_str(), Some(fresh.id.as_str()));
+    assert_eq!(body["payments"][0]["invoice_id"].as_str(), Some(expired.id.as_str()));
+    let old = view(state, &expired.id).await;
+    assert_eq!((old.status, old.amount_paid.as_str()), (InvoiceStatus::Expired, "0.00"));
+    assert_eq!(events(&pool, &fresh.id).await, ["invoice.created", "invoice.payment_applied", "invoice.paid"]);
+
+    // Its block leaves the chain: the credit on the new invoice is reversed, and it says so.
+    let mut tx = state.pool.begin().await.expect("begin");
+    let status = orphan_payment(&mut tx, &state.ledger, &late.tx_ref, state.clock.now()).await.expect("orphan");
+    tx.commit().await.expect("commit");
+    assert_eq!(status, InvoiceStatus::Open);
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    assert_eq!(server.balance(&merchant_account, USDC_POLYGON).await, SignedAmount::ZERO);
+    assert_eq!(server.balance(&AccountCode::unapplied(&merchant.merchant_id), USDC_POLYGON).await, SignedAmount::ZERO);
+    assert_eq!(view(state, &expired.id).await.status, InvoiceStatus::Expired);
+    // Mined again: seen, then credited to the new invoice under the next generation, once.
+    apply(state, &ObservedPayment { confirmations: 0, ..late.clone() }).await.expect("seen again");
+    assert_eq!(view(state, &fresh.id).await.status, InvoiceStatus::Processing);
+    for _ in 0..2 {
+        apply(state, &late).await.expect("confirmed again");
+    }
+    assert_eq!(view(state, &fresh.id).await.status, InvoiceStatus::Paid);
+    assert_eq!(server.balance(&merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    let standing: Vec<String> = sqlx::query_scalar(
+        "SELECT e.idempotency_key FROM journal_entries e WHERE e.kind = 'payment' \
+         AND NOT EXISTS (SELECT 1 FROM journal_entries r WHERE r.reverses_entry_id = e.id)",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("standing credits");
+    assert_eq!(standing, [format!("payment:{}#3", late.tx_ref)]);
+    trial_balance_is_zero(&pool).await;
+}
+
+/// An underpaid invoice settled by its merchant is paid: its held payment in an asset it did not
+/// quote is applied to it at no value, the partial payment counts, and the merchant's word covers the
+/// rest. Settling again changes nothing; a voided invoice cannot be settled.
+#[sqlx::test]
+async fn an_underpaid_invoice_marked_settled_is_paid_with_its_held_payments(pool: PgPool) {
+    let server = crate::common::Server::start(pool.clone()).await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    apply(state, &observed(&invoice, USDC_POLYGON, "0x41", 20_000_000, 2)).await.expect("part");
+    apply(state, &observed(&invoice, USDT_POLYGON, "0x42", 3_000_000, 2)).await.expect("other asset");
+    server.clock.advance(Duration::seconds(901));
+    expire_due(&state.pool, server.clock.now()).await.expect("expiry");
+    assert_eq!(view(state, &invoice.id).await.status, InvoiceStatus::Expired);
+
+    let path = format!("/v1/invoices/{}/mark", invoice.id);
+    for body in [serde_json::json!({"status": "paid"}), serde_json::json!({}), serde_json::json!({"status": "settled", "x": 1})] {
+        let (status, answer) = server.post(&merchant.api_key, &path, body.clone(), None).await;
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+    }
+    let (status, body) = server.post(&merchant.api_key, &path, serde_json::json!({"status": "settled"}), None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!((body["status"].as_str(), body["amount_paid"].as_str()), (Some("paid"), Some("20.00")));
+    assert!(body["settled_at"].is_string() && body["paid_at"].is_string(), "{body}");
+    let again = server.post(&merchant.api_key, &path, serde_json::json!({"status": "settled"}), None).await;
+    assert_eq!((again.0, again.1["settled_at"].clone()), (reqwest::StatusCode::OK, body["settled_at"].clone()));
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    assert_eq!(server.balance(&merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(20_000_000)));
+    assert_eq!(server.balance(&merchant_account, USDT_POLYGON).await, SignedAmount::positive(amount(3_000_000)));
+    assert_eq!(server.balance(&AccountCode::unapplied(&merchant.merchant_id), USDT_POLYGON).await, SignedAmount::ZERO);
+    assert_eq!(
+        events(&pool, &invoice.id).await,
+        ["invoice.created", "invoice.payment_late", "invoice.expired", "invoice.payment_applied", "invoice.paid"]
+    );
+
+    let voided = new_invoice(state, &merchant.merchant_id, "5.00", &[USDC_POLYGON]).await;
+    payrail::invoice::void_invoice(&state.pool, &merchant.merchant_id, &voided.id, server.clock.now()).await.expect("void");
+    let (status, body) =
+        server.post(&merchant.api_key, &format!("/v1/invoices/{}/mark", voided.id), serde_json::json!({"status": "settled"}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("invoice_state")), "{body}");
+    trial_balance_is_zero(&pool).await;
+}
+
+/// A paid invoice marked invalid holds what arrived on the unapplied balance again, fee included,
+/// unsplit; a payment still pending is held too and credited there when it confirms. The held
+/// payment can then be applied to another invoice. A void invoice cannot be marked invalid, and an
+/// invalid one cannot be settled.
+#[sqlx::test]
+async fn an_invoice_marked_invalid_holds_its_payments_for_the_merchant_again(pool: PgPool) {
+    let server = crate::common::Server::start(pool.clone()).await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let splits = payrail::invoice::Splits { splits: vec![], platform_fee_bps: 1_000 };
+    let (invoice, _) = payrail::invoice::create_invoice_with_splits(
+        &state.pool,
+        &state.catalog,
+        state.rates.as_ref(),
+        &state.policy,
+        &merchant.merchant_id,
+        &request("25.00", &[USDC_POLYGON]),
+        Some(&splits),
+        None,
+        server.clock.now(),
+    )
+    .await
+    .expect("invoice");
+    apply(state, &observed(&invoice, USDC_POLYGON, "0x51", 25_000_000, 2)).await.expect("paid");
+    apply(state, &observed(&invoice, USDC_POLYGON, "0x52", 1_000_000, 0)).await.expect("more, pending");
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    let unapplied = AccountCode::unapplied(&merchant.merchant_id);
+    assert_eq!(server.balance(&merchant_account, USDC_POLYGON).await, SignedAmount::positive(amount(22_500_000)));
+
+    let path = format!("/v1/invoices/{}/mark", invoice.id);
+    let (status, body) = server.post(&merchant.api_key, &path, serde_json::json!({"status": "invalid"}), None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!((body["status"].as_str(), body["amount_paid"].as_str()), (Some("invalid"), Some("0.00")));
+    let reasons: Vec<(&str, &str)> = body["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .map(|p| (p["applied_to"].as_str().unwrap_or("?"), p["unapplied_reason"].as_str().unwrap_or("?")))
+        .collect();
+    assert_eq!(reasons, [("unapplied", "invoice_invalid"), ("unapplied", "invoice_invalid")]);
+    assert_eq!(server.balance(&merchant_account, USDC_POLYGON).await, SignedAmount::ZERO);
+    assert_eq!(server.balance(&AccountCode::platform_fees(), USDC_POLYGON).await, SignedAmount::ZERO);
+    assert_eq!(server.balance(&unapplied, USDC_POLYGON).await, SignedAmount::positive(amount(25_000_000)));
+    let again = server.post(&merchant.api_key, &path, serde_json::json!({"status": "invalid"}), None).await;
+    assert_eq!((again.0, again.1["status"].as_str()), (reqwest::StatusCode::OK, Some("invalid")));
+    let (status, body) = server.post(&merchant.api_key, &path, serde_json::json!({"status": "settled"}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("invoice_state")));
+    assert_eq!(events(&pool, &invoice.id).await, ["invoice.created", "invoice.paid", "invoice.invalid"]);
+
+    // The pending payment confirms: credited to the unapplied balance, not to the invalid invoice.
+    apply(state, &observed(&invoice, USDC_POLYGON, "0x52", 1_000_000, 2)).await.expect("confirmed");
+    assert_eq!(server.balance(&unapplied, USDC_POLYGON).await, SignedAmount::positive(amount(26_000_000)));
+    assert_eq!(view(state, &invoice.id).await.status, InvoiceStatus::Invalid);
+    // Applied to a new invoice, the first payment pays it.
+    let fresh = new_invoice(state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let first = view(state, &invoice.id).await.payments.iter().find(|p| p.amount_minor == "25000000").map(|p| p.id.clone());
+    let first = first.expect("first payment");
+    let (status, body) = server
+        .post(&merchant.api_key, &format!("/v1/unapplied/{first}/apply"), serde_json::json!({"invoice": fresh.id}), None)
+        .await;
+    assert_eq!((status, body["status"].as_str()), (reqwest::StatusCode::OK, Some("paid")), "{body}");
+    assert_eq!(server.balance(&unapplied, USDC_POLYGON).await, SignedAmount::positive(amount(1_000_000)));
+
+    let voided = new_invoice(state, &merchant.merchant_id, "5.00", &[USDC_POLYGON]).await;
+    payrail::invoice::void_invoice(&state.pool, &merchant.merchant_id, &voided.id, server.clock.now()).await.expect("void");
+    let (status, body) = server
+        .post(&merchant.api_key, &format!("/v1/invoices/{}/mark", voided.id), serde_json::json!({"status": "invalid"}), None)
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("invoice_state")), "{body}");
+    trial_balance_is_zero(&pool).await;
+}

@@ -51,6 +51,8 @@ pub enum PayerState {
     Underpaid,
     Void,
     Refunded,
+    /// The merchant did not accept what arrived.
+    Invalid,
 }
 
 impl PayerState {
@@ -64,6 +66,7 @@ impl PayerState {
             InvoiceStatus::Expired => Self::Expired,
             InvoiceStatus::Void => Self::Void,
             InvoiceStatus::Refunded => Self::Refunded,
+            InvoiceStatus::Invalid => Self::Invalid,
         }
     }
 
@@ -77,6 +80,7 @@ impl PayerState {
             Self::Underpaid => "underpaid",
             Self::Void => "void",
             Self::Refunded => "refunded",
+            Self::Invalid => "invalid",
         }
     }
 
@@ -337,6 +341,11 @@ impl Checkout {
                 "The merchant cancelled this invoice. Do not send anything to its address.".to_owned(),
             ),
             PayerState::Refunded => ("Refunded".to_owned(), "This invoice was paid and then refunded.".to_owned()),
+            PayerState::Invalid => (
+                "Not accepted".to_owned(),
+                "The merchant did not accept this payment. Do not send anything to its address: contact them about it."
+                    .to_owned(),
+            ),
         })
     }
 

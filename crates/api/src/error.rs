@@ -53,6 +53,10 @@ impl ApiError {
     pub fn ledger(error: payrail_store::ledger::LedgerError) -> Self {
         match error {
             payrail_store::ledger::LedgerError::Database(error) => Self::database(error),
+            // A guarded balance would go negative: money that already left (a creator's share paid out).
+            error @ payrail_store::ledger::LedgerError::InsufficientBalance { .. } => {
+                Self::new(StatusCode::CONFLICT, "insufficient_funds", error.to_string())
+            }
             other => Self::internal(other),
         }
     }
@@ -102,6 +106,8 @@ impl From<InvoiceError> for ApiError {
         let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
         match error {
             NotFound { .. } => Self::not_found("invoice"),
+            PaymentNotFound { .. } => Self::not_found("payment"),
+            Refused { code, reason } => Self::new(StatusCode::CONFLICT, code, reason),
             Invalid { field, reason } => Self::new(unprocessable, "parameter_invalid", format!("{field}: {reason}")),
             UnsupportedCurrency { .. } => Self::new(unprocessable, "currency_unsupported", error.to_string()),
             UnsupportedAsset { .. } => Self::new(unprocessable, "asset_unsupported", error.to_string()),

@@ -205,3 +205,84 @@ pub async fn void(
     }
     Ok(Json(invoice::void_invoice(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?))
 }
+
+/// Body of `POST /v1/invoices/{id}/mark`.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkBody {
+    /// `settled`: accept the invoice as paid although less, late or in another asset arrived (its
+    /// confirmed held payments are applied to it first). `invalid`: do not accept what arrived —
+    /// every payment that counted toward it is held on the unapplied balance again, to be applied
+    /// elsewhere or refunded.
+    pub status: MarkStatus,
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkStatus {
+    Settled,
+    Invalid,
+}
+
+#[utoipa::path(post, path = "/v1/invoices/{id}/mark", tag = "invoices", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the invoice id, inv_…")),
+    request_body = MarkBody,
+    responses((status = 200, body = InvoiceView,
+            description = "the invoice: settled, paid (or overpaid; a paid invoice is returned unchanged); invalid, `invalid`"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody,
+            description = "invoice_state: voided or refunded (or, settling, invalid); insufficient_funds: a creator's share was paid out already"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn mark(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<MarkBody>, JsonRejection>,
+) -> Result<Json<InvoiceView>, ApiError> {
+    let Json(body) = body?;
+    if !crate::ids::is_id(&id, "inv") {
+        return Err(ApiError::not_found("invoice"));
+    }
+    let now = state.clock.now();
+    let view = match body.status {
+        MarkStatus::Settled => invoice::settle_invoice(&state.pool, &state.ledger, &auth.merchant_id, &id, now).await?,
+        MarkStatus::Invalid => invoice::invalidate_invoice(&state.pool, &state.ledger, &auth.merchant_id, &id, now).await?,
+    };
+    Ok(Json(view))
+}
+
+/// Body of `POST /v1/unapplied/{id}/apply`.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyBody {
+    /// The merchant's invoice to apply the payment to (`inv_…`); the payment's own invoice when absent.
+    #[serde(default)]
+    pub invoice: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/unapplied/{id}/apply", tag = "invoices", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the held payment's id, pay_…")),
+    request_body = ApplyBody,
+    responses((status = 200, body = InvoiceView, description = "the invoice the payment now counts toward"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody,
+            description = "payment_not_unapplied, payment_not_confirmed, asset_not_quoted or invoice_state"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn apply_unapplied(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<ApplyBody>, JsonRejection>,
+) -> Result<Json<InvoiceView>, ApiError> {
+    let Json(body) = body?;
+    if !crate::ids::is_id(&id, "pay") {
+        return Err(ApiError::not_found("payment"));
+    }
+    if body.invoice.as_deref().is_some_and(|target| !crate::ids::is_id(target, "inv")) {
+        return Err(ApiError::not_found("invoice"));
+    }
+    let now = state.clock.now();
+    let view =
+        invoice::apply_held_payment(&state.pool, &state.ledger, &auth.merchant_id, &id, body.invoice.as_deref(), now).await?;
+    Ok(Json(view))
+}

@@ -59,6 +59,10 @@ pub enum PlanError {
     /// The loader did not provide a fact [`needs`] asked for: a programming error.
     #[error("{fact} was needed for payment {tx_ref} but not loaded")]
     NotLoaded { fact: &'static str, tx_ref: String },
+    /// A merchant's request that the facts do not allow (applying a payment that is not held, to a
+    /// closed invoice, …); `code` names the rule for the API.
+    #[error("{reason}")]
+    Refused { code: &'static str, reason: String },
 }
 
 /// Enums stored as text: the one place their database values are written down.
@@ -125,6 +129,8 @@ text_enum! {
         InvoiceExpired => "invoice_expired",
         InvoiceVoid => "invoice_void",
         InvoiceRefunded => "invoice_refunded",
+        /// The merchant marked the invoice it counted toward invalid.
+        InvoiceInvalid => "invoice_invalid",
         /// Arrived after `expires_at` to an invoice that still accepted payments.
         Late => "late",
     }
@@ -139,6 +145,17 @@ pub enum Rail {
 }
 
 impl Rail {
+    /// The rail of a stored payment, from its `chain` and `asset` columns.
+    pub fn from_columns(chain: &str, asset: &str) -> Result<Self> {
+        let corrupt = |column: &'static str, value: &str| PlanError::Corrupt { column, value: value.to_owned() };
+        if chain == CARD_RAIL {
+            let code = asset.strip_prefix("iso4217:").ok_or_else(|| corrupt("asset", asset))?;
+            Ok(Self::Card(code.parse().map_err(|_| corrupt("asset", asset))?))
+        } else {
+            Ok(Self::Chain(chain.parse().map_err(|_| corrupt("chain", chain))?))
+        }
+    }
+
     /// The `chain` column: the CAIP-2 id, or [`CARD_RAIL`].
     pub fn chain_column(&self) -> String {
         match self {
@@ -199,7 +216,11 @@ impl Observation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPayment {
     pub id: String,
+    /// The invoice it was sent for.
     pub invoice_id: String,
+    /// The merchant's other invoice it was applied to, if any: the one it counts toward.
+    pub applied_invoice_id: Option<String>,
+    pub rail: Rail,
     pub tx_ref: String,
     pub asset: String,
     pub amount: Amount,
@@ -217,6 +238,8 @@ pub struct StoredPayment {
 
 /// What is known of an observed payment before the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// One record per plan, passed by reference: its size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Record {
     /// Never seen: the id its row will take.
     Unseen { id: String },
@@ -270,7 +293,7 @@ impl Quote {
 
     /// The quote after one payment applied to the invoice moved from status `from` to `to`
     /// (`None`: not stored, or not counting).
-    fn moved(&self, asset: &str, amount: Amount, from: Option<PaymentStatus>, to: Option<PaymentStatus>) -> Result<Self> {
+    pub(crate) fn moved(&self, asset: &str, amount: Amount, from: Option<PaymentStatus>, to: Option<PaymentStatus>) -> Result<Self> {
         let mut next = self.clone();
         let Some(entry) = next.assets.iter_mut().find(|a| a.asset == asset) else {
             // Not quoted: its payments are unapplied and count toward nothing.
@@ -366,6 +389,12 @@ pub enum RowChange {
     /// Its block left the chain: no confirmations, no block, and [`PaymentStatus::Orphaned`] or
     /// [`PaymentStatus::Reversed`].
     Orphan { status: PaymentStatus },
+    /// A held payment now counts toward the change's invoice, worth `value` there; the row records
+    /// the credit posted by this change.
+    Apply { value: Amount },
+    /// A payment that counted toward an invoice is held on the unapplied balance again, for
+    /// `reason`; the row records the credit posted by this change, if any.
+    Hold { reason: UnappliedReason },
 }
 
 /// What the change posts to the ledger.
@@ -375,6 +404,9 @@ pub enum LedgerChange {
     Credit(NewEntry),
     /// Reverses the credit `entry_id` under `key`: its block left the chain.
     Reverse { entry_id: i64, key: String, memo: &'static str },
+    /// Reverses the standing credit `entry_id` under `key` and posts `credit`, the payment's next
+    /// generation, in its place: a held payment applied to an invoice.
+    Rebook { entry_id: i64, key: String, memo: &'static str, credit: NewEntry },
 }
 
 /// What is announced about the payment once its row is written.
@@ -385,6 +417,8 @@ pub enum PaymentEvent {
     Late,
     /// `payment.orphaned`, with the payment as it now stands.
     Orphaned,
+    /// `invoice.payment_applied`: a held payment now counts toward the invoice.
+    Applied,
 }
 
 /// An invoice's status before and after the change; a move is stored and announced
@@ -454,6 +488,7 @@ fn unapplied_reason(invoice: &InvoiceRow, asset_quoted: bool, now: DateTime<Utc>
         Some(match invoice.status {
             InvoiceStatus::Expired => UnappliedReason::InvoiceExpired,
             InvoiceStatus::Void => UnappliedReason::InvoiceVoid,
+            InvoiceStatus::Invalid => UnappliedReason::InvoiceInvalid,
             _ => UnappliedReason::InvoiceRefunded,
         })
     } else if now >= invoice.expires_at {
@@ -483,29 +518,51 @@ pub fn reversal_key(tx_ref: &str, entry_id: i64) -> String {
 
 /// A payment's credit entry. A payment held for review is not split: it is not yet known to be
 /// revenue of the invoice.
-fn credit_entry(
+pub(crate) fn credit_entry(
     invoice: &InvoiceRow,
     payment_id: &str,
-    observation: &Observation,
+    money: Money<'_>,
     applied_to: AppliedTo,
     splits: Option<&Splits>,
     generation: u32,
 ) -> Result<NewEntry> {
+    let Money { tx_ref, rail, asset, amount } = money;
     let credits = match applied_to {
         AppliedTo::Invoice => {
-            let splits = splits.ok_or_else(|| PlanError::NotLoaded { fact: "splits", tx_ref: observation.tx_ref.clone() })?;
-            split_postings(AccountCode::merchant(&invoice.merchant_id), observation.amount, splits)
+            let splits = splits.ok_or_else(|| PlanError::NotLoaded { fact: "splits", tx_ref: tx_ref.to_owned() })?;
+            split_postings(AccountCode::merchant(&invoice.merchant_id), amount, splits)
                 .map_err(|e| PlanError::Invalid { field: "splits", reason: e.to_string() })?
         }
-        AppliedTo::Unapplied => vec![(AccountCode::unapplied(&invoice.merchant_id), observation.amount)],
+        AppliedTo::Unapplied => vec![(AccountCode::unapplied(&invoice.merchant_id), amount)],
     };
-    let mut entry = NewEntry::new(credit_key(&observation.tx_ref, generation)?, CREDIT_KIND)
+    let mut entry = NewEntry::new(credit_key(tx_ref, generation)?, CREDIT_KIND)
         .memo(format!("{} {payment_id}", invoice.id))
-        .debit(observation.rail.debit_account(), observation.asset.clone(), observation.amount);
+        .debit(rail.debit_account(), asset.to_owned(), amount);
     for (account, amount) in credits {
-        entry = entry.credit(account, observation.asset.clone(), amount);
+        entry = entry.credit(account, asset.to_owned(), amount);
     }
     Ok(entry)
+}
+
+/// The money of a payment, as its credit books it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Money<'a> {
+    pub tx_ref: &'a str,
+    pub rail: &'a Rail,
+    pub asset: &'a str,
+    pub amount: Amount,
+}
+
+impl Observation {
+    fn money(&self) -> Money<'_> {
+        Money { tx_ref: &self.tx_ref, rail: &self.rail, asset: &self.asset, amount: self.amount }
+    }
+}
+
+impl StoredPayment {
+    pub(crate) fn money(&self) -> Money<'_> {
+        Money { tx_ref: &self.tx_ref, rail: &self.rail, asset: &self.asset, amount: self.amount }
+    }
 }
 
 /// Plans what `observation` does, given the invoice (locked by the caller), what is stored of the
@@ -564,7 +621,7 @@ pub fn plan_payment(
                 change.ledger = Some(LedgerChange::Credit(credit_entry(
                     invoice,
                     &stored.id,
-                    observation,
+                    observation.money(),
                     stored.applied_to,
                     quote.and_then(|q| q.splits.as_ref()),
                     generation,
@@ -599,7 +656,7 @@ pub fn plan_payment(
                 change.ledger = Some(LedgerChange::Credit(credit_entry(
                     invoice,
                     id,
-                    observation,
+                    observation.money(),
                     change.applied_to,
                     quote.splits.as_ref(),
                     1,
@@ -734,6 +791,8 @@ mod tests {
         StoredPayment {
             id: "pay_1".to_owned(),
             invoice_id: observation.invoice_id.clone(),
+            applied_invoice_id: None,
+            rail: observation.rail.clone(),
             tx_ref: observation.tx_ref.clone(),
             asset: observation.asset.clone(),
             amount: observation.amount,
@@ -1032,6 +1091,7 @@ mod tests {
                     assert!(!credit.2, "a credit is reversed once");
                     credit.2 = true;
                 }
+                Some(LedgerChange::Rebook { .. }) => panic!("the watcher's plans never rebook"),
                 None => {}
             }
             match (&change.row, observation) {
@@ -1041,6 +1101,8 @@ mod tests {
                         StoredPayment {
                             id: change.payment_id.clone(),
                             invoice_id: change.invoice_id.clone(),
+                            applied_invoice_id: None,
+                            rail: observation.map(|o| o.rail.clone()).expect("rows come from observations"),
                             tx_ref: new.tx_ref.clone(),
                             asset: new.asset.clone(),
                             amount: new.amount,
@@ -1069,6 +1131,9 @@ mod tests {
                     row.block_hash = None;
                 }
                 (Some(RowChange::Update { .. }), None) | (None, _) => {}
+                (Some(RowChange::Apply { .. } | RowChange::Hold { .. }), _) => {
+                    panic!("the watcher's plans never apply or hold a payment")
+                }
             }
             self.invoice.status = change.invoice.to;
         }

@@ -5,6 +5,7 @@
 //!   │  ◀─orphaned─┘   └──confirmed > due──────────────────────────────▶ overpaid
 //!   └──expires_at passed, nothing pending──▶ expired
 //! open/processing ──merchant──▶ void;  paid/overpaid ──refund──▶ refunded
+//! any but void/refunded ──merchant marks it──▶ invalid (its payments held again as unapplied)
 //! ```
 //! Paid and overpaid are never left for expired or open by [`evaluate`]: a mined payment never sends
 //! an invoice back. The one way back is [`after_reversal`]: a credited payment whose block left the
@@ -32,6 +33,8 @@ pub enum InvoiceStatus {
     Expired,
     Refunded,
     Void,
+    /// The merchant did not accept what arrived: its payments are held on the unapplied balance.
+    Invalid,
 }
 
 impl InvoiceStatus {
@@ -44,6 +47,7 @@ impl InvoiceStatus {
             Self::Expired => "expired",
             Self::Refunded => "refunded",
             Self::Void => "void",
+            Self::Invalid => "invalid",
         }
     }
 
@@ -76,6 +80,7 @@ impl FromStr for InvoiceStatus {
             "expired" => Self::Expired,
             "refunded" => Self::Refunded,
             "void" => Self::Void,
+            "invalid" => Self::Invalid,
             other => return Err(format!("unknown invoice status {other:?}")),
         })
     }
@@ -128,7 +133,7 @@ fn settled(progress: &Progress) -> InvoiceStatus {
 pub fn evaluate(current: InvoiceStatus, progress: &Progress) -> InvoiceStatus {
     use InvoiceStatus::*;
     match current {
-        Refunded | Void | Overpaid => current,
+        Refunded | Void | Invalid | Overpaid => current,
         // Only a payment the invoice counted before (reversed by a reorg, now back) adds here.
         Expired => {
             if progress.confirmed >= progress.paid_threshold() {

@@ -16,6 +16,7 @@ use crate::ledger::Ledger;
 use crate::money::{Amount, Fiat};
 
 use super::error::{InvoiceError, Result};
+use super::model::InvoiceRow;
 use super::plan::{self, AppliedTo, Observation, Rail, Record, CARD_RAIL, CARD_RATE_SOURCE};
 pub use super::plan::BlockRef;
 pub use payrail_core::payment::ObservedPayment;
@@ -132,11 +133,15 @@ pub async fn apply_card_payment(
 async fn apply_observation(
     tx: &mut PgConnection,
     ledger: &Ledger,
-    invoice: &super::model::InvoiceRow,
+    invoice: &InvoiceRow,
     observation: &Observation,
     now: DateTime<Utc>,
 ) -> Result<Applied> {
     let mut stored = store::load_payment(&mut *tx, &observation.tx_ref, true).await?;
+    // A payment its merchant applied to another invoice counts there: that invoice is the one judged,
+    // locked after the payment's own invoice and row (the order every writer follows).
+    let counted = counting_invoice(&mut *tx, stored.as_ref()).await?;
+    let invoice = counted.as_ref().unwrap_or(invoice);
     let needs = plan::needs(invoice, stored.as_ref(), observation, now);
     let mut quote = if needs.quote { Some(store::load_quote(&mut *tx, &invoice.id).await?) } else { None };
     if needs.splits {
@@ -172,9 +177,18 @@ pub async fn orphan_payment(
     let stored = store::load_payment(&mut *tx, tx_ref, false)
         .await?
         .ok_or_else(|| InvoiceError::NotFound { id: tx_ref.to_owned() })?;
-    let invoice = store::lock_invoice(&mut *tx, &stored.invoice_id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    let own = store::lock_invoice(&mut *tx, &stored.invoice_id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    let invoice = counting_invoice(&mut *tx, Some(&stored)).await?.unwrap_or(own);
     let quote = store::load_quote(&mut *tx, &invoice.id).await?;
     let change = plan::plan_orphan(&invoice, &stored, &quote, now)?;
     store::apply(tx, ledger, &change, now).await?;
     Ok(change.invoice.to)
+}
+
+/// Locks the other invoice `stored` was applied to, if its merchant applied it to one.
+async fn counting_invoice(tx: &mut PgConnection, stored: Option<&plan::StoredPayment>) -> Result<Option<InvoiceRow>> {
+    match stored.and_then(|s| s.applied_invoice_id.as_deref()) {
+        Some(id) => Ok(Some(store::lock_invoice(tx, id).await?.ok_or_else(|| InvoiceError::NotFound { id: id.to_owned() })?)),
+        None => Ok(None),
+    }
 }

@@ -12,6 +12,11 @@ pub type Result<T, E = InvoiceError> = std::result::Result<T, E>;
 pub enum InvoiceError {
     #[error("invoice {id} not found")]
     NotFound { id: String },
+    #[error("payment {id} not found")]
+    PaymentNotFound { id: String },
+    /// The merchant asked for what the facts do not allow; `code` names the rule.
+    #[error("{reason}")]
+    Refused { code: &'static str, reason: String },
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
     #[error("currency {code:?} is not supported")]
@@ -50,6 +55,7 @@ impl From<PlanError> for InvoiceError {
             PlanError::Invalid { field, reason } => Self::Invalid { field, reason },
             PlanError::Mismatch { tx_ref, stored, reported } => Self::PaymentMismatch { tx_ref, stored, reported },
             PlanError::Corrupt { column, value } => Self::Corrupt { column, value },
+            PlanError::Refused { code, reason } => Self::Refused { code, reason },
             other @ PlanError::NotLoaded { .. } => Self::Plan(other),
         }
     }

@@ -37,6 +37,11 @@ pub struct PaymentOptionView {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PaymentView {
     pub id: String,
+    /// The invoice it was sent for.
+    pub invoice_id: String,
+    /// The merchant's other invoice it was applied to, which it counts toward; null when it counts
+    /// toward (or is held for) its own.
+    pub applied_invoice_id: Option<String>,
     pub asset: String,
     pub chain: String,
     pub tx_ref: String,
@@ -49,6 +54,8 @@ pub struct PaymentView {
     pub confirmations_required: u32,
     pub status: String,
     pub applied_to: String,
+    /// Why it was held for review (`late`, `invoice_expired`, `asset_not_quoted`, …); kept after the
+    /// merchant applied it.
     pub unapplied_reason: Option<String>,
     pub seen_at: DateTime<Utc>,
     pub confirmed_at: Option<DateTime<Utc>>,
@@ -76,6 +83,9 @@ pub struct InvoiceView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
+    /// When the merchant accepted the invoice as paid although less (or another asset, or late)
+    /// arrived (`POST /v1/invoices/{id}/settle`); null otherwise.
+    pub settled_at: Option<DateTime<Utc>>,
     pub payment_options: Vec<PaymentOptionView>,
     pub payments: Vec<PaymentView>,
     /// How confirmed payments are shared: creators' basis points and the platform fee, fixed when
@@ -107,6 +117,7 @@ struct InvoiceRecord {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     paid_at: Option<DateTime<Utc>>,
+    settled_at: Option<DateTime<Utc>>,
 }
 
 impl InvoiceRecord {
@@ -147,6 +158,8 @@ struct OptionRecord {
 #[derive(sqlx::FromRow)]
 struct PaymentRecord {
     id: String,
+    invoice_id: String,
+    applied_invoice_id: Option<String>,
     asset: String,
     chain: String,
     tx_ref: String,
@@ -164,7 +177,7 @@ struct PaymentRecord {
 }
 
 pub(crate) const INVOICE_COLUMNS: &str = "id, merchant_id, status, currency, amount_minor::text AS amount_minor, \
-     underpayment_tolerance_bps, order_id, metadata, expires_at, created_at, updated_at, paid_at";
+     underpayment_tolerance_bps, order_id, metadata, expires_at, created_at, updated_at, paid_at, settled_at";
 
 /// Values an invoice's applied payments in its currency at the locked quotes: confirmed and still
 /// pending (see [`super::plan::Quote::valuation`]).
@@ -231,11 +244,11 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     }
 
     let payment_rows: Vec<PaymentRecord> = sqlx::query_as(
-        "SELECT p.id, p.asset, p.chain, p.tx_ref, p.address, p.amount_minor::text AS amount_minor, \
+        "SELECT p.id, p.invoice_id, p.applied_invoice_id, p.asset, p.chain, p.tx_ref, p.address, p.amount_minor::text AS amount_minor, \
                 p.value_minor::text AS value_minor, p.confirmations, p.confirmations_required, p.status, \
                 p.applied_to, p.unapplied_reason, p.seen_at, p.confirmed_at, o.decimals \
          FROM payments p LEFT JOIN payment_options o ON o.invoice_id = p.invoice_id AND o.asset = p.asset \
-         WHERE p.invoice_id = $1 ORDER BY p.seen_at, p.id",
+         WHERE p.invoice_id = $1 OR p.applied_invoice_id = $1 ORDER BY p.seen_at, p.id",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -246,6 +259,8 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
         let value = parse_amount("value_minor", &p.value_minor)?;
         payments.push(PaymentView {
             id: p.id,
+            invoice_id: p.invoice_id,
+            applied_invoice_id: p.applied_invoice_id,
             asset: p.asset,
             chain: p.chain,
             tx_ref: p.tx_ref,
@@ -285,6 +300,7 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
         created_at: record.created_at,
         updated_at: record.updated_at,
         paid_at: record.paid_at,
+        settled_at: record.settled_at,
         payment_options,
         payments,
         split,

@@ -20,6 +20,8 @@ use super::status::InvoiceStatus;
 
 /// Announces an unapplied payment credited to the merchant's unapplied balance.
 const EVENT_PAYMENT_LATE: &str = "invoice.payment_late";
+/// Announces a held payment applied to an invoice by its merchant.
+const EVENT_PAYMENT_APPLIED: &str = "invoice.payment_applied";
 /// Announces a payment whose block left the chain.
 const EVENT_PAYMENT_ORPHANED: &str = "payment.orphaned";
 /// Announces a credit taken back after a reorg deeper than the confirmation policy.
@@ -36,13 +38,23 @@ pub(crate) async fn lock_invoice(conn: &mut PgConnection, id: &str) -> Result<Op
 
 /// Reads a payment by `tx_ref`, locking its row when `lock`.
 pub(crate) async fn load_payment(conn: &mut PgConnection, tx_ref: &str, lock: bool) -> Result<Option<StoredPayment>> {
+    read_payment(conn, tx_ref, false, lock).await
+}
+
+/// Reads a payment by its id (`pay_…`), locking its row when `lock`.
+pub(crate) async fn load_payment_by_id(conn: &mut PgConnection, id: &str, lock: bool) -> Result<Option<StoredPayment>> {
+    read_payment(conn, id, true, lock).await
+}
+
+async fn read_payment(conn: &mut PgConnection, key: &str, by_id: bool, lock: bool) -> Result<Option<StoredPayment>> {
     let row = sqlx::query(&format!(
-        "SELECT id, invoice_id, tx_ref, asset, amount_minor::text AS amount_minor, status, applied_to, \
-                confirmations, confirmations_required, block_hash, ledger_entry_id \
-         FROM payments WHERE tx_ref = $1{}",
+        "SELECT id, invoice_id, applied_invoice_id, chain, tx_ref, asset, amount_minor::text AS amount_minor, status, \
+                applied_to, confirmations, confirmations_required, block_hash, ledger_entry_id \
+         FROM payments WHERE {} = $1{}",
+        if by_id { "id" } else { "tx_ref" },
         if lock { " FOR UPDATE" } else { "" }
     ))
-    .bind(tx_ref)
+    .bind(key)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -54,11 +66,14 @@ pub(crate) async fn load_payment(conn: &mut PgConnection, tx_ref: &str, lock: bo
     };
     let status = text("status")?;
     let applied_to = text("applied_to")?;
+    let asset = text("asset")?;
     Ok(Some(StoredPayment {
         id: text("id")?,
         invoice_id: text("invoice_id")?,
+        applied_invoice_id: row.try_get("applied_invoice_id")?,
+        rail: plan::Rail::from_columns(&text("chain")?, &asset)?,
         tx_ref: text("tx_ref")?,
-        asset: text("asset")?,
+        asset,
         amount: parse_amount("amount_minor", &text("amount_minor")?)?,
         status: status.parse().map_err(|_| corrupt("status", status.clone()))?,
         applied_to: applied_to.parse().map_err(|_| corrupt("applied_to", applied_to.clone()))?,
@@ -70,15 +85,18 @@ pub(crate) async fn load_payment(conn: &mut PgConnection, tx_ref: &str, lock: bo
     }))
 }
 
-/// The invoice's quoted assets with the confirmed and pending sums of the payments applied to it.
-/// The splits are not read here (see [`load_splits`]).
+/// The invoice's quoted assets with the confirmed and pending sums of the payments applied to it:
+/// its own, and those of its merchant's other invoices applied to it. The splits are not read here
+/// (see [`super::split::load_for_invoice`]).
 pub(crate) async fn load_quote(conn: &mut PgConnection, invoice_id: &str) -> Result<Quote> {
     let rows = sqlx::query(
         "SELECT o.asset, o.amount_minor::text AS quoted, \
                 coalesce(sum(p.amount_minor) FILTER (WHERE p.status = $2), 0)::text AS confirmed, \
                 coalesce(sum(p.amount_minor) FILTER (WHERE p.status = $3), 0)::text AS pending \
          FROM payment_options o \
-         LEFT JOIN payments p ON p.invoice_id = o.invoice_id AND p.asset = o.asset AND p.applied_to = $4 \
+         LEFT JOIN payments p ON (p.invoice_id = o.invoice_id AND p.applied_invoice_id IS NULL \
+                                  OR p.applied_invoice_id = o.invoice_id) \
+                                 AND p.asset = o.asset AND p.applied_to = $4 \
          WHERE o.invoice_id = $1 GROUP BY o.asset, o.amount_minor",
     )
     .bind(invoice_id)
@@ -136,6 +154,10 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
         Some(LedgerChange::Reverse { entry_id, key, memo }) => {
             ledger.reverse(&mut *tx, *entry_id, key, memo).await?;
             None
+        }
+        Some(LedgerChange::Rebook { entry_id, key, memo, credit }) => {
+            ledger.reverse(&mut *tx, *entry_id, key, memo).await?;
+            Some(ledger.post(&mut *tx, credit).await?)
         }
         None => None,
     };
@@ -213,6 +235,36 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
             .execute(&mut *tx)
             .await?;
         }
+        (Some(RowChange::Apply { value }), posted) => {
+            // Applied to another invoice, it says so; applied to its own, it is simply no longer held.
+            sqlx::query(
+                "UPDATE payments SET applied_to = $2, value_minor = $3::numeric, updated_at = $4, ledger_entry_id = $5, \
+                        applied_invoice_id = CASE WHEN invoice_id = $6 THEN NULL ELSE $6 END \
+                 WHERE id = $1",
+            )
+            .bind(&change.payment_id)
+            .bind(AppliedTo::Invoice.as_str())
+            .bind(value.to_string())
+            .bind(now)
+            .bind(posted.map(|p| p.entry_id))
+            .bind(&change.invoice_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        (Some(RowChange::Hold { reason }), posted) => {
+            sqlx::query(
+                "UPDATE payments SET applied_to = $2, unapplied_reason = $3, applied_invoice_id = NULL, value_minor = 0, \
+                        updated_at = $4, ledger_entry_id = coalesce($5, ledger_entry_id) \
+                 WHERE id = $1",
+            )
+            .bind(&change.payment_id)
+            .bind(AppliedTo::Unapplied.as_str())
+            .bind(reason.as_str())
+            .bind(now)
+            .bind(posted.map(|p| p.entry_id))
+            .execute(&mut *tx)
+            .await?;
+        }
         (None, _) => {}
     }
     let credited = posted.is_some_and(|p| p.created);
@@ -228,6 +280,10 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
                     .await?;
             }
         }
+        Some(PaymentEvent::Applied) => {
+            let view = load_view(&mut *tx, None, &change.invoice_id).await?;
+            crate::webhook::emit(&mut *tx, &change.merchant_id, EVENT_PAYMENT_APPLIED, &change.invoice_id, &view, now).await?;
+        }
         Some(PaymentEvent::Late) | None => {}
     }
     write_status(tx, &change.merchant_id, &change.invoice_id, change.invoice, now).await?;
@@ -239,7 +295,7 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
 }
 
 /// Stores an invoice's status move, if it moves, and writes the event announcing it.
-async fn write_status(
+pub(crate) async fn write_status(
     tx: &mut PgConnection,
     merchant_id: &str,
     invoice_id: &str,
