@@ -27,5 +27,6 @@ mod reconcile_stripe;
 mod regtest;
 mod replicas;
 mod security;
+mod settlements;
 mod stripe;
 mod webhooks;

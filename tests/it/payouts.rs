@@ -267,7 +267,7 @@ async fn micro_earnings_stay_until_they_add_up(pool: PgPool) {
     let summary = service.run(&RunRequest::default()).await.expect("run");
     assert_eq!(summary.created.len(), 1);
     assert_eq!(summary.created[0].items.len(), 1);
-    assert_eq!(summary.created[0].items[0].creator_id, rig.creators[0].0);
+    assert_eq!(summary.created[0].items[0].creator_id.as_deref(), Some(rig.creators[0].0.as_str()));
     assert_eq!(summary.created[0].total_minor, "10500000");
     assert_eq!(summary.skipped.len(), 1);
     assert_eq!(rig.balance(&AccountCode::creator(&rig.creators[1].0), &polygon.usdc()).await, SignedAmount::positive(Amount::from_u64(3_000_000)));

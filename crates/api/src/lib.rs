@@ -23,6 +23,7 @@ pub mod limit;
 pub mod merchants;
 pub mod openapi;
 pub mod payouts;
+pub mod settlements;
 pub mod reconciliation;
 pub mod statements;
 pub mod stripe;
@@ -178,6 +179,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/payouts/run", post(payouts::run))
         .route("/v1/payouts", get(payouts::list))
         .route("/v1/payouts/{id}", get(payouts::show))
+        .route("/v1/merchants/me/payout_addresses", get(settlements::addresses))
+        .route("/v1/merchants/me/payout_addresses/{chain}", axum::routing::put(settlements::put_address))
+        .route("/v1/settlements", post(settlements::create).get(settlements::list))
+        .route("/v1/settlements/{id}", get(settlements::show))
         .route("/v1/reconciliation", post(reconciliation::run).get(reconciliation::list))
         .route("/v1/reconciliation/{id}", get(reconciliation::show))
         .route("/v1/ledger/entries", get(ledger::entries))

@@ -19,6 +19,10 @@ impl From<PayoutError> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", error.to_string())
             }
             PayoutError::NotFound { .. } => Self::not_found("payout"),
+            PayoutError::Invalid { field, reason } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("{field}: {reason}"))
+            }
+            PayoutError::Refused { code, reason } => Self::new(StatusCode::CONFLICT, code, reason),
             PayoutError::Rpc { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", error.to_string()),
             PayoutError::Database(error) => Self::database(error),
             PayoutError::Ledger(error) => Self::ledger(error),

@@ -13,6 +13,8 @@ use super::error::InvalidKey;
 
 /// The contract refuses larger batches (`PayoutBatcher.MAX_RECIPIENTS`).
 pub const RECIPIENTS_PER_BATCH_LIMIT: u32 = 500;
+/// Longest takeover delay of a payout address change: 30 days.
+pub const ADDRESS_CHANGE_DELAY_S_LIMIT: u64 = 30 * 86_400;
 /// Geth and most nodes refuse a replacement that raises the fee by less than 10%.
 pub const FEE_BUMP_BPS_MIN: u32 = 1_000;
 
@@ -41,6 +43,10 @@ pub struct PayoutsConfig {
     pub fee_bump_bps: u32,
     /// How often open batches are advanced.
     pub poll_interval_ms: u64,
+    /// A merchant's settlement to a payout address set or changed less than this many seconds ago
+    /// is refused until it has passed: an attacker holding a merchant's key cannot send its balance
+    /// to an address of theirs at once. 0 turns the delay off.
+    pub address_change_delay_s: u64,
     /// Fee caps of one chain (by name), replacing the two above there: gas prices differ by orders
     /// of magnitude between chains (Polygon refuses tips under 25 gwei; BSC runs at a few).
     pub chains: BTreeMap<String, FeeCaps>,
@@ -68,6 +74,7 @@ impl Default for PayoutsConfig {
             replace_after_s: 180,
             fee_bump_bps: 1_250,
             poll_interval_ms: 2_000,
+            address_change_delay_s: 86_400,
             chains: BTreeMap::new(),
         }
     }
@@ -104,6 +111,12 @@ impl PayoutsConfig {
             return Err(InvalidKey::new(
                 "fee_bump_bps",
                 format!("{} is out of range: expected {FEE_BUMP_BPS_MIN} to 10000", self.fee_bump_bps),
+            ));
+        }
+        if self.address_change_delay_s > ADDRESS_CHANGE_DELAY_S_LIMIT {
+            return Err(InvalidKey::new(
+                "address_change_delay_s",
+                format!("{} is out of range: expected at most {ADDRESS_CHANGE_DELAY_S_LIMIT} (30 days)", self.address_change_delay_s),
             ));
         }
         if self.poll_interval_ms == 0 {

@@ -14,6 +14,11 @@ pub enum PayoutError {
     AssetNotPayable { chain: String, asset: String },
     #[error("payout {id} not found")]
     NotFound { id: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// A request the balances or settings do not allow; `code` names the rule.
+    #[error("{reason}")]
+    Refused { code: &'static str, reason: String },
     #[error("invalid hot wallet key")]
     Key,
     #[error("chain {chain}: no endpoint answers: {message}")]

@@ -12,6 +12,7 @@
 use payrail_chains as chain;
 use payrail_config as config;
 use payrail_core::{clock, ids, metrics, money};
+use payrail_payments::creator as payments_creator;
 use payrail_payments::webhook;
 use payrail_rates as rates;
 use payrail_store::{db, ledger};
@@ -20,10 +21,12 @@ pub mod error;
 pub mod plan;
 pub mod runner;
 pub mod sender;
+pub mod settlement;
 pub mod store;
 
 pub use error::{PayoutError, Result};
 pub use plan::SkipReason;
 pub use runner::{drive, run_executor, try_lock_executor, PayoutService, RunRequest, RunSummary, SkippedView};
 pub use sender::{PayoutSender, Progress};
+pub use settlement::{PayoutAddress, SettlementRequest};
 pub use store::{CreatorPayoutView, PayoutItemView, PayoutView};

@@ -7,6 +7,7 @@
 
 use alloy_primitives::Address;
 
+use crate::ledger::AccountCode;
 use crate::money::Amount;
 
 /// Gas a batch costs before its first recipient (transaction, calldata head, checks, the
@@ -16,10 +17,11 @@ pub const BATCH_BASE_GAS: u64 = 80_000;
 /// storage slot or a new account), its calldata and its `PayoutSent` event.
 pub const RECIPIENT_GAS: u64 = 60_000;
 
-/// A creator's payable balance in one asset.
+/// A payable balance in one asset: a creator's, or (without a creator) the merchant's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    pub creator_id: String,
+    /// `None`: the merchant's available balance (a settlement).
+    pub creator_id: Option<String>,
     pub merchant_id: String,
     pub address: Address,
     pub amount: Amount,
@@ -93,6 +95,16 @@ pub fn plan(
     plan
 }
 
+impl Candidate {
+    /// The ledger account the amount leaves.
+    pub fn account(&self) -> AccountCode {
+        match &self.creator_id {
+            Some(creator) => AccountCode::creator(creator),
+            None => AccountCode::merchant(&self.merchant_id),
+        }
+    }
+}
+
 fn close(items: Vec<Candidate>) -> PlannedBatch {
     // Bounded by the funds checked above, so the sum cannot overflow.
     let total = Amount::checked_sum(items.iter().map(|c| c.amount)).unwrap_or(Amount::MAX);
@@ -106,7 +118,7 @@ mod tests {
 
     fn candidate(n: u8, amount: u64) -> Candidate {
         Candidate {
-            creator_id: format!("cr_{n:03}"),
+            creator_id: Some(format!("cr_{n:03}")),
             merchant_id: "mer_x".to_owned(),
             address: Address::with_last_byte(n),
             amount: Amount::from_u64(amount),
@@ -122,7 +134,7 @@ mod tests {
         let candidates = (1..=7).map(|n| candidate(n, u64::from(n) * 10)).collect();
         let plan = plan(candidates, at_least(25), Amount::from_u64(1_000), 2);
         let paid: Vec<Vec<&str>> =
-            plan.batches.iter().map(|b| b.items.iter().map(|c| c.creator_id.as_str()).collect()).collect();
+            plan.batches.iter().map(|b| b.items.iter().map(|c| c.creator_id.as_deref().unwrap_or("")).collect()).collect();
         assert_eq!(paid, vec![vec!["cr_003", "cr_004"], vec!["cr_005", "cr_006"], vec!["cr_007"]]);
         assert_eq!(plan.batches[0].total, Amount::from_u64(70));
         assert_eq!(plan.skipped.len(), 2);

@@ -63,14 +63,14 @@ pub struct RunSummary {
 
 /// One payable asset of a chain.
 #[derive(Debug, Clone)]
-struct PayableAsset {
-    asset: String,
+pub(crate) struct PayableAsset {
+    pub(crate) asset: String,
     symbol: String,
     decimals: u8,
-    token: Address,
+    pub(crate) token: Address,
 }
 
-fn payable_assets(chain: &ChainSpec) -> Vec<PayableAsset> {
+pub(crate) fn payable_assets(chain: &ChainSpec) -> Vec<PayableAsset> {
     let mut out = vec![PayableAsset {
         asset: chain.native_asset_id().to_string(),
         symbol: chain.native.symbol.clone(),
@@ -87,7 +87,7 @@ fn payable_assets(chain: &ChainSpec) -> Vec<PayableAsset> {
 }
 
 /// The node client of `chain`.
-fn connect(chain: &ChainSpec) -> Result<EvmClient> {
+pub(crate) fn connect(chain: &ChainSpec) -> Result<EvmClient> {
     EvmClient::for_chain(chain).map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })
 }
 
@@ -153,6 +153,18 @@ impl PayoutService {
         &self.chains
     }
 
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
     pub fn config(&self) -> &PayoutsConfig {
         &self.config
     }
@@ -166,7 +178,7 @@ impl PayoutService {
         self.executor_running.store(running, Ordering::Relaxed);
     }
 
-    fn chosen(&self, request: &RunRequest) -> Result<Vec<&ChainSpec>> {
+    pub(crate) fn chosen(&self, request: &RunRequest) -> Result<Vec<&ChainSpec>> {
         let chains: Vec<&ChainSpec> = match &request.chain {
             Some(wanted) => {
                 let found = self.chains.iter().find(|c| &c.name == wanted || &c.caip2.to_string() == wanted);
@@ -253,7 +265,7 @@ impl PayoutService {
                 );
             }
             skipped.extend(planned.skipped.into_iter().map(|(c, reason)| SkippedView {
-                creator_id: c.creator_id,
+                creator_id: c.creator_id.unwrap_or_default(),
                 chain: chain.caip2.to_string(),
                 asset: asset.asset.clone(),
                 amount_minor: c.amount.to_string(),

@@ -58,7 +58,10 @@ pub struct PayoutView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct PayoutItemView {
-    pub creator_id: String,
+    /// `creator` (a creator's earnings) or `merchant` (the merchant's own balance: a settlement).
+    pub recipient: String,
+    /// The creator paid; null for a settlement.
+    pub creator_id: Option<String>,
     pub merchant_id: String,
     pub address: String,
     pub amount_minor: String,
@@ -96,7 +99,8 @@ pub struct BatchRow {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemRow {
-    pub creator_id: String,
+    /// The ledger account the amount left, and returns to if the batch fails.
+    pub account: AccountCode,
     pub merchant_id: String,
     pub address: Address,
     pub amount: Amount,
@@ -162,7 +166,7 @@ pub async fn candidates(conn: &mut PgConnection, chain: &ChainId, asset: &str) -
     rows.iter()
         .map(|row| {
             Ok(Candidate {
-                creator_id: row.try_get("id")?,
+                creator_id: Some(row.try_get("id")?),
                 merchant_id: row.try_get("merchant_id")?,
                 address: address(&row.try_get::<String, _>("address")?)?,
                 amount: amount(&row.try_get::<String, _>("balance")?)?,
@@ -224,8 +228,8 @@ pub async fn create_batch(
     let mut entry = NewEntry::new(format!("payout:{id}"), "payout").memo(format!("payout {id}"));
     for (position, item) in planned.items.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO payout_items (batch_id, position, creator_id, merchant_id, address, amount_minor) \
-             VALUES ($1, $2, $3, $4, $5, $6::numeric)",
+            "INSERT INTO payout_items (batch_id, position, creator_id, merchant_id, address, amount_minor, account) \
+             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7)",
         )
         .bind(&id)
         .bind(i32::try_from(position).unwrap_or(i32::MAX))
@@ -233,9 +237,10 @@ pub async fn create_batch(
         .bind(&item.merchant_id)
         .bind(item.address.to_checksum(None))
         .bind(item.amount.to_string())
+        .bind(item.account().as_str())
         .execute(&mut *conn)
         .await?;
-        entry = entry.debit(AccountCode::creator(&item.creator_id), asset, item.amount);
+        entry = entry.debit(item.account(), asset, item.amount);
     }
     entry = entry.credit(AccountCode::payouts_in_flight(), asset, planned.total);
     // A balance that shrank since it was read (it cannot: runs are serialized and only payouts
@@ -260,7 +265,7 @@ async fn announce(conn: &mut PgConnection, view: &PayoutView, event_type: &str, 
 
 /// A batch as one of its merchants may see it: only that merchant's items, and the total and
 /// recipient count of those items — never what the batch pays other merchants' creators.
-fn merchant_share(view: &PayoutView, merchant: &str) -> Result<PayoutView> {
+pub(crate) fn merchant_share(view: &PayoutView, merchant: &str) -> Result<PayoutView> {
     let mut data = view.clone();
     data.items.retain(|i| i.merchant_id == merchant);
     let amounts = data.items.iter().map(|i| amount(&i.amount_minor)).collect::<Result<Vec<_>>>()?;
@@ -275,7 +280,8 @@ const VIEW_COLUMNS: &str = "id, run_id, chain, asset, status, total_minor::text 
 
 async fn item_views(conn: &mut PgConnection, id: &str) -> Result<Vec<PayoutItemView>> {
     Ok(sqlx::query_as(
-        "SELECT creator_id, merchant_id, address, amount_minor::text AS amount_minor FROM payout_items \
+        "SELECT CASE WHEN creator_id IS NULL THEN 'merchant' ELSE 'creator' END AS recipient, creator_id, merchant_id, \
+                address, amount_minor::text AS amount_minor FROM payout_items \
          WHERE batch_id = $1 ORDER BY position",
     )
     .bind(id)
@@ -360,7 +366,7 @@ pub async fn open_batches(pool: &PgPool, chain: &ChainId) -> Result<Vec<BatchRow
         let id: String = row.try_get("id")?;
         let key: String = row.try_get("batch_key")?;
         let items = sqlx::query(
-            "SELECT creator_id, merchant_id, address, amount_minor::text AS amount FROM payout_items \
+            "SELECT account, merchant_id, address, amount_minor::text AS amount FROM payout_items \
              WHERE batch_id = $1 ORDER BY position",
         )
         .bind(&id)
@@ -368,8 +374,9 @@ pub async fn open_batches(pool: &PgPool, chain: &ChainId) -> Result<Vec<BatchRow
         .await?
         .iter()
         .map(|r| {
+            let account: String = r.try_get("account")?;
             Ok(ItemRow {
-                creator_id: r.try_get("creator_id")?,
+                account: account.parse().map_err(|_| corrupt(account.clone()))?,
                 merchant_id: r.try_get("merchant_id")?,
                 address: address(&r.try_get::<String, _>("address")?)?,
                 amount: amount(&r.try_get::<String, _>("amount")?)?,
@@ -567,7 +574,8 @@ pub async fn settle(
     Ok(true)
 }
 
-/// The batch was not paid and never will be under this id: every creator gets its amount back.
+/// The batch was not paid and never will be under this id: every account it paid from (a creator's,
+/// or the merchant's for a settlement) gets its amount back.
 /// `mined` is a reverted transaction whose gas was still burnt.
 #[allow(clippy::too_many_arguments)]
 pub async fn fail(
@@ -588,7 +596,7 @@ pub async fn fail(
         .memo(format!("payout {} failed: {reason}", batch.id))
         .debit(AccountCode::payouts_in_flight(), batch.asset.as_str(), batch.total);
     for item in &batch.items {
-        entry = entry.credit(AccountCode::creator(&item.creator_id), batch.asset.as_str(), item.amount);
+        entry = entry.credit(item.account.clone(), batch.asset.as_str(), item.amount);
     }
     ledger.post(&mut tx, &entry).await?;
     if let Some(gas) = mined.and_then(|m| gas_entry(&batch.id, chain, native_asset, m)) {
@@ -632,7 +640,8 @@ mod tests {
 
     fn item(creator: &str, merchant: &str, amount: &str) -> PayoutItemView {
         PayoutItemView {
-            creator_id: creator.to_owned(),
+            recipient: "creator".to_owned(),
+            creator_id: Some(creator.to_owned()),
             merchant_id: merchant.to_owned(),
             address: "0x0000000000000000000000000000000000000001".to_owned(),
             amount_minor: amount.to_owned(),

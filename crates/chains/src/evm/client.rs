@@ -375,7 +375,12 @@ impl EvmClient {
         broadcast_to(&self.endpoints, raw).await
     }
 
-    /// What `owner` holds of `token` (the zero address: the native coin) at the latest block, in
+    /// The code deployed at `address` at the latest block: empty for an account that is no contract.
+    pub async fn code_at(&self, address: Address) -> Result<alloy_primitives::Bytes, RpcError> {
+        self.call("eth_getCode", |p| async move { p.get_code_at(address).await.map_err(|e| e.to_string()) }).await
+    }
+
+        /// What `owner` holds of `token` (the zero address: the native coin) at the latest block, in
     /// smallest units.
     pub async fn balance_of(&self, owner: Address, token: Address) -> Result<U256, RpcError> {
         self.call("balanceOf", |p| async move {

@@ -1,0 +1,144 @@
+//! Merchant settlement. A merchant key: `GET /v1/merchants/me/payout_addresses`, `PUT
+//! /v1/merchants/me/payout_addresses/{chain}`, `POST /v1/settlements`, `GET /v1/settlements`, `GET
+//! /v1/settlements/{id}`.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use crate::payout::{self, PayoutAddress, PayoutView, SettlementRequest};
+
+use super::auth::MerchantAuth;
+use super::error::ApiError;
+use super::AppState;
+
+/// Body of `PUT /v1/merchants/me/payout_addresses/{chain}`.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutAddressBody {
+    /// `0x…`: a mixed-case address must carry its EIP-55 checksum; stored checksummed.
+    pub address: String,
+    /// The address is a contract that can move tokens (a multisig wallet): without this a contract
+    /// is refused, as tokens sent to one that cannot move them are lost.
+    #[serde(default)]
+    pub contract_confirmed: bool,
+}
+
+/// The merchant's payout addresses.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PayoutAddressList {
+    pub data: Vec<PayoutAddress>,
+}
+
+/// A page of the merchant's settlements, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SettlementList {
+    pub data: Vec<PayoutView>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_before: Option<String>,
+}
+
+/// Query of `GET /v1/settlements`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementQuery {
+    /// 1 to 100; 20 when absent.
+    pub limit: Option<i64>,
+    /// A `po_…` id: settlements created before it.
+    pub before: Option<String>,
+}
+
+fn service(state: &AppState) -> Result<&payout::PayoutService, ApiError> {
+    state.payouts.as_deref().ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "payouts_unavailable", "no enabled chain has a payout batcher")
+    })
+}
+
+#[utoipa::path(get, path = "/v1/merchants/me/payout_addresses", tag = "settlements", security(("bearer" = [])),
+    responses((status = 200, body = PayoutAddressList), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody)))]
+pub async fn addresses(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<PayoutAddressList>, ApiError> {
+    let delay = service(&state)?.config().address_change_delay_s;
+    Ok(Json(PayoutAddressList { data: payout::settlement::payout_addresses(&state.pool, &auth.merchant_id, delay).await? }))
+}
+
+#[utoipa::path(put, path = "/v1/merchants/me/payout_addresses/{chain}", tag = "settlements", security(("bearer" = [])),
+    params(("chain" = String, Path, description = "a payout chain by name (`polygon`) or CAIP-2 id")),
+    request_body = PayoutAddressBody,
+    responses((status = 200, body = PayoutAddress, description = "the address; a new one is usable once `usable_from` has passed"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody, description = "parameter_invalid: not an address of the chain, a contract not confirmed, or not a payout chain"),
+        (status = 503, body = super::openapi::ErrorBody)))]
+pub async fn put_address(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(chain): Path<String>,
+    body: Result<Json<PayoutAddressBody>, JsonRejection>,
+) -> Result<Json<PayoutAddress>, ApiError> {
+    let Json(body) = body?;
+    let set = service(&state)?.set_payout_address(&auth.merchant_id, &chain, &body.address, body.contract_confirmed).await?;
+    Ok(Json(set))
+}
+
+#[utoipa::path(post, path = "/v1/settlements", tag = "settlements", security(("bearer" = [])),
+    request_body = SettlementRequest,
+    responses((status = 201, body = PayoutView, description = "the settlement's batch, `created`; the executor sends it"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody,
+            description = "insufficient_funds (with what is available), payout_address_missing, payout_address_recent, batcher_funds_short, payouts_unavailable"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody),
+        (status = 503, body = super::openapi::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    body: Result<Json<SettlementRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<PayoutView>), ApiError> {
+    let Json(request) = body?;
+    let service = service(&state)?;
+    if !service.executor_running() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "payouts_unavailable",
+            "this daemon has no hot wallet key, so nothing would send the settlement",
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(service.settle(&auth.merchant_id, &request).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/settlements", tag = "settlements", security(("bearer" = [])),
+    params(SettlementQuery),
+    responses((status = 200, body = SettlementList), (status = 400, body = super::openapi::ErrorBody),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<SettlementQuery>, QueryRejection>,
+) -> Result<Json<SettlementList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=payout::store::LIST_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "limit must be 1 to 100"));
+    }
+    if query.before.as_deref().is_some_and(|b| !crate::ids::is_id(b, "po")) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "before must be a po_… id"));
+    }
+    let data = payout::settlement::settlements(&state.pool, &auth.merchant_id, limit, query.before.as_deref()).await?;
+    let full = i64::try_from(data.len()).unwrap_or(0) == limit;
+    let next_before = if full { data.last().map(|p| p.id.clone()) } else { None };
+    Ok(Json(SettlementList { data, next_before }))
+}
+
+#[utoipa::path(get, path = "/v1/settlements/{id}", tag = "settlements", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the settlement's payout id, po_…")),
+    responses((status = 200, body = PayoutView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
+pub async fn show(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<PayoutView>, ApiError> {
+    if !crate::ids::is_id(&id, "po") {
+        return Err(ApiError::not_found("settlement"));
+    }
+    Ok(Json(payout::settlement::settlement(&state.pool, &auth.merchant_id, &id).await?))
+}

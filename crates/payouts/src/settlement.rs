@@ -1,0 +1,242 @@
+//! Merchant settlement: a merchant's available balance leaves through a payout batch of its own,
+//! written, signed, sent, replaced, confirmed or returned by the same machinery as creators'
+//! earnings — one batch per chain and asset, the contract refusing a batch id twice, the signed
+//! bytes stored before they are broadcast.
+//!
+//! A settlement takes the merchant's `liabilities:merchant:{id}` balance to `payouts_in_flight` in
+//! the transaction that writes the batch, under the same lock as payout runs, so two settlements (or
+//! a settlement and a refund) cannot both take the same funds: the second is refused with what is
+//! still available. It is paid to the merchant's payout address on the chain, which must have been
+//! set at least `[payouts] address_change_delay_s` before (an account taken over cannot send the
+//! balance to a new address at once).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+
+use crate::ledger::AccountCode;
+use crate::money::{Amount, ChainId};
+
+use super::error::{PayoutError, Result};
+use super::plan::{Candidate, PlannedBatch};
+use super::runner::{PayoutService, RunRequest};
+use super::store::{self, PayoutView};
+
+/// Body of `POST /v1/settlements`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementRequest {
+    /// A chain by name (`polygon`) or CAIP-2 id.
+    pub chain: String,
+    /// The CAIP-19 asset to withdraw.
+    pub asset: String,
+    /// In the asset's smallest unit (an integer string); the whole available balance when absent.
+    #[serde(default)]
+    pub amount_minor: Option<String>,
+}
+
+/// A merchant's payout address on one chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct PayoutAddress {
+    /// CAIP-2.
+    pub chain: String,
+    pub address: String,
+    /// When it was last set: settlements to it wait until the takeover delay has passed.
+    pub changed_at: DateTime<Utc>,
+    /// When settlements to it may start.
+    pub usable_from: DateTime<Utc>,
+}
+
+impl PayoutService {
+    /// Writes a settlement of `merchant_id`'s balance: one batch with the merchant as its one
+    /// recipient, which the executor then sends. See the module docs for what is refused.
+    pub async fn settle(&self, merchant_id: &str, request: &SettlementRequest) -> Result<PayoutView> {
+        let asked = RunRequest { chain: Some(request.chain.clone()), asset: Some(request.asset.clone()) };
+        let chain = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: request.chain.clone() })?;
+        let batcher = chain.payout_batcher.ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.name.clone() })?;
+        let asset = super::runner::payable_assets(chain)
+            .into_iter()
+            .find(|a| a.asset == request.asset)
+            .ok_or_else(|| PayoutError::AssetNotPayable { chain: chain.name.clone(), asset: request.asset.clone() })?;
+        let wanted = match &request.amount_minor {
+            Some(text) => {
+                let amount = Amount::parse_decimal(text, 0)
+                    .map_err(|_| PayoutError::Invalid { field: "amount_minor", reason: format!("{text:?} is not a whole number") })?;
+                if amount.is_zero() {
+                    return Err(PayoutError::Invalid { field: "amount_minor", reason: "must be more than 0".to_owned() });
+                }
+                Some(amount)
+            }
+            None => None,
+        };
+        let now = self.clock().now();
+        let address = {
+            let mut conn = self.pool().acquire().await?;
+            payout_address(&mut conn, merchant_id, &chain.caip2, self.config().address_change_delay_s).await?
+        }
+        .ok_or_else(|| PayoutError::Refused {
+            code: "payout_address_missing",
+            reason: format!("no payout address on {}: set one with PUT /v1/merchants/me/payout_addresses", chain.caip2),
+        })?;
+        if now < address.usable_from {
+            return Err(PayoutError::Refused {
+                code: "payout_address_recent",
+                reason: format!(
+                    "the payout address on {} changed at {}: settlements to it start at {}",
+                    chain.caip2, address.changed_at, address.usable_from
+                ),
+            });
+        }
+        let to = address.address.parse().map_err(|_| PayoutError::Corrupt { value: address.address.clone() })?;
+        // The batcher's funds are read before the transaction: no lock is held across a network call.
+        let funds = super::runner::connect(chain)?
+            .balance_of(batcher, asset.token)
+            .await
+            .map(Amount::from_u256)
+            .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })?;
+
+        let mut tx = self.pool().begin().await?;
+        store::lock_runs(&mut tx).await?;
+        let account = AccountCode::merchant(merchant_id);
+        let balance = self.ledger().balance(&mut tx, &account, &asset.asset).await?;
+        let available = if balance.is_negative() { Amount::ZERO } else { balance.magnitude() };
+        let amount = wanted.unwrap_or(available);
+        if amount.is_zero() || amount > available {
+            return Err(PayoutError::Refused {
+                code: "insufficient_funds",
+                reason: format!("{} of {} is available to settle", available, asset.asset),
+            });
+        }
+        let promised = store::promised(&mut tx, &chain.caip2, &asset.asset).await?;
+        if funds.saturating_sub(promised) < amount {
+            return Err(PayoutError::Refused {
+                code: "batcher_funds_short",
+                reason: format!("the payout batcher on {} cannot cover this settlement now; try again later", chain.caip2),
+            });
+        }
+        let item = Candidate { creator_id: None, merchant_id: merchant_id.to_owned(), address: to, amount };
+        let planned = PlannedBatch { items: vec![item], total: amount };
+        let view = store::create_batch(
+            &mut tx,
+            self.ledger(),
+            &store::new_run_id(),
+            &chain.caip2,
+            &asset.asset,
+            asset.token,
+            batcher,
+            &planned,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(target: "payout", merchant = %merchant_id, batch = %view.id, chain = %chain.name, "settlement");
+        Ok(view)
+    }
+
+    /// Sets the merchant's payout address on `chain` (a configured payout chain), checked and stored
+    /// as [`crate::payments_creator::normalize_payout_address`] does for creators. A contract is
+    /// refused unless `contract_confirmed` (a multisig wallet, say): tokens sent to a contract that
+    /// cannot move them are lost. Setting the same address again keeps its time; a new one starts
+    /// the takeover delay.
+    pub async fn set_payout_address(
+        &self,
+        merchant_id: &str,
+        chain: &str,
+        address: &str,
+        contract_confirmed: bool,
+    ) -> Result<PayoutAddress> {
+        let asked = RunRequest { chain: Some(chain.to_owned()), asset: None };
+        let spec = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.to_owned() })?;
+        let normalized = crate::payments_creator::normalize_payout_address(&spec.caip2.to_string(), address)
+            .map_err(|e| PayoutError::Invalid { field: "address", reason: e.to_string() })?;
+        let parsed = normalized.parse().map_err(|_| PayoutError::Corrupt { value: normalized.clone() })?;
+        let code = super::runner::connect(spec)?
+            .code_at(parsed)
+            .await
+            .map_err(|e| PayoutError::Rpc { chain: spec.name.clone(), message: e.to_string() })?;
+        if !code.is_empty() && !contract_confirmed {
+            return Err(PayoutError::Invalid {
+                field: "address",
+                reason: format!(
+                    "{normalized} is a contract on {}: set contract_confirmed if it can move tokens (a multisig wallet)",
+                    spec.caip2
+                ),
+            });
+        }
+        let now = self.clock().now();
+        let mut conn = self.pool().acquire().await?;
+        sqlx::query(
+            "INSERT INTO merchant_payout_addresses (merchant_id, chain, address, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (merchant_id, chain) DO UPDATE SET address = EXCLUDED.address, changed_at = EXCLUDED.changed_at \
+             WHERE merchant_payout_addresses.address <> EXCLUDED.address",
+        )
+        .bind(merchant_id)
+        .bind(spec.caip2.to_string())
+        .bind(&normalized)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        payout_address(&mut conn, merchant_id, &spec.caip2, self.config().address_change_delay_s)
+            .await?
+            .ok_or_else(|| PayoutError::Corrupt { value: format!("payout address of {merchant_id}") })
+    }
+}
+
+/// The merchant's payout address on `chain`, if set.
+async fn payout_address(conn: &mut PgConnection, merchant_id: &str, chain: &ChainId, delay_s: u64) -> Result<Option<PayoutAddress>> {
+    let row: Option<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT chain, address, changed_at FROM merchant_payout_addresses WHERE merchant_id = $1 AND chain = $2",
+    )
+    .bind(merchant_id)
+    .bind(chain.to_string())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(chain, address, changed_at)| PayoutAddress { chain, address, changed_at, usable_from: usable_from(changed_at, delay_s) }))
+}
+
+fn usable_from(changed_at: DateTime<Utc>, delay_s: u64) -> DateTime<Utc> {
+    changed_at + chrono::Duration::seconds(i64::try_from(delay_s).unwrap_or(i64::MAX / 1_000))
+}
+
+/// Every payout address of the merchant.
+pub async fn payout_addresses(pool: &PgPool, merchant_id: &str, delay_s: u64) -> Result<Vec<PayoutAddress>> {
+    let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT chain, address, changed_at FROM merchant_payout_addresses WHERE merchant_id = $1 ORDER BY chain",
+    )
+    .bind(merchant_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(chain, address, changed_at)| PayoutAddress { chain, address, changed_at, usable_from: usable_from(changed_at, delay_s) })
+        .collect())
+}
+
+/// The merchant's settlements (batches paying its own balance), newest first; `before` a `po_…` id.
+pub async fn settlements(pool: &PgPool, merchant_id: &str, limit: i64, before: Option<&str>) -> Result<Vec<PayoutView>> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT b.id FROM payout_batches b JOIN payout_items i ON i.batch_id = b.id \
+         WHERE i.merchant_id = $1 AND i.creator_id IS NULL \
+           AND ($3::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM payout_batches WHERE id = $3)) \
+         ORDER BY b.created_at DESC, b.id DESC LIMIT $2",
+    )
+    .bind(merchant_id)
+    .bind(limit.clamp(1, store::LIST_LIMIT_MAX))
+    .bind(before)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(settlement(pool, merchant_id, &id).await?);
+    }
+    Ok(out)
+}
+
+/// One settlement of the merchant; another merchant's, or a creators' batch, is not found.
+pub async fn settlement(pool: &PgPool, merchant_id: &str, id: &str) -> Result<PayoutView> {
+    let view = store::view(pool, id).await?;
+    if !view.items.iter().any(|i| i.creator_id.is_none() && i.merchant_id == merchant_id) {
+        return Err(PayoutError::NotFound { id: id.to_owned() });
+    }
+    store::merchant_share(&view, merchant_id)
+}

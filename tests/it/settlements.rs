@@ -1,0 +1,275 @@
+//! Merchant settlement through the real `PayoutBatcher` on anvil: a merchant's USDC balance leaves
+//! on two chains, one transaction per chain, and the ledger agrees with the `PayoutSent` events; a
+//! second settlement of the same funds is refused with what is available; a new payout address
+//! waits out the takeover delay; and `payrail payouts run` killed at arbitrary moments pays each
+//! settlement once.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use crate::common::evm::Chain;
+use payrail::api::AppState;
+use payrail::clock::Clock;
+use payrail::config::PayoutsConfig;
+use payrail::ledger::{AccountCode, SignedAmount};
+use payrail::merchant::create_merchant;
+use payrail::money::Amount;
+use payrail::payout::{store, PayoutSender, PayoutService, Progress, SettlementRequest};
+use payrail_devnet::anvil::DEV_DEPLOYER_KEY;
+use serde_json::json;
+use sqlx::PgPool;
+
+fn merchant_wallet() -> Address {
+    Address::repeat_byte(0xd1)
+}
+
+fn service(state: &AppState, chains: &[&Chain], config: PayoutsConfig) -> PayoutService {
+    PayoutService::with_chains(
+        chains.iter().map(|c| c.spec.clone()).collect(),
+        config,
+        state.pool.clone(),
+        state.ledger.clone(),
+        state.rates.clone(),
+        state.clock.clone(),
+    )
+    .expect("payable chains")
+}
+
+fn no_delay() -> PayoutsConfig {
+    PayoutsConfig { address_change_delay_s: 0, ..PayoutsConfig::default() }
+}
+
+/// Credits the merchant `units` of `chain`'s USDC as a confirmed payment to an invoice would.
+async fn earn(state: &AppState, merchant_id: &str, chain: &Chain, units: u64, tx: &str) {
+    let asset = chain.usdc();
+    let invoice = common::invoice(state, merchant_id, "500.00", &[&asset]).await;
+    let payment = payrail::invoice::ObservedPayment {
+        invoice_id: invoice.id,
+        chain: chain.spec.caip2.clone(),
+        asset: asset.parse().expect("asset"),
+        tx_ref: format!("{}:{tx}:0", chain.spec.caip2),
+        address: None,
+        amount: Amount::from_u64(units),
+        confirmations: 1,
+        confirmations_required: 1,
+        block: None,
+    };
+    let mut db = state.pool.begin().await.expect("begin");
+    payrail::invoice::apply_payment(&mut db, &state.ledger, &payment, state.clock.now()).await.expect("apply");
+    db.commit().await.expect("commit");
+}
+
+async fn drive_to_end(chain: &Chain, state: &AppState, sender: &PayoutSender, batch_id: &str) -> Progress {
+    for _ in 0..20 {
+        let open = store::open_batches(&state.pool, &chain.spec.caip2).await.expect("open");
+        let Some(batch) = open.into_iter().find(|b| b.id == batch_id) else { panic!("batch {batch_id} is not open") };
+        let progress = sender.advance(&batch).await.expect("advance");
+        if progress.is_final() {
+            return progress;
+        }
+        chain.mine(u64::from(chain.spec.confirmations.confirmations_max())).await;
+    }
+    panic!("batch {batch_id} did not finish");
+}
+
+async fn balance(state: &AppState, account: &AccountCode, asset: &str) -> SignedAmount {
+    let mut conn = state.pool.acquire().await.expect("conn");
+    state.ledger.balance(&mut conn, account, asset).await.expect("balance")
+}
+
+/// The whole path over HTTP on two chains: payout addresses (a contract refused unless
+/// confirmed), a part withdrawn on one chain and all on the other, each paid in its own
+/// transaction, the ledger equal to what the contract emitted; the rest cannot be taken twice.
+#[sqlx::test]
+async fn a_merchant_withdraws_usdc_on_two_chains_in_one_transaction_each(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let arbitrum = Chain::start("arbitrum").await;
+    let chains = [&polygon, &arbitrum];
+    let server = common::Server::start_with(pool.clone(), |state| {
+        let payouts = service(state, &chains, no_delay());
+        payouts.set_executor_running(true);
+        state.payouts = Some(Arc::new(payouts));
+    })
+    .await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let other = create_merchant(&state.pool, "Other").await.expect("other");
+    for (n, chain) in chains.iter().enumerate() {
+        earn(state, &merchant.merchant_id, chain, 50_000_000, &format!("0xe{n}")).await;
+        chain.fund_batcher(200_000_000).await;
+    }
+
+    let (status, body) = server.post(&merchant.api_key, "/v1/settlements", json!({"chain": "polygon", "asset": polygon.usdc()}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("payout_address_missing")), "{body}");
+    let batcher = polygon.contracts.payout_batcher.to_checksum(None);
+    let put = |chain: &'static str, body: serde_json::Value| {
+        let server = &server;
+        let key = merchant.api_key.clone();
+        async move {
+            let response = server
+                .request(reqwest::Method::PUT, Some(&key), &format!("/v1/merchants/me/payout_addresses/{chain}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("put");
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let (status, body) = put("polygon", json!({"address": batcher})).await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "a contract without confirmation: {body}");
+    let (status, body) = put("polygon", json!({"address": "0xD1d1d1d1D1d1d1d1d1d1D1d1d1d1d1d1d1d1d1d2"})).await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "a broken checksum: {body}");
+    let wallet = merchant_wallet().to_checksum(None);
+    for chain in ["polygon", "arbitrum"] {
+        let (status, body) = put(chain, json!({"address": wallet.to_lowercase()})).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        assert_eq!(body["address"].as_str(), Some(wallet.as_str()), "stored checksummed");
+    }
+    let (_, listed) = server.get(&merchant.api_key, "/v1/merchants/me/payout_addresses").await;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2));
+
+    let (status, first) = server
+        .post(&merchant.api_key, "/v1/settlements", json!({"chain": "polygon", "asset": polygon.usdc(), "amount_minor": "30000000"}), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{first}");
+    assert_eq!((first["status"].as_str(), first["total_minor"].as_str()), (Some("created"), Some("30000000")));
+    assert_eq!(first["items"][0]["recipient"], "merchant");
+    let (status, body) = server
+        .post(&merchant.api_key, "/v1/settlements", json!({"chain": "polygon", "asset": polygon.usdc(), "amount_minor": "30000000"}), None)
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("insufficient_funds")), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.starts_with("20000000 of ")), "{body}");
+    let (status, second) =
+        server.post(&merchant.api_key, "/v1/settlements", json!({"chain": "arbitrum", "asset": arbitrum.usdc()}), None).await;
+    assert_eq!((status, second["total_minor"].as_str()), (reqwest::StatusCode::CREATED, Some("50000000")), "{second}");
+    for body in [json!({"chain": "polygon", "asset": polygon.usdc(), "amount_minor": "0"}), json!({"chain": "dogecoin", "asset": "x"})] {
+        let (status, answer) = server.post(&merchant.api_key, "/v1/settlements", body.clone(), None).await;
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+    }
+
+    for (chain, settlement, paid) in [(&polygon, &first, 30_000_000u64), (&arbitrum, &second, 50_000_000)] {
+        let id = settlement["id"].as_str().expect("id");
+        let sender = PayoutSender::new(
+            chain.spec.clone(),
+            DEV_DEPLOYER_KEY,
+            state.pool.clone(),
+            state.ledger.clone(),
+            no_delay(),
+            state.clock.clone(),
+        )
+        .expect("sender");
+        let progress = drive_to_end(chain, state, &sender, id).await;
+        assert!(matches!(progress, Progress::Confirmed { .. }), "{progress:?}");
+        assert_eq!(store::attempts(&state.pool, id).await.expect("attempts").len(), 1, "one transaction");
+        assert_eq!(chain.payout_events().await, vec![(store::batch_key(id), merchant_wallet(), U256::from(paid))]);
+        assert_eq!(chain.usdc_of(merchant_wallet()).await, U256::from(paid));
+        let usdc = chain.usdc();
+        assert_eq!(balance(state, &AccountCode::payouts_in_flight(), &usdc).await, SignedAmount::ZERO);
+        let left = SignedAmount::positive(Amount::from_u64(50_000_000 - paid));
+        assert_eq!(balance(state, &AccountCode::merchant(&merchant.merchant_id), &usdc).await, left);
+        assert_eq!(balance(state, &AccountCode::chain_assets(&chain.spec.caip2), &usdc).await, left);
+    }
+    let (status, page) = server.get(&merchant.api_key, "/v1/settlements").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let statuses: Vec<&str> = page["data"].as_array().expect("data").iter().filter_map(|s| s["status"].as_str()).collect();
+    assert_eq!(statuses, ["confirmed", "confirmed"]);
+    let id = first["id"].as_str().expect("id");
+    let (status, shown) = server.get(&merchant.api_key, &format!("/v1/settlements/{id}")).await;
+    assert_eq!((status, shown["tx_hash"].is_string()), (reqwest::StatusCode::OK, true), "{shown}");
+    let (status, _) = server.get(&other.api_key, &format!("/v1/settlements/{id}")).await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "another merchant's settlement");
+    let (_, theirs) = server.get(&other.api_key, "/v1/settlements").await;
+    assert_eq!(theirs["data"], json!([]));
+    let unbalanced: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT asset FROM postings GROUP BY asset HAVING sum(amount) <> 0) u")
+        .fetch_one(&pool)
+        .await
+        .expect("trial balance");
+    assert_eq!(unbalanced, 0);
+}
+
+/// A payout address set or changed is usable only after the takeover delay; setting the same
+/// address again does not restart it.
+#[sqlx::test]
+async fn a_new_payout_address_waits_out_the_takeover_delay(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let (state, clock) = common::state_with_clock(pool);
+    let payouts = service(&state, &[&polygon], PayoutsConfig::default());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    earn(&state, &merchant.merchant_id, &polygon, 10_000_000, "0xf1").await;
+    polygon.fund_batcher(10_000_000).await;
+    let wallet = merchant_wallet().to_checksum(None);
+    let set = payouts.set_payout_address(&merchant.merchant_id, "polygon", &wallet, false).await.expect("set");
+    assert_eq!(set.usable_from, clock.now() + chrono::Duration::days(1));
+    let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: None };
+    let refused = payouts.settle(&merchant.merchant_id, &request).await.expect_err("too soon");
+    assert!(matches!(refused, payrail::payout::PayoutError::Refused { code: "payout_address_recent", .. }), "{refused}");
+    clock.advance(chrono::Duration::hours(23));
+    let again = payouts.set_payout_address(&merchant.merchant_id, "polygon", &wallet, false).await.expect("same again");
+    assert_eq!(again.changed_at, set.changed_at, "the same address keeps its time");
+    clock.advance(chrono::Duration::hours(1));
+    let batch = payouts.settle(&merchant.merchant_id, &request).await.expect("after the delay");
+    assert_eq!(batch.total_minor, "10000000");
+    // A changed address starts the delay again.
+    let changed = payouts.set_payout_address(&merchant.merchant_id, "polygon", &Address::repeat_byte(0xd2).to_checksum(None), false).await;
+    assert_eq!(changed.expect("changed").changed_at, clock.now());
+}
+
+/// Settlements written, then `payrail payouts run` SIGKILLed at arbitrary moments while it sends
+/// them, with blocks mined beside it, then run to the end: the merchant is paid each settlement
+/// exactly once, and the ledger agrees.
+#[sqlx::test]
+async fn killing_payouts_run_anywhere_pays_each_settlement_once(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let (state, _clock) = common::state_with_clock(pool.clone());
+    let payouts = service(&state, &[&polygon], no_delay());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    polygon.fund_batcher(1_000_000_000).await;
+    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false).await.expect("set");
+    let database = common::database_url(&pool);
+    let miner = {
+        let url = polygon.anvil.url();
+        tokio::spawn(async move {
+            loop {
+                let body = json!({"jsonrpc": "2.0", "id": 1, "method": "anvil_mine", "params": ["0x10"]});
+                let _ = reqwest::Client::new().post(&url).json(&body).send().await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let mut expected = 0u64;
+    for (round, kill_after_ms) in [40u64, 120, 250, 400, 700].into_iter().enumerate() {
+        let units = 10_000_000 + 1_000_000 * u64::try_from(round).unwrap_or(0);
+        earn(&state, &merchant.merchant_id, &polygon, units, &format!("0xa{round}")).await;
+        let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: None };
+        payouts.settle(&merchant.merchant_id, &request).await.expect("settle");
+        expected += units;
+        let mut child = common::payrail_on(&database, &["payouts", "run", "--chain", "polygon", "--wait-s", "60"], "POLYGON", &polygon.anvil.url())
+            .env("PAYRAIL_HOT_WALLET_KEY", DEV_DEPLOYER_KEY)
+            .env("PAYRAIL_PAYOUTS__POLL_INTERVAL_MS", "100")
+            .spawn()
+            .expect("start payrail payouts run");
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    let status = common::payrail_on(&database, &["payouts", "run", "--chain", "polygon", "--wait-s", "60"], "POLYGON", &polygon.anvil.url())
+        .env("PAYRAIL_HOT_WALLET_KEY", DEV_DEPLOYER_KEY)
+        .env("PAYRAIL_PAYOUTS__POLL_INTERVAL_MS", "100")
+        .status()
+        .await
+        .expect("final run");
+    miner.abort();
+    assert!(status.success(), "the final run drove every settlement to the end");
+    assert_eq!(polygon.usdc_of(merchant_wallet()).await, U256::from(expected), "each settlement paid exactly once");
+    let usdc = polygon.usdc();
+    assert_eq!(balance(&state, &AccountCode::merchant(&merchant.merchant_id), &usdc).await, SignedAmount::ZERO);
+    assert_eq!(balance(&state, &AccountCode::payouts_in_flight(), &usdc).await, SignedAmount::ZERO);
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM payout_batches WHERE status <> 'confirmed'").fetch_one(&pool).await.expect("n");
+    assert_eq!(open, 0);
+    let paid: U256 = polygon.payout_events().await.iter().map(|(_, _, amount)| *amount).fold(U256::ZERO, |a, b| a + b);
+    assert_eq!(paid, U256::from(expected));
+}
