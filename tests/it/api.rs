@@ -467,6 +467,8 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/v1/payouts/{id}"),
         ("GET", "/v1/merchants/me/payout_addresses"),
         ("PUT", "/v1/merchants/me/payout_addresses/{chain}"),
+        ("GET", "/v1/merchants/me/settlement_schedule"),
+        ("PUT", "/v1/merchants/me/settlement_schedule"),
         ("POST", "/v1/settlements"),
         ("GET", "/v1/settlements"),
         ("GET", "/v1/settlements/{id}"),

@@ -273,3 +273,85 @@ async fn killing_payouts_run_anywhere_pays_each_settlement_once(pool: PgPool) {
     let paid: U256 = polygon.payout_events().await.iter().map(|(_, _, amount)| *amount).fold(U256::ZERO, |a, b| a + b);
     assert_eq!(paid, U256::from(expected));
 }
+
+/// Two settlements of the whole balance at once: one takes it, the other is refused with what is
+/// left (nothing), and the balance leaves once.
+#[sqlx::test]
+async fn two_settlements_of_the_same_funds_at_once_take_them_once(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let (state, _clock) = common::state_with_clock(pool);
+    let payouts = service(&state, &[&polygon], no_delay());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    earn(&state, &merchant.merchant_id, &polygon, 25_000_000, "0xc1").await;
+    polygon.fund_batcher(100_000_000).await;
+    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false).await.expect("set");
+    let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: Some("25000000".to_owned()) };
+    let (a, b) = tokio::join!(payouts.settle(&merchant.merchant_id, &request), payouts.settle(&merchant.merchant_id, &request));
+    let (won, lost) = match (a, b) {
+        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+        other => panic!("expected one settlement and one refusal: {other:?}"),
+    };
+    assert_eq!(won.total_minor, "25000000");
+    match lost {
+        payrail::payout::PayoutError::Refused { code: "insufficient_funds", reason } => {
+            assert!(reason.starts_with("0 of "), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    let usdc = polygon.usdc();
+    assert_eq!(balance(&state, &AccountCode::merchant(&merchant.merchant_id), &usdc).await, SignedAmount::ZERO);
+    assert_eq!(balance(&state, &AccountCode::payouts_in_flight(), &usdc).await, SignedAmount::positive(Amount::from_u64(25_000_000)));
+}
+
+/// A daily schedule with a minimum: a balance below it stays, one above it is settled whole on
+/// the next pass, and the schedule waits a day before it settles again.
+#[sqlx::test]
+async fn a_daily_schedule_settles_balances_above_the_minimum_once_a_day(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let server = common::Server::start_with(pool.clone(), |state| {
+        let payouts = service(state, &[&polygon], no_delay());
+        payouts.set_executor_running(true);
+        state.payouts = Some(Arc::new(payouts));
+    })
+    .await;
+    let state = &server.state;
+    let payouts = state.payouts.clone().expect("payouts");
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    polygon.fund_batcher(100_000_000).await;
+    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false).await.expect("set");
+    let (status, shown) = server.get(&merchant.api_key, "/v1/merchants/me/settlement_schedule").await;
+    assert_eq!((status, shown["schedule"].as_str()), (reqwest::StatusCode::OK, Some("manual")));
+    let put = |body: serde_json::Value| {
+        let server = &server;
+        let key = merchant.api_key.clone();
+        async move {
+            let response = server
+                .request(reqwest::Method::PUT, Some(&key), "/v1/merchants/me/settlement_schedule")
+                .json(&body)
+                .send()
+                .await
+                .expect("put");
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    for bad in [json!({"schedule": "hourly"}), json!({"schedule": "daily", "minimum_usd": "1.005"}), json!({"schedule": "daily", "x": 1})] {
+        let (status, body) = put(bad.clone()).await;
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+    let (status, body) = put(json!({"schedule": "daily", "minimum_usd": "10"})).await;
+    assert_eq!((status, body["minimum_usd"].as_str()), (reqwest::StatusCode::OK, Some("10.00")), "{body}");
+
+    earn(state, &merchant.merchant_id, &polygon, 5_000_000, "0xb1").await;
+    assert!(payouts.settle_due().await.expect("due").is_empty(), "5 USDC is below the minimum");
+    earn(state, &merchant.merchant_id, &polygon, 7_000_000, "0xb2").await;
+    assert!(payouts.settle_due().await.expect("not due").is_empty(), "the day's pass already happened");
+    server.clock.advance(chrono::Duration::days(1));
+    let settled = payouts.settle_due().await.expect("due");
+    assert_eq!(settled.iter().map(|b| b.total_minor.as_str()).collect::<Vec<_>>(), ["12000000"]);
+    assert!(payouts.settle_due().await.expect("again").is_empty());
+    let (_, schedule) = server.get(&merchant.api_key, "/v1/merchants/me/settlement_schedule").await;
+    assert!(schedule["last_settled_at"].is_string(), "{schedule}");
+    let (_, page) = server.get(&merchant.api_key, "/v1/settlements").await;
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1));
+}

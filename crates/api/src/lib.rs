@@ -181,6 +181,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/payouts/{id}", get(payouts::show))
         .route("/v1/merchants/me/payout_addresses", get(settlements::addresses))
         .route("/v1/merchants/me/payout_addresses/{chain}", axum::routing::put(settlements::put_address))
+        .route("/v1/merchants/me/settlement_schedule", get(settlements::get_schedule).put(settlements::put_schedule))
         .route("/v1/settlements", post(settlements::create).get(settlements::list))
         .route("/v1/settlements/{id}", get(settlements::show))
         .route("/v1/reconciliation", post(reconciliation::run).get(reconciliation::list))

@@ -101,6 +101,8 @@ fn openapi_json() {}
         super::payouts::run,
         super::settlements::addresses,
         super::settlements::put_address,
+        super::settlements::get_schedule,
+        super::settlements::put_schedule,
         super::settlements::create,
         super::settlements::list,
         super::settlements::show,

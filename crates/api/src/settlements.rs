@@ -1,13 +1,13 @@
 //! Merchant settlement. A merchant key: `GET /v1/merchants/me/payout_addresses`, `PUT
-//! /v1/merchants/me/payout_addresses/{chain}`, `POST /v1/settlements`, `GET /v1/settlements`, `GET
-//! /v1/settlements/{id}`.
+//! /v1/merchants/me/payout_addresses/{chain}`, `GET` and `PUT /v1/merchants/me/settlement_schedule`,
+//! `POST /v1/settlements`, `GET /v1/settlements`, `GET /v1/settlements/{id}`.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 
-use crate::payout::{self, PayoutAddress, PayoutView, SettlementRequest};
+use crate::payout::{self, PayoutAddress, PayoutView, SettlementRequest, SettlementSchedule};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
@@ -141,4 +141,26 @@ pub async fn show(State(state): State<AppState>, auth: MerchantAuth, Path(id): P
         return Err(ApiError::not_found("settlement"));
     }
     Ok(Json(payout::settlement::settlement(&state.pool, &auth.merchant_id, &id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/merchants/me/settlement_schedule", tag = "settlements", security(("bearer" = [])),
+    responses((status = 200, body = SettlementSchedule, description = "manual with no minimum until one is set"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody)))]
+pub async fn get_schedule(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<SettlementSchedule>, ApiError> {
+    Ok(Json(service(&state)?.schedule(&auth.merchant_id).await?))
+}
+
+#[utoipa::path(put, path = "/v1/merchants/me/settlement_schedule", tag = "settlements", security(("bearer" = [])),
+    request_body = SettlementSchedule,
+    responses((status = 200, body = SettlementSchedule), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn put_schedule(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    body: Result<Json<SettlementSchedule>, JsonRejection>,
+) -> Result<Json<SettlementSchedule>, ApiError> {
+    let Json(body) = body?;
+    Ok(Json(service(&state)?.set_schedule(&auth.merchant_id, &body).await?))
 }

@@ -28,5 +28,5 @@ pub use error::{PayoutError, Result};
 pub use plan::SkipReason;
 pub use runner::{drive, run_executor, try_lock_executor, PayoutService, RunRequest, RunSummary, SkippedView};
 pub use sender::{PayoutSender, Progress};
-pub use settlement::{PayoutAddress, SettlementRequest};
+pub use settlement::{PayoutAddress, Schedule, SettlementRequest, SettlementSchedule};
 pub use store::{CreatorPayoutView, PayoutItemView, PayoutView};

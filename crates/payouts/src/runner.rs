@@ -200,12 +200,15 @@ impl PayoutService {
         Ok(chains)
     }
 
+    /// What `amount` of `asset` is worth in US cents now, rounded down; `None` without a rate.
+    pub(crate) fn usd_cents(&self, asset: &PayableAsset, amount: Amount, now: DateTime<Utc>) -> Option<Amount> {
+        let quote = self.rates.quote(&asset.symbol, Fiat::USD, now).ok()?;
+        asset_to_fiat(amount, asset.decimals, &quote.rate, Fiat::USD, Rounding::Down).ok()
+    }
+
     /// Whether `candidate`'s balance of `asset` is worth a payout now.
     fn eligible(&self, asset: &PayableAsset, candidate: &Candidate, now: DateTime<Utc>) -> std::result::Result<(), SkipReason> {
-        let usd = Fiat::USD;
-        let quote = self.rates.quote(&asset.symbol, usd, now).map_err(|_| SkipReason::NoRate)?;
-        let value = asset_to_fiat(candidate.amount, asset.decimals, &quote.rate, usd, Rounding::Down)
-            .map_err(|_| SkipReason::NoRate)?;
+        let value = self.usd_cents(asset, candidate.amount, now).ok_or(SkipReason::NoRate)?;
         if value >= self.config.threshold_usd_cents {
             Ok(())
         } else {
@@ -370,6 +373,9 @@ impl HeldJob for Executor {
     async fn pass(&mut self, leadership: &mut Leadership, _shutdown: &mut tokio::sync::watch::Receiver<bool>) -> std::result::Result<Next, Self::Error> {
         if let Err(error) = self.service.run_due().await {
             tracing::warn!(target: "payout", %error, "scheduled payout run failed; retrying");
+        }
+        if let Err(error) = self.service.settle_due().await {
+            tracing::warn!(target: "payout", %error, "scheduled settlements failed; retrying");
         }
         for sender in &self.senders {
             if let Err(error) = leadership.ensure_held().await {

@@ -35,6 +35,53 @@ pub struct SettlementRequest {
     pub amount_minor: Option<String>,
 }
 
+/// When a merchant's balances are settled without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Only on request (`POST /v1/settlements`).
+    Manual,
+    Daily,
+    Weekly,
+}
+
+impl Schedule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+        }
+    }
+
+    /// How long after a scheduled settlement the next is due; `None` for manual.
+    pub fn interval(self) -> Option<chrono::Duration> {
+        match self {
+            Self::Manual => None,
+            Self::Daily => Some(chrono::Duration::days(1)),
+            Self::Weekly => Some(chrono::Duration::days(7)),
+        }
+    }
+}
+
+/// `PUT /v1/merchants/me/settlement_schedule` and what `GET` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementSchedule {
+    pub schedule: Schedule,
+    /// Balances of an asset worth less than this (USD, a decimal string such as `"50"`) stay and
+    /// add up; `"0"` when absent.
+    #[serde(default = "zero_usd")]
+    pub minimum_usd: String,
+    /// When the schedule last settled (read only).
+    #[serde(default, skip_deserializing)]
+    pub last_settled_at: Option<DateTime<Utc>>,
+}
+
+fn zero_usd() -> String {
+    "0".to_owned()
+}
+
 /// A merchant's payout address on one chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct PayoutAddress {
@@ -179,6 +226,102 @@ impl PayoutService {
         payout_address(&mut conn, merchant_id, &spec.caip2, self.config().address_change_delay_s)
             .await?
             .ok_or_else(|| PayoutError::Corrupt { value: format!("payout address of {merchant_id}") })
+    }
+}
+
+impl PayoutService {
+    /// Stores the merchant's settlement schedule; the next scheduled settlement is due at once when
+    /// none happened yet, else one interval after the last.
+    pub async fn set_schedule(&self, merchant_id: &str, schedule: &SettlementSchedule) -> Result<SettlementSchedule> {
+        let minimum = Amount::parse_decimal(&schedule.minimum_usd, 2).map_err(|_| PayoutError::Invalid {
+            field: "minimum_usd",
+            reason: format!("{:?} is not a USD amount with at most 2 decimals", schedule.minimum_usd),
+        })?;
+        sqlx::query(
+            "INSERT INTO merchant_settlement_schedules (merchant_id, schedule, minimum_usd_cents, updated_at) \
+             VALUES ($1, $2, $3::numeric, $4) \
+             ON CONFLICT (merchant_id) DO UPDATE SET schedule = EXCLUDED.schedule, \
+                 minimum_usd_cents = EXCLUDED.minimum_usd_cents, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(merchant_id)
+        .bind(schedule.schedule.as_str())
+        .bind(minimum.to_string())
+        .bind(self.clock().now())
+        .execute(self.pool())
+        .await?;
+        self.schedule(merchant_id).await
+    }
+
+    /// The merchant's settlement schedule: manual with no minimum until one is set.
+    pub async fn schedule(&self, merchant_id: &str) -> Result<SettlementSchedule> {
+        let row: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT schedule, minimum_usd_cents::text, last_settled_at FROM merchant_settlement_schedules WHERE merchant_id = $1",
+        )
+        .bind(merchant_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((schedule, cents, last_settled_at)) = row else {
+            return Ok(SettlementSchedule { schedule: Schedule::Manual, minimum_usd: zero_usd(), last_settled_at: None });
+        };
+        let schedule = match schedule.as_str() {
+            "manual" => Schedule::Manual,
+            "daily" => Schedule::Daily,
+            "weekly" => Schedule::Weekly,
+            _ => return Err(PayoutError::Corrupt { value: schedule }),
+        };
+        let cents = Amount::parse_decimal(&cents, 0).map_err(|_| PayoutError::Corrupt { value: cents.clone() })?;
+        Ok(SettlementSchedule { schedule, minimum_usd: cents.to_decimal_string(2), last_settled_at })
+    }
+
+    /// Settles every merchant whose schedule is due: each asset balance worth at least its minimum,
+    /// on each chain where it has a usable payout address. A balance that cannot be settled now (no
+    /// rate, the batcher short, an address still in its delay) is logged and waits for the next
+    /// time; the schedule moves on either way, so one bad asset does not hold up the rest.
+    pub async fn settle_due(&self) -> Result<Vec<PayoutView>> {
+        let now = self.clock().now();
+        let due: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT merchant_id, schedule, minimum_usd_cents::text FROM merchant_settlement_schedules \
+             WHERE (schedule = 'daily' AND (last_settled_at IS NULL OR last_settled_at <= $1 - interval '1 day')) \
+                OR (schedule = 'weekly' AND (last_settled_at IS NULL OR last_settled_at <= $1 - interval '7 days')) \
+             ORDER BY merchant_id",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let mut created = Vec::new();
+        for (merchant_id, _, minimum) in due {
+            let minimum = Amount::parse_decimal(&minimum, 0).map_err(|_| PayoutError::Corrupt { value: minimum.clone() })?;
+            let balances = {
+                let mut conn = self.pool().acquire().await?;
+                self.ledger().balances(&mut conn, &AccountCode::merchant(&merchant_id)).await?
+            };
+            for chain in self.chains() {
+                for asset in super::runner::payable_assets(chain) {
+                    let Some((_, balance)) = balances.iter().find(|(a, b)| *a == asset.asset && !b.is_negative()) else { continue };
+                    let amount = balance.magnitude();
+                    if amount.is_zero() || self.usd_cents(&asset, amount, now).is_none_or(|usd| usd < minimum) {
+                        continue;
+                    }
+                    let request = SettlementRequest { chain: chain.name.clone(), asset: asset.asset.clone(), amount_minor: None };
+                    match self.settle(&merchant_id, &request).await {
+                        Ok(view) => created.push(view),
+                        Err(PayoutError::Refused { code, reason }) => {
+                            tracing::info!(target: "payout", merchant = %merchant_id, chain = %chain.name, code, %reason, "scheduled settlement waits");
+                        }
+                        Err(error) if error.is_retryable() => return Err(error),
+                        Err(error) => {
+                            tracing::warn!(target: "payout", merchant = %merchant_id, chain = %chain.name, %error, "scheduled settlement failed");
+                        }
+                    }
+                }
+            }
+            sqlx::query("UPDATE merchant_settlement_schedules SET last_settled_at = $2 WHERE merchant_id = $1")
+                .bind(&merchant_id)
+                .bind(now)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(created)
     }
 }
 
