@@ -465,6 +465,7 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("POST", "/v1/payouts/run"),
         ("GET", "/v1/payouts"),
         ("GET", "/v1/payouts/{id}"),
+        ("POST", "/v1/payouts/{id}/cancel"),
         ("GET", "/v1/merchants/me/payout_addresses"),
         ("PUT", "/v1/merchants/me/payout_addresses/{chain}"),
         ("GET", "/v1/merchants/me/settlement_schedule"),

@@ -355,3 +355,57 @@ async fn a_daily_schedule_settles_balances_above_the_minimum_once_a_day(pool: Pg
     let (_, page) = server.get(&merchant.api_key, "/v1/settlements").await;
     assert_eq!(page["data"].as_array().map(Vec::len), Some(1));
 }
+
+/// Finance cancels a settlement nothing was signed for: the balance is back at once. An executor
+/// that read the batch before the cancel cannot sign and send it after (its attempt is refused
+/// under the batch's lock); a sent batch cannot be cancelled.
+#[sqlx::test]
+async fn a_cancelled_settlement_returns_the_balance_and_is_never_sent(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let server = common::Server::start_with(pool.clone(), |state| {
+        let payouts = service(state, &[&polygon], no_delay());
+        payouts.set_executor_running(true);
+        state.payouts = Some(Arc::new(payouts));
+    })
+    .await;
+    let state = &server.state;
+    let payouts = state.payouts.clone().expect("payouts");
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let finance = payrail::merchant::create_platform_key(&state.pool, payrail::merchant::Role::Finance).await.expect("key");
+    earn(state, &merchant.merchant_id, &polygon, 20_000_000, "0xd1").await;
+    polygon.fund_batcher(100_000_000).await;
+    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false).await.expect("set");
+    let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: Some("8000000".to_owned()) };
+    let first = payouts.settle(&merchant.merchant_id, &request).await.expect("settle");
+    let read_before = store::open_batches(&state.pool, &polygon.spec.caip2).await.expect("open");
+
+    let path = format!("/v1/payouts/{}/cancel", first.id);
+    let (status, _) = server.post(&merchant.api_key, &path, json!({}), None).await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "a merchant key cannot cancel");
+    let (status, body) = server.post(&finance, &path, json!({}), None).await;
+    assert_eq!((status, body["status"].as_str(), body["error"].as_str()), (reqwest::StatusCode::OK, Some("failed"), Some("cancelled")), "{body}");
+    let usdc = polygon.usdc();
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    assert_eq!(balance(state, &merchant_account, &usdc).await, SignedAmount::positive(Amount::from_u64(20_000_000)));
+    assert_eq!(balance(state, &AccountCode::payouts_in_flight(), &usdc).await, SignedAmount::ZERO);
+    let (status, body) = server.post(&finance, &path, json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("payout_closed")));
+
+    let sender = PayoutSender::new(polygon.spec.clone(), DEV_DEPLOYER_KEY, state.pool.clone(), state.ledger.clone(), no_delay(), state.clock.clone())
+        .expect("sender");
+    let stale = read_before.iter().find(|b| b.id == first.id).expect("read before the cancel");
+    assert!(sender.advance(stale).await.is_err(), "a cancelled batch is not signed and sent");
+    assert!(store::attempts(&state.pool, &first.id).await.expect("attempts").is_empty());
+    polygon.mine(5).await;
+    assert_eq!(polygon.usdc_of(merchant_wallet()).await, U256::ZERO);
+
+    let second = payouts.settle(&merchant.merchant_id, &request).await.expect("settle again");
+    let open = store::open_batches(&state.pool, &polygon.spec.caip2).await.expect("open");
+    let batch = open.iter().find(|b| b.id == second.id).expect("open");
+    sender.advance(batch).await.expect("sent");
+    let (status, body) = server.post(&finance, &format!("/v1/payouts/{}/cancel", second.id), json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("payout_sent")), "{body}");
+    let progress = drive_to_end(&polygon, state, &sender, &second.id).await;
+    assert!(matches!(progress, Progress::Confirmed { .. }), "{progress:?}");
+    assert_eq!(polygon.usdc_of(merchant_wallet()).await, U256::from(8_000_000u64));
+}

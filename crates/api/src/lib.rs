@@ -179,6 +179,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/payouts/run", post(payouts::run))
         .route("/v1/payouts", get(payouts::list))
         .route("/v1/payouts/{id}", get(payouts::show))
+        .route("/v1/payouts/{id}/cancel", post(payouts::cancel))
         .route("/v1/merchants/me/payout_addresses", get(settlements::addresses))
         .route("/v1/merchants/me/payout_addresses/{chain}", axum::routing::put(settlements::put_address))
         .route("/v1/merchants/me/settlement_schedule", get(settlements::get_schedule).put(settlements::put_schedule))

@@ -99,6 +99,7 @@ fn openapi_json() {}
         super::creators::statement,
         super::payouts::mine,
         super::payouts::run,
+        super::payouts::cancel,
         super::settlements::addresses,
         super::settlements::put_address,
         super::settlements::get_schedule,

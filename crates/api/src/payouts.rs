@@ -139,3 +139,17 @@ pub async fn mine(State(state): State<AppState>, auth: CreatorAuth) -> Result<Js
     let data = payout::store::creator_payouts(&state.pool, &auth.creator_id, payout::store::LIST_LIMIT_MAX).await?;
     Ok(Json(CreatorPayoutList { data }))
 }
+
+#[utoipa::path(post, path = "/v1/payouts/{id}/cancel", tag = "payouts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the payout id, po_…")),
+    responses((status = 200, body = PayoutView, description = "the batch, `failed` (\"cancelled\"); every balance it took is back"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "payout_sent (its transaction may be mined) or payout_closed")))]
+pub async fn cancel(State(state): State<AppState>, _auth: FinanceAuth, Path(id): Path<String>) -> Result<Json<PayoutView>, ApiError> {
+    if !crate::ids::is_id(&id, "po") {
+        return Err(ApiError::not_found("payout"));
+    }
+    let now = state.clock.now();
+    Ok(Json(payout::store::cancel(&state.pool, &state.ledger, &id, "cancelled", now).await?))
+}

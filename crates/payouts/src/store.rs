@@ -351,52 +351,92 @@ pub async fn open_batch_ids(pool: &PgPool) -> Result<Vec<String>> {
         .await?)
 }
 
+const BATCH_COLUMNS: &str =
+    "id, chain, asset, token, batcher, batch_key, status, total_minor::text AS total, nonce_lost_at";
+
 /// The open batches of a chain, oldest first.
 pub async fn open_batches(pool: &PgPool, chain: &ChainId) -> Result<Vec<BatchRow>> {
-    let rows = sqlx::query(
-        "SELECT id, chain, asset, token, batcher, batch_key, status, total_minor::text AS total, nonce_lost_at \
-         FROM payout_batches \
-         WHERE chain = $1 AND status IN ('created', 'sent') ORDER BY created_at, id",
-    )
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {BATCH_COLUMNS} FROM payout_batches WHERE chain = $1 AND status IN ('created', 'sent') ORDER BY created_at, id"
+    ))
     .bind(chain.to_string())
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
-        let id: String = row.try_get("id")?;
-        let key: String = row.try_get("batch_key")?;
-        let items = sqlx::query(
-            "SELECT account, merchant_id, address, amount_minor::text AS amount FROM payout_items \
-             WHERE batch_id = $1 ORDER BY position",
-        )
-        .bind(&id)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            let account: String = r.try_get("account")?;
-            Ok(ItemRow {
-                account: account.parse().map_err(|_| corrupt(account.clone()))?,
-                merchant_id: r.try_get("merchant_id")?,
-                address: address(&r.try_get::<String, _>("address")?)?,
-                amount: amount(&r.try_get::<String, _>("amount")?)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-        out.push(BatchRow {
-            chain: row.try_get("chain")?,
-            asset: row.try_get("asset")?,
-            token: address(&row.try_get::<String, _>("token")?)?,
-            batcher: address(&row.try_get::<String, _>("batcher")?)?,
-            batch_key: key.parse().map_err(|_| corrupt(key.clone()))?,
-            status: row.try_get("status")?,
-            total: amount(&row.try_get::<String, _>("total")?)?,
-            nonce_lost_at: row.try_get::<Option<i64>, _>("nonce_lost_at")?.and_then(|h| u64::try_from(h).ok()),
-            id,
-            items,
-        });
+        out.push(batch_row(&mut conn, row).await?);
     }
     Ok(out)
+}
+
+/// A batch row as [`BATCH_COLUMNS`] selects it, with its items.
+async fn batch_row(conn: &mut PgConnection, row: &sqlx::postgres::PgRow) -> Result<BatchRow> {
+    let id: String = row.try_get("id")?;
+    let key: String = row.try_get("batch_key")?;
+    let items = sqlx::query(
+        "SELECT account, merchant_id, address, amount_minor::text AS amount FROM payout_items \
+         WHERE batch_id = $1 ORDER BY position",
+    )
+    .bind(&id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        let account: String = r.try_get("account")?;
+        Ok(ItemRow {
+            account: account.parse().map_err(|_| corrupt(account.clone()))?,
+            merchant_id: r.try_get("merchant_id")?,
+            address: address(&r.try_get::<String, _>("address")?)?,
+            amount: amount(&r.try_get::<String, _>("amount")?)?,
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+    Ok(BatchRow {
+        chain: row.try_get("chain")?,
+        asset: row.try_get("asset")?,
+        token: address(&row.try_get::<String, _>("token")?)?,
+        batcher: address(&row.try_get::<String, _>("batcher")?)?,
+        batch_key: key.parse().map_err(|_| corrupt(key.clone()))?,
+        status: row.try_get("status")?,
+        total: amount(&row.try_get::<String, _>("total")?)?,
+        nonce_lost_at: row.try_get::<Option<i64>, _>("nonce_lost_at")?.and_then(|h| u64::try_from(h).ok()),
+        id,
+        items,
+    })
+}
+
+/// Cancels a batch no transaction was signed for yet (`created`): it fails with `reason` and every
+/// account it paid from gets its amount back, announced as `payout.failed`. A batch already sent is
+/// refused (`payout_sent`: its transaction may be mined; it finishes on its own), as is a finished
+/// one (`payout_closed`). The batch row is locked as [`record_attempt`] locks it, so a cancel and
+/// the executor's first signature cannot both win.
+pub async fn cancel(pool: &PgPool, ledger: &Ledger, batch_id: &str, reason: &str, now: DateTime<Utc>) -> Result<PayoutView> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(&format!("SELECT {BATCH_COLUMNS} FROM payout_batches WHERE id = $1 FOR UPDATE"))
+        .bind(batch_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| PayoutError::NotFound { id: batch_id.to_owned() })?;
+    let batch = batch_row(&mut tx, &row).await?;
+    match batch.status.as_str() {
+        "created" => {}
+        "sent" => {
+            return Err(PayoutError::Refused {
+                code: "payout_sent",
+                reason: format!("payout {batch_id} was sent: its transaction may be mined, so it finishes on its own"),
+            })
+        }
+        other => {
+            return Err(PayoutError::Refused { code: "payout_closed", reason: format!("payout {batch_id} is {other}") })
+        }
+    }
+    let chain: ChainId = batch.chain.parse().map_err(|_| corrupt(batch.chain.clone()))?;
+    // Nothing was mined, so no gas entry: the native asset is not needed.
+    fail_on(&mut tx, ledger, &batch, &chain, "", reason, None, now).await?;
+    let view = view_on(&mut tx, batch_id).await?.ok_or_else(|| PayoutError::NotFound { id: batch_id.to_owned() })?;
+    tx.commit().await?;
+    Ok(view)
 }
 
 /// The batch's signed transactions, in the order they were signed.
@@ -438,8 +478,20 @@ pub async fn highest_open_nonce(pool: &PgPool, chain: &ChainId, sender: Address)
 
 /// Stores a signed transaction before it is broadcast; the first one moves the batch to `sent`
 /// and announces `payout.sent`.
+/// A batch that is no longer open (cancelled, or finished meanwhile) is refused: its transaction
+/// must never leave. The batch row is locked first, as [`cancel`] locks it, so the two cannot cross.
 pub async fn record_attempt(pool: &PgPool, batch_id: &str, attempt: &Attempt, now: DateTime<Utc>) -> Result<()> {
     let mut tx = pool.begin().await?;
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM payout_batches WHERE id = $1 FOR UPDATE")
+        .bind(batch_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if !matches!(status.as_deref(), Some("created" | "sent")) {
+        return Err(PayoutError::Refused {
+            code: "payout_closed",
+            reason: format!("payout {batch_id} is {}: its transaction is not sent", status.as_deref().unwrap_or("gone")),
+        });
+    }
     sqlx::query(
         "INSERT INTO payout_attempts (batch_id, tx_hash, sender, nonce, gas_limit, max_fee_per_gas, \
          max_priority_fee_per_gas, raw_tx, created_at) VALUES ($1, $2, $3, $4, $5, $6::numeric, $7::numeric, $8, $9)",
@@ -589,7 +641,26 @@ pub async fn fail(
     now: DateTime<Utc>,
 ) -> Result<bool> {
     let mut tx = pool.begin().await?;
-    if !finish(&mut tx, &batch.id, "failed", mined, Some(reason), now).await? {
+    if !fail_on(&mut tx, ledger, batch, chain, native_asset, reason, mined, now).await? {
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// [`fail`] on the caller's transaction: `false` when the batch was not open.
+#[allow(clippy::too_many_arguments)]
+async fn fail_on(
+    conn: &mut PgConnection,
+    ledger: &Ledger,
+    batch: &BatchRow,
+    chain: &ChainId,
+    native_asset: &str,
+    reason: &str,
+    mined: Option<&Mined>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    if !finish(&mut *conn, &batch.id, "failed", mined, Some(reason), now).await? {
         return Ok(false);
     }
     let mut entry = NewEntry::new(format!("payout-return:{}", batch.id), "payout_returned")
@@ -598,14 +669,13 @@ pub async fn fail(
     for item in &batch.items {
         entry = entry.credit(item.account.clone(), batch.asset.as_str(), item.amount);
     }
-    ledger.post(&mut tx, &entry).await?;
+    ledger.post(&mut *conn, &entry).await?;
     if let Some(gas) = mined.and_then(|m| gas_entry(&batch.id, chain, native_asset, m)) {
-        ledger.post(&mut tx, &gas).await?;
+        ledger.post(&mut *conn, &gas).await?;
     }
-    if let Some(view) = view_on(&mut tx, &batch.id).await? {
-        announce(&mut tx, &view, "payout.failed", now).await?;
+    if let Some(view) = view_on(&mut *conn, &batch.id).await? {
+        announce(&mut *conn, &view, "payout.failed", now).await?;
     }
-    tx.commit().await?;
     Ok(true)
 }
 
