@@ -210,7 +210,12 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     let Jobs { hot_wallet_key, watch_chains } = jobs;
     let addr = listener.local_addr().map_err(AppError::Serve)?;
-    let state = state(config, pool.clone(), Arc::new(SystemClock), webhook_secrets);
+    let mut state = state(config, pool.clone(), Arc::new(SystemClock), webhook_secrets);
+    if !watch_chains {
+        // No chain is followed (`payrail dev --no-chains`): nothing can be paid out, and the payout
+        // and settlement endpoints say so instead of waiting on nodes that are not there.
+        state.payouts = None;
+    }
     let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
