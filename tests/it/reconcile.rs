@@ -310,3 +310,76 @@ async fn an_interrupted_run_resumes_where_it_stopped(pool: PgPool) {
     // A finished run cannot be resumed again.
     assert!(reconciler.scan(&id, None, &|_| {}).await.is_err());
 }
+
+/// Money out and problem payments reconcile too: a late payment held on the unapplied balance and
+/// applied to a new invoice (its credit rebooked as the next generation), the deposits swept, and
+/// the merchant's whole balance settled through the batcher — zero differences.
+#[sqlx::test]
+async fn an_applied_late_payment_and_a_settlement_reconcile_with_zero_differences(pool: PgPool) {
+    let chain = Chain::start("polygon").await;
+    let (state, clock) = state_with_clock(pool);
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let watcher = EvmWatcher::new(chain.spec.clone(), state.pool.clone(), state.ledger.clone(), state.rates.clone(), state.clock.clone())
+        .expect("watcher");
+    let rig = Rig { chain, state, merchant_id: merchant.merchant_id.clone(), watcher };
+    rig.paid_usdc("40.00").await;
+    // An invoice that expires before its payment arrives: the payment is held, then applied.
+    let (late, to, due) = rig.invoice(&rig.chain.usdc(), "10.00").await;
+    clock.advance(chrono::Duration::seconds(3_600));
+    payrail::invoice::expire_due(&rig.state.pool, payrail::clock::Clock::now(clock.as_ref())).await.expect("expiry");
+    rig.chain.pay_usdc(to, due.parse().expect("due")).await;
+    rig.confirm().await;
+    assert_eq!(rig.status(&late).await, InvoiceStatus::Expired);
+    let held = {
+        let mut conn = rig.state.pool.acquire().await.expect("conn");
+        let view = load_view(&mut conn, None, &late).await.expect("view");
+        view.payments[0].id.clone()
+    };
+    let fresh = common::invoice(&rig.state, &rig.merchant_id, "10.00", &[&rig.chain.usdc()]).await;
+    let now = payrail::clock::Clock::now(clock.as_ref());
+    let applied = payrail::invoice::apply_held_payment(&rig.state.pool, &rig.state.ledger, &rig.merchant_id, &held, Some(&fresh.id), now)
+        .await
+        .expect("applied");
+    assert_eq!(applied.status, InvoiceStatus::Paid);
+
+    let sweeper = Sweeper::new(rig.chain.spec.clone(), DEV_DEPLOYER_KEY, rig.state.pool.clone(), rig.state.ledger.clone())
+        .expect("sweeper");
+    assert_eq!(sweeper.pass().await.expect("sweep").confirmed, 2);
+    rig.chain.fund_batcher(100_000_000).await;
+    let config = PayoutsConfig { address_change_delay_s: 0, ..PayoutsConfig::default() };
+    let service = PayoutService::with_chains(
+        vec![rig.chain.spec.clone()],
+        config.clone(),
+        rig.state.pool.clone(),
+        rig.state.ledger.clone(),
+        rig.state.rates.clone(),
+        rig.state.clock.clone(),
+    )
+    .expect("payouts");
+    service.set_payout_address(&rig.merchant_id, "polygon", &Address::repeat_byte(0xd1).to_checksum(None), false).await.expect("address");
+    let request = payrail::payout::SettlementRequest { chain: "polygon".to_owned(), asset: rig.chain.usdc(), amount_minor: None };
+    let batch = service.settle(&rig.merchant_id, &request).await.expect("settle");
+    assert_eq!(batch.total_minor, "50000000");
+    let sender = PayoutSender::new(rig.chain.spec.clone(), DEV_DEPLOYER_KEY, rig.state.pool.clone(), rig.state.ledger.clone(), config, rig.state.clock.clone())
+        .expect("sender");
+    let open = payrail::payout::store::open_batches(&rig.state.pool, &rig.chain.spec.caip2).await.expect("open");
+    let mut progress = sender.advance(&open[0]).await.expect("send");
+    for _ in 0..5 {
+        rig.chain.mine(200).await;
+        progress = sender.advance(&open[0]).await.expect("advance");
+        if progress.is_final() {
+            break;
+        }
+    }
+    assert!(matches!(progress, Progress::Confirmed { .. }), "{progress:?}");
+
+    let report = rig.reconcile().await;
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(report.differences, 0);
+    let matched = items(&report, Category::Matched);
+    let kinds = |kind| matched.iter().filter(|i| i.kind == kind).count();
+    assert_eq!((kinds(ItemKind::Deposit), kinds(ItemKind::Sweep), kinds(ItemKind::Payout)), (2, 2, 1), "{report:#?}");
+    let usdc = report.totals.iter().find(|t| t.asset == rig.chain.usdc()).expect("usdc totals");
+    assert_eq!((usdc.chain_in_minor.as_str(), usdc.ledger_in_minor.as_str()), ("50000000", "50000000"));
+    assert_eq!((usdc.chain_out_minor.as_str(), usdc.ledger_out_minor.as_str()), ("50000000", "50000000"));
+}
