@@ -462,6 +462,8 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/v1/creators/me"),
         ("GET", "/v1/creators/me/statement"),
         ("GET", "/v1/creators/me/payouts"),
+        ("PUT", "/v1/creators/me/payout_addresses/{chain}"),
+        ("POST", "/v1/creators/me/withdrawals"),
         ("POST", "/v1/payouts/run"),
         ("GET", "/v1/payouts"),
         ("GET", "/v1/payouts/{id}"),

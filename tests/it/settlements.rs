@@ -203,7 +203,7 @@ async fn a_new_payout_address_waits_out_the_takeover_delay(pool: PgPool) {
     polygon.fund_batcher(10_000_000).await;
     let wallet = merchant_wallet().to_checksum(None);
     let set = payouts.set_payout_address(&merchant.merchant_id, "polygon", &wallet, false).await.expect("set");
-    assert_eq!(set.usable_from, clock.now() + chrono::Duration::days(1));
+    assert_eq!(set.usable_from, Some(clock.now() + chrono::Duration::days(1)));
     let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: None };
     let refused = payouts.settle(&merchant.merchant_id, &request).await.expect_err("too soon");
     assert!(matches!(refused, payrail::payout::PayoutError::Refused { code: "payout_address_recent", .. }), "{refused}");
@@ -215,7 +215,7 @@ async fn a_new_payout_address_waits_out_the_takeover_delay(pool: PgPool) {
     assert_eq!(batch.total_minor, "10000000");
     // A changed address starts the delay again.
     let changed = payouts.set_payout_address(&merchant.merchant_id, "polygon", &Address::repeat_byte(0xd2).to_checksum(None), false).await;
-    assert_eq!(changed.expect("changed").changed_at, clock.now());
+    assert_eq!(changed.expect("changed").changed_at, Some(clock.now()));
 }
 
 /// Settlements written, then `payrail payouts run` SIGKILLed at arbitrary moments while it sends
@@ -408,4 +408,79 @@ async fn a_cancelled_settlement_returns_the_balance_and_is_never_sent(pool: PgPo
     let progress = drive_to_end(&polygon, state, &sender, &second.id).await;
     assert!(matches!(progress, Progress::Confirmed { .. }), "{progress:?}");
     assert_eq!(polygon.usdc_of(merchant_wallet()).await, U256::from(8_000_000u64));
+}
+
+/// A creator withdraws its earnings over its own key, above the payout threshold; changing its
+/// payout address starts the takeover delay, which both its withdrawals and payout runs respect.
+#[sqlx::test]
+async fn a_creator_withdraws_and_a_changed_address_waits_out_the_delay(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let config = PayoutsConfig { threshold_usd_cents: Amount::from_u64(1_000), ..PayoutsConfig::default() };
+    let server = common::Server::start_with(pool.clone(), |state| {
+        let payouts = service(state, &[&polygon], config.clone());
+        payouts.set_executor_running(true);
+        state.payouts = Some(Arc::new(payouts));
+    })
+    .await;
+    let state = &server.state;
+    let payouts = state.payouts.clone().expect("payouts");
+    let merchant = create_merchant(&state.pool, "Studio").await.expect("merchant");
+    let first_wallet = Address::repeat_byte(0xc1);
+    let creator = payrail::creator::create_creator(
+        &state.pool,
+        &merchant.merchant_id,
+        &payrail::creator::CreateCreator {
+            name: "Ada".to_owned(),
+            payout_addresses: [(polygon.spec.caip2.to_string(), first_wallet.to_checksum(None))].into(),
+        },
+    )
+    .await
+    .expect("creator");
+    let rules: payrail::creator::SplitRules =
+        serde_json::from_value(json!({"default": {"splits": [{"creator": creator.creator.id, "bps": 5000}]}})).expect("rules");
+    payrail::creator::set_split_rules(&state.pool, &merchant.merchant_id, &rules).await.expect("rules");
+    polygon.fund_batcher(100_000_000).await;
+    let key = creator.api_key.clone();
+    let withdraw = |body: serde_json::Value| {
+        let server = &server;
+        let key = key.clone();
+        async move { server.post(&key, "/v1/creators/me/withdrawals", body, None).await }
+    };
+
+    earn(state, &merchant.merchant_id, &polygon, 16_000_000, "0x71").await;
+    let all = json!({"chain": "polygon", "asset": polygon.usdc()});
+    let (status, body) = withdraw(all.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("below_threshold")), "8 USDC: {body}");
+    let (status, _) = server.post(&merchant.api_key, "/v1/creators/me/withdrawals", all.clone(), None).await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "a merchant key is not a creator's");
+    earn(state, &merchant.merchant_id, &polygon, 4_000_000, "0x72").await;
+    // The address its merchant set at creation is usable at once.
+    let (status, batch) = withdraw(all.clone()).await;
+    assert_eq!((status, batch["total_minor"].as_str()), (reqwest::StatusCode::CREATED, Some("10000000")), "{batch}");
+    assert_eq!(batch["items"][0]["creator_id"].as_str(), Some(creator.creator.id.as_str()));
+    let sender = PayoutSender::new(polygon.spec.clone(), DEV_DEPLOYER_KEY, state.pool.clone(), state.ledger.clone(), config.clone(), state.clock.clone())
+        .expect("sender");
+    let progress = drive_to_end(&polygon, state, &sender, batch["id"].as_str().expect("id")).await;
+    assert!(matches!(progress, Progress::Confirmed { .. }), "{progress:?}");
+    assert_eq!(polygon.usdc_of(first_wallet).await, U256::from(10_000_000u64));
+
+    // The creator moves its address: neither a withdrawal nor a run pays it for a day.
+    let second_wallet = Address::repeat_byte(0xc2);
+    let response = server
+        .request(reqwest::Method::PUT, Some(&key), "/v1/creators/me/payout_addresses/polygon")
+        .json(&json!({"address": second_wallet.to_checksum(None)}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    earn(state, &merchant.merchant_id, &polygon, 30_000_000, "0x73").await;
+    let (status, body) = withdraw(all.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("payout_address_recent")), "{body}");
+    let run = payouts.run(&payrail::payout::RunRequest::default()).await.expect("run");
+    assert!(run.created.is_empty(), "a run skips an address in its delay: {run:?}");
+    server.clock.advance(chrono::Duration::days(1));
+    let run = payouts.run(&payrail::payout::RunRequest::default()).await.expect("run");
+    assert_eq!(run.created.len(), 1);
+    assert_eq!(run.created[0].items[0].address, second_wallet.to_checksum(None));
+    assert_eq!(run.created[0].total_minor, "15000000");
 }

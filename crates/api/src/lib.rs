@@ -176,6 +176,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/creators/me", get(creators::me))
         .route("/v1/creators/me/statement", get(creators::statement))
         .route("/v1/creators/me/payouts", get(payouts::mine))
+        .route("/v1/creators/me/payout_addresses/{chain}", axum::routing::put(settlements::put_creator_address))
+        .route("/v1/creators/me/withdrawals", post(settlements::creator_withdrawal))
         .route("/v1/payouts/run", post(payouts::run))
         .route("/v1/payouts", get(payouts::list))
         .route("/v1/payouts/{id}", get(payouts::show))

@@ -1,6 +1,7 @@
 //! Merchant settlement. A merchant key: `GET /v1/merchants/me/payout_addresses`, `PUT
 //! /v1/merchants/me/payout_addresses/{chain}`, `GET` and `PUT /v1/merchants/me/settlement_schedule`,
-//! `POST /v1/settlements`, `GET /v1/settlements`, `GET /v1/settlements/{id}`.
+//! `POST /v1/settlements`, `GET /v1/settlements`, `GET /v1/settlements/{id}`. A creator key: `PUT
+//! /v1/creators/me/payout_addresses/{chain}`, `POST /v1/creators/me/withdrawals`.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -9,7 +10,7 @@ use axum::Json;
 
 use crate::payout::{self, PayoutAddress, PayoutView, SettlementRequest, SettlementSchedule};
 
-use super::auth::MerchantAuth;
+use super::auth::{CreatorAuth, MerchantAuth};
 use super::error::ApiError;
 use super::AppState;
 
@@ -163,4 +164,50 @@ pub async fn put_schedule(
 ) -> Result<Json<SettlementSchedule>, ApiError> {
     let Json(body) = body?;
     Ok(Json(service(&state)?.set_schedule(&auth.merchant_id, &body).await?))
+}
+
+#[utoipa::path(put, path = "/v1/creators/me/payout_addresses/{chain}", tag = "creators", security(("bearer" = [])),
+    params(("chain" = String, Path, description = "a payout chain by name (`polygon`) or CAIP-2 id")),
+    request_body = PayoutAddressBody,
+    responses((status = 200, body = PayoutAddress,
+            description = "the address; a changed one is paid to once `usable_from` has passed (payout runs skip it until then)"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
+pub async fn put_creator_address(
+    State(state): State<AppState>,
+    auth: CreatorAuth,
+    Path(chain): Path<String>,
+    body: Result<Json<PayoutAddressBody>, JsonRejection>,
+) -> Result<Json<PayoutAddress>, ApiError> {
+    let Json(body) = body?;
+    let set = service(&state)?
+        .set_creator_payout_address(&auth.creator_id, &auth.merchant_id, &chain, &body.address, body.contract_confirmed)
+        .await?;
+    Ok(Json(set))
+}
+
+#[utoipa::path(post, path = "/v1/creators/me/withdrawals", tag = "creators", security(("bearer" = [])),
+    request_body = SettlementRequest,
+    responses((status = 201, body = PayoutView, description = "the withdrawal's batch, `created`; the executor sends it"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody,
+            description = "insufficient_funds, below_threshold, payout_address_missing, payout_address_recent, batcher_funds_short, payouts_unavailable"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody),
+        (status = 503, body = super::openapi::ErrorBody)))]
+pub async fn creator_withdrawal(
+    State(state): State<AppState>,
+    auth: CreatorAuth,
+    body: Result<Json<SettlementRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<PayoutView>), ApiError> {
+    let Json(request) = body?;
+    let service = service(&state)?;
+    if !service.executor_running() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "payouts_unavailable",
+            "this daemon has no hot wallet key, so nothing would send the withdrawal",
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(service.withdraw_creator(&auth.creator_id, &auth.merchant_id, &request).await?)))
 }

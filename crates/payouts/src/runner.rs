@@ -165,6 +165,11 @@ impl PayoutService {
         self.clock.as_ref()
     }
 
+    /// How long a changed payout address waits before it is paid to.
+    pub(crate) fn address_delay(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.config.address_change_delay_s).unwrap_or(i64::MAX / 1_000))
+    }
+
     pub fn config(&self) -> &PayoutsConfig {
         &self.config
     }
@@ -254,7 +259,7 @@ impl PayoutService {
         let mut created = Vec::new();
         let mut skipped = Vec::new();
         for (asset, balance) in assets.iter().zip(funds) {
-            let candidates = store::candidates(&mut tx, &chain.caip2, &asset.asset).await?;
+            let candidates = store::candidates(&mut tx, &chain.caip2, &asset.asset, now - self.address_delay()).await?;
             if candidates.is_empty() {
                 continue;
             }

@@ -1,7 +1,8 @@
-//! Merchant settlement: a merchant's available balance leaves through a payout batch of its own,
-//! written, signed, sent, replaced, confirmed or returned by the same machinery as creators'
-//! earnings — one batch per chain and asset, the contract refusing a batch id twice, the signed
-//! bytes stored before they are broadcast.
+//! Withdrawals on request: a merchant's settlement of its available balance, or a creator's
+//! withdrawal of its earnings, each a payout batch of its own, written, signed, sent, replaced,
+//! confirmed or returned by the same machinery as payout runs — one batch per chain and asset, the
+//! contract refusing a batch id twice, the signed bytes stored before they are broadcast. A
+//! creator's withdrawal must be worth the payout threshold, as a run's payment would.
 //!
 //! A settlement takes the merchant's `liabilities:merchant:{id}` balance to `payouts_in_flight` in
 //! the transaction that writes the batch, under the same lock as payout runs, so two settlements (or
@@ -88,16 +89,65 @@ pub struct PayoutAddress {
     /// CAIP-2.
     pub chain: String,
     pub address: String,
-    /// When it was last set: settlements to it wait until the takeover delay has passed.
-    pub changed_at: DateTime<Utc>,
-    /// When settlements to it may start.
-    pub usable_from: DateTime<Utc>,
+    /// When it was last set: payments to it wait until the takeover delay has passed. Null for a
+    /// creator's address its merchant set when it created the creator: usable at once.
+    pub changed_at: Option<DateTime<Utc>>,
+    /// When payments to it may start; null when at once.
+    pub usable_from: Option<DateTime<Utc>>,
+}
+
+/// Whose balance a withdrawal takes, and where its payout addresses are kept.
+#[derive(Debug, Clone, Copy)]
+enum Payee<'a> {
+    Merchant(&'a str),
+    Creator { creator_id: &'a str, merchant_id: &'a str },
+}
+
+impl Payee<'_> {
+    fn merchant_id(&self) -> &str {
+        match self {
+            Self::Merchant(id) | Self::Creator { merchant_id: id, .. } => id,
+        }
+    }
+
+    fn account(&self) -> AccountCode {
+        match self {
+            Self::Merchant(id) => AccountCode::merchant(id),
+            Self::Creator { creator_id, .. } => AccountCode::creator(creator_id),
+        }
+    }
+
+    /// The table of its payout addresses, the column naming it, and its id there.
+    fn addresses(&self) -> (&'static str, &'static str, &str) {
+        match self {
+            Self::Merchant(id) => ("merchant_payout_addresses", "merchant_id", id),
+            Self::Creator { creator_id, .. } => ("creator_payout_addresses", "creator_id", creator_id),
+        }
+    }
+
+    /// Where to set an address with `PUT`.
+    fn address_path(&self) -> &'static str {
+        match self {
+            Self::Merchant(_) => "/v1/merchants/me/payout_addresses",
+            Self::Creator { .. } => "/v1/creators/me/payout_addresses",
+        }
+    }
 }
 
 impl PayoutService {
     /// Writes a settlement of `merchant_id`'s balance: one batch with the merchant as its one
     /// recipient, which the executor then sends. See the module docs for what is refused.
     pub async fn settle(&self, merchant_id: &str, request: &SettlementRequest) -> Result<PayoutView> {
+        self.withdraw(Payee::Merchant(merchant_id), request).await
+    }
+
+    /// Writes a withdrawal of creator `creator_id`'s earnings (of merchant `merchant_id`), as
+    /// [`Self::settle`] does for a merchant; it must be worth at least the payout threshold.
+    pub async fn withdraw_creator(&self, creator_id: &str, merchant_id: &str, request: &SettlementRequest) -> Result<PayoutView> {
+        self.withdraw(Payee::Creator { creator_id, merchant_id }, request).await
+    }
+
+    async fn withdraw(&self, payee: Payee<'_>, request: &SettlementRequest) -> Result<PayoutView> {
         let asked = RunRequest { chain: Some(request.chain.clone()), asset: Some(request.asset.clone()) };
         let chain = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: request.chain.clone() })?;
         let batcher = chain.payout_batcher.ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.name.clone() })?;
@@ -119,18 +169,20 @@ impl PayoutService {
         let now = self.clock().now();
         let address = {
             let mut conn = self.pool().acquire().await?;
-            payout_address(&mut conn, merchant_id, &chain.caip2, self.config().address_change_delay_s).await?
+            payout_address(&mut conn, payee, &chain.caip2, self.config().address_change_delay_s).await?
         }
         .ok_or_else(|| PayoutError::Refused {
             code: "payout_address_missing",
-            reason: format!("no payout address on {}: set one with PUT /v1/merchants/me/payout_addresses", chain.caip2),
+            reason: format!("no payout address on {}: set one with PUT {}/{{chain}}", chain.caip2, payee.address_path()),
         })?;
-        if now < address.usable_from {
+        if address.usable_from.is_some_and(|from| now < from) {
             return Err(PayoutError::Refused {
                 code: "payout_address_recent",
                 reason: format!(
-                    "the payout address on {} changed at {}: settlements to it start at {}",
-                    chain.caip2, address.changed_at, address.usable_from
+                    "the payout address on {} changed at {}: payments to it start at {}",
+                    chain.caip2,
+                    address.changed_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    address.usable_from.map(|t| t.to_rfc3339()).unwrap_or_default()
                 ),
             });
         }
@@ -144,15 +196,23 @@ impl PayoutService {
 
         let mut tx = self.pool().begin().await?;
         store::lock_runs(&mut tx).await?;
-        let account = AccountCode::merchant(merchant_id);
-        let balance = self.ledger().balance(&mut tx, &account, &asset.asset).await?;
+        let balance = self.ledger().balance(&mut tx, &payee.account(), &asset.asset).await?;
         let available = if balance.is_negative() { Amount::ZERO } else { balance.magnitude() };
         let amount = wanted.unwrap_or(available);
         if amount.is_zero() || amount > available {
             return Err(PayoutError::Refused {
                 code: "insufficient_funds",
-                reason: format!("{} of {} is available to settle", available, asset.asset),
+                reason: format!("{} of {} is available to withdraw", available, asset.asset),
             });
+        }
+        if let Payee::Creator { .. } = payee {
+            let threshold = self.config().threshold_usd_cents;
+            if self.usd_cents(&asset, amount, now).is_none_or(|usd| usd < threshold) {
+                return Err(PayoutError::Refused {
+                    code: "below_threshold",
+                    reason: format!("worth less than the payout threshold of {} USD (or no rate)", threshold.to_decimal_string(2)),
+                });
+            }
         }
         let promised = store::promised(&mut tx, &chain.caip2, &asset.asset).await?;
         if funds.saturating_sub(promised) < amount {
@@ -161,7 +221,11 @@ impl PayoutService {
                 reason: format!("the payout batcher on {} cannot cover this settlement now; try again later", chain.caip2),
             });
         }
-        let item = Candidate { creator_id: None, merchant_id: merchant_id.to_owned(), address: to, amount };
+        let creator_id = match payee {
+            Payee::Merchant(_) => None,
+            Payee::Creator { creator_id, .. } => Some(creator_id.to_owned()),
+        };
+        let item = Candidate { creator_id, merchant_id: payee.merchant_id().to_owned(), address: to, amount };
         let planned = PlannedBatch { items: vec![item], total: amount };
         let view = store::create_batch(
             &mut tx,
@@ -176,7 +240,7 @@ impl PayoutService {
         )
         .await?;
         tx.commit().await?;
-        tracing::info!(target: "payout", merchant = %merchant_id, batch = %view.id, chain = %chain.name, "settlement");
+        tracing::info!(target: "payout", account = %payee.account().as_str(), batch = %view.id, chain = %chain.name, "withdrawal");
         Ok(view)
     }
 
@@ -192,6 +256,23 @@ impl PayoutService {
         address: &str,
         contract_confirmed: bool,
     ) -> Result<PayoutAddress> {
+        self.set_address(Payee::Merchant(merchant_id), chain, address, contract_confirmed).await
+    }
+
+    /// Sets a creator's payout address over its own key, as [`Self::set_payout_address`] does for a
+    /// merchant (with the same takeover delay before it is paid to).
+    pub async fn set_creator_payout_address(
+        &self,
+        creator_id: &str,
+        merchant_id: &str,
+        chain: &str,
+        address: &str,
+        contract_confirmed: bool,
+    ) -> Result<PayoutAddress> {
+        self.set_address(Payee::Creator { creator_id, merchant_id }, chain, address, contract_confirmed).await
+    }
+
+    async fn set_address(&self, payee: Payee<'_>, chain: &str, address: &str, contract_confirmed: bool) -> Result<PayoutAddress> {
         let asked = RunRequest { chain: Some(chain.to_owned()), asset: None };
         let spec = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.to_owned() })?;
         let normalized = crate::payments_creator::normalize_payout_address(&spec.caip2.to_string(), address)
@@ -212,20 +293,21 @@ impl PayoutService {
         }
         let now = self.clock().now();
         let mut conn = self.pool().acquire().await?;
-        sqlx::query(
-            "INSERT INTO merchant_payout_addresses (merchant_id, chain, address, changed_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (merchant_id, chain) DO UPDATE SET address = EXCLUDED.address, changed_at = EXCLUDED.changed_at \
-             WHERE merchant_payout_addresses.address <> EXCLUDED.address",
-        )
-        .bind(merchant_id)
+        let (table, column, id) = payee.addresses();
+        sqlx::query(&format!(
+            "INSERT INTO {table} ({column}, chain, address, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT ({column}, chain) DO UPDATE SET address = EXCLUDED.address, changed_at = EXCLUDED.changed_at \
+             WHERE {table}.address <> EXCLUDED.address"
+        ))
+        .bind(id)
         .bind(spec.caip2.to_string())
         .bind(&normalized)
         .bind(now)
         .execute(&mut *conn)
         .await?;
-        payout_address(&mut conn, merchant_id, &spec.caip2, self.config().address_change_delay_s)
+        payout_address(&mut conn, payee, &spec.caip2, self.config().address_change_delay_s)
             .await?
-            .ok_or_else(|| PayoutError::Corrupt { value: format!("payout address of {merchant_id}") })
+            .ok_or_else(|| PayoutError::Corrupt { value: format!("payout address of {id}") })
     }
 }
 
@@ -325,34 +407,33 @@ impl PayoutService {
     }
 }
 
-/// The merchant's payout address on `chain`, if set.
-async fn payout_address(conn: &mut PgConnection, merchant_id: &str, chain: &ChainId, delay_s: u64) -> Result<Option<PayoutAddress>> {
-    let row: Option<(String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT chain, address, changed_at FROM merchant_payout_addresses WHERE merchant_id = $1 AND chain = $2",
-    )
-    .bind(merchant_id)
+/// The payee's payout address on `chain`, if set.
+async fn payout_address(conn: &mut PgConnection, payee: Payee<'_>, chain: &ChainId, delay_s: u64) -> Result<Option<PayoutAddress>> {
+    let (table, column, id) = payee.addresses();
+    let row: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
+        "SELECT chain, address, changed_at FROM {table} WHERE {column} = $1 AND chain = $2"
+    ))
+    .bind(id)
     .bind(chain.to_string())
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|(chain, address, changed_at)| PayoutAddress { chain, address, changed_at, usable_from: usable_from(changed_at, delay_s) }))
+    Ok(row.map(|(chain, address, changed_at)| address_view(chain, address, changed_at, delay_s)))
 }
 
-fn usable_from(changed_at: DateTime<Utc>, delay_s: u64) -> DateTime<Utc> {
-    changed_at + chrono::Duration::seconds(i64::try_from(delay_s).unwrap_or(i64::MAX / 1_000))
+fn address_view(chain: String, address: String, changed_at: Option<DateTime<Utc>>, delay_s: u64) -> PayoutAddress {
+    let usable_from = changed_at.map(|at| at + chrono::Duration::seconds(i64::try_from(delay_s).unwrap_or(i64::MAX / 1_000)));
+    PayoutAddress { chain, address, changed_at, usable_from }
 }
 
 /// Every payout address of the merchant.
 pub async fn payout_addresses(pool: &PgPool, merchant_id: &str, delay_s: u64) -> Result<Vec<PayoutAddress>> {
-    let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT chain, address, changed_at FROM merchant_payout_addresses WHERE merchant_id = $1 ORDER BY chain",
     )
     .bind(merchant_id)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(chain, address, changed_at)| PayoutAddress { chain, address, changed_at, usable_from: usable_from(changed_at, delay_s) })
-        .collect())
+    Ok(rows.into_iter().map(|(chain, address, changed_at)| address_view(chain, address, changed_at, delay_s)).collect())
 }
 
 /// The merchant's settlements (batches paying its own balance), newest first; `before` a `po_…` id.
