@@ -58,10 +58,24 @@ pub struct ListQuery {
     pub status: Option<String>,
 }
 
-fn services(state: &AppState) -> Result<&payout::PayoutService, ApiError> {
+pub(crate) fn services(state: &AppState) -> Result<&payout::PayoutService, ApiError> {
     state.payouts.as_deref().ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "payouts_unavailable", "no enabled chain has a payout batcher")
     })
+}
+
+/// The payout service of a daemon that also sends what it writes: batches nobody sends would only
+/// lock balances away, so without a hot wallet key writing one (`what`) is refused.
+pub(crate) fn sending_service<'a>(state: &'a AppState, what: &str) -> Result<&'a payout::PayoutService, ApiError> {
+    let service = services(state)?;
+    if !service.executor_running() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "payouts_unavailable",
+            format!("this daemon has no hot wallet key, so nothing would send the {what}"),
+        ));
+    }
+    Ok(service)
 }
 
 #[utoipa::path(post, path = "/v1/payouts/run", tag = "payouts", security(("bearer" = [])),
@@ -76,16 +90,7 @@ pub async fn run(
     body: Result<Json<RunRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RunSummary>), ApiError> {
     let Json(request) = body?;
-    let service = services(&state)?;
-    if !service.executor_running() {
-        // Batches nobody sends would only lock the creators' balances away.
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "payouts_unavailable",
-            "this daemon has no hot wallet key, so nothing would send the payouts",
-        ));
-    }
-    Ok((StatusCode::CREATED, Json(service.run(&request).await?)))
+    Ok((StatusCode::CREATED, Json(sending_service(&state, "payouts")?.run(&request).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/payouts", tag = "payouts", security(("bearer" = [])),

@@ -51,11 +51,7 @@ pub struct SettlementQuery {
     pub before: Option<String>,
 }
 
-fn service(state: &AppState) -> Result<&payout::PayoutService, ApiError> {
-    state.payouts.as_deref().ok_or_else(|| {
-        ApiError::new(StatusCode::CONFLICT, "payouts_unavailable", "no enabled chain has a payout batcher")
-    })
-}
+use super::payouts::{sending_service, services as service};
 
 #[utoipa::path(get, path = "/v1/merchants/me/payout_addresses", tag = "settlements", security(("bearer" = [])),
     responses((status = 200, body = PayoutAddressList), (status = 401, body = super::openapi::ErrorBody),
@@ -98,15 +94,8 @@ pub async fn create(
     body: Result<Json<SettlementRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<PayoutView>), ApiError> {
     let Json(request) = body?;
-    let service = service(&state)?;
-    if !service.executor_running() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "payouts_unavailable",
-            "this daemon has no hot wallet key, so nothing would send the settlement",
-        ));
-    }
-    Ok((StatusCode::CREATED, Json(service.settle(&auth.merchant_id, &request).await?)))
+    let settled = sending_service(&state, "settlement")?.settle(&auth.merchant_id, &request).await?;
+    Ok((StatusCode::CREATED, Json(settled)))
 }
 
 #[utoipa::path(get, path = "/v1/settlements", tag = "settlements", security(("bearer" = [])),
@@ -201,13 +190,6 @@ pub async fn creator_withdrawal(
     body: Result<Json<SettlementRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<PayoutView>), ApiError> {
     let Json(request) = body?;
-    let service = service(&state)?;
-    if !service.executor_running() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "payouts_unavailable",
-            "this daemon has no hot wallet key, so nothing would send the withdrawal",
-        ));
-    }
-    Ok((StatusCode::CREATED, Json(service.withdraw_creator(&auth.creator_id, &auth.merchant_id, &request).await?)))
+    let batch = sending_service(&state, "withdrawal")?.withdraw_creator(&auth.creator_id, &auth.merchant_id, &request).await?;
+    Ok((StatusCode::CREATED, Json(batch)))
 }
