@@ -112,6 +112,7 @@ pub fn catalog(config: &Config) -> AssetCatalog {
             asset: chain.native_asset_id(),
             symbol: chain.native.symbol.clone(),
             decimals: chain.native.decimals,
+            display_decimals: chain.native.display_decimals,
             deposit,
         });
         for token in &chain.tokens {
@@ -119,6 +120,7 @@ pub fn catalog(config: &Config) -> AssetCatalog {
                 asset: token.asset_id(),
                 symbol: token.symbol.clone(),
                 decimals: token.decimals,
+                display_decimals: token.display_decimals,
                 deposit,
             });
         }

@@ -66,8 +66,16 @@ async function screenshot(page, name) {
 }
 
 const VIEWPORT = { width: 480, height: 900 };
-const option = (await invoice()).payment_options.find((o) => o.asset === ETH);
+const options = (await invoice()).payment_options;
+const option = options.find((o) => o.asset === ETH);
 check(option && option.address, "the invoice has no ETH option with an address");
+// Every option asks for an amount a person can type: no more decimals than the option's display
+// decimals, and never less than the exact conversion.
+for (const o of options) {
+  const decimals = (o.amount.split(".")[1] || "").length;
+  check(decimals <= o.display_decimals, `${o.asset} asks for ${o.amount}, more than ${o.display_decimals} decimals`);
+  check(BigInt(o.amount_minor) >= BigInt(o.amount_exact_minor), `${o.asset} asks for less than the exact amount`);
+}
 
 const browser = await chromium.launch({ executablePath, headless: true, args: LAUNCH_ARGS });
 try {

@@ -276,7 +276,7 @@ async fn balances_show_credited_payments_in_asset_units(pool: PgPool) {
     assert_eq!(balances["unapplied"], json!([]));
     let (_, shown) = server.get(Some(&key), &format!("/v1/invoices/{}", payment.invoice_id)).await;
     assert_eq!(shown["status"], "paid");
-    assert_eq!(shown["payments"][0]["amount"], "25.000000");
+    assert_eq!(shown["payments"][0]["amount"], "25.00");
 }
 
 #[sqlx::test]

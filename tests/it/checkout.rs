@@ -134,8 +134,11 @@ async fn page_shows_the_escaped_merchant_address_exact_amount_and_qr_code(pool: 
     assert!(body.contains("BTC on Bitcoin regtest (not available yet)"));
     let address = eth["address"].as_str().expect("address");
     assert!(body.contains(&format!("<code id=\"pay-address\">{address}</code>")));
+    // 25 USD at 3000 USD/ETH is 0.008333333333333334 ETH: the payer is asked for 0.008334.
     let amount = eth["amount"].as_str().expect("amount");
-    assert_eq!(amount, "0.008333333333333334");
+    assert_eq!(amount, "0.008334");
+    assert_eq!((eth["amount_minor"].as_str(), eth["amount_exact_minor"].as_str()), (Some("8334000000000000"), Some("8333333333333334")));
+    assert!(eth["uri"].as_str().is_some_and(|uri| uri.contains("value=8334000000000000")), "{eth}");
     assert!(body.contains(&format!("<code id=\"pay-amount\">{amount}</code>")));
     assert!(body.contains(&format!("data-copy=\"{amount}\"")));
     assert!(body.contains("<div class=\"qr\" id=\"qr\"><svg class=\"qr-code\""), "no inline QR code");
@@ -177,7 +180,7 @@ async fn asset_parameter_selects_the_option(pool: PgPool) {
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(&format!("<option value=\"{USDC_POLYGON}\" selected>USDC on Polygon</option>")));
     assert!(!page.body.contains(&format!("<option value=\"{ETH}\" selected>")));
-    assert!(page.body.contains("<code id=\"pay-amount\">25.000000</code>"));
+    assert!(page.body.contains("<code id=\"pay-amount\">25.00</code>"));
     assert!(page.body.contains(&format!("<code id=\"pay-address\">{}</code>", usdc["address"].as_str().expect("address"))));
     assert!(page.body.contains("To this address on Polygon"));
     let uri = usdc["uri"].as_str().expect("uri");
@@ -227,14 +230,14 @@ async fn status_tracks_a_payment_through_its_confirmations(pool: PgPool) {
     assert_eq!(status["state"], "processing");
     let payment = &status["payments"][0];
     assert_eq!(payment["asset"], ETH);
-    assert_eq!(payment["amount"], "0.008333333333333334");
+    assert_eq!(payment["amount"], "0.008334");
     assert_eq!((payment["confirmations"].as_u64(), payment["confirmations_required"].as_u64()), (Some(1), Some(3)));
     assert_eq!(payment["status"], "seen");
     assert!(status["message"].as_str().expect("message").contains("Confirmations: 1/3"), "{status}");
     let page = server.page(&format!("/pay/{id}")).await;
     assert!(page.body.contains("class=\"checkout state-processing\""));
     assert!(page.body.contains("Confirmations: 1/3"));
-    assert!(page.body.contains("<li>0.008333333333333334 ETH: 1/3 confirmations</li>"));
+    assert!(page.body.contains("<li>0.008334 ETH: 1/3 confirmations</li>"));
 
     server.pay(id, ETH, "0xaa", due, 2).await;
     assert!(server.status(id).await["message"].as_str().expect("message").contains("Confirmations: 2/3"));
@@ -270,16 +273,19 @@ async fn underpaid_shows_what_remains_in_fiat_and_in_the_asset(pool: PgPool) {
     let quoted = minor(&eth["amount_minor"]);
     let invoice_minor = minor(&invoice["amount_minor"]);
 
-    // 0.004 ETH of 0.008333333333333334 confirmed: worth floor(4e15 × 2500 / quoted) cents.
+    // 0.004 ETH of 0.008334 confirmed: worth floor(4e15 × 2500 / quoted) cents.
     let sent: u128 = 4_000_000_000_000_000;
     server.pay(id, ETH, "0xcc", Amount::from_u128(sent), 3).await;
     let paid_cents = sent * invoice_minor / quoted;
     let remaining_cents = invoice_minor - paid_cents;
     assert_eq!((paid_cents, remaining_cents), (1199, 1301));
-    // remaining_asset = ceil(remaining_fiat × option.amount_minor / invoice.amount_minor)
-    let remaining_eth = (remaining_cents * quoted).div_ceil(invoice_minor);
+    // remaining_asset = ceil(remaining_fiat × option.amount_minor / invoice.amount_minor), then up
+    // to the six decimals a payer types (0.0043370136 → 0.004338).
+    let exact_eth = (remaining_cents * quoted).div_ceil(invoice_minor);
+    assert_eq!(decimal(exact_eth, 18), "0.004337013600000000");
+    let remaining_eth = exact_eth.div_ceil(1_000_000_000_000) * 1_000_000_000_000;
     let remaining_usdc = (remaining_cents * minor(&option(&invoice, USDC_POLYGON)["amount_minor"])).div_ceil(invoice_minor);
-    assert_eq!(decimal(remaining_eth, 18), "0.004336666666666668");
+    assert_eq!(decimal(remaining_eth, 18), "0.004338000000000000");
     assert_eq!(decimal(remaining_usdc, 6), "13.010000");
 
     let status = server.page_status(id, ETH).await;
@@ -290,21 +296,21 @@ async fn underpaid_shows_what_remains_in_fiat_and_in_the_asset(pool: PgPool) {
     assert_eq!(status["headline"], "Partly paid");
     let message = status["message"].as_str().expect("message");
     assert!(message.contains("11.99 USD received, 13.01 USD still due"), "{message}");
-    assert!(message.contains("send 0.004336666666666668 ETH on Ethereum more"), "{message}");
+    assert!(message.contains("send 0.004338 ETH on Ethereum more"), "{message}");
     let options = status["payment_options"].as_array().expect("options");
     assert_eq!(options[0]["asset"], ETH);
-    assert_eq!(options[0]["amount_remaining"], "0.004336666666666668");
+    assert_eq!(options[0]["amount_remaining"], "0.004338");
     assert_eq!(minor(&options[0]["amount_remaining_minor"]), remaining_eth);
-    assert_eq!(options[1]["amount_remaining"], "13.010000");
+    assert_eq!(options[1]["amount_remaining"], "13.01");
 
     // The page asks for the remainder, and its QR code and wallet link carry it.
     let page = server.page(&format!("/pay/{id}?asset={ETH}")).await;
     assert!(page.body.contains("class=\"checkout state-underpaid\""));
-    assert!(page.body.contains("<code id=\"pay-amount\">0.004336666666666668</code>"), "{}", page.body);
+    assert!(page.body.contains("<code id=\"pay-amount\">0.004338</code>"), "{}", page.body);
     assert!(page.body.contains(&format!("?value={remaining_eth}\"")), "wallet link not for the remainder");
     let page = server.page(&format!("/pay/{id}?asset={USDC_POLYGON}")).await;
-    assert!(page.body.contains("<code id=\"pay-amount\">13.010000</code>"));
-    assert!(page.body.contains("send 13.010000 USDC on Polygon more"));
+    assert!(page.body.contains("<code id=\"pay-amount\">13.01</code>"));
+    assert!(page.body.contains("send 13.01 USDC on Polygon more"));
     assert!(page.body.contains(&format!("data-amount-minor=\"{remaining_usdc}\"")));
 }
 

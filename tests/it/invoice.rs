@@ -93,7 +93,7 @@ async fn payer_due_rounds_up_at_the_locked_rate(pool: PgPool) {
     let btc = &invoice.payment_options[0];
     assert_eq!((btc.amount_minor.as_str(), btc.amount.as_str(), btc.rate.as_str()), ("38462", "0.00038462", "65000"));
     let usdc = &invoice.payment_options[1];
-    assert_eq!((usdc.amount_minor.as_str(), usdc.amount.as_str()), ("25000000", "25.000000"));
+    assert_eq!((usdc.amount_minor.as_str(), usdc.amount.as_str()), ("25000000", "25.00"));
     // The EVM rail derives a deposit address; Bitcoin has no rail yet.
     assert!(usdc.address.as_deref().is_some_and(|a| a.starts_with("0x") && a.len() == 42));
     assert!(btc.address.is_none());

@@ -552,8 +552,9 @@ async fn btc_without_a_quorum_refuses_invoices_while_usdc_still_works(pool: PgPo
     assert!(created);
     let option = &usdc.payment_options[0];
     assert_eq!((option.rate.as_str(), option.rate_source.as_str()), ("0.999925", "median:coinbase,kraken"));
-    // 25 USD at 0.999925 USD/USDC is 25.001875…: the payer owes it rounded up to 6 decimals.
-    assert_eq!(option.amount, "25.001876");
+    // 25 USD at 0.999925 USD/USDC is 25.001875…: rounded up to the unit, 25.001876, and then to
+    // the cents a payer types (0.03 % more).
+    assert_eq!((option.amount_exact_minor.as_str(), option.amount.as_str()), ("25001876", "25.01"));
     assert_eq!(option.rate_at, now);
 
     // Without a list, every asset that can be priced is offered; BTC is left out, not priced at 1.

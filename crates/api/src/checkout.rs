@@ -9,10 +9,16 @@
 //! - Every value put into the page is HTML-escaped (`page::esc`); the Content-Security-Policy
 //!   allows no external resource and only this response's nonce-tagged script and style.
 //! - Amounts stay exact. What is still due in an asset comes from the invoice's locked quote,
-//!   `ceil(remaining_fiat × option.amount_minor / invoice.amount_minor)`: rounded up, so a payer who
-//!   sends it is never short.
+//!   `ceil(remaining_fiat × option.amount_minor / invoice.amount_minor)`, then rounded up to the
+//!   decimals a payer types (as the quote itself was, by at most 0.1 %), so a payer who sends it
+//!   is never short.
 
 mod page;
+
+/// `amount` of `option`'s asset as a payer reads and types it.
+fn shown(option: &PaymentOptionView, amount: Amount) -> String {
+    crate::money::display::display_string(amount, option.decimals, option.display_decimals)
+}
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -241,8 +247,9 @@ impl Checkout {
     /// What is still due in `option`'s asset at the locked quote, rounded up.
     fn remaining_in(&self, option: &PaymentOptionView) -> Result<Amount, CheckoutError> {
         let quoted: Amount = option.amount_minor.parse().map_err(|_| corrupt("amount_minor", &option.amount_minor))?;
-        mul_div(self.remaining, quoted, self.due, Rounding::Up)
-            .map_err(|e| CheckoutError::Internal(format!("remaining amount of {}: {e}", option.asset)))
+        let exact = mul_div(self.remaining, quoted, self.due, Rounding::Up)
+            .map_err(|e| CheckoutError::Internal(format!("remaining amount of {}: {e}", option.asset)))?;
+        Ok(crate::money::display::round_for_payer(exact, option.decimals, option.display_decimals).0)
     }
 
     /// What the payer should send in `option` now: the whole quote, or once part of the invoice
@@ -267,7 +274,7 @@ impl Checkout {
     /// A title and a sentence that tell the payer where things stand and what to do.
     fn describe(&self, option: Option<&PaymentOptionView>) -> Result<(String, String), CheckoutError> {
         let pay_in = |option: &PaymentOptionView, amount: Amount| {
-            format!("{} {} on {}", amount.to_decimal_string(option.decimals), option.symbol, chain_name(&option.chain))
+            format!("{} {} on {}", shown(option, amount), option.symbol, chain_name(&option.chain))
         };
         Ok(match self.state {
             PayerState::Open => (
@@ -294,7 +301,7 @@ impl Checkout {
                     )),
                     Some(o) => message.push_str(&format!(
                         " ({} {}).",
-                        self.remaining_in(o)?.to_decimal_string(o.decimals),
+                        shown(o, self.remaining_in(o)?),
                         o.symbol
                     )),
                     None => message.push('.'),
@@ -359,7 +366,7 @@ impl Checkout {
                 symbol: o.symbol.clone(),
                 amount: o.amount.clone(),
                 amount_minor: o.amount_minor.clone(),
-                amount_remaining: remaining.to_decimal_string(o.decimals),
+                amount_remaining: shown(o, remaining),
                 amount_remaining_minor: remaining.to_string(),
             });
         }

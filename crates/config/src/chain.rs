@@ -139,6 +139,8 @@ pub struct NativeAsset {
     pub chain: ChainId,
     pub symbol: String,
     pub decimals: u8,
+    /// Decimals a payer is asked to send (quotes are rounded up to them).
+    pub display_decimals: u8,
     /// SLIP-44 coin type (0 BTC, 60 ETH, 966 POL, 714 BNB).
     pub slip44: u32,
 }
@@ -156,6 +158,8 @@ pub struct TokenSpec {
     pub symbol: String,
     pub address: Address,
     pub decimals: u8,
+    /// Decimals a payer is asked to send (quotes are rounded up to them).
+    pub display_decimals: u8,
 }
 
 impl TokenSpec {
@@ -230,6 +234,9 @@ struct NativeFile {
     symbol: String,
     decimals: u8,
     slip44: u32,
+    /// Default: `money::display::default_display_decimals`.
+    #[serde(default)]
+    display_decimals: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +254,9 @@ struct TokenFile {
     #[serde(deserialize_with = "token_address")]
     address: Address,
     decimals: u8,
+    /// Default: `money::display::default_display_decimals`.
+    #[serde(default)]
+    display_decimals: Option<u8>,
 }
 
 /// A USD decimal string ("1000", "2500.50") as cents.
@@ -324,6 +334,20 @@ pub(crate) fn check_rpc(
         .collect()
 }
 
+fn check_display(key: &str, decimals: u8, display: Option<u8>) -> std::result::Result<(), InvalidKey> {
+    match display {
+        Some(display) if display > decimals => {
+            Err(InvalidKey::new(key, format!("{display} is more than the asset's {decimals} decimals")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The configured display decimals (at most the asset's decimals: checked), else the default.
+fn display_decimals(symbol: &str, decimals: u8, configured: Option<u8>) -> u8 {
+    configured.unwrap_or_else(|| crate::money::display::default_display_decimals(symbol, decimals)).min(decimals)
+}
+
 fn check_decimals(key: &str, decimals: u8) -> std::result::Result<(), InvalidKey> {
     if decimals > DECIMALS_MAX {
         return Err(InvalidKey::new(
@@ -376,6 +400,7 @@ impl ChainFile {
         }
         check_symbol("native.symbol", &self.native.symbol)?;
         check_decimals("native.decimals", self.native.decimals)?;
+        check_display("native.display_decimals", self.native.decimals, self.native.display_decimals)?;
         if !(1..=BLOCK_TIME_MS_MAX).contains(&self.block_time_ms) {
             return Err(InvalidKey::new(
                 "block_time_ms",
@@ -429,6 +454,7 @@ impl ChainFile {
         Ok(ChainSpec {
             native: NativeAsset {
                 chain: self.caip2.clone(),
+                display_decimals: display_decimals(&self.native.symbol, self.native.decimals, self.native.display_decimals),
                 symbol: self.native.symbol,
                 decimals: self.native.decimals,
                 slip44: self.native.slip44,
@@ -463,6 +489,7 @@ impl ChainFile {
             let key = |field: &str| format!("tokens[{index}].{field}");
             check_symbol(&key("symbol"), &token.symbol)?;
             check_decimals(&key("decimals"), token.decimals)?;
+            check_display(&key("display_decimals"), token.decimals, token.display_decimals)?;
             if token.symbol == self.native.symbol || tokens.iter().any(|t| t.symbol == token.symbol)
             {
                 return Err(InvalidKey::new(
@@ -481,6 +508,7 @@ impl ChainFile {
                 symbol: token.symbol.clone(),
                 address: token.address,
                 decimals: token.decimals,
+                display_decimals: display_decimals(&token.symbol, token.decimals, token.display_decimals),
             });
         }
         Ok(tokens)

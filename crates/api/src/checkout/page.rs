@@ -205,7 +205,7 @@ fn option_panel(out: &mut String, pay: &Pay<'_>, currency: &str) {
         );
         return;
     };
-    let amount = pay.amount.to_decimal_string(option.decimals);
+    let amount = super::shown(option, pay.amount);
     out.push_str("<div class=\"qr\" id=\"qr\">");
     match pay.uri.as_deref().and_then(qr_svg) {
         Some(svg) => out.push_str(&svg),

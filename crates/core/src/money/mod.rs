@@ -14,6 +14,7 @@ pub mod asset;
 pub mod chain;
 pub mod convert;
 mod decimal;
+pub mod display;
 pub mod fiat;
 pub mod pair;
 pub mod rate;

@@ -40,6 +40,8 @@ pub struct CatalogAsset {
     pub asset: AssetId,
     pub symbol: String,
     pub decimals: u8,
+    /// Decimals a payer is asked to send: quotes are rounded up to them.
+    pub display_decimals: u8,
     /// `None` while no rail derives addresses for this chain.
     pub deposit: Option<DepositScheme>,
 }

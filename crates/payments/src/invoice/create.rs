@@ -63,7 +63,12 @@ struct PricedOption {
     deposit: Option<super::catalog::DepositScheme>,
     symbol: String,
     decimals: u8,
+    /// The exact conversion rounded up to what a payer types: what the invoice asks and is valued at.
     amount: Amount,
+    /// The exact conversion, rounded up to the asset's smallest unit.
+    exact: Amount,
+    /// The decimals `amount` was rounded to.
+    shown: u8,
     rate: String,
     source: String,
     sources: serde_json::Value,
@@ -164,14 +169,17 @@ fn quote(
 }
 
 fn priced(entry: &super::catalog::CatalogAsset, amount: Amount, currency: Fiat, q: crate::rates::Quote) -> Result<PricedOption> {
-    let due = fiat_to_asset(amount, currency, &q.rate, entry.decimals, Rounding::Up)
+    let exact = fiat_to_asset(amount, currency, &q.rate, entry.decimals, Rounding::Up)
         .map_err(|e| invalid("amount", format!("cannot be priced in {}: {e}", entry.asset)))?;
+    let (due, shown) = crate::money::display::round_for_payer(exact, entry.decimals, entry.display_decimals);
     Ok(PricedOption {
         asset: entry.asset.clone(),
         deposit: entry.deposit,
         symbol: entry.symbol.clone(),
         decimals: entry.decimals,
         amount: due,
+        exact,
+        shown,
         rate: q.rate.to_string(),
         sources: q.sources_json(),
         source: q.source,
@@ -308,8 +316,8 @@ pub async fn create_invoice_with_splits(
     for (position, (option, address)) in offered.iter().enumerate() {
         sqlx::query(
             "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
-                                          rate_at, position, address, rate_sources) \
-             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, $11, $12)",
+                                          rate_at, position, address, rate_sources, amount_exact_minor, display_decimals) \
+             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, $11, $12, $13::numeric, $14)",
         )
         .bind(&id)
         .bind(option.asset.to_string())
@@ -323,6 +331,8 @@ pub async fn create_invoice_with_splits(
         .bind(i16::try_from(position).unwrap_or(i16::MAX))
         .bind(address.as_deref())
         .bind(&option.sources)
+        .bind(option.exact.to_string())
+        .bind(i16::from(option.shown))
         .execute(&mut *tx)
         .await?;
     }

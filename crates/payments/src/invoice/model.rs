@@ -21,10 +21,15 @@ pub struct PaymentOptionView {
     pub address: Option<String>,
     /// A payment request a wallet understands (EIP-681 on EVM chains, BIP21 on Bitcoin); null without an address.
     pub uri: Option<String>,
-    /// Decimal string in whole asset units.
+    /// Decimal string in whole asset units, with the decimals a payer types (`25.00`, `0.008334`):
+    /// the exact conversion rounded up, by at most 0.1 %.
     pub amount: String,
-    /// Integer string in the asset's smallest unit.
+    /// `amount` as an integer string in the asset's smallest unit: what the invoice is valued at.
     pub amount_minor: String,
+    /// The exact conversion at the locked rate, before rounding for the payer.
+    pub amount_exact_minor: String,
+    /// The decimals `amount` is rounded to.
+    pub display_decimals: u8,
     /// Price of one whole asset unit in the invoice currency, locked at creation.
     pub rate: String,
     pub rate_source: String,
@@ -152,6 +157,8 @@ struct OptionRecord {
     address: Option<String>,
     symbol: String,
     rate_sources: serde_json::Value,
+    amount_exact_minor: Option<String>,
+    display_decimals: Option<i16>,
 }
 
 /// A `payments` row, with its option's decimals, as [`load_view`] selects it.
@@ -174,6 +181,7 @@ struct PaymentRecord {
     seen_at: DateTime<Utc>,
     confirmed_at: Option<DateTime<Utc>>,
     decimals: Option<i16>,
+    display_decimals: Option<i16>,
 }
 
 pub(crate) const INVOICE_COLUMNS: &str = "id, merchant_id, status, currency, amount_minor::text AS amount_minor, \
@@ -199,7 +207,8 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     let minor_units = invoice.currency.minor_units();
 
     let options: Vec<OptionRecord> = sqlx::query_as(
-        "SELECT asset, chain, decimals, amount_minor::text AS amount_minor, rate, rate_source, rate_at, address, symbol, rate_sources \
+        "SELECT asset, chain, decimals, amount_minor::text AS amount_minor, rate, rate_source, rate_at, address, symbol, rate_sources, \
+                amount_exact_minor::text AS amount_exact_minor, display_decimals \
          FROM payment_options WHERE invoice_id = $1 ORDER BY position",
     )
     .bind(id)
@@ -210,6 +219,8 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     for o in options {
         let decimals = decimals_of(o.decimals)?;
         let amount = parse_amount("amount_minor", &o.amount_minor)?;
+        // Options written before amounts were rounded for payers show every decimal, as quoted.
+        let shown = o.display_decimals.map(decimals_of).transpose()?.unwrap_or(decimals);
         let uri = match (o.asset.parse::<crate::money::AssetId>(), o.address.as_deref()) {
             (Ok(parsed), Some(deposit)) if parsed.chain().is_bip122() && parsed.is_native() => {
                 // BIP21, labelled with the merchant's name so the wallet shows who is paid.
@@ -234,8 +245,10 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
             symbol: o.symbol,
             decimals,
             address: o.address,
-            amount: amount.to_decimal_string(decimals),
+            amount: crate::money::display::display_string(amount, decimals, shown),
             amount_minor: amount.to_string(),
+            amount_exact_minor: o.amount_exact_minor.unwrap_or_else(|| amount.to_string()),
+            display_decimals: shown,
             rate: o.rate,
             rate_source: o.rate_source,
             rate_at: o.rate_at,
@@ -246,7 +259,7 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     let payment_rows: Vec<PaymentRecord> = sqlx::query_as(
         "SELECT p.id, p.invoice_id, p.applied_invoice_id, p.asset, p.chain, p.tx_ref, p.address, p.amount_minor::text AS amount_minor, \
                 p.value_minor::text AS value_minor, p.confirmations, p.confirmations_required, p.status, \
-                p.applied_to, p.unapplied_reason, p.seen_at, p.confirmed_at, o.decimals \
+                p.applied_to, p.unapplied_reason, p.seen_at, p.confirmed_at, o.decimals, o.display_decimals \
          FROM payments p LEFT JOIN payment_options o ON o.invoice_id = p.invoice_id AND o.asset = p.asset \
          WHERE p.invoice_id = $1 OR p.applied_invoice_id = $1 ORDER BY p.seen_at, p.id",
     )
@@ -266,7 +279,11 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
             tx_ref: p.tx_ref,
             address: p.address,
             amount: match p.decimals {
-                Some(d) => amount.to_decimal_string(decimals_of(d)?),
+                Some(d) => {
+                    let decimals = decimals_of(d)?;
+                    let shown = p.display_decimals.map(decimals_of).transpose()?.unwrap_or(decimals);
+                    crate::money::display::display_string(amount, decimals, shown)
+                }
                 None => amount.to_string(),
             },
             amount_minor: amount.to_string(),
