@@ -767,3 +767,34 @@ async fn an_invoice_marked_invalid_holds_its_payments_for_the_merchant_again(poo
     assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("invoice_state")), "{body}");
     trial_balance_is_zero(&pool).await;
 }
+
+/// Every payment is announced on its own: `payment.detected` when first seen, `payment.confirmed`
+/// when credited — both at once for one first seen already deep enough — and never twice.
+#[sqlx::test]
+async fn each_payment_is_announced_when_detected_and_when_confirmed(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool.clone());
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let invoice = new_invoice(&state, &merchant.merchant_id, "25.00", &[USDC_POLYGON]).await;
+    let waiting = observed(&invoice, USDC_POLYGON, "0x61", 10_000_000, 0);
+    apply(&state, &waiting).await.expect("seen");
+    apply(&state, &waiting).await.expect("seen again");
+    apply(&state, &observed(&invoice, USDC_POLYGON, "0x61", 10_000_000, 2)).await.expect("confirmed");
+    apply(&state, &observed(&invoice, USDC_POLYGON, "0x62", 15_000_000, 5)).await.expect("seen deep");
+    let shown = view(&state, &invoice.id).await;
+    let announced: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT object_id, event_type, payload->'data'->>'status' FROM outbox WHERE event_type LIKE 'payment.%' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    let id = |tx: &str| shown.payments.iter().find(|p| p.tx_ref.contains(tx)).map(|p| p.id.clone()).expect("payment");
+    let (first, second) = (id("0x61"), id("0x62"));
+    let expected = [
+        (first.clone(), "payment.detected", "seen"),
+        (first, "payment.confirmed", "confirmed"),
+        (second.clone(), "payment.detected", "confirmed"),
+        (second, "payment.confirmed", "confirmed"),
+    ]
+    .map(|(id, event, status)| (id, event.to_owned(), status.to_owned()));
+    assert_eq!(announced, expected);
+}

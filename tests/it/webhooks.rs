@@ -338,26 +338,28 @@ async fn a_paid_invoice_reaches_a_receiver_that_verifies_the_signature(pool: PgP
     let invoice_id = h.invoice(&m).await;
     h.pay(&invoice_id).await;
     let report = h.pass().await;
-    assert_eq!((report.events_fanned_out, report.deliveries_created, report.delivered), (2, 2, 2), "{report:?}");
+    assert_eq!((report.events_fanned_out, report.deliveries_created, report.delivered), (4, 4, 4), "{report:?}");
 
     let hits = rx.hits();
-    assert_eq!(rx.types(), ["invoice.created", "invoice.paid"]);
+    assert_eq!(rx.types(), ["invoice.created", "payment.detected", "payment.confirmed", "invoice.paid"]);
     for hit in &hits {
         assert!(hit.signature_ok, "the receiver verified the signature with the secret from the create call");
         assert_eq!(hit.timestamp, h.clock.now().timestamp());
         assert_eq!(hit.content_type, "application/json");
         assert_eq!(hit.event_id_header, hit.event_id());
         let body = hit.json();
-        assert_eq!(body["data"]["id"], invoice_id.as_str());
+        // A payment's events carry the payment, which names its invoice.
+        let invoice_of = if hit.event_type().starts_with("payment.") { &body["data"]["invoice_id"] } else { &body["data"]["id"] };
+        assert_eq!(invoice_of, invoice_id.as_str());
         // The body is the event exactly as the API shows it.
         let (status, event) = h.get(&m.key, &format!("/v1/events/{}", hit.event_id())).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(event, body);
         assert_eq!(body.as_object().map(|o| o.len()), Some(4), "envelope: id, type, created_at, data");
     }
-    assert_eq!(hits[1].json()["data"]["status"], "paid");
+    assert_eq!(hits[3].json()["data"]["status"], "paid");
 
-    let delivery = h.delivery(&m, &hits[1].event_id(), endpoint_id).await;
+    let delivery = h.delivery(&m, &hits[3].event_id(), endpoint_id).await;
     assert!(delivery["id"].as_str().is_some_and(|id| id.starts_with("whd_")));
     assert_eq!(delivery["status"], "delivered");
     assert_eq!(delivery["next_attempt_at"], Value::Null);
@@ -372,7 +374,7 @@ async fn a_paid_invoice_reaches_a_receiver_that_verifies_the_signature(pool: PgP
 
     // Nothing more to do: a second pass sends nothing again.
     assert_eq!(h.pass().await.attempts(), 0);
-    assert_eq!(rx.hits().len(), 2);
+    assert_eq!(rx.hits().len(), 4);
     // The secret is shown once: listing endpoints does not show it.
     let (_, list) = h.get(&m.key, "/v1/webhook_endpoints").await;
     assert_eq!(list["data"][0]["id"], endpoint_id);
@@ -557,7 +559,7 @@ async fn a_superseded_event_is_not_retried(pool: PgPool) {
     let h = start(pool).await;
     let m = h.merchant().await;
     let rx = receiver(&[Reply::Status(502)]).await;
-    let (endpoint_id, secret) = h.endpoint(&m, &rx.url).await;
+    let (endpoint_id, secret) = h.endpoint_for(&m, json!({"url": rx.url, "events": ["invoice.created", "invoice.paid"]})).await;
     rx.trust(&secret);
     let invoice_id = h.invoice(&m).await;
     let created = h.event_id(&m, "invoice.created").await;
@@ -765,9 +767,14 @@ async fn endpoints_get_only_their_types_and_only_events_after_their_creation(poo
     let after = h.invoice(&m).await;
     h.pay(&before).await;
     let report = h.pass().await;
-    assert_eq!((report.delivered, report.failed), (3, 0), "{report:?}");
+    // `*` also gets the payment's own events (detected, confirmed): 3 + 2 deliveries.
+    assert_eq!((report.delivered, report.failed), (5, 0), "{report:?}");
     let objects = |rx: &Receiver| -> Vec<(String, String)> {
-        rx.hits().iter().map(|hit| (hit.event_type(), hit.json()["data"]["id"].as_str().expect("id").to_owned())).collect()
+        rx.hits()
+            .iter()
+            .filter(|hit| hit.event_type().starts_with("invoice."))
+            .map(|hit| (hit.event_type(), hit.json()["data"]["id"].as_str().expect("id").to_owned()))
+            .collect()
     };
     assert_eq!(
         objects(&all),

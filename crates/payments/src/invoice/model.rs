@@ -193,6 +193,56 @@ pub(crate) async fn valuation(conn: &mut PgConnection, invoice_id: &str, due: Am
     Ok(super::store::load_quote(conn, invoice_id).await?.valuation(due)?)
 }
 
+/// The columns of [`PaymentRecord`]: a payment with its option's decimals.
+const PAYMENT_VIEW_SELECT: &str = "SELECT p.id, p.invoice_id, p.applied_invoice_id, p.asset, p.chain, p.tx_ref, p.address, \
+            p.amount_minor::text AS amount_minor, p.value_minor::text AS value_minor, p.confirmations, \
+            p.confirmations_required, p.status, p.applied_to, p.unapplied_reason, p.seen_at, p.confirmed_at, \
+            o.decimals, o.display_decimals \
+     FROM payments p LEFT JOIN payment_options o ON o.invoice_id = p.invoice_id AND o.asset = p.asset";
+
+impl PaymentRecord {
+    fn view(self) -> Result<PaymentView> {
+        let amount = parse_amount("amount_minor", &self.amount_minor)?;
+        let value = parse_amount("value_minor", &self.value_minor)?;
+        let shown = match self.decimals {
+            Some(d) => {
+                let decimals = decimals_of(d)?;
+                let display = self.display_decimals.map(decimals_of).transpose()?.unwrap_or(decimals);
+                crate::money::display::display_string(amount, decimals, display)
+            }
+            None => amount.to_string(),
+        };
+        Ok(PaymentView {
+            id: self.id,
+            invoice_id: self.invoice_id,
+            applied_invoice_id: self.applied_invoice_id,
+            asset: self.asset,
+            chain: self.chain,
+            tx_ref: self.tx_ref,
+            address: self.address,
+            amount: shown,
+            amount_minor: amount.to_string(),
+            value_minor: value.to_string(),
+            confirmations: to_u32("confirmations", self.confirmations)?,
+            confirmations_required: to_u32("confirmations_required", self.confirmations_required)?,
+            status: self.status,
+            applied_to: self.applied_to,
+            unapplied_reason: self.unapplied_reason,
+            seen_at: self.seen_at,
+            confirmed_at: self.confirmed_at,
+        })
+    }
+}
+
+/// One payment as the API and its events show it.
+pub async fn load_payment_view(conn: &mut PgConnection, payment_id: &str) -> Result<Option<PaymentView>> {
+    let record: Option<PaymentRecord> = sqlx::query_as(&format!("{PAYMENT_VIEW_SELECT} WHERE p.id = $1"))
+        .bind(payment_id)
+        .fetch_optional(conn)
+        .await?;
+    record.map(PaymentRecord::view).transpose()
+}
+
 /// Loads the whole view of an invoice. With `merchant_id`, another merchant's invoice is not found.
 pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &str) -> Result<InvoiceView> {
     let record: InvoiceRecord = sqlx::query_as(&format!(
@@ -256,47 +306,13 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
         });
     }
 
-    let payment_rows: Vec<PaymentRecord> = sqlx::query_as(
-        "SELECT p.id, p.invoice_id, p.applied_invoice_id, p.asset, p.chain, p.tx_ref, p.address, p.amount_minor::text AS amount_minor, \
-                p.value_minor::text AS value_minor, p.confirmations, p.confirmations_required, p.status, \
-                p.applied_to, p.unapplied_reason, p.seen_at, p.confirmed_at, o.decimals, o.display_decimals \
-         FROM payments p LEFT JOIN payment_options o ON o.invoice_id = p.invoice_id AND o.asset = p.asset \
-         WHERE p.invoice_id = $1 OR p.applied_invoice_id = $1 ORDER BY p.seen_at, p.id",
-    )
+    let payment_rows: Vec<PaymentRecord> = sqlx::query_as(&format!(
+        "{PAYMENT_VIEW_SELECT} WHERE p.invoice_id = $1 OR p.applied_invoice_id = $1 ORDER BY p.seen_at, p.id"
+    ))
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut payments = Vec::with_capacity(payment_rows.len());
-    for p in payment_rows {
-        let amount = parse_amount("amount_minor", &p.amount_minor)?;
-        let value = parse_amount("value_minor", &p.value_minor)?;
-        payments.push(PaymentView {
-            id: p.id,
-            invoice_id: p.invoice_id,
-            applied_invoice_id: p.applied_invoice_id,
-            asset: p.asset,
-            chain: p.chain,
-            tx_ref: p.tx_ref,
-            address: p.address,
-            amount: match p.decimals {
-                Some(d) => {
-                    let decimals = decimals_of(d)?;
-                    let shown = p.display_decimals.map(decimals_of).transpose()?.unwrap_or(decimals);
-                    crate::money::display::display_string(amount, decimals, shown)
-                }
-                None => amount.to_string(),
-            },
-            amount_minor: amount.to_string(),
-            value_minor: value.to_string(),
-            confirmations: to_u32("confirmations", p.confirmations)?,
-            confirmations_required: to_u32("confirmations_required", p.confirmations_required)?,
-            status: p.status,
-            applied_to: p.applied_to,
-            unapplied_reason: p.unapplied_reason,
-            seen_at: p.seen_at,
-            confirmed_at: p.confirmed_at,
-        });
-    }
+    let payments = payment_rows.into_iter().map(PaymentRecord::view).collect::<Result<Vec<_>>>()?;
 
     let (confirmed, _pending) = valuation(conn, &invoice.id, invoice.amount_minor).await?;
     let split = super::split::load_for_invoice(&mut *conn, &invoice.id).await?;

@@ -11,7 +11,7 @@ use sqlx::{PgConnection, Row};
 use crate::ledger::Ledger;
 
 use super::error::{InvoiceError, Result};
-use super::model::{load_view, parse_amount, row_to_invoice, InvoiceRow, INVOICE_COLUMNS};
+use super::model::{load_payment_view, load_view, parse_amount, row_to_invoice, InvoiceRow, INVOICE_COLUMNS};
 use super::plan::{
     self, AppliedTo, Judge, LedgerChange, PaymentChange, PaymentEvent, PaymentStatus, Quote, QuotedAsset, RowChange,
     StatusMove, StoredPayment, RECREDITS_MAX,
@@ -22,6 +22,10 @@ use super::status::InvoiceStatus;
 const EVENT_PAYMENT_LATE: &str = "invoice.payment_late";
 /// Announces a held payment applied to an invoice by its merchant.
 const EVENT_PAYMENT_APPLIED: &str = "invoice.payment_applied";
+/// Announces a payment seen for the first time (in the mempool or already in a block).
+const EVENT_PAYMENT_DETECTED: &str = "payment.detected";
+/// Announces a payment credited: it met its confirmation policy.
+const EVENT_PAYMENT_CONFIRMED: &str = "payment.confirmed";
 /// Announces a payment whose block left the chain.
 const EVENT_PAYMENT_ORPHANED: &str = "payment.orphaned";
 /// Announces a credit taken back after a reorg deeper than the confirmation policy.
@@ -268,15 +272,27 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
         (None, _) => {}
     }
     let credited = posted.is_some_and(|p| p.created);
+    // Per-payment events, whatever the invoice's status does: a payment first seen already in a
+    // block is detected and confirmed at once, and a merchant following payments misses neither.
+    let detected = matches!(change.row, Some(RowChange::Insert(_)));
+    let confirmed = credited && matches!(change.row, Some(RowChange::Insert(_) | RowChange::Update { .. }));
+    if detected || confirmed {
+        if let Some(payment) = load_payment_view(&mut *tx, &change.payment_id).await? {
+            for (happened, event) in [(detected, EVENT_PAYMENT_DETECTED), (confirmed, EVENT_PAYMENT_CONFIRMED)] {
+                if happened {
+                    crate::webhook::emit(&mut *tx, &change.merchant_id, event, &change.payment_id, &payment, now).await?;
+                }
+            }
+        }
+    }
     match change.payment_event {
         Some(PaymentEvent::Late) if credited => {
             let view = load_view(&mut *tx, None, &change.invoice_id).await?;
             crate::webhook::emit(&mut *tx, &change.merchant_id, EVENT_PAYMENT_LATE, &change.invoice_id, &view, now).await?;
         }
         Some(PaymentEvent::Orphaned) => {
-            let view = load_view(&mut *tx, None, &change.invoice_id).await?;
-            if let Some(payment) = view.payments.iter().find(|p| p.id == change.payment_id) {
-                crate::webhook::emit(&mut *tx, &change.merchant_id, EVENT_PAYMENT_ORPHANED, &change.payment_id, payment, now)
+            if let Some(payment) = load_payment_view(&mut *tx, &change.payment_id).await? {
+                crate::webhook::emit(&mut *tx, &change.merchant_id, EVENT_PAYMENT_ORPHANED, &change.payment_id, &payment, now)
                     .await?;
             }
         }
