@@ -163,7 +163,7 @@ struct OptionRecord {
 
 /// A `payments` row, with its option's decimals, as [`load_view`] selects it.
 #[derive(sqlx::FromRow)]
-struct PaymentRecord {
+pub(crate) struct PaymentRecord {
     id: String,
     invoice_id: String,
     applied_invoice_id: Option<String>,
@@ -193,15 +193,18 @@ pub(crate) async fn valuation(conn: &mut PgConnection, invoice_id: &str, due: Am
     Ok(super::store::load_quote(conn, invoice_id).await?.valuation(due)?)
 }
 
-/// The columns of [`PaymentRecord`]: a payment with its option's decimals.
-const PAYMENT_VIEW_SELECT: &str = "SELECT p.id, p.invoice_id, p.applied_invoice_id, p.asset, p.chain, p.tx_ref, p.address, \
-            p.amount_minor::text AS amount_minor, p.value_minor::text AS value_minor, p.confirmations, \
+/// The columns of [`PaymentRecord`] over a relation `p` of payments rows: a payment with its
+/// option's decimals. `p` is the table, or the rows a write returns (`WITH p AS (… RETURNING *)`).
+pub(crate) const PAYMENT_VIEW_OF_P: &str = "SELECT p.id, p.invoice_id, p.applied_invoice_id, p.asset, p.chain, p.tx_ref, \
+            p.address, p.amount_minor::text AS amount_minor, p.value_minor::text AS value_minor, p.confirmations, \
             p.confirmations_required, p.status, p.applied_to, p.unapplied_reason, p.seen_at, p.confirmed_at, \
             o.decimals, o.display_decimals \
-     FROM payments p LEFT JOIN payment_options o ON o.invoice_id = p.invoice_id AND o.asset = p.asset";
+     FROM p LEFT JOIN payment_options o ON o.invoice_id = p.invoice_id AND o.asset = p.asset";
+
+
 
 impl PaymentRecord {
-    fn view(self) -> Result<PaymentView> {
+    pub(crate) fn view(self) -> Result<PaymentView> {
         let amount = parse_amount("amount_minor", &self.amount_minor)?;
         let value = parse_amount("value_minor", &self.value_minor)?;
         let shown = match self.decimals {
@@ -236,7 +239,7 @@ impl PaymentRecord {
 
 /// One payment as the API and its events show it.
 pub async fn load_payment_view(conn: &mut PgConnection, payment_id: &str) -> Result<Option<PaymentView>> {
-    let record: Option<PaymentRecord> = sqlx::query_as(&format!("{PAYMENT_VIEW_SELECT} WHERE p.id = $1"))
+    let record: Option<PaymentRecord> = sqlx::query_as(&format!("WITH p AS (SELECT * FROM payments WHERE id = $1) {PAYMENT_VIEW_OF_P}"))
         .bind(payment_id)
         .fetch_optional(conn)
         .await?;
@@ -307,7 +310,8 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
     }
 
     let payment_rows: Vec<PaymentRecord> = sqlx::query_as(&format!(
-        "{PAYMENT_VIEW_SELECT} WHERE p.invoice_id = $1 OR p.applied_invoice_id = $1 ORDER BY p.seen_at, p.id"
+        "WITH p AS (SELECT * FROM payments WHERE invoice_id = $1 OR applied_invoice_id = $1) {PAYMENT_VIEW_OF_P} \
+         ORDER BY p.seen_at, p.id"
     ))
     .bind(id)
     .fetch_all(&mut *conn)

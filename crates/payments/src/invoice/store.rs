@@ -11,7 +11,9 @@ use sqlx::{PgConnection, Row};
 use crate::ledger::Ledger;
 
 use super::error::{InvoiceError, Result};
-use super::model::{load_payment_view, load_view, parse_amount, row_to_invoice, InvoiceRow, INVOICE_COLUMNS};
+use super::model::{
+    load_payment_view, load_view, parse_amount, row_to_invoice, InvoiceRow, PaymentRecord, INVOICE_COLUMNS, PAYMENT_VIEW_OF_P,
+};
 use super::plan::{
     self, AppliedTo, Judge, LedgerChange, PaymentChange, PaymentEvent, PaymentStatus, Quote, QuotedAsset, RowChange,
     StatusMove, StoredPayment, RECREDITS_MAX,
@@ -172,15 +174,19 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
     let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let height = |block: &Option<plan::BlockRef>| block.as_ref().and_then(|b| i64::try_from(b.height).ok());
     let hash = |block: &Option<plan::BlockRef>| block.as_ref().map(|b| b.hash.clone());
+    // A new payment, or one credited now, is announced on its own: the write returns it as the API
+    // shows it, in the same statement.
+    let mut written: Option<PaymentRecord> = None;
     match (&change.row, posted) {
         (Some(RowChange::Insert(new)), _) => {
-            sqlx::query(
-                "INSERT INTO payments (id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount_minor, \
+            let record = sqlx::query_as(&format!(
+                "WITH p AS (INSERT INTO payments (id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount_minor, \
                                        value_minor, confirmations, confirmations_required, status, applied_to, \
                                        unapplied_reason, seen_at, updated_at, block_height, block_hash, \
                                        ledger_entry_id, confirmed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, $12, $13, $14, $15, $15, $16, $17, $18, $19)",
-            )
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, $12, $13, $14, $15, $15, $16, $17, $18, $19) \
+                 RETURNING *) {PAYMENT_VIEW_OF_P}"
+            ))
             .bind(&change.payment_id)
             .bind(&change.merchant_id)
             .bind(&change.invoice_id)
@@ -200,31 +206,42 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
             .bind(hash(&new.block))
             .bind(posted.map(|p| p.entry_id))
             .bind(posted.map(|_| now))
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            written = Some(record);
         }
-        (Some(RowChange::Update { status, confirmations, confirmations_required, block }), posted) => {
+        (Some(RowChange::Update { status, confirmations, confirmations_required, block }), Some(posted)) => {
             // A credit posted now is recorded with the time it was confirmed.
-            let query = sqlx::query(if posted.is_some() {
-                "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
+            let record = sqlx::query_as(&format!(
+                "WITH p AS (UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
                         block_height = $6, block_hash = $7, ledger_entry_id = $8, confirmed_at = $5 \
-                 WHERE id = $1"
-            } else {
-                "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
-                        block_height = $6, block_hash = $7 \
-                 WHERE id = $1"
-            })
+                 WHERE id = $1 RETURNING *) {PAYMENT_VIEW_OF_P}"
+            ))
             .bind(&change.payment_id)
             .bind(count(*confirmations))
             .bind(count(*confirmations_required))
             .bind(status.as_str())
             .bind(now)
             .bind(height(block))
-            .bind(hash(block));
-            match posted {
-                Some(posted) => query.bind(posted.entry_id),
-                None => query,
-            }
+            .bind(hash(block))
+            .bind(posted.entry_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            written = Some(record);
+        }
+        (Some(RowChange::Update { status, confirmations, confirmations_required, block }), None) => {
+            sqlx::query(
+                "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
+                        block_height = $6, block_hash = $7 \
+                 WHERE id = $1",
+            )
+            .bind(&change.payment_id)
+            .bind(count(*confirmations))
+            .bind(count(*confirmations_required))
+            .bind(status.as_str())
+            .bind(now)
+            .bind(height(block))
+            .bind(hash(block))
             .execute(&mut *tx)
             .await?;
         }
@@ -274,16 +291,13 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
     let credited = posted.is_some_and(|p| p.created);
     // Per-payment events, whatever the invoice's status does: a payment first seen already in a
     // block is detected and confirmed at once, and a merchant following payments misses neither.
-    let detected = matches!(change.row, Some(RowChange::Insert(_)));
-    let confirmed = credited && matches!(change.row, Some(RowChange::Insert(_) | RowChange::Update { .. }));
-    if detected || confirmed {
-        if let Some(payment) = load_payment_view(&mut *tx, &change.payment_id).await? {
-            for (happened, event) in [(detected, EVENT_PAYMENT_DETECTED), (confirmed, EVENT_PAYMENT_CONFIRMED)] {
-                if happened {
-                    crate::webhook::emit(&mut *tx, &change.merchant_id, event, &change.payment_id, &payment, now).await?;
-                }
-            }
-        }
+    if let Some(record) = written {
+        let detected = matches!(change.row, Some(RowChange::Insert(_)));
+        let events: Vec<&str> = [(detected, EVENT_PAYMENT_DETECTED), (credited, EVENT_PAYMENT_CONFIRMED)]
+            .into_iter()
+            .filter_map(|(happened, event)| happened.then_some(event))
+            .collect();
+        crate::webhook::emit_all(&mut *tx, &change.merchant_id, &events, &change.payment_id, &record.view()?, now).await?;
     }
     match change.payment_event {
         Some(PaymentEvent::Late) if credited => {

@@ -41,3 +41,39 @@ pub async fn emit<T: Serialize>(
     .await?;
     Ok(event.id)
 }
+
+/// Writes one event of each of `event_types` about the same object and data on `conn`, in one
+/// statement (a payment first seen confirmed is detected and confirmed at once); in order.
+pub async fn emit_all<T: Serialize>(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    event_types: &[&str],
+    object_id: &str,
+    data: T,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(event_types.len());
+    let mut payloads = Vec::with_capacity(event_types.len());
+    for event_type in event_types {
+        let event = OutboxEvent { id: new_id("evt"), event_type: (*event_type).to_owned(), created_at: now, data: &data };
+        payloads.push(serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        ids.push(event.id);
+    }
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    sqlx::query(
+        "INSERT INTO outbox (event_id, merchant_id, event_type, object_id, payload, created_at) \
+         SELECT e.id, $2, e.event_type, $4, e.payload, $6 \
+         FROM unnest($1::text[], $3::text[], $5::jsonb[]) WITH ORDINALITY AS e(id, event_type, payload, n) ORDER BY e.n",
+    )
+    .bind(&ids)
+    .bind(merchant_id)
+    .bind(event_types)
+    .bind(object_id)
+    .bind(&payloads)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(ids)
+}
