@@ -490,6 +490,8 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/pay/{id}/status"),
         ("POST", "/v1/webhook_endpoints"),
         ("GET", "/v1/webhook_endpoints"),
+        ("GET", "/v1/webhook_endpoints/{id}"),
+        ("PATCH", "/v1/webhook_endpoints/{id}"),
         ("DELETE", "/v1/webhook_endpoints/{id}"),
         ("GET", "/v1/events"),
         ("GET", "/v1/events/{id}"),

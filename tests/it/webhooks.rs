@@ -1271,3 +1271,58 @@ async fn the_dispatcher_loop_stops_when_its_shutdown_sender_is_dropped(pool: PgP
     let ended = tokio::time::timeout(StdDuration::from_secs(60), h.dispatcher.run(stopped)).await;
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
 }
+
+/// An endpoint is read, changed and switched off and on over the API: a disabled endpoint gets
+/// nothing (not even later), an enabled one gets its new types; bad changes are refused; events
+/// can be listed by type.
+#[sqlx::test]
+async fn an_endpoint_is_read_changed_disabled_and_enabled_again(pool: PgPool) {
+    let h = start(pool).await;
+    let m = h.merchant().await;
+    let other = h.merchant().await;
+    let rx = receiver(&[]).await;
+    let (id, secret) = h.endpoint_for(&m, json!({"url": rx.url, "events": ["invoice.created"]})).await;
+    rx.trust(&secret);
+    let path = format!("/v1/webhook_endpoints/{id}");
+    let (status, shown) = h.get(&m.key, &path).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!((shown["events"].clone(), shown["disabled"].clone(), shown["description"].clone()), (json!(["invoice.created"]), json!(false), Value::Null));
+    assert!(shown.get("secret").is_none());
+    let (status, _) = h.get(&other.key, &path).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another merchant's endpoint");
+
+    let (status, changed) = h.call(Method::PATCH, &m.key, &path, Some(json!({"disabled": true, "description": "orders"}))).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!((changed["disabled"].clone(), changed["description"].clone()), (json!(true), json!("orders")));
+    let skipped = h.invoice(&m).await;
+    assert_eq!(h.pass().await.delivered, 0);
+    assert!(rx.hits().is_empty(), "a disabled endpoint gets nothing");
+
+    let (status, changed) =
+        h.call(Method::PATCH, &m.key, &path, Some(json!({"disabled": false, "events": ["invoice.created", "invoice.paid"]}))).await;
+    assert_eq!((status, changed["events"].clone()), (StatusCode::OK, json!(["invoice.created", "invoice.paid"])), "{changed}");
+    let invoice = h.invoice(&m).await;
+    h.pay(&invoice).await;
+    assert_eq!(h.pass().await.delivered, 2);
+    assert_eq!(rx.types(), ["invoice.created", "invoice.paid"]);
+    assert!(rx.hits().iter().all(|hit| hit.json()["data"]["id"] == invoice.as_str()), "nothing of {skipped}, created while disabled");
+
+    for bad in [
+        json!({"url": "http://hooks.example.com/x"}),
+        json!({"events": ["invoice.nope"]}),
+        json!({"description": "x".repeat(501)}),
+        json!({"surprise": 1}),
+    ] {
+        let (status, body) = h.call(Method::PATCH, &m.key, &path, Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+    let (status, _) = h.call(Method::PATCH, &other.key, &path, Some(json!({"disabled": true}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, page) = h.get(&m.key, "/v1/events?type=invoice.created").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let types: Vec<&str> = page["data"].as_array().expect("data").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["invoice.created", "invoice.created"]);
+    let (status, _) = h.get(&m.key, "/v1/events?type=invoice.nope").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}

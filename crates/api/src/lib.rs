@@ -196,7 +196,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/pay/{id}", get(checkout::page))
         .route("/pay/{id}/status", get(checkout::status))
         .route("/v1/webhook_endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
-        .route("/v1/webhook_endpoints/{id}", axum::routing::delete(webhooks::delete_endpoint))
+        .route(
+            "/v1/webhook_endpoints/{id}",
+            get(webhooks::get_endpoint).patch(webhooks::update_endpoint).delete(webhooks::delete_endpoint),
+        )
         .route("/v1/events", get(webhooks::list_events))
         .route("/v1/events/{id}", get(webhooks::show_event))
         .route("/v1/events/{id}/deliveries", get(webhooks::event_deliveries))

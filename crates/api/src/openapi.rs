@@ -122,6 +122,8 @@ fn openapi_json() {}
         super::checkout::status,
         super::webhooks::create_endpoint,
         super::webhooks::list_endpoints,
+        super::webhooks::get_endpoint,
+        super::webhooks::update_endpoint,
         super::webhooks::delete_endpoint,
         super::webhooks::list_events,
         super::webhooks::show_event,

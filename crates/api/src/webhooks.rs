@@ -125,6 +125,47 @@ pub async fn list_endpoints(
     Ok(Json(List { object: "list", data, has_more: false }))
 }
 
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the endpoint id, we_…")),
+    responses((status = 200, body = EndpointView),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 404, body = ErrorBody, description = "not_found: no such webhook endpoint for this merchant")))]
+pub async fn get_endpoint(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+) -> Result<Json<EndpointView>, ApiError> {
+    if !crate::ids::is_id(&id, "we") {
+        return Err(ApiError::not_found("webhook endpoint"));
+    }
+    Ok(Json(webhook::endpoint::get_endpoint(&state.pool, &auth.merchant_id, &id).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the endpoint id, we_…")),
+    request_body = webhook::endpoint::EndpointChange,
+    responses((status = 200, body = EndpointView, description = "the endpoint as changed"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 404, body = ErrorBody, description = "not_found: no such webhook endpoint for this merchant"),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "parameter_invalid")))]
+pub async fn update_endpoint(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<webhook::endpoint::EndpointChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<EndpointView>, ApiError> {
+    let Json(change) = body?;
+    if !crate::ids::is_id(&id, "we") {
+        return Err(ApiError::not_found("webhook endpoint"));
+    }
+    let now = state.clock.now();
+    let updated =
+        webhook::endpoint::update_endpoint(&state.pool, &auth.merchant_id, &id, &change, now, state.webhooks_allow_loopback).await?;
+    Ok(Json(updated))
+}
+
 #[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "the endpoint id, we_…")),
     responses((status = 200, body = Deleted, description = "deleted: nothing more is sent to it"),
@@ -155,6 +196,10 @@ pub struct ListEvents {
     pub limit: Option<u32>,
     /// An event id (`evt_…`): the page starts after it.
     pub starting_after: Option<String>,
+    /// Only events of this type (`invoice.paid`, …).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])), params(ListEvents),
@@ -173,7 +218,14 @@ pub async fn list_events(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text())
     })?;
     let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
-    let page = webhook::list_events(&state.pool, &auth.merchant_id, limit, query.starting_after.as_deref()).await?;
+    let page = webhook::list_events(
+        &state.pool,
+        &auth.merchant_id,
+        limit,
+        query.starting_after.as_deref(),
+        query.event_type.as_deref(),
+    )
+    .await?;
     Ok(Json(page))
 }
 

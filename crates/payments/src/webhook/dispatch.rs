@@ -430,7 +430,7 @@ impl Dispatcher {
         let targets = sqlx::query(
             "SELECT o.id AS outbox_id, e.id AS endpoint_id, o.object_id \
              FROM outbox o \
-             JOIN webhook_endpoints e ON e.merchant_id = o.merchant_id AND e.deleted_at IS NULL \
+             JOIN webhook_endpoints e ON e.merchant_id = o.merchant_id AND e.deleted_at IS NULL AND e.disabled_at IS NULL \
                   AND e.created_at <= o.created_at AND (e.events IS NULL OR o.event_type = ANY (e.events)) \
              WHERE o.id = ANY ($1) \
              ORDER BY o.id, e.created_at, e.id",
@@ -507,7 +507,7 @@ impl Dispatcher {
              CROSS JOIN LATERAL ( \
                  SELECT d.id, d.next_attempt_at FROM webhook_deliveries d \
                  WHERE d.endpoint_id = e.id AND d.status = 'pending' ORDER BY d.id LIMIT 1) head \
-             WHERE e.deleted_at IS NULL AND head.next_attempt_at <= $1 AND NOT (e.id = ANY ($3)) \
+             WHERE e.deleted_at IS NULL AND e.disabled_at IS NULL AND head.next_attempt_at <= $1 AND NOT (e.id = ANY ($3)) \
              ORDER BY head.next_attempt_at, head.id LIMIT $2",
         )
         .bind(now)
@@ -551,7 +551,7 @@ impl Dispatcher {
              FROM webhook_deliveries d \
              JOIN webhook_endpoints e ON e.id = d.endpoint_id \
              JOIN outbox o ON o.id = d.outbox_id \
-             WHERE d.endpoint_id = $1 AND d.status = 'pending' AND e.deleted_at IS NULL \
+             WHERE d.endpoint_id = $1 AND d.status = 'pending' AND e.deleted_at IS NULL AND e.disabled_at IS NULL \
              ORDER BY d.id LIMIT 1",
         )
         .bind(endpoint_id)

@@ -63,7 +63,92 @@ pub struct EndpointView {
     pub url: String,
     /// The subscribed event types, or `["*"]` for all.
     pub events: Vec<String>,
+    /// A note for people, at most 500 characters.
+    pub description: Option<String>,
+    /// A disabled endpoint gets no new events; its pending deliveries wait until it is enabled.
+    pub disabled: bool,
     pub created_at: DateTime<Utc>,
+}
+
+/// `PATCH /v1/webhook_endpoints/{id}`: what to change; absent fields stay.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointChange {
+    pub url: Option<String>,
+    /// Event types, or `["*"]` for all.
+    pub events: Option<Vec<String>>,
+    /// A note for people; `""` clears it.
+    pub description: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+/// Longest endpoint description.
+pub const DESCRIPTION_LEN_MAX: usize = 500;
+
+const ENDPOINT_COLUMNS: &str = "id, url, events, description, disabled_at IS NOT NULL AS disabled, created_at";
+
+fn endpoint_view(row: &sqlx::postgres::PgRow) -> Result<EndpointView> {
+    let mut shown = view(row.try_get("id")?, row.try_get("url")?, row.try_get("events")?, row.try_get("created_at")?);
+    shown.description = row.try_get("description")?;
+    shown.disabled = row.try_get("disabled")?;
+    Ok(shown)
+}
+
+/// One of the merchant's endpoints (not deleted).
+pub async fn get_endpoint(pool: &PgPool, merchant_id: &str, id: &str) -> Result<EndpointView> {
+    let row = sqlx::query(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .bind(merchant_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| WebhookError::EndpointNotFound { id: id.to_owned() })?;
+    endpoint_view(&row)
+}
+
+/// Changes an endpoint's URL, event types, description or switch, checked as at creation. A URL
+/// or event types changed apply to events created from then on; enabling an endpoint lets its
+/// pending deliveries go, while events created while it was disabled are not sent to it.
+pub async fn update_endpoint(
+    pool: &PgPool,
+    merchant_id: &str,
+    id: &str,
+    change: &EndpointChange,
+    now: DateTime<Utc>,
+    allow_loopback: bool,
+) -> Result<EndpointView> {
+    let url = change.url.as_deref().map(|u| validate_url(u, allow_loopback)).transpose()?;
+    let events = change.events.as_deref().map(|e| validate_events(Some(e))).transpose()?;
+    if change.description.as_ref().is_some_and(|d| d.chars().count() > DESCRIPTION_LEN_MAX) {
+        return Err(invalid("description", format!("at most {DESCRIPTION_LEN_MAX} characters")));
+    }
+    let description = change.description.as_deref().map(|d| if d.is_empty() { None } else { Some(d) });
+    let updated = sqlx::query(
+        "UPDATE webhook_endpoints SET \
+             url = coalesce($3, url), \
+             events = CASE WHEN $4 THEN $5 ELSE events END, \
+             description = CASE WHEN $6 THEN $7 ELSE description END, \
+             disabled_at = CASE WHEN $8::bool IS NULL THEN disabled_at \
+                                WHEN $8 THEN coalesce(disabled_at, $9) ELSE NULL END \
+         WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(merchant_id)
+    .bind(url.as_ref().map(|u| u.to_string()))
+    .bind(events.is_some())
+    .bind(events.flatten())
+    .bind(description.is_some())
+    .bind(description.flatten())
+    .bind(change.disabled)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(WebhookError::EndpointNotFound { id: id.to_owned() });
+    }
+    tracing::info!(target: "webhook", endpoint = %id, merchant = %merchant_id, "webhook endpoint changed");
+    get_endpoint(pool, merchant_id, id).await
 }
 
 /// A just-created endpoint and its secret, which is never readable again through the API.
@@ -295,6 +380,8 @@ fn view(id: String, url: String, events: Option<Vec<String>>, created_at: DateTi
         object: "webhook_endpoint",
         url,
         events: events.unwrap_or_else(|| vec![ALL_EVENTS.to_owned()]),
+        description: None,
+        disabled: false,
         created_at,
     }
 }
@@ -424,17 +511,15 @@ pub async fn count_sealed_secrets(pool: &PgPool) -> Result<i64> {
 /// The merchant's endpoints that are not deleted, newest first (at most
 /// [`ENDPOINTS_PER_MERCHANT_MAX`]).
 pub async fn list_endpoints(pool: &PgPool, merchant_id: &str) -> Result<Vec<EndpointView>> {
-    let rows = sqlx::query(
-        "SELECT id, url, events, created_at FROM webhook_endpoints \
-         WHERE merchant_id = $1 AND deleted_at IS NULL ORDER BY created_at DESC, id DESC LIMIT $2",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
+         WHERE merchant_id = $1 AND deleted_at IS NULL ORDER BY created_at DESC, id DESC LIMIT $2"
+    ))
     .bind(merchant_id)
     .bind(i64::try_from(ENDPOINTS_PER_MERCHANT_MAX).unwrap_or(i64::MAX))
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| Ok(view(row.try_get("id")?, row.try_get("url")?, row.try_get("events")?, row.try_get("created_at")?)))
-        .collect()
+    rows.iter().map(endpoint_view).collect()
 }
 
 /// Soft-deletes an endpoint: it stays in the delivery log, its pending deliveries are canceled and

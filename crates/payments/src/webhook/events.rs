@@ -86,13 +86,19 @@ pub struct DeliveryView {
 }
 
 /// The merchant's events, newest first: at most `limit` (1..=[`PAGE_LIMIT_MAX`]), after the event
-/// `starting_after` when given.
+/// `starting_after` when given, only of `event_type` when given (a known type).
 pub async fn list_events(
     pool: &PgPool,
     merchant_id: &str,
     limit: u32,
     starting_after: Option<&str>,
+    event_type: Option<&str>,
 ) -> Result<EventPage> {
+    if let Some(wanted) = event_type {
+        if !super::endpoint::EVENT_TYPES.contains(&wanted) {
+            return Err(WebhookError::Invalid { field: "type", reason: format!("unknown event type {wanted:?}") });
+        }
+    }
     if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
         return Err(WebhookError::Invalid { field: "limit", reason: format!("must be 1..={PAGE_LIMIT_MAX}") });
     }
@@ -112,11 +118,13 @@ pub async fn list_events(
         }
     };
     let mut data: Vec<Value> = sqlx::query_scalar(
-        "SELECT payload FROM outbox WHERE merchant_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        "SELECT payload FROM outbox WHERE merchant_id = $1 AND ($2::bigint IS NULL OR id < $2) \
+           AND ($4::text IS NULL OR event_type = $4) ORDER BY id DESC LIMIT $3",
     )
     .bind(merchant_id)
     .bind(cursor)
     .bind(i64::from(limit) + 1)
+    .bind(event_type)
     .fetch_all(pool)
     .await?;
     let has_more = data.len() > usize::try_from(limit).unwrap_or(usize::MAX);
