@@ -492,6 +492,7 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/v1/webhook_endpoints"),
         ("GET", "/v1/webhook_endpoints/{id}"),
         ("PATCH", "/v1/webhook_endpoints/{id}"),
+        ("POST", "/v1/webhook_endpoints/{id}/rotate_secret"),
         ("DELETE", "/v1/webhook_endpoints/{id}"),
         ("GET", "/v1/events"),
         ("GET", "/v1/events/{id}"),

@@ -1326,3 +1326,39 @@ async fn an_endpoint_is_read_changed_disabled_and_enabled_again(pool: PgPool) {
     let (status, _) = h.get(&m.key, "/v1/events?type=invoice.nope").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// A rotated secret: deliveries carry a signature of the new and of the previous secret until the
+/// overlap ends, so a receiver switching over verifies both; after it, only the new one signs.
+#[sqlx::test]
+async fn a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends(pool: PgPool) {
+    let h = start(pool).await;
+    let m = h.merchant().await;
+    let other = h.merchant().await;
+    let rx = receiver(&[]).await;
+    let (id, old) = h.endpoint_for(&m, json!({"url": rx.url, "events": ["invoice.created"]})).await;
+    let path = format!("/v1/webhook_endpoints/{id}/rotate_secret");
+    let (status, rotated) = h.call(Method::POST, &m.key, &path, Some(json!({"overlap_s": 3600}))).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new = rotated["secret"].as_str().expect("the new secret, shown once").to_owned();
+    assert!(new.starts_with("whsec_") && new != old);
+    let (_, shown) = h.get(&m.key, &format!("/v1/webhook_endpoints/{id}")).await;
+    assert!(shown.get("secret").is_none(), "not readable again");
+
+    let mut expected = Vec::new();
+    for (trusted, advance_s, verifies) in [(&old, 0, true), (&new, 0, true), (&old, 3601, false), (&new, 0, true)] {
+        h.clock.advance(Duration::seconds(advance_s));
+        rx.trust(trusted);
+        h.invoice(&m).await;
+        // The receiver answers 400 to a signature it cannot verify: that delivery fails.
+        let report = h.pass().await;
+        assert_eq!((report.delivered, report.failed), if verifies { (1, 0) } else { (0, 1) }, "{report:?}");
+        expected.push(verifies);
+    }
+    let verified: Vec<bool> = rx.hits().iter().map(|hit| hit.signature_ok).collect();
+    assert_eq!(verified, expected, "old and new during the overlap; only the new after it");
+
+    let (status, _) = h.call(Method::POST, &m.key, &path, Some(json!({"overlap_s": 604_801}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = h.call(Method::POST, &other.key, &path, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another merchant's endpoint");
+}

@@ -200,6 +200,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
             "/v1/webhook_endpoints/{id}",
             get(webhooks::get_endpoint).patch(webhooks::update_endpoint).delete(webhooks::delete_endpoint),
         )
+        .route("/v1/webhook_endpoints/{id}/rotate_secret", post(webhooks::rotate_secret))
         .route("/v1/events", get(webhooks::list_events))
         .route("/v1/events/{id}", get(webhooks::show_event))
         .route("/v1/events/{id}/deliveries", get(webhooks::event_deliveries))

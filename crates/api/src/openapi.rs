@@ -124,6 +124,7 @@ fn openapi_json() {}
         super::webhooks::list_endpoints,
         super::webhooks::get_endpoint,
         super::webhooks::update_endpoint,
+        super::webhooks::rotate_secret,
         super::webhooks::delete_endpoint,
         super::webhooks::list_events,
         super::webhooks::show_event,

@@ -166,6 +166,41 @@ pub async fn update_endpoint(
     Ok(Json(updated))
 }
 
+/// Body of `POST /v1/webhook_endpoints/{id}/rotate_secret`.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecretBody {
+    /// Seconds the previous secret keeps signing beside the new one (0–604800; 86400 when absent).
+    #[serde(default)]
+    pub overlap_s: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the endpoint id, we_…")),
+    request_body = RotateSecretBody,
+    responses((status = 200, body = CreatedEndpointBody,
+            description = "the endpoint and its new secret, shown only here; deliveries carry a signature of each secret until the overlap ends"),
+        (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
+        (status = 404, body = ErrorBody, description = "not_found: no such webhook endpoint for this merchant"),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "parameter_invalid")))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<RotateSecretBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<CreatedEndpointBody>, ApiError> {
+    let Json(body) = body?;
+    if !crate::ids::is_id(&id, "we") {
+        return Err(ApiError::not_found("webhook endpoint"));
+    }
+    let overlap = body.overlap_s.unwrap_or(webhook::endpoint::ROTATION_OVERLAP_S_DEFAULT);
+    let now = state.clock.now();
+    let rotated =
+        webhook::endpoint::rotate_secret(&state.pool, &auth.merchant_id, &id, overlap, now, &state.webhook_secrets).await?;
+    Ok(Json(CreatedEndpointBody { endpoint: rotated.endpoint, secret: rotated.secret }))
+}
+
 #[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "the endpoint id, we_…")),
     responses((status = 200, body = Deleted, description = "deleted: nothing more is sent to it"),

@@ -51,7 +51,7 @@ use super::error::{Result, WebhookError};
 use super::failure::{AddressRefused, ErrorClass, ResolveFailed};
 use super::retry::{classify, next_attempt, Next, Verdict, BACKOFF_JITTER_PERMILLE_MAX};
 use super::secret::EndpointSecret;
-use super::signature::{sign, SIGNATURE_HEADER};
+use super::signature::{sign_all, SIGNATURE_HEADER};
 
 /// The header naming the event, for receivers that deduplicate.
 pub const EVENT_ID_HEADER: &str = "Payrail-Event-Id";
@@ -223,6 +223,8 @@ struct Due {
     first_attempt_at: Option<DateTime<Utc>>,
     url: String,
     secret: EndpointSecret,
+    /// A rotated secret still within its overlap: it signs too.
+    previous_secret: Option<EndpointSecret>,
     event_id: String,
     body: String,
 }
@@ -547,7 +549,8 @@ impl Dispatcher {
     async fn head_if_due(&self, endpoint_id: &str, now: DateTime<Utc>) -> Result<Option<Due>> {
         let row = sqlx::query(
             "SELECT d.id, d.delivery_id, d.attempts, d.first_attempt_at, d.next_attempt_at, \
-                    e.url, e.secret, e.secret_sealed, o.event_id, o.payload::text AS body \
+                    e.url, e.secret, e.secret_sealed, o.event_id, o.payload::text AS body, \
+                    (e.previous_secret_expires_at > $2) AS previous_live, e.previous_secret, e.previous_secret_sealed \
              FROM webhook_deliveries d \
              JOIN webhook_endpoints e ON e.id = d.endpoint_id \
              JOIN outbox o ON o.id = d.outbox_id \
@@ -555,6 +558,7 @@ impl Dispatcher {
              ORDER BY d.id LIMIT 1",
         )
         .bind(endpoint_id)
+        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -575,6 +579,15 @@ impl Dispatcher {
                 row.try_get("secret")?,
                 row.try_get("secret_sealed")?,
             )?,
+            previous_secret: match row.try_get::<Option<bool>, _>("previous_live")? {
+                Some(true) => Some(super::endpoint::stored_secret(
+                    &self.secrets,
+                    endpoint_id,
+                    row.try_get("previous_secret")?,
+                    row.try_get("previous_secret_sealed")?,
+                )?),
+                _ => None,
+            },
             event_id: row.try_get("event_id")?,
             body: row.try_get("body")?,
         }))
@@ -595,7 +608,8 @@ impl Dispatcher {
 
     /// The HTTP request: the stored payload as is, signed over exactly those bytes.
     async fn send(&self, due: &Due, now: DateTime<Utc>) -> Response {
-        let signature = sign(&due.secret, now.timestamp(), due.body.as_bytes());
+        let secrets: Vec<&EndpointSecret> = std::iter::once(&due.secret).chain(due.previous_secret.as_ref()).collect();
+        let signature = sign_all(&secrets, now.timestamp(), due.body.as_bytes());
         let started = Instant::now();
         let sent = self
             .client

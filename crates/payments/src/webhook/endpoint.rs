@@ -82,6 +82,51 @@ pub struct EndpointChange {
     pub disabled: Option<bool>,
 }
 
+/// Longest overlap of a rotated secret: 7 days.
+pub const ROTATION_OVERLAP_S_MAX: u64 = 7 * 86_400;
+/// The overlap when none is asked for: 24 hours.
+pub const ROTATION_OVERLAP_S_DEFAULT: u64 = 86_400;
+
+/// Gives an endpoint a new secret, returned once. The previous one keeps signing beside it for
+/// `overlap_s` seconds (0 ends it at once), so the receiver can switch without refusing a
+/// delivery; a secret rotated again before that ends replaces the older one. Stored as secrets
+/// are: sealed under the key where there is one.
+pub async fn rotate_secret(
+    pool: &PgPool,
+    merchant_id: &str,
+    id: &str,
+    overlap_s: u64,
+    now: DateTime<Utc>,
+    secrets: &SecretsAtRest,
+) -> Result<CreatedEndpoint> {
+    if overlap_s > ROTATION_OVERLAP_S_MAX {
+        return Err(invalid("overlap_s", format!("at most {ROTATION_OVERLAP_S_MAX} (7 days)")));
+    }
+    let secret = EndpointSecret::generate();
+    let (plaintext, sealed) = match secrets.key() {
+        Some(key) => (None, Some(seal(key, id, &secret)?)),
+        None => (Some(secret.expose()), None),
+    };
+    let overlap = chrono::Duration::seconds(i64::try_from(overlap_s).unwrap_or(0));
+    let rotated = sqlx::query(
+        "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_sealed = secret_sealed, \
+                previous_secret_expires_at = $5, secret = $3, secret_sealed = $4 \
+         WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(merchant_id)
+    .bind(plaintext)
+    .bind(sealed)
+    .bind(now + overlap)
+    .execute(pool)
+    .await?;
+    if rotated.rows_affected() == 0 {
+        return Err(WebhookError::EndpointNotFound { id: id.to_owned() });
+    }
+    tracing::info!(target: "webhook", endpoint = %id, merchant = %merchant_id, overlap_s, "webhook endpoint secret rotated");
+    Ok(CreatedEndpoint { endpoint: get_endpoint(pool, merchant_id, id).await?, secret })
+}
+
 /// Longest endpoint description.
 pub const DESCRIPTION_LEN_MAX: usize = 500;
 

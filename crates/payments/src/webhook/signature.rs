@@ -34,6 +34,17 @@ pub fn sign(secret: &EndpointSecret, timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},{SIGNATURE_SCHEME}={}", hex::encode(digest))
 }
 
+/// The header value for `body` signed with each of `secrets` (the current one first): while a
+/// rotated secret overlaps, a receiver holding either verifies the delivery.
+pub fn sign_all(secrets: &[&EndpointSecret], timestamp: i64, body: &[u8]) -> String {
+    let mut header = format!("t={timestamp}");
+    for secret in secrets {
+        let digest = mac(secret, timestamp, body).finalize().into_bytes();
+        header.push_str(&format!(",{SIGNATURE_SCHEME}={}", hex::encode(digest)));
+    }
+    header
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SignatureError {
     #[error("the signature header is malformed")]
