@@ -1362,3 +1362,41 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends(pool: 
     let (status, _) = h.call(Method::POST, &other.key, &path, Some(json!({}))).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "another merchant's endpoint");
 }
+
+/// An endpoint whose deliveries keep failing for three days is disabled and its merchant told
+/// (`webhook_endpoint.disabled`, to its other endpoints); enabling it again clears the streak.
+#[sqlx::test]
+async fn an_endpoint_failing_for_days_is_disabled_until_enabled_again(pool: PgPool) {
+    let h = start(pool).await;
+    let m = h.merchant().await;
+    // It trusts no secret: it answers 400 to every delivery.
+    let failing = receiver(&[]).await;
+    let (id, secret) = h.endpoint_for(&m, json!({"url": failing.url, "events": ["invoice.created"]})).await;
+    let watcher = receiver(&[]).await;
+    let (_, watcher_secret) = h.endpoint_for(&m, json!({"url": watcher.url, "events": ["webhook_endpoint.disabled"]})).await;
+    watcher.trust(&watcher_secret);
+    let path = format!("/v1/webhook_endpoints/{id}");
+
+    h.invoice(&m).await;
+    assert_eq!(h.pass().await.failed, 1);
+    let (_, shown) = h.get(&m.key, &path).await;
+    assert!(shown["failing_since"].is_string() && shown["disabled"] == json!(false), "{shown}");
+    h.clock.advance(Duration::days(3));
+    h.invoice(&m).await;
+    assert_eq!(h.pass().await.failed, 1);
+    let (_, shown) = h.get(&m.key, &path).await;
+    assert_eq!((shown["disabled"].clone(), shown["disabled_reason"].clone()), (json!(true), json!("failing")), "{shown}");
+    h.pass().await;
+    assert_eq!(watcher.types(), ["webhook_endpoint.disabled"]);
+    assert_eq!(watcher.hits()[0].json()["data"]["id"], id.as_str());
+
+    h.invoice(&m).await;
+    h.pass().await;
+    assert_eq!(failing.hits().len(), 2, "nothing more to a disabled endpoint");
+    failing.trust(&secret);
+    let (status, enabled) = h.call(Method::PATCH, &m.key, &path, Some(json!({"disabled": false}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((enabled["disabled"].clone(), enabled["disabled_reason"].clone(), enabled["failing_since"].clone()), (json!(false), Value::Null, Value::Null));
+    h.invoice(&m).await;
+    assert_eq!(h.pass().await.delivered, 1);
+}

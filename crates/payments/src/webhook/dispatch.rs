@@ -103,7 +103,16 @@ pub struct DispatchConfig {
     pub concurrency: usize,
     /// Deliver to loopback addresses (the dev stack and tests only).
     pub allow_loopback: bool,
+    /// An endpoint whose deliveries have failed for this long, without one succeeding in between,
+    /// is disabled and its merchant told (`webhook_endpoint.disabled`); 0 never disables.
+    pub disable_failing_after_s: u64,
 }
+
+/// Announces an endpoint disabled after failing.
+const EVENT_ENDPOINT_DISABLED: &str = "webhook_endpoint.disabled";
+
+/// Three days of failures disable an endpoint, as the retry window of one delivery is about that.
+pub const DISABLE_FAILING_AFTER_S_DEFAULT: u64 = 3 * 86_400;
 
 impl Default for DispatchConfig {
     fn default() -> Self {
@@ -117,6 +126,7 @@ impl Default for DispatchConfig {
             endpoint_time_budget_ms: ENDPOINT_TIME_BUDGET_MS_DEFAULT,
             concurrency: CONCURRENCY_DEFAULT,
             allow_loopback: false,
+            disable_failing_after_s: DISABLE_FAILING_AFTER_S_DEFAULT,
         }
     }
 }
@@ -696,6 +706,7 @@ impl Dispatcher {
         .bind(outcome.as_str())
         .execute(&mut *tx)
         .await?;
+        self.track_failing(&mut tx, &due.endpoint_id, outcome == Outcome::Delivered, now).await?;
         tx.commit().await?;
         metrics::count(
             "payrail_webhook_attempts_total",
@@ -719,6 +730,42 @@ impl Dispatcher {
                 error = ?response.error.map(ErrorClass::as_str), attempt, "delivery abandoned after its retry window"),
         }
         Ok(outcome)
+    }
+
+    /// Notes a delivery's result on its endpoint: a success ends a failing streak; a failure starts
+    /// one, and one that has lasted `disable_failing_after_s` disables the endpoint and writes
+    /// `webhook_endpoint.disabled` (other endpoints of the merchant get it; this one is told by the
+    /// API and the console). The merchant enables it again with `PATCH … {"disabled": false}`.
+    async fn track_failing(&self, tx: &mut sqlx::PgConnection, endpoint_id: &str, delivered: bool, now: DateTime<Utc>) -> Result<()> {
+        if delivered {
+            sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
+                .bind(endpoint_id)
+                .execute(&mut *tx)
+                .await?;
+            return Ok(());
+        }
+        let limit = self.config.disable_failing_after_s;
+        let disabled: Option<String> = sqlx::query_scalar::<_, Option<String>>(
+            "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, $2), \
+                    disabled_at = CASE WHEN $3 > 0 AND coalesce(failing_since, $2) <= $2 - $3::bigint * interval '1 second' \
+                                       THEN $2 ELSE disabled_at END, \
+                    disabled_reason = CASE WHEN $3 > 0 AND coalesce(failing_since, $2) <= $2 - $3::bigint * interval '1 second' \
+                                           THEN 'failing' ELSE disabled_reason END \
+             WHERE id = $1 AND disabled_at IS NULL \
+             RETURNING CASE WHEN disabled_at IS NOT NULL THEN merchant_id END",
+        )
+        .bind(endpoint_id)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
+        if let Some(merchant_id) = disabled {
+            tracing::warn!(target: "webhook", endpoint = %endpoint_id, failing_for_s = limit, "webhook endpoint disabled after failing");
+            let view = super::endpoint::get_endpoint_on(&mut *tx, &merchant_id, endpoint_id).await?;
+            super::outbox::emit(&mut *tx, &merchant_id, EVENT_ENDPOINT_DISABLED, endpoint_id, &view, now).await?;
+        }
+        Ok(())
     }
 
     /// Dispatches until `shutdown` turns true (or its sender is dropped), while holding the

@@ -47,6 +47,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "payment.detected",
     "payment.confirmed",
     "payment.orphaned",
+    "webhook_endpoint.disabled",
     "payout.created",
     "payout.sent",
     "payout.confirmed",
@@ -67,6 +68,10 @@ pub struct EndpointView {
     pub description: Option<String>,
     /// A disabled endpoint gets no new events; its pending deliveries wait until it is enabled.
     pub disabled: bool,
+    /// `merchant` (`PATCH`) or `failing` (its deliveries failed for days); null when enabled.
+    pub disabled_reason: Option<String>,
+    /// Since when its deliveries fail without one succeeding; null when the last one succeeded.
+    pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -130,23 +135,32 @@ pub async fn rotate_secret(
 /// Longest endpoint description.
 pub const DESCRIPTION_LEN_MAX: usize = 500;
 
-const ENDPOINT_COLUMNS: &str = "id, url, events, description, disabled_at IS NOT NULL AS disabled, created_at";
+const ENDPOINT_COLUMNS: &str =
+    "id, url, events, description, disabled_at IS NOT NULL AS disabled, disabled_reason, failing_since, created_at";
 
 fn endpoint_view(row: &sqlx::postgres::PgRow) -> Result<EndpointView> {
     let mut shown = view(row.try_get("id")?, row.try_get("url")?, row.try_get("events")?, row.try_get("created_at")?);
     shown.description = row.try_get("description")?;
     shown.disabled = row.try_get("disabled")?;
+    shown.disabled_reason = row.try_get("disabled_reason")?;
+    shown.failing_since = row.try_get("failing_since")?;
     Ok(shown)
 }
 
 /// One of the merchant's endpoints (not deleted).
 pub async fn get_endpoint(pool: &PgPool, merchant_id: &str, id: &str) -> Result<EndpointView> {
+    let mut conn = pool.acquire().await?;
+    get_endpoint_on(&mut conn, merchant_id, id).await
+}
+
+/// [`get_endpoint`] on the caller's connection.
+pub(crate) async fn get_endpoint_on(conn: &mut sqlx::PgConnection, merchant_id: &str, id: &str) -> Result<EndpointView> {
     let row = sqlx::query(&format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL"
     ))
     .bind(id)
     .bind(merchant_id)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?
     .ok_or_else(|| WebhookError::EndpointNotFound { id: id.to_owned() })?;
     endpoint_view(&row)
@@ -175,7 +189,10 @@ pub async fn update_endpoint(
              events = CASE WHEN $4 THEN $5 ELSE events END, \
              description = CASE WHEN $6 THEN $7 ELSE description END, \
              disabled_at = CASE WHEN $8::bool IS NULL THEN disabled_at \
-                                WHEN $8 THEN coalesce(disabled_at, $9) ELSE NULL END \
+                                WHEN $8 THEN coalesce(disabled_at, $9) ELSE NULL END, \
+             disabled_reason = CASE WHEN $8::bool IS NULL THEN disabled_reason \
+                                    WHEN $8 THEN coalesce(disabled_reason, 'merchant') ELSE NULL END, \
+             failing_since = CASE WHEN $8 = false THEN NULL ELSE failing_since END \
          WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL",
     )
     .bind(id)
@@ -427,6 +444,8 @@ fn view(id: String, url: String, events: Option<Vec<String>>, created_at: DateTi
         events: events.unwrap_or_else(|| vec![ALL_EVENTS.to_owned()]),
         description: None,
         disabled: false,
+        disabled_reason: None,
+        failing_since: None,
         created_at,
     }
 }
