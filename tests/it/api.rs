@@ -328,6 +328,9 @@ async fn list_filters_and_paginates_only_the_merchants_invoices(pool: PgPool) {
         ids.push(created["id"].as_str().expect("id").to_owned());
     }
     server.post(&other, r#"{"amount":"1","currency":"USD"}"#).await;
+    // A NUL (or any control character) in the order id filter is a bad request, not a 500.
+    let (status, body) = server.get(Some(&key), "/v1/invoices?order_id=o-%00x").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (status, page) = server.get(Some(&key), "/v1/invoices?limit=2").await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["object"], "list");

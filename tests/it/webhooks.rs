@@ -1311,6 +1311,7 @@ async fn an_endpoint_is_read_changed_disabled_and_enabled_again(pool: PgPool) {
         json!({"url": "http://hooks.example.com/x"}),
         json!({"events": ["invoice.nope"]}),
         json!({"description": "x".repeat(501)}),
+        json!({"description": "nul \u{0} inside"}),
         json!({"surprise": 1}),
     ] {
         let (status, body) = h.call(Method::PATCH, &m.key, &path, Some(bad.clone())).await;

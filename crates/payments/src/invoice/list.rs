@@ -36,6 +36,11 @@ pub async fn list_invoices(conn: &mut PgConnection, merchant_id: &str, filter: &
     if !(1..=LIST_LIMIT_MAX).contains(&limit) {
         return Err(InvoiceError::Invalid { field: "limit", reason: format!("must be 1..={LIST_LIMIT_MAX}") });
     }
+    // No stored order id holds a control character (creation refuses them), and PostgreSQL refuses
+    // a NUL in any text: such a filter is a bad request, not a query.
+    if filter.order_id.as_deref().is_some_and(|o| o.chars().any(char::is_control)) {
+        return Err(InvoiceError::Invalid { field: "order_id", reason: "must not contain control characters".to_owned() });
+    }
     let cursor: Option<(DateTime<Utc>, String)> = match &filter.starting_after {
         None => None,
         Some(id) => Some(

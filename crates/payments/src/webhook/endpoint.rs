@@ -182,6 +182,9 @@ pub async fn update_endpoint(
     if change.description.as_ref().is_some_and(|d| d.chars().count() > DESCRIPTION_LEN_MAX) {
         return Err(invalid("description", format!("at most {DESCRIPTION_LEN_MAX} characters")));
     }
+    if change.description.as_ref().is_some_and(|d| d.chars().any(|c| c.is_control() && c != '\n' && c != '\t')) {
+        return Err(invalid("description", "no control characters but newlines and tabs"));
+    }
     let description = change.description.as_deref().map(|d| if d.is_empty() { None } else { Some(d) });
     let updated = sqlx::query(
         "UPDATE webhook_endpoints SET \
