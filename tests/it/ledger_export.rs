@@ -407,6 +407,8 @@ async fn only_finance_and_admin_keys_read_exports_and_bad_queries_are_refused(po
         ("/v1/ledger/entries?account=liabilities:%25", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/entries?asset=", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/entries?kind=", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?asset=iso4217%3AUSD%00", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?kind=pay%00ment", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/entries?format=xml", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/trial_balance?at=now", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/trial_balance?format=xlsx", StatusCode::UNPROCESSABLE_ENTITY),

@@ -153,7 +153,7 @@ pub async fn list(
         order_id: query.order_id,
         created_from: super::time_param("created_from", query.created_from.as_deref())?,
         created_to: super::time_param("created_to", query.created_to.as_deref())?,
-        starting_after: query.starting_after,
+        starting_after: super::cursor(query.starting_after.as_deref(), "inv")?.map(str::to_owned),
         limit: query.limit,
     };
     let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;

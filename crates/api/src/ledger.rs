@@ -105,8 +105,8 @@ pub async fn entries(
         from: super::time_param("from", query.from.as_deref())?,
         to: super::time_param("to", query.to.as_deref())?,
         account: query.account.as_deref().map(AccountFilter::parse).transpose()?,
-        asset: query.asset,
-        kind: query.kind,
+        asset: plain_text("asset", query.asset)?,
+        kind: plain_text("kind", query.kind)?,
         limit: query.limit.unwrap_or(export::ENTRIES_LIMIT_DEFAULT),
         before: query.before,
     };
@@ -160,5 +160,18 @@ pub async fn trial_balance(
         Format::Csv => {
             Ok(super::csv_response(export::trial_balance_csv(&balance)))
         }
+    }
+}
+
+/// A free-text filter: anything without control characters (PostgreSQL refuses a NUL in text, and
+/// no asset or kind holds one).
+fn plain_text(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(text) if text.chars().any(char::is_control) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "parameter_invalid",
+            format!("{name}: must not contain control characters"),
+        )),
+        other => Ok(other),
     }
 }
