@@ -210,12 +210,14 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
             .await?;
             written = Some(record);
         }
-        (Some(RowChange::Update { status, confirmations, confirmations_required, block }), Some(posted)) => {
-            // A credit posted now is recorded with the time it was confirmed.
-            let record = sqlx::query_as(&format!(
+        (Some(RowChange::Update { status, confirmations, confirmations_required, block }), posted) => {
+            // A credit posted now is recorded with the time it was confirmed, and the payment is
+            // returned for its event; without one the update returns nothing (the CTE still runs).
+            written = sqlx::query_as(&format!(
                 "WITH p AS (UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
-                        block_height = $6, block_hash = $7, ledger_entry_id = $8, confirmed_at = $5 \
-                 WHERE id = $1 RETURNING *) {PAYMENT_VIEW_OF_P}"
+                        block_height = $6, block_hash = $7, ledger_entry_id = coalesce($8, ledger_entry_id), \
+                        confirmed_at = CASE WHEN $8::bigint IS NULL THEN confirmed_at ELSE $5 END \
+                 WHERE id = $1 RETURNING *) {PAYMENT_VIEW_OF_P} WHERE $8::bigint IS NOT NULL"
             ))
             .bind(&change.payment_id)
             .bind(count(*confirmations))
@@ -224,25 +226,8 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
             .bind(now)
             .bind(height(block))
             .bind(hash(block))
-            .bind(posted.entry_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            written = Some(record);
-        }
-        (Some(RowChange::Update { status, confirmations, confirmations_required, block }), None) => {
-            sqlx::query(
-                "UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
-                        block_height = $6, block_hash = $7 \
-                 WHERE id = $1",
-            )
-            .bind(&change.payment_id)
-            .bind(count(*confirmations))
-            .bind(count(*confirmations_required))
-            .bind(status.as_str())
-            .bind(now)
-            .bind(height(block))
-            .bind(hash(block))
-            .execute(&mut *tx)
+            .bind(posted.map(|p| p.entry_id))
+            .fetch_optional(&mut *tx)
             .await?;
         }
         (Some(RowChange::Orphan { status }), _) => {
