@@ -156,6 +156,7 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
         reconciler,
         webhooks_allow_loopback: config.webhooks.allow_loopback,
         webhook_secrets,
+        public_url: config.server.public_url.clone(),
         policy: Arc::new(InvoicePolicy {
             expires_in_s_default: config.invoices.expires_in_s_default,
             expires_in_s_max: config.invoices.expires_in_s_max,
@@ -218,7 +219,7 @@ pub async fn serve(
         // and settlement endpoints say so instead of waiting on nodes that are not there.
         state.payouts = None;
     }
-    let expiry = tokio::spawn(expire_loop(pool.clone(), state.clock.clone()));
+    let expiry = tokio::spawn(expire_loop(pool.clone(), state.ledger.clone(), state.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
     if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
@@ -349,7 +350,7 @@ pub async fn serve(
 /// Every how many expiry ticks stored idempotent responses past their window are purged.
 pub const PURGE_EVERY_TICKS: u64 = 60;
 
-async fn expire_loop(pool: PgPool, clock: Arc<dyn Clock>) {
+async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Arc<dyn Clock>) {
     let mut tick = tokio::time::interval(Duration::from_millis(EXPIRE_INTERVAL_MS));
     let mut ticks = 0u64;
     loop {
@@ -366,6 +367,11 @@ async fn expire_loop(pool: PgPool, clock: Arc<dyn Clock>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(target: "invoice", expired = n, "invoices expired"),
             Err(error) => tracing::warn!(target: "invoice", %error, "expiry pass failed; retrying next tick"),
+        }
+        match crate::refund::expire_due(&pool, &ledger, clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(target: "invoice", expired = n, "refund links expired"),
+            Err(error) => tracing::warn!(target: "invoice", %error, "refund expiry failed; retrying next tick"),
         }
     }
 }

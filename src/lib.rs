@@ -15,7 +15,7 @@ pub use payrail_api as api;
 pub use payrail_chains as chain;
 pub use payrail_config as config;
 pub use payrail_core::{clock, csv, ids, metrics, money};
-pub use payrail_payments::{creator, invoice, merchant, webhook};
+pub use payrail_payments::{creator, invoice, merchant, refund, webhook};
 pub use payrail_payouts as payout;
 pub use payrail_rates as rates;
 pub use payrail_reconcile as reconcile;

@@ -27,6 +27,7 @@ mod reconcile_stripe;
 mod regtest;
 mod replicas;
 mod security;
+mod refunds;
 mod settlements;
 mod stripe;
 mod webhooks;

@@ -26,7 +26,7 @@ fn merchant_wallet() -> Address {
     Address::repeat_byte(0xd1)
 }
 
-fn service(state: &AppState, chains: &[&Chain], config: PayoutsConfig) -> PayoutService {
+pub(crate) fn service(state: &AppState, chains: &[&Chain], config: PayoutsConfig) -> PayoutService {
     PayoutService::with_chains(
         chains.iter().map(|c| c.spec.clone()).collect(),
         config,
@@ -38,7 +38,7 @@ fn service(state: &AppState, chains: &[&Chain], config: PayoutsConfig) -> Payout
     .expect("payable chains")
 }
 
-fn no_delay() -> PayoutsConfig {
+pub(crate) fn no_delay() -> PayoutsConfig {
     PayoutsConfig { address_change_delay_s: 0, ..PayoutsConfig::default() }
 }
 
@@ -62,7 +62,7 @@ async fn earn(state: &AppState, merchant_id: &str, chain: &Chain, units: u64, tx
     db.commit().await.expect("commit");
 }
 
-async fn drive_to_end(chain: &Chain, state: &AppState, sender: &PayoutSender, batch_id: &str) -> Progress {
+pub(crate) async fn drive_to_end(chain: &Chain, state: &AppState, sender: &PayoutSender, batch_id: &str) -> Progress {
     for _ in 0..20 {
         let open = store::open_batches(&state.pool, &chain.spec.caip2).await.expect("open");
         let Some(batch) = open.into_iter().find(|b| b.id == batch_id) else { panic!("batch {batch_id} is not open") };

@@ -13,6 +13,7 @@
 //!   decimals a payer types (as the quote itself was, by at most 0.1 %), so a payer who sends it
 //!   is never short.
 
+pub mod claim;
 mod page;
 
 /// `amount` of `option`'s asset as a payer reads and types it.

@@ -2,7 +2,7 @@
 
 use payrail_chains as chain;
 use payrail_core::{clock, ids, metrics, money};
-use payrail_payments::{creator, invoice, merchant, webhook};
+use payrail_payments::{creator, invoice, merchant, refund, webhook};
 use payrail_payouts as payout;
 use payrail_rates as rates;
 use payrail_reconcile as reconcile;
@@ -23,6 +23,7 @@ pub mod limit;
 pub mod merchants;
 pub mod openapi;
 pub mod payouts;
+pub mod refunds;
 pub mod settlements;
 pub mod reconciliation;
 pub mod statements;
@@ -76,6 +77,8 @@ pub struct AppState {
     /// How new endpoints' signing secrets are stored: sealed under the secrets key, or in
     /// plaintext where the configuration allows it.
     pub webhook_secrets: crate::secrets::SecretsAtRest,
+    /// The daemon's public base URL (`[server] public_url`), for links given to payers.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -165,6 +168,10 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/invoices/{id}/void", post(invoices::void))
         .route("/v1/invoices/{id}/mark", post(invoices::mark))
         .route("/v1/invoices/{id}/refunds", post(stripe::refund))
+        .route("/v1/refunds", get(refunds::list))
+        .route("/v1/refunds/{id}", get(refunds::show))
+        .route("/v1/refunds/{id}/cancel", post(refunds::cancel))
+        .route("/refund/{token}", get(checkout::claim::page).post(checkout::claim::claim))
         .route("/v1/stripe/webhook", post(stripe::webhook))
         .route("/pay/{id}/card", post(stripe::pay_by_card))
         .route("/v1/balances", get(balances::show))

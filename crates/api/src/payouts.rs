@@ -26,6 +26,7 @@ impl From<PayoutError> for ApiError {
             PayoutError::Rpc { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", error.to_string()),
             PayoutError::Database(error) => Self::database(error),
             PayoutError::Ledger(error) => Self::ledger(error),
+            PayoutError::Refund(error) => error.into(),
             _ => Self::internal(error),
         }
     }

@@ -104,23 +104,43 @@ pub async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: By
     }
 }
 
-/// `POST /v1/invoices/{id}/refunds`: `{"amount":"10.00"?,"reason":"requested_by_customer"?}`.
+/// `POST /v1/invoices/{id}/refunds`. Card (the default): `{"amount":"10.00"?,"reason":"requested_by_customer"?}`.
+/// Crypto: `{"method":"crypto","amount":{"kind":…}?,"asset"?,"reason"?,"expires_in_s"?}`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
-    /// In the invoice's currency, e.g. `"10.00"`; all that is left when absent.
-    pub amount: Option<String>,
-    /// `duplicate`, `fraudulent` or `requested_by_customer`.
+    /// `card` (the default) or `crypto` (a claim link the payer opens).
+    pub method: Option<String>,
+    /// Card: a decimal string of the invoice's currency, e.g. `"10.00"`; all that is left when
+    /// absent. Crypto: `{"kind":"rate_then","amount"?:"10.00"}` (the crypto the payer sent, in
+    /// proportion), `{"kind":"current_rate"}` (the value at the rate when claimed), `{"kind":"fiat",
+    /// "amount":"10.00"}`, `{"kind":"overpaid"}` or `{"kind":"custom","amount_minor":"…"}`.
+    #[schema(value_type = Object)]
+    pub amount: Option<serde_json::Value>,
+    /// Card: `duplicate`, `fraudulent` or `requested_by_customer`. Crypto: a note, at most 500 characters.
     pub reason: Option<String>,
+    /// Crypto: the CAIP-19 asset refunded; needed only when the invoice was paid in several.
+    pub asset: Option<String>,
+    /// Crypto: how long the claim link is usable, 60 s to 90 days; 30 days when absent.
+    pub expires_in_s: Option<i64>,
+}
+
+/// What `POST /v1/invoices/{id}/refunds` answers: card refunds, or a crypto refund with its claim URL.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum RefundCreated {
+    Card(RefundsView),
+    Crypto(crate::refund::CryptoRefundView),
 }
 
 #[utoipa::path(post, path = "/v1/invoices/{id}/refunds", tag = "invoices", security(("bearer" = [])),
     params(("id" = String, Path, description = "the invoice id, inv_…")),
     request_body = RefundBody,
     responses(
-        (status = 201, body = RefundsView),
+        (status = 201, body = RefundCreated, description = "card: the refunds made; crypto: the refund, `open`, with its one-time `claim_url`"),
         (status = 401, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
-        (status = 409, body = super::openapi::ErrorBody, description = "nothing to refund, or more than is left"),
+        (status = 409, body = super::openapi::ErrorBody,
+            description = "nothing to refund, more than is left (refund_exceeds), insufficient_funds (with what is available), refund_unavailable"),
         (status = 422, body = super::openapi::ErrorBody),
         (status = 502, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 pub async fn refund(
@@ -128,7 +148,7 @@ pub async fn refund(
     auth: MerchantAuth,
     Path(id): Path<String>,
     body: Result<Json<RefundBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<RefundsView>), ApiError> {
+) -> Result<(StatusCode, Json<RefundCreated>), ApiError> {
     let Json(body) = body?;
     if !crate::ids::is_id(&id, "inv") {
         return Err(ApiError::not_found("invoice"));
@@ -136,21 +156,35 @@ pub async fn refund(
     let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     let view = invoice::load_view(&mut conn, Some(&auth.merchant_id), &id).await?;
     drop(conn);
-    let rail = state.card.as_deref().ok_or(StripeError::NothingToRefund { invoice_id: id.clone() })?;
     let fiat: Fiat = view.currency.parse().map_err(ApiError::internal)?;
+    match body.method.as_deref() {
+        None | Some("card") => {}
+        Some("crypto") => {
+            let created = super::refunds::create_crypto(&state, &auth.merchant_id, &id, fiat, &body).await?;
+            return Ok((StatusCode::CREATED, Json(RefundCreated::Crypto(created))));
+        }
+        Some(other) => {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", format!("method: {other:?} is not card or crypto")))
+        }
+    }
+    if body.asset.is_some() || body.expires_in_s.is_some() {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "asset and expires_in_s are for crypto refunds"));
+    }
+    let rail = state.card.as_deref().ok_or(StripeError::NothingToRefund { invoice_id: id.clone() })?;
     let amount = match &body.amount {
         None => None,
-        Some(text) => Some(Amount::parse_decimal(text, fiat.minor_units()).map_err(|_| {
+        Some(serde_json::Value::String(text)) => Some(Amount::parse_decimal(text, fiat.minor_units()).map_err(|_| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "parameter_invalid",
                 format!("amount: {text:?} is not an amount of {} with at most {} decimals", fiat.code(), fiat.minor_units()),
             )
         })?),
+        Some(_) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "amount: a decimal string for a card refund")),
     };
     let request = RefundRequest { amount, reason: body.reason };
     let refunds = stripe::refund_invoice(rail, &state.pool, &state.ledger, &auth.merchant_id, &id, &request, state.clock.now()).await?;
-    Ok((StatusCode::CREATED, Json(refunds)))
+    Ok((StatusCode::CREATED, Json(RefundCreated::Card(refunds))))
 }
 
 /// The card form: a test PaymentMethod in test mode, nothing with Checkout Sessions.

@@ -364,8 +364,9 @@ impl<S: ChainSource> Follower<S> {
         }
         let known = if matches!(kind, ScanKind::Advance { at_tip: false }) { HashMap::new() } else { self.known(cursor.height, blocks).await? };
         let scan = Scan { kind, head, blocks, cursor: Some(cursor), known: &known, watched: &watched, pricing: &self.pricing };
-        let observed: Observed = self.source.scan(scan).await?;
+        let mut observed: Observed = self.source.scan(scan).await?;
         let payments = observed.payments.len();
+        let refunds = std::mem::take(&mut observed.refunds);
 
         let fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut tx = self.pool.begin().await?;
@@ -397,6 +398,13 @@ impl<S: ChainSource> Follower<S> {
                     let credited = before.get(tx_ref.as_str()).is_some_and(|t| t.confirmed);
                     tracing::warn!(target: "watcher", chain = %self.chain.name, %tx_ref, invoice = %invoice_id, credited, "payment orphaned");
                 }
+            }
+        }
+        // A refund the merchant paid, as deep as the deepest confirmation tier: paid, once.
+        let depth = u64::from(self.chain.confirmations.confirmations_max());
+        for seen in refunds.iter().filter(|r| r.confirmations >= depth) {
+            if crate::payments_refund::mark_paid(&mut tx, &self.ledger, &seen.refund_id, &seen.txid, true, now).await? {
+                tracing::info!(target: "watcher", chain = %self.chain.name, refund = %seen.refund_id, txid = %seen.txid, "refund paid by the merchant");
             }
         }
         if let Some(fork) = fork {

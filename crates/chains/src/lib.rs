@@ -8,6 +8,7 @@ pub use payrail_core::chain::reorg;
 use payrail_config as config;
 use payrail_core::{clock, ids, metrics, money};
 use payrail_payments::invoice;
+use payrail_payments::refund as payments_refund;
 use payrail_rates as rates;
 use payrail_store::{db, ledger};
 

@@ -18,7 +18,7 @@ use crate::rates::RateSource;
 
 use super::follower::FollowError;
 
-pub use payrail_core::chain::{Block, BlockHash, BlockId, Observed};
+pub use payrail_core::chain::{Block, BlockHash, BlockId, Observed, RefundSeen};
 
 /// A block as a source fetched it: the header the follower checks, and what the source needs to
 /// find payments in it later (EVM: its native transfers; Bitcoin: nothing).
@@ -40,11 +40,13 @@ pub struct Head<H> {
     pub finalized: Option<u64>,
 }
 
-/// A deposit address that can still receive a payment, and its invoice.
+/// A deposit address that can still receive a payment, and its invoice; or the payer's address of
+/// a refund the merchant pays (Bitcoin), with the amount that pays it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watched {
     pub address: String,
     pub invoice_id: String,
+    pub refund: Option<(String, Amount)>,
 }
 
 /// Why the follower asks its source for payments.

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::invoice::PaymentStatus;
+use crate::money::Amount;
 
 use super::reorg::Tracked;
 use super::source::Watched;
@@ -15,15 +16,30 @@ pub const WATCH_AFTER_EXPIRY_S: i64 = 7 * 24 * 3600;
 /// or that have a payment still waiting.
 pub async fn watched(pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<Vec<Watched>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT d.address, d.invoice_id FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
+        "SELECT d.address, d.invoice_id, NULL::text AS refund_id, NULL::text AS refund_amount \
+         FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
          WHERE d.chain = $1 AND (i.status IN ('open', 'processing') OR i.expires_at > $2 \
-               OR EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = d.invoice_id AND p.chain = d.chain AND p.status = 'seen'))",
+               OR EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = d.invoice_id AND p.chain = d.chain AND p.status = 'seen')) \
+         UNION ALL \
+         SELECT address, invoice_id, id, amount_minor::text FROM crypto_refunds \
+         WHERE chain = $1 AND status = 'claimed' AND payout_id IS NULL",
     )
     .bind(chain)
     .bind(now - chrono::Duration::seconds(WATCH_AFTER_EXPIRY_S))
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(|r| Ok(Watched { address: r.try_get("address")?, invoice_id: r.try_get("invoice_id")? })).collect()
+    rows.into_iter()
+        .map(|r| {
+            let refund = match (r.try_get::<Option<String>, _>("refund_id")?, r.try_get::<Option<String>, _>("refund_amount")?) {
+                (Some(id), Some(amount)) => {
+                    let amount = Amount::parse_decimal(&amount, 0).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                    Some((id, amount))
+                }
+                _ => None,
+            };
+            Ok(Watched { address: r.try_get("address")?, invoice_id: r.try_get("invoice_id")?, refund })
+        })
+        .collect()
 }
 
 /// The payments a step may act on: every waiting one, those above `fork`, and those in

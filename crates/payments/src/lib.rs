@@ -5,6 +5,7 @@
 pub mod creator;
 pub mod invoice;
 pub mod merchant;
+pub mod refund;
 pub mod webhook;
 
 use payrail_core::{chain, clock, ids, metrics, money};

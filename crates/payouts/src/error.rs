@@ -33,6 +33,9 @@ pub enum PayoutError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A crypto refund's own rules (its state, the merchant's balance for a difference).
+    #[error(transparent)]
+    Refund(#[from] payrail_payments::invoice::InvoiceError),
     /// The executor's lock: not taken, or its session ended (another process may execute now).
     #[error(transparent)]
     Leader(#[from] crate::db::leader::LeaderError),

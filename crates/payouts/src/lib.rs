@@ -13,12 +13,14 @@ use payrail_chains as chain;
 use payrail_config as config;
 use payrail_core::{clock, ids, metrics, money};
 use payrail_payments::creator as payments_creator;
+use payrail_payments::refund as payments_refund;
 use payrail_payments::webhook;
 use payrail_rates as rates;
 use payrail_store::{db, ledger};
 
 pub mod error;
 pub mod plan;
+pub mod refund;
 pub mod runner;
 pub mod sender;
 pub mod settlement;

@@ -23,6 +23,8 @@ pub struct Candidate {
     /// `None`: the merchant's available balance (a settlement).
     pub creator_id: Option<String>,
     pub merchant_id: String,
+    /// A crypto refund's payout: paid from the refund's own account.
+    pub refund_id: Option<String>,
     pub address: Address,
     pub amount: Amount,
 }
@@ -98,9 +100,10 @@ pub fn plan(
 impl Candidate {
     /// The ledger account the amount leaves.
     pub fn account(&self) -> AccountCode {
-        match &self.creator_id {
-            Some(creator) => AccountCode::creator(creator),
-            None => AccountCode::merchant(&self.merchant_id),
+        match (&self.refund_id, &self.creator_id) {
+            (Some(refund), _) => AccountCode::refund(refund),
+            (None, Some(creator)) => AccountCode::creator(creator),
+            (None, None) => AccountCode::merchant(&self.merchant_id),
         }
     }
 }
@@ -118,6 +121,7 @@ mod tests {
 
     fn candidate(n: u8, amount: u64) -> Candidate {
         Candidate {
+            refund_id: None,
             creator_id: Some(format!("cr_{n:03}")),
             merchant_id: "mer_x".to_owned(),
             address: Address::with_last_byte(n),

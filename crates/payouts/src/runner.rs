@@ -165,6 +165,10 @@ impl PayoutService {
         self.clock.as_ref()
     }
 
+    pub(crate) fn rates(&self) -> &dyn RateSource {
+        self.rates.as_ref()
+    }
+
     /// How long a changed payout address waits before it is paid to.
     pub(crate) fn address_delay(&self) -> chrono::Duration {
         chrono::Duration::seconds(i64::try_from(self.config.address_change_delay_s).unwrap_or(i64::MAX / 1_000))

@@ -225,7 +225,7 @@ impl PayoutService {
             Payee::Merchant(_) => None,
             Payee::Creator { creator_id, .. } => Some(creator_id.to_owned()),
         };
-        let item = Candidate { creator_id, merchant_id: payee.merchant_id().to_owned(), address: to, amount };
+        let item = Candidate { refund_id: None, creator_id, merchant_id: payee.merchant_id().to_owned(), address: to, amount };
         let planned = PlannedBatch { items: vec![item], total: amount };
         let view = store::create_batch(
             &mut tx,
@@ -440,7 +440,7 @@ pub async fn payout_addresses(pool: &PgPool, merchant_id: &str, delay_s: u64) ->
 pub async fn settlements(pool: &PgPool, merchant_id: &str, limit: i64, before: Option<&str>) -> Result<Vec<PayoutView>> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT b.id FROM payout_batches b JOIN payout_items i ON i.batch_id = b.id \
-         WHERE i.merchant_id = $1 AND i.creator_id IS NULL \
+         WHERE i.merchant_id = $1 AND i.account = 'liabilities:merchant:' || i.merchant_id \
            AND ($3::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM payout_batches WHERE id = $3)) \
          ORDER BY b.created_at DESC, b.id DESC LIMIT $2",
     )
@@ -459,7 +459,7 @@ pub async fn settlements(pool: &PgPool, merchant_id: &str, limit: i64, before: O
 /// One settlement of the merchant; another merchant's, or a creators' batch, is not found.
 pub async fn settlement(pool: &PgPool, merchant_id: &str, id: &str) -> Result<PayoutView> {
     let view = store::view(pool, id).await?;
-    if !view.items.iter().any(|i| i.creator_id.is_none() && i.merchant_id == merchant_id) {
+    if !view.items.iter().any(|i| i.recipient == "merchant" && i.merchant_id == merchant_id) {
         return Err(PayoutError::NotFound { id: id.to_owned() });
     }
     store::merchant_share(&view, merchant_id)

@@ -58,7 +58,8 @@ pub struct PayoutView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct PayoutItemView {
-    /// `creator` (a creator's earnings) or `merchant` (the merchant's own balance: a settlement).
+    /// `creator` (a creator's earnings), `merchant` (the merchant's own balance: a settlement) or
+    /// `refund` (a crypto refund to a payer).
     pub recipient: String,
     /// The creator paid; null for a settlement.
     pub creator_id: Option<String>,
@@ -169,6 +170,7 @@ pub async fn candidates(conn: &mut PgConnection, chain: &ChainId, asset: &str, c
     rows.iter()
         .map(|row| {
             Ok(Candidate {
+                refund_id: None,
                 creator_id: Some(row.try_get("id")?),
                 merchant_id: row.try_get("merchant_id")?,
                 address: address(&row.try_get::<String, _>("address")?)?,
@@ -283,7 +285,8 @@ const VIEW_COLUMNS: &str = "id, run_id, chain, asset, status, total_minor::text 
 
 async fn item_views(conn: &mut PgConnection, id: &str) -> Result<Vec<PayoutItemView>> {
     Ok(sqlx::query_as(
-        "SELECT CASE WHEN creator_id IS NULL THEN 'merchant' ELSE 'creator' END AS recipient, creator_id, merchant_id, \
+        "SELECT CASE WHEN creator_id IS NOT NULL THEN 'creator' WHEN account LIKE 'liabilities:refund:%' THEN 'refund' \
+                ELSE 'merchant' END AS recipient, creator_id, merchant_id, \
                 address, amount_minor::text AS amount_minor FROM payout_items \
          WHERE batch_id = $1 ORDER BY position",
     )
@@ -622,6 +625,9 @@ pub async fn settle(
     if let Some(gas) = gas_entry(&batch.id, chain, native_asset, mined) {
         ledger.post(&mut tx, &gas).await?;
     }
+    for refund in batch.items.iter().filter_map(|i| i.account.as_str().strip_prefix("liabilities:refund:")) {
+        crate::payments_refund::mark_paid(&mut tx, ledger, refund, &format!("{:#x}", mined.tx_hash), false, now).await?;
+    }
     if let Some(view) = view_on(&mut tx, &batch.id).await? {
         announce(&mut tx, &view, "payout.confirmed", now).await?;
     }
@@ -676,6 +682,7 @@ async fn fail_on(
     if let Some(gas) = mined.and_then(|m| gas_entry(&batch.id, chain, native_asset, m)) {
         ledger.post(&mut *conn, &gas).await?;
     }
+    crate::payments_refund::mark_failed(&mut *conn, &batch.id, now).await?;
     if let Some(view) = view_on(&mut *conn, &batch.id).await? {
         announce(&mut *conn, &view, "payout.failed", now).await?;
     }

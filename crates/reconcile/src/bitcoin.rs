@@ -235,6 +235,37 @@ impl BitcoinReader {
         Ok(found)
     }
 
+    /// The refunds of `refunds` whose paying transaction was mined in `[from, to]`: what it paid the
+    /// payer's address, keyed by the refund's id (as the ledger's `refund-paid:{id}` is).
+    pub async fn read_refunds(&self, from: u64, to: u64, refunds: &[crate::ledger_side::PaidRefund]) -> Result<Vec<ChainObservation>> {
+        let mut found = Vec::new();
+        for refund in refunds {
+            let (Some(address), Ok(txid)) = (parse_address(&refund.address, self.network), refund.tx_hash.parse::<Txid>()) else { continue };
+            let script = address.script_pubkey();
+            let history = self.electrum.histories(std::slice::from_ref(&script)).await.map_err(|e| self.error(e))?;
+            let Some(height) = history.iter().flatten().find(|e| e.tx_hash == txid).and_then(|e| u64::try_from(e.height).ok()) else { continue };
+            if !(from..=to).contains(&height) {
+                continue;
+            }
+            let transactions = self.electrum.transactions(&[txid]).await.map_err(|e| self.error(e))?;
+            let paid = transactions
+                .iter()
+                .flat_map(|t| t.output.iter())
+                .filter(|o| o.script_pubkey == script)
+                .fold(0u64, |sum, o| sum.saturating_add(o.value.to_sat()));
+            found.push(ChainObservation {
+                kind: ItemKind::Refund,
+                reference: refund.id.clone(),
+                tx_hash: refund.tx_hash.clone(),
+                block_number: height,
+                asset: self.asset.clone(),
+                address: refund.address.clone(),
+                amount: Amount::from_u64(paid),
+            });
+        }
+        Ok(found)
+    }
+
     /// Which of `transactions` spend an output paying a deposit address. Only transactions in the
     /// deposit histories can have such an output, so only those parents are fetched.
     async fn deposit_spenders(&self, histories: &Histories, transactions: &[Transaction]) -> Result<HashSet<Txid>> {

@@ -53,6 +53,8 @@ pub async fn movements(conn: &mut PgConnection, chain: &ChainId, since: DateTime
             (ItemKind::Deposit, reference.split_once('#').map_or(reference, |(r, _)| r).to_owned())
         } else if let Some(batch_key) = batch_key {
             (ItemKind::Payout, batch_key)
+        } else if let Some(refund) = key.strip_prefix("refund-paid:") {
+            (ItemKind::Refund, refund.to_owned())
         } else {
             (ItemKind::Manual, key.clone())
         };
@@ -111,4 +113,24 @@ pub async fn deposit_addresses(conn: &mut PgConnection, chain: &ChainId) -> Resu
         .bind(chain.to_string())
         .fetch_all(conn)
         .await?)
+}
+
+/// A crypto refund the merchant paid from its own wallet: the transaction the watcher saw pay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidRefund {
+    pub id: String,
+    pub address: String,
+    pub tx_hash: String,
+}
+
+/// The paid refunds of `chain` that no payout sent (the merchant paid them).
+pub async fn paid_refunds(conn: &mut PgConnection, chain: &ChainId) -> Result<Vec<PaidRefund>> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT id, address, tx_hash FROM crypto_refunds WHERE chain = $1 AND status = 'paid' AND payout_id IS NULL \
+           AND address IS NOT NULL AND tx_hash IS NOT NULL ORDER BY id",
+    )
+    .bind(chain.to_string())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id, address, tx_hash)| PaidRefund { id, address, tx_hash }).collect())
 }

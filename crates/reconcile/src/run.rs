@@ -72,6 +72,14 @@ impl Reader {
         }
     }
 
+    /// Refunds the merchant paid from its own wallet (Bitcoin), mined in `[from, to]`.
+    async fn read_refunds(&self, from: u64, to: u64, refunds: &[ledger_side::PaidRefund]) -> Result<Vec<ChainObservation>> {
+        match self {
+            Self::Evm(_) => Ok(Vec::new()),
+            Self::Bitcoin(r) => r.read_refunds(from, to, refunds).await,
+        }
+    }
+
     async fn locate(&self, tx_hash: &str) -> Result<Option<u64>> {
         match self {
             Self::Evm(r) => r.locate(tx_hash).await,
@@ -156,6 +164,7 @@ impl Reconciler {
         let reader = Reader::connect(spec).await?;
         let mut conn = self.pool.acquire().await?;
         let addresses = ledger_side::deposit_addresses(&mut conn, &spec.caip2).await?;
+        let refunds = ledger_side::paid_refunds(&mut conn, &spec.caip2).await?;
         drop(conn);
         let mut next = run.scanned_to.map_or(run.from_block, |s| s + 1);
         let mut done = 0usize;
@@ -164,7 +173,8 @@ impl Reconciler {
                 return Ok(false);
             }
             let end = run.to_block.min(next + CHUNK_BLOCKS - 1);
-            let observations = reader.read(next, end, &addresses).await?;
+            let mut observations = reader.read(next, end, &addresses).await?;
+            observations.extend(reader.read_refunds(next, end, &refunds).await?);
             store::save_chunk(&self.pool, id, &observations, end).await?;
             on_progress(ScanProgress { from_block: run.from_block, to_block: run.to_block, scanned_to: end });
             next = end + 1;

@@ -28,7 +28,6 @@ pub mod error;
 pub mod event;
 pub mod refund;
 pub mod returns;
-pub mod reversal;
 pub mod webhook;
 
 pub use attempt::{start as start_card_payment, CardAttemptView, TEST_CARDS};

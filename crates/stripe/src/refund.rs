@@ -23,7 +23,7 @@ use crate::money::{Amount, Fiat};
 use super::client::{stripe_amount, NewRefund};
 use super::error::{Result, StripeError};
 use super::returns;
-use super::reversal::reversal_delta;
+use crate::ledger::reversal_delta;
 use super::{CardRail, METADATA_INVOICE_ID};
 
 /// The reasons Stripe knows.

@@ -15,7 +15,7 @@ use crate::ledger::{Ledger, NewEntry};
 use crate::money::{Amount, Fiat};
 
 use super::error::{Result, StripeError};
-use super::reversal::reversal_delta;
+use crate::ledger::reversal_delta;
 
 /// A credited card payment, locked.
 #[derive(Debug, Clone)]

@@ -91,7 +91,7 @@ pub(super) fn qr_svg(data: &str) -> Option<String> {
     Some(format!(r#"<svg class="qr-code" role="img" aria-label="QR code of the payment request"{rest}"#))
 }
 
-fn head(out: &mut String, nonce: &str, title: &str) {
+pub(super) fn head(out: &mut String, nonce: &str, title: &str) {
     let _ = write!(
         out,
         concat!(

@@ -23,7 +23,7 @@ use bitcoin::{BlockHash, Network, OutPoint, ScriptBuf, Transaction, Txid};
 
 use crate::follower::{FollowError, Follower, WATCHED_ADDRESSES_MAX};
 use crate::health::TIP_STALL_BLOCK_TIMES_BITCOIN;
-use crate::source::{Block, BlockHash as _, ChainSource, Fetched, Found, Head, Observed, Scan, ScanKind, Watched};
+use crate::source::{Block, BlockHash as _, ChainSource, Fetched, Found, Head, Observed, RefundSeen, Scan, ScanKind, Watched};
 use crate::config::{ChainKind, ChainSpec};
 use crate::invoice::BlockRef;
 use crate::metrics;
@@ -143,7 +143,7 @@ impl BitcoinSource {
         let complete: HashSet<String> = watched.values().map(|w| w.address.clone()).collect();
         let scripts: Vec<ScriptBuf> = watched.keys().cloned().collect();
         if scripts.is_empty() {
-            return Ok(Observed { payments: Vec::new(), complete });
+            return Ok(Observed { payments: Vec::new(), complete, refunds: Vec::new() });
         }
         let histories = self.electrum.histories(&scripts).await?;
         // Height of each transaction (0 in the mempool).
@@ -170,18 +170,28 @@ impl BitcoinSource {
         let mut credited_outpoints: HashSet<OutPoint> = HashSet::new();
         for (txid, transaction) in &transactions {
             for (vout, output) in transaction.output.iter().enumerate() {
-                if watched.contains_key(&output.script_pubkey) {
+                if watched.get(&output.script_pubkey).is_some_and(|w| w.refund.is_none()) {
                     credited_outpoints.insert(OutPoint { txid: *txid, vout: u32::try_from(vout).unwrap_or(u32::MAX) });
                 }
             }
         }
         let mut payments = Vec::new();
+        let mut refunds = Vec::new();
         let mut seen_refs: HashSet<String> = HashSet::new();
         for (txid, transaction) in &transactions {
+            let height = heights.get(txid).copied().unwrap_or(0);
+            // A refund the merchant pays: whatever it spends (the deposits, usually), an output of
+            // at least the refund's amount to the payer's address pays it.
+            for output in &transaction.output {
+                let Some((refund_id, amount)) = watched.get(&output.script_pubkey).and_then(|w| w.refund.as_ref()) else { continue };
+                if Amount::from_u64(output.value.to_sat()) >= *amount {
+                    let confirmations = if height == 0 { 0 } else { tip.saturating_sub(height) + 1 };
+                    refunds.push(RefundSeen { refund_id: refund_id.clone(), txid: txid.to_string(), confirmations });
+                }
+            }
             if transaction.input.iter().any(|input| credited_outpoints.contains(&input.previous_output)) {
                 continue;
             }
-            let height = heights.get(txid).copied().unwrap_or(0);
             let block = if height > 0 {
                 let hash = hashes.get(&height).ok_or(FollowError::Inconsistent { height })?;
                 Some(BlockRef { height, hash: hash.to_stored() })
@@ -189,7 +199,7 @@ impl BitcoinSource {
                 None
             };
             for (vout, output) in transaction.output.iter().enumerate() {
-                let Some(target) = watched.get(&output.script_pubkey) else { continue };
+                let Some(target) = watched.get(&output.script_pubkey).filter(|w| w.refund.is_none()) else { continue };
                 let sats = output.value.to_sat();
                 let tx_ref = format!("{}:{txid}:{vout}", self.caip2);
                 if sats == 0 || !seen_refs.insert(tx_ref.clone()) {
@@ -206,7 +216,7 @@ impl BitcoinSource {
                 payments.extend(scan.pricing.observe(found, &scan.head));
             }
         }
-        Ok(Observed { payments, complete })
+        Ok(Observed { payments, complete, refunds })
     }
 
     /// The transactions `txids`, from the cache or the server.

@@ -126,7 +126,7 @@ impl ChainSource for EvmSource {
             ScanKind::Idle | ScanKind::Unwind => Vec::new(),
         };
         // Each block is read once: no address is ever read in full.
-        Ok(Observed { payments, complete: Default::default() })
+        Ok(Observed { payments, complete: Default::default(), refunds: Vec::new() })
     }
 }
 

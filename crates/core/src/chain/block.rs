@@ -62,5 +62,16 @@ pub struct Observed {
     /// Addresses whose every payment this scan read: a payment to one of them that was seen
     /// before and is not among `payments` has vanished (replaced, double-spent).
     pub complete: HashSet<String>,
+    /// Payments to refund addresses the merchant pays (Bitcoin), with their depth.
+    pub refunds: Vec<RefundSeen>,
+}
+
+/// A transaction paying a watched refund address at least the refund's amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundSeen {
+    pub refund_id: String,
+    pub txid: String,
+    /// 0 in the mempool.
+    pub confirmations: u64,
 }
 

@@ -6,4 +6,4 @@ pub mod block;
 pub mod evm;
 pub mod reorg;
 
-pub use block::{Block, BlockHash, BlockId, Observed};
+pub use block::{Block, BlockHash, BlockId, Observed, RefundSeen};

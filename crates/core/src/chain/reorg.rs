@@ -191,6 +191,7 @@ mod tests {
         let everything = || Observed {
             payments: seen(0..=tip),
             complete: chain.iter().flat_map(|b| b.1.iter().map(|t| format!("addr_{t}"))).collect(),
+            refunds: Vec::new(),
         };
         let refresh = |t: &Tracked| t.block.clone().map(|(h, block)| observation(&t.tx_ref, h, block, tip, required));
         if store.cursor.is_some_and(|(h, at)| hash(h) != Some(at)) {
@@ -209,7 +210,7 @@ mod tests {
         let observed = match (rescans, to == tip) {
             (true, true) => everything(),
             (true, false) => Observed::default(),
-            (false, _) => Observed { payments: seen(from..=to), complete: HashSet::new() },
+            (false, _) => Observed { payments: seen(from..=to), complete: HashSet::new(), refunds: Vec::new() },
         };
         store.apply(plan(&store.tracked(), None, observed, to, refresh));
         store.window.extend((from..=to).map(|h| (h, chain[h as usize].0)));
@@ -302,7 +303,7 @@ mod tests {
         }];
         let mut again = observation("t", 4, "7".to_owned(), 6, 1);
         again.invoice_id = "i".to_owned();
-        let actions = plan(&tracked, Some(3), Observed { payments: vec![again], complete: HashSet::new() }, 3, |_| None);
+        let actions = plan(&tracked, Some(3), Observed { payments: vec![again], complete: HashSet::new(), refunds: Vec::new() }, 3, |_| None);
         assert_eq!(actions, vec![Action::Orphan { invoice_id: "i".to_owned(), tx_ref: "t".to_owned() }]);
     }
 }

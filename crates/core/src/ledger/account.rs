@@ -72,6 +72,11 @@ impl AccountCode {
     pub fn creator(creator_id: &str) -> Self {
         Self(format!("liabilities:creator:{creator_id}"))
     }
+    /// What a crypto refund holds from when it is created until it is paid: the reversed credits
+    /// of the payments it gives back, and any difference at the rate it is paid at.
+    pub fn refund(refund_id: &str) -> Self {
+        Self(format!("liabilities:refund:{refund_id}"))
+    }
     pub fn payouts_in_flight() -> Self {
         Self("liabilities:payouts_in_flight".to_owned())
     }

@@ -4,6 +4,7 @@
 
 pub mod model;
 pub mod plan;
+pub mod refund;
 pub mod resolve;
 pub mod split;
 pub mod status;

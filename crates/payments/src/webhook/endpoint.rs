@@ -52,6 +52,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "payout.sent",
     "payout.confirmed",
     "payout.failed",
+    "refund.created",
+    "refund.claimed",
+    "refund.paid",
+    "refund.failed",
+    "refund.canceled",
+    "refund.expired",
 ];
 
 /// An endpoint as the API shows it. The secret is not part of it.

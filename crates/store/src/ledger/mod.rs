@@ -13,7 +13,8 @@ pub mod store;
 pub use error::{LedgerError, Result};
 pub use statement::{statement, statement_csv, StatementLine, StatementRange, STATEMENT_PAGE_LIMIT_MAX};
 pub use payrail_core::ledger::{
-    account, entry, signed, AccountCode, AccountType, EntryError, NewEntry, Posting, Side, SignedAmount,
+    account, entry, returned_shares, reversal, reversal_delta, signed, AccountCode, AccountType, EntryError, NewEntry, Posting, Side,
+    SignedAmount,
     POSTINGS_PER_ENTRY_MAX,
 };
 pub use store::{Entry, Ledger, Posted};

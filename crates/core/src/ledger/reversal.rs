@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::ledger::{Posting, Side};
+use super::{Posting, Side};
 use crate::money::{mul_div, Amount, Rounding};
 
 /// The share of each posting of `postings` taken back when `returned` of `whole` went back.

@@ -1,0 +1,167 @@
+//! Crypto refunds over the API: created by `POST /v1/invoices/{id}/refunds` with `"method":
+//! "crypto"` (see [`create_crypto`]), then `GET /v1/refunds`, `GET /v1/refunds/{id}` and `POST
+//! /v1/refunds/{id}/cancel` with a merchant key. The payer's side is `/refund/{token}`
+//! (`checkout::claim`).
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::Value;
+
+use crate::money::{Amount, Fiat};
+use crate::refund::{self, CryptoRefundView, NewCryptoRefund, RefundAmount};
+
+use super::auth::MerchantAuth;
+use super::error::ApiError;
+use super::AppState;
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", message.into())
+}
+
+/// `amount` of a crypto refund: `{"kind": "rate_then", "amount"?: "10.00"}`, `{"kind":
+/// "current_rate"}`, `{"kind": "fiat", "amount": "10.00"}`, `{"kind": "overpaid"}`, `{"kind":
+/// "custom", "amount_minor": "1500000"}`; all that is left at the rate then when absent.
+pub fn parse_amount(value: Option<&Value>, fiat: Fiat) -> Result<RefundAmount, ApiError> {
+    let Some(value) = value else { return Ok(RefundAmount::RateThen { value: None }) };
+    let object = value.as_object().ok_or_else(|| invalid("amount: an object with a kind for a crypto refund"))?;
+    let kind = object.get("kind").and_then(Value::as_str).ok_or_else(|| invalid("amount.kind: rate_then, current_rate, fiat, overpaid or custom"))?;
+    let allowed: &[&str] = match kind {
+        "rate_then" | "fiat" => &["kind", "amount"],
+        "custom" => &["kind", "amount_minor"],
+        _ => &["kind"],
+    };
+    if let Some(extra) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(invalid(format!("amount.{extra}: not a field of kind {kind}")));
+    }
+    let fiat_amount = |required: bool| -> Result<Option<Amount>, ApiError> {
+        match object.get("amount") {
+            None if required => Err(invalid(format!("amount.amount: required for kind {kind}"))),
+            None => Ok(None),
+            Some(v) => {
+                let text = v.as_str().ok_or_else(|| invalid("amount.amount: a decimal string"))?;
+                let parsed = Amount::parse_decimal(text, fiat.minor_units()).map_err(|_| {
+                    invalid(format!("amount.amount: {text:?} is not an amount of {} with at most {} decimals", fiat.code(), fiat.minor_units()))
+                })?;
+                if parsed.is_zero() {
+                    return Err(invalid("amount.amount: must be more than 0"));
+                }
+                Ok(Some(parsed))
+            }
+        }
+    };
+    Ok(match kind {
+        "rate_then" => RefundAmount::RateThen { value: fiat_amount(false)? },
+        "current_rate" => RefundAmount::CurrentRate,
+        "fiat" => RefundAmount::Fiat { value: fiat_amount(true)?.unwrap_or(Amount::ZERO) },
+        "overpaid" => RefundAmount::Overpaid,
+        "custom" => {
+            let text = object.get("amount_minor").and_then(Value::as_str).ok_or_else(|| invalid("amount.amount_minor: required, an integer string"))?;
+            let amount = Amount::parse_decimal(text, 0).map_err(|_| invalid(format!("amount.amount_minor: {text:?} is not a whole number")))?;
+            if amount.is_zero() {
+                return Err(invalid("amount.amount_minor: must be more than 0"));
+            }
+            RefundAmount::Custom { amount }
+        }
+        other => return Err(invalid(format!("amount.kind: {other:?} is not rate_then, current_rate, fiat, overpaid or custom"))),
+    })
+}
+
+/// Creates a crypto refund and answers it with its claim URL (shown this once).
+pub async fn create_crypto(
+    state: &AppState,
+    merchant_id: &str,
+    invoice_id: &str,
+    fiat: Fiat,
+    body: &super::stripe::RefundBody,
+) -> Result<CryptoRefundView, ApiError> {
+    let amount = parse_amount(body.amount.as_ref(), fiat)?;
+    if let Some(asset) = &body.asset {
+        if asset.len() > 200 || asset.chars().any(char::is_control) {
+            return Err(invalid("asset: a CAIP-19 asset id"));
+        }
+    }
+    let request = NewCryptoRefund { asset: body.asset.clone(), amount, reason: body.reason.clone(), expires_in_s: body.expires_in_s };
+    let created = refund::create(&state.pool, &state.ledger, merchant_id, invoice_id, &request, state.clock.now()).await?;
+    let mut view = created.refund;
+    if view.chain.starts_with("eip155:") && !state.payouts.as_ref().is_some_and(|p| p.pays_refunds_of(&view.chain, &view.asset)) {
+        // Nothing could send it: take it back at once rather than hand out a link that cannot pay.
+        let _ = refund::cancel(&state.pool, &state.ledger, merchant_id, &view.id, state.clock.now()).await?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "refund_unavailable",
+            format!("refunds of {} cannot be paid here: no payout batcher pays it on {}", view.asset, view.chain),
+        ));
+    }
+    view.claim_url = Some(format!("{}/refund/{}", state.public_url, created.token));
+    Ok(view)
+}
+
+/// A page of refunds, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RefundList {
+    pub data: Vec<CryptoRefundView>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_before: Option<String>,
+}
+
+/// Query of `GET /v1/refunds`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RefundQuery {
+    /// Only this invoice's refunds (`inv_…`).
+    pub invoice: Option<String>,
+    /// 1 to 100; 20 when absent.
+    pub limit: Option<i64>,
+    /// An `rfd_…` id: refunds created before it.
+    pub before: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/refunds", tag = "refunds", security(("bearer" = [])),
+    params(RefundQuery),
+    responses((status = 200, body = RefundList), (status = 400, body = super::openapi::ErrorBody),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, auth: MerchantAuth, query: Result<Query<RefundQuery>, QueryRejection>) -> Result<Json<RefundList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=refund::LIST_LIMIT_MAX).contains(&limit) {
+        return Err(invalid("limit must be 1 to 100"));
+    }
+    if query.before.as_deref().is_some_and(|b| !crate::ids::is_id(b, "rfd")) {
+        return Err(invalid("before must be an rfd_… id"));
+    }
+    if query.invoice.as_deref().is_some_and(|i| !crate::ids::is_id(i, "inv")) {
+        return Err(invalid("invoice must be an inv_… id"));
+    }
+    let data = refund::list(&state.pool, &auth.merchant_id, query.invoice.as_deref(), limit, query.before.as_deref()).await?;
+    let full = i64::try_from(data.len()).unwrap_or(0) == limit;
+    let next_before = if full { data.last().map(|r| r.id.clone()) } else { None };
+    Ok(Json(RefundList { data, next_before }))
+}
+
+#[utoipa::path(get, path = "/v1/refunds/{id}", tag = "refunds", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the refund id, rfd_…")),
+    responses((status = 200, body = CryptoRefundView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
+pub async fn show(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<CryptoRefundView>, ApiError> {
+    if !crate::ids::is_id(&id, "rfd") {
+        return Err(ApiError::not_found("refund"));
+    }
+    Ok(Json(refund::view(&state.pool, &auth.merchant_id, &id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/refunds/{id}/cancel", tag = "refunds", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the refund id, rfd_…")),
+    responses((status = 200, body = CryptoRefundView, description = "`canceled`: what it held is back on the balances it came from"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "refund_state: paid, being paid, or closed")))]
+pub async fn cancel(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<CryptoRefundView>, ApiError> {
+    if !crate::ids::is_id(&id, "rfd") {
+        return Err(ApiError::not_found("refund"));
+    }
+    Ok(Json(refund::cancel(&state.pool, &state.ledger, &auth.merchant_id, &id, state.clock.now()).await?))
+}
