@@ -140,7 +140,7 @@ pub async fn middleware(
         error.into_response()
     };
     let path = request.uri().path();
-    if path == "/pay" || path.starts_with("/pay/") {
+    if path == "/pay" || path.starts_with("/pay/") || path.starts_with("/refund/") {
         if let Err(wait) = state.ip_limiter.public.check(&key, now) {
             return too_many(wait, "requests");
         }
