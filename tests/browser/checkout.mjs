@@ -1,6 +1,8 @@
 // The checkout page in headless Chromium, against a running `payrail dev`: open the page of an
 // invoice, pick ETH on Ethereum, see the QR code, address and amount, pay with `payrail pay`, and
 // wait until the page says the invoice is paid. Screenshots are taken before and after paying.
+// Then the merchant refunds the ETH by claim link: the payer opens the refund page, enters an
+// address, and the page shows the refund paid by the payout executor.
 //
 // Run by tests/checkout.rs, which starts the dev stack, creates the invoice and passes:
 //   PAYRAIL_CHROMIUM          the Chromium binary (Debian's chromium)
@@ -147,6 +149,46 @@ try {
 
   check(problems.length === 0, problems.join("\n"));
   console.log("checkout.mjs: paid");
+
+  // The merchant refunds it all by claim link; the payer claims it on the refund page.
+  const refundResponse = await fetch(`${api}/v1/invoices/${invoiceId}/refunds`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ method: "crypto" }),
+  });
+  const refund = await refundResponse.json();
+  check(refundResponse.status === 201, `POST refunds answered ${refundResponse.status}: ${JSON.stringify(refund)}`);
+  check(refund.asset === ETH && refund.status === "open", `not an open ETH refund: ${JSON.stringify(refund)}`);
+  const token = refund.claim_url.split("/").pop();
+  const claim = await context.newPage();
+  claim.on("pageerror", (error) => problems.push(`refund page error: ${error.message}`));
+  const opened = await claim.goto(`${api}/refund/${token}`);
+  check(opened && opened.status() === 200, `GET /refund answered ${opened && opened.status()}`);
+  check((await claim.locator("#status-headline").textContent()) === "Claim your refund", "the refund page does not offer a claim");
+  const owed = await claim.locator("#status-message").textContent();
+  check(owed.includes(" ETH on Ethereum"), `the refund page does not say what is owed: ${owed}`);
+  // A typo is refused on the page, and nothing is claimed.
+  await claim.fill("#address", "0x1234");
+  await Promise.all([claim.waitForLoadState("load"), claim.click("#claim-button")]);
+  check(await claim.locator("#error").isVisible(), "a malformed address was not refused");
+  const refundAddress = "0x00000000000000000000000000000000000beef1";
+  await claim.fill("#address", `ethereum:${refundAddress}@1`);
+  await screenshot(claim, "refund-claim");
+  await Promise.all([claim.waitForLoadState("load"), claim.click("#claim-button")]);
+  check((await claim.locator("#status-headline").textContent()) === "Refund on its way", "the claim was not taken");
+  const started = Date.now();
+  while ((await claim.locator("#status-headline").textContent()) !== "Refund paid") {
+    check(Date.now() - started < PAID_TIMEOUT_MS, "the refund was not paid in time");
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await claim.reload();
+  }
+  await screenshot(claim, "refund-paid");
+  const shown = await (await fetch(`${api}/v1/refunds/${refund.id}`, { headers: { authorization: `Bearer ${key}` } })).json();
+  check(shown.status === "paid" && /^0x[0-9a-f]{64}$/.test(shown.tx_hash), `the refund is not paid: ${JSON.stringify(shown)}`);
+  check(shown.address.toLowerCase() === refundAddress, `paid to ${shown.address}`);
+  check((await invoice()).status === "refunded", "the invoice is not refunded");
+  check(problems.length === 0, problems.join("\n"));
+  console.log(`checkout.mjs: refund paid ${shown.amount_minor} wei in ${shown.tx_hash}`);
 } finally {
   await browser.close();
 }

@@ -493,11 +493,11 @@ impl Drop for DevStack {
 }
 
 #[tokio::test]
-async fn chromium_shows_the_page_and_sees_it_paid_on_the_dev_stack() {
+async fn chromium_pays_an_invoice_and_claims_its_refund_on_the_dev_stack() {
     let _dev_stack = crate::common::DEV_STACK.lock().await;
     let Some(chromium) = chromium() else {
         tell(
-            "SKIPPED chromium_shows_the_page_and_sees_it_paid_on_the_dev_stack: no Chromium \
+            "SKIPPED chromium_pays_an_invoice_and_claims_its_refund_on_the_dev_stack: no Chromium \
              (set PAYRAIL_CHROMIUM or install Debian's chromium; scripts/test does both)",
         );
         return;
@@ -540,7 +540,8 @@ async fn chromium_shows_the_page_and_sees_it_paid_on_the_dev_stack() {
     }
     assert!(out.status.success(), "checkout.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("checkout.mjs: paid"));
-    for name in ["open", "paid"] {
+    assert!(stdout.contains("checkout.mjs: refund paid"), "{stdout}");
+    for name in ["open", "paid", "refund-claim", "refund-paid"] {
         let shot = shots.join(format!("checkout-{name}.png"));
         let bytes = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
         assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", shot.display());
@@ -556,6 +557,6 @@ async fn chromium_shows_the_page_and_sees_it_paid_on_the_dev_stack() {
         .json()
         .await
         .expect("json");
-    assert_eq!(shown["status"], "paid", "{shown}");
+    assert_eq!(shown["status"], "refunded", "paid, then refunded in full by claim link: {shown}");
     drop(stack);
 }

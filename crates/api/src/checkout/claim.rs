@@ -59,7 +59,12 @@ fn checked_address(chain: &str, text: &str) -> Result<String, String> {
             .map(|a| a.to_string())
             .ok_or_else(|| format!("{address} is not a {} address.", chain_name(chain)))
     } else {
-        crate::creator::normalize_payout_address(chain, &address).map_err(|e| format!("{address} cannot be paid: {e}"))
+        crate::creator::normalize_payout_address(chain, &address).map_err(|e| match e {
+            crate::creator::CreatorError::Invalid { reason, .. } => {
+                format!("That is not an address on {}: {}", chain_name(chain), reason.split_once(": ").map_or(reason.as_str(), |(_, r)| r))
+            }
+            other => other.to_string(),
+        })
     }
 }
 
@@ -74,12 +79,13 @@ pub async fn page(State(state): State<AppState>, token: Result<Path<String>, Pat
     render(&state, &token, &nonce, None, StatusCode::OK).await
 }
 
-/// `POST /refund/{token}`: claims the refund for `address`. A browser gets the page again (with
-/// the refund's progress, or what was wrong); `Accept: application/json` gets the refund.
+/// `POST /refund/{token}`: claims the refund for `address`. A browser is sent back to the page
+/// (or gets it with what was wrong); `Accept: application/json` gets the refund.
 #[utoipa::path(post, path = "/refund/{token}", tag = "checkout",
     params(("token" = String, Path, description = "the claim token from the refund's claim_url")),
     request_body(content = ClaimForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, body = CryptoRefundView, description = "claimed; HTML for a browser"),
+    responses((status = 200, body = CryptoRefundView, description = "claimed (`Accept: application/json`)"),
+        (status = 303, description = "claimed: a browser is sent back to the page, which shows the refund's progress"),
         (status = 404, body = super::super::openapi::ErrorBody),
         (status = 409, body = super::super::openapi::ErrorBody, description = "refund_state (claimed, closed or expired), insufficient_funds, batcher_funds_short, refund_unavailable"),
         (status = 422, body = super::super::openapi::ErrorBody, description = "not an address of the refund's chain"),
@@ -100,7 +106,8 @@ pub async fn claim(
     match (result, json) {
         (Ok(view), true) => harden(Json(view).into_response(), JSON_CSP),
         (Err(error), true) => harden(error.into_response(), JSON_CSP),
-        (Ok(_), false) => render(&state, &token, &nonce, None, StatusCode::OK).await,
+        // Post/Redirect/Get: reloading the page then does not send the claim again.
+        (Ok(_), false) => harden(axum::response::Redirect::to(&format!("/refund/{token}")).into_response(), JSON_CSP),
         (Err(error), false) => {
             render(&state, &token, &nonce, Some(error.message), error.status).await
         }
@@ -190,7 +197,7 @@ fn claim_page(nonce: &str, view: &CryptoRefundView, merchant: &str, estimate: Op
     let _ = write!(
         out,
         concat!(
-            "<body>\n<main id=\"refund\" class=\"checkout\" data-state=\"{state}\">\n",
+            "<body>\n<main id=\"refund\" class=\"checkout refund state-{state}\" data-state=\"{state}\">\n",
             "<header>\n<p class=\"merchant\" id=\"merchant\">{merchant}</p>\n",
             "<p class=\"total\" id=\"total\">{value}</p>\n<p class=\"invoice-id\">Refund {id} of invoice {invoice}</p>\n</header>\n",
             "<section class=\"status\" id=\"status\" role=\"status\" aria-live=\"polite\">\n",
@@ -211,7 +218,7 @@ fn claim_page(nonce: &str, view: &CryptoRefundView, merchant: &str, estimate: Op
         let _ = write!(
             out,
             concat!(
-                "<section class=\"pay\" id=\"claim\">\n<form method=\"post\">\n",
+                "<section class=\"claim\" id=\"claim\">\n<form method=\"post\">\n",
                 "<label for=\"address\">Your {symbol} address on {chain}</label>\n",
                 "<input id=\"address\" name=\"address\" type=\"text\" required autocomplete=\"off\" spellcheck=\"false\" maxlength=\"300\">\n",
                 "<p class=\"hint\">A payment request from your wallet (a scanned QR code) works too.</p>\n",
