@@ -475,6 +475,8 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("PUT", "/v1/merchants/me/payout_addresses/{chain}"),
         ("GET", "/v1/merchants/me/settlement_schedule"),
         ("PUT", "/v1/merchants/me/settlement_schedule"),
+        ("POST", "/v1/merchants/me/payout_addresses/{chain}/confirm"),
+        ("POST", "/v1/creators/{id}/payout_addresses/{chain}/confirm"),
         ("POST", "/v1/settlements"),
         ("GET", "/v1/settlements"),
         ("GET", "/v1/settlements/{id}"),

@@ -356,7 +356,7 @@ async fn an_applied_late_payment_and_a_settlement_reconcile_with_zero_difference
         rig.state.clock.clone(),
     )
     .expect("payouts");
-    service.set_payout_address(&rig.merchant_id, "polygon", &Address::repeat_byte(0xd1).to_checksum(None), false).await.expect("address");
+    service.set_payout_address(&rig.merchant_id, "polygon", &Address::repeat_byte(0xd1).to_checksum(None), false, None).await.expect("address");
     let request = payrail::payout::SettlementRequest { chain: "polygon".to_owned(), asset: rig.chain.usdc(), amount_minor: None };
     let batch = service.settle(&rig.merchant_id, &request).await.expect("settle");
     assert_eq!(batch.total_minor, "50000000");

@@ -202,19 +202,19 @@ async fn a_new_payout_address_waits_out_the_takeover_delay(pool: PgPool) {
     earn(&state, &merchant.merchant_id, &polygon, 10_000_000, "0xf1").await;
     polygon.fund_batcher(10_000_000).await;
     let wallet = merchant_wallet().to_checksum(None);
-    let set = payouts.set_payout_address(&merchant.merchant_id, "polygon", &wallet, false).await.expect("set");
+    let set = payouts.set_payout_address(&merchant.merchant_id, "polygon", &wallet, false, None).await.expect("set");
     assert_eq!(set.usable_from, Some(clock.now() + chrono::Duration::days(1)));
     let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: None };
     let refused = payouts.settle(&merchant.merchant_id, &request).await.expect_err("too soon");
     assert!(matches!(refused, payrail::payout::PayoutError::Refused { code: "payout_address_recent", .. }), "{refused}");
     clock.advance(chrono::Duration::hours(23));
-    let again = payouts.set_payout_address(&merchant.merchant_id, "polygon", &wallet, false).await.expect("same again");
+    let again = payouts.set_payout_address(&merchant.merchant_id, "polygon", &wallet, false, None).await.expect("same again");
     assert_eq!(again.changed_at, set.changed_at, "the same address keeps its time");
     clock.advance(chrono::Duration::hours(1));
     let batch = payouts.settle(&merchant.merchant_id, &request).await.expect("after the delay");
     assert_eq!(batch.total_minor, "10000000");
     // A changed address starts the delay again.
-    let changed = payouts.set_payout_address(&merchant.merchant_id, "polygon", &Address::repeat_byte(0xd2).to_checksum(None), false).await;
+    let changed = payouts.set_payout_address(&merchant.merchant_id, "polygon", &Address::repeat_byte(0xd2).to_checksum(None), false, None).await;
     assert_eq!(changed.expect("changed").changed_at, Some(clock.now()));
 }
 
@@ -228,7 +228,7 @@ async fn killing_payouts_run_anywhere_pays_each_settlement_once(pool: PgPool) {
     let payouts = service(&state, &[&polygon], no_delay());
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     polygon.fund_batcher(1_000_000_000).await;
-    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false).await.expect("set");
+    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false, None).await.expect("set");
     let database = common::database_url(&pool);
     let miner = {
         let url = polygon.anvil.url();
@@ -296,7 +296,7 @@ async fn two_settlements_of_the_same_funds_at_once_take_them_once(pool: PgPool) 
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     earn(&state, &merchant.merchant_id, &polygon, 25_000_000, "0xc1").await;
     polygon.fund_batcher(100_000_000).await;
-    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false).await.expect("set");
+    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false, None).await.expect("set");
     let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: Some("25000000".to_owned()) };
     let (a, b) = tokio::join!(payouts.settle(&merchant.merchant_id, &request), payouts.settle(&merchant.merchant_id, &request));
     let (won, lost) = match (a, b) {
@@ -330,7 +330,7 @@ async fn a_daily_schedule_settles_balances_above_the_minimum_once_a_day(pool: Pg
     let payouts = state.payouts.clone().expect("payouts");
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     polygon.fund_batcher(100_000_000).await;
-    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false).await.expect("set");
+    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false, None).await.expect("set");
     let (status, shown) = server.get(&merchant.api_key, "/v1/merchants/me/settlement_schedule").await;
     assert_eq!((status, shown["schedule"].as_str()), (reqwest::StatusCode::OK, Some("manual")));
     let put = |body: serde_json::Value| {
@@ -386,7 +386,7 @@ async fn a_cancelled_settlement_returns_the_balance_and_is_never_sent(pool: PgPo
     let finance = payrail::merchant::create_platform_key(&state.pool, payrail::merchant::Role::Finance).await.expect("key");
     earn(state, &merchant.merchant_id, &polygon, 20_000_000, "0xd1").await;
     polygon.fund_batcher(100_000_000).await;
-    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false).await.expect("set");
+    payouts.set_payout_address(&merchant.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false, None).await.expect("set");
     let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: Some("8000000".to_owned()) };
     let first = payouts.settle(&merchant.merchant_id, &request).await.expect("settle");
     let read_before = store::open_batches(&state.pool, &polygon.spec.caip2).await.expect("open");
@@ -495,4 +495,75 @@ async fn a_creator_withdraws_and_a_changed_address_waits_out_the_delay(pool: PgP
     assert_eq!(run.created.len(), 1);
     assert_eq!(run.created[0].items[0].address, second_wallet.to_checksum(None));
     assert_eq!(run.created[0].total_minor, "15000000");
+}
+
+/// An address change confirmed by a second key is usable at once: another of the merchant's keys
+/// for its own address (never the key that made the change), the merchant for its creator's.
+#[sqlx::test]
+async fn a_second_key_confirms_an_address_change_at_once(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let config = PayoutsConfig { threshold_usd_cents: Amount::from_u64(100), ..PayoutsConfig::default() };
+    let server = common::Server::start_with(pool.clone(), |state| {
+        let payouts = service(state, &[&polygon], config.clone());
+        payouts.set_executor_running(true);
+        state.payouts = Some(Arc::new(payouts));
+    })
+    .await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    let other = create_merchant(&state.pool, "Other").await.expect("other");
+    let (status, second) = server.post(&merchant.api_key, "/v1/api_keys", json!({"name": "second"}), None).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{second}");
+    let second_key = second["secret"].as_str().expect("secret").to_owned();
+    earn(state, &merchant.merchant_id, &polygon, 10_000_000, "0xc9").await;
+    polygon.fund_batcher(100_000_000).await;
+
+    let response = server
+        .request(reqwest::Method::PUT, Some(&merchant.api_key), "/v1/merchants/me/payout_addresses/polygon")
+        .json(&json!({"address": merchant_wallet().to_checksum(None)}))
+        .send()
+        .await
+        .expect("put");
+    let set: serde_json::Value = response.json().await.expect("json");
+    assert!(set["confirmed_at"].is_null() && set["usable_from"].is_string(), "{set}");
+    let all = json!({"chain": "polygon", "asset": polygon.usdc()});
+    let (status, body) = server.post(&merchant.api_key, "/v1/settlements", all.clone(), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("payout_address_recent")), "{body}");
+    let confirm = "/v1/merchants/me/payout_addresses/polygon/confirm";
+    let (status, body) = server.post(&merchant.api_key, confirm, json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("second_key_required")), "{body}");
+    let (status, body) = server.post(&second_key, confirm, json!({}), None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert!(body["confirmed_at"].is_string(), "{body}");
+    let (status, body) = server.post(&merchant.api_key, "/v1/settlements", all.clone(), None).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "confirmed: usable at once: {body}");
+
+    // A creator's change is confirmed by its merchant, and only by its merchant.
+    let creator = payrail::creator::create_creator(
+        &state.pool,
+        &merchant.merchant_id,
+        &payrail::creator::CreateCreator { name: "Ada".to_owned(), payout_addresses: Default::default() },
+    )
+    .await
+    .expect("creator");
+    let rules: payrail::creator::SplitRules =
+        serde_json::from_value(json!({"default": {"splits": [{"creator": creator.creator.id, "bps": 5000}]}})).expect("rules");
+    payrail::creator::set_split_rules(&state.pool, &merchant.merchant_id, &rules).await.expect("rules");
+    earn(state, &merchant.merchant_id, &polygon, 4_000_000, "0xca").await;
+    let response = server
+        .request(reqwest::Method::PUT, Some(&creator.api_key), "/v1/creators/me/payout_addresses/polygon")
+        .json(&json!({"address": Address::repeat_byte(0xc3).to_checksum(None)}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let (status, body) = server.post(&creator.api_key, "/v1/creators/me/withdrawals", all.clone(), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("payout_address_recent")), "{body}");
+    let path = format!("/v1/creators/{}/payout_addresses/polygon/confirm", creator.creator.id);
+    let (status, _) = server.post(&other.api_key, &path, json!({}), None).await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "another merchant's creator");
+    let (status, body) = server.post(&merchant.api_key, &path, json!({}), None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let (status, body) = server.post(&creator.api_key, "/v1/creators/me/withdrawals", all, None).await;
+    assert_eq!((status, body["total_minor"].as_str()), (reqwest::StatusCode::CREATED, Some("2000000")), "{body}");
 }

@@ -15,6 +15,8 @@ use super::AppState;
 #[derive(Debug, Clone)]
 pub struct MerchantAuth {
     pub merchant_id: String,
+    /// The key used (`key_…`): a second key can confirm what the first one changed.
+    pub key_id: String,
 }
 
 impl FromRequestParts<AppState> for MerchantAuth {
@@ -23,7 +25,7 @@ impl FromRequestParts<AppState> for MerchantAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let principal = principal(parts, state).await?;
         match (principal.role, principal.merchant_id) {
-            (Role::Merchant, Some(merchant_id)) => Ok(Self { merchant_id }),
+            (Role::Merchant, Some(merchant_id)) => Ok(Self { merchant_id, key_id: principal.key_id }),
             _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key is not a merchant key")),
         }
     }
@@ -34,6 +36,7 @@ impl FromRequestParts<AppState> for MerchantAuth {
 pub struct CreatorAuth {
     pub merchant_id: String,
     pub creator_id: String,
+    pub key_id: String,
 }
 
 impl FromRequestParts<AppState> for CreatorAuth {
@@ -42,7 +45,7 @@ impl FromRequestParts<AppState> for CreatorAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let principal = principal(parts, state).await?;
         match (principal.role, principal.merchant_id, principal.creator_id) {
-            (Role::Creator, Some(merchant_id), Some(creator_id)) => Ok(Self { merchant_id, creator_id }),
+            (Role::Creator, Some(merchant_id), Some(creator_id)) => Ok(Self { merchant_id, creator_id, key_id: principal.key_id }),
             _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key is not a creator key")),
         }
     }

@@ -191,6 +191,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/payouts/{id}/cancel", post(payouts::cancel))
         .route("/v1/merchants/me/payout_addresses", get(settlements::addresses))
         .route("/v1/merchants/me/payout_addresses/{chain}", axum::routing::put(settlements::put_address))
+        .route("/v1/merchants/me/payout_addresses/{chain}/confirm", post(settlements::confirm_address))
+        .route("/v1/creators/{id}/payout_addresses/{chain}/confirm", post(settlements::confirm_creator_address))
         .route("/v1/merchants/me/settlement_schedule", get(settlements::get_schedule).put(settlements::put_schedule))
         .route("/v1/settlements", post(settlements::create).get(settlements::list))
         .route("/v1/settlements/{id}", get(settlements::show))

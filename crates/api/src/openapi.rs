@@ -102,6 +102,8 @@ fn openapi_json() {}
         super::payouts::cancel,
         super::settlements::addresses,
         super::settlements::put_address,
+        super::settlements::confirm_address,
+        super::settlements::confirm_creator_address,
         super::settlements::put_creator_address,
         super::settlements::creator_withdrawal,
         super::settlements::get_schedule,

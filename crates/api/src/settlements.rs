@@ -76,8 +76,42 @@ pub async fn put_address(
     body: Result<Json<PayoutAddressBody>, JsonRejection>,
 ) -> Result<Json<PayoutAddress>, ApiError> {
     let Json(body) = body?;
-    let set = service(&state)?.set_payout_address(&auth.merchant_id, &chain, &body.address, body.contract_confirmed).await?;
+    let set = service(&state)?.set_payout_address(&auth.merchant_id, &chain, &body.address, body.contract_confirmed, Some(&auth.key_id)).await?;
     Ok(Json(set))
+}
+
+#[utoipa::path(post, path = "/v1/merchants/me/payout_addresses/{chain}/confirm", tag = "settlements", security(("bearer" = [])),
+    params(("chain" = String, Path, description = "a payout chain by name (`polygon`) or CAIP-2 id")),
+    responses((status = 200, body = PayoutAddress, description = "the address, usable at once (`confirmed_at` set)"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "second_key_required: the key that changed it; payout_address_missing"),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn confirm_address(State(state): State<AppState>, auth: MerchantAuth, Path(chain): Path<String>) -> Result<Json<PayoutAddress>, ApiError> {
+    Ok(Json(service(&state)?.confirm_payout_address(&auth.merchant_id, None, &chain, &auth.key_id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/creators/{id}/payout_addresses/{chain}/confirm", tag = "creators", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the creator, cr_…"), ("chain" = String, Path, description = "a payout chain by name or CAIP-2 id")),
+    responses((status = 200, body = PayoutAddress, description = "the creator's address, usable at once"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "payout_address_missing"),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn confirm_creator_address(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path((creator_id, chain)): Path<(String, String)>,
+) -> Result<Json<PayoutAddress>, ApiError> {
+    let owned: Option<String> = sqlx::query_scalar("SELECT id FROM creators WHERE id = $1 AND merchant_id = $2")
+        .bind(&creator_id)
+        .bind(&auth.merchant_id)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(ApiError::database)?;
+    if owned.is_none() {
+        return Err(ApiError::not_found("creator"));
+    }
+    Ok(Json(service(&state)?.confirm_payout_address(&auth.merchant_id, Some(&creator_id), &chain, &auth.key_id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/settlements", tag = "settlements", security(("bearer" = [])),
@@ -171,7 +205,7 @@ pub async fn put_creator_address(
 ) -> Result<Json<PayoutAddress>, ApiError> {
     let Json(body) = body?;
     let set = service(&state)?
-        .set_creator_payout_address(&auth.creator_id, &auth.merchant_id, &chain, &body.address, body.contract_confirmed)
+        .set_creator_payout_address(&auth.creator_id, &auth.merchant_id, &chain, &body.address, body.contract_confirmed, Some(&auth.key_id))
         .await?;
     Ok(Json(set))
 }

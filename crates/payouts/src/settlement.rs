@@ -92,6 +92,8 @@ pub struct PayoutAddress {
     /// When it was last set: payments to it wait until the takeover delay has passed. Null for a
     /// creator's address its merchant set when it created the creator: usable at once.
     pub changed_at: Option<DateTime<Utc>>,
+    /// When a second key confirmed the change (usable from then on, without waiting out the delay).
+    pub confirmed_at: Option<DateTime<Utc>>,
     /// When payments to it may start; null when at once.
     pub usable_from: Option<DateTime<Utc>>,
 }
@@ -249,14 +251,16 @@ impl PayoutService {
     /// refused unless `contract_confirmed` (a multisig wallet, say): tokens sent to a contract that
     /// cannot move them are lost. Setting the same address again keeps its time; a new one starts
     /// the takeover delay.
+    /// `changed_by`: the API key that asks (another key can then confirm the change).
     pub async fn set_payout_address(
         &self,
         merchant_id: &str,
         chain: &str,
         address: &str,
         contract_confirmed: bool,
+        changed_by: Option<&str>,
     ) -> Result<PayoutAddress> {
-        self.set_address(Payee::Merchant(merchant_id), chain, address, contract_confirmed).await
+        self.set_address(Payee::Merchant(merchant_id), chain, address, contract_confirmed, changed_by).await
     }
 
     /// Sets a creator's payout address over its own key, as [`Self::set_payout_address`] does for a
@@ -268,11 +272,58 @@ impl PayoutService {
         chain: &str,
         address: &str,
         contract_confirmed: bool,
+        changed_by: Option<&str>,
     ) -> Result<PayoutAddress> {
-        self.set_address(Payee::Creator { creator_id, merchant_id }, chain, address, contract_confirmed).await
+        self.set_address(Payee::Creator { creator_id, merchant_id }, chain, address, contract_confirmed, changed_by).await
     }
 
-    async fn set_address(&self, payee: Payee<'_>, chain: &str, address: &str, contract_confirmed: bool) -> Result<PayoutAddress> {
+    /// Confirms a payout address change with a second key, so it is usable at once: another of the
+    /// merchant's keys than the one that set it (a merchant's address), or the creator's merchant (a
+    /// creator's). Refused (`second_key_required`) from the key that made the change; an address
+    /// already usable is returned as it is.
+    pub async fn confirm_payout_address(&self, merchant_id: &str, creator_id: Option<&str>, chain: &str, confirmed_by: &str) -> Result<PayoutAddress> {
+        let payee = match creator_id {
+            Some(creator_id) => Payee::Creator { creator_id, merchant_id },
+            None => Payee::Merchant(merchant_id),
+        };
+        let asked = RunRequest { chain: Some(chain.to_owned()), asset: None };
+        let spec = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.to_owned() })?;
+        let (table, column, id) = payee.addresses();
+        let mut tx = self.pool().begin().await?;
+        let row: Option<(Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
+            "SELECT changed_by_key, confirmed_at FROM {table} WHERE {column} = $1 AND chain = $2 FOR UPDATE"
+        ))
+        .bind(id)
+        .bind(spec.caip2.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((changed_by, confirmed_at)) = row else {
+            return Err(PayoutError::Refused { code: "payout_address_missing", reason: format!("no payout address on {}", spec.caip2) });
+        };
+        if confirmed_at.is_none() {
+            if changed_by.as_deref() == Some(confirmed_by) {
+                return Err(PayoutError::Refused {
+                    code: "second_key_required",
+                    reason: "the key that changed the address cannot confirm it: use another key".to_owned(),
+                });
+            }
+            sqlx::query(&format!("UPDATE {table} SET confirmed_at = $3, confirmed_by_key = $4 WHERE {column} = $1 AND chain = $2"))
+                .bind(id)
+                .bind(spec.caip2.to_string())
+                .bind(self.clock().now())
+                .bind(confirmed_by)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let address = payout_address(&mut tx, payee, &spec.caip2, self.config().address_change_delay_s)
+            .await?
+            .ok_or_else(|| PayoutError::Corrupt { value: format!("payout address of {id}") })?;
+        tx.commit().await?;
+        tracing::info!(target: "payout", payee = %payee.account().as_str(), chain = %spec.caip2, "payout address change confirmed by a second key");
+        Ok(address)
+    }
+
+    async fn set_address(&self, payee: Payee<'_>, chain: &str, address: &str, contract_confirmed: bool, changed_by: Option<&str>) -> Result<PayoutAddress> {
         let asked = RunRequest { chain: Some(chain.to_owned()), asset: None };
         let spec = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.to_owned() })?;
         let normalized = crate::payments_creator::normalize_payout_address(&spec.caip2.to_string(), address)
@@ -295,14 +346,16 @@ impl PayoutService {
         let mut conn = self.pool().acquire().await?;
         let (table, column, id) = payee.addresses();
         sqlx::query(&format!(
-            "INSERT INTO {table} ({column}, chain, address, changed_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT ({column}, chain) DO UPDATE SET address = EXCLUDED.address, changed_at = EXCLUDED.changed_at \
+            "INSERT INTO {table} ({column}, chain, address, changed_at, changed_by_key) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT ({column}, chain) DO UPDATE SET address = EXCLUDED.address, changed_at = EXCLUDED.changed_at, \
+                 changed_by_key = EXCLUDED.changed_by_key, confirmed_at = NULL, confirmed_by_key = NULL \
              WHERE {table}.address <> EXCLUDED.address"
         ))
         .bind(id)
         .bind(spec.caip2.to_string())
         .bind(&normalized)
         .bind(now)
+        .bind(changed_by)
         .execute(&mut *conn)
         .await?;
         payout_address(&mut conn, payee, &spec.caip2, self.config().address_change_delay_s)
@@ -410,30 +463,36 @@ impl PayoutService {
 /// The payee's payout address on `chain`, if set.
 async fn payout_address(conn: &mut PgConnection, payee: Payee<'_>, chain: &ChainId, delay_s: u64) -> Result<Option<PayoutAddress>> {
     let (table, column, id) = payee.addresses();
-    let row: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
-        "SELECT chain, address, changed_at FROM {table} WHERE {column} = $1 AND chain = $2"
+    let row: Option<AddressRow> = sqlx::query_as(&format!(
+        "SELECT chain, address, changed_at, confirmed_at FROM {table} WHERE {column} = $1 AND chain = $2"
     ))
     .bind(id)
     .bind(chain.to_string())
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|(chain, address, changed_at)| address_view(chain, address, changed_at, delay_s)))
+    Ok(row.map(|row| address_view(row, delay_s)))
 }
 
-fn address_view(chain: String, address: String, changed_at: Option<DateTime<Utc>>, delay_s: u64) -> PayoutAddress {
-    let usable_from = changed_at.map(|at| at + chrono::Duration::seconds(i64::try_from(delay_s).unwrap_or(i64::MAX / 1_000)));
-    PayoutAddress { chain, address, changed_at, usable_from }
+type AddressRow = (String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn address_view((chain, address, changed_at, confirmed_at): AddressRow, delay_s: u64) -> PayoutAddress {
+    let after_delay = changed_at.map(|at| at + chrono::Duration::seconds(i64::try_from(delay_s).unwrap_or(i64::MAX / 1_000)));
+    let usable_from = match (after_delay, confirmed_at) {
+        (Some(after_delay), Some(confirmed)) => Some(after_delay.min(confirmed)),
+        (usable_from, _) => usable_from,
+    };
+    PayoutAddress { chain, address, changed_at, confirmed_at, usable_from }
 }
 
 /// Every payout address of the merchant.
 pub async fn payout_addresses(pool: &PgPool, merchant_id: &str, delay_s: u64) -> Result<Vec<PayoutAddress>> {
-    let rows: Vec<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT chain, address, changed_at FROM merchant_payout_addresses WHERE merchant_id = $1 ORDER BY chain",
+    let rows: Vec<AddressRow> = sqlx::query_as(
+        "SELECT chain, address, changed_at, confirmed_at FROM merchant_payout_addresses WHERE merchant_id = $1 ORDER BY chain",
     )
     .bind(merchant_id)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(chain, address, changed_at)| address_view(chain, address, changed_at, delay_s)).collect())
+    Ok(rows.into_iter().map(|row| address_view(row, delay_s)).collect())
 }
 
 /// The merchant's settlements (batches paying its own balance), newest first; `before` a `po_…` id.

@@ -151,13 +151,14 @@ pub fn batch_key(batch_id: &str) -> B256 {
 }
 
 /// Creators of every merchant with a positive balance in `asset` and a payout address on `chain`
-/// that the creator did not change after `changed_before` (the takeover delay).
+/// that the creator did not change after `changed_before` (the takeover delay) or whose change its
+/// merchant confirmed.
 pub async fn candidates(conn: &mut PgConnection, chain: &ChainId, asset: &str, changed_before: DateTime<Utc>) -> Result<Vec<Candidate>> {
     let rows = sqlx::query(
         "SELECT c.id, c.merchant_id, a.address, sum(b.balance)::text AS balance \
          FROM creators c \
          JOIN creator_payout_addresses a ON a.creator_id = c.id AND a.chain = $1 \
-                                            AND (a.changed_at IS NULL OR a.changed_at <= $3) \
+                                            AND (a.changed_at IS NULL OR a.changed_at <= $3 OR a.confirmed_at IS NOT NULL) \
          JOIN accounts acc ON acc.code = 'liabilities:creator:' || c.id \
          JOIN balances b ON b.account_id = acc.id AND b.asset = $2 \
          GROUP BY c.id, c.merchant_id, a.address HAVING sum(b.balance) > 0 ORDER BY c.id",
