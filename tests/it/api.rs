@@ -496,6 +496,7 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/refund/{token}"),
         ("POST", "/refund/{token}"),
         ("GET", "/v1/refunds"),
+        ("POST", "/v1/unapplied/{id}/refund"),
         ("GET", "/v1/refunds/{id}"),
         ("POST", "/v1/refunds/{id}/cancel"),
         ("POST", "/v1/webhook_endpoints"),

@@ -200,9 +200,16 @@ async fn a_btc_refund_is_marked_paid_when_the_merchant_pays_the_address(pool: Pg
     assert_eq!(rig.view(&invoice.id).await.status.to_string(), "paid");
     let btc = common::BTC;
 
-    let request = payrail::refund::NewCryptoRefund { asset: None, amount: payrail::refund::RefundAmount::RateThen { value: None }, reason: None, expires_in_s: None };
+    let request = payrail::refund::NewCryptoRefund {
+        asset: None,
+        amount: payrail::refund::RefundAmount::RateThen { value: None },
+        reason: None,
+        expires_in_s: None,
+        asset_info: None,
+    };
     let now = rig.state.clock.now();
-    let created = payrail::refund::create(&rig.state.pool, &rig.state.ledger, &rig.merchant_id, &invoice.id, &request, now).await.expect("refund");
+    let source = payrail::refund::RefundSource::Invoice(&invoice.id);
+    let created = payrail::refund::create(&rig.state.pool, &rig.state.ledger, &rig.merchant_id, source, &request, now).await.expect("refund");
     assert_eq!(created.refund.amount_minor.as_deref(), Some(due(&invoice).to_string().as_str()));
     let secp = Secp256k1::new();
     let key = SecretKey::from_slice(&[7u8; 32]).expect("key");
@@ -253,4 +260,78 @@ async fn a_btc_refund_is_marked_paid_when_the_merchant_pays_the_address(pool: Pg
     assert!(report.ok && report.differences == 0, "{report:#?}");
     let kinds: Vec<(payrail::reconcile::Category, payrail::reconcile::ItemKind)> = report.items.iter().map(|i| (i.category, i.kind)).collect();
     assert!(kinds.contains(&(payrail::reconcile::Category::Matched, payrail::reconcile::ItemKind::Refund)), "{report:#?}");
+}
+
+/// A late payment held on the unapplied balance is refunded whole by claim link: it leaves the
+/// unapplied list and cannot be applied while the refund stands; cancelled, it is held again.
+#[sqlx::test]
+async fn a_held_late_payment_is_refunded_by_claim_link(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let server = common::Server::start_with(pool.clone(), |state| {
+        let payouts = service(state, &[&polygon], no_delay());
+        payouts.set_executor_running(true);
+        state.payouts = Some(Arc::new(payouts));
+    })
+    .await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    polygon.fund_batcher(100_000_000).await;
+    let usdc = polygon.usdc();
+    let invoice = common::invoice(state, &merchant.merchant_id, "10.00", &[&usdc]).await;
+    server.clock.advance(chrono::Duration::hours(2));
+    payrail::invoice::expire_due(&state.pool, state.clock.now()).await.expect("expire");
+    let late = payrail::invoice::ObservedPayment {
+        invoice_id: invoice.id.clone(),
+        chain: polygon.spec.caip2.clone(),
+        asset: usdc.parse().expect("asset"),
+        tx_ref: format!("{}:0xd1:0", polygon.spec.caip2),
+        address: None,
+        amount: Amount::from_u64(10_000_000),
+        confirmations: 1,
+        confirmations_required: 1,
+        block: None,
+    };
+    let mut db = state.pool.begin().await.expect("begin");
+    payrail::invoice::apply_payment(&mut db, &state.ledger, &late, state.clock.now()).await.expect("apply");
+    db.commit().await.expect("commit");
+    let (_, held) = server.get(&merchant.api_key, "/v1/unapplied").await;
+    let payment_id = held["data"][0]["id"].as_str().expect("held payment").to_owned();
+    let unapplied = AccountCode::unapplied(&merchant.merchant_id);
+    assert_eq!(server.balance(&unapplied, &usdc).await, units(10_000_000));
+
+    let path = format!("/v1/unapplied/{payment_id}/refund");
+    let (status, refund) = server.post(&merchant.api_key, &path, json!({"reason": "paid too late"}), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{refund}");
+    assert_eq!((refund["amount_minor"].as_str(), refund["invoice_id"].as_str()), (Some("10000000"), Some(invoice.id.as_str())));
+    assert_eq!(server.balance(&unapplied, &usdc).await, SignedAmount::ZERO, "reserved from the unapplied balance");
+    let (_, held) = server.get(&merchant.api_key, "/v1/unapplied").await;
+    assert_eq!(held["data"].as_array().map(Vec::len), Some(0), "being refunded: not held for review: {held}");
+    let (status, body) = server.post(&merchant.api_key, &format!("/v1/unapplied/{payment_id}/apply"), json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("payment_refunding")), "{body}");
+    let (status, body) = server.post(&merchant.api_key, &path, json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("nothing_to_refund")), "once: {body}");
+
+    let id = refund["id"].as_str().expect("id");
+    let (status, _) = server.post(&merchant.api_key, &format!("/v1/refunds/{id}/cancel"), json!({}), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.balance(&unapplied, &usdc).await, units(10_000_000), "held again");
+    let (_, held) = server.get(&merchant.api_key, "/v1/unapplied").await;
+    assert_eq!(held["data"][0]["id"].as_str(), Some(payment_id.as_str()));
+
+    // Refunded again and claimed: paid by a payout.
+    let (_, refund) = server.post(&merchant.api_key, &path, json!({}), None).await;
+    let token = token_of(&refund);
+    let response = server
+        .request(reqwest::Method::POST, None, &format!("/refund/{token}"))
+        .header("accept", "application/json")
+        .form(&[("address", payer().to_checksum(None))])
+        .send()
+        .await
+        .expect("claim");
+    let claimed: Value = response.json().await.expect("json");
+    let sender = PayoutSender::new(polygon.spec.clone(), DEV_DEPLOYER_KEY, state.pool.clone(), state.ledger.clone(), no_delay(), state.clock.clone())
+        .expect("sender");
+    assert!(drive_to_end(&polygon, state, &sender, claimed["payout_id"].as_str().expect("payout")).await.is_final());
+    assert_eq!(polygon.usdc_of(payer()).await, U256::from(10_000_000u64));
+    assert_eq!(server.invoice_view(&invoice.id).await.status.to_string(), "expired", "the invoice was never paid");
 }

@@ -178,6 +178,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/balance_transactions", get(balances::transactions))
         .route("/v1/unapplied", get(invoices::unapplied))
         .route("/v1/unapplied/{id}/apply", post(invoices::apply_unapplied))
+        .route("/v1/unapplied/{id}/refund", post(refunds::refund_unapplied))
         .route("/v1/merchants/me/bitcoin", get(bitcoin::get_descriptor).put(bitcoin::put_descriptor))
         .route("/v1/creators", post(creators::create).get(creators::list))
         .route("/v1/creators/me", get(creators::me))

@@ -125,6 +125,7 @@ fn openapi_json() {}
         super::checkout::claim::page,
         super::checkout::claim::claim,
         super::refunds::list,
+        super::refunds::refund_unapplied,
         super::refunds::show,
         super::refunds::cancel,
         super::webhooks::create_endpoint,

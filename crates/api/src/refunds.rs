@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::Value;
 
 use crate::money::{Amount, Fiat};
-use crate::refund::{self, CryptoRefundView, NewCryptoRefund, RefundAmount};
+use crate::refund::{self, CryptoRefundView, NewCryptoRefund, RefundAmount, RefundSource};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
@@ -82,8 +82,25 @@ pub async fn create_crypto(
             return Err(invalid("asset: a CAIP-19 asset id"));
         }
     }
-    let request = NewCryptoRefund { asset: body.asset.clone(), amount, reason: body.reason.clone(), expires_in_s: body.expires_in_s };
-    let created = refund::create(&state.pool, &state.ledger, merchant_id, invoice_id, &request, state.clock.now()).await?;
+    let request = NewCryptoRefund { asset: body.asset.clone(), amount, reason: body.reason.clone(), expires_in_s: body.expires_in_s, asset_info: None };
+    create(state, merchant_id, RefundSource::Invoice(invoice_id), request).await
+}
+
+async fn create(state: &AppState, merchant_id: &str, source: RefundSource<'_>, mut request: NewCryptoRefund) -> Result<CryptoRefundView, ApiError> {
+    if let RefundSource::Unapplied(payment_id) = source {
+        // A held payment may be in an asset its invoice did not quote: its decimals come from the
+        // configured assets.
+        let asset: Option<String> = sqlx::query_scalar("SELECT asset FROM payments WHERE id = $1 AND merchant_id = $2")
+            .bind(payment_id)
+            .bind(merchant_id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(ApiError::database)?;
+        request.asset_info = asset
+            .and_then(|a| a.parse().ok())
+            .and_then(|a| state.catalog.get(&a).map(|c| (c.symbol.clone(), c.decimals)));
+    }
+    let created = refund::create(&state.pool, &state.ledger, merchant_id, source, &request, state.clock.now()).await?;
     let mut view = created.refund;
     if view.chain.starts_with("eip155:") && !state.payouts.as_ref().is_some_and(|p| p.pays_refunds_of(&view.chain, &view.asset)) {
         // Nothing could send it: take it back at once rather than hand out a link that cannot pay.
@@ -96,6 +113,37 @@ pub async fn create_crypto(
     }
     view.claim_url = Some(format!("{}/refund/{}", state.public_url, created.token));
     Ok(view)
+}
+
+/// Body of `POST /v1/unapplied/{id}/refund`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnappliedRefundBody {
+    /// A note, at most 500 characters.
+    pub reason: Option<String>,
+    /// How long the claim link is usable, 60 s to 90 days; 30 days when absent.
+    pub expires_in_s: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/v1/unapplied/{id}/refund", tag = "refunds", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the held payment's id, pay_…")),
+    request_body = UnappliedRefundBody,
+    responses((status = 201, body = CryptoRefundView, description = "the refund of the whole payment, `open`, with its one-time `claim_url`"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "payment_not_unapplied, payment_not_confirmed, nothing_to_refund (being refunded already), refund_unavailable"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn refund_unapplied(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<UnappliedRefundBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<CryptoRefundView>), ApiError> {
+    let Json(body) = body?;
+    if !crate::ids::is_id(&id, "pay") {
+        return Err(ApiError::not_found("payment"));
+    }
+    let request = NewCryptoRefund { asset: None, amount: RefundAmount::RateThen { value: None }, reason: body.reason, expires_in_s: body.expires_in_s, asset_info: None };
+    Ok((StatusCode::CREATED, Json(create(&state, &auth.merchant_id, RefundSource::Unapplied(&id), request).await?)))
 }
 
 /// A page of refunds, newest first.

@@ -41,6 +41,12 @@ pub async fn apply_held_payment(
     let stored = store::load_payment_by_id(&mut tx, payment_id, true)
         .await?
         .ok_or_else(|| InvoiceError::PaymentNotFound { id: payment_id.to_owned() })?;
+    if refunding(&mut tx, payment_id).await? {
+        return Err(InvoiceError::Refused {
+            code: "payment_refunding",
+            reason: format!("payment {payment_id} is being refunded: cancel the refund to apply it"),
+        });
+    }
     let target = match target {
         Some(id) if id != own.id => lock_own(&mut tx, merchant_id, id).await?,
         _ => own,
@@ -65,9 +71,12 @@ pub async fn settle_invoice(
     let mut tx = pool.begin().await?;
     let mut invoice = lock_own(&mut tx, merchant_id, invoice_id).await?;
     if !matches!(invoice.status, InvoiceStatus::Paid | InvoiceStatus::Overpaid) {
-        let held: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM payments WHERE invoice_id = $1 AND applied_to = $2 AND status = $3 ORDER BY seen_at, id",
-        )
+        // A held payment being refunded stays out: its funds are reserved for the payer.
+        let held: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT p.id FROM payments p WHERE p.invoice_id = $1 AND p.applied_to = $2 AND p.status = $3 \
+               AND NOT {} ORDER BY p.seen_at, p.id",
+            crate::refund::STANDING_REFUND_OF_P
+        ))
         .bind(invoice_id)
         .bind(AppliedTo::Unapplied.as_str())
         .bind(PaymentStatus::Confirmed.as_str())
@@ -119,6 +128,18 @@ pub async fn invalidate_invoice(
         lock_own(&mut tx, merchant_id, other).await?;
     }
     let invoice = lock_own(&mut tx, merchant_id, invoice_id).await?;
+    let refunds: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM crypto_refunds WHERE invoice_id = $1 AND status NOT IN ('canceled', 'expired')",
+    )
+    .bind(invoice_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if refunds > 0 {
+        return Err(InvoiceError::Refused {
+            code: "invoice_refunding",
+            reason: format!("invoice {invoice_id} has crypto refunds: cancel those not paid before marking it invalid"),
+        });
+    }
     let status = plan_invalid_status(&invoice)?;
     if status.moves() {
         let counting: Vec<String> = sqlx::query_scalar(
@@ -143,6 +164,15 @@ pub async fn invalidate_invoice(
     let view = load_view(&mut tx, Some(merchant_id), invoice_id).await?;
     tx.commit().await?;
     Ok(view)
+}
+
+/// Whether a crypto refund that still stands takes (part of) payment `payment_id`.
+async fn refunding(tx: &mut PgConnection, payment_id: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(&format!("SELECT {} FROM payments p WHERE p.id = $1", crate::refund::STANDING_REFUND_OF_P))
+        .bind(payment_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(false))
 }
 
 /// Locks the merchant's invoice `id`; another merchant's is not found.

@@ -103,13 +103,16 @@ pub async fn list_unapplied(
                 .ok_or_else(|| InvoiceError::Invalid { field: "starting_after", reason: format!("no payment {id}") })?,
         ),
     };
-    let mut rows: Vec<UnappliedRow> = sqlx::query_as(
+    // A payment being refunded is no longer held for the merchant to resolve.
+    let mut rows: Vec<UnappliedRow> = sqlx::query_as(&format!(
         "SELECT id, invoice_id, chain, asset, tx_ref, address, amount_minor::text AS amount_minor, status, \
                 unapplied_reason, seen_at, confirmed_at \
-         FROM payments WHERE merchant_id = $1 AND applied_to = $2 AND status IN ($3, $4) \
+         FROM payments p WHERE merchant_id = $1 AND applied_to = $2 AND status IN ($3, $4) \
+           AND NOT {} \
            AND ($5::timestamptz IS NULL OR (seen_at, id) > ($5, $6)) \
          ORDER BY seen_at, id LIMIT $7",
-    )
+        crate::refund::STANDING_REFUND_OF_P
+    ))
     .bind(merchant_id)
     .bind(super::plan::AppliedTo::Unapplied.as_str())
     .bind(PaymentStatus::Seen.as_str())

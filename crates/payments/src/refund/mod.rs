@@ -42,6 +42,21 @@ pub const CLAIM_MAX_S: i64 = 90 * 24 * 3600;
 /// Most refunds listed on one page.
 pub const LIST_LIMIT_MAX: i64 = 100;
 
+/// Whether a crypto refund that still stands (not cancelled or expired) takes part of payment `p`:
+/// an SQL condition on a `payments p` row.
+pub const STANDING_REFUND_OF_P: &str = "EXISTS (SELECT 1 FROM crypto_refund_parts x JOIN crypto_refunds r ON r.id = x.refund_id \
+     WHERE x.payment_id = p.id AND r.status NOT IN ('canceled', 'expired'))";
+
+/// What a refund gives back.
+#[derive(Debug, Clone, Copy)]
+pub enum RefundSource<'a> {
+    /// The payments that count toward this invoice (`inv_…`), which must be paid.
+    Invoice(&'a str),
+    /// One payment held on the unapplied balance (`pay_…`), whole: late, to an expired or invalid
+    /// invoice, or in an asset it did not quote.
+    Unapplied(&'a str),
+}
+
 /// What the merchant asks (the API's body, parsed).
 #[derive(Debug, Clone)]
 pub struct NewCryptoRefund {
@@ -51,6 +66,9 @@ pub struct NewCryptoRefund {
     pub reason: Option<String>,
     /// Seconds the claim link stays usable.
     pub expires_in_s: Option<i64>,
+    /// The asset's symbol and decimals where the invoice did not quote it (an unapplied payment in
+    /// another asset), from the configured assets.
+    pub asset_info: Option<(String, u8)>,
 }
 
 /// A crypto refund as the API and its events show it.
@@ -153,12 +171,12 @@ pub struct Created {
     pub token: String,
 }
 
-/// Creates a refund of `merchant_id`'s invoice `invoice_id`; see the module docs.
+/// Creates a refund of `source`, an invoice or a held payment of `merchant_id`; see the module docs.
 pub async fn create(
     pool: &PgPool,
     ledger: &Ledger,
     merchant_id: &str,
-    invoice_id: &str,
+    source: RefundSource<'_>,
     request: &NewCryptoRefund,
     now: DateTime<Utc>,
 ) -> Result<Created> {
@@ -175,29 +193,53 @@ pub async fn create(
     // Serialized with settlements, withdrawals and payout runs (the payouts' lock), so a refund and
     // a settlement of the same funds cannot both read them as available.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('payrail.payouts.run'))").execute(&mut *tx).await?;
+    let invoice_id = match source {
+        RefundSource::Invoice(id) => id.to_owned(),
+        RefundSource::Unapplied(payment_id) => {
+            let row = sqlx::query("SELECT invoice_id, applied_to, status FROM payments WHERE id = $1 AND merchant_id = $2")
+                .bind(payment_id)
+                .bind(merchant_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| InvoiceError::PaymentNotFound { id: payment_id.to_owned() })?;
+            if row.try_get::<String, _>("applied_to")? != "unapplied" {
+                return Err(refused("payment_not_unapplied", format!("payment {payment_id} counts toward an invoice: refund the invoice")));
+            }
+            if row.try_get::<String, _>("status")? != "confirmed" {
+                return Err(refused("payment_not_confirmed", format!("payment {payment_id} is not confirmed")));
+            }
+            if !matches!(request.amount, RefundAmount::RateThen { value: None }) {
+                return Err(InvoiceError::Invalid { field: "amount", reason: "a held payment is refunded whole: leave amount out".to_owned() });
+            }
+            row.try_get("invoice_id")?
+        }
+    };
     let invoice = sqlx::query("SELECT status, currency, amount_minor::text AS amount FROM invoices WHERE id = $1 AND merchant_id = $2 FOR UPDATE")
-        .bind(invoice_id)
+        .bind(&invoice_id)
         .bind(merchant_id)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| InvoiceError::NotFound { id: invoice_id.to_owned() })?;
+        .ok_or_else(|| InvoiceError::NotFound { id: invoice_id.clone() })?;
     let status: String = invoice.try_get("status")?;
-    if !matches!(status.as_str(), "paid" | "overpaid" | "refunded") {
-        return Err(InvoiceError::WrongState { id: invoice_id.to_owned(), status, action: "refunded" });
+    if matches!(source, RefundSource::Invoice(_)) && !matches!(status.as_str(), "paid" | "overpaid" | "refunded") {
+        return Err(InvoiceError::WrongState { id: invoice_id.clone(), status, action: "refunded" });
     }
     let currency: String = invoice.try_get("currency")?;
     let invoice_amount = amount_of(&invoice.try_get::<String, _>("amount")?, "amount_minor")?;
-    // Every confirmed payment counting toward the invoice, locked: a payment's refunded parts and
-    // its credit cannot change under this refund.
-    let rows = sqlx::query(
+    // The confirmed payments it gives back, locked: a payment's refunded parts and its credit cannot
+    // change under this refund.
+    let (filter, key) = match source {
+        RefundSource::Invoice(id) => ("COALESCE(p.applied_invoice_id, p.invoice_id) = $1 AND p.applied_to = 'invoice'", id),
+        RefundSource::Unapplied(id) => ("p.id = $1 AND p.applied_to = 'unapplied'", id),
+    };
+    let rows = sqlx::query(&format!(
         "SELECT p.id, p.chain, p.asset, p.amount_minor::text AS amount, p.value_minor::text AS value, p.ledger_entry_id, \
                 COALESCE((SELECT sum(x.returned_minor) FROM crypto_refund_parts x JOIN crypto_refunds r ON r.id = x.refund_id \
                           WHERE x.payment_id = p.id AND r.status NOT IN ('canceled', 'expired')), 0)::text AS returned \
-         FROM payments p WHERE COALESCE(p.applied_invoice_id, p.invoice_id) = $1 AND p.applied_to = 'invoice' \
-           AND p.status = 'confirmed' AND p.chain <> 'stripe' \
-         ORDER BY p.seen_at DESC, p.id DESC FOR UPDATE OF p",
-    )
-    .bind(invoice_id)
+         FROM payments p WHERE {filter} AND p.status = 'confirmed' AND p.chain <> 'stripe' \
+         ORDER BY p.seen_at DESC, p.id DESC FOR UPDATE OF p"
+    ))
+    .bind(key)
     .fetch_all(&mut *tx)
     .await?;
     let mut assets: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("asset")).collect::<std::result::Result<_, _>>()?;
@@ -205,19 +247,23 @@ pub async fn create(
     assets.dedup();
     let asset = match (&request.asset, assets.as_slice()) {
         (Some(asset), _) if assets.contains(asset) => asset.clone(),
-        (Some(asset), _) => return Err(refused("asset_not_paid", format!("the invoice has no confirmed payment in {asset}"))),
+        (Some(asset), _) => return Err(refused("asset_not_paid", format!("no confirmed payment to refund in {asset}"))),
         (None, [one]) => one.clone(),
-        (None, []) => return Err(refused("nothing_to_refund", "the invoice has no confirmed crypto payment")),
+        (None, []) => return Err(refused("nothing_to_refund", "no confirmed crypto payment to refund")),
         (None, several) => {
             return Err(InvoiceError::Invalid { field: "asset", reason: format!("the invoice was paid in {}: name one", several.join(", ")) })
         }
     };
-    let option = sqlx::query("SELECT symbol, decimals FROM payment_options WHERE invoice_id = $1 AND asset = $2")
-        .bind(invoice_id)
+    let quoted: Option<(String, i16)> = sqlx::query_as("SELECT symbol, decimals FROM payment_options WHERE invoice_id = $1 AND asset = $2")
+        .bind(&invoice_id)
         .bind(&asset)
         .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| refused("asset_not_quoted", format!("the invoice did not quote {asset}: its decimals are unknown")))?;
+        .await?;
+    let (symbol, decimals) = match (quoted, &request.asset_info) {
+        (Some(quoted), _) => quoted,
+        (None, Some((symbol, decimals))) => (symbol.clone(), i16::from(*decimals)),
+        (None, None) => return Err(refused("asset_not_quoted", format!("{asset} is not a configured asset: its decimals are unknown"))),
+    };
     let mut payments = Vec::new();
     let mut entries = Vec::new();
     let mut chain = String::new();
@@ -254,11 +300,11 @@ pub async fn create(
     )
     .bind(&id)
     .bind(merchant_id)
-    .bind(invoice_id)
+    .bind(&invoice_id)
     .bind(&chain)
     .bind(&asset)
-    .bind(option.try_get::<String, _>("symbol")?)
-    .bind(option.try_get::<i16, _>("decimals")?)
+    .bind(&symbol)
+    .bind(decimals)
     .bind(request.amount.kind())
     .bind(&currency)
     .bind(reservation.value.to_string())
