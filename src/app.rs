@@ -147,6 +147,7 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
     let payouts = crate::payout::PayoutService::new(config, pool.clone(), ledger.clone(), rates.clone(), clock.clone())
         .map(Arc::new);
     let reconciler = Arc::new(crate::reconcile::Reconciler::new(pool.clone(), config.chains().to_vec()));
+    let live = Arc::new(crate::api::checkout::live::LiveHub::new(pool.clone()));
     AppState {
         ledger,
         pool,
@@ -157,6 +158,7 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
         webhooks_allow_loopback: config.webhooks.allow_loopback,
         webhook_secrets,
         public_url: config.server.public_url.clone(),
+        live,
         policy: Arc::new(InvoicePolicy {
             expires_in_s_default: config.invoices.expires_in_s_default,
             expires_in_s_max: config.invoices.expires_in_s_max,

@@ -145,6 +145,7 @@ try {
   check((await page.locator("#status-headline").textContent()) === "Paid", "the headline does not say Paid");
   check(!(await page.locator("#pay").isVisible()), "the address is still offered after payment");
   check((await page.locator("#payment-list li").count()) === 1, "the payment is not listed");
+  check((await page.locator("#checkout").getAttribute("data-live")) === "sse", "the page was not updated by its event stream");
   await screenshot(page, "paid");
 
   check(problems.length === 0, problems.join("\n"));

@@ -493,6 +493,7 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/openapi.json"),
         ("GET", "/pay/{id}"),
         ("GET", "/pay/{id}/status"),
+        ("GET", "/pay/{id}/events"),
         ("GET", "/refund/{token}"),
         ("POST", "/refund/{token}"),
         ("GET", "/v1/refunds"),

@@ -264,6 +264,65 @@ async fn status_tracks_a_payment_through_its_confirmations(pool: PgPool) {
     assert!(status["message"].as_str().expect("message").contains("extra 25.00 USD"), "{status}");
 }
 
+/// An open `/pay/{id}/events` stream, read event by event.
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(server: &Rig, id: &str) -> Self {
+        let response = server.request(reqwest::Method::GET, None, &format!("/pay/{id}/events")).send().await.expect("events");
+        assert_eq!(response.status(), StatusCode::OK);
+        let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        assert!(kind.starts_with("text/event-stream"), "{kind}");
+        Events { response, buffer: String::new() }
+    }
+
+    /// The next `status` event's JSON; `None` when the stream ended.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let data: String = block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
+                if block.lines().any(|l| l == "event: status") {
+                    return Some(serde_json::from_str(&data).expect("status json"));
+                }
+                continue; // a keep-alive comment
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.response.chunk()).await.expect("an event within 30 s").expect("read")?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// The page's event stream: the status now, then each change as it commits (woken through the
+/// outbox, not by polling), and the end after a final state. Prints how long each change took to
+/// arrive.
+#[sqlx::test]
+async fn the_event_stream_pushes_each_change_and_ends_when_final(pool: PgPool) {
+    let server = start(pool, "Shop").await;
+    let invoice = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH]})).await;
+    let id = invoice["id"].as_str().expect("id");
+    let due = Amount::from_u128(minor(&option(&invoice, ETH)["amount_minor"]));
+    let missing = server.page("/pay/inv_0000000000000000/events").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    let mut events = Events::open(&server, id).await;
+    assert_eq!(events.next().await.expect("first")["state"], "open");
+    let mut waits = Vec::new();
+    for (tx, confirmations, state) in [("0xaa", 1, "processing"), ("0xaa", 3, "paid"), ("0xbb", 3, "overpaid")] {
+        let started = Instant::now();
+        server.pay(id, ETH, tx, due, confirmations).await;
+        let status = events.next().await.expect("an event");
+        waits.push(started.elapsed());
+        assert_eq!(status["state"], state, "{status}");
+        assert!(status["now"].is_string() && status["payments"].is_array(), "the same JSON as /status: {status}");
+    }
+    assert!(events.next().await.is_none(), "overpaid is final: the stream ends");
+    tell(&format!("checkout events: commit → event {waits:?}"));
+}
+
 #[sqlx::test]
 async fn underpaid_shows_what_remains_in_fiat_and_in_the_asset(pool: PgPool) {
     let server = start(pool, "Shop").await;

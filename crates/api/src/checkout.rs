@@ -14,6 +14,7 @@
 //!   is never short.
 
 pub mod claim;
+pub mod live;
 mod page;
 
 /// `amount` of `option`'s asset as a payer reads and types it.

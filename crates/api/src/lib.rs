@@ -79,6 +79,8 @@ pub struct AppState {
     pub webhook_secrets: crate::secrets::SecretsAtRest,
     /// The daemon's public base URL (`[server] public_url`), for links given to payers.
     pub public_url: String,
+    /// Wakes the checkout pages' event streams when their invoice changes.
+    pub live: Arc<checkout::live::LiveHub>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +207,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/split_rules", get(creators::get_split_rules).put(creators::put_split_rules))
         .route("/pay/{id}", get(checkout::page))
         .route("/pay/{id}/status", get(checkout::status))
+        .route("/pay/{id}/events", get(checkout::live::events))
         .route("/v1/webhook_endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
         .route(
             "/v1/webhook_endpoints/{id}",

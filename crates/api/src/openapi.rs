@@ -122,6 +122,7 @@ fn openapi_json() {}
         super::health::readyz,
         super::checkout::page,
         super::checkout::status,
+        super::checkout::live::events,
         super::checkout::claim::page,
         super::checkout::claim::claim,
         super::refunds::list,

@@ -1,6 +1,7 @@
 // The checkout page's live parts: copy buttons, choosing an option without a button press, the
-// countdown to expiry and the status, polled from /pay/{id}/status. Everything here only adds to
-// the server-rendered page, which is complete without it. Text goes in through textContent only.
+// countdown to expiry and the status, pushed by /pay/{id}/events (Server-Sent Events) or, where
+// that is not available, polled from /pay/{id}/status. Everything here only adds to the
+// server-rendered page, which is complete without it. Text goes in through textContent only.
 (() => {
   "use strict";
   const root = document.getElementById("checkout");
@@ -100,6 +101,7 @@
   }
 
   let timer = null;
+  let pushed = false;
   async function poll() {
     clearTimeout(timer);
     try {
@@ -108,7 +110,26 @@
     } catch (_) {
       // Offline for a moment: the next poll tries again.
     }
-    if (!FINAL.has(state)) timer = setTimeout(poll, state === "paid" ? POLL_MS_PAID : POLL_MS);
+    if (!FINAL.has(state)) timer = setTimeout(poll, state === "paid" || pushed ? POLL_MS_PAID : POLL_MS);
+  }
+
+  // Pushed updates: each `status` event is the JSON /status answers. The slow poll stays as a
+  // safety net; when the stream fails for good, polling takes over at its usual pace.
+  if (window.EventSource && data.eventsUrl) {
+    const events = new EventSource(data.eventsUrl);
+    events.addEventListener("status", (event) => {
+      pushed = true;
+      root.dataset.live = "sse";
+      try { show(JSON.parse(event.data)); } catch (_) { /* a malformed event changes nothing */ }
+      if (FINAL.has(state)) events.close();
+    });
+    events.addEventListener("error", () => {
+      if (events.readyState === EventSource.CLOSED && !FINAL.has(state)) {
+        pushed = false;
+        delete root.dataset.live;
+        poll();
+      }
+    });
   }
   timer = setTimeout(poll, POLL_MS);
 })();

@@ -115,17 +115,15 @@ pub(super) fn checkout(m: &Model<'_>) -> String {
     let mut out = String::with_capacity(16 * 1024);
     head(&mut out, m.nonce, &format!("Pay {} {} to {}", m.total, m.currency, m.merchant_name));
     let selected = m.pay.as_ref().map(|p| p.option.asset.as_str()).unwrap_or("");
-    let status_url = if selected.is_empty() {
-        format!("{}/status", query_value(m.id))
-    } else {
-        format!("{}/status?asset={}", query_value(m.id), query_value(selected))
-    };
+    let query = if selected.is_empty() { String::new() } else { format!("?asset={}", query_value(selected)) };
+    let status_url = format!("{}/status{query}", query_value(m.id));
+    let events_url = format!("{}/events{query}", query_value(m.id));
     let amount_minor = m.pay.as_ref().map(|p| p.amount.to_string()).unwrap_or_default();
     let _ = write!(
         out,
         concat!(
             "<body>\n<main id=\"checkout\" class=\"checkout state-{state}\" data-state=\"{state}\" ",
-            "data-status-url=\"{status_url}\" data-asset=\"{asset}\" data-amount-minor=\"{amount_minor}\" ",
+            "data-status-url=\"{status_url}\" data-events-url=\"{events_url}\" data-asset=\"{asset}\" data-amount-minor=\"{amount_minor}\" ",
             "data-expires-at=\"{expires}\" data-now=\"{now}\">\n",
             "<header>\n<p class=\"merchant\" id=\"merchant\">{merchant}</p>\n",
             "<p class=\"total\" id=\"total\">{total} <span class=\"currency\">{currency}</span></p>\n",
@@ -136,6 +134,7 @@ pub(super) fn checkout(m: &Model<'_>) -> String {
         ),
         state = m.state.as_str(),
         status_url = esc(&status_url),
+        events_url = esc(&events_url),
         asset = esc(selected),
         amount_minor = esc(&amount_minor),
         expires = esc(&timestamp(m.expires_at)),
