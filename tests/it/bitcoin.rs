@@ -193,6 +193,35 @@ async fn a_mempool_payment_is_processing_then_paid_once_confirmed(pool: PgPool) 
     assert!(metrics.contains(&format!("payrail_chain_tip_height{{chain=\"{REGTEST}\"}}")), "{metrics}");
 }
 
+/// A payment entering the mempool is announced by the server (`blockchain.scripthash.subscribe`):
+/// the next tip poll is told before any block is mined, so the watcher steps at once instead of
+/// at its periodic re-check. Prints how long the announcement took.
+#[sqlx::test]
+async fn a_mempool_payment_is_announced_before_any_block(pool: PgPool) {
+    let rig = rig(pool).await;
+    let invoice = rig.invoice("25.00").await;
+    // A scan at the tip reads (and subscribes to) the invoice's script.
+    let watcher = rig.synced_watcher().await;
+    let quiet = watcher.head().await.expect("head");
+    assert!(!watcher.head().await.expect("head").notified, "nothing happened yet");
+    let sent = Instant::now();
+    rig.node.send(&deposit(&invoice), Sats::from_sat(due(&invoice)), true).await.expect("send");
+    let mut announced = None;
+    for _ in 0..200 {
+        let head = watcher.head().await.expect("head");
+        assert_eq!(head.tip, quiet.tip, "no block was mined");
+        if head.notified {
+            announced = Some(sent.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let announced = announced.expect("the mempool payment was announced");
+    eprintln!("bitcoin: broadcast → announced to the watcher in {announced:?}");
+    rig.sync(&watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Processing);
+}
+
 #[sqlx::test]
 async fn under_over_split_and_late_payments(pool: PgPool) {
     let rig = rig(pool).await;

@@ -195,6 +195,12 @@ impl<S: ChainSource> Follower<S> {
     }
 
     /// One step (see the module docs), with its metrics and health report.
+    /// The node's head as a pass polls it: the tip, and whether the node announced a change since
+    /// the last poll (what makes a pass step at once).
+    pub async fn head(&self) -> Result<Head<S::Hash>, FollowError> {
+        self.source.head().await
+    }
+
     pub async fn step(&self) -> Result<ChainEvent<S::Hash>, FollowError> {
         let result = match self.source.head().await {
             Ok(head) => self.step_at(head).await,

@@ -64,7 +64,7 @@ pub type Result<T, E = ElectrumError> = std::result::Result<T, E>;
 pub struct Tip {
     pub height: u64,
     pub hash: BlockHash,
-    /// Whether header notifications arrived since the last poll.
+    /// Whether header or script notifications arrived since the last poll.
     pub notified: bool,
 }
 
@@ -74,11 +74,28 @@ pub struct Electrum {
     endpoints: Vec<RpcUrl>,
     /// The endpoint in use and its checked connection.
     current: Mutex<Option<(usize, Arc<Client>)>>,
+    /// The scripts whose changes the server is asked to announce (`blockchain.scripthash.subscribe`).
+    /// A new connection starts with none; [`Electrum::subscribe`] subscribes it again.
+    subscribed: Mutex<Arc<Vec<ScriptBuf>>>,
 }
 
 impl std::fmt::Debug for Electrum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Electrum").field("chain", &self.chain).field("endpoints", &self.endpoints).finish()
+    }
+}
+
+/// `electrum-client` reads notifications while it waits for an answer and fails the call when one
+/// does not parse: a script whose history became empty (its only payment replaced or dropped from
+/// the mempool) is announced with a null status, which it cannot read, and a script unsubscribed a
+/// moment before may still be announced. Neither says anything about the server or the call.
+/// Its client wrapper reports a failed call without retries as `AllAttemptsErrored` with no
+/// cause, so that (from a connection that worked before) is taken for the same.
+fn notification_trouble(error: &electrum_client::Error) -> bool {
+    match error {
+        electrum_client::Error::JSON(_) | electrum_client::Error::NotSubscribed(_) => true,
+        electrum_client::Error::AllAttemptsErrored(errors) => errors.is_empty() || errors.iter().any(notification_trouble),
+        _ => false,
     }
 }
 
@@ -91,7 +108,7 @@ impl Electrum {
         if endpoints.is_empty() {
             return Err(ElectrumError::NoEndpoint { chain: chain.to_string() });
         }
-        Ok(Self { chain, endpoints, current: Mutex::new(None) })
+        Ok(Self { chain, endpoints, current: Mutex::new(None), subscribed: Mutex::new(Arc::new(Vec::new())) })
     }
 
     /// Connects to `endpoint`, checks its genesis block and subscribes to headers.
@@ -134,12 +151,23 @@ impl Electrum {
             let call = call.clone();
             let job_endpoint = endpoint.clone();
             let outcome = tokio::task::spawn_blocking(move || -> Result<(Arc<Client>, T)> {
+                let reused = existing.is_some();
                 let client = match existing {
                     Some(client) => client,
                     None => Arc::new(Self::connect(&chain, &job_endpoint)?),
                 };
-                let value = call(&client).map_err(|e| endpoint_error(&job_endpoint, operation, e))?;
-                Ok((client, value))
+                match call(&client) {
+                    Ok(value) => Ok((client, value)),
+                    // A connection kept from earlier calls may have choked on a notification it read
+                    // before the answer (see `notification_trouble`): a fresh one retries once.
+                    Err(error) if reused && notification_trouble(&error) => {
+                        tracing::debug!(target: "watcher::bitcoin", endpoint = %job_endpoint, %error, "reconnecting after an unreadable notification");
+                        let client = Arc::new(Self::connect(&chain, &job_endpoint)?);
+                        let value = call(&client).map_err(|e| endpoint_error(&job_endpoint, operation, e))?;
+                        Ok((client, value))
+                    }
+                    Err(error) => Err(endpoint_error(&job_endpoint, operation, error)),
+                }
             })
             .await
             .map_err(|e| ElectrumError::Task(e.to_string()))?;
@@ -186,10 +214,14 @@ impl Electrum {
         self.call("ping", |client| client.ping()).await
     }
 
-    /// The tip: `blockchain.headers.subscribe` answers with the current one; notifications queued
-    /// since the last poll are drained and only say that something changed.
+    /// The tip: `blockchain.headers.subscribe` answers with the current one. Notifications read off
+    /// the connection since the last poll (a new block, a change to a subscribed script's history:
+    /// a payment entering the mempool) are drained afterwards and only say that something changed.
     pub async fn tip(&self) -> Result<Tip> {
-        self.call("tip", |client| {
+        let scripts = self.subscribed.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        self.call("tip", move |client| {
+            // The call reads what the server sent meanwhile into the notification queues.
+            let tip = client.block_headers_subscribe()?;
             let mut notified = false;
             for _ in 0..NOTIFICATIONS_DRAINED_MAX {
                 match client.block_headers_pop()? {
@@ -197,8 +229,39 @@ impl Electrum {
                     None => break,
                 }
             }
-            let tip = client.block_headers_subscribe()?;
+            for script in scripts.iter() {
+                // Not subscribed on this connection (a reconnect): the next scan subscribes it.
+                if let Ok(Some(_)) = client.script_pop(script) {
+                    notified = true;
+                }
+            }
             Ok(Tip { height: u64::try_from(tip.height).unwrap_or(u64::MAX), hash: tip.header.block_hash(), notified })
+        })
+        .await
+    }
+
+    /// Asks the server to announce changes to `scripts` (and no longer to those dropped since the
+    /// last call), so a payment is seen when it reaches the mempool, not at the next poll.
+    /// Scripts this connection already subscribed to cost nothing.
+    pub async fn subscribe(&self, scripts: &[ScriptBuf]) -> Result<()> {
+        let wanted = Arc::new(scripts.to_vec());
+        let previous = std::mem::replace(&mut *self.subscribed.lock().unwrap_or_else(PoisonError::into_inner), wanted.clone());
+        let kept: std::collections::HashSet<&ScriptBuf> = wanted.iter().collect();
+        let dropped: Vec<ScriptBuf> = previous.iter().filter(|s| !kept.contains(s)).cloned().collect();
+        self.call("scripthash subscribe", move |client| {
+            for script in dropped.iter() {
+                match client.script_unsubscribe(script) {
+                    Ok(_) | Err(electrum_client::Error::NotSubscribed(_)) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            for script in wanted.iter() {
+                match client.script_subscribe(script) {
+                    Ok(_) | Err(electrum_client::Error::AlreadySubscribed(_)) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(())
         })
         .await
     }

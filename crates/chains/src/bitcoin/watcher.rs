@@ -12,8 +12,9 @@
 //!   mempool payment that disappears from its script's history is orphaned by the follower.
 //! - The server's view is checked to be stable across a scan: the tip must be the same after the
 //!   histories were read, or the scan is dropped and the step retried.
-//! - The header subscription only says when to look; every scan re-reads every watched script
-//!   (events are not enough), and the follower scans at least every
+//! - The header and script subscriptions only say when to look (a new block; a payment entering
+//!   the mempool, seen at the next tip poll, within [`TIP_POLL_INTERVAL_MS`]); every scan re-reads
+//!   every watched script (events are not enough), and the follower scans at least every
 //!   [`crate::follower::RECHECK_INTERVAL_MS`].
 
 use std::collections::{HashMap, HashSet};
@@ -142,6 +143,10 @@ impl BitcoinSource {
         let tip = scan.head.tip;
         let complete: HashSet<String> = watched.values().map(|w| w.address.clone()).collect();
         let scripts: Vec<ScriptBuf> = watched.keys().cloned().collect();
+        // From now on the server announces new payments to these scripts: the next tip poll sees
+        // the notification and the follower scans at once. Subscribed before the histories are
+        // read, so nothing falls between the two.
+        self.electrum.subscribe(&scripts).await?;
         if scripts.is_empty() {
             return Ok(Observed { payments: Vec::new(), complete, refunds: Vec::new() });
         }
