@@ -135,6 +135,7 @@ async fn a_usdc_refund_is_claimed_on_the_page_and_paid_by_a_payout(pool: PgPool)
     assert_eq!(server.invoice_view(&invoice.id).await.status.to_string(), "paid", "30 USD is not refunded yet");
 
     // The rest: refunded, then cancelled: the balances are back.
+    server.clock.advance(chrono::Duration::seconds(1));
     let before = server.balance(&merchant_account, &usdc).await;
     let (status, rest) = server.post(&merchant.api_key, &path, json!({"method": "crypto"}), None).await;
     assert_eq!((status, rest["amount_minor"].as_str()), (StatusCode::CREATED, Some("30000000")), "{rest}");
@@ -145,7 +146,13 @@ async fn a_usdc_refund_is_claimed_on_the_page_and_paid_by_a_payout(pool: PgPool)
     let (status, _) = server.post(&merchant.api_key, &format!("/v1/refunds/{refund_id}/cancel"), json!({}), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "a paid refund cannot be cancelled");
     let (_, listed) = server.get(&merchant.api_key, &format!("/v1/refunds?invoice={}", invoice.id)).await;
-    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!((listed["data"].as_array().map(Vec::len), listed["has_more"].as_bool()), (Some(2), Some(false)), "{listed}");
+    let (_, first) = server.get(&merchant.api_key, "/v1/refunds?limit=1").await;
+    assert_eq!((first["object"].as_str(), first["has_more"].as_bool()), (Some("list"), Some(true)), "{first}");
+    let last = first["data"][0]["id"].as_str().expect("id");
+    assert_eq!(last, rest_id, "newest first");
+    let (_, second) = server.get(&merchant.api_key, &format!("/v1/refunds?limit=1&starting_after={last}")).await;
+    assert_eq!((second["data"][0]["id"].as_str(), second["has_more"].as_bool()), (Some(refund_id.as_str()), Some(false)), "{second}");
 }
 
 /// A refund and a settlement of the same funds at once: exactly one takes them; the other is a

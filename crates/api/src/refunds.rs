@@ -149,9 +149,11 @@ pub async fn refund_unapplied(
 /// A page of refunds, newest first.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct RefundList {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
     pub data: Vec<CryptoRefundView>,
-    /// Pass as `before` for the next page; absent on the last page.
-    pub next_before: Option<String>,
+    /// More refunds follow: ask again with `starting_after` = the last id.
+    pub has_more: bool,
 }
 
 /// Query of `GET /v1/refunds`.
@@ -163,8 +165,8 @@ pub struct RefundQuery {
     pub invoice: Option<String>,
     /// 1 to 100; 20 when absent.
     pub limit: Option<i64>,
-    /// An `rfd_…` id: refunds created before it.
-    pub before: Option<String>,
+    /// An `rfd_…` id: refunds created before it (the next page).
+    pub starting_after: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/refunds", tag = "refunds", security(("bearer" = [])),
@@ -178,16 +180,14 @@ pub async fn list(State(state): State<AppState>, auth: MerchantAuth, query: Resu
     if !(1..=refund::LIST_LIMIT_MAX).contains(&limit) {
         return Err(invalid("limit must be 1 to 100"));
     }
-    if query.before.as_deref().is_some_and(|b| !crate::ids::is_id(b, "rfd")) {
-        return Err(invalid("before must be an rfd_… id"));
-    }
+    let starting_after = super::cursor(query.starting_after.as_deref(), "rfd")?;
     if query.invoice.as_deref().is_some_and(|i| !crate::ids::is_id(i, "inv")) {
         return Err(invalid("invoice must be an inv_… id"));
     }
-    let data = refund::list(&state.pool, &auth.merchant_id, query.invoice.as_deref(), limit, query.before.as_deref()).await?;
-    let full = i64::try_from(data.len()).unwrap_or(0) == limit;
-    let next_before = if full { data.last().map(|r| r.id.clone()) } else { None };
-    Ok(Json(RefundList { data, next_before }))
+    let mut data = refund::list(&state.pool, &auth.merchant_id, query.invoice.as_deref(), limit + 1, starting_after).await?;
+    let has_more = i64::try_from(data.len()).unwrap_or(0) > limit;
+    data.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(Json(RefundList { object: "list", data, has_more }))
 }
 
 #[utoipa::path(get, path = "/v1/refunds/{id}", tag = "refunds", security(("bearer" = [])),

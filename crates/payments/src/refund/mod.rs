@@ -392,7 +392,8 @@ pub async fn view(pool: &PgPool, merchant_id: &str, id: &str) -> Result<CryptoRe
     view_on(&mut conn, Some(merchant_id), id).await
 }
 
-/// The merchant's refunds, newest first, optionally of one invoice; `before` an `rfd_…` id.
+/// At most `limit` of the merchant's refunds, newest first, optionally of one invoice; `before` an
+/// `rfd_…` id (refunds created before it).
 pub async fn list(pool: &PgPool, merchant_id: &str, invoice_id: Option<&str>, limit: i64, before: Option<&str>) -> Result<Vec<CryptoRefundView>> {
     let rows: Vec<CryptoRefundView> = sqlx::query_as(&format!(
         "SELECT {VIEW_COLUMNS} FROM crypto_refunds WHERE merchant_id = $1 AND ($2::text IS NULL OR invoice_id = $2) \
@@ -401,7 +402,7 @@ pub async fn list(pool: &PgPool, merchant_id: &str, invoice_id: Option<&str>, li
     ))
     .bind(merchant_id)
     .bind(invoice_id)
-    .bind(limit.clamp(1, LIST_LIMIT_MAX))
+    .bind(limit.clamp(1, LIST_LIMIT_MAX + 1))
     .bind(before)
     .fetch_all(pool)
     .await?;
