@@ -177,8 +177,8 @@ async fn a_mempool_payment_is_processing_then_paid_once_confirmed(pool: PgPool) 
     assert_eq!((paid.payments[0].confirmations, paid.payments[0].status.as_str()), (1, "confirmed"));
     let sats = SignedAmount::positive(Amount::from_u64(38_462));
     assert_eq!(rig.balance(&AccountCode::merchant(&rig.merchant_id)).await, sats);
-    let chain_assets = rig.balance(&AccountCode::chain_assets(&rig.spec.caip2)).await;
-    assert!(chain_assets.is_negative() || chain_assets == sats, "the chain's asset account carries the other side: {chain_assets}");
+    assert_eq!(rig.balance(&AccountCode::held_by_merchant(&rig.merchant_id)).await, sats, "the merchant's own wallet holds it");
+    assert_eq!(rig.balance(&AccountCode::chain_assets(&rig.spec.caip2)).await, SignedAmount::ZERO, "payrail holds no Bitcoin");
     assert_eq!(rig.entries().await, 1);
 
     // More blocks and passes, and a watcher replaying from scratch, credit nothing more.
@@ -220,6 +220,45 @@ async fn a_mempool_payment_is_announced_before_any_block(pool: PgPool) {
     eprintln!("bitcoin: broadcast → announced to the watcher in {announced:?}");
     rig.sync(&watcher).await;
     assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Processing);
+}
+
+/// Bitcoin deposits are booked where they are: in the merchant's own wallet. Its share is its own;
+/// its creators' shares are what it owes, and `GET /v1/balances` says so per asset.
+#[sqlx::test]
+async fn bitcoin_is_held_by_the_merchant_which_owes_its_creators_shares(pool: PgPool) {
+    let rig = rig(pool).await;
+    let creator = payrail::creator::create_creator(
+        &rig.state.pool,
+        &rig.merchant_id,
+        &payrail::creator::CreateCreator { name: "Ada".to_owned(), payout_addresses: Default::default() },
+    )
+    .await
+    .expect("creator");
+    let rules: payrail::creator::SplitRules =
+        serde_json::from_value(serde_json::json!({"default": {"splits": [{"creator": creator.creator.id, "bps": 1000}]}})).expect("rules");
+    payrail::creator::set_split_rules(&rig.state.pool, &rig.merchant_id, &rules).await.expect("rules");
+    let watcher = rig.synced_watcher().await;
+    let invoice = rig.invoice("25.00").await;
+    rig.pay_and_mine(&watcher, &invoice, due(&invoice)).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
+
+    let base = common::serve(&rig.state).await;
+    let balances: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/v1/balances"))
+        .bearer_auth(&rig.api_key)
+        .send()
+        .await
+        .expect("balances")
+        .json()
+        .await
+        .expect("json");
+    let btc = balances["holdings"].as_array().and_then(|h| h.iter().find(|l| l["asset"] == BTC)).unwrap_or_else(|| panic!("{balances}"));
+    assert_eq!(btc["custody"], "merchant", "{btc}");
+    assert_eq!(btc["held_by_you_minor"], "38462");
+    assert_eq!(btc["available_minor"], "34616", "90 % is the merchant's own");
+    assert_eq!(btc["owed_to_creators_minor"], "3846");
+    assert_eq!(btc["owed_by_you_minor"], "3846", "the creator's share, held in the merchant's wallet");
+    assert_eq!(rig.balance(&AccountCode::chain_assets(&rig.spec.caip2)).await, SignedAmount::ZERO);
 }
 
 #[sqlx::test]

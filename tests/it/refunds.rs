@@ -5,7 +5,7 @@
 
 use crate::common;
 use crate::common::evm::Chain;
-use crate::settlements::{drive_to_end, no_delay, service};
+use crate::settlements::{drive_to_end, no_delay, pay_usdc, service};
 
 use std::sync::Arc;
 
@@ -26,23 +26,9 @@ fn payer() -> Address {
 
 /// An invoice of `usd` paid in full with `chain`'s USDC, confirmed.
 async fn paid_usdc_invoice(state: &payrail::api::AppState, merchant_id: &str, chain: &Chain, usd: &str, tx: &str) -> InvoiceView {
-    let asset = chain.usdc();
-    let invoice = common::invoice(state, merchant_id, usd, &[&asset]).await;
+    let invoice = common::invoice(state, merchant_id, usd, &[&chain.usdc()]).await;
     let units: u64 = invoice.payment_options[0].amount_minor.parse().expect("units");
-    let payment = payrail::invoice::ObservedPayment {
-        invoice_id: invoice.id.clone(),
-        chain: chain.spec.caip2.clone(),
-        asset: asset.parse().expect("asset"),
-        tx_ref: format!("{}:{tx}:0", chain.spec.caip2),
-        address: None,
-        amount: Amount::from_u64(units),
-        confirmations: 1,
-        confirmations_required: 1,
-        block: None,
-    };
-    let mut db = state.pool.begin().await.expect("begin");
-    payrail::invoice::apply_payment(&mut db, &state.ledger, &payment, state.clock.now()).await.expect("apply");
-    db.commit().await.expect("commit");
+    pay_usdc(state, &invoice.id, chain, units, tx).await;
     invoice
 }
 
@@ -287,20 +273,7 @@ async fn a_held_late_payment_is_refunded_by_claim_link(pool: PgPool) {
     let invoice = common::invoice(state, &merchant.merchant_id, "10.00", &[&usdc]).await;
     server.clock.advance(chrono::Duration::hours(2));
     payrail::invoice::expire_due(&state.pool, state.clock.now()).await.expect("expire");
-    let late = payrail::invoice::ObservedPayment {
-        invoice_id: invoice.id.clone(),
-        chain: polygon.spec.caip2.clone(),
-        asset: usdc.parse().expect("asset"),
-        tx_ref: format!("{}:0xd1:0", polygon.spec.caip2),
-        address: None,
-        amount: Amount::from_u64(10_000_000),
-        confirmations: 1,
-        confirmations_required: 1,
-        block: None,
-    };
-    let mut db = state.pool.begin().await.expect("begin");
-    payrail::invoice::apply_payment(&mut db, &state.ledger, &late, state.clock.now()).await.expect("apply");
-    db.commit().await.expect("commit");
+    pay_usdc(state, &invoice.id, &polygon, 10_000_000, "0xd1").await;
     let (_, held) = server.get(&merchant.api_key, "/v1/unapplied").await;
     let payment_id = held["data"][0]["id"].as_str().expect("held payment").to_owned();
     let unapplied = AccountCode::unapplied(&merchant.merchant_id);

@@ -44,12 +44,16 @@ pub(crate) fn no_delay() -> PayoutsConfig {
 
 /// Credits the merchant `units` of `chain`'s USDC as a confirmed payment to an invoice would.
 async fn earn(state: &AppState, merchant_id: &str, chain: &Chain, units: u64, tx: &str) {
-    let asset = chain.usdc();
-    let invoice = common::invoice(state, merchant_id, "500.00", &[&asset]).await;
+    let invoice = common::invoice(state, merchant_id, "500.00", &[&chain.usdc()]).await;
+    pay_usdc(state, &invoice.id, chain, units, tx).await;
+}
+
+/// A confirmed payment of `units` of `chain`'s USDC to `invoice_id`, in transaction `tx`.
+pub(crate) async fn pay_usdc(state: &AppState, invoice_id: &str, chain: &Chain, units: u64, tx: &str) {
     let payment = payrail::invoice::ObservedPayment {
-        invoice_id: invoice.id,
+        invoice_id: invoice_id.to_owned(),
         chain: chain.spec.caip2.clone(),
-        asset: asset.parse().expect("asset"),
+        asset: chain.usdc().parse().expect("asset"),
         tx_ref: format!("{}:{tx}:0", chain.spec.caip2),
         address: None,
         amount: Amount::from_u64(units),

@@ -32,6 +32,29 @@ pub struct Balances {
     pub available: Vec<BalanceLine>,
     /// Late payments, payments to expired invoices or in unquoted assets, held for review.
     pub unapplied: Vec<BalanceLine>,
+    /// Per asset, who holds the money and whose it is (smallest units).
+    pub holdings: Vec<Holding>,
+}
+
+/// One asset's money: who holds it, and whose it is.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Holding {
+    pub asset: String,
+    /// `platform` (payrail holds it: EVM deposits swept to the treasury), `merchant` (your own
+    /// wallet holds it: Bitcoin to your descriptor's addresses) or `processor` (Stripe holds it and
+    /// pays your bank).
+    pub custody: payrail_core::payment::plan::Custody,
+    /// Yours (`available`): withdrawable with a settlement where payrail holds it.
+    pub available_minor: String,
+    /// Held for your review (`unapplied`).
+    pub unapplied_minor: String,
+    /// Owed to your creators from your invoices' splits, not paid out yet.
+    pub owed_to_creators_minor: String,
+    /// Merchant custody only: what your wallet received through payrail (less refunds you paid).
+    pub held_by_you_minor: String,
+    /// Merchant custody only: of that, what is not yours — creators' shares and the platform's
+    /// fee — which you owe.
+    pub owed_by_you_minor: String,
 }
 
 #[utoipa::path(get, path = "/v1/balances", tag = "balances", security(("bearer" = [])),
@@ -65,12 +88,74 @@ pub async fn show(State(state): State<AppState>, auth: MerchantAuth) -> Result<J
         .balances(&mut conn, &AccountCode::unapplied(&auth.merchant_id))
         .await
         .map_err(ApiError::ledger)?;
+    let held = state
+        .ledger
+        .balances(&mut conn, &AccountCode::held_by_merchant(&auth.merchant_id))
+        .await
+        .map_err(ApiError::ledger)?;
+    let creators: Vec<(String, String)> = sqlx::query_as(
+        "SELECT b.asset, sum(b.balance)::text FROM creators c \
+         JOIN accounts a ON a.code = 'liabilities:creator:' || c.id JOIN balances b ON b.account_id = a.id \
+         WHERE c.merchant_id = $1 GROUP BY b.asset",
+    )
+    .bind(&auth.merchant_id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(ApiError::database)?;
+    let holdings = holdings(&available, &unapplied, &held, &creators);
     Ok(Json(Balances {
         object: "balances",
         merchant_id: auth.merchant_id.clone(),
         available: lines(available),
         unapplied: lines(unapplied),
+        holdings,
     }))
+}
+
+type Signed = payrail_store::ledger::SignedAmount;
+
+/// One line per asset any of the balances names.
+fn holdings(available: &[(String, Signed)], unapplied: &[(String, Signed)], held: &[(String, Signed)], creators: &[(String, String)]) -> Vec<Holding> {
+    use payrail_core::payment::plan::Custody;
+    let mut assets: Vec<&str> = available
+        .iter()
+        .chain(unapplied)
+        .chain(held)
+        .map(|(a, _)| a.as_str())
+        .chain(creators.iter().map(|(a, _)| a.as_str()))
+        .collect();
+    assets.sort_unstable();
+    assets.dedup();
+    let of = |rows: &[(String, Signed)], asset: &str| rows.iter().find(|(a, _)| a == asset).map(|(_, b)| *b).unwrap_or(Signed::ZERO);
+    assets
+        .into_iter()
+        .map(|asset| {
+            let custody = Custody::of_asset(asset);
+            let available = of(available, asset);
+            let unapplied = of(unapplied, asset);
+            let creators = creators
+                .iter()
+                .find(|(a, _)| a == asset)
+                .and_then(|(_, b)| b.parse::<Signed>().ok())
+                .unwrap_or(Signed::ZERO);
+            let held = of(held, asset);
+            // What the merchant holds that is not its own: the creators' and the platform's.
+            let owed = held
+                .checked_add(available.negated())
+                .and_then(|x| x.checked_add(unapplied.negated()))
+                .unwrap_or(Signed::ZERO);
+            let merchant_held = custody == Custody::Merchant;
+            Holding {
+                asset: asset.to_owned(),
+                custody,
+                available_minor: available.to_string(),
+                unapplied_minor: unapplied.to_string(),
+                owed_to_creators_minor: creators.to_string(),
+                held_by_you_minor: if merchant_held { held.to_string() } else { "0".to_owned() },
+                owed_by_you_minor: if merchant_held { owed.to_string() } else { "0".to_owned() },
+            }
+        })
+        .collect()
 }
 
 fn decimals_of(state: &AppState, asset: &str) -> Option<u8> {

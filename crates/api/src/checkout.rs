@@ -534,11 +534,18 @@ pub async fn status(
     };
     let response = match result {
         Ok(status) => Json(status).into_response(),
-        Err(CheckoutError::NotFound) => ApiError::not_found("invoice").into_response(),
-        Err(CheckoutError::Unavailable(error)) => ApiError::database(error).into_response(),
-        Err(CheckoutError::Internal(error)) => ApiError::internal(format!("checkout status of {id}: {error}")).into_response(),
+        Err(error) => status_error(error, &id),
     };
     harden(response, JSON_CSP)
+}
+
+/// A public status that could not be read, as the JSON error the API answers.
+fn status_error(error: CheckoutError, id: &str) -> Response {
+    match error {
+        CheckoutError::NotFound => ApiError::not_found("invoice").into_response(),
+        CheckoutError::Unavailable(error) => ApiError::database(error).into_response(),
+        CheckoutError::Internal(error) => ApiError::internal(format!("checkout status of {id}: {error}")).into_response(),
+    }
 }
 
 /// The page for `checkout` with the option `asked` for selected.

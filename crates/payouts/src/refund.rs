@@ -6,10 +6,8 @@
 
 use alloy_primitives::Address;
 
-use crate::money::Amount;
-
 use super::error::{PayoutError, Result};
-use super::plan::{Candidate, PlannedBatch};
+use super::plan::Candidate;
 use super::runner::{PayoutService, RunRequest};
 use super::store;
 use crate::payments_refund::{self as refund, CryptoRefundView};
@@ -41,42 +39,19 @@ impl PayoutService {
                 .await?;
             row.ok_or_else(|| PayoutError::Refused { code: "not_found", reason: "no such refund".to_owned() })?
         };
-        let asked = RunRequest { chain: Some(chain_id.clone()), asset: Some(asset_id.clone()) };
-        let chain = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: chain_id.clone() })?;
-        let batcher = chain.payout_batcher.ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.name.clone() })?;
-        let asset = super::runner::payable_assets(chain)
-            .into_iter()
-            .find(|a| a.asset == asset_id)
-            .ok_or_else(|| PayoutError::AssetNotPayable { chain: chain.name.clone(), asset: asset_id.clone() })?;
-        // The batcher's funds are read before the transaction: no lock is held across a network call.
-        let funds = super::runner::connect(chain)?
-            .balance_of(batcher, asset.token)
-            .await
-            .map(Amount::from_u256)
-            .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })?;
-
+        let single = self.single(&chain_id, &asset_id).await?;
         let mut tx = self.pool().begin().await?;
         // Under the payout runs' lock, as settlements and withdrawals are.
         store::lock_runs(&mut tx).await?;
         let open = refund::lock_open(&mut tx, token, now).await?;
         let amount = refund::price_claim(&open, self.rates(), now)?;
-        let promised = store::promised(&mut tx, &chain.caip2, &asset.asset).await?;
-        if funds.saturating_sub(promised) < amount {
-            return Err(PayoutError::Refused {
-                code: "batcher_funds_short",
-                reason: format!("the refund cannot be sent on {} right now; try again later", chain.caip2),
-            });
-        }
-        let address_text = address.to_checksum(None);
-        refund::record_claim(&mut tx, self.ledger(), &open, &address_text, amount, now).await?;
+        refund::record_claim(&mut tx, self.ledger(), &open, &address.to_checksum(None), amount, now).await?;
         let item = Candidate { refund_id: Some(open.id.clone()), creator_id: None, merchant_id: open.merchant_id.clone(), address, amount };
-        let planned = PlannedBatch { items: vec![item], total: amount };
-        let batch = store::create_batch(&mut tx, self.ledger(), &store::new_run_id(), &chain.caip2, &asset.asset, asset.token, batcher, &planned, now)
-            .await?;
+        let batch = self.write_single(&mut tx, &single, item, now).await?;
         sqlx::query("UPDATE crypto_refunds SET payout_id = $2 WHERE id = $1").bind(&open.id).bind(&batch.id).execute(&mut *tx).await?;
         let view = refund::view_in(&mut tx, &open.id).await?;
         tx.commit().await?;
-        tracing::info!(target: "payout", refund = %open.id, batch = %batch.id, chain = %chain.name, "refund claimed");
+        tracing::info!(target: "payout", refund = %open.id, batch = %batch.id, chain = %single.chain.name, "refund claimed");
         Ok(view)
     }
 }

@@ -98,6 +98,14 @@ pub struct PayoutAddress {
     pub usable_from: Option<DateTime<Utc>>,
 }
 
+/// A one-item batch about to be written: see [`PayoutService::single`].
+pub(crate) struct Single<'a> {
+    pub(crate) chain: &'a crate::config::ChainSpec,
+    batcher: alloy_primitives::Address,
+    pub(crate) asset: super::runner::PayableAsset,
+    funds: Amount,
+}
+
 /// Whose balance a withdrawal takes, and where its payout addresses are kept.
 #[derive(Debug, Clone, Copy)]
 enum Payee<'a> {
@@ -149,14 +157,50 @@ impl PayoutService {
         self.withdraw(Payee::Creator { creator_id, merchant_id }, request).await
     }
 
-    async fn withdraw(&self, payee: Payee<'_>, request: &SettlementRequest) -> Result<PayoutView> {
-        let asked = RunRequest { chain: Some(request.chain.clone()), asset: Some(request.asset.clone()) };
-        let chain = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: request.chain.clone() })?;
-        let batcher = chain.payout_batcher.ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.name.clone() })?;
-        let asset = super::runner::payable_assets(chain)
+    /// The chain, batcher and asset of a one-item batch of `asset` on `chain`, and what the
+    /// batcher holds of it — read before any transaction: no lock is held across a network call.
+    pub(crate) async fn single(&self, chain: &str, asset: &str) -> Result<Single<'_>> {
+        let asked = RunRequest { chain: Some(chain.to_owned()), asset: Some(asset.to_owned()) };
+        let spec = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.to_owned() })?;
+        let batcher = spec.payout_batcher.ok_or_else(|| PayoutError::ChainNotPayable { chain: spec.name.clone() })?;
+        let payable = super::runner::payable_assets(spec)
             .into_iter()
-            .find(|a| a.asset == request.asset)
-            .ok_or_else(|| PayoutError::AssetNotPayable { chain: chain.name.clone(), asset: request.asset.clone() })?;
+            .find(|a| a.asset == asset)
+            .ok_or_else(|| PayoutError::AssetNotPayable { chain: spec.name.clone(), asset: asset.to_owned() })?;
+        let funds = super::runner::connect(spec)?
+            .balance_of(batcher, payable.token)
+            .await
+            .map(Amount::from_u256)
+            .map_err(|e| PayoutError::Rpc { chain: spec.name.clone(), message: e.to_string() })?;
+        Ok(Single { chain: spec, batcher, asset: payable, funds })
+    }
+
+    /// Writes the one-item batch paying `item` on the caller's transaction, which holds the runs'
+    /// lock; refused (`batcher_funds_short`) when the batcher cannot cover it beside open batches.
+    pub(crate) async fn write_single(&self, tx: &mut PgConnection, single: &Single<'_>, item: Candidate, now: DateTime<Utc>) -> Result<PayoutView> {
+        let promised = store::promised(&mut *tx, &single.chain.caip2, &single.asset.asset).await?;
+        if single.funds.saturating_sub(promised) < item.amount {
+            return Err(PayoutError::Refused {
+                code: "batcher_funds_short",
+                reason: format!("the payout batcher on {} cannot cover this now; try again later", single.chain.caip2),
+            });
+        }
+        let planned = PlannedBatch { total: item.amount, items: vec![item] };
+        store::create_batch(
+            tx,
+            self.ledger(),
+            &store::new_run_id(),
+            &single.chain.caip2,
+            &single.asset.asset,
+            single.asset.token,
+            single.batcher,
+            &planned,
+            now,
+        )
+        .await
+    }
+
+    async fn withdraw(&self, payee: Payee<'_>, request: &SettlementRequest) -> Result<PayoutView> {
         let wanted = match &request.amount_minor {
             Some(text) => {
                 let amount = Amount::parse_decimal(text, 0)
@@ -169,6 +213,8 @@ impl PayoutService {
             None => None,
         };
         let now = self.clock().now();
+        let single = self.single(&request.chain, &request.asset).await?;
+        let (chain, asset) = (single.chain, &single.asset);
         let address = {
             let mut conn = self.pool().acquire().await?;
             payout_address(&mut conn, payee, &chain.caip2, self.config().address_change_delay_s).await?
@@ -189,12 +235,6 @@ impl PayoutService {
             });
         }
         let to = address.address.parse().map_err(|_| PayoutError::Corrupt { value: address.address.clone() })?;
-        // The batcher's funds are read before the transaction: no lock is held across a network call.
-        let funds = super::runner::connect(chain)?
-            .balance_of(batcher, asset.token)
-            .await
-            .map(Amount::from_u256)
-            .map_err(|e| PayoutError::Rpc { chain: chain.name.clone(), message: e.to_string() })?;
 
         let mut tx = self.pool().begin().await?;
         store::lock_runs(&mut tx).await?;
@@ -209,38 +249,19 @@ impl PayoutService {
         }
         if let Payee::Creator { .. } = payee {
             let threshold = self.config().threshold_usd_cents;
-            if self.usd_cents(&asset, amount, now).is_none_or(|usd| usd < threshold) {
+            if self.usd_cents(asset, amount, now).is_none_or(|usd| usd < threshold) {
                 return Err(PayoutError::Refused {
                     code: "below_threshold",
                     reason: format!("worth less than the payout threshold of {} USD (or no rate)", threshold.to_decimal_string(2)),
                 });
             }
         }
-        let promised = store::promised(&mut tx, &chain.caip2, &asset.asset).await?;
-        if funds.saturating_sub(promised) < amount {
-            return Err(PayoutError::Refused {
-                code: "batcher_funds_short",
-                reason: format!("the payout batcher on {} cannot cover this settlement now; try again later", chain.caip2),
-            });
-        }
         let creator_id = match payee {
             Payee::Merchant(_) => None,
             Payee::Creator { creator_id, .. } => Some(creator_id.to_owned()),
         };
         let item = Candidate { refund_id: None, creator_id, merchant_id: payee.merchant_id().to_owned(), address: to, amount };
-        let planned = PlannedBatch { items: vec![item], total: amount };
-        let view = store::create_batch(
-            &mut tx,
-            self.ledger(),
-            &store::new_run_id(),
-            &chain.caip2,
-            &asset.asset,
-            asset.token,
-            batcher,
-            &planned,
-            now,
-        )
-        .await?;
+        let view = self.write_single(&mut tx, &single, item, now).await?;
         tx.commit().await?;
         tracing::info!(target: "payout", account = %payee.account().as_str(), batch = %view.id, chain = %chain.name, "withdrawal");
         Ok(view)

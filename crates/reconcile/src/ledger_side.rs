@@ -19,8 +19,9 @@ pub struct Booked {
     pub mined_in: Option<u64>,
 }
 
-/// Entries on `assets:chain:{chain}` booked at or after `since` that are not reversals and were not
-/// reversed (a reversed pair nets to nothing on chain). Gas entries are left out: they are the hot
+/// Entries on `assets:chain:{chain}` — and, for a Bitcoin chain, on the merchants' own holdings
+/// (`assets:held_by_merchant:…`) in its asset — booked at or after `since` that are not reversals
+/// and were not reversed (a reversed pair nets to nothing on chain). Gas entries are left out: they are the hot
 /// wallet's costs, not money of customers.
 pub async fn movements(conn: &mut PgConnection, chain: &ChainId, since: DateTime<Utc>) -> Result<Vec<Booked>> {
     let rows = sqlx::query(
@@ -28,7 +29,8 @@ pub async fn movements(conn: &mut PgConnection, chain: &ChainId, since: DateTime
                 b.block_number AS batch_block \
          FROM journal_entries e \
          JOIN postings p ON p.entry_id = e.id \
-         JOIN accounts a ON a.id = p.account_id AND a.code = $1 \
+         JOIN accounts a ON a.id = p.account_id \
+              AND (a.code = $1 OR ($3 AND a.code LIKE 'assets:held_by_merchant:%' AND p.asset LIKE $4)) \
          LEFT JOIN payout_batches b ON e.idempotency_key = 'payout-settle:' || b.id \
          WHERE e.created_at >= $2 AND e.reverses_entry_id IS NULL \
            AND NOT EXISTS (SELECT 1 FROM journal_entries r WHERE r.reverses_entry_id = e.id) \
@@ -37,6 +39,8 @@ pub async fn movements(conn: &mut PgConnection, chain: &ChainId, since: DateTime
     )
     .bind(format!("assets:chain:{chain}"))
     .bind(since)
+    .bind(chain.is_bip122())
+    .bind(format!("{chain}/%"))
     .fetch_all(conn)
     .await?;
     let deposit_prefix = format!("payment:{chain}:");

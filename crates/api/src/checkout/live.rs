@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use sqlx::{PgPool, Row};
 use tokio::sync::broadcast;
 
-use super::{harden, Checkout, CheckoutError, CheckoutQuery, PayerState, JSON_CSP};
+use super::{harden, status_error, Checkout, CheckoutError, CheckoutQuery, PayerState, JSON_CSP};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -174,10 +174,20 @@ impl Stream {
     }
 }
 
+/// One event of the stream, as `text/event-stream` frames it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StatusEvent {
+    /// Always `status`.
+    #[schema(example = "status")]
+    pub event: String,
+    /// The JSON of `GET /pay/{id}/status` (a `CheckoutStatus`).
+    pub data: String,
+}
+
 /// `GET /pay/{id}/events`: see the module docs. The first event is the status now.
 #[utoipa::path(get, path = "/pay/{id}/events", tag = "checkout",
     params(("id" = String, Path, description = "the invoice id, inv_…"), CheckoutQuery),
-    responses((status = 200, description = "`text/event-stream`: `status` events, each the JSON of `GET /pay/{id}/status`, when it changes", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "`status` events, each the JSON of `GET /pay/{id}/status`, when it changes", content_type = "text/event-stream", body = StatusEvent),
         (status = 404, body = super::super::openapi::ErrorBody),
         (status = 503, body = super::super::openapi::ErrorBody)))]
 pub async fn events(
@@ -193,11 +203,7 @@ pub async fn events(
     let wake = state.live.subscribe();
     let status = match Checkout::load(&state, &id).await.and_then(|c| c.status(asked.as_deref())) {
         Ok(status) => status,
-        Err(CheckoutError::NotFound) => return harden(ApiError::not_found("invoice").into_response(), JSON_CSP),
-        Err(CheckoutError::Unavailable(error)) => return harden(ApiError::database(error).into_response(), JSON_CSP),
-        Err(CheckoutError::Internal(error)) => {
-            return harden(ApiError::internal(format!("checkout events of {id}: {error}")).into_response(), JSON_CSP)
-        }
+        Err(error) => return harden(status_error(error, &id), JSON_CSP),
     };
     let (json, compared) = encoded(&status);
     let stream = Stream {

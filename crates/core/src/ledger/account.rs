@@ -55,6 +55,12 @@ impl AccountCode {
     pub fn chain_assets(chain: &ChainId) -> Self {
         Self(format!("assets:chain:{chain}"))
     }
+    /// Coins paid to addresses of the merchant's own wallet (Bitcoin, by its watch-only
+    /// descriptor): the merchant holds them; its share of them is on [`Self::merchant`], and the
+    /// rest — creators' shares and the platform's fee — is what it owes.
+    pub fn held_by_merchant(merchant_id: &str) -> Self {
+        Self(format!("assets:held_by_merchant:{merchant_id}"))
+    }
     /// What card payments put at Stripe, per settlement currency.
     pub fn stripe(fiat: Fiat) -> Self {
         Self(format!("assets:stripe:{}", fiat.code().to_ascii_lowercase()))

@@ -164,11 +164,46 @@ impl Rail {
         }
     }
 
-    /// The asset account that receives the money.
-    pub fn debit_account(&self) -> AccountCode {
+    /// Who holds the money the rail moves.
+    pub fn custody(&self) -> Custody {
         match self {
-            Self::Chain(chain) => AccountCode::chain_assets(chain),
-            Self::Card(currency) => AccountCode::stripe(*currency),
+            Self::Chain(chain) if chain.is_bip122() => Custody::Merchant,
+            Self::Chain(_) => Custody::Platform,
+            Self::Card(_) => Custody::Processor,
+        }
+    }
+
+    /// The asset account that receives the money of a payment to `merchant_id`: where it is held.
+    pub fn debit_account(&self, merchant_id: &str) -> AccountCode {
+        match (self, self.custody()) {
+            (_, Custody::Merchant) => AccountCode::held_by_merchant(merchant_id),
+            (Self::Chain(chain), _) => AccountCode::chain_assets(chain),
+            (Self::Card(currency), _) => AccountCode::stripe(*currency),
+        }
+    }
+}
+
+/// Who holds a rail's money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Custody {
+    /// payrail: EVM deposits, swept to the treasury.
+    Platform,
+    /// The merchant's own wallet: Bitcoin, paid to addresses of its watch-only descriptor.
+    Merchant,
+    /// The card processor (Stripe), which pays out to the bank.
+    Processor,
+}
+
+impl Custody {
+    /// The custody of `asset` (a CAIP-19 id, or `iso4217:…` for card money).
+    pub fn of_asset(asset: &str) -> Self {
+        if asset.starts_with("iso4217:") {
+            Self::Processor
+        } else if asset.starts_with("bip122:") {
+            Self::Merchant
+        } else {
+            Self::Platform
         }
     }
 }
@@ -537,7 +572,7 @@ pub(crate) fn credit_entry(
     };
     let mut entry = NewEntry::new(credit_key(tx_ref, generation)?, CREDIT_KIND)
         .memo(format!("{} {payment_id}", invoice.id))
-        .debit(rail.debit_account(), asset.to_owned(), amount);
+        .debit(rail.debit_account(&invoice.merchant_id), asset.to_owned(), amount);
     for (account, amount) in credits {
         entry = entry.credit(account, asset.to_owned(), amount);
     }

@@ -8,6 +8,7 @@ use crate::ledger::{AccountCode, Ledger, NewEntry};
 use crate::money::{fiat_to_asset, Amount, ChainId, Fiat, Rounding};
 use crate::rates::RateSource;
 
+use payrail_core::payment::plan::Rail;
 use payrail_core::payment::refund::{difference_postings, merged_entry};
 
 use super::{amount_of, close, refused, token_hash, view_on, CryptoRefundView};
@@ -147,10 +148,12 @@ pub async fn mark_paid(tx: &mut PgConnection, ledger: &Ledger, id: &str, tx_hash
         let chain: ChainId = chain.parse().map_err(|_| InvoiceError::Corrupt { column: "chain", value: chain.clone() })?;
         let asset: String = row.try_get("asset")?;
         let amount = amount_of(&row.try_get::<String, _>("amount")?, "amount_minor")?;
+        // The coins left where they were held: the merchant's own wallet for Bitcoin.
+        let held = Rail::Chain(chain).debit_account(&merchant_id);
         let entry = NewEntry::new(format!("refund-paid:{id}"), "refund_paid")
             .memo(format!("crypto refund {id} {tx_hash}"))
             .debit(AccountCode::refund(id), asset.as_str(), amount)
-            .credit(AccountCode::chain_assets(&chain), asset.as_str(), amount);
+            .credit(held, asset.as_str(), amount);
         ledger.post(&mut *tx, &entry).await?;
     }
     let view = view_on(&mut *tx, None, id).await?;
