@@ -571,3 +571,68 @@ async fn a_second_key_confirms_an_address_change_at_once(pool: PgPool) {
     let (status, body) = server.post(&creator.api_key, "/v1/creators/me/withdrawals", all, None).await;
     assert_eq!((status, body["total_minor"].as_str()), (reqwest::StatusCode::CREATED, Some("2000000")), "{body}");
 }
+
+/// Bitcoin a merchant holds carries its creator's share: settling USDC first buys that share out
+/// of the merchant's USDC at the current rate, so the creator is owed USDC it can withdraw and the
+/// merchant owes nothing more; the rest is settled.
+#[sqlx::test]
+async fn settling_usdc_first_buys_out_the_creators_bitcoin_share(pool: PgPool) {
+    let rig = crate::common::bitcoin::rig(pool).await;
+    let polygon = Chain::start("polygon").await;
+    let state = &rig.state;
+    let payouts = PayoutService::with_chains(
+        vec![polygon.spec.clone(), rig.spec.clone()],
+        no_delay(),
+        state.pool.clone(),
+        state.ledger.clone(),
+        state.rates.clone(),
+        state.clock.clone(),
+    )
+    .expect("payouts");
+    let creator = payrail::creator::create_creator(
+        &state.pool,
+        &rig.merchant_id,
+        &payrail::creator::CreateCreator { name: "Ada".to_owned(), payout_addresses: Default::default() },
+    )
+    .await
+    .expect("creator");
+    let rules: payrail::creator::SplitRules =
+        serde_json::from_value(json!({"default": {"splits": [{"creator": creator.creator.id, "bps": 1000}]}})).expect("rules");
+    payrail::creator::set_split_rules(&state.pool, &rig.merchant_id, &rules).await.expect("rules");
+    let btc_invoice = rig.invoice("25.00").await;
+    let sats = crate::common::bitcoin::due(&btc_invoice);
+    let payment = payrail::invoice::ObservedPayment {
+        invoice_id: btc_invoice.id.clone(),
+        chain: rig.spec.caip2.clone(),
+        asset: common::BTC.parse().expect("asset"),
+        tx_ref: format!("{}:{}:0", rig.spec.caip2, "ab".repeat(32)),
+        address: None,
+        amount: Amount::from_u64(sats),
+        confirmations: 1,
+        confirmations_required: 1,
+        block: None,
+    };
+    let mut db = state.pool.begin().await.expect("begin");
+    payrail::invoice::apply_payment(&mut db, &state.ledger, &payment, state.clock.now()).await.expect("apply");
+    db.commit().await.expect("commit");
+    let usdc_invoice = common::invoice(state, &rig.merchant_id, "50.00", &[&polygon.usdc()]).await;
+    pay_usdc(state, &usdc_invoice.id, &polygon, 50_000_000, "0xe9").await;
+    polygon.fund_batcher(100_000_000).await;
+    payouts.set_payout_address(&rig.merchant_id, "polygon", &merchant_wallet().to_checksum(None), false, None).await.expect("address");
+    let creator_account = AccountCode::creator(&creator.creator.id);
+    assert_eq!(balance(state, &creator_account, common::BTC).await, SignedAmount::positive(Amount::from_u64(3_846)));
+
+    let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: None };
+    let batch = payouts.settle(&rig.merchant_id, &request).await.expect("settle");
+    // 3,846 sats at 65,000 USD/BTC is 2.49 USD (rounded down): 2.49 USDC to the creator.
+    assert_eq!(batch.total_minor, (45_000_000u64 - 2_490_000).to_string(), "the merchant's 45 USDC less the buy-out");
+    assert_eq!(balance(state, &creator_account, common::BTC).await, SignedAmount::ZERO);
+    assert_eq!(balance(state, &creator_account, &polygon.usdc()).await, SignedAmount::positive(Amount::from_u64(5_000_000 + 2_490_000)));
+    let merchant = AccountCode::merchant(&rig.merchant_id);
+    assert_eq!(balance(state, &merchant, common::BTC).await, SignedAmount::positive(Amount::from_u64(sats)), "all the coins it holds are its own now");
+    assert_eq!(balance(state, &AccountCode::held_by_merchant(&rig.merchant_id), common::BTC).await, SignedAmount::positive(Amount::from_u64(sats)));
+    // Nothing is owed any more: a second settlement buys nothing out.
+    pay_usdc(state, &usdc_invoice.id, &polygon, 10_000_000, "0xea").await;
+    let again = payouts.settle(&rig.merchant_id, &request).await.expect("settle again");
+    assert_eq!(again.total_minor, "9000000");
+}

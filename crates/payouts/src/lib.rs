@@ -19,6 +19,7 @@ use payrail_rates as rates;
 use payrail_store::{db, ledger};
 
 pub mod error;
+pub mod netting;
 pub mod plan;
 pub mod refund;
 pub mod runner;

@@ -70,6 +70,16 @@ pub(crate) struct PayableAsset {
     pub(crate) token: Address,
 }
 
+impl PayableAsset {
+    pub(crate) fn symbol(&self) -> &str {
+        &self.symbol
+    }
+
+    pub(crate) fn decimals(&self) -> u8 {
+        self.decimals
+    }
+}
+
 pub(crate) fn payable_assets(chain: &ChainSpec) -> Vec<PayableAsset> {
     let mut out = vec![PayableAsset {
         asset: chain.native_asset_id().to_string(),
@@ -95,6 +105,8 @@ pub(crate) fn connect(chain: &ChainSpec) -> Result<EvmClient> {
 #[derive(Debug)]
 pub struct PayoutService {
     chains: Vec<ChainSpec>,
+    /// The native coins of chains whose deposits merchants hold (Bitcoin): asset, symbol, decimals.
+    merchant_held: Vec<(String, String, u8)>,
     pool: PgPool,
     ledger: Arc<Ledger>,
     rates: Arc<dyn RateSource>,
@@ -144,13 +156,24 @@ impl PayoutService {
         rates: Arc<dyn RateSource>,
         clock: Arc<dyn Clock>,
     ) -> Option<Self> {
+        let merchant_held = chains
+            .iter()
+            .filter(|c| c.kind == ChainKind::Bitcoin)
+            .map(|c| (c.native_asset_id().to_string(), c.native.symbol.clone(), c.native.decimals))
+            .collect();
         let chains: Vec<ChainSpec> =
             chains.into_iter().filter(|c| c.kind == ChainKind::Evm && c.payout_batcher.is_some()).collect();
-        (!chains.is_empty()).then(|| Self { chains, pool, ledger, rates, config, clock, executor_running: AtomicBool::new(false) })
+        (!chains.is_empty())
+            .then(|| Self { chains, merchant_held, pool, ledger, rates, config, clock, executor_running: AtomicBool::new(false) })
     }
 
     pub fn chains(&self) -> &[ChainSpec] {
         &self.chains
+    }
+
+    /// The symbol and decimals of `asset` when merchants hold it (the native coin of a Bitcoin chain).
+    pub(crate) fn merchant_held(&self, asset: &str) -> Option<(String, u8)> {
+        self.merchant_held.iter().find(|(a, _, _)| a == asset).map(|(_, symbol, decimals)| (symbol.clone(), *decimals))
     }
 
     pub(crate) fn pool(&self) -> &PgPool {

@@ -9,7 +9,8 @@
 //! a settlement and a refund) cannot both take the same funds: the second is refused with what is
 //! still available. It is paid to the merchant's payout address on the chain, which must have been
 //! set at least `[payouts] address_change_delay_s` before (an account taken over cannot send the
-//! balance to a new address at once).
+//! balance to a new address at once). A merchant's settlement of a USD stablecoin first takes from
+//! it what the merchant owes for money its own wallet holds ([`super::netting`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -238,6 +239,10 @@ impl PayoutService {
 
         let mut tx = self.pool().begin().await?;
         store::lock_runs(&mut tx).await?;
+        // What the merchant owes for Bitcoin it holds is bought out of a stablecoin first.
+        if let Payee::Merchant(merchant_id) = payee {
+            self.net_receivables(&mut tx, merchant_id, asset, now).await?;
+        }
         let balance = self.ledger().balance(&mut tx, &payee.account(), &asset.asset).await?;
         let available = if balance.is_negative() { Amount::ZERO } else { balance.magnitude() };
         let amount = wanted.unwrap_or(available);
