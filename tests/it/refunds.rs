@@ -14,7 +14,7 @@ use payrail::invoice::InvoiceView;
 use payrail::ledger::{AccountCode, SignedAmount};
 use payrail::merchant::create_merchant;
 use payrail::money::Amount;
-use payrail::payout::PayoutSender;
+use payrail::payout::{PayoutSender, PayoutService};
 use payrail_devnet::anvil::DEV_DEPLOYER_KEY;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -314,4 +314,78 @@ async fn a_held_late_payment_is_refunded_by_claim_link(pool: PgPool) {
     assert!(drive_to_end(&polygon, state, &sender, claimed["payout_id"].as_str().expect("payout")).await.is_final());
     assert_eq!(polygon.usdc_of(payer()).await, U256::from(10_000_000u64));
     assert_eq!(server.invoice_view(&invoice.id).await.status.to_string(), "expired", "the invoice was never paid");
+}
+
+/// A current-rate refund of POL claimed after POL doubled: the payer gets half the coins and the
+/// other half goes back to the merchant at the claim. Its payout is cancelled before it is sent,
+/// so the refund fails; cancelling it then returns everything it booked, in the order that keeps
+/// its account from going below zero.
+#[sqlx::test]
+async fn a_failed_current_rate_refund_is_cancelled_back_to_the_balances(pool: PgPool) {
+    let polygon = Chain::start("polygon").await;
+    let server = common::Server::start_with(pool.clone(), |state| {
+        // Claims are priced by the payout service's feed: POL at 1 USD, twice the invoice's rate.
+        let doubled = payrail::rates::FixedFeed::new([(("POL".to_owned(), "USD".to_owned()), "1".parse().expect("rate"))]);
+        let payouts = PayoutService::with_chains(
+            vec![polygon.spec.clone()],
+            no_delay(),
+            state.pool.clone(),
+            state.ledger.clone(),
+            Arc::new(doubled),
+            state.clock.clone(),
+        )
+        .expect("payouts");
+        payouts.set_executor_running(true);
+        state.payouts = Some(Arc::new(payouts));
+    })
+    .await;
+    let state = &server.state;
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
+    polygon.fund_batcher(100_000_000).await;
+    let pol = polygon.spec.native_asset_id().to_string();
+    let invoice = common::invoice(state, &merchant.merchant_id, "10.00", &[&pol]).await;
+    let wei: u128 = invoice.payment_options[0].amount_minor.parse().expect("wei");
+    assert_eq!(wei, 20_000_000_000_000_000_000, "10 USD at 0.5 USD per POL");
+    let payment = payrail::invoice::ObservedPayment {
+        invoice_id: invoice.id.clone(),
+        chain: polygon.spec.caip2.clone(),
+        asset: pol.parse().expect("asset"),
+        tx_ref: format!("{}:0xf1:native", polygon.spec.caip2),
+        address: None,
+        amount: Amount::from_u128(wei),
+        confirmations: 1,
+        confirmations_required: 1,
+        block: None,
+    };
+    let mut db = state.pool.begin().await.expect("begin");
+    payrail::invoice::apply_payment(&mut db, &state.ledger, &payment, state.clock.now()).await.expect("apply");
+    db.commit().await.expect("commit");
+    let merchant_account = AccountCode::merchant(&merchant.merchant_id);
+    let before = server.balance(&merchant_account, &pol).await;
+
+    let path = format!("/v1/invoices/{}/refunds", invoice.id);
+    let (status, refund) = server.post(&merchant.api_key, &path, json!({"method": "crypto", "amount": {"kind": "current_rate"}}), None).await;
+    assert_eq!((status, refund["amount_minor"].as_str()), (StatusCode::CREATED, None), "priced at claim: {refund}");
+    let token = token_of(&refund);
+    let response = server
+        .request(reqwest::Method::POST, None, &format!("/refund/{token}"))
+        .header("accept", "application/json")
+        .form(&[("address", payer().to_checksum(None))])
+        .send()
+        .await
+        .expect("claim");
+    let claimed: Value = response.json().await.expect("json");
+    assert_eq!(claimed["amount_minor"].as_str(), Some("10000000000000000000"), "10 USD at 1 USD per POL: {claimed}");
+    let half = SignedAmount::positive(Amount::from_u128(wei / 2));
+    assert_eq!(server.balance(&merchant_account, &pol).await, before.checked_add(half.negated()).expect("sum"), "the merchant keeps the other half");
+
+    let payout_id = claimed["payout_id"].as_str().expect("payout");
+    payrail::payout::store::cancel(&state.pool, &state.ledger, payout_id, "test", state.clock.now()).await.expect("cancel payout");
+    let id = refund["id"].as_str().expect("id");
+    let (_, failed) = server.get(&merchant.api_key, &format!("/v1/refunds/{id}")).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let (status, canceled) = server.post(&merchant.api_key, &format!("/v1/refunds/{id}/cancel"), json!({}), None).await;
+    assert_eq!((status, canceled["status"].as_str()), (StatusCode::OK, Some("canceled")), "{canceled}");
+    assert_eq!(server.balance(&merchant_account, &pol).await, before, "everything it booked is back");
+    assert_eq!(server.balance(&AccountCode::refund(id), &pol).await, SignedAmount::ZERO);
 }

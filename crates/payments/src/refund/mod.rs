@@ -453,12 +453,14 @@ pub async fn cancel(pool: &PgPool, ledger: &Ledger, merchant_id: &str, id: &str,
     Ok(view)
 }
 
-/// Ends a refund without paying it (`canceled`, `expired`): every entry it booked is reversed, on
-/// the caller's transaction with the row locked; announced as `refund.{status}`.
+/// Ends a refund without paying it (`canceled`, `expired`): every entry it booked is reversed,
+/// newest first (a claim that gave part of the reservation back is undone before the reservation,
+/// so the refund's account never dips below zero), on the caller's transaction with the row
+/// locked; announced as `refund.{status}`.
 pub(crate) async fn close(tx: &mut PgConnection, ledger: &Ledger, id: &str, status: &str, now: DateTime<Utc>) -> Result<CryptoRefundView> {
     let entries: Vec<i64> = sqlx::query_scalar(
         "SELECT e.id FROM journal_entries e WHERE e.idempotency_key IN ($1, $2) \
-           AND NOT EXISTS (SELECT 1 FROM journal_entries r WHERE r.reverses_entry_id = e.id) ORDER BY e.id",
+           AND NOT EXISTS (SELECT 1 FROM journal_entries r WHERE r.reverses_entry_id = e.id) ORDER BY e.id DESC",
     )
     .bind(format!("refund:{id}"))
     .bind(format!("refund-claim:{id}"))
