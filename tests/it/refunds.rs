@@ -341,7 +341,7 @@ async fn a_failed_current_rate_refund_is_cancelled_back_to_the_balances(pool: Pg
     .await;
     let state = &server.state;
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
-    polygon.fund_batcher(100_000_000).await;
+    polygon.pay_native(polygon.contracts.payout_batcher, U256::from(50_000_000_000_000_000_000u128)).await;
     let pol = polygon.spec.native_asset_id().to_string();
     let invoice = common::invoice(state, &merchant.merchant_id, "10.00", &[&pol]).await;
     let wei: u128 = invoice.payment_options[0].amount_minor.parse().expect("wei");
