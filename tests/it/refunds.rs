@@ -5,7 +5,7 @@
 
 use crate::common;
 use crate::common::evm::Chain;
-use crate::settlements::{drive_to_end, no_delay, pay_usdc, service};
+use crate::settlements::{drive_to_end, no_delay, pay_usdc, server_with_payouts};
 
 use std::sync::Arc;
 
@@ -52,12 +52,7 @@ async fn events(pool: &PgPool, object: &str) -> Vec<String> {
 #[sqlx::test]
 async fn a_usdc_refund_is_claimed_on_the_page_and_paid_by_a_payout(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
-    let server = common::Server::start_with(pool.clone(), |state| {
-        let payouts = service(state, &[&polygon], no_delay());
-        payouts.set_executor_running(true);
-        state.payouts = Some(Arc::new(payouts));
-    })
-    .await;
+    let server = server_with_payouts(pool.clone(), &[&polygon], no_delay()).await;
     let state = &server.state;
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     polygon.fund_batcher(100_000_000).await;
@@ -146,12 +141,7 @@ async fn a_usdc_refund_is_claimed_on_the_page_and_paid_by_a_payout(pool: PgPool)
 #[sqlx::test]
 async fn a_refund_and_a_settlement_of_the_same_funds_take_them_once(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
-    let server = common::Server::start_with(pool.clone(), |state| {
-        let payouts = service(state, &[&polygon], no_delay());
-        payouts.set_executor_running(true);
-        state.payouts = Some(Arc::new(payouts));
-    })
-    .await;
+    let server = server_with_payouts(pool.clone(), &[&polygon], no_delay()).await;
     let state = &server.state;
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     polygon.fund_batcher(100_000_000).await;
@@ -260,12 +250,7 @@ async fn a_btc_refund_is_marked_paid_when_the_merchant_pays_the_address(pool: Pg
 #[sqlx::test]
 async fn a_held_late_payment_is_refunded_by_claim_link(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
-    let server = common::Server::start_with(pool.clone(), |state| {
-        let payouts = service(state, &[&polygon], no_delay());
-        payouts.set_executor_running(true);
-        state.payouts = Some(Arc::new(payouts));
-    })
-    .await;
+    let server = server_with_payouts(pool.clone(), &[&polygon], no_delay()).await;
     let state = &server.state;
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     polygon.fund_batcher(100_000_000).await;

@@ -38,6 +38,17 @@ pub(crate) fn service(state: &AppState, chains: &[&Chain], config: PayoutsConfig
     .expect("payable chains")
 }
 
+/// payrail's API over real sockets with payouts on `chains`, whose executor is running (a hot
+/// wallet key is configured), so settlements, withdrawals and refunds are taken.
+pub(crate) async fn server_with_payouts(pool: PgPool, chains: &[&Chain], config: PayoutsConfig) -> common::Server {
+    common::Server::start_with(pool, |state| {
+        let payouts = service(state, chains, config);
+        payouts.set_executor_running(true);
+        state.payouts = Some(Arc::new(payouts));
+    })
+    .await
+}
+
 pub(crate) fn no_delay() -> PayoutsConfig {
     PayoutsConfig { address_change_delay_s: 0, ..PayoutsConfig::default() }
 }
@@ -92,12 +103,7 @@ async fn a_merchant_withdraws_usdc_on_two_chains_in_one_transaction_each(pool: P
     let polygon = Chain::start("polygon").await;
     let arbitrum = Chain::start("arbitrum").await;
     let chains = [&polygon, &arbitrum];
-    let server = common::Server::start_with(pool.clone(), |state| {
-        let payouts = service(state, &chains, no_delay());
-        payouts.set_executor_running(true);
-        state.payouts = Some(Arc::new(payouts));
-    })
-    .await;
+    let server = server_with_payouts(pool.clone(), &chains, no_delay()).await;
     let state = &server.state;
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     let other = create_merchant(&state.pool, "Other").await.expect("other");
@@ -324,12 +330,7 @@ async fn two_settlements_of_the_same_funds_at_once_take_them_once(pool: PgPool) 
 #[sqlx::test]
 async fn a_daily_schedule_settles_balances_above_the_minimum_once_a_day(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
-    let server = common::Server::start_with(pool.clone(), |state| {
-        let payouts = service(state, &[&polygon], no_delay());
-        payouts.set_executor_running(true);
-        state.payouts = Some(Arc::new(payouts));
-    })
-    .await;
+    let server = server_with_payouts(pool.clone(), &[&polygon], no_delay()).await;
     let state = &server.state;
     let payouts = state.payouts.clone().expect("payouts");
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
@@ -378,12 +379,7 @@ async fn a_daily_schedule_settles_balances_above_the_minimum_once_a_day(pool: Pg
 #[sqlx::test]
 async fn a_cancelled_settlement_returns_the_balance_and_is_never_sent(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
-    let server = common::Server::start_with(pool.clone(), |state| {
-        let payouts = service(state, &[&polygon], no_delay());
-        payouts.set_executor_running(true);
-        state.payouts = Some(Arc::new(payouts));
-    })
-    .await;
+    let server = server_with_payouts(pool.clone(), &[&polygon], no_delay()).await;
     let state = &server.state;
     let payouts = state.payouts.clone().expect("payouts");
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
@@ -432,12 +428,7 @@ async fn a_cancelled_settlement_returns_the_balance_and_is_never_sent(pool: PgPo
 async fn a_creator_withdraws_and_a_changed_address_waits_out_the_delay(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
     let config = PayoutsConfig { threshold_usd_cents: Amount::from_u64(1_000), ..PayoutsConfig::default() };
-    let server = common::Server::start_with(pool.clone(), |state| {
-        let payouts = service(state, &[&polygon], config.clone());
-        payouts.set_executor_running(true);
-        state.payouts = Some(Arc::new(payouts));
-    })
-    .await;
+    let server = server_with_payouts(pool.clone(), &[&polygon], config.clone()).await;
     let state = &server.state;
     let payouts = state.payouts.clone().expect("payouts");
     let merchant = create_merchant(&state.pool, "Studio").await.expect("merchant");
@@ -507,12 +498,7 @@ async fn a_creator_withdraws_and_a_changed_address_waits_out_the_delay(pool: PgP
 async fn a_second_key_confirms_an_address_change_at_once(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
     let config = PayoutsConfig { threshold_usd_cents: Amount::from_u64(100), ..PayoutsConfig::default() };
-    let server = common::Server::start_with(pool.clone(), |state| {
-        let payouts = service(state, &[&polygon], config.clone());
-        payouts.set_executor_running(true);
-        state.payouts = Some(Arc::new(payouts));
-    })
-    .await;
+    let server = server_with_payouts(pool.clone(), &[&polygon], config.clone()).await;
     let state = &server.state;
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     let other = create_merchant(&state.pool, "Other").await.expect("other");

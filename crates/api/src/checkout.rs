@@ -528,15 +528,18 @@ pub async fn status(
         return harden(ApiError::not_found("invoice").into_response(), JSON_CSP);
     };
     let asked = query.ok().and_then(|Query(q)| q.asset);
-    let result = match Checkout::load(&state, &id).await {
-        Ok(checkout) => checkout.status(asked.as_deref()),
-        Err(error) => Err(error),
-    };
+    let result = public_status(&state, &id, asked.as_deref()).await;
     let response = match result {
         Ok(status) => Json(status).into_response(),
         Err(error) => status_error(error, &id),
     };
     harden(response, JSON_CSP)
+}
+
+/// The invoice's public status, worded for the option `asked` (what `/status` and the event
+/// stream answer).
+async fn public_status(state: &AppState, id: &str, asked: Option<&str>) -> Result<CheckoutStatus, CheckoutError> {
+    Checkout::load(state, id).await?.status(asked)
 }
 
 /// A public status that could not be read, as the JSON error the API answers.

@@ -107,7 +107,7 @@ impl From<InvoiceError> for ApiError {
         match error {
             NotFound { .. } => Self::not_found("invoice"),
             PaymentNotFound { .. } => Self::not_found("payment"),
-            Refused { code: "not_found", .. } => Self::not_found("refund"),
+            RefundNotFound { .. } => Self::not_found("refund"),
             Refused { code, reason } => Self::new(StatusCode::CONFLICT, code, reason),
             Invalid { field, reason } => Self::new(unprocessable, "parameter_invalid", format!("{field}: {reason}")),
             UnsupportedCurrency { .. } => Self::new(unprocessable, "currency_unsupported", error.to_string()),

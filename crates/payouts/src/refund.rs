@@ -37,7 +37,7 @@ impl PayoutService {
                 .bind(&refund::token_hash(token)[..])
                 .fetch_optional(&mut *conn)
                 .await?;
-            row.ok_or_else(|| PayoutError::Refused { code: "not_found", reason: "no such refund".to_owned() })?
+            row.ok_or_else(|| PayoutError::Refund(payrail_payments::invoice::InvoiceError::RefundNotFound { id: "(token)".to_owned() }))?
         };
         let single = self.single(&chain_id, &asset_id).await?;
         let mut tx = self.pool().begin().await?;

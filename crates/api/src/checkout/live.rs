@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use sqlx::{PgPool, Row};
 use tokio::sync::broadcast;
 
-use super::{harden, status_error, Checkout, CheckoutError, CheckoutQuery, PayerState, JSON_CSP};
+use super::{harden, public_status, status_error, CheckoutError, CheckoutQuery, PayerState, JSON_CSP};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -157,7 +157,7 @@ impl Stream {
                 },
                 () = tokio::time::sleep(Duration::from_secs(RECHECK_S)) => {}
             }
-            let status = match Checkout::load(&self.state, &self.id).await.and_then(|c| c.status(self.asked.as_deref())) {
+            let status = match public_status(&self.state, &self.id, self.asked.as_deref()).await {
                 Ok(status) => status,
                 // The database is away for a moment: the next wake-up or recheck tries again.
                 Err(CheckoutError::Unavailable(_)) => continue,
@@ -201,7 +201,7 @@ pub async fn events(
     let asked = query.ok().and_then(|Query(q)| q.asset);
     // Subscribed before the first read, so no change after it is missed.
     let wake = state.live.subscribe();
-    let status = match Checkout::load(&state, &id).await.and_then(|c| c.status(asked.as_deref())) {
+    let status = match public_status(&state, &id, asked.as_deref()).await {
         Ok(status) => status,
         Err(error) => return harden(status_error(error, &id), JSON_CSP),
     };

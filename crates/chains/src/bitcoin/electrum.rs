@@ -77,6 +77,10 @@ pub struct Electrum {
     /// The scripts whose changes the server is asked to announce (`blockchain.scripthash.subscribe`).
     /// A new connection starts with none; [`Electrum::subscribe`] subscribes it again.
     subscribed: Mutex<Arc<Vec<ScriptBuf>>>,
+    /// Counts the connections made; `subscribed` holds for connection `subscribed_on` (a scan whose
+    /// scripts did not change on the same connection subscribes nothing).
+    connections: std::sync::atomic::AtomicU64,
+    subscribed_on: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Electrum {
@@ -108,7 +112,14 @@ impl Electrum {
         if endpoints.is_empty() {
             return Err(ElectrumError::NoEndpoint { chain: chain.to_string() });
         }
-        Ok(Self { chain, endpoints, current: Mutex::new(None), subscribed: Mutex::new(Arc::new(Vec::new())) })
+        Ok(Self {
+            chain,
+            endpoints,
+            current: Mutex::new(None),
+            subscribed: Mutex::new(Arc::new(Vec::new())),
+            connections: std::sync::atomic::AtomicU64::new(0),
+            subscribed_on: std::sync::atomic::AtomicU64::new(u64::MAX),
+        })
     }
 
     /// Connects to `endpoint`, checks its genesis block and subscribes to headers.
@@ -176,7 +187,11 @@ impl Electrum {
                     if offset > 0 {
                         tracing::info!(target: "watcher::bitcoin", chain = %self.chain, %endpoint, operation, "failed over to the next endpoint");
                     }
-                    *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((index, client));
+                    let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+                    if current.as_ref().is_none_or(|(i, kept)| *i != index || !Arc::ptr_eq(kept, &client)) {
+                        self.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    *current = Some((index, client));
                     return Ok(value);
                 }
                 Err(error) => {
@@ -242,8 +257,14 @@ impl Electrum {
 
     /// Asks the server to announce changes to `scripts` (and no longer to those dropped since the
     /// last call), so a payment is seen when it reaches the mempool, not at the next poll.
-    /// Scripts this connection already subscribed to cost nothing.
+    /// The same scripts on the same connection cost nothing (no call at all).
     pub async fn subscribe(&self, scripts: &[ScriptBuf]) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let unchanged = self.subscribed_on.load(SeqCst) == self.connections.load(SeqCst)
+            && self.subscribed.lock().unwrap_or_else(PoisonError::into_inner).as_slice() == scripts;
+        if unchanged {
+            return Ok(());
+        }
         let wanted = Arc::new(scripts.to_vec());
         let previous = std::mem::replace(&mut *self.subscribed.lock().unwrap_or_else(PoisonError::into_inner), wanted.clone());
         let kept: std::collections::HashSet<&ScriptBuf> = wanted.iter().collect();
@@ -263,7 +284,10 @@ impl Electrum {
             }
             Ok(())
         })
-        .await
+        .await?;
+        // The call may have connected anew: the subscriptions are on the connection now current.
+        self.subscribed_on.store(self.connections.load(SeqCst), SeqCst);
+        Ok(())
     }
 
     /// Headers `start..start + count`, checked to chain by parent hash (fewer at the tip).

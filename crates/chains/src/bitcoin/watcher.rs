@@ -142,7 +142,9 @@ impl BitcoinSource {
     async fn observe(&self, watched: &HashMap<ScriptBuf, &Watched>, scan: &Scan<'_, BlockHash, ()>) -> Result<Observed, FollowError> {
         let tip = scan.head.tip;
         let complete: HashSet<String> = watched.values().map(|w| w.address.clone()).collect();
-        let scripts: Vec<ScriptBuf> = watched.keys().cloned().collect();
+        // In one order, so an unchanged set is recognised and not subscribed again.
+        let mut scripts: Vec<ScriptBuf> = watched.keys().cloned().collect();
+        scripts.sort_unstable();
         // From now on the server announces new payments to these scripts: the next tip poll sees
         // the notification and the follower scans at once. Subscribed before the histories are
         // read, so nothing falls between the two.

@@ -38,11 +38,6 @@ impl RefundAmount {
             Self::Custom { .. } => "custom",
         }
     }
-
-    /// Whether the payer's amount is priced when the payer claims.
-    pub fn priced_at_claim(&self) -> bool {
-        matches!(self, Self::CurrentRate | Self::Fiat { .. })
-    }
 }
 
 /// A confirmed payment of the refund's asset that counts toward the invoice.

@@ -14,6 +14,8 @@ pub enum InvoiceError {
     NotFound { id: String },
     #[error("payment {id} not found")]
     PaymentNotFound { id: String },
+    #[error("refund {id} not found")]
+    RefundNotFound { id: String },
     /// The merchant asked for what the facts do not allow; `code` names the rule.
     #[error("{reason}")]
     Refused { code: &'static str, reason: String },

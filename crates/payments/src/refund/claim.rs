@@ -23,7 +23,6 @@ pub struct OpenRefund {
     pub symbol: String,
     pub decimals: u8,
     pub currency: String,
-    pub kind: String,
     pub value: Amount,
     pub reserved: Amount,
     /// Fixed when created; `None` for the kinds priced at claim.
@@ -33,13 +32,13 @@ pub struct OpenRefund {
 /// Locks the refund `token` opens, on the caller's transaction; it must be open and unexpired.
 pub async fn lock_open(tx: &mut PgConnection, token: &str, now: DateTime<Utc>) -> Result<OpenRefund> {
     let row = sqlx::query(
-        "SELECT id, merchant_id, chain, asset, symbol, decimals, currency, kind, status, expires_at, value_minor::text AS value, \
+        "SELECT id, merchant_id, chain, asset, symbol, decimals, currency, status, expires_at, value_minor::text AS value, \
                 reserved_minor::text AS reserved, amount_minor::text AS amount FROM crypto_refunds WHERE token_hash = $1 FOR UPDATE",
     )
     .bind(&token_hash(token)[..])
     .fetch_optional(&mut *tx)
     .await?
-    .ok_or_else(|| refused("not_found", "no such refund"))?;
+    .ok_or_else(|| InvoiceError::RefundNotFound { id: "(token)".to_owned() })?;
     let status: String = row.try_get("status")?;
     let expires_at: DateTime<Utc> = row.try_get("expires_at")?;
     if status != "open" {
@@ -57,7 +56,6 @@ pub async fn lock_open(tx: &mut PgConnection, token: &str, now: DateTime<Utc>) -
         symbol: row.try_get("symbol")?,
         decimals: u8::try_from(decimals).map_err(|_| InvoiceError::Corrupt { column: "decimals", value: decimals.to_string() })?,
         currency: row.try_get("currency")?,
-        kind: row.try_get("kind")?,
         value: amount_of(&row.try_get::<String, _>("value")?, "value_minor")?,
         reserved: amount_of(&row.try_get::<String, _>("reserved")?, "reserved_minor")?,
         amount: row.try_get::<Option<String>, _>("amount")?.map(|a| amount_of(&a, "amount_minor")).transpose()?,

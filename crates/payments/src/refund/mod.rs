@@ -378,7 +378,7 @@ async fn view_on(conn: &mut PgConnection, merchant_id: Option<&str>, id: &str) -
 }
 
 fn refused_not_found(id: &str) -> InvoiceError {
-    InvoiceError::Refused { code: "not_found", reason: format!("refund {id} not found") }
+    InvoiceError::RefundNotFound { id: id.to_owned() }
 }
 
 /// A refund read on the caller's transaction.
