@@ -221,7 +221,7 @@ pub async fn serve(
         // and settlement endpoints say so instead of waiting on nodes that are not there.
         state.payouts = None;
     }
-    let expiry = tokio::spawn(expire_loop(pool.clone(), state.ledger.clone(), state.clock.clone()));
+    let expiry = tokio::spawn(expire_loop(pool.clone(), state.ledger.clone(), state.clock.clone(), state.card.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
     if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
@@ -352,7 +352,7 @@ pub async fn serve(
 /// Every how many expiry ticks stored idempotent responses past their window are purged.
 pub const PURGE_EVERY_TICKS: u64 = 60;
 
-async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Arc<dyn Clock>) {
+async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Arc<dyn Clock>, card: Option<Arc<crate::stripe::CardRail>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(EXPIRE_INTERVAL_MS));
     let mut ticks = 0u64;
     loop {
@@ -375,8 +375,30 @@ async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Ar
             Ok(n) => tracing::info!(target: "invoice", expired = n, "refund links expired"),
             Err(error) => tracing::warn!(target: "invoice", %error, "refund expiry failed; retrying next tick"),
         }
+        if let Some(card) = card.as_deref() {
+            card_settlements(card, &pool, &ledger, clock.now(), ticks % PURGE_EVERY_TICKS == 1).await;
+        }
     }
 }
+
+/// Card settlements Stripe has not answered are asked for again; every `refresh`, payouts pending
+/// for [`CARD_PAYOUT_REFRESH_S`] are read back from Stripe (an event may have been missed).
+async fn card_settlements(card: &crate::stripe::CardRail, pool: &PgPool, ledger: &crate::ledger::Ledger, now: chrono::DateTime<chrono::Utc>, refresh: bool) {
+    use crate::stripe::settlement;
+    match settlement::resume(card, pool, ledger, now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(target: "stripe::settlement", asked = n, "card settlements asked for again"),
+        Err(error) => tracing::warn!(target: "stripe::settlement", %error, "card settlement resume failed; retrying next tick"),
+    }
+    if refresh {
+        if let Err(error) = settlement::refresh(card, pool, ledger, chrono::Duration::seconds(CARD_PAYOUT_REFRESH_S), now).await {
+            tracing::warn!(target: "stripe::settlement", %error, "card payout refresh failed; retrying later");
+        }
+    }
+}
+
+/// How long a card settlement's payout may stay pending before it is read back from Stripe.
+pub const CARD_PAYOUT_REFRESH_S: i64 = 3_600;
 
 #[cfg(test)]
 mod tests {

@@ -71,6 +71,18 @@ pub async fn ls_post(path: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// A `GET` from localstripe, answered as JSON.
+pub async fn ls_get(path: &str) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", localstripe()))
+        .basic_auth("sk_test_payrail", Some(""))
+        .send()
+        .await
+        .expect("localstripe answers");
+    let status = response.status();
+    (status, response.json().await.expect("json"))
+}
+
 pub fn random_suffix() -> String {
     payrail::ids::new_id("x").trim_start_matches("x_").to_owned()
 }

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use crate::common::stripe::{random_suffix, start_exclusive as start, Server, HISTORY};
+use crate::common::stripe::{ls_get, ls_post, random_suffix, start_exclusive as start, Server, HISTORY};
 use crate::common::USD;
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::money::{Amount, Fiat};
@@ -174,4 +174,146 @@ async fn a_range_must_be_forward_and_bounded(pool: PgPool) {
         let error = reconcile_stripe(&server.state.pool, &server.stripe(), from, to).await.expect_err("refused");
         assert!(matches!(error, payrail::reconcile::ReconcileError::Range { .. }), "{error}");
     }
+}
+
+impl Server {
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.key).send().await.expect("get");
+        let status = response.status();
+        (status, response.json().await.expect("json"))
+    }
+
+    async fn eur_balance(&self, account: &AccountCode) -> String {
+        let mut conn = self.state.pool.acquire().await.expect("conn");
+        self.state.ledger.balance(&mut conn, account, &Fiat::EUR.ledger_asset()).await.expect("balance").to_string()
+    }
+
+    /// Waits until card settlement `id` is `want`.
+    async fn wait_settlement(&self, id: &str, want: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, settlement) = self.get(&format!("/v1/card_settlements/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{settlement}");
+            if settlement["status"] == want {
+                return settlement;
+            }
+            assert!(std::time::Instant::now() < deadline, "settlement never became {want}: {settlement}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[sqlx::test]
+async fn a_card_balance_leaves_by_stripe_payout_exactly_once_and_reconciles(pool: PgPool) {
+    let _turn = HISTORY.write().await;
+    let server = start(pool).await;
+    server.subscribe().await;
+    let from = fresh_second().await;
+    let (status, invoice) = server.post("/v1/invoices", json!({ "amount": "40.00", "currency": "EUR" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{invoice}");
+    let invoice = invoice["id"].as_str().expect("id").to_owned();
+    let pi = server.pay_with_test_card(&invoice).await;
+    server.wait_status(&invoice, "paid").await;
+    let merchant = AccountCode::merchant(&server.merchant_id);
+    let at_stripe = AccountCode::stripe(Fiat::EUR);
+    assert_eq!(server.eur_balance(&merchant).await, "4000");
+
+    // Refused: more than the balance (with what is available), a currency that is not one, no body.
+    let (status, error) = server.post("/v1/card_settlements", json!({ "currency": "EUR", "amount_minor": "4001" })).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("insufficient_funds")), "{error}");
+    assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("4000 available")), "{error}");
+    for body in [json!({ "currency": "EURO" }), json!({ "currency": "EUR", "amount_minor": "-5" }), json!({ "currency": "EUR", "amount_minor": "0" })] {
+        let (status, error) = server.post("/v1/card_settlements", body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {error}");
+    }
+
+    // Two settlements: Stripe makes a payout of each at once.
+    let (status, first) = server.post("/v1/card_settlements", json!({ "currency": "EUR", "amount_minor": "1500" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!((first["status"].as_str(), first["amount_minor"].as_str()), (Some("pending"), Some("1500")), "{first}");
+    let first_po = first["stripe_payout"].as_str().expect("payout").to_owned();
+    let (status, error) = server.post("/v1/card_settlements", json!({ "currency": "EUR", "amount_minor": "3000" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("2500 available")), "{error}");
+    let (status, second) = server.post("/v1/card_settlements", json!({ "currency": "EUR" })).await;
+    assert_eq!((status, second["amount_minor"].as_str()), (StatusCode::CREATED, Some("2500")), "{second}");
+    let second_po = second["stripe_payout"].as_str().expect("payout").to_owned();
+    let (_, at_ls) = ls_get(&format!("/v1/payouts/{first_po}")).await;
+    assert_eq!((at_ls["amount"].as_u64(), at_ls["currency"].as_str()), (Some(1500), Some("eur")), "{at_ls}");
+    assert_eq!(at_ls["metadata"]["payrail_card_settlement"], first["id"], "{at_ls}");
+    assert_eq!(server.eur_balance(&merchant).await, "0");
+    assert_eq!(server.eur_balance(&AccountCode::payouts_in_flight()).await, "4000");
+
+    // The first is paid to the bank: the money leaves Stripe's account in the ledger; the second
+    // is canceled at Stripe: its amount is the merchant's again.
+    let (status, paid) = ls_post(&format!("/v1/payouts/{first_po}"), &[("status", "paid")]).await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    let (status, canceled) = ls_post(&format!("/v1/payouts/{second_po}/cancel"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
+    let first = server.wait_settlement(first["id"].as_str().expect("id"), "paid").await;
+    assert!(first["finished_at"].is_string(), "{first}");
+    let second = server.wait_settlement(second["id"].as_str().expect("id"), "canceled").await;
+    assert_eq!(server.eur_balance(&merchant).await, "2500");
+    assert_eq!(server.eur_balance(&at_stripe).await, "2500");
+    assert_eq!(server.eur_balance(&AccountCode::payouts_in_flight()).await, "0");
+
+    // The same event again (Stripe reads the payout back the same) changes nothing.
+    let payout = server.stripe().payout(&first_po).await.expect("payout");
+    let mut tx = server.state.pool.begin().await.expect("tx");
+    let again = payrail::stripe::settlement::apply(&mut tx, &server.state.ledger, &payout, Utc::now()).await.expect("apply");
+    tx.commit().await.expect("commit");
+    assert!(matches!(again, payrail::stripe::settlement::PayoutOutcome::Applied(ref note) if note.contains("is paid")), "{again:?}");
+    assert_eq!(server.eur_balance(&at_stripe).await, "2500");
+
+    // A payout payrail did not ask for is kept for review, not booked.
+    let (status, foreign) = ls_post("/v1/payouts", &[("amount", "100"), ("currency", "eur"), ("status", "paid")]).await;
+    assert_eq!(status, StatusCode::OK, "{foreign}");
+    let foreign_po = foreign["id"].as_str().expect("id").to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let note: Option<String> = sqlx::query_scalar("SELECT note FROM stripe_events WHERE event_type = 'payout.paid' AND payload->'data'->'object'->>'id' = $1 AND status = 'review'")
+            .bind(&foreign_po)
+            .fetch_optional(&server.state.pool)
+            .await
+            .expect("event");
+        if let Some(note) = note {
+            assert!(note.contains("not asked for by payrail"), "{note}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the foreign payout was never kept for review");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.eur_balance(&at_stripe).await, "2500");
+
+    // Listed newest first, a page at a time.
+    let (status, page) = server.get("/v1/card_settlements?limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!((page["data"][0]["id"].clone(), page["has_more"].as_bool()), (second["id"].clone(), Some(true)), "{page}");
+    let (_, rest) = server.get(&format!("/v1/card_settlements?limit=1&starting_after={}", second["id"].as_str().expect("id"))).await;
+    assert_eq!((rest["data"][0]["id"].clone(), rest["has_more"].as_bool()), (first["id"].clone(), Some(false)), "{rest}");
+    // (The paid and the canceled payout's events arrive in either order.)
+    let events: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox WHERE object_id LIKE 'cst\\_%' ORDER BY event_type")
+        .fetch_all(&server.state.pool)
+        .await
+        .expect("outbox");
+    assert_eq!(events, ["card_settlement.created", "card_settlement.created", "card_settlement.failed", "card_settlement.paid"]);
+
+    // Reconciliation: the charge and the paid payout match; the foreign payout is missing in the ledger.
+    let to = range_end().await;
+    let report = server.reconcile(from, to).await;
+    let mut items: Vec<(Category, ItemKind, &str, Option<&str>)> =
+        report.items.iter().map(|i| (i.category, i.kind, i.reference.as_str(), i.chain_amount_minor.as_deref())).collect();
+    items.sort();
+    let mut want = vec![
+        (Category::Matched, ItemKind::Charge, pi.as_str(), Some("4000")),
+        (Category::Matched, ItemKind::Payout, first_po.as_str(), Some("1500")),
+        (Category::MissingInLedger, ItemKind::Payout, foreign_po.as_str(), Some("100")),
+    ];
+    want.sort();
+    assert_eq!(
+        items,
+        want,
+        "{report:#?}"
+    );
+    assert_eq!(report.differences, 1);
 }

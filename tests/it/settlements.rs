@@ -560,9 +560,10 @@ async fn a_second_key_confirms_an_address_change_at_once(pool: PgPool) {
 
 /// Bitcoin a merchant holds carries its creator's share: settling USDC first buys that share out
 /// of the merchant's USDC at the current rate, so the creator is owed USDC it can withdraw and the
-/// merchant owes nothing more; the rest is settled.
+/// merchant owes nothing more; the creator's US-dollar card share is bought out at par; the rest is
+/// settled.
 #[sqlx::test]
-async fn settling_usdc_first_buys_out_the_creators_bitcoin_share(pool: PgPool) {
+async fn settling_usdc_first_buys_out_the_creators_bitcoin_and_card_shares(pool: PgPool) {
     let rig = crate::common::bitcoin::rig(pool).await;
     let polygon = Chain::start("polygon").await;
     let state = &rig.state;
@@ -608,13 +609,23 @@ async fn settling_usdc_first_buys_out_the_creators_bitcoin_share(pool: PgPool) {
     let creator_account = AccountCode::creator(&creator.creator.id);
     assert_eq!(balance(state, &creator_account, common::BTC).await, SignedAmount::positive(Amount::from_u64(3_846)));
 
+    // A card payment of 10.00 USD of which 1.00 is the creator's (the processor holds it).
+    let merchant = AccountCode::merchant(&rig.merchant_id);
+    let card = payrail::ledger::NewEntry::new("payment:stripe:pi_netting", "payment")
+        .debit(AccountCode::stripe(payrail::money::Fiat::USD), common::USD, Amount::from_u64(1_000))
+        .credit(creator_account.clone(), common::USD, Amount::from_u64(100))
+        .credit(merchant.clone(), common::USD, Amount::from_u64(900));
+    state.ledger.post_now(&card).await.expect("card payment");
+
     let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: None };
     let batch = payouts.settle(&rig.merchant_id, &request).await.expect("settle");
-    // 3,846 sats at 65,000 USD/BTC is 2.49 USD (rounded down): 2.49 USDC to the creator.
-    assert_eq!(batch.total_minor, (45_000_000u64 - 2_490_000).to_string(), "the merchant's 45 USDC less the buy-out");
+    // 3,846 sats at 65,000 USD/BTC is 2.49 USD (rounded down), and the card share 1.00 USD: 3.49
+    // USDC to the creator.
+    assert_eq!(batch.total_minor, (45_000_000u64 - 2_490_000 - 1_000_000).to_string(), "the merchant's 45 USDC less the buy-outs");
     assert_eq!(balance(state, &creator_account, common::BTC).await, SignedAmount::ZERO);
-    assert_eq!(balance(state, &creator_account, &polygon.usdc()).await, SignedAmount::positive(Amount::from_u64(5_000_000 + 2_490_000)));
-    let merchant = AccountCode::merchant(&rig.merchant_id);
+    assert_eq!(balance(state, &creator_account, common::USD).await, SignedAmount::ZERO);
+    assert_eq!(balance(state, &merchant, common::USD).await, SignedAmount::positive(Amount::from_u64(1_000)), "the card money is all the merchant's");
+    assert_eq!(balance(state, &creator_account, &polygon.usdc()).await, SignedAmount::positive(Amount::from_u64(5_000_000 + 2_490_000 + 1_000_000)));
     assert_eq!(balance(state, &merchant, common::BTC).await, SignedAmount::positive(Amount::from_u64(sats)), "all the coins it holds are its own now");
     assert_eq!(balance(state, &AccountCode::held_by_merchant(&rig.merchant_id), common::BTC).await, SignedAmount::positive(Amount::from_u64(sats)));
     // Nothing is owed any more: a second settlement buys nothing out.

@@ -11,7 +11,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use crate::common::stripe::{localstripe, ls_post, start, Server};
+use crate::common::stripe::{ls_get, ls_post, start, Server};
 use crate::common::USD;
 use payrail::chain::health::{TickReport, FAILED_TICKS_MAX};
 use payrail::clock::{Clock, SystemClock};
@@ -156,17 +156,6 @@ async fn a_test_card_pays_the_invoice_through_a_verified_webhook_and_refunds_rev
         .await
         .expect("outbox");
     assert_eq!(kinds, ["invoice.created", "invoice.paid", "invoice.partially_refunded", "invoice.refunded"]);
-}
-
-async fn ls_get(path: &str) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("{}{path}", localstripe()))
-        .basic_auth("sk_test_payrail", Some(""))
-        .send()
-        .await
-        .expect("localstripe answers");
-    let status = response.status();
-    (status, response.json().await.expect("json"))
 }
 
 /// Writes `n` failed card attempts of invoice `id`, the last one `age_s` seconds ago.

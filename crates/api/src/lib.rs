@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod payouts;
 pub mod refunds;
 pub mod settlements;
+pub mod card_settlements;
 pub mod reconciliation;
 pub mod statements;
 pub mod stripe;
@@ -199,6 +200,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/merchants/me/settlement_schedule", get(settlements::get_schedule).put(settlements::put_schedule))
         .route("/v1/settlements", post(settlements::create).get(settlements::list))
         .route("/v1/settlements/{id}", get(settlements::show))
+        .route("/v1/card_settlements", post(card_settlements::create).get(card_settlements::list))
+        .route("/v1/card_settlements/{id}", get(card_settlements::show))
         .route("/v1/reconciliation", post(reconciliation::run).get(reconciliation::list))
         .route("/v1/reconciliation/{id}", get(reconciliation::show))
         .route("/v1/ledger/entries", get(ledger::entries))

@@ -48,6 +48,9 @@ impl From<StripeError> for ApiError {
                 "{error}: only card payments are refunded through the API"
             )),
             RefundRefused { .. } => Self::new(StatusCode::CONFLICT, "refund_refused", error.to_string()),
+            SettlementNotFound { .. } => Self::not_found("card settlement"),
+            SettlementInvalid { .. } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", error.to_string()),
+            SettlementFunds { .. } => Self::new(StatusCode::CONFLICT, "insufficient_funds", error.to_string()),
             Api { status, ref message, .. } if (400..500).contains(&status) => {
                 tracing::warn!(target: "stripe", %error, "stripe refused a request");
                 Self::new(StatusCode::BAD_GATEWAY, "stripe_refused", format!("the card processor refused: {message}"))

@@ -47,7 +47,7 @@ impl Category {
 pub enum ItemKind {
     /// Money in: a payment to a deposit address.
     Deposit,
-    /// Money out: a creator payout through the batcher.
+    /// Money out: a payout through the batcher, or a card settlement's payout to the bank.
     Payout,
     /// Money moved from a deposit address to the treasury.
     Sweep,

@@ -11,6 +11,11 @@
 //!   by date, and the ledger keys refunds by PaymentIntent and cumulative total, not by refund id.
 //!   A refund therefore belongs to the range of its charge, and a re-run of an old range shows
 //!   refunds made since.
+//! - **Payout**: a card settlement's payout to the bank, paid at Stripe and created in `[from, to)`,
+//!   against the entry `card_payout:{po}` whenever it was booked (a payout is paid days after it is
+//!   made). A payout the bank returned after it was paid (`card_payout_returned:{po}`) nets to
+//!   nothing on both sides. A paid payout with no entry (one payrail did not ask for) is missing in
+//!   the ledger.
 //! - **Manual**: any other entry on `assets:stripe:*` booked in `[from, to)` names nothing at the
 //!   processor: missing at the processor.
 //!
@@ -30,8 +35,7 @@
 //! `running` and a new run is started instead.
 //!
 //! Not covered: disputes (`card_dispute:*`, `card_dispute_won:*` entries are left out of both sides,
-//! as disputes are not read from Stripe), and Stripe's fees and payouts to the bank (payrail books
-//! neither).
+//! as disputes are not read from Stripe), and Stripe's fees (payrail does not book them).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -40,7 +44,7 @@ use sqlx::{PgPool, Row};
 
 use crate::invoice::CARD_RAIL;
 use crate::money::{Amount, Fiat};
-use payrail_stripe::client::{Charge, ChargeQuery, LIST_PAGE_LIMIT_MAX};
+use payrail_stripe::client::{Charge, ChargeQuery, Payout, LIST_PAGE_LIMIT_MAX};
 use payrail_stripe::{StripeClient, StripeError, METADATA_INVOICE_ID};
 
 use super::compare::{self, unexplained};
@@ -70,6 +74,10 @@ enum Claim {
     Refund(String),
     /// `card_dispute:{id}`, `card_dispute_won:{id}`: not compared.
     Dispute,
+    /// `card_payout:{po}`: a card settlement paid out to the bank.
+    Payout(String),
+    /// `card_payout_returned:{po}`: the bank sent it back.
+    PayoutReturned(String),
     /// Anything else.
     Manual,
 }
@@ -81,6 +89,12 @@ fn claim_of(key: &str) -> Claim {
     }
     if let Some((pi, _total)) = key.strip_prefix("card_refund:").and_then(|rest| rest.rsplit_once(':')) {
         return Claim::Refund(pi.to_owned());
+    }
+    if let Some(po) = key.strip_prefix("card_payout:") {
+        return Claim::Payout(po.to_owned());
+    }
+    if let Some(po) = key.strip_prefix("card_payout_returned:") {
+        return Claim::PayoutReturned(po.to_owned());
     }
     if key.starts_with("card_dispute:") || key.starts_with("card_dispute_won:") {
         return Claim::Dispute;
@@ -132,6 +146,22 @@ fn observations(charges: &[Charge]) -> Vec<ChainObservation> {
     out
 }
 
+/// Observations of payouts paid to the bank.
+fn payout_observations(payouts: &[Payout]) -> Vec<ChainObservation> {
+    payouts
+        .iter()
+        .map(|payout| ChainObservation {
+            kind: ItemKind::Payout,
+            reference: payout.id.clone(),
+            tx_hash: payout.id.clone(),
+            block_number: u64::try_from(payout.created).unwrap_or(0),
+            asset: asset_of(&payout.currency),
+            address: payout.metadata.get(payrail_stripe::settlement::METADATA_SETTLEMENT_ID).cloned().unwrap_or_default(),
+            amount: Amount::from_u64(payout.amount),
+        })
+        .collect()
+}
+
 /// One posting on `assets:stripe:*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct StripePosting {
@@ -159,11 +189,21 @@ fn movements(rows: &[StripePosting], from: DateTime<Utc>, to: DateTime<Utc>) -> 
     let mut by_key: BTreeMap<(ItemKind, String, String), Booked> = BTreeMap::new();
     let mut sorted: Vec<&StripePosting> = rows.iter().collect();
     sorted.sort_by_key(|r| (r.entry_id, r.posting_id));
+    // A payout the bank returned is no payout at all.
+    let returned: HashSet<String> = rows
+        .iter()
+        .filter_map(|r| match claim_of(&r.key) {
+            Claim::PayoutReturned(po) => Some(po),
+            _ => None,
+        })
+        .collect();
     for row in sorted {
         let (kind, reference, per_entry) = match claim_of(&row.key) {
             Claim::Charge(pi) => (ItemKind::Charge, pi, true),
             Claim::Refund(pi) => (ItemKind::Refund, pi, false),
-            Claim::Dispute => continue,
+            Claim::Payout(po) if returned.contains(&po) => continue,
+            Claim::Payout(po) => (ItemKind::Payout, po, true),
+            Claim::Dispute | Claim::PayoutReturned(_) => continue,
             Claim::Manual => (ItemKind::Manual, row.key.clone(), true),
         };
         // A charge or manual entry is one movement of its own; a second entry for one PaymentIntent
@@ -201,7 +241,13 @@ const POSTINGS_SQL: &str = "SELECT p.id AS posting_id, e.id AS entry_id, e.idemp
 /// Postings on `assets:stripe:*` booked in `[since, until)`, and every posting of the credit and
 /// refund entries of `payment_intents`, whenever booked. Reversed pairs are left out (they net to
 /// nothing at the processor).
-async fn postings(pool: &PgPool, since: DateTime<Utc>, until: DateTime<Utc>, payment_intents: &HashSet<String>) -> Result<Vec<StripePosting>> {
+async fn postings(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    payment_intents: &HashSet<String>,
+    payouts: &HashSet<String>,
+) -> Result<Vec<StripePosting>> {
     let limit = i64::try_from(POSTINGS_MAX + 1).unwrap_or(i64::MAX);
     let window = sqlx::query(&format!("{POSTINGS_SQL} e.created_at >= $1 AND e.created_at < $2 ORDER BY p.id LIMIT $3"))
         .bind(since)
@@ -223,7 +269,8 @@ async fn postings(pool: &PgPool, since: DateTime<Utc>, until: DateTime<Utc>, pay
     }
     wanted.sort_unstable();
     wanted.dedup();
-    let credit_keys: Vec<String> = wanted.iter().map(|pi| format!("payment:{CARD_RAIL}:{pi}")).collect();
+    let mut credit_keys: Vec<String> = wanted.iter().map(|pi| format!("payment:{CARD_RAIL}:{pi}")).collect();
+    credit_keys.extend(payouts.iter().flat_map(|po| [format!("card_payout:{po}"), format!("card_payout_returned:{po}")]));
     let named = sqlx::query(&format!(
         "{POSTINGS_SQL} (e.idempotency_key = ANY($1) \
               OR (e.idempotency_key LIKE 'card\\_refund:%' AND split_part(e.idempotency_key, ':', 2) = ANY($2))) \
@@ -294,6 +341,48 @@ async fn settled_charges(client: &StripeClient, from_s: i64, to_s: i64) -> Resul
     Ok(found.into_values().collect())
 }
 
+/// Every payout paid to the bank and created in `[from_s, to_s)`. Payouts are listed newest first
+/// without a date filter (localstripe takes none), until one older than the range.
+async fn paid_payouts(client: &StripeClient, from_s: i64, to_s: i64) -> Result<Vec<Payout>> {
+    let mut found = Vec::new();
+    let mut after: Option<String> = None;
+    let mut listed = 0usize;
+    loop {
+        let page = client.list_payouts(LIST_PAGE_LIMIT_MAX, after.as_deref()).await.map_err(processor_error)?;
+        listed += page.data.len();
+        if listed > CHARGES_LISTED_MAX {
+            return Err(ReconcileError::Range { message: format!("more than {CHARGES_LISTED_MAX} payouts listed; reconcile a shorter range") });
+        }
+        let Some(last) = page.data.last().map(|p| (p.id.clone(), p.created)) else { break };
+        found.extend(page.data.into_iter().filter(|p| p.created >= from_s && p.created < to_s && p.status == "paid"));
+        if !page.has_more || last.1 < from_s {
+            break;
+        }
+        after = Some(last.0);
+    }
+    Ok(found)
+}
+
+/// What Stripe says of a payout the listing did not explain: `None` when it was created outside
+/// `[from_s, to_s)`, else why it is missing.
+async fn look_up_payout(client: &StripeClient, payout: &str, from_s: i64, to_s: i64) -> Result<Option<String>> {
+    let payout = match client.payout(payout).await {
+        Ok(payout) => payout,
+        Err(StripeError::Api { status: 404, .. }) => return Ok(Some(format!("missing at the processor: it has no payout {payout}"))),
+        Err(StripeError::Decode { endpoint, .. }) if endpoint == "request" => {
+            return Ok(Some(format!("missing at the processor: {payout:?} is not a payout id")));
+        }
+        Err(error) => return Err(processor_error(error)),
+    };
+    if payout.status != "paid" {
+        return Ok(Some(format!("missing at the processor: payout {} is {}", payout.id, payout.status)));
+    }
+    if payout.created < from_s || payout.created >= to_s {
+        return Ok(None);
+    }
+    Ok(Some(format!("payout {} is in the range but the processor did not list it", payout.id)))
+}
+
 /// What Stripe says of a PaymentIntent the listing did not explain: `None` when its charge was
 /// created outside `[from_s, to_s)` (that range's run compares it), else why it is missing.
 async fn look_up(client: &StripeClient, payment_intent: &str, from_s: i64, to_s: i64) -> Result<Option<String>> {
@@ -338,11 +427,15 @@ pub async fn reconcile_stripe(pool: &PgPool, client: &StripeClient, from: DateTi
     let run_id = store::start(pool, SOURCE, from_unix, to_unix).await?;
 
     let charges = settled_charges(client, from_s, to_s).await?;
+    let payouts = paid_payouts(client, from_s, to_s).await?;
     let listed: HashSet<String> = charges.iter().map(reference_of).collect();
-    let rows = postings(pool, from - Duration::seconds(CLOCK_SKEW_S), to + Duration::seconds(CLOCK_SKEW_S), &listed).await?;
+    let payouts_listed: HashSet<String> = payouts.iter().map(|p| p.id.clone()).collect();
+    let rows = postings(pool, from - Duration::seconds(CLOCK_SKEW_S), to + Duration::seconds(CLOCK_SKEW_S), &listed, &payouts_listed).await?;
     let booked = movements(&rows, from, to);
     let in_range: HashMap<i64, bool> = booked.iter().map(|b| (b.movement.entry_id, b.in_range)).collect();
-    let (mut items, leftovers) = compare::match_up(observations(&charges), booked.into_iter().map(|b| b.movement).collect());
+    let mut observed = observations(&charges);
+    observed.extend(payout_observations(&payouts));
+    let (mut items, leftovers) = compare::match_up(observed, booked.into_iter().map(|b| b.movement).collect());
 
     let mut lookups = 0usize;
     for movement in leftovers {
@@ -367,8 +460,22 @@ pub async fn reconcile_stripe(pool: &PgPool, client: &StripeClient, from: DateTi
                     .await?
                     .map(|detail| unexplained(&movement, Category::MissingOnChain, detail))
             }
+            ItemKind::Payout if payouts_listed.contains(&movement.reference) => {
+                Some(unexplained(&movement, Category::MissingOnChain, format!("a second ledger entry for payout {}", movement.reference)))
+            }
+            ItemKind::Payout if booked_in_range => {
+                lookups += 1;
+                if lookups > LOOKUPS_MAX {
+                    return Err(ReconcileError::Range {
+                        message: format!("more than {LOOKUPS_MAX} entries name payouts outside the range; reconcile a shorter range"),
+                    });
+                }
+                look_up_payout(client, &movement.reference, from_s, to_s)
+                    .await?
+                    .map(|detail| unexplained(&movement, Category::MissingOnChain, detail))
+            }
             // Booked in the margins: a neighbouring range's.
-            ItemKind::Charge | ItemKind::Refund => None,
+            ItemKind::Charge | ItemKind::Refund | ItemKind::Payout => None,
             _ => booked_in_range.then(|| {
                 unexplained(&movement, Category::MissingOnChain, "missing at the processor: an entry on its account that names no charge or refund")
             }),
@@ -400,6 +507,8 @@ mod tests {
         assert_eq!(claim_of("card_refund:pi_1:1000"), Claim::Refund("pi_1".to_owned()));
         assert_eq!(claim_of("card_dispute:dp_1"), Claim::Dispute);
         assert_eq!(claim_of("card_dispute_won:dp_1"), Claim::Dispute);
+        assert_eq!(claim_of("card_payout:po_1"), Claim::Payout("po_1".to_owned()));
+        assert_eq!(claim_of("card_payout_returned:po_1"), Claim::PayoutReturned("po_1".to_owned()));
         assert_eq!(claim_of("payment:eip155:1:0xab:0"), Claim::Manual);
         assert_eq!(claim_of("adjustment:1"), Claim::Manual);
         assert_eq!(asset_of("usd"), "iso4217:USD");
@@ -427,6 +536,18 @@ mod tests {
                 (ItemKind::Refund, "pi_1", "1500".to_owned(), 3, true),
             ]
         );
+    }
+
+    #[test]
+    fn a_payout_returned_by_the_bank_nets_to_nothing_and_a_paid_one_is_one_movement() {
+        let rows = vec![
+            row(1, 1, "card_payout:po_kept", 100, 1500),
+            row(2, 2, "card_payout:po_back", 110, 700),
+            row(3, 3, "card_payout_returned:po_back", 120, 700),
+        ];
+        let booked = movements(&rows, at(100), at(200));
+        let summary: Vec<(ItemKind, &str, String)> = booked.iter().map(|b| (b.movement.kind, b.movement.reference.as_str(), b.movement.amount.to_string())).collect();
+        assert_eq!(summary, vec![(ItemKind::Payout, "po_kept", "1500".to_owned())]);
     }
 
     #[test]

@@ -212,6 +212,42 @@ pub struct Refund {
     pub failure_reason: Option<String>,
 }
 
+/// A payout from the Stripe balance to the account's bank.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Payout {
+    pub id: String,
+    pub amount: u64,
+    pub currency: String,
+    /// `pending`, `in_transit`, `paid`, `failed` or `canceled`.
+    pub status: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: i64,
+    #[serde(default, deserialize_with = "metadata")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub failure_message: Option<String>,
+}
+
+/// `POST /v1/payouts`: `amount` of `currency` to the account's default bank account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPayout {
+    pub amount: u64,
+    /// Lower case, as Stripe takes it.
+    pub currency: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NewPayout {
+    pub fn form(&self) -> Form {
+        let mut form = vec![("amount".to_owned(), self.amount.to_string()), ("currency".to_owned(), self.currency.clone())];
+        for (key, value) in &self.metadata {
+            form.push((format!("metadata[{key}]"), value.clone()));
+        }
+        form
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Dispute {
     pub id: String,
@@ -413,6 +449,24 @@ impl StripeClient {
     /// `GET /v1/charges`: one page of the charges `query` names.
     pub async fn list_charges(&self, query: &ChargeQuery) -> Result<Page<Charge>> {
         self.get_with_query("/v1/charges", &query.query()?).await
+    }
+
+    /// `POST /v1/payouts`; the account's payouts must be on the manual schedule.
+    pub async fn create_payout(&self, request: &NewPayout, idempotency_key: &str) -> Result<Payout> {
+        self.post("/v1/payouts", &request.form(), Some(idempotency_key)).await
+    }
+
+    pub async fn payout(&self, id: &str) -> Result<Payout> {
+        self.get(&format!("/v1/payouts/{}", path_segment(id)?)).await
+    }
+
+    /// `GET /v1/payouts`: one page, newest first, after `starting_after`.
+    pub async fn list_payouts(&self, limit: u32, starting_after: Option<&str>) -> Result<Page<Payout>> {
+        let mut query = vec![("limit", limit.clamp(1, LIST_PAGE_LIMIT_MAX).to_string())];
+        if let Some(after) = starting_after {
+            query.push(("starting_after", path_segment(after)?.to_owned()));
+        }
+        self.get_with_query("/v1/payouts", &query).await
     }
 
     async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, form: &Form, idempotency_key: Option<&str>) -> Result<T> {

@@ -42,6 +42,12 @@ pub enum StripeError {
     NothingToRefund { invoice_id: String },
     #[error("refund of invoice {invoice_id} refused: {reason}")]
     RefundRefused { invoice_id: String, reason: String },
+    #[error("card settlement {id} not found")]
+    SettlementNotFound { id: String },
+    #[error("card settlement refused: {reason}")]
+    SettlementInvalid { reason: String },
+    #[error("the card balance in {currency} does not cover it: {available} available")]
+    SettlementFunds { currency: String, available: String },
     #[error(transparent)]
     Invoice(#[from] InvoiceError),
     #[error(transparent)]

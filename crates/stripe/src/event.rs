@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::client::{Charge, CheckoutSession, Dispute, PaymentIntent, Refund};
+use super::client::{Charge, CheckoutSession, Dispute, PaymentIntent, Payout, Refund};
 
 /// Longest event id accepted (Stripe's are about 30 characters).
 pub const EVENT_ID_LEN_MAX: usize = 255;
@@ -44,6 +44,8 @@ pub enum CardEvent {
     DisputeCreated(Dispute),
     /// `charge.dispute.closed`: won disputes give the amount back.
     DisputeClosed(Dispute),
+    /// `payout.*`: a payout to the bank moved on (a card settlement's, or one payrail did not ask for).
+    PayoutUpdated(Payout),
     /// Any other type: stored, nothing to do.
     Other,
 }
@@ -67,6 +69,9 @@ impl CardEvent {
             }
             "charge.dispute.created" => Self::DisputeCreated(serde_json::from_value(object)?),
             "charge.dispute.closed" => Self::DisputeClosed(serde_json::from_value(object)?),
+            "payout.created" | "payout.updated" | "payout.paid" | "payout.failed" | "payout.canceled" => {
+                Self::PayoutUpdated(serde_json::from_value(object)?)
+            }
             _ => Self::Other,
         })
     }
@@ -79,7 +84,7 @@ impl CardEvent {
             Self::ChargeRefunded(c) => c.payment_intent.as_deref(),
             Self::RefundUpdated(r) => r.payment_intent.as_deref(),
             Self::DisputeCreated(d) | Self::DisputeClosed(d) => d.payment_intent.as_deref(),
-            Self::Other => None,
+            Self::PayoutUpdated(_) | Self::Other => None,
         }
     }
 

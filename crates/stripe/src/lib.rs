@@ -28,6 +28,7 @@ pub mod error;
 pub mod event;
 pub mod refund;
 pub mod returns;
+pub mod settlement;
 pub mod webhook;
 
 pub use attempt::{start as start_card_payment, CardAttemptView, TEST_CARDS};

@@ -292,6 +292,10 @@ async fn act(tx: &mut PgConnection, ledger: &Ledger, event: &CardEvent, now: Dat
             )),
             _ => Outcome::ignored("refund amounts are taken from charge.refunded"),
         }),
+        CardEvent::PayoutUpdated(payout) => Ok(match super::settlement::apply(tx, ledger, payout, now).await? {
+            super::settlement::PayoutOutcome::Applied(note) => Outcome::processed(note),
+            super::settlement::PayoutOutcome::Review(note) => Outcome::review(note),
+        }),
         CardEvent::Other => Ok(Outcome::ignored("not a type the card rail acts on")),
     }
 }
