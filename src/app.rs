@@ -375,6 +375,11 @@ async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Ar
             Ok(n) => tracing::info!(target: "invoice", expired = n, "refund links expired"),
             Err(error) => tracing::warn!(target: "invoice", %error, "refund expiry failed; retrying next tick"),
         }
+        match crate::credits::movement::expire_due(&pool, &ledger, clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(target: "credits", expired = n, "credit lots expired"),
+            Err(error) => tracing::warn!(target: "credits", %error, "credit expiry failed; retrying next tick"),
+        }
         if let Some(card) = card.as_deref() {
             card_settlements(card, &pool, &ledger, clock.now(), ticks % PURGE_EVERY_TICKS == 1).await;
         }

@@ -21,3 +21,4 @@ pub use payrail_rates as rates;
 pub use payrail_reconcile as reconcile;
 pub use payrail_store::{db, ledger, secrets};
 pub use payrail_stripe as stripe;
+pub use payrail_credits as credits;

@@ -14,6 +14,7 @@ mod cli;
 mod contracts;
 mod crash;
 mod creators;
+mod credits;
 mod evm;
 mod invoice;
 mod leader;

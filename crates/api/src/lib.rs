@@ -26,6 +26,7 @@ pub mod payouts;
 pub mod refunds;
 pub mod settlements;
 pub mod card_settlements;
+pub mod credits;
 pub mod reconciliation;
 pub mod statements;
 pub mod stripe;
@@ -202,6 +203,14 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/settlements/{id}", get(settlements::show))
         .route("/v1/card_settlements", post(card_settlements::create).get(card_settlements::list))
         .route("/v1/card_settlements/{id}", get(card_settlements::show))
+        .route("/v1/customers", post(credits::create_customer).get(credits::list_customers))
+        .route("/v1/customers/{id}", get(credits::get_customer).patch(credits::update_customer))
+        .route("/v1/customers/{id}/grants", post(credits::grant))
+        .route("/v1/customers/{id}/spend", post(credits::spend))
+        .route("/v1/customers/{id}/balance", get(credits::balance))
+        .route("/v1/customers/{id}/transactions", get(credits::transactions))
+        .route("/v1/credit_currencies", post(credits::create_currency).get(credits::list_currencies))
+        .route("/v1/transfers", post(credits::transfer))
         .route("/v1/reconciliation", post(reconciliation::run).get(reconciliation::list))
         .route("/v1/reconciliation/{id}", get(reconciliation::show))
         .route("/v1/ledger/entries", get(ledger::entries))

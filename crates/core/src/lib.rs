@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod clock;
+pub mod credits;
 pub mod csv;
 pub mod ids;
 pub mod ledger;

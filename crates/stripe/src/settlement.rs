@@ -103,7 +103,7 @@ pub async fn settle(rail: &CardRail, pool: &PgPool, ledger: &Ledger, merchant_id
     let id = new_id("cst");
     let mut tx = pool.begin().await?;
     let merchant = AccountCode::merchant(merchant_id);
-    let balance = ledger.balance(&mut *tx, &merchant, &fiat.ledger_asset()).await?;
+    let balance = ledger.balance(&mut tx, &merchant, &fiat.ledger_asset()).await?;
     let available = if balance.is_negative() { Amount::ZERO } else { balance.magnitude() };
     let amount = asked.unwrap_or(available);
     if amount.is_zero() || amount > available {
@@ -127,7 +127,7 @@ pub async fn settle(rail: &CardRail, pool: &PgPool, ledger: &Ledger, merchant_id
         .memo(format!("card settlement {id} of merchant {merchant_id}"))
         .debit(merchant, fiat.ledger_asset(), amount)
         .credit(AccountCode::payouts_in_flight(), fiat.ledger_asset(), amount);
-    match ledger.post(&mut *tx, &entry).await {
+    match ledger.post(&mut tx, &entry).await {
         Ok(_) => {}
         // Another settlement or a refund took it since it was read.
         Err(LedgerError::InsufficientBalance { .. }) => {
@@ -135,8 +135,8 @@ pub async fn settle(rail: &CardRail, pool: &PgPool, ledger: &Ledger, merchant_id
         }
         Err(e) => return Err(e.into()),
     }
-    let view = load(&mut *tx, &id).await?;
-    payrail_payments::webhook::emit(&mut *tx, merchant_id, "card_settlement.created", &id, &view, now).await?;
+    let view = load(&mut tx, &id).await?;
+    payrail_payments::webhook::emit(&mut tx, merchant_id, "card_settlement.created", &id, &view, now).await?;
     tx.commit().await?;
     send(rail, pool, ledger, &id, now).await
 }
@@ -165,7 +165,7 @@ async fn send(rail: &CardRail, pool: &PgPool, ledger: &Ledger, id: &str, now: Da
         Ok(payout) => {
             let mut tx = pool.begin().await?;
             apply(&mut tx, ledger, &payout, now).await?;
-            let view = load(&mut *tx, id).await?;
+            let view = load(&mut tx, id).await?;
             tx.commit().await?;
             Ok(view)
         }
@@ -179,7 +179,7 @@ async fn send(rail: &CardRail, pool: &PgPool, ledger: &Ledger, id: &str, now: Da
             if row.status == "created" {
                 give_back(&mut tx, ledger, &row, "failed", &error.to_string(), now).await?;
             }
-            let view = load(&mut *tx, id).await?;
+            let view = load(&mut tx, id).await?;
             tx.commit().await?;
             Ok(view)
         }

@@ -83,6 +83,27 @@ impl AccountCode {
     pub fn refund(refund_id: &str) -> Self {
         Self(format!("liabilities:refund:{refund_id}"))
     }
+    /// One lot of credits granted to a customer (guarded: never below zero).
+    pub fn credit_lot(lot_id: &str) -> Self {
+        Self(format!("liabilities:credit_lot:{lot_id}"))
+    }
+    /// A merchant's credits outstanding, issued for money or as a bonus: debited when granted,
+    /// credited back when they leave without being spent on the merchant.
+    pub fn credits_issued(merchant_id: &str) -> Self {
+        Self(format!("equity:credits_issued:{merchant_id}"))
+    }
+    /// Credits a merchant gave away at its own cost (rewards).
+    pub fn rewards(merchant_id: &str) -> Self {
+        Self(format!("expenses:rewards:{merchant_id}"))
+    }
+    /// A merchant's share of credits spent: revenue recognised when spent.
+    pub fn credits_revenue(merchant_id: &str) -> Self {
+        Self(format!("revenue:credits:{merchant_id}"))
+    }
+    /// Credits that expired unspent.
+    pub fn breakage(merchant_id: &str) -> Self {
+        Self(format!("revenue:breakage:{merchant_id}"))
+    }
     pub fn payouts_in_flight() -> Self {
         Self("liabilities:payouts_in_flight".to_owned())
     }

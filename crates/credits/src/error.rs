@@ -1,0 +1,29 @@
+//! Errors of customers and credits.
+
+use payrail_store::ledger::LedgerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreditsError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{what} {id} already exists")]
+    Exists { what: &'static str, id: String },
+    /// The customer's spendable credits do not cover the movement.
+    #[error("insufficient credits: {available} {currency} available")]
+    Insufficient { currency: String, available: String },
+    /// The idempotency key was used for a different movement.
+    #[error("idempotency key {key:?} was already used for another movement")]
+    KeyReused { key: String },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = CreditsError> = std::result::Result<T, E>;
+
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> CreditsError {
+    CreditsError::Invalid { field, reason: reason.into() }
+}

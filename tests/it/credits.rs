@@ -1,0 +1,299 @@
+//! Customers and credits over HTTP against PostgreSQL: grants, spending order, splits to the unit,
+//! idempotency, transfers and tips, expiry as breakage, and spends racing on one customer.
+
+use std::ops::Deref;
+
+use chrono::Duration;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::common;
+use payrail::ledger::AccountCode;
+
+struct Shop {
+    server: common::Server,
+    key: String,
+    merchant_id: String,
+}
+
+impl Deref for Shop {
+    type Target = common::Server;
+    fn deref(&self) -> &common::Server {
+        &self.server
+    }
+}
+
+impl Shop {
+    async fn start(pool: PgPool) -> Self {
+        let server = common::Server::start(pool).await;
+        let merchant = payrail::merchant::create_merchant(&server.state.pool, "Comics").await.expect("merchant");
+        Shop { server, key: merchant.api_key, merchant_id: merchant.merchant_id }
+    }
+
+    async fn call(&self, path: &str, body: Value, key: Option<&str>) -> (StatusCode, Value) {
+        self.server.post(&self.key, path, body, key).await
+    }
+
+    async fn read(&self, path: &str) -> Value {
+        let (status, body) = self.server.get(&self.key, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body
+    }
+
+    async fn customer(&self, external_id: &str) -> String {
+        let (status, body) = self.call("/v1/customers", json!({ "external_id": external_id }), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn coins(&self) -> String {
+        let (status, body) = self.call("/v1/credit_currencies", json!({ "code": "coins", "name": "Coins", "peg": "0.01", "peg_currency": "USD" }), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["asset"].as_str().expect("asset").to_owned()
+    }
+
+    async fn grant(&self, customer: &str, amount: u64, source: &str, expires_in: Option<Duration>) -> Value {
+        let mut body = json!({ "currency": "coins", "amount_minor": amount.to_string(), "source": source });
+        if let Some(after) = expires_in {
+            body["expires_at"] = json!(self.clock.now() + after);
+        }
+        let (status, grant) = self.call(&format!("/v1/customers/{customer}/grants"), body, Some(&payrail::ids::new_id("k"))).await;
+        assert_eq!(status, StatusCode::CREATED, "{grant}");
+        grant
+    }
+
+    async fn spend(&self, customer: &str, body: Value, key: &str) -> (StatusCode, Value) {
+        self.call(&format!("/v1/customers/{customer}/spend"), body, Some(key)).await
+    }
+
+    async fn creator(&self, name: &str) -> String {
+        let request = payrail::creator::CreateCreator { name: name.to_owned(), payout_addresses: Default::default() };
+        payrail::creator::create_creator(&self.state.pool, &self.merchant_id, &request).await.expect("creator").creator.id
+    }
+
+    async fn total(&self, customer: &str) -> String {
+        let balance = self.read(&format!("/v1/customers/{customer}/balance")).await;
+        balance["balances"].as_array().and_then(|b| b.first()).map_or_else(|| "0".to_owned(), |b| b["total_minor"].as_str().expect("total").to_owned())
+    }
+
+    async fn held(&self, account: &AccountCode, asset: &str) -> String {
+        self.balance(account, asset).await.to_string()
+    }
+}
+
+use payrail::clock::Clock;
+
+#[sqlx::test]
+async fn customers_are_created_found_by_external_id_updated_and_paged(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let (status, ada) = shop.call("/v1/customers", json!({ "external_id": "user-1", "email": "ada@example.com", "metadata": { "tier": "gold" } }), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{ada}");
+    assert_eq!((ada["object"].as_str(), ada["metadata"]["tier"].as_str()), (Some("customer"), Some("gold")));
+    let (status, again) = shop.call("/v1/customers", json!({ "external_id": "user-1" }), None).await;
+    assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_exists")), "{again}");
+    for body in [json!({ "external_id": "" }), json!({ "external_id": "x", "email": "not-an-email" }), json!({ "external_id": "x", "colour": "red" })] {
+        let (status, error) = shop.call("/v1/customers", body.clone(), None).await;
+        assert!(status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST, "{body} → {status} {error}");
+    }
+    shop.customer("user-2").await;
+    shop.customer("user-3").await;
+
+    let found = shop.read("/v1/customers?external_id=user-1").await;
+    assert_eq!(found["data"][0]["id"], ada["id"], "{found}");
+    let first = shop.read("/v1/customers?limit=2").await;
+    assert_eq!((first["data"].as_array().map(Vec::len), first["has_more"].as_bool()), (Some(2), Some(true)), "{first}");
+    let last = first["data"][1]["id"].as_str().expect("id");
+    let rest = shop.read(&format!("/v1/customers?limit=2&starting_after={last}")).await;
+    assert_eq!((rest["data"][0]["id"].clone(), rest["has_more"].as_bool()), (ada["id"].clone(), Some(false)), "{rest}");
+
+    let id = ada["id"].as_str().expect("id");
+    let (status, updated) = shop.send(reqwest::Method::PATCH, Some(&shop.key), &format!("/v1/customers/{id}"), Some(json!({ "email": null, "name": "Ada" })), None).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!((updated["email"].clone(), updated["name"].as_str(), updated["metadata"]["tier"].as_str()), (Value::Null, Some("Ada"), Some("gold")));
+    // Another merchant's key does not see it.
+    let other = payrail::merchant::create_merchant(&shop.state.pool, "Other").await.expect("merchant");
+    let (status, _) = shop.get(&other.api_key, &format!("/v1/customers/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test]
+async fn spending_takes_the_soonest_expiring_lot_first_and_splits_to_the_unit(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let asset = shop.coins().await;
+    assert_eq!(asset, format!("credit:{}/coins", shop.merchant_id));
+    let writer = shop.creator("Writer").await;
+    let reader = shop.customer("reader").await;
+    let purchase = shop.grant(&reader, 100, "bonus", None).await;
+    let reward = shop.grant(&reader, 5, "reward", Some(Duration::days(30))).await;
+    assert_eq!(shop.total(&reader).await, "105");
+
+    // 10 coins for a chapter, 70 % to its writer: the reward lot (expiring) goes first.
+    let body = json!({ "currency": "coins", "amount_minor": "10", "resource": "chapter/1", "splits": [{ "creator": writer, "bps": 7000 }] });
+    let (status, spent) = shop.spend(&reader, body.clone(), "spend-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{spent}");
+    assert_eq!(spent["amount_minor"], "-10");
+    let lots: Vec<(String, String)> = spent["detail"]["lots"]
+        .as_array()
+        .expect("lots")
+        .iter()
+        .map(|l| (l["lot"].as_str().expect("lot").to_owned(), l["amount_minor"].as_str().expect("amount").to_owned()))
+        .collect();
+    assert_eq!(lots, vec![(reward["detail"]["lot"].as_str().expect("lot").to_owned(), "5".to_owned()), (purchase["detail"]["lot"].as_str().expect("lot").to_owned(), "5".to_owned())]);
+    assert_eq!(shop.held(&AccountCode::creator(&writer), &asset).await, "7");
+    assert_eq!(shop.held(&AccountCode::credits_revenue(&shop.merchant_id), &asset).await, "3");
+
+    // The same request again under its key: the first answer again, not spent twice; another body
+    // under it: refused.
+    let (status, replay) = shop.spend(&reader, body.clone(), "spend-1").await;
+    assert_eq!((status, replay["id"].clone()), (StatusCode::CREATED, spent["id"].clone()), "{replay}");
+    let (status, reused) = shop.spend(&reader, json!({ "currency": "coins", "amount_minor": "11" }), "spend-1").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{reused}");
+    // Even when the HTTP answer was lost (the process died after the commit): the movement's own
+    // key finds it.
+    let request: payrail::credits::movement::SpendRequest = serde_json::from_value(body).expect("request");
+    let again = payrail::credits::movement::spend(&shop.state.pool, &shop.state.ledger, &shop.merchant_id, &reader, &request, "spend-1", shop.clock.now())
+        .await
+        .expect("replayed");
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(again.transaction.id, spent["id"].as_str().expect("id"));
+    let other: payrail::credits::movement::SpendRequest = serde_json::from_value(json!({ "currency": "coins", "amount_minor": "11" })).expect("request");
+    let refused = payrail::credits::movement::spend(&shop.state.pool, &shop.state.ledger, &shop.merchant_id, &reader, &other, "spend-1", shop.clock.now()).await;
+    assert!(matches!(refused, Err(payrail::credits::CreditsError::KeyReused { .. })), "{refused:?}");
+    assert_eq!(shop.total(&reader).await, "95");
+
+    // 33 coins at 70 % to the writer and a 5 % fee: 23 (23.1) and 1 (1.65), the merchant the other 9.
+    let body = json!({ "currency": "coins", "amount_minor": "33", "splits": [{ "creator": writer, "bps": 7000 }], "platform_fee_bps": 500 });
+    let (status, spent) = shop.spend(&reader, body, "spend-2").await;
+    assert_eq!(status, StatusCode::CREATED, "{spent}");
+    let shares = &spent["detail"]["shares"];
+    let creator_share = shares[AccountCode::creator(&writer).as_str()].as_str().expect("creator");
+    let fee = shares["revenue:platform_fees"].as_str().expect("fee");
+    assert_eq!((creator_share, fee), ("23", "1"), "{shares}");
+    let total: u64 = shares.as_object().expect("shares").values().map(|v| v.as_str().expect("share").parse::<u64>().expect("n")).sum();
+    assert_eq!(total, 33, "{shares}");
+
+    // More than is left: 402 with what is available; no key: 400; nothing moved.
+    let (status, short) = shop.spend(&reader, json!({ "currency": "coins", "amount_minor": "63" }), "spend-3").await;
+    assert_eq!((status, short["error"]["code"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("insufficient_credits")), "{short}");
+    assert!(short["error"]["message"].as_str().is_some_and(|m| m.contains("62 coins available")), "{short}");
+    let (status, keyless) = shop.call(&format!("/v1/customers/{reader}/spend"), json!({ "currency": "coins", "amount_minor": "1" }), None).await;
+    assert_eq!((status, keyless["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("idempotency_key_required")), "{keyless}");
+    assert_eq!(shop.total(&reader).await, "62");
+
+    let history = shop.read(&format!("/v1/customers/{reader}/transactions")).await;
+    let kinds: Vec<(&str, &str)> = history["data"].as_array().expect("data").iter().map(|t| (t["kind"].as_str().expect("kind"), t["amount_minor"].as_str().expect("amount"))).collect();
+    assert_eq!(kinds, [("spend", "-33"), ("spend", "-10"), ("grant", "5"), ("grant", "100")]);
+    let events: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox WHERE object_id = $1 ORDER BY id").bind(&reader).fetch_all(&shop.state.pool).await.expect("outbox");
+    assert_eq!(events, ["credits.granted", "credits.granted", "credits.spent", "credits.spent"]);
+}
+
+#[sqlx::test]
+async fn expired_lots_are_booked_as_breakage_once(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let asset = shop.coins().await;
+    let reader = shop.customer("reader").await;
+    shop.grant(&reader, 50, "reward", Some(Duration::hours(1))).await;
+    shop.grant(&reader, 10, "bonus", None).await;
+    let (status, _) = shop.spend(&reader, json!({ "currency": "coins", "amount_minor": "20" }), "s1").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let balance = shop.read(&format!("/v1/customers/{reader}/balance")).await;
+    assert_eq!((balance["balances"][0]["next_expiry_minor"].as_str(), balance["balances"][0]["value"].as_str()), (Some("30"), Some("0.40")), "{balance}");
+
+    // Past its expiry the rest of the lot is not spendable, even before the job ran.
+    shop.clock.advance(Duration::hours(2));
+    let (status, short) = shop.spend(&reader, json!({ "currency": "coins", "amount_minor": "11" }), "s2").await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{short}");
+    let expired = payrail::credits::movement::expire_due(&shop.state.pool, &shop.state.ledger, shop.clock.now()).await.expect("expire");
+    assert_eq!(expired, 1);
+    let again = payrail::credits::movement::expire_due(&shop.state.pool, &shop.state.ledger, shop.clock.now()).await.expect("expire again");
+    assert_eq!(again, 0);
+    assert_eq!(shop.held(&AccountCode::breakage(&shop.merchant_id), &asset).await, "30");
+    assert_eq!(shop.total(&reader).await, "10");
+    let history = shop.read(&format!("/v1/customers/{reader}/transactions?limit=1")).await;
+    assert_eq!((history["data"][0]["kind"].as_str(), history["data"][0]["amount_minor"].as_str()), (Some("expiry"), Some("-30")), "{history}");
+    let expired_events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'credits.expired'").fetch_one(&shop.state.pool).await.expect("count");
+    assert_eq!(expired_events, 1);
+}
+
+#[sqlx::test]
+async fn gifts_keep_their_expiry_and_tips_pay_the_creator_less_the_fee(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let asset = shop.coins().await;
+    let writer = shop.creator("Writer").await;
+    let rules = json!({ "default": { "splits": [], "platform_fee_bps": 1000 } });
+    let (status, body) = shop.send(reqwest::Method::PUT, Some(&shop.key), "/v1/split_rules", Some(rules), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ada = shop.customer("ada").await;
+    let bob = shop.customer("bob").await;
+    let reward = shop.grant(&ada, 8, "reward", Some(Duration::days(7))).await;
+    shop.grant(&ada, 100, "bonus", None).await;
+
+    let gift = json!({ "kind": "gift", "from_customer": ada, "to_customer": bob, "currency": "coins", "amount_minor": "12", "description": "happy birthday" });
+    let (status, sent) = shop.call("/v1/transfers", gift.clone(), Some("gift-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    assert_eq!((sent["kind"].as_str(), sent["amount_minor"].as_str(), sent["counterparty"].as_str()), (Some("gift_sent"), Some("-12"), Some(bob.as_str())));
+    let (status, again) = shop.call("/v1/transfers", gift, Some("gift-1")).await;
+    assert_eq!((status, again["id"].clone()), (StatusCode::CREATED, sent["id"].clone()), "a retry is answered, not sent again");
+    let bobs = shop.read(&format!("/v1/customers/{bob}/balance")).await;
+    let lots = bobs["balances"][0]["lots"].as_array().expect("lots");
+    let kept: Vec<(Option<&str>, &str)> = lots.iter().map(|l| (l["expires_at"].as_str(), l["remaining_minor"].as_str().expect("remaining"))).collect();
+    let reward_expiry = reward["detail"]["expires_at"].as_str().expect("expiry");
+    assert_eq!(kept, vec![(Some(reward_expiry), "8"), (None, "4")], "{bobs}");
+    assert_eq!(shop.total(&ada).await, "96");
+
+    // A tip of 12 to the writer under a 10 % platform fee: 10 (10.8) to the writer, 1 (1.2) to the
+    // platform, the dust of 1 to rounding.
+    let tip = json!({ "kind": "tip", "from_customer": bob, "to_creator": writer, "currency": "coins", "amount_minor": "12" });
+    let (status, tipped) = shop.call("/v1/transfers", tip, Some("tip-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{tipped}");
+    assert_eq!(shop.held(&AccountCode::creator(&writer), &asset).await, "10");
+    assert_eq!(shop.held(&AccountCode::platform_fees(), &asset).await, "1");
+    assert_eq!(shop.held(&AccountCode::rounding(), &asset).await, "1");
+    let (status, short) = shop.call("/v1/transfers", json!({ "kind": "tip", "from_customer": bob, "to_creator": writer, "currency": "coins", "amount_minor": "1" }), Some("tip-2")).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{short}");
+    for bad in [
+        json!({ "kind": "gift", "from_customer": ada, "to_customer": ada, "currency": "coins", "amount_minor": "1" }),
+        json!({ "kind": "tip", "from_customer": ada, "to_customer": bob, "currency": "coins", "amount_minor": "1" }),
+        json!({ "kind": "loan", "from_customer": ada, "to_customer": bob, "currency": "coins", "amount_minor": "1" }),
+        json!({ "kind": "gift", "from_customer": ada, "to_customer": bob, "currency": "gems", "amount_minor": "1" }),
+    ] {
+        let (status, error) = shop.call("/v1/transfers", bad.clone(), Some(&payrail::ids::new_id("k"))).await;
+        assert!(status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::NOT_FOUND, "{bad} → {status} {error}");
+    }
+}
+
+/// Spends racing on one customer in random order never take more than it has: exactly as many
+/// succeed as the balance covers, the rest get 402, and the ledger agrees.
+#[sqlx::test]
+async fn concurrent_spends_never_overdraw(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let asset = shop.coins().await;
+    let reader = shop.customer("reader").await;
+    shop.grant(&reader, 47, "bonus", None).await;
+    shop.grant(&reader, 30, "reward", Some(Duration::days(1))).await;
+    // Amounts 1..=12 in a shuffled order: together 78, one more than the 77 granted.
+    let mut amounts: Vec<u64> = (1..=12).collect();
+    let seed = u64::try_from(shop.clock.now().timestamp_nanos_opt().unwrap_or(7)).unwrap_or(7) ^ u64::from(std::process::id());
+    let mut state = seed | 1;
+    for i in (1..amounts.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        amounts.swap(i, usize::try_from(state % u64::try_from(i + 1).expect("small")).expect("small"));
+    }
+    let results = futures::future::join_all(amounts.iter().map(|amount| {
+        let shop = &shop;
+        let reader = reader.clone();
+        async move {
+            let (status, _) = shop.spend(&reader, json!({ "currency": "coins", "amount_minor": amount.to_string() }), &format!("race-{amount}")).await;
+            (*amount, status)
+        }
+    }))
+    .await;
+    let spent: u64 = results.iter().filter(|(_, s)| *s == StatusCode::CREATED).map(|(a, _)| a).sum();
+    assert!(results.iter().all(|(_, s)| *s == StatusCode::CREATED || *s == StatusCode::PAYMENT_REQUIRED), "{results:?} (seed {seed})");
+    assert!(spent <= 77 && results.iter().any(|(_, s)| *s == StatusCode::PAYMENT_REQUIRED), "{results:?} (seed {seed})");
+    assert_eq!(shop.total(&reader).await, (77 - spent).to_string(), "seed {seed}");
+    assert_eq!(shop.held(&AccountCode::credits_revenue(&shop.merchant_id), &asset).await, spent.to_string());
+}
