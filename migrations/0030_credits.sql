@@ -62,7 +62,7 @@ CREATE TABLE credit_transactions (
     customer_id     TEXT NOT NULL REFERENCES customers (id),
     currency        TEXT NOT NULL,
     kind            TEXT NOT NULL CHECK (kind IN ('grant', 'spend', 'gift_sent', 'gift_received', 'transfer_sent',
-                                                  'transfer_received', 'tip', 'expiry', 'adjustment')),
+                                                  'transfer_received', 'tip', 'expiry', 'reversal', 'adjustment')),
     -- Positive for credits in, negative for credits out.
     amount_minor    NUMERIC(78, 0) NOT NULL CHECK (amount_minor <> 0),
     source          TEXT,
@@ -77,3 +77,99 @@ CREATE TABLE credit_transactions (
     FOREIGN KEY (merchant_id, currency) REFERENCES credit_currencies (merchant_id, code)
 );
 CREATE INDEX credit_transactions_customer_idx ON credit_transactions (customer_id, seq DESC);
+
+-- Packs a merchant sells: `credits` plus `bonus_credits` for `price_minor` of `price_currency`;
+-- the purchased lots expire `expires_in_s` after they are granted (never when null).
+CREATE TABLE credit_packs (
+    id             TEXT PRIMARY KEY CHECK (id ~ '^pack_[0-9a-z]{16,40}$'),
+    merchant_id    TEXT NOT NULL,
+    name           TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    currency       TEXT NOT NULL,
+    credits        NUMERIC(78, 0) NOT NULL CHECK (credits > 0),
+    bonus_credits  NUMERIC(78, 0) NOT NULL CHECK (bonus_credits >= 0),
+    price_minor    NUMERIC(78, 0) NOT NULL CHECK (price_minor > 0),
+    price_currency TEXT NOT NULL CHECK (price_currency ~ '^[A-Z]{3}$'),
+    expires_in_s   BIGINT CHECK (expires_in_s > 0),
+    active         BOOLEAN NOT NULL,
+    created_at     TIMESTAMPTZ NOT NULL,
+    updated_at     TIMESTAMPTZ NOT NULL,
+    FOREIGN KEY (merchant_id, currency) REFERENCES credit_currencies (merchant_id, code)
+);
+CREATE INDEX credit_packs_merchant_idx ON credit_packs (merchant_id, created_at);
+
+-- A customer's purchase of a pack: an invoice of its own. The credits are granted in the
+-- transaction that makes the invoice paid (generation n: entry `credits:{merchant}:purchase:{id}#n`),
+-- and reversed where unspent when it stops being paid (a reorg, marked invalid); what had been spent
+-- by then is `owed_minor`, for review.
+CREATE TABLE credit_purchases (
+    id              TEXT PRIMARY KEY CHECK (id ~ '^cpu_[0-9a-z]{16,40}$'),
+    merchant_id     TEXT NOT NULL REFERENCES merchants (id),
+    customer_id     TEXT NOT NULL REFERENCES customers (id),
+    pack_id         TEXT NOT NULL REFERENCES credit_packs (id),
+    invoice_id      TEXT NOT NULL UNIQUE REFERENCES invoices (id),
+    currency        TEXT NOT NULL,
+    credits         NUMERIC(78, 0) NOT NULL,
+    bonus_credits   NUMERIC(78, 0) NOT NULL,
+    expires_in_s    BIGINT,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'granted', 'reversed')),
+    generation      INTEGER NOT NULL DEFAULT 0,
+    owed_minor      NUMERIC(78, 0) NOT NULL DEFAULT 0,
+    granted_at      TIMESTAMPTZ,
+    created_at      TIMESTAMPTZ NOT NULL,
+    updated_at      TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX credit_purchases_customer_idx ON credit_purchases (customer_id, created_at DESC);
+
+-- Promo codes: one of a percentage or an amount off the price, bonus credits, or trial days (for
+-- subscriptions); limits on redemptions in all and per customer, a minimum price, a window.
+CREATE TABLE promo_codes (
+    id               TEXT PRIMARY KEY CHECK (id ~ '^promo_[0-9a-z]{16,40}$'),
+    merchant_id      TEXT NOT NULL REFERENCES merchants (id),
+    -- Lower case: codes are matched without regard to case.
+    code             TEXT NOT NULL CHECK (code ~ '^[a-z0-9_-]{2,40}$'),
+    kind             TEXT NOT NULL CHECK (kind IN ('percent_off', 'amount_off', 'bonus_credits', 'trial_days')),
+    -- Percent (1–100), minor units of `currency`, credits, or days.
+    value            NUMERIC(78, 0) NOT NULL CHECK (value > 0),
+    currency         TEXT CHECK (currency ~ '^[A-Z]{3}$'),
+    max_redemptions  BIGINT CHECK (max_redemptions > 0),
+    per_customer_max BIGINT CHECK (per_customer_max > 0),
+    min_amount_minor NUMERIC(78, 0) CHECK (min_amount_minor > 0),
+    min_currency     TEXT CHECK (min_currency ~ '^[A-Z]{3}$'),
+    starts_at        TIMESTAMPTZ,
+    expires_at       TIMESTAMPTZ,
+    applies_to       TEXT[] NOT NULL,
+    active           BOOLEAN NOT NULL,
+    redeemed         BIGINT NOT NULL DEFAULT 0 CHECK (redeemed >= 0),
+    created_at       TIMESTAMPTZ NOT NULL,
+    UNIQUE (merchant_id, code),
+    CHECK (max_redemptions IS NULL OR redeemed <= max_redemptions),
+    CHECK ((kind = 'amount_off') = (currency IS NOT NULL)),
+    CHECK ((min_amount_minor IS NULL) = (min_currency IS NULL))
+);
+
+-- Each redemption, counted in the transaction that records the purchase it discounts.
+CREATE TABLE promo_redemptions (
+    promo_id    TEXT NOT NULL REFERENCES promo_codes (id),
+    customer_id TEXT NOT NULL REFERENCES customers (id),
+    purchase_id TEXT NOT NULL UNIQUE REFERENCES credit_purchases (id),
+    created_at  TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX promo_redemptions_customer_idx ON promo_redemptions (promo_id, customer_id);
+ALTER TABLE credit_purchases ADD COLUMN promo_id TEXT REFERENCES promo_codes (id),
+    ADD COLUMN discount_minor NUMERIC(78, 0) NOT NULL DEFAULT 0;
+
+-- Per-customer limits a merchant sets, in the fiat value of what moves (pegged credits at their
+-- peg, purchases at their price), per UTC day (and month for purchases). Null: no limit.
+CREATE TABLE credit_limits (
+    merchant_id              TEXT PRIMARY KEY REFERENCES merchants (id),
+    currency                 TEXT NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    spend_per_day_minor      NUMERIC(78, 0) CHECK (spend_per_day_minor > 0),
+    transfer_per_day_minor   NUMERIC(78, 0) CHECK (transfer_per_day_minor > 0),
+    purchase_per_day_minor   NUMERIC(78, 0) CHECK (purchase_per_day_minor > 0),
+    purchase_per_month_minor NUMERIC(78, 0) CHECK (purchase_per_month_minor > 0),
+    updated_at               TIMESTAMPTZ NOT NULL
+);
+-- What each movement was worth in the limits' currency when it was made (null: not counted).
+ALTER TABLE credit_transactions ADD COLUMN value_minor NUMERIC(78, 0), ADD COLUMN value_currency TEXT;
+CREATE INDEX credit_transactions_limits_idx ON credit_transactions (customer_id, kind, created_at) WHERE value_minor IS NOT NULL;
+ALTER TABLE credit_purchases ADD COLUMN price_minor NUMERIC(78, 0), ADD COLUMN price_currency TEXT;

@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use sqlx::PgPool;
 
 /// `url` with its database replaced by `database`, keeping credentials and parameters.
+#[allow(dead_code, reason = "benchmarks that connect by options instead of URL do not need it")]
 pub fn url_with_database(url: &str, database: &str) -> Result<String> {
     let authority_start = url.find("://").map(|i| i + 3).context("DATABASE_URL has no scheme")?;
     let (head, query) = url.split_at(url[authority_start..].find('?').map_or(url.len(), |i| authority_start + i));

@@ -297,3 +297,224 @@ async fn concurrent_spends_never_overdraw(pool: PgPool) {
     assert_eq!(shop.total(&reader).await, (77 - spent).to_string(), "seed {seed}");
     assert_eq!(shop.held(&AccountCode::credits_revenue(&shop.merchant_id), &asset).await, spent.to_string());
 }
+
+impl Shop {
+    /// A pack of 100 + 10 bonus coins for 1.00 USD, its lots expiring after 30 days.
+    async fn pack(&self) -> String {
+        let body = json!({ "name": "100 coins", "currency": "coins", "credits": "100", "bonus_credits": "10", "price": "1.00", "price_currency": "USD", "expires_in_s": 2_592_000 });
+        let (status, pack) = self.call("/v1/credit_packs", body, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{pack}");
+        pack["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Pays `invoice` in full with USDC on Polygon, as the watcher would report it.
+    async fn pay(&self, invoice: &Value, tx: &str, confirmations: u32) -> payrail::invoice::ObservedPayment {
+        let option = invoice["payment_options"].as_array().expect("options").iter().find(|o| o["asset"] == common::USDC_POLYGON).expect("a USDC option");
+        let payment = payrail::invoice::ObservedPayment {
+            invoice_id: invoice["id"].as_str().expect("id").to_owned(),
+            chain: "eip155:137".parse().expect("chain"),
+            asset: common::USDC_POLYGON.parse().expect("asset"),
+            tx_ref: format!("eip155:137:{tx}:0"),
+            address: None,
+            amount: payrail::money::Amount::parse_decimal(option["amount_minor"].as_str().expect("amount"), 0).expect("amount"),
+            confirmations,
+            confirmations_required: 2,
+            block: None,
+        };
+        let mut db = self.state.pool.begin().await.expect("begin");
+        payrail::invoice::apply_payment(&mut db, &self.state.ledger, &payment, self.clock.now()).await.expect("apply");
+        db.commit().await.expect("commit");
+        payment
+    }
+
+    async fn purchase_status(&self, invoice: &str) -> (String, String) {
+        sqlx::query_as("SELECT status, owed_minor::text FROM credit_purchases WHERE invoice_id = $1").bind(invoice).fetch_one(&self.state.pool).await.expect("purchase")
+    }
+}
+
+/// A pack bought with USDC: its credits and bonus are granted in the transaction that makes the
+/// invoice paid, once; a reorg that takes the payment back reverses what is unspent and records
+/// what was spent; mined again, the pack is granted less what is owed.
+#[sqlx::test]
+async fn a_pack_paid_in_usdc_grants_once_and_a_reorg_takes_back_what_is_unspent(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let asset = shop.coins().await;
+    let pack = shop.pack().await;
+    let reader = shop.customer("reader").await;
+    let (status, bought) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack }), Some("buy-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{bought}");
+    assert_eq!((bought["purchase"]["status"].as_str(), bought["invoice"]["amount"].as_str()), (Some("pending"), Some("1.00")), "{bought}");
+    let invoice = bought["invoice"].clone();
+    let invoice_id = invoice["id"].as_str().expect("id").to_owned();
+    assert_eq!(invoice["order_id"].as_str(), Some(format!("credits/{pack}").as_str()));
+
+    // Seen, not yet confirmed: nothing granted. Confirmed: 100 + 10, once, however often reported.
+    let payment = shop.pay(&invoice, "0xa1", 0).await;
+    assert_eq!(shop.total(&reader).await, "0");
+    shop.pay(&invoice, "0xa1", 2).await;
+    shop.pay(&invoice, "0xa1", 3).await;
+    assert_eq!(shop.total(&reader).await, "110");
+    assert_eq!(shop.purchase_status(&invoice_id).await, ("granted".to_owned(), "0".to_owned()));
+    let balance = shop.read(&format!("/v1/customers/{reader}/balance")).await;
+    let sources: Vec<&str> = balance["balances"][0]["lots"].as_array().expect("lots").iter().map(|l| l["source"].as_str().expect("source")).collect();
+    assert_eq!(sources, ["purchase", "bonus"], "{balance}");
+    assert!(balance["balances"][0]["next_expiry"].is_string(), "{balance}");
+    assert_eq!(shop.held(&AccountCode::credits_issued(&shop.merchant_id), &asset).await, "-110");
+
+    // 30 spent, then the payment's block leaves the chain: the 80 left are taken back, 30 owed.
+    let (status, _) = shop.spend(&reader, json!({ "currency": "coins", "amount_minor": "30" }), "s1").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut tx = shop.state.pool.begin().await.expect("begin");
+    payrail::invoice::orphan_payment(&mut tx, &shop.state.ledger, &payment.tx_ref, shop.clock.now()).await.expect("orphan");
+    tx.commit().await.expect("commit");
+    assert_eq!(shop.total(&reader).await, "0");
+    assert_eq!(shop.purchase_status(&invoice_id).await, ("reversed".to_owned(), "30".to_owned()));
+    let history = shop.read(&format!("/v1/customers/{reader}/transactions?limit=1")).await;
+    assert_eq!((history["data"][0]["kind"].as_str(), history["data"][0]["amount_minor"].as_str()), (Some("reversal"), Some("-80")), "{history}");
+
+    // Mined again: granted again, less the 30 already spent — 110 in all for one payment.
+    shop.pay(&invoice, "0xa1", 2).await;
+    assert_eq!(shop.total(&reader).await, "80");
+    assert_eq!(shop.purchase_status(&invoice_id).await, ("granted".to_owned(), "0".to_owned()));
+    let events: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox WHERE object_id = $1 AND event_type LIKE 'credits.%' ORDER BY id")
+        .bind(&reader)
+        .fetch_all(&shop.state.pool)
+        .await
+        .expect("outbox");
+    assert_eq!(events, ["credits.granted", "credits.granted", "credits.spent", "credits.reversed", "credits.granted", "credits.granted"]);
+
+    // An inactive pack is not sold; an unknown one is not found.
+    let (status, _) = shop.send(reqwest::Method::PATCH, Some(&shop.key), &format!("/v1/credit_packs/{pack}"), Some(json!({ "active": false })), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, refused) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack }), None).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("pack_inactive")), "{refused}");
+    let (status, _) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": "pack_0000000000000000" }), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// An underpaid purchase grants nothing until the merchant accepts it (`settled`); marking it
+/// `invalid` afterwards takes back what is unspent.
+#[sqlx::test]
+async fn an_underpaid_purchase_grants_when_settled_and_is_taken_back_when_marked_invalid(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    shop.coins().await;
+    let pack = shop.pack().await;
+    let reader = shop.customer("reader").await;
+    let (_, bought) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack }), None).await;
+    let mut invoice = bought["invoice"].clone();
+    let invoice_id = invoice["id"].as_str().expect("id").to_owned();
+    // Half of what is due.
+    let options = invoice["payment_options"].as_array_mut().expect("options");
+    for option in options.iter_mut() {
+        let due: u64 = option["amount_minor"].as_str().expect("amount").parse().expect("amount");
+        option["amount_minor"] = json!((due / 2).to_string());
+    }
+    shop.pay(&invoice, "0xb1", 2).await;
+    assert_eq!(shop.total(&reader).await, "0");
+    let (status, marked) = shop.call(&format!("/v1/invoices/{invoice_id}/mark"), json!({ "status": "settled" }), None).await;
+    assert_eq!(status, StatusCode::OK, "{marked}");
+    assert_eq!(shop.total(&reader).await, "110");
+    let (status, marked) = shop.call(&format!("/v1/invoices/{invoice_id}/mark"), json!({ "status": "invalid" }), None).await;
+    assert_eq!((status, marked["status"].as_str()), (StatusCode::OK, Some("invalid")), "{marked}");
+    assert_eq!(shop.total(&reader).await, "0");
+    assert_eq!(shop.purchase_status(&invoice_id).await, ("reversed".to_owned(), "0".to_owned()));
+}
+
+/// Promo codes: a percentage off shows on the invoice, bonus credits add to the grant, a code used
+/// up or used by the customer as often as it may is refused, and 50 purchases at once with a code
+/// of 10 redemptions give exactly 10.
+#[sqlx::test]
+async fn promo_codes_discount_add_bonus_and_are_never_redeemed_more_than_allowed(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    shop.coins().await;
+    let pack = shop.pack().await;
+    let reader = shop.customer("reader").await;
+    let promo = |body: Value| shop.call("/v1/promo_codes", body, None);
+    let (status, created) = promo(json!({ "code": "Spring20", "percent_off": 20, "per_customer_max": 1 })).await;
+    assert_eq!((status, created["code"].as_str()), (StatusCode::CREATED, Some("spring20")), "{created}");
+    let (status, _) = promo(json!({ "code": "SPRING20", "percent_off": 5 })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "codes are the same in any case");
+    for bad in [json!({ "code": "x", "percent_off": 5 }), json!({ "code": "two", "percent_off": 5, "bonus_credits": "5" }), json!({ "code": "off", "amount_off": "1.00" })] {
+        let (status, error) = promo(bad.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad} → {error}");
+    }
+    let (status, _) = promo(json!({ "code": "MOREBONUS", "bonus_credits": "25" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, bought) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack, "promo_code": "SPRING20" }), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{bought}");
+    assert_eq!((bought["invoice"]["amount"].as_str(), bought["purchase"]["discount_minor"].as_str()), (Some("0.80"), Some("20")), "{bought}");
+    assert_eq!(bought["invoice"]["metadata"]["credit_purchase"]["promo_code"], "spring20");
+    let (status, again) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack, "promo_code": "spring20" }), None).await;
+    assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("promo_refused")), "{again}");
+    let voided: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices WHERE status = 'void'").fetch_one(&shop.state.pool).await.expect("void");
+    assert_eq!(voided, 1, "the invoice of the refused purchase is void");
+
+    let (status, bonus) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack, "promo_code": "morebonus" }), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{bonus}");
+    shop.pay(&bonus["invoice"], "0xc1", 2).await;
+    assert_eq!(shop.total(&reader).await, "135", "100 + 10 bonus + 25 from the code");
+
+    // 50 at once against 10 redemptions.
+    let (status, _) = promo(json!({ "code": "LAUNCH", "amount_off": "0.50", "currency": "USD", "max_redemptions": 10 })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut customers = Vec::new();
+    for i in 0..5 {
+        customers.push(shop.customer(&format!("rush-{i}")).await);
+    }
+    let results = futures::future::join_all((0..50).map(|i| {
+        let (shop, customer, pack) = (&shop, customers[i % 5].clone(), pack.clone());
+        async move { shop.call(&format!("/v1/customers/{customer}/purchases"), json!({ "pack": pack, "promo_code": "launch" }), None).await.0 }
+    }))
+    .await;
+    let won = results.iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(won, 10, "{results:?}");
+    assert!(results.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT), "{results:?}");
+    let redeemed: i64 = sqlx::query_scalar("SELECT redeemed FROM promo_codes WHERE code = 'launch'").fetch_one(&shop.state.pool).await.expect("redeemed");
+    let redemptions: i64 = sqlx::query_scalar("SELECT count(*) FROM promo_redemptions r JOIN promo_codes p ON p.id = r.promo_id WHERE p.code = 'launch'")
+        .fetch_one(&shop.state.pool)
+        .await
+        .expect("redemptions");
+    assert_eq!((redeemed, redemptions), (10, 10));
+}
+
+/// Per-customer limits in fiat value: spends racing past the daily limit are stopped at it, and
+/// purchases past the daily limit are refused (their invoice void); the next day counts anew.
+#[sqlx::test]
+async fn limits_hold_under_concurrency_and_reset_each_day(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    shop.coins().await;
+    let pack = shop.pack().await;
+    let reader = shop.customer("reader").await;
+    shop.grant(&reader, 1_000, "bonus", None).await;
+    let limits = json!({ "currency": "USD", "spend_per_day": "0.25", "transfer_per_day": "0.05", "purchase_per_day": "1.50" });
+    let (status, set) = shop.send(reqwest::Method::PUT, Some(&shop.key), "/v1/credit_limits", Some(limits), None).await;
+    assert_eq!((status, set["spend_per_day"].as_str()), (StatusCode::OK, Some("0.25")), "{set}");
+
+    // Ten spends of 10 coins (0.10 USD) at once: two fit in 0.25.
+    let results = futures::future::join_all((0..10).map(|i| {
+        let (shop, reader) = (&shop, reader.clone());
+        async move { shop.spend(&reader, json!({ "currency": "coins", "amount_minor": "10" }), &format!("rush-{i}")).await }
+    }))
+    .await;
+    let passed = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    assert_eq!(passed, 2, "{results:?}");
+    let refused = results.iter().find(|(s, _)| *s == StatusCode::CONFLICT).expect("a refusal");
+    assert_eq!(refused.1["error"]["code"], "credit_limit_exceeded", "{refused:?}");
+    assert!(refused.1["error"]["message"].as_str().is_some_and(|m| m.contains("0.05 USD remain")), "{refused:?}");
+    let other = shop.customer("other").await;
+    let (status, _) = shop.call("/v1/transfers", json!({ "kind": "gift", "from_customer": reader, "to_customer": other, "currency": "coins", "amount_minor": "6" }), Some("g1")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "6 coins are 0.06 USD, more than 0.05");
+
+    let (status, _) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack }), None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, refused) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack }), None).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("credit_limit_exceeded")), "{refused}");
+
+    // A day later the spend limit counts anew.
+    shop.clock.advance(Duration::days(1));
+    let (status, spent) = shop.spend(&reader, json!({ "currency": "coins", "amount_minor": "20" }), "next-day").await;
+    assert_eq!(status, StatusCode::CREATED, "{spent}");
+    let (status, cleared) = shop.send(reqwest::Method::PUT, Some(&shop.key), "/v1/credit_limits", Some(json!({})), None).await;
+    assert_eq!((status, cleared["currency"].clone()), (StatusCode::OK, Value::Null), "{cleared}");
+}

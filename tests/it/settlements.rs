@@ -616,16 +616,36 @@ async fn settling_usdc_first_buys_out_the_creators_bitcoin_and_card_shares(pool:
         .credit(creator_account.clone(), common::USD, Amount::from_u64(100))
         .credit(merchant.clone(), common::USD, Amount::from_u64(900));
     state.ledger.post_now(&card).await.expect("card payment");
+    // 10 coins (1 coin = 0.01 USD) spent on the creator's work, 70 % its: 7 coins, worth 0.07 USD.
+    let now = state.clock.now();
+    let coins: payrail::credits::currency::CreateCurrency =
+        serde_json::from_value(json!({ "code": "coins", "name": "Coins", "peg": "0.01", "peg_currency": "USD" })).expect("currency");
+    let coins = payrail::credits::currency::create(&state.pool, &rig.merchant_id, &coins, now).await.expect("currency");
+    let reader = payrail::credits::customer::create(&state.pool, &rig.merchant_id, &serde_json::from_value(json!({ "external_id": "reader" })).expect("customer"), now)
+        .await
+        .expect("customer");
+    let grant: payrail::credits::movement::GrantRequest = serde_json::from_value(json!({ "currency": "coins", "amount_minor": "10" })).expect("grant");
+    payrail::credits::movement::grant(&state.pool, &state.ledger, &rig.merchant_id, &reader.id, &grant, "g1", now).await.expect("grant");
+    let spend: payrail::credits::movement::SpendRequest =
+        serde_json::from_value(json!({ "currency": "coins", "amount_minor": "10", "splits": [{ "creator": creator.creator.id, "bps": 7000 }] })).expect("spend");
+    payrail::credits::movement::spend(&state.pool, &state.ledger, &rig.merchant_id, &reader.id, &spend, "s1", now).await.expect("spend");
+    assert_eq!(balance(state, &creator_account, &coins.asset).await, SignedAmount::positive(Amount::from_u64(7)));
 
     let request = SettlementRequest { chain: "polygon".to_owned(), asset: polygon.usdc(), amount_minor: None };
     let batch = payouts.settle(&rig.merchant_id, &request).await.expect("settle");
-    // 3,846 sats at 65,000 USD/BTC is 2.49 USD (rounded down), and the card share 1.00 USD: 3.49
-    // USDC to the creator.
-    assert_eq!(batch.total_minor, (45_000_000u64 - 2_490_000 - 1_000_000).to_string(), "the merchant's 45 USDC less the buy-outs");
+    // 3,846 sats at 65,000 USD/BTC is 2.49 USD (rounded down), the card share 1.00 USD and the 7
+    // coins 0.07 USD: 3.56 USDC to the creator.
+    assert_eq!(batch.total_minor, (45_000_000u64 - 2_490_000 - 1_000_000 - 70_000).to_string(), "the merchant's 45 USDC less the buy-outs");
+    assert_eq!(balance(state, &creator_account, &coins.asset).await, SignedAmount::ZERO);
+    assert_eq!(
+        balance(state, &AccountCode::credits_issued(&rig.merchant_id), &coins.asset).await.to_string(),
+        "7",
+        "the creator's 7 coins went back to the merchant's issue"
+    );
     assert_eq!(balance(state, &creator_account, common::BTC).await, SignedAmount::ZERO);
     assert_eq!(balance(state, &creator_account, common::USD).await, SignedAmount::ZERO);
     assert_eq!(balance(state, &merchant, common::USD).await, SignedAmount::positive(Amount::from_u64(1_000)), "the card money is all the merchant's");
-    assert_eq!(balance(state, &creator_account, &polygon.usdc()).await, SignedAmount::positive(Amount::from_u64(5_000_000 + 2_490_000 + 1_000_000)));
+    assert_eq!(balance(state, &creator_account, &polygon.usdc()).await, SignedAmount::positive(Amount::from_u64(5_000_000 + 2_490_000 + 1_000_000 + 70_000)));
     assert_eq!(balance(state, &merchant, common::BTC).await, SignedAmount::positive(Amount::from_u64(sats)), "all the coins it holds are its own now");
     assert_eq!(balance(state, &AccountCode::held_by_merchant(&rig.merchant_id), common::BTC).await, SignedAmount::positive(Amount::from_u64(sats)));
     // Nothing is owed any more: a second settlement buys nothing out.

@@ -793,3 +793,48 @@ async fn a_refund_is_refused_when_a_creator_no_longer_holds_its_share(pool: PgPo
     assert_eq!(server.balance(&AccountCode::creator(&cr)).await, "1");
     server.assert_entries_balance(&pi).await;
 }
+
+/// A credit pack paid by test card: the credits are granted once, by the verified webhook that
+/// credits the payment.
+#[sqlx::test]
+async fn a_credit_pack_paid_by_card_grants_its_credits_once(pool: PgPool) {
+    let server = start(pool).await;
+    server.subscribe().await;
+    let post = |path: String, body: Value| {
+        let request = server.client.post(format!("{}{path}", server.base)).bearer_auth(&server.key).json(&body);
+        async move {
+            let response = request.send().await.expect("post");
+            let status = response.status();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, _) = post("/v1/credit_currencies".to_owned(), json!({ "code": "coins", "name": "Coins", "peg": "0.01", "peg_currency": "USD" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, pack) = post("/v1/credit_packs".to_owned(), json!({ "name": "500 coins", "currency": "coins", "credits": "500", "bonus_credits": "50", "price": "4.99", "price_currency": "USD" })).await;
+    let (_, customer) = post("/v1/customers".to_owned(), json!({ "external_id": "card-buyer" })).await;
+    let customer = customer["id"].as_str().expect("customer").to_owned();
+    let (status, bought) = post(format!("/v1/customers/{customer}/purchases"), json!({ "pack": pack["id"] })).await;
+    assert_eq!(status, StatusCode::CREATED, "{bought}");
+    let invoice = bought["invoice"]["id"].as_str().expect("invoice").to_owned();
+
+    let (status, attempt) = server.pay_by_card(&invoice, "pm_card_visa").await;
+    assert_eq!((status, attempt["status"].as_str()), (StatusCode::CREATED, Some("succeeded")), "{attempt}");
+    server.wait_status(&invoice, "paid").await;
+    let balance: Value = server
+        .client
+        .get(format!("{}/v1/customers/{customer}/balance", server.base))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .expect("balance")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(balance["balances"][0]["total_minor"], "550", "{balance}");
+    let grants: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE customer_id = $1 AND kind = 'grant'")
+        .bind(&customer)
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("grants");
+    assert_eq!(grants, 2, "the purchase and its bonus, once");
+}

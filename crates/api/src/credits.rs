@@ -12,6 +12,10 @@ use axum::Json;
 use payrail_credits::currency::{self, CreateCurrency, CurrencyView};
 use payrail_credits::customer::{self, CreateCustomer, CustomerView, UpdateCustomer};
 use payrail_credits::movement::{self, GrantRequest, Moved, SpendRequest, TransferRequest};
+use payrail_credits::pack::{self, CreatePack, PackView, UpdatePack};
+use payrail_credits::limits::{self, Limits};
+use payrail_credits::promo::{self, CreatePromo, PromoView};
+use payrail_credits::purchase::{self, PurchaseView};
 use payrail_credits::view::{self, BalanceView, TransactionView};
 use payrail_credits::CreditsError;
 
@@ -27,6 +31,8 @@ impl From<CreditsError> for ApiError {
             CreditsError::Exists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", error.to_string()),
             CreditsError::Insufficient { .. } => Self::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credits", error.to_string()),
             CreditsError::KeyReused { .. } => Self::new(StatusCode::CONFLICT, "idempotency_key_reused", error.to_string()),
+            CreditsError::PromoRefused { .. } => Self::new(StatusCode::CONFLICT, "promo_refused", error.to_string()),
+            CreditsError::LimitExceeded { .. } => Self::new(StatusCode::CONFLICT, "credit_limit_exceeded", error.to_string()),
             CreditsError::Ledger(e) => Self::ledger(e),
             CreditsError::Database(e) => Self::database(e),
         }
@@ -286,4 +292,190 @@ pub async fn transactions(
     let starting_after = super::cursor(query.starting_after.as_deref(), "ctx")?;
     let (data, has_more) = view::transactions(&state.pool, &auth.merchant_id, &id, limit, starting_after).await?;
     Ok(Json(TransactionList { object: "list", data, has_more }))
+}
+
+/// The merchant's credit packs, oldest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PackList {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<PackView>,
+    pub has_more: bool,
+}
+
+/// Body of `POST /v1/customers/{id}/purchases`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseBody {
+    /// The pack, `pack_…`.
+    pub pack: String,
+    /// A promo code that applies to packs (any case).
+    pub promo_code: Option<String>,
+}
+
+/// The merchant's promo codes, oldest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PromoList {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<PromoView>,
+    pub has_more: bool,
+}
+
+#[utoipa::path(post, path = "/v1/promo_codes", tag = "credits", security(("bearer" = [])),
+    request_body = CreatePromo,
+    responses((status = 201, body = PromoView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "already_exists: the code is taken (in any case)"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn create_promo(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    body: Result<Json<CreatePromo>, JsonRejection>,
+) -> Result<(StatusCode, Json<PromoView>), ApiError> {
+    let Json(body) = body?;
+    Ok((StatusCode::CREATED, Json(promo::create(&state.pool, &auth.merchant_id, &body, state.clock.now()).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/credit_limits", tag = "credits", security(("bearer" = [])),
+    responses((status = 200, body = Limits, description = "the per-customer limits; all null when none are set"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody)))]
+pub async fn get_limits(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<Limits>, ApiError> {
+    Ok(Json(limits::get(&state.pool, &auth.merchant_id).await?))
+}
+
+#[utoipa::path(put, path = "/v1/credit_limits", tag = "credits", security(("bearer" = [])),
+    request_body = Limits,
+    responses((status = 200, body = Limits), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn put_limits(State(state): State<AppState>, auth: MerchantAuth, body: Result<Json<Limits>, JsonRejection>) -> Result<Json<Limits>, ApiError> {
+    let Json(body) = body?;
+    Ok(Json(limits::set(&state.pool, &auth.merchant_id, &body, state.clock.now()).await?))
+}
+
+#[utoipa::path(get, path = "/v1/promo_codes", tag = "credits", security(("bearer" = [])),
+    responses((status = 200, body = PromoList), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody)))]
+pub async fn list_promos(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<PromoList>, ApiError> {
+    Ok(Json(PromoList { object: "list", data: promo::list(&state.pool, &auth.merchant_id).await?, has_more: false }))
+}
+
+/// A purchase and the invoice the customer pays for it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PurchaseCreated {
+    pub purchase: PurchaseView,
+    pub invoice: crate::invoice::InvoiceView,
+}
+
+#[utoipa::path(post, path = "/v1/credit_packs", tag = "credits", security(("bearer" = [])),
+    request_body = CreatePack,
+    responses((status = 201, body = PackView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody, description = "no such credit currency"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn create_pack(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    body: Result<Json<CreatePack>, JsonRejection>,
+) -> Result<(StatusCode, Json<PackView>), ApiError> {
+    let Json(body) = body?;
+    Ok((StatusCode::CREATED, Json(pack::create(&state.pool, &auth.merchant_id, &body, state.clock.now()).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/credit_packs", tag = "credits", security(("bearer" = [])),
+    responses((status = 200, body = PackList), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody)))]
+pub async fn list_packs(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<PackList>, ApiError> {
+    Ok(Json(PackList { object: "list", data: pack::list(&state.pool, &auth.merchant_id).await?, has_more: false }))
+}
+
+#[utoipa::path(patch, path = "/v1/credit_packs/{id}", tag = "credits", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the pack, pack_…")),
+    request_body = UpdatePack,
+    responses((status = 200, body = PackView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn update_pack(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<UpdatePack>, JsonRejection>,
+) -> Result<Json<PackView>, ApiError> {
+    if !crate::ids::is_id(&id, "pack") {
+        return Err(ApiError::not_found("credit pack"));
+    }
+    let Json(body) = body?;
+    Ok(Json(pack::set_active(&state.pool, &auth.merchant_id, &id, body.active, state.clock.now()).await?))
+}
+
+#[utoipa::path(post, path = "/v1/customers/{id}/purchases", tag = "credits", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the customer, cus_…"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]+$", description = "retries get the same purchase and invoice")),
+    request_body = PurchaseBody,
+    responses((status = 201, body = PurchaseCreated, description = "the purchase, `pending` until its invoice is paid on any rail; then the credits are granted"),
+        (status = 400, body = super::openapi::ErrorBody),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn purchase(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<PurchaseBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<PurchaseCreated>), ApiError> {
+    customer_id(&id)?;
+    let Json(body) = body?;
+    if !crate::ids::is_id(&body.pack, "pack") {
+        return Err(ApiError::not_found("credit pack"));
+    }
+    customer::get(&state.pool, &auth.merchant_id, &id).await?;
+    let pack = pack::get(&state.pool, &auth.merchant_id, &body.pack).await?;
+    if !pack.active {
+        return Err(ApiError::new(StatusCode::CONFLICT, "pack_inactive", format!("credit pack {} is not sold any more", pack.id)));
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(format!(
+            "purchase:{id}:{}",
+            v.to_str().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", "Idempotency-Key must be visible ASCII"))?
+        )),
+    };
+    let now = state.clock.now();
+    let fiat: crate::money::Fiat = pack.price_currency.parse().map_err(ApiError::internal)?;
+    let promo = match &body.promo_code {
+        None => None,
+        Some(code) => {
+            let full = purchase::price(&pack, None)?;
+            Some(promo::find_usable(&state.pool, &auth.merchant_id, code, "packs", full.price, fiat, now).await?)
+        }
+    };
+    let priced = purchase::price(&pack, promo)?;
+    let request = crate::invoice::CreateInvoice {
+        amount: priced.price.to_decimal_string(fiat.minor_units()),
+        currency: pack.price_currency.clone(),
+        accepted: None,
+        expires_in: None,
+        order_id: Some(purchase::order_id(&pack.id)),
+        metadata: Some(serde_json::json!({ "credit_purchase": {
+            "customer": id,
+            "pack": pack.id,
+            "credits": pack.credits,
+            "bonus_credits": priced.bonus.to_string(),
+            "promo_code": priced.promo.as_ref().map(|p| p.code.clone()),
+            "discount": priced.discount.to_decimal_string(fiat.minor_units()),
+        } })),
+    };
+    let (invoice, _) = crate::invoice::create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, &auth.merchant_id, &request, key.as_deref(), now).await?;
+    match purchase::record(&state.pool, &auth.merchant_id, &id, &pack, &priced, &invoice.id, now).await {
+        Ok(purchase) => Ok((StatusCode::CREATED, Json(PurchaseCreated { purchase, invoice }))),
+        Err(error) => {
+            // Nothing may pay an invoice its purchase was refused for.
+            if let Err(void) = crate::invoice::void_invoice(&state.pool, &auth.merchant_id, &invoice.id, now).await {
+                tracing::warn!(target: "credits", invoice = %invoice.id, %void, "an invoice whose purchase was refused could not be voided");
+            }
+            Err(error.into())
+        }
+    }
 }

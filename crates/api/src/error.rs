@@ -117,6 +117,7 @@ impl From<InvoiceError> for ApiError {
             WrongState { .. } => Self::new(StatusCode::CONFLICT, "invoice_state", error.to_string()),
             Database(error) => Self::database(error),
             Ledger(error) => Self::ledger(error),
+            Credits(error) => error.into(),
             PaymentMismatch { .. } | Corrupt { .. } | Plan(_) => Self::internal(error),
         }
     }

@@ -27,6 +27,7 @@ impl From<PayoutError> for ApiError {
             PayoutError::Database(error) => Self::database(error),
             PayoutError::Ledger(error) => Self::ledger(error),
             PayoutError::Refund(error) => error.into(),
+            PayoutError::Credits(error) => error.into(),
             _ => Self::internal(error),
         }
     }

@@ -111,11 +111,16 @@ pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreateCurrency, 
 }
 
 pub async fn list(pool: &PgPool, merchant_id: &str) -> Result<Vec<CurrencyView>> {
+    list_on(&mut *pool.acquire().await?, merchant_id).await
+}
+
+/// The merchant's credit currencies, read on `conn`.
+pub async fn list_on(conn: &mut PgConnection, merchant_id: &str) -> Result<Vec<CurrencyView>> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT code, name, decimals, peg, peg_currency, created_at FROM credit_currencies WHERE merchant_id = $1 ORDER BY code",
     )
     .bind(merchant_id)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(|r| view(merchant_id, r)).collect())
 }

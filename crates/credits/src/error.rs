@@ -13,6 +13,12 @@ pub enum CreditsError {
     /// The customer's spendable credits do not cover the movement.
     #[error("insufficient credits: {available} {currency} available")]
     Insufficient { currency: String, available: String },
+    /// A promo code that exists but may not be used here and now.
+    #[error("promo code {code:?} cannot be used: {reason}")]
+    PromoRefused { code: String, reason: String },
+    /// A per-customer limit of the merchant would be passed.
+    #[error("the customer's {limit} limit would be passed: {remaining} {currency} remain")]
+    LimitExceeded { limit: &'static str, currency: String, remaining: String },
     /// The idempotency key was used for a different movement.
     #[error("idempotency key {key:?} was already used for another movement")]
     KeyReused { key: String },

@@ -14,7 +14,11 @@
 pub mod currency;
 pub mod customer;
 pub mod error;
+pub mod limits;
 pub mod movement;
+pub mod pack;
+pub mod promo;
+pub mod purchase;
 pub mod view;
 
 use payrail_core::{ids, money};

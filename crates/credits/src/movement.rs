@@ -11,9 +11,9 @@ use sqlx::{PgConnection, PgPool};
 
 use payrail_core::credits::{consume, Consumed, CreditAsset, LotBalance};
 use payrail_core::payment::split::{split_postings, CreatorShare, Splits};
-use payrail_payments::invoice::split::{check_creators, matching_rule};
-use payrail_payments::webhook::emit;
 use payrail_store::ledger::{Ledger, LedgerError};
+use payrail_store::outbox::emit;
+use payrail_store::splits::{check_creators, matching_rule, SplitsError};
 
 use crate::currency::{self, parse_amount, CurrencyView};
 use crate::error::{invalid, CreditsError, Result};
@@ -103,13 +103,13 @@ fn check_text(field: &'static str, value: Option<&str>, max: usize) -> Result<()
 }
 
 /// The ledger key of a movement asked for under `key`.
-fn entry_key(merchant_id: &str, key: &str) -> String {
+pub(crate) fn entry_key(merchant_id: &str, key: &str) -> String {
     format!("credits:{merchant_id}:{key}")
 }
 
 /// Locks customers (in id order, so two movements between the same pair cannot deadlock); each must
 /// be the merchant's.
-async fn lock_customers(tx: &mut PgConnection, merchant_id: &str, ids: &[&str]) -> Result<()> {
+pub(crate) async fn lock_customers(tx: &mut PgConnection, merchant_id: &str, ids: &[&str]) -> Result<()> {
     let mut sorted: Vec<&str> = ids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
@@ -172,7 +172,7 @@ async fn plan(tx: &mut PgConnection, customer_id: &str, currency: &CurrencyView,
 
 /// Writes a new lot of `customer_id` (its ledger account is credited by the caller's entry).
 #[allow(clippy::too_many_arguments)]
-async fn insert_lot(
+pub(crate) async fn insert_lot(
     tx: &mut PgConnection,
     merchant_id: &str,
     customer_id: &str,
@@ -203,24 +203,24 @@ async fn insert_lot(
 }
 
 /// One history row.
-struct Row<'a> {
-    id: String,
-    merchant_id: &'a str,
-    customer_id: &'a str,
-    currency: &'a str,
-    kind: &'a str,
+pub(crate) struct Row<'a> {
+    pub(crate) id: String,
+    pub(crate) merchant_id: &'a str,
+    pub(crate) customer_id: &'a str,
+    pub(crate) currency: &'a str,
+    pub(crate) kind: &'a str,
     /// Signed: positive in, negative out.
-    amount: String,
-    source: Option<&'a str>,
-    description: Option<&'a str>,
-    resource: Option<&'a str>,
-    counterparty: Option<&'a str>,
-    key: &'a str,
-    entry_id: i64,
-    detail: serde_json::Value,
+    pub(crate) amount: String,
+    pub(crate) source: Option<&'a str>,
+    pub(crate) description: Option<&'a str>,
+    pub(crate) resource: Option<&'a str>,
+    pub(crate) counterparty: Option<&'a str>,
+    pub(crate) key: &'a str,
+    pub(crate) entry_id: i64,
+    pub(crate) detail: serde_json::Value,
 }
 
-async fn insert_row(tx: &mut PgConnection, row: &Row<'_>, now: DateTime<Utc>) -> Result<TransactionView> {
+pub(crate) async fn insert_row(tx: &mut PgConnection, row: &Row<'_>, now: DateTime<Utc>) -> Result<TransactionView> {
     sqlx::query(
         "INSERT INTO credit_transactions (id, merchant_id, customer_id, currency, kind, amount_minor, source, description, resource, \
                                           counterparty, idempotency_key, entry_id, detail, created_at) \
@@ -246,7 +246,7 @@ async fn insert_row(tx: &mut PgConnection, row: &Row<'_>, now: DateTime<Utc>) ->
 }
 
 /// Posts `entry`; a key used for another entry is the caller's key reused.
-async fn post(tx: &mut PgConnection, ledger: &Ledger, entry: &NewEntry, key: &str) -> Result<i64> {
+pub(crate) async fn post(tx: &mut PgConnection, ledger: &Ledger, entry: &NewEntry, key: &str) -> Result<i64> {
     match ledger.post(&mut *tx, entry).await {
         Ok(posted) => Ok(posted.entry_id),
         Err(LedgerError::IdempotencyConflict { .. }) => Err(CreditsError::KeyReused { key: key.to_owned() }),
@@ -254,11 +254,20 @@ async fn post(tx: &mut PgConnection, ledger: &Ledger, entry: &NewEntry, key: &st
     }
 }
 
+/// A split rule's trouble as the caller's: an unknown creator is the request's fault, the database's
+/// is not.
+fn splits_error(field: &'static str, error: SplitsError) -> CreditsError {
+    match error {
+        SplitsError::Database(e) => CreditsError::Database(e),
+        other => invalid(field, other.to_string()),
+    }
+}
+
 fn consumed_json(consumed: &[Consumed]) -> serde_json::Value {
     json!(consumed.iter().map(|c| json!({ "lot": c.lot_id, "amount_minor": c.amount.to_string() })).collect::<Vec<_>>())
 }
 
-fn asset_of(currency: &CurrencyView) -> Result<CreditAsset> {
+pub(crate) fn asset_of(currency: &CurrencyView) -> Result<CreditAsset> {
     CreditAsset::parse(&currency.asset).ok_or_else(|| invalid("currency", format!("stored asset {:?}", currency.asset)))
 }
 
@@ -315,7 +324,7 @@ async fn spend_splits(tx: &mut PgConnection, merchant_id: &str, currency: &Curre
         Some(shares) => {
             let splits = Splits { splits: shares.clone(), platform_fee_bps: request.platform_fee_bps.unwrap_or(0) };
             splits.validate().map_err(|e| invalid("splits", e.0))?;
-            check_creators(&mut *tx, merchant_id, &splits).await.map_err(|e| invalid("splits", e.to_string()))?;
+            check_creators(&mut *tx, merchant_id, &splits).await.map_err(|e| splits_error("splits", e))?;
             if currency.peg.is_none() && !splits.is_empty() {
                 return Err(invalid("splits", "credits without a peg are worth nothing to creators or the platform: no split"));
             }
@@ -323,7 +332,7 @@ async fn spend_splits(tx: &mut PgConnection, merchant_id: &str, currency: &Curre
         }
         None if request.platform_fee_bps.is_some() => return Err(invalid("platform_fee_bps", "goes with splits")),
         None if currency.peg.is_none() => Splits::default(),
-        None => matching_rule(&mut *tx, merchant_id, request.resource.as_deref()).await.map_err(|e| invalid("resource", e.to_string()))?.unwrap_or_default(),
+        None => matching_rule(&mut *tx, merchant_id, request.resource.as_deref()).await.map_err(|e| splits_error("resource", e))?.unwrap_or_default(),
     };
     Ok(splits)
 }
@@ -344,6 +353,7 @@ pub async fn spend(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_i
     let asset = asset_of(&currency)?.to_string();
     let splits = spend_splits(&mut tx, merchant_id, &currency, request).await?;
     let consumed = plan(&mut tx, customer_id, &currency, amount, now).await?;
+    let value = crate::limits::check_movement(&mut tx, merchant_id, customer_id, crate::limits::Counted::Spend, currency.value(amount), now).await?;
     let shares = split_postings(AccountCode::credits_revenue(merchant_id), amount, &splits).map_err(|e| invalid("amount_minor", e.to_string()))?;
     let mut entry = NewEntry::new(entry_key(merchant_id, key), "credit_spend")
         .memo(format!("{customer_id} spent {amount} {}{}", currency.code, request.resource.as_deref().map(|r| format!(" on {r}")).unwrap_or_default()));
@@ -371,6 +381,7 @@ pub async fn spend(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_i
         detail: json!({ "lots": consumed_json(&consumed), "shares": shares_json }),
     };
     let transaction = insert_row(&mut tx, &row, now).await?;
+    crate::limits::record_value(&mut tx, &transaction.id, value).await?;
     emit(&mut tx, merchant_id, "credits.spent", customer_id, &transaction, now).await?;
     tx.commit().await?;
     Ok(Moved { transaction, replayed: false })
@@ -405,6 +416,7 @@ pub async fn transfer(pool: &PgPool, ledger: &Ledger, merchant_id: &str, request
     let currency = currency::get(&mut tx, merchant_id, &request.currency).await?;
     let asset = asset_of(&currency)?.to_string();
     let consumed = plan(&mut tx, from, &currency, amount, now).await?;
+    let value = crate::limits::check_movement(&mut tx, merchant_id, from, crate::limits::Counted::Transfer, currency.value(amount), now).await?;
     let sent_id = new_id("ctx");
     let mut entry = NewEntry::new(entry_key(merchant_id, key), format!("credit_{}", request.kind)).memo(format!("{} of {amount} {} from {from}", request.kind, currency.code));
     for c in &consumed {
@@ -428,9 +440,9 @@ pub async fn transfer(pool: &PgPool, ledger: &Ledger, merchant_id: &str, request
         if currency.peg.is_none() {
             return Err(invalid("currency", "credits without a peg are worth nothing to a creator: no tips"));
         }
-        let fee = matching_rule(&mut tx, merchant_id, None).await.map_err(|e| invalid("to_creator", e.to_string()))?.map_or(0, |r| r.platform_fee_bps);
+        let fee = matching_rule(&mut tx, merchant_id, None).await.map_err(|e| splits_error("to_creator", e))?.map_or(0, |r| r.platform_fee_bps);
         let splits = Splits { splits: vec![CreatorShare { creator: creator.to_owned(), bps: BPS_WHOLE.saturating_sub(fee) }], platform_fee_bps: fee };
-        check_creators(&mut tx, merchant_id, &splits).await.map_err(|e| invalid("to_creator", e.to_string()))?;
+        check_creators(&mut tx, merchant_id, &splits).await.map_err(|e| splits_error("to_creator", e))?;
         let shares = split_postings(AccountCode::credits_revenue(merchant_id), amount, &splits).map_err(|e| invalid("amount_minor", e.to_string()))?;
         for (account, share) in &shares {
             entry = entry.credit(account.clone(), asset.as_str(), *share);
@@ -455,6 +467,7 @@ pub async fn transfer(pool: &PgPool, ledger: &Ledger, merchant_id: &str, request
         detail,
     };
     let transaction = insert_row(&mut tx, &sent, now).await?;
+    crate::limits::record_value(&mut tx, &transaction.id, value).await?;
     emit(&mut tx, merchant_id, "credits.transferred", from, &transaction, now).await?;
     for (id, to, kind, detail) in received {
         let row = Row {

@@ -36,6 +36,9 @@ pub enum PayoutError {
     /// A crypto refund's own rules (its state, the merchant's balance for a difference).
     #[error(transparent)]
     Refund(#[from] payrail_payments::invoice::InvoiceError),
+    /// Reading the merchant's credit currencies for what its credits earned others.
+    #[error(transparent)]
+    Credits(#[from] payrail_credits::CreditsError),
     /// The executor's lock: not taken, or its session ended (another process may execute now).
     #[error(transparent)]
     Leader(#[from] crate::db::leader::LeaderError),
@@ -47,6 +50,7 @@ impl PayoutError {
         match self {
             Self::Rpc { .. } | Self::Send { .. } | Self::Database(_) => true,
             Self::Ledger(error) => error.is_retryable(),
+            Self::Credits(payrail_credits::CreditsError::Database(_)) => true,
             _ => false,
         }
     }

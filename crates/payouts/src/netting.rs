@@ -25,6 +25,24 @@ use super::runner::{PayableAsset, PayoutService};
 /// Stablecoins settled at par with the US dollar.
 const USD_STABLECOINS: &[&str] = &["USDC", "USDT", "DAI"];
 
+/// The merchant's stablecoin balance a settlement buys out of: what is left, and what was taken.
+struct Purse<'a> {
+    stable: &'a PayableAsset,
+    left: Amount,
+    taken: Amount,
+}
+
+/// One share to buy out: what is owed, in which asset, worth how many US cents, and which account
+/// takes the owed asset in exchange (the merchant for coins it holds or card money, its credits'
+/// issue for credits).
+struct BuyOut<'a> {
+    owed: Owed,
+    asset: &'a str,
+    cents: Amount,
+    taker: AccountCode,
+    memo: String,
+}
+
 /// One share owed in a merchant-held asset.
 struct Owed {
     /// The account owed: a creator's, or the platform's fees.
@@ -34,20 +52,19 @@ struct Owed {
 
 impl PayoutService {
     /// Buys out, on `tx` (which holds the runs' lock), what merchant `merchant_id` owes in
-    /// merchant-held assets, and its creators' US-dollar card shares, with its balance of `stable`;
-    /// see the module docs. Returns how much of
-    /// `stable` it took.
+    /// merchant-held assets, its creators' US-dollar card shares and what its credits spent earned
+    /// creators and the platform, with its balance of `stable`; see the module docs. Returns how
+    /// much of `stable` it took.
     pub(crate) async fn net_receivables(&self, tx: &mut PgConnection, merchant_id: &str, stable: &PayableAsset, now: DateTime<Utc>) -> Result<Amount> {
         if !USD_STABLECOINS.contains(&stable.symbol()) || self.rates().quote(stable.symbol(), Fiat::USD, now).is_err() {
             return Ok(Amount::ZERO);
         }
         let merchant = AccountCode::merchant(merchant_id);
         let held = self.ledger().balances(&mut *tx, &AccountCode::held_by_merchant(merchant_id)).await?;
-        let mut left = {
+        let mut purse = {
             let balance = self.ledger().balance(&mut *tx, &merchant, &stable.asset).await?;
-            if balance.is_negative() { Amount::ZERO } else { balance.magnitude() }
+            Purse { stable, left: if balance.is_negative() { Amount::ZERO } else { balance.magnitude() }, taken: Amount::ZERO }
         };
-        let mut taken = Amount::ZERO;
         for (asset, holding) in held.iter().filter(|(_, b)| !b.is_negative() && !b.magnitude().is_zero()) {
             let Some((symbol, decimals)) = self.merchant_held(asset) else { continue };
             let Ok(quote) = self.rates().quote(&symbol, Fiat::USD, now) else {
@@ -56,52 +73,60 @@ impl PayoutService {
             };
             for owed in self.owed(&mut *tx, merchant_id, asset, holding.magnitude()).await? {
                 let cents = asset_to_fiat(owed.amount, decimals, &quote.rate, Fiat::USD, Rounding::Down).unwrap_or(Amount::ZERO);
-                let memo = format!("{} of {asset} held by the merchant", owed.amount);
-                self.buy_out(&mut *tx, merchant_id, owed, asset, cents, stable, &memo, &quote.rate.to_string(), &mut left, &mut taken, now).await?;
+                let memo = format!("{} of {asset} held by the merchant, at {}", owed.amount, quote.rate);
+                self.buy_out(&mut *tx, merchant_id, BuyOut { owed, asset, cents, taker: merchant.clone(), memo }, &mut purse, now).await?;
             }
         }
         // Creators' shares of card payments in US dollars: the processor holds them for the
         // platform, so they are bought out at par, cent for cent.
         let usd = Fiat::USD.ledger_asset();
         for owed in self.creator_balances(&mut *tx, merchant_id, &usd).await? {
-            let memo = format!("{} cents of card money owed to the creator", owed.amount);
+            let memo = format!("{} cents of card money owed to the creator, at par", owed.amount);
             let cents = owed.amount;
-            self.buy_out(&mut *tx, merchant_id, owed, &usd, cents, stable, &memo, "par", &mut left, &mut taken, now).await?;
+            self.buy_out(&mut *tx, merchant_id, BuyOut { owed, asset: &usd, cents, taker: merchant.clone(), memo }, &mut purse, now).await?;
         }
-        Ok(taken)
+        // Credits spent on creators and the platform, worth their US-dollar peg: the merchant sold
+        // them for money it holds, so it pays their worth; the credits go back to its issue.
+        let mut pegged = Vec::new();
+        for currency in payrail_credits::currency::list_on(&mut *tx, merchant_id).await? {
+            if currency.peg_currency.as_deref() == Some(Fiat::USD.code()) {
+                pegged.push(currency);
+            }
+        }
+        for currency in pegged {
+            let mut owed = self.creator_balances(&mut *tx, merchant_id, &currency.asset).await?;
+            let fees = self.ledger().balance(&mut *tx, &AccountCode::platform_fees(), &currency.asset).await?;
+            if !fees.is_negative() && !fees.magnitude().is_zero() {
+                owed.push(Owed { account: AccountCode::platform_fees(), amount: fees.magnitude() });
+            }
+            for owed in owed {
+                let Some((_, cents)) = currency.value(owed.amount) else { continue };
+                let memo = format!("{} {} earned from credits spent, at {} USD each", owed.amount, currency.code, currency.peg.as_deref().unwrap_or("?"));
+                let taker = AccountCode::credits_issued(merchant_id);
+                self.buy_out(&mut *tx, merchant_id, BuyOut { owed, asset: &currency.asset, cents, taker, memo }, &mut purse, now).await?;
+            }
+        }
+        Ok(purse.taken)
     }
 
-    /// Moves `owed` (worth `cents` US cents) to the merchant and as much of `stable` from the
-    /// merchant to the one owed, in one entry; nothing when `left` cannot cover it.
-    #[allow(clippy::too_many_arguments)]
-    async fn buy_out(
-        &self,
-        tx: &mut PgConnection,
-        merchant_id: &str,
-        owed: Owed,
-        asset: &str,
-        cents: Amount,
-        stable: &PayableAsset,
-        memo: &str,
-        rate: &str,
-        left: &mut Amount,
-        taken: &mut Amount,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let Some(price) = at_par(cents, stable.decimals()) else { return Ok(()) };
-        if price.is_zero() || price > *left {
+    /// Moves `buy.owed` (worth `buy.cents` US cents) to `buy.taker` and as much of the stablecoin
+    /// from the merchant to the one owed, in one entry; nothing when the purse cannot cover it.
+    async fn buy_out(&self, tx: &mut PgConnection, merchant_id: &str, buy: BuyOut<'_>, purse: &mut Purse<'_>, now: DateTime<Utc>) -> Result<()> {
+        let stable = purse.stable;
+        let Some(price) = at_par(buy.cents, stable.decimals()) else { return Ok(()) };
+        if price.is_zero() || price > purse.left {
             return Ok(());
         }
-        let merchant = AccountCode::merchant(merchant_id);
+        let BuyOut { owed, asset, taker, memo, .. } = buy;
         let entry = NewEntry::new(format!("netting:{merchant_id}:{}:{asset}:{}", owed.account.as_str(), now.timestamp_micros()), "netting")
-            .memo(format!("{memo}, bought out for {price} of {} at {rate}", stable.asset))
+            .memo(format!("{memo}: bought out for {price} of {}", stable.asset))
             .debit(owed.account.clone(), asset, owed.amount)
-            .credit(merchant.clone(), asset, owed.amount)
-            .debit(merchant, stable.asset.as_str(), price)
+            .credit(taker, asset, owed.amount)
+            .debit(AccountCode::merchant(merchant_id), stable.asset.as_str(), price)
             .credit(owed.account, stable.asset.as_str(), price);
         self.ledger().post(&mut *tx, &entry).await?;
-        *left = left.saturating_sub(price);
-        *taken = taken.checked_add(price).unwrap_or(Amount::MAX);
+        purse.left = purse.left.saturating_sub(price);
+        purse.taken = purse.taken.checked_add(price).unwrap_or(Amount::MAX);
         Ok(())
     }
 

@@ -56,6 +56,11 @@ impl InvoiceStatus {
         matches!(self, Self::Open | Self::Processing | Self::Paid | Self::Overpaid)
     }
 
+    /// Whether the invoice counts as paid (what a paid invoice delivers is due).
+    pub fn is_paid(self) -> bool {
+        matches!(self, Self::Paid | Self::Overpaid)
+    }
+
     /// The webhook event that announces entering this status.
     pub fn event_type(self) -> String {
         format!("invoice.{}", self.as_str())

@@ -38,6 +38,9 @@ pub enum InvoiceError {
     /// A plan's facts were not loaded as it asked: a programming error.
     #[error(transparent)]
     Plan(PlanError),
+    /// What a paid invoice delivers (a credit pack's credits) could not be granted or reversed.
+    #[error(transparent)]
+    Credits(#[from] payrail_credits::CreditsError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("database error: {0}")]

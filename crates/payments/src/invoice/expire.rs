@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::store::settle_status;
+use crate::ledger::Ledger;
 use super::error::Result;
 use super::model::{row_to_invoice, INVOICE_COLUMNS};
 
@@ -14,6 +15,8 @@ pub const EXPIRE_BATCH_MAX: i64 = 500;
 /// Expires due invoices in batches; returns how many changed. Rows another replica is working on
 /// are skipped, not waited for.
 pub async fn expire_due(pool: &PgPool, now: DateTime<Utc>) -> Result<u64> {
+    // Expiry never makes an invoice paid or unpaid, so nothing it posts needs a shared cache.
+    let ledger = Ledger::new(pool.clone());
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(&format!(
         "SELECT {INVOICE_COLUMNS} FROM invoices WHERE status = 'open' AND expires_at <= $1 \
@@ -26,7 +29,7 @@ pub async fn expire_due(pool: &PgPool, now: DateTime<Utc>) -> Result<u64> {
     let mut changed = 0;
     for row in &rows {
         let invoice = row_to_invoice(row)?;
-        if settle_status(&mut tx, &invoice, now).await? != invoice.status {
+        if settle_status(&mut tx, &ledger, &invoice, now).await? != invoice.status {
             changed += 1;
         }
     }
@@ -36,6 +39,7 @@ pub async fn expire_due(pool: &PgPool, now: DateTime<Utc>) -> Result<u64> {
 
 /// Brings one invoice up to date before it is shown, so a read never reports `open` past expiry.
 pub async fn refresh(pool: &PgPool, invoice_id: &str, now: DateTime<Utc>) -> Result<()> {
+    let ledger = Ledger::new(pool.clone());
     let mut tx = pool.begin().await?;
     let row = sqlx::query(&format!(
         "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 AND status = 'open' AND expires_at <= $2 FOR UPDATE"
@@ -45,7 +49,7 @@ pub async fn refresh(pool: &PgPool, invoice_id: &str, now: DateTime<Utc>) -> Res
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = row {
-        settle_status(&mut tx, &row_to_invoice(&row)?, now).await?;
+        settle_status(&mut tx, &ledger, &row_to_invoice(&row)?, now).await?;
     }
     tx.commit().await?;
     Ok(())

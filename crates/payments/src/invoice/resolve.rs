@@ -90,7 +90,7 @@ pub async fn settle_invoice(
         }
         let quote = store::load_quote(&mut tx, invoice_id).await?;
         let status = plan_settlement(&invoice, &quote)?;
-        store::write_status(&mut tx, merchant_id, invoice_id, status, now).await?;
+        store::write_status(&mut tx, ledger, merchant_id, invoice_id, status, now).await?;
         sqlx::query("UPDATE invoices SET settled_at = coalesce(settled_at, $2) WHERE id = $1")
             .bind(invoice_id)
             .bind(now)
@@ -159,7 +159,7 @@ pub async fn invalidate_invoice(
                 store::apply(&mut tx, ledger, &change, now).await?;
             }
         }
-        store::write_status(&mut tx, merchant_id, invoice_id, status, now).await?;
+        store::write_status(&mut tx, ledger, merchant_id, invoice_id, status, now).await?;
     }
     let view = load_view(&mut tx, Some(merchant_id), invoice_id).await?;
     tx.commit().await?;

@@ -9,70 +9,31 @@
 
 use sqlx::{PgConnection, Row};
 
-use crate::money::BPS_WHOLE;
+use payrail_store::splits::SplitsError;
 
 use super::error::{InvoiceError, Result};
 pub use payrail_core::payment::split::{split_postings, CreatorShare, SplitInvalid, Splits, SPLIT_CREATORS_MAX};
 
 /// Checks that every creator of `splits` belongs to `merchant_id`.
 pub async fn check_creators(conn: &mut PgConnection, merchant_id: &str, splits: &Splits) -> Result<()> {
-    for share in &splits.splits {
-        let found: Option<String> = sqlx::query_scalar("SELECT id FROM creators WHERE id = $1 AND merchant_id = $2")
-            .bind(&share.creator)
-            .bind(merchant_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if found.is_none() {
-            return Err(InvoiceError::Invalid {
-                field: "splits",
-                reason: format!("creator {} not found", share.creator),
-            });
-        }
-    }
-    Ok(())
+    payrail_store::splits::check_creators(conn, merchant_id, splits).await.map_err(from_store)
 }
 
 /// The merchant's rule for `order_id`: the longest matching prefix, else the default (prefix '').
 pub async fn matching_rule(conn: &mut PgConnection, merchant_id: &str, order_id: Option<&str>) -> Result<Option<Splits>> {
-    let order_id = order_id.unwrap_or("");
-    let prefix: Option<(String, i32)> = sqlx::query_as(
-        "SELECT order_id_prefix, platform_fee_bps FROM split_rules \
-         WHERE merchant_id = $1 AND left($2, length(order_id_prefix)) = order_id_prefix \
-         ORDER BY length(order_id_prefix) DESC LIMIT 1",
-    )
-    .bind(merchant_id)
-    .bind(order_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((prefix, platform_fee_bps)) = prefix else {
-        return Ok(None);
-    };
-    let rows = sqlx::query(
-        "SELECT creator_id, bps FROM split_rule_shares WHERE merchant_id = $1 AND order_id_prefix = $2 ORDER BY position",
-    )
-    .bind(merchant_id)
-    .bind(&prefix)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Some(Splits {
-        splits: rows
-            .iter()
-            .map(|r| {
-                Ok(CreatorShare {
-                    creator: r.try_get("creator_id")?,
-                    bps: bps_of("split_rule_shares.bps", r.try_get("bps")?)?,
-                })
-            })
-            .collect::<Result<_>>()?,
-        platform_fee_bps: bps_of("split_rules.platform_fee_bps", platform_fee_bps)?,
-    }))
+    payrail_store::splits::matching_rule(conn, merchant_id, order_id).await.map_err(from_store)
 }
 
 fn bps_of(column: &'static str, value: i32) -> Result<u32> {
-    u32::try_from(value)
-        .ok()
-        .filter(|b| *b <= BPS_WHOLE)
-        .ok_or(InvoiceError::Corrupt { column, value: value.to_string() })
+    payrail_store::splits::bps_of(column, value).map_err(from_store)
+}
+
+fn from_store(error: SplitsError) -> InvoiceError {
+    match error {
+        SplitsError::UnknownCreator { creator } => InvoiceError::Invalid { field: "splits", reason: format!("creator {creator} not found") },
+        SplitsError::Corrupt { column, value } => InvoiceError::Corrupt { column, value },
+        SplitsError::Database(e) => InvoiceError::Database(e),
+    }
 }
 
 /// Stores `splits` on a new invoice.

@@ -301,7 +301,7 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
         }
         Some(PaymentEvent::Late) | None => {}
     }
-    write_status(tx, &change.merchant_id, &change.invoice_id, change.invoice, now).await?;
+    write_status(tx, ledger, &change.merchant_id, &change.invoice_id, change.invoice, now).await?;
     if change.announce_reversal {
         let view = load_view(&mut *tx, None, &change.invoice_id).await?;
         crate::webhook::emit(&mut *tx, &change.merchant_id, EVENT_PAYMENT_REVERSED, &change.invoice_id, &view, now).await?;
@@ -309,9 +309,12 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
     Ok(Written { credited })
 }
 
-/// Stores an invoice's status move, if it moves, and writes the event announcing it.
+/// Stores an invoice's status move, if it moves, and writes the event announcing it. An invoice
+/// that becomes paid delivers what it sells (a credit pack's credits), and one that stops being
+/// paid takes back what is unspent of it, here, in the same transaction.
 pub(crate) async fn write_status(
     tx: &mut PgConnection,
+    ledger: &Ledger,
     merchant_id: &str,
     invoice_id: &str,
     status: StatusMove,
@@ -332,6 +335,9 @@ pub(crate) async fn write_status(
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    if status.from.is_paid() != status.to.is_paid() {
+        payrail_credits::purchase::on_invoice_status(&mut *tx, ledger, invoice_id, status.to.is_paid(), now).await?;
+    }
     let view = load_view(&mut *tx, None, invoice_id).await?;
     crate::webhook::emit(&mut *tx, merchant_id, &status.to.event_type(), invoice_id, &view, now).await?;
     Ok(())
@@ -339,9 +345,9 @@ pub(crate) async fn write_status(
 
 /// Recomputes an invoice's status from its payments and, when it changed, stores it and writes the
 /// event. The invoice row must already be locked by the caller.
-pub(crate) async fn settle_status(tx: &mut PgConnection, invoice: &InvoiceRow, now: DateTime<Utc>) -> Result<InvoiceStatus> {
+pub(crate) async fn settle_status(tx: &mut PgConnection, ledger: &Ledger, invoice: &InvoiceRow, now: DateTime<Utc>) -> Result<InvoiceStatus> {
     let quote = load_quote(&mut *tx, &invoice.id).await?;
     let status = plan::judge(invoice, &quote, now, Judge::Evaluate)?;
-    write_status(tx, &invoice.merchant_id, &invoice.id, status, now).await?;
+    write_status(tx, ledger, &invoice.merchant_id, &invoice.id, status, now).await?;
     Ok(status.to)
 }

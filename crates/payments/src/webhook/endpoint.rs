@@ -59,6 +59,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "credits.spent",
     "credits.transferred",
     "credits.expired",
+    "credits.reversed",
     "refund.created",
     "refund.claimed",
     "refund.paid",

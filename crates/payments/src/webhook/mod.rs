@@ -12,7 +12,6 @@ pub mod endpoint;
 pub mod error;
 pub mod events;
 pub mod failure;
-pub mod outbox;
 pub mod retry;
 pub mod secret;
 pub mod signature;
@@ -22,6 +21,6 @@ pub use endpoint::{create_endpoint, delete_endpoint, list_endpoints, CreatedEndp
 pub use error::{Result, WebhookError};
 pub use failure::ErrorClass;
 pub use events::{deliveries, get_event, list_events, replay, AttemptView, DeliveryView, EventPage};
-pub use outbox::{emit, emit_all, OutboxEvent};
+pub use payrail_store::outbox::{self, emit, emit_all, OutboxEvent};
 pub use secret::EndpointSecret;
 pub use signature::{sign, verify, SignatureError, SIGNATURE_HEADER};

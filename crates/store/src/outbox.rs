@@ -1,4 +1,5 @@
-//! The outbox writer.
+//! The outbox writer: every event a merchant is told of is written here, in the transaction that
+//! makes the change it announces.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
