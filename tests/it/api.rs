@@ -491,6 +491,8 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("POST", "/v1/customers/{id}/spend"),
         ("GET", "/v1/customers/{id}/balance"),
         ("GET", "/v1/customers/{id}/transactions"),
+        ("GET", "/v1/customers/{id}/stream"),
+        ("POST", "/v1/customers/{id}/adjustments"),
         ("POST", "/v1/credit_currencies"),
         ("GET", "/v1/credit_currencies"),
         ("POST", "/v1/transfers"),

@@ -184,6 +184,12 @@ async fn spending_takes_the_soonest_expiring_lot_first_and_splits_to_the_unit(po
     let history = shop.read(&format!("/v1/customers/{reader}/transactions")).await;
     let kinds: Vec<(&str, &str)> = history["data"].as_array().expect("data").iter().map(|t| (t["kind"].as_str().expect("kind"), t["amount_minor"].as_str().expect("amount"))).collect();
     assert_eq!(kinds, [("spend", "-33"), ("spend", "-10"), ("grant", "5"), ("grant", "100")]);
+    let csv = shop.request(reqwest::Method::GET, Some(&shop.key), &format!("/v1/customers/{reader}/transactions?format=csv&limit=3")).send().await.expect("csv");
+    assert_eq!(csv.headers().get("payrail-has-more").and_then(|v| v.to_str().ok()), Some("true"));
+    let text = csv.text().await.expect("text");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("id,created_at,kind,currency,amount_minor") && lines[1].contains(",spend,coins,-33,"), "{text}");
     let events: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox WHERE object_id = $1 ORDER BY id").bind(&reader).fetch_all(&shop.state.pool).await.expect("outbox");
     assert_eq!(events, ["credits.granted", "credits.granted", "credits.spent", "credits.spent"]);
 }
@@ -445,6 +451,11 @@ async fn promo_codes_discount_add_bonus_and_are_never_redeemed_more_than_allowed
     assert_eq!(status, StatusCode::CREATED, "{bought}");
     assert_eq!((bought["invoice"]["amount"].as_str(), bought["purchase"]["discount_minor"].as_str()), (Some("0.80"), Some("20")), "{bought}");
     assert_eq!(bought["invoice"]["metadata"]["credit_purchase"]["promo_code"], "spring20");
+    // The hosted checkout page names what is bought and the discount.
+    let page = shop.request(reqwest::Method::GET, None, &format!("/pay/{}", bought["invoice"]["id"].as_str().expect("id"))).send().await.expect("page");
+    let html = page.text().await.expect("html");
+    assert!(html.contains("<p class=\"purchase\" id=\"purchase\">100 + 10 bonus Coins</p>"), "{html}");
+    assert!(html.contains("Promo code SPRING20: 0.20 USD off"), "{html}");
     let (status, again) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack, "promo_code": "spring20" }), None).await;
     assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("promo_refused")), "{again}");
     let voided: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices WHERE status = 'void'").fetch_one(&shop.state.pool).await.expect("void");
@@ -517,4 +528,81 @@ async fn limits_hold_under_concurrency_and_reset_each_day(pool: PgPool) {
     assert_eq!(status, StatusCode::CREATED, "{spent}");
     let (status, cleared) = shop.send(reqwest::Method::PUT, Some(&shop.key), "/v1/credit_limits", Some(json!({})), None).await;
     assert_eq!((status, cleared["currency"].clone()), (StatusCode::OK, Value::Null), "{cleared}");
+}
+
+/// A customer's balance stream: the balance now, then each change as its movement commits.
+/// Prints how long each change took to arrive.
+#[sqlx::test]
+async fn the_balance_stream_pushes_each_change(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    shop.coins().await;
+    let reader = shop.customer("reader").await;
+    let response = shop.request(reqwest::Method::GET, Some(&shop.key), &format!("/v1/customers/{reader}/stream")).send().await.expect("stream");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = BalanceStream { response, buffer: String::new() };
+    assert_eq!(stream.next().await["balances"], json!([]), "no credits yet");
+    let mut waits = Vec::new();
+    for (step, total) in [(0, "40"), (1, "30"), (2, "32")] {
+        let started = std::time::Instant::now();
+        match step {
+            0 => drop(shop.grant(&reader, 40, "reward", None).await),
+            1 => assert_eq!(shop.spend(&reader, json!({ "currency": "coins", "amount_minor": "10" }), "s").await.0, StatusCode::CREATED),
+            _ => drop(shop.grant(&reader, 2, "promo", None).await),
+        }
+        let balance = stream.next().await;
+        waits.push(started.elapsed());
+        assert_eq!(balance["balances"][0]["total_minor"], total, "{balance}");
+    }
+    let (status, _) = shop.get(&shop.key, "/v1/customers/cus_0000000000000000/stream").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "credit balance stream: commit → event {waits:?}");
+}
+
+struct BalanceStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl BalanceStream {
+    /// The next `balance` event's JSON.
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let data: String = block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
+                if block.lines().any(|l| l == "event: balance") {
+                    return serde_json::from_str(&data).expect("balance json");
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), self.response.chunk()).await.expect("an event within 30 s").expect("read");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk.expect("the stream stays open")));
+        }
+    }
+}
+
+/// Admin adjustments: with a reason, up (a lot of their own) or down (from the lots in spending
+/// order, never below zero); a merchant key cannot make them.
+#[sqlx::test]
+async fn admins_adjust_credits_with_a_reason(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let asset = shop.coins().await;
+    let reader = shop.customer("reader").await;
+    shop.grant(&reader, 10, "reward", None).await;
+    let admin = payrail::merchant::create_platform_key(&shop.state.pool, payrail::merchant::Role::Admin).await.expect("admin");
+    let path = format!("/v1/customers/{reader}/adjustments");
+    let (status, up) = shop.post(&admin, &path, json!({ "currency": "coins", "amount_minor": "15", "reason": "support ticket 42" }), Some("adj-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{up}");
+    assert_eq!((up["kind"].as_str(), up["description"].as_str()), (Some("adjustment"), Some("support ticket 42")));
+    let (status, down) = shop.post(&admin, &path, json!({ "currency": "coins", "amount_minor": "-20", "reason": "duplicate grant" }), Some("adj-2")).await;
+    assert_eq!((status, down["amount_minor"].as_str()), (StatusCode::CREATED, Some("-20")), "{down}");
+    assert_eq!(shop.total(&reader).await, "5");
+    let (status, _) = shop.post(&admin, &path, json!({ "currency": "coins", "amount_minor": "-6", "reason": "too much" }), Some("adj-3")).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let (status, _) = shop.post(&admin, &path, json!({ "currency": "coins", "amount_minor": "5", "reason": " " }), Some("adj-4")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = shop.post(&shop.key, &path, json!({ "currency": "coins", "amount_minor": "5", "reason": "mine" }), Some("adj-5")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(shop.held(&AccountCode::credits_issued(&shop.merchant_id), &asset).await, "5", "15 issued, 20 back");
 }

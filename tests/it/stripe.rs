@@ -795,7 +795,7 @@ async fn a_refund_is_refused_when_a_creator_no_longer_holds_its_share(pool: PgPo
 }
 
 /// A credit pack paid by test card: the credits are granted once, by the verified webhook that
-/// credits the payment.
+/// credits the payment; refunded in full, what is left of them is taken back.
 #[sqlx::test]
 async fn a_credit_pack_paid_by_card_grants_its_credits_once(pool: PgPool) {
     let server = start(pool).await;
@@ -837,4 +837,36 @@ async fn a_credit_pack_paid_by_card_grants_its_credits_once(pool: PgPool) {
         .await
         .expect("grants");
     assert_eq!(grants, 2, "the purchase and its bonus, once");
+
+    // 100 spent, then the purchase refunded in full: the 450 left are taken back, 100 recorded as
+    // spent before the refund.
+    let spend = server
+        .client
+        .post(format!("{}/v1/customers/{customer}/spend", server.base))
+        .bearer_auth(&server.key)
+        .header("idempotency-key", "spend-1")
+        .json(&json!({ "currency": "coins", "amount_minor": "100" }))
+        .send()
+        .await
+        .expect("spend");
+    assert_eq!(spend.status(), StatusCode::CREATED);
+    let (status, refund) = server.refund(&invoice, json!({})).await;
+    assert_eq!((status, refund["invoice"]["status"].as_str()), (StatusCode::CREATED, Some("refunded")), "{refund}");
+    let (status, owed): (String, String) = sqlx::query_as("SELECT status, owed_minor::text FROM credit_purchases WHERE invoice_id = $1")
+        .bind(&invoice)
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("purchase");
+    assert_eq!((status.as_str(), owed.as_str()), ("reversed", "100"));
+    let left: Value = server
+        .client
+        .get(format!("{}/v1/customers/{customer}/balance", server.base))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .expect("balance")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(left["balances"], json!([]), "{left}");
 }

@@ -190,6 +190,9 @@ struct Checkout {
     remaining: Amount,
     state: PayerState,
     now: DateTime<Utc>,
+    /// What a credit pack purchase buys ("100 + 10 bonus Coins") and its promo discount, if the
+    /// invoice is one.
+    purchase: Option<(String, Option<String>)>,
 }
 
 impl Checkout {
@@ -210,7 +213,9 @@ impl Checkout {
         let due: Amount = view.amount_minor.parse().map_err(|_| corrupt("amount_minor", &view.amount_minor))?;
         let paid = Amount::parse_decimal(&view.amount_paid, fiat.minor_units())
             .map_err(|_| corrupt("amount_paid", &view.amount_paid))?;
+        let purchase = purchase_lines(&mut conn, id, fiat).await?;
         Ok(Self {
+            purchase,
             state: PayerState::of(view.status, paid),
             remaining: due.saturating_sub(paid),
             view,
@@ -552,6 +557,30 @@ fn status_error(error: CheckoutError, id: &str) -> Response {
 }
 
 /// The page for `checkout` with the option `asked` for selected.
+/// The lines naming what a credit pack purchase buys, read from the purchase itself (not from the
+/// invoice's metadata, which the merchant writes).
+async fn purchase_lines(conn: &mut sqlx::PgConnection, invoice_id: &str, fiat: Fiat) -> Result<Option<(String, Option<String>)>, CheckoutError> {
+    let row: Option<(String, String, String, i16, String, Option<String>)> = sqlx::query_as(
+        "SELECT p.credits::text, p.bonus_credits::text, c.name, c.decimals, p.discount_minor::text, pc.code \
+         FROM credit_purchases p JOIN credit_currencies c ON c.merchant_id = p.merchant_id AND c.code = p.currency \
+         LEFT JOIN promo_codes pc ON pc.id = p.promo_id WHERE p.invoice_id = $1",
+    )
+    .bind(invoice_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((credits, bonus, name, decimals, discount, code)) = row else { return Ok(None) };
+    let decimals = u8::try_from(decimals).unwrap_or(0);
+    let shown = |text: &str| Amount::parse_decimal(text, 0).map(|a| a.to_decimal_string(decimals)).unwrap_or_else(|_| text.to_owned());
+    let what = if bonus == "0" { format!("{} {name}", shown(&credits)) } else { format!("{} + {} bonus {name}", shown(&credits), shown(&bonus)) };
+    let off = match (code, Amount::parse_decimal(&discount, 0)) {
+        (Some(code), Ok(discount)) if !discount.is_zero() => {
+            Some(format!("Promo code {}: {} {} off", code.to_ascii_uppercase(), discount.to_decimal_string(fiat.minor_units()), fiat.code()))
+        }
+        _ => None,
+    };
+    Ok(Some((what, off)))
+}
+
 fn render(checkout: &Checkout, asked: Option<&str>, nonce: &str) -> Result<String, CheckoutError> {
     let selected = checkout.select(asked);
     let status = checkout.status(selected.map(|o| o.asset.as_str()))?;
@@ -585,6 +614,7 @@ fn render(checkout: &Checkout, asked: Option<&str>, nonce: &str) -> Result<Strin
         options: &checkout.view.payment_options,
         pay,
         payments: &payments,
+        purchase: checkout.purchase.as_ref().map(|(what, off)| (what.as_str(), off.as_deref())),
     }))
 }
 

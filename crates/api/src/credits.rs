@@ -11,7 +11,7 @@ use axum::Json;
 
 use payrail_credits::currency::{self, CreateCurrency, CurrencyView};
 use payrail_credits::customer::{self, CreateCustomer, CustomerView, UpdateCustomer};
-use payrail_credits::movement::{self, GrantRequest, Moved, SpendRequest, TransferRequest};
+use payrail_credits::movement::{self, AdjustmentRequest, GrantRequest, Moved, SpendRequest, TransferRequest};
 use payrail_credits::pack::{self, CreatePack, PackView, UpdatePack};
 use payrail_credits::limits::{self, Limits};
 use payrail_credits::promo::{self, CreatePromo, PromoView};
@@ -88,6 +88,9 @@ pub struct TransactionQuery {
     pub limit: Option<u32>,
     /// A `ctx_…` id: movements before it.
     pub starting_after: Option<String>,
+    /// `json` (the default) or `csv` (one record per movement; `Payrail-Has-More: true` when
+    /// another page follows).
+    pub format: Option<String>,
 }
 
 fn query_error(e: QueryRejection) -> ApiError {
@@ -277,7 +280,9 @@ pub async fn balance(State(state): State<AppState>, auth: MerchantAuth, Path(id)
 
 #[utoipa::path(get, path = "/v1/customers/{id}/transactions", tag = "credits", security(("bearer" = [])),
     params(("id" = String, Path, description = "the customer, cus_…"), TransactionQuery),
-    responses((status = 200, body = TransactionList), (status = 400, body = super::openapi::ErrorBody),
+    responses((status = 200, body = TransactionList, content_type = "application/json"),
+        (status = 200, description = "with format=csv: id, created_at, kind, currency, amount_minor, source, description, resource, counterparty, entry_id", content_type = "text/csv"),
+        (status = 400, body = super::openapi::ErrorBody),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 404, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn transactions(
@@ -285,13 +290,41 @@ pub async fn transactions(
     auth: MerchantAuth,
     Path(id): Path<String>,
     query: Result<Query<TransactionQuery>, QueryRejection>,
-) -> Result<Json<TransactionList>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     customer_id(&id)?;
     let Query(query) = query.map_err(query_error)?;
+    let csv = match query.format.as_deref().unwrap_or("json") {
+        "json" => false,
+        "csv" => true,
+        _ => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "format must be json or csv")),
+    };
     let limit = super::page_limit(Some(query.limit.unwrap_or(20)), view::LIST_LIMIT_MAX)?;
     let starting_after = super::cursor(query.starting_after.as_deref(), "ctx")?;
     let (data, has_more) = view::transactions(&state.pool, &auth.merchant_id, &id, limit, starting_after).await?;
-    Ok(Json(TransactionList { object: "list", data, has_more }))
+    if !csv {
+        return Ok(Json(TransactionList { object: "list", data, has_more }).into_response());
+    }
+    let mut body = String::new();
+    let header = ["id", "created_at", "kind", "currency", "amount_minor", "source", "description", "resource", "counterparty", "entry_id"];
+    payrail_core::csv::push_record(&mut body, header);
+    for t in &data {
+        let (created, entry) = (t.created_at.to_rfc3339(), t.entry_id.to_string());
+        let fields = [
+            t.id.as_str(),
+            created.as_str(),
+            t.kind.as_str(),
+            t.currency.as_str(),
+            t.amount_minor.as_str(),
+            t.source.as_deref().unwrap_or(""),
+            t.description.as_deref().unwrap_or(""),
+            t.resource.as_deref().unwrap_or(""),
+            t.counterparty.as_deref().unwrap_or(""),
+            entry.as_str(),
+        ];
+        payrail_core::csv::push_record(&mut body, fields);
+    }
+    Ok(super::statements::csv_page(body, has_more))
 }
 
 /// The merchant's credit packs, oldest first.
@@ -478,4 +511,110 @@ pub async fn purchase(
             Err(error.into())
         }
     }
+}
+
+/// One event of a customer's balance stream, as `text/event-stream` frames it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BalanceEvent {
+    /// Always `balance`.
+    #[schema(example = "balance")]
+    pub event: String,
+    /// The JSON of `GET /v1/customers/{id}/balance` (a `BalanceView`).
+    pub data: String,
+}
+
+/// A customer's balance stream: the balance now, then each time it changes.
+struct BalanceStream {
+    state: AppState,
+    merchant_id: String,
+    id: String,
+    wake: tokio::sync::broadcast::Receiver<String>,
+    sent: String,
+    first: Option<axum::response::sse::Event>,
+}
+
+impl BalanceStream {
+    async fn next(&mut self) -> Option<axum::response::sse::Event> {
+        use tokio::sync::broadcast::error::RecvError;
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        loop {
+            tokio::select! {
+                woken = self.wake.recv() => match woken {
+                    Ok(object) if object != self.id => continue,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                },
+                () = tokio::time::sleep(std::time::Duration::from_secs(super::checkout::live::RECHECK_S)) => {}
+            }
+            // The database away for a moment: the next wake-up or recheck tries again.
+            let Ok(balance) = view::balance(&self.state.pool, &self.merchant_id, &self.id, self.state.clock.now()).await else { continue };
+            let json = serde_json::to_string(&balance).unwrap_or_default();
+            if json == self.sent {
+                continue;
+            }
+            self.sent = json.clone();
+            return Some(axum::response::sse::Event::default().event("balance").data(json));
+        }
+    }
+}
+
+/// `GET /v1/customers/{id}/stream`: Server-Sent Events of the customer's credit balance — the
+/// balance now, then again whenever a grant, spend, transfer, expiry or reversal changed it
+/// (announced by its `credits.*` event, read from the outbox within a fifth of a second).
+#[utoipa::path(get, path = "/v1/customers/{id}/stream", tag = "credits", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the customer, cus_…")),
+    responses((status = 200, description = "`balance` events, each the JSON of `GET /v1/customers/{id}/balance`", content_type = "text/event-stream", body = BalanceEvent),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody)))]
+pub async fn stream(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    customer_id(&id)?;
+    // Subscribed before the first read, so no change after it is missed.
+    let wake = state.live.subscribe();
+    let balance = view::balance(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?;
+    let json = serde_json::to_string(&balance).map_err(ApiError::internal)?;
+    let stream = BalanceStream {
+        state,
+        merchant_id: auth.merchant_id,
+        id,
+        wake,
+        sent: json.clone(),
+        first: Some(axum::response::sse::Event::default().event("balance").data(json)),
+    };
+    let events = futures::stream::unfold(stream, |mut stream| async move {
+        let event = stream.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), stream))
+    });
+    let mut response = axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response();
+    response.headers_mut().insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+#[utoipa::path(post, path = "/v1/customers/{id}/adjustments", tag = "credits", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the customer, cus_…"),
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "required: the movement's own key")),
+    request_body = AdjustmentRequest,
+    responses((status = 201, body = TransactionView, description = "the adjustment, with its reason and the admin key that made it"),
+        (status = 400, body = super::openapi::ErrorBody, description = "idempotency_key_required"),
+        (status = 401, body = super::openapi::ErrorBody),
+        (status = 402, body = super::openapi::ErrorBody, description = "insufficient_credits: a negative adjustment takes no more than the customer has"),
+        (status = 403, body = super::openapi::ErrorBody, description = "not an admin key"),
+        (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "idempotency_key_reused"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn adjust(
+    State(state): State<AppState>,
+    auth: super::auth::AdminAuth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<AdjustmentRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<TransactionView>), ApiError> {
+    customer_id(&id)?;
+    let Json(body) = body?;
+    let key = movement_key(&headers)?;
+    Ok(moved(movement::adjust(&state.pool, &state.ledger, &id, &body, &key, &auth.key_id, state.clock.now()).await?))
 }

@@ -209,6 +209,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/customers/{id}/spend", post(credits::spend))
         .route("/v1/customers/{id}/balance", get(credits::balance))
         .route("/v1/customers/{id}/transactions", get(credits::transactions))
+        .route("/v1/customers/{id}/stream", get(credits::stream))
+        .route("/v1/customers/{id}/adjustments", post(credits::adjust))
         .route("/v1/credit_currencies", post(credits::create_currency).get(credits::list_currencies))
         .route("/v1/transfers", post(credits::transfer))
         .route("/v1/credit_packs", post(credits::create_pack).get(credits::list_packs))

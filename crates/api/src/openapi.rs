@@ -125,6 +125,8 @@ fn openapi_json() {}
         super::credits::transfer,
         super::credits::balance,
         super::credits::transactions,
+        super::credits::stream,
+        super::credits::adjust,
         super::credits::create_pack,
         super::credits::list_packs,
         super::credits::update_pack,

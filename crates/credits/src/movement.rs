@@ -65,6 +65,18 @@ pub struct SpendRequest {
     pub platform_fee_bps: Option<u32>,
 }
 
+/// Body of `POST /v1/customers/{id}/adjustments` (an admin key): a correction, with its reason.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustmentRequest {
+    pub currency: String,
+    /// A signed integer string: positive grants a lot (source `adjustment`), negative takes from
+    /// the customer's lots in spending order.
+    pub amount_minor: String,
+    /// Why: kept on the movement (1 to 500 characters).
+    pub reason: String,
+}
+
 /// Body of `POST /v1/transfers`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -488,6 +500,68 @@ pub async fn transfer(pool: &PgPool, ledger: &Ledger, merchant_id: &str, request
         let theirs = insert_row(&mut tx, &row, now).await?;
         emit(&mut tx, merchant_id, "credits.transferred", to, &theirs, now).await?;
     }
+    tx.commit().await?;
+    Ok(Moved { transaction, replayed: false })
+}
+
+/// An admin's correction of a customer's credits, against the merchant's credits issued
+/// (`equity:credits_issued:{merchant}`); the reason and the admin key are kept on the movement.
+pub async fn adjust(pool: &PgPool, ledger: &Ledger, customer_id: &str, request: &AdjustmentRequest, key: &str, admin_key_id: &str, now: DateTime<Utc>) -> Result<Moved> {
+    check_key(key)?;
+    let (negative, digits) = match request.amount_minor.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, request.amount_minor.as_str()),
+    };
+    let amount = parse_amount("amount_minor", digits)?;
+    let reason = request.reason.trim();
+    if reason.is_empty() {
+        return Err(invalid("reason", "an adjustment needs its reason"));
+    }
+    check_text("reason", Some(reason), DESCRIPTION_LEN_MAX)?;
+    let merchant_id: Option<String> = sqlx::query_scalar("SELECT merchant_id FROM customers WHERE id = $1").bind(customer_id).fetch_optional(pool).await?;
+    let merchant_id = merchant_id.ok_or_else(|| CreditsError::NotFound { what: "customer", id: customer_id.to_owned() })?;
+    let merchant_id = merchant_id.as_str();
+    let mut tx = pool.begin().await?;
+    lock_customers(&mut tx, merchant_id, &[customer_id]).await?;
+    if let Some(done) = replay(&mut tx, merchant_id, key, customer_id, "adjustment", &amount.to_string()).await? {
+        return Ok(done);
+    }
+    let currency = currency::get(&mut tx, merchant_id, &request.currency).await?;
+    let asset = asset_of(&currency)?.to_string();
+    let txn_id = new_id("ctx");
+    let issued = AccountCode::credits_issued(merchant_id);
+    let mut entry = NewEntry::new(entry_key(merchant_id, key), "credit_adjustment").memo(format!("adjustment of {} {} for {customer_id}: {reason}", request.amount_minor, currency.code));
+    let detail = if negative {
+        let consumed = plan(&mut tx, customer_id, &currency, amount, now).await?;
+        for c in &consumed {
+            entry = entry.debit(AccountCode::credit_lot(&c.lot_id), asset.as_str(), c.amount);
+        }
+        entry = entry.credit(issued, asset.as_str(), amount);
+        json!({ "lots": consumed_json(&consumed), "admin_key": admin_key_id })
+    } else {
+        let lot = insert_lot(&mut tx, merchant_id, customer_id, &currency.code, "adjustment", amount, None, &txn_id, now).await?;
+        entry = entry.debit(issued, asset.as_str(), amount).credit(AccountCode::credit_lot(&lot), asset.as_str(), amount);
+        json!({ "lot": lot, "admin_key": admin_key_id })
+    };
+    let entry_id = post(&mut tx, ledger, &entry, key).await?;
+    let row = Row {
+        id: txn_id,
+        merchant_id,
+        customer_id,
+        currency: &currency.code,
+        kind: "adjustment",
+        amount: request.amount_minor.clone(),
+        source: Some("adjustment"),
+        description: Some(reason),
+        resource: None,
+        counterparty: None,
+        key,
+        entry_id,
+        detail,
+    };
+    let transaction = insert_row(&mut tx, &row, now).await?;
+    let event = if negative { "credits.spent" } else { "credits.granted" };
+    emit(&mut tx, merchant_id, event, customer_id, &transaction, now).await?;
     tx.commit().await?;
     Ok(Moved { transaction, replayed: false })
 }

@@ -168,7 +168,7 @@ pub async fn set_refunded_total(
         .execute(&mut *tx)
         .await?;
     payment.refunded = refunded_total;
-    settle(tx, payment, "invoice.partially_refunded", now).await.map(Returned::Posted)
+    settle(tx, ledger, payment, "invoice.partially_refunded", now).await.map(Returned::Posted)
 }
 
 /// A dispute opened: its amount is taken back (capped at what was not refunded). Once per dispute.
@@ -192,7 +192,7 @@ pub async fn open_dispute(
     let after = payment.refunded.checked_add(disputed_total).unwrap_or(Amount::MAX);
     post(tx, ledger, payment, after, &key, "dispute").await?;
     set_disputed(tx, payment, disputed_total, now).await?;
-    settle(tx, payment, "invoice.disputed", now).await.map(Returned::Posted)
+    settle(tx, ledger, payment, "invoice.disputed", now).await.map(Returned::Posted)
 }
 
 /// A dispute closed in the merchant's favour: what it took is credited back. Once per dispute.
@@ -271,7 +271,7 @@ async fn post(
 
 /// After money went back: an invoice whose every counted payment went back in full is `refunded`;
 /// otherwise the merchant is told with `event`.
-async fn settle(tx: &mut PgConnection, payment: &CardPaymentRow, event: &str, now: DateTime<Utc>) -> Result<InvoiceStatus> {
+async fn settle(tx: &mut PgConnection, ledger: &Ledger, payment: &CardPaymentRow, event: &str, now: DateTime<Utc>) -> Result<InvoiceStatus> {
     let kept: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM payments p LEFT JOIN card_payments c ON c.payment_id = p.id \
          WHERE p.invoice_id = $1 AND p.applied_to = 'invoice' AND p.status = 'confirmed' \
@@ -282,7 +282,7 @@ async fn settle(tx: &mut PgConnection, payment: &CardPaymentRow, event: &str, no
     .await?;
     let view = invoice::load_view(&mut *tx, None, &payment.invoice_id).await?;
     if kept == 0 && matches!(view.status, InvoiceStatus::Paid | InvoiceStatus::Overpaid) {
-        return Ok(invoice::mark_refunded(tx, &payment.invoice_id, now).await?);
+        return Ok(invoice::mark_refunded(tx, ledger, &payment.invoice_id, now).await?);
     }
     payrail_payments::webhook::emit(&mut *tx, &payment.merchant_id, event, &payment.invoice_id, &view, now).await?;
     Ok(view.status)

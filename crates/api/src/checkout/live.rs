@@ -31,7 +31,7 @@ pub const RECHECK_S: u64 = 5;
 /// Outbox rows read at most per tail.
 const TAIL_ROWS_MAX: i64 = 1_000;
 
-/// Wakes the open streams of invoices that changed. Cheap to share; the tailing task starts with
+/// Wakes the open streams of invoices (and customers, whose credits moved) that changed. Cheap to share; the tailing task starts with
 /// the first stream and stops when the last one closes.
 #[derive(Debug)]
 pub struct LiveHub {
@@ -100,7 +100,8 @@ impl LiveHub {
         for row in rows {
             last = last.max(row.try_get::<i64, _>("id")?);
             let object: String = row.try_get("object_id")?;
-            if object.starts_with("inv_") {
+            // Invoices for the checkout's streams, customers for their credit balance streams.
+            if object.starts_with("inv_") || object.starts_with("cus_") {
                 invoices.push(object);
             }
             for column in ["invoice", "applied"] {

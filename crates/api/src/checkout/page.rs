@@ -45,6 +45,8 @@ pub(super) struct Model<'a> {
     pub pay: Option<Pay<'a>>,
     /// One line per payment received.
     pub payments: &'a [String],
+    /// What a credit pack purchase buys, and its promo discount.
+    pub purchase: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -127,7 +129,7 @@ pub(super) fn checkout(m: &Model<'_>) -> String {
             "data-expires-at=\"{expires}\" data-now=\"{now}\">\n",
             "<header>\n<p class=\"merchant\" id=\"merchant\">{merchant}</p>\n",
             "<p class=\"total\" id=\"total\">{total} <span class=\"currency\">{currency}</span></p>\n",
-            "<p class=\"invoice-id\">Invoice {id}</p>\n</header>\n",
+            "{purchase}<p class=\"invoice-id\">Invoice {id}</p>\n</header>\n",
             "<section class=\"status\" id=\"status\" role=\"status\" aria-live=\"polite\">\n",
             "<h1 id=\"status-headline\">{headline}</h1>\n<p id=\"status-message\">{message}</p>\n",
             "<p class=\"countdown\" id=\"countdown\">Expires at {expires_text}</p>\n</section>\n",
@@ -142,6 +144,11 @@ pub(super) fn checkout(m: &Model<'_>) -> String {
         merchant = esc(m.merchant_name),
         total = esc(m.total),
         currency = esc(m.currency),
+        purchase = m.purchase.map_or_else(String::new, |(what, off)| format!(
+            "<p class=\"purchase\" id=\"purchase\">{}</p>\n{}",
+            esc(what),
+            off.map_or_else(String::new, |off| format!("<p class=\"discount\" id=\"discount\">{}</p>\n", esc(off)))
+        )),
         id = esc(m.id),
         headline = esc(m.headline),
         message = esc(m.message),

@@ -8,11 +8,13 @@ use sqlx::PgConnection;
 use super::error::{InvoiceError, Result};
 use super::model::{load_view, row_to_invoice, INVOICE_COLUMNS};
 use super::status::InvoiceStatus;
+use crate::ledger::Ledger;
 
 /// Marks a paid or overpaid invoice `refunded` on the caller's transaction and announces it
 /// (`invoice.refunded`). An invoice already refunded is left as it is; one in any other status is
-/// refused, since only money that arrived can go back.
-pub async fn mark_refunded(tx: &mut PgConnection, invoice_id: &str, now: DateTime<Utc>) -> Result<InvoiceStatus> {
+/// refused, since only money that arrived can go back. What the invoice delivered is taken back
+/// where unspent (a credit pack's credits), in the same transaction.
+pub async fn mark_refunded(tx: &mut PgConnection, ledger: &Ledger, invoice_id: &str, now: DateTime<Utc>) -> Result<InvoiceStatus> {
     let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
         .bind(invoice_id)
         .fetch_optional(&mut *tx)
@@ -27,6 +29,7 @@ pub async fn mark_refunded(tx: &mut PgConnection, invoice_id: &str, now: DateTim
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            payrail_credits::purchase::on_invoice_status(&mut *tx, ledger, invoice_id, false, now).await?;
             let view = load_view(&mut *tx, None, invoice_id).await?;
             crate::webhook::emit(&mut *tx, &invoice.merchant_id, &InvoiceStatus::Refunded.event_type(), invoice_id, &view, now)
                 .await?;

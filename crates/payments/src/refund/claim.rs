@@ -168,7 +168,7 @@ pub async fn mark_paid(tx: &mut PgConnection, ledger: &Ledger, id: &str, tx_hash
     if whole == Some(true) {
         let status: String = sqlx::query_scalar("SELECT status FROM invoices WHERE id = $1").bind(&invoice_id).fetch_one(&mut *tx).await?;
         if matches!(status.as_str(), "paid" | "overpaid") {
-            crate::invoice::mark_refunded(&mut *tx, &invoice_id, now).await?;
+            crate::invoice::mark_refunded(&mut *tx, ledger, &invoice_id, now).await?;
         }
     }
     Ok(true)
