@@ -385,6 +385,8 @@ impl Rig {
             expires_in: Some(INVOICE_LIFETIME_S),
             order_id: None,
             metadata: None,
+            customer: None,
+            promo_code: None,
         };
         let (view, _) = create_invoice(
             &self.state.pool,

@@ -148,11 +148,14 @@ CREATE TABLE promo_codes (
 );
 
 -- Each redemption, counted in the transaction that records the purchase it discounts.
+-- A redemption discounts a pack purchase or an invoice (then its customer may be unknown).
 CREATE TABLE promo_redemptions (
     promo_id    TEXT NOT NULL REFERENCES promo_codes (id),
-    customer_id TEXT NOT NULL REFERENCES customers (id),
-    purchase_id TEXT NOT NULL UNIQUE REFERENCES credit_purchases (id),
-    created_at  TIMESTAMPTZ NOT NULL
+    customer_id TEXT REFERENCES customers (id),
+    purchase_id TEXT UNIQUE REFERENCES credit_purchases (id),
+    invoice_id  TEXT UNIQUE REFERENCES invoices (id),
+    created_at  TIMESTAMPTZ NOT NULL,
+    CHECK ((purchase_id IS NULL) <> (invoice_id IS NULL))
 );
 CREATE INDEX promo_redemptions_customer_idx ON promo_redemptions (promo_id, customer_id);
 ALTER TABLE credit_purchases ADD COLUMN promo_id TEXT REFERENCES promo_codes (id),
@@ -173,3 +176,8 @@ CREATE TABLE credit_limits (
 ALTER TABLE credit_transactions ADD COLUMN value_minor NUMERIC(78, 0), ADD COLUMN value_currency TEXT;
 CREATE INDEX credit_transactions_limits_idx ON credit_transactions (customer_id, kind, created_at) WHERE value_minor IS NOT NULL;
 ALTER TABLE credit_purchases ADD COLUMN price_minor NUMERIC(78, 0), ADD COLUMN price_currency TEXT;
+
+-- Invoices may name the merchant's customer, and carry a promo code's discount.
+ALTER TABLE invoices ADD COLUMN customer_id TEXT REFERENCES customers (id),
+    ADD COLUMN promo_id TEXT REFERENCES promo_codes (id),
+    ADD COLUMN discount_minor NUMERIC(78, 0) NOT NULL DEFAULT 0 CHECK (discount_minor >= 0);

@@ -75,6 +75,8 @@ pub fn invoice_request(amount: &str, accepted: Option<&[&str]>) -> CreateInvoice
         expires_in: Some(3600),
         order_id: None,
         metadata: None,
+        customer: None,
+        promo_code: None,
     }
 }
 

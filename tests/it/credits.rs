@@ -606,3 +606,29 @@ async fn admins_adjust_credits_with_a_reason(pool: PgPool) {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(shop.held(&AccountCode::credits_issued(&shop.merchant_id), &asset).await, "5", "15 issued, 20 back");
 }
+
+/// An invoice may name a customer and take a promo code for invoices: its amount is the price less
+/// the discount, and a code limited per customer needs the customer.
+#[sqlx::test]
+async fn invoices_name_a_customer_and_take_promo_codes(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let reader = shop.customer("reader").await;
+    let (status, _) = shop.call("/v1/promo_codes", json!({ "code": "WELCOME", "amount_off": "5.00", "currency": "USD", "applies_to": ["invoices"], "per_customer_max": 1 }), None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, invoice) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD", "customer": reader, "promo_code": "welcome" }), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{invoice}");
+    assert_eq!(
+        (invoice["amount"].as_str(), invoice["discount"].as_str(), invoice["promo_code"].as_str(), invoice["customer"].as_str()),
+        (Some("20.00"), Some("5.00"), Some("welcome"), Some(reader.as_str()))
+    );
+    let (status, again) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD", "customer": reader, "promo_code": "WELCOME" }), None).await;
+    assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("promo_refused")), "{again}");
+    let (status, anonymous) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD", "promo_code": "WELCOME" }), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a code limited per customer needs one: {anonymous}");
+    let (status, stranger) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD", "customer": "cus_0000000000000000" }), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{stranger}");
+    let (status, eur) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "EUR", "promo_code": "welcome" }), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "an amount off in USD does not apply to EUR: {eur}");
+    let (status, plain) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD" }), None).await;
+    assert_eq!((status, plain["discount"].clone(), plain["customer"].clone()), (StatusCode::CREATED, Value::Null, Value::Null));
+}

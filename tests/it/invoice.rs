@@ -22,6 +22,8 @@ fn request(amount: &str, accepted: &[&str]) -> CreateInvoice {
         expires_in: Some(900),
         order_id: None,
         metadata: None,
+        customer: None,
+        promo_code: None,
     }
 }
 

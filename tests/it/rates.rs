@@ -510,6 +510,8 @@ fn request(accepted: Option<&[&str]>) -> CreateInvoice {
         expires_in: Some(900),
         order_id: None,
         metadata: None,
+        customer: None,
+        promo_code: None,
     }
 }
 

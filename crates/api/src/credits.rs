@@ -499,6 +499,8 @@ pub async fn purchase(
             "promo_code": priced.promo.as_ref().map(|p| p.code.clone()),
             "discount": priced.discount.to_decimal_string(fiat.minor_units()),
         } })),
+        customer: Some(id.clone()),
+        promo_code: None,
     };
     let (invoice, _) = crate::invoice::create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, &auth.merchant_id, &request, key.as_deref(), now).await?;
     match purchase::record(&state.pool, &auth.merchant_id, &id, &pack, &priced, &invoice.id, now).await {

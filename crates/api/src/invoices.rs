@@ -38,6 +38,12 @@ pub struct CreateInvoiceBody {
     /// The platform's fee in basis points of every payment.
     #[serde(default)]
     pub platform_fee_bps: Option<u32>,
+    /// The merchant's customer paying, `cus_…`.
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// A promo code that applies to invoices (any case): `amount` is the price before it.
+    #[serde(default)]
+    pub promo_code: Option<String>,
 }
 
 impl CreateInvoiceBody {
@@ -57,6 +63,8 @@ impl CreateInvoiceBody {
             expires_in: self.expires_in,
             order_id: self.order_id,
             metadata: self.metadata,
+            customer: self.customer,
+            promo_code: self.promo_code,
         };
         (request, splits)
     }

@@ -246,10 +246,17 @@ pub fn apply(promo: &PromoView, price: Amount, bonus: Amount) -> Result<(Amount,
     Ok((price.saturating_sub(discount), discount, bonus))
 }
 
-/// Counts one redemption of `promo_id` by `customer_id` for `purchase_id`, on the caller's
-/// transaction (which holds the customer's row lock): refused once the code is used up, in all or
-/// for this customer.
-pub async fn redeem(tx: &mut PgConnection, promo: &PromoView, customer_id: &str, purchase_id: &str, now: DateTime<Utc>) -> Result<()> {
+/// What a redemption discounts.
+#[derive(Debug, Clone, Copy)]
+pub enum Redeemed<'a> {
+    Purchase(&'a str),
+    Invoice(&'a str),
+}
+
+/// Counts one redemption of `promo` by `customer_id` for `target`, on the caller's transaction
+/// (which holds the customer's row lock): refused once the code is used up, in all or for this
+/// customer (a code limited per customer needs one).
+pub async fn redeem(tx: &mut PgConnection, promo: &PromoView, customer_id: Option<&str>, target: Redeemed<'_>, now: DateTime<Utc>) -> Result<()> {
     let counted: Option<String> = sqlx::query_scalar(
         "UPDATE promo_codes SET redeemed = redeemed + 1 WHERE id = $1 AND active AND (max_redemptions IS NULL OR redeemed < max_redemptions) RETURNING id",
     )
@@ -260,6 +267,9 @@ pub async fn redeem(tx: &mut PgConnection, promo: &PromoView, customer_id: &str,
         return Err(CreditsError::PromoRefused { code: promo.code.clone(), reason: "it has been redeemed as often as it may be".to_owned() });
     }
     if let Some(max) = promo.per_customer_max {
+        let Some(customer_id) = customer_id else {
+            return Err(CreditsError::PromoRefused { code: promo.code.clone(), reason: "it is limited per customer: name the customer".to_owned() });
+        };
         let used: i64 = sqlx::query_scalar("SELECT count(*) FROM promo_redemptions WHERE promo_id = $1 AND customer_id = $2")
             .bind(&promo.id)
             .bind(customer_id)
@@ -269,10 +279,15 @@ pub async fn redeem(tx: &mut PgConnection, promo: &PromoView, customer_id: &str,
             return Err(CreditsError::PromoRefused { code: promo.code.clone(), reason: format!("this customer has redeemed it {used} times, the most it may") });
         }
     }
-    sqlx::query("INSERT INTO promo_redemptions (promo_id, customer_id, purchase_id, created_at) VALUES ($1, $2, $3, $4)")
+    let (purchase_id, invoice_id) = match target {
+        Redeemed::Purchase(id) => (Some(id), None),
+        Redeemed::Invoice(id) => (None, Some(id)),
+    };
+    sqlx::query("INSERT INTO promo_redemptions (promo_id, customer_id, purchase_id, invoice_id, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(&promo.id)
         .bind(customer_id)
         .bind(purchase_id)
+        .bind(invoice_id)
         .bind(now)
         .execute(&mut *tx)
         .await?;

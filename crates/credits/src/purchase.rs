@@ -122,7 +122,7 @@ pub async fn record(pool: &PgPool, merchant_id: &str, customer_id: &str, pack: &
     .await?;
     if inserted.rows_affected() == 1 {
         if let Some(promo) = &priced.promo {
-            crate::promo::redeem(&mut tx, promo, customer_id, &id, now).await?;
+            crate::promo::redeem(&mut tx, promo, Some(customer_id), crate::promo::Redeemed::Purchase(&id), now).await?;
         }
     }
     let view = by_invoice(&mut tx, invoice_id).await?.ok_or_else(|| CreditsError::NotFound { what: "credit purchase of invoice", id: invoice_id.to_owned() })?;

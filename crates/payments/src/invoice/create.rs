@@ -38,7 +38,7 @@ pub struct InvoicePolicy {
 }
 
 /// The body of `POST /v1/invoices`.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvoice {
     /// Decimal string in the currency's major unit: `"25.00"`.
@@ -56,6 +56,12 @@ pub struct CreateInvoice {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// The merchant's customer paying, `cus_…`.
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// A promo code that applies to invoices (any case): the amount is what is left after it.
+    #[serde(default)]
+    pub promo_code: Option<String>,
 }
 
 struct PricedOption {
@@ -242,7 +248,24 @@ pub async fn create_invoice_with_splits(
             return Ok((existing, false));
         }
     }
-    let (currency, amount, options, lifetime) = quote(request, policy, catalog, rates, now)?;
+    if let Some(customer) = &request.customer {
+        let known: Option<String> = sqlx::query_scalar("SELECT id FROM customers WHERE id = $1 AND merchant_id = $2").bind(customer).bind(merchant_id).fetch_optional(pool).await?;
+        if known.is_none() {
+            return Err(invalid("customer", format!("{customer} is not a customer of this merchant")));
+        }
+    }
+    // A promo code prices the invoice at what is left after it; it is redeemed with the insert.
+    let (discounted, promo) = match &request.promo_code {
+        None => (None, None),
+        Some(code) => {
+            let (currency, amount, ..) = quote(&CreateInvoice { promo_code: None, ..request.clone() }, policy, catalog, rates, now)?;
+            let promo = payrail_credits::promo::find_usable(pool, merchant_id, code, "invoices", amount, currency, now).await?;
+            let (left, discount, _) = payrail_credits::promo::apply(&promo, amount, Amount::ZERO)?;
+            let priced = CreateInvoice { amount: left.to_decimal_string(currency.minor_units()), ..request.clone() };
+            (Some(priced), Some((promo, discount)))
+        }
+    };
+    let (currency, amount, options, lifetime) = quote(discounted.as_ref().unwrap_or(request), policy, catalog, rates, now)?;
     let id = new_id("inv");
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
@@ -272,6 +295,21 @@ pub async fn create_invoice_with_splits(
             .await?
             .map(|view| (view, false))
             .ok_or_else(|| InvoiceError::IdempotencyConflict { key: key.to_owned() });
+    }
+    if request.customer.is_some() || promo.is_some() {
+        if let Some(customer) = &request.customer {
+            sqlx::query("SELECT id FROM customers WHERE id = $1 FOR UPDATE").bind(customer).execute(&mut *tx).await?;
+        }
+        sqlx::query("UPDATE invoices SET customer_id = $2, promo_id = $3, discount_minor = $4::numeric WHERE id = $1")
+            .bind(&id)
+            .bind(&request.customer)
+            .bind(promo.as_ref().map(|(p, _)| p.id.clone()))
+            .bind(promo.as_ref().map_or_else(|| "0".to_owned(), |(_, d)| d.to_string()))
+            .execute(&mut *tx)
+            .await?;
+        if let Some((promo, _)) = &promo {
+            payrail_credits::promo::redeem(&mut tx, promo, request.customer.as_deref(), payrail_credits::promo::Redeemed::Invoice(&id), now).await?;
+        }
     }
     let split = match splits {
         Some(given) => {

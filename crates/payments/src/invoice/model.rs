@@ -96,6 +96,12 @@ pub struct InvoiceView {
     /// How confirmed payments are shared: creators' basis points and the platform fee, fixed when
     /// the invoice was created.
     pub split: super::split::Splits,
+    /// The merchant's customer paying, `cus_…`.
+    pub customer: Option<String>,
+    /// The promo code applied (lower case) and what it took off, in the invoice currency: the
+    /// invoice's `amount` is what is left.
+    pub promo_code: Option<String>,
+    pub discount: Option<String>,
 }
 
 
@@ -320,7 +326,17 @@ pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &
 
     let (confirmed, _pending) = valuation(conn, &invoice.id, invoice.amount_minor).await?;
     let split = super::split::load_for_invoice(&mut *conn, &invoice.id).await?;
+    let (customer, promo_code, discount): (Option<String>, Option<String>, String) = sqlx::query_as(
+        "SELECT i.customer_id, p.code, i.discount_minor::text FROM invoices i LEFT JOIN promo_codes p ON p.id = i.promo_id WHERE i.id = $1",
+    )
+    .bind(&invoice.id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let discount = promo_code.as_ref().map(|_| parse_amount("discount_minor", &discount).map(|d| d.to_decimal_string(minor_units))).transpose()?;
     Ok(InvoiceView {
+        customer,
+        promo_code,
+        discount,
         id: record.id,
         object: "invoice",
         merchant_id: record.merchant_id,
