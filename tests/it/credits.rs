@@ -632,3 +632,36 @@ async fn invoices_name_a_customer_and_take_promo_codes(pool: PgPool) {
     let (status, plain) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD" }), None).await;
     assert_eq!((status, plain["discount"].clone(), plain["customer"].clone()), (StatusCode::CREATED, Value::Null, Value::Null));
 }
+
+/// A pack paid with USDC on Polygon, on a real anvil node watched by the EVM watcher: the credits
+/// are granted when the watcher confirms the payment, once however often it passes over it.
+#[sqlx::test]
+async fn a_pack_paid_in_usdc_on_anvil_is_granted_once_by_the_watcher(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let chain = crate::common::evm::Chain::start("polygon").await;
+    let state = &shop.state;
+    let watcher = payrail::chain::evm::EvmWatcher::new(chain.spec.clone(), state.pool.clone(), state.ledger.clone(), state.rates.clone(), state.clock.clone())
+        .expect("watcher");
+    shop.coins().await;
+    let pack = shop.pack().await;
+    let reader = shop.customer("reader").await;
+    let (status, bought) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack }), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{bought}");
+    let option = bought["invoice"]["payment_options"].as_array().expect("options").iter().find(|o| o["asset"] == chain.usdc()).expect("a USDC option").clone();
+    let to: alloy::primitives::Address = option["address"].as_str().expect("address").parse().expect("address");
+    chain.pay_usdc(to, option["amount_minor"].as_str().expect("amount").parse().expect("amount")).await;
+    chain.mine(u64::from(chain.spec.confirmations.confirmations_max())).await;
+    for _ in 0..50 {
+        if watcher.step().await.expect("step").is_idle() {
+            break;
+        }
+    }
+    let invoice = bought["invoice"]["id"].as_str().expect("id");
+    assert_eq!(shop.purchase_status(invoice).await.0, "granted");
+    assert_eq!(shop.total(&reader).await, "110");
+    chain.mine(3).await;
+    for _ in 0..10 {
+        watcher.step().await.expect("step");
+    }
+    assert_eq!(shop.total(&reader).await, "110", "granted once");
+}

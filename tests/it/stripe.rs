@@ -820,17 +820,12 @@ async fn a_credit_pack_paid_by_card_grants_its_credits_once(pool: PgPool) {
     let (status, attempt) = server.pay_by_card(&invoice, "pm_card_visa").await;
     assert_eq!((status, attempt["status"].as_str()), (StatusCode::CREATED, Some("succeeded")), "{attempt}");
     server.wait_status(&invoice, "paid").await;
-    let balance: Value = server
-        .client
-        .get(format!("{}/v1/customers/{customer}/balance", server.base))
-        .bearer_auth(&server.key)
-        .send()
-        .await
-        .expect("balance")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(balance["balances"][0]["total_minor"], "550", "{balance}");
+    let balance = || async {
+        let response = server.client.get(format!("{}/v1/customers/{customer}/balance", server.base)).bearer_auth(&server.key).send().await.expect("balance");
+        response.json::<Value>().await.expect("json")
+    };
+    let now = balance().await;
+    assert_eq!(now["balances"][0]["total_minor"], "550", "{now}");
     let grants: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE customer_id = $1 AND kind = 'grant'")
         .bind(&customer)
         .fetch_one(&server.state.pool)
@@ -858,15 +853,6 @@ async fn a_credit_pack_paid_by_card_grants_its_credits_once(pool: PgPool) {
         .await
         .expect("purchase");
     assert_eq!((status.as_str(), owed.as_str()), ("reversed", "100"));
-    let left: Value = server
-        .client
-        .get(format!("{}/v1/customers/{customer}/balance", server.base))
-        .bearer_auth(&server.key)
-        .send()
-        .await
-        .expect("balance")
-        .json()
-        .await
-        .expect("json");
+    let left = balance().await;
     assert_eq!(left["balances"], json!([]), "{left}");
 }

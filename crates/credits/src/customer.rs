@@ -177,8 +177,5 @@ pub async fn list(pool: &PgPool, merchant_id: &str, external_id: Option<&str>, l
     .bind(starting_after)
     .fetch_all(pool)
     .await?;
-    let mut out: Vec<CustomerView> = rows.into_iter().map(view).collect();
-    let more = out.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok((out, more))
+    Ok(payrail_store::db::page_of(rows.into_iter().map(view).collect(), limit))
 }

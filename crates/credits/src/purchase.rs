@@ -176,6 +176,16 @@ struct Purchase {
     invoice_id: String,
 }
 
+impl Purchase {
+    /// Locks the customer and reads the purchase's credit currency and its asset id.
+    async fn lock(&self, tx: &mut PgConnection) -> Result<(crate::currency::CurrencyView, String)> {
+        lock_customers(&mut *tx, &self.merchant_id, &[self.customer_id.as_str()]).await?;
+        let currency = currency::get(&mut *tx, &self.merchant_id, &self.code).await?;
+        let asset = asset_of(&currency)?.to_string();
+        Ok((currency, asset))
+    }
+}
+
 fn grant_key(id: &str, generation: i32) -> String {
     format!("purchase:{id}#{generation}")
 }
@@ -203,11 +213,8 @@ async fn grant(
     if credits.is_zero() && bonus.is_zero() {
         return Ok(());
     }
-    let merchant_id = purchase.merchant_id.as_str();
-    let customer_id = purchase.customer_id.as_str();
-    lock_customers(&mut *tx, merchant_id, &[customer_id]).await?;
-    let currency = currency::get(&mut *tx, merchant_id, &purchase.code).await?;
-    let asset = asset_of(&currency)?.to_string();
+    let (merchant_id, customer_id) = (purchase.merchant_id.as_str(), purchase.customer_id.as_str());
+    let (currency, asset) = purchase.lock(&mut *tx).await?;
     let key = grant_key(&purchase.id, generation);
     let bonus_key = format!("{key}:bonus");
     let mut entry = NewEntry::new(entry_key(merchant_id, &key), "credit_purchase")
@@ -247,11 +254,8 @@ async fn grant(
 }
 
 async fn reverse(tx: &mut PgConnection, ledger: &Ledger, purchase: &Purchase, generation: i32, now: DateTime<Utc>) -> Result<()> {
-    let merchant_id = purchase.merchant_id.as_str();
-    let customer_id = purchase.customer_id.as_str();
-    lock_customers(&mut *tx, merchant_id, &[customer_id]).await?;
-    let currency = currency::get(&mut *tx, merchant_id, &purchase.code).await?;
-    let asset = asset_of(&currency)?.to_string();
+    let (merchant_id, customer_id) = (purchase.merchant_id.as_str(), purchase.customer_id.as_str());
+    let (currency, asset) = purchase.lock(&mut *tx).await?;
     let key = grant_key(&purchase.id, generation);
     let lots: Vec<(String, String)> = sqlx::query_as(
         "SELECT l.id, l.amount_minor::text FROM credit_lots l JOIN credit_transactions t ON t.id = l.txn_id \

@@ -63,7 +63,7 @@ pub(crate) async fn transaction_by_key(conn: &mut PgConnection, merchant_id: &st
 pub async fn transactions(pool: &PgPool, merchant_id: &str, customer_id: &str, limit: i64, starting_after: Option<&str>) -> Result<(Vec<TransactionView>, bool)> {
     crate::customer::get(pool, merchant_id, customer_id).await?;
     let limit = limit.clamp(1, LIST_LIMIT_MAX);
-    let mut rows: Vec<TransactionView> = sqlx::query_as(&format!(
+    let rows: Vec<TransactionView> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM credit_transactions WHERE customer_id = $1 AND merchant_id = $2 \
            AND ($4::text IS NULL OR seq < (SELECT seq FROM credit_transactions WHERE id = $4 AND customer_id = $1)) \
          ORDER BY seq DESC LIMIT $3"
@@ -74,9 +74,7 @@ pub async fn transactions(pool: &PgPool, merchant_id: &str, customer_id: &str, l
     .bind(starting_after)
     .fetch_all(pool)
     .await?;
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok((rows, more))
+    Ok(payrail_store::db::page_of(rows, limit))
 }
 
 /// One lot as the balance shows it.

@@ -301,7 +301,7 @@ pub async fn get(pool: &PgPool, merchant_id: &str, id: &str) -> Result<CardSettl
 /// A page of `merchant_id`'s settlements, newest first, after `starting_after`; and whether more follow.
 pub async fn list(pool: &PgPool, merchant_id: &str, limit: i64, starting_after: Option<&str>) -> Result<(Vec<CardSettlementView>, bool)> {
     let limit = limit.clamp(1, LIST_LIMIT_MAX);
-    let mut rows: Vec<CardSettlementView> = sqlx::query_as(&format!(
+    let rows: Vec<CardSettlementView> = sqlx::query_as(&format!(
         "SELECT {VIEW_COLUMNS} FROM card_settlements WHERE merchant_id = $1 \
            AND ($3::text IS NULL OR (created_at, id) < (SELECT created_at, id FROM card_settlements WHERE id = $3 AND merchant_id = $1)) \
          ORDER BY created_at DESC, id DESC LIMIT $2"
@@ -311,9 +311,7 @@ pub async fn list(pool: &PgPool, merchant_id: &str, limit: i64, starting_after: 
     .bind(starting_after)
     .fetch_all(pool)
     .await?;
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok((rows, more))
+    Ok(payrail_store::db::page_of(rows, limit))
 }
 
 async fn load(conn: &mut PgConnection, id: &str) -> Result<CardSettlementView> {
