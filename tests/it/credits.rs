@@ -625,6 +625,8 @@ async fn invoices_name_a_customer_and_take_promo_codes(pool: PgPool) {
     assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("promo_refused")), "{again}");
     let (status, anonymous) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD", "promo_code": "WELCOME" }), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "a code limited per customer needs one: {anonymous}");
+    let (status, unknown) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD", "promo_code": "nosuchcode" }), None).await;
+    assert_eq!((status, unknown["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{unknown}");
     let (status, stranger) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "USD", "customer": "cus_0000000000000000" }), None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{stranger}");
     let (status, eur) = shop.call("/v1/invoices", json!({ "amount": "25.00", "currency": "EUR", "promo_code": "welcome" }), None).await;

@@ -76,6 +76,7 @@ impl CreateInvoiceBody {
     responses(
         (status = 201, body = InvoiceView), (status = 200, body = InvoiceView, description = "an earlier invoice under the same Idempotency-Key"),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody, description = "promo_code names no promo code of the merchant"),
         (status = 409, body = super::openapi::ErrorBody), (status = 413, body = super::openapi::ErrorBody),
         (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody),
         (status = 429, body = super::openapi::ErrorBody)))]
