@@ -288,6 +288,16 @@ pub async fn serve(
             }
         }
     }
+    // Subscriptions move through time in one replica at a time (the scheduler's lock); every step
+    // is also safe run twice.
+    service_share.add_job();
+    jobs.push(Box::pin(crate::billing::run_scheduler(
+        crate::api::subscriptions::biller(&state),
+        state.clock.clone(),
+        Duration::from_millis(crate::billing::SCHEDULER_INTERVAL_MS),
+        Some(service_share.clone()),
+        stop_rx.clone(),
+    )));
     if let (Some(key), Some(service)) = (&hot_wallet_key, &state.payouts) {
         let senders: Vec<crate::payout::PayoutSender> = service
             .senders(key.expose_secret())

@@ -31,4 +31,5 @@ mod security;
 mod refunds;
 mod settlements;
 mod stripe;
+mod subscriptions;
 mod webhooks;

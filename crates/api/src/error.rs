@@ -118,6 +118,7 @@ impl From<InvoiceError> for ApiError {
             Database(error) => Self::database(error),
             Ledger(error) => Self::ledger(error),
             Credits(error) => error.into(),
+            Subscriptions(error) => error.into(),
             PaymentMismatch { .. } | Corrupt { .. } | Plan(_) => Self::internal(error),
         }
     }

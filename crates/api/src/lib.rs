@@ -29,6 +29,7 @@ pub mod card_settlements;
 pub mod credits;
 pub mod reconciliation;
 pub mod statements;
+pub mod subscriptions;
 pub mod stripe;
 pub mod webhooks;
 
@@ -218,6 +219,18 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/customers/{id}/purchases", post(credits::purchase))
         .route("/v1/promo_codes", post(credits::create_promo).get(credits::list_promos))
         .route("/v1/credit_limits", get(credits::get_limits).put(credits::put_limits))
+        .route("/v1/plans", post(subscriptions::create_plan).get(subscriptions::list_plans))
+        .route("/v1/plans/{id}", get(subscriptions::get_plan).patch(subscriptions::update_plan))
+        .route("/v1/customers/{id}/subscriptions", post(subscriptions::subscribe).get(subscriptions::list_subscriptions))
+        .route("/v1/subscriptions/{id}", get(subscriptions::get_subscription))
+        .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel))
+        .route("/v1/subscriptions/{id}/pause", post(subscriptions::pause))
+        .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
+        .route("/v1/subscriptions/{id}/change", post(subscriptions::change))
+        .route("/v1/access_rules", post(subscriptions::set_rule).get(subscriptions::list_rules))
+        .route("/v1/customers/{id}/unlocks", post(subscriptions::unlock))
+        .route("/v1/customers/{id}/access", get(subscriptions::access_one))
+        .route("/v1/access/check", post(subscriptions::access_check))
         .route("/v1/reconciliation", post(reconciliation::run).get(reconciliation::list))
         .route("/v1/reconciliation/{id}", get(reconciliation::show))
         .route("/v1/ledger/entries", get(ledger::entries))

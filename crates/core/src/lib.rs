@@ -14,3 +14,4 @@ pub mod markets;
 pub mod metrics;
 pub mod money;
 pub mod payment;
+pub mod subscription;

@@ -619,3 +619,61 @@ pub async fn expire_due(pool: &PgPool, ledger: &Ledger, now: DateTime<Utc>) -> R
     }
     Ok(expired)
 }
+
+/// A grant the customer paid for outside the credits API (a subscription's period), made on the
+/// caller's transaction.
+#[derive(Debug, Clone)]
+pub struct PaidGrant<'a> {
+    pub merchant_id: &'a str,
+    pub customer_id: &'a str,
+    pub currency: &'a str,
+    pub amount: Amount,
+    /// The lot's source: `subscription`.
+    pub source: &'a str,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Derived from what was paid: the grant is made once under it.
+    pub key: &'a str,
+    pub resource: Option<&'a str>,
+    pub detail: serde_json::Value,
+}
+
+/// Grants credits paid for with money, against the merchant's credits issued
+/// (`equity:credits_issued:{merchant}`) as a pack's are, on the caller's transaction; once per
+/// key: a second call answers the first grant.
+pub async fn grant_paid(tx: &mut PgConnection, ledger: &Ledger, grant: &PaidGrant<'_>, now: DateTime<Utc>) -> Result<TransactionView> {
+    let (merchant_id, customer_id) = (grant.merchant_id, grant.customer_id);
+    lock_customers(&mut *tx, merchant_id, &[customer_id]).await?;
+    if let Some(done) = replay(&mut *tx, merchant_id, grant.key, customer_id, "grant", &grant.amount.to_string()).await? {
+        return Ok(done.transaction);
+    }
+    let currency = currency::get(&mut *tx, merchant_id, grant.currency).await?;
+    let asset = asset_of(&currency)?.to_string();
+    let txn_id = new_id("ctx");
+    let lot_id = insert_lot(&mut *tx, merchant_id, customer_id, &currency.code, grant.source, grant.amount, grant.expires_at, &txn_id, now).await?;
+    let entry = NewEntry::new(entry_key(merchant_id, grant.key), format!("credit_{}", grant.source))
+        .memo(format!("{} of {} {} to {customer_id}", grant.source, grant.amount, currency.code))
+        .debit(AccountCode::credits_issued(merchant_id), asset.as_str(), grant.amount)
+        .credit(AccountCode::credit_lot(&lot_id), asset.as_str(), grant.amount);
+    let entry_id = post(&mut *tx, ledger, &entry, grant.key).await?;
+    let mut detail = grant.detail.clone();
+    detail["lot"] = json!(lot_id);
+    detail["expires_at"] = json!(grant.expires_at);
+    let row = Row {
+        id: txn_id,
+        merchant_id,
+        customer_id,
+        currency: &currency.code,
+        kind: "grant",
+        amount: grant.amount.to_string(),
+        source: Some(grant.source),
+        description: None,
+        resource: grant.resource,
+        counterparty: None,
+        key: grant.key,
+        entry_id,
+        detail,
+    };
+    let transaction = insert_row(&mut *tx, &row, now).await?;
+    emit(&mut *tx, merchant_id, "credits.granted", customer_id, &transaction, now).await?;
+    Ok(transaction)
+}

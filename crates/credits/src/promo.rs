@@ -251,6 +251,7 @@ pub fn apply(promo: &PromoView, price: Amount, bonus: Amount) -> Result<(Amount,
 pub enum Redeemed<'a> {
     Purchase(&'a str),
     Invoice(&'a str),
+    Subscription(&'a str),
 }
 
 /// Counts one redemption of `promo` by `customer_id` for `target`, on the caller's transaction
@@ -279,15 +280,19 @@ pub async fn redeem(tx: &mut PgConnection, promo: &PromoView, customer_id: Optio
             return Err(CreditsError::PromoRefused { code: promo.code.clone(), reason: format!("this customer has redeemed it {used} times, the most it may") });
         }
     }
-    let (purchase_id, invoice_id) = match target {
-        Redeemed::Purchase(id) => (Some(id), None),
-        Redeemed::Invoice(id) => (None, Some(id)),
+    let (purchase_id, invoice_id, subscription_id) = match target {
+        Redeemed::Purchase(id) => (Some(id), None, None),
+        Redeemed::Invoice(id) => (None, Some(id), None),
+        Redeemed::Subscription(id) => (None, None, Some(id)),
     };
-    sqlx::query("INSERT INTO promo_redemptions (promo_id, customer_id, purchase_id, invoice_id, created_at) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query(
+        "INSERT INTO promo_redemptions (promo_id, customer_id, purchase_id, invoice_id, subscription_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
         .bind(&promo.id)
         .bind(customer_id)
         .bind(purchase_id)
         .bind(invoice_id)
+        .bind(subscription_id)
         .bind(now)
         .execute(&mut *tx)
         .await?;

@@ -2,6 +2,7 @@
 //! around the pure core in `payrail_core::payment`), creators and revenue splits, and the webhook
 //! outbox that announces every change.
 
+pub mod billing;
 pub mod creator;
 pub mod invoice;
 pub mod merchant;

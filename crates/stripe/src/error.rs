@@ -64,7 +64,12 @@ impl StripeError {
             Self::Transport { .. } => true,
             Self::Api { status, .. } => *status == 429 || *status >= 500,
             Self::Ledger(e) => e.is_retryable(),
-            Self::Invoice(InvoiceError::Database(_) | InvoiceError::Credits(payrail_credits::CreditsError::Database(_))) | Self::Database(_) => true,
+            Self::Invoice(
+                InvoiceError::Database(_)
+                | InvoiceError::Credits(payrail_credits::CreditsError::Database(_))
+                | InvoiceError::Subscriptions(payrail_subscriptions::SubscriptionsError::Database(_)),
+            )
+            | Self::Database(_) => true,
             _ => false,
         }
     }

@@ -42,6 +42,8 @@ pub enum InvoiceError {
     #[error(transparent)]
     Credits(#[from] payrail_credits::CreditsError),
     #[error(transparent)]
+    Subscriptions(#[from] payrail_subscriptions::SubscriptionsError),
+    #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

@@ -337,6 +337,7 @@ pub(crate) async fn write_status(
     .await?;
     if status.from.is_paid() != status.to.is_paid() {
         payrail_credits::purchase::on_invoice_status(&mut *tx, ledger, invoice_id, status.to.is_paid(), now).await?;
+        payrail_subscriptions::period::on_invoice_status(&mut *tx, ledger, invoice_id, status.to.is_paid(), now).await?;
     }
     let view = load_view(&mut *tx, None, invoice_id).await?;
     crate::webhook::emit(&mut *tx, merchant_id, &status.to.event_type(), invoice_id, &view, now).await?;

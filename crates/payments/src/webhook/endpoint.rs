@@ -66,6 +66,16 @@ pub const EVENT_TYPES: &[&str] = &[
     "refund.failed",
     "refund.canceled",
     "refund.expired",
+    "subscription.created",
+    "subscription.activated",
+    "subscription.renewal_due",
+    "subscription.renewed",
+    "subscription.past_due",
+    "subscription.canceled",
+    "subscription.expired",
+    "subscription.updated",
+    "subscription.paused",
+    "subscription.resumed",
 ];
 
 /// An endpoint as the API shows it. The secret is not part of it.

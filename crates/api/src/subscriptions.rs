@@ -1,0 +1,385 @@
+//! Plans, subscriptions and access, over a merchant key. See [`payrail_subscriptions`].
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+
+use payrail_payments::billing::Biller;
+use payrail_subscriptions::access::{self, Access, AccessRule, UnlockRequest, UnlockView};
+use payrail_subscriptions::plan::{self, CreatePlan, PlanView, UpdatePlan};
+use payrail_subscriptions::subscription::{self, Cancel, ChangePlan, Changed, Subscribe, SubscriptionView};
+use payrail_subscriptions::SubscriptionsError;
+
+use super::auth::MerchantAuth;
+use super::error::ApiError;
+use super::AppState;
+
+impl From<SubscriptionsError> for ApiError {
+    fn from(error: SubscriptionsError) -> Self {
+        match error {
+            SubscriptionsError::Invalid { .. } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", error.to_string()),
+            SubscriptionsError::NotFound { what, .. } => Self::not_found(what),
+            SubscriptionsError::Refused(reason) => Self::new(StatusCode::CONFLICT, "subscription_state", reason),
+            SubscriptionsError::Credits(e) => e.into(),
+            SubscriptionsError::Ledger(e) => Self::ledger(e),
+            SubscriptionsError::Database(e) => Self::database(e),
+        }
+    }
+}
+
+impl From<payrail_payments::billing::BillingError> for ApiError {
+    fn from(error: payrail_payments::billing::BillingError) -> Self {
+        match error {
+            payrail_payments::billing::BillingError::Invoice(e) => e.into(),
+            payrail_payments::billing::BillingError::Subscriptions(e) => e.into(),
+        }
+    }
+}
+
+/// The invoicing of subscriptions, over the API's state.
+pub fn biller(state: &AppState) -> Biller {
+    Biller {
+        pool: state.pool.clone(),
+        ledger: state.ledger.clone(),
+        catalog: state.catalog.clone(),
+        rates: state.rates.clone(),
+        policy: state.policy.clone(),
+        public_url: state.public_url.clone(),
+    }
+}
+
+fn id_of(id: &str, prefix: &str, what: &'static str) -> Result<(), ApiError> {
+    if crate::ids::is_id(id, prefix) { Ok(()) } else { Err(ApiError::not_found(what)) }
+}
+
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text())
+}
+
+/// A page of plans, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PlanList {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<PlanView>,
+    pub has_more: bool,
+}
+
+/// Query of `GET /v1/plans`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PlanQuery {
+    /// 1 to 100 (20 when absent).
+    pub limit: Option<u32>,
+    /// A plan id: the page after it.
+    pub starting_after: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/plans", tag = "subscriptions", security(("bearer" = [])),
+    request_body = CreatePlan,
+    responses((status = 201, body = PlanView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody, description = "the credit currency"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn create_plan(State(state): State<AppState>, auth: MerchantAuth, body: Result<Json<CreatePlan>, JsonRejection>) -> Result<(StatusCode, Json<PlanView>), ApiError> {
+    let Json(body) = body?;
+    Ok((StatusCode::CREATED, Json(plan::create(&state.pool, &auth.merchant_id, &body, state.clock.now()).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/plans", tag = "subscriptions", security(("bearer" = [])),
+    params(PlanQuery),
+    responses((status = 200, body = PlanList), (status = 400, body = super::openapi::ErrorBody),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list_plans(State(state): State<AppState>, auth: MerchantAuth, query: Result<Query<PlanQuery>, QueryRejection>) -> Result<Json<PlanList>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let limit = super::page_limit(Some(query.limit.unwrap_or(20)), 100)?;
+    let starting_after = super::cursor(query.starting_after.as_deref(), "plan")?;
+    let (data, has_more) = plan::list(&state.pool, &auth.merchant_id, limit, starting_after).await?;
+    Ok(Json(PlanList { object: "list", data, has_more }))
+}
+
+#[utoipa::path(get, path = "/v1/plans/{id}", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the plan, plan_…")),
+    responses((status = 200, body = PlanView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
+pub async fn get_plan(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<PlanView>, ApiError> {
+    id_of(&id, "plan", "plan")?;
+    Ok(Json(plan::get(&state.pool, &auth.merchant_id, &id).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/plans/{id}", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the plan, plan_…")),
+    request_body = UpdatePlan,
+    responses((status = 200, body = PlanView, description = "the plan; a change of its terms is its next version, which new subscriptions get"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn update_plan(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<UpdatePlan>, JsonRejection>,
+) -> Result<Json<PlanView>, ApiError> {
+    id_of(&id, "plan", "plan")?;
+    let Json(body) = body?;
+    Ok(Json(plan::update(&state.pool, &auth.merchant_id, &id, &body, state.clock.now()).await?))
+}
+
+/// A new subscription and the invoice of its first period (none while it is in trial).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SubscriptionCreated {
+    pub subscription: SubscriptionView,
+    pub invoice: Option<crate::invoice::InvoiceView>,
+}
+
+#[utoipa::path(post, path = "/v1/customers/{id}/subscriptions", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the customer, cus_…"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]+$", description = "retries get the same subscription")),
+    request_body = Subscribe,
+    responses((status = 201, body = SubscriptionCreated, description = "`trialing`, or `incomplete` until the first invoice is paid on any rail"),
+        (status = 200, body = SubscriptionCreated, description = "made before under this Idempotency-Key, asked again after the stored answer was purged"),
+        (status = 400, body = super::openapi::ErrorBody),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn subscribe(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Subscribe>, JsonRejection>,
+) -> Result<(StatusCode, Json<SubscriptionCreated>), ApiError> {
+    id_of(&id, "cus", "customer")?;
+    let Json(body) = body?;
+    if !crate::ids::is_id(&body.plan, "plan") {
+        return Err(ApiError::not_found("plan"));
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(format!(
+            "subscribe:{id}:{}",
+            v.to_str().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", "Idempotency-Key must be visible ASCII"))?
+        )),
+    };
+    let now = state.clock.now();
+    let (created, replayed) = subscription::subscribe(&state.pool, &auth.merchant_id, &id, &body, key.as_deref(), now).await?;
+    // The first period is invoiced at once (a retry finds the same invoice); should that fail, the
+    // scheduler invoices it on its next pass.
+    let mut invoice = biller(&state).bill_due(Some(&created.id), now).await?.into_iter().next();
+    let subscription = subscription::get(&state.pool, &auth.merchant_id, &created.id).await?;
+    if invoice.is_none() {
+        if let Some(latest) = &subscription.latest_invoice {
+            let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
+            invoice = Some(crate::invoice::load_view(&mut conn, Some(&auth.merchant_id), latest).await?);
+        }
+    }
+    let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(SubscriptionCreated { subscription, invoice })))
+}
+
+/// A customer's subscriptions, newest first (the latest 100).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SubscriptionList {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<SubscriptionView>,
+    pub has_more: bool,
+}
+
+#[utoipa::path(get, path = "/v1/customers/{id}/subscriptions", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the customer, cus_…")),
+    responses((status = 200, body = SubscriptionList), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
+pub async fn list_subscriptions(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<SubscriptionList>, ApiError> {
+    id_of(&id, "cus", "customer")?;
+    payrail_credits::customer::get(&state.pool, &auth.merchant_id, &id).await?;
+    let data = subscription::list_for_customer(&state.pool, &auth.merchant_id, &id).await?;
+    Ok(Json(SubscriptionList { object: "list", data, has_more: false }))
+}
+
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription, sub_…")),
+    responses((status = 200, body = SubscriptionView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
+pub async fn get_subscription(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<SubscriptionView>, ApiError> {
+    id_of(&id, "sub", "subscription")?;
+    Ok(Json(subscription::get(&state.pool, &auth.merchant_id, &id).await?))
+}
+
+/// Voids what a change made pointless, then answers the subscription.
+async fn changed(state: &AppState, merchant_id: &str, changed: Changed) -> Json<SubscriptionView> {
+    let now = state.clock.now();
+    let void: Vec<(String, String)> = changed.void_invoices.into_iter().map(|i| (merchant_id.to_owned(), i)).collect();
+    biller(state).void_all(&void, now).await;
+    Json(changed.subscription)
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/cancel", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription, sub_…")),
+    request_body = Cancel,
+    responses((status = 200, body = SubscriptionView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "subscription_state: it has ended"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<Cancel>, JsonRejection>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    id_of(&id, "sub", "subscription")?;
+    let Json(body) = body?;
+    let done = subscription::cancel(&state.pool, &auth.merchant_id, &id, &body, state.clock.now()).await?;
+    Ok(changed(&state, &auth.merchant_id, done).await)
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/pause", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription, sub_…")),
+    responses((status = 200, body = SubscriptionView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "subscription_state: only an active subscription pauses")))]
+pub async fn pause(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<SubscriptionView>, ApiError> {
+    id_of(&id, "sub", "subscription")?;
+    Ok(Json(subscription::pause(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?))
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/resume", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription, sub_…")),
+    responses((status = 200, body = SubscriptionView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody, description = "subscription_state: it is not paused")))]
+pub async fn resume(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<SubscriptionView>, ApiError> {
+    id_of(&id, "sub", "subscription")?;
+    Ok(Json(subscription::resume(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?))
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/change", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription, sub_…")),
+    request_body = ChangePlan,
+    responses((status = 200, body = SubscriptionView), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn change(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<ChangePlan>, JsonRejection>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    id_of(&id, "sub", "subscription")?;
+    let Json(body) = body?;
+    if !crate::ids::is_id(&body.plan, "plan") {
+        return Err(ApiError::not_found("plan"));
+    }
+    let done = subscription::change_plan(&state.pool, &auth.merchant_id, &id, &body, state.clock.now()).await?;
+    Ok(changed(&state, &auth.merchant_id, done).await)
+}
+
+/// The merchant's access rules.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AccessRuleList {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<AccessRule>,
+    pub has_more: bool,
+}
+
+#[utoipa::path(post, path = "/v1/access_rules", tag = "subscriptions", security(("bearer" = [])),
+    request_body = AccessRule,
+    responses((status = 200, body = AccessRule, description = "set (a prefix posted again has its entitlements replaced)"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn set_rule(State(state): State<AppState>, auth: MerchantAuth, body: Result<Json<AccessRule>, JsonRejection>) -> Result<Json<AccessRule>, ApiError> {
+    let Json(body) = body?;
+    Ok(Json(access::set_rule(&state.pool, &auth.merchant_id, &body, state.clock.now()).await?))
+}
+
+#[utoipa::path(get, path = "/v1/access_rules", tag = "subscriptions", security(("bearer" = [])),
+    responses((status = 200, body = AccessRuleList), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody)))]
+pub async fn list_rules(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<AccessRuleList>, ApiError> {
+    Ok(Json(AccessRuleList { object: "list", data: access::rules(&state.pool, &auth.merchant_id).await?, has_more: false }))
+}
+
+#[utoipa::path(post, path = "/v1/customers/{id}/unlocks", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the customer, cus_…")),
+    request_body = UnlockRequest,
+    responses((status = 201, body = UnlockView, description = "unlocked; the credits were spent"),
+        (status = 200, body = UnlockView, description = "unlocked before: nothing was charged"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 402, body = super::openapi::ErrorBody, description = "insufficient_credits"),
+        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn unlock(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<UnlockRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<UnlockView>), ApiError> {
+    id_of(&id, "cus", "customer")?;
+    let Json(body) = body?;
+    let (view, charged) = access::unlock(&state.pool, &state.ledger, &auth.merchant_id, &id, &body, state.clock.now()).await?;
+    Ok((if charged { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
+}
+
+/// Query of `GET /v1/customers/{id}/access`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AccessQuery {
+    /// The resource: `chapter/123`.
+    pub resource: String,
+}
+
+#[utoipa::path(get, path = "/v1/customers/{id}/access", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the customer, cus_…"), AccessQuery),
+    responses((status = 200, body = Access), (status = 400, body = super::openapi::ErrorBody),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn access_one(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    query: Result<Query<AccessQuery>, QueryRejection>,
+) -> Result<Json<Access>, ApiError> {
+    id_of(&id, "cus", "customer")?;
+    let Query(query) = query.map_err(query_error)?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
+    let answer = access::check(&mut conn, &auth.merchant_id, &id, &[query.resource]).await?;
+    answer.into_iter().next().map(Json).ok_or_else(|| ApiError::internal("an access check answered nothing"))
+}
+
+/// Body of `POST /v1/access/check`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessCheck {
+    /// The customer, `cus_…`.
+    pub customer: String,
+    /// 1 to 1,000 resources.
+    pub resources: Vec<String>,
+}
+
+/// The answers of a bulk check, in the order asked.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AccessList {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<Access>,
+    pub has_more: bool,
+}
+
+#[utoipa::path(post, path = "/v1/access/check", tag = "subscriptions", security(("bearer" = [])),
+    request_body = AccessCheck,
+    responses((status = 200, body = AccessList, description = "one answer per resource, in order; a customer the merchant does not have has access to nothing"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn access_check(State(state): State<AppState>, auth: MerchantAuth, body: Result<Json<AccessCheck>, JsonRejection>) -> Result<Json<AccessList>, ApiError> {
+    let Json(body) = body?;
+    id_of(&body.customer, "cus", "customer")?;
+    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
+    let data = access::check(&mut conn, &auth.merchant_id, &body.customer, &body.resources).await?;
+    Ok(Json(AccessList { object: "list", data, has_more: false }))
+}
