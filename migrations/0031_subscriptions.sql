@@ -48,6 +48,9 @@ CREATE TABLE subscriptions (
     plan_version         INTEGER NOT NULL,
     status               TEXT NOT NULL CHECK (status IN ('incomplete', 'trialing', 'active', 'past_due', 'paused', 'canceled', 'expired')),
     payment              TEXT NOT NULL CHECK (payment IN ('crypto', 'card')),
+    -- The card on file (`payment` card): a Stripe PaymentMethod saved on the customer's Stripe
+    -- Customer by the first card payment, charged off-session for renewals.
+    card_payment_method  TEXT CHECK (length(card_payment_method) <= 100),
     anchor_at            TIMESTAMPTZ NOT NULL,
     anchor_period        INTEGER NOT NULL CHECK (anchor_period > 0),
     period               INTEGER NOT NULL CHECK (period > 0),
@@ -139,4 +142,11 @@ CREATE TABLE unlocks (
     refunded_at   TIMESTAMPTZ,
     created_at    TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (customer_id, resource)
+);
+
+-- The Stripe Customer of a payrail customer who pays a subscription by card.
+CREATE TABLE card_customers (
+    customer_id        TEXT PRIMARY KEY REFERENCES customers (id),
+    stripe_customer_id TEXT NOT NULL UNIQUE CHECK (stripe_customer_id ~ '^cus_[0-9A-Za-z_]{1,250}$'),
+    created_at         TIMESTAMPTZ NOT NULL
 );

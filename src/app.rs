@@ -392,6 +392,11 @@ async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Ar
         }
         if let Some(card) = card.as_deref() {
             card_settlements(card, &pool, &ledger, clock.now(), ticks % PURGE_EVERY_TICKS == 1).await;
+            match crate::stripe::renewal::charge_due(card, &pool, clock.now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(target: "stripe", charged = n, "subscription renewals charged to the card on file"),
+                Err(error) => tracing::warn!(target: "stripe", %error, "renewal charges failed; retrying next tick"),
+            }
         }
     }
 }

@@ -520,6 +520,8 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("POST", "/v1/customers/{id}/unlocks"),
         ("GET", "/v1/customers/{id}/access"),
         ("POST", "/v1/access/check"),
+        ("GET", "/v1/reports/subscriptions"),
+        ("GET", "/v1/reports/sales"),
         ("POST", "/v1/reconciliation"),
         ("GET", "/v1/reconciliation"),
         ("GET", "/v1/reconciliation/{id}"),

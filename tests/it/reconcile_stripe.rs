@@ -142,6 +142,8 @@ async fn a_charge_the_ledger_never_credited_is_missing_in_the_ledger(pool: PgPoo
                 currency: "usd".to_owned(),
                 metadata: [("invoice_id".to_owned(), invoice.clone())].into(),
                 payment_method: Some("pm_card_visa".to_owned()),
+                customer: None,
+                off_session: false,
             },
             &format!("reconcile-{}", random_suffix()),
         )

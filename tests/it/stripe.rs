@@ -278,7 +278,7 @@ async fn the_client_creates_confirms_and_refunds_payment_intents(pool: PgPool) {
     let metadata = [("invoice_id".to_owned(), "inv_client".to_owned())].into();
     // Created without a method: waits for one.
     let waiting = client
-        .create_payment_intent(&NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata, payment_method: None }, "k1")
+        .create_payment_intent(&NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata, payment_method: None, customer: None, off_session: false }, "k1")
         .await
         .expect("created");
     assert_eq!(waiting.status, "requires_payment_method");
@@ -286,7 +286,7 @@ async fn the_client_creates_confirms_and_refunds_payment_intents(pool: PgPool) {
     // Created and confirmed in one call.
     let paid = client
         .create_payment_intent(
-            &NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata: Default::default(), payment_method: Some("pm_card_visa".to_owned()) },
+            &NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata: Default::default(), payment_method: Some("pm_card_visa".to_owned()), customer: None, off_session: false },
             "k2",
         )
         .await
@@ -310,6 +310,8 @@ async fn the_client_creates_confirms_and_refunds_payment_intents(pool: PgPool) {
                 currency: "usd".to_owned(),
                 metadata: Default::default(),
                 payment_method: Some("pm_card_chargeCustomerFail".to_owned()),
+                customer: None,
+                off_session: false,
             },
             "k4",
         )

@@ -223,6 +223,20 @@ async fn a_subscription_lives_from_trial_through_renewals_on_every_rail_to_cance
     let view = shop.subscription(&sub).await;
     assert_eq!((view["status"].as_str(), view["period"].as_i64()), (Some("active"), Some(4)), "{view}");
 
+    // The reports over the first quarter: one subscriber paying 9.99 a month, three periods sold.
+    let range = "from=2026-01-01T00:00:00Z&to=2026-03-20T00:00:00Z";
+    let report = shop.read(&format!("/v1/reports/subscriptions?{range}")).await;
+    let line = &report["data"][0];
+    assert_eq!(
+        (line["plan_id"].as_str(), line["mrr_minor"].as_str(), line["active"].as_i64(), line["new"].as_i64(), line["churned"].as_i64(), line["revenue_minor"].as_str()),
+        (Some(premium.as_str()), Some("999"), Some(1), Some(1), Some(0), Some("2997")),
+        "{report}"
+    );
+    let sales = shop.read(&format!("/v1/reports/sales?{range}")).await;
+    assert_eq!(sales["data"], json!([{ "kind": "plans", "currency": "USD", "gross_minor": "2997", "discounts_minor": "0", "refunds_minor": "0", "net_minor": "2997" }]));
+    let (status, csv) = shop.get(&shop.key, &format!("/v1/reports/sales?{range}&format=csv")).await;
+    assert_eq!((status, csv.as_str()), (StatusCode::OK, Some("kind,currency,gross_minor,discounts_minor,refunds_minor,net_minor\r\nplans,USD,2997,0,0,2997\r\n")), "RFC 4180 lines");
+
     // Then nothing is paid: past due at the end, canceled when the three days of grace are over.
     shop.set_clock(at(2026, 4, 5, 13)).await;
     shop.set_clock(at(2026, 4, 8, 13)).await;
@@ -504,4 +518,79 @@ async fn check_world(state: &payrail::api::AppState, base: &str, world: &World) 
         assert_eq!(got["resource"].as_str(), Some(resource.as_str()));
         assert_eq!((got["access"].as_bool(), got["reason"].as_str()), (Some(access), Some(reason.as_str())), "{resource} in {world:?}");
     }
+}
+
+/// A card subscription against localstripe: the first payment by test card keeps the card on a
+/// Stripe Customer; the renewal is charged to it off-session and credited by the verified webhook;
+/// a card on file that stops working is declined — past due at once, `subscription.payment_failed`,
+/// the invoice still payable, and no second charge attempted by itself.
+#[sqlx::test]
+async fn a_card_subscription_renews_off_session_and_a_decline_falls_past_due(pool: PgPool) {
+    let server = common::stripe::start(pool).await;
+    server.subscribe().await;
+    let call = |path: &str, body: Value| {
+        let request = server.client.post(format!("{}{path}", server.base)).bearer_auth(&server.key).json(&body);
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status();
+            let body: Value = response.json().await.expect("json");
+            assert!(status.is_success(), "{status} {body}");
+            body
+        }
+    };
+    let plan = call("/v1/plans", json!({ "name": "Premium", "price": "9.99", "currency": "USD", "interval": "month", "entitlements": ["tier:premium"] })).await;
+    let customer = call("/v1/customers", json!({ "external_id": "card-reader" })).await["id"].as_str().expect("id").to_owned();
+    let created = call(&format!("/v1/customers/{customer}/subscriptions"), json!({ "plan": plan["id"], "payment": "card" })).await;
+    let sub = created["subscription"]["id"].as_str().expect("id").to_owned();
+    let first = created["invoice"]["id"].as_str().expect("invoice").to_owned();
+    let (status, attempt) = server.pay_by_card(&first, "pm_card_visa").await;
+    assert_eq!((status, attempt["status"].as_str()), (StatusCode::CREATED, Some("succeeded")), "{attempt}");
+    server.wait_status(&first, "paid").await;
+    let on_file = || async {
+        sqlx::query_as::<_, (String, Option<String>, DateTime<Utc>)>("SELECT status, card_payment_method, period_end FROM subscriptions WHERE id = $1")
+            .bind(&sub)
+            .fetch_one(&server.state.pool)
+            .await
+            .expect("subscription")
+    };
+    let (status, card, end) = on_file().await;
+    assert_eq!((status.as_str(), card.as_deref()), ("active", Some("pm_card_visa")));
+    let stripe_customer: String = sqlx::query_scalar("SELECT stripe_customer_id FROM card_customers WHERE customer_id = $1").bind(&customer).fetch_one(&server.state.pool).await.expect("customer");
+    let (found, _) = common::stripe::ls_get(&format!("/v1/customers/{stripe_customer}")).await;
+    assert_eq!(found, StatusCode::OK);
+
+    // The renewal, charged off-session three days before the period ends.
+    let biller = payrail::api::subscriptions::biller(&server.state);
+    let rail = server.state.card.clone().expect("card rail");
+    let due = end - Duration::days(2);
+    biller.pass(due).await.expect("pass");
+    let renewal: String = sqlx::query_scalar("SELECT invoice_id FROM subscription_invoices WHERE subscription_id = $1 AND period = 2").bind(&sub).fetch_one(&server.state.pool).await.expect("renewal");
+    assert_eq!(payrail::stripe::renewal::charge_due(&rail, &server.state.pool, due).await.expect("charge"), 1);
+    server.wait_status(&renewal, "paid").await;
+    let pi: String = sqlx::query_scalar("SELECT payment_intent_id FROM card_attempts WHERE invoice_id = $1").bind(&renewal).fetch_one(&server.state.pool).await.expect("attempt");
+    let (_, intent) = common::stripe::ls_get(&format!("/v1/payment_intents/{pi}")).await;
+    assert_eq!((intent["customer"].as_str(), intent["status"].as_str()), (Some(stripe_customer.as_str()), Some("succeeded")), "{intent}");
+    biller.pass(end + Duration::minutes(1)).await.expect("pass");
+    let (status, _, next_end) = on_file().await;
+    assert_eq!(status, "active");
+    assert!(next_end > end);
+
+    // The card on file stops working (Stripe's test card that attaches but cannot be charged).
+    sqlx::query("UPDATE subscriptions SET card_payment_method = 'pm_card_chargeCustomerFail' WHERE id = $1").bind(&sub).execute(&server.state.pool).await.expect("card");
+    let due = next_end - Duration::days(2);
+    biller.pass(due).await.expect("pass");
+    let third: String = sqlx::query_scalar("SELECT invoice_id FROM subscription_invoices WHERE subscription_id = $1 AND period = 3").bind(&sub).fetch_one(&server.state.pool).await.expect("renewal");
+    assert_eq!(payrail::stripe::renewal::charge_due(&rail, &server.state.pool, due).await.expect("charge"), 1);
+    let (status, _, _) = on_file().await;
+    assert_eq!(status, "past_due");
+    let failed: Vec<Value> = sqlx::query_scalar("SELECT payload FROM outbox WHERE object_id = $1 AND event_type = 'subscription.payment_failed'")
+        .bind(&sub)
+        .fetch_all(&server.state.pool)
+        .await
+        .expect("events");
+    assert_eq!(failed.len(), 1);
+    let data = &failed[0]["data"];
+    assert_eq!((data["invoice_id"].as_str(), data["failure_code"].as_str()), (Some(third.as_str()), Some("card_declined")), "{data}");
+    assert_eq!(server.show(&third).await["status"], "open", "still payable on every rail");
+    assert_eq!(payrail::stripe::renewal::charge_due(&rail, &server.state.pool, due).await.expect("charge"), 0, "one attempt per invoice");
 }

@@ -231,6 +231,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/customers/{id}/unlocks", post(subscriptions::unlock))
         .route("/v1/customers/{id}/access", get(subscriptions::access_one))
         .route("/v1/access/check", post(subscriptions::access_check))
+        .route("/v1/reports/subscriptions", get(subscriptions::subscription_report))
+        .route("/v1/reports/sales", get(subscriptions::sales_report))
         .route("/v1/reconciliation", post(reconciliation::run).get(reconciliation::list))
         .route("/v1/reconciliation/{id}", get(reconciliation::show))
         .route("/v1/ledger/entries", get(ledger::entries))

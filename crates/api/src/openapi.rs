@@ -151,6 +151,8 @@ fn openapi_json() {}
         super::subscriptions::unlock,
         super::subscriptions::access_one,
         super::subscriptions::access_check,
+        super::subscriptions::subscription_report,
+        super::subscriptions::sales_report,
         super::payouts::list,
         super::payouts::show,
         super::reconciliation::run,

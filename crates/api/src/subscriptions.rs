@@ -383,3 +383,104 @@ pub async fn access_check(State(state): State<AppState>, auth: MerchantAuth, bod
     let data = access::check(&mut conn, &auth.merchant_id, &body.customer, &body.resources).await?;
     Ok(Json(AccessList { object: "list", data, has_more: false }))
 }
+
+/// Query of the reports.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// RFC 3339; the range's start (30 days before `to` when absent).
+    pub from: Option<String>,
+    /// RFC 3339; the range's end, excluded (now when absent).
+    pub to: Option<String>,
+    /// `json` (the default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// A report's range and format: a malformed query is 400, a bad time or format 422.
+fn report_range(state: &AppState, query: Result<Query<ReportQuery>, QueryRejection>) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>, bool), ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let csv = match query.format.as_deref().unwrap_or("json") {
+        "json" => false,
+        "csv" => true,
+        _ => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "format must be json or csv")),
+    };
+    let to = super::time_param("to", query.to.as_deref())?.unwrap_or_else(|| state.clock.now());
+    let from = super::time_param("from", query.from.as_deref())?.unwrap_or(to - chrono::Duration::days(30));
+    Ok((from, to, csv))
+}
+
+/// `GET /v1/reports/subscriptions`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SubscriptionReport {
+    #[schema(value_type = String, example = "subscription_report")]
+    pub object: &'static str,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    pub data: Vec<payrail_subscriptions::report::PlanLine>,
+}
+
+#[utoipa::path(get, path = "/v1/reports/subscriptions", tag = "subscriptions", security(("bearer" = [])),
+    params(ReportQuery),
+    responses((status = 200, body = SubscriptionReport, content_type = "application/json"),
+        (status = 200, description = "with format=csv: plan_id, plan_name, currency, mrr_minor, active, trialing, new, churned, past_due, revenue_minor", content_type = "text/csv"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn subscription_report(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let (from, to, csv) = report_range(&state, query)?;
+    let data = payrail_subscriptions::report::subscriptions(&state.pool, &auth.merchant_id, from, to).await?;
+    if !csv {
+        return Ok(Json(SubscriptionReport { object: "subscription_report", from, to, data }).into_response());
+    }
+    let mut body = String::new();
+    payrail_core::csv::push_record(&mut body, ["plan_id", "plan_name", "currency", "mrr_minor", "active", "trialing", "new", "churned", "past_due", "revenue_minor"]);
+    for l in &data {
+        let counts = [l.active, l.trialing, l.new, l.churned, l.past_due].map(|n| n.to_string());
+        let [active, trialing, new, churned, past_due] = &counts;
+        payrail_core::csv::push_record(
+            &mut body,
+            [l.plan_id.as_str(), l.plan_name.as_str(), l.currency.as_str(), l.mrr_minor.as_str(), active.as_str(), trialing.as_str(), new.as_str(), churned.as_str(), past_due.as_str(), l.revenue_minor.as_str()],
+        );
+    }
+    Ok(super::csv_response(body))
+}
+
+/// `GET /v1/reports/sales`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SalesReport {
+    #[schema(value_type = String, example = "sales_report")]
+    pub object: &'static str,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    pub data: Vec<payrail_subscriptions::report::SalesLine>,
+}
+
+#[utoipa::path(get, path = "/v1/reports/sales", tag = "subscriptions", security(("bearer" = [])),
+    params(ReportQuery),
+    responses((status = 200, body = SalesReport, content_type = "application/json"),
+        (status = 200, description = "with format=csv: kind, currency, gross_minor, discounts_minor, refunds_minor, net_minor", content_type = "text/csv"),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
+        (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn sales_report(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let (from, to, csv) = report_range(&state, query)?;
+    let data = payrail_subscriptions::report::sales(&state.pool, &auth.merchant_id, from, to).await?;
+    if !csv {
+        return Ok(Json(SalesReport { object: "sales_report", from, to, data }).into_response());
+    }
+    let mut body = String::new();
+    payrail_core::csv::push_record(&mut body, ["kind", "currency", "gross_minor", "discounts_minor", "refunds_minor", "net_minor"]);
+    for l in &data {
+        payrail_core::csv::push_record(&mut body, [l.kind.as_str(), l.currency.as_str(), l.gross_minor.as_str(), l.discounts_minor.as_str(), l.refunds_minor.as_str(), l.net_minor.as_str()]);
+    }
+    Ok(super::csv_response(body))
+}

@@ -113,6 +113,15 @@ pub(crate) fn status_of(payment_intent: &PaymentIntent) -> &'static str {
     }
 }
 
+/// Who pays a card attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method<'a> {
+    /// The payer, on the checkout page: a test card (`pm_…`) or Stripe's page.
+    Payer(Option<&'a str>),
+    /// The card on file of the card subscription the invoice belongs to, while the payer is away.
+    OffSession,
+}
+
 /// Starts paying `invoice_id` by card for what is still due. With test cards, `payment_method`
 /// (a `pm_…` test PaymentMethod) is confirmed at once; with sessions the answer carries the
 /// Checkout URL to send the payer to. See the module docs.
@@ -123,16 +132,30 @@ pub async fn start(
     payment_method: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<CardAttemptView> {
+    start_with(rail, pool, invoice_id, Method::Payer(payment_method), now).await
+}
+
+/// [`start`], by the payer or off-session. An invoice of a card subscription saves the card the
+/// payer uses on the customer's Stripe Customer (see [`super::renewal`]).
+pub async fn start_with(rail: &CardRail, pool: &PgPool, invoice_id: &str, method: Method<'_>, now: DateTime<Utc>) -> Result<CardAttemptView> {
     let unavailable = |reason: &str| StripeError::CardUnavailable { invoice_id: invoice_id.to_owned(), reason: reason.to_owned() };
-    let session = !rail.uses_test_cards();
-    let payment_method = if session {
-        None
-    } else {
-        match payment_method {
-            Some(m) if is_payment_method(m) => Some(m.to_owned()),
-            _ => return Err(unavailable("choose a test card (a pm_… test payment method)")),
+    let off_session = method == Method::OffSession;
+    let session = !off_session && !rail.uses_test_cards();
+    let payment_method = match method {
+        Method::Payer(_) if session => None,
+        Method::Payer(Some(m)) if is_payment_method(m) => Some(m.to_owned()),
+        Method::Payer(_) => return Err(unavailable("choose a test card (a pm_… test payment method)")),
+        Method::OffSession => {
+            let card = payrail_subscriptions::subscription::card_subscription(&mut *pool.acquire().await?, invoice_id)
+                .await
+                .map_err(invoice::InvoiceError::from)?;
+            match card.and_then(|c| c.card_payment_method) {
+                Some(m) => Some(m),
+                None => return Err(unavailable("no card on file")),
+            }
         }
     };
+    let customer = super::renewal::saving_customer(rail, pool, invoice_id, now).await?;
 
     // 1. The attempt, committed before Stripe hears of it.
     let mut tx = pool.begin().await?;
@@ -249,6 +272,7 @@ pub async fn start(
             cancel_url: page,
             // Stripe takes 30 minutes to 24 hours; within that, the session ends with the invoice.
             expires_at: (1_800..=86_400).contains(&seconds_left).then(|| view.expires_at.timestamp()),
+            save_card_for: customer.clone(),
         };
         rail.client.create_checkout_session(&request, &idempotency_key).await.map(|s| Update {
             status: "open",
@@ -258,8 +282,18 @@ pub async fn start(
             failure: None,
         })
     } else {
-        let request = NewPaymentIntent { amount, currency: stripe_currency(fiat), metadata, payment_method };
-        rail.client.create_payment_intent(&request, &idempotency_key).await.map(|pi| Update {
+        // A card to keep is attached to the customer before it is charged: a card Stripe will not
+        // attach is refused like a declined one.
+        let attached = match (&customer, &payment_method) {
+            (Some(customer), Some(method)) if !off_session => rail.client.attach_payment_method(method, customer).await.map(|_| ()),
+            _ => Ok(()),
+        };
+        let request = NewPaymentIntent { amount, currency: stripe_currency(fiat), metadata, payment_method, customer, off_session };
+        let charged = match attached {
+            Ok(()) => rail.client.create_payment_intent(&request, &idempotency_key).await,
+            Err(error) => Err(error),
+        };
+        charged.map(|pi| Update {
             status: status_of(&pi),
             failure: pi.last_payment_error.as_ref().map(|e| (e.code.clone(), e.message.clone().unwrap_or_default())),
             payment_intent: Some(pi.id),

@@ -94,6 +94,12 @@ pub struct PaymentIntent {
     pub last_payment_error: Option<ErrorObject>,
     #[serde(default)]
     pub next_action: Option<Value>,
+    /// The Stripe Customer it charged, when it names one.
+    #[serde(default, deserialize_with = "id_or_object")]
+    pub customer: Option<String>,
+    /// The PaymentMethod it charged.
+    #[serde(default, deserialize_with = "id_or_object")]
+    pub payment_method: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -306,6 +312,10 @@ pub struct NewPaymentIntent {
     pub metadata: BTreeMap<String, String>,
     /// Confirm at once with this PaymentMethod (create+confirm in one call).
     pub payment_method: Option<String>,
+    /// The Stripe Customer the PaymentMethod belongs to (a saved card).
+    pub customer: Option<String>,
+    /// Charged while the payer is away (a subscription's renewal with the card on file).
+    pub off_session: bool,
 }
 
 impl NewPaymentIntent {
@@ -319,12 +329,24 @@ impl NewPaymentIntent {
         for (key, value) in &self.metadata {
             form.push((format!("metadata[{key}]"), value.clone()));
         }
+        if let Some(customer) = &self.customer {
+            form.push(("customer".to_owned(), customer.clone()));
+        }
         if let Some(method) = &self.payment_method {
             form.push(("payment_method".to_owned(), method.clone()));
             form.push(("confirm".to_owned(), "true".to_owned()));
+            if self.off_session {
+                form.push(("off_session".to_owned(), "true".to_owned()));
+            }
         }
         form
     }
+}
+
+/// `POST /v1/customers`: the Stripe Customer a payrail customer's saved card belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Customer {
+    pub id: String,
 }
 
 /// A Checkout Session for one invoice: one line, the invoice's amount.
@@ -339,6 +361,8 @@ pub struct NewCheckoutSession {
     pub cancel_url: String,
     /// Unix seconds; Stripe accepts 30 minutes to 24 hours from now.
     pub expires_at: Option<i64>,
+    /// The Stripe Customer to save the card to, for a subscription's renewals.
+    pub save_card_for: Option<String>,
 }
 
 impl NewCheckoutSession {
@@ -361,6 +385,10 @@ impl NewCheckoutSession {
         }
         if let Some(at) = self.expires_at {
             form.push(("expires_at".to_owned(), at.to_string()));
+        }
+        if let Some(customer) = &self.save_card_for {
+            form.push(("customer".to_owned(), customer.clone()));
+            form.push(("payment_intent_data[setup_future_usage]".to_owned(), "off_session".to_owned()));
         }
         form
     }
@@ -427,6 +455,18 @@ impl StripeClient {
     /// card is [`StripeError::Api`] with status 402 and the PaymentIntent when Stripe sends it.
     pub async fn create_payment_intent(&self, request: &NewPaymentIntent, idempotency_key: &str) -> Result<PaymentIntent> {
         self.post("/v1/payment_intents", &request.form(), Some(idempotency_key)).await
+    }
+
+    /// `POST /v1/customers`, for the payrail customer `customer_id` (in the metadata).
+    pub async fn create_customer(&self, customer_id: &str, idempotency_key: &str) -> Result<Customer> {
+        let form = vec![("metadata[payrail_customer]".to_owned(), customer_id.to_owned())];
+        self.post("/v1/customers", &form, Some(idempotency_key)).await
+    }
+
+    /// `POST /v1/payment_methods/{id}/attach`: the card kept on `customer` for later charges.
+    pub async fn attach_payment_method(&self, payment_method: &str, customer: &str) -> Result<Value> {
+        let form = vec![("customer".to_owned(), customer.to_owned())];
+        self.post(&format!("/v1/payment_methods/{}/attach", path_segment(payment_method)?), &form, None).await
     }
 
     pub async fn payment_intent(&self, id: &str) -> Result<PaymentIntent> {
@@ -574,6 +614,8 @@ mod tests {
             currency: "usd".to_owned(),
             metadata: BTreeMap::from([("invoice_id".to_owned(), "inv_x".to_owned())]),
             payment_method: Some("pm_card_visa".to_owned()),
+            customer: None,
+            off_session: false,
         };
         let form = request.form();
         let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -601,6 +643,7 @@ mod tests {
             success_url: "https://pay.example/pay/inv_x".to_owned(),
             cancel_url: "https://pay.example/pay/inv_x".to_owned(),
             expires_at: None,
+            save_card_for: None,
         };
         let form = session.form();
         assert!(form.contains(&("payment_intent_data[metadata][invoice_id]".to_owned(), "inv_x".to_owned())));

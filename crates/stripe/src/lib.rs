@@ -27,6 +27,7 @@ pub mod client;
 pub mod error;
 pub mod event;
 pub mod refund;
+pub mod renewal;
 pub mod returns;
 pub mod settlement;
 pub mod webhook;

@@ -252,7 +252,12 @@ async fn act(tx: &mut PgConnection, ledger: &Ledger, event: &CardEvent, now: Dat
                 amount: pi.received(),
                 attempt_id: pi.metadata.get(METADATA_ATTEMPT_ID).map(String::as_str),
             };
-            credit(tx, ledger, &charged, now).await
+            let outcome = credit(tx, ledger, &charged, now).await?;
+            // A card subscription keeps the card that paid it, for its renewals.
+            if let (Some(invoice_id), Some(method), Some(_)) = (charged.invoice_id, &pi.payment_method, &pi.customer) {
+                payrail_subscriptions::subscription::remember_card(tx, invoice_id, method, now).await.map_err(invoice::InvoiceError::from)?;
+            }
+            Ok(outcome)
         }
         CardEvent::SessionCompleted(session) => {
             if session.payment_status.as_deref() != Some("paid") {

@@ -20,6 +20,7 @@ pub mod access;
 pub mod error;
 pub mod period;
 pub mod plan;
+pub mod report;
 pub mod schedule;
 pub mod subscription;
 

@@ -519,3 +519,70 @@ pub async fn change_plan(pool: &PgPool, merchant_id: &str, id: &str, request: &C
     tx.commit().await?;
     Ok(Changed { subscription, void_invoices })
 }
+
+/// A subscription paid by card, as the card rail needs it for an invoice of one of its periods.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CardSubscription {
+    pub subscription_id: String,
+    pub customer_id: String,
+    /// The card on file, once a card payment saved one.
+    pub card_payment_method: Option<String>,
+}
+
+/// The card subscription `invoice_id` asks a period of, if it is one.
+pub async fn card_subscription(conn: &mut PgConnection, invoice_id: &str) -> Result<Option<CardSubscription>> {
+    Ok(sqlx::query_as(
+        "SELECT s.id AS subscription_id, s.customer_id, s.card_payment_method FROM subscription_invoices si \
+         JOIN subscriptions s ON s.id = si.subscription_id WHERE si.invoice_id = $1 AND s.payment = 'card'",
+    )
+    .bind(invoice_id)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Keeps `payment_method` as the card on file of the card subscription `invoice_id` belongs to, in
+/// the caller's transaction (the one that credits the card payment).
+pub async fn remember_card(conn: &mut PgConnection, invoice_id: &str, payment_method: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "UPDATE subscriptions s SET card_payment_method = $2, updated_at = $3 FROM subscription_invoices si \
+         WHERE si.invoice_id = $1 AND s.id = si.subscription_id AND s.payment = 'card'",
+    )
+    .bind(invoice_id)
+    .bind(payment_method)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// `subscription.payment_failed`: the card on file was declined for a period's invoice.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PaymentFailed {
+    pub subscription: SubscriptionView,
+    pub invoice_id: String,
+    /// Stripe's decline code or error code.
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+}
+
+/// The card on file was declined for `invoice_id`: a live subscription falls past due at once (its
+/// grace runs from the period end), and the merchant is told; payrail emails nobody. The invoice
+/// stays payable on every rail.
+pub async fn payment_failed(pool: &PgPool, invoice_id: &str, failure_code: Option<&str>, failure_message: Option<&str>, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let Some(card) = card_subscription(&mut tx, invoice_id).await? else { return Ok(()) };
+    let sub = lock(&mut tx, None, &card.subscription_id).await?;
+    let status = sub.status()?;
+    if matches!(status, SubscriptionStatus::Trialing | SubscriptionStatus::Active) {
+        sqlx::query("UPDATE subscriptions SET status = 'past_due', past_due_since = $2, updated_at = $2 WHERE id = $1").bind(&sub.id).bind(now).execute(&mut *tx).await?;
+    }
+    let failed = PaymentFailed {
+        subscription: load(&mut tx, None, &sub.id).await?,
+        invoice_id: invoice_id.to_owned(),
+        failure_code: failure_code.map(str::to_owned),
+        failure_message: failure_message.map(str::to_owned),
+    };
+    emit(&mut tx, &sub.merchant_id, "subscription.payment_failed", &sub.id, &failed, now).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -76,6 +76,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "subscription.updated",
     "subscription.paused",
     "subscription.resumed",
+    "subscription.payment_failed",
 ];
 
 /// An endpoint as the API shows it. The secret is not part of it.
