@@ -129,11 +129,12 @@ CREATE TABLE access_rules (
     PRIMARY KEY (merchant_id, prefix)
 );
 
--- A resource a customer unlocked with credits: once per (customer, resource), for good unless
--- refunded.
+-- A resource a customer unlocked with credits: for good unless refunded. Once per (customer,
+-- resource) at a time; unlocked again after a refund, it is the next generation.
 CREATE TABLE unlocks (
     customer_id   TEXT NOT NULL REFERENCES customers (id),
     resource      TEXT NOT NULL CHECK (length(resource) BETWEEN 1 AND 200),
+    generation    INTEGER NOT NULL DEFAULT 1 CHECK (generation > 0),
     merchant_id   TEXT NOT NULL REFERENCES merchants (id),
     currency      TEXT NOT NULL,
     price_minor   NUMERIC(78, 0) NOT NULL CHECK (price_minor > 0),
@@ -141,8 +142,9 @@ CREATE TABLE unlocks (
     txn_id        TEXT NOT NULL,
     refunded_at   TIMESTAMPTZ,
     created_at    TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (customer_id, resource)
+    PRIMARY KEY (customer_id, resource, generation)
 );
+CREATE UNIQUE INDEX unlocks_standing_idx ON unlocks (customer_id, resource) WHERE refunded_at IS NULL;
 
 -- The Stripe Customer of a payrail customer who pays a subscription by card.
 CREATE TABLE card_customers (

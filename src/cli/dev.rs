@@ -146,6 +146,7 @@ pub async fn run(config: Config, args: Args, card: Option<Localstripe>) -> Resul
         let secrets = app::webhook_secrets(&pool, SecretsKey::from_env()?, true).await?;
         let demo = merchant::create_merchant(&pool, "Demo merchant").await?;
         let finance_key = merchant::create_platform_key(&pool, merchant::Role::Finance).await?;
+        let pool_creator = seed_subscription_split(&pool, &demo.merchant_id).await?;
         // The demo merchant takes BTC on regtest with a watch-only descriptor of a public dev seed.
         if let Some(chain) = config.chains().iter().find(|c| c.kind == ChainKind::Bitcoin && !no_chains) {
             if let Some(network) = payrail::chain::bitcoin::network_of(&chain.caip2).filter(|n| *n != bitcoin::Network::Bitcoin) {
@@ -179,6 +180,7 @@ pub async fn run(config: Config, args: Args, card: Option<Localstripe>) -> Resul
         println!("  merchant:  {}", demo.merchant_id);
         println!("  api key:   {}", demo.api_key);
         println!("  finance:   {finance_key} (runs payouts: POST {base}/v1/payouts/run)");
+        println!("  creators:  {pool_creator} (the creator pool: 65% of subscription revenue)");
         println!();
         println!("Create an invoice:");
         println!(
@@ -200,4 +202,26 @@ pub async fn run(config: Config, args: Args, card: Option<Localstripe>) -> Resul
         cluster.stop().context("stopping PostgreSQL")?;
     }
     result
+}
+
+/// Share of subscription revenue the demo merchant's creator pool gets, in basis points; the rest is
+/// the merchant's.
+pub const CREATOR_POOL_BPS: u32 = 6_500;
+
+/// The demo merchant's creator pool and its split rule for subscriptions (`subscriptions/`): 65%
+/// of each period paid to the pool, 35% kept. Returns the pool's creator id.
+async fn seed_subscription_split(pool: &sqlx::PgPool, merchant_id: &str) -> anyhow::Result<String> {
+    use payrail::creator::{create_creator, set_split_rules, CreateCreator, PrefixRule, SplitRules};
+    use payrail::invoice::CreatorShare;
+    let creator = create_creator(pool, merchant_id, &CreateCreator { name: "Creator pool".to_owned(), payout_addresses: Default::default() }).await?.creator.id;
+    let rules = SplitRules {
+        default: None,
+        prefixes: vec![PrefixRule {
+            order_id_prefix: payrail::billing::order_id(""),
+            splits: vec![CreatorShare { creator: creator.clone(), bps: CREATOR_POOL_BPS }],
+            platform_fee_bps: 0,
+        }],
+    };
+    set_split_rules(pool, merchant_id, &rules).await?;
+    Ok(creator)
 }

@@ -518,6 +518,7 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("POST", "/v1/access_rules"),
         ("GET", "/v1/access_rules"),
         ("POST", "/v1/customers/{id}/unlocks"),
+        ("POST", "/v1/customers/{id}/unlocks/refund"),
         ("GET", "/v1/customers/{id}/access"),
         ("POST", "/v1/access/check"),
         ("GET", "/v1/reports/subscriptions"),

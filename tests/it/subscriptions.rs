@@ -418,6 +418,20 @@ async fn unlocks_charge_once_and_pay_the_creator_its_share(pool: PgPool) {
     let answer = shop.access(&reader, "chapter/1").await;
     assert_eq!((answer["access"].as_bool(), answer["reason"].as_str(), answer["expires_at"].is_null()), (Some(true), Some("unlock"), true));
     assert_eq!(shop.access(&reader, "chapter/3").await["reason"], "none");
+
+    // Refunded, the unlock gives no access and its 30 coins are back (the creator keeps its 21);
+    // asked again, the refund changes nothing; unlocked again, it is charged again.
+    let refund = format!("/v1/customers/{reader}/unlocks/refund");
+    let refunded = shop.ok(&refund, json!({ "resource": "chapter/1" })).await;
+    assert!(refunded["refunded_at"].is_string(), "{refunded}");
+    assert_eq!(shop.ok(&refund, json!({ "resource": "chapter/1" })).await, refunded);
+    assert_eq!((shop.coins(&reader).await, shop.access(&reader, "chapter/1").await["reason"].as_str()), (70, Some("none")));
+    assert_eq!(shop.balance(&AccountCode::creator(&creator), &asset).await.to_string(), "21");
+    let (again, relocked) = shop.call(&path, json!({ "resource": "chapter/1", "price_credits": "30" }), None).await;
+    assert_eq!((again, relocked["generation"].as_i64()), (StatusCode::CREATED, Some(2)), "{relocked}");
+    assert_eq!(shop.coins(&reader).await, 40);
+    let (missing, _) = shop.call(&refund, json!({ "resource": "chapter/9" }), None).await;
+    assert_eq!(missing, StatusCode::NOT_FOUND);
 }
 
 /// A random world of rules, plans and unlocks, checked in bulk against the rule as written.

@@ -229,6 +229,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/subscriptions/{id}/change", post(subscriptions::change))
         .route("/v1/access_rules", post(subscriptions::set_rule).get(subscriptions::list_rules))
         .route("/v1/customers/{id}/unlocks", post(subscriptions::unlock))
+        .route("/v1/customers/{id}/unlocks/refund", post(subscriptions::refund_unlock))
         .route("/v1/customers/{id}/access", get(subscriptions::access_one))
         .route("/v1/access/check", post(subscriptions::access_check))
         .route("/v1/reports/subscriptions", get(subscriptions::subscription_report))

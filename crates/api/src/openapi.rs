@@ -149,6 +149,7 @@ fn openapi_json() {}
         super::subscriptions::set_rule,
         super::subscriptions::list_rules,
         super::subscriptions::unlock,
+        super::subscriptions::refund_unlock,
         super::subscriptions::access_one,
         super::subscriptions::access_check,
         super::subscriptions::subscription_report,

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
 use payrail_payments::billing::Biller;
-use payrail_subscriptions::access::{self, Access, AccessRule, UnlockRequest, UnlockView};
+use payrail_subscriptions::access::{self, Access, AccessRule, RefundUnlock, UnlockRequest, UnlockView};
 use payrail_subscriptions::plan::{self, CreatePlan, PlanView, UpdatePlan};
 use payrail_subscriptions::subscription::{self, Cancel, ChangePlan, Changed, Subscribe, SubscriptionView};
 use payrail_subscriptions::SubscriptionsError;
@@ -322,6 +322,24 @@ pub async fn unlock(
     let Json(body) = body?;
     let (view, charged) = access::unlock(&state.pool, &state.ledger, &auth.merchant_id, &id, &body, state.clock.now()).await?;
     Ok((if charged { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
+}
+
+#[utoipa::path(post, path = "/v1/customers/{id}/unlocks/refund", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the customer, cus_…")),
+    request_body = RefundUnlock,
+    responses((status = 200, body = UnlockView, description = "refunded (now or before): access by it has ended, its credits are back as a lot of source `refund`"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody, description = "the customer, or no unlock of the resource"),
+        (status = 415, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn refund_unlock(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<RefundUnlock>, JsonRejection>,
+) -> Result<Json<UnlockView>, ApiError> {
+    id_of(&id, "cus", "customer")?;
+    let Json(body) = body?;
+    Ok(Json(access::refund_unlock(&state.pool, &state.ledger, &auth.merchant_id, &id, &body.resource, state.clock.now()).await?))
 }
 
 /// Query of `GET /v1/customers/{id}/access`.

@@ -635,11 +635,14 @@ pub struct PaidGrant<'a> {
     pub key: &'a str,
     pub resource: Option<&'a str>,
     pub detail: serde_json::Value,
+    /// Who pays for them: the merchant's credits issued (`equity:credits_issued:{merchant}`) for
+    /// credits bought with money, its credits revenue (`revenue:credits:{merchant}`) for credits
+    /// given back after a spend.
+    pub funded_by: AccountCode,
 }
 
-/// Grants credits paid for with money, against the merchant's credits issued
-/// (`equity:credits_issued:{merchant}`) as a pack's are, on the caller's transaction; once per
-/// key: a second call answers the first grant.
+/// Grants credits paid for outside the credits API (`grant.funded_by` pays), on the caller's
+/// transaction; once per key: a second call answers the first grant.
 pub async fn grant_paid(tx: &mut PgConnection, ledger: &Ledger, grant: &PaidGrant<'_>, now: DateTime<Utc>) -> Result<TransactionView> {
     let (merchant_id, customer_id) = (grant.merchant_id, grant.customer_id);
     lock_customers(&mut *tx, merchant_id, &[customer_id]).await?;
@@ -652,7 +655,7 @@ pub async fn grant_paid(tx: &mut PgConnection, ledger: &Ledger, grant: &PaidGran
     let lot_id = insert_lot(&mut *tx, merchant_id, customer_id, &currency.code, grant.source, grant.amount, grant.expires_at, &txn_id, now).await?;
     let entry = NewEntry::new(entry_key(merchant_id, grant.key), format!("credit_{}", grant.source))
         .memo(format!("{} of {} {} to {customer_id}", grant.source, grant.amount, currency.code))
-        .debit(AccountCode::credits_issued(merchant_id), asset.as_str(), grant.amount)
+        .debit(grant.funded_by.clone(), asset.as_str(), grant.amount)
         .credit(AccountCode::credit_lot(&lot_id), asset.as_str(), grant.amount);
     let entry_id = post(&mut *tx, ledger, &entry, grant.key).await?;
     let mut detail = grant.detail.clone();

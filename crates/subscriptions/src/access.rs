@@ -6,14 +6,14 @@
 //! reason is that entitlement, until the subscription's period ends); else access when the resource
 //! is itself an entitlement the customer holds (`tier:premium`); else `none`. A subscription gives
 //! its entitlements while `trialing` or `active`, and while `past_due` when its plan keeps them
-//! through the grace period.
+//! through the grace period. A refunded unlock gives no access.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
 use payrail_core::payment::split::CreatorShare;
-use payrail_credits::movement::{spend, SpendRequest};
+use payrail_credits::movement::{grant_paid, spend, PaidGrant, SpendRequest};
 use payrail_store::ledger::Ledger;
 
 use crate::error::{invalid, Result, SubscriptionsError};
@@ -57,12 +57,23 @@ pub struct UnlockRequest {
 pub struct UnlockView {
     pub customer_id: String,
     pub resource: String,
+    /// 1 for the first unlock; one more each time it is unlocked again after a refund.
+    pub generation: i32,
     pub currency: String,
     pub price_minor: String,
     pub creator_id: Option<String>,
     /// The spend that paid for it, `ctx_…`.
     pub transaction_id: String,
+    /// When it was refunded: access by it ended then.
+    pub refunded_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+/// Body of `POST /v1/customers/{id}/unlocks/refund`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundUnlock {
+    pub resource: String,
 }
 
 /// One resource's answer.
@@ -109,7 +120,8 @@ pub async fn rules(pool: &PgPool, merchant_id: &str) -> Result<Vec<AccessRule>> 
     Ok(rows.into_iter().map(|(prefix, entitlements)| AccessRule { prefix, entitlements }).collect())
 }
 
-const UNLOCK_COLUMNS: &str = "customer_id, resource, currency, price_minor::text AS price_minor, creator_id, txn_id AS transaction_id, created_at";
+const UNLOCK_COLUMNS: &str = "customer_id, resource, generation, currency, price_minor::text AS price_minor, creator_id, txn_id AS transaction_id, \
+     refunded_at, created_at";
 
 async fn find_unlock(conn: &mut PgConnection, customer_id: &str, resource: &str) -> Result<Option<UnlockView>> {
     Ok(sqlx::query_as(&format!("SELECT {UNLOCK_COLUMNS} FROM unlocks WHERE customer_id = $1 AND resource = $2 AND refunded_at IS NULL"))
@@ -119,9 +131,14 @@ async fn find_unlock(conn: &mut PgConnection, customer_id: &str, resource: &str)
         .await?)
 }
 
+/// The spend's key of an unlock's `generation`: the first keeps the plain resource.
+fn spend_key(resource: &str, generation: i32) -> String {
+    if generation == 1 { format!("unlock:{resource}") } else { format!("unlock:{resource}#{generation}") }
+}
+
 /// Unlocks `request.resource` for the customer by spending its credits, once: a second unlock of
 /// the same resource answers the first (`false`: nothing was charged). The spend's idempotency key
-/// is the resource's, so two unlocks at once charge once too.
+/// is the resource's (and generation's), so two unlocks at once charge once too.
 pub async fn unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_id: &str, request: &UnlockRequest, now: DateTime<Utc>) -> Result<(UnlockView, bool)> {
     check_label("resource", &request.resource)?;
     let price = Amount::parse_decimal(&request.price_credits, 0).map_err(|_| invalid("price_credits", "a positive integer string"))?;
@@ -146,6 +163,13 @@ pub async fn unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_
             }
         }
     };
+    // The generation counts refunds, not unlocks: two unlocks at once both see the same refunds,
+    // take the same generation and so the same spend key — one charge.
+    let generation: i32 = sqlx::query_scalar("SELECT count(*)::int + 1 FROM unlocks WHERE customer_id = $1 AND resource = $2 AND refunded_at IS NOT NULL")
+        .bind(customer_id)
+        .bind(&request.resource)
+        .fetch_one(pool)
+        .await?;
     let spend_request = SpendRequest {
         currency: currency.clone(),
         amount_minor: price.to_string(),
@@ -154,14 +178,15 @@ pub async fn unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_
         splits: request.creator.as_ref().map(|creator| vec![CreatorShare { creator: creator.clone(), bps: CREATOR_SHARE_BPS }]),
         platform_fee_bps: None,
     };
-    let moved = spend(pool, ledger, merchant_id, customer_id, &spend_request, &format!("unlock:{}", request.resource), now).await?;
+    let moved = spend(pool, ledger, merchant_id, customer_id, &spend_request, &spend_key(&request.resource, generation), now).await?;
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO unlocks (customer_id, resource, merchant_id, currency, price_minor, creator_id, txn_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5::numeric, $6, $7, $8) ON CONFLICT (customer_id, resource) DO NOTHING",
+        "INSERT INTO unlocks (customer_id, resource, generation, merchant_id, currency, price_minor, creator_id, txn_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9) ON CONFLICT DO NOTHING",
     )
     .bind(customer_id)
     .bind(&request.resource)
+    .bind(generation)
     .bind(merchant_id)
     .bind(&currency)
     .bind(price.to_string())
@@ -173,6 +198,58 @@ pub async fn unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_
     let view = find_unlock(&mut tx, customer_id, &request.resource).await?.ok_or_else(|| SubscriptionsError::NotFound { what: "unlock", id: request.resource.clone() })?;
     tx.commit().await?;
     Ok((view, !moved.replayed))
+}
+
+/// Refunds a standing unlock: its access ends, and its price comes back to the customer as a lot
+/// of its own (source `refund`), taken from the merchant's credits revenue — creators keep what
+/// they earned. Once per unlock: a refund asked again answers the refunded unlock.
+pub async fn refund_unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_id: &str, resource: &str, now: DateTime<Utc>) -> Result<UnlockView> {
+    check_label("resource", resource)?;
+    let mut tx = pool.begin().await?;
+    let customer: Option<String> = sqlx::query_scalar("SELECT id FROM customers WHERE id = $1 AND merchant_id = $2 FOR UPDATE")
+        .bind(customer_id)
+        .bind(merchant_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if customer.is_none() {
+        return Err(SubscriptionsError::NotFound { what: "customer", id: customer_id.to_owned() });
+    }
+    let Some(unlocked) = find_unlock(&mut tx, customer_id, resource).await? else {
+        let last: Option<UnlockView> = sqlx::query_as(&format!(
+            "SELECT {UNLOCK_COLUMNS} FROM unlocks WHERE customer_id = $1 AND resource = $2 ORDER BY generation DESC LIMIT 1"
+        ))
+        .bind(customer_id)
+        .bind(resource)
+        .fetch_optional(&mut *tx)
+        .await?;
+        return last.ok_or_else(|| SubscriptionsError::NotFound { what: "unlock", id: resource.to_owned() });
+    };
+    let price = Amount::parse_decimal(&unlocked.price_minor, 0).map_err(|_| invalid("unlock", "stored price"))?;
+    let key = format!("{}:refund", spend_key(resource, unlocked.generation));
+    let grant = PaidGrant {
+        merchant_id,
+        customer_id,
+        currency: &unlocked.currency,
+        amount: price,
+        source: "refund",
+        expires_at: None,
+        key: &key,
+        resource: Some(resource),
+        detail: serde_json::json!({ "unlock": unlocked.transaction_id, "generation": unlocked.generation }),
+        funded_by: payrail_core::ledger::AccountCode::credits_revenue(merchant_id),
+    };
+    grant_paid(&mut tx, ledger, &grant, now).await?;
+    let view: UnlockView = sqlx::query_as(&format!(
+        "UPDATE unlocks SET refunded_at = $4 WHERE customer_id = $1 AND resource = $2 AND generation = $3 RETURNING {UNLOCK_COLUMNS}"
+    ))
+    .bind(customer_id)
+    .bind(resource)
+    .bind(unlocked.generation)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(view)
 }
 
 /// The one query that answers a bulk check (see the module's rule).

@@ -54,6 +54,7 @@ async fn grant_credits(conn: &mut PgConnection, ledger: &Ledger, sub: &Sub, row:
             key: &key,
             resource: Some(&sub.id),
             detail: json!({ "subscription": sub.id, "period": row.period, "plan": row.plan_id }),
+            funded_by: payrail_core::ledger::AccountCode::credits_issued(&sub.merchant_id),
         };
         grant_paid(&mut *conn, ledger, &grant, now).await?;
     }
