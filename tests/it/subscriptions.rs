@@ -608,3 +608,49 @@ async fn a_card_subscription_renews_off_session_and_a_decline_falls_past_due(poo
     assert_eq!(server.show(&third).await["status"], "open", "still payable on every rail");
     assert_eq!(payrail::stripe::renewal::charge_due(&rail, &server.state.pool, due).await.expect("charge"), 0, "one attempt per invoice");
 }
+
+/// Promo codes for plans take a percentage off the first paid period or add trial days (a code
+/// for packs is refused); subscription revenue goes to the creator pool by the merchant's rule for
+/// `subscriptions/`, period by period as each is paid.
+#[sqlx::test]
+async fn promo_codes_and_the_creator_pool_apply_to_subscriptions(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let creator_pool = payrail::creator::create_creator(&shop.state.pool, &shop.merchant_id, &payrail::creator::CreateCreator { name: "Pool".to_owned(), payout_addresses: Default::default() })
+        .await
+        .expect("creator")
+        .creator
+        .id;
+    let rules = json!({ "prefixes": [{ "order_id_prefix": "subscriptions/", "splits": [{ "creator": creator_pool, "bps": 6500 }] }] });
+    let (status, body) = shop.send(reqwest::Method::PUT, Some(&shop.key), "/v1/split_rules", Some(rules), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let plan = shop.plan(json!({ "name": "Club", "price": "10.00", "currency": "USD", "interval": "month" })).await;
+    shop.ok("/v1/promo_codes", json!({ "code": "HALF", "percent_off": 50, "applies_to": ["plans"] })).await;
+    shop.ok("/v1/promo_codes", json!({ "code": "TRIAL14", "trial_days": 14, "applies_to": ["plans"] })).await;
+    shop.ok("/v1/promo_codes", json!({ "code": "PACKS10", "percent_off": 10 })).await;
+
+    let carol = shop.customer("carol").await;
+    let created = shop.ok(&format!("/v1/customers/{carol}/subscriptions"), json!({ "plan": plan, "promo_code": "half" })).await;
+    let invoice = &created["invoice"];
+    assert_eq!((invoice["amount"].as_str(), invoice["split"]["splits"][0]["bps"].as_u64()), (Some("5.00"), Some(6500)), "{invoice}");
+    let paid = invoice["payment_options"].as_array().expect("options").iter().find(|o| o["asset"] == common::USDC_POLYGON).expect("usdc")["amount_minor"]
+        .as_str()
+        .expect("amount")
+        .parse::<u64>()
+        .expect("number");
+    shop.pay(invoice["id"].as_str().expect("id"), common::USDC_POLYGON, "eip155:137", "0xdd01").await;
+    assert_eq!(shop.balance(&AccountCode::creator(&creator_pool), common::USDC_POLYGON).await.to_string(), (paid * 65 / 100).to_string());
+    let sub = created["subscription"]["id"].as_str().expect("id").to_owned();
+    let end = time(&shop.subscription(&sub).await["current_period_end"]);
+    shop.set_clock(end - Duration::days(2)).await;
+    let renewal = shop.subscription(&sub).await["latest_invoice"].as_str().expect("renewal").to_owned();
+    assert_eq!(shop.invoice(&renewal).await["amount"], "10.00", "the discount is the first period's");
+
+    let dave = shop.customer("dave").await;
+    let trial = shop.ok(&format!("/v1/customers/{dave}/subscriptions"), json!({ "plan": plan, "promo_code": "TRIAL14" })).await;
+    assert_eq!(trial["subscription"]["status"], "trialing");
+    assert_eq!(time(&trial["subscription"]["trial_end"]), shop.clock.now() + Duration::days(14));
+    let erin = shop.customer("erin").await;
+    let (refused, body) = shop.call(&format!("/v1/customers/{erin}/subscriptions"), json!({ "plan": plan, "promo_code": "PACKS10" }), None).await;
+    assert_eq!((refused, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("promo_refused")), "{body}");
+    assert_eq!(shop.read(&format!("/v1/customers/{erin}/subscriptions")).await["data"], json!([]), "nothing was started");
+}
