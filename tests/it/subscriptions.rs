@@ -654,3 +654,32 @@ async fn promo_codes_and_the_creator_pool_apply_to_subscriptions(pool: PgPool) {
     assert_eq!((refused, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("promo_refused")), "{body}");
     assert_eq!(shop.read(&format!("/v1/customers/{erin}/subscriptions")).await["data"], json!([]), "nothing was started");
 }
+
+/// A daily plan paid a day late: the late period begins where the last ended and is nearly over,
+/// so the next one is billed at once, even while the subscription is past due again.
+#[sqlx::test]
+async fn a_period_paid_late_has_the_next_one_billed_at_once(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let plan = shop.plan(json!({ "name": "Day pass", "price": "1.00", "currency": "USD", "interval": "day", "renewal_lead_s": 3600 })).await;
+    let customer = shop.customer("late").await;
+    let created = shop.ok(&format!("/v1/customers/{customer}/subscriptions"), json!({ "plan": plan })).await;
+    let sub = created["subscription"]["id"].as_str().expect("id").to_owned();
+    shop.pay(created["invoice"]["id"].as_str().expect("invoice"), common::USDC_POLYGON, "eip155:137", "0xee01").await;
+    let end = time(&shop.subscription(&sub).await["current_period_end"]);
+    shop.set_clock(end + Duration::hours(2)).await;
+    let view = shop.subscription(&sub).await;
+    assert_eq!(view["status"], "past_due");
+    let second = view["latest_invoice"].as_str().expect("renewal").to_owned();
+    shop.set_clock(end + Duration::hours(20)).await;
+    shop.pay(&second, common::USDC_POLYGON, "eip155:137", "0xee02").await;
+    let view = shop.subscription(&sub).await;
+    assert_eq!((view["status"].as_str(), time(&view["current_period_start"])), (Some("active"), end), "{view}");
+    shop.set_clock(end + Duration::hours(25)).await;
+    let view = shop.subscription(&sub).await;
+    assert_eq!(view["status"], "past_due");
+    let third = view["latest_invoice"].as_str().expect("the next period billed").to_owned();
+    assert_ne!(third, second);
+    shop.pay(&third, common::USDC_POLYGON, "eip155:137", "0xee03").await;
+    let view = shop.subscription(&sub).await;
+    assert_eq!((view["status"].as_str(), view["period"].as_i64(), time(&view["current_period_start"])), (Some("active"), Some(3), end + Duration::days(1)), "{view}");
+}

@@ -156,7 +156,7 @@ async fn move_on(tx: &mut PgConnection, ledger: &Ledger, id: &str, now: DateTime
 async fn write_next_periods(pool: &PgPool, now: DateTime<Utc>, done: &mut Pass) -> Result<()> {
     let due: Vec<String> = sqlx::query_scalar(
         "SELECT s.id FROM subscriptions s JOIN plan_versions pv ON pv.plan_id = s.plan_id AND pv.version = s.plan_version \
-         WHERE s.status IN ('trialing', 'active') AND NOT s.cancel_at_period_end \
+         WHERE s.status IN ('trialing', 'active', 'past_due') AND NOT s.cancel_at_period_end \
            AND s.period_end - make_interval(secs => pv.renewal_lead_s) <= $1 \
            AND NOT EXISTS (SELECT 1 FROM subscription_periods p WHERE p.subscription_id = s.id AND p.period = s.period + 1) \
          ORDER BY s.period_end LIMIT $2",
@@ -173,7 +173,9 @@ async fn write_next_periods(pool: &PgPool, now: DateTime<Utc>, done: &mut Pass) 
             .bind(sub.period + 1)
             .fetch_optional(&mut *tx)
             .await?;
-        let live = matches!(sub.status()?, SubscriptionStatus::Trialing | SubscriptionStatus::Active);
+        // Past due too: a period paid late may have begun after its own end, and the one after it
+        // is then due at once.
+        let live = matches!(sub.status()?, SubscriptionStatus::Trialing | SubscriptionStatus::Active | SubscriptionStatus::PastDue);
         if written.is_some() || !live || sub.cancel_at_period_end {
             continue;
         }
