@@ -452,20 +452,19 @@ pub async fn subscription_report(
     use axum::response::IntoResponse;
     let (from, to, csv) = report_range(&state, query)?;
     let data = payrail_subscriptions::report::subscriptions(&state.pool, &auth.merchant_id, from, to).await?;
-    if !csv {
-        return Ok(Json(SubscriptionReport { object: "subscription_report", from, to, data }).into_response());
-    }
+    let lines = csv.then(|| report_csv(&data));
+    Ok(lines.unwrap_or_else(|| Json(SubscriptionReport { object: "subscription_report", from, to, data }).into_response()))
+}
+
+/// A report's lines as CSV (RFC 4180, with its header).
+fn report_csv<L: payrail_subscriptions::report::CsvLine>(lines: &[L]) -> axum::response::Response {
     let mut body = String::new();
-    payrail_core::csv::push_record(&mut body, ["plan_id", "plan_name", "currency", "mrr_minor", "active", "trialing", "new", "churned", "past_due", "revenue_minor"]);
-    for l in &data {
-        let counts = [l.active, l.trialing, l.new, l.churned, l.past_due].map(|n| n.to_string());
-        let [active, trialing, new, churned, past_due] = &counts;
-        payrail_core::csv::push_record(
-            &mut body,
-            [l.plan_id.as_str(), l.plan_name.as_str(), l.currency.as_str(), l.mrr_minor.as_str(), active.as_str(), trialing.as_str(), new.as_str(), churned.as_str(), past_due.as_str(), l.revenue_minor.as_str()],
-        );
+    payrail_core::csv::push_record(&mut body, L::HEADER.iter().copied());
+    for line in lines {
+        let record = line.record();
+        payrail_core::csv::push_record(&mut body, record.iter().map(String::as_str));
     }
-    Ok(super::csv_response(body))
+    super::csv_response(body)
 }
 
 /// `GET /v1/reports/sales`.
@@ -492,13 +491,6 @@ pub async fn sales_report(
     use axum::response::IntoResponse;
     let (from, to, csv) = report_range(&state, query)?;
     let data = payrail_subscriptions::report::sales(&state.pool, &auth.merchant_id, from, to).await?;
-    if !csv {
-        return Ok(Json(SalesReport { object: "sales_report", from, to, data }).into_response());
-    }
-    let mut body = String::new();
-    payrail_core::csv::push_record(&mut body, ["kind", "currency", "gross_minor", "discounts_minor", "refunds_minor", "net_minor"]);
-    for l in &data {
-        payrail_core::csv::push_record(&mut body, [l.kind.as_str(), l.currency.as_str(), l.gross_minor.as_str(), l.discounts_minor.as_str(), l.refunds_minor.as_str(), l.net_minor.as_str()]);
-    }
-    Ok(super::csv_response(body))
+    let lines = csv.then(|| report_csv(&data));
+    Ok(lines.unwrap_or_else(|| Json(SalesReport { object: "sales_report", from, to, data }).into_response()))
 }

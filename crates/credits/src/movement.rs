@@ -121,7 +121,7 @@ pub(crate) fn entry_key(merchant_id: &str, key: &str) -> String {
 
 /// Locks customers (in id order, so two movements between the same pair cannot deadlock); each must
 /// be the merchant's.
-pub(crate) async fn lock_customers(tx: &mut PgConnection, merchant_id: &str, ids: &[&str]) -> Result<()> {
+pub async fn lock_customers(tx: &mut PgConnection, merchant_id: &str, ids: &[&str]) -> Result<()> {
     let mut sorted: Vec<&str> = ids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();

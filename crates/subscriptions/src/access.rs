@@ -206,14 +206,7 @@ pub async fn unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_
 pub async fn refund_unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_id: &str, resource: &str, now: DateTime<Utc>) -> Result<UnlockView> {
     check_label("resource", resource)?;
     let mut tx = pool.begin().await?;
-    let customer: Option<String> = sqlx::query_scalar("SELECT id FROM customers WHERE id = $1 AND merchant_id = $2 FOR UPDATE")
-        .bind(customer_id)
-        .bind(merchant_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if customer.is_none() {
-        return Err(SubscriptionsError::NotFound { what: "customer", id: customer_id.to_owned() });
-    }
+    payrail_credits::movement::lock_customers(&mut tx, merchant_id, &[customer_id]).await?;
     let Some(unlocked) = find_unlock(&mut tx, customer_id, resource).await? else {
         let last: Option<UnlockView> = sqlx::query_as(&format!(
             "SELECT {UNLOCK_COLUMNS} FROM unlocks WHERE customer_id = $1 AND resource = $2 ORDER BY generation DESC LIMIT 1"

@@ -55,6 +55,29 @@ pub struct SalesLine {
     pub net_minor: String,
 }
 
+/// A report's line as a CSV record, under the report's header.
+pub trait CsvLine {
+    const HEADER: &'static [&'static str];
+    fn record(&self) -> Vec<String>;
+}
+
+impl CsvLine for PlanLine {
+    const HEADER: &'static [&'static str] = &["plan_id", "plan_name", "currency", "mrr_minor", "active", "trialing", "new", "churned", "past_due", "revenue_minor"];
+    fn record(&self) -> Vec<String> {
+        let mut record = vec![self.plan_id.clone(), self.plan_name.clone(), self.currency.clone(), self.mrr_minor.clone()];
+        record.extend([self.active, self.trialing, self.new, self.churned, self.past_due].map(|n| n.to_string()));
+        record.push(self.revenue_minor.clone());
+        record
+    }
+}
+
+impl CsvLine for SalesLine {
+    const HEADER: &'static [&'static str] = &["kind", "currency", "gross_minor", "discounts_minor", "refunds_minor", "net_minor"];
+    fn record(&self) -> Vec<String> {
+        [&self.kind, &self.currency, &self.gross_minor, &self.discounts_minor, &self.refunds_minor, &self.net_minor].map(String::clone).to_vec()
+    }
+}
+
 /// The fraction of a month one period is: (numerator, denominator).
 fn months_per_period(interval: Interval, count: u32) -> (u64, u64) {
     let count = u64::from(count.max(1));

@@ -237,7 +237,7 @@ async fn sellable(conn: &mut PgConnection, merchant_id: &str, plan_id: &str) -> 
 
 /// Starts a subscription of `customer_id` to `request.plan`: a trial (the plan's days, plus a
 /// promo code's), or its first period unpaid (`incomplete`) until its invoice is paid — the caller
-/// bills it with [`crate::schedule::bills_of`]. A retry under the same `key` answers the same
+/// bills it with [`crate::schedule::bills`]. A retry under the same `key` answers the same
 /// subscription (`true`: it was made before).
 pub async fn subscribe(pool: &PgPool, merchant_id: &str, customer_id: &str, request: &Subscribe, key: Option<&str>, now: DateTime<Utc>) -> Result<(SubscriptionView, bool)> {
     let payment = request.payment.as_deref().unwrap_or("crypto");
@@ -245,14 +245,7 @@ pub async fn subscribe(pool: &PgPool, merchant_id: &str, customer_id: &str, requ
         return Err(invalid("payment", "crypto or card"));
     }
     let mut tx = pool.begin().await?;
-    let customer: Option<String> = sqlx::query_scalar("SELECT id FROM customers WHERE id = $1 AND merchant_id = $2 FOR UPDATE")
-        .bind(customer_id)
-        .bind(merchant_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if customer.is_none() {
-        return Err(SubscriptionsError::NotFound { what: "customer", id: customer_id.to_owned() });
-    }
+    payrail_credits::movement::lock_customers(&mut tx, merchant_id, &[customer_id]).await?;
     if let Some(key) = key {
         let done: Option<String> = sqlx::query_scalar("SELECT id FROM subscriptions WHERE merchant_id = $1 AND idempotency_key = $2")
             .bind(merchant_id)
