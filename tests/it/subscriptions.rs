@@ -683,3 +683,78 @@ async fn a_period_paid_late_has_the_next_one_billed_at_once(pool: PgPool) {
     let view = shop.subscription(&sub).await;
     assert_eq!((view["status"].as_str(), view["period"].as_i64(), time(&view["current_period_start"])), (Some("active"), Some(3), end + Duration::days(1)), "{view}");
 }
+
+/// `payrail serve` twice on one database, one killed and another started: the renewals due are
+/// invoiced once each (the scheduler's lock, and each period's idempotency key underneath it).
+#[sqlx::test]
+async fn two_daemons_and_a_kill_invoice_each_renewal_once(pool: PgPool) {
+    const SUBSCRIPTIONS: usize = 20;
+    let merchant = payrail::merchant::create_merchant(&pool, "Daemons").await.expect("merchant");
+    let now = Utc::now();
+    let request = payrail::subscriptions::plan::CreatePlan {
+        name: "Daily".to_owned(),
+        price: "1.00".to_owned(),
+        currency: "USD".to_owned(),
+        interval: "day".to_owned(),
+        interval_count: None,
+        credits_per_period: None,
+        trial_days: Some(1),
+        entitlements: None,
+        grace_days: None,
+        entitlements_in_grace: None,
+        // The first paid period is due at once.
+        renewal_lead_s: Some(2 * 86_400),
+        active: None,
+    };
+    let plan = payrail::subscriptions::plan::create(&pool, &merchant.merchant_id, &request, now).await.expect("plan").id;
+    let mut subs = Vec::new();
+    for n in 0..SUBSCRIPTIONS {
+        let customer = payrail::credits::customer::CreateCustomer { external_id: format!("d{n}"), email: None, name: None, metadata: Default::default() };
+        let customer = payrail::credits::customer::create(&pool, &merchant.merchant_id, &customer, now).await.expect("customer").id;
+        let subscribe = payrail::subscriptions::subscription::Subscribe { plan: plan.clone(), promo_code: None, payment: None };
+        subs.push(payrail::subscriptions::subscription::subscribe(&pool, &merchant.merchant_id, &customer, &subscribe, None, now).await.expect("subscribe").0.id);
+    }
+    let database = common::database_url(&pool);
+    let serve = || {
+        let mut command = common::payrail(&database, &["serve", "--allow-dev-settings"]);
+        command.env("PAYRAIL_SERVER__LISTEN", "127.0.0.1:0").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+        // The chains stay configured (their assets are what invoices offer) with nodes nobody runs.
+        command.env("PAYRAIL_CHAINS__BITCOIN__RPC", r#"["tcp://127.0.0.1:9"]"#);
+        for chain in ["ETHEREUM", "POLYGON", "BSC", "ARBITRUM", "OPTIMISM"] {
+            command.env(format!("PAYRAIL_CHAINS__{chain}__RPC"), r#"["http://127.0.0.1:9"]"#);
+        }
+        command.spawn().expect("payrail serve")
+    };
+    let invoiced = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(DISTINCT subscription_id) FROM subscription_invoices").fetch_one(&pool).await.expect("count");
+        usize::try_from(n).expect("count")
+    };
+    let mut first = serve();
+    let second = serve();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while invoiced().await < SUBSCRIPTIONS / 2 {
+        assert!(std::time::Instant::now() < deadline, "the daemons invoiced nothing");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    first.start_kill().expect("kill");
+    first.wait().await.expect("killed");
+    let third = serve();
+    while invoiced().await < SUBSCRIPTIONS {
+        assert!(std::time::Instant::now() < deadline, "the renewals were not all invoiced");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    drop((second, third));
+    for sub in &subs {
+        let (links, invoices, due): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM subscription_invoices WHERE subscription_id = $1), \
+                    (SELECT count(*) FROM invoices WHERE metadata -> 'subscription' ->> 'id' = $1), \
+                    (SELECT count(*) FROM outbox WHERE object_id = $1 AND event_type = 'subscription.renewal_due')",
+        )
+        .bind(sub)
+        .fetch_one(&pool)
+        .await
+        .expect("counts");
+        assert_eq!((links, invoices, due), (1, 1, 1), "{sub}");
+    }
+}

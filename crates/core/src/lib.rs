@@ -4,6 +4,7 @@
 // Unit tests may cast small generated numbers; the library's own code is checked without cfg(test).
 #![cfg_attr(test, allow(clippy::as_conversions))]
 
+pub mod access;
 pub mod chain;
 pub mod clock;
 pub mod credits;

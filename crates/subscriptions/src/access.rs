@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
+use payrail_core::access::Holdings;
 use payrail_core::payment::split::CreatorShare;
 use payrail_credits::movement::{grant_paid, spend, PaidGrant, SpendRequest};
 use payrail_store::ledger::Ledger;
@@ -77,7 +78,7 @@ pub struct RefundUnlock {
 }
 
 /// One resource's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Access {
     pub resource: String,
     pub access: bool,
@@ -245,7 +246,9 @@ pub async fn refund_unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, cu
     Ok(view)
 }
 
-/// The one query that answers a bulk check (see the module's rule).
+/// The one query a check reads: the customer's standing unlocks among the resources asked, its
+/// live subscriptions' entitlements (with when each ends), and the merchant's access rules; the
+/// decision for each resource is [`Holdings::decide`].
 const CHECK_SQL: &str = "WITH ent AS ( \
        SELECT e, max(CASE WHEN s.status = 'past_due' THEN s.period_end + make_interval(days => pv.grace_days) ELSE s.period_end END) AS until \
        FROM subscriptions s JOIN plan_versions pv ON pv.plan_id = s.plan_id AND pv.version = s.plan_version \
@@ -253,19 +256,15 @@ const CHECK_SQL: &str = "WITH ent AS ( \
        WHERE s.customer_id = $1 AND s.merchant_id = $2 \
          AND (s.status IN ('trialing', 'active') OR (s.status = 'past_due' AND pv.entitlements_in_grace)) \
        GROUP BY e) \
-     SELECT r.resource, \
-            (u.resource IS NOT NULL OR rule.e IS NOT NULL OR direct.e IS NOT NULL) AS access, \
-            CASE WHEN u.resource IS NOT NULL THEN 'unlock' ELSE coalesce(rule.e, direct.e, 'none') END AS reason, \
-            CASE WHEN u.resource IS NOT NULL THEN NULL ELSE coalesce(rule.until, direct.until) END AS expires_at \
-     FROM unnest($3::text[]) WITH ORDINALITY AS r(resource, i) \
-     LEFT JOIN unlocks u ON u.customer_id = $1 AND u.resource = r.resource AND u.refunded_at IS NULL \
-     LEFT JOIN LATERAL (SELECT ar.entitlements FROM access_rules ar WHERE ar.merchant_id = $2 AND starts_with(r.resource, ar.prefix) \
-                        ORDER BY length(ar.prefix) DESC LIMIT 1) best ON true \
-     LEFT JOIN LATERAL (SELECT ent.e, ent.until FROM ent WHERE ent.e = ANY (best.entitlements) ORDER BY ent.until DESC, ent.e LIMIT 1) rule ON true \
-     LEFT JOIN ent direct ON direct.e = r.resource AND best.entitlements IS NULL \
-     ORDER BY r.i";
+     SELECT 'unlock' AS kind, u.resource AS name, NULL::timestamptz AS until, NULL::text[] AS opening FROM unlocks u \
+       WHERE u.customer_id = $1 AND u.merchant_id = $2 AND u.refunded_at IS NULL AND u.resource = ANY ($3) \
+     UNION ALL SELECT 'entitlement', e, until, NULL FROM ent \
+     UNION ALL SELECT 'rule', prefix, NULL, entitlements FROM access_rules WHERE merchant_id = $2";
 
-/// Answers for each of `resources` (at most [`CHECK_MAX`]), in their order, in one query.
+/// A row of [`CHECK_SQL`]: kind, name, until, the entitlements a rule names.
+type HoldingRow = (String, String, Option<DateTime<Utc>>, Option<Vec<String>>);
+
+/// Answers for each of `resources` (at most [`CHECK_MAX`]), in their order, from one query.
 pub async fn check(conn: &mut PgConnection, merchant_id: &str, customer_id: &str, resources: &[String]) -> Result<Vec<Access>> {
     if resources.is_empty() || resources.len() > CHECK_MAX {
         return Err(invalid("resources", format!("1 to {CHECK_MAX}")));
@@ -273,5 +272,27 @@ pub async fn check(conn: &mut PgConnection, merchant_id: &str, customer_id: &str
     for r in resources {
         check_label("resources", r)?;
     }
-    Ok(sqlx::query_as(CHECK_SQL).bind(customer_id).bind(merchant_id).bind(resources).fetch_all(&mut *conn).await?)
+    let rows: Vec<HoldingRow> = sqlx::query_as(CHECK_SQL).bind(customer_id).bind(merchant_id).bind(resources).fetch_all(&mut *conn).await?;
+    let mut holdings = Holdings::default();
+    for (kind, name, until, opening) in rows {
+        match (kind.as_str(), until, opening) {
+            ("unlock", _, _) => {
+                holdings.unlocked.insert(name);
+            }
+            ("entitlement", Some(until), _) => {
+                holdings.entitlements.insert(name, until);
+            }
+            ("rule", _, Some(opening)) => {
+                holdings.rules.insert(name, opening);
+            }
+            _ => return Err(invalid("access", format!("stored {kind} {name:?} is incomplete"))),
+        }
+    }
+    Ok(resources
+        .iter()
+        .map(|resource| {
+            let decision = holdings.decide(resource);
+            Access { resource: resource.clone(), access: decision.access, reason: decision.reason, expires_at: decision.expires_at }
+        })
+        .collect())
 }
