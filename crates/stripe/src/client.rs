@@ -652,6 +652,35 @@ mod tests {
     }
 
     #[test]
+    fn a_card_subscription_saves_the_card_and_renews_off_session() {
+        let session = NewCheckoutSession {
+            amount: 999,
+            currency: "usd".to_owned(),
+            product_name: "Invoice inv_x".to_owned(),
+            invoice_id: "inv_x".to_owned(),
+            metadata: BTreeMap::new(),
+            success_url: "https://pay.example/pay/inv_x".to_owned(),
+            cancel_url: "https://pay.example/pay/inv_x".to_owned(),
+            expires_at: None,
+            save_card_for: Some("cus_S1".to_owned()),
+        };
+        let form = session.form();
+        assert!(form.contains(&("customer".to_owned(), "cus_S1".to_owned())));
+        assert!(form.contains(&("payment_intent_data[setup_future_usage]".to_owned(), "off_session".to_owned())));
+        let renewal = NewPaymentIntent {
+            amount: 999,
+            currency: "usd".to_owned(),
+            metadata: BTreeMap::new(),
+            payment_method: Some("pm_1".to_owned()),
+            customer: Some("cus_S1".to_owned()),
+            off_session: true,
+        };
+        let form = renewal.form();
+        let tail: Vec<(&str, &str)> = form.iter().skip(3).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(tail, [("customer", "cus_S1"), ("payment_method", "pm_1"), ("confirm", "true"), ("off_session", "true")]);
+    }
+
+    #[test]
     fn expandable_fields_read_as_ids_or_objects() {
         let as_object: PaymentIntent = serde_json::from_value(serde_json::json!({
             "id": "pi_1", "status": "succeeded", "amount": 5, "currency": "usd",

@@ -23,8 +23,9 @@ pub struct Subscribe {
     pub plan: String,
     /// A code for `plans`: a percentage or amount off the first paid period, or more trial days.
     pub promo_code: Option<String>,
-    /// `crypto` (the default): each period is an invoice the customer pays on any rail. `card`:
-    /// the same invoices, shown with the card first.
+    /// `crypto` (the default): each period is an invoice the customer pays on any rail. `card`: the
+    /// same invoices; the first paid by card keeps the card, and renewals are charged to it
+    /// off-session.
     pub payment: Option<String>,
 }
 
