@@ -758,3 +758,31 @@ async fn two_daemons_and_a_kill_invoice_each_renewal_once(pool: PgPool) {
         assert_eq!((links, invoices, due), (1, 1, 1), "{sub}");
     }
 }
+
+/// More past-due subscriptions waiting out their grace than a pass takes do not hide a
+/// subscription whose paid period has just begun: the pass skips those with nothing to do.
+#[sqlx::test]
+async fn a_crowd_in_grace_does_not_hold_up_a_renewal(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    let plan = shop.plan(json!({ "name": "Daily", "price": "1.00", "currency": "USD", "interval": "day", "trial_days": 1, "renewal_lead_s": 3600 })).await;
+    let crowd = usize::try_from(payrail::subscriptions::schedule::BATCH).expect("batch") + 1;
+    for n in 0..crowd {
+        let request = payrail::credits::customer::CreateCustomer { external_id: format!("c{n}"), email: None, name: None, metadata: Default::default() };
+        let customer = payrail::credits::customer::create(&shop.state.pool, &shop.merchant_id, &request, shop.clock.now()).await.expect("customer").id;
+        let subscribe = payrail::subscriptions::subscription::Subscribe { plan: plan.clone(), promo_code: None, payment: None };
+        payrail::subscriptions::subscription::subscribe(&shop.state.pool, &shop.merchant_id, &customer, &subscribe, None, shop.clock.now()).await.expect("subscribe");
+    }
+    shop.set_clock(shop.clock.now() + Duration::hours(1)).await;
+    let reader = shop.customer("reader").await;
+    let sub = shop.ok(&format!("/v1/customers/{reader}/subscriptions"), json!({ "plan": plan })).await["subscription"]["id"].as_str().expect("id").to_owned();
+    // The crowd's trials end unpaid; the reader's renewal is billed and paid before its trial ends.
+    shop.set_clock(shop.clock.now() + Duration::minutes(23 * 60 + 30)).await;
+    shop.tick().await;
+    let past_due: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE status = 'past_due'").fetch_one(&shop.state.pool).await.expect("count");
+    assert_eq!(usize::try_from(past_due).expect("count"), crowd);
+    let renewal = shop.subscription(&sub).await["latest_invoice"].as_str().expect("renewal").to_owned();
+    shop.pay(&renewal, common::USDC_POLYGON, "eip155:137", "0xff01").await;
+    shop.set_clock(shop.clock.now() + Duration::hours(1)).await;
+    let view = shop.subscription(&sub).await;
+    assert_eq!((view["status"].as_str(), view["period"].as_i64()), (Some("active"), Some(2)), "{view}");
+}

@@ -76,11 +76,19 @@ pub async fn pass(pool: &PgPool, ledger: &Ledger, now: DateTime<Utc>) -> Result<
 }
 
 async fn advance_due(pool: &PgPool, ledger: &Ledger, now: DateTime<Utc>, done: &mut Pass) -> Result<()> {
+    // Only subscriptions with something to do now: one past due waits out its grace unless its
+    // next period was paid, so a crowd of those never hides the rest from a pass.
     let due: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT s.id FROM subscriptions s WHERE s.status IN ('incomplete', 'trialing', 'active', 'past_due') AND (s.period_end <= $1 \
-            OR (s.status = 'incomplete' AND EXISTS (SELECT 1 FROM subscription_invoices si WHERE si.subscription_id = s.id) \
-                AND NOT EXISTS (SELECT 1 FROM subscription_invoices si JOIN invoices i ON i.id = si.invoice_id \
-                                WHERE si.subscription_id = s.id AND i.status NOT IN {DEAD_INVOICE}))) \
+        "SELECT s.id FROM subscriptions s JOIN plan_versions pv ON pv.plan_id = s.plan_id AND pv.version = s.plan_version \
+         WHERE (s.status IN ('trialing', 'active') AND s.period_end <= $1) \
+            OR (s.status = 'past_due' AND s.period_end <= $1 \
+                AND (s.period_end + make_interval(days => pv.grace_days) <= $1 \
+                     OR EXISTS (SELECT 1 FROM subscription_periods p WHERE p.subscription_id = s.id AND p.period = s.period + 1 \
+                                AND p.paid_at IS NOT NULL))) \
+            OR (s.status = 'incomplete' AND (s.period_end <= $1 \
+                OR (EXISTS (SELECT 1 FROM subscription_invoices si WHERE si.subscription_id = s.id) \
+                    AND NOT EXISTS (SELECT 1 FROM subscription_invoices si JOIN invoices i ON i.id = si.invoice_id \
+                                    WHERE si.subscription_id = s.id AND i.status NOT IN {DEAD_INVOICE})))) \
          ORDER BY s.period_end LIMIT $2"
     ))
     .bind(now)
