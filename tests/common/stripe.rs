@@ -140,6 +140,31 @@ pub async fn start_exclusive(pool: PgPool) -> Server {
 }
 
 impl Server {
+    /// Delivers `body` to the webhook with `header` as its `Stripe-Signature`.
+    pub async fn deliver(&self, body: &str, header: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/v1/stripe/webhook", self.base))
+            .header("content-type", "application/json; charset=utf-8")
+            .body(body.to_owned());
+        if let Some(header) = header {
+            request = request.header("Stripe-Signature", header);
+        }
+        let response = request.send().await.expect("deliver");
+        let status = response.status();
+        (status, response.json().await.expect("json"))
+    }
+
+    /// Signs `body` as Stripe does, with this server's secret, at `t`.
+    pub fn sign(&self, body: &str, t: i64) -> String {
+        payrail::webhook::sign(&payrail::webhook::EndpointSecret::from_stored(self.secret.clone()), t, body.as_bytes())
+    }
+
+    pub async fn deliver_signed(&self, body: &str) -> (StatusCode, Value) {
+        let header = self.sign(body, payrail::clock::Clock::now(&SystemClock).timestamp());
+        self.deliver(body, Some(&header)).await
+    }
+
     /// Has localstripe deliver its events to this server, signed with this server's secret.
     pub async fn subscribe(&self) {
         let url = format!("{}/v1/stripe/webhook", self.base);

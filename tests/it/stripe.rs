@@ -38,31 +38,6 @@ impl Server {
         (status, response.json().await.expect("json"))
     }
 
-    /// Delivers `body` to the webhook with `header` as its `Stripe-Signature`.
-    async fn deliver(&self, body: &str, header: Option<&str>) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .post(format!("{}/v1/stripe/webhook", self.base))
-            .header("content-type", "application/json; charset=utf-8")
-            .body(body.to_owned());
-        if let Some(header) = header {
-            request = request.header("Stripe-Signature", header);
-        }
-        let response = request.send().await.expect("deliver");
-        let status = response.status();
-        (status, response.json().await.expect("json"))
-    }
-
-    /// Signs `body` as Stripe does, with this server's secret, at `t`.
-    fn sign(&self, body: &str, t: i64) -> String {
-        payrail::webhook::sign(&EndpointSecret::from_stored(self.secret.clone()), t, body.as_bytes())
-    }
-
-    async fn deliver_signed(&self, body: &str) -> (StatusCode, Value) {
-        let header = self.sign(body, SystemClock.now().timestamp());
-        self.deliver(body, Some(&header)).await
-    }
-
     async fn balance(&self, account: &AccountCode) -> String {
         let mut conn = self.state.pool.acquire().await.expect("conn");
         self.state.ledger.balance(&mut conn, account, USD).await.expect("balance").to_string()

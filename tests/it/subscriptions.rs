@@ -607,6 +607,57 @@ async fn a_card_subscription_renews_off_session_and_a_decline_falls_past_due(poo
     assert_eq!((data["invoice_id"].as_str(), data["failure_code"].as_str()), (Some(third.as_str()), Some("card_declined")), "{data}");
     assert_eq!(server.show(&third).await["status"], "open", "still payable on every rail");
     assert_eq!(payrail::stripe::renewal::charge_due(&rail, &server.state.pool, due).await.expect("charge"), 0, "one attempt per invoice");
+    // localstripe's own `payment_intent.payment_failed` for that decline changes nothing more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE event_type = 'payment_intent.payment_failed' AND invoice_id = $1 AND status = 'processed'")
+            .bind(&third)
+            .fetch_one(&server.state.pool)
+            .await
+            .expect("events");
+        if seen > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "localstripe's payment_failed never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let told: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE object_id = $1 AND event_type = 'subscription.payment_failed'").bind(&sub).fetch_one(&server.state.pool).await.expect("n");
+    assert_eq!(told, 1, "one decline, one event");
+
+    // The customer pays that invoice on the checkout page with another card, which becomes the card
+    // on file; the next renewal's decline comes only as Stripe's signed event (an asynchronous
+    // decline, as a bank can answer later): past due, announced once with the bank's reason.
+    let (status, paid) = server.pay_by_card(&third, "pm_card_visa").await;
+    assert_eq!((status, paid["status"].as_str()), (StatusCode::CREATED, Some("succeeded")), "{paid}");
+    server.wait_status(&third, "paid").await;
+    biller.pass(next_end + Duration::minutes(1)).await.expect("pass");
+    let (status, card, third_end) = on_file().await;
+    assert_eq!((status.as_str(), card.as_deref()), ("active", Some("pm_card_visa")));
+    biller.pass(third_end - Duration::days(2)).await.expect("pass");
+    let fourth: String = sqlx::query_scalar("SELECT invoice_id FROM subscription_invoices WHERE subscription_id = $1 AND period = 4").bind(&sub).fetch_one(&server.state.pool).await.expect("renewal");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stripe/payment_intent.payment_failed.json");
+    let event = std::fs::read_to_string(path)
+        .expect("fixture")
+        .replace("{{event_id}}", &format!("evt_{}", common::stripe::random_suffix()))
+        .replace("{{payment_intent}}", &format!("pi_{}", common::stripe::random_suffix()))
+        .replace("{{invoice_id}}", &fourth)
+        .replace("{{customer}}", &stripe_customer)
+        .replace("{{payment_method}}", "pm_card_visa");
+    // Delivered twice, as Stripe retries (signed anew each time).
+    let t = Utc::now().timestamp();
+    for signed_at in [t, t + 1] {
+        let (status, answer) = server.deliver(&event, Some(&server.sign(&event, signed_at))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (status, _, _) = on_file().await;
+    assert_eq!(status, "past_due");
+    let failed: Vec<Value> = sqlx::query_scalar("SELECT payload -> 'data' FROM outbox WHERE object_id = $1 AND event_type = 'subscription.payment_failed' ORDER BY id")
+        .bind(&sub)
+        .fetch_all(&server.state.pool)
+        .await
+        .expect("events");
+    assert_eq!(failed.len(), 2);
+    assert_eq!((failed[1]["invoice_id"].as_str(), failed[1]["failure_code"].as_str()), (Some(fourth.as_str()), Some("insufficient_funds")), "{}", failed[1]);
 }
 
 /// Promo codes for plans take a percentage off the first paid period or add trial days (a code

@@ -444,6 +444,17 @@ async fn attempt_updated(tx: &mut PgConnection, invoice_id: Option<&str>, pi: &P
     if !known {
         return Ok(Outcome::review(format!("payment {} ({status}) names no known invoice", pi.id)));
     }
+    // A card subscription's card on file declined (a renewal charged off-session): past due.
+    if let (Some(invoice_id), "failed" | "requires_action", Some(method), Some(_)) = (invoice_id, status, &pi.payment_method, &pi.customer) {
+        let card = payrail_subscriptions::subscription::card_subscription(&mut *tx, invoice_id).await.map_err(invoice::InvoiceError::from)?;
+        if card.and_then(|c| c.card_payment_method).as_deref() == Some(method.as_str()) {
+            let error = pi.last_payment_error.clone().unwrap_or_default();
+            let code = error.decline_code.or(error.code).or_else(|| (status == "requires_action").then(|| "authentication_required".to_owned()));
+            payrail_subscriptions::subscription::payment_failed_on(&mut *tx, invoice_id, code.as_deref(), error.message.as_deref(), now)
+                .await
+                .map_err(invoice::InvoiceError::from)?;
+        }
+    }
     Ok(Outcome::processed(format!("payment {} is {status}; {updated} attempt(s) updated", pi.id)))
 }
 

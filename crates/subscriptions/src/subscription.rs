@@ -561,22 +561,39 @@ pub struct PaymentFailed {
 
 /// The card on file was declined for `invoice_id`: a live subscription falls past due at once (its
 /// grace runs from the period end), and the merchant is told; payrail emails nobody. The invoice
-/// stays payable on every rail.
+/// stays payable on every rail. Once per invoice: the decline Stripe answered and the
+/// `payment_intent.payment_failed` it sends after are the same decline.
 pub async fn payment_failed(pool: &PgPool, invoice_id: &str, failure_code: Option<&str>, failure_message: Option<&str>, now: DateTime<Utc>) -> Result<()> {
     let mut tx = pool.begin().await?;
-    let Some(card) = card_subscription(&mut tx, invoice_id).await? else { return Ok(()) };
-    let sub = lock(&mut tx, None, &card.subscription_id).await?;
-    let status = sub.status()?;
-    if matches!(status, SubscriptionStatus::Trialing | SubscriptionStatus::Active) {
-        sqlx::query("UPDATE subscriptions SET status = 'past_due', past_due_since = $2, updated_at = $2 WHERE id = $1").bind(&sub.id).bind(now).execute(&mut *tx).await?;
+    payment_failed_on(&mut tx, invoice_id, failure_code, failure_message, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`payment_failed`] on the caller's transaction.
+pub async fn payment_failed_on(conn: &mut PgConnection, invoice_id: &str, failure_code: Option<&str>, failure_message: Option<&str>, now: DateTime<Utc>) -> Result<()> {
+    let Some(card) = card_subscription(&mut *conn, invoice_id).await? else { return Ok(()) };
+    let sub = lock(&mut *conn, None, &card.subscription_id).await?;
+    let told: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE object_id = $1 AND event_type = 'subscription.payment_failed' \
+                        AND payload -> 'data' ->> 'invoice_id' = $2)",
+    )
+    .bind(&sub.id)
+    .bind(invoice_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if told {
+        return Ok(());
+    }
+    if matches!(sub.status()?, SubscriptionStatus::Trialing | SubscriptionStatus::Active) {
+        sqlx::query("UPDATE subscriptions SET status = 'past_due', past_due_since = $2, updated_at = $2 WHERE id = $1").bind(&sub.id).bind(now).execute(&mut *conn).await?;
     }
     let failed = PaymentFailed {
-        subscription: load(&mut tx, None, &sub.id).await?,
+        subscription: load(&mut *conn, None, &sub.id).await?,
         invoice_id: invoice_id.to_owned(),
         failure_code: failure_code.map(str::to_owned),
         failure_message: failure_message.map(str::to_owned),
     };
-    emit(&mut tx, &sub.merchant_id, "subscription.payment_failed", &sub.id, &failed, now).await?;
-    tx.commit().await?;
+    emit(&mut *conn, &sub.merchant_id, "subscription.payment_failed", &sub.id, &failed, now).await?;
     Ok(())
 }
