@@ -36,7 +36,6 @@ use rand::{Rng, SeedableRng};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-const DATABASE_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const CUSTOMERS: usize = 10_000;
 const WRITERS: usize = 16;
 /// Coins granted to each customer: more than any run spends.
@@ -47,16 +46,7 @@ fn env_u64(name: &str, default: u64) -> Result<u64> {
 }
 
 fn main() -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DATABASE_URL_DEFAULT.to_owned());
-        let admin_options: PgConnectOptions = url.parse().context("DATABASE_URL is not a valid url")?;
-        let admin = PgPoolOptions::new().max_connections(1).connect_with(admin_options.clone()).await?;
-        let database = format!("payrail_bench_credits_{}", std::process::id());
-        sqlx::query(&format!("CREATE DATABASE {database}")).execute(&admin).await?;
-        let options = admin_options.database(&database);
-        support::run_then_drop(admin, &database, run(options)).await
-    })
+    support::in_fresh_database("payrail_bench_credits", run)
 }
 
 struct Shop {

@@ -52,3 +52,24 @@ pub async fn run_then_drop(
         }
     }
 }
+
+/// The whole of a benchmark that needs only a database: a runtime, a fresh database
+/// `{prefix}_{pid}` on `DATABASE_URL`'s server (the local one when unset), `run` in it, and the
+/// database dropped afterwards.
+#[allow(dead_code, reason = "benchmarks that build their own settings do not need it")]
+pub fn in_fresh_database<F, Fut>(prefix: &str, run: F) -> Result<()>
+where
+    F: FnOnce(sqlx::postgres::PgConnectOptions) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin_options: sqlx::postgres::PgConnectOptions = url.parse().context("DATABASE_URL is not a valid url")?;
+        let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(admin_options.clone()).await?;
+        let database = format!("{prefix}_{}", std::process::id());
+        sqlx::query(&format!("CREATE DATABASE {database}")).execute(&admin).await?;
+        let options = admin_options.database(&database);
+        run_then_drop(admin, &database, run(options)).await
+    })
+}

@@ -300,32 +300,20 @@ pub async fn grant(pool: &PgPool, ledger: &Ledger, merchant_id: &str, customer_i
     if let Some(done) = replay(&mut tx, merchant_id, key, customer_id, "grant", &amount.to_string()).await? {
         return Ok(done);
     }
-    let currency = currency::get(&mut tx, merchant_id, &request.currency).await?;
-    let asset = asset_of(&currency)?.to_string();
-    let txn_id = new_id("ctx");
-    let lot_id = insert_lot(&mut tx, merchant_id, customer_id, &currency.code, source, amount, request.expires_at, &txn_id, now).await?;
-    let entry = NewEntry::new(entry_key(merchant_id, key), "credit_grant")
-        .memo(format!("{source} of {amount} {} to {customer_id}", currency.code))
-        .debit(AccountCode::rewards(merchant_id), asset.as_str(), amount)
-        .credit(AccountCode::credit_lot(&lot_id), asset.as_str(), amount);
-    let entry_id = post(&mut tx, ledger, &entry, key).await?;
-    let row = Row {
-        id: txn_id,
+    let grant = LotGrant {
         merchant_id,
         customer_id,
-        currency: &currency.code,
-        kind: "grant",
-        amount: amount.to_string(),
-        source: Some(source),
-        description: request.description.as_deref(),
-        resource: None,
-        counterparty: None,
+        currency: &request.currency,
+        amount,
+        source,
+        expires_at: request.expires_at,
         key,
-        entry_id,
-        detail: json!({ "lot": lot_id, "expires_at": request.expires_at }),
+        resource: None,
+        description: request.description.as_deref(),
+        detail: json!({}),
+        funded_by: AccountCode::rewards(merchant_id),
     };
-    let transaction = insert_row(&mut tx, &row, now).await?;
-    emit(&mut tx, merchant_id, "credits.granted", customer_id, &transaction, now).await?;
+    let transaction = grant_lot(&mut tx, ledger, &grant, now).await?;
     tx.commit().await?;
     Ok(Moved { transaction, replayed: false })
 }
@@ -620,30 +608,32 @@ pub async fn expire_due(pool: &PgPool, ledger: &Ledger, now: DateTime<Utc>) -> R
     Ok(expired)
 }
 
-/// A grant the customer paid for outside the credits API (a subscription's period), made on the
-/// caller's transaction.
+/// A grant of a new lot, made on the caller's transaction: by the merchant over the API (a
+/// reward), or paid for outside the credits API (a subscription's period, an unlock given back).
 #[derive(Debug, Clone)]
-pub struct PaidGrant<'a> {
+pub struct LotGrant<'a> {
     pub merchant_id: &'a str,
     pub customer_id: &'a str,
     pub currency: &'a str,
     pub amount: Amount,
-    /// The lot's source: `subscription`.
+    /// The lot's source: `reward`, `bonus`, `promo`, `subscription`, `refund`.
     pub source: &'a str,
     pub expires_at: Option<DateTime<Utc>>,
-    /// Derived from what was paid: the grant is made once under it.
+    /// The caller's, or derived from what was paid: the grant is made once under it.
     pub key: &'a str,
     pub resource: Option<&'a str>,
+    pub description: Option<&'a str>,
     pub detail: serde_json::Value,
-    /// Who pays for them: the merchant's credits issued (`equity:credits_issued:{merchant}`) for
+    /// Who pays for them: the merchant's rewards (`expenses:rewards:{merchant}`) for what it gives,
+    /// its credits issued (`equity:credits_issued:{merchant}`) for
     /// credits bought with money, its credits revenue (`revenue:credits:{merchant}`) for credits
     /// given back after a spend.
     pub funded_by: AccountCode,
 }
 
-/// Grants credits paid for outside the credits API (`grant.funded_by` pays), on the caller's
-/// transaction; once per key: a second call answers the first grant.
-pub async fn grant_paid(tx: &mut PgConnection, ledger: &Ledger, grant: &PaidGrant<'_>, now: DateTime<Utc>) -> Result<TransactionView> {
+/// Grants a new lot (`grant.funded_by` pays), on the caller's transaction, which holds the
+/// customer's lock or takes it here; once per key: a second call answers the first grant.
+pub async fn grant_lot(tx: &mut PgConnection, ledger: &Ledger, grant: &LotGrant<'_>, now: DateTime<Utc>) -> Result<TransactionView> {
     let (merchant_id, customer_id) = (grant.merchant_id, grant.customer_id);
     lock_customers(&mut *tx, merchant_id, &[customer_id]).await?;
     if let Some(done) = replay(&mut *tx, merchant_id, grant.key, customer_id, "grant", &grant.amount.to_string()).await? {
@@ -653,7 +643,7 @@ pub async fn grant_paid(tx: &mut PgConnection, ledger: &Ledger, grant: &PaidGran
     let asset = asset_of(&currency)?.to_string();
     let txn_id = new_id("ctx");
     let lot_id = insert_lot(&mut *tx, merchant_id, customer_id, &currency.code, grant.source, grant.amount, grant.expires_at, &txn_id, now).await?;
-    let entry = NewEntry::new(entry_key(merchant_id, grant.key), format!("credit_{}", grant.source))
+    let entry = NewEntry::new(entry_key(merchant_id, grant.key), "credit_grant")
         .memo(format!("{} of {} {} to {customer_id}", grant.source, grant.amount, currency.code))
         .debit(grant.funded_by.clone(), asset.as_str(), grant.amount)
         .credit(AccountCode::credit_lot(&lot_id), asset.as_str(), grant.amount);
@@ -669,7 +659,7 @@ pub async fn grant_paid(tx: &mut PgConnection, ledger: &Ledger, grant: &PaidGran
         kind: "grant",
         amount: grant.amount.to_string(),
         source: Some(grant.source),
-        description: None,
+        description: grant.description,
         resource: grant.resource,
         counterparty: None,
         key: grant.key,

@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool};
 
 use payrail_core::access::Holdings;
 use payrail_core::payment::split::CreatorShare;
-use payrail_credits::movement::{grant_paid, spend, PaidGrant, SpendRequest};
+use payrail_credits::movement::{grant_lot, spend, LotGrant, SpendRequest};
 use payrail_store::ledger::Ledger;
 
 use crate::error::{invalid, Result, SubscriptionsError};
@@ -220,7 +220,7 @@ pub async fn refund_unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, cu
     };
     let price = Amount::parse_decimal(&unlocked.price_minor, 0).map_err(|_| invalid("unlock", "stored price"))?;
     let key = format!("{}:refund", spend_key(resource, unlocked.generation));
-    let grant = PaidGrant {
+    let grant = LotGrant {
         merchant_id,
         customer_id,
         currency: &unlocked.currency,
@@ -229,10 +229,11 @@ pub async fn refund_unlock(pool: &PgPool, ledger: &Ledger, merchant_id: &str, cu
         expires_at: None,
         key: &key,
         resource: Some(resource),
+        description: Some("an unlock refunded"),
         detail: serde_json::json!({ "unlock": unlocked.transaction_id, "generation": unlocked.generation }),
         funded_by: payrail_core::ledger::AccountCode::credits_revenue(merchant_id),
     };
-    grant_paid(&mut tx, ledger, &grant, now).await?;
+    grant_lot(&mut tx, ledger, &grant, now).await?;
     let view: UnlockView = sqlx::query_as(&format!(
         "UPDATE unlocks SET refunded_at = $4 WHERE customer_id = $1 AND resource = $2 AND generation = $3 RETURNING {UNLOCK_COLUMNS}"
     ))

@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use payrail_core::subscription::{Event, SubscriptionStatus};
-use payrail_credits::movement::{grant_paid, PaidGrant};
+use payrail_credits::movement::{grant_lot, LotGrant};
 use payrail_store::ledger::Ledger;
 
 use crate::error::Result;
@@ -44,7 +44,7 @@ async fn grant_credits(conn: &mut PgConnection, ledger: &Ledger, sub: &Sub, row:
     let version = plan::version(&mut *conn, &row.plan_id, row.plan_version).await?;
     if let Some((currency, amount, expire)) = &version.credits {
         let key = format!("subscription:{}:{}", sub.id, row.period);
-        let grant = PaidGrant {
+        let grant = LotGrant {
             merchant_id: &sub.merchant_id,
             customer_id: &sub.customer_id,
             currency,
@@ -53,10 +53,11 @@ async fn grant_credits(conn: &mut PgConnection, ledger: &Ledger, sub: &Sub, row:
             expires_at: expire.then_some(row.ends_at),
             key: &key,
             resource: Some(&sub.id),
+            description: None,
             detail: json!({ "subscription": sub.id, "period": row.period, "plan": row.plan_id }),
             funded_by: payrail_core::ledger::AccountCode::credits_issued(&sub.merchant_id),
         };
-        grant_paid(&mut *conn, ledger, &grant, now).await?;
+        grant_lot(&mut *conn, ledger, &grant, now).await?;
     }
     sqlx::query("UPDATE subscription_periods SET credits_granted = true WHERE subscription_id = $1 AND period = $2")
         .bind(&sub.id)
