@@ -14,6 +14,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod proxy;
 mod rig;
 mod scenarios;
 

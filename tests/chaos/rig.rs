@@ -14,7 +14,7 @@ use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context, Result};
 use payrail::chain::evm::contracts::TestToken;
-use payrail_devnet::anvil::{deploy_dev_contracts, Anvil, DEV_PAYER_KEY};
+use payrail_devnet::anvil::{deploy_dev_contracts, Anvil, DevContracts, DEV_PAYER_KEY};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::process::Child;
@@ -37,9 +37,14 @@ pub struct Db {
 }
 
 impl Db {
+    /// On the server of `DATABASE_URL`.
     pub async fn create(scenario: &str) -> Result<Self> {
-        let admin_url = std::env::var("DATABASE_URL").context("DATABASE_URL")?;
-        let admin = PgPool::connect(&admin_url).await.context("connecting to DATABASE_URL")?;
+        Self::create_on(&std::env::var("DATABASE_URL").context("DATABASE_URL")?, scenario).await
+    }
+
+    /// On the server `admin_url` connects to (a [`Cluster`] of the scenario's own, say).
+    pub async fn create_on(admin_url: &str, scenario: &str) -> Result<Self> {
+        let admin = PgPool::connect(admin_url).await.with_context(|| format!("connecting to {admin_url}"))?;
         let name = format!("payrail_chaos_{}_{}", scenario.replace('-', "_"), std::process::id());
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await?;
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
@@ -57,6 +62,114 @@ impl Db {
     }
 }
 
+/// A PostgreSQL server of the scenario's own on a loopback port (initdb into a temporary directory),
+/// so that it can be stopped, crashed and restarted without touching the machine's server. Run as
+/// the `postgres` user when the harness runs as root (the server refuses root).
+pub struct Cluster {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    /// Creates and starts one; `settings` are extra `-c name=value` server settings.
+    pub async fn start(settings: &[&str]) -> Result<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin)")?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .context("no initdb under /usr/lib/postgresql")?;
+        let dir = std::env::temp_dir().join(format!("payrail-chaos-pg-{}-{}", std::process::id(), free_port()?));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let cluster = Self { port: free_port()?, dir, bin };
+        cluster.give_to_server_user()?;
+        let data = cluster.dir.join("data");
+        cluster.run(cluster.bin.join("initdb"), &["-D", path_str(&data)?, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]).await?;
+        let mut options = format!(
+            "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c log_min_messages=warning",
+            path_str(&cluster.dir)?,
+            cluster.port
+        );
+        for setting in settings {
+            options.push_str(&format!(" -c {setting}"));
+        }
+        std::fs::write(cluster.dir.join("options"), &options)?;
+        cluster.up().await?;
+        Ok(cluster)
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the stopped server and waits until it accepts connections (crash recovery included).
+    pub async fn up(&self) -> Result<()> {
+        let options = std::fs::read_to_string(self.dir.join("options"))?;
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        self.run(self.bin.join("pg_ctl"), &["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "-t", "60", "-o", &options, "start"]).await
+    }
+
+    /// Stops the server: `immediate` is a crash (every backend killed, recovery from WAL at the next
+    /// start), `fast` a clean shutdown that still ends every session.
+    pub async fn down(&self, mode: &str) -> Result<()> {
+        let data = self.dir.join("data");
+        self.run(self.bin.join("pg_ctl"), &["-D", path_str(&data)?, "-m", mode, "-w", "-t", "60", "stop"]).await
+    }
+
+    async fn run(&self, program: PathBuf, args: &[&str]) -> Result<()> {
+        let mut command = if running_as_root() {
+            let mut c = tokio::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            tokio::process::Command::new(&program)
+        };
+        let out = command.args(args).stdin(std::process::Stdio::null()).output().await.with_context(|| format!("running {}", program.display()))?;
+        if !out.status.success() {
+            bail!("{} {}: {}{}", program.display(), args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Hands the cluster's directory to the server's user when running as root.
+    fn give_to_server_user(&self) -> Result<()> {
+        if running_as_root() {
+            let status = std::process::Command::new("chown").args(["-R", "postgres"]).arg(&self.dir).status()?;
+            if !status.success() {
+                bail!("chown postgres {}", self.dir.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let mut command = if running_as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            std::process::Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = command.arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn path_str(path: &std::path::Path) -> Result<&str> {
+    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
 /// A free loopback port (bound and released at once).
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -69,7 +182,10 @@ pub struct Replica {
     pub name: String,
     pub port: u16,
     database_url: String,
-    rpc: String,
+    /// The Polygon endpoints it is configured with, in order.
+    rpc: Vec<String>,
+    /// Extra environment (a hot wallet key, say).
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
     pub starts: u32,
@@ -81,11 +197,23 @@ impl Replica {
             name: name.to_owned(),
             port: free_port()?,
             database_url: format!("{}?application_name={name}", db.url),
-            rpc: anvil.url(),
+            rpc: vec![anvil.url()],
+            env: Vec::new(),
             log: log_dir.join(format!("{name}.log")),
             child: None,
             starts: 0,
         })
+    }
+
+    /// Follows Polygon through `urls` (failing over in that order) instead of anvil alone.
+    pub fn with_rpc(mut self, urls: Vec<String>) -> Self {
+        self.rpc = urls;
+        self
+    }
+
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn base(&self) -> String {
@@ -94,9 +222,11 @@ impl Replica {
 
     pub fn start(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = common::payrail_on(&self.database_url, &["serve", "--allow-dev-settings"], "POLYGON", &self.rpc)
+        let child = common::payrail_on(&self.database_url, &["serve", "--allow-dev-settings"], "POLYGON", &self.rpc[0])
+            .env("PAYRAIL_CHAINS__POLYGON__RPC", serde_json::to_string(&self.rpc)?)
             .env("PAYRAIL_SERVER__LISTEN", format!("127.0.0.1:{}", self.port))
             .env("PAYRAIL_SERVER__REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(log)
             .spawn()
             .context("starting payrail serve")?;
@@ -122,9 +252,14 @@ impl Replica {
 /// An anvil with Polygon's chain id and the dev contracts, mining only on request and per
 /// transaction.
 pub async fn polygon_anvil() -> Result<(Anvil, Address)> {
+    let (anvil, contracts) = polygon_anvil_with_contracts().await?;
+    Ok((anvil, contracts.usdc))
+}
+
+pub async fn polygon_anvil_with_contracts() -> Result<(Anvil, DevContracts)> {
     let anvil = Anvil::start(137, 0, None).await.context("anvil")?;
     let contracts = deploy_dev_contracts(&anvil.url()).await.context("dev contracts")?;
-    Ok((anvil, contracts.usdc))
+    Ok((anvil, contracts))
 }
 
 pub async fn rpc(anvil_url: &str, method: &str, params: Value) -> Result<Value> {
@@ -284,6 +419,25 @@ impl Payer {
             bail!("payment to {} reverted", invoice.id);
         }
         Ok(format!("{:#x}", receipt.transaction_hash))
+    }
+}
+
+impl Payer {
+    /// Sends `amount` USDC units to `to` (funding a contract, say).
+    pub async fn send_usdc(&self, to: Address, amount: U256) -> Result<()> {
+        let signer: PrivateKeySigner = DEV_PAYER_KEY.parse()?;
+        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(signer)).connect_http(self.url.clone());
+        let receipt = TestToken::new(self.usdc, &provider).transfer(to, amount).send().await?.get_receipt().await?;
+        if !receipt.status() {
+            bail!("USDC transfer to {to} reverted");
+        }
+        Ok(())
+    }
+
+    /// USDC units `owner` holds.
+    pub async fn usdc_of(&self, owner: Address) -> Result<U256> {
+        let provider = ProviderBuilder::new().connect_http(self.url.clone());
+        Ok(TestToken::new(self.usdc, &provider).balanceOf(owner).call().await?)
     }
 }
 
@@ -479,4 +633,75 @@ pub async fn invoices_without_paid_event(pool: &PgPool, ids: &[String]) -> Resul
     .fetch_one(pool)
     .await?;
     Ok(usize::try_from(n)?)
+}
+
+/// Waits until no confirmed payment is left unswept and no sweep is in flight (or `deadline`
+/// passes); returns how many payments are still unswept then.
+pub async fn wait_swept(pool: &PgPool, anvil_url: &str, deadline: Duration) -> Result<usize> {
+    let started = Instant::now();
+    loop {
+        let (unswept, open): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM payments WHERE status = 'confirmed' AND sweep_id IS NULL), \
+                    (SELECT count(*) FROM sweeps WHERE status IN ('pending', 'sent'))",
+        )
+        .fetch_one(pool)
+        .await?;
+        if (unswept == 0 && open == 0) || started.elapsed() > deadline {
+            return Ok(usize::try_from(unswept + open)?);
+        }
+        mine(anvil_url, 2).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What the sweeps table says once the sweeps are done.
+pub struct SweepCounts {
+    pub confirmed: i64,
+    pub failed: i64,
+    /// Deposit addresses swept more than once (each got one payment).
+    pub doubled: usize,
+    /// Confirmed sweeps whose gas was never booked.
+    pub unbooked: usize,
+}
+
+pub async fn sweep_counts(pool: &PgPool) -> Result<SweepCounts> {
+    let (confirmed, failed, addresses_twice, unbooked): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM sweeps WHERE status = 'confirmed'), \
+                (SELECT count(*) FROM sweeps WHERE status = 'failed'), \
+                (SELECT count(*) FROM (SELECT address FROM sweeps WHERE status = 'confirmed' \
+                    GROUP BY chain, address HAVING count(*) > 1) a), \
+                (SELECT count(*) FROM sweeps s WHERE status = 'confirmed' AND gas_fee > 0 AND NOT EXISTS \
+                    (SELECT 1 FROM journal_entries e WHERE e.idempotency_key = 'sweep-gas:' || s.id))",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(SweepCounts { confirmed, failed, doubled: usize::try_from(addresses_twice)?, unbooked: usize::try_from(unbooked)? })
+}
+
+/// Payouts not done: batches still open, plus creators (of `creators`) still owed a balance of
+/// `asset` at or above the 1 USD threshold (1,000,000 USDC units).
+pub async fn payouts_unsettled(pool: &PgPool, creators: &[String], asset: &str) -> Result<usize> {
+    let codes: Vec<String> = creators.iter().map(|id| format!("liabilities:creator:{id}")).collect();
+    let (open, owed): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM payout_batches WHERE status IN ('created', 'sent')), \
+                (SELECT count(*) FROM (SELECT a.id FROM accounts a JOIN balances b ON b.account_id = a.id \
+                    WHERE a.code = ANY($1) AND lower(b.asset) = lower($2) GROUP BY a.id HAVING sum(b.balance) >= 1000000) o)",
+    )
+    .bind(&codes)
+    .bind(asset)
+    .fetch_one(pool)
+    .await?;
+    Ok(usize::try_from(open + owed)?)
+}
+
+/// What the confirmed payouts sent `creator`, in minor units.
+pub async fn confirmed_payouts(pool: &PgPool, creator: &str) -> Result<U256> {
+    let total: String = sqlx::query_scalar(
+        "SELECT coalesce(sum(i.amount_minor), 0)::text FROM payout_items i JOIN payout_batches b ON b.id = i.batch_id \
+         WHERE i.creator_id = $1 AND b.status = 'confirmed'",
+    )
+    .bind(creator)
+    .fetch_one(pool)
+    .await?;
+    Ok(total.parse()?)
 }

@@ -10,6 +10,9 @@ use payrail::merchant::create_merchant;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
+use payrail::chain::evm::client::CHAIN_CHECK_EVERY;
+
+use crate::proxy::{Fault, FaultProxy};
 use crate::rig::{self, Db, Invoice, Payer, Replica, Rng};
 use crate::{Profile, Row};
 
@@ -20,6 +23,10 @@ pub const ALL: &[(&str, Run)] = &[
     ("kill9-catchup", |p| Box::pin(kill9_catchup(p))),
     ("replicas-leader-kill", |p| Box::pin(replicas_leader_kill(p))),
     ("kill9-webhooks", |p| Box::pin(kill9_webhooks(p))),
+    ("kill9-sweeps", |p| Box::pin(kill9_sweeps(p))),
+    ("kill9-payouts", |p| Box::pin(kill9_payouts(p))),
+    ("postgres-restart", |p| Box::pin(postgres_restart(p))),
+    ("rpc-faults", |p| Box::pin(rpc_faults(p))),
 ];
 
 /// How long a scenario may wait for its last invoices to be paid once the faults stop.
@@ -31,6 +38,8 @@ const RECOVERY_MAX: Duration = Duration::from_secs(60);
 
 struct Load {
     invoices: usize,
+    /// Every invoice in USDC (creators are paid in what they earned, and the batcher holds USDC).
+    usdc_only: bool,
     /// The payments are spread over this long, so the faults land among them.
     spread: Duration,
 }
@@ -38,8 +47,8 @@ struct Load {
 impl Load {
     fn of(profile: Profile) -> Self {
         match profile {
-            Profile::Short => Self { invoices: 30, spread: Duration::from_secs(40) },
-            Profile::Full => Self { invoices: 200, spread: Duration::from_secs(180) },
+            Profile::Short => Self { invoices: 20, usdc_only: false, spread: Duration::from_secs(25) },
+            Profile::Full => Self { invoices: 200, usdc_only: false, spread: Duration::from_secs(180) },
         }
     }
 
@@ -70,7 +79,7 @@ async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) ->
     let mut keys = KeyWaits::default();
     for i in 0..load.invoices {
         let started = Instant::now();
-        let (asset, amount) = rig::asset_and_amount(i);
+        let (asset, amount) = rig::asset_and_amount(if load.usdc_only { 2 * i } else { i });
         let created = rig::create_invoice(bases, api_key, &format!("chaos-{i}"), &amount, asset, READY_MAX)
             .await
             .with_context(|| format!("invoice {i}"))?;
@@ -478,6 +487,392 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
         notes: notes(keys),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+/// One daemon with a hot wallet, so that every confirmed deposit is swept to the treasury, SIGKILLed
+/// and restarted every few seconds while invoices are paid and swept (each start sweeps at once, so
+/// the kills land between storing, signing, broadcasting and settling sweeps). Every deposit must be
+/// swept exactly once, every sweep on chain recorded (reconcile) and its gas booked once.
+async fn kill9_sweeps(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let logs = rig::log_dir("kill9-sweeps")?;
+    let db = Db::create("kill9-sweeps").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?.with_env("PAYRAIL_HOT_WALLET_KEY", payrail_devnet::anvil::DEV_DEPLOYER_KEY);
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    let bases = vec![replica.base()];
+    let replica = Arc::new(Mutex::new(replica));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = spawn_restarting_killer(replica.clone(), db.pool.clone(), anvil.url(), stop_rx.clone());
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (kills, recoveries) = killer.await??;
+    let (sent, keys) = sent?;
+    let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    // The sweeper passes every 15 s: give it time to sweep what the kills left.
+    let unswept = rig::wait_swept(&db.pool, &anvil.url(), Duration::from_secs(180)).await?;
+    miner.abort();
+    let crashed = replica.lock().await.exited();
+    replica.lock().await.kill9().await?;
+    if let Some(status) = crashed {
+        eprintln!("chaos: the daemon exited on its own: {status}");
+    }
+    let sweeps = rig::sweep_counts(&db.pool).await?;
+    let doubled = rig::doubled(&db.pool, &sent).await? + sweeps.doubled;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut notes = vec![format!("{} sweeps confirmed, {} failed, {} without their gas booked", sweeps.confirmed, sweeps.failed, sweeps.unbooked)];
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "kill9-sweeps",
+        load: format!("{}, every deposit swept", load.describe(1)),
+        faults: format!("{kills} x SIGKILL (every 2-5 s)"),
+        payments: sent.len(),
+        lost: unpaid + unswept + sweeps.unbooked,
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        notes: notes.join("; "),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+/// One daemon with a hot wallet paying two creators (70 % and 20 % of every invoice) through the
+/// PayoutBatcher on a schedule of every 5 s, SIGKILLed and restarted every few seconds while invoices
+/// are paid and payouts created, signed, sent and settled. Each creator must receive on chain exactly
+/// what the confirmed payouts say, no payout may stay open, and no balance above the threshold unpaid.
+async fn kill9_payouts(profile: Profile) -> Result<Row> {
+    use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
+    let started = Instant::now();
+    let load = Load { usdc_only: true, ..Load::of(profile) };
+    let logs = rig::log_dir("kill9-payouts")?;
+    let db = Db::create("kill9-payouts").await?;
+    let (anvil, contracts) = rig::polygon_anvil_with_contracts().await?;
+    let merchant = create_merchant(&db.pool, "Chaos studio").await?;
+    let payer = Payer::new(&anvil, contracts.usdc)?;
+    let mut creators = Vec::new();
+    for n in 1..=2u8 {
+        let address = alloy::primitives::Address::repeat_byte(0xc0 + n);
+        let request = CreateCreator { name: format!("Creator {n}"), payout_addresses: [(rig::POLYGON.to_owned(), address.to_checksum(None))].into() };
+        creators.push((create_creator(&db.pool, &merchant.merchant_id, &request).await?.creator.id, address));
+    }
+    let rules: SplitRules = serde_json::from_value(serde_json::json!({"default": {"splits": [
+        {"creator": creators[0].0, "bps": 7000}, {"creator": creators[1].0, "bps": 2000}], "platform_fee_bps": 500}}))?;
+    set_split_rules(&db.pool, &merchant.merchant_id, &rules).await?;
+    payer.send_usdc(contracts.payout_batcher, alloy::primitives::U256::from(10_000_000_000u64)).await?;
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?
+        .with_env("PAYRAIL_HOT_WALLET_KEY", payrail_devnet::anvil::DEV_DEPLOYER_KEY)
+        .with_env("PAYRAIL_PAYOUTS__INTERVAL_S", "5")
+        .with_env("PAYRAIL_PAYOUTS__THRESHOLD_USD", "1")
+        .with_env("PAYRAIL_PAYOUTS__POLL_INTERVAL_MS", "200");
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    let bases = vec![replica.base()];
+    let replica = Arc::new(Mutex::new(replica));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = spawn_restarting_killer(replica.clone(), db.pool.clone(), anvil.url(), stop_rx.clone());
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (kills, recoveries) = killer.await??;
+    let (sent, keys) = sent?;
+    let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    // Payouts run every 5 s: wait until nothing is open and no creator is owed a payable balance.
+    let ids: Vec<String> = creators.iter().map(|(id, _)| id.clone()).collect();
+    let settling = Instant::now();
+    let unsettled = loop {
+        let unsettled = rig::payouts_unsettled(&db.pool, &ids, &common_usdc()).await?;
+        if unsettled == 0 || settling.elapsed() > Duration::from_secs(180) {
+            break unsettled;
+        }
+        rig::mine(&anvil.url(), 2).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    miner.abort();
+    let crashed = replica.lock().await.exited();
+    replica.lock().await.kill9().await?;
+    if let Some(status) = crashed {
+        eprintln!("chaos: the daemon exited on its own: {status}");
+    }
+    // On chain against the confirmed payouts, per creator.
+    let (mut underpaid, mut overpaid, mut paid_total) = (0usize, 0usize, alloy::primitives::U256::ZERO);
+    for (id, address) in &creators {
+        let on_chain = payer.usdc_of(*address).await?;
+        let confirmed = rig::confirmed_payouts(&db.pool, id).await?;
+        paid_total += on_chain;
+        if on_chain > confirmed {
+            eprintln!("chaos: creator {id} holds {on_chain} on chain, confirmed payouts say {confirmed}");
+            overpaid += 1;
+        } else if on_chain < confirmed {
+            eprintln!("chaos: creator {id} holds {on_chain} on chain, confirmed payouts say {confirmed}");
+            underpaid += 1;
+        }
+    }
+    let batches: (i64, i64) = sqlx::query_as("SELECT count(*) FILTER (WHERE status = 'confirmed'), count(*) FILTER (WHERE status = 'failed') FROM payout_batches")
+        .fetch_one(&db.pool)
+        .await?;
+    let doubled = rig::doubled(&db.pool, &sent).await? + overpaid;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut notes = vec![format!("{} payouts confirmed ({paid_total} USDC units to 2 creators), {} failed", batches.0, batches.1)];
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "kill9-payouts",
+        load: format!("{}, creators paid every 5 s", load.describe(1)),
+        faults: format!("{kills} x SIGKILL (every 2-5 s)"),
+        payments: sent.len(),
+        lost: unpaid + unsettled + underpaid,
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        notes: notes.join("; "),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+fn common_usdc() -> String {
+    crate::common::USDC_POLYGON.to_owned()
+}
+
+/// Job locks held per replica (by `application_name`) on the scenario's database.
+async fn job_locks_by_replica(pool: &PgPool) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND a.application_name LIKE 'chaos-%' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Two replicas on a PostgreSQL server of the scenario's own, which is crashed (`immediate`: every
+/// backend killed, WAL recovery at start) or shut down (`fast`) and started again every 5-9 s (short
+/// profile) or 8-14 s (full) while payments flow. Every job must give up its lock when its session
+/// dies and take it again when the server is back: nothing lost, nothing doubled, the chain followed
+/// again within seconds.
+async fn postgres_restart(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let logs = rig::log_dir("postgres-restart")?;
+    let cluster = rig::Cluster::start(&[]).await?;
+    let db = Db::create_on(&cluster.admin_url(), "postgres-restart").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let mut replicas = Vec::new();
+    for i in 1..=2 {
+        let mut r = Replica::new(&format!("chaos-r{i}"), &db, &anvil, &logs)?;
+        r.start()?;
+        replicas.push(r);
+    }
+    for r in &replicas {
+        wait_ready(&r.base()).await?;
+    }
+    let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let cluster = Arc::new(cluster);
+    let every = match profile {
+        Profile::Short => (5_000, 9_000),
+        Profile::Full => (8_000, 14_000),
+    };
+    let restarter = {
+        let cluster = cluster.clone();
+        let pool = db.pool.clone();
+        let anvil_url = anvil.url();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng::new(0x510e_527f_ade6_82d1);
+            let mut recoveries = Vec::new();
+            let mut outages = Vec::new();
+            let mut restarts = 0u32;
+            while restarts < 100 {
+                tokio::select! {
+                    _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
+                    _ = stop.changed() => break,
+                }
+                let mode = if restarts % 2 == 0 { "immediate" } else { "fast" };
+                let down = Instant::now();
+                cluster.down(mode).await?;
+                tokio::time::sleep(rng.millis_between(1_000, 3_000)).await;
+                cluster.up().await?;
+                restarts += 1;
+                let back = Instant::now();
+                // A block mined after the server came back: writes resumed once a replica's watcher
+                // has followed the chain past it.
+                rig::mine(&anvil_url, 1).await?;
+                let tip = rig::tip(&anvil_url).await?;
+                let resumed = until_cursor(&pool, tip, back).await;
+                recoveries.push(resumed);
+                outages.push(resumed.map(|_| down.elapsed()));
+            }
+            anyhow::Ok((restarts, recoveries, outages))
+        })
+    };
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (restarts, recoveries, outages) = restarter.await??;
+    let (sent, keys) = sent?;
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    let holder = watch_lock_holder(&db.pool).await?;
+    let locks = job_locks_by_replica(&db.pool).await?;
+    for r in &mut replicas {
+        if let Some(status) = r.exited() {
+            eprintln!("chaos: {} exited on its own: {status}", r.name);
+        }
+        r.kill9().await?;
+    }
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut notes = vec![format!(
+        "no writes for at most {:.1} s per restart (down time included); job locks held after: {}; watcher lock: {}",
+        recovery_max(&outages).unwrap_or_default().as_secs_f64(),
+        locks.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", "),
+        holder.as_deref().unwrap_or("nobody"),
+    )];
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "postgres-restart",
+        load: load.describe(2),
+        faults: format!("{restarts} x PostgreSQL stopped 1-3 s (crash and clean, alternately; every {}-{} s)", every.0 / 1000, every.1 / 1000),
+        payments: sent.len(),
+        // Without a watcher lock holder nothing would be followed any more: count it as lost work.
+        lost: lost + usize::from(holder.is_none()),
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        notes: notes.join("; "),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+/// The node faults `rpc-faults` goes through, one per phase, each on the endpoint in use.
+const NODE_FAULTS: &[Fault] = &[
+    Fault::Latency(Duration::from_millis(1_500)),
+    Fault::Reset,
+    Fault::Truncated,
+    Fault::Malformed,
+    Fault::RateLimited,
+    Fault::LimitExceeded,
+    Fault::Behind(50),
+    Fault::WrongChain,
+    // Longer than the client's per-call timeout: a node that stalls.
+    Fault::Latency(Duration::from_secs(12)),
+];
+
+/// One daemon following Polygon through two endpoints, each a fault proxy in front of the same
+/// anvil. Phase by phase, the endpoint the daemon is using starts to misbehave (slow, resets, cut or
+/// malformed bodies, 429, `-32005`, a lagging tip, another chain's id, a stall), then both at once
+/// reset every connection. The daemon must fail over, keep crediting each payment once, and follow
+/// the chain again within seconds of every phase.
+async fn rpc_faults(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let logs = rig::log_dir("rpc-faults")?;
+    let db = Db::create("rpc-faults").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let proxies = Arc::new([FaultProxy::start(anvil.url()).await?, FaultProxy::start(anvil.url()).await?]);
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?.with_rpc(proxies.iter().map(|p| p.url.clone()).collect());
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    let bases = vec![replica.base()];
+
+    let phases = NODE_FAULTS.len() + 1;
+    let phase = load.spread / u32::try_from(phases)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let injector = {
+        let proxies = proxies.clone();
+        let pool = db.pool.clone();
+        let anvil_url = anvil.url();
+        tokio::spawn(async move {
+            let mut monitors = Vec::new();
+            for i in 0..phases {
+                match NODE_FAULTS.get(i) {
+                    Some(fault) => {
+                        // The endpoint asked last is the one in use.
+                        let in_use = usize::from(proxies[1].last_request() > proxies[0].last_request());
+                        proxies[in_use].set(*fault);
+                        proxies[1 - in_use].set(Fault::None);
+                    }
+                    None => proxies.iter().for_each(|p| p.set(Fault::Reset)),
+                }
+                // Another chain's id is noticed when the endpoint's chain is checked again.
+                let lasts = if NODE_FAULTS.get(i) == Some(&Fault::WrongChain) { phase.max(CHAIN_CHECK_EVERY + Duration::from_secs(1)) } else { phase };
+                tokio::time::sleep(lasts).await;
+                proxies.iter().for_each(|p| p.set(Fault::None));
+                // Recovered once the daemon has followed the chain past a block mined after the phase.
+                let ended = Instant::now();
+                rig::mine(&anvil_url, 1).await?;
+                let tip = rig::tip(&anvil_url).await?;
+                let pool = pool.clone();
+                monitors.push(tokio::spawn(async move { until_cursor(&pool, tip, ended).await }));
+            }
+            let mut recoveries = Vec::new();
+            for m in monitors {
+                recoveries.push(m.await?);
+            }
+            anyhow::Ok(recoveries)
+        })
+    };
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let recoveries = injector.await??;
+    let _ = stop_tx.send(true);
+    let (sent, keys) = sent?;
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    let crashed = replica.exited();
+    replica.kill9().await?;
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut faulted = std::collections::BTreeMap::new();
+    for proxy in proxies.iter() {
+        for (name, n) in proxy.faulted() {
+            *faulted.entry(name).or_insert(0u64) += n;
+        }
+    }
+    let mut notes = vec![format!(
+        "requests faulted: {}",
+        faulted.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ")
+    )];
+    if let Some(status) = crashed {
+        notes.push(format!("the daemon exited on its own: {status}"));
+    }
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "rpc-faults",
+        load: format!("{}, 2 endpoints", load.describe(1)),
+        faults: format!("{} node faults on the endpoint in use, then both down ({} s each)", NODE_FAULTS.len(), phase.as_secs()),
+        payments: sent.len(),
+        lost: lost + usize::from(crashed.is_some()),
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
     finish(db, row).await

@@ -272,7 +272,7 @@ async fn an_endpoint_of_another_chain_is_refused(pool: PgPool) {
 }
 
 /// The one node client every EVM job uses: a dead endpoint is skipped, an endpoint serving another
-/// chain is never handed out, reads fail over.
+/// chain is never handed out nor read from, reads fail over.
 #[sqlx::test]
 async fn the_evm_client_fails_over_and_hands_out_only_endpoints_of_its_chain(pool: PgPool) {
     let rig = rig(pool).await;
@@ -291,6 +291,9 @@ async fn the_evm_client_fails_over_and_hands_out_only_endpoints_of_its_chain(poo
     let other_chain = EvmClient::new(&[dead, live], Some(1)).expect("client");
     let error = other_chain.provider().await.expect_err("only chain 137 is served");
     assert!(error.to_string().contains("serves chain 137"), "{error}");
+    // Reads are not taken from a node of another network either.
+    let error = other_chain.tip().await.expect_err("the tip of another chain is not read");
+    assert!(error.to_string().contains("serves chain 137, not 1"), "{error}");
 }
 
 #[sqlx::test]

@@ -1,10 +1,12 @@
 //! The one module that talks to EVM nodes. One [`EvmClient`] per chain serves the watcher, the
 //! sweeper, the payout executor and reconciliation alike: several endpoints with failover (each
-//! call tries the endpoint that last worked, then the others), the chain id checked before an
-//! endpoint is handed out for a caller's own calls, and signed transactions sent to every endpoint.
+//! call tries the endpoint that last worked, then the others), each endpoint's chain id checked
+//! before it is used and again every [`CHAIN_CHECK_EVERY`] (a node repointed at another network is
+//! dropped, not believed), and signed transactions sent to every endpoint.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use alloy::eips::BlockNumberOrTag;
 use alloy::network::{Ethereum, TransactionResponse};
@@ -33,6 +35,9 @@ sol! {
 
 /// Longest a single RPC call may take before the next endpoint is tried.
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
+
+/// How long an endpoint's chain id, once checked, is trusted before it is asked again.
+pub const CHAIN_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum RpcError {
@@ -81,6 +86,8 @@ pub struct TokenTransfer {
 #[derive(Debug)]
 pub struct EvmClient {
     endpoints: Vec<(String, RootProvider<Ethereum>)>,
+    /// Per endpoint, when its chain id was last found right.
+    checked: Vec<Mutex<Option<Instant>>>,
     preferred: AtomicUsize,
     /// The chain id every endpoint must serve (`None`: not checked).
     chain_id: Option<u64>,
@@ -102,25 +109,48 @@ impl EvmClient {
                 .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
             endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
         }
-        Ok(Self { endpoints, preferred: AtomicUsize::new(0), chain_id })
+        let checked = endpoints.iter().map(|_| Mutex::new(None)).collect();
+        Ok(Self { endpoints, checked, preferred: AtomicUsize::new(0), chain_id })
     }
 
     /// An endpoint that answers and serves this chain, the one that last worked first, for callers
     /// that make several calls on one node (signing and sending, receipts, contract reads).
     pub async fn provider(&self) -> Result<RootProvider<Ethereum>, RpcError> {
-        let expected = self.chain_id;
-        self.call("eth_chainId", |p| async move {
-            match p.get_chain_id().await {
-                Ok(id) if expected.is_none_or(|want| want == id) => Ok(p),
-                Ok(id) => Err(format!("serves chain {id}")),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await
+        self.call("eth_chainId", |p| async move { Ok(p) }).await
     }
 
-    /// Runs `op` against the endpoints in turn, starting with the one that last worked.
+    /// Whether endpoint `index` serves the expected chain: asked at most every
+    /// [`CHAIN_CHECK_EVERY`]; `Err` says why it may not be used now.
+    async fn chain_checked(&self, index: usize, provider: &RootProvider<Ethereum>) -> Result<(), String> {
+        let Some(want) = self.chain_id else { return Ok(()) };
+        let fresh = |at: &Option<Instant>| at.is_some_and(|at| at.elapsed() < CHAIN_CHECK_EVERY);
+        if self.checked[index].lock().is_ok_and(|at| fresh(&at)) {
+            return Ok(());
+        }
+        match provider.get_chain_id().await {
+            Ok(id) if id == want => {
+                if let Ok(mut at) = self.checked[index].lock() {
+                    *at = Some(Instant::now());
+                }
+                Ok(())
+            }
+            Ok(id) => Err(format!("serves chain {id}, not {want}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Runs `op` against the endpoints in turn, starting with the one that last worked, on
+    /// endpoints that serve this chain only.
     async fn call<T, F, Fut>(&self, call: &'static str, op: F) -> Result<T, RpcError>
+    where
+        F: Fn(RootProvider<Ethereum>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        self.call_on(call, true, op).await
+    }
+
+    /// [`Self::call`], with the chain check left out when `checked` is false.
+    async fn call_on<T, F, Fut>(&self, call: &'static str, checked: bool, op: F) -> Result<T, RpcError>
     where
         F: Fn(RootProvider<Ethereum>) -> Fut,
         Fut: std::future::Future<Output = Result<T, String>>,
@@ -131,7 +161,13 @@ impl EvmClient {
         for i in 0..n {
             let index = (start + i) % n;
             let (label, provider) = &self.endpoints[index];
-            match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), op(provider.clone())).await {
+            let attempt = async {
+                if checked {
+                    self.chain_checked(index, provider).await?;
+                }
+                op(provider.clone()).await
+            };
+            match tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), attempt).await {
                 Ok(Ok(value)) => {
                     if index != start {
                         tracing::info!(target: "evm", endpoint = %label, call, "failed over to the next endpoint");
@@ -147,8 +183,10 @@ impl EvmClient {
         Err(RpcError::Unavailable { call, endpoint: last.0, message: last.1 })
     }
 
+    /// The chain id an endpoint reports, asked of any endpoint (the watcher's start-up check: a
+    /// chain file pointing only at another network stops it with that error).
     pub async fn chain_id(&self) -> Result<u64, RpcError> {
-        self.call("eth_chainId", |p| async move { p.get_chain_id().await.map_err(|e| e.to_string()) }).await
+        self.call_on("eth_chainId", false, |p| async move { p.get_chain_id().await.map_err(|e| e.to_string()) }).await
     }
 
     pub async fn tip(&self) -> Result<u64, RpcError> {
