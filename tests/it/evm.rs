@@ -271,6 +271,22 @@ async fn an_endpoint_of_another_chain_is_refused(pool: PgPool) {
     assert!(matches!(error, FollowError::WrongChain { expected: 1, actual: 137, .. }), "{error:?}");
 }
 
+/// An endpoint of another network listed first is skipped: the watcher follows through the next.
+#[sqlx::test]
+async fn an_endpoint_of_another_chain_beside_a_right_one_is_skipped(pool: PgPool) {
+    let mut rig = rig(pool).await;
+    let mainnet = Anvil::start(1, 0, None).await.expect("anvil of chain 1");
+    rig.spec.rpc.insert(0, RpcUrl::new(&mainnet.url()).expect("url"));
+    let watcher = rig.watcher();
+    watcher.check_chain().await.expect("the second endpoint serves chain 137");
+    mine(&rig.anvil, 3).await;
+    // The other network's anvil is at block 0; chain 137's tip is read through the second endpoint.
+    let tip = EvmClient::for_chain(&rig.spec).expect("client").tip().await.expect("tip of chain 137");
+    let want = rpc(&rig.anvil, "eth_blockNumber", json!([])).await;
+    assert_eq!(format!("{tip:#x}"), want.as_str().expect("hex tip"));
+    assert!(tip >= 3);
+}
+
 /// The one node client every EVM job uses: a dead endpoint is skipped, an endpoint serving another
 /// chain is never handed out nor read from, reads fail over.
 #[sqlx::test]

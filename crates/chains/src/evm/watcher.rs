@@ -79,13 +79,16 @@ impl ChainSource for EvmSource {
         spec.block_time_ms.clamp(250, POLL_INTERVAL_MS_MAX)
     }
 
+    /// One endpoint of the right chain is enough (the others are skipped by the client); only when
+    /// none answers as this chain and one answers as another does the watcher stop for an operator.
     async fn check_chain(&self) -> Result<(), FollowError> {
+        let Err(unusable) = self.rpc.provider().await else { return Ok(()) };
         let expected = self.chain.caip2.evm_chain_id().unwrap_or_default();
         let actual = self.rpc.chain_id().await?;
         if actual != expected {
             return Err(FollowError::WrongChain { name: self.chain.name.clone(), expected, actual });
         }
-        Ok(())
+        Err(unusable.into())
     }
 
     async fn head(&self) -> Result<Head<B256>, FollowError> {
