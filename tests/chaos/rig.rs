@@ -548,30 +548,50 @@ impl Rng {
     }
 }
 
-/// A webhook receiver on loopback that answers 200 to everything and counts deliveries by the
-/// `Payrail-Event-Id` header.
+/// A webhook receiver on loopback that counts deliveries by the `Payrail-Event-Id` header and keeps
+/// the order of their first arrival. While [`Receiver::set_down`] is on it answers 503 to everything
+/// (an endpoint that is down) and counts those refusals instead.
 pub struct Receiver {
     pub url: String,
-    deliveries: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    deliveries: Arc<std::sync::Mutex<Deliveries>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
     server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default, Clone)]
+pub struct Deliveries {
+    /// Accepted deliveries per event id.
+    pub count: BTreeMap<String, u32>,
+    /// Event ids in the order they were first accepted.
+    pub order: Vec<String>,
+    /// Attempts answered 503 while down.
+    pub refused: u32,
 }
 
 impl Receiver {
     pub async fn start() -> Result<Self> {
-        let deliveries: Arc<std::sync::Mutex<BTreeMap<String, u32>>> = Arc::default();
-        let seen = deliveries.clone();
+        let deliveries: Arc<std::sync::Mutex<Deliveries>> = Arc::default();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, is_down) = (deliveries.clone(), down.clone());
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: axum::http::HeaderMap| {
-                let seen = seen.clone();
+                let (seen, is_down) = (seen.clone(), is_down.clone());
                 async move {
                     let id = headers
                         .get(payrail::webhook::dispatch::EVENT_ID_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("(none)")
                         .to_owned();
-                    if let Ok(mut seen) = seen.lock() {
-                        *seen.entry(id).or_default() += 1;
+                    let Ok(mut seen) = seen.lock() else { return axum::http::StatusCode::INTERNAL_SERVER_ERROR };
+                    if is_down.load(std::sync::atomic::Ordering::SeqCst) {
+                        seen.refused += 1;
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let n = seen.count.entry(id.clone()).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        seen.order.push(id);
                     }
                     axum::http::StatusCode::OK
                 }
@@ -582,12 +602,20 @@ impl Receiver {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { url, deliveries, server })
+        Ok(Self { url, deliveries, down, server })
     }
 
     /// Deliveries so far, by event id.
     pub fn deliveries(&self) -> BTreeMap<String, u32> {
+        self.log().count
+    }
+
+    pub fn log(&self) -> Deliveries {
         self.deliveries.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -621,6 +649,14 @@ pub async fn expected_events(pool: &PgPool) -> Result<Vec<String>> {
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// Events accepted out of outbox order (the endpoint's deliveries are sent oldest first).
+pub async fn out_of_order(pool: &PgPool, order: &[String]) -> Result<usize> {
+    let ids: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, id FROM outbox WHERE event_id = ANY($1)").bind(order).fetch_all(pool).await?;
+    let position: BTreeMap<String, i64> = ids.into_iter().collect();
+    let sequence: Vec<i64> = order.iter().filter_map(|id| position.get(id).copied()).collect();
+    Ok(sequence.windows(2).filter(|w| w[1] < w[0]).count())
 }
 
 /// Invoices among `ids` without an `invoice.paid` event in the outbox.

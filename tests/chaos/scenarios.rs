@@ -23,6 +23,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("kill9-catchup", |p| Box::pin(kill9_catchup(p))),
     ("replicas-leader-kill", |p| Box::pin(replicas_leader_kill(p))),
     ("kill9-webhooks", |p| Box::pin(kill9_webhooks(p))),
+    ("webhooks-down", |p| Box::pin(webhooks_down(p))),
     ("kill9-sweeps", |p| Box::pin(kill9_sweeps(p))),
     ("kill9-payouts", |p| Box::pin(kill9_payouts(p))),
     ("postgres-restart", |p| Box::pin(postgres_restart(p))),
@@ -487,6 +488,91 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
         notes: notes(keys),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+/// One daemon whose merchant's webhook receiver is down (503 to everything) for a long stretch in the
+/// middle of the payments. The dispatcher backs off and, once the receiver is back, delivers every
+/// event (but those superseded by a newer one about the same object) in outbox order.
+async fn webhooks_down(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let (down_after, outage) = match profile {
+        Profile::Short => (Duration::from_secs(5), Duration::from_secs(15)),
+        Profile::Full => (Duration::from_secs(30), Duration::from_secs(120)),
+    };
+    let logs = rig::log_dir("webhooks-down")?;
+    let db = Db::create("webhooks-down").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let receiver = Arc::new(rig::Receiver::start().await?);
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    rig::register_endpoint(&replica.base(), &merchant.api_key, &receiver.url).await?;
+    let bases = vec![replica.base()];
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let outage_task = {
+        let receiver = receiver.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(down_after).await;
+            receiver.set_down(true);
+            tokio::time::sleep(outage).await;
+            receiver.set_down(false);
+            Instant::now()
+        })
+    };
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let back = outage_task.await?;
+    let _ = stop_tx.send(true);
+    let (sent, keys) = sent?;
+    let ids: Vec<String> = sent.iter().map(|(i, _)| i.id.clone()).collect();
+    let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    // Backoff doubles from 10 s: the last attempts before the receiver came back may wait that long again.
+    let drain_max = SETTLE_MAX + outage;
+    let (undelivered, drained) = loop {
+        let delivered = receiver.deliveries();
+        let missing = rig::expected_events(&db.pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
+        if missing == 0 || back.elapsed() > drain_max {
+            break (missing, (missing == 0).then(|| back.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let crashed = replica.exited();
+    replica.kill9().await?;
+    let log = receiver.log();
+    let duplicates: u32 = log.count.values().map(|n| n.saturating_sub(1)).sum();
+    let disorder = rig::out_of_order(&db.pool, &log.order).await?;
+    let lost = unpaid + undelivered + rig::invoices_without_paid_event(&db.pool, &ids).await? + usize::from(crashed.is_some());
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let superseded: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'superseded'").fetch_one(&db.pool).await?;
+    let mut notes = vec![format!(
+        "{} attempts refused while down; {superseded} superseded by a newer event; {disorder} delivered out of order; all delivered {} after the receiver came back",
+        log.refused,
+        drained.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+    )];
+    if let Some(status) = crashed {
+        notes.push(format!("the daemon exited on its own: {status}"));
+    }
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "webhooks-down",
+        load: format!("{}, {} events", load.describe(1), log.count.len()),
+        faults: format!("receiver answering 503 for {} s", outage.as_secs()),
+        payments: sent.len(),
+        lost: lost + disorder,
+        doubled,
+        duplicates: Some(usize::try_from(duplicates)?),
+        recovery_max: drained.or(Some(drain_max)),
+        reconcile_clean: clean,
+        notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
     finish(db, row).await
