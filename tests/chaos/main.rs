@@ -41,6 +41,9 @@ pub struct Row {
     pub duplicates: Option<usize>,
     pub recovery_max: Option<Duration>,
     pub reconcile_clean: bool,
+    /// API answers that were wrong under the fault: a 5xx other than 503, a 503 without
+    /// `Retry-After`, or no answer within the request timeout (named in the notes; fails the row).
+    pub bad_answers: usize,
     /// What the scenario saw that is neither a loss nor a double but needs a look.
     pub notes: String,
     pub elapsed: Duration,
@@ -48,7 +51,7 @@ pub struct Row {
 
 impl Row {
     pub fn failed(&self) -> bool {
-        self.lost > 0 || self.doubled > 0 || !self.reconcile_clean
+        self.lost > 0 || self.doubled > 0 || self.bad_answers > 0 || !self.reconcile_clean
     }
 }
 
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
                         duplicates: None,
                         recovery_max: None,
                         reconcile_clean: false,
+                        bad_answers: 0,
                         notes: String::new(),
                         elapsed: Duration::ZERO,
                     });

@@ -741,3 +741,62 @@ pub async fn confirmed_payouts(pool: &PgPool, creator: &str) -> Result<U256> {
     .await?;
     Ok(total.parse()?)
 }
+
+/// What a steady reader of one invoice saw: answers by kind, and the slowest.
+#[derive(Debug, Default, Clone)]
+pub struct Probed {
+    pub ok: u32,
+    /// 503 with `Retry-After`: the answer a client can act on.
+    pub unavailable: u32,
+    /// Anything else 5xx, a 503 without `Retry-After`, or no answer within the client's patience.
+    pub bad: u32,
+    pub slowest: Duration,
+}
+
+/// Reads `GET /v1/invoices/{id}` from `concurrency` clients until `stop` flips. A request gets
+/// `patience` (the daemon's request timeout plus a margin) before it counts as hung.
+pub fn spawn_prober(base: String, api_key: String, invoice: String, concurrency: usize, patience: Duration, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Probed> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, base, api_key, invoice, stop) = (client.clone(), base.clone(), api_key.clone(), invoice.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut seen = Probed::default();
+                    while !*stop.borrow() {
+                        let started = Instant::now();
+                        let reply = client.get(format!("{base}/v1/invoices/{invoice}")).bearer_auth(&api_key).timeout(patience).send().await;
+                        seen.slowest = seen.slowest.max(started.elapsed());
+                        match reply {
+                            Ok(r) if r.status().is_success() => seen.ok += 1,
+                            Ok(r) if r.status().as_u16() == 503 && r.headers().contains_key("retry-after") => seen.unavailable += 1,
+                            Ok(r) if r.status().is_server_error() => {
+                                eprintln!("chaos: GET invoice answered {} {}", r.status(), r.text().await.unwrap_or_default());
+                                seen.bad += 1;
+                            }
+                            Ok(_) => seen.ok += 1,
+                            Err(e) if e.is_timeout() => {
+                                eprintln!("chaos: GET invoice had no answer within {patience:?}");
+                                seen.bad += 1;
+                            }
+                            // Refused connections: the daemon is restarting (not this scenario's fault).
+                            Err(_) => {}
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut all = Probed::default();
+        for task in tasks {
+            if let Ok(seen) = task.await {
+                all.ok += seen.ok;
+                all.unavailable += seen.unavailable;
+                all.bad += seen.bad;
+                all.slowest = all.slowest.max(seen.slowest);
+            }
+        }
+        all
+    })
+}

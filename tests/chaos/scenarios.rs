@@ -27,6 +27,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("kill9-sweeps", |p| Box::pin(kill9_sweeps(p))),
     ("kill9-payouts", |p| Box::pin(kill9_payouts(p))),
     ("postgres-restart", |p| Box::pin(postgres_restart(p))),
+    ("postgres-connections", |p| Box::pin(postgres_connections(p))),
     ("rpc-faults", |p| Box::pin(rpc_faults(p))),
 ];
 
@@ -209,6 +210,7 @@ async fn kill9_payments(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        bad_answers: 0,
         notes: notes(keys),
         elapsed: started.elapsed(),
     };
@@ -305,6 +307,7 @@ async fn kill9_catchup(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: Some(caught_up.unwrap_or(CATCHUP_MAX)),
         reconcile_clean: clean,
+        bad_answers: 0,
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
@@ -421,6 +424,7 @@ async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        bad_answers: 0,
         notes: notes(keys),
         elapsed: started.elapsed(),
     };
@@ -487,6 +491,7 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
         duplicates: Some(usize::try_from(duplicates)?),
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        bad_answers: 0,
         notes: notes(keys),
         elapsed: started.elapsed(),
     };
@@ -572,6 +577,7 @@ async fn webhooks_down(profile: Profile) -> Result<Row> {
         duplicates: Some(usize::try_from(duplicates)?),
         recovery_max: drained.or(Some(drain_max)),
         reconcile_clean: clean,
+        bad_answers: 0,
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
@@ -628,6 +634,7 @@ async fn kill9_sweeps(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        bad_answers: 0,
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
@@ -724,6 +731,7 @@ async fn kill9_payouts(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        bad_answers: 0,
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
@@ -846,6 +854,125 @@ async fn postgres_restart(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        bad_answers: 0,
+        notes: notes.join("; "),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+/// Takes every free connection slot of the server and ends the daemon's sessions, so that its pool
+/// must reconnect and cannot; keeps taking slots that free up for `hold`. The hog's connections close
+/// when it returns.
+async fn starve_connections(admin_url: &str, victim: &str, hold: Duration) -> Result<usize> {
+    use sqlx::Connection;
+    let mut hog = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < hold {
+        // Until the server refuses: "sorry, too many clients already".
+        while let Ok(conn) = sqlx::PgConnection::connect(admin_url).await {
+            hog.push(conn);
+        }
+        if let Some(conn) = hog.first_mut() {
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(victim)
+                .execute(&mut *conn)
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken = hog.len();
+    for conn in hog {
+        let _ = conn.close().await;
+    }
+    Ok(taken)
+}
+
+/// One daemon on a PostgreSQL server of the scenario's own with few connection slots. Again and
+/// again another client takes every free slot and the daemon's sessions are ended, so its pool can
+/// get no connection for a while; meanwhile clients read an invoice without pause and payments flow.
+/// Every request must be answered within the request timeout — 503 with `Retry-After` while the
+/// database is out of reach, never a 500 nor a hang — and the work resumes once slots free up.
+async fn postgres_connections(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let (hold, every) = match profile {
+        Profile::Short => (Duration::from_secs(6), (4_000, 7_000)),
+        Profile::Full => (Duration::from_secs(20), (10_000, 20_000)),
+    };
+    let logs = rig::log_dir("postgres-connections")?;
+    let cluster = rig::Cluster::start(&["max_connections=40", "superuser_reserved_connections=0"]).await?;
+    let db = Db::create_on(&cluster.admin_url(), "postgres-connections").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    let bases = vec![replica.base()];
+    let probe_invoice = rig::create_invoice(&bases, &merchant.api_key, "probe", "1.00", rig::POL, READY_MAX).await?.invoice;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    // The daemon's request timeout (5 s) and a margin: no answer by then is a hang.
+    let prober = rig::spawn_prober(replica.base(), merchant.api_key.clone(), probe_invoice.id.clone(), 4, Duration::from_secs(7), stop_rx.clone());
+    let starver = {
+        let admin_url = cluster.admin_url();
+        let pool = db.pool.clone();
+        let anvil_url = anvil.url();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng::new(0x9b05_688c_2b3e_6c1f);
+            let (mut starved, mut taken, mut recoveries) = (0u32, 0usize, Vec::new());
+            while starved < 100 {
+                tokio::select! {
+                    _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
+                    _ = stop.changed() => break,
+                }
+                taken = taken.max(starve_connections(&admin_url, "chaos-r1", hold).await?);
+                starved += 1;
+                let freed = Instant::now();
+                rig::mine(&anvil_url, 1).await?;
+                let tip = rig::tip(&anvil_url).await?;
+                recoveries.push(until_cursor(&pool, tip, freed).await);
+            }
+            anyhow::Ok((starved, taken, recoveries))
+        })
+    };
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (starved, taken, recoveries) = starver.await??;
+    let probed = prober.await?;
+    let (sent, keys) = sent?;
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    let crashed = replica.exited();
+    replica.kill9().await?;
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut notes = vec![format!(
+        "reads: {} ok, {} answered 503 + Retry-After, {} bad (500 or no answer in 7 s), slowest {} ms",
+        probed.ok,
+        probed.unavailable,
+        probed.bad,
+        probed.slowest.as_millis()
+    )];
+    if let Some(status) = crashed {
+        notes.push(format!("the daemon exited on its own: {status}"));
+    }
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "postgres-connections",
+        load: format!("{}, 4 readers without pause", load.describe(1)),
+        faults: format!("{starved} x every free slot taken ({taken} connections) and the daemon's sessions ended, for {} s", hold.as_secs()),
+        payments: sent.len(),
+        lost: lost + usize::from(crashed.is_some()),
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        bad_answers: usize::try_from(probed.bad)?,
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
@@ -958,6 +1085,7 @@ async fn rpc_faults(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
+        bad_answers: 0,
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };
