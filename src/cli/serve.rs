@@ -33,6 +33,8 @@ pub async fn run(config: &Config, config_path: &Path, args: Args) -> Result<()> 
         tracing::warn!(target: "config", settings = %list.trim(), "running with dev-only settings (--allow-dev-settings)");
     }
     let pool = super::connect(config, config.database.pool_max).await?;
+    // The job locks need sessions of their own: refuse a transaction-pooling pooler at once.
+    db::sessions::check_sessions(&pool.connect_options()).await?;
     if !args.no_migrate {
         db::migrate(&pool).await?;
     }

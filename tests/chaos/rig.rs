@@ -162,6 +162,109 @@ impl Drop for Cluster {
     }
 }
 
+/// PgBouncer (Debian's `pgbouncer`, installed by `scripts/chaos` when missing) on a loopback port
+/// in front of the PostgreSQL at `upstream_port`, in `pool_mode` (`session` or `transaction`).
+/// Runs as the `postgres` user when the harness is root (it refuses root).
+pub struct PgBouncer {
+    pub port: u16,
+    pool_mode: String,
+    upstream_port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PgBouncer {
+    pub async fn start(upstream_port: u16, pool_mode: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("payrail-chaos-pgbouncer-{}-{}", std::process::id(), free_port()?));
+        std::fs::create_dir_all(&dir)?;
+        let mut bouncer = Self { port: free_port()?, pool_mode: pool_mode.to_owned(), upstream_port, dir, child: None };
+        bouncer.up().await?;
+        Ok(bouncer)
+    }
+
+    /// The URL of `database` through the pooler.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Starts it (again) and waits until it accepts connections.
+    pub async fn up(&mut self) -> Result<()> {
+        let ini = self.dir.join("pgbouncer.ini");
+        std::fs::write(self.dir.join("userlist.txt"), "\"postgres\" \"\"\n")?;
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={upstream}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 unix_socket_dir =\nauth_type = trust\nauth_file = {dir}/userlist.txt\npool_mode = {mode}\n\
+                 max_client_conn = 1000\ndefault_pool_size = 60\nignore_startup_parameters = extra_float_digits,options\n\
+                 logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
+                upstream = self.upstream_port,
+                port = self.port,
+                dir = path_str(&self.dir)?,
+                mode = self.pool_mode,
+            ),
+        )?;
+        if running_as_root() {
+            let status = std::process::Command::new("chown").args(["-R", "postgres"]).arg(&self.dir).status()?;
+            if !status.success() {
+                bail!("chown postgres {}", self.dir.display());
+            }
+        }
+        let mut command = if running_as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(pgbouncer_program());
+            c
+        } else {
+            std::process::Command::new(pgbouncer_program())
+        };
+        let child = command
+            .arg(&ini)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting pgbouncer (Debian package pgbouncer; scripts/chaos installs it)")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("pgbouncer did not listen on {} within 10 s", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: every client and server connection through it breaks at once.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // runuser passes SIGKILL on to nobody: kill the pooler by its pid file as well.
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+                let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(self.dir.join("pgbouncer.pid"));
+        }
+        Ok(())
+    }
+}
+
+/// Debian installs it under /usr/sbin, which a non-root PATH may lack.
+fn pgbouncer_program() -> &'static str {
+    if std::path::Path::new("/usr/sbin/pgbouncer").exists() {
+        "/usr/sbin/pgbouncer"
+    } else {
+        "pgbouncer"
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn running_as_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
@@ -209,6 +312,23 @@ impl Replica {
     pub fn with_rpc(mut self, urls: Vec<String>) -> Self {
         self.rpc = urls;
         self
+    }
+
+    /// Connects through `url` (a pooler, say) instead of straight to the scenario's database.
+    pub fn with_database(mut self, url: &str) -> Self {
+        self.database_url = format!("{url}?application_name={}", self.name);
+        self
+    }
+
+    /// The log file its runs append to.
+    pub fn log_file(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// Waits for the process to end by itself, at most `limit`; its exit status.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        tokio::time::timeout(limit, child.wait()).await.ok().and_then(Result::ok)
     }
 
     pub fn with_env(mut self, name: &str, value: &str) -> Self {

@@ -28,6 +28,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("kill9-payouts", |p| Box::pin(kill9_payouts(p))),
     ("postgres-restart", |p| Box::pin(postgres_restart(p))),
     ("postgres-connections", |p| Box::pin(postgres_connections(p))),
+    ("pgbouncer", |p| Box::pin(pgbouncer(p))),
     ("rpc-faults", |p| Box::pin(rpc_faults(p))),
 ];
 
@@ -973,6 +974,117 @@ async fn postgres_connections(profile: Profile) -> Result<Row> {
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
         bad_answers: usize::try_from(probed.bad)?,
+        notes: notes.join("; "),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+/// payrail behind PgBouncer. First in transaction mode, which cannot keep its session locks: `payrail
+/// serve` must refuse to start, naming the reason. Then in session mode, the supported one: two
+/// replicas through the pooler while it is SIGKILLed and started again every few seconds (every
+/// client and server connection through it breaks at once) and payments flow.
+async fn pgbouncer(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let every = match profile {
+        Profile::Short => (5_000, 9_000),
+        Profile::Full => (8_000, 14_000),
+    };
+    let logs = rig::log_dir("pgbouncer")?;
+    let cluster = rig::Cluster::start(&[]).await?;
+    let db = Db::create_on(&cluster.admin_url(), "pgbouncer").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+
+    let mut bad_answers = 0usize;
+    let transaction_mode = {
+        let pooler = rig::PgBouncer::start(cluster.port, "transaction").await?;
+        let mut daemon = Replica::new("chaos-tx", &db, &anvil, &logs)?.with_database(&pooler.url(&db.name));
+        daemon.start()?;
+        let status = daemon.wait_exit(Duration::from_secs(30)).await;
+        daemon.kill9().await?;
+        let log = std::fs::read_to_string(daemon.log_file()).unwrap_or_default();
+        let refused = status.is_some_and(|s| !s.success()) && log.contains("does not keep sessions");
+        if !refused {
+            eprintln!("chaos: payrail serve through a transaction-mode pool was not refused ({status:?})");
+            bad_answers += 1;
+        }
+        refused
+    };
+
+    let mut pooler = rig::PgBouncer::start(cluster.port, "session").await?;
+    let url = pooler.url(&db.name);
+    let mut replicas = Vec::new();
+    for i in 1..=2 {
+        let mut r = Replica::new(&format!("chaos-r{i}"), &db, &anvil, &logs)?.with_database(&url);
+        r.start()?;
+        replicas.push(r);
+    }
+    for r in &replicas {
+        wait_ready(&r.base()).await?;
+    }
+    let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let restarter = {
+        let pool = db.pool.clone();
+        let anvil_url = anvil.url();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng::new(0x1f83_d9ab_fb41_bd6b);
+            let (mut restarts, mut recoveries) = (0u32, Vec::new());
+            while restarts < 100 {
+                tokio::select! {
+                    _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
+                    _ = stop.changed() => break,
+                }
+                pooler.kill9()?;
+                tokio::time::sleep(rng.millis_between(500, 2_000)).await;
+                pooler.up().await?;
+                restarts += 1;
+                let back = Instant::now();
+                rig::mine(&anvil_url, 1).await?;
+                let tip = rig::tip(&anvil_url).await?;
+                recoveries.push(until_cursor(&pool, tip, back).await);
+            }
+            anyhow::Ok((restarts, recoveries, pooler))
+        })
+    };
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (restarts, recoveries, pooler) = restarter.await??;
+    let (sent, keys) = sent?;
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    let holder = watch_lock_holder(&db.pool).await?;
+    for r in &mut replicas {
+        if let Some(status) = r.exited() {
+            eprintln!("chaos: {} exited on its own: {status}", r.name);
+        }
+        r.kill9().await?;
+    }
+    drop(pooler);
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut notes = vec![format!(
+        "transaction mode refused at start: {}; watcher lock after: {}",
+        if transaction_mode { "y" } else { "n" },
+        holder.as_deref().unwrap_or("nobody")
+    )];
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "pgbouncer",
+        load: format!("{} through PgBouncer (session mode)", load.describe(2)),
+        faults: format!("{restarts} x PgBouncer SIGKILLed, down 0.5-2 s (every {}-{} s)", every.0 / 1000, every.1 / 1000),
+        payments: sent.len(),
+        lost: lost + usize::from(holder.is_none()),
+        doubled,
+        duplicates: None,
+        recovery_max: recovery_max(&recoveries),
+        reconcile_clean: clean,
+        bad_answers,
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };

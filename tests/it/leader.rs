@@ -140,3 +140,10 @@ async fn the_payout_executor_takes_its_lock_again_after_its_session_ends(pool: P
     tokio::time::timeout(Duration::from_secs(30), task).await.expect("stops").expect("task");
     assert!(payrail::payout::try_lock_executor(&pool).await.expect("try").is_some(), "released at shutdown");
 }
+
+/// A direct connection keeps its sessions: the probe `payrail serve` runs at start passes (behind a
+/// transaction-mode pooler it refuses to start; `scripts/chaos pgbouncer` shows that against PgBouncer).
+#[sqlx::test]
+async fn a_direct_connection_passes_the_session_probe(pool: PgPool) {
+    payrail::db::sessions::check_sessions(&pool.connect_options()).await.expect("sessions of its own");
+}

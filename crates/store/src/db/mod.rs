@@ -3,6 +3,7 @@
 
 pub mod leader;
 pub mod replicas;
+pub mod sessions;
 
 use std::time::Duration;
 
