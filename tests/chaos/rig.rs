@@ -44,13 +44,14 @@ impl Db {
 
     /// On the server `admin_url` connects to (a [`Cluster`] of the scenario's own, say).
     pub async fn create_on(admin_url: &str, scenario: &str) -> Result<Self> {
-        let admin = PgPool::connect(admin_url).await.with_context(|| format!("connecting to {admin_url}"))?;
+        // payrail's own pool: a URL naming several hosts follows their primary, as the daemon does.
+        let admin = payrail::db::connect(admin_url, 4).await.with_context(|| format!("connecting to {admin_url}"))?;
         let name = format!("payrail_chaos_{}_{}", scenario.replace('-', "_"), std::process::id());
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await?;
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
         let (base, _) = admin_url.rsplit_once('/').context("DATABASE_URL names a database")?;
         let url = format!("{base}/{name}");
-        let pool = PgPool::connect(&url).await?;
+        let pool = payrail::db::connect(&url, 10).await?;
         payrail::db::migrate(&pool).await?;
         Ok(Self { name, url, pool, admin })
     }
@@ -84,7 +85,7 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let cluster = Self { port: free_port()?, dir, bin };
-        cluster.give_to_server_user()?;
+        give_to_server_user(&cluster.dir)?;
         let data = cluster.dir.join("data");
         cluster.run(cluster.bin.join("initdb"), &["-D", path_str(&data)?, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]).await?;
         let mut options = format!(
@@ -121,27 +122,10 @@ impl Cluster {
     }
 
     async fn run(&self, program: PathBuf, args: &[&str]) -> Result<()> {
-        let mut command = if running_as_root() {
-            let mut c = tokio::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
-        } else {
-            tokio::process::Command::new(&program)
-        };
+        let mut command = tokio::process::Command::from(as_server_user(&program.to_string_lossy()));
         let out = command.args(args).stdin(std::process::Stdio::null()).output().await.with_context(|| format!("running {}", program.display()))?;
         if !out.status.success() {
             bail!("{} {}: {}{}", program.display(), args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-
-    /// Hands the cluster's directory to the server's user when running as root.
-    fn give_to_server_user(&self) -> Result<()> {
-        if running_as_root() {
-            let status = std::process::Command::new("chown").args(["-R", "postgres"]).arg(&self.dir).status()?;
-            if !status.success() {
-                bail!("chown postgres {}", self.dir.display());
-            }
         }
         Ok(())
     }
@@ -150,14 +134,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        let mut command = if running_as_root() {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
-            c
-        } else {
-            std::process::Command::new(self.bin.join("pg_ctl"))
-        };
-        let _ = command.arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]).output();
+        let pg_ctl = self.bin.join("pg_ctl");
+        let _ = as_server_user(&pg_ctl.to_string_lossy()).arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -204,20 +182,8 @@ impl PgBouncer {
                 mode = self.pool_mode,
             ),
         )?;
-        if running_as_root() {
-            let status = std::process::Command::new("chown").args(["-R", "postgres"]).arg(&self.dir).status()?;
-            if !status.success() {
-                bail!("chown postgres {}", self.dir.display());
-            }
-        }
-        let mut command = if running_as_root() {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(pgbouncer_program());
-            c
-        } else {
-            std::process::Command::new(pgbouncer_program())
-        };
-        let child = command
+        give_to_server_user(&self.dir)?;
+        let child = as_server_user(pgbouncer_program())
             .arg(&ini)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -263,6 +229,231 @@ impl Drop for PgBouncer {
         let _ = self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A PostgreSQL cluster run by Patroni (Debian's `patroni` and `etcd-server`, installed by
+/// `scripts/chaos` when missing): one etcd, a primary and a synchronous standby on loopback ports,
+/// failing over within about ten seconds (`ttl` 10). Torn down when dropped.
+pub struct Patroni {
+    dir: PathBuf,
+    etcd: std::process::Child,
+    nodes: Vec<PatroniNode>,
+}
+
+pub struct PatroniNode {
+    pub name: String,
+    pub pg_port: u16,
+    pub api_port: u16,
+    config: PathBuf,
+    data: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Patroni {
+    pub async fn start() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("payrail-chaos-patroni-{}-{}", std::process::id(), free_port()?));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL's server binaries")?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .context("no initdb under /usr/lib/postgresql")?;
+        let (client, peer) = (free_port()?, free_port()?);
+        let mut nodes = Vec::new();
+        for name in ["n1", "n2"] {
+            let (pg_port, api_port) = (free_port()?, free_port()?);
+            let data = dir.join(name);
+            let config = dir.join(format!("{name}.yml"));
+            std::fs::write(
+                &config,
+                format!(
+                    r#"scope: payrail-chaos
+name: {name}
+restapi:
+  listen: 127.0.0.1:{api_port}
+  connect_address: 127.0.0.1:{api_port}
+etcd3:
+  hosts: 127.0.0.1:{client}
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 1
+    retry_timeout: 4
+    maximum_lag_on_failover: 1048576
+    synchronous_mode: true
+    postgresql:
+      use_pg_rewind: true
+      parameters:
+        wal_log_hints: "on"
+        max_connections: 200
+        fsync: "off"
+  initdb:
+    - encoding: UTF8
+    - auth: trust
+  pg_hba:
+    - host all all 127.0.0.1/32 trust
+    - host replication all 127.0.0.1/32 trust
+postgresql:
+  listen: 127.0.0.1:{pg_port}
+  connect_address: 127.0.0.1:{pg_port}
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {dir}/pgpass-{name}
+  authentication:
+    superuser:
+      username: postgres
+    replication:
+      username: postgres
+    rewind:
+      username: postgres
+  parameters:
+    unix_socket_directories: {dir}
+"#,
+                    data = path_str(&data)?,
+                    bin = path_str(&bin)?,
+                    dir = path_str(&dir)?,
+                ),
+            )?;
+            nodes.push(PatroniNode { name: name.to_owned(), pg_port, api_port, config, data, child: None });
+        }
+        give_to_server_user(&dir)?;
+        let etcd = as_server_user("etcd")
+            .args(["--name", "e1", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}"), "--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}"), "--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &format!("e1=http://127.0.0.1:{peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("etcd.log"))?)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server; scripts/chaos installs it)")?;
+        let mut cluster = Self { dir, etcd, nodes };
+        for i in 0..cluster.nodes.len() {
+            cluster.start_node(i)?;
+            // The first bootstraps the cluster before the second joins it.
+            if i == 0 {
+                cluster.wait_until(Duration::from_secs(90), |members| members.iter().any(|(_, role)| role == "leader")).await?;
+            }
+        }
+        cluster.wait_until(Duration::from_secs(120), |members| members.iter().any(|(_, role)| role == "sync_standby")).await?;
+        Ok(cluster)
+    }
+
+    /// The libpq multi-host URL of `database` over every node.
+    pub fn url(&self, database: &str) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.pg_port)).collect();
+        format!("postgres://postgres@{}/{database}?target_session_attrs=read-write", hosts.join(","))
+    }
+
+    pub fn start_node(&mut self, index: usize) -> Result<()> {
+        let node = &mut self.nodes[index];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}.log", node.name)))?;
+        let child = as_server_user("patroni")
+            .arg(&node.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting patroni (Debian package patroni; scripts/chaos installs it)")?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL of a node's Patroni and its PostgreSQL: a machine gone at once.
+    pub fn kill_node(&mut self, index: usize) -> Result<()> {
+        let node = &mut self.nodes[index];
+        let _ = std::process::Command::new("pkill").args(["-9", "-f"]).arg(format!("patroni {}", path_str(&node.config)?)).status();
+        if let Ok(pid) = std::fs::read_to_string(node.data.join("postmaster.pid")) {
+            if let Some(pid) = pid.lines().next() {
+                let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Members and their roles, from any node's REST API that answers.
+    pub async fn members(&self) -> Vec<(String, String)> {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
+        for node in &self.nodes {
+            let reply = client.get(format!("http://127.0.0.1:{}/cluster", node.api_port)).timeout(Duration::from_secs(2)).send().await;
+            if let Ok(reply) = reply {
+                if let Ok(body) = reply.json::<Value>().await {
+                    return body["members"]
+                        .as_array()
+                        .map(|m| {
+                            m.iter()
+                                .filter(|m| m["state"] == "running" || m["state"] == "streaming")
+                                .map(|m| (m["name"].as_str().unwrap_or_default().to_owned(), m["role"].as_str().unwrap_or_default().to_owned()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    pub fn name(&self, index: usize) -> &str {
+        &self.nodes[index].name
+    }
+
+    /// The index of the node that leads now.
+    pub async fn leader(&self) -> Option<usize> {
+        let members = self.members().await;
+        let name = members.iter().find(|(_, role)| role == "leader")?.0.clone();
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    pub async fn wait_until(&self, limit: Duration, done: impl Fn(&[(String, String)]) -> bool) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if done(&self.members().await) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                bail!("the Patroni cluster did not get there within {limit:?} (logs under {})", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Patroni {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.kill_node(i);
+        }
+        let _ = self.etcd.kill();
+        let _ = self.etcd.wait();
+        let _ = std::process::Command::new("pkill").args(["-9", "-f"]).arg(self.dir.as_os_str()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `program` run as the `postgres` user when the harness is root (PostgreSQL and its tools refuse root).
+fn as_server_user(program: &str) -> std::process::Command {
+    if running_as_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+fn give_to_server_user(dir: &std::path::Path) -> Result<()> {
+    if running_as_root() {
+        let status = std::process::Command::new("chown").args(["-R", "postgres"]).arg(dir).status()?;
+        if !status.success() {
+            bail!("chown postgres {}", dir.display());
+        }
+    }
+    Ok(())
 }
 
 fn running_as_root() -> bool {

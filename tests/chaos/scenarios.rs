@@ -27,6 +27,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("kill9-sweeps", |p| Box::pin(kill9_sweeps(p))),
     ("kill9-payouts", |p| Box::pin(kill9_payouts(p))),
     ("postgres-restart", |p| Box::pin(postgres_restart(p))),
+    ("postgres-failover", |p| Box::pin(postgres_failover(p))),
     ("postgres-connections", |p| Box::pin(postgres_connections(p))),
     ("pgbouncer", |p| Box::pin(pgbouncer(p))),
     ("rpc-faults", |p| Box::pin(rpc_faults(p))),
@@ -647,7 +648,6 @@ async fn kill9_sweeps(profile: Profile) -> Result<Row> {
 /// are paid and payouts created, signed, sent and settled. Each creator must receive on chain exactly
 /// what the confirmed payouts say, no payout may stay open, and no balance above the threshold unpaid.
 async fn kill9_payouts(profile: Profile) -> Result<Row> {
-    use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
     let started = Instant::now();
     let load = Load { usdc_only: true, ..Load::of(profile) };
     let logs = rig::log_dir("kill9-payouts")?;
@@ -655,21 +655,8 @@ async fn kill9_payouts(profile: Profile) -> Result<Row> {
     let (anvil, contracts) = rig::polygon_anvil_with_contracts().await?;
     let merchant = create_merchant(&db.pool, "Chaos studio").await?;
     let payer = Payer::new(&anvil, contracts.usdc)?;
-    let mut creators = Vec::new();
-    for n in 1..=2u8 {
-        let address = alloy::primitives::Address::repeat_byte(0xc0 + n);
-        let request = CreateCreator { name: format!("Creator {n}"), payout_addresses: [(rig::POLYGON.to_owned(), address.to_checksum(None))].into() };
-        creators.push((create_creator(&db.pool, &merchant.merchant_id, &request).await?.creator.id, address));
-    }
-    let rules: SplitRules = serde_json::from_value(serde_json::json!({"default": {"splits": [
-        {"creator": creators[0].0, "bps": 7000}, {"creator": creators[1].0, "bps": 2000}], "platform_fee_bps": 500}}))?;
-    set_split_rules(&db.pool, &merchant.merchant_id, &rules).await?;
-    payer.send_usdc(contracts.payout_batcher, alloy::primitives::U256::from(10_000_000_000u64)).await?;
-    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?
-        .with_env("PAYRAIL_HOT_WALLET_KEY", payrail_devnet::anvil::DEV_DEPLOYER_KEY)
-        .with_env("PAYRAIL_PAYOUTS__INTERVAL_S", "5")
-        .with_env("PAYRAIL_PAYOUTS__THRESHOLD_USD", "1")
-        .with_env("PAYRAIL_PAYOUTS__POLL_INTERVAL_MS", "200");
+    let creators = Creators::set_up(&db, &merchant.merchant_id, &payer, contracts.payout_batcher).await?;
+    let mut replica = Creators::paying(Replica::new("chaos-r1", &db, &anvil, &logs)?);
     replica.start()?;
     wait_ready(&replica.base()).await?;
     let bases = vec![replica.base()];
@@ -684,50 +671,23 @@ async fn kill9_payouts(profile: Profile) -> Result<Row> {
     let (kills, recoveries) = killer.await??;
     let (sent, keys) = sent?;
     let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
-    // Payouts run every 5 s: wait until nothing is open and no creator is owed a payable balance.
-    let ids: Vec<String> = creators.iter().map(|(id, _)| id.clone()).collect();
-    let settling = Instant::now();
-    let unsettled = loop {
-        let unsettled = rig::payouts_unsettled(&db.pool, &ids, &common_usdc()).await?;
-        if unsettled == 0 || settling.elapsed() > Duration::from_secs(180) {
-            break unsettled;
-        }
-        rig::mine(&anvil.url(), 2).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let payouts = creators.outcome(&db, &anvil.url(), &payer).await?;
     miner.abort();
     let crashed = replica.lock().await.exited();
     replica.lock().await.kill9().await?;
     if let Some(status) = crashed {
         eprintln!("chaos: the daemon exited on its own: {status}");
     }
-    // On chain against the confirmed payouts, per creator.
-    let (mut underpaid, mut overpaid, mut paid_total) = (0usize, 0usize, alloy::primitives::U256::ZERO);
-    for (id, address) in &creators {
-        let on_chain = payer.usdc_of(*address).await?;
-        let confirmed = rig::confirmed_payouts(&db.pool, id).await?;
-        paid_total += on_chain;
-        if on_chain > confirmed {
-            eprintln!("chaos: creator {id} holds {on_chain} on chain, confirmed payouts say {confirmed}");
-            overpaid += 1;
-        } else if on_chain < confirmed {
-            eprintln!("chaos: creator {id} holds {on_chain} on chain, confirmed payouts say {confirmed}");
-            underpaid += 1;
-        }
-    }
-    let batches: (i64, i64) = sqlx::query_as("SELECT count(*) FILTER (WHERE status = 'confirmed'), count(*) FILTER (WHERE status = 'failed') FROM payout_batches")
-        .fetch_one(&db.pool)
-        .await?;
-    let doubled = rig::doubled(&db.pool, &sent).await? + overpaid;
+    let doubled = rig::doubled(&db.pool, &sent).await? + payouts.overpaid;
     let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
-    let mut notes = vec![format!("{} payouts confirmed ({paid_total} USDC units to 2 creators), {} failed", batches.0, batches.1)];
+    let mut notes = vec![payouts.summary.clone()];
     notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
     let row = Row {
         scenario: "kill9-payouts",
         load: format!("{}, creators paid every 5 s", load.describe(1)),
         faults: format!("{kills} x SIGKILL (every 2-5 s)"),
         payments: sent.len(),
-        lost: unpaid + unsettled + underpaid,
+        lost: unpaid + payouts.unsettled + payouts.underpaid,
         doubled,
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
@@ -739,8 +699,78 @@ async fn kill9_payouts(profile: Profile) -> Result<Row> {
     finish(db, row).await
 }
 
-fn common_usdc() -> String {
-    crate::common::USDC_POLYGON.to_owned()
+/// Two creators of a merchant, paid 70 % and 20 % of every invoice (5 % platform fee) through the
+/// PayoutBatcher, funded with test USDC.
+struct Creators(Vec<(String, alloy::primitives::Address)>);
+
+/// What the payouts came to once settled: on chain against the confirmed payouts, per creator.
+struct PayoutOutcome {
+    /// Open batches, plus creators still owed a payable balance.
+    unsettled: usize,
+    underpaid: usize,
+    overpaid: usize,
+    summary: String,
+}
+
+impl Creators {
+    async fn set_up(db: &Db, merchant_id: &str, payer: &Payer, batcher: alloy::primitives::Address) -> Result<Self> {
+        use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
+        let mut creators = Vec::new();
+        for n in 1..=2u8 {
+            let address = alloy::primitives::Address::repeat_byte(0xc0 + n);
+            let request = CreateCreator { name: format!("Creator {n}"), payout_addresses: [(rig::POLYGON.to_owned(), address.to_checksum(None))].into() };
+            creators.push((create_creator(&db.pool, merchant_id, &request).await?.creator.id, address));
+        }
+        let rules: SplitRules = serde_json::from_value(serde_json::json!({"default": {"splits": [
+            {"creator": creators[0].0, "bps": 7000}, {"creator": creators[1].0, "bps": 2000}], "platform_fee_bps": 500}}))?;
+        set_split_rules(&db.pool, merchant_id, &rules).await?;
+        payer.send_usdc(batcher, alloy::primitives::U256::from(10_000_000_000u64)).await?;
+        Ok(Self(creators))
+    }
+
+    /// `replica` with a hot wallet, paying creators every 5 s from 1 USD.
+    fn paying(replica: Replica) -> Replica {
+        replica
+            .with_env("PAYRAIL_HOT_WALLET_KEY", payrail_devnet::anvil::DEV_DEPLOYER_KEY)
+            .with_env("PAYRAIL_PAYOUTS__INTERVAL_S", "5")
+            .with_env("PAYRAIL_PAYOUTS__THRESHOLD_USD", "1")
+            .with_env("PAYRAIL_PAYOUTS__POLL_INTERVAL_MS", "200")
+    }
+
+    /// Waits (at most 3 minutes) until nothing is open and no creator is owed a payable balance, then
+    /// compares what each creator holds on chain with what the confirmed payouts say.
+    async fn outcome(&self, db: &Db, anvil_url: &str, payer: &Payer) -> Result<PayoutOutcome> {
+        let ids: Vec<String> = self.0.iter().map(|(id, _)| id.clone()).collect();
+        let settling = Instant::now();
+        let unsettled = loop {
+            let unsettled = rig::payouts_unsettled(&db.pool, &ids, crate::common::USDC_POLYGON).await?;
+            if unsettled == 0 || settling.elapsed() > Duration::from_secs(180) {
+                break unsettled;
+            }
+            rig::mine(anvil_url, 2).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let (mut underpaid, mut overpaid, mut paid_total) = (0usize, 0usize, alloy::primitives::U256::ZERO);
+        for (id, address) in &self.0 {
+            let on_chain = payer.usdc_of(*address).await?;
+            let confirmed = rig::confirmed_payouts(&db.pool, id).await?;
+            paid_total += on_chain;
+            if on_chain != confirmed {
+                eprintln!("chaos: creator {id} holds {on_chain} on chain, confirmed payouts say {confirmed}");
+            }
+            if on_chain > confirmed {
+                overpaid += 1;
+            } else if on_chain < confirmed {
+                underpaid += 1;
+            }
+        }
+        let (confirmed, failed): (i64, i64) =
+            sqlx::query_as("SELECT count(*) FILTER (WHERE status = 'confirmed'), count(*) FILTER (WHERE status = 'failed') FROM payout_batches")
+                .fetch_one(&db.pool)
+                .await?;
+        let summary = format!("{confirmed} payouts confirmed ({paid_total} USDC units to 2 creators), {failed} failed");
+        Ok(PayoutOutcome { unsettled, underpaid, overpaid, summary })
+    }
 }
 
 /// Job locks held per replica (by `application_name`) on the scenario's database.
@@ -860,6 +890,129 @@ async fn postgres_restart(profile: Profile) -> Result<Row> {
         elapsed: started.elapsed(),
     };
     finish(db, row).await
+}
+
+/// Two replicas on a Patroni cluster (a primary and a synchronous standby), reached through a
+/// multi-host URL; the primary's machine (Patroni and PostgreSQL at once) is SIGKILLed while
+/// payments are credited, webhooks delivered and creators paid, then started again to rejoin as the
+/// standby. Every payment credited once, every event delivered, every creator paid what the payouts
+/// say, and the writes back on the promoted standby within seconds of the election.
+async fn postgres_failover(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load { usdc_only: true, ..Load::of(profile) };
+    let (first_after, every, failovers_max) = match profile {
+        Profile::Short => (Duration::from_secs(4), (30_000, 40_000), 1u32),
+        Profile::Full => (Duration::from_secs(10), (30_000, 45_000), 100),
+    };
+    let logs = rig::log_dir("postgres-failover")?;
+    let patroni = rig::Patroni::start().await?;
+    let db = Db::create_on(&patroni.url("postgres"), "postgres-failover").await?;
+    let (anvil, contracts) = rig::polygon_anvil_with_contracts().await?;
+    let merchant = create_merchant(&db.pool, "Chaos studio").await?;
+    let payer = Payer::new(&anvil, contracts.usdc)?;
+    let creators = Creators::set_up(&db, &merchant.merchant_id, &payer, contracts.payout_batcher).await?;
+    let receiver = rig::Receiver::start().await?;
+    let mut replicas = Vec::new();
+    for i in 1..=2 {
+        let mut r = Creators::paying(Replica::new(&format!("chaos-r{i}"), &db, &anvil, &logs)?);
+        r.start()?;
+        replicas.push(r);
+    }
+    for r in &replicas {
+        wait_ready(&r.base()).await?;
+    }
+    rig::register_endpoint(&replicas[0].base(), &merchant.api_key, &receiver.url).await?;
+    let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    let killer = {
+        let pool = db.pool.clone();
+        let anvil_url = anvil.url();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut patroni = patroni;
+            let mut rng = Rng::new(0x5be0_cd19_137e_2179);
+            let (mut failovers, mut elections, mut outages) = (0u32, Vec::new(), Vec::new());
+            let mut wait = first_after;
+            while failovers < failovers_max {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => break,
+                }
+                wait = rng.millis_between(every.0, every.1);
+                let Some(leader) = patroni.leader().await else { continue };
+                let killed = Instant::now();
+                patroni.kill_node(leader)?;
+                failovers += 1;
+                let name = patroni.name(leader).to_owned();
+                let elected = patroni.wait_until(Duration::from_secs(60), |m| m.iter().any(|(n, role)| role == "leader" && *n != name)).await.ok();
+                elections.push(elected);
+                // Writes are back once a replica's watcher has followed the chain past a block mined
+                // after the new primary took over.
+                rig::mine(&anvil_url, 1).await?;
+                let tip = rig::tip(&anvil_url).await?;
+                outages.push(until_cursor(&pool, tip, killed).await.map(|_| killed.elapsed()));
+                // The machine comes back and rejoins as the standby.
+                patroni.start_node(leader)?;
+                let _ = patroni.wait_until(Duration::from_secs(90), |m| m.iter().any(|(_, role)| role == "sync_standby")).await;
+            }
+            anyhow::Ok((failovers, elections, outages, patroni))
+        })
+    };
+
+    let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
+    let _ = stop_tx.send(true);
+    let (failovers, elections, outages, patroni) = killer.await??;
+    let (sent, keys) = sent?;
+    let ids: Vec<String> = sent.iter().map(|(i, _)| i.id.clone()).collect();
+    let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    let payouts = creators.outcome(&db, &anvil.url(), &payer).await?;
+    miner.abort();
+    let draining = Instant::now();
+    let undelivered = loop {
+        let delivered = receiver.deliveries();
+        let missing = rig::expected_events(&db.pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
+        if missing == 0 || draining.elapsed() > SETTLE_MAX {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for r in &mut replicas {
+        if let Some(status) = r.exited() {
+            eprintln!("chaos: {} exited on its own: {status}", r.name);
+        }
+        r.kill9().await?;
+    }
+    let log = receiver.log();
+    let duplicates: u32 = log.count.values().map(|n| n.saturating_sub(1)).sum();
+    let lost = unpaid + undelivered + rig::invoices_without_paid_event(&db.pool, &ids).await? + payouts.unsettled + payouts.underpaid;
+    let doubled = rig::doubled(&db.pool, &sent).await? + payouts.overpaid;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut notes = vec![format!(
+        "new primary elected after at most {:.1} s; no writes for at most {:.1} s per failover; {undelivered} events undelivered; {}",
+        recovery_max(&elections).unwrap_or_default().as_secs_f64(),
+        recovery_max(&outages).unwrap_or_default().as_secs_f64(),
+        payouts.summary
+    )];
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "postgres-failover",
+        load: format!("{}, payouts every 5 s, {} events", load.describe(2), log.count.len()),
+        faults: format!("{failovers} x the primary's machine SIGKILLed (Patroni, synchronous standby)"),
+        payments: sent.len(),
+        lost,
+        doubled,
+        duplicates: Some(usize::try_from(duplicates)?),
+        recovery_max: recovery_max(&outages),
+        reconcile_clean: clean,
+        bad_answers: 0,
+        notes: notes.join("; "),
+        elapsed: started.elapsed(),
+    };
+    let row = finish(db, row).await;
+    drop(patroni);
+    row
 }
 
 /// Takes every free connection slot of the server and ends the daemon's sessions, so that its pool

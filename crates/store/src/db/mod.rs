@@ -2,6 +2,7 @@
 //! job on one replica ([`leader`]).
 
 pub mod leader;
+pub mod primary;
 pub mod replicas;
 pub mod sessions;
 
@@ -27,7 +28,12 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// A pool on `url`; a URL naming several hosts (`postgres://u@db1,db2/payrail`) gets a pool that
+/// follows the primary among them ([`primary`]).
 pub async fn connect(url: &str, pool_max: u32) -> Result<PgPool, DbError> {
+    if let Some(hosts) = primary::split_hosts(url) {
+        return primary::connect(&hosts, pool_max).await;
+    }
     let options: PgConnectOptions = url.parse().map_err(DbError::Url)?;
     connect_with(options, pool_max).await
 }
