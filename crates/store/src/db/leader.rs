@@ -30,8 +30,11 @@ use crate::db::replicas::{Share, ShareSlot};
 
 /// How often a replica without the lock tries to take it, unless configured otherwise.
 pub const LOCK_RETRY_MS_DEFAULT: u64 = 5_000;
-/// Longest pause between attempts that failed with an error (the server is down).
-pub const LOCK_ERROR_BACKOFF_MS_MAX: u64 = 30_000;
+/// First pause after an attempt that failed with an error (the server is down or failing over).
+pub const LOCK_ERROR_BACKOFF_MS_MIN: u64 = 1_000;
+/// Longest pause between attempts that failed with an error: one connection attempt is cheap, and
+/// after a restart or a failover the jobs should be back within seconds of the database.
+pub const LOCK_ERROR_BACKOFF_MS_MAX: u64 = 8_000;
 /// How long the check of a held lock may take before the lock counts as lost.
 pub const LOCK_CHECK_TIMEOUT_MS: u64 = 5_000;
 
@@ -169,7 +172,8 @@ impl JobLock {
                     self.retry
                 }
                 Err(error) => {
-                    let next = backoff.map_or(self.retry, |b| b.saturating_mul(2));
+                    let first = self.retry.min(Duration::from_millis(LOCK_ERROR_BACKOFF_MS_MIN));
+                    let next = backoff.map_or(first, |b| b.saturating_mul(2));
                     let next = next.min(Duration::from_millis(LOCK_ERROR_BACKOFF_MS_MAX).max(self.retry));
                     backoff = Some(next);
                     tracing::warn!(target: "leader", %error, backoff_ms = u64::try_from(next.as_millis()).unwrap_or(u64::MAX), "cannot try the lock; retrying");
