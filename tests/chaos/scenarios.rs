@@ -24,6 +24,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("replicas-leader-kill", |p| Box::pin(replicas_leader_kill(p))),
     ("kill9-webhooks", |p| Box::pin(kill9_webhooks(p))),
     ("webhooks-down", |p| Box::pin(webhooks_down(p))),
+    ("feeds-down", |p| Box::pin(feeds_down(p))),
     ("kill9-sweeps", |p| Box::pin(kill9_sweeps(p))),
     ("kill9-payouts", |p| Box::pin(kill9_payouts(p))),
     ("postgres-restart", |p| Box::pin(postgres_restart(p))),
@@ -580,6 +581,117 @@ async fn webhooks_down(profile: Profile) -> Result<Row> {
         recovery_max: drained.or(Some(drain_max)),
         reconcile_clean: clean,
         bad_answers: 0,
+        notes: notes.join("; "),
+        elapsed: started.elapsed(),
+    };
+    finish(db, row).await
+}
+
+/// One daemon priced by a rates feed (the file feed: refreshed every second, a quote counts for 3 s)
+/// that goes down — its file gone — for the middle half of the run, while invoices in USDC and in POL
+/// are created and paid. While it is down, new POL invoices must be refused with `rate_unavailable`
+/// and USDC invoices still priced (a stablecoin's last sound quotes keep their worth within its
+/// grace); invoices created before keep their locked quotes and are credited as usual; once the feed
+/// is back, POL invoices are taken again.
+async fn feeds_down(profile: Profile) -> Result<Row> {
+    let started = Instant::now();
+    let load = Load::of(profile);
+    let logs = rig::log_dir("feeds-down")?;
+    let db = Db::create("feeds-down").await?;
+    let (anvil, usdc) = rig::polygon_anvil().await?;
+    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+    let payer = Payer::new(&anvil, usdc)?;
+    let rates = logs.join("rates.json");
+    let prices = r#"{"BTC/USD": "65000", "ETH/USD": "3000", "POL/USD": "0.5", "USDC/USD": "1", "USDT/USD": "1", "DAI/USD": "1"}"#;
+    std::fs::write(&rates, prices)?;
+    let (refresh_ms, max_age_ms) = (1_000u64, 3_000u64);
+    let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?
+        .with_env("PAYRAIL_RATES__FEED", "file")
+        .with_env("PAYRAIL_RATES__FILE__PATH", &rates.to_string_lossy())
+        .with_env("PAYRAIL_RATES__FILE__REFRESH_INTERVAL_MS", &refresh_ms.to_string())
+        .with_env("PAYRAIL_RATES__FILE__MAX_AGE_MS", &max_age_ms.to_string());
+    replica.start()?;
+    wait_ready(&replica.base()).await?;
+    let bases = vec![replica.base()];
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
+    // A quote outlives the file by at most max_age after the last refresh that read it; a refresh
+    // reads the file again within refresh_ms of its return. Attempts within those margins may go
+    // either way and are not judged.
+    let settle = Duration::from_millis(max_age_ms + refresh_ms + 1_000);
+    let (down_at, up_at) = (load.spread / 4, load.spread * 3 / 4);
+    let pace = load.spread / u32::try_from(load.invoices.max(1))?;
+    let (mut sent, mut keys) = (Vec::new(), KeyWaits::default());
+    let (mut refused_as_meant, mut priced_in_outage, mut wrong) = (0u32, 0u32, 0usize);
+    let mut feed_down = false;
+    for i in 0..load.invoices {
+        let attempt = Instant::now();
+        let at = started.elapsed();
+        if !feed_down && at >= down_at && at < up_at {
+            std::fs::remove_file(&rates)?;
+            feed_down = true;
+        } else if feed_down && at >= up_at {
+            std::fs::write(&rates, prices)?;
+            feed_down = false;
+        }
+        let (asset, amount) = rig::asset_and_amount(i);
+        let judged_down = at >= down_at + settle && at < up_at;
+        let judged_up = at < down_at || at >= up_at + settle;
+        match rig::create_invoice(&bases, &merchant.api_key, &format!("chaos-{i}"), &amount, asset, READY_MAX).await {
+            Ok(created) => {
+                keys.stuck += created.stuck_keys;
+                keys.waited += created.waited_keys;
+                if judged_down && asset == rig::POL {
+                    eprintln!("chaos: a POL invoice was priced while every feed was down");
+                    wrong += 1;
+                }
+                if judged_down && asset != rig::POL {
+                    priced_in_outage += 1;
+                }
+                let hash = payer.pay(&created.invoice).await.with_context(|| format!("paying {}", created.invoice.id))?;
+                sent.push((created.invoice, hash));
+            }
+            Err(error) if error.to_string().contains("rate_unavailable") => {
+                if judged_down && asset == rig::POL {
+                    refused_as_meant += 1;
+                } else if judged_down || judged_up {
+                    eprintln!("chaos: {asset} refused when it should have been priced: {error:#}");
+                    wrong += 1;
+                }
+            }
+            Err(error) => return Err(error.context(format!("invoice {i}"))),
+        }
+        tokio::time::sleep(pace.saturating_sub(attempt.elapsed())).await;
+    }
+    if feed_down {
+        std::fs::write(&rates, prices)?;
+    }
+    let _ = stop_tx.send(true);
+    let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
+    miner.abort();
+    let crashed = replica.exited();
+    replica.kill9().await?;
+    let doubled = rig::doubled(&db.pool, &sent).await?;
+    let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
+    let mut notes = vec![format!(
+        "while down: {refused_as_meant} POL invoices refused with rate_unavailable, {priced_in_outage} USDC invoices priced; {wrong} answered otherwise"
+    )];
+    if let Some(status) = crashed {
+        notes.push(format!("the daemon exited on its own: {status}"));
+    }
+    notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
+    let row = Row {
+        scenario: "feeds-down",
+        load: load.describe(1),
+        faults: format!("the rates feed down for {} s (quotes valid 3 s)", (up_at - down_at).as_secs()),
+        payments: sent.len(),
+        lost: lost + usize::from(crashed.is_some()),
+        doubled,
+        duplicates: None,
+        recovery_max: None,
+        reconcile_clean: clean,
+        bad_answers: wrong + usize::from(refused_as_meant == 0 || priced_in_outage == 0),
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };

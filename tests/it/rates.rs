@@ -352,7 +352,7 @@ async fn malformed_bodies_missing_fields_and_bad_prices_are_named() {
 // --- aggregation over live feeds ----------------------------------------------------------------
 
 fn policy() -> AggregationPolicy {
-    AggregationPolicy { max_age: Duration::seconds(120), quorum: 2, outlier_bps: 200, depeg_bps: 100 }
+    AggregationPolicy { max_age: Duration::seconds(120), quorum: 2, outlier_bps: 200, depeg_bps: 100, stable_max_age: Duration::seconds(120) }
 }
 
 #[tokio::test]

@@ -63,6 +63,10 @@ pub const RATES_DEPEG_BPS_LIMIT: u32 = 2_000;
 pub const RATES_PAIRS_MAX: usize = 256;
 /// Longest path of the rates file.
 pub const RATES_FILE_PATH_LEN_MAX: usize = 4096;
+/// How long a USD stablecoin's last sound quotes keep pricing it while every source is down: 6 hours.
+pub const RATES_STABLE_MAX_AGE_MS_DEFAULT: u64 = 21_600_000;
+/// Longest such grace: 24 hours.
+pub const RATES_STABLE_MAX_AGE_MS_LIMIT: u64 = 86_400_000;
 /// `[rates.live]` defaults.
 pub const RATES_LIVE_REFRESH_INTERVAL_MS_DEFAULT: u64 = 30_000;
 pub const RATES_LIVE_MAX_AGE_MS_DEFAULT: u64 = 120_000;
@@ -277,6 +281,8 @@ struct LiveFile {
     outlier_bps: u32,
     #[serde(default = "depeg_bps_default")]
     depeg_bps: u32,
+    #[serde(default = "stable_max_age_ms_default")]
+    stable_max_age_ms: u64,
     #[serde(default = "timeout_ms_default")]
     timeout_ms: u64,
     /// Per source: `base_url = { kraken = "http://127.0.0.1:9000" }`.
@@ -294,6 +300,8 @@ struct FileFeedFile {
     max_age_ms: u64,
     #[serde(default = "depeg_bps_default")]
     depeg_bps: u32,
+    #[serde(default = "stable_max_age_ms_default")]
+    stable_max_age_ms: u64,
 }
 
 fn live_refresh_interval_ms_default() -> u64 {
@@ -310,6 +318,9 @@ fn outlier_bps_default() -> u32 {
 }
 fn depeg_bps_default() -> u32 {
     RATES_DEPEG_BPS_DEFAULT
+}
+fn stable_max_age_ms_default() -> u64 {
+    RATES_STABLE_MAX_AGE_MS_DEFAULT
 }
 fn timeout_ms_default() -> u64 {
     crate::markets::FEED_TIMEOUT_MS_DEFAULT
@@ -346,6 +357,9 @@ pub struct LiveRatesConfig {
     pub outlier_bps: u32,
     /// USDC, USDT and DAI priced in USD further than this from 1 are refused.
     pub depeg_bps: u32,
+    /// While too few sources are fresh, a USD stablecoin is still priced from quotes up to this old
+    /// (the quorum, outlier and depeg rules all applied to them); volatile assets are not.
+    pub stable_max_age_ms: u64,
     /// Timeout of one request to a source.
     pub timeout_ms: u64,
     base_url: BTreeMap<LiveSource, String>,
@@ -370,6 +384,7 @@ impl fmt::Debug for LiveRatesConfig {
             .field("quorum", &self.quorum)
             .field("outlier_bps", &self.outlier_bps)
             .field("depeg_bps", &self.depeg_bps)
+            .field("stable_max_age_ms", &self.stable_max_age_ms)
             .field("timeout_ms", &self.timeout_ms)
             .field("base_url", &base_url)
             .finish()
@@ -384,6 +399,8 @@ pub struct FileRatesConfig {
     pub refresh_interval_ms: u64,
     pub max_age_ms: u64,
     pub depeg_bps: u32,
+    /// As in [`LiveRatesConfig::stable_max_age_ms`].
+    pub stable_max_age_ms: u64,
 }
 
 impl RatesConfig {
@@ -473,6 +490,20 @@ fn check_refresh(interval_ms: u64, max_age_ms: u64) -> Result<(), InvalidKey> {
     Ok(())
 }
 
+/// `stable_max_age_ms` from `max_age_ms` (no grace) up to `RATES_STABLE_MAX_AGE_MS_LIMIT`.
+fn check_stable_max_age(max_age_ms: u64, stable_max_age_ms: u64) -> Result<(), InvalidKey> {
+    if !(max_age_ms..=RATES_STABLE_MAX_AGE_MS_LIMIT).contains(&stable_max_age_ms) {
+        return Err(InvalidKey::new(
+            "stable_max_age_ms",
+            format!(
+                "{stable_max_age_ms} is out of range: expected max_age_ms ({max_age_ms}, no grace) to \
+                 {RATES_STABLE_MAX_AGE_MS_LIMIT}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn bps_in_range(key: &str, value: u32, max: u32) -> Result<(), InvalidKey> {
     in_range(key, u64::from(value), u64::from(max))
 }
@@ -526,6 +557,7 @@ impl LiveFile {
         }
         bps_in_range("outlier_bps", self.outlier_bps, RATES_OUTLIER_BPS_LIMIT)?;
         bps_in_range("depeg_bps", self.depeg_bps, RATES_DEPEG_BPS_LIMIT)?;
+        check_stable_max_age(self.max_age_ms, self.stable_max_age_ms)?;
         let mut base_url = BTreeMap::new();
         for (name, value) in self.base_url {
             let key = format!("base_url.{name}");
@@ -574,6 +606,7 @@ impl LiveFile {
             quorum: self.quorum,
             outlier_bps: self.outlier_bps,
             depeg_bps: self.depeg_bps,
+            stable_max_age_ms: self.stable_max_age_ms,
             timeout_ms: self.timeout_ms,
             base_url,
         })
@@ -591,11 +624,13 @@ impl FileFeedFile {
         }
         check_refresh(self.refresh_interval_ms, self.max_age_ms)?;
         bps_in_range("depeg_bps", self.depeg_bps, RATES_DEPEG_BPS_LIMIT)?;
+        check_stable_max_age(self.max_age_ms, self.stable_max_age_ms)?;
         Ok(FileRatesConfig {
             path: PathBuf::from(self.path),
             refresh_interval_ms: self.refresh_interval_ms,
             max_age_ms: self.max_age_ms,
             depeg_bps: self.depeg_bps,
+            stable_max_age_ms: self.stable_max_age_ms,
         })
     }
 }

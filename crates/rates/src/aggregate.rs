@@ -8,6 +8,9 @@
 //! - A quote is built only from fresh sources (at most `max_age` old, either way in time), at
 //!   least `quorum` of them after outliers are dropped; otherwise the pair is refused.
 //! - A USD stablecoin outside 1 ± `depeg_bps` is refused, never priced at 1.
+//! - While too few sources are fresh (every feed down), a USD stablecoin is priced from quotes up to
+//!   `stable_max_age` old, under the same quorum, outlier and depeg rules: its band pins its price
+//!   where a volatile asset's last price says little. Volatile assets are refused.
 //! - A source quoting through a stand-in currency (`via`, Binance's USDT) counts only while that
 //!   currency's own rate in the pair's quote currency, from the other sources, is fresh, meets
 //!   the quorum and is within the depeg band.
@@ -45,6 +48,13 @@ pub struct AggregationPolicy {
     pub outlier_bps: u32,
     /// A USD stablecoin further than this from 1 is refused.
     pub depeg_bps: u32,
+    /// Oldest quote still counted for a USD stablecoin while too few are fresh (`max_age` or less:
+    /// no grace).
+    pub stable_max_age: Duration,
+}
+
+fn is_usd_stablecoin(pair: &Pair) -> bool {
+    pair.quote == Fiat::USD && STABLECOINS_USD.contains(&pair.base.as_str())
 }
 
 fn is_fresh(quote: &SourceQuote, max_age: Duration, now: DateTime<Utc>) -> bool {
@@ -101,12 +111,16 @@ fn aggregate_with(
         return Err(RateError::Unavailable { base: base(), quote: quote() });
     }
     let quorum = policy.quorum.max(1);
-    let fresh: Vec<&SourceQuote> = mine
-        .iter()
-        .copied()
-        .filter(|q| is_fresh(q, policy.max_age, now))
-        .filter(|q| q.via.as_deref().is_none_or(proxy_pegged))
-        .collect();
+    let within = |max_age: Duration| -> Vec<&SourceQuote> {
+        mine.iter().copied().filter(|q| is_fresh(q, max_age, now)).filter(|q| q.via.as_deref().is_none_or(proxy_pegged)).collect()
+    };
+    let mut fresh = within(policy.max_age);
+    if fresh.len() < quorum && is_usd_stablecoin(pair) && policy.stable_max_age > policy.max_age {
+        let recent = within(policy.stable_max_age);
+        if recent.len() >= quorum {
+            fresh = recent;
+        }
+    }
     if fresh.len() < quorum {
         let stale: Vec<&SourceQuote> = mine.iter().copied().filter(|q| !fresh.contains(q)).collect();
         let detail = format!(
@@ -130,7 +144,7 @@ fn aggregate_with(
         });
     }
     let rate = median_of(&kept).ok_or_else(|| RateError::Unavailable { base: base(), quote: quote() })?;
-    if pair.quote == Fiat::USD && STABLECOINS_USD.contains(&pair.base.as_str()) && deviates_bps(&rate, &one(), policy.depeg_bps) {
+    if is_usd_stablecoin(pair) && deviates_bps(&rate, &one(), policy.depeg_bps) {
         return Err(RateError::Depegged { base: base(), quote: quote(), rate, depeg_bps: policy.depeg_bps });
     }
     kept.sort_by(|a, b| a.source.cmp(&b.source));
@@ -191,6 +205,7 @@ impl AggregatedRates {
                     quorum: usize::try_from(live.quorum).unwrap_or(usize::MAX),
                     outlier_bps: live.outlier_bps,
                     depeg_bps: live.depeg_bps,
+                    stable_max_age: ms(live.stable_max_age_ms),
                 };
                 let feeds = match http_client() {
                     Ok(client) => live
@@ -218,6 +233,7 @@ impl AggregatedRates {
                     quorum: 1,
                     outlier_bps: crate::money::BPS_WHOLE,
                     depeg_bps: file.depeg_bps,
+                    stable_max_age: ms(file.stable_max_age_ms),
                 };
                 let feed = FileFeed::new(&file.path);
                 let rates = Self::new(
@@ -235,7 +251,7 @@ impl AggregatedRates {
             }
             _ => {
                 tracing::error!(target: "rates", feed = ?config.feed, "no live or file feed configured; every pair is refused");
-                let policy = AggregationPolicy { max_age: Duration::zero(), quorum: 1, outlier_bps: 0, depeg_bps: 0 };
+                let policy = AggregationPolicy { max_age: Duration::zero(), quorum: 1, outlier_bps: 0, depeg_bps: 0, stable_max_age: Duration::zero() };
                 Self::new(policy, Vec::new(), Vec::new(), StdDuration::from_secs(60), clock)
             }
         }
@@ -309,7 +325,7 @@ mod tests {
     }
 
     fn policy() -> AggregationPolicy {
-        AggregationPolicy { max_age: Duration::seconds(120), quorum: 2, outlier_bps: 200, depeg_bps: 100 }
+        AggregationPolicy { max_age: Duration::seconds(120), quorum: 2, outlier_bps: 200, depeg_bps: 100, stable_max_age: Duration::seconds(120) }
     }
 
     fn sq(source: &str, pair: &str, rate: &str, at: DateTime<Utc>) -> SourceQuote {
@@ -427,6 +443,30 @@ mod tests {
         let eur: Pair = "USDC/EUR".parse().expect("pair");
         let in_eur = [sq("coinbase", "USDC/EUR", "0.957", t0()), sq("kraken", "USDC/EUR", "0.9575", t0())];
         assert!(aggregate(&eur, &in_eur, &policy(), t0()).is_ok());
+    }
+
+    /// Every source down for ten minutes: a stablecoin whose last quotes were sound is still priced
+    /// from them (within its grace, by the quorum and the band), a volatile asset is not.
+    #[test]
+    fn with_every_source_down_a_sound_stablecoin_is_priced_from_its_last_quotes_within_its_grace() {
+        let grace = AggregationPolicy { stable_max_age: Duration::hours(6), ..policy() };
+        let then = t0() - Duration::minutes(10);
+        let usdc: Pair = "USDC/USD".parse().expect("pair");
+        let sound = [sq("coinbase", "USDC/USD", "1", then), sq("kraken", "USDC/USD", "0.9998", then)];
+        let priced = aggregate(&usdc, &sound, &grace, t0()).expect("priced within the grace");
+        assert_eq!(priced.rate, rate("0.9999"));
+        assert_eq!(priced.at, then);
+        // Without a grace (or past it) the same quotes are refused as stale.
+        assert!(matches!(aggregate(&usdc, &sound, &policy(), t0()), Err(RateError::TooFewSources { .. })));
+        let later = t0() + Duration::hours(6);
+        assert!(matches!(aggregate(&usdc, &sound, &grace, later), Err(RateError::TooFewSources { .. })));
+        // The quorum and the band still hold: one source is too few, a depeg is refused.
+        assert!(matches!(aggregate(&usdc, &sound[..1], &grace, t0()), Err(RateError::TooFewSources { .. })));
+        let depegged = [sq("coinbase", "USDC/USD", "0.97", then), sq("kraken", "USDC/USD", "0.971", then)];
+        assert!(matches!(aggregate(&usdc, &depegged, &grace, t0()), Err(RateError::Depegged { .. })));
+        // A volatile asset's ten-minute-old price is not used.
+        let stale_btc = [sq("coinbase", "BTC/USD", "65000", then), sq("kraken", "BTC/USD", "65010", then)];
+        assert!(matches!(aggregate(&btc(), &stale_btc, &grace, t0()), Err(RateError::TooFewSources { .. })));
     }
 
     #[test]
