@@ -52,7 +52,7 @@ struct Load {
 impl Load {
     fn of(profile: Profile) -> Self {
         match profile {
-            Profile::Short => Self { invoices: 20, usdc_only: false, spread: Duration::from_secs(25) },
+            Profile::Short => Self { invoices: 12, usdc_only: false, spread: Duration::from_secs(16) },
             Profile::Full => Self { invoices: 200, usdc_only: false, spread: Duration::from_secs(180) },
         }
     }
@@ -508,7 +508,7 @@ async fn webhooks_down(profile: Profile) -> Result<Row> {
     let started = Instant::now();
     let load = Load::of(profile);
     let (down_after, outage) = match profile {
-        Profile::Short => (Duration::from_secs(5), Duration::from_secs(15)),
+        Profile::Short => (Duration::from_secs(3), Duration::from_secs(10)),
         Profile::Full => (Duration::from_secs(30), Duration::from_secs(120)),
     };
     let logs = rig::log_dir("webhooks-down")?;
@@ -898,7 +898,7 @@ async fn job_locks_by_replica(pool: &PgPool) -> Result<Vec<(String, i64)>> {
 }
 
 /// Two replicas on a PostgreSQL server of the scenario's own, which is crashed (`immediate`: every
-/// backend killed, WAL recovery at start) or shut down (`fast`) and started again every 5-9 s (short
+/// backend killed, WAL recovery at start) or shut down (`fast`) and started again every 3-6 s (short
 /// profile) or 8-14 s (full) while payments flow. Every job must give up its lock when its session
 /// dies and take it again when the server is back: nothing lost, nothing doubled, the chain followed
 /// again within seconds.
@@ -926,7 +926,7 @@ async fn postgres_restart(profile: Profile) -> Result<Row> {
     let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
     let cluster = Arc::new(cluster);
     let every = match profile {
-        Profile::Short => (5_000, 9_000),
+        Profile::Short => (3_000, 6_000),
         Profile::Full => (8_000, 14_000),
     };
     let restarter = {
@@ -1163,7 +1163,7 @@ async fn postgres_connections(profile: Profile) -> Result<Row> {
     let started = Instant::now();
     let load = Load::of(profile);
     let (hold, every) = match profile {
-        Profile::Short => (Duration::from_secs(6), (4_000, 7_000)),
+        Profile::Short => (Duration::from_secs(5), (2_000, 4_000)),
         Profile::Full => (Duration::from_secs(20), (10_000, 20_000)),
     };
     let logs = rig::log_dir("postgres-connections")?;
@@ -1253,7 +1253,7 @@ async fn pgbouncer(profile: Profile) -> Result<Row> {
     let started = Instant::now();
     let load = Load::of(profile);
     let every = match profile {
-        Profile::Short => (5_000, 9_000),
+        Profile::Short => (3_000, 6_000),
         Profile::Full => (8_000, 14_000),
     };
     let logs = rig::log_dir("pgbouncer")?;
