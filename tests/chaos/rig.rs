@@ -75,12 +75,7 @@ pub struct Cluster {
 impl Cluster {
     /// Creates and starts one; `settings` are extra `-c name=value` server settings.
     pub async fn start(settings: &[&str]) -> Result<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .context("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin)")?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|b| b.join("initdb").exists())
-            .max()
-            .context("no initdb under /usr/lib/postgresql")?;
+        let bin = postgres_bin_dir()?;
         let dir = std::env::temp_dir().join(format!("payrail-chaos-pg-{}-{}", std::process::id(), free_port()?));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -254,12 +249,7 @@ impl Patroni {
         let dir = std::env::temp_dir().join(format!("payrail-chaos-patroni-{}-{}", std::process::id(), free_port()?));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .context("PostgreSQL's server binaries")?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|b| b.join("initdb").exists())
-            .max()
-            .context("no initdb under /usr/lib/postgresql")?;
+        let bin = postgres_bin_dir()?;
         let (client, peer) = (free_port()?, free_port()?);
         let mut nodes = Vec::new();
         for name in ["n1", "n2"] {
@@ -456,6 +446,16 @@ fn give_to_server_user(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The newest PostgreSQL server's binaries Debian installed (`/usr/lib/postgresql/<version>/bin`).
+fn postgres_bin_dir() -> Result<PathBuf> {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin)")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|b| b.join("initdb").exists())
+        .max()
+        .context("no initdb under /usr/lib/postgresql")
+}
+
 fn running_as_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
@@ -562,12 +562,7 @@ impl Replica {
 
 /// An anvil with Polygon's chain id and the dev contracts, mining only on request and per
 /// transaction.
-pub async fn polygon_anvil() -> Result<(Anvil, Address)> {
-    let (anvil, contracts) = polygon_anvil_with_contracts().await?;
-    Ok((anvil, contracts.usdc))
-}
-
-pub async fn polygon_anvil_with_contracts() -> Result<(Anvil, DevContracts)> {
+pub async fn polygon_anvil() -> Result<(Anvil, DevContracts)> {
     let anvil = Anvil::start(137, 0, None).await.context("anvil")?;
     let contracts = deploy_dev_contracts(&anvil.url()).await.context("dev contracts")?;
     Ok((anvil, contracts))

@@ -173,13 +173,7 @@ fn spawn_restarting_killer(
 
 /// One daemon, SIGKILLed and restarted every few seconds while invoices are created and paid.
 async fn kill9_payments(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
-    let logs = rig::log_dir("kill9-payments")?;
-    let db = Db::create("kill9-payments").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("kill9-payments", profile, None).await?;
     let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
     replica.start()?;
     wait_ready(&replica.base()).await?;
@@ -227,17 +221,11 @@ const CATCHUP_MAX: Duration = Duration::from_secs(600);
 /// SIGKILLed again and again while it catches up, then left to finish. Every payment must be
 /// credited once, whatever step each kill interrupted.
 async fn kill9_catchup(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
     let (behind, kills_max) = match profile {
         Profile::Short => (6_000u64, 8u32),
         Profile::Full => (40_000, 30),
     };
-    let logs = rig::log_dir("kill9-catchup")?;
-    let db = Db::create("kill9-catchup").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("kill9-catchup", profile, None).await?;
     let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
     replica.start()?;
     wait_ready(&replica.base()).await?;
@@ -334,17 +322,11 @@ async fn watch_lock_holder(pool: &PgPool) -> Result<Option<String>> {
 /// Two (short) or three (full) replicas on one database; the one holding the watcher's lock is
 /// SIGKILLed again and again while payments flow.
 async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
     let replica_count = match profile {
         Profile::Short => 2,
         Profile::Full => 3,
     };
-    let logs = rig::log_dir("replicas-leader-kill")?;
-    let db = Db::create("replicas-leader-kill").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("replicas-leader-kill", profile, None).await?;
     let mut replicas = Vec::new();
     for i in 1..=replica_count {
         let mut r = Replica::new(&format!("chaos-r{i}"), &db, &anvil, &logs)?;
@@ -438,13 +420,7 @@ async fn replicas_leader_kill(profile: Profile) -> Result<Row> {
 /// seconds while invoices are paid and their events delivered. Delivery is at least once: an event
 /// never delivered is lost; one delivered twice is a duplicate, reported apart.
 async fn kill9_webhooks(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
-    let logs = rig::log_dir("kill9-webhooks")?;
-    let db = Db::create("kill9-webhooks").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("kill9-webhooks", profile, None).await?;
     let receiver = rig::Receiver::start().await?;
     let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
     replica.start()?;
@@ -505,17 +481,11 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
 /// middle of the payments. The dispatcher backs off and, once the receiver is back, delivers every
 /// event (but those superseded by a newer one about the same object) in outbox order.
 async fn webhooks_down(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
     let (down_after, outage) = match profile {
         Profile::Short => (Duration::from_secs(3), Duration::from_secs(10)),
         Profile::Full => (Duration::from_secs(30), Duration::from_secs(120)),
     };
-    let logs = rig::log_dir("webhooks-down")?;
-    let db = Db::create("webhooks-down").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("webhooks-down", profile, None).await?;
     let receiver = Arc::new(rig::Receiver::start().await?);
     let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
     replica.start()?;
@@ -594,13 +564,7 @@ async fn webhooks_down(profile: Profile) -> Result<Row> {
 /// grace); invoices created before keep their locked quotes and are credited as usual; once the feed
 /// is back, POL invoices are taken again.
 async fn feeds_down(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
-    let logs = rig::log_dir("feeds-down")?;
-    let db = Db::create("feeds-down").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("feeds-down", profile, None).await?;
     let rates = logs.join("rates.json");
     let prices = r#"{"BTC/USD": "65000", "ETH/USD": "3000", "POL/USD": "0.5", "USDC/USD": "1", "USDT/USD": "1", "DAI/USD": "1"}"#;
     std::fs::write(&rates, prices)?;
@@ -703,13 +667,7 @@ async fn feeds_down(profile: Profile) -> Result<Row> {
 /// the kills land between storing, signing, broadcasting and settling sweeps). Every deposit must be
 /// swept exactly once, every sweep on chain recorded (reconcile) and its gas booked once.
 async fn kill9_sweeps(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
-    let logs = rig::log_dir("kill9-sweeps")?;
-    let db = Db::create("kill9-sweeps").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("kill9-sweeps", profile, None).await?;
     let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?.with_env("PAYRAIL_HOT_WALLET_KEY", payrail_devnet::anvil::DEV_DEPLOYER_KEY);
     replica.start()?;
     wait_ready(&replica.base()).await?;
@@ -760,13 +718,8 @@ async fn kill9_sweeps(profile: Profile) -> Result<Row> {
 /// are paid and payouts created, signed, sent and settled. Each creator must receive on chain exactly
 /// what the confirmed payouts say, no payout may stay open, and no balance above the threshold unpaid.
 async fn kill9_payouts(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load { usdc_only: true, ..Load::of(profile) };
-    let logs = rig::log_dir("kill9-payouts")?;
-    let db = Db::create("kill9-payouts").await?;
-    let (anvil, contracts) = rig::polygon_anvil_with_contracts().await?;
-    let merchant = create_merchant(&db.pool, "Chaos studio").await?;
-    let payer = Payer::new(&anvil, contracts.usdc)?;
+    let Stage { started, load, logs, db, anvil, contracts, merchant, payer } = Stage::set_up("kill9-payouts", profile, None).await?;
+    let load = Load { usdc_only: true, ..load };
     let creators = Creators::set_up(&db, &merchant.merchant_id, &payer, contracts.payout_batcher).await?;
     let mut replica = Creators::paying(Replica::new("chaos-r1", &db, &anvil, &logs)?);
     replica.start()?;
@@ -885,6 +838,35 @@ impl Creators {
     }
 }
 
+/// What every scenario starts from: a fresh database (on `DATABASE_URL`'s server, or on the
+/// server `admin_url` reaches), an anvil with Polygon's chain id and the dev contracts, a merchant,
+/// the funded payer, the load of the profile and a directory for the logs.
+struct Stage {
+    started: Instant,
+    load: Load,
+    logs: std::path::PathBuf,
+    db: Db,
+    anvil: payrail_devnet::anvil::Anvil,
+    contracts: payrail_devnet::anvil::DevContracts,
+    merchant: payrail::merchant::NewMerchant,
+    payer: Payer,
+}
+
+impl Stage {
+    async fn set_up(scenario: &str, profile: Profile, admin_url: Option<&str>) -> Result<Self> {
+        let started = Instant::now();
+        let logs = rig::log_dir(scenario)?;
+        let db = match admin_url {
+            Some(url) => Db::create_on(url, scenario).await?,
+            None => Db::create(scenario).await?,
+        };
+        let (anvil, contracts) = rig::polygon_anvil().await?;
+        let merchant = create_merchant(&db.pool, "Chaos shop").await?;
+        let payer = Payer::new(&anvil, contracts.usdc)?;
+        Ok(Self { started, load: Load::of(profile), logs, db, anvil, contracts, merchant, payer })
+    }
+}
+
 /// Job locks held per replica (by `application_name`) on the scenario's database.
 async fn job_locks_by_replica(pool: &PgPool) -> Result<Vec<(String, i64)>> {
     Ok(sqlx::query_as(
@@ -903,14 +885,8 @@ async fn job_locks_by_replica(pool: &PgPool) -> Result<Vec<(String, i64)>> {
 /// dies and take it again when the server is back: nothing lost, nothing doubled, the chain followed
 /// again within seconds.
 async fn postgres_restart(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
-    let logs = rig::log_dir("postgres-restart")?;
     let cluster = rig::Cluster::start(&[]).await?;
-    let db = Db::create_on(&cluster.admin_url(), "postgres-restart").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("postgres-restart", profile, Some(&cluster.admin_url())).await?;
     let mut replicas = Vec::new();
     for i in 1..=2 {
         let mut r = Replica::new(&format!("chaos-r{i}"), &db, &anvil, &logs)?;
@@ -1010,18 +986,13 @@ async fn postgres_restart(profile: Profile) -> Result<Row> {
 /// standby. Every payment credited once, every event delivered, every creator paid what the payouts
 /// say, and the writes back on the promoted standby within seconds of the election.
 async fn postgres_failover(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load { usdc_only: true, ..Load::of(profile) };
     let (first_after, every, failovers_max) = match profile {
         Profile::Short => (Duration::from_secs(4), (30_000, 40_000), 1u32),
         Profile::Full => (Duration::from_secs(10), (30_000, 45_000), 100),
     };
-    let logs = rig::log_dir("postgres-failover")?;
     let patroni = rig::Patroni::start().await?;
-    let db = Db::create_on(&patroni.url("postgres"), "postgres-failover").await?;
-    let (anvil, contracts) = rig::polygon_anvil_with_contracts().await?;
-    let merchant = create_merchant(&db.pool, "Chaos studio").await?;
-    let payer = Payer::new(&anvil, contracts.usdc)?;
+    let Stage { started, load, logs, db, anvil, contracts, merchant, payer } = Stage::set_up("postgres-failover", profile, Some(&patroni.url("postgres"))).await?;
+    let load = Load { usdc_only: true, ..load };
     let creators = Creators::set_up(&db, &merchant.merchant_id, &payer, contracts.payout_batcher).await?;
     let receiver = rig::Receiver::start().await?;
     let mut replicas = Vec::new();
@@ -1160,18 +1131,12 @@ async fn starve_connections(admin_url: &str, victim: &str, hold: Duration) -> Re
 /// Every request must be answered within the request timeout — 503 with `Retry-After` while the
 /// database is out of reach, never a 500 nor a hang — and the work resumes once slots free up.
 async fn postgres_connections(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
     let (hold, every) = match profile {
         Profile::Short => (Duration::from_secs(5), (2_000, 4_000)),
         Profile::Full => (Duration::from_secs(20), (10_000, 20_000)),
     };
-    let logs = rig::log_dir("postgres-connections")?;
     let cluster = rig::Cluster::start(&["max_connections=40", "superuser_reserved_connections=0"]).await?;
-    let db = Db::create_on(&cluster.admin_url(), "postgres-connections").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("postgres-connections", profile, Some(&cluster.admin_url())).await?;
     let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?;
     replica.start()?;
     wait_ready(&replica.base()).await?;
@@ -1250,18 +1215,12 @@ async fn postgres_connections(profile: Profile) -> Result<Row> {
 /// replicas through the pooler while it is SIGKILLed and started again every few seconds (every
 /// client and server connection through it breaks at once) and payments flow.
 async fn pgbouncer(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
     let every = match profile {
         Profile::Short => (3_000, 6_000),
         Profile::Full => (8_000, 14_000),
     };
-    let logs = rig::log_dir("pgbouncer")?;
     let cluster = rig::Cluster::start(&[]).await?;
-    let db = Db::create_on(&cluster.admin_url(), "pgbouncer").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("pgbouncer", profile, Some(&cluster.admin_url())).await?;
 
     let mut bad_answers = 0usize;
     let transaction_mode = {
@@ -1376,13 +1335,7 @@ const NODE_FAULTS: &[Fault] = &[
 /// reset every connection. The daemon must fail over, keep crediting each payment once, and follow
 /// the chain again within seconds of every phase.
 async fn rpc_faults(profile: Profile) -> Result<Row> {
-    let started = Instant::now();
-    let load = Load::of(profile);
-    let logs = rig::log_dir("rpc-faults")?;
-    let db = Db::create("rpc-faults").await?;
-    let (anvil, usdc) = rig::polygon_anvil().await?;
-    let merchant = create_merchant(&db.pool, "Chaos shop").await?;
-    let payer = Payer::new(&anvil, usdc)?;
+    let Stage { started, load, logs, db, anvil, merchant, payer, .. } = Stage::set_up("rpc-faults", profile, None).await?;
     let proxies = Arc::new([FaultProxy::start(anvil.url()).await?, FaultProxy::start(anvil.url()).await?]);
     let mut replica = Replica::new("chaos-r1", &db, &anvil, &logs)?.with_rpc(proxies.iter().map(|p| p.url.clone()).collect());
     replica.start()?;

@@ -82,8 +82,7 @@ impl FollowError {
             Self::Rpc(_) | Self::Inconsistent { .. } => true,
             Self::Electrum(e) => e.is_retryable(),
             Self::Database(e) => crate::db::is_retryable(e),
-            Self::Invoice(InvoiceError::Database(_)) => true,
-            Self::Invoice(InvoiceError::Ledger(e)) => e.is_retryable(),
+            Self::Invoice(e) => e.is_retryable(),
             _ => false,
         }
     }

@@ -28,6 +28,19 @@ pub enum CreditsError {
     Database(#[from] sqlx::Error),
 }
 
+impl CreditsError {
+    /// Whether the same movement may succeed when tried again: the database was out of reach or a
+    /// race was lost. A watcher committing a payment whose credits failed this way retries the step
+    /// instead of stopping.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(e) => payrail_store::db::is_retryable(e),
+            Self::Ledger(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = CreditsError> = std::result::Result<T, E>;
 
 pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> CreditsError {

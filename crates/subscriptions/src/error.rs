@@ -20,6 +20,18 @@ pub enum SubscriptionsError {
     Database(#[from] sqlx::Error),
 }
 
+impl SubscriptionsError {
+    /// Whether the same step may succeed when tried again (see `CreditsError::is_retryable`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(e) => payrail_store::db::is_retryable(e),
+            Self::Ledger(e) => e.is_retryable(),
+            Self::Credits(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = SubscriptionsError> = std::result::Result<T, E>;
 
 pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> SubscriptionsError {

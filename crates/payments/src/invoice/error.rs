@@ -49,6 +49,21 @@ pub enum InvoiceError {
     Database(#[from] sqlx::Error),
 }
 
+impl InvoiceError {
+    /// Whether the same write may succeed when tried again: the database (directly, or under the
+    /// ledger, the credits or the subscriptions an invoice's status change carries) was out of reach
+    /// or lost a race. A chain watcher retries such a step; it stops only on the others.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(_) => true,
+            Self::Ledger(e) => e.is_retryable(),
+            Self::Credits(e) => e.is_retryable(),
+            Self::Subscriptions(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
 impl From<payrail_core::payment::split::SplitInvalid> for InvoiceError {
     fn from(error: payrail_core::payment::split::SplitInvalid) -> Self {
         Self::Invalid { field: "splits", reason: error.0 }
@@ -65,5 +80,30 @@ impl From<PlanError> for InvoiceError {
             PlanError::Refused { code, reason } => Self::Refused { code, reason },
             other @ PlanError::NotLoaded { .. } => Self::Plan(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use payrail_credits::CreditsError;
+    use payrail_subscriptions::SubscriptionsError;
+
+    use super::InvoiceError;
+
+    fn gone() -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset"))
+    }
+
+    /// A payment's commit that failed inside the credits or the subscription period it carries
+    /// because the database went away is retried like any other lost connection (it used to stop the
+    /// chain watcher for good); a refusal is not.
+    #[test]
+    fn an_outage_under_the_status_hooks_is_retryable_and_a_refusal_is_not() {
+        assert!(InvoiceError::Credits(CreditsError::Database(gone())).is_retryable());
+        assert!(InvoiceError::Subscriptions(SubscriptionsError::Database(gone())).is_retryable());
+        assert!(InvoiceError::Subscriptions(SubscriptionsError::Credits(CreditsError::Database(gone()))).is_retryable());
+        assert!(InvoiceError::Database(gone()).is_retryable());
+        assert!(!InvoiceError::Credits(CreditsError::KeyReused { key: "k".to_owned() }).is_retryable());
+        assert!(!InvoiceError::Subscriptions(SubscriptionsError::Refused("paused".to_owned())).is_retryable());
     }
 }

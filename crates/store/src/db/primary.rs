@@ -93,25 +93,26 @@ pub async fn connect(urls: &[String], pool_max: u32) -> Result<PgPool, DbError> 
 }
 
 /// Points the pool's new connections at the primary whenever it moves, until the pool closes.
+/// The check asks through one of the pool's own connections (tested before use, so a dead primary's
+/// is replaced, and a replacement lands only on a primary): no connection is opened for it while
+/// the primary stays where it is.
 async fn follow(pool: PgPool, hosts: Vec<PgConnectOptions>) {
-    let mut current = pool.connect_options();
     while !pool.is_closed() {
         tokio::time::sleep(Duration::from_millis(FOLLOW_EVERY_MS)).await;
         let still = async {
-            let mut conn = PgConnection::connect_with(&current).await.ok()?;
-            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await.ok()?;
-            let _ = conn.close().await;
+            let mut conn = pool.acquire().await.ok()?;
+            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *conn).await.ok()?;
             Some(!standby)
         };
         if let Ok(Some(true)) = tokio::time::timeout(Duration::from_millis(PROBE_TIMEOUT_MS), still).await {
             continue;
         }
         if let Some(primary) = find_primary(&hosts).await {
+            let current = pool.connect_options();
             if primary.get_host() != current.get_host() || primary.get_port() != current.get_port() {
                 tracing::warn!(target: "db", host = %primary.get_host(), port = primary.get_port(), "the database primary moved: new connections go to it");
             }
             pool.set_connect_options(primary);
-            current = pool.connect_options();
         }
     }
 }

@@ -17,8 +17,10 @@ use sqlx::{Connection, PgConnection};
 use sqlx::postgres::PgConnectOptions;
 use thiserror::Error;
 
-/// How long the read-back may wait before the wait itself shows a shared server connection.
-const PROBE_WAIT_MS: u64 = 2_000;
+/// How long the read-back may wait before the wait itself shows a shared server connection: long
+/// enough that a slow server is not mistaken for a pooler (a session of its own never waits on
+/// another client's transaction for a read).
+const PROBE_WAIT_MS: u64 = 5_000;
 
 #[derive(Debug, Error)]
 pub enum SessionError {
