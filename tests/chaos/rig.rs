@@ -117,7 +117,7 @@ impl Cluster {
     }
 
     async fn run(&self, program: PathBuf, args: &[&str]) -> Result<()> {
-        let mut command = tokio::process::Command::from(as_server_user(&program.to_string_lossy()));
+        let mut command = tokio::process::Command::from(as_server_user(&program.to_string_lossy(), &self.dir));
         let out = command.args(args).stdin(std::process::Stdio::null()).output().await.with_context(|| format!("running {}", program.display()))?;
         if !out.status.success() {
             bail!("{} {}: {}{}", program.display(), args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -130,7 +130,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.dir.join("data");
         let pg_ctl = self.bin.join("pg_ctl");
-        let _ = as_server_user(&pg_ctl.to_string_lossy()).arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]).output();
+        let _ = as_server_user(&pg_ctl.to_string_lossy(), &self.dir).arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -178,7 +178,7 @@ impl PgBouncer {
             ),
         )?;
         give_to_server_user(&self.dir)?;
-        let child = as_server_user(pgbouncer_program())
+        let child = as_server_user(pgbouncer_program(), &self.dir)
             .arg(&ini)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -309,7 +309,7 @@ postgresql:
             nodes.push(PatroniNode { name: name.to_owned(), pg_port, api_port, config, data, child: None });
         }
         give_to_server_user(&dir)?;
-        let etcd = as_server_user("etcd")
+        let etcd = as_server_user("etcd", &dir)
             .args(["--name", "e1", "--data-dir"])
             .arg(dir.join("etcd"))
             .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}"), "--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
@@ -340,7 +340,7 @@ postgresql:
     pub fn start_node(&mut self, index: usize) -> Result<()> {
         let node = &mut self.nodes[index];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}.log", node.name)))?;
-        let child = as_server_user("patroni")
+        let child = as_server_user("patroni", &self.dir)
             .arg(&node.config)
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -426,14 +426,18 @@ impl Drop for Patroni {
 }
 
 /// `program` run as the `postgres` user when the harness is root (PostgreSQL and its tools refuse root).
-fn as_server_user(program: &str) -> std::process::Command {
-    if running_as_root() {
+/// Run from `dir` (the server's own directory): the server's user may not be allowed into the
+/// harness's working directory (a private temporary clone), and Patroni does not start there.
+fn as_server_user(program: &str, dir: &std::path::Path) -> std::process::Command {
+    let mut command = if running_as_root() {
         let mut c = std::process::Command::new("runuser");
         c.args(["-u", "postgres", "--", program]);
         c
     } else {
         std::process::Command::new(program)
-    }
+    };
+    command.current_dir(dir);
+    command
 }
 
 fn give_to_server_user(dir: &std::path::Path) -> Result<()> {
