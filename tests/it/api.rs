@@ -612,6 +612,36 @@ async fn an_unreachable_database_answers_503_with_retry_after(pool: PgPool) {
     assert_eq!(status, StatusCode::NOT_FOUND, "served again once the database answers");
 }
 
+/// A statement the server cancels (`statement_timeout`: here it waits on a table another session
+/// holds locked) answers 503 `database_unavailable` with `Retry-After`, not a 500; the same request is
+/// served once the lock is gone.
+#[sqlx::test]
+async fn a_statement_timeout_answers_503_with_retry_after(pool: PgPool) {
+    let (_, key) = {
+        let server = start(pool.clone()).await;
+        server.merchant().await
+    };
+    let options = (*pool.connect_options()).clone().options([("statement_timeout", "300")]);
+    let timed = payrail::db::connect_with(options, 4).await.expect("pool");
+    let server = start(timed).await;
+    let mut locker = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE").execute(&mut *locker).await.expect("lock");
+    let response = server
+        .client
+        .get(format!("{}/v1/invoices/inv_0000000000000000", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(code(&body), "database_unavailable");
+    locker.rollback().await.expect("unlock");
+    let (status, _) = server.get(Some(&key), "/v1/invoices/inv_0000000000000000").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "served again once the lock is gone");
+}
+
 /// A node whose tip stops advancing while the chain's block time says it should makes the rail
 /// unhealthy and the replica unready within the allowance (two block times and two polls).
 #[sqlx::test]

@@ -85,12 +85,15 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Whether `error` says the database cannot be reached right now: a lost or refused connection (a
-/// restart, a failover, a full server), or a pool that had no connection in time.
+/// Whether `error` says the database cannot do the work right now: a lost or refused connection (a
+/// restart, a failover, a full server), a pool that had no connection in time, or a server short of
+/// something that comes back (class 53: disk full, out of memory, too many connections; a
+/// statement cancelled by `statement_timeout` or `lock_timeout`, 57014 and 55P03). Each of these
+/// fails the whole transaction, so the same work may simply be done again later.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(code.as_ref(), "53300" | "57P01" | "57P02" | "57P03")
+            code.starts_with("08") || code.starts_with("53") || matches!(code.as_ref(), "57014" | "55P03" | "57P01" | "57P02" | "57P03")
         }),
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
