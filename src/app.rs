@@ -391,6 +391,7 @@ async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Ar
             Err(error) => tracing::warn!(target: "credits", %error, "credit expiry failed; retrying next tick"),
         }
         if let Some(card) = card.as_deref() {
+            card_unanswered(card, &pool, &ledger, clock.now()).await;
             card_settlements(card, &pool, &ledger, clock.now(), ticks % PURGE_EVERY_TICKS == 1).await;
             match crate::stripe::renewal::charge_due(card, &pool, clock.now()).await {
                 Ok(0) => {}
@@ -398,6 +399,21 @@ async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Ar
                 Err(error) => tracing::warn!(target: "stripe", %error, "renewal charges failed; retrying next tick"),
             }
         }
+    }
+}
+
+/// Card attempts and refunds Stripe did not answer (an outage, a killed process) are asked for again
+/// under their own idempotency keys, so each charges or refunds once however often it is asked.
+async fn card_unanswered(card: &crate::stripe::CardRail, pool: &PgPool, ledger: &crate::ledger::Ledger, now: chrono::DateTime<chrono::Utc>) {
+    match crate::stripe::attempt::resume(card, pool, now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(target: "stripe", asked = n, "unanswered card attempts asked for again"),
+        Err(error) => tracing::warn!(target: "stripe", %error, "card attempt resume failed; retrying next tick"),
+    }
+    match crate::stripe::refund::resume(card, pool, ledger, now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(target: "stripe", answered = n, "unanswered refunds asked for again"),
+        Err(error) => tracing::warn!(target: "stripe", %error, "refund resume failed; retrying next tick"),
     }
 }
 

@@ -133,6 +133,104 @@ async fn a_test_card_pays_the_invoice_through_a_verified_webhook_and_refunds_rev
     assert_eq!(kinds, ["invoice.created", "invoice.paid", "invoice.partially_refunded", "invoice.refunded"]);
 }
 
+/// The same daemon (database, merchant, webhook secret) with a card rail that reaches no Stripe: a
+/// port nothing listens on refuses every connection. Its base URL and its rail.
+async fn unreachable_twin(server: &Server) -> (String, std::sync::Arc<payrail::stripe::CardRail>) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut config = common::stripe::config(&server.secret);
+    config.stripe.api_base = format!("http://127.0.0.1:{port}");
+    let rail = std::sync::Arc::new(payrail::stripe::CardRail::from_config(&config).expect("rail").expect("configured"));
+    let mut state = server.state.clone();
+    state.card = Some(rail.clone());
+    (common::serve(&state).await, rail)
+}
+
+async fn post_card(client: &reqwest::Client, base: &str, id: &str) -> (StatusCode, Option<String>, Value) {
+    let response = client
+        .post(format!("{base}/pay/{id}/card"))
+        .header("accept", "application/json")
+        .form(&[("payment_method", "pm_card_visa")])
+        .send()
+        .await
+        .expect("card");
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (response.status(), retry_after, response.json().await.expect("json"))
+}
+
+/// While Stripe does not answer, a card payment answers 503 with `Retry-After` and stays one attempt,
+/// asked again under its own idempotency key: by the payer's next try once Stripe is back (still
+/// attempt 1), or by the daemon's resume pass when the payer went away. A refund asked meanwhile is
+/// accepted as `pending` (202) and made once by the resume pass.
+#[sqlx::test]
+async fn while_stripe_does_not_answer_attempts_and_refunds_wait_and_are_asked_again_once(pool: PgPool) {
+    use payrail::stripe::{attempt, refund};
+    let server = start(pool).await;
+    server.subscribe().await;
+    let (down, down_rail) = unreachable_twin(&server).await;
+    let rail = server.state.card.clone().expect("card rail");
+    let attempts = |id: String| {
+        let pool = server.state.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i32, String, Option<String>)>("SELECT attempt, status, failure_code FROM card_attempts WHERE invoice_id = $1 ORDER BY attempt")
+                .bind(id)
+                .fetch_all(&pool)
+                .await
+                .expect("attempts")
+        }
+    };
+
+    // The payer tries twice while Stripe is unreachable: one attempt, waiting to be asked again.
+    let id = server.invoice("25.00").await;
+    for _ in 0..2 {
+        let (status, retry_after, body) = post_card(&server.client, &down, &id).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(retry_after.as_deref(), Some("5"));
+        assert_eq!(body["error"]["code"], "stripe_unavailable");
+    }
+    assert_eq!(attempts(id.clone()).await, [(1, "creating".to_owned(), Some(attempt::NO_ANSWER.to_owned()))]);
+    // Stripe is back: the payer's next try is the same attempt, sent again.
+    let (status, _, paid) = post_card(&server.client, &server.base, &id).await;
+    assert_eq!(status, StatusCode::CREATED, "{paid}");
+    assert_eq!((paid["attempt"].as_i64(), paid["status"].as_str()), (Some(1), Some("succeeded")), "{paid}");
+    server.wait_status(&id, "paid").await;
+    assert_eq!(attempts(id.clone()).await, [(1, "succeeded".to_owned(), None)]);
+
+    // A payer who went away: the daemon's pass sends the attempt once Stripe answers, not before.
+    let away = server.invoice("7.00").await;
+    let (status, _, _) = post_card(&server.client, &down, &away).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let now = SystemClock.now();
+    assert_eq!(attempt::resume(&down_rail, &server.state.pool, now).await.expect("resume"), 0, "still no answer");
+    assert_eq!(attempt::resume(&rail, &server.state.pool, now).await.expect("resume"), 1);
+    assert_eq!(attempt::resume(&rail, &server.state.pool, now).await.expect("resume"), 0, "asked once");
+    server.wait_status(&away, "paid").await;
+    assert_eq!(attempts(away.clone()).await, [(1, "succeeded".to_owned(), None)]);
+
+    // A refund while Stripe is unreachable: accepted, pending, nothing reversed yet.
+    let response = server.client.post(format!("{down}/v1/invoices/{id}/refunds")).bearer_auth(&server.key).json(&json!({ "amount": "10.00" })).send().await.expect("refund");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let pending: Value = response.json().await.expect("json");
+    assert_eq!(pending["refunds"][0]["status"], "pending", "{pending}");
+    assert!(pending["refunds"][0]["failure_message"].as_str().is_some_and(|m| m.starts_with("no answer")), "{pending}");
+    assert_eq!(pending["amount"], "0.00");
+    let before = server.balances().await;
+    // More than is left beside the pending refund is refused: the pending one holds its amount.
+    let (status, error) = server.refund(&id, json!({ "amount": "15.01" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    let ledger = server.state.ledger.clone();
+    assert_eq!(refund::resume(&down_rail, &server.state.pool, &ledger, SystemClock.now()).await.expect("resume"), 0);
+    assert_eq!(server.balances().await, before, "nothing reversed without Stripe's answer");
+    assert_eq!(refund::resume(&rail, &server.state.pool, &ledger, SystemClock.now()).await.expect("resume"), 1);
+    assert_eq!(refund::resume(&rail, &server.state.pool, &ledger, SystemClock.now()).await.expect("resume"), 0, "made once");
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT status, failure_message FROM card_refunds WHERE invoice_id = $1").bind(&id).fetch_one(&server.state.pool).await.expect("refund");
+    assert_eq!((status.as_str(), reason), ("succeeded", None));
+    assert_eq!(server.balances().await, ("2200".to_owned(), "2200".to_owned()), "25.00 + 7.00 paid, 10.00 refunded");
+    let pi = paid["payment_intent"].as_str().expect("payment intent");
+    let (_, charge) = ls_get(&format!("/v1/payment_intents/{pi}")).await;
+    assert_eq!(charge["latest_charge"]["amount_refunded"], 1000, "stripe made the refund once: {charge}");
+}
+
 /// Writes `n` failed card attempts of invoice `id`, the last one `age_s` seconds ago.
 async fn failed_attempts(server: &Server, id: &str, n: i32, age_s: i64) {
     for number in 1..=n {

@@ -28,6 +28,10 @@ use super::checkout::chain_name;
 use super::error::ApiError;
 use super::AppState;
 
+/// Seconds a client is told to wait while Stripe does not answer. A card attempt asked again is
+/// the same request under the same idempotency key: retrying never charges twice.
+pub const STRIPE_RETRY_AFTER_S: u64 = 5;
+
 impl From<StripeError> for ApiError {
     fn from(error: StripeError) -> Self {
         use StripeError::*;
@@ -57,7 +61,9 @@ impl From<StripeError> for ApiError {
             }
             Transport { .. } | Api { .. } => {
                 tracing::warn!(target: "stripe", %error, "stripe unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "stripe_unavailable", "the card processor did not answer; try again")
+                let mut api = Self::new(StatusCode::SERVICE_UNAVAILABLE, "stripe_unavailable", "the card processor did not answer; try again");
+                api.retry_after_s = Some(STRIPE_RETRY_AFTER_S);
+                api
             }
             Database(error) => Self::database(error),
             Ledger(error) => Self::ledger(error),
@@ -141,6 +147,7 @@ pub enum RefundCreated {
     request_body = RefundBody,
     responses(
         (status = 201, body = RefundCreated, description = "card: the refunds made; crypto: the refund, `open`, with its one-time `claim_url`"),
+        (status = 202, body = RefundCreated, description = "card: Stripe did not answer for some refunds yet; they are `pending` and payrail asks again (same idempotency key) until it does"),
         (status = 401, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody),
         (status = 409, body = super::openapi::ErrorBody,
             description = "nothing to refund, more than is left (refund_exceeds), insufficient_funds (with what is available), refund_unavailable"),
@@ -187,7 +194,9 @@ pub async fn refund(
     };
     let request = RefundRequest { amount, reason: body.reason };
     let refunds = stripe::refund_invoice(rail, &state.pool, &state.ledger, &auth.merchant_id, &id, &request, state.clock.now()).await?;
-    Ok((StatusCode::CREATED, Json(RefundCreated::Card(refunds))))
+    // Stripe did not answer for some of them yet: they are made when it does.
+    let status = if refunds.refunds.iter().any(|r| r.status == "pending") { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    Ok((status, Json(RefundCreated::Card(refunds))))
 }
 
 /// The card form: a test PaymentMethod in test mode, nothing with Checkout Sessions.

@@ -26,8 +26,12 @@ pub const TEST_CARDS: &[(&str, &str)] = &[
     ("pm_card_visa", "Visa ending 4242 (succeeds)"),
     ("pm_card_chargeCustomerFail", "Visa ending 0341 (declined)"),
 ];
-/// An attempt still `creating` after this long got no answer from Stripe and is given up.
-pub const CREATING_WAIT_S: i64 = 60;
+/// An attempt still `creating` this long after its call to Stripe began, beyond the client's own
+/// timeout, was cut off (its process stopped) and is asked again; one that got no answer is asked
+/// again at once.
+pub const RESUME_MARGIN_S: i64 = 5;
+/// The failure code of an attempt whose call got no answer; it stays `creating` until asked again.
+pub const NO_ANSWER: &str = "no_answer";
 /// Most card attempts one invoice may have: beyond this, card testing rather than a payer is the
 /// likely cause, and the invoice is paid on a chain rail or not at all.
 pub const ATTEMPTS_PER_INVOICE_MAX: i64 = 10;
@@ -155,8 +159,6 @@ pub async fn start_with(rail: &CardRail, pool: &PgPool, invoice_id: &str, method
             }
         }
     };
-    let customer = super::renewal::saving_customer(rail, pool, invoice_id, now).await?;
-
     // 1. The attempt, committed before Stripe hears of it.
     let mut tx = pool.begin().await?;
     let found = sqlx::query("SELECT id FROM invoices WHERE id = $1 FOR UPDATE").bind(invoice_id).fetch_optional(&mut *tx).await?;
@@ -201,17 +203,11 @@ pub async fn start_with(rail: &CardRail, pool: &PgPool, invoice_id: &str, method
                     .execute(&mut *tx)
                     .await?;
             }
-            "creating" if (now - updated_at).num_seconds() > CREATING_WAIT_S => {
-                // Stripe never answered. If it did create the PaymentIntent after all, its webhook
-                // still credits the invoice; this attempt is only no longer waited for.
-                sqlx::query(
-                    "UPDATE card_attempts SET status = 'failed', failure_code = 'no_answer', \
-                     failure_message = 'Stripe did not answer in time', updated_at = $2 WHERE id = $1",
-                )
-                .bind(&existing.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            // Stripe did not answer it (or its process stopped mid-call): the same request again,
+            // under the same idempotency key, so it charges at most once whatever happened to the first.
+            "creating" if resumable(rail, existing.failure_code.as_deref(), updated_at, now) => {
+                tx.commit().await?;
+                return send(rail, pool, &existing.id, now).await;
             }
             _ => return Err(StripeError::AttemptInProgress { invoice_id: invoice_id.to_owned() }),
         }
@@ -238,8 +234,8 @@ pub async fn start_with(rail: &CardRail, pool: &PgPool, invoice_id: &str, method
     let idempotency_key = format!("payrail:{invoice_id}:card:{number}");
     sqlx::query(
         "INSERT INTO card_attempts (id, invoice_id, attempt, idempotency_key, kind, payment_method, currency, amount_minor, \
-                                    status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, 'creating', $9, $9)",
+                                    off_session, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $10, 'creating', $9, $9)",
     )
     .bind(&attempt_id)
     .bind(invoice_id)
@@ -250,28 +246,142 @@ pub async fn start_with(rail: &CardRail, pool: &PgPool, invoice_id: &str, method
     .bind(fiat.code())
     .bind(amount.to_string())
     .bind(now)
+    .bind(off_session)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    call(rail, pool, &attempt_id, now).await
+}
 
-    // 2. Stripe.
+/// Whether a `creating` attempt last touched at `updated_at` may be sent again now: its call got no
+/// answer, or began longer ago than a call may take.
+fn resumable(rail: &CardRail, failure_code: Option<&str>, updated_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    failure_code == Some(NO_ANSWER) || now - updated_at > call_max(rail)
+}
+
+/// The longest a call to Stripe may take, with a margin.
+fn call_max(rail: &CardRail) -> chrono::Duration {
+    chrono::Duration::milliseconds(i64::try_from(rail.config.timeout_ms).unwrap_or(i64::MAX / 2)) + chrono::Duration::seconds(RESUME_MARGIN_S)
+}
+
+/// Sends attempt `attempt_id` again if it still waits for Stripe and may be sent (see
+/// [`resumable`]); taking it is one conditional update, so of two callers at once only one sends.
+/// An attempt someone else is sending answers [`StripeError::AttemptInProgress`].
+pub async fn send(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Utc>) -> Result<CardAttemptView> {
+    let taken: Option<String> = sqlx::query_scalar(
+        "UPDATE card_attempts SET failure_code = NULL, failure_message = NULL, updated_at = $2 \
+         WHERE id = $1 AND status = 'creating' AND (failure_code = $3 OR updated_at < $4) \
+         RETURNING invoice_id",
+    )
+    .bind(attempt_id)
+    .bind(now)
+    .bind(NO_ANSWER)
+    .bind(now - call_max(rail))
+    .fetch_optional(pool)
+    .await?;
+    match taken {
+        Some(_) => call(rail, pool, attempt_id, now).await,
+        None => {
+            let invoice_id: String =
+                sqlx::query_scalar("SELECT invoice_id FROM card_attempts WHERE id = $1").bind(attempt_id).fetch_one(pool).await?;
+            Err(StripeError::AttemptInProgress { invoice_id })
+        }
+    }
+}
+
+/// Asks Stripe again for every attempt that got no answer (or whose process stopped mid-call) while
+/// its invoice still takes payments; gives up the others. A renewal declined on the card on file
+/// makes its subscription past due, as when it was first charged. Returns how many were asked.
+pub async fn resume(rail: &CardRail, pool: &PgPool, now: DateTime<Utc>) -> Result<usize> {
+    let waiting = sqlx::query(
+        "SELECT a.id, a.invoice_id, a.failure_code, a.updated_at, a.off_session, i.status AS invoice_status, i.expires_at \
+         FROM card_attempts a JOIN invoices i ON i.id = a.invoice_id \
+         WHERE a.status = 'creating' ORDER BY a.updated_at LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut asked = 0;
+    for row in waiting {
+        let id: String = row.try_get("id")?;
+        let invoice_id: String = row.try_get("invoice_id")?;
+        if !resumable(rail, row.try_get::<Option<String>, _>("failure_code")?.as_deref(), row.try_get("updated_at")?, now) {
+            continue;
+        }
+        let open = row.try_get::<String, _>("invoice_status")? == "open" && now < row.try_get::<DateTime<Utc>, _>("expires_at")?;
+        if !open {
+            // If Stripe did make the PaymentIntent after all, its webhook still credits the
+            // invoice; this attempt is only no longer waited for.
+            sqlx::query(
+                "UPDATE card_attempts SET status = 'failed', failure_code = $2, \
+                 failure_message = 'Stripe did not answer while the invoice took payments', updated_at = $3 \
+                 WHERE id = $1 AND status = 'creating'",
+            )
+            .bind(&id)
+            .bind(NO_ANSWER)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            continue;
+        }
+        let view = match send(rail, pool, &id, now).await {
+            Ok(view) => view,
+            Err(error) if error.is_retryable() || matches!(error, StripeError::AttemptInProgress { .. }) => {
+                tracing::warn!(target: "stripe", invoice = %invoice_id, attempt = %id, %error, "card attempt still unanswered; asking again later");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        asked += 1;
+        if row.try_get::<bool, _>("off_session")? {
+            super::renewal::after_charge(pool, &view, now).await?;
+        }
+    }
+    Ok(asked)
+}
+
+/// Calls Stripe for attempt `attempt_id` (which the caller has just written or taken) with the
+/// request its row describes, and stores the answer.
+async fn call(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Utc>) -> Result<CardAttemptView> {
+    let row = sqlx::query(
+        "SELECT invoice_id, idempotency_key, kind, payment_method, currency, amount_minor::text AS amount_minor, off_session, created_at \
+         FROM card_attempts WHERE id = $1",
+    )
+    .bind(attempt_id)
+    .fetch_one(pool)
+    .await?;
+    let invoice_id: String = row.try_get("invoice_id")?;
+    let idempotency_key: String = row.try_get("idempotency_key")?;
+    let session = row.try_get::<String, _>("kind")? == "checkout_session";
+    let payment_method: Option<String> = row.try_get("payment_method")?;
+    let off_session: bool = row.try_get("off_session")?;
+    let created_at: DateTime<Utc> = row.try_get("created_at")?;
+    let corrupt = |column: &'static str, value: String| StripeError::from(invoice::InvoiceError::Corrupt { column, value });
+    let currency: String = row.try_get("currency")?;
+    let fiat: Fiat = currency.parse().map_err(|_| corrupt("currency", currency.clone()))?;
+    let amount_text: String = row.try_get("amount_minor")?;
+    let amount: u64 = amount_text.parse().map_err(|_| corrupt("amount_minor", amount_text.clone()))?;
+    let expires_at: DateTime<Utc> =
+        sqlx::query_scalar("SELECT expires_at FROM invoices WHERE id = $1").bind(&invoice_id).fetch_one(pool).await?;
+    let customer = super::renewal::saving_customer(rail, pool, &invoice_id, now).await?;
+
+    // Every field below follows from the row alone, so a request sent again is the same request.
     let metadata = BTreeMap::from([
-        (METADATA_INVOICE_ID.to_owned(), invoice_id.to_owned()),
-        (METADATA_ATTEMPT_ID.to_owned(), attempt_id.clone()),
+        (METADATA_INVOICE_ID.to_owned(), invoice_id.clone()),
+        (METADATA_ATTEMPT_ID.to_owned(), attempt_id.to_owned()),
     ]);
     let outcome = if session {
         let page = format!("{}/pay/{invoice_id}", rail.public_url);
-        let seconds_left = (view.expires_at - now).num_seconds();
+        let seconds_left = (expires_at - created_at).num_seconds();
         let request = NewCheckoutSession {
             amount,
             currency: stripe_currency(fiat),
             product_name: format!("Invoice {invoice_id}"),
-            invoice_id: invoice_id.to_owned(),
+            invoice_id: invoice_id.clone(),
             metadata,
             success_url: page.clone(),
             cancel_url: page,
             // Stripe takes 30 minutes to 24 hours; within that, the session ends with the invoice.
-            expires_at: (1_800..=86_400).contains(&seconds_left).then(|| view.expires_at.timestamp()),
+            expires_at: (1_800..=86_400).contains(&seconds_left).then(|| expires_at.timestamp()),
             save_card_for: customer.clone(),
         };
         rail.client.create_checkout_session(&request, &idempotency_key).await.map(|s| Update {
@@ -304,8 +414,8 @@ pub async fn start_with(rail: &CardRail, pool: &PgPool, invoice_id: &str, method
     let update = match outcome {
         Ok(update) => update,
         // Stripe refused (a declined card is a 402): the attempt failed, nothing was charged.
-        Err(StripeError::Api { status, code, decline_code, message, payment_intent, .. }) if (400..500).contains(&status) => {
-            tracing::info!(target: "stripe", invoice = invoice_id, attempt = %attempt_id, status, ?code, ?decline_code, "card attempt refused");
+        Err(StripeError::Api { status, code, decline_code, message, payment_intent, .. }) if (400..500).contains(&status) && status != 429 => {
+            tracing::info!(target: "stripe", invoice = %invoice_id, attempt = %attempt_id, status, ?code, ?decline_code, "card attempt refused");
             Update {
                 status: "failed",
                 payment_intent: payment_intent.map(|pi| pi.id),
@@ -314,9 +424,19 @@ pub async fn start_with(rail: &CardRail, pool: &PgPool, invoice_id: &str, method
                 failure: Some((decline_code.or(code), message)),
             }
         }
-        // No answer or Stripe's own failure: the attempt stays `creating` until given up.
+        // No answer, a rate limit or Stripe's own failure: the attempt stays `creating`, marked to be
+        // asked again (by the payer's next try, or the daemon's next pass).
         Err(error) => {
-            tracing::warn!(target: "stripe", invoice = invoice_id, attempt = %attempt_id, %error, "card attempt got no answer");
+            tracing::warn!(target: "stripe", invoice = %invoice_id, attempt = %attempt_id, %error, "card attempt got no answer");
+            sqlx::query(
+                "UPDATE card_attempts SET failure_code = $2, failure_message = $3, updated_at = $4 WHERE id = $1 AND status = 'creating'",
+            )
+            .bind(attempt_id)
+            .bind(NO_ANSWER)
+            .bind(error.to_string().chars().take(1000).collect::<String>())
+            .bind(now)
+            .execute(pool)
+            .await?;
             return Err(error);
         }
     };
@@ -332,7 +452,7 @@ pub async fn start_with(rail: &CardRail, pool: &PgPool, invoice_id: &str, method
                 failure_code = coalesce(failure_code, $6), failure_message = coalesce(failure_message, $7), updated_at = $8 \
          WHERE id = $1 RETURNING {ATTEMPT_COLUMNS}"
     ))
-    .bind(&attempt_id)
+    .bind(attempt_id)
     .bind(update.status)
     .bind(&update.payment_intent)
     .bind(&update.session)

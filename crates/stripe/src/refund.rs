@@ -256,8 +256,10 @@ pub async fn refund_invoice(
             created_at: row.try_get("created_at")?,
         });
     }
+    // Refused outright: say so. Not answered: the refunds stay `pending` and are asked again by
+    // [`resume`]; the answer shows them pending.
     if succeeded.is_zero() {
-        if let Some(error) = first_error {
+        if let Some(error) = first_error.filter(|e| !e.is_retryable() || refunds.iter().all(|r| r.status != "pending")) {
             return Err(error);
         }
     }
@@ -269,6 +271,52 @@ pub async fn refund_invoice(
         refunds,
         invoice,
     })
+}
+
+/// Marks a pending refund whose call got no answer (its `failure_message` starts with it).
+const NO_ANSWER: &str = "no answer";
+
+/// Asks Stripe again, with each refund's own idempotency key, for every refund still `pending` that
+/// got no answer or whose call began longer ago than a call may take. Taking one is a conditional
+/// update, so two replicas never ask for the same refund at once. Returns how many were answered.
+pub async fn resume(rail: &CardRail, pool: &PgPool, ledger: &Ledger, now: DateTime<Utc>) -> Result<usize> {
+    let call_max = chrono::Duration::milliseconds(i64::try_from(rail.config.timeout_ms).unwrap_or(i64::MAX / 2)) + chrono::Duration::seconds(5);
+    let due = sqlx::query(
+        "UPDATE card_refunds r SET updated_at = $1, failure_message = NULL FROM card_payments c \
+         WHERE r.id IN (SELECT id FROM card_refunds WHERE status = 'pending' \
+                          AND (failure_message LIKE $3 || '%' OR updated_at < $2) ORDER BY updated_at LIMIT 50 FOR UPDATE SKIP LOCKED) \
+           AND c.payment_intent_id = r.payment_intent_id \
+         RETURNING r.id, r.invoice_id, r.payment_intent_id, c.payment_id, r.amount_minor::text AS amount_minor, r.reason",
+    )
+    .bind(now)
+    .bind(now - call_max)
+    .bind(NO_ANSWER)
+    .fetch_all(pool)
+    .await?;
+    let mut answered = 0;
+    for row in due {
+        let invoice_id: String = row.try_get("invoice_id")?;
+        let text: String = row.try_get("amount_minor")?;
+        let plan = Planned {
+            id: row.try_get("id")?,
+            payment_intent_id: row.try_get("payment_intent_id")?,
+            payment_id: row.try_get("payment_id")?,
+            amount: text.parse().map_err(|_| invoice::InvoiceError::Corrupt { column: "amount_minor", value: text.clone() })?,
+        };
+        let request = RefundRequest { amount: Some(plan.amount), reason: row.try_get("reason")? };
+        match refund_one(rail, pool, ledger, &invoice_id, &plan, &request, now).await {
+            Ok(_) => answered += 1,
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(target: "stripe", invoice = %invoice_id, refund = %plan.id, %error, "refund still unanswered; asking again later");
+            }
+            // A refusal is stored with the refund (`failed`); the next one is asked all the same.
+            Err(error) => {
+                tracing::warn!(target: "stripe", invoice = %invoice_id, refund = %plan.id, %error, "refund refused");
+                answered += 1;
+            }
+        }
+    }
+    Ok(answered)
 }
 
 async fn refund_one(
@@ -297,18 +345,19 @@ async fn refund_one(
     let refund = match rail.client.create_refund(&new_refund, &format!("payrail:{}", plan.id)).await {
         Ok(refund) => refund,
         Err(error) => {
-            // A refusal is final; no answer leaves the refund pending (asking again with the same
-            // key is safe, and charge.refunded will post it if Stripe did make it).
-            if let StripeError::Api { status, message, .. } = &error {
-                if (400..500).contains(status) {
-                    sqlx::query("UPDATE card_refunds SET status = 'failed', failure_message = $2, updated_at = $3 WHERE id = $1")
-                        .bind(&plan.id)
-                        .bind(message.chars().take(1000).collect::<String>())
-                        .bind(now)
-                        .execute(pool)
-                        .await?;
-                }
-            }
+            // A refusal is final; no answer leaves the refund pending, marked to be asked again
+            // with the same key by [`resume`] (charge.refunded posts it if Stripe did make it).
+            let (status, message) = match &error {
+                StripeError::Api { status, message, .. } if (400..500).contains(status) && *status != 429 => ("failed", message.clone()),
+                other => ("pending", format!("{NO_ANSWER}: {other}")),
+            };
+            sqlx::query("UPDATE card_refunds SET status = $2, failure_message = $3, updated_at = $4 WHERE id = $1 AND status = 'pending'")
+                .bind(&plan.id)
+                .bind(status)
+                .bind(message.chars().take(1000).collect::<String>())
+                .bind(now)
+                .execute(pool)
+                .await?;
             return Err(error);
         }
     };
@@ -343,7 +392,7 @@ async fn refund_one(
         }
     };
     sqlx::query(
-        "UPDATE card_refunds SET stripe_refund_id = $2, status = $3, failure_message = $4, updated_at = $5 WHERE id = $1",
+        "UPDATE card_refunds SET stripe_refund_id = $2, status = $3, failure_message = $4, updated_at = $5 WHERE id = $1 AND status = 'pending'",
     )
     .bind(&plan.id)
     .bind(&refund.id)

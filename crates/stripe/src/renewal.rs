@@ -7,7 +7,8 @@
 //! PaymentMethod, kept as the subscription's card on file in the transaction that credits the payment.
 //!
 //! Renewals: [`charge_due`] makes one off-session attempt per renewal invoice (the attempt's
-//! idempotency key is the invoice's, so a retried pass charges once). A decline leaves the invoice
+//! idempotency key is the invoice's, so a retried pass charges once; one Stripe did not answer is
+//! asked again by [`attempt::resume`]). A decline leaves the invoice
 //! open for any rail, and the subscription past due, announced as `subscription.payment_failed`; a
 //! success is credited, like every card payment, by the verified webhook.
 
@@ -75,10 +76,19 @@ pub async fn charge_due(rail: &CardRail, pool: &PgPool, now: DateTime<Utc>) -> R
             }
         };
         charged += 1;
-        if attempt.status == "failed" || attempt.status == "requires_action" {
-            let code = attempt.failure_code.as_deref().or((attempt.status == "requires_action").then_some("authentication_required"));
-            payment_failed(pool, &invoice_id, code, attempt.failure_message.as_deref(), now).await.map_err(crate::invoice::InvoiceError::from)?;
-        }
+        after_charge(pool, &attempt, now).await?;
     }
     Ok(charged)
+}
+
+/// What follows Stripe's answer to an off-session charge: a decline (or a card that asks for the
+/// payer, who is away) makes the subscription past due and is announced.
+pub(crate) async fn after_charge(pool: &PgPool, attempt: &attempt::CardAttemptView, now: DateTime<Utc>) -> Result<()> {
+    if attempt.status == "failed" || attempt.status == "requires_action" {
+        let code = attempt.failure_code.as_deref().or((attempt.status == "requires_action").then_some("authentication_required"));
+        payment_failed(pool, &attempt.invoice_id, code, attempt.failure_message.as_deref(), now)
+            .await
+            .map_err(crate::invoice::InvoiceError::from)?;
+    }
+    Ok(())
 }
