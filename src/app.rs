@@ -9,7 +9,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, HttpLimits};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::chain::evm::{EvmWatcher, Sweeper};
 use crate::config::{ChainKind, Config, RateFeed};
 use crate::db::replicas::{Registry, Share, CLASS_SERVICE, CLASS_SWEEP, CLASS_WATCH};
@@ -215,7 +215,18 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     let Jobs { hot_wallet_key, watch_chains } = jobs;
     let addr = listener.local_addr().map_err(AppError::Serve)?;
-    let mut state = state(config, pool.clone(), Arc::new(SystemClock), webhook_secrets);
+    // The daemon keeps the database's time (`db::clock`): read once before anything uses it.
+    let clock = Arc::new(crate::db::clock::DatabaseClock::new());
+    match clock.sync(&pool).await {
+        Ok(offset) if offset.abs() > crate::db::clock::OFFSET_WARN => tracing::warn!(
+            target: "clock",
+            offset_ms = offset.num_milliseconds(),
+            "this host's clock is off the database's; payrail keeps the database's time"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(target: "clock", %error, "database clock not read yet; starting from this host's"),
+    }
+    let mut state = state(config, pool.clone(), clock.clone(), webhook_secrets);
     if !watch_chains {
         // No chain is followed (`payrail dev --no-chains`): nothing can be paid out, and the payout
         // and settlement endpoints say so instead of waiting on nodes that are not there.
@@ -224,6 +235,10 @@ pub async fn serve(
     let expiry = tokio::spawn(expire_loop(pool.clone(), state.ledger.clone(), state.clock.clone(), state.card.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watchers = Vec::new();
+    {
+        let (pool, stop) = (pool.clone(), stop_rx.clone());
+        watchers.push(tokio::spawn(async move { clock.keep_in_sync(pool, stop).await }));
+    }
     if let Some(task) = crate::rates::spawn_rate_refresh(state.rates.as_ref(), stop_rx.clone()) {
         watchers.push(task);
     }

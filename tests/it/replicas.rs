@@ -329,3 +329,19 @@ async fn two_serving_replicas_follow_three_of_six_chains_each(admin: PgPool) {
     a.stop().await;
     b.stop().await;
 }
+
+/// The daemon's clock is the database's, advanced by the monotonic clock between readings: on one
+/// host it agrees with the wall clock, and it moves forward as time passes without a new reading.
+#[sqlx::test]
+async fn the_daemon_keeps_the_database_time(pool: PgPool) {
+    use payrail::clock::Clock;
+    let clock = payrail::db::clock::DatabaseClock::new();
+    let offset = clock.sync(&pool).await.expect("read the database's clock");
+    assert!(offset.num_milliseconds().abs() < 1_000, "same host, same clock: {offset}");
+    let database: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&pool).await.expect("now");
+    assert!((clock.now() - database).num_milliseconds().abs() < 500, "{} vs {database}", clock.now());
+    let before = clock.now();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let advanced = clock.now() - before;
+    assert!((200..1_000).contains(&advanced.num_milliseconds()), "advanced by {advanced}");
+}

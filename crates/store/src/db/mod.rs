@@ -1,6 +1,7 @@
 //! The PostgreSQL pool, the embedded migrations, and the advisory locks that keep each background
 //! job on one replica ([`leader`]).
 
+pub mod clock;
 pub mod leader;
 pub mod primary;
 pub mod replicas;
