@@ -14,7 +14,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod gate;
+mod outages;
 mod proxy;
+mod resources;
 mod rig;
 mod scenarios;
 

@@ -70,19 +70,52 @@ pub struct Cluster {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// The small volume (a tmpfs) its data directory lives on, when it has one.
+    volume: Option<PathBuf>,
 }
 
 impl Cluster {
     /// Creates and starts one; `settings` are extra `-c name=value` server settings.
     pub async fn start(settings: &[&str]) -> Result<Self> {
+        Self::start_on(settings, None).await
+    }
+
+    /// As [`Self::start`], with the data directory on a volume of its own of `size_mb` (a tmpfs;
+    /// mounting needs root) and the WAL beside it on the machine's disk: filling the volume fills
+    /// the disk the tables are on, as a full data volume does, without stopping the WAL.
+    pub async fn start_on_volume(settings: &[&str], size_mb: u32) -> Result<Self> {
+        Self::start_on(settings, Some(size_mb)).await
+    }
+
+    async fn start_on(settings: &[&str], volume_mb: Option<u32>) -> Result<Self> {
         let bin = postgres_bin_dir()?;
         let dir = std::env::temp_dir().join(format!("payrail-chaos-pg-{}-{}", std::process::id(), free_port()?));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let cluster = Self { port: free_port()?, dir, bin };
+        let volume = match volume_mb {
+            Some(size_mb) => {
+                if !running_as_root() {
+                    bail!("a volume of its own for the database needs root (mount -t tmpfs)");
+                }
+                let volume = dir.join("volume");
+                std::fs::create_dir_all(&volume)?;
+                let out = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"]).arg(&volume).output()?;
+                if !out.status.success() {
+                    bail!("mount -t tmpfs {}: {}", volume.display(), String::from_utf8_lossy(&out.stderr));
+                }
+                Some(volume)
+            }
+            None => None,
+        };
+        let cluster = Self { port: free_port()?, dir, bin, volume };
         give_to_server_user(&cluster.dir)?;
-        let data = cluster.dir.join("data");
-        cluster.run(cluster.bin.join("initdb"), &["-D", path_str(&data)?, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]).await?;
+        let data = cluster.data_dir();
+        let wal = cluster.dir.join("wal");
+        let mut initdb = vec!["-D", path_str(&data)?, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"];
+        if cluster.volume.is_some() {
+            initdb.extend(["--waldir", path_str(&wal)?]);
+        }
+        cluster.run(cluster.bin.join("initdb"), &initdb).await?;
         let mut options = format!(
             "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c log_min_messages=warning",
             path_str(&cluster.dir)?,
@@ -96,6 +129,42 @@ impl Cluster {
         Ok(cluster)
     }
 
+    fn data_dir(&self) -> PathBuf {
+        self.volume.as_ref().unwrap_or(&self.dir).join("data")
+    }
+
+    /// Fills its volume to the last byte with a ballast file; how many MB it took.
+    pub fn fill_volume(&self) -> Result<u64> {
+        use std::io::Write;
+        let volume = self.volume.as_ref().context("the cluster has no volume of its own")?;
+        let mut ballast = std::fs::File::create(volume.join("ballast"))?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            match ballast.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The last partial pages too.
+        while ballast.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
+        Ok(written >> 20)
+    }
+
+    /// Gives the space back.
+    pub fn free_volume(&self) -> Result<()> {
+        let volume = self.volume.as_ref().context("the cluster has no volume of its own")?;
+        std::fs::remove_file(volume.join("ballast"))?;
+        Ok(())
+    }
+
+    /// The server's log, for what it said about the fault.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
     /// The URL of its `postgres` database.
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
@@ -104,7 +173,7 @@ impl Cluster {
     /// Starts the stopped server and waits until it accepts connections (crash recovery included).
     pub async fn up(&self) -> Result<()> {
         let options = std::fs::read_to_string(self.dir.join("options"))?;
-        let data = self.dir.join("data");
+        let data = self.data_dir();
         let log = self.dir.join("server.log");
         self.run(self.bin.join("pg_ctl"), &["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "-t", "60", "-o", &options, "start"]).await
     }
@@ -112,7 +181,7 @@ impl Cluster {
     /// Stops the server: `immediate` is a crash (every backend killed, recovery from WAL at the next
     /// start), `fast` a clean shutdown that still ends every session.
     pub async fn down(&self, mode: &str) -> Result<()> {
-        let data = self.dir.join("data");
+        let data = self.data_dir();
         self.run(self.bin.join("pg_ctl"), &["-D", path_str(&data)?, "-m", mode, "-w", "-t", "60", "stop"]).await
     }
 
@@ -128,9 +197,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let data = self.dir.join("data");
+        let data = self.data_dir();
         let pg_ctl = self.bin.join("pg_ctl");
         let _ = as_server_user(&pg_ctl.to_string_lossy(), &self.dir).arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]).output();
+        if let Some(volume) = &self.volume {
+            let _ = std::process::Command::new("umount").arg(volume).output();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -512,6 +584,12 @@ impl Replica {
     /// Connects through `url` (a pooler, say) instead of straight to the scenario's database.
     pub fn with_database(mut self, url: &str) -> Self {
         self.database_url = format!("{url}?application_name={}", self.name);
+        self
+    }
+
+    /// Adds `params` (`name=value&…`) to its database URL: server settings through `options[…]`, say.
+    pub fn with_url_params(mut self, params: &str) -> Self {
+        self.database_url = format!("{}&{params}", self.database_url);
         self
     }
 

@@ -32,21 +32,25 @@ pub const ALL: &[(&str, Run)] = &[
     ("postgres-connections", |p| Box::pin(postgres_connections(p))),
     ("pgbouncer", |p| Box::pin(pgbouncer(p))),
     ("rpc-faults", |p| Box::pin(rpc_faults(p))),
+    ("stripe-down", |p| Box::pin(crate::outages::stripe_down(p))),
+    ("statement-timeouts", |p| Box::pin(crate::resources::statement_timeouts(p))),
+    ("disk-full", |p| Box::pin(crate::resources::disk_full(p))),
+    ("clock-jump", |p| Box::pin(crate::resources::clock_jump(p))),
 ];
 
 /// How long a scenario may wait for its last invoices to be paid once the faults stop.
-const SETTLE_MAX: Duration = Duration::from_secs(120);
+pub(crate) const SETTLE_MAX: Duration = Duration::from_secs(120);
 /// How long a daemon may take to answer after a start.
-const READY_MAX: Duration = Duration::from_secs(60);
+pub(crate) const READY_MAX: Duration = Duration::from_secs(60);
 /// How long recovery may take before it counts as never recovered.
-const RECOVERY_MAX: Duration = Duration::from_secs(60);
+pub(crate) const RECOVERY_MAX: Duration = Duration::from_secs(60);
 
-struct Load {
-    invoices: usize,
+pub(crate) struct Load {
+    pub invoices: usize,
     /// Every invoice in USDC (creators are paid in what they earned, and the batcher holds USDC).
-    usdc_only: bool,
+    pub usdc_only: bool,
     /// The payments are spread over this long, so the faults land among them.
-    spread: Duration,
+    pub spread: Duration,
 }
 
 impl Load {
@@ -57,12 +61,12 @@ impl Load {
         }
     }
 
-    fn describe(&self, replicas: usize) -> String {
+    pub(crate) fn describe(&self, replicas: usize) -> String {
         format!("{} invoices / {} s, {replicas} replica{}", self.invoices, self.spread.as_secs(), if replicas == 1 { "" } else { "s" })
     }
 }
 
-async fn wait_ready(base: &str) -> Result<()> {
+pub(crate) async fn wait_ready(base: &str) -> Result<()> {
     let client = reqwest::Client::new();
     let started = Instant::now();
     while started.elapsed() < READY_MAX {
@@ -78,7 +82,7 @@ async fn wait_ready(base: &str) -> Result<()> {
 
 /// Creates and pays `load.invoices` invoices through `bases`, paced over `load.spread`.
 /// Also returns the Idempotency-Keys that had to be waited for or abandoned (see [`rig::create_invoice`]).
-async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) -> Result<(Vec<(Invoice, String)>, KeyWaits)> {
+pub(crate) async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) -> Result<(Vec<(Invoice, String)>, KeyWaits)> {
     let pace = load.spread / u32::try_from(load.invoices.max(1))?;
     let mut sent = Vec::with_capacity(load.invoices);
     let mut keys = KeyWaits::default();
@@ -99,7 +103,7 @@ async fn pay_all(bases: &[String], api_key: &str, payer: &Payer, load: &Load) ->
 }
 
 /// Polls until the watcher's cursor reaches `target`; the time it took, or `None` past the limit.
-async fn until_cursor(pool: &PgPool, target: u64, since: Instant) -> Option<Duration> {
+pub(crate) async fn until_cursor(pool: &PgPool, target: u64, since: Instant) -> Option<Duration> {
     while since.elapsed() < RECOVERY_MAX {
         if matches!(rig::cursor(pool).await, Ok(Some(h)) if h >= target) {
             return Some(since.elapsed());
@@ -111,12 +115,12 @@ async fn until_cursor(pool: &PgPool, target: u64, since: Instant) -> Option<Dura
 
 /// Idempotency-Keys a killed process left claimed: waited for until taken over, or given up.
 #[derive(Debug, Default, Clone, Copy)]
-struct KeyWaits {
+pub(crate) struct KeyWaits {
     waited: u32,
     stuck: u32,
 }
 
-fn notes(keys: KeyWaits) -> String {
+pub(crate) fn notes(keys: KeyWaits) -> String {
     let mut notes = Vec::new();
     if keys.waited > 0 {
         notes.push(format!("{} Idempotency-Key(s) claimed by a killed process, retried until taken over", keys.waited - keys.stuck.min(keys.waited)));
@@ -127,7 +131,7 @@ fn notes(keys: KeyWaits) -> String {
     notes.join("; ")
 }
 
-fn recovery_max(recoveries: &[Option<Duration>]) -> Option<Duration> {
+pub(crate) fn recovery_max(recoveries: &[Option<Duration>]) -> Option<Duration> {
     // A fault never recovered from counts as the limit itself.
     recoveries.iter().map(|r| r.unwrap_or(RECOVERY_MAX)).max()
 }
@@ -841,19 +845,19 @@ impl Creators {
 /// What every scenario starts from: a fresh database (on `DATABASE_URL`'s server, or on the
 /// server `admin_url` reaches), an anvil with Polygon's chain id and the dev contracts, a merchant,
 /// the funded payer, the load of the profile and a directory for the logs.
-struct Stage {
-    started: Instant,
-    load: Load,
-    logs: std::path::PathBuf,
-    db: Db,
-    anvil: payrail_devnet::anvil::Anvil,
-    contracts: payrail_devnet::anvil::DevContracts,
-    merchant: payrail::merchant::NewMerchant,
-    payer: Payer,
+pub(crate) struct Stage {
+    pub started: Instant,
+    pub load: Load,
+    pub logs: std::path::PathBuf,
+    pub db: Db,
+    pub anvil: payrail_devnet::anvil::Anvil,
+    pub contracts: payrail_devnet::anvil::DevContracts,
+    pub merchant: payrail::merchant::NewMerchant,
+    pub payer: Payer,
 }
 
 impl Stage {
-    async fn set_up(scenario: &str, profile: Profile, admin_url: Option<&str>) -> Result<Self> {
+    pub(crate) async fn set_up(scenario: &str, profile: Profile, admin_url: Option<&str>) -> Result<Self> {
         let started = Instant::now();
         let logs = rig::log_dir(scenario)?;
         let db = match admin_url {
@@ -1423,7 +1427,7 @@ async fn rpc_faults(profile: Profile) -> Result<Row> {
 }
 
 /// A scenario's row, its database dropped when it passed and kept for inspection when it failed.
-async fn finish(db: Db, row: Row) -> Result<Row> {
+pub(crate) async fn finish(db: Db, row: Row) -> Result<Row> {
     if !row.failed() {
         db.drop_database().await?;
     }
