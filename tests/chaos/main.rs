@@ -20,6 +20,7 @@ mod proxy;
 mod resources;
 mod rig;
 mod scenarios;
+mod soak;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -17,6 +17,8 @@ use crate::{Profile, Row};
 struct Payer {
     /// 503 `stripe_unavailable` answers, all with `Retry-After`.
     unavailable: u32,
+    /// 429 `rate_limited` (with `Retry-After`): all payers share the loopback address.
+    limited: u32,
     /// Answers that were wrong: a 5xx other than a 503 with `Retry-After`, or an unexpected refusal.
     bad: u32,
     /// The card payment went through (by this payer's try or the daemon's resume pass).
@@ -88,16 +90,19 @@ pub async fn stripe_down(profile: Profile) -> Result<Row> {
         seen.push(payer.await??);
     }
     let opened = outage.await?;
-    // Everything the outage left unanswered is asked again by the daemon's pass (every 5 s).
+    // Everything the outage left unanswered is asked again by the daemon's pass (every 5 s), and
+    // every charge is credited when localstripe's webhook arrives.
     let settling = Instant::now();
     let unsettled = loop {
-        let (creating, pending): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM card_attempts WHERE status = 'creating'), (SELECT count(*) FROM card_refunds WHERE status = 'pending')",
+        let (creating, pending, uncredited): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM card_attempts WHERE status = 'creating'), (SELECT count(*) FROM card_refunds WHERE status = 'pending'), \
+                    (SELECT count(*) FROM invoices i WHERE i.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM card_payments c WHERE c.invoice_id = i.id))",
         )
+        .bind(&ids)
         .fetch_one(&db.pool)
         .await?;
-        if creating + pending == 0 || settling.elapsed() > SETTLE_MAX {
-            break usize::try_from(creating + pending)?;
+        if creating + pending + uncredited == 0 || settling.elapsed() > SETTLE_MAX {
+            break usize::try_from(creating + pending + uncredited)?;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -121,12 +126,13 @@ pub async fn stripe_down(profile: Profile) -> Result<Row> {
 
     let unavailable: u32 = seen.iter().map(|p| p.unavailable).sum();
     let bad: u32 = seen.iter().map(|p| p.bad).sum();
+    let limited: u32 = seen.iter().map(|p| p.limited).sum();
     let unpaid = seen.iter().filter(|p| !p.paid).count();
     let (pending, made): (u32, u32) = (seen.iter().map(|p| p.refunds_pending).sum(), seen.iter().map(|p| p.refunds_made).sum());
     let refunds_asked = usize::try_from(pending + made)?;
     let refunds_done = usize::try_from(refunds.get("succeeded").copied().unwrap_or(0))?;
     let mut notes = vec![format!(
-        "{unavailable} card tries answered 503 stripe_unavailable with Retry-After, {} connections reset; refunds: {pending} accepted pending, {made} made at once, {refunds_done} made in the end; {credited_once} invoices credited once",
+        "{unavailable} card tries answered 503 stripe_unavailable with Retry-After ({limited} more 429 for the one payer address), {} connections reset; refunds: {pending} accepted pending, {made} made at once, {refunds_done} made in the end; {credited_once} invoices credited once",
         gate.refused()
     )];
     if let Some(status) = crashed {
@@ -185,6 +191,11 @@ async fn pay(client: &reqwest::Client, base: &str, api_key: &str, id: &str, refu
             (201, _) if body["status"] == "succeeded" => seen.paid = true,
             (503, "stripe_unavailable") if retry_after.is_some() => {
                 seen.unavailable += 1;
+                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
+            }
+            // Every payer here shares one address, and the public routes are limited per address.
+            (429, "rate_limited") if retry_after.is_some() => {
+                seen.limited += 1;
                 tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
             }
             // The daemon's pass is sending this invoice's attempt right now.

@@ -36,6 +36,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("statement-timeouts", |p| Box::pin(crate::resources::statement_timeouts(p))),
     ("disk-full", |p| Box::pin(crate::resources::disk_full(p))),
     ("clock-jump", |p| Box::pin(crate::resources::clock_jump(p))),
+    ("soak", |p| Box::pin(crate::soak::soak(p))),
 ];
 
 /// How long a scenario may wait for its last invoices to be paid once the faults stop.
@@ -116,8 +117,8 @@ pub(crate) async fn until_cursor(pool: &PgPool, target: u64, since: Instant) -> 
 /// Idempotency-Keys a killed process left claimed: waited for until taken over, or given up.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct KeyWaits {
-    waited: u32,
-    stuck: u32,
+    pub waited: u32,
+    pub stuck: u32,
 }
 
 pub(crate) fn notes(keys: KeyWaits) -> String {
@@ -770,19 +771,19 @@ async fn kill9_payouts(profile: Profile) -> Result<Row> {
 
 /// Two creators of a merchant, paid 70 % and 20 % of every invoice (5 % platform fee) through the
 /// PayoutBatcher, funded with test USDC.
-struct Creators(Vec<(String, alloy::primitives::Address)>);
+pub(crate) struct Creators(Vec<(String, alloy::primitives::Address)>);
 
 /// What the payouts came to once settled: on chain against the confirmed payouts, per creator.
-struct PayoutOutcome {
+pub(crate) struct PayoutOutcome {
     /// Open batches, plus creators still owed a payable balance.
-    unsettled: usize,
-    underpaid: usize,
-    overpaid: usize,
-    summary: String,
+    pub unsettled: usize,
+    pub underpaid: usize,
+    pub overpaid: usize,
+    pub summary: String,
 }
 
 impl Creators {
-    async fn set_up(db: &Db, merchant_id: &str, payer: &Payer, batcher: alloy::primitives::Address) -> Result<Self> {
+    pub(crate) async fn set_up(db: &Db, merchant_id: &str, payer: &Payer, batcher: alloy::primitives::Address) -> Result<Self> {
         use payrail::creator::{create_creator, set_split_rules, CreateCreator, SplitRules};
         let mut creators = Vec::new();
         for n in 1..=2u8 {
@@ -798,7 +799,7 @@ impl Creators {
     }
 
     /// `replica` with a hot wallet, paying creators every 5 s from 1 USD.
-    fn paying(replica: Replica) -> Replica {
+    pub(crate) fn paying(replica: Replica) -> Replica {
         replica
             .with_env("PAYRAIL_HOT_WALLET_KEY", payrail_devnet::anvil::DEV_DEPLOYER_KEY)
             .with_env("PAYRAIL_PAYOUTS__INTERVAL_S", "5")
@@ -808,7 +809,7 @@ impl Creators {
 
     /// Waits (at most 3 minutes) until nothing is open and no creator is owed a payable balance, then
     /// compares what each creator holds on chain with what the confirmed payouts say.
-    async fn outcome(&self, db: &Db, anvil_url: &str, payer: &Payer) -> Result<PayoutOutcome> {
+    pub(crate) async fn outcome(&self, db: &Db, anvil_url: &str, payer: &Payer) -> Result<PayoutOutcome> {
         let ids: Vec<String> = self.0.iter().map(|(id, _)| id.clone()).collect();
         let settling = Instant::now();
         let unsettled = loop {
