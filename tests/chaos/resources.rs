@@ -1,11 +1,11 @@
 //! Resource faults: statements the server cancels, a full disk, a host clock that jumps.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::rig::{self, Replica, Rng};
-use crate::scenarios::{finish, notes, pay_all, recovery_max, until_cursor, wait_ready, Stage, READY_MAX, SETTLE_MAX};
+use crate::rig::{self, Replica};
+use crate::scenarios::{finish, notes, pay_all, reads_note, spawn_repeated, wait_ready, Stage, READY_MAX, SETTLE_MAX};
 use crate::{Profile, Row};
 
 /// How often a replica's log says `needle`.
@@ -41,35 +41,22 @@ pub async fn statement_timeouts(profile: Profile) -> Result<Row> {
     let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
     // The daemon's request timeout (5 s) and a margin: no answer by then is a hang.
     let prober = rig::spawn_prober(bases[0].clone(), merchant.api_key.clone(), probe_invoice.id.clone(), 4, Duration::from_secs(7), stop_rx.clone());
-    let locker = {
+    let locker = spawn_repeated(0x3c6e_f372_fe94_f82b, every, hold, db.pool.clone(), anvil.url(), stop_rx.clone(), {
         let pool = db.pool.clone();
-        let anvil_url = anvil.url();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut rng = Rng::new(0x3c6e_f372_fe94_f82b);
-            let (mut locks, mut recoveries) = (0u32, Vec::new());
-            while locks < 200 {
-                tokio::select! {
-                    _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
-                    _ = stop.changed() => break,
-                }
+        move |hold| {
+            let pool = pool.clone();
+            async move {
                 let mut tx = pool.begin().await?;
                 sqlx::query("LOCK TABLE invoices, payments, journal_entries, outbox IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
-                tokio::time::sleep(rng.millis_between(hold.0, hold.1)).await;
-                tx.rollback().await?;
-                locks += 1;
-                let freed = Instant::now();
-                rig::mine(&anvil_url, 1).await?;
-                let tip = rig::tip(&anvil_url).await?;
-                recoveries.push(until_cursor(&pool, tip, freed).await);
+                tokio::time::sleep(hold).await;
+                Ok(tx.rollback().await?)
             }
-            anyhow::Ok((locks, recoveries))
-        })
-    };
+        }
+    });
 
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
-    let (locks, recoveries) = locker.await??;
+    let locks = locker.await??;
     let probed = prober.await?;
     let (sent, keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
@@ -85,19 +72,14 @@ pub async fn statement_timeouts(profile: Profile) -> Result<Row> {
     let cancelled: usize = replicas.iter().map(|r| log_count(r, "statement timeout") + log_count(r, "lock timeout")).sum();
     let doubled = rig::doubled(&db.pool, &sent).await?;
     let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
-    let mut notes = vec![format!(
-        "{cancelled} statements cancelled (as logged); reads: {} ok, {} answered 503 + Retry-After, {} bad, slowest {} ms",
-        probed.ok,
-        probed.unavailable,
-        probed.bad,
-        probed.slowest.as_millis()
-    )];
+    let mut notes = vec![format!("{cancelled} statements cancelled (as logged); {}", reads_note(&probed))];
     notes.extend(Some(self::notes(keys)).filter(|n| !n.is_empty()));
     let row = Row {
         scenario: "statement-timeouts",
         load: format!("{}, 4 readers without pause", load.describe(2)),
         faults: format!(
-            "{locks} x payment tables locked {}-{} s; statement_timeout 250 ms, lock_timeout 200 ms",
+            "{} x payment tables locked {}-{} s; statement_timeout 250 ms, lock_timeout 200 ms",
+            locks.count,
             hold.0 / 1000,
             hold.1 / 1000
         ),
@@ -105,7 +87,7 @@ pub async fn statement_timeouts(profile: Profile) -> Result<Row> {
         lost: lost + crashed,
         doubled,
         duplicates: None,
-        recovery_max: recovery_max(&recoveries),
+        recovery_max: locks.recovery_max(),
         reconcile_clean: clean,
         // Without a single cancelled statement the fault was not real.
         bad_answers: usize::try_from(probed.bad)? + usize::from(cancelled == 0),
@@ -135,35 +117,23 @@ pub async fn disk_full(profile: Profile) -> Result<Row> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
     let prober = rig::spawn_prober(replica.base(), merchant.api_key.clone(), probe_invoice.id.clone(), 2, Duration::from_secs(7), stop_rx.clone());
-    let filler = {
-        let cluster = cluster.clone();
-        let pool = db.pool.clone();
-        let anvil_url = anvil.url();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut rng = Rng::new(0xa54f_f53a_5f1d_36f1);
-            let (mut fills, mut recoveries, mut largest) = (0u32, Vec::new(), 0u64);
-            while fills < 100 {
-                tokio::select! {
-                    _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
-                    _ = stop.changed() => break,
-                }
-                largest = largest.max(cluster.fill_volume()?);
-                tokio::time::sleep(rng.millis_between(hold.0, hold.1)).await;
-                cluster.free_volume()?;
-                fills += 1;
-                let freed = Instant::now();
-                rig::mine(&anvil_url, 1).await?;
-                let tip = rig::tip(&anvil_url).await?;
-                recoveries.push(until_cursor(&pool, tip, freed).await);
+    let largest = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let filler = spawn_repeated(0xa54f_f53a_5f1d_36f1, every, hold, db.pool.clone(), anvil.url(), stop_rx.clone(), {
+        let (cluster, largest) = (cluster.clone(), largest.clone());
+        move |hold| {
+            let (cluster, largest) = (cluster.clone(), largest.clone());
+            async move {
+                largest.fetch_max(cluster.fill_volume()?, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(hold).await;
+                cluster.free_volume()
             }
-            anyhow::Ok((fills, recoveries, largest))
-        })
-    };
+        }
+    });
 
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
-    let (fills, recoveries, largest) = filler.await??;
+    let fills = filler.await??;
+    let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
     let probed = prober.await?;
     let (sent, keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
@@ -173,13 +143,7 @@ pub async fn disk_full(profile: Profile) -> Result<Row> {
     let full = cluster.server_log().matches("No space left on device").count();
     let doubled = rig::doubled(&db.pool, &sent).await?;
     let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
-    let mut notes = vec![format!(
-        "{full} writes refused for want of space (server log); reads: {} ok, {} answered 503 + Retry-After, {} bad, slowest {} ms",
-        probed.ok,
-        probed.unavailable,
-        probed.bad,
-        probed.slowest.as_millis()
-    )];
+    let mut notes = vec![format!("{full} writes refused for want of space (server log); {}", reads_note(&probed))];
     if let Some(status) = crashed {
         notes.push(format!("the daemon exited on its own: {status}"));
     }
@@ -187,12 +151,12 @@ pub async fn disk_full(profile: Profile) -> Result<Row> {
     let row = Row {
         scenario: "disk-full",
         load: format!("{}, 2 readers without pause", load.describe(1)),
-        faults: format!("{fills} x the database's data volume full ({largest} MB of ballast) for {}-{} s", hold.0 / 1000, hold.1 / 1000),
+        faults: format!("{} x the database's data volume full ({largest} MB of ballast) for {}-{} s", fills.count, hold.0 / 1000, hold.1 / 1000),
         payments: sent.len(),
         lost: lost + usize::from(crashed.is_some()),
         doubled,
         duplicates: None,
-        recovery_max: recovery_max(&recoveries),
+        recovery_max: fills.recovery_max(),
         reconcile_clean: clean,
         bad_answers: usize::try_from(probed.bad)? + usize::from(full == 0),
         notes: notes.join("; "),

@@ -1035,6 +1035,20 @@ pub async fn register_endpoint(base: &str, api_key: &str, url: &str) -> Result<(
 
 /// Events the receiver should have had: every outbox event except those whose delivery the
 /// dispatcher superseded by a newer event about the same object (by design).
+/// Waits, at most `limit`, until `receiver` has every event the outbox says is owed to it; how many
+/// it still lacks then.
+pub async fn wait_delivered(pool: &PgPool, receiver: &Receiver, limit: Duration) -> Result<usize> {
+    let started = Instant::now();
+    loop {
+        let delivered = receiver.deliveries();
+        let missing = expected_events(pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
+        if missing == 0 || started.elapsed() > limit {
+            return Ok(missing);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 pub async fn expected_events(pool: &PgPool) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT o.event_id FROM outbox o WHERE NOT EXISTS \

@@ -137,6 +137,72 @@ pub(crate) fn recovery_max(recoveries: &[Option<Duration>]) -> Option<Duration> 
     recoveries.iter().map(|r| r.unwrap_or(RECOVERY_MAX)).max()
 }
 
+/// What [`spawn_repeated`] saw: per injection, how long the fault lasted and how long after its end
+/// a watcher followed the chain past a block mined then (`None`: not within [`RECOVERY_MAX`]).
+pub(crate) struct Repeated {
+    pub count: u32,
+    pub runs: Vec<(Duration, Option<Duration>)>,
+}
+
+impl Repeated {
+    pub(crate) fn recovery_max(&self) -> Option<Duration> {
+        recovery_max(&self.runs.iter().map(|(_, after)| *after).collect::<Vec<_>>())
+    }
+
+    /// The longest time without writes: a fault and the recovery after it.
+    pub(crate) fn outage_max(&self) -> Option<Duration> {
+        recovery_max(&self.runs.iter().map(|(lasted, after)| after.map(|a| *lasted + a)).collect::<Vec<_>>())
+    }
+}
+
+/// Injects a fault again and again until `stop` flips (at most 200 times): after a pause drawn
+/// from `every` (ms, seeded by `seed`), `inject(hold)` with a hold drawn from `hold` causes the fault
+/// and returns once it is over; then a block is mined and the time until a watcher followed the
+/// chain past it is taken (see [`Repeated`]).
+pub(crate) fn spawn_repeated<F, Fut>(
+    seed: u64,
+    every: (u64, u64),
+    hold: (u64, u64),
+    pool: PgPool,
+    anvil_url: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut inject: F,
+) -> tokio::task::JoinHandle<Result<Repeated>>
+where
+    F: FnMut(Duration) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        let mut rng = Rng::new(seed);
+        let mut seen = Repeated { count: 0, runs: Vec::new() };
+        while seen.count < 200 {
+            tokio::select! {
+                _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
+                _ = stop.changed() => break,
+            }
+            let began = Instant::now();
+            inject(rng.millis_between(hold.0, hold.1)).await?;
+            seen.count += 1;
+            let ended = Instant::now();
+            rig::mine(&anvil_url, 1).await?;
+            let tip = rig::tip(&anvil_url).await?;
+            seen.runs.push((ended - began, until_cursor(&pool, tip, ended).await));
+        }
+        Ok(seen)
+    })
+}
+
+/// The notes' account of what the readers saw.
+pub(crate) fn reads_note(probed: &rig::Probed) -> String {
+    format!(
+        "reads: {} ok, {} answered 503 + Retry-After, {} bad (500 or no answer in 7 s), slowest {} ms",
+        probed.ok,
+        probed.unavailable,
+        probed.bad,
+        probed.slowest.as_millis()
+    )
+}
+
 /// SIGKILLs `replica` every 2-5 s and restarts it at once, until `stop` flips. Returns the kills and,
 /// per restart, how long the new process took to follow the chain past a block mined after it
 /// started (`None`: not within [`RECOVERY_MAX`]).
@@ -446,15 +512,7 @@ async fn kill9_webhooks(profile: Profile) -> Result<Row> {
     let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
     // Let the dispatcher drain what the kills interrupted.
-    let draining = Instant::now();
-    let undelivered = loop {
-        let delivered = receiver.deliveries();
-        let missing = rig::expected_events(&db.pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
-        if missing == 0 || draining.elapsed() > SETTLE_MAX {
-            break missing;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let undelivered = rig::wait_delivered(&db.pool, &receiver, SETTLE_MAX).await?;
     let crashed = replica.lock().await.exited();
     replica.lock().await.kill9().await?;
     if let Some(status) = crashed {
@@ -519,14 +577,8 @@ async fn webhooks_down(profile: Profile) -> Result<Row> {
     miner.abort();
     // Backoff doubles from 10 s: the last attempts before the receiver came back may wait that long again.
     let drain_max = SETTLE_MAX + outage;
-    let (undelivered, drained) = loop {
-        let delivered = receiver.deliveries();
-        let missing = rig::expected_events(&db.pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
-        if missing == 0 || back.elapsed() > drain_max {
-            break (missing, (missing == 0).then(|| back.elapsed()));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let undelivered = rig::wait_delivered(&db.pool, &receiver, drain_max.saturating_sub(back.elapsed())).await?;
+    let drained = (undelivered == 0).then(|| back.elapsed());
     let crashed = replica.exited();
     replica.kill9().await?;
     let log = receiver.log();
@@ -910,43 +962,24 @@ async fn postgres_restart(profile: Profile) -> Result<Row> {
         Profile::Short => (3_000, 6_000),
         Profile::Full => (8_000, 14_000),
     };
-    let restarter = {
+    // A crash (every backend killed, WAL recovery at start) and a clean shutdown, alternately.
+    let mut restarts = 0u32;
+    let restarter = spawn_repeated(0x510e_527f_ade6_82d1, every, (1_000, 3_000), db.pool.clone(), anvil.url(), stop_rx.clone(), {
         let cluster = cluster.clone();
-        let pool = db.pool.clone();
-        let anvil_url = anvil.url();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut rng = Rng::new(0x510e_527f_ade6_82d1);
-            let mut recoveries = Vec::new();
-            let mut outages = Vec::new();
-            let mut restarts = 0u32;
-            while restarts < 100 {
-                tokio::select! {
-                    _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
-                    _ = stop.changed() => break,
-                }
-                let mode = if restarts % 2 == 0 { "immediate" } else { "fast" };
-                let down = Instant::now();
+        move |hold| {
+            let mode = if restarts % 2 == 0 { "immediate" } else { "fast" };
+            restarts += 1;
+            let cluster = cluster.clone();
+            async move {
                 cluster.down(mode).await?;
-                tokio::time::sleep(rng.millis_between(1_000, 3_000)).await;
-                cluster.up().await?;
-                restarts += 1;
-                let back = Instant::now();
-                // A block mined after the server came back: writes resumed once a replica's watcher
-                // has followed the chain past it.
-                rig::mine(&anvil_url, 1).await?;
-                let tip = rig::tip(&anvil_url).await?;
-                let resumed = until_cursor(&pool, tip, back).await;
-                recoveries.push(resumed);
-                outages.push(resumed.map(|_| down.elapsed()));
+                tokio::time::sleep(hold).await;
+                cluster.up().await
             }
-            anyhow::Ok((restarts, recoveries, outages))
-        })
-    };
-
+        }
+    });
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
-    let (restarts, recoveries, outages) = restarter.await??;
+    let restarts = restarter.await??;
     let (sent, keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
@@ -962,7 +995,7 @@ async fn postgres_restart(profile: Profile) -> Result<Row> {
     let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
     let mut notes = vec![format!(
         "no writes for at most {:.1} s per restart (down time included); job locks held after: {}; watcher lock: {}",
-        recovery_max(&outages).unwrap_or_default().as_secs_f64(),
+        restarts.outage_max().unwrap_or_default().as_secs_f64(),
         locks.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", "),
         holder.as_deref().unwrap_or("nobody"),
     )];
@@ -970,13 +1003,13 @@ async fn postgres_restart(profile: Profile) -> Result<Row> {
     let row = Row {
         scenario: "postgres-restart",
         load: load.describe(2),
-        faults: format!("{restarts} x PostgreSQL stopped 1-3 s (crash and clean, alternately; every {}-{} s)", every.0 / 1000, every.1 / 1000),
+        faults: format!("{} x PostgreSQL stopped 1-3 s (crash and clean, alternately; every {}-{} s)", restarts.count, every.0 / 1000, every.1 / 1000),
         payments: sent.len(),
         // Without a watcher lock holder nothing would be followed any more: count it as lost work.
         lost: lost + usize::from(holder.is_none()),
         doubled,
         duplicates: None,
-        recovery_max: recovery_max(&recoveries),
+        recovery_max: restarts.recovery_max(),
         reconcile_clean: clean,
         bad_answers: 0,
         notes: notes.join("; "),
@@ -1057,15 +1090,7 @@ async fn postgres_failover(profile: Profile) -> Result<Row> {
     let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     let payouts = creators.outcome(&db, &anvil.url(), &payer).await?;
     miner.abort();
-    let draining = Instant::now();
-    let undelivered = loop {
-        let delivered = receiver.deliveries();
-        let missing = rig::expected_events(&db.pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
-        if missing == 0 || draining.elapsed() > SETTLE_MAX {
-            break missing;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let undelivered = rig::wait_delivered(&db.pool, &receiver, SETTLE_MAX).await?;
     for r in &mut replicas {
         if let Some(status) = r.exited() {
             eprintln!("chaos: {} exited on its own: {status}", r.name);
@@ -1152,33 +1177,21 @@ async fn postgres_connections(profile: Profile) -> Result<Row> {
     let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
     // The daemon's request timeout (5 s) and a margin: no answer by then is a hang.
     let prober = rig::spawn_prober(replica.base(), merchant.api_key.clone(), probe_invoice.id.clone(), 4, Duration::from_secs(7), stop_rx.clone());
-    let starver = {
-        let admin_url = cluster.admin_url();
-        let pool = db.pool.clone();
-        let anvil_url = anvil.url();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut rng = Rng::new(0x9b05_688c_2b3e_6c1f);
-            let (mut starved, mut taken, mut recoveries) = (0u32, 0usize, Vec::new());
-            while starved < 100 {
-                tokio::select! {
-                    _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
-                    _ = stop.changed() => break,
-                }
-                taken = taken.max(starve_connections(&admin_url, "chaos-r1", hold).await?);
-                starved += 1;
-                let freed = Instant::now();
-                rig::mine(&anvil_url, 1).await?;
-                let tip = rig::tip(&anvil_url).await?;
-                recoveries.push(until_cursor(&pool, tip, freed).await);
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let starver = spawn_repeated(0x9b05_688c_2b3e_6c1f, every, (hold.as_millis() as u64, hold.as_millis() as u64), db.pool.clone(), anvil.url(), stop_rx.clone(), {
+        let (admin_url, taken) = (cluster.admin_url(), taken.clone());
+        move |hold| {
+            let (admin_url, taken) = (admin_url.clone(), taken.clone());
+            async move {
+                taken.fetch_max(starve_connections(&admin_url, "chaos-r1", hold).await?, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
             }
-            anyhow::Ok((starved, taken, recoveries))
-        })
-    };
-
+        }
+    });
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
-    let (starved, taken, recoveries) = starver.await??;
+    let starved = starver.await??;
+    let taken = taken.load(std::sync::atomic::Ordering::Relaxed);
     let probed = prober.await?;
     let (sent, keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
@@ -1187,13 +1200,7 @@ async fn postgres_connections(profile: Profile) -> Result<Row> {
     replica.kill9().await?;
     let doubled = rig::doubled(&db.pool, &sent).await?;
     let clean = rig::reconcile_clean(&db, &anvil, &logs).await?;
-    let mut notes = vec![format!(
-        "reads: {} ok, {} answered 503 + Retry-After, {} bad (500 or no answer in 7 s), slowest {} ms",
-        probed.ok,
-        probed.unavailable,
-        probed.bad,
-        probed.slowest.as_millis()
-    )];
+    let mut notes = vec![reads_note(&probed)];
     if let Some(status) = crashed {
         notes.push(format!("the daemon exited on its own: {status}"));
     }
@@ -1201,12 +1208,12 @@ async fn postgres_connections(profile: Profile) -> Result<Row> {
     let row = Row {
         scenario: "postgres-connections",
         load: format!("{}, 4 readers without pause", load.describe(1)),
-        faults: format!("{starved} x every free slot taken ({taken} connections) and the daemon's sessions ended, for {} s", hold.as_secs()),
+        faults: format!("{} x every free slot taken ({taken} connections) and the daemon's sessions ended, for {} s", starved.count, hold.as_secs()),
         payments: sent.len(),
         lost: lost + usize::from(crashed.is_some()),
         doubled,
         duplicates: None,
-        recovery_max: recovery_max(&recoveries),
+        recovery_max: starved.recovery_max(),
         reconcile_clean: clean,
         bad_answers: usize::try_from(probed.bad)?,
         notes: notes.join("; "),
@@ -1243,7 +1250,7 @@ async fn pgbouncer(profile: Profile) -> Result<Row> {
         refused
     };
 
-    let mut pooler = rig::PgBouncer::start(cluster.port, "session").await?;
+    let pooler = rig::PgBouncer::start(cluster.port, "session").await?;
     let url = pooler.url(&db.name);
     let mut replicas = Vec::new();
     for i in 1..=2 {
@@ -1257,33 +1264,22 @@ async fn pgbouncer(profile: Profile) -> Result<Row> {
     let bases: Vec<String> = replicas.iter().map(Replica::base).collect();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let miner = rig::spawn_miner(anvil.url(), Duration::from_millis(500), 2, stop_rx.clone());
-    let restarter = {
-        let pool = db.pool.clone();
-        let anvil_url = anvil.url();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut rng = Rng::new(0x1f83_d9ab_fb41_bd6b);
-            let (mut restarts, mut recoveries) = (0u32, Vec::new());
-            while restarts < 100 {
-                tokio::select! {
-                    _ = tokio::time::sleep(rng.millis_between(every.0, every.1)) => {}
-                    _ = stop.changed() => break,
-                }
+    let pooler = Arc::new(Mutex::new(pooler));
+    let restarter = spawn_repeated(0x1f83_d9ab_fb41_bd6b, every, (500, 2_000), db.pool.clone(), anvil.url(), stop_rx.clone(), {
+        let pooler = pooler.clone();
+        move |hold| {
+            let pooler = pooler.clone();
+            async move {
+                let mut pooler = pooler.lock().await;
                 pooler.kill9()?;
-                tokio::time::sleep(rng.millis_between(500, 2_000)).await;
-                pooler.up().await?;
-                restarts += 1;
-                let back = Instant::now();
-                rig::mine(&anvil_url, 1).await?;
-                let tip = rig::tip(&anvil_url).await?;
-                recoveries.push(until_cursor(&pool, tip, back).await);
+                tokio::time::sleep(hold).await;
+                pooler.up().await
             }
-            anyhow::Ok((restarts, recoveries, pooler))
-        })
-    };
+        }
+    });
     let sent = pay_all(&bases, &merchant.api_key, &payer, &load).await;
     let _ = stop_tx.send(true);
-    let (restarts, recoveries, pooler) = restarter.await??;
+    let restarts = restarter.await??;
     let (sent, keys) = sent?;
     let lost = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
     miner.abort();
@@ -1306,12 +1302,12 @@ async fn pgbouncer(profile: Profile) -> Result<Row> {
     let row = Row {
         scenario: "pgbouncer",
         load: format!("{} through PgBouncer (session mode)", load.describe(2)),
-        faults: format!("{restarts} x PgBouncer SIGKILLed, down 0.5-2 s (every {}-{} s)", every.0 / 1000, every.1 / 1000),
+        faults: format!("{} x PgBouncer SIGKILLed, down 0.5-2 s (every {}-{} s)", restarts.count, every.0 / 1000, every.1 / 1000),
         payments: sent.len(),
         lost: lost + usize::from(holder.is_none()),
         doubled,
         duplicates: None,
-        recovery_max: recovery_max(&recoveries),
+        recovery_max: restarts.recovery_max(),
         reconcile_clean: clean,
         bad_answers,
         notes: notes.join("; "),

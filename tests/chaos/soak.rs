@@ -142,15 +142,7 @@ pub async fn soak(profile: Profile) -> Result<Row> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let draining = Instant::now();
-    let undelivered = loop {
-        let delivered = receiver.deliveries();
-        let missing = rig::expected_events(&db.pool).await?.into_iter().filter(|id| !delivered.contains_key(id)).count();
-        if missing == 0 || draining.elapsed() > SETTLE_MAX {
-            break missing;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let undelivered = rig::wait_delivered(&db.pool, &receiver, SETTLE_MAX).await?;
     let crashed = replica.exited();
     replica.kill9().await?;
     let log = receiver.log();
@@ -183,7 +175,7 @@ pub async fn soak(profile: Profile) -> Result<Row> {
             if grown.is_empty() { "flat".to_owned() } else { format!("GREW: {}", grown.join(", ")) }
         ),
         format!("{} events delivered, {} unpaid invoices expired; {}", log.count.len(), unpaid_ids.len() - not_expired, payouts.summary),
-        format!("reads: {} ok, {} bad, slowest {} ms", probed.ok, probed.bad, probed.slowest.as_millis()),
+        crate::scenarios::reads_note(&probed),
     ];
     eprintln!("chaos: soak samples — {}; {}", series("RSS", &rss, "MB", 1024), series("connections", &conns, "", 1));
     if let Some(status) = crashed {
