@@ -579,6 +579,21 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
     }
 }
 
+/// Reads an invoice and expects 503 `database_unavailable` with `Retry-After: 2`.
+async fn expect_database_unavailable(server: &Server, key: &str) {
+    let response = server
+        .client
+        .get(format!("{}/v1/invoices/inv_0000000000000000", server.base))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(code(&body), "database_unavailable");
+}
+
 /// With the database unreachable (here: the pool's only connection taken), requests get 503
 /// `database_unavailable` with `Retry-After` after the short acquire timeout, not a 500.
 #[sqlx::test]
@@ -591,18 +606,8 @@ async fn an_unreachable_database_answers_503_with_retry_after(pool: PgPool) {
     let server = start(small.clone()).await;
     let held = small.acquire().await.expect("the only connection");
     let started = std::time::Instant::now();
-    let response = server
-        .client
-        .get(format!("{}/v1/invoices/inv_0000000000000000", server.base))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .expect("request");
+    expect_database_unavailable(&server, &key).await;
     let waited = started.elapsed();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(code(&body), "database_unavailable");
     assert!(
         waited < std::time::Duration::from_millis(payrail::db::POOL_ACQUIRE_TIMEOUT_MS + 1_500),
         "answered after the acquire timeout, not later: {waited:?}"
@@ -626,17 +631,7 @@ async fn a_statement_timeout_answers_503_with_retry_after(pool: PgPool) {
     let server = start(timed).await;
     let mut locker = pool.begin().await.expect("begin");
     sqlx::query("LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE").execute(&mut *locker).await.expect("lock");
-    let response = server
-        .client
-        .get(format!("{}/v1/invoices/inv_0000000000000000", server.base))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(code(&body), "database_unavailable");
+    expect_database_unavailable(&server, &key).await;
     locker.rollback().await.expect("unlock");
     let (status, _) = server.get(Some(&key), "/v1/invoices/inv_0000000000000000").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "served again once the lock is gone");
