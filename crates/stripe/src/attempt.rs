@@ -362,7 +362,20 @@ async fn call(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Ut
     let amount: u64 = amount_text.parse().map_err(|_| corrupt("amount_minor", amount_text.clone()))?;
     let expires_at: DateTime<Utc> =
         sqlx::query_scalar("SELECT expires_at FROM invoices WHERE id = $1").bind(&invoice_id).fetch_one(pool).await?;
-    let customer = super::renewal::saving_customer(rail, pool, &invoice_id, now).await?;
+    let customer = match super::renewal::saving_customer(rail, pool, &invoice_id, now).await {
+        Ok(customer) => customer,
+        Err(error) if error.is_retryable() => return Err(unanswered(pool, attempt_id, error, now).await?),
+        // Stripe refused to make the customer the card is to be kept on: nothing was charged.
+        Err(error) => {
+            sqlx::query("UPDATE card_attempts SET status = 'failed', failure_code = 'customer_refused', failure_message = $2, updated_at = $3 WHERE id = $1 AND status = 'creating'")
+                .bind(attempt_id)
+                .bind(error.to_string().chars().take(1000).collect::<String>())
+                .bind(now)
+                .execute(pool)
+                .await?;
+            return Err(error);
+        }
+    };
 
     // Every field below follows from the row alone, so a request sent again is the same request.
     let metadata = BTreeMap::from([
@@ -426,19 +439,7 @@ async fn call(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Ut
         }
         // No answer, a rate limit or Stripe's own failure: the attempt stays `creating`, marked to be
         // asked again (by the payer's next try, or the daemon's next pass).
-        Err(error) => {
-            tracing::warn!(target: "stripe", invoice = %invoice_id, attempt = %attempt_id, %error, "card attempt got no answer");
-            sqlx::query(
-                "UPDATE card_attempts SET failure_code = $2, failure_message = $3, updated_at = $4 WHERE id = $1 AND status = 'creating'",
-            )
-            .bind(attempt_id)
-            .bind(NO_ANSWER)
-            .bind(error.to_string().chars().take(1000).collect::<String>())
-            .bind(now)
-            .execute(pool)
-            .await?;
-            return Err(error);
-        }
+        Err(error) => return Err(unanswered(pool, attempt_id, error, now).await?),
     };
 
     // 3. What Stripe said.
@@ -463,6 +464,20 @@ async fn call(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Ut
     .fetch_one(pool)
     .await?;
     view_of(&row)
+}
+
+/// Marks attempt `attempt_id` as sent without an answer (it stays `creating`, to be asked again
+/// at once) and hands `error` back for the caller to return.
+async fn unanswered(pool: &PgPool, attempt_id: &str, error: StripeError, now: DateTime<Utc>) -> Result<StripeError> {
+    tracing::warn!(target: "stripe", attempt = %attempt_id, %error, "card attempt got no answer");
+    sqlx::query("UPDATE card_attempts SET failure_code = $2, failure_message = $3, updated_at = $4 WHERE id = $1 AND status = 'creating'")
+        .bind(attempt_id)
+        .bind(NO_ANSWER)
+        .bind(error.to_string().chars().take(1000).collect::<String>())
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(error)
 }
 
 struct Update {
