@@ -1,7 +1,7 @@
 //! A JSON-RPC node that misbehaves: an HTTP/1.1 proxy on loopback in front of anvil that passes
 //! requests through or, while a fault is set, answers the way failing providers do — slowly, with a
-//! reset connection, a cut or malformed body, HTTP 429, JSON-RPC `-32005`, a tip that lags, or
-//! another chain's id. Spoken over plain sockets so that the faults are what a client's HTTP stack
+//! reset connection, a cut or malformed body, HTTP 429, JSON-RPC `-32005`, a tip that lags,
+//! another chain's id, or another branch of the chain. Spoken over plain sockets so that the faults are what a client's HTTP stack
 //! really sees (a reset is a TCP RST, a cut body is a short read).
 
 use std::collections::BTreeMap;
@@ -34,6 +34,10 @@ pub enum Fault {
     Behind(u64),
     /// Claim to serve chain 1 (every other call still passes through).
     WrongChain,
+    /// Report another branch from this many blocks below the tip at the time the fault is set: the
+    /// hashes of those blocks and of every later one differ (their contents do not) — a reorg only
+    /// this endpoint sees.
+    Forked(u64),
 }
 
 impl Fault {
@@ -48,6 +52,7 @@ impl Fault {
             Self::LimitExceeded => "-32005",
             Self::Behind(_) => "behind",
             Self::WrongChain => "wrong chain id",
+            Self::Forked(_) => "forked",
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct FaultProxy {
     faulted: Arc<Mutex<BTreeMap<&'static str, u64>>>,
     /// When the last request arrived: the endpoint a client is using now is the one asked last.
     last_request: Arc<Mutex<Option<Instant>>>,
+    /// Where a [`Fault::Forked`] branch begins, once placed.
+    fork_at: Arc<Mutex<Option<u64>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -71,7 +78,8 @@ impl FaultProxy {
         let faulted: Arc<Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
         let client = reqwest::Client::builder().no_proxy().build()?;
         let last_request: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let shared = Shared { fault: fault.clone(), faulted: faulted.clone(), last_request: last_request.clone() };
+        let fork_at: Arc<Mutex<Option<u64>>> = Arc::default();
+        let shared = Shared { fault: fault.clone(), faulted: faulted.clone(), last_request: last_request.clone(), fork_at: fork_at.clone() };
         let server = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let shared = shared.clone();
@@ -81,12 +89,16 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(Self { url, fault, faulted, last_request, server })
+        Ok(Self { url, fault, faulted, last_request, fork_at, server })
     }
 
     pub fn set(&self, fault: Fault) {
         if let Ok(mut f) = self.fault.lock() {
             *f = fault;
+        }
+        // A fork is placed below the tip as it stands when the fault is first met.
+        if let Ok(mut at) = self.fork_at.lock() {
+            *at = None;
         }
     }
 
@@ -104,6 +116,7 @@ struct Shared {
     fault: Arc<Mutex<Fault>>,
     faulted: Arc<Mutex<BTreeMap<&'static str, u64>>>,
     last_request: Arc<Mutex<Option<Instant>>>,
+    fork_at: Arc<Mutex<Option<u64>>>,
 }
 
 impl Drop for FaultProxy {
@@ -180,6 +193,27 @@ async fn serve(mut socket: TcpStream, client: &reqwest::Client, upstream: &str, 
                     }
                     None => (status, reply),
                 }
+            }
+            Fault::Forked(depth) => {
+                let placed = shared.fork_at.lock().ok().and_then(|at| *at);
+                let from = match placed {
+                    Some(from) => from,
+                    None => {
+                        let tip_reply = forward(client, upstream, &serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber", "params": []}))?).await?.1;
+                        let tip = hex_u64(&serde_json::from_slice::<Value>(&tip_reply)?["result"]).context("eth_blockNumber")?;
+                        let from = tip.saturating_sub(depth);
+                        if let Ok(mut at) = shared.fork_at.lock() {
+                            *at = Some(from);
+                        }
+                        from
+                    }
+                };
+                let (status, reply) = forward(client, upstream, &body).await?;
+                let mut answer: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+                if fork(&mut answer, from) {
+                    count(now);
+                }
+                (status, serde_json::to_vec(&answer)?)
             }
             Fault::WrongChain => {
                 if request["method"] == "eth_chainId" {
@@ -267,6 +301,48 @@ async fn lag(request: &Value, reply: &[u8], blocks: u64, client: &reqwest::Clien
         }
     };
     Ok(Some(serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": request["id"], "result": result}))?))
+}
+
+/// Puts every block and log at or above `from` in `answer` on another branch: their hashes (and the
+/// parent hashes above `from`) changed, the same way each time. Whether anything changed.
+fn fork(answer: &mut Value, from: u64) -> bool {
+    let other = |hash: &mut Value| {
+        if let Some(text) = hash.as_str().filter(|t| t.len() == 66) {
+            // The last byte, inverted.
+            let last = u8::from_str_radix(&text[64..], 16).unwrap_or(0);
+            *hash = Value::String(format!("{}{:02x}", &text[..64], !last));
+        }
+    };
+    match answer {
+        Value::Array(items) => items.iter_mut().fold(false, |changed, item| fork(item, from) | changed),
+        Value::Object(fields) => {
+            let mut changed = false;
+            if let Some(height) = fields.get("number").and_then(hex_u64).filter(|h| *h >= from) {
+                if let Some(hash) = fields.get_mut("hash") {
+                    other(hash);
+                    changed = true;
+                }
+                if height > from {
+                    if let Some(parent) = fields.get_mut("parentHash") {
+                        other(parent);
+                    }
+                }
+            }
+            if fields.get("blockNumber").and_then(hex_u64).is_some_and(|h| h >= from) {
+                if let Some(hash) = fields.get_mut("blockHash") {
+                    other(hash);
+                    changed = true;
+                }
+            }
+            for key in ["result", "transactions"] {
+                if let Some(inner) = fields.get_mut(key) {
+                    changed |= fork(inner, from);
+                }
+            }
+            changed
+        }
+        _ => false,
+    }
 }
 
 fn hex_u64(v: &Value) -> Option<u64> {

@@ -1326,13 +1326,15 @@ const NODE_FAULTS: &[Fault] = &[
     Fault::LimitExceeded,
     Fault::Behind(50),
     Fault::WrongChain,
+    // The last 3 blocks (and all after) on another branch: a reorg only this endpoint sees.
+    Fault::Forked(3),
     // Longer than the client's per-call timeout: a node that stalls.
     Fault::Latency(Duration::from_secs(12)),
 ];
 
 /// One daemon following Polygon through two endpoints, each a fault proxy in front of the same
 /// anvil. Phase by phase, the endpoint the daemon is using starts to misbehave (slow, resets, cut or
-/// malformed bodies, 429, `-32005`, a lagging tip, another chain's id, a stall), then both at once
+/// malformed bodies, 429, `-32005`, a lagging tip, another chain's id, another branch, a stall), then both at once
 /// reset every connection. The daemon must fail over, keep crediting each payment once, and follow
 /// the chain again within seconds of every phase.
 async fn rpc_faults(profile: Profile) -> Result<Row> {
@@ -1398,8 +1400,11 @@ async fn rpc_faults(profile: Profile) -> Result<Row> {
             *faulted.entry(name).or_insert(0u64) += n;
         }
     }
+    // A reorg only one endpoint reported must not have taken back any payment.
+    let orphaned: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE status IN ('orphaned', 'reversed')").fetch_one(&db.pool).await?;
+    let contradicted = std::fs::read_to_string(replica.log_file()).unwrap_or_default().matches("contradicted by another endpoint").count();
     let mut notes = vec![format!(
-        "requests faulted: {}",
+        "requests faulted: {}; reorgs contradicted by the other endpoint: {contradicted}; payments taken back: {orphaned}",
         faulted.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ")
     )];
     if let Some(status) = crashed {
@@ -1416,7 +1421,7 @@ async fn rpc_faults(profile: Profile) -> Result<Row> {
         duplicates: None,
         recovery_max: recovery_max(&recoveries),
         reconcile_clean: clean,
-        bad_answers: 0,
+        bad_answers: usize::try_from(orphaned)? + usize::from(contradicted == 0),
         notes: notes.join("; "),
         elapsed: started.elapsed(),
     };

@@ -312,6 +312,27 @@ async fn the_evm_client_fails_over_and_hands_out_only_endpoints_of_its_chain(poo
     assert!(error.to_string().contains("serves chain 137, not 1"), "{error}");
 }
 
+/// A reorg one endpoint reports is not believed while another endpoint, about as far along, still
+/// has the block: that one is the witness. A block no endpoint has, a witness further behind than
+/// `WITNESS_LAG_MAX`, or a client with one endpoint gives none. (Its use by the watcher, with one
+/// endpoint on another branch, is the `rpc-faults` chaos scenario.)
+#[sqlx::test]
+async fn a_reorg_is_not_believed_on_one_endpoints_word(pool: PgPool) {
+    use payrail::chain::evm::client::WITNESS_LAG_MAX;
+    let rig = rig(pool).await;
+    let live = rig.spec.rpc[0].clone();
+    // Two endpoints on one node: the second has whatever the first has.
+    let client = EvmClient::new(&[live.clone(), live.clone()], Some(137)).expect("client");
+    mine(&rig.anvil, 3).await;
+    let tip = client.tip().await.expect("tip");
+    let hash = client.block_hash(tip - 1).await.expect("hash");
+    assert!(client.witness_against_reorg(tip - 1, hash, tip).await.is_some(), "the other endpoint still has the block");
+    assert_eq!(client.witness_against_reorg(tip - 1, alloy::primitives::B256::repeat_byte(7), tip).await, None, "no one has this block");
+    assert_eq!(client.witness_against_reorg(tip - 1, hash, tip + WITNESS_LAG_MAX + 1).await, None, "too far behind to say");
+    let single = EvmClient::new(&[live], Some(137)).expect("client");
+    assert_eq!(single.witness_against_reorg(tip - 1, hash, tip).await, None, "one endpoint has no witness");
+}
+
 #[sqlx::test]
 async fn a_dead_endpoint_is_a_retryable_error_and_failover_uses_the_next(pool: PgPool) {
     let mut rig = rig(pool).await;

@@ -65,6 +65,10 @@ pub enum FollowError {
     WrongChain { name: String, expected: u64, actual: u64 },
     #[error("chain {name} ({caip2}) is not a Bitcoin network payrail knows")]
     NotBitcoin { name: String, caip2: String },
+    /// The endpoint in use reported a reorg at `height` that `witness` contradicts; the next step
+    /// follows the witness.
+    #[error("a reorg at height {height} reported by one endpoint is contradicted by {witness}")]
+    Contradicted { height: u64, witness: String },
     /// The chain moved under a fetch; the next step starts over.
     #[error("chain moved during the fetch at height {height}")]
     Inconsistent { height: u64 },
@@ -79,7 +83,7 @@ impl FollowError {
     /// Whether the next step may succeed by itself.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Rpc(_) | Self::Inconsistent { .. } => true,
+            Self::Rpc(_) | Self::Inconsistent { .. } | Self::Contradicted { .. } => true,
             Self::Electrum(e) => e.is_retryable(),
             Self::Database(e) => crate::db::is_retryable(e),
             Self::Invoice(e) => e.is_retryable(),
@@ -308,6 +312,11 @@ impl<S: ChainSource> Follower<S> {
     /// The stored chain and the node's disagree at the cursor `at`: find the fork point in the
     /// stored window and unwind to it.
     async fn unwind(&self, at: BlockId<S::Hash>, head: Head<S::Hash>) -> Result<ChainEvent<S::Hash>, FollowError> {
+        // Nothing credited is taken back on one node's word when another, as far along, says
+        // otherwise: the step is tried again on the witness.
+        if let Some(witness) = self.source.witness_against_reorg(&at, head.tip).await {
+            return Err(FollowError::Contradicted { height: at.height, witness });
+        }
         let stored: Vec<Block<S::Hash>> = self.stored_window().await?.into_iter().filter(|b| b.height <= head.tip).collect();
         let heights: Vec<u64> = stored.iter().map(|b| b.height).collect();
         let canonical = self.source.hashes(&heights).await?;

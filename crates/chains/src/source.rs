@@ -103,6 +103,15 @@ pub trait ChainSource: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// The hashes at `heights` on the source's chain, in order; `None` above its tip.
     fn hashes(&self, heights: &[u64]) -> impl Future<Output = Result<Vec<Option<Self::Hash>>, FollowError>> + Send;
 
+    /// Before a reorg is acted on: whether another of the source's endpoints, as far along, still
+    /// has block `at` on its chain — a reorg one node reports and another contradicts is not
+    /// believed (the source moves to the witness; its name is returned). Sources with one
+    /// endpoint have no witness.
+    fn witness_against_reorg(&self, at: &BlockId<Self::Hash>, tip: u64) -> impl Future<Output = Option<String>> + Send {
+        let _ = (at, tip);
+        async { None }
+    }
+
     /// Blocks `from..=to`, in order.
     fn blocks(&self, from: u64, to: u64) -> impl Future<Output = Result<FetchedBlocks<Self>, FollowError>> + Send;
 

@@ -36,6 +36,9 @@ sol! {
 /// Longest a single RPC call may take before the next endpoint is tried.
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
 
+/// Most blocks another endpoint may be behind the one in use and still witness against a reorg.
+pub const WITNESS_LAG_MAX: u64 = 6;
+
 /// How long an endpoint's chain id, once checked, is trusted before it is asked again.
 pub const CHAIN_CHECK_EVERY: Duration = Duration::from_secs(10);
 
@@ -181,6 +184,35 @@ impl EvmClient {
             tracing::warn!(target: "evm", endpoint = %last.0, call, error = %last.1, "rpc call failed");
         }
         Err(RpcError::Unavailable { call, endpoint: last.0, message: last.1 })
+    }
+
+    /// Whether another endpoint, about as far along as the one in use (its tip within
+    /// [`WITNESS_LAG_MAX`] of `tip`, which the one in use reported), still has `hash` at `height`.
+    /// If so the endpoint in use reports a reorg no other sees: it is passed over (the witness is
+    /// preferred from now on) and the witness's label returned. With one endpoint, `None`.
+    pub async fn witness_against_reorg(&self, height: u64, hash: B256, tip: u64) -> Option<String> {
+        let n = self.endpoints.len();
+        let current = self.preferred.load(Ordering::Relaxed) % n;
+        for i in 1..n {
+            let index = (current + i) % n;
+            let (label, provider) = &self.endpoints[index];
+            let asked = async {
+                self.chain_checked(index, provider).await.ok()?;
+                let their_tip = provider.get_block_number().await.ok()?;
+                if their_tip.saturating_add(WITNESS_LAG_MAX) < tip {
+                    return None;
+                }
+                let block = provider.get_block_by_number(BlockNumberOrTag::Number(height)).await.ok()??;
+                (block.header.hash == hash).then_some(())
+            };
+            if let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), asked).await {
+                tracing::warn!(target: "evm", endpoint = %self.endpoints[current].0, witness = %label, height, %hash,
+                    "a reorg the endpoint in use reports is contradicted by another endpoint; not believed, failing over");
+                self.preferred.store(index, Ordering::Relaxed);
+                return Some(label.clone());
+            }
+        }
+        None
     }
 
     /// The chain id an endpoint reports, asked of any endpoint (the watcher's start-up check: a

@@ -113,6 +113,10 @@ impl ChainSource for EvmSource {
         Ok(hashes)
     }
 
+    async fn witness_against_reorg(&self, at: &BlockId<B256>, tip: u64) -> Option<String> {
+        self.rpc.witness_against_reorg(at.height, at.hash, tip).await
+    }
+
     async fn blocks(&self, from: u64, to: u64) -> Result<Vec<Fetched<B256, Vec<NativeTransfer>>>, FollowError> {
         let blocks: Vec<Fetched<B256, Vec<NativeTransfer>>> = stream::iter(from..=to)
             .map(|height| async move { self.rpc.block(height).await.map(|b| Fetched { block: b.block, body: b.transfers }) })
