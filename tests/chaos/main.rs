@@ -14,6 +14,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod electrum;
 mod gate;
 mod outages;
 mod proxy;

@@ -133,7 +133,7 @@ pub async fn stripe_down(profile: Profile) -> Result<Row> {
     let refunds_done = usize::try_from(refunds.get("succeeded").copied().unwrap_or(0))?;
     let mut notes = vec![format!(
         "{unavailable} card tries answered 503 stripe_unavailable with Retry-After ({limited} more 429 for the one payer address), {} connections reset; refunds: {pending} accepted pending, {made} made at once, {refunds_done} made in the end; {credited_once} invoices credited once",
-        gate.refused()
+        gate.faulted()
     )];
     if let Some(status) = crashed {
         notes.push(format!("the daemon exited on its own: {status}"));

@@ -32,6 +32,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("postgres-connections", |p| Box::pin(postgres_connections(p))),
     ("pgbouncer", |p| Box::pin(pgbouncer(p))),
     ("rpc-faults", |p| Box::pin(rpc_faults(p))),
+    ("electrum-faults", |p| Box::pin(crate::electrum::electrum_faults(p))),
     ("stripe-down", |p| Box::pin(crate::outages::stripe_down(p))),
     ("statement-timeouts", |p| Box::pin(crate::resources::statement_timeouts(p))),
     ("disk-full", |p| Box::pin(crate::resources::disk_full(p))),
