@@ -4,6 +4,9 @@
 //! idempotency key sent is `payrail:{invoice}:card:{attempt}`: a call retried after a lost answer
 //! gets Stripe's first answer back instead of a second PaymentIntent. A unique index allows one
 //! attempt per invoice under way or succeeded at a time, so a form sent twice cannot charge twice.
+//! An attempt Stripe did not answer stays that one attempt (`creating`, marked [`NO_ANSWER`]) and
+//! is sent again, under its own key, by the payer's next try or by [`resume`] — never replaced by a
+//! second attempt with a new key, which could charge twice if the first had reached Stripe.
 //! Nothing here credits anything: the money counts when the verified webhook says it succeeded.
 
 use std::collections::BTreeMap;
