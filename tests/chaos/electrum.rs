@@ -13,7 +13,7 @@ use crate::common::bitcoin::{tpub_descriptor, REGTEST};
 use crate::common::BTC;
 use crate::gate::{Gate, Mode};
 use crate::rig::Replica;
-use crate::scenarios::{finish, wait_ready, Stage, SETTLE_MAX};
+use crate::scenarios::{finish, wait_ready, Stage, RECOVERY_MAX, SETTLE_MAX};
 use crate::{Profile, Row};
 
 /// The faults the Electrum server's gate goes through, one per phase.
@@ -60,7 +60,7 @@ pub async fn electrum_faults(profile: Profile) -> Result<Row> {
     };
     let phase = load.spread / u32::try_from(PHASES.len() + 2)?;
     let injector = {
-        let gate = gate.clone();
+        let (gate, node, pool) = (gate.clone(), node.clone(), db.pool.clone());
         tokio::spawn(async move {
             tokio::time::sleep(phase).await;
             for mode in PHASES {
@@ -69,7 +69,17 @@ pub async fn electrum_faults(profile: Profile) -> Result<Row> {
                 tokio::time::sleep(if *mode == Mode::Stalled { phase.max(Duration::from_secs(12)) } else { phase }).await;
             }
             gate.set(Mode::Open);
-            Instant::now()
+            // Recovered once the watcher has followed the chain past the node's tip at this moment.
+            let opened = Instant::now();
+            let (tip, _) = node.tip().await;
+            while opened.elapsed() < RECOVERY_MAX {
+                let height: Option<i64> = sqlx::query_scalar("SELECT height FROM chain_cursors WHERE chain = $1").bind(REGTEST).fetch_optional(&pool).await?;
+                if height.is_some_and(|h| u64::try_from(h).is_ok_and(|h| h >= tip)) {
+                    return anyhow::Ok(Some(opened.elapsed()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(None)
         })
     };
     let client = reqwest::Client::new();
@@ -93,7 +103,7 @@ pub async fn electrum_faults(profile: Profile) -> Result<Row> {
         sent.push((view["id"].as_str().context("id")?.to_owned(), txid.to_string()));
         tokio::time::sleep(pace.saturating_sub(tick.elapsed())).await;
     }
-    let opened = injector.await?;
+    let recovered = injector.await??;
     let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
     let settling = Instant::now();
     let unpaid = loop {
@@ -103,7 +113,6 @@ pub async fn electrum_faults(profile: Profile) -> Result<Row> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let recovered = opened.elapsed();
     let _ = stop_tx.send(true);
     miner.abort();
     let crashed = replica.exited();
@@ -136,7 +145,7 @@ pub async fn electrum_faults(profile: Profile) -> Result<Row> {
         lost: unpaid + usize::from(crashed.is_some()),
         doubled: usize::try_from(doubled)?,
         duplicates: None,
-        recovery_max: Some(recovered),
+        recovery_max: Some(recovered.unwrap_or(RECOVERY_MAX)),
         reconcile_clean: out.status.success(),
         // No connection met a fault: the faults were not real.
         bad_answers: usize::from(gate.faulted() == 0),
