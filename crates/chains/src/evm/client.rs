@@ -4,8 +4,7 @@
 //! before it is used and again every [`CHAIN_CHECK_EVERY`] (a node repointed at another network is
 //! dropped, not believed), and signed transactions sent to every endpoint.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alloy::eips::BlockNumberOrTag;
@@ -89,8 +88,10 @@ pub struct TokenTransfer {
 #[derive(Debug)]
 pub struct EvmClient {
     endpoints: Vec<(String, RootProvider<Ethereum>)>,
-    /// Per endpoint, when its chain id was last found right.
-    checked: Vec<Mutex<Option<Instant>>>,
+    /// Per endpoint, when its chain id was last found right: milliseconds after `created` plus one
+    /// (0: never). Read on every call, so an atomic rather than a lock.
+    checked: Vec<AtomicU64>,
+    created: Instant,
     preferred: AtomicUsize,
     /// The chain id every endpoint must serve (`None`: not checked).
     chain_id: Option<u64>,
@@ -112,8 +113,8 @@ impl EvmClient {
                 .map_err(|e| RpcError::Endpoint { endpoint: url.to_string(), message: e.to_string() })?;
             endpoints.push((url.to_string(), RootProvider::<Ethereum>::new_http(parsed)));
         }
-        let checked = endpoints.iter().map(|_| Mutex::new(None)).collect();
-        Ok(Self { endpoints, checked, preferred: AtomicUsize::new(0), chain_id })
+        let checked = endpoints.iter().map(|_| AtomicU64::new(0)).collect();
+        Ok(Self { endpoints, checked, created: Instant::now(), preferred: AtomicUsize::new(0), chain_id })
     }
 
     /// An endpoint that answers and serves this chain, the one that last worked first, for callers
@@ -126,15 +127,14 @@ impl EvmClient {
     /// [`CHAIN_CHECK_EVERY`]; `Err` says why it may not be used now.
     async fn chain_checked(&self, index: usize, provider: &RootProvider<Ethereum>) -> Result<(), String> {
         let Some(want) = self.chain_id else { return Ok(()) };
-        let fresh = |at: &Option<Instant>| at.is_some_and(|at| at.elapsed() < CHAIN_CHECK_EVERY);
-        if self.checked[index].lock().is_ok_and(|at| fresh(&at)) {
+        let now_ms = || u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX - 1).saturating_add(1);
+        let at = self.checked[index].load(Ordering::Relaxed);
+        if at != 0 && now_ms().saturating_sub(at) < u64::try_from(CHAIN_CHECK_EVERY.as_millis()).unwrap_or(u64::MAX) {
             return Ok(());
         }
         match provider.get_chain_id().await {
             Ok(id) if id == want => {
-                if let Ok(mut at) = self.checked[index].lock() {
-                    *at = Some(Instant::now());
-                }
+                self.checked[index].store(now_ms(), Ordering::Relaxed);
                 Ok(())
             }
             Ok(id) => Err(format!("serves chain {id}, not {want}")),
