@@ -863,11 +863,17 @@ impl Creators {
     /// Waits (at most 3 minutes) until nothing is open and no creator is owed a payable balance, then
     /// compares what each creator holds on chain with what the confirmed payouts say.
     pub(crate) async fn outcome(&self, db: &Db, anvil_url: &str, payer: &Payer) -> Result<PayoutOutcome> {
+        self.outcome_within(db, anvil_url, payer, Duration::from_secs(180)).await
+    }
+
+    /// [`Self::outcome`], waiting at most `patience` (longer than the payout interval: the last
+    /// shares are paid at the next run).
+    pub(crate) async fn outcome_within(&self, db: &Db, anvil_url: &str, payer: &Payer, patience: Duration) -> Result<PayoutOutcome> {
         let ids: Vec<String> = self.0.iter().map(|(id, _)| id.clone()).collect();
         let settling = Instant::now();
         let unsettled = loop {
             let unsettled = rig::payouts_unsettled(&db.pool, &ids, crate::common::USDC_POLYGON).await?;
-            if unsettled == 0 || settling.elapsed() > Duration::from_secs(180) {
+            if unsettled == 0 || settling.elapsed() > patience {
                 break unsettled;
             }
             rig::mine(anvil_url, 2).await?;

@@ -33,7 +33,8 @@ impl Pace {
     fn of(profile: Profile) -> Self {
         match profile {
             Profile::Short => Self { length: Duration::from_secs(40), every: Duration::from_millis(1_000), sample_every: Duration::from_secs(5), payouts_every_s: 10, unpaid: false },
-            Profile::Full => Self { length: Duration::from_secs(3_600), every: Duration::from_millis(2_000), sample_every: Duration::from_secs(60), payouts_every_s: 300, unpaid: true },
+            // `CHAOS_SOAK_S` makes the full soak shorter or longer than its hour.
+            Profile::Full => Self { length: Duration::from_secs(std::env::var("CHAOS_SOAK_S").ok().and_then(|v| v.parse().ok()).unwrap_or(3_600)), every: Duration::from_millis(2_000), sample_every: Duration::from_secs(60), payouts_every_s: 300, unpaid: true },
         }
     }
 }
@@ -134,7 +135,8 @@ pub async fn soak(profile: Profile) -> Result<Row> {
     let _ = stop_tx.send(true);
     let probed = prober.await?;
     let unpaid = rig::wait_paid(&db.pool, &anvil.url(), &sent.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), SETTLE_MAX).await?;
-    let payouts = creators.outcome(&db, &anvil.url(), &payer).await?;
+    // The last payments' shares are paid at the next scheduled run.
+    let payouts = creators.outcome_within(&db, &anvil.url(), &payer, Duration::from_secs(u64::from(pace.payouts_every_s) + 120)).await?;
     miner.abort();
     // The last invoices left unpaid expire a minute after they were made.
     let expiring = Instant::now();
