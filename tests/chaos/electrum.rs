@@ -126,13 +126,7 @@ pub async fn electrum_faults(profile: Profile) -> Result<Row> {
     .bind(&txids)
     .fetch_one(&db.pool)
     .await?;
-    let out = crate::common::payrail_on(&db.url, &["reconcile", "--chain", "bitcoin"], "BITCOIN", &node.electrum_url())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out).await.context("reconcile took over 120 s")??;
-    std::fs::write(logs.join("reconcile.json"), &out.stdout)?;
-    std::fs::write(logs.join("reconcile.err"), &out.stderr)?;
+    let clean = crate::rig::reconcile(crate::common::payrail_on(&db.url, &["reconcile", "--chain", "bitcoin"], "BITCOIN", &node.electrum_url()), &logs, "reconcile").await?;
     let mut notes = vec![format!("{} connections met a fault", gate.faulted())];
     if let Some(status) = crashed {
         notes.push(format!("the daemon exited on its own: {status}"));
@@ -146,7 +140,7 @@ pub async fn electrum_faults(profile: Profile) -> Result<Row> {
         doubled: usize::try_from(doubled)?,
         duplicates: None,
         recovery_max: Some(recovered.unwrap_or(RECOVERY_MAX)),
-        reconcile_clean: out.status.success(),
+        reconcile_clean: clean,
         // No connection met a fault: the faults were not real.
         bad_answers: usize::from(gate.faulted() == 0),
         notes: notes.join("; "),

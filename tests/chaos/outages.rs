@@ -247,14 +247,7 @@ async fn reconcile_stripe(
     stripe_env: &[(&str, &str)],
 ) -> Result<bool> {
     let from = from_time.to_rfc3339();
-    let out = crate::common::payrail_on(&db.url, &["reconcile", "--chain", "stripe", "--from-time", &from], "POLYGON", &anvil.url())
-        .env("PAYRAIL_STRIPE__API_BASE", crate::common::stripe::localstripe())
-        .envs(stripe_env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out).await.context("reconcile took over 120 s")??;
-    std::fs::write(logs.join("reconcile-stripe.json"), &out.stdout)?;
-    std::fs::write(logs.join("reconcile-stripe.err"), &out.stderr)?;
-    Ok(out.status.success())
+    let mut command = crate::common::payrail_on(&db.url, &["reconcile", "--chain", "stripe", "--from-time", &from], "POLYGON", &anvil.url());
+    command.env("PAYRAIL_STRIPE__API_BASE", crate::common::stripe::localstripe()).envs(stripe_env.iter().copied());
+    rig::reconcile(command, logs, "reconcile-stripe").await
 }

@@ -904,13 +904,16 @@ pub async fn doubled(pool: &PgPool, sent: &[(Invoice, String)]) -> Result<usize>
 
 /// `payrail reconcile --chain polygon` over the whole chain; true when it reports everything matched.
 pub async fn reconcile_clean(db: &Db, anvil: &Anvil, log_dir: &std::path::Path) -> Result<bool> {
-    let out = common::payrail_on(&db.url, &["reconcile", "--chain", "polygon"], "POLYGON", &anvil.url())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .output();
+    reconcile(common::payrail_on(&db.url, &["reconcile", "--chain", "polygon"], "POLYGON", &anvil.url()), log_dir, "reconcile").await
+}
+
+/// Runs a `payrail reconcile` command (at most 2 minutes), keeping its report and log as
+/// `{name}.json` and `{name}.err` in `log_dir`; true when it reports everything matched.
+pub async fn reconcile(mut command: tokio::process::Command, log_dir: &std::path::Path, name: &str) -> Result<bool> {
+    let out = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).output();
     let out = tokio::time::timeout(Duration::from_secs(120), out).await.context("reconcile took over 120 s")??;
-    std::fs::write(log_dir.join("reconcile.json"), &out.stdout)?;
-    std::fs::write(log_dir.join("reconcile.err"), &out.stderr)?;
+    std::fs::write(log_dir.join(format!("{name}.json")), &out.stdout)?;
+    std::fs::write(log_dir.join(format!("{name}.err")), &out.stderr)?;
     Ok(out.status.success())
 }
 

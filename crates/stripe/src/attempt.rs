@@ -262,8 +262,9 @@ fn resumable(rail: &CardRail, failure_code: Option<&str>, updated_at: DateTime<U
     failure_code == Some(NO_ANSWER) || now - updated_at > call_max(rail)
 }
 
-/// The longest a call to Stripe may take, with a margin.
-fn call_max(rail: &CardRail) -> chrono::Duration {
+/// The longest a call to Stripe may take, with a margin: a row under way longer than this was
+/// cut off (its process stopped) and may be sent again.
+pub(crate) fn call_max(rail: &CardRail) -> chrono::Duration {
     chrono::Duration::milliseconds(i64::try_from(rail.config.timeout_ms).unwrap_or(i64::MAX / 2)) + chrono::Duration::seconds(RESUME_MARGIN_S)
 }
 

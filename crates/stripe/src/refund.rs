@@ -280,7 +280,6 @@ const NO_ANSWER: &str = "no answer";
 /// got no answer or whose call began longer ago than a call may take. Taking one is a conditional
 /// update, so two replicas never ask for the same refund at once. Returns how many were answered.
 pub async fn resume(rail: &CardRail, pool: &PgPool, ledger: &Ledger, now: DateTime<Utc>) -> Result<usize> {
-    let call_max = chrono::Duration::milliseconds(i64::try_from(rail.config.timeout_ms).unwrap_or(i64::MAX / 2)) + chrono::Duration::seconds(5);
     let due = sqlx::query(
         "UPDATE card_refunds r SET updated_at = $1, failure_message = NULL FROM card_payments c \
          WHERE r.id IN (SELECT id FROM card_refunds WHERE status = 'pending' \
@@ -289,7 +288,7 @@ pub async fn resume(rail: &CardRail, pool: &PgPool, ledger: &Ledger, now: DateTi
          RETURNING r.id, r.invoice_id, r.payment_intent_id, c.payment_id, r.amount_minor::text AS amount_minor, r.reason",
     )
     .bind(now)
-    .bind(now - call_max)
+    .bind(now - super::attempt::call_max(rail))
     .bind(NO_ANSWER)
     .fetch_all(pool)
     .await?;
