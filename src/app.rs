@@ -148,7 +148,9 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
         .map(Arc::new);
     let reconciler = Arc::new(crate::reconcile::Reconciler::new(pool.clone(), config.chains().to_vec()));
     let live = Arc::new(crate::api::checkout::live::LiveHub::new(pool.clone()));
+    let keys = crate::merchant::cache::KeyCache::new(pool.clone());
     AppState {
+        keys,
         ledger,
         pool,
         catalog: Arc::new(catalog(config)),
@@ -166,7 +168,7 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
             underpayment_tolerance_bps: config.invoices.underpayment_tolerance_bps,
         }),
         clock,
-        limiter: Arc::new(crate::api::limit::RateLimiter::default()),
+        limiter: Arc::new(crate::api::limit::RateLimiter::new(config.server.key_requests_per_s, config.server.key_burst)),
         ip_limiter: Arc::new(crate::api::limit::IpLimiter::new(
             config.server.client_ip_header.as_deref().and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok()),
         )),

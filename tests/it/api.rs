@@ -560,6 +560,7 @@ async fn openapi_document_matches_the_router(pool: PgPool) {
         ("GET", "/v1/api_keys"),
         ("GET", "/v1/api_keys/{id}"),
         ("DELETE", "/v1/api_keys/{id}"),
+        ("PATCH", "/v1/api_keys/{id}"),
         ("POST", "/v1/api_keys/{id}/rotate"),
         ("POST", "/v1/merchants"),
     ];

@@ -241,6 +241,136 @@ async fn a_rotated_key_works_for_its_grace_period_only(pool: PgPool) {
     assert_eq!(rig.get(third["secret"].as_str().expect("secret"), "/v1/invoices").await.0, StatusCode::OK);
 }
 
+/// Waits until `server` hears key changes (it starts listening on its first authenticated request).
+async fn listening(server: &Server, key: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.state.keys.is_listening() {
+        assert!(std::time::Instant::now() < deadline, "the key cache never started listening");
+        let _ = server.get(key, "/v1/balances").await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// How long until `key` is refused by `server`, asking every 10 ms for at most 5 s.
+async fn refused_after(server: &Server, key: &str, since: std::time::Instant) -> std::time::Duration {
+    loop {
+        let (status, _) = server.get(key, "/v1/balances").await;
+        if status == StatusCode::UNAUTHORIZED {
+            return since.elapsed();
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(since.elapsed() < std::time::Duration::from_secs(5), "{key} still works 5 s after it was revoked");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[sqlx::test]
+async fn a_revoked_key_is_refused_by_every_replica_within_a_second(pool: PgPool) {
+    let a = rig(pool.clone()).await;
+    let b = Server::start(pool).await;
+    listening(&a, &a.key).await;
+    listening(&b, &a.key).await;
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let (status, created) = a.post(&a.key, "/v1/api_keys", json!({}), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        keys.push(created["secret"].as_str().expect("secret").to_owned());
+    }
+    // Both replicas have verified both keys, and keep them.
+    for key in &keys {
+        for server in [&a.server, &b] {
+            assert_eq!(server.get(key, "/v1/balances").await.0, StatusCode::OK);
+        }
+    }
+
+    // Revoked through replica A's API: A refuses it at once, B within a second.
+    let since = std::time::Instant::now();
+    let (status, _) = a.send(reqwest::Method::DELETE, Some(&a.key), &format!("/v1/api_keys/{}", key_id(&keys[0])), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(a.get(&keys[0], "/v1/balances").await.0, StatusCode::UNAUTHORIZED, "the revoking replica refuses it at once");
+    let waited = refused_after(&b, &keys[0], since).await;
+    assert!(waited < std::time::Duration::from_secs(1), "replica B refused the key after {waited:?}");
+
+    // Revoked by an operator's own SQL: both replicas within a second.
+    let since = std::time::Instant::now();
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1").bind(key_id(&keys[1])).execute(&a.state.pool).await.expect("revoke");
+    for server in [&a.server, &b] {
+        let waited = refused_after(server, &keys[1], since).await;
+        assert!(waited < std::time::Duration::from_secs(1), "refused after {waited:?}");
+    }
+    // The merchant's own key, never changed, still works on both.
+    for server in [&a.server, &b] {
+        assert_eq!(server.get(&a.key, "/v1/balances").await.0, StatusCode::OK);
+    }
+}
+
+#[sqlx::test]
+async fn a_verified_key_is_not_looked_up_again(pool: PgPool) {
+    let rig = rig(pool).await;
+    listening(&rig, &rig.key).await;
+    let invoice = common::invoice(&rig.state, &rig.merchant_id, "5.00", &[common::USDC_POLYGON]).await;
+    let path = format!("/v1/invoices/{}", invoice.id);
+    assert_eq!(rig.get(&rig.key, &path).await.0, StatusCode::OK);
+
+    // While another session holds every lock on the keys table, the verified key is still served:
+    // its request never reads that table.
+    let mut blocker = rig.state.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.expect("lock");
+    let served = tokio::time::timeout(std::time::Duration::from_secs(5), rig.get(&rig.key, &path)).await;
+    blocker.rollback().await.expect("rollback");
+    let (status, view) = served.expect("answered while the keys table was locked");
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["id"], invoice.id.as_str());
+}
+
+#[sqlx::test]
+async fn a_key_has_its_own_rate_and_a_dry_key_is_refused_before_the_database(pool: PgPool) {
+    let rig = rig(pool).await;
+    let path = format!("/v1/api_keys/{}", key_id(&rig.key));
+    let (status, answer) = rig
+        .send(reqwest::Method::PATCH, Some(&rig.key), &path, Some(json!({"rate_limit": {"requests_per_s": 0, "burst": 2}})), None)
+        .await;
+    assert_eq!((status, code(&answer)), (StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"), "{answer}");
+    let (status, answer) = rig.send(reqwest::Method::PATCH, Some(&rig.key), &path, Some(json!({"rate": 1})), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "unknown fields are refused: {answer}");
+
+    // A reader key at 1 request per second, bursts of 2.
+    let (status, created) =
+        rig.post(&rig.key, "/v1/api_keys", json!({"read_only": true, "rate_limit": {"requests_per_s": 1, "burst": 2}}), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["rate_limit"], json!({"requests_per_s": 1, "burst": 2}));
+    let slow = created["secret"].as_str().expect("secret").to_owned();
+    for _ in 0..2 {
+        assert_eq!(rig.get(&slow, "/v1/balances").await.0, StatusCode::OK);
+    }
+    // Dry: 429 — even while the database could not answer a key lookup or anything else.
+    let mut blocker = rig.state.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE api_keys, invoices, journal_entries IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.expect("lock");
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(5), rig.get(&slow, "/v1/balances")).await;
+    blocker.rollback().await.expect("rollback");
+    let (status, answer) = refused.expect("answered without the database");
+    assert_eq!((status, code(&answer)), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"), "{answer}");
+    // The merchant's key keeps the daemon's default rate.
+    assert_eq!(rig.get(&rig.key, "/v1/balances").await.0, StatusCode::OK);
+
+    // Back to the default: null.
+    let slow_path = format!("/v1/api_keys/{}", created["id"].as_str().expect("id"));
+    let (status, updated) =
+        rig.send(reqwest::Method::PATCH, Some(&rig.key), &slow_path, Some(json!({"rate_limit": null, "name": "reader"})), None).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!((updated["rate_limit"].clone(), updated["name"].clone()), (Value::Null, json!("reader")));
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    for _ in 0..5 {
+        assert_eq!(rig.get(&slow, "/v1/balances").await.0, StatusCode::OK, "the default burst again");
+    }
+    // A rotation keeps the key's own rate.
+    let (_, limited) = rig.send(reqwest::Method::PATCH, Some(&rig.key), &slow_path, Some(json!({"rate_limit": {"requests_per_s": 3, "burst": 4}})), None).await;
+    assert_eq!(limited["rate_limit"]["burst"], 4, "{limited}");
+    let (status, rotated) = rig.post(&rig.key, &format!("{slow_path}/rotate"), json!({}), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    assert_eq!(rotated["rate_limit"], json!({"requests_per_s": 3, "burst": 4}));
+}
+
 #[sqlx::test]
 async fn an_admin_key_creates_merchants_and_nothing_else_can(pool: PgPool) {
     let rig = rig(pool).await;

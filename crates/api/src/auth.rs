@@ -6,7 +6,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 
-use crate::merchant::{authenticate, Principal, Role};
+use crate::merchant::{Principal, Role};
 
 use super::error::ApiError;
 use super::AppState;
@@ -103,25 +103,39 @@ fn reads_only(method: &Method) -> bool {
 }
 
 /// The key's principal, after the per-key rate limit; a read-only key is refused for anything
-/// but reading.
+/// but reading. A key already out of tokens is refused before anything else is done for it — no
+/// lookup, cached or not — and a verified key is read from memory ([`crate::merchant::cache`]).
 async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let principal = match parts.extensions.get::<Authenticated>() {
         Some(Authenticated(principal)) => principal.clone(),
         None => {
             let token = bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-            authenticate(&state.pool, token, state.clock.now())
-                .await
-                .map_err(ApiError::database)?
-                .ok_or_else(ApiError::unauthorized)?
+            if let Some(error) = out_of_tokens(state, token) {
+                return Err(error);
+            }
+            state.keys.authenticate(token, state.clock.now()).await.map_err(ApiError::database)?.ok_or_else(ApiError::unauthorized)?
         }
     };
-    if let Err(wait) = state.limiter.check(&principal.key_id, std::time::Instant::now()) {
-        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key");
-        error.retry_after_s = Some(wait.as_secs().max(1));
-        return Err(error);
+    let rate = principal.rate_limit.map(|l| (l.requests_per_s, l.burst));
+    if let Err(wait) = state.limiter.check_at(&principal.key_id, std::time::Instant::now(), rate) {
+        return Err(rate_limited(wait));
     }
     if principal.read_only && !reads_only(&parts.method) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "read_only_key", "this API key is read-only: it can only make GET requests"));
     }
     Ok(principal)
+}
+
+/// 429 for the key `token` names when it has no token left, found without asking anything of the
+/// database (nor checking the secret: looking spends nothing, so a guesser cannot drain a key).
+pub(crate) fn out_of_tokens(state: &AppState, token: &str) -> Option<ApiError> {
+    let (key_id, _) = crate::merchant::split_token(token)?;
+    state.limiter.empty_for(&key_id, std::time::Instant::now()).map(rate_limited)
+}
+
+/// 429 for a key out of tokens, with how long to wait.
+fn rate_limited(wait: std::time::Duration) -> ApiError {
+    let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key");
+    error.retry_after_s = Some(wait.as_secs().max(1));
+    error
 }

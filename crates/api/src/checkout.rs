@@ -29,7 +29,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 use crate::invoice::{self, InvoiceError, InvoiceStatus, InvoiceView, PaymentOptionView, PaymentStatus, PaymentView};
 use crate::money::{mul_div, Amount, Fiat, Rounding};
@@ -201,19 +200,12 @@ impl Checkout {
             return Err(CheckoutError::NotFound);
         }
         let now = state.clock.now();
-        invoice::refresh(&state.pool, id, now).await?;
-        let mut conn = state.pool.acquire().await?;
-        let view = invoice::load_view(&mut conn, None, id).await?;
-        let merchant_name: String = sqlx::query("SELECT name FROM merchants WHERE id = $1")
-            .bind(&view.merchant_id)
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get("name")?;
+        let (view, merchant_name) = invoice::load_current_view(&state.pool, None, id, now).await?;
         let fiat: Fiat = view.currency.parse().map_err(|_| corrupt("currency", &view.currency))?;
         let due: Amount = view.amount_minor.parse().map_err(|_| corrupt("amount_minor", &view.amount_minor))?;
         let paid = Amount::parse_decimal(&view.amount_paid, fiat.minor_units())
             .map_err(|_| corrupt("amount_paid", &view.amount_paid))?;
-        let purchase = purchase_lines(&mut conn, id, fiat).await?;
+        let purchase = purchase_lines(&state.pool, id, fiat).await?;
         Ok(Self {
             purchase,
             state: PayerState::of(view.status, paid),
@@ -559,14 +551,14 @@ fn status_error(error: CheckoutError, id: &str) -> Response {
 /// The page for `checkout` with the option `asked` for selected.
 /// The lines naming what a credit pack purchase buys, read from the purchase itself (not from the
 /// invoice's metadata, which the merchant writes).
-async fn purchase_lines(conn: &mut sqlx::PgConnection, invoice_id: &str, fiat: Fiat) -> Result<Option<(String, Option<String>)>, CheckoutError> {
+async fn purchase_lines(pool: &sqlx::PgPool, invoice_id: &str, fiat: Fiat) -> Result<Option<(String, Option<String>)>, CheckoutError> {
     let row: Option<(String, String, String, i16, String, Option<String>)> = sqlx::query_as(
         "SELECT p.credits::text, p.bonus_credits::text, c.name, c.decimals, p.discount_minor::text, pc.code \
          FROM credit_purchases p JOIN credit_currencies c ON c.merchant_id = p.merchant_id AND c.code = p.currency \
          LEFT JOIN promo_codes pc ON pc.id = p.promo_id WHERE p.invoice_id = $1",
     )
     .bind(invoice_id)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(pool)
     .await?;
     let Some((credits, bonus, name, decimals, discount, code)) = row else { return Ok(None) };
     let decimals = u8::try_from(decimals).unwrap_or(0);

@@ -24,7 +24,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::merchant::authenticate;
 
 use super::auth::{bearer, Authenticated};
 use super::error::ApiError;
@@ -69,8 +68,11 @@ pub async fn middleware(
     let Some(token) = bearer(request.headers()) else {
         return next.run(request).await;
     };
+    if let Some(error) = super::auth::out_of_tokens(&state, token) {
+        return error.into_response();
+    }
     // Authenticate first: an unverified caller must learn nothing from the store.
-    let principal = match authenticate(&state.pool, token, state.clock.now()).await {
+    let principal = match state.keys.authenticate(token, state.clock.now()).await {
         Ok(Some(principal)) => principal,
         Ok(None) => return next.run(request).await,
         Err(error) => return ApiError::database(error).into_response(),

@@ -121,9 +121,7 @@ pub async fn show(
     if !crate::ids::is_id(&id, "inv") {
         return Err(ApiError::not_found("invoice"));
     }
-    invoice::refresh(&state.pool, &id, state.clock.now()).await?;
-    let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
-    Ok(Json(invoice::load_view(&mut conn, Some(&auth.merchant_id), &id).await?))
+    Ok(Json(invoice::load_current_view(&state.pool, Some(&auth.merchant_id), &id, state.clock.now()).await?.0))
 }
 
 /// Query of `GET /v1/invoices`.

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use crate::merchant::keys::{self, CreateKey, KeyError, KeyView, NewKey, RotateKey, KEYS_PAGE_LIMIT_MAX};
+use crate::merchant::keys::{self, CreateKey, KeyError, KeyView, NewKey, RotateKey, UpdateKey, KEYS_PAGE_LIMIT_MAX};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
@@ -114,13 +114,38 @@ pub async fn show(State(state): State<AppState>, auth: MerchantAuth, Path(id): P
 
 #[utoipa::path(delete, path = "/v1/api_keys/{id}", tag = "api_keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "the key id, key_…")),
-    responses((status = 200, body = KeyView, description = "the key, revoked: it is refused from the next request on, on every replica"),
+    responses((status = 200, body = KeyView, description = "the key, revoked: refused from the next request on by this daemon, and within a second by every other replica"),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 403, body = ErrorBody, description = "forbidden: not a merchant key; read_only_key"),
         (status = 404, body = ErrorBody, description = "not_found: no such key for this merchant")))]
 pub async fn revoke(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
     key_id(&id)?;
-    Ok(Json(keys::revoke(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?))
+    let revoked = keys::revoke(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?;
+    state.keys.forget(&id);
+    Ok(Json(revoked))
+}
+
+#[utoipa::path(patch, path = "/v1/api_keys/{id}", tag = "api_keys", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the key id, key_…")),
+    request_body(content = UpdateKey, description = "name and/or rate_limit (null: the daemon's default)"),
+    responses((status = 200, body = KeyView, description = "the key as changed"),
+        (status = 400, body = ErrorBody, description = "invalid_json"),
+        (status = 401, body = ErrorBody, description = "unauthorized"),
+        (status = 403, body = ErrorBody, description = "forbidden: not a merchant key; read_only_key"),
+        (status = 404, body = ErrorBody, description = "not_found: no such key for this merchant"),
+        (status = 409, body = ErrorBody, description = "api_key_inactive: the key is revoked or expired"),
+        (status = 422, body = ErrorBody, description = "invalid_request, parameter_invalid: name or rate out of range")))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateKey>, JsonRejection>,
+) -> Result<Json<KeyView>, ApiError> {
+    key_id(&id)?;
+    let Json(request) = body?;
+    let updated = keys::update(&state.pool, &auth.merchant_id, &id, &request, state.clock.now()).await?;
+    state.keys.forget(&id);
+    Ok(Json(updated))
 }
 
 #[utoipa::path(post, path = "/v1/api_keys/{id}/rotate", tag = "api_keys", security(("bearer" = [])),
@@ -144,5 +169,6 @@ pub async fn rotate(
     key_id(&id)?;
     let request = optional_body(body)?;
     let created = keys::rotate(&state.pool, &auth.merchant_id, &id, &request, state.clock.now()).await?;
+    state.keys.forget(&id);
     Ok((StatusCode::CREATED, Json(created)))
 }

@@ -65,6 +65,8 @@ pub struct AppState {
     pub policy: Arc<InvoicePolicy>,
     pub clock: Arc<dyn Clock>,
     pub limiter: Arc<limit::RateLimiter>,
+    /// Verified API keys, kept while key changes are heard.
+    pub keys: Arc<crate::merchant::cache::KeyCache>,
     /// Per-address limits for public routes and refused keys.
     pub ip_limiter: Arc<limit::IpLimiter>,
     /// The card rail, when Stripe is configured.
@@ -254,7 +256,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/events/{id}/deliveries", get(webhooks::event_deliveries))
         .route("/v1/events/{id}/replay", post(webhooks::replay_event))
         .route("/v1/api_keys", post(keys::create).get(keys::list))
-        .route("/v1/api_keys/{id}", get(keys::show).delete(keys::revoke))
+        .route("/v1/api_keys/{id}", get(keys::show).delete(keys::revoke).patch(keys::update))
         .route("/v1/api_keys/{id}/rotate", post(keys::rotate))
         .route("/v1/merchants", post(merchants::create))
         .route("/healthz", get(health::healthz))

@@ -20,7 +20,22 @@ pub const KEYS_TRACKED_MAX: usize = 100_000;
 pub struct RateLimiter {
     per_s: u32,
     burst: u32,
-    buckets: Mutex<HashMap<String, (u32, Instant)>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// One key's tokens, as of `at`, and the rate it was last checked with.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: u32,
+    at: Instant,
+    per_s: u32,
+    burst: u32,
+}
+
+impl Bucket {
+    fn per_token(&self) -> Duration {
+        Duration::from_secs(1) / self.per_s
+    }
 }
 
 impl Default for RateLimiter {
@@ -34,36 +49,48 @@ impl RateLimiter {
         Self { per_s: per_s.max(1), burst: burst.max(1), buckets: Mutex::new(HashMap::new()) }
     }
 
-    /// Takes one token for `key`; `Err(wait)` says how long until one is available.
+    /// Takes one token for `key` at the limiter's rate; `Err(wait)` says how long until one is
+    /// available.
     pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        self.check_at(key, now, None)
+    }
+
+    /// Takes one token for `key` at `rate` (`(per second, burst)`), or at the limiter's own rate
+    /// for `None`. A key whose rate changed keeps its tokens, up to the new burst.
+    pub fn check_at(&self, key: &str, now: Instant, rate: Option<(u32, u32)>) -> Result<(), Duration> {
+        let (per_s, burst) = rate.map_or((self.per_s, self.burst), |(p, b)| (p.max(1), b.max(1)));
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= KEYS_TRACKED_MAX && !buckets.contains_key(key) {
-            let idle = Duration::from_secs(u64::from(self.burst / self.per_s) + 1);
-            buckets.retain(|_, (_, at)| now.duration_since(*at) < idle);
+            // A bucket idle for longer than it takes to fill is full: forgetting it changes nothing.
+            buckets.retain(|_, b| now.duration_since(b.at) < Duration::from_secs(u64::from(b.burst / b.per_s) + 1));
         }
-        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: burst, at: now, per_s, burst });
+        bucket.per_s = per_s;
+        bucket.burst = burst;
+        bucket.tokens = bucket.tokens.min(burst);
         // Refill whole tokens for the time passed, keeping the remainder of the interval.
-        let per_token = Duration::from_secs(1) / self.per_s;
-        let elapsed = now.duration_since(*at);
+        let per_token = bucket.per_token();
+        let elapsed = now.duration_since(bucket.at);
         let refill = u32::try_from(elapsed.as_nanos() / per_token.as_nanos().max(1)).unwrap_or(u32::MAX);
         if refill > 0 {
-            *tokens = tokens.saturating_add(refill).min(self.burst);
-            *at = if *tokens == self.burst { now } else { *at + per_token * refill };
+            bucket.tokens = bucket.tokens.saturating_add(refill).min(burst);
+            bucket.at = if bucket.tokens == burst { now } else { bucket.at + per_token * refill };
         }
-        if *tokens == 0 {
-            return Err(per_token.saturating_sub(now.duration_since(*at)).max(Duration::from_millis(1)));
+        if bucket.tokens == 0 {
+            return Err(per_token.saturating_sub(now.duration_since(bucket.at)).max(Duration::from_millis(1)));
         }
-        *tokens -= 1;
+        bucket.tokens -= 1;
         Ok(())
     }
 
-    /// How long until `key` has a token again, when it has none now; takes nothing.
+    /// How long until `key` has a token again, when it has none now; takes nothing. Costs no
+    /// more than a map lookup, so it can run before anything else is done for a request.
     pub fn empty_for(&self, key: &str, now: Instant) -> Option<Duration> {
         let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let (tokens, at) = buckets.get(key)?;
-        let per_token = Duration::from_secs(1) / self.per_s;
-        let elapsed = now.duration_since(*at);
-        (*tokens == 0 && elapsed < per_token).then(|| (per_token - elapsed).max(Duration::from_millis(1)))
+        let bucket = buckets.get(key)?;
+        let per_token = bucket.per_token();
+        let elapsed = now.duration_since(bucket.at);
+        (bucket.tokens == 0 && elapsed < per_token).then(|| (per_token - elapsed).max(Duration::from_millis(1)))
     }
 }
 
@@ -196,8 +223,14 @@ mod tests {
         }
         let wait = limiter.check("k", t0).expect_err("bucket empty");
         assert!(wait <= Duration::from_millis(100));
-        // Another key has its own bucket.
+        // Another key has its own bucket, and may have its own rate.
         assert!(limiter.check("other", t0).is_ok());
+        for _ in 0..4 {
+            assert!(limiter.check_at("own", t0, Some((1, 5))).is_ok());
+        }
+        assert!(limiter.check_at("own", t0, Some((1, 5))).is_ok(), "a burst of five");
+        let wait = limiter.check_at("own", t0, Some((1, 5))).expect_err("dry");
+        assert!(wait > Duration::from_millis(100), "refilled at one per second: {wait:?}");
         // After one interval, one more request.
         assert!(limiter.check("k", t0 + Duration::from_millis(100)).is_ok());
         assert!(limiter.check("k", t0 + Duration::from_millis(100)).is_err());

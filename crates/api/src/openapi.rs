@@ -186,6 +186,7 @@ fn openapi_json() {}
         super::keys::list,
         super::keys::show,
         super::keys::revoke,
+        super::keys::update,
         super::keys::rotate,
         super::merchants::create,
         super::stripe::webhook,

@@ -94,6 +94,29 @@ pub struct ServerConfig {
     /// peer's address is the client's.
     #[serde(default)]
     pub client_ip_header: Option<String>,
+    /// Requests per second an API key may sustain, unless the key has its own rate.
+    #[serde(default = "key_requests_per_s_default")]
+    pub key_requests_per_s: u32,
+    /// Requests an API key may make in a burst, unless the key has its own rate.
+    #[serde(default = "key_burst_default")]
+    pub key_burst: u32,
+}
+
+/// `[server] key_requests_per_s` when absent.
+pub const KEY_REQUESTS_PER_S_DEFAULT: u32 = 50;
+/// `[server] key_burst` when absent.
+pub const KEY_BURST_DEFAULT: u32 = 100;
+/// Largest `key_requests_per_s` (and a key's own rate).
+pub const KEY_REQUESTS_PER_S_LIMIT: u64 = 100_000;
+/// Largest `key_burst` (and a key's own burst).
+pub const KEY_BURST_LIMIT: u64 = 1_000_000;
+
+fn key_requests_per_s_default() -> u32 {
+    KEY_REQUESTS_PER_S_DEFAULT
+}
+
+fn key_burst_default() -> u32 {
+    KEY_BURST_DEFAULT
 }
 
 impl ServerConfig {
@@ -122,6 +145,8 @@ impl ServerConfig {
         if self.metrics_listen.is_some_and(|addr| addr == self.listen) {
             return Err(InvalidKey::new("metrics_listen", "must differ from listen"));
         }
+        in_range("key_requests_per_s", u64::from(self.key_requests_per_s), KEY_REQUESTS_PER_S_LIMIT)?;
+        in_range("key_burst", u64::from(self.key_burst), KEY_BURST_LIMIT)?;
         Ok(self)
     }
 }

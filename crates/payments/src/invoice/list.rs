@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
 use super::error::{InvoiceError, Result};
-use super::model::{load_view, InvoiceView};
+use super::model::{load_views, InvoiceView};
 use super::status::InvoiceStatus;
 
 /// Page size when none is asked for.
@@ -75,10 +75,8 @@ pub async fn list_invoices(conn: &mut PgConnection, merchant_id: &str, filter: &
     .fetch_all(&mut *conn)
     .await?;
     let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-    let mut data = Vec::with_capacity(rows.len());
-    for row in rows.iter().take(usize::try_from(limit).unwrap_or(0)) {
-        let id: String = row.try_get("id")?;
-        data.push(load_view(&mut *conn, Some(merchant_id), &id).await?);
-    }
+    let ids = rows.iter().take(usize::try_from(limit).unwrap_or(0)).map(|row| row.try_get("id")).collect::<Result<Vec<String>, _>>()?;
+    // The whole page's views in one more query, not one per invoice.
+    let data = load_views(&mut *conn, merchant_id, &ids).await?;
     Ok(InvoicePage { object: "list", data, has_more })
 }

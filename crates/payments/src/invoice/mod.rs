@@ -24,7 +24,7 @@ pub use create::{create_invoice, create_invoice_with_splits, CreateInvoice, Invo
 pub use split::{CreatorShare, Splits};
 pub use error::{InvoiceError, Result};
 pub use expire::{expire_due, refresh};
-pub use model::{load_view, InvoiceView, PaymentOptionView, PaymentView};
+pub use model::{load_current_view, load_named_view, load_view, InvoiceView, PaymentOptionView, PaymentView};
 pub use refund::mark_refunded;
 pub use resolve::{apply_held_payment, invalidate_invoice, settle_invoice};
 pub use list::{list_invoices, InvoicePage, ListFilter, LIST_LIMIT_MAX};

@@ -24,7 +24,7 @@ pub async fn matching_rule(conn: &mut PgConnection, merchant_id: &str, order_id:
     payrail_store::splits::matching_rule(conn, merchant_id, order_id).await.map_err(from_store)
 }
 
-fn bps_of(column: &'static str, value: i32) -> Result<u32> {
+pub(crate) fn bps_of(column: &'static str, value: i32) -> Result<u32> {
     payrail_store::splits::bps_of(column, value).map_err(from_store)
 }
 

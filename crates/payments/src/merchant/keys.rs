@@ -63,6 +63,67 @@ pub struct KeyView {
     pub revoked_at: Option<DateTime<Utc>>,
     /// The key that replaced this one, after a rotation.
     pub rotated_to: Option<String>,
+    /// The key's own request rate; null for the daemon's default (`[server] key_requests_per_s`
+    /// and `key_burst`).
+    pub rate_limit: Option<KeyRateLimit>,
+}
+
+/// How many requests a key may make: a token bucket refilled at `requests_per_s`, holding at
+/// most `burst`. Past it requests get 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRateLimit {
+    /// 1..=100000.
+    pub requests_per_s: u32,
+    /// 1..=1000000.
+    pub burst: u32,
+}
+
+/// Largest `requests_per_s` a key may be given.
+pub const KEY_REQUESTS_PER_S_MAX: u32 = 100_000;
+/// Largest `burst` a key may be given.
+pub const KEY_BURST_MAX: u32 = 1_000_000;
+
+impl KeyRateLimit {
+    fn check(self) -> Result<Self> {
+        if !(1..=KEY_REQUESTS_PER_S_MAX).contains(&self.requests_per_s) {
+            return Err(KeyError::Invalid { field: "rate_limit.requests_per_s", reason: format!("must be 1..={KEY_REQUESTS_PER_S_MAX}") });
+        }
+        if !(1..=KEY_BURST_MAX).contains(&self.burst) {
+            return Err(KeyError::Invalid { field: "rate_limit.burst", reason: format!("must be 1..={KEY_BURST_MAX}") });
+        }
+        Ok(self)
+    }
+
+    /// The two columns: both set, or both NULL.
+    fn columns(limit: Option<Self>) -> (Option<i32>, Option<i32>) {
+        match limit {
+            Some(l) => (i32::try_from(l.requests_per_s).ok(), i32::try_from(l.burst).ok()),
+            None => (None, None),
+        }
+    }
+}
+
+/// A change to a key: each field present is set (`rate_limit: null` returns the key to the
+/// daemon's default); absent fields stay.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    /// A label for the key (1..=200 characters).
+    pub name: Option<String>,
+    /// The key's own request rate, or null for the daemon's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<KeyRateLimit>)]
+    pub rate_limit: Option<Option<KeyRateLimit>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Ok(Some(<Option<T> as serde::Deserialize>::deserialize(deserializer)?))
 }
 
 /// A key just made, with its secret: the only time the secret is shown.
@@ -85,6 +146,8 @@ pub struct CreateKey {
     /// A read-only key can only read (GET); it is refused for anything else with 403.
     #[serde(default)]
     pub read_only: bool,
+    /// The key's own request rate; the daemon's default when absent.
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 /// How a rotation goes.
@@ -107,14 +170,20 @@ type KeyRow = (
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
     Option<String>,
+    Option<i32>,
+    Option<i32>,
 );
 
 const KEY_COLUMNS: &str =
-    "id, role, name, read_only, creator_id, created_at, last_used_at, expires_at, revoked_at, rotated_to";
+    "id, role, name, read_only, creator_id, created_at, last_used_at, expires_at, revoked_at, rotated_to, requests_per_s, burst";
 
 fn view(row: KeyRow) -> KeyView {
-    let (id, role, name, read_only, creator_id, created_at, last_used_at, expires_at, revoked_at, rotated_to) = row;
-    KeyView { id, object: "api_key", role, name, read_only, creator_id, created_at, last_used_at, expires_at, revoked_at, rotated_to }
+    let (id, role, name, read_only, creator_id, created_at, last_used_at, expires_at, revoked_at, rotated_to, per_s, burst) = row;
+    let rate_limit = match (per_s.and_then(|r| u32::try_from(r).ok()), burst.and_then(|b| u32::try_from(b).ok())) {
+        (Some(requests_per_s), Some(burst)) => Some(KeyRateLimit { requests_per_s, burst }),
+        _ => None,
+    };
+    KeyView { id, object: "api_key", role, name, read_only, creator_id, created_at, last_used_at, expires_at, revoked_at, rotated_to, rate_limit }
 }
 
 fn check_name(name: Option<&str>) -> Result<Option<String>> {
@@ -142,6 +211,7 @@ async fn fetch(conn: &mut sqlx::PgConnection, merchant_id: &str, key_id: &str, l
 /// A new merchant key.
 pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreateKey) -> Result<NewKey> {
     let name = check_name(request.name.as_deref())?;
+    let rate_limit = request.rate_limit.map(KeyRateLimit::check).transpose()?;
     let mut tx = pool.begin().await?;
     // The merchant row serialises concurrent creations, so the cap holds.
     sqlx::query("SELECT 1 FROM merchants WHERE id = $1 FOR UPDATE").bind(merchant_id).execute(&mut *tx).await?;
@@ -155,7 +225,7 @@ pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreateKey) -> Re
         return Err(KeyError::TooManyKeys);
     }
     let spec =
-        KeySpec { role: "merchant", merchant_id: Some(merchant_id), creator_id: None, name: name.as_deref(), read_only: request.read_only };
+        KeySpec { role: "merchant", merchant_id: Some(merchant_id), creator_id: None, name: name.as_deref(), read_only: request.read_only, rate_limit };
     let (key_id, secret) = insert_key(&mut tx, &spec).await?;
     let key = fetch(&mut tx, merchant_id, &key_id, false).await?;
     tx.commit().await?;
@@ -248,6 +318,7 @@ pub async fn rotate(
         creator_id: old.creator_id.as_deref(),
         name: old.name.as_deref(),
         read_only: old.read_only,
+        rate_limit: old.rate_limit,
     };
     let (new_id, secret) = insert_key(&mut tx, &spec).await?;
     let (expires_at, revoked_at) = if grace_s == 0 { (None, Some(now)) } else { (Some(now + Duration::seconds(grace_s)), None) };
@@ -263,6 +334,29 @@ pub async fn rotate(
     Ok(NewKey { key, secret })
 }
 
+/// Changes one of the merchant's keys (its name, its rate). A revoked or expired key cannot be
+/// changed.
+pub async fn update(pool: &PgPool, merchant_id: &str, key_id: &str, request: &UpdateKey, now: DateTime<Utc>) -> Result<KeyView> {
+    let name = check_name(request.name.as_deref())?;
+    let rate_limit = request.rate_limit.map(|l| l.map(KeyRateLimit::check).transpose()).transpose()?;
+    let mut tx = pool.begin().await?;
+    let old = fetch(&mut tx, merchant_id, key_id, true).await?;
+    if old.revoked_at.is_some() || old.expires_at.is_some_and(|at| at <= now) {
+        return Err(KeyError::Inactive { key_id: key_id.to_owned() });
+    }
+    let (per_s, burst) = KeyRateLimit::columns(rate_limit.unwrap_or(old.rate_limit));
+    sqlx::query("UPDATE api_keys SET name = coalesce($2, name), requests_per_s = $3, burst = $4 WHERE id = $1")
+        .bind(key_id)
+        .bind(name)
+        .bind(per_s)
+        .bind(burst)
+        .execute(&mut *tx)
+        .await?;
+    let key = fetch(&mut tx, merchant_id, key_id, false).await?;
+    tx.commit().await?;
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +368,25 @@ mod tests {
         assert!(matches!(check_name(Some("   ")), Err(KeyError::Invalid { field: "name", .. })));
         assert!(matches!(check_name(Some(&"x".repeat(KEY_NAME_LEN_MAX + 1))), Err(KeyError::Invalid { .. })));
         assert!(matches!(check_name(Some("a\0b")), Err(KeyError::Invalid { .. })));
+    }
+
+    #[test]
+    fn key_rates_are_bounded() {
+        let ok = KeyRateLimit { requests_per_s: 1, burst: KEY_BURST_MAX };
+        assert_eq!(ok.check().expect("in range"), ok);
+        let zero = KeyRateLimit { requests_per_s: 0, burst: 10 };
+        assert!(matches!(zero.check(), Err(KeyError::Invalid { field: "rate_limit.requests_per_s", .. })));
+        let huge = KeyRateLimit { requests_per_s: 10, burst: KEY_BURST_MAX + 1 };
+        assert!(matches!(huge.check(), Err(KeyError::Invalid { field: "rate_limit.burst", .. })));
+    }
+
+    #[test]
+    fn an_update_tells_null_from_absent() {
+        let absent: UpdateKey = serde_json::from_str(r#"{"name":"ci"}"#).expect("parses");
+        assert_eq!(absent.rate_limit, None);
+        let null: UpdateKey = serde_json::from_str(r#"{"rate_limit":null}"#).expect("parses");
+        assert_eq!(null.rate_limit, Some(None));
+        let set: UpdateKey = serde_json::from_str(r#"{"rate_limit":{"requests_per_s":5,"burst":10}}"#).expect("parses");
+        assert_eq!(set.rate_limit, Some(Some(KeyRateLimit { requests_per_s: 5, burst: 10 })));
     }
 }

@@ -18,6 +18,7 @@ const SECRET_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK
 pub const MERCHANT_NAME_LEN_MAX: usize = 200;
 
 pub mod bitcoin;
+pub mod cache;
 pub mod keys;
 
 #[derive(Debug, Error)]
@@ -60,6 +61,8 @@ pub struct Principal {
     pub creator_id: Option<String>,
     /// A read-only key may only read (GET): it cannot create, change or delete anything.
     pub read_only: bool,
+    /// The key's own request rate; `None` for the daemon's default.
+    pub rate_limit: Option<keys::KeyRateLimit>,
 }
 
 /// A merchant and the one-time plaintext of its first API key.
@@ -127,7 +130,7 @@ fn key_id_of(token: &str) -> Option<String> {
 }
 
 async fn issue_key(conn: &mut sqlx::PgConnection, role: &str, merchant_id: Option<&str>) -> Result<String, sqlx::Error> {
-    let spec = KeySpec { role, merchant_id, creator_id: None, name: None, read_only: false };
+    let spec = KeySpec { role, merchant_id, creator_id: None, name: None, read_only: false, rate_limit: None };
     Ok(insert_key(conn, &spec).await?.1)
 }
 
@@ -139,6 +142,7 @@ pub(crate) struct KeySpec<'a> {
     pub creator_id: Option<&'a str>,
     pub name: Option<&'a str>,
     pub read_only: bool,
+    pub rate_limit: Option<keys::KeyRateLimit>,
 }
 
 /// Inserts a key with a fresh secret; returns its id and its one-time plaintext.
@@ -149,8 +153,8 @@ pub(crate) async fn insert_key(conn: &mut sqlx::PgConnection, spec: &KeySpec<'_>
         (0..SECRET_LEN).map(|_| char::from(SECRET_ALPHABET[rng.gen_range(0..SECRET_ALPHABET.len())])).collect()
     };
     sqlx::query(
-        "INSERT INTO api_keys (id, merchant_id, role, secret_hash, creator_id, name, read_only) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO api_keys (id, merchant_id, role, secret_hash, creator_id, name, read_only, requests_per_s, burst) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&key_id)
     .bind(spec.merchant_id)
@@ -159,6 +163,8 @@ pub(crate) async fn insert_key(conn: &mut sqlx::PgConnection, spec: &KeySpec<'_>
     .bind(spec.creator_id)
     .bind(spec.name)
     .bind(spec.read_only)
+    .bind(spec.rate_limit.and_then(|l| i32::try_from(l.requests_per_s).ok()))
+    .bind(spec.rate_limit.and_then(|l| i32::try_from(l.burst).ok()))
     .execute(conn)
     .await?;
     let public = key_id.trim_start_matches("key_");
@@ -171,40 +177,89 @@ pub(crate) async fn insert_key(conn: &mut sqlx::PgConnection, spec: &KeySpec<'_>
 pub const LAST_USED_REFRESH_S: i64 = 60;
 
 /// Resolves a bearer token to its principal at `now`; `None` for anything unknown, revoked,
-/// expired (a rotated key past its grace period) or malformed. Nothing is cached: a revocation
-/// takes effect at the next request on every replica.
+/// expired (a rotated key past its grace period) or malformed. This asks the database every time
+/// (the operator's commands); the API asks through a [`cache::KeyCache`].
 pub async fn authenticate(pool: &PgPool, token: &str, now: DateTime<Utc>) -> Result<Option<Principal>, sqlx::Error> {
-    let Some((public, secret)) = token.strip_prefix("pr_").and_then(|rest| rest.split_once('_')) else {
+    let Some((key_id, secret)) = split_token(token) else {
         return Ok(None);
     };
+    let Some(stored) = StoredKey::load(pool, &key_id).await? else {
+        return Ok(None);
+    };
+    let principal = stored.admit(&key_id, secret, now);
+    if principal.is_some() && stored.stale_use(now) {
+        touch(pool, &key_id, now).await?;
+    }
+    Ok(principal)
+}
+
+/// The key id and secret of a well-formed token `pr_<id>_<secret>`; `None` for anything else.
+pub fn split_token(token: &str) -> Option<(String, &str)> {
+    let (public, secret) = token.strip_prefix("pr_")?.split_once('_')?;
     let key_id = format!("key_{public}");
-    if !crate::ids::is_id(&key_id, "key") || secret.len() != SECRET_LEN {
-        return Ok(None);
+    (crate::ids::is_id(&key_id, "key") && secret.len() == SECRET_LEN).then_some((key_id, secret))
+}
+
+/// An unrevoked `api_keys` row, as authentication reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct StoredKey {
+    secret_hash: Vec<u8>,
+    role: String,
+    merchant_id: Option<String>,
+    creator_id: Option<String>,
+    read_only: bool,
+    expires_at: Option<DateTime<Utc>>,
+    pub(crate) last_used_at: Option<DateTime<Utc>>,
+    requests_per_s: Option<i32>,
+    burst: Option<i32>,
+}
+
+impl StoredKey {
+    /// The key `key_id` unless it is unknown or revoked.
+    pub(crate) async fn load(pool: &PgPool, key_id: &str) -> Result<Option<Self>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT secret_hash, role, merchant_id, creator_id, read_only, expires_at, last_used_at, requests_per_s, burst \
+               FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(key_id)
+        .fetch_optional(pool)
+        .await
     }
-    // secret digest, role, merchant, creator, read-only, expiry, last use
-    type KeyRow = (Vec<u8>, String, Option<String>, Option<String>, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-    let row: Option<KeyRow> = sqlx::query_as(
-        "SELECT secret_hash, role, merchant_id, creator_id, read_only, expires_at, last_used_at \
-           FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
-    )
-    .bind(&key_id)
-    .fetch_optional(pool)
-    .await?;
-    let Some((stored, role, merchant_id, creator_id, read_only, expires_at, last_used_at)) = row else {
-        return Ok(None);
-    };
-    if !bool::from(stored.as_slice().ct_eq(&digest(secret)[..])) {
-        return Ok(None);
+
+    /// Who `secret` speaks for at `now`: `None` for a wrong secret or an expired key.
+    pub(crate) fn admit(&self, key_id: &str, secret: &str, now: DateTime<Utc>) -> Option<Principal> {
+        if !bool::from(self.secret_hash.as_slice().ct_eq(&digest(secret)[..])) {
+            return None;
+        }
+        if self.expires_at.is_some_and(|at| at <= now) {
+            return None;
+        }
+        let rate_limit = match (self.requests_per_s.and_then(|r| u32::try_from(r).ok()), self.burst.and_then(|b| u32::try_from(b).ok())) {
+            (Some(requests_per_s), Some(burst)) => Some(keys::KeyRateLimit { requests_per_s, burst }),
+            _ => None,
+        };
+        Role::parse(&self.role).map(|role| Principal {
+            key_id: key_id.to_owned(),
+            role,
+            merchant_id: self.merchant_id.clone(),
+            creator_id: self.creator_id.clone(),
+            read_only: self.read_only,
+            rate_limit,
+        })
     }
-    if expires_at.is_some_and(|at| at <= now) {
-        return Ok(None);
+
+    /// Whether `last_used_at` is due a refresh at `now`.
+    pub(crate) fn stale_use(&self, now: DateTime<Utc>) -> bool {
+        self.last_used_at.is_none_or(|at| now - at >= chrono::Duration::seconds(LAST_USED_REFRESH_S))
     }
-    if last_used_at.is_none_or(|at| now - at >= chrono::Duration::seconds(LAST_USED_REFRESH_S)) {
-        sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)")
-            .bind(&key_id)
-            .bind(now)
-            .execute(pool)
-            .await?;
-    }
-    Ok(Role::parse(&role).map(|role| Principal { key_id, role, merchant_id, creator_id, read_only }))
+}
+
+/// Records that `key_id` was used at `now` (never moving it back).
+pub(crate) async fn touch(pool: &PgPool, key_id: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)")
+        .bind(key_id)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
