@@ -217,17 +217,6 @@ fn secs(us: u64) -> String {
     format!("{}.{:02} s", us / 1_000_000, us % 1_000_000 / 10_000)
 }
 
-/// Microseconds as milliseconds with one decimal.
-fn ms(us: u64) -> String {
-    format!("{}.{} ms", us / 1_000, us % 1_000 / 100)
-}
-
-/// `a / b` with one decimal, rounded down.
-fn ratio(a: u64, b: u64) -> String {
-    let tenths = u128::from(a) * 10 / u128::from(b.max(1));
-    format!("{}.{}×", tenths / 10, tenths % 10)
-}
-
 /// Thousands separated by commas.
 fn n(value: u64) -> String {
     let digits = value.to_string();
@@ -249,12 +238,6 @@ fn median(sorted: &[u64]) -> Option<u64> {
         _ if len % 2 == 1 => Some(sorted[len / 2]),
         _ => Some((sorted[len / 2 - 1] + sorted[len / 2]) / 2),
     }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// A deterministic 32-byte value for (`tag`, `counter`).
@@ -443,7 +426,7 @@ async fn run(settings: Settings, database_url: String) -> Result<()> {
     println!(
         "machine: {} cores, load average {} (1, 5, 15 min)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        load_average()
+        support::load_average()
     );
 
     // --- setup: anvil, contracts, configuration, database, invoices ---
@@ -528,7 +511,7 @@ async fn run(settings: Settings, database_url: String) -> Result<()> {
             let met = u128::from(payrail_rate) >= u128::from(etl_rate) * u128::from(GOAL_OVER_ETL);
             println!(
                 "  payrail / ethereum-etl = {} (goal ≥ {GOAL_OVER_ETL}×): {}",
-                ratio(payrail_rate, etl_rate),
+                support::ratio(payrail_rate, etl_rate),
                 if met { "met" } else { "NOT met" }
             );
         }
@@ -540,7 +523,7 @@ async fn run(settings: Settings, database_url: String) -> Result<()> {
             let met = u128::from(payrail_rate) * u128::from(GOAL_CRYO_DIVISOR) >= u128::from(cryo_rate);
             println!(
                 "  payrail / cryo         = {} (goal ≥ 0.5×, within {GOAL_CRYO_DIVISOR}× of cryo): {}",
-                ratio(payrail_rate, cryo_rate),
+                support::ratio(payrail_rate, cryo_rate),
                 if met { "met" } else { "NOT met" }
             );
         }
@@ -548,12 +531,12 @@ async fn run(settings: Settings, database_url: String) -> Result<()> {
     }
     println!(
         "  block → invoice `processing`: min {}, median {}, max {} over {LATENCY_RUNS} payments (watcher polls every {} ms)",
-        ms(latency.min),
-        ms(latency.median),
-        ms(latency.max),
+        support::ms(latency.min),
+        support::ms(latency.median),
+        support::ms(latency.max),
         latency.poll_ms
     );
-    println!("load average at the end {}; total run {}", load_average(), secs(micros(started.elapsed())));
+    println!("load average at the end {}; total run {}", support::load_average(), secs(micros(started.elapsed())));
 
     let mut anvil = rig.anvil;
     anvil.stop().await;
@@ -758,10 +741,10 @@ async fn catch_up(rig: &Rig, range: &Range) -> Result<CatchUp> {
     println!(
         "   {} ticks of up to {TICK_BLOCKS} blocks (mean {}, median {}, max {}), then the idle tick ({}); {} payments reported",
         tick_us.len(),
-        ms(mean),
-        ms(median(&sorted).unwrap_or(0)),
-        ms(sorted.last().copied().unwrap_or(0)),
-        ms(idle_us),
+        support::ms(mean),
+        support::ms(median(&sorted).unwrap_or(0)),
+        support::ms(sorted.last().copied().unwrap_or(0)),
+        support::ms(idle_us),
         n(u64::try_from(seen).unwrap_or(0))
     );
     println!(
@@ -1108,7 +1091,7 @@ async fn breakdown(rig: &Rig, range: &Range, catch_up_us: u64) -> Result<()> {
         "   the {} payments cost {} of the catch-up (catch-up − bare catch-up): {} per payment",
         n(range.watched_transfers),
         secs(payments_us),
-        ms(payments_us / range.watched_transfers.max(1))
+        support::ms(payments_us / range.watched_transfers.max(1))
     );
     Ok(())
 }
@@ -1170,9 +1153,9 @@ async fn latency(rig: &Rig) -> Result<Latency> {
             matches!(status.as_str(), "processing" | "paid"),
             "invoice {} is {status} {} after its payment's block {block}",
             invoice.id,
-            ms(us)
+            support::ms(us)
         );
-        println!("   payment {:>2}: paused {:>4} ms, block {block}, invoice {status} after {}", run + 1, pause.as_millis(), ms(us));
+        println!("   payment {:>2}: paused {:>4} ms, block {block}, invoice {status} after {}", run + 1, pause.as_millis(), support::ms(us));
         samples.push(us);
     }
     let _ = shutdown_tx.send(true);
@@ -1192,6 +1175,6 @@ async fn latency(rig: &Rig) -> Result<Latency> {
         max: samples.last().copied().unwrap_or(0),
         poll_ms,
     };
-    println!("   min {}, median {}, max {}", ms(latency.min), ms(latency.median), ms(latency.max));
+    println!("   min {}, median {}, max {}", support::ms(latency.min), support::ms(latency.median), support::ms(latency.max));
     Ok(latency)
 }

@@ -73,3 +73,35 @@ where
         run_then_drop(admin, &database, run(options)).await
     })
 }
+
+/// Microseconds as milliseconds with one decimal.
+#[allow(dead_code, reason = "not every benchmark prints latencies")]
+pub fn ms(us: u64) -> String {
+    format!("{}.{} ms", us / 1_000, us % 1_000 / 100)
+}
+
+/// `a / b` with one decimal, rounded down.
+#[allow(dead_code, reason = "not every benchmark prints ratios")]
+pub fn ratio(a: u64, b: u64) -> String {
+    let tenths = u128::from(a) * 10 / u128::from(b.max(1));
+    format!("{}.{}×", tenths / 10, tenths % 10)
+}
+
+/// The machine's load average over 1, 5 and 15 minutes, as `/proc/loadavg` has it.
+#[allow(dead_code, reason = "not every benchmark prints the load")]
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// A decimal `text` (`12345.67`) times 10^`scale`, rounded down; `None` if it is not one.
+#[allow(dead_code, reason = "only benchmarks reading other tools' output need it")]
+pub fn fixed(text: &str, scale: u32) -> Option<u64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = fraction.chars().chain(std::iter::repeat('0')).take(usize::try_from(scale).ok()?).collect();
+    whole.parse::<u64>().ok()?.checked_mul(10u64.checked_pow(scale)?)?.checked_add(if digits.is_empty() { 0 } else { digits.parse().ok()? })
+}
