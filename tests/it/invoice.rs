@@ -800,3 +800,51 @@ async fn each_payment_is_announced_when_detected_and_when_confirmed(pool: PgPool
     .map(|(id, event, status)| (id, event.to_owned(), status.to_owned()));
     assert_eq!(announced, expected);
 }
+
+/// The polling paths keep what never changes of a view in memory: what they answer must stay
+/// exactly the whole view as payments arrive, confirm, and an option is added.
+#[sqlx::test]
+async fn a_polled_view_is_the_whole_view_as_payments_and_options_arrive(pool: PgPool) {
+    let (state, _clock) = state_with_clock(pool);
+    let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant").merchant_id;
+    let invoice = new_invoice(&state, &merchant, "25.00", &[USDC_POLYGON, USDT_POLYGON]).await;
+    let polled = || async {
+        let (view, name) =
+            payrail::invoice::load_current_view(&state.pool, Some(&merchant), &invoice.id, state.clock.now()).await.expect("polled view");
+        assert_eq!(name, "Shop");
+        serde_json::to_value(view).expect("json")
+    };
+    let whole = || async { serde_json::to_value(view(&state, &invoice.id).await).expect("json") };
+    assert_eq!(polled().await, whole().await, "first read");
+    assert_eq!(polled().await, whole().await, "from memory");
+
+    // Half paid, seen then confirmed: the sums move, the kept parts do not.
+    let half = observed(&invoice, USDC_POLYGON, "0xaa", 12_500_000, 0);
+    apply(&state, &half).await.expect("seen");
+    let seen = polled().await;
+    assert_eq!(seen, whole().await);
+    assert_eq!(seen["payments"].as_array().map(Vec::len), Some(1), "{seen}");
+    apply(&state, &ObservedPayment { confirmations: 2, ..half }).await.expect("confirmed");
+    let confirmed = polled().await;
+    assert_eq!(confirmed, whole().await);
+    assert_eq!(confirmed["amount_paid"], "12.50", "{confirmed}");
+
+    // An option added later (as the card rail adds its own): read again, not served stale.
+    sqlx::query(
+        "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, rate_at, position) \
+         SELECT invoice_id, 'card:usd', 'card', 'USD', 2, 2500, '1', 'card', rate_at, 2 FROM payment_options \
+          WHERE invoice_id = $1 AND position = 0",
+    )
+    .bind(&invoice.id)
+    .execute(&state.pool)
+    .await
+    .expect("option added");
+    let added = polled().await;
+    assert_eq!(added, whole().await);
+    assert_eq!(added["payment_options"].as_array().map(Vec::len), Some(3), "{added}");
+
+    // Another merchant's poll does not find it, cached or not.
+    let other = create_merchant(&state.pool, "Other").await.expect("merchant").merchant_id;
+    let refused = payrail::invoice::load_current_view(&state.pool, Some(&other), &invoice.id, state.clock.now()).await;
+    assert!(matches!(refused, Err(InvoiceError::NotFound { .. })), "{refused:?}");
+}

@@ -15,7 +15,8 @@ use crate::rates::RateSource;
 
 use super::catalog::{AssetCatalog, DepositScheme};
 use super::error::{InvoiceError, Result};
-use super::model::{load_view, InvoiceView};
+use super::model::InvoiceView;
+use super::view::load_view;
 use super::split::{check_creators, matching_rule, store_on_invoice, Splits};
 
 /// Most assets one invoice may accept.

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
 use super::error::{InvoiceError, Result};
-use super::model::{load_views, InvoiceView};
+use super::model::InvoiceView;
+use super::view::load_views;
 use super::status::InvoiceStatus;
 
 /// Page size when none is asked for.

@@ -9,12 +9,14 @@ pub mod create;
 pub mod error;
 pub mod expire;
 pub mod list;
+#[macro_use]
 pub mod model;
 pub mod refund;
 pub mod resolve;
 pub mod split;
 pub mod store;
 pub mod unapplied;
+pub mod view;
 pub mod void;
 
 pub use apply::{apply_card_payment, apply_payment, orphan_payment, Applied, BlockRef, CardPayment, ObservedPayment};
@@ -24,7 +26,8 @@ pub use create::{create_invoice, create_invoice_with_splits, CreateInvoice, Invo
 pub use split::{CreatorShare, Splits};
 pub use error::{InvoiceError, Result};
 pub use expire::{expire_due, refresh};
-pub use model::{load_current_view, load_named_view, load_view, InvoiceView, PaymentOptionView, PaymentView};
+pub use model::{InvoiceView, PaymentOptionView, PaymentView};
+pub use view::{load_current_view, load_named_view, load_view};
 pub use refund::mark_refunded;
 pub use resolve::{apply_held_payment, invalidate_invoice, settle_invoice};
 pub use list::{list_invoices, InvoicePage, ListFilter, LIST_LIMIT_MAX};

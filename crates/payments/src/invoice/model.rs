@@ -8,7 +8,6 @@ use sqlx::{FromRow, PgConnection};
 use crate::money::Amount;
 
 use super::error::{InvoiceError, Result};
-use super::plan::{AppliedTo, PaymentStatus};
 use super::status::InvoiceStatus;
 pub use payrail_core::payment::InvoiceRow;
 
@@ -116,24 +115,24 @@ fn to_u32(column: &'static str, value: i32) -> Result<u32> {
 
 /// An `invoices` row as [`INVOICE_COLUMNS`] selects it.
 #[derive(sqlx::FromRow)]
-struct InvoiceRecord {
-    id: String,
-    merchant_id: String,
+pub(crate) struct InvoiceRecord {
+    pub(crate) id: String,
+    pub(crate) merchant_id: String,
     status: String,
     currency: String,
     amount_minor: String,
     underpayment_tolerance_bps: i32,
-    order_id: Option<String>,
-    metadata: serde_json::Value,
+    pub(crate) order_id: Option<String>,
+    pub(crate) metadata: serde_json::Value,
     expires_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    paid_at: Option<DateTime<Utc>>,
-    settled_at: Option<DateTime<Utc>>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) paid_at: Option<DateTime<Utc>>,
+    pub(crate) settled_at: Option<DateTime<Utc>>,
 }
 
 impl InvoiceRecord {
-    fn invoice(&self) -> Result<InvoiceRow> {
+    pub(crate) fn invoice(&self) -> Result<InvoiceRow> {
         let corrupt = |column, value: &str| InvoiceError::Corrupt { column, value: value.to_owned() };
         Ok(InvoiceRow {
             id: self.id.clone(),
@@ -149,23 +148,6 @@ impl InvoiceRecord {
 
 pub(crate) fn row_to_invoice(row: &sqlx::postgres::PgRow) -> Result<InvoiceRow> {
     InvoiceRecord::from_row(row)?.invoice()
-}
-
-/// A `payment_options` row as [`load_view`] selects it (as JSON).
-#[derive(serde::Deserialize)]
-struct OptionRecord {
-    asset: String,
-    chain: String,
-    decimals: i16,
-    amount_minor: String,
-    rate: String,
-    rate_source: String,
-    rate_at: DateTime<Utc>,
-    address: Option<String>,
-    symbol: String,
-    rate_sources: serde_json::Value,
-    amount_exact_minor: Option<String>,
-    display_decimals: Option<i16>,
 }
 
 /// A `payments` row, with its option's decimals, as [`load_view`] selects it (as JSON) and the
@@ -259,211 +241,6 @@ pub async fn load_payment_view(conn: &mut PgConnection, payment_id: &str) -> Res
     record.map(PaymentRecord::view).transpose()
 }
 
-/// Loads the whole view of an invoice. With `merchant_id`, another merchant's invoice is not found.
-pub async fn load_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &str) -> Result<InvoiceView> {
-    Ok(load_named_view(conn, merchant_id, id).await?.0)
-}
-
-/// [`load_view`], with the merchant's name (what the checkout shows as the payee).
-pub async fn load_named_view(conn: &mut PgConnection, merchant_id: Option<&str>, id: &str) -> Result<(InvoiceView, String)> {
-    let record: Option<ViewRecord> = sqlx::query_as(&view_query("id = $1 AND ($2::text IS NULL OR merchant_id = $2)"))
-        .bind(id)
-        .bind(merchant_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    record.ok_or_else(|| InvoiceError::NotFound { id: id.to_owned() })?.view()
-}
-
-/// [`load_named_view`] as of `now`: an open invoice past its expiry is expired first (what the
-/// expiry job would do a moment later), so no reader sees it open late. Only such an invoice costs
-/// more than the one query.
-pub async fn load_current_view(pool: &sqlx::PgPool, merchant_id: Option<&str>, id: &str, now: DateTime<Utc>) -> Result<(InvoiceView, String)> {
-    let loaded = {
-        let mut conn = pool.acquire().await?;
-        load_named_view(&mut conn, merchant_id, id).await?
-    };
-    if loaded.0.status != InvoiceStatus::Open || loaded.0.expires_at > now {
-        return Ok(loaded);
-    }
-    super::expire::refresh(pool, id, now).await?;
-    let mut conn = pool.acquire().await?;
-    load_named_view(&mut conn, merchant_id, id).await
-}
-
-/// The views of the merchant's invoices `ids`, in that order, in one query (a listed page).
-pub(crate) async fn load_views(conn: &mut PgConnection, merchant_id: &str, ids: &[String]) -> Result<Vec<InvoiceView>> {
-    let records: Vec<ViewRecord> = sqlx::query_as(&format!(
-        "{} ORDER BY array_position($1::text[], v.id)",
-        view_query("id = ANY($1) AND merchant_id = $2")
-    ))
-    .bind(ids)
-    .bind(merchant_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    records.into_iter().map(|r| Ok(r.view()?.0)).collect()
-}
-
-/// One statement reading the invoices `filter` selects (over `invoices` columns) with everything
-/// their views show — options, payments, the valuation's sums, splits, promo, merchant name — as
-/// JSON aggregates, so a view costs one round trip however many payments it has.
-fn view_query(filter: &str) -> String {
-    let confirmed = PaymentStatus::Confirmed.as_str();
-    let seen = PaymentStatus::Seen.as_str();
-    let to_invoice = AppliedTo::Invoice.as_str();
-    format!(
-        "SELECT v.*, \
-           (SELECT m.name FROM merchants m WHERE m.id = v.merchant_id) AS merchant_name, \
-           (SELECT pc.code FROM promo_codes pc WHERE pc.id = v.promo_id) AS promo_code, \
-           (SELECT coalesce(json_agg(json_build_object( \
-                'asset', o.asset, 'chain', o.chain, 'decimals', o.decimals, 'amount_minor', o.amount_minor::text, \
-                'rate', o.rate, 'rate_source', o.rate_source, 'rate_at', o.rate_at, 'address', o.address, \
-                'symbol', o.symbol, 'rate_sources', o.rate_sources, 'amount_exact_minor', o.amount_exact_minor::text, \
-                'display_decimals', o.display_decimals) ORDER BY o.position), '[]'::json) \
-              FROM payment_options o WHERE o.invoice_id = v.id) AS options, \
-           (SELECT coalesce(json_agg(pv ORDER BY pv.seen_at, pv.id), '[]'::json) FROM ( \
-                SELECT {columns} FROM payments p {join} \
-                 WHERE p.invoice_id = v.id OR p.applied_invoice_id = v.id) pv) AS payments, \
-           (SELECT coalesce(json_agg(json_build_object('asset', q.asset, 'quoted', q.quoted, 'confirmed', q.confirmed, \
-                                                       'pending', q.pending)), '[]'::json) FROM ( \
-                SELECT o.asset, o.amount_minor::text AS quoted, \
-                       coalesce(sum(p.amount_minor) FILTER (WHERE p.status = '{confirmed}'), 0)::text AS confirmed, \
-                       coalesce(sum(p.amount_minor) FILTER (WHERE p.status = '{seen}'), 0)::text AS pending \
-                  FROM payment_options o \
-                  LEFT JOIN payments p ON (p.invoice_id = o.invoice_id AND p.applied_invoice_id IS NULL \
-                                           OR p.applied_invoice_id = o.invoice_id) \
-                                          AND p.asset = o.asset AND p.applied_to = '{to_invoice}' \
-                 WHERE o.invoice_id = v.id GROUP BY o.asset, o.amount_minor) q) AS quote, \
-           (SELECT coalesce(json_agg(json_build_object('creator', s.creator_id, 'bps', s.bps) ORDER BY s.position), '[]'::json) \
-              FROM invoice_splits s WHERE s.invoice_id = v.id) AS splits \
-         FROM (SELECT {INVOICE_COLUMNS}, customer_id, promo_id, discount_minor::text AS discount_minor, platform_fee_bps \
-                 FROM invoices WHERE {filter}) v",
-        columns = payment_view_columns!(),
-        join = payment_option_join!(),
-    )
-}
-
-/// A row of [`view_query`].
-#[derive(sqlx::FromRow)]
-struct ViewRecord {
-    #[sqlx(flatten)]
-    invoice: InvoiceRecord,
-    customer_id: Option<String>,
-    discount_minor: String,
-    platform_fee_bps: i32,
-    merchant_name: String,
-    promo_code: Option<String>,
-    options: sqlx::types::Json<Vec<OptionRecord>>,
-    payments: sqlx::types::Json<Vec<PaymentRecord>>,
-    quote: sqlx::types::Json<Vec<QuotedRecord>>,
-    splits: sqlx::types::Json<Vec<SplitRecord>>,
-}
-
-/// One asset's quoted amount and the sums paid in it, as [`view_query`] reads them.
-#[derive(serde::Deserialize)]
-struct QuotedRecord {
-    asset: String,
-    quoted: String,
-    confirmed: String,
-    pending: String,
-}
-
-/// One creator's share, as [`view_query`] reads it.
-#[derive(serde::Deserialize)]
-struct SplitRecord {
-    creator: String,
-    bps: i32,
-}
-
-impl ViewRecord {
-    fn view(self) -> Result<(InvoiceView, String)> {
-        let record = self.invoice;
-        let invoice = record.invoice()?;
-        let minor_units = invoice.currency.minor_units();
-        let merchant_name = self.merchant_name;
-        let mut payment_options = Vec::with_capacity(self.options.0.len());
-        for o in self.options.0 {
-            let decimals = decimals_of(o.decimals)?;
-            let amount = parse_amount("amount_minor", &o.amount_minor)?;
-            // Options written before amounts were rounded for payers show every decimal, as quoted.
-            let shown = o.display_decimals.map(decimals_of).transpose()?.unwrap_or(decimals);
-            let uri = match (o.asset.parse::<crate::money::AssetId>(), o.address.as_deref()) {
-                (Ok(parsed), Some(deposit)) if parsed.chain().is_bip122() && parsed.is_native() => {
-                    // BIP21, labelled with the merchant's name so the wallet shows who is paid.
-                    Some(crate::chain::bitcoin::payment_uri(deposit, amount, Some(&merchant_name), Some(&format!("Invoice {}", invoice.id))))
-                }
-                (Ok(parsed), Some(deposit)) => deposit
-                    .parse::<alloy_primitives::Address>()
-                    .ok()
-                    .and_then(|deposit| crate::chain::evm::payment_uri(&parsed, &deposit, amount)),
-                _ => None,
-            };
-            payment_options.push(PaymentOptionView {
-                uri,
-                asset: o.asset,
-                chain: o.chain,
-                symbol: o.symbol,
-                decimals,
-                address: o.address,
-                amount: crate::money::display::display_string(amount, decimals, shown),
-                amount_minor: amount.to_string(),
-                amount_exact_minor: o.amount_exact_minor.unwrap_or_else(|| amount.to_string()),
-                display_decimals: shown,
-                rate: o.rate,
-                rate_source: o.rate_source,
-                rate_at: o.rate_at,
-                rate_sources: o.rate_sources,
-            });
-        }
-        let payments = self.payments.0.into_iter().map(PaymentRecord::view).collect::<Result<Vec<_>>>()?;
-        let mut assets = Vec::with_capacity(self.quote.0.len());
-        for q in self.quote.0 {
-            assets.push(super::plan::QuotedAsset {
-                asset: q.asset,
-                quoted: parse_amount("amount_minor", &q.quoted)?,
-                confirmed: parse_amount("amount_minor", &q.confirmed)?,
-                pending: parse_amount("amount_minor", &q.pending)?,
-            });
-        }
-        let (confirmed, _pending) = super::plan::Quote { assets, splits: None }.valuation(invoice.amount_minor)?;
-        let mut splits = Vec::with_capacity(self.splits.0.len());
-        for s in self.splits.0 {
-            splits.push(super::split::CreatorShare { creator: s.creator, bps: super::split::bps_of("invoice_splits.bps", s.bps)? });
-        }
-        let split = super::split::Splits { splits, platform_fee_bps: super::split::bps_of("invoices.platform_fee_bps", self.platform_fee_bps)? };
-        let discount = self
-            .promo_code
-            .as_ref()
-            .map(|_| parse_amount("discount_minor", &self.discount_minor).map(|d| d.to_decimal_string(minor_units)))
-            .transpose()?;
-        let view = InvoiceView {
-            customer: self.customer_id,
-            promo_code: self.promo_code,
-            discount,
-            id: record.id,
-            object: "invoice",
-            merchant_id: record.merchant_id,
-            status: invoice.status,
-            currency: invoice.currency.code().to_owned(),
-            amount: invoice.amount_minor.to_decimal_string(minor_units),
-            amount_minor: invoice.amount_minor.to_string(),
-            amount_paid: confirmed.to_decimal_string(minor_units),
-            amount_remaining: invoice.amount_minor.saturating_sub(confirmed).to_decimal_string(minor_units),
-            underpayment_tolerance_bps: invoice.tolerance_bps,
-            order_id: record.order_id,
-            metadata: record.metadata,
-            expires_at: invoice.expires_at,
-            created_at: record.created_at,
-            updated_at: record.updated_at,
-            paid_at: record.paid_at,
-            settled_at: record.settled_at,
-            payment_options,
-            payments,
-            split,
-        };
-        Ok((view, merchant_name))
-    }
-}
-
-fn decimals_of(value: i16) -> Result<u8> {
+pub(crate) fn decimals_of(value: i16) -> Result<u8> {
     u8::try_from(value).map_err(|_| InvoiceError::Corrupt { column: "decimals", value: value.to_string() })
 }

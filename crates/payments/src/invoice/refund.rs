@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::error::{InvoiceError, Result};
-use super::model::{load_view, row_to_invoice, INVOICE_COLUMNS};
+use super::model::{row_to_invoice, INVOICE_COLUMNS};
+use super::view::load_view;
 use super::status::InvoiceStatus;
 use crate::ledger::Ledger;
 

@@ -12,7 +12,8 @@ use sqlx::{PgConnection, PgPool};
 use crate::ledger::Ledger;
 
 use super::error::{InvoiceError, Result};
-use super::model::{load_view, InvoiceRow, InvoiceView};
+use super::model::{InvoiceRow, InvoiceView};
+use super::view::load_view;
 use super::plan::{AppliedTo, PaymentStatus, StoredPayment};
 use super::status::InvoiceStatus;
 use super::store;

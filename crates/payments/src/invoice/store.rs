@@ -11,8 +11,9 @@ use sqlx::{PgConnection, Row};
 use crate::ledger::Ledger;
 
 use super::error::{InvoiceError, Result};
+use super::view::load_view;
 use super::model::{
-    load_payment_view, load_view, parse_amount, row_to_invoice, InvoiceRow, PaymentRecord, INVOICE_COLUMNS, PAYMENT_VIEW_OF_P,
+    load_payment_view, parse_amount, row_to_invoice, InvoiceRow, PaymentRecord, INVOICE_COLUMNS, PAYMENT_VIEW_OF_P,
 };
 use super::plan::{
     self, AppliedTo, Judge, LedgerChange, PaymentChange, PaymentEvent, PaymentStatus, Quote, QuotedAsset, RowChange,

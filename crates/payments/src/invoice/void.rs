@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::error::{InvoiceError, Result};
-use super::model::{load_view, row_to_invoice, InvoiceView, INVOICE_COLUMNS};
+use super::model::{row_to_invoice, InvoiceView, INVOICE_COLUMNS};
+use super::view::load_view;
 use super::plan::PaymentStatus;
 use super::status::InvoiceStatus;
 
