@@ -39,6 +39,45 @@ pub struct PaymentOptionView {
     pub rate_sources: serde_json::Value,
 }
 
+/// An invoice's payment options: a list to read, serialized once — they never change, and polled
+/// views show them again and again.
+#[derive(Debug, Clone)]
+pub struct PaymentOptions {
+    list: std::sync::Arc<[PaymentOptionView]>,
+    json: std::sync::Arc<serde_json::value::RawValue>,
+}
+
+impl PaymentOptions {
+    pub fn new(list: Vec<PaymentOptionView>) -> Result<Self> {
+        let json = serde_json::value::to_raw_value(&list)
+            .map_err(|e| InvoiceError::Corrupt { column: "payment_options", value: e.to_string() })?;
+        Ok(Self { list: list.into(), json: json.into() })
+    }
+}
+
+impl std::ops::Deref for PaymentOptions {
+    type Target = [PaymentOptionView];
+
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
+impl<'a> IntoIterator for &'a PaymentOptions {
+    type Item = &'a PaymentOptionView;
+    type IntoIter = std::slice::Iter<'a, PaymentOptionView>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+impl Serialize for PaymentOptions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PaymentView {
     pub id: String,
@@ -91,7 +130,8 @@ pub struct InvoiceView {
     /// When the merchant accepted the invoice as paid although less (or another asset, or late)
     /// arrived (`POST /v1/invoices/{id}/settle`); null otherwise.
     pub settled_at: Option<DateTime<Utc>>,
-    pub payment_options: Vec<PaymentOptionView>,
+    #[schema(value_type = Vec<PaymentOptionView>)]
+    pub payment_options: PaymentOptions,
     pub payments: Vec<PaymentView>,
     /// How confirmed payments are shared: creators' basis points and the platform fee, fixed when
     /// the invoice was created.

@@ -7,7 +7,7 @@
 //! code and its discount (all written in the creating transaction) and the merchant's name. Their
 //! rendered form is kept per invoice ([`FIXED_VIEWS_MAX`] at most) and used while the invoice's
 //! option count is the one they were read with; the small statement reads the invoice row, its
-//! payments, their sums per asset and that count. Views read inside a transaction never use or
+//! payments and that count. Views read inside a transaction never use or
 //! fill the cache: they may see what is not committed.
 
 use std::collections::{HashMap, VecDeque};
@@ -19,7 +19,7 @@ use sqlx::PgConnection;
 use crate::money::Amount;
 
 use super::error::{InvoiceError, Result};
-use super::model::{decimals_of, parse_amount, InvoiceRecord, InvoiceView, PaymentOptionView, PaymentRecord, INVOICE_COLUMNS};
+use super::model::{decimals_of, parse_amount, InvoiceRecord, InvoiceView, PaymentOptionView, PaymentOptions, PaymentRecord, PaymentView, INVOICE_COLUMNS};
 use super::plan::{AppliedTo, PaymentStatus, Quote, QuotedAsset};
 use super::split::{bps_of, CreatorShare, Splits};
 use super::status::InvoiceStatus;
@@ -98,25 +98,14 @@ async fn load_whole(conn: &mut PgConnection, merchant_id: Option<&str>, id: &str
 }
 
 /// The statement reading what changes of the invoices `filter` selects: the row, its payments
-/// (as JSON), their sums per asset and the option count. `extra` adds columns over `v`.
+/// (as JSON) and the option count. `extra` adds columns over `v`.
 fn changing_query_with(filter: &str, extra: &str) -> String {
-    let confirmed = PaymentStatus::Confirmed.as_str();
-    let seen = PaymentStatus::Seen.as_str();
-    let to_invoice = AppliedTo::Invoice.as_str();
     format!(
         "SELECT v.*, \
            (SELECT count(*) FROM payment_options o WHERE o.invoice_id = v.id) AS options_count, \
            (SELECT coalesce(json_agg(pv ORDER BY pv.seen_at, pv.id), '[]'::json) FROM ( \
                 SELECT {columns} FROM payments p {join} \
-                 WHERE p.invoice_id = v.id OR p.applied_invoice_id = v.id) pv) AS payments, \
-           (SELECT coalesce(json_agg(json_build_object('asset', q.asset, 'confirmed', q.confirmed, 'pending', q.pending)), '[]'::json) \
-              FROM (SELECT p.asset, \
-                           coalesce(sum(p.amount_minor) FILTER (WHERE p.status = '{confirmed}'), 0)::text AS confirmed, \
-                           coalesce(sum(p.amount_minor) FILTER (WHERE p.status = '{seen}'), 0)::text AS pending \
-                      FROM payments p \
-                     WHERE (p.invoice_id = v.id AND p.applied_invoice_id IS NULL OR p.applied_invoice_id = v.id) \
-                       AND p.applied_to = '{to_invoice}' \
-                     GROUP BY p.asset) q) AS sums{extra} \
+                 WHERE p.invoice_id = v.id OR p.applied_invoice_id = v.id) pv) AS payments{extra} \
          FROM (SELECT {INVOICE_COLUMNS}, customer_id, promo_id, discount_minor::text AS discount_minor, platform_fee_bps \
                  FROM invoices WHERE {filter}) v",
         columns = payment_view_columns!(),
@@ -153,7 +142,6 @@ struct ChangingRecord {
     invoice: InvoiceRecord,
     options_count: i64,
     payments: sqlx::types::Json<Vec<PaymentRecord>>,
-    sums: sqlx::types::Json<Vec<SumRecord>>,
 }
 
 /// A row of [`whole_query`].
@@ -187,14 +175,6 @@ struct OptionRecord {
     display_decimals: Option<i16>,
 }
 
-/// Confirmed and pending sums of one asset's payments counting toward the invoice.
-#[derive(serde::Deserialize)]
-struct SumRecord {
-    asset: String,
-    confirmed: String,
-    pending: String,
-}
-
 /// One creator's share, as [`whole_query`] reads it.
 #[derive(serde::Deserialize)]
 struct SplitRecord {
@@ -205,7 +185,7 @@ struct SplitRecord {
 /// What an invoice's view shows that never changes (see the module documentation), rendered.
 #[derive(Debug)]
 struct FixedParts {
-    options: Vec<PaymentOptionView>,
+    options: PaymentOptions,
     /// Each option's asset and quoted amount, for the valuation.
     quoted: Vec<(String, Amount)>,
     options_count: i64,
@@ -268,7 +248,7 @@ impl WholeRecord {
             .map(|_| parse_amount("discount_minor", &self.discount_minor).map(|d| d.to_decimal_string(minor_units)))
             .transpose()?;
         let fixed = FixedParts {
-            options,
+            options: PaymentOptions::new(options)?,
             quoted,
             options_count: self.changing.options_count,
             split,
@@ -286,10 +266,7 @@ fn assemble(record: ChangingRecord, fixed: &FixedParts) -> Result<(InvoiceView, 
     let invoice = record.invoice.invoice()?;
     let minor_units = invoice.currency.minor_units();
     let payments = record.payments.0.into_iter().map(PaymentRecord::view).collect::<Result<Vec<_>>>()?;
-    let mut sums = HashMap::with_capacity(record.sums.0.len());
-    for s in record.sums.0 {
-        sums.insert(s.asset, (parse_amount("amount_minor", &s.confirmed)?, parse_amount("amount_minor", &s.pending)?));
-    }
+    let sums = sums(&record.invoice.id, &payments)?;
     let assets = fixed
         .quoted
         .iter()
@@ -326,6 +303,31 @@ fn assemble(record: ChangingRecord, fixed: &FixedParts) -> Result<(InvoiceView, 
         split: fixed.split.clone(),
     };
     Ok((view, fixed.merchant_name.clone()))
+}
+
+/// Confirmed and pending sums per asset of the payments that count toward invoice `id`: applied to
+/// it, sent for it and not applied elsewhere or applied to it from elsewhere — the rule
+/// `store::load_quote` writes in SQL for the payment path.
+fn sums(id: &str, payments: &[PaymentView]) -> Result<HashMap<String, (Amount, Amount)>> {
+    let mut sums: HashMap<String, (Amount, Amount)> = HashMap::new();
+    for p in payments {
+        let counts = p.applied_to == AppliedTo::Invoice.as_str()
+            && (p.invoice_id == id && p.applied_invoice_id.is_none() || p.applied_invoice_id.as_deref() == Some(id));
+        if !counts {
+            continue;
+        }
+        let amount = parse_amount("amount_minor", &p.amount_minor)?;
+        let (confirmed, pending) = sums.entry(p.asset.clone()).or_insert((Amount::ZERO, Amount::ZERO));
+        let total = if p.status == PaymentStatus::Confirmed.as_str() {
+            confirmed
+        } else if p.status == PaymentStatus::Seen.as_str() {
+            pending
+        } else {
+            continue;
+        };
+        *total = total.checked_add(amount).ok_or_else(|| InvoiceError::Corrupt { column: "amount_minor", value: format!("sum of {} payments", p.asset) })?;
+    }
+    Ok(sums)
 }
 
 /// The kept unchanging parts, by invoice id, with the order they were kept in (oldest first).
