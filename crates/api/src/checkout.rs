@@ -195,7 +195,9 @@ struct Checkout {
 }
 
 impl Checkout {
-    async fn load(state: &AppState, id: &str) -> Result<Self, CheckoutError> {
+    /// The invoice as the status shows it; `with_purchase` also reads what a credit pack purchase
+    /// buys (only the page shows it: polling skips that query).
+    async fn load(state: &AppState, id: &str, with_purchase: bool) -> Result<Self, CheckoutError> {
         if !crate::ids::is_id(id, "inv") {
             return Err(CheckoutError::NotFound);
         }
@@ -205,7 +207,7 @@ impl Checkout {
         let due: Amount = view.amount_minor.parse().map_err(|_| corrupt("amount_minor", &view.amount_minor))?;
         let paid = Amount::parse_decimal(&view.amount_paid, fiat.minor_units())
             .map_err(|_| corrupt("amount_paid", &view.amount_paid))?;
-        let purchase = purchase_lines(&state.pool, id, fiat).await?;
+        let purchase = if with_purchase { purchase_lines(&state.pool, id, fiat).await? } else { None };
         Ok(Self {
             purchase,
             state: PayerState::of(view.status, paid),
@@ -485,7 +487,7 @@ pub async fn page(
         return html(StatusCode::NOT_FOUND, &nonce, page::not_found(&nonce));
     };
     let asked = query.ok().and_then(|Query(q)| q.asset);
-    let rendered = match Checkout::load(&state, &id).await {
+    let rendered = match Checkout::load(&state, &id, true).await {
         Ok(checkout) => match render(&checkout, asked.as_deref(), &nonce) {
             Ok(body) => Ok(super::stripe::with_card(&state, &checkout.card_offer(), body).await),
             Err(error) => Err(error),
@@ -536,7 +538,7 @@ pub async fn status(
 /// The invoice's public status, worded for the option `asked` (what `/status` and the event
 /// stream answer).
 async fn public_status(state: &AppState, id: &str, asked: Option<&str>) -> Result<CheckoutStatus, CheckoutError> {
-    Checkout::load(state, id).await?.status(asked)
+    Checkout::load(state, id, false).await?.status(asked)
 }
 
 /// A public status that could not be read, as the JSON error the API answers.
