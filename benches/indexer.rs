@@ -476,7 +476,7 @@ async fn run(settings: Settings, database_url: String) -> Result<()> {
     let range = generate(&rig, &invoices, settings.batches).await?;
     let catch_up = catch_up(&rig, &range).await?;
     let peers = run_peers(&rig, &range).await;
-    breakdown(&rig, &range, catch_up.elapsed_us).await?;
+    breakdown(&rig, &range, catch_up.elapsed_us, &database_url).await?;
     let latency = latency(&rig).await?;
 
     // --- summary ---
@@ -1001,7 +1001,7 @@ async fn cryo(rig: &Rig, range: &Range, venv: &Path, scratch: &Path) -> Result<P
 // ---------------------------------------------------------------------------------------------
 // Step 4: where the catch-up time goes.
 
-async fn breakdown(rig: &Rig, range: &Range, catch_up_us: u64) -> Result<()> {
+async fn breakdown(rig: &Rig, range: &Range, catch_up_us: u64, database_url: &str) -> Result<()> {
     println!();
     println!("4. where payrail's catch-up time goes: the watcher's RPC patterns replayed alone over the range");
     let rpc = EvmClient::for_chain(&rig.spec)?;
@@ -1053,22 +1053,13 @@ async fn breakdown(rig: &Rig, range: &Range, catch_up_us: u64) -> Result<()> {
     let logs_us = micros(started.elapsed());
     ensure!(logs == range.watched_transfers, "eth_getLogs found {logs} watched transfers");
 
-    // The same catch-up with nothing to watch: the chain spec under another chain id matches no
-    // deposit address, so the ticks fetch and store blocks and move the cursor, and that is all.
-    let mut bare = rig.spec.clone();
-    bare.caip2 = "eip155:80002".parse().map_err(|e| anyhow!("chain id: {e}"))?;
-    bare.start_block = Some(range.first);
-    let watcher = rig.watcher(&bare)?;
-    let started = Instant::now();
-    loop {
-        match watcher.step().await? {
-            step if step.is_idle() => break,
-            ChainEvent::Committed { payments, .. } => ensure!(payments == 0, "payments seen with nothing watched"),
-            ChainEvent::Reorged { .. } | ChainEvent::Reverted { .. } => bail!("unexpected reorg"),
-        }
-        ensure!(started.elapsed() < Duration::from_secs(600), "the bare catch-up did not finish");
-    }
-    let bare_us = micros(started.elapsed());
+    // The same catch-up with nothing to watch: a watcher on a second, empty database (no invoice,
+    // no cursor) fetches and stores the blocks and moves its cursor, and that is all.
+    let bare_database = format!("payrail_bench_idx_bare_{}", std::process::id());
+    sqlx::query(&format!("CREATE DATABASE {bare_database}")).execute(&rig.state.pool).await?;
+    let bare = bare_catch_up(rig, range, &support::url_with_database(database_url, &bare_database)?).await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {bare_database} WITH (FORCE)")).execute(&rig.state.pool).await?;
+    let bare_us = bare?;
 
     let line = |label: &str, us: u64| {
         println!(
@@ -1094,6 +1085,27 @@ async fn breakdown(rig: &Rig, range: &Range, catch_up_us: u64) -> Result<()> {
         support::ms(payments_us / range.watched_transfers.max(1))
     );
     Ok(())
+}
+
+/// The catch-up over `range` by a watcher whose database (`url`, empty) watches nothing; its time.
+async fn bare_catch_up(rig: &Rig, range: &Range, url: &str) -> Result<u64> {
+    let pool = payrail::db::connect(url, 4).await?;
+    payrail::db::migrate(&pool).await?;
+    let mut spec = rig.spec.clone();
+    spec.start_block = Some(range.first);
+    let watcher = EvmWatcher::new(spec, pool.clone(), Arc::new(payrail::ledger::Ledger::new(pool.clone())), rig.state.rates.clone(), rig.state.clock.clone())?;
+    let started = Instant::now();
+    loop {
+        match watcher.step().await? {
+            step if step.is_idle() => break,
+            ChainEvent::Committed { payments, .. } => ensure!(payments == 0, "payments seen with nothing watched"),
+            ChainEvent::Reorged { .. } | ChainEvent::Reverted { .. } => bail!("unexpected reorg"),
+        }
+        ensure!(started.elapsed() < Duration::from_secs(600), "the bare catch-up did not finish");
+    }
+    let elapsed = micros(started.elapsed());
+    pool.close().await;
+    Ok(elapsed)
 }
 
 // ---------------------------------------------------------------------------------------------
