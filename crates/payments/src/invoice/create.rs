@@ -352,44 +352,50 @@ pub async fn create_invoice_with_splits(
             reason: format!("no asset this merchant can receive can be priced in {}", currency.code()),
         });
     }
-    for (position, (option, address)) in offered.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
-                                          rate_at, position, address, rate_sources, amount_exact_minor, display_decimals) \
-             VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, $11, $12, $13::numeric, $14)",
-        )
-        .bind(&id)
-        .bind(option.asset.to_string())
-        .bind(option.asset.chain().to_string())
-        .bind(&option.symbol)
-        .bind(i16::from(option.decimals))
-        .bind(option.amount.to_string())
-        .bind(&option.rate)
-        .bind(&option.source)
-        .bind(option.at)
-        .bind(i16::try_from(position).unwrap_or(i16::MAX))
-        .bind(address.as_deref())
-        .bind(&option.sources)
-        .bind(option.exact.to_string())
-        .bind(i16::from(option.shown))
-        .execute(&mut *tx)
-        .await?;
-    }
+    // One statement for all options and one for the deposit addresses, however many assets are
+    // offered: a round trip each, not one per row.
+    let column = |f: fn(&PricedOption) -> String| offered.iter().map(|(o, _)| f(o)).collect::<Vec<String>>();
+    let positions: Vec<i16> = (0..offered.len()).map(|p| i16::try_from(p).unwrap_or(i16::MAX)).collect();
+    sqlx::query(
+        "INSERT INTO payment_options (invoice_id, asset, chain, symbol, decimals, amount_minor, rate, rate_source, \
+                                      rate_at, position, address, rate_sources, amount_exact_minor, display_decimals) \
+         SELECT $1, asset, chain, symbol, decimals, amount::numeric, rate, rate_source, rate_at, position, address, \
+                rate_sources, exact::numeric, shown \
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::text[], \
+                       $9::timestamptz[], $10::int2[], $11::text[], $12::jsonb[], $13::text[], $14::int2[]) \
+                AS o(asset, chain, symbol, decimals, amount, rate, rate_source, rate_at, position, address, \
+                     rate_sources, exact, shown)",
+    )
+    .bind(&id)
+    .bind(column(|o| o.asset.to_string()))
+    .bind(column(|o| o.asset.chain().to_string()))
+    .bind(column(|o| o.symbol.clone()))
+    .bind(offered.iter().map(|(o, _)| i16::from(o.decimals)).collect::<Vec<i16>>())
+    .bind(column(|o| o.amount.to_string()))
+    .bind(column(|o| o.rate.clone()))
+    .bind(column(|o| o.source.clone()))
+    .bind(offered.iter().map(|(o, _)| o.at).collect::<Vec<DateTime<Utc>>>())
+    .bind(positions)
+    .bind(offered.iter().map(|(_, address)| address.clone()).collect::<Vec<Option<String>>>())
+    .bind(offered.iter().map(|(o, _)| o.sources.clone()).collect::<Vec<serde_json::Value>>())
+    .bind(column(|o| o.exact.to_string()))
+    .bind(offered.iter().map(|(o, _)| i16::from(o.shown)).collect::<Vec<i16>>())
+    .execute(&mut *tx)
+    .await?;
     let mut deposits: Vec<(String, String)> = offered
         .iter()
         .filter_map(|(o, address)| address.as_ref().map(|a| (o.asset.chain().to_string(), a.to_lowercase())))
         .collect();
     deposits.sort();
     deposits.dedup();
-    for (chain, address) in deposits {
-        // The primary key refuses an address that already belongs to another invoice.
-        sqlx::query("INSERT INTO deposit_addresses (chain, address, invoice_id) VALUES ($1, $2, $3)")
-            .bind(chain)
-            .bind(address)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-    }
+    let (chains, addresses): (Vec<String>, Vec<String>) = deposits.into_iter().unzip();
+    // The primary key refuses an address that already belongs to another invoice.
+    sqlx::query("INSERT INTO deposit_addresses (chain, address, invoice_id) SELECT chain, address, $3 FROM unnest($1::text[], $2::text[]) AS d(chain, address)")
+        .bind(chains)
+        .bind(addresses)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
     let view = load_view(&mut tx, Some(merchant_id), &id).await?;
     crate::webhook::emit(&mut tx, merchant_id, "invoice.created", &id, &view, now).await?;
     tx.commit().await?;

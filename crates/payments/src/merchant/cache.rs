@@ -30,8 +30,10 @@ pub const CHANNEL: &str = "payrail_api_keys";
 pub const CACHED_FOR: Duration = Duration::from_secs(10);
 /// Most keys held; beyond it the oldest half is dropped.
 pub const KEYS_CACHED_MAX: usize = 50_000;
-/// How long to wait before listening again after the connection failed.
+/// How long to wait before listening again after the connection failed, doubled after each
+/// failure in a row up to [`RELISTEN_AFTER_MAX`].
 const RELISTEN_AFTER: Duration = Duration::from_secs(1);
+const RELISTEN_AFTER_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct Entry {
@@ -147,18 +149,31 @@ impl KeyCache {
     /// Listens for key changes for as long as the daemon runs, on a connection of its own (not one
     /// of the pool's, which requests need).
     async fn listen(self: Arc<Self>) {
+        let mut wait = RELISTEN_AFTER;
         loop {
-            match self.listen_once().await {
-                Ok(()) => {}
-                Err(error) => tracing::warn!(target: "api", %error, "api keys: not hearing key changes; asking the database on every request"),
-            }
-            self.listening.store(false, Ordering::SeqCst);
+            let error = self.listen_once().await;
+            let was_listening = self.listening.swap(false, Ordering::SeqCst);
             self.forget_all();
-            tokio::time::sleep(RELISTEN_AFTER).await;
+            if was_listening {
+                tracing::warn!(target: "api", %error, "api keys: not hearing key changes; asking the database on every request");
+                wait = RELISTEN_AFTER;
+            } else {
+                tracing::debug!(target: "api", %error, "api keys: cannot listen for key changes yet");
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RELISTEN_AFTER_MAX);
         }
     }
 
-    async fn listen_once(&self) -> Result<(), sqlx::Error> {
+    /// Listens until the connection fails for good; returns why.
+    async fn listen_once(&self) -> sqlx::Error {
+        match self.hear().await {
+            Ok(never) => match never {},
+            Err(error) => error,
+        }
+    }
+
+    async fn hear(&self) -> Result<std::convert::Infallible, sqlx::Error> {
         let options = (*self.pool.connect_options()).clone();
         let own = PgPoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None).connect_lazy_with(options);
         let mut listener = PgListener::connect_with(&own).await?;
@@ -167,6 +182,7 @@ impl KeyCache {
         // Whatever changed before LISTEN took effect may have been cached: start afresh.
         self.forget_all();
         self.listening.store(true, Ordering::SeqCst);
+        tracing::info!(target: "api", "api keys: hearing key changes; verified keys are kept in memory");
         loop {
             match listener.try_recv().await? {
                 Some(notification) => self.forget(notification.payload()),

@@ -95,8 +95,15 @@ impl KeyRateLimit {
         Ok(self)
     }
 
+    /// The rate the two columns hold: both set, or none.
+    pub(crate) fn from_columns(requests_per_s: Option<i32>, burst: Option<i32>) -> Option<Self> {
+        let requests_per_s = u32::try_from(requests_per_s?).ok()?;
+        let burst = u32::try_from(burst?).ok()?;
+        Some(Self { requests_per_s, burst })
+    }
+
     /// The two columns: both set, or both NULL.
-    fn columns(limit: Option<Self>) -> (Option<i32>, Option<i32>) {
+    pub(crate) fn columns(limit: Option<Self>) -> (Option<i32>, Option<i32>) {
         match limit {
             Some(l) => (i32::try_from(l.requests_per_s).ok(), i32::try_from(l.burst).ok()),
             None => (None, None),
@@ -179,10 +186,7 @@ const KEY_COLUMNS: &str =
 
 fn view(row: KeyRow) -> KeyView {
     let (id, role, name, read_only, creator_id, created_at, last_used_at, expires_at, revoked_at, rotated_to, per_s, burst) = row;
-    let rate_limit = match (per_s.and_then(|r| u32::try_from(r).ok()), burst.and_then(|b| u32::try_from(b).ok())) {
-        (Some(requests_per_s), Some(burst)) => Some(KeyRateLimit { requests_per_s, burst }),
-        _ => None,
-    };
+    let rate_limit = KeyRateLimit::from_columns(per_s, burst);
     KeyView { id, object: "api_key", role, name, read_only, creator_id, created_at, last_used_at, expires_at, revoked_at, rotated_to, rate_limit }
 }
 

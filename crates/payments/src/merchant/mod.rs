@@ -163,8 +163,8 @@ pub(crate) async fn insert_key(conn: &mut sqlx::PgConnection, spec: &KeySpec<'_>
     .bind(spec.creator_id)
     .bind(spec.name)
     .bind(spec.read_only)
-    .bind(spec.rate_limit.and_then(|l| i32::try_from(l.requests_per_s).ok()))
-    .bind(spec.rate_limit.and_then(|l| i32::try_from(l.burst).ok()))
+    .bind(keys::KeyRateLimit::columns(spec.rate_limit).0)
+    .bind(keys::KeyRateLimit::columns(spec.rate_limit).1)
     .execute(conn)
     .await?;
     let public = key_id.trim_start_matches("key_");
@@ -234,10 +234,7 @@ impl StoredKey {
         if self.expires_at.is_some_and(|at| at <= now) {
             return None;
         }
-        let rate_limit = match (self.requests_per_s.and_then(|r| u32::try_from(r).ok()), self.burst.and_then(|b| u32::try_from(b).ok())) {
-            (Some(requests_per_s), Some(burst)) => Some(keys::KeyRateLimit { requests_per_s, burst }),
-            _ => None,
-        };
+        let rate_limit = keys::KeyRateLimit::from_columns(self.requests_per_s, self.burst);
         Role::parse(&self.role).map(|role| Principal {
             key_id: key_id.to_owned(),
             role,
