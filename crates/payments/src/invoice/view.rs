@@ -55,7 +55,7 @@ pub async fn load_current_view(pool: &sqlx::PgPool, merchant_id: Option<&str>, i
 async fn load_polled(pool: &sqlx::PgPool, merchant_id: Option<&str>, id: &str) -> Result<(InvoiceView, String)> {
     let mut conn = pool.acquire().await?;
     if let Some(fixed) = cached(id) {
-        let record: Option<ChangingRecord> = sqlx::query_as(&changing_query(FILTER_ONE))
+        let record: Option<ChangingRecord> = sqlx::query_as(one_query(&CHANGING_ONE, changing_query))
             .bind(id)
             .bind(merchant_id)
             .fetch_optional(&mut *conn)
@@ -91,9 +91,17 @@ pub(crate) async fn load_views(conn: &mut PgConnection, merchant_id: &str, ids: 
 
 const FILTER_ONE: &str = "id = $1 AND ($2::text IS NULL OR merchant_id = $2)";
 
+/// The one-invoice statements, written once rather than formatted on every request.
+static CHANGING_ONE: OnceLock<String> = OnceLock::new();
+static WHOLE_ONE: OnceLock<String> = OnceLock::new();
+
+fn one_query(cell: &'static OnceLock<String>, build: fn(&str) -> String) -> &'static str {
+    cell.get_or_init(|| build(FILTER_ONE))
+}
+
 async fn load_whole(conn: &mut PgConnection, merchant_id: Option<&str>, id: &str) -> Result<(ChangingRecord, Arc<FixedParts>)> {
     let record: Option<WholeRecord> =
-        sqlx::query_as(&whole_query(FILTER_ONE)).bind(id).bind(merchant_id).fetch_optional(&mut *conn).await?;
+        sqlx::query_as(one_query(&WHOLE_ONE, whole_query)).bind(id).bind(merchant_id).fetch_optional(&mut *conn).await?;
     record.ok_or_else(|| InvoiceError::NotFound { id: id.to_owned() })?.split()
 }
 
