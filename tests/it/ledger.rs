@@ -144,8 +144,8 @@ async fn postings_cannot_be_added_to_a_committed_entry(pool: PgPool) {
     let a = ledger.account_id(&mut conn, &chain_account(), true).await.expect("account");
     let b = ledger.account_id(&mut conn, &AccountCode::platform_fees(), true).await.expect("account");
     drop(conn);
-    // Even a balanced pair is refused: a committed entry is closed (its transaction id no longer
-    // matches the posting's, so the foreign key finds no entry).
+    // Even a balanced pair is refused: a committed entry is closed (it was created by another
+    // transaction), also when the posting claims that transaction's id as its own.
     let err = sqlx::query("INSERT INTO postings (entry_id, account_id, asset, amount) VALUES ($1, $2, 'iso4217:USD', 1), ($1, $3, 'iso4217:USD', -1)")
         .bind(posted.entry_id)
         .bind(a)
@@ -153,8 +153,28 @@ async fn postings_cannot_be_added_to_a_committed_entry(pool: PgPool) {
         .execute(&pool)
         .await
         .expect_err("closed entry");
-    let db = err.as_database_error().expect("database error");
-    assert_eq!(db.constraint(), Some("postings_entry_id_entry_tx_fkey"), "{err}");
+    assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("PRL01"), "{err}");
+    let err = sqlx::query(
+        "INSERT INTO postings (entry_id, entry_tx, account_id, asset, amount) \
+         SELECT $1, tx, $2, 'iso4217:USD', 1 FROM journal_entries WHERE id = $1 \
+         UNION ALL SELECT $1, tx, $3, 'iso4217:USD', -1 FROM journal_entries WHERE id = $1",
+    )
+    .bind(posted.entry_id)
+    .bind(a)
+    .bind(b)
+    .execute(&pool)
+    .await
+    .expect_err("closed entry, its transaction id forged");
+    assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("PRL01"), "{err}");
+    let err = sqlx::query("INSERT INTO postings (entry_id, account_id, asset, amount) VALUES (-1, $1, 'iso4217:USD', 1), (-1, $2, 'iso4217:USD', -1)")
+        .bind(a)
+        .bind(b)
+        .execute(&pool)
+        .await
+        .expect_err("unknown entry");
+    assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("PRL01"), "{err}");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM postings").fetch_one(&pool).await.expect("count");
+    assert_eq!(n, 2, "only the first entry's postings");
 
     // Within one transaction, a posting after the entries were checked is refused too.
     let mut tx = pool.begin().await.expect("begin");
@@ -179,6 +199,61 @@ async fn postings_cannot_be_added_to_a_committed_entry(pool: PgPool) {
         .await
         .expect_err("posting after the check");
     assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("PRL01"), "{err}");
+}
+
+/// Balance rows move by each account's net over the statement: a guarded account drawn down
+/// beside other accounts' credits, and a guarded account debited and credited by one entry, whose
+/// net is what must stay non-negative. A posting to an account that does not exist is refused.
+#[sqlx::test]
+async fn balances_move_by_each_accounts_net_and_unknown_accounts_are_refused(pool: PgPool) {
+    let ledger = Ledger::new(pool.clone());
+    let a = AccountCode::merchant("mer_a");
+    let b = AccountCode::merchant("mer_b");
+    ledger.post_now(&transfer("fund", chain_account(), a.clone(), USD, 10)).await.expect("fund");
+    // a pays 4 out of 10: drawn down beside b's and the fees' credits, in one statement.
+    let split = NewEntry::new("split", "test")
+        .debit(a.clone(), USD, amount(4))
+        .credit(b.clone(), USD, amount(3))
+        .credit(AccountCode::platform_fees(), USD, amount(1));
+    ledger.post_now(&split).await.expect("split");
+    // a is debited 9 and credited 5 by one entry: its net, -4, leaves it at 2 (6 before).
+    let churn = NewEntry::new("churn", "test")
+        .debit(a.clone(), USD, amount(9))
+        .credit(a.clone(), USD, amount(5))
+        .credit(b.clone(), USD, amount(4));
+    ledger.post_now(&churn).await.expect("churn");
+    // The same with a net of -3 from 2 would go negative: refused, nothing written.
+    let over = NewEntry::new("over", "test")
+        .debit(a.clone(), USD, amount(8))
+        .credit(a.clone(), USD, amount(5))
+        .credit(b.clone(), USD, amount(3));
+    let err = ledger.post_now(&over).await.expect_err("overdraft by net");
+    assert!(matches!(err, LedgerError::InsufficientBalance { .. }), "{err:?}");
+    let mut conn = pool.acquire().await.expect("conn");
+    assert_eq!(ledger.balance(&mut conn, &a, USD).await.expect("a"), SignedAmount::positive(amount(2)));
+    assert_eq!(ledger.balance(&mut conn, &b, USD).await.expect("b"), SignedAmount::positive(amount(7)));
+    assert_eq!(
+        ledger.balance(&mut conn, &AccountCode::platform_fees(), USD).await.expect("fees"),
+        SignedAmount::positive(amount(1))
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&pool).await.expect("count");
+    assert_eq!(rows, 3);
+
+    let known = ledger.account_id(&mut conn, &chain_account(), true).await.expect("account");
+    let mut tx = pool.begin().await.expect("begin");
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO journal_entries (idempotency_key, fingerprint, kind) VALUES ('ghost', decode(repeat('00', 32), 'hex'), 'raw') RETURNING id",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("entry");
+    let err = sqlx::query("INSERT INTO postings (entry_id, account_id, asset, amount) VALUES ($1, $2, 'iso4217:USD', 1), ($1, -7, 'iso4217:USD', -1)")
+        .bind(id)
+        .bind(known)
+        .execute(&mut *tx)
+        .await
+        .expect_err("unknown account");
+    assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("PRL05"), "{err}");
 }
 
 #[sqlx::test]
