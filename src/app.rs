@@ -68,6 +68,8 @@ pub enum AppError {
     SealedWithoutKey { count: i64 },
     #[error("cannot bring webhook signing secrets in line with the secrets key: {0}")]
     Secrets(#[source] crate::webhook::WebhookError),
+    #[error("[database] read_url {url}: {source}")]
+    ReadReplica { url: String, source: crate::db::DbError },
 }
 
 /// Decides how webhook signing secrets are kept, before anything serves, and brings the stored
@@ -152,6 +154,7 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
     AppState {
         keys,
         ledger,
+        read_pool: pool.clone(),
         pool,
         catalog: Arc::new(catalog(config)),
         rates,
@@ -175,6 +178,19 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
         card: card_rail(config),
         rail_health: crate::chain::health::shared(),
     }
+}
+
+/// The pool on `[database] read_url`, when one is set.
+pub fn read_pool(config: &Config) -> Result<Option<PgPool>, AppError> {
+    let Some(url) = &config.database.read_url else {
+        return Ok(None);
+    };
+    let pool = crate::db::connect_lazy(url, config.database.read_pool_max()).map_err(|source| AppError::ReadReplica {
+        url: config.database.read_url_redacted().unwrap_or_default(),
+        source,
+    })?;
+    tracing::info!(target: "db", url = %config.database.read_url_redacted().unwrap_or_default(), "exports and statements read from the replica");
+    Ok(Some(pool))
 }
 
 /// The card rail when Stripe is configured; a rail that cannot be built is logged and left off.
@@ -229,6 +245,7 @@ pub async fn serve(
         Err(error) => tracing::warn!(target: "clock", %error, "database clock not read yet; starting from this host's"),
     }
     let mut state = state(config, pool.clone(), clock.clone(), webhook_secrets);
+    state.read_pool = read_pool(config)?.unwrap_or_else(|| pool.clone());
     if !watch_chains {
         // No chain is followed (`payrail dev --no-chains`): nothing can be paid out, and the payout
         // and settlement endpoints say so instead of waiting on nodes that are not there.

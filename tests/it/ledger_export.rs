@@ -421,3 +421,78 @@ async fn only_finance_and_admin_keys_read_exports_and_bad_queries_are_refused(po
         assert_eq!((got, body["error"]["code"].as_str()), (status, Some("parameter_invalid")), "{path}: {body}");
     }
 }
+
+/// With `[database] read_url` set, exports and the trial balance read from the replica while keys,
+/// writes and everything else stay on the primary; a replica that cannot be reached costs those
+/// reads a 503, not the daemon. The replica here is a second database holding other entries, so a
+/// read that went to the wrong side shows.
+#[sqlx::test]
+async fn exports_read_from_the_replica_and_nothing_else_does(pool: PgPool) {
+    // Test databases' names are as long as PostgreSQL allows: a name of its own, not a suffix.
+    let replica_name = format!("payrail_replica_{}", std::process::id());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {replica_name}")).execute(&pool).await.expect("drop old replica");
+    sqlx::query(&format!("CREATE DATABASE {replica_name}")).execute(&pool).await.expect("create replica");
+    let replica_options = (*pool.connect_options()).clone().database(&replica_name);
+    let replica = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(replica_options.clone()).await.expect("replica");
+    payrail::db::migrate(&replica).await.expect("replica schema");
+    let replica_ledger = payrail::ledger::Ledger::new(replica.clone());
+    let only_on_replica = replica_ledger
+        .post_now(&transfer("replica-only", chain(), AccountCode::merchant("mer_r"), USDC_POLYGON, 77))
+        .await
+        .expect("replica entry")
+        .entry_id;
+
+    // The pool the daemon builds from the configuration.
+    let url = format!(
+        "postgres://{}@{}:{}/{replica_name}",
+        replica_options.get_username(),
+        replica_options.get_host(),
+        replica_options.get_port()
+    );
+    let mut config = crate::common::repo_config();
+    config.database.read_url = Some(url);
+    let read_pool = payrail::app::read_pool(&config).expect("read pool").expect("read_url is set");
+
+    let server = Rig {
+        server: Server::start_with(pool.clone(), |state| state.read_pool = read_pool).await,
+        finance: create_platform_key(&pool, Role::Finance).await.expect("finance key on the primary"),
+    };
+    let primary_entry = server
+        .state
+        .ledger
+        .post_now(&transfer("primary-only", chain(), AccountCode::merchant("mer_p"), USDC_POLYGON, 5))
+        .await
+        .expect("primary entry")
+        .entry_id;
+    let all = server.ok("/v1/ledger/entries").await;
+    let ids: Vec<i64> = all["data"].as_array().expect("data").iter().map(|e| e["id"].as_i64().expect("id")).collect();
+    assert_eq!(ids, vec![only_on_replica], "{all}");
+    assert_eq!(all["data"][0]["idempotency_key"], "replica-only", "{all}");
+    let balance = server.ok("/v1/ledger/trial_balance").await;
+    let text = balance.to_string();
+    assert!(text.contains("liabilities:merchant:mer_r") && !text.contains("liabilities:merchant:mer_p"), "{text}");
+    // The key was only ever on the primary, and the primary entry is there.
+    let on_primary: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries WHERE id = $1 AND idempotency_key = 'primary-only'")
+        .bind(primary_entry)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(on_primary, 1);
+    replica.close().await;
+    drop(server);
+
+    // A replica nobody answers on: the exports say so, the rest of the API does not notice.
+    let mut config = crate::common::repo_config();
+    config.database.read_url = Some("postgres://postgres@127.0.0.1:1/payrail".to_owned());
+    let dead = payrail::app::read_pool(&config).expect("a lazy pool is built").expect("read_url is set");
+    let server = Rig {
+        server: Server::start_with(pool.clone(), |state| state.read_pool = dead).await,
+        finance: create_platform_key(&pool, Role::Finance).await.expect("finance key"),
+    };
+    let (status, body) = server.json(Some(&server.finance), "/v1/ledger/entries").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, body) = server.json(Some(&server.finance), "/v1/reconciliation").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    drop(server);
+    sqlx::query(&format!("DROP DATABASE {replica_name} WITH (FORCE)")).execute(&pool).await.expect("drop replica");
+}

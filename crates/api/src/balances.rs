@@ -196,7 +196,7 @@ pub async fn transactions(
     let asked = statements::asked(query)?;
     let accounts = [AccountCode::merchant(&auth.merchant_id), AccountCode::unapplied(&auth.merchant_id)];
     let (lines, has_more) =
-        payrail_store::ledger::statement(&state.pool, &accounts, asked.range).await.map_err(ApiError::ledger)?;
+        payrail_store::ledger::statement(&state.read_pool, &accounts, asked.range).await.map_err(ApiError::ledger)?;
     if asked.csv {
         return Ok(statements::csv_page(payrail_store::ledger::statement_csv(&lines, true), has_more));
     }

@@ -147,7 +147,7 @@ pub async fn statement(
     query: Result<Query<StatementQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let asked = statements::asked(query)?;
-    let (lines, has_more) = creator::statement(&state.pool, &auth.creator_id, asked.range).await?;
+    let (lines, has_more) = creator::statement(&state.read_pool, &auth.creator_id, asked.range).await?;
     if asked.csv {
         return Ok(statements::csv_page(creator::statement_csv(&lines), has_more));
     }

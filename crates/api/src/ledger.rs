@@ -110,7 +110,7 @@ pub async fn entries(
         limit: query.limit.unwrap_or(export::ENTRIES_LIMIT_DEFAULT),
         before: query.before,
     };
-    let data = export::entries(&state.pool, &filter).await?;
+    let data = export::entries(&state.read_pool, &filter).await?;
     let next_before = export::next_before(&data, filter.limit);
     match format {
         Format::Json => Ok(Json(EntryList { data, next_before }).into_response()),
@@ -150,7 +150,7 @@ pub async fn trial_balance(
     let Query(query) = query.map_err(bad_query)?;
     let format = format_param(query.format.as_deref())?;
     let at = super::time_param("at", query.at.as_deref())?;
-    let balance = export::trial_balance(&state.pool, at).await?;
+    let balance = export::trial_balance(&state.read_pool, at).await?;
     if !balance.balanced() {
         // The database refuses unbalanced entries, so this is a broken invariant, not a client error.
         tracing::error!(target: "api::ledger", ?at, "trial balance does not balance");

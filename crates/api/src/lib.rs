@@ -59,6 +59,9 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// For reads that may lag the primary a moment (`[database] read_url`): ledger exports, the
+    /// trial balance, merchant and creator statements. The primary's pool when no replica is set.
+    pub read_pool: PgPool,
     pub ledger: Arc<Ledger>,
     pub catalog: Arc<AssetCatalog>,
     pub rates: Arc<dyn RateSource>,

@@ -158,6 +158,14 @@ pub struct DatabaseConfig {
     /// Connection URL; may hold a password, so never log it: use [`Self::url_redacted`].
     pub url: String,
     pub pool_max: u32,
+    /// A read replica for reads that may lag the primary by a moment: ledger exports, statements,
+    /// the trial balance, reconciliation reports. Unset, they read from `url`. Never used for
+    /// anything that writes or decides.
+    #[serde(default)]
+    pub read_url: Option<String>,
+    /// Connections to `read_url` (default: `pool_max`).
+    #[serde(default)]
+    pub read_pool_max: Option<u32>,
 }
 
 impl DatabaseConfig {
@@ -166,14 +174,31 @@ impl DatabaseConfig {
         url::redact_password(&self.url)
     }
 
+    /// `read_url` with its password masked.
+    pub fn read_url_redacted(&self) -> Option<String> {
+        self.read_url.as_deref().map(url::redact_password)
+    }
+
+    /// How many connections the read pool may open.
+    pub fn read_pool_max(&self) -> u32 {
+        self.read_pool_max.unwrap_or(self.pool_max)
+    }
+
     pub(crate) fn check(self) -> Result<Self, InvalidKey> {
         url::check(&self.url, &["postgres", "postgresql"], false)
             .map_err(|message| InvalidKey::new("url", message))?;
+        if let Some(read_url) = &self.read_url {
+            url::check(read_url, &["postgres", "postgresql"], false)
+                .map_err(|message| InvalidKey::new("read_url", message))?;
+        }
         in_range(
             "pool_max",
             u64::from(self.pool_max),
             u64::from(POOL_MAX_LIMIT),
         )?;
+        if let Some(read_pool_max) = self.read_pool_max {
+            in_range("read_pool_max", u64::from(read_pool_max), u64::from(POOL_MAX_LIMIT))?;
+        }
         Ok(self)
     }
 }
@@ -183,6 +208,8 @@ impl fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &self.url_redacted())
             .field("pool_max", &self.pool_max)
+            .field("read_url", &self.read_url_redacted())
+            .field("read_pool_max", &self.read_pool_max)
             .finish()
     }
 }
@@ -958,10 +985,14 @@ mod tests {
         let db = DatabaseConfig {
             url: "postgres://app:hunter2@db/payrail".to_owned(),
             pool_max: 4,
+            read_url: Some("postgres://app:swordfish@replica/payrail".to_owned()),
+            read_pool_max: None,
         };
         let debug = format!("{db:?}");
-        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("hunter2") && !debug.contains("swordfish"), "{debug}");
         assert!(debug.contains("app:***@db/payrail"), "{debug}");
+        assert!(debug.contains("app:***@replica/payrail"), "{debug}");
+        assert_eq!(db.read_pool_max(), 4);
     }
 
     #[test]
@@ -969,9 +1000,20 @@ mod tests {
         let db = DatabaseConfig {
             url: "mysql://app:hunter2@db/payrail".to_owned(),
             pool_max: 4,
+            read_url: None,
+            read_pool_max: None,
         };
         let message = db.check().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.starts_with("key url:"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let db = DatabaseConfig {
+            url: "postgres://app@db/payrail".to_owned(),
+            pool_max: 4,
+            read_url: Some("mysql://app:hunter2@replica/payrail".to_owned()),
+            read_pool_max: None,
+        };
+        let message = db.check().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.starts_with("key read_url:"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
     }
 

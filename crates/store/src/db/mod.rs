@@ -50,6 +50,16 @@ pub async fn connect_with(options: PgConnectOptions, pool_max: u32) -> Result<Pg
         .map_err(DbError::Connect)
 }
 
+/// A pool on a read replica (`[database] read_url`) that connects on first use: a replica that is
+/// down when the daemon starts costs the reads sent to it (answered 503), not the daemon.
+pub fn connect_lazy(url: &str, pool_max: u32) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions = url.parse().map_err(DbError::Url)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(pool_max)
+        .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+        .connect_lazy_with(options))
+}
+
 /// Applies every migration not yet applied; migrations are forward-only.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
