@@ -1,32 +1,39 @@
-//! Ledger throughput against its own ceiling.
+//! Ledger throughput against its own ceiling and against a peer.
 //!
 //! What is measured: committed journal entries per second through [`Ledger::post_now`], the path
 //! every payment takes. Each call validates the entry, resolves its accounts (from the ledger's
 //! cache, warmed before measuring, as in a long-running daemon), and writes the entry and its
-//! postings in one transaction with every database invariant on: the append-only triggers, the
-//! posting trigger that moves balance rows (and guards accounts that may not go negative), and the
-//! deferred sum-to-zero and has-postings checks that run at commit.
+//! postings in one autocommit statement with every database invariant on: the append-only
+//! triggers, the statement trigger that checks the postings and moves balance rows (and guards
+//! accounts that may not go negative), and the deferred sum-to-zero and has-postings check that runs
+//! at commit.
 //!
 //! Scenarios: {2, 4} postings per entry × {1, 16} concurrent writers (one tokio task each, on a
-//! pool of writers + 2 connections) × {hot, spread} accounts. Hot entries all credit the same
-//! merchant(s), whose single, guarded balance row every writer must lock until it commits; spread
-//! entries credit merchants picked at random from 1,000. Both debit the chain's asset account and
-//! (with four postings) credit platform fees, which are sharded so concurrent writers do not queue
-//! on them. Merchants are only ever credited, so no guarded balance can go negative, and every
-//! account and merchant balance row exists before measuring (created and funded through the ledger
+//! pool of writers + 2 connections) × {hot1, hot16, spread} accounts. Hot entries all credit the
+//! same merchant(s), whose guarded balance is one row (`hot1`: every writer must lock that row
+//! until it commits) or 16 rows (`hot16`, how the ledger keeps every account); spread entries
+//! credit merchants picked at random from 1,000. All debit the chain's asset account and (with four
+//! postings) credit platform fees, both kept on 16 rows so concurrent writers do not queue on
+//! them. Merchants are only ever credited, so no guarded balance can go negative, and every account
+//! and merchant balance row exists before measuring (created and funded through the ledger
 //! itself), so the steady state is measured, not first-use inserts.
 //!
-//! The ceiling: the same writers, on a pool of the same size, against the same server in the same
-//! database, run one transaction per entry with the same statement shape (`BEGIN`; one
-//! `WITH e AS (INSERT … RETURNING id) INSERT INTO … SELECT … FROM e, unnest(…)`; `COMMIT`) and the
-//! same parameters (key, kind, account ids, assets, amounts), into two plain tables with no
-//! triggers, constraints, foreign keys or secondary indexes. Both pay the same round trips, the same
-//! prepared-statement handling and the same WAL flush at commit, so what separates them is exactly
-//! what the ledger adds: validation and fingerprinting in the daemon, the checks, indexes and
-//! balance rows in the database, and the waiting on row locks those imply. Each ceiling is measured right after its ledger scenario, so a machine whose load
-//! drifts during the run still compares like with like. When `pgbench` is installed, it runs the
-//! same transaction from C with the same client counts as a second ceiling figure, showing
-//! whether the Rust client itself limits the first one.
+//! The ceiling ("plain"): the same writers, on a pool of the same size, against the same server in
+//! the same database, each entry one autocommit statement doing the same work in the same round
+//! trip — insert the entry row, insert its postings, add each account's amount to one of its
+//! balance rows (the same number of rows per account as the ledger keeps, picked at random the same
+//! way) — into plain tables with no triggers, constraints, foreign keys or secondary indexes (the
+//! balance rows' primary key stays: the upsert needs it). What separates the two is exactly what the
+//! ledger adds: validation and fingerprinting in the daemon, the checks, indexes and the guard in
+//! the database. Each ceiling is measured right after its ledger scenario, so a machine whose load
+//! drifts during the run still compares like with like.
+//!
+//! The peer: pgledger, a ledger written as PostgreSQL functions, when `PGLEDGER_DIR` names a
+//! checkout of it (its `pgledger.sql` and the ULID functions it vendors are loaded into the bench
+//! database). It runs right after the ceiling with the same writers and the same economic event:
+//! its transfers from the chain's account to the merchant(s) (one transfer for two postings, three
+//! for four, in one call), merchants kept non-negative as in payrail. pgledger keeps one balance row
+//! per account, so its `hot1` and `hot16` rows are the same workload.
 //!
 //! Each run lasts `BENCH_SECONDS` (default 5) after a warm-up of `BENCH_WARMUP_SECONDS` (default
 //! 1); only entries committed inside the measured window count. Rates are integers computed from
@@ -59,8 +66,10 @@ use tokio::task::JoinHandle;
 const DATABASE_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const SECONDS_DEFAULT: u64 = 5;
 const WARMUP_SECONDS_DEFAULT: u64 = 1;
-/// The goal: the ledger keeps at least this share of the plain-insert ceiling, in percent.
-const GOAL_PERCENT: u64 = 50;
+/// The goal: the ledger keeps at least this share of the plain ceiling, in percent.
+const GOAL_PERCENT: u64 = 70;
+/// The goal against pgledger: at least this many times its entries per second.
+const GOAL_PGLEDGER: u64 = 2;
 /// Merchants the spread scenarios pick from.
 const MERCHANTS: usize = 1_000;
 /// USDC on Ethereum, as a CAIP-19 asset id: the kind of asset string real postings carry.
@@ -90,19 +99,37 @@ CREATE TABLE plain_postings (
     asset      TEXT,
     amount     NUMERIC(78, 0)
 );
+CREATE TABLE plain_balances (
+    account_id BIGINT,
+    asset      TEXT,
+    shard      SMALLINT,
+    balance    NUMERIC(78, 0),
+    PRIMARY KEY (account_id, asset, shard)
+);
 "#;
 
-/// The ceiling statement: the ledger's statement without what the ledger adds.
+/// The ceiling statement: the ledger's work without what the ledger adds. `$6` holds each
+/// posting's amount in its account's normal direction, `$7` how many balance rows its account has.
 const PLAIN_SQL: &str = r#"
 WITH e AS (
     INSERT INTO plain_entries (idempotency_key, kind)
     VALUES ($1, $2)
     RETURNING id
+), p AS (
+    INSERT INTO plain_postings (entry_id, account_id, asset, amount)
+    SELECT e.id, x.account_id, x.asset, x.amount::numeric
+    FROM e, unnest($3::int8[], $4::text[], $5::text[]) WITH ORDINALITY AS x(account_id, asset, amount, ord)
+    ORDER BY x.ord
 )
-INSERT INTO plain_postings (entry_id, account_id, asset, amount)
-SELECT e.id, x.account_id, x.asset, x.amount::numeric
-FROM e, unnest($3::int8[], $4::text[], $5::text[]) WITH ORDINALITY AS x(account_id, asset, amount, ord)
-ORDER BY x.ord
+INSERT INTO plain_balances AS b (account_id, asset, shard, balance)
+SELECT d.account_id, d.asset, floor(random() * d.shards)::smallint, d.delta
+FROM (
+    SELECT x.account_id, x.asset, x.shards, sum(x.delta::numeric) AS delta
+    FROM unnest($3::int8[], $4::text[], $6::text[], $7::int2[]) AS x(account_id, asset, delta, shards)
+    GROUP BY x.account_id, x.asset, x.shards
+) d
+ORDER BY d.account_id, d.asset
+ON CONFLICT (account_id, asset, shard) DO UPDATE SET balance = b.balance + EXCLUDED.balance
 "#;
 
 /// Every balance compared with the sum of its postings (in the account's normal direction), in
@@ -149,10 +176,7 @@ async fn bench(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot create database {database}"))?;
 
-    let target = Target {
-        options: admin_options.database(&database),
-        url: support::url_with_database(&config.url, &database)?,
-    };
+    let target = Target { options: admin_options.database(&database) };
     support::run_then_drop(admin, &database, run(config, target)).await
 }
 
@@ -189,11 +213,10 @@ fn env_u64(name: &str, default: u64) -> Result<u64> {
     }
 }
 
-/// The bench database, for sqlx and for pgbench.
+/// The bench database.
 #[derive(Debug, Clone)]
 struct Target {
     options: PgConnectOptions,
-    url: String,
 }
 
 impl Target {
@@ -210,8 +233,10 @@ impl Target {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accounts {
-    /// Every entry credits the same merchant(s).
-    Hot,
+    /// Every entry credits the same merchant(s), each kept on one balance row.
+    Hot1,
+    /// Every entry credits the same merchant(s), each kept on 16 balance rows.
+    Hot16,
     /// Every entry credits merchants picked at random.
     Spread,
 }
@@ -219,7 +244,8 @@ enum Accounts {
 impl Accounts {
     fn name(self) -> &'static str {
         match self {
-            Self::Hot => "hot",
+            Self::Hot1 => "hot1",
+            Self::Hot16 => "hot16",
             Self::Spread => "spread",
         }
     }
@@ -237,7 +263,7 @@ impl Scenario {
         let mut all = Vec::new();
         for postings in [2, 4] {
             for writers in [1, 16] {
-                for accounts in [Accounts::Hot, Accounts::Spread] {
+                for accounts in [Accounts::Hot1, Accounts::Hot16, Accounts::Spread] {
                     all.push(Self { postings, writers, accounts });
                 }
             }
@@ -254,14 +280,16 @@ impl Scenario {
     }
 }
 
-/// The accounts the scenarios post to, with their database ids.
+/// The accounts the scenarios post to, with their database ids and balance row counts.
 #[derive(Debug)]
 struct Chart {
     chain: AccountCode,
     fees: AccountCode,
-    hot: [AccountCode; 2],
+    hot1: [AccountCode; 2],
+    hot16: [AccountCode; 2],
     merchants: Vec<AccountCode>,
     ids: HashMap<AccountCode, i64>,
+    shards: HashMap<i64, i16>,
 }
 
 impl Chart {
@@ -270,24 +298,31 @@ impl Chart {
         Ok(Self {
             chain: AccountCode::chain_assets(&chain),
             fees: AccountCode::platform_fees(),
-            hot: [AccountCode::merchant("mer_hot"), AccountCode::merchant("mer_hot_b")],
+            hot1: [AccountCode::merchant("mer_hot1"), AccountCode::merchant("mer_hot1_b")],
+            hot16: [AccountCode::merchant("mer_hot16"), AccountCode::merchant("mer_hot16_b")],
             merchants: (0..MERCHANTS).map(|i| AccountCode::merchant(&format!("mer_{i:04}"))).collect(),
             ids: HashMap::new(),
+            shards: HashMap::new(),
         })
     }
 
     fn all(&self) -> impl Iterator<Item = &AccountCode> {
-        [&self.chain, &self.fees].into_iter().chain(&self.hot).chain(&self.merchants)
+        [&self.chain, &self.fees].into_iter().chain(&self.hot1).chain(&self.hot16).chain(&self.merchants)
     }
 
     fn id(&self, account: &AccountCode) -> Result<i64> {
         self.ids.get(account).copied().with_context(|| format!("account {account} was not created"))
     }
 
+    fn shards(&self, id: i64) -> Result<i16> {
+        self.shards.get(&id).copied().with_context(|| format!("account id {id} has no balance row count"))
+    }
+
     /// Two distinct merchants, or the two hot ones.
     fn merchants_for<R: Rng>(&self, accounts: Accounts, rng: &mut R) -> (&AccountCode, &AccountCode) {
         match accounts {
-            Accounts::Hot => (&self.hot[0], &self.hot[1]),
+            Accounts::Hot1 => (&self.hot1[0], &self.hot1[1]),
+            Accounts::Hot16 => (&self.hot16[0], &self.hot16[1]),
             Accounts::Spread => {
                 let a = rng.gen_range(0..MERCHANTS);
                 let b = (a + rng.gen_range(1..MERCHANTS)) % MERCHANTS;
@@ -333,10 +368,19 @@ impl<'a> Leg<'a> {
             format!("-{}", self.value)
         }
     }
+
+    /// How the leg moves its account's balance, kept in the account's normal direction.
+    fn delta(&self) -> String {
+        if self.debit == self.account.account_type().is_debit_normal() {
+            self.value.to_string()
+        } else {
+            format!("-{}", self.value)
+        }
+    }
 }
 
-fn ledger_entry(key: String, legs: &[Leg<'_>]) -> NewEntry {
-    legs.iter().fold(NewEntry::new(key, "payment"), |entry, leg| {
+fn ledger_entry(key: String, kind: &str, legs: &[Leg<'_>]) -> NewEntry {
+    legs.iter().fold(NewEntry::new(key, kind), |entry, leg| {
         if leg.debit {
             entry.debit(leg.account.clone(), ASSET, Amount::from_u64(leg.value))
         } else {
@@ -475,7 +519,7 @@ async fn run_ledger(target: &Target, chart: &Arc<Chart>, scenario: Scenario, con
         let retries = progress.clone();
         let mut rng = StdRng::seed_from_u64(seed(writer));
         writer_loop(progress, move |seq| {
-            let entry = ledger_entry(format!("bench:{tag}:{writer}:{seq}"), &chart.legs(&scenario, &mut rng));
+            let entry = ledger_entry(format!("bench:{tag}:{writer}:{seq}"), "payment", &chart.legs(&scenario, &mut rng));
             let ledger = ledger.clone();
             let retries = retries.clone();
             async move { post_with_retries(&ledger, &entry, &retries).await }
@@ -508,7 +552,51 @@ async fn post_with_retries(ledger: &Ledger, entry: &NewEntry, progress: &Progres
     }
 }
 
-/// Plain inserts per second for the same writers, postings and accounts.
+/// One plain entry: the rows the ceiling statement takes, in account id order as the ledger
+/// writes them.
+struct PlainEntry {
+    ids: Vec<i64>,
+    assets: Vec<String>,
+    amounts: Vec<String>,
+    deltas: Vec<String>,
+    shards: Vec<i16>,
+}
+
+impl PlainEntry {
+    fn new(chart: &Chart, legs: &[Leg<'_>]) -> Result<Self> {
+        let mut rows = legs
+            .iter()
+            .map(|leg| {
+                let id = chart.id(leg.account)?;
+                Ok((id, leg.signed(), leg.delta(), chart.shards(id)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        rows.sort_by_key(|(id, ..)| *id);
+        Ok(Self {
+            ids: rows.iter().map(|(id, ..)| *id).collect(),
+            assets: rows.iter().map(|_| ASSET.to_owned()).collect(),
+            amounts: rows.iter().map(|(_, amount, ..)| amount.clone()).collect(),
+            deltas: rows.iter().map(|(_, _, delta, _)| delta.clone()).collect(),
+            shards: rows.iter().map(|(.., shards)| *shards).collect(),
+        })
+    }
+
+    async fn write(&self, pool: &PgPool, key: &str, kind: &str) -> Result<()> {
+        sqlx::query(PLAIN_SQL)
+            .bind(key)
+            .bind(kind)
+            .bind(&self.ids)
+            .bind(&self.assets)
+            .bind(&self.amounts)
+            .bind(&self.deltas)
+            .bind(&self.shards)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Plain entries per second for the same writers, postings and accounts.
 async fn run_plain(target: &Target, chart: &Arc<Chart>, scenario: Scenario, config: &Config) -> Result<Measured> {
     let pool = target.pool(scenario.pool_size()?).await?;
     let tag = scenario.tag();
@@ -520,30 +608,9 @@ async fn run_plain(target: &Target, chart: &Arc<Chart>, scenario: Scenario, conf
         writer_loop(progress, move |seq| {
             let key = format!("bench:{tag}:{writer}:{seq}");
             // The same work the ledger does on its side: ids from a map, rows in id order.
-            let rows = chart
-                .legs(&scenario, &mut rng)
-                .iter()
-                .map(|leg| Ok((chart.id(leg.account)?, leg.signed())))
-                .collect::<Result<Vec<_>>>();
+            let entry = PlainEntry::new(&chart, &chart.legs(&scenario, &mut rng));
             let pool = pool.clone();
-            async move {
-                let mut rows = rows?;
-                rows.sort_by_key(|(id, _)| *id);
-                let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-                let assets: Vec<String> = rows.iter().map(|_| ASSET.to_owned()).collect();
-                let amounts: Vec<String> = rows.into_iter().map(|(_, amount)| amount).collect();
-                let mut tx = pool.begin().await?;
-                sqlx::query(PLAIN_SQL)
-                    .bind(&key)
-                    .bind("payment")
-                    .bind(&ids)
-                    .bind(&assets)
-                    .bind(&amounts)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(())
-            }
+            async move { entry?.write(&pool, &key, "payment").await }
         })
     })
     .await;
@@ -551,122 +618,92 @@ async fn run_plain(target: &Target, chart: &Arc<Chart>, scenario: Scenario, conf
     measured.with_context(|| format!("plain scenario {tag}"))
 }
 
-/// Where pgbench is, if anywhere.
-fn find_pgbench() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("pgbench")).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let mut packaged: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dirs| dirs.filter_map(|d| d.ok()).map(|d| d.path().join("bin/pgbench")).collect())
-        .unwrap_or_default();
-    // The newest version first.
-    packaged.sort_by(|a, b| b.cmp(a));
-    on_path.into_iter().chain(packaged).find(|p| p.is_file())
-}
-
-/// The plain transaction as a pgbench script, with the same accounts as `scenario`. Text that
-/// holds colons (the asset, the key prefix) comes in through `-D` variables: pgbench would take a
-/// colon inside a literal for a variable reference.
-fn pgbench_script(chart: &Chart, scenario: &Scenario) -> Result<String> {
-    let chain = chart.id(&chart.chain)?;
-    let fees = chart.id(&chart.fees)?;
-    let mut script = String::new();
-    let (first, second) = match scenario.accounts {
-        Accounts::Hot => (chart.id(&chart.hot[0])?.to_string(), chart.id(&chart.hot[1])?.to_string()),
-        Accounts::Spread => {
-            // Merchants were created one after another, so their ids are consecutive.
-            let base = chart.id(&chart.merchants[0])?;
-            let last = chart.id(&chart.merchants[MERCHANTS - 1])?;
-            ensure!(last - base + 1 == MERCHANTS as i64, "merchant ids are not consecutive");
-            script.push_str(&format!("\\set a random(0, {})\n", MERCHANTS - 1));
-            script.push_str(&format!("\\set b (:a + random(1, {})) % {MERCHANTS}\n", MERCHANTS - 1));
-            (format!("{base} + CAST(:a AS int8)"), format!("{base} + CAST(:b AS int8)"))
-        }
-    };
-    script.push_str("\\set seq random(1, 1000000000)\n");
-    let (ids, amounts) = if scenario.postings == 2 {
-        (format!("{chain}, {first}"), "'10', '-10'".to_owned())
-    } else {
-        (format!("{chain}, {first}, {fees}, {second}"), "'10', '-7', '-1', '-2'".to_owned())
-    };
-    let assets = vec!["CAST(:asset AS text)"; scenario.postings].join(", ");
-    script.push_str("BEGIN;\n");
-    script.push_str(&format!(
-        "WITH e AS (INSERT INTO plain_entries (idempotency_key, kind) \
-         VALUES (CAST(:key AS text) || CAST(:client_id AS text) || '/' || CAST(:seq AS text), 'payment') \
-         RETURNING id) \
-         INSERT INTO plain_postings (entry_id, account_id, asset, amount) \
-         SELECT e.id, x.account_id, x.asset, x.amount::numeric \
-         FROM e, unnest(ARRAY[{ids}]::int8[], ARRAY[{assets}]::text[], ARRAY[{amounts}]::text[]) \
-         WITH ORDINALITY AS x(account_id, asset, amount, ord) ORDER BY x.ord;\n"
-    ));
-    script.push_str("COMMIT;\n");
-    Ok(script)
-}
-
-/// pgbench's transactions per second for the plain transaction, warm-up first.
-async fn run_pgbench(pgbench: &Path, target: &Target, chart: &Chart, scenario: Scenario, config: &Config) -> Result<u64> {
-    let mut file = tempfile::Builder::new().prefix("payrail-bench-").suffix(".sql").tempfile()?;
-    std::io::Write::write_all(&mut file, pgbench_script(chart, &scenario)?.as_bytes())?;
-    let run = Pgbench {
-        binary: pgbench,
-        url: &target.url,
-        script: file.path(),
-        clients: scenario.writers,
-        key: format!("bench:{}:pgbench:", scenario.tag()),
-    };
-    if config.warmup_seconds > 0 {
-        run.tps(config.warmup_seconds).await?;
-    }
-    run.tps(config.seconds).await
-}
-
-/// One pgbench invocation, less its duration.
+/// pgledger loaded into the bench database, with an account per payrail account.
 #[derive(Debug)]
-struct Pgbench<'a> {
-    binary: &'a Path,
-    url: &'a str,
-    script: &'a Path,
-    clients: usize,
-    key: String,
+struct Pgledger {
+    accounts: HashMap<AccountCode, String>,
 }
 
-impl Pgbench<'_> {
-    /// Prepared statements, as sqlx uses; no vacuum (the plain tables need none).
-    async fn tps(&self, seconds: u64) -> Result<u64> {
-        let output = tokio::process::Command::new(self.binary)
-            .args(["-n", "-M", "prepared", "-j", "2"])
-            .arg("-c")
-            .arg(self.clients.to_string())
-            .arg("-T")
-            .arg(seconds.to_string())
-            .arg("-D")
-            .arg(format!("asset={ASSET}"))
-            .arg("-D")
-            .arg(format!("key={}", self.key))
-            .arg("-f")
-            .arg(self.script)
-            .arg(self.url)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .with_context(|| format!("cannot run {}", self.binary.display()))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let first_error = stderr.lines().next().unwrap_or_default();
-        ensure!(output.status.success(), "pgbench failed ({}): {first_error}", output.status);
-        ensure!(!stderr.contains("aborted"), "pgbench aborted: {first_error}");
-        parse_pgbench_tps(&stdout).with_context(|| format!("no tps in pgbench's output: {}", stdout.trim()))
+/// The pgledger call for an entry of `legs`: one transfer per credited account, from the debited
+/// chain account, all in one call (one transaction).
+const PGLEDGER_SQL: &str = "SELECT count(*) FROM pgledger_create_transfers(\
+     (SELECT array_agg(ROW($1, t.to_id, t.amount::numeric)::transfer_request ORDER BY t.ord) \
+      FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(to_id, amount, ord)), \
+     NULL::timestamptz, NULL::jsonb)";
+
+impl Pgledger {
+    /// Loads pgledger from the checkout at `dir` and creates its accounts: the chain's may go
+    /// negative (money comes from outside), merchants and fees may not, as in payrail.
+    async fn load(pool: &PgPool, dir: &Path, chart: &Chart) -> Result<Self> {
+        for file in ["vendor/scoville-pgsql-ulid/ulid-to-uuid.sql", "vendor/scoville-pgsql-ulid/uuid-to-ulid.sql", "pgledger.sql"] {
+            let path = dir.join(file);
+            let sql = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            sqlx::raw_sql(&sql).execute(pool).await.with_context(|| format!("cannot load {}", path.display()))?;
+        }
+        let mut accounts = HashMap::new();
+        for account in chart.all() {
+            let may_go_negative = *account == chart.chain;
+            let id: String = sqlx::query_scalar("SELECT id FROM pgledger_create_account($1, $2, $3, true)")
+                .bind(account.as_str())
+                .bind(ASSET)
+                .bind(may_go_negative)
+                .fetch_one(pool)
+                .await
+                .context("cannot create a pgledger account")?;
+            accounts.insert(account.clone(), id);
+        }
+        Ok(Self { accounts })
+    }
+
+    fn id(&self, account: &AccountCode) -> Result<String> {
+        self.accounts.get(account).cloned().with_context(|| format!("no pgledger account for {account}"))
     }
 }
 
-/// The whole part of `tps = 1234.567 (without initial connection time)`.
-fn parse_pgbench_tps(stdout: &str) -> Option<u64> {
-    stdout
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("tps = "))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|whole| whole.parse().ok())
+/// pgledger entries per second for the same writers, postings and accounts.
+async fn run_pgledger(
+    target: &Target,
+    chart: &Arc<Chart>,
+    pgledger: &Arc<Pgledger>,
+    scenario: Scenario,
+    config: &Config,
+) -> Result<Measured> {
+    let pool = target.pool(scenario.pool_size()?).await?;
+    let tag = scenario.tag();
+    let measured = drive(scenario.writers, config, |writer, progress| {
+        let pool = pool.clone();
+        let chart = chart.clone();
+        let pgledger = pgledger.clone();
+        let mut rng = StdRng::seed_from_u64(seed(writer));
+        writer_loop(progress, move |_| {
+            let legs = chart.legs(&scenario, &mut rng);
+            let call = (|| {
+                let from = pgledger.id(&chart.chain)?;
+                let mut to = Vec::new();
+                let mut amounts = Vec::new();
+                for leg in legs.iter().filter(|leg| !leg.debit) {
+                    to.push(pgledger.id(leg.account)?);
+                    amounts.push(leg.value.to_string());
+                }
+                Ok::<_, anyhow::Error>((from, to, amounts))
+            })();
+            let pool = pool.clone();
+            async move {
+                let (from, to, amounts) = call?;
+                let transfers: i64 = sqlx::query_scalar(PGLEDGER_SQL)
+                    .bind(&from)
+                    .bind(&to)
+                    .bind(&amounts)
+                    .fetch_one(&pool)
+                    .await?;
+                ensure!(transfers == to.len() as i64, "pgledger made {transfers} transfers, not {}", to.len());
+                Ok(())
+            }
+        })
+    })
+    .await;
+    pool.close().await;
+    measured.with_context(|| format!("pgledger scenario {tag}"))
 }
 
 /// One row of the result table.
@@ -675,13 +712,18 @@ struct ScenarioRow {
     scenario: Scenario,
     ledger: u64,
     plain: u64,
-    pgbench: Option<u64>,
+    pgledger: Option<u64>,
     retries: u64,
 }
 
 impl ScenarioRow {
     fn percent(&self) -> u64 {
         percent(self.ledger, self.plain)
+    }
+
+    /// payrail over pgledger in tenths (25 = 2.5×).
+    fn tenths_of_pgledger(&self) -> Option<u64> {
+        self.pgledger.map(|peer| u64::try_from(u128::from(self.ledger) * 10 / u128::from(peer.max(1))).unwrap_or(u64::MAX))
     }
 }
 
@@ -706,22 +748,28 @@ async fn run(config: Config, target: Target) -> Result<()> {
 
     let mut posted = Posted::default();
     let chart = Arc::new(prepare_accounts(&setup, &mut posted).await?);
-    let pgbench = find_pgbench();
+    let pgledger_dir = std::env::var_os("PGLEDGER_DIR").map(PathBuf::from);
+    let pgledger = match &pgledger_dir {
+        Some(dir) => Some(Arc::new(Pgledger::load(&setup, dir, &chart).await?)),
+        None => None,
+    };
 
     println!("payrail ledger benchmark");
     println!(
-        "server: PostgreSQL {version} (synchronous_commit={synchronous_commit}); {} s per run after {} s warm-up",
-        config.seconds, config.warmup_seconds
+        "server: PostgreSQL {version} (synchronous_commit={synchronous_commit}); {} s per run after {} s warm-up; load {}",
+        config.seconds,
+        config.warmup_seconds,
+        support::load_average()
     );
+    println!("ceiling: one statement per entry inserting the entry, its postings and moving balance rows, no triggers/constraints/secondary indexes");
     println!(
-        "ceiling: plain inserts, same statement shape and writers, no triggers/constraints/indexes; pgbench: {}",
-        pgbench.as_ref().map_or("not found".to_owned(), |p| p.display().to_string())
+        "peer: pgledger {}",
+        pgledger_dir.as_ref().map_or("not run (set PGLEDGER_DIR to a checkout of it)".to_owned(), |d| format!("from {}", d.display()))
     );
-    println!("goal: ledger entries/s >= {GOAL_PERCENT}% of the plain (Rust) ceiling; rows below it are marked");
+    println!("goal: ledger >= {GOAL_PERCENT}% of the plain ceiling and >= {GOAL_PGLEDGER}× pgledger on every row; rows below are marked");
     println!();
 
     let mut rows = Vec::new();
-    let mut notes = Vec::new();
     for scenario in Scenario::all() {
         eprintln!(
             "running {} postings, {} writer(s), {} accounts …",
@@ -733,28 +781,36 @@ async fn run(config: Config, target: Target) -> Result<()> {
         posted.entries += ledger.total;
         posted.postings += ledger.total * scenario.postings as u64;
         let plain = run_plain(&target, &chart, scenario, &config).await?;
-        let pgbench_tps = match &pgbench {
-            Some(path) => match run_pgbench(path, &target, &chart, scenario, &config).await {
-                Ok(tps) => Some(tps),
-                Err(error) => {
-                    notes.push(format!("pgbench skipped for {}: {error:#}", scenario.tag()));
-                    None
-                }
-            },
+        let peer = match &pgledger {
+            Some(pgledger) => Some(run_pgledger(&target, &chart, pgledger, scenario, &config).await?.per_second()),
             None => None,
         };
         rows.push(ScenarioRow {
             scenario,
             ledger: ledger.per_second(),
             plain: plain.per_second(),
-            pgbench: pgbench_tps,
+            pgledger: peer,
             retries: ledger.retries + plain.retries,
         });
     }
 
     print_table(&rows);
-    for note in &notes {
-        println!("note: {note}");
+    support::summary_header();
+    for row in &rows {
+        let scenario = row.scenario;
+        let (peer, ratio) = match (row.pgledger, row.tenths_of_pgledger()) {
+            (Some(peer), Some(tenths)) => {
+                (format!("plain {}/s; pgledger {peer}/s", row.plain), format!("{}%; {}.{}×", row.percent(), tenths / 10, tenths % 10))
+            }
+            _ => (format!("plain {}/s; pgledger not run", row.plain), format!("{}%", row.percent())),
+        };
+        support::summary_row(
+            &format!("ledger entries, {} postings, {} writer(s), {}", scenario.postings, scenario.writers, scenario.accounts.name()),
+            &format!("{}/s", row.ledger),
+            &peer,
+            &ratio,
+            &format!("≥ {GOAL_PERCENT}%; ≥ {GOAL_PGLEDGER}×"),
+        );
     }
     let retried: u64 = rows.iter().map(|r| r.retries).sum();
     if retried > 0 {
@@ -767,10 +823,17 @@ async fn run(config: Config, target: Target) -> Result<()> {
     Ok(())
 }
 
-/// Creates every account through the ledger, then funds every merchant once so that its balance
-/// row exists before measuring (merchants are only ever credited, so they never go negative).
+/// Creates every account through the ledger (the `hot1` merchants first by hand, kept on one
+/// balance row), then funds every merchant once, in the ledger and in the plain tables alike.
 async fn prepare_accounts(pool: &PgPool, posted: &mut Posted) -> Result<Chart> {
     let mut chart = Chart::new()?;
+    for account in &chart.hot1 {
+        sqlx::query("INSERT INTO accounts (code, normal_side, non_negative, balance_shards) VALUES ($1, 'credit', true, 1)")
+            .bind(account.as_str())
+            .execute(pool)
+            .await
+            .context("cannot create a one-row account")?;
+    }
     let ledger = Ledger::new(pool.clone());
     {
         let mut conn = pool.acquire().await?;
@@ -778,27 +841,25 @@ async fn prepare_accounts(pool: &PgPool, posted: &mut Posted) -> Result<Chart> {
             ledger.account_id(&mut conn, account, true).await?;
         }
     }
-    let rows = sqlx::query("SELECT id, code FROM accounts").fetch_all(pool).await?;
+    let rows = sqlx::query("SELECT id, code, balance_shards FROM accounts").fetch_all(pool).await?;
     for row in rows {
         let code: String = row.try_get("code")?;
-        chart.ids.insert(code.parse()?, row.try_get("id")?);
+        let id: i64 = row.try_get("id")?;
+        chart.ids.insert(code.parse()?, id);
+        chart.shards.insert(id, row.try_get("balance_shards")?);
     }
     for account in chart.all() {
         chart.id(account)?;
     }
 
-    let funded: Vec<&AccountCode> = chart.hot.iter().chain(&chart.merchants).collect();
+    let funded: Vec<&AccountCode> = chart.hot1.iter().chain(&chart.hot16).chain(&chart.merchants).collect();
     for (n, chunk) in funded.chunks(FUNDING_CHUNK).enumerate() {
         let total = FUNDING_PER_MERCHANT * chunk.len() as u64;
-        let entry = chunk.iter().fold(
-            NewEntry::new(format!("bench:funding:{n}"), "funding").debit(
-                chart.chain.clone(),
-                ASSET,
-                Amount::from_u64(total),
-            ),
-            |entry, merchant| entry.credit((*merchant).clone(), ASSET, Amount::from_u64(FUNDING_PER_MERCHANT)),
-        );
-        ledger.post_now(&entry).await.context("funding the merchants")?;
+        let mut legs = vec![Leg::debit(&chart.chain, total)];
+        legs.extend(chunk.iter().map(|merchant| Leg::credit(merchant, FUNDING_PER_MERCHANT)));
+        let key = format!("bench:funding:{n}");
+        ledger.post_now(&ledger_entry(key.clone(), "funding", &legs)).await.context("funding the merchants")?;
+        PlainEntry::new(&chart, &legs)?.write(pool, &key, "funding").await.context("funding the plain merchants")?;
         posted.entries += 1;
         posted.postings += chunk.len() as u64 + 1;
     }
@@ -807,21 +868,26 @@ async fn prepare_accounts(pool: &PgPool, posted: &mut Posted) -> Result<Chart> {
 
 fn print_table(rows: &[ScenarioRow]) {
     println!(
-        "{:>8}  {:>7}  {:<8}  {:>16}  {:>15}  {:>11}  {:>12}",
-        "postings", "writers", "accounts", "ledger entries/s", "plain entries/s", "pgbench tps", "ledger/plain"
+        "{:>8}  {:>7}  {:<8}  {:>16}  {:>15}  {:>12}  {:>10}  {:>15}",
+        "postings", "writers", "accounts", "ledger entries/s", "plain entries/s", "ledger/plain", "pgledger/s", "ledger/pgledger"
     );
     for row in rows {
-        let pgbench = row.pgbench.map_or("-".to_owned(), |tps| tps.to_string());
-        let mark = if row.percent() < GOAL_PERCENT { "  < below goal" } else { "" };
+        let (peer, times) = match (row.pgledger, row.tenths_of_pgledger()) {
+            (Some(peer), Some(tenths)) => (peer.to_string(), format!("{}.{}×", tenths / 10, tenths % 10)),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        let below = row.percent() < GOAL_PERCENT || row.tenths_of_pgledger().is_some_and(|t| t < GOAL_PGLEDGER * 10);
+        let mark = if below { "  < below goal" } else { "" };
         println!(
-            "{:>8}  {:>7}  {:<8}  {:>16}  {:>15}  {:>11}  {:>11}%{mark}",
+            "{:>8}  {:>7}  {:<8}  {:>16}  {:>15}  {:>11}%  {:>10}  {:>15}{mark}",
             row.scenario.postings,
             row.scenario.writers,
             row.scenario.accounts.name(),
             row.ledger,
             row.plain,
-            pgbench,
             row.percent(),
+            peer,
+            times,
         );
     }
     let mut ratios: Vec<u64> = rows.iter().map(ScenarioRow::percent).collect();
@@ -830,6 +896,18 @@ fn print_table(rows: &[ScenarioRow]) {
         let verdict = if *min >= GOAL_PERCENT { "every scenario meets the goal" } else { "below the goal somewhere" };
         println!();
         println!("ledger/plain: min {min}%, median {median}% (goal {GOAL_PERCENT}%: {verdict})");
+    }
+    let mut peers: Vec<u64> = rows.iter().filter_map(ScenarioRow::tenths_of_pgledger).collect();
+    peers.sort_unstable();
+    if let (Some(min), Some(median)) = (peers.first(), median(&peers)) {
+        let verdict = if *min >= GOAL_PGLEDGER * 10 { "every scenario meets the goal" } else { "below the goal somewhere" };
+        println!(
+            "ledger/pgledger: min {}.{}×, median {}.{}× (goal {GOAL_PGLEDGER}×: {verdict})",
+            min / 10,
+            min % 10,
+            median / 10,
+            median % 10
+        );
     }
 }
 

@@ -21,6 +21,11 @@ ALTER TABLE postings DROP CONSTRAINT postings_entry_id_entry_tx_fkey;
 ALTER TABLE postings DROP CONSTRAINT postings_account_id_fkey;
 ALTER TABLE journal_entries DROP CONSTRAINT journal_entries_id_tx_key;
 ALTER TABLE postings ALTER COLUMN entry_tx SET DEFAULT pg_current_xact_id();
+-- Only reversals carry a reversed entry: the unique index keeps only them (same name, so a second
+-- reversal is still refused by `journal_entries_reverses_entry_id_key`).
+ALTER TABLE journal_entries DROP CONSTRAINT journal_entries_reverses_entry_id_key;
+CREATE UNIQUE INDEX journal_entries_reverses_entry_id_key ON journal_entries (reverses_entry_id)
+    WHERE reverses_entry_id IS NOT NULL;
 
 -- A guarded account drawn down by `delta` (< 0): lock all its rows in shard order, check the total,
 -- then take the amount out row by row so that every row stays non-negative. (An upsert cannot serve
