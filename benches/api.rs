@@ -163,24 +163,27 @@ async fn run(options: PgConnectOptions, seconds: u64, rounds: u64) -> Result<()>
     let created = wrk(&format!("{payrail}/v1/invoices"), Some(&auth), seconds, Some(create_body)).await?;
     println!("POST /v1/invoices: {} invoices/s  p99 {}  non-2xx {}", created.per_s, support::ms(created.p99_us), created.errors);
 
-    println!();
-    println!("| figure | payrail | peer | ratio | goal |");
-    println!("|---|---|---|---|---|");
-    println!("| axum constant body | - | {} req/s | - | - |", constant_peak.per_s);
+    support::summary_header();
+    support::summary_row("axum constant body", "-", &format!("{} req/s", constant_peak.per_s), "-", "-");
     for (i, name) in [(2, "GET /v1/invoices/{id}"), (3, "GET /pay/{id}/status")] {
         let peak = median(i);
-        println!(
-            "| {name}, peak | {} req/s (p99 {}) | one SELECT {} req/s (p99 {}) | {} | ≥ 0.5× |",
-            peak.per_s,
-            support::ms(peak.p99_us),
-            select_peak.per_s,
-            support::ms(select_peak.p99_us),
-            support::ratio(peak.per_s, select_peak.per_s)
+        support::summary_row(
+            &format!("{name}, peak"),
+            &format!("{} req/s (p99 {})", peak.per_s, support::ms(peak.p99_us)),
+            &format!("one SELECT {} req/s (p99 {})", select_peak.per_s, support::ms(select_peak.p99_us)),
+            &support::ratio(peak.per_s, select_peak.per_s),
+            "≥ 0.5×",
         );
         let (rate, p99, baseline) = half[i - 2];
-        println!("| {name}, p99 at {rate} req/s | {} | one SELECT {} | - | ≤ 10 ms |", support::ms(p99), support::ms(baseline));
+        support::summary_row(
+            &format!("{name}, p99 at {rate} req/s"),
+            &support::ms(p99),
+            &format!("one SELECT {}", support::ms(baseline)),
+            "-",
+            "≤ 10 ms",
+        );
     }
-    println!("| POST /v1/invoices | {} invoices/s | - | - | ≥ 500/s |", created.per_s);
+    support::summary_row("POST /v1/invoices", &format!("{} invoices/s", created.per_s), "-", "-", "≥ 500/s");
     println!("load average after: {}", support::load_average());
     Ok(())
 }

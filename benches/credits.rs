@@ -67,14 +67,27 @@ async fn run(options: PgConnectOptions) -> Result<()> {
     println!("payrail credits benchmark: {WRITERS} writers, {seconds} s per run after {warmup} s warm-up, {CUSTOMERS} customers");
     println!("{:<28} {:>12} {:>16} {:>8}", "scenario", "spends/s", "ledger ceiling/s", "share");
     let mut spent_total = 0u64;
+    let mut rows = Vec::new();
     for (name, hot) in [("one hot customer", true), ("10,000 customers", false)] {
         let (spends, spent) = measure(&shop, hot, seconds, warmup, Mode::Spend).await?;
         spent_total += spent;
         let (ceiling, posted) = measure(&shop, hot, seconds, warmup, Mode::Ceiling).await?;
         spent_total += posted;
         println!("{name:<28} {spends:>12} {ceiling:>16} {:>7}%", spends * 100 / ceiling.max(1));
+        rows.push((name, spends, ceiling));
     }
-    check(&shop, spent_total).await
+    check(&shop, spent_total).await?;
+    support::summary_header();
+    for (name, spends, ceiling) in rows {
+        support::summary_row(
+            &format!("credit spends, {name}"),
+            &format!("{spends}/s"),
+            &format!("ledger entries {ceiling}/s"),
+            &format!("{}%", spends * 100 / ceiling.max(1)),
+            "-",
+        );
+    }
+    Ok(())
 }
 
 /// A merchant with coins, a creator, and customers each granted [`GRANT`] coins.

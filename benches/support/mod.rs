@@ -105,3 +105,18 @@ pub fn fixed(text: &str, scale: u32) -> Option<u64> {
     let digits: String = fraction.chars().chain(std::iter::repeat('0')).take(usize::try_from(scale).ok()?).collect();
     whole.parse::<u64>().ok()?.checked_mul(10u64.checked_pow(scale)?)?.checked_add(if digits.is_empty() { 0 } else { digits.parse().ok()? })
 }
+
+/// The summary table every benchmark ends with, one row per figure: `scripts/bench` gathers the
+/// rows of all of them into one table.
+#[allow(dead_code, reason = "every benchmark prints it, but each compiles this module on its own")]
+pub fn summary_header() {
+    println!();
+    println!("| figure | payrail | peer | ratio | goal |");
+    println!("|---|---|---|---|---|");
+}
+
+/// One row of the summary table; `-` where a column does not apply.
+#[allow(dead_code, reason = "every benchmark prints it, but each compiles this module on its own")]
+pub fn summary_row(figure: &str, payrail: &str, peer: &str, ratio: &str, goal: &str) {
+    println!("| {figure} | {payrail} | {peer} | {ratio} | {goal} |");
+}
