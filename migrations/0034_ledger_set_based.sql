@@ -60,58 +60,59 @@ BEGIN
 END
 $$;
 
+-- One statement does the checks and, in the common case, the balance upsert: the statement's
+-- postings summed per (account, asset) once (`d`), what is wrong with them (`f`), and the upsert
+-- (`up`), which writes nothing when anything is wrong or a guarded account is drawn down. Then the
+-- errors are raised (rolling the upsert back with the statement), or the draw-down path runs.
 CREATE FUNCTION ledger_apply_postings() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad_entry   BIGINT;
     bad_account BIGINT;
+    draws       BOOLEAN;
     g           RECORD;
 BEGIN
-    -- After this transaction's entries were checked, no posting may slip in (SET CONSTRAINTS … IMMEDIATE
-    -- would otherwise let one through unchecked).
-    IF current_setting('payrail.entries_checked', true) = 'on' THEN
-        SELECT entry_id INTO bad_entry FROM new_postings LIMIT 1;
-        RAISE EXCEPTION 'journal entry % is closed: postings are added only with the entry', bad_entry
-            USING ERRCODE = 'PRL01';
-    END IF;
-    -- Each posting's entry was created by this transaction: a committed entry is closed for good.
-    SELECT n.entry_id INTO bad_entry FROM new_postings n
-        WHERE n.entry_tx IS DISTINCT FROM pg_current_xact_id()
-           OR NOT EXISTS (SELECT 1 FROM journal_entries j WHERE j.id = n.entry_id AND j.tx = pg_current_xact_id())
-        LIMIT 1;
-    IF FOUND THEN
+    WITH d AS (
+        SELECT n.account_id, n.asset, a.id IS NULL AS unknown, a.balance_shards, a.non_negative,
+               CASE WHEN a.normal_side = 'debit' THEN sum(n.amount) ELSE -sum(n.amount) END AS delta
+        FROM new_postings n LEFT JOIN accounts a ON a.id = n.account_id
+        GROUP BY n.account_id, n.asset, a.id, a.balance_shards, a.non_negative, a.normal_side
+    ), f AS (
+        SELECT min(account_id) FILTER (WHERE unknown) AS unknown_account,
+               coalesce(bool_or(non_negative AND delta < 0), false) AS draws,
+               -- Each posting's entry was created by this transaction (a committed entry is closed
+               -- for good), and this transaction's entries have not been checked yet (SET
+               -- CONSTRAINTS … IMMEDIATE would otherwise let a posting through unchecked).
+               (SELECT n.entry_id FROM new_postings n
+                 WHERE n.entry_tx IS DISTINCT FROM pg_current_xact_id()
+                    OR current_setting('payrail.entries_checked', true) = 'on'
+                    OR NOT EXISTS (SELECT 1 FROM journal_entries j WHERE j.id = n.entry_id AND j.tx = pg_current_xact_id())
+                 LIMIT 1) AS bad_entry
+        FROM d
+    ), up AS (
+        -- Rows in (account, asset) order, so balance row locks are taken in one global order; a
+        -- random row of each account, so writers spread over its rows whatever connection they
+        -- come from.
+        INSERT INTO balances AS b (account_id, asset, shard, balance, non_negative)
+        SELECT d.account_id, d.asset, floor(random() * d.balance_shards)::smallint, d.delta, d.non_negative
+        FROM d, f
+        WHERE NOT f.draws AND f.unknown_account IS NULL AND f.bad_entry IS NULL AND d.delta <> 0
+        ORDER BY d.account_id, d.asset
+        ON CONFLICT (account_id, asset, shard) DO UPDATE SET balance = b.balance + EXCLUDED.balance
+    )
+    SELECT f.bad_entry, f.unknown_account, f.draws INTO bad_entry, bad_account, draws FROM f;
+    IF bad_entry IS NOT NULL THEN
         RAISE EXCEPTION 'journal entry % is closed or unknown: postings are added only with the entry', bad_entry
             USING ERRCODE = 'PRL01';
     END IF;
-    SELECT n.account_id INTO bad_account FROM new_postings n
-        WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = n.account_id)
-        LIMIT 1;
-    IF FOUND THEN
+    IF bad_account IS NOT NULL THEN
         RAISE EXCEPTION 'posting to unknown account id %', bad_account USING ERRCODE = 'PRL05';
     END IF;
-
-    IF NOT EXISTS (
-        SELECT 1 FROM new_postings n JOIN accounts a ON a.id = n.account_id
-        WHERE a.non_negative
-        GROUP BY n.account_id, n.asset, a.normal_side
-        HAVING CASE WHEN a.normal_side = 'debit' THEN sum(n.amount) ELSE -sum(n.amount) END < 0
-    ) THEN
-        -- Nothing guarded goes down: one upsert, rows in (account, asset) order so that balance row
-        -- locks are taken in one global order; a random row of each account, so that writers spread
-        -- over its rows whatever connection they come from.
-        INSERT INTO balances AS b (account_id, asset, shard, balance, non_negative)
-        SELECT d.account_id, d.asset, floor(random() * d.balance_shards)::smallint, d.delta, d.non_negative
-        FROM (
-            SELECT n.account_id, n.asset, a.balance_shards, a.non_negative,
-                   CASE WHEN a.normal_side = 'debit' THEN sum(n.amount) ELSE -sum(n.amount) END AS delta
-            FROM new_postings n JOIN accounts a ON a.id = n.account_id
-            GROUP BY n.account_id, n.asset, a.balance_shards, a.non_negative, a.normal_side
-        ) d
-        WHERE d.delta <> 0
-        ORDER BY d.account_id, d.asset
-        ON CONFLICT (account_id, asset, shard) DO UPDATE SET balance = b.balance + EXCLUDED.balance;
+    IF NOT draws THEN
         RETURN NULL;
     END IF;
 
+    -- A guarded account is drawn down: every group in (account, asset) order, the draw-downs
+    -- locking all of their account's rows.
     FOR g IN
         SELECT n.account_id, n.asset, a.code, a.balance_shards, a.non_negative,
                CASE WHEN a.normal_side = 'debit' THEN sum(n.amount) ELSE -sum(n.amount) END AS delta

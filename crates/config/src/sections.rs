@@ -158,9 +158,9 @@ pub struct DatabaseConfig {
     /// Connection URL; may hold a password, so never log it: use [`Self::url_redacted`].
     pub url: String,
     pub pool_max: u32,
-    /// A read replica for reads that may lag the primary by a moment: ledger exports, statements,
-    /// the trial balance, reconciliation reports. Unset, they read from `url`. Never used for
-    /// anything that writes or decides.
+    /// A read replica for reads that may lag the primary by a moment: the ledger export, the
+    /// trial balance, merchant and creator statements. Unset, they read from `url`. Never used for
+    /// anything that writes or decides, nor for invoice status (read right after a write).
     #[serde(default)]
     pub read_url: Option<String>,
     /// Connections to `read_url` (default: `pool_max`).
