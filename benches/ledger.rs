@@ -511,23 +511,34 @@ async fn run_ledger(target: &Target, chart: &Arc<Chart>, scenario: Scenario, con
             ledger.account_id(&mut conn, account, true).await?;
         }
     }
+    let chart = chart.clone();
+    run_writers(pool, scenario, config, "ledger", move |key, rng, progress| {
+        let entry = ledger_entry(key, "payment", &chart.legs(&scenario, rng));
+        let (ledger, progress) = (ledger.clone(), progress.clone());
+        async move { post_with_retries(&ledger, &entry, &progress).await }
+    })
+    .await
+}
+
+/// Runs `scenario`'s writers through [`drive`] on `pool`, closed afterwards. `step` makes the
+/// future that commits one entry, from its idempotency key (unique per writer and entry), the
+/// writer's random stream and the run's counters.
+async fn run_writers<F, Fut>(pool: PgPool, scenario: Scenario, config: &Config, what: &str, step: F) -> Result<Measured>
+where
+    F: Fn(String, &mut StdRng, &Arc<Progress>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
     let tag = scenario.tag();
     let measured = drive(scenario.writers, config, |writer, progress| {
-        let ledger = ledger.clone();
-        let chart = chart.clone();
+        let step = step.clone();
         let tag = tag.clone();
-        let retries = progress.clone();
+        let counters = progress.clone();
         let mut rng = StdRng::seed_from_u64(seed(writer));
-        writer_loop(progress, move |seq| {
-            let entry = ledger_entry(format!("bench:{tag}:{writer}:{seq}"), "payment", &chart.legs(&scenario, &mut rng));
-            let ledger = ledger.clone();
-            let retries = retries.clone();
-            async move { post_with_retries(&ledger, &entry, &retries).await }
-        })
+        writer_loop(progress, move |seq| step(format!("bench:{tag}:{writer}:{seq}"), &mut rng, &counters))
     })
     .await;
     pool.close().await;
-    measured.with_context(|| format!("ledger scenario {tag}"))
+    measured.with_context(|| format!("{what} scenario {tag}"))
 }
 
 /// A random stream per writer, the same on every run.
@@ -599,23 +610,14 @@ impl PlainEntry {
 /// Plain entries per second for the same writers, postings and accounts.
 async fn run_plain(target: &Target, chart: &Arc<Chart>, scenario: Scenario, config: &Config) -> Result<Measured> {
     let pool = target.pool(scenario.pool_size()?).await?;
-    let tag = scenario.tag();
-    let measured = drive(scenario.writers, config, |writer, progress| {
-        let pool = pool.clone();
-        let chart = chart.clone();
-        let tag = tag.clone();
-        let mut rng = StdRng::seed_from_u64(seed(writer));
-        writer_loop(progress, move |seq| {
-            let key = format!("bench:{tag}:{writer}:{seq}");
-            // The same work the ledger does on its side: ids from a map, rows in id order.
-            let entry = PlainEntry::new(&chart, &chart.legs(&scenario, &mut rng));
-            let pool = pool.clone();
-            async move { entry?.write(&pool, &key, "payment").await }
-        })
+    let (chart, writes) = (chart.clone(), pool.clone());
+    run_writers(pool, scenario, config, "plain", move |key, rng, _| {
+        // The same work the ledger does on its side: ids from a map, rows in id order.
+        let entry = PlainEntry::new(&chart, &chart.legs(&scenario, rng));
+        let pool = writes.clone();
+        async move { entry?.write(&pool, &key, "payment").await }
     })
-    .await;
-    pool.close().await;
-    measured.with_context(|| format!("plain scenario {tag}"))
+    .await
 }
 
 /// pgledger loaded into the bench database, with an account per payrail account.
@@ -658,6 +660,32 @@ impl Pgledger {
     fn id(&self, account: &AccountCode) -> Result<String> {
         self.accounts.get(account).cloned().with_context(|| format!("no pgledger account for {account}"))
     }
+
+    /// The transfers for an entry of `legs`: from the chain's account to each credited account.
+    fn transfers(&self, chart: &Chart, legs: &[Leg<'_>]) -> Result<Transfers> {
+        let credits = legs.iter().filter(|leg| !leg.debit);
+        Ok(Transfers {
+            from: self.id(&chart.chain)?,
+            to: credits.clone().map(|leg| self.id(leg.account)).collect::<Result<_>>()?,
+            amounts: credits.map(|leg| leg.value.to_string()).collect(),
+        })
+    }
+}
+
+/// One pgledger call's parameters.
+struct Transfers {
+    from: String,
+    to: Vec<String>,
+    amounts: Vec<String>,
+}
+
+impl Transfers {
+    async fn write(&self, pool: &PgPool) -> Result<()> {
+        let made: i64 =
+            sqlx::query_scalar(PGLEDGER_SQL).bind(&self.from).bind(&self.to).bind(&self.amounts).fetch_one(pool).await?;
+        ensure!(made == self.to.len() as i64, "pgledger made {made} transfers, not {}", self.to.len());
+        Ok(())
+    }
 }
 
 /// pgledger entries per second for the same writers, postings and accounts.
@@ -669,41 +697,13 @@ async fn run_pgledger(
     config: &Config,
 ) -> Result<Measured> {
     let pool = target.pool(scenario.pool_size()?).await?;
-    let tag = scenario.tag();
-    let measured = drive(scenario.writers, config, |writer, progress| {
-        let pool = pool.clone();
-        let chart = chart.clone();
-        let pgledger = pgledger.clone();
-        let mut rng = StdRng::seed_from_u64(seed(writer));
-        writer_loop(progress, move |_| {
-            let legs = chart.legs(&scenario, &mut rng);
-            let call = (|| {
-                let from = pgledger.id(&chart.chain)?;
-                let mut to = Vec::new();
-                let mut amounts = Vec::new();
-                for leg in legs.iter().filter(|leg| !leg.debit) {
-                    to.push(pgledger.id(leg.account)?);
-                    amounts.push(leg.value.to_string());
-                }
-                Ok::<_, anyhow::Error>((from, to, amounts))
-            })();
-            let pool = pool.clone();
-            async move {
-                let (from, to, amounts) = call?;
-                let transfers: i64 = sqlx::query_scalar(PGLEDGER_SQL)
-                    .bind(&from)
-                    .bind(&to)
-                    .bind(&amounts)
-                    .fetch_one(&pool)
-                    .await?;
-                ensure!(transfers == to.len() as i64, "pgledger made {transfers} transfers, not {}", to.len());
-                Ok(())
-            }
-        })
+    let (chart, pgledger, writes) = (chart.clone(), pgledger.clone(), pool.clone());
+    run_writers(pool, scenario, config, "pgledger", move |_, rng, _| {
+        let transfers = pgledger.transfers(&chart, &chart.legs(&scenario, rng));
+        let pool = writes.clone();
+        async move { transfers?.write(&pool).await }
     })
-    .await;
-    pool.close().await;
-    measured.with_context(|| format!("pgledger scenario {tag}"))
+    .await
 }
 
 /// One row of the result table.
@@ -798,11 +798,12 @@ async fn run(config: Config, target: Target) -> Result<()> {
     support::summary_header();
     for row in &rows {
         let scenario = row.scenario;
-        let (peer, ratio) = match (row.pgledger, row.tenths_of_pgledger()) {
-            (Some(peer), Some(tenths)) => {
-                (format!("plain {}/s; pgledger {peer}/s", row.plain), format!("{}%; {}.{}×", row.percent(), tenths / 10, tenths % 10))
-            }
-            _ => (format!("plain {}/s; pgledger not run", row.plain), format!("{}%", row.percent())),
+        let (peer, ratio) = match row.pgledger {
+            Some(peer) => (
+                format!("plain {}/s; pgledger {peer}/s", row.plain),
+                format!("{}%; {}", row.percent(), support::ratio(row.ledger, peer)),
+            ),
+            None => (format!("plain {}/s; pgledger not run", row.plain), format!("{}%", row.percent())),
         };
         support::summary_row(
             &format!("ledger entries, {} postings, {} writer(s), {}", scenario.postings, scenario.writers, scenario.accounts.name()),
@@ -872,9 +873,9 @@ fn print_table(rows: &[ScenarioRow]) {
         "postings", "writers", "accounts", "ledger entries/s", "plain entries/s", "ledger/plain", "pgledger/s", "ledger/pgledger"
     );
     for row in rows {
-        let (peer, times) = match (row.pgledger, row.tenths_of_pgledger()) {
-            (Some(peer), Some(tenths)) => (peer.to_string(), format!("{}.{}×", tenths / 10, tenths % 10)),
-            _ => ("-".to_owned(), "-".to_owned()),
+        let (peer, times) = match row.pgledger {
+            Some(peer) => (peer.to_string(), support::ratio(row.ledger, peer)),
+            None => ("-".to_owned(), "-".to_owned()),
         };
         let below = row.percent() < GOAL_PERCENT || row.tenths_of_pgledger().is_some_and(|t| t < GOAL_PGLEDGER * 10);
         let mark = if below { "  < below goal" } else { "" };

@@ -182,14 +182,12 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
 
 /// The pool on `[database] read_url`, when one is set.
 pub fn read_pool(config: &Config) -> Result<Option<PgPool>, AppError> {
-    let Some(url) = &config.database.read_url else {
+    let (Some(url), Some(shown)) = (&config.database.read_url, config.database.read_url_redacted()) else {
         return Ok(None);
     };
-    let pool = crate::db::connect_lazy(url, config.database.read_pool_max()).map_err(|source| AppError::ReadReplica {
-        url: config.database.read_url_redacted().unwrap_or_default(),
-        source,
-    })?;
-    tracing::info!(target: "db", url = %config.database.read_url_redacted().unwrap_or_default(), "exports and statements read from the replica");
+    let pool = crate::db::connect_lazy(url, config.database.read_pool_max())
+        .map_err(|source| AppError::ReadReplica { url: shown.clone(), source })?;
+    tracing::info!(target: "db", url = %shown, "exports and statements read from the replica");
     Ok(Some(pool))
 }
 
