@@ -1065,7 +1065,7 @@ async fn breakdown(rig: &Rig, range: &Range, catch_up_us: u64, database_url: &st
     let mut start = range.first;
     while start <= range.last {
         let end = range.last.min(start + TICK_BLOCKS - 1);
-        logs += u64::try_from(rpc.token_transfers(start, end, &[rig.usdc], &range.watched_addresses).await?.len()).unwrap_or(0);
+        logs += u64::try_from(rpc.token_transfers(start, end, &[rig.usdc], Some(&range.watched_addresses)).await?.len()).unwrap_or(0);
         start = end + 1;
     }
     let logs_us = micros(started.elapsed());

@@ -103,6 +103,11 @@ impl Rig {
         }
     }
 
+    /// One step, which must commit new blocks.
+    async fn step_once(&self, watcher: &EvmWatcher) {
+        assert!(!watcher.step().await.expect("step").is_idle(), "a block to read");
+    }
+
     /// Runs the watcher until it has nothing left to do.
     async fn catch_up(&self, watcher: &EvmWatcher) {
         for _ in 0..50 {
@@ -392,31 +397,82 @@ async fn confirmed_deposits_are_swept_to_the_treasury_and_gas_is_booked(pool: Pg
     assert_eq!(usdc.balanceOf(DEV_TREASURY).call().await.expect("balance") - treasury_before, U256::from(10_000_000u64));
 }
 
-/// Native coin sent by a contract (an internal transfer) is found by the balance check.
-#[sqlx::test]
-async fn native_coin_sent_by_a_contract_is_found_by_the_balance_check(pool: PgPool) {
+/// Pays `to` from inside a contract call (the payout batcher), as a smart wallet or a payout
+/// contract would; returns the block it was mined in.
+async fn pay_from_a_contract(rig: &Rig, to: Address, value: U256) -> u64 {
     use payrail::chain::evm::contracts::PayoutBatcher;
     use payrail_devnet::anvil::DEV_DEPLOYER_KEY;
-    let rig = rig(pool).await;
-    let watcher = rig.watcher();
-    rig.catch_up(&watcher).await;
-    let asset = rig.asset("POL");
-    let invoice = rig.invoice("1.00", std::slice::from_ref(&asset)).await;
-    let due: U256 = invoice.payment_options[0].amount_minor.parse().expect("amount");
-    // The payout batcher pays the deposit address from inside a contract call.
     let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
     let deployer: PrivateKeySigner = DEV_DEPLOYER_KEY.parse().expect("key");
     let provider = ProviderBuilder::new().wallet(EthereumWallet::from(deployer)).connect_http(url);
     let batcher = PayoutBatcher::new(rig.spec.payout_batcher.expect("batcher"), &provider);
-    batcher
-        .payout(alloy::primitives::B256::repeat_byte(7), Address::ZERO, vec![deposit_of(&invoice)], vec![due])
-        .value(due)
+    let receipt = batcher
+        .payout(alloy::primitives::B256::repeat_byte(7), Address::ZERO, vec![to], vec![value])
+        .value(value)
         .send()
         .await
         .expect("send")
         .get_receipt()
         .await
         .expect("mined");
+    assert!(receipt.status());
+    receipt.block_number.expect("block")
+}
+
+/// Native coin sent by a contract (an internal transfer) is found in the block's traces, in the
+/// block that moved it, as soon as that block is read; a transfer inside a transaction that then
+/// reverted moved nothing and is not counted.
+#[sqlx::test]
+async fn native_coin_sent_by_a_contract_is_found_in_the_block_traces(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    let asset = rig.asset("POL");
+    let invoice = rig.invoice("1.00", std::slice::from_ref(&asset)).await;
+    let due: U256 = invoice.payment_options[0].amount_minor.parse().expect("amount");
+    let deposit = deposit_of(&invoice);
+
+    // A contract creation whose code pays the deposit address, then reverts.
+    let code = format!("0x60006000600060003473{}5af160006000fd", hex::encode(deposit.as_slice()));
+    let url = alloy::transports::http::reqwest::Url::parse(&rig.anvil.url()).expect("url");
+    let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer())).connect_http(url);
+    let reverted = TransactionRequest::default()
+        .input(alloy::primitives::Bytes::from(hex::decode(&code[2..]).expect("hex")).into())
+        .create()
+        .value(due)
+        .gas_limit(200_000);
+    let receipt = provider.send_transaction(reverted).await.expect("send").get_receipt().await.expect("mined");
+    assert!(!receipt.status(), "the creation reverts");
+    rig.catch_up(&watcher).await;
+    assert!(rig.view(&invoice.id).await.payments.is_empty(), "a reverted call moved nothing");
+
+    let height = pay_from_a_contract(&rig, deposit, due).await;
+    rig.step_once(&watcher).await;
+    let seen = rig.view(&invoice.id).await;
+    assert_eq!(seen.status, InvoiceStatus::Processing);
+    assert_eq!(seen.payments.len(), 1);
+    assert_eq!(seen.payments[0].amount_minor, invoice.payment_options[0].amount_minor);
+    assert_eq!(seen.payments[0].tx_ref, format!("{}:balance:{deposit:#x}:{height}", rig.spec.caip2));
+    mine(&rig.anvil, u64::from(seen.payments[0].confirmations_required)).await;
+    rig.catch_up(&watcher).await;
+    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
+    let again = rig.watcher();
+    rig.catch_up(&again).await;
+    assert_eq!(rig.view(&invoice.id).await.payments.len(), 1);
+}
+
+/// Where traces are not used, native coin sent by a contract is found by the balance check: at
+/// the first idle step, as the difference between the balance and the payments recorded.
+#[sqlx::test]
+async fn native_coin_sent_by_a_contract_is_found_by_the_balance_check(pool: PgPool) {
+    let mut rig = rig(pool).await;
+    rig.spec.internal_transfers = payrail::config::InternalTransfers::BalanceCheck;
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    let asset = rig.asset("POL");
+    let invoice = rig.invoice("1.00", std::slice::from_ref(&asset)).await;
+    let due: U256 = invoice.payment_options[0].amount_minor.parse().expect("amount");
+    pay_from_a_contract(&rig, deposit_of(&invoice), due).await;
     // The first idle tick runs the balance check.
     let watcher = rig.watcher();
     rig.catch_up(&watcher).await;
@@ -432,6 +488,38 @@ async fn native_coin_sent_by_a_contract_is_found_by_the_balance_check(pool: PgPo
     let again = rig.watcher();
     rig.catch_up(&again).await;
     assert_eq!(rig.view(&invoice.id).await.payments.len(), 1);
+}
+
+/// A deposit address written by a transaction that commits after the watcher read the addresses
+/// written since its last read (while a later one was already visible) is still watched.
+#[sqlx::test]
+async fn an_address_committed_late_is_still_watched(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.watcher();
+    rig.catch_up(&watcher).await;
+    let usdc = rig.asset("USDC");
+    let first = rig.invoice("2.00", std::slice::from_ref(&usdc)).await;
+    let late = Address::repeat_byte(0x5a);
+    let mut open = rig.state.pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO deposit_addresses (chain, address, invoice_id) VALUES ($1, $2, $3)")
+        .bind(rig.spec.caip2.to_string())
+        .bind(format!("{late:#x}"))
+        .bind(&first.id)
+        .execute(&mut *open)
+        .await
+        .expect("insert");
+    // Written and committed after the open one began.
+    let second = rig.invoice("3.00", std::slice::from_ref(&usdc)).await;
+    mine(&rig.anvil, 1).await;
+    rig.catch_up(&watcher).await;
+    open.commit().await.expect("commit");
+    pay(&rig, "USDC", deposit_of(&second), U256::from(3_000_000u64)).await;
+    pay(&rig, "USDC", late, U256::from(2_000_000u64)).await;
+    rig.catch_up(&watcher).await;
+    assert_eq!(rig.view(&second.id).await.payments.len(), 1);
+    let paid = rig.view(&first.id).await;
+    assert_eq!(paid.payments.len(), 1, "the late address's payment is seen");
+    assert_eq!(paid.payments[0].address.as_deref().map(str::to_lowercase), Some(format!("{late:#x}")));
 }
 
 /// A large payment needs more confirmations than the finalized tag lags; a finalized block is

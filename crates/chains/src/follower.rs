@@ -36,7 +36,7 @@ use crate::rates::RateSource;
 
 use super::reorg::{self, Action, Tracked};
 use super::source::{Block, BlockId, ChainSource, Fetched, Found, Head, Observed, Pricing, Scan, ScanKind};
-use super::{store, summary::Summary};
+use super::{store, summary::Summary, watch::WatchList};
 
 /// Longest pause between failed steps.
 pub const BACKOFF_MS_MAX: u64 = 30_000;
@@ -137,6 +137,7 @@ pub struct Follower<S: ChainSource> {
     share: Option<Share>,
     events: broadcast::Sender<ChainEvent<S::Hash>>,
     summary: Mutex<Summary>,
+    watched: tokio::sync::Mutex<WatchList>,
 }
 
 fn height_i64(height: u64) -> i64 {
@@ -164,6 +165,7 @@ impl<S: ChainSource> Follower<S> {
             fence: Mutex::new(None),
             share: None,
             events: broadcast::channel(EVENTS_BUFFERED_MAX).0,
+            watched: tokio::sync::Mutex::new(WatchList::default()),
         })
     }
 
@@ -372,13 +374,18 @@ impl<S: ChainSource> Follower<S> {
         cursor: BlockId<S::Hash>,
         fork: Option<u64>,
     ) -> Result<(usize, usize), FollowError> {
-        let watched = store::watched(&self.pool, &self.caip2, self.clock.now()).await?;
+        // Steps run one at a time; the lock is for the borrow across awaits, never contended.
+        let mut watched = self.watched.lock().await;
+        watched.refresh(&self.pool, &self.caip2, self.clock.now()).await?;
         if watched.len() > WATCHED_ADDRESSES_MAX {
             return Err(FollowError::TooManyAddresses { chain: self.chain.name.clone(), count: watched.len() });
         }
+        let chain = [("chain", self.caip2.as_str())];
+        metrics::gauge("payrail_watched_addresses", "Addresses the chain watcher watches.", &chain, i64::try_from(watched.len()).unwrap_or(i64::MAX));
         let known = if matches!(kind, ScanKind::Advance { at_tip: false }) { HashMap::new() } else { self.known(cursor.height, blocks).await? };
-        let scan = Scan { kind, head, blocks, cursor: Some(cursor), known: &known, watched: &watched, pricing: &self.pricing };
+        let scan = Scan { kind, head, blocks, cursor: Some(cursor), known: &known, watched: &*watched, pricing: &self.pricing };
         let mut observed: Observed = self.source.scan(scan).await?;
+        drop(watched);
         let payments = observed.payments.len();
         let refunds = std::mem::take(&mut observed.refunds);
 

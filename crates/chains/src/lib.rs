@@ -21,6 +21,7 @@ pub mod pricing;
 pub mod source;
 pub mod store;
 pub mod summary;
+pub mod watch;
 
 pub use follower::{ChainEvent, FollowError, Follower};
 pub use source::ChainSource;

@@ -17,6 +17,7 @@ use crate::money::{Amount, AssetId};
 use crate::rates::RateSource;
 
 use super::follower::FollowError;
+use super::watch::WatchList;
 
 pub use payrail_core::chain::{Block, BlockHash, BlockId, Observed, RefundSeen};
 
@@ -71,7 +72,7 @@ pub struct Scan<'a, H, B> {
     pub cursor: Option<BlockId<H>>,
     /// Hashes the follower knows by height: the stored window up to the cursor and the new blocks.
     pub known: &'a HashMap<u64, H>,
-    pub watched: &'a [Watched],
+    pub watched: &'a WatchList,
     pub pricing: &'a Pricing,
 }
 

@@ -1,6 +1,7 @@
 //! What the follower reads of payments and deposit addresses, in PostgreSQL.
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::invoice::PaymentStatus;
@@ -13,31 +14,68 @@ use super::source::Watched;
 pub const WATCH_AFTER_EXPIRY_S: i64 = 7 * 24 * 3600;
 
 /// Deposit addresses of invoices that can still be paid, that expired recently (late payments),
-/// or that have a payment still waiting.
-pub async fn watched(pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<Vec<Watched>, sqlx::Error> {
+/// or that have a payment still waiting; and the oldest transaction still running when they were
+/// read (see [`written_since`]).
+pub async fn watched(pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<(Vec<Watched>, u64), sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT d.address, d.invoice_id, NULL::text AS refund_id, NULL::text AS refund_amount \
-         FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
-         WHERE d.chain = $1 AND (i.status IN ('open', 'processing') OR i.expires_at > $2 \
-               OR EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = d.invoice_id AND p.chain = d.chain AND p.status = 'seen')) \
-         UNION ALL \
-         SELECT address, invoice_id, id, amount_minor::text FROM crypto_refunds \
-         WHERE chain = $1 AND status = 'claimed' AND payout_id IS NULL",
+        "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS since) \
+         SELECT s.since, w.address, w.invoice_id FROM s LEFT JOIN ( \
+           SELECT d.address, d.invoice_id FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
+           WHERE d.chain = $1 AND (i.status IN ('open', 'processing') OR i.expires_at > $2 \
+                 OR EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = d.invoice_id AND p.chain = d.chain AND p.status = 'seen')) \
+         ) w ON true",
     )
     .bind(chain)
     .bind(now - chrono::Duration::seconds(WATCH_AFTER_EXPIRY_S))
     .fetch_all(pool)
     .await?;
+    deposits(rows)
+}
+
+/// Deposit addresses written by transactions at or after `since` (a previous read's
+/// [`watched`] or [`written_since`]), and the value to pass next time. Re-reads some rows; misses
+/// none: a transaction a read could not see was running then, so it is not older than `since`.
+pub async fn written_since(pool: &PgPool, chain: &str, since: u64) -> Result<(Vec<Watched>, u64), sqlx::Error> {
+    let rows = sqlx::query(
+        "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS since) \
+         SELECT s.since, d.address, d.invoice_id FROM s LEFT JOIN deposit_addresses d \
+           ON d.chain = $1 AND d.written_tx >= $2::text::xid8",
+    )
+    .bind(chain)
+    .bind(since.to_string())
+    .fetch_all(pool)
+    .await?;
+    deposits(rows)
+}
+
+/// Rows of `since`, and a deposit address and its invoice where present.
+fn deposits(rows: Vec<PgRow>) -> Result<(Vec<Watched>, u64), sqlx::Error> {
+    let mut since = 0;
+    let mut watched = Vec::with_capacity(rows.len());
+    for row in rows {
+        let text: String = row.try_get("since")?;
+        since = text.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if let (Some(address), Some(invoice_id)) = (row.try_get("address")?, row.try_get("invoice_id")?) {
+            watched.push(Watched { address, invoice_id, refund: None });
+        }
+    }
+    Ok((watched, since))
+}
+
+/// Refunds the merchant still has to pay to the payer's address (watched to see them paid).
+pub async fn refunds_due(pool: &PgPool, chain: &str) -> Result<Vec<Watched>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT address, invoice_id, id, amount_minor::text AS amount FROM crypto_refunds \
+         WHERE chain = $1 AND status = 'claimed' AND payout_id IS NULL",
+    )
+    .bind(chain)
+    .fetch_all(pool)
+    .await?;
     rows.into_iter()
         .map(|r| {
-            let refund = match (r.try_get::<Option<String>, _>("refund_id")?, r.try_get::<Option<String>, _>("refund_amount")?) {
-                (Some(id), Some(amount)) => {
-                    let amount = Amount::parse_decimal(&amount, 0).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-                    Some((id, amount))
-                }
-                _ => None,
-            };
-            Ok(Watched { address: r.try_get("address")?, invoice_id: r.try_get("invoice_id")?, refund })
+            let amount: String = r.try_get("amount")?;
+            let amount = Amount::parse_decimal(&amount, 0).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok(Watched { address: r.try_get("address")?, invoice_id: r.try_get("invoice_id")?, refund: Some((r.try_get("id")?, amount)) })
         })
         .collect()
 }

@@ -100,6 +100,22 @@ impl FinalityTag {
     }
 }
 
+/// How an EVM watcher finds native coin that reaches a deposit address from inside a contract
+/// call (a payout contract, a smart wallet), which no transaction's `value` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InternalTransfers {
+    /// `traces` where the node answers `trace_block`, else `balance_check`.
+    #[default]
+    Auto,
+    /// The value calls in `trace_block` of every block with transactions: each one is seen in its
+    /// block, at a cost that grows with blocks, not with watched addresses.
+    Traces,
+    /// When caught up, a bounded number of watched addresses' balances are compared with the
+    /// payments recorded for them, in turn: with many open invoices an address's turn comes late.
+    BalanceCheck,
+}
+
 /// An RPC endpoint. Its `Debug` and `Display` show only scheme, host and port, because
 /// providers put API keys in the rest; [`RpcUrl::as_str`] gives the full URL to connect.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -190,6 +206,8 @@ pub struct ChainSpec {
     pub payout_batcher: Option<Address>,
     /// First block a new watcher scans; without it, a new watcher starts at the tip.
     pub start_block: Option<u64>,
+    /// EVM: how native coin sent by contracts is found.
+    pub internal_transfers: InternalTransfers,
 }
 
 impl ChainSpec {
@@ -226,6 +244,8 @@ struct ChainFile {
     tokens: Vec<TokenFile>,
     #[serde(default)]
     rpc: Vec<String>,
+    #[serde(default)]
+    internal_transfers: Option<InternalTransfers>,
 }
 
 #[derive(Deserialize)]
@@ -449,6 +469,9 @@ impl ChainFile {
             }
         }
 
+        if self.kind == ChainKind::Bitcoin && self.internal_transfers.is_some() {
+            return Err(InvalidKey::new("internal_transfers", "bitcoin has no contract calls"));
+        }
         let tokens = self.check_tokens()?;
         let rpc = check_rpc(self.kind, &self.rpc).map_err(|e| e.under("rpc"))?;
         Ok(ChainSpec {
@@ -471,6 +494,7 @@ impl ChainFile {
             forwarder_factory: None,
             payout_batcher: None,
             start_block: None,
+            internal_transfers: self.internal_transfers.unwrap_or_default(),
         })
     }
 

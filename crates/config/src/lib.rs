@@ -43,7 +43,7 @@ use serde::{Deserialize, Deserializer};
 use crate::money::{AssetId, ChainId, Rate};
 
 pub use chain::{
-    ChainKind, ChainSpec, FinalityTag, NativeAsset, RpcUrl, TokenSpec, BLOCK_TIME_MS_MAX,
+    ChainKind, ChainSpec, FinalityTag, InternalTransfers, NativeAsset, RpcUrl, TokenSpec, BLOCK_TIME_MS_MAX,
     CHAIN_FILES_MAX, CONFIG_FILE_BYTES_MAX, DECIMALS_MAX, REORG_DEPTH_MAX_LIMIT, RPC_ENDPOINTS_MAX,
     TOKENS_MAX,
 };

@@ -143,7 +143,7 @@ impl EvmReader {
         // Tokens: `Transfer` logs to the deposit addresses.
         let tokens: Vec<Address> = self.spec.tokens.iter().map(|t| t.address).collect();
         for chunk in deposit_addresses.chunks(ADDRESSES_PER_FILTER_MAX) {
-            let transfers = self.rpc.token_transfers_split(from, to, &tokens, chunk).await.map_err(|e| self.error(e))?;
+            let transfers = self.rpc.token_transfers_split(from, to, &tokens, Some(chunk)).await.map_err(|e| self.error(e))?;
             for t in transfers {
                 found.push(ChainObservation {
                     kind: ItemKind::Deposit,

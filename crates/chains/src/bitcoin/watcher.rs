@@ -29,6 +29,7 @@ use crate::config::{ChainKind, ChainSpec};
 use crate::invoice::BlockRef;
 use crate::metrics;
 use crate::money::{Amount, AssetId};
+use crate::watch::WatchList;
 
 use super::descriptor::{network_of, parse_address};
 use super::electrum::{Electrum, HEADERS_PER_CALL_MAX};
@@ -123,9 +124,9 @@ impl ChainSource for BitcoinSource {
 
 impl BitcoinSource {
     /// The watched addresses by script.
-    fn watched<'a>(&self, watched: &'a [Watched]) -> HashMap<ScriptBuf, &'a Watched> {
+    fn watched<'a>(&self, watched: &'a WatchList) -> HashMap<ScriptBuf, &'a Watched> {
         let mut scripts = HashMap::with_capacity(watched.len());
-        for target in watched {
+        for target in watched.deposits().iter().chain(watched.refunds()) {
             match parse_address(&target.address, self.network) {
                 Some(parsed) => {
                     scripts.insert(parsed.script_pubkey(), target);

@@ -15,6 +15,7 @@ use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::types::{Filter, Log};
 use alloy::sol;
 use alloy::sol_types::SolEvent;
+use serde::Deserialize;
 use thiserror::Error;
 
 use crate::source::Block;
@@ -63,6 +64,8 @@ pub enum RpcError {
 pub struct EvmBlock {
     pub block: Block<B256>,
     pub transfers: Vec<NativeTransfer>,
+    /// How many transactions the block holds (an empty block has no traces to read).
+    pub transactions: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +248,7 @@ impl EvmClient {
         Ok(EvmBlock {
             block: Block { height: block.header.number, hash: block.header.hash, parent: block.header.parent_hash },
             transfers,
+            transactions: block.transactions.len(),
         })
     }
 
@@ -270,24 +274,25 @@ impl EvmClient {
         Ok(block.header.hash)
     }
 
-    /// `Transfer` logs of `tokens` to any of `to` in `[from, to_block]`.
+    /// `Transfer` logs of `tokens` in `[from, to_block]`: to any of `to`, or to anyone (`None`).
     pub async fn token_transfers(
         &self,
         from: u64,
         to_block: u64,
         tokens: &[Address],
-        to: &[Address],
+        to: Option<&[Address]>,
     ) -> Result<Vec<TokenTransfer>, RpcError> {
-        if tokens.is_empty() || to.is_empty() {
+        if tokens.is_empty() || to.is_some_and(<[Address]>::is_empty) {
             return Ok(Vec::new());
         }
-        let recipients: Vec<B256> = to.iter().map(|a| a.into_word()).collect();
-        let filter = Filter::new()
+        let mut filter = Filter::new()
             .from_block(from)
             .to_block(to_block)
             .address(tokens.to_vec())
-            .event_signature(Transfer::SIGNATURE_HASH)
-            .topic2(recipients);
+            .event_signature(Transfer::SIGNATURE_HASH);
+        if let Some(to) = to {
+            filter = filter.topic2(to.iter().map(|a| a.into_word()).collect::<Vec<B256>>());
+        }
         let logs: Vec<Log> = self
             .call("eth_getLogs", |p| {
                 let filter = filter.clone();
@@ -328,7 +333,7 @@ impl EvmClient {
         from: u64,
         to_block: u64,
         tokens: &[Address],
-        to: &[Address],
+        to: Option<&[Address]>,
     ) -> Result<Vec<TokenTransfer>, RpcError> {
         let mut ranges = vec![(from, to_block)];
         let mut found = Vec::new();
@@ -345,6 +350,19 @@ impl EvmClient {
             }
         }
         Ok(found)
+    }
+
+    /// Native coin moved by successful calls inside the transactions of block `height` (not the
+    /// transactions' own value, which the block body shows), from the parity-style `trace_block`.
+    /// A call counts only when neither it nor any call around it failed (a reverted frame undoes
+    /// everything under it); a self-destruct counts the balance it hands over.
+    pub async fn internal_transfers(&self, height: u64) -> Result<Vec<InternalTransfer>, RpcError> {
+        let frames: Vec<TraceFrame> = self
+            .call("trace_block", |p| async move {
+                p.raw_request("trace_block".into(), (BlockNumberOrTag::Number(height),)).await.map_err(|e| e.to_string())
+            })
+            .await?;
+        Ok(internal_of(&frames))
     }
 
     /// The native balance of `address` at block `height`; [`RpcError::StateUnavailable`] when the
@@ -387,8 +405,72 @@ fn is_state_pruned(message: &str) -> bool {
 }
 
 /// Whether a node's error says the `eth_getLogs` range or result set was too large.
+/// Native coin a contract call moved to `to` in block `height`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalTransfer {
+    pub tx_hash: B256,
+    pub to: Address,
+    pub value: U256,
+    /// The block the node traced (checked against the block fetched at that height).
+    pub block_hash: Option<B256>,
+}
+
+/// One frame of `trace_block`'s answer, as far as value moves are concerned.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TraceFrame {
+    action: TraceAction,
+    #[serde(default)]
+    error: Option<String>,
+    trace_address: Vec<u64>,
+    transaction_hash: Option<B256>,
+    block_hash: Option<B256>,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TraceAction {
+    call_type: Option<String>,
+    to: Option<Address>,
+    value: Option<U256>,
+    refund_address: Option<Address>,
+    balance: Option<U256>,
+}
+
+/// The value moves of `frames` below the top level, of frames whose ancestors all succeeded.
+fn internal_of(frames: &[TraceFrame]) -> Vec<InternalTransfer> {
+    let failed: std::collections::HashSet<(B256, &[u64])> = frames
+        .iter()
+        .filter(|f| f.error.is_some())
+        .filter_map(|f| Some((f.transaction_hash?, f.trace_address.as_slice())))
+        .collect();
+    let mut moves = Vec::new();
+    for frame in frames.iter().filter(|f| !f.trace_address.is_empty()) {
+        let Some(tx_hash) = frame.transaction_hash else { continue };
+        let (to, value) = match (frame.kind.as_str(), frame.action.call_type.as_deref()) {
+            ("call", Some("call")) => (frame.action.to, frame.action.value),
+            ("suicide" | "selfdestruct", _) => (frame.action.refund_address, frame.action.balance),
+            _ => continue,
+        };
+        let (Some(to), Some(value)) = (to, value.filter(|v| !v.is_zero())) else { continue };
+        let path = frame.trace_address.as_slice();
+        if (0..=path.len()).any(|depth| failed.contains(&(tx_hash, &path[..depth]))) {
+            continue;
+        }
+        moves.push(InternalTransfer { tx_hash, to, value, block_hash: frame.block_hash });
+    }
+    moves
+}
+
 fn is_range_limit(message: &str) -> bool {
     mentions_any(message, &["too many", "range", "limit", "exceed", "response size", "10000 results"])
+}
+
+/// Whether a node refused a call because it does not offer the method at all.
+pub fn is_method_unsupported(message: &str) -> bool {
+    mentions_any(message, &["method not found", "does not exist", "unsupported", "not supported", "-32601"])
 }
 
 /// The refusals a node gives when it will never mine a transaction as sent.
@@ -489,5 +571,43 @@ mod tests {
         assert!(super::is_range_limit("Block range is too large"));
         assert!(super::is_range_limit("eth_getLogs is limited to a 2000 range"));
         assert!(!super::is_range_limit("connection refused"));
+    }
+
+    #[test]
+    fn only_successful_calls_below_the_top_level_move_coin() {
+        let tx = format!("{:#x}", B256::repeat_byte(1));
+        let other = format!("{:#x}", B256::repeat_byte(2));
+        let to = |b: u8| format!("{:#x}", Address::repeat_byte(b));
+        let call = |tx: &str, path: &[u64], to: &str, value: &str, error: Option<&str>| {
+            serde_json::json!({
+                "action": {"callType": "call", "from": "0x0000000000000000000000000000000000000001", "to": to, "value": value, "gas": "0x0", "input": "0x"},
+                "error": error, "traceAddress": path, "transactionHash": tx, "blockHash": format!("{:#x}", B256::repeat_byte(9)),
+                "type": "call", "subtraces": 0
+            })
+        };
+        let frames = serde_json::json!([
+            // The transaction itself: its value is the block body's business.
+            call(&tx, &[], &to(0xaa), "0x5", None),
+            call(&tx, &[0], &to(0xbb), "0x7", None),
+            call(&tx, &[1], &to(0xcc), "0x0", None),
+            // A failed frame undoes its own value and everything under it.
+            call(&tx, &[2], &to(0xdd), "0x3", Some("Reverted")),
+            call(&tx, &[2, 0], &to(0xee), "0x4", None),
+            // A transaction that failed at the top moved nothing at all.
+            call(&other, &[], &to(0xaa), "0x0", Some("Reverted")),
+            call(&other, &[0], &to(0xff), "0x9", None),
+            {"action": {"address": to(0x11), "refundAddress": to(0x12), "balance": "0x2"}, "traceAddress": [1], "transactionHash": tx, "type": "suicide", "subtraces": 0},
+            {"action": {"callType": "delegatecall", "to": to(0x13), "value": "0x8"}, "traceAddress": [3], "transactionHash": tx, "type": "call", "subtraces": 0},
+        ]);
+        let frames: Vec<TraceFrame> = serde_json::from_value(frames).expect("frames");
+        let moved: Vec<(Address, U256)> = internal_of(&frames).into_iter().map(|t| (t.to, t.value)).collect();
+        assert_eq!(moved, vec![(Address::repeat_byte(0xbb), U256::from(7)), (Address::repeat_byte(0x12), U256::from(2))]);
+    }
+
+    #[test]
+    fn a_missing_method_is_told_apart_from_a_failing_node() {
+        assert!(is_method_unsupported("the method trace_block does not exist/is not available"));
+        assert!(is_method_unsupported("server returned an error response: error code -32601: Method not found"));
+        assert!(!is_method_unsupported("connection refused"));
     }
 }

@@ -1,14 +1,19 @@
 //! The EVM chain source, one per configured EVM chain, for the [`crate::follower`].
 //!
-//! Payments are found in the blocks the follower fetches: top-level native transfers from block
-//! bodies (of successful transactions) and ERC-20 `Transfer` logs to watched deposit addresses.
-//! When the follower is idle at the tip, deposit balances are compared, at most every
-//! [`BALANCE_CHECK_INTERVAL_MS`], with the native payments seen, so that native coin sent by a
-//! contract is not missed. Credits are keyed by `{caip2}:{tx}:{log index}` (tokens),
-//! `{caip2}:{tx}:native` or `{caip2}:balance:{address}:{height}`.
+//! Payments are found in the blocks the follower fetches, at a cost that grows with blocks and
+//! not with the number of open invoices: top-level native transfers from block bodies (of
+//! successful transactions), ERC-20 `Transfer` logs of the configured tokens (filtered by recipient
+//! while few addresses are watched, else every transfer of the range, matched in memory), and
+//! native coin moved inside contract calls from `trace_block` where the node offers it
+//! ([`InternalTransfers`]). Where it does not, the balances of a bounded number of watched
+//! addresses ([`BALANCE_CHECKS_PER_PASS_MAX`]) are compared, in turn, with the native payments
+//! recorded for them, at most every [`BALANCE_CHECK_INTERVAL_MS`] while the follower is idle at the
+//! tip. Credits are keyed by `{caip2}:{tx}:{log index}` (tokens), `{caip2}:{tx}:native` or
+//! `{caip2}:balance:{address}:{height}` (native coin from contracts: the block's total to the
+//! address).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,22 +21,27 @@ use alloy::primitives::{Address, B256, U256};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use sqlx::{PgPool, Row};
 
-use crate::evm::client::{EvmClient, NativeTransfer, RpcError};
+use crate::evm::client::{is_method_unsupported, EvmClient, InternalTransfer, NativeTransfer, RpcError};
 use crate::follower::{FollowError, Follower};
 use crate::health::TIP_STALL_BLOCK_TIMES_EVM;
-use crate::source::{BlockHash, BlockId, ChainSource, Fetched, Found, Head, Observed, Scan, ScanKind};
-use crate::config::{ChainSpec, FinalityTag};
+use crate::source::{BlockHash, BlockId, ChainSource, Fetched, Found, Head, Observed, Scan, ScanKind, Watched};
+use crate::config::{ChainSpec, FinalityTag, InternalTransfers};
 use crate::invoice::{BlockRef, ObservedPayment};
 use crate::money::{Amount, AssetId};
+use crate::watch::Index;
 
 /// Most blocks fetched and processed in one step (and one database transaction).
 pub const BLOCKS_PER_TICK_MAX: u64 = 500;
 /// Blocks fetched concurrently.
 pub const BLOCK_FETCHES_CONCURRENT_MAX: usize = 16;
-/// Deposit addresses per `eth_getLogs` call.
+/// Up to this many watched addresses, `eth_getLogs` asks for transfers to them only (one call);
+/// beyond, for every transfer of the configured tokens, matched in memory.
 pub const ADDRESSES_PER_LOG_QUERY_MAX: usize = 500;
-/// How often, when caught up, deposit balances are compared with the payments seen.
+/// How often, when caught up and without traces, deposit balances are compared with the payments
+/// seen.
 pub const BALANCE_CHECK_INTERVAL_MS: u64 = 30_000;
+/// Most addresses whose balance one check reads; the next check goes on where it stopped.
+pub const BALANCE_CHECKS_PER_PASS_MAX: usize = 200;
 /// Longest pause between polls of the tip.
 pub const POLL_INTERVAL_MS_MAX: u64 = 500;
 
@@ -47,16 +57,35 @@ pub struct EvmSource {
     pool: PgPool,
     native: AssetId,
     tokens: HashMap<Address, AssetId>,
+    /// Watched deposit addresses by address.
+    index: Mutex<Index<Address>>,
+    /// How internal transfers are found: [`UNDECIDED`], [`TRACES`] or [`BALANCE_CHECK`].
+    internal: AtomicU8,
     last_balance_check: Mutex<Option<Instant>>,
+    /// Where the next balance check starts in the watched deposits.
+    balance_turn: Mutex<usize>,
     /// Whether the node's pruned history was already reported (once per source).
     pruned_state_logged: AtomicBool,
 }
 
-type EvmScan<'a> = Scan<'a, B256, Vec<NativeTransfer>>;
+const UNDECIDED: u8 = 0;
+const TRACES: u8 = 1;
+const BALANCE_CHECK: u8 = 2;
+
+/// What the watcher keeps of a block besides its header.
+#[derive(Debug, Clone, Default)]
+pub struct EvmBody {
+    /// Top-level transfers of native coin.
+    pub transfers: Vec<NativeTransfer>,
+    /// Native coin moved by calls inside transactions (read only where traces are used).
+    pub internal: Vec<InternalTransfer>,
+}
+
+type EvmScan<'a> = Scan<'a, B256, EvmBody>;
 
 impl ChainSource for EvmSource {
     type Hash = B256;
-    type Body = Vec<NativeTransfer>;
+    type Body = EvmBody;
 
     const BLOCKS_PER_STEP_MAX: u64 = BLOCKS_PER_TICK_MAX;
     const TIP_STALL_BLOCK_TIMES: u64 = TIP_STALL_BLOCK_TIMES_EVM;
@@ -67,9 +96,16 @@ impl ChainSource for EvmSource {
             caip2: spec.caip2.to_string(),
             native: spec.native_asset_id(),
             tokens: spec.tokens.iter().map(|t| (t.address, t.asset_id())).collect(),
+            internal: AtomicU8::new(match spec.internal_transfers {
+                InternalTransfers::Auto => UNDECIDED,
+                InternalTransfers::Traces => TRACES,
+                InternalTransfers::BalanceCheck => BALANCE_CHECK,
+            }),
             chain: spec.clone(),
             pool: pool.clone(),
+            index: Mutex::new(Index::default()),
             last_balance_check: Mutex::new(None),
+            balance_turn: Mutex::new(0),
             pruned_state_logged: AtomicBool::new(false),
         })
     }
@@ -82,7 +118,10 @@ impl ChainSource for EvmSource {
     /// One endpoint of the right chain is enough (the others are skipped by the client); only when
     /// none answers as this chain and one answers as another does the watcher stop for an operator.
     async fn check_chain(&self) -> Result<(), FollowError> {
-        let Err(unusable) = self.rpc.provider().await else { return Ok(()) };
+        let Err(unusable) = self.rpc.provider().await else {
+            self.choose_internal().await;
+            return Ok(());
+        };
         let expected = self.chain.caip2.evm_chain_id().unwrap_or_default();
         let actual = self.rpc.chain_id().await?;
         if actual != expected {
@@ -117,9 +156,19 @@ impl ChainSource for EvmSource {
         self.rpc.witness_against_reorg(at.height, at.hash, tip).await
     }
 
-    async fn blocks(&self, from: u64, to: u64) -> Result<Vec<Fetched<B256, Vec<NativeTransfer>>>, FollowError> {
-        let blocks: Vec<Fetched<B256, Vec<NativeTransfer>>> = stream::iter(from..=to)
-            .map(|height| async move { self.rpc.block(height).await.map(|b| Fetched { block: b.block, body: b.transfers }) })
+    async fn blocks(&self, from: u64, to: u64) -> Result<Vec<Fetched<B256, EvmBody>>, FollowError> {
+        self.choose_internal().await;
+        let traced = self.internal.load(Ordering::Relaxed) == TRACES;
+        let blocks: Vec<Fetched<B256, EvmBody>> = stream::iter(from..=to)
+            .map(|height| async move {
+                let fetched = self.rpc.block(height).await?;
+                let internal = if traced && fetched.transactions > 0 { self.internal_transfers(height).await? } else { Vec::new() };
+                if internal.iter().any(|t| t.block_hash.is_some_and(|h| h != fetched.block.hash)) {
+                    // The trace comes from another branch than the block just fetched.
+                    return Err(FollowError::Inconsistent { height });
+                }
+                Ok(Fetched { block: fetched.block, body: EvmBody { transfers: fetched.transfers, internal } })
+            })
             .buffered(BLOCK_FETCHES_CONCURRENT_MAX)
             .try_collect()
             .await?;
@@ -127,9 +176,12 @@ impl ChainSource for EvmSource {
     }
 
     async fn scan(&self, scan: EvmScan<'_>) -> Result<Observed, FollowError> {
+        self.choose_internal().await;
         let payments = match scan.kind {
             ScanKind::Advance { .. } => self.transfers(&scan).await?,
-            ScanKind::Idle if self.balance_check_due() => self.balances(&scan).await?,
+            ScanKind::Idle if self.internal.load(Ordering::Relaxed) == BALANCE_CHECK && self.balance_check_due() => {
+                self.balances(&scan).await?
+            }
             ScanKind::Idle | ScanKind::Unwind => Vec::new(),
         };
         // Each block is read once: no address is ever read in full.
@@ -138,8 +190,48 @@ impl ChainSource for EvmSource {
 }
 
 impl EvmSource {
-    fn watched(scan: &EvmScan<'_>) -> HashMap<Address, String> {
-        scan.watched.iter().filter_map(|w| Some((w.address.parse::<Address>().ok()?, w.invoice_id.clone()))).collect()
+    /// Decides, once the node answers, whether internal transfers come from traces (when the
+    /// endpoint is checked, or at the first step of a follower stepped without that check).
+    async fn choose_internal(&self) {
+        if self.internal.load(Ordering::Relaxed) != UNDECIDED {
+            return;
+        }
+        let Ok(tip) = self.rpc.tip().await else { return };
+        let chosen = match self.rpc.internal_transfers(tip).await {
+            Ok(_) => TRACES,
+            Err(error) => {
+                tracing::info!(target: "watcher::evm", chain = %self.chain.name, %error,
+                    "the node offers no trace_block: native coin sent by contracts is found by balance checks");
+                BALANCE_CHECK
+            }
+        };
+        self.internal.store(chosen, Ordering::Relaxed);
+    }
+
+    /// The block's internal transfers; a node that turns out not to offer traces (another endpoint
+    /// answering now) moves a source that chose them by itself to balance checks.
+    async fn internal_transfers(&self, height: u64) -> Result<Vec<InternalTransfer>, FollowError> {
+        match self.rpc.internal_transfers(height).await {
+            Err(RpcError::Unavailable { message, .. })
+                if is_method_unsupported(&message) && self.chain.internal_transfers == InternalTransfers::Auto =>
+            {
+                tracing::warn!(target: "watcher::evm", chain = %self.chain.name, %message,
+                    "the node stopped offering trace_block: native coin sent by contracts is found by balance checks");
+                self.internal.store(BALANCE_CHECK, Ordering::Relaxed);
+                Err(FollowError::Inconsistent { height })
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Brings the address index up to the scan's watch list.
+    fn update_index(&self, scan: &EvmScan<'_>) -> std::sync::MutexGuard<'_, Index<Address>> {
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        index.update(scan.watched, |w| w.address.parse::<Address>().ok(), |w| {
+            tracing::error!(target: "watcher::evm", chain = %self.chain.name, address = %w.address, invoice = %w.invoice_id,
+                "stored deposit address is not an EVM address; not watched");
+        });
+        index
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -157,40 +249,63 @@ impl EvmSource {
 
     /// Native and token transfers to watched addresses in the scan's blocks.
     async fn transfers(&self, scan: &EvmScan<'_>) -> Result<Vec<ObservedPayment>, FollowError> {
-        let watched = Self::watched(scan);
         let mut observations = Vec::new();
         let (Some(first), Some(last)) = (scan.blocks.first(), scan.blocks.last()) else {
             return Ok(observations);
         };
-        if watched.is_empty() {
-            return Ok(observations);
-        }
-        for fetched in scan.blocks {
-            for transfer in &fetched.body {
-                let Some(invoice_id) = watched.get(&transfer.to) else { continue };
-                if !self.rpc.succeeded(transfer.tx_hash).await? {
-                    continue;
-                }
-                let tx_ref = format!("{}:{:#x}:native", self.caip2, transfer.tx_hash);
-                observations.extend(self.found(scan, invoice_id, &self.native, tx_ref, transfer.to, transfer.value, fetched.block.id()));
+        // What the blocks show, matched against the index without holding it across a call.
+        let (native, internal, recipients) = {
+            let index = self.update_index(scan);
+            if index.is_empty() {
+                return Ok(observations);
             }
+            let mut native: Vec<(&NativeTransfer, BlockId<B256>, String)> = Vec::new();
+            // Per block and address: the total moved by contract calls.
+            let mut internal: BTreeMap<(u64, Address), (BlockId<B256>, String, U256)> = BTreeMap::new();
+            for fetched in scan.blocks {
+                let block = fetched.block.id();
+                for transfer in &fetched.body.transfers {
+                    if let Some(watched) = index.get(&transfer.to) {
+                        native.push((transfer, block, watched.invoice_id.clone()));
+                    }
+                }
+                for transfer in &fetched.body.internal {
+                    if let Some(watched) = index.get(&transfer.to) {
+                        let entry = internal.entry((block.height, transfer.to)).or_insert_with(|| (block, watched.invoice_id.clone(), U256::ZERO));
+                        entry.2 = entry.2.saturating_add(transfer.value);
+                    }
+                }
+            }
+            let recipients: Option<Vec<Address>> =
+                (index.len() <= ADDRESSES_PER_LOG_QUERY_MAX).then(|| index.iter().map(|(address, _)| *address).collect());
+            (native, internal, recipients)
+        };
+        for (transfer, block, invoice_id) in native {
+            if !self.rpc.succeeded(transfer.tx_hash).await? {
+                continue;
+            }
+            let tx_ref = format!("{}:{:#x}:native", self.caip2, transfer.tx_hash);
+            observations.extend(self.found(scan, &invoice_id, &self.native, tx_ref, transfer.to, transfer.value, block));
+        }
+        for ((height, to), (block, invoice_id, value)) in internal {
+            let tx_ref = format!("{}:balance:{to:#x}:{height}", self.caip2);
+            observations.extend(self.found(scan, &invoice_id, &self.native, tx_ref, to, value, block));
         }
         let hash_at: HashMap<u64, B256> = scan.blocks.iter().map(|b| (b.block.height, b.block.hash)).collect();
         let tokens: Vec<Address> = self.tokens.keys().copied().collect();
-        let addresses: Vec<Address> = watched.keys().copied().collect();
-        for chunk in addresses.chunks(ADDRESSES_PER_LOG_QUERY_MAX) {
-            for transfer in self.rpc.token_transfers_split(first.block.height, last.block.height, &tokens, chunk).await? {
-                if hash_at.get(&transfer.block_height) != Some(&transfer.block_hash) {
-                    // The log comes from another branch than the blocks just fetched.
-                    return Err(FollowError::Inconsistent { height: transfer.block_height });
-                }
-                let (Some(invoice_id), Some(asset)) = (watched.get(&transfer.to), self.tokens.get(&transfer.token)) else {
-                    continue;
-                };
-                let tx_ref = format!("{}:{:#x}:{}", self.caip2, transfer.tx_hash, transfer.log_index);
-                let block = BlockId { height: transfer.block_height, hash: transfer.block_hash };
-                observations.extend(self.found(scan, invoice_id, asset, tx_ref, transfer.to, transfer.value, block));
+        let logs = self.rpc.token_transfers_split(first.block.height, last.block.height, &tokens, recipients.as_deref()).await?;
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        for transfer in logs {
+            if hash_at.get(&transfer.block_height) != Some(&transfer.block_hash) {
+                // The log comes from another branch than the blocks just fetched.
+                return Err(FollowError::Inconsistent { height: transfer.block_height });
             }
+            let (Some(watched), Some(asset)) = (index.get(&transfer.to), self.tokens.get(&transfer.token)) else {
+                continue;
+            };
+            let tx_ref = format!("{}:{:#x}:{}", self.caip2, transfer.tx_hash, transfer.log_index);
+            let block = BlockId { height: transfer.block_height, hash: transfer.block_hash };
+            observations.extend(self.found(scan, &watched.invoice_id, asset, tx_ref, transfer.to, transfer.value, block));
         }
         Ok(observations)
     }
@@ -204,22 +319,37 @@ impl EvmSource {
         due
     }
 
-    /// Native coin that reached a deposit address without a top-level transfer (sent by a contract)
-    /// shows only in the address's balance. Compares each watched address's balance at the cursor
-    /// with the native payments known there (not yet swept) and reports the difference as a payment
-    /// at the cursor's block. Addresses with a sweep in flight are skipped.
+    /// Without traces, native coin that reached a deposit address without a top-level transfer
+    /// (sent by a contract) shows only in the address's balance. Compares the balances of the next
+    /// [`BALANCE_CHECKS_PER_PASS_MAX`] watched addresses at the cursor with the native payments
+    /// known there (not yet swept) and reports the difference as a payment at the cursor's block.
+    /// Addresses with a sweep in flight are skipped.
     async fn balances(&self, scan: &EvmScan<'_>) -> Result<Vec<ObservedPayment>, FollowError> {
-        let watched = Self::watched(scan);
-        let Some(cursor) = scan.cursor.filter(|_| !watched.is_empty()) else {
+        let deposits = scan.watched.deposits();
+        let Some(cursor) = scan.cursor.filter(|_| !deposits.is_empty()) else {
             return Ok(Vec::new());
         };
+        let from = *self.balance_turn.lock().unwrap_or_else(PoisonError::into_inner) % deposits.len();
+        let count = deposits.len().min(BALANCE_CHECKS_PER_PASS_MAX);
+        let turn: Vec<(Address, String)> = {
+            deposits
+                .iter()
+                .cycle()
+                .skip(from)
+                .take(count)
+                .filter_map(|w: &Watched| Some((w.address.parse::<Address>().ok()?, w.invoice_id.clone())))
+                .collect()
+        };
+        let addresses: Vec<String> = turn.iter().map(|(address, _)| format!("{address:#x}")).collect();
         let known_rows = sqlx::query(
             "SELECT lower(address) AS address, sum(amount_minor)::text AS known FROM payments \
-             WHERE chain = $1 AND asset = $2 AND status IN ('seen', 'confirmed') AND sweep_id IS NULL AND address IS NOT NULL \
+             WHERE chain = $1 AND asset = $2 AND status IN ('seen', 'confirmed') AND sweep_id IS NULL \
+               AND lower(address) = ANY($3) \
              GROUP BY lower(address)",
         )
         .bind(&self.caip2)
         .bind(self.native.to_string())
+        .bind(&addresses)
         .fetch_all(&self.pool)
         .await?;
         let mut known: HashMap<String, Amount> = HashMap::new();
@@ -237,7 +367,7 @@ impl EvmSource {
         // Balances are read concurrently: one round trip per address would stall the follower on a
         // distant endpoint.
         let candidates: Vec<(Address, String)> =
-            watched.into_iter().filter(|(address, _)| !sweeping.contains(&format!("{address:#x}"))).collect();
+            turn.into_iter().filter(|(address, _)| !sweeping.contains(&format!("{address:#x}"))).collect();
         let rpc = &self.rpc;
         let read: Result<Vec<(Address, String, U256)>, RpcError> = stream::iter(candidates)
             .map(|(address, invoice_id)| async move { rpc.balance_at(address, cursor.height).await.map(|b| (address, invoice_id, b)) })
@@ -260,6 +390,7 @@ impl EvmSource {
             }
             Err(error) => return Err(error.into()),
         };
+        *self.balance_turn.lock().unwrap_or_else(PoisonError::into_inner) = from + count;
         let mut found = Vec::new();
         for (address, invoice_id, balance) in balances {
             let key = format!("{address:#x}");

@@ -1,0 +1,138 @@
+//! The deposit addresses a follower watches, kept in memory so that a step costs the same with ten
+//! open invoices as with a hundred thousand.
+//!
+//! The whole set is read when the follower starts and again every [`RELOAD_INTERVAL_MS`] (which is
+//! also when addresses that stopped being watchable are dropped); between reloads a step reads only
+//! the addresses written since the previous read ([`store::written_since`]), almost always none.
+//! Refunds the merchant still has to pay (Bitcoin) are few and re-read each step. Sources keep
+//! their own lookup ([`Index`]) and extend it with what was added, instead of rebuilding it.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::source::Watched;
+use super::store;
+
+/// How often the whole set is read again. Until then an invoice that stopped being watchable (paid
+/// or expired past [`store::WATCH_AFTER_EXPIRY_S`], with nothing waiting) stays watched: a payment
+/// to it in that time is recorded as any late payment is.
+pub const RELOAD_INTERVAL_MS: u64 = 600_000;
+
+/// What a follower watches; see the module docs.
+#[derive(Debug, Default)]
+pub struct WatchList {
+    /// Changes whenever the deposits are replaced rather than extended (a reload).
+    epoch: u64,
+    deposits: Vec<Watched>,
+    /// Addresses in `deposits`, so that a re-read row is not added twice.
+    addresses: HashSet<String>,
+    refunds: Vec<Watched>,
+    /// The oldest transaction still running at the previous read: rows it or later ones wrote may
+    /// not have been visible then.
+    since: Option<u64>,
+    loaded_at: Option<Instant>,
+}
+
+impl WatchList {
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Deposit addresses, in the order they were added within this epoch.
+    pub fn deposits(&self) -> &[Watched] {
+        &self.deposits
+    }
+
+    /// Payers' addresses of refunds still to be paid.
+    pub fn refunds(&self) -> &[Watched] {
+        &self.refunds
+    }
+
+    /// Deposit addresses and refunds.
+    pub fn len(&self) -> usize {
+        self.deposits.len() + self.refunds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Brings the list up to date: a full read when due, else what was written since the last read.
+    pub async fn refresh(&mut self, pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        let due = self.loaded_at.is_none_or(|at| at.elapsed() >= Duration::from_millis(RELOAD_INTERVAL_MS));
+        if due {
+            let (deposits, since) = store::watched(pool, chain, now).await?;
+            self.epoch += 1;
+            self.addresses = deposits.iter().map(|w| w.address.clone()).collect();
+            self.deposits = deposits;
+            self.since = Some(since);
+            self.loaded_at = Some(Instant::now());
+        } else if let Some(since) = self.since {
+            let (added, next) = store::written_since(pool, chain, since).await?;
+            for watched in added {
+                if self.addresses.insert(watched.address.clone()) {
+                    self.deposits.push(watched);
+                }
+            }
+            self.since = Some(next);
+        }
+        self.refunds = store::refunds_due(pool, chain).await?;
+        Ok(())
+    }
+}
+
+/// A source's lookup from its own key (a parsed address, a script) to the deposit it watches,
+/// extended with the deposits a refresh added and rebuilt only when the list's epoch changes.
+#[derive(Debug)]
+pub struct Index<K> {
+    epoch: u64,
+    indexed: usize,
+    by_key: HashMap<K, Watched>,
+}
+
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Self { epoch: 0, indexed: 0, by_key: HashMap::new() }
+    }
+}
+
+impl<K: Hash + Eq> Index<K> {
+    /// Catches up with `list`; `key` returns `None` for an address the source cannot read (it is
+    /// passed to `unreadable`, once).
+    pub fn update(&mut self, list: &WatchList, key: impl Fn(&Watched) -> Option<K>, mut unreadable: impl FnMut(&Watched)) {
+        if self.epoch != list.epoch() {
+            self.epoch = list.epoch();
+            self.indexed = 0;
+            self.by_key.clear();
+        }
+        for watched in list.deposits().get(self.indexed..).unwrap_or_default() {
+            match key(watched) {
+                Some(k) => {
+                    self.by_key.insert(k, watched.clone());
+                }
+                None => unreadable(watched),
+            }
+        }
+        self.indexed = list.deposits().len();
+    }
+
+    pub fn get(&self, key: &K) -> Option<&Watched> {
+        self.by_key.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Watched)> {
+        self.by_key.iter()
+    }
+}
