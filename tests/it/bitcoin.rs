@@ -354,6 +354,45 @@ async fn a_credited_payment_whose_block_is_orphaned_is_reversed(pool: PgPool) {
     );
 }
 
+/// A step reads the history of only the scripts whose status changed: none when nothing
+/// happened, one for a payment to one of many open invoices, whether it enters the mempool or
+/// its block; and the whole set again only for a new watcher.
+#[sqlx::test]
+async fn a_step_reads_only_the_scripts_that_changed(pool: PgPool) {
+    let rig = rig(pool).await;
+    let mut invoices = Vec::new();
+    for _ in 0..12 {
+        invoices.push(rig.invoice("5.00").await);
+    }
+    let watcher = rig.synced_watcher().await;
+    let reads = || watcher.source().scripts_read();
+    let start = reads();
+    assert_eq!(start, 0, "no script has a history yet");
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    assert_eq!(reads(), start, "a new block that pays no one reads nothing");
+
+    let paid = &invoices[7];
+    rig.node.send(&deposit(paid), Sats::from_sat(due(paid)), true).await.expect("send");
+    rig.sync(&watcher).await;
+    assert_eq!(reads(), start + 1, "one script read for the mempool payment");
+    assert_eq!(rig.view(&paid.id).await.status, InvoiceStatus::Processing);
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    assert_eq!(reads(), start + 2, "and one when its block came");
+    assert_eq!(rig.view(&paid.id).await.status, InvoiceStatus::Paid);
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    assert_eq!(reads(), start + 2, "its next confirmation is counted without reading it");
+    for other in invoices.iter().filter(|i| i.id != paid.id) {
+        assert_eq!(rig.view(&other.id).await.status, InvoiceStatus::Open);
+    }
+    // A new watcher hears every status anew and reads the one script with a history.
+    let fresh = rig.synced_watcher().await;
+    assert_eq!(fresh.source().scripts_read(), 1);
+    assert_eq!(rig.view(&paid.id).await.payments.len(), 1);
+}
+
 #[sqlx::test]
 async fn a_replaced_mempool_payment_is_dropped(pool: PgPool) {
     let rig = rig(pool).await;

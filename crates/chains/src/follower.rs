@@ -180,6 +180,11 @@ impl<S: ChainSource> Follower<S> {
         &self.chain
     }
 
+    /// The chain family's source (for what it counts).
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
     /// Every event a step commits from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ChainEvent<S::Hash>> {
         self.events.subscribe()
@@ -383,7 +388,7 @@ impl<S: ChainSource> Follower<S> {
         let chain = [("chain", self.caip2.as_str())];
         metrics::gauge("payrail_watched_addresses", "Addresses the chain watcher watches.", &chain, i64::try_from(watched.len()).unwrap_or(i64::MAX));
         let known = if matches!(kind, ScanKind::Advance { at_tip: false }) { HashMap::new() } else { self.known(cursor.height, blocks).await? };
-        let scan = Scan { kind, head, blocks, cursor: Some(cursor), known: &known, watched: &*watched, pricing: &self.pricing };
+        let scan = Scan { kind, head, blocks, cursor: Some(cursor), known: &known, watched: &watched, pricing: &self.pricing };
         let mut observed: Observed = self.source.scan(scan).await?;
         drop(watched);
         let payments = observed.payments.len();
@@ -437,6 +442,7 @@ impl<S: ChainSource> Follower<S> {
             cursor::save(&mut tx, &self.caip2, &cursor).await?;
         }
         tx.commit().await?;
+        self.source.committed();
         Ok((payments, orphaned))
     }
 }

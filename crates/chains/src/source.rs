@@ -118,6 +118,9 @@ pub trait ChainSource: std::fmt::Debug + Send + Sync + Sized + 'static {
 
     /// Payments to `scan.watched`, as far as `scan.kind` asks.
     fn scan(&self, scan: Scan<'_, Self::Hash, Self::Body>) -> impl Future<Output = Result<Observed, FollowError>> + Send;
+
+    /// The step whose [`Self::scan`] ran last has committed: what it read need not be read again.
+    fn committed(&self) {}
 }
 
 /// A payment as a source found it, before confirmations are counted.

@@ -85,6 +85,13 @@ impl WatchList {
     }
 }
 
+/// What [`Index::update`] changed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Update<K> {
+    Added(Vec<K>),
+    Rebuilt,
+}
+
 /// A source's lookup from its own key (a parsed address, a script) to the deposit it watches,
 /// extended with the deposits a refresh added and rebuilt only when the list's epoch changes.
 #[derive(Debug)]
@@ -102,22 +109,40 @@ impl<K> Default for Index<K> {
 
 impl<K: Hash + Eq> Index<K> {
     /// Catches up with `list`; `key` returns `None` for an address the source cannot read (it is
-    /// passed to `unreadable`, once).
-    pub fn update(&mut self, list: &WatchList, key: impl Fn(&Watched) -> Option<K>, mut unreadable: impl FnMut(&Watched)) {
-        if self.epoch != list.epoch() {
+    /// passed to `unreadable`, once). Says what changed: the keys added, or that the index was
+    /// rebuilt (a new epoch: every key is new).
+    pub fn update(&mut self, list: &WatchList, key: impl Fn(&Watched) -> Option<K>, mut unreadable: impl FnMut(&Watched)) -> Update<K>
+    where
+        K: Clone,
+    {
+        let rebuilt = self.epoch != list.epoch();
+        if rebuilt {
             self.epoch = list.epoch();
             self.indexed = 0;
             self.by_key.clear();
         }
+        let mut added = Vec::new();
         for watched in list.deposits().get(self.indexed..).unwrap_or_default() {
             match key(watched) {
                 Some(k) => {
+                    if !rebuilt {
+                        added.push(k.clone());
+                    }
                     self.by_key.insert(k, watched.clone());
                 }
                 None => unreadable(watched),
             }
         }
         self.indexed = list.deposits().len();
+        if rebuilt {
+            Update::Rebuilt
+        } else {
+            Update::Added(added)
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.by_key.keys()
     }
 
     pub fn get(&self, key: &K) -> Option<&Watched> {

@@ -74,13 +74,6 @@ pub struct Electrum {
     endpoints: Vec<RpcUrl>,
     /// The endpoint in use and its checked connection.
     current: Mutex<Option<(usize, Arc<Client>)>>,
-    /// The scripts whose changes the server is asked to announce (`blockchain.scripthash.subscribe`).
-    /// A new connection starts with none; [`Electrum::subscribe`] subscribes it again.
-    subscribed: Mutex<Arc<Vec<ScriptBuf>>>,
-    /// Counts the connections made; `subscribed` holds for connection `subscribed_on` (a scan whose
-    /// scripts did not change on the same connection subscribes nothing).
-    connections: std::sync::atomic::AtomicU64,
-    subscribed_on: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Electrum {
@@ -116,9 +109,6 @@ impl Electrum {
             chain,
             endpoints,
             current: Mutex::new(None),
-            subscribed: Mutex::new(Arc::new(Vec::new())),
-            connections: std::sync::atomic::AtomicU64::new(0),
-            subscribed_on: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -187,11 +177,7 @@ impl Electrum {
                     if offset > 0 {
                         tracing::info!(target: "watcher::bitcoin", chain = %self.chain, %endpoint, operation, "failed over to the next endpoint");
                     }
-                    let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-                    if current.as_ref().is_none_or(|(i, kept)| *i != index || !Arc::ptr_eq(kept, &client)) {
-                        self.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    *current = Some((index, client));
+                    *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((index, client));
                     return Ok(value);
                 }
                 Err(error) => {
@@ -229,13 +215,12 @@ impl Electrum {
         self.call("ping", |client| client.ping()).await
     }
 
-    /// The tip: `blockchain.headers.subscribe` answers with the current one. Notifications read off
-    /// the connection since the last poll (a new block, a change to a subscribed script's history:
-    /// a payment entering the mempool) are drained afterwards and only say that something changed.
+    /// The tip: `blockchain.headers.subscribe` answers with the current one. Header notifications
+    /// read off the connection since the last poll are drained afterwards and only say that a block
+    /// came.
     pub async fn tip(&self) -> Result<Tip> {
-        let scripts = self.subscribed.lock().unwrap_or_else(PoisonError::into_inner).clone();
         self.call("tip", move |client| {
-            // The call reads what the server sent meanwhile into the notification queues.
+            // The call reads what the server sent meanwhile into the notification queue.
             let tip = client.block_headers_subscribe()?;
             let mut notified = false;
             for _ in 0..NOTIFICATIONS_DRAINED_MAX {
@@ -244,50 +229,15 @@ impl Electrum {
                     None => break,
                 }
             }
-            for script in scripts.iter() {
-                // Not subscribed on this connection (a reconnect): the next scan subscribes it.
-                if let Ok(Some(_)) = client.script_pop(script) {
-                    notified = true;
-                }
-            }
             Ok(Tip { height: u64::try_from(tip.height).unwrap_or(u64::MAX), hash: tip.header.block_hash(), notified })
         })
         .await
     }
 
-    /// Asks the server to announce changes to `scripts` (and no longer to those dropped since the
-    /// last call), so a payment is seen when it reaches the mempool, not at the next poll.
-    /// The same scripts on the same connection cost nothing (no call at all).
-    pub async fn subscribe(&self, scripts: &[ScriptBuf]) -> Result<()> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let unchanged = self.subscribed_on.load(SeqCst) == self.connections.load(SeqCst)
-            && self.subscribed.lock().unwrap_or_else(PoisonError::into_inner).as_slice() == scripts;
-        if unchanged {
-            return Ok(());
-        }
-        let wanted = Arc::new(scripts.to_vec());
-        let previous = std::mem::replace(&mut *self.subscribed.lock().unwrap_or_else(PoisonError::into_inner), wanted.clone());
-        let kept: std::collections::HashSet<&ScriptBuf> = wanted.iter().collect();
-        let dropped: Vec<ScriptBuf> = previous.iter().filter(|s| !kept.contains(s)).cloned().collect();
-        self.call("scripthash subscribe", move |client| {
-            for script in dropped.iter() {
-                match client.script_unsubscribe(script) {
-                    Ok(_) | Err(electrum_client::Error::NotSubscribed(_)) => {}
-                    Err(error) => return Err(error),
-                }
-            }
-            for script in wanted.iter() {
-                match client.script_subscribe(script) {
-                    Ok(_) | Err(electrum_client::Error::AlreadySubscribed(_)) => {}
-                    Err(error) => return Err(error),
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        // The call may have connected anew: the subscriptions are on the connection now current.
-        self.subscribed_on.store(self.connections.load(SeqCst), SeqCst);
-        Ok(())
+    /// The endpoint calls go to now (the first before any call).
+    pub fn endpoint(&self) -> &RpcUrl {
+        let index = self.current.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, |(i, _)| *i);
+        &self.endpoints[index % self.endpoints.len()]
     }
 
     /// Headers `start..start + count`, checked to chain by parent hash (fewer at the tip).

@@ -6,9 +6,10 @@
 //! - Every invoice gets a fresh child index of its merchant's descriptor, allocated in the
 //!   invoice's own transaction (`payrail_payments::merchant::bitcoin`); an index (and its address)
 //!   is never reused or recycled.
-//! - Only [`electrum`] talks to Electrum servers.
+//! - Only [`electrum`] and [`subscriptions`] talk to Electrum servers.
 
 pub mod electrum;
+pub mod subscriptions;
 pub mod watcher;
 
 pub use payrail_core::chain::bitcoin::{descriptor, network_of, payment_uri, uri, DescriptorError, WatchDescriptor};

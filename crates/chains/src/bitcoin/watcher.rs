@@ -1,26 +1,30 @@
 //! The Bitcoin chain source, one per configured Bitcoin chain, over Electrum servers, for the
 //! [`crate::follower`].
 //!
-//! Blocks are headers only. Whenever the follower's view is at the server's tip (and when it
-//! unwinds), the history of every watched script is read at that tip, the transactions fetched
-//! and their outputs matched by script: mempool payments are seen with 0 confirmations, mined ones
-//! with tip − height + 1. Credits are keyed by outpoint, `{caip2}:{txid}:{vout}`.
+//! Blocks are headers only. Every watched script is subscribed ([`Subscriptions`]); whenever the
+//! follower's view is at the server's tip, the history of each script whose status changed since
+//! the last scan is read at that tip, the transactions fetched and their outputs matched by
+//! script: mempool payments are seen with 0 confirmations, mined ones with tip − height + 1.
+//! Payments already seen get their confirmations from the follower, which counts them at each
+//! step; so a scan costs what changed, not what is watched. Every script with a history is read
+//! again when the subscriptions start over (a new connection, the watch list reloaded) and when
+//! the follower unwinds. Credits are keyed by outpoint, `{caip2}:{txid}:{vout}`.
 //!
 //! Invariants:
 //! - A payment is never accepted at 0 confirmations: the policy asks at least 1, and an unconfirmed
-//!   transaction can be replaced (RBF) or double-spent. Every watched script is read in full, so a
-//!   mempool payment that disappears from its script's history is orphaned by the follower.
+//!   transaction can be replaced (RBF) or double-spent. A script whose status changed is read in
+//!   full, so a mempool payment that disappears from its history is orphaned by the follower.
 //! - The server's view is checked to be stable across a scan: the tip must be the same after the
 //!   histories were read, or the scan is dropped and the step retried.
-//! - The header and script subscriptions only say when to look (a new block; a payment entering
-//!   the mempool, seen at the next tip poll, within [`TIP_POLL_INTERVAL_MS`]); every scan re-reads
-//!   every watched script (events are not enough), and the follower scans at least every
-//!   [`crate::follower::RECHECK_INTERVAL_MS`].
+//! - A change is forgotten only once the step that read it committed ([`ChainSource::committed`]).
+//! - Refunds the merchant pays are few: their payers' scripts are read at every scan, so their
+//!   confirmations are counted.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bitcoin::{BlockHash, Network, OutPoint, ScriptBuf, Transaction, Txid};
+use bitcoin::{BlockHash, Network, OutPoint, Script, ScriptBuf, Transaction, Txid};
 
 use crate::follower::{FollowError, Follower, WATCHED_ADDRESSES_MAX};
 use crate::health::TIP_STALL_BLOCK_TIMES_BITCOIN;
@@ -29,10 +33,11 @@ use crate::config::{ChainKind, ChainSpec};
 use crate::invoice::BlockRef;
 use crate::metrics;
 use crate::money::{Amount, AssetId};
-use crate::watch::WatchList;
+use crate::watch::{Index, Update};
 
 use super::descriptor::{network_of, parse_address};
 use super::electrum::{Electrum, HEADERS_PER_CALL_MAX};
+use super::subscriptions::{script_hash, ScriptHash, Subscriptions};
 
 /// How often the tip is polled.
 pub const TIP_POLL_INTERVAL_MS: u64 = 500;
@@ -52,6 +57,15 @@ pub struct BitcoinSource {
     asset: AssetId,
     electrum: Electrum,
     transactions: Mutex<HashMap<Txid, Arc<Transaction>>>,
+    subscriptions: Subscriptions,
+    /// Watched deposits by script hash.
+    index: Mutex<Index<ScriptHash>>,
+    /// Scripts a scan read whose step has not committed yet: read again until it has.
+    reading: Mutex<HashSet<ScriptHash>>,
+    /// Whether the last scan read scripts (a headers-only step's commit confirms no read).
+    last_scan_read: AtomicBool,
+    /// Script histories read so far.
+    reads: AtomicU64,
 }
 
 impl ChainSource for BitcoinSource {
@@ -71,8 +85,13 @@ impl ChainSource for BitcoinSource {
             caip2: spec.caip2.to_string(),
             asset: spec.native_asset_id(),
             network,
+            subscriptions: Subscriptions::new(spec.name.clone()),
             chain: spec.clone(),
             transactions: Mutex::new(HashMap::new()),
+            index: Mutex::new(Index::default()),
+            reading: Mutex::new(HashSet::new()),
+            last_scan_read: AtomicBool::new(false),
+            reads: AtomicU64::new(0),
         })
     }
 
@@ -87,7 +106,8 @@ impl ChainSource for BitcoinSource {
 
     async fn head(&self) -> Result<Head<BlockHash>, FollowError> {
         let tip = self.electrum.tip().await?;
-        Ok(Head { tip: tip.height, tip_hash: Some(tip.hash), notified: tip.notified, finalized: None })
+        let notified = tip.notified || self.subscriptions.has_changes();
+        Ok(Head { tip: tip.height, tip_hash: Some(tip.hash), notified, finalized: None })
     }
 
     async fn hashes(&self, heights: &[u64]) -> Result<Vec<Option<BlockHash>>, FollowError> {
@@ -107,12 +127,12 @@ impl ChainSource for BitcoinSource {
     async fn scan(&self, scan: Scan<'_, BlockHash, ()>) -> Result<Observed, FollowError> {
         // Far behind the tip: headers only; payments are read once the headers reach the tip.
         if scan.kind == (ScanKind::Advance { at_tip: false }) {
+            self.last_scan_read.store(false, Ordering::SeqCst);
             return Ok(Observed::default());
         }
-        let watched = self.watched(scan.watched);
-        let chain = [("chain", self.caip2.as_str())];
-        metrics::gauge("payrail_bitcoin_watched_scripts", "Scripts the Bitcoin watcher reads the history of.", &chain, i64::try_from(watched.len()).unwrap_or(i64::MAX));
-        let observed = self.observe(&watched, &scan).await?;
+        self.last_scan_read.store(true, Ordering::SeqCst);
+        let read = self.to_read(&scan).await?;
+        let observed = self.observe(read, &scan).await?;
         // The server's view must not have moved while the histories were read.
         let after = self.electrum.tip().await?;
         if Some(after.hash) != scan.head.tip_hash {
@@ -120,39 +140,89 @@ impl ChainSource for BitcoinSource {
         }
         Ok(observed)
     }
+
+    fn committed(&self) {
+        if self.last_scan_read.swap(false, Ordering::SeqCst) {
+            self.reading.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
 }
 
 impl BitcoinSource {
-    /// The watched addresses by script.
-    fn watched<'a>(&self, watched: &'a WatchList) -> HashMap<ScriptBuf, &'a Watched> {
-        let mut scripts = HashMap::with_capacity(watched.len());
-        for target in watched.deposits().iter().chain(watched.refunds()) {
-            match parse_address(&target.address, self.network) {
-                Some(parsed) => {
-                    scripts.insert(parsed.script_pubkey(), target);
-                }
-                None => tracing::error!(target: "watcher::bitcoin", chain = %self.chain.name, address = %target.address, invoice = %target.invoice_id,
-                    "stored deposit address is not an address of this network; not watched"),
-            }
-        }
-        scripts
+    /// How many script histories this source has read: what watching costs, which grows with
+    /// what changes on chain, not with what is watched.
+    pub fn scripts_read(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
-    /// Reads every watched script's history and turns outputs paying them into observations; every
-    /// watched address is then complete.
-    async fn observe(&self, watched: &HashMap<ScriptBuf, &Watched>, scan: &Scan<'_, BlockHash, ()>) -> Result<Observed, FollowError> {
+    fn script_of(&self, watched: &Watched) -> Option<ScriptBuf> {
+        parse_address(&watched.address, self.network).map(|a| a.script_pubkey())
+    }
+
+    /// Subscribes what is new and returns the scripts this scan reads: those whose status changed
+    /// (and those read by a step that did not commit), every script with a history when the
+    /// subscriptions started over or the follower unwinds, and the refunds' payers.
+    async fn to_read(&self, scan: &Scan<'_, BlockHash, ()>) -> Result<Vec<(ScriptBuf, Watched)>, FollowError> {
+        let (update, all) = {
+            let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            let update = index.update(scan.watched, |w| self.script_of(w).map(|s| script_hash(&s)), |w| {
+                tracing::error!(target: "watcher::bitcoin", chain = %self.chain.name, address = %w.address, invoice = %w.invoice_id,
+                    "stored deposit address is not an address of this network; not watched");
+            });
+            let all: Option<Vec<ScriptHash>> = matches!(update, Update::Rebuilt).then(|| index.keys().copied().collect());
+            (update, all)
+        };
+        let endpoint = self.electrum.endpoint().clone();
+        let restarted = match (update, all) {
+            (_, Some(all)) => {
+                self.subscriptions.retain(&all.iter().copied().collect());
+                self.subscriptions.subscribe(&endpoint, &all, true).await?
+            }
+            (Update::Added(added), None) => {
+                let reconnected = self.subscriptions.subscribe(&endpoint, &added, false).await?;
+                if reconnected {
+                    // A new connection holds no subscription yet: all of them, then.
+                    let all: Vec<ScriptHash> = self.index.lock().unwrap_or_else(PoisonError::into_inner).keys().copied().collect();
+                    self.subscriptions.subscribe(&endpoint, &all, false).await?;
+                }
+                reconnected
+            }
+            (Update::Rebuilt, None) => false,
+        };
+        // Every answer and change the server sent up to now, heard.
+        self.subscriptions.sync().await?;
+        let chain = [("chain", self.caip2.as_str())];
+        let mut hashes = self.subscriptions.take_changed();
+        if restarted || scan.kind == ScanKind::Unwind {
+            hashes.extend(self.subscriptions.with_history());
+        }
+        {
+            let mut reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+            hashes.extend(reading.iter().copied());
+            reading.clone_from(&hashes);
+        }
+        let mut read: Vec<(ScriptBuf, Watched)> = {
+            let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            metrics::gauge("payrail_bitcoin_watched_scripts", "Scripts the Bitcoin watcher is subscribed to.", &chain, i64::try_from(index.len()).unwrap_or(i64::MAX));
+            hashes.iter().filter_map(|h| index.get(h)).filter_map(|w| Some((self.script_of(w)?, w.clone()))).collect()
+        };
+        read.extend(scan.watched.refunds().iter().filter_map(|w| Some((self.script_of(w)?, w.clone()))));
+        self.reads.fetch_add(u64::try_from(read.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        metrics::count("payrail_bitcoin_script_reads_total", "Script histories the Bitcoin watcher read.", &chain, i64::try_from(read.len()).unwrap_or(i64::MAX));
+        Ok(read)
+    }
+
+    /// Reads the histories of `read` and turns outputs paying watched scripts into observations;
+    /// the addresses read are complete.
+    async fn observe(&self, read: Vec<(ScriptBuf, Watched)>, scan: &Scan<'_, BlockHash, ()>) -> Result<Observed, FollowError> {
         let tip = scan.head.tip;
-        let complete: HashSet<String> = watched.values().map(|w| w.address.clone()).collect();
-        // In one order, so an unchanged set is recognised and not subscribed again.
-        let mut scripts: Vec<ScriptBuf> = watched.keys().cloned().collect();
-        scripts.sort_unstable();
-        // From now on the server announces new payments to these scripts: the next tip poll sees
-        // the notification and the follower scans at once. Subscribed before the histories are
-        // read, so nothing falls between the two.
-        self.electrum.subscribe(&scripts).await?;
-        if scripts.is_empty() {
+        let complete: HashSet<String> = read.iter().map(|(_, w)| w.address.clone()).collect();
+        if read.is_empty() {
             return Ok(Observed { payments: Vec::new(), complete, refunds: Vec::new() });
         }
+        let scripts: Vec<ScriptBuf> = read.iter().map(|(s, _)| s.clone()).collect();
+        let refunds_by_script: HashMap<ScriptBuf, Watched> =
+            read.into_iter().filter(|(_, w)| w.refund.is_some()).collect();
         let histories = self.electrum.histories(&scripts).await?;
         // Height of each transaction (0 in the mempool).
         let mut heights: HashMap<Txid, u64> = HashMap::new();
@@ -173,12 +243,15 @@ impl BitcoinSource {
             let headers = self.electrum.headers_at(missing.clone()).await?;
             hashes.extend(missing.into_iter().zip(headers.iter().map(|h| h.block_hash())));
         }
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        // The deposit a script pays, if watched (a payer's script of a refund is not a deposit).
+        let deposit = |script: &Script| index.get(&script_hash(script)).filter(|w| w.refund.is_none());
         // Outputs paying watched scripts; a transaction spending one of them (the merchant's
         // wallet moving funds) is not a payment, whatever its outputs.
         let mut credited_outpoints: HashSet<OutPoint> = HashSet::new();
         for (txid, transaction) in &transactions {
             for (vout, output) in transaction.output.iter().enumerate() {
-                if watched.get(&output.script_pubkey).is_some_and(|w| w.refund.is_none()) {
+                if deposit(&output.script_pubkey).is_some() {
                     credited_outpoints.insert(OutPoint { txid: *txid, vout: u32::try_from(vout).unwrap_or(u32::MAX) });
                 }
             }
@@ -191,7 +264,7 @@ impl BitcoinSource {
             // A refund the merchant pays: whatever it spends (the deposits, usually), an output of
             // at least the refund's amount to the payer's address pays it.
             for output in &transaction.output {
-                let Some((refund_id, amount)) = watched.get(&output.script_pubkey).and_then(|w| w.refund.as_ref()) else { continue };
+                let Some((refund_id, amount)) = refunds_by_script.get(&output.script_pubkey).and_then(|w| w.refund.as_ref()) else { continue };
                 if Amount::from_u64(output.value.to_sat()) >= *amount {
                     let confirmations = if height == 0 { 0 } else { tip.saturating_sub(height) + 1 };
                     refunds.push(RefundSeen { refund_id: refund_id.clone(), txid: txid.to_string(), confirmations });
@@ -207,7 +280,7 @@ impl BitcoinSource {
                 None
             };
             for (vout, output) in transaction.output.iter().enumerate() {
-                let Some(target) = watched.get(&output.script_pubkey).filter(|w| w.refund.is_none()) else { continue };
+                let Some(target) = deposit(&output.script_pubkey) else { continue };
                 let sats = output.value.to_sat();
                 let tx_ref = format!("{}:{txid}:{vout}", self.caip2);
                 if sats == 0 || !seen_refs.insert(tx_ref.clone()) {
