@@ -1,6 +1,7 @@
 //! What the follower reads of payments and deposit addresses, in PostgreSQL.
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -8,58 +9,66 @@ use crate::invoice::PaymentStatus;
 use crate::money::Amount;
 
 use super::reorg::Tracked;
-use super::source::Watched;
+use super::source::{Deposit, Watched};
 
 /// How long after expiry an invoice's addresses are still watched, for late payments.
 pub const WATCH_AFTER_EXPIRY_S: i64 = 7 * 24 * 3600;
 
 /// Deposit addresses of invoices that can still be paid, that expired recently (late payments),
-/// or that have a payment still waiting; and the oldest transaction still running when they were
-/// read (see [`written_since`]).
-pub async fn watched(pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<(Vec<Watched>, u64), sqlx::Error> {
+/// or that have a payment still waiting, each with the transaction that wrote it; and the oldest
+/// transaction still running when they were read (see [`written_since`]).
+pub async fn watched(pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<Written, sqlx::Error> {
     let rows = sqlx::query(
         "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS since) \
-         SELECT s.since, w.address, w.invoice_id FROM s LEFT JOIN ( \
-           SELECT d.address, d.invoice_id FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
+         SELECT s.since, w.address, w.invoice_id, w.written_tx FROM s LEFT JOIN ( \
+           SELECT d.address, d.invoice_id, d.written_tx::text AS written_tx FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
            WHERE d.chain = $1 AND (i.status IN ('open', 'processing') OR i.expires_at > $2 \
                  OR EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = d.invoice_id AND p.chain = d.chain AND p.status = 'seen')) \
          ) w ON true",
     )
     .bind(chain)
     .bind(now - chrono::Duration::seconds(WATCH_AFTER_EXPIRY_S))
-    .fetch_all(pool)
-    .await?;
-    deposits(rows)
+    .fetch(pool);
+    deposits(rows).await
 }
 
 /// Deposit addresses written by transactions at or after `since` (a previous read's
 /// [`watched`] or [`written_since`]), and the value to pass next time. Re-reads some rows; misses
 /// none: a transaction a read could not see was running then, so it is not older than `since`.
-pub async fn written_since(pool: &PgPool, chain: &str, since: u64) -> Result<(Vec<Watched>, u64), sqlx::Error> {
+pub async fn written_since(pool: &PgPool, chain: &str, since: u64) -> Result<Written, sqlx::Error> {
     let rows = sqlx::query(
         "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS since) \
-         SELECT s.since, d.address, d.invoice_id FROM s LEFT JOIN deposit_addresses d \
+         SELECT s.since, d.address, d.invoice_id, d.written_tx::text AS written_tx FROM s LEFT JOIN deposit_addresses d \
            ON d.chain = $1 AND d.written_tx >= $2::text::xid8",
     )
     .bind(chain)
     .bind(since.to_string())
-    .fetch_all(pool)
-    .await?;
-    deposits(rows)
+    .fetch(pool);
+    deposits(rows).await
 }
 
-/// Rows of `since`, and a deposit address and its invoice where present.
-fn deposits(rows: Vec<PgRow>) -> Result<(Vec<Watched>, u64), sqlx::Error> {
-    let mut since = 0;
-    let mut watched = Vec::with_capacity(rows.len());
-    for row in rows {
-        let text: String = row.try_get("since")?;
-        since = text.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        if let (Some(address), Some(invoice_id)) = (row.try_get("address")?, row.try_get("invoice_id")?) {
-            watched.push(Watched { address, invoice_id, refund: None });
+/// Deposit addresses with the transaction that wrote each, and where the next read starts.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub deposits: Vec<(Deposit, u64)>,
+    pub since: u64,
+}
+
+/// Rows of `since`, and a deposit address, its invoice and its writer where present; read as they
+/// arrive, so that a large set is never held twice.
+async fn deposits(mut rows: impl futures::Stream<Item = Result<PgRow, sqlx::Error>> + Unpin) -> Result<Written, sqlx::Error> {
+    let number = |text: String| text.parse::<u64>().map_err(|e| sqlx::Error::Decode(Box::new(e)));
+    let mut written = Written::default();
+    while let Some(row) = rows.try_next().await? {
+        written.since = number(row.try_get("since")?)?;
+        if let (Some(address), Some(invoice_id), Some(tx)) =
+            (row.try_get::<Option<String>, _>("address")?, row.try_get::<Option<String>, _>("invoice_id")?, row.try_get::<Option<String>, _>("written_tx")?)
+        {
+            written.deposits.push((Deposit { address: address.into(), invoice_id: invoice_id.into() }, number(tx)?));
         }
     }
-    Ok((watched, since))
+    written.deposits.shrink_to_fit();
+    Ok(written)
 }
 
 /// Refunds the merchant still has to pay to the payer's address (watched to see them paid).

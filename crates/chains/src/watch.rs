@@ -5,31 +5,33 @@
 //! also when addresses that stopped being watchable are dropped); between reloads a step reads only
 //! the addresses written since the previous read ([`store::written_since`]), almost always none.
 //! Refunds the merchant still has to pay (Bitcoin) are few and re-read each step. Sources keep
-//! their own lookup ([`Index`]) and extend it with what was added, instead of rebuilding it.
+//! their own lookup ([`Index`]: their key to a position in the list) and extend it with what was
+//! added, instead of rebuilding it. Each address is held once, in a [`Deposit`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::source::Watched;
-use super::store;
+use super::source::{Deposit, Watched};
+use super::store::{self, Written};
 
 /// How often the whole set is read again. Until then an invoice that stopped being watchable (paid
 /// or expired past [`store::WATCH_AFTER_EXPIRY_S`], with nothing waiting) stays watched: a payment
 /// to it in that time is recorded as any late payment is.
-pub const RELOAD_INTERVAL_MS: u64 = 600_000;
+pub const RELOAD_INTERVAL_MS: u64 = 3_600_000;
 
 /// What a follower watches; see the module docs.
 #[derive(Debug, Default)]
 pub struct WatchList {
     /// Changes whenever the deposits are replaced rather than extended (a reload).
     epoch: u64,
-    deposits: Vec<Watched>,
-    /// Addresses in `deposits`, so that a re-read row is not added twice.
-    addresses: HashSet<String>,
+    deposits: Vec<Deposit>,
+    /// Addresses written by transactions at or after `since`, with their writer: the rows the next
+    /// read may return again (older ones it cannot), so that none is added twice.
+    recent: HashMap<Box<str>, u64>,
     refunds: Vec<Watched>,
     /// The oldest transaction still running at the previous read: rows it or later ones wrote may
     /// not have been visible then.
@@ -43,7 +45,7 @@ impl WatchList {
     }
 
     /// Deposit addresses, in the order they were added within this epoch.
-    pub fn deposits(&self) -> &[Watched] {
+    pub fn deposits(&self) -> &[Deposit] {
         &self.deposits
     }
 
@@ -65,19 +67,22 @@ impl WatchList {
     pub async fn refresh(&mut self, pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
         let due = self.loaded_at.is_none_or(|at| at.elapsed() >= Duration::from_millis(RELOAD_INTERVAL_MS));
         if due {
-            let (deposits, since) = store::watched(pool, chain, now).await?;
+            let Written { deposits, since } = store::watched(pool, chain, now).await?;
             self.epoch += 1;
-            self.addresses = deposits.iter().map(|w| w.address.clone()).collect();
-            self.deposits = deposits;
+            self.recent = deposits.iter().filter(|(_, tx)| *tx >= since).map(|(d, tx)| (d.address.clone(), *tx)).collect();
+            self.deposits = deposits.into_iter().map(|(d, _)| d).collect();
             self.since = Some(since);
             self.loaded_at = Some(Instant::now());
         } else if let Some(since) = self.since {
-            let (added, next) = store::written_since(pool, chain, since).await?;
-            for watched in added {
-                if self.addresses.insert(watched.address.clone()) {
-                    self.deposits.push(watched);
+            let Written { deposits, since: next } = store::written_since(pool, chain, since).await?;
+            for (deposit, tx) in deposits {
+                if !self.recent.contains_key(&deposit.address) {
+                    self.recent.insert(deposit.address.clone(), tx);
+                    self.deposits.push(deposit);
                 }
             }
+            // Rows written before the next read's start are never returned again.
+            self.recent.retain(|_, tx| *tx >= next);
             self.since = Some(next);
         }
         self.refunds = store::refunds_due(pool, chain).await?;
@@ -92,13 +97,13 @@ pub enum Update<K> {
     Rebuilt,
 }
 
-/// A source's lookup from its own key (a parsed address, a script) to the deposit it watches,
-/// extended with the deposits a refresh added and rebuilt only when the list's epoch changes.
+/// A source's lookup from its own key (a parsed address, a script hash) to a deposit of the
+/// list, extended with the deposits a refresh added and rebuilt only when the list's epoch changes.
 #[derive(Debug)]
 pub struct Index<K> {
     epoch: u64,
     indexed: usize,
-    by_key: HashMap<K, Watched>,
+    by_key: HashMap<K, u32>,
 }
 
 impl<K> Default for Index<K> {
@@ -107,30 +112,28 @@ impl<K> Default for Index<K> {
     }
 }
 
-impl<K: Hash + Eq> Index<K> {
+impl<K: Hash + Eq + Clone> Index<K> {
     /// Catches up with `list`; `key` returns `None` for an address the source cannot read (it is
     /// passed to `unreadable`, once). Says what changed: the keys added, or that the index was
     /// rebuilt (a new epoch: every key is new).
-    pub fn update(&mut self, list: &WatchList, key: impl Fn(&Watched) -> Option<K>, mut unreadable: impl FnMut(&Watched)) -> Update<K>
-    where
-        K: Clone,
-    {
+    pub fn update(&mut self, list: &WatchList, key: impl Fn(&Deposit) -> Option<K>, mut unreadable: impl FnMut(&Deposit)) -> Update<K> {
         let rebuilt = self.epoch != list.epoch();
         if rebuilt {
             self.epoch = list.epoch();
             self.indexed = 0;
-            self.by_key.clear();
+            self.by_key = HashMap::with_capacity(list.deposits().len());
         }
         let mut added = Vec::new();
-        for watched in list.deposits().get(self.indexed..).unwrap_or_default() {
-            match key(watched) {
+        for (position, deposit) in list.deposits().iter().enumerate().skip(self.indexed) {
+            let Ok(position) = u32::try_from(position) else { break };
+            match key(deposit) {
                 Some(k) => {
                     if !rebuilt {
                         added.push(k.clone());
                     }
-                    self.by_key.insert(k, watched.clone());
+                    self.by_key.insert(k, position);
                 }
-                None => unreadable(watched),
+                None => unreadable(deposit),
             }
         }
         self.indexed = list.deposits().len();
@@ -141,12 +144,14 @@ impl<K: Hash + Eq> Index<K> {
         }
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.by_key.keys()
+    /// The deposit `key` names in `list` (the list this index was last updated with).
+    pub fn get<'a>(&self, list: &'a WatchList, key: &K) -> Option<&'a Deposit> {
+        let position = usize::try_from(*self.by_key.get(key)?).ok()?;
+        list.deposits().get(position)
     }
 
-    pub fn get(&self, key: &K) -> Option<&Watched> {
-        self.by_key.get(key)
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.by_key.keys()
     }
 
     pub fn len(&self) -> usize {
@@ -155,9 +160,5 @@ impl<K: Hash + Eq> Index<K> {
 
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &Watched)> {
-        self.by_key.iter()
     }
 }

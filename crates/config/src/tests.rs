@@ -762,7 +762,7 @@ fn semantic_errors_name_file_and_key() {
 
 #[test]
 fn more_semantic_errors() {
-    let cases: [(&str, &str, &str, &[&str]); 7] = [
+    let cases: [(&str, &str, &str, &[&str]); 9] = [
         (
             "config.toml",
             "\"ETH/USD\" = \"3000\"",
@@ -805,12 +805,33 @@ fn more_semantic_errors() {
             "reorg_depth_max = 64",
             &["chains/polygon.toml", "key reorg_depth_max"],
         ),
+        (
+            "chains/polygon.toml",
+            "# internal_transfers = \"auto\"",
+            "internal_transfers = \"logs\"",
+            &["chains/polygon.toml", "internal_transfers", "traces"],
+        ),
+        (
+            "chains/bitcoin.toml",
+            "reorg_depth_max",
+            "internal_transfers = \"traces\"\nreorg_depth_max",
+            &["chains/bitcoin.toml", "key internal_transfers", "bitcoin has no contract calls"],
+        ),
     ];
     for (file, from, to, expected) in cases {
         let fixture = Fixture::new();
         fixture.edit(file, from, to);
         assert_contains(&fixture.error(), expected);
     }
+}
+
+#[test]
+fn internal_transfers_default_to_auto_and_follow_the_chain_file() {
+    let fixture = Fixture::new();
+    fixture.edit("chains/polygon.toml", "# internal_transfers = \"auto\"", "internal_transfers = \"balance_check\"");
+    let config = fixture.load().expect("loads");
+    assert_eq!(config.chain("polygon").map(|c| c.internal_transfers), Some(InternalTransfers::BalanceCheck));
+    assert_eq!(config.chain("ethereum").map(|c| c.internal_transfers), Some(InternalTransfers::Auto));
 }
 
 #[test]

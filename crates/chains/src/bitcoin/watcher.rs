@@ -155,8 +155,8 @@ impl BitcoinSource {
         self.reads.load(Ordering::Relaxed)
     }
 
-    fn script_of(&self, watched: &Watched) -> Option<ScriptBuf> {
-        parse_address(&watched.address, self.network).map(|a| a.script_pubkey())
+    fn script_of(&self, address: &str) -> Option<ScriptBuf> {
+        parse_address(address, self.network).map(|a| a.script_pubkey())
     }
 
     /// Subscribes what is new and returns the scripts this scan reads: those whose status changed
@@ -165,7 +165,7 @@ impl BitcoinSource {
     async fn to_read(&self, scan: &Scan<'_, BlockHash, ()>) -> Result<Vec<(ScriptBuf, Watched)>, FollowError> {
         let (update, all) = {
             let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-            let update = index.update(scan.watched, |w| self.script_of(w).map(|s| script_hash(&s)), |w| {
+            let update = index.update(scan.watched, |d| self.script_of(&d.address).map(|s| script_hash(&s)), |w| {
                 tracing::error!(target: "watcher::bitcoin", chain = %self.chain.name, address = %w.address, invoice = %w.invoice_id,
                     "stored deposit address is not an address of this network; not watched");
             });
@@ -204,9 +204,16 @@ impl BitcoinSource {
         let mut read: Vec<(ScriptBuf, Watched)> = {
             let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
             metrics::gauge("payrail_bitcoin_watched_scripts", "Scripts the Bitcoin watcher is subscribed to.", &chain, i64::try_from(index.len()).unwrap_or(i64::MAX));
-            hashes.iter().filter_map(|h| index.get(h)).filter_map(|w| Some((self.script_of(w)?, w.clone()))).collect()
+            hashes
+                .iter()
+                .filter_map(|h| index.get(scan.watched, h))
+                .filter_map(|d| {
+                    let watched = Watched { address: d.address.to_string(), invoice_id: d.invoice_id.to_string(), refund: None };
+                    Some((self.script_of(&d.address)?, watched))
+                })
+                .collect()
         };
-        read.extend(scan.watched.refunds().iter().filter_map(|w| Some((self.script_of(w)?, w.clone()))));
+        read.extend(scan.watched.refunds().iter().filter_map(|w| Some((self.script_of(&w.address)?, w.clone()))));
         self.reads.fetch_add(u64::try_from(read.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
         metrics::count("payrail_bitcoin_script_reads_total", "Script histories the Bitcoin watcher read.", &chain, i64::try_from(read.len()).unwrap_or(i64::MAX));
         Ok(read)
@@ -244,8 +251,8 @@ impl BitcoinSource {
             hashes.extend(missing.into_iter().zip(headers.iter().map(|h| h.block_hash())));
         }
         let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        // The deposit a script pays, if watched (a payer's script of a refund is not a deposit).
-        let deposit = |script: &Script| index.get(&script_hash(script)).filter(|w| w.refund.is_none());
+        // The deposit a script pays, if watched (a payer's script of a refund is not one).
+        let deposit = |script: &Script| index.get(scan.watched, &script_hash(script));
         // Outputs paying watched scripts; a transaction spending one of them (the merchant's
         // wallet moving funds) is not a payment, whatever its outputs.
         let mut credited_outpoints: HashSet<OutPoint> = HashSet::new();
@@ -287,10 +294,10 @@ impl BitcoinSource {
                     continue;
                 }
                 let found = Found {
-                    invoice_id: target.invoice_id.clone(),
+                    invoice_id: target.invoice_id.to_string(),
                     asset: self.asset.clone(),
                     tx_ref,
-                    address: Some(target.address.clone()),
+                    address: Some(target.address.to_string()),
                     amount: Amount::from_u64(sats),
                     block: block.clone(),
                 };

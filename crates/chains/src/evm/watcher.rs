@@ -24,7 +24,8 @@ use sqlx::{PgPool, Row};
 use crate::evm::client::{is_method_unsupported, EvmClient, InternalTransfer, NativeTransfer, RpcError};
 use crate::follower::{FollowError, Follower};
 use crate::health::TIP_STALL_BLOCK_TIMES_EVM;
-use crate::source::{BlockHash, BlockId, ChainSource, Fetched, Found, Head, Observed, Scan, ScanKind, Watched};
+use crate::source::{BlockHash, BlockId, ChainSource, Fetched, Found, Head, Observed, Scan, ScanKind};
+use crate::source::Deposit;
 use crate::config::{ChainSpec, FinalityTag, InternalTransfers};
 use crate::invoice::{BlockRef, ObservedPayment};
 use crate::money::{Amount, AssetId};
@@ -227,7 +228,7 @@ impl EvmSource {
     /// Brings the address index up to the scan's watch list.
     fn update_index(&self, scan: &EvmScan<'_>) -> std::sync::MutexGuard<'_, Index<Address>> {
         let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        index.update(scan.watched, |w| w.address.parse::<Address>().ok(), |w| {
+        index.update(scan.watched, |d| d.address.parse::<Address>().ok(), |w| {
             tracing::error!(target: "watcher::evm", chain = %self.chain.name, address = %w.address, invoice = %w.invoice_id,
                 "stored deposit address is not an EVM address; not watched");
         });
@@ -265,19 +266,19 @@ impl EvmSource {
             for fetched in scan.blocks {
                 let block = fetched.block.id();
                 for transfer in &fetched.body.transfers {
-                    if let Some(watched) = index.get(&transfer.to) {
-                        native.push((transfer, block, watched.invoice_id.clone()));
+                    if let Some(watched) = index.get(scan.watched, &transfer.to) {
+                        native.push((transfer, block, watched.invoice_id.to_string()));
                     }
                 }
                 for transfer in &fetched.body.internal {
-                    if let Some(watched) = index.get(&transfer.to) {
-                        let entry = internal.entry((block.height, transfer.to)).or_insert_with(|| (block, watched.invoice_id.clone(), U256::ZERO));
+                    if let Some(watched) = index.get(scan.watched, &transfer.to) {
+                        let entry = internal.entry((block.height, transfer.to)).or_insert_with(|| (block, watched.invoice_id.to_string(), U256::ZERO));
                         entry.2 = entry.2.saturating_add(transfer.value);
                     }
                 }
             }
             let recipients: Option<Vec<Address>> =
-                (index.len() <= ADDRESSES_PER_LOG_QUERY_MAX).then(|| index.iter().map(|(address, _)| *address).collect());
+                (index.len() <= ADDRESSES_PER_LOG_QUERY_MAX).then(|| index.keys().copied().collect());
             (native, internal, recipients)
         };
         for (transfer, block, invoice_id) in native {
@@ -300,7 +301,7 @@ impl EvmSource {
                 // The log comes from another branch than the blocks just fetched.
                 return Err(FollowError::Inconsistent { height: transfer.block_height });
             }
-            let (Some(watched), Some(asset)) = (index.get(&transfer.to), self.tokens.get(&transfer.token)) else {
+            let (Some(watched), Some(asset)) = (index.get(scan.watched, &transfer.to), self.tokens.get(&transfer.token)) else {
                 continue;
             };
             let tx_ref = format!("{}:{:#x}:{}", self.caip2, transfer.tx_hash, transfer.log_index);
@@ -337,7 +338,7 @@ impl EvmSource {
                 .cycle()
                 .skip(from)
                 .take(count)
-                .filter_map(|w: &Watched| Some((w.address.parse::<Address>().ok()?, w.invoice_id.clone())))
+                .filter_map(|d: &Deposit| Some((d.address.parse::<Address>().ok()?, d.invoice_id.to_string())))
                 .collect()
         };
         let addresses: Vec<String> = turn.iter().map(|(address, _)| format!("{address:#x}")).collect();
