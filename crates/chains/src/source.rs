@@ -41,14 +41,6 @@ pub struct Head<H> {
     pub finalized: Option<u64>,
 }
 
-/// A deposit address that can still receive a payment, and its invoice: what a follower keeps per
-/// watched address (kept small: a follower may hold hundreds of thousands).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deposit {
-    pub address: Box<str>,
-    pub invoice_id: Box<str>,
-}
-
 /// A deposit address that can still receive a payment, and its invoice; or the payer's address of
 /// a refund the merchant pays (Bitcoin), with the amount that pays it.
 #[derive(Debug, Clone, PartialEq, Eq)]

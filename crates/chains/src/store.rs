@@ -1,5 +1,7 @@
 //! What the follower reads of payments and deposit addresses, in PostgreSQL.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::postgres::PgRow;
@@ -9,7 +11,7 @@ use crate::invoice::PaymentStatus;
 use crate::money::Amount;
 
 use super::reorg::Tracked;
-use super::source::{Deposit, Watched};
+use super::source::Watched;
 
 /// How long after expiry an invoice's addresses are still watched, for late payments.
 pub const WATCH_AFTER_EXPIRY_S: i64 = 7 * 24 * 3600;
@@ -20,8 +22,8 @@ pub const WATCH_AFTER_EXPIRY_S: i64 = 7 * 24 * 3600;
 pub async fn watched(pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<Written, sqlx::Error> {
     let rows = sqlx::query(
         "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS since) \
-         SELECT s.since, w.address, w.invoice_id, w.written_tx FROM s LEFT JOIN ( \
-           SELECT d.address, d.invoice_id, d.written_tx::text AS written_tx FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
+         SELECT s.since, w.address, w.written_tx FROM s LEFT JOIN ( \
+           SELECT d.address, d.written_tx::text AS written_tx FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
            WHERE d.chain = $1 AND (i.status IN ('open', 'processing') OR i.expires_at > $2 \
                  OR EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = d.invoice_id AND p.chain = d.chain AND p.status = 'seen')) \
          ) w ON true",
@@ -38,7 +40,7 @@ pub async fn watched(pool: &PgPool, chain: &str, now: DateTime<Utc>) -> Result<W
 pub async fn written_since(pool: &PgPool, chain: &str, since: u64) -> Result<Written, sqlx::Error> {
     let rows = sqlx::query(
         "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS since) \
-         SELECT s.since, d.address, d.invoice_id, d.written_tx::text AS written_tx FROM s LEFT JOIN deposit_addresses d \
+         SELECT s.since, d.address, d.written_tx::text AS written_tx FROM s LEFT JOIN deposit_addresses d \
            ON d.chain = $1 AND d.written_tx >= $2::text::xid8",
     )
     .bind(chain)
@@ -50,25 +52,34 @@ pub async fn written_since(pool: &PgPool, chain: &str, since: u64) -> Result<Wri
 /// Deposit addresses with the transaction that wrote each, and where the next read starts.
 #[derive(Debug, Default)]
 pub struct Written {
-    pub deposits: Vec<(Deposit, u64)>,
+    pub deposits: Vec<(Box<str>, u64)>,
     pub since: u64,
 }
 
-/// Rows of `since`, and a deposit address, its invoice and its writer where present; read as they
-/// arrive, so that a large set is never held twice.
+/// Rows of `since`, and a deposit address and its writer where present; read as they arrive, so
+/// that a large set is never held twice.
 async fn deposits(mut rows: impl futures::Stream<Item = Result<PgRow, sqlx::Error>> + Unpin) -> Result<Written, sqlx::Error> {
     let number = |text: String| text.parse::<u64>().map_err(|e| sqlx::Error::Decode(Box::new(e)));
     let mut written = Written::default();
     while let Some(row) = rows.try_next().await? {
         written.since = number(row.try_get("since")?)?;
-        if let (Some(address), Some(invoice_id), Some(tx)) =
-            (row.try_get::<Option<String>, _>("address")?, row.try_get::<Option<String>, _>("invoice_id")?, row.try_get::<Option<String>, _>("written_tx")?)
-        {
-            written.deposits.push((Deposit { address: address.into(), invoice_id: invoice_id.into() }, number(tx)?));
+        if let (Some(address), Some(tx)) = (row.try_get::<Option<String>, _>("address")?, row.try_get::<Option<String>, _>("written_tx")?) {
+            written.deposits.push((address.into_boxed_str(), number(tx)?));
         }
     }
     written.deposits.shrink_to_fit();
     Ok(written)
+}
+
+/// The invoices of deposit addresses (lower-case, as stored) on `chain`, by address.
+pub async fn invoices_of(pool: &PgPool, chain: &str, addresses: &[String]) -> Result<HashMap<String, String>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT address, invoice_id FROM deposit_addresses WHERE chain = $1 AND address = ANY($2)")
+            .bind(chain)
+            .bind(addresses)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Refunds the merchant still has to pay to the payer's address (watched to see them paid).

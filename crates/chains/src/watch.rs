@@ -6,7 +6,8 @@
 //! the addresses written since the previous read ([`store::written_since`]), almost always none.
 //! Refunds the merchant still has to pay (Bitcoin) are few and re-read each step. Sources keep
 //! their own lookup ([`Index`]: their key to a position in the list) and extend it with what was
-//! added, instead of rebuilding it. Each address is held once, in a [`Deposit`].
+//! added, instead of rebuilding it. Only addresses are held, once each: a source looks up the
+//! invoice of an address when it finds a payment to it ([`store::invoices_of`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::source::{Deposit, Watched};
+use super::source::Watched;
 use super::store::{self, Written};
 
 /// How often the whole set is read again. Until then an invoice that stopped being watchable (paid
@@ -28,7 +29,7 @@ pub const RELOAD_INTERVAL_MS: u64 = 3_600_000;
 pub struct WatchList {
     /// Changes whenever the deposits are replaced rather than extended (a reload).
     epoch: u64,
-    deposits: Vec<Deposit>,
+    deposits: Vec<Box<str>>,
     /// Addresses written by transactions at or after `since`, with their writer: the rows the next
     /// read may return again (older ones it cannot), so that none is added twice.
     recent: HashMap<Box<str>, u64>,
@@ -45,7 +46,7 @@ impl WatchList {
     }
 
     /// Deposit addresses, in the order they were added within this epoch.
-    pub fn deposits(&self) -> &[Deposit] {
+    pub fn deposits(&self) -> &[Box<str>] {
         &self.deposits
     }
 
@@ -69,16 +70,16 @@ impl WatchList {
         if due {
             let Written { deposits, since } = store::watched(pool, chain, now).await?;
             self.epoch += 1;
-            self.recent = deposits.iter().filter(|(_, tx)| *tx >= since).map(|(d, tx)| (d.address.clone(), *tx)).collect();
-            self.deposits = deposits.into_iter().map(|(d, _)| d).collect();
+            self.recent = deposits.iter().filter(|(_, tx)| *tx >= since).map(|(a, tx)| (a.clone(), *tx)).collect();
+            self.deposits = deposits.into_iter().map(|(a, _)| a).collect();
             self.since = Some(since);
             self.loaded_at = Some(Instant::now());
         } else if let Some(since) = self.since {
             let Written { deposits, since: next } = store::written_since(pool, chain, since).await?;
-            for (deposit, tx) in deposits {
-                if !self.recent.contains_key(&deposit.address) {
-                    self.recent.insert(deposit.address.clone(), tx);
-                    self.deposits.push(deposit);
+            for (address, tx) in deposits {
+                if !self.recent.contains_key(&address) {
+                    self.recent.insert(address.clone(), tx);
+                    self.deposits.push(address);
                 }
             }
             // Rows written before the next read's start are never returned again.
@@ -116,7 +117,7 @@ impl<K: Hash + Eq + Clone> Index<K> {
     /// Catches up with `list`; `key` returns `None` for an address the source cannot read (it is
     /// passed to `unreadable`, once). Says what changed: the keys added, or that the index was
     /// rebuilt (a new epoch: every key is new).
-    pub fn update(&mut self, list: &WatchList, key: impl Fn(&Deposit) -> Option<K>, mut unreadable: impl FnMut(&Deposit)) -> Update<K> {
+    pub fn update(&mut self, list: &WatchList, key: impl Fn(&str) -> Option<K>, mut unreadable: impl FnMut(&str)) -> Update<K> {
         let rebuilt = self.epoch != list.epoch();
         if rebuilt {
             self.epoch = list.epoch();
@@ -124,16 +125,16 @@ impl<K: Hash + Eq + Clone> Index<K> {
             self.by_key = HashMap::with_capacity(list.deposits().len());
         }
         let mut added = Vec::new();
-        for (position, deposit) in list.deposits().iter().enumerate().skip(self.indexed) {
+        for (position, address) in list.deposits().iter().enumerate().skip(self.indexed) {
             let Ok(position) = u32::try_from(position) else { break };
-            match key(deposit) {
+            match key(address) {
                 Some(k) => {
                     if !rebuilt {
                         added.push(k.clone());
                     }
                     self.by_key.insert(k, position);
                 }
-                None => unreadable(deposit),
+                None => unreadable(address),
             }
         }
         self.indexed = list.deposits().len();
@@ -144,10 +145,14 @@ impl<K: Hash + Eq + Clone> Index<K> {
         }
     }
 
-    /// The deposit `key` names in `list` (the list this index was last updated with).
-    pub fn get<'a>(&self, list: &'a WatchList, key: &K) -> Option<&'a Deposit> {
+    /// The deposit address `key` names in `list` (the list this index was last updated with).
+    pub fn get<'a>(&self, list: &'a WatchList, key: &K) -> Option<&'a str> {
         let position = usize::try_from(*self.by_key.get(key)?).ok()?;
-        list.deposits().get(position)
+        list.deposits().get(position).map(|a| &**a)
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.by_key.contains_key(key)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> {

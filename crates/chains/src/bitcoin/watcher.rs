@@ -33,6 +33,7 @@ use crate::config::{ChainKind, ChainSpec};
 use crate::invoice::BlockRef;
 use crate::metrics;
 use crate::money::{Amount, AssetId};
+use crate::store;
 use crate::watch::{Index, Update};
 
 use super::descriptor::{network_of, parse_address};
@@ -46,6 +47,22 @@ pub const WATCHED_SCRIPTS_MAX: usize = WATCHED_ADDRESSES_MAX;
 /// Most transactions kept in memory between scans (they never change under a txid).
 pub const TRANSACTION_CACHE_MAX: usize = 50_000;
 
+/// A script a scan reads: a deposit's (its address) or a refund payer's.
+#[derive(Debug, Clone)]
+enum Read {
+    Deposit(String),
+    Refund(Watched),
+}
+
+impl Read {
+    fn address(&self) -> &str {
+        match self {
+            Self::Deposit(address) => address,
+            Self::Refund(watched) => &watched.address,
+        }
+    }
+}
+
 /// The follower of a Bitcoin chain.
 pub type BitcoinWatcher = Follower<BitcoinSource>;
 
@@ -56,6 +73,8 @@ pub struct BitcoinSource {
     network: Network,
     asset: AssetId,
     electrum: Electrum,
+    /// For the invoices of paid deposit addresses (the watch list holds addresses only).
+    pool: sqlx::PgPool,
     transactions: Mutex<HashMap<Txid, Arc<Transaction>>>,
     subscriptions: Subscriptions,
     /// Watched deposits by script hash.
@@ -76,7 +95,7 @@ impl ChainSource for BitcoinSource {
     const BLOCKS_PER_STEP_MAX: u64 = 2_000;
     const TIP_STALL_BLOCK_TIMES: u64 = TIP_STALL_BLOCK_TIMES_BITCOIN;
 
-    fn connect(spec: &ChainSpec, _pool: &sqlx::PgPool) -> Result<Self, FollowError> {
+    fn connect(spec: &ChainSpec, pool: &sqlx::PgPool) -> Result<Self, FollowError> {
         let network = network_of(&spec.caip2)
             .filter(|_| spec.kind == ChainKind::Bitcoin)
             .ok_or_else(|| FollowError::NotBitcoin { name: spec.name.clone(), caip2: spec.caip2.to_string() })?;
@@ -86,6 +105,7 @@ impl ChainSource for BitcoinSource {
             asset: spec.native_asset_id(),
             network,
             subscriptions: Subscriptions::new(spec.name.clone()),
+            pool: pool.clone(),
             chain: spec.clone(),
             transactions: Mutex::new(HashMap::new()),
             index: Mutex::new(Index::default()),
@@ -162,11 +182,11 @@ impl BitcoinSource {
     /// Subscribes what is new and returns the scripts this scan reads: those whose status changed
     /// (and those read by a step that did not commit), every script with a history when the
     /// subscriptions started over or the follower unwinds, and the refunds' payers.
-    async fn to_read(&self, scan: &Scan<'_, BlockHash, ()>) -> Result<Vec<(ScriptBuf, Watched)>, FollowError> {
+    async fn to_read(&self, scan: &Scan<'_, BlockHash, ()>) -> Result<Vec<(ScriptBuf, Read)>, FollowError> {
         let (update, all) = {
             let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-            let update = index.update(scan.watched, |d| self.script_of(&d.address).map(|s| script_hash(&s)), |w| {
-                tracing::error!(target: "watcher::bitcoin", chain = %self.chain.name, address = %w.address, invoice = %w.invoice_id,
+            let update = index.update(scan.watched, |address| self.script_of(address).map(|s| script_hash(&s)), |address| {
+                tracing::error!(target: "watcher::bitcoin", chain = %self.chain.name, %address,
                     "stored deposit address is not an address of this network; not watched");
             });
             let all: Option<Vec<ScriptHash>> = matches!(update, Update::Rebuilt).then(|| index.keys().copied().collect());
@@ -201,19 +221,16 @@ impl BitcoinSource {
             hashes.extend(reading.iter().copied());
             reading.clone_from(&hashes);
         }
-        let mut read: Vec<(ScriptBuf, Watched)> = {
+        let mut read: Vec<(ScriptBuf, Read)> = {
             let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
             metrics::gauge("payrail_bitcoin_watched_scripts", "Scripts the Bitcoin watcher is subscribed to.", &chain, i64::try_from(index.len()).unwrap_or(i64::MAX));
             hashes
                 .iter()
                 .filter_map(|h| index.get(scan.watched, h))
-                .filter_map(|d| {
-                    let watched = Watched { address: d.address.to_string(), invoice_id: d.invoice_id.to_string(), refund: None };
-                    Some((self.script_of(&d.address)?, watched))
-                })
+                .filter_map(|address| Some((self.script_of(address)?, Read::Deposit(address.to_owned()))))
                 .collect()
         };
-        read.extend(scan.watched.refunds().iter().filter_map(|w| Some((self.script_of(&w.address)?, w.clone()))));
+        read.extend(scan.watched.refunds().iter().filter_map(|w| Some((self.script_of(&w.address)?, Read::Refund(w.clone())))));
         self.reads.fetch_add(u64::try_from(read.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
         metrics::count("payrail_bitcoin_script_reads_total", "Script histories the Bitcoin watcher read.", &chain, i64::try_from(read.len()).unwrap_or(i64::MAX));
         Ok(read)
@@ -221,15 +238,20 @@ impl BitcoinSource {
 
     /// Reads the histories of `read` and turns outputs paying watched scripts into observations;
     /// the addresses read are complete.
-    async fn observe(&self, read: Vec<(ScriptBuf, Watched)>, scan: &Scan<'_, BlockHash, ()>) -> Result<Observed, FollowError> {
+    async fn observe(&self, read: Vec<(ScriptBuf, Read)>, scan: &Scan<'_, BlockHash, ()>) -> Result<Observed, FollowError> {
         let tip = scan.head.tip;
-        let complete: HashSet<String> = read.iter().map(|(_, w)| w.address.clone()).collect();
+        let complete: HashSet<String> = read.iter().map(|(_, r)| r.address().to_owned()).collect();
         if read.is_empty() {
             return Ok(Observed { payments: Vec::new(), complete, refunds: Vec::new() });
         }
         let scripts: Vec<ScriptBuf> = read.iter().map(|(s, _)| s.clone()).collect();
-        let refunds_by_script: HashMap<ScriptBuf, Watched> =
-            read.into_iter().filter(|(_, w)| w.refund.is_some()).collect();
+        let refunds_by_script: HashMap<ScriptBuf, Watched> = read
+            .into_iter()
+            .filter_map(|(script, r)| match r {
+                Read::Refund(watched) => Some((script, watched)),
+                Read::Deposit(_) => None,
+            })
+            .collect();
         let histories = self.electrum.histories(&scripts).await?;
         // Height of each transaction (0 in the mempool).
         let mut heights: HashMap<Txid, u64> = HashMap::new();
@@ -250,59 +272,62 @@ impl BitcoinSource {
             let headers = self.electrum.headers_at(missing.clone()).await?;
             hashes.extend(missing.into_iter().zip(headers.iter().map(|h| h.block_hash())));
         }
-        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        // The deposit a script pays, if watched (a payer's script of a refund is not one).
-        let deposit = |script: &Script| index.get(scan.watched, &script_hash(script));
-        // Outputs paying watched scripts; a transaction spending one of them (the merchant's
-        // wallet moving funds) is not a payment, whatever its outputs.
-        let mut credited_outpoints: HashSet<OutPoint> = HashSet::new();
-        for (txid, transaction) in &transactions {
-            for (vout, output) in transaction.output.iter().enumerate() {
-                if deposit(&output.script_pubkey).is_some() {
-                    credited_outpoints.insert(OutPoint { txid: *txid, vout: u32::try_from(vout).unwrap_or(u32::MAX) });
+        let mut refunds = Vec::new();
+        // Outputs paying watched deposits: (outpoint, address, sats, block), found under the index.
+        let mut paying: Vec<(String, String, u64, Option<BlockRef>)> = Vec::new();
+        {
+            let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            // The deposit address a script pays, if watched.
+            let deposit = |script: &Script| index.get(scan.watched, &script_hash(script));
+            // A transaction spending a watched output (the merchant's wallet moving funds) is not a
+            // payment, whatever its outputs.
+            let mut credited_outpoints: HashSet<OutPoint> = HashSet::new();
+            for (txid, transaction) in &transactions {
+                for (vout, output) in transaction.output.iter().enumerate() {
+                    if deposit(&output.script_pubkey).is_some() {
+                        credited_outpoints.insert(OutPoint { txid: *txid, vout: u32::try_from(vout).unwrap_or(u32::MAX) });
+                    }
+                }
+            }
+            let mut seen_refs: HashSet<String> = HashSet::new();
+            for (txid, transaction) in &transactions {
+                let height = heights.get(txid).copied().unwrap_or(0);
+                // A refund the merchant pays: whatever it spends (the deposits, usually), an output of
+                // at least the refund's amount to the payer's address pays it.
+                for output in &transaction.output {
+                    let Some((refund_id, amount)) = refunds_by_script.get(&output.script_pubkey).and_then(|w| w.refund.as_ref()) else { continue };
+                    if Amount::from_u64(output.value.to_sat()) >= *amount {
+                        let confirmations = if height == 0 { 0 } else { tip.saturating_sub(height) + 1 };
+                        refunds.push(RefundSeen { refund_id: refund_id.clone(), txid: txid.to_string(), confirmations });
+                    }
+                }
+                if transaction.input.iter().any(|input| credited_outpoints.contains(&input.previous_output)) {
+                    continue;
+                }
+                let block = if height > 0 {
+                    let hash = hashes.get(&height).ok_or(FollowError::Inconsistent { height })?;
+                    Some(BlockRef { height, hash: hash.to_stored() })
+                } else {
+                    None
+                };
+                for (vout, output) in transaction.output.iter().enumerate() {
+                    let Some(address) = deposit(&output.script_pubkey) else { continue };
+                    let sats = output.value.to_sat();
+                    let tx_ref = format!("{}:{txid}:{vout}", self.caip2);
+                    if sats == 0 || !seen_refs.insert(tx_ref.clone()) {
+                        continue;
+                    }
+                    paying.push((tx_ref, address.to_owned(), sats, block.clone()));
                 }
             }
         }
+        let addresses: Vec<String> = paying.iter().map(|(_, address, _, _)| address.clone()).collect();
+        let invoices = if addresses.is_empty() { HashMap::new() } else { store::invoices_of(&self.pool, &self.caip2, &addresses).await? };
         let mut payments = Vec::new();
-        let mut refunds = Vec::new();
-        let mut seen_refs: HashSet<String> = HashSet::new();
-        for (txid, transaction) in &transactions {
-            let height = heights.get(txid).copied().unwrap_or(0);
-            // A refund the merchant pays: whatever it spends (the deposits, usually), an output of
-            // at least the refund's amount to the payer's address pays it.
-            for output in &transaction.output {
-                let Some((refund_id, amount)) = refunds_by_script.get(&output.script_pubkey).and_then(|w| w.refund.as_ref()) else { continue };
-                if Amount::from_u64(output.value.to_sat()) >= *amount {
-                    let confirmations = if height == 0 { 0 } else { tip.saturating_sub(height) + 1 };
-                    refunds.push(RefundSeen { refund_id: refund_id.clone(), txid: txid.to_string(), confirmations });
-                }
-            }
-            if transaction.input.iter().any(|input| credited_outpoints.contains(&input.previous_output)) {
-                continue;
-            }
-            let block = if height > 0 {
-                let hash = hashes.get(&height).ok_or(FollowError::Inconsistent { height })?;
-                Some(BlockRef { height, hash: hash.to_stored() })
-            } else {
-                None
-            };
-            for (vout, output) in transaction.output.iter().enumerate() {
-                let Some(target) = deposit(&output.script_pubkey) else { continue };
-                let sats = output.value.to_sat();
-                let tx_ref = format!("{}:{txid}:{vout}", self.caip2);
-                if sats == 0 || !seen_refs.insert(tx_ref.clone()) {
-                    continue;
-                }
-                let found = Found {
-                    invoice_id: target.invoice_id.to_string(),
-                    asset: self.asset.clone(),
-                    tx_ref,
-                    address: Some(target.address.to_string()),
-                    amount: Amount::from_u64(sats),
-                    block: block.clone(),
-                };
-                payments.extend(scan.pricing.observe(found, &scan.head));
-            }
+        for (tx_ref, address, sats, block) in paying {
+            let Some(invoice_id) = invoices.get(&address) else { continue };
+            let found = Found { invoice_id: invoice_id.clone(), asset: self.asset.clone(), tx_ref, address: Some(address), amount: Amount::from_u64(sats), block };
+            payments.extend(scan.pricing.observe(found, &scan.head));
         }
         Ok(Observed { payments, complete, refunds })
     }

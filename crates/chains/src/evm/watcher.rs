@@ -25,7 +25,7 @@ use crate::evm::client::{is_method_unsupported, EvmClient, InternalTransfer, Nat
 use crate::follower::{FollowError, Follower};
 use crate::health::TIP_STALL_BLOCK_TIMES_EVM;
 use crate::source::{BlockHash, BlockId, ChainSource, Fetched, Found, Head, Observed, Scan, ScanKind};
-use crate::source::Deposit;
+use crate::store;
 use crate::config::{ChainSpec, FinalityTag, InternalTransfers};
 use crate::invoice::{BlockRef, ObservedPayment};
 use crate::money::{Amount, AssetId};
@@ -228,9 +228,8 @@ impl EvmSource {
     /// Brings the address index up to the scan's watch list.
     fn update_index(&self, scan: &EvmScan<'_>) -> std::sync::MutexGuard<'_, Index<Address>> {
         let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        index.update(scan.watched, |d| d.address.parse::<Address>().ok(), |w| {
-            tracing::error!(target: "watcher::evm", chain = %self.chain.name, address = %w.address, invoice = %w.invoice_id,
-                "stored deposit address is not an EVM address; not watched");
+        index.update(scan.watched, |address| address.parse::<Address>().ok(), |address| {
+            tracing::error!(target: "watcher::evm", chain = %self.chain.name, %address, "stored deposit address is not an EVM address; not watched");
         });
         index
     }
@@ -260,55 +259,74 @@ impl EvmSource {
             if index.is_empty() {
                 return Ok(observations);
             }
-            let mut native: Vec<(&NativeTransfer, BlockId<B256>, String)> = Vec::new();
+            let mut native: Vec<(&NativeTransfer, BlockId<B256>)> = Vec::new();
             // Per block and address: the total moved by contract calls.
-            let mut internal: BTreeMap<(u64, Address), (BlockId<B256>, String, U256)> = BTreeMap::new();
+            let mut internal: BTreeMap<(u64, Address), (BlockId<B256>, U256)> = BTreeMap::new();
             for fetched in scan.blocks {
                 let block = fetched.block.id();
-                for transfer in &fetched.body.transfers {
-                    if let Some(watched) = index.get(scan.watched, &transfer.to) {
-                        native.push((transfer, block, watched.invoice_id.to_string()));
-                    }
-                }
-                for transfer in &fetched.body.internal {
-                    if let Some(watched) = index.get(scan.watched, &transfer.to) {
-                        let entry = internal.entry((block.height, transfer.to)).or_insert_with(|| (block, watched.invoice_id.to_string(), U256::ZERO));
-                        entry.2 = entry.2.saturating_add(transfer.value);
-                    }
+                native.extend(fetched.body.transfers.iter().filter(|t| index.contains(&t.to)).map(|t| (t, block)));
+                for transfer in fetched.body.internal.iter().filter(|t| index.contains(&t.to)) {
+                    let entry = internal.entry((block.height, transfer.to)).or_insert((block, U256::ZERO));
+                    entry.1 = entry.1.saturating_add(transfer.value);
                 }
             }
             let recipients: Option<Vec<Address>> =
                 (index.len() <= ADDRESSES_PER_LOG_QUERY_MAX).then(|| index.keys().copied().collect());
             (native, internal, recipients)
         };
-        for (transfer, block, invoice_id) in native {
+        let hash_at: HashMap<u64, B256> = scan.blocks.iter().map(|b| (b.block.height, b.block.hash)).collect();
+        let tokens: Vec<Address> = self.tokens.keys().copied().collect();
+        let logs = self.rpc.token_transfers_split(first.block.height, last.block.height, &tokens, recipients.as_deref()).await?;
+        let mut token_transfers = Vec::new();
+        {
+            let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            for transfer in logs {
+                if hash_at.get(&transfer.block_height) != Some(&transfer.block_hash) {
+                    // The log comes from another branch than the blocks just fetched.
+                    return Err(FollowError::Inconsistent { height: transfer.block_height });
+                }
+                if let (true, Some(asset)) = (index.contains(&transfer.to), self.tokens.get(&transfer.token)) {
+                    token_transfers.push((transfer, asset));
+                }
+            }
+        }
+        let paid: Vec<Address> = native
+            .iter()
+            .map(|(t, _)| t.to)
+            .chain(internal.keys().map(|(_, to)| *to))
+            .chain(token_transfers.iter().map(|(t, _)| t.to))
+            .collect();
+        let invoices = self.invoices_of(&paid).await?;
+        for (transfer, block) in native {
+            let Some(invoice_id) = invoices.get(&transfer.to) else { continue };
             if !self.rpc.succeeded(transfer.tx_hash).await? {
                 continue;
             }
             let tx_ref = format!("{}:{:#x}:native", self.caip2, transfer.tx_hash);
-            observations.extend(self.found(scan, &invoice_id, &self.native, tx_ref, transfer.to, transfer.value, block));
+            observations.extend(self.found(scan, invoice_id, &self.native, tx_ref, transfer.to, transfer.value, block));
         }
-        for ((height, to), (block, invoice_id, value)) in internal {
+        for ((height, to), (block, value)) in internal {
+            let Some(invoice_id) = invoices.get(&to) else { continue };
             let tx_ref = format!("{}:balance:{to:#x}:{height}", self.caip2);
-            observations.extend(self.found(scan, &invoice_id, &self.native, tx_ref, to, value, block));
+            observations.extend(self.found(scan, invoice_id, &self.native, tx_ref, to, value, block));
         }
-        let hash_at: HashMap<u64, B256> = scan.blocks.iter().map(|b| (b.block.height, b.block.hash)).collect();
-        let tokens: Vec<Address> = self.tokens.keys().copied().collect();
-        let logs = self.rpc.token_transfers_split(first.block.height, last.block.height, &tokens, recipients.as_deref()).await?;
-        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        for transfer in logs {
-            if hash_at.get(&transfer.block_height) != Some(&transfer.block_hash) {
-                // The log comes from another branch than the blocks just fetched.
-                return Err(FollowError::Inconsistent { height: transfer.block_height });
-            }
-            let (Some(watched), Some(asset)) = (index.get(scan.watched, &transfer.to), self.tokens.get(&transfer.token)) else {
-                continue;
-            };
+        for (transfer, asset) in token_transfers {
+            let Some(invoice_id) = invoices.get(&transfer.to) else { continue };
             let tx_ref = format!("{}:{:#x}:{}", self.caip2, transfer.tx_hash, transfer.log_index);
             let block = BlockId { height: transfer.block_height, hash: transfer.block_hash };
-            observations.extend(self.found(scan, &watched.invoice_id, asset, tx_ref, transfer.to, transfer.value, block));
+            observations.extend(self.found(scan, invoice_id, asset, tx_ref, transfer.to, transfer.value, block));
         }
         Ok(observations)
+    }
+
+    /// The invoices of watched addresses that were paid (the watch list holds addresses only).
+    async fn invoices_of(&self, paid: &[Address]) -> Result<HashMap<Address, String>, FollowError> {
+        if paid.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let addresses: Vec<String> = paid.iter().map(|a| format!("{a:#x}")).collect();
+        let found = store::invoices_of(&self.pool, &self.caip2, &addresses).await?;
+        Ok(found.into_iter().filter_map(|(address, invoice)| Some((address.parse().ok()?, invoice))).collect())
     }
 
     fn balance_check_due(&self) -> bool {
@@ -332,16 +350,16 @@ impl EvmSource {
         };
         let from = *self.balance_turn.lock().unwrap_or_else(PoisonError::into_inner) % deposits.len();
         let count = deposits.len().min(BALANCE_CHECKS_PER_PASS_MAX);
-        let turn: Vec<(Address, String)> = {
+        let turn: Vec<Address> = {
             deposits
                 .iter()
                 .cycle()
                 .skip(from)
                 .take(count)
-                .filter_map(|d: &Deposit| Some((d.address.parse::<Address>().ok()?, d.invoice_id.to_string())))
+                .filter_map(|address| address.parse::<Address>().ok())
                 .collect()
         };
-        let addresses: Vec<String> = turn.iter().map(|(address, _)| format!("{address:#x}")).collect();
+        let addresses: Vec<String> = turn.iter().map(|address| format!("{address:#x}")).collect();
         let known_rows = sqlx::query(
             "SELECT lower(address) AS address, sum(amount_minor)::text AS known FROM payments \
              WHERE chain = $1 AND asset = $2 AND status IN ('seen', 'confirmed') AND sweep_id IS NULL \
@@ -367,11 +385,10 @@ impl EvmSource {
                 .await?;
         // Balances are read concurrently: one round trip per address would stall the follower on a
         // distant endpoint.
-        let candidates: Vec<(Address, String)> =
-            turn.into_iter().filter(|(address, _)| !sweeping.contains(&format!("{address:#x}"))).collect();
+        let candidates: Vec<Address> = turn.into_iter().filter(|address| !sweeping.contains(&format!("{address:#x}"))).collect();
         let rpc = &self.rpc;
-        let read: Result<Vec<(Address, String, U256)>, RpcError> = stream::iter(candidates)
-            .map(|(address, invoice_id)| async move { rpc.balance_at(address, cursor.height).await.map(|b| (address, invoice_id, b)) })
+        let read: Result<Vec<(Address, U256)>, RpcError> = stream::iter(candidates)
+            .map(|address| async move { rpc.balance_at(address, cursor.height).await.map(|b| (address, b)) })
             .buffered(BLOCK_FETCHES_CONCURRENT_MAX)
             .try_collect()
             .await;
@@ -392,14 +409,19 @@ impl EvmSource {
             Err(error) => return Err(error.into()),
         };
         *self.balance_turn.lock().unwrap_or_else(PoisonError::into_inner) = from + count;
+        let unexplained: Vec<(Address, Amount)> = balances
+            .into_iter()
+            .filter_map(|(address, balance)| {
+                let seen = known.get(&format!("{address:#x}")).copied().unwrap_or(Amount::ZERO);
+                Some((address, Amount::from_u256(balance).checked_sub(seen).filter(|a| !a.is_zero())?))
+            })
+            .collect();
+        let invoices = self.invoices_of(&unexplained.iter().map(|(a, _)| *a).collect::<Vec<_>>()).await?;
         let mut found = Vec::new();
-        for (address, invoice_id, balance) in balances {
-            let key = format!("{address:#x}");
-            let seen = known.get(&key).copied().unwrap_or(Amount::ZERO);
-            if let Some(unexplained) = Amount::from_u256(balance).checked_sub(seen).filter(|a| !a.is_zero()) {
-                let tx_ref = format!("{}:balance:{key}:{}", self.caip2, cursor.height);
-                found.extend(self.found(scan, &invoice_id, &self.native, tx_ref, address, unexplained.as_u256(), cursor));
-            }
+        for (address, amount) in unexplained {
+            let Some(invoice_id) = invoices.get(&address) else { continue };
+            let tx_ref = format!("{}:balance:{address:#x}:{}", self.caip2, cursor.height);
+            found.extend(self.found(scan, invoice_id, &self.native, tx_ref, address, amount.as_u256(), cursor));
         }
         Ok(found)
     }
