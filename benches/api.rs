@@ -36,7 +36,7 @@ use axum::{Json, Router};
 use payrail::api::limit::IpLimiter;
 use payrail::clock::SystemClock;
 use payrail::config::Config;
-use payrail::invoice::{create_invoice, CreateInvoice};
+use payrail::invoice::create_invoice;
 use payrail::merchant::create_merchant;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
@@ -101,16 +101,7 @@ async fn run(options: PgConnectOptions, seconds: u64, rounds: u64) -> Result<()>
         .bind(&merchant.merchant_id)
         .execute(&pool)
         .await?;
-    let request = CreateInvoice {
-        amount: "25.00".to_owned(),
-        currency: "USD".to_owned(),
-        accepted: None,
-        expires_in: Some(86_400),
-        order_id: None,
-        metadata: None,
-        customer: None,
-        promo_code: None,
-    };
+    let request = support::invoice_request("25.00");
     let (invoice, _) =
         create_invoice(&pool, &state.catalog, state.rates.as_ref(), &state.policy, &merchant.merchant_id, &request, None, chrono::Utc::now())
             .await

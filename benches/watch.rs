@@ -37,7 +37,7 @@ use anyhow::{bail, ensure, Context, Result};
 use bitcoin::hashes::Hash;
 use payrail::clock::SystemClock;
 use payrail::config::{ChainKind, Config};
-use payrail::invoice::{create_invoice, CreateInvoice};
+use payrail::invoice::create_invoice;
 use payrail::merchant::create_merchant;
 use payrail_devnet::anvil::{deploy_dev_contracts_with, Anvil, DevTokenDecimals};
 use payrail_devnet::regtest::{RegtestConfig, RegtestNode};
@@ -296,16 +296,7 @@ async fn seed(config: &Config, pool: &PgPool, count: u64) -> Result<()> {
     let secrets = payrail::secrets::SecretsAtRest::Sealed(Arc::new(payrail::secrets::SecretsKey::generate()));
     let state = payrail::app::state(config, pool.clone(), Arc::new(SystemClock), secrets);
     let merchant = create_merchant(pool, "Watch bench").await?;
-    let request = CreateInvoice {
-        amount: "10.00".to_owned(),
-        currency: "USD".to_owned(),
-        accepted: None,
-        expires_in: Some(86_400),
-        order_id: None,
-        metadata: None,
-        customer: None,
-        promo_code: None,
-    };
+    let request = support::invoice_request("10.00");
     let (template, _) = create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, &merchant.merchant_id, &request, None, chrono::Utc::now())
         .await
         .context("cannot create an invoice")?;

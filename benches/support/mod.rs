@@ -120,3 +120,18 @@ pub fn summary_header() {
 pub fn summary_row(figure: &str, payrail: &str, peer: &str, ratio: &str, goal: &str) {
     println!("| {figure} | {payrail} | {peer} | {ratio} | {goal} |");
 }
+
+/// An invoice of `amount` USD, every asset accepted, open for a day.
+#[allow(dead_code, reason = "only the benchmarks that make invoices need it")]
+pub fn invoice_request(amount: &str) -> payrail::invoice::CreateInvoice {
+    payrail::invoice::CreateInvoice {
+        amount: amount.to_owned(),
+        currency: "USD".to_owned(),
+        accepted: None,
+        expires_in: Some(86_400),
+        order_id: None,
+        metadata: None,
+        customer: None,
+        promo_code: None,
+    }
+}

@@ -448,17 +448,25 @@ async fn native_coin_sent_by_a_contract_is_found_in_the_block_traces(pool: PgPoo
 
     let height = pay_from_a_contract(&rig, deposit, due).await;
     rig.step_once(&watcher).await;
+    let key = contract_payment_is_credited_once(&rig, &watcher, &invoice).await;
+    assert_eq!(key, format!("{}:balance:{deposit:#x}:{height}", rig.spec.caip2));
+}
+
+/// The invoice shows one payment of what it asked, `processing`; it is paid once the payment is
+/// deep enough, and a new watcher finds nothing more (the payment explains the balance). Returns
+/// the payment's key.
+async fn contract_payment_is_credited_once(rig: &Rig, watcher: &EvmWatcher, invoice: &InvoiceView) -> String {
     let seen = rig.view(&invoice.id).await;
     assert_eq!(seen.status, InvoiceStatus::Processing);
     assert_eq!(seen.payments.len(), 1);
     assert_eq!(seen.payments[0].amount_minor, invoice.payment_options[0].amount_minor);
-    assert_eq!(seen.payments[0].tx_ref, format!("{}:balance:{deposit:#x}:{height}", rig.spec.caip2));
     mine(&rig.anvil, u64::from(seen.payments[0].confirmations_required)).await;
-    rig.catch_up(&watcher).await;
+    rig.catch_up(watcher).await;
     assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
     let again = rig.watcher();
     rig.catch_up(&again).await;
     assert_eq!(rig.view(&invoice.id).await.payments.len(), 1);
+    seen.payments[0].tx_ref.clone()
 }
 
 /// Where traces are not used, native coin sent by a contract is found by the balance check: at
@@ -476,18 +484,8 @@ async fn native_coin_sent_by_a_contract_is_found_by_the_balance_check(pool: PgPo
     // The first idle tick runs the balance check.
     let watcher = rig.watcher();
     rig.catch_up(&watcher).await;
-    let seen = rig.view(&invoice.id).await;
-    assert_eq!(seen.status, InvoiceStatus::Processing);
-    assert_eq!(seen.payments.len(), 1);
-    assert_eq!(seen.payments[0].amount_minor, invoice.payment_options[0].amount_minor);
-    assert!(seen.payments[0].tx_ref.contains(":balance:"));
-    mine(&rig.anvil, u64::from(seen.payments[0].confirmations_required)).await;
-    rig.catch_up(&watcher).await;
-    assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
-    // Checking again finds nothing new: the payment explains the balance.
-    let again = rig.watcher();
-    rig.catch_up(&again).await;
-    assert_eq!(rig.view(&invoice.id).await.payments.len(), 1);
+    let key = contract_payment_is_credited_once(&rig, &watcher, &invoice).await;
+    assert!(key.contains(":balance:"), "{key}");
 }
 
 /// A deposit address written by a transaction that commits after the watcher read the addresses
