@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use alloy::eips::BlockNumberOrTag;
 use alloy::network::{Ethereum, TransactionResponse};
 use alloy::consensus::Transaction as _;
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, Bloom, B256, U256};
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::types::{Filter, Log};
 use alloy::sol;
@@ -64,8 +64,22 @@ pub enum RpcError {
 pub struct EvmBlock {
     pub block: Block<B256>,
     pub transfers: Vec<NativeTransfer>,
-    /// How many transactions the block holds (an empty block has no traces to read).
+    /// How many transactions the block holds (an empty block has no traces or logs to read).
     pub transactions: usize,
+    /// The bloom filter of the block's logs.
+    pub logs_bloom: Bloom,
+}
+
+impl EvmBlock {
+    /// Whether the block may hold a `Transfer` log of one of `tokens`: not when it has no
+    /// transaction or its logs' bloom filter rules every token out. A filter of zeros in a block
+    /// with transactions is not taken at its word (a node that leaves it empty would hide every
+    /// transfer): such a block may hold one.
+    pub fn may_hold_transfers(&self, tokens: &[Address]) -> bool {
+        self.transactions > 0
+            && (self.logs_bloom.is_zero()
+                || tokens.iter().any(|token| self.logs_bloom.contains_raw_log(*token, &[Transfer::SIGNATURE_HASH])))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +263,7 @@ impl EvmClient {
             block: Block { height: block.header.number, hash: block.header.hash, parent: block.header.parent_hash },
             transfers,
             transactions: block.transactions.len(),
+            logs_bloom: block.header.logs_bloom,
         })
     }
 
@@ -609,5 +624,24 @@ mod tests {
         assert!(is_method_unsupported("the method trace_block does not exist/is not available"));
         assert!(is_method_unsupported("server returned an error response: error code -32601: Method not found"));
         assert!(!is_method_unsupported("connection refused"));
+    }
+
+    #[test]
+    fn a_block_may_hold_transfers_only_where_its_bloom_allows() {
+        let token = Address::repeat_byte(0x77);
+        let other = Address::repeat_byte(0x66);
+        let mut bloom = Bloom::ZERO;
+        bloom.accrue_raw_log(token, &[Transfer::SIGNATURE_HASH]);
+        let block = |transactions: usize, logs_bloom: Bloom| EvmBlock {
+            block: Block { height: 1, hash: B256::ZERO, parent: B256::ZERO },
+            transfers: Vec::new(),
+            transactions,
+            logs_bloom,
+        };
+        assert!(block(3, bloom).may_hold_transfers(&[token]));
+        assert!(!block(3, bloom).may_hold_transfers(&[other]));
+        assert!(!block(0, bloom).may_hold_transfers(&[token]), "no transaction, no log");
+        assert!(block(3, Bloom::ZERO).may_hold_transfers(&[other]), "an empty filter beside transactions is not believed");
+        assert!(!block(3, bloom).may_hold_transfers(&[]));
     }
 }

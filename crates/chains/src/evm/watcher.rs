@@ -58,6 +58,7 @@ pub struct EvmSource {
     pool: PgPool,
     native: AssetId,
     tokens: HashMap<Address, AssetId>,
+    token_addresses: Vec<Address>,
     /// Watched deposit addresses by address.
     index: Mutex<Index<Address>>,
     /// How internal transfers are found: [`UNDECIDED`], [`TRACES`] or [`BALANCE_CHECK`].
@@ -80,6 +81,8 @@ pub struct EvmBody {
     pub transfers: Vec<NativeTransfer>,
     /// Native coin moved by calls inside transactions (read only where traces are used).
     pub internal: Vec<InternalTransfer>,
+    /// Whether the block may hold a `Transfer` log of a configured token (its bloom filter).
+    pub may_hold_transfers: bool,
 }
 
 type EvmScan<'a> = Scan<'a, B256, EvmBody>;
@@ -97,6 +100,7 @@ impl ChainSource for EvmSource {
             caip2: spec.caip2.to_string(),
             native: spec.native_asset_id(),
             tokens: spec.tokens.iter().map(|t| (t.address, t.asset_id())).collect(),
+            token_addresses: spec.tokens.iter().map(|t| t.address).collect(),
             internal: AtomicU8::new(match spec.internal_transfers {
                 InternalTransfers::Auto => UNDECIDED,
                 InternalTransfers::Traces => TRACES,
@@ -168,7 +172,8 @@ impl ChainSource for EvmSource {
                     // The trace comes from another branch than the block just fetched.
                     return Err(FollowError::Inconsistent { height });
                 }
-                Ok(Fetched { block: fetched.block, body: EvmBody { transfers: fetched.transfers, internal } })
+                let may_hold_transfers = fetched.may_hold_transfers(&self.token_addresses);
+                Ok(Fetched { block: fetched.block, body: EvmBody { transfers: fetched.transfers, internal, may_hold_transfers } })
             })
             .buffered(BLOCK_FETCHES_CONCURRENT_MAX)
             .try_collect()
@@ -250,9 +255,9 @@ impl EvmSource {
     /// Native and token transfers to watched addresses in the scan's blocks.
     async fn transfers(&self, scan: &EvmScan<'_>) -> Result<Vec<ObservedPayment>, FollowError> {
         let mut observations = Vec::new();
-        let (Some(first), Some(last)) = (scan.blocks.first(), scan.blocks.last()) else {
+        if scan.blocks.is_empty() {
             return Ok(observations);
-        };
+        }
         // What the blocks show, matched against the index without holding it across a call.
         let (native, internal, recipients) = {
             let index = self.update_index(scan);
@@ -275,8 +280,14 @@ impl EvmSource {
             (native, internal, recipients)
         };
         let hash_at: HashMap<u64, B256> = scan.blocks.iter().map(|b| (b.block.height, b.block.hash)).collect();
-        let tokens: Vec<Address> = self.tokens.keys().copied().collect();
-        let logs = self.rpc.token_transfers_split(first.block.height, last.block.height, &tokens, recipients.as_deref()).await?;
+        // Logs are asked for only over the blocks whose bloom filter allows a transfer.
+        let mut may_hold = scan.blocks.iter().filter(|b| b.body.may_hold_transfers).map(|b| b.block.height);
+        let logs = match (may_hold.next(), may_hold.next_back()) {
+            (Some(from), to) => {
+                self.rpc.token_transfers_split(from, to.unwrap_or(from), &self.token_addresses, recipients.as_deref()).await?
+            }
+            (None, _) => Vec::new(),
+        };
         let mut token_transfers = Vec::new();
         {
             let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
