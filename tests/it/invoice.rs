@@ -848,3 +848,81 @@ async fn a_polled_view_is_the_whole_view_as_payments_and_options_arrive(pool: Pg
     let refused = payrail::invoice::load_current_view(&state.pool, Some(&other), &invoice.id, state.clock.now()).await;
     assert!(matches!(refused, Err(InvoiceError::NotFound { .. })), "{refused:?}");
 }
+
+/// A chain step applies its payments together, set-based. What that writes must be exactly what
+/// applying them one by one writes: what each payment did, the invoices' statuses, the balances,
+/// and each invoice's events in order with their data — for an invoice paid by three payments in
+/// one step (two assets, one still waiting), a known payment confirmed, a new one waiting, and a
+/// late one (held, written on its own).
+#[sqlx::test]
+async fn a_step_applied_together_writes_what_one_by_one_writes(pool: PgPool) {
+    let (state, clock) = state_with_clock(pool.clone());
+    let mut outcomes = Vec::new();
+    for (run, together) in [("a", true), ("b", false)] {
+        let merchant = create_merchant(&state.pool, &format!("Shop {run}")).await.expect("merchant");
+        let m = merchant.merchant_id.as_str();
+        let late = new_invoice(&state, m, "25.00", &[USDC_POLYGON]).await;
+        clock.advance(Duration::seconds(600));
+        let split = new_invoice(&state, m, "25.00", &[USDC_POLYGON, USDT_POLYGON]).await;
+        let waiting = new_invoice(&state, m, "25.00", &[USDC_POLYGON]).await;
+        let pending = new_invoice(&state, m, "25.00", &[USDC_POLYGON]).await;
+        apply(&state, &observed(&waiting, USDC_POLYGON, &format!("0x{run}4"), 25_000_000, 0)).await.expect("seen before");
+        clock.advance(Duration::seconds(400));
+        let step = [
+            observed(&split, USDC_POLYGON, &format!("0x{run}1"), 10_000_000, 2),
+            observed(&split, USDT_POLYGON, &format!("0x{run}2"), 15_000_000, 2),
+            observed(&split, USDC_POLYGON, &format!("0x{run}3"), 1_000_000, 0),
+            observed(&waiting, USDC_POLYGON, &format!("0x{run}4"), 25_000_000, 3),
+            observed(&pending, USDC_POLYGON, &format!("0x{run}5"), 25_000_000, 0),
+            observed(&late, USDC_POLYGON, &format!("0x{run}6"), 25_000_000, 2),
+        ];
+        let mut tx = state.pool.begin().await.expect("begin");
+        let applied = if together {
+            payrail::invoice::apply_payments(&mut tx, &state.ledger, &step, clock.now()).await.expect("together")
+        } else {
+            let mut applied = Vec::new();
+            for payment in &step {
+                applied.push(apply_payment(&mut tx, &state.ledger, payment, clock.now()).await.expect("one"));
+            }
+            applied
+        };
+        tx.commit().await.expect("commit");
+        let did: Vec<_> = applied.iter().map(|a| (a.invoice_status, a.credited, a.applied_to)).collect();
+        let mut invoices = Vec::new();
+        for invoice in [&split, &waiting, &pending, &late] {
+            let shown = view(&state, &invoice.id).await;
+            let announced: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT event_type, payload->'data'->>'status', payload->'data'->>'amount_paid' FROM outbox \
+                 WHERE object_id = $1 OR object_id IN (SELECT id FROM payments WHERE invoice_id = $1) ORDER BY id",
+            )
+            .bind(&invoice.id)
+            .fetch_all(&pool)
+            .await
+            .expect("events");
+            invoices.push((shown.status, shown.amount_paid, announced));
+        }
+        let mut balances = Vec::new();
+        for (account, asset) in [
+            (AccountCode::merchant(m), USDC_POLYGON),
+            (AccountCode::merchant(m), USDT_POLYGON),
+            (AccountCode::unapplied(m), USDC_POLYGON),
+        ] {
+            balances.push(balance(&state, &account, asset).await);
+        }
+        outcomes.push((did, invoices, balances));
+    }
+    let together = &outcomes[0];
+    assert_eq!(together, &outcomes[1]);
+    // And it is what the step means: paid by the first two and overpaid pending the third.
+    assert_eq!(together.1[0].0, InvoiceStatus::Paid);
+    assert_eq!(together.1[1].0, InvoiceStatus::Paid);
+    assert_eq!(together.1[2].0, InvoiceStatus::Processing);
+    assert_eq!(together.1[3].0, InvoiceStatus::Expired);
+    let types: Vec<&str> = together.1[0].2.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        types,
+        ["invoice.created", "payment.detected", "payment.confirmed", "payment.detected", "payment.confirmed", "invoice.paid", "payment.detected"]
+    );
+    assert_eq!(together.2[2], SignedAmount::positive(amount(25_000_000)));
+    trial_balance_is_zero(&pool).await;
+}

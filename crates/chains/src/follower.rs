@@ -29,7 +29,7 @@ use crate::clock::Clock;
 use crate::config::ChainSpec;
 use crate::db::leader::{Ended, Fence, HeldJob, JobLock, LeaderError, Leadership, Next};
 use crate::db::replicas::Share;
-use crate::invoice::{apply_payment, orphan_payment, BlockRef, InvoiceError};
+use crate::invoice::{apply_payment, apply_payments, orphan_payment, Applied, BlockRef, InvoiceError};
 use crate::ledger::Ledger;
 use crate::metrics;
 use crate::rates::RateSource;
@@ -367,6 +367,17 @@ impl<S: ChainSource> Follower<S> {
         self.pricing.observe(found, head)
     }
 
+    fn log_applied(&self, observation: &crate::invoice::ObservedPayment, applied: &Applied, before: &HashMap<&str, &Tracked>) {
+        let (tx_ref, invoice, amount) = (&observation.tx_ref, &observation.invoice_id, observation.amount);
+        if !before.contains_key(tx_ref.as_str()) {
+            tracing::info!(target: "watcher", chain = %self.chain.name, %tx_ref, %invoice, %amount, asset = %observation.asset,
+                confirmations = observation.confirmations, required = observation.confirmations_required, "payment seen");
+        }
+        if applied.credited {
+            tracing::info!(target: "watcher", chain = %self.chain.name, %tx_ref, %invoice, %amount, "payment confirmed");
+        }
+    }
+
     /// Scans and writes one step in one transaction: the payments per [`reorg::plan`], the blocks
     /// and the cursor (`cursor`; with `fork`, every stored block above it is forgotten). Invoices
     /// are touched in id order, like every writer, so followers cannot deadlock. Returns how many
@@ -405,18 +416,17 @@ impl<S: ChainSource> Follower<S> {
         let before: HashMap<&str, &Tracked> = tracked.iter().map(|t| (t.tx_ref.as_str(), t)).collect();
         let now = self.clock.now();
         let mut orphaned = 0;
-        for action in reorg::plan(&tracked, fork, observed, cursor.height, |t| self.refresh(t, &head)) {
+        let actions = reorg::plan(&tracked, fork, observed, cursor.height, |t| self.refresh(t, &head));
+        // Without a reorg the step's payments are applied together (set-based); an unwinding step
+        // applies its actions one by one, in their order.
+        let batch = !actions.iter().any(|a| matches!(a, Action::Orphan { .. }));
+        let mut pending: Vec<crate::invoice::ObservedPayment> = Vec::new();
+        for action in actions {
             match action {
+                Action::Apply(observation) if batch => pending.push(*observation),
                 Action::Apply(observation) => {
                     let applied = apply_payment(&mut tx, &self.ledger, &observation, now).await?;
-                    let (tx_ref, invoice, amount) = (&observation.tx_ref, &observation.invoice_id, observation.amount);
-                    if !before.contains_key(tx_ref.as_str()) {
-                        tracing::info!(target: "watcher", chain = %self.chain.name, %tx_ref, %invoice, %amount, asset = %observation.asset,
-                            confirmations = observation.confirmations, required = observation.confirmations_required, "payment seen");
-                    }
-                    if applied.credited {
-                        tracing::info!(target: "watcher", chain = %self.chain.name, %tx_ref, %invoice, %amount, "payment confirmed");
-                    }
+                    self.log_applied(&observation, &applied, &before);
                 }
                 Action::Orphan { tx_ref, invoice_id } => {
                     orphan_payment(&mut tx, &self.ledger, &tx_ref, now).await?;
@@ -425,6 +435,9 @@ impl<S: ChainSource> Follower<S> {
                     tracing::warn!(target: "watcher", chain = %self.chain.name, %tx_ref, invoice = %invoice_id, credited, "payment orphaned");
                 }
             }
+        }
+        for (observation, applied) in pending.iter().zip(apply_payments(&mut tx, &self.ledger, &pending, now).await?) {
+            self.log_applied(observation, &applied, &before);
         }
         // A refund the merchant paid, as deep as the deepest confirmation tier: paid, once.
         let depth = u64::from(self.chain.confirmations.confirmations_max());

@@ -8,6 +8,8 @@
 //! the invoice expired, to a closed invoice, or in an asset the invoice did not quote is credited to
 //! the merchant's unapplied balance for review.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -20,6 +22,7 @@ use super::model::InvoiceRow;
 use super::plan::{self, AppliedTo, Observation, Rail, Record, CARD_RAIL, CARD_RATE_SOURCE};
 pub use super::plan::BlockRef;
 pub use payrail_core::payment::ObservedPayment;
+use super::split::Splits;
 use super::status::InvoiceStatus;
 use super::store;
 
@@ -59,6 +62,117 @@ pub async fn apply_payment(
     payment: &ObservedPayment,
     now: DateTime<Utc>,
 ) -> Result<Applied> {
+    let mut applied = apply_payments(tx, ledger, std::slice::from_ref(payment), now).await?;
+    applied.pop().ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })
+}
+
+/// Records `payments` (distinct `tx_ref`s, as a chain step observes them) on the caller's
+/// transaction `tx`, as [`apply_payment`] records each one in turn, and returns what each did, in
+/// their order. The work is set-based: the invoices are locked in one statement (in id order, like
+/// every writer), the payments in one, and the payments are then planned and written in rounds —
+/// round k holds the k-th payment of each invoice, in the order given — each round reading its
+/// quotes and writing its changes in a few statements ([`store::apply_all`]). So a step's cost
+/// grows with its rounds, not its payments, and each invoice sees its payments one after another
+/// exactly as when they are applied one by one. A payment its merchant applied to another invoice
+/// locks that invoice too, so a step holding one is applied one by one.
+pub async fn apply_payments(
+    tx: &mut PgConnection,
+    ledger: &Ledger,
+    payments: &[ObservedPayment],
+    now: DateTime<Utc>,
+) -> Result<Vec<Applied>> {
+    let observations = payments.iter().map(observation_of).collect::<Result<Vec<_>>>()?;
+    let mut ids: Vec<&str> = observations.iter().map(|o| o.invoice_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // Lock the invoices first: every writer of an invoice's payments takes this lock before any
+    // ledger lock, so the order is the same for all.
+    let mut invoices = store::lock_invoices(&mut *tx, &ids).await?;
+    if let Some(missing) = ids.iter().find(|id| !invoices.contains_key(**id)) {
+        return Err(InvoiceError::NotFound { id: (*missing).to_owned() });
+    }
+    let refs: Vec<&str> = observations.iter().map(|o| o.tx_ref.as_str()).collect();
+    let mut stored = store::lock_payments(&mut *tx, &refs).await?;
+    if stored.values().any(|s| s.applied_invoice_id.is_some()) {
+        let mut applied = Vec::with_capacity(observations.len());
+        for observation in &observations {
+            let invoice = store::lock_invoice(&mut *tx, &observation.invoice_id).await?
+                .ok_or_else(|| InvoiceError::NotFound { id: observation.invoice_id.clone() })?;
+            applied.push(apply_observation(&mut *tx, ledger, &invoice, observation, now).await?);
+        }
+        return Ok(applied);
+    }
+    let mut rounds: Vec<Vec<(usize, &Observation)>> = Vec::new();
+    let mut per_invoice: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
+    for (i, observation) in observations.iter().enumerate() {
+        let k = per_invoice.entry(observation.invoice_id.as_str()).or_insert(0);
+        match rounds.get_mut(*k) {
+            Some(round) => round.push((i, observation)),
+            None => rounds.push(vec![(i, observation)]),
+        }
+        *k += 1;
+    }
+    let locked = |invoices: &HashMap<String, InvoiceRow>, id: &str| {
+        invoices.get(id).cloned().ok_or_else(|| InvoiceError::NotFound { id: id.to_owned() })
+    };
+    let mut splits: HashMap<String, Splits> = HashMap::new();
+    let mut applied: Vec<Option<Applied>> = vec![None; observations.len()];
+    for round in rounds {
+        let mut facts = Vec::with_capacity(round.len());
+        for (i, observation) in round {
+            let invoice = locked(&invoices, &observation.invoice_id)?;
+            let record = stored.remove(&observation.tx_ref);
+            let needs = plan::needs(&invoice, record.as_ref(), observation, now);
+            facts.push((i, observation, invoice, record, needs));
+        }
+        let quoted: Vec<&str> = facts.iter().filter(|f| f.4.quote).map(|f| f.1.invoice_id.as_str()).collect();
+        let mut quotes = store::load_quotes(&mut *tx, &quoted).await?;
+        let unsplit: Vec<&str> =
+            facts.iter().filter(|f| f.4.splits && !splits.contains_key(&f.1.invoice_id)).map(|f| f.1.invoice_id.as_str()).collect();
+        if !unsplit.is_empty() {
+            splits.extend(super::split::load_for_invoices(&mut *tx, &unsplit).await?);
+        }
+        let mut slots = Vec::with_capacity(facts.len());
+        let mut changes = Vec::with_capacity(facts.len());
+        for (i, observation, invoice, record, needs) in facts {
+            let mut quote = needs.quote.then(|| quotes.remove(&observation.invoice_id).unwrap_or_default());
+            if needs.splits {
+                let found = splits.get(&observation.invoice_id).cloned().ok_or(sqlx::Error::RowNotFound)?;
+                quote.get_or_insert_with(Default::default).splits = Some(found);
+            }
+            let record = match record {
+                Some(mut stored) => {
+                    if needs.credit_history {
+                        stored.credits_reversed = Some(store::credits_reversed(&mut *tx, &observation.tx_ref).await?);
+                    }
+                    Record::Stored(stored)
+                }
+                None => Record::Unseen { id: crate::ids::new_id("pay") },
+            };
+            slots.push(i);
+            changes.push(plan::plan_payment(&invoice, &record, observation, quote.as_ref(), now)?);
+        }
+        let written = store::apply_all(&mut *tx, ledger, &changes, now).await?;
+        for ((i, change), written) in slots.into_iter().zip(changes).zip(written) {
+            if let Some(invoice) = invoices.get_mut(&change.invoice_id) {
+                invoice.status = change.invoice.to;
+            }
+            if let Some(slot) = applied.get_mut(i) {
+                *slot = Some(Applied {
+                    payment_id: change.payment_id,
+                    invoice_status: change.invoice.to,
+                    credited: written.credited,
+                    applied_to: change.applied_to,
+                });
+            }
+        }
+    }
+    // Every observation is in exactly one round.
+    Ok(applied.into_iter().flatten().collect())
+}
+
+/// The plan's view of a chain payment, checked.
+fn observation_of(payment: &ObservedPayment) -> Result<Observation> {
     let observation = Observation {
         invoice_id: payment.invoice_id.clone(),
         rail: Rail::Chain(payment.chain.clone()),
@@ -71,12 +185,7 @@ pub async fn apply_payment(
         block: payment.block.clone(),
     };
     observation.validate()?;
-    // Lock the invoice first: every writer of an invoice's payments takes this lock before any
-    // ledger lock, so the order is the same for all.
-    let invoice = store::lock_invoice(&mut *tx, &payment.invoice_id)
-        .await?
-        .ok_or_else(|| InvoiceError::NotFound { id: payment.invoice_id.clone() })?;
-    apply_observation(tx, ledger, &invoice, &observation, now).await
+    Ok(observation)
 }
 
 /// Records a card payment on `tx`, exactly as [`apply_payment`] records a chain payment, with two

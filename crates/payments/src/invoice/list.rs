@@ -78,6 +78,6 @@ pub async fn list_invoices(conn: &mut PgConnection, merchant_id: &str, filter: &
     let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
     let ids = rows.iter().take(usize::try_from(limit).unwrap_or(0)).map(|row| row.try_get("id")).collect::<Result<Vec<String>, _>>()?;
     // The whole page's views in one more query, not one per invoice.
-    let data = load_views(&mut *conn, merchant_id, &ids).await?;
+    let data = load_views(&mut *conn, Some(merchant_id), &ids).await?;
     Ok(InvoicePage { object: "list", data, has_more })
 }

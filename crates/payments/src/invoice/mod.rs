@@ -19,7 +19,7 @@ pub mod unapplied;
 pub mod view;
 pub mod void;
 
-pub use apply::{apply_card_payment, apply_payment, orphan_payment, Applied, BlockRef, CardPayment, ObservedPayment};
+pub use apply::{apply_card_payment, apply_payment, apply_payments, orphan_payment, Applied, BlockRef, CardPayment, ObservedPayment};
 pub use plan::{plan_orphan, plan_payment, AppliedTo, PaymentChange, PaymentStatus, UnappliedReason, CARD_RAIL, CARD_RATE_SOURCE};
 pub use catalog::{AssetCatalog, CatalogAsset, DepositScheme};
 pub use create::{create_invoice, create_invoice_with_splits, CreateInvoice, InvoicePolicy};

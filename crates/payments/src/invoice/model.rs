@@ -239,6 +239,10 @@ macro_rules! payment_option_join {
 pub(crate) const PAYMENT_VIEW_OF_P: &str = concat!("SELECT ", payment_view_columns!(), " FROM p ", payment_option_join!());
 
 impl PaymentRecord {
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     pub(crate) fn view(self) -> Result<PaymentView> {
         let amount = parse_amount("amount_minor", &self.amount_minor)?;
         let value = parse_amount("value_minor", &self.value_minor)?;

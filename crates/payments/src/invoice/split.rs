@@ -7,6 +7,9 @@
 //! each creator and the platform get their share rounded down, the rounding dust of the allocated
 //! part goes to `revenue:rounding`, and the merchant gets the rest.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, Row};
 
 use payrail_store::splits::SplitsError;
@@ -61,23 +64,32 @@ pub async fn store_on_invoice(conn: &mut PgConnection, merchant_id: &str, invoic
 /// The split stored on an invoice (empty when it has none), in one query: it is read for every
 /// credited payment and every invoice view.
 pub async fn load_for_invoice(conn: &mut PgConnection, invoice_id: &str) -> Result<Splits> {
+    load_for_invoices(conn, &[invoice_id]).await?.remove(invoice_id).ok_or_else(|| sqlx::Error::RowNotFound.into())
+}
+
+/// [`load_for_invoice`] of the invoices `ids`, in one query; an id with no invoice is absent.
+pub async fn load_for_invoices(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, Splits>> {
     let rows = sqlx::query(
-        "SELECT i.platform_fee_bps, s.creator_id, s.bps FROM invoices i \
-         LEFT JOIN invoice_splits s ON s.invoice_id = i.id WHERE i.id = $1 ORDER BY s.position",
+        "SELECT i.id, i.platform_fee_bps, s.creator_id, s.bps FROM invoices i \
+         LEFT JOIN invoice_splits s ON s.invoice_id = i.id WHERE i.id = ANY($1) ORDER BY i.id, s.position",
     )
-    .bind(invoice_id)
+    .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    let platform_fee_bps: i32 = match rows.first() {
-        Some(row) => row.try_get("platform_fee_bps")?,
-        None => return Err(sqlx::Error::RowNotFound.into()),
-    };
-    let mut splits = Vec::with_capacity(rows.len());
+    let mut all: HashMap<String, Splits> = HashMap::with_capacity(ids.len());
     for row in &rows {
+        let id: String = row.try_get("id")?;
+        let splits = match all.entry(id) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let bps = bps_of("invoices.platform_fee_bps", row.try_get("platform_fee_bps")?)?;
+                entry.insert(Splits { splits: Vec::new(), platform_fee_bps: bps })
+            }
+        };
         if let Some(creator) = row.try_get::<Option<String>, _>("creator_id")? {
             let bps: i32 = row.try_get("bps")?;
-            splits.push(CreatorShare { creator, bps: bps_of("invoice_splits.bps", bps)? });
+            splits.splits.push(CreatorShare { creator, bps: bps_of("invoice_splits.bps", bps)? });
         }
     }
-    Ok(Splits { splits, platform_fee_bps: bps_of("invoices.platform_fee_bps", platform_fee_bps)? })
+    Ok(all)
 }

@@ -5,19 +5,22 @@
 //! payment row, then ledger accounts (inside [`Ledger::post`]). Enum values reach SQL only through
 //! their `as_str`, so the text stored is written down once, in [`super::plan`].
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Posted};
+use crate::webhook::outbox::{emit_many, NewEvent};
 
 use super::error::{InvoiceError, Result};
-use super::view::load_view;
+use super::view::{load_view, load_views};
 use super::model::{
-    load_payment_view, parse_amount, row_to_invoice, InvoiceRow, PaymentRecord, INVOICE_COLUMNS, PAYMENT_VIEW_OF_P,
+    load_payment_view, InvoiceView, PaymentView, parse_amount, row_to_invoice, InvoiceRow, PaymentRecord, INVOICE_COLUMNS, PAYMENT_VIEW_OF_P,
 };
 use super::plan::{
-    self, AppliedTo, Judge, LedgerChange, PaymentChange, PaymentEvent, PaymentStatus, Quote, QuotedAsset, RowChange,
-    StatusMove, StoredPayment, RECREDITS_MAX,
+    self, AppliedTo, Judge, LedgerChange, NewPayment, PaymentChange, PaymentEvent, PaymentStatus, Quote, QuotedAsset,
+    RowChange, StatusMove, StoredPayment, RECREDITS_MAX,
 };
 use super::status::InvoiceStatus;
 
@@ -36,11 +39,17 @@ const EVENT_PAYMENT_REVERSED: &str = "invoice.payment_reversed";
 
 /// Locks and reads an invoice.
 pub(crate) async fn lock_invoice(conn: &mut PgConnection, id: &str) -> Result<Option<InvoiceRow>> {
-    let row = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
+    Ok(lock_invoices(conn, &[id]).await?.remove(id))
+}
+
+/// Locks and reads the invoices `ids` in one statement, in id order (the order every writer takes
+/// invoice locks in), by id; an id with no invoice is absent.
+pub(crate) async fn lock_invoices(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, InvoiceRow>> {
+    let rows = sqlx::query(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = ANY($1) ORDER BY id FOR UPDATE"))
+        .bind(ids)
+        .fetch_all(&mut *conn)
         .await?;
-    row.as_ref().map(row_to_invoice).transpose()
+    rows.iter().map(|row| row_to_invoice(row).map(|invoice| (invoice.id.clone(), invoice))).collect()
 }
 
 /// Reads a payment by `tx_ref`, locking its row when `lock`.
@@ -53,18 +62,33 @@ pub(crate) async fn load_payment_by_id(conn: &mut PgConnection, id: &str, lock: 
     read_payment(conn, id, true, lock).await
 }
 
+/// The columns [`stored_of`] reads.
+const STORED_COLUMNS: &str = "id, invoice_id, applied_invoice_id, chain, tx_ref, asset, amount_minor::text AS amount_minor, status, \
+     applied_to, confirmations, confirmations_required, block_hash, ledger_entry_id";
+
 async fn read_payment(conn: &mut PgConnection, key: &str, by_id: bool, lock: bool) -> Result<Option<StoredPayment>> {
     let row = sqlx::query(&format!(
-        "SELECT id, invoice_id, applied_invoice_id, chain, tx_ref, asset, amount_minor::text AS amount_minor, status, \
-                applied_to, confirmations, confirmations_required, block_hash, ledger_entry_id \
-         FROM payments WHERE {} = $1{}",
+        "SELECT {STORED_COLUMNS} FROM payments WHERE {} = $1{}",
         if by_id { "id" } else { "tx_ref" },
         if lock { " FOR UPDATE" } else { "" }
     ))
     .bind(key)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(row) = row else { return Ok(None) };
+    row.as_ref().map(stored_of).transpose()
+}
+
+/// Locks and reads the payments `tx_refs` in one statement, by `tx_ref`; one never seen is absent.
+/// The caller holds their invoices' locks (invoice first, then payment).
+pub(crate) async fn lock_payments(conn: &mut PgConnection, tx_refs: &[&str]) -> Result<HashMap<String, StoredPayment>> {
+    let rows = sqlx::query(&format!("SELECT {STORED_COLUMNS} FROM payments WHERE tx_ref = ANY($1) ORDER BY tx_ref FOR UPDATE"))
+        .bind(tx_refs)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|row| stored_of(row).map(|stored| (stored.tx_ref.clone(), stored))).collect()
+}
+
+fn stored_of(row: &sqlx::postgres::PgRow) -> Result<StoredPayment> {
     let text = |column: &'static str| -> Result<String> { Ok(row.try_get::<String, _>(column)?) };
     let corrupt = |column: &'static str, value: String| InvoiceError::Corrupt { column, value };
     let count = |column: &'static str| -> Result<u32> {
@@ -74,7 +98,7 @@ async fn read_payment(conn: &mut PgConnection, key: &str, by_id: bool, lock: boo
     let status = text("status")?;
     let applied_to = text("applied_to")?;
     let asset = text("asset")?;
-    Ok(Some(StoredPayment {
+    Ok(StoredPayment {
         id: text("id")?,
         invoice_id: text("invoice_id")?,
         applied_invoice_id: row.try_get("applied_invoice_id")?,
@@ -89,42 +113,43 @@ async fn read_payment(conn: &mut PgConnection, key: &str, by_id: bool, lock: boo
         block_hash: row.try_get("block_hash")?,
         ledger_entry_id: row.try_get("ledger_entry_id")?,
         credits_reversed: None,
-    }))
+    })
 }
 
 /// The invoice's quoted assets with the confirmed and pending sums of the payments applied to it:
 /// its own, and those of its merchant's other invoices applied to it. The splits are not read here
 /// (see [`super::split::load_for_invoice`]).
 pub(crate) async fn load_quote(conn: &mut PgConnection, invoice_id: &str) -> Result<Quote> {
+    Ok(load_quotes(conn, &[invoice_id]).await?.remove(invoice_id).unwrap_or_default())
+}
+
+/// [`load_quote`] of the invoices `ids`, in one statement; an invoice with no options is absent.
+pub(crate) async fn load_quotes(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, Quote>> {
     let rows = sqlx::query(
-        "SELECT o.asset, o.amount_minor::text AS quoted, \
+        "SELECT o.invoice_id, o.asset, o.amount_minor::text AS quoted, \
                 coalesce(sum(p.amount_minor) FILTER (WHERE p.status = $2), 0)::text AS confirmed, \
                 coalesce(sum(p.amount_minor) FILTER (WHERE p.status = $3), 0)::text AS pending \
          FROM payment_options o \
          LEFT JOIN payments p ON (p.invoice_id = o.invoice_id AND p.applied_invoice_id IS NULL \
                                   OR p.applied_invoice_id = o.invoice_id) \
                                  AND p.asset = o.asset AND p.applied_to = $4 \
-         WHERE o.invoice_id = $1 GROUP BY o.asset, o.amount_minor",
+         WHERE o.invoice_id = ANY($1) GROUP BY o.invoice_id, o.asset, o.amount_minor",
     )
-    .bind(invoice_id)
+    .bind(ids)
     .bind(PaymentStatus::Confirmed.as_str())
     .bind(PaymentStatus::Seen.as_str())
     .bind(AppliedTo::Invoice.as_str())
     .fetch_all(&mut *conn)
     .await?;
-    let mut assets = Vec::with_capacity(rows.len());
+    let mut quotes: HashMap<String, Quote> = HashMap::with_capacity(ids.len());
     for row in &rows {
         let amount = |column: &'static str| -> Result<crate::money::Amount> {
             parse_amount("amount_minor", &row.try_get::<String, _>(column)?)
         };
-        assets.push(QuotedAsset {
-            asset: row.try_get("asset")?,
-            quoted: amount("quoted")?,
-            confirmed: amount("confirmed")?,
-            pending: amount("pending")?,
-        });
+        let asset = QuotedAsset { asset: row.try_get("asset")?, quoted: amount("quoted")?, confirmed: amount("confirmed")?, pending: amount("pending")? };
+        quotes.entry(row.try_get("invoice_id")?).or_default().assets.push(asset);
     }
-    Ok(Quote { assets, splits: None })
+    Ok(quotes)
 }
 
 /// How many credits of `tx_ref` were posted and reversed, generation after generation. Exact keys
@@ -147,7 +172,7 @@ pub(crate) async fn credits_reversed(conn: &mut PgConnection, tx_ref: &str) -> R
 }
 
 /// What writing a change did that only the database could tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Written {
     /// Whether the change's credit was posted now (not found standing from an earlier run).
     pub credited: bool,
@@ -156,6 +181,48 @@ pub struct Written {
 /// Writes `change` on the caller's transaction `tx`, in the order [`PaymentChange`] documents. The
 /// invoice (and, for an observation, the payment) must be locked by the caller.
 pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChange, now: DateTime<Utc>) -> Result<Written> {
+    Ok(apply_all(tx, ledger, std::slice::from_ref(change), now).await?.pop().unwrap_or_default())
+}
+
+/// Writes `changes`, each about a different invoice locked by the caller (with its payment), as
+/// [`apply`] writes each one, in the same order per invoice. The common changes — a payment seen or
+/// counted again, credited or not, with the invoice's status move — are written together: one
+/// statement per kind of write for all of them, plus one ledger statement per credit. The others
+/// (held, late, orphaned, applied payments) are written one by one first.
+pub async fn apply_all(tx: &mut PgConnection, ledger: &Ledger, changes: &[PaymentChange], now: DateTime<Utc>) -> Result<Vec<Written>> {
+    let mut written = vec![Written::default(); changes.len()];
+    let mut common = Vec::with_capacity(changes.len());
+    for (i, change) in changes.iter().enumerate() {
+        let plain_row = matches!(change.row, None | Some(RowChange::Insert(_) | RowChange::Update { .. }));
+        let plain_ledger = matches!(change.ledger, None | Some(LedgerChange::Credit(_)));
+        if plain_row && plain_ledger && change.payment_event.is_none() && !change.announce_reversal {
+            common.push(change);
+        } else if let Some(slot) = written.get_mut(i) {
+            *slot = apply_one(&mut *tx, ledger, change, now).await?;
+        }
+    }
+    let mut posted: HashMap<&str, Posted> = HashMap::new();
+    for change in &common {
+        if let Some(LedgerChange::Credit(entry)) = &change.ledger {
+            posted.insert(&change.payment_id, ledger.post(&mut *tx, entry).await?);
+        }
+    }
+    let rows: Vec<RowWrite<'_>> = common.iter().filter_map(|c| RowWrite::of(c, posted.get(c.payment_id.as_str()).copied())).collect();
+    let events = write_rows(&mut *tx, &rows, now).await?;
+    emit_many(&mut *tx, &events, now).await?;
+    let moves: Vec<StatusWrite<'_>> = common.iter().map(|c| StatusWrite::of(c)).collect();
+    write_statuses(&mut *tx, ledger, &moves, now).await?;
+    for (change, slot) in changes.iter().zip(written.iter_mut()) {
+        if let Some(p) = posted.get(change.payment_id.as_str()) {
+            slot.credited = p.created;
+        }
+    }
+    Ok(written)
+}
+
+/// Writes any change, alone: the ledger, the payment's row, the payment's events, the invoice's
+/// status and its event, the reversal notice.
+async fn apply_one(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChange, now: DateTime<Utc>) -> Result<Written> {
     let posted = match &change.ledger {
         Some(LedgerChange::Credit(entry)) => Some(ledger.post(&mut *tx, entry).await?),
         Some(LedgerChange::Reverse { entry_id, key, memo }) => {
@@ -172,66 +239,13 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
         tracing::error!(target: "invoice", tx_ref = %change.tx_ref, invoice = %change.invoice_id,
             "credited payment orphaned by a reorg deeper than its confirmation policy; credit reversed");
     }
-    let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
-    let height = |block: &Option<plan::BlockRef>| block.as_ref().and_then(|b| i64::try_from(b.height).ok());
-    let hash = |block: &Option<plan::BlockRef>| block.as_ref().map(|b| b.hash.clone());
-    // A new payment, or one credited now, is announced on its own: the write returns it as the API
-    // shows it, in the same statement.
-    let mut written: Option<PaymentRecord> = None;
-    match (&change.row, posted) {
-        (Some(RowChange::Insert(new)), _) => {
-            let record = sqlx::query_as(&format!(
-                "WITH p AS (INSERT INTO payments (id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount_minor, \
-                                       value_minor, confirmations, confirmations_required, status, applied_to, \
-                                       unapplied_reason, seen_at, updated_at, block_height, block_hash, \
-                                       ledger_entry_id, confirmed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9::numeric, $10, $11, $12, $13, $14, $15, $15, $16, $17, $18, $19) \
-                 RETURNING *) {PAYMENT_VIEW_OF_P}"
-            ))
-            .bind(&change.payment_id)
-            .bind(&change.merchant_id)
-            .bind(&change.invoice_id)
-            .bind(&new.chain)
-            .bind(&new.asset)
-            .bind(&new.tx_ref)
-            .bind(&new.address)
-            .bind(new.amount.to_string())
-            .bind(new.value.to_string())
-            .bind(count(new.confirmations))
-            .bind(count(new.confirmations_required))
-            .bind(new.status.as_str())
-            .bind(change.applied_to.as_str())
-            .bind(new.unapplied_reason.map(|r| r.as_str()))
-            .bind(now)
-            .bind(height(&new.block))
-            .bind(hash(&new.block))
-            .bind(posted.map(|p| p.entry_id))
-            .bind(posted.map(|_| now))
-            .fetch_one(&mut *tx)
-            .await?;
-            written = Some(record);
+    match &change.row {
+        Some(RowChange::Insert(_) | RowChange::Update { .. }) => {
+            let rows: Vec<RowWrite<'_>> = RowWrite::of(change, posted).into_iter().collect();
+            let events = write_rows(&mut *tx, &rows, now).await?;
+            emit_many(&mut *tx, &events, now).await?;
         }
-        (Some(RowChange::Update { status, confirmations, confirmations_required, block }), posted) => {
-            // A credit posted now is recorded with the time it was confirmed, and the payment is
-            // returned for its event; without one the update returns nothing (the CTE still runs).
-            written = sqlx::query_as(&format!(
-                "WITH p AS (UPDATE payments SET confirmations = $2, confirmations_required = $3, status = $4, updated_at = $5, \
-                        block_height = $6, block_hash = $7, ledger_entry_id = coalesce($8, ledger_entry_id), \
-                        confirmed_at = CASE WHEN $8::bigint IS NULL THEN confirmed_at ELSE $5 END \
-                 WHERE id = $1 RETURNING *) {PAYMENT_VIEW_OF_P} WHERE $8::bigint IS NOT NULL"
-            ))
-            .bind(&change.payment_id)
-            .bind(count(*confirmations))
-            .bind(count(*confirmations_required))
-            .bind(status.as_str())
-            .bind(now)
-            .bind(height(block))
-            .bind(hash(block))
-            .bind(posted.map(|p| p.entry_id))
-            .fetch_optional(&mut *tx)
-            .await?;
-        }
-        (Some(RowChange::Orphan { status }), _) => {
+        Some(RowChange::Orphan { status }) => {
             sqlx::query(
                 "UPDATE payments SET status = $3, confirmations = 0, block_height = NULL, block_hash = NULL, \
                  updated_at = $2 WHERE id = $1",
@@ -242,7 +256,7 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
             .execute(&mut *tx)
             .await?;
         }
-        (Some(RowChange::Apply { value }), posted) => {
+        Some(RowChange::Apply { value }) => {
             // Applied to another invoice, it says so; applied to its own, it is simply no longer held.
             sqlx::query(
                 "UPDATE payments SET applied_to = $2, value_minor = $3::numeric, updated_at = $4, ledger_entry_id = $5, \
@@ -258,7 +272,7 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
             .execute(&mut *tx)
             .await?;
         }
-        (Some(RowChange::Hold { reason }), posted) => {
+        Some(RowChange::Hold { reason }) => {
             sqlx::query(
                 "UPDATE payments SET applied_to = $2, unapplied_reason = $3, applied_invoice_id = NULL, value_minor = 0, \
                         updated_at = $4, ledger_entry_id = coalesce($5, ledger_entry_id) \
@@ -272,19 +286,9 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
             .execute(&mut *tx)
             .await?;
         }
-        (None, _) => {}
+        None => {}
     }
     let credited = posted.is_some_and(|p| p.created);
-    // Per-payment events, whatever the invoice's status does: a payment first seen already in a
-    // block is detected and confirmed at once, and a merchant following payments misses neither.
-    if let Some(record) = written {
-        let detected = matches!(change.row, Some(RowChange::Insert(_)));
-        let events: Vec<&str> = [(detected, EVENT_PAYMENT_DETECTED), (credited, EVENT_PAYMENT_CONFIRMED)]
-            .into_iter()
-            .filter_map(|(happened, event)| happened.then_some(event))
-            .collect();
-        crate::webhook::emit_all(&mut *tx, &change.merchant_id, &events, &change.payment_id, &record.view()?, now).await?;
-    }
     match change.payment_event {
         Some(PaymentEvent::Late) if credited => {
             let view = load_view(&mut *tx, None, &change.invoice_id).await?;
@@ -302,12 +306,147 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
         }
         Some(PaymentEvent::Late) | None => {}
     }
-    write_status(tx, ledger, &change.merchant_id, &change.invoice_id, change.invoice, now).await?;
+    write_statuses(tx, ledger, &[StatusWrite::of(change)], now).await?;
     if change.announce_reversal {
         let view = load_view(&mut *tx, None, &change.invoice_id).await?;
         crate::webhook::emit(&mut *tx, &change.merchant_id, EVENT_PAYMENT_REVERSED, &change.invoice_id, &view, now).await?;
     }
     Ok(Written { credited })
+}
+
+/// A payment row to insert or update, with the credit the change posted for it, if any.
+struct RowWrite<'a> {
+    change: &'a PaymentChange,
+    posted: Option<Posted>,
+}
+
+impl<'a> RowWrite<'a> {
+    fn of(change: &'a PaymentChange, posted: Option<Posted>) -> Option<Self> {
+        matches!(change.row, Some(RowChange::Insert(_) | RowChange::Update { .. })).then_some(Self { change, posted })
+    }
+
+    fn new_payment(&self) -> Option<&'a NewPayment> {
+        match &self.change.row {
+            Some(RowChange::Insert(new)) => Some(new),
+            _ => None,
+        }
+    }
+
+    fn entry_id(&self) -> Option<i64> {
+        self.posted.map(|p| p.entry_id)
+    }
+}
+
+/// Inserts the new payments and updates the known ones of `rows`, one statement each, and returns
+/// the per-payment events: a payment first seen is detected, and one whose credit was posted now
+/// is confirmed (a payment first seen already in a block is both, and a merchant following
+/// payments misses neither, whatever its invoice's status does). Each carries the payment as the
+/// API shows it, returned by the write itself.
+async fn write_rows<'a>(tx: &mut PgConnection, rows: &[RowWrite<'a>], now: DateTime<Utc>) -> Result<Vec<NewEvent<'a, PaymentView>>> {
+    let mut records: HashMap<String, PaymentRecord> = HashMap::with_capacity(rows.len());
+    let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let height = |block: &Option<plan::BlockRef>| block.as_ref().and_then(|b| i64::try_from(b.height).ok());
+    let hash = |block: &Option<plan::BlockRef>| block.as_ref().map(|b| b.hash.clone());
+    let inserts: Vec<(&RowWrite<'_>, &NewPayment)> = rows.iter().filter_map(|r| r.new_payment().map(|n| (r, n))).collect();
+    if !inserts.is_empty() {
+        let column = |f: &dyn Fn(&RowWrite<'_>, &NewPayment) -> Option<String>| inserts.iter().map(|(r, n)| f(r, n)).collect::<Vec<_>>();
+        let inserted: Vec<PaymentRecord> = sqlx::query_as(&format!(
+            "WITH p AS (INSERT INTO payments (id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount_minor, \
+                                   value_minor, confirmations, confirmations_required, status, applied_to, \
+                                   unapplied_reason, seen_at, updated_at, block_height, block_hash, \
+                                   ledger_entry_id, confirmed_at) \
+             SELECT r.id, r.merchant_id, r.invoice_id, r.chain, r.asset, r.tx_ref, r.address, r.amount::numeric, r.value::numeric, \
+                    r.confirmations, r.required, r.status, r.applied_to, r.reason, $15, $15, r.height, r.hash, r.entry, \
+                    CASE WHEN r.entry IS NULL THEN NULL ELSE $15 END \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                         $9::text[], $10::int4[], $11::int4[], $12::text[], $13::text[], $14::text[], $16::int8[], $17::text[], \
+                         $18::int8[]) WITH ORDINALITY \
+                  AS r(id, merchant_id, invoice_id, chain, asset, tx_ref, address, amount, value, confirmations, required, \
+                       status, applied_to, reason, height, hash, entry, n) \
+             ORDER BY r.n \
+             RETURNING *) {PAYMENT_VIEW_OF_P}"
+        ))
+        .bind(column(&|r, _| Some(r.change.payment_id.clone())))
+        .bind(column(&|r, _| Some(r.change.merchant_id.clone())))
+        .bind(column(&|r, _| Some(r.change.invoice_id.clone())))
+        .bind(column(&|_, n| Some(n.chain.clone())))
+        .bind(column(&|_, n| Some(n.asset.clone())))
+        .bind(column(&|_, n| Some(n.tx_ref.clone())))
+        .bind(column(&|_, n| n.address.clone()))
+        .bind(column(&|_, n| Some(n.amount.to_string())))
+        .bind(column(&|_, n| Some(n.value.to_string())))
+        .bind(inserts.iter().map(|(_, n)| count(n.confirmations)).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|(_, n)| count(n.confirmations_required)).collect::<Vec<_>>())
+        .bind(column(&|_, n| Some(n.status.as_str().to_owned())))
+        .bind(column(&|r, _| Some(r.change.applied_to.as_str().to_owned())))
+        .bind(column(&|_, n| n.unapplied_reason.map(|r| r.as_str().to_owned())))
+        .bind(now)
+        .bind(inserts.iter().map(|(_, n)| height(&n.block)).collect::<Vec<_>>())
+        .bind(column(&|_, n| hash(&n.block)))
+        .bind(inserts.iter().map(|(r, _)| r.entry_id()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        records.extend(inserted.into_iter().map(|r| (r.id().to_owned(), r)));
+    }
+    // A credit posted now is recorded with the time it was confirmed, and only such a payment is
+    // returned for its event.
+    let updates: Vec<(&RowWrite<'_>, PaymentStatus, u32, u32, &Option<plan::BlockRef>)> = rows
+        .iter()
+        .filter_map(|r| match &r.change.row {
+            Some(RowChange::Update { status, confirmations, confirmations_required, block }) => {
+                Some((r, *status, *confirmations, *confirmations_required, block))
+            }
+            _ => None,
+        })
+        .collect();
+    if !updates.is_empty() {
+        let updated: Vec<PaymentRecord> = sqlx::query_as(&format!(
+            "WITH p AS (UPDATE payments SET confirmations = u.confirmations, confirmations_required = u.required, \
+                    status = u.status, updated_at = $8, block_height = u.height, block_hash = u.hash, \
+                    ledger_entry_id = coalesce(u.entry, payments.ledger_entry_id), \
+                    confirmed_at = CASE WHEN u.entry IS NULL THEN payments.confirmed_at ELSE $8 END \
+             FROM unnest($1::text[], $2::int4[], $3::int4[], $4::text[], $5::int8[], $6::text[], $7::int8[]) \
+                  AS u(id, confirmations, required, status, height, hash, entry) \
+             WHERE payments.id = u.id RETURNING payments.*, u.entry) {PAYMENT_VIEW_OF_P} WHERE p.entry IS NOT NULL"
+        ))
+        .bind(updates.iter().map(|u| u.0.change.payment_id.as_str()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| count(u.2)).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| count(u.3)).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.1.as_str()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| height(u.4)).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| hash(u.4)).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.0.entry_id()).collect::<Vec<_>>())
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        records.extend(updated.into_iter().map(|r| (r.id().to_owned(), r)));
+    }
+    let mut events = Vec::new();
+    for row in rows {
+        let Some(record) = records.remove(row.change.payment_id.as_str()) else { continue };
+        let view = record.view()?;
+        let detected = row.new_payment().is_some();
+        let credited = row.posted.is_some_and(|p| p.created);
+        for (happened, event_type) in [(detected, EVENT_PAYMENT_DETECTED), (credited, EVENT_PAYMENT_CONFIRMED)] {
+            if happened {
+                let (merchant_id, object_id) = (row.change.merchant_id.as_str(), row.change.payment_id.as_str());
+                events.push(NewEvent { merchant_id, event_type, object_id, data: view.clone() });
+            }
+        }
+    }
+    Ok(events)
+}
+/// An invoice's status move to store and announce.
+pub(crate) struct StatusWrite<'a> {
+    pub merchant_id: &'a str,
+    pub invoice_id: &'a str,
+    pub status: StatusMove,
+}
+
+impl<'a> StatusWrite<'a> {
+    fn of(change: &'a PaymentChange) -> Self {
+        Self { merchant_id: &change.merchant_id, invoice_id: &change.invoice_id, status: change.invoice }
+    }
 }
 
 /// Stores an invoice's status move, if it moves, and writes the event announcing it. An invoice
@@ -321,27 +460,48 @@ pub(crate) async fn write_status(
     status: StatusMove,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    if !status.moves() {
+    write_statuses(tx, ledger, &[StatusWrite { merchant_id, invoice_id, status }], now).await
+}
+
+/// [`write_status`] for moves of different invoices: one statement stores them, one reads the
+/// moved invoices as the API shows them, one writes their events (plus what delivering or taking
+/// back a sale needs, for the invoices that sell something).
+pub(crate) async fn write_statuses(tx: &mut PgConnection, ledger: &Ledger, moves: &[StatusWrite<'_>], now: DateTime<Utc>) -> Result<()> {
+    let moving: Vec<&StatusWrite<'_>> = moves.iter().filter(|m| m.status.moves()).collect();
+    if moving.is_empty() {
         return Ok(());
     }
+    let ids: Vec<String> = moving.iter().map(|m| m.invoice_id.to_owned()).collect();
     // Leaving paid after a reversal clears `paid_at`; paid again sets it anew.
     sqlx::query(
-        "UPDATE invoices SET status = $2, updated_at = $3, \
-                paid_at = CASE WHEN $2 IN ('paid', 'overpaid') THEN coalesce(paid_at, $3) \
-                               WHEN $2 IN ('open', 'processing', 'expired') THEN NULL ELSE paid_at END \
-         WHERE id = $1",
+        "UPDATE invoices SET status = u.status, updated_at = $3, \
+                paid_at = CASE WHEN u.status IN ('paid', 'overpaid') THEN coalesce(invoices.paid_at, $3) \
+                               WHEN u.status IN ('open', 'processing', 'expired') THEN NULL ELSE invoices.paid_at END \
+         FROM unnest($1::text[], $2::text[]) AS u(id, status) WHERE invoices.id = u.id",
     )
-    .bind(invoice_id)
-    .bind(status.to.as_str())
+    .bind(&ids)
+    .bind(moving.iter().map(|m| m.status.to.as_str()).collect::<Vec<_>>())
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    if status.from.is_paid() != status.to.is_paid() {
-        payrail_credits::purchase::on_invoice_status(&mut *tx, ledger, invoice_id, status.to.is_paid(), now).await?;
-        payrail_subscriptions::period::on_invoice_status(&mut *tx, ledger, invoice_id, status.to.is_paid(), now).await?;
+    let flipped: Vec<(&str, bool)> =
+        moving.iter().filter(|m| m.status.from.is_paid() != m.status.to.is_paid()).map(|m| (m.invoice_id, m.status.to.is_paid())).collect();
+    if !flipped.is_empty() {
+        payrail_credits::purchase::on_invoice_statuses(&mut *tx, ledger, &flipped, now).await?;
+        payrail_subscriptions::period::on_invoice_statuses(&mut *tx, ledger, &flipped, now).await?;
     }
-    let view = load_view(&mut *tx, None, invoice_id).await?;
-    crate::webhook::emit(&mut *tx, merchant_id, &status.to.event_type(), invoice_id, &view, now).await?;
+    let views = load_views(&mut *tx, None, &ids).await?;
+    if views.len() != ids.len() {
+        return Err(sqlx::Error::RowNotFound.into());
+    }
+    let types: Vec<String> = moving.iter().map(|m| m.status.to.event_type()).collect();
+    let events: Vec<NewEvent<'_, InvoiceView>> = moving
+        .iter()
+        .zip(views)
+        .zip(&types)
+        .map(|((m, view), event_type)| NewEvent { merchant_id: m.merchant_id, event_type, object_id: m.invoice_id, data: view })
+        .collect();
+    emit_many(&mut *tx, &events, now).await?;
     Ok(())
 }
 

@@ -70,11 +70,12 @@ async fn load_polled(pool: &sqlx::PgPool, merchant_id: Option<&str>, id: &str) -
     assemble(record, &fixed)
 }
 
-/// The views of the merchant's invoices `ids`, in that order, in one query (a listed page).
-pub(crate) async fn load_views(conn: &mut PgConnection, merchant_id: &str, ids: &[String]) -> Result<Vec<InvoiceView>> {
+/// The views of invoices `ids` (of `merchant_id` when given), in that order, in one query: a listed
+/// page, or the invoices a payment step moved.
+pub(crate) async fn load_views(conn: &mut PgConnection, merchant_id: Option<&str>, ids: &[String]) -> Result<Vec<InvoiceView>> {
     let records: Vec<WholeRecord> = sqlx::query_as(&format!(
         "{} ORDER BY array_position($1::text[], v.id)",
-        whole_query("id = ANY($1) AND merchant_id = $2")
+        whole_query("id = ANY($1) AND ($2::text IS NULL OR merchant_id = $2)")
     ))
     .bind(ids)
     .bind(merchant_id)
