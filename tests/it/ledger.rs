@@ -455,3 +455,47 @@ mod property {
         result.expect("property holds");
     }
 }
+
+/// Several entries in one statement: each is posted as `post` posts it (its own id, its postings,
+/// balances moved by all of them), an entry already posted is returned as standing, another entry
+/// under a key already used is refused, and so is one key twice in the same call; a refused call
+/// leaves nothing.
+#[sqlx::test]
+async fn many_entries_post_in_one_statement_each_exactly_once(pool: PgPool) {
+    let ledger = Ledger::new(pool.clone());
+    let (a, b) = (AccountCode::merchant("mer_a"), AccountCode::merchant("mer_b"));
+    let earlier = transfer("m0", chain_account(), a.clone(), USD, 5);
+    ledger.post_now(&earlier).await.expect("earlier");
+    let one = transfer("m1", chain_account(), a.clone(), USD, 100);
+    let two = transfer("m2", chain_account(), b.clone(), USD, 250);
+    let three = transfer("m3", chain_account(), a.clone(), USD, 7);
+    let mut tx = pool.begin().await.expect("begin");
+    let posted = ledger.post_many(&mut tx, &[&one, &earlier, &two, &three]).await.expect("posted");
+    tx.commit().await.expect("commit");
+    assert_eq!(posted.iter().map(|p| p.created).collect::<Vec<_>>(), [true, false, true, true]);
+    let mut conn = pool.acquire().await.expect("conn");
+    for (posted, key, postings) in [(posted[0], "m1", 2), (posted[2], "m2", 2), (posted[3], "m3", 2)] {
+        let entry = ledger.entry(&mut conn, posted.entry_id).await.expect("entry");
+        assert_eq!((entry.idempotency_key.as_str(), entry.postings.len()), (key, postings));
+    }
+    assert_eq!(ledger.balance(&mut conn, &a, USD).await.expect("a"), SignedAmount::positive(amount(112)));
+    assert_eq!(ledger.balance(&mut conn, &b, USD).await.expect("b"), SignedAmount::positive(amount(250)));
+    assert_eq!(ledger.balance(&mut conn, &chain_account(), USD).await.expect("chain"), SignedAmount::positive(amount(362)));
+
+    let count = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM journal_entries").fetch_one(&pool).await.expect("count")
+    };
+    let before = count(pool.clone()).await;
+    let changed = transfer("m2", chain_account(), b.clone(), USD, 251);
+    let fresh = transfer("m4", chain_account(), b.clone(), USD, 1);
+    let mut tx = pool.begin().await.expect("begin");
+    let refused = ledger.post_many(&mut tx, &[&fresh, &changed]).await;
+    assert!(matches!(refused, Err(LedgerError::IdempotencyConflict { ref key }) if key == "m2"), "{refused:?}");
+    drop(tx);
+    let mut tx = pool.begin().await.expect("begin");
+    let twice = ledger.post_many(&mut tx, &[&fresh, &fresh]).await;
+    assert!(matches!(twice, Err(LedgerError::IdempotencyConflict { ref key }) if key == "m4"), "{twice:?}");
+    drop(tx);
+    assert_eq!(count(pool.clone()).await, before);
+    assert_eq!(ledger.balance(&mut conn, &b, USD).await.expect("b"), SignedAmount::positive(amount(250)));
+}

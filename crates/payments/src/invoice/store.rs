@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
-use crate::ledger::{Ledger, Posted};
+use crate::ledger::{Ledger, NewEntry, Posted};
 use crate::webhook::outbox::{emit_many, NewEvent};
 
 use super::error::{InvoiceError, Result};
@@ -187,7 +187,7 @@ pub async fn apply(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
 /// Writes `changes`, each about a different invoice locked by the caller (with its payment), as
 /// [`apply`] writes each one, in the same order per invoice. The common changes — a payment seen or
 /// counted again, credited or not, with the invoice's status move — are written together: one
-/// statement per kind of write for all of them, plus one ledger statement per credit. The others
+/// statement per kind of write for all of them, their credits included. The others
 /// (held, late, orphaned, applied payments) are written one by one first.
 pub async fn apply_all(tx: &mut PgConnection, ledger: &Ledger, changes: &[PaymentChange], now: DateTime<Utc>) -> Result<Vec<Written>> {
     let mut written = vec![Written::default(); changes.len()];
@@ -201,12 +201,15 @@ pub async fn apply_all(tx: &mut PgConnection, ledger: &Ledger, changes: &[Paymen
             *slot = apply_one(&mut *tx, ledger, change, now).await?;
         }
     }
-    let mut posted: HashMap<&str, Posted> = HashMap::new();
-    for change in &common {
-        if let Some(LedgerChange::Credit(entry)) = &change.ledger {
-            posted.insert(&change.payment_id, ledger.post(&mut *tx, entry).await?);
-        }
-    }
+    let credits: Vec<(&str, &NewEntry)> = common
+        .iter()
+        .filter_map(|c| match &c.ledger {
+            Some(LedgerChange::Credit(entry)) => Some((c.payment_id.as_str(), entry)),
+            _ => None,
+        })
+        .collect();
+    let entries: Vec<&NewEntry> = credits.iter().map(|(_, entry)| *entry).collect();
+    let posted: HashMap<&str, Posted> = credits.iter().map(|(id, _)| *id).zip(ledger.post_many(&mut *tx, &entries).await?).collect();
     let rows: Vec<RowWrite<'_>> = common.iter().filter_map(|c| RowWrite::of(c, posted.get(c.payment_id.as_str()).copied())).collect();
     let events = write_rows(&mut *tx, &rows, now).await?;
     emit_many(&mut *tx, &events, now).await?;

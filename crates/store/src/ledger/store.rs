@@ -59,6 +59,27 @@ WITH e AS (
 SELECT (SELECT id FROM e) AS id, (SELECT count(*) FROM p) AS postings
 "#;
 
+/// [`POST_SQL`] for several entries (`$6` numbers each posting's entry, from 1).
+const POST_MANY_SQL: &str = r#"
+WITH x AS (
+    SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::int8[]) WITH ORDINALITY
+        AS x(idempotency_key, fingerprint, kind, memo, reverses_entry_id, n)
+), e AS (
+    INSERT INTO journal_entries (idempotency_key, fingerprint, kind, memo, reverses_entry_id)
+    SELECT idempotency_key, fingerprint, kind, memo, reverses_entry_id FROM x ORDER BY n
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, idempotency_key
+), p AS (
+    INSERT INTO postings (entry_id, account_id, asset, amount)
+    SELECT e.id, y.account_id, y.asset, y.amount::numeric
+    FROM unnest($6::int8[], $7::int8[], $8::text[], $9::text[]) WITH ORDINALITY AS y(entry, account_id, asset, amount, ord)
+    JOIN x ON x.n = y.entry JOIN e ON e.idempotency_key = x.idempotency_key
+    ORDER BY y.ord
+    RETURNING 1
+)
+SELECT e.id, (SELECT count(*) FROM p) AS postings FROM x LEFT JOIN e USING (idempotency_key) ORDER BY x.n
+"#;
+
 impl Ledger {
     pub fn new(pool: PgPool) -> Self {
         Self { pool, account_ids: RwLock::new(HashMap::new()) }
@@ -103,15 +124,15 @@ impl Ledger {
         Ok(id)
     }
 
-    /// Resolves the accounts of `entry` in code order: concurrent first uses of the same accounts
+    /// Resolves the accounts of `entries` in code order: concurrent first uses of the same accounts
     /// then wait on each other in one order and cannot deadlock.
     async fn account_ids_of(
         &self,
         conn: &mut PgConnection,
-        entry: &NewEntry,
+        entries: &[&NewEntry],
         autocommit: bool,
     ) -> Result<HashMap<AccountCode, i64>> {
-        let mut codes: Vec<&AccountCode> = entry.postings.iter().map(|p| &p.account).collect();
+        let mut codes: Vec<&AccountCode> = entries.iter().flat_map(|e| e.postings.iter().map(|p| &p.account)).collect();
         codes.sort();
         codes.dedup();
         let mut ids = HashMap::with_capacity(codes.len());
@@ -131,24 +152,8 @@ impl Ledger {
     }
 
     async fn post_with(&self, conn: &mut PgConnection, entry: &NewEntry, autocommit: bool) -> Result<Posted> {
-        let account_ids = self.account_ids_of(&mut *conn, entry, autocommit).await?;
-        let mut ids = Vec::with_capacity(entry.postings.len());
-        let mut rows = Vec::with_capacity(entry.postings.len());
-        for posting in &entry.postings {
-            let id = account_ids.get(&posting.account).copied().ok_or_else(|| EntryError::InvalidAccount {
-                code: posting.account.to_string(),
-            })?;
-            rows.push((id, posting));
-        }
-        // Lock order is by account id then asset: the same order for every writer.
-        rows.sort_by(|(a_id, a), (b_id, b)| (a_id, &a.asset, a.side).cmp(&(b_id, &b.asset, b.side)));
-        let mut assets = Vec::with_capacity(rows.len());
-        let mut amounts = Vec::with_capacity(rows.len());
-        for (id, posting) in rows {
-            ids.push(id);
-            assets.push(posting.asset.clone());
-            amounts.push(posting.signed_amount().to_string());
-        }
+        let account_ids = self.account_ids_of(&mut *conn, &[entry], autocommit).await?;
+        let (ids, assets, amounts) = postings_of(entry, &account_ids)?;
         let fingerprint = entry.fingerprint();
         let row = sqlx::query(POST_SQL)
             .bind(&entry.idempotency_key)
@@ -165,15 +170,85 @@ impl Ledger {
         if let Some(entry_id) = row.try_get::<Option<i64>, _>("id")? {
             return Ok(Posted { entry_id, created: true });
         }
-        let existing = sqlx::query("SELECT id, fingerprint FROM journal_entries WHERE idempotency_key = $1")
-            .bind(&entry.idempotency_key)
-            .fetch_one(&mut *conn)
-            .await?;
-        let stored: Vec<u8> = existing.try_get("fingerprint")?;
-        if stored != fingerprint {
-            return Err(LedgerError::IdempotencyConflict { key: entry.idempotency_key.clone() });
+        let mut standing = self.standing(conn, &[(&entry.idempotency_key, fingerprint)]).await?;
+        standing.pop().ok_or(LedgerError::IdempotencyConflict { key: entry.idempotency_key.clone() })
+    }
+
+    /// Posts `entries` (distinct idempotency keys) on `conn`, as [`Ledger::post`] posts each, in one
+    /// statement: a chain step's credits move each balance row once, however many they are.
+    pub async fn post_many(&self, conn: &mut PgConnection, entries: &[&NewEntry]) -> Result<Vec<Posted>> {
+        let Some(first) = entries.first() else { return Ok(Vec::new()) };
+        let mut keys: Vec<&str> = entries.iter().map(|e| e.idempotency_key.as_str()).collect();
+        keys.sort_unstable();
+        if let Some(twice) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(LedgerError::IdempotencyConflict { key: twice[0].to_owned() });
         }
-        Ok(Posted { entry_id: existing.try_get("id")?, created: false })
+        for entry in entries {
+            entry.validate()?;
+        }
+        let account_ids = self.account_ids_of(&mut *conn, entries, false).await?;
+        let (mut numbers, mut ids, mut assets, mut amounts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (n, entry) in (1_i64..).zip(entries) {
+            let (entry_ids, entry_assets, entry_amounts) = postings_of(entry, &account_ids)?;
+            numbers.extend(std::iter::repeat_n(n, entry_ids.len()));
+            ids.extend(entry_ids);
+            assets.extend(entry_assets);
+            amounts.extend(entry_amounts);
+        }
+        let fingerprints: Vec<Vec<u8>> = entries.iter().map(|e| e.fingerprint().to_vec()).collect();
+        let rows = sqlx::query(POST_MANY_SQL)
+            .bind(entries.iter().map(|e| e.idempotency_key.as_str()).collect::<Vec<_>>())
+            .bind(&fingerprints)
+            .bind(entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.memo.as_deref()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.reverses_entry_id).collect::<Vec<_>>())
+            .bind(&numbers)
+            .bind(&ids)
+            .bind(&assets)
+            .bind(&amounts)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| map_db_error(e, &first.idempotency_key))?;
+        let mut posted = Vec::with_capacity(entries.len());
+        let mut earlier = Vec::new();
+        for ((entry, row), fingerprint) in entries.iter().zip(&rows).zip(fingerprints) {
+            match row.try_get::<Option<i64>, _>("id")? {
+                Some(entry_id) => posted.push(Some(Posted { entry_id, created: true })),
+                None => {
+                    posted.push(None);
+                    earlier.push((entry.idempotency_key.as_str(), fingerprint));
+                }
+            }
+        }
+        let mut standing = self.standing(conn, &earlier).await?.into_iter();
+        posted
+            .into_iter()
+            .zip(entries)
+            .map(|(p, e)| p.or_else(|| standing.next()).ok_or_else(|| LedgerError::IdempotencyConflict { key: e.idempotency_key.clone() }))
+            .collect()
+    }
+
+    /// The entries already posted under `keys`, in that order, each checked to hold the same
+    /// content (`fingerprint`): the same key with other content is an
+    /// [`LedgerError::IdempotencyConflict`].
+    async fn standing<F: AsRef<[u8]>>(&self, conn: &mut PgConnection, keys: &[(&str, F)]) -> Result<Vec<Posted>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT idempotency_key, id, fingerprint FROM journal_entries WHERE idempotency_key = ANY($1)")
+            .bind(keys.iter().map(|(k, _)| *k).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut found: HashMap<String, (i64, Vec<u8>)> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(row.try_get("idempotency_key")?, (row.try_get("id")?, row.try_get("fingerprint")?));
+        }
+        keys.iter()
+            .map(|(key, fingerprint)| match found.get(*key) {
+                Some((entry_id, stored)) if stored.as_slice() == fingerprint.as_ref() => Ok(Posted { entry_id: *entry_id, created: false }),
+                _ => Err(LedgerError::IdempotencyConflict { key: (*key).to_owned() }),
+            })
+            .collect()
     }
 
     /// Posts an entry as its own transaction: its accounts are created first (each committed on its
@@ -284,6 +359,21 @@ fn parse_signed(text: &str) -> Result<SignedAmount> {
 }
 
 /// Turns the database's refusals into the ledger's own errors.
+/// An entry's postings as the posting statements bind them — account ids, assets, signed amounts —
+/// in (account id, asset, side) order: the lock order every writer follows.
+fn postings_of(entry: &NewEntry, account_ids: &HashMap<AccountCode, i64>) -> Result<(Vec<i64>, Vec<String>, Vec<String>)> {
+    let mut rows = Vec::with_capacity(entry.postings.len());
+    for posting in &entry.postings {
+        let id = account_ids.get(&posting.account).copied().ok_or_else(|| EntryError::InvalidAccount { code: posting.account.to_string() })?;
+        rows.push((id, posting));
+    }
+    rows.sort_by(|(a_id, a), (b_id, b)| (a_id, &a.asset, a.side).cmp(&(b_id, &b.asset, b.side)));
+    let ids = rows.iter().map(|(id, _)| *id).collect();
+    let assets = rows.iter().map(|(_, p)| p.asset.clone()).collect();
+    let amounts = rows.iter().map(|(_, p)| p.signed_amount().to_string()).collect();
+    Ok((ids, assets, amounts))
+}
+
 fn map_db_error(error: sqlx::Error, key: &str) -> LedgerError {
     if let sqlx::Error::Database(db) = &error {
         match db.code().as_deref() {
