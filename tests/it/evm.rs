@@ -823,3 +823,48 @@ async fn a_halted_watcher_holds_the_chains_lock_until_shutdown(pool: PgPool) {
     assert!(matches!(outcome, Err(FollowError::ReorgTooDeep { .. })), "{outcome:?}");
     assert_eq!(lock_holder(&pool, &lock).await, None, "released at shutdown");
 }
+
+/// Far behind the tip the watcher fetches the next range while the current one commits. The ranges
+/// still follow each other block for block, and payments in every range — the first, one fetched
+/// ahead, the last — are each credited once.
+#[sqlx::test]
+async fn catching_up_over_many_ranges_reads_every_block_once_in_order(pool: PgPool) {
+    let rig = rig(pool).await;
+    let asset = rig.asset("USDC");
+    let mut invoices = Vec::new();
+    for _ in 0..3 {
+        invoices.push(rig.invoice("10.00", std::slice::from_ref(&asset)).await);
+    }
+    let first = rpc(&rig.anvil, "eth_blockNumber", json!([])).await;
+    let first = u64::from_str_radix(first.as_str().expect("height").trim_start_matches("0x"), 16).expect("height");
+    let window = u64::from(rig.spec.reorg_depth_max);
+    for (i, invoice) in invoices.iter().enumerate() {
+        pay(&rig, "USDC", deposit_of(invoice), U256::from(10_000_000u64)).await;
+        // Later payments land ranges apart; the last range is followed by a whole reorg window.
+        mine(&rig.anvil, if i + 1 < invoices.len() { 700 } else { window + 700 }).await;
+    }
+    let mut spec = rig.spec.clone();
+    spec.start_block = Some(first + 1);
+    let watcher = EvmWatcher::new(spec, rig.state.pool.clone(), rig.state.ledger.clone(), rig.state.rates.clone(), rig.state.clock.clone())
+        .expect("watcher");
+    let mut next = first + 1;
+    let mut steps = 0;
+    loop {
+        match watcher.step().await.expect("step") {
+            ChainEvent::Committed { from, to, .. } if to >= from => {
+                assert_eq!(from, next, "ranges follow each other");
+                assert!(to - from < 500, "a range is at most 500 blocks");
+                next = to + 1;
+                steps += 1;
+            }
+            ChainEvent::Committed { .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(steps >= 4, "{steps} steps");
+    for invoice in &invoices {
+        assert_eq!(rig.view(&invoice.id).await.status, InvoiceStatus::Paid);
+    }
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&rig.state.pool).await.expect("n");
+    assert_eq!(entries, 3);
+}

@@ -35,7 +35,7 @@ use crate::metrics;
 use crate::rates::RateSource;
 
 use super::reorg::{self, Action, Tracked};
-use super::source::{Block, BlockId, ChainSource, Fetched, Found, Head, Observed, Pricing, Scan, ScanKind};
+use super::source::{Block, BlockId, ChainSource, Fetched, FetchedBlocks, Found, Head, Observed, Pricing, Scan, ScanKind};
 use super::{store, summary::Summary, watch::WatchList};
 
 /// Longest pause between failed steps.
@@ -138,6 +138,8 @@ pub struct Follower<S: ChainSource> {
     events: broadcast::Sender<ChainEvent<S::Hash>>,
     summary: Mutex<Summary>,
     watched: tokio::sync::Mutex<WatchList>,
+    /// The next range, fetched while the previous step committed ([`Follower::ahead`]).
+    prefetched: Mutex<Option<FetchedBlocks<S>>>,
 }
 
 fn height_i64(height: u64) -> i64 {
@@ -166,6 +168,7 @@ impl<S: ChainSource> Follower<S> {
             share: None,
             events: broadcast::channel(EVENTS_BUFFERED_MAX).0,
             watched: tokio::sync::Mutex::new(WatchList::default()),
+            prefetched: Mutex::new(None),
         })
     }
 
@@ -294,7 +297,10 @@ impl<S: ChainSource> Follower<S> {
             return Ok(ChainEvent::Committed { from, to: at.height, hash: at.hash, tip, payments, orphaned });
         }
         let to = tip.min(from + S::BLOCKS_PER_STEP_MAX - 1);
-        let blocks = self.source.blocks(from, to).await?;
+        let blocks = match self.take_prefetched(from, tip) {
+            Some(blocks) => blocks,
+            None => self.source.blocks(from, to).await?,
+        };
         let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
             return Err(FollowError::Inconsistent { height: from });
         };
@@ -309,16 +315,43 @@ impl<S: ChainSource> Follower<S> {
             }
         }
         let end = last.block.id();
-        let (payments, orphaned) =
-            self.commit(ScanKind::Advance { at_tip: end.height >= tip }, head, &blocks, end, None).await?;
+        let commit = self.commit(ScanKind::Advance { at_tip: end.height >= tip }, head, &blocks, end, None);
+        // Catching up, the next range is fetched while this one commits: the node and the database
+        // work at the same time.
+        let (committed, ahead) = match self.ahead(end.height, tip) {
+            Some((next_from, next_to)) => {
+                let (committed, fetched) = tokio::join!(commit, self.source.blocks(next_from, next_to));
+                (committed, fetched.inspect_err(|e| tracing::debug!(target: "watcher", chain = %self.chain.name, error = %e, "fetching ahead failed")).ok())
+            }
+            None => (commit.await, None),
+        };
+        let (payments, orphaned) = committed?;
+        *self.prefetched.lock().unwrap_or_else(PoisonError::into_inner) = ahead;
         metrics::gauge("payrail_chain_cursor_height", "Last block the watcher processed.", &chain, height_i64(end.height));
         tracing::debug!(target: "watcher", chain = %self.chain.name, from, to = end.height, tip, behind = tip.saturating_sub(end.height), payments, "blocks committed");
         Ok(ChainEvent::Committed { from, to: end.height, hash: end.hash, tip, payments, orphaned })
     }
 
+    /// The range after `end` to fetch while `end`'s step commits: only when it lies a whole reorg
+    /// window below the tip, where the policy treats blocks as final, so what is fetched early is
+    /// what would be fetched later. (It is checked against the cursor like any range anyway.)
+    fn ahead(&self, end: u64, tip: u64) -> Option<(u64, u64)> {
+        let from = end + 1;
+        let to = tip.min(from + S::BLOCKS_PER_STEP_MAX - 1);
+        (from <= to && to.saturating_add(self.window()) <= tip).then_some((from, to))
+    }
+
+    /// The blocks fetched ahead, if they start at `from` and the node's tip still covers them.
+    fn take_prefetched(&self, from: u64, tip: u64) -> Option<FetchedBlocks<S>> {
+        let blocks = self.prefetched.lock().unwrap_or_else(PoisonError::into_inner).take()?;
+        let fits = blocks.first().is_some_and(|b| b.block.height == from) && blocks.last().is_some_and(|b| b.block.height <= tip);
+        fits.then_some(blocks)
+    }
+
     /// The stored chain and the node's disagree at the cursor `at`: find the fork point in the
     /// stored window and unwind to it.
     async fn unwind(&self, at: BlockId<S::Hash>, head: Head<S::Hash>) -> Result<ChainEvent<S::Hash>, FollowError> {
+        self.prefetched.lock().unwrap_or_else(PoisonError::into_inner).take();
         // Nothing credited is taken back on one node's word when another, as far along, says
         // otherwise: the step is tried again on the witness.
         if let Some(witness) = self.source.witness_against_reorg(&at, head.tip).await {

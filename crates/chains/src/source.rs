@@ -82,7 +82,7 @@ pub type FetchedBlocks<S> = Vec<Fetched<<S as ChainSource>::Hash, <S as ChainSou
 /// One chain family's access to its chain. See the module docs.
 pub trait ChainSource: std::fmt::Debug + Send + Sync + Sized + 'static {
     type Hash: BlockHash;
-    type Body: Send + Sync;
+    type Body: Send + Sync + Debug;
 
     /// Most blocks one step fetches (and one transaction commits).
     const BLOCKS_PER_STEP_MAX: u64;
