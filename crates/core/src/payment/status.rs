@@ -62,8 +62,17 @@ impl InvoiceStatus {
     }
 
     /// The webhook event that announces entering this status.
-    pub fn event_type(self) -> String {
-        format!("invoice.{}", self.as_str())
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Self::Open => "invoice.open",
+            Self::Processing => "invoice.processing",
+            Self::Paid => "invoice.paid",
+            Self::Overpaid => "invoice.overpaid",
+            Self::Expired => "invoice.expired",
+            Self::Refunded => "invoice.refunded",
+            Self::Void => "invoice.void",
+            Self::Invalid => "invoice.invalid",
+        }
     }
 }
 
@@ -183,6 +192,14 @@ mod tests {
             confirmed: Amount::from_u64(confirmed),
             pending: Amount::from_u64(pending),
             expired,
+        }
+    }
+
+    #[test]
+    fn each_status_is_announced_by_its_own_event() {
+        for status in [Open, Processing, Paid, Overpaid, Expired, Refunded, Void, Invalid] {
+            assert_eq!(status.event_type(), format!("invoice.{}", status.as_str()));
+            assert_eq!(status.as_str().parse::<InvoiceStatus>(), Ok(status));
         }
     }
 

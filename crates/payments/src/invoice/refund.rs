@@ -33,7 +33,7 @@ pub async fn mark_refunded(tx: &mut PgConnection, ledger: &Ledger, invoice_id: &
             payrail_credits::purchase::on_invoice_status(&mut *tx, ledger, invoice_id, false, now).await?;
             payrail_subscriptions::period::on_invoice_status(&mut *tx, ledger, invoice_id, false, now).await?;
             let view = load_view(&mut *tx, None, invoice_id).await?;
-            crate::webhook::emit(&mut *tx, &invoice.merchant_id, &InvoiceStatus::Refunded.event_type(), invoice_id, &view, now)
+            crate::webhook::emit(&mut *tx, &invoice.merchant_id, InvoiceStatus::Refunded.event_type(), invoice_id, &view, now)
                 .await?;
             Ok(InvoiceStatus::Refunded)
         }

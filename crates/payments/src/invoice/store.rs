@@ -125,15 +125,21 @@ pub(crate) async fn load_quote(conn: &mut PgConnection, invoice_id: &str) -> Res
 
 /// [`load_quote`] of the invoices `ids`, in one statement; an invoice with no options is absent.
 pub(crate) async fn load_quotes(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, Quote>> {
+    // The payments are summed per invoice and asset first (one index probe per invoice, not one per
+    // option); a payment counts toward the invoice it was applied to, else its own.
     let rows = sqlx::query(
-        "SELECT o.invoice_id, o.asset, o.amount_minor::text AS quoted, \
-                coalesce(sum(p.amount_minor) FILTER (WHERE p.status = $2), 0)::text AS confirmed, \
-                coalesce(sum(p.amount_minor) FILTER (WHERE p.status = $3), 0)::text AS pending \
-         FROM payment_options o \
-         LEFT JOIN payments p ON (p.invoice_id = o.invoice_id AND p.applied_invoice_id IS NULL \
-                                  OR p.applied_invoice_id = o.invoice_id) \
-                                 AND p.asset = o.asset AND p.applied_to = $4 \
-         WHERE o.invoice_id = ANY($1) GROUP BY o.invoice_id, o.asset, o.amount_minor",
+        "WITH s AS ( \
+             SELECT coalesce(p.applied_invoice_id, p.invoice_id) AS invoice_id, p.asset, \
+                    sum(p.amount_minor) FILTER (WHERE p.status = $2) AS confirmed, \
+                    sum(p.amount_minor) FILTER (WHERE p.status = $3) AS pending \
+             FROM payments p \
+             WHERE (p.invoice_id = ANY($1) AND p.applied_invoice_id IS NULL OR p.applied_invoice_id = ANY($1)) \
+               AND p.applied_to = $4 \
+             GROUP BY 1, 2) \
+         SELECT o.invoice_id, o.asset, o.amount_minor::text AS quoted, coalesce(s.confirmed, 0)::text AS confirmed, \
+                coalesce(s.pending, 0)::text AS pending \
+         FROM payment_options o LEFT JOIN s ON s.invoice_id = o.invoice_id AND s.asset = o.asset \
+         WHERE o.invoice_id = ANY($1)",
     )
     .bind(ids)
     .bind(PaymentStatus::Confirmed.as_str())
@@ -211,10 +217,11 @@ pub async fn apply_all(tx: &mut PgConnection, ledger: &Ledger, changes: &[Paymen
     let entries: Vec<&NewEntry> = credits.iter().map(|(_, entry)| *entry).collect();
     let posted: HashMap<&str, Posted> = credits.iter().map(|(id, _)| *id).zip(ledger.post_many(&mut *tx, &entries).await?).collect();
     let rows: Vec<RowWrite<'_>> = common.iter().filter_map(|c| RowWrite::of(c, posted.get(c.payment_id.as_str()).copied())).collect();
-    let events = write_rows(&mut *tx, &rows, now).await?;
-    emit_many(&mut *tx, &events, now).await?;
+    // Each invoice's payment events, then its status event: every event of the round in one insert.
+    let mut events = write_rows(&mut *tx, &rows, now).await?;
     let moves: Vec<StatusWrite<'_>> = common.iter().map(|c| StatusWrite::of(c)).collect();
-    write_statuses(&mut *tx, ledger, &moves, now).await?;
+    events.extend(write_statuses(&mut *tx, ledger, &moves, now).await?);
+    emit_many(&mut *tx, &events, now).await?;
     for (change, slot) in changes.iter().zip(written.iter_mut()) {
         if let Some(p) = posted.get(change.payment_id.as_str()) {
             slot.credited = p.created;
@@ -309,7 +316,8 @@ async fn apply_one(tx: &mut PgConnection, ledger: &Ledger, change: &PaymentChang
         }
         Some(PaymentEvent::Late) | None => {}
     }
-    write_statuses(tx, ledger, &[StatusWrite::of(change)], now).await?;
+    let moved = write_statuses(&mut *tx, ledger, &[StatusWrite::of(change)], now).await?;
+    emit_many(&mut *tx, &moved, now).await?;
     if change.announce_reversal {
         let view = load_view(&mut *tx, None, &change.invoice_id).await?;
         crate::webhook::emit(&mut *tx, &change.merchant_id, EVENT_PAYMENT_REVERSED, &change.invoice_id, &view, now).await?;
@@ -345,7 +353,7 @@ impl<'a> RowWrite<'a> {
 /// is confirmed (a payment first seen already in a block is both, and a merchant following
 /// payments misses neither, whatever its invoice's status does). Each carries the payment as the
 /// API shows it, returned by the write itself.
-async fn write_rows<'a>(tx: &mut PgConnection, rows: &[RowWrite<'a>], now: DateTime<Utc>) -> Result<Vec<NewEvent<'a, PaymentView>>> {
+async fn write_rows<'a>(tx: &mut PgConnection, rows: &[RowWrite<'a>], now: DateTime<Utc>) -> Result<Vec<NewEvent<'a, Announced>>> {
     let mut records: HashMap<String, PaymentRecord> = HashMap::with_capacity(rows.len());
     let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let height = |block: &Option<plan::BlockRef>| block.as_ref().and_then(|b| i64::try_from(b.height).ok());
@@ -433,7 +441,7 @@ async fn write_rows<'a>(tx: &mut PgConnection, rows: &[RowWrite<'a>], now: DateT
         for (happened, event_type) in [(detected, EVENT_PAYMENT_DETECTED), (credited, EVENT_PAYMENT_CONFIRMED)] {
             if happened {
                 let (merchant_id, object_id) = (row.change.merchant_id.as_str(), row.change.payment_id.as_str());
-                events.push(NewEvent { merchant_id, event_type, object_id, data: view.clone() });
+                events.push(NewEvent { merchant_id, event_type, object_id, data: Announced::Payment(Box::new(view.clone())) });
             }
         }
     }
@@ -463,16 +471,18 @@ pub(crate) async fn write_status(
     status: StatusMove,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    write_statuses(tx, ledger, &[StatusWrite { merchant_id, invoice_id, status }], now).await
+    let events = write_statuses(&mut *tx, ledger, &[StatusWrite { merchant_id, invoice_id, status }], now).await?;
+    emit_many(tx, &events, now).await?;
+    Ok(())
 }
 
-/// [`write_status`] for moves of different invoices: one statement stores them, one reads the
-/// moved invoices as the API shows them, one writes their events (plus what delivering or taking
-/// back a sale needs, for the invoices that sell something).
-pub(crate) async fn write_statuses(tx: &mut PgConnection, ledger: &Ledger, moves: &[StatusWrite<'_>], now: DateTime<Utc>) -> Result<()> {
-    let moving: Vec<&StatusWrite<'_>> = moves.iter().filter(|m| m.status.moves()).collect();
+/// [`write_status`] for moves of different invoices, returning their events for the caller to
+/// write: one statement stores the moves, one reads the moved invoices as the API shows them (plus
+/// what delivering or taking back a sale needs, for the invoices that sell something).
+async fn write_statuses<'a>(tx: &mut PgConnection, ledger: &Ledger, moves: &[StatusWrite<'a>], now: DateTime<Utc>) -> Result<Vec<NewEvent<'a, Announced>>> {
+    let moving: Vec<&StatusWrite<'a>> = moves.iter().filter(|m| m.status.moves()).collect();
     if moving.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<String> = moving.iter().map(|m| m.invoice_id.to_owned()).collect();
     // Leaving paid after a reversal clears `paid_at`; paid again sets it anew.
@@ -497,15 +507,24 @@ pub(crate) async fn write_statuses(tx: &mut PgConnection, ledger: &Ledger, moves
     if views.len() != ids.len() {
         return Err(sqlx::Error::RowNotFound.into());
     }
-    let types: Vec<String> = moving.iter().map(|m| m.status.to.event_type()).collect();
-    let events: Vec<NewEvent<'_, InvoiceView>> = moving
+    Ok(moving
         .iter()
         .zip(views)
-        .zip(&types)
-        .map(|((m, view), event_type)| NewEvent { merchant_id: m.merchant_id, event_type, object_id: m.invoice_id, data: view })
-        .collect();
-    emit_many(&mut *tx, &events, now).await?;
-    Ok(())
+        .map(|(m, view)| NewEvent {
+            merchant_id: m.merchant_id,
+            event_type: m.status.to.event_type(),
+            object_id: m.invoice_id,
+            data: Announced::Invoice(Box::new(view)),
+        })
+        .collect())
+}
+
+/// What an event of the payment path carries.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Announced {
+    Payment(Box<PaymentView>),
+    Invoice(Box<InvoiceView>),
 }
 
 /// Recomputes an invoice's status from its payments and, when it changed, stores it and writes the
