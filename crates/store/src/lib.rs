@@ -4,6 +4,7 @@
 //! merchants' revenue [`splits`] rules.
 
 pub mod db;
+pub mod invoice_links;
 pub mod ledger;
 pub mod outbox;
 pub mod secrets;

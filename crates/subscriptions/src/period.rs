@@ -102,13 +102,8 @@ pub(crate) async fn advance(conn: &mut PgConnection, ledger: &Ledger, sub: &Sub,
 /// [`on_invoice_status`] for the invoices a payment step moved into (`true`) or out of paid: one
 /// query finds those that pay a subscription's period, and only they are handled.
 pub async fn on_invoice_statuses(tx: &mut PgConnection, ledger: &Ledger, moved: &[(&str, bool)], now: DateTime<Utc>) -> Result<()> {
-    let ids: Vec<&str> = moved.iter().map(|(id, _)| *id).collect();
-    let linked: Vec<String> = sqlx::query_scalar("SELECT invoice_id FROM subscription_invoices WHERE invoice_id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-    for (id, paid) in moved.iter().filter(|(id, _)| linked.iter().any(|l| l == id)) {
-        on_invoice_status(&mut *tx, ledger, id, *paid, now).await?;
+    for (id, paid) in payrail_store::invoice_links::linked(&mut *tx, "subscription_invoices", moved).await? {
+        on_invoice_status(&mut *tx, ledger, id, paid, now).await?;
     }
     Ok(())
 }
