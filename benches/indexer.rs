@@ -370,6 +370,7 @@ impl Rig {
             metadata: None,
             customer: None,
             promo_code: None,
+            ..Default::default()
         };
         let (view, _) = create_invoice(
             &self.state.pool,

@@ -164,6 +164,9 @@ pub fn state(config: &Config, pool: PgPool, clock: Arc<dyn Clock>, webhook_secre
         webhook_secrets,
         public_url: config.server.public_url.clone(),
         live,
+        explorers: Arc::new(crate::api::checkout::Explorers::new(
+            config.chains().iter().filter_map(|c| c.explorer_tx_url.clone().map(|url| (c.caip2.to_string(), url))),
+        )),
         policy: Arc::new(InvoicePolicy {
             expires_in_s_default: config.invoices.expires_in_s_default,
             expires_in_s_max: config.invoices.expires_in_s_max,

@@ -133,5 +133,9 @@ pub fn invoice_request(amount: &str) -> payrail::invoice::CreateInvoice {
         metadata: None,
         customer: None,
         promo_code: None,
+        redirect_url: None,
+        buyer_email: None,
+        locale: None,
+        underpayment_tolerance_bps: None,
     }
 }

@@ -77,6 +77,10 @@ pub fn invoice_request(amount: &str, accepted: Option<&[&str]>) -> CreateInvoice
         metadata: None,
         customer: None,
         promo_code: None,
+        redirect_url: None,
+        buyer_email: None,
+        locale: None,
+        underpayment_tolerance_bps: None,
     }
 }
 

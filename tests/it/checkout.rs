@@ -126,7 +126,8 @@ async fn page_shows_the_escaped_merchant_address_exact_amount_and_qr_code(pool: 
     let body = &page.body;
     assert!(body.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; Sons"), "{body}");
     assert!(!body.contains("<script>alert"), "merchant name not escaped");
-    assert!(body.contains("25.00 <span class=\"currency\">USD</span>"));
+    assert!(body.contains("<p class=\"total\" id=\"total\" data-currency=\"USD\">$25.00</p>"), "{body}");
+    assert!(body.contains("<html lang=\"en\" dir=\"ltr\">"), "English without a locale or Accept-Language");
     // The first option with an address is selected: ETH on Ethereum.
     assert!(body.contains(&format!("<option value=\"{ETH}\" selected>ETH on Ethereum</option>")), "{body}");
     assert!(body.contains("USDC on Polygon"));
@@ -261,7 +262,7 @@ async fn status_tracks_a_payment_through_its_confirmations(pool: PgPool) {
     let status = server.status(id).await;
     assert_eq!(status["state"], "overpaid");
     assert_eq!(status["amount_paid"], "50.00");
-    assert!(status["message"].as_str().expect("message").contains("extra 25.00 USD"), "{status}");
+    assert!(status["message"].as_str().expect("message").contains("extra $25.00"), "{status}");
 }
 
 /// An open `/pay/{id}/events` stream, read event by event.
@@ -354,7 +355,7 @@ async fn underpaid_shows_what_remains_in_fiat_and_in_the_asset(pool: PgPool) {
     assert_eq!(status["amount_remaining"], "13.01");
     assert_eq!(status["headline"], "Partly paid");
     let message = status["message"].as_str().expect("message");
-    assert!(message.contains("11.99 USD received, 13.01 USD still due"), "{message}");
+    assert!(message.contains("$11.99 received, $13.01 still due"), "{message}");
     assert!(message.contains("send 0.004338 ETH on Ethereum more"), "{message}");
     let options = status["payment_options"].as_array().expect("options");
     assert_eq!(options[0]["asset"], ETH);
@@ -618,4 +619,187 @@ async fn chromium_pays_an_invoice_and_claims_its_refund_on_the_dev_stack() {
         .expect("json");
     assert_eq!(shown["status"], "refunded", "paid, then refunded in full by claim link: {shown}");
     drop(stack);
+}
+
+/// A page read with an `Accept-Language` header.
+async fn page_in(server: &Rig, path: &str, accept_language: &str) -> Page {
+    let response = server
+        .request(reqwest::Method::GET, None, path)
+        .header("accept-language", accept_language)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let headers = response.headers().clone();
+    Page { status, headers, body: response.text().await.expect("body") }
+}
+
+/// The invoice's `locale` is the page's language unless the payer picks another (`?locale=`);
+/// without one the browser's `Accept-Language` chooses; the status, its stream and the pages
+/// without an invoice follow the same choice.
+#[sqlx::test]
+async fn the_page_speaks_the_invoices_locale_the_payers_choice_or_the_browsers(pool: PgPool) {
+    let server = start(pool, "Boutique").await;
+    let french = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH],"locale":"fr-CA"})).await;
+    assert_eq!(french["locale"], "fr", "a regional tag is stored as the language it names");
+    let id = french["id"].as_str().expect("id");
+
+    // The merchant's choice wins over the browser's.
+    let page = page_in(&server, &format!("/pay/{id}"), "de-DE,de;q=0.9").await;
+    let body = &page.body;
+    assert!(body.contains("<html lang=\"fr\" dir=\"ltr\">"), "{body}");
+    assert!(body.contains("<title>Payer 25,00\u{a0}$US à Boutique</title>"), "{body}");
+    assert!(body.contains("<h1 id=\"status-headline\">En attente du paiement</h1>"), "{body}");
+    assert!(body.contains("<dt>Envoyez exactement</dt>"), "{body}");
+    assert!(body.contains("<option value=\"fr\" lang=\"fr\" selected>Français</option>"), "{body}");
+    // The status and event stream the page reads are asked in the page's language.
+    assert!(body.contains(&format!("data-status-url=\"{id}/status?locale=fr&amp;asset=")), "{body}");
+    // Crypto amounts are written as wallets write them, fiat as the language does.
+    assert!(body.contains(&format!("<code id=\"pay-amount\">{}</code>", option(&french, ETH)["amount"].as_str().expect("amount"))));
+    assert!(body.contains("1 ETH = 3\u{202f}000\u{a0}$US."), "{body}");
+
+    // The payer's own pick wins over both.
+    let page = page_in(&server, &format!("/pay/{id}?locale=ja"), "de").await;
+    assert!(page.body.contains("<html lang=\"ja\" dir=\"ltr\">"), "{}", page.body);
+    assert!(page.body.contains("お支払いをお待ちしています"), "{}", page.body);
+    let status: Value = serde_json::from_str(&page_in(&server, &format!("/pay/{id}/status?locale=ja"), "de").await.body).expect("json");
+    assert_eq!((status["locale"].as_str(), status["headline"].as_str()), (Some("ja"), Some("お支払いをお待ちしています")));
+    // An unknown pick is ignored, not an error.
+    let status: Value = serde_json::from_str(&page_in(&server, &format!("/pay/{id}/status?locale=xx"), "de").await.body).expect("json");
+    assert_eq!(status["locale"], "fr");
+
+    // Without a locale on the invoice, the browser chooses; English when it names nothing spoken.
+    let plain = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH]})).await;
+    let plain_id = plain["id"].as_str().expect("id");
+    assert!(plain["locale"].is_null());
+    let german = page_in(&server, &format!("/pay/{plain_id}"), "ko, de-AT;q=0.8, en;q=0.5").await;
+    assert!(german.body.contains("<html lang=\"de\""), "{}", german.body);
+    assert!(german.body.contains("Warten auf Zahlung"), "{}", german.body);
+    assert!(german.body.contains("25,00\u{a0}$"), "{}", german.body);
+    let status: Value = serde_json::from_str(&page_in(&server, &format!("/pay/{plain_id}/status"), "zh-CN").await.body).expect("json");
+    assert_eq!((status["locale"].as_str(), status["headline"].as_str()), (Some("zh-CN"), Some("等待付款")));
+    let korean = page_in(&server, &format!("/pay/{plain_id}"), "ko").await;
+    assert!(korean.body.contains("<html lang=\"en\""));
+
+    // The first event of the stream is worded like the page.
+    let response = server
+        .request(reqwest::Method::GET, None, &format!("/pay/{plain_id}/events"))
+        .header("accept-language", "es")
+        .send()
+        .await
+        .expect("events");
+    let mut events = Events { response, buffer: String::new() };
+    let first = events.next().await.expect("a first event");
+    assert_eq!((first["locale"].as_str(), first["headline"].as_str()), (Some("es"), Some("Esperando el pago")));
+
+    // A page without an invoice speaks the browser's language.
+    let missing = page_in(&server, "/pay/inv_doesnotexist0000000000", "pt-BR").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("Fatura não encontrada"), "{}", missing.body);
+}
+
+/// The invoice total in each of the four currencies, as English, French and Japanese write it.
+#[sqlx::test]
+async fn the_total_is_written_as_each_language_writes_its_currency(pool: PgPool) {
+    let server = Server::start_with(pool, |state| {
+        let rates = [("USD", "3000"), ("EUR", "2750"), ("NGN", "4500000"), ("CNY", "21000")]
+            .map(|(fiat, rate)| (("ETH".to_owned(), fiat.to_owned()), rate.parse().expect("rate")));
+        state.rates = std::sync::Arc::new(payrail::rates::FixedFeed::new(rates));
+    })
+    .await;
+    let merchant = create_merchant(&server.state.pool, "Shop").await.expect("merchant");
+    let server = Rig { server, key: merchant.api_key };
+    let expected = [
+        ("en", [("USD", "$1,234.50"), ("EUR", "€1,234.50"), ("NGN", "NGN\u{a0}1,234.50"), ("CNY", "CN¥1,234.50")]),
+        ("fr", [("USD", "1\u{202f}234,50\u{a0}$US"), ("EUR", "1\u{202f}234,50\u{a0}€"), ("NGN", "1\u{202f}234,50\u{a0}NGN"), ("CNY", "1\u{202f}234,50\u{a0}CNY")]),
+        ("ja", [("USD", "$1,234.50"), ("EUR", "€1,234.50"), ("NGN", "NGN\u{a0}1,234.50"), ("CNY", "元\u{a0}1,234.50")]),
+    ];
+    for (locale, currencies) in expected {
+        for (currency, written) in currencies {
+            let invoice = server.invoice(json!({"amount":"1234.50","currency":currency,"accepted":[ETH],"locale":locale})).await;
+            let page = server.page(&format!("/pay/{}", invoice["id"].as_str().expect("id"))).await;
+            let total = page.body.split("id=\"total\"").nth(1).and_then(|rest| rest.split("</p>").next()).unwrap_or_default();
+            assert_eq!(total, format!(" data-currency=\"{currency}\">{written}"), "{locale} {currency}");
+        }
+    }
+}
+
+/// What the merchant asks of the checkout per invoice is checked, stored and shown: the way back
+/// once settled, the payer's e-mail, the tolerance; each malformed value is a 422 naming its field.
+#[sqlx::test]
+async fn checkout_options_are_checked_stored_and_shown(pool: PgPool) {
+    let server = start(pool, "Shop").await;
+    for (field, value) in [
+        ("redirect_url", json!("javascript:alert(1)")),
+        ("redirect_url", json!("http://shop.example/done")),
+        ("redirect_url", json!("https://user:pw@shop.example/")),
+        ("redirect_url", json!("https://10.1.2.3/")),
+        ("redirect_url", json!(format!("https://shop.example/{}", "a".repeat(2_000)))),
+        ("buyer_email", json!("not an address")),
+        ("buyer_email", json!("payer@localhost")),
+        ("buyer_email", json!("<payer@example.com>")),
+        ("locale", json!("ko")),
+        ("underpayment_tolerance_bps", json!(1_001)),
+    ] {
+        let mut body = json!({"amount":"25.00","currency":"USD","accepted":[ETH]});
+        body[field] = value.clone();
+        let (status, error) = server.post(&server.key, "/v1/invoices", body, None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field} = {value}: {error}");
+        assert!(error.to_string().contains(field), "{field} = {value}: {error}");
+    }
+
+    let invoice = server
+        .invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH],"redirect_url":"https://shop.example/orders/7?paid=1",
+            "buyer_email":"Payer@Example.COM","underpayment_tolerance_bps":50}))
+        .await;
+    assert_eq!(invoice["redirect_url"], "https://shop.example/orders/7?paid=1");
+    assert_eq!(invoice["buyer_email"], "Payer@example.com", "the domain is lower-cased, the local part kept");
+    assert_eq!(invoice["underpayment_tolerance_bps"], 50);
+    let id = invoice["id"].as_str().expect("id");
+
+    // Open: the way back is there for the script to show, hidden.
+    let page = server.page(&format!("/pay/{id}")).await;
+    assert!(page.body.contains("<a class=\"return\" id=\"return\" href=\"https://shop.example/orders/7?paid=1\" rel=\"noreferrer\" hidden>Return to Shop</a>"), "{}", page.body);
+    assert!(page.body.contains("<p class=\"buyer\" id=\"buyer-email\">Receipt to Payer@example.com</p>"), "{}", page.body);
+
+    // 0.4 % short is within this invoice's 0.5 % tolerance: paid, and the way back is shown.
+    let due = minor(&option(&invoice, ETH)["amount_minor"]);
+    server.pay(id, ETH, "0xaa", Amount::from_u128(due * 996 / 1000), 3).await;
+    let status = server.status(id).await;
+    assert_eq!(status["state"], "paid", "{status}");
+    let page = server.page(&format!("/pay/{id}")).await;
+    assert!(page.body.contains("href=\"https://shop.example/orders/7?paid=1\" rel=\"noreferrer\">Return to Shop</a>"), "{}", page.body);
+
+    // Without a redirect there is no link; the configured tolerance (0 here) applies.
+    let plain = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH]})).await;
+    assert_eq!(plain["underpayment_tolerance_bps"], 0);
+    assert!(plain["redirect_url"].is_null() && plain["buyer_email"].is_null());
+    let page = server.page(&format!("/pay/{}", plain["id"].as_str().expect("id"))).await;
+    assert!(!page.body.contains("id=\"return\"") && !page.body.contains("buyer-email"));
+}
+
+/// A payment links to its transaction on the chain's block explorer, on the page and in the
+/// status, where the chain file names an explorer.
+#[sqlx::test]
+async fn payments_link_to_the_block_explorer(pool: PgPool) {
+    let server = Server::start_with(pool, |state| {
+        state.explorers = std::sync::Arc::new(payrail::api::checkout::Explorers::new([(
+            "eip155:1".to_owned(),
+            "https://etherscan.io/tx/{tx}".to_owned(),
+        )]));
+    })
+    .await;
+    let merchant = create_merchant(&server.state.pool, "Shop").await.expect("merchant");
+    let server = Rig { server, key: merchant.api_key };
+    let invoice = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH, USDC_POLYGON]})).await;
+    let id = invoice["id"].as_str().expect("id");
+    server.pay(id, ETH, "0xabc123", Amount::from_u128(minor(&option(&invoice, ETH)["amount_minor"])), 3).await;
+    let status = server.status(id).await;
+    assert_eq!(status["payments"][0]["explorer_url"], "https://etherscan.io/tx/0xabc123", "{status}");
+    let page = server.page(&format!("/pay/{id}")).await;
+    assert!(page.body.contains("<a class=\"explorer\" href=\"https://etherscan.io/tx/0xabc123\" rel=\"noreferrer\" target=\"_blank\">View transaction</a>"), "{}", page.body);
+    // A chain without an explorer links nothing.
+    let explorers = payrail::api::checkout::Explorers::new([("eip155:1".to_owned(), "https://etherscan.io/tx/{tx}".to_owned())]);
+    assert_eq!(explorers.tx_url("eip155:137", "eip155:137:0xabc:0"), None);
+    assert_eq!(explorers.tx_url("eip155:1", "eip155:1:0x<b>:0"), None, "only an id goes into the link");
 }

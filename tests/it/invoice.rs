@@ -24,6 +24,10 @@ fn request(amount: &str, accepted: &[&str]) -> CreateInvoice {
         metadata: None,
         customer: None,
         promo_code: None,
+        redirect_url: None,
+        buyer_email: None,
+        locale: None,
+        underpayment_tolerance_bps: None,
     }
 }
 

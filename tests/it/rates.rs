@@ -512,6 +512,10 @@ fn request(accepted: Option<&[&str]>) -> CreateInvoice {
         metadata: None,
         customer: None,
         promo_code: None,
+        redirect_url: None,
+        buyer_email: None,
+        locale: None,
+        underpayment_tolerance_bps: None,
     }
 }
 

@@ -144,6 +144,7 @@ async fn a_charge_the_ledger_never_credited_is_missing_in_the_ledger(pool: PgPoo
                 payment_method: Some("pm_card_visa".to_owned()),
                 customer: None,
                 off_session: false,
+                receipt_email: None,
             },
             &format!("reconcile-{}", random_suffix()),
         )

@@ -351,7 +351,7 @@ async fn the_client_creates_confirms_and_refunds_payment_intents(pool: PgPool) {
     let metadata = [("invoice_id".to_owned(), "inv_client".to_owned())].into();
     // Created without a method: waits for one.
     let waiting = client
-        .create_payment_intent(&NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata, payment_method: None, customer: None, off_session: false }, "k1")
+        .create_payment_intent(&NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata, payment_method: None, customer: None, off_session: false, receipt_email: None }, "k1")
         .await
         .expect("created");
     assert_eq!(waiting.status, "requires_payment_method");
@@ -359,7 +359,7 @@ async fn the_client_creates_confirms_and_refunds_payment_intents(pool: PgPool) {
     // Created and confirmed in one call.
     let paid = client
         .create_payment_intent(
-            &NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata: Default::default(), payment_method: Some("pm_card_visa".to_owned()), customer: None, off_session: false },
+            &NewPaymentIntent { amount: 700, currency: "usd".to_owned(), metadata: Default::default(), payment_method: Some("pm_card_visa".to_owned()), customer: None, off_session: false, receipt_email: None },
             "k2",
         )
         .await
@@ -385,6 +385,7 @@ async fn the_client_creates_confirms_and_refunds_payment_intents(pool: PgPool) {
                 payment_method: Some("pm_card_chargeCustomerFail".to_owned()),
                 customer: None,
                 off_session: false,
+                receipt_email: None,
             },
             "k4",
         )

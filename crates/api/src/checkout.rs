@@ -16,6 +16,9 @@
 pub mod claim;
 pub mod live;
 mod page;
+pub mod texts;
+
+use texts::Texts;
 
 /// `amount` of `option`'s asset as a payer reads and types it.
 fn shown(option: &PaymentOptionView, amount: Amount) -> String {
@@ -24,24 +27,60 @@ fn shown(option: &PaymentOptionView, amount: Amount) -> String {
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::invoice::{self, InvoiceError, InvoiceStatus, InvoiceView, PaymentOptionView, PaymentStatus, PaymentView};
+use crate::lang::Lang;
 use crate::money::{mul_div, Amount, Fiat, Rounding};
 
 use super::error::ApiError;
 use super::AppState;
 
-/// `?asset=<CAIP-19>`: the payment option to show. Other parameters (tracking tags) are ignored.
+/// `?asset=<CAIP-19>`: the payment option to show; `?locale=`: the language. Other parameters
+/// (tracking tags) are ignored.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CheckoutQuery {
     /// The CAIP-19 asset of the payment option to show, e.g. `eip155:1/slip44:60`.
     pub asset: Option<String>,
+    /// The language of the page and its messages (`en`, `es`, `fr`, `de`, `pt`, `zh-CN`, `ja`):
+    /// the payer's choice, over the invoice's `locale` and the browser's `Accept-Language`.
+    pub locale: Option<String>,
+}
+
+/// The payer's language wishes, settled against the invoice's own `locale` once it is read: the
+/// page's language switch (`?locale=`) first, then the merchant's choice, then the browser's
+/// `Accept-Language`, then English.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LangHint {
+    asked: Option<Lang>,
+    browser: Option<Lang>,
+}
+
+impl LangHint {
+    fn of(query: Option<&str>, headers: &HeaderMap) -> Self {
+        Self {
+            asked: query.and_then(Lang::of_tag),
+            browser: headers
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Lang::negotiate),
+        }
+    }
+
+    fn choose(self, invoice_locale: Option<&str>) -> Lang {
+        self.asked.or_else(|| invoice_locale.and_then(Lang::of_tag)).or(self.browser).unwrap_or_default()
+    }
+}
+
+/// What the query asks for, with the payer's language wishes.
+fn asked_of(query: Result<Query<CheckoutQuery>, QueryRejection>, headers: &HeaderMap) -> (Option<String>, LangHint) {
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    (query.asset, LangHint::of(query.locale.as_deref(), headers))
 }
 
 /// What the payer sees: the invoice's status, with `underpaid` told apart from `open`.
@@ -104,6 +143,8 @@ pub struct CheckoutStatus {
     pub status: InvoiceStatus,
     /// `status`, with `underpaid` for an open invoice that received part of its amount.
     pub state: PayerState,
+    /// The language of `headline`, `message` and each payment's `summary`.
+    pub locale: String,
     /// A short title and a sentence for the payer, in the selected option's asset.
     pub headline: String,
     pub message: String,
@@ -142,6 +183,8 @@ pub struct PublicPayment {
     pub status: String,
     /// The payment in one line for the payer, e.g. `0.5 ETH: 1/3 confirmations`.
     pub summary: String,
+    /// The transaction on the chain's block explorer, where the chain file names one.
+    pub explorer_url: Option<String>,
 }
 
 #[derive(Debug)]
@@ -192,12 +235,14 @@ struct Checkout {
     /// What a credit pack purchase buys ("100 + 10 bonus Coins") and its promo discount, if the
     /// invoice is one.
     purchase: Option<(String, Option<String>)>,
+    /// The payer's language.
+    texts: Texts,
 }
 
 impl Checkout {
     /// The invoice as the status shows it; `with_purchase` also reads what a credit pack purchase
     /// buys (only the page shows it: polling skips that query).
-    async fn load(state: &AppState, id: &str, with_purchase: bool) -> Result<Self, CheckoutError> {
+    async fn load(state: &AppState, id: &str, with_purchase: bool, hint: LangHint) -> Result<Self, CheckoutError> {
         if !crate::ids::is_id(id, "inv") {
             return Err(CheckoutError::NotFound);
         }
@@ -207,8 +252,10 @@ impl Checkout {
         let due: Amount = view.amount_minor.parse().map_err(|_| corrupt("amount_minor", &view.amount_minor))?;
         let paid = Amount::parse_decimal(&view.amount_paid, fiat.minor_units())
             .map_err(|_| corrupt("amount_paid", &view.amount_paid))?;
-        let purchase = if with_purchase { purchase_lines(&state.pool, id, fiat).await? } else { None };
+        let texts = Texts::new(hint.choose(view.locale.as_deref()));
+        let purchase = if with_purchase { purchase_lines(&state.pool, id, fiat, texts).await? } else { None };
         Ok(Self {
+            texts,
             purchase,
             state: PayerState::of(view.status, paid),
             remaining: due.saturating_sub(paid),
@@ -228,11 +275,12 @@ impl Checkout {
             takes_payment: matches!(self.state, PayerState::Open | PayerState::Underpaid),
             remaining_text: self.fiat_text(self.remaining),
             options: &self.view.payment_options,
+            texts: self.texts,
         }
     }
 
     fn fiat_text(&self, amount: Amount) -> String {
-        format!("{} {}", amount.to_decimal_string(self.fiat.minor_units()), self.fiat.code())
+        self.texts.money(amount, self.fiat)
     }
 
     /// The option named by `asked`, else the first one a payer can pay (it has an address), else
@@ -272,92 +320,71 @@ impl Checkout {
         self.view.payment_options.iter().find(|o| o.asset == asset).map(|o| o.symbol.as_str())
     }
 
-    /// A title and a sentence that tell the payer where things stand and what to do.
+    /// A title and a sentence that tell the payer where things stand and what to do, in their
+    /// language.
     fn describe(&self, option: Option<&PaymentOptionView>) -> Result<(String, String), CheckoutError> {
-        let pay_in = |option: &PaymentOptionView, amount: Amount| {
-            format!("{} {} on {}", shown(option, amount), option.symbol, chain_name(&option.chain))
+        let t = self.texts;
+        let pay = |key: &str, option: &PaymentOptionView, amount: Amount, extra: &[(&str, &str)]| {
+            let amount = shown(option, amount);
+            let mut args = vec![("amount", amount.as_str()), ("symbol", option.symbol.as_str()), ("chain", chain_name(&option.chain))];
+            args.extend_from_slice(extra);
+            t.fill(key, &args)
         };
-        Ok(match self.state {
+        let paid = self.fiat_text(self.paid);
+        let remaining = self.fiat_text(self.remaining);
+        let sums = [("paid", paid.as_str()), ("remaining", remaining.as_str())];
+        let (headline, message) = match self.state {
             PayerState::Open => (
-                "Awaiting payment".to_owned(),
+                "awaiting_payment",
                 match option {
-                    Some(o) if o.address.is_some() => format!(
-                        "Send exactly {} to the address below. This page updates by itself once the payment is seen.",
-                        pay_in(o, self.to_send(o)?)
-                    ),
-                    Some(o) => format!("Paying in {} is not available yet: choose another option.", option_label(o)),
-                    None => "This invoice offers no way to pay yet.".to_owned(),
+                    Some(o) if o.address.is_some() => pay("send_to_address", o, self.to_send(o)?, &[]),
+                    Some(o) => t.fill("option_unavailable", &[("option", &option_label(o, t))]),
+                    None => t.get("no_way_to_pay").to_owned(),
                 },
             ),
-            PayerState::Underpaid => {
-                let mut message = format!(
-                    "{} received, {} still due",
-                    self.fiat_text(self.paid),
-                    self.fiat_text(self.remaining)
-                );
+            PayerState::Underpaid => (
+                "partly_paid",
                 match option {
-                    Some(o) if o.address.is_some() => message.push_str(&format!(
-                        ": send {} more to the same address.",
-                        pay_in(o, self.remaining_in(o)?)
-                    )),
-                    Some(o) => message.push_str(&format!(
-                        " ({} {}).",
-                        shown(o, self.remaining_in(o)?),
-                        o.symbol
-                    )),
-                    None => message.push('.'),
-                }
-                ("Partly paid".to_owned(), message)
-            }
+                    Some(o) if o.address.is_some() => pay("underpaid_send_more", o, self.remaining_in(o)?, &sums),
+                    Some(o) => pay("underpaid_in", o, self.remaining_in(o)?, &sums),
+                    None => t.fill("underpaid", &sums),
+                },
+            ),
             PayerState::Processing => (
-                "Payment seen, confirming".to_owned(),
+                "payment_seen",
                 match self.newest_pending() {
-                    Some(p) => format!(
-                        "Confirmations: {}/{}. Nothing more to do: this page updates by itself.",
-                        p.confirmations.min(p.confirmations_required),
-                        p.confirmations_required
+                    Some(p) => t.fill(
+                        "confirmations_progress",
+                        &[
+                            ("done", &p.confirmations.min(p.confirmations_required).to_string()),
+                            ("needed", &p.confirmations_required.to_string()),
+                        ],
                     ),
-                    None => "Waiting for confirmations. This page updates by itself.".to_owned(),
+                    None => t.get("waiting_confirmations").to_owned(),
                 },
             ),
-            PayerState::Paid => (
-                "Paid".to_owned(),
-                format!("{} received. Thank you, you can close this page.", self.fiat_text(self.paid)),
-            ),
+            PayerState::Paid => ("paid", t.fill("paid_message", &sums)),
             PayerState::Overpaid => (
-                "Paid, more than due".to_owned(),
-                format!(
-                    "{} received for {} due. The merchant holds the extra {}: contact them about it.",
-                    self.fiat_text(self.paid),
-                    self.fiat_text(self.due),
-                    self.fiat_text(self.paid.saturating_sub(self.due))
+                "overpaid",
+                t.fill(
+                    "overpaid_message",
+                    &[
+                        ("paid", &paid),
+                        ("due", &self.fiat_text(self.due)),
+                        ("extra", &self.fiat_text(self.paid.saturating_sub(self.due))),
+                    ],
                 ),
             ),
-            PayerState::Expired => {
-                let mut message =
-                    "This invoice expired before it was paid. Do not send anything to its address.".to_owned();
-                if !self.paid.is_zero() {
-                    message.push_str(&format!(
-                        " The {} received is kept for the merchant: contact them about it.",
-                        self.fiat_text(self.paid)
-                    ));
-                }
-                ("Expired".to_owned(), message)
-            }
-            PayerState::Void => (
-                "Cancelled".to_owned(),
-                "The merchant cancelled this invoice. Do not send anything to its address.".to_owned(),
-            ),
-            PayerState::Refunded => ("Refunded".to_owned(), "This invoice was paid and then refunded.".to_owned()),
-            PayerState::Invalid => (
-                "Not accepted".to_owned(),
-                "The merchant did not accept this payment. Do not send anything to its address: contact them about it."
-                    .to_owned(),
-            ),
-        })
+            PayerState::Expired if self.paid.is_zero() => ("expired", t.get("expired_message").to_owned()),
+            PayerState::Expired => ("expired", t.fill("expired_kept", &sums)),
+            PayerState::Void => ("cancelled", t.get("cancelled_message").to_owned()),
+            PayerState::Refunded => ("refunded", t.get("refunded_message").to_owned()),
+            PayerState::Invalid => ("invalid", t.get("invalid_message").to_owned()),
+        };
+        Ok((t.get(headline).to_owned(), message))
     }
 
-    fn status(&self, asked: Option<&str>) -> Result<CheckoutStatus, CheckoutError> {
+    fn status(&self, asked: Option<&str>, explorers: &Explorers) -> Result<CheckoutStatus, CheckoutError> {
         let (headline, message) = self.describe(self.select(asked))?;
         let mut payment_options = Vec::with_capacity(self.view.payment_options.len());
         for o in &self.view.payment_options {
@@ -376,6 +403,7 @@ impl Checkout {
             id: view.id.clone(),
             status: view.status,
             state: self.state,
+            locale: self.texts.lang.tag().to_owned(),
             headline,
             message,
             amount: view.amount.clone(),
@@ -391,7 +419,8 @@ impl Checkout {
                 .map(|p| {
                     let symbol = self.symbol_of(&p.asset).map(str::to_owned);
                     PublicPayment {
-                        summary: payment_line(p, symbol.as_deref()),
+                        summary: payment_line(p, symbol.as_deref(), self.texts),
+                        explorer_url: explorers.tx_url(&p.chain, &p.tx_ref),
                         asset: p.asset.clone(),
                         symbol,
                         amount: p.amount.clone(),
@@ -420,24 +449,48 @@ pub fn chain_name(caip2: &str) -> &str {
     }
 }
 
-/// "USDC on Polygon".
-pub fn option_label(option: &PaymentOptionView) -> String {
-    format!("{} on {}", option.symbol, chain_name(&option.chain))
+/// "USDC on Polygon", in the payer's language.
+pub fn option_label(option: &PaymentOptionView, texts: Texts) -> String {
+    texts.fill("option_label", &[("symbol", &option.symbol), ("chain", chain_name(&option.chain))])
 }
 
 /// A payment as one line: amount, and where it stands.
-fn payment_line(payment: &PaymentView, symbol: Option<&str>) -> String {
-    let state = match payment.status.parse() {
-        Ok(PaymentStatus::Seen) => format!(
-            "{}/{} confirmations",
-            payment.confirmations.min(payment.confirmations_required),
-            payment.confirmations_required
-        ),
-        Ok(PaymentStatus::Orphaned) => "dropped by a chain reorganisation, waiting for it to be mined again".to_owned(),
-        Ok(status @ (PaymentStatus::Confirmed | PaymentStatus::Reversed)) => status.to_string(),
-        Err(_) => payment.status.clone(),
+fn payment_line(payment: &PaymentView, symbol: Option<&str>, texts: Texts) -> String {
+    let done = payment.confirmations.min(payment.confirmations_required).to_string();
+    let needed = payment.confirmations_required.to_string();
+    let key = match payment.status.parse() {
+        Ok(PaymentStatus::Seen) => "payment_confirming",
+        Ok(PaymentStatus::Orphaned) => "payment_orphaned",
+        Ok(PaymentStatus::Confirmed) => "payment_confirmed",
+        Ok(PaymentStatus::Reversed) => "payment_reversed",
+        Err(_) => return format!("{} {}: {}", payment.amount, symbol.unwrap_or(&payment.asset), payment.status),
     };
-    format!("{} {}: {state}", payment.amount, symbol.unwrap_or(&payment.asset))
+    texts.fill(
+        key,
+        &[("amount", &payment.amount), ("symbol", symbol.unwrap_or(&payment.asset)), ("done", &done), ("needed", &needed)],
+    )
+}
+
+/// Each chain's block explorer link for a transaction (`explorer_tx_url` in the chain file, with
+/// `{tx}` where the transaction id goes), by CAIP-2 id.
+#[derive(Debug, Clone, Default)]
+pub struct Explorers {
+    templates: std::collections::HashMap<String, String>,
+}
+
+impl Explorers {
+    pub fn new(templates: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self { templates: templates.into_iter().collect() }
+    }
+
+    /// The explorer's page for the transaction of payment `tx_ref` (`{caip2}:{tx}:{index}`) on
+    /// `chain`; `None` without a template, or for a card payment.
+    pub fn tx_url(&self, chain: &str, tx_ref: &str) -> Option<String> {
+        let template = self.templates.get(chain)?;
+        let rest = tx_ref.strip_prefix(chain)?.strip_prefix(':')?;
+        let tx = rest.split(':').next().filter(|tx| !tx.is_empty() && tx.bytes().all(|b| b.is_ascii_alphanumeric()))?;
+        Some(template.replace("{tx}", tx))
+    }
 }
 
 /// The headers every checkout response carries; `csp` is the Content-Security-Policy.
@@ -481,14 +534,17 @@ pub async fn page(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<CheckoutQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Response {
     let nonce = new_nonce();
+    let (asked, hint) = asked_of(query, &headers);
+    // Pages without an invoice speak the payer's language.
+    let fallback = Texts::new(hint.choose(None));
     let Ok(Path(id)) = id else {
-        return html(StatusCode::NOT_FOUND, &nonce, page::not_found(&nonce));
+        return html(StatusCode::NOT_FOUND, &nonce, page::not_found(&nonce, fallback));
     };
-    let asked = query.ok().and_then(|Query(q)| q.asset);
-    let rendered = match Checkout::load(&state, &id, true).await {
-        Ok(checkout) => match render(&checkout, asked.as_deref(), &nonce) {
+    let rendered = match Checkout::load(&state, &id, true, hint).await {
+        Ok(checkout) => match render(&checkout, asked.as_deref(), &nonce, &state.explorers) {
             Ok(body) => Ok(super::stripe::with_card(&state, &checkout.card_offer(), body).await),
             Err(error) => Err(error),
         },
@@ -496,10 +552,10 @@ pub async fn page(
     };
     match rendered {
         Ok(body) => html(StatusCode::OK, &nonce, body),
-        Err(CheckoutError::NotFound) => html(StatusCode::NOT_FOUND, &nonce, page::not_found(&nonce)),
+        Err(CheckoutError::NotFound) => html(StatusCode::NOT_FOUND, &nonce, page::not_found(&nonce, fallback)),
         Err(CheckoutError::Unavailable(error)) => {
             tracing::warn!(target: "api", invoice = %id, %error, "checkout page: database unavailable");
-            let mut response = html(StatusCode::SERVICE_UNAVAILABLE, &nonce, page::failed(&nonce));
+            let mut response = html(StatusCode::SERVICE_UNAVAILABLE, &nonce, page::failed(&nonce, fallback));
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(super::error::DATABASE_RETRY_AFTER_S),
@@ -508,12 +564,13 @@ pub async fn page(
         }
         Err(CheckoutError::Internal(error)) => {
             tracing::error!(target: "api", invoice = %id, %error, "checkout page failed");
-            html(StatusCode::INTERNAL_SERVER_ERROR, &nonce, page::failed(&nonce))
+            html(StatusCode::INTERNAL_SERVER_ERROR, &nonce, page::failed(&nonce, fallback))
         }
     }
 }
 
-/// `GET /pay/{id}/status`: see [`CheckoutStatus`]. `?asset=` words the message for that option.
+/// `GET /pay/{id}/status`: see [`CheckoutStatus`]. `?asset=` words the message for that option,
+/// in the language `?locale=`, the invoice's `locale` or `Accept-Language` chooses.
 #[utoipa::path(get, path = "/pay/{id}/status", tag = "checkout",
     params(("id" = String, Path, description = "the invoice id, inv_…"), CheckoutQuery),
     responses((status = 200, body = CheckoutStatus), (status = 404, body = super::openapi::ErrorBody),
@@ -522,12 +579,13 @@ pub async fn status(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<CheckoutQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Response {
     let Ok(Path(id)) = id else {
         return harden(ApiError::not_found("invoice").into_response(), JSON_CSP);
     };
-    let asked = query.ok().and_then(|Query(q)| q.asset);
-    let result = public_status(&state, &id, asked.as_deref()).await;
+    let (asked, hint) = asked_of(query, &headers);
+    let result = public_status(&state, &id, asked.as_deref(), hint).await;
     let response = match result {
         Ok(status) => Json(status).into_response(),
         Err(error) => status_error(error, &id),
@@ -537,8 +595,8 @@ pub async fn status(
 
 /// The invoice's public status, worded for the option `asked` (what `/status` and the event
 /// stream answer).
-async fn public_status(state: &AppState, id: &str, asked: Option<&str>) -> Result<CheckoutStatus, CheckoutError> {
-    Checkout::load(state, id, false).await?.status(asked)
+async fn public_status(state: &AppState, id: &str, asked: Option<&str>, hint: LangHint) -> Result<CheckoutStatus, CheckoutError> {
+    Checkout::load(state, id, false, hint).await?.status(asked, &state.explorers)
 }
 
 /// A public status that could not be read, as the JSON error the API answers.
@@ -553,7 +611,7 @@ fn status_error(error: CheckoutError, id: &str) -> Response {
 /// The page for `checkout` with the option `asked` for selected.
 /// The lines naming what a credit pack purchase buys, read from the purchase itself (not from the
 /// invoice's metadata, which the merchant writes).
-async fn purchase_lines(pool: &sqlx::PgPool, invoice_id: &str, fiat: Fiat) -> Result<Option<(String, Option<String>)>, CheckoutError> {
+async fn purchase_lines(pool: &sqlx::PgPool, invoice_id: &str, fiat: Fiat, texts: Texts) -> Result<Option<(String, Option<String>)>, CheckoutError> {
     let row: Option<(String, String, String, i16, String, Option<String>)> = sqlx::query_as(
         "SELECT p.credits::text, p.bonus_credits::text, c.name, c.decimals, p.discount_minor::text, pc.code \
          FROM credit_purchases p JOIN credit_currencies c ON c.merchant_id = p.merchant_id AND c.code = p.currency \
@@ -565,19 +623,24 @@ async fn purchase_lines(pool: &sqlx::PgPool, invoice_id: &str, fiat: Fiat) -> Re
     let Some((credits, bonus, name, decimals, discount, code)) = row else { return Ok(None) };
     let decimals = u8::try_from(decimals).unwrap_or(0);
     let shown = |text: &str| Amount::parse_decimal(text, 0).map(|a| a.to_decimal_string(decimals)).unwrap_or_else(|_| text.to_owned());
-    let what = if bonus == "0" { format!("{} {name}", shown(&credits)) } else { format!("{} + {} bonus {name}", shown(&credits), shown(&bonus)) };
+    let what = if bonus == "0" {
+        texts.fill("purchase_credits", &[("credits", &shown(&credits)), ("name", &name)])
+    } else {
+        texts.fill("purchase_credits_bonus", &[("credits", &shown(&credits)), ("bonus", &shown(&bonus)), ("name", &name)])
+    };
     let off = match (code, Amount::parse_decimal(&discount, 0)) {
-        (Some(code), Ok(discount)) if !discount.is_zero() => {
-            Some(format!("Promo code {}: {} {} off", code.to_ascii_uppercase(), discount.to_decimal_string(fiat.minor_units()), fiat.code()))
-        }
+        (Some(code), Ok(discount)) if !discount.is_zero() => Some(texts.fill(
+            "promo_off",
+            &[("code", &code.to_ascii_uppercase()), ("amount", &texts.money(discount, fiat))],
+        )),
         _ => None,
     };
     Ok(Some((what, off)))
 }
 
-fn render(checkout: &Checkout, asked: Option<&str>, nonce: &str) -> Result<String, CheckoutError> {
+fn render(checkout: &Checkout, asked: Option<&str>, nonce: &str, explorers: &Explorers) -> Result<String, CheckoutError> {
     let selected = checkout.select(asked);
-    let status = checkout.status(selected.map(|o| o.asset.as_str()))?;
+    let status = checkout.status(selected.map(|o| o.asset.as_str()), explorers)?;
     let pay = match selected {
         Some(option) => {
             let amount = checkout.to_send(option)?;
@@ -588,16 +651,18 @@ fn render(checkout: &Checkout, asked: Option<&str>, nonce: &str) -> Result<Strin
                     .and_then(|deposit| crate::chain::evm::payment_uri(&asset, &deposit, amount)),
                 _ => option.uri.clone(),
             };
-            Some(page::Pay { option, amount, uri })
+            let rate = checkout.texts.money_text(&option.rate, checkout.fiat.code());
+            Some(page::Pay { option, amount, uri, rate })
         }
         None => None,
     };
-    let payments: Vec<String> = status.payments.iter().map(|p| p.summary.clone()).collect();
+    let total = checkout.fiat_text(checkout.due);
     Ok(page::checkout(&page::Model {
         nonce,
+        texts: checkout.texts,
         id: &checkout.view.id,
         merchant_name: &checkout.merchant_name,
-        total: &checkout.view.amount,
+        total: &total,
         currency: checkout.fiat.code(),
         state: checkout.state,
         takes_payment: checkout.state.takes_payment(),
@@ -607,8 +672,10 @@ fn render(checkout: &Checkout, asked: Option<&str>, nonce: &str) -> Result<Strin
         now: checkout.now,
         options: &checkout.view.payment_options,
         pay,
-        payments: &payments,
+        payments: &status.payments,
         purchase: checkout.purchase.as_ref().map(|(what, off)| (what.as_str(), off.as_deref())),
+        redirect_url: checkout.view.redirect_url.as_deref(),
+        buyer_email: checkout.view.buyer_email.as_deref(),
     }))
 }
 

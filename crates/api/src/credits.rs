@@ -501,6 +501,10 @@ pub async fn purchase(
         } })),
         customer: Some(id.clone()),
         promo_code: None,
+        redirect_url: None,
+        buyer_email: None,
+        locale: None,
+        underpayment_tolerance_bps: None,
     };
     let (invoice, _) = crate::invoice::create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, &auth.merchant_id, &request, key.as_deref(), now).await?;
     match purchase::record(&state.pool, &auth.merchant_id, &id, &pack, &priced, &invoice.id, now).await {

@@ -44,6 +44,21 @@ pub struct CreateInvoiceBody {
     /// A promo code that applies to invoices (any case): `amount` is the price before it.
     #[serde(default)]
     pub promo_code: Option<String>,
+    /// Where the checkout page sends the payer back ("Return to merchant") once the invoice is
+    /// paid or has expired: `https` (`http` only to a loopback host), at most 2,000 bytes.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// The payer's e-mail address: shown on the checkout page, given to Stripe for its receipt.
+    #[serde(default)]
+    pub buyer_email: Option<String>,
+    /// The checkout page's language: `en`, `es`, `fr`, `de`, `pt`, `zh-CN` or `ja` (regional tags
+    /// such as `pt-BR` are accepted). Absent: the payer's `Accept-Language`.
+    #[serde(default)]
+    pub locale: Option<String>,
+    /// How far short of `amount` a payment may fall and still pay the invoice, in basis points
+    /// (0..=1000); the configured `[invoices] underpayment_tolerance_bps` when absent.
+    #[serde(default)]
+    pub underpayment_tolerance_bps: Option<u32>,
 }
 
 impl CreateInvoiceBody {
@@ -65,6 +80,10 @@ impl CreateInvoiceBody {
             metadata: self.metadata,
             customer: self.customer,
             promo_code: self.promo_code,
+            redirect_url: self.redirect_url,
+            buyer_email: self.buyer_email,
+            locale: self.locale,
+            underpayment_tolerance_bps: self.underpayment_tolerance_bps,
         };
         (request, splits)
     }

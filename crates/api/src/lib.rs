@@ -1,7 +1,7 @@
 //! The HTTP API: JSON under `/v1`, bearer keys, errors as `{"error":{"code","message"}}`.
 
 use payrail_chains as chain;
-use payrail_core::{clock, ids, metrics, money};
+use payrail_core::{clock, ids, lang, metrics, money};
 use payrail_payments::{creator, invoice, merchant, refund, webhook};
 use payrail_payouts as payout;
 use payrail_rates as rates;
@@ -89,6 +89,8 @@ pub struct AppState {
     pub public_url: String,
     /// Wakes the checkout pages' event streams when their invoice changes.
     pub live: Arc<checkout::live::LiveHub>,
+    /// Block explorer links for the checkout page, by chain.
+    pub explorers: Arc<checkout::Explorers>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -25,6 +25,7 @@ use payrail_stripe::{self as stripe, CardAttemptView, Received, Refusal, RefundR
 
 use super::auth::MerchantAuth;
 use super::checkout::chain_name;
+use super::checkout::texts::Texts;
 use super::error::ApiError;
 use super::AppState;
 
@@ -203,6 +204,8 @@ pub async fn refund(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct CardForm {
     pub payment_method: Option<String>,
+    /// The page's language, kept when the payer is sent back to it.
+    pub locale: Option<String>,
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -230,8 +233,12 @@ pub async fn pay_by_card(
     let (Some(rail), true) = (state.card.as_deref(), crate::ids::is_id(&id, "inv")) else {
         return ApiError::not_found("invoice").into_response();
     };
-    let payment_method = form.ok().and_then(|Form(f)| f.payment_method);
-    let page = format!("/pay/{id}");
+    let form = form.map(|Form(f)| f).unwrap_or(CardForm { payment_method: None, locale: None });
+    let payment_method = form.payment_method;
+    let page = match form.locale.as_deref().and_then(crate::lang::Lang::of_tag) {
+        Some(lang) => format!("/pay/{id}?locale={}", lang.tag()),
+        None => format!("/pay/{id}"),
+    };
     match stripe::start_card_payment(rail, &state.pool, &id, payment_method.as_deref(), state.clock.now()).await {
         Ok(attempt) if json => (StatusCode::CREATED, Json(attempt)).into_response(),
         Ok(attempt) => match attempt.checkout_url.as_deref().filter(|u| u.starts_with("https://") || u.starts_with("http://")) {
@@ -252,18 +259,20 @@ pub async fn pay_by_card(
 pub(super) struct CardOffer<'a> {
     pub invoice_id: &'a str,
     pub takes_payment: bool,
-    /// What is still due, e.g. "25.00 USD".
+    /// What is still due, e.g. "$25.00".
     pub remaining_text: String,
     pub options: &'a [PaymentOptionView],
+    /// The payer's language.
+    pub texts: Texts,
 }
 
 /// Why card goes first: every chain option of the invoice is unpayable or its rail unhealthy.
-pub(super) fn fallback_reason(state: &AppState, options: &[PaymentOptionView]) -> Option<String> {
+pub(super) fn fallback_reason(state: &AppState, options: &[PaymentOptionView], texts: Texts) -> Option<String> {
     let now = state.clock.now();
     let chains: Vec<&PaymentOptionView> = options.iter().filter(|o| o.chain != CARD_RAIL).collect();
     let payable: Vec<&PaymentOptionView> = chains.iter().copied().filter(|o| o.address.is_some()).collect();
     if payable.is_empty() {
-        return Some("No chain payment is available for this invoice right now, so card is offered first.".to_owned());
+        return Some(texts.get("card_first_no_chain").to_owned());
     }
     let mut problems: Vec<String> = Vec::new();
     for option in &payable {
@@ -273,23 +282,24 @@ pub(super) fn fallback_reason(state: &AppState, options: &[PaymentOptionView]) -
             problems.push(line);
         }
     }
-    Some(format!("Card is offered first because paying on chain is not reliable right now ({}).", problems.join("; ")))
+    Some(texts.fill("card_first_unreliable", &[("problems", &problems.join("; "))]))
 }
 
 fn esc(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-fn attempt_line(attempt: &CardAttemptView) -> Option<String> {
-    let detail = attempt.failure_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+fn attempt_line(attempt: &CardAttemptView, texts: Texts) -> Option<String> {
     Some(match attempt.status.as_str() {
-        "succeeded" => "Your card payment went through. This page updates by itself once it is confirmed.".to_owned(),
-        "processing" | "creating" => "Your card payment is being processed. This page updates by itself.".to_owned(),
-        "requires_action" => "Your bank asks to confirm this card payment (3-D Secure), which this page cannot do: \
-                              use another card or pay on chain."
-            .to_owned(),
-        "failed" | "requires_payment_method" => format!("Your last card payment did not go through{detail}. You can try another card."),
-        "canceled" => "Your last card payment was cancelled.".to_owned(),
+        "succeeded" => texts.get("card_succeeded").to_owned(),
+        "processing" | "creating" => texts.get("card_processing").to_owned(),
+        "requires_action" => texts.get("card_requires_action").to_owned(),
+        "failed" | "requires_payment_method" => match attempt.failure_message.as_deref() {
+            // Stripe's own words, in Stripe's language.
+            Some(reason) => texts.fill("card_failed_because", &[("reason", reason)]),
+            None => texts.get("card_failed").to_owned(),
+        },
+        "canceled" => texts.get("card_canceled").to_owned(),
         _ => return None,
     })
 }
@@ -309,12 +319,13 @@ pub(super) async fn with_card(state: &AppState, offer: &CardOffer<'_>, page: Str
             None
         }
     };
-    let fallback = fallback_reason(state, offer.options);
-    let mut panel = String::from("<section class=\"pay card\" id=\"card\">\n<h2>Pay by card</h2>\n");
+    let t = offer.texts;
+    let fallback = fallback_reason(state, offer.options, t);
+    let mut panel = format!("<section class=\"pay card\" id=\"card\">\n<h2>{}</h2>\n", esc(t.get("pay_by_card")));
     if let Some(reason) = &fallback {
         panel.push_str(&format!("<p class=\"note\" id=\"card-fallback\">{}</p>\n", esc(reason)));
     }
-    if let Some(line) = latest.as_ref().and_then(attempt_line) {
+    if let Some(line) = latest.as_ref().and_then(|a| attempt_line(a, t)) {
         let status = latest.as_ref().map(|a| a.status.as_str()).unwrap_or_default();
         panel.push_str(&format!("<p class=\"note\" id=\"card-last\" data-status=\"{}\">{}</p>\n", esc(status), esc(&line)));
     }
@@ -325,22 +336,22 @@ pub(super) async fn with_card(state: &AppState, offer: &CardOffer<'_>, page: Str
             esc(offer.invoice_id)
         ));
         if rail.uses_test_cards() {
-            panel.push_str("<label for=\"payment_method\">Test card</label>\n<select id=\"payment_method\" name=\"payment_method\">\n");
+            panel.push_str(&format!(
+                "<label for=\"payment_method\">{}</label>\n<select id=\"payment_method\" name=\"payment_method\">\n",
+                esc(t.get("test_card"))
+            ));
             for (id, label) in TEST_CARDS {
                 panel.push_str(&format!("<option value=\"{}\">{}</option>\n", esc(id), esc(label)));
             }
             panel.push_str("</select>\n");
         }
         panel.push_str(&format!(
-            "<button type=\"submit\" id=\"card-submit\">Pay {} by card</button>\n</form>\n",
-            esc(&offer.remaining_text)
+            "<input type=\"hidden\" name=\"locale\" value=\"{}\">\n<button type=\"submit\" id=\"card-submit\">{}</button>\n</form>\n",
+            t.lang.tag(),
+            esc(&t.fill("pay_amount_by_card", &[("amount", &offer.remaining_text)]))
         ));
-        let note = if rail.uses_test_cards() {
-            "Test mode: Stripe test cards, no real money moves."
-        } else {
-            "You enter your card on Stripe's secure page and come back here."
-        };
-        panel.push_str(&format!("<p class=\"note\">{note}</p>\n"));
+        let note = if rail.uses_test_cards() { t.get("card_test_mode") } else { t.get("card_secure_page") };
+        panel.push_str(&format!("<p class=\"note\">{}</p>\n", esc(note)));
     }
     panel.push_str("</section>\n");
     let anchor = if fallback.is_some() { "<section class=\"pay\" id=\"pay\">" } else { "<section class=\"payments\"" };

@@ -208,6 +208,9 @@ pub struct ChainSpec {
     pub start_block: Option<u64>,
     /// EVM: how native coin sent by contracts is found.
     pub internal_transfers: InternalTransfers,
+    /// A block explorer's page of a transaction, `{tx}` where its id goes: the checkout page
+    /// links each payment to it.
+    pub explorer_tx_url: Option<String>,
 }
 
 impl ChainSpec {
@@ -246,6 +249,8 @@ struct ChainFile {
     rpc: Vec<String>,
     #[serde(default)]
     internal_transfers: Option<InternalTransfers>,
+    #[serde(default)]
+    explorer_tx_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -474,6 +479,9 @@ impl ChainFile {
         }
         let tokens = self.check_tokens()?;
         let rpc = check_rpc(self.kind, &self.rpc).map_err(|e| e.under("rpc"))?;
+        if let Some(template) = &self.explorer_tx_url {
+            check_explorer_url(template).map_err(|e| InvalidKey::new("explorer_tx_url", e))?;
+        }
         Ok(ChainSpec {
             native: NativeAsset {
                 chain: self.caip2.clone(),
@@ -495,6 +503,7 @@ impl ChainFile {
             payout_batcher: None,
             start_block: None,
             internal_transfers: self.internal_transfers.unwrap_or_default(),
+            explorer_tx_url: self.explorer_tx_url,
         })
     }
 
@@ -611,4 +620,17 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Vec<ChainSpec>> {
         chains.push(chain);
     }
     Ok(chains)
+}
+
+/// An `explorer_tx_url`: an http(s) URL with exactly one `{tx}`, nothing that could break out of
+/// the attribute it is written into.
+pub(crate) fn check_explorer_url(template: &str) -> Result<(), String> {
+    let well_formed = (template.starts_with("https://") || template.starts_with("http://"))
+        && template.matches("{tx}").count() == 1
+        && !template.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '<' | '>' | '\''));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!("{template:?} must be an http(s) URL with one {{tx}} where the transaction id goes"))
+    }
 }

@@ -142,6 +142,8 @@ struct ChainOverride {
     /// Bitcoin only: the network to follow instead of the chain file's (`regtest` for the dev
     /// stack); it replaces the chain's CAIP-2 id with that network's.
     network: Option<String>,
+    /// The chain file's block explorer replaced; `""` for none (a local chain).
+    explorer_tx_url: Option<String>,
 }
 
 // By hand because `dir` sits beside the per-chain tables, and `#[serde(flatten)]` would
@@ -410,7 +412,19 @@ fn select_chains(
             let caip2 = bitcoin_network_id(network)
                 .ok_or_else(|| InvalidKey::new(key, format!("{network:?} is not one of mainnet, testnet, testnet4, signet, regtest")))?;
             spec.native.chain = caip2.clone();
+            if caip2 != spec.caip2 {
+                // The chain file's explorer shows mainnet.
+                spec.explorer_tx_url = None;
+            }
             spec.caip2 = caip2;
+        }
+        match table.explorer_tx_url.as_deref() {
+            None => {}
+            Some("") => spec.explorer_tx_url = None,
+            Some(template) => {
+                chain::check_explorer_url(template).map_err(|e| InvalidKey::new(format!("{}.explorer_tx_url", spec.name), e))?;
+                spec.explorer_tx_url = Some(template.to_owned());
+            }
         }
         if table.enabled == Some(false) {
             continue;

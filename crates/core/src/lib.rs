@@ -10,6 +10,7 @@ pub mod clock;
 pub mod credits;
 pub mod csv;
 pub mod ids;
+pub mod lang;
 pub mod ledger;
 pub mod markets;
 pub mod metrics;

@@ -85,6 +85,10 @@ impl Biller {
             } })),
             customer: Some(bill.customer_id.clone()),
             promo_code: None,
+            redirect_url: None,
+            buyer_email: None,
+            locale: None,
+            underpayment_tolerance_bps: None,
         };
         let key = bill.invoice_key();
         let (invoice, _) = create_invoice(&self.pool, &self.catalog, self.rates.as_ref(), &self.policy, &bill.merchant_id, &request, Some(&key), now).await?;

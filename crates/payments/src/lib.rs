@@ -9,6 +9,6 @@ pub mod merchant;
 pub mod refund;
 pub mod webhook;
 
-use payrail_core::{chain, clock, ids, metrics, money};
+use payrail_core::{chain, clock, ids, lang, metrics, money};
 use payrail_rates as rates;
 use payrail_store::{db, ledger, secrets};

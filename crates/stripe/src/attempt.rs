@@ -364,8 +364,10 @@ async fn call(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Ut
     let fiat: Fiat = currency.parse().map_err(|_| corrupt("currency", currency.clone()))?;
     let amount_text: String = row.try_get("amount_minor")?;
     let amount: u64 = amount_text.parse().map_err(|_| corrupt("amount_minor", amount_text.clone()))?;
-    let expires_at: DateTime<Utc> =
-        sqlx::query_scalar("SELECT expires_at FROM invoices WHERE id = $1").bind(&invoice_id).fetch_one(pool).await?;
+    // What the invoice asked of its checkout: written at its creation, so a resent request is the
+    // same request.
+    let (expires_at, receipt_email, locale): (DateTime<Utc>, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT expires_at, buyer_email, locale FROM invoices WHERE id = $1").bind(&invoice_id).fetch_one(pool).await?;
     let customer = match super::renewal::saving_customer(rail, pool, &invoice_id, now).await {
         Ok(customer) => customer,
         Err(error) if error.is_retryable() => return Err(unanswered(pool, attempt_id, error, now).await?),
@@ -400,6 +402,8 @@ async fn call(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Ut
             // Stripe takes 30 minutes to 24 hours; within that, the session ends with the invoice.
             expires_at: (1_800..=86_400).contains(&seconds_left).then(|| expires_at.timestamp()),
             save_card_for: customer.clone(),
+            receipt_email: receipt_email.clone(),
+            locale: locale.as_deref().map(stripe_locale),
         };
         rail.client.create_checkout_session(&request, &idempotency_key).await.map(|s| Update {
             status: "open",
@@ -415,7 +419,7 @@ async fn call(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Ut
             (Some(customer), Some(method)) if !off_session => rail.client.attach_payment_method(method, customer).await.map(|_| ()),
             _ => Ok(()),
         };
-        let request = NewPaymentIntent { amount, currency: stripe_currency(fiat), metadata, payment_method, customer, off_session };
+        let request = NewPaymentIntent { amount, currency: stripe_currency(fiat), metadata, payment_method, customer, off_session, receipt_email };
         let charged = match attached {
             Ok(()) => rail.client.create_payment_intent(&request, &idempotency_key).await,
             Err(error) => Err(error),
@@ -490,6 +494,15 @@ struct Update {
     session: Option<String>,
     url: Option<String>,
     failure: Option<(Option<String>, String)>,
+}
+
+/// Stripe Checkout's name for a checkout page language: its own tags, with Chinese as `zh`
+/// (Simplified).
+fn stripe_locale(tag: &str) -> String {
+    match tag {
+        "zh-CN" => "zh".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -316,6 +316,8 @@ pub struct NewPaymentIntent {
     pub customer: Option<String>,
     /// Charged while the payer is away (a subscription's renewal with the card on file).
     pub off_session: bool,
+    /// Where Stripe sends its receipt: the invoice's `buyer_email`.
+    pub receipt_email: Option<String>,
 }
 
 impl NewPaymentIntent {
@@ -331,6 +333,9 @@ impl NewPaymentIntent {
         }
         if let Some(customer) = &self.customer {
             form.push(("customer".to_owned(), customer.clone()));
+        }
+        if let Some(email) = &self.receipt_email {
+            form.push(("receipt_email".to_owned(), email.clone()));
         }
         if let Some(method) = &self.payment_method {
             form.push(("payment_method".to_owned(), method.clone()));
@@ -363,6 +368,12 @@ pub struct NewCheckoutSession {
     pub expires_at: Option<i64>,
     /// The Stripe Customer to save the card to, for a subscription's renewals.
     pub save_card_for: Option<String>,
+    /// The payer's e-mail (the invoice's `buyer_email`): filled in on Stripe's page and where its
+    /// receipt goes.
+    pub receipt_email: Option<String>,
+    /// The language of Stripe's page: the checkout page's (the invoice's `locale`), else Stripe
+    /// follows the browser.
+    pub locale: Option<String>,
 }
 
 impl NewCheckoutSession {
@@ -390,6 +401,14 @@ impl NewCheckoutSession {
             form.push(("customer".to_owned(), customer.clone()));
             form.push(("payment_intent_data[setup_future_usage]".to_owned(), "off_session".to_owned()));
         }
+        if let Some(email) = &self.receipt_email {
+            // Stripe takes a customer or an e-mail to fill in, not both.
+            if self.save_card_for.is_none() {
+                form.push(("customer_email".to_owned(), email.clone()));
+            }
+            form.push(("payment_intent_data[receipt_email]".to_owned(), email.clone()));
+        }
+        form.push(("locale".to_owned(), self.locale.clone().unwrap_or_else(|| "auto".to_owned())));
         form
     }
 }
@@ -616,6 +635,7 @@ mod tests {
             payment_method: Some("pm_card_visa".to_owned()),
             customer: None,
             off_session: false,
+            receipt_email: None,
         };
         let form = request.form();
         let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -644,6 +664,8 @@ mod tests {
             cancel_url: "https://pay.example/pay/inv_x".to_owned(),
             expires_at: None,
             save_card_for: None,
+            receipt_email: None,
+            locale: None,
         };
         let form = session.form();
         assert!(form.contains(&("payment_intent_data[metadata][invoice_id]".to_owned(), "inv_x".to_owned())));
@@ -663,6 +685,8 @@ mod tests {
             cancel_url: "https://pay.example/pay/inv_x".to_owned(),
             expires_at: None,
             save_card_for: Some("cus_S1".to_owned()),
+            receipt_email: None,
+            locale: None,
         };
         let form = session.form();
         assert!(form.contains(&("customer".to_owned(), "cus_S1".to_owned())));
@@ -674,6 +698,7 @@ mod tests {
             payment_method: Some("pm_1".to_owned()),
             customer: Some("cus_S1".to_owned()),
             off_session: true,
+            receipt_email: None,
         };
         let form = renewal.form();
         let tail: Vec<(&str, &str)> = form.iter().skip(3).map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -137,11 +137,11 @@ async fn render(state: &AppState, token: &str, nonce: &str, error: Option<String
         Ok(None) => html(StatusCode::NOT_FOUND, nonce, not_found(nonce)),
         Err(InvoiceError::Database(error)) => {
             tracing::warn!(target: "api", %error, "refund page: database unavailable");
-            html(StatusCode::SERVICE_UNAVAILABLE, nonce, super::page::failed(nonce))
+            html(StatusCode::SERVICE_UNAVAILABLE, nonce, super::page::failed(nonce, super::Texts::default()))
         }
         Err(error) => {
             tracing::error!(target: "api", %error, "refund page failed");
-            html(StatusCode::INTERNAL_SERVER_ERROR, nonce, super::page::failed(nonce))
+            html(StatusCode::INTERNAL_SERVER_ERROR, nonce, super::page::failed(nonce, super::Texts::default()))
         }
     }
 }
@@ -158,7 +158,7 @@ fn estimate(state: &AppState, view: &CryptoRefundView) -> Option<String> {
 
 fn not_found(nonce: &str) -> String {
     let mut out = String::new();
-    head(&mut out, nonce, "Refund not found");
+    head(&mut out, nonce, "Refund not found", super::Texts::default());
     out.push_str(concat!(
         "<body>\n<main class=\"checkout notice\">\n<h1>Refund not found</h1>\n",
         "<p>There is no refund at this address. Check the link the merchant gave you.</p>\n",
@@ -169,7 +169,7 @@ fn not_found(nonce: &str) -> String {
 
 fn claim_page(nonce: &str, view: &CryptoRefundView, merchant: &str, estimate: Option<&str>, error: Option<&str>) -> String {
     let mut out = String::with_capacity(8 * 1024);
-    head(&mut out, nonce, &format!("Refund from {merchant}"));
+    head(&mut out, nonce, &format!("Refund from {merchant}"), super::Texts::default());
     let fiat_value = view
         .currency
         .parse::<crate::money::Fiat>()

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use sqlx::{PgPool, Row};
 use tokio::sync::broadcast;
 
-use super::{harden, public_status, status_error, CheckoutError, CheckoutQuery, PayerState, JSON_CSP};
+use super::{asked_of, harden, public_status, status_error, CheckoutError, CheckoutQuery, LangHint, PayerState, JSON_CSP};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -134,6 +134,7 @@ struct Stream {
     state: AppState,
     id: String,
     asked: Option<String>,
+    hint: LangHint,
     wake: broadcast::Receiver<String>,
     sent: String,
     first: Option<Event>,
@@ -158,7 +159,7 @@ impl Stream {
                 },
                 () = tokio::time::sleep(Duration::from_secs(RECHECK_S)) => {}
             }
-            let status = match public_status(&self.state, &self.id, self.asked.as_deref()).await {
+            let status = match public_status(&self.state, &self.id, self.asked.as_deref(), self.hint).await {
                 Ok(status) => status,
                 // The database is away for a moment: the next wake-up or recheck tries again.
                 Err(CheckoutError::Unavailable(_)) => continue,
@@ -195,14 +196,15 @@ pub async fn events(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<CheckoutQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let Ok(Path(id)) = id else {
         return harden(ApiError::not_found("invoice").into_response(), JSON_CSP);
     };
-    let asked = query.ok().and_then(|Query(q)| q.asset);
+    let (asked, hint) = asked_of(query, &headers);
     // Subscribed before the first read, so no change after it is missed.
     let wake = state.live.subscribe();
-    let status = match public_status(&state, &id, asked.as_deref()).await {
+    let status = match public_status(&state, &id, asked.as_deref(), hint).await {
         Ok(status) => status,
         Err(error) => return harden(status_error(error, &id), JSON_CSP),
     };
@@ -211,6 +213,7 @@ pub async fn events(
         state,
         id,
         asked,
+        hint,
         wake,
         sent: compared,
         first: Some(Event::default().event("status").data(json)),

@@ -1,7 +1,8 @@
 // The checkout page's live parts: copy buttons, choosing an option without a button press, the
 // countdown to expiry and the status, pushed by /pay/{id}/events (Server-Sent Events) or, where
 // that is not available, polled from /pay/{id}/status. Everything here only adds to the
-// server-rendered page, which is complete without it. Text goes in through textContent only.
+// server-rendered page, which is complete without it. Text goes in through textContent only; the
+// page's own words come from its data-text-* attributes, in the page's language.
 (() => {
   "use strict";
   const root = document.getElementById("checkout");
@@ -10,6 +11,8 @@
   const POLL_MS_PAID = 15000; // paid can still become overpaid
   const FINAL = new Set(["overpaid", "expired", "void", "refunded"]);
   const TAKES_PAYMENT = new Set(["open", "underpaid"]);
+  // Where the "Return to merchant" link is shown (page.rs `settled` keeps the same list).
+  const SETTLED = new Set(["paid", "overpaid", "expired", "void", "refunded", "invalid"]);
   const data = root.dataset;
   const byId = (id) => document.getElementById(id);
   // The server's clock minus this one, so the countdown does not trust the payer's clock.
@@ -22,7 +25,7 @@
     button.hidden = false;
     button.addEventListener("click", async () => {
       const ok = await copy(button.dataset.copy);
-      button.textContent = ok ? "Copied" : "Select and copy";
+      button.textContent = ok ? data.textCopied : data.textSelectAndCopy;
       setTimeout(() => { button.textContent = label; }, 1500);
     });
   }
@@ -46,11 +49,13 @@
     }
   }
 
-  const select = byId("asset");
-  if (select && select.form) {
-    const submit = byId("choose-submit");
-    if (submit) submit.hidden = true;
-    select.addEventListener("change", () => select.form.submit());
+  for (const [selectId, submitId] of [["asset", "choose-submit"], ["locale", "locale-submit"]]) {
+    const select = byId(selectId);
+    if (select && select.form) {
+      const submit = byId(submitId);
+      if (submit) submit.hidden = true;
+      select.addEventListener("change", () => select.form.submit());
+    }
   }
 
   const countdown = byId("countdown");
@@ -61,8 +66,8 @@
     if (countdown) {
       const h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
       countdown.textContent = left > 0
-        ? "Expires in " + (h > 0 ? h + ":" + two(m) : String(m)) + ":" + two(s)
-        : "Time is up";
+        ? data.textExpiresIn.replace("{left}", (h > 0 ? h + ":" + two(m) : String(m)) + ":" + two(s))
+        : data.textTimeIsUp;
     }
     if (left === 0 && !expiryPolled) {
       expiryPolled = true;
@@ -83,14 +88,27 @@
     byId("status-message").textContent = status.message;
     const list = byId("payment-list");
     if (list) {
+      // Each line as the server writes it, with its explorer link (an http(s) URL it built).
+      const explorerText = list.dataset.textViewTransaction;
       list.replaceChildren(...status.payments.map((p) => {
         const item = document.createElement("li");
         item.textContent = p.summary;
+        if (p.explorer_url && /^https?:\/\//.test(p.explorer_url)) {
+          const link = document.createElement("a");
+          link.className = "explorer";
+          link.href = p.explorer_url;
+          link.rel = "noreferrer";
+          link.target = "_blank";
+          link.textContent = explorerText;
+          item.append(" ", link);
+        }
         return item;
       }));
       byId("payments").hidden = status.payments.length === 0;
     }
     if (FINAL.has(state)) clearInterval(ticker);
+    const back = byId("return");
+    if (back) back.hidden = !SETTLED.has(state);
     // The amount to send (and so the QR code) changes when part of the invoice is paid: the page
     // shows it as rendered by the server.
     const option = status.payment_options.find((o) => o.asset === data.asset);

@@ -63,6 +63,90 @@ pub struct CreateInvoice {
     /// A promo code that applies to invoices (any case): the amount is what is left after it.
     #[serde(default)]
     pub promo_code: Option<String>,
+    /// Where the checkout page sends the payer back once the invoice is paid or has expired: an
+    /// `https` URL (`http` only to a loopback host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
+    /// The payer's e-mail address: shown on the page and given to the card processor for its
+    /// receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buyer_email: Option<String>,
+    /// The checkout page's language (`en`, `es`, `fr`, `de`, `pt`, `zh-CN`, `ja`; a regional tag
+    /// such as `pt-BR` is accepted); when absent, the payer's browser chooses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// The part of the amount the invoice may be short and still count as paid, in basis points;
+    /// the configured `[invoices] underpayment_tolerance_bps` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underpayment_tolerance_bps: Option<u32>,
+}
+
+/// Longest `redirect_url`.
+pub const REDIRECT_URL_LEN_MAX: usize = 2_000;
+/// Longest `buyer_email` (RFC 5321's path limit).
+pub const BUYER_EMAIL_LEN_MAX: usize = 254;
+/// Largest per-invoice `underpayment_tolerance_bps`: a tenth of the amount.
+pub const UNDERPAYMENT_TOLERANCE_BPS_MAX: u32 = 1_000;
+
+/// What the checkout page is asked to do for one invoice, checked and normalized.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct CheckoutOptions {
+    redirect_url: Option<String>,
+    buyer_email: Option<String>,
+    locale: Option<crate::lang::Lang>,
+    tolerance_bps: u32,
+}
+
+fn checkout_options(request: &CreateInvoice, policy: &InvoicePolicy) -> Result<CheckoutOptions> {
+    let redirect_url = request
+        .redirect_url
+        .as_deref()
+        .map(|raw| {
+            if raw.len() > REDIRECT_URL_LEN_MAX {
+                return Err(invalid("redirect_url", format!("must be at most {REDIRECT_URL_LEN_MAX} bytes")));
+            }
+            // The rules of a webhook endpoint's URL: https (http only to a loopback host), no
+            // credentials, no address inside the operator's network.
+            crate::webhook::endpoint::validate_url(raw, true)
+                .map_err(|e| match e {
+                    crate::webhook::error::WebhookError::Invalid { reason, .. } => invalid("redirect_url", reason),
+                    other => invalid("redirect_url", other.to_string()),
+                })
+                .map(String::from)
+        })
+        .transpose()?;
+    let buyer_email = request.buyer_email.as_deref().map(check_email).transpose()?;
+    let locale = request
+        .locale
+        .as_deref()
+        .map(|tag| tag.parse::<crate::lang::Lang>().map_err(|e| invalid("locale", e.to_string())))
+        .transpose()?;
+    let tolerance_bps = match request.underpayment_tolerance_bps {
+        Some(bps) if bps > UNDERPAYMENT_TOLERANCE_BPS_MAX => {
+            return Err(invalid("underpayment_tolerance_bps", format!("must be 0..={UNDERPAYMENT_TOLERANCE_BPS_MAX}")))
+        }
+        Some(bps) => bps,
+        None => policy.underpayment_tolerance_bps.min(10_000),
+    };
+    Ok(CheckoutOptions { redirect_url, buyer_email, locale, tolerance_bps })
+}
+
+/// An address a mail server would take: `local@domain`, the domain with a dot and no empty label,
+/// no spaces or control characters. Stored as given, the domain lower-cased.
+fn check_email(raw: &str) -> Result<String> {
+    let refuse = || invalid("buyer_email", "must be an e-mail address such as payer@example.com");
+    if raw.len() > BUYER_EMAIL_LEN_MAX {
+        return Err(invalid("buyer_email", format!("must be at most {BUYER_EMAIL_LEN_MAX} bytes")));
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',' | ';')) {
+        return Err(refuse());
+    }
+    let (local, domain) = raw.rsplit_once('@').ok_or_else(refuse)?;
+    let labels_ok = domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+    if local.is_empty() || local.len() > 64 || local.contains('@') || !domain.contains('.') || !labels_ok {
+        return Err(refuse());
+    }
+    Ok(format!("{local}@{}", domain.to_lowercase()))
 }
 
 struct PricedOption {
@@ -267,25 +351,30 @@ pub async fn create_invoice_with_splits(
         }
     };
     let (currency, amount, options, lifetime) = quote(discounted.as_ref().unwrap_or(request), policy, catalog, rates, now)?;
+    let checkout = checkout_options(request, policy)?;
     let id = new_id("inv");
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO invoices (id, merchant_id, status, currency, amount_minor, underpayment_tolerance_bps, order_id, \
-                               metadata, idempotency_key, request_fingerprint, expires_at, created_at, updated_at) \
-         VALUES ($1, $2, 'open', $3, $4::numeric, $5, $6, $7, $8, $9, $10, $11, $11) \
+                               metadata, idempotency_key, request_fingerprint, expires_at, created_at, updated_at, \
+                               redirect_url, buyer_email, locale) \
+         VALUES ($1, $2, 'open', $3, $4::numeric, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14) \
          ON CONFLICT (merchant_id, idempotency_key) DO NOTHING",
     )
     .bind(&id)
     .bind(merchant_id)
     .bind(currency.code())
     .bind(amount.to_string())
-    .bind(i32::try_from(policy.underpayment_tolerance_bps.min(10_000)).unwrap_or(0))
+    .bind(i32::try_from(checkout.tolerance_bps).unwrap_or(0))
     .bind(&request.order_id)
     .bind(request.metadata.clone().unwrap_or_else(|| serde_json::json!({})))
     .bind(idempotency_key)
     .bind(&request_fingerprint)
     .bind(now + lifetime)
     .bind(now)
+    .bind(&checkout.redirect_url)
+    .bind(&checkout.buyer_email)
+    .bind(checkout.locale.map(crate::lang::Lang::tag))
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {

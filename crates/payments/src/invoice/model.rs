@@ -142,6 +142,11 @@ pub struct InvoiceView {
     /// invoice's `amount` is what is left.
     pub promo_code: Option<String>,
     pub discount: Option<String>,
+    /// Where the checkout page sends the payer back once the invoice is paid or has expired.
+    pub redirect_url: Option<String>,
+    pub buyer_email: Option<String>,
+    /// The checkout page's language; null when the payer's browser chooses.
+    pub locale: Option<String>,
 }
 
 

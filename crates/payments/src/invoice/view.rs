@@ -115,7 +115,8 @@ fn changing_query_with(filter: &str, extra: &str) -> String {
            (SELECT coalesce(json_agg(pv ORDER BY pv.seen_at, pv.id), '[]'::json) FROM ( \
                 SELECT {columns} FROM payments p {join} \
                  WHERE p.invoice_id = v.id OR p.applied_invoice_id = v.id) pv) AS payments{extra} \
-         FROM (SELECT {INVOICE_COLUMNS}, customer_id, promo_id, discount_minor::text AS discount_minor, platform_fee_bps \
+         FROM (SELECT {INVOICE_COLUMNS}, customer_id, promo_id, discount_minor::text AS discount_minor, platform_fee_bps, \
+                      redirect_url, buyer_email, locale \
                  FROM invoices WHERE {filter}) v",
         columns = payment_view_columns!(),
         join = payment_option_join!(),
@@ -161,6 +162,9 @@ struct WholeRecord {
     customer_id: Option<String>,
     discount_minor: String,
     platform_fee_bps: i32,
+    redirect_url: Option<String>,
+    buyer_email: Option<String>,
+    locale: Option<String>,
     merchant_name: String,
     promo_code: Option<String>,
     options: sqlx::types::Json<Vec<OptionRecord>>,
@@ -202,6 +206,9 @@ struct FixedParts {
     customer: Option<String>,
     promo_code: Option<String>,
     discount: Option<String>,
+    redirect_url: Option<String>,
+    buyer_email: Option<String>,
+    locale: Option<String>,
     merchant_name: String,
 }
 
@@ -264,6 +271,9 @@ impl WholeRecord {
             customer: self.customer_id,
             promo_code: self.promo_code,
             discount,
+            redirect_url: self.redirect_url,
+            buyer_email: self.buyer_email,
+            locale: self.locale,
             merchant_name,
         };
         Ok((self.changing, Arc::new(fixed)))
@@ -290,6 +300,9 @@ fn assemble(record: ChangingRecord, fixed: &FixedParts) -> Result<(InvoiceView, 
         customer: fixed.customer.clone(),
         promo_code: fixed.promo_code.clone(),
         discount: fixed.discount.clone(),
+        redirect_url: fixed.redirect_url.clone(),
+        buyer_email: fixed.buyer_email.clone(),
+        locale: fixed.locale.clone(),
         id: record.id,
         object: "invoice",
         merchant_id: record.merchant_id,
