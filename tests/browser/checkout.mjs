@@ -1,15 +1,18 @@
 // The checkout page in headless Chromium, against a running `payrail dev`: open the page of an
 // invoice, pick ETH on Ethereum, see the QR code, address and amount, pay with `payrail pay`, and
 // wait until the page says the invoice is paid. Screenshots are taken before and after paying.
-// Then the merchant refunds the ETH by claim link: the payer opens the refund page, enters an
-// address, and the page shows the refund paid by the payout executor.
+// The page is also read in French, Spanish and German (the browser's language) and Japanese (the
+// payer's pick on the page), with screenshots of the first three. Once paid, the page offers the
+// way back to the merchant (the invoice's redirect_url), which the payer follows. Then the
+// merchant refunds the ETH by claim link: the payer opens the refund page, enters an address, and
+// the page shows the refund paid by the payout executor.
 //
 // Run by tests/checkout.rs, which starts the dev stack, creates the invoice and passes:
 //   PAYRAIL_CHROMIUM          the Chromium binary (Debian's chromium)
 //   PAYRAIL_BROWSER_MODULES   the directory where tests/browser/install put playwright-core
 //   PAYRAIL_API               the daemon's base URL
 //   PAYRAIL_API_KEY           the merchant's API key (to read the invoice and to pay it)
-//   PAYRAIL_INVOICE           the invoice id
+//   PAYRAIL_INVOICE           the invoice id (created with a redirect_url)
 //   PAYRAIL_BIN               the payrail binary (for `payrail pay`)
 //   PAYRAIL_SCREENSHOT_DIR    where screenshots go
 // Exits non-zero with a reason when anything is not as it should be.
@@ -122,6 +125,32 @@ try {
   check(/^Expires in \d+:\d\d/.test(await page.locator("#countdown").textContent()), "no countdown");
   await screenshot(page, "open");
 
+  // The browser's language chooses the page's: its words, its money, its countdown.
+  const LOCALES = [
+    { browser: "fr-FR", lang: "fr", headline: "En attente du paiement", total: "25,00\u00a0$US", countdown: /^Expire dans \d+:\d\d/ },
+    { browser: "es-ES", lang: "es", headline: "Esperando el pago", total: "25,00\u00a0US$", countdown: /^Vence en \d+:\d\d/ },
+    { browser: "de-DE", lang: "de", headline: "Warten auf Zahlung", total: "25,00\u00a0$", countdown: /^Läuft ab in \d+:\d\d/ },
+  ];
+  for (const l of LOCALES) {
+    const localized = await browser.newContext({ viewport: VIEWPORT, deviceScaleFactor: 1, locale: l.browser });
+    const shown = await localized.newPage();
+    shown.on("pageerror", (error) => problems.push(`${l.lang} page error: ${error.message}`));
+    await shown.goto(`${api}/pay/${invoiceId}?asset=${encodeURIComponent(ETH)}`);
+    check((await shown.locator("html").getAttribute("lang")) === l.lang, `${l.browser}: the page is not in ${l.lang}`);
+    check((await shown.locator("#status-headline").textContent()) === l.headline, `${l.browser}: headline ${await shown.locator("#status-headline").textContent()}`);
+    check((await shown.locator("#total").textContent()) === l.total, `${l.browser}: total ${await shown.locator("#total").textContent()}`);
+    check((await shown.locator("#pay-amount").textContent()) === option.amount, `${l.browser}: the amount to send is written otherwise`);
+    await shown.waitForFunction((re) => new RegExp(re).test(document.getElementById("countdown").textContent), l.countdown.source);
+    await screenshot(shown, l.lang);
+    if (l.lang === "de") {
+      // The payer picks Japanese on the page: the choice is kept with the option.
+      await Promise.all([shown.waitForURL((url) => url.searchParams.get("locale") === "ja"), shown.selectOption("#locale", "ja")]);
+      check((await shown.locator("#status-headline").textContent()) === "お支払いをお待ちしています", "the language switch did not take");
+      check(new URL(shown.url()).searchParams.get("asset") === ETH, "the language switch lost the chosen option");
+    }
+    await localized.close();
+  }
+
   const paid = execFileSync(bin, ["pay", "--api", api, "--key", key, "--invoice", invoiceId, "--asset", ETH], {
     encoding: "utf8",
     stdio: ["ignore", "pipe", "inherit"],
@@ -146,9 +175,17 @@ try {
   check(!(await page.locator("#pay").isVisible()), "the address is still offered after payment");
   check((await page.locator("#payment-list li").count()) === 1, "the payment is not listed");
   check((await page.locator("#checkout").getAttribute("data-live")) === "sse", "the page was not updated by its event stream");
+  // The way back to the merchant appears with the payment, without a reload.
+  const back = page.locator("#return");
+  await back.waitFor({ state: "visible", timeout: 5_000 });
+  const redirect = (await invoice()).redirect_url;
+  check((await back.getAttribute("href")) === redirect, `the way back leads to ${await back.getAttribute("href")}, not ${redirect}`);
   await screenshot(page, "paid");
-
   check(problems.length === 0, problems.join("\n"));
+  // The merchant's page is not the checkout's to judge (its favicon may well be missing).
+  page.removeAllListeners("console");
+  await Promise.all([page.waitForURL(redirect), back.click()]);
+  console.log(`returned to ${page.url()}`);
   console.log("checkout.mjs: paid");
 
   // The merchant refunds it all by claim link; the payer claims it on the refund page.

@@ -568,7 +568,7 @@ async fn chromium_pays_an_invoice_and_claims_its_refund_on_the_dev_stack() {
     let created: Value = client
         .post(format!("{}/v1/invoices", stack.base))
         .bearer_auth(&stack.key)
-        .json(&json!({"amount":"25.00","currency":"USD"}))
+        .json(&json!({"amount":"25.00","currency":"USD","redirect_url":format!("{}/healthz?order=A-1", stack.base)}))
         .send()
         .await
         .expect("create")
@@ -601,7 +601,8 @@ async fn chromium_pays_an_invoice_and_claims_its_refund_on_the_dev_stack() {
     assert!(out.status.success(), "checkout.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("checkout.mjs: paid"));
     assert!(stdout.contains("checkout.mjs: refund paid"), "{stdout}");
-    for name in ["open", "paid", "refund-claim", "refund-paid"] {
+    assert!(stdout.contains(&format!("returned to {}/healthz?order=A-1", stack.base)), "{stdout}");
+    for name in ["open", "fr", "es", "de", "paid", "refund-claim", "refund-paid"] {
         let shot = shots.join(format!("checkout-{name}.png"));
         let bytes = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
         assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", shot.display());
