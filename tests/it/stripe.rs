@@ -75,6 +75,29 @@ fn fixture(name: &str, invoice_id: &str, replace: &[(&str, &str)]) -> String {
 // ---------------------------------------------------------------------------------------------
 // localstripe: create, confirm, succeed, decline, 3-D Secure, refund; signed deliveries.
 
+/// The payer's e-mail and language on the invoice do not get in the way of a test card (test mode
+/// sends no receipt, so the e-mail is not given to Stripe there); the card panel speaks the page's
+/// language and the payer comes back to the page in it.
+#[sqlx::test]
+async fn a_test_card_pays_an_invoice_with_a_buyer_email_and_a_locale(pool: PgPool) {
+    let server = start(pool).await;
+    server.subscribe().await;
+    let id = server.invoice_with("25.00", json!({"buyer_email": "payer@example.com", "locale": "de"})).await;
+    let page = server.client.get(format!("{}/pay/{id}", server.base)).send().await.expect("page").text().await.expect("body");
+    assert!(page.contains("<h2>Mit Karte zahlen</h2>"), "{page}");
+    assert!(page.contains("<input type=\"hidden\" name=\"locale\" value=\"de\">"), "{page}");
+    let back = server
+        .client
+        .post(format!("{}/pay/{id}/card", server.base))
+        .form(&[("payment_method", "pm_card_visa"), ("locale", "de")])
+        .send()
+        .await
+        .expect("card");
+    let location = back.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(back.status().is_redirection() && location == format!("/pay/{id}?locale=de"), "{} {location}", back.status());
+    server.wait_status(&id, "paid").await;
+}
+
 #[sqlx::test]
 async fn a_test_card_pays_the_invoice_through_a_verified_webhook_and_refunds_reverse_the_ledger(pool: PgPool) {
     let server = start(pool).await;

@@ -419,6 +419,9 @@ async fn call(rail: &CardRail, pool: &PgPool, attempt_id: &str, now: DateTime<Ut
             (Some(customer), Some(method)) if !off_session => rail.client.attach_payment_method(method, customer).await.map(|_| ()),
             _ => Ok(()),
         };
+        // Test cards are test mode, where Stripe sends no receipt (and localstripe takes no
+        // `receipt_email`): the e-mail goes with real charges only.
+        let receipt_email = receipt_email.filter(|_| !rail.uses_test_cards());
         let request = NewPaymentIntent { amount, currency: stripe_currency(fiat), metadata, payment_method, customer, off_session, receipt_email };
         let charged = match attached {
             Ok(()) => rail.client.create_payment_intent(&request, &idempotency_key).await,

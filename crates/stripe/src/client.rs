@@ -674,6 +674,34 @@ mod tests {
     }
 
     #[test]
+    fn session_form_names_the_payers_email_and_language() {
+        let mut session = NewCheckoutSession {
+            amount: 100,
+            currency: "eur".to_owned(),
+            product_name: "Invoice inv_x".to_owned(),
+            invoice_id: "inv_x".to_owned(),
+            metadata: BTreeMap::new(),
+            success_url: "https://pay.example/pay/inv_x".to_owned(),
+            cancel_url: "https://pay.example/pay/inv_x".to_owned(),
+            expires_at: None,
+            save_card_for: None,
+            receipt_email: Some("payer@example.com".to_owned()),
+            locale: Some("fr".to_owned()),
+        };
+        let form = session.form();
+        for pair in [("customer_email", "payer@example.com"), ("payment_intent_data[receipt_email]", "payer@example.com"), ("locale", "fr")] {
+            assert!(form.contains(&(pair.0.to_owned(), pair.1.to_owned())), "{pair:?} in {form:?}");
+        }
+        // With a customer, Stripe takes its e-mail from it: the receipt still goes to the payer.
+        session.save_card_for = Some("cus_1".to_owned());
+        session.locale = None;
+        let form = session.form();
+        assert!(!form.iter().any(|(k, _)| k == "customer_email"));
+        assert!(form.contains(&("payment_intent_data[receipt_email]".to_owned(), "payer@example.com".to_owned())));
+        assert!(form.contains(&("locale".to_owned(), "auto".to_owned())));
+    }
+
+    #[test]
     fn a_card_subscription_saves_the_card_and_renews_off_session() {
         let session = NewCheckoutSession {
             amount: 999,
