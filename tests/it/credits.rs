@@ -455,7 +455,7 @@ async fn promo_codes_discount_add_bonus_and_are_never_redeemed_more_than_allowed
     let page = shop.request(reqwest::Method::GET, None, &format!("/pay/{}", bought["invoice"]["id"].as_str().expect("id"))).send().await.expect("page");
     let html = page.text().await.expect("html");
     assert!(html.contains("<p class=\"purchase\" id=\"purchase\">100 + 10 bonus Coins</p>"), "{html}");
-    assert!(html.contains("Promo code SPRING20: 0.20 USD off"), "{html}");
+    assert!(html.contains("Promo code SPRING20: $0.20 off"), "{html}");
     let (status, again) = shop.call(&format!("/v1/customers/{reader}/purchases"), json!({ "pack": pack, "promo_code": "spring20" }), None).await;
     assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("promo_refused")), "{again}");
     let voided: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices WHERE status = 'void'").fetch_one(&shop.state.pool).await.expect("void");

@@ -62,6 +62,80 @@ impl Modify for RateLimited {
     }
 }
 
+/// Operation ids are the handlers' names, which repeat across modules (`show`, `list`, `create`):
+/// a client generator makes one method per id, so each repeated id becomes its path's nouns with
+/// the name (`GET /v1/invoices/{id}` `show` → `invoices_show`, `POST /v1/payouts/{id}/cancel`
+/// `cancel` → `payouts_cancel`). Ids used once stay as they are.
+struct UniqueOperationIds;
+
+impl UniqueOperationIds {
+    fn renamed(path: &str, id: &str) -> String {
+        let mut nouns: Vec<&str> =
+            path.split('/').filter(|s| !s.is_empty() && *s != "v1" && !s.starts_with('{')).collect();
+        if nouns.last() == Some(&id) {
+            nouns.pop();
+        }
+        let prefix = nouns.join("_");
+        if prefix.is_empty() {
+            id.to_owned()
+        } else if prefix.ends_with(id) {
+            prefix
+        } else {
+            format!("{prefix}_{id}")
+        }
+    }
+}
+
+impl Modify for UniqueOperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut uses: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for item in openapi.paths.paths.values() {
+            for operation in [&item.get, &item.put, &item.post, &item.delete, &item.patch].into_iter().flatten() {
+                if let Some(id) = &operation.operation_id {
+                    *uses.entry(id.clone()).or_default() += 1;
+                }
+            }
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten() {
+                if let Some(id) = operation.operation_id.as_mut().filter(|id| uses.get(id.as_str()).is_some_and(|n| *n > 1)) {
+                    *id = Self::renamed(path, id);
+                }
+            }
+        }
+    }
+}
+
+/// A response object must have a description (OpenAPI 3.1, 4.8.17.1), and client generators refuse
+/// a document without: responses annotated with a body alone are described by their status.
+struct DescribedResponses;
+
+impl Modify for DescribedResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten() {
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response {
+                        if response.description.is_empty() {
+                            response.description = status_text(status).to_owned();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reason phrase of an HTTP status code, as written in the document.
+fn status_text(status: &str) -> &'static str {
+    status
+        .parse::<u16>()
+        .ok()
+        .and_then(|code| axum::http::StatusCode::from_u16(code).ok())
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("Response")
+}
+
 /// `GET /metrics`, served by the router with [`crate::metrics::render`]; described here.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format: per chain tip, cursor and head lag, payments, reorgs, errors",
@@ -196,11 +270,47 @@ fn openapi_json() {}
         openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&BearerAuth, &RateLimited)
+    modifiers(&BearerAuth, &RateLimited, &UniqueOperationIds, &DescribedResponses)
 )]
 pub struct ApiDoc;
 
 /// The document as JSON.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_has_an_id_of_its_own() {
+        let doc = document();
+        let mut seen = std::collections::HashMap::new();
+        for (path, item) in &doc.paths.paths {
+            for operation in [&item.get, &item.put, &item.post, &item.delete, &item.patch].into_iter().flatten() {
+                let id = operation.operation_id.clone().unwrap_or_else(|| panic!("{path} has no operation id"));
+                if let Some(other) = seen.insert(id.clone(), path.clone()) {
+                    panic!("{id} names operations of {other} and {path}");
+                }
+            }
+        }
+        assert_eq!(UniqueOperationIds::renamed("/v1/invoices/{id}", "show"), "invoices_show");
+        assert_eq!(UniqueOperationIds::renamed("/v1/payouts/{id}/cancel", "cancel"), "payouts_cancel");
+        assert_eq!(UniqueOperationIds::renamed("/v1/balance_transactions", "transactions"), "balance_transactions");
+        assert_eq!(UniqueOperationIds::renamed("/pay/{id}", "page"), "pay_page");
+    }
+
+    #[test]
+    fn every_response_is_described() {
+        let doc = serde_json::to_value(document()).expect("serializes");
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("item") {
+                for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                    let described = response.get("$ref").is_some() || response["description"].as_str().is_some_and(|d| !d.is_empty());
+                    assert!(described, "{method} {path} {status} has no description");
+                }
+            }
+        }
+    }
 }
