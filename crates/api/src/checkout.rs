@@ -12,6 +12,8 @@
 //!   `ceil(remaining_fiat × option.amount_minor / invoice.amount_minor)`, then rounded up to the
 //!   decimals a payer types (as the quote itself was, by at most 0.1 %), so a payer who sends it
 //!   is never short.
+//! - Every word shown to the payer comes from [`texts`], in one language per response: the page's
+//!   `?locale=`, else the invoice's `locale`, else `Accept-Language`, else English (`LangHint`).
 
 pub mod claim;
 pub mod live;
