@@ -45,21 +45,20 @@ impl Modify for RateLimited {
             .header("Retry-After", HeaderBuilder::new().schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Integer).build())).description(Some("seconds to wait")).build())
             .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
             .build();
-        for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                operation.responses.responses.entry("429".to_owned()).or_insert_with(|| response.clone().into());
-            }
+        for (_, operation) in operations_mut(openapi) {
+            operation.responses.responses.entry("429".to_owned()).or_insert_with(|| response.clone().into());
         }
     }
+}
+
+/// Every operation of the document with its path, for the modifiers that adjust them all.
+fn operations_mut(openapi: &mut utoipa::openapi::OpenApi) -> impl Iterator<Item = (&String, &mut utoipa::openapi::path::Operation)> {
+    openapi.paths.paths.iter_mut().flat_map(|(path, item)| {
+        [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
+            .into_iter()
+            .flatten()
+            .map(move |operation| (path, operation))
+    })
 }
 
 /// Operation ids are the handlers' names, which repeat across modules (`show`, `list`, `create`):
@@ -89,18 +88,14 @@ impl UniqueOperationIds {
 impl Modify for UniqueOperationIds {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let mut uses: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for item in openapi.paths.paths.values() {
-            for operation in [&item.get, &item.put, &item.post, &item.delete, &item.patch].into_iter().flatten() {
-                if let Some(id) = &operation.operation_id {
-                    *uses.entry(id.clone()).or_default() += 1;
-                }
+        for (_, operation) in operations_mut(openapi) {
+            if let Some(id) = &operation.operation_id {
+                *uses.entry(id.clone()).or_default() += 1;
             }
         }
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten() {
-                if let Some(id) = operation.operation_id.as_mut().filter(|id| uses.get(id.as_str()).is_some_and(|n| *n > 1)) {
-                    *id = Self::renamed(path, id);
-                }
+        for (path, operation) in operations_mut(openapi) {
+            if let Some(id) = operation.operation_id.as_mut().filter(|id| uses.get(id.as_str()).is_some_and(|n| *n > 1)) {
+                *id = Self::renamed(path, id);
             }
         }
     }
@@ -112,13 +107,11 @@ struct DescribedResponses;
 
 impl Modify for DescribedResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten() {
-                for (status, response) in operation.responses.responses.iter_mut() {
-                    if let utoipa::openapi::RefOr::T(response) = response {
-                        if response.description.is_empty() {
-                            response.description = status_text(status).to_owned();
-                        }
+        for (_, operation) in operations_mut(openapi) {
+            for (status, response) in operation.responses.responses.iter_mut() {
+                if let utoipa::openapi::RefOr::T(response) = response {
+                    if response.description.is_empty() {
+                        response.description = status_text(status).to_owned();
                     }
                 }
             }

@@ -652,20 +652,28 @@ mod tests {
         );
     }
 
-    #[test]
-    fn session_form_carries_the_invoice_on_the_session_and_its_payment_intent() {
-        let session = NewCheckoutSession {
-            amount: 100,
-            currency: "eur".to_owned(),
+    /// A session for `inv_x` of `amount` cents, nothing optional set.
+    fn session(amount: u64, currency: &str) -> NewCheckoutSession {
+        NewCheckoutSession {
+            amount,
+            currency: currency.to_owned(),
             product_name: "Invoice inv_x".to_owned(),
             invoice_id: "inv_x".to_owned(),
-            metadata: BTreeMap::from([("invoice_id".to_owned(), "inv_x".to_owned())]),
+            metadata: BTreeMap::new(),
             success_url: "https://pay.example/pay/inv_x".to_owned(),
             cancel_url: "https://pay.example/pay/inv_x".to_owned(),
             expires_at: None,
             save_card_for: None,
             receipt_email: None,
             locale: None,
+        }
+    }
+
+    #[test]
+    fn session_form_carries_the_invoice_on_the_session_and_its_payment_intent() {
+        let session = NewCheckoutSession {
+            metadata: BTreeMap::from([("invoice_id".to_owned(), "inv_x".to_owned())]),
+            ..session(100, "eur")
         };
         let form = session.form();
         assert!(form.contains(&("payment_intent_data[metadata][invoice_id]".to_owned(), "inv_x".to_owned())));
@@ -676,17 +684,9 @@ mod tests {
     #[test]
     fn session_form_names_the_payers_email_and_language() {
         let mut session = NewCheckoutSession {
-            amount: 100,
-            currency: "eur".to_owned(),
-            product_name: "Invoice inv_x".to_owned(),
-            invoice_id: "inv_x".to_owned(),
-            metadata: BTreeMap::new(),
-            success_url: "https://pay.example/pay/inv_x".to_owned(),
-            cancel_url: "https://pay.example/pay/inv_x".to_owned(),
-            expires_at: None,
-            save_card_for: None,
             receipt_email: Some("payer@example.com".to_owned()),
             locale: Some("fr".to_owned()),
+            ..session(100, "eur")
         };
         let form = session.form();
         for pair in [("customer_email", "payer@example.com"), ("payment_intent_data[receipt_email]", "payer@example.com"), ("locale", "fr")] {
@@ -703,19 +703,7 @@ mod tests {
 
     #[test]
     fn a_card_subscription_saves_the_card_and_renews_off_session() {
-        let session = NewCheckoutSession {
-            amount: 999,
-            currency: "usd".to_owned(),
-            product_name: "Invoice inv_x".to_owned(),
-            invoice_id: "inv_x".to_owned(),
-            metadata: BTreeMap::new(),
-            success_url: "https://pay.example/pay/inv_x".to_owned(),
-            cancel_url: "https://pay.example/pay/inv_x".to_owned(),
-            expires_at: None,
-            save_card_for: Some("cus_S1".to_owned()),
-            receipt_email: None,
-            locale: None,
-        };
+        let session = NewCheckoutSession { save_card_for: Some("cus_S1".to_owned()), ..session(999, "usd") };
         let form = session.form();
         assert!(form.contains(&("customer".to_owned(), "cus_S1".to_owned())));
         assert!(form.contains(&("payment_intent_data[setup_future_usage]".to_owned(), "off_session".to_owned())));

@@ -77,12 +77,17 @@ impl Texts {
     }
 
     /// The text `key`, else its English, else the key itself.
-    pub fn get(self, key: &str) -> &'static str {
+    pub fn get(self, key: &str) -> &str {
         let catalogs = &*CATALOGS;
-        [self.lang, Lang::En]
-            .iter()
-            .find_map(|lang| catalogs.get(lang).and_then(|c| c.texts.get(key)))
-            .map_or_else(|| leak_key(key), String::as_str)
+        let found = [self.lang, Lang::En].iter().find_map(|lang| catalogs.get(lang).and_then(|c| c.texts.get(key)));
+        match found {
+            Some(text) => text,
+            // A programming slip shows on the page as its key instead of failing the page.
+            None => {
+                tracing::error!(target: "api", key, "checkout text missing from every locale");
+                key
+            }
+        }
     }
 
     /// The text `key` with each `{name}` replaced by its value from `args`.
@@ -118,19 +123,6 @@ impl Texts {
     }
 }
 
-/// An unknown key shown as itself: a programming slip shows on the page instead of failing it.
-fn leak_key(key: &str) -> &'static str {
-    static SEEN: LazyLock<std::sync::Mutex<HashMap<String, &'static str>>> = LazyLock::new(Default::default);
-    let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(known) = seen.get(key) {
-        return known;
-    }
-    tracing::error!(target: "api", key, "checkout text missing from every locale");
-    let leaked: &'static str = Box::leak(key.to_owned().into_boxed_str());
-    seen.insert(key.to_owned(), leaked);
-    leaked
-}
-
 /// `template` with each `{name}` of `args` replaced; other braces are kept as written.
 fn fill(template: &str, args: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len() + 32);
@@ -138,9 +130,12 @@ fn fill(template: &str, args: &[(&str, &str)]) -> String {
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        match after.find('}').map(|close| (&after[..close], close)) {
-            Some((name, close)) if args.iter().any(|(n, _)| *n == name) => {
-                let value = args.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| *v);
+        let named = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            args.iter().find(|(n, _)| *n == name).map(|(_, value)| (*value, close))
+        });
+        match named {
+            Some((value, close)) => {
                 out.push_str(value);
                 rest = &after[close + 1..];
             }
