@@ -19,7 +19,7 @@ pub use payrail_payments::{billing, creator, invoice, merchant, refund, webhook}
 pub use payrail_payouts as payout;
 pub use payrail_rates as rates;
 pub use payrail_reconcile as reconcile;
-pub use payrail_store::{db, ledger, secrets};
+pub use payrail_store::{db, ledger, page, secrets};
 pub use payrail_stripe as stripe;
 pub use payrail_credits as credits;
 pub use payrail_subscriptions as subscriptions;

@@ -537,5 +537,5 @@ async fn a_merchant_reads_its_own_postings_as_balance_transactions(pool: PgPool)
         assert_eq!(body["error"]["code"], "parameter_invalid");
     }
     let (status, _) = server.text(Method::GET, key, "/v1/balance_transactions?surprise=1", None).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::common::{amount, transfer, Server, USD, USDC_POLYGON};
 use payrail::ledger::export::{self, EntryFilter};
 use payrail::ledger::{AccountCode, NewEntry, SignedAmount};
+use payrail::page::Page;
 use payrail::merchant::{create_merchant, create_platform_key, Role};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -53,11 +54,12 @@ impl Rig {
         body
     }
 
-    /// The ids of a page of entries, and its cursor.
-    async fn page(&self, path: &str) -> (Vec<i64>, Option<i64>) {
+    /// The ids of a page of entries, and whether more follow.
+    async fn page(&self, path: &str) -> (Vec<i64>, bool) {
         let body = self.ok(path).await;
+        assert_eq!(body["object"], "list", "{body}");
         let ids = body["data"].as_array().expect("data").iter().map(|e| e["id"].as_i64().expect("id")).collect();
-        (ids, body["next_before"].as_i64())
+        (ids, body["has_more"].as_bool().expect("has_more"))
     }
 }
 
@@ -183,23 +185,22 @@ async fn entries_are_filtered_and_paginated_newest_first(pool: PgPool) {
         assert_eq!(ids, expected, "{query}");
     }
 
-    // Pages of two, following next_before to the end.
-    let (page, next) = server.page("/v1/ledger/entries?limit=2").await;
-    assert_eq!((page, next), (vec![e4, e3], Some(e3)));
-    let (page, next) = server.page(&format!("/v1/ledger/entries?limit=2&before={e3}")).await;
-    assert_eq!((page, next), (vec![e2, e1], Some(e1)));
-    let (page, next) = server.page(&format!("/v1/ledger/entries?limit=2&before={e1}")).await;
-    assert_eq!((page, next), (vec![], None));
-    let (page, next) = server.page(&format!("/v1/ledger/entries?limit=3&before={e4}")).await;
-    assert_eq!((page, next), (vec![e3, e2, e1], Some(e1)));
-    let (page, next) = server.page("/v1/ledger/entries?limit=500&kind=payment").await;
-    assert_eq!((page, next), (vec![e2, e1], None));
+    // Pages of two, forward with starting_after to the end, and back with ending_before.
+    let server = &server;
+    let page = |query: String| async move { server.page(&format!("/v1/ledger/entries?{query}")).await };
+    assert_eq!(page("limit=2".into()).await, (vec![e4, e3], true));
+    assert_eq!(page(format!("limit=2&starting_after={e3}")).await, (vec![e2, e1], false));
+    assert_eq!(page(format!("limit=2&starting_after={e1}")).await, (vec![], false));
+    assert_eq!(page(format!("limit=3&starting_after={e4}")).await, (vec![e3, e2, e1], false));
+    assert_eq!(page(format!("limit=2&ending_before={e1}")).await, (vec![e3, e2], true));
+    assert_eq!(page(format!("limit=2&ending_before={e2}")).await, (vec![e4, e3], false));
+    assert_eq!(page(format!("limit=2&ending_before={e4}")).await, (vec![], false));
+    assert_eq!(page("limit=500&kind=payment".into()).await, (vec![e2, e1], false));
 
     // The library call gives the same as the route.
-    let filter = EntryFilter { kind: Some("payment".to_owned()), limit: 1, ..EntryFilter::default() };
-    let page = export::entries(&server.state.pool, &filter).await.expect("entries");
-    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [e2]);
-    assert_eq!(export::next_before(&page, filter.limit), Some(e2));
+    let filter = EntryFilter { kind: Some("payment".to_owned()), page: Page::first(1), ..EntryFilter::default() };
+    let (page, more) = export::entries(&server.state.pool, &filter).await.expect("entries");
+    assert_eq!((page.iter().map(|e| e.id).collect::<Vec<_>>(), more), (vec![e2], true));
 }
 
 /// Every line's debits, credits and balance, by (account, asset).
@@ -341,7 +342,7 @@ async fn csv_exports_quote_memos_and_count_rows(pool: PgPool) {
     let response = server.raw(Some(&server.finance), "/v1/ledger/entries?format=csv").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
-    assert!(response.headers().get("x-next-before").is_none());
+    assert_eq!(response.headers()["payrail-has-more"], "false");
     let text = response.text().await.expect("text");
     assert!(text.contains(",\"inv_1, \"\"rush\"\" order\"\r\n"), "{text}");
     let records = parse_csv(&text);
@@ -360,9 +361,9 @@ async fn csv_exports_quote_memos_and_count_rows(pool: PgPool) {
     );
     assert_eq!(records[1][0], e4.to_string(), "newest first");
 
-    // A CSV page carries its cursor in a header.
+    // A CSV page says in a header whether another follows.
     let response = server.raw(Some(&server.finance), "/v1/ledger/entries?format=csv&limit=1").await;
-    assert_eq!(response.headers()["x-next-before"], e4.to_string());
+    assert_eq!(response.headers()["payrail-has-more"], "true");
     assert_eq!(parse_csv(&response.text().await.expect("text")).len(), 1 + 2);
 
     let response = server.raw(Some(&server.finance), "/v1/ledger/trial_balance?format=csv").await;
@@ -398,7 +399,9 @@ async fn only_finance_and_admin_keys_read_exports_and_bad_queries_are_refused(po
     for (path, status) in [
         ("/v1/ledger/entries?limit=0", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/entries?limit=501", StatusCode::UNPROCESSABLE_ENTITY),
-        ("/v1/ledger/entries?before=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?starting_after=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?ending_before=entry_1", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?starting_after=1&ending_before=2", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/entries?from=yesterday", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/entries?to=2026-13-01T00:00:00Z", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/entries?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", StatusCode::UNPROCESSABLE_ENTITY),
@@ -412,9 +415,9 @@ async fn only_finance_and_admin_keys_read_exports_and_bad_queries_are_refused(po
         ("/v1/ledger/entries?format=xml", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/trial_balance?at=now", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/trial_balance?format=xlsx", StatusCode::UNPROCESSABLE_ENTITY),
-        ("/v1/ledger/entries?limit=ten", StatusCode::BAD_REQUEST),
-        ("/v1/ledger/entries?before=entry_1", StatusCode::BAD_REQUEST),
-        ("/v1/ledger/entries?merchant=mer_a", StatusCode::BAD_REQUEST),
+        ("/v1/ledger/entries?limit=ten", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?before=3", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/ledger/entries?merchant=mer_a", StatusCode::UNPROCESSABLE_ENTITY),
         ("/v1/ledger/trial_balance?account=revenue:", StatusCode::BAD_REQUEST),
     ] {
         let (got, body) = server.json(Some(&server.finance), path).await;

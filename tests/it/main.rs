@@ -20,6 +20,7 @@ mod invoice;
 mod leader;
 mod ledger;
 mod ledger_export;
+mod pagination;
 mod payouts;
 mod rates;
 mod reconcile;

@@ -702,13 +702,17 @@ async fn events_are_listed_newest_first_with_cursor_pagination(pool: PgPool) {
         "/v1/events?limit=101".to_owned(),
         "/v1/events?limit=ten".to_owned(),
         "/v1/events?limit=-1".to_owned(),
-        "/v1/events?starting_after=evt_doesnotexist0000000000".to_owned(),
         "/v1/events?starting_after=nonsense".to_owned(),
-        format!("/v1/events?starting_after={foreign}"),
+        "/v1/events?ending_before=inv_1".to_owned(),
         "/v1/events?surprise=1".to_owned(),
     ] {
         let (status, body) = h.get(&m.key, &bad).await;
         assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid"), "{bad}: {body}");
+    }
+    // An event of another merchant's, or none, is no place in this merchant's list.
+    for cursor in ["evt_doesnotexist0000000000".to_owned(), foreign] {
+        let (status, body) = h.get(&m.key, &format!("/v1/events?starting_after={cursor}")).await;
+        assert_eq!((status, &body["data"], &body["has_more"]), (StatusCode::OK, &json!([]), &json!(false)), "{cursor}: {body}");
     }
     let (status, page) = h.get(&m.key, "/v1/events?limit=100").await;
     assert_eq!((status, page["data"].as_array().map(Vec::len)), (StatusCode::OK, Some(5)));

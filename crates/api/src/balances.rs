@@ -175,8 +175,8 @@ pub struct BalanceTransactions {
     /// Oldest first. `account` is the merchant's available balance
     /// (`liabilities:merchant:{id}`) or its unapplied balance (`liabilities:unapplied:{id}`).
     pub data: Vec<StatementLine>,
-    /// More lines follow: ask again with `starting_after` = the last line's `entry_id` (in CSV,
-    /// the `Payrail-Has-More: true` header says so).
+    /// More lines follow in the direction asked: ask again with `starting_after` = the last
+    /// line's `entry_id` (or `ending_before` = the first's). In CSV, the `Payrail-Has-More` header.
     pub has_more: bool,
 }
 
@@ -196,7 +196,7 @@ pub async fn transactions(
     let asked = statements::asked(query)?;
     let accounts = [AccountCode::merchant(&auth.merchant_id), AccountCode::unapplied(&auth.merchant_id)];
     let (lines, has_more) =
-        payrail_store::ledger::statement(&state.read_pool, &accounts, asked.range).await.map_err(ApiError::ledger)?;
+        payrail_store::ledger::statement(&state.read_pool, &accounts, &asked.range).await.map_err(ApiError::ledger)?;
     if asked.csv {
         return Ok(statements::csv_page(payrail_store::ledger::statement_csv(&lines, true), has_more));
     }

@@ -14,27 +14,6 @@ use super::auth::MerchantAuth;
 use super::error::ApiError;
 use super::AppState;
 
-/// A page of card settlements, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CardSettlementList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<CardSettlementView>,
-    /// More follow: ask again with `starting_after` = the last id.
-    pub has_more: bool,
-}
-
-/// Query of `GET /v1/card_settlements`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct CardSettlementQuery {
-    /// 1 to 100; 20 when absent.
-    pub limit: Option<u32>,
-    /// A `cst_…` id: settlements created before it (the next page).
-    pub starting_after: Option<String>,
-}
-
 fn rail(state: &AppState) -> Result<&payrail_stripe::CardRail, ApiError> {
     state.card.as_deref().ok_or_else(|| ApiError::from(StripeError::NotConfigured))
 }
@@ -58,20 +37,17 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/card_settlements", tag = "settlements", security(("bearer" = [])),
-    params(CardSettlementQuery),
-    responses((status = 200, body = CardSettlementList), (status = 400, body = super::openapi::ErrorBody),
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<CardSettlementView>, description = "the merchant's card settlements, newest first"),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: MerchantAuth,
-    query: Result<Query<CardSettlementQuery>, QueryRejection>,
-) -> Result<Json<CardSettlementList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
-    let limit = super::page_limit(Some(query.limit.unwrap_or(20)), settlement::LIST_LIMIT_MAX)?;
-    let starting_after = super::cursor(query.starting_after.as_deref(), "cst")?;
-    let (data, has_more) = settlement::list(&state.pool, &auth.merchant_id, limit, starting_after).await?;
-    Ok(Json(CardSettlementList { object: "list", data, has_more }))
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<CardSettlementView>>, ApiError> {
+    let page = super::list_query(query)?.page("cst")?;
+    Ok(Json(super::List::of(settlement::list(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/card_settlements/{id}", tag = "settlements", security(("bearer" = [])),

@@ -27,28 +27,6 @@ impl From<CreatorError> for ApiError {
     }
 }
 
-/// `GET /v1/creators`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CreatorList {
-    pub data: Vec<CreatorView>,
-    /// More creators follow: ask again with `starting_after` = the last id.
-    pub has_more: bool,
-}
-
-/// Query of `GET /v1/creators`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListCreators {
-    /// Creators per page, 1–100 (100 when absent).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-    /// A creator id (`cr_…`): the page starts after it.
-    pub starting_after: Option<String>,
-}
-
-use super::page_limit;
-
 #[utoipa::path(post, path = "/v1/creators", tag = "creators", security(("bearer" = [])),
     request_body = CreateCreator,
     responses((status = 201, body = NewCreator, description = "the creator and its API key, shown once"),
@@ -64,21 +42,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[utoipa::path(get, path = "/v1/creators", tag = "creators", security(("bearer" = [])), params(ListCreators),
-    responses((status = 200, body = CreatorList, description = "the merchant's creators, oldest first"),
+#[utoipa::path(get, path = "/v1/creators", tag = "creators", security(("bearer" = [])), params(super::PageQuery),
+    responses((status = 200, body = super::List<CreatorView>, description = "the merchant's creators, oldest first"),
         (status = 401, body = super::openapi::ErrorBody),
         (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: MerchantAuth,
-    query: Result<Query<ListCreators>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<CreatorList>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
-    let limit = page_limit(query.limit, creator::CREATORS_PAGE_LIMIT_MAX)?;
-    let starting_after = super::cursor(query.starting_after.as_deref(), "cr")?;
-    let (data, has_more) = creator::list_creators(&state.pool, &auth.merchant_id, limit, starting_after).await?;
-    Ok(Json(CreatorList { data, has_more }))
+    query: Result<Query<super::PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<super::List<CreatorView>>, ApiError> {
+    let page = super::list_query(query)?.page("cr")?;
+    Ok(Json(super::List::of(creator::list_creators(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/creators/{id}", tag = "creators", security(("bearer" = [])),
@@ -128,10 +102,12 @@ pub async fn me(State(state): State<AppState>, auth: CreatorAuth) -> Result<Json
 /// `GET /v1/creators/me/statement` as JSON.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Statement {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
     pub creator_id: String,
     pub data: Vec<StatementLine>,
-    /// More lines follow: ask again with `starting_after` = the last line's `entry_id` (in CSV,
-    /// the `Payrail-Has-More: true` header says so).
+    /// More lines follow in the direction asked: ask again with `starting_after` = the last
+    /// line's `entry_id` (or `ending_before` = the first's). In CSV, the `Payrail-Has-More` header.
     pub has_more: bool,
 }
 
@@ -147,9 +123,9 @@ pub async fn statement(
     query: Result<Query<StatementQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let asked = statements::asked(query)?;
-    let (lines, has_more) = creator::statement(&state.read_pool, &auth.creator_id, asked.range).await?;
+    let (lines, has_more) = creator::statement(&state.read_pool, &auth.creator_id, &asked.range).await?;
     if asked.csv {
         return Ok(statements::csv_page(creator::statement_csv(&lines), has_more));
     }
-    Ok(Json(Statement { creator_id: auth.creator_id, data: lines, has_more }).into_response())
+    Ok(Json(Statement { object: "list", creator_id: auth.creator_id, data: lines, has_more }).into_response())
 }

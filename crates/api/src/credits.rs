@@ -39,15 +39,6 @@ impl From<CreditsError> for ApiError {
     }
 }
 
-/// A page of customers, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CustomerList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<CustomerView>,
-    pub has_more: bool,
-}
-
 /// Query of `GET /v1/customers`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -55,28 +46,13 @@ pub struct CustomerList {
 pub struct CustomerQuery {
     /// Only the customer with this `external_id`.
     pub external_id: Option<String>,
-    /// 1 to 100; 20 when absent.
+    /// Customers per page, 1–100 (20 when absent).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// A `cus_…` id: customers created before it.
+    /// A customer id: the page holds the customers after it (older).
     pub starting_after: Option<String>,
-}
-
-/// The credit currencies of the merchant.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CurrencyList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<CurrencyView>,
-    pub has_more: bool,
-}
-
-/// A page of a customer's credit history, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct TransactionList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<TransactionView>,
-    pub has_more: bool,
+    /// A customer id: the page holds the customers before it (newer).
+    pub ending_before: Option<String>,
 }
 
 /// Query of `GET /v1/customers/{id}/transactions`.
@@ -84,17 +60,16 @@ pub struct TransactionList {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionQuery {
-    /// 1 to 100; 20 when absent.
+    /// Movements per page, 1–100 (20 when absent).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// A `ctx_…` id: movements before it.
+    /// A movement id: the page holds the movements after it (older).
     pub starting_after: Option<String>,
+    /// A movement id: the page holds the movements before it (newer).
+    pub ending_before: Option<String>,
     /// `json` (the default) or `csv` (one record per movement; `Payrail-Has-More: true` when
     /// another page follows).
     pub format: Option<String>,
-}
-
-fn query_error(e: QueryRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text())
 }
 
 /// The `Idempotency-Key` a movement needs.
@@ -131,19 +106,17 @@ pub async fn create_customer(
 
 #[utoipa::path(get, path = "/v1/customers", tag = "credits", security(("bearer" = [])),
     params(CustomerQuery),
-    responses((status = 200, body = CustomerList), (status = 400, body = super::openapi::ErrorBody),
+    responses((status = 200, body = super::List<CustomerView>, description = "the merchant's customers, newest first"),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn list_customers(
     State(state): State<AppState>,
     auth: MerchantAuth,
     query: Result<Query<CustomerQuery>, QueryRejection>,
-) -> Result<Json<CustomerList>, ApiError> {
-    let Query(query) = query.map_err(query_error)?;
-    let limit = super::page_limit(Some(query.limit.unwrap_or(20)), customer::LIST_LIMIT_MAX)?;
-    let starting_after = super::cursor(query.starting_after.as_deref(), "cus")?;
-    let (data, has_more) = customer::list(&state.pool, &auth.merchant_id, query.external_id.as_deref(), limit, starting_after).await?;
-    Ok(Json(CustomerList { object: "list", data, has_more }))
+) -> Result<Json<super::List<CustomerView>>, ApiError> {
+    let query = super::list_query(query)?;
+    let page = super::page(query.limit, query.starting_after, query.ending_before, super::CursorKind::Id("cus"), super::PageSize::LIST)?;
+    Ok(Json(super::List::of(customer::list(&state.pool, &auth.merchant_id, query.external_id.as_deref(), &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/customers/{id}", tag = "credits", security(("bearer" = [])),
@@ -188,10 +161,17 @@ pub async fn create_currency(
 }
 
 #[utoipa::path(get, path = "/v1/credit_currencies", tag = "credits", security(("bearer" = [])),
-    responses((status = 200, body = CurrencyList), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody)))]
-pub async fn list_currencies(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<CurrencyList>, ApiError> {
-    Ok(Json(CurrencyList { object: "list", data: currency::list(&state.pool, &auth.merchant_id).await?, has_more: false }))
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<CurrencyView>, description = "the merchant's credit currencies, by code; the cursors are codes"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list_currencies(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<CurrencyView>>, ApiError> {
+    let page = super::list_query(query)?.page_by(super::CursorKind::Code)?;
+    Ok(Json(super::List::of(currency::list(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/customers/{id}/grants", tag = "credits", security(("bearer" = [])),
@@ -280,8 +260,8 @@ pub async fn balance(State(state): State<AppState>, auth: MerchantAuth, Path(id)
 
 #[utoipa::path(get, path = "/v1/customers/{id}/transactions", tag = "credits", security(("bearer" = [])),
     params(("id" = String, Path, description = "the customer, cus_…"), TransactionQuery),
-    responses((status = 200, body = TransactionList, content_type = "application/json"),
-        (status = 200, description = "with format=csv: id, created_at, kind, currency, amount_minor, source, description, resource, counterparty, entry_id", content_type = "text/csv"),
+    responses((status = 200, body = super::List<TransactionView>,
+            description = "the customer's movements, newest first; or with format=csv, text/csv: id, created_at, kind, currency, amount_minor, source, description, resource, counterparty, entry_id"),
         (status = 400, body = super::openapi::ErrorBody),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 404, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
@@ -293,17 +273,16 @@ pub async fn transactions(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     customer_id(&id)?;
-    let Query(query) = query.map_err(query_error)?;
+    let query = super::list_query(query)?;
     let csv = match query.format.as_deref().unwrap_or("json") {
         "json" => false,
         "csv" => true,
         _ => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "format must be json or csv")),
     };
-    let limit = super::page_limit(Some(query.limit.unwrap_or(20)), view::LIST_LIMIT_MAX)?;
-    let starting_after = super::cursor(query.starting_after.as_deref(), "ctx")?;
-    let (data, has_more) = view::transactions(&state.pool, &auth.merchant_id, &id, limit, starting_after).await?;
+    let page = super::page(query.limit, query.starting_after, query.ending_before, super::CursorKind::Id("ctx"), super::PageSize::LIST)?;
+    let (data, has_more) = view::transactions(&state.pool, &auth.merchant_id, &id, &page).await?;
     if !csv {
-        return Ok(Json(TransactionList { object: "list", data, has_more }).into_response());
+        return Ok(Json(super::List { object: "list", data, has_more }).into_response());
     }
     let mut body = String::new();
     let header = ["id", "created_at", "kind", "currency", "amount_minor", "source", "description", "resource", "counterparty", "entry_id"];
@@ -327,15 +306,6 @@ pub async fn transactions(
     Ok(super::statements::csv_page(body, has_more))
 }
 
-/// The merchant's credit packs, oldest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PackList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<PackView>,
-    pub has_more: bool,
-}
-
 /// Body of `POST /v1/customers/{id}/purchases`.
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -344,15 +314,6 @@ pub struct PurchaseBody {
     pub pack: String,
     /// A promo code that applies to packs (any case).
     pub promo_code: Option<String>,
-}
-
-/// The merchant's promo codes, oldest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PromoList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<PromoView>,
-    pub has_more: bool,
 }
 
 #[utoipa::path(post, path = "/v1/promo_codes", tag = "credits", security(("bearer" = [])),
@@ -388,10 +349,17 @@ pub async fn put_limits(State(state): State<AppState>, auth: MerchantAuth, body:
 }
 
 #[utoipa::path(get, path = "/v1/promo_codes", tag = "credits", security(("bearer" = [])),
-    responses((status = 200, body = PromoList), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody)))]
-pub async fn list_promos(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<PromoList>, ApiError> {
-    Ok(Json(PromoList { object: "list", data: promo::list(&state.pool, &auth.merchant_id).await?, has_more: false }))
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<PromoView>, description = "the merchant's promo codes, oldest first"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list_promos(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<PromoView>>, ApiError> {
+    let page = super::list_query(query)?.page("promo")?;
+    Ok(Json(super::List::of(promo::list(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 /// A purchase and the invoice the customer pays for it.
@@ -417,10 +385,17 @@ pub async fn create_pack(
 }
 
 #[utoipa::path(get, path = "/v1/credit_packs", tag = "credits", security(("bearer" = [])),
-    responses((status = 200, body = PackList), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody)))]
-pub async fn list_packs(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<PackList>, ApiError> {
-    Ok(Json(PackList { object: "list", data: pack::list(&state.pool, &auth.merchant_id).await?, has_more: false }))
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<PackView>, description = "the merchant's credit packs, oldest first"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list_packs(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<PackView>>, ApiError> {
+    let page = super::list_query(query)?.page("pack")?;
+    Ok(Json(super::List::of(pack::list(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(patch, path = "/v1/credit_packs/{id}", tag = "credits", security(("bearer" = [])),

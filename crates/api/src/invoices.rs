@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
-use crate::invoice::{self, CreateInvoice, CreatorShare, InvoicePage, InvoiceView, ListFilter, Splits};
+use crate::invoice::{self, CreateInvoice, CreatorShare, InvoiceView, ListFilter, Splits};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
@@ -154,20 +154,24 @@ pub struct ListQuery {
     pub created_from: Option<String>,
     /// RFC 3339; invoices created before.
     pub created_to: Option<String>,
+    /// Invoices per page, 1–100 (20 when absent).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// An invoice id: the page holds the invoices after it.
     pub starting_after: Option<String>,
-    pub limit: Option<i64>,
+    /// An invoice id: the page holds the invoices before it.
+    pub ending_before: Option<String>,
 }
 
 
 #[utoipa::path(get, path = "/v1/invoices", tag = "invoices", security(("bearer" = [])), params(ListQuery),
-    responses((status = 200, body = InvoicePage), (status = 401, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+    responses((status = 200, body = super::List<InvoiceView>, description = "the merchant's invoices, newest first"), (status = 401, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: MerchantAuth,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<InvoicePage>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
+) -> Result<Json<super::List<InvoiceView>>, ApiError> {
+    let query = super::list_query(query)?;
     let status = query
         .status
         .as_deref()
@@ -179,27 +183,14 @@ pub async fn list(
         order_id: query.order_id,
         created_from: super::time_param("created_from", query.created_from.as_deref())?,
         created_to: super::time_param("created_to", query.created_to.as_deref())?,
-        starting_after: super::cursor(query.starting_after.as_deref(), "inv")?.map(str::to_owned),
-        limit: query.limit,
+        page: super::page(query.limit, query.starting_after, query.ending_before, super::CursorKind::Id("inv"), super::PageSize::LIST)?,
     };
     let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
-    Ok(Json(invoice::list_invoices(&mut conn, &auth.merchant_id, &filter).await?))
+    Ok(Json(super::List::of(invoice::list_invoices(&mut conn, &auth.merchant_id, &filter).await?)))
 }
 
-/// Query of `GET /v1/unapplied`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct UnappliedQuery {
-    /// A payment id (`pay_…`): the page starts after it.
-    pub starting_after: Option<String>,
-    /// Payments per page, 1–100 (100 when absent).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-}
-
-#[utoipa::path(get, path = "/v1/unapplied", tag = "invoices", security(("bearer" = [])), params(UnappliedQuery),
-    responses((status = 200, body = invoice::UnappliedPage,
+#[utoipa::path(get, path = "/v1/unapplied", tag = "invoices", security(("bearer" = [])), params(super::PageQuery),
+    responses((status = 200, body = super::List<invoice::UnappliedPayment>,
             description = "the payments held on the merchant's unapplied balance that are still money, oldest first"),
         (status = 401, body = super::openapi::ErrorBody, description = "unauthorized: no valid API key"),
         (status = 403, body = super::openapi::ErrorBody, description = "forbidden: not a merchant key"),
@@ -207,14 +198,11 @@ pub struct UnappliedQuery {
 pub async fn unapplied(
     State(state): State<AppState>,
     auth: MerchantAuth,
-    query: Result<Query<UnappliedQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<invoice::UnappliedPage>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
-    let limit = super::page_limit(query.limit, invoice::UNAPPLIED_LIMIT_MAX)?;
-    let starting_after = super::cursor(query.starting_after.as_deref(), "pay")?;
+    query: Result<Query<super::PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<super::List<invoice::UnappliedPayment>>, ApiError> {
+    let page = super::list_query(query)?.page("pay")?;
     let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
-    Ok(Json(invoice::list_unapplied(&mut conn, &auth.merchant_id, limit, starting_after).await?))
+    Ok(Json(super::List::of(invoice::list_unapplied(&mut conn, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", security(("bearer" = [])),

@@ -7,14 +7,13 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
 
-use crate::merchant::keys::{self, CreateKey, KeyError, KeyView, NewKey, RotateKey, UpdateKey, KEYS_PAGE_LIMIT_MAX};
+use crate::merchant::keys::{self, CreateKey, KeyError, KeyView, NewKey, RotateKey, UpdateKey};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
 use super::openapi::ErrorBody;
-use super::webhooks::List;
+use super::List;
 use super::AppState;
 
 impl From<KeyError> for ApiError {
@@ -28,18 +27,6 @@ impl From<KeyError> for ApiError {
             KeyError::Database(error) => Self::database(error),
         }
     }
-}
-
-/// Query of `GET /v1/api_keys`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListKeys {
-    /// Keys per page, 1–100 (100 when absent).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-    /// A key id (`key_…`): the page starts after it.
-    pub starting_after: Option<String>,
 }
 
 fn key_id(id: &str) -> Result<(), ApiError> {
@@ -81,7 +68,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(keys::create(&state.pool, &auth.merchant_id, &request).await?)))
 }
 
-#[utoipa::path(get, path = "/v1/api_keys", tag = "api_keys", security(("bearer" = [])), params(ListKeys),
+#[utoipa::path(get, path = "/v1/api_keys", tag = "api_keys", security(("bearer" = [])), params(super::PageQuery),
     responses((status = 200, body = List<KeyView>, description = "the merchant's keys (merchant and creator keys, revoked ones too), newest first; never secrets"),
         (status = 401, body = ErrorBody, description = "unauthorized"),
         (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
@@ -91,14 +78,10 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     auth: MerchantAuth,
-    query: Result<Query<ListKeys>, QueryRejection>,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
 ) -> Result<Json<List<KeyView>>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))?;
-    let limit = super::page_limit(query.limit, KEYS_PAGE_LIMIT_MAX)?;
-    let starting_after = super::cursor(query.starting_after.as_deref(), "key")?;
-    let (data, has_more) = keys::list(&state.pool, &auth.merchant_id, limit, starting_after).await?;
-    Ok(Json(List { object: "list", data, has_more }))
+    let page = super::list_query(query)?.page("key")?;
+    Ok(Json(List::of(keys::list(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/api_keys/{id}", tag = "api_keys", security(("bearer" = [])),

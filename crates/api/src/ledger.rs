@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -13,9 +13,6 @@ use payrail_store::ledger::export::{self, AccountFilter, EntryExport, EntryFilte
 use super::auth::FinanceAuth;
 use super::error::ApiError;
 use super::AppState;
-
-/// The response header that carries the next page's cursor of a CSV page of entries.
-pub const NEXT_BEFORE_HEADER: &str = "x-next-before";
 
 
 impl From<ExportError> for ApiError {
@@ -69,29 +66,24 @@ pub struct EntriesQuery {
     pub asset: Option<String>,
     /// The entry kind: `payment`, `payout`, `reversal`, …
     pub kind: Option<String>,
-    /// 1 to 500; 100 when absent.
-    pub limit: Option<i64>,
-    /// A journal entry id: entries with a smaller id (the `next_before` of the previous page).
-    pub before: Option<i64>,
+    /// Entries per page, 1–500 (100 when absent).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// A journal entry id: the page holds the entries after it (older).
+    pub starting_after: Option<String>,
+    /// A journal entry id: the page holds the entries before it (newer).
+    pub ending_before: Option<String>,
     /// `json` (the default) or `csv`.
     pub format: Option<String>,
 }
 
-/// A page of journal entries, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct EntryList {
-    pub data: Vec<EntryExport>,
-    /// Pass as `before` for the next page; absent on the last page.
-    pub next_before: Option<i64>,
-}
-
 #[utoipa::path(get, path = "/v1/ledger/entries", tag = "ledger", security(("bearer" = [])),
     params(EntriesQuery),
-    responses((status = 200, body = EntryList,
-            description = "JSON; with format=csv, text/csv with one record per posting \
+    responses((status = 200, body = super::List<EntryExport>,
+            description = "entries newest first; with format=csv, text/csv with one record per posting \
                 (entry_id, created_at, idempotency_key, kind, account, asset, amount_minor, memo), \
-                the next page's cursor in X-Next-Before",
-            headers(("X-Next-Before" = i64, description = "with format=csv: pass as before for the next page"))),
+                `Payrail-Has-More: true` when another page follows",
+            headers(("Payrail-Has-More" = bool, description = "with format=csv: whether another page follows"))),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
         (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn entries(
@@ -99,7 +91,7 @@ pub async fn entries(
     _auth: FinanceAuth,
     query: Result<Query<EntriesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(bad_query)?;
+    let query = super::list_query(query)?;
     let format = format_param(query.format.as_deref())?;
     let filter = EntryFilter {
         from: super::time_param("from", query.from.as_deref())?,
@@ -107,20 +99,18 @@ pub async fn entries(
         account: query.account.as_deref().map(AccountFilter::parse).transpose()?,
         asset: plain_text("asset", query.asset)?,
         kind: plain_text("kind", query.kind)?,
-        limit: query.limit.unwrap_or(export::ENTRIES_LIMIT_DEFAULT),
-        before: query.before,
+        page: super::page(
+            query.limit,
+            query.starting_after,
+            query.ending_before,
+            super::CursorKind::Entry,
+            super::PageSize { default: export::ENTRIES_LIMIT_DEFAULT, max: export::ENTRIES_LIMIT_MAX },
+        )?,
     };
-    let data = export::entries(&state.read_pool, &filter).await?;
-    let next_before = export::next_before(&data, filter.limit);
+    let (data, has_more) = export::entries(&state.read_pool, &filter).await?;
     match format {
-        Format::Json => Ok(Json(EntryList { data, next_before }).into_response()),
-        Format::Csv => {
-            let mut response = super::csv_response(export::entries_csv(&data));
-            if let Some(id) = next_before {
-                response.headers_mut().insert(NEXT_BEFORE_HEADER, HeaderValue::from(id));
-            }
-            Ok(response)
-        }
+        Format::Json => Ok(Json(super::List { object: "list", data, has_more }).into_response()),
+        Format::Csv => Ok(super::statements::csv_page(export::entries_csv(&data), has_more)),
     }
 }
 

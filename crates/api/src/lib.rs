@@ -108,18 +108,125 @@ impl Default for HttpLimits {
     }
 }
 
-/// A page size from a `limit` query parameter: `max` when absent, refused outside `1..=max`.
-pub(crate) fn page_limit(limit: Option<u32>, max: i64) -> Result<i64, ApiError> {
-    let limit = limit.map_or(max, i64::from);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "parameter_invalid",
-            format!("limit: must be 1..={max}"),
-        ))
+/// Every list route's answer: one page of `data` in the list's order, and whether more items lie
+/// beyond it in the direction asked (after it, or before it with `ending_before`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct List<T> {
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+impl<T> List<T> {
+    /// A page and whether more follow, as a store's list answers them.
+    pub fn of((data, has_more): (Vec<T>, bool)) -> Self {
+        Self { object: "list", data, has_more }
     }
+}
+
+/// The query of a list route with no filter of its own.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Items per page, 1–100 (20 when absent).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// An item's id (or code): the page holds the items after it (the last of the page before).
+    pub starting_after: Option<String>,
+    /// An item's id (or code): the page holds the items before it (the first of the page after).
+    pub ending_before: Option<String>,
+}
+
+impl PageQuery {
+    /// The page asked for, of a list whose ids start `prefix_`: see [`page`].
+    pub(crate) fn page(self, prefix: &'static str) -> Result<payrail_store::page::Page, ApiError> {
+        self.page_by(CursorKind::Id(prefix))
+    }
+
+    /// The page asked for, of a list whose cursors are of `kind`: see [`page`].
+    pub(crate) fn page_by(self, kind: CursorKind) -> Result<payrail_store::page::Page, ApiError> {
+        page(self.limit, self.starting_after, self.ending_before, kind, PageSize::LIST)
+    }
+}
+
+/// A list query read as every list route reads it: a malformed one is 422 `parameter_invalid`.
+pub(crate) fn list_query<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query.map(|q| q.0).map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text()))
+}
+
+/// A list route's page size: when `limit` is absent, and the most it may ask.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageSize {
+    pub default: i64,
+    pub max: i64,
+}
+
+impl PageSize {
+    /// Every list's unless it says otherwise: 20, up to 100.
+    pub const LIST: Self = Self { default: 20, max: 100 };
+}
+
+/// What a list's cursors name: its items' ids (`prefix_…`), ledger entry ids (positive integers),
+/// or codes the merchant chose (a credit currency's, a chain's name).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CursorKind {
+    Id(&'static str),
+    Entry,
+    Code,
+}
+
+impl CursorKind {
+    fn admits(self, cursor: &str) -> bool {
+        match self {
+            Self::Id(prefix) => crate::ids::is_id(cursor, prefix),
+            Self::Entry => cursor.parse::<i64>().is_ok_and(|n| n > 0),
+            Self::Code => (1..=200).contains(&cursor.len()) && cursor.bytes().all(|b| b.is_ascii_graphic()),
+        }
+    }
+
+    fn expected(self) -> String {
+        match self {
+            Self::Id(prefix) => format!("an id {prefix}_…"),
+            Self::Entry => "an entry id (a positive integer)".to_owned(),
+            Self::Code => "a code (1 to 200 visible ASCII characters)".to_owned(),
+        }
+    }
+}
+
+/// The page a list route's `limit`, `starting_after` and `ending_before` ask for, checked: a limit
+/// outside `1..=max`, a cursor the list's items cannot have, or both cursors at once, are refused
+/// (422 `parameter_invalid`) before any query.
+pub(crate) fn page(
+    limit: Option<u32>,
+    starting_after: Option<String>,
+    ending_before: Option<String>,
+    kind: CursorKind,
+    size: PageSize,
+) -> Result<payrail_store::page::Page, ApiError> {
+    use payrail_store::page::{Cursor, Page};
+    let invalid = |message: String| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", message);
+    let limit = limit.map_or(size.default, i64::from);
+    if !(1..=size.max).contains(&limit) {
+        return Err(invalid(format!("limit: must be 1..={}", size.max)));
+    }
+    let check = |name: &str, cursor: String| {
+        if kind.admits(&cursor) {
+            Ok(cursor)
+        } else {
+            Err(invalid(format!("{name}: must be {}", kind.expected())))
+        }
+    };
+    let cursor = match (starting_after, ending_before) {
+        (Some(_), Some(_)) => return Err(invalid("starting_after and ending_before: give one of them".to_owned())),
+        (Some(id), None) => Some(Cursor::After(check("starting_after", id)?)),
+        (None, Some(id)) => Some(Cursor::Before(check("ending_before", id)?)),
+        (None, None) => None,
+    };
+    Ok(Page { limit, cursor })
 }
 
 /// A CSV body (RFC 4180, UTF-8) as every `format=csv` answer sends it.
@@ -141,19 +248,6 @@ pub(crate) fn time_param(name: &str, value: Option<&str>) -> Result<Option<chron
             })
         })
         .transpose()
-}
-
-/// A `starting_after` cursor: absent, or an id with `prefix` (anything else is refused before it
-/// reaches a query).
-pub(crate) fn cursor<'a>(starting_after: Option<&'a str>, prefix: &str) -> Result<Option<&'a str>, ApiError> {
-    match starting_after {
-        Some(id) if !crate::ids::is_id(id, prefix) => Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "parameter_invalid",
-            format!("starting_after: must be an id {prefix}_…"),
-        )),
-        other => Ok(other),
-    }
 }
 
 /// `/metrics` alone, for `[server] metrics_listen`.

@@ -33,29 +33,18 @@ impl From<PayoutError> for ApiError {
     }
 }
 
-/// A page of payouts, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PayoutList {
-    pub data: Vec<PayoutView>,
-    /// Pass as `before` for the next page; absent on the last page.
-    pub next_before: Option<String>,
-}
-
-/// A creator's payouts, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CreatorPayoutList {
-    pub data: Vec<CreatorPayoutView>,
-}
-
 /// Query of `GET /v1/payouts`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// 1 to 100; 20 when absent.
-    pub limit: Option<i64>,
-    /// A `po_…` id: payouts created before it.
-    pub before: Option<String>,
+    /// Payouts per page, 1–100 (20 when absent).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// A payout id: the page holds the payouts after it (older).
+    pub starting_after: Option<String>,
+    /// A payout id: the page holds the payouts before it (newer).
+    pub ending_before: Option<String>,
     /// `created`, `sent`, `confirmed` or `failed`.
     pub status: Option<String>,
 }
@@ -97,19 +86,16 @@ pub async fn run(
 
 #[utoipa::path(get, path = "/v1/payouts", tag = "payouts", security(("bearer" = [])),
     params(ListQuery),
-    responses((status = 200, body = PayoutList), (status = 400, body = super::openapi::ErrorBody),
+    responses((status = 200, body = super::List<PayoutView>, description = "the payout batches, newest first"),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     _auth: FinanceAuth,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<PayoutList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=payout::store::LIST_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "limit must be 1 to 100"));
-    }
+) -> Result<Json<super::List<PayoutView>>, ApiError> {
+    let query = super::list_query(query)?;
+    let page = super::page(query.limit, query.starting_after, query.ending_before, super::CursorKind::Id("po"), super::PageSize::LIST)?;
     if let Some(status) = &query.status {
         if !["created", "sent", "confirmed", "failed"].contains(&status.as_str()) {
             return Err(ApiError::new(
@@ -119,13 +105,7 @@ pub async fn list(
             ));
         }
     }
-    if query.before.as_deref().is_some_and(|b| !crate::ids::is_id(b, "po")) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "before must be a po_… id"));
-    }
-    let data = payout::store::list(&state.pool, limit, query.before.as_deref(), query.status.as_deref()).await?;
-    let full = i64::try_from(data.len()).unwrap_or(0) == limit;
-    let next_before = if full { data.last().map(|p| p.id.clone()) } else { None };
-    Ok(Json(PayoutList { data, next_before }))
+    Ok(Json(super::List::of(payout::store::list(&state.pool, &page, query.status.as_deref()).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/payouts/{id}", tag = "payouts", security(("bearer" = [])),
@@ -139,12 +119,17 @@ pub async fn show(State(state): State<AppState>, _auth: FinanceAuth, Path(id): P
     Ok(Json(payout::store::view(&state.pool, &id).await?))
 }
 
-#[utoipa::path(get, path = "/v1/creators/me/payouts", tag = "creators", security(("bearer" = [])),
-    responses((status = 200, body = CreatorPayoutList), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody)))]
-pub async fn mine(State(state): State<AppState>, auth: CreatorAuth) -> Result<Json<CreatorPayoutList>, ApiError> {
-    let data = payout::store::creator_payouts(&state.pool, &auth.creator_id, payout::store::LIST_LIMIT_MAX).await?;
-    Ok(Json(CreatorPayoutList { data }))
+#[utoipa::path(get, path = "/v1/creators/me/payouts", tag = "creators", security(("bearer" = [])), params(super::PageQuery),
+    responses((status = 200, body = super::List<CreatorPayoutView>, description = "the creator's payouts, newest first"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn mine(
+    State(state): State<AppState>,
+    auth: CreatorAuth,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<CreatorPayoutView>>, ApiError> {
+    let page = super::list_query(query)?.page("po")?;
+    Ok(Json(super::List::of(payout::store::creator_payouts(&state.pool, &auth.creator_id, &page).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/payouts/{id}/cancel", tag = "payouts", security(("bearer" = [])),

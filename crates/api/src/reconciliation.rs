@@ -51,12 +51,6 @@ pub struct RunRequest {
     pub to_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// `GET /v1/reconciliation`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct RunList {
-    pub data: Vec<RunSummary>,
-}
-
 /// Query of `GET /v1/reconciliation/{id}`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -104,10 +98,17 @@ pub async fn run(
 }
 
 #[utoipa::path(get, path = "/v1/reconciliation", tag = "finance", security(("bearer" = [])),
-    responses((status = 200, body = RunList, description = "stored runs, newest first"),
-        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, _auth: FinanceAuth) -> Result<Json<RunList>, ApiError> {
-    Ok(Json(RunList { data: store::list(&state.pool, store::LIST_LIMIT_MAX).await? }))
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<RunSummary>, description = "stored runs, newest first"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    _auth: FinanceAuth,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<RunSummary>>, ApiError> {
+    let page = super::list_query(query)?.page("rec")?;
+    Ok(Json(super::List::of(store::list(&state.pool, &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/reconciliation/{id}", tag = "finance", security(("bearer" = [])),

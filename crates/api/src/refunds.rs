@@ -146,16 +146,6 @@ pub async fn refund_unapplied(
     Ok((StatusCode::CREATED, Json(create(&state, &auth.merchant_id, RefundSource::Unapplied(&id), request).await?)))
 }
 
-/// A page of refunds, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct RefundList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<CryptoRefundView>,
-    /// More refunds follow: ask again with `starting_after` = the last id.
-    pub has_more: bool,
-}
-
 /// Query of `GET /v1/refunds`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -163,31 +153,27 @@ pub struct RefundList {
 pub struct RefundQuery {
     /// Only this invoice's refunds (`inv_…`).
     pub invoice: Option<String>,
-    /// 1 to 100; 20 when absent.
-    pub limit: Option<i64>,
-    /// An `rfd_…` id: refunds created before it (the next page).
+    /// Refunds per page, 1–100 (20 when absent).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// A refund id: the page holds the refunds after it (older).
     pub starting_after: Option<String>,
+    /// A refund id: the page holds the refunds before it (newer).
+    pub ending_before: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/refunds", tag = "refunds", security(("bearer" = [])),
     params(RefundQuery),
-    responses((status = 200, body = RefundList), (status = 400, body = super::openapi::ErrorBody),
+    responses((status = 200, body = super::List<CryptoRefundView>, description = "the merchant's refunds, newest first"),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 422, body = super::openapi::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, auth: MerchantAuth, query: Result<Query<RefundQuery>, QueryRejection>) -> Result<Json<RefundList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=refund::LIST_LIMIT_MAX).contains(&limit) {
-        return Err(invalid("limit must be 1 to 100"));
-    }
-    let starting_after = super::cursor(query.starting_after.as_deref(), "rfd")?;
+pub async fn list(State(state): State<AppState>, auth: MerchantAuth, query: Result<Query<RefundQuery>, QueryRejection>) -> Result<Json<super::List<CryptoRefundView>>, ApiError> {
+    let query = super::list_query(query)?;
+    let page = super::page(query.limit, query.starting_after, query.ending_before, super::CursorKind::Id("rfd"), super::PageSize::LIST)?;
     if query.invoice.as_deref().is_some_and(|i| !crate::ids::is_id(i, "inv")) {
         return Err(invalid("invoice must be an inv_… id"));
     }
-    let mut data = refund::list(&state.pool, &auth.merchant_id, query.invoice.as_deref(), limit + 1, starting_after).await?;
-    let has_more = i64::try_from(data.len()).unwrap_or(0) > limit;
-    data.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok(Json(RefundList { object: "list", data, has_more }))
+    Ok(Json(super::List::of(refund::list(&state.pool, &auth.merchant_id, query.invoice.as_deref(), &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/refunds/{id}", tag = "refunds", security(("bearer" = [])),

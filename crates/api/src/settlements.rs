@@ -26,39 +26,21 @@ pub struct PayoutAddressBody {
     pub contract_confirmed: bool,
 }
 
-/// The merchant's payout addresses.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PayoutAddressList {
-    pub data: Vec<PayoutAddress>,
-}
-
-/// A page of the merchant's settlements, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct SettlementList {
-    pub data: Vec<PayoutView>,
-    /// Pass as `before` for the next page; absent on the last page.
-    pub next_before: Option<String>,
-}
-
-/// Query of `GET /v1/settlements`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct SettlementQuery {
-    /// 1 to 100; 20 when absent.
-    pub limit: Option<i64>,
-    /// A `po_…` id: settlements created before it.
-    pub before: Option<String>,
-}
-
 use super::payouts::{sending_service, services as service};
 
 #[utoipa::path(get, path = "/v1/merchants/me/payout_addresses", tag = "settlements", security(("bearer" = [])),
-    responses((status = 200, body = PayoutAddressList), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody)))]
-pub async fn addresses(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<PayoutAddressList>, ApiError> {
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<PayoutAddress>, description = "the merchant's payout addresses by chain; the cursors are chains (CAIP-2)"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 409, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn addresses(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<PayoutAddress>>, ApiError> {
+    let page = super::list_query(query)?.page_by(super::CursorKind::Code)?;
     let delay = service(&state)?.config().address_change_delay_s;
-    Ok(Json(PayoutAddressList { data: payout::settlement::payout_addresses(&state.pool, &auth.merchant_id, delay).await? }))
+    Ok(Json(super::List::of(payout::settlement::payout_addresses(&state.pool, &auth.merchant_id, delay, &page).await?)))
 }
 
 #[utoipa::path(put, path = "/v1/merchants/me/payout_addresses/{chain}", tag = "settlements", security(("bearer" = [])),
@@ -133,27 +115,17 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/settlements", tag = "settlements", security(("bearer" = [])),
-    params(SettlementQuery),
-    responses((status = 200, body = SettlementList), (status = 400, body = super::openapi::ErrorBody),
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<PayoutView>, description = "the merchant's settlements, newest first"),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: MerchantAuth,
-    query: Result<Query<SettlementQuery>, QueryRejection>,
-) -> Result<Json<SettlementList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=payout::store::LIST_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "limit must be 1 to 100"));
-    }
-    if query.before.as_deref().is_some_and(|b| !crate::ids::is_id(b, "po")) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", "before must be a po_… id"));
-    }
-    let data = payout::settlement::settlements(&state.pool, &auth.merchant_id, limit, query.before.as_deref()).await?;
-    let full = i64::try_from(data.len()).unwrap_or(0) == limit;
-    let next_before = if full { data.last().map(|p| p.id.clone()) } else { None };
-    Ok(Json(SettlementList { data, next_before }))
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<PayoutView>>, ApiError> {
+    let page = super::list_query(query)?.page("po")?;
+    Ok(Json(super::List::of(payout::settlement::settlements(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/settlements/{id}", tag = "settlements", security(("bearer" = [])),

@@ -24,8 +24,10 @@ pub struct StatementQuery {
     /// Lines per page, 1–1000 (1000 when absent).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// An entry id (`entry_id` of a line): the page starts after that entry.
-    pub starting_after: Option<i64>,
+    /// An entry id (`entry_id` of a line): the page holds the lines after that entry.
+    pub starting_after: Option<String>,
+    /// An entry id (`entry_id` of a line): the page holds the lines before that entry.
+    pub ending_before: Option<String>,
 }
 
 /// What a statement query asks for.
@@ -35,9 +37,9 @@ pub struct Asked {
     pub csv: bool,
 }
 
-/// Reads the query: a malformed one is 400, a bad time, limit or format 422.
+/// Reads the query: a malformed one, a bad time, page or format is 422.
 pub fn asked(query: Result<Query<StatementQuery>, QueryRejection>) -> Result<Asked, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text()))?;
+    let query = super::list_query(query)?;
     let csv = match query.format.as_deref().unwrap_or("json") {
         "json" => false,
         "csv" => true,
@@ -46,8 +48,13 @@ pub fn asked(query: Result<Query<StatementQuery>, QueryRejection>) -> Result<Ask
     let range = StatementRange {
         from: super::time_param("from", query.from.as_deref())?,
         to: super::time_param("to", query.to.as_deref())?,
-        starting_after: query.starting_after,
-        limit: super::page_limit(query.limit, STATEMENT_PAGE_LIMIT_MAX)?,
+        page: super::page(
+            query.limit,
+            query.starting_after,
+            query.ending_before,
+            super::CursorKind::Entry,
+            super::PageSize { default: STATEMENT_PAGE_LIMIT_MAX, max: STATEMENT_PAGE_LIMIT_MAX },
+        )?,
     };
     Ok(Asked { range, csv })
 }

@@ -57,26 +57,6 @@ fn query_error(e: QueryRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "parameter_invalid", e.body_text())
 }
 
-/// A page of plans, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PlanList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<PlanView>,
-    pub has_more: bool,
-}
-
-/// Query of `GET /v1/plans`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct PlanQuery {
-    /// 1 to 100 (20 when absent).
-    pub limit: Option<u32>,
-    /// A plan id: the page after it.
-    pub starting_after: Option<String>,
-}
-
 #[utoipa::path(post, path = "/v1/plans", tag = "subscriptions", security(("bearer" = [])),
     request_body = CreatePlan,
     responses((status = 201, body = PlanView), (status = 401, body = super::openapi::ErrorBody),
@@ -88,16 +68,13 @@ pub async fn create_plan(State(state): State<AppState>, auth: MerchantAuth, body
 }
 
 #[utoipa::path(get, path = "/v1/plans", tag = "subscriptions", security(("bearer" = [])),
-    params(PlanQuery),
-    responses((status = 200, body = PlanList), (status = 400, body = super::openapi::ErrorBody),
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<PlanView>, description = "the merchant's plans, newest first"),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 422, body = super::openapi::ErrorBody)))]
-pub async fn list_plans(State(state): State<AppState>, auth: MerchantAuth, query: Result<Query<PlanQuery>, QueryRejection>) -> Result<Json<PlanList>, ApiError> {
-    let Query(query) = query.map_err(query_error)?;
-    let limit = super::page_limit(Some(query.limit.unwrap_or(20)), 100)?;
-    let starting_after = super::cursor(query.starting_after.as_deref(), "plan")?;
-    let (data, has_more) = plan::list(&state.pool, &auth.merchant_id, limit, starting_after).await?;
-    Ok(Json(PlanList { object: "list", data, has_more }))
+pub async fn list_plans(State(state): State<AppState>, auth: MerchantAuth, query: Result<Query<super::PageQuery>, QueryRejection>) -> Result<Json<super::List<PlanView>>, ApiError> {
+    let page = super::list_query(query)?.page("plan")?;
+    Ok(Json(super::List::of(plan::list(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/plans/{id}", tag = "subscriptions", security(("bearer" = [])),
@@ -179,24 +156,21 @@ pub async fn subscribe(
     Ok((status, Json(SubscriptionCreated { subscription, invoice })))
 }
 
-/// A customer's subscriptions, newest first (the latest 100).
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct SubscriptionList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<SubscriptionView>,
-    pub has_more: bool,
-}
-
 #[utoipa::path(get, path = "/v1/customers/{id}/subscriptions", tag = "subscriptions", security(("bearer" = [])),
-    params(("id" = String, Path, description = "the customer, cus_…")),
-    responses((status = 200, body = SubscriptionList), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)))]
-pub async fn list_subscriptions(State(state): State<AppState>, auth: MerchantAuth, Path(id): Path<String>) -> Result<Json<SubscriptionList>, ApiError> {
+    params(("id" = String, Path, description = "the customer, cus_…"), super::PageQuery),
+    responses((status = 200, body = super::List<SubscriptionView>, description = "the customer's subscriptions, newest first"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 404, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list_subscriptions(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    Path(id): Path<String>,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<SubscriptionView>>, ApiError> {
     id_of(&id, "cus", "customer")?;
+    let page = super::list_query(query)?.page("sub")?;
     payrail_credits::customer::get(&state.pool, &auth.merchant_id, &id).await?;
-    let data = subscription::list_for_customer(&state.pool, &auth.merchant_id, &id).await?;
-    Ok(Json(SubscriptionList { object: "list", data, has_more: false }))
+    Ok(Json(super::List::of(subscription::list_for_customer(&state.pool, &auth.merchant_id, &id, &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", security(("bearer" = [])),
@@ -277,15 +251,6 @@ pub async fn change(
     Ok(changed(&state, &auth.merchant_id, done).await)
 }
 
-/// The merchant's access rules.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct AccessRuleList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<AccessRule>,
-    pub has_more: bool,
-}
-
 #[utoipa::path(post, path = "/v1/access_rules", tag = "subscriptions", security(("bearer" = [])),
     request_body = AccessRule,
     responses((status = 200, body = AccessRule, description = "set (a prefix posted again has its entitlements replaced)"),
@@ -297,10 +262,17 @@ pub async fn set_rule(State(state): State<AppState>, auth: MerchantAuth, body: R
 }
 
 #[utoipa::path(get, path = "/v1/access_rules", tag = "subscriptions", security(("bearer" = [])),
-    responses((status = 200, body = AccessRuleList), (status = 401, body = super::openapi::ErrorBody),
-        (status = 403, body = super::openapi::ErrorBody)))]
-pub async fn list_rules(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<AccessRuleList>, ApiError> {
-    Ok(Json(AccessRuleList { object: "list", data: access::rules(&state.pool, &auth.merchant_id).await?, has_more: false }))
+    params(super::PageQuery),
+    responses((status = 200, body = super::List<AccessRule>, description = "the merchant's access rules, by prefix; the cursors are prefixes"),
+        (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
+        (status = 422, body = super::openapi::ErrorBody)))]
+pub async fn list_rules(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    query: Result<Query<super::PageQuery>, QueryRejection>,
+) -> Result<Json<super::List<AccessRule>>, ApiError> {
+    let page = super::list_query(query)?.page_by(super::CursorKind::Code)?;
+    Ok(Json(super::List::of(access::rules(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/customers/{id}/unlocks", tag = "subscriptions", security(("bearer" = [])),
@@ -379,27 +351,18 @@ pub struct AccessCheck {
     pub resources: Vec<String>,
 }
 
-/// The answers of a bulk check, in the order asked.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct AccessList {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<Access>,
-    pub has_more: bool,
-}
-
 #[utoipa::path(post, path = "/v1/access/check", tag = "subscriptions", security(("bearer" = [])),
     request_body = AccessCheck,
-    responses((status = 200, body = AccessList, description = "one answer per resource, in order; a customer the merchant does not have has access to nothing"),
+    responses((status = 200, body = super::List<Access>, description = "one answer per resource, in order; a customer the merchant does not have has access to nothing"),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
         (status = 404, body = super::openapi::ErrorBody), (status = 415, body = super::openapi::ErrorBody),
         (status = 422, body = super::openapi::ErrorBody)))]
-pub async fn access_check(State(state): State<AppState>, auth: MerchantAuth, body: Result<Json<AccessCheck>, JsonRejection>) -> Result<Json<AccessList>, ApiError> {
+pub async fn access_check(State(state): State<AppState>, auth: MerchantAuth, body: Result<Json<AccessCheck>, JsonRejection>) -> Result<Json<super::List<Access>>, ApiError> {
     let Json(body) = body?;
     id_of(&body.customer, "cus", "customer")?;
     let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     let data = access::check(&mut conn, &auth.merchant_id, &body.customer, &body.resources).await?;
-    Ok(Json(AccessList { object: "list", data, has_more: false }))
+    Ok(Json(super::List { object: "list", data, has_more: false }))
 }
 
 /// Query of the reports.
@@ -440,8 +403,8 @@ pub struct SubscriptionReport {
 
 #[utoipa::path(get, path = "/v1/reports/subscriptions", tag = "subscriptions", security(("bearer" = [])),
     params(ReportQuery),
-    responses((status = 200, body = SubscriptionReport, content_type = "application/json"),
-        (status = 200, description = "with format=csv: plan_id, plan_name, currency, mrr_minor, active, trialing, new, churned, past_due, revenue_minor", content_type = "text/csv"),
+    responses((status = 200, body = SubscriptionReport,
+            description = "JSON; or with format=csv, text/csv: plan_id, plan_name, currency, mrr_minor, active, trialing, new, churned, past_due, revenue_minor"),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
         (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn subscription_report(
@@ -479,8 +442,8 @@ pub struct SalesReport {
 
 #[utoipa::path(get, path = "/v1/reports/sales", tag = "subscriptions", security(("bearer" = [])),
     params(ReportQuery),
-    responses((status = 200, body = SalesReport, content_type = "application/json"),
-        (status = 200, description = "with format=csv: kind, currency, gross_minor, discounts_minor, refunds_minor, net_minor", content_type = "text/csv"),
+    responses((status = 200, body = SalesReport,
+            description = "JSON; or with format=csv, text/csv: kind, currency, gross_minor, discounts_minor, refunds_minor, net_minor"),
         (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody),
         (status = 403, body = super::openapi::ErrorBody), (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn sales_report(

@@ -10,13 +10,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::webhook::events::{Event, PAGE_LIMIT_DEFAULT};
-use crate::webhook::{self, DeliveryView, EndpointSecret, EndpointView, EventPage, WebhookError};
+use crate::webhook::events::Event;
+use crate::webhook::{self, DeliveryView, EndpointSecret, EndpointView, WebhookError};
 
 use super::auth::MerchantAuth;
 use super::error::ApiError;
 use super::openapi::ErrorBody;
-use super::AppState;
+use super::{AppState, CursorKind, List, PageQuery, PageSize};
 
 impl From<WebhookError> for ApiError {
     fn from(error: WebhookError) -> Self {
@@ -58,14 +58,6 @@ pub struct CreatedEndpointBody {
 
 fn expose_secret<S: serde::Serializer>(secret: &EndpointSecret, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(secret.expose())
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct List<T> {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<T>,
-    pub has_more: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -111,7 +103,7 @@ pub async fn create_endpoint(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-#[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks", security(("bearer" = [])), params(PageQuery),
     responses((status = 200, body = List<EndpointView>, description = "the merchant's endpoints, newest first"),
         (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
         (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
@@ -120,9 +112,10 @@ pub async fn create_endpoint(
 pub async fn list_endpoints(
     State(state): State<AppState>,
     auth: MerchantAuth,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<List<EndpointView>>, ApiError> {
-    let data = webhook::list_endpoints(&state.pool, &auth.merchant_id).await?;
-    Ok(Json(List { object: "list", data, has_more: false }))
+    let page = super::list_query(query)?.page("we")?;
+    Ok(Json(List::of(webhook::list_endpoints(&state.pool, &auth.merchant_id, &page).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", security(("bearer" = [])),
@@ -229,8 +222,10 @@ pub struct ListEvents {
     /// Events per page, 1–100 (20 when absent).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// An event id (`evt_…`): the page starts after it.
+    /// An event id: the page holds the events after it (older).
     pub starting_after: Option<String>,
+    /// An event id: the page holds the events before it (newer).
+    pub ending_before: Option<String>,
     /// Only events of this type (`invoice.paid`, …).
     #[serde(rename = "type")]
     #[param(rename = "type")]
@@ -238,7 +233,7 @@ pub struct ListEvents {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])), params(ListEvents),
-    responses((status = 200, body = EventPage, description = "the merchant's events, newest first"),
+    responses((status = 200, body = List<Event>, description = "the merchant's events, newest first"),
         (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
         (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
         (status = 422, body = ErrorBody, description = "parameter_invalid: a query parameter is invalid"),
@@ -248,20 +243,10 @@ pub async fn list_events(
     State(state): State<AppState>,
     auth: MerchantAuth,
     query: Result<Query<ListEvents>, QueryRejection>,
-) -> Result<Json<EventPage>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "parameter_invalid", e.body_text())
-    })?;
-    let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
-    let page = webhook::list_events(
-        &state.pool,
-        &auth.merchant_id,
-        limit,
-        query.starting_after.as_deref(),
-        query.event_type.as_deref(),
-    )
-    .await?;
-    Ok(Json(page))
+) -> Result<Json<List<Value>>, ApiError> {
+    let query = super::list_query(query)?;
+    let page = super::page(query.limit, query.starting_after, query.ending_before, CursorKind::Id("evt"), PageSize::LIST)?;
+    Ok(Json(List::of(webhook::list_events(&state.pool, &auth.merchant_id, &page, query.event_type.as_deref()).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "events", security(("bearer" = [])),
@@ -281,8 +266,8 @@ pub async fn show_event(
 }
 
 #[utoipa::path(get, path = "/v1/events/{id}/deliveries", tag = "events", security(("bearer" = [])),
-    params(("id" = String, Path, description = "the event id, evt_…")),
-    responses((status = 200, body = List<DeliveryView>, description = "the event's most recent deliveries, oldest first, each with its attempts: status code, duration and an error class; nothing of the response body or of the raw error"),
+    params(("id" = String, Path, description = "the event id, evt_…"), PageQuery),
+    responses((status = 200, body = List<DeliveryView>, description = "the event's deliveries, oldest first, each with its attempts: status code, duration and an error class; nothing of the response body or of the raw error"),
         (status = 401, body = ErrorBody, description = "unauthorized: no valid API key"),
         (status = 403, body = ErrorBody, description = "forbidden: not a merchant key"),
         (status = 404, body = ErrorBody, description = "not_found: no such event for this merchant"),
@@ -292,9 +277,10 @@ pub async fn event_deliveries(
     State(state): State<AppState>,
     auth: MerchantAuth,
     Path(id): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<List<DeliveryView>>, ApiError> {
-    let data = webhook::deliveries(&state.pool, &auth.merchant_id, &id).await?;
-    Ok(Json(List { object: "list", data, has_more: false }))
+    let page = super::list_query(query)?.page("whd")?;
+    Ok(Json(List::of(webhook::deliveries(&state.pool, &auth.merchant_id, &id, &page).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/events/{id}/replay", tag = "events", security(("bearer" = [])),

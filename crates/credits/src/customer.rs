@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::PgPool;
 
 use crate::error::{invalid, CreditsError, Result};
@@ -11,8 +12,6 @@ use crate::ids::new_id;
 pub const METADATA_KEYS_MAX: usize = 50;
 pub const METADATA_KEY_LEN_MAX: usize = 40;
 pub const METADATA_VALUE_LEN_MAX: usize = 500;
-/// Most customers one list page holds.
-pub const LIST_LIMIT_MAX: i64 = 100;
 
 /// Body of `POST /v1/customers`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -162,20 +161,22 @@ pub async fn update(pool: &PgPool, merchant_id: &str, id: &str, request: &Update
     row.map(view).ok_or_else(|| CreditsError::NotFound { what: "customer", id: id.to_owned() })
 }
 
-/// A page of the merchant's customers, newest first, after `starting_after`; and whether more
-/// follow. `external_id` finds one by the merchant's own id.
-pub async fn list(pool: &PgPool, merchant_id: &str, external_id: Option<&str>, limit: i64, starting_after: Option<&str>) -> Result<(Vec<CustomerView>, bool)> {
-    let limit = limit.clamp(1, LIST_LIMIT_MAX);
+/// A page of the merchant's customers, newest first, and whether more follow. `external_id` finds
+/// one by the merchant's own id.
+pub async fn list(pool: &PgPool, merchant_id: &str, external_id: Option<&str>, page: &Page) -> Result<(Vec<CustomerView>, bool)> {
+    const ORDER: Order = Order("seq DESC");
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM customers WHERE merchant_id = $1 AND ($2::text IS NULL OR external_id = $2) \
-           AND ($4::text IS NULL OR seq < (SELECT seq FROM customers WHERE id = $4 AND merchant_id = $1)) \
-         ORDER BY seq DESC LIMIT $3"
+           AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT seq FROM customers WHERE id = $4 AND merchant_id = $1"),
+        page.order_by(ORDER),
     ))
     .bind(merchant_id)
     .bind(external_id)
-    .bind(limit + 1)
-    .bind(starting_after)
+    .bind(page.fetch())
+    .bind(page.cursor_id())
     .fetch_all(pool)
     .await?;
-    Ok(payrail_store::db::page_of(rows.into_iter().map(view).collect(), limit))
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.into_iter().map(view).collect(), has_more))
 }

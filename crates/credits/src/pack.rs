@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::PgPool;
 
 use crate::currency::{self, parse_amount};
@@ -120,12 +121,21 @@ pub async fn get(pool: &PgPool, merchant_id: &str, id: &str) -> Result<PackView>
     row.map(view).ok_or_else(|| CreditsError::NotFound { what: "credit pack", id: id.to_owned() })
 }
 
-pub async fn list(pool: &PgPool, merchant_id: &str) -> Result<Vec<PackView>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM credit_packs WHERE merchant_id = $1 ORDER BY created_at, id LIMIT 1000"))
-        .bind(merchant_id)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(view).collect())
+/// A page of the merchant's credit packs, oldest first, and whether more follow.
+pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<PackView>, bool)> {
+    const ORDER: Order = Order("created_at, id");
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM credit_packs WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT created_at, id FROM credit_packs WHERE id = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
+    ))
+    .bind(merchant_id)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
+    .fetch_all(pool)
+    .await?;
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.into_iter().map(view).collect(), has_more))
 }
 
 pub async fn set_active(pool: &PgPool, merchant_id: &str, id: &str, active: bool, now: DateTime<Utc>) -> Result<PackView> {

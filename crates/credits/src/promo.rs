@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use crate::error::{invalid, CreditsError, Result};
@@ -188,12 +189,21 @@ pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreatePromo, now
     row.map(view).ok_or(CreditsError::Exists { what: "promo code", id: code })
 }
 
-pub async fn list(pool: &PgPool, merchant_id: &str) -> Result<Vec<PromoView>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM promo_codes WHERE merchant_id = $1 ORDER BY created_at, id LIMIT 1000"))
-        .bind(merchant_id)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(view).collect())
+/// A page of the merchant's promo codes, oldest first, and whether more follow.
+pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<PromoView>, bool)> {
+    const ORDER: Order = Order("created_at, id");
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM promo_codes WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT created_at, id FROM promo_codes WHERE id = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
+    ))
+    .bind(merchant_id)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
+    .fetch_all(pool)
+    .await?;
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.into_iter().map(view).collect(), has_more))
 }
 
 /// Finds `code` (any case) and checks that it may apply to `what` priced `price` of `fiat` at

@@ -2,14 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use crate::currency;
 use crate::error::{CreditsError, Result};
 use crate::money::Amount;
 
-/// Most history rows one page holds.
-pub const LIST_LIMIT_MAX: i64 = 100;
 
 /// One movement of a customer's credits.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -59,22 +58,22 @@ pub(crate) async fn transaction_by_key(conn: &mut PgConnection, merchant_id: &st
     .await?)
 }
 
-/// A page of the customer's history, newest first, after `starting_after`; and whether more follow.
-pub async fn transactions(pool: &PgPool, merchant_id: &str, customer_id: &str, limit: i64, starting_after: Option<&str>) -> Result<(Vec<TransactionView>, bool)> {
+/// A page of the customer's history, newest first, and whether more follow.
+pub async fn transactions(pool: &PgPool, merchant_id: &str, customer_id: &str, page: &Page) -> Result<(Vec<TransactionView>, bool)> {
+    const ORDER: Order = Order("seq DESC");
     crate::customer::get(pool, merchant_id, customer_id).await?;
-    let limit = limit.clamp(1, LIST_LIMIT_MAX);
     let rows: Vec<TransactionView> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM credit_transactions WHERE customer_id = $1 AND merchant_id = $2 \
-           AND ($4::text IS NULL OR seq < (SELECT seq FROM credit_transactions WHERE id = $4 AND customer_id = $1)) \
-         ORDER BY seq DESC LIMIT $3"
+        "SELECT {COLUMNS} FROM credit_transactions WHERE customer_id = $1 AND merchant_id = $2 AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT seq FROM credit_transactions WHERE id = $4 AND customer_id = $1"),
+        page.order_by(ORDER),
     ))
     .bind(customer_id)
     .bind(merchant_id)
-    .bind(limit + 1)
-    .bind(starting_after)
+    .bind(page.fetch())
+    .bind(page.cursor_id())
     .fetch_all(pool)
     .await?;
-    Ok(payrail_store::db::page_of(rows, limit))
+    Ok(page.finish(rows))
 }
 
 /// One lot as the balance shows it.
@@ -117,7 +116,7 @@ pub async fn balance(pool: &PgPool, merchant_id: &str, customer_id: &str, now: D
     crate::customer::get(pool, merchant_id, customer_id).await?;
     let mut conn = pool.acquire().await?;
     let mut balances = Vec::new();
-    for currency in currency::list(pool, merchant_id).await? {
+    for currency in currency::list_on(&mut conn, merchant_id).await? {
         let lots = crate::movement::open_lots(&mut conn, customer_id, &currency).await?;
         let mut live: Vec<&payrail_core::credits::LotBalance> = lots.iter().filter(|l| l.expires_at.is_none_or(|at| at > now)).collect();
         if live.is_empty() {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use alloy_primitives::Address;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool};
 use thiserror::Error;
 
@@ -169,42 +170,27 @@ pub async fn create_creator(pool: &PgPool, merchant_id: &str, request: &CreateCr
     })
 }
 
-/// Most creators in one page of a listing.
-pub const CREATORS_PAGE_LIMIT_MAX: i64 = 100;
-/// The merchant's creators, oldest first: at most `limit`, after the creator `starting_after`.
-/// Returns the page and whether more follow.
-pub async fn list_creators(
-    pool: &PgPool,
-    merchant_id: &str,
-    limit: i64,
-    starting_after: Option<&str>,
-) -> Result<(Vec<CreatorView>, bool)> {
-    query_creators(pool, merchant_id, None, limit.clamp(1, CREATORS_PAGE_LIMIT_MAX), starting_after).await
+/// A page of the merchant's creators, oldest first, and whether more follow.
+pub async fn list_creators(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<CreatorView>, bool)> {
+    query_creators(pool, merchant_id, None, page).await
 }
 
-/// The merchant's creators (only `only`, when given), oldest first, a page of `limit`.
-async fn query_creators(
-    pool: &PgPool,
-    merchant_id: &str,
-    only: Option<&str>,
-    limit: i64,
-    starting_after: Option<&str>,
-) -> Result<(Vec<CreatorView>, bool)> {
-    let mut rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, name, created_at FROM creators WHERE merchant_id = $1 \
-           AND ($2::text IS NULL OR (created_at, id) > \
-                (SELECT created_at, id FROM creators WHERE id = $2 AND merchant_id = $1)) \
-           AND ($4::text IS NULL OR id = $4) \
-         ORDER BY created_at, id LIMIT $3",
-    )
+/// A page of the merchant's creators (only `only`, when given), oldest first.
+async fn query_creators(pool: &PgPool, merchant_id: &str, only: Option<&str>, page: &Page) -> Result<(Vec<CreatorView>, bool)> {
+    const ORDER: Order = Order("created_at, id");
+    let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
+        "SELECT id, name, created_at FROM creators WHERE merchant_id = $1 AND ($4::text IS NULL OR id = $4) \
+           AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT created_at, id FROM creators WHERE id = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
+    ))
     .bind(merchant_id)
-    .bind(starting_after)
-    .bind(limit + 1)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .bind(only)
     .fetch_all(pool)
     .await?;
-    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let (rows, has_more) = page.finish(rows);
     let ids: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
     let addresses: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT a.creator_id, a.chain, a.address FROM creator_payout_addresses a WHERE a.creator_id = ANY($1)",
@@ -231,7 +217,7 @@ async fn query_creators(
 
 /// One of the merchant's creators; `NotFound` for any other (another merchant's looks the same).
 pub async fn get_creator(pool: &PgPool, merchant_id: &str, creator_id: &str) -> Result<CreatorView> {
-    query_creators(pool, merchant_id, Some(creator_id), 1, None)
+    query_creators(pool, merchant_id, Some(creator_id), &Page::first(1))
         .await?
         .0
         .into_iter()
@@ -413,7 +399,7 @@ pub use crate::ledger::{StatementLine, StatementRange, STATEMENT_PAGE_LIMIT_MAX}
 
 /// A page of the creator's postings (`liabilities:creator:{id}`), oldest first, and whether more
 /// follow.
-pub async fn statement(pool: &PgPool, creator_id: &str, range: StatementRange) -> Result<(Vec<StatementLine>, bool)> {
+pub async fn statement(pool: &PgPool, creator_id: &str, range: &StatementRange) -> Result<(Vec<StatementLine>, bool)> {
     Ok(crate::ledger::statement(pool, &[AccountCode::creator(creator_id)], range).await?)
 }
 

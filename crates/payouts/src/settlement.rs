@@ -14,6 +14,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use crate::ledger::AccountCode;
@@ -510,35 +511,45 @@ fn address_view((chain, address, changed_at, confirmed_at): AddressRow, delay_s:
     PayoutAddress { chain, address, changed_at, confirmed_at, usable_from }
 }
 
-/// Every payout address of the merchant.
-pub async fn payout_addresses(pool: &PgPool, merchant_id: &str, delay_s: u64) -> Result<Vec<PayoutAddress>> {
-    let rows: Vec<AddressRow> = sqlx::query_as(
-        "SELECT chain, address, changed_at, confirmed_at FROM merchant_payout_addresses WHERE merchant_id = $1 ORDER BY chain",
-    )
+/// A page of the merchant's payout addresses, by chain (the cursors are chains' CAIP-2 ids), and
+/// whether more follow.
+pub async fn payout_addresses(pool: &PgPool, merchant_id: &str, delay_s: u64, page: &Page) -> Result<(Vec<PayoutAddress>, bool)> {
+    const ORDER: Order = Order("chain");
+    let rows: Vec<AddressRow> = sqlx::query_as(&format!(
+        "SELECT chain, address, changed_at, confirmed_at FROM merchant_payout_addresses WHERE merchant_id = $1 \
+           AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT chain FROM merchant_payout_addresses WHERE chain = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
+    ))
     .bind(merchant_id)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|row| address_view(row, delay_s)).collect())
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.into_iter().map(|row| address_view(row, delay_s)).collect(), has_more))
 }
 
-/// The merchant's settlements (batches paying its own balance), newest first; `before` a `po_…` id.
-pub async fn settlements(pool: &PgPool, merchant_id: &str, limit: i64, before: Option<&str>) -> Result<Vec<PayoutView>> {
-    let ids: Vec<String> = sqlx::query_scalar(
+/// A page of the merchant's settlements (batches paying its own balance), newest first, and
+/// whether more follow.
+pub async fn settlements(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<PayoutView>, bool)> {
+    let ids: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT b.id FROM payout_batches b JOIN payout_items i ON i.batch_id = b.id \
-         WHERE i.merchant_id = $1 AND i.account = 'liabilities:merchant:' || i.merchant_id \
-           AND ($3::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM payout_batches WHERE id = $3)) \
-         ORDER BY b.created_at DESC, b.id DESC LIMIT $2",
-    )
+         WHERE i.merchant_id = $1 AND i.account = 'liabilities:merchant:' || i.merchant_id AND {} ORDER BY {} LIMIT $3",
+        page.condition(store::NEWEST, store::BATCH_KEY),
+        page.order_by(store::NEWEST),
+    ))
     .bind(merchant_id)
-    .bind(limit.clamp(1, store::LIST_LIMIT_MAX))
-    .bind(before)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
+    let (ids, has_more) = page.finish(ids);
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         out.push(settlement(pool, merchant_id, &id).await?);
     }
-    Ok(out)
+    Ok((out, has_more))
 }
 
 /// One settlement of the merchant; another merchant's, or a creators' batch, is not found.

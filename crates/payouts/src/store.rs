@@ -9,6 +9,7 @@
 use alloy_primitives::{Address, B256};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::ids::new_id;
@@ -19,8 +20,6 @@ use crate::webhook::emit;
 use super::error::{PayoutError, Result};
 use super::plan::{Candidate, PlannedBatch};
 
-/// Most payouts listed on one page.
-pub const LIST_LIMIT_MAX: i64 = 100;
 
 /// A batch, as the API and webhooks show it; read from `payout_batches` by column name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -315,39 +314,48 @@ pub async fn view(pool: &PgPool, id: &str) -> Result<PayoutView> {
     view_on(&mut conn, id).await?.ok_or_else(|| PayoutError::NotFound { id: id.to_owned() })
 }
 
-/// Batches newest first, optionally only those created before `before` (a `po_…` id) and of one
-/// status.
-pub async fn list(pool: &PgPool, limit: i64, before: Option<&str>, status: Option<&str>) -> Result<Vec<PayoutView>> {
+/// The list order of batches: newest first.
+pub(crate) const NEWEST: Order = Order("b.created_at DESC, b.id DESC");
+/// A batch's place in it, for a `po_…` cursor bound at `$2`.
+pub(crate) const BATCH_KEY: &str = "SELECT created_at, id FROM payout_batches WHERE id = $2";
+
+/// A page of batches, newest first, optionally of one status, and whether more follow.
+pub async fn list(pool: &PgPool, page: &Page, status: Option<&str>) -> Result<(Vec<PayoutView>, bool)> {
     let mut conn = pool.acquire().await?;
-    let mut views: Vec<PayoutView> = sqlx::query_as(&format!(
-        "SELECT {VIEW_COLUMNS} FROM payout_batches b \
-         WHERE ($2::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM payout_batches WHERE id = $2)) \
-           AND ($3::text IS NULL OR b.status = $3) \
-         ORDER BY b.created_at DESC, b.id DESC LIMIT $1"
+    let views: Vec<PayoutView> = sqlx::query_as(&format!(
+        "SELECT {VIEW_COLUMNS} FROM payout_batches b WHERE ($3::text IS NULL OR b.status = $3) AND {} ORDER BY {} LIMIT $1",
+        page.condition(NEWEST, BATCH_KEY),
+        page.order_by(NEWEST),
     ))
-    .bind(limit.clamp(1, LIST_LIMIT_MAX))
-    .bind(before)
+    .bind(page.fetch())
+    .bind(page.cursor_id())
     .bind(status)
     .fetch_all(&mut *conn)
     .await?;
+    let (mut views, has_more) = page.finish(views);
     for view in &mut views {
         view.items = item_views(&mut conn, &view.id).await?;
     }
-    Ok(views)
+    Ok((views, has_more))
 }
 
-/// A creator's payouts, newest first.
-pub async fn creator_payouts(pool: &PgPool, creator_id: &str, limit: i64) -> Result<Vec<CreatorPayoutView>> {
-    Ok(sqlx::query_as(
+/// A page of a creator's payouts (one item each, a batch pays a creator once), newest first, and
+/// whether more follow.
+pub async fn creator_payouts(pool: &PgPool, creator_id: &str, page: &Page) -> Result<(Vec<CreatorPayoutView>, bool)> {
+    let rows = sqlx::query_as(&format!(
         "SELECT b.id AS payout_id, b.chain, b.asset, i.address, i.amount_minor::text AS amount_minor, b.status, b.tx_hash, \
                 b.created_at, b.finished_at \
          FROM payout_items i JOIN payout_batches b ON b.id = i.batch_id \
-         WHERE i.creator_id = $1 ORDER BY b.created_at DESC, b.id DESC LIMIT $2",
-    )
+         WHERE i.creator_id = $1 AND {} ORDER BY {} LIMIT $3",
+        page.condition(NEWEST, BATCH_KEY),
+        page.order_by(NEWEST),
+    ))
     .bind(creator_id)
-    .bind(limit.clamp(1, LIST_LIMIT_MAX))
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
-    .await?)
+    .await?;
+    Ok(page.finish(rows))
 }
 
 /// The ids of every open batch (created or sent) on any chain, oldest first: what a payout run

@@ -1,6 +1,7 @@
 //! Reconciliation runs in PostgreSQL: progress, observations and finished reports.
 
 use chrono::{DateTime, Utc};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgPool, Row};
 
 use crate::ids::new_id;
@@ -9,8 +10,6 @@ use crate::money::Amount;
 use super::error::{ReconcileError, Result};
 use super::model::{ChainObservation, ItemKind, Report};
 
-/// Most runs listed on one page.
-pub const LIST_LIMIT_MAX: i64 = 100;
 
 /// A run as the history lists it; read from `reconciliation_runs` by column name.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -153,14 +152,20 @@ pub async fn finish(pool: &PgPool, report: &Report) -> Result<()> {
     Ok(())
 }
 
-pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<RunSummary>> {
-    Ok(sqlx::query_as(
+/// A page of the stored runs, newest first, and whether more follow.
+pub async fn list(pool: &PgPool, page: &Page) -> Result<(Vec<RunSummary>, bool)> {
+    const ORDER: Order = Order("created_at DESC, id DESC");
+    let rows = sqlx::query_as(&format!(
         "SELECT id, source, from_block, to_block, scanned_to, status, ok, differences, created_at, finished_at \
-         FROM reconciliation_runs ORDER BY created_at DESC, id DESC LIMIT $1",
-    )
-    .bind(limit.clamp(1, LIST_LIMIT_MAX))
+         FROM reconciliation_runs WHERE {} ORDER BY {} LIMIT $2",
+        page.condition(ORDER, "SELECT created_at, id FROM reconciliation_runs WHERE id = $1"),
+        page.order_by(ORDER),
+    ))
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
-    .await?)
+    .await?;
+    Ok(page.finish(rows))
 }
 
 pub async fn report(pool: &PgPool, id: &str) -> Result<Report> {

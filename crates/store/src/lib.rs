@@ -7,6 +7,7 @@ pub mod db;
 pub mod invoice_links;
 pub mod ledger;
 pub mod outbox;
+pub mod page;
 pub mod secrets;
 pub mod splits;
 

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use crate::ids::new_id;
@@ -39,8 +40,6 @@ pub const METADATA_SETTLEMENT_ID: &str = "payrail_card_settlement";
 pub const METADATA_MERCHANT_ID: &str = "payrail_merchant_id";
 /// A `created` settlement this old is asked for again by [`resume`] (a request under way is left).
 pub const RESUME_AFTER_S: i64 = 30;
-/// Most settlements one list page holds.
-pub const LIST_LIMIT_MAX: i64 = 100;
 
 /// Body of `POST /v1/card_settlements`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -298,20 +297,20 @@ pub async fn get(pool: &PgPool, merchant_id: &str, id: &str) -> Result<CardSettl
         .ok_or_else(|| StripeError::SettlementNotFound { id: id.to_owned() })
 }
 
-/// A page of `merchant_id`'s settlements, newest first, after `starting_after`; and whether more follow.
-pub async fn list(pool: &PgPool, merchant_id: &str, limit: i64, starting_after: Option<&str>) -> Result<(Vec<CardSettlementView>, bool)> {
-    let limit = limit.clamp(1, LIST_LIMIT_MAX);
+/// A page of `merchant_id`'s settlements, newest first, and whether more follow.
+pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<CardSettlementView>, bool)> {
+    const ORDER: Order = Order("created_at DESC, id DESC");
     let rows: Vec<CardSettlementView> = sqlx::query_as(&format!(
-        "SELECT {VIEW_COLUMNS} FROM card_settlements WHERE merchant_id = $1 \
-           AND ($3::text IS NULL OR (created_at, id) < (SELECT created_at, id FROM card_settlements WHERE id = $3 AND merchant_id = $1)) \
-         ORDER BY created_at DESC, id DESC LIMIT $2"
+        "SELECT {VIEW_COLUMNS} FROM card_settlements WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $2",
+        page.condition(ORDER, "SELECT created_at, id FROM card_settlements WHERE id = $3 AND merchant_id = $1"),
+        page.order_by(ORDER),
     ))
     .bind(merchant_id)
-    .bind(limit + 1)
-    .bind(starting_after)
+    .bind(page.fetch())
+    .bind(page.cursor_id())
     .fetch_all(pool)
     .await?;
-    Ok(payrail_store::db::page_of(rows, limit))
+    Ok(page.finish(rows))
 }
 
 async fn load(conn: &mut PgConnection, id: &str) -> Result<CardSettlementView> {

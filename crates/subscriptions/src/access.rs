@@ -10,6 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use payrail_core::access::Holdings;
@@ -113,12 +114,21 @@ pub async fn set_rule(pool: &PgPool, merchant_id: &str, rule: &AccessRule, now: 
     Ok(rule.clone())
 }
 
-pub async fn rules(pool: &PgPool, merchant_id: &str) -> Result<Vec<AccessRule>> {
-    let rows: Vec<(String, Vec<String>)> = sqlx::query_as("SELECT prefix, entitlements FROM access_rules WHERE merchant_id = $1 ORDER BY prefix")
-        .bind(merchant_id)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(|(prefix, entitlements)| AccessRule { prefix, entitlements }).collect())
+/// A page of the merchant's access rules, by prefix, and whether more follow.
+pub async fn rules(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<AccessRule>, bool)> {
+    const ORDER: Order = Order("prefix");
+    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(&format!(
+        "SELECT prefix, entitlements FROM access_rules WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT prefix FROM access_rules WHERE prefix = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
+    ))
+    .bind(merchant_id)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
+    .fetch_all(pool)
+    .await?;
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.into_iter().map(|(prefix, entitlements)| AccessRule { prefix, entitlements }).collect(), has_more))
 }
 
 const UNLOCK_COLUMNS: &str = "customer_id, resource, generation, currency, price_minor::text AS price_minor, creator_id, txn_id AS transaction_id, \

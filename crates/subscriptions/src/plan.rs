@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use payrail_core::subscription::{Cadence, Interval};
@@ -366,20 +367,21 @@ pub async fn get(pool: &PgPool, merchant_id: &str, id: &str) -> Result<PlanView>
     get_on(&mut *pool.acquire().await?, merchant_id, id).await
 }
 
-/// The merchant's plans, newest first, a page of `limit` after `starting_after`; and whether more follow.
-pub async fn list(pool: &PgPool, merchant_id: &str, limit: i64, starting_after: Option<&str>) -> Result<(Vec<PlanView>, bool)> {
+/// A page of the merchant's plans, newest first, and whether more follow.
+pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<PlanView>, bool)> {
+    const ORDER: Order = Order("seq DESC");
     let mut conn = pool.acquire().await?;
-    let rows: Vec<PlanRow> = sqlx::query_as(
-        "SELECT id, name, version, active, created_at, updated_at FROM plans WHERE merchant_id = $1 \
-           AND ($2::text IS NULL OR seq < (SELECT seq FROM plans WHERE id = $2 AND merchant_id = $1)) \
-         ORDER BY seq DESC LIMIT $3",
-    )
+    let rows: Vec<PlanRow> = sqlx::query_as(&format!(
+        "SELECT id, name, version, active, created_at, updated_at FROM plans WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT seq FROM plans WHERE id = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
+    ))
     .bind(merchant_id)
-    .bind(starting_after)
-    .bind(limit + 1)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(&mut *conn)
     .await?;
-    let (rows, has_more) = payrail_store::db::page_of(rows, limit);
+    let (rows, has_more) = page.finish(rows);
     let mut plans = Vec::with_capacity(rows.len());
     for row in rows {
         plans.push(view_of(&mut conn, row).await?);

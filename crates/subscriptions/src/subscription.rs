@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use payrail_core::subscription::{next_invoice, prorate, Carry, Event, SubscriptionStatus};
@@ -109,14 +110,22 @@ pub async fn get(pool: &PgPool, merchant_id: &str, id: &str) -> Result<Subscript
     load(&mut *pool.acquire().await?, Some(merchant_id), id).await
 }
 
-/// A customer's subscriptions, newest first.
-pub async fn list_for_customer(pool: &PgPool, merchant_id: &str, customer_id: &str) -> Result<Vec<SubscriptionView>> {
-    let views: Vec<SubscriptionView> = sqlx::query_as(&format!("{VIEW_SQL} WHERE s.customer_id = $1 AND s.merchant_id = $2 ORDER BY s.seq DESC LIMIT 100"))
-        .bind(customer_id)
-        .bind(merchant_id)
-        .fetch_all(pool)
-        .await?;
-    Ok(views.into_iter().map(finish).collect())
+/// A page of a customer's subscriptions, newest first, and whether more follow.
+pub async fn list_for_customer(pool: &PgPool, merchant_id: &str, customer_id: &str, page: &Page) -> Result<(Vec<SubscriptionView>, bool)> {
+    const ORDER: Order = Order("s.seq DESC");
+    let views: Vec<SubscriptionView> = sqlx::query_as(&format!(
+        "{VIEW_SQL} WHERE s.customer_id = $1 AND s.merchant_id = $2 AND {} ORDER BY {} LIMIT $4",
+        page.condition(ORDER, "SELECT seq FROM subscriptions WHERE id = $3 AND customer_id = $1"),
+        page.order_by(ORDER),
+    ))
+    .bind(customer_id)
+    .bind(merchant_id)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
+    .fetch_all(pool)
+    .await?;
+    let (views, has_more) = page.finish(views);
+    Ok((views.into_iter().map(finish).collect(), has_more))
 }
 
 /// A subscription's row, locked for a change.

@@ -4,13 +4,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use payrail_store::page::{Order, Page};
 use sqlx::PgConnection;
 
 use super::error::{InvoiceError, Result};
 use super::plan::{PaymentStatus, UnappliedReason};
-
-/// Most payments in one page.
-pub const UNAPPLIED_LIMIT_MAX: i64 = 100;
 
 /// One payment held for review.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -34,16 +32,6 @@ pub struct UnappliedPayment {
     pub reason: UnappliedReason,
     pub seen_at: DateTime<Utc>,
     pub confirmed_at: Option<DateTime<Utc>>,
-}
-
-/// A page of unapplied payments.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct UnappliedPage {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    pub data: Vec<UnappliedPayment>,
-    /// More follow: ask again with `starting_after` = the last payment's id.
-    pub has_more: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -81,49 +69,27 @@ impl UnappliedRow {
     }
 }
 
-/// The merchant's unapplied payments, oldest first: at most `limit` (1..=[`UNAPPLIED_LIMIT_MAX`]),
-/// after the payment `starting_after` when given (another merchant's id is refused as unknown).
-pub async fn list_unapplied(
-    conn: &mut PgConnection,
-    merchant_id: &str,
-    limit: i64,
-    starting_after: Option<&str>,
-) -> Result<UnappliedPage> {
-    if !(1..=UNAPPLIED_LIMIT_MAX).contains(&limit) {
-        return Err(InvoiceError::Invalid { field: "limit", reason: format!("must be 1..={UNAPPLIED_LIMIT_MAX}") });
-    }
-    let cursor: Option<(DateTime<Utc>, String)> = match starting_after {
-        None => None,
-        Some(id) => Some(
-            sqlx::query_as("SELECT seen_at, id FROM payments WHERE id = $1 AND merchant_id = $2")
-                .bind(id)
-                .bind(merchant_id)
-                .fetch_optional(&mut *conn)
-                .await?
-                .ok_or_else(|| InvoiceError::Invalid { field: "starting_after", reason: format!("no payment {id}") })?,
-        ),
-    };
+/// A page of the merchant's unapplied payments, oldest first, and whether more follow.
+pub async fn list_unapplied(conn: &mut PgConnection, merchant_id: &str, page: &Page) -> Result<(Vec<UnappliedPayment>, bool)> {
+    const ORDER: Order = Order("seen_at, id");
     // A payment being refunded is no longer held for the merchant to resolve.
-    let mut rows: Vec<UnappliedRow> = sqlx::query_as(&format!(
+    let rows: Vec<UnappliedRow> = sqlx::query_as(&format!(
         "SELECT id, invoice_id, chain, asset, tx_ref, address, amount_minor::text AS amount_minor, status, \
                 unapplied_reason, seen_at, confirmed_at \
          FROM payments p WHERE merchant_id = $1 AND applied_to = $2 AND status IN ($3, $4) \
-           AND NOT {} \
-           AND ($5::timestamptz IS NULL OR (seen_at, id) > ($5, $6)) \
-         ORDER BY seen_at, id LIMIT $7",
-        crate::refund::STANDING_REFUND_OF_P
+           AND NOT {} AND {} ORDER BY {} LIMIT $6",
+        crate::refund::STANDING_REFUND_OF_P,
+        page.condition(ORDER, "SELECT seen_at, id FROM payments WHERE id = $5 AND merchant_id = $1"),
+        page.order_by(ORDER),
     ))
     .bind(merchant_id)
     .bind(super::plan::AppliedTo::Unapplied.as_str())
     .bind(PaymentStatus::Seen.as_str())
     .bind(PaymentStatus::Confirmed.as_str())
-    .bind(cursor.as_ref().map(|c| c.0))
-    .bind(cursor.as_ref().map(|c| c.1.as_str()))
-    .bind(limit + 1)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(&mut *conn)
     .await?;
-    let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(0));
-    let data = rows.into_iter().map(UnappliedRow::payment).collect::<Result<Vec<_>>>()?;
-    Ok(UnappliedPage { object: "list", data, has_more })
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.into_iter().map(UnappliedRow::payment).collect::<Result<Vec<_>>>()?, has_more))
 }

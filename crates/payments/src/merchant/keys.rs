@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use payrail_store::page::{Order, Page};
 use sqlx::PgPool;
 use thiserror::Error;
 
@@ -22,8 +23,6 @@ pub const KEY_NAME_LEN_MAX: usize = 200;
 /// Most keys one merchant may hold unrevoked (merchant and creator keys together are not
 /// counted: creator keys come with creators).
 pub const MERCHANT_KEYS_ACTIVE_MAX: i64 = 100;
-/// Most keys in one page of a listing.
-pub const KEYS_PAGE_LIMIT_MAX: i64 = 100;
 
 #[derive(Debug, Error)]
 pub enum KeyError {
@@ -236,29 +235,21 @@ pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreateKey) -> Re
     Ok(NewKey { key, secret })
 }
 
-/// The merchant's keys, newest first, `limit` at most, after `starting_after` (a key id).
-/// Returns the page and whether more follow.
-pub async fn list(
-    pool: &PgPool,
-    merchant_id: &str,
-    limit: i64,
-    starting_after: Option<&str>,
-) -> Result<(Vec<KeyView>, bool)> {
-    let limit = limit.clamp(1, KEYS_PAGE_LIMIT_MAX);
+/// A page of the merchant's keys, newest first, and whether more follow.
+pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<KeyView>, bool)> {
+    const ORDER: Order = Order("created_at DESC, id DESC");
     let rows: Vec<KeyRow> = sqlx::query_as(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE merchant_id = $1 \
-           AND ($2::text IS NULL OR (created_at, id) < \
-                (SELECT created_at, id FROM api_keys WHERE id = $2 AND merchant_id = $1)) \
-         ORDER BY created_at DESC, id DESC LIMIT $3"
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT created_at, id FROM api_keys WHERE id = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
     ))
     .bind(merchant_id)
-    .bind(starting_after)
-    .bind(limit + 1)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
-    let limit = usize::try_from(limit).unwrap_or(0);
-    let has_more = rows.len() > limit;
-    Ok((rows.into_iter().take(limit).map(view).collect(), has_more))
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.into_iter().map(view).collect(), has_more))
 }
 
 /// One of the merchant's keys.

@@ -24,6 +24,7 @@ mod claim;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use payrail_store::page::{Order, Page};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::ids::new_id;
@@ -39,8 +40,6 @@ use payrail_core::payment::refund::{merged_entry, part_postings, plan_reservatio
 pub const CLAIM_DEFAULT_S: i64 = 30 * 24 * 3600;
 /// The longest a merchant may make it.
 pub const CLAIM_MAX_S: i64 = 90 * 24 * 3600;
-/// Most refunds listed on one page.
-pub const LIST_LIMIT_MAX: i64 = 100;
 
 /// Whether a crypto refund that still stands (not cancelled or expired) takes part of payment `p`:
 /// an SQL condition on a `payments p` row.
@@ -392,21 +391,24 @@ pub async fn view(pool: &PgPool, merchant_id: &str, id: &str) -> Result<CryptoRe
     view_on(&mut conn, Some(merchant_id), id).await
 }
 
-/// At most `limit` of the merchant's refunds, newest first, optionally of one invoice; `before` an
-/// `rfd_…` id (refunds created before it).
-pub async fn list(pool: &PgPool, merchant_id: &str, invoice_id: Option<&str>, limit: i64, before: Option<&str>) -> Result<Vec<CryptoRefundView>> {
+/// A page of the merchant's refunds, newest first, optionally of one invoice, and whether more
+/// follow.
+pub async fn list(pool: &PgPool, merchant_id: &str, invoice_id: Option<&str>, page: &Page) -> Result<(Vec<CryptoRefundView>, bool)> {
+    const ORDER: Order = Order("created_at DESC, id DESC");
     let rows: Vec<CryptoRefundView> = sqlx::query_as(&format!(
         "SELECT {VIEW_COLUMNS} FROM crypto_refunds WHERE merchant_id = $1 AND ($2::text IS NULL OR invoice_id = $2) \
-           AND ($4::text IS NULL OR (created_at, id) < (SELECT created_at, id FROM crypto_refunds WHERE id = $4)) \
-         ORDER BY created_at DESC, id DESC LIMIT $3"
+           AND {} ORDER BY {} LIMIT $4",
+        page.condition(ORDER, "SELECT created_at, id FROM crypto_refunds WHERE id = $3 AND merchant_id = $1"),
+        page.order_by(ORDER),
     ))
     .bind(merchant_id)
     .bind(invoice_id)
-    .bind(limit.clamp(1, LIST_LIMIT_MAX + 1))
-    .bind(before)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(CryptoRefundView::finish).collect())
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.into_iter().map(CryptoRefundView::finish).collect(), has_more))
 }
 
 /// The refund a claim token opens, for the payer's page: its view and its merchant's name.

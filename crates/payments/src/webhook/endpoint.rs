@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chrono::{DateTime, Utc};
 use reqwest::Url;
 use serde::Serialize;
+use payrail_store::page::{Order, Page};
 use sqlx::{PgPool, Row};
 
 use crate::ids::new_id;
@@ -600,18 +601,22 @@ pub async fn count_sealed_secrets(pool: &PgPool) -> Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints WHERE secret_sealed IS NOT NULL").fetch_one(pool).await?)
 }
 
-/// The merchant's endpoints that are not deleted, newest first (at most
-/// [`ENDPOINTS_PER_MERCHANT_MAX`]).
-pub async fn list_endpoints(pool: &PgPool, merchant_id: &str) -> Result<Vec<EndpointView>> {
+/// A page of the merchant's endpoints that are not deleted, newest first, and whether more follow.
+pub async fn list_endpoints(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<EndpointView>, bool)> {
+    const ORDER: Order = Order("created_at DESC, id DESC");
     let rows = sqlx::query(&format!(
-        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
-         WHERE merchant_id = $1 AND deleted_at IS NULL ORDER BY created_at DESC, id DESC LIMIT $2"
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE merchant_id = $1 AND deleted_at IS NULL \
+           AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT created_at, id FROM webhook_endpoints WHERE id = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
     ))
     .bind(merchant_id)
-    .bind(i64::try_from(ENDPOINTS_PER_MERCHANT_MAX).unwrap_or(i64::MAX))
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
-    rows.iter().map(endpoint_view).collect()
+    let (rows, has_more) = page.finish(rows);
+    Ok((rows.iter().map(endpoint_view).collect::<Result<Vec<_>>>()?, has_more))
 }
 
 /// Soft-deletes an endpoint: it stays in the delivery log, its pending deliveries are canceled and

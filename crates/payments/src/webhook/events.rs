@@ -4,30 +4,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use payrail_store::page::{Order, Page};
 use sqlx::PgPool;
 
 use crate::ids::{is_id, new_id};
 
 use super::error::{Result, WebhookError};
 use super::failure::ErrorClass;
-
-/// Events per page unless asked otherwise.
-pub const PAGE_LIMIT_DEFAULT: u32 = 20;
-/// Most events per page.
-pub const PAGE_LIMIT_MAX: u32 = 100;
-/// Most deliveries shown for one event (the most recent ones).
-pub const DELIVERY_LOG_LIMIT: i64 = 100;
-
-/// A page of events, newest first.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct EventPage {
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
-    /// Each event exactly as delivered: `{"id","type","created_at","data"}`.
-    #[schema(value_type = Vec<Event>)]
-    pub data: Vec<Value>,
-    pub has_more: bool,
-}
 
 /// An event, exactly as it is delivered to endpoints and shown by `GET /v1/events` (the payload
 /// [`super::emit`] stores).
@@ -85,51 +68,28 @@ pub struct DeliveryView {
     pub attempts: Vec<AttemptView>,
 }
 
-/// The merchant's events, newest first: at most `limit` (1..=[`PAGE_LIMIT_MAX`]), after the event
-/// `starting_after` when given, only of `event_type` when given (a known type).
-pub async fn list_events(
-    pool: &PgPool,
-    merchant_id: &str,
-    limit: u32,
-    starting_after: Option<&str>,
-    event_type: Option<&str>,
-) -> Result<EventPage> {
+/// A page of the merchant's events, newest first, only of `event_type` when given (a known type),
+/// and whether more follow.
+pub async fn list_events(pool: &PgPool, merchant_id: &str, page: &Page, event_type: Option<&str>) -> Result<(Vec<Value>, bool)> {
+    const ORDER: Order = Order("id DESC");
     if let Some(wanted) = event_type {
         if !super::endpoint::EVENT_TYPES.contains(&wanted) {
             return Err(WebhookError::Invalid { field: "type", reason: format!("unknown event type {wanted:?}") });
         }
     }
-    if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
-        return Err(WebhookError::Invalid { field: "limit", reason: format!("must be 1..={PAGE_LIMIT_MAX}") });
-    }
-    let cursor = match starting_after {
-        None => None,
-        Some(event_id) => {
-            let not_found = || WebhookError::Invalid { field: "starting_after", reason: "no such event".to_owned() };
-            if !is_id(event_id, "evt") {
-                return Err(not_found());
-            }
-            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE event_id = $1 AND merchant_id = $2")
-                .bind(event_id)
-                .bind(merchant_id)
-                .fetch_optional(pool)
-                .await?;
-            Some(id.ok_or_else(not_found)?)
-        }
-    };
-    let mut data: Vec<Value> = sqlx::query_scalar(
-        "SELECT payload FROM outbox WHERE merchant_id = $1 AND ($2::bigint IS NULL OR id < $2) \
-           AND ($4::text IS NULL OR event_type = $4) ORDER BY id DESC LIMIT $3",
-    )
+    let data: Vec<Value> = sqlx::query_scalar(&format!(
+        "SELECT payload FROM outbox WHERE merchant_id = $1 AND ($4::text IS NULL OR event_type = $4) \
+           AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT id FROM outbox WHERE event_id = $2 AND merchant_id = $1"),
+        page.order_by(ORDER),
+    ))
     .bind(merchant_id)
-    .bind(cursor)
-    .bind(i64::from(limit) + 1)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .bind(event_type)
     .fetch_all(pool)
     .await?;
-    let has_more = data.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(EventPage { object: "list", data, has_more })
+    Ok(page.finish(data))
 }
 
 /// One of the merchant's events, as delivered.
@@ -185,20 +145,23 @@ struct AttemptRecord {
     outcome: String,
 }
 
-/// The delivery log of one of the merchant's events: its most recent [`DELIVERY_LOG_LIMIT`]
-/// deliveries in the order they were made, each with every attempt.
-pub async fn deliveries(pool: &PgPool, merchant_id: &str, event_id: &str) -> Result<Vec<DeliveryView>> {
+/// A page of the delivery log of one of the merchant's events, in the order the deliveries were
+/// made, each with every attempt; and whether more follow.
+pub async fn deliveries(pool: &PgPool, merchant_id: &str, event_id: &str, page: &Page) -> Result<(Vec<DeliveryView>, bool)> {
+    const ORDER: Order = Order("id");
     let (outbox_id, _, _) = outbox_row(pool, merchant_id, event_id).await?;
-    let rows: Vec<DeliveryRecord> = sqlx::query_as(
-        "SELECT * FROM ( \
-             SELECT id, delivery_id, endpoint_id, status, replay, attempts, next_attempt_at, created_at, completed_at \
-             FROM webhook_deliveries WHERE outbox_id = $1 ORDER BY id DESC LIMIT $2) recent \
-         ORDER BY id",
-    )
+    let rows: Vec<DeliveryRecord> = sqlx::query_as(&format!(
+        "SELECT id, delivery_id, endpoint_id, status, replay, attempts, next_attempt_at, created_at, completed_at \
+         FROM webhook_deliveries WHERE outbox_id = $1 AND {} ORDER BY {} LIMIT $3",
+        page.condition(ORDER, "SELECT id FROM webhook_deliveries WHERE delivery_id = $2 AND outbox_id = $1"),
+        page.order_by(ORDER),
+    ))
     .bind(outbox_id)
-    .bind(DELIVERY_LOG_LIMIT)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
+    let (rows, has_more) = page.finish(rows);
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let attempt_rows: Vec<AttemptRecord> = sqlx::query_as(
         "SELECT delivery_id, attempt, attempted_at, status_code, error, duration_ms, outcome \
@@ -225,7 +188,7 @@ pub async fn deliveries(pool: &PgPool, merchant_id: &str, event_id: &str) -> Res
             attempts,
         });
     }
-    Ok(views)
+    Ok((views, has_more))
 }
 
 fn count(column: &'static str, value: i32) -> Result<u32> {

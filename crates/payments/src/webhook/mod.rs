@@ -20,7 +20,7 @@ pub use dispatch::{run_dispatcher, DispatchConfig, Dispatcher, PassReport};
 pub use endpoint::{create_endpoint, delete_endpoint, list_endpoints, CreatedEndpoint, EndpointView};
 pub use error::{Result, WebhookError};
 pub use failure::ErrorClass;
-pub use events::{deliveries, get_event, list_events, replay, AttemptView, DeliveryView, EventPage};
+pub use events::{deliveries, get_event, list_events, replay, AttemptView, DeliveryView};
 pub use payrail_store::outbox::{self, emit, emit_all, OutboxEvent};
 pub use secret::EndpointSecret;
 pub use signature::{sign, verify, SignatureError, SIGNATURE_HEADER};

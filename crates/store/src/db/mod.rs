@@ -130,12 +130,3 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 pub fn is_retryable(error: &sqlx::Error) -> bool {
     is_transient(error) || !matches!(error, sqlx::Error::Database(_))
 }
-
-/// A page read with one row more than `limit` (`LIMIT limit + 1`): the first `limit` rows, and
-/// whether more follow.
-pub fn page_of<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    (rows, more)
-}

@@ -18,6 +18,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
+
+use crate::page::{Order, Page};
 use thiserror::Error;
 
 use crate::csv;
@@ -117,10 +119,8 @@ pub struct EntryFilter {
     /// A CAIP-19 asset (or `iso4217:…` for card balances), exactly as posted.
     pub asset: Option<String>,
     pub kind: Option<String>,
-    /// 1..=[`ENTRIES_LIMIT_MAX`].
-    pub limit: i64,
-    /// Entries with a smaller id: the `next_before` of the previous page.
-    pub before: Option<i64>,
+    /// Which page (at most [`ENTRIES_LIMIT_MAX`] entries); the cursors are entry ids.
+    pub page: Page,
 }
 
 impl Default for EntryFilter {
@@ -131,8 +131,7 @@ impl Default for EntryFilter {
             account: None,
             asset: None,
             kind: None,
-            limit: ENTRIES_LIMIT_DEFAULT,
-            before: None,
+            page: Page::first(ENTRIES_LIMIT_DEFAULT),
         }
     }
 }
@@ -140,11 +139,11 @@ impl Default for EntryFilter {
 impl EntryFilter {
     /// Checks every filter without the database.
     pub fn validate(&self) -> Result<()> {
-        if !(1..=ENTRIES_LIMIT_MAX).contains(&self.limit) {
+        if !(1..=ENTRIES_LIMIT_MAX).contains(&self.page.limit) {
             return Err(invalid("limit", format!("must be 1 to {ENTRIES_LIMIT_MAX}")));
         }
-        if self.before.is_some_and(|b| b < 1) {
-            return Err(invalid("before", "must be a journal entry id"));
+        if self.page.cursor_id().is_some_and(|c| c.parse::<i64>().map_or(true, |id| id < 1)) {
+            return Err(invalid("starting_after", "must be a journal entry id"));
         }
         if let (Some(from), Some(to)) = (self.from, self.to) {
             if from > to {
@@ -188,8 +187,13 @@ pub struct EntryExport {
     pub postings: Vec<PostingExport>,
 }
 
+/// The entries' order: newest (largest id) first; as the page's rows are read again outside it.
+const ENTRIES_ORDER: Order = Order("e.id DESC");
+const PAGE_ORDER: Order = Order("page.id DESC");
+
 /// Selects the page of entries first, then joins all of their postings, in one statement (one
-/// snapshot). The account and asset filters look at any posting of the entry.
+/// snapshot). The account and asset filters look at any posting of the entry. `{cursor}`,
+/// `{order}` and `{page_order}` are the page's (see [`Page`]), the cursor entry id bound at `$4`.
 const ENTRIES_SQL: &str = r#"
 WITH page AS (
     SELECT e.id, e.idempotency_key, e.kind, e.memo, e.created_at, e.reverses_entry_id
@@ -197,14 +201,14 @@ WITH page AS (
     WHERE ($1::timestamptz IS NULL OR e.created_at >= $1)
       AND ($2::timestamptz IS NULL OR e.created_at < $2)
       AND ($3::text IS NULL OR e.kind = $3)
-      AND ($4::int8 IS NULL OR e.id < $4)
+      AND {cursor}
       AND (($5::text IS NULL AND $6::text IS NULL AND $7::text IS NULL) OR EXISTS (
           SELECT 1 FROM postings fp JOIN accounts fa ON fa.id = fp.account_id
           WHERE fp.entry_id = e.id
             AND ($5::text IS NULL OR fa.code = $5)
             AND ($6::text IS NULL OR starts_with(fa.code, $6))
             AND ($7::text IS NULL OR fp.asset = $7)))
-    ORDER BY e.id DESC
+    ORDER BY {order}
     LIMIT $8
 )
 SELECT page.id, page.idempotency_key, page.kind, page.memo, page.created_at, page.reverses_entry_id,
@@ -212,7 +216,7 @@ SELECT page.id, page.idempotency_key, page.kind, page.memo, page.created_at, pag
 FROM page
 JOIN postings p ON p.entry_id = page.id
 JOIN accounts a ON a.id = p.account_id
-ORDER BY page.id DESC, p.id
+ORDER BY {page_order}, p.id
 "#;
 
 /// One posting of [`ENTRIES_SQL`], with its entry.
@@ -248,19 +252,25 @@ struct AssetRow {
     balanced: bool,
 }
 
-/// A page of journal entries, newest first, each with all of its postings.
-pub async fn entries(pool: &PgPool, filter: &EntryFilter) -> Result<Vec<EntryExport>> {
+/// A page of journal entries, newest first, each with all of its postings, and whether more follow.
+pub async fn entries(pool: &PgPool, filter: &EntryFilter) -> Result<(Vec<EntryExport>, bool)> {
     filter.validate()?;
     let account = filter.account.as_ref();
-    let rows: Vec<EntryRow> = sqlx::query_as(ENTRIES_SQL)
+    let page = &filter.page;
+    // An entry's id is its place in the list: the cursor is its own key.
+    let sql = ENTRIES_SQL
+        .replace("{cursor}", &page.condition(ENTRIES_ORDER, "SELECT $4::int8"))
+        .replace("{order}", &page.order_by(ENTRIES_ORDER))
+        .replace("{page_order}", &page.order_by(PAGE_ORDER));
+    let rows: Vec<EntryRow> = sqlx::query_as(&sql)
         .bind(filter.from)
         .bind(filter.to)
         .bind(filter.kind.as_deref())
-        .bind(filter.before)
+        .bind(page.cursor_id().and_then(|c| c.parse::<i64>().ok()))
         .bind(account.and_then(AccountFilter::exact))
         .bind(account.and_then(AccountFilter::prefix))
         .bind(filter.asset.as_deref())
-        .bind(filter.limit)
+        .bind(page.fetch())
         .fetch_all(pool)
         .await?;
     let mut out: Vec<EntryExport> = Vec::new();
@@ -280,17 +290,7 @@ pub async fn entries(pool: &PgPool, filter: &EntryFilter) -> Result<Vec<EntryExp
             }),
         }
     }
-    Ok(out)
-}
-
-/// The id to pass as `before` for the next page: the last entry's, when the page is full.
-pub fn next_before(page: &[EntryExport], limit: i64) -> Option<i64> {
-    let full = i64::try_from(page.len()).is_ok_and(|n| n == limit);
-    if full {
-        page.last().map(|e| e.id)
-    } else {
-        None
-    }
+    Ok(page.finish(out))
 }
 
 /// The accounts' types as the API names them.
@@ -493,10 +493,13 @@ mod tests {
     fn filters_are_checked() {
         assert!(EntryFilter::default().validate().is_ok());
         for limit in [0, -1, ENTRIES_LIMIT_MAX + 1] {
-            assert!(EntryFilter { limit, ..EntryFilter::default() }.validate().is_err(), "limit {limit}");
+            assert!(EntryFilter { page: Page::first(limit), ..EntryFilter::default() }.validate().is_err(), "limit {limit}");
         }
-        assert!(EntryFilter { limit: ENTRIES_LIMIT_MAX, ..EntryFilter::default() }.validate().is_ok());
-        assert!(EntryFilter { before: Some(0), ..EntryFilter::default() }.validate().is_err());
+        assert!(EntryFilter { page: Page::first(ENTRIES_LIMIT_MAX), ..EntryFilter::default() }.validate().is_ok());
+        for cursor in ["0", "x", "-3"] {
+            let page = Page { limit: 1, cursor: Some(crate::page::Cursor::Before(cursor.to_owned())) };
+            assert!(EntryFilter { page, ..EntryFilter::default() }.validate().is_err(), "cursor {cursor}");
+        }
         assert!(EntryFilter { asset: Some(String::new()), ..EntryFilter::default() }.validate().is_err());
         assert!(EntryFilter { kind: Some("a".repeat(KIND_LEN_MAX + 1)), ..EntryFilter::default() }.validate().is_err());
         let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("time");
@@ -540,13 +543,5 @@ mod tests {
         );
         assert_eq!(records[4], "1,2026-01-01T12:00:00+00:00,k1,payment,liabilities:merchant:m,iso4217:USD,-250,");
         assert_eq!(records[5], "");
-    }
-
-    #[test]
-    fn next_before_only_for_a_full_page() {
-        let page = [entry(9, None), entry(7, None)];
-        assert_eq!(next_before(&page, 2), Some(7));
-        assert_eq!(next_before(&page, 3), None);
-        assert_eq!(next_before(&[], 1), None);
     }
 }

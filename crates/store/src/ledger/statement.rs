@@ -3,11 +3,13 @@
 //!
 //! Amounts are signed in the account's normal direction, so a line that raises what is owed to the
 //! holder is positive whatever the account type; they are read from a `::text` cast of `NUMERIC` and
-//! checked to parse. A page ends on an entry boundary, so `starting_after` (an entry id) skips nothing.
+//! checked to parse. A page ends on an entry boundary, so a cursor (an entry id) skips nothing.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
+
+use crate::page::{Order, Page};
 
 use crate::csv;
 
@@ -18,15 +20,18 @@ use super::signed::SignedAmount;
 /// Most lines in one page.
 pub const STATEMENT_PAGE_LIMIT_MAX: i64 = 1_000;
 
-/// Which lines: `from <= time < to`, after the entry `starting_after`, at most `limit` lines (a page
-/// never splits an entry's lines unless one entry alone exceeds it).
-#[derive(Debug, Clone, Copy, Default)]
+/// Which lines: `from <= time < to`, a page of at most `page.limit` lines on either side of an
+/// entry (a page never splits an entry's lines unless one entry alone exceeds it).
+#[derive(Debug, Clone)]
 pub struct StatementRange {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
-    pub starting_after: Option<i64>,
-    pub limit: i64,
+    pub page: Page,
 }
+
+/// Entries oldest first; an entry's lines in posting order.
+const ENTRY_ORDER: Order = Order("e.created_at, e.id");
+const LINE_ORDER: Order = Order("e.created_at, e.id, p.id");
 
 /// One posting on one of the holder's accounts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -56,25 +61,28 @@ struct StatementRow {
 }
 
 /// A page of the postings on `accounts`, oldest first, and whether more follow.
-pub async fn statement(pool: &PgPool, accounts: &[AccountCode], range: StatementRange) -> Result<(Vec<StatementLine>, bool)> {
-    let limit = range.limit.clamp(1, STATEMENT_PAGE_LIMIT_MAX);
+pub async fn statement(pool: &PgPool, accounts: &[AccountCode], range: &StatementRange) -> Result<(Vec<StatementLine>, bool)> {
+    let page = Page { limit: range.page.limit.clamp(1, STATEMENT_PAGE_LIMIT_MAX), cursor: range.page.cursor.clone() };
     let codes: Vec<&str> = accounts.iter().map(AccountCode::as_str).collect();
-    let mut rows: Vec<StatementRow> = sqlx::query_as(
+    let mut rows: Vec<StatementRow> = sqlx::query_as(&format!(
         "SELECT e.id, e.created_at, e.kind, a.code, p.asset, p.amount::text AS amount, e.memo \
          FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries e ON e.id = p.entry_id \
          WHERE a.code = ANY ($1) AND ($2::timestamptz IS NULL OR e.created_at >= $2) \
-               AND ($3::timestamptz IS NULL OR e.created_at < $3) \
-               AND ($4::bigint IS NULL OR (e.created_at, e.id) > (SELECT created_at, id FROM journal_entries WHERE id = $4)) \
-         ORDER BY e.created_at, e.id, p.id LIMIT $5",
-    )
+               AND ($3::timestamptz IS NULL OR e.created_at < $3) AND {} \
+         ORDER BY {} LIMIT $5",
+        page.condition(ENTRY_ORDER, "SELECT created_at, id FROM journal_entries WHERE id = $4::bigint"),
+        page.order_by(LINE_ORDER),
+    ))
     .bind(&codes)
     .bind(range.from)
     .bind(range.to)
-    .bind(range.starting_after)
-    .bind(limit + 1)
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    // Rows come in the order read (backward: newest first). When more follow, the page gives back
+    // the lines of the entry the limit cut, unless that entry is all it holds.
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
     let has_more = rows.len() > limit;
     if has_more {
         let next = rows[limit].id;
@@ -84,6 +92,7 @@ pub async fn statement(pool: &PgPool, accounts: &[AccountCode], range: Statement
         }
         rows.truncate(if end == 0 { limit } else { end });
     }
+    let (rows, has_more) = page.arrange(rows, has_more);
     let lines = rows.into_iter().map(line).collect::<Result<Vec<_>>>()?;
     Ok((lines, has_more))
 }
