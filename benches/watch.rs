@@ -242,6 +242,8 @@ async fn measure(
             .kill_on_drop(true);
         for (name, url) in evm {
             command.env(format!("PAYRAIL_CHAINS__{name}__RPC"), format!("[\"{url}\"]"));
+            // New heads pushed from the same port, as on the dev stack.
+            command.env(format!("PAYRAIL_CHAINS__{name}__WS"), url.replacen("http://", "ws://", 1));
         }
         command.spawn().context("cannot start payrail serve")
     };

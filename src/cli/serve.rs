@@ -13,8 +13,8 @@ pub struct Args {
     #[arg(long)]
     no_migrate: bool,
     /// Start even with settings meant for the local dev stack only (webhooks to loopback,
-    /// fixed or file rates, Bitcoin regtest, a Stripe API that is not https). Without it such
-    /// a configuration is refused, naming each setting.
+    /// webhook secrets stored in plaintext, fixed or file rates, Bitcoin regtest, a Stripe API
+    /// that is not https). Without it such a configuration is refused, naming each setting.
     #[arg(long)]
     allow_dev_settings: bool,
 }

@@ -217,6 +217,8 @@ pub fn payrail_on(database: &str, args: &[&str], chain: &str, rpc: &str) -> toki
     let mut command = payrail(database, args);
     command
         .env(format!("PAYRAIL_CHAINS__{chain}__RPC"), format!("[\"{rpc}\"]"))
+        // An EVM node's heads pushed from the same port (anvil serves both); none for Electrum.
+        .env(format!("PAYRAIL_CHAINS__{chain}__WS"), if rpc.starts_with("http://") { rpc.replacen("http://", "ws://", 1) } else { String::new() })
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true);

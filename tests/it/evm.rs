@@ -65,6 +65,7 @@ async fn rig_for(pool: PgPool, name: &str) -> Rig {
     assert_eq!(spec.token("DAI").map(|t| t.address), Some(contracts.dai));
     assert_eq!(spec.payout_batcher, Some(contracts.payout_batcher));
     spec.rpc = vec![RpcUrl::new(&anvil.url()).expect("url")];
+    spec.ws = Some(RpcUrl::new(&anvil.url().replacen("http://", "ws://", 1)).expect("ws url"));
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     Rig { anvil, state, spec, merchant_id: merchant.merchant_id }
 }
@@ -867,4 +868,50 @@ async fn catching_up_over_many_ranges_reads_every_block_once_in_order(pool: PgPo
     }
     let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_entries").fetch_one(&rig.state.pool).await.expect("n");
     assert_eq!(entries, 3);
+}
+
+/// Waits until `check` holds, at most `limit`.
+async fn eventually(limit: std::time::Duration, check: impl Fn() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// A chain with a `ws` endpoint has its new heads pushed: the wait for the next poll ends at the
+/// block, not at the poll. A socket that dies with its node, or one that never answers, leaves the
+/// follower polling at its usual pace.
+#[tokio::test]
+async fn pushed_new_heads_end_the_wait_for_the_next_poll_and_polling_covers_a_dead_socket() {
+    use payrail::chain::evm::heads::Heads;
+    use std::time::Duration;
+
+    let mut anvil = Anvil::start(137, 0, None).await.expect("anvil");
+    let ws = RpcUrl::new(&anvil.url().replacen("http://", "ws://", 1)).expect("ws url");
+    let heads = Heads::spawn("polygon", &ws);
+    let feed = heads.feed();
+    assert!(eventually(Duration::from_secs(10), || feed.live()).await, "the subscription comes up");
+    // No block, no wake-up: a wait for a ten-minute poll is still waiting a moment later.
+    let _ = tokio::time::timeout(Duration::from_millis(100), feed.next_poll(Duration::from_millis(1))).await;
+    let mut waiting = std::pin::pin!(feed.next_poll(Duration::from_secs(600)));
+    assert!(tokio::time::timeout(Duration::from_millis(300), waiting.as_mut()).await.is_err(), "woken without a block");
+    let before = feed.received();
+    mine(&anvil, 1).await;
+    tokio::time::timeout(Duration::from_secs(5), waiting.as_mut()).await.expect("the block ends the wait");
+    assert_eq!(feed.received(), before + 1);
+
+    // The node goes away: the subscription is down, and the wait is the poll again.
+    anvil.stop().await;
+    assert!(eventually(Duration::from_secs(10), || !feed.live()).await, "a dead socket is noticed");
+    tokio::time::timeout(Duration::from_secs(2), feed.next_poll(Duration::from_millis(50))).await.expect("polling");
+
+    // An endpoint that never answers is never live.
+    let dead = Heads::spawn("polygon", &RpcUrl::new("ws://127.0.0.1:9").expect("url"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!dead.feed().live());
+    tokio::time::timeout(Duration::from_secs(2), dead.feed().next_poll(Duration::from_millis(50))).await.expect("polling");
 }

@@ -504,6 +504,16 @@ struct Following<'a, S: ChainSource> {
 }
 
 impl<S: ChainSource> Following<'_, S> {
+    /// Waits, as the source says, for the next read of the head (cut short by shutdown); the
+    /// lock is checked before the next pass as before every pass.
+    async fn until_next_poll(&self, poll_ms: u64, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Next {
+        tokio::select! {
+            () = self.follower.source.next_poll(Duration::from_millis(poll_ms)) => {}
+            _ = shutdown.changed() => {}
+        }
+        Next::Now
+    }
+
     fn back_off(&mut self, floor_ms: u64) -> Next {
         self.backoff_ms = self.backoff_ms.saturating_mul(2).clamp(floor_ms, BACKOFF_MS_MAX);
         Next::After(Duration::from_millis(self.backoff_ms))
@@ -519,7 +529,7 @@ impl<S: ChainSource> HeldJob for Following<'_, S> {
         self.backoff_ms = 0;
     }
 
-    async fn pass(&mut self, _leadership: &mut Leadership, _shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Result<Next, FollowError> {
+    async fn pass(&mut self, _leadership: &mut Leadership, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Result<Next, FollowError> {
         let f = self.follower;
         let name = &f.chain.name;
         let poll_ms = S::poll_interval_ms(&f.chain);
@@ -555,7 +565,7 @@ impl<S: ChainSource> HeldJob for Following<'_, S> {
                 || self.last_step.is_none_or(|at| at.elapsed() >= Duration::from_millis(RECHECK_INTERVAL_MS));
             if !due {
                 f.summary.lock().unwrap_or_else(PoisonError::into_inner).maybe_log();
-                return Ok(Next::After(Duration::from_millis(poll_ms)));
+                return Ok(self.until_next_poll(poll_ms, shutdown).await);
             }
         }
         let result = match head {
@@ -569,7 +579,7 @@ impl<S: ChainSource> HeldJob for Following<'_, S> {
                 self.backoff_ms = 0;
                 self.last_step = Some(Instant::now());
                 if event.at_tip() {
-                    Ok(Next::After(Duration::from_millis(poll_ms)))
+                    Ok(self.until_next_poll(poll_ms, shutdown).await)
                 } else {
                     Ok(Next::Now)
                 }

@@ -96,6 +96,12 @@ pub trait ChainSource: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// How often the head is polled.
     fn poll_interval_ms(spec: &ChainSpec) -> u64;
 
+    /// Waits until the head is next worth reading: `poll` by default; a source told of new blocks
+    /// (pushed heads) wakes at the next one.
+    fn next_poll(&self, poll: std::time::Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(poll)
+    }
+
     /// Refuses an endpoint that serves another chain.
     fn check_chain(&self) -> impl Future<Output = Result<(), FollowError>> + Send;
 

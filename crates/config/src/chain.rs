@@ -200,6 +200,9 @@ pub struct ChainSpec {
     pub tokens: Vec<TokenSpec>,
     /// Effective endpoints: the configuration's override if any, else the chain file's.
     pub rpc: Vec<RpcUrl>,
+    /// EVM: a WebSocket endpoint (`ws://`, `wss://`) that pushes new heads, so the follower wakes
+    /// on a block instead of at its next poll; polling stays as the safety net.
+    pub ws: Option<RpcUrl>,
     /// EVM: the `ForwarderFactory` that owns the invoices' deposit addresses on this chain.
     pub forwarder_factory: Option<Address>,
     /// EVM: the `PayoutBatcher` that pays creators on this chain.
@@ -251,6 +254,8 @@ struct ChainFile {
     internal_transfers: Option<InternalTransfers>,
     #[serde(default)]
     explorer_tx_url: Option<String>,
+    #[serde(default)]
+    ws: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +362,14 @@ pub(crate) fn check_rpc(
                 .map_err(|message| InvalidKey::new(format!("[{index}]"), message))
         })
         .collect()
+}
+
+/// A chain's WebSocket endpoint for new heads: EVM only, `ws://` or `wss://`.
+pub(crate) fn check_ws(kind: ChainKind, ws: &str) -> std::result::Result<RpcUrl, String> {
+    if kind != ChainKind::Evm {
+        return Err("only EVM chains push new heads over WebSocket".to_owned());
+    }
+    url::check(ws, &["ws", "wss"], false).map(|()| RpcUrl(ws.to_owned()))
 }
 
 fn check_display(key: &str, decimals: u8, display: Option<u8>) -> std::result::Result<(), InvalidKey> {
@@ -479,6 +492,7 @@ impl ChainFile {
         }
         let tokens = self.check_tokens()?;
         let rpc = check_rpc(self.kind, &self.rpc).map_err(|e| e.under("rpc"))?;
+        let ws = self.ws.as_deref().map(|ws| check_ws(self.kind, ws)).transpose().map_err(|e| InvalidKey::new("ws", e))?;
         if let Some(template) = &self.explorer_tx_url {
             check_explorer_url(template).map_err(|e| InvalidKey::new("explorer_tx_url", e))?;
         }
@@ -499,6 +513,7 @@ impl ChainFile {
             reorg_depth_max: self.reorg_depth_max,
             tokens,
             rpc,
+            ws,
             forwarder_factory: None,
             payout_batcher: None,
             start_block: None,

@@ -144,6 +144,8 @@ struct ChainOverride {
     network: Option<String>,
     /// The chain file's block explorer replaced; `""` for none (a local chain).
     explorer_tx_url: Option<String>,
+    /// The chain file's WebSocket endpoint replaced; `""` for none (poll only).
+    ws: Option<String>,
 }
 
 // By hand because `dir` sits beside the per-chain tables, and `#[serde(flatten)]` would
@@ -417,6 +419,11 @@ fn select_chains(
                 spec.explorer_tx_url = None;
             }
             spec.caip2 = caip2;
+        }
+        match table.ws.as_deref() {
+            None => {}
+            Some("") => spec.ws = None,
+            Some(ws) => spec.ws = Some(chain::check_ws(spec.kind, ws).map_err(|e| InvalidKey::new(format!("{}.ws", spec.name), e))?),
         }
         match table.explorer_tx_url.as_deref() {
             None => {}

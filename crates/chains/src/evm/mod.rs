@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod contracts;
+pub mod heads;
 pub mod nonce;
 pub mod sweep;
 pub mod watcher;

@@ -22,6 +22,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use sqlx::{PgPool, Row};
 
 use crate::evm::client::{is_method_unsupported, EvmClient, InternalTransfer, NativeTransfer, RpcError};
+use crate::evm::heads::{HeadFeed, Heads};
 use crate::follower::{FollowError, Follower};
 use crate::health::TIP_STALL_BLOCK_TIMES_EVM;
 use crate::source::{BlockHash, BlockId, ChainSource, Fetched, Found, Head, Observed, Scan, ScanKind};
@@ -68,6 +69,8 @@ pub struct EvmSource {
     balance_turn: Mutex<usize>,
     /// Whether the node's pruned history was already reported (once per source).
     pruned_state_logged: AtomicBool,
+    /// New heads pushed over the chain's `ws` endpoint, when it has one.
+    heads: Option<Heads>,
 }
 
 const UNDECIDED: u8 = 0;
@@ -112,6 +115,8 @@ impl ChainSource for EvmSource {
             last_balance_check: Mutex::new(None),
             balance_turn: Mutex::new(0),
             pruned_state_logged: AtomicBool::new(false),
+            // Outside a runtime (a tool reading one block) there is nothing to wake.
+            heads: spec.ws.as_ref().filter(|_| tokio::runtime::Handle::try_current().is_ok()).map(|ws| Heads::spawn(&spec.name, ws)),
         })
     }
 
@@ -133,6 +138,13 @@ impl ChainSource for EvmSource {
             return Err(FollowError::WrongChain { name: self.chain.name.clone(), expected, actual });
         }
         Err(unusable.into())
+    }
+
+    async fn next_poll(&self, poll: Duration) {
+        match &self.heads {
+            Some(heads) => heads.feed().next_poll(poll).await,
+            None => tokio::time::sleep(poll).await,
+        }
     }
 
     async fn head(&self) -> Result<Head<B256>, FollowError> {
@@ -196,6 +208,11 @@ impl ChainSource for EvmSource {
 }
 
 impl EvmSource {
+    /// The pushed heads, when the chain has a `ws` endpoint.
+    pub fn heads(&self) -> Option<&HeadFeed> {
+        self.heads.as_ref().map(Heads::feed)
+    }
+
     /// Decides, once the node answers, whether internal transfers come from traces (when the
     /// endpoint is checked, or at the first step of a follower stepped without that check).
     async fn choose_internal(&self) {
