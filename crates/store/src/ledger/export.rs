@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::page::{Order, Page};
+use crate::page::{Cursor, Order, Page};
 use thiserror::Error;
 
 use crate::csv;
@@ -142,8 +142,14 @@ impl EntryFilter {
         if !(1..=ENTRIES_LIMIT_MAX).contains(&self.page.limit) {
             return Err(invalid("limit", format!("must be 1 to {ENTRIES_LIMIT_MAX}")));
         }
-        if self.page.cursor_id().is_some_and(|c| c.parse::<i64>().map_or(true, |id| id < 1)) {
-            return Err(invalid("starting_after", "must be a journal entry id"));
+        if let Some(cursor) = &self.page.cursor {
+            let (field, id) = match cursor {
+                Cursor::After(id) => ("starting_after", id),
+                Cursor::Before(id) => ("ending_before", id),
+            };
+            if id.parse::<i64>().map_or(true, |id| id < 1) {
+                return Err(invalid(field, "must be a journal entry id"));
+            }
         }
         if let (Some(from), Some(to)) = (self.from, self.to) {
             if from > to {
@@ -497,7 +503,7 @@ mod tests {
         }
         assert!(EntryFilter { page: Page::first(ENTRIES_LIMIT_MAX), ..EntryFilter::default() }.validate().is_ok());
         for cursor in ["0", "x", "-3"] {
-            let page = Page { limit: 1, cursor: Some(crate::page::Cursor::Before(cursor.to_owned())) };
+            let page = Page { limit: 1, cursor: Some(Cursor::Before(cursor.to_owned())) };
             assert!(EntryFilter { page, ..EntryFilter::default() }.validate().is_err(), "cursor {cursor}");
         }
         assert!(EntryFilter { asset: Some(String::new()), ..EntryFilter::default() }.validate().is_err());
