@@ -137,5 +137,6 @@ pub fn invoice_request(amount: &str) -> payrail::invoice::CreateInvoice {
         buyer_email: None,
         locale: None,
         underpayment_tolerance_bps: None,
+        speed_policy: None,
     }
 }

@@ -81,6 +81,7 @@ pub fn invoice_request(amount: &str, accepted: Option<&[&str]>) -> CreateInvoice
         buyer_email: None,
         locale: None,
         underpayment_tolerance_bps: None,
+        speed_policy: None,
     }
 }
 

@@ -538,3 +538,74 @@ async fn a_bitcoin_watcher_whose_lock_session_ends_takes_the_lock_again(pool: Pg
     stop.send(true).expect("stop");
     tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("task").expect("clean stop");
 }
+
+/// The speed policy per invoice: `fast` counts a small payment from the mempool (and reverses it
+/// when it is replaced; once mined it stands, credited once), a larger one still waits for the
+/// tiers; `slow` waits for the deepest tier whatever the amount.
+#[sqlx::test]
+async fn the_speed_policy_decides_when_a_payment_counts(pool: PgPool) {
+    let rig = rig(pool).await;
+    let watcher = rig.synced_watcher().await;
+    let with_speed = |amount: &str, speed: &str| {
+        let mut request = invoice_request(amount, Some(&[BTC]));
+        request.speed_policy = Some(speed.to_owned());
+        request
+    };
+    let now = rig.state.clock.now();
+    let merchant = AccountCode::merchant(&rig.merchant_id);
+
+    // 25 USD, fast: paid from the mempool (the chain file allows up to 50 USD unconfirmed).
+    let fast = create_invoice_at(&rig.state, &rig.merchant_id, &with_speed("25.00", "fast"), now).await;
+    assert_eq!(fast.speed_policy.as_str(), "fast");
+    let txid = rig.node.send(&deposit(&fast), Sats::from_sat(due(&fast)), true).await.expect("send");
+    rig.sync(&watcher).await;
+    let paid = rig.view(&fast.id).await;
+    assert_eq!(paid.status, InvoiceStatus::Paid, "a fast payment counts unconfirmed");
+    let p = &paid.payments[0];
+    assert_eq!((p.confirmations, p.confirmations_required, p.status.as_str()), (0, 0, "confirmed"));
+    let sats = SignedAmount::positive(Amount::from_u64(due(&fast)));
+    assert_eq!(rig.balance(&merchant).await, sats);
+    assert_eq!(rig.entries().await, 1);
+
+    // The payer replaces it before any block: the credit is reversed, the invoice is open again.
+    let (elsewhere, _) = rig.node.node().wallet_addresses().await;
+    rig.node.replace(txid, &elsewhere, Sats::from_sat(due(&fast))).await.expect("replace");
+    let pass = rig.sync(&watcher).await;
+    assert!(matches!(pass, ChainEvent::Committed { orphaned: 1, .. }), "{pass:?}");
+    let replaced = rig.view(&fast.id).await;
+    assert_eq!(replaced.status, InvoiceStatus::Open, "the replaced payment no longer counts");
+    assert_eq!(replaced.payments[0].status, "reversed");
+    assert_eq!(rig.balance(&merchant).await, SignedAmount::ZERO);
+    assert_eq!(rig.entries().await, 2, "the credit and its reversal");
+
+    // Paid again and mined: credited from the mempool once, the block changes nothing more.
+    rig.node.send(&deposit(&fast), Sats::from_sat(due(&fast)), true).await.expect("send");
+    rig.sync(&watcher).await;
+    assert_eq!(rig.view(&fast.id).await.status, InvoiceStatus::Paid);
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    let mined = rig.view(&fast.id).await;
+    let confirmed: Vec<_> = mined.payments.iter().filter(|p| p.status == "confirmed").collect();
+    assert_eq!(confirmed.len(), 1);
+    assert_eq!((confirmed[0].confirmations, mined.status), (1, InvoiceStatus::Paid));
+    assert_eq!(rig.entries().await, 3);
+
+    // 100 USD, fast: above what the chain lets count unconfirmed, so the tiers (1 confirmation).
+    let large = create_invoice_at(&rig.state, &rig.merchant_id, &with_speed("100.00", "fast"), now).await;
+    rig.node.send(&deposit(&large), Sats::from_sat(due(&large)), true).await.expect("send");
+    rig.sync(&watcher).await;
+    let waiting = rig.view(&large.id).await;
+    assert_eq!((waiting.status, waiting.payments[0].confirmations_required), (InvoiceStatus::Processing, 1));
+
+    // 25 USD, slow: the deepest tier (6), not the 1 its value would need.
+    let slow = create_invoice_at(&rig.state, &rig.merchant_id, &with_speed("25.00", "slow"), now).await;
+    rig.node.send(&deposit(&slow), Sats::from_sat(due(&slow)), true).await.expect("send");
+    rig.node.mine(1).await.expect("mine");
+    rig.sync(&watcher).await;
+    let one = rig.view(&slow.id).await;
+    assert_eq!((one.status, one.payments[0].confirmations, one.payments[0].confirmations_required), (InvoiceStatus::Processing, 1, 6));
+    assert_eq!(rig.view(&large.id).await.status, InvoiceStatus::Paid, "the large fast payment met its tier");
+    rig.node.mine(5).await.expect("mine");
+    rig.sync(&watcher).await;
+    assert_eq!(rig.view(&slow.id).await.status, InvoiceStatus::Paid);
+}

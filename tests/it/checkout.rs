@@ -741,6 +741,8 @@ async fn checkout_options_are_checked_stored_and_shown(pool: PgPool) {
         ("buyer_email", json!("<payer@example.com>")),
         ("locale", json!("ko")),
         ("underpayment_tolerance_bps", json!(1_001)),
+        ("speed_policy", json!("turbo")),
+        ("speed_policy", json!("FAST")),
     ] {
         let mut body = json!({"amount":"25.00","currency":"USD","accepted":[ETH]});
         body[field] = value.clone();
@@ -751,8 +753,9 @@ async fn checkout_options_are_checked_stored_and_shown(pool: PgPool) {
 
     let invoice = server
         .invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH],"redirect_url":"https://shop.example/orders/7?paid=1",
-            "buyer_email":"Payer@Example.COM","underpayment_tolerance_bps":50}))
+            "buyer_email":"Payer@Example.COM","underpayment_tolerance_bps":50,"speed_policy":"slow"}))
         .await;
+    assert_eq!(invoice["speed_policy"], "slow");
     assert_eq!(invoice["redirect_url"], "https://shop.example/orders/7?paid=1");
     assert_eq!(invoice["buyer_email"], "Payer@example.com", "the domain is lower-cased, the local part kept");
     assert_eq!(invoice["underpayment_tolerance_bps"], 50);
@@ -774,6 +777,7 @@ async fn checkout_options_are_checked_stored_and_shown(pool: PgPool) {
     // Without a redirect there is no link; the configured tolerance (0 here) applies.
     let plain = server.invoice(json!({"amount":"25.00","currency":"USD","accepted":[ETH]})).await;
     assert_eq!(plain["underpayment_tolerance_bps"], 0);
+    assert_eq!(plain["speed_policy"], "medium", "the chain's tiers unless asked otherwise");
     assert!(plain["redirect_url"].is_null() && plain["buyer_email"].is_null());
     let page = server.page(&format!("/pay/{}", plain["id"].as_str().expect("id"))).await;
     assert!(!page.body.contains("id=\"return\"") && !page.body.contains("buyer-email"));

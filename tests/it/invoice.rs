@@ -28,6 +28,7 @@ fn request(amount: &str, accepted: &[&str]) -> CreateInvoice {
         buyer_email: None,
         locale: None,
         underpayment_tolerance_bps: None,
+        speed_policy: None,
     }
 }
 

@@ -516,6 +516,7 @@ fn request(accepted: Option<&[&str]>) -> CreateInvoice {
         buyer_email: None,
         locale: None,
         underpayment_tolerance_bps: None,
+        speed_policy: None,
     }
 }
 

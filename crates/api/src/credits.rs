@@ -480,6 +480,7 @@ pub async fn purchase(
         buyer_email: None,
         locale: None,
         underpayment_tolerance_bps: None,
+        speed_policy: None,
     };
     let (invoice, _) = crate::invoice::create_invoice(&state.pool, &state.catalog, state.rates.as_ref(), &state.policy, &auth.merchant_id, &request, key.as_deref(), now).await?;
     match purchase::record(&state.pool, &auth.merchant_id, &id, &pack, &priced, &invoice.id, now).await {

@@ -59,6 +59,13 @@ pub struct CreateInvoiceBody {
     /// (0..=1000); the configured `[invoices] underpayment_tolerance_bps` when absent.
     #[serde(default)]
     pub underpayment_tolerance_bps: Option<u32>,
+    /// How long payments wait before they count: `medium` (the default: the chain's confirmation
+    /// tiers by value), `slow` (the chain's deepest tier for every payment) or `fast` (none, for a
+    /// payment the chain allows to count unconfirmed: `zero_conf_up_to_usd` in its chain file;
+    /// the tiers above that).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "medium")]
+    pub speed_policy: Option<String>,
 }
 
 impl CreateInvoiceBody {
@@ -84,6 +91,7 @@ impl CreateInvoiceBody {
             buyer_email: self.buyer_email,
             locale: self.locale,
             underpayment_tolerance_bps: self.underpayment_tolerance_bps,
+            speed_policy: self.speed_policy,
         };
         (request, splits)
     }

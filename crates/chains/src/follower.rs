@@ -396,6 +396,7 @@ impl<S: ChainSource> Follower<S> {
             address: payment.address.clone(),
             amount: payment.amount,
             block: Some(BlockRef { height, hash }),
+            speed: payment.speed,
         };
         self.pricing.observe(found, head)
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::pricing::confirmations_required;
+use crate::pricing::{confirmations_required, Payment, SpeedPolicy};
 use crate::clock::Clock;
 use crate::config::ChainSpec;
 use crate::invoice::{BlockRef, ObservedPayment};
@@ -139,11 +139,15 @@ pub struct Found {
     pub amount: Amount,
     /// The block that holds it (`None`: in the mempool).
     pub block: Option<BlockRef>,
+    /// Its invoice's speed policy.
+    pub speed: SpeedPolicy,
 }
 
 /// Turns found payments into observations: confirmations counted from the head, and the
-/// confirmations the chain's policy asks for the payment's value (at least one: an unconfirmed
-/// transaction can be replaced; none beyond the chain's own `finalized` block).
+/// confirmations the chain's policy asks for the payment's value as its invoice's speed policy
+/// reads it (at least one — an unconfirmed transaction can be replaced — unless the invoice is
+/// `fast` and the chain lets a payment that small count unconfirmed; none beyond the chain's own
+/// `finalized` block).
 #[derive(Debug)]
 pub struct Pricing {
     spec: ChainSpec,
@@ -171,15 +175,8 @@ impl Pricing {
             .block
             .as_ref()
             .map_or(0, |b| u32::try_from(head.tip.saturating_sub(b.height).saturating_add(1)).unwrap_or(u32::MAX));
-        let mut required = confirmations_required(
-            &self.spec.confirmations,
-            self.rates.as_ref(),
-            symbol,
-            decimals,
-            found.amount,
-            self.clock.now(),
-        )
-        .max(1);
+        let payment = Payment { symbol, decimals, amount: found.amount };
+        let mut required = confirmations_required(&self.spec, found.speed, self.rates.as_ref(), payment, self.clock.now());
         // A block the chain itself calls finalized cannot be reorged: counting is no longer needed.
         if found.block.as_ref().is_some_and(|b| head.finalized.is_some_and(|f| b.height <= f)) {
             required = required.min(confirmations);

@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::invoice::PaymentStatus;
 use crate::money::Amount;
+use crate::pricing::SpeedPolicy;
 
 use super::reorg::Tracked;
 use super::source::Watched;
@@ -72,14 +73,21 @@ async fn deposits(mut rows: impl futures::Stream<Item = Result<PgRow, sqlx::Erro
 }
 
 /// The invoices of deposit addresses (lower-case, as stored) on `chain`, by address.
-pub async fn invoices_of(pool: &PgPool, chain: &str, addresses: &[String]) -> Result<HashMap<String, String>, sqlx::Error> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT address, invoice_id FROM deposit_addresses WHERE chain = $1 AND address = ANY($2)")
-            .bind(chain)
-            .bind(addresses)
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().collect())
+pub async fn invoices_of(pool: &PgPool, chain: &str, addresses: &[String]) -> Result<HashMap<String, (String, SpeedPolicy)>, sqlx::Error> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT d.address, d.invoice_id, i.speed_policy FROM deposit_addresses d JOIN invoices i ON i.id = d.invoice_id \
+         WHERE d.chain = $1 AND d.address = ANY($2)",
+    )
+    .bind(chain)
+    .bind(addresses)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(address, invoice, speed)| (address, (invoice, speed_of(&speed)))).collect())
+}
+
+/// A stored speed policy; one that does not parse (none can: the column is checked) waits longest.
+fn speed_of(stored: &str) -> SpeedPolicy {
+    stored.parse().unwrap_or(SpeedPolicy::Slow)
 }
 
 /// Refunds the merchant still has to pay to the payer's address (watched to see them paid).
@@ -109,9 +117,12 @@ pub async fn tracked(
     observed: &[&str],
 ) -> Result<Vec<Tracked>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT tx_ref, invoice_id, asset, amount_minor::text AS amount, address, status, block_height, block_hash \
-         FROM payments WHERE chain = $1 AND status IN ('seen', 'confirmed') \
-           AND (status = 'seen' OR block_height > $2 OR tx_ref = ANY($3))",
+        "SELECT p.tx_ref, p.invoice_id, p.asset, p.amount_minor::text AS amount, p.address, p.status, p.block_height, \
+                p.block_hash, i.speed_policy \
+         FROM payments p JOIN invoices i ON i.id = p.invoice_id \
+         WHERE p.chain = $1 AND p.status IN ('seen', 'confirmed') \
+           AND (p.status = 'seen' OR p.block_height > $2 OR p.tx_ref = ANY($3) \
+                OR (p.status = 'confirmed' AND p.block_height IS NULL))",
     )
     .bind(chain)
     .bind(fork.map_or(i64::MAX, |f| i64::try_from(f).unwrap_or(i64::MAX)))
@@ -133,6 +144,7 @@ pub async fn tracked(
             address: row.try_get("address")?,
             confirmed: row.try_get::<String, _>("status")? == PaymentStatus::Confirmed.as_str(),
             block: height.zip(hash).map(|(h, b)| (u64::try_from(h).unwrap_or(0), b)),
+            speed: speed_of(&row.try_get::<String, _>("speed_policy")?),
         });
     }
     Ok(tracked)

@@ -214,6 +214,9 @@ pub struct ChainSpec {
     /// A block explorer's page of a transaction, `{tx}` where its id goes: the checkout page
     /// links each payment to it.
     pub explorer_tx_url: Option<String>,
+    /// Payments worth at most this many US cents count unconfirmed on an invoice whose speed
+    /// policy is `fast` (none: never unconfirmed on this chain).
+    pub zero_conf_up_to_usd_minor: Option<Amount>,
 }
 
 impl ChainSpec {
@@ -256,6 +259,8 @@ struct ChainFile {
     explorer_tx_url: Option<String>,
     #[serde(default)]
     ws: Option<String>,
+    #[serde(default, deserialize_with = "usd_minor")]
+    zero_conf_up_to_usd: Option<Amount>,
 }
 
 #[derive(Deserialize)]
@@ -519,6 +524,7 @@ impl ChainFile {
             start_block: None,
             internal_transfers: self.internal_transfers.unwrap_or_default(),
             explorer_tx_url: self.explorer_tx_url,
+            zero_conf_up_to_usd_minor: self.zero_conf_up_to_usd,
         })
     }
 

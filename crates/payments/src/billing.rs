@@ -89,6 +89,7 @@ impl Biller {
             buyer_email: None,
             locale: None,
             underpayment_tolerance_bps: None,
+            speed_policy: None,
         };
         let key = bill.invoice_key();
         let (invoice, _) = create_invoice(&self.pool, &self.catalog, self.rates.as_ref(), &self.policy, &bill.merchant_id, &request, Some(&key), now).await?;

@@ -325,8 +325,16 @@ impl BitcoinSource {
         let invoices = if addresses.is_empty() { HashMap::new() } else { store::invoices_of(&self.pool, &self.caip2, &addresses).await? };
         let mut payments = Vec::new();
         for (tx_ref, address, sats, block) in paying {
-            let Some(invoice_id) = invoices.get(&address) else { continue };
-            let found = Found { invoice_id: invoice_id.clone(), asset: self.asset.clone(), tx_ref, address: Some(address), amount: Amount::from_u64(sats), block };
+            let Some((invoice_id, speed)) = invoices.get(&address) else { continue };
+            let found = Found {
+                invoice_id: invoice_id.clone(),
+                asset: self.asset.clone(),
+                tx_ref,
+                address: Some(address),
+                amount: Amount::from_u64(sats),
+                block,
+                speed: *speed,
+            };
             payments.extend(scan.pricing.observe(found, &scan.head));
         }
         Ok(Observed { payments, complete, refunds })

@@ -29,6 +29,7 @@ use crate::source::{BlockHash, BlockId, ChainSource, Fetched, Found, Head, Obser
 use crate::store;
 use crate::config::{ChainSpec, FinalityTag, InternalTransfers};
 use crate::invoice::{BlockRef, ObservedPayment};
+use crate::pricing::SpeedPolicy;
 use crate::money::{Amount, AssetId};
 use crate::watch::Index;
 
@@ -257,9 +258,10 @@ impl EvmSource {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn found(&self, scan: &EvmScan<'_>, invoice_id: &str, asset: &AssetId, tx_ref: String, to: Address, value: U256, block: BlockId<B256>) -> Option<ObservedPayment> {
+    fn found(&self, scan: &EvmScan<'_>, invoice: &(String, SpeedPolicy), asset: &AssetId, tx_ref: String, to: Address, value: U256, block: BlockId<B256>) -> Option<ObservedPayment> {
         let found = Found {
-            invoice_id: invoice_id.to_owned(),
+            invoice_id: invoice.0.clone(),
+            speed: invoice.1,
             asset: asset.clone(),
             tx_ref,
             address: Some(to.to_checksum(None)),
@@ -326,29 +328,29 @@ impl EvmSource {
             .collect();
         let invoices = self.invoices_of(&paid).await?;
         for (transfer, block) in native {
-            let Some(invoice_id) = invoices.get(&transfer.to) else { continue };
+            let Some(invoice) = invoices.get(&transfer.to) else { continue };
             if !self.rpc.succeeded(transfer.tx_hash).await? {
                 continue;
             }
             let tx_ref = format!("{}:{:#x}:native", self.caip2, transfer.tx_hash);
-            observations.extend(self.found(scan, invoice_id, &self.native, tx_ref, transfer.to, transfer.value, block));
+            observations.extend(self.found(scan, invoice, &self.native, tx_ref, transfer.to, transfer.value, block));
         }
         for ((height, to), (block, value)) in internal {
-            let Some(invoice_id) = invoices.get(&to) else { continue };
+            let Some(invoice) = invoices.get(&to) else { continue };
             let tx_ref = format!("{}:balance:{to:#x}:{height}", self.caip2);
-            observations.extend(self.found(scan, invoice_id, &self.native, tx_ref, to, value, block));
+            observations.extend(self.found(scan, invoice, &self.native, tx_ref, to, value, block));
         }
         for (transfer, asset) in token_transfers {
-            let Some(invoice_id) = invoices.get(&transfer.to) else { continue };
+            let Some(invoice) = invoices.get(&transfer.to) else { continue };
             let tx_ref = format!("{}:{:#x}:{}", self.caip2, transfer.tx_hash, transfer.log_index);
             let block = BlockId { height: transfer.block_height, hash: transfer.block_hash };
-            observations.extend(self.found(scan, invoice_id, asset, tx_ref, transfer.to, transfer.value, block));
+            observations.extend(self.found(scan, invoice, asset, tx_ref, transfer.to, transfer.value, block));
         }
         Ok(observations)
     }
 
     /// The invoices of watched addresses that were paid (the watch list holds addresses only).
-    async fn invoices_of(&self, paid: &[Address]) -> Result<HashMap<Address, String>, FollowError> {
+    async fn invoices_of(&self, paid: &[Address]) -> Result<HashMap<Address, (String, SpeedPolicy)>, FollowError> {
         if paid.is_empty() {
             return Ok(HashMap::new());
         }
@@ -447,9 +449,9 @@ impl EvmSource {
         let invoices = self.invoices_of(&unexplained.iter().map(|(a, _)| *a).collect::<Vec<_>>()).await?;
         let mut found = Vec::new();
         for (address, amount) in unexplained {
-            let Some(invoice_id) = invoices.get(&address) else { continue };
+            let Some(invoice) = invoices.get(&address) else { continue };
             let tx_ref = format!("{}:balance:{address:#x}:{}", self.caip2, cursor.height);
-            found.extend(self.found(scan, invoice_id, &self.native, tx_ref, address, amount.as_u256(), cursor));
+            found.extend(self.found(scan, invoice, &self.native, tx_ref, address, amount.as_u256(), cursor));
         }
         Ok(found)
     }

@@ -5,13 +5,14 @@
 //! - a credited payment whose block left the chain is reversed, once, and never credited again in
 //!   the step that reversed it (the next sighting credits it anew);
 //! - a waiting payment whose block left the chain, or that vanished from an address read in full,
-//!   stops counting unless this step saw it again;
+//!   stops counting unless this step saw it again; so does a payment credited unconfirmed (a
+//!   `fast` invoice's) that vanished before any block held it, and its credit is reversed;
 //! - every payment is acted on at most once per step, in (invoice, payment) order, the order every
 //!   writer locks invoices in.
 
 use std::collections::{HashMap, HashSet};
 
-use crate::payment::ObservedPayment;
+use crate::payment::{ObservedPayment, SpeedPolicy};
 use crate::money::Amount;
 
 use super::block::{Block, Observed};
@@ -34,6 +35,8 @@ pub struct Tracked {
     pub confirmed: bool,
     /// The block it was seen in: height and stored hash.
     pub block: Option<(u64, String)>,
+    /// Its invoice's speed policy, to count its confirmations again.
+    pub speed: SpeedPolicy,
 }
 
 /// What one step does to one payment.
@@ -70,11 +73,12 @@ pub fn plan(
     for payment in tracked {
         let seen_again = by_ref.get(payment.tx_ref.as_str()).copied();
         let above_fork = fork.is_some_and(|f| payment.block.as_ref().is_some_and(|(h, _)| *h > f));
+        let vanished = seen_again.is_none() && payment.address.as_ref().is_some_and(|a| observed.complete.contains(a));
         let orphan = if payment.confirmed {
-            above_fork
+            // Credited unconfirmed: no block to leave, but it can be replaced in the mempool.
+            above_fork || (payment.block.is_none() && vanished)
         } else {
-            seen_again.is_none()
-                && (above_fork || payment.address.as_ref().is_some_and(|a| observed.complete.contains(a)))
+            (seen_again.is_none() && above_fork) || vanished
         };
         if orphan {
             actions.push(Action::Orphan { invoice_id: payment.invoice_id.clone(), tx_ref: payment.tx_ref.clone() });
@@ -152,6 +156,7 @@ mod tests {
                 address: Some(format!("addr_{tx_ref}")),
                 confirmed: *confirmed,
                 block: Some(block.clone()),
+                speed: SpeedPolicy::Medium,
             };
             self.payments.iter().map(one).collect()
         }
@@ -300,10 +305,38 @@ mod tests {
             address: Some("a".to_owned()),
             confirmed: true,
             block: Some((5, "x".to_owned())),
+            speed: SpeedPolicy::Medium,
         }];
         let mut again = observation("t", 4, "7".to_owned(), 6, 1);
         again.invoice_id = "i".to_owned();
         let actions = plan(&tracked, Some(3), Observed { payments: vec![again], complete: HashSet::new(), refunds: Vec::new() }, 3, |_| None);
         assert_eq!(actions, vec![Action::Orphan { invoice_id: "i".to_owned(), tx_ref: "t".to_owned() }]);
+    }
+
+    #[test]
+    fn a_payment_credited_unconfirmed_is_reversed_when_it_vanishes_and_kept_when_mined() {
+        let credited = Tracked {
+            tx_ref: "t".to_owned(),
+            invoice_id: "i".to_owned(),
+            asset: String::new(),
+            amount: Amount::from_u64(1),
+            address: Some("a".to_owned()),
+            confirmed: true,
+            block: None,
+            speed: SpeedPolicy::Fast,
+        };
+        let read_in_full = |payments: Vec<ObservedPayment>| Observed { payments, complete: HashSet::from(["a".to_owned()]), refunds: Vec::new() };
+        // Its address read in full without it: replaced or dropped.
+        let actions = plan(std::slice::from_ref(&credited), None, read_in_full(Vec::new()), 3, |_| None);
+        assert_eq!(actions, vec![Action::Orphan { invoice_id: "i".to_owned(), tx_ref: "t".to_owned() }]);
+        // Not read this step: nothing is known, nothing changes.
+        let unread = Observed { payments: Vec::new(), complete: HashSet::new(), refunds: Vec::new() };
+        assert_eq!(plan(std::slice::from_ref(&credited), None, unread, 3, |_| None), vec![]);
+        // Mined: the observation with its block is recorded, the credit stands.
+        let mut mined = observation("t", 3, "h".to_owned(), 3, 0);
+        mined.invoice_id = "i".to_owned();
+        mined.address = Some("a".to_owned());
+        let actions = plan(std::slice::from_ref(&credited), None, read_in_full(vec![mined.clone()]), 3, |_| None);
+        assert_eq!(actions, vec![Action::Apply(Box::new(mined))]);
     }
 }

@@ -6,10 +6,12 @@ pub mod model;
 pub mod plan;
 pub mod refund;
 pub mod resolve;
+pub mod speed;
 pub mod split;
 pub mod status;
 
 pub use model::{InvoiceRow, ObservedPayment};
 pub use plan::{plan_orphan, plan_payment, AppliedTo, BlockRef, PaymentChange, PaymentStatus, UnappliedReason, CARD_RAIL, CARD_RATE_SOURCE};
+pub use speed::SpeedPolicy;
 pub use split::{split_postings, CreatorShare, Splits};
 pub use status::{evaluate, InvoiceStatus, Progress};

@@ -13,6 +13,8 @@ use crate::ids::new_id;
 use crate::money::{fiat_to_asset, Amount, AmountError, AssetId, Fiat, Rounding};
 use crate::rates::RateSource;
 
+use payrail_core::payment::SpeedPolicy;
+
 use super::catalog::{AssetCatalog, DepositScheme};
 use super::error::{InvoiceError, Result};
 use super::model::InvoiceView;
@@ -79,6 +81,9 @@ pub struct CreateInvoice {
     /// the configured `[invoices] underpayment_tolerance_bps` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underpayment_tolerance_bps: Option<u32>,
+    /// How long payments wait before they count: `fast`, `medium` (the default) or `slow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_policy: Option<String>,
 }
 
 /// Longest `redirect_url`.
@@ -95,6 +100,7 @@ struct CheckoutOptions {
     buyer_email: Option<String>,
     locale: Option<crate::lang::Lang>,
     tolerance_bps: u32,
+    speed: SpeedPolicy,
 }
 
 fn checkout_options(request: &CreateInvoice, policy: &InvoicePolicy) -> Result<CheckoutOptions> {
@@ -128,7 +134,13 @@ fn checkout_options(request: &CreateInvoice, policy: &InvoicePolicy) -> Result<C
         Some(bps) => bps,
         None => policy.underpayment_tolerance_bps.min(10_000),
     };
-    Ok(CheckoutOptions { redirect_url, buyer_email, locale, tolerance_bps })
+    let speed = request
+        .speed_policy
+        .as_deref()
+        .map(|s| s.parse::<SpeedPolicy>().map_err(|e| invalid("speed_policy", e.to_string())))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(CheckoutOptions { redirect_url, buyer_email, locale, tolerance_bps, speed })
 }
 
 /// An address a mail server would take: `local@domain`, the domain with a dot and no empty label,
@@ -357,8 +369,8 @@ pub async fn create_invoice_with_splits(
     let inserted = sqlx::query(
         "INSERT INTO invoices (id, merchant_id, status, currency, amount_minor, underpayment_tolerance_bps, order_id, \
                                metadata, idempotency_key, request_fingerprint, expires_at, created_at, updated_at, \
-                               redirect_url, buyer_email, locale) \
-         VALUES ($1, $2, 'open', $3, $4::numeric, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14) \
+                               redirect_url, buyer_email, locale, speed_policy) \
+         VALUES ($1, $2, 'open', $3, $4::numeric, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15) \
          ON CONFLICT (merchant_id, idempotency_key) DO NOTHING",
     )
     .bind(&id)
@@ -375,6 +387,7 @@ pub async fn create_invoice_with_splits(
     .bind(&checkout.redirect_url)
     .bind(&checkout.buyer_email)
     .bind(checkout.locale.map(crate::lang::Lang::tag))
+    .bind(checkout.speed.as_str())
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {

@@ -147,6 +147,8 @@ pub struct InvoiceView {
     pub buyer_email: Option<String>,
     /// The checkout page's language; null when the payer's browser chooses.
     pub locale: Option<String>,
+    /// How long payments wait before they count: `fast`, `medium` or `slow`.
+    pub speed_policy: payrail_core::payment::SpeedPolicy,
 }
 
 

@@ -116,7 +116,7 @@ fn changing_query_with(filter: &str, extra: &str) -> String {
                 SELECT {columns} FROM payments p {join} \
                  WHERE p.invoice_id = v.id OR p.applied_invoice_id = v.id) pv) AS payments{extra} \
          FROM (SELECT {INVOICE_COLUMNS}, customer_id, promo_id, discount_minor::text AS discount_minor, platform_fee_bps, \
-                      redirect_url, buyer_email, locale \
+                      redirect_url, buyer_email, locale, speed_policy \
                  FROM invoices WHERE {filter}) v",
         columns = payment_view_columns!(),
         join = payment_option_join!(),
@@ -165,6 +165,7 @@ struct WholeRecord {
     redirect_url: Option<String>,
     buyer_email: Option<String>,
     locale: Option<String>,
+    speed_policy: String,
     merchant_name: String,
     promo_code: Option<String>,
     options: sqlx::types::Json<Vec<OptionRecord>>,
@@ -209,6 +210,7 @@ struct FixedParts {
     redirect_url: Option<String>,
     buyer_email: Option<String>,
     locale: Option<String>,
+    speed_policy: payrail_core::payment::SpeedPolicy,
     merchant_name: String,
 }
 
@@ -274,6 +276,7 @@ impl WholeRecord {
             redirect_url: self.redirect_url,
             buyer_email: self.buyer_email,
             locale: self.locale,
+            speed_policy: self.speed_policy.parse().map_err(|_| InvoiceError::Corrupt { column: "speed_policy", value: self.speed_policy.clone() })?,
             merchant_name,
         };
         Ok((self.changing, Arc::new(fixed)))
@@ -303,6 +306,7 @@ fn assemble(record: ChangingRecord, fixed: &FixedParts) -> Result<(InvoiceView, 
         redirect_url: fixed.redirect_url.clone(),
         buyer_email: fixed.buyer_email.clone(),
         locale: fixed.locale.clone(),
+        speed_policy: fixed.speed_policy,
         id: record.id,
         object: "invoice",
         merchant_id: record.merchant_id,
