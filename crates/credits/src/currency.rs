@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use payrail_store::page::{Order, Page};
+use payrail_store::page::{Listing, Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use payrail_core::credits::{CreditAsset, CREDIT_DECIMALS_MAX};
@@ -113,19 +113,14 @@ pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreateCurrency, 
 
 /// A page of the merchant's credit currencies, by code, and whether more follow.
 pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<CurrencyView>, bool)> {
-    const ORDER: Order = Order("code");
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT code, name, decimals, peg, peg_currency, created_at FROM credit_currencies WHERE merchant_id = $1 \
-           AND {} ORDER BY {} LIMIT $3",
-        page.condition(ORDER, "SELECT code FROM credit_currencies WHERE code = $2 AND merchant_id = $1"),
-        page.order_by(ORDER),
-    ))
-    .bind(merchant_id)
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(pool)
-    .await?;
-    let (rows, has_more) = page.finish(rows);
+    const LIST: Listing = Listing {
+        table: "credit_currencies",
+        columns: "code, name, decimals, peg, peg_currency, created_at",
+        owner: "merchant_id",
+        id: "code",
+        order: Order("code"),
+    };
+    let (rows, has_more): (Vec<Row>, bool) = LIST.page(pool, merchant_id, page).await?;
     Ok((rows.into_iter().map(|r| view(merchant_id, r)).collect(), has_more))
 }
 

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use payrail_store::page::{Order, Page};
+use payrail_store::page::{Listing, Order, Page};
 use sqlx::PgPool;
 
 use crate::currency::{self, parse_amount};
@@ -123,18 +123,8 @@ pub async fn get(pool: &PgPool, merchant_id: &str, id: &str) -> Result<PackView>
 
 /// A page of the merchant's credit packs, oldest first, and whether more follow.
 pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<PackView>, bool)> {
-    const ORDER: Order = Order("created_at, id");
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM credit_packs WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
-        page.condition(ORDER, "SELECT created_at, id FROM credit_packs WHERE id = $2 AND merchant_id = $1"),
-        page.order_by(ORDER),
-    ))
-    .bind(merchant_id)
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(pool)
-    .await?;
-    let (rows, has_more) = page.finish(rows);
+    const LIST: Listing = Listing { table: "credit_packs", columns: COLUMNS, owner: "merchant_id", id: "id", order: Order("created_at, id") };
+    let (rows, has_more): (Vec<Row>, bool) = LIST.page(pool, merchant_id, page).await?;
     Ok((rows.into_iter().map(view).collect(), has_more))
 }
 

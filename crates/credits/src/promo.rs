@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use payrail_store::page::{Order, Page};
+use payrail_store::page::{Listing, Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use crate::error::{invalid, CreditsError, Result};
@@ -191,18 +191,8 @@ pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreatePromo, now
 
 /// A page of the merchant's promo codes, oldest first, and whether more follow.
 pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<PromoView>, bool)> {
-    const ORDER: Order = Order("created_at, id");
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM promo_codes WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
-        page.condition(ORDER, "SELECT created_at, id FROM promo_codes WHERE id = $2 AND merchant_id = $1"),
-        page.order_by(ORDER),
-    ))
-    .bind(merchant_id)
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(pool)
-    .await?;
-    let (rows, has_more) = page.finish(rows);
+    const LIST: Listing = Listing { table: "promo_codes", columns: COLUMNS, owner: "merchant_id", id: "id", order: Order("created_at, id") };
+    let (rows, has_more): (Vec<Row>, bool) = LIST.page(pool, merchant_id, page).await?;
     Ok((rows.into_iter().map(view).collect(), has_more))
 }
 

@@ -14,7 +14,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use payrail_store::page::{Order, Page};
+use payrail_store::page::{Listing, Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use crate::ledger::AccountCode;
@@ -514,19 +514,14 @@ fn address_view((chain, address, changed_at, confirmed_at): AddressRow, delay_s:
 /// A page of the merchant's payout addresses, by chain (the cursors are chains' CAIP-2 ids), and
 /// whether more follow.
 pub async fn payout_addresses(pool: &PgPool, merchant_id: &str, delay_s: u64, page: &Page) -> Result<(Vec<PayoutAddress>, bool)> {
-    const ORDER: Order = Order("chain");
-    let rows: Vec<AddressRow> = sqlx::query_as(&format!(
-        "SELECT chain, address, changed_at, confirmed_at FROM merchant_payout_addresses WHERE merchant_id = $1 \
-           AND {} ORDER BY {} LIMIT $3",
-        page.condition(ORDER, "SELECT chain FROM merchant_payout_addresses WHERE chain = $2 AND merchant_id = $1"),
-        page.order_by(ORDER),
-    ))
-    .bind(merchant_id)
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(pool)
-    .await?;
-    let (rows, has_more) = page.finish(rows);
+    const ADDRESSES: Listing = Listing {
+        table: "merchant_payout_addresses",
+        columns: "chain, address, changed_at, confirmed_at",
+        owner: "merchant_id",
+        id: "chain",
+        order: Order("chain"),
+    };
+    let (rows, has_more): (Vec<AddressRow>, bool) = ADDRESSES.page(pool, merchant_id, page).await?;
     Ok((rows.into_iter().map(|row| address_view(row, delay_s)).collect(), has_more))
 }
 

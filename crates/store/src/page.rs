@@ -94,6 +94,35 @@ impl Page {
     }
 }
 
+/// The shape most lists have: one owner's rows of one table (`owner = $1`), in `order`, the
+/// cursors being values of the `id` column.
+#[derive(Debug, Clone, Copy)]
+pub struct Listing {
+    pub table: &'static str,
+    pub columns: &'static str,
+    pub owner: &'static str,
+    pub id: &'static str,
+    pub order: Order,
+}
+
+impl Listing {
+    /// A page of `owner`'s rows, and whether more follow.
+    pub async fn page<T>(&self, pool: &sqlx::PgPool, owner: &str, page: &Page) -> Result<(Vec<T>, bool), sqlx::Error>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let Listing { table, columns, owner: owned_by, id, order } = *self;
+        let cursor_key = format!("SELECT {} FROM {table} WHERE {id} = $2 AND {owned_by} = $1", order.columns().join(", "));
+        let sql = format!(
+            "SELECT {columns} FROM {table} WHERE {owned_by} = $1 AND {} ORDER BY {} LIMIT $3",
+            page.condition(order, &cursor_key),
+            page.order_by(order),
+        );
+        let rows = sqlx::query_as(&sql).bind(owner).bind(page.cursor_id()).bind(page.fetch()).fetch_all(pool).await?;
+        Ok(page.finish(rows))
+    }
+}
+
 impl Order {
     fn parts(self) -> impl Iterator<Item = (&'static str, bool)> {
         self.0.split(',').map(|part| {

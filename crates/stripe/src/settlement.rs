@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use payrail_store::page::{Order, Page};
+use payrail_store::page::{Listing, Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use crate::ids::new_id;
@@ -299,18 +299,14 @@ pub async fn get(pool: &PgPool, merchant_id: &str, id: &str) -> Result<CardSettl
 
 /// A page of `merchant_id`'s settlements, newest first, and whether more follow.
 pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<CardSettlementView>, bool)> {
-    const ORDER: Order = Order("created_at DESC, id DESC");
-    let rows: Vec<CardSettlementView> = sqlx::query_as(&format!(
-        "SELECT {VIEW_COLUMNS} FROM card_settlements WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $2",
-        page.condition(ORDER, "SELECT created_at, id FROM card_settlements WHERE id = $3 AND merchant_id = $1"),
-        page.order_by(ORDER),
-    ))
-    .bind(merchant_id)
-    .bind(page.fetch())
-    .bind(page.cursor_id())
-    .fetch_all(pool)
-    .await?;
-    Ok(page.finish(rows))
+    const LIST: Listing = Listing {
+        table: "card_settlements",
+        columns: VIEW_COLUMNS,
+        owner: "merchant_id",
+        id: "id",
+        order: Order("created_at DESC, id DESC"),
+    };
+    Ok(LIST.page(pool, merchant_id, page).await?)
 }
 
 async fn load(conn: &mut PgConnection, id: &str) -> Result<CardSettlementView> {

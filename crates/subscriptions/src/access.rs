@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use payrail_store::page::{Order, Page};
+use payrail_store::page::{Listing, Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use payrail_core::access::Holdings;
@@ -116,18 +116,9 @@ pub async fn set_rule(pool: &PgPool, merchant_id: &str, rule: &AccessRule, now: 
 
 /// A page of the merchant's access rules, by prefix, and whether more follow.
 pub async fn rules(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<AccessRule>, bool)> {
-    const ORDER: Order = Order("prefix");
-    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(&format!(
-        "SELECT prefix, entitlements FROM access_rules WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
-        page.condition(ORDER, "SELECT prefix FROM access_rules WHERE prefix = $2 AND merchant_id = $1"),
-        page.order_by(ORDER),
-    ))
-    .bind(merchant_id)
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(pool)
-    .await?;
-    let (rows, has_more) = page.finish(rows);
+    const RULES: Listing =
+        Listing { table: "access_rules", columns: "prefix, entitlements", owner: "merchant_id", id: "prefix", order: Order("prefix") };
+    let (rows, has_more): (Vec<(String, Vec<String>)>, bool) = RULES.page(pool, merchant_id, page).await?;
     Ok((rows.into_iter().map(|(prefix, entitlements)| AccessRule { prefix, entitlements }).collect(), has_more))
 }
 

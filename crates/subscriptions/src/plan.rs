@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use payrail_store::page::{Order, Page};
+use payrail_store::page::{Listing, Order, Page};
 use sqlx::{PgConnection, PgPool};
 
 use payrail_core::subscription::{Cadence, Interval};
@@ -369,19 +369,15 @@ pub async fn get(pool: &PgPool, merchant_id: &str, id: &str) -> Result<PlanView>
 
 /// A page of the merchant's plans, newest first, and whether more follow.
 pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<PlanView>, bool)> {
-    const ORDER: Order = Order("seq DESC");
+    const PLANS: Listing = Listing {
+        table: "plans",
+        columns: "id, name, version, active, created_at, updated_at",
+        owner: "merchant_id",
+        id: "id",
+        order: Order("seq DESC"),
+    };
+    let (rows, has_more): (Vec<PlanRow>, bool) = PLANS.page(pool, merchant_id, page).await?;
     let mut conn = pool.acquire().await?;
-    let rows: Vec<PlanRow> = sqlx::query_as(&format!(
-        "SELECT id, name, version, active, created_at, updated_at FROM plans WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
-        page.condition(ORDER, "SELECT seq FROM plans WHERE id = $2 AND merchant_id = $1"),
-        page.order_by(ORDER),
-    ))
-    .bind(merchant_id)
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(&mut *conn)
-    .await?;
-    let (rows, has_more) = page.finish(rows);
     let mut plans = Vec::with_capacity(rows.len());
     for row in rows {
         plans.push(view_of(&mut conn, row).await?);

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use payrail_store::page::{Order, Page};
+use payrail_store::page::{Listing, Order, Page};
 use sqlx::PgPool;
 use thiserror::Error;
 
@@ -237,18 +237,9 @@ pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreateKey) -> Re
 
 /// A page of the merchant's keys, newest first, and whether more follow.
 pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<KeyView>, bool)> {
-    const ORDER: Order = Order("created_at DESC, id DESC");
-    let rows: Vec<KeyRow> = sqlx::query_as(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE merchant_id = $1 AND {} ORDER BY {} LIMIT $3",
-        page.condition(ORDER, "SELECT created_at, id FROM api_keys WHERE id = $2 AND merchant_id = $1"),
-        page.order_by(ORDER),
-    ))
-    .bind(merchant_id)
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(pool)
-    .await?;
-    let (rows, has_more) = page.finish(rows);
+    const KEYS: Listing =
+        Listing { table: "api_keys", columns: KEY_COLUMNS, owner: "merchant_id", id: "id", order: Order("created_at DESC, id DESC") };
+    let (rows, has_more): (Vec<KeyRow>, bool) = KEYS.page(pool, merchant_id, page).await?;
     Ok((rows.into_iter().map(view).collect(), has_more))
 }
 
