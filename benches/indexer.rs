@@ -1147,7 +1147,7 @@ struct Latency {
 async fn latency(rig: &Rig, pushed: bool) -> Result<Latency> {
     let payer = DEV_PAYER_KEY.parse::<PrivateKeySigner>().context("payer key")?.address();
     let mut spec = rig.spec.clone();
-    spec.ws = if pushed { Some(RpcUrl::new(&rig.anvil.url().replacen("http://", "ws://", 1)).map_err(anyhow::Error::msg)?) } else { None };
+    spec.ws = if pushed { Some(RpcUrl::new(&rig.anvil.ws_url()).map_err(anyhow::Error::msg)?) } else { None };
     let watcher = rig.watcher(&spec)?;
     let poll_ms = rig.spec.block_time_ms.clamp(250, payrail::chain::evm::watcher::POLL_INTERVAL_MS_MAX);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

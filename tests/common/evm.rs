@@ -27,7 +27,7 @@ impl Chain {
         assert_eq!(spec.payout_batcher, Some(contracts.payout_batcher));
         spec.rpc = vec![RpcUrl::new(&anvil.url()).expect("url")];
         // anvil serves WebSocket on its HTTP port: new heads are pushed, as on the dev stack.
-        spec.ws = Some(RpcUrl::new(&anvil.url().replacen("http://", "ws://", 1)).expect("ws url"));
+        spec.ws = Some(RpcUrl::new(&anvil.ws_url()).expect("ws url"));
         Chain { anvil, spec, contracts }
     }
 

@@ -65,7 +65,7 @@ async fn rig_for(pool: PgPool, name: &str) -> Rig {
     assert_eq!(spec.token("DAI").map(|t| t.address), Some(contracts.dai));
     assert_eq!(spec.payout_batcher, Some(contracts.payout_batcher));
     spec.rpc = vec![RpcUrl::new(&anvil.url()).expect("url")];
-    spec.ws = Some(RpcUrl::new(&anvil.url().replacen("http://", "ws://", 1)).expect("ws url"));
+    spec.ws = Some(RpcUrl::new(&anvil.ws_url()).expect("ws url"));
     let merchant = create_merchant(&state.pool, "Shop").await.expect("merchant");
     Rig { anvil, state, spec, merchant_id: merchant.merchant_id }
 }
@@ -891,7 +891,7 @@ async fn pushed_new_heads_end_the_wait_for_the_next_poll_and_polling_covers_a_de
     use std::time::Duration;
 
     let mut anvil = Anvil::start(137, 0, None).await.expect("anvil");
-    let ws = RpcUrl::new(&anvil.url().replacen("http://", "ws://", 1)).expect("ws url");
+    let ws = RpcUrl::new(&anvil.ws_url()).expect("ws url");
     let heads = Heads::spawn("polygon", &ws);
     let feed = heads.feed();
     assert!(eventually(Duration::from_secs(10), || feed.live()).await, "the subscription comes up");

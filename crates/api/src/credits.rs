@@ -282,7 +282,7 @@ pub async fn transactions(
     let page = super::page(query.limit, query.starting_after, query.ending_before, super::CursorKind::Id("ctx"), super::PageSize::LIST)?;
     let (data, has_more) = view::transactions(&state.pool, &auth.merchant_id, &id, &page).await?;
     if !csv {
-        return Ok(Json(super::List { object: "list", data, has_more }).into_response());
+        return Ok(Json(super::List::of((data, has_more))).into_response());
     }
     let mut body = String::new();
     let header = ["id", "created_at", "kind", "currency", "amount_minor", "source", "description", "resource", "counterparty", "entry_id"];

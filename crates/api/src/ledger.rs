@@ -109,7 +109,7 @@ pub async fn entries(
     };
     let (data, has_more) = export::entries(&state.read_pool, &filter).await?;
     match format {
-        Format::Json => Ok(Json(super::List { object: "list", data, has_more }).into_response()),
+        Format::Json => Ok(Json(super::List::of((data, has_more))).into_response()),
         Format::Csv => Ok(super::statements::csv_page(export::entries_csv(&data), has_more)),
     }
 }

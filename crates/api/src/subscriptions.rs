@@ -362,7 +362,7 @@ pub async fn access_check(State(state): State<AppState>, auth: MerchantAuth, bod
     id_of(&body.customer, "cus", "customer")?;
     let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     let data = access::check(&mut conn, &auth.merchant_id, &body.customer, &body.resources).await?;
-    Ok(Json(super::List { object: "list", data, has_more: false }))
+    Ok(Json(super::List::of((data, false))))
 }
 
 /// Query of the reports.

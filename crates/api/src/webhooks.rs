@@ -304,7 +304,7 @@ pub async fn replay_event(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<List<DeliveryView>>), ApiError> {
     let data = webhook::replay(&state.pool, &auth.merchant_id, &id, state.clock.now()).await?;
-    Ok((StatusCode::ACCEPTED, Json(List { object: "list", data, has_more: false })))
+    Ok((StatusCode::ACCEPTED, Json(List::of((data, false)))))
 }
 
 #[cfg(test)]

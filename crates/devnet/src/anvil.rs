@@ -121,6 +121,11 @@ impl Anvil {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The same node over WebSocket (anvil serves both on one port): where new heads are pushed.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
     fn url_parsed(&self) -> alloy::transports::http::reqwest::Url {
         // A loopback URL built from a port number always parses.
         alloy::transports::http::reqwest::Url::parse(&self.url()).expect("loopback url is valid")
