@@ -379,7 +379,7 @@ pub async fn serve(
         None => None,
     };
     tracing::info!(target: "api", %addr, watchers = watchers.len(), "listening");
-    let app = api::router(state, limits(config)).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = http(state, limits(config)).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(AppError::Serve);
     if let Some(task) = metrics_server {
         watchers.push(task);
@@ -392,6 +392,11 @@ pub async fn serve(
     let _ = registry_task.await;
     expiry.abort();
     result
+}
+
+/// Everything the daemon serves over HTTP: the API, the checkout pages and the console.
+pub fn http(state: AppState, limits: HttpLimits) -> axum::Router {
+    api::router_with(state, limits, payrail_console::routes())
 }
 
 /// Every how many expiry ticks stored idempotent responses past their window are purged.

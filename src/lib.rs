@@ -12,6 +12,7 @@
 pub mod app;
 
 pub use payrail_api as api;
+pub use payrail_console as console;
 pub use payrail_chains as chain;
 pub use payrail_config as config;
 pub use payrail_core::{clock, csv, ids, metrics, money};

@@ -27,7 +27,7 @@ pub fn transfer(key: &str, from: AccountCode, to: AccountCode, asset: &str, valu
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use payrail::api::{router, AppState, HttpLimits};
+use payrail::api::{AppState, HttpLimits};
 use payrail::clock::ManualClock;
 use payrail::config::Config;
 use payrail::invoice::{create_invoice, CreateInvoice, InvoiceView};
@@ -108,7 +108,7 @@ pub async fn invoice(state: &AppState, merchant_id: &str, amount: &str, accepted
 pub async fn serve(state: &AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = router(state.clone(), HttpLimits::default());
+    let app = payrail::app::http(state.clone(), HttpLimits::default());
     tokio::spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await });
     base
 }

@@ -11,6 +11,7 @@ mod api;
 mod bitcoin;
 mod checkout;
 mod cli;
+mod console;
 mod contracts;
 mod crash;
 mod creators;

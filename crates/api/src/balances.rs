@@ -60,11 +60,16 @@ pub struct Holding {
 #[utoipa::path(get, path = "/v1/balances", tag = "balances", security(("bearer" = [])),
     responses((status = 200, body = Balances), (status = 401, body = super::openapi::ErrorBody)))]
 pub async fn show(State(state): State<AppState>, auth: MerchantAuth) -> Result<Json<Balances>, ApiError> {
+    Ok(Json(load(&state, &auth.merchant_id).await?))
+}
+
+/// The merchant's balances as `GET /v1/balances` shows them (the console shows the same).
+pub async fn load(state: &AppState, merchant_id: &str) -> Result<Balances, ApiError> {
     let mut conn = state.pool.acquire().await.map_err(ApiError::database)?;
     let lines = |rows: Vec<(String, payrail_store::ledger::SignedAmount)>| -> Vec<BalanceLine> {
         rows.into_iter()
             .map(|(asset, balance)| {
-                let decimals = decimals_of(&state, &asset);
+                let decimals = decimals_of(state, &asset);
                 let magnitude = balance.magnitude();
                 let sign = if balance.is_negative() { "-" } else { "" };
                 BalanceLine {
@@ -80,17 +85,17 @@ pub async fn show(State(state): State<AppState>, auth: MerchantAuth) -> Result<J
     };
     let available = state
         .ledger
-        .balances(&mut conn, &AccountCode::merchant(&auth.merchant_id))
+        .balances(&mut conn, &AccountCode::merchant(merchant_id))
         .await
         .map_err(ApiError::ledger)?;
     let unapplied = state
         .ledger
-        .balances(&mut conn, &AccountCode::unapplied(&auth.merchant_id))
+        .balances(&mut conn, &AccountCode::unapplied(merchant_id))
         .await
         .map_err(ApiError::ledger)?;
     let held = state
         .ledger
-        .balances(&mut conn, &AccountCode::held_by_merchant(&auth.merchant_id))
+        .balances(&mut conn, &AccountCode::held_by_merchant(merchant_id))
         .await
         .map_err(ApiError::ledger)?;
     let creators: Vec<(String, String)> = sqlx::query_as(
@@ -98,18 +103,12 @@ pub async fn show(State(state): State<AppState>, auth: MerchantAuth) -> Result<J
          JOIN accounts a ON a.code = 'liabilities:creator:' || c.id JOIN balances b ON b.account_id = a.id \
          WHERE c.merchant_id = $1 GROUP BY b.asset",
     )
-    .bind(&auth.merchant_id)
+    .bind(merchant_id)
     .fetch_all(&mut *conn)
     .await
     .map_err(ApiError::database)?;
     let holdings = holdings(&available, &unapplied, &held, &creators);
-    Ok(Json(Balances {
-        object: "balances",
-        merchant_id: auth.merchant_id.clone(),
-        available: lines(available),
-        unapplied: lines(unapplied),
-        holdings,
-    }))
+    Ok(Balances { object: "balances", merchant_id: merchant_id.to_owned(), available: lines(available), unapplied: lines(unapplied), holdings })
 }
 
 type Signed = payrail_store::ledger::SignedAmount;
@@ -158,7 +157,8 @@ fn holdings(available: &[(String, Signed)], unapplied: &[(String, Signed)], held
         .collect()
 }
 
-fn decimals_of(state: &AppState, asset: &str) -> Option<u8> {
+/// The decimals of a ledger asset: a fiat currency's minor units, or a configured asset's.
+pub fn decimals_of(state: &AppState, asset: &str) -> Option<u8> {
     if let Some(code) = asset.strip_prefix("iso4217:") {
         return code.parse::<Fiat>().ok().map(|f| f.minor_units());
     }

@@ -261,8 +261,15 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
     crate::metrics::render()
 }
 
+/// The API's routes and the checkout pages, under the daemon's limits.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
-    let router = Router::new();
+    router_with(state, limits, Router::new())
+}
+
+/// [`router`] with `extra` routes (the console's) served beside the API's, behind the same
+/// limits, timeouts and logging.
+pub fn router_with(state: AppState, limits: HttpLimits, extra: Router<AppState>) -> Router {
+    let router = extra;
     let router = if limits.serve_metrics {
         router.route("/metrics", get(metrics))
     } else {

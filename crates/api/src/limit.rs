@@ -173,7 +173,8 @@ pub async fn middleware(
         }
         return next.run(request).await;
     }
-    let bearer = request.headers().contains_key(axum::http::header::AUTHORIZATION);
+    // A key offered by bearer header or by the console's sign-in form: refusals count alike.
+    let bearer = request.headers().contains_key(axum::http::header::AUTHORIZATION) || path == "/console/login";
     if bearer {
         if let Some(wait) = state.ip_limiter.auth_failures.empty_for(&key, now) {
             return too_many(wait, "refused requests");

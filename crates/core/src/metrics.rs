@@ -55,6 +55,13 @@ pub fn forget(name: &'static str, pairs: &[(&str, &str)]) {
     }
 }
 
+/// A series' current value (a counter never counted reads as `None`): the console shows the
+/// figures `/metrics` exports, read from the same registry.
+pub fn value(name: &'static str, pairs: &[(&str, &str)]) -> Option<i64> {
+    let registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    registry.series.get(name).and_then(|entry| entry.2.get(&labels(pairs)).copied())
+}
+
 /// The text exposition of every series.
 pub fn render() -> String {
     let registry = registry().lock().unwrap_or_else(PoisonError::into_inner);

@@ -1,0 +1,345 @@
+//! The web console over HTTP: signing in, the session cookie and its life, CSRF, what each role
+//! sees, filters and CSV downloads, replaying a webhook from an invoice's page. The Chromium run
+//! of the same pages on the dev stack is `chromium_uses_the_console_with_each_role`.
+
+use payrail::console::session::{IDLE_FOR, SESSION_FOR};
+use payrail::merchant::{create_merchant, create_platform_key, Role};
+use reqwest::header::{CONTENT_TYPE, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+use payrail::clock::Clock;
+
+use crate::common::{create_invoice_at, invoice_request, Server};
+
+/// A browser of the console: no redirects followed, cookies kept by hand.
+struct Browser<'a> {
+    server: &'a Server,
+    client: reqwest::Client,
+    session: Option<String>,
+}
+
+/// A page as it came back.
+struct Answer {
+    status: StatusCode,
+    location: Option<String>,
+    cookies: Vec<String>,
+    content_type: String,
+    body: String,
+}
+
+impl<'a> Browser<'a> {
+    fn new(server: &'a Server) -> Self {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        Self { server, client, session: None }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, cookie: Option<String>) -> Answer {
+        let request = match cookie.or_else(|| self.session.as_ref().map(|s| format!("payrail_session={s}"))) {
+            Some(cookie) => request.header("cookie", cookie),
+            None => request,
+        };
+        let response = request.send().await.expect("request");
+        let headers = response.headers().clone();
+        Answer {
+            status: response.status(),
+            location: headers.get(LOCATION).map(|v| v.to_str().expect("location").to_owned()),
+            cookies: headers.get_all(SET_COOKIE).iter().map(|v| v.to_str().expect("cookie").to_owned()).collect(),
+            content_type: headers.get(CONTENT_TYPE).map(|v| v.to_str().expect("type").to_owned()).unwrap_or_default(),
+            body: response.text().await.expect("body"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.send(self.client.get(format!("{}{path}", self.server.base)), None).await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        self.send(self.client.post(format!("{}{path}", self.server.base)).form(form), None).await
+    }
+
+    /// The sign-in form's token and the cookie that goes with it.
+    async fn login_token(&self) -> (String, String) {
+        let page = self.send(self.client.get(format!("{}/console/login", self.server.base)), Some(String::new())).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let cookie = page.cookies.iter().find(|c| c.starts_with("payrail_login=")).expect("sign-in cookie").clone();
+        let value = cookie.split(';').next().expect("pair").trim_start_matches("payrail_login=").to_owned();
+        let token = field(&page.body, "csrf");
+        assert_eq!(token, value, "the form carries the cookie's token");
+        (token, format!("payrail_login={value}"))
+    }
+
+    /// Signs in with `key`; the session's cookie is kept.
+    async fn sign_in(&mut self, key: &str) -> Answer {
+        let (token, cookie) = self.login_token().await;
+        let request = self
+            .client
+            .post(format!("{}/console/login", self.server.base))
+            .form(&[("api_key", key), ("csrf", token.as_str()), ("next", "/console")]);
+        let answer = self.send(request, Some(cookie)).await;
+        if let Some(session) = answer.cookies.iter().find(|c| c.starts_with("payrail_session=")) {
+            self.session = Some(session.split(';').next().expect("pair").trim_start_matches("payrail_session=").to_owned());
+        }
+        answer
+    }
+
+    /// The session's CSRF token, read from a page's forms.
+    async fn csrf(&self) -> String {
+        field(&self.get("/console/sessions").await.body, "csrf")
+    }
+}
+
+/// The value of the first hidden input named `name`.
+fn field(body: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = body.find(&marker).unwrap_or_else(|| panic!("no {name} field in {body}")) + marker.len();
+    body[start..].split('"').next().expect("value").to_owned()
+}
+
+async fn merchant(server: &Server, name: &str) -> (String, String) {
+    let m = create_merchant(&server.state.pool, name).await.expect("merchant");
+    (m.merchant_id, m.api_key)
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn signing_in_exchanges_a_key_for_a_strict_session_cookie(pool: PgPool) {
+    let server = Server::start(pool).await;
+    let (_, key) = merchant(&server, "Shop").await;
+    let mut browser = Browser::new(&server);
+
+    // Without a session every page sends the browser to sign in, and back afterwards.
+    let page = browser.get("/console/invoices?status=paid").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location.as_deref(), Some("/console/login?next=%2Fconsole%2Finvoices%3Fstatus%3Dpaid"));
+
+    // A form without the sign-in cookie's token is refused before the key is looked at.
+    let (_, cookie) = browser.login_token().await;
+    let forged = browser
+        .send(browser.client.post(format!("{}/console/login", server.base)).form(&[("api_key", key.as_str()), ("csrf", "0")]), Some(cookie))
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(forged.cookies.iter().all(|c| !c.starts_with("payrail_session=")), "{:?}", forged.cookies);
+
+    // A wrong key: 401, the form again, no session.
+    let wrong = browser.sign_in("pr_key_0000000000000000_nope").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.body.contains("That API key is not valid."));
+    assert!(browser.session.is_none());
+
+    let signed_in = browser.sign_in(&key).await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.location.as_deref(), Some("/console"));
+    let cookie = signed_in.cookies.iter().find(|c| c.starts_with("payrail_session=")).expect("session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console", &format!("Max-Age={}", SESSION_FOR.num_seconds())] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP on loopback (the test's public URL): not Secure: {cookie}");
+    // Only the cookie's hash is stored.
+    let secret = browser.session.clone().expect("session");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM console_sessions WHERE token_hash = $1 OR csrf_token = $2")
+        .bind(secret.as_bytes())
+        .bind(&secret)
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 0);
+
+    let overview = browser.get("/console").await;
+    assert_eq!(overview.status, StatusCode::OK, "{}", overview.body);
+    assert!(overview.body.contains("<h1>Overview</h1>"), "{}", overview.body);
+    assert!(overview.body.contains("Invoices created per day, by outcome"));
+    let policy = browser.send(browser.client.get(format!("{}/console", server.base)), None).await;
+    assert_eq!(policy.status, StatusCode::OK);
+    let csp = server.client.get(format!("{}/console/login", server.base)).send().await.expect("login");
+    let csp = csp.headers().get("content-security-policy").expect("csp").to_str().expect("csp").to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'") && !csp.contains("script-src"), "{csp}");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn sessions_end_with_their_key_when_idle_when_signed_out_or_revoked(pool: PgPool) {
+    let server = Server::start(pool).await;
+    let (_, key) = merchant(&server, "Shop").await;
+
+    // Signing out ends the session: its cookie opens nothing afterwards.
+    let mut first = Browser::new(&server);
+    first.sign_in(&key).await;
+    let csrf = first.csrf().await;
+    assert_eq!(first.post("/console/logout", &[("csrf", "wrong")]).await.status, StatusCode::FORBIDDEN, "not without the token");
+    assert_eq!(first.get("/console").await.status, StatusCode::OK);
+    let out = first.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(first.get("/console").await.status, StatusCode::SEE_OTHER);
+
+    // One session ends another from the sessions page.
+    let mut a = Browser::new(&server);
+    a.sign_in(&key).await;
+    let mut b = Browser::new(&server);
+    b.sign_in(&key).await;
+    let listed = a.get("/console/sessions").await.body;
+    let b_id: String = sqlx::query_scalar("SELECT id FROM console_sessions WHERE revoked_at IS NULL ORDER BY created_at DESC, id DESC LIMIT 1")
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("session");
+    assert!(listed.contains(&b_id), "{listed}");
+    let csrf = a.csrf().await;
+    let revoked = a.post(&format!("/console/sessions/{b_id}/revoke"), &[("csrf", &csrf)]).await;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER);
+    let (b_now, a_now) = (b.get("/console").await.status, a.get("/console").await.status);
+    // Whichever of the two was newest was revoked; the other still works.
+    assert!(matches!((a_now, b_now), (StatusCode::OK, StatusCode::SEE_OTHER) | (StatusCode::SEE_OTHER, StatusCode::OK)), "{a_now} {b_now}");
+
+    // Another merchant cannot end this merchant's sessions: its sessions page does not list them,
+    // and the button's URL finds nothing.
+    let (_, other_key) = merchant(&server, "Other").await;
+    let mut other = Browser::new(&server);
+    other.sign_in(&other_key).await;
+    assert!(!other.get("/console/sessions").await.body.contains(&b_id));
+    let live: String = sqlx::query_scalar("SELECT id FROM console_sessions s WHERE revoked_at IS NULL AND key_id = $1 LIMIT 1")
+        .bind(payrail::merchant::split_token(&key).expect("token").0)
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("live session");
+    let csrf = other.csrf().await;
+    assert_eq!(other.post(&format!("/console/sessions/{live}/revoke"), &[("csrf", &csrf)]).await.status, StatusCode::NOT_FOUND);
+
+    // Idle for longer than IDLE_FOR: sign in again.
+    let mut idle = Browser::new(&server);
+    idle.sign_in(&key).await;
+    server.clock.advance(chrono::Duration::minutes(30));
+    assert_eq!(idle.get("/console").await.status, StatusCode::OK, "used within the idle time");
+    server.clock.advance(IDLE_FOR + chrono::Duration::seconds(1));
+    assert_eq!(idle.get("/console").await.status, StatusCode::SEE_OTHER, "unused for longer than the idle time");
+
+    // Revoking the API key ends every session it opened, at once.
+    let mut keyed = Browser::new(&server);
+    keyed.sign_in(&key).await;
+    assert_eq!(keyed.get("/console").await.status, StatusCode::OK);
+    let key_id = payrail::merchant::split_token(&key).expect("token").0;
+    let (status, body) = server.send(reqwest::Method::DELETE, Some(&key), &format!("/v1/api_keys/{key_id}"), None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(keyed.get("/console").await.status, StatusCode::SEE_OTHER);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn each_role_sees_its_own_pages_and_a_merchant_only_its_own_data(pool: PgPool) {
+    let server = Server::start(pool).await;
+    let (merchant_a, key_a) = merchant(&server, "Shop A").await;
+    let (merchant_b, _) = merchant(&server, "Shop B").await;
+    let now = server.clock.now();
+    let mut mine = Vec::new();
+    for order in ["A-1", "A-2", "A-3"] {
+        let mut request = invoice_request("10.00", None);
+        request.order_id = Some(order.to_owned());
+        mine.push(create_invoice_at(&server.state, &merchant_a, &request, now).await.id);
+    }
+    let theirs = create_invoice_at(&server.state, &merchant_b, &invoice_request("99.00", None), now).await.id;
+
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&key_a).await;
+    let list = browser.get("/console/invoices").await;
+    assert_eq!(list.status, StatusCode::OK);
+    for id in &mine {
+        assert!(list.body.contains(id.as_str()), "{id} listed");
+    }
+    assert!(!list.body.contains(theirs.as_str()), "another merchant's invoice is not listed");
+    let detail = browser.get(&format!("/console/invoices/{}", mine[0])).await;
+    assert_eq!(detail.status, StatusCode::OK, "{}", detail.body);
+    assert!(detail.body.contains("A-1") && detail.body.contains("10.00 USD"), "{}", detail.body);
+    let by_url = browser.get(&format!("/console/invoices/{theirs}")).await;
+    assert_eq!(by_url.status, StatusCode::NOT_FOUND, "another merchant's invoice by URL");
+    assert!(!by_url.body.contains("99.00"));
+    for finance in ["/console/chains", "/console/reconciliation", "/console/trial_balance", "/console/payouts", "/console/unapplied"] {
+        assert_eq!(browser.get(finance).await.status, StatusCode::FORBIDDEN, "{finance} is not a merchant's page");
+    }
+
+    // Filters, and the CSV of exactly what the page shows.
+    let filtered = browser.get("/console/invoices?order_id=A-2").await;
+    assert!(filtered.body.contains(mine[1].as_str()) && !filtered.body.contains(mine[0].as_str()), "{}", filtered.body);
+    let csv = browser.get("/console/invoices?order_id=A-2&csv=invoices").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.content_type.starts_with("text/csv"), "{}", csv.content_type);
+    let lines: Vec<&str> = csv.body.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], "Created,Invoice,Order,Amount,Paid,Status,Rails");
+    assert_eq!(lines.len(), 2, "{}", csv.body);
+    assert!(lines[1].contains(mine[1].as_str()) && lines[1].contains(",A-2,10.00 USD,0.00 USD,open,"), "{}", lines[1]);
+    let none = browser.get("/console/invoices?status=paid").await;
+    assert!(none.body.contains("No invoice matches these filters."));
+    assert_eq!(browser.get("/console/invoices?from=yesterday").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(browser.get("/console/invoices?status=bogus").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(browser.get("/console/invoices?csv=nothing").await.status, StatusCode::NOT_FOUND);
+    for page in ["/console/balances", "/console/money_out", "/console/webhooks", "/console/keys", "/console/sessions"] {
+        let answer = browser.get(page).await;
+        assert_eq!(answer.status, StatusCode::OK, "{page}: {}", answer.body);
+    }
+
+    // Finance sees the platform's pages and none of a merchant's.
+    let finance_key = create_platform_key(&server.state.pool, Role::Finance).await.expect("finance key");
+    let mut finance = Browser::new(&server);
+    finance.sign_in(&finance_key).await;
+    for page in ["/console", "/console/chains", "/console/reconciliation", "/console/trial_balance", "/console/payouts", "/console/unapplied"] {
+        let answer = finance.get(page).await;
+        assert_eq!(answer.status, StatusCode::OK, "{page}: {}", answer.body);
+    }
+    assert_eq!(finance.get(&format!("/console/invoices/{}", mine[0])).await.status, StatusCode::FORBIDDEN);
+    let balance_csv = finance.get("/console/trial_balance?csv=accounts").await;
+    assert!(balance_csv.body.starts_with("Account,Type,Asset,Debits,Credits,Balance\r\n"), "{}", balance_csv.body);
+    // A run over a chain nobody configured is refused with the reconciler's reason.
+    let csrf = finance.csrf().await;
+    let refused = finance.post("/console/reconciliation", &[("csrf", &csrf), ("chain", "eip155:999999"), ("from_block", "0"), ("to_block", "5")]).await;
+    assert!(refused.status.is_client_error(), "{}: {}", refused.status, refused.body);
+    let backwards = finance.post("/console/reconciliation", &[("csrf", &csrf), ("chain", "eip155:1"), ("from_block", "9"), ("to_block", "5")]).await;
+    assert_eq!(backwards.status, StatusCode::BAD_REQUEST);
+    let forged = finance.post("/console/reconciliation", &[("csrf", "x"), ("chain", "eip155:1"), ("from_block", "0")]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciliation_runs").fetch_one(&server.state.pool).await.expect("runs");
+    assert_eq!(runs, 0, "nothing was started");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn an_invoice_page_replays_its_webhook_event_only_with_the_form_token(pool: PgPool) {
+    let server = Server::start(pool).await;
+    let (merchant_id, key) = merchant(&server, "Shop").await;
+    let (status, endpoint) = server
+        .post(&key, "/v1/webhook_endpoints", json!({"url": "https://hooks.example.com/payrail", "events": ["*"]}), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{endpoint}");
+    let invoice = create_invoice_at(&server.state, &merchant_id, &invoice_request("10.00", None), server.clock.now()).await;
+    let (status, voided) = server.post(&key, &format!("/v1/invoices/{}/void", invoice.id), json!({}), None).await;
+    assert_eq!(status, StatusCode::OK, "{voided}");
+    let event: String = sqlx::query_scalar("SELECT event_id FROM outbox WHERE object_id = $1 ORDER BY id DESC LIMIT 1")
+        .bind(&invoice.id)
+        .fetch_one(&server.state.pool)
+        .await
+        .expect("an event about the invoice");
+
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&key).await;
+    let page = browser.get(&format!("/console/invoices/{}", invoice.id)).await;
+    assert!(page.body.contains(event.as_str()), "{}", page.body);
+    let action = format!("/console/events/{event}/replay?back=/console/invoices/{}", invoice.id);
+    assert!(page.body.contains(&action.replace('&', "&amp;")), "the event has its button");
+
+    let replays = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM webhook_deliveries d JOIN outbox o ON o.id = d.outbox_id WHERE o.event_id = $1 AND d.replay")
+            .bind(&event)
+            .fetch_one(&server.state.pool)
+            .await
+            .expect("count")
+    };
+    let forged = browser.post(&action, &[("csrf", "0000")]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert_eq!(replays().await, 0, "a forged form replays nothing");
+    let csrf = field(&page.body, "csrf");
+    let sent = browser.post(&action, &[("csrf", &csrf)]).await;
+    assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.body);
+    assert_eq!(sent.location.as_deref(), Some(format!("/console/invoices/{}", invoice.id).as_str()));
+    assert_eq!(replays().await, 1, "one delivery queued for the one endpoint");
+
+    // Another merchant's session cannot replay it.
+    let (_, other_key) = merchant(&server, "Other").await;
+    let mut other = Browser::new(&server);
+    other.sign_in(&other_key).await;
+    let csrf = other.csrf().await;
+    assert_eq!(other.post(&action, &[("csrf", &csrf)]).await.status, StatusCode::NOT_FOUND);
+}
