@@ -21,3 +21,10 @@ CREATE INDEX console_sessions_key_idx ON console_sessions (key_id, created_at DE
 -- The console's invoice filters (by rail) and its charts (volume per day) read payments by
 -- merchant and time.
 CREATE INDEX payments_merchant_seen_idx ON payments (merchant_id, seen_at);
+
+-- An invoice's page lists the events about it, and each event's deliveries (replays included).
+CREATE INDEX outbox_object_idx ON outbox (merchant_id, object_id);
+CREATE INDEX webhook_deliveries_outbox_idx ON webhook_deliveries (outbox_id);
+-- The webhooks page lists the latest failing deliveries.
+CREATE INDEX webhook_deliveries_failing_idx ON webhook_deliveries (id)
+    WHERE status IN ('failed', 'abandoned') OR (status = 'pending' AND attempts > 0);

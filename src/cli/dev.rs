@@ -181,6 +181,7 @@ pub async fn run(config: Config, args: Args, card: Option<Localstripe>) -> Resul
         println!("  api key:   {}", demo.api_key);
         println!("  finance:   {finance_key} (runs payouts: POST {base}/v1/payouts/run)");
         println!("  creators:  {pool_creator} (the creator pool: 65% of subscription revenue)");
+        println!("  console:   {base}/console (sign in with either key)");
         println!();
         println!("Create an invoice:");
         println!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bitcoin;
+pub mod browser;
 pub mod evm;
 pub mod stripe;
 

@@ -2,11 +2,9 @@
 //! page in headless Chromium, paid on the dev stack (`payrail dev`) with `payrail pay`.
 
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::browser::{browser_modules, chromium, repo, tell, DevStack, BIN};
 use crate::common::{Server, BTC, USDC_POLYGON};
 use payrail::invoice::{apply_payment, ObservedPayment};
 use payrail::merchant::create_merchant;
@@ -451,106 +449,6 @@ async fn no_api_key_is_needed_and_a_bad_one_is_ignored(pool: PgPool) {
 }
 
 // ---- the page in Chromium, on the dev stack ----
-
-const BIN: &str = env!("CARGO_BIN_EXE_payrail");
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A line for the test log even when the harness captures output: skips and screenshot paths
-/// must be seen in CI's log.
-fn tell(text: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
-}
-
-/// `PAYRAIL_CHROMIUM`, else a Chromium on the PATH (Debian's `chromium`).
-fn chromium() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PAYRAIL_CHROMIUM") {
-        let path = PathBuf::from(path);
-        assert!(path.exists(), "PAYRAIL_CHROMIUM names {}, which does not exist", path.display());
-        return Some(path);
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
-        .find(|p| p.exists())
-}
-
-/// Installs playwright-core outside the repository; returns the directory holding its node_modules.
-fn browser_modules() -> PathBuf {
-    let out = Command::new(repo().join("tests/browser/install"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run tests/browser/install");
-    assert!(out.status.success(), "tests/browser/install failed");
-    let dir = String::from_utf8_lossy(&out.stdout).lines().last().map(str::trim).unwrap_or("").to_owned();
-    assert!(!dir.is_empty(), "tests/browser/install printed no directory");
-    PathBuf::from(dir)
-}
-
-/// A running `payrail dev`, stopped with SIGINT when dropped.
-struct DevStack {
-    child: std::process::Child,
-    base: String,
-    key: String,
-}
-
-impl DevStack {
-    async fn start() -> Self {
-        let mut child = Command::new(BIN)
-            .current_dir(repo())
-            .env("RUST_LOG", "warn")
-            .args(["dev", "--listen", "127.0.0.1:0"])
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn payrail dev");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = tokio::task::spawn_blocking(move || {
-            let mut seen = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let done = line.starts_with("Ctrl-C");
-                seen.push(line);
-                if done {
-                    break;
-                }
-            }
-            seen
-        });
-        let mut stack = DevStack { child, base: String::new(), key: String::new() };
-        let lines = tokio::time::timeout(Duration::from_secs(120), lines).await.expect("dev stack starts").expect("reader");
-        let field = |label: &str| {
-            lines
-                .iter()
-                .find_map(|l| l.trim().strip_prefix(label))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_else(|| panic!("{label} in {}", lines.join("\n")))
-        };
-        stack.base = field("api:");
-        stack.key = field("api key:");
-        stack
-    }
-}
-
-impl Drop for DevStack {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-INT", &pid]).status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn chromium_pays_an_invoice_and_claims_its_refund_on_the_dev_stack() {

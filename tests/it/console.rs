@@ -3,6 +3,7 @@
 //! of the same pages on the dev stack is `chromium_uses_the_console_with_each_role`.
 
 use payrail::console::session::{IDLE_FOR, SESSION_FOR};
+use payrail::ledger::AccountCode;
 use payrail::merchant::{create_merchant, create_platform_key, Role};
 use reqwest::header::{CONTENT_TYPE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
@@ -282,8 +283,14 @@ async fn each_role_sees_its_own_pages_and_a_merchant_only_its_own_data(pool: PgP
         assert_eq!(answer.status, StatusCode::OK, "{page}: {}", answer.body);
     }
     assert_eq!(finance.get(&format!("/console/invoices/{}", mine[0])).await.status, StatusCode::FORBIDDEN);
+    // The trial balance: each account's balance on its side, and debits equal credits per asset.
+    let entry = crate::common::transfer("console-tb", AccountCode::stripe(payrail::money::Fiat::USD), AccountCode::merchant(&merchant_a), crate::common::USD, 1_250);
+    server.state.ledger.post_now(&entry).await.expect("entry");
     let balance_csv = finance.get("/console/trial_balance?csv=accounts").await;
-    assert!(balance_csv.body.starts_with("Account,Type,Asset,Debits,Credits,Balance\r\n"), "{}", balance_csv.body);
+    let expected = format!("Account,Asset,Debit,Credit\r\n{},USD by card,12.50 USD,\r\nliabilities:merchant:{merchant_a},USD by card,,12.50 USD\r\n", AccountCode::stripe(payrail::money::Fiat::USD));
+    assert_eq!(balance_csv.body, expected);
+    let totals = finance.get("/console/trial_balance?csv=totals").await;
+    assert_eq!(totals.body, "Asset,Debits,Credits,Balanced\r\nUSD by card,12.50 USD,12.50 USD,yes\r\n");
     // A run over a chain nobody configured is refused with the reconciler's reason.
     let csrf = finance.csrf().await;
     let refused = finance.post("/console/reconciliation", &[("csrf", &csrf), ("chain", "eip155:999999"), ("from_block", "0"), ("to_block", "5")]).await;
@@ -342,4 +349,106 @@ async fn an_invoice_page_replays_its_webhook_event_only_with_the_form_token(pool
     other.sign_in(&other_key).await;
     let csrf = other.csrf().await;
     assert_eq!(other.post(&action, &[("csrf", &csrf)]).await.status, StatusCode::NOT_FOUND);
+}
+
+/// POSTs `body` to the dev stack with `key`; the JSON answer.
+async fn call(client: &reqwest::Client, base: &str, key: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let response = client.post(format!("{base}{path}")).bearer_auth(key).json(&body).send().await.expect("request");
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.expect("json");
+    assert!(status.is_success(), "POST {path}: {status} {answer}");
+    answer
+}
+
+#[tokio::test]
+async fn chromium_uses_the_console_with_each_role() {
+    use crate::common::browser::{browser_modules, chromium, repo, tell, DevStack, BIN};
+    let _dev_stack = crate::common::DEV_STACK.lock().await;
+    let Some(chromium) = chromium() else {
+        tell("SKIPPED chromium_uses_the_console_with_each_role: no Chromium (set PAYRAIL_CHROMIUM or install Debian's chromium; scripts/test does both)");
+        return;
+    };
+    let modules = browser_modules();
+    let stack = DevStack::start().await;
+    let client = reqwest::Client::new();
+    let base = stack.base.as_str();
+
+    // A creator with a fifth of the paid invoice, a webhook endpoint nobody listens on (its
+    // deliveries fail), an invoice paid in ETH on Ethereum and one left open.
+    let creator = call(&client, base, &stack.key, "/v1/creators", json!({"name": "Console creator"})).await;
+    let creator_key = creator["api_key"].as_str().expect("creator key").to_owned();
+    let creator_id = creator["id"].as_str().expect("creator id").to_owned();
+    call(&client, base, &stack.key, "/v1/webhook_endpoints", json!({"url": "http://127.0.0.1:9/payrail", "events": ["*"]})).await;
+    let paid = call(
+        &client,
+        base,
+        &stack.key,
+        "/v1/invoices",
+        json!({"amount": "20.00", "currency": "USD", "order_id": "console-paid", "splits": [{"creator": creator_id, "bps": 2000}]}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let open = call(&client, base, &stack.key, "/v1/invoices", json!({"amount": "5.00", "currency": "USD", "order_id": "console-open"})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let out = tokio::process::Command::new(BIN)
+        .args(["pay", "--api", base, "--key", &stack.key, "--invoice", &paid, "--asset", "eip155:1/slip44:60"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("payrail pay");
+    assert!(out.status.success(), "payrail pay: {}", String::from_utf8_lossy(&out.stderr));
+    let started = std::time::Instant::now();
+    loop {
+        let shown: serde_json::Value =
+            client.get(format!("{base}/v1/invoices/{paid}")).bearer_auth(&stack.key).send().await.expect("get").json().await.expect("json");
+        if shown["status"] == "paid" {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(90), "the invoice is not paid: {shown}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+
+    // Another merchant, with an invoice of its own.
+    let pool = PgPool::connect(&stack.database).await.expect("the dev stack's database");
+    let (_, other_key) = {
+        let m = create_merchant(&pool, "Other shop").await.expect("merchant");
+        (m.merchant_id, m.api_key)
+    };
+    let other = call(&client, base, &other_key, "/v1/invoices", json!({"amount": "7.00", "currency": "USD"})).await["id"].as_str().expect("id").to_owned();
+    pool.close().await;
+
+    let shots = repo().join("target");
+    std::fs::create_dir_all(&shots).expect("target dir");
+    let mut node = tokio::process::Command::new("node");
+    node.arg(repo().join("tests/browser/console.mjs"))
+        .current_dir(repo())
+        .env("PAYRAIL_CHROMIUM", &chromium)
+        .env("PAYRAIL_BROWSER_MODULES", &modules)
+        .env("PAYRAIL_API", base)
+        .env("PAYRAIL_API_KEY", &stack.key)
+        .env("PAYRAIL_FINANCE_KEY", &stack.finance)
+        .env("PAYRAIL_CREATOR_KEY", &creator_key)
+        .env("PAYRAIL_PAID_INVOICE", &paid)
+        .env("PAYRAIL_OPEN_INVOICE", &open)
+        .env("PAYRAIL_OTHER_INVOICE", &other)
+        .env("PAYRAIL_SCREENSHOT_DIR", &shots)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(300), node.output()).await.expect("browser test finishes").expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        tell(&format!("console.mjs> {line}"));
+    }
+    assert!(out.status.success(), "console.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("console.mjs: done"), "{stdout}");
+    assert!(stdout.contains("console.mjs: run finished"), "{stdout}");
+    for name in ["invoices", "invoice", "overview", "balances", "finance", "chains", "reconciliation", "trial-balance", "creator"] {
+        let shot = shots.join(format!("console-{name}.png"));
+        let bytes = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", shot.display());
+    }
+    drop(stack);
 }

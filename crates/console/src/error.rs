@@ -69,7 +69,7 @@ impl IntoResponse for ConsoleError {
         let body = html! {
             (maud::DOCTYPE)
             html lang="en" {
-                head { meta charset="utf-8"; title { "payrail console — " (status.as_u16()) } link rel="stylesheet" href=(crate::page::STYLE_PATH); }
+                head { meta charset="utf-8"; title { "payrail console — " (status.as_u16()) } link rel="stylesheet" href=(crate::page::STYLE_PATH); link rel="icon" href="data:,"; }
                 body.error {
                     main {
                         h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("error")) }

@@ -92,7 +92,7 @@ fn outcome(status: &str) -> &'static str {
         "paid" | "overpaid" => "paid",
         "expired" => "expired",
         "open" | "processing" => "open",
-        _ => "void or refunded",
+        _ => "void, invalid or refunded",
     }
 }
 
@@ -155,7 +155,7 @@ fn date(name: &str, value: &str, end_of_day: bool) -> Result<Option<DateTime<Utc
     Ok(day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()))
 }
 
-const STATUSES: [&str; 7] = ["open", "processing", "paid", "overpaid", "expired", "refunded", "void"];
+const STATUSES: [&str; 8] = ["open", "processing", "paid", "overpaid", "expired", "refunded", "void", "invalid"];
 
 #[derive(sqlx::FromRow)]
 struct InvoiceRow {
@@ -331,7 +331,7 @@ pub async fn invoice(State(state): State<AppState>, viewer: Viewer, Path(id): Pa
     let entries: Vec<PostingRow> = sqlx::query_as(
         "WITH mine AS (SELECT ledger_entry_id AS id FROM payments WHERE invoice_id = $1 AND merchant_id = $2 AND ledger_entry_id IS NOT NULL), \
               related AS (SELECT id FROM mine UNION SELECT e.id FROM journal_entries e JOIN mine ON e.reverses_entry_id = mine.id) \
-         SELECT e.id, e.created_at, e.kind, e.memo, a.code AS account, p.asset, p.amount::text AS amount \
+         SELECT e.id, e.created_at, e.kind, a.code AS account, p.asset, p.amount::text AS amount \
            FROM related r JOIN journal_entries e ON e.id = r.id JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id \
           ORDER BY e.id, p.id",
     )
@@ -346,8 +346,7 @@ pub async fn invoice(State(state): State<AppState>, viewer: Viewer, Path(id): Pa
             Some(magnitude) => (String::new(), show::amount(&state, &p.asset, magnitude)),
             None => (show::amount(&state, &p.asset, &p.amount), String::new()),
         };
-        let kind = p.memo.map_or(p.kind.clone(), |m| format!("{} ({m})", p.kind));
-        ledger.push(vec![Cell::number(p.id.to_string()), Cell::time(p.created_at), Cell::text(kind), Cell::text(p.account), Cell::number(debit), Cell::number(credit)]);
+        ledger.push(vec![Cell::number(p.id.to_string()), Cell::time(p.created_at), Cell::text(p.kind), Cell::text(p.account), Cell::number(debit), Cell::number(credit)]);
     }
     let events: Vec<EventRow> = sqlx::query_as(
         "SELECT o.event_id, o.event_type, o.created_at, \
@@ -567,7 +566,6 @@ struct PostingRow {
     id: i64,
     created_at: DateTime<Utc>,
     kind: String,
-    memo: Option<String>,
     account: String,
     asset: String,
     amount: String,

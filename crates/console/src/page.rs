@@ -271,6 +271,7 @@ fn layout(viewer: &Viewer, title: &str, refresh_s: Option<u32>, main: Markup) ->
                 @if let Some(s) = refresh_s { meta http-equiv="refresh" content=(s); }
                 title { (title) " — payrail console" }
                 link rel="stylesheet" href=(STYLE_PATH);
+                link rel="icon" href="data:,";
             }
             body {
                 header {
@@ -301,6 +302,7 @@ pub fn bare(title: &str, main: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " — payrail console" }
                 link rel="stylesheet" href=(STYLE_PATH);
+                link rel="icon" href="data:,";
             }
             body { (main) }
         }

@@ -35,9 +35,33 @@ pub fn asset(state: &AppState, asset: &str) -> String {
     }
 }
 
-/// `minor` smallest units of `asset` in whole units with its symbol: "12.50 USDC".
+/// `minor` smallest units of `asset` in whole units with its symbol: "12.50 USDC", "0.006667 ETH".
+/// A fiat currency keeps its minor units; a coin or token drops trailing zeros past two decimals
+/// (exactly the same number, easier to read than eighteen places).
 pub fn amount(state: &AppState, asset: &str, minor: &str) -> String {
-    format!("{} {}", units(minor, payrail_api::balances::decimals_of(state, asset)), symbol(state, asset))
+    let whole = units(minor, payrail_api::balances::decimals_of(state, asset));
+    let whole = if asset.starts_with("iso4217:") { whole } else { trim_zeros(&whole) };
+    format!("{whole} {}", symbol(state, asset))
+}
+
+/// `"0.006667000000000000"` → `"0.006667"`, `"5.000000"` → `"5.00"`.
+fn trim_zeros(decimal: &str) -> String {
+    let Some((int, frac)) = decimal.split_once('.') else { return decimal.to_owned() };
+    let kept = frac.trim_end_matches('0');
+    let kept = if kept.len() < 2 { &frac[..frac.len().min(2)] } else { kept };
+    format!("{int}.{kept}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trailing_zeros_go_past_two_decimals() {
+        assert_eq!(super::trim_zeros("0.006667000000000000"), "0.006667");
+        assert_eq!(super::trim_zeros("5.000000"), "5.00");
+        assert_eq!(super::trim_zeros("5.1"), "5.1");
+        assert_eq!(super::trim_zeros("12"), "12");
+        assert_eq!(super::trim_zeros("-0.500000"), "-0.50");
+    }
 }
 
 /// `minor` of a fiat currency (`USD`) in whole units: "25.00 USD".
