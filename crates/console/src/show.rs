@@ -52,6 +52,12 @@ fn trim_zeros(decimal: &str) -> String {
     format!("{int}.{kept}")
 }
 
+/// `minor` of a fiat currency (`USD`) in whole units: "25.00 USD".
+pub fn fiat(currency: &str, minor: &str) -> String {
+    let decimals = currency.parse::<payrail_core::money::Fiat>().ok().map(|f| f.minor_units());
+    format!("{} {currency}", units(minor, decimals))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -62,10 +68,4 @@ mod tests {
         assert_eq!(super::trim_zeros("12"), "12");
         assert_eq!(super::trim_zeros("-0.500000"), "-0.50");
     }
-}
-
-/// `minor` of a fiat currency (`USD`) in whole units: "25.00 USD".
-pub fn fiat(currency: &str, minor: &str) -> String {
-    let decimals = currency.parse::<payrail_core::money::Fiat>().ok().map(|f| f.minor_units());
-    format!("{} {currency}", units(minor, decimals))
 }
