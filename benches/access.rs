@@ -38,10 +38,6 @@ const PLANS: usize = 10;
 const RESOURCES_PER_CHECK: usize = 1_000;
 const GOAL_P99_US: u128 = 5_000;
 
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    std::env::var(name).map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a whole number")))
-}
-
 fn main() -> Result<()> {
     support::in_fresh_database("payrail_bench_access", run)
 }
@@ -108,8 +104,8 @@ async fn prepare(pool: &PgPool) -> Result<(String, Vec<String>)> {
 }
 
 async fn run(options: PgConnectOptions) -> Result<()> {
-    let checks = env_u64("BENCH_CHECKS", 1_000)?;
-    let warmup = env_u64("BENCH_WARMUP_CHECKS", 100)?;
+    let checks = support::env_u64("BENCH_CHECKS", 1_000)?;
+    let warmup = support::env_u64("BENCH_WARMUP_CHECKS", 100)?;
     let pool = PgPoolOptions::new().max_connections(4).connect_with(options).await?;
     payrail::db::migrate(&pool).await.context("migrations failed")?;
     let started = Instant::now();

@@ -47,13 +47,9 @@ const CONNECTIONS: u32 = 32;
 /// payrail's pool and the one-SELECT handler's.
 const POOL_MAX: u32 = 16;
 
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    std::env::var(name).map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a whole number")))
-}
-
 fn main() -> Result<()> {
-    let seconds = env_u64("BENCH_API_S", 10)?;
-    let rounds = env_u64("BENCH_API_ROUNDS", 3)?.max(1);
+    let seconds = support::env_u64("BENCH_API_S", 10)?;
+    let rounds = support::env_u64("BENCH_API_ROUNDS", 3)?.max(1);
     install("wrk")?;
     install("hey")?;
     support::in_fresh_database("payrail_bench_api", move |options| run(options, seconds, rounds))

@@ -41,10 +41,6 @@ const WRITERS: usize = 16;
 /// Coins granted to each customer: more than any run spends.
 const GRANT: u64 = 1_000_000_000;
 
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    std::env::var(name).map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a whole number")))
-}
-
 fn main() -> Result<()> {
     support::in_fresh_database("payrail_bench_credits", run)
 }
@@ -59,8 +55,8 @@ struct Shop {
 }
 
 async fn run(options: PgConnectOptions) -> Result<()> {
-    let seconds = env_u64("BENCH_SECONDS", 5)?;
-    let warmup = env_u64("BENCH_WARMUP_SECONDS", 1)?;
+    let seconds = support::env_u64("BENCH_SECONDS", 5)?;
+    let warmup = support::env_u64("BENCH_WARMUP_SECONDS", 1)?;
     let pool = PgPoolOptions::new().max_connections(u32::try_from(WRITERS + 2)?).connect_with(options).await?;
     payrail::db::migrate(&pool).await.context("migrations failed")?;
     let shop = Arc::new(prepare(pool).await?);

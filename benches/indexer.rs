@@ -164,18 +164,11 @@ struct Settings {
 impl Settings {
     fn from_env() -> Result<Self> {
         let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DATABASE_URL_DEFAULT.to_owned());
-        let watched = env_u64("BENCH_WATCHED", WATCHED_DEFAULT)?;
-        let batches = env_u64("BENCH_BATCHES", BATCHES_DEFAULT)?;
+        let watched = support::env_u64("BENCH_WATCHED", WATCHED_DEFAULT)?;
+        let batches = support::env_u64("BENCH_BATCHES", BATCHES_DEFAULT)?;
         ensure!(watched > 0, "BENCH_WATCHED must be at least 1");
         ensure!(batches > 0, "BENCH_BATCHES must be at least 1");
         Ok(Self { url, watched: usize::try_from(watched).context("BENCH_WATCHED")?, batches })
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -198,7 +191,6 @@ async fn bench(settings: Settings) -> Result<()> {
     // Dropping the run kills anvil and the peers.
     support::run_then_drop(admin, &database, run(settings, target)).await
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Arithmetic and formatting, in integers.

@@ -191,8 +191,8 @@ struct Config {
 impl Config {
     fn from_env() -> Result<Self> {
         let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DATABASE_URL_DEFAULT.to_owned());
-        let seconds = env_u64("BENCH_SECONDS", SECONDS_DEFAULT)?;
-        let warmup_seconds = env_u64("BENCH_WARMUP_SECONDS", WARMUP_SECONDS_DEFAULT)?;
+        let seconds = support::env_u64("BENCH_SECONDS", SECONDS_DEFAULT)?;
+        let warmup_seconds = support::env_u64("BENCH_WARMUP_SECONDS", WARMUP_SECONDS_DEFAULT)?;
         ensure!(seconds > 0, "BENCH_SECONDS must be at least 1");
         Ok(Self { url, seconds, warmup_seconds })
     }
@@ -203,13 +203,6 @@ impl Config {
 
     fn warmup(&self) -> Duration {
         Duration::from_secs(self.warmup_seconds)
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -229,7 +222,6 @@ impl Target {
             .context("cannot connect to the bench database")
     }
 }
-
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accounts {

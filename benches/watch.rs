@@ -86,19 +86,12 @@ fn main() -> Result<()> {
             .split(',')
             .map(|c| c.trim().parse::<u64>().context("BENCH_WATCH_INVOICES: a comma-separated list of counts"))
             .collect::<Result<_>>()?,
-        idle_s: env_u64("BENCH_IDLE_S", 30)?,
-        catch_up_blocks: env_u64("BENCH_CATCH_UP_BLOCKS", 5_000)?,
+        idle_s: support::env_u64("BENCH_IDLE_S", 30)?,
+        catch_up_blocks: support::env_u64("BENCH_CATCH_UP_BLOCKS", 5_000)?,
     };
     ensure!(!settings.counts.is_empty(), "no invoice counts to run");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(settings))
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(value) => value.parse().with_context(|| format!("{name} is not a number")),
-        Err(_) => Ok(default),
-    }
 }
 
 async fn run(settings: Settings) -> Result<()> {

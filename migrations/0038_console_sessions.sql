@@ -18,9 +18,10 @@ CREATE TABLE console_sessions (
 
 CREATE INDEX console_sessions_key_idx ON console_sessions (key_id, created_at DESC, id DESC);
 
--- The console's invoice filters (by rail) and its charts (volume per day) read payments by
--- merchant and time.
+-- The console's charts read a merchant's payments by time (volume per day), and its invoice list
+-- (and `GET /v1/invoices?order_id=`) finds an order's invoices.
 CREATE INDEX payments_merchant_seen_idx ON payments (merchant_id, seen_at);
+CREATE INDEX invoices_order_idx ON invoices (merchant_id, order_id, created_at DESC, id DESC) WHERE order_id IS NOT NULL;
 
 -- An invoice's page lists the events about it, and each event's deliveries (replays included).
 CREATE INDEX outbox_object_idx ON outbox (merchant_id, object_id);

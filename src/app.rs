@@ -210,6 +210,7 @@ pub fn limits(config: &Config) -> HttpLimits {
         body_limit_bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(api::BODY_LIMIT_BYTES_DEFAULT),
         request_timeout_ms: config.server.request_timeout_ms,
         serve_metrics: config.server.metrics_listen.is_none(),
+        serve_console: config.server.console,
     }
 }
 
@@ -394,9 +395,11 @@ pub async fn serve(
     result
 }
 
-/// Everything the daemon serves over HTTP: the API, the checkout pages and the console.
+/// Everything the daemon serves over HTTP: the API, the checkout pages and (unless `[server]
+/// console = false`) the console.
 pub fn http(state: AppState, limits: HttpLimits) -> axum::Router {
-    api::router_with(state, limits, payrail_console::routes())
+    let console = if limits.serve_console { payrail_console::routes() } else { axum::Router::new() };
+    api::router_with(state, limits, console)
 }
 
 /// Every how many expiry ticks stored idempotent responses past their window are purged.

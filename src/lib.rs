@@ -4,7 +4,7 @@
 //! The layers are crates under `crates/`, each depending only on those below it:
 //! `core` (money, ledger entries, invoice states, pure plans) ← `config` ← `store` (PostgreSQL) ←
 //! `rates` ← `credits` ← `subscriptions` ← `payments` (merchants, invoices, creators, webhooks) ← `chains` (followers) ←
-//! `payouts`, `stripe` ← `reconcile` ← `api`. This crate assembles them into the daemon ([`app`])
+//! `payouts`, `stripe` ← `reconcile` ← `api` ← `console`. This crate assembles them into the daemon ([`app`])
 //! and the `payrail` command (`src/cli`); `payrail-devnet` is the development stack.
 // Unit tests may cast small generated numbers; the daemon's own code is checked without cfg(test).
 #![cfg_attr(test, allow(clippy::as_conversions))]

@@ -74,6 +74,15 @@ where
     })
 }
 
+/// A whole number from the environment variable `name`, or `default` when it is not set.
+#[allow(dead_code, reason = "not every benchmark takes settings from the environment")]
+pub fn env_u64(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(text) => text.trim().parse().with_context(|| format!("{name}={text:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// Microseconds as milliseconds with one decimal.
 #[allow(dead_code, reason = "not every benchmark prints latencies")]
 pub fn ms(us: u64) -> String {

@@ -18,45 +18,18 @@
 // Exits non-zero with a reason when anything is not as it should be.
 
 import { execFileSync } from "node:child_process";
-import { createRequire } from "node:module";
 import path from "node:path";
+
+import { check, launch, need } from "./common.mjs";
 
 const ETH = "eip155:1/slip44:60";
 const PAID_TIMEOUT_MS = 120_000;
-const LAUNCH_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
-function need(name) {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`checkout.mjs: ${name} is not set`);
-    process.exit(2);
-  }
-  return value;
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-const executablePath = need("PAYRAIL_CHROMIUM");
-const modules = need("PAYRAIL_BROWSER_MODULES");
 const api = need("PAYRAIL_API");
 const key = need("PAYRAIL_API_KEY");
 const invoiceId = need("PAYRAIL_INVOICE");
 const bin = need("PAYRAIL_BIN");
 const shots = need("PAYRAIL_SCREENSHOT_DIR");
-
-const require = createRequire(path.join(modules, "package.json"));
-const { chromium } = require("playwright-core");
 
 async function invoice() {
   const response = await fetch(`${api}/v1/invoices/${invoiceId}`, { headers: { authorization: `Bearer ${key}` } });
@@ -82,7 +55,7 @@ for (const o of options) {
   check(BigInt(o.amount_minor) >= BigInt(o.amount_exact_minor), `${o.asset} asks for less than the exact amount`);
 }
 
-const browser = await chromium.launch({ executablePath, headless: true, args: LAUNCH_ARGS });
+const browser = await launch();
 try {
   // Without JavaScript the page still shows all a payer needs: option, QR code, address, amount.
   const plain = await browser.newContext({ javaScriptEnabled: false, viewport: VIEWPORT });

@@ -22,27 +22,12 @@
 // Exits non-zero with a reason when anything is not as it should be.
 
 import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import path from "node:path";
 
-const LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+import { check, launch, need } from "./common.mjs";
+
 const RUN_TIMEOUT_MS = 120_000;
 
-function need(name) {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`console.mjs: ${name} is not set`);
-    process.exit(2);
-  }
-  return value;
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-const executablePath = need("PAYRAIL_CHROMIUM");
-const modules = need("PAYRAIL_BROWSER_MODULES");
 const api = need("PAYRAIL_API");
 const merchantKey = need("PAYRAIL_API_KEY");
 const financeKey = need("PAYRAIL_FINANCE_KEY");
@@ -52,16 +37,13 @@ const open = need("PAYRAIL_OPEN_INVOICE");
 const other = need("PAYRAIL_OTHER_INVOICE");
 const shots = need("PAYRAIL_SCREENSHOT_DIR");
 
-const require = createRequire(path.join(modules, "package.json"));
-const { chromium } = require("playwright-core");
-
 async function screenshot(page, name) {
   const file = path.join(shots, `console-${name}.png`);
   await page.screenshot({ path: file, fullPage: true });
   console.log(`screenshot: ${file}`);
 }
 
-const browser = await chromium.launch({ executablePath, args: LAUNCH_ARGS });
+const browser = await launch();
 const problems = [];
 const refusedOnPurpose = new Set();
 

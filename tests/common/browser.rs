@@ -44,9 +44,11 @@ pub fn browser_modules() -> PathBuf {
     PathBuf::from(dir)
 }
 
-/// A running `payrail dev`, stopped with SIGINT when dropped.
+/// A running `payrail dev`, stopped with SIGINT when dropped (or by [`DevStack::stop`]).
 pub struct DevStack {
     child: std::process::Child,
+    /// What it printed until it was up.
+    pub lines: Vec<String>,
     pub base: String,
     /// The demo merchant's API key.
     pub key: String,
@@ -81,26 +83,81 @@ impl DevStack {
             }
             seen
         });
-        let mut stack = DevStack { child, base: String::new(), key: String::new(), merchant: String::new(), finance: String::new(), database: String::new() };
         let lines = tokio::time::timeout(Duration::from_secs(120), lines).await.expect("dev stack starts").expect("reader");
-        let field = |label: &str| {
-            lines
-                .iter()
-                .find_map(|l| l.trim().strip_prefix(label))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_else(|| panic!("{label} in {}", lines.join("\n")))
+        let mut stack = DevStack {
+            child,
+            lines,
+            base: String::new(),
+            key: String::new(),
+            merchant: String::new(),
+            finance: String::new(),
+            database: String::new(),
         };
-        stack.base = field("api:");
-        stack.key = field("api key:");
-        stack.merchant = field("merchant:");
-        stack.finance = field("finance:").split_whitespace().next().unwrap_or_default().to_owned();
-        stack.database = field("database:").split_whitespace().next().unwrap_or_default().to_owned();
+        stack.base = stack.field("api:");
+        stack.key = stack.field("api key:");
+        stack.merchant = stack.field("merchant:");
+        stack.finance = stack.field("finance:").split_whitespace().next().unwrap_or_default().to_owned();
+        stack.database = stack.field("database:");
         stack
+    }
+
+    /// The value printed after `label` (`api:`), whole.
+    pub fn field(&self, label: &str) -> String {
+        self.lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("{label} in {}", self.lines.join("\n")))
+    }
+
+    /// The stack's database URL, without what is said after it.
+    pub fn database_url(&self) -> &str {
+        self.database.split_whitespace().next().unwrap_or_default()
+    }
+
+    /// Pays the demo merchant's invoice `id` in `asset` with `payrail pay` (the stack's funded
+    /// payer) and waits until it is paid; the invoice as the API then shows it.
+    pub async fn pay(&self, id: &str, asset: &str) -> serde_json::Value {
+        let out = tokio::process::Command::new(BIN)
+            .args(["pay", "--api", &self.base, "--key", &self.key, "--invoice", id, "--asset", asset])
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("payrail pay");
+        assert!(out.status.success(), "payrail pay: {}", String::from_utf8_lossy(&out.stderr));
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            let shown: serde_json::Value =
+                client.get(format!("{}/v1/invoices/{id}", self.base)).bearer_auth(&self.key).send().await.expect("get").json().await.expect("json");
+            if shown["status"] == "paid" {
+                return shown;
+            }
+            assert!(started.elapsed() < Duration::from_secs(90), "not paid: {shown}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stops the stack with SIGINT, as Ctrl-C would; how it exited.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "payrail dev did not stop");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
 impl Drop for DevStack {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-INT", &pid]).status();
         let started = Instant::now();
@@ -114,4 +171,3 @@ impl Drop for DevStack {
         let _ = self.child.wait();
     }
 }
-

@@ -2,16 +2,9 @@
 //! configuration file, and `payrail dev` end to end (its own PostgreSQL, the printed key and curl
 //! line, a clean stop on Ctrl-C).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_payrail");
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::browser::{repo, BIN};
 
 fn payrail() -> Command {
     let mut command = Command::new(BIN);
@@ -98,31 +91,10 @@ async fn migrate_then_create_a_merchant_whose_key_authenticates() {
 #[tokio::test]
 async fn dev_stack_runs_on_its_own_postgres_and_its_curl_line_creates_an_invoice() {
     let _dev_stack = crate::common::DEV_STACK.lock().await;
-    let mut child = payrail()
-        .args(["dev", "--listen", "127.0.0.1:0"])
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn payrail dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("line");
-            let done = line.starts_with("Ctrl-C");
-            seen.push(line);
-            if done {
-                break;
-            }
-        }
-        seen
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(120), lines).await.expect("dev stack starts").expect("reader");
+    let stack = crate::common::browser::DevStack::start().await;
+    let lines = &stack.lines;
     let text = lines.join("\n");
-    let field = |label: &str| {
-        lines.iter().find_map(|l| l.trim().strip_prefix(label)).map(|v| v.trim().to_owned()).unwrap_or_else(|| panic!("{label} in {text}"))
-    };
+    let field = |label: &str| stack.field(label);
     let base = field("api:");
     let key = field("api key:");
     let database = field("database:");
@@ -161,41 +133,11 @@ async fn dev_stack_runs_on_its_own_postgres_and_its_curl_line_creates_an_invoice
 
     // Pay it in ETH on the dev Ethereum chain, as the README shows, and watch it become paid.
     let eth = "eip155:1/slip44:60";
-    let out = payrail()
-        .args(["pay", "--api", &base, "--key", &key, "--invoice", id, "--asset", eth])
-        .output()
-        .expect("payrail pay");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let started = Instant::now();
-    loop {
-        let shown: serde_json::Value = client
-            .get(format!("{base}/v1/invoices/{id}"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
-        if shown["status"] == "paid" {
-            assert_eq!(shown["payments"][0]["asset"], eth);
-            assert_eq!(shown["payments"][0]["status"], "confirmed");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(90), "not paid: {shown}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let shown = stack.pay(id, eth).await;
+    assert_eq!(shown["payments"][0]["asset"], eth);
+    assert_eq!(shown["payments"][0]["status"], "confirmed");
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "payrail dev did not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = stack.stop().await;
     assert!(status.success(), "{status:?}");
     // The cluster is gone: nothing listens on its port any more.
     let port = database.split(':').nth(2).and_then(|p| p.split('/').next()).expect("port");

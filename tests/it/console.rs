@@ -269,7 +269,22 @@ async fn each_role_sees_its_own_pages_and_a_merchant_only_its_own_data(pool: PgP
     assert_eq!(browser.get("/console/invoices?from=yesterday").await.status, StatusCode::BAD_REQUEST);
     assert_eq!(browser.get("/console/invoices?status=bogus").await.status, StatusCode::BAD_REQUEST);
     assert_eq!(browser.get("/console/invoices?csv=nothing").await.status, StatusCode::NOT_FOUND);
-    for page in ["/console/balances", "/console/money_out", "/console/webhooks", "/console/keys", "/console/sessions"] {
+    // Customers with what they hold: a grant of 250 coins (2 decimals) shows as 2.50 coins.
+    let (status, currency) = server
+        .post(&key_a, "/v1/credit_currencies", json!({"code": "coins", "name": "Coins", "peg": "0.01", "peg_currency": "USD"}), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{currency}");
+    let (status, customer) = server.post(&key_a, "/v1/customers", json!({"external_id": "reader-1", "email": "reader@example.com"}), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{customer}");
+    let customer = customer["id"].as_str().expect("customer").to_owned();
+    let grant = json!({"currency": "coins", "amount_minor": "250", "source": "bonus"});
+    let (status, granted) = server.post(&key_a, &format!("/v1/customers/{customer}/grants"), grant, Some("console-grant")).await;
+    assert_eq!(status, StatusCode::CREATED, "{granted}");
+    let customers = browser.get("/console/customers?csv=customers").await;
+    let decimals = currency["decimals"].as_u64().expect("decimals");
+    let shown = format!("{} coins", payrail::money::Amount::from_u64(250).to_decimal_string(u8::try_from(decimals).expect("decimals")));
+    assert!(customers.body.contains(&format!("{customer},reader-1,,reader@example.com,{shown},0")), "{}", customers.body);
+    for page in ["/console/balances", "/console/money_out", "/console/customers", "/console/webhooks", "/console/keys", "/console/sessions"] {
         let answer = browser.get(page).await;
         assert_eq!(answer.status, StatusCode::OK, "{page}: {}", answer.body);
     }
@@ -287,10 +302,14 @@ async fn each_role_sees_its_own_pages_and_a_merchant_only_its_own_data(pool: PgP
     let entry = crate::common::transfer("console-tb", AccountCode::stripe(payrail::money::Fiat::USD), AccountCode::merchant(&merchant_a), crate::common::USD, 1_250);
     server.state.ledger.post_now(&entry).await.expect("entry");
     let balance_csv = finance.get("/console/trial_balance?csv=accounts").await;
-    let expected = format!("Account,Asset,Debit,Credit\r\n{},USD by card,12.50 USD,\r\nliabilities:merchant:{merchant_a},USD by card,,12.50 USD\r\n", AccountCode::stripe(payrail::money::Fiat::USD));
-    assert_eq!(balance_csv.body, expected);
+    assert!(balance_csv.body.starts_with("Account,Asset,Debit,Credit\r\n"), "{}", balance_csv.body);
+    assert!(balance_csv.body.contains("\r\nassets:stripe:usd,USD by card,12.50 USD,\r\n"), "{}", balance_csv.body);
+    assert!(balance_csv.body.contains(&format!("\r\nliabilities:merchant:{merchant_a},USD by card,,12.50 USD\r\n")), "{}", balance_csv.body);
+    // The customer's credits are written in the currency's decimals, on the lot's credit side.
+    assert!(balance_csv.body.contains(&format!(",coins,,{shown}\r\n")), "{}", balance_csv.body);
     let totals = finance.get("/console/trial_balance?csv=totals").await;
-    assert_eq!(totals.body, "Asset,Debits,Credits,Balanced\r\nUSD by card,12.50 USD,12.50 USD,yes\r\n");
+    assert!(totals.body.contains("\r\nUSD by card,12.50 USD,12.50 USD,yes\r\n"), "{}", totals.body);
+    assert!(totals.body.lines().skip(1).all(|l| l.ends_with(",yes")), "{}", totals.body);
     // A run over a chain nobody configured is refused with the reconciler's reason.
     let csrf = finance.csrf().await;
     let refused = finance.post("/console/reconciliation", &[("csrf", &csrf), ("chain", "eip155:999999"), ("from_block", "0"), ("to_block", "5")]).await;
@@ -362,7 +381,7 @@ async fn call(client: &reqwest::Client, base: &str, key: &str, path: &str, body:
 
 #[tokio::test]
 async fn chromium_uses_the_console_with_each_role() {
-    use crate::common::browser::{browser_modules, chromium, repo, tell, DevStack, BIN};
+    use crate::common::browser::{browser_modules, chromium, repo, tell, DevStack};
     let _dev_stack = crate::common::DEV_STACK.lock().await;
     let Some(chromium) = chromium() else {
         tell("SKIPPED chromium_uses_the_console_with_each_role: no Chromium (set PAYRAIL_CHROMIUM or install Debian's chromium; scripts/test does both)");
@@ -394,26 +413,10 @@ async fn chromium_uses_the_console_with_each_role() {
         .as_str()
         .expect("id")
         .to_owned();
-    let out = tokio::process::Command::new(BIN)
-        .args(["pay", "--api", base, "--key", &stack.key, "--invoice", &paid, "--asset", "eip155:1/slip44:60"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .await
-        .expect("payrail pay");
-    assert!(out.status.success(), "payrail pay: {}", String::from_utf8_lossy(&out.stderr));
-    let started = std::time::Instant::now();
-    loop {
-        let shown: serde_json::Value =
-            client.get(format!("{base}/v1/invoices/{paid}")).bearer_auth(&stack.key).send().await.expect("get").json().await.expect("json");
-        if shown["status"] == "paid" {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(90), "the invoice is not paid: {shown}");
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    stack.pay(&paid, "eip155:1/slip44:60").await;
 
     // Another merchant, with an invoice of its own.
-    let pool = PgPool::connect(&stack.database).await.expect("the dev stack's database");
+    let pool = PgPool::connect(stack.database_url()).await.expect("the dev stack's database");
     let (_, other_key) = {
         let m = create_merchant(&pool, "Other shop").await.expect("merchant");
         (m.merchant_id, m.api_key)
@@ -451,4 +454,20 @@ async fn chromium_uses_the_console_with_each_role() {
         assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", shot.display());
     }
     drop(stack);
+}
+
+/// `[server] console = false`: the listener serves the API and checkout, and no console page.
+#[sqlx::test(migrations = "./migrations")]
+async fn the_console_can_be_left_off_the_listener(pool: PgPool) {
+    let (state, _) = crate::common::state_with_clock(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let limits = payrail::api::HttpLimits { serve_console: false, ..payrail::api::HttpLimits::default() };
+    let app = payrail::app::http(state, limits);
+    tokio::spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await });
+    for path in ["/console", "/console/login", "/console/style.css"] {
+        let response = reqwest::get(format!("{base}{path}")).await.expect("get");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.expect("get").status(), StatusCode::OK);
 }

@@ -503,7 +503,8 @@ async fn a_creator_withdraws_and_a_changed_address_waits_out_the_delay(pool: PgP
 }
 
 /// An address change confirmed by a second key is usable at once: another of the merchant's keys
-/// for its own address (never the key that made the change), the merchant for its creator's.
+/// for its own address (never the key that made the change, nor a key younger than the delay),
+/// the merchant for its creator's.
 #[sqlx::test]
 async fn a_second_key_confirms_an_address_change_at_once(pool: PgPool) {
     let polygon = Chain::start("polygon").await;
@@ -532,6 +533,15 @@ async fn a_second_key_confirms_an_address_change_at_once(pool: PgPool) {
     let confirm = "/v1/merchants/me/payout_addresses/polygon/confirm";
     let (status, body) = server.post(&merchant.api_key, confirm, json!({}), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("second_key_required")), "{body}");
+    // A key made moments ago (as the holder of a stolen key would make one) does not count either.
+    let (status, body) = server.post(&second_key, confirm, json!({}), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (reqwest::StatusCode::CONFLICT, Some("second_key_required")), "{body}");
+    // A key that existed a delay before the change does.
+    let old = |key: &str| {
+        let id = payrail::merchant::split_token(key).expect("token").0;
+        sqlx::query("UPDATE api_keys SET created_at = '2020-01-01T00:00:00Z' WHERE id = $1").bind(id).execute(&state.pool)
+    };
+    old(&second_key).await.expect("an old key");
     let (status, body) = server.post(&second_key, confirm, json!({}), None).await;
     assert_eq!(status, reqwest::StatusCode::OK, "{body}");
     assert!(body["confirmed_at"].is_string(), "{body}");
@@ -562,6 +572,7 @@ async fn a_second_key_confirms_an_address_change_at_once(pool: PgPool) {
     let path = format!("/v1/creators/{}/payout_addresses/polygon/confirm", creator.creator.id);
     let (status, _) = server.post(&other.api_key, &path, json!({}), None).await;
     assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "another merchant's creator");
+    old(&merchant.api_key).await.expect("an old key");
     let (status, body) = server.post(&merchant.api_key, &path, json!({}), None).await;
     assert_eq!(status, reqwest::StatusCode::OK, "{body}");
     let (status, body) = server.post(&creator.api_key, "/v1/creators/me/withdrawals", all, None).await;

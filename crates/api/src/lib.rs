@@ -100,11 +100,13 @@ pub struct HttpLimits {
     /// Whether `/metrics` is served here (off when `[server] metrics_listen` gives it a listener
     /// of its own: see [`metrics_router`]).
     pub serve_metrics: bool,
+    /// Whether the web console is served (`[server] console`).
+    pub serve_console: bool,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self { body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT, request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT, serve_metrics: true }
+        Self { body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT, request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT, serve_metrics: true, serve_console: true }
     }
 }
 

@@ -66,7 +66,7 @@ pub async fn put_address(
     params(("chain" = String, Path, description = "a payout chain by name (`polygon`) or CAIP-2 id")),
     responses((status = 200, body = PayoutAddress, description = "the address, usable at once (`confirmed_at` set)"),
         (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody),
-        (status = 409, body = super::openapi::ErrorBody, description = "second_key_required: the key that changed it; payout_address_missing"),
+        (status = 409, body = super::openapi::ErrorBody, description = "second_key_required: the key that changed it, or one created less than the delay before the change; payout_address_missing"),
         (status = 422, body = super::openapi::ErrorBody)))]
 pub async fn confirm_address(State(state): State<AppState>, auth: MerchantAuth, Path(chain): Path<String>) -> Result<Json<PayoutAddress>, ApiError> {
     Ok(Json(service(&state)?.confirm_payout_address(&auth.merchant_id, None, &chain, &auth.key_id).await?))

@@ -94,6 +94,10 @@ pub struct ServerConfig {
     /// peer's address is the client's.
     #[serde(default)]
     pub client_ip_header: Option<String>,
+    /// Serve the web console at `/console` on `listen` (on by default; off keeps the listener to
+    /// the API and the checkout pages).
+    #[serde(default = "console_default")]
+    pub console: bool,
     /// Requests per second an API key may sustain, unless the key has its own rate.
     #[serde(default = "key_requests_per_s_default")]
     pub key_requests_per_s: u32,
@@ -110,6 +114,10 @@ pub const KEY_BURST_DEFAULT: u32 = 100;
 pub const KEY_REQUESTS_PER_S_LIMIT: u64 = 100_000;
 /// Largest `key_burst` (and a key's own burst).
 pub const KEY_BURST_LIMIT: u64 = 1_000_000;
+
+fn console_default() -> bool {
+    true
+}
 
 fn key_requests_per_s_default() -> u32 {
     KEY_REQUESTS_PER_S_DEFAULT

@@ -345,6 +345,7 @@ pub async fn trial_balance(State(state): State<AppState>, viewer: Viewer, Query(
     )
     .fetch_all(&state.read_pool)
     .await?;
+    let credits = show::Credits::load(&state.read_pool).await?;
     let mut lines = Table::new("accounts", "Accounts", &["Account", "Asset", "Debit", "Credit"]).empty("The ledger is empty.");
     let mut sums: Vec<(String, u128, u128)> = Vec::new();
     for r in &rows {
@@ -358,15 +359,15 @@ pub async fn trial_balance(State(state): State<AppState>, viewer: Viewer, Query(
             }
             None => sums.push((r.asset.clone(), parse(debit), parse(credit))),
         }
-        let a = |minor: &str| Cell::number(if minor == "0" { String::new() } else { show::amount(&state, &r.asset, minor) });
-        lines.push(vec![Cell::text(r.code.clone()), Cell::text(show::asset(&state, &r.asset)), a(debit), a(credit)]);
+        let a = |minor: &str| Cell::number(if minor == "0" { String::new() } else { credits.amount(&state, &r.asset, minor) });
+        lines.push(vec![Cell::text(r.code.clone()), Cell::text(credits.asset(&state, &r.asset)), a(debit), a(credit)]);
     }
     let mut totals = Table::new("totals", "Totals per asset", &["Asset", "Debits", "Credits", "Balanced"]);
     sums.sort();
     for (asset, debit, credit) in &sums {
-        let a = |minor: &u128| Cell::number(show::amount(&state, asset, &minor.to_string()));
+        let a = |minor: &u128| Cell::number(credits.amount(&state, asset, &minor.to_string()));
         totals.push_marked(
-            vec![Cell::text(show::asset(&state, asset)), a(debit), a(credit), Cell::text(if debit == credit { "yes" } else { "NO" })],
+            vec![Cell::text(credits.asset(&state, asset)), a(debit), a(credit), Cell::text(if debit == credit { "yes" } else { "NO" })],
             (debit != credit).then_some("bad"),
         );
     }

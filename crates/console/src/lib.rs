@@ -1,6 +1,6 @@
 //! The web console at `/console`: server-rendered pages over the same data as the API, for the
 //! people who would rather look than read JSON. Merchants see their invoices, balances, money out,
-//! webhooks and keys; creators their earnings and payouts; finance (finance and admin keys) the
+//! customers and their credits, webhooks and keys; creators their earnings and payouts; finance (finance and admin keys) the
 //! chains, reconciliation, the trial balance, payouts and unapplied funds.
 //!
 //! Read-mostly: the only things a page changes are sessions, webhook replays and reconciliation
@@ -9,11 +9,13 @@
 //!
 //! - [`session`]: signing in with an API key, the session cookie, CSRF.
 //! - [`page`]: the layout, tables (each one a CSV download), figures.
-//! - [`chart`]: stacked bar charts.
-//! - `merchant`, `finance`, `creator`: the pages of each role.
+//! - [`chart`]: stacked bar charts; [`daily`]: the day totals behind a merchant's charts.
+//! - `merchant`, `customers`, `finance`, `creator`: the pages of each role.
 
 pub mod chart;
 mod creator;
+mod customers;
+pub mod daily;
 pub mod error;
 mod finance;
 mod merchant;
@@ -52,6 +54,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/money_out", get(merchant::money_out))
         .route("/console/webhooks", get(merchant::webhooks))
         .route("/console/keys", get(merchant::keys))
+        .route("/console/customers", get(customers::customers))
         .route("/console/chains", get(finance::chains))
         .route("/console/reconciliation", get(finance::runs).post(finance::start_run))
         .route("/console/reconciliation/{id}", get(finance::run))

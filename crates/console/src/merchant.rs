@@ -16,7 +16,7 @@ use crate::chart::{Chart, Series};
 use crate::error::{ConsoleError, Result};
 use crate::page::{with_param, Cell, CsvQuery, Section, Table, View};
 use crate::session::{CsrfForm, Viewer};
-use crate::{days, show};
+use crate::{daily, days, show};
 
 /// Rows per page of the invoice list.
 pub const INVOICES_PER_PAGE: i64 = 50;
@@ -29,52 +29,33 @@ pub async fn overview(state: &AppState, viewer: &Viewer, query: &CsvQuery) -> Re
     let (categories, since) = days(now);
     let balances = payrail_api::balances::load(state, merchant).await?;
     let mut figures: Vec<(String, String)> =
-        balances.available.iter().map(|b| (format!("Available {}", show::asset(state, &b.asset)), format!("{} {}", b.amount, show::symbol(state, &b.asset)))).collect();
-    let (open, paid_30d): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status IN ('open', 'processing')), \
-                count(*) FILTER (WHERE status IN ('paid', 'overpaid') AND created_at >= $2) \
-           FROM invoices WHERE merchant_id = $1 AND (status IN ('open', 'processing') OR created_at >= $2)",
-    )
-    .bind(merchant)
-    .bind(since)
-    .fetch_one(&state.read_pool)
-    .await?;
+        balances.available.iter().map(|b| (format!("Available {}", show::asset(state, &b.asset)), show::amount(state, &b.asset, &b.amount_minor))).collect();
+    let (open,): (i64,) = sqlx::query_as("SELECT count(*) FROM invoices WHERE merchant_id = $1 AND status IN ('open', 'processing')")
+        .bind(merchant)
+        .fetch_one(&state.read_pool)
+        .await?;
+    let totals = daily::totals(&state.read_pool, merchant, since, now).await?;
+    let paid_30d: i64 = totals.created.iter().filter(|c| outcome(&c.status) == "paid").map(|c| c.invoices).sum();
     figures.insert(0, ("Open invoices".to_owned(), open.to_string()));
     figures.insert(1, ("Paid, last 30 days".to_owned(), paid_30d.to_string()));
 
-    let volume: Vec<(String, String, String, String, String)> = sqlx::query_as(
-        "SELECT to_char(p.seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), i.currency, p.chain, p.asset, sum(p.value_minor)::text \
-           FROM payments p JOIN invoices i ON i.id = p.invoice_id \
-          WHERE p.merchant_id = $1 AND p.seen_at >= $2 AND p.status = 'confirmed' AND p.applied_to = 'invoice' \
-          GROUP BY 1, 2, 3, 4 ORDER BY 2, 3, 4",
-    )
-    .bind(merchant)
-    .bind(since)
-    .fetch_all(&state.read_pool)
-    .await?;
     let mut sections = vec![Section::Figures(figures)];
-    let mut currencies: Vec<&str> = volume.iter().map(|v| v.1.as_str()).collect();
+    let mut currencies: Vec<&str> = totals.volume.iter().map(|v| v.currency.as_str()).collect();
+    currencies.sort_unstable();
     currencies.dedup();
     for currency in currencies {
-        let rows = volume.iter().filter(|v| v.1 == currency).map(|(day, _, chain, asset, value)| {
-            (day.as_str(), format!("{} · {}", show::rail(chain), show::symbol(state, asset)), value.as_str())
-        });
+        let rows = totals
+            .volume
+            .iter()
+            .filter(|v| v.currency == currency)
+            .map(|v| (v.day.as_str(), format!("{} · {}", show::rail(&v.chain), show::symbol(state, &v.asset)), v.value.as_str()));
         let decimals = currency.parse::<payrail_core::money::Fiat>().map_or(0, |f| f.minor_units());
         sections.push(Section::Chart(stacked("volume", format!("Volume per day in {currency}, by rail and asset"), currency, decimals, &categories, rows)));
     }
-    if volume.is_empty() {
+    if totals.volume.is_empty() {
         sections.push(Section::Markup(html! { p.panel { "No payments in the last 30 days: the volume chart appears with the first." } }));
     }
-    let conversion: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), status, count(*) \
-           FROM invoices WHERE merchant_id = $1 AND created_at >= $2 GROUP BY 1, 2",
-    )
-    .bind(merchant)
-    .bind(since)
-    .fetch_all(&state.read_pool)
-    .await?;
-    let rows = conversion.iter().map(|(day, status, n)| (day.as_str(), outcome(status).to_owned(), n.to_string()));
-    let counts: Vec<(&str, String, String)> = rows.collect();
+    let counts: Vec<(&str, String, String)> = totals.created.iter().map(|c| (c.day.as_str(), outcome(&c.status).to_owned(), c.invoices.to_string())).collect();
     sections.push(Section::Chart(stacked(
         "conversion",
         "Invoices created per day, by outcome".to_owned(),
@@ -235,10 +216,13 @@ pub async fn invoices(State(state): State<AppState>, viewer: Viewer, Query(filte
     if has_more {
         table.more = rows.last().map(|last| with_param(&here, "after", &last.id));
     }
-    let rails: Vec<(String, String)> = sqlx::query_as("SELECT DISTINCT chain, chain FROM payments WHERE merchant_id = $1")
-        .bind(merchant)
-        .fetch_all(&state.read_pool)
-        .await?;
+    // The rails this daemon takes: its configured chains, and cards when Stripe is configured.
+    let mut rails: Vec<String> = state.catalog.all().iter().map(|a| a.chain().to_string()).collect();
+    rails.sort_unstable();
+    rails.dedup();
+    if state.card.is_some() {
+        rails.push(payrail_core::payment::plan::CARD_RAIL.to_owned());
+    }
     let form = html! {
         form.filters.panel method="get" action="/console/invoices" {
             label { "Status"
@@ -250,7 +234,7 @@ pub async fn invoices(State(state): State<AppState>, viewer: Viewer, Query(filte
             label { "Rail"
                 select name="rail" {
                     option value="" { "any" }
-                    @for (chain, _) in &rails { option value=(chain) selected[&filters.rail == chain] { (show::rail(chain)) } }
+                    @for chain in &rails { option value=(chain) selected[&filters.rail == chain] { (show::rail(chain)) } }
                 }
             }
             label { "Created from" input type="date" name="from" value=(filters.from); }

@@ -244,6 +244,7 @@ fn navigation(role: Role) -> &'static [(&'static str, &'static str)] {
             ("/console/invoices", "Invoices"),
             ("/console/balances", "Balances"),
             ("/console/money_out", "Settlements & refunds"),
+            ("/console/customers", "Customers"),
             ("/console/webhooks", "Webhooks"),
             ("/console/keys", "API keys"),
             ("/console/sessions", "Sessions"),
@@ -265,14 +266,7 @@ fn layout(viewer: &Viewer, title: &str, refresh_s: Option<u32>, main: Markup) ->
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                @if let Some(s) = refresh_s { meta http-equiv="refresh" content=(s); }
-                title { (title) " — payrail console" }
-                link rel="stylesheet" href=(STYLE_PATH);
-                link rel="icon" href="data:,";
-            }
+            (head(title, refresh_s))
             body {
                 header {
                     a.brand href="/console" { "payrail" }
@@ -297,14 +291,22 @@ pub fn bare(title: &str, main: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " — payrail console" }
-                link rel="stylesheet" href=(STYLE_PATH);
-                link rel="icon" href="data:,";
-            }
+            (head(title, None))
             body { (main) }
+        }
+    }
+}
+
+/// Every page's head: its title, the console's stylesheet, no favicon request.
+fn head(title: &str, refresh_s: Option<u32>) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            @if let Some(s) = refresh_s { meta http-equiv="refresh" content=(s); }
+            title { (title) " — payrail console" }
+            link rel="stylesheet" href=(STYLE_PATH);
+            link rel="icon" href="data:,";
         }
     }
 }

@@ -52,6 +52,37 @@ fn trim_zeros(decimal: &str) -> String {
     format!("{int}.{kept}")
 }
 
+/// The decimals of the merchants' credit currencies (assets `credit:{merchant}/{code}`), for pages
+/// whose rows may hold credits (the trial balance).
+#[derive(Debug, Default)]
+pub struct Credits(std::collections::HashMap<String, u8>);
+
+impl Credits {
+    pub async fn load(pool: &sqlx::PgPool) -> Result<Self, sqlx::Error> {
+        let rows: Vec<(String, i16)> =
+            sqlx::query_as("SELECT 'credit:' || merchant_id || '/' || code, decimals FROM credit_currencies").fetch_all(pool).await?;
+        Ok(Self(rows.into_iter().filter_map(|(asset, d)| u8::try_from(d).ok().map(|d| (asset, d))).collect()))
+    }
+
+    /// "coins" for a credit asset, else as [`asset`].
+    pub fn asset(&self, state: &AppState, asset: &str) -> String {
+        credit_code(asset).map_or_else(|| self::asset(state, asset), str::to_owned)
+    }
+
+    /// "2.50 coins" for a credit asset, else as [`amount`].
+    pub fn amount(&self, state: &AppState, asset: &str, minor: &str) -> String {
+        match credit_code(asset) {
+            Some(code) => format!("{} {code}", units(minor, self.0.get(asset).copied())),
+            None => amount(state, asset, minor),
+        }
+    }
+}
+
+/// The code of a credit asset `credit:{merchant}/{code}`.
+fn credit_code(asset: &str) -> Option<&str> {
+    asset.strip_prefix("credit:")?.split_once('/').map(|(_, code)| code)
+}
+
 /// `minor` of a fiat currency (`USD`) in whole units: "25.00 USD".
 pub fn fiat(currency: &str, minor: &str) -> String {
     let decimals = currency.parse::<payrail_core::money::Fiat>().ok().map(|f| f.minor_units());

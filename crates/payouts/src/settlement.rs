@@ -306,8 +306,10 @@ impl PayoutService {
 
     /// Confirms a payout address change with a second key, so it is usable at once: another of the
     /// merchant's keys than the one that set it (a merchant's address), or the creator's merchant (a
-    /// creator's). Refused (`second_key_required`) from the key that made the change; an address
-    /// already usable is returned as it is.
+    /// creator's). Refused (`second_key_required`) from the key that made the change, and from a key
+    /// created less than the delay before the change: a stolen key could make a fresh key of its
+    /// own and confirm with it, so only a key that already existed when the delay began counts. An
+    /// address already usable is returned as it is.
     pub async fn confirm_payout_address(&self, merchant_id: &str, creator_id: Option<&str>, chain: &str, confirmed_by: &str) -> Result<PayoutAddress> {
         let payee = match creator_id {
             Some(creator_id) => Payee::Creator { creator_id, merchant_id },
@@ -317,14 +319,14 @@ impl PayoutService {
         let spec = self.chosen(&asked)?.into_iter().next().ok_or_else(|| PayoutError::ChainNotPayable { chain: chain.to_owned() })?;
         let (table, column, id) = payee.addresses();
         let mut tx = self.pool().begin().await?;
-        let row: Option<(Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
-            "SELECT changed_by_key, confirmed_at FROM {table} WHERE {column} = $1 AND chain = $2 FOR UPDATE"
+        let row: Option<AddressChange> = sqlx::query_as(&format!(
+            "SELECT changed_by_key, changed_at, confirmed_at FROM {table} WHERE {column} = $1 AND chain = $2 FOR UPDATE"
         ))
         .bind(id)
         .bind(spec.caip2.to_string())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((changed_by, confirmed_at)) = row else {
+        let Some(AddressChange { changed_by_key: changed_by, changed_at, confirmed_at }) = row else {
             return Err(PayoutError::Refused { code: "payout_address_missing", reason: format!("no payout address on {}", spec.caip2) });
         };
         if confirmed_at.is_none() {
@@ -332,6 +334,17 @@ impl PayoutService {
                 return Err(PayoutError::Refused {
                     code: "second_key_required",
                     reason: "the key that changed the address cannot confirm it: use another key".to_owned(),
+                });
+            }
+            let delay = chrono::Duration::seconds(i64::try_from(self.config().address_change_delay_s).unwrap_or(i64::MAX / 1_000));
+            let key_created: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT created_at FROM api_keys WHERE id = $1")
+                .bind(confirmed_by)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if key_created.is_none_or(|created| created > changed_at - delay) {
+                return Err(PayoutError::Refused {
+                    code: "second_key_required",
+                    reason: "a key created after the delay began cannot confirm the change: use a key older than the delay, or wait".to_owned(),
                 });
             }
             sqlx::query(&format!("UPDATE {table} SET confirmed_at = $3, confirmed_by_key = $4 WHERE {column} = $1 AND chain = $2"))
@@ -555,3 +568,11 @@ pub async fn settlement(pool: &PgPool, merchant_id: &str, id: &str) -> Result<Pa
     }
     store::merchant_share(&view, merchant_id)
 }
+/// Who changed a payout address and when, and whether a second key confirmed it.
+#[derive(sqlx::FromRow)]
+struct AddressChange {
+    changed_by_key: Option<String>,
+    changed_at: DateTime<Utc>,
+    confirmed_at: Option<DateTime<Utc>>,
+}
+
