@@ -25,7 +25,6 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -34,8 +33,6 @@ use axum::extract::{Path as UrlPath, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use payrail::api::limit::IpLimiter;
-use payrail::clock::SystemClock;
-use payrail::config::Config;
 use payrail::invoice::create_invoice;
 use payrail::merchant::create_merchant;
 use serde_json::{json, Value};
@@ -85,12 +82,8 @@ async fn run(options: PgConnectOptions, seconds: u64, rounds: u64) -> Result<()>
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         support::load_average()
     );
-    let pool = payrail::db::connect_with(options.clone(), POOL_MAX).await?;
-    payrail::db::migrate(&pool).await?;
-    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
-    let config = Config::load(&config_path).with_context(|| format!("cannot load {}", config_path.display()))?;
-    let secrets = payrail::secrets::SecretsAtRest::Sealed(Arc::new(payrail::secrets::SecretsKey::generate()));
-    let mut state = payrail::app::state(&config, pool.clone(), Arc::new(SystemClock), secrets);
+    let (config, mut state) = support::dev_state(options.clone(), POOL_MAX).await?;
+    let pool = state.pool.clone();
     state.ip_limiter = Arc::new(IpLimiter::with_limits(None, (100_000, 1_000_000), (1, 20)));
     let merchant = create_merchant(&pool, "API bench").await?;
     sqlx::query("UPDATE api_keys SET requests_per_s = 100000, burst = 1000000 WHERE merchant_id = $1")

@@ -20,13 +20,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use payrail::clock::SystemClock;
-use payrail::config::Config;
 use payrail::ledger::{AccountCode, NewEntry};
 use payrail::merchant::{create_merchant, create_platform_key, Role};
 use payrail::money::Amount;
@@ -118,12 +114,8 @@ async fn run(options: PgConnectOptions) -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         support::load_average()
     );
-    let pool = payrail::db::connect_with(options.clone(), POOL_MAX).await?;
-    payrail::db::migrate(&pool).await?;
-    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
-    let config = Config::load(&config_path).with_context(|| format!("cannot load {}", config_path.display()))?;
-    let secrets = payrail::secrets::SecretsAtRest::Sealed(Arc::new(payrail::secrets::SecretsKey::generate()));
-    let state = payrail::app::state(&config, pool.clone(), Arc::new(SystemClock), secrets.clone());
+    let (config, state) = support::dev_state(options, POOL_MAX).await?;
+    let pool = state.pool.clone();
 
     let seeding = Instant::now();
     let merchant = create_merchant(&pool, "Console bench").await?;
@@ -142,7 +134,7 @@ async fn run(options: PgConnectOptions) -> Result<()> {
         None,
         chrono::Utc::now(),
         false,
-        &secrets,
+        &state.webhook_secrets,
     )
     .await?;
     sqlx::query(

@@ -74,6 +74,19 @@ where
     })
 }
 
+/// A pool of `pool_max` connections on `options`, migrated, and the daemon's state over it as the
+/// shipped dev configuration (`config.dev.toml`) sets it up, secrets sealed under a fresh key.
+#[allow(dead_code, reason = "only the benchmarks that serve the daemon's routes need it")]
+pub async fn dev_state(options: sqlx::postgres::PgConnectOptions, pool_max: u32) -> Result<(payrail::config::Config, payrail::api::AppState)> {
+    let pool = payrail::db::connect_with(options, pool_max).await?;
+    payrail::db::migrate(&pool).await?;
+    let config_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.dev.toml");
+    let config = payrail::config::Config::load(&config_path).with_context(|| format!("cannot load {}", config_path.display()))?;
+    let secrets = payrail::secrets::SecretsAtRest::Sealed(std::sync::Arc::new(payrail::secrets::SecretsKey::generate()));
+    let state = payrail::app::state(&config, pool, std::sync::Arc::new(payrail::clock::SystemClock), secrets);
+    Ok((config, state))
+}
+
 /// A whole number from the environment variable `name`, or `default` when it is not set.
 #[allow(dead_code, reason = "not every benchmark takes settings from the environment")]
 pub fn env_u64(name: &str, default: u64) -> Result<u64> {

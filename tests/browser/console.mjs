@@ -115,7 +115,7 @@ try {
   check(!(await page.content()).includes("Payments"), "another merchant's invoice was shown");
 
   await page.goto(`${api}/console`);
-  check((await page.locator("#volume-chart svg rect").count()) >= 1, "the volume chart has bars");
+  check((await page.locator("#volume-usd-chart svg rect").count()) >= 1, "the volume chart has bars");
   check((await page.locator("#conversion-chart svg title").first().textContent()).length > 0, "the chart has a title");
   await screenshot(page, "overview");
   await page.goto(`${api}/console/balances`);

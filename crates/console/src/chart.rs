@@ -29,7 +29,8 @@ pub struct Series {
 #[derive(Debug, Clone)]
 pub struct Chart {
     /// The CSV download's name.
-    pub name: &'static str,
+    /// The chart's id on the page and its table's CSV name.
+    pub name: String,
     pub title: String,
     /// What the values count (`USD`, `invoices`), said in the description and the table.
     pub unit: String,
@@ -51,7 +52,7 @@ impl Chart {
 
     /// The numbers drawn, as a table: one row per category, one column per series, and the total.
     pub fn table(&self) -> Table {
-        let mut table = Table::new(self.name, format!("{} ({})", self.title, self.unit), &[self.category_label]);
+        let mut table = Table::new(self.name.clone(), format!("{} ({})", self.title, self.unit), &[self.category_label]);
         table.head.extend(self.series.iter().map(|s| s.name.clone()));
         table.head.push("Total".to_owned());
         for (i, category) in self.categories.iter().enumerate() {
@@ -78,8 +79,8 @@ impl Chart {
                     continue;
                 }
                 let top = below.saturating_add(value);
-                let y0 = TOP + plot_h - plot_h.saturating_mul(below) / max;
-                let y1 = TOP + plot_h - plot_h.saturating_mul(top) / max;
+                let y0 = TOP + plot_h - scale(below, max, plot_h);
+                let y1 = TOP + plot_h - scale(top, max, plot_h);
                 let tip = format!("{category} — {}: {} {}", series.name, self.show(value), self.unit);
                 out.push((x, y1, (y0 - y1).max(1), PALETTE[k % PALETTE.len()], tip));
                 below = top;
@@ -96,7 +97,7 @@ impl Chart {
         let slot = if n == 0 { plot_w } else { plot_w / as_u128(n) };
         let bar = (slot * 7 / 10).max(1);
         let every = n.div_ceil(LABELS_MAX).max(1);
-        let id = self.name;
+        let id = self.name.as_str();
         let description = format!(
             "Stacked bars per {}: {}. Highest total {} {}.",
             self.category_label.to_lowercase(),
@@ -112,9 +113,8 @@ impl Chart {
                     aria-labelledby=(format!("{id}-title {id}-desc")) {
                     title id=(format!("{id}-title")) { (self.title) }
                     desc id=(format!("{id}-desc")) { (description) }
-                    @for step in 0..=2u128 {
-                        @let value = max * step / 2;
-                        @let y = TOP + plot_h - plot_h * step / 2;
+                    @for (step, value) in [0, max / 2, max].into_iter().enumerate() {
+                        @let y = TOP + plot_h - plot_h * as_u128(step) / 2;
                         line x1=(LEFT) x2=(WIDTH - RIGHT) y1=(y) y2=(y) stroke="#d0d4da" stroke-width="1" {}
                         text x=(LEFT - 6) y=(y + 4) text-anchor="end" font-size="11" fill="#4a5260" { (self.show(value)) }
                     }
@@ -141,7 +141,7 @@ impl Chart {
                             tbody { @for (cells, _) in &table.rows { tr { @for c in cells { td { (cell_text(c)) } } } } }
                         }
                     }
-                    a.csv href=(crate::page::with_param(path_query, "csv", self.name)) download { "Download CSV" }
+                    a.csv href=(crate::page::with_param(path_query, "csv", &self.name)) download { "Download CSV" }
                 }
             }
         }
@@ -164,6 +164,63 @@ fn short_label(category: &str) -> &str {
     }
 }
 
+/// `value` of `max` as a length of `length` (`value ≤ max`), rounded down; values too large to
+/// multiply are divided first.
+fn scale(value: u128, max: u128, length: u128) -> u128 {
+    let max = max.max(1);
+    match value.checked_mul(length) {
+        Some(product) => product / max,
+        None => value / (max / length).max(1),
+    }
+    .min(length)
+}
+
 fn as_u128(n: usize) -> u128 {
     u128::try_from(n).unwrap_or(u128::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chart(values: [[u128; 3]; 2]) -> Chart {
+        Chart {
+            name: "t".to_owned(),
+            title: "Volume".to_owned(),
+            unit: "USD".to_owned(),
+            decimals: 2,
+            category_label: "Day",
+            categories: vec!["2026-12-01".to_owned(), "2026-12-02".to_owned(), "2026-12-03".to_owned()],
+            series: vec![
+                Series { name: "Card".to_owned(), values: values[0].to_vec() },
+                Series { name: "Polygon".to_owned(), values: values[1].to_vec() },
+            ],
+        }
+    }
+
+    #[test]
+    fn bars_stack_to_their_totals_and_the_highest_fills_the_plot() {
+        let c = chart([[100, 0, 50], [300, 200, 0]]);
+        let max = 400;
+        let slot = (WIDTH - LEFT - RIGHT) / 3;
+        let bar = slot * 7 / 10;
+        let segments = c.segments(max, slot, bar);
+        assert_eq!(segments.len(), 4, "no segment for a zero");
+        let plot_h = HEIGHT - TOP - BOTTOM;
+        // The first day's two segments stack from the axis to the top of the plot.
+        let day1: Vec<_> = segments.iter().filter(|s| s.0 == segments[0].0).collect();
+        assert_eq!(day1.iter().map(|s| s.2).sum::<u128>(), plot_h);
+        assert_eq!(day1.iter().map(|s| s.1).min(), Some(TOP));
+        assert!(segments[0].4.contains("Card: 1.00 USD"), "{}", segments[0].4);
+        assert_eq!(c.table().csv(), "Day,Card,Polygon,Total\r\n2026-12-01,1.00,3.00,4.00\r\n2026-12-02,0.00,2.00,2.00\r\n2026-12-03,0.50,0.00,0.50\r\n");
+    }
+
+    #[test]
+    fn an_empty_or_huge_chart_draws_without_overflow() {
+        let empty = chart([[0; 3]; 2]).render("/console");
+        assert!(empty.into_string().contains("<svg"));
+        let huge = chart([[u128::MAX, u128::MAX, 1], [u128::MAX, 0, 0]]);
+        let html = huge.render("/console").into_string();
+        assert!(html.contains("<rect"), "{html}");
+    }
 }

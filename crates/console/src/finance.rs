@@ -61,7 +61,7 @@ pub async fn overview(state: &AppState, viewer: &Viewer, query: &CsvQuery) -> Re
     for asset in assets {
         let decimals = payrail_api::balances::decimals_of(state, asset).unwrap_or(0);
         let rows = payouts.iter().filter(|p| p.1 == asset).map(|(day, _, total)| (day.as_str(), "paid out".to_owned(), total.as_str()));
-        sections.push(Section::Chart(stacked("payouts", format!("Payouts per day in {}", show::asset(state, asset)), &show::symbol(state, asset), decimals, &categories, rows)));
+        sections.push(Section::Chart(stacked(format!("payouts-{}", slug(asset)), format!("Payouts per day in {}", show::asset(state, asset)), &show::symbol(state, asset), decimals, &categories, rows)));
     }
     if payouts.is_empty() {
         sections.push(Section::Markup(html! { p.panel { "No payout confirmed in the last 30 days: the payout chart appears with the first." } }));
@@ -75,7 +75,7 @@ pub async fn overview(state: &AppState, viewer: &Viewer, query: &CsvQuery) -> Re
     .await?;
     let counts: Vec<(&str, String, String)> = differences.iter().map(|(d, source, n)| (d.as_str(), show::rail(source), n.to_string())).collect();
     sections.push(Section::Chart(stacked(
-        "differences",
+        "differences".to_owned(),
         "Reconciliation differences per day, by chain".to_owned(),
         "differences",
         0,
@@ -83,6 +83,11 @@ pub async fn overview(state: &AppState, viewer: &Viewer, query: &CsvQuery) -> Re
         counts.iter().map(|(d, s, n)| (*d, s.clone(), n.as_str())),
     )));
     View::new("Finance overview", sections).at("/console").respond(viewer, query)
+}
+
+/// An asset id as a page id: letters and digits, the rest `-`.
+fn slug(asset: &str) -> String {
+    asset.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
 }
 
 /// One chain as the console shows it.

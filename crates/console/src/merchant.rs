@@ -50,14 +50,14 @@ pub async fn overview(state: &AppState, viewer: &Viewer, query: &CsvQuery) -> Re
             .filter(|v| v.currency == currency)
             .map(|v| (v.day.as_str(), format!("{} · {}", show::rail(&v.chain), show::symbol(state, &v.asset)), v.value.as_str()));
         let decimals = currency.parse::<payrail_core::money::Fiat>().map_or(0, |f| f.minor_units());
-        sections.push(Section::Chart(stacked("volume", format!("Volume per day in {currency}, by rail and asset"), currency, decimals, &categories, rows)));
+        sections.push(Section::Chart(stacked(format!("volume-{}", currency.to_lowercase()), format!("Volume per day in {currency}, by rail and asset"), currency, decimals, &categories, rows)));
     }
     if totals.volume.is_empty() {
         sections.push(Section::Markup(html! { p.panel { "No payments in the last 30 days: the volume chart appears with the first." } }));
     }
     let counts: Vec<(&str, String, String)> = totals.created.iter().map(|c| (c.day.as_str(), outcome(&c.status).to_owned(), c.invoices.to_string())).collect();
     sections.push(Section::Chart(stacked(
-        "conversion",
+        "conversion".to_owned(),
         "Invoices created per day, by outcome".to_owned(),
         "invoices",
         0,
@@ -80,7 +80,7 @@ fn outcome(status: &str) -> &'static str {
 /// A stacked bar chart over `categories` from `(category, series, value)` rows; series in the
 /// order they first appear.
 pub(crate) fn stacked<'a>(
-    name: &'static str,
+    name: String,
     title: String,
     unit: &str,
     decimals: u8,

@@ -86,7 +86,8 @@ pub fn short_time(at: DateTime<Utc>) -> String {
 /// A table of a page; `name` is its CSV download's name.
 #[derive(Debug, Clone)]
 pub struct Table {
-    pub name: &'static str,
+    /// Its id on the page and its CSV download's name (letters, digits and `-`).
+    pub name: String,
     pub caption: String,
     /// Column headings; an empty one marks an action column (left out of the CSV).
     pub head: Vec<String>,
@@ -98,8 +99,8 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(name: &'static str, caption: impl Into<String>, head: &[&'static str]) -> Self {
-        Self { name, caption: caption.into(), head: head.iter().map(|h| (*h).to_owned()).collect(), rows: Vec::new(), empty: "Nothing here yet.", more: None }
+    pub fn new(name: impl Into<String>, caption: impl Into<String>, head: &[&'static str]) -> Self {
+        Self { name: name.into(), caption: caption.into(), head: head.iter().map(|h| (*h).to_owned()).collect(), rows: Vec::new(), empty: "Nothing here yet.", more: None }
     }
 
     pub fn push(&mut self, cells: Vec<Cell>) {
@@ -133,7 +134,7 @@ impl Table {
             section.table id=(self.name) {
                 div.table-head {
                     h2 { (self.caption) }
-                    a.csv href=(with_param(path_query, "csv", self.name)) download { "Download CSV" }
+                    a.csv href=(with_param(path_query, "csv", &self.name)) download { "Download CSV" }
                 }
                 @if self.rows.is_empty() {
                     p.empty { (self.empty) }
@@ -194,8 +195,8 @@ impl View {
                 .sections
                 .iter()
                 .find_map(|s| match s {
-                    Section::Table(t) if t.name == name => Some(t.clone()),
-                    Section::Chart(c) if c.table().name == name => Some(c.table()),
+                    Section::Table(t) if &t.name == name => Some(t.clone()),
+                    Section::Chart(c) if &c.name == name => Some(c.table()),
                     _ => None,
                 })
                 .ok_or(ConsoleError::NotFound("table"))?;
