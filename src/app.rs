@@ -416,6 +416,9 @@ async fn expire_loop(pool: PgPool, ledger: Arc<crate::ledger::Ledger>, clock: Ar
                 Ok(n) => tracing::info!(target: "api", purged = n, "expired idempotency keys purged"),
                 Err(error) => tracing::warn!(target: "api", %error, "idempotency purge failed; retrying later"),
             }
+            if let Err(error) = crate::console::session::purge_ended(&pool, clock.now()).await {
+                tracing::warn!(target: "console", %error, "purging ended console sessions failed; retrying later");
+            }
         }
         ticks = ticks.wrapping_add(1);
         match crate::invoice::expire_due(&pool, clock.now()).await {

@@ -78,6 +78,11 @@ impl<'a> Browser<'a> {
             .client
             .post(format!("{}/console/login", self.server.base))
             .form(&[("api_key", key), ("csrf", token.as_str()), ("next", "/console")]);
+        // A browser signing in again still has its session cookie.
+        let cookie = match &self.session {
+            Some(session) => format!("{cookie}; payrail_session={session}"),
+            None => cookie,
+        };
         let answer = self.send(request, Some(cookie)).await;
         if let Some(session) = answer.cookies.iter().find(|c| c.starts_with("payrail_session=")) {
             self.session = Some(session.split(';').next().expect("pair").trim_start_matches("payrail_session=").to_owned());
@@ -204,6 +209,26 @@ async fn sessions_end_with_their_key_when_idle_when_signed_out_or_revoked(pool: 
     let csrf = other.csrf().await;
     assert_eq!(other.post(&format!("/console/sessions/{live}/revoke"), &[("csrf", &csrf)]).await.status, StatusCode::NOT_FOUND);
 
+    // A read-only key's session reads, and may sign itself out, but ends no other session.
+    let (status, read_only) = server.post(&key, "/v1/api_keys", json!({"name": "support", "read_only": true}), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{read_only}");
+    let mut reader = Browser::new(&server);
+    reader.sign_in(read_only["secret"].as_str().expect("secret")).await;
+    assert_eq!(reader.get("/console/invoices").await.status, StatusCode::OK);
+    let csrf = reader.csrf().await;
+    assert_eq!(reader.post(&format!("/console/sessions/{live}/revoke"), &[("csrf", &csrf)]).await.status, StatusCode::FORBIDDEN);
+    assert!(alive(&server, &live).await, "the other session lives on");
+    assert_eq!(reader.post("/console/logout", &[("csrf", &csrf)]).await.status, StatusCode::SEE_OTHER);
+
+    // Signing in again in the same browser ends the session it had.
+    let mut again = Browser::new(&server);
+    again.sign_in(&key).await;
+    let first = again.session.clone().expect("first session");
+    again.sign_in(&key).await;
+    assert_ne!(again.session.as_deref(), Some(first.as_str()));
+    let stale = again.send(again.client.get(format!("{}/console", server.base)), Some(format!("payrail_session={first}"))).await;
+    assert_eq!(stale.status, StatusCode::SEE_OTHER, "the replaced session is over");
+
     // Idle for longer than IDLE_FOR: sign in again.
     let mut idle = Browser::new(&server);
     idle.sign_in(&key).await;
@@ -220,6 +245,32 @@ async fn sessions_end_with_their_key_when_idle_when_signed_out_or_revoked(pool: 
     let (status, body) = server.send(reqwest::Method::DELETE, Some(&key), &format!("/v1/api_keys/{key_id}"), None, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(keyed.get("/console").await.status, StatusCode::SEE_OTHER);
+}
+
+/// Whether session `id` is still live.
+async fn alive(server: &Server, id: &str) -> bool {
+    sqlx::query_scalar("SELECT revoked_at IS NULL FROM console_sessions WHERE id = $1").bind(id).fetch_one(&server.state.pool).await.expect("session")
+}
+
+/// A key's own request rate holds in the console: past its burst, a page is 429 with Retry-After.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_keys_own_rate_holds_in_the_console(pool: PgPool) {
+    let server = Server::start(pool).await;
+    let (_, key) = merchant(&server, "Shop").await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&key).await;
+    let key_id = payrail::merchant::split_token(&key).expect("token").0;
+    let (status, body) =
+        server.send(reqwest::Method::PATCH, Some(&key), &format!("/v1/api_keys/{key_id}"), Some(json!({"rate_limit": {"requests_per_s": 1, "burst": 2}})), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(browser.get("/console/keys").await.status);
+    }
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    let limited = browser.send(browser.client.get(format!("{}/console/keys", server.base)), None).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.body.contains("too many requests for this API key"), "{}", limited.body);
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -306,7 +357,7 @@ async fn each_role_sees_its_own_pages_and_a_merchant_only_its_own_data(pool: PgP
     assert!(balance_csv.body.contains("\r\nassets:stripe:usd,USD by card,12.50 USD,\r\n"), "{}", balance_csv.body);
     assert!(balance_csv.body.contains(&format!("\r\nliabilities:merchant:{merchant_a},USD by card,,12.50 USD\r\n")), "{}", balance_csv.body);
     // The customer's credits are written in the currency's decimals, on the lot's credit side.
-    assert!(balance_csv.body.contains(&format!(",coins,,{shown}\r\n")), "{}", balance_csv.body);
+    assert!(balance_csv.body.contains(&format!(",coins ({merchant_a}),,{shown}\r\n")), "{}", balance_csv.body);
     let totals = finance.get("/console/trial_balance?csv=totals").await;
     assert!(totals.body.contains("\r\nUSD by card,12.50 USD,12.50 USD,yes\r\n"), "{}", totals.body);
     assert!(totals.body.lines().skip(1).all(|l| l.ends_with(",yes")), "{}", totals.body);

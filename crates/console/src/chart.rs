@@ -71,7 +71,7 @@ impl Chart {
         let plot_h = HEIGHT - TOP - BOTTOM;
         let mut out = Vec::new();
         for (i, category) in self.categories.iter().enumerate() {
-            let x = LEFT + slot * as_u128(i) + (slot - bar) / 2;
+            let x = LEFT + slot * as_u128(i) + slot.saturating_sub(bar) / 2;
             let mut below = 0u128;
             for (k, series) in self.series.iter().enumerate() {
                 let value = series.values.get(i).copied().unwrap_or(0);
@@ -94,7 +94,7 @@ impl Chart {
         let max = (0..n).map(|i| self.total(i)).max().unwrap_or(0).max(1);
         let plot_w = WIDTH - LEFT - RIGHT;
         let plot_h = HEIGHT - TOP - BOTTOM;
-        let slot = if n == 0 { plot_w } else { plot_w / as_u128(n) };
+        let slot = if n == 0 { plot_w } else { (plot_w / as_u128(n)).max(1) };
         let bar = (slot * 7 / 10).max(1);
         let every = n.div_ceil(LABELS_MAX).max(1);
         let id = self.name.as_str();

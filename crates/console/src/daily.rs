@@ -130,9 +130,11 @@ async fn past(pool: &PgPool, merchant: &str, since: DateTime<Utc>, today: NaiveD
                 let summed = sum(&pool, &merchant, since, Some(today_start)).await;
                 let mut map = kept().lock().unwrap_or_else(PoisonError::into_inner);
                 match summed {
-                    Ok(totals) => {
+                    // Past midnight a newer day's sums may be kept already: those stay.
+                    Ok(totals) if map.get(&merchant).is_none_or(|k| k.until <= today) => {
                         map.insert(merchant, Kept { until: today, summed_at: Instant::now(), totals, refreshing: false });
                     }
+                    Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(target: "console", %error, "the overview's day totals could not be summed again");
                         if let Some(k) = map.get_mut(&merchant) {

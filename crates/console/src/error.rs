@@ -23,6 +23,9 @@ pub enum ConsoleError {
     /// An operation the API refused (its status and message are shown as they are).
     #[error("{message}")]
     Refused { status: StatusCode, message: String },
+    /// The key's own request rate is spent.
+    #[error("too many requests for this API key; try again in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error("the database is unavailable; try again in a moment")]
     Database(#[source] sqlx::Error),
 }
@@ -52,6 +55,7 @@ impl ConsoleError {
             Self::Forbidden(_) | Self::Csrf => StatusCode::FORBIDDEN,
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Refused { status, .. } => *status,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -81,8 +85,13 @@ impl IntoResponse for ConsoleError {
         };
         let mut response = (status, axum::response::Html(body.into_string())).into_response();
         crate::page::secure_headers(response.headers_mut());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+        let retry_after = match &self {
+            Self::RateLimited { retry_after_s } => Some(*retry_after_s),
+            Self::Database(_) => Some(2),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after.and_then(|s| header::HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
         }
         response
     }

@@ -212,10 +212,12 @@ pub async fn invoices(State(state): State<AppState>, viewer: Viewer, Query(filte
             Cell::text(rails),
         ]);
     }
-    let here = filter_query(&filters);
+    let filtered = filter_query(&filters);
     if has_more {
-        table.more = rows.last().map(|last| with_param(&here, "after", &last.id));
+        table.more = rows.last().map(|last| with_param(&filtered, "after", &last.id));
     }
+    // This page's own address (its cursor too), for its CSV link.
+    let here = if filters.after.is_empty() { filtered } else { with_param(&filtered, "after", &filters.after) };
     // The rails this daemon takes: its configured chains, and cards when Stripe is configured.
     let mut rails: Vec<String> = state.catalog.all().iter().map(|a| a.chain().to_string()).collect();
     rails.sort_unstable();
@@ -389,7 +391,10 @@ pub async fn replay(
     }
     let queued = webhook::replay(&state.pool, merchant, &id, state.clock.now()).await.map_err(payrail_api::ApiError::from)?;
     tracing::info!(target: "console", event = %id, deliveries = queued.len(), "webhook event replayed from the console");
-    let back = back.back.filter(|b| b.starts_with("/console/") && !b.contains("//")).unwrap_or_else(|| "/console/webhooks".to_owned());
+    let back = back
+        .back
+        .filter(|b| b.starts_with("/console/") && !b.contains("//") && !b.contains('\\') && !b.chars().any(char::is_control))
+        .unwrap_or_else(|| "/console/webhooks".to_owned());
     Ok(Redirect::to(&back).into_response())
 }
 

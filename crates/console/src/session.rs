@@ -1,8 +1,10 @@
 //! Signing in to the console: an API key is exchanged for a session cookie, and every console
 //! request after that is the key's.
 //!
-//! The cookie (`payrail_session`) is HttpOnly, SameSite=Strict, scoped to `/console`, and Secure
-//! unless the daemon's public URL is plain HTTP on a loopback host. Only its SHA-256 is stored.
+//! The cookie is HttpOnly and SameSite=Strict. Where the daemon is reached over HTTPS (or any host
+//! but loopback) it is `__Host-payrail_session`: Secure, for this host only and `Path=/`, so no
+//! other host of the same site can plant one; over plain HTTP on loopback (a developer's machine)
+//! it is `payrail_session`, scoped to `/console`. Only its SHA-256 is stored.
 //! A session is the key's in everything and is read again from the key on every request: its
 //! role, merchant, creator and read-only scope, and its life — revoking or expiring the key ends
 //! every session it opened. A session also ends when signed out or revoked, [`SESSION_FOR`] after
@@ -27,8 +29,11 @@ use subtle::ConstantTimeEq;
 use crate::error::{ConsoleError, Result};
 use crate::page::{self, Cell, Section, Table, View};
 
+/// The session cookie's name over plain HTTP on loopback; elsewhere it carries the `__Host-` prefix.
 pub const SESSION_COOKIE: &str = "payrail_session";
 const LOGIN_COOKIE: &str = "payrail_login";
+/// How long ended sessions are kept before they are deleted (for the sessions page's history).
+const ENDED_KEPT_FOR: Duration = Duration::days(7);
 /// Longest a session lasts, used or not.
 pub const SESSION_FOR: Duration = Duration::hours(12);
 /// How long a session may go unused before it ends.
@@ -103,12 +108,15 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let next = parts.uri.path_and_query().map_or("/console", |p| p.as_str()).to_owned();
+        // After signing in, back to the page asked for; a form's target is no page to return to.
+        let reads = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+        let next = if reads { parts.uri.path_and_query().map_or("/console", |p| p.as_str()) } else { "/console" }.to_owned();
         let sign_in = || ConsoleError::SignIn { next: next.clone() };
-        let token = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(sign_in)?;
+        let token = cookie(&parts.headers, &cookie_name(&state.public_url, SESSION_COOKIE)).ok_or_else(sign_in)?;
         let now = state.clock.now();
         let row: Option<SessionRow> = sqlx::query_as(
-            "SELECT s.id, s.csrf_token, s.last_seen_at, k.id AS key_id, k.role, k.merchant_id, k.creator_id, k.read_only \
+            "SELECT s.id, s.csrf_token, s.last_seen_at, k.id AS key_id, k.role, k.merchant_id, k.creator_id, k.read_only, \
+                    k.requests_per_s, k.burst \
                FROM console_sessions s JOIN api_keys k ON k.id = s.key_id \
               WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND s.last_seen_at > $3 \
                 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
@@ -120,6 +128,11 @@ impl FromRequestParts<AppState> for Viewer {
         .await?;
         let row = row.ok_or_else(sign_in)?;
         let role = Role::parse(&row.role).ok_or_else(sign_in)?;
+        // The key's own request rate holds in the console as in the API.
+        let rate = row.requests_per_s.zip(row.burst).and_then(|(r, b)| Some((u32::try_from(r).ok()?, u32::try_from(b).ok()?)));
+        if let Err(wait) = state.limiter.check_at(&row.key_id, std::time::Instant::now(), rate) {
+            return Err(ConsoleError::RateLimited { retry_after_s: wait.as_secs().max(1) });
+        }
         if now - row.last_seen_at >= TOUCH_EVERY {
             sqlx::query("UPDATE console_sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
                 .bind(&row.id)
@@ -149,6 +162,8 @@ struct SessionRow {
     merchant_id: Option<String>,
     creator_id: Option<String>,
     read_only: bool,
+    requests_per_s: Option<i32>,
+    burst: Option<i32>,
 }
 
 /// A cookie's value from the request's `Cookie` headers.
@@ -187,16 +202,33 @@ fn secure(public_url: &str) -> bool {
     !(host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
 }
 
-fn set_cookie(state: &AppState, name: &str, value: &str, max_age: Duration) -> HeaderValue {
-    let secure = if secure(&state.public_url) { "; Secure" } else { "" };
-    let text = format!("{name}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}", max_age.num_seconds());
+/// A console cookie's name: `__Host-{name}` wherever cookies are Secure.
+fn cookie_name(public_url: &str, name: &str) -> String {
+    if secure(public_url) {
+        format!("__Host-{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn set_cookie(public_url: &str, name: &str, value: &str, max_age: Duration) -> HeaderValue {
+    let (name, scope) = if secure(public_url) { (cookie_name(public_url, name), "Path=/; Secure") } else { (name.to_owned(), "Path=/console") };
+    let text = format!("{name}={value}; {scope}; HttpOnly; SameSite=Strict; Max-Age={}", max_age.num_seconds());
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("payrail_invalid=1"))
 }
 
 /// Where to go after signing in: a console path only (never another site).
 fn next_path(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with("/console") && !n.starts_with("/console/login") && !n.contains("//") && !n.contains('\\') => n,
+        Some(n)
+            if n.starts_with("/console")
+                && !n.starts_with("/console/login")
+                && !n.contains("//")
+                && !n.contains('\\')
+                && !n.chars().any(char::is_control) =>
+        {
+            n
+        }
         _ => "/console",
     }
 }
@@ -207,12 +239,16 @@ pub struct LoginQuery {
 }
 
 /// `GET /console/login`: the sign-in form, with a fresh sign-in CSRF token in its cookie.
-pub async fn login_page(State(state): State<AppState>, Query(query): Query<LoginQuery>) -> Response {
-    login_form(&state, next_path(query.next.as_deref()), None, StatusCode::OK)
+pub async fn login_page(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<LoginQuery>) -> Response {
+    login_form(&state, &headers, next_path(query.next.as_deref()), None, StatusCode::OK)
 }
 
-fn login_form(state: &AppState, next: &str, problem: Option<&str>, status: StatusCode) -> Response {
-    let token = random_token();
+/// The sign-in form. A sign-in token already in the browser is kept, so two open sign-in pages
+/// both work.
+fn login_form(state: &AppState, headers: &HeaderMap, next: &str, problem: Option<&str>, status: StatusCode) -> Response {
+    let token = cookie(headers, &cookie_name(&state.public_url, LOGIN_COOKIE))
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(random_token, str::to_owned);
     let body = page::bare(
         "Sign in",
         html! {
@@ -231,7 +267,7 @@ fn login_form(state: &AppState, next: &str, problem: Option<&str>, status: Statu
         },
     );
     let mut response = (status, axum::response::Html(body.into_string())).into_response();
-    response.headers_mut().append(header::SET_COOKIE, set_cookie(state, LOGIN_COOKIE, &token, Duration::hours(1)));
+    response.headers_mut().append(header::SET_COOKIE, set_cookie(&state.public_url, LOGIN_COOKIE, &token, Duration::hours(1)));
     page::secure_headers(response.headers_mut());
     response
 }
@@ -246,7 +282,7 @@ pub struct LoginForm {
 /// `POST /console/login`: a valid key opens a session and goes on to `next`; a wrong one is 401
 /// (counted against the address), a form without its sign-in token is 403.
 pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Result<Response> {
-    let expected = cookie(&headers, LOGIN_COOKIE).ok_or(ConsoleError::Csrf)?;
+    let expected = cookie(&headers, &cookie_name(&state.public_url, LOGIN_COOKIE)).ok_or(ConsoleError::Csrf)?;
     if !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
         return Err(ConsoleError::Csrf);
     }
@@ -254,8 +290,16 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form)
     let now = state.clock.now();
     let principal = state.keys.authenticate(form.api_key.trim(), now).await?;
     let Some(principal) = principal else {
-        return Ok(login_form(&state, next, Some("That API key is not valid."), StatusCode::UNAUTHORIZED));
+        return Ok(login_form(&state, &headers, next, Some("That API key is not valid."), StatusCode::UNAUTHORIZED));
     };
+    // Signing in again ends the session this browser had (it would otherwise live on unseen).
+    if let Some(old) = cookie(&headers, &cookie_name(&state.public_url, SESSION_COOKIE)) {
+        sqlx::query("UPDATE console_sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL")
+            .bind(digest(old).as_slice())
+            .bind(now)
+            .execute(&state.pool)
+            .await?;
+    }
     let token = random_token();
     let user_agent: Option<String> =
         headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| ua.chars().take(USER_AGENT_LEN_MAX).collect());
@@ -275,8 +319,8 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form)
     tracing::info!(target: "console", key_id = %principal.key_id, role = role_name(principal.role), "console session opened");
     let mut response = Redirect::to(next).into_response();
     let cookies = response.headers_mut();
-    cookies.append(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, &token, SESSION_FOR));
-    cookies.append(header::SET_COOKIE, set_cookie(&state, LOGIN_COOKIE, "", Duration::zero()));
+    cookies.append(header::SET_COOKIE, set_cookie(&state.public_url, SESSION_COOKIE, &token, SESSION_FOR));
+    cookies.append(header::SET_COOKIE, set_cookie(&state.public_url, LOGIN_COOKIE, "", Duration::zero()));
     Ok(response)
 }
 
@@ -292,7 +336,7 @@ pub async fn logout(State(state): State<AppState>, viewer: Viewer, Form(form): F
     }
     revoke(&state, &viewer.session_id, state.clock.now()).await?;
     let mut response = Redirect::to("/console/login").into_response();
-    response.headers_mut().append(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, "", Duration::zero()));
+    response.headers_mut().append(header::SET_COOKIE, set_cookie(&state.public_url, SESSION_COOKIE, "", Duration::zero()));
     Ok(response)
 }
 
@@ -355,8 +399,13 @@ pub async fn revoke_session(
     axum::extract::Path(id): axum::extract::Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response> {
-    if !bool::from(form.csrf.as_bytes().ct_eq(viewer.csrf.as_bytes())) {
-        return Err(ConsoleError::Csrf);
+    // Anyone may sign themselves out; ending another session takes a key that may write.
+    if id == viewer.session_id {
+        if !bool::from(form.csrf.as_bytes().ct_eq(viewer.csrf.as_bytes())) {
+            return Err(ConsoleError::Csrf);
+        }
+    } else {
+        viewer.may_submit(&form.csrf)?;
     }
     let visible: Option<(String,)> = sqlx::query_as(
         "SELECT s.id FROM console_sessions s JOIN api_keys k ON k.id = s.key_id \
@@ -375,6 +424,18 @@ pub async fn revoke_session(
         return Ok(Redirect::to("/console/login").into_response());
     }
     Ok(Redirect::to("/console/sessions").into_response())
+}
+
+/// Deletes sessions that ended (expired or revoked) more than [`ENDED_KEPT_FOR`] ago; the daemon
+/// calls it with its other purges.
+pub async fn purge_ended(pool: &sqlx::PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let cutoff = now - ENDED_KEPT_FOR;
+    let done = sqlx::query("DELETE FROM console_sessions WHERE expires_at < $1 OR revoked_at < $1 OR last_seen_at < $2")
+        .bind(cutoff)
+        .bind(cutoff - IDLE_FOR)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 #[derive(sqlx::FromRow)]
@@ -405,12 +466,22 @@ mod tests {
     }
 
     #[test]
+    fn secure_cookies_are_this_hosts_only() {
+        let cookie = set_cookie("https://pay.example.com", SESSION_COOKIE, "abc", Duration::hours(1));
+        assert_eq!(cookie.to_str().expect("ascii"), "__Host-payrail_session=abc; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=3600");
+        let local = set_cookie("http://127.0.0.1:8080", SESSION_COOKIE, "abc", Duration::hours(1));
+        assert_eq!(local.to_str().expect("ascii"), "payrail_session=abc; Path=/console; HttpOnly; SameSite=Strict; Max-Age=3600");
+        assert_eq!(cookie_name("https://pay.example.com", LOGIN_COOKIE), "__Host-payrail_login");
+    }
+
+    #[test]
     fn sign_in_returns_only_to_console_paths() {
         assert_eq!(next_path(Some("/console/invoices?status=paid")), "/console/invoices?status=paid");
         assert_eq!(next_path(Some("https://evil.example/console")), "/console");
         assert_eq!(next_path(Some("//evil.example/console")), "/console");
         assert_eq!(next_path(Some("/console//evil.example")), "/console");
         assert_eq!(next_path(Some("/console/login")), "/console");
+        assert_eq!(next_path(Some("/console/invoices\n")), "/console");
         assert_eq!(next_path(None), "/console");
     }
 

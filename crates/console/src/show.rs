@@ -64,9 +64,12 @@ impl Credits {
         Ok(Self(rows.into_iter().filter_map(|(asset, d)| u8::try_from(d).ok().map(|d| (asset, d))).collect()))
     }
 
-    /// "coins" for a credit asset, else as [`asset`].
+    /// "coins (mer_…)" for a credit asset (codes are each merchant's own), else as [`asset`].
     pub fn asset(&self, state: &AppState, asset: &str) -> String {
-        credit_code(asset).map_or_else(|| self::asset(state, asset), str::to_owned)
+        match asset.strip_prefix("credit:").and_then(|rest| rest.split_once('/')) {
+            Some((merchant, code)) => format!("{code} ({merchant})"),
+            None => self::asset(state, asset),
+        }
     }
 
     /// "2.50 coins" for a credit asset, else as [`amount`].
