@@ -191,6 +191,7 @@ async fn run(options: PgConnectOptions) -> Result<()> {
         ("invoices", "/console/invoices".to_owned()),
         ("invoices, status paid", "/console/invoices?status=paid".to_owned()),
         ("invoices, rail Polygon", "/console/invoices?rail=eip155%3A137".to_owned()),
+        ("invoices, rail BSC (none)", "/console/invoices?rail=eip155%3A56".to_owned()),
         ("invoices, one order id", "/console/invoices?order_id=order-77777".to_owned()),
         ("invoices, a month's range", "/console/invoices?from=2026-01-01&to=2026-01-31".to_owned()),
         ("invoices, page 1,000", format!("/console/invoices?after={mid}")),

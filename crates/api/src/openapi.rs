@@ -144,7 +144,7 @@ fn openapi_json() {}
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "payrail", description = "Invoices, payments and balances of a payrail daemon."),
+    info(title = "payrail", description = "Invoices, payments and balances of a payrail daemon. The web console under /console (HTML pages for people signed in with an API key) is not part of this document."),
     paths(
         super::invoices::create,
         super::invoices::list,
