@@ -333,17 +333,9 @@ pub async fn style() -> Response {
     response
 }
 
-/// Percent-encodes a query value (everything but unreserved characters).
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
 pub fn query_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    payrail_core::uri::percent_encode(value)
 }
 
 /// `path_query` with `name=value` set (replacing an earlier `name`).

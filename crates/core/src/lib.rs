@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod money;
 pub mod payment;
 pub mod subscription;
+pub mod uri;

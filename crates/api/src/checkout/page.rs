@@ -83,15 +83,7 @@ pub(super) fn esc(text: &str) -> String {
 
 /// Percent-encodes a query parameter value (everything but RFC 3986 unreserved characters).
 fn query_value(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
+    payrail_core::uri::percent_encode(text)
 }
 
 /// The QR code of `data` as an inline `<svg>` element; `None` when `data` is too long for one.

@@ -5,6 +5,7 @@
 //! characters stay as they are).
 
 use crate::money::Amount;
+use crate::uri::percent_encode;
 
 /// Decimals of one bitcoin in satoshis.
 pub const BTC_DECIMALS: u8 = 8;
@@ -28,18 +29,6 @@ pub fn btc_decimal(amount_sats: Amount) -> String {
     } else {
         text
     }
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
