@@ -117,6 +117,20 @@ async fn customers_are_created_found_by_external_id_updated_and_paged(pool: PgPo
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// A currency code no currency can have — a NUL byte, which PostgreSQL refuses in any text — is a
+/// currency not found, on every route that names one.
+#[sqlx::test]
+async fn a_currency_code_with_a_nul_byte_is_not_found(pool: PgPool) {
+    let shop = Shop::start(pool).await;
+    shop.coins().await;
+    let reader = shop.customer("reader-nul").await;
+    let (status, body) = shop.spend(&reader, json!({ "amount_minor": "5", "currency": "\u{0}f" }), "nul-spend").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{body}");
+    let grant = json!({ "currency": "co\u{0}ins", "amount_minor": "5", "source": "bonus" });
+    let (status, body) = shop.call(&format!("/v1/customers/{reader}/grants"), grant, Some("nul-grant")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
 #[sqlx::test]
 async fn spending_takes_the_soonest_expiring_lot_first_and_splits_to_the_unit(pool: PgPool) {
     let shop = Shop::start(pool).await;

@@ -136,6 +136,11 @@ pub async fn list_on(conn: &mut PgConnection, merchant_id: &str) -> Result<Vec<C
 }
 
 pub async fn get(conn: &mut PgConnection, merchant_id: &str, code: &str) -> Result<CurrencyView> {
+    // A code no currency can have (a NUL byte, which PostgreSQL refuses in any text, among them)
+    // names none: not found, without asking.
+    if !CreditAsset::valid_code(code) {
+        return Err(CreditsError::NotFound { what: "credit currency", id: code.escape_debug().to_string() });
+    }
     let row: Option<Row> = sqlx::query_as(
         "SELECT code, name, decimals, peg, peg_currency, created_at FROM credit_currencies WHERE merchant_id = $1 AND code = $2",
     )
