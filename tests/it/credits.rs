@@ -117,10 +117,10 @@ async fn customers_are_created_found_by_external_id_updated_and_paged(pool: PgPo
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-/// A currency code no currency can have — a NUL byte, which PostgreSQL refuses in any text — is a
-/// currency not found, on every route that names one.
+/// A currency or promo code no such object can have — a NUL byte, which PostgreSQL refuses in any
+/// text — is not found, on every route that names one.
 #[sqlx::test]
-async fn a_currency_code_with_a_nul_byte_is_not_found(pool: PgPool) {
+async fn a_code_with_a_nul_byte_is_not_found(pool: PgPool) {
     let shop = Shop::start(pool).await;
     shop.coins().await;
     let reader = shop.customer("reader-nul").await;
@@ -129,6 +129,10 @@ async fn a_currency_code_with_a_nul_byte_is_not_found(pool: PgPool) {
     let grant = json!({ "currency": "co\u{0}ins", "amount_minor": "5", "source": "bonus" });
     let (status, body) = shop.call(&format!("/v1/customers/{reader}/grants"), grant, Some("nul-grant")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // A promo code likewise, on an invoice.
+    let invoice = json!({ "amount": "5.00", "currency": "USD", "promo_code": "sp\u{0}ring" });
+    let (status, body) = shop.server.post(&shop.key, "/v1/invoices", invoice, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{body}");
 }
 
 #[sqlx::test]

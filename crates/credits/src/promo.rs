@@ -121,7 +121,7 @@ fn positive_decimal(field: &'static str, text: &str, fiat: Fiat) -> Result<Amoun
 
 pub async fn create(pool: &PgPool, merchant_id: &str, request: &CreatePromo, now: DateTime<Utc>) -> Result<PromoView> {
     let code = request.code.to_ascii_lowercase();
-    if !(2..=40).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if !valid_code(&code) {
         return Err(invalid("code", "2 to 40 characters of letters, digits, _ and -"));
     }
     let currency_of = |field: &'static str, text: &Option<String>| -> Result<Option<Fiat>> {
@@ -196,9 +196,19 @@ pub async fn list(pool: &PgPool, merchant_id: &str, page: &Page) -> Result<(Vec<
     Ok((rows.into_iter().map(view).collect(), has_more))
 }
 
+/// Whether `code` (lower case) is what a promo code may be: 2 to 40 letters, digits, `_` and `-`.
+fn valid_code(code: &str) -> bool {
+    (2..=40).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Finds `code` (any case) and checks that it may apply to `what` priced `price` of `fiat` at
 /// `now`; the redemption is counted later by [`redeem`].
 pub async fn find_usable(pool: &PgPool, merchant_id: &str, code: &str, what: &str, price: Amount, fiat: Fiat, now: DateTime<Utc>) -> Result<PromoView> {
+    // A code no promo code can have (a NUL byte, which PostgreSQL refuses in text, among them) is
+    // not found, without asking.
+    if !valid_code(&code.to_ascii_lowercase()) {
+        return Err(CreditsError::NotFound { what: "promo code", id: code.escape_debug().to_string() });
+    }
     let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM promo_codes WHERE merchant_id = $1 AND code = $2"))
         .bind(merchant_id)
         .bind(code.to_ascii_lowercase())
