@@ -83,7 +83,8 @@ pub fn main() -> Result<()> {
         Command::Dev(args) if !args.no_card => dev::start_localstripe()?,
         _ => None,
     };
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli, card))
+    // Named, so that `top -H` and profilers tell the daemon's threads from its neighbours'.
+    tokio::runtime::Builder::new_multi_thread().thread_name("payrail-worker").enable_all().build()?.block_on(run(cli, card))
 }
 
 async fn run(cli: Cli, card: Option<dev::Localstripe>) -> Result<()> {

@@ -130,7 +130,7 @@ fn main() -> ExitCode {
                     rows.push(Row {
                         scenario: name,
                         load: "-".to_owned(),
-                        faults: format!("harness error: {e}"),
+                        faults: format!("harness error: {e:#}").replace('|', "/"),
                         payments: 0,
                         lost: 0,
                         doubled: 0,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use alloy::eips::Encodable2718;
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, U256};
 use alloy::providers::{Provider, ProviderBuilder};
@@ -799,21 +800,60 @@ impl Payer {
     }
 
     /// Pays `invoice` in full; returns the transaction hash once mined.
+    /// Pays `invoice` as a wallet would, in a way a loaded machine cannot turn into a lost or a
+    /// second payment: the transaction is signed once, and its same bytes are sent again while the
+    /// node does not know its hash (a resend cannot pay twice); then its receipt is asked for by
+    /// hash. A failure says what the node last answered.
     pub async fn pay(&self, invoice: &Invoice) -> Result<String> {
         let signer: PrivateKeySigner = DEV_PAYER_KEY.parse()?;
+        let from = signer.address();
         let provider = ProviderBuilder::new().wallet(EthereumWallet::from(signer)).connect_http(self.url.clone());
-        let pending = if invoice.asset == POL {
-            provider.send_transaction(TransactionRequest::default().to(invoice.address).value(invoice.amount)).await?
+        let request = if invoice.asset == POL {
+            TransactionRequest::default().to(invoice.address).value(invoice.amount)
         } else {
-            TestToken::new(self.usdc, &provider).transfer(invoice.address, invoice.amount).send().await?
-        };
-        let receipt = tokio::time::timeout(Duration::from_secs(30), pending.get_receipt()).await??;
-        if !receipt.status() {
-            bail!("payment to {} reverted", invoice.id);
+            TestToken::new(self.usdc, &provider).transfer(invoice.address, invoice.amount).into_transaction_request()
         }
-        Ok(format!("{:#x}", receipt.transaction_hash))
+        .from(from);
+        let deadline = Instant::now() + PAY_PATIENCE;
+        // Filling reads the nonce and fees and signs; nothing is sent yet, so it can be retried.
+        let signed = loop {
+            match provider.fill(request.clone()).await {
+                Ok(filled) => break filled.try_into_envelope().map_err(|e| anyhow::anyhow!("unsigned transaction: {e}"))?,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("chaos: signing the payment to {} failed, again: {e}", invoice.id);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("signing the payment to {}", invoice.id)),
+            }
+        };
+        let hash = *signed.tx_hash();
+        let raw = signed.encoded_2718();
+        let mut last = "nothing yet".to_owned();
+        loop {
+            match provider.get_transaction_receipt(hash).await {
+                Ok(Some(receipt)) if receipt.status() => return Ok(format!("{hash:#x}")),
+                Ok(Some(_)) => bail!("payment to {} reverted", invoice.id),
+                Ok(None) => match provider.get_transaction_by_hash(hash).await {
+                    Ok(Some(_)) => last = "known, not yet in a block".to_owned(),
+                    Ok(None) => {
+                        if let Err(e) = provider.send_raw_transaction(&raw).await {
+                            last = format!("sending: {e}");
+                        }
+                    }
+                    Err(e) => last = format!("looking it up: {e}"),
+                },
+                Err(e) => last = format!("its receipt: {e}"),
+            }
+            if Instant::now() >= deadline {
+                bail!("payment {hash:#x} to {} not in a block after {} s (last: {last})", invoice.id, PAY_PATIENCE.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
+
+/// How long a payment may take from signing to its receipt.
+const PAY_PATIENCE: Duration = Duration::from_secs(60);
 
 impl Payer {
     /// Sends `amount` USDC units to `to` (funding a contract, say).
