@@ -807,7 +807,9 @@ impl Payer {
     pub async fn pay(&self, invoice: &Invoice) -> Result<String> {
         let signer: PrivateKeySigner = DEV_PAYER_KEY.parse()?;
         let from = signer.address();
-        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(signer)).connect_http(self.url.clone());
+        // A provider per try: its nonce cache must not remember a nonce that was never sent.
+        let connect = || ProviderBuilder::new().wallet(EthereumWallet::from(signer.clone())).connect_http(self.url.clone());
+        let provider = connect();
         let request = if invoice.asset == POL {
             TransactionRequest::default().to(invoice.address).value(invoice.amount)
         } else {
@@ -817,7 +819,7 @@ impl Payer {
         let deadline = Instant::now() + PAY_PATIENCE;
         // Filling reads the nonce and fees and signs; nothing is sent yet, so it can be retried.
         let signed = loop {
-            match provider.fill(request.clone()).await {
+            match connect().fill(request.clone()).await {
                 Ok(filled) => break filled.try_into_envelope().map_err(|e| anyhow::anyhow!("unsigned transaction: {e}"))?,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("chaos: signing the payment to {} failed, again: {e}", invoice.id);
