@@ -73,6 +73,29 @@ struct Peak {
     per_s: u64,
     p99_us: u64,
     errors: u64,
+    /// The CPU the run used: the machine's (wrk, PostgreSQL, the server) and this process's (the
+    /// server under test: payrail's router or a peer handler).
+    cpu: support::CpuUse,
+    seconds: u64,
+}
+
+impl Peak {
+    /// CPU per request: the machine's and the server's own, in microseconds.
+    fn cpu_per_request(&self) -> String {
+        let requests = self.per_s * self.seconds;
+        format!("{} µs ({} in the server)", self.cpu.per(requests), self.cpu.own_per(requests))
+    }
+
+    /// What bounds this run's rate, against `peer`'s run (see [`support::CpuMark`]).
+    fn bound(&self, peer: &Self) -> String {
+        let what = if self.cpu.cores_full() { "CPU" } else { "waiting (cores left idle)" };
+        format!(
+            "{what}: cores {} % busy; CPU per request {} against one SELECT's {}",
+            self.cpu.busy_percent,
+            self.cpu_per_request(),
+            peer.cpu_per_request()
+        )
+    }
 }
 
 async fn run(options: PgConnectOptions, seconds: u64, rounds: u64) -> Result<()> {
@@ -132,10 +155,12 @@ async fn run(options: PgConnectOptions, seconds: u64, rounds: u64) -> Result<()>
     for i in [2, 3] {
         let rate = median(i).per_s / 2;
         let (name, url, header) = &targets[i];
+        let mark = support::CpuMark::now()?;
         let p99 = hey(url, *header, seconds, rate).await?;
+        let busy = mark.since()?.busy_percent;
         let baseline = hey(&targets[1].1, None, seconds, rate).await?;
-        println!("{name:<24} at {rate} req/s: p99 {} (one SELECT at that rate: {})", support::ms(p99), support::ms(baseline));
-        half.push((rate, p99, baseline));
+        println!("{name:<24} at {rate} req/s: p99 {} (one SELECT at that rate: {}), cores {busy} % busy", support::ms(p99), support::ms(baseline));
+        half.push((rate, p99, baseline, busy));
     }
 
     // Creation.
@@ -147,20 +172,22 @@ async fn run(options: PgConnectOptions, seconds: u64, rounds: u64) -> Result<()>
     support::summary_row("axum constant body", "-", &format!("{} req/s", constant_peak.per_s), "-", "-");
     for (i, name) in [(2, "GET /v1/invoices/{id}"), (3, "GET /pay/{id}/status")] {
         let peak = median(i);
-        support::summary_row(
+        support::bounded_row(
             &format!("{name}, peak"),
             &format!("{} req/s (p99 {})", peak.per_s, support::ms(peak.p99_us)),
             &format!("one SELECT {} req/s (p99 {})", select_peak.per_s, support::ms(select_peak.p99_us)),
             &support::ratio(peak.per_s, select_peak.per_s),
             "≥ 0.5×",
+            &peak.bound(&select_peak),
         );
-        let (rate, p99, baseline) = half[i - 2];
-        support::summary_row(
+        let (rate, p99, baseline, busy) = half[i - 2];
+        support::bounded_row(
             &format!("{name}, p99 at {rate} req/s"),
             &support::ms(p99),
             &format!("one SELECT {}", support::ms(baseline)),
             "-",
             "≤ 10 ms",
+            &format!("cores {busy} % busy at that rate; the one-SELECT handler's own p99 there {}", support::ms(baseline)),
         );
     }
     support::summary_row("POST /v1/invoices", &format!("{} invoices/s", created.per_s), "-", "-", "≥ 500/s");
@@ -202,7 +229,9 @@ async fn wrk(url: &str, header: Option<&str>, seconds: u64, body: Option<&str>) 
         None => None,
     };
     args.push(url.to_owned());
+    let mark = support::CpuMark::now()?;
     let output = tokio::process::Command::new("wrk").args(&args).output().await.context("cannot run wrk")?;
+    let cpu = mark.since()?;
     if let Some(path) = script {
         let _ = std::fs::remove_file(path);
     }
@@ -226,7 +255,7 @@ async fn wrk(url: &str, header: Option<&str>, seconds: u64, body: Option<&str>) 
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
         + text.lines().find(|l| l.contains("Socket errors")).map_or(0, |_| 1);
-    Ok(Peak { per_s, p99_us, errors })
+    Ok(Peak { per_s, p99_us, errors, cpu, seconds })
 }
 
 /// wrk's latency (`812.00us`, `1.23ms`, `2.01s`) in microseconds.

@@ -398,6 +398,8 @@ struct Measured {
     /// Entries committed over the whole run, warm-up included.
     total: u64,
     retries: u64,
+    /// The CPU the measured window used (the machine's, and the writers' own process's).
+    cpu: support::CpuUse,
 }
 
 impl Measured {
@@ -432,9 +434,10 @@ where
     if wait(config.warmup(), &progress).await {
         let before = progress.committed.load(Ordering::SeqCst);
         let started = Instant::now();
+        let cpu = support::CpuMark::now()?;
         if wait(config.window(), &progress).await {
             let after = progress.committed.load(Ordering::SeqCst);
-            measured = Some((after - before, micros(started.elapsed())));
+            measured = Some((after - before, micros(started.elapsed()), cpu.since()?));
         }
     }
     progress.stop.store(true, Ordering::SeqCst);
@@ -448,10 +451,11 @@ where
     if let Some(error) = failure {
         return Err(error);
     }
-    let (entries, elapsed_us) = measured.context("a writer stopped early without an error")?;
+    let (entries, elapsed_us, cpu) = measured.context("a writer stopped early without an error")?;
     Ok(Measured {
         entries,
         elapsed_us,
+        cpu,
         total: progress.committed.load(Ordering::SeqCst),
         retries: progress.retries.load(Ordering::SeqCst),
     })
@@ -706,11 +710,39 @@ struct ScenarioRow {
     plain: u64,
     pgledger: Option<u64>,
     retries: u64,
+    /// The CPU per entry of the ledger's window and of the ceiling's.
+    ledger_cpu: Measured,
+    plain_cpu: Measured,
 }
 
 impl ScenarioRow {
     fn percent(&self) -> u64 {
         percent(self.ledger, self.plain)
+    }
+
+    /// What bounds the ledger's rate, from its window and the ceiling's: with the cores full, the
+    /// CPU each entry takes (rate ≈ cores ÷ CPU per entry, so the two CPU figures set the ratio);
+    /// with cores left idle, waiting — one commit at a time, or the one balance row every writer
+    /// locks until it commits.
+    fn bound(&self) -> String {
+        let (ledger, plain) = (&self.ledger_cpu, &self.plain_cpu);
+        let cpu = |m: &Measured| format!("{} µs ({} in the writers' process)", m.cpu.per(m.entries), m.cpu.own_per(m.entries));
+        let what = if ledger.cpu.cores_full() {
+            "CPU".to_owned()
+        } else if self.scenario.writers == 1 {
+            "one entry at a time (round trip, statement, commit)".to_owned()
+        } else if self.scenario.accounts == Accounts::Hot1 {
+            "the one balance row each entry locks until it commits".to_owned()
+        } else {
+            "waiting (cores left idle)".to_owned()
+        };
+        format!(
+            "{what}: cores {} % busy; CPU per entry {} against the ceiling's {} (cores {} % busy)",
+            ledger.cpu.busy_percent,
+            cpu(ledger),
+            cpu(plain),
+            plain.cpu.busy_percent
+        )
     }
 
     /// payrail over pgledger in tenths (25 = 2.5×).
@@ -783,6 +815,8 @@ async fn run(config: Config, target: Target) -> Result<()> {
             plain: plain.per_second(),
             pgledger: peer,
             retries: ledger.retries + plain.retries,
+            ledger_cpu: ledger,
+            plain_cpu: plain,
         });
     }
 
@@ -797,12 +831,13 @@ async fn run(config: Config, target: Target) -> Result<()> {
             ),
             None => (format!("plain {}/s; pgledger not run", row.plain), format!("{}%", row.percent())),
         };
-        support::summary_row(
+        support::bounded_row(
             &format!("ledger entries, {} postings, {} writer(s), {}", scenario.postings, scenario.writers, scenario.accounts.name()),
             &format!("{}/s", row.ledger),
             &peer,
             &ratio,
             &format!("≥ {GOAL_PERCENT}%; ≥ {GOAL_PGLEDGER}×"),
+            &row.bound(),
         );
     }
     let retried: u64 = rows.iter().map(|r| r.retries).sum();

@@ -71,6 +71,9 @@ struct Figures {
     idle_cpu_centi_percent: u64,
     rss_kb: u64,
     catch_up_blocks_per_s: u64,
+    /// Over the catch-up: how busy the cores were (percent) and the daemon's CPU per block (µs).
+    catch_up_busy_percent: u64,
+    catch_up_daemon_us_per_block: u64,
 }
 
 struct Chains {
@@ -151,14 +154,24 @@ async fn run(settings: Settings) -> Result<()> {
         if lower_is_better { top <= limit } else { top * (100 + GOAL_WITHIN_PERCENT) / 100 >= base }
     };
     let met = |ok: bool| if ok { "met" } else { "not met" };
-    support::summary_row(
+    let one = figures.iter().find(|f| f.invoices == 1);
+    support::bounded_row(
         &format!("watch: idle CPU at {} invoices / at 0", top.invoices),
         &format!("{} %", percent(top.idle_cpu_centi_percent)),
         &format!("{} %", percent(base.idle_cpu_centi_percent)),
         &support::ratio(top.idle_cpu_centi_percent, base.idle_cpu_centi_percent.max(1)),
         &format!("≤ 1.1× ({})", met(within(base.idle_cpu_centi_percent, top.idle_cpu_centi_percent, true))),
+        &one.map_or("-".to_owned(), |one| {
+            format!(
+                "watching at all, not how much: one open invoice idles at {} % ({} of none; {} invoices {} of one)",
+                percent(one.idle_cpu_centi_percent),
+                support::ratio(one.idle_cpu_centi_percent, base.idle_cpu_centi_percent.max(1)),
+                top.invoices,
+                support::ratio(top.idle_cpu_centi_percent, one.idle_cpu_centi_percent.max(1))
+            )
+        }),
     );
-    if let Some(one) = figures.iter().find(|f| f.invoices == 1) {
+    if let Some(one) = one {
         support::summary_row(
             &format!("watch: idle CPU at {} invoices / at 1", top.invoices),
             &format!("{} %", percent(top.idle_cpu_centi_percent)),
@@ -167,12 +180,16 @@ async fn run(settings: Settings) -> Result<()> {
             &format!("≤ 1.1× ({})", met(within(one.idle_cpu_centi_percent, top.idle_cpu_centi_percent, true))),
         );
     }
-    support::summary_row(
+    support::bounded_row(
         &format!("watch: catch-up blocks/s at {} invoices / at 0", top.invoices),
         &top.catch_up_blocks_per_s.to_string(),
         &base.catch_up_blocks_per_s.to_string(),
         &support::ratio(top.catch_up_blocks_per_s, base.catch_up_blocks_per_s.max(1)),
         &format!("≥ 0.9× ({})", met(within(base.catch_up_blocks_per_s, top.catch_up_blocks_per_s, false))),
+        &format!(
+            "cores {} % busy (at 0: {} %); the daemon's CPU per block {} µs (at 0: {} µs)",
+            top.catch_up_busy_percent, base.catch_up_busy_percent, top.catch_up_daemon_us_per_block, base.catch_up_daemon_us_per_block
+        ),
     );
     support::summary_row(
         &format!("watch: daemon RSS at {} invoices", top.invoices),
@@ -253,9 +270,9 @@ async fn measure(
     wait_at_tips(&pool, &bitcoin, &tips, None).await?;
     let start_ms = u64::try_from(ready.elapsed().as_millis()).unwrap_or(u64::MAX);
     println!("  the daemon reached every tip in {start_ms} ms");
-    let (cpu_before, wall_before) = (cpu_ticks(pid)?, Instant::now());
+    let (cpu_before, wall_before) = (support::process_ticks(pid)?, Instant::now());
     tokio::time::sleep(Duration::from_secs(idle_s)).await;
-    let cpu = cpu_ticks(pid)? - cpu_before;
+    let cpu = support::process_ticks(pid)? - cpu_before;
     let wall_ms = u64::try_from(wall_before.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
     let rss_kb = rss_kb_of(pid)?;
     // Clock ticks are hundredths of a second: CPU ms × 10,000 / wall ms = hundredths of a percent.
@@ -270,17 +287,22 @@ async fn measure(
         evm_tip(polygon).await
     }
     .await;
+    let (machine, daemon) = (support::CpuMark::now()?, support::process_ticks(pid)?);
     signal(pid, "-CONT")?;
     let tip = mined?;
     let started = Instant::now();
     wait_at_tips(&pool, &bitcoin, &tips, Some(("eip155:137", tip))).await?;
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+    let catch_up_busy_percent = machine.since()?.busy_percent;
+    let catch_up_daemon_us_per_block = (support::process_ticks(pid)? - daemon) * 10_000 / catch_up_blocks.max(1);
     let rss_kb = rss_kb.max(rss_kb_of(pid)?);
     child.kill().await?;
     let catch_up_blocks_per_s = catch_up_blocks * 1_000 / elapsed_ms;
-    println!("  catch-up: {catch_up_blocks} polygon blocks in {elapsed_ms} ms ({catch_up_blocks_per_s} blocks/s)");
+    println!(
+        "  catch-up: {catch_up_blocks} polygon blocks in {elapsed_ms} ms ({catch_up_blocks_per_s} blocks/s); cores {catch_up_busy_percent} % busy, the daemon's CPU {catch_up_daemon_us_per_block} µs per block"
+    );
     pool.close().await;
-    Ok(Figures { invoices: count, start_ms, idle_cpu_centi_percent, rss_kb, catch_up_blocks_per_s })
+    Ok(Figures { invoices: count, start_ms, idle_cpu_centi_percent, rss_kb, catch_up_blocks_per_s, catch_up_busy_percent, catch_up_daemon_us_per_block })
 }
 
 /// One invoice made by payrail, copied `count` times in SQL, each with an address on every chain.
@@ -387,17 +409,6 @@ fn signal(pid: u32, signal: &str) -> Result<()> {
     let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status()?;
     ensure!(status.success(), "kill {signal} {pid} failed");
     Ok(())
-}
-
-/// User + system CPU time of `pid`, in clock ticks (hundredths of a second).
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11).context("utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("stime")?.parse()?;
-    Ok(utime + stime)
 }
 
 fn rss_kb_of(pid: u32) -> Result<u64> {

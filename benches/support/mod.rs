@@ -133,14 +133,95 @@ pub fn fixed(text: &str, scale: u32) -> Option<u64> {
 #[allow(dead_code, reason = "every benchmark prints it, but each compiles this module on its own")]
 pub fn summary_header() {
     println!();
-    println!("| figure | payrail | peer | ratio | goal |");
-    println!("|---|---|---|---|---|");
+    println!("| figure | payrail | peer | ratio | goal | bound |");
+    println!("|---|---|---|---|---|---|");
 }
 
 /// One row of the summary table; `-` where a column does not apply.
 #[allow(dead_code, reason = "every benchmark prints it, but each compiles this module on its own")]
 pub fn summary_row(figure: &str, payrail: &str, peer: &str, ratio: &str, goal: &str) {
-    println!("| {figure} | {payrail} | {peer} | {ratio} | {goal} |");
+    bounded_row(figure, payrail, peer, ratio, goal, "-");
+}
+
+/// A row of the summary table with what bounds its figure, as measured in the same run.
+#[allow(dead_code, reason = "every benchmark prints it, but each compiles this module on its own")]
+pub fn bounded_row(figure: &str, payrail: &str, peer: &str, ratio: &str, goal: &str, bound: &str) {
+    println!("| {figure} | {payrail} | {peer} | {ratio} | {goal} | {bound} |");
+}
+
+/// Where a measured window's CPU went: the whole machine's, from `/proc/stat` (every core; clock
+/// ticks are hundredths of a second), and this process's own, from `/proc/self/stat`. What bounds
+/// a figure is read from it: cores near full mean CPU, cores left idle mean waiting (a commit, a
+/// lock, a round trip).
+#[allow(dead_code, reason = "not every benchmark accounts its CPU")]
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    busy: u64,
+    total: u64,
+    own: u64,
+}
+
+/// The CPU one window used; see [`CpuMark`].
+#[allow(dead_code, reason = "not every benchmark accounts its CPU")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    /// Busy share of all cores over the window, in percent.
+    pub busy_percent: u64,
+    /// CPU time used on the whole machine, in microseconds.
+    pub machine_us: u64,
+    /// CPU time used by this process, in microseconds.
+    pub own_us: u64,
+}
+
+#[allow(dead_code, reason = "not every benchmark accounts its CPU")]
+impl CpuMark {
+    pub fn now() -> Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().filter(|l| l.starts_with("cpu ")).context("/proc/stat has no cpu line")?;
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+        let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal (guest time is inside user already)
+        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+        Ok(Self { busy, total: busy + at(3) + at(4), own: process_ticks(std::process::id())? })
+    }
+
+    /// The CPU used since this mark.
+    pub fn since(self) -> Result<CpuUse> {
+        let now = Self::now()?;
+        let busy = now.busy.saturating_sub(self.busy);
+        let total = now.total.saturating_sub(self.total).max(1);
+        Ok(CpuUse { busy_percent: busy * 100 / total, machine_us: busy * 10_000, own_us: now.own.saturating_sub(self.own) * 10_000 })
+    }
+}
+
+#[allow(dead_code, reason = "not every benchmark accounts its CPU")]
+impl CpuUse {
+    /// Machine CPU per operation, in microseconds.
+    pub fn per(&self, operations: u64) -> u64 {
+        self.machine_us / operations.max(1)
+    }
+
+    /// This process's CPU per operation, in microseconds.
+    pub fn own_per(&self, operations: u64) -> u64 {
+        self.own_us / operations.max(1)
+    }
+
+    /// Whether the cores were the limit: at least 90 % busy.
+    pub fn cores_full(&self) -> bool {
+        self.busy_percent >= 90
+    }
+}
+
+/// User + system CPU time of `pid`, in clock ticks (hundredths of a second).
+#[allow(dead_code, reason = "not every benchmark accounts its CPU")]
+pub fn process_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
 }
 
 /// An invoice of `amount` USD, every asset accepted, open for a day.
