@@ -35,6 +35,13 @@
 //! for four, in one call), merchants kept non-negative as in payrail. pgledger keeps one balance row
 //! per account, so its `hot1` and `hot16` rows are the same workload.
 //!
+//! The second peer: sqlx-ledger, a ledger crate on sqlx, when `SQLX_LEDGER_PEER` names the binary
+//! of `benches/peers/sqlx-ledger` (which `scripts/bench` builds when `SQLX_LEDGER_DIR` names a
+//! checkout of sqlx-ledger, whose migration it loads into the bench database). It runs last in each
+//! scenario, in a process of its own with the same writers, warm-up and window: one
+//! `post_transaction` per payment through a template of two or four entries. It keeps one balance
+//! row per account, so its `hot1` and `hot16` rows are the same workload.
+//!
 //! Each run lasts `BENCH_SECONDS` (default 5) after a warm-up of `BENCH_WARMUP_SECONDS` (default
 //! 1); only entries committed inside the measured window count. Rates are integers computed from
 //! counts and elapsed microseconds. The run happens in a fresh database `payrail_bench_<pid>` on the
@@ -70,6 +77,8 @@ const WARMUP_SECONDS_DEFAULT: u64 = 1;
 const GOAL_PERCENT: u64 = 70;
 /// The goal against pgledger: at least this many times its entries per second.
 const GOAL_PGLEDGER: u64 = 2;
+/// Goal: at least this many times sqlx-ledger's rate on every row.
+const GOAL_SQLX_LEDGER: u64 = 5;
 /// Merchants the spread scenarios pick from.
 const MERCHANTS: usize = 1_000;
 /// USDC on Ethereum, as a CAIP-19 asset id: the kind of asset string real postings carry.
@@ -176,7 +185,7 @@ async fn bench(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot create database {database}"))?;
 
-    let target = Target { options: admin_options.database(&database) };
+    let target = Target { options: admin_options.database(&database), url: support::url_with_database(&config.url, &database)? };
     support::run_then_drop(admin, &database, run(config, target)).await
 }
 
@@ -210,6 +219,8 @@ impl Config {
 #[derive(Debug, Clone)]
 struct Target {
     options: PgConnectOptions,
+    /// The same database as a URL, for the sqlx-ledger peer's process.
+    url: String,
 }
 
 impl Target {
@@ -684,6 +695,65 @@ impl Transfers {
     }
 }
 
+/// sqlx-ledger's peer binary, its schema and accounts set up in the bench database.
+struct SqlxLedgerPeer {
+    binary: PathBuf,
+}
+
+impl SqlxLedgerPeer {
+    /// Loads sqlx-ledger's migration from the checkout at `dir` and creates its journal, accounts
+    /// and templates (the binary's `setup`).
+    async fn set_up(binary: PathBuf, dir: &Path, url: &str) -> Result<Self> {
+        let migrations = dir.join("migrations");
+        let migration = std::fs::read_dir(&migrations)
+            .with_context(|| format!("cannot read {}", migrations.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().ends_with(".up.sql"))
+            .with_context(|| format!("no .up.sql in {}", migrations.display()))?;
+        let peer = Self { binary };
+        peer.call(&["setup", url, &migration.to_string_lossy()]).await?;
+        Ok(peer)
+    }
+
+    async fn call(&self, args: &[&str]) -> Result<String> {
+        let output = tokio::process::Command::new(&self.binary)
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("cannot run {}", self.binary.display()))?;
+        ensure!(
+            output.status.success(),
+            "sqlx-ledger peer {} failed: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// sqlx-ledger entries per second for the same writers, postings and accounts, warm-up and
+    /// window; and how many of its tries failed and were made again.
+    async fn run(&self, url: &str, scenario: Scenario, config: &Config) -> Result<(u64, u64)> {
+        let accounts = if scenario.accounts == Accounts::Spread { "spread" } else { "hot" };
+        let answer = self
+            .call(&[
+                "run",
+                url,
+                &scenario.postings.to_string(),
+                &scenario.writers.to_string(),
+                accounts,
+                &config.warmup_seconds.to_string(),
+                &config.seconds.to_string(),
+            ])
+            .await?;
+        let field = |name: &str| -> Result<u64> {
+            let words: Vec<&str> = answer.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == name).with_context(|| format!("no {name} in {answer:?}"))?;
+            Ok(words.get(at + 1).context("a number")?.parse()?)
+        };
+        Ok((rate(field("entries")?, field("micros")?), field("retries")?))
+    }
+}
+
 /// pgledger entries per second for the same writers, postings and accounts.
 async fn run_pgledger(
     target: &Target,
@@ -709,6 +779,7 @@ struct ScenarioRow {
     ledger: u64,
     plain: u64,
     pgledger: Option<u64>,
+    sqlx_ledger: Option<u64>,
     retries: u64,
     /// The CPU per entry of the ledger's window and of the ceiling's.
     ledger_cpu: Measured,
@@ -745,6 +816,11 @@ impl ScenarioRow {
         )
     }
 
+    /// payrail over sqlx-ledger in tenths.
+    fn tenths_of_sqlx_ledger(&self) -> Option<u64> {
+        self.sqlx_ledger.map(|peer| u64::try_from(u128::from(self.ledger) * 10 / u128::from(peer.max(1))).unwrap_or(u64::MAX))
+    }
+
     /// payrail over pgledger in tenths (25 = 2.5×).
     fn tenths_of_pgledger(&self) -> Option<u64> {
         self.pgledger.map(|peer| u64::try_from(u128::from(self.ledger) * 10 / u128::from(peer.max(1))).unwrap_or(u64::MAX))
@@ -777,6 +853,10 @@ async fn run(config: Config, target: Target) -> Result<()> {
         Some(dir) => Some(Arc::new(Pgledger::load(&setup, dir, &chart).await?)),
         None => None,
     };
+    let sqlx_ledger = match (std::env::var_os("SQLX_LEDGER_PEER"), std::env::var_os("SQLX_LEDGER_DIR")) {
+        (Some(binary), Some(dir)) => Some(SqlxLedgerPeer::set_up(PathBuf::from(binary), Path::new(&dir), &target.url).await?),
+        _ => None,
+    };
 
     println!("payrail ledger benchmark");
     println!(
@@ -790,10 +870,17 @@ async fn run(config: Config, target: Target) -> Result<()> {
         "peer: pgledger {}",
         pgledger_dir.as_ref().map_or("not run (set PGLEDGER_DIR to a checkout of it)".to_owned(), |d| format!("from {}", d.display()))
     );
-    println!("goal: ledger >= {GOAL_PERCENT}% of the plain ceiling and >= {GOAL_PGLEDGER}× pgledger on every row; rows below are marked");
+    println!(
+        "peer: sqlx-ledger {}",
+        if sqlx_ledger.is_some() { "from benches/peers/sqlx-ledger" } else { "not run (scripts/bench runs it when SQLX_LEDGER_DIR names a checkout of it)" }
+    );
+    println!(
+        "goal: ledger >= {GOAL_PERCENT}% of the plain ceiling, >= {GOAL_PGLEDGER}× pgledger and >= {GOAL_SQLX_LEDGER}× sqlx-ledger on every row; rows below are marked"
+    );
     println!();
 
     let mut rows = Vec::new();
+    let mut sqlx_ledger_retries = 0u64;
     for scenario in Scenario::all() {
         eprintln!(
             "running {} postings, {} writer(s), {} accounts …",
@@ -809,11 +896,20 @@ async fn run(config: Config, target: Target) -> Result<()> {
             Some(pgledger) => Some(run_pgledger(&target, &chart, pgledger, scenario, &config).await?.per_second()),
             None => None,
         };
+        let second_peer = match &sqlx_ledger {
+            Some(sqlx_ledger) => {
+                let (rate, retried) = sqlx_ledger.run(&target.url, scenario, &config).await?;
+                sqlx_ledger_retries += retried;
+                Some(rate)
+            }
+            None => None,
+        };
         rows.push(ScenarioRow {
             scenario,
             ledger: ledger.per_second(),
             plain: plain.per_second(),
             pgledger: peer,
+            sqlx_ledger: second_peer,
             retries: ledger.retries + plain.retries,
             ledger_cpu: ledger,
             plain_cpu: plain,
@@ -824,25 +920,32 @@ async fn run(config: Config, target: Target) -> Result<()> {
     support::summary_header();
     for row in &rows {
         let scenario = row.scenario;
-        let (peer, ratio) = match row.pgledger {
+        let (mut peer, mut ratio) = match row.pgledger {
             Some(peer) => (
                 format!("plain {}/s; pgledger {peer}/s", row.plain),
                 format!("{}%; {}", row.percent(), support::ratio(row.ledger, peer)),
             ),
             None => (format!("plain {}/s; pgledger not run", row.plain), format!("{}%", row.percent())),
         };
+        if let Some(second) = row.sqlx_ledger {
+            peer.push_str(&format!("; sqlx-ledger {second}/s"));
+            ratio.push_str(&format!("; {}", support::ratio(row.ledger, second)));
+        }
         support::bounded_row(
             &format!("ledger entries, {} postings, {} writer(s), {}", scenario.postings, scenario.writers, scenario.accounts.name()),
             &format!("{}/s", row.ledger),
             &peer,
             &ratio,
-            &format!("≥ {GOAL_PERCENT}%; ≥ {GOAL_PGLEDGER}×"),
+            &format!("≥ {GOAL_PERCENT}%; ≥ {GOAL_PGLEDGER}×; ≥ {GOAL_SQLX_LEDGER}×"),
             &row.bound(),
         );
     }
     let retried: u64 = rows.iter().map(|r| r.retries).sum();
     if retried > 0 {
         println!("note: {retried} retryable error(s) were retried");
+    }
+    if sqlx_ledger.is_some() {
+        println!("note: sqlx-ledger failed {sqlx_ledger_retries} tries on a balance race (writers sharing an account) and made them again");
     }
 
     check_invariants(&setup, &posted).await?;
@@ -896,18 +999,24 @@ async fn prepare_accounts(pool: &PgPool, posted: &mut Posted) -> Result<Chart> {
 
 fn print_table(rows: &[ScenarioRow]) {
     println!(
-        "{:>8}  {:>7}  {:<8}  {:>16}  {:>15}  {:>12}  {:>10}  {:>15}",
-        "postings", "writers", "accounts", "ledger entries/s", "plain entries/s", "ledger/plain", "pgledger/s", "ledger/pgledger"
+        "{:>8}  {:>7}  {:<8}  {:>16}  {:>15}  {:>12}  {:>10}  {:>15}  {:>13}  {:>18}",
+        "postings", "writers", "accounts", "ledger entries/s", "plain entries/s", "ledger/plain", "pgledger/s", "ledger/pgledger", "sqlx-ledger/s", "ledger/sqlx-ledger"
     );
     for row in rows {
         let (peer, times) = match row.pgledger {
             Some(peer) => (peer.to_string(), support::ratio(row.ledger, peer)),
             None => ("-".to_owned(), "-".to_owned()),
         };
-        let below = row.percent() < GOAL_PERCENT || row.tenths_of_pgledger().is_some_and(|t| t < GOAL_PGLEDGER * 10);
+        let (second, second_times) = match row.sqlx_ledger {
+            Some(peer) => (peer.to_string(), support::ratio(row.ledger, peer)),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        let below = row.percent() < GOAL_PERCENT
+            || row.tenths_of_pgledger().is_some_and(|t| t < GOAL_PGLEDGER * 10)
+            || row.tenths_of_sqlx_ledger().is_some_and(|t| t < GOAL_SQLX_LEDGER * 10);
         let mark = if below { "  < below goal" } else { "" };
         println!(
-            "{:>8}  {:>7}  {:<8}  {:>16}  {:>15}  {:>11}%  {:>10}  {:>15}{mark}",
+            "{:>8}  {:>7}  {:<8}  {:>16}  {:>15}  {:>11}%  {:>10}  {:>15}  {:>13}  {:>18}{mark}",
             row.scenario.postings,
             row.scenario.writers,
             row.scenario.accounts.name(),
@@ -916,6 +1025,8 @@ fn print_table(rows: &[ScenarioRow]) {
             row.percent(),
             peer,
             times,
+            second,
+            second_times,
         );
     }
     let mut ratios: Vec<u64> = rows.iter().map(ScenarioRow::percent).collect();
@@ -931,6 +1042,18 @@ fn print_table(rows: &[ScenarioRow]) {
         let verdict = if *min >= GOAL_PGLEDGER * 10 { "every scenario meets the goal" } else { "below the goal somewhere" };
         println!(
             "ledger/pgledger: min {}.{}×, median {}.{}× (goal {GOAL_PGLEDGER}×: {verdict})",
+            min / 10,
+            min % 10,
+            median / 10,
+            median % 10
+        );
+    }
+    let mut peers: Vec<u64> = rows.iter().filter_map(ScenarioRow::tenths_of_sqlx_ledger).collect();
+    peers.sort_unstable();
+    if let (Some(min), Some(median)) = (peers.first(), median(&peers)) {
+        let verdict = if *min >= GOAL_SQLX_LEDGER * 10 { "every scenario meets the goal" } else { "below the goal somewhere" };
+        println!(
+            "ledger/sqlx-ledger: min {}.{}×, median {}.{}× (goal {GOAL_SQLX_LEDGER}×: {verdict})",
             min / 10,
             min % 10,
             median / 10,
