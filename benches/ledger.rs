@@ -1036,29 +1036,17 @@ fn print_table(rows: &[ScenarioRow]) {
         println!();
         println!("ledger/plain: min {min}%, median {median}% (goal {GOAL_PERCENT}%: {verdict})");
     }
-    let mut peers: Vec<u64> = rows.iter().filter_map(ScenarioRow::tenths_of_pgledger).collect();
-    peers.sort_unstable();
-    if let (Some(min), Some(median)) = (peers.first(), median(&peers)) {
-        let verdict = if *min >= GOAL_PGLEDGER * 10 { "every scenario meets the goal" } else { "below the goal somewhere" };
-        println!(
-            "ledger/pgledger: min {}.{}×, median {}.{}× (goal {GOAL_PGLEDGER}×: {verdict})",
-            min / 10,
-            min % 10,
-            median / 10,
-            median % 10
-        );
-    }
-    let mut peers: Vec<u64> = rows.iter().filter_map(ScenarioRow::tenths_of_sqlx_ledger).collect();
-    peers.sort_unstable();
-    if let (Some(min), Some(median)) = (peers.first(), median(&peers)) {
-        let verdict = if *min >= GOAL_SQLX_LEDGER * 10 { "every scenario meets the goal" } else { "below the goal somewhere" };
-        println!(
-            "ledger/sqlx-ledger: min {}.{}×, median {}.{}× (goal {GOAL_SQLX_LEDGER}×: {verdict})",
-            min / 10,
-            min % 10,
-            median / 10,
-            median % 10
-        );
+    peer_summary("pgledger", rows.iter().filter_map(ScenarioRow::tenths_of_pgledger).collect(), GOAL_PGLEDGER);
+    peer_summary("sqlx-ledger", rows.iter().filter_map(ScenarioRow::tenths_of_sqlx_ledger).collect(), GOAL_SQLX_LEDGER);
+}
+
+/// The line saying how payrail fares against a peer over every row: `tenths` are payrail over the
+/// peer per row, in tenths.
+fn peer_summary(peer: &str, mut tenths: Vec<u64>, goal: u64) {
+    tenths.sort_unstable();
+    if let (Some(min), Some(median)) = (tenths.first(), median(&tenths)) {
+        let verdict = if *min >= goal * 10 { "every scenario meets the goal" } else { "below the goal somewhere" };
+        println!("ledger/{peer}: min {}.{}×, median {}.{}× (goal {goal}×: {verdict})", min / 10, min % 10, median / 10, median % 10);
     }
 }
 
